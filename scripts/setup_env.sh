@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs everything the project needs (Debian packages, a virtual environment in .venv with
+# the pinned PyTorch), then builds the extension in place and the C++ tests. Idempotent: a
+# second run checks, finds everything there, and rebuilds only what changed.
+# Sourced by scripts/demo.sh and scripts/test.sh.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+APT_PACKAGES="g++ cmake ninja-build googletest libgtest-dev libfmt-dev libamdhip64-dev"
+missing=""
+for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  echo "[setup] apt-get install$missing"
+  $SUDO apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q $missing >/dev/null
+fi
+
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+VPY="$ROOT/.venv/bin/python"
+REQ_STAMP=".venv/.requirements.$(sha1sum requirements-dev.txt | cut -c1-12)"
+if [ ! -f "$REQ_STAMP" ]; then
+  echo "[setup] pip install -r requirements-dev.txt"
+  "$VPY" -m pip install -q --upgrade pip
+  "$VPY" -m pip install -q -r requirements-dev.txt
+  touch "$REQ_STAMP"
+fi
+export PATH="$ROOT/.venv/bin:$PATH"
+export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+
+# The extension, built in place (ninja makes the second build a no-op), and registered once
+# as an editable install so `import attention_engine` works from anywhere in the venv.
+echo "[setup] building attention_engine._C"
+"$VPY" setup.py -q build_ext --inplace 2>&1 | grep -v -E "^(running|copying|creating)" || true
+test -f python/attention_engine/_C*.so 2>/dev/null || ls python/attention_engine/_C*.so >/dev/null
+if ! "$VPY" -m pip show -q attention_engine >/dev/null 2>&1; then
+  "$VPY" -m pip install -q --no-build-isolation --no-deps -e . >/dev/null
+fi
+
+echo "[setup] building the C++ core and tests"
+cmake -S . -B build/cmake -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build/cmake -j "$MAX_JOBS" | tail -n 1

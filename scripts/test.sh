@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command: installs everything (scripts/setup_env.sh), then runs every test:
+# GoogleTest through ctest, then pytest. Ends with the runners' own summary lines.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
+(cd build/cmake && ctest --output-on-failure -j "$MAX_JOBS")
+.venv/bin/python -m pytest -q tests/python "$@"

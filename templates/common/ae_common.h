@@ -1,0 +1,1 @@
+// placeholder so templates/ is never empty; replaced by real helpers.
