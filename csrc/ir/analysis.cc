@@ -1,0 +1,56 @@
+#include <fmt/format.h>
+
+#include "ir/passes.h"
+
+namespace ae::ir {
+
+uint32_t param_dep(Param p) { return 1u << static_cast<int>(p); }
+
+std::string deps_text(uint32_t d) {
+  static const char* names[] = {"score", "b", "h", "q_idx", "kv_idx", "buffers"};
+  std::string s;
+  for (int i = 0; i < 6; ++i)
+    if (d & (1u << i)) s += fmt::format("{}{}", s.empty() ? "" : ", ", names[i]);
+  return s.empty() ? "nothing (constant)" : s;
+}
+
+Analysis analyze(const Graph& g) {
+  Analysis a;
+  a.deps.resize(g.nodes.size(), 0);
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    const Node& n = g.nodes[i];
+    uint32_t d = 0;
+    if (n.op == Op::Param) d = param_dep(static_cast<Param>(n.index));
+    if (n.op == Op::Load) d = kDepBuffer;
+    for (int x : n.args) d |= a.deps[x];
+    a.deps[i] = d;
+  }
+  if (const Output* s = g.find_output("score")) {
+    const Node& n = g.nodes[s->node];
+    a.score_deps = a.deps[s->node];
+    a.has_score_mod = !(n.op == Op::Param && n.index == static_cast<int>(Param::Score));
+  }
+  if (const Output* m = g.find_output("mask")) {
+    const Node& n = g.nodes[m->node];
+    a.mask_deps = a.deps[m->node];
+    a.has_mask = !(n.op == Op::Const && n.ivalue != 0);
+    a.mask_is_index_only = (a.mask_deps & kDepScore) == 0;
+    a.mask_uses_batch_or_head = (a.mask_deps & (kDepB | kDepH)) != 0;
+  }
+  return a;
+}
+
+std::string Analysis::text() const {
+  std::string s;
+  s += fmt::format("score_mod: {}\n", has_score_mod ? "depends on " + deps_text(score_deps)
+                                                     : std::string("identity"));
+  if (!has_mask) {
+    s += "mask_mod: none (every position kept)\n";
+  } else {
+    s += fmt::format("mask_mod: depends on {}{}\n", deps_text(mask_deps),
+                     mask_is_index_only ? " (index-only: can become block sparsity)" : "");
+  }
+  return s;
+}
+
+}  // namespace ae::ir

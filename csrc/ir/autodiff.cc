@@ -1,0 +1,128 @@
+// Reverse-mode symbolic differentiation of the "score" output. Adjoints are built as new
+// nodes appended to a copy of the graph, then the whole graph is optimized.
+#include <cmath>
+#include <vector>
+
+#include "ir/passes.h"
+
+namespace ae::ir {
+namespace {
+
+class Builder {
+ public:
+  explicit Builder(Graph& g) : g_(g) {}
+  int c(double v) { return g_.add_const(DType::Float, v); }
+  int op(Op o, std::vector<int> args, DType t = DType::Float) {
+    Node n;
+    n.op = o;
+    n.type = t;
+    n.args = std::move(args);
+    n.loc = loc;
+    return g_.add(std::move(n));
+  }
+  int mul(int a, int b) { return op(Op::Mul, {a, b}); }
+  int div(int a, int b) { return op(Op::Div, {a, b}); }
+  int neg(int a) { return op(Op::Neg, {a}); }
+  int sub(int a, int b) { return op(Op::Sub, {a, b}); }
+  int where(int cond, int a, int b) { return op(Op::Where, {cond, a, b}); }
+  int to_float(int a) { return g_.nodes[a].type == DType::Float ? a : op(Op::Cast, {a}); }
+  std::string loc;  // derivative nodes point at the line of the node they differentiate
+
+ private:
+  Graph& g_;
+};
+
+bool is_float(const Graph& g, int id) { return g.nodes[id].type == DType::Float; }
+
+}  // namespace
+
+Graph differentiate(const Graph& src) {
+  Graph g = optimize(src);
+  const Output* score = g.find_output("score");
+  const int n_orig = static_cast<int>(g.nodes.size());
+  std::vector<int> adj(n_orig, -1);
+  Builder b(g);
+  auto accumulate = [&](int target, int value) {
+    if (!is_float(g, target)) return;  // ints and bools carry no derivative
+    adj[target] = adj[target] < 0 ? value : b.op(Op::Add, {adj[target], value});
+  };
+  if (score) adj[score->node] = b.c(1.0);
+
+  for (int i = n_orig - 1; i >= 0; --i) {
+    if (adj[i] < 0) continue;
+    const Node n = g.nodes[i];  // a copy: g.nodes grows below
+    const int a = adj[i];
+    const std::vector<int>& x = n.args;
+    b.loc = n.loc;
+    switch (n.op) {
+      case Op::Add: accumulate(x[0], a); accumulate(x[1], a); break;
+      case Op::Sub: accumulate(x[0], a); accumulate(x[1], b.neg(a)); break;
+      case Op::Mul:
+        accumulate(x[0], b.mul(a, b.to_float(x[1])));
+        accumulate(x[1], b.mul(a, b.to_float(x[0])));
+        break;
+      case Op::Div: {
+        int dx = b.div(a, b.to_float(x[1]));
+        accumulate(x[0], dx);
+        accumulate(x[1], b.neg(b.mul(dx, i)));  // d(x/y)/dy = -(x/y)/y
+        break;
+      }
+      case Op::Neg: accumulate(x[0], b.neg(a)); break;
+      case Op::Abs: accumulate(x[0], b.mul(a, b.op(Op::Sign, {x[0]}))); break;
+      case Op::Exp: accumulate(x[0], b.mul(a, i)); break;
+      case Op::Exp2: accumulate(x[0], b.mul(a, b.mul(i, b.c(M_LN2)))); break;
+      case Op::Log: accumulate(x[0], b.div(a, x[0])); break;
+      case Op::Log2: accumulate(x[0], b.div(a, b.mul(x[0], b.c(M_LN2)))); break;
+      case Op::Tanh: accumulate(x[0], b.mul(a, b.sub(b.c(1.0), b.mul(i, i)))); break;
+      case Op::Sigmoid: accumulate(x[0], b.mul(a, b.mul(i, b.sub(b.c(1.0), i)))); break;
+      case Op::Relu: {
+        int pos = b.op(Op::Gt, {x[0], b.c(0.0)}, DType::Bool);
+        accumulate(x[0], b.where(pos, a, b.c(0.0)));
+        break;
+      }
+      case Op::Sqrt: accumulate(x[0], b.div(b.mul(a, b.c(0.5)), i)); break;
+      case Op::Rsqrt:  // d x^-1/2 = -1/2 x^-1/2 / x
+        accumulate(x[0], b.mul(a, b.div(b.mul(b.c(-0.5), i), x[0])));
+        break;
+      case Op::Sin: accumulate(x[0], b.mul(a, b.op(Op::Cos, {x[0]}))); break;
+      case Op::Cos: accumulate(x[0], b.neg(b.mul(a, b.op(Op::Sin, {x[0]})))); break;
+      case Op::Cast: accumulate(x[0], a); break;  // float -> float only reaches here
+      case Op::Pow: {
+        int base = b.to_float(x[0]), ex = b.to_float(x[1]);
+        int pm1 = b.op(Op::Pow, {base, b.sub(ex, b.c(1.0))});
+        accumulate(x[0], b.mul(a, b.mul(ex, pm1)));
+        if (is_float(g, x[1])) accumulate(x[1], b.mul(a, b.mul(i, b.op(Op::Log, {base}))));
+        break;
+      }
+      case Op::Min:
+      case Op::Max: {  // ties go to the first argument, as torch.minimum's gradient splits
+        int first = b.op(n.op == Op::Min ? Op::Le : Op::Ge, {x[0], x[1]}, DType::Bool);
+        accumulate(x[0], b.where(first, a, b.c(0.0)));
+        accumulate(x[1], b.where(first, b.c(0.0), a));
+        break;
+      }
+      case Op::Where:
+        accumulate(x[1], b.where(x[0], a, b.c(0.0)));
+        accumulate(x[2], b.where(x[0], b.c(0.0), a));
+        break;
+      default:  // params, loads, constants, rounding, sign, comparisons: no further inputs
+        break;
+    }
+  }
+
+  auto zero_if_missing = [&](int id) { return id >= 0 ? id : b.c(0.0); };
+  for (int i = 0; i < n_orig; ++i) {
+    const Node& n = g.nodes[i];
+    if (n.op == Op::Param && n.index == static_cast<int>(Param::Score))
+      g.outputs.push_back(Output{"d_score", zero_if_missing(adj[i]), -1});
+  }
+  if (!g.find_output("d_score")) g.outputs.push_back(Output{"d_score", b.c(0.0), -1});
+  for (int i = 0; i < n_orig; ++i) {
+    const Node& n = g.nodes[i];
+    if (n.op == Op::Load && n.type == DType::Float)
+      g.outputs.push_back(Output{"d_load", zero_if_missing(adj[i]), i});
+  }
+  return optimize(g);
+}
+
+}  // namespace ae::ir

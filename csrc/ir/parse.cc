@@ -1,0 +1,126 @@
+#include "ir/parse.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "ir/error.h"
+#include "ir/typecheck.h"
+#include "nlohmann/json.hpp"
+
+namespace ae::ir {
+namespace {
+
+using json = nlohmann::json;
+
+double float_value(const json& v) {
+  if (v.is_number()) return v.get<double>();
+  if (v.is_string()) {  // JSON has no inf / nan: the tracer writes them as strings
+    const std::string s = v.get<std::string>();
+    if (s == "inf") return std::numeric_limits<double>::infinity();
+    if (s == "-inf") return -std::numeric_limits<double>::infinity();
+    if (s == "nan") return std::numeric_limits<double>::quiet_NaN();
+  }
+  throw GraphError(fmt::format("bad float constant {}", v.dump()));
+}
+
+DType type_from_name(const std::string& s, const std::string& loc) {
+  if (s == "float") return DType::Float;
+  if (s == "int") return DType::Int;
+  if (s == "bool") return DType::Bool;
+  throw GraphError(at_loc(fmt::format("unknown type '{}'", s), loc));
+}
+
+Node parse_node(const json& j, size_t id) {
+  Node n;
+  n.loc = j.value("loc", "");
+  const std::string op = j.at("op").get<std::string>();
+  if (!op_from_name(op, &n.op))
+    throw GraphError(at_loc(fmt::format("unsupported op '{}' (node %{})", op, id), n.loc));
+  if (j.contains("args")) n.args = j.at("args").get<std::vector<int>>();
+  switch (n.op) {
+    case Op::Param: {
+      Param p;
+      const std::string name = j.at("name").get<std::string>();
+      if (!param_from_name(name, &p))
+        throw GraphError(at_loc(fmt::format("unknown parameter '{}'", name), n.loc));
+      n.index = static_cast<int>(p);
+      n.type = p == Param::Score ? DType::Float : DType::Int;
+      break;
+    }
+    case Op::Const:
+      n.type = type_from_name(j.at("dtype").get<std::string>(), n.loc);
+      if (n.type == DType::Float) n.fvalue = float_value(j.at("value"));
+      else if (n.type == DType::Bool) n.ivalue = j.at("value").get<bool>() ? 1 : 0;
+      else n.ivalue = j.at("value").get<int64_t>();
+      break;
+    case Op::Load:
+      n.index = j.at("buffer").get<int>();
+      break;
+    case Op::Cast:
+      n.type = type_from_name(j.at("dtype").get<std::string>(), n.loc);
+      break;
+    default:
+      break;
+  }
+  return n;
+}
+
+}  // namespace
+
+bool dtype_from_torch(const std::string& s, DType* t) {
+  if (s == "float16" || s == "bfloat16" || s == "float32" || s == "float64") *t = DType::Float;
+  else if (s == "int8" || s == "int16" || s == "int32" || s == "int64" || s == "uint8") *t = DType::Int;
+  else if (s == "bool") *t = DType::Bool;
+  else return false;
+  return true;
+}
+
+Graph parse_trace(const std::string& json_text) {
+  json j;
+  try {
+    j = json::parse(json_text);
+  } catch (const json::exception& e) {
+    throw GraphError(fmt::format("trace is not valid JSON: {}", e.what()));
+  }
+  Graph g;
+  try {
+    if (j.value("version", 0) != 1)
+      throw GraphError(fmt::format("unsupported trace version {}", j.value("version", 0)));
+    const std::string norm = j.value("normalize", "softmax");
+    if (norm == "softmax") g.normalize = Normalize::Softmax;
+    else if (norm == "none") g.normalize = Normalize::None;
+    else throw GraphError(fmt::format("unknown normalize '{}' (softmax or none)", norm));
+    for (const json& b : j.value("buffers", json::array())) {
+      Buffer buf;
+      buf.name = b.at("name").get<std::string>();
+      buf.torch_dtype = b.at("dtype").get<std::string>();
+      if (!dtype_from_torch(buf.torch_dtype, &buf.type))
+        throw GraphError(fmt::format("captured tensor '{}' has unsupported dtype {}", buf.name,
+                                     buf.torch_dtype));
+      buf.shape = b.at("shape").get<std::vector<int64_t>>();
+      buf.requires_grad = b.value("requires_grad", false);
+      g.buffers.push_back(std::move(buf));
+    }
+    const json& nodes = j.at("nodes");
+    for (size_t i = 0; i < nodes.size(); ++i) g.nodes.push_back(parse_node(nodes[i], i));
+    const json outputs = j.value("outputs", json::object());
+    for (const auto& [name, id] : outputs.items()) {
+      if (name != "score" && name != "mask")
+        throw GraphError(fmt::format("unknown output '{}' (score or mask)", name));
+      g.outputs.push_back(Output{name, id.get<int>(), -1});
+    }
+  } catch (const json::exception& e) {
+    throw GraphError(fmt::format("malformed trace: {}", e.what()));
+  }
+  // score before mask, whatever the JSON's key order
+  std::stable_sort(g.outputs.begin(), g.outputs.end(),
+                   [](const Output& a, const Output& b) { return a.name > b.name; });
+  infer_types(g);
+  check_outputs(g);
+  return g;
+}
+
+}  // namespace ae::ir

@@ -1,0 +1,54 @@
+// Graph passes. Each takes a graph and returns a new one with the same outputs; node ids
+// change, outputs (and their `load` references) are remapped.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "ir/graph.h"
+
+namespace ae::ir {
+
+// Evaluates nodes whose arguments are all constants, and simplifies identities that hold in
+// IEEE arithmetic (x + 0, x * 1, x - 0, x / 1, --x, where on a constant, a cast to the same
+// type). Never folds x * 0 (inf * 0 is nan).
+Graph fold_constants(const Graph& g);
+// Merges nodes that compute the same thing (common subexpression elimination).
+Graph eliminate_common(const Graph& g);
+// Drops nodes no output reaches.
+Graph eliminate_dead(const Graph& g);
+// fold, CSE, dead-code elimination, repeated until nothing changes.
+Graph optimize(const Graph& g);
+
+// Which of the inputs each node depends on.
+enum DepBits : uint32_t {
+  kDepScore = 1u << 0,
+  kDepB = 1u << 1,
+  kDepH = 1u << 2,
+  kDepQ = 1u << 3,
+  kDepKv = 1u << 4,
+  kDepBuffer = 1u << 5,  // reads a captured tensor
+};
+uint32_t param_dep(Param p);
+std::string deps_text(uint32_t deps);
+
+struct Analysis {
+  std::vector<uint32_t> deps;  // per node
+  uint32_t score_deps = 0;     // of the "score" output (0 when there is no score_mod)
+  uint32_t mask_deps = 0;      // of the "mask" output
+  bool has_score_mod = false;  // "score" is not just the score parameter
+  bool has_mask = false;       // "mask" is not the constant true
+  // The additive part of the score_mod that does not depend on the score is index-only, and
+  // the mask depends on indices (and captured tensors) only: it can become block sparsity.
+  bool mask_is_index_only = true;
+  bool mask_uses_batch_or_head = false;
+  std::string text() const;
+};
+Analysis analyze(const Graph& g);
+
+// Appends derivatives of the "score" output: "d_score" (by the score parameter) and one
+// "d_load" output per float Load node (by the loaded value), then optimizes. Ops without a
+// derivative (comparisons, rounding, integer ops) contribute zero, as in PyTorch.
+Graph differentiate(const Graph& g);
+
+}  // namespace ae::ir

@@ -1,0 +1,191 @@
+// Folding, CSE, dead code, analysis, text form and hash.
+#include <gtest/gtest.h>
+
+#include "ir/error.h"
+#include "ir/eval.h"
+#include "ir/parse.h"
+#include "ir/passes.h"
+#include "ir/variant.h"
+#include "trace_builder.h"
+
+using namespace ae::ir;
+using ae::test::TraceBuilder;
+
+namespace {
+
+int count_op(const Graph& g, Op op) {
+  int n = 0;
+  for (const Node& x : g.nodes) n += x.op == op;
+  return n;
+}
+
+TEST(Fold, ConstantArithmeticFolds) {
+  TraceBuilder t;
+  int s = t.param("score");
+  int c = t.op("mul", {t.fconst(2.0), t.op("add", {t.fconst(1.0), t.fconst(0.5)})});  // 3.0
+  t.score(t.op("mul", {s, c}));
+  Graph g = optimize(parse_trace(t.str()));
+  EXPECT_EQ(count_op(g, Op::Add), 0);
+  ASSERT_EQ(count_op(g, Op::Mul), 1);
+  const Node& mul = g.nodes[g.output("score")];
+  EXPECT_EQ(g.nodes[mul.args[1]].fvalue, 3.0);
+}
+
+TEST(Fold, IdentitiesAndWhereOnConstant) {
+  TraceBuilder t;
+  int s = t.param("score");
+  int x = t.op("add", {t.op("mul", {s, t.fconst(1.0)}), t.fconst(0.0)});
+  int w = t.op("where", {t.bconst(true), x, t.fconst(5.0)});
+  t.score(t.op("neg", {t.op("neg", {w})}));
+  Graph g = optimize(parse_trace(t.str()));
+  // everything collapses to the score parameter itself
+  const Node& out = g.nodes[g.output("score")];
+  EXPECT_EQ(out.op, Op::Param);
+  EXPECT_EQ(g.nodes.size(), 1u);
+}
+
+TEST(Fold, NeverFoldsTimesZero) {
+  TraceBuilder t;
+  int s = t.param("score");
+  t.score(t.op("mul", {s, t.fconst(0.0)}));  // inf * 0 must stay nan
+  Graph g = optimize(parse_trace(t.str()));
+  EXPECT_EQ(count_op(g, Op::Mul), 1);
+}
+
+TEST(Fold, IntegerSemanticsMatchPyTorch) {
+  TraceBuilder t;
+  int fd = t.op("floordiv", {t.iconst(-7), t.iconst(2)});  // -4
+  int md = t.op("mod", {t.iconst(-7), t.iconst(3)});       // 2
+  int rd = t.op("round", {t.fconst(2.5)});                 // 2 (half to even)
+  int q = t.param("q_idx");
+  int sum = t.op("add", {t.op("add", {fd, md}), q});
+  t.score(t.op("add", {t.cast("float", sum), rd}));
+  Graph g = optimize(parse_trace(t.str()));
+  double params[kNumParams] = {0, 0, 0, 10, 0};
+  auto v = evaluate(g, params, nullptr);
+  EXPECT_DOUBLE_EQ(v[g.output("score")].f, -4 + 2 + 10 + 2.0);
+}
+
+TEST(Fold, DivisionByZeroLeftForRunTime) {
+  TraceBuilder t;
+  int q = t.param("q_idx");
+  int d = t.op("floordiv", {t.iconst(1), t.iconst(0)});
+  t.score(t.op("add", {q, d}));
+  Graph g = optimize(parse_trace(t.str()));
+  EXPECT_EQ(count_op(g, Op::FloorDiv), 1);
+}
+
+TEST(Cse, MergesRepeatedSubexpressions) {
+  TraceBuilder t;
+  int doc = t.buffer("doc", "int64", {64});
+  int q = t.param("q_idx"), kv = t.param("kv_idx");
+  int a = t.op("sub", {q, kv});
+  int b = t.op("sub", {q, kv});
+  int l1 = t.load(doc, {q});
+  int l2 = t.load(doc, {q});
+  int s = t.param("score");
+  t.score(t.op("add", {s, t.cast("float", t.op("mul", {a, b}))}));
+  t.mask(t.op("eq", {l1, l2}));
+  Graph g = optimize(parse_trace(t.str()));
+  EXPECT_EQ(count_op(g, Op::Sub), 1);
+  // doc[q] == doc[q] became one load compared with itself
+  EXPECT_EQ(count_op(g, Op::Load), 1);
+}
+
+TEST(Dce, DropsUnusedNodes) {
+  TraceBuilder t;
+  int s = t.param("score");
+  t.op("exp", {s});  // never used
+  t.score(t.op("tanh", {s}));
+  Graph g = optimize(parse_trace(t.str()));
+  EXPECT_EQ(count_op(g, Op::Exp), 0);
+  EXPECT_EQ(g.nodes.size(), 2u);
+}
+
+TEST(Analysis, DependenceOfScoreAndMask) {
+  TraceBuilder t;
+  int slopes = t.buffer("slopes", "float32", {8});
+  int s = t.param("score"), h = t.param("h"), q = t.param("q_idx"), kv = t.param("kv_idx");
+  t.score(t.op("add", {s, t.load(slopes, {h})}));
+  t.mask(t.op("ge", {q, kv}));
+  Analysis a = analyze(optimize(parse_trace(t.str())));
+  EXPECT_EQ(a.score_deps, kDepScore | kDepH | kDepBuffer);
+  EXPECT_EQ(a.mask_deps, kDepQ | kDepKv);
+  EXPECT_TRUE(a.has_score_mod);
+  EXPECT_TRUE(a.has_mask);
+  EXPECT_TRUE(a.mask_is_index_only);
+  EXPECT_FALSE(a.mask_uses_batch_or_head);
+  EXPECT_NE(a.text().find("index-only"), std::string::npos);
+}
+
+TEST(Analysis, IdentityAndNoMask) {
+  TraceBuilder t;
+  t.score(t.param("score"));
+  t.mask(t.bconst(true));
+  Analysis a = analyze(optimize(parse_trace(t.str())));
+  EXPECT_FALSE(a.has_score_mod);
+  EXPECT_FALSE(a.has_mask);
+}
+
+std::string softcap_trace(const std::string& loc, const std::string& bufname) {
+  TraceBuilder t;
+  int bias = t.buffer(bufname, "float32", {4});
+  int s = t.param("score"), h = t.param("h");
+  int capped = t.op("mul", {t.op("tanh", {t.op("div", {s, t.fconst(30.0)})}), t.fconst(30.0)}, loc);
+  t.score(t.op("add", {capped, t.load(bias, {h})}));
+  return t.str();
+}
+
+TEST(Text, StableFormAndGolden) {
+  Graph g = optimize(parse_trace(softcap_trace("mod.py:4: return cap * tanh(score / cap)", "bias")));
+  const std::string expected =
+      "graph normalize=softmax\n"
+      "buffer $0: float rank 1\n"
+      "%0 = param score : float\n"
+      "%1 = param h : int\n"
+      "%2 = const 30 : float\n"
+      "%3 = div %0, %2 : float\n"
+      "%4 = tanh %3 : float\n"
+      "%5 = mul %4, %2 : float\n"
+      "%6 = load $0[ %1 ] : float\n"
+      "%7 = add %5, %6 : float\n"
+      "out score = %7\n";
+  EXPECT_EQ(g.text(false), expected);
+  EXPECT_NE(g.text(true).find("# mod.py:4"), std::string::npos);
+  EXPECT_NE(g.text(true).find("float32[4] \"bias\""), std::string::npos);
+}
+
+TEST(Hash, IgnoresLinesAndNamesButNotMath) {
+  std::string h1 = optimize(parse_trace(softcap_trace("a.py:1: x", "bias"))).hash();
+  std::string h2 = optimize(parse_trace(softcap_trace("b.py:99: y", "other"))).hash();
+  EXPECT_EQ(h1, h2);
+  EXPECT_EQ(h1.size(), 16u);
+  TraceBuilder t;
+  int s = t.param("score");
+  t.score(t.op("mul", {t.op("tanh", {t.op("div", {s, t.fconst(20.0)})}), t.fconst(20.0)}));
+  EXPECT_NE(optimize(parse_trace(t.str())).hash(), h1);
+  TraceBuilder u = t;
+  u.normalize("none");
+  EXPECT_NE(optimize(parse_trace(u.str())).hash(), optimize(parse_trace(t.str())).hash());
+}
+
+TEST(Hash, KnownValueIsStableAcrossBuilds) {
+  // The hash keys on-disk caches: it must not change between builds or machines. If this
+  // fails after an intended change of the text form, update the constant (and know that
+  // every user's cache is invalidated).
+  TraceBuilder t;
+  int s = t.param("score");
+  t.score(t.op("tanh", {s}));
+  EXPECT_EQ(optimize(parse_trace(t.str())).hash(), std::string("ae1938ef2e6c6b4f"));
+}
+
+TEST(Variant, SameDefinitionTwiceIsOneVariant) {
+  auto a = build_variant(softcap_trace("x.py:1: a", "b"));
+  auto b = build_variant(softcap_trace("y.py:2: b", "c"));
+  EXPECT_EQ(a.get(), b.get());
+  EXPECT_EQ(find_variant(a->key).get(), a.get());
+  EXPECT_EQ(find_variant("0000000000000000"), nullptr);
+  EXPECT_NE(a->backward.find_output("d_score"), nullptr);
+}
+
+}  // namespace
