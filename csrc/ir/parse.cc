@@ -115,6 +115,10 @@ Graph parse_trace(const std::string& json_text) {
   } catch (const json::exception& e) {
     throw GraphError(fmt::format("malformed trace: {}", e.what()));
   }
+  // Without a score_mod the score passes through: every graph has a "score" output.
+  if (std::none_of(g.outputs.begin(), g.outputs.end(),
+                   [](const Output& o) { return o.name == "score"; }))
+    g.outputs.push_back(Output{"score", g.add_param(Param::Score), -1});
   // score before mask, whatever the JSON's key order
   std::stable_sort(g.outputs.begin(), g.outputs.end(),
                    [](const Output& a, const Output& b) { return a.name > b.name; });

@@ -1,0 +1,24 @@
+// Validation of the op's inputs, shared by every backend: the error names the tensor, the
+// expected layout and what was passed (ValueError / TypeError in Python).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "ir/variant.h"
+
+namespace ae::torch_ops {
+
+struct Shapes {
+  int64_t batch, q_heads, kv_heads, q_len, kv_len, head_dim_qk, head_dim_v;
+  int64_t group() const { return q_heads / kv_heads; }
+};
+
+// Looks up the variant registered under `key` (attention_engine.compile registers it).
+std::shared_ptr<const ir::Variant> get_variant(const std::string& key);
+
+Shapes check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                    const std::vector<at::Tensor>& buffers, const ir::Variant& variant);
+
+}  // namespace ae::torch_ops

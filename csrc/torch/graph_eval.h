@@ -1,0 +1,26 @@
+// Evaluates an op graph with ATen over the whole score matrix at once: the indices are
+// broadcast aranges ([B,1,1,1], [1,H,1,1], [1,1,Sq,1], [1,1,1,Skv]), so index-only parts
+// stay small and only what touches the score is [B,H,Sq,Skv].
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "ir/graph.h"
+
+namespace ae::torch_ops {
+
+struct EvalInputs {
+  at::Tensor score;  // [B,H,Sq,Skv] in the compute dtype
+  int64_t batch = 0, heads = 0, q_len = 0, kv_len = 0;
+  std::vector<at::Tensor> buffers;  // the captured tensors, in the graph's order
+  at::ScalarType compute = at::kFloat;
+};
+
+// One tensor per node (undefined for nodes no output needs). Float nodes are in the compute
+// dtype, int nodes int64, bool nodes bool. Loads check their indices against the buffer's
+// shape and name the buffer and the user's line when one is out of range.
+std::vector<at::Tensor> eval_graph(const ir::Graph& g, const EvalInputs& in);
+
+}  // namespace ae::torch_ops

@@ -1,0 +1,145 @@
+#include "torch/reference.h"
+
+#include <limits>
+
+#include "torch/checks.h"
+#include "torch/graph_eval.h"
+
+namespace ae::torch_ops {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+at::ScalarType compute_dtype(const at::Tensor& q) {
+  return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// K/V heads repeated for GQA: query head h reads kv head h / group.
+at::Tensor expand_heads(const at::Tensor& t, int64_t group, at::ScalarType cdt) {
+  at::Tensor x = t.to(cdt);
+  return group == 1 ? x : x.repeat_interleave(group, 1);
+}
+
+// Sums a gradient over the query heads that share one kv head.
+at::Tensor reduce_heads(const at::Tensor& t, const Shapes& s) {
+  if (s.group() == 1) return t;
+  return t.view({s.batch, s.kv_heads, s.group(), t.size(2), t.size(3)}).sum(2);
+}
+
+struct Scores {
+  at::Tensor x;     // score_mod(q k^T * scale), [B,Hq,Sq,Skv]
+  at::Tensor keep;  // mask_mod, bool, broadcastable to x; undefined when there is no mask
+  std::vector<at::Tensor> values;  // every evaluated node of the graph
+};
+
+Scores compute_scores(const ir::Graph& g, const at::Tensor& q, const at::Tensor& kf,
+                      const std::vector<at::Tensor>& buffers, const Shapes& s, double scale,
+                      at::ScalarType cdt) {
+  at::Tensor raw = at::matmul(q.to(cdt), kf.transpose(-1, -2)) * scale;
+  EvalInputs in{raw, s.batch, s.q_heads, s.q_len, s.kv_len, buffers, cdt};
+  Scores r;
+  r.values = eval_graph(g, in);
+  const int score = g.output("score"), mask = g.output("mask");
+  r.x = score >= 0 ? at::broadcast_to(r.values[score], raw.sizes()) : raw;
+  if (mask >= 0) r.keep = r.values[mask];
+  return r;
+}
+
+// Softmax probabilities and natural-log LSE; rows with nothing kept get P = 0, lse = -inf.
+std::pair<at::Tensor, at::Tensor> softmax(const Scores& sc) {
+  at::Tensor xm = sc.keep.defined() ? at::where(sc.keep, sc.x, -kInf) : sc.x;
+  at::Tensor lse = at::logsumexp(xm, -1, /*keepdim=*/true);
+  at::Tensor empty_row = at::isneginf(lse);
+  at::Tensor p = at::where(empty_row, 0.0, at::exp(xm - at::where(empty_row, 0.0, lse)));
+  return {p, lse.squeeze(-1)};
+}
+
+// normalize="none": P is the modified score itself, zero where masked.
+at::Tensor unnormalized(const Scores& sc) {
+  return sc.keep.defined() ? at::where(sc.keep, sc.x, 0.0) : sc.x;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> reference_forward(const at::Tensor& q, const at::Tensor& k,
+                                                     const at::Tensor& v,
+                                                     const std::vector<at::Tensor>& buffers,
+                                                     const std::string& key, double scale) {
+  auto variant = get_variant(key);
+  const Shapes s = check_inputs(q, k, v, buffers, *variant);
+  const at::ScalarType cdt = compute_dtype(q);
+  Scores sc = compute_scores(variant->forward, q, expand_heads(k, s.group(), cdt), buffers, s,
+                             scale, cdt);
+  at::Tensor p, lse;
+  if (variant->forward.normalize == ir::Normalize::Softmax) {
+    std::tie(p, lse) = softmax(sc);
+  } else {
+    p = unnormalized(sc);
+    lse = at::zeros({s.batch, s.q_heads, s.q_len}, q.options().dtype(cdt));
+  }
+  at::Tensor out = at::matmul(p, expand_heads(v, s.group(), cdt));
+  return {out.to(q.scalar_type()), lse.to(at::kFloat)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> reference_backward(
+    const at::Tensor& dout, const std::optional<at::Tensor>& dlse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    const std::vector<at::Tensor>& buffers, const std::string& key, double scale,
+    const c10::List<bool>& buffer_grads) {
+  auto variant = get_variant(key);
+  const Shapes s = check_inputs(q, k, v, buffers, *variant);
+  TORCH_CHECK_VALUE(buffer_grads.size() == buffers.size(),
+                    "attention_engine: buffer_grads has ", buffer_grads.size(), " entries for ",
+                    buffers.size(), " captured tensors");
+  const at::ScalarType cdt = compute_dtype(q);
+  const ir::Graph& g = variant->backward;
+  const at::Tensor kf = expand_heads(k, s.group(), cdt), vf = expand_heads(v, s.group(), cdt);
+  Scores sc = compute_scores(g, q, kf, buffers, s, scale, cdt);
+  const at::Tensor d_out = dout.to(cdt);
+
+  // dX: the gradient by the modified score x = score_mod(s).
+  at::Tensor p, dx;
+  const at::Tensor dp = at::matmul(d_out, vf.transpose(-1, -2));
+  if (g.normalize == ir::Normalize::Softmax) {
+    p = softmax(sc).first;  // recomputed in the compute dtype rather than read from lse
+    at::Tensor row = (p * dp).sum(-1, /*keepdim=*/true);  // = rowsum(dO * O)
+    if (dlse && dlse->defined()) row = row - dlse->to(cdt).unsqueeze(-1);
+    dx = p * (dp - row);
+  } else {
+    p = unnormalized(sc);
+    dx = sc.keep.defined() ? at::where(sc.keep, dp, 0.0) : dp;
+  }
+  // Where nothing flows back, the derivative of the mod may be inf or nan: keep it out.
+  const at::Tensor no_flow = dx == 0;
+  auto chain = [&](const at::Tensor& d) { return at::where(no_flow, 0.0, dx * d); };
+
+  const at::Tensor ds = chain(sc.values[g.output("d_score")]);
+  at::Tensor dq = at::matmul(ds, kf) * scale;
+  at::Tensor dk = reduce_heads(at::matmul(ds.transpose(-1, -2), q.to(cdt)) * scale, s);
+  at::Tensor dv = reduce_heads(at::matmul(p.transpose(-1, -2), d_out), s);
+
+  std::vector<at::Tensor> dbuf(buffers.size());
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    if (!buffer_grads.get(i)) {
+      dbuf[i] = at::empty({0}, buffers[i].options());
+      continue;
+    }
+    at::Tensor acc = at::zeros(buffers[i].sizes(), buffers[i].options().dtype(cdt));
+    for (const ir::Output& o : g.outputs) {
+      if (o.name != "d_load" || g.nodes[o.load].index != static_cast<int>(i)) continue;
+      at::Tensor contrib = chain(sc.values[o.node]);
+      const ir::Node& ld = g.nodes[o.load];
+      if (ld.args.empty()) {
+        acc += contrib.sum();
+        continue;
+      }
+      c10::List<std::optional<at::Tensor>> idx;
+      for (int a : ld.args) idx.push_back(at::broadcast_to(sc.values[a], contrib.sizes()));
+      acc.index_put_(idx, contrib, /*accumulate=*/true);
+    }
+    dbuf[i] = acc.to(buffers[i].scalar_type());
+  }
+  return {dq.to(q.scalar_type()), dk.to(k.scalar_type()), dv.to(v.scalar_type()), dbuf};
+}
+
+}  // namespace ae::torch_ops

@@ -1,0 +1,35 @@
+"""Autograd for the native ops torch.ops.attention_engine.attention / attention_backward
+(defined in csrc/torch/ops.cpp). Registered once, at import."""
+import torch
+
+from . import _C  # noqa: F401  (loads the library that defines the ops)
+
+attention_op = torch.ops.attention_engine.attention
+backward_op = torch.ops.attention_engine.attention_backward
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, buffers, variant, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, *buffers)
+    ctx.variant = variant
+    ctx.scale = scale
+    ctx.num_buffers = len(buffers)
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, out, lse, *buffers = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    # needs_input_grad has one entry for the buffer list as a whole: ask each tensor.
+    buffer_grads = [bool(b.requires_grad) for b in buffers]
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dq, dk, dv, dbuffers = backward_op(dout.contiguous(), dlse, q, k, v, out, lse, buffers,
+                                       ctx.variant, ctx.scale, buffer_grads)
+    grads = [g if want else None for g, want in zip(dbuffers, buffer_grads)]
+    return (dq if needs[0] else None, dk if needs[1] else None, dv if needs[2] else None,
+            grads, None, None)
+
+
+torch.library.register_autograd("attention_engine::attention", _backward,
+                                setup_context=_setup_context)
