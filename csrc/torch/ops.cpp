@@ -4,6 +4,7 @@
 // (python/attention_engine/ops.py), which calls attention_backward.
 #include <torch/library.h>
 
+#include "torch/checks.h"
 #include "torch/reference.h"
 
 namespace ae::torch_ops {
@@ -13,7 +14,7 @@ std::tuple<at::Tensor, at::Tensor> forward_meta(const at::Tensor& q, const at::T
                                                 const at::Tensor& v,
                                                 const std::vector<at::Tensor>& buffers,
                                                 const std::string& variant, double scale) {
-  TORCH_CHECK_VALUE(q.dim() == 4 && v.dim() == 4, "attention_engine: q, k, v must be 4-D");
+  check_inputs(q, k, v, buffers, *get_variant(variant));
   at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
   at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
   return {out, lse};

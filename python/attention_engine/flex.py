@@ -33,8 +33,11 @@ class BlockMask:
         return (self.B or 1, self.H or 1) + self.seq_lengths
 
     def sparsity(self) -> float:
-        """Percentage of blocks that keep nothing (FlexAttention's definition)."""
-        return 100.0 * (1.0 - self.occupancy.float().mean().item())
+        """Percentage of the score matrix not computed, counting every occupied block as
+        whole (FlexAttention's definition)."""
+        computed = self.occupancy.sum().item() * self.BLOCK_SIZE[0] * self.BLOCK_SIZE[1]
+        b, h, q_len, kv_len = self.shape
+        return 100.0 * (1.0 - computed / (b * h * q_len * kv_len))
 
     def __repr__(self):
         return (f"BlockMask(shape={self.shape}, BLOCK_SIZE={self.BLOCK_SIZE}, "

@@ -8,25 +8,19 @@ from .api import compile
 
 class Attention(torch.nn.Module):
     """``Attention(score_mod, mask_mod, normalize, scale)(q, k, v)``: a compiled attention
-    variant as a module. Tensors the mods capture (for example this module's parameters,
-    reached through ``self``) get gradients when they require grad."""
+    variant as a module. The mods are traced here, at construction, so forward is a plain
+    op call that torch.compile traces without a graph break. Tensors the mods capture (for
+    example parameters of the enclosing module) get gradients when they require grad."""
 
     def __init__(self, score_mod: Optional[Callable] = None, mask_mod: Optional[Callable] = None,
                  normalize: str = "softmax", scale: Optional[float] = None):
         super().__init__()
         self._spec = (score_mod, mask_mod, normalize, scale)
-        self._compiled = None
-
-    @torch.compiler.disable
-    def compiled(self):
-        # Traced on first use, so mods may refer to parameters registered after __init__.
-        if self._compiled is None:
-            self._compiled = compile(*self._spec)
-        return self._compiled
+        self.compiled = compile(score_mod, mask_mod, normalize, scale)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 return_lse: bool = False):
-        return self.compiled()(q, k, v, return_lse=return_lse)
+        return self.compiled(q, k, v, return_lse=return_lse)
 
     def extra_repr(self) -> str:
         score_mod, mask_mod, normalize, scale = self._spec

@@ -1,0 +1,99 @@
+import math
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def oracle(q, k, v, score_mod=None, mask_mod=None, scale=None, normalize="softmax"):
+    """Attention written independently of attention_engine: the mods are applied to real
+    broadcast index tensors, and torch autograd gives the reference gradients.
+    Returns (out, lse)."""
+    B, HQ, SQ, D = q.shape
+    HKV, SKV = k.shape[1], k.shape[2]
+    g = HQ // HKV
+    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    s = (q @ k.transpose(-1, -2)) * scale
+    b = torch.arange(B).view(B, 1, 1, 1)
+    h = torch.arange(HQ).view(1, HQ, 1, 1)
+    qi = torch.arange(SQ).view(1, 1, SQ, 1)
+    ki = torch.arange(SKV).view(1, 1, 1, SKV)
+    # Integer -> float promotion inside the mods follows the default dtype: make it the
+    # inputs' own, as attention_engine computes in it.
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(q.dtype if q.dtype == torch.float64 else torch.float32)
+    try:
+        if score_mod is not None:
+            s = torch.as_tensor(score_mod(s, b, h, qi, ki), dtype=q.dtype)
+            s = s.expand(B, HQ, SQ, SKV)
+        keep = None
+        if mask_mod is not None:
+            keep = torch.as_tensor(mask_mod(b, h, qi, ki)).expand(B, HQ, SQ, SKV)
+    finally:
+        torch.set_default_dtype(default)
+    if normalize == "none":
+        p = s if keep is None else s.masked_fill(~keep, 0.0)
+        return p @ v, None
+    if keep is None:
+        keep = torch.ones_like(s, dtype=torch.bool)
+    masked = s.masked_fill(~keep, float("-inf"))
+    lse = torch.logsumexp(masked, -1)
+    row_ok = keep.any(-1, keepdim=True)
+    # Fully masked rows: a finite stand-in keeps softmax's gradient free of nan.
+    p = torch.softmax(torch.where(row_ok, masked, torch.zeros_like(s)), -1) * row_ok
+    return p @ v, lse
+
+
+def rand_qkv(B=2, HQ=4, HKV=2, SQ=33, SKV=47, DQK=16, DV=16, dtype=torch.float64,
+             requires_grad=True, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, HQ, SQ, DQK, dtype=dtype, generator=gen)
+    k = torch.randn(B, HKV, SKV, DQK, dtype=dtype, generator=gen)
+    v = torch.randn(B, HKV, SKV, DV, dtype=dtype, generator=gen)
+    return [t.requires_grad_(requires_grad) for t in (q, k, v)]
+
+
+def assert_close(a, b, tol=1e-10, what=""):
+    assert a.shape == b.shape, f"{what}: shape {tuple(a.shape)} vs {tuple(b.shape)}"
+    assert not torch.isnan(a).any(), f"{what}: nan in result"
+    err = (a - b).abs().max().item() if a.numel() else 0.0
+    assert err <= tol, f"{what}: max abs error {err:.3e} > {tol:.1e}"
+
+
+def check_variant(score_mod=None, mask_mod=None, normalize="softmax", scale=None, grads_of=(),
+                  tol=1e-10, **shape):
+    """Runs attention_engine.compile(...) forward and backward against the oracle in float64:
+    out, lse, dq, dk, dv and the gradients of the tensors in `grads_of`."""
+    import attention_engine as ae
+
+    attn = ae.compile(score_mod, mask_mod, normalize=normalize, scale=scale)
+    q, k, v = rand_qkv(**shape)
+    gen = torch.Generator().manual_seed(1)
+    if normalize == "softmax":
+        out, lse = attn(q, k, v, return_lse=True)
+    else:
+        out, lse = attn(q, k, v), None
+    ref, ref_lse = oracle(q, k, v, score_mod, mask_mod, scale, normalize)
+    assert_close(out, ref, tol, "out")
+    if lse is not None:
+        assert lse.dtype == torch.float32
+        assert torch.equal(torch.isneginf(lse), torch.isneginf(ref_lse)), "lse -inf rows differ"
+        fin = torch.isfinite(ref_lse)
+        assert_close(lse[fin].double(), ref_lse[fin], 1e-5, "lse")  # lse is float32
+    dout = torch.randn(out.shape, dtype=out.dtype, generator=gen)
+    inputs = (q, k, v) + tuple(grads_of)
+    got = torch.autograd.grad(out, inputs, dout, materialize_grads=True)
+    want = torch.autograd.grad(ref, inputs, dout, materialize_grads=True)
+    for name, a, b in zip(["dq", "dk", "dv"] + [f"d buffer {i}" for i in range(len(grads_of))],
+                          got, want):
+        assert_close(a, b, tol, name)
+    return attn, out
