@@ -92,11 +92,13 @@ std::string DiskCache::entry_path(const Hash128& key) const {
 
 void DiskCache::degrade(const std::string& reason) {
   if (failed_.exchange(true)) return;
-  if (g_warnings.fetch_add(1) == 0)
-    fmt::print(stderr,
-               "attention_engine: warning: JIT disk cache {} is unusable ({}); compiled kernels "
-               "are kept in memory only\n",
-               dir_, reason);
+  static std::atomic<bool> warned{false};
+  if (warned.exchange(true)) return;
+  g_warnings.fetch_add(1);
+  fmt::print(stderr,
+             "attention_engine: warning: JIT disk cache {} is unusable ({}); compiled kernels "
+             "are kept in memory only\n",
+             dir_, reason);
 }
 
 bool DiskCache::ensure_dirs() {
