@@ -72,7 +72,7 @@ DynLib DynLib::open(const std::string& what, const char* env_var,
     tried += fmt::format("\n  {}: {}", c, err ? err : "not found");
   }
   throw JitError(fmt::format(
-      "attention_engine: cannot load {} (needed to compile or run kernels). Tried:{}{}", what,
+      "attention_engine: cannot load {} (needed for JIT-compiled kernels). Tried:{}{}", what,
       tried,
       env_var ? fmt::format("\nSet {} to the library's path to choose one.", env_var) : ""));
 }
