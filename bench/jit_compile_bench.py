@@ -6,7 +6,9 @@ cache, warm disk), memory hit (by key, and by source). Each cold sample compiles
 """
 import argparse
 import json
+import atexit
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import time
 # The cache folder is chosen at first use: point it at an empty temp folder first.
 os.environ["AE_CACHE_DIR"] = tempfile.mkdtemp(prefix="ae_jit_bench_")
 os.environ.pop("AE_DISABLE_DISK_CACHE", None)
+atexit.register(shutil.rmtree, os.environ["AE_CACHE_DIR"], ignore_errors=True)
 
 import torch  # noqa: E402,F401  (loads libtorch before the extension)
 from attention_engine import _C  # noqa: E402

@@ -44,23 +44,23 @@ bool read_file(const std::string& path, std::string* out) {
   return ok;
 }
 
-// Writes all of `data` to a new file; errno-style message on failure.
-std::string write_new_file(const std::string& path, const std::string& data) {
+// Writes all of `data` to a new file; 0 or an errno value (the file is removed on failure).
+int write_new_file(const std::string& path, const std::string& data) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return std::strerror(errno);
+  if (fd < 0) return errno;
   size_t done = 0;
-  std::string error;
+  int error = 0;
   while (done < data.size()) {
     ssize_t n = ::write(fd, data.data() + done, data.size() - done);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
-      error = n < 0 ? std::strerror(errno) : "short write";
+      error = n < 0 ? errno : ENOSPC;
       break;
     }
     done += size_t(n);
   }
-  if (::close(fd) != 0 && error.empty()) error = std::strerror(errno);  // NFS, quota
-  if (!error.empty()) ::unlink(path.c_str());
+  if (::close(fd) != 0 && !error) error = errno;  // NFS, quotas report late
+  if (error) ::unlink(path.c_str());
   return error;
 }
 
@@ -136,12 +136,18 @@ void DiskCache::store(const Hash128& key, const CompileResult& result) {
   std::string path = entry_path(key);
   // pid + counter: unique across processes and threads; O_EXCL guards the rest.
   std::string tmp = fmt::format("{}.tmp.{}.{}", path, ::getpid(), g_tmp_counter.fetch_add(1));
-  std::string error = write_new_file(tmp, encode_cache_entry(key, result));
-  if (error.empty() && std::rename(tmp.c_str(), path.c_str()) != 0) {
-    error = std::strerror(errno);
+  std::string bytes = encode_cache_entry(key, result);
+  int error = write_new_file(tmp, bytes);
+  if (error == ENOENT) {  // the folder was removed while we ran: make it again, once
+    std::error_code ec;
+    fs::create_directories(dir_ + "/kernels", ec);
+    error = write_new_file(tmp, bytes);
+  }
+  if (!error && std::rename(tmp.c_str(), path.c_str()) != 0) {
+    error = errno;
     ::unlink(tmp.c_str());
   }
-  if (!error.empty()) degrade(fmt::format("cannot write {}: {}", path, error));
+  if (error) degrade(fmt::format("cannot write {}: {}", path, std::strerror(error)));
 }
 
 std::string DiskCache::save_failure(const Hash128& key, const std::string& text) {
@@ -153,7 +159,7 @@ std::string DiskCache::save_failure(const Hash128& key, const std::string& text)
     fs::create_directories(d, ec);
     std::string path = fmt::format("{}/{}.log", d, key.hex());
     std::string tmp = fmt::format("{}.tmp.{}.{}", path, ::getpid(), g_tmp_counter.fetch_add(1));
-    if (write_new_file(tmp, text).empty() && std::rename(tmp.c_str(), path.c_str()) == 0)
+    if (write_new_file(tmp, text) == 0 && std::rename(tmp.c_str(), path.c_str()) == 0)
       return path;
     ::unlink(tmp.c_str());
   }

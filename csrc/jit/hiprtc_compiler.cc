@@ -29,7 +29,7 @@ struct HiprtcApi {
   hiprtcResult (*AddNameExpression)(hiprtcProgram, const char*);
   hiprtcResult (*GetLoweredName)(hiprtcProgram, const char*, const char**);
   std::string version;
-  std::mutex compile_mutex;
+  mutable std::mutex compile_mutex;
 };
 
 std::vector<std::string> rocm_lib_dirs() {
@@ -82,7 +82,7 @@ class HiprtcCompiler final : public Compiler {
   std::string version() override { return hiprtc().version; }
 
   CompileResult compile(const CompileRequest& req, const HeaderSet& headers) override {
-    HiprtcApi& api = const_cast<HiprtcApi&>(hiprtc());
+    const HiprtcApi& api = hiprtc();
     // comgr in older ROCm is not reliably thread-safe: one compile at a time per process.
     std::lock_guard<std::mutex> lock(api.compile_mutex);
     std::vector<const char*> names = headers.name_ptrs(), texts = headers.content_ptrs();

@@ -1,6 +1,8 @@
 // The kernel cache: misses, hits, keys, corrupt entries, unusable folders, threads.
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 
 #include <filesystem>
 #include <thread>
@@ -159,6 +161,42 @@ TEST(JitCache, FolderThatIsAFileFallsBackToMemory) {
 
 TEST(JitCache, FolderThatCannotBeCreatedFallsBackToMemory) {
   expect_memory_only("/proc/attention_engine_cache");  // procfs refuses mkdir, even to root
+}
+
+// A full disk, for real: a file size limit makes the entry's write fail midway (EFBIG).
+TEST(JitCache, FullDiskFallsBackToMemoryAndLeavesNoPartialFile) {
+  TempDir dir;
+  FakeCompiler fake;
+  KernelCache cache(dir.path(), true, use(fake));
+  CompileRequest big = fake_request(std::string(64 * 1024, 'x'));
+  struct rlimit saved;
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &saved), 0);
+  auto old_handler = signal(SIGXFSZ, SIG_IGN);  // else the write kills the process
+  struct rlimit small = saved;
+  small.rlim_cur = 4096;
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
+  KernelPtr k = cache.get(big);
+  setrlimit(RLIMIT_FSIZE, &saved);
+  signal(SIGXFSZ, old_handler);
+  EXPECT_EQ(k->result.lowered_name, "k");
+  EXPECT_FALSE(cache.disk().usable());
+  CacheSummary s = summarize_cache(dir.path());
+  EXPECT_EQ(s.kernels, 0u);
+  EXPECT_EQ(s.temp_files, 0u);  // the partial write was removed
+  EXPECT_EQ(cache.get(big).get(), k.get());
+  EXPECT_EQ(fake.calls, 1);
+  EXPECT_EQ(disk_cache_warning_count(), 1);
+}
+
+TEST(JitCache, FolderRemovedWhileRunningIsMadeAgain) {
+  TempDir dir;
+  FakeCompiler fake;
+  KernelCache cache(dir / "c", true, use(fake));
+  cache.get(fake_request("one"));
+  fs::remove_all(dir / "c");
+  cache.get(fake_request("two"));
+  EXPECT_TRUE(cache.disk().usable());
+  EXPECT_EQ(kernel_files(dir / "c"), 1u);
 }
 
 TEST(JitCache, DisabledDiskCacheWritesNothing) {
