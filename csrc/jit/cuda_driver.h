@@ -1,0 +1,70 @@
+// The few CUDA driver API functions the JIT calls, from libcuda.so.1 opened with dlopen on
+// first use. Types are declared here: no CUDA headers are needed to build.
+#pragma once
+#include <cstddef>
+#include <string>
+
+#include "jit/dynlib.h"
+
+namespace ae::jit {
+
+using CUresult = int;  // 0 == CUDA_SUCCESS
+using CUdevice = int;
+using CUcontext = void*;
+using CUmodule = void*;
+using CUfunction = void*;
+using CUstream = void*;
+
+constexpr int kCuFuncAttrMaxDynamicSharedBytes = 8;   // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+constexpr int kCuFuncAttrNonPortableCluster = 14;     // ..._NON_PORTABLE_CLUSTER_SIZE_ALLOWED
+constexpr int kCuLaunchAttrClusterDimension = 4;      // CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+
+// Mirrors CUlaunchAttribute / CUlaunchConfig of cuda.h (stable ABI since CUDA 11.8).
+struct CuLaunchAttribute {
+  int id;
+  char pad[4];
+  union {
+    char bytes[64];
+    struct {
+      unsigned x, y, z;
+    } cluster_dim;
+  } value;
+};
+struct CuLaunchConfig {
+  unsigned grid_x, grid_y, grid_z, block_x, block_y, block_z, shared_bytes;
+  CUstream stream;
+  CuLaunchAttribute* attrs;
+  unsigned num_attrs;
+};
+
+struct CudaDriver {
+  DynLib lib;
+  CUresult (*Init)(unsigned);
+  CUresult (*DriverGetVersion)(int*);
+  CUresult (*DeviceGet)(CUdevice*, int);
+  CUresult (*DevicePrimaryCtxRetain)(CUcontext*, CUdevice);
+  CUresult (*CtxGetCurrent)(CUcontext*);
+  CUresult (*CtxSetCurrent)(CUcontext);
+  CUresult (*CtxGetDevice)(CUdevice*);
+  CUresult (*ModuleLoadData)(CUmodule*, const void*);
+  CUresult (*ModuleGetFunction)(CUfunction*, CUmodule, const char*);
+  CUresult (*FuncSetAttribute)(CUfunction, int, int);
+  CUresult (*LaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned,
+                           unsigned, unsigned, CUstream, void**, void**);
+  CUresult (*LaunchKernelEx)(const CuLaunchConfig*, CUfunction, void**, void**);  // may be null
+  CUresult (*GetErrorName)(CUresult, const char**);
+  CUresult (*GetErrorString)(CUresult, const char**);
+};
+
+// Loads libcuda.so.1 (or $AE_LIBCUDA_PATH) and calls cuInit once; throws JitError.
+const CudaDriver& cuda_driver();
+
+// "CUDA_ERROR_INVALID_VALUE (invalid argument)".
+std::string cuda_error_text(CUresult r);
+
+// Makes the device's primary context (the one PyTorch uses) current on this thread.
+void cuda_make_current(int device);
+// The device of the current context, or -1 when none is current.
+int cuda_current_device();
+
+}  // namespace ae::jit
