@@ -35,13 +35,19 @@ export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 
 # The extension, built in place (ninja makes the second build a no-op), and registered once
 # as an editable install so `import attention_engine` works from anywhere in the venv.
+mkdir -p build
+run_logged() {  # run quietly; on failure show the log's end
+  local log="$1"; shift
+  if ! "$@" >"$log" 2>&1; then
+    tail -n 60 "$log"; echo "[setup] FAILED: $* (full log: $log)"; return 1
+  fi
+}
 echo "[setup] building attention_engine._C"
-"$VPY" setup.py -q build_ext --inplace 2>&1 | grep -v -E "^(running|copying|creating)" || true
-test -f python/attention_engine/_C*.so 2>/dev/null || ls python/attention_engine/_C*.so >/dev/null
+run_logged build/setup_ext.log "$VPY" setup.py build_ext --inplace
 if ! "$VPY" -m pip show -q attention_engine >/dev/null 2>&1; then
-  "$VPY" -m pip install -q --no-build-isolation --no-deps -e . >/dev/null
+  run_logged build/setup_pip.log "$VPY" -m pip install --no-build-isolation --no-deps -e .
 fi
 
 echo "[setup] building the C++ core and tests"
-cmake -S . -B build/cmake -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build/cmake -j "$MAX_JOBS" | tail -n 1
+run_logged build/setup_cmake.log cmake -S . -B build/cmake -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+run_logged build/setup_cmake_build.log cmake --build build/cmake -j "$MAX_JOBS"

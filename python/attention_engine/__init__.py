@@ -3,9 +3,17 @@
     attn = attention_engine.compile(score_mod=..., mask_mod=..., normalize="softmax")
     out = attn(q, k, v)
 """
+import os as _os
+
 import torch  # noqa: F401  (loads libtorch before the extension)
 
 from . import _C
+
+# NVRTC shipped in PyTorch's wheels: where the JIT looks after the system's libnvrtc.
+_site = _os.path.dirname(_os.path.dirname(torch.__file__))
+for _sub in ("nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib"):
+    if _os.path.isdir(_os.path.join(_site, _sub)):
+        _C.add_library_search_path(_os.path.join(_site, _sub))
 from . import mods
 from . import ops as _ops  # noqa: F401  (registers autograd for the native ops)
 from .api import CompiledAttention, compile
