@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One call on the GPU machine (the `device` tool): build the package the way a user installs
+# it, run the Python tests (GPU tests included), the JIT check and the benchmarks, then print
+# a short table. Logs go to $OUT (or build/gpu_check when run elsewhere).
+#
+#   bash bench/gpu_check.sh            # everything
+#   bash bench/gpu_check.sh build test # some steps: build, test, jit, bench
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT="${OUT:-build/gpu_check}"
+mkdir -p "$OUT"
+STEPS="${*:-build test jit bench}"
+export PYTHONUNBUFFERED=1 MAX_JOBS="${MAX_JOBS:-16}"
+PY="${PYTHON:-python3}"
+declare -a SUMMARY
+
+step() {  # step NAME LOG CMD...: run, log, remember the verdict and time
+  local name="$1" log="$OUT/$2"; shift 2
+  local t0=$SECONDS
+  "$@" >"$log" 2>&1
+  local rc=$?
+  SUMMARY+=("$(printf '%-8s %-6s %4ss  %s' "$name" "$([ $rc = 0 ] && echo ok || echo FAIL)" $((SECONDS - t0)) "$(tail -n 1 "$log" | cut -c1-90)")")
+  [ $rc = 0 ] || { echo "---- $name failed, end of $log:"; tail -n 40 "$log"; }
+  return $rc
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv > "$OUT/gpu.txt" 2>&1
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" >> "$OUT/gpu.txt" 2>&1
+cat "$OUT/gpu.txt"
+
+for s in $STEPS; do
+  case "$s" in
+    build) step build build.log $PY -m pip install --no-build-isolation --no-deps -v -e . || break ;;
+    test)  step test pytest.log $PY -m pytest -q -rs tests/python ;;
+    jit)   step jit jit_gpu_check.log $PY bench/jit_gpu_check.py ;;
+    bench) [ -f bench/attention_bench.py ] && step bench bench.log $PY bench/attention_bench.py --out "$OUT/bench.md" ;;
+    *) echo "unknown step $s"; exit 2 ;;
+  esac
+done
+
+echo; echo "== jit"; tail -n 20 "$OUT/jit_gpu_check.log" 2>/dev/null
+[ -f "$OUT/bench.md" ] && { echo "== bench"; cat "$OUT/bench.md"; }
+echo; echo "== summary"; printf '%s\n' "${SUMMARY[@]}"
