@@ -34,7 +34,7 @@ BLOCKS = 132
 SMEM_SOURCE = r'''#include "common/ae_common.h"
 // {tag}
 // Stages a whole tile in dynamic shared memory, then writes it back reversed and scaled:
-// y[b, i] = a * x[b, tile - 1 - i] + b.
+// y[b, i] = a * x[b, tile - 1 - i] + b (a = 2: exact, so FMA or not the result is the same).
 extern "C" __global__ void ae_smem_reverse(ae::f32* __restrict__ y,
                                            const ae::f32* __restrict__ x, ae::f32 a,
                                            ae::i32 tile) {{
@@ -73,9 +73,9 @@ def run_smem_kernel(kernel, device, stream):
     with torch.cuda.stream(stream):  # inputs made on the same stream as the launch
         x = torch.randn(BLOCKS * TILE, device=device)
         y = torch.empty_like(x)
-        kernel.launch([y, x, 1.5, TILE], grid=BLOCKS, block=256, smem=TILE * 4,
+        kernel.launch([y, x, 2.0, TILE], grid=BLOCKS, block=256, smem=TILE * 4,
                       stream=torch.cuda.current_stream().cuda_stream, device=device)
-        expected = x.view(BLOCKS, TILE).flip(1) * 1.5 + torch.arange(
+        expected = x.view(BLOCKS, TILE).flip(1) * 2.0 + torch.arange(
             BLOCKS, device=device, dtype=x.dtype)[:, None]
     stream.synchronize()
     return torch.equal(y.view(BLOCKS, TILE), expected)
