@@ -3,6 +3,7 @@
 #include <c10/util/Exception.h>
 
 #include "ir/error.h"
+#include "torch/messages.h"
 
 namespace ae::torch_ops {
 namespace {
@@ -41,12 +42,10 @@ at::Tensor load(const ir::Graph& g, const ir::Node& n, const std::vector<at::Ten
   const std::string& name = g.buffers[n.index].name;
   for (size_t d = 0; d < idx.size(); ++d) {
     int64_t lo = idx[d].min().item<int64_t>(), hi = idx[d].max().item<int64_t>();
-    TORCH_CHECK_INDEX(lo >= 0 && hi < buf.size(d),
-                      ir::at_loc("attention_engine: captured tensor '" + name + "' (shape " +
-                                     c10::str(buf.sizes()) + ") is indexed out of range in dim " +
-                                     std::to_string(d) + ": indices span [" + std::to_string(lo) +
-                                     ", " + std::to_string(hi) + "]",
-                                 n.loc));
+    AE_CHECK(INDEX, lo >= 0 && hi < buf.size(d), "{}",
+             ir::at_loc(fmt::format("captured tensor '{}' (shape {}) is indexed out of range in "
+                                    "dim {}: indices span [{}, {}]",
+                                    name, shape_str(buf), d, lo, hi), n.loc));
   }
   if (idx.empty()) return buf.reshape({});
   std::vector<std::optional<at::Tensor>> indices(idx.begin(), idx.end());
@@ -115,7 +114,7 @@ at::Tensor apply(const ir::Node& n, std::vector<at::Tensor> a, at::ScalarType co
     case Op::Load:
       break;
   }
-  TORCH_CHECK(false, "attention_engine: internal error: cannot evaluate op ", ir::op_info(n.op).name);
+  AE_CHECK(VALUE, false, "internal error: cannot evaluate op {}", ir::op_info(n.op).name);
 }
 
 }  // namespace

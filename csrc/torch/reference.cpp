@@ -4,6 +4,7 @@
 
 #include "torch/checks.h"
 #include "torch/graph_eval.h"
+#include "torch/messages.h"
 
 namespace ae::torch_ops {
 namespace {
@@ -88,9 +89,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> referenc
     const c10::List<bool>& buffer_grads) {
   auto variant = get_variant(key);
   const Shapes s = check_inputs(q, k, v, buffers, *variant);
-  TORCH_CHECK_VALUE(buffer_grads.size() == buffers.size(),
-                    "attention_engine: buffer_grads has ", buffer_grads.size(), " entries for ",
-                    buffers.size(), " captured tensors");
+  AE_CHECK(VALUE, buffer_grads.size() == buffers.size(),
+           "buffer_grads has {} entries for {} captured tensors", buffer_grads.size(),
+           buffers.size());
   const at::ScalarType cdt = compute_dtype(q);
   const ir::Graph& g = variant->backward;
   const at::Tensor kf = expand_heads(k, s.group(), cdt), vf = expand_heads(v, s.group(), cdt);
