@@ -43,7 +43,8 @@ setup(
         CppExtension(
             name="attention_engine._C",
             sources=sources(),
-            include_dirs=[os.path.join(ROOT, "csrc"), os.path.join(ROOT, "third_party")],
+            include_dirs=[os.path.join(ROOT, "csrc"), os.path.join(ROOT, "third_party"),
+                          os.path.join(ROOT, "templates")],
             define_macros=[("FMT_HEADER_ONLY", "1")],
             extra_compile_args=["-O2", "-Wno-unused-parameter"],
             libraries=["dl"],

@@ -2,6 +2,7 @@
 
 #include <array>
 #include <atomic>
+#include <mutex>
 
 #include "fmt/format.h"
 #include "jit/errors.h"
@@ -18,6 +19,7 @@ std::unique_ptr<CudaDriver> load_cuda() {
   l.bind(d->Init, "cuInit");
   l.bind(d->DriverGetVersion, "cuDriverGetVersion");
   l.bind(d->DeviceGet, "cuDeviceGet");
+  l.bind(d->DeviceGetAttribute, "cuDeviceGetAttribute");
   l.bind(d->DevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain");
   l.bind(d->CtxGetCurrent, "cuCtxGetCurrent");
   l.bind(d->CtxSetCurrent, "cuCtxSetCurrent");
@@ -52,6 +54,30 @@ std::string cuda_error_text(CUresult r) {
   d.GetErrorName(r, &name);
   d.GetErrorString(r, &text);
   return fmt::format("{} ({})", name ? name : std::to_string(r), text ? text : "?");
+}
+
+const CudaDeviceInfo& cuda_device_info(int device) {
+  if (device < 0 || device >= kMaxDevices)
+    throw JitError(fmt::format("attention_engine: bad CUDA device index {}", device));
+  static std::array<CudaDeviceInfo, kMaxDevices> infos{};
+  static std::array<std::once_flag, kMaxDevices> once;
+  std::call_once(once[device], [device] {
+    const CudaDriver& d = cuda_driver();
+    CUdevice dev = 0;
+    CUresult r = d.DeviceGet(&dev, device);
+    CudaDeviceInfo info;
+    // CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR / _MINOR, MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+    // MULTIPROCESSOR_COUNT
+    if (r == 0) r = d.DeviceGetAttribute(&info.major, 75, dev);
+    if (r == 0) r = d.DeviceGetAttribute(&info.minor, 76, dev);
+    if (r == 0) r = d.DeviceGetAttribute(&info.smem_optin, 97, dev);
+    if (r == 0) r = d.DeviceGetAttribute(&info.multiprocessors, 16, dev);
+    if (r != 0)
+      throw JitError(fmt::format("attention_engine: cannot query CUDA device {}: {}", device,
+                                 cuda_error_text(r)));
+    infos[device] = info;
+  });
+  return infos[device];
 }
 
 void cuda_make_current(int device) {

@@ -42,6 +42,7 @@ struct CudaDriver {
   CUresult (*Init)(unsigned);
   CUresult (*DriverGetVersion)(int*);
   CUresult (*DeviceGet)(CUdevice*, int);
+  CUresult (*DeviceGetAttribute)(int*, int, CUdevice);
   CUresult (*DevicePrimaryCtxRetain)(CUcontext*, CUdevice);
   CUresult (*CtxGetCurrent)(CUcontext*);
   CUresult (*CtxSetCurrent)(CUcontext);
@@ -62,6 +63,11 @@ const CudaDriver& cuda_driver();
 // "CUDA_ERROR_INVALID_VALUE (invalid argument)".
 std::string cuda_error_text(CUresult r);
 
+// Compute capability and opt-in shared memory per block of a device (cached per device).
+struct CudaDeviceInfo {
+  int major = 0, minor = 0, smem_optin = 0, multiprocessors = 0;
+};
+const CudaDeviceInfo& cuda_device_info(int device);
 // Makes the device's primary context (the one PyTorch uses) current on this thread.
 void cuda_make_current(int device);
 // The device of the current context, or -1 when none is current.

@@ -1,7 +1,10 @@
 // Python bindings of the IR: build a Variant from a trace and look at its graphs.
 #include <pybind11/stl.h>
 
+#include "codegen/kernel_spec.h"
 #include "ir/error.h"
+#include "torch/cuda_backend.h"
+#include "torch/kernel_registry.h"
 #include "ir/variant.h"
 #include "torch/bindings.h"
 
@@ -36,7 +39,36 @@ void bind_ir(pybind11::module_& m) {
       .def_property_readonly("has_mask", [](const VariantHandle& h) { return h.variant->analysis.has_mask; })
       .def_property_readonly("mask_is_index_only",
                              [](const VariantHandle& h) { return h.variant->analysis.mask_is_index_only; })
-      .def_property_readonly("num_nodes", [](const VariantHandle& h) { return h.variant->forward.nodes.size(); });
+      .def_property_readonly("num_nodes", [](const VariantHandle& h) { return h.variant->forward.nodes.size(); })
+      .def("kernel_source",
+           [](const VariantHandle& h, const std::string& kind, int d_qk, int d_v, bool bf16,
+              const std::vector<std::string>& buffer_dtypes, const std::string& arch) {
+             const codegen::Kind k = kind == "fwd" ? codegen::Kind::Forward
+                                     : kind == "bwd" ? codegen::Kind::Backward
+                                                     : codegen::Kind::BlockState;
+             codegen::TileChoice c = codegen::choose_sm80(
+                 k == codegen::Kind::BlockState ? codegen::Kind::Forward : k, d_qk, d_v, bf16,
+                 227 * 1024);
+             if (!c.ok) throw ir::GraphError(c.reason);
+             c.spec.kind = k;
+             c.spec.arch = arch;
+             c.spec.buffer_dtypes = buffer_dtypes;
+             pyb::dict d;
+             d["source"] = codegen::instantiate(*h.variant, c.spec);
+             d["entry"] = c.spec.entry();
+             d["threads"] = k == codegen::Kind::BlockState ? 128 : c.spec.threads();
+             d["smem"] = codegen::smem_bytes(c.spec);
+             d["describe"] = c.spec.describe();
+             return d;
+           },
+           pyb::arg("kind"), pyb::arg("d_qk"), pyb::arg("d_v"), pyb::arg("bf16") = true,
+           pyb::arg("buffer_dtypes") = std::vector<std::string>{}, pyb::arg("arch") = "sm_80",
+           "The generated kernel source for one instantiation (kind: fwd, bwd, block_state).");
+
+  m.def("backend_for", &torch_ops::backend_for, pyb::arg("q"), pyb::arg("k"), pyb::arg("v"),
+        pyb::arg("buffers"), pyb::arg("key"));
+  m.def("clear_kernel_caches", &torch_ops::clear_kernel_caches,
+        "Drops the in-process kernel caches (the next call loads from the disk cache).");
 
   m.def("build_variant", [](const std::string& trace_json) {
     VariantHandle h;

@@ -35,20 +35,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> backward
 }  // namespace
 }  // namespace ae::torch_ops
 
+// attention / attention_backward: the engine's op (fused kernels where a backend has one).
+// attention_reference / attention_reference_backward: always the reference executor, for
+// tests and as the oracle on any device.
+#define AE_FWD_SCHEMA \
+  "(Tensor q, Tensor k, Tensor v, Tensor[] buffers, str variant, float scale)" \
+  " -> (Tensor out, Tensor lse)"
+#define AE_BWD_SCHEMA                                                                      \
+  "(Tensor dout, Tensor? dlse, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "    \
+  "Tensor[] buffers, str variant, float scale, bool[] buffer_grads)"                      \
+  " -> (Tensor dq, Tensor dk, Tensor dv, Tensor[] dbuffers)"
+
 TORCH_LIBRARY(attention_engine, m) {
-  m.def("attention(Tensor q, Tensor k, Tensor v, Tensor[] buffers, str variant, float scale)"
-        " -> (Tensor out, Tensor lse)");
-  m.def("attention_backward(Tensor dout, Tensor? dlse, Tensor q, Tensor k, Tensor v, "
-        "Tensor out, Tensor lse, Tensor[] buffers, str variant, float scale, bool[] buffer_grads)"
-        " -> (Tensor dq, Tensor dk, Tensor dv, Tensor[] dbuffers)");
+  m.def("attention" AE_FWD_SCHEMA);
+  m.def("attention_backward" AE_BWD_SCHEMA);
+  m.def("attention_reference" AE_FWD_SCHEMA);
+  m.def("attention_reference_backward" AE_BWD_SCHEMA);
 }
 
 TORCH_LIBRARY_IMPL(attention_engine, CompositeExplicitAutograd, m) {
   m.impl("attention", &ae::torch_ops::reference_forward);
   m.impl("attention_backward", &ae::torch_ops::reference_backward);
+  m.impl("attention_reference", &ae::torch_ops::reference_forward);
+  m.impl("attention_reference_backward", &ae::torch_ops::reference_backward);
 }
 
 TORCH_LIBRARY_IMPL(attention_engine, Meta, m) {
   m.impl("attention", &ae::torch_ops::forward_meta);
   m.impl("attention_backward", &ae::torch_ops::backward_meta);
+  m.impl("attention_reference", &ae::torch_ops::forward_meta);
+  m.impl("attention_reference_backward", &ae::torch_ops::backward_meta);
 }

@@ -16,12 +16,12 @@ for _sub in ("nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib"):
         _C.add_library_search_path(_os.path.join(_site, _sub))
 from . import mods
 from . import ops as _ops  # noqa: F401  (registers autograd for the native ops)
-from .api import CompiledAttention, compile
+from .api import CompiledAttention, clear_kernel_caches, compile
 from .errors import GraphError, TraceError
 from .flex import BlockMask, create_block_mask, flex_attention
 from .module import Attention
 
 __version__ = _C.__version__
 
-__all__ = ["compile", "CompiledAttention", "Attention", "flex_attention", "create_block_mask",
+__all__ = ["compile", "CompiledAttention", "clear_kernel_caches", "Attention", "flex_attention", "create_block_mask",
            "BlockMask", "mods", "GraphError", "TraceError", "__version__"]

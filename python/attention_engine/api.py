@@ -9,7 +9,7 @@ from typing import Callable, Optional
 import torch
 
 from . import _C
-from .ops import attention_op
+from .ops import attention_op, reference_op
 from .trace import trace
 
 # trace JSON -> _C.Variant: a definition is parsed and differentiated in C++ once.
@@ -55,6 +55,19 @@ class CompiledAttention:
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                  return_lse: bool = False):
+        return self._run(attention_op, q, k, v, return_lse)
+
+    def reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                  return_lse: bool = False):
+        """The same attention through the reference executor (ATen, any device and float
+        dtype, with autograd): the oracle the kernels are tested against."""
+        return self._run(reference_op, q, k, v, return_lse)
+
+    def backend_for(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
+        """What a call with these inputs runs: "sm80", or "reference: <why>"."""
+        return _C.backend_for(q, k, v, self.buffers, self._key)
+
+    def _run(self, op, q, k, v, return_lse):
         for name, x in (("q", q), ("k", k), ("v", v)):
             if not isinstance(x, torch.Tensor):
                 raise TypeError(f"attention_engine: {name} must be a torch.Tensor, "
@@ -65,7 +78,7 @@ class CompiledAttention:
         scale = self.scale
         if scale is None:
             scale = 1.0 / math.sqrt(q.shape[-1]) if q.dim() > 0 and q.shape[-1] > 0 else 1.0
-        out, lse = attention_op(q, k, v, self.buffers, self._key, float(scale))
+        out, lse = op(q, k, v, self.buffers, self._key, float(scale))
         return (out, lse) if return_lse else out
 
 
@@ -92,6 +105,12 @@ def compile(score_mod: Optional[Callable] = None, mask_mod: Optional[Callable] =
     compiled = CompiledAttention(variant, tensors, normalize, scale)
     _COMPILED[key] = compiled
     return compiled
+
+
+def clear_kernel_caches() -> None:
+    """Drops the in-process kernel caches: the next call loads kernels from the disk cache
+    (for timing a disk hit; the disk cache itself stays)."""
+    _C.clear_kernel_caches()
 
 
 def build_count() -> int:

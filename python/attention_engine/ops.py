@@ -1,11 +1,12 @@
-"""Autograd for the native ops torch.ops.attention_engine.attention / attention_backward
-(defined in csrc/torch/ops.cpp). Registered once, at import."""
+"""Autograd for the native ops (defined in csrc/torch/ops.cpp), registered once at import:
+torch.ops.attention_engine.attention (fused kernels where a backend has one) and
+attention_reference (always the reference executor), each with its *_backward op."""
 import torch
 
 from . import _C  # noqa: F401  (loads the library that defines the ops)
 
 attention_op = torch.ops.attention_engine.attention
-backward_op = torch.ops.attention_engine.attention_backward
+reference_op = torch.ops.attention_engine.attention_reference
 
 
 def _setup_context(ctx, inputs, output):
@@ -14,22 +15,28 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(q, k, v, out, lse, *buffers)
     ctx.variant = variant
     ctx.scale = scale
-    ctx.num_buffers = len(buffers)
 
 
-def _backward(ctx, dout, dlse):
-    q, k, v, out, lse, *buffers = ctx.saved_tensors
-    needs = ctx.needs_input_grad
-    # needs_input_grad has one entry for the buffer list as a whole: ask each tensor.
-    buffer_grads = [bool(b.requires_grad) for b in buffers]
-    if dout is None:
-        dout = torch.zeros_like(out)
-    dq, dk, dv, dbuffers = backward_op(dout.contiguous(), dlse, q, k, v, out, lse, buffers,
-                                       ctx.variant, ctx.scale, buffer_grads)
-    grads = [g if want else None for g, want in zip(dbuffers, buffer_grads)]
-    return (dq if needs[0] else None, dk if needs[1] else None, dv if needs[2] else None,
-            grads, None, None)
+def _make_backward(backward_op):
+    def backward(ctx, dout, dlse):
+        q, k, v, out, lse, *buffers = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        # needs_input_grad has one entry for the buffer list as a whole: ask each tensor.
+        buffer_grads = [bool(b.requires_grad) for b in buffers]
+        if dout is None:
+            dout = torch.zeros_like(out)
+        dq, dk, dv, dbuffers = backward_op(dout, dlse, q, k, v, out, lse, buffers, ctx.variant,
+                                           ctx.scale, buffer_grads)
+        grads = [g if want else None for g, want in zip(dbuffers, buffer_grads)]
+        return (dq if needs[0] else None, dk if needs[1] else None, dv if needs[2] else None,
+                grads, None, None)
+    return backward
 
 
-torch.library.register_autograd("attention_engine::attention", _backward,
-                                setup_context=_setup_context)
+torch.library.register_autograd(
+    "attention_engine::attention",
+    _make_backward(torch.ops.attention_engine.attention_backward), setup_context=_setup_context)
+torch.library.register_autograd(
+    "attention_engine::attention_reference",
+    _make_backward(torch.ops.attention_engine.attention_reference_backward),
+    setup_context=_setup_context)

@@ -1,0 +1,244 @@
+#include "codegen/emit_variant.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <iterator>
+#include <stdexcept>
+
+#include "ir/error.h"
+
+namespace ae::codegen {
+namespace {
+
+using ir::DType;
+using ir::Graph;
+using ir::Node;
+using ir::Op;
+
+const char* ctype(DType t) {
+  switch (t) {
+    case DType::Float: return "float";
+    case DType::Int: return "int";
+    case DType::Bool: return "bool";
+  }
+  return "?";
+}
+
+std::string name(int id) { return fmt::format("n{}", id); }
+
+// The value of node `id` converted to type `to`.
+std::string conv(const Graph& g, int id, DType to) {
+  const DType from = g.nodes[id].type;
+  const std::string x = name(id);
+  if (from == to) return x;
+  if (to == DType::Float) return from == DType::Bool ? fmt::format("({} ? 1.f : 0.f)", x)
+                                                     : fmt::format("static_cast<float>({})", x);
+  if (to == DType::Int) return fmt::format("static_cast<int>({})", x);
+  return from == DType::Float ? fmt::format("({} != 0.f)", x) : fmt::format("({} != 0)", x);
+}
+
+std::string float_literal(double v) {
+  const float f = static_cast<float>(v);
+  if (std::isnan(f)) return "__int_as_float(0x7fffffff)";
+  if (std::isinf(f)) return f > 0 ? "__int_as_float(0x7f800000)" : "__int_as_float(0xff800000)";
+  return fmt::format("{:.9e}f", f);
+}
+
+std::string load_expr(const Graph& g, const Node& n, const std::string& dtype) {
+  std::string off = "0";
+  if (!n.args.empty()) {
+    std::string idx;
+    for (size_t i = 0; i < n.args.size(); ++i)
+      idx += fmt::format("{}static_cast<long long>({})", i ? ", " : "", name(n.args[i]));
+    off = fmt::format("ae::offset<{}>(va.buf[{}], {{{}}})", n.args.size(), n.index, idx);
+  }
+  const std::string buf = fmt::format("va.buf[{}]", n.index);
+  std::string raw;
+  DType raw_type = DType::Int;
+  if (dtype == "float32") raw = fmt::format("ae::ld<float>({}, {})", buf, off), raw_type = DType::Float;
+  else if (dtype == "float64") raw = fmt::format("static_cast<float>(ae::ld<double>({}, {}))", buf, off), raw_type = DType::Float;
+  else if (dtype == "bfloat16") raw = fmt::format("ae::ld_bf16({}, {})", buf, off), raw_type = DType::Float;
+  else if (dtype == "float16") raw = fmt::format("ae::ld_f16({}, {})", buf, off), raw_type = DType::Float;
+  else if (dtype == "int64") raw = fmt::format("static_cast<int>(ae::ld<long long>({}, {}))", buf, off);
+  else if (dtype == "int32") raw = fmt::format("ae::ld<int>({}, {})", buf, off);
+  else if (dtype == "int16") raw = fmt::format("static_cast<int>(ae::ld<short>({}, {}))", buf, off);
+  else if (dtype == "int8") raw = fmt::format("static_cast<int>(ae::ld<signed char>({}, {}))", buf, off);
+  else if (dtype == "uint8") raw = fmt::format("static_cast<int>(ae::ld<unsigned char>({}, {}))", buf, off);
+  else if (dtype == "bool") raw = fmt::format("(ae::ld<unsigned char>({}, {}) != 0)", buf, off), raw_type = DType::Bool;
+  else throw ir::GraphError(fmt::format("no kernel load for captured dtype {}", dtype));
+  if (raw_type == n.type) return raw;
+  if (n.type == DType::Float) return fmt::format("static_cast<float>({})", raw);
+  if (n.type == DType::Int) return fmt::format("static_cast<int>({})", raw);
+  return fmt::format("({} != 0)", raw);
+}
+
+std::string expr(const Graph& g, int id, const std::vector<std::string>& dtypes) {
+  const Node& n = g.nodes[id];
+  const DType t = n.type;
+  const bool fl = t == DType::Float;
+  auto a = [&](int i, DType to) { return conv(g, n.args[i], to); };
+  auto x = [&](int i) { return name(n.args[i]); };
+  auto fun = [&](const char* f) { return fmt::format("{}({})", f, a(0, DType::Float)); };
+  auto operand = [&]() {  // comparisons compare in the promoted type (bool as int)
+    DType p = std::max(g.nodes[n.args[0]].type, g.nodes[n.args[1]].type);
+    return p == DType::Bool ? DType::Int : p;
+  };
+  auto cmp = [&](const char* o) {
+    DType p = operand();
+    return fmt::format("{} {} {}", a(0, p), o, a(1, p));
+  };
+  auto bin = [&](const char* o) { return fmt::format("{} {} {}", a(0, t), o, a(1, t)); };
+  switch (n.op) {
+    case Op::Param: {
+      static const char* params[] = {"score", "b", "h", "q_idx", "kv_idx"};
+      return params[n.index];
+    }
+    case Op::Const:
+      if (t == DType::Float) return float_literal(n.fvalue);
+      if (t == DType::Bool) return n.ivalue ? "true" : "false";
+      return fmt::format("{}", n.ivalue);
+    case Op::Load: return load_expr(g, n, dtypes.at(n.index));
+    case Op::Cast: return a(0, t);
+    case Op::Neg: return fmt::format("-{}", a(0, t));
+    case Op::Not: return t == DType::Bool ? fmt::format("!{}", x(0)) : fmt::format("~{}", x(0));
+    case Op::Abs: return fl ? fun("fabsf") : fmt::format("ae::iabs({})", a(0, t));
+    case Op::Sign: return fl ? fun("ae::fsign") : fmt::format("ae::isign({})", a(0, t));
+    case Op::Relu: return fl ? fmt::format("fmaxf({}, 0.f)", x(0)) : fmt::format("ae::imax({}, 0)", a(0, t));
+    case Op::Exp: return fun("expf");
+    case Op::Exp2: return fun("exp2f");
+    case Op::Log: return fun("logf");
+    case Op::Log2: return fun("log2f");
+    case Op::Tanh: return fun("tanhf");
+    case Op::Sigmoid: return fun("ae::sigmoidf");
+    case Op::Sqrt: return fun("sqrtf");
+    case Op::Rsqrt: return fun("rsqrtf");
+    case Op::Sin: return fun("sinf");
+    case Op::Cos: return fun("cosf");
+    case Op::Floor: return fl ? fun("floorf") : a(0, t);
+    case Op::Ceil: return fl ? fun("ceilf") : a(0, t);
+    case Op::Trunc: return fl ? fun("truncf") : a(0, t);
+    case Op::Round: return fl ? fun("rintf") : a(0, t);  // half to even, as torch.round
+    case Op::Add: return bin("+");
+    case Op::Sub: return bin("-");
+    case Op::Mul: return bin("*");
+    case Op::Div: return fmt::format("{} / {}", a(0, DType::Float), a(1, DType::Float));
+    case Op::FloorDiv:
+      return fl ? fmt::format("floorf({} / {})", a(0, t), a(1, t))
+                : fmt::format("ae::floordiv({}, {})", a(0, t), a(1, t));
+    case Op::Mod:
+      return fl ? fmt::format("ae::fmod_floor({}, {})", a(0, t), a(1, t))
+                : fmt::format("ae::remainder({}, {})", a(0, t), a(1, t));
+    case Op::Pow:
+      return fl ? fmt::format("powf({}, {})", a(0, t), a(1, t))
+                : fmt::format("ae::ipow({}, {})", a(0, t), a(1, t));
+    case Op::Min:
+      return fl ? fmt::format("fminf({}, {})", a(0, t), a(1, t))
+                : fmt::format("ae::imin({}, {})", a(0, t), a(1, t));
+    case Op::Max:
+      return fl ? fmt::format("fmaxf({}, {})", a(0, t), a(1, t))
+                : fmt::format("ae::imax({}, {})", a(0, t), a(1, t));
+    case Op::Lt: return cmp("<");
+    case Op::Le: return cmp("<=");
+    case Op::Gt: return cmp(">");
+    case Op::Ge: return cmp(">=");
+    case Op::Eq: return cmp("==");
+    case Op::Ne: return cmp("!=");
+    case Op::And: return t == DType::Bool ? fmt::format("{} && {}", x(0), x(1)) : bin("&");
+    case Op::Or: return t == DType::Bool ? fmt::format("{} || {}", x(0), x(1)) : bin("|");
+    case Op::Xor: return t == DType::Bool ? fmt::format("{} != {}", x(0), x(1)) : bin("^");
+    case Op::Where: return fmt::format("{} ? {} : {}", x(0), a(1, t), a(2, t));
+  }
+  throw ir::GraphError("codegen: unknown op");
+}
+
+// The statements computing `roots` (and what they need), in graph order.
+std::string statements(const Graph& g, const std::vector<int>& roots,
+                       const std::vector<std::string>& dtypes) {
+  std::vector<bool> need(g.nodes.size(), false);
+  for (int r : roots) need[r] = true;
+  for (size_t i = g.nodes.size(); i-- > 0;)
+    if (need[i])
+      for (int a : g.nodes[i].args) need[a] = true;
+  std::string s;
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    if (!need[i]) continue;
+    const Node& n = g.nodes[i];
+    fmt::format_to(std::back_inserter(s), "    const {} {} = {};", ctype(n.type), name(i),
+                   expr(g, static_cast<int>(i), dtypes));
+    if (!n.loc.empty()) {
+      std::string loc = n.loc;
+      for (char& c : loc)
+        if (c == '\n' || c == '\r') c = ' ';
+      fmt::format_to(std::back_inserter(s), "  // {}", loc);
+    }
+    s += '\n';
+  }
+  return s;
+}
+
+}  // namespace
+
+std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& dtypes) {
+  const Graph& f = v.forward;
+  const Graph& bw = v.backward;
+  if (dtypes.size() != f.buffers.size())
+    throw ir::GraphError(fmt::format("codegen: {} buffer dtypes for {} captured tensors",
+                                     dtypes.size(), f.buffers.size()));
+  const int score = f.output("score"), mask = f.output("mask");
+  const bool identity = !v.analysis.has_score_mod;
+  const bool has_mask = mask >= 0 && v.analysis.has_mask;
+  std::string s;
+  auto out = std::back_inserter(s);
+  fmt::format_to(out, "// Variant {} (generated from its op graph; n<i> is node %<i>).\n", v.key);
+  s += "struct Variant {\n  const ae::VariantArgs& va;\n";
+  fmt::format_to(out, "  static constexpr bool kIdentity = {};\n", identity ? "true" : "false");
+  fmt::format_to(out, "  static constexpr bool kHasMask = {};\n", has_mask ? "true" : "false");
+  fmt::format_to(out, "  static constexpr bool kSoftmax = {};\n\n",
+                 f.normalize == ir::Normalize::Softmax ? "true" : "false");
+
+  s += "  AE_DEVICE float score(float score, int b, int h, int q_idx, int kv_idx) const {\n";
+  s += statements(f, {score}, dtypes);
+  fmt::format_to(out, "    return {};\n  }}\n\n", name(score));
+
+  s += "  AE_DEVICE bool mask(int b, int h, int q_idx, int kv_idx) const {\n";
+  if (has_mask) {
+    s += statements(f, {mask}, dtypes);
+    fmt::format_to(out, "    return {};\n  }}\n\n", name(mask));
+  } else {
+    s += "    return true;\n  }\n\n";
+  }
+
+  // Backward: dx * d score_mod / d score; with add_buffer_grads, also
+  // grad[buffer][index] += dx * d score_mod / d value for every load of a float buffer.
+  s += "  AE_DEVICE float grad(float score, int b, int h, int q_idx, int kv_idx, float dx,\n"
+       "                       bool add_buffer_grads) const {\n";
+  std::vector<int> roots = {bw.output("d_score")};
+  for (const ir::Output& o : bw.outputs)
+    if (o.name == "d_load") {
+      roots.push_back(o.node);
+      roots.push_back(o.load);  // its index expressions
+    }
+  s += statements(bw, roots, dtypes);
+  bool any = false;
+  for (const ir::Output& o : bw.outputs) {
+    if (o.name != "d_load") continue;
+    if (!any) s += "    if (add_buffer_grads) {\n";
+    any = true;
+    const Node& ld = bw.nodes[o.load];
+    std::string idx;
+    for (size_t i = 0; i < ld.args.size(); ++i)
+      idx += fmt::format("{}static_cast<long long>({})", i ? ", " : "", name(ld.args[i]));
+    const std::string off = ld.args.empty() ? "0"
+        : fmt::format("ae::grad_offset<{}>(va.buf[{}], {{{}}})", ld.args.size(), ld.index, idx);
+    fmt::format_to(out, "      if (va.buf[{0}].grad) atomicAdd(va.buf[{0}].grad + {1}, dx * {2});\n",
+                   ld.index, off, name(o.node));
+  }
+  if (any) s += "    }\n";
+  fmt::format_to(out, "    return dx * {};\n  }}\n}};\n", name(bw.output("d_score")));
+  return s;
+}
+
+}  // namespace ae::codegen

@@ -1,0 +1,17 @@
+// Graph -> device code: the `Variant` struct a kernel template is instantiated with. Its
+// members are the variant's score_mod (score), mask_mod (mask) and backward hook (grad: the
+// derivative by the score, plus gradient atomics into captured tensors), one C++ statement
+// per graph node, named after the node (n7 is %7 of the graph text).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "ir/variant.h"
+
+namespace ae::codegen {
+
+// buffer_dtypes: the torch dtype name of each captured tensor at call time ("float32", ...).
+std::string emit_variant(const ir::Variant& variant, const std::vector<std::string>& buffer_dtypes);
+
+}  // namespace ae::codegen

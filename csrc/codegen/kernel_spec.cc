@@ -1,0 +1,122 @@
+#include "codegen/kernel_spec.h"
+
+#include <fmt/format.h>
+
+#include <iterator>
+
+#include "codegen/emit_variant.h"
+
+namespace ae::codegen {
+namespace {
+
+const char* kind_name(Kind k) {
+  switch (k) {
+    case Kind::Forward: return "fwd";
+    case Kind::Backward: return "bwd";
+    case Kind::BlockState: return "block_state";
+  }
+  return "?";
+}
+
+}  // namespace
+
+std::string KernelSpec::entry() const { return fmt::format("ae_{}", kind_name(kind)); }
+
+std::string KernelSpec::describe() const {
+  return fmt::format("{} {} {} d{}/{} {}x{} w{}{}", kind_name(kind), arch, bf16 ? "bf16" : "fp16",
+                     d_qk, d_v, block_m, block_n, warps,
+                     split > 1 ? fmt::format(" split{}", split) : "");
+}
+
+int smem_bytes(const KernelSpec& s) {
+  const int ldqk = s.d_qk + 8, ldv = s.d_v + 8;
+  switch (s.kind) {
+    case Kind::Forward: return 2 * (s.block_m * ldqk + 2 * s.block_n * ldqk + 2 * s.block_n * ldv);
+    case Kind::Backward:  // Q, K, dO, V, dS tiles + lse and delta per query row
+      return 2 * (s.block_m * ldqk + s.block_n * ldqk + s.block_m * ldv + s.block_n * ldv +
+                  s.block_m * (s.block_n + 8)) + 2 * 4 * s.block_m;
+    case Kind::BlockState: return 0;
+  }
+  return 0;
+}
+
+std::string instantiate(const ir::Variant& variant, const KernelSpec& s) {
+  std::string src;
+  auto out = std::back_inserter(src);
+  fmt::format_to(out, "// attention_engine kernel: {}\n", s.describe());
+  switch (s.kind) {
+    case Kind::Forward: src += "#include \"sm80/fwd.h\"\n"; break;
+    case Kind::Backward: src += "#include \"sm80/bwd.h\"\n"; break;
+    case Kind::BlockState: src += "#include \"common/block_state.h\"\n"; break;
+  }
+  src += "#include \"common/variant_support.h\"\n\nnamespace {\n\n";
+  src += emit_variant(variant, s.buffer_dtypes);
+  src += "\n}  // namespace\n\n";
+  const char* elem = s.bf16 ? "true" : "false";
+  switch (s.kind) {
+    case Kind::Forward:
+      fmt::format_to(out,
+                     "using Cfg = ae::sm80::FwdConfig<{}, {}, {}, {}, {}>;\n"
+                     "extern \"C\" __global__ void __launch_bounds__({}) {}(const ae::AttnParams p, "
+                     "const ae::VariantArgs va) {{\n"
+                     "  ae::sm80::attention_fwd<Cfg>(p, Variant{{va}});\n}}\n",
+                     s.d_qk, s.d_v, s.block_n, s.warps, elem, s.threads(), s.entry());
+      break;
+    case Kind::Backward:
+      fmt::format_to(out,
+                     "using Cfg = ae::sm80::BwdConfig<{}, {}, {}, {}, {}>;\n"
+                     "extern \"C\" __global__ void __launch_bounds__({}) {}(const ae::AttnParams p, "
+                     "const ae::VariantArgs va) {{\n"
+                     "  ae::sm80::attention_bwd<Cfg>(p, Variant{{va}});\n}}\n",
+                     s.d_qk, s.d_v, s.warps, s.split, elem, s.threads(), s.entry());
+      break;
+    case Kind::BlockState:
+      fmt::format_to(out,
+                     "extern \"C\" __global__ void __launch_bounds__(128) {}(const ae::AttnParams p, "
+                     "const ae::VariantArgs va, unsigned char* state, int block_m, int block_n, "
+                     "int per_batch, int per_head) {{\n"
+                     "  ae::block_state(p, Variant{{va}}, state, block_m, block_n, per_batch, "
+                     "per_head);\n}}\n",
+                     s.entry());
+      break;
+  }
+  return src;
+}
+
+TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, int smem_limit) {
+  TileChoice c;
+  if (d_qk % 16 != 0 || d_v % 16 != 0 || d_qk > 256 || d_v > 256 || d_qk < 16 || d_v < 16) {
+    c.reason = fmt::format("head dims ({}, {}) have no sm80 kernel: each must be a multiple "
+                           "of 16 between 16 and 256", d_qk, d_v);
+    return c;
+  }
+  KernelSpec& s = c.spec;
+  s.kind = kind;
+  s.d_qk = d_qk;
+  s.d_v = d_v;
+  s.bf16 = bf16;
+  const int dmax = d_qk > d_v ? d_qk : d_v;
+  if (kind == Kind::Forward) {
+    s.warps = dmax <= 128 ? 8 : 4;
+    s.block_m = 16 * s.warps;
+    s.block_n = dmax <= 64 ? 128 : (dmax <= 128 ? 64 : 32);
+  } else {
+    s.warps = 4;
+    s.block_m = s.block_n = 16 * s.warps;
+    s.split = dmax <= 128 ? 1 : 2;
+    if ((d_qk / s.split) % 16 != 0 || (d_v / s.split) % 16 != 0) {
+      c.reason = fmt::format("head dims ({}, {}) do not split into multiples of 16 for the "
+                             "sm80 backward", d_qk, d_v);
+      return c;
+    }
+  }
+  if (smem_bytes(s) > smem_limit) {
+    c.reason = fmt::format("{} needs {} bytes of shared memory, the device allows {}",
+                           s.describe(), smem_bytes(s), smem_limit);
+    return c;
+  }
+  c.ok = true;
+  return c;
+}
+
+}  // namespace ae::codegen

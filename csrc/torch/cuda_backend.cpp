@@ -1,0 +1,317 @@
+// The CUDA kernels behind the torch ops: bf16/fp16 tensors on a GPU of compute capability
+// 8.0+ run the mma.sync templates (forward, backward, mask block states); anything they
+// cannot handle (other dtypes, head dims, too many captured tensors) runs the reference
+// executor after one warning that says why.
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <torch/library.h>
+
+#include <map>
+#include <mutex>
+#include <set>
+
+#include "common/params.h"
+#include "jit/cuda_driver.h"
+#include "jit/launch.h"
+#include "torch/checks.h"
+#include "torch/cuda_backend.h"
+#include "torch/kernel_registry.h"
+#include "torch/messages.h"
+#include "torch/reference.h"
+
+namespace ae::torch_ops {
+namespace {
+
+using codegen::Kind;
+using codegen::KernelSpec;
+
+const char* dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "float32";
+    case at::kDouble: return "float64";
+    case at::kBFloat16: return "bfloat16";
+    case at::kHalf: return "float16";
+    case at::kLong: return "int64";
+    case at::kInt: return "int32";
+    case at::kShort: return "int16";
+    case at::kChar: return "int8";
+    case at::kByte: return "uint8";
+    case at::kBool: return "bool";
+    default: return "";
+  }
+}
+
+struct Plan {
+  bool ok = false;
+  std::string reason;
+  KernelSpec spec;
+};
+
+Plan plan(Kind kind, const at::Tensor& q, const Shapes& s, const std::vector<at::Tensor>& buffers) {
+  Plan pl;
+  const auto dt = q.scalar_type();
+  if (dt != at::kBFloat16 && dt != at::kHalf) {
+    pl.reason = fmt::format("{} inputs have no fused kernel (bf16 and fp16 do)", dtype_str(q));
+    return pl;
+  }
+  if (buffers.size() > static_cast<size_t>(kMaxBuffers)) {
+    pl.reason = fmt::format("{} captured tensors; kernels take at most {}", buffers.size(), kMaxBuffers);
+    return pl;
+  }
+  std::vector<std::string> dtypes;
+  for (const at::Tensor& b : buffers) {
+    if (b.dim() > kMaxRank || *dtype_name(b.scalar_type()) == '\0') {
+      pl.reason = fmt::format("a captured tensor of rank {} and dtype {} has no kernel load",
+                              b.dim(), dtype_str(b));
+      return pl;
+    }
+    dtypes.push_back(dtype_name(b.scalar_type()));
+  }
+  const int device = q.device().index();
+  const jit::CudaDeviceInfo& info = jit::cuda_device_info(device);
+  if (info.major < 8) {
+    pl.reason = fmt::format("compute capability {}.{}: the kernels need 8.0 or newer", info.major,
+                            info.minor);
+    return pl;
+  }
+  codegen::TileChoice c = codegen::choose_sm80(kind, static_cast<int>(s.head_dim_qk),
+                                               static_cast<int>(s.head_dim_v), dt == at::kBFloat16,
+                                               info.smem_optin);
+  if (!c.ok) {
+    pl.reason = c.reason;
+    return pl;
+  }
+  pl.spec = c.spec;
+  pl.spec.arch = sm80_arch_of(device);
+  pl.spec.buffer_dtypes = dtypes;
+  pl.ok = true;
+  return pl;
+}
+
+void warn_fallback(const std::string& reason) {
+  static std::mutex m;
+  static std::set<std::string> warned;
+  std::lock_guard<std::mutex> lock(m);
+  if (warned.insert(reason).second)
+    TORCH_WARN(fmt::format("attention_engine: running the reference executor (slow) because {}",
+                           reason));
+}
+
+// Kernels read rows with 16-byte copies: the last dim contiguous, rows 16-byte aligned.
+at::Tensor kernel_ready(const at::Tensor& t) {
+  const bool ok = t.stride(3) == 1 && t.stride(2) % 8 == 0 && t.stride(1) % 8 == 0 &&
+                  t.stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+  return ok ? t : t.contiguous();
+}
+
+void strides3(long long (&dst)[3], const at::Tensor& t) {
+  for (int i = 0; i < 3; ++i) dst[i] = t.stride(i);
+}
+
+AttnParams base_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                       const Shapes& s, double scale) {
+  AttnParams p{};
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  strides3(p.q_stride, q);
+  strides3(p.k_stride, k);
+  strides3(p.v_stride, v);
+  p.batch = static_cast<int>(s.batch);
+  p.q_heads = static_cast<int>(s.q_heads);
+  p.kv_heads = static_cast<int>(s.kv_heads);
+  p.group = static_cast<int>(s.group());
+  p.q_len = static_cast<int>(s.q_len);
+  p.kv_len = static_cast<int>(s.kv_len);
+  p.scale = static_cast<float>(scale);
+  p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
+  return p;
+}
+
+VariantArgs variant_args(const std::vector<at::Tensor>& buffers,
+                         const std::vector<at::Tensor>& grads = {}) {
+  VariantArgs va{};
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    BufferArg& a = va.buf[i];
+    a.data = buffers[i].data_ptr();
+    a.grad = i < grads.size() && grads[i].defined() ? grads[i].data_ptr<float>() : nullptr;
+    for (int d = 0; d < buffers[i].dim(); ++d) {
+      a.stride[d] = buffers[i].stride(d);
+      a.size[d] = buffers[i].size(d);
+      a.gstride[d] = a.grad ? grads[i].stride(d) : 0;
+    }
+  }
+  return va;
+}
+
+void* current_stream(const at::Tensor& t) {
+  return c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getStream(t.device()).native_handle();
+}
+
+void launch(const jit::KernelPtr& kernel, jit::Dim3 grid, int threads, int smem,
+            const at::Tensor& on, void** args) {
+  jit::LaunchConfig cfg;
+  cfg.grid = grid;
+  cfg.block = {static_cast<unsigned>(threads), 1, 1};
+  cfg.dynamic_smem = static_cast<unsigned>(smem);
+  cfg.stream = current_stream(on);
+  cfg.device = on.device().index();
+  jit::launch_kernel(*kernel, cfg, args);
+}
+
+// Block states of the mask for tiles of block_m x block_n; undefined when there is no mask.
+// Cached when the mask reads no captured tensor (its values could change between calls).
+at::Tensor block_states(const ir::Variant& v, AttnParams& p, const KernelSpec& spec,
+                        int block_m, int block_n, const std::vector<at::Tensor>& buffers,
+                        const at::Tensor& like) {
+  p.n_q_blocks = (p.q_len + block_m - 1) / block_m;
+  p.n_kv_blocks = (p.kv_len + block_n - 1) / block_n;
+  if (!v.analysis.has_mask) return {};
+  const bool per_b = (v.analysis.mask_deps & ir::kDepB) != 0;
+  const bool per_h = (v.analysis.mask_deps & ir::kDepH) != 0;
+  const bool cacheable = (v.analysis.mask_deps & ir::kDepBuffer) == 0;
+  const int nb = per_b ? p.batch : 1, nh = per_h ? p.q_heads : 1;
+  const std::string key = fmt::format("{}|{}|{}|{}x{}|{}|{}|{}", v.key, p.q_len, p.kv_len, block_m,
+                                      block_n, nb, nh, like.device().index());
+  static std::mutex m;
+  static std::map<std::string, at::Tensor> cache;
+  at::Tensor state;
+  if (cacheable) {
+    std::lock_guard<std::mutex> lock(m);
+    auto it = cache.find(key);
+    if (it != cache.end()) state = it->second;
+  }
+  if (!state.defined()) {
+    state = at::empty({nb * nh, p.n_q_blocks, p.n_kv_blocks}, like.options().dtype(at::kByte));
+    KernelSpec bs = spec;
+    bs.kind = Kind::BlockState;
+    jit::KernelPtr kernel = get_kernel(v, bs);
+    VariantArgs va = variant_args(buffers);
+    unsigned char* out = state.data_ptr<unsigned char>();
+    int pb = per_b, ph = per_h;
+    void* args[] = {&p, &va, &out, &block_m, &block_n, &pb, &ph};
+    launch(kernel, {static_cast<unsigned>(p.n_kv_blocks), static_cast<unsigned>(p.n_q_blocks),
+                    static_cast<unsigned>(nb * nh)},
+           128, 0, like, args);
+    if (cacheable) {
+      std::lock_guard<std::mutex> lock(m);
+      if (cache.size() > 64) cache.clear();
+      cache.emplace(key, state);
+    }
+  }
+  p.block_state = state.data_ptr<unsigned char>();
+  const long long per_tile = static_cast<long long>(p.n_q_blocks) * p.n_kv_blocks;
+  p.state_stride_h = per_h ? per_tile : 0;
+  p.state_stride_b = per_b ? per_tile * nh : 0;
+  return state;
+}
+
+std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q_in, const at::Tensor& k_in,
+                                                const at::Tensor& v_in,
+                                                const std::vector<at::Tensor>& buffers,
+                                                const std::string& key, double scale) {
+  auto variant = get_variant(key);
+  const Shapes s = check_inputs(q_in, k_in, v_in, buffers, *variant);
+  c10::DeviceGuard guard(q_in.device());
+  Plan pl = plan(Kind::Forward, q_in, s, buffers);
+  if (!pl.ok) {
+    warn_fallback(pl.reason);
+    return reference_forward(q_in, k_in, v_in, buffers, key, scale);
+  }
+  const at::Tensor q = kernel_ready(q_in), k = kernel_ready(k_in), v = kernel_ready(v_in);
+  at::Tensor out = at::empty({s.batch, s.q_heads, s.q_len, s.head_dim_v}, q.options());
+  at::Tensor lse = at::empty({s.batch, s.q_heads, s.q_len}, q.options().dtype(at::kFloat));
+  if (s.q_len == 0 || s.batch == 0) return {out, lse};
+  if (s.kv_len == 0) return {out.zero_(), lse.fill_(-std::numeric_limits<float>::infinity())};
+  AttnParams p = base_params(q, k, v, s, scale);
+  p.o = out.data_ptr();
+  strides3(p.o_stride, out);
+  p.lse = lse.data_ptr<float>();
+  at::Tensor state = block_states(*variant, p, pl.spec, pl.spec.block_m, pl.spec.block_n, buffers, q);
+  jit::KernelPtr kernel = get_kernel(*variant, pl.spec);
+  VariantArgs va = variant_args(buffers);
+  void* args[] = {&p, &va};
+  launch(kernel, {static_cast<unsigned>(p.n_q_blocks), static_cast<unsigned>(s.q_heads),
+                  static_cast<unsigned>(s.batch)},
+         pl.spec.threads(), codegen::smem_bytes(pl.spec), q, args);
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_backward(
+    const at::Tensor& dout_in, const std::optional<at::Tensor>& dlse, const at::Tensor& q_in,
+    const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& out, const at::Tensor& lse,
+    const std::vector<at::Tensor>& buffers, const std::string& key, double scale,
+    const c10::List<bool>& buffer_grads) {
+  auto variant = get_variant(key);
+  const Shapes s = check_inputs(q_in, k_in, v_in, buffers, *variant);
+  c10::DeviceGuard guard(q_in.device());
+  Plan pl = plan(Kind::Backward, q_in, s, buffers);
+  if (!pl.ok || s.q_len == 0 || s.kv_len == 0 || s.batch == 0) {
+    if (!pl.ok) warn_fallback(pl.reason);
+    return reference_backward(dout_in, dlse, q_in, k_in, v_in, out, lse, buffers, key, scale,
+                              buffer_grads);
+  }
+  const at::Tensor q = kernel_ready(q_in), k = kernel_ready(k_in), v = kernel_ready(v_in);
+  const at::Tensor dout = kernel_ready(dout_in.to(q.scalar_type()));
+  at::Tensor delta;
+  if (variant->forward.normalize == ir::Normalize::Softmax) {
+    delta = (dout.to(at::kFloat) * out.to(at::kFloat)).sum(-1);
+    if (dlse && dlse->defined()) delta = delta - dlse->to(at::kFloat);
+    delta = delta.contiguous();
+  }
+  at::Tensor dq_accum = at::zeros({s.batch, s.q_heads, s.q_len, s.head_dim_qk},
+                                  q.options().dtype(at::kFloat));
+  at::Tensor dk = at::empty({s.batch, s.kv_heads, s.kv_len, s.head_dim_qk}, k.options());
+  at::Tensor dv = at::empty({s.batch, s.kv_heads, s.kv_len, s.head_dim_v}, v.options());
+  std::vector<at::Tensor> grads(buffers.size());
+  for (size_t i = 0; i < buffers.size(); ++i)
+    if (buffer_grads.get(i))
+      grads[i] = at::zeros(buffers[i].sizes(), buffers[i].options().dtype(at::kFloat));
+
+  AttnParams p = base_params(q, k, v, s, scale);
+  const at::Tensor lse_c = lse.contiguous();
+  p.lse = const_cast<float*>(lse_c.data_ptr<float>());
+  p.dout = dout.data_ptr();
+  strides3(p.do_stride, dout);
+  p.delta = delta.defined() ? delta.data_ptr<float>() : nullptr;
+  p.dq_accum = dq_accum.data_ptr<float>();
+  p.dk = dk.data_ptr();
+  p.dv = dv.data_ptr();
+  strides3(p.dk_stride, dk);
+  strides3(p.dv_stride, dv);
+  at::Tensor state = block_states(*variant, p, pl.spec, pl.spec.block_m, pl.spec.block_n, buffers, q);
+  jit::KernelPtr kernel = get_kernel(*variant, pl.spec);
+  VariantArgs va = variant_args(buffers, grads);
+  void* args[] = {&p, &va};
+  launch(kernel, {static_cast<unsigned>(p.n_kv_blocks),
+                  static_cast<unsigned>(s.kv_heads * pl.spec.split),
+                  static_cast<unsigned>(s.batch)},
+         pl.spec.threads(), codegen::smem_bytes(pl.spec), q, args);
+
+  std::vector<at::Tensor> dbuf(buffers.size());
+  for (size_t i = 0; i < buffers.size(); ++i)
+    dbuf[i] = grads[i].defined() ? grads[i].to(buffers[i].scalar_type())
+                                 : at::empty({0}, buffers[i].options());
+  return {dq_accum.to(q.scalar_type()), dk, dv, dbuf};
+}
+
+}  // namespace
+
+std::string backend_for(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        const std::vector<at::Tensor>& buffers, const std::string& key) {
+  auto variant = get_variant(key);
+  const Shapes s = check_inputs(q, k, v, buffers, *variant);
+  if (!q.is_cuda()) return "reference: tensors on " + device_str(q);
+  Plan pl = plan(Kind::Forward, q, s, buffers);
+  if (!pl.ok) return "reference: " + pl.reason;
+  Plan pb = plan(Kind::Backward, q, s, buffers);
+  if (!pb.ok) return "sm80 (backward on the reference: " + pb.reason + ")";
+  return "sm80";
+}
+
+}  // namespace ae::torch_ops
+
+TORCH_LIBRARY_IMPL(attention_engine, CUDA, m) {
+  m.impl("attention", &ae::torch_ops::cuda_forward);
+  m.impl("attention_backward", &ae::torch_ops::cuda_backward);
+}

@@ -1,0 +1,16 @@
+// The CUDA kernels behind the torch ops (registered for the CUDA dispatch key in
+// cuda_backend.cpp) and what a call with given inputs would run.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+#include <vector>
+
+namespace ae::torch_ops {
+
+// "sm80" when the fused kernels run, else "reference: <why>".
+std::string backend_for(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        const std::vector<at::Tensor>& buffers, const std::string& key);
+
+}  // namespace ae::torch_ops

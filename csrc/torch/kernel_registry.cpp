@@ -1,0 +1,57 @@
+#include "torch/kernel_registry.h"
+
+#include <mutex>
+#include <unordered_map>
+
+#include "jit/compiler.h"
+#include "jit/cuda_driver.h"
+
+namespace ae::torch_ops {
+namespace {
+
+std::mutex g_mutex;
+std::unordered_map<std::string, jit::KernelPtr>& kernels() {
+  static auto* m = new std::unordered_map<std::string, jit::KernelPtr>();
+  return *m;
+}
+
+std::string key_of(const ir::Variant& v, const codegen::KernelSpec& s) {
+  std::string k = v.key + "|" + s.describe();
+  for (const auto& d : s.buffer_dtypes) k += "|" + d;
+  return k;
+}
+
+}  // namespace
+
+jit::KernelPtr get_kernel(const ir::Variant& variant, const codegen::KernelSpec& spec) {
+  const std::string key = key_of(variant, spec);
+  {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    auto it = kernels().find(key);
+    if (it != kernels().end()) return it->second;
+  }
+  jit::CompileRequest req;
+  req.source = codegen::instantiate(variant, spec);
+  req.kernel = spec.entry();
+  req.arch = spec.arch;
+  req.threads = spec.kind == codegen::Kind::BlockState ? 128 : spec.threads();
+  req.file_name = "ae_" + variant.key + ".cu";
+  jit::KernelPtr k = jit::default_kernel_cache().get(req);  // memory, disk, or compile
+  std::lock_guard<std::mutex> lock(g_mutex);
+  return kernels().emplace(key, k).first->second;
+}
+
+void clear_kernel_caches() {
+  {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    kernels().clear();
+  }
+  jit::default_kernel_cache().clear_memory();
+}
+
+std::string sm80_arch_of(int device) {
+  const jit::CudaDeviceInfo& info = jit::cuda_device_info(device);
+  return jit::nvidia_arch(info.major, info.minor, false);
+}
+
+}  // namespace ae::torch_ops

@@ -1,0 +1,23 @@
+// Compiled kernels for (variant, KernelSpec): generated, compiled and cached through the JIT
+// on first use, then found in a per-process map by one string lookup. Also the block-state
+// tables of masks, which are cached when the mask reads no captured tensor.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+
+#include "codegen/kernel_spec.h"
+#include "jit/kernel_cache.h"
+
+namespace ae::torch_ops {
+
+jit::KernelPtr get_kernel(const ir::Variant& variant, const codegen::KernelSpec& spec);
+
+// Drops the in-process kernel and block-state caches (the disk cache stays).
+void clear_kernel_caches();
+
+// The "sm_80" / "sm_90" style arch of a CUDA device for the mma.sync template.
+std::string sm80_arch_of(int device);
+
+}  // namespace ae::torch_ops

@@ -1,0 +1,49 @@
+// Kernel arguments, shared by the host (g++) and the device (NVRTC / hipRTC): plain
+// fixed-size structs passed by value, so both sides agree on the layout.
+#pragma once
+
+namespace ae {
+
+constexpr int kMaxBuffers = 8;  // captured tensors per variant
+constexpr int kMaxRank = 4;     // dims per captured tensor
+
+// One captured tensor: element strides and sizes (indices are clamped into the sizes),
+// and where its gradient accumulates (fp32, contiguous, gstride), or null.
+struct BufferArg {
+  const void* data;
+  float* grad;
+  long long stride[kMaxRank];
+  long long size[kMaxRank];
+  long long gstride[kMaxRank];
+};
+
+struct VariantArgs {
+  BufferArg buf[kMaxBuffers];
+};
+
+// q/k/v/o/do/dk/dv: [batch, heads, rows, head_dim] with the last dim contiguous; strides in
+// elements for (batch, head, row). lse, delta: [batch, q_heads, q_len] contiguous fp32.
+struct AttnParams {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* o;
+  float* lse;          // natural log
+  const void* dout;    // backward only from here
+  const float* delta;  // rowsum(dO * O) - dlse
+  float* dq_accum;     // [batch, q_heads, q_len, head_dim_qk] fp32, zeroed
+  void* dk;
+  void* dv;
+  long long q_stride[3], k_stride[3], v_stride[3], o_stride[3];
+  long long do_stride[3], dk_stride[3], dv_stride[3];
+  // Per (batch, head, q block, kv block): 0 nothing kept, 1 partly, 2 everything kept.
+  // Null: no mask (every block full). Strides 0 where the mask ignores batch or head.
+  const unsigned char* block_state;
+  long long state_stride_b, state_stride_h;
+  int n_q_blocks, n_kv_blocks;
+  int batch, q_heads, kv_heads, group, q_len, kv_len;
+  float scale;       // applied to q.k
+  float scale_log2;  // scale * log2(e), for variants without a score_mod
+};
+
+}  // namespace ae

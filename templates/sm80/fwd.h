@@ -1,0 +1,215 @@
+// Forward attention on the mma.sync path (sm_80 and up), FlashAttention-2 style.
+//
+// One CTA owns BLOCK_M = 16 * WARPS query rows of one (batch, head); each warp owns 16 rows.
+// The Q tile stays in shared memory; K/V tiles of BLOCK_N keys stream through a two-stage
+// cp.async ring. Per tile: S = Q K^T (mma.sync, fp32), the Variant's score_mod and mask,
+// online softmax in the log2 domain (exp2, scale folded into log2(e) when there is no
+// score_mod), then O += P V with P converted in registers to the A operand.
+// Tiles the block-state table marks empty are skipped; full tiles skip the mask.
+#pragma once
+
+#include "common/params.h"
+#include "sm80/tile_io.h"
+
+namespace ae::sm80 {
+
+template <int D_QK_, int D_V_, int BLOCK_N_, int WARPS_, bool BF16_>
+struct FwdConfig {
+  static constexpr int kDqk = D_QK_, kDv = D_V_, kBlockN = BLOCK_N_, kWarps = WARPS_;
+  static constexpr bool kBf16 = BF16_;
+  static constexpr int kBlockM = 16 * kWarps, kThreads = 32 * kWarps;
+  static constexpr int kLdQK = kDqk + 8, kLdV = kDv + 8;  // smem row strides (elements)
+  static constexpr int kSmemQ = kBlockM * kLdQK, kSmemK = kBlockN * kLdQK, kSmemV = kBlockN * kLdV;
+  static constexpr int kSmemBytes = 2 * (kSmemQ + 2 * kSmemK + 2 * kSmemV);
+  static_assert(kDqk % 16 == 0 && kDv % 16 == 0 && kBlockN % 16 == 0, "tile shapes");
+};
+
+template <class Cfg, class Variant>
+struct FwdKernel {
+  static constexpr int kN8 = Cfg::kBlockN / 8;  // n8 tiles of S per warp
+  static constexpr int kO8 = Cfg::kDv / 8;      // n8 tiles of O per warp
+
+  const AttnParams& p;
+  const Variant& var;
+  int b, h, q0, kv0;
+
+  // Score mod, mask and bounds for one S tile; results in the log2 domain (softmax) or as
+  // P itself (normalize = none).
+  template <bool kCheck>
+  AE_DEVICE void transform(float (&s)[kN8][4]) const {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int row0 = q0 + warp * 16 + lane / 4, col0 = kv0 + 2 * (lane % 4);
+#pragma unroll
+    for (int nt = 0; nt < kN8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int q_idx = row0 + 8 * (e >> 1), kv_idx = col0 + nt * 8 + (e & 1);
+        float x;
+        if constexpr (Variant::kIdentity) {
+          x = Variant::kSoftmax ? s[nt][e] * p.scale_log2 : s[nt][e] * p.scale;
+        } else {
+          x = var.score(s[nt][e] * p.scale, b, h, q_idx, kv_idx);
+          if constexpr (Variant::kSoftmax) x *= kLog2e;
+        }
+        if constexpr (kCheck) {
+          bool keep = q_idx < p.q_len && kv_idx < p.kv_len;
+          if constexpr (Variant::kHasMask) keep = keep && var.mask(b, h, q_idx, kv_idx);
+          if (!keep) x = Variant::kSoftmax ? neg_inf() : 0.f;
+        }
+        s[nt][e] = x;
+      }
+    }
+  }
+
+  AE_DEVICE void run(char* smem_raw) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int m_block = p.n_q_blocks - 1 - blockIdx.x;  // longest rows first under causal masks
+    h = blockIdx.y;
+    b = blockIdx.z;
+    q0 = m_block * Cfg::kBlockM;
+    const int h_kv = h / p.group;
+    u16* sQ = reinterpret_cast<u16*>(smem_raw);
+    u16* sK = sQ + Cfg::kSmemQ;
+    u16* sV = sK + 2 * Cfg::kSmemK;
+    const u16* gq = static_cast<const u16*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1] +
+                    q0 * p.q_stride[2];
+    const u16* gk = static_cast<const u16*>(p.k) + b * p.k_stride[0] + h_kv * p.k_stride[1];
+    const u16* gv = static_cast<const u16*>(p.v) + b * p.v_stride[0] + h_kv * p.v_stride[1];
+    const unsigned char* state =
+        p.block_state ? p.block_state + b * p.state_stride_b + h * p.state_stride_h +
+                            static_cast<long long>(m_block) * p.n_kv_blocks
+                      : nullptr;
+    const int n_kv = p.n_kv_blocks;
+    auto next_block = [&](int j) {
+      while (state && j < n_kv && state[j] == 0) ++j;
+      return j;
+    };
+    auto load_kv = [&](int j, int stage) {
+      const int rows = p.kv_len - j * Cfg::kBlockN;
+      load_tile<Cfg::kBlockN, Cfg::kDqk, Cfg::kThreads>(
+          sK + stage * Cfg::kSmemK, gk + j * Cfg::kBlockN * p.k_stride[2], p.k_stride[2], rows);
+      load_tile<Cfg::kBlockN, Cfg::kDv, Cfg::kThreads>(
+          sV + stage * Cfg::kSmemV, gv + j * Cfg::kBlockN * p.v_stride[2], p.v_stride[2], rows);
+    };
+
+    int j = next_block(0);
+    load_tile<Cfg::kBlockM, Cfg::kDqk, Cfg::kThreads>(sQ, gq, p.q_stride[2], p.q_len - q0);
+    if (j < n_kv) load_kv(j, 0);
+    cp_async_commit();
+
+    float o[kO8][4];
+#pragma unroll
+    for (int i = 0; i < kO8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float m_run[2] = {neg_inf(), neg_inf()}, l_run[2] = {0.f, 0.f};
+    const bool q_tail = q0 + Cfg::kBlockM > p.q_len;
+
+    for (int stage = 0; j < n_kv; stage ^= 1) {
+      const int jn = next_block(j + 1);
+      if (jn < n_kv) load_kv(jn, stage ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+      __syncthreads();
+      const u16* tK = sK + stage * Cfg::kSmemK;
+      const u16* tV = sV + stage * Cfg::kSmemV;
+
+      float s[kN8][4];
+#pragma unroll
+      for (int i = 0; i < kN8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < Cfg::kDqk / 16; ++kk) {
+        u32 a[4];
+        load_a<Cfg::kLdQK>(a, sQ, warp * 16, kk * 16);
+#pragma unroll
+        for (int np = 0; np < kN8 / 2; ++np) {
+          u32 r[4];
+          load_b_nk<Cfg::kLdQK>(r, tK, np * 16, kk * 16);
+          mma_16816<Cfg::kBf16>(s[2 * np], a, r[0], r[1]);
+          mma_16816<Cfg::kBf16>(s[2 * np + 1], a, r[2], r[3]);
+        }
+      }
+
+      kv0 = j * Cfg::kBlockN;
+      const bool check = q_tail || kv0 + Cfg::kBlockN > p.kv_len || (state && state[j] == 1);
+      if (check) transform<true>(s);
+      else transform<false>(s);
+
+      if constexpr (Variant::kSoftmax) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          float mx = neg_inf();
+#pragma unroll
+          for (int nt = 0; nt < kN8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+          mx = fmaxf(mx, shfl_xor(mx, 1));
+          mx = fmaxf(mx, shfl_xor(mx, 2));
+          const float m_new = fmaxf(m_run[r], mx);
+          const float m_use = m_new == neg_inf() ? 0.f : m_new;  // a row with nothing kept yet
+          const float alpha = fast_exp2(m_run[r] - m_use);
+          m_run[r] = m_new;
+          float sum = 0.f;
+#pragma unroll
+          for (int nt = 0; nt < kN8; ++nt) {
+            s[nt][2 * r] = fast_exp2(s[nt][2 * r] - m_use);
+            s[nt][2 * r + 1] = fast_exp2(s[nt][2 * r + 1] - m_use);
+            sum += s[nt][2 * r] + s[nt][2 * r + 1];
+          }
+          l_run[r] = l_run[r] * alpha + sum;
+#pragma unroll
+          for (int i = 0; i < kO8; ++i) {
+            o[i][2 * r] *= alpha;
+            o[i][2 * r + 1] *= alpha;
+          }
+        }
+      }
+
+#pragma unroll
+      for (int kk = 0; kk < Cfg::kBlockN / 16; ++kk) {
+        u32 a[4];
+        acc_to_a<Cfg::kBf16>(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+        for (int dp = 0; dp < kO8 / 2; ++dp) {
+          u32 r[4];
+          load_b_kn<Cfg::kLdV>(r, tV, kk * 16, dp * 16);
+          mma_16816<Cfg::kBf16>(o[2 * dp], a, r[0], r[1]);
+          mma_16816<Cfg::kBf16>(o[2 * dp + 1], a, r[2], r[3]);
+        }
+      }
+      __syncthreads();  // every warp is done with this stage before it is refilled
+      j = jn;
+    }
+    cp_async_wait<0>();
+
+    // Epilogue: normalize, write O (bf16/fp16) and the natural-log LSE.
+    u16* go = static_cast<u16*>(p.o) + b * p.o_stride[0] + h * p.o_stride[1];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = q0 + warp * 16 + lane / 4 + 8 * r;
+      float scale_o = 1.f, lse = 0.f;
+      if constexpr (Variant::kSoftmax) {
+        float l = l_run[r];
+        l += shfl_xor(l, 1);
+        l += shfl_xor(l, 2);
+        scale_o = l > 0.f ? 1.f / l : 0.f;
+        lse = l > 0.f ? (m_run[r] + __log2f(l)) * kLn2 : neg_inf();
+      }
+      if (row < p.q_len) {
+#pragma unroll
+        for (int i = 0; i < kO8; ++i) {
+          const int col = i * 8 + 2 * (lane % 4);
+          *reinterpret_cast<u32*>(go + row * p.o_stride[2] + col) =
+              pack2<Cfg::kBf16>(o[i][2 * r] * scale_o, o[i][2 * r + 1] * scale_o);
+        }
+        if (lane % 4 == 0)
+          p.lse[(static_cast<long long>(b) * p.q_heads + h) * p.q_len + row] = lse;
+      }
+    }
+  }
+};
+
+template <class Cfg, class Variant>
+AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var) {
+  extern __shared__ __align__(16) char smem[];
+  FwdKernel<Cfg, Variant> k{p, var, 0, 0, 0, 0};
+  k.run(smem);
+}
+
+}  // namespace ae::sm80

@@ -1,0 +1,56 @@
+// Global <-> shared tile copies and fragment loads for the mma.sync kernels. Shared tiles
+// are row-major with rows padded by 8 elements (16 bytes): ldmatrix then reads 8 rows that
+// fall in 8 different bank groups for every head dim used (64, 96, 128, 192, 256).
+#pragma once
+
+#include "common/sm80_ops.h"
+
+namespace ae::sm80 {
+
+// Copies rows [0, ROWS) x [0, D) of a tile whose row stride is `ld` elements; rows at or
+// past `valid_rows` are zero-filled (so garbage never reaches an MMA).
+template <int ROWS, int D, int THREADS>
+AE_DEVICE void load_tile(u16* smem, const u16* gmem, long long ld, int valid_rows) {
+  constexpr int kChunks = D / 8;
+#pragma unroll 4
+  for (int c = threadIdx.x; c < ROWS * kChunks; c += THREADS) {
+    const int r = c / kChunks, col = (c % kChunks) * 8;
+    const bool ok = r < valid_rows;
+    cp_async_16(smem + r * (D + 8) + col, gmem + (ok ? r : 0) * ld + col, ok);
+  }
+}
+
+// A operand (16 x 16, row-major) at (row0, k0) of a tile with row stride LD.
+template <int LD>
+AE_DEVICE void load_a(u32 (&a)[4], const u16* tile, int row0, int k0) {
+  const int lane = threadIdx.x % 32;
+  ldmatrix_x4(a, tile + (row0 + lane % 16) * LD + k0 + (lane / 16) * 8);
+}
+
+// B operands of two n8 tiles (rows n0..n0+15 of a [n][k] tile, k0..k0+15):
+// r[0], r[1] for rows n0..n0+7; r[2], r[3] for rows n0+8..n0+15.
+template <int LD>
+AE_DEVICE void load_b_nk(u32 (&r)[4], const u16* tile, int n0, int k0) {
+  const int lane = threadIdx.x % 32;
+  ldmatrix_x4(r, tile + (n0 + lane % 8 + 8 * (lane / 16)) * LD + k0 + 8 * ((lane / 8) % 2));
+}
+
+// B operands of two n8 tiles from a [k][n] tile (k0..k0+15, columns n0..n0+15), transposed
+// on the way: r[0], r[1] for columns n0..n0+7; r[2], r[3] for n0+8..n0+15.
+template <int LD>
+AE_DEVICE void load_b_kn(u32 (&r)[4], const u16* tile, int k0, int n0) {
+  const int lane = threadIdx.x % 32;
+  ldmatrix_x4_trans(r, tile + (k0 + lane % 8 + 8 * ((lane / 8) % 2)) * LD + n0 + 8 * (lane / 16));
+}
+
+// The A operand (16 rows x 16 k) built from two fp32 accumulator tiles (n8 tiles 2kk and
+// 2kk+1 of the same 16 rows): the C layout of m16n8 is the A layout of m16n8k16.
+template <bool kBf16>
+AE_DEVICE void acc_to_a(u32 (&a)[4], const float (&lo)[4], const float (&hi)[4]) {
+  a[0] = pack2<kBf16>(lo[0], lo[1]);
+  a[1] = pack2<kBf16>(lo[2], lo[3]);
+  a[2] = pack2<kBf16>(hi[0], hi[1]);
+  a[3] = pack2<kBf16>(hi[2], hi[3]);
+}
+
+}  // namespace ae::sm80

@@ -1,0 +1,587 @@
+"""Correctness of the fused GPU kernels (every test is marked gpu: skipped without CUDA).
+
+Tolerance rule (FlashAttention's): for each result,
+    ref = attn.reference(...) on the inputs upcast to fp32 (fp64 where cheap),
+    pt  = the same math in plain PyTorch in the inputs' own dtype (pt_attention below:
+          low-precision matmuls, mods, softmax and P @ V),
+and the kernel passes when
+    max|kernel - ref| <= F * max|pt - ref| + floor,
+with F = 2 for out and lse (3 with softcap, as FA3), F = 3 for dq, dk, dv and the gradients of
+captured tensors, and floor = 1e-5 + max|round(ref) - ref|: the error of the correctly
+rounded result, so a kernel that returns it always passes (this covers sequence length 1,
+where pt is exact).
+
+The kernels' outputs cannot be poisoned from outside: instead every result must be finite
+(lse may be -inf only on rows with nothing kept), fully masked rows must give exactly 0 and
+exact zero gradients, and each test first asserts that attn.backend_for() picked a fused
+kernel and that no fallback warning was raised.
+
+Fixed seeds throughout. Run: PYTHONPATH=python python -m pytest -q -rs tests/python/test_gpu_kernels.py
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Callable, Optional
+
+import pytest
+import torch
+
+import attention_engine as ae
+from attention_engine import mods
+
+pytestmark = pytest.mark.gpu
+
+DEV = "cuda"
+BF16, FP16 = torch.bfloat16, torch.float16
+KERNEL_BACKENDS = ("sm80", "sm90")
+FLOOR = 1e-5
+FP64_REF_MAX_SCORES = 1 << 25  # reference in fp64 up to this many scores (B*Hq*Sq*Skv)
+
+# Constants of the variants: fixed, so that each variant is one kernel whatever the shape.
+WINDOW = 100
+SOFTCAP = 2.0           # scores ~ N(0, 1): tanh is well in its nonlinear range
+MAX_DISTANCE = 64
+SIGMOID_BIAS = -5.0     # about -log(S), as in sigmoid attention
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes, inputs and variants
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Shape:
+    B: int = 2
+    Hq: int = 4
+    Hkv: int = 4
+    Sq: int = 1000
+    Skv: int = 1000
+    Dqk: int = 128
+    Dv: int = 128
+
+    def __str__(self):
+        return (f"B{self.B} H{self.Hq}/{self.Hkv} S{self.Sq}x{self.Skv} "
+                f"D{self.Dqk}/{self.Dv}")
+
+
+@dataclass
+class Mods:
+    """What ae.compile gets, plus the captured tensors whose gradients are checked."""
+    score_mod: Optional[Callable] = None
+    mask_mod: Optional[Callable] = None
+    normalize: str = "softmax"
+    grads_of: tuple = ()
+    out_factor: float = 2.0
+
+
+def cpu_gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def random_doc_ids(S: int, seed: int = 7) -> torch.Tensor:
+    """Packed documents of random lengths (about 1 per 200 tokens, at least 2 when S > 1)."""
+    cuts = torch.randperm(max(S - 1, 0), generator=cpu_gen(seed))[:max(1, S // 200)] + 1
+    starts = torch.zeros(S, dtype=torch.int32)
+    starts[cuts] = 1
+    return starts.cumsum(0).to(torch.int32).to(DEV)
+
+
+def live_rows(Sq: int, seed: int = 11) -> torch.Tensor:
+    """Rows that keep anything: the first 130 (a whole query tile and more) are dead, about
+    half of the rest at random."""
+    alive = torch.rand(Sq, generator=cpu_gen(seed)) > 0.5
+    alive[:130] = False
+    return alive.to(DEV)
+
+
+def _plain(s: Shape) -> Mods:
+    return Mods()
+
+
+def _causal(s: Shape) -> Mods:
+    return Mods(mask_mod=mods.causal)
+
+
+def _causal_bottom_right(s: Shape) -> Mods:
+    """Causal aligned to the end of the keys (decoding with a KV cache)."""
+    offset = s.Skv - s.Sq
+    return Mods(mask_mod=lambda b, h, q_idx, kv_idx: q_idx + offset >= kv_idx)
+
+
+def _sliding_window(s: Shape) -> Mods:
+    return Mods(mask_mod=mods.sliding_window(WINDOW))
+
+
+def _alibi_causal(s: Shape) -> Mods:
+    return Mods(mods.alibi(mods.alibi_slopes(s.Hq, device=DEV)), mods.causal)
+
+
+def _softcap(s: Shape) -> Mods:
+    return Mods(mods.softcap(SOFTCAP), out_factor=3.0)
+
+
+def _relative_bias(s: Shape) -> Mods:
+    table = (0.5 * torch.randn(s.Hq, 2 * MAX_DISTANCE + 1, generator=cpu_gen(5))).to(DEV)
+    table.requires_grad_()
+    return Mods(mods.relative_bias(table, MAX_DISTANCE), grads_of=(table,))
+
+
+def _document(s: Shape) -> Mods:
+    assert s.Sq == s.Skv, "document mask: one packed sequence"
+    return Mods(mask_mod=mods.document_mask(random_doc_ids(s.Sq)))
+
+
+def _sigmoid(s: Shape) -> Mods:
+    return Mods(mods.sigmoid(SIGMOID_BIAS), normalize="none")
+
+
+def _relu_squared(s: Shape) -> Mods:
+    return Mods(mods.relu_squared, normalize="none")
+
+
+def _masked_rows(s: Shape, normalize: str = "softmax") -> Mods:
+    """Dead rows (the first 130 and random others) and a whole dead head (h == 1)."""
+    alive = live_rows(s.Sq)
+
+    def mask(b, h, q_idx, kv_idx):
+        return alive[q_idx] & (kv_idx <= q_idx) & (h != 1)
+    score_mod = mods.sigmoid(SIGMOID_BIAS) if normalize == "none" else None
+    return Mods(score_mod, mask, normalize=normalize)
+
+
+VARIANTS: dict[str, Callable[[Shape], Mods]] = {
+    "plain": _plain,
+    "causal": _causal,
+    "causal_bottom_right": _causal_bottom_right,
+    "sliding_window": _sliding_window,
+    "alibi_causal": _alibi_causal,
+    "softcap": _softcap,
+    "relative_bias": _relative_bias,
+    "document": _document,
+    "sigmoid": _sigmoid,
+    "relu_squared": _relu_squared,
+    "masked_rows": _masked_rows,
+    "masked_rows_none": lambda s: _masked_rows(s, "none"),
+}
+
+
+def make_qkv(s: Shape, dtype: torch.dtype, seed: int = 0, layout: str = "bhsd"):
+    """Random q, k, v leaves requiring grad. layout "bshd": each is a [B, S, H, D] tensor
+    transposed to [B, H, S, D] (not contiguous)."""
+    gen = torch.Generator(device=DEV).manual_seed(seed)
+
+    def rand(H, S, D):
+        if layout == "bshd":
+            x = torch.randn(s.B, S, H, D, generator=gen, device=DEV, dtype=dtype).transpose(1, 2)
+        else:
+            x = torch.randn(s.B, H, S, D, generator=gen, device=DEV, dtype=dtype)
+        return x.requires_grad_()
+    return rand(s.Hq, s.Sq, s.Dqk), rand(s.Hkv, s.Skv, s.Dqk), rand(s.Hkv, s.Skv, s.Dv)
+
+
+def make_cotangents(s: Shape, dtype: torch.dtype, seed: int = 1, lse: bool = False):
+    gen = torch.Generator(device=DEV).manual_seed(seed)
+    dout = torch.randn(s.B, s.Hq, s.Sq, s.Dv, generator=gen, device=DEV, dtype=dtype)
+    dlse = (torch.randn(s.B, s.Hq, s.Sq, generator=gen, device=DEV, dtype=torch.float32)
+            if lse else None)
+    return dout, dlse
+
+
+# ---------------------------------------------------------------------------------------------
+# The "pt" path: the same math in plain PyTorch, in the inputs' dtype
+# ---------------------------------------------------------------------------------------------
+
+def index_grids(B, H, Sq, Skv, device):
+    return (torch.arange(B, device=device).view(B, 1, 1, 1),
+            torch.arange(H, device=device).view(1, H, 1, 1),
+            torch.arange(Sq, device=device).view(1, 1, Sq, 1),
+            torch.arange(Skv, device=device).view(1, 1, 1, Skv))
+
+
+def keep_mask(m: Mods, B, H, Sq, Skv, device) -> Optional[torch.Tensor]:
+    if m.mask_mod is None:
+        return None
+    keep = m.mask_mod(*index_grids(B, H, Sq, Skv, device))
+    return torch.as_tensor(keep, device=device).expand(B, H, Sq, Skv)
+
+
+def pt_attention(q, k, v, m: Mods, return_lse: bool):
+    """Scores from a low-precision matmul, the mods, softmax (or not) and P @ V, all in the
+    inputs' dtype (a mod that promotes to fp32, e.g. by adding an fp32 bias, is rounded back).
+    Fully masked rows give 0 (a finite stand-in keeps softmax's gradient free of nan)."""
+    dtype = q.dtype
+    B, H, Sq, Dqk = q.shape
+    Skv = k.shape[2]
+    g = H // k.shape[1]
+    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    s = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(Dqk))
+    if m.score_mod is not None:
+        s = m.score_mod(s, *index_grids(B, H, Sq, Skv, q.device)).to(dtype).expand(B, H, Sq, Skv)
+    keep = keep_mask(m, B, H, Sq, Skv, q.device)
+    if m.normalize == "none":
+        p = s if keep is None else s.masked_fill(~keep, 0.0)
+        return p @ v, None
+    if keep is None:
+        keep = torch.ones(B, H, Sq, Skv, dtype=torch.bool, device=q.device)
+    masked = s.masked_fill(~keep, float("-inf"))
+    row_ok = keep.any(-1, keepdim=True)
+    p = torch.softmax(torch.where(row_ok, masked, torch.zeros_like(s)), -1) * row_ok
+    lse = torch.logsumexp(masked, -1) if return_lse else None
+    return p @ v, lse
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the three paths
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    out: torch.Tensor
+    lse: Optional[torch.Tensor]
+    grads: dict = field(default_factory=dict)  # name -> gradient
+
+
+def forward_backward(fn, q, k, v, buffers, dout, dlse, softmax: bool) -> Result:
+    """fn(q, k, v) -> (out, lse or None); then the gradients of q, k, v and `buffers` for
+    the cotangents dout (and dlse, if given), cast to the outputs' dtypes."""
+    out, lse = fn(q, k, v)
+    outputs, cotangents = [out], [dout.to(out.dtype)]
+    if dlse is not None:
+        outputs.append(lse)
+        cotangents.append(dlse.to(lse.dtype))
+    inputs = (q, k, v) + tuple(buffers)
+    grads = torch.autograd.grad(outputs, inputs, cotangents, materialize_grads=True)
+    names = ["dq", "dk", "dv"] + [f"d_buffer{i}" for i in range(len(buffers))]
+    return Result(out.detach(), None if lse is None else lse.detach(),
+                  {n: g_ for n, g_ in zip(names, grads)})
+
+
+def _fallback_warnings(records):
+    return [str(w.message) for w in records
+            if issubclass(w.category, UserWarning) and "reference" in str(w.message).lower()]
+
+
+def run_kernel(attn, m: Mods, q, k, v, dout, dlse, expect_kernel: bool = True) -> Result:
+    softmax = m.normalize == "softmax"
+
+    def fn(q_, k_, v_):
+        return attn(q_, k_, v_, return_lse=True) if softmax else (attn(q_, k_, v_), None)
+    if not expect_kernel:  # leaves the warnings to the caller's pytest.warns
+        return forward_backward(fn, q, k, v, m.grads_of, dout, dlse, softmax)
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        res = forward_backward(fn, q, k, v, m.grads_of, dout, dlse, softmax)
+        torch.cuda.synchronize()
+    fallbacks = _fallback_warnings(records)
+    assert not fallbacks, f"the kernel path fell back: {fallbacks}"
+    return res
+
+
+def run_reference(attn, m: Mods, q, k, v, dout, dlse, ref_dtype) -> Result:
+    softmax = m.normalize == "softmax"
+    up = [x.detach().to(ref_dtype).requires_grad_() for x in (q, k, v)]
+
+    def fn(q_, k_, v_):
+        if softmax:
+            return attn.reference(q_, k_, v_, return_lse=True)
+        return attn.reference(q_, k_, v_), None
+    return forward_backward(fn, *up, m.grads_of, dout, dlse, softmax)
+
+
+def run_pt(m: Mods, q, k, v, dout, dlse) -> Result:
+    softmax = m.normalize == "softmax"
+    return forward_backward(lambda *x: pt_attention(*x, m, softmax), q, k, v, m.grads_of,
+                            dout, dlse, softmax)
+
+
+def ref_dtype_for(s: Shape) -> torch.dtype:
+    scores = s.B * s.Hq * s.Sq * s.Skv
+    return torch.float64 if scores <= FP64_REF_MAX_SCORES else torch.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparisons
+# ---------------------------------------------------------------------------------------------
+
+def max_abs(x: torch.Tensor) -> float:
+    return x.abs().max().item() if x.numel() else 0.0
+
+
+def compare(name, got, ref, pt, factor, rounding_dtype, lines, failures):
+    """Appends one report line; a failure line when the rule is broken."""
+    got, pt = got.to(ref.dtype), pt.to(ref.dtype)
+    err, pt_err = max_abs(got - ref), max_abs(pt - ref)
+    floor = FLOOR + max_abs(ref.to(rounding_dtype).to(ref.dtype) - ref)
+    bound = factor * pt_err + floor
+    line = f"{name:>9}: err {err:.3e}  pt {pt_err:.3e}  bound {bound:.3e}"
+    lines.append(line)
+    if not err <= bound:  # also catches nan
+        failures.append(line)
+
+
+def check_finite(name, x, failures, allow_neginf=False):
+    bad = ~torch.isfinite(x)
+    if allow_neginf:
+        bad &= ~torch.isneginf(x)
+    if bad.any():
+        failures.append(f"{name}: {int(bad.sum())} non-finite elements "
+                        f"(nan: {int(torch.isnan(x).sum())})")
+
+
+def check_against_reference(kern: Result, ref: Result, pt: Result, m: Mods,
+                            dtype: torch.dtype, what: str):
+    lines, failures = [], []
+    check_finite("out", kern.out, failures)
+    if kern.out.dtype != dtype:
+        failures.append(f"out dtype {kern.out.dtype}, expected {dtype}")
+    compare("out", kern.out, ref.out, pt.out, m.out_factor, dtype, lines, failures)
+    if ref.lse is not None:
+        check_lse(kern.lse, ref.lse, pt.lse, m.out_factor, lines, failures)
+    for name, g_ref in ref.grads.items():
+        g = kern.grads[name]
+        check_finite(name, g, failures)
+        if g.shape != g_ref.shape:
+            failures.append(f"{name}: shape {tuple(g.shape)}, expected {tuple(g_ref.shape)}")
+            continue
+        g_dtype = dtype if name in ("dq", "dk", "dv") else g.dtype
+        compare(name, g, g_ref, pt.grads[name], 3.0, g_dtype, lines, failures)
+    report = f"{what}\n  " + "\n  ".join(lines)
+    print(report)
+    assert not failures, report + "\nFAILED:\n  " + "\n  ".join(failures)
+
+
+def check_lse(lse, ref_lse, pt_lse, factor, lines, failures):
+    if lse is None or lse.dtype != torch.float32 or lse.shape != ref_lse.shape:
+        failures.append(f"lse: expected float32 {tuple(ref_lse.shape)}, got "
+                        f"{None if lse is None else (lse.dtype, tuple(lse.shape))}")
+        return
+    check_finite("lse", lse, failures, allow_neginf=True)
+    dead = torch.isneginf(ref_lse)
+    if not torch.equal(torch.isneginf(lse), dead):
+        failures.append("lse: the rows at -inf differ from the reference's")
+        return
+    live = ~dead
+    compare("lse", lse[live], ref_lse[live], pt_lse.to(ref_lse.dtype)[live], factor,
+            torch.float32, lines, failures)
+
+
+# ---------------------------------------------------------------------------------------------
+# One case, end to end
+# ---------------------------------------------------------------------------------------------
+
+def build(variant: str, s: Shape):
+    m = VARIANTS[variant](s)
+    attn = ae.compile(m.score_mod, m.mask_mod, normalize=m.normalize)
+    return attn, m
+
+
+def assert_kernel_backend(attn, q, k, v, what):
+    backend = attn.backend_for(q, k, v)
+    assert backend in KERNEL_BACKENDS, f"{what}: expected a fused kernel, got {backend!r}"
+    return backend
+
+
+def check_case(variant: str, s: Shape, dtype: torch.dtype, *, layout: str = "bhsd",
+               lse_grad: bool = False, seed: int = 0):
+    """Builds the variant, runs kernel / reference / pt forward and backward, compares.
+    Returns (m, q, k, v, kernel result) for extra checks."""
+    attn, m = build(variant, s)
+    q, k, v = make_qkv(s, dtype, seed, layout)
+    what = f"{variant} {dtype} {s} {layout}"
+    backend = assert_kernel_backend(attn, q, k, v, what)
+    dout, dlse = make_cotangents(s, dtype, seed + 1, lse=lse_grad)
+    inputs_before = [x.detach().clone() for x in (q, k, v, *m.grads_of)]
+    kern = run_kernel(attn, m, q, k, v, dout, dlse)
+    for before, x in zip(inputs_before, (q, k, v, *m.grads_of)):
+        assert torch.equal(before, x.detach()), f"{what}: the kernel wrote into an input"
+    ref = run_reference(attn, m, q, k, v, dout, dlse, ref_dtype_for(s))
+    pt = run_pt(m, q, k, v, dout, dlse)
+    check_against_reference(kern, ref, pt, m, dtype, f"{what} [{backend}]")
+    return m, q, k, v, kern
+
+
+# ---------------------------------------------------------------------------------------------
+# The matrix
+# ---------------------------------------------------------------------------------------------
+
+HEAD_DIMS = [(64, 64), (96, 96), (128, 128), (256, 256), (192, 128)]
+DTYPES = [BF16, FP16]
+
+
+def _id(x):
+    if isinstance(x, Shape):
+        return f"B{x.B}H{x.Hq}-{x.Hkv}S{x.Sq}x{x.Skv}D{x.Dqk}-{x.Dv}"
+    if isinstance(x, torch.dtype):
+        return str(x).replace("torch.", "")
+    if isinstance(x, tuple):
+        return "x".join(map(str, x))
+    return str(x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_id)
+@pytest.mark.parametrize("dims", HEAD_DIMS, ids=_id)
+def test_head_dims_causal(dims, dtype):
+    check_case("causal", Shape(Dqk=dims[0], Dv=dims[1]), dtype)
+
+
+@pytest.mark.parametrize("dims", HEAD_DIMS, ids=_id)
+def test_head_dims_plain(dims):
+    check_case("plain", Shape(Dqk=dims[0], Dv=dims[1]), BF16)
+
+
+VARIANTS_BF16 = ["plain", "causal", "sliding_window", "alibi_causal", "softcap",
+                 "relative_bias", "document", "sigmoid", "relu_squared"]
+VARIANTS_FP16 = ["plain", "alibi_causal", "softcap", "relative_bias", "sigmoid"]
+
+
+@pytest.mark.parametrize("variant,dtype", [(v, BF16) for v in VARIANTS_BF16]
+                         + [(v, FP16) for v in VARIANTS_FP16], ids=_id)
+def test_variants(variant, dtype):
+    check_case(variant, Shape(), dtype)
+
+
+@pytest.mark.parametrize("variant,dtype,dims", [
+    ("alibi_causal", FP16, (64, 64)),
+    ("sliding_window", BF16, (64, 64)),
+    ("document", FP16, (96, 96)),
+    ("softcap", BF16, (256, 256)),
+    ("sigmoid", FP16, (256, 256)),
+    ("relative_bias", BF16, (192, 128)),
+    ("relu_squared", BF16, (192, 128)),
+], ids=_id)
+def test_variants_other_head_dims(variant, dtype, dims):
+    check_case(variant, Shape(Dqk=dims[0], Dv=dims[1]), dtype)
+
+
+@pytest.mark.parametrize("variant", ["plain", "causal"])
+@pytest.mark.parametrize("S", [1, 17, 128, 1000, 4096])
+def test_sequence_lengths(S, variant):
+    s = Shape(B=1, Hq=2, Hkv=2) if S >= 4096 else Shape()
+    check_case(variant, replace(s, Sq=S, Skv=S), BF16)
+
+
+@pytest.mark.parametrize("variant,sq,skv", [
+    (v, sq, skv) for sq, skv in [(113, 203), (203, 113), (1023, 1024), (1, 4096)]
+    for v in ("plain", "causal", "alibi_causal")
+] + [("causal_bottom_right", 113, 203), ("causal_bottom_right", 1, 4096)], ids=_id)
+def test_unequal_lengths(variant, sq, skv):
+    check_case(variant, Shape(Sq=sq, Skv=skv), BF16)
+
+
+@pytest.mark.parametrize("variant,dtype,shape", [
+    ("plain", BF16, Shape(Hq=8, Hkv=2)),
+    ("causal", BF16, Shape(Hq=8, Hkv=2)),
+    ("alibi_causal", BF16, Shape(Hq=8, Hkv=2)),
+    ("relative_bias", BF16, Shape(Hq=8, Hkv=2)),
+    ("causal", FP16, Shape(Hq=8, Hkv=2, Dqk=64, Dv=64)),
+    ("causal_bottom_right", BF16, Shape(Hq=8, Hkv=2, Sq=1, Skv=4096)),
+], ids=_id)
+def test_gqa_4_to_1(variant, dtype, shape):
+    check_case(variant, shape, dtype)
+
+
+@pytest.mark.parametrize("variant", ["causal", "relative_bias"])
+def test_fills_the_gpu(variant):
+    """B * H = 128 (query tiles x heads x batch well above the SM count)."""
+    check_case(variant, Shape(B=4, Hq=32, Hkv=32, Sq=1024, Skv=1024), BF16)
+
+
+@pytest.mark.parametrize("variant,dtype,dims", [
+    ("masked_rows", BF16, (128, 128)),
+    ("masked_rows", FP16, (64, 64)),
+    ("masked_rows_none", BF16, (128, 128)),
+], ids=_id)
+def test_fully_masked_rows(variant, dtype, dims):
+    s = Shape(Sq=300, Skv=300, Dqk=dims[0], Dv=dims[1])
+    m, q, k, v, kern = check_case(variant, s, dtype)
+    keep = keep_mask(m, s.B, s.Hq, s.Sq, s.Skv, DEV)
+    dead_rows = ~keep.any(-1)           # [B, H, Sq]
+    dead_keys = ~keep.any(-2)           # [B, H, Skv]; Hq == Hkv here
+    assert dead_rows.any() and dead_keys.any()
+    assert (kern.out[dead_rows] == 0).all(), "out of fully masked rows must be exactly 0"
+    if kern.lse is not None:
+        assert torch.isneginf(kern.lse[dead_rows]).all(), "lse of fully masked rows: -inf"
+        assert torch.isfinite(kern.lse[~dead_rows]).all()
+    assert (kern.grads["dq"][dead_rows] == 0).all(), "dq of fully masked rows must be 0"
+    assert (kern.grads["dk"][dead_keys] == 0).all(), "dk of keys no query keeps must be 0"
+    assert (kern.grads["dv"][dead_keys] == 0).all(), "dv of keys no query keeps must be 0"
+
+
+def test_strided_inputs():
+    """q, k, v as [B, S, H, D] tensors transposed to [B, H, S, D]."""
+    s = Shape(Hq=8, Hkv=2)
+    m, q, k, v, kern = check_case("causal", s, BF16, layout="bshd")
+    assert not q.is_contiguous() and not k.is_contiguous() and not v.is_contiguous()
+    for name, x in (("dq", q), ("dk", k), ("dv", v)):
+        assert kern.grads[name].shape == x.shape
+
+
+def test_lse_gradient():
+    """Backward through both outputs: dout and dlse."""
+    check_case("causal", Shape(Sq=300, Skv=300), BF16, lse_grad=True)
+
+
+def test_captured_tensor_updated_in_place_is_read():
+    """Captured tensors are read at every call: the kernel must not bake their values."""
+    s = Shape(Sq=300, Skv=300)
+    slopes = mods.alibi_slopes(s.Hq, device=DEV)
+    m = Mods(mods.alibi(slopes), mods.causal)
+    attn = ae.compile(m.score_mod, m.mask_mod)
+    q, k, v = make_qkv(s, BF16)
+    dout, _ = make_cotangents(s, BF16)
+    before = run_kernel(attn, m, q, k, v, dout, None)
+    with torch.no_grad():
+        slopes.mul_(4.0)
+    after = run_kernel(attn, m, q, k, v, dout, None)
+    assert not torch.equal(before.out, after.out), "the new slopes were not read"
+    ref = run_reference(attn, m, q, k, v, dout, None, torch.float64)
+    pt = run_pt(m, q, k, v, dout, None)
+    check_against_reference(after, ref, pt, m, BF16, "alibi after slopes *= 4")
+
+
+def test_non_default_stream():
+    """On a side stream, fed inputs that the side stream itself finishes writing after a
+    delay: a kernel launched on any other stream reads the nan poison (or races)."""
+    s = Shape(Sq=1000, Skv=1000)
+    attn, m = build("causal", s)
+    q, k, v = make_qkv(s, BF16, seed=3)
+    dout, _ = make_cotangents(s, BF16, seed=4)
+    expected = run_kernel(attn, m, q, k, v, dout, None)
+
+    poisoned = [torch.full_like(x, float("nan")).detach() for x in (q, k, v)]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU time before the real values land
+        for dst, src in zip(poisoned, (q, k, v)):
+            dst.copy_(src.detach())
+        qs, ks, vs = (x.requires_grad_() for x in poisoned)
+        out, lse = attn(qs, ks, vs, return_lse=True)
+        dq, dk, dv = torch.autograd.grad(out, (qs, ks, vs), dout)
+        got = [t.detach().clone() for t in (out, lse, dq, dk, dv)]
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+
+    assert torch.equal(got[0], expected.out), "out differs on a side stream"
+    assert torch.equal(got[1], expected.lse), "lse differs on a side stream"
+    for name, g in zip(("dq", "dk", "dv"), got[2:]):
+        want = expected.grads[name]
+        assert torch.isfinite(g).all(), f"{name}: non-finite on a side stream"
+        # Backward may accumulate with atomics: allow a couple of bf16 ulps of the largest.
+        diff = max_abs(g.float() - want.float())
+        assert diff <= 2 ** -6 * max_abs(want.float()), f"{name} differs by {diff:.3e}"
+
+
+def test_head_dim_512_falls_back_to_the_reference():
+    s = Shape(B=1, Hq=2, Hkv=2, Sq=64, Skv=64, Dqk=512, Dv=512)
+    attn, m = build("causal", s)
+    q, k, v = make_qkv(s, BF16)
+    backend = attn.backend_for(q, k, v)
+    assert backend.startswith("reference"), backend
+    dout, _ = make_cotangents(s, BF16)
+    with pytest.warns(UserWarning):
+        kern = run_kernel(attn, m, q, k, v, dout, None, expect_kernel=False)
+    ref = run_reference(attn, m, q, k, v, dout, None, torch.float64)
+    pt = run_pt(m, q, k, v, dout, None)
+    check_against_reference(kern, ref, pt, m, BF16, f"causal {s} [{backend}]")
