@@ -330,10 +330,17 @@ def max_diff(out: torch.Tensor, ref_out: Optional[torch.Tensor]) -> Optional[flo
     return None if ref_out is None else (out.float() - ref_out.float()).abs().max().item()
 
 
+def jit_counts(ae) -> dict:
+    """The JIT cache's counters (compiles, disk_hits, ...), {} when not available."""
+    stats = getattr(getattr(ae, "_C", None), "jit_stats", None)
+    return dict(stats()) if stats else {}
+
+
 def measure_compile(ae, p: Problem, x: Inputs) -> dict:
     """Milliseconds: ae.compile (trace + C++ build), first forward and backward with an
     empty cache (cold compile), again after ae.clear_kernel_caches() (disk hit), and a third
-    time (memory hit: the calls' own run time)."""
+    time (memory hit: the calls' own run time). Also how many kernels the cold calls compiled
+    and the disk-hit calls loaded, from the JIT's counters (a check that cold was cold)."""
     result = {}
     result["compile"], attn = wall_ms(
         lambda: ae.compile(p.score_mod, p.mask_mod, normalize=p.normalize), p.device)
@@ -351,8 +358,13 @@ def measure_compile(ae, p: Problem, x: Inputs) -> dict:
             continue
         if phase == "disk":
             clear()
+        before = jit_counts(ae)
         result[f"fwd {phase}"], out = wall_ms(fwd, p.device)
         result[f"bwd {phase}"], _ = wall_ms(lambda: bwd(out), p.device)
+        after = jit_counts(ae)
+        counter = {"cold": "compiles", "disk": "disk_hits"}.get(phase)
+        if counter in after:
+            result[counter] = after[counter] - before.get(counter, 0)
     return result
 
 
@@ -405,10 +417,15 @@ def detail_table(results: list) -> str:
 
 
 def compile_table(compiles: dict) -> str:
-    keys = ["compile", "fwd cold", "fwd disk", "fwd warm", "bwd cold", "bwd disk", "bwd warm"]
-    rows = [[name] + [fmt(None if r is None else r.get(k), ".1f") for k in keys]
+    """ms columns, then the JIT's counts: kernels compiled by the cold calls, loaded from
+    disk by the disk-hit calls."""
+    ms = ["compile", "fwd cold", "fwd disk", "fwd warm", "bwd cold", "bwd disk", "bwd warm"]
+    counts = ["compiles", "disk_hits"]
+    rows = [[name] + [fmt(None if r is None else r.get(k), ".1f") for k in ms]
+            + [fmt(None if r is None else r.get(k), "d") for k in counts]
             for name, r in compiles.items()]
-    return md_table(["kernel"] + [k + " ms" for k in keys], rows)
+    return md_table(["variant"] + [k + " ms" for k in ms] + ["kernels compiled", "disk hits"],
+                    rows)
 
 
 def compact_table(results: list, methods: list) -> str:

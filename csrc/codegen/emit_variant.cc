@@ -107,12 +107,12 @@ std::string expr(const Graph& g, int id, const std::vector<std::string>& dtypes)
     case Op::Abs: return fl ? fun("fabsf") : fmt::format("ae::iabs({})", a(0, t));
     case Op::Sign: return fl ? fun("ae::fsign") : fmt::format("ae::isign({})", a(0, t));
     case Op::Relu: return fl ? fmt::format("fmaxf({}, 0.f)", x(0)) : fmt::format("ae::imax({}, 0)", a(0, t));
-    case Op::Exp: return fun("expf");
+    case Op::Exp: return fun("__expf");
     case Op::Exp2: return fun("exp2f");
-    case Op::Log: return fun("logf");
-    case Op::Log2: return fun("log2f");
-    case Op::Tanh: return fun("tanhf");
-    case Op::Sigmoid: return fun("ae::sigmoidf");
+    case Op::Log: return fun("__logf");
+    case Op::Log2: return fun("__log2f");
+    case Op::Tanh: return fun("ae::fast_tanh");
+    case Op::Sigmoid: return fun("ae::fast_sigmoid");
     case Op::Sqrt: return fun("sqrtf");
     case Op::Rsqrt: return fun("rsqrtf");
     case Op::Sin: return fun("sinf");
@@ -124,7 +124,7 @@ std::string expr(const Graph& g, int id, const std::vector<std::string>& dtypes)
     case Op::Add: return bin("+");
     case Op::Sub: return bin("-");
     case Op::Mul: return bin("*");
-    case Op::Div: return fmt::format("{} / {}", a(0, DType::Float), a(1, DType::Float));
+    case Op::Div: return fmt::format("__fdividef({}, {})", a(0, DType::Float), a(1, DType::Float));
     case Op::FloorDiv:
       return fl ? fmt::format("floorf({} / {})", a(0, t), a(1, t))
                 : fmt::format("ae::floordiv({}, {})", a(0, t), a(1, t));

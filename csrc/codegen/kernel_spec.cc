@@ -57,7 +57,7 @@ std::string instantiate(const ir::Variant& variant, const KernelSpec& s) {
     case Kind::Forward:
       fmt::format_to(out,
                      "using Cfg = ae::sm80::FwdConfig<{}, {}, {}, {}, {}>;\n"
-                     "extern \"C\" __global__ void __launch_bounds__({}) {}(const ae::AttnParams p, "
+                     "extern \"C\" __global__ void __launch_bounds__({}, 1) {}(const ae::AttnParams p, "
                      "const ae::VariantArgs va) {{\n"
                      "  ae::sm80::attention_fwd<Cfg>(p, Variant{{va}});\n}}\n",
                      s.d_qk, s.d_v, s.block_n, s.warps, elem, s.threads(), s.entry());
@@ -65,7 +65,7 @@ std::string instantiate(const ir::Variant& variant, const KernelSpec& s) {
     case Kind::Backward:
       fmt::format_to(out,
                      "using Cfg = ae::sm80::BwdConfig<{}, {}, {}, {}, {}>;\n"
-                     "extern \"C\" __global__ void __launch_bounds__({}) {}(const ae::AttnParams p, "
+                     "extern \"C\" __global__ void __launch_bounds__({}, 1) {}(const ae::AttnParams p, "
                      "const ae::VariantArgs va) {{\n"
                      "  ae::sm80::attention_bwd<Cfg>(p, Variant{{va}});\n}}\n",
                      s.d_qk, s.d_v, s.warps, s.split, elem, s.threads(), s.entry());
@@ -99,7 +99,7 @@ TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, int smem_limit) 
   if (kind == Kind::Forward) {
     s.warps = dmax <= 128 ? 8 : 4;
     s.block_m = 16 * s.warps;
-    s.block_n = dmax <= 64 ? 128 : (dmax <= 128 ? 64 : 32);
+    s.block_n = dmax <= 128 ? 64 : 32;
   } else {
     s.warps = 4;
     s.block_m = s.block_n = 16 * s.warps;

@@ -102,6 +102,10 @@ struct FwdKernel {
     for (int i = 0; i < kO8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
     float m_run[2] = {neg_inf(), neg_inf()}, l_run[2] = {0.f, 0.f};
     const bool q_tail = q0 + Cfg::kBlockM > p.q_len;
+    // Q's A fragments stay in registers across key tiles where they fit (head dim <= 128).
+    constexpr bool kQInRegs = Cfg::kDqk <= 128;
+    u32 qf[kQInRegs ? Cfg::kDqk / 16 : 1][4];
+    bool q_in_regs = false;
 
     for (int stage = 0; j < n_kv; stage ^= 1) {
       const int jn = next_block(j + 1);
@@ -115,10 +119,22 @@ struct FwdKernel {
       float s[kN8][4];
 #pragma unroll
       for (int i = 0; i < kN8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+      if constexpr (kQInRegs) {
+        if (!q_in_regs) {
+#pragma unroll
+          for (int kk = 0; kk < Cfg::kDqk / 16; ++kk) load_a<Cfg::kLdQK>(qf[kk], sQ, warp * 16, kk * 16);
+          q_in_regs = true;
+        }
+      }
 #pragma unroll
       for (int kk = 0; kk < Cfg::kDqk / 16; ++kk) {
         u32 a[4];
-        load_a<Cfg::kLdQK>(a, sQ, warp * 16, kk * 16);
+        if constexpr (kQInRegs) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) a[i] = qf[kk][i];
+        } else {
+          load_a<Cfg::kLdQK>(a, sQ, warp * 16, kk * 16);
+        }
 #pragma unroll
         for (int np = 0; np < kN8 / 2; ++np) {
           u32 r[4];

@@ -14,9 +14,10 @@ where pt is exact).
 The kernels' outputs cannot be poisoned from outside: instead every result must be finite
 (lse may be -inf only on rows with nothing kept), fully masked rows must give exactly 0 and
 exact zero gradients, and each test first asserts that attn.backend_for() picked a fused
-kernel and that no fallback warning was raised.
+kernel and that no fallback warning was raised; kernels must not write into their inputs.
 
-Fixed seeds throughout. Run: PYTHONPATH=python python -m pytest -q -rs tests/python/test_gpu_kernels.py
+Fixed seeds throughout. Run (pass -s to see each case's errors next to its bounds):
+    PYTHONPATH=python python -m pytest -q -rs tests/python/test_gpu_kernels.py
 """
 from __future__ import annotations
 
@@ -208,7 +209,8 @@ def keep_mask(m: Mods, B, H, Sq, Skv, device) -> Optional[torch.Tensor]:
 
 def pt_attention(q, k, v, m: Mods, return_lse: bool):
     """Scores from a low-precision matmul, the mods, softmax (or not) and P @ V, all in the
-    inputs' dtype (a mod that promotes to fp32, e.g. by adding an fp32 bias, is rounded back).
+    inputs' dtype (a mod that promotes to fp32, e.g. by adding an fp32 bias, is rounded back);
+    lse, an fp32 output, is the fp32 logsumexp of those low-precision scores.
     Fully masked rows give 0 (a finite stand-in keeps softmax's gradient free of nan)."""
     dtype = q.dtype
     B, H, Sq, Dqk = q.shape
@@ -227,7 +229,8 @@ def pt_attention(q, k, v, m: Mods, return_lse: bool):
     masked = s.masked_fill(~keep, float("-inf"))
     row_ok = keep.any(-1, keepdim=True)
     p = torch.softmax(torch.where(row_ok, masked, torch.zeros_like(s)), -1) * row_ok
-    lse = torch.logsumexp(masked, -1) if return_lse else None
+    # lse is returned in fp32: from the low-precision scores, not rounded to the low dtype.
+    lse = torch.logsumexp(masked.float(), -1) if return_lse else None
     return p @ v, lse
 
 
