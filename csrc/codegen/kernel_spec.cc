@@ -23,8 +23,9 @@ const char* kind_name(Kind k) {
 std::string KernelSpec::entry() const { return fmt::format("ae_{}", kind_name(kind)); }
 
 std::string KernelSpec::describe() const {
-  return fmt::format("{} {} {} d{}/{} {}x{} w{}{}", kind_name(kind), arch, bf16 ? "bf16" : "fp16",
+  return fmt::format("{} {} {} d{}/{} {}x{} w{}{}{}", kind_name(kind), arch, bf16 ? "bf16" : "fp16",
                      d_qk, d_v, block_m, block_n, warps,
+                     m_tiles > 1 ? fmt::format(" mt{}", m_tiles) : "",
                      split > 1 ? fmt::format(" split{}", split) : "");
 }
 
@@ -56,11 +57,11 @@ std::string instantiate(const ir::Variant& variant, const KernelSpec& s) {
   switch (s.kind) {
     case Kind::Forward:
       fmt::format_to(out,
-                     "using Cfg = ae::sm80::FwdConfig<{}, {}, {}, {}, {}>;\n"
+                     "using Cfg = ae::sm80::FwdConfig<{}, {}, {}, {}, {}, {}>;\n"
                      "extern \"C\" __global__ void __launch_bounds__({}, 1) {}(const ae::AttnParams p, "
                      "const ae::VariantArgs va) {{\n"
                      "  ae::sm80::attention_fwd<Cfg>(p, Variant{{va}});\n}}\n",
-                     s.d_qk, s.d_v, s.block_n, s.warps, elem, s.threads(), s.entry());
+                     s.d_qk, s.d_v, s.block_n, s.warps, s.m_tiles, elem, s.threads(), s.entry());
       break;
     case Kind::Backward:
       fmt::format_to(out,
@@ -97,11 +98,12 @@ TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, int smem_limit) 
   s.bf16 = bf16;
   const int dmax = d_qk > d_v ? d_qk : d_v;
   if (kind == Kind::Forward) {
-    s.warps = dmax <= 128 ? 8 : 4;
-    s.block_m = 16 * s.warps;
-    s.block_n = dmax <= 128 ? 64 : 32;
-  } else {
     s.warps = 4;
+    s.m_tiles = dmax <= 128 ? 2 : 1;
+    s.block_m = 16 * s.m_tiles * s.warps;
+    s.block_n = dmax <= 96 ? 64 : 32;
+  } else {
+    s.warps = dmax <= 128 ? 8 : 4;  // 128 keys per CTA: half the dQ atomics and Q/dO reloads
     s.block_m = s.block_n = 16 * s.warps;
     s.split = dmax <= 128 ? 1 : 2;
     if ((d_qk / s.split) % 16 != 0 || (d_v / s.split) % 16 != 0) {
@@ -109,6 +111,10 @@ TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, int smem_limit) 
                              "sm80 backward", d_qk, d_v);
       return c;
     }
+  }
+  if (kind == Kind::Backward && smem_bytes(s) > smem_limit && s.warps == 8) {
+    s.warps = 4;  // e.g. A100 (164 KB per block): 64-key tiles
+    s.block_m = s.block_n = 64;
   }
   if (smem_bytes(s) > smem_limit) {
     c.reason = fmt::format("{} needs {} bytes of shared memory, the device allows {}",

@@ -15,9 +15,10 @@ struct KernelSpec {
   Kind kind = Kind::Forward;
   std::string arch;         // "sm_80", "sm_90a", ...
   int d_qk = 0, d_v = 0;    // head dims
-  int block_m = 0;          // query rows per CTA (16 * warps on sm80)
+  int block_m = 0;          // query rows per CTA (16 * m_tiles * warps on sm80)
   int block_n = 0;          // keys per tile
   int warps = 4;
+  int m_tiles = 1;          // forward: 16-row MMA tiles per warp
   int split = 1;            // backward: head-dim slices for dK/dV/dQ (one CTA each)
   bool bf16 = true;         // else fp16
   std::vector<std::string> buffer_dtypes;

@@ -1,6 +1,7 @@
 // Forward attention on the mma.sync path (sm_80 and up), FlashAttention-2 style.
 //
-// One CTA owns BLOCK_M = 16 * WARPS query rows of one (batch, head); each warp owns 16 rows.
+// One CTA owns BLOCK_M = 16 * M_TILES * WARPS query rows of one (batch, head); each warp
+// owns 16 * M_TILES rows.
 // The Q tile stays in shared memory; K/V tiles of BLOCK_N keys stream through a two-stage
 // cp.async ring. Per tile: S = Q K^T (mma.sync, fp32), the Variant's score_mod and mask,
 // online softmax in the log2 domain (exp2, scale folded into log2(e) when there is no
@@ -13,11 +14,14 @@
 
 namespace ae::sm80 {
 
-template <int D_QK_, int D_V_, int BLOCK_N_, int WARPS_, bool BF16_>
+template <int D_QK_, int D_V_, int BLOCK_N_, int WARPS_, int M_TILES_, bool BF16_>
 struct FwdConfig {
   static constexpr int kDqk = D_QK_, kDv = D_V_, kBlockN = BLOCK_N_, kWarps = WARPS_;
+  // 16-row MMA tiles per warp: with 2, each K/V fragment read from shared memory feeds two
+  // MMAs, halving the shared-memory traffic per FLOP.
+  static constexpr int kMTiles = M_TILES_;
   static constexpr bool kBf16 = BF16_;
-  static constexpr int kBlockM = 16 * kWarps, kThreads = 32 * kWarps;
+  static constexpr int kBlockM = 16 * kMTiles * kWarps, kThreads = 32 * kWarps;
   static constexpr int kLdQK = kDqk + 8, kLdV = kDv + 8;  // smem row strides (elements)
   static constexpr int kSmemQ = kBlockM * kLdQK, kSmemK = kBlockN * kLdQK, kSmemV = kBlockN * kLdV;
   static constexpr int kSmemBytes = 2 * (kSmemQ + 2 * kSmemK + 2 * kSmemV);
@@ -26,19 +30,20 @@ struct FwdConfig {
 
 template <class Cfg, class Variant>
 struct FwdKernel {
-  static constexpr int kN8 = Cfg::kBlockN / 8;  // n8 tiles of S per warp
-  static constexpr int kO8 = Cfg::kDv / 8;      // n8 tiles of O per warp
+  static constexpr int kN8 = Cfg::kBlockN / 8;  // n8 tiles of S per MMA row tile
+  static constexpr int kO8 = Cfg::kDv / 8;      // n8 tiles of O per MMA row tile
+  static constexpr int kMT = Cfg::kMTiles;
 
   const AttnParams& p;
   const Variant& var;
   int b, h, q0, kv0;
 
-  // Score mod, mask and bounds for one S tile; results in the log2 domain (softmax) or as
-  // P itself (normalize = none).
+  // Score mod, mask and bounds for one S tile (rows row0 + 16 * mt); results in the log2
+  // domain (softmax) or as P itself (normalize = none).
   template <bool kCheck>
-  AE_DEVICE void transform(float (&s)[kN8][4]) const {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int row0 = q0 + warp * 16 + lane / 4, col0 = kv0 + 2 * (lane % 4);
+  AE_DEVICE void transform(float (&s)[kN8][4], int row0) const {
+    const int lane = threadIdx.x % 32;
+    const int col0 = kv0 + 2 * (lane % 4);
 #pragma unroll
     for (int nt = 0; nt < kN8; ++nt) {
 #pragma unroll
@@ -68,6 +73,7 @@ struct FwdKernel {
     b = blockIdx.z;
     q0 = m_block * Cfg::kBlockM;
     const int h_kv = h / p.group;
+    const int wrow = warp * 16 * kMT;  // this warp's first row in the tile
     u16* sQ = reinterpret_cast<u16*>(smem_raw);
     u16* sK = sQ + Cfg::kSmemQ;
     u16* sV = sK + 2 * Cfg::kSmemK;
@@ -97,13 +103,18 @@ struct FwdKernel {
     if (j < n_kv) load_kv(j, 0);
     cp_async_commit();
 
-    float o[kO8][4];
+    float o[kMT][kO8][4];
+    float m_run[kMT][2], l_run[kMT][2];
 #pragma unroll
-    for (int i = 0; i < kO8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-    float m_run[2] = {neg_inf(), neg_inf()}, l_run[2] = {0.f, 0.f};
+    for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+      for (int i = 0; i < kO8; ++i) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.f;
+      m_run[mt][0] = m_run[mt][1] = neg_inf();
+      l_run[mt][0] = l_run[mt][1] = 0.f;
+    }
     const bool q_tail = q0 + Cfg::kBlockM > p.q_len;
-    // Q's A fragments stay in registers across key tiles where they fit (head dim <= 128).
-    constexpr bool kQInRegs = Cfg::kDqk <= 128;
+    // Q's A fragments stay in registers across key tiles where they fit.
+    constexpr bool kQInRegs = Cfg::kDqk * kMT <= 128;
     u32 qf[kQInRegs ? Cfg::kDqk / 16 : 1][4];
     bool q_in_regs = false;
 
@@ -116,77 +127,97 @@ struct FwdKernel {
       const u16* tK = sK + stage * Cfg::kSmemK;
       const u16* tV = sV + stage * Cfg::kSmemV;
 
-      float s[kN8][4];
+      float s[kMT][kN8][4];
 #pragma unroll
-      for (int i = 0; i < kN8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+      for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+        for (int i = 0; i < kN8; ++i) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
       if constexpr (kQInRegs) {
         if (!q_in_regs) {
 #pragma unroll
-          for (int kk = 0; kk < Cfg::kDqk / 16; ++kk) load_a<Cfg::kLdQK>(qf[kk], sQ, warp * 16, kk * 16);
+          for (int kk = 0; kk < Cfg::kDqk / 16; ++kk) load_a<Cfg::kLdQK>(qf[kk], sQ, wrow, kk * 16);
           q_in_regs = true;
         }
       }
 #pragma unroll
       for (int kk = 0; kk < Cfg::kDqk / 16; ++kk) {
-        u32 a[4];
-        if constexpr (kQInRegs) {
+        u32 a[kMT][4];
 #pragma unroll
-          for (int i = 0; i < 4; ++i) a[i] = qf[kk][i];
-        } else {
-          load_a<Cfg::kLdQK>(a, sQ, warp * 16, kk * 16);
+        for (int mt = 0; mt < kMT; ++mt) {
+          if constexpr (kQInRegs) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) a[mt][i] = qf[kk][i];
+          } else {
+            load_a<Cfg::kLdQK>(a[mt], sQ, wrow + 16 * mt, kk * 16);
+          }
         }
 #pragma unroll
         for (int np = 0; np < kN8 / 2; ++np) {
           u32 r[4];
           load_b_nk<Cfg::kLdQK>(r, tK, np * 16, kk * 16);
-          mma_16816<Cfg::kBf16>(s[2 * np], a, r[0], r[1]);
-          mma_16816<Cfg::kBf16>(s[2 * np + 1], a, r[2], r[3]);
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            mma_16816<Cfg::kBf16>(s[mt][2 * np], a[mt], r[0], r[1]);
+            mma_16816<Cfg::kBf16>(s[mt][2 * np + 1], a[mt], r[2], r[3]);
+          }
         }
       }
 
       kv0 = j * Cfg::kBlockN;
       const bool check = q_tail || kv0 + Cfg::kBlockN > p.kv_len || (state && state[j] == 1);
-      if (check) transform<true>(s);
-      else transform<false>(s);
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        const int row0 = q0 + wrow + 16 * mt + lane / 4;
+        if (check) transform<true>(s[mt], row0);
+        else transform<false>(s[mt], row0);
+      }
 
       if constexpr (Variant::kSoftmax) {
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          float mx = neg_inf();
+        for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-          for (int nt = 0; nt < kN8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-          mx = fmaxf(mx, shfl_xor(mx, 1));
-          mx = fmaxf(mx, shfl_xor(mx, 2));
-          const float m_new = fmaxf(m_run[r], mx);
-          const float m_use = m_new == neg_inf() ? 0.f : m_new;  // a row with nothing kept yet
-          const float alpha = fast_exp2(m_run[r] - m_use);
-          m_run[r] = m_new;
-          float sum = 0.f;
+          for (int r = 0; r < 2; ++r) {
+            float mx = neg_inf();
 #pragma unroll
-          for (int nt = 0; nt < kN8; ++nt) {
-            s[nt][2 * r] = fast_exp2(s[nt][2 * r] - m_use);
-            s[nt][2 * r + 1] = fast_exp2(s[nt][2 * r + 1] - m_use);
-            sum += s[nt][2 * r] + s[nt][2 * r + 1];
-          }
-          l_run[r] = l_run[r] * alpha + sum;
+            for (int nt = 0; nt < kN8; ++nt)
+              mx = fmaxf(mx, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
+            mx = fmaxf(mx, shfl_xor(mx, 1));
+            mx = fmaxf(mx, shfl_xor(mx, 2));
+            const float m_new = fmaxf(m_run[mt][r], mx);
+            const float m_use = m_new == neg_inf() ? 0.f : m_new;  // nothing kept yet
+            const float alpha = fast_exp2(m_run[mt][r] - m_use);
+            m_run[mt][r] = m_new;
+            float sum = 0.f;
 #pragma unroll
-          for (int i = 0; i < kO8; ++i) {
-            o[i][2 * r] *= alpha;
-            o[i][2 * r + 1] *= alpha;
+            for (int nt = 0; nt < kN8; ++nt) {
+              s[mt][nt][2 * r] = fast_exp2(s[mt][nt][2 * r] - m_use);
+              s[mt][nt][2 * r + 1] = fast_exp2(s[mt][nt][2 * r + 1] - m_use);
+              sum += s[mt][nt][2 * r] + s[mt][nt][2 * r + 1];
+            }
+            l_run[mt][r] = l_run[mt][r] * alpha + sum;
+#pragma unroll
+            for (int i = 0; i < kO8; ++i) {
+              o[mt][i][2 * r] *= alpha;
+              o[mt][i][2 * r + 1] *= alpha;
+            }
           }
         }
       }
 
 #pragma unroll
       for (int kk = 0; kk < Cfg::kBlockN / 16; ++kk) {
-        u32 a[4];
-        acc_to_a<Cfg::kBf16>(a, s[2 * kk], s[2 * kk + 1]);
+        u32 a[kMT][4];
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) acc_to_a<Cfg::kBf16>(a[mt], s[mt][2 * kk], s[mt][2 * kk + 1]);
 #pragma unroll
         for (int dp = 0; dp < kO8 / 2; ++dp) {
           u32 r[4];
           load_b_kn<Cfg::kLdV>(r, tV, kk * 16, dp * 16);
-          mma_16816<Cfg::kBf16>(o[2 * dp], a, r[0], r[1]);
-          mma_16816<Cfg::kBf16>(o[2 * dp + 1], a, r[2], r[3]);
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            mma_16816<Cfg::kBf16>(o[mt][2 * dp], a[mt], r[0], r[1]);
+            mma_16816<Cfg::kBf16>(o[mt][2 * dp + 1], a[mt], r[2], r[3]);
+          }
         }
       }
       __syncthreads();  // every warp is done with this stage before it is refilled
@@ -197,25 +228,28 @@ struct FwdKernel {
     // Epilogue: normalize, write O (bf16/fp16) and the natural-log LSE.
     u16* go = static_cast<u16*>(p.o) + b * p.o_stride[0] + h * p.o_stride[1];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int row = q0 + warp * 16 + lane / 4 + 8 * r;
-      float scale_o = 1.f, lse = 0.f;
-      if constexpr (Variant::kSoftmax) {
-        float l = l_run[r];
-        l += shfl_xor(l, 1);
-        l += shfl_xor(l, 2);
-        scale_o = l > 0.f ? 1.f / l : 0.f;
-        lse = l > 0.f ? (m_run[r] + __log2f(l)) * kLn2 : neg_inf();
-      }
-      if (row < p.q_len) {
+    for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-        for (int i = 0; i < kO8; ++i) {
-          const int col = i * 8 + 2 * (lane % 4);
-          *reinterpret_cast<u32*>(go + row * p.o_stride[2] + col) =
-              pack2<Cfg::kBf16>(o[i][2 * r] * scale_o, o[i][2 * r + 1] * scale_o);
+      for (int r = 0; r < 2; ++r) {
+        const int row = q0 + wrow + 16 * mt + lane / 4 + 8 * r;
+        float scale_o = 1.f, lse = 0.f;
+        if constexpr (Variant::kSoftmax) {
+          float l = l_run[mt][r];
+          l += shfl_xor(l, 1);
+          l += shfl_xor(l, 2);
+          scale_o = l > 0.f ? 1.f / l : 0.f;
+          lse = l > 0.f ? (m_run[mt][r] + __log2f(l)) * kLn2 : neg_inf();
         }
-        if (lane % 4 == 0)
-          p.lse[(static_cast<long long>(b) * p.q_heads + h) * p.q_len + row] = lse;
+        if (row < p.q_len) {
+#pragma unroll
+          for (int i = 0; i < kO8; ++i) {
+            const int col = i * 8 + 2 * (lane % 4);
+            *reinterpret_cast<u32*>(go + row * p.o_stride[2] + col) =
+                pack2<Cfg::kBf16>(o[mt][i][2 * r] * scale_o, o[mt][i][2 * r + 1] * scale_o);
+          }
+          if (lane % 4 == 0)
+            p.lse[(static_cast<long long>(b) * p.q_heads + h) * p.q_len + row] = lse;
+        }
       }
     }
   }

@@ -161,7 +161,8 @@ def test_check_arches_reports_every_target(tmp_path):
     assert [x["arch"] for x in reports] == ["sm_80", "sm_90a", "gfx90a"]
     for x in reports:
         assert x["ok"], x["error"]
-        assert x["registers"] > 0 and x["spill_stores"] == 0 and x["spill_loads"] == 0, x
+        assert x["registers"] > 0 and x["spill_stores"] == 0 and x["spill_loads"] == 0, (
+            x["arch"], x, _C.jit_compiler_version(x["arch"]))
 
 
 def test_parse_size():
