@@ -34,12 +34,14 @@ for s in $STEPS; do
     test)  step test pytest.log $PY -m pytest -q -rs tests/python ;;
     jit)   step jit jit_gpu_check.log $PY bench/jit_gpu_check.py ;;
     smoke) step smoke smoke.log $PY bench/kernel_smoke.py ;;
+    sweep) step sweep sweep.log $PY bench/tile_sweep.py ;;
     bench) [ -f bench/attention_bench.py ] && step bench bench.log $PY bench/attention_bench.py --out "$OUT/bench.md" ;;
     *) echo "unknown step $s"; exit 2 ;;
   esac
 done
 
 echo; echo "== jit"; tail -n 20 "$OUT/jit_gpu_check.log" 2>/dev/null
+[ -f "$OUT/sweep.log" ] && { echo "== sweep"; cat "$OUT/sweep.log"; }
 [ -f "$OUT/smoke.log" ] && { echo "== smoke"; tail -n 20 "$OUT/smoke.log"; }
 [ -f "$OUT/bench.md" ] && { echo "== bench"; cat "$OUT/bench.md"; }
 echo; echo "== summary"; printf '%s\n' "${SUMMARY[@]}"

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <iterator>
 
 #include "codegen/emit_variant.h"
@@ -110,6 +112,22 @@ TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, int smem_limit) 
       c.reason = fmt::format("head dims ({}, {}) do not split into multiples of 16 for the "
                              "sm80 backward", d_qk, d_v);
       return c;
+    }
+  }
+  // Tile overrides for tuning sweeps (bench/tile_sweep.py) until the autotuner exists:
+  // AE_SM80_FWD="warps,m_tiles,block_n", AE_SM80_BWD="warps".
+  if (const char* o = std::getenv(kind == Kind::Forward ? "AE_SM80_FWD" : "AE_SM80_BWD")) {
+    int w = 0, mt = 1, bn = 0;
+    const int n = std::sscanf(o, "%d,%d,%d", &w, &mt, &bn);
+    if (n >= 1 && (w == 4 || w == 8)) {
+      s.warps = w;
+      if (kind == Kind::Forward) {
+        if (n >= 2 && (mt == 1 || mt == 2)) s.m_tiles = mt;
+        if (n >= 3 && bn % 16 == 0 && bn > 0) s.block_n = bn;
+        s.block_m = 16 * s.m_tiles * s.warps;
+      } else {
+        s.block_m = s.block_n = 16 * s.warps;
+      }
     }
   }
   if (kind == Kind::Backward && smem_bytes(s) > smem_limit && s.warps == 8) {

@@ -21,6 +21,8 @@ std::vector<ArchReport> compile_for_arches(const CompileRequest& request,
       r.ok = true;
       r.figures = k->result.figures;
       r.lowered_name = k->result.lowered_name;
+      r.log = k->result.log;
+      r.from_disk = k->from_disk;
     } catch (const JitError& e) {
       r.error = e.what();
     }

@@ -15,6 +15,8 @@ struct ArchReport {
   KernelFigures figures;
   std::string lowered_name;
   std::string error;  // the CompileError / JitError text when !ok
+  std::string log;    // the compiler's log when ok (where the figures come from)
+  bool from_disk = false;
 };
 
 std::vector<std::string> default_check_arches();  // sm_80, sm_90a, gfx90a

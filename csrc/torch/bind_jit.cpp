@@ -239,6 +239,8 @@ void bind_compile(py::module_& m) {
           d["ok"] = a.ok;
           d["name"] = a.lowered_name;
           d["error"] = py::reinterpret_steal<py::str>(text(a.error));
+          d["log"] = py::reinterpret_steal<py::str>(text(a.log));
+          d["from_disk"] = a.from_disk;
           out.append(d);
         }
         return out;

@@ -114,8 +114,8 @@ struct FwdKernel {
     }
     const bool q_tail = q0 + Cfg::kBlockM > p.q_len;
     // Q's A fragments stay in registers across key tiles where they fit.
-    constexpr bool kQInRegs = Cfg::kDqk * kMT <= 128;
-    u32 qf[kQInRegs ? Cfg::kDqk / 16 : 1][4];
+    constexpr bool kQInRegs = Cfg::kDqk <= 128 && kMT == 1;
+    u32 qf[kQInRegs ? kMT : 1][kQInRegs ? Cfg::kDqk / 16 : 1][4];
     bool q_in_regs = false;
 
     for (int stage = 0; j < n_kv; stage ^= 1) {
@@ -135,7 +135,10 @@ struct FwdKernel {
       if constexpr (kQInRegs) {
         if (!q_in_regs) {
 #pragma unroll
-          for (int kk = 0; kk < Cfg::kDqk / 16; ++kk) load_a<Cfg::kLdQK>(qf[kk], sQ, wrow, kk * 16);
+          for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+            for (int kk = 0; kk < Cfg::kDqk / 16; ++kk)
+              load_a<Cfg::kLdQK>(qf[mt][kk], sQ, wrow + 16 * mt, kk * 16);
           q_in_regs = true;
         }
       }
@@ -146,7 +149,7 @@ struct FwdKernel {
         for (int mt = 0; mt < kMT; ++mt) {
           if constexpr (kQInRegs) {
 #pragma unroll
-            for (int i = 0; i < 4; ++i) a[mt][i] = qf[kk][i];
+            for (int i = 0; i < 4; ++i) a[mt][i] = qf[mt][kk][i];
           } else {
             load_a<Cfg::kLdQK>(a[mt], sQ, wrow + 16 * mt, kk * 16);
           }

@@ -162,7 +162,7 @@ def test_check_arches_reports_every_target(tmp_path):
     for x in reports:
         assert x["ok"], x["error"]
         assert x["registers"] > 0 and x["spill_stores"] == 0 and x["spill_loads"] == 0, (
-            x["arch"], x, _C.jit_compiler_version(x["arch"]))
+            x["arch"], x.get("from_disk"), x.get("log"), _C.jit_compiler_version(x["arch"]))
 
 
 def test_parse_size():
