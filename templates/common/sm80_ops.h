@@ -61,13 +61,6 @@ AE_DEVICE u32 pack2(float lo, float hi) {
   return r;
 }
 
-AE_DEVICE float bf16_to_float(u16 x) { return __uint_as_float(static_cast<u32>(x) << 16); }
-AE_DEVICE float f16_to_float(u16 x) {
-  float f;
-  asm("{ .reg .f16 h; mov.b16 h, %1; cvt.f32.f16 %0, h; }\n" : "=f"(f) : "h"(x));
-  return f;
-}
-
 AE_DEVICE float shfl_xor(float v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
 
 constexpr float kLog2e = 1.4426950408889634f;
