@@ -1,7 +1,7 @@
 """Times the sm80 kernels under several tile configurations (AE_SM80_FWD / AE_SM80_BWD, one
 subprocess each), plain softmax, bf16, B=1 H=16 S=16k D=128, to pick the tile table's entries.
 
-    python bench/tile_sweep.py
+    python bench/tile_sweep.py [fwd:4,2,32 bwd:8 ...]   (default: the list below)
 """
 import os
 import subprocess
@@ -26,7 +26,8 @@ CONFIGS = [("fwd", "4,2,32"), ("fwd", "8,2,32"), ("fwd", "8,1,64"), ("fwd", "4,1
 
 
 def main():
-    for kind, cfg in CONFIGS:
+    configs = [tuple(a.split(":", 1)) for a in sys.argv[1:]] or CONFIGS
+    for kind, cfg in configs:
         env = dict(os.environ)
         env["AE_SM80_FWD" if kind == "fwd" else "AE_SM80_BWD"] = cfg
         r = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True,

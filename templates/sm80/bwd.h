@@ -210,8 +210,14 @@ struct BwdKernel {
           float* dst = p.dq_accum + (row_base + row) * Cfg::kDqk + split * Cfg::kSliceQK + 2 * t;
 #pragma unroll
           for (int i = 0; i < Cfg::kSliceQK / 8; ++i) {
+#if __CUDA_ARCH__ >= 900  // one vector reduction instead of two atomics
+            asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(dst + i * 8),
+                         "f"(dq[i][2 * r] * p.scale), "f"(dq[i][2 * r + 1] * p.scale)
+                         : "memory");
+#else
             atomicAdd(dst + i * 8, dq[i][2 * r] * p.scale);
             atomicAdd(dst + i * 8 + 1, dq[i][2 * r + 1] * p.scale);
+#endif
           }
         }
         __syncthreads();  // sQ, sdO, sdS are refilled next
