@@ -8,6 +8,7 @@
 #include "jit/compiler.h"
 #include "jit/dynlib.h"
 #include "jit/errors.h"
+#include "jit/rtc_program.h"
 #include "jit/ptxas_log.h"
 
 namespace ae::jit {
@@ -102,19 +103,14 @@ class NvrtcCompiler final : public Compiler {
       check(api, api.AddNameExpression(prog, req.kernel.c_str()), "nvrtcAddNameExpression");
     std::vector<std::string> opts = base_options(Vendor::kNvidia, req.arch);
     opts.insert(opts.end(), req.options.begin(), req.options.end());
-    std::vector<const char*> opt_ptrs;
-    for (const auto& o : opts) opt_ptrs.push_back(o.c_str());
+    const std::vector<const char*> opt_ptrs = c_strs(opts);
 
     nvrtcResult status;
     {
       LocaleGuard guard;
       status = api.CompileProgram(prog, int(opt_ptrs.size()), opt_ptrs.data());
     }
-    size_t log_size = 0;
-    api.GetProgramLogSize(prog, &log_size);
-    std::string log(log_size, '\0');
-    if (log_size > 0) api.GetProgramLog(prog, log.data());
-    while (!log.empty() && (log.back() == '\0' || log.back() == '\n')) log.pop_back();
+    std::string log = program_log(api, prog);
     if (status != 0) {
       if (log.empty()) log = api.GetErrorString(status);
       throw make_compile_error("NVRTC", req, log);
