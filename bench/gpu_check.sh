@@ -4,7 +4,7 @@
 # a short table. Logs go to $OUT (or build/gpu_check when run elsewhere).
 #
 #   bash bench/gpu_check.sh            # everything
-#   bash bench/gpu_check.sh build test # some steps: build, test, jit, bench
+#   bash bench/gpu_check.sh build test # some steps: build, test, jit, smoke, fwd, sweep, bench
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-build/gpu_check}"
@@ -34,7 +34,8 @@ for s in $STEPS; do
     test)  step test pytest.log $PY -m pytest -q -rs tests/python ;;
     jit)   step jit jit_gpu_check.log $PY bench/jit_gpu_check.py ;;
     smoke) step smoke smoke.log $PY bench/kernel_smoke.py ;;
-    sweep) step sweep sweep.log $PY bench/tile_sweep.py ;;
+    fwd)   step fwd fwd_compare.log $PY bench/fwd_compare.py ;;
+    sweep) step sweep sweep.log $PY bench/tile_sweep.py ${SWEEP:-} ;;  # SWEEP="fwd90:128,2,1,1 ..."
     bench) [ -f bench/attention_bench.py ] && step bench bench.log $PY bench/attention_bench.py --out "$OUT/bench.md" ;;
     *) echo "unknown step $s"; exit 2 ;;
   esac
@@ -43,5 +44,6 @@ done
 echo; echo "== jit"; tail -n 20 "$OUT/jit_gpu_check.log" 2>/dev/null
 [ -f "$OUT/sweep.log" ] && { echo "== sweep"; cat "$OUT/sweep.log"; }
 [ -f "$OUT/smoke.log" ] && { echo "== smoke"; tail -n 20 "$OUT/smoke.log"; }
+[ -f "$OUT/fwd_compare.log" ] && { echo "== fwd"; cat "$OUT/fwd_compare.log"; }
 [ -f "$OUT/bench.md" ] && { echo "== bench"; cat "$OUT/bench.md"; }
 echo; echo "== summary"; printf '%s\n' "${SUMMARY[@]}"

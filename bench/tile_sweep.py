@@ -1,7 +1,10 @@
-"""Times the sm80 kernels under several tile configurations (AE_SM80_FWD / AE_SM80_BWD, one
-subprocess each), plain softmax, bf16, B=1 H=16 S=16k D=128, to pick the tile table's entries.
+"""Times the kernels under several tile configurations (AE_SM80_FWD / AE_SM80_BWD /
+AE_SM90_FWD, one subprocess each), bf16, 16k tokens, hidden 2048, to pick the tile tables'
+entries. sm80 configs time plain and causal softmax at D128, forward and forward+backward;
+fwd90 configs ("block_n,stages,overlap,pingpong") time the sm90 forward on several variants
+and head dims.
 
-    python bench/tile_sweep.py [fwd:4,2,32 bwd:8 ...]   (default: the list below)
+    python bench/tile_sweep.py [fwd:4,2,32 bwd:8 fwd90:128,2,1,1 ...]   (default: the list below)
 """
 import os
 import subprocess
@@ -21,6 +24,27 @@ for name, attn, frac in (("plain", ae.compile(), 1.0), ("causal", ae.compile(mas
     print(f"{name} fwd {flops / f / 1e9:.0f} fwd+bwd {3.5 * flops / fb / 1e9:.0f}", flush=True)
 '''
 
+CHILD90 = r'''
+import torch, triton.testing as tt, attention_engine as ae
+from attention_engine import mods
+S = 16384
+cases = [("plain", 128, lambda h: ae.compile(), 1.0), ("causal", 128, lambda h: ae.compile(mask_mod=mods.causal), 0.5),
+         ("softcap", 128, lambda h: ae.compile(mods.softcap(30.0)), 1.0),
+         ("alibi+causal", 128, lambda h: ae.compile(mods.alibi(mods.alibi_slopes(h, device="cuda")), mods.causal), 0.5),
+         ("sigmoid", 128, lambda h: ae.compile(mods.sigmoid(-4.0), normalize="none"), 1.0),
+         ("plain", 64, lambda h: ae.compile(), 1.0), ("plain", 256, lambda h: ae.compile(), 1.0)]
+out = []
+for name, d, make, frac in cases:
+    h = 2048 // d
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, h, S, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    attn = make(h)
+    assert attn.backend_for(q, k, v) == "sm90", attn.backend_for(q, k, v)
+    f = tt.do_bench(lambda: attn(q, k, v), warmup=30, rep=200, return_mode="median")
+    out.append(f"{name} d{d} {4 * h * S * S * d * frac / f / 1e9:.0f}")
+print(" | ".join(out), flush=True)
+'''
+
 CONFIGS = [("fwd", "4,2,32"), ("fwd", "8,2,32"), ("fwd", "8,1,64"), ("fwd", "4,1,64"),
            ("bwd", "8"), ("bwd", "4")]
 
@@ -29,9 +53,9 @@ def main():
     configs = [tuple(a.split(":", 1)) for a in sys.argv[1:]] or CONFIGS
     for kind, cfg in configs:
         env = dict(os.environ)
-        env["AE_SM80_FWD" if kind == "fwd" else "AE_SM80_BWD"] = cfg
-        r = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True,
-                           timeout=240)
+        env[{"fwd": "AE_SM80_FWD", "bwd": "AE_SM80_BWD", "fwd90": "AE_SM90_FWD"}[kind]] = cfg
+        r = subprocess.run([sys.executable, "-c", CHILD90 if kind == "fwd90" else CHILD], env=env,
+                           capture_output=True, text=True, timeout=240)
         lines = r.stdout.strip().splitlines() or [r.stderr.strip()[-300:]]
         for line in lines:
             print(f"{kind} {cfg:8} {line}", flush=True)

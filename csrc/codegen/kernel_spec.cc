@@ -25,13 +25,19 @@ const char* kind_name(Kind k) {
 std::string KernelSpec::entry() const { return fmt::format("ae_{}", kind_name(kind)); }
 
 std::string KernelSpec::describe() const {
-  return fmt::format("{} {} {} d{}/{} {}x{} w{}{}{}", kind_name(kind), arch, bf16 ? "bf16" : "fp16",
-                     d_qk, d_v, block_m, block_n, warps,
-                     m_tiles > 1 ? fmt::format(" mt{}", m_tiles) : "",
-                     split > 1 ? fmt::format(" split{}", split) : "");
+  return fmt::format("{}{} {} {} d{}/{} {}x{} w{}{}{}{}", kind_name(kind),
+                     family == Family::Sm90 ? "90" : "", arch, bf16 ? "bf16" : "fp16", d_qk, d_v,
+                     block_m, block_n, warps, m_tiles > 1 ? fmt::format(" mt{}", m_tiles) : "",
+                     split > 1 ? fmt::format(" split{}", split) : "",
+                     family == Family::Sm90 ? fmt::format(" s{}{}{}", stages, overlap ? " ov" : "",
+                                                          overlap && pingpong ? " pp" : "")
+                                            : "");
 }
 
 int smem_bytes(const KernelSpec& s) {
+  if (s.family == Family::Sm90)  // must match sm90::FwdConfig::kSmemBytes
+    return 1024 + 2 * (s.block_m * s.d_qk + s.stages * s.block_n * (s.d_qk + s.d_v)) +
+           8 * (1 + 3 * s.stages);
   const int ldqk = s.d_qk + 8, ldv = s.d_v + 8;
   switch (s.kind) {
     case Kind::Forward: return 2 * (s.block_m * ldqk + 2 * s.block_n * ldqk + 2 * s.block_n * ldv);
@@ -48,7 +54,9 @@ std::string instantiate(const ir::Variant& variant, const KernelSpec& s) {
   auto out = std::back_inserter(src);
   fmt::format_to(out, "// attention_engine kernel: {}\n", s.describe());
   switch (s.kind) {
-    case Kind::Forward: src += "#include \"sm80/fwd.h\"\n"; break;
+    case Kind::Forward:
+      src += s.family == Family::Sm90 ? "#include \"sm90/fwd.h\"\n" : "#include \"sm80/fwd.h\"\n";
+      break;
     case Kind::Backward: src += "#include \"sm80/bwd.h\"\n"; break;
     case Kind::BlockState: src += "#include \"common/block_state.h\"\n"; break;
   }
@@ -58,6 +66,21 @@ std::string instantiate(const ir::Variant& variant, const KernelSpec& s) {
   const char* elem = s.bf16 ? "true" : "false";
   switch (s.kind) {
     case Kind::Forward:
+      if (s.family == Family::Sm90) {
+        // Tensor maps and arguments are __grid_constant__: kernels take their addresses.
+        fmt::format_to(out,
+                       "using Cfg = ae::sm90::FwdConfig<{}, {}, {}, {}, {}, {}, {}>;\n"
+                       "extern \"C\" __global__ void __launch_bounds__({}, 1) {}(\n"
+                       "    const __grid_constant__ ae::AttnParams p, const __grid_constant__ "
+                       "ae::VariantArgs va,\n"
+                       "    const __grid_constant__ ae::TmaDesc tq, const __grid_constant__ "
+                       "ae::TmaDesc tk,\n"
+                       "    const __grid_constant__ ae::TmaDesc tv) {{\n"
+                       "  ae::sm90::attention_fwd<Cfg>(p, Variant{{va}}, &tq, &tk, &tv);\n}}\n",
+                       s.d_qk, s.d_v, s.block_n, s.stages, s.overlap, s.pingpong, elem,
+                       s.threads(), s.entry());
+        break;
+      }
       fmt::format_to(out,
                      "using Cfg = ae::sm80::FwdConfig<{}, {}, {}, {}, {}, {}>;\n"
                      "extern \"C\" __global__ void __launch_bounds__({}, 1) {}(const ae::AttnParams p, "
@@ -134,6 +157,48 @@ TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, int smem_limit) 
     s.warps = 4;  // e.g. A100 (164 KB per block): 64-key tiles
     s.block_m = s.block_n = 64;
   }
+  if (smem_bytes(s) > smem_limit) {
+    c.reason = fmt::format("{} needs {} bytes of shared memory, the device allows {}",
+                           s.describe(), smem_bytes(s), smem_limit);
+    return c;
+  }
+  c.ok = true;
+  return c;
+}
+
+TileChoice choose_sm90(int d_qk, int d_v, bool bf16, bool score_loads, int smem_limit) {
+  TileChoice c;
+  if (d_qk % 64 != 0 || d_qk > 256 || (d_v != 64 && d_v != 128 && d_v != 256)) {
+    c.reason = fmt::format("head dims ({}, {}) have no sm90 kernel: Dqk a multiple of 64 up to "
+                           "256, Dv 64, 128 or 256", d_qk, d_v);
+    return c;
+  }
+  KernelSpec& s = c.spec;
+  s.kind = Kind::Forward;
+  s.family = Family::Sm90;
+  s.arch = "sm_90a";
+  s.d_qk = d_qk;
+  s.d_v = d_v;
+  s.bf16 = bf16;
+  s.warps = 12;  // producer warpgroup + 2 consumer warpgroups
+  s.block_m = 128;
+  // Consumer registers per thread: S (block_n / 2) + O (d_v / 2) + P (block_n / 4) fp32/bf16x2
+  // values plus ~40 of addressing must fit the 240 that setmaxnreg gives; a score_mod that
+  // loads captured tensors keeps its loads in flight too (128 keys spill: compile-all test).
+  s.block_n = d_v <= 128 && !score_loads ? 128 : 64;
+  s.stages = 2;
+  // AE_SM90_FWD="block_n,stages,overlap,pingpong" for tuning sweeps until the autotuner
+  // exists (bench/tile_sweep.py).
+  if (const char* o = std::getenv("AE_SM90_FWD")) {
+    int bn = 0, st = 0, ov = 1, pp = 1;
+    const int n = std::sscanf(o, "%d,%d,%d,%d", &bn, &st, &ov, &pp);
+    if (n >= 1 && (bn == 64 || bn == 128) && !(bn == 128 && d_v > 128)) s.block_n = bn;
+    if (n >= 2 && st >= 1 && st <= 4) s.stages = st;
+    if (n >= 3) s.overlap = ov != 0;
+    if (n >= 4) s.pingpong = pp != 0;
+  }
+  while (smem_bytes(s) > smem_limit && s.stages > 2) --s.stages;
+  if (smem_bytes(s) > smem_limit) s.block_n = 64;
   if (smem_bytes(s) > smem_limit) {
     c.reason = fmt::format("{} needs {} bytes of shared memory, the device allows {}",
                            s.describe(), smem_bytes(s), smem_limit);

@@ -10,9 +10,13 @@
 namespace ae::codegen {
 
 enum class Kind { Forward, Backward, BlockState };
+// Which template family: the mma.sync templates (sm_80 and up) or the Hopper ones (sm_90a:
+// TMA, wgmma, warp specialization; forward only so far).
+enum class Family { Sm80, Sm90 };
 
 struct KernelSpec {
   Kind kind = Kind::Forward;
+  Family family = Family::Sm80;
   std::string arch;         // "sm_80", "sm_90a", ...
   int d_qk = 0, d_v = 0;    // head dims
   int block_m = 0;          // query rows per CTA (16 * m_tiles * warps on sm80)
@@ -20,12 +24,15 @@ struct KernelSpec {
   int warps = 4;
   int m_tiles = 1;          // forward: 16-row MMA tiles per warp
   int split = 1;            // backward: head-dim slices for dK/dV/dQ (one CTA each)
+  int stages = 2;           // sm90: K/V ring stages
+  bool overlap = true;      // sm90: softmax of one block under the GEMMs of the next
+  bool pingpong = true;     // sm90: consumer warpgroups take turns issuing GEMMs
   bool bf16 = true;         // else fp16
   std::vector<std::string> buffer_dtypes;
 
   int threads() const { return 32 * warps; }
   std::string entry() const;        // the extern "C" kernel name
-  std::string describe() const;     // "fwd sm_90a bf16 d128/128 64x64 w4"
+  std::string describe() const;     // "fwd sm_80 bf16 d128/128 128x64 w4 mt2"
 };
 
 // Shared memory (bytes) the instantiation needs.
@@ -42,5 +49,8 @@ struct TileChoice {
   KernelSpec spec;
 };
 TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, int smem_limit);
+// The sm90 forward configuration (arch sm_90a), or a reason why there is none.
+// score_loads: the score_mod loads per score (ir::Analysis::score_loads_per_element).
+TileChoice choose_sm90(int d_qk, int d_v, bool bf16, bool score_loads, int smem_limit);
 
 }  // namespace ae::codegen

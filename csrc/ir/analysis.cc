@@ -25,10 +25,16 @@ Analysis analyze(const Graph& g) {
     for (int x : n.args) d |= a.deps[x];
     a.deps[i] = d;
   }
+  bool per_element_load = false;
+  for (const Node& n : g.nodes) {
+    if (n.op != Op::Load) continue;
+    for (int x : n.args) per_element_load |= (a.deps[x] & (kDepQ | kDepKv)) != 0;
+  }
   if (const Output* s = g.find_output("score")) {
     const Node& n = g.nodes[s->node];
     a.score_deps = a.deps[s->node];
     a.has_score_mod = !(n.op == Op::Param && n.index == static_cast<int>(Param::Score));
+    a.score_loads_per_element = per_element_load && (a.score_deps & kDepBuffer) != 0;
   }
   if (const Output* m = g.find_output("mask")) {
     const Node& n = g.nodes[m->node];

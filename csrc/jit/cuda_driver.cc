@@ -29,6 +29,7 @@ std::unique_ptr<CudaDriver> load_cuda() {
   l.bind(d->FuncSetAttribute, "cuFuncSetAttribute");
   l.bind(d->LaunchKernel, "cuLaunchKernel");
   l.bind(d->LaunchKernelEx, "cuLaunchKernelEx", /*optional=*/true);  // CUDA >= 11.8
+  l.bind(d->TensorMapEncodeTiled, "cuTensorMapEncodeTiled", /*optional=*/true);  // CUDA >= 12
   l.bind(d->GetErrorName, "cuGetErrorName");
   l.bind(d->GetErrorString, "cuGetErrorString");
   CUresult r = d->Init(0);

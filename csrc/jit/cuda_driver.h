@@ -53,6 +53,11 @@ struct CudaDriver {
   CUresult (*LaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned,
                            unsigned, unsigned, CUstream, void**, void**);
   CUresult (*LaunchKernelEx)(const CuLaunchConfig*, CUfunction, void**, void**);  // may be null
+  // cuTensorMapEncodeTiled(map, dtype, rank, address, dims, byte strides, box, element
+  // strides, interleave, swizzle, l2 promotion, oob fill); null on drivers before CUDA 12.
+  CUresult (*TensorMapEncodeTiled)(void*, int, unsigned, void*, const unsigned long long*,
+                                   const unsigned long long*, const unsigned*, const unsigned*, int,
+                                   int, int, int);
   CUresult (*GetErrorName)(CUresult, const char**);
   CUresult (*GetErrorString)(CUresult, const char**);
 };

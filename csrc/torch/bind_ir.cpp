@@ -43,15 +43,23 @@ void bind_ir(pybind11::module_& m) {
       .def("kernel_source",
            [](const VariantHandle& h, const std::string& kind, int d_qk, int d_v, bool bf16,
               const std::vector<std::string>& buffer_dtypes, const std::string& arch) {
-             const codegen::Kind k = kind == "fwd" ? codegen::Kind::Forward
-                                     : kind == "bwd" ? codegen::Kind::Backward
-                                                     : codegen::Kind::BlockState;
-             codegen::TileChoice c = codegen::choose_sm80(
-                 k == codegen::Kind::BlockState ? codegen::Kind::Forward : k, d_qk, d_v, bf16,
-                 227 * 1024);
+             if (kind != "fwd" && kind != "bwd" && kind != "block_state" && kind != "fwd90")
+               throw ir::GraphError("kernel kind must be fwd, fwd90, bwd or block_state, not " +
+                                    kind);
+             const codegen::Kind k = kind == "fwd" || kind == "fwd90" ? codegen::Kind::Forward
+                                     : kind == "bwd"                  ? codegen::Kind::Backward
+                                                                      : codegen::Kind::BlockState;
+             codegen::TileChoice c =
+                 kind == "fwd90"
+                     ? codegen::choose_sm90(
+                           d_qk, d_v, bf16,
+                           h.variant->analysis.score_loads_per_element, 227 * 1024)
+                     : codegen::choose_sm80(
+                           k == codegen::Kind::BlockState ? codegen::Kind::Forward : k, d_qk, d_v,
+                           bf16, 227 * 1024);
              if (!c.ok) throw ir::GraphError(c.reason);
              c.spec.kind = k;
-             c.spec.arch = arch;
+             c.spec.arch = kind == "fwd90" ? "sm_90a" : arch;
              c.spec.buffer_dtypes = buffer_dtypes;
              pyb::dict d;
              d["source"] = codegen::instantiate(*h.variant, c.spec);
@@ -63,7 +71,8 @@ void bind_ir(pybind11::module_& m) {
            },
            pyb::arg("kind"), pyb::arg("d_qk"), pyb::arg("d_v"), pyb::arg("bf16") = true,
            pyb::arg("buffer_dtypes") = std::vector<std::string>{}, pyb::arg("arch") = "sm_80",
-           "The generated kernel source for one instantiation (kind: fwd, bwd, block_state).");
+           "The generated kernel source for one instantiation (kind: fwd, fwd90 (always sm_90a), "
+           "bwd, block_state).");
 
   m.def("backend_for", &torch_ops::backend_for, pyb::arg("q"), pyb::arg("k"), pyb::arg("v"),
         pyb::arg("buffers"), pyb::arg("key"));

@@ -1,11 +1,13 @@
 // The CUDA kernels behind the torch ops: bf16/fp16 tensors on a GPU of compute capability
-// 8.0+ run the mma.sync templates (forward, backward, mask block states); anything they
+// 8.0+ run the mma.sync templates (forward, backward, mask block states), and on sm_90 the
+// forward runs the TMA + wgmma template where it has a tile configuration; anything they
 // cannot handle (other dtypes, head dims, too many captured tensors) runs the reference
 // executor after one warning that says why.
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/library.h>
 
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <set>
@@ -18,6 +20,7 @@
 #include "torch/kernel_registry.h"
 #include "torch/messages.h"
 #include "torch/reference.h"
+#include "torch/tma_maps.h"
 
 namespace ae::torch_ops {
 namespace {
@@ -41,13 +44,19 @@ const char* dtype_name(at::ScalarType t) {
   }
 }
 
+bool sm90_disabled() {
+  const char* e = std::getenv("AE_DISABLE_SM90");
+  return e && *e && std::string(e) != "0";
+}
+
 struct Plan {
   bool ok = false;
   std::string reason;
   KernelSpec spec;
 };
 
-Plan plan(Kind kind, const at::Tensor& q, const Shapes& s, const std::vector<at::Tensor>& buffers) {
+Plan plan(Kind kind, const ir::Variant& v, const at::Tensor& q, const Shapes& s,
+          const std::vector<at::Tensor>& buffers) {
   Plan pl;
   const auto dt = q.scalar_type();
   if (dt != at::kBFloat16 && dt != at::kHalf) {
@@ -74,6 +83,21 @@ Plan plan(Kind kind, const at::Tensor& q, const Shapes& s, const std::vector<at:
                             info.minor);
     return pl;
   }
+  // Hopper runs the TMA + wgmma forward where its tile table has a configuration
+  // (AE_DISABLE_SM90=1 keeps the mma.sync one, for comparisons); the backward is sm80's.
+  if (kind == Kind::Forward && info.major == 9 && info.minor == 0 && !sm90_disabled()) {
+    codegen::TileChoice c9 = codegen::choose_sm90(static_cast<int>(s.head_dim_qk),
+                                                  static_cast<int>(s.head_dim_v),
+                                                  dt == at::kBFloat16,
+                                                  v.analysis.score_loads_per_element,
+                                                  info.smem_optin);
+    if (c9.ok) {
+      pl.spec = c9.spec;
+      pl.spec.buffer_dtypes = dtypes;
+      pl.ok = true;
+      return pl;
+    }
+  }
   codegen::TileChoice c = codegen::choose_sm80(kind, static_cast<int>(s.head_dim_qk),
                                                static_cast<int>(s.head_dim_v), dt == at::kBFloat16,
                                                info.smem_optin);
@@ -97,11 +121,10 @@ void warn_fallback(const std::string& reason) {
                            reason));
 }
 
-// Kernels read rows with 16-byte copies: the last dim contiguous, rows 16-byte aligned.
+// Kernels read rows with 16-byte copies (sm80) or TMA (sm90): the last dim contiguous, the
+// data and the strides of dims of size > 1 nonzero multiples of 16 bytes.
 at::Tensor kernel_ready(const at::Tensor& t) {
-  const bool ok = t.stride(3) == 1 && t.stride(2) % 8 == 0 && t.stride(1) % 8 == 0 &&
-                  t.stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
-  return ok ? t : t.contiguous();
+  return tma_unfit(t).empty() ? t : t.contiguous();
 }
 
 void strides3(long long (&dst)[3], const at::Tensor& t) {
@@ -213,7 +236,7 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q_in, const at
   auto variant = get_variant(key);
   const Shapes s = check_inputs(q_in, k_in, v_in, buffers, *variant);
   c10::DeviceGuard guard(q_in.device());
-  Plan pl = plan(Kind::Forward, q_in, s, buffers);
+  Plan pl = plan(Kind::Forward, *variant, q_in, s, buffers);
   if (!pl.ok) {
     warn_fallback(pl.reason);
     return reference_forward(q_in, k_in, v_in, buffers, key, scale);
@@ -230,10 +253,17 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q_in, const at
   at::Tensor state = block_states(*variant, p, pl.spec, pl.spec.block_m, pl.spec.block_n, buffers, q);
   jit::KernelPtr kernel = get_kernel(*variant, pl.spec);
   VariantArgs va = variant_args(buffers);
-  void* args[] = {&p, &va};
-  launch(kernel, {static_cast<unsigned>(p.n_q_blocks), static_cast<unsigned>(s.q_heads),
-                  static_cast<unsigned>(s.batch)},
-         pl.spec.threads(), codegen::smem_bytes(pl.spec), q, args);
+  const jit::Dim3 grid{static_cast<unsigned>(p.n_q_blocks), static_cast<unsigned>(s.q_heads),
+                       static_cast<unsigned>(s.batch)};
+  if (pl.spec.family == codegen::Family::Sm90) {
+    TmaDesc tq = tma_map(q, pl.spec.block_m), tk = tma_map(k, pl.spec.block_n),
+            tv = tma_map(v, pl.spec.block_n);
+    void* args[] = {&p, &va, &tq, &tk, &tv};
+    launch(kernel, grid, pl.spec.threads(), codegen::smem_bytes(pl.spec), q, args);
+  } else {
+    void* args[] = {&p, &va};
+    launch(kernel, grid, pl.spec.threads(), codegen::smem_bytes(pl.spec), q, args);
+  }
   return {out, lse};
 }
 
@@ -245,7 +275,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_bac
   auto variant = get_variant(key);
   const Shapes s = check_inputs(q_in, k_in, v_in, buffers, *variant);
   c10::DeviceGuard guard(q_in.device());
-  Plan pl = plan(Kind::Backward, q_in, s, buffers);
+  Plan pl = plan(Kind::Backward, *variant, q_in, s, buffers);
   if (!pl.ok || s.q_len == 0 || s.kv_len == 0 || s.batch == 0) {
     if (!pl.ok) warn_fallback(pl.reason);
     return reference_backward(dout_in, dlse, q_in, k_in, v_in, out, lse, buffers, key, scale,
@@ -302,11 +332,12 @@ std::string backend_for(const at::Tensor& q, const at::Tensor& k, const at::Tens
   auto variant = get_variant(key);
   const Shapes s = check_inputs(q, k, v, buffers, *variant);
   if (!q.is_cuda()) return "reference: tensors on " + device_str(q);
-  Plan pl = plan(Kind::Forward, q, s, buffers);
+  Plan pl = plan(Kind::Forward, *variant, q, s, buffers);
   if (!pl.ok) return "reference: " + pl.reason;
-  Plan pb = plan(Kind::Backward, q, s, buffers);
-  if (!pb.ok) return "sm80 (backward on the reference: " + pb.reason + ")";
-  return "sm80";
+  const std::string fwd = pl.spec.family == codegen::Family::Sm90 ? "sm90" : "sm80";
+  Plan pb = plan(Kind::Backward, *variant, q, s, buffers);
+  if (!pb.ok) return fwd + " (backward on the reference: " + pb.reason + ")";
+  return fwd;
 }
 
 }  // namespace ae::torch_ops

@@ -9,7 +9,8 @@
 
 namespace ae::torch_ops {
 
-// "sm80" when the fused kernels run, else "reference: <why>".
+// "sm90" (Hopper forward, sm80 backward) or "sm80" when the fused kernels run, else
+// "reference: <why>".
 std::string backend_for(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                         const std::vector<at::Tensor>& buffers, const std::string& key);
 

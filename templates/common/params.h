@@ -46,4 +46,10 @@ struct AttnParams {
   float scale_log2;  // scale * log2(e), for variants without a score_mod
 };
 
+// A CUtensorMap (TMA descriptor, built on the host by cuTensorMapEncodeTiled): 128 opaque
+// bytes, 64-byte aligned, passed to sm90 kernels as a __grid_constant__ parameter.
+struct alignas(64) TmaDesc {
+  unsigned long long opaque[16];
+};
+
 }  // namespace ae

@@ -9,6 +9,7 @@
 // Tiles the block-state table marks empty are skipped; full tiles skip the mask.
 #pragma once
 
+#include "common/fwd_rows.h"
 #include "common/params.h"
 #include "sm80/tile_io.h"
 
@@ -37,34 +38,6 @@ struct FwdKernel {
   const AttnParams& p;
   const Variant& var;
   int b, h, q0, kv0;
-
-  // Score mod, mask and bounds for one S tile (rows row0 + 16 * mt); results in the log2
-  // domain (softmax) or as P itself (normalize = none).
-  template <bool kCheck>
-  AE_DEVICE void transform(float (&s)[kN8][4], int row0) const {
-    const int lane = threadIdx.x % 32;
-    const int col0 = kv0 + 2 * (lane % 4);
-#pragma unroll
-    for (int nt = 0; nt < kN8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int q_idx = row0 + 8 * (e >> 1), kv_idx = col0 + nt * 8 + (e & 1);
-        float x;
-        if constexpr (Variant::kIdentity) {
-          x = Variant::kSoftmax ? s[nt][e] * p.scale_log2 : s[nt][e] * p.scale;
-        } else {
-          x = var.score(s[nt][e] * p.scale, b, h, q_idx, kv_idx);
-          if constexpr (Variant::kSoftmax) x *= kLog2e;
-        }
-        if constexpr (kCheck) {
-          bool keep = q_idx < p.q_len && kv_idx < p.kv_len;
-          if constexpr (Variant::kHasMask) keep = keep && var.mask(b, h, q_idx, kv_idx);
-          if (!keep) x = Variant::kSoftmax ? neg_inf() : 0.f;
-        }
-        s[nt][e] = x;
-      }
-    }
-  }
 
   AE_DEVICE void run(char* smem_raw) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -170,41 +143,14 @@ struct FwdKernel {
       const bool check = q_tail || kv0 + Cfg::kBlockN > p.kv_len || (state && state[j] == 1);
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) {
-        const int row0 = q0 + wrow + 16 * mt + lane / 4;
-        if (check) transform<true>(s[mt], row0);
-        else transform<false>(s[mt], row0);
+        const int row0 = q0 + wrow + 16 * mt + lane / 4, col0 = kv0 + 2 * (lane % 4);
+        if (check) rows::score_transform<true>(p, var, s[mt], b, h, row0, col0);
+        else rows::score_transform<false>(p, var, s[mt], b, h, row0, col0);
       }
 
       if constexpr (Variant::kSoftmax) {
 #pragma unroll
-        for (int mt = 0; mt < kMT; ++mt) {
-#pragma unroll
-          for (int r = 0; r < 2; ++r) {
-            float mx = neg_inf();
-#pragma unroll
-            for (int nt = 0; nt < kN8; ++nt)
-              mx = fmaxf(mx, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
-            mx = fmaxf(mx, shfl_xor(mx, 1));
-            mx = fmaxf(mx, shfl_xor(mx, 2));
-            const float m_new = fmaxf(m_run[mt][r], mx);
-            const float m_use = m_new == neg_inf() ? 0.f : m_new;  // nothing kept yet
-            const float alpha = fast_exp2(m_run[mt][r] - m_use);
-            m_run[mt][r] = m_new;
-            float sum = 0.f;
-#pragma unroll
-            for (int nt = 0; nt < kN8; ++nt) {
-              s[mt][nt][2 * r] = fast_exp2(s[mt][nt][2 * r] - m_use);
-              s[mt][nt][2 * r + 1] = fast_exp2(s[mt][nt][2 * r + 1] - m_use);
-              sum += s[mt][nt][2 * r] + s[mt][nt][2 * r + 1];
-            }
-            l_run[mt][r] = l_run[mt][r] * alpha + sum;
-#pragma unroll
-            for (int i = 0; i < kO8; ++i) {
-              o[mt][i][2 * r] *= alpha;
-              o[mt][i][2 * r + 1] *= alpha;
-            }
-          }
-        }
+        for (int mt = 0; mt < kMT; ++mt) rows::online_softmax(s[mt], o[mt], m_run[mt], l_run[mt]);
       }
 
 #pragma unroll
@@ -229,32 +175,10 @@ struct FwdKernel {
     cp_async_wait<0>();
 
     // Epilogue: normalize, write O (bf16/fp16) and the natural-log LSE.
-    u16* go = static_cast<u16*>(p.o) + b * p.o_stride[0] + h * p.o_stride[1];
 #pragma unroll
-    for (int mt = 0; mt < kMT; ++mt) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int row = q0 + wrow + 16 * mt + lane / 4 + 8 * r;
-        float scale_o = 1.f, lse = 0.f;
-        if constexpr (Variant::kSoftmax) {
-          float l = l_run[mt][r];
-          l += shfl_xor(l, 1);
-          l += shfl_xor(l, 2);
-          scale_o = l > 0.f ? 1.f / l : 0.f;
-          lse = l > 0.f ? (m_run[mt][r] + __log2f(l)) * kLn2 : neg_inf();
-        }
-        if (row < p.q_len) {
-#pragma unroll
-          for (int i = 0; i < kO8; ++i) {
-            const int col = i * 8 + 2 * (lane % 4);
-            *reinterpret_cast<u32*>(go + row * p.o_stride[2] + col) =
-                pack2<Cfg::kBf16>(o[mt][i][2 * r] * scale_o, o[mt][i][2 * r + 1] * scale_o);
-          }
-          if (lane % 4 == 0)
-            p.lse[(static_cast<long long>(b) * p.q_heads + h) * p.q_len + row] = lse;
-        }
-      }
-    }
+    for (int mt = 0; mt < kMT; ++mt)
+      rows::store_rows<Cfg::kBf16, Variant::kSoftmax>(p, o[mt], m_run[mt], l_run[mt], b, h,
+                                                      q0 + wrow + 16 * mt + lane / 4);
   }
 };
 

@@ -32,13 +32,19 @@ VARIANTS = {
 DIMS = [(64, 64), (96, 96), (128, 128), (256, 256), (192, 128)]
 
 
+SM90_DIMS = [(64, 64), (128, 128), (256, 256), (192, 128)]  # the sm90 forward's tile table
+
+
 def _instantiations():
     for name in VARIANTS:
         for dims in DIMS if name == "plain" else [(128, 128), (64, 64)]:
             for kind in ("fwd", "bwd"):
                 yield name, kind, dims
+        for dims in SM90_DIMS if name == "plain" else [(128, 128), (64, 64)]:
+            yield name, "fwd90", dims
         yield name, "block_state", (128, 128)
     yield "plain", "fwd", (128, 128), False  # fp16
+    yield "plain", "fwd90", (128, 128), False
 
 
 @pytest.mark.parametrize("case", list(_instantiations()), ids=lambda c: "-".join(map(str, c)))
@@ -48,7 +54,8 @@ def test_instantiation_compiles_without_spills(case):
     attn = VARIANTS[name]()
     dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers]
     info = attn.variant.kernel_source(kind, d_qk, d_v, bf16, dtypes)
-    for report in _C.jit_check_arches(info["source"], info["entry"], arches=["sm_80", "sm_90a"]):
+    arches = ["sm_90a"] if kind == "fwd90" else ["sm_80", "sm_90a"]  # wgmma and TMA: sm_90a only
+    for report in _C.jit_check_arches(info["source"], info["entry"], arches=arches):
         assert report["ok"], f"{info['describe']} {report['arch']}: {report['error']}"
         assert report["spill_stores"] == 0 and report["spill_loads"] == 0, (info["describe"], report)
         assert 0 < report["registers"] <= 255
@@ -60,3 +67,14 @@ def test_generated_source_is_readable():
     assert "struct Variant" in src and 'extern "C" __global__' in src
     # one statement per graph node, named after it, with the user's line
     assert "const float n" in src and "mods.py" in src
+
+
+def test_sm90_tile_table_refuses_unsupported_head_dims():
+    with pytest.raises(ae.GraphError, match="no sm90 kernel"):
+        ae.compile().variant.kernel_source("fwd90", 96, 96)
+
+
+def test_sm90_kernel_is_warp_specialized_wgmma():
+    src = ae.compile().variant.kernel_source("fwd90", 128, 128)
+    assert "sm90/fwd.h" in src["source"] and "__grid_constant__ ae::TmaDesc" in src["source"]
+    assert src["threads"] == 384 and src["smem"] > 128 * 1024

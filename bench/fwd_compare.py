@@ -1,0 +1,106 @@
+"""Forward-only comparison on one GPU, one process: the sm90 template (TMA + wgmma), the
+sm80 template (AE_DISABLE_SM90=1) and PyTorch SDPA (cuDNN, flash), TFLOPS with the
+FlashAttention convention (16k tokens, hidden 2048), plus each kernel's max difference from
+the other template as a sanity check, and the SASS facts of the sm90 kernel (HGMMA count,
+local memory) when nvcc and cuobjdump are on PATH.
+
+    PYTHONPATH=python python bench/fwd_compare.py [--seqs 4096,16384] [--dims 64,128,256]
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import tempfile
+
+import torch
+import torch.nn.functional as F
+import triton.testing as tt
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import attention_engine as ae
+from attention_engine import mods
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def bench_ms(fn):
+    return tt.do_bench(fn, warmup=30, rep=200, return_mode="median")
+
+
+def with_sm90(enabled, fn):
+    old = os.environ.pop("AE_DISABLE_SM90", None)
+    if not enabled:
+        os.environ["AE_DISABLE_SM90"] = "1"
+    try:
+        return fn()
+    finally:
+        os.environ.pop("AE_DISABLE_SM90", None)
+        if old is not None:
+            os.environ["AE_DISABLE_SM90"] = old
+
+
+def sass_facts(attn, d):
+    nvcc, objdump = shutil.which("nvcc"), shutil.which("cuobjdump")
+    if not (nvcc and objdump):
+        return "no nvcc/cuobjdump"
+    src = attn.variant.kernel_source("fwd90", d, d, True, [])["source"]
+    with tempfile.TemporaryDirectory() as tmp:
+        cu, cubin = os.path.join(tmp, "k.cu"), os.path.join(tmp, "k.cubin")
+        open(cu, "w").write(src)
+        r = subprocess.run([nvcc, "-arch=sm_90a", "-cubin", "-O3", "-I", os.path.join(HERE, "..", "templates"),
+                            "-o", cubin, cu], capture_output=True, text=True)
+        if r.returncode:
+            return "nvcc failed: " + r.stderr[-300:]
+        sass = subprocess.run([objdump, "-sass", cubin], capture_output=True, text=True).stdout
+    count = lambda op: sum(line.count(op) for line in sass.splitlines())
+    return (f"HGMMA {count('HGMMA')}, UTMALDG {count('UTMALDG')}, LDL {count('LDL')}, "
+            f"STL {count('STL')}, SETMAXREG {count('USETMAXREG')}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seqs", default="4096,16384")
+    ap.add_argument("--dims", default="64,128,256")
+    args = ap.parse_args()
+    variants = {
+        "plain": (ae.compile(), False),
+        "causal": (ae.compile(mask_mod=mods.causal), True),
+        "softcap": (ae.compile(mods.softcap(30.0)), False),
+        "alibi+causal": (None, True),  # built per head count
+        "sigmoid": (ae.compile(mods.sigmoid(-4.0), normalize="none"), False),
+    }
+    print("| case | S | D | sm90 | sm80 | cuDNN | flash | sm90 vs sm80 max diff |")
+    print("|---|---|---|---|---|---|---|---|")
+    for d in map(int, args.dims.split(",")):
+        for s in map(int, args.seqs.split(",")):
+            h = 2048 // d
+            b = max(1, 16384 // s)
+            torch.manual_seed(0)
+            q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+            for name, (attn, causal) in variants.items():
+                if name == "alibi+causal":
+                    attn = ae.compile(mods.alibi(mods.alibi_slopes(h, device="cuda")), mods.causal)
+                if d != 128 and name not in ("plain", "causal"):
+                    continue
+                flops = 4 * b * h * s * s * d * (0.5 if causal else 1.0)
+                tf = lambda ms: f"{flops / ms / 1e9:.0f}"
+                backend = with_sm90(True, lambda: attn.backend_for(q, k, v))
+                o90 = with_sm90(True, lambda: attn(q, k, v))
+                o80 = with_sm90(False, lambda: attn(q, k, v))
+                diff = (o90.float() - o80.float()).abs().max().item()
+                t90 = with_sm90(True, lambda: bench_ms(lambda: attn(q, k, v)))
+                t80 = with_sm90(False, lambda: bench_ms(lambda: attn(q, k, v)))
+                cud = fl = "-"
+                if name in ("plain", "causal"):
+                    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                        cud = tf(bench_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)))
+                    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                        fl = tf(bench_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)))
+                print(f"| {name} ({backend}) | {s} | {d} | {tf(t90)} | {tf(t80)} | {cud} | {fl} | {diff:.1e} |",
+                      flush=True)
+    print()
+    print("sm90 SASS (plain, D128):", sass_facts(variants["plain"][0], 128))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+// Forward attention for Hopper (sm_90a): TMA, wgmma and warp specialization.
+//
+// One CTA owns BLOCK_M = 64 * kConsumers query rows of one (batch, head) and runs
+// 1 + kConsumers warpgroups:
+//   producer  (warpgroup 0, registers given away by setmaxnreg): one thread issues the TMA
+//             loads, Q once, then K and V tiles of BLOCK_N keys into a ring of kStages
+//             stages, each completing on its own full barrier (K and V separately, so
+//             S = Q K^T starts before V lands);
+//   consumers (warpgroups 1 and 2, 64 query rows each): S = Q K^T by wgmma from shared
+//             memory, the Variant's score_mod / mask and online softmax on the accumulators
+//             (common/fwd_rows.h), P converted in registers to wgmma's A operand and
+//             O += P V with V read N-major; then the stage is released on its empty
+//             barrier. S of the next block is issued together with P V of this one, so
+//             the softmax overlaps a GEMM, and the two warpgroups take turns issuing
+//             (ping-pong), so one's softmax overlaps the other's GEMMs.
+// Tiles the block-state table marks empty are skipped by both sides; full tiles skip the
+// mask; causal work runs longest rows first.
+#pragma once
+
+#include "common/fwd_rows.h"
+#include "common/params.h"
+#include "sm90/hopper_ops.h"
+#include "sm90/wgmma.h"
+
+namespace ae::sm90 {
+
+template <int D_QK_, int D_V_, int BLOCK_N_, int STAGES_, bool OVERLAP_, bool PINGPONG_, bool BF16_>
+struct FwdConfig {
+  static constexpr int kDqk = D_QK_, kDv = D_V_, kBlockN = BLOCK_N_, kStages = STAGES_;
+  // kOverlap: S of block j+1 issued with P V of block j (softmax under a GEMM);
+  // kPingPong (with kOverlap): the consumer warpgroups take turns issuing GEMMs.
+  static constexpr bool kOverlap = OVERLAP_, kPingPong = PINGPONG_ && OVERLAP_;
+  static constexpr bool kBf16 = BF16_;
+  static constexpr int kConsumers = 2;  // consumer warpgroups, 64 query rows each (ping-pong)
+  static constexpr int kBlockM = 64 * kConsumers, kThreads = 128 * (kConsumers + 1);
+  // Tiles as TMA writes them with 128-byte swizzle: [D / 64 column blocks][rows][64].
+  static constexpr int kQBytes = kBlockM * kDqk * 2, kKBytes = kBlockN * kDqk * 2,
+                       kVBytes = kBlockN * kDv * 2;
+  static constexpr int kBarriers = 1 + 3 * kStages;  // Q full; K full, V full, empty per stage
+  // 1024 bytes of slack to align the tiles to the swizzle pattern's 1024-byte period.
+  static constexpr int kSmemBytes = 1024 + kQBytes + kStages * (kKBytes + kVBytes) + 8 * kBarriers;
+  // Register split between the warpgroups (65536 per SM, one CTA per SM).
+  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+  static_assert(kDqk % 64 == 0 && kDv % 64 == 0 && kDqk <= 256, "head dims: multiples of 64");
+  static_assert(kBlockN == 64 || kBlockN == 128, "wgmma N of S");
+  static_assert(kDv == 64 || kDv == 128 || kDv == 256, "wgmma N of O");
+  static_assert(kConsumers == 2, "the ping-pong pairs two consumer warpgroups");
+  static_assert(kProducerRegs * 128 + kConsumerRegs * 128 * kConsumers <= 65536, "registers");
+};
+
+template <class Cfg, class Variant>
+AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaDesc* tq,
+                             const TmaDesc* tk, const TmaDesc* tv) {
+  constexpr int BM = Cfg::kBlockM, BN = Cfg::kBlockN, S = Cfg::kStages;
+  extern __shared__ __align__(1024) char smem_raw[];
+  char* sQ = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+  char* sK = sQ + Cfg::kQBytes;
+  char* sV = sK + S * Cfg::kKBytes;
+  u64* q_full = reinterpret_cast<u64*>(sV + S * Cfg::kVBytes);
+  u64* k_full = q_full + 1;
+  u64* v_full = k_full + S;
+  u64* empty = v_full + S;
+
+  const int m_block = p.n_q_blocks - 1 - blockIdx.x;  // longest rows first under causal masks
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int q0 = m_block * BM, h_kv = h / p.group;
+  const unsigned char* state =
+      p.block_state ? p.block_state + b * p.state_stride_b + h * p.state_stride_h +
+                          static_cast<long long>(m_block) * p.n_kv_blocks
+                    : nullptr;
+  const int n_kv = p.n_kv_blocks;
+  auto next_block = [&](int j) {
+    while (state && j < n_kv && state[j] == 0) ++j;
+    return j;
+  };
+
+  if (threadIdx.x == 0) {
+    mbar_init(q_full, 1);
+    for (int s = 0; s < S; ++s) {
+      mbar_init(k_full + s, 1);
+      mbar_init(v_full + s, 1);
+      mbar_init(empty + s, 128 * Cfg::kConsumers);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  const int wg = threadIdx.x / 128;
+  if (wg == 0) {  // producer
+    setmaxnreg_dec<Cfg::kProducerRegs>();
+    if (threadIdx.x == 0) {
+      mbar_arrive_expect_tx(q_full, Cfg::kQBytes);
+#pragma unroll
+      for (int c = 0; c < Cfg::kDqk / 64; ++c) tma_load_4d(sQ + c * BM * 128, tq, q_full, c * 64, q0, h, b);
+      int it = 0;
+      for (int j = next_block(0); j < n_kv; j = next_block(j + 1), ++it) {
+        const int stage = it % S, use = it / S;
+        if (use > 0) mbar_wait(empty + stage, (use - 1) & 1);
+        mbar_arrive_expect_tx(k_full + stage, Cfg::kKBytes);
+#pragma unroll
+        for (int c = 0; c < Cfg::kDqk / 64; ++c)
+          tma_load_4d(sK + stage * Cfg::kKBytes + c * BN * 128, tk, k_full + stage, c * 64, j * BN,
+                      h_kv, b);
+        mbar_arrive_expect_tx(v_full + stage, Cfg::kVBytes);
+#pragma unroll
+        for (int c = 0; c < Cfg::kDv / 64; ++c)
+          tma_load_4d(sV + stage * Cfg::kVBytes + c * BN * 128, tv, v_full + stage, c * 64, j * BN,
+                      h_kv, b);
+      }
+    }
+    return;
+  }
+
+  // Consumers. From here on no CTA-wide barrier: the producer warps have exited.
+  setmaxnreg_inc<Cfg::kConsumerRegs>();
+  constexpr int kN8 = BN / 8, kO8 = Cfg::kDv / 8;
+  const int cw = wg - 1, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int row0 = q0 + 64 * cw + 16 * warp + lane / 4;  // this thread's first row
+  const bool q_tail = q0 + BM > p.q_len;
+
+  float o[kO8][4];
+  float m_run[2] = {rows::neg_inf(), rows::neg_inf()}, l_run[2] = {0.f, 0.f};
+#pragma unroll
+  for (int i = 0; i < kO8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+
+  // Ping-pong: the two consumer warpgroups take turns issuing their GEMMs (named barriers
+  // 1 and 2), so one's softmax runs under the other's GEMMs on the tensor cores.
+  auto turn_wait = [&] {
+    if constexpr (Cfg::kPingPong) {
+      if (cw == 0) named_bar_sync<1>(256);
+      else named_bar_sync<2>(256);
+    }
+  };
+  auto turn_pass = [&] {
+    if constexpr (Cfg::kPingPong) {
+      if (cw == 0) named_bar_arrive<2>(256);
+      else named_bar_arrive<1>(256);
+    }
+  };
+
+  const char* qa = sQ + cw * 64 * 128;  // this warpgroup's 64 rows of every column block
+  float s[kN8][4];
+  u32 pa[BN / 16][4];
+  // S = Q K^T of the block in ring slot `it`, issued asynchronously (one commit group).
+  auto issue_s = [&](int it_) {
+    const int stage = it_ % S;
+    const char* tK = sK + stage * Cfg::kKBytes;
+    mbar_wait(k_full + stage, (it_ / S) & 1);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < Cfg::kDqk / 16; ++kk) {
+      const int off = (kk % 4) * 32;  // 16 elements along K inside the 128-byte row
+      wgmma_ss<BN, Cfg::kBf16>(s, smem_desc(qa + (kk / 4) * BM * 128 + off, 0),
+                               smem_desc(tK + (kk / 4) * BN * 128 + off, 0), kk > 0);
+    }
+    wgmma_commit();
+  };
+  // score_mod, mask and the softmax step on S of block j; alpha: O's rescale factors.
+  auto process_s = [&](int j_, float (&alpha)[2]) {
+    const int kv0 = j_ * BN;
+    const bool check = q_tail || kv0 + BN > p.kv_len || (state && state[j_] == 1);
+    if (check) rows::score_transform<true>(p, var, s, b, h, row0, kv0 + 2 * (lane % 4));
+    else rows::score_transform<false>(p, var, s, b, h, row0, kv0 + 2 * (lane % 4));
+    if constexpr (Variant::kSoftmax) rows::softmax_step(s, m_run, l_run, alpha);
+  };
+
+  // P V of the block in ring slot `it` (P in pa), issued asynchronously (one commit group).
+  auto issue_pv = [&](int it_) {
+    const int stage = it_ % S;
+    mbar_wait(v_full + stage, (it_ / S) & 1);
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk)  // 16 keys per step: 16 rows of 128 bytes
+      wgmma_rs<Cfg::kDv, Cfg::kBf16>(
+          o, pa[kk], smem_desc(sV + stage * Cfg::kVBytes + kk * 16 * 128, BN * 128), 1);
+    wgmma_commit();
+  };
+
+  mbar_wait(q_full, 0);
+  if constexpr (!Cfg::kOverlap) {
+    int it = 0;
+    for (int j = next_block(0); j < n_kv; j = next_block(j + 1), ++it) {
+      float alpha[2];
+      issue_s(it);
+      wgmma_wait<0>();
+      fence_regs(s);
+      process_s(j, alpha);
+      if constexpr (Variant::kSoftmax) rows::rescale_rows(o, alpha);
+      rows::p_to_a<Cfg::kBf16>(pa, s);
+      wgmma_fence();
+      issue_pv(it);
+      wgmma_wait<0>();
+      fence_regs(o);
+      mbar_arrive(empty + it % S);
+    }
+    rows::store_rows<Cfg::kBf16, Variant::kSoftmax>(p, o, m_run, l_run, b, h, row0);
+    return;
+  }
+  if (cw == 1) turn_pass();  // the first consumer goes first
+  int j = next_block(0), it = 0;
+  if (j < n_kv) {
+    float alpha[2];  // O is still zero: nothing to rescale
+    issue_s(0);
+    wgmma_wait<0>();
+    fence_regs(s);
+    process_s(j, alpha);
+    rows::p_to_a<Cfg::kBf16>(pa, s);
+    // Intra-warpgroup overlap: S of block j+1 is issued with P V of block j, and its
+    // softmax runs while P V is still on the tensor cores.
+    for (int jn = next_block(j + 1); jn < n_kv; j = jn, jn = next_block(j + 1), ++it) {
+      turn_wait();
+      issue_s(it + 1);  // its wgmma_fence also covers the writes to pa and o
+      issue_pv(it);
+      turn_pass();
+      wgmma_wait<1>();  // S of block jn (committed first) is done
+      fence_regs(s);
+      process_s(jn, alpha);
+      wgmma_wait<0>();
+      fence_regs(o);
+      mbar_arrive(empty + it % S);
+      if constexpr (Variant::kSoftmax) rows::rescale_rows(o, alpha);
+      rows::p_to_a<Cfg::kBf16>(pa, s);
+    }
+    turn_wait();  // the last block: P V alone
+    wgmma_fence();
+    issue_pv(it);
+    turn_pass();
+    wgmma_wait<0>();
+    fence_regs(o);
+    mbar_arrive(empty + it % S);
+  }
+  if (cw == 0) turn_wait();  // the second consumer's last pass
+
+  rows::store_rows<Cfg::kBf16, Variant::kSoftmax>(p, o, m_run, l_run, b, h, row0);
+}
+
+}  // namespace ae::sm90

@@ -1,0 +1,96 @@
+// Hopper (sm_90a) building blocks as inline PTX: mbarriers, TMA tile loads, wgmma
+// fences and shared-memory matrix descriptors, and register reallocation between
+// warpgroups.
+#pragma once
+
+#include "common/ae_common.h"
+#include "common/params.h"
+
+namespace ae::sm90 {
+
+AE_DEVICE u32 smem_u32(const void* p) { return static_cast<u32>(__cvta_generic_to_shared(p)); }
+
+// ---- mbarriers (one 8-byte word in shared memory each) ----
+AE_DEVICE void mbar_init(u64* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count));
+}
+// Makes the initialized barriers visible to the other threads and to the TMA unit.
+AE_DEVICE void mbar_init_fence() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+AE_DEVICE void mbar_arrive(u64* bar) {
+  asm volatile("{\n.reg .b64 s;\nmbarrier.arrive.shared::cta.b64 s, [%0];\n}\n" ::"r"(smem_u32(bar))
+               : "memory");
+}
+// One arrival that also announces `bytes` of TMA traffic the phase must wait for.
+AE_DEVICE void mbar_arrive_expect_tx(u64* bar, u32 bytes) {
+  asm volatile("{\n.reg .b64 s;\nmbarrier.arrive.expect_tx.shared::cta.b64 s, [%0], %1;\n}\n" ::"r"(
+                   smem_u32(bar)),
+               "r"(bytes)
+               : "memory");
+}
+// Blocks until the phase with this parity has completed.
+AE_DEVICE void mbar_wait(u64* bar, int parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nWAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT_%=;\n}\n" ::"r"(smem_u32(bar)),
+      "r"(parity)
+      : "memory");
+}
+
+// ---- TMA: one box of a 4-D tensor map (dims innermost first) into shared memory ----
+AE_DEVICE void tma_load_4d(void* dst, const TmaDesc* map, u64* bar, int c0, int c1, int c2, int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%3, %4, %5, %6}], [%2];\n" ::"r"(smem_u32(dst)),
+      "l"(reinterpret_cast<u64>(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      : "memory");
+}
+AE_DEVICE void tma_prefetch_desc(const TmaDesc* map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<u64>(map)) : "memory");
+}
+
+// ---- wgmma ----
+AE_DEVICE void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+AE_DEVICE void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+AE_DEVICE void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Pins accumulator registers at this point in program order: the compiler cannot see that
+// a wgmma writes them asynchronously, so reads after wgmma_wait must not move above it.
+template <int R>
+AE_DEVICE void fence_regs(float (&d)[R][4]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i)
+    asm volatile("" : "+f"(d[i][0]), "+f"(d[i][1]), "+f"(d[i][2]), "+f"(d[i][3])::"memory");
+}
+
+// Shared-memory matrix descriptor for a tile stored as TMA writes it with 128-byte swizzle:
+// rows of 64 16-bit elements (128 bytes), 8-row groups 1024 bytes apart (SBO). `lbo`: the
+// distance between 64-element column blocks, used when the MN dimension spans more than
+// one (N-major B); K-major operands ignore it. Tiles start 1024-byte aligned.
+AE_DEVICE u64 smem_desc(const void* p, u32 lbo) {
+  const u64 addr = smem_u32(p);
+  return ((addr & 0x3FFFF) >> 4) | (static_cast<u64>(lbo >> 4) << 16) |
+         (static_cast<u64>(1024 >> 4) << 32) | (1ull << 62);
+}
+
+// ---- warp specialization ----
+// Named barriers 1..15 (0 is __syncthreads) over `threads` threads: sync waits, arrive not.
+// (Immediate ids: a register id makes ptxas reserve all 16 barriers.)
+template <int kId>
+AE_DEVICE void named_bar_sync(int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"n"(kId), "r"(threads) : "memory");
+}
+template <int kId>
+AE_DEVICE void named_bar_arrive(int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"n"(kId), "r"(threads) : "memory");
+}
+template <int R>
+AE_DEVICE void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R)); }
+template <int R>
+AE_DEVICE void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R)); }
+
+}  // namespace ae::sm90
