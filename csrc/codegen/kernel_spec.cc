@@ -166,7 +166,8 @@ TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, int smem_limit) 
   return c;
 }
 
-TileChoice choose_sm90(int d_qk, int d_v, bool bf16, bool score_loads, int smem_limit) {
+TileChoice choose_sm90(int d_qk, int d_v, bool bf16, bool score_loads, bool softmax,
+                       int smem_limit) {
   TileChoice c;
   if (d_qk % 64 != 0 || d_qk > 256 || (d_v != 64 && d_v != 128 && d_v != 256)) {
     c.reason = fmt::format("head dims ({}, {}) have no sm90 kernel: Dqk a multiple of 64 up to "
@@ -187,6 +188,10 @@ TileChoice choose_sm90(int d_qk, int d_v, bool bf16, bool score_loads, int smem_
   // loads captured tensors keeps its loads in flight too (128 keys spill: compile-all test).
   s.block_n = d_v <= 128 && !score_loads ? 128 : 64;
   s.stages = 2;
+  // From the sweep (bench/RESULTS.md, 2026-11-21): overlap + ping-pong win for softmax at
+  // Dv <= 128 (plain D128 539 -> 576 TFLOPS) but lose at Dv = 256 (604 -> 511) and for
+  // normalize = none (481 -> 456).
+  s.overlap = s.pingpong = d_v <= 128 && softmax;
   // AE_SM90_FWD="block_n,stages,overlap,pingpong" for tuning sweeps until the autotuner
   // exists (bench/tile_sweep.py).
   if (const char* o = std::getenv("AE_SM90_FWD")) {

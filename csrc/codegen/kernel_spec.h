@@ -50,7 +50,9 @@ struct TileChoice {
 };
 TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, int smem_limit);
 // The sm90 forward configuration (arch sm_90a), or a reason why there is none.
-// score_loads: the score_mod loads per score (ir::Analysis::score_loads_per_element).
-TileChoice choose_sm90(int d_qk, int d_v, bool bf16, bool score_loads, int smem_limit);
+// score_loads: the score_mod loads per score (ir::Analysis::score_loads_per_element);
+// softmax: the row normalization is softmax (else none).
+TileChoice choose_sm90(int d_qk, int d_v, bool bf16, bool score_loads, bool softmax,
+                       int smem_limit);
 
 }  // namespace ae::codegen

@@ -53,7 +53,8 @@ void bind_ir(pybind11::module_& m) {
                  kind == "fwd90"
                      ? codegen::choose_sm90(
                            d_qk, d_v, bf16,
-                           h.variant->analysis.score_loads_per_element, 227 * 1024)
+                           h.variant->analysis.score_loads_per_element,
+                           h.variant->forward.normalize == ir::Normalize::Softmax, 227 * 1024)
                      : codegen::choose_sm80(
                            k == codegen::Kind::BlockState ? codegen::Kind::Forward : k, d_qk, d_v,
                            bf16, 227 * 1024);

@@ -90,6 +90,7 @@ Plan plan(Kind kind, const ir::Variant& v, const at::Tensor& q, const Shapes& s,
                                                   static_cast<int>(s.head_dim_v),
                                                   dt == at::kBFloat16,
                                                   v.analysis.score_loads_per_element,
+                                                  v.forward.normalize == ir::Normalize::Softmax,
                                                   info.smem_optin);
     if (c9.ok) {
       pl.spec = c9.spec;

@@ -444,6 +444,34 @@ def test_variants(variant, dtype):
     check_case(variant, Shape(), dtype)
 
 
+def _is_hopper() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+@pytest.mark.parametrize("dims", HEAD_DIMS, ids=_id)
+def test_hopper_picks_the_sm90_forward(dims):
+    """On sm_90 the TMA + wgmma forward runs wherever its tile table has an entry."""
+    if not _is_hopper():
+        pytest.skip("needs an sm_90 GPU")
+    s = Shape(Dqk=dims[0], Dv=dims[1])
+    attn, _ = build("causal", s)
+    q, k, v = make_qkv(s, BF16, 0, "bhsd")
+    assert attn.backend_for(q, k, v) == ("sm80" if dims == (96, 96) else "sm90")
+
+
+@pytest.mark.parametrize("variant", ["plain", "causal", "alibi_causal", "softcap", "sigmoid"])
+def test_sm80_forward_on_hopper(variant, monkeypatch):
+    """The mma.sync forward stays correct on Hopper (AE_DISABLE_SM90=1 selects it)."""
+    if not _is_hopper():
+        pytest.skip("needs an sm_90 GPU")
+    monkeypatch.setenv("AE_DISABLE_SM90", "1")
+    s = Shape()
+    attn, _ = build(variant, s)
+    q, k, v = make_qkv(s, BF16, 0, "bhsd")
+    assert attn.backend_for(q, k, v) == "sm80"
+    check_case(variant, s, BF16)
+
+
 @pytest.mark.parametrize("variant,dtype,dims", [
     ("alibi_causal", FP16, (64, 64)),
     ("sliding_window", BF16, (64, 64)),
