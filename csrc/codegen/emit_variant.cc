@@ -124,7 +124,17 @@ std::string expr(const Graph& g, int id, const std::vector<std::string>& dtypes)
     case Op::Add: return bin("+");
     case Op::Sub: return bin("-");
     case Op::Mul: return bin("*");
-    case Op::Div: return fmt::format("__fdividef({}, {})", a(0, DType::Float), a(1, DType::Float));
+    case Op::Div: {
+      // By a constant: a multiply by its reciprocal (no MUFU.RCP per score, e.g. softcap's
+      // score / cap). Otherwise the fast approximate division.
+      const Node& d = g.nodes[n.args[1]];
+      const double c = d.op != Op::Const ? 0.0
+                       : d.type == DType::Float ? d.fvalue
+                                                : static_cast<double>(d.ivalue);
+      if (c != 0.0 && std::isfinite(1.0 / c) && std::fabs(1.0 / c) < 3e38 && std::fabs(1.0 / c) > 1e-37)
+        return fmt::format("{} * {}", a(0, DType::Float), float_literal(1.0 / c));
+      return fmt::format("__fdividef({}, {})", a(0, DType::Float), a(1, DType::Float));
+    }
     case Op::FloorDiv:
       return fl ? fmt::format("floorf({} / {})", a(0, t), a(1, t))
                 : fmt::format("ae::floordiv({}, {})", a(0, t), a(1, t));
