@@ -78,3 +78,14 @@ def test_sm90_kernel_is_warp_specialized_wgmma():
     src = ae.compile().variant.kernel_source("fwd90", 128, 128)
     assert "sm90/fwd.h" in src["source"] and "__grid_constant__ ae::TmaDesc" in src["source"]
     assert src["threads"] == 384 and src["smem"] > 128 * 1024
+
+
+def test_generated_wgmma_header_is_up_to_date():
+    """templates/sm90/wgmma.h is tools/gen_wgmma.py's output: regenerate it after editing."""
+    import pathlib
+    import subprocess
+    import sys
+    root = pathlib.Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(root / "tools" / "gen_wgmma.py")], check=True,
+                         capture_output=True, text=True).stdout
+    assert out == (root / "templates" / "sm90" / "wgmma.h").read_text()
