@@ -20,6 +20,18 @@ const char* kind_name(Kind k) {
   return "?";
 }
 
+// The choice, or a refusal when its tiles do not fit the device's shared memory.
+TileChoice checked_smem(TileChoice c, int smem_limit) {
+  const KernelSpec& s = c.spec;
+  if (smem_bytes(s) > smem_limit) {
+    c.reason = fmt::format("{} needs {} bytes of shared memory, the device allows {}",
+                           s.describe(), smem_bytes(s), smem_limit);
+    return c;
+  }
+  c.ok = true;
+  return c;
+}
+
 }  // namespace
 
 std::string KernelSpec::entry() const { return fmt::format("ae_{}", kind_name(kind)); }
@@ -157,13 +169,7 @@ TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, int smem_limit) 
     s.warps = 4;  // e.g. A100 (164 KB per block): 64-key tiles
     s.block_m = s.block_n = 64;
   }
-  if (smem_bytes(s) > smem_limit) {
-    c.reason = fmt::format("{} needs {} bytes of shared memory, the device allows {}",
-                           s.describe(), smem_bytes(s), smem_limit);
-    return c;
-  }
-  c.ok = true;
-  return c;
+  return checked_smem(c, smem_limit);
 }
 
 TileChoice choose_sm90(int d_qk, int d_v, bool bf16, bool score_loads, bool softmax,
@@ -204,13 +210,7 @@ TileChoice choose_sm90(int d_qk, int d_v, bool bf16, bool score_loads, bool soft
   }
   while (smem_bytes(s) > smem_limit && s.stages > 2) --s.stages;
   if (smem_bytes(s) > smem_limit) s.block_n = 64;
-  if (smem_bytes(s) > smem_limit) {
-    c.reason = fmt::format("{} needs {} bytes of shared memory, the device allows {}",
-                           s.describe(), smem_bytes(s), smem_limit);
-    return c;
-  }
-  c.ok = true;
-  return c;
+  return checked_smem(c, smem_limit);
 }
 
 }  // namespace ae::codegen

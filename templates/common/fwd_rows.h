@@ -18,6 +18,24 @@ using sm80::kLog2e;
 using sm80::neg_inf;
 using sm80::shfl_xor;
 
+// The block-state row of one query block: which key blocks a forward visits (empty ones are
+// skipped) and which need the mask (partial ones).
+struct BlockRow {
+  const unsigned char* state;  // null: no mask, every block full
+  int n;                       // key blocks
+  AE_DEVICE BlockRow(const AttnParams& p, int b, int h, int m_block)
+      : state(p.block_state ? p.block_state + b * p.state_stride_b + h * p.state_stride_h +
+                                  static_cast<long long>(m_block) * p.n_kv_blocks
+                            : nullptr),
+        n(p.n_kv_blocks) {}
+  // The first block at or after j with something kept (n when none).
+  AE_DEVICE int next(int j) const {
+    while (state && j < n && state[j] == 0) ++j;
+    return j;
+  }
+  AE_DEVICE bool partial(int j) const { return state && state[j] == 1; }
+};
+
 // Score mod, mask and bounds for one 16-row tile whose thread rows start at row0 (this
 // thread's first row), columns at col0 (this thread's first column). Results are in the log2
 // domain (softmax) or P itself (normalize = none).

@@ -54,15 +54,9 @@ struct FwdKernel {
                     q0 * p.q_stride[2];
     const u16* gk = static_cast<const u16*>(p.k) + b * p.k_stride[0] + h_kv * p.k_stride[1];
     const u16* gv = static_cast<const u16*>(p.v) + b * p.v_stride[0] + h_kv * p.v_stride[1];
-    const unsigned char* state =
-        p.block_state ? p.block_state + b * p.state_stride_b + h * p.state_stride_h +
-                            static_cast<long long>(m_block) * p.n_kv_blocks
-                      : nullptr;
-    const int n_kv = p.n_kv_blocks;
-    auto next_block = [&](int j) {
-      while (state && j < n_kv && state[j] == 0) ++j;
-      return j;
-    };
+    const rows::BlockRow blocks(p, b, h, m_block);
+    const int n_kv = blocks.n;
+    auto next_block = [&](int j) { return blocks.next(j); };
     auto load_kv = [&](int j, int stage) {
       const int rows = p.kv_len - j * Cfg::kBlockN;
       load_tile<Cfg::kBlockN, Cfg::kDqk, Cfg::kThreads>(
@@ -140,7 +134,7 @@ struct FwdKernel {
       }
 
       kv0 = j * Cfg::kBlockN;
-      const bool check = q_tail || kv0 + Cfg::kBlockN > p.kv_len || (state && state[j] == 1);
+      const bool check = q_tail || kv0 + Cfg::kBlockN > p.kv_len || blocks.partial(j);
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) {
         const int row0 = q0 + wrow + 16 * mt + lane / 4, col0 = kv0 + 2 * (lane % 4);

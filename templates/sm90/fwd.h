@@ -64,15 +64,9 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   const int m_block = p.n_q_blocks - 1 - blockIdx.x;  // longest rows first under causal masks
   const int h = blockIdx.y, b = blockIdx.z;
   const int q0 = m_block * BM, h_kv = h / p.group;
-  const unsigned char* state =
-      p.block_state ? p.block_state + b * p.state_stride_b + h * p.state_stride_h +
-                          static_cast<long long>(m_block) * p.n_kv_blocks
-                    : nullptr;
-  const int n_kv = p.n_kv_blocks;
-  auto next_block = [&](int j) {
-    while (state && j < n_kv && state[j] == 0) ++j;
-    return j;
-  };
+  const rows::BlockRow blocks(p, b, h, m_block);
+  const int n_kv = blocks.n;
+  auto next_block = [&](int j) { return blocks.next(j); };
 
   if (threadIdx.x == 0) {
     mbar_init(q_full, 1);
@@ -158,7 +152,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   // score_mod, mask and the softmax step on S of block j; alpha: O's rescale factors.
   auto process_s = [&](int j_, float (&alpha)[2]) {
     const int kv0 = j_ * BN;
-    const bool check = q_tail || kv0 + BN > p.kv_len || (state && state[j_] == 1);
+    const bool check = q_tail || kv0 + BN > p.kv_len || blocks.partial(j_);
     if (check) rows::score_transform<true>(p, var, s, b, h, row0, kv0 + 2 * (lane % 4));
     else rows::score_transform<false>(p, var, s, b, h, row0, kv0 + 2 * (lane % 4));
     if constexpr (Variant::kSoftmax) rows::softmax_step(s, m_run, l_run, alpha);
