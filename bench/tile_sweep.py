@@ -4,7 +4,7 @@ entries. sm80 configs time plain and causal softmax at D128, forward and forward
 fwd90 configs ("block_n,stages,overlap,pingpong") time the sm90 forward on several variants
 and head dims.
 
-    python bench/tile_sweep.py [fwd:4,2,32 bwd:8 fwd90:128,2,1,1 ...]   (default: the list below)
+    python bench/tile_sweep.py [fwd:4,2,32 bwd:128,2 fwd90:128,2,1,1 ...]   (default: the list below)
 """
 import os
 import subprocess
@@ -46,7 +46,7 @@ print(" | ".join(out), flush=True)
 '''
 
 CONFIGS = [("fwd", "4,2,32"), ("fwd", "8,2,32"), ("fwd", "8,1,64"), ("fwd", "4,1,64"),
-           ("bwd", "8"), ("bwd", "4")]
+           ("bwd", "128,2"), ("bwd", "128,1"), ("bwd", "64,2")]
 
 
 def main():

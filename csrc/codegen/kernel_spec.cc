@@ -40,7 +40,7 @@ std::string KernelSpec::describe() const {
   return fmt::format("{}{} {} {} d{}/{} {}x{} w{}{}{}{}", kind_name(kind),
                      family == Family::Sm90 ? "90" : "", arch, bf16 ? "bf16" : "fp16", d_qk, d_v,
                      block_m, block_n, warps, m_tiles > 1 ? fmt::format(" mt{}", m_tiles) : "",
-                     split > 1 ? fmt::format(" split{}", split) : "",
+                     kind == Kind::Backward ? fmt::format(" s{}", stages) : "",
                      family == Family::Sm90 ? fmt::format(" s{}{}{}", stages, overlap ? " ov" : "",
                                                           overlap && pingpong ? " pp" : "")
                                             : "");
@@ -53,9 +53,10 @@ int smem_bytes(const KernelSpec& s) {
   const int ldqk = s.d_qk + 8, ldv = s.d_v + 8;
   switch (s.kind) {
     case Kind::Forward: return 2 * (s.block_m * ldqk + 2 * s.block_n * ldqk + 2 * s.block_n * ldv);
-    case Kind::Backward:  // Q, K, dO, V, dS tiles + lse and delta per query row
-      return 2 * (s.block_m * ldqk + s.block_n * ldqk + s.block_m * ldv + s.block_n * ldv +
-                  s.block_m * (s.block_n + 8)) + 2 * 4 * s.block_m;
+    case Kind::Backward:  // must match sm80::BwdConfig::kSmemBytes: K, V, `stages` x (Q, dO),
+                          // P^T and dS^T, lse and delta per query row
+      return 2 * (s.block_n * (ldqk + ldv) + s.stages * s.block_m * (ldqk + ldv) +
+                  2 * s.block_n * (s.block_m + 8)) + 2 * 4 * s.block_m;
     case Kind::BlockState: return 0;
   }
   return 0;
@@ -76,12 +77,18 @@ std::string instantiate(const ir::Variant& variant, const KernelSpec& s) {
   src += emit_variant(variant, s.buffer_dtypes);
   src += "\n}  // namespace\n\n";
   const char* elem = s.bf16 ? "true" : "false";
+  // The host launches with smem_bytes(s); the template must agree (checked when compiled).
+  const std::string smem_check =
+      s.kind == Kind::BlockState
+          ? std::string()
+          : fmt::format("static_assert(Cfg::kSmemBytes == {}, \"host and template disagree on "
+                        "shared memory\");\n", smem_bytes(s));
   switch (s.kind) {
     case Kind::Forward:
       if (s.family == Family::Sm90) {
         // Tensor maps and arguments are __grid_constant__: kernels take their addresses.
         fmt::format_to(out,
-                       "using Cfg = ae::sm90::FwdConfig<{}, {}, {}, {}, {}, {}, {}>;\n"
+                       "using Cfg = ae::sm90::FwdConfig<{}, {}, {}, {}, {}, {}, {}>;\n{}"
                        "extern \"C\" __global__ void __launch_bounds__({}, 1) {}(\n"
                        "    const __grid_constant__ ae::AttnParams p, const __grid_constant__ "
                        "ae::VariantArgs va,\n"
@@ -89,24 +96,26 @@ std::string instantiate(const ir::Variant& variant, const KernelSpec& s) {
                        "ae::TmaDesc tk,\n"
                        "    const __grid_constant__ ae::TmaDesc tv) {{\n"
                        "  ae::sm90::attention_fwd<Cfg>(p, Variant{{va}}, &tq, &tk, &tv);\n}}\n",
-                       s.d_qk, s.d_v, s.block_n, s.stages, s.overlap, s.pingpong, elem,
+                       s.d_qk, s.d_v, s.block_n, s.stages, s.overlap, s.pingpong, elem, smem_check,
                        s.threads(), s.entry());
         break;
       }
       fmt::format_to(out,
-                     "using Cfg = ae::sm80::FwdConfig<{}, {}, {}, {}, {}, {}>;\n"
+                     "using Cfg = ae::sm80::FwdConfig<{}, {}, {}, {}, {}, {}>;\n{}"
                      "extern \"C\" __global__ void __launch_bounds__({}, 1) {}(const ae::AttnParams p, "
                      "const ae::VariantArgs va) {{\n"
                      "  ae::sm80::attention_fwd<Cfg>(p, Variant{{va}});\n}}\n",
-                     s.d_qk, s.d_v, s.block_n, s.warps, s.m_tiles, elem, s.threads(), s.entry());
+                     s.d_qk, s.d_v, s.block_n, s.warps, s.m_tiles, elem, smem_check, s.threads(),
+                     s.entry());
       break;
     case Kind::Backward:
       fmt::format_to(out,
-                     "using Cfg = ae::sm80::BwdConfig<{}, {}, {}, {}, {}>;\n"
+                     "using Cfg = ae::sm80::BwdConfig<{}, {}, {}, {}, {}, {}>;\n{}"
                      "extern \"C\" __global__ void __launch_bounds__({}, 1) {}(const ae::AttnParams p, "
                      "const ae::VariantArgs va) {{\n"
                      "  ae::sm80::attention_bwd<Cfg>(p, Variant{{va}});\n}}\n",
-                     s.d_qk, s.d_v, s.warps, s.split, elem, s.threads(), s.entry());
+                     s.d_qk, s.d_v, s.block_n, s.warps, s.stages, elem, smem_check, s.threads(),
+                     s.entry());
       break;
     case Kind::BlockState:
       fmt::format_to(out,
@@ -140,35 +149,32 @@ TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, int smem_limit) 
     s.block_m = 16 * s.m_tiles * s.warps;
     s.block_n = dmax <= 96 ? 64 : 32;
   } else {
-    s.warps = dmax <= 128 ? 8 : 4;  // 128 keys per CTA: half the dQ atomics and Q/dO reloads
-    s.block_m = s.block_n = 16 * s.warps;
-    s.split = dmax <= 128 ? 1 : 2;
-    if ((d_qk / s.split) % 16 != 0 || (d_v / s.split) % 16 != 0) {
-      c.reason = fmt::format("head dims ({}, {}) do not split into multiples of 16 for the "
-                             "sm80 backward", d_qk, d_v);
-      return c;
-    }
+    // 8 warps, 64-query blocks; 128 keys per CTA where dK and dV fit in registers (each warp
+    // holds 32 keys x half the head dim), else 64 keys (32 keys x a quarter).
+    s.warps = 8;
+    s.block_m = 64;
+    s.block_n = dmax <= 128 ? 128 : 64;
+    s.stages = 2;  // Q and dO double-buffered
   }
   // Tile overrides for tuning sweeps (bench/tile_sweep.py) until the autotuner exists:
-  // AE_SM80_FWD="warps,m_tiles,block_n", AE_SM80_BWD="warps".
+  // AE_SM80_FWD="warps,m_tiles,block_n", AE_SM80_BWD="block_n,stages".
   if (const char* o = std::getenv(kind == Kind::Forward ? "AE_SM80_FWD" : "AE_SM80_BWD")) {
-    int w = 0, mt = 1, bn = 0;
-    const int n = std::sscanf(o, "%d,%d,%d", &w, &mt, &bn);
-    if (n >= 1 && (w == 4 || w == 8)) {
-      s.warps = w;
-      if (kind == Kind::Forward) {
-        if (n >= 2 && (mt == 1 || mt == 2)) s.m_tiles = mt;
-        if (n >= 3 && bn % 16 == 0 && bn > 0) s.block_n = bn;
-        s.block_m = 16 * s.m_tiles * s.warps;
-      } else {
-        s.block_m = s.block_n = 16 * s.warps;
-      }
+    int a = 0, b2 = 1, bn = 0;
+    const int n = std::sscanf(o, "%d,%d,%d", &a, &b2, &bn);
+    if (kind == Kind::Forward && n >= 1 && (a == 4 || a == 8)) {
+      s.warps = a;
+      if (n >= 2 && (b2 == 1 || b2 == 2)) s.m_tiles = b2;
+      if (n >= 3 && bn % 16 == 0 && bn > 0) s.block_n = bn;
+      s.block_m = 16 * s.m_tiles * s.warps;
+    } else if (kind == Kind::Backward && n >= 1 && (a == 64 || a == 128)) {
+      s.block_n = a;
+      if (n >= 2 && (b2 == 1 || b2 == 2)) s.stages = b2;
     }
   }
-  if (kind == Kind::Backward && smem_bytes(s) > smem_limit && s.warps == 8) {
-    s.warps = 4;  // e.g. A100 (164 KB per block): 64-key tiles
-    s.block_m = s.block_n = 64;
-  }
+  // Smaller devices (A100: 164 KB per block, Ada: 99 KB): single-buffered Q and dO first,
+  // then 64-key tiles.
+  if (kind == Kind::Backward && smem_bytes(s) > smem_limit) s.stages = 1;
+  if (kind == Kind::Backward && smem_bytes(s) > smem_limit) s.block_n = 64;
   return checked_smem(c, smem_limit);
 }
 

@@ -23,8 +23,7 @@ struct KernelSpec {
   int block_n = 0;          // keys per tile
   int warps = 4;
   int m_tiles = 1;          // forward: 16-row MMA tiles per warp
-  int split = 1;            // backward: head-dim slices for dK/dV/dQ (one CTA each)
-  int stages = 2;           // sm90: K/V ring stages
+  int stages = 2;           // sm90: K/V ring stages; sm80 backward: Q/dO buffers
   bool overlap = true;      // sm90: softmax of one block under the GEMMs of the next
   bool pingpong = true;     // sm90: consumer warpgroups take turns issuing GEMMs
   bool bf16 = true;         // else fp16

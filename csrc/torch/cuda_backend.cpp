@@ -315,7 +315,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_bac
   VariantArgs va = variant_args(buffers, grads);
   void* args[] = {&p, &va};
   launch(kernel, {static_cast<unsigned>(p.n_kv_blocks),
-                  static_cast<unsigned>(s.kv_heads * pl.spec.split),
+                  static_cast<unsigned>(s.kv_heads),
                   static_cast<unsigned>(s.batch)},
          pl.spec.threads(), codegen::smem_bytes(pl.spec), q, args);
 

@@ -1,12 +1,16 @@
 // Backward attention on the mma.sync path (sm_80 and up), FlashAttention-2 style,
-// KV-stationary: a CTA owns BLOCK = 16 * WARPS keys of one (batch, kv head) and loops over
-// the query heads of its GQA group and their query blocks. Each warp owns 16 keys.
-// Per query block: S^T = K Q^T and dP^T = V dO^T (mma.sync), P recomputed from the LSE,
-// dS = P * (dP - delta) * d score_mod / d score (Variant::grad, which also adds the
-// gradients of captured tensors), dV += P^T dO and dK += dS^T Q in registers, and
-// dQ += dS K through shared memory into an fp32 buffer with atomics.
-// SPLIT > 1 cuts the head dims into slices, one CTA per slice (for head dims > 128, where
-// dK and dV would not fit in registers); S and dP are then computed once per slice.
+// KV-stationary: a CTA of 8 warps owns BLOCK_N keys of one (batch, kv head) and loops over
+// the query heads of its GQA group and their blocks of 64 queries. Per query block:
+//   1. S^T = K Q^T and dP^T = V dO^T: warps tile keys x queries, 32 keys each;
+//      P is recomputed from the LSE and dS = P * (dP - delta) * d score_mod / d score
+//      (Variant::grad, which also adds the gradients of captured tensors);
+//      P^T and dS^T go to shared memory.
+//   2. dV += P^T dO and dK += dS^T Q: each warp keeps the same 32 keys and owns a slice of
+//      the head dim, so dK and dV stay in registers for the whole CTA.
+//   3. dQ += dS K: warps tile 32 queries x a head-dim slice; fp32 reductions into dq_accum.
+// Every MMA takes its operands from 32-row (two m16) tiles, so one ldmatrix feeds two or
+// more MMAs: the shared-memory reads per MMA are what bound this kernel (bench/RESULTS.md).
+// With STAGES = 2 the next block's Q and dO are loaded (cp.async) under this block's math.
 #pragma once
 
 #include "common/params.h"
@@ -14,231 +18,358 @@
 
 namespace ae::sm80 {
 
-template <int D_QK_, int D_V_, int WARPS_, int SPLIT_, bool BF16_>
+template <int D_QK_, int D_V_, int BLOCK_N_, int WARPS_, int STAGES_, bool BF16_>
 struct BwdConfig {
-  static constexpr int kDqk = D_QK_, kDv = D_V_, kWarps = WARPS_, kSplit = SPLIT_;
+  static constexpr int kDqk = D_QK_, kDv = D_V_, kBlockN = BLOCK_N_, kWarps = WARPS_;
+  static constexpr int kStages = STAGES_;
   static constexpr bool kBf16 = BF16_;
-  static constexpr int kBlock = 16 * kWarps, kThreads = 32 * kWarps;
-  static constexpr int kSliceQK = kDqk / kSplit, kSliceV = kDv / kSplit;
-  static constexpr int kLdQK = kDqk + 8, kLdV = kDv + 8, kLdS = kBlock + 8;
-  static constexpr int kSmemQK = kBlock * kLdQK, kSmemV = kBlock * kLdV;
-  static_assert(kSliceQK % 16 == 0 && kSliceV % 16 == 0, "head-dim slices of 16");
+  static constexpr int kBlockM = 64, kThreads = 32 * kWarps;
+  static constexpr int kWarpsQ = kWarps / 2;  // dQ: 2 warps on queries x kWarpsQ on dims
+  static constexpr int kWarpsN = kBlockN / 32;      // warps along keys (32 keys each)
+  static constexpr int kWarpsM = kWarps / kWarpsN;  // along queries (S^T) or head dim (dK, dV)
+  static constexpr int kLdQK = kDqk + 8, kLdV = kDv + 8, kLdP = kBlockM + 8;
+  static constexpr int kSmemK = kBlockN * kLdQK, kSmemV = kBlockN * kLdV;
+  static constexpr int kSmemQ = kBlockM * kLdQK, kSmemDO = kBlockM * kLdV, kSmemP = kBlockN * kLdP;
+  // Must match codegen::smem_bytes (Kind::Backward).
+  static constexpr int kSmemBytes =
+      2 * (kSmemK + kSmemV + kStages * (kSmemQ + kSmemDO) + 2 * kSmemP) + 2 * 4 * kBlockM;
+  static_assert(kBlockN == 64 || kBlockN == 128, "64 or 128 keys per CTA");
+  static_assert(kWarps == 8, "8 warps (16 measured slower: bench/RESULTS.md)");
+  static_assert(kBlockM / kWarpsM >= 16, "S^T tiles of at least 16 queries per warp");
+  static_assert(kDqk % 16 == 0 && kDv % 16 == 0, "head dims in multiples of 16");
 };
 
 template <class Cfg, class Variant>
 struct BwdKernel {
-  static constexpr int kB = Cfg::kBlock;
-  static constexpr int kN8 = kB / 8;
-  // Query columns per chunk: fewer where dK and dV take most of the registers.
-  static constexpr int kQC = Cfg::kSliceQK + Cfg::kSliceV > 192 ? 16 : 32, kC8 = kQC / 8;
+  static constexpr int kQW = Cfg::kBlockM / Cfg::kWarpsM;  // queries per warp in S^T
+  // Head-dim chunks of 16 per warp (chunk c of warp w is w + kWarpsM * c; the last may be
+  // missing when the chunk count does not divide evenly).
+  static constexpr int kCK = (Cfg::kDqk / 16 + Cfg::kWarpsM - 1) / Cfg::kWarpsM;
+  static constexpr int kCV = (Cfg::kDv / 16 + Cfg::kWarpsM - 1) / Cfg::kWarpsM;
+  // S^T and dP^T are computed for kQC queries at a time: all kQW where registers allow, 16
+  // where dK, dV (16 registers per chunk) and S^T, dP^T (2 kQW) would pass 128 (which costs
+  // reloading K and V fragments per chunk).
+  static constexpr int kQC = 16 * (kCK + kCV) + 2 * kQW > 128 ? 16 : kQW;
+  static constexpr int kQ8 = kQC / 8;
+  static constexpr int kCQ = (Cfg::kDqk / 16 + Cfg::kWarpsQ - 1) / Cfg::kWarpsQ;
+  static constexpr bool kFullUnroll = Variant::kIdentity && !Variant::kHasMask &&
+                                      !Variant::kReadsBuffers && Cfg::kDqk <= 128 &&
+                                      Cfg::kDv <= 128;
+
   const AttnParams& p;
   const Variant& var;
 
-  AE_DEVICE void run(char* smem_raw) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const int n_block = blockIdx.x, split = blockIdx.y % Cfg::kSplit;
-    const int h_kv = blockIdx.y / Cfg::kSplit, b = blockIdx.z;
-    const int k0 = n_block * kB, kw0 = warp * 16;
-    u16* sQ = reinterpret_cast<u16*>(smem_raw);
-    u16* sK = sQ + Cfg::kSmemQK;
-    u16* sdO = sK + Cfg::kSmemQK;
-    u16* sV = sdO + Cfg::kSmemV;
-    u16* sdS = sV + Cfg::kSmemV;
-    float* sLse = reinterpret_cast<float*>(sdS + kB * Cfg::kLdS);
-    float* sDelta = sLse + kB;
+  // Whether a warp's chunk exists: always when the chunks divide evenly among the warps,
+  // which the compiler must see, or it branches around every fragment load and MMA.
+  template <int NCHUNKS, int STRIDE>
+  static AE_DEVICE bool has_chunk(int chunk) {
+    return NCHUNKS % STRIDE == 0 || chunk < NCHUNKS;
+  }
 
-    load_tile<kB, Cfg::kDqk, Cfg::kThreads>(
-        sK, static_cast<const u16*>(p.k) + b * p.k_stride[0] + h_kv * p.k_stride[1] + k0 * p.k_stride[2],
-        p.k_stride[2], p.kv_len - k0);
-    load_tile<kB, Cfg::kDv, Cfg::kThreads>(
-        sV, static_cast<const u16*>(p.v) + b * p.v_stride[0] + h_kv * p.v_stride[1] + k0 * p.v_stride[2],
-        p.v_stride[2], p.kv_len - k0);
-    cp_async_commit();
-
-    float dk[Cfg::kSliceQK / 8][4], dv[Cfg::kSliceV / 8][4];
+  // d += A (two m16 tiles, from `a_tile` rows a_row..+31) times the [k][n] tile `b_tile`, over
+  // k in [0, K), for this warp's chunks of n: the shape of dV, dK and dQ.
+  template <int K, int LDA, int LDB, int NCH, int STRIDE, int NCHUNKS, bool kTransA>
+  AE_DEVICE void mma_chunks(float (&d)[2][2 * NCH][4], const u16* a_tile, int a_row,
+                            const u16* b_tile, int first_chunk) {
+    // Fully unrolled only for unmasked plain scores up to head dim 128: elsewhere unrolling hoists
+    // more fragment loads than the registers next to dK, dV and dQ hold (it spilled). Two k
+    // steps per iteration cost ~5% (bench/RESULTS.md).
+#pragma unroll(kFullUnroll ? K / 16 : 2)
+    for (int kk = 0; kk < K / 16; ++kk) {
+      u32 a[2][4];
 #pragma unroll
-    for (int i = 0; i < Cfg::kSliceQK / 8; ++i) dk[i][0] = dk[i][1] = dk[i][2] = dk[i][3] = 0.f;
+      for (int mt = 0; mt < 2; ++mt) {
+        if constexpr (kTransA) load_a_t<LDA>(a[mt], a_tile, kk * 16, a_row + 16 * mt);
+        else load_a<LDA>(a[mt], a_tile, a_row + 16 * mt, kk * 16);
+      }
 #pragma unroll
-    for (int i = 0; i < Cfg::kSliceV / 8; ++i) dv[i][0] = dv[i][1] = dv[i][2] = dv[i][3] = 0.f;
-
-    for (int hq = h_kv * p.group; hq < (h_kv + 1) * p.group; ++hq) {
-      const unsigned char* state =
-          p.block_state ? p.block_state + b * p.state_stride_b + hq * p.state_stride_h : nullptr;
-      const long long row_base = (static_cast<long long>(b) * p.q_heads + hq) * p.q_len;
-      for (int mb = 0; mb < p.n_q_blocks; ++mb) {
-        const int st_code = state ? state[static_cast<long long>(mb) * p.n_kv_blocks + n_block] : 2;
-        if (st_code == 0) continue;
-        const int q0 = mb * kB;
-        load_tile<kB, Cfg::kDqk, Cfg::kThreads>(
-            sQ, static_cast<const u16*>(p.q) + b * p.q_stride[0] + hq * p.q_stride[1] + q0 * p.q_stride[2],
-            p.q_stride[2], p.q_len - q0);
-        load_tile<kB, Cfg::kDv, Cfg::kThreads>(
-            sdO, static_cast<const u16*>(p.dout) + b * p.do_stride[0] + hq * p.do_stride[1] + q0 * p.do_stride[2],
-            p.do_stride[2], p.q_len - q0);
-        cp_async_commit();
-        for (int i = threadIdx.x; i < kB; i += Cfg::kThreads) {
-          const int row = q0 + i;
-          float lse2 = 0.f, delta = 0.f;
-          if (row < p.q_len) {
-            const float lse = p.lse[row_base + row];
-            // A row with nothing kept has lse -inf: +inf makes every P of it exactly 0.
-            lse2 = lse == neg_inf() ? -neg_inf() : lse * kLog2e;
-            if constexpr (Variant::kSoftmax) delta = p.delta[row_base + row];
-          }
-          sLse[i] = lse2;
-          sDelta[i] = delta;
+      for (int c = 0; c < NCH; ++c) {
+        const int chunk = first_chunk + STRIDE * c;
+        if (!has_chunk<NCHUNKS, STRIDE>(chunk)) continue;
+        u32 r[4];
+        load_b_kn<LDB>(r, b_tile, kk * 16, chunk * 16);
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          mma_16816<Cfg::kBf16>(d[mt][2 * c], a[mt], r[0], r[1]);
+          mma_16816<Cfg::kBf16>(d[mt][2 * c + 1], a[mt], r[2], r[3]);
         }
-        cp_async_wait<0>();
-        __syncthreads();
-
-        const bool check = q0 + kB > p.q_len || k0 + kB > p.kv_len || st_code == 1;
-        // Query columns in chunks of kQC keep S^T and dP^T small enough for registers.
-#pragma unroll 1
-        for (int c0 = 0; c0 < kB; c0 += kQC) {
-          float st[kC8][4], dpt[kC8][4];
-#pragma unroll
-          for (int i = 0; i < kC8; ++i)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) st[i][e] = dpt[i][e] = 0.f;
-#pragma unroll
-          for (int kk = 0; kk < Cfg::kDqk / 16; ++kk) {
-            u32 a[4];
-            load_a<Cfg::kLdQK>(a, sK, kw0, kk * 16);
-#pragma unroll
-            for (int np = 0; np < kC8 / 2; ++np) {
-              u32 r[4];
-              load_b_nk<Cfg::kLdQK>(r, sQ, c0 + np * 16, kk * 16);
-              mma_16816<Cfg::kBf16>(st[2 * np], a, r[0], r[1]);
-              mma_16816<Cfg::kBf16>(st[2 * np + 1], a, r[2], r[3]);
-            }
-          }
-#pragma unroll
-          for (int kk = 0; kk < Cfg::kDv / 16; ++kk) {
-            u32 a[4];
-            load_a<Cfg::kLdV>(a, sV, kw0, kk * 16);
-#pragma unroll
-            for (int np = 0; np < kC8 / 2; ++np) {
-              u32 r[4];
-              load_b_nk<Cfg::kLdV>(r, sdO, c0 + np * 16, kk * 16);
-              mma_16816<Cfg::kBf16>(dpt[2 * np], a, r[0], r[1]);
-              mma_16816<Cfg::kBf16>(dpt[2 * np + 1], a, r[2], r[3]);
-            }
-          }
-
-          // P and dS, element by element; rows of st are keys, columns queries.
-#pragma unroll
-          for (int nt = 0; nt < kC8; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int key = k0 + kw0 + g + 8 * (e >> 1), ql = c0 + nt * 8 + 2 * t + (e & 1);
-              const int q_idx = q0 + ql;
-              const float s = st[nt][e] * p.scale;
-              const float x = Variant::kIdentity ? s : var.score(s, b, hq, q_idx, key);
-              bool keep = true;
-              if (check) {
-                keep = q_idx < p.q_len && key < p.kv_len;
-                if constexpr (Variant::kHasMask) keep = keep && var.mask(b, hq, q_idx, key);
-              }
-              float prob, dx;
-              if constexpr (Variant::kSoftmax) {
-                prob = keep ? fast_exp2(x * kLog2e - sLse[ql]) : 0.f;
-                dx = prob * (dpt[nt][e] - sDelta[ql]);
-              } else {
-                prob = keep ? x : 0.f;
-                dx = keep ? dpt[nt][e] : 0.f;
-              }
-              float ds = dx;
-              if constexpr (!Variant::kIdentity)
-                ds = dx == 0.f ? 0.f : var.grad(s, b, hq, q_idx, key, dx, split == 0);
-              st[nt][e] = prob;
-              dpt[nt][e] = ds;
-            }
-          }
-
-          // dV += P^T dO and dK += dS^T Q, on this CTA's head-dim slice.
-#pragma unroll
-          for (int kk = 0; kk < kC8 / 2; ++kk) {
-            u32 a[4];
-            acc_to_a<Cfg::kBf16>(a, st[2 * kk], st[2 * kk + 1]);
-#pragma unroll
-            for (int dp = 0; dp < Cfg::kSliceV / 16; ++dp) {
-              u32 r[4];
-              load_b_kn<Cfg::kLdV>(r, sdO, c0 + kk * 16, split * Cfg::kSliceV + dp * 16);
-              mma_16816<Cfg::kBf16>(dv[2 * dp], a, r[0], r[1]);
-              mma_16816<Cfg::kBf16>(dv[2 * dp + 1], a, r[2], r[3]);
-            }
-            acc_to_a<Cfg::kBf16>(a, dpt[2 * kk], dpt[2 * kk + 1]);
-#pragma unroll
-            for (int dp = 0; dp < Cfg::kSliceQK / 16; ++dp) {
-              u32 r[4];
-              load_b_kn<Cfg::kLdQK>(r, sQ, c0 + kk * 16, split * Cfg::kSliceQK + dp * 16);
-              mma_16816<Cfg::kBf16>(dk[2 * dp], a, r[0], r[1]);
-              mma_16816<Cfg::kBf16>(dk[2 * dp + 1], a, r[2], r[3]);
-            }
-          }
-
-          // dS to shared memory as [query][key], for dQ below.
-#pragma unroll
-          for (int nt = 0; nt < kC8; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e)
-              sdS[(c0 + nt * 8 + 2 * t + (e & 1)) * Cfg::kLdS + kw0 + g + 8 * (e >> 1)] =
-                  static_cast<u16>(pack2<Cfg::kBf16>(dpt[nt][e], 0.f) & 0xffffu);
-        }
-
-        // dQ += dS K for 16 query rows per warp, into the fp32 buffer.
-        __syncthreads();
-        float dq[Cfg::kSliceQK / 8][4];
-#pragma unroll
-        for (int i = 0; i < Cfg::kSliceQK / 8; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < kN8 / 2; ++kk) {
-          u32 a[4];
-          load_a<Cfg::kLdS>(a, sdS, warp * 16, kk * 16);
-#pragma unroll
-          for (int dp = 0; dp < Cfg::kSliceQK / 16; ++dp) {
-            u32 r[4];
-            load_b_kn<Cfg::kLdQK>(r, sK, kk * 16, split * Cfg::kSliceQK + dp * 16);
-            mma_16816<Cfg::kBf16>(dq[2 * dp], a, r[0], r[1]);
-            mma_16816<Cfg::kBf16>(dq[2 * dp + 1], a, r[2], r[3]);
-          }
-        }
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int row = q0 + warp * 16 + g + 8 * r;
-          if (row >= p.q_len) continue;
-          float* dst = p.dq_accum + (row_base + row) * Cfg::kDqk + split * Cfg::kSliceQK + 2 * t;
-#pragma unroll
-          for (int i = 0; i < Cfg::kSliceQK / 8; ++i) {
-#if __CUDA_ARCH__ >= 900  // one vector reduction instead of two atomics
-            asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(dst + i * 8),
-                         "f"(dq[i][2 * r] * p.scale), "f"(dq[i][2 * r + 1] * p.scale)
-                         : "memory");
-#else
-            atomicAdd(dst + i * 8, dq[i][2 * r] * p.scale);
-            atomicAdd(dst + i * 8 + 1, dq[i][2 * r + 1] * p.scale);
-#endif
-          }
-        }
-        __syncthreads();  // sQ, sdO, sdS are refilled next
       }
     }
+  }
 
-    // dK (times the softmax scale) and dV for this CTA's keys and slice.
+  // d = A B^T for A = 32 rows of `a_tile` (from a_row) and B = kQC rows of `b_tile` (from
+  // b_row), both [row][k] with k in [0, K): S^T and dP^T.
+  template <int K, int LD>
+  AE_DEVICE void mma_rows(float (&d)[2][kQ8][4], const u16* a_tile, int a_row, const u16* b_tile,
+                          int b_row) {
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int i = 0; i < kQ8; ++i) d[mt][i][0] = d[mt][i][1] = d[mt][i][2] = d[mt][i][3] = 0.f;
+    // Unrolled 4 k steps at a time past D 128: full unrolling hoists more fragment loads than
+    // the registers hold next to dK and dV (it spilled at D 192).
+#pragma unroll(K > 128 ? 4 : K / 16)
+    for (int kk = 0; kk < K / 16; ++kk) {
+      u32 a[2][4];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) load_a<LD>(a[mt], a_tile, a_row + 16 * mt, kk * 16);
+#pragma unroll
+      for (int np = 0; np < kQ8 / 2; ++np) {
+        u32 r[4];
+        load_b_nk<LD>(r, b_tile, b_row + np * 16, kk * 16);
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          mma_16816<Cfg::kBf16>(d[mt][2 * np], a[mt], r[0], r[1]);
+          mma_16816<Cfg::kBf16>(d[mt][2 * np + 1], a[mt], r[2], r[3]);
+        }
+      }
+    }
+  }
+
+  // S^T becomes P^T and dP^T becomes dS^T, element by element, for this warp's keys from
+  // key0 and queries from q0 + qc. kCheck && check: the tile needs the bounds and the mask.
+  template <bool kCheck>
+  AE_DEVICE void p_and_ds(float (&st)[2][kQ8][4], float (&dpt)[2][kQ8][4], const float* sLse,
+                          const float* sDelta, int b, int hq, int key0, int q0, int qc,
+                          bool check) {
+    const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+      for (int nt = 0; nt < kQ8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int ql = qc + nt * 8 + 2 * t + (e & 1);
+          const int key = key0 + 16 * mt + g + 8 * (e >> 1), q_idx = q0 + ql;
+          const float lse_e = sLse[ql];
+          bool keep = true;
+          if (kCheck && check) {
+            keep = q_idx < p.q_len && key < p.kv_len;
+            if constexpr (Variant::kHasMask) keep = keep && var.mask(b, hq, q_idx, key);
+          }
+          float prob, dx, s = 0.f;
+          if constexpr (!kCheck) {  // plain softmax: one FFMA, one MUFU
+            prob = fast_exp2(st[mt][nt][e] * p.scale_log2 - lse_e);
+            dx = prob * (dpt[mt][nt][e] - sDelta[ql]);
+          } else {
+            s = st[mt][nt][e] * p.scale;
+            const float x = Variant::kIdentity ? s : var.score(s, b, hq, q_idx, key);
+            if constexpr (Variant::kSoftmax) {
+              prob = keep ? fast_exp2(x * kLog2e - lse_e) : 0.f;
+              dx = prob * (dpt[mt][nt][e] - sDelta[ql]);
+            } else {
+              prob = keep ? x : 0.f;
+              dx = keep ? dpt[mt][nt][e] : 0.f;
+            }
+          }
+          float ds = dx;
+          if constexpr (!Variant::kIdentity)
+            ds = dx == 0.f ? 0.f : var.grad(s, b, hq, q_idx, key, dx, true);
+          st[mt][nt][e] = prob;
+          dpt[mt][nt][e] = ds;
+        }
+      }
+    }
+  }
+
+  AE_DEVICE void run(char* smem_raw) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int n_block = blockIdx.x, h_kv = blockIdx.y, b = blockIdx.z;
+    const int k0 = n_block * Cfg::kBlockN;
+    const int kw0 = (warp % Cfg::kWarpsN) * 32;  // this warp's keys (S^T, dK, dV)
+    const int wm = warp / Cfg::kWarpsN;          // its query slice (S^T) and dim slice (dK, dV)
+    const int qw0 = wm * kQW;
+    u16* sK = reinterpret_cast<u16*>(smem_raw);
+    u16* sV = sK + Cfg::kSmemK;
+    u16* sQ0 = sV + Cfg::kSmemV;
+    u16* sdO0 = sQ0 + Cfg::kStages * Cfg::kSmemQ;
+    u16* sPt = sdO0 + Cfg::kStages * Cfg::kSmemDO;  // P^T  [key][query]
+    u16* sdSt = sPt + Cfg::kSmemP;                   // dS^T [key][query]
+    float* sLse = reinterpret_cast<float*>(sdSt + Cfg::kSmemP);
+    float* sDelta = sLse + Cfg::kBlockM;
+
+    load_tile<Cfg::kBlockN, Cfg::kDqk, Cfg::kThreads>(
+        sK, static_cast<const u16*>(p.k) + b * p.k_stride[0] + h_kv * p.k_stride[1] + k0 * p.k_stride[2],
+        p.k_stride[2], p.kv_len - k0);
+    load_tile<Cfg::kBlockN, Cfg::kDv, Cfg::kThreads>(
+        sV, static_cast<const u16*>(p.v) + b * p.v_stride[0] + h_kv * p.v_stride[1] + k0 * p.v_stride[2],
+        p.v_stride[2], p.kv_len - k0);
+
+    // The (query head, query block) pairs this CTA visits, in order; blocks the mask leaves
+    // empty are skipped. hq_off == p.group: past the end.
+    struct QBlock {
+      int hq_off, mb;
+    };
+    auto state_of = [&](QBlock it) -> int {
+      if (!p.block_state) return 2;
+      return p.block_state[b * p.state_stride_b + (h_kv * p.group + it.hq_off) * p.state_stride_h +
+                           static_cast<long long>(it.mb) * p.n_kv_blocks + n_block];
+    };
+    auto step = [&](QBlock it) {
+      if (++it.mb == p.n_q_blocks) it = {it.hq_off + 1, 0};
+      return it;
+    };
+    auto skip_empty = [&](QBlock it) {
+      while (it.hq_off < p.group && state_of(it) == 0) it = step(it);
+      return it;
+    };
+    auto load_q_do = [&](QBlock it, int stage) {
+      const int hq = h_kv * p.group + it.hq_off, q0 = it.mb * Cfg::kBlockM;
+      load_tile<Cfg::kBlockM, Cfg::kDqk, Cfg::kThreads>(
+          sQ0 + stage * Cfg::kSmemQ,
+          static_cast<const u16*>(p.q) + b * p.q_stride[0] + hq * p.q_stride[1] + q0 * p.q_stride[2],
+          p.q_stride[2], p.q_len - q0);
+      load_tile<Cfg::kBlockM, Cfg::kDv, Cfg::kThreads>(
+          sdO0 + stage * Cfg::kSmemDO,
+          static_cast<const u16*>(p.dout) + b * p.do_stride[0] + hq * p.do_stride[1] + q0 * p.do_stride[2],
+          p.do_stride[2], p.q_len - q0);
+    };
+
+    QBlock it = skip_empty({0, 0});
+    if (it.hq_off < p.group) load_q_do(it, 0);
+    cp_async_commit();  // K, V and the first Q, dO
+
+    float dk[2][2 * kCK][4], dv[2][2 * kCV][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+      for (int i = 0; i < 2 * kCK; ++i) dk[mt][i][0] = dk[mt][i][1] = dk[mt][i][2] = dk[mt][i][3] = 0.f;
+#pragma unroll
+      for (int i = 0; i < 2 * kCV; ++i) dv[mt][i][0] = dv[mt][i][1] = dv[mt][i][2] = dv[mt][i][3] = 0.f;
+    }
+
+    for (int stage = 0; it.hq_off < p.group; stage = Cfg::kStages == 2 ? stage ^ 1 : 0) {
+      const int hq = h_kv * p.group + it.hq_off, q0 = it.mb * Cfg::kBlockM;
+      const long long row_base = (static_cast<long long>(b) * p.q_heads + hq) * p.q_len;
+      const int st_code = state_of(it);
+      const QBlock itn = skip_empty(step(it));
+      const bool more = itn.hq_off < p.group;
+      const u16* sQ = sQ0 + stage * Cfg::kSmemQ;
+      const u16* sdO = sdO0 + stage * Cfg::kSmemDO;
+      for (int i = threadIdx.x; i < Cfg::kBlockM; i += Cfg::kThreads) {
+        const int row = q0 + i;
+        float lse2 = 0.f, delta = 0.f;
+        if (row < p.q_len) {
+          const float lse = p.lse[row_base + row];
+          // A row with nothing kept has lse -inf: +inf makes every P of it exactly 0.
+          lse2 = lse == neg_inf() ? -neg_inf() : lse * kLog2e;
+          if constexpr (Variant::kSoftmax) delta = p.delta[row_base + row];
+        }
+        sLse[i] = lse2;
+        sDelta[i] = delta;
+      }
+      if constexpr (Cfg::kStages == 2) {
+        if (more) load_q_do(itn, stage ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      __syncthreads();
+
+      // 1. S^T and dP^T for this warp's 32 keys x kQW queries (kQC at a time); P and dS
+      //    element by element.
+      const bool check = q0 + Cfg::kBlockM > p.q_len || k0 + Cfg::kBlockN > p.kv_len || st_code == 1;
+#pragma unroll 1
+      for (int qc = qw0; qc < qw0 + kQW; qc += kQC) {
+        float st[2][kQ8][4], dpt[2][kQ8][4];
+        mma_rows<Cfg::kDqk, Cfg::kLdQK>(st, sK, kw0, sQ, qc);
+        mma_rows<Cfg::kDv, Cfg::kLdV>(dpt, sV, kw0, sdO, qc);
+        // A check-free copy of the element loop only for plain scores without a mask: for the
+        // others the second copy costs registers (it spilled) more than the checks cost time.
+        if (Variant::kIdentity && Variant::kSoftmax && !Variant::kHasMask && !check)
+          p_and_ds<false>(st, dpt, sLse, sDelta, b, hq, k0 + kw0, q0, qc, false);
+        else
+          p_and_ds<true>(st, dpt, sLse, sDelta, b, hq, k0 + kw0, q0, qc, check);
+        // P^T and dS^T to shared memory: pairs of adjacent queries, one 32-bit store per row.
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < kQ8; ++nt)
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+              const int off = (kw0 + 16 * mt + g + 8 * r) * Cfg::kLdP + qc + nt * 8 + 2 * t;
+              *reinterpret_cast<u32*>(sPt + off) = pack2<Cfg::kBf16>(st[mt][nt][2 * r], st[mt][nt][2 * r + 1]);
+              *reinterpret_cast<u32*>(sdSt + off) = pack2<Cfg::kBf16>(dpt[mt][nt][2 * r], dpt[mt][nt][2 * r + 1]);
+            }
+      }
+      __syncthreads();
+
+      // 2. dV += P^T dO and dK += dS^T Q on this warp's keys and head-dim chunks.
+      mma_chunks<Cfg::kBlockM, Cfg::kLdP, Cfg::kLdV, kCV, Cfg::kWarpsM, Cfg::kDv / 16, false>(
+          dv, sPt, kw0, sdO, wm);
+      mma_chunks<Cfg::kBlockM, Cfg::kLdP, Cfg::kLdQK, kCK, Cfg::kWarpsM, Cfg::kDqk / 16, false>(
+          dk, sdSt, kw0, sQ, wm);
+
+      // 3. dQ += dS K for 32 queries x this warp's chunks, into the fp32 buffer.
+      {
+        const int qd0 = (warp % 2) * 32, wq = warp / 2;
+        float dq[2][2 * kCQ][4];
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int i = 0; i < 2 * kCQ; ++i) dq[mt][i][0] = dq[mt][i][1] = dq[mt][i][2] = dq[mt][i][3] = 0.f;
+        mma_chunks<Cfg::kBlockN, Cfg::kLdP, Cfg::kLdQK, kCQ, Cfg::kWarpsQ, Cfg::kDqk / 16, true>(dq, sdSt, qd0,
+                                                                                   sK, wq);
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const int row = q0 + qd0 + 16 * mt + g + 8 * r;
+            if (row >= p.q_len) continue;
+            float* dst = p.dq_accum + (row_base + row) * Cfg::kDqk + 2 * t;
+#pragma unroll
+            for (int i = 0; i < 2 * kCQ; ++i) {
+              const int chunk = wq + Cfg::kWarpsQ * (i / 2);
+              if (!has_chunk<Cfg::kDqk / 16, Cfg::kWarpsQ>(chunk)) continue;
+              float* d = dst + chunk * 16 + 8 * (i % 2);
+              const float x0 = dq[mt][i][2 * r] * p.scale, x1 = dq[mt][i][2 * r + 1] * p.scale;
+#if __CUDA_ARCH__ >= 900  // one vector reduction instead of two atomics
+              asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(d), "f"(x0), "f"(x1)
+                           : "memory");
+#else
+              atomicAdd(d, x0);
+              atomicAdd(d + 1, x1);
+#endif
+            }
+          }
+        }
+      }
+      if constexpr (Cfg::kStages == 1) {
+        __syncthreads();  // sQ, sdO are refilled now, P^T and dS^T next
+        if (more) load_q_do(itn, 0);
+        cp_async_commit();
+      } else {
+        __syncthreads();  // P^T, dS^T and this stage's Q, dO are refilled next
+      }
+      it = itn;
+    }
+    cp_async_wait<0>();
+
+    // dK (times the softmax scale) and dV for this warp's keys and chunks.
     u16* gdk = static_cast<u16*>(p.dk) + b * p.dk_stride[0] + h_kv * p.dk_stride[1];
     u16* gdv = static_cast<u16*>(p.dv) + b * p.dv_stride[0] + h_kv * p.dv_stride[1];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int key = k0 + kw0 + g + 8 * r;
-      if (key >= p.kv_len) continue;
+    for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll
-      for (int i = 0; i < Cfg::kSliceQK / 8; ++i)
-        *reinterpret_cast<u32*>(gdk + key * p.dk_stride[2] + split * Cfg::kSliceQK + i * 8 + 2 * t) =
-            pack2<Cfg::kBf16>(dk[i][2 * r] * p.scale, dk[i][2 * r + 1] * p.scale);
+      for (int r = 0; r < 2; ++r) {
+        const int key = k0 + kw0 + 16 * mt + g + 8 * r;
+        if (key >= p.kv_len) continue;
 #pragma unroll
-      for (int i = 0; i < Cfg::kSliceV / 8; ++i)
-        *reinterpret_cast<u32*>(gdv + key * p.dv_stride[2] + split * Cfg::kSliceV + i * 8 + 2 * t) =
-            pack2<Cfg::kBf16>(dv[i][2 * r], dv[i][2 * r + 1]);
+        for (int i = 0; i < 2 * kCK; ++i) {
+          const int chunk = wm + Cfg::kWarpsM * (i / 2);
+          if (!has_chunk<Cfg::kDqk / 16, Cfg::kWarpsM>(chunk)) continue;
+          *reinterpret_cast<u32*>(gdk + key * p.dk_stride[2] + chunk * 16 + 8 * (i % 2) + 2 * t) =
+              pack2<Cfg::kBf16>(dk[mt][i][2 * r] * p.scale, dk[mt][i][2 * r + 1] * p.scale);
+        }
+#pragma unroll
+        for (int i = 0; i < 2 * kCV; ++i) {
+          const int chunk = wm + Cfg::kWarpsM * (i / 2);
+          if (!has_chunk<Cfg::kDv / 16, Cfg::kWarpsM>(chunk)) continue;
+          *reinterpret_cast<u32*>(gdv + key * p.dv_stride[2] + chunk * 16 + 8 * (i % 2) + 2 * t) =
+              pack2<Cfg::kBf16>(dv[mt][i][2 * r], dv[mt][i][2 * r + 1]);
+        }
+      }
     }
   }
 };

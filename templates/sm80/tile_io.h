@@ -27,6 +27,14 @@ AE_DEVICE void load_a(u32 (&a)[4], const u16* tile, int row0, int k0) {
   ldmatrix_x4(a, tile + (row0 + lane % 16) * LD + k0 + (lane / 16) * 8);
 }
 
+// A operand (16 x 16) for rows m0..m0+15 and k0..k0+15 of a tile stored transposed, as
+// [k][m] with row stride LD: ldmatrix .trans turns each 8x8 block around on the way.
+template <int LD>
+AE_DEVICE void load_a_t(u32 (&a)[4], const u16* tile, int k0, int m0) {
+  const int lane = threadIdx.x % 32;
+  ldmatrix_x4_trans(a, tile + (k0 + lane % 8 + 8 * (lane / 16)) * LD + m0 + 8 * ((lane / 8) % 2));
+}
+
 // B operands of two n8 tiles (rows n0..n0+15 of a [n][k] tile, k0..k0+15):
 // r[0], r[1] for rows n0..n0+7; r[2], r[3] for rows n0+8..n0+15.
 template <int LD>

@@ -89,3 +89,17 @@ def test_generated_wgmma_header_is_up_to_date():
     out = subprocess.run([sys.executable, str(root / "tools" / "gen_wgmma.py")], check=True,
                          capture_output=True, text=True).stdout
     assert out == (root / "templates" / "sm90" / "wgmma.h").read_text()
+
+
+def test_sm80_backward_tile_table():
+    # 128 keys per CTA where dK and dV fit in registers, 64 past head dim 128; Q and dO
+    # double-buffered within an H100's 227 KB of shared memory
+    d128 = ae.compile().variant.kernel_source("bwd", 128, 128)
+    d256 = ae.compile().variant.kernel_source("bwd", 256, 256)
+    assert "64x128 w8 s2" in d128["describe"] and "64x64 w8 s2" in d256["describe"]
+    assert d128["threads"] == 256 and max(d128["smem"], d256["smem"]) <= 227 * 1024
+
+
+def test_host_and_template_agree_on_shared_memory():
+    src = ae.compile().variant.kernel_source("bwd", 128, 128)
+    assert f"static_assert(Cfg::kSmemBytes == {src['smem']}," in src["source"]

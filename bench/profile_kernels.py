@@ -1,0 +1,39 @@
+"""Runs attention kernels once each (B=1, H=16, S=16k, D=128, bf16) for Nsight Compute:
+the sm90 forward (plain, softcap), the sm80 backward (plain), and SDPA flash's backward
+(FlashAttention-2) as the yardstick. On the GPU machine (Firecracker: counters readable):
+
+    python bench/profile_kernels.py fwd90        # first: compiles into the disk cache
+    ncu --clock-control none -k regex:ae_fwd --section SpeedOfLight \
+        --section ComputeWorkloadAnalysis --section WarpStateStats \
+        python bench/profile_kernels.py fwd90
+    ncu ... -k regex:"ae_bwd|flash_bwd_dq_dk_dv" python bench/profile_kernels.py bwd
+"""
+import sys
+
+import torch
+import torch.nn.functional as F
+
+import attention_engine as ae
+from attention_engine import mods
+
+what = sys.argv[1] if len(sys.argv) > 1 else "fwd90"
+torch.manual_seed(0)
+q, k, v = (torch.randn(1, 16, 16384, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+           for _ in range(3))
+do = torch.randn_like(q)
+if what == "fwd90":
+    for name, attn in (("plain", ae.compile()), ("softcap", ae.compile(mods.softcap(30.0)))):
+        assert attn.backend_for(q, k, v) == "sm90"
+        attn(q, k, v)
+        torch.cuda.synchronize()
+        print(name, "ran", flush=True)
+elif what == "bwd":
+    out = ae.compile()(q, k, v)
+    torch.autograd.grad(out, (q, k, v), do)
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+        out = F.scaled_dot_product_attention(q, k, v)
+        torch.autograd.grad(out, (q, k, v), do)
+    torch.cuda.synchronize()
+    print("bwd ran", flush=True)
+else:
+    sys.exit(f"unknown case {what}: fwd90 or bwd")

@@ -1,0 +1,53 @@
+"""Compiles one generated kernel with nvcc for sm_90a and writes its SASS (cuobjdump) to a
+file, printing the opcode histogram: for reading what ptxas made of a template on the GPU
+machine (this one has no cuobjdump).
+
+    python bench/sass_dump.py bwd 128 128 --out $OUT/bwd_d128.sass [--variant softcap]
+"""
+import argparse
+import collections
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+import attention_engine as ae
+from attention_engine import mods
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VARIANTS = {"plain": lambda: ae.compile(), "causal": lambda: ae.compile(mask_mod=mods.causal),
+            "softcap": lambda: ae.compile(mods.softcap(30.0))}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("kind", choices=["fwd", "bwd", "fwd90"])
+    ap.add_argument("d_qk", type=int)
+    ap.add_argument("d_v", type=int)
+    ap.add_argument("--variant", default="plain", choices=sorted(VARIANTS))
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    nvcc, objdump = shutil.which("nvcc"), shutil.which("cuobjdump")
+    if not (nvcc and objdump):
+        raise SystemExit("needs nvcc and cuobjdump on PATH")
+    info = VARIANTS[args.variant]().variant.kernel_source(args.kind, args.d_qk, args.d_v, True, [])
+    with tempfile.TemporaryDirectory() as tmp:
+        cu, cubin = os.path.join(tmp, "k.cu"), os.path.join(tmp, "k.cubin")
+        open(cu, "w").write(info["source"])
+        subprocess.run([nvcc, "-arch=sm_90a", "-cubin", "-O3", "-I", os.path.join(HERE, "..", "templates"),
+                        "-o", cubin, cu], check=True)
+        sass = subprocess.run([objdump, "-sass", cubin], capture_output=True, text=True,
+                              check=True).stdout
+    open(args.out, "w").write(sass)
+    ops = collections.Counter()
+    for line in sass.splitlines():
+        m = re.match(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", line)
+        if m:
+            ops[m.group(1)] += 1
+    print(info["describe"], "total", sum(ops.values()))
+    print(" ".join(f"{op}:{n}" for op, n in ops.most_common(40)))
+
+
+if __name__ == "__main__":
+    main()
