@@ -83,6 +83,15 @@ std::string instantiate(const ir::Variant& variant, const KernelSpec& s) {
           ? std::string()
           : fmt::format("static_assert(Cfg::kSmemBytes == {}, \"host and template disagree on "
                         "shared memory\");\n", smem_bytes(s));
+  // An sm80 entry: the config, the smem check, one extern "C" kernel calling `fn`.
+  auto sm80_entry = [&](const std::string& cfg, const char* fn) {
+    fmt::format_to(out,
+                   "using Cfg = ae::sm80::{};\n{}"
+                   "extern \"C\" __global__ void __launch_bounds__({}, 1) {}(const ae::AttnParams p, "
+                   "const ae::VariantArgs va) {{\n"
+                   "  ae::sm80::{}<Cfg>(p, Variant{{va}});\n}}\n",
+                   cfg, smem_check, s.threads(), s.entry(), fn);
+  };
   switch (s.kind) {
     case Kind::Forward:
       if (s.family == Family::Sm90) {
@@ -100,22 +109,14 @@ std::string instantiate(const ir::Variant& variant, const KernelSpec& s) {
                        s.threads(), s.entry());
         break;
       }
-      fmt::format_to(out,
-                     "using Cfg = ae::sm80::FwdConfig<{}, {}, {}, {}, {}, {}>;\n{}"
-                     "extern \"C\" __global__ void __launch_bounds__({}, 1) {}(const ae::AttnParams p, "
-                     "const ae::VariantArgs va) {{\n"
-                     "  ae::sm80::attention_fwd<Cfg>(p, Variant{{va}});\n}}\n",
-                     s.d_qk, s.d_v, s.block_n, s.warps, s.m_tiles, elem, smem_check, s.threads(),
-                     s.entry());
+      sm80_entry(fmt::format("FwdConfig<{}, {}, {}, {}, {}, {}>", s.d_qk, s.d_v, s.block_n, s.warps,
+                             s.m_tiles, elem),
+                 "attention_fwd");
       break;
     case Kind::Backward:
-      fmt::format_to(out,
-                     "using Cfg = ae::sm80::BwdConfig<{}, {}, {}, {}, {}, {}>;\n{}"
-                     "extern \"C\" __global__ void __launch_bounds__({}, 1) {}(const ae::AttnParams p, "
-                     "const ae::VariantArgs va) {{\n"
-                     "  ae::sm80::attention_bwd<Cfg>(p, Variant{{va}});\n}}\n",
-                     s.d_qk, s.d_v, s.block_n, s.warps, s.stages, elem, smem_check, s.threads(),
-                     s.entry());
+      sm80_entry(fmt::format("BwdConfig<{}, {}, {}, {}, {}>", s.d_qk, s.d_v, s.block_n, s.stages,
+                             elem),
+                 "attention_bwd");
       break;
     case Kind::BlockState:
       fmt::format_to(out,
@@ -159,16 +160,16 @@ TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, int smem_limit) 
   // Tile overrides for tuning sweeps (bench/tile_sweep.py) until the autotuner exists:
   // AE_SM80_FWD="warps,m_tiles,block_n", AE_SM80_BWD="block_n,stages".
   if (const char* o = std::getenv(kind == Kind::Forward ? "AE_SM80_FWD" : "AE_SM80_BWD")) {
-    int a = 0, b2 = 1, bn = 0;
-    const int n = std::sscanf(o, "%d,%d,%d", &a, &b2, &bn);
-    if (kind == Kind::Forward && n >= 1 && (a == 4 || a == 8)) {
-      s.warps = a;
-      if (n >= 2 && (b2 == 1 || b2 == 2)) s.m_tiles = b2;
-      if (n >= 3 && bn % 16 == 0 && bn > 0) s.block_n = bn;
+    int v[3] = {0, 0, 0};  // the fields in order; 0 where absent
+    const int n = std::sscanf(o, "%d,%d,%d", &v[0], &v[1], &v[2]);
+    if (kind == Kind::Forward && n >= 1 && (v[0] == 4 || v[0] == 8)) {
+      s.warps = v[0];
+      if (v[1] == 1 || v[1] == 2) s.m_tiles = v[1];
+      if (v[2] > 0 && v[2] % 16 == 0) s.block_n = v[2];
       s.block_m = 16 * s.m_tiles * s.warps;
-    } else if (kind == Kind::Backward && n >= 1 && (a == 64 || a == 128)) {
-      s.block_n = a;
-      if (n >= 2 && (b2 == 1 || b2 == 2)) s.stages = b2;
+    } else if (kind == Kind::Backward && n >= 1 && (v[0] == 64 || v[0] == 128)) {
+      s.block_n = v[0];
+      if (v[1] == 1 || v[1] == 2) s.stages = v[1];
     }
   }
   // Smaller devices (A100: 164 KB per block, Ada: 99 KB): single-buffered Q and dO first,

@@ -18,9 +18,10 @@
 
 namespace ae::sm80 {
 
-template <int D_QK_, int D_V_, int BLOCK_N_, int WARPS_, int STAGES_, bool BF16_>
+// 8 warps: 16 (128 registers each) measured slower (bench/RESULTS.md).
+template <int D_QK_, int D_V_, int BLOCK_N_, int STAGES_, bool BF16_>
 struct BwdConfig {
-  static constexpr int kDqk = D_QK_, kDv = D_V_, kBlockN = BLOCK_N_, kWarps = WARPS_;
+  static constexpr int kDqk = D_QK_, kDv = D_V_, kBlockN = BLOCK_N_, kWarps = 8;
   static constexpr int kStages = STAGES_;
   static constexpr bool kBf16 = BF16_;
   static constexpr int kBlockM = 64, kThreads = 32 * kWarps;
@@ -34,7 +35,6 @@ struct BwdConfig {
   static constexpr int kSmemBytes =
       2 * (kSmemK + kSmemV + kStages * (kSmemQ + kSmemDO) + 2 * kSmemP) + 2 * 4 * kBlockM;
   static_assert(kBlockN == 64 || kBlockN == 128, "64 or 128 keys per CTA");
-  static_assert(kWarps == 8, "8 warps (16 measured slower: bench/RESULTS.md)");
   static_assert(kBlockM / kWarpsM >= 16, "S^T tiles of at least 16 queries per warp");
   static_assert(kDqk % 16 == 0 && kDv % 16 == 0, "head dims in multiples of 16");
 };
