@@ -36,7 +36,7 @@ def main():
         cu, cubin = os.path.join(tmp, "k.cu"), os.path.join(tmp, "k.cubin")
         open(cu, "w").write(info["source"])
         subprocess.run([nvcc, "-arch=sm_90a", "-cubin", "-O3", "-I", os.path.join(HERE, "..", "templates"),
-                        "-o", cubin, cu], check=True)
+                        "-o", cubin, cu, *info["options"]], check=True)
         sass = subprocess.run([objdump, "-sass", cubin], capture_output=True, text=True,
                               check=True).stdout
     open(args.out, "w").write(sass)

@@ -37,13 +37,19 @@ TileChoice checked_smem(TileChoice c, int smem_limit) {
 std::string KernelSpec::entry() const { return fmt::format("ae_{}", kind_name(kind)); }
 
 std::string KernelSpec::describe() const {
-  return fmt::format("{}{} {} {} d{}/{} {}x{} w{}{}{}{}", kind_name(kind),
+  return fmt::format("{}{} {} {} d{}/{} {}x{} w{}{}{}{}{}", kind_name(kind),
                      family == Family::Sm90 ? "90" : "", arch, bf16 ? "bf16" : "fp16", d_qk, d_v,
                      block_m, block_n, warps, m_tiles > 1 ? fmt::format(" mt{}", m_tiles) : "",
                      kind == Kind::Backward ? fmt::format(" s{}", stages) : "",
                      family == Family::Sm90 ? fmt::format(" s{}{}{}", stages, overlap ? " ov" : "",
                                                           overlap && pingpong ? " pp" : "")
-                                            : "");
+                                            : "",
+                     reg_level >= 0 ? fmt::format(" r{}", reg_level) : "");
+}
+
+std::vector<std::string> KernelSpec::compile_options() const {
+  if (reg_level < 0) return {};
+  return {fmt::format("-Xptxas=--register-usage-level={}", reg_level)};
 }
 
 int smem_bytes(const KernelSpec& s) {
@@ -131,7 +137,8 @@ std::string instantiate(const ir::Variant& variant, const KernelSpec& s) {
   return src;
 }
 
-TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, int smem_limit) {
+TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, bool score_loads, bool softmax,
+                       int smem_limit) {
   TileChoice c;
   if (d_qk % 16 != 0 || d_v % 16 != 0 || d_qk > 256 || d_v > 256 || d_qk < 16 || d_v < 16) {
     c.reason = fmt::format("head dims ({}, {}) have no sm80 kernel: each must be a multiple "
@@ -148,7 +155,13 @@ TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, int smem_limit) 
     s.warps = 4;
     s.m_tiles = dmax <= 128 ? 2 : 1;
     s.block_m = 16 * s.m_tiles * s.warps;
-    s.block_n = dmax <= 96 ? 64 : 32;
+    // 64 keys halve the per-key share of the softmax and O's rescale. Up to D96 that fits
+    // easily; at D128 the 192 accumulators of a 32 x 64 S and a 32 x 128 O leave ~60
+    // registers, enough at ptxas register-usage level 0 unless a captured tensor is read
+    // per score (then 32 keys, as in the sm90 table).
+    const bool tight = dmax > 96 && dmax <= 128;
+    s.block_n = dmax <= 96 || (tight && !score_loads) ? 64 : 32;
+    if (tight && s.block_n == 64 && softmax) s.reg_level = 0;
   } else {
     // 8 warps, 64-query blocks; 128 keys per CTA where dK and dV fit in registers (each warp
     // holds 32 keys x half the head dim), else 64 keys (32 keys x a quarter).
@@ -158,14 +171,15 @@ TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, int smem_limit) 
     s.stages = 2;  // Q and dO double-buffered
   }
   // Tile overrides for tuning sweeps (bench/tile_sweep.py) until the autotuner exists:
-  // AE_SM80_FWD="warps,m_tiles,block_n", AE_SM80_BWD="block_n,stages".
+  // AE_SM80_FWD="warps,m_tiles,block_n[,reg_level]", AE_SM80_BWD="block_n,stages".
   if (const char* o = std::getenv(kind == Kind::Forward ? "AE_SM80_FWD" : "AE_SM80_BWD")) {
-    int v[3] = {0, 0, 0};  // the fields in order; 0 where absent
-    const int n = std::sscanf(o, "%d,%d,%d", &v[0], &v[1], &v[2]);
+    int v[4] = {0, 0, 0, -2};  // the fields in order; 0 (reg_level: -2) where absent
+    const int n = std::sscanf(o, "%d,%d,%d,%d", &v[0], &v[1], &v[2], &v[3]);
     if (kind == Kind::Forward && n >= 1 && (v[0] == 4 || v[0] == 8)) {
       s.warps = v[0];
       if (v[1] == 1 || v[1] == 2) s.m_tiles = v[1];
       if (v[2] > 0 && v[2] % 16 == 0) s.block_n = v[2];
+      if (v[3] >= -1 && v[3] <= 10) s.reg_level = v[3];
       s.block_m = 16 * s.m_tiles * s.warps;
     } else if (kind == Kind::Backward && n >= 1 && (v[0] == 64 || v[0] == 128)) {
       s.block_n = v[0];

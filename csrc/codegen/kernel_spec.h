@@ -27,11 +27,16 @@ struct KernelSpec {
   bool overlap = true;      // sm90: softmax of one block under the GEMMs of the next
   bool pingpong = true;     // sm90: consumer warpgroups take turns issuing GEMMs
   bool bf16 = true;         // else fp16
+  // ptxas --register-usage-level (0..10; -1: ptxas's default, 5). Lower levels hoist fewer
+  // loads ahead of their use: what lets a template at the 255-register edge fit unspilled.
+  int reg_level = -1;
   std::vector<std::string> buffer_dtypes;
 
   int threads() const { return 32 * warps; }
   std::string entry() const;        // the extern "C" kernel name
-  std::string describe() const;     // "fwd sm_80 bf16 d128/128 128x64 w4 mt2"
+  std::string describe() const;     // "fwd sm_80 bf16 d128/128 128x64 w4 mt2 r3"
+  // Compiler options the instantiation needs besides the engine's own (jit::base_options).
+  std::vector<std::string> compile_options() const;
 };
 
 // Shared memory (bytes) the instantiation needs.
@@ -47,7 +52,9 @@ struct TileChoice {
   std::string reason;
   KernelSpec spec;
 };
-TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, int smem_limit);
+// score_loads / softmax: as for choose_sm90 below (they pick the forward's key tile).
+TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, bool score_loads, bool softmax,
+                       int smem_limit);
 // The sm90 forward configuration (arch sm_90a), or a reason why there is none.
 // score_loads: the score_mod loads per score (ir::Analysis::score_loads_per_element);
 // softmax: the row normalization is softmax (else none).

@@ -57,7 +57,8 @@ void bind_ir(pybind11::module_& m) {
                            h.variant->forward.normalize == ir::Normalize::Softmax, 227 * 1024)
                      : codegen::choose_sm80(
                            k == codegen::Kind::BlockState ? codegen::Kind::Forward : k, d_qk, d_v,
-                           bf16, 227 * 1024);
+                           bf16, h.variant->analysis.score_loads_per_element,
+                           h.variant->forward.normalize == ir::Normalize::Softmax, 227 * 1024);
              if (!c.ok) throw ir::GraphError(c.reason);
              c.spec.kind = k;
              c.spec.arch = kind == "fwd90" ? "sm_90a" : arch;
@@ -65,6 +66,7 @@ void bind_ir(pybind11::module_& m) {
              pyb::dict d;
              d["source"] = codegen::instantiate(*h.variant, c.spec);
              d["entry"] = c.spec.entry();
+             d["options"] = c.spec.compile_options();
              d["threads"] = k == codegen::Kind::BlockState ? 128 : c.spec.threads();
              d["smem"] = codegen::smem_bytes(c.spec);
              d["describe"] = c.spec.describe();

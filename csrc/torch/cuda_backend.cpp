@@ -99,9 +99,10 @@ Plan plan(Kind kind, const ir::Variant& v, const at::Tensor& q, const Shapes& s,
       return pl;
     }
   }
-  codegen::TileChoice c = codegen::choose_sm80(kind, static_cast<int>(s.head_dim_qk),
-                                               static_cast<int>(s.head_dim_v), dt == at::kBFloat16,
-                                               info.smem_optin);
+  codegen::TileChoice c = codegen::choose_sm80(
+      kind, static_cast<int>(s.head_dim_qk), static_cast<int>(s.head_dim_v), dt == at::kBFloat16,
+      v.analysis.score_loads_per_element, v.forward.normalize == ir::Normalize::Softmax,
+      info.smem_optin);
   if (!c.ok) {
     pl.reason = c.reason;
     return pl;

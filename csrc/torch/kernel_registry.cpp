@@ -33,6 +33,7 @@ jit::KernelPtr get_kernel(const ir::Variant& variant, const codegen::KernelSpec&
   jit::CompileRequest req;
   req.source = codegen::instantiate(variant, spec);
   req.kernel = spec.entry();
+  req.options = spec.compile_options();
   req.arch = spec.arch;
   req.threads = spec.kind == codegen::Kind::BlockState ? 128 : spec.threads();
   req.file_name = "ae_" + variant.key + ".cu";

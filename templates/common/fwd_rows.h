@@ -23,8 +23,10 @@ using sm80::shfl_xor;
 struct BlockRow {
   const unsigned char* state;  // null: no mask, every block full
   int n;                       // key blocks
-  AE_DEVICE BlockRow(const AttnParams& p, int b, int h, int m_block)
-      : state(p.block_state ? p.block_state + b * p.state_stride_b + h * p.state_stride_h +
+  // masked: the Variant's kHasMask. Without a mask the host passes no table, and saying so at
+  // compile time folds the walk away (and frees its registers).
+  AE_DEVICE BlockRow(const AttnParams& p, int b, int h, int m_block, bool masked)
+      : state(masked && p.block_state ? p.block_state + b * p.state_stride_b + h * p.state_stride_h +
                                   static_cast<long long>(m_block) * p.n_kv_blocks
                             : nullptr),
         n(p.n_kv_blocks) {}
@@ -39,9 +41,12 @@ struct BlockRow {
 // Score mod, mask and bounds for one 16-row tile whose thread rows start at row0 (this
 // thread's first row), columns at col0 (this thread's first column). Results are in the log2
 // domain (softmax) or P itself (normalize = none).
-template <bool kCheck, class Variant, int kN8>
+// kRaw: plain softmax scores on tiles without checks are left as they are, for softmax_step
+// to scale inside its exp2 (one FFMA per score instead of an FMUL and an FADD).
+template <bool kCheck, bool kRaw = false, class Variant, int kN8>
 AE_DEVICE void score_transform(const AttnParams& p, const Variant& var, float (&s)[kN8][4],
                                int b, int h, int row0, int col0) {
+  if constexpr (kRaw && !kCheck && Variant::kIdentity && Variant::kSoftmax) return;
 #pragma unroll
   for (int nt = 0; nt < kN8; ++nt) {
 #pragma unroll
@@ -67,10 +72,12 @@ AE_DEVICE void score_transform(const AttnParams& p, const Variant& var, float (&
 // One online-softmax step for a 16-row tile: s becomes P (unnormalized), and alpha the
 // factor by which this thread's two rows of O must be rescaled before P V is added.
 // m_run / l_run: this thread's two rows (l_run is the thread's partial sum; the quad's
-// partial sums are added in store_rows).
+// partial sums are added in store_rows). The log2-domain score is s * scale: scale is 1
+// after score_transform, or scale * log2(e) for raw scores (it must then be > 0, so that the
+// row max of s is the max of s * scale).
 template <int kN8>
 AE_DEVICE void softmax_step(float (&s)[kN8][4], float (&m_run)[2], float (&l_run)[2],
-                            float (&alpha)[2]) {
+                            float (&alpha)[2], float scale = 1.f) {
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float mx = neg_inf();
@@ -78,15 +85,15 @@ AE_DEVICE void softmax_step(float (&s)[kN8][4], float (&m_run)[2], float (&l_run
     for (int nt = 0; nt < kN8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
     mx = fmaxf(mx, shfl_xor(mx, 1));
     mx = fmaxf(mx, shfl_xor(mx, 2));
-    const float m_new = fmaxf(m_run[r], mx);
+    const float m_new = fmaxf(m_run[r], mx * scale);
     const float m_use = m_new == neg_inf() ? 0.f : m_new;  // nothing kept yet
     alpha[r] = fast_exp2(m_run[r] - m_use);
     m_run[r] = m_new;
     float sum = 0.f;
 #pragma unroll
     for (int nt = 0; nt < kN8; ++nt) {
-      s[nt][2 * r] = fast_exp2(s[nt][2 * r] - m_use);
-      s[nt][2 * r + 1] = fast_exp2(s[nt][2 * r + 1] - m_use);
+      s[nt][2 * r] = fast_exp2(fmaf(s[nt][2 * r], scale, -m_use));
+      s[nt][2 * r + 1] = fast_exp2(fmaf(s[nt][2 * r + 1], scale, -m_use));
       sum += s[nt][2 * r] + s[nt][2 * r + 1];
     }
     l_run[r] = l_run[r] * alpha[r] + sum;
@@ -104,13 +111,15 @@ AE_DEVICE void rescale_rows(float (&o)[kO8][4], const float (&alpha)[2]) {
   }
 }
 
-// softmax_step with O rescaled at once (when P V follows directly).
+// softmax_step with O rescaled at once (when P V follows directly). Once the row maxima
+// settle, most tiles leave every alpha of the warp at exactly 1, and the rescale (one FMUL
+// per O element, as many as the tile's softmax work at 32 keys) is skipped.
 template <int kN8, int kO8>
 AE_DEVICE void online_softmax(float (&s)[kN8][4], float (&o)[kO8][4], float (&m_run)[2],
-                              float (&l_run)[2]) {
+                              float (&l_run)[2], float scale = 1.f) {
   float alpha[2];
-  softmax_step(s, m_run, l_run, alpha);
-  rescale_rows(o, alpha);
+  softmax_step(s, m_run, l_run, alpha, scale);
+  if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) rescale_rows(o, alpha);
 }
 
 // P (fp32, the C layout) as the A operand of the next MMA (mma.sync m16n8k16 or wgmma

@@ -52,17 +52,25 @@ struct FwdKernel {
     u16* sV = sK + 2 * Cfg::kSmemK;
     const u16* gq = static_cast<const u16*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1] +
                     q0 * p.q_stride[2];
-    const u16* gk = static_cast<const u16*>(p.k) + b * p.k_stride[0] + h_kv * p.k_stride[1];
-    const u16* gv = static_cast<const u16*>(p.v) + b * p.v_stride[0] + h_kv * p.v_stride[1];
-    const rows::BlockRow blocks(p, b, h, m_block);
+    // This head's K and V bases live in shared memory, read once per tile: held in registers
+    // across the loop next to 192 accumulators, they were what spilled at 64-key tiles.
+    __shared__ const u16* kv_base[2];
+    if (threadIdx.x == 0) {
+      kv_base[0] = static_cast<const u16*>(p.k) + b * p.k_stride[0] + h_kv * p.k_stride[1];
+      kv_base[1] = static_cast<const u16*>(p.v) + b * p.v_stride[0] + h_kv * p.v_stride[1];
+    }
+    __syncthreads();
+    const rows::BlockRow blocks(p, b, h, m_block, Variant::kHasMask);
     const int n_kv = blocks.n;
     auto next_block = [&](int j) { return blocks.next(j); };
+    const TileLoader<Cfg::kBlockN, Cfg::kDqk, Cfg::kThreads> k_loader;
+    const TileLoader<Cfg::kBlockN, Cfg::kDv, Cfg::kThreads> v_loader;
     auto load_kv = [&](int j, int stage) {
       const int rows = p.kv_len - j * Cfg::kBlockN;
-      load_tile<Cfg::kBlockN, Cfg::kDqk, Cfg::kThreads>(
-          sK + stage * Cfg::kSmemK, gk + j * Cfg::kBlockN * p.k_stride[2], p.k_stride[2], rows);
-      load_tile<Cfg::kBlockN, Cfg::kDv, Cfg::kThreads>(
-          sV + stage * Cfg::kSmemV, gv + j * Cfg::kBlockN * p.v_stride[2], p.v_stride[2], rows);
+      k_loader.load(sK + stage * Cfg::kSmemK, kv_base[0] + j * Cfg::kBlockN * p.k_stride[2],
+                    p.k_stride[2], rows);
+      v_loader.load(sV + stage * Cfg::kSmemV, kv_base[1] + j * Cfg::kBlockN * p.v_stride[2],
+                    p.v_stride[2], rows);
     };
 
     int j = next_block(0);
@@ -80,6 +88,10 @@ struct FwdKernel {
       l_run[mt][0] = l_run[mt][1] = 0.f;
     }
     const bool q_tail = q0 + Cfg::kBlockM > p.q_len;
+    // Plain softmax scores are scaled inside softmax_step's exp2 on unchecked tiles; a scale
+    // that is not positive (allowed, if odd) takes the checked path, which scales first.
+    constexpr bool kRaw = Variant::kIdentity && Variant::kSoftmax;
+    const bool raw_ok = p.scale_log2 > 0.f;
     // Q's A fragments stay in registers across key tiles where they fit.
     constexpr bool kQInRegs = Cfg::kDqk <= 128 && kMT == 1;
     u32 qf[kQInRegs ? kMT : 1][kQInRegs ? Cfg::kDqk / 16 : 1][4];
@@ -134,17 +146,20 @@ struct FwdKernel {
       }
 
       kv0 = j * Cfg::kBlockN;
-      const bool check = q_tail || kv0 + Cfg::kBlockN > p.kv_len || blocks.partial(j);
+      const bool check =
+          q_tail || kv0 + Cfg::kBlockN > p.kv_len || blocks.partial(j) || (kRaw && !raw_ok);
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) {
         const int row0 = q0 + wrow + 16 * mt + lane / 4, col0 = kv0 + 2 * (lane % 4);
         if (check) rows::score_transform<true>(p, var, s[mt], b, h, row0, col0);
-        else rows::score_transform<false>(p, var, s[mt], b, h, row0, col0);
+        else rows::score_transform<false, true>(p, var, s[mt], b, h, row0, col0);
       }
 
       if constexpr (Variant::kSoftmax) {
+        const float scale = kRaw && !check ? p.scale_log2 : 1.f;
 #pragma unroll
-        for (int mt = 0; mt < kMT; ++mt) rows::online_softmax(s[mt], o[mt], m_run[mt], l_run[mt]);
+        for (int mt = 0; mt < kMT; ++mt)
+          rows::online_softmax(s[mt], o[mt], m_run[mt], l_run[mt], scale);
       }
 
 #pragma unroll

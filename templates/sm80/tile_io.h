@@ -20,6 +20,43 @@ AE_DEVICE void load_tile(u16* smem, const u16* gmem, long long ld, int valid_row
   }
 }
 
+// The same copy for a tile streamed many times (K and V in the forward): each thread's rows
+// and shared-memory offsets are computed once, so a tile costs its cp.async instructions and
+// a few adds, not the index math of load_tile. Needs whole rows per thread sweep (D / 8
+// divides THREADS); `kFits` says whether it does, and load_tile is the fallback.
+template <int ROWS, int D, int THREADS>
+struct TileLoader {
+  static constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  static constexpr bool kFits = THREADS % kChunks == 0 && ROWS % (THREADS / kChunks) == 0;
+  static constexpr int kRowStep = kFits ? THREADS / kChunks : 1;  // rows per sweep
+  static constexpr int kIters = ROWS / kRowStep;
+  int row0;      // this thread's first row
+  int smem_off;  // its first chunk's offset in the shared tile (elements)
+
+  AE_DEVICE TileLoader()
+      : row0(static_cast<int>(threadIdx.x) / kChunks),
+        smem_off(row0 * (D + 8) + (threadIdx.x % kChunks) * 8) {}
+
+  // Rows at or past valid_rows are zero-filled; kTail = false promises there are none. The
+  // global row stride `ld` is passed per call: kept in the kernel parameters, it costs no
+  // register between tiles.
+  template <bool kTail>
+  AE_DEVICE void load(u16* smem, const u16* gmem, long long ld, int valid_rows) const {
+    static_assert(kFits, "use load_tile");
+    const u16* g = gmem + row0 * ld + (threadIdx.x % kChunks) * 8;
+#pragma unroll
+    for (int i = 0; i < kIters; ++i) {
+      const bool ok = !kTail || row0 + i * kRowStep < valid_rows;
+      cp_async_16(smem + smem_off + i * kRowStep * (D + 8), ok ? g + i * kRowStep * ld : gmem, ok);
+    }
+  }
+  AE_DEVICE void load(u16* smem, const u16* gmem, long long ld, int valid_rows) const {
+    if constexpr (!kFits) load_tile<ROWS, D, THREADS>(smem, gmem, ld, valid_rows);
+    else if (valid_rows >= ROWS) load<false>(smem, gmem, ld, valid_rows);
+    else load<true>(smem, gmem, ld, valid_rows);
+  }
+};
+
 // A operand (16 x 16, row-major) at (row0, k0) of a tile with row stride LD.
 template <int LD>
 AE_DEVICE void load_a(u32 (&a)[4], const u16* tile, int row0, int k0) {

@@ -64,7 +64,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   const int m_block = p.n_q_blocks - 1 - blockIdx.x;  // longest rows first under causal masks
   const int h = blockIdx.y, b = blockIdx.z;
   const int q0 = m_block * BM, h_kv = h / p.group;
-  const rows::BlockRow blocks(p, b, h, m_block);
+  const rows::BlockRow blocks(p, b, h, m_block, Variant::kHasMask);
   const int n_kv = blocks.n;
   auto next_block = [&](int j) { return blocks.next(j); };
 

@@ -55,7 +55,8 @@ def test_instantiation_compiles_without_spills(case):
     dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers]
     info = attn.variant.kernel_source(kind, d_qk, d_v, bf16, dtypes)
     arches = ["sm_90a"] if kind == "fwd90" else ["sm_80", "sm_90a"]  # wgmma and TMA: sm_90a only
-    for report in _C.jit_check_arches(info["source"], info["entry"], arches=arches):
+    for report in _C.jit_check_arches(info["source"], info["entry"], arches=arches,
+                                      options=info["options"]):
         assert report["ok"], f"{info['describe']} {report['arch']}: {report['error']}"
         assert report["spill_stores"] == 0 and report["spill_loads"] == 0, (info["describe"], report)
         assert 0 < report["registers"] <= 255
