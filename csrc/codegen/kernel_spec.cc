@@ -59,10 +59,10 @@ int smem_bytes(const KernelSpec& s) {
   const int ldqk = s.d_qk + 8, ldv = s.d_v + 8;
   switch (s.kind) {
     case Kind::Forward: return 2 * (s.block_m * ldqk + 2 * s.block_n * ldqk + 2 * s.block_n * ldv);
-    case Kind::Backward:  // must match sm80::BwdConfig::kSmemBytes: K, V, `stages` x (Q, dO),
-                          // P^T and dS^T, lse and delta per query row
+    case Kind::Backward:  // must match sm80::BwdConfig::kSmemBytes: K, V, `stages` x (Q, dO,
+                          // lse and delta per query row), P^T and dS^T
       return 2 * (s.block_n * (ldqk + ldv) + s.stages * s.block_m * (ldqk + ldv) +
-                  2 * s.block_n * (s.block_m + 8)) + 2 * 4 * s.block_m;
+                  2 * s.block_n * (s.block_m + 8)) + s.stages * 2 * 4 * s.block_m;
     case Kind::BlockState: return 0;
   }
   return 0;
@@ -169,9 +169,13 @@ TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, bool score_loads
     s.block_m = 64;
     s.block_n = dmax <= 128 ? 128 : 64;
     s.stages = 2;  // Q and dO double-buffered
+    // Fully unrolled GEMM loops for every variant that reads no captured tensor sit at the
+    // 255-register edge; level 0 keeps the masked ones (sliding window) unspilled at no
+    // measured cost (H200, plain and causal D128: the same TFLOPS at levels 0 and 5).
+    s.reg_level = 0;
   }
   // Tile overrides for tuning sweeps (bench/tile_sweep.py) until the autotuner exists:
-  // AE_SM80_FWD="warps,m_tiles,block_n[,reg_level]", AE_SM80_BWD="block_n,stages".
+  // AE_SM80_FWD="warps,m_tiles,block_n[,reg_level]", AE_SM80_BWD="block_n,stages[,reg_level]".
   if (const char* o = std::getenv(kind == Kind::Forward ? "AE_SM80_FWD" : "AE_SM80_BWD")) {
     int v[4] = {0, 0, 0, -2};  // the fields in order; 0 (reg_level: -2) where absent
     const int n = std::sscanf(o, "%d,%d,%d,%d", &v[0], &v[1], &v[2], &v[3]);
@@ -184,6 +188,7 @@ TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, bool score_loads
     } else if (kind == Kind::Backward && n >= 1 && (v[0] == 64 || v[0] == 128)) {
       s.block_n = v[0];
       if (v[1] == 1 || v[1] == 2) s.stages = v[1];
+      if (v[2] >= -1 && v[2] <= 10) s.reg_level = v[2];
     }
   }
   // Smaller devices (A100: 164 KB per block, Ada: 99 KB): single-buffered Q and dO first,

@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <cstdlib>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <set>
@@ -285,11 +286,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_bac
   }
   const at::Tensor q = kernel_ready(q_in), k = kernel_ready(k_in), v = kernel_ready(v_in);
   const at::Tensor dout = kernel_ready(dout_in.to(q.scalar_type()));
-  at::Tensor delta;
+  at::Tensor delta, lse2;
   if (variant->forward.normalize == ir::Normalize::Softmax) {
     delta = (dout.to(at::kFloat) * out.to(at::kFloat)).sum(-1);
     if (dlse && dlse->defined()) delta = delta - dlse->to(at::kFloat);
     delta = delta.contiguous();
+    // The kernel copies both per query block straight into shared memory, so the LSE comes
+    // in its form there: log2 domain, and +inf for rows with nothing kept (every P of such
+    // a row is then exactly 0).
+    const at::Tensor l = lse.to(at::kFloat);
+    lse2 = at::where(l == -std::numeric_limits<float>::infinity(),
+                     at::full({}, std::numeric_limits<float>::infinity(), l.options()),
+                     l * 1.4426950408889634)
+               .contiguous();
   }
   at::Tensor dq_accum = at::zeros({s.batch, s.q_heads, s.q_len, s.head_dim_qk},
                                   q.options().dtype(at::kFloat));
@@ -306,6 +315,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_bac
   p.dout = dout.data_ptr();
   strides3(p.do_stride, dout);
   p.delta = delta.defined() ? delta.data_ptr<float>() : nullptr;
+  p.lse2 = lse2.defined() ? lse2.data_ptr<float>() : nullptr;
   p.dq_accum = dq_accum.data_ptr<float>();
   p.dk = dk.data_ptr();
   p.dv = dv.data_ptr();

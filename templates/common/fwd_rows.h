@@ -111,15 +111,21 @@ AE_DEVICE void rescale_rows(float (&o)[kO8][4], const float (&alpha)[2]) {
   }
 }
 
-// softmax_step with O rescaled at once (when P V follows directly). Once the row maxima
-// settle, most tiles leave every alpha of the warp at exactly 1, and the rescale (one FMUL
-// per O element, as many as the tile's softmax work at 32 keys) is skipped.
+// rescale_rows where it changes something: once the row maxima settle, most tiles leave
+// every alpha of the warp at exactly 1, and the rescale (one FMUL per O element, as many as
+// a 32-key tile's whole softmax) is skipped.
+template <int kO8>
+AE_DEVICE void rescale_rows_if_moved(float (&o)[kO8][4], const float (&alpha)[2]) {
+  if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) rescale_rows(o, alpha);
+}
+
+// softmax_step with O rescaled at once (when P V follows directly).
 template <int kN8, int kO8>
 AE_DEVICE void online_softmax(float (&s)[kN8][4], float (&o)[kO8][4], float (&m_run)[2],
                               float (&l_run)[2], float scale = 1.f) {
   float alpha[2];
   softmax_step(s, m_run, l_run, alpha, scale);
-  if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) rescale_rows(o, alpha);
+  rescale_rows_if_moved(o, alpha);
 }
 
 // P (fp32, the C layout) as the A operand of the next MMA (mma.sync m16n8k16 or wgmma

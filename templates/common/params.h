@@ -22,7 +22,7 @@ struct VariantArgs {
 };
 
 // q/k/v/o/do/dk/dv: [batch, heads, rows, head_dim] with the last dim contiguous; strides in
-// elements for (batch, head, row). lse, delta: [batch, q_heads, q_len] contiguous fp32.
+// elements for (batch, head, row). lse, lse2, delta: [batch, q_heads, q_len] contiguous fp32.
 struct AttnParams {
   const void* q;
   const void* k;
@@ -30,6 +30,7 @@ struct AttnParams {
   void* o;
   float* lse;          // natural log
   const void* dout;    // backward only from here
+  const float* lse2;   // lse * log2(e), +inf where lse is -inf (rows with nothing kept)
   const float* delta;  // rowsum(dO * O) - dlse
   float* dq_accum;     // [batch, q_heads, q_len, head_dim_qk] fp32, zeroed
   void* dk;

@@ -10,7 +10,8 @@
 //   3. dQ += dS K: warps tile 32 queries x a head-dim slice; fp32 reductions into dq_accum.
 // Every MMA takes its operands from 32-row (two m16) tiles, so one ldmatrix feeds two or
 // more MMAs: the shared-memory reads per MMA are what bound this kernel (bench/RESULTS.md).
-// With STAGES = 2 the next block's Q and dO are loaded (cp.async) under this block's math.
+// With STAGES = 2 the next block's Q, dO and row statistics (the log2 LSE and delta) are
+// loaded (cp.async) under this block's math.
 #pragma once
 
 #include "common/params.h"
@@ -33,7 +34,7 @@ struct BwdConfig {
   static constexpr int kSmemQ = kBlockM * kLdQK, kSmemDO = kBlockM * kLdV, kSmemP = kBlockN * kLdP;
   // Must match codegen::smem_bytes (Kind::Backward).
   static constexpr int kSmemBytes =
-      2 * (kSmemK + kSmemV + kStages * (kSmemQ + kSmemDO) + 2 * kSmemP) + 2 * 4 * kBlockM;
+      2 * (kSmemK + kSmemV + kStages * (kSmemQ + kSmemDO) + 2 * kSmemP) + kStages * 2 * 4 * kBlockM;
   static_assert(kBlockN == 64 || kBlockN == 128, "64 or 128 keys per CTA");
   static_assert(kBlockM / kWarpsM >= 16, "S^T tiles of at least 16 queries per warp");
   static_assert(kDqk % 16 == 0 && kDv % 16 == 0, "head dims in multiples of 16");
@@ -52,9 +53,8 @@ struct BwdKernel {
   static constexpr int kQC = 16 * (kCK + kCV) + 2 * kQW > 128 ? 16 : kQW;
   static constexpr int kQ8 = kQC / 8;
   static constexpr int kCQ = (Cfg::kDqk / 16 + Cfg::kWarpsQ - 1) / Cfg::kWarpsQ;
-  static constexpr bool kFullUnroll = Variant::kIdentity && !Variant::kHasMask &&
-                                      !Variant::kReadsBuffers && Cfg::kDqk <= 128 &&
-                                      Cfg::kDv <= 128;
+  static constexpr bool kFullUnroll =
+      !Variant::kReadsBuffers && Cfg::kDqk <= 128 && Cfg::kDv <= 128;
 
   const AttnParams& p;
   const Variant& var;
@@ -71,9 +71,10 @@ struct BwdKernel {
   template <int K, int LDA, int LDB, int NCH, int STRIDE, int NCHUNKS, bool kTransA>
   AE_DEVICE void mma_chunks(float (&d)[2][2 * NCH][4], const u16* a_tile, int a_row,
                             const u16* b_tile, int first_chunk) {
-    // Fully unrolled only for unmasked plain scores up to head dim 128: elsewhere unrolling hoists
-    // more fragment loads than the registers next to dK, dV and dQ hold (it spilled). Two k
-    // steps per iteration cost ~5% (bench/RESULTS.md).
+    // Fully unrolled up to head dim 128 for variants that read no captured tensor (at ptxas
+    // register-usage level 0, see choose_sm80): with their loads, unrolling hoists more
+    // fragment loads than the registers next to dK, dV and dQ hold (it spilled). Two k steps
+    // per iteration cost ~5-10% (bench/RESULTS.md).
 #pragma unroll(kFullUnroll ? K / 16 : 2)
     for (int kk = 0; kk < K / 16; ++kk) {
       u32 a[2][4];
@@ -185,8 +186,8 @@ struct BwdKernel {
     u16* sdO0 = sQ0 + Cfg::kStages * Cfg::kSmemQ;
     u16* sPt = sdO0 + Cfg::kStages * Cfg::kSmemDO;  // P^T  [key][query]
     u16* sdSt = sPt + Cfg::kSmemP;                   // dS^T [key][query]
-    float* sLse = reinterpret_cast<float*>(sdSt + Cfg::kSmemP);
-    float* sDelta = sLse + Cfg::kBlockM;
+    float* sLse0 = reinterpret_cast<float*>(sdSt + Cfg::kSmemP);  // [stage][query]
+    float* sDelta0 = sLse0 + Cfg::kStages * Cfg::kBlockM;
 
     load_tile<Cfg::kBlockN, Cfg::kDqk, Cfg::kThreads>(
         sK, static_cast<const u16*>(p.k) + b * p.k_stride[0] + h_kv * p.k_stride[1] + k0 * p.k_stride[2],
@@ -213,16 +214,33 @@ struct BwdKernel {
       while (it.hq_off < p.group && state_of(it) == 0) it = step(it);
       return it;
     };
+    // Q and dO of one block, once per block: TileLoader's precomputed offsets save most of the
+    // copy's index math, but need registers the variants that read captured tensors lack.
+    auto load_rows = [&](auto loader, u16* smem, const u16* g, long long ld, int valid) {
+      if constexpr (Variant::kReadsBuffers)
+        load_tile<Cfg::kBlockM, decltype(loader)::kDim, Cfg::kThreads>(smem, g, ld, valid);
+      else
+        loader.load(smem, g, ld, valid);
+    };
     auto load_q_do = [&](QBlock it, int stage) {
       const int hq = h_kv * p.group + it.hq_off, q0 = it.mb * Cfg::kBlockM;
-      load_tile<Cfg::kBlockM, Cfg::kDqk, Cfg::kThreads>(
-          sQ0 + stage * Cfg::kSmemQ,
-          static_cast<const u16*>(p.q) + b * p.q_stride[0] + hq * p.q_stride[1] + q0 * p.q_stride[2],
-          p.q_stride[2], p.q_len - q0);
-      load_tile<Cfg::kBlockM, Cfg::kDv, Cfg::kThreads>(
-          sdO0 + stage * Cfg::kSmemDO,
-          static_cast<const u16*>(p.dout) + b * p.do_stride[0] + hq * p.do_stride[1] + q0 * p.do_stride[2],
-          p.do_stride[2], p.q_len - q0);
+      load_rows(TileLoader<Cfg::kBlockM, Cfg::kDqk, Cfg::kThreads>(), sQ0 + stage * Cfg::kSmemQ,
+                static_cast<const u16*>(p.q) + b * p.q_stride[0] + hq * p.q_stride[1] +
+                    q0 * p.q_stride[2],
+                p.q_stride[2], p.q_len - q0);
+      load_rows(TileLoader<Cfg::kBlockM, Cfg::kDv, Cfg::kThreads>(), sdO0 + stage * Cfg::kSmemDO,
+                static_cast<const u16*>(p.dout) + b * p.do_stride[0] + hq * p.do_stride[1] +
+                    q0 * p.do_stride[2],
+                p.do_stride[2], p.q_len - q0);
+      if constexpr (Variant::kSoftmax) {  // the row statistics: one 4-byte copy each
+        const int i = threadIdx.x % Cfg::kBlockM, row = q0 + i;
+        const long long off = (static_cast<long long>(b) * p.q_heads + hq) * p.q_len + row;
+        const bool ok = row < p.q_len;  // rows past the end read as 0 (and are masked)
+        if (threadIdx.x < Cfg::kBlockM)
+          cp_async_4(sLse0 + stage * Cfg::kBlockM + i, ok ? p.lse2 + off : p.lse2, ok);
+        else if (threadIdx.x < 2 * Cfg::kBlockM)
+          cp_async_4(sDelta0 + stage * Cfg::kBlockM + i, ok ? p.delta + off : p.delta, ok);
+      }
     };
 
     QBlock it = skip_empty({0, 0});
@@ -246,18 +264,8 @@ struct BwdKernel {
       const bool more = itn.hq_off < p.group;
       const u16* sQ = sQ0 + stage * Cfg::kSmemQ;
       const u16* sdO = sdO0 + stage * Cfg::kSmemDO;
-      for (int i = threadIdx.x; i < Cfg::kBlockM; i += Cfg::kThreads) {
-        const int row = q0 + i;
-        float lse2 = 0.f, delta = 0.f;
-        if (row < p.q_len) {
-          const float lse = p.lse[row_base + row];
-          // A row with nothing kept has lse -inf: +inf makes every P of it exactly 0.
-          lse2 = lse == neg_inf() ? -neg_inf() : lse * kLog2e;
-          if constexpr (Variant::kSoftmax) delta = p.delta[row_base + row];
-        }
-        sLse[i] = lse2;
-        sDelta[i] = delta;
-      }
+      const float* sLse = sLse0 + stage * Cfg::kBlockM;
+      const float* sDelta = sDelta0 + stage * Cfg::kBlockM;
       if constexpr (Cfg::kStages == 2) {
         if (more) load_q_do(itn, stage ^ 1);
         cp_async_commit();
@@ -275,9 +283,10 @@ struct BwdKernel {
         float st[2][kQ8][4], dpt[2][kQ8][4];
         mma_rows<Cfg::kDqk, Cfg::kLdQK>(st, sK, kw0, sQ, qc);
         mma_rows<Cfg::kDv, Cfg::kLdV>(dpt, sV, kw0, sdO, qc);
-        // A check-free copy of the element loop only for plain scores without a mask: for the
-        // others the second copy costs registers (it spilled) more than the checks cost time.
-        if (Variant::kIdentity && Variant::kSoftmax && !Variant::kHasMask && !check)
+        // A check-free copy of the element loop for plain softmax scores on blocks that need
+        // no check (masked variants too, at register-usage level 0): one FFMA and one MUFU per
+        // score. Variants with a score_mod keep one copy: a second cost registers (it spilled).
+        if (Variant::kIdentity && Variant::kSoftmax && !check)
           p_and_ds<false>(st, dpt, sLse, sDelta, b, hq, k0 + kw0, q0, qc, false);
         else
           p_and_ds<true>(st, dpt, sLse, sDelta, b, hq, k0 + kw0, q0, qc, check);
@@ -311,18 +320,20 @@ struct BwdKernel {
           for (int i = 0; i < 2 * kCQ; ++i) dq[mt][i][0] = dq[mt][i][1] = dq[mt][i][2] = dq[mt][i][3] = 0.f;
         mma_chunks<Cfg::kBlockN, Cfg::kLdP, Cfg::kLdQK, kCQ, Cfg::kWarpsQ, Cfg::kDqk / 16, true>(dq, sdSt, qd0,
                                                                                    sK, wq);
+        // This thread's rows are qd0 + g + 16 mt + 8 r, its columns from 16 wq + 2 t: one
+        // 64-bit base, and immediates past it.
+        float* dq_base = p.dq_accum + (row_base + q0 + qd0 + g) * Cfg::kDqk + 16 * wq + 2 * t;
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
-            const int row = q0 + qd0 + 16 * mt + g + 8 * r;
-            if (row >= p.q_len) continue;
-            float* dst = p.dq_accum + (row_base + row) * Cfg::kDqk + 2 * t;
+            if (q0 + qd0 + g + 16 * mt + 8 * r >= p.q_len) continue;
+            float* dst = dq_base + (16 * mt + 8 * r) * Cfg::kDqk;
 #pragma unroll
             for (int i = 0; i < 2 * kCQ; ++i) {
               const int chunk = wq + Cfg::kWarpsQ * (i / 2);
               if (!has_chunk<Cfg::kDqk / 16, Cfg::kWarpsQ>(chunk)) continue;
-              float* d = dst + chunk * 16 + 8 * (i % 2);
+              float* d = dst + Cfg::kWarpsQ * 16 * (i / 2) + 8 * (i % 2);  // chunk - wq, x16
               const float x0 = dq[mt][i][2 * r] * p.scale, x1 = dq[mt][i][2 * r + 1] * p.scale;
 #if __CUDA_ARCH__ >= 900  // one vector reduction instead of two atomics
               asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(d), "f"(x0), "f"(x1)

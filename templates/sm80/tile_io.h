@@ -26,6 +26,7 @@ AE_DEVICE void load_tile(u16* smem, const u16* gmem, long long ld, int valid_row
 // divides THREADS); `kFits` says whether it does, and load_tile is the fallback.
 template <int ROWS, int D, int THREADS>
 struct TileLoader {
+  static constexpr int kDim = D;
   static constexpr int kChunks = D / 8;  // 16-byte chunks per row
   static constexpr bool kFits = THREADS % kChunks == 0 && ROWS % (THREADS / kChunks) == 0;
   static constexpr int kRowStep = kFits ? THREADS / kChunks : 1;  // rows per sweep

@@ -111,6 +111,10 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   const int cw = wg - 1, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int row0 = q0 + 64 * cw + 16 * warp + lane / 4;  // this thread's first row
   const bool q_tail = q0 + BM > p.q_len;
+  // Plain softmax scores are scaled inside softmax_step's exp2 on unchecked blocks; a scale
+  // that is not positive takes the checked path, which scales first.
+  constexpr bool kRaw = Variant::kIdentity && Variant::kSoftmax;
+  const bool raw_ok = p.scale_log2 > 0.f;
 
   float o[kO8][4];
   float m_run[2] = {rows::neg_inf(), rows::neg_inf()}, l_run[2] = {0.f, 0.f};
@@ -152,10 +156,11 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   // score_mod, mask and the softmax step on S of block j; alpha: O's rescale factors.
   auto process_s = [&](int j_, float (&alpha)[2]) {
     const int kv0 = j_ * BN;
-    const bool check = q_tail || kv0 + BN > p.kv_len || blocks.partial(j_);
+    const bool check = q_tail || kv0 + BN > p.kv_len || blocks.partial(j_) || (kRaw && !raw_ok);
     if (check) rows::score_transform<true>(p, var, s, b, h, row0, kv0 + 2 * (lane % 4));
-    else rows::score_transform<false>(p, var, s, b, h, row0, kv0 + 2 * (lane % 4));
-    if constexpr (Variant::kSoftmax) rows::softmax_step(s, m_run, l_run, alpha);
+    else rows::score_transform<false, true>(p, var, s, b, h, row0, kv0 + 2 * (lane % 4));
+    if constexpr (Variant::kSoftmax)
+      rows::softmax_step(s, m_run, l_run, alpha, kRaw && !check ? p.scale_log2 : 1.f);
   };
 
   // P V of the block in ring slot `it` (P in pa), issued asynchronously (one commit group).
@@ -178,7 +183,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
       wgmma_wait<0>();
       fence_regs(s);
       process_s(j, alpha);
-      if constexpr (Variant::kSoftmax) rows::rescale_rows(o, alpha);
+      if constexpr (Variant::kSoftmax) rows::rescale_rows_if_moved(o, alpha);
       rows::p_to_a<Cfg::kBf16>(pa, s);
       wgmma_fence();
       issue_pv(it);
@@ -211,7 +216,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
       wgmma_wait<0>();
       fence_regs(o);
       mbar_arrive(empty + it % S);
-      if constexpr (Variant::kSoftmax) rows::rescale_rows(o, alpha);
+      if constexpr (Variant::kSoftmax) rows::rescale_rows_if_moved(o, alpha);
       rows::p_to_a<Cfg::kBf16>(pa, s);
     }
     turn_wait();  // the last block: P V alone
