@@ -152,16 +152,16 @@ TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, bool score_loads
   s.bf16 = bf16;
   const int dmax = d_qk > d_v ? d_qk : d_v;
   if (kind == Kind::Forward) {
-    s.warps = 4;
-    s.m_tiles = dmax <= 128 ? 2 : 1;
-    s.block_m = 16 * s.m_tiles * s.warps;
     // 64 keys halve the per-key share of the softmax and O's rescale. Up to D96 that fits
     // easily; at D128 the 192 accumulators of a 32 x 64 S and a 32 x 128 O leave ~60
     // registers, enough at ptxas register-usage level 0 unless a captured tensor is read
-    // per score (then 32 keys, as in the sm90 table).
+    // per score (then 32 keys, as in the sm90 table). Past D128, 8 warps of 16 rows.
     const bool tight = dmax > 96 && dmax <= 128;
-    s.block_n = dmax <= 96 || (tight && !score_loads) ? 64 : 32;
+    s.warps = dmax <= 128 ? 4 : 8;
+    s.m_tiles = dmax <= 128 ? 2 : 1;
+    s.block_n = dmax <= 96 || dmax > 128 || !score_loads ? 64 : 32;
     if (tight && s.block_n == 64 && softmax) s.reg_level = 0;
+    s.block_m = 16 * s.m_tiles * s.warps;
   } else {
     // 8 warps, 64-query blocks; 128 keys per CTA where dK and dV fit in registers (each warp
     // holds 32 keys x half the head dim), else 64 keys (32 keys x a quarter).
@@ -190,6 +190,14 @@ TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, bool score_loads
       if (v[1] == 1 || v[1] == 2) s.stages = v[1];
       if (v[2] >= -1 && v[2] <= 10) s.reg_level = v[2];
     }
+  }
+  // The forward's 64-key tiles need 104 KB of shared memory at D128 and 200 KB at D256:
+  // where a block has less (A100: 164 KB, Ada: 99 KB), 32-key tiles (and 4 warps past D128).
+  if (kind == Kind::Forward && smem_bytes(s) > smem_limit) {
+    s.block_n = 32;
+    s.reg_level = -1;
+    if (dmax > 128) s.warps = 4;
+    s.block_m = 16 * s.m_tiles * s.warps;
   }
   // Smaller devices (A100: 164 KB per block, Ada: 99 KB): single-buffered Q and dO first,
   // then 64-key tiles.

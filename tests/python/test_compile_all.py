@@ -97,8 +97,22 @@ def test_sm80_backward_tile_table():
     # double-buffered within an H100's 227 KB of shared memory
     d128 = ae.compile().variant.kernel_source("bwd", 128, 128)
     d256 = ae.compile().variant.kernel_source("bwd", 256, 256)
-    assert "64x128 w8 s2" in d128["describe"] and "64x64 w8 s2" in d256["describe"]
+    assert "64x128 w8 s2 r0" in d128["describe"] and "64x64 w8 s2 r0" in d256["describe"]
     assert d128["threads"] == 256 and max(d128["smem"], d256["smem"]) <= 227 * 1024
+
+
+def test_sm80_forward_tile_table():
+    # 64 keys per tile up to head dim 128; at 128 the fit needs ptxas register-usage level 0
+    # (an NVRTC option the instantiation carries), and variants that load a captured tensor
+    # per score keep 32 keys
+    plain = ae.compile().variant.kernel_source("fwd", 128, 128)
+    assert "128x64 w4 mt2 r0" in plain["describe"]
+    assert plain["options"] == ["-Xptxas=--register-usage-level=0"]
+    rel = VARIANTS["relative_bias"]()
+    rel_src = rel.variant.kernel_source("fwd", 128, 128, True, ["float32"])
+    assert "128x32 w4 mt2" in rel_src["describe"] and rel_src["options"] == []
+    d64 = ae.compile().variant.kernel_source("fwd", 64, 64)
+    assert "128x64 w4 mt2" in d64["describe"] and d64["options"] == []
 
 
 def test_host_and_template_agree_on_shared_memory():

@@ -74,6 +74,7 @@ class Mods:
     normalize: str = "softmax"
     grads_of: tuple = ()
     out_factor: float = 2.0
+    scale: Optional[float] = None  # ae.compile's; None: 1 / sqrt(Dqk)
 
 
 def cpu_gen(seed: int) -> torch.Generator:
@@ -164,6 +165,10 @@ VARIANTS: dict[str, Callable[[Shape], Mods]] = {
     "relu_squared": _relu_squared,
     "masked_rows": _masked_rows,
     "masked_rows_none": lambda s: _masked_rows(s, "none"),
+    # Plain softmax scores get the scale inside the kernels' exp2, which needs it positive:
+    # a larger one, and a negative one (the kernels' checked path).
+    "plain_scale_0.3": lambda s: replace(_plain(s), scale=0.3),
+    "causal_scale_-0.05": lambda s: replace(_causal(s), scale=-0.05),
 }
 
 
@@ -217,7 +222,7 @@ def pt_attention(q, k, v, m: Mods, return_lse: bool):
     Skv = k.shape[2]
     g = H // k.shape[1]
     k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
-    s = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(Dqk))
+    s = (q @ k.transpose(-1, -2)) * (m.scale if m.scale is not None else 1.0 / math.sqrt(Dqk))
     if m.score_mod is not None:
         s = m.score_mod(s, *index_grids(B, H, Sq, Skv, q.device)).to(dtype).expand(B, H, Sq, Skv)
     keep = keep_mask(m, B, H, Sq, Skv, q.device)
@@ -375,7 +380,7 @@ def check_lse(lse, ref_lse, pt_lse, factor, lines, failures):
 
 def build(variant: str, s: Shape):
     m = VARIANTS[variant](s)
-    attn = ae.compile(m.score_mod, m.mask_mod, normalize=m.normalize)
+    attn = ae.compile(m.score_mod, m.mask_mod, normalize=m.normalize, scale=m.scale)
     return attn, m
 
 
@@ -470,6 +475,14 @@ def test_sm80_forward_on_hopper(variant, monkeypatch):
     q, k, v = make_qkv(s, BF16, 0, "bhsd")
     assert attn.backend_for(q, k, v) == "sm80"
     check_case(variant, s, BF16)
+
+
+@pytest.mark.parametrize("sm90", [True, False], ids=["default", "sm80_forward"])
+@pytest.mark.parametrize("variant", ["plain_scale_0.3", "causal_scale_-0.05"])
+def test_softmax_scale(variant, sm90, monkeypatch):
+    if not sm90:
+        monkeypatch.setenv("AE_DISABLE_SM90", "1")
+    check_case(variant, Shape(Sq=300, Skv=300), BF16)
 
 
 @pytest.mark.parametrize("variant,dtype,dims", [
