@@ -1,6 +1,8 @@
 """Compiles one generated kernel with nvcc for sm_90a and writes its SASS (cuobjdump) to a
-file, printing the opcode histogram: for reading what ptxas made of a template on the GPU
-machine (this one has no cuobjdump).
+file, printing the opcode histogram: for reading what ptxas made of a template. Needs nvcc and
+cuobjdump on PATH (the GPU machine has both; elsewhere cuobjdump and nvdisasm come from PyPI's
+nvidia-cuda-cuobjdump / nvidia-cuda-nvdisasm wheels). The instantiation's own NVRTC options
+(e.g. ptxas's register-usage level) are passed on.
 
     python bench/sass_dump.py bwd 128 128 --out $OUT/bwd_d128.sass [--variant softcap]
 """
