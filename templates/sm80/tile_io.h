@@ -20,10 +20,11 @@ AE_DEVICE void load_tile(u16* smem, const u16* gmem, long long ld, int valid_row
   }
 }
 
-// The same copy for a tile streamed many times (K and V in the forward): each thread's rows
-// and shared-memory offsets are computed once, so a tile costs its cp.async instructions and
-// a few adds, not the index math of load_tile. Needs whole rows per thread sweep (D / 8
-// divides THREADS); `kFits` says whether it does, and load_tile is the fallback.
+// The same copy for tiles loaded in a loop (K and V in the forward, Q and dO in the
+// backward): each thread's rows and shared-memory offsets are fixed, so a tile costs its
+// cp.async instructions and a few adds, not load_tile's index math per chunk. Needs whole
+// rows per sweep of the threads (D / 8 divides THREADS); where it does not (D 96, 192),
+// `kFits` is false and load() is load_tile.
 template <int ROWS, int D, int THREADS>
 struct TileLoader {
   static constexpr int kDim = D;
