@@ -137,8 +137,11 @@ std::string instantiate(const ir::Variant& variant, const KernelSpec& s) {
   return src;
 }
 
-TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, bool score_loads, bool softmax,
-                       int smem_limit) {
+TileHints tile_hints(const ir::Variant& v) {
+  return {v.analysis.score_loads_per_element, v.forward.normalize == ir::Normalize::Softmax};
+}
+
+TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, TileHints hints, int smem_limit) {
   TileChoice c;
   if (d_qk % 16 != 0 || d_v % 16 != 0 || d_qk > 256 || d_v > 256 || d_qk < 16 || d_v < 16) {
     c.reason = fmt::format("head dims ({}, {}) have no sm80 kernel: each must be a multiple "
@@ -159,8 +162,8 @@ TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, bool score_loads
     const bool tight = dmax > 96 && dmax <= 128;
     s.warps = dmax <= 128 ? 4 : 8;
     s.m_tiles = dmax <= 128 ? 2 : 1;
-    s.block_n = dmax <= 96 || dmax > 128 || !score_loads ? 64 : 32;
-    if (tight && s.block_n == 64 && softmax) s.reg_level = 0;
+    s.block_n = dmax <= 96 || dmax > 128 || !hints.score_loads ? 64 : 32;
+    if (tight && s.block_n == 64 && hints.softmax) s.reg_level = 0;
     s.block_m = 16 * s.m_tiles * s.warps;
   } else {
     // 8 warps, 64-query blocks; 128 keys per CTA where dK and dV fit in registers (each warp
@@ -206,8 +209,7 @@ TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, bool score_loads
   return checked_smem(c, smem_limit);
 }
 
-TileChoice choose_sm90(int d_qk, int d_v, bool bf16, bool score_loads, bool softmax,
-                       int smem_limit) {
+TileChoice choose_sm90(int d_qk, int d_v, bool bf16, TileHints hints, int smem_limit) {
   TileChoice c;
   if (d_qk % 64 != 0 || d_qk > 256 || (d_v != 64 && d_v != 128 && d_v != 256)) {
     c.reason = fmt::format("head dims ({}, {}) have no sm90 kernel: Dqk a multiple of 64 up to "
@@ -226,12 +228,12 @@ TileChoice choose_sm90(int d_qk, int d_v, bool bf16, bool score_loads, bool soft
   // Consumer registers per thread: S (block_n / 2) + O (d_v / 2) + P (block_n / 4) fp32/bf16x2
   // values plus ~40 of addressing must fit the 240 that setmaxnreg gives; a score_mod that
   // loads captured tensors keeps its loads in flight too (128 keys spill: compile-all test).
-  s.block_n = d_v <= 128 && !score_loads ? 128 : 64;
+  s.block_n = d_v <= 128 && !hints.score_loads ? 128 : 64;
   s.stages = 2;
   // From the sweep (bench/RESULTS.md, 2026-11-21): overlap + ping-pong win for softmax at
   // Dv <= 128 (plain D128 539 -> 576 TFLOPS) but lose at Dv = 256 (604 -> 511) and for
   // normalize = none (481 -> 456).
-  s.overlap = s.pingpong = d_v <= 128 && softmax;
+  s.overlap = s.pingpong = d_v <= 128 && hints.softmax;
   // AE_SM90_FWD="block_n,stages,overlap,pingpong" for tuning sweeps until the autotuner
   // exists (bench/tile_sweep.py).
   if (const char* o = std::getenv("AE_SM90_FWD")) {

@@ -52,13 +52,14 @@ struct TileChoice {
   std::string reason;
   KernelSpec spec;
 };
-// score_loads / softmax: as for choose_sm90 below (they pick the forward's key tile).
-TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, bool score_loads, bool softmax,
-                       int smem_limit);
+// What the tile tables need to know of a variant.
+struct TileHints {
+  bool score_loads = false;  // the score_mod loads per score (Analysis::score_loads_per_element)
+  bool softmax = true;       // the row normalization is softmax (else none)
+};
+TileHints tile_hints(const ir::Variant& v);
+TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, TileHints hints, int smem_limit);
 // The sm90 forward configuration (arch sm_90a), or a reason why there is none.
-// score_loads: the score_mod loads per score (ir::Analysis::score_loads_per_element);
-// softmax: the row normalization is softmax (else none).
-TileChoice choose_sm90(int d_qk, int d_v, bool bf16, bool score_loads, bool softmax,
-                       int smem_limit);
+TileChoice choose_sm90(int d_qk, int d_v, bool bf16, TileHints hints, int smem_limit);
 
 }  // namespace ae::codegen

@@ -44,7 +44,7 @@ struct Analysis {
   bool mask_uses_batch_or_head = false;
   // The score_mod reads captured tensors and the graph has a load whose index varies with
   // q_idx or kv_idx (one load per score, e.g. a relative-bias table; a per-head ALiBi slope
-  // is not). Such loads need registers in flight: the sm90 tile table picks smaller tiles.
+  // is not). Such loads need registers in flight: the tile tables pick smaller tiles.
   bool score_loads_per_element = false;
   std::string text() const;
 };

@@ -49,16 +49,13 @@ void bind_ir(pybind11::module_& m) {
              const codegen::Kind k = kind == "fwd" || kind == "fwd90" ? codegen::Kind::Forward
                                      : kind == "bwd"                  ? codegen::Kind::Backward
                                                                       : codegen::Kind::BlockState;
+             const codegen::TileHints hints = codegen::tile_hints(*h.variant);
              codegen::TileChoice c =
                  kind == "fwd90"
-                     ? codegen::choose_sm90(
-                           d_qk, d_v, bf16,
-                           h.variant->analysis.score_loads_per_element,
-                           h.variant->forward.normalize == ir::Normalize::Softmax, 227 * 1024)
+                     ? codegen::choose_sm90(d_qk, d_v, bf16, hints, 227 * 1024)
                      : codegen::choose_sm80(
                            k == codegen::Kind::BlockState ? codegen::Kind::Forward : k, d_qk, d_v,
-                           bf16, h.variant->analysis.score_loads_per_element,
-                           h.variant->forward.normalize == ir::Normalize::Softmax, 227 * 1024);
+                           bf16, hints, 227 * 1024);
              if (!c.ok) throw ir::GraphError(c.reason);
              c.spec.kind = k;
              c.spec.arch = kind == "fwd90" ? "sm_90a" : arch;

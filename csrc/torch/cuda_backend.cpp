@@ -89,9 +89,7 @@ Plan plan(Kind kind, const ir::Variant& v, const at::Tensor& q, const Shapes& s,
   if (kind == Kind::Forward && info.major == 9 && info.minor == 0 && !sm90_disabled()) {
     codegen::TileChoice c9 = codegen::choose_sm90(static_cast<int>(s.head_dim_qk),
                                                   static_cast<int>(s.head_dim_v),
-                                                  dt == at::kBFloat16,
-                                                  v.analysis.score_loads_per_element,
-                                                  v.forward.normalize == ir::Normalize::Softmax,
+                                                  dt == at::kBFloat16, codegen::tile_hints(v),
                                                   info.smem_optin);
     if (c9.ok) {
       pl.spec = c9.spec;
@@ -102,8 +100,7 @@ Plan plan(Kind kind, const ir::Variant& v, const at::Tensor& q, const Shapes& s,
   }
   codegen::TileChoice c = codegen::choose_sm80(
       kind, static_cast<int>(s.head_dim_qk), static_cast<int>(s.head_dim_v), dt == at::kBFloat16,
-      v.analysis.score_loads_per_element, v.forward.normalize == ir::Normalize::Softmax,
-      info.smem_optin);
+      codegen::tile_hints(v), info.smem_optin);
   if (!c.ok) {
     pl.reason = c.reason;
     return pl;
@@ -310,8 +307,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_bac
       grads[i] = at::zeros(buffers[i].sizes(), buffers[i].options().dtype(at::kFloat));
 
   AttnParams p = base_params(q, k, v, s, scale);
-  const at::Tensor lse_c = lse.contiguous();
-  p.lse = const_cast<float*>(lse_c.data_ptr<float>());
+  // The kernel reads the LSE as lse2 (above); p.lse stays null.
   p.dout = dout.data_ptr();
   strides3(p.do_stride, dout);
   p.delta = delta.defined() ? delta.data_ptr<float>() : nullptr;

@@ -28,7 +28,7 @@ struct AttnParams {
   const void* k;
   const void* v;
   void* o;
-  float* lse;          // natural log
+  float* lse;          // natural log (forward output; the backward reads lse2)
   const void* dout;    // backward only from here
   const float* lse2;   // lse * log2(e), +inf where lse is -inf (rows with nothing kept)
   const float* delta;  // rowsum(dO * O) - dlse
