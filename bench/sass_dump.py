@@ -19,7 +19,9 @@ from attention_engine import mods
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VARIANTS = {"plain": lambda: ae.compile(), "causal": lambda: ae.compile(mask_mod=mods.causal),
-            "softcap": lambda: ae.compile(mods.softcap(30.0))}
+            "softcap": lambda: ae.compile(mods.softcap(30.0)),
+            "sigmoid": lambda: ae.compile(mods.sigmoid(-4.0), normalize="none"),
+            "alibi": lambda: ae.compile(mods.alibi(mods.alibi_slopes(16)), mods.causal)}
 
 
 def main():
@@ -34,10 +36,12 @@ def main():
     if not (nvcc and objdump):
         raise SystemExit("needs nvcc and cuobjdump on PATH")
     info = VARIANTS[args.variant]().variant.kernel_source(args.kind, args.d_qk, args.d_v, True, [])
+    # AE_TEMPLATE_DIR: the same override the JIT honours, for A/B of template edits
+    templates = os.environ.get("AE_TEMPLATE_DIR", os.path.join(HERE, "..", "templates"))
     with tempfile.TemporaryDirectory() as tmp:
         cu, cubin = os.path.join(tmp, "k.cu"), os.path.join(tmp, "k.cubin")
         open(cu, "w").write(info["source"])
-        subprocess.run([nvcc, "-arch=sm_90a", "-cubin", "-O3", "-I", os.path.join(HERE, "..", "templates"),
+        subprocess.run([nvcc, "-arch=sm_90a", "-cubin", "-O3", "-I", templates,
                         "-o", cubin, cu, *info["options"]], check=True)
         sass = subprocess.run([objdump, "-sass", cubin], capture_output=True, text=True,
                               check=True).stdout

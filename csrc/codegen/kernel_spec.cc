@@ -52,6 +52,24 @@ std::vector<std::string> KernelSpec::compile_options() const {
   return {fmt::format("-Xptxas=--register-usage-level={}", reg_level)};
 }
 
+std::vector<std::vector<std::string>> KernelSpec::fallback_options() const {
+  if (arch.rfind("sm_", 0) != 0) return {};
+  // Levels 0 and ptxas's default (5); other levels measured no better (bench/RESULTS.md).
+  auto at_level = [this](int level, const char* extra) {
+    KernelSpec alt = *this;
+    alt.reg_level = level;
+    std::vector<std::string> o = alt.compile_options();
+    if (extra) o.push_back(extra);
+    return o;
+  };
+  std::vector<std::vector<std::string>> out;
+  for (int level : {0, -1})
+    if (level != reg_level) out.push_back(at_level(level, nullptr));
+  if (kind == Kind::Backward && family == Family::Sm80)  // sm80/bwd.h's kQC: 16 queries
+    for (int level : {-1, 0}) out.push_back(at_level(level, "-DAE_BWD_QUERY_CHUNK=16"));
+  return out;
+}
+
 int smem_bytes(const KernelSpec& s) {
   if (s.family == Family::Sm90)  // must match sm90::FwdConfig::kSmemBytes
     return 1024 + 2 * (s.block_m * s.d_qk + s.stages * s.block_n * (s.d_qk + s.d_v)) +

@@ -37,6 +37,12 @@ struct KernelSpec {
   std::string describe() const;     // "fwd sm_80 bf16 d128/128 128x64 w4 mt2 r3"
   // Compiler options the instantiation needs besides the engine's own (jit::base_options).
   std::vector<std::string> compile_options() const;
+  // The compile options to try instead, in order, when the instantiation spills with its own
+  // (NVIDIA only; empty elsewhere): the other register-usage levels (ptxas's allocation at the
+  // 255-register edge is not monotonic in the level: a variant that spills at one often fits
+  // at another), then for the sm80 backward its smaller query chunk. Same source, same
+  // launch shape.
+  std::vector<std::vector<std::string>> fallback_options() const;
 };
 
 // Shared memory (bytes) the instantiation needs.

@@ -64,6 +64,7 @@ void bind_ir(pybind11::module_& m) {
              d["source"] = codegen::instantiate(*h.variant, c.spec);
              d["entry"] = c.spec.entry();
              d["options"] = c.spec.compile_options();
+             d["fallback_options"] = c.spec.fallback_options();  // get_kernel's, on spills
              d["threads"] = k == codegen::Kind::BlockState ? 128 : c.spec.threads();
              d["smem"] = codegen::smem_bytes(c.spec);
              d["describe"] = c.spec.describe();

@@ -297,7 +297,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_bac
                      l * 1.4426950408889634)
                .contiguous();
   }
-  at::Tensor dq_accum = at::zeros({s.batch, s.q_heads, s.q_len, s.head_dim_qk},
+  // Rows padded to whole query blocks: the kernel adds a block's dQ without row tests.
+  const int64_t dq_rows = (s.q_len + pl.spec.block_m - 1) / pl.spec.block_m * pl.spec.block_m;
+  at::Tensor dq_accum = at::zeros({s.batch, s.q_heads, dq_rows, s.head_dim_qk},
                                   q.options().dtype(at::kFloat));
   at::Tensor dk = at::empty({s.batch, s.kv_heads, s.kv_len, s.head_dim_qk}, k.options());
   at::Tensor dv = at::empty({s.batch, s.kv_heads, s.kv_len, s.head_dim_v}, v.options());
@@ -330,7 +332,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_bac
   for (size_t i = 0; i < buffers.size(); ++i)
     dbuf[i] = grads[i].defined() ? grads[i].to(buffers[i].scalar_type())
                                  : at::empty({0}, buffers[i].options());
-  return {dq_accum.to(q.scalar_type()), dk, dv, dbuf};
+  return {dq_accum.narrow(2, 0, s.q_len).to(q.scalar_type()), dk, dv, dbuf};
 }
 
 }  // namespace

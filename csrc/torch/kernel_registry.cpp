@@ -5,6 +5,7 @@
 
 #include "jit/compiler.h"
 #include "jit/cuda_driver.h"
+#include "jit/spill_fallback.h"
 
 namespace ae::torch_ops {
 namespace {
@@ -37,7 +38,9 @@ jit::KernelPtr get_kernel(const ir::Variant& variant, const codegen::KernelSpec&
   req.arch = spec.arch;
   req.threads = spec.kind == codegen::Kind::BlockState ? 128 : spec.threads();
   req.file_name = "ae_" + variant.key + ".cu";
-  jit::KernelPtr k = jit::default_kernel_cache().get(req);  // memory, disk, or compile
+  // A spill costs speed, never correctness; usually another register-usage level avoids it.
+  jit::KernelPtr k =
+      jit::get_least_spilling(jit::default_kernel_cache(), req, spec.fallback_options());
   std::lock_guard<std::mutex> lock(g_mutex);
   return kernels().emplace(key, k).first->second;
 }

@@ -32,7 +32,7 @@ struct AttnParams {
   const void* dout;    // backward only from here
   const float* lse2;   // lse * log2(e), +inf where lse is -inf (rows with nothing kept)
   const float* delta;  // rowsum(dO * O) - dlse
-  float* dq_accum;     // [batch, q_heads, q_len, head_dim_qk] fp32, zeroed
+  float* dq_accum;     // [batch, q_heads, n_q_blocks * block_m, head_dim_qk] fp32, zeroed
   void* dk;
   void* dv;
   long long q_stride[3], k_stride[3], v_stride[3], o_stride[3];

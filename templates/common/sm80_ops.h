@@ -1,6 +1,6 @@
 // Warp-level building blocks of the mma.sync path (sm_80 and up), as inline PTX: 16-byte
 // cp.async with zero fill, ldmatrix (plain and .trans), mma.sync m16n8k16 with fp32
-// accumulators, and float -> bf16x2 / f16x2 packing.
+// accumulators, fp32 pair reductions, and float -> bf16x2 / f16x2 packing.
 #pragma once
 
 #include "common/ae_common.h"
@@ -52,6 +52,17 @@ AE_DEVICE void mma_16816(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
+}
+
+// dst[0] += x0, dst[1] += x1 in global memory (dst 8-byte aligned): one vector reduction on
+// sm_90, two atomics before.
+AE_DEVICE void red_add2(float* dst, float x0, float x1) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(dst), "f"(x0), "f"(x1) : "memory");
+#else
+  atomicAdd(dst, x0);
+  atomicAdd(dst + 1, x1);
+#endif
 }
 
 // (lo, hi) -> one register holding two 16-bit floats, lo in the low half.

@@ -17,6 +17,10 @@
 #include "common/params.h"
 #include "sm80/tile_io.h"
 
+#ifndef AE_BWD_QUERY_CHUNK
+#define AE_BWD_QUERY_CHUNK 32  // see kQC
+#endif
+
 namespace ae::sm80 {
 
 // 8 warps: 16 (128 registers each) measured slower (bench/RESULTS.md).
@@ -47,10 +51,13 @@ struct BwdKernel {
   // missing when the chunk count does not divide evenly).
   static constexpr int kCK = (Cfg::kDqk / 16 + Cfg::kWarpsM - 1) / Cfg::kWarpsM;
   static constexpr int kCV = (Cfg::kDv / 16 + Cfg::kWarpsM - 1) / Cfg::kWarpsM;
-  // S^T and dP^T are computed for kQC queries at a time: all kQW where registers allow, 16
-  // where dK, dV (16 registers per chunk) and S^T, dP^T (2 kQW) would pass 128 (which costs
-  // reloading K and V fragments per chunk).
-  static constexpr int kQC = 16 * (kCK + kCV) + 2 * kQW > 128 ? 16 : kQW;
+  // S^T and dP^T are computed for kQC queries at a time: all kQW, so each K and V fragment is
+  // loaded once per block (at D128, 32 queries next to dK and dV fit in 255 registers at
+  // ptxas level 0: +9% over 16, bench/RESULTS.md); 16 where Q's 16-byte chunks do not divide
+  // the threads (D96), whose copy index math leaves no room (sigmoid spilled), and where the
+  // spill fallback asks for it (-DAE_BWD_QUERY_CHUNK=16, KernelSpec::fallback_options).
+  static constexpr int kQC =
+      TileLoader<Cfg::kBlockM, Cfg::kDqk, Cfg::kThreads>::kFits && AE_BWD_QUERY_CHUNK >= kQW ? kQW : 16;
   static constexpr int kQ8 = kQC / 8;
   static constexpr int kCQ = (Cfg::kDqk / 16 + Cfg::kWarpsQ - 1) / Cfg::kWarpsQ;
   static constexpr bool kFullUnroll =
@@ -196,23 +203,41 @@ struct BwdKernel {
         sV, static_cast<const u16*>(p.v) + b * p.v_stride[0] + h_kv * p.v_stride[1] + k0 * p.v_stride[2],
         p.v_stride[2], p.kv_len - k0);
 
-    // The (query head, query block) pairs this CTA visits, in order; blocks the mask leaves
-    // empty are skipped. hq_off == p.group: past the end.
+    // The (query head, query block) pairs this CTA visits, in order, with their block state
+    // (2 without a mask); blocks the mask leaves empty are skipped. hq_off == p.group: past the
+    // end. Under a mask the walk reads the states of 32 blocks at once, a lane each, into two
+    // ballots (kept, partly kept) and pops blocks from them: one load latency per 32 blocks,
+    // and the walk's state is warp-uniform (uniform registers, not the 255 per thread).
     struct QBlock {
-      int hq_off, mb;
+      int hq_off, mb, code;
     };
-    auto state_of = [&](QBlock it) -> int {
-      if (!p.block_state) return 2;
-      return p.block_state[b * p.state_stride_b + (h_kv * p.group + it.hq_off) * p.state_stride_h +
-                           static_cast<long long>(it.mb) * p.n_kv_blocks + n_block];
+    struct Walk {
+      int hq_off, base;         // the window: blocks base .. base + 31 of query head hq_off
+      unsigned kept, partial;   // bit i: block base + i has something kept / is partly kept
     };
-    auto step = [&](QBlock it) {
-      if (++it.mb == p.n_q_blocks) it = {it.hq_off + 1, 0};
-      return it;
+    const bool walk_states = Variant::kHasMask && p.block_state;  // no mask, no table
+    auto load_window = [&](Walk& w) {
+      const int m = w.base + threadIdx.x % 32;
+      const unsigned char* col = p.block_state + b * p.state_stride_b +
+                                 (h_kv * p.group + w.hq_off) * p.state_stride_h + n_block;
+      const int code = m < p.n_q_blocks ? col[static_cast<long long>(m) * p.n_kv_blocks] : 0;
+      w.kept = __ballot_sync(0xffffffffu, code != 0);
+      w.partial = __ballot_sync(0xffffffffu, code == 1);
     };
-    auto skip_empty = [&](QBlock it) {
-      while (it.hq_off < p.group && state_of(it) == 0) it = step(it);
-      return it;
+    auto pop = [&](Walk& w) -> QBlock {
+      if (!walk_states) {
+        const QBlock r{w.hq_off, w.base, 2};
+        if (++w.base == p.n_q_blocks) w.hq_off += 1, w.base = 0;
+        return r;
+      }
+      while (w.kept == 0) {
+        if ((w.base += 32) >= p.n_q_blocks) w.hq_off += 1, w.base = 0;
+        if (w.hq_off >= p.group) return {p.group, 0, 0};
+        load_window(w);
+      }
+      const int i = __ffs(w.kept) - 1;
+      w.kept &= w.kept - 1;
+      return {w.hq_off, w.base + i, (w.partial >> i) & 1 ? 1 : 2};
     };
     // Q and dO of one block, once per block: TileLoader's precomputed offsets save most of the
     // copy's index math, but need registers the variants that read captured tensors lack.
@@ -243,7 +268,9 @@ struct BwdKernel {
       }
     };
 
-    QBlock it = skip_empty({0, 0});
+    Walk walk{0, 0, 0u, 0u};
+    if (walk_states && p.group > 0) load_window(walk);
+    QBlock it = pop(walk), itn = pop(walk);
     if (it.hq_off < p.group) load_q_do(it, 0);
     cp_async_commit();  // K, V and the first Q, dO
 
@@ -258,26 +285,26 @@ struct BwdKernel {
 
     for (int stage = 0; it.hq_off < p.group; stage = Cfg::kStages == 2 ? stage ^ 1 : 0) {
       const int hq = h_kv * p.group + it.hq_off, q0 = it.mb * Cfg::kBlockM;
-      const long long row_base = (static_cast<long long>(b) * p.q_heads + hq) * p.q_len;
-      const int st_code = state_of(it);
-      const QBlock itn = skip_empty(step(it));
+      const long long dq_row0 =  // this head's first row in dq_accum
+          (static_cast<long long>(b) * p.q_heads + hq) * p.n_q_blocks * Cfg::kBlockM;
       const bool more = itn.hq_off < p.group;
       const u16* sQ = sQ0 + stage * Cfg::kSmemQ;
       const u16* sdO = sdO0 + stage * Cfg::kSmemDO;
       const float* sLse = sLse0 + stage * Cfg::kBlockM;
       const float* sDelta = sDelta0 + stage * Cfg::kBlockM;
+      // One barrier at the top of a block: this block's Q, dO and statistics have landed, and
+      // every warp is done with the last block, so its P^T, dS^T and (with 2 stages) the other
+      // stage's Q, dO are free; the next block's loads go there now, under this block's math.
+      cp_async_wait<0>();
+      __syncthreads();
       if constexpr (Cfg::kStages == 2) {
         if (more) load_q_do(itn, stage ^ 1);
         cp_async_commit();
-        cp_async_wait<1>();
-      } else {
-        cp_async_wait<0>();
       }
-      __syncthreads();
 
       // 1. S^T and dP^T for this warp's 32 keys x kQW queries (kQC at a time); P and dS
       //    element by element.
-      const bool check = q0 + Cfg::kBlockM > p.q_len || k0 + Cfg::kBlockN > p.kv_len || st_code == 1;
+      const bool check = q0 + Cfg::kBlockM > p.q_len || k0 + Cfg::kBlockN > p.kv_len || it.code == 1;
 #pragma unroll 1
       for (int qc = qw0; qc < qw0 + kQW; qc += kQC) {
         float st[2][kQ8][4], dpt[2][kQ8][4];
@@ -321,27 +348,20 @@ struct BwdKernel {
         mma_chunks<Cfg::kBlockN, Cfg::kLdP, Cfg::kLdQK, kCQ, Cfg::kWarpsQ, Cfg::kDqk / 16, true>(dq, sdSt, qd0,
                                                                                    sK, wq);
         // This thread's rows are qd0 + g + 16 mt + 8 r, its columns from 16 wq + 2 t: one
-        // 64-bit base, and immediates past it.
-        float* dq_base = p.dq_accum + (row_base + q0 + qd0 + g) * Cfg::kDqk + 16 * wq + 2 * t;
+        // 64-bit base and immediates past it. dq_accum's rows are padded to whole query blocks,
+        // so rows past the end need no test (their dS is 0).
+        float* dq_base = p.dq_accum + (dq_row0 + q0 + qd0 + g) * Cfg::kDqk + 16 * wq + 2 * t;
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
-            if (q0 + qd0 + g + 16 * mt + 8 * r >= p.q_len) continue;
-            float* dst = dq_base + (16 * mt + 8 * r) * Cfg::kDqk;
 #pragma unroll
             for (int i = 0; i < 2 * kCQ; ++i) {
               const int chunk = wq + Cfg::kWarpsQ * (i / 2);
               if (!has_chunk<Cfg::kDqk / 16, Cfg::kWarpsQ>(chunk)) continue;
-              float* d = dst + Cfg::kWarpsQ * 16 * (i / 2) + 8 * (i % 2);  // chunk - wq, x16
-              const float x0 = dq[mt][i][2 * r] * p.scale, x1 = dq[mt][i][2 * r + 1] * p.scale;
-#if __CUDA_ARCH__ >= 900  // one vector reduction instead of two atomics
-              asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(d), "f"(x0), "f"(x1)
-                           : "memory");
-#else
-              atomicAdd(d, x0);
-              atomicAdd(d + 1, x1);
-#endif
+              // chunk - wq times 16 columns, + 8 for the odd n8 tile
+              red_add2(dq_base + (16 * mt + 8 * r) * Cfg::kDqk + Cfg::kWarpsQ * 16 * (i / 2) + 8 * (i % 2),
+                       dq[mt][i][2 * r] * p.scale, dq[mt][i][2 * r + 1] * p.scale);
             }
           }
         }
@@ -350,10 +370,9 @@ struct BwdKernel {
         __syncthreads();  // sQ, sdO are refilled now, P^T and dS^T next
         if (more) load_q_do(itn, 0);
         cp_async_commit();
-      } else {
-        __syncthreads();  // P^T, dS^T and this stage's Q, dO are refilled next
       }
       it = itn;
+      itn = pop(walk);
     }
     cp_async_wait<0>();
 

@@ -55,11 +55,20 @@ def test_instantiation_compiles_without_spills(case):
     dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers]
     info = attn.variant.kernel_source(kind, d_qk, d_v, bf16, dtypes)
     arches = ["sm_90a"] if kind == "fwd90" else ["sm_80", "sm_90a"]  # wgmma and TMA: sm_90a only
-    for report in _C.jit_check_arches(info["source"], info["entry"], arches=arches,
-                                      options=info["options"]):
-        assert report["ok"], f"{info['describe']} {report['arch']}: {report['error']}"
-        assert report["spill_stores"] == 0 and report["spill_loads"] == 0, (info["describe"], report)
-        assert 0 < report["registers"] <= 255
+    for arch in arches:
+        # The runtime (get_kernel) compiles at the table's options and, on a spill, at the
+        # fallback register-usage levels in order: the one it keeps must not spill.
+        tried = []
+        for options in [info["options"], *info["fallback_options"]]:
+            (report,) = _C.jit_check_arches(info["source"], info["entry"], arches=[arch],
+                                            options=options)
+            assert report["ok"], f"{info['describe']} {arch}: {report['error']}"
+            assert 0 < report["registers"] <= 255
+            tried.append((options, report["spill_stores"], report["spill_loads"]))
+            if report["spill_stores"] == 0 and report["spill_loads"] == 0:
+                break
+        else:
+            pytest.fail(f"{info['describe']} {arch} spills at every register-usage level: {tried}")
 
 
 def test_generated_source_is_readable():
