@@ -60,8 +60,7 @@ struct BwdKernel {
       TileLoader<Cfg::kBlockM, Cfg::kDqk, Cfg::kThreads>::kFits && AE_BWD_QUERY_CHUNK >= kQW ? kQW : 16;
   static constexpr int kQ8 = kQC / 8;
   static constexpr int kCQ = (Cfg::kDqk / 16 + Cfg::kWarpsQ - 1) / Cfg::kWarpsQ;
-  static constexpr bool kFullUnroll =
-      !Variant::kReadsBuffers && Cfg::kDqk <= 128 && Cfg::kDv <= 128;
+  static constexpr bool kFullUnroll = Cfg::kDqk <= 128 && Cfg::kDv <= 128;
 
   const AttnParams& p;
   const Variant& var;
@@ -78,10 +77,9 @@ struct BwdKernel {
   template <int K, int LDA, int LDB, int NCH, int STRIDE, int NCHUNKS, bool kTransA>
   AE_DEVICE void mma_chunks(float (&d)[2][2 * NCH][4], const u16* a_tile, int a_row,
                             const u16* b_tile, int first_chunk) {
-    // Fully unrolled up to head dim 128 for variants that read no captured tensor (at ptxas
-    // register-usage level 0, see choose_sm80): with their loads, unrolling hoists more
-    // fragment loads than the registers next to dK, dV and dQ hold (it spilled). Two k steps
-    // per iteration cost ~5-10% (bench/RESULTS.md).
+    // Fully unrolled up to head dim 128; two k steps per iteration cost 5-15% (ALiBi: 15%,
+    // bench/RESULTS.md). Variants that read captured tensors fit at some register-usage
+    // level (the spill fallback, KernelSpec::fallback_options, finds it).
 #pragma unroll(kFullUnroll ? K / 16 : 2)
     for (int kk = 0; kk < K / 16; ++kk) {
       u32 a[2][4];
@@ -240,23 +238,18 @@ struct BwdKernel {
       return {w.hq_off, w.base + i, (w.partial >> i) & 1 ? 1 : 2};
     };
     // Q and dO of one block, once per block: TileLoader's precomputed offsets save most of the
-    // copy's index math, but need registers the variants that read captured tensors lack.
-    auto load_rows = [&](auto loader, u16* smem, const u16* g, long long ld, int valid) {
-      if constexpr (Variant::kReadsBuffers)
-        load_tile<Cfg::kBlockM, decltype(loader)::kDim, Cfg::kThreads>(smem, g, ld, valid);
-      else
-        loader.load(smem, g, ld, valid);
-    };
+    // copy's index math.
     auto load_q_do = [&](QBlock it, int stage) {
       const int hq = h_kv * p.group + it.hq_off, q0 = it.mb * Cfg::kBlockM;
-      load_rows(TileLoader<Cfg::kBlockM, Cfg::kDqk, Cfg::kThreads>(), sQ0 + stage * Cfg::kSmemQ,
-                static_cast<const u16*>(p.q) + b * p.q_stride[0] + hq * p.q_stride[1] +
-                    q0 * p.q_stride[2],
-                p.q_stride[2], p.q_len - q0);
-      load_rows(TileLoader<Cfg::kBlockM, Cfg::kDv, Cfg::kThreads>(), sdO0 + stage * Cfg::kSmemDO,
-                static_cast<const u16*>(p.dout) + b * p.do_stride[0] + hq * p.do_stride[1] +
-                    q0 * p.do_stride[2],
-                p.do_stride[2], p.q_len - q0);
+      TileLoader<Cfg::kBlockM, Cfg::kDqk, Cfg::kThreads>().load(
+          sQ0 + stage * Cfg::kSmemQ,
+          static_cast<const u16*>(p.q) + b * p.q_stride[0] + hq * p.q_stride[1] + q0 * p.q_stride[2],
+          p.q_stride[2], p.q_len - q0);
+      TileLoader<Cfg::kBlockM, Cfg::kDv, Cfg::kThreads>().load(
+          sdO0 + stage * Cfg::kSmemDO,
+          static_cast<const u16*>(p.dout) + b * p.do_stride[0] + hq * p.do_stride[1] +
+              q0 * p.do_stride[2],
+          p.do_stride[2], p.q_len - q0);
       if constexpr (Variant::kSoftmax) {  // the row statistics: one 4-byte copy each
         const int i = threadIdx.x % Cfg::kBlockM, row = q0 + i;
         const long long off = (static_cast<long long>(b) * p.q_heads + hq) * p.q_len + row;
