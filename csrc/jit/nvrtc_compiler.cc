@@ -129,7 +129,10 @@ class NvrtcCompiler final : public Compiler {
       check(api, api.GetLoweredName(prog, req.kernel.c_str(), &lowered), "nvrtcGetLoweredName");
       out.lowered_name = lowered;  // owned by prog: copy before it is destroyed
     }
-    out.figures = parse_ptxas_log(log, out.lowered_name);
+    // Read the log again once the cubin is out: some NVRTC builds have been seen to return it
+    // without ptxas's -v lines right after nvrtcCompileProgram.
+    if (std::string later = program_log(api, prog); later.size() > log.size()) out.log = later;
+    out.figures = parse_ptxas_log(out.log, out.lowered_name);
     return out;
   }
 };

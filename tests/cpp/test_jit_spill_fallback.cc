@@ -67,10 +67,18 @@ TEST(SpillFallback, TakesTheFirstAlternativeThatDoesNotSpill) {
 
 TEST(SpillFallback, KeepsTheLeastSpillingWhenAllSpill) {
   Fixture f;
-  f.fake.bytes = {{"-A ", 12}, {"-B ", 4}, {"-C ", 8}, {"-D ", -1}};
+  f.fake.bytes = {{"-A ", 12}, {"-B ", 4}, {"-C ", 8}, {"-D ", -1}};  // -D: figures unknown
   KernelPtr k = get_least_spilling(f.cache, f.req, {{"-B"}, {"-C"}, {"-D"}});
   EXPECT_EQ(spill(k), 4);
   EXPECT_NE(k->result.binary.find("-B "), std::string::npos);
+}
+
+TEST(SpillFallback, UnknownFiguresKeepTheRequest) {
+  Fixture f;
+  f.fake.bytes = {{"-A ", -1}};  // no ptxas -v lines: no evidence of a spill
+  KernelPtr k = get_least_spilling(f.cache, f.req, {{"-B"}, {"-C"}});
+  EXPECT_EQ(spill(k), -1);
+  EXPECT_EQ(f.fake.compiles.size(), 1u);  // nothing else compiled
 }
 
 TEST(SpillFallback, SecondCallIsServedFromTheCache) {
