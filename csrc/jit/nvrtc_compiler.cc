@@ -103,6 +103,9 @@ class NvrtcCompiler final : public Compiler {
       check(api, api.AddNameExpression(prog, req.kernel.c_str()), "nvrtcAddNameExpression");
     std::vector<std::string> opts = base_options(Vendor::kNvidia, req.arch);
     opts.insert(opts.end(), req.options.begin(), req.options.end());
+    // Last: the H200 machine's NVRTC 13.0 (PyPI nvidia-cuda-nvrtc) left the ptxas -v lines out
+    // of the log whenever an option that is not -Xptxas=... came after it (bench/RESULTS.md).
+    opts.push_back("-Xptxas=-v");
     const std::vector<const char*> opt_ptrs = c_strs(opts);
 
     nvrtcResult status;

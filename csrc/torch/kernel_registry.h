@@ -17,7 +17,7 @@ jit::KernelPtr get_kernel(const ir::Variant& variant, const codegen::KernelSpec&
 // Drops the in-process kernel and block-state caches (the disk cache stays).
 void clear_kernel_caches();
 
-// The "sm_80" / "sm_90" style arch of a CUDA device for the mma.sync template.
+// The arch of a CUDA device for the mma.sync templates: "sm_80", "sm_86", "sm_90a", ...
 std::string sm80_arch_of(int device);
 
 }  // namespace ae::torch_ops
