@@ -29,9 +29,8 @@ std::vector<std::string> base_options(Vendor vendor, const std::string& arch) {
   if (vendor == Vendor::kNvidia) {
     // -no-source-include: without it NVRTC also looks in the current folder, so a stray file
     // there could shadow an embedded header.
-    // -Xptxas=-v comes last (nvrtc_compiler.cc appends it after the request's options).
     return {"--gpu-architecture=" + arch, "-default-device", "--std=c++17", "-DNDEBUG",
-            "-no-source-include"};
+            "-no-source-include", "-Xptxas=-v"};
   }
   return {"--offload-arch=" + arch, "-D__HIP_PLATFORM_AMD__", "-std=c++17", "-DNDEBUG", "-O3"};
 }

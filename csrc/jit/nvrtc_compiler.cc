@@ -103,9 +103,6 @@ class NvrtcCompiler final : public Compiler {
       check(api, api.AddNameExpression(prog, req.kernel.c_str()), "nvrtcAddNameExpression");
     std::vector<std::string> opts = base_options(Vendor::kNvidia, req.arch);
     opts.insert(opts.end(), req.options.begin(), req.options.end());
-    // Last: the H200 machine's NVRTC 13.0 (PyPI nvidia-cuda-nvrtc) left the ptxas -v lines out
-    // of the log whenever an option that is not -Xptxas=... came after it (bench/RESULTS.md).
-    opts.push_back("-Xptxas=-v");
     const std::vector<const char*> opt_ptrs = c_strs(opts);
 
     nvrtcResult status;
@@ -132,8 +129,9 @@ class NvrtcCompiler final : public Compiler {
       check(api, api.GetLoweredName(prog, req.kernel.c_str(), &lowered), "nvrtcGetLoweredName");
       out.lowered_name = lowered;  // owned by prog: copy before it is destroyed
     }
-    // Read the log again once the cubin is out: some NVRTC builds have been seen to return it
-    // without ptxas's -v lines right after nvrtcCompileProgram.
+    // The H200 machine's NVRTC (13.0, from PyPI) leaves ptxas's -v lines out of the log at
+    // random, for any options (bench/RESULTS.md): the figures are then unknown. Reading the
+    // log again once the cubin is out costs nothing and keeps them when they come late.
     if (std::string later = program_log(api, prog); later.size() > log.size()) out.log = later;
     out.figures = parse_ptxas_log(out.log, out.lowered_name);
     return out;
