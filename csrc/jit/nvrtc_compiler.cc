@@ -9,6 +9,7 @@
 #include "jit/dynlib.h"
 #include "jit/errors.h"
 #include "jit/rtc_program.h"
+#include "jit/cubin_info.h"
 #include "jit/ptxas_log.h"
 
 namespace ae::jit {
@@ -130,10 +131,15 @@ class NvrtcCompiler final : public Compiler {
       out.lowered_name = lowered;  // owned by prog: copy before it is destroyed
     }
     // The H200 machine's NVRTC (13.0, from PyPI) leaves ptxas's -v lines out of the log at
-    // random, for any options (bench/RESULTS.md): the figures are then unknown. Reading the
-    // log again once the cubin is out costs nothing and keeps them when they come late.
+    // random, for any options (bench/RESULTS.md). Reading the log again once the cubin is out
+    // costs nothing; where the lines are still missing, the cubin's records give the figures.
     if (std::string later = program_log(api, prog); later.size() > log.size()) out.log = later;
     out.figures = parse_ptxas_log(out.log, out.lowered_name);
+    if (out.figures.registers < 0) {  // no ptxas lines: the cubin's own records
+      const KernelFigures log_smem = out.figures;
+      out.figures = figures_from_cubin(out.binary, out.lowered_name);
+      out.figures.smem_bytes = log_smem.smem_bytes;
+    }
     return out;
   }
 };
