@@ -1,0 +1,23 @@
+"""fwd+bwd TFLOPS of attention_engine alone on variants at S=4k (B=4, H=16, D=128, bf16),
+including a learnable relative bias whose table gets a gradient: a quick check of the sm80
+backward on masked and captured-tensor variants (attention_bench.py has the baselines).
+
+    python bench/variant_fwd_bwd.py
+"""
+import torch, triton.testing as tt, attention_engine as ae
+from attention_engine import mods
+B, H, S, D = 4, 16, 4096, 128
+torch.manual_seed(0)
+q, k, v = (torch.randn(B, H, S, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+do = torch.randn_like(q)
+rel = torch.randn(H, 2 * 256 + 1, device="cuda", requires_grad=True)
+cases = [("plain", ae.compile(), 1.0), ("causal", ae.compile(mask_mod=mods.causal), 0.5),
+         ("alibi", ae.compile(mods.alibi(mods.alibi_slopes(H, device="cuda")), mods.causal), 0.5),
+         ("softcap", ae.compile(mods.softcap(30.0), mods.causal), 0.5),
+         ("relbias", ae.compile(mods.relative_bias(rel, 256), mods.causal), 0.5)]
+out = []
+for name, attn, frac in cases:
+    flops = 4 * B * H * S * S * D * frac
+    fb = tt.do_bench(lambda: torch.autograd.grad(attn(q, k, v), (q, k, v), do), warmup=30, rep=200, return_mode="median")
+    out.append(f"{name} {3.5 * flops / fb / 1e9:.0f}")
+print(" | ".join(out), flush=True)
