@@ -35,7 +35,9 @@ def main():
     nvcc, objdump = shutil.which("nvcc"), shutil.which("cuobjdump")
     if not (nvcc and objdump):
         raise SystemExit("needs nvcc and cuobjdump on PATH")
-    info = VARIANTS[args.variant]().variant.kernel_source(args.kind, args.d_qk, args.d_v, True, [])
+    attn = VARIANTS[args.variant]()
+    dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers]
+    info = attn.variant.kernel_source(args.kind, args.d_qk, args.d_v, True, dtypes)
     # AE_TEMPLATE_DIR: the same override the JIT honours, for A/B of template edits
     templates = os.environ.get("AE_TEMPLATE_DIR", os.path.join(HERE, "..", "templates"))
     with tempfile.TemporaryDirectory() as tmp:

@@ -65,7 +65,11 @@ std::vector<std::vector<std::string>> KernelSpec::fallback_options() const {
   std::vector<std::vector<std::string>> out;
   for (int level : {0, -1})
     if (level != reg_level) out.push_back(at_level(level, nullptr));
-  if (kind == Kind::Backward && family == Family::Sm80)  // sm80/bwd.h's kQC: 16 queries
+  // sm80/bwd.h's kQC: 16-query passes, where it would take 32 (128 keys per CTA, and Q's
+  // 16-byte chunks dividing the 256 threads); elsewhere it is 16 already.
+  const int chunks = d_qk / 8;
+  if (kind == Kind::Backward && family == Family::Sm80 && block_n == 128 && 256 % chunks == 0 &&
+      64 % (256 / chunks) == 0)
     for (int level : {-1, 0}) out.push_back(at_level(level, "-DAE_BWD_QUERY_CHUNK=16"));
   return out;
 }
@@ -106,7 +110,11 @@ std::string instantiate(const ir::Variant& variant, const KernelSpec& s) {
       s.kind == Kind::BlockState
           ? std::string()
           : fmt::format("static_assert(Cfg::kSmemBytes == {}, \"host and template disagree on "
-                        "shared memory\");\n", smem_bytes(s));
+                        "shared memory\");\n", smem_bytes(s)) +
+                (s.kind == Kind::Backward  // dq_accum's rows: whole blocks of the host's block_m
+                     ? fmt::format("static_assert(Cfg::kBlockM == {}, \"host and template "
+                                   "disagree on the query block\");\n", s.block_m)
+                     : std::string());
   // An sm80 entry: the config, the smem check, one extern "C" kernel calling `fn`.
   auto sm80_entry = [&](const std::string& cfg, const char* fn) {
     fmt::format_to(out,
@@ -190,9 +198,9 @@ TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, TileHints hints,
     s.block_m = 64;
     s.block_n = dmax <= 128 ? 128 : 64;
     s.stages = 2;  // Q and dO double-buffered
-    // Fully unrolled GEMM loops for every variant that reads no captured tensor sit at the
-    // 255-register edge; level 0 keeps the masked ones (sliding window) unspilled at no
-    // measured cost (H200, plain and causal D128: the same TFLOPS at levels 0 and 5).
+    // The fully unrolled GEMM loops and 32-query S^T passes sit at the 255-register edge;
+    // level 0 keeps most variants unspilled at no measured cost (H200, plain and causal D128:
+    // the same TFLOPS at levels 0 and 5); fallback_options covers the others.
     s.reg_level = 0;
   }
   // Tile overrides for tuning sweeps (bench/tile_sweep.py) until the autotuner exists:

@@ -28,7 +28,9 @@ constexpr uint8_t kSval = 4, kFrameSize = 0x11, kRegCount = 0x2f;
 
 KernelFigures figures_from_cubin(const std::string& b, const std::string& kernel) {
   KernelFigures none;
-  if (b.size() < 64 || std::memcmp(b.data(), "\x7f" "ELF", 4) != 0 || b[4] != 2) return none;
+  // 64-bit little-endian ELF only (what NVRTC writes).
+  if (b.size() < 64 || std::memcmp(b.data(), "\x7f" "ELF", 4) != 0 || b[4] != 2 || b[5] != 1)
+    return none;
   uint64_t shoff = 0;
   uint16_t shentsize = 0, shnum = 0, shstrndx = 0;
   if (!read(b, 0x28, &shoff) || !read(b, 0x3a, &shentsize) || !read(b, 0x3c, &shnum) ||
@@ -40,8 +42,10 @@ KernelFigures figures_from_cubin(const std::string& b, const std::string& kernel
     Section& s = secs[i];
     if (!read(b, at, &s.name) || !read(b, at + 4, &s.type) || !read(b, at + 0x18, &s.off) ||
         !read(b, at + 0x20, &s.size) || !read(b, at + 0x28, &s.link) ||
-        !read(b, at + 0x38, &s.entsize) || s.off > b.size() || b.size() - s.off < s.size)
+        !read(b, at + 0x38, &s.entsize))
       return none;
+    // SHT_NOBITS (8: static shared memory, .bss) takes no bytes in the file.
+    if (s.type != 8 && (s.off > b.size() || b.size() - s.off < s.size)) return none;
   }
   auto cstr = [&](const Section& strtab, uint32_t off) -> std::string {
     if (off >= strtab.size) return {};
@@ -59,14 +63,15 @@ KernelFigures figures_from_cubin(const std::string& b, const std::string& kernel
 
   // Records per function symbol index.
   std::map<uint32_t, KernelFigures> by_symbol;
-  for (uint64_t p = info->off; p + 4 <= info->off + info->size;) {
+  const uint64_t info_end = info->off + info->size;
+  for (uint64_t p = info->off; p + 4 <= info_end;) {
     const uint8_t fmt = static_cast<uint8_t>(b[p]), attr = static_cast<uint8_t>(b[p + 1]);
     uint16_t size = 0;
     if (fmt != kSval) {
       p += 4;
       continue;
     }
-    if (!read(b, p + 2, &size)) return none;
+    if (!read(b, p + 2, &size) || p + 4 + size > info_end) return none;
     uint32_t sym = 0, value = 0;
     if (size >= 8 && read(b, p + 4, &sym) && read(b, p + 8, &value)) {
       if (attr == kRegCount) by_symbol[sym].registers = static_cast<int>(value);
@@ -77,7 +82,8 @@ KernelFigures figures_from_cubin(const std::string& b, const std::string& kernel
   const KernelFigures* chosen = nullptr;
   for (const auto& [sym, f] : by_symbol) {
     uint32_t name_off = 0;
-    if (read(b, symtab->off + uint64_t(sym) * symtab->entsize, &name_off) &&
+    if (uint64_t(sym) < symtab->size / symtab->entsize &&
+        read(b, symtab->off + uint64_t(sym) * symtab->entsize, &name_off) &&
         cstr(secs[symtab->link], name_off) == kernel)
       chosen = &f;
   }

@@ -135,11 +135,8 @@ class NvrtcCompiler final : public Compiler {
     // costs nothing; where the lines are still missing, the cubin's records give the figures.
     if (std::string later = program_log(api, prog); later.size() > log.size()) out.log = later;
     out.figures = parse_ptxas_log(out.log, out.lowered_name);
-    if (out.figures.registers < 0) {  // no ptxas lines: the cubin's own records
-      const KernelFigures log_smem = out.figures;
+    if (out.figures.registers < 0 || out.figures.spill_stores < 0)  // no ptxas lines
       out.figures = figures_from_cubin(out.binary, out.lowered_name);
-      out.figures.smem_bytes = log_smem.smem_bytes;
-    }
     return out;
   }
 };

@@ -1,5 +1,7 @@
 #include "jit/spill_fallback.h"
 
+#include <algorithm>
+
 namespace ae::jit {
 namespace {
 
@@ -7,8 +9,11 @@ bool known(const KernelPtr& k) {
   const KernelFigures& f = k->result.figures;
   return f.spill_stores >= 0 && f.spill_loads >= 0;
 }
+// One measure for figures from ptxas's log and from the cubin (where the frame stands for
+// both spill figures): the largest of them, which is the stack frame in both.
 int spilled_bytes(const KernelPtr& k) {
-  return k->result.figures.spill_stores + k->result.figures.spill_loads;
+  const KernelFigures& f = k->result.figures;
+  return std::max({f.stack_frame, f.spill_stores, f.spill_loads});
 }
 
 }  // namespace

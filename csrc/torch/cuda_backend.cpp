@@ -297,10 +297,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_bac
                      l * 1.4426950408889634)
                .contiguous();
   }
-  // Rows padded to whole query blocks: the kernel adds a block's dQ without row tests.
-  const int64_t dq_rows = (s.q_len + pl.spec.block_m - 1) / pl.spec.block_m * pl.spec.block_m;
-  at::Tensor dq_accum = at::zeros({s.batch, s.q_heads, dq_rows, s.head_dim_qk},
-                                  q.options().dtype(at::kFloat));
   at::Tensor dk = at::empty({s.batch, s.kv_heads, s.kv_len, s.head_dim_qk}, k.options());
   at::Tensor dv = at::empty({s.batch, s.kv_heads, s.kv_len, s.head_dim_v}, v.options());
   std::vector<at::Tensor> grads(buffers.size());
@@ -314,12 +310,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_bac
   strides3(p.do_stride, dout);
   p.delta = delta.defined() ? delta.data_ptr<float>() : nullptr;
   p.lse2 = lse2.defined() ? lse2.data_ptr<float>() : nullptr;
-  p.dq_accum = dq_accum.data_ptr<float>();
   p.dk = dk.data_ptr();
   p.dv = dv.data_ptr();
   strides3(p.dk_stride, dk);
   strides3(p.dv_stride, dv);
   at::Tensor state = block_states(*variant, p, pl.spec, pl.spec.block_m, pl.spec.block_n, buffers, q);
+  // Rows padded to whole query blocks (p.n_q_blocks of block_m, set just above; the template's
+  // kBlockM, which the kernel's row stride uses, is the table's block_m): the kernel adds a
+  // block's dQ without row tests.
+  at::Tensor dq_accum =
+      at::zeros({s.batch, s.q_heads, static_cast<int64_t>(p.n_q_blocks) * pl.spec.block_m,
+                 s.head_dim_qk},
+                q.options().dtype(at::kFloat));
+  p.dq_accum = dq_accum.data_ptr<float>();
   jit::KernelPtr kernel = get_kernel(*variant, pl.spec);
   VariantArgs va = variant_args(buffers, grads);
   void* args[] = {&p, &va};

@@ -342,7 +342,7 @@ struct BwdKernel {
                                                                                    sK, wq);
         // This thread's rows are qd0 + g + 16 mt + 8 r, its columns from 16 wq + 2 t: one
         // 64-bit base and immediates past it. dq_accum's rows are padded to whole query blocks,
-        // so rows past the end need no test (their dS is 0).
+        // so rows past the end need no test (they land in the padding).
         float* dq_base = p.dq_accum + (dq_row0 + q0 + qd0 + g) * Cfg::kDqk + 16 * wq + 2 * t;
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {

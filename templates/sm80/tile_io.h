@@ -27,7 +27,6 @@ AE_DEVICE void load_tile(u16* smem, const u16* gmem, long long ld, int valid_row
 // `kFits` is false and load() is load_tile.
 template <int ROWS, int D, int THREADS>
 struct TileLoader {
-  static constexpr int kDim = D;
   static constexpr int kChunks = D / 8;  // 16-byte chunks per row
   static constexpr bool kFits = THREADS % kChunks == 0 && ROWS % (THREADS / kChunks) == 0;
   static constexpr int kRowStep = kFits ? THREADS / kChunks : 1;  // rows per sweep

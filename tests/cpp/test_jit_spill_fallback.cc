@@ -102,7 +102,14 @@ TEST(SpillFallback, SpecOffersOtherLevelsThenTheSmallerBackwardChunkOnNvidiaOnly
   EXPECT_EQ(s.fallback_options(), std::vector<V>{V{r0}});
   s.kind = codegen::Kind::Backward;
   s.reg_level = 0;
+  s.d_qk = s.d_v = 128;
+  s.block_n = 128;
   EXPECT_EQ(s.fallback_options(), (std::vector<V>{V{}, V{q16}, V{r0, q16}}));
+  s.d_qk = s.d_v = 96;  // kQC is 16 already: no alternatives that compile the same code
+  EXPECT_EQ(s.fallback_options(), std::vector<V>{V{}});
+  s.d_qk = s.d_v = 256;
+  s.block_n = 64;
+  EXPECT_EQ(s.fallback_options(), std::vector<V>{V{}});
   s.arch = "gfx90a";
   EXPECT_TRUE(s.fallback_options().empty());
 }

@@ -520,6 +520,10 @@ def test_unequal_lengths(variant, sq, skv):
     ("relative_bias", BF16, Shape(Hq=8, Hkv=2)),
     ("causal", FP16, Shape(Hq=8, Hkv=2, Dqk=64, Dv=64)),
     ("causal_bottom_right", BF16, Shape(Hq=8, Hkv=2, Sq=1, Skv=4096)),
+    # the backward's block walk: 35 query blocks of 64 per head (windows of 32 states, one
+    # partly past the end), two query heads per CTA, empty blocks skipped within each
+    ("causal", BF16, Shape(B=1, Hq=8, Hkv=2, Sq=2200, Skv=2200)),
+    ("sliding_window", BF16, Shape(B=1, Hq=8, Hkv=2, Sq=2200, Skv=2200)),
 ], ids=_id)
 def test_gqa_4_to_1(variant, dtype, shape):
     check_case(variant, shape, dtype)
