@@ -206,8 +206,6 @@ std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& d
   s += "struct Variant {\n  const ae::VariantArgs& va;\n";
   fmt::format_to(out, "  static constexpr bool kIdentity = {};\n", identity ? "true" : "false");
   fmt::format_to(out, "  static constexpr bool kHasMask = {};\n", has_mask ? "true" : "false");
-  // Whether score_mod or mask_mod reads a captured tensor (costs registers in the kernels).
-  fmt::format_to(out, "  static constexpr bool kReadsBuffers = {};\n", f.buffers.empty() ? "false" : "true");
   fmt::format_to(out, "  static constexpr bool kSoftmax = {};\n\n",
                  f.normalize == ir::Normalize::Softmax ? "true" : "false");
 

@@ -130,10 +130,9 @@ class NvrtcCompiler final : public Compiler {
       check(api, api.GetLoweredName(prog, req.kernel.c_str(), &lowered), "nvrtcGetLoweredName");
       out.lowered_name = lowered;  // owned by prog: copy before it is destroyed
     }
-    // The H200 machine's NVRTC (13.0, from PyPI) leaves ptxas's -v lines out of the log at
-    // random, for any options (bench/RESULTS.md). Reading the log again once the cubin is out
-    // costs nothing; where the lines are still missing, the cubin's records give the figures.
-    if (std::string later = program_log(api, prog); later.size() > log.size()) out.log = later;
+    // The H200 machine's NVRTC (13.0, from PyPI) leaves ptxas's -v lines out of the log for
+    // PTX it has built before (a cache below NVRTC, it seems: bench/RESULTS.md); then the
+    // cubin's own records give the figures.
     out.figures = parse_ptxas_log(out.log, out.lowered_name);
     if (out.figures.registers < 0 || out.figures.spill_stores < 0)  // no ptxas lines
       out.figures = figures_from_cubin(out.binary, out.lowered_name);

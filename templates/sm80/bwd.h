@@ -215,7 +215,7 @@ struct BwdKernel {
     };
     const bool walk_states = Variant::kHasMask && p.block_state;  // no mask, no table
     auto load_window = [&](Walk& w) {
-      const int m = w.base + threadIdx.x % 32;
+      const int m = w.base + lane;
       const unsigned char* col = p.block_state + b * p.state_stride_b +
                                  (h_kv * p.group + w.hq_off) * p.state_stride_h + n_block;
       const int code = m < p.n_q_blocks ? col[static_cast<long long>(m) * p.n_kv_blocks] : 0;
