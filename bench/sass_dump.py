@@ -19,7 +19,7 @@ from attention_engine import mods
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VARIANTS = {"plain": lambda: ae.compile(), "causal": lambda: ae.compile(mask_mod=mods.causal),
-            "softcap": lambda: ae.compile(mods.softcap(30.0)),
+            "softcap": lambda: ae.compile(mods.softcap(30.0), mods.causal),  # as attention_bench
             "sigmoid": lambda: ae.compile(mods.sigmoid(-4.0), normalize="none"),
             "alibi": lambda: ae.compile(mods.alibi(mods.alibi_slopes(16)), mods.causal)}
 

@@ -1,9 +1,12 @@
-"""fwd+bwd TFLOPS of attention_engine alone on variants at S=4k (B=4, H=16, D=128, bf16),
-including a learnable relative bias whose table gets a gradient: a quick check of the sm80
-backward on masked and captured-tensor variants (attention_bench.py has the baselines).
+"""TFLOPS of attention_engine alone on variants at S=4k (B=4, H=16, D=128, bf16), including a
+learnable relative bias whose table gets a gradient: forward with the sm90 template, with the
+sm80 one (AE_DISABLE_SM90=1), and forward+backward (sm80 backward), as "fwd90/fwd80/fwd+bwd".
+A quick check of the templates on masked and captured-tensor variants (attention_bench.py
+has the baselines).
 
     python bench/variant_fwd_bwd.py
 """
+import os
 import torch, triton.testing as tt, attention_engine as ae
 from attention_engine import mods
 B, H, S, D = 4, 16, 4096, 128
@@ -18,6 +21,12 @@ cases = [("plain", ae.compile(), 1.0), ("causal", ae.compile(mask_mod=mods.causa
 out = []
 for name, attn, frac in cases:
     flops = 4 * B * H * S * S * D * frac
+    fwd = []
+    for sm80 in ("0", "1"):  # read per call (cuda_backend's plan)
+        os.environ["AE_DISABLE_SM90"] = sm80
+        with torch.no_grad():
+            fwd.append(tt.do_bench(lambda: attn(q, k, v), warmup=30, rep=200, return_mode="median"))
+    os.environ["AE_DISABLE_SM90"] = "0"
     fb = tt.do_bench(lambda: torch.autograd.grad(attn(q, k, v), (q, k, v), do), warmup=30, rep=200, return_mode="median")
-    out.append(f"{name} {3.5 * flops / fb / 1e9:.0f}")
+    out.append(f"{name} {flops / fwd[0] / 1e9:.0f}/{flops / fwd[1] / 1e9:.0f}/{3.5 * flops / fb / 1e9:.0f}")
 print(" | ".join(out), flush=True)

@@ -8,6 +8,7 @@
 #include <iterator>
 #include <stdexcept>
 
+#include "codegen/score_scales.h"
 #include "ir/error.h"
 
 namespace ae::codegen {
@@ -164,20 +165,21 @@ std::string expr(const Graph& g, int id, const std::vector<std::string>& dtypes)
   throw ir::GraphError("codegen: unknown op");
 }
 
-// The statements computing `roots` (and what they need), in graph order.
+// The statements computing `roots` (and what they need), in graph order. Node `arg` (if any)
+// is the function's `score` argument (the score times ScoreScales::in).
 std::string statements(const Graph& g, const std::vector<int>& roots,
-                       const std::vector<std::string>& dtypes) {
+                       const std::vector<std::string>& dtypes, int arg = -1) {
   std::vector<bool> need(g.nodes.size(), false);
   for (int r : roots) need[r] = true;
   for (size_t i = g.nodes.size(); i-- > 0;)
-    if (need[i])
+    if (need[i] && static_cast<int>(i) != arg)
       for (int a : g.nodes[i].args) need[a] = true;
   std::string s;
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     if (!need[i]) continue;
     const Node& n = g.nodes[i];
     fmt::format_to(std::back_inserter(s), "    const {} {} = {};", ctype(n.type), name(i),
-                   expr(g, static_cast<int>(i), dtypes));
+                   static_cast<int>(i) == arg ? "score" : expr(g, static_cast<int>(i), dtypes));
     if (!n.loc.empty()) {
       std::string loc = n.loc;
       for (char& c : loc)
@@ -191,12 +193,16 @@ std::string statements(const Graph& g, const std::vector<int>& roots,
 
 }  // namespace
 
-std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& dtypes) {
+std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& dtypes,
+                         const std::vector<bool>& buffer_grads) {
   const Graph& f = v.forward;
   const Graph& bw = v.backward;
   if (dtypes.size() != f.buffers.size())
     throw ir::GraphError(fmt::format("codegen: {} buffer dtypes for {} captured tensors",
                                      dtypes.size(), f.buffers.size()));
+  if (!buffer_grads.empty() && buffer_grads.size() != f.buffers.size())
+    throw ir::GraphError(fmt::format("codegen: {} buffer gradient flags for {} captured tensors",
+                                     buffer_grads.size(), f.buffers.size()));
   const int score = f.output("score"), mask = f.output("mask");
   const bool identity = !v.analysis.has_score_mod;
   const bool has_mask = mask >= 0 && v.analysis.has_mask;
@@ -206,12 +212,18 @@ std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& d
   s += "struct Variant {\n  const ae::VariantArgs& va;\n";
   fmt::format_to(out, "  static constexpr bool kIdentity = {};\n", identity ? "true" : "false");
   fmt::format_to(out, "  static constexpr bool kHasMask = {};\n", has_mask ? "true" : "false");
-  fmt::format_to(out, "  static constexpr bool kSoftmax = {};\n\n",
+  fmt::format_to(out, "  static constexpr bool kSoftmax = {};\n",
                  f.normalize == ir::Normalize::Softmax ? "true" : "false");
+  // The score_mod is kOutScale * score(kInScale * s) and grad takes kInScale * s as well:
+  // the templates fold both factors into multiplies they do anyway (score_scales.h).
+  const ScoreScales sc = find_score_scales(v);
+  fmt::format_to(out, "  static constexpr float kInScale = {}, kOutScale = {};\n\n",
+                 float_literal(sc.in), float_literal(sc.out));
 
+  const int score_root = sc.out_inner >= 0 ? sc.out_inner : score;
   s += "  AE_DEVICE float score(float score, int b, int h, int q_idx, int kv_idx) const {\n";
-  s += statements(f, {score}, dtypes);
-  fmt::format_to(out, "    return {};\n  }}\n\n", name(score));
+  s += statements(f, {score_root}, dtypes, sc.in_fwd);
+  fmt::format_to(out, "    return {};\n  }}\n\n", conv(f, score_root, DType::Float));
 
   s += "  AE_DEVICE bool mask(int b, int h, int q_idx, int kv_idx) const {\n";
   if (has_mask) {
@@ -221,32 +233,33 @@ std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& d
     s += "    return true;\n  }\n\n";
   }
 
-  // Backward: dx * d score_mod / d score; with add_buffer_grads, also
-  // grad[buffer][index] += dx * d score_mod / d value for every load of a float buffer.
-  s += "  AE_DEVICE float grad(float score, int b, int h, int q_idx, int kv_idx, float dx,\n"
-       "                       bool add_buffer_grads) const {\n";
-  std::vector<int> roots = {bw.output("d_score")};
+  // Backward: dx * d score_mod / d score, and grad[buffer][index] += dx * d score_mod / d value
+  // for every load of a buffer in buffer_grads. Only those: an atomic is a store the compiler
+  // must order the variant's loads around (ALiBi's slope was reloaded per score), so a
+  // kernel for tensors without gradients has none.
+  s += "  AE_DEVICE float grad(float score, int b, int h, int q_idx, int kv_idx, float dx) const {\n";
+  std::vector<const ir::Output*> d_loads;
   for (const ir::Output& o : bw.outputs)
     if (o.name == "d_load") {
-      roots.push_back(o.node);
-      roots.push_back(o.load);  // its index expressions
+      const int buffer = bw.nodes[o.load].index;
+      if (buffer < static_cast<int>(buffer_grads.size()) && buffer_grads[buffer]) d_loads.push_back(&o);
     }
-  s += statements(bw, roots, dtypes);
-  bool any = false;
-  for (const ir::Output& o : bw.outputs) {
-    if (o.name != "d_load") continue;
-    if (!any) s += "    if (add_buffer_grads) {\n";
-    any = true;
-    const Node& ld = bw.nodes[o.load];
+  std::vector<int> roots = {bw.output("d_score")};
+  for (const ir::Output* o : d_loads) {
+    roots.push_back(o->node);
+    roots.push_back(o->load);  // its index expressions
+  }
+  s += statements(bw, roots, dtypes, sc.in_bw);
+  for (const ir::Output* o : d_loads) {
+    const Node& ld = bw.nodes[o->load];
     std::string idx;
     for (size_t i = 0; i < ld.args.size(); ++i)
       idx += fmt::format("{}static_cast<long long>({})", i ? ", " : "", name(ld.args[i]));
     const std::string off = ld.args.empty() ? "0"
         : fmt::format("ae::grad_offset<{}>(va.buf[{}], {{{}}})", ld.args.size(), ld.index, idx);
-    fmt::format_to(out, "      if (va.buf[{0}].grad) atomicAdd(va.buf[{0}].grad + {1}, dx * {2});\n",
-                   ld.index, off, name(o.node));
+    fmt::format_to(out, "    atomicAdd(va.buf[{}].grad + {}, dx * {});\n", ld.index, off,
+                   name(o->node));
   }
-  if (any) s += "    }\n";
   fmt::format_to(out, "    return dx * {};\n  }}\n}};\n", name(bw.output("d_score")));
   return s;
 }

@@ -12,6 +12,8 @@
 namespace ae::codegen {
 
 // buffer_dtypes: the torch dtype name of each captured tensor at call time ("float32", ...).
-std::string emit_variant(const ir::Variant& variant, const std::vector<std::string>& buffer_dtypes);
+// buffer_grads: which captured tensors the backward adds gradients into (empty: none).
+std::string emit_variant(const ir::Variant& variant, const std::vector<std::string>& buffer_dtypes,
+                         const std::vector<bool>& buffer_grads = {});
 
 }  // namespace ae::codegen

@@ -37,14 +37,17 @@ TileChoice checked_smem(TileChoice c, int smem_limit) {
 std::string KernelSpec::entry() const { return fmt::format("ae_{}", kind_name(kind)); }
 
 std::string KernelSpec::describe() const {
-  return fmt::format("{}{} {} {} d{}/{} {}x{} w{}{}{}{}{}", kind_name(kind),
+  std::string grads;  // the captured tensors the backward adds gradients into
+  for (size_t i = 0; i < buffer_grads.size(); ++i)
+    if (buffer_grads[i]) grads += fmt::format("{}{}", grads.empty() ? " dbuf" : ",", i);
+  return fmt::format("{}{} {} {} d{}/{} {}x{} w{}{}{}{}{}{}", kind_name(kind),
                      family == Family::Sm90 ? "90" : "", arch, bf16 ? "bf16" : "fp16", d_qk, d_v,
                      block_m, block_n, warps, m_tiles > 1 ? fmt::format(" mt{}", m_tiles) : "",
                      kind == Kind::Backward ? fmt::format(" s{}", stages) : "",
                      family == Family::Sm90 ? fmt::format(" s{}{}{}", stages, overlap ? " ov" : "",
                                                           overlap && pingpong ? " pp" : "")
                                             : "",
-                     reg_level >= 0 ? fmt::format(" r{}", reg_level) : "");
+                     reg_level >= 0 ? fmt::format(" r{}", reg_level) : "", grads);
 }
 
 std::vector<std::string> KernelSpec::compile_options() const {
@@ -102,7 +105,7 @@ std::string instantiate(const ir::Variant& variant, const KernelSpec& s) {
     case Kind::BlockState: src += "#include \"common/block_state.h\"\n"; break;
   }
   src += "#include \"common/variant_support.h\"\n\nnamespace {\n\n";
-  src += emit_variant(variant, s.buffer_dtypes);
+  src += emit_variant(variant, s.buffer_dtypes, s.buffer_grads);
   src += "\n}  // namespace\n\n";
   const char* elem = s.bf16 ? "true" : "false";
   // The host launches with smem_bytes(s); the template must agree (checked when compiled).

@@ -31,10 +31,12 @@ struct KernelSpec {
   // loads ahead of their use: what lets a template at the 255-register edge fit unspilled.
   int reg_level = -1;
   std::vector<std::string> buffer_dtypes;
+  // Backward: which captured tensors get gradients (atomics only for those; empty: none).
+  std::vector<bool> buffer_grads;
 
   int threads() const { return 32 * warps; }
   std::string entry() const;        // the extern "C" kernel name
-  std::string describe() const;     // "fwd sm_80 bf16 d128/128 128x64 w4 mt2 r3"
+  std::string describe() const;     // "fwd sm_80 bf16 d128/128 128x64 w4 mt2 r3" ("dbuf0": grads)
   // Compiler options the instantiation needs besides the engine's own (jit::base_options).
   std::vector<std::string> compile_options() const;
   // The compile options to try instead, in order, when the instantiation spills with its own

@@ -54,6 +54,49 @@ int simplify(const Graph& g, const Node& n) {
   }
 }
 
+// x * c or c * x or x / c (float x, c a finite nonzero float constant): x's node and the
+// factor as a fraction num / den, or false.
+bool const_factor(const Graph& g, const Node& n, int* x, double* num, double* den) {
+  if (n.type != DType::Float || (n.op != Op::Mul && n.op != Op::Div)) return false;
+  auto factor = [&](int id, double* v) {
+    const Node& c = g.nodes[id];
+    if (c.op != Op::Const || c.type != DType::Float || !std::isfinite(c.fvalue) || c.fvalue == 0)
+      return false;
+    *v = c.fvalue;
+    return true;
+  };
+  double c;
+  const int a = n.args[0], b = n.args[1];
+  if (factor(b, &c) && g.nodes[a].type == DType::Float) {
+    *x = a;
+    *num = n.op == Op::Mul ? c : 1.0;
+    *den = n.op == Op::Mul ? 1.0 : c;
+    return true;
+  }
+  if (n.op == Op::Mul && factor(a, &c) && g.nodes[b].type == DType::Float) {
+    *x = b, *num = c, *den = 1.0;
+    return true;
+  }
+  return false;
+}
+
+// (x * c1) / c2, (x / c1) * c2, ...: x times one constant, computed in double. Autodiff
+// writes such chains (softcap's derivative: cap * (1 - t^2) / cap, which then folds to
+// 1 - t^2), and each link is a multiply per score in a kernel. Changes the result by float
+// rounding only. False when n is no such chain.
+bool reassociate(Graph& g, Node& n) {
+  int x, y;
+  double n1, d1, n2, d2;
+  if (!const_factor(g, n, &x, &n1, &d1) || !const_factor(g, g.nodes[x], &y, &n2, &d2))
+    return false;
+  const double f = (n1 * n2) / (d1 * d2);
+  const float f32 = static_cast<float>(f);  // kernels multiply in float
+  if (!std::isfinite(f32) || std::fabs(f32) < 1.17549435e-38f) return false;
+  n.op = Op::Mul;
+  n.args = {y, g.add_const(DType::Float, f)};
+  return true;
+}
+
 }  // namespace
 
 Graph fold_constants(const Graph& g) {
@@ -80,6 +123,7 @@ Graph fold_constants(const Graph& g) {
       remap[i] = r.add(std::move(c));
       continue;
     }
+    reassociate(r, n);  // n's arguments are folded already: one step collapses a chain
     int same = info.arity > 0 ? simplify(r, n) : -1;
     remap[i] = same >= 0 ? same : r.add(std::move(n));
   }

@@ -42,7 +42,8 @@ void bind_ir(pybind11::module_& m) {
       .def_property_readonly("num_nodes", [](const VariantHandle& h) { return h.variant->forward.nodes.size(); })
       .def("kernel_source",
            [](const VariantHandle& h, const std::string& kind, int d_qk, int d_v, bool bf16,
-              const std::vector<std::string>& buffer_dtypes, const std::string& arch) {
+              const std::vector<std::string>& buffer_dtypes, const std::string& arch,
+              const std::vector<bool>& buffer_grads) {
              if (kind != "fwd" && kind != "bwd" && kind != "block_state" && kind != "fwd90")
                throw ir::GraphError("kernel kind must be fwd, fwd90, bwd or block_state, not " +
                                     kind);
@@ -60,6 +61,7 @@ void bind_ir(pybind11::module_& m) {
              c.spec.kind = k;
              c.spec.arch = kind == "fwd90" ? "sm_90a" : arch;
              c.spec.buffer_dtypes = buffer_dtypes;
+             if (k == codegen::Kind::Backward) c.spec.buffer_grads = buffer_grads;
              pyb::dict d;
              d["source"] = codegen::instantiate(*h.variant, c.spec);
              d["entry"] = c.spec.entry();
@@ -72,8 +74,9 @@ void bind_ir(pybind11::module_& m) {
            },
            pyb::arg("kind"), pyb::arg("d_qk"), pyb::arg("d_v"), pyb::arg("bf16") = true,
            pyb::arg("buffer_dtypes") = std::vector<std::string>{}, pyb::arg("arch") = "sm_80",
+           pyb::arg("buffer_grads") = std::vector<bool>{},
            "The generated kernel source for one instantiation (kind: fwd, fwd90 (always sm_90a), "
-           "bwd, block_state).");
+           "bwd, block_state); buffer_grads: for bwd, which captured tensors get gradients.");
 
   m.def("backend_for", &torch_ops::backend_for, pyb::arg("q"), pyb::arg("k"), pyb::arg("v"),
         pyb::arg("buffers"), pyb::arg("key"));

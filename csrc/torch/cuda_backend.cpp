@@ -208,6 +208,7 @@ at::Tensor block_states(const ir::Variant& v, AttnParams& p, const KernelSpec& s
     state = at::empty({nb * nh, p.n_q_blocks, p.n_kv_blocks}, like.options().dtype(at::kByte));
     KernelSpec bs = spec;
     bs.kind = Kind::BlockState;
+    bs.buffer_grads.clear();
     jit::KernelPtr kernel = get_kernel(v, bs);
     VariantArgs va = variant_args(buffers);
     unsigned char* out = state.data_ptr<unsigned char>();
@@ -323,6 +324,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_bac
                  s.head_dim_qk},
                 q.options().dtype(at::kFloat));
   p.dq_accum = dq_accum.data_ptr<float>();
+  pl.spec.buffer_grads.assign(buffers.size(), false);  // atomics only for these (codegen)
+  for (size_t i = 0; i < buffers.size(); ++i) pl.spec.buffer_grads[i] = grads[i].defined();
   jit::KernelPtr kernel = get_kernel(*variant, pl.spec);
   VariantArgs va = variant_args(buffers, grads);
   void* args[] = {&p, &va};

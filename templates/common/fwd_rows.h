@@ -39,8 +39,8 @@ struct BlockRow {
 };
 
 // Score mod, mask and bounds for one 16-row tile whose thread rows start at row0 (this
-// thread's first row), columns at col0 (this thread's first column). Results are in the log2
-// domain (softmax) or P itself (normalize = none).
+// thread's first row), columns at col0 (this thread's first column). Results are the scores
+// that softmax_step multiplies by softmax_scale() (softmax), or P itself (normalize = none).
 // kRaw: plain softmax scores on tiles without checks are left as they are, for softmax_step
 // to scale inside its exp2 (one FFMA per score instead of an FMUL and an FADD).
 template <bool kCheck, bool kRaw = false, class Variant, int kN8>
@@ -56,8 +56,8 @@ AE_DEVICE void score_transform(const AttnParams& p, const Variant& var, float (&
       if constexpr (Variant::kIdentity) {
         x = Variant::kSoftmax ? s[nt][e] * p.scale_log2 : s[nt][e] * p.scale;
       } else {
-        x = var.score(s[nt][e] * p.scale, b, h, q_idx, kv_idx);
-        if constexpr (Variant::kSoftmax) x *= kLog2e;
+        // Variant::kOutScale and log2(e): softmax_scale
+        x = var.score(s[nt][e] * (p.scale * Variant::kInScale), b, h, q_idx, kv_idx);
       }
       if constexpr (kCheck) {
         bool keep = q_idx < p.q_len && kv_idx < p.kv_len;
@@ -67,6 +67,15 @@ AE_DEVICE void score_transform(const AttnParams& p, const Variant& var, float (&
       s[nt][e] = x;
     }
   }
+}
+
+// The factor softmax_step applies to score_transform's scores (positive): the softmax scale
+// times log2(e) for raw plain scores (raw: kRaw without checks), 1 for plain scores scaled
+// already, and log2(e) times the score_mod's constant outer factor for its output: the FFMA
+// in front of exp2 applies it instead of multiplies per score.
+template <class Variant>
+AE_DEVICE float softmax_scale(const AttnParams& p, bool raw) {
+  return !Variant::kIdentity ? kLog2e * Variant::kOutScale : raw ? p.scale_log2 : 1.f;
 }
 
 // One online-softmax step for a 16-row tile: s becomes P (unnormalized), and alpha the

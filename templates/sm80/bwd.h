@@ -133,7 +133,8 @@ struct BwdKernel {
   }
 
   // S^T becomes P^T and dP^T becomes dS^T, element by element, for this warp's keys from
-  // key0 and queries from q0 + qc. kCheck && check: the tile needs the bounds and the mask.
+  // key0 and queries from q0 + qc. kCheck && check: the tile needs the bounds and the mask;
+  // !kCheck: a copy without them, for blocks that need no check.
   template <bool kCheck>
   AE_DEVICE void p_and_ds(float (&st)[2][kQ8][4], float (&dpt)[2][kQ8][4], const float* sLse,
                           const float* sDelta, int b, int hq, int key0, int q0, int qc,
@@ -154,14 +155,16 @@ struct BwdKernel {
             if constexpr (Variant::kHasMask) keep = keep && var.mask(b, hq, q_idx, key);
           }
           float prob, dx, s = 0.f;
-          if constexpr (!kCheck) {  // plain softmax: one FFMA, one MUFU
+          if constexpr (!kCheck && Variant::kIdentity && Variant::kSoftmax) {  // one FFMA, one MUFU
             prob = fast_exp2(st[mt][nt][e] * p.scale_log2 - lse_e);
             dx = prob * (dpt[mt][nt][e] - sDelta[ql]);
           } else {
-            s = st[mt][nt][e] * p.scale;
+            // The score times the score_mod's constant inner factor (generated code takes it
+            // so), and its outer one folded into exp2's FFMA (codegen/score_scales.h).
+            s = st[mt][nt][e] * (p.scale * Variant::kInScale);
             const float x = Variant::kIdentity ? s : var.score(s, b, hq, q_idx, key);
             if constexpr (Variant::kSoftmax) {
-              prob = keep ? fast_exp2(x * kLog2e - lse_e) : 0.f;
+              prob = keep ? fast_exp2(x * (kLog2e * Variant::kOutScale) - lse_e) : 0.f;
               dx = prob * (dpt[mt][nt][e] - sDelta[ql]);
             } else {
               prob = keep ? x : 0.f;
@@ -170,7 +173,7 @@ struct BwdKernel {
           }
           float ds = dx;
           if constexpr (!Variant::kIdentity)
-            ds = dx == 0.f ? 0.f : var.grad(s, b, hq, q_idx, key, dx, true);
+            ds = dx == 0.f ? 0.f : var.grad(s, b, hq, q_idx, key, dx);
           st[mt][nt][e] = prob;
           dpt[mt][nt][e] = ds;
         }
@@ -303,10 +306,9 @@ struct BwdKernel {
         float st[2][kQ8][4], dpt[2][kQ8][4];
         mma_rows<Cfg::kDqk, Cfg::kLdQK>(st, sK, kw0, sQ, qc);
         mma_rows<Cfg::kDv, Cfg::kLdV>(dpt, sV, kw0, sdO, qc);
-        // A check-free copy of the element loop for plain softmax scores on blocks that need
-        // no check (masked variants too, at register-usage level 0): one FFMA and one MUFU per
-        // score. Variants with a score_mod keep one copy: a second cost registers (it spilled).
-        if (Variant::kIdentity && Variant::kSoftmax && !check)
+        // A check-free copy of the element loop for blocks that need no check: the mask and
+        // the bounds cost a few instructions per score (plain softmax: one FFMA and one MUFU).
+        if (!check)
           p_and_ds<false>(st, dpt, sLse, sDelta, b, hq, k0 + kw0, q0, qc, false);
         else
           p_and_ds<true>(st, dpt, sLse, sDelta, b, hq, k0 + kw0, q0, qc, check);

@@ -156,7 +156,7 @@ struct FwdKernel {
       }
 
       if constexpr (Variant::kSoftmax) {
-        const float scale = kRaw && !check ? p.scale_log2 : 1.f;
+        const float scale = rows::softmax_scale<Variant>(p, kRaw && !check);
 #pragma unroll
         for (int mt = 0; mt < kMT; ++mt)
           rows::online_softmax(s[mt], o[mt], m_run[mt], l_run[mt], scale);

@@ -160,7 +160,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
     if (check) rows::score_transform<true>(p, var, s, b, h, row0, kv0 + 2 * (lane % 4));
     else rows::score_transform<false, true>(p, var, s, b, h, row0, kv0 + 2 * (lane % 4));
     if constexpr (Variant::kSoftmax)
-      rows::softmax_step(s, m_run, l_run, alpha, kRaw && !check ? p.scale_log2 : 1.f);
+      rows::softmax_step(s, m_run, l_run, alpha, rows::softmax_scale<Variant>(p, kRaw && !check));
   };
 
   // P V of the block in ring slot `it` (P in pa), issued asynchronously (one commit group).

@@ -44,6 +44,33 @@ TEST(Fold, IdentitiesAndWhereOnConstant) {
   EXPECT_EQ(g.nodes.size(), 1u);
 }
 
+TEST(Fold, ConstantFactorChainsBecomeOneMultiply) {
+  TraceBuilder t;
+  int s = t.param("score");
+  // (cap * x) / cap, as autodiff writes softcap's derivative: x itself
+  int x = t.op("tanh", {s});
+  int a = t.op("div", {t.op("mul", {t.fconst(30.0), x}), t.fconst(30.0)});
+  // ((s * 2) / 8) * 3: s * 0.75
+  int b = t.op("mul", {t.op("div", {t.op("mul", {s, t.fconst(2.0)}), t.fconst(8.0)}), t.fconst(3.0)});
+  t.score(t.op("add", {a, b}));
+  Graph g = optimize(parse_trace(t.str()));
+  EXPECT_EQ(count_op(g, Op::Div), 0);
+  ASSERT_EQ(count_op(g, Op::Mul), 1);
+  const Node& add = g.nodes[g.output("score")];
+  EXPECT_EQ(g.nodes[add.args[0]].op, Op::Tanh);
+  const Node& mul = g.nodes[add.args[1]];
+  EXPECT_EQ(g.nodes[mul.args[0]].op, Op::Param);
+  EXPECT_EQ(g.nodes[mul.args[1]].fvalue, 0.75);
+}
+
+TEST(Fold, ConstantFactorsStayApartWhereFloatCannotHoldTheProduct) {
+  TraceBuilder t;
+  int s = t.param("score");
+  t.score(t.op("mul", {t.op("mul", {s, t.fconst(1e30)}), t.fconst(1e30)}));
+  Graph g = optimize(parse_trace(t.str()));
+  EXPECT_EQ(count_op(g, Op::Mul), 2);
+}
+
 TEST(Fold, NeverFoldsTimesZero) {
   TraceBuilder t;
   int s = t.param("score");

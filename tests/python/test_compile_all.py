@@ -53,7 +53,8 @@ def test_instantiation_compiles_without_spills(case):
     bf16 = rest[0] if rest else True
     attn = VARIANTS[name]()
     dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers]
-    info = attn.variant.kernel_source(kind, d_qk, d_v, bf16, dtypes)
+    grads = [t.requires_grad for t in attn.buffers] if kind == "bwd" else []  # as the tests run
+    info = attn.variant.kernel_source(kind, d_qk, d_v, bf16, dtypes, buffer_grads=grads)
     arches = ["sm_90a"] if kind == "fwd90" else ["sm_80", "sm_90a"]  # wgmma and TMA: sm_90a only
     for arch in arches:
         # The runtime (get_kernel) compiles at the table's options and, on a spill, at the
@@ -77,6 +78,18 @@ def test_generated_source_is_readable():
     assert "struct Variant" in src and 'extern "C" __global__' in src
     # one statement per graph node, named after it, with the user's line
     assert "const float n" in src and "mods.py" in src
+
+
+def test_backward_adds_gradients_only_into_tensors_that_want_them():
+    # Gradient atomics are stores the compiler must order the variant's loads around, so a
+    # backward for captured tensors without gradients has none (and is a kernel of its own).
+    rel = VARIANTS["relative_bias"]()
+    without = rel.variant.kernel_source("bwd", 128, 128, True, ["float32"])
+    with_grad = rel.variant.kernel_source("bwd", 128, 128, True, ["float32"], buffer_grads=[True])
+    assert "atomicAdd" not in without["source"] and "atomicAdd(va.buf[0].grad" in with_grad["source"]
+    assert " dbuf0" in with_grad["describe"] and "dbuf" not in without["describe"]
+    with pytest.raises(ae.GraphError, match="gradient flags"):
+        rel.variant.kernel_source("bwd", 128, 128, True, ["float32"], buffer_grads=[True, False])
 
 
 def test_sm90_tile_table_refuses_unsupported_head_dims():
