@@ -1,15 +1,19 @@
-"""TFLOPS of attention_engine alone on variants at S=4k (B=4, H=16, D=128, bf16), including a
+"""TFLOPS of attention_engine alone on variants at S=4k (B=4, H=16, D=128, bf16; --seq), including a
 learnable relative bias whose table gets a gradient: forward with the sm90 template, with the
 sm80 one (AE_DISABLE_SM90=1), and forward+backward (sm80 backward), as "fwd90/fwd80/fwd+bwd".
 A quick check of the templates on masked and captured-tensor variants (attention_bench.py
 has the baselines).
 
-    python bench/variant_fwd_bwd.py
+    python bench/variant_fwd_bwd.py [--seq 16384]   (B = 16384 / seq)
 """
+import argparse
 import os
 import torch, triton.testing as tt, attention_engine as ae
 from attention_engine import mods
-B, H, S, D = 4, 16, 4096, 128
+ap = argparse.ArgumentParser()
+ap.add_argument("--seq", type=int, default=4096)
+S = ap.parse_args().seq
+B, H, D = max(1, 16384 // S), 16, 128
 torch.manual_seed(0)
 q, k, v = (torch.randn(B, H, S, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
 do = torch.randn_like(q)

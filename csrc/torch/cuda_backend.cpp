@@ -7,6 +7,7 @@
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <limits>
 #include <map>
@@ -151,6 +152,19 @@ AttnParams base_params(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   return p;
 }
 
+// The forward's p.head_group (templates/common/grid_order.h). Without a mask every CTA does
+// the same work and one head at a time keeps K and V in L2 best: 1. With one, as many heads
+// as fit their K and V, per_head bytes each, into a budget of L2. Measured on the H200
+// (bench/RESULTS.md): the sm90 forward did best at 8 MB (4 heads at 4k tokens, 1 at 16k), the
+// sm80 one, at half its speed and so half the bandwidth, with 32 MB (16 and 4).
+// AE_HEAD_GROUP=N sets N, for experiments.
+int head_group(codegen::Family family, bool masked, long long per_head, int heads) {
+  if (const char* e = std::getenv("AE_HEAD_GROUP"); e && *e) return std::max(1, std::atoi(e));
+  if (!masked) return 1;
+  const long long budget = (family == codegen::Family::Sm90 ? 8ll : 32ll) << 20;
+  return static_cast<int>(std::clamp<long long>(budget / std::max(1ll, per_head), 1, heads));
+}
+
 VariantArgs variant_args(const std::vector<at::Tensor>& buffers,
                          const std::vector<at::Tensor>& grads = {}) {
   VariantArgs va{};
@@ -251,6 +265,8 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q_in, const at
   p.o = out.data_ptr();
   strides3(p.o_stride, out);
   p.lse = lse.data_ptr<float>();
+  const long long kv_bytes = s.kv_len * (s.head_dim_qk + s.head_dim_v) * 2 / s.group();
+  p.head_group = head_group(pl.spec.family, variant->analysis.has_mask, kv_bytes, p.q_heads);
   at::Tensor state = block_states(*variant, p, pl.spec, pl.spec.block_m, pl.spec.block_n, buffers, q);
   jit::KernelPtr kernel = get_kernel(*variant, pl.spec);
   VariantArgs va = variant_args(buffers);

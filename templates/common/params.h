@@ -42,6 +42,7 @@ struct AttnParams {
   const unsigned char* block_state;
   long long state_stride_b, state_stride_h;
   int n_q_blocks, n_kv_blocks;
+  int head_group;  // forward: CTAs take the heads of a group fastest (common/grid_order.h)
   int batch, q_heads, kv_heads, group, q_len, kv_len;
   float scale;       // applied to q.k
   float scale_log2;  // scale * log2(e), for variants without a score_mod

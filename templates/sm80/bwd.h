@@ -183,6 +183,7 @@ struct BwdKernel {
 
   AE_DEVICE void run(char* smem_raw) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    // blockIdx as it comes (grid_order.h's groups cost registers this kernel does not have)
     const int n_block = blockIdx.x, h_kv = blockIdx.y, b = blockIdx.z;
     const int k0 = n_block * Cfg::kBlockN;
     const int kw0 = (warp % Cfg::kWarpsN) * 32;  // this warp's keys (S^T, dK, dV)

@@ -10,6 +10,7 @@
 #pragma once
 
 #include "common/fwd_rows.h"
+#include "common/grid_order.h"
 #include "common/params.h"
 #include "sm80/tile_io.h"
 
@@ -37,15 +38,13 @@ struct FwdKernel {
 
   const AttnParams& p;
   const Variant& var;
-  int b, h, q0, kv0;
+  int kv0;
 
   AE_DEVICE void run(char* smem_raw) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int m_block = p.n_q_blocks - 1 - blockIdx.x;  // longest rows first under causal masks
-    h = blockIdx.y;
-    b = blockIdx.z;
-    q0 = m_block * Cfg::kBlockM;
-    const int h_kv = h / p.group;
+    const GridPos pos = heads_fastest(p);
+    const int m_block = p.n_q_blocks - 1 - pos.block;  // longest rows first under causal masks
+    const int h = pos.head, b = pos.batch, q0 = m_block * Cfg::kBlockM;
     const int wrow = warp * 16 * kMT;  // this warp's first row in the tile
     u16* sQ = reinterpret_cast<u16*>(smem_raw);
     u16* sK = sQ + Cfg::kSmemQ;
@@ -53,11 +52,16 @@ struct FwdKernel {
     const u16* gq = static_cast<const u16*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1] +
                     q0 * p.q_stride[2];
     // This head's K and V bases live in shared memory, read once per tile: held in registers
-    // across the loop next to 192 accumulators, they were what spilled at 64-key tiles.
+    // across the loop next to 192 accumulators, they were what spilled at 64-key tiles. So do
+    // the first row, head and batch, read where used (blockIdx, which they replaced, was
+    // free to re-read; held, they spilled at D128).
     __shared__ const u16* kv_base[2];
+    __shared__ int cta[3];
     if (threadIdx.x == 0) {
+      const int h_kv = h / p.group;
       kv_base[0] = static_cast<const u16*>(p.k) + b * p.k_stride[0] + h_kv * p.k_stride[1];
       kv_base[1] = static_cast<const u16*>(p.v) + b * p.v_stride[0] + h_kv * p.v_stride[1];
+      cta[0] = q0, cta[1] = h, cta[2] = b;
     }
     __syncthreads();
     const rows::BlockRow blocks(p, b, h, m_block, Variant::kHasMask);
@@ -150,9 +154,9 @@ struct FwdKernel {
           q_tail || kv0 + Cfg::kBlockN > p.kv_len || blocks.partial(j) || (kRaw && !raw_ok);
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) {
-        const int row0 = q0 + wrow + 16 * mt + lane / 4, col0 = kv0 + 2 * (lane % 4);
-        if (check) rows::score_transform<true>(p, var, s[mt], b, h, row0, col0);
-        else rows::score_transform<false, true>(p, var, s[mt], b, h, row0, col0);
+        const int row0 = cta[0] + wrow + 16 * mt + lane / 4, col0 = kv0 + 2 * (lane % 4);
+        if (check) rows::score_transform<true>(p, var, s[mt], cta[2], cta[1], row0, col0);
+        else rows::score_transform<false, true>(p, var, s[mt], cta[2], cta[1], row0, col0);
       }
 
       if constexpr (Variant::kSoftmax) {
@@ -186,15 +190,15 @@ struct FwdKernel {
     // Epilogue: normalize, write O (bf16/fp16) and the natural-log LSE.
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt)
-      rows::store_rows<Cfg::kBf16, Variant::kSoftmax>(p, o[mt], m_run[mt], l_run[mt], b, h,
-                                                      q0 + wrow + 16 * mt + lane / 4);
+      rows::store_rows<Cfg::kBf16, Variant::kSoftmax>(p, o[mt], m_run[mt], l_run[mt], cta[2],
+                                                      cta[1], cta[0] + wrow + 16 * mt + lane / 4);
   }
 };
 
 template <class Cfg, class Variant>
 AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var) {
   extern __shared__ __align__(16) char smem[];
-  FwdKernel<Cfg, Variant> k{p, var, 0, 0, 0, 0};
+  FwdKernel<Cfg, Variant> k{p, var, 0};
   k.run(smem);
 }
 

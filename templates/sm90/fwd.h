@@ -18,6 +18,7 @@
 #pragma once
 
 #include "common/fwd_rows.h"
+#include "common/grid_order.h"
 #include "common/params.h"
 #include "sm90/hopper_ops.h"
 #include "sm90/wgmma.h"
@@ -61,8 +62,9 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   u64* v_full = k_full + S;
   u64* empty = v_full + S;
 
-  const int m_block = p.n_q_blocks - 1 - blockIdx.x;  // longest rows first under causal masks
-  const int h = blockIdx.y, b = blockIdx.z;
+  const GridPos pos = heads_fastest(p);
+  const int m_block = p.n_q_blocks - 1 - pos.block;  // longest rows first under causal masks
+  const int h = pos.head, b = pos.batch;
   const int q0 = m_block * BM, h_kv = h / p.group;
   const rows::BlockRow blocks(p, b, h, m_block, Variant::kHasMask);
   const int n_kv = blocks.n;

@@ -529,6 +529,17 @@ def test_gqa_4_to_1(variant, dtype, shape):
     check_case(variant, shape, dtype)
 
 
+@pytest.mark.parametrize("sm90", [True, False], ids=["default", "sm80_forward"])
+@pytest.mark.parametrize("group", ["1", "4"])
+def test_head_groups(group, sm90, monkeypatch):
+    """The forward's CTA order (grid_order.h) with 6 heads: in groups of 4 the last group has
+    2, and every (block, head, batch) must still be computed exactly once."""
+    monkeypatch.setenv("AE_HEAD_GROUP", group)
+    if not sm90:
+        monkeypatch.setenv("AE_DISABLE_SM90", "1")
+    check_case("causal", Shape(B=2, Hq=6, Hkv=3, Sq=700, Skv=700), BF16)
+
+
 @pytest.mark.parametrize("variant", ["causal", "relative_bias"])
 def test_fills_the_gpu(variant):
     """B * H = 128 (query tiles x heads x batch well above the SM count)."""
