@@ -2,26 +2,22 @@
 
 #include <cmath>
 
+#include "ir/passes.h"
+
 namespace ae::codegen {
 namespace {
 
-using ir::DType;
 using ir::Graph;
 using ir::Node;
 using ir::Op;
 
-// n = x * c, c * x or x / c for a finite nonzero float constant: c (1 / c for a division).
+// n = x * c, c * x or x / c for a constant c (ir::constant_factor): the factor, or false.
 bool times_const(const Graph& g, const Node& n, int x, double* c) {
-  if (n.type != DType::Float || (n.op != Op::Mul && n.op != Op::Div)) return false;
-  auto constant = [&](int id, double* v) {
-    const Node& k = g.nodes[id];
-    if (k.op != Op::Const || k.type != DType::Float || !std::isfinite(k.fvalue) || k.fvalue == 0)
-      return false;
-    *v = n.op == Op::Div ? 1.0 / k.fvalue : k.fvalue;
-    return std::isfinite(*v) && *v != 0;
-  };
-  if (n.args[0] == x) return constant(n.args[1], c);
-  return n.op == Op::Mul && n.args[1] == x && constant(n.args[0], c);
+  int y;
+  double num, den;
+  if (!ir::constant_factor(g, n, &y, &num, &den) || y != x) return false;
+  *c = num / den;
+  return std::isfinite(*c) && *c != 0;
 }
 
 // The one node of g that scales the score parameter by a constant (its factor in *c), when
@@ -57,10 +53,11 @@ ScoreScales find_score_scales(const ir::Variant& v) {
   const int score = f.output("score");
   if (score < 0 || !v.analysis.has_score_mod) return r;
   const Node& out = f.nodes[score];
-  double c;
-  if (f.normalize == ir::Normalize::Softmax && (out.op == Op::Mul || out.op == Op::Div))
-    for (int x : out.args)
-      if (r.out_inner < 0 && times_const(f, out, x, &c) && c > 0) r.out = c, r.out_inner = x;
+  int x;
+  double num, den;
+  if (f.normalize == ir::Normalize::Softmax && ir::constant_factor(f, out, &x, &num, &den) &&
+      num / den > 0 && std::isfinite(num / den))
+    r.out = num / den, r.out_inner = x;
   double in_f = 0, in_b = 0;
   const int nf = score_scaler(f, 0, &in_f);
   if (nf < 0 || nf == score) return r;

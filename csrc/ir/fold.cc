@@ -54,9 +54,26 @@ int simplify(const Graph& g, const Node& n) {
   }
 }
 
-// x * c or c * x or x / c (float x, c a finite nonzero float constant): x's node and the
-// factor as a fraction num / den, or false.
-bool const_factor(const Graph& g, const Node& n, int* x, double* num, double* den) {
+// (x * c1) / c2, (x / c1) * c2, ...: x times one constant, computed in double. Autodiff
+// writes such chains (softcap's derivative: cap * (1 - t^2) / cap, which then folds to
+// 1 - t^2), and each link is a multiply per score in a kernel. Changes the result by float
+// rounding only. False when n is no such chain.
+bool reassociate(Graph& g, Node& n) {
+  int x, y;
+  double n1, d1, n2, d2;
+  if (!constant_factor(g, n, &x, &n1, &d1) || !constant_factor(g, g.nodes[x], &y, &n2, &d2))
+    return false;
+  const double f = (n1 * n2) / (d1 * d2);
+  const float f32 = static_cast<float>(f);  // kernels multiply in float
+  if (!std::isfinite(f32) || std::fabs(f32) < 1.17549435e-38f) return false;
+  n.op = Op::Mul;
+  n.args = {y, g.add_const(DType::Float, f)};
+  return true;
+}
+
+}  // namespace
+
+bool constant_factor(const Graph& g, const Node& n, int* x, double* num, double* den) {
   if (n.type != DType::Float || (n.op != Op::Mul && n.op != Op::Div)) return false;
   auto factor = [&](int id, double* v) {
     const Node& c = g.nodes[id];
@@ -79,25 +96,6 @@ bool const_factor(const Graph& g, const Node& n, int* x, double* num, double* de
   }
   return false;
 }
-
-// (x * c1) / c2, (x / c1) * c2, ...: x times one constant, computed in double. Autodiff
-// writes such chains (softcap's derivative: cap * (1 - t^2) / cap, which then folds to
-// 1 - t^2), and each link is a multiply per score in a kernel. Changes the result by float
-// rounding only. False when n is no such chain.
-bool reassociate(Graph& g, Node& n) {
-  int x, y;
-  double n1, d1, n2, d2;
-  if (!const_factor(g, n, &x, &n1, &d1) || !const_factor(g, g.nodes[x], &y, &n2, &d2))
-    return false;
-  const double f = (n1 * n2) / (d1 * d2);
-  const float f32 = static_cast<float>(f);  // kernels multiply in float
-  if (!std::isfinite(f32) || std::fabs(f32) < 1.17549435e-38f) return false;
-  n.op = Op::Mul;
-  n.args = {y, g.add_const(DType::Float, f)};
-  return true;
-}
-
-}  // namespace
 
 Graph fold_constants(const Graph& g) {
   Graph r;

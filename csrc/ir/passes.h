@@ -13,6 +13,10 @@ namespace ae::ir {
 // IEEE arithmetic (x + 0, x * 1, x - 0, x / 1, --x, where on a constant, a cast to the same
 // type). Never folds x * 0 (inf * 0 is nan).
 Graph fold_constants(const Graph& g);
+// Whether n is x * c, c * x or x / c for a float x and a finite nonzero float constant c:
+// then x's node, and the factor as the fraction num / den (kept apart, so that chains fold
+// exactly: 30 / 30 is 1).
+bool constant_factor(const Graph& g, const Node& n, int* x, double* num, double* den);
 // Merges nodes that compute the same thing (common subexpression elimination).
 Graph eliminate_common(const Graph& g);
 // Drops nodes no output reaches.

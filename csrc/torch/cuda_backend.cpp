@@ -222,7 +222,7 @@ at::Tensor block_states(const ir::Variant& v, AttnParams& p, const KernelSpec& s
     state = at::empty({nb * nh, p.n_q_blocks, p.n_kv_blocks}, like.options().dtype(at::kByte));
     KernelSpec bs = spec;
     bs.kind = Kind::BlockState;
-    bs.buffer_grads.clear();
+    bs.buffer_grads.clear();  // the same kernel for the forward's and the backward's states
     jit::KernelPtr kernel = get_kernel(v, bs);
     VariantArgs va = variant_args(buffers);
     unsigned char* out = state.data_ptr<unsigned char>();
@@ -317,9 +317,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_bac
   at::Tensor dk = at::empty({s.batch, s.kv_heads, s.kv_len, s.head_dim_qk}, k.options());
   at::Tensor dv = at::empty({s.batch, s.kv_heads, s.kv_len, s.head_dim_v}, v.options());
   std::vector<at::Tensor> grads(buffers.size());
+  pl.spec.buffer_grads.assign(buffers.size(), false);  // the kernel has atomics for these only
   for (size_t i = 0; i < buffers.size(); ++i)
-    if (buffer_grads.get(i))
+    if (buffer_grads.get(i)) {
       grads[i] = at::zeros(buffers[i].sizes(), buffers[i].options().dtype(at::kFloat));
+      pl.spec.buffer_grads[i] = true;
+    }
 
   AttnParams p = base_params(q, k, v, s, scale);
   // The kernel reads the LSE as lse2 (above); p.lse stays null.
@@ -340,8 +343,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_bac
                  s.head_dim_qk},
                 q.options().dtype(at::kFloat));
   p.dq_accum = dq_accum.data_ptr<float>();
-  pl.spec.buffer_grads.assign(buffers.size(), false);  // atomics only for these (codegen)
-  for (size_t i = 0; i < buffers.size(); ++i) pl.spec.buffer_grads[i] = grads[i].defined();
   jit::KernelPtr kernel = get_kernel(*variant, pl.spec);
   VariantArgs va = variant_args(buffers, grads);
   void* args[] = {&p, &va};

@@ -2,9 +2,9 @@
 // dispatched in linear order as SMs free up. Heads are taken in groups of p.head_group, and
 // within a group heads fastest: block 0 of each head of the group before any block 1. Under a
 // causal mask, where the caller makes block 0 the heaviest, the heaviest CTAs go first and
-// the last to finish are light ones. The host sizes the group so that what its heads share
-// (K and V forward; Q, dO and dQ's sums backward) stays in L2: one head at a time kept that
-// best at 16k tokens, all 16 at once cost the sm90 forward 10% (bench/RESULTS.md).
+// the last to finish are light ones. The host sizes the group so that its heads' K and V stay
+// in L2 (cuda_backend.cpp's head_group). The forwards use it; the backward, at the register
+// edge, keeps blockIdx as it comes.
 #pragma once
 
 #include "common/ae_common.h"
