@@ -1,4 +1,5 @@
-"""Runs attention kernels once each (B=1, H=16, S=16k, D=128, bf16) for Nsight Compute:
+"""Runs attention kernels once each (B=16384/S, H=16, S=16k or argv[2], D=128, bf16) for
+Nsight Compute:
 the sm90 forward (plain, softcap), the sm80 backward (plain), and SDPA flash's backward
 (FlashAttention-2) as the yardstick. On the GPU machine (Firecracker: counters readable):
 
@@ -17,8 +18,9 @@ import attention_engine as ae
 from attention_engine import mods
 
 what = sys.argv[1] if len(sys.argv) > 1 else "fwd90"
+S = int(sys.argv[2]) if len(sys.argv) > 2 else 16384
 torch.manual_seed(0)
-q, k, v = (torch.randn(1, 16, 16384, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+q, k, v = (torch.randn(max(1, 16384 // S), 16, S, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
            for _ in range(3))
 do = torch.randn_like(q)
 if what == "fwd90":

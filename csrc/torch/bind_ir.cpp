@@ -2,6 +2,7 @@
 #include <pybind11/stl.h>
 
 #include "codegen/kernel_spec.h"
+#include "codegen/row_passes.h"
 #include "ir/error.h"
 #include "torch/cuda_backend.h"
 #include "torch/kernel_registry.h"
@@ -78,6 +79,20 @@ void bind_ir(pybind11::module_& m) {
            "The generated kernel source for one instantiation (kind: fwd, fwd90 (always sm_90a), "
            "bwd, block_state); buffer_grads: for bwd, which captured tensors get gradients.");
 
+  m.def("row_pass_source",
+        [](const std::string& pass, bool bf16) {
+          if (pass != "prep" && pass != "dq")
+            throw ir::GraphError("row pass must be prep or dq, not " + pass);
+          const codegen::RowPassSource r = codegen::row_pass_source(
+              pass == "prep" ? codegen::RowPass::Prep : codegen::RowPass::Dq, bf16);
+          pyb::dict d;
+          d["source"] = r.source;
+          d["entry"] = r.entry;
+          d["describe"] = r.describe;
+          return d;
+        },
+        pyb::arg("pass"), pyb::arg("bf16") = true,
+        "The source of one of the backward's variant-free row passes (prep, dq).");
   m.def("backend_for", &torch_ops::backend_for, pyb::arg("q"), pyb::arg("k"), pyb::arg("v"),
         pyb::arg("buffers"), pyb::arg("key"));
   m.def("clear_kernel_caches", &torch_ops::clear_kernel_caches,

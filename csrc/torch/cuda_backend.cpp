@@ -300,19 +300,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_bac
   }
   const at::Tensor q = kernel_ready(q_in), k = kernel_ready(k_in), v = kernel_ready(v_in);
   const at::Tensor dout = kernel_ready(dout_in.to(q.scalar_type()));
-  at::Tensor delta, lse2;
-  if (variant->forward.normalize == ir::Normalize::Softmax) {
-    delta = (dout.to(at::kFloat) * out.to(at::kFloat)).sum(-1);
-    if (dlse && dlse->defined()) delta = delta - dlse->to(at::kFloat);
-    delta = delta.contiguous();
-    // The kernel copies both per query block straight into shared memory, so the LSE comes
-    // in its form there: log2 domain, and +inf for rows with nothing kept (every P of such
-    // a row is then exactly 0).
-    const at::Tensor l = lse.to(at::kFloat);
-    lse2 = at::where(l == -std::numeric_limits<float>::infinity(),
-                     at::full({}, std::numeric_limits<float>::infinity(), l.options()),
-                     l * 1.4426950408889634)
-               .contiguous();
+  // delta = rowsum(dO * O) - dlse and the log2 LSE, both per query row (softmax only), are
+  // made by the prep pass below, which also zeroes dq_accum.
+  const bool softmax = variant->forward.normalize == ir::Normalize::Softmax;
+  at::Tensor delta, lse2, o, lse_f, dlse_f;
+  if (softmax) {
+    delta = at::empty({s.batch, s.q_heads, s.q_len}, q.options().dtype(at::kFloat));
+    lse2 = at::empty_like(delta);
+    o = kernel_ready(out.to(q.scalar_type()));
+    lse_f = lse.to(at::kFloat).contiguous();
+    if (dlse && dlse->defined()) dlse_f = dlse->to(at::kFloat).contiguous();
   }
   at::Tensor dk = at::empty({s.batch, s.kv_heads, s.kv_len, s.head_dim_qk}, k.options());
   at::Tensor dv = at::empty({s.batch, s.kv_heads, s.kv_len, s.head_dim_v}, v.options());
@@ -325,7 +322,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_bac
     }
 
   AttnParams p = base_params(q, k, v, s, scale);
-  // The kernel reads the LSE as lse2 (above); p.lse stays null.
+  // The kernel reads the LSE as lse2 (the prep pass's); p.lse stays null.
   p.dout = dout.data_ptr();
   strides3(p.do_stride, dout);
   p.delta = delta.defined() ? delta.data_ptr<float>() : nullptr;
@@ -339,10 +336,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_bac
   // kBlockM, which the kernel's row stride uses, is the table's block_m): the kernel adds a
   // block's dQ without row tests.
   at::Tensor dq_accum =
-      at::zeros({s.batch, s.q_heads, static_cast<int64_t>(p.n_q_blocks) * pl.spec.block_m,
+      at::empty({s.batch, s.q_heads, static_cast<int64_t>(p.n_q_blocks) * pl.spec.block_m,
                  s.head_dim_qk},
                 q.options().dtype(at::kFloat));
   p.dq_accum = dq_accum.data_ptr<float>();
+  at::Tensor dq = at::empty({s.batch, s.q_heads, s.q_len, s.head_dim_qk}, q.options());
+  BwdRowParams rp{};
+  rp.dout = dout.data_ptr();
+  strides3(rp.do_stride, dout);
+  if (softmax) {
+    rp.o = o.data_ptr();
+    strides3(rp.o_stride, o);
+    rp.lse = lse_f.data_ptr<float>();
+    rp.dlse = dlse_f.defined() ? dlse_f.data_ptr<float>() : nullptr;
+    rp.delta = delta.data_ptr<float>();
+    rp.lse2 = lse2.data_ptr<float>();
+  }
+  rp.dq_accum = p.dq_accum;
+  rp.dq = dq.data_ptr();
+  strides3(rp.dq_stride, dq);
+  rp.batch = p.batch;
+  rp.heads = p.q_heads;
+  rp.q_len = p.q_len;
+  rp.acc_rows = p.n_q_blocks * pl.spec.block_m;
+  rp.d_qk = static_cast<int>(s.head_dim_qk);
+  rp.d_v = static_cast<int>(s.head_dim_v);
+  rp.scale = p.scale;
+  const bool bf16 = q.scalar_type() == at::kBFloat16;
+  // A row pass over every query row, p.lanes lanes per row (for rows of `dim` values).
+  auto row_pass = [&](codegen::RowPass pass, int dim) {
+    rp.lanes = codegen::row_pass_lanes(dim);
+    const int64_t rows = s.batch * s.q_heads * s.q_len, per_cta = codegen::kRowPassThreads / rp.lanes;
+    void* row_args[] = {&rp};
+    launch(get_row_pass(pass, bf16, pl.spec.arch),
+           {static_cast<unsigned>((rows + per_cta - 1) / per_cta), 1, 1}, codegen::kRowPassThreads, 0,
+           q, row_args);
+  };
+  row_pass(codegen::RowPass::Prep, rp.d_v);
   jit::KernelPtr kernel = get_kernel(*variant, pl.spec);
   VariantArgs va = variant_args(buffers, grads);
   void* args[] = {&p, &va};
@@ -350,12 +380,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_bac
                   static_cast<unsigned>(s.kv_heads),
                   static_cast<unsigned>(s.batch)},
          pl.spec.threads(), codegen::smem_bytes(pl.spec), q, args);
+  row_pass(codegen::RowPass::Dq, rp.d_qk);
 
   std::vector<at::Tensor> dbuf(buffers.size());
   for (size_t i = 0; i < buffers.size(); ++i)
     dbuf[i] = grads[i].defined() ? grads[i].to(buffers[i].scalar_type())
                                  : at::empty({0}, buffers[i].options());
-  return {dq_accum.narrow(2, 0, s.q_len).to(q.scalar_type()), dk, dv, dbuf};
+  return {dq, dk, dv, dbuf};
 }
 
 }  // namespace

@@ -45,6 +45,25 @@ jit::KernelPtr get_kernel(const ir::Variant& variant, const codegen::KernelSpec&
   return kernels().emplace(key, k).first->second;
 }
 
+jit::KernelPtr get_row_pass(codegen::RowPass pass, bool bf16, const std::string& arch) {
+  codegen::RowPassSource src = codegen::row_pass_source(pass, bf16);
+  const std::string key = src.describe + "|" + arch;
+  {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    auto it = kernels().find(key);
+    if (it != kernels().end()) return it->second;
+  }
+  jit::CompileRequest req;
+  req.source = std::move(src.source);
+  req.kernel = src.entry;
+  req.arch = arch;
+  req.threads = codegen::kRowPassThreads;
+  req.file_name = src.entry + ".cu";
+  jit::KernelPtr k = jit::default_kernel_cache().get(req);
+  std::lock_guard<std::mutex> lock(g_mutex);
+  return kernels().emplace(key, k).first->second;
+}
+
 void clear_kernel_caches() {
   {
     std::lock_guard<std::mutex> lock(g_mutex);

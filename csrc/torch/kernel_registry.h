@@ -8,11 +8,15 @@
 #include <string>
 
 #include "codegen/kernel_spec.h"
+#include "codegen/row_passes.h"
 #include "jit/kernel_cache.h"
 
 namespace ae::torch_ops {
 
 jit::KernelPtr get_kernel(const ir::Variant& variant, const codegen::KernelSpec& spec);
+
+// The backward's row passes for an arch ("sm_90a", ...): the same for every variant.
+jit::KernelPtr get_row_pass(codegen::RowPass pass, bool bf16, const std::string& arch);
 
 // Drops the in-process kernel and block-state caches (the disk cache stays).
 void clear_kernel_caches();

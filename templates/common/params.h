@@ -32,7 +32,8 @@ struct AttnParams {
   const void* dout;    // backward only from here
   const float* lse2;   // lse * log2(e), +inf where lse is -inf (rows with nothing kept)
   const float* delta;  // rowsum(dO * O) - dlse
-  float* dq_accum;     // [batch, q_heads, n_q_blocks * block_m, head_dim_qk] fp32, zeroed
+  float* dq_accum;     // [batch, q_heads, n_q_blocks * block_m, head_dim_qk] fp32: dS K,
+                       // unscaled; rows past q_len (padding) absorb additions, never read
   void* dk;
   void* dv;
   long long q_stride[3], k_stride[3], v_stride[3], o_stride[3];
@@ -46,6 +47,26 @@ struct AttnParams {
   int batch, q_heads, kv_heads, group, q_len, kv_len;
   float scale;       // applied to q.k
   float scale_log2;  // scale * log2(e), for variants without a score_mod
+};
+
+// The backward's row passes (common/bwd_rows.h). dout, o, dq: [batch, heads, q_len, dim]
+// with the last dim contiguous and rows 16-byte aligned, strides in elements for (batch,
+// head, row); lse, dlse, delta, lse2: [batch, heads, q_len] contiguous fp32 (delta null:
+// normalize none, only dq_accum is zeroed; dlse null: none); dq_accum: [batch, heads,
+// acc_rows, d_qk] fp32.
+struct BwdRowParams {
+  const void* dout;
+  const void* o;
+  const float* lse;
+  const float* dlse;
+  float* delta;
+  float* lse2;
+  float* dq_accum;
+  void* dq;
+  long long do_stride[3], o_stride[3], dq_stride[3];
+  int batch, heads, q_len, acc_rows, d_qk, d_v;
+  int lanes;    // per row: a power of two up to 32 (codegen::row_pass_lanes)
+  float scale;  // dq = scale * dq_accum
 };
 
 // A CUtensorMap (TMA descriptor, built on the host by cuTensorMapEncodeTiled): 128 opaque

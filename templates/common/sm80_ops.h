@@ -25,15 +25,21 @@ AE_DEVICE void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); 
 template <int N>
 AE_DEVICE void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-AE_DEVICE void ldmatrix_x4(u32 (&r)[4], const void* smem) {
+// ldmatrix from a 32-bit shared-space address (smem_addr): address arithmetic in 32 bits
+// lets ptxas fold constant offsets into the instruction.
+AE_DEVICE void ldmatrix_x4(u32 (&r)[4], u32 addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(smem)));
+               : "r"(addr));
 }
-AE_DEVICE void ldmatrix_x4_trans(u32 (&r)[4], const void* smem) {
+AE_DEVICE void ldmatrix_x4_trans(u32 (&r)[4], u32 addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(smem)));
+               : "r"(addr));
+}
+// A 32-bit store to shared memory at a 32-bit address.
+AE_DEVICE void st_shared_u32(u32 addr, u32 v) {
+  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
 }
 
 // d += a * b for one m16n8k16 tile: a 4 regs (16x16, row), b 2 regs (16x8, col), d 4 fp32.

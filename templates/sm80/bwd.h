@@ -7,7 +7,8 @@
 //      P^T and dS^T go to shared memory.
 //   2. dV += P^T dO and dK += dS^T Q: each warp keeps the same 32 keys and owns a slice of
 //      the head dim, so dK and dV stay in registers for the whole CTA.
-//   3. dQ += dS K: warps tile 32 queries x a head-dim slice; fp32 reductions into dq_accum.
+//   3. dQ += dS K: warps tile 32 queries x a head-dim slice; fp32 reductions into dq_accum
+//      (unscaled: the dq row pass, common/bwd_rows.h, applies the softmax scale).
 // Every MMA takes its operands from 32-row (two m16) tiles, so one ldmatrix feeds two or
 // more MMAs: the shared-memory reads per MMA are what bound this kernel (bench/RESULTS.md).
 // With STAGES = 2 the next block's Q, dO and row statistics (the log2 LSE and delta) are
@@ -72,11 +73,12 @@ struct BwdKernel {
     return NCHUNKS % STRIDE == 0 || chunk < NCHUNKS;
   }
 
-  // d += A (two m16 tiles, from `a_tile` rows a_row..+31) times the [k][n] tile `b_tile`, over
-  // k in [0, K), for this warp's chunks of n: the shape of dV, dK and dQ.
+  // d += A (two m16 tiles) times a [k][n] tile B, over k in [0, K), for this warp's chunks of
+  // n (first_chunk + STRIDE c): the shape of dV, dK and dQ. a_at: the lane's address of the
+  // warp's first A row (lane_a; kTransA: A stored [k][m], lane_nk); b_at: of B's
+  // first_chunk (lane_kn).
   template <int K, int LDA, int LDB, int NCH, int STRIDE, int NCHUNKS, bool kTransA>
-  AE_DEVICE void mma_chunks(float (&d)[2][2 * NCH][4], const u16* a_tile, int a_row,
-                            const u16* b_tile, int first_chunk) {
+  AE_DEVICE void mma_chunks(float (&d)[2][2 * NCH][4], u32 a_at, u32 b_at, int first_chunk) {
     // Fully unrolled up to head dim 128; two k steps per iteration cost 5-15% (ALiBi: 15%,
     // bench/RESULTS.md). Variants that read captured tensors fit at some register-usage
     // level (the spill fallback, KernelSpec::fallback_options, finds it).
@@ -85,15 +87,14 @@ struct BwdKernel {
       u32 a[2][4];
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt) {
-        if constexpr (kTransA) load_a_t<LDA>(a[mt], a_tile, kk * 16, a_row + 16 * mt);
-        else load_a<LDA>(a[mt], a_tile, a_row + 16 * mt, kk * 16);
+        if constexpr (kTransA) load_a_t<LDA>(a[mt], a_at, kk * 16, 16 * mt);
+        else load_a<LDA>(a[mt], a_at, 16 * mt, kk * 16);
       }
 #pragma unroll
       for (int c = 0; c < NCH; ++c) {
-        const int chunk = first_chunk + STRIDE * c;
-        if (!has_chunk<NCHUNKS, STRIDE>(chunk)) continue;
+        if (!has_chunk<NCHUNKS, STRIDE>(first_chunk + STRIDE * c)) continue;
         u32 r[4];
-        load_b_kn<LDB>(r, b_tile, kk * 16, chunk * 16);
+        load_b_kn<LDB>(r, b_at, kk * 16, STRIDE * 16 * c);
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
           mma_16816<Cfg::kBf16>(d[mt][2 * c], a[mt], r[0], r[1]);
@@ -103,11 +104,10 @@ struct BwdKernel {
     }
   }
 
-  // d = A B^T for A = 32 rows of `a_tile` (from a_row) and B = kQC rows of `b_tile` (from
-  // b_row), both [row][k] with k in [0, K): S^T and dP^T.
+  // d = A B^T for A = 32 rows and B = kQC rows, both [row][k] with k in [0, K): S^T and
+  // dP^T. a_at, b_at: the lane's addresses of their first rows (lane_a, lane_nk).
   template <int K, int LD>
-  AE_DEVICE void mma_rows(float (&d)[2][kQ8][4], const u16* a_tile, int a_row, const u16* b_tile,
-                          int b_row) {
+  AE_DEVICE void mma_rows(float (&d)[2][kQ8][4], u32 a_at, u32 b_at) {
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
@@ -118,11 +118,11 @@ struct BwdKernel {
     for (int kk = 0; kk < K / 16; ++kk) {
       u32 a[2][4];
 #pragma unroll
-      for (int mt = 0; mt < 2; ++mt) load_a<LD>(a[mt], a_tile, a_row + 16 * mt, kk * 16);
+      for (int mt = 0; mt < 2; ++mt) load_a<LD>(a[mt], a_at, 16 * mt, kk * 16);
 #pragma unroll
       for (int np = 0; np < kQ8 / 2; ++np) {
         u32 r[4];
-        load_b_nk<LD>(r, b_tile, b_row + np * 16, kk * 16);
+        load_b_nk<LD>(r, b_at, np * 16, kk * 16);
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
           mma_16816<Cfg::kBf16>(d[mt][2 * np], a[mt], r[0], r[1]);
@@ -197,6 +197,19 @@ struct BwdKernel {
     u16* sdSt = sPt + Cfg::kSmemP;                   // dS^T [key][query]
     float* sLse0 = reinterpret_cast<float*>(sdSt + Cfg::kSmemP);  // [stage][query]
     float* sDelta0 = sLse0 + Cfg::kStages * Cfg::kBlockM;
+    // Each lane's fragment addresses, once (tile_io.h): stage 0's for Q and dO, whose other
+    // stage is kStageQ / kStageDO bytes further.
+    constexpr u32 kStageQ = 2 * Cfg::kSmemQ, kStageDO = 2 * Cfg::kSmemDO, kDsOff = 2 * Cfg::kSmemP;  // dS^T past P^T
+    constexpr int kLdQK = Cfg::kLdQK, kLdV = Cfg::kLdV, kLdP = Cfg::kLdP;
+    const u32 k_rows = lane_a<kLdQK>(smem_addr(sK)) + 2 * kw0 * kLdQK;      // S^T's A
+    const u32 v_rows = lane_a<kLdV>(smem_addr(sV)) + 2 * kw0 * kLdV;        // dP^T's A
+    const u32 q_rows = lane_nk<kLdQK>(smem_addr(sQ0)) + 2 * qw0 * kLdQK;    // S^T's B
+    const u32 do_rows = lane_nk<kLdV>(smem_addr(sdO0)) + 2 * qw0 * kLdV;    // dP^T's B
+    const u32 pt_rows = lane_a<kLdP>(smem_addr(sPt)) + 2 * kw0 * kLdP;      // dV's A (dK's: + kDsOff)
+    const u32 do_cols = lane_kn<kLdV>(smem_addr(sdO0)) + 2 * 16 * wm;       // dV's B
+    const u32 q_cols = lane_kn<kLdQK>(smem_addr(sQ0)) + 2 * 16 * wm;        // dK's B
+    // P^T and dS^T stores: this thread's row kw0 + g and column pair qw0 + 2 t of P^T
+    const u32 pt_store = smem_addr(sPt) + 2 * ((kw0 + g) * kLdP + qw0 + 2 * t);
 
     load_tile<Cfg::kBlockN, Cfg::kDqk, Cfg::kThreads>(
         sK, static_cast<const u16*>(p.k) + b * p.k_stride[0] + h_kv * p.k_stride[1] + k0 * p.k_stride[2],
@@ -285,8 +298,7 @@ struct BwdKernel {
       const long long dq_row0 =  // this head's first row in dq_accum
           (static_cast<long long>(b) * p.q_heads + hq) * p.n_q_blocks * Cfg::kBlockM;
       const bool more = itn.hq_off < p.group;
-      const u16* sQ = sQ0 + stage * Cfg::kSmemQ;
-      const u16* sdO = sdO0 + stage * Cfg::kSmemDO;
+      const u32 stage_q = stage * kStageQ, stage_do = stage * kStageDO;
       const float* sLse = sLse0 + stage * Cfg::kBlockM;
       const float* sDelta = sDelta0 + stage * Cfg::kBlockM;
       // One barrier at the top of a block: this block's Q, dO and statistics have landed, and
@@ -305,8 +317,8 @@ struct BwdKernel {
 #pragma unroll 1
       for (int qc = qw0; qc < qw0 + kQW; qc += kQC) {
         float st[2][kQ8][4], dpt[2][kQ8][4];
-        mma_rows<Cfg::kDqk, Cfg::kLdQK>(st, sK, kw0, sQ, qc);
-        mma_rows<Cfg::kDv, Cfg::kLdV>(dpt, sV, kw0, sdO, qc);
+        mma_rows<Cfg::kDqk, kLdQK>(st, k_rows, q_rows + stage_q + 2 * (qc - qw0) * kLdQK);
+        mma_rows<Cfg::kDv, kLdV>(dpt, v_rows, do_rows + stage_do + 2 * (qc - qw0) * kLdV);
         // A check-free copy of the element loop for blocks that need no check: the mask and
         // the bounds cost a few instructions per score (plain softmax: one FFMA and one MUFU).
         if (!check)
@@ -320,18 +332,18 @@ struct BwdKernel {
           for (int nt = 0; nt < kQ8; ++nt)
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
-              const int off = (kw0 + 16 * mt + g + 8 * r) * Cfg::kLdP + qc + nt * 8 + 2 * t;
-              *reinterpret_cast<u32*>(sPt + off) = pack2<Cfg::kBf16>(st[mt][nt][2 * r], st[mt][nt][2 * r + 1]);
-              *reinterpret_cast<u32*>(sdSt + off) = pack2<Cfg::kBf16>(dpt[mt][nt][2 * r], dpt[mt][nt][2 * r + 1]);
+              const u32 at = pt_store + 2 * ((16 * mt + 8 * r) * kLdP + qc - qw0 + nt * 8);
+              st_shared_u32(at, pack2<Cfg::kBf16>(st[mt][nt][2 * r], st[mt][nt][2 * r + 1]));
+              st_shared_u32(at + kDsOff, pack2<Cfg::kBf16>(dpt[mt][nt][2 * r], dpt[mt][nt][2 * r + 1]));
             }
       }
       __syncthreads();
 
       // 2. dV += P^T dO and dK += dS^T Q on this warp's keys and head-dim chunks.
-      mma_chunks<Cfg::kBlockM, Cfg::kLdP, Cfg::kLdV, kCV, Cfg::kWarpsM, Cfg::kDv / 16, false>(
-          dv, sPt, kw0, sdO, wm);
-      mma_chunks<Cfg::kBlockM, Cfg::kLdP, Cfg::kLdQK, kCK, Cfg::kWarpsM, Cfg::kDqk / 16, false>(
-          dk, sdSt, kw0, sQ, wm);
+      mma_chunks<Cfg::kBlockM, kLdP, kLdV, kCV, Cfg::kWarpsM, Cfg::kDv / 16, false>(
+          dv, pt_rows, do_cols + stage_do, wm);
+      mma_chunks<Cfg::kBlockM, kLdP, kLdQK, kCK, Cfg::kWarpsM, Cfg::kDqk / 16, false>(
+          dk, pt_rows + kDsOff, q_cols + stage_q, wm);
 
       // 3. dQ += dS K for 32 queries x this warp's chunks, into the fp32 buffer.
       {
@@ -341,8 +353,9 @@ struct BwdKernel {
         for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
           for (int i = 0; i < 2 * kCQ; ++i) dq[mt][i][0] = dq[mt][i][1] = dq[mt][i][2] = dq[mt][i][3] = 0.f;
-        mma_chunks<Cfg::kBlockN, Cfg::kLdP, Cfg::kLdQK, kCQ, Cfg::kWarpsQ, Cfg::kDqk / 16, true>(dq, sdSt, qd0,
-                                                                                   sK, wq);
+        mma_chunks<Cfg::kBlockN, kLdP, kLdQK, kCQ, Cfg::kWarpsQ, Cfg::kDqk / 16, true>(
+            dq, lane_nk<kLdP>(smem_addr(sdSt)) + 2 * qd0,
+            lane_kn<kLdQK>(smem_addr(sK)) + 2 * 16 * wq, wq);
         // This thread's rows are qd0 + g + 16 mt + 8 r, its columns from 16 wq + 2 t: one
         // 64-bit base and immediates past it. dq_accum's rows are padded to whole query blocks,
         // so rows past the end need no test (they land in the padding).
@@ -357,7 +370,7 @@ struct BwdKernel {
               if (!has_chunk<Cfg::kDqk / 16, Cfg::kWarpsQ>(chunk)) continue;
               // chunk - wq times 16 columns, + 8 for the odd n8 tile
               red_add2(dq_base + (16 * mt + 8 * r) * Cfg::kDqk + Cfg::kWarpsQ * 16 * (i / 2) + 8 * (i % 2),
-                       dq[mt][i][2 * r] * p.scale, dq[mt][i][2 * r + 1] * p.scale);
+                       dq[mt][i][2 * r], dq[mt][i][2 * r + 1]);
             }
           }
         }

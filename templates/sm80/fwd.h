@@ -64,6 +64,12 @@ struct FwdKernel {
       cta[0] = q0, cta[1] = h, cta[2] = b;
     }
     __syncthreads();
+    // Each lane's fragment addresses (tile_io.h): Q's rows of this warp, K and V of stage 0
+    // (stage 1: kStageK / kStageV bytes further).
+    constexpr u32 kStageK = 2 * Cfg::kSmemK, kStageV = 2 * Cfg::kSmemV;
+    const u32 q_rows = lane_a<Cfg::kLdQK>(smem_addr(sQ)) + 2 * wrow * Cfg::kLdQK;
+    const u32 k_rows = lane_nk<Cfg::kLdQK>(smem_addr(sK));
+    const u32 v_cols = lane_kn<Cfg::kLdV>(smem_addr(sV));
     const rows::BlockRow blocks(p, b, h, m_block, Variant::kHasMask);
     const int n_kv = blocks.n;
     auto next_block = [&](int j) { return blocks.next(j); };
@@ -107,8 +113,7 @@ struct FwdKernel {
       cp_async_commit();
       cp_async_wait<1>();
       __syncthreads();
-      const u16* tK = sK + stage * Cfg::kSmemK;
-      const u16* tV = sV + stage * Cfg::kSmemV;
+      const u32 tK = k_rows + stage * kStageK, tV = v_cols + stage * kStageV;
 
       float s[kMT][kN8][4];
 #pragma unroll
@@ -121,7 +126,7 @@ struct FwdKernel {
           for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
             for (int kk = 0; kk < Cfg::kDqk / 16; ++kk)
-              load_a<Cfg::kLdQK>(qf[mt][kk], sQ, wrow + 16 * mt, kk * 16);
+              load_a<Cfg::kLdQK>(qf[mt][kk], q_rows, 16 * mt, kk * 16);
           q_in_regs = true;
         }
       }
@@ -134,7 +139,7 @@ struct FwdKernel {
 #pragma unroll
             for (int i = 0; i < 4; ++i) a[mt][i] = qf[mt][kk][i];
           } else {
-            load_a<Cfg::kLdQK>(a[mt], sQ, wrow + 16 * mt, kk * 16);
+            load_a<Cfg::kLdQK>(a[mt], q_rows, 16 * mt, kk * 16);
           }
         }
 #pragma unroll

@@ -58,35 +58,58 @@ struct TileLoader {
   }
 };
 
-// A operand (16 x 16, row-major) at (row0, k0) of a tile with row stride LD.
+// Fragment reads. Each lane reads from its own address: `at`, the lane's address for the
+// fragment at (0, 0) of a tile, made once per kernel by lane_a / lane_nk / lane_kn below
+// (32-bit shared-space bytes, smem_addr). The fragment's own offset is a compile-time
+// constant in the unrolled loops, which ptxas folds into the instruction ([R + imm]):
+// computed per read from a generic pointer, it cost the backward ~1 integer instruction per
+// ldmatrix (bench/RESULTS.md).
+
+// For load_a: rows lane % 16, columns 8 (lane / 16) of a 16x16 block, row stride LD.
 template <int LD>
-AE_DEVICE void load_a(u32 (&a)[4], const u16* tile, int row0, int k0) {
+AE_DEVICE u32 lane_a(u32 tile) {
   const int lane = threadIdx.x % 32;
-  ldmatrix_x4(a, tile + (row0 + lane % 16) * LD + k0 + (lane / 16) * 8);
+  return tile + 2 * ((lane % 16) * LD + (lane / 16) * 8);
+}
+// For load_b_nk and load_a_t: rows lane % 8 + 8 (lane / 16), columns 8 ((lane / 8) % 2).
+template <int LD>
+AE_DEVICE u32 lane_nk(u32 tile) {
+  const int lane = threadIdx.x % 32;
+  return tile + 2 * ((lane % 8 + 8 * (lane / 16)) * LD + 8 * ((lane / 8) % 2));
+}
+// For load_b_kn: rows lane % 8 + 8 ((lane / 8) % 2), columns 8 (lane / 16).
+template <int LD>
+AE_DEVICE u32 lane_kn(u32 tile) {
+  const int lane = threadIdx.x % 32;
+  return tile + 2 * ((lane % 8 + 8 * ((lane / 8) % 2)) * LD + 8 * (lane / 16));
+}
+
+// A operand (16 x 16, row-major) at (row0, k0) of a tile with row stride LD; at: lane_a.
+template <int LD>
+AE_DEVICE void load_a(u32 (&a)[4], u32 at, int row0, int k0) {
+  ldmatrix_x4(a, at + 2 * (row0 * LD + k0));
 }
 
 // A operand (16 x 16) for rows m0..m0+15 and k0..k0+15 of a tile stored transposed, as
 // [k][m] with row stride LD: ldmatrix .trans turns each 8x8 block around on the way.
+// at: lane_nk.
 template <int LD>
-AE_DEVICE void load_a_t(u32 (&a)[4], const u16* tile, int k0, int m0) {
-  const int lane = threadIdx.x % 32;
-  ldmatrix_x4_trans(a, tile + (k0 + lane % 8 + 8 * (lane / 16)) * LD + m0 + 8 * ((lane / 8) % 2));
+AE_DEVICE void load_a_t(u32 (&a)[4], u32 at, int k0, int m0) {
+  ldmatrix_x4_trans(a, at + 2 * (k0 * LD + m0));
 }
 
 // B operands of two n8 tiles (rows n0..n0+15 of a [n][k] tile, k0..k0+15):
-// r[0], r[1] for rows n0..n0+7; r[2], r[3] for rows n0+8..n0+15.
+// r[0], r[1] for rows n0..n0+7; r[2], r[3] for rows n0+8..n0+15. at: lane_nk.
 template <int LD>
-AE_DEVICE void load_b_nk(u32 (&r)[4], const u16* tile, int n0, int k0) {
-  const int lane = threadIdx.x % 32;
-  ldmatrix_x4(r, tile + (n0 + lane % 8 + 8 * (lane / 16)) * LD + k0 + 8 * ((lane / 8) % 2));
+AE_DEVICE void load_b_nk(u32 (&r)[4], u32 at, int n0, int k0) {
+  ldmatrix_x4(r, at + 2 * (n0 * LD + k0));
 }
 
 // B operands of two n8 tiles from a [k][n] tile (k0..k0+15, columns n0..n0+15), transposed
-// on the way: r[0], r[1] for columns n0..n0+7; r[2], r[3] for n0+8..n0+15.
+// on the way: r[0], r[1] for columns n0..n0+7; r[2], r[3] for n0+8..n0+15. at: lane_kn.
 template <int LD>
-AE_DEVICE void load_b_kn(u32 (&r)[4], const u16* tile, int k0, int n0) {
-  const int lane = threadIdx.x % 32;
-  ldmatrix_x4_trans(r, tile + (k0 + lane % 8 + 8 * ((lane / 8) % 2)) * LD + n0 + 8 * (lane / 16));
+AE_DEVICE void load_b_kn(u32 (&r)[4], u32 at, int k0, int n0) {
+  ldmatrix_x4_trans(r, at + 2 * (k0 * LD + n0));
 }
 
 // The A operand (16 rows x 16 k) built from two fp32 accumulator tiles (n8 tiles 2kk and

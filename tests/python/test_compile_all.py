@@ -72,6 +72,23 @@ def test_instantiation_compiles_without_spills(case):
             pytest.fail(f"{info['describe']} {arch} spills at every register-usage level: {tried}")
 
 
+@pytest.mark.parametrize("bf16", [True, False], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("row_pass", ["prep", "dq"])
+def test_backward_row_passes_compile_without_spills(row_pass, bf16):
+    info = _C.row_pass_source(row_pass, bf16)
+    assert info["entry"] in info["source"]
+    for arch in ("sm_80", "sm_90a"):
+        (report,) = _C.jit_check_arches(info["source"], info["entry"], arches=[arch], options=[])
+        assert report["ok"], f"{info['describe']} {arch}: {report['error']}"
+        assert 0 < report["registers"] <= 64  # a memory-bound pass: full occupancy
+        assert report["spill_stores"] == 0 and report["spill_loads"] == 0
+
+
+def test_row_pass_names_are_checked():
+    with pytest.raises(Exception, match="prep or dq"):
+        _C.row_pass_source("convert")
+
+
 def test_generated_source_is_readable():
     attn = VARIANTS["alibi"]()
     src = attn.variant.kernel_source("fwd", 128, 128, True, ["float32"])["source"]

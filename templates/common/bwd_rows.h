@@ -1,0 +1,111 @@
+// The backward's two passes around its main kernel: memory-bound, a group of lanes per
+// query row (16-byte accesses), the same for every variant (compiled once per dtype).
+//   bwd_prep: delta = rowsum(dO * O) - dlse and the LSE in the log2 domain (+inf on rows
+//             with nothing kept, so that each of their P is exactly 0), for softmax; and the
+//             row's dQ accumulator zeroed. In torch ops this was ~10 kernels moving ~6x the
+//             bytes (fp32 copies of dO and O): ~5% of fwd+bwd at 4k tokens.
+//   bwd_dq:   dQ = scale * dq_accum in the input dtype (the main kernel adds dS K unscaled).
+#pragma once
+
+#include "common/ae_common.h"
+#include "common/params.h"
+#include "common/sm80_ops.h"
+
+namespace ae {
+
+namespace rowpass {
+
+// Eight 16-bit floats (one 16-byte load) as fp32.
+template <bool kBf16>
+AE_DEVICE void unpack8(const uint4& v, float (&f)[8]) {
+  const u32 w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    if constexpr (kBf16) {
+      f[2 * i] = __uint_as_float(w[i] << 16);
+      f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    } else {
+      asm("{\n.reg .f16 lo, hi;\nmov.b32 {lo, hi}, %2;\ncvt.f32.f16 %0, lo;\ncvt.f32.f16 %1, hi;\n}\n"
+          : "=f"(f[2 * i]), "=f"(f[2 * i + 1])
+          : "r"(w[i]));
+    }
+  }
+}
+
+// This thread's row: rows go to groups of p.lanes lanes (a power of two, at most 32) in
+// launch order; sub is the thread's lane in its group. Split into (batch, head, row); false
+// past the end.
+AE_DEVICE bool row_of(const BwdRowParams& p, int& b, int& h, int& r, int& sub) {
+  const long long row = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) / p.lanes;
+  sub = static_cast<int>(threadIdx.x) % p.lanes;
+  if (row >= static_cast<long long>(p.batch) * p.heads * p.q_len) return false;
+  r = static_cast<int>(row % p.q_len);
+  const int bh = static_cast<int>(row / p.q_len);
+  b = bh / p.heads, h = bh % p.heads;
+  return true;
+}
+
+// The sum over a row's group of lanes (every lane of the warp takes part).
+AE_DEVICE float group_sum(float x, int lanes) {
+  for (int o = lanes / 2; o > 0; o >>= 1) x += sm80::shfl_xor(x, o);
+  return x;
+}
+
+AE_DEVICE float* acc_row(const BwdRowParams& p, int b, int h, int r) {
+  return p.dq_accum + ((static_cast<long long>(b) * p.heads + h) * p.acc_rows + r) * p.d_qk;
+}
+
+}  // namespace rowpass
+
+// p.lanes: lanes per row, for d_v / 8 chunks of 16 bytes (codegen::row_pass_lanes).
+template <bool kBf16>
+AE_DEVICE void bwd_prep(const BwdRowParams& p) {
+  int b, h, r, sub;
+  const bool live = rowpass::row_of(p, b, h, r, sub);
+  if (p.delta) {
+    float dot = 0.f;
+    if (live) {
+      const u16* go = static_cast<const u16*>(p.o) + b * p.o_stride[0] + h * p.o_stride[1] + r * p.o_stride[2];
+      const u16* gdo =
+          static_cast<const u16*>(p.dout) + b * p.do_stride[0] + h * p.do_stride[1] + r * p.do_stride[2];
+      for (int c = sub * 8; c < p.d_v; c += p.lanes * 8) {
+        float o[8], d[8];
+        rowpass::unpack8<kBf16>(*reinterpret_cast<const uint4*>(go + c), o);
+        rowpass::unpack8<kBf16>(*reinterpret_cast<const uint4*>(gdo + c), d);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) dot = fmaf(o[i], d[i], dot);
+      }
+    }
+    dot = rowpass::group_sum(dot, p.lanes);  // whole warps shuffle, rows past the end too
+    if (live && sub == 0) {
+      const long long bhr = (static_cast<long long>(b) * p.heads + h) * p.q_len + r;
+      p.delta[bhr] = p.dlse ? dot - p.dlse[bhr] : dot;
+      const float l = p.lse[bhr];
+      p.lse2[bhr] = l == sm80::neg_inf() ? -sm80::neg_inf() : l * sm80::kLog2e;
+    }
+  }
+  if (!live) return;
+  float4* acc = reinterpret_cast<float4*>(rowpass::acc_row(p, b, h, r));
+  for (int c = sub; c < p.d_qk / 4; c += p.lanes) acc[c] = make_float4(0.f, 0.f, 0.f, 0.f);
+}
+
+// p.lanes: lanes per row, for d_qk / 8 chunks of 8 fp32 values (codegen::row_pass_lanes).
+template <bool kBf16>
+AE_DEVICE void bwd_dq(const BwdRowParams& p) {
+  int b, h, r, sub;
+  if (!rowpass::row_of(p, b, h, r, sub)) return;
+  const float4* acc = reinterpret_cast<const float4*>(rowpass::acc_row(p, b, h, r));
+  u16* gdq = static_cast<u16*>(p.dq) + b * p.dq_stride[0] + h * p.dq_stride[1] + r * p.dq_stride[2];
+  const float s = p.scale;
+  for (int c = sub; c < p.d_qk / 8; c += p.lanes) {
+    const float4 x = acc[2 * c], y = acc[2 * c + 1];
+    uint4 out;
+    out.x = sm80::pack2<kBf16>(x.x * s, x.y * s);
+    out.y = sm80::pack2<kBf16>(x.z * s, x.w * s);
+    out.z = sm80::pack2<kBf16>(y.x * s, y.y * s);
+    out.w = sm80::pack2<kBf16>(y.z * s, y.w * s);
+    *reinterpret_cast<uint4*>(gdq + 8 * c) = out;
+  }
+}
+
+}  // namespace ae
