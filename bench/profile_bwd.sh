@@ -6,7 +6,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-build/gpu_check}"
 mkdir -p "$OUT"
 python3 bench/profile_kernels.py bwd > /dev/null  # compile into the disk cache first
-ncu --clock-control none -k regex:"ae_bwd|flash_bwd_dq_dk_dv" --section SpeedOfLight \
+ncu --clock-control none -k regex:"ae_bwd$|flash_bwd_dq_dk_dv" --section SpeedOfLight \
     --section ComputeWorkloadAnalysis --section WarpStateStats --section Occupancy \
     --section LaunchStats --section MemoryWorkloadAnalysis_Tables --section InstructionStats \
     python3 bench/profile_kernels.py bwd > "$OUT/ncu_bwd.txt" 2>&1

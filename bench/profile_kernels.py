@@ -7,7 +7,7 @@ the sm90 forward (plain, softcap), the sm80 backward (plain), and SDPA flash's b
     ncu --clock-control none -k regex:ae_fwd --section SpeedOfLight \
         --section ComputeWorkloadAnalysis --section WarpStateStats \
         python bench/profile_kernels.py fwd90
-    ncu ... -k regex:"ae_bwd|flash_bwd_dq_dk_dv" python bench/profile_kernels.py bwd
+    ncu ... -k regex:"ae_bwd$|flash_bwd_dq_dk_dv" python bench/profile_kernels.py bwd [4096]
 """
 import sys
 
