@@ -187,11 +187,14 @@ TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, TileHints hints,
     // 64 keys halve the per-key share of the softmax and O's rescale. Up to D96 that fits
     // easily; at D128 the 192 accumulators of a 32 x 64 S and a 32 x 128 O leave ~60
     // registers, enough at ptxas register-usage level 0 unless a captured tensor is read
-    // per score (then 32 keys, as in the sm90 table). Past D128, 8 warps of 16 rows.
+    // per score (then 32 keys, as in the sm90 table). Up to D64, 96 keys where no captured
+    // tensor is read per score (H200, D64: plain +3-8%, causal +7-10%, bench/RESULTS.md;
+    // 128 keys spilled for most variants). Past D128, 8 warps of 16 rows.
     const bool tight = dmax > 96 && dmax <= 128;
     s.warps = dmax <= 128 ? 4 : 8;
     s.m_tiles = dmax <= 128 ? 2 : 1;
     s.block_n = dmax <= 96 || dmax > 128 || !hints.score_loads ? 64 : 32;
+    if (dmax <= 64 && !hints.score_loads) s.block_n = 96;
     if (tight && s.block_n == 64 && hints.softmax) s.reg_level = 0;
     s.block_m = 16 * s.m_tiles * s.warps;
   } else {

@@ -26,6 +26,10 @@ TEST(Sm80Tiles, ForwardOnHopper) {
   const auto loads = choose_sm80(Kind::Forward, 128, 128, true, kLoads, kH100);
   EXPECT_EQ(loads.spec.block_n, 32);
   EXPECT_TRUE(loads.spec.compile_options().empty());
+  // Up to D64, 96 keys unless a captured tensor is read per score.
+  EXPECT_EQ(choose_sm80(Kind::Forward, 64, 64, true, kPlain, kH100).spec.block_n, 96);
+  EXPECT_EQ(choose_sm80(Kind::Forward, 64, 64, true, kLoads, kH100).spec.block_n, 64);
+  EXPECT_EQ(choose_sm80(Kind::Forward, 96, 96, true, kPlain, kH100).spec.block_n, 64);
   const auto d256 = choose_sm80(Kind::Forward, 256, 256, true, kPlain, kH100);
   EXPECT_EQ(d256.spec.warps, 8);
   EXPECT_EQ(d256.spec.block_m, 128);

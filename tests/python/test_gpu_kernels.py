@@ -464,13 +464,16 @@ def test_hopper_picks_the_sm90_forward(dims):
     assert attn.backend_for(q, k, v) == ("sm80" if dims == (96, 96) else "sm90")
 
 
-@pytest.mark.parametrize("variant", ["plain", "causal", "alibi_causal", "softcap", "sigmoid"])
-def test_sm80_forward_on_hopper(variant, monkeypatch):
-    """The mma.sync forward stays correct on Hopper (AE_DISABLE_SM90=1 selects it)."""
+@pytest.mark.parametrize("dims", [(128, 128), (64, 64)], ids=_id)
+@pytest.mark.parametrize("variant", ["plain", "causal", "sliding_window", "alibi_causal", "softcap",
+                                     "sigmoid", "document"])
+def test_sm80_forward_on_hopper(variant, dims, monkeypatch):
+    """The mma.sync forward stays correct on Hopper (AE_DISABLE_SM90=1 selects it); at D64 it
+    takes 96-key tiles, so 1000 keys end in a partial one."""
     if not _is_hopper():
         pytest.skip("needs an sm_90 GPU")
     monkeypatch.setenv("AE_DISABLE_SM90", "1")
-    s = Shape()
+    s = Shape(Dqk=dims[0], Dv=dims[1])
     attn, _ = build(variant, s)
     q, k, v = make_qkv(s, BF16, 0, "bhsd")
     assert attn.backend_for(q, k, v) == "sm80"
