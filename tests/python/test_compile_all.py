@@ -141,9 +141,9 @@ def test_sm80_backward_tile_table():
 
 
 def test_sm80_forward_tile_table():
-    # 64 keys per tile up to head dim 128; at 128 the fit needs ptxas register-usage level 0
-    # (an NVRTC option the instantiation carries), and variants that load a captured tensor
-    # per score keep 32 keys
+    # 64 keys per tile up to head dim 128 (96 up to 64); at 128 the fit needs ptxas
+    # register-usage level 0 (an NVRTC option the instantiation carries), and variants that
+    # load a captured tensor per score keep 32 keys (64 up to head dim 64)
     plain = ae.compile().variant.kernel_source("fwd", 128, 128)
     assert "128x64 w4 mt2 r0" in plain["describe"]
     assert plain["options"] == ["-Xptxas=--register-usage-level=0"]
@@ -151,7 +151,9 @@ def test_sm80_forward_tile_table():
     rel_src = rel.variant.kernel_source("fwd", 128, 128, True, ["float32"])
     assert "128x32 w4 mt2" in rel_src["describe"] and rel_src["options"] == []
     d64 = ae.compile().variant.kernel_source("fwd", 64, 64)
-    assert "128x64 w4 mt2" in d64["describe"] and d64["options"] == []
+    assert "128x96 w4 mt2" in d64["describe"] and d64["options"] == []
+    rel64 = rel.variant.kernel_source("fwd", 64, 64, True, ["float32"])
+    assert "128x64 w4 mt2" in rel64["describe"]
 
 
 def test_host_and_template_agree_on_shared_memory():
