@@ -2,6 +2,7 @@
 
 #include <mutex>
 #include <unordered_map>
+#include <utility>
 
 #include "jit/compiler.h"
 #include "jit/cuda_driver.h"
@@ -22,46 +23,50 @@ std::string key_of(const ir::Variant& v, const codegen::KernelSpec& s) {
   return k;
 }
 
-}  // namespace
-
-jit::KernelPtr get_kernel(const ir::Variant& variant, const codegen::KernelSpec& spec) {
-  const std::string key = key_of(variant, spec);
+// The kernel under `key` from the in-process map, else make() (compile or disk cache) and
+// remember it.
+template <class Make>
+jit::KernelPtr find_or_make(const std::string& key, Make make) {
   {
     std::lock_guard<std::mutex> lock(g_mutex);
     auto it = kernels().find(key);
     if (it != kernels().end()) return it->second;
   }
-  jit::CompileRequest req;
-  req.source = codegen::instantiate(variant, spec);
-  req.kernel = spec.entry();
-  req.options = spec.compile_options();
-  req.arch = spec.arch;
-  req.threads = spec.kind == codegen::Kind::BlockState ? 128 : spec.threads();
-  req.file_name = "ae_" + variant.key + ".cu";
-  // A spill costs speed, never correctness; usually another register-usage level avoids it.
-  jit::KernelPtr k =
-      jit::get_least_spilling(jit::default_kernel_cache(), req, spec.fallback_options());
+  jit::KernelPtr k = make();
   std::lock_guard<std::mutex> lock(g_mutex);
   return kernels().emplace(key, k).first->second;
 }
 
+}  // namespace
+
+jit::KernelPtr get_kernel(const ir::Variant& variant, const codegen::KernelSpec& spec) {
+  return find_or_make(key_of(variant, spec), [&] {
+    jit::CompileRequest req;
+    req.source = codegen::instantiate(variant, spec);
+    req.kernel = spec.entry();
+    req.options = spec.compile_options();
+    req.arch = spec.arch;
+    req.threads = spec.kind == codegen::Kind::BlockState ? 128 : spec.threads();
+    req.file_name = "ae_" + variant.key + ".cu";
+    // A spill costs speed, never correctness; usually another register-usage level avoids it.
+    return jit::get_least_spilling(jit::default_kernel_cache(), req, spec.fallback_options());
+  });
+}
+
 jit::KernelPtr get_row_pass(codegen::RowPass pass, bool bf16, const std::string& arch) {
-  codegen::RowPassSource src = codegen::row_pass_source(pass, bf16);
-  const std::string key = src.describe + "|" + arch;
-  {
-    std::lock_guard<std::mutex> lock(g_mutex);
-    auto it = kernels().find(key);
-    if (it != kernels().end()) return it->second;
-  }
-  jit::CompileRequest req;
-  req.source = std::move(src.source);
-  req.kernel = src.entry;
-  req.arch = arch;
-  req.threads = codegen::kRowPassThreads;
-  req.file_name = src.entry + ".cu";
-  jit::KernelPtr k = jit::default_kernel_cache().get(req);
-  std::lock_guard<std::mutex> lock(g_mutex);
-  return kernels().emplace(key, k).first->second;
+  // Keyed without generating the source: this runs twice per backward call.
+  const std::string key = std::string("row pass ") + (pass == codegen::RowPass::Prep ? "prep" : "dq") +
+                          (bf16 ? " bf16 " : " fp16 ") + arch;
+  return find_or_make(key, [&] {
+    codegen::RowPassSource src = codegen::row_pass_source(pass, bf16);
+    jit::CompileRequest req;
+    req.source = std::move(src.source);
+    req.kernel = src.entry;
+    req.arch = arch;
+    req.threads = codegen::kRowPassThreads;
+    req.file_name = src.entry + ".cu";
+    return jit::default_kernel_cache().get(req);
+  });
 }
 
 void clear_kernel_caches() {

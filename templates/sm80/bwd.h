@@ -10,7 +10,8 @@
 //   3. dQ += dS K: warps tile 32 queries x a head-dim slice; fp32 reductions into dq_accum
 //      (unscaled: the dq row pass, common/bwd_rows.h, applies the softmax scale).
 // Every MMA takes its operands from 32-row (two m16) tiles, so one ldmatrix feeds two or
-// more MMAs: the shared-memory reads per MMA are what bound this kernel (bench/RESULTS.md).
+// more MMAs (that cut shared-memory reads to FlashAttention-2's count). What bounds it now is
+// latency: 2 warps per scheduler at ~7.4 cycles per issue (Nsight, bench/RESULTS.md).
 // With STAGES = 2 the next block's Q, dO and row statistics (the log2 LSE and delta) are
 // loaded (cp.async) under this block's math.
 #pragma once
@@ -199,7 +200,8 @@ struct BwdKernel {
     float* sDelta0 = sLse0 + Cfg::kStages * Cfg::kBlockM;
     // Each lane's fragment addresses, once (tile_io.h): stage 0's for Q and dO, whose other
     // stage is kStageQ / kStageDO bytes further.
-    constexpr u32 kStageQ = 2 * Cfg::kSmemQ, kStageDO = 2 * Cfg::kSmemDO, kDsOff = 2 * Cfg::kSmemP;  // dS^T past P^T
+    constexpr u32 kStageQ = 2 * Cfg::kSmemQ, kStageDO = 2 * Cfg::kSmemDO;
+    constexpr u32 kDsOff = 2 * Cfg::kSmemP;  // dS^T past P^T
     constexpr int kLdQK = Cfg::kLdQK, kLdV = Cfg::kLdV, kLdP = Cfg::kLdP;
     const u32 k_rows = lane_a<kLdQK>(smem_addr(sK)) + 2 * kw0 * kLdQK;      // S^T's A
     const u32 v_rows = lane_a<kLdV>(smem_addr(sV)) + 2 * kw0 * kLdV;        // dP^T's A
