@@ -28,7 +28,7 @@ def embedded_templates() -> str:
 
 def sources() -> list:
     core = []
-    for part in ("ir", "codegen", "jit", "tune"):
+    for part in ("ir", "codegen", "jit", "plan", "runner"):
         core += sorted(glob.glob(os.path.join("csrc", part, "*.cc")))
     return core + sorted(glob.glob(os.path.join("csrc", "torch", "*.cpp"))) + [
         os.path.relpath(embedded_templates(), ROOT)]

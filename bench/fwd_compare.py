@@ -43,7 +43,7 @@ def sass_facts(attn, d):
     nvcc, objdump = shutil.which("nvcc"), shutil.which("cuobjdump")
     if not (nvcc and objdump):
         return "no nvcc/cuobjdump"
-    src = attn.variant.kernel_source("fwd90", d, d, True, [])["source"]
+    src = attn.variant.kernel_source("fwd", d, d, True, [], family="sm90")["source"]
     with tempfile.TemporaryDirectory() as tmp:
         cu, cubin = os.path.join(tmp, "k.cu"), os.path.join(tmp, "k.cubin")
         open(cu, "w").write(src)

@@ -26,7 +26,7 @@ VARIANTS = {"plain": lambda: ae.compile(), "causal": lambda: ae.compile(mask_mod
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("kind", choices=["fwd", "bwd", "fwd90"])
+    ap.add_argument("kind", choices=["fwd", "bwd", "fwd90", "block_state", "bwd_prep", "bwd_dq"])
     ap.add_argument("d_qk", type=int)
     ap.add_argument("d_v", type=int)
     ap.add_argument("--variant", default="plain", choices=sorted(VARIANTS))
@@ -37,7 +37,8 @@ def main():
         raise SystemExit("needs nvcc and cuobjdump on PATH")
     attn = VARIANTS[args.variant]()
     dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers]
-    info = attn.variant.kernel_source(args.kind, args.d_qk, args.d_v, True, dtypes)
+    step, family = {"fwd": ("fwd", "sm80"), "fwd90": ("fwd", "sm90")}.get(args.kind, (args.kind, ""))
+    info = attn.variant.kernel_source(step, args.d_qk, args.d_v, True, dtypes, family=family)
     # AE_TEMPLATE_DIR: the same override the JIT honours, for A/B of template edits
     templates = os.environ.get("AE_TEMPLATE_DIR", os.path.join(HERE, "..", "templates"))
     with tempfile.TemporaryDirectory() as tmp:

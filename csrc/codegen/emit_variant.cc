@@ -48,6 +48,17 @@ std::string float_literal(double v) {
   return fmt::format("{:.9e}f", f);
 }
 
+}  // namespace
+
+bool has_kernel_load(const std::string& dtype) {
+  for (const char* d : {"float32", "float64", "bfloat16", "float16", "int64", "int32", "int16",
+                        "int8", "uint8", "bool"})
+    if (dtype == d) return true;
+  return false;
+}
+
+namespace {
+
 std::string load_expr(const Graph& g, const Node& n, const std::string& dtype) {
   std::string off = "0";
   if (!n.args.empty()) {
@@ -212,8 +223,9 @@ std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& d
   s += "struct Variant {\n  const ae::VariantArgs& va;\n";
   fmt::format_to(out, "  static constexpr bool kIdentity = {};\n", identity ? "true" : "false");
   fmt::format_to(out, "  static constexpr bool kHasMask = {};\n", has_mask ? "true" : "false");
-  fmt::format_to(out, "  static constexpr bool kSoftmax = {};\n",
-                 f.normalize == ir::Normalize::Softmax ? "true" : "false");
+  // The row normalization's policy (templates/common/normalizers.h).
+  fmt::format_to(out, "  using Norm = ae::norm::{};\n",
+                 f.normalize == ir::Normalize::Softmax ? "Softmax" : "None");
   // The score_mod is kOutScale * score(kInScale * s) and grad takes kInScale * s as well:
   // the templates fold both factors into multiplies they do anyway (score_scales.h).
   const ScoreScales sc = find_score_scales(v);

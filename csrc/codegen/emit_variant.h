@@ -11,6 +11,9 @@
 
 namespace ae::codegen {
 
+// Whether generated code can load a captured tensor of this torch dtype ("float32", "int64", ...).
+bool has_kernel_load(const std::string& dtype);
+
 // buffer_dtypes: the torch dtype name of each captured tensor at call time ("float32", ...).
 // buffer_grads: which captured tensors the backward adds gradients into (empty: none).
 std::string emit_variant(const ir::Variant& variant, const std::vector<std::string>& buffer_dtypes,

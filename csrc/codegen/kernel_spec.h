@@ -1,28 +1,41 @@
-// What one kernel instantiation is: template, tile shape, head dims, dtype, variant and the
-// dtypes of its captured tensors; and the source text generated for it.
+// What one kernel instantiation is: which template (family and kind), its tile shape, head
+// dims, dtype, and the dtypes of the variant's captured tensors. The planner (csrc/plan)
+// chooses specs; instantiate.h turns one into source text; kernel_abi.h says what arguments
+// it takes.
 #pragma once
 
 #include <string>
 #include <vector>
 
-#include "ir/variant.h"
-
 namespace ae::codegen {
 
-enum class Kind { Forward, Backward, BlockState };
-// Which template family: the mma.sync templates (sm_80 and up) or the Hopper ones (sm_90a:
-// TMA, wgmma, warp specialization; forward only so far).
-enum class Family { Sm80, Sm90 };
+enum class Kind {
+  Forward,     // attention forward: O and the row statistic (LSE)
+  Backward,    // attention backward's main kernel: dK, dV, dQ accumulated in fp32
+  BlockState,  // the mask's code per tile (common/block_state.h)
+  BwdPrep,     // backward row pass: delta, the log2 LSE, dq_accum zeroed (common/bwd_rows.h)
+  BwdDq,       // backward row pass: dQ from dq_accum
+};
+// Which template family: the portable kernels of templates/common (block states, row passes),
+// the mma.sync templates (sm_80 and up) or the Hopper ones (sm_90a: TMA, wgmma, warp
+// specialization).
+enum class Family { Common, Sm80, Sm90 };
+// How rows are addressed (templates/common/kv_layout.h).
+enum class Layout { Dense };
+
+const char* kind_name(Kind k);      // "fwd", "bwd", "block_state", "bwd_prep", "bwd_dq"
+const char* family_name(Family f);  // "common", "sm80", "sm90"
 
 struct KernelSpec {
   Kind kind = Kind::Forward;
   Family family = Family::Sm80;
+  Layout layout = Layout::Dense;
   std::string arch;         // "sm_80", "sm_90a", ...
   int d_qk = 0, d_v = 0;    // head dims
-  int block_m = 0;          // query rows per CTA (16 * m_tiles * warps on sm80)
+  int block_m = 0;          // query rows per CTA (16 * m_tiles * warps on the sm80 forward)
   int block_n = 0;          // keys per tile
   int warps = 4;
-  int m_tiles = 1;          // forward: 16-row MMA tiles per warp
+  int m_tiles = 1;          // sm80 forward: 16-row MMA tiles per warp
   int stages = 2;           // sm90: K/V ring stages; sm80 backward: Q/dO buffers
   bool overlap = true;      // sm90: softmax of one block under the GEMMs of the next
   bool pingpong = true;     // sm90: consumer warpgroups take turns issuing GEMMs
@@ -35,8 +48,12 @@ struct KernelSpec {
   std::vector<bool> buffer_grads;
 
   int threads() const { return 32 * warps; }
-  std::string entry() const;        // the extern "C" kernel name
-  std::string describe() const;     // "fwd sm_80 bf16 d128/128 128x64 w4 mt2 r3" ("dbuf0": grads)
+  // Whether the kernel is generated from a variant (the row passes are the same for all).
+  bool uses_variant() const { return kind != Kind::BwdPrep && kind != Kind::BwdDq; }
+  std::string entry() const;        // the extern "C" kernel name: "ae_" + kind_name
+  // "fwd sm_80 bf16 d128/128 128x64 w4 mt2 r0" ("dbuf0": grads); what the kernel registry keys
+  // a compiled kernel by, with the variant and the buffer dtypes.
+  std::string describe() const;
   // Compiler options the instantiation needs besides the engine's own (jit::base_options).
   std::vector<std::string> compile_options() const;
   // The compile options to try instead, in order, when the instantiation spills with its own
@@ -46,28 +63,5 @@ struct KernelSpec {
   // launch shape.
   std::vector<std::vector<std::string>> fallback_options() const;
 };
-
-// Shared memory (bytes) the instantiation needs.
-int smem_bytes(const KernelSpec& spec);
-
-// The instantiated translation unit: includes, the generated Variant, one extern "C" entry.
-std::string instantiate(const ir::Variant& variant, const KernelSpec& spec);
-
-// The tile table (the autotuner comes later): the sm80 configuration for a shape, or an
-// empty `reason` why there is none (then the caller falls back to the reference).
-struct TileChoice {
-  bool ok = false;
-  std::string reason;
-  KernelSpec spec;
-};
-// What the tile tables need to know of a variant.
-struct TileHints {
-  bool score_loads = false;  // the score_mod loads per score (Analysis::score_loads_per_element)
-  bool softmax = true;       // the row normalization is softmax (else none)
-};
-TileHints tile_hints(const ir::Variant& v);
-TileChoice choose_sm80(Kind kind, int d_qk, int d_v, bool bf16, TileHints hints, int smem_limit);
-// The sm90 forward configuration (arch sm_90a), or a reason why there is none.
-TileChoice choose_sm90(int d_qk, int d_v, bool bf16, TileHints hints, int smem_limit);
 
 }  // namespace ae::codegen

@@ -68,11 +68,12 @@ const CudaDeviceInfo& cuda_device_info(int device) {
     CUresult r = d.DeviceGet(&dev, device);
     CudaDeviceInfo info;
     // CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR / _MINOR, MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
-    // MULTIPROCESSOR_COUNT
+    // MULTIPROCESSOR_COUNT, L2_CACHE_SIZE
     if (r == 0) r = d.DeviceGetAttribute(&info.major, 75, dev);
     if (r == 0) r = d.DeviceGetAttribute(&info.minor, 76, dev);
     if (r == 0) r = d.DeviceGetAttribute(&info.smem_optin, 97, dev);
     if (r == 0) r = d.DeviceGetAttribute(&info.multiprocessors, 16, dev);
+    if (r == 0) r = d.DeviceGetAttribute(&info.l2_bytes, 38, dev);
     if (r != 0)
       throw JitError(fmt::format("attention_engine: cannot query CUDA device {}: {}", device,
                                  cuda_error_text(r)));

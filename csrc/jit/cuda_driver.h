@@ -68,9 +68,10 @@ const CudaDriver& cuda_driver();
 // "CUDA_ERROR_INVALID_VALUE (invalid argument)".
 std::string cuda_error_text(CUresult r);
 
-// Compute capability and opt-in shared memory per block of a device (cached per device).
+// Compute capability, opt-in shared memory per block, SMs and L2 bytes of a device (cached
+// per device).
 struct CudaDeviceInfo {
-  int major = 0, minor = 0, smem_optin = 0, multiprocessors = 0;
+  int major = 0, minor = 0, smem_optin = 0, multiprocessors = 0, l2_bytes = 0;
 };
 const CudaDeviceInfo& cuda_device_info(int device);
 // Makes the device's primary context (the one PyTorch uses) current on this thread.

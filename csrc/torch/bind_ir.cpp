@@ -1,13 +1,13 @@
 // Python bindings of the IR: build a Variant from a trace and look at its graphs.
+#include <fmt/format.h>
 #include <pybind11/stl.h>
 
-#include "codegen/kernel_spec.h"
-#include "codegen/row_passes.h"
+#include "codegen/instantiate.h"
 #include "ir/error.h"
-#include "torch/cuda_backend.h"
-#include "torch/kernel_registry.h"
 #include "ir/variant.h"
+#include "plan/planner.h"
 #include "torch/bindings.h"
+#include "torch/cuda_backend.h"
 
 namespace ae::py {
 namespace {
@@ -18,6 +18,59 @@ struct VariantHandle {
   std::shared_ptr<const ir::Variant> variant;
   std::string text;
 };
+
+// kernel_source: plans a 4k-token problem (B 1, 2 heads) on a device class and returns the
+// step's source and launch facts (for the compile-all check, sass_dump, and the curious).
+pybind11::dict kernel_source(const ir::Variant& v, const std::string& step, int d_qk, int d_v,
+                             bool bf16, const std::vector<std::string>& buffer_dtypes,
+                             const std::string& device, const std::string& family,
+                             const std::vector<bool>& buffer_grads) {
+  namespace pyb = pybind11;
+  plan::PlanRequest r;
+  r.variant = plan::VariantTraits::of(v);
+  const bool backward = step == "bwd" || step == "bwd_prep" || step == "bwd_dq";
+  if (!backward && step != "fwd" && step != "block_state")
+    throw ir::GraphError("step must be fwd, bwd, block_state, bwd_prep or bwd_dq, not " + step);
+  if (!buffer_grads.empty() && buffer_grads.size() != buffer_dtypes.size())
+    throw ir::GraphError(fmt::format("codegen: {} buffer gradient flags for {} captured tensors",
+                                     buffer_grads.size(), buffer_dtypes.size()));
+  plan::Problem& pb = r.problem;
+  pb.kind = backward ? plan::OpKind::Backward : plan::OpKind::Forward;
+  pb.dtype = bf16 ? plan::ElemType::BFloat16 : plan::ElemType::Float16;
+  pb.batch = 1, pb.q_heads = pb.kv_heads = 2, pb.q_len = pb.kv_len = 4096;
+  pb.d_qk = d_qk, pb.d_v = d_v, pb.scale = 1.0;
+  for (size_t i = 0; i < buffer_dtypes.size(); ++i)
+    pb.captured.push_back({buffer_dtypes[i], 1, backward && i < buffer_grads.size() && buffer_grads[i]});
+  pb = plan::with_sparsity(pb, r.variant);
+  if (device == "h100") r.device = plan::devices::h100();
+  else if (device == "h200") r.device = plan::devices::h200();
+  else if (device == "a100") r.device = plan::devices::a100();
+  else if (device == "ada") r.device = plan::devices::ada();
+  else if (device == "mi250") r.device = plan::devices::mi250();
+  else throw ir::GraphError("device must be h100, h200, a100, ada or mi250, not " + device);
+  if (family == "sm80") r.family = codegen::Family::Sm80;
+  else if (family == "sm90") r.family = codegen::Family::Sm90;
+  else if (!family.empty()) throw ir::GraphError("family must be sm80 or sm90, not " + family);
+  r.overrides = plan::TuningOverrides::from_environment();
+  const plan::LaunchPlan plan = plan::make_plan(r);
+  if (!plan.ok) throw ir::GraphError(plan.reason);
+  for (const plan::Step& s : plan.steps) {
+    if (step != codegen::kind_name(s.spec.kind)) continue;
+    pyb::dict d;
+    d["source"] = codegen::instantiate(&v, s.spec);
+    d["entry"] = s.spec.entry();
+    d["options"] = s.spec.compile_options();
+    d["fallback_options"] = s.spec.fallback_options();  // the registry's, on spills
+    d["threads"] = s.threads;
+    d["smem"] = s.smem;
+    d["describe"] = s.spec.describe();
+    d["family"] = std::string(codegen::family_name(s.spec.family));
+    d["plan"] = plan.describe();
+    return d;
+  }
+  throw ir::GraphError(fmt::format("the plan has no {} step (the variant {} a mask):\n{}", step,
+                                   r.variant.has_mask ? "has" : "has no", plan.describe()));
+}
 
 }  // namespace
 
@@ -42,57 +95,22 @@ void bind_ir(pybind11::module_& m) {
                              [](const VariantHandle& h) { return h.variant->analysis.mask_is_index_only; })
       .def_property_readonly("num_nodes", [](const VariantHandle& h) { return h.variant->forward.nodes.size(); })
       .def("kernel_source",
-           [](const VariantHandle& h, const std::string& kind, int d_qk, int d_v, bool bf16,
-              const std::vector<std::string>& buffer_dtypes, const std::string& arch,
-              const std::vector<bool>& buffer_grads) {
-             if (kind != "fwd" && kind != "bwd" && kind != "block_state" && kind != "fwd90")
-               throw ir::GraphError("kernel kind must be fwd, fwd90, bwd or block_state, not " +
-                                    kind);
-             const codegen::Kind k = kind == "fwd" || kind == "fwd90" ? codegen::Kind::Forward
-                                     : kind == "bwd"                  ? codegen::Kind::Backward
-                                                                      : codegen::Kind::BlockState;
-             const codegen::TileHints hints = codegen::tile_hints(*h.variant);
-             codegen::TileChoice c =
-                 kind == "fwd90"
-                     ? codegen::choose_sm90(d_qk, d_v, bf16, hints, 227 * 1024)
-                     : codegen::choose_sm80(
-                           k == codegen::Kind::BlockState ? codegen::Kind::Forward : k, d_qk, d_v,
-                           bf16, hints, 227 * 1024);
-             if (!c.ok) throw ir::GraphError(c.reason);
-             c.spec.kind = k;
-             c.spec.arch = kind == "fwd90" ? "sm_90a" : arch;
-             c.spec.buffer_dtypes = buffer_dtypes;
-             if (k == codegen::Kind::Backward) c.spec.buffer_grads = buffer_grads;
-             pyb::dict d;
-             d["source"] = codegen::instantiate(*h.variant, c.spec);
-             d["entry"] = c.spec.entry();
-             d["options"] = c.spec.compile_options();
-             d["fallback_options"] = c.spec.fallback_options();  // get_kernel's, on spills
-             d["threads"] = k == codegen::Kind::BlockState ? 128 : c.spec.threads();
-             d["smem"] = codegen::smem_bytes(c.spec);
-             d["describe"] = c.spec.describe();
-             return d;
+           [](const VariantHandle& h, const std::string& step, int d_qk, int d_v, bool bf16,
+              const std::vector<std::string>& buffer_dtypes, const std::string& device,
+              const std::string& family, const std::vector<bool>& buffer_grads) {
+             return kernel_source(*h.variant, step, d_qk, d_v, bf16, buffer_dtypes, device,
+                                  family, buffer_grads);
            },
-           pyb::arg("kind"), pyb::arg("d_qk"), pyb::arg("d_v"), pyb::arg("bf16") = true,
-           pyb::arg("buffer_dtypes") = std::vector<std::string>{}, pyb::arg("arch") = "sm_80",
-           pyb::arg("buffer_grads") = std::vector<bool>{},
-           "The generated kernel source for one instantiation (kind: fwd, fwd90 (always sm_90a), "
-           "bwd, block_state); buffer_grads: for bwd, which captured tensors get gradients.");
+           pyb::arg("step"), pyb::arg("d_qk"), pyb::arg("d_v"), pyb::arg("bf16") = true,
+           pyb::arg("buffer_dtypes") = std::vector<std::string>{}, pyb::arg("device") = "h100",
+           pyb::arg("family") = "", pyb::arg("buffer_grads") = std::vector<bool>{},
+           "The generated source of one step of the plan the planner makes for this variant on a "
+           "device class (h100, h200, a100, ada, mi250) at 4k tokens: step fwd, bwd, "
+           "block_state, bwd_prep or bwd_dq; family sm80 or sm90 to ask for one (default: the "
+           "planner's choice); buffer_grads: for the backward, which captured tensors get "
+           "gradients. Also the step's entry, compile options, threads, shared memory and the "
+           "whole plan's text.");
 
-  m.def("row_pass_source",
-        [](const std::string& pass, bool bf16) {
-          if (pass != "prep" && pass != "dq")
-            throw ir::GraphError("row pass must be prep or dq, not " + pass);
-          const codegen::RowPassSource r = codegen::row_pass_source(
-              pass == "prep" ? codegen::RowPass::Prep : codegen::RowPass::Dq, bf16);
-          pyb::dict d;
-          d["source"] = r.source;
-          d["entry"] = r.entry;
-          d["describe"] = r.describe;
-          return d;
-        },
-        pyb::arg("pass"), pyb::arg("bf16") = true,
-        "The source of one of the backward's variant-free row passes (prep, dq).");
   m.def("backend_for", &torch_ops::backend_for, pyb::arg("q"), pyb::arg("k"), pyb::arg("v"),
         pyb::arg("buffers"), pyb::arg("key"));
   m.def("clear_kernel_caches", &torch_ops::clear_kernel_caches,

@@ -8,8 +8,8 @@
 #pragma once
 
 #include "common/ae_common.h"
+#include "common/numeric.h"
 #include "common/params.h"
-#include "common/sm80_ops.h"
 
 namespace ae {
 
@@ -20,16 +20,7 @@ template <bool kBf16>
 AE_DEVICE void unpack8(const uint4& v, float (&f)[8]) {
   const u32 w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    if constexpr (kBf16) {
-      f[2 * i] = __uint_as_float(w[i] << 16);
-      f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-    } else {
-      asm("{\n.reg .f16 lo, hi;\nmov.b32 {lo, hi}, %2;\ncvt.f32.f16 %0, lo;\ncvt.f32.f16 %1, hi;\n}\n"
-          : "=f"(f[2 * i]), "=f"(f[2 * i + 1])
-          : "r"(w[i]));
-    }
-  }
+  for (int i = 0; i < 4; ++i) unpack2<kBf16>(w[i], f[2 * i], f[2 * i + 1]);
 }
 
 // This thread's row: rows go to groups of p.lanes lanes (a power of two, at most 32) in
@@ -47,7 +38,7 @@ AE_DEVICE bool row_of(const BwdRowParams& p, int& b, int& h, int& r, int& sub) {
 
 // The sum over a row's group of lanes (every lane of the warp takes part).
 AE_DEVICE float group_sum(float x, int lanes) {
-  for (int o = lanes / 2; o > 0; o >>= 1) x += sm80::shfl_xor(x, o);
+  for (int o = lanes / 2; o > 0; o >>= 1) x += shfl_xor(x, o);
   return x;
 }
 
@@ -57,7 +48,7 @@ AE_DEVICE float* acc_row(const BwdRowParams& p, int b, int h, int r) {
 
 }  // namespace rowpass
 
-// p.lanes: lanes per row, for d_v / 8 chunks of 16 bytes (codegen::row_pass_lanes).
+// p.lanes: lanes per row, for d_v / 8 chunks of 16 bytes (row_pass_lanes, common/shapes.h).
 template <bool kBf16>
 AE_DEVICE void bwd_prep(const BwdRowParams& p) {
   int b, h, r, sub;
@@ -81,7 +72,7 @@ AE_DEVICE void bwd_prep(const BwdRowParams& p) {
       const long long bhr = (static_cast<long long>(b) * p.heads + h) * p.q_len + r;
       p.delta[bhr] = p.dlse ? dot - p.dlse[bhr] : dot;
       const float l = p.lse[bhr];
-      p.lse2[bhr] = l == sm80::neg_inf() ? -sm80::neg_inf() : l * sm80::kLog2e;
+      p.lse2[bhr] = l == neg_inf() ? -neg_inf() : l * kLog2e;
     }
   }
   if (!live) return;
@@ -89,7 +80,7 @@ AE_DEVICE void bwd_prep(const BwdRowParams& p) {
   for (int c = sub; c < p.d_qk / 4; c += p.lanes) acc[c] = make_float4(0.f, 0.f, 0.f, 0.f);
 }
 
-// p.lanes: lanes per row, for d_qk / 8 chunks of 8 fp32 values (codegen::row_pass_lanes).
+// p.lanes: lanes per row, for d_qk / 8 chunks of 8 fp32 values (row_pass_lanes).
 template <bool kBf16>
 AE_DEVICE void bwd_dq(const BwdRowParams& p) {
   int b, h, r, sub;
@@ -100,10 +91,10 @@ AE_DEVICE void bwd_dq(const BwdRowParams& p) {
   for (int c = sub; c < p.d_qk / 8; c += p.lanes) {
     const float4 x = acc[2 * c], y = acc[2 * c + 1];
     uint4 out;
-    out.x = sm80::pack2<kBf16>(x.x * s, x.y * s);
-    out.y = sm80::pack2<kBf16>(x.z * s, x.w * s);
-    out.z = sm80::pack2<kBf16>(y.x * s, y.y * s);
-    out.w = sm80::pack2<kBf16>(y.z * s, y.w * s);
+    out.x = pack2<kBf16>(x.x * s, x.y * s);
+    out.y = pack2<kBf16>(x.z * s, x.w * s);
+    out.z = pack2<kBf16>(y.x * s, y.y * s);
+    out.w = pack2<kBf16>(y.z * s, y.w * s);
     *reinterpret_cast<uint4*>(gdq + 8 * c) = out;
   }
 }

@@ -1,5 +1,6 @@
 // Kernel arguments, shared by the host (g++) and the device (NVRTC / hipRTC): plain
-// fixed-size structs passed by value, so both sides agree on the layout.
+// fixed-size structs passed by value, so both sides agree on the layout. Which kernel takes
+// which, in what order, is codegen/kernel_abi.h's to say.
 #pragma once
 
 namespace ae {
@@ -43,7 +44,7 @@ struct AttnParams {
   const unsigned char* block_state;
   long long state_stride_b, state_stride_h;
   int n_q_blocks, n_kv_blocks;
-  int head_group;  // forward: CTAs take the heads of a group fastest (common/grid_order.h)
+  int head_group;  // forward: CTAs take the heads of a group fastest (common/tile_scheduler.h)
   int batch, q_heads, kv_heads, group, q_len, kv_len;
   float scale;       // applied to q.k
   float scale_log2;  // scale * log2(e), for variants without a score_mod
@@ -65,8 +66,16 @@ struct BwdRowParams {
   void* dq;
   long long do_stride[3], o_stride[3], dq_stride[3];
   int batch, heads, q_len, acc_rows, d_qk, d_v;
-  int lanes;    // per row: a power of two up to 32 (codegen::row_pass_lanes)
+  int lanes;    // per row: a power of two up to 32 (row_pass_lanes, common/shapes.h)
   float scale;  // dq = scale * dq_accum
+};
+
+// The block-state kernel's output (common/block_state.h): the table of codes for tiles of
+// block_m x block_n, per batch and per query head where the mask depends on them.
+struct BlockStateParams {
+  unsigned char* state;
+  int block_m, block_n;
+  int per_batch, per_head;
 };
 
 // A CUtensorMap (TMA descriptor, built on the host by cuTensorMapEncodeTiled): 128 opaque

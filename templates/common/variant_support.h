@@ -4,6 +4,7 @@
 #pragma once
 
 #include "common/ae_common.h"
+#include "common/normalizers.h"  // the Variant's `Norm`
 #include "common/params.h"
 
 namespace ae {

@@ -14,9 +14,17 @@
 // latency: 2 warps per scheduler at ~7.4 cycles per issue (Nsight, bench/RESULTS.md).
 // With STAGES = 2 the next block's Q, dO and row statistics (the log2 LSE and delta) are
 // loaded (cp.async) under this block's math.
+// Rows are addressed through Cfg::Layout (common/kv_layout.h), the (query head, query block)
+// pairs come from the block walk (common/block_walk.h), the normalization is the Variant's
+// policy (common/normalizers.h).
 #pragma once
 
+#include "common/block_walk.h"
+#include "common/kv_layout.h"
+#include "common/normalizers.h"
 #include "common/params.h"
+#include "common/tile_scheduler.h"
+#include "sm80/shapes.h"
 #include "sm80/tile_io.h"
 
 #ifndef AE_BWD_QUERY_CHUNK
@@ -26,21 +34,23 @@
 namespace ae::sm80 {
 
 // 8 warps: 16 (128 registers each) measured slower (bench/RESULTS.md).
-template <int D_QK_, int D_V_, int BLOCK_N_, int STAGES_, bool BF16_>
+template <int D_QK_, int D_V_, int BLOCK_N_, int STAGES_, bool BF16_, class LAYOUT_>
 struct BwdConfig {
-  static constexpr int kDqk = D_QK_, kDv = D_V_, kBlockN = BLOCK_N_, kWarps = 8;
+  using Layout = LAYOUT_;
+  static constexpr int kDqk = D_QK_, kDv = D_V_, kBlockN = BLOCK_N_, kWarps = kBwdWarps;
   static constexpr int kStages = STAGES_;
   static constexpr bool kBf16 = BF16_;
-  static constexpr int kBlockM = 64, kThreads = 32 * kWarps;
+  static constexpr int kBlockM = kBwdBlockM, kThreads = 32 * kWarps;
   static constexpr int kWarpsQ = kWarps / 2;  // dQ: 2 warps on queries x kWarpsQ on dims
   static constexpr int kWarpsN = kBlockN / 32;      // warps along keys (32 keys each)
   static constexpr int kWarpsM = kWarps / kWarpsN;  // along queries (S^T) or head dim (dK, dV)
   static constexpr int kLdQK = kDqk + 8, kLdV = kDv + 8, kLdP = kBlockM + 8;
   static constexpr int kSmemK = kBlockN * kLdQK, kSmemV = kBlockN * kLdV;
   static constexpr int kSmemQ = kBlockM * kLdQK, kSmemDO = kBlockM * kLdV, kSmemP = kBlockN * kLdP;
-  // Must match codegen::smem_bytes (Kind::Backward).
-  static constexpr int kSmemBytes =
-      2 * (kSmemK + kSmemV + kStages * (kSmemQ + kSmemDO) + 2 * kSmemP) + kStages * 2 * 4 * kBlockM;
+  static constexpr int kSmemBytes = bwd_smem_bytes(kBlockN, kDqk, kDv, kStages);  // the planner's
+  static_assert(kSmemBytes == 2 * (kSmemK + kSmemV + kStages * (kSmemQ + kSmemDO) + 2 * kSmemP) +
+                                  kStages * 2 * 4 * kBlockM,
+                "sm80/shapes.h");
   static_assert(kBlockN == 64 || kBlockN == 128, "64 or 128 keys per CTA");
   static_assert(kBlockM / kWarpsM >= 16, "S^T tiles of at least 16 queries per warp");
   static_assert(kDqk % 16 == 0 && kDv % 16 == 0, "head dims in multiples of 16");
@@ -63,6 +73,8 @@ struct BwdKernel {
   static constexpr int kQ8 = kQC / 8;
   static constexpr int kCQ = (Cfg::kDqk / 16 + Cfg::kWarpsQ - 1) / Cfg::kWarpsQ;
   static constexpr bool kFullUnroll = Cfg::kDqk <= 128 && Cfg::kDv <= 128;
+  using Norm = typename Variant::Norm;
+  using Layout = typename Cfg::Layout;
 
   const AttnParams& p;
   const Variant& var;
@@ -152,25 +164,19 @@ struct BwdKernel {
           const float lse_e = sLse[ql];
           bool keep = true;
           if (kCheck && check) {
-            keep = q_idx < p.q_len && key < p.kv_len;
+            keep = q_idx < Layout::q_len(p, b) && key < Layout::kv_len(p, b);
             if constexpr (Variant::kHasMask) keep = keep && var.mask(b, hq, q_idx, key);
           }
           float prob, dx, s = 0.f;
-          if constexpr (!kCheck && Variant::kIdentity && Variant::kSoftmax) {  // one FFMA, one MUFU
-            prob = fast_exp2(st[mt][nt][e] * p.scale_log2 - lse_e);
-            dx = prob * (dpt[mt][nt][e] - sDelta[ql]);
+          if constexpr (!kCheck && Variant::kIdentity) {  // softmax: one FFMA, one MUFU
+            Norm::backward_raw(p, st[mt][nt][e], lse_e, dpt[mt][nt][e], sDelta[ql], prob, dx);
           } else {
             // The score times the score_mod's constant inner factor (generated code takes it
-            // so), and its outer one folded into exp2's FFMA (codegen/score_scales.h).
+            // so), and its outer one folded into the policy's factor (codegen/score_scales.h).
             s = st[mt][nt][e] * (p.scale * Variant::kInScale);
             const float x = Variant::kIdentity ? s : var.score(s, b, hq, q_idx, key);
-            if constexpr (Variant::kSoftmax) {
-              prob = keep ? fast_exp2(x * (kLog2e * Variant::kOutScale) - lse_e) : 0.f;
-              dx = prob * (dpt[mt][nt][e] - sDelta[ql]);
-            } else {
-              prob = keep ? x : 0.f;
-              dx = keep ? dpt[mt][nt][e] : 0.f;
-            }
+            Norm::backward(x, Norm::kModFactor * Variant::kOutScale, keep, lse_e, dpt[mt][nt][e],
+                           sDelta[ql], prob, dx);
           }
           float ds = dx;
           if constexpr (!Variant::kIdentity)
@@ -184,8 +190,8 @@ struct BwdKernel {
 
   AE_DEVICE void run(char* smem_raw) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    // blockIdx as it comes (grid_order.h's groups cost registers this kernel does not have)
-    const int n_block = blockIdx.x, h_kv = blockIdx.y, b = blockIdx.z;
+    const WorkTile tile = GridOrder::tile(p);
+    const int n_block = tile.block, h_kv = tile.head, b = tile.batch;
     const int k0 = n_block * Cfg::kBlockN;
     const int kw0 = (warp % Cfg::kWarpsN) * 32;  // this warp's keys (S^T, dK, dV)
     const int wm = warp / Cfg::kWarpsN;          // its query slice (S^T) and dim slice (dK, dV)
@@ -214,65 +220,31 @@ struct BwdKernel {
     const u32 pt_store = smem_addr(sPt) + 2 * ((kw0 + g) * kLdP + qw0 + 2 * t);
 
     load_tile<Cfg::kBlockN, Cfg::kDqk, Cfg::kThreads>(
-        sK, static_cast<const u16*>(p.k) + b * p.k_stride[0] + h_kv * p.k_stride[1] + k0 * p.k_stride[2],
-        p.k_stride[2], p.kv_len - k0);
+        sK, Layout::row(static_cast<const u16*>(p.k), p.k_stride, b, h_kv, k0), p.k_stride[2],
+        Layout::kv_len(p, b) - k0);
     load_tile<Cfg::kBlockN, Cfg::kDv, Cfg::kThreads>(
-        sV, static_cast<const u16*>(p.v) + b * p.v_stride[0] + h_kv * p.v_stride[1] + k0 * p.v_stride[2],
-        p.v_stride[2], p.kv_len - k0);
+        sV, Layout::row(static_cast<const u16*>(p.v), p.v_stride, b, h_kv, k0), p.v_stride[2],
+        Layout::kv_len(p, b) - k0);
 
-    // The (query head, query block) pairs this CTA visits, in order, with their block state
-    // (2 without a mask); blocks the mask leaves empty are skipped. hq_off == p.group: past the
-    // end. Under a mask the walk reads the states of 32 blocks at once, a lane each, into two
-    // ballots (kept, partly kept) and pops blocks from them: one load latency per 32 blocks,
-    // and the walk's state is warp-uniform (uniform registers, not the 255 per thread).
-    struct QBlock {
-      int hq_off, mb, code;
-    };
-    struct Walk {
-      int hq_off, base;         // the window: blocks base .. base + 31 of query head hq_off
-      unsigned kept, partial;   // bit i: block base + i has something kept / is partly kept
-    };
-    const bool walk_states = Variant::kHasMask && p.block_state;  // no mask, no table
-    auto load_window = [&](Walk& w) {
-      const int m = w.base + lane;
-      const unsigned char* col = p.block_state + b * p.state_stride_b +
-                                 (h_kv * p.group + w.hq_off) * p.state_stride_h + n_block;
-      const int code = m < p.n_q_blocks ? col[static_cast<long long>(m) * p.n_kv_blocks] : 0;
-      w.kept = __ballot_sync(0xffffffffu, code != 0);
-      w.partial = __ballot_sync(0xffffffffu, code == 1);
-    };
-    auto pop = [&](Walk& w) -> QBlock {
-      if (!walk_states) {
-        const QBlock r{w.hq_off, w.base, 2};
-        if (++w.base == p.n_q_blocks) w.hq_off += 1, w.base = 0;
-        return r;
-      }
-      while (w.kept == 0) {
-        if ((w.base += 32) >= p.n_q_blocks) w.hq_off += 1, w.base = 0;
-        if (w.hq_off >= p.group) return {p.group, 0, 0};
-        load_window(w);
-      }
-      const int i = __ffs(w.kept) - 1;
-      w.kept &= w.kept - 1;
-      return {w.hq_off, w.base + i, (w.partial >> i) & 1 ? 1 : 2};
-    };
+    // The (query head, query block) pairs this CTA visits, in order, with their block codes
+    // (full without a mask); blocks the mask leaves empty are skipped.
+    using QBlock = ColumnWalk::Item;
+    ColumnWalk walk(p, b, h_kv, n_block, Variant::kHasMask);
     // Q and dO of one block, once per block: TileLoader's precomputed offsets save most of the
     // copy's index math.
     auto load_q_do = [&](QBlock it, int stage) {
       const int hq = h_kv * p.group + it.hq_off, q0 = it.mb * Cfg::kBlockM;
       TileLoader<Cfg::kBlockM, Cfg::kDqk, Cfg::kThreads>().load(
-          sQ0 + stage * Cfg::kSmemQ,
-          static_cast<const u16*>(p.q) + b * p.q_stride[0] + hq * p.q_stride[1] + q0 * p.q_stride[2],
-          p.q_stride[2], p.q_len - q0);
+          sQ0 + stage * Cfg::kSmemQ, Layout::row(static_cast<const u16*>(p.q), p.q_stride, b, hq, q0),
+          p.q_stride[2], Layout::q_len(p, b) - q0);
       TileLoader<Cfg::kBlockM, Cfg::kDv, Cfg::kThreads>().load(
           sdO0 + stage * Cfg::kSmemDO,
-          static_cast<const u16*>(p.dout) + b * p.do_stride[0] + hq * p.do_stride[1] +
-              q0 * p.do_stride[2],
-          p.do_stride[2], p.q_len - q0);
-      if constexpr (Variant::kSoftmax) {  // the row statistics: one 4-byte copy each
+          Layout::row(static_cast<const u16*>(p.dout), p.do_stride, b, hq, q0), p.do_stride[2],
+          Layout::q_len(p, b) - q0);
+      if constexpr (Norm::kRowStats) {  // the row statistics: one 4-byte copy each
         const int i = threadIdx.x % Cfg::kBlockM, row = q0 + i;
-        const long long off = (static_cast<long long>(b) * p.q_heads + hq) * p.q_len + row;
-        const bool ok = row < p.q_len;  // rows past the end read as 0 (and are masked)
+        const long long off = Layout::stat(p, b, hq, row);
+        const bool ok = row < Layout::q_len(p, b);  // rows past the end read as 0 (and are masked)
         if (threadIdx.x < Cfg::kBlockM)
           cp_async_4(sLse0 + stage * Cfg::kBlockM + i, ok ? p.lse2 + off : p.lse2, ok);
         else if (threadIdx.x < 2 * Cfg::kBlockM)
@@ -280,9 +252,7 @@ struct BwdKernel {
       }
     };
 
-    Walk walk{0, 0, 0u, 0u};
-    if (walk_states && p.group > 0) load_window(walk);
-    QBlock it = pop(walk), itn = pop(walk);
+    QBlock it = walk.pop(p, b, h_kv, n_block), itn = walk.pop(p, b, h_kv, n_block);
     if (it.hq_off < p.group) load_q_do(it, 0);
     cp_async_commit();  // K, V and the first Q, dO
 
@@ -315,7 +285,8 @@ struct BwdKernel {
 
       // 1. S^T and dP^T for this warp's 32 keys x kQW queries (kQC at a time); P and dS
       //    element by element.
-      const bool check = q0 + Cfg::kBlockM > p.q_len || k0 + Cfg::kBlockN > p.kv_len || it.code == 1;
+      const bool check = q0 + Cfg::kBlockM > Layout::q_len(p, b) || k0 + Cfg::kBlockN > Layout::kv_len(p, b) ||
+                         it.code == kBlockPartial;
 #pragma unroll 1
       for (int qc = qw0; qc < qw0 + kQW; qc += kQC) {
         float st[2][kQ8][4], dpt[2][kQ8][4];
@@ -383,19 +354,19 @@ struct BwdKernel {
         cp_async_commit();
       }
       it = itn;
-      itn = pop(walk);
+      itn = walk.pop(p, b, h_kv, n_block);
     }
     cp_async_wait<0>();
 
     // dK (times the softmax scale) and dV for this warp's keys and chunks.
-    u16* gdk = static_cast<u16*>(p.dk) + b * p.dk_stride[0] + h_kv * p.dk_stride[1];
-    u16* gdv = static_cast<u16*>(p.dv) + b * p.dv_stride[0] + h_kv * p.dv_stride[1];
+    u16* gdk = Layout::row(static_cast<u16*>(p.dk), p.dk_stride, b, h_kv, 0);
+    u16* gdv = Layout::row(static_cast<u16*>(p.dv), p.dv_stride, b, h_kv, 0);
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int key = k0 + kw0 + 16 * mt + g + 8 * r;
-        if (key >= p.kv_len) continue;
+        if (key >= Layout::kv_len(p, b)) continue;
 #pragma unroll
         for (int i = 0; i < 2 * kCK; ++i) {
           const int chunk = wm + Cfg::kWarpsM * (i / 2);

@@ -6,18 +6,22 @@
 // cp.async ring. Per tile: S = Q K^T (mma.sync, fp32), the Variant's score_mod and mask,
 // online softmax in the log2 domain (exp2, scale folded into log2(e) when there is no
 // score_mod), then O += P V with P converted in registers to the A operand.
-// Tiles the block-state table marks empty are skipped; full tiles skip the mask.
+// Tiles the block walk marks empty are skipped; full tiles skip the mask. Rows are addressed
+// through Cfg::Layout (common/kv_layout.h), the normalization is the Variant's policy.
 #pragma once
 
-#include "common/fwd_rows.h"
-#include "common/grid_order.h"
+#include "common/block_walk.h"
 #include "common/params.h"
+#include "common/tile_scheduler.h"
+#include "nvidia/mma_rows.h"
+#include "sm80/shapes.h"
 #include "sm80/tile_io.h"
 
 namespace ae::sm80 {
 
-template <int D_QK_, int D_V_, int BLOCK_N_, int WARPS_, int M_TILES_, bool BF16_>
+template <int D_QK_, int D_V_, int BLOCK_N_, int WARPS_, int M_TILES_, bool BF16_, class LAYOUT_>
 struct FwdConfig {
+  using Layout = LAYOUT_;
   static constexpr int kDqk = D_QK_, kDv = D_V_, kBlockN = BLOCK_N_, kWarps = WARPS_;
   // 16-row MMA tiles per warp: with 2, each K/V fragment read from shared memory feeds two
   // MMAs, halving the shared-memory traffic per FLOP.
@@ -26,7 +30,8 @@ struct FwdConfig {
   static constexpr int kBlockM = 16 * kMTiles * kWarps, kThreads = 32 * kWarps;
   static constexpr int kLdQK = kDqk + 8, kLdV = kDv + 8;  // smem row strides (elements)
   static constexpr int kSmemQ = kBlockM * kLdQK, kSmemK = kBlockN * kLdQK, kSmemV = kBlockN * kLdV;
-  static constexpr int kSmemBytes = 2 * (kSmemQ + 2 * kSmemK + 2 * kSmemV);
+  static constexpr int kSmemBytes = fwd_smem_bytes(kBlockM, kBlockN, kDqk, kDv);  // the planner's
+  static_assert(kSmemBytes == 2 * (kSmemQ + 2 * kSmemK + 2 * kSmemV), "sm80/shapes.h");
   static_assert(kDqk % 16 == 0 && kDv % 16 == 0 && kBlockN % 16 == 0, "tile shapes");
 };
 
@@ -35,6 +40,8 @@ struct FwdKernel {
   static constexpr int kN8 = Cfg::kBlockN / 8;  // n8 tiles of S per MMA row tile
   static constexpr int kO8 = Cfg::kDv / 8;      // n8 tiles of O per MMA row tile
   static constexpr int kMT = Cfg::kMTiles;
+  using Norm = typename Variant::Norm;
+  using Layout = typename Cfg::Layout;
 
   const AttnParams& p;
   const Variant& var;
@@ -42,15 +49,13 @@ struct FwdKernel {
 
   AE_DEVICE void run(char* smem_raw) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const GridPos pos = heads_fastest(p);
-    const int m_block = p.n_q_blocks - 1 - pos.block;  // longest rows first under causal masks
-    const int h = pos.head, b = pos.batch, q0 = m_block * Cfg::kBlockM;
+    const WorkTile tile = HeadsFastest::tile(p);
+    const int m_block = tile.block, h = tile.head, b = tile.batch, q0 = m_block * Cfg::kBlockM;
     const int wrow = warp * 16 * kMT;  // this warp's first row in the tile
     u16* sQ = reinterpret_cast<u16*>(smem_raw);
     u16* sK = sQ + Cfg::kSmemQ;
     u16* sV = sK + 2 * Cfg::kSmemK;
-    const u16* gq = static_cast<const u16*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1] +
-                    q0 * p.q_stride[2];
+    const u16* gq = Layout::row(static_cast<const u16*>(p.q), p.q_stride, b, h, q0);
     // This head's K and V bases live in shared memory, read once per tile: held in registers
     // across the loop next to 192 accumulators, they were what spilled at 64-key tiles. So do
     // the first row, head and batch, read where used (blockIdx, which they replaced, was
@@ -59,8 +64,8 @@ struct FwdKernel {
     __shared__ int cta[3];
     if (threadIdx.x == 0) {
       const int h_kv = h / p.group;
-      kv_base[0] = static_cast<const u16*>(p.k) + b * p.k_stride[0] + h_kv * p.k_stride[1];
-      kv_base[1] = static_cast<const u16*>(p.v) + b * p.v_stride[0] + h_kv * p.v_stride[1];
+      kv_base[0] = Layout::row(static_cast<const u16*>(p.k), p.k_stride, b, h_kv, 0);
+      kv_base[1] = Layout::row(static_cast<const u16*>(p.v), p.v_stride, b, h_kv, 0);
       cta[0] = q0, cta[1] = h, cta[2] = b;
     }
     __syncthreads();
@@ -70,13 +75,13 @@ struct FwdKernel {
     const u32 q_rows = lane_a<Cfg::kLdQK>(smem_addr(sQ)) + 2 * wrow * Cfg::kLdQK;
     const u32 k_rows = lane_nk<Cfg::kLdQK>(smem_addr(sK));
     const u32 v_cols = lane_kn<Cfg::kLdV>(smem_addr(sV));
-    const rows::BlockRow blocks(p, b, h, m_block, Variant::kHasMask);
+    const RowWalk blocks(p, b, h, m_block, Variant::kHasMask);
     const int n_kv = blocks.n;
     auto next_block = [&](int j) { return blocks.next(j); };
     const TileLoader<Cfg::kBlockN, Cfg::kDqk, Cfg::kThreads> k_loader;
     const TileLoader<Cfg::kBlockN, Cfg::kDv, Cfg::kThreads> v_loader;
     auto load_kv = [&](int j, int stage) {
-      const int rows = p.kv_len - j * Cfg::kBlockN;
+      const int rows = Layout::kv_len(p, b) - j * Cfg::kBlockN;
       k_loader.load(sK + stage * Cfg::kSmemK, kv_base[0] + j * Cfg::kBlockN * p.k_stride[2],
                     p.k_stride[2], rows);
       v_loader.load(sV + stage * Cfg::kSmemV, kv_base[1] + j * Cfg::kBlockN * p.v_stride[2],
@@ -84,24 +89,23 @@ struct FwdKernel {
     };
 
     int j = next_block(0);
-    load_tile<Cfg::kBlockM, Cfg::kDqk, Cfg::kThreads>(sQ, gq, p.q_stride[2], p.q_len - q0);
+    load_tile<Cfg::kBlockM, Cfg::kDqk, Cfg::kThreads>(sQ, gq, p.q_stride[2], Layout::q_len(p, b) - q0);
     if (j < n_kv) load_kv(j, 0);
     cp_async_commit();
 
     float o[kMT][kO8][4];
-    float m_run[kMT][2], l_run[kMT][2];
+    rows::RowStats stats[kMT];
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
       for (int i = 0; i < kO8; ++i) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.f;
-      m_run[mt][0] = m_run[mt][1] = neg_inf();
-      l_run[mt][0] = l_run[mt][1] = 0.f;
+      stats[mt].init();
     }
-    const bool q_tail = q0 + Cfg::kBlockM > p.q_len;
-    // Plain softmax scores are scaled inside softmax_step's exp2 on unchecked tiles; a scale
-    // that is not positive (allowed, if odd) takes the checked path, which scales first.
-    constexpr bool kRaw = Variant::kIdentity && Variant::kSoftmax;
-    const bool raw_ok = p.scale_log2 > 0.f;
+    const bool q_tail = q0 + Cfg::kBlockM > Layout::q_len(p, b);
+    // Raw plain scores are scaled inside normalize_step's exp2 on unchecked tiles; a scale that
+    // is not positive (allowed, if odd) takes the checked path, which scales first.
+    constexpr bool kRaw = Variant::kIdentity && Norm::kRawScores;
+    const bool raw_ok = Norm::identity_scale(p) > 0.f;
     // Q's A fragments stay in registers across key tiles where they fit.
     constexpr bool kQInRegs = Cfg::kDqk <= 128 && kMT == 1;
     u32 qf[kQInRegs ? kMT : 1][kQInRegs ? Cfg::kDqk / 16 : 1][4];
@@ -156,20 +160,19 @@ struct FwdKernel {
 
       kv0 = j * Cfg::kBlockN;
       const bool check =
-          q_tail || kv0 + Cfg::kBlockN > p.kv_len || blocks.partial(j) || (kRaw && !raw_ok);
+          q_tail || kv0 + Cfg::kBlockN > Layout::kv_len(p, b) || blocks.partial(j) || (kRaw && !raw_ok);
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) {
         const int row0 = cta[0] + wrow + 16 * mt + lane / 4, col0 = kv0 + 2 * (lane % 4);
-        if (check) rows::score_transform<true>(p, var, s[mt], cta[2], cta[1], row0, col0);
-        else rows::score_transform<false, true>(p, var, s[mt], cta[2], cta[1], row0, col0);
+        if (check)
+          rows::score_transform<true, false, Layout>(p, var, s[mt], cta[2], cta[1], row0, col0);
+        else
+          rows::score_transform<false, true, Layout>(p, var, s[mt], cta[2], cta[1], row0, col0);
       }
 
-      if constexpr (Variant::kSoftmax) {
-        const float scale = rows::softmax_scale<Variant>(p, kRaw && !check);
+      const float scale = rows::weight_scale<Variant>(p, kRaw && !check);
 #pragma unroll
-        for (int mt = 0; mt < kMT; ++mt)
-          rows::online_softmax(s[mt], o[mt], m_run[mt], l_run[mt], scale);
-      }
+      for (int mt = 0; mt < kMT; ++mt) rows::normalize<Norm>(s[mt], o[mt], stats[mt], scale);
 
 #pragma unroll
       for (int kk = 0; kk < Cfg::kBlockN / 16; ++kk) {
@@ -192,11 +195,11 @@ struct FwdKernel {
     }
     cp_async_wait<0>();
 
-    // Epilogue: normalize, write O (bf16/fp16) and the natural-log LSE.
+    // Epilogue: normalize, write O (bf16/fp16) and the row statistic.
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt)
-      rows::store_rows<Cfg::kBf16, Variant::kSoftmax>(p, o[mt], m_run[mt], l_run[mt], cta[2],
-                                                      cta[1], cta[0] + wrow + 16 * mt + lane / 4);
+      rows::store_rows<Cfg::kBf16, Norm, Layout>(p, o[mt], stats[mt], cta[2], cta[1],
+                                                 cta[0] + wrow + 16 * mt + lane / 4);
   }
 };
 

@@ -3,7 +3,7 @@
 // fall in 8 different bank groups for every head dim used (64, 96, 128, 192, 256).
 #pragma once
 
-#include "common/sm80_ops.h"
+#include "nvidia/mma.h"
 
 namespace ae::sm80 {
 

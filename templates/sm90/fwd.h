@@ -8,38 +8,46 @@
 //             S = Q K^T starts before V lands);
 //   consumers (warpgroups 1 and 2, 64 query rows each): S = Q K^T by wgmma from shared
 //             memory, the Variant's score_mod / mask and online softmax on the accumulators
-//             (common/fwd_rows.h), P converted in registers to wgmma's A operand and
+//             (nvidia/mma_rows.h), P converted in registers to wgmma's A operand and
 //             O += P V with V read N-major; then the stage is released on its empty
 //             barrier. S of the next block is issued together with P V of this one, so
 //             the softmax overlaps a GEMM, and the two warpgroups take turns issuing
 //             (ping-pong), so one's softmax overlaps the other's GEMMs.
-// Tiles the block-state table marks empty are skipped by both sides; full tiles skip the
-// mask; causal work runs longest rows first.
+// Tiles the block walk marks empty are skipped by both sides; full tiles skip the mask;
+// causal work runs longest rows first (common/tile_scheduler.h). Rows are addressed through
+// Cfg::Layout (common/kv_layout.h), the normalization is the Variant's policy.
 #pragma once
 
-#include "common/fwd_rows.h"
-#include "common/grid_order.h"
+#include "common/block_walk.h"
 #include "common/params.h"
+#include "common/tile_scheduler.h"
+#include "nvidia/mma_rows.h"
 #include "sm90/hopper_ops.h"
+#include "sm90/shapes.h"
 #include "sm90/wgmma.h"
 
 namespace ae::sm90 {
 
-template <int D_QK_, int D_V_, int BLOCK_N_, int STAGES_, bool OVERLAP_, bool PINGPONG_, bool BF16_>
+template <int D_QK_, int D_V_, int BLOCK_N_, int STAGES_, bool OVERLAP_, bool PINGPONG_, bool BF16_,
+          class LAYOUT_>
 struct FwdConfig {
+  using Layout = LAYOUT_;
   static constexpr int kDqk = D_QK_, kDv = D_V_, kBlockN = BLOCK_N_, kStages = STAGES_;
   // kOverlap: S of block j+1 issued with P V of block j (softmax under a GEMM);
   // kPingPong (with kOverlap): the consumer warpgroups take turns issuing GEMMs.
   static constexpr bool kOverlap = OVERLAP_, kPingPong = PINGPONG_ && OVERLAP_;
   static constexpr bool kBf16 = BF16_;
-  static constexpr int kConsumers = 2;  // consumer warpgroups, 64 query rows each (ping-pong)
-  static constexpr int kBlockM = 64 * kConsumers, kThreads = 128 * (kConsumers + 1);
+  static constexpr int kConsumers = kFwdConsumers;  // consumer warpgroups, 64 query rows each
+  static constexpr int kBlockM = kFwdBlockM, kThreads = 32 * kFwdWarps;
   // Tiles as TMA writes them with 128-byte swizzle: [D / 64 column blocks][rows][64].
   static constexpr int kQBytes = kBlockM * kDqk * 2, kKBytes = kBlockN * kDqk * 2,
                        kVBytes = kBlockN * kDv * 2;
   static constexpr int kBarriers = 1 + 3 * kStages;  // Q full; K full, V full, empty per stage
   // 1024 bytes of slack to align the tiles to the swizzle pattern's 1024-byte period.
-  static constexpr int kSmemBytes = 1024 + kQBytes + kStages * (kKBytes + kVBytes) + 8 * kBarriers;
+  static constexpr int kSmemBytes = fwd_smem_bytes(kBlockN, kDqk, kDv, kStages);  // the planner's
+  static_assert(kSmemBytes == 1024 + kQBytes + kStages * (kKBytes + kVBytes) + 8 * kBarriers &&
+                    kBlockM == 64 * kConsumers && kThreads == 128 * (kConsumers + 1),
+                "sm90/shapes.h");
   // Register split between the warpgroups (65536 per SM, one CTA per SM).
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
   static_assert(kDqk % 64 == 0 && kDv % 64 == 0 && kDqk <= 256, "head dims: multiples of 64");
@@ -53,6 +61,8 @@ template <class Cfg, class Variant>
 AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaDesc* tq,
                              const TmaDesc* tk, const TmaDesc* tv) {
   constexpr int BM = Cfg::kBlockM, BN = Cfg::kBlockN, S = Cfg::kStages;
+  using Norm = typename Variant::Norm;
+  using Layout = typename Cfg::Layout;
   extern __shared__ __align__(1024) char smem_raw[];
   char* sQ = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
   char* sK = sQ + Cfg::kQBytes;
@@ -62,11 +72,10 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   u64* v_full = k_full + S;
   u64* empty = v_full + S;
 
-  const GridPos pos = heads_fastest(p);
-  const int m_block = p.n_q_blocks - 1 - pos.block;  // longest rows first under causal masks
-  const int h = pos.head, b = pos.batch;
+  const WorkTile tile = HeadsFastest::tile(p);
+  const int m_block = tile.block, h = tile.head, b = tile.batch;
   const int q0 = m_block * BM, h_kv = h / p.group;
-  const rows::BlockRow blocks(p, b, h, m_block, Variant::kHasMask);
+  const RowWalk blocks(p, b, h, m_block, Variant::kHasMask);
   const int n_kv = blocks.n;
   auto next_block = [&](int j) { return blocks.next(j); };
 
@@ -86,22 +95,25 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
     setmaxnreg_dec<Cfg::kProducerRegs>();
     if (threadIdx.x == 0) {
       mbar_arrive_expect_tx(q_full, Cfg::kQBytes);
+      const auto qr = Layout::tma_row(b, h, q0);
 #pragma unroll
-      for (int c = 0; c < Cfg::kDqk / 64; ++c) tma_load_4d(sQ + c * BM * 128, tq, q_full, c * 64, q0, h, b);
+      for (int c = 0; c < Cfg::kDqk / 64; ++c)
+        tma_load_4d(sQ + c * BM * 128, tq, q_full, c * 64, qr.row, qr.head, qr.batch);
       int it = 0;
       for (int j = next_block(0); j < n_kv; j = next_block(j + 1), ++it) {
         const int stage = it % S, use = it / S;
+        const auto kr = Layout::tma_row(b, h_kv, j * BN);
         if (use > 0) mbar_wait(empty + stage, (use - 1) & 1);
         mbar_arrive_expect_tx(k_full + stage, Cfg::kKBytes);
 #pragma unroll
         for (int c = 0; c < Cfg::kDqk / 64; ++c)
-          tma_load_4d(sK + stage * Cfg::kKBytes + c * BN * 128, tk, k_full + stage, c * 64, j * BN,
-                      h_kv, b);
+          tma_load_4d(sK + stage * Cfg::kKBytes + c * BN * 128, tk, k_full + stage, c * 64, kr.row,
+                      kr.head, kr.batch);
         mbar_arrive_expect_tx(v_full + stage, Cfg::kVBytes);
 #pragma unroll
         for (int c = 0; c < Cfg::kDv / 64; ++c)
-          tma_load_4d(sV + stage * Cfg::kVBytes + c * BN * 128, tv, v_full + stage, c * 64, j * BN,
-                      h_kv, b);
+          tma_load_4d(sV + stage * Cfg::kVBytes + c * BN * 128, tv, v_full + stage, c * 64, kr.row,
+                      kr.head, kr.batch);
       }
     }
     return;
@@ -112,14 +124,15 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   constexpr int kN8 = BN / 8, kO8 = Cfg::kDv / 8;
   const int cw = wg - 1, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int row0 = q0 + 64 * cw + 16 * warp + lane / 4;  // this thread's first row
-  const bool q_tail = q0 + BM > p.q_len;
-  // Plain softmax scores are scaled inside softmax_step's exp2 on unchecked blocks; a scale
-  // that is not positive takes the checked path, which scales first.
-  constexpr bool kRaw = Variant::kIdentity && Variant::kSoftmax;
-  const bool raw_ok = p.scale_log2 > 0.f;
+  const bool q_tail = q0 + BM > Layout::q_len(p, b);
+  // Raw plain scores are scaled inside normalize_step's exp2 on unchecked blocks; a scale that
+  // is not positive takes the checked path, which scales first.
+  constexpr bool kRaw = Variant::kIdentity && Norm::kRawScores;
+  const bool raw_ok = Norm::identity_scale(p) > 0.f;
 
   float o[kO8][4];
-  float m_run[2] = {rows::neg_inf(), rows::neg_inf()}, l_run[2] = {0.f, 0.f};
+  rows::RowStats stats;
+  stats.init();
 #pragma unroll
   for (int i = 0; i < kO8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
 
@@ -155,14 +168,16 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
     }
     wgmma_commit();
   };
-  // score_mod, mask and the softmax step on S of block j; alpha: O's rescale factors.
+  // score_mod, mask and the normalization's step on S of block j; alpha: O's rescale factors.
   auto process_s = [&](int j_, float (&alpha)[2]) {
     const int kv0 = j_ * BN;
-    const bool check = q_tail || kv0 + BN > p.kv_len || blocks.partial(j_) || (kRaw && !raw_ok);
-    if (check) rows::score_transform<true>(p, var, s, b, h, row0, kv0 + 2 * (lane % 4));
-    else rows::score_transform<false, true>(p, var, s, b, h, row0, kv0 + 2 * (lane % 4));
-    if constexpr (Variant::kSoftmax)
-      rows::softmax_step(s, m_run, l_run, alpha, rows::softmax_scale<Variant>(p, kRaw && !check));
+    const bool check =
+        q_tail || kv0 + BN > Layout::kv_len(p, b) || blocks.partial(j_) || (kRaw && !raw_ok);
+    if (check)
+      rows::score_transform<true, false, Layout>(p, var, s, b, h, row0, kv0 + 2 * (lane % 4));
+    else
+      rows::score_transform<false, true, Layout>(p, var, s, b, h, row0, kv0 + 2 * (lane % 4));
+    rows::normalize_step<Norm>(s, stats, alpha, rows::weight_scale<Variant>(p, kRaw && !check));
   };
 
   // P V of the block in ring slot `it` (P in pa), issued asynchronously (one commit group).
@@ -185,7 +200,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
       wgmma_wait<0>();
       fence_regs(s);
       process_s(j, alpha);
-      if constexpr (Variant::kSoftmax) rows::rescale_rows_if_moved(o, alpha);
+      rows::rescale_rows_if_moved<Norm>(o, alpha);
       rows::p_to_a<Cfg::kBf16>(pa, s);
       wgmma_fence();
       issue_pv(it);
@@ -193,7 +208,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
       fence_regs(o);
       mbar_arrive(empty + it % S);
     }
-    rows::store_rows<Cfg::kBf16, Variant::kSoftmax>(p, o, m_run, l_run, b, h, row0);
+    rows::store_rows<Cfg::kBf16, Norm, Layout>(p, o, stats, b, h, row0);
     return;
   }
   if (cw == 1) turn_pass();  // the first consumer goes first
@@ -218,7 +233,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
       wgmma_wait<0>();
       fence_regs(o);
       mbar_arrive(empty + it % S);
-      if constexpr (Variant::kSoftmax) rows::rescale_rows_if_moved(o, alpha);
+      rows::rescale_rows_if_moved<Norm>(o, alpha);
       rows::p_to_a<Cfg::kBf16>(pa, s);
     }
     turn_wait();  // the last block: P V alone
@@ -231,7 +246,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   }
   if (cw == 0) turn_wait();  // the second consumer's last pass
 
-  rows::store_rows<Cfg::kBf16, Variant::kSoftmax>(p, o, m_run, l_run, b, h, row0);
+  rows::store_rows<Cfg::kBf16, Norm, Layout>(p, o, stats, b, h, row0);
 }
 
 }  // namespace ae::sm90

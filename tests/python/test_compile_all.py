@@ -1,6 +1,7 @@
 """CI's compile-all check (no GPU needed): every kernel instantiation the tests and the demo
-use is generated and compiled with NVRTC for sm_80 and sm_90a, and must not spill.
-Skipped where no NVRTC can be loaded."""
+use is planned (the H100 device class), generated and compiled with NVRTC for sm_80 and
+sm_90a, and must not spill; the portable kernels of templates/common also compile for gfx90a
+with hipRTC. Skipped where no NVRTC can be loaded."""
 import pytest
 import torch
 
@@ -35,16 +36,28 @@ DIMS = [(64, 64), (96, 96), (128, 128), (256, 256), (192, 128)]
 SM90_DIMS = [(64, 64), (128, 128), (256, 256), (192, 128)]  # the sm90 forward's tile table
 
 
+MASKED = {"causal", "sliding_window", "alibi", "document"}
+
+
 def _instantiations():
+    # kind: fwd (sm80 family), fwd90 (the sm90 forward), bwd, block_state
     for name in VARIANTS:
         for dims in DIMS if name == "plain" else [(128, 128), (64, 64)]:
             for kind in ("fwd", "bwd"):
                 yield name, kind, dims
         for dims in SM90_DIMS if name == "plain" else [(128, 128), (64, 64)]:
             yield name, "fwd90", dims
-        yield name, "block_state", (128, 128)
+        if name in MASKED:
+            yield name, "block_state", (128, 128)
     yield "plain", "fwd", (128, 128), False  # fp16
     yield "plain", "fwd90", (128, 128), False
+
+
+def _source(attn, kind, d_qk, d_v, bf16=True, grads=()):
+    dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers]
+    step, family = {"fwd": ("fwd", "sm80"), "fwd90": ("fwd", "sm90")}.get(kind, (kind, ""))
+    return attn.variant.kernel_source(step, d_qk, d_v, bf16, dtypes, family=family,
+                                      buffer_grads=list(grads))
 
 
 @pytest.mark.parametrize("case", list(_instantiations()), ids=lambda c: "-".join(map(str, c)))
@@ -52,9 +65,8 @@ def test_instantiation_compiles_without_spills(case):
     name, kind, (d_qk, d_v), *rest = case
     bf16 = rest[0] if rest else True
     attn = VARIANTS[name]()
-    dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers]
     grads = [t.requires_grad for t in attn.buffers] if kind == "bwd" else []  # as the tests run
-    info = attn.variant.kernel_source(kind, d_qk, d_v, bf16, dtypes, buffer_grads=grads)
+    info = _source(attn, kind, d_qk, d_v, bf16, grads)
     arches = ["sm_90a"] if kind == "fwd90" else ["sm_80", "sm_90a"]  # wgmma and TMA: sm_90a only
     for arch in arches:
         # The runtime (get_kernel) compiles at the table's options and, on a spill, at the
@@ -73,10 +85,11 @@ def test_instantiation_compiles_without_spills(case):
 
 
 @pytest.mark.parametrize("bf16", [True, False], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("row_pass", ["prep", "dq"])
+@pytest.mark.parametrize("row_pass", ["bwd_prep", "bwd_dq"])
 def test_backward_row_passes_compile_without_spills(row_pass, bf16):
-    info = _C.row_pass_source(row_pass, bf16)
-    assert info["entry"] in info["source"]
+    info = ae.compile().variant.kernel_source(row_pass, 128, 128, bf16)
+    assert info["entry"] == "ae_" + row_pass and info["entry"] in info["source"]
+    assert info["family"] == "common" and "struct Variant" not in info["source"]
     for arch in ("sm_80", "sm_90a"):
         (report,) = _C.jit_check_arches(info["source"], info["entry"], arches=[arch], options=[])
         assert report["ok"], f"{info['describe']} {arch}: {report['error']}"
@@ -84,14 +97,53 @@ def test_backward_row_passes_compile_without_spills(row_pass, bf16):
         assert report["spill_stores"] == 0 and report["spill_loads"] == 0
 
 
-def test_row_pass_names_are_checked():
-    with pytest.raises(Exception, match="prep or dq"):
-        _C.row_pass_source("convert")
+def test_kernel_source_checks_its_arguments():
+    v = ae.compile().variant
+    with pytest.raises(ae.GraphError, match="step must be"):
+        v.kernel_source("convert", 128, 128)
+    with pytest.raises(ae.GraphError, match="device must be"):
+        v.kernel_source("fwd", 128, 128, device="v100")
+    with pytest.raises(ae.GraphError, match="family must be"):
+        v.kernel_source("fwd", 128, 128, family="sm70")
+    with pytest.raises(ae.GraphError, match="no block_state step"):
+        v.kernel_source("block_state", 128, 128)  # no mask, no table
+    with pytest.raises(ae.GraphError, match="AMD"):
+        v.kernel_source("fwd", 128, 128, device="mi250")
+
+
+def test_kernel_source_shows_the_plan():
+    causal = VARIANTS["causal"]()
+    info = causal.variant.kernel_source("bwd", 128, 128)
+    steps = [line.split()[0] for line in info["plan"].splitlines() if not line.startswith("workspace")]
+    assert steps == ["block_state", "bwd_prep", "bwd", "bwd_dq"], info["plan"]
+    # A100: the sm80 forward, smaller tiles at D256
+    a100 = causal.variant.kernel_source("fwd", 256, 256, device="a100")
+    assert a100["family"] == "sm80" and "64x32 w4" in a100["describe"]
+
+
+# The kernels of templates/common are portable: hipRTC compiles them for gfx90a (no GPU
+# needed), so a HIP family reuses them as they are.
+def _hiprtc_available() -> bool:
+    try:
+        _C.jit_compiler_version("gfx90a")
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.mark.skipif(not _hiprtc_available(), reason="hipRTC not available")
+@pytest.mark.parametrize("step", ["block_state", "bwd_prep", "bwd_dq"])
+def test_common_kernels_compile_for_gfx90a(step):
+    attn = VARIANTS["document"]() if step == "block_state" else ae.compile()
+    dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers]
+    info = attn.variant.kernel_source(step, 128, 128, True, dtypes)
+    (report,) = _C.jit_check_arches(info["source"], info["entry"], arches=["gfx90a"], options=[])
+    assert report["ok"], f"{info['describe']} gfx90a: {report['error']}"
 
 
 def test_generated_source_is_readable():
     attn = VARIANTS["alibi"]()
-    src = attn.variant.kernel_source("fwd", 128, 128, True, ["float32"])["source"]
+    src = _source(attn, "fwd", 128, 128)["source"]
     assert "struct Variant" in src and 'extern "C" __global__' in src
     # one statement per graph node, named after it, with the user's line
     assert "const float n" in src and "mods.py" in src
@@ -101,21 +153,24 @@ def test_backward_adds_gradients_only_into_tensors_that_want_them():
     # Gradient atomics are stores the compiler must order the variant's loads around, so a
     # backward for captured tensors without gradients has none (and is a kernel of its own).
     rel = VARIANTS["relative_bias"]()
-    without = rel.variant.kernel_source("bwd", 128, 128, True, ["float32"])
-    with_grad = rel.variant.kernel_source("bwd", 128, 128, True, ["float32"], buffer_grads=[True])
+    without = _source(rel, "bwd", 128, 128)
+    with_grad = _source(rel, "bwd", 128, 128, grads=[True])
     assert "atomicAdd" not in without["source"] and "atomicAdd(va.buf[0].grad" in with_grad["source"]
     assert " dbuf0" in with_grad["describe"] and "dbuf" not in without["describe"]
     with pytest.raises(ae.GraphError, match="gradient flags"):
-        rel.variant.kernel_source("bwd", 128, 128, True, ["float32"], buffer_grads=[True, False])
+        _source(rel, "bwd", 128, 128, grads=[True, False])
 
 
 def test_sm90_tile_table_refuses_unsupported_head_dims():
     with pytest.raises(ae.GraphError, match="no sm90 kernel"):
-        ae.compile().variant.kernel_source("fwd90", 96, 96)
+        ae.compile().variant.kernel_source("fwd", 96, 96, family="sm90")
+    # the planner's own choice falls back to the sm80 forward
+    assert ae.compile().variant.kernel_source("fwd", 96, 96)["family"] == "sm80"
 
 
 def test_sm90_kernel_is_warp_specialized_wgmma():
-    src = ae.compile().variant.kernel_source("fwd90", 128, 128)
+    src = ae.compile().variant.kernel_source("fwd", 128, 128)  # H100: the planner's choice
+    assert src["family"] == "sm90"
     assert "sm90/fwd.h" in src["source"] and "__grid_constant__ ae::TmaDesc" in src["source"]
     assert src["threads"] == 384 and src["smem"] > 128 * 1024
 
@@ -134,8 +189,8 @@ def test_generated_wgmma_header_is_up_to_date():
 def test_sm80_backward_tile_table():
     # 128 keys per CTA where dK and dV fit in registers, 64 past head dim 128; Q and dO
     # double-buffered within an H100's 227 KB of shared memory
-    d128 = ae.compile().variant.kernel_source("bwd", 128, 128)
-    d256 = ae.compile().variant.kernel_source("bwd", 256, 256)
+    d128 = _source(ae.compile(), "bwd", 128, 128)
+    d256 = _source(ae.compile(), "bwd", 256, 256)
     assert "64x128 w8 s2 r0" in d128["describe"] and "64x64 w8 s2 r0" in d256["describe"]
     assert d128["threads"] == 256 and max(d128["smem"], d256["smem"]) <= 227 * 1024
 
@@ -144,18 +199,20 @@ def test_sm80_forward_tile_table():
     # 64 keys per tile up to head dim 128 (96 up to 64); at 128 the fit needs ptxas
     # register-usage level 0 (an NVRTC option the instantiation carries), and variants that
     # load a captured tensor per score keep 32 keys (64 up to head dim 64)
-    plain = ae.compile().variant.kernel_source("fwd", 128, 128)
+    plain = _source(ae.compile(), "fwd", 128, 128)
     assert "128x64 w4 mt2 r0" in plain["describe"]
     assert plain["options"] == ["-Xptxas=--register-usage-level=0"]
     rel = VARIANTS["relative_bias"]()
-    rel_src = rel.variant.kernel_source("fwd", 128, 128, True, ["float32"])
+    rel_src = _source(rel, "fwd", 128, 128)
     assert "128x32 w4 mt2" in rel_src["describe"] and rel_src["options"] == []
-    d64 = ae.compile().variant.kernel_source("fwd", 64, 64)
+    d64 = _source(ae.compile(), "fwd", 64, 64)
     assert "128x96 w4 mt2" in d64["describe"] and d64["options"] == []
-    rel64 = rel.variant.kernel_source("fwd", 64, 64, True, ["float32"])
+    rel64 = _source(rel, "fwd", 64, 64)
     assert "128x64 w4 mt2" in rel64["describe"]
 
 
 def test_host_and_template_agree_on_shared_memory():
-    src = ae.compile().variant.kernel_source("bwd", 128, 128)
-    assert f"static_assert(Cfg::kSmemBytes == {src['smem']}," in src["source"]
+    # One formula (templates/sm80/shapes.h) for both; the template checks it against its own
+    # layout at compile time (test_instantiation_compiles_without_spills compiles it).
+    src = _source(ae.compile(), "bwd", 128, 128)
+    assert src["smem"] == 2 * (128 * 272 + 2 * 64 * 272 + 2 * 128 * 72) + 2 * 2 * 4 * 64

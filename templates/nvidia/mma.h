@@ -1,9 +1,9 @@
-// Warp-level building blocks of the mma.sync path (sm_80 and up), as inline PTX: 16-byte
-// cp.async with zero fill, ldmatrix (plain and .trans), mma.sync m16n8k16 with fp32
-// accumulators, fp32 pair reductions, and float -> bf16x2 / f16x2 packing.
+// Warp-level building blocks of the mma.sync instruction set (sm_80 and up; the sm90
+// templates use them too), as inline PTX: 16-byte cp.async with zero fill, ldmatrix (plain
+// and .trans), mma.sync m16n8k16 with fp32 accumulators, fp32 pair reductions.
 #pragma once
 
-#include "common/ae_common.h"
+#include "common/numeric.h"
 
 namespace ae::sm80 {
 
@@ -69,29 +69,6 @@ AE_DEVICE void red_add2(float* dst, float x0, float x1) {
   atomicAdd(dst, x0);
   atomicAdd(dst + 1, x1);
 #endif
-}
-
-// (lo, hi) -> one register holding two 16-bit floats, lo in the low half.
-template <bool kBf16>
-AE_DEVICE u32 pack2(float lo, float hi) {
-  u32 r;
-  if constexpr (kBf16) {
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-  } else {
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-  }
-  return r;
-}
-
-AE_DEVICE float shfl_xor(float v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
-
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-AE_DEVICE float neg_inf() { return __int_as_float(0xff800000); }
-AE_DEVICE float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
 }
 
 }  // namespace ae::sm80

@@ -1,0 +1,84 @@
+#include "codegen/instantiate.h"
+
+#include <fmt/format.h>
+
+#include <iterator>
+
+#include "codegen/emit_variant.h"
+#include "codegen/kernel_abi.h"
+#include "ir/error.h"
+
+namespace ae::codegen {
+namespace {
+
+// Which template a spec instantiates: its header, its config type (empty: none), the call
+// the entry makes, and whether the entry promises one CTA per SM (__launch_bounds__'s second
+// argument: the big templates, which take the whole register file).
+struct Template {
+  const char* header;
+  std::string config;
+  std::string call;
+  bool one_per_sm;
+};
+
+const char* layout_type(Layout l) {
+  switch (l) {
+    case Layout::Dense: return "ae::DenseLayout";
+  }
+  return "?";
+}
+
+Template template_of(const KernelSpec& s) {
+  const char* elem = s.bf16 ? "true" : "false";
+  const char* layout = layout_type(s.layout);
+  switch (s.kind) {
+    case Kind::Forward:
+      if (s.family == Family::Sm90)
+        // Tensor maps are __grid_constant__: the kernel takes their addresses.
+        return {"sm90/fwd.h",
+                fmt::format("ae::sm90::FwdConfig<{}, {}, {}, {}, {}, {}, {}, {}>", s.d_qk, s.d_v,
+                            s.block_n, s.stages, s.overlap, s.pingpong, elem, layout),
+                "ae::sm90::attention_fwd<Cfg>(p, Variant{va}, &tq, &tk, &tv)", true};
+      return {"sm80/fwd.h",
+              fmt::format("ae::sm80::FwdConfig<{}, {}, {}, {}, {}, {}, {}>", s.d_qk, s.d_v,
+                          s.block_n, s.warps, s.m_tiles, elem, layout),
+              "ae::sm80::attention_fwd<Cfg>(p, Variant{va})", true};
+    case Kind::Backward:
+      return {"sm80/bwd.h",
+              fmt::format("ae::sm80::BwdConfig<{}, {}, {}, {}, {}, {}>", s.d_qk, s.d_v, s.block_n,
+                          s.stages, elem, layout),
+              "ae::sm80::attention_bwd<Cfg>(p, Variant{va})", true};
+    case Kind::BlockState:
+      return {"common/block_state.h", "", "ae::block_state(p, Variant{va}, bs)", false};
+    case Kind::BwdPrep:
+      return {"common/bwd_rows.h", "", fmt::format("ae::bwd_prep<{}>(rp)", elem), false};
+    case Kind::BwdDq:
+      return {"common/bwd_rows.h", "", fmt::format("ae::bwd_dq<{}>(rp)", elem), false};
+  }
+  throw ir::GraphError("codegen: unknown kernel kind");
+}
+
+}  // namespace
+
+std::string instantiate(const ir::Variant* variant, const KernelSpec& s) {
+  if (s.uses_variant() && !variant)
+    throw ir::GraphError(fmt::format("codegen: {} needs a variant", s.describe()));
+  const Template t = template_of(s);
+  std::string src;
+  auto out = std::back_inserter(src);
+  fmt::format_to(out, "// attention_engine kernel: {}\n#include \"{}\"\n", s.describe(), t.header);
+  if (s.uses_variant()) {
+    src += "#include \"common/variant_support.h\"\n\nnamespace {\n\n";
+    src += emit_variant(*variant, s.buffer_dtypes, s.buffer_grads);
+    src += "\n}  // namespace\n";
+  }
+  src += "\n";
+  if (!t.config.empty()) fmt::format_to(out, "using Cfg = {};\n", t.config);
+  fmt::format_to(out,
+                 "extern \"C\" __global__ void __launch_bounds__({}{}) {}({}) {{\n  {};\n}}\n",
+                 s.threads(), t.one_per_sm ? ", 1" : "", s.entry(), parameter_list(abi_of(s)),
+                 t.call);
+  return src;
+}
+
+}  // namespace ae::codegen

@@ -1,0 +1,41 @@
+#include "codegen/kernel_abi.h"
+
+#include <fmt/format.h>
+
+namespace ae::codegen {
+
+const KernelAbi& abi_of(const KernelSpec& s) {
+  static const KernelAbi attn{{Arg::Attn, Arg::Variant}, false};
+  static const KernelAbi tma{{Arg::Attn, Arg::Variant, Arg::TmaQ, Arg::TmaK, Arg::TmaV}, true};
+  static const KernelAbi block_states{{Arg::Attn, Arg::Variant, Arg::BlockStates}, false};
+  static const KernelAbi rows{{Arg::Rows}, false};
+  switch (s.kind) {
+    case Kind::Forward: return s.family == Family::Sm90 ? tma : attn;
+    case Kind::Backward: return attn;
+    case Kind::BlockState: return block_states;
+    case Kind::BwdPrep:
+    case Kind::BwdDq: return rows;
+  }
+  return attn;
+}
+
+std::string parameter_list(const KernelAbi& abi) {
+  std::string out;
+  for (Arg a : abi.args) {
+    const char* decl = "";
+    switch (a) {
+      case Arg::Attn: decl = "ae::AttnParams p"; break;
+      case Arg::Variant: decl = "ae::VariantArgs va"; break;
+      case Arg::TmaQ: decl = "ae::TmaDesc tq"; break;
+      case Arg::TmaK: decl = "ae::TmaDesc tk"; break;
+      case Arg::TmaV: decl = "ae::TmaDesc tv"; break;
+      case Arg::Rows: decl = "ae::BwdRowParams rp"; break;
+      case Arg::BlockStates: decl = "ae::BlockStateParams bs"; break;
+    }
+    out += fmt::format("{}const {}{}", out.empty() ? "" : ", ",
+                       abi.grid_constant ? "__grid_constant__ " : "", decl);
+  }
+  return out;
+}
+
+}  // namespace ae::codegen

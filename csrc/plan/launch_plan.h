@@ -1,0 +1,65 @@
+// The planner's output: the ordered kernel launches of one call, with their specs, grids,
+// shared memory and arguments' shape fields, and the workspaces they need. The runner
+// (csrc/runner) executes it; the torch layer allocates what it lists.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "codegen/kernel_spec.h"
+#include "common/params.h"  // templates/common: the kernels' argument structs
+#include "plan/problem.h"
+
+namespace ae::plan {
+
+// Scratch tensors a plan needs besides the call's inputs and outputs.
+enum class WorkspaceId {
+  BlockStates,  // uint8 [nb * nh, n_q_blocks, n_kv_blocks]: the mask's code per tile
+  DqAccum,      // fp32 [B, Hq, n_q_blocks * block_m, Dqk]: the backward's dQ, unscaled
+  Delta,        // fp32 [B, Hq, Sq]: rowsum(dO * O) - dlse
+  Lse2,         // fp32 [B, Hq, Sq]: the LSE in the log2 domain
+};
+constexpr int kWorkspaceCount = 4;
+const char* workspace_name(WorkspaceId id);
+
+struct Workspace {
+  WorkspaceId id;
+  std::vector<int64_t> shape;
+  ElemType dtype = ElemType::Float32;  // Other: uint8
+  // Non-empty when the contents are the same for every call with the same key (a mask that
+  // reads no captured tensor): the caller may keep the tensor and mark it ready next time.
+  std::string cache_key;
+};
+
+struct Dim3 {
+  unsigned x = 1, y = 1, z = 1;
+};
+
+struct Step {
+  codegen::KernelSpec spec;  // what to compile (spec.kind says which template and ABI)
+  Dim3 grid;
+  int threads = 0;
+  int smem = 0;                // dynamic shared memory, bytes
+  bool fills_workspace = false;  // makes `fills`; skipped when that workspace comes ready
+  WorkspaceId fills = WorkspaceId::BlockStates;
+  int row_lanes = 0;             // row passes: BwdRowParams::lanes
+};
+
+struct LaunchPlan {
+  bool ok = false;
+  std::string reason;        // !ok: why no fused kernel runs (the fallback warning says it)
+  std::string family;        // the main kernel's: "sm90", "sm80"
+  std::vector<Step> steps;   // empty for an empty problem (outputs are zeros, LSE -inf)
+  std::vector<Workspace> workspaces;
+  // The arguments' fields that do not point at memory (dims, block counts, strides of the
+  // block-state table, the head group, the scale); the runner adds the pointers and strides.
+  AttnParams attn{};
+  BwdRowParams rows{};
+  BlockStateParams block_states{};
+
+  const Workspace* workspace(WorkspaceId id) const;
+  std::string describe() const;  // one line per step: "fwd90 sm_90a ... grid (32,16,1) ..."
+};
+
+}  // namespace ae::plan

@@ -1,0 +1,37 @@
+#include "plan/overrides.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+namespace ae::plan {
+namespace {
+
+// "a,b,c" -> fields (up to n); the rest stay unset.
+template <int N>
+void parse_ints(const char* name, int (&fields)[N]) {
+  const char* text = std::getenv(name);
+  if (!text || !*text) return;
+  int v[4] = {TuningOverrides::kUnset, TuningOverrides::kUnset, TuningOverrides::kUnset,
+              TuningOverrides::kUnset};
+  const int n = std::sscanf(text, "%d,%d,%d,%d", &v[0], &v[1], &v[2], &v[3]);
+  for (int i = 0; i < N && i < n; ++i) fields[i] = v[i];
+}
+
+}  // namespace
+
+TuningOverrides TuningOverrides::from_environment() {
+  TuningOverrides o;
+  parse_ints("AE_SM80_FWD", o.sm80_fwd);
+  parse_ints("AE_SM80_BWD", o.sm80_bwd);
+  parse_ints("AE_SM90_FWD", o.sm90_fwd);
+  const char* off = std::getenv("AE_DISABLE_SM90");
+  o.disable_sm90 = off && *off && std::string(off) != "0";
+  if (const char* g = std::getenv("AE_HEAD_GROUP"); g && *g) {
+    const int n = std::atoi(g);
+    o.head_group = n < 1 ? 1 : n;
+  }
+  return o;
+}
+
+}  // namespace ae::plan

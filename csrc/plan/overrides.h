@@ -1,0 +1,27 @@
+// Tuning overrides from the environment, for sweeps until the autotuner exists: the one place
+// the planner's AE_* variables are read (bench/tile_sweep.py and friends set them).
+//   AE_SM80_FWD="warps,m_tiles,block_n[,reg_level]"   the sm80 forward's tiles
+//   AE_SM80_BWD="block_n,stages[,reg_level]"          the sm80 backward's
+//   AE_SM90_FWD="block_n,stages,overlap,pingpong"     the sm90 forward's
+//   AE_DISABLE_SM90=1                                 Hopper runs the sm80 forward
+//   AE_HEAD_GROUP=N                                   the forward's head group (tile scheduler)
+// reg_level: ptxas --register-usage-level, -1 for its default. A field that is absent or out
+// of range leaves the table's value.
+#pragma once
+
+namespace ae::plan {
+
+struct TuningOverrides {
+  // Parsed fields in the order above; kUnset where not given.
+  static constexpr int kUnset = -1000;
+  int sm80_fwd[4] = {kUnset, kUnset, kUnset, kUnset};
+  int sm80_bwd[3] = {kUnset, kUnset, kUnset};
+  int sm90_fwd[4] = {kUnset, kUnset, kUnset, kUnset};
+  bool disable_sm90 = false;
+  int head_group = 0;  // 0: the planner's heuristic
+
+  // Read from the environment (every call: benchmarks change them between calls).
+  static TuningOverrides from_environment();
+};
+
+}  // namespace ae::plan

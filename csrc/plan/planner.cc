@@ -1,0 +1,283 @@
+#include "plan/planner.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "codegen/emit_variant.h"
+#include "common/shapes.h"
+#include "plan/tile_tables.h"
+
+namespace ae::plan {
+namespace {
+
+using codegen::Family;
+using codegen::Kind;
+using codegen::KernelSpec;
+
+LaunchPlan refuse(std::string reason) {
+  LaunchPlan p;
+  p.reason = std::move(reason);
+  return p;
+}
+
+// What every family needs of the call; empty when the fused path can take it.
+std::string unfit_inputs(const Problem& pb, const DeviceCaps& dev) {
+  if (pb.dtype != ElemType::BFloat16 && pb.dtype != ElemType::Float16)
+    return fmt::format("{} inputs have no fused kernel (bf16 and fp16 do)", elem_name(pb.dtype));
+  if (pb.captured.size() > static_cast<size_t>(kMaxBuffers))
+    return fmt::format("{} captured tensors; kernels take at most {}", pb.captured.size(),
+                       kMaxBuffers);
+  for (const CapturedTensor& t : pb.captured)
+    if (t.rank > kMaxRank || !codegen::has_kernel_load(t.dtype))
+      return fmt::format("a captured tensor of rank {} and dtype {} has no kernel load", t.rank,
+                         t.dtype);
+  // Kernels index rows, heads and batches in 32 bits (the README says so).
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  if (pb.q_len > kMax || pb.kv_len > kMax || pb.batch * pb.q_heads > kMax)
+    return fmt::format("sequence lengths ({}, {}) or batch x heads ({}) past 32-bit indices",
+                       pb.q_len, pb.kv_len, pb.batch * pb.q_heads);
+  if (dev.vendor == jit::Vendor::kAmd)
+    return fmt::format("{}: no kernel family for AMD GPUs yet (the gfx90a templates are the "
+                       "MI250 issue's)", dev.label());
+  if (dev.major < 8)
+    return fmt::format("compute capability {}.{}: the kernels need 8.0 or newer", dev.major,
+                       dev.minor);
+  return {};
+}
+
+// The first candidate whose shared memory fits the device, its arch set; or why none does.
+bool pick(const Candidates& c, const DeviceCaps& dev, KernelSpec* out, std::string* why) {
+  if (c.specs.empty()) {
+    *why = c.refusal;
+    return false;
+  }
+  for (const KernelSpec& s : c.specs)
+    if (smem_bytes(s) <= dev.smem_per_block) {
+      *out = s;
+      if (out->arch.empty()) out->arch = dev.arch();
+      return true;
+    }
+  const KernelSpec& last = c.specs.back();
+  *why = fmt::format("{} needs {} bytes of shared memory, the device allows {}", last.describe(),
+                     smem_bytes(last), dev.smem_per_block);
+  return false;
+}
+
+// The main kernel's spec: the families that can run `kind` on the device, in order of
+// preference (Hopper: the sm90 forward where its table has a configuration, unless the
+// overrides disable it; the mma.sync templates everywhere from sm_80 on).
+bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* why) {
+  const Problem& pb = r.problem;
+  TableQuery q;
+  q.d_qk = static_cast<int>(pb.d_qk);
+  q.d_v = static_cast<int>(pb.d_v);
+  q.bf16 = pb.dtype == ElemType::BFloat16;
+  q.score_loads = r.variant.score_loads;
+  q.softmax = r.variant.normalize == ir::Normalize::Softmax;
+  const bool hopper = r.device.major == 9 && r.device.minor == 0;
+  std::vector<Family> families;
+  if (kind == Kind::Forward && hopper && !r.overrides.disable_sm90) families.push_back(Family::Sm90);
+  families.push_back(Family::Sm80);
+  if (r.family) {
+    if (std::find(families.begin(), families.end(), *r.family) == families.end()) {
+      *why = fmt::format("no {} {} kernel on {}", codegen::family_name(*r.family),
+                         codegen::kind_name(kind), r.device.label());
+      return false;
+    }
+    families = {*r.family};
+  }
+  std::string reasons;
+  for (Family f : families) {
+    const Candidates c = f == Family::Sm90   ? sm90_forward(q, r.overrides)
+                         : kind == Kind::Forward ? sm80_forward(q, r.overrides)
+                                                 : sm80_backward(q, r.overrides);
+    std::string w;
+    if (pick(c, r.device, spec, &w)) {
+      for (const CapturedTensor& t : pb.captured) spec->buffer_dtypes.push_back(t.dtype);
+      if (kind == Kind::Backward)  // gradient atomics only for the tensors that want them
+        for (const CapturedTensor& t : pb.captured) spec->buffer_grads.push_back(t.wants_grad);
+      return true;
+    }
+    reasons += (reasons.empty() ? "" : "; ") + w;
+  }
+  *why = reasons;
+  return false;
+}
+
+// The forward's head group (common/tile_scheduler.h). Without a mask every CTA does the same
+// work and one head at a time keeps K and V in L2 best: 1. With one, as many heads as fit
+// their K and V, per_head bytes each, into a budget of L2. Measured on the H200
+// (bench/RESULTS.md): the sm90 forward did best at 8 MB (4 heads at 4k tokens, 1 at 16k), the
+// sm80 one, at half its speed and so half the bandwidth, with 32 MB (16 and 4).
+int head_group(Family family, bool masked, long long per_head, int heads, int override_group) {
+  if (override_group > 0) return override_group;
+  if (!masked) return 1;
+  const long long budget = (family == Family::Sm90 ? 8ll : 32ll) << 20;
+  return static_cast<int>(std::clamp<long long>(budget / std::max(1ll, per_head), 1, heads));
+}
+
+AttnParams shape_params(const Problem& pb) {
+  AttnParams a{};
+  a.batch = static_cast<int>(pb.batch);
+  a.q_heads = static_cast<int>(pb.q_heads);
+  a.kv_heads = static_cast<int>(pb.kv_heads);
+  a.group = static_cast<int>(pb.group());
+  a.q_len = static_cast<int>(pb.q_len);
+  a.kv_len = static_cast<int>(pb.kv_len);
+  a.scale = static_cast<float>(pb.scale);
+  a.scale_log2 = static_cast<float>(pb.scale * 1.4426950408889634);
+  return a;
+}
+
+unsigned u(int64_t x) { return static_cast<unsigned>(x); }
+
+// Block counts for the main kernel's tiles; with a mask, the block-state step and its table.
+void add_block_states(const PlanRequest& r, const KernelSpec& main, LaunchPlan& plan) {
+  AttnParams& a = plan.attn;
+  a.n_q_blocks = static_cast<int>((a.q_len + main.block_m - 1) / main.block_m);
+  a.n_kv_blocks = static_cast<int>((a.kv_len + main.block_n - 1) / main.block_n);
+  if (r.problem.sparsity != BlockSparsity::MaskMod) return;
+  const VariantTraits& v = r.variant;
+  const int nb = v.mask_per_batch ? a.batch : 1, nh = v.mask_per_head ? a.q_heads : 1;
+  const long long per_tile = static_cast<long long>(a.n_q_blocks) * a.n_kv_blocks;
+  a.state_stride_h = v.mask_per_head ? per_tile : 0;
+  a.state_stride_b = v.mask_per_batch ? per_tile * nh : 0;
+  plan.block_states.block_m = main.block_m;
+  plan.block_states.block_n = main.block_n;
+  plan.block_states.per_batch = v.mask_per_batch;
+  plan.block_states.per_head = v.mask_per_head;
+
+  Workspace ws{WorkspaceId::BlockStates, {nb * nh, a.n_q_blocks, a.n_kv_blocks}, ElemType::Other, ""};
+  // The same table for every call where the mask reads no captured tensor (whose values
+  // could change between calls).
+  if (!v.mask_reads_buffers)
+    ws.cache_key = fmt::format("{}|{}|{}|{}x{}|{}|{}", v.key, a.q_len, a.kv_len, main.block_m,
+                               main.block_n, nb, nh);
+  plan.workspaces.push_back(ws);
+
+  Step s;
+  s.spec.kind = Kind::BlockState;
+  s.spec.family = Family::Common;
+  s.spec.arch = r.device.arch();
+  s.spec.bf16 = main.bf16;
+  s.spec.buffer_dtypes = main.buffer_dtypes;
+  s.spec.warps = kBlockStateThreads / 32;
+  s.grid = {u(a.n_kv_blocks), u(a.n_q_blocks), u(nb * nh)};
+  s.threads = kBlockStateThreads;
+  s.fills_workspace = true;
+  s.fills = WorkspaceId::BlockStates;
+  plan.steps.push_back(s);
+}
+
+Step main_step(const KernelSpec& spec, Dim3 grid) {
+  Step s;
+  s.spec = spec;
+  s.grid = grid;
+  s.threads = spec.threads();
+  s.smem = smem_bytes(spec);
+  return s;
+}
+
+// A backward row pass over every query row, row_lanes lanes per row of `dim` 16-bit values.
+Step row_pass(const PlanRequest& r, Kind kind, int dim) {
+  const Problem& pb = r.problem;
+  Step s;
+  s.spec.kind = kind;
+  s.spec.family = Family::Common;
+  s.spec.arch = r.device.arch();
+  s.spec.bf16 = pb.dtype == ElemType::BFloat16;
+  s.spec.warps = kRowPassThreads / 32;
+  s.row_lanes = row_pass_lanes(dim);
+  const int64_t rows = pb.batch * pb.q_heads * pb.q_len, per_cta = kRowPassThreads / s.row_lanes;
+  s.grid = {u((rows + per_cta - 1) / per_cta), 1, 1};
+  s.threads = kRowPassThreads;
+  return s;
+}
+
+}  // namespace
+
+const char* workspace_name(WorkspaceId id) {
+  switch (id) {
+    case WorkspaceId::BlockStates: return "block_states";
+    case WorkspaceId::DqAccum: return "dq_accum";
+    case WorkspaceId::Delta: return "delta";
+    case WorkspaceId::Lse2: return "lse2";
+  }
+  return "?";
+}
+
+const Workspace* LaunchPlan::workspace(WorkspaceId id) const {
+  for (const Workspace& w : workspaces)
+    if (w.id == id) return &w;
+  return nullptr;
+}
+
+std::string LaunchPlan::describe() const {
+  if (!ok) return "reference: " + reason;
+  std::string out;
+  for (const Step& s : steps)
+    out += fmt::format("{} grid ({},{},{}) threads {} smem {}\n", s.spec.describe(), s.grid.x,
+                       s.grid.y, s.grid.z, s.threads, s.smem);
+  for (const Workspace& w : workspaces) {
+    std::string shape;
+    for (int64_t d : w.shape) shape += fmt::format("{}{}", shape.empty() ? "" : ", ", d);
+    out += fmt::format("workspace {} [{}]{}\n", workspace_name(w.id), shape,
+                       w.cache_key.empty() ? "" : " (kept across calls)");
+  }
+  return out;
+}
+
+LaunchPlan make_plan(const PlanRequest& r) {
+  const Problem& pb = r.problem;
+  if (std::string why = unfit_inputs(pb, r.device); !why.empty()) return refuse(why);
+  const Kind kind = pb.kind == OpKind::Forward ? Kind::Forward : Kind::Backward;
+  KernelSpec spec;
+  std::string why;
+  if (!main_spec(r, kind, &spec, &why)) return refuse(why);
+
+  LaunchPlan plan;
+  plan.ok = true;
+  plan.family = codegen::family_name(spec.family);
+  plan.attn = shape_params(pb);
+  // Nothing to compute: the caller fills the outputs (zeros; the LSE -inf where rows exist).
+  if (pb.batch == 0 || pb.q_heads == 0 || pb.q_len == 0 || pb.kv_len == 0) return plan;
+
+  add_block_states(r, spec, plan);
+  AttnParams& a = plan.attn;
+  if (kind == Kind::Forward) {
+    const long long kv_bytes = pb.kv_len * (pb.d_qk + pb.d_v) * 2 / std::max<int64_t>(1, pb.group());
+    a.head_group = head_group(spec.family, r.variant.has_mask, kv_bytes, a.q_heads,
+                              r.overrides.head_group);
+    plan.steps.push_back(main_step(spec, {u(a.n_q_blocks), u(pb.q_heads), u(pb.batch)}));
+    return plan;
+  }
+
+  // Backward: the prep row pass (delta and the log2 LSE under softmax, dq_accum zeroed), the
+  // main kernel (dK, dV; dQ added into dq_accum in fp32, rows padded to whole query blocks so
+  // that it adds without row tests), the dQ row pass (scale and cast).
+  const bool stats = r.variant.normalize == ir::Normalize::Softmax;
+  plan.workspaces.push_back(
+      {WorkspaceId::DqAccum, {pb.batch, pb.q_heads, static_cast<int64_t>(a.n_q_blocks) * spec.block_m, pb.d_qk},
+       ElemType::Float32, ""});
+  if (stats) {
+    plan.workspaces.push_back({WorkspaceId::Delta, {pb.batch, pb.q_heads, pb.q_len}, ElemType::Float32, ""});
+    plan.workspaces.push_back({WorkspaceId::Lse2, {pb.batch, pb.q_heads, pb.q_len}, ElemType::Float32, ""});
+  }
+  BwdRowParams& rp = plan.rows;
+  rp.batch = a.batch;
+  rp.heads = a.q_heads;
+  rp.q_len = a.q_len;
+  rp.acc_rows = a.n_q_blocks * spec.block_m;
+  rp.d_qk = static_cast<int>(pb.d_qk);
+  rp.d_v = static_cast<int>(pb.d_v);
+  rp.scale = a.scale;
+  plan.steps.push_back(row_pass(r, Kind::BwdPrep, rp.d_v));
+  plan.steps.push_back(main_step(spec, {u(a.n_kv_blocks), u(pb.kv_heads), u(pb.batch)}));
+  plan.steps.push_back(row_pass(r, Kind::BwdDq, rp.d_qk));
+  return plan;
+}
+
+}  // namespace ae::plan

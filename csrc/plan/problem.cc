@@ -1,0 +1,33 @@
+#include "plan/problem.h"
+
+namespace ae::plan {
+
+const char* elem_name(ElemType t) {
+  switch (t) {
+    case ElemType::BFloat16: return "bfloat16";
+    case ElemType::Float16: return "float16";
+    case ElemType::Float32: return "float32";
+    case ElemType::Float64: return "float64";
+    case ElemType::Other: return "other";
+  }
+  return "?";
+}
+
+VariantTraits VariantTraits::of(const ir::Variant& v) {
+  VariantTraits t;
+  t.key = v.key;
+  t.has_mask = v.analysis.has_mask;
+  t.mask_per_batch = (v.analysis.mask_deps & ir::kDepB) != 0;
+  t.mask_per_head = (v.analysis.mask_deps & ir::kDepH) != 0;
+  t.mask_reads_buffers = (v.analysis.mask_deps & ir::kDepBuffer) != 0;
+  t.score_loads = v.analysis.score_loads_per_element;
+  t.normalize = v.forward.normalize;
+  return t;
+}
+
+Problem with_sparsity(Problem p, const VariantTraits& traits) {
+  p.sparsity = traits.has_mask ? BlockSparsity::MaskMod : BlockSparsity::None;
+  return p;
+}
+
+}  // namespace ae::plan

@@ -1,0 +1,56 @@
+// The planner's input: one attention call described as plain data (no tensors, no device),
+// and what planning needs to know of the variant.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ir/variant.h"
+
+namespace ae::plan {
+
+enum class OpKind { Forward, Backward };  // decode, varlen, ...: the inference issue
+enum class ElemType { BFloat16, Float16, Float32, Float64, Other };
+// How K and V (and Q) are laid out: dense [B, H, S, D] tensors; packed varlen sequences and
+// paged KV caches come with the inference issue.
+enum class KvLayout { Dense };
+// Where block sparsity comes from: none, or the variant's mask_mod (block-state tables made by
+// a kernel); block masks given as data come with the block-sparsity issue.
+enum class BlockSparsity { None, MaskMod };
+
+const char* elem_name(ElemType t);  // "bfloat16", "float16", "float32", "float64", "other"
+
+struct CapturedTensor {
+  std::string dtype;  // torch's name: "float32", "int64", ...
+  int rank = 0;
+  bool wants_grad = false;  // backward: its gradient is asked for
+};
+
+struct Problem {
+  OpKind kind = OpKind::Forward;
+  ElemType dtype = ElemType::BFloat16;  // of q, k, v (and dout)
+  int64_t batch = 0, q_heads = 0, kv_heads = 0, q_len = 0, kv_len = 0, d_qk = 0, d_v = 0;
+  double scale = 0;
+  KvLayout kv_layout = KvLayout::Dense;
+  BlockSparsity sparsity = BlockSparsity::None;
+  std::vector<CapturedTensor> captured;
+  int64_t group() const { return kv_heads > 0 ? q_heads / kv_heads : 0; }
+};
+
+// What the planner needs of a variant (read off an ir::Variant, or written by hand in tests).
+struct VariantTraits {
+  std::string key;             // the variant's hash: part of cache keys
+  bool has_mask = false;       // a mask_mod that can drop scores
+  bool mask_per_batch = false, mask_per_head = false;  // it depends on b / h
+  bool mask_reads_buffers = false;  // it reads captured tensors (its blocks can change per call)
+  bool score_loads = false;    // the score_mod loads a captured tensor per score
+  ir::Normalize normalize = ir::Normalize::Softmax;
+
+  static VariantTraits of(const ir::Variant& v);
+};
+
+// A problem for `variant`'s traits: sparsity from its mask.
+Problem with_sparsity(Problem p, const VariantTraits& traits);
+
+}  // namespace ae::plan

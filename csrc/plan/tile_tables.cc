@@ -1,0 +1,223 @@
+#include "plan/tile_tables.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "sm80/shapes.h"
+#include "sm90/shapes.h"
+
+namespace ae::plan {
+namespace {
+
+using codegen::Family;
+using codegen::Kind;
+using codegen::KernelSpec;
+
+enum Match : signed char { kAny = -1, kNo = 0, kYes = 1 };
+bool matches(Match m, bool value) { return m == kAny || (m == kYes) == value; }
+bool set(int field) { return field != TuningOverrides::kUnset; }
+
+// ---- sm80 forward: (warps, 16-row tiles per warp, keys per tile, ptxas level) ----
+struct Sm80Fwd {
+  int warps, m_tiles, block_n, reg_level;
+};
+struct Sm80FwdRule {
+  int max_dim;  // of max(Dqk, Dv)
+  Match score_loads, softmax;
+  std::vector<Sm80Fwd> tiles;
+};
+// 64 keys halve the per-key share of the softmax and O's rescale. Up to D96 that fits
+// easily; at D128 the 192 accumulators of a 32 x 64 S and a 32 x 128 O leave ~60 registers,
+// enough at ptxas register-usage level 0 unless a captured tensor is read per score (then 32
+// keys, as in the sm90 table). Up to D64, 96 keys where no captured tensor is read per score
+// (H200, D64: plain +3-8%, causal +7-10%, bench/RESULTS.md; 128 keys spilled for most
+// variants). Past D128, 8 warps of 16 rows. Where a block has less shared memory than the
+// first pick needs (A100: 164 KB, Ada: 99 KB), 32-key tiles (and 4 warps past D128).
+const std::vector<Sm80FwdRule>& sm80_fwd_rules() {
+  static const std::vector<Sm80FwdRule> rules = {
+      {64, kNo, kAny, {{4, 2, 96, -1}, {4, 2, 32, -1}}},
+      {96, kAny, kAny, {{4, 2, 64, -1}, {4, 2, 32, -1}}},
+      {128, kNo, kYes, {{4, 2, 64, 0}, {4, 2, 32, -1}}},
+      {128, kNo, kNo, {{4, 2, 64, -1}, {4, 2, 32, -1}}},
+      {128, kYes, kAny, {{4, 2, 32, -1}}},
+      {256, kAny, kAny, {{8, 1, 64, -1}, {4, 1, 32, -1}}},
+  };
+  return rules;
+}
+
+// ---- sm80 backward: (keys per CTA, Q/dO stages, ptxas level); 8 warps, 64-query blocks ----
+struct Sm80Bwd {
+  int block_n, stages, reg_level;
+};
+struct Sm80BwdRule {
+  int max_dim;
+  std::vector<Sm80Bwd> tiles;
+};
+// 128 keys per CTA where dK and dV fit in registers (each warp holds 32 keys x half the head
+// dim), else 64 keys (32 keys x a quarter); Q and dO double-buffered. The fully unrolled GEMM
+// loops and 32-query S^T passes sit at the 255-register edge; level 0 keeps most variants
+// unspilled at no measured cost (H200, plain and causal D128: the same TFLOPS at levels 0 and
+// 5); KernelSpec::fallback_options covers the others. Smaller devices: single-buffered Q and
+// dO first, then 64-key tiles.
+const std::vector<Sm80BwdRule>& sm80_bwd_rules() {
+  static const std::vector<Sm80BwdRule> rules = {
+      {128, {{128, 2, 0}, {128, 1, 0}, {64, 1, 0}}},
+      {256, {{64, 2, 0}, {64, 1, 0}}},
+  };
+  return rules;
+}
+
+// ---- sm90 forward: (keys per tile, ring stages, overlap, ping-pong); 128 query rows ----
+struct Sm90Fwd {
+  int block_n, stages;
+  bool overlap, pingpong;
+};
+struct Sm90FwdRule {
+  int max_dv;
+  Match score_loads, softmax;
+  std::vector<Sm90Fwd> tiles;
+};
+// Consumer registers per thread: S (block_n / 2) + O (d_v / 2) + P (block_n / 4) fp32/bf16x2
+// values plus ~40 of addressing must fit the 240 that setmaxnreg gives; a score_mod that
+// loads captured tensors keeps its loads in flight too (128 keys spill: compile-all test).
+// From the sweep (bench/RESULTS.md, 2026-11-21): overlap + ping-pong win for softmax at
+// Dv <= 128 (plain D128 539 -> 576 TFLOPS) but lose at Dv = 256 (604 -> 511) and for
+// normalize = none (481 -> 456).
+const std::vector<Sm90FwdRule>& sm90_fwd_rules() {
+  static const std::vector<Sm90FwdRule> rules = {
+      {128, kNo, kYes, {{128, 2, true, true}, {64, 2, true, true}}},
+      {128, kNo, kNo, {{128, 2, false, false}, {64, 2, false, false}}},
+      {128, kYes, kYes, {{64, 2, true, true}}},
+      {128, kYes, kNo, {{64, 2, false, false}}},
+      {256, kAny, kAny, {{64, 2, false, false}}},
+  };
+  return rules;
+}
+
+KernelSpec base_spec(Kind kind, Family family, const TableQuery& q) {
+  KernelSpec s;
+  s.kind = kind;
+  s.family = family;
+  s.d_qk = q.d_qk;
+  s.d_v = q.d_v;
+  s.bf16 = q.bf16;
+  return s;
+}
+
+bool sm80_dims_ok(const TableQuery& q) {
+  auto ok = [](int d) { return d % 16 == 0 && d >= 16 && d <= 256; };
+  return ok(q.d_qk) && ok(q.d_v);
+}
+
+}  // namespace
+
+Candidates sm80_forward(const TableQuery& q, const TuningOverrides& o) {
+  Candidates c;
+  if (!sm80_dims_ok(q)) {
+    c.refusal = fmt::format("head dims ({}, {}) have no sm80 kernel: each must be a multiple "
+                            "of 16 between 16 and 256", q.d_qk, q.d_v);
+    return c;
+  }
+  const int dmax = std::max(q.d_qk, q.d_v);
+  for (const Sm80FwdRule& r : sm80_fwd_rules()) {
+    if (dmax > r.max_dim || !matches(r.score_loads, q.score_loads) || !matches(r.softmax, q.softmax))
+      continue;
+    for (const Sm80Fwd& t : r.tiles) {
+      KernelSpec s = base_spec(Kind::Forward, Family::Sm80, q);
+      s.warps = t.warps;
+      s.m_tiles = t.m_tiles;
+      s.block_n = t.block_n;
+      s.reg_level = t.reg_level;
+      c.specs.push_back(s);
+    }
+    break;
+  }
+  KernelSpec& first = c.specs.front();
+  if (o.sm80_fwd[0] == 4 || o.sm80_fwd[0] == 8) {  // applies when its warps are valid
+    first.warps = o.sm80_fwd[0];
+    if (o.sm80_fwd[1] == 1 || o.sm80_fwd[1] == 2) first.m_tiles = o.sm80_fwd[1];
+    if (o.sm80_fwd[2] > 0 && o.sm80_fwd[2] % 16 == 0) first.block_n = o.sm80_fwd[2];
+    if (o.sm80_fwd[3] >= -1 && o.sm80_fwd[3] <= 10) first.reg_level = o.sm80_fwd[3];
+  }
+  for (KernelSpec& s : c.specs) s.block_m = 16 * s.m_tiles * s.warps;
+  return c;
+}
+
+Candidates sm80_backward(const TableQuery& q, const TuningOverrides& o) {
+  Candidates c;
+  if (!sm80_dims_ok(q)) {
+    c.refusal = fmt::format("head dims ({}, {}) have no sm80 kernel: each must be a multiple "
+                            "of 16 between 16 and 256", q.d_qk, q.d_v);
+    return c;
+  }
+  const int dmax = std::max(q.d_qk, q.d_v);
+  for (const Sm80BwdRule& r : sm80_bwd_rules()) {
+    if (dmax > r.max_dim) continue;
+    for (const Sm80Bwd& t : r.tiles) {
+      KernelSpec s = base_spec(Kind::Backward, Family::Sm80, q);
+      s.warps = sm80::kBwdWarps;
+      s.block_m = sm80::kBwdBlockM;
+      s.block_n = t.block_n;
+      s.stages = t.stages;
+      s.reg_level = t.reg_level;
+      c.specs.push_back(s);
+    }
+    break;
+  }
+  KernelSpec& first = c.specs.front();
+  if (o.sm80_bwd[0] == 64 || o.sm80_bwd[0] == 128) {
+    first.block_n = o.sm80_bwd[0];
+    if (o.sm80_bwd[1] == 1 || o.sm80_bwd[1] == 2) first.stages = o.sm80_bwd[1];
+    if (o.sm80_bwd[2] >= -1 && o.sm80_bwd[2] <= 10) first.reg_level = o.sm80_bwd[2];
+  }
+  return c;
+}
+
+Candidates sm90_forward(const TableQuery& q, const TuningOverrides& o) {
+  Candidates c;
+  if (q.d_qk % 64 != 0 || q.d_qk < 64 || q.d_qk > 256 ||
+      (q.d_v != 64 && q.d_v != 128 && q.d_v != 256)) {
+    c.refusal = fmt::format("head dims ({}, {}) have no sm90 kernel: Dqk a multiple of 64 up to "
+                            "256, Dv 64, 128 or 256", q.d_qk, q.d_v);
+    return c;
+  }
+  for (const Sm90FwdRule& r : sm90_fwd_rules()) {
+    if (q.d_v > r.max_dv || !matches(r.score_loads, q.score_loads) || !matches(r.softmax, q.softmax))
+      continue;
+    for (const Sm90Fwd& t : r.tiles) {
+      KernelSpec s = base_spec(Kind::Forward, Family::Sm90, q);
+      s.arch = "sm_90a";  // wgmma, setmaxnreg: arch-specific code
+      s.warps = sm90::kFwdWarps;
+      s.block_m = sm90::kFwdBlockM;
+      s.block_n = t.block_n;
+      s.stages = t.stages;
+      s.overlap = t.overlap;
+      s.pingpong = t.pingpong;
+      c.specs.push_back(s);
+    }
+    break;
+  }
+  KernelSpec& first = c.specs.front();
+  const int bn = o.sm90_fwd[0], st = o.sm90_fwd[1];
+  if ((bn == 64 || bn == 128) && !(bn == 128 && q.d_v > 128)) first.block_n = bn;
+  if (st >= 1 && st <= 4) first.stages = st;
+  if (set(o.sm90_fwd[2])) first.overlap = o.sm90_fwd[2] != 0;
+  if (set(o.sm90_fwd[3])) first.pingpong = o.sm90_fwd[3] != 0;
+  return c;
+}
+
+int smem_bytes(const KernelSpec& s) {
+  switch (s.kind) {
+    case Kind::Forward:
+      return s.family == Family::Sm90 ? sm90::fwd_smem_bytes(s.block_n, s.d_qk, s.d_v, s.stages)
+                                      : sm80::fwd_smem_bytes(s.block_m, s.block_n, s.d_qk, s.d_v);
+    case Kind::Backward: return sm80::bwd_smem_bytes(s.block_n, s.d_qk, s.d_v, s.stages);
+    case Kind::BlockState:
+    case Kind::BwdPrep:
+    case Kind::BwdDq: return 0;
+  }
+  return 0;
+}
+
+}  // namespace ae::plan

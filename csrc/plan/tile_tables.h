@@ -1,0 +1,35 @@
+// The tile tables, one per family and kind: for a shape and a variant, the configurations to
+// try in order of preference. The planner takes the first that fits the device's shared
+// memory; the autotuner (its issue) will time them instead. The tuning overrides replace the
+// first entry's fields.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "codegen/kernel_spec.h"
+#include "plan/overrides.h"
+
+namespace ae::plan {
+
+struct TableQuery {
+  int d_qk = 0, d_v = 0;
+  bool bf16 = true;
+  bool score_loads = false;  // the score_mod loads a captured tensor per score
+  bool softmax = true;       // the row normalization is softmax (else none)
+};
+
+struct Candidates {
+  std::vector<codegen::KernelSpec> specs;  // in order of preference; empty: see refusal
+  std::string refusal;                     // why the family has no kernel for the shape
+};
+
+Candidates sm80_forward(const TableQuery& q, const TuningOverrides& o);
+Candidates sm80_backward(const TableQuery& q, const TuningOverrides& o);
+Candidates sm90_forward(const TableQuery& q, const TuningOverrides& o);
+
+// The dynamic shared memory a spec's kernel needs: the templates' own formulas
+// (templates/*/shapes.h), which their configs check against their layouts.
+int smem_bytes(const codegen::KernelSpec& spec);
+
+}  // namespace ae::plan

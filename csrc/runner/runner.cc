@@ -1,0 +1,133 @@
+#include "runner/runner.h"
+
+#include "jit/launch.h"
+#include "runner/kernel_registry.h"
+#include "runner/tma.h"
+
+namespace ae::runner {
+namespace {
+
+using codegen::Arg;
+using plan::WorkspaceId;
+
+void strides3(long long (&dst)[3], const TensorRef& t) {
+  for (int i = 0; i < 3; ++i) dst[i] = t.stride[i];
+}
+
+const TensorRef& ws(const Bindings& b, WorkspaceId id) {
+  return b.workspaces[static_cast<int>(id)];
+}
+float* ws_f32(const Bindings& b, WorkspaceId id) { return static_cast<float*>(ws(b, id).data); }
+
+AttnParams attn_params(const plan::LaunchPlan& plan, const Bindings& b) {
+  AttnParams p = plan.attn;
+  p.q = b.q.data;
+  p.k = b.k.data;
+  p.v = b.v.data;
+  strides3(p.q_stride, b.q);
+  strides3(p.k_stride, b.k);
+  strides3(p.v_stride, b.v);
+  if (b.dout.defined()) {  // backward: reads the LSE as lse2 (the prep pass's); p.lse stays null
+    p.dout = b.dout.data;
+    strides3(p.do_stride, b.dout);
+    p.delta = ws_f32(b, WorkspaceId::Delta);
+    p.lse2 = ws_f32(b, WorkspaceId::Lse2);
+    p.dq_accum = ws_f32(b, WorkspaceId::DqAccum);
+    p.dk = b.dk.data;
+    p.dv = b.dv.data;
+    strides3(p.dk_stride, b.dk);
+    strides3(p.dv_stride, b.dv);
+  } else {
+    p.o = b.o.data;
+    strides3(p.o_stride, b.o);
+    p.lse = static_cast<float*>(b.lse.data);
+  }
+  p.block_state = static_cast<const unsigned char*>(ws(b, WorkspaceId::BlockStates).data);
+  return p;
+}
+
+VariantArgs captured_args(const Bindings& b) {
+  VariantArgs va{};
+  for (size_t i = 0; i < b.captured.size(); ++i) {
+    const CapturedRef& c = b.captured[i];
+    BufferArg& a = va.buf[i];
+    a.data = c.value.data;
+    a.grad = static_cast<float*>(c.grad.data);
+    for (int d = 0; d < c.value.rank; ++d) {
+      a.stride[d] = c.value.stride[d];
+      a.size[d] = c.value.size[d];
+      a.gstride[d] = c.grad.defined() ? c.grad.stride[d] : 0;
+    }
+  }
+  return va;
+}
+
+BwdRowParams row_params(const plan::LaunchPlan& plan, const Bindings& b) {
+  BwdRowParams r = plan.rows;
+  r.dout = b.dout.data;
+  strides3(r.do_stride, b.dout);
+  if (plan.workspace(WorkspaceId::Delta)) {  // row statistics (softmax)
+    r.o = b.o.data;
+    strides3(r.o_stride, b.o);
+    r.lse = static_cast<const float*>(b.lse.data);
+    r.dlse = static_cast<const float*>(b.dlse.data);
+    r.delta = ws_f32(b, WorkspaceId::Delta);
+    r.lse2 = ws_f32(b, WorkspaceId::Lse2);
+  }
+  r.dq_accum = ws_f32(b, WorkspaceId::DqAccum);
+  r.dq = b.dq.data;
+  strides3(r.dq_stride, b.dq);
+  return r;
+}
+
+}  // namespace
+
+void* CallArgs::at(Arg a) {
+  switch (a) {
+    case Arg::Attn: return &attn;
+    case Arg::Variant: return &captured;
+    case Arg::TmaQ: return &tq;
+    case Arg::TmaK: return &tk;
+    case Arg::TmaV: return &tv;
+    case Arg::Rows: return &rows;
+    case Arg::BlockStates: return &block_states;
+  }
+  return nullptr;
+}
+
+CallArgs call_args(const plan::LaunchPlan& plan, const Bindings& b) {
+  CallArgs v{};
+  v.attn = attn_params(plan, b);
+  v.captured = captured_args(b);
+  if (b.dout.defined()) v.rows = row_params(plan, b);
+  v.block_states = plan.block_states;
+  v.block_states.state = static_cast<unsigned char*>(ws(b, WorkspaceId::BlockStates).data);
+  return v;
+}
+
+void run(const plan::LaunchPlan& plan, const ir::Variant& variant, const Bindings& b) {
+  CallArgs v = call_args(plan, b);
+  for (const plan::Step& step : plan.steps) {
+    if (step.fills_workspace && b.ready[static_cast<int>(step.fills)]) continue;
+    const codegen::KernelAbi& abi = codegen::abi_of(step.spec);
+    void* args[8];
+    int n = 0;
+    for (Arg a : abi.args) {
+      if (a == Arg::TmaQ) v.tq = tma_map(b.q, step.spec.block_m);
+      if (a == Arg::TmaK) v.tk = tma_map(b.k, step.spec.block_n);
+      if (a == Arg::TmaV) v.tv = tma_map(b.v, step.spec.block_n);
+      args[n++] = v.at(a);
+    }
+    v.rows.lanes = step.row_lanes;
+    jit::LaunchConfig cfg;
+    cfg.grid = {step.grid.x, step.grid.y, step.grid.z};
+    cfg.block = {static_cast<unsigned>(step.threads), 1, 1};
+    cfg.dynamic_smem = static_cast<unsigned>(step.smem);
+    cfg.stream = b.stream;
+    cfg.device = b.device;
+    const jit::KernelPtr kernel = get_kernel(step.spec.uses_variant() ? &variant : nullptr, step.spec);
+    jit::launch_kernel(*kernel, cfg, args);
+  }
+}
+
+}  // namespace ae::runner

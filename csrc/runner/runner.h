@@ -1,0 +1,53 @@
+// The plan runner: executes a LaunchPlan (csrc/plan) on a CUDA device. For each step it finds
+// or compiles the kernel (kernel_registry.h), packs the arguments the template's ABI lists
+// (codegen/kernel_abi.h) from the plan's shape fields and the bound tensors, and launches on
+// the caller's stream. Torch-free: the torch layer binds tensors and allocates the plan's
+// workspaces.
+#pragma once
+
+#include <array>
+#include <vector>
+
+#include "codegen/kernel_abi.h"
+#include "ir/variant.h"
+#include "plan/launch_plan.h"
+#include "runner/tensor_ref.h"
+
+namespace ae::runner {
+
+// A captured tensor and, in the backward, where its gradient accumulates (fp32).
+struct CapturedRef {
+  TensorRef value;
+  TensorRef grad;  // undefined: no gradient
+};
+
+// The tensors of one call. q, k, v, o, dout, dq, dk, dv: [batch, heads, rows, head_dim], fit
+// for the kernels (unfit_for_kernels). lse, dlse: fp32 [batch, q_heads, q_len] contiguous.
+struct Bindings {
+  TensorRef q, k, v;
+  TensorRef o, lse;     // forward: outputs; backward: the forward's, read by the prep pass
+  TensorRef dout, dlse;  // backward (dlse optional)
+  TensorRef dq, dk, dv;  // backward outputs
+  std::vector<CapturedRef> captured;
+  std::array<TensorRef, plan::kWorkspaceCount> workspaces;  // by WorkspaceId
+  std::array<bool, plan::kWorkspaceCount> ready{};  // came filled: its step is skipped
+  void* stream = nullptr;  // CUstream
+  int device = 0;
+};
+
+void run(const plan::LaunchPlan& plan, const ir::Variant& variant, const Bindings& bindings);
+
+// The argument structs of one call: the plan's shape fields plus the bound pointers and
+// strides. A step's ABI picks from them in order (at); run() makes the TMA maps of sm90 steps
+// (they need the driver) and sets the row passes' lanes per step.
+struct CallArgs {
+  AttnParams attn;
+  VariantArgs captured;
+  BwdRowParams rows;
+  BlockStateParams block_states;
+  TmaDesc tq, tk, tv;
+  void* at(codegen::Arg a);
+};
+CallArgs call_args(const plan::LaunchPlan& plan, const Bindings& bindings);
+
+}  // namespace ae::runner

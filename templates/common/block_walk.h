@@ -1,0 +1,78 @@
+// Which tiles of the score matrix a kernel visits, and which of them need the mask: the block
+// walk, shared by the forwards (the key blocks of one query block) and the backwards (the
+// query blocks of one key block). It reads the block-state table (common/block_state.h: a code
+// per tile of the mask); block masks given as data (the block-sparsity issue) become another
+// source behind the same two walks.
+#pragma once
+
+#include "common/numeric.h"
+#include "common/params.h"
+
+namespace ae {
+
+// Block-state codes.
+enum : unsigned char { kBlockEmpty = 0, kBlockPartial = 1, kBlockFull = 2 };
+
+// Forward: the key blocks of query block m_block of (b, h).
+struct RowWalk {
+  const unsigned char* state;  // null: no mask, every block full
+  int n;                       // key blocks
+  // masked: the Variant's kHasMask. Without a mask the host passes no table, and saying so at
+  // compile time folds the walk away (and frees its registers).
+  AE_DEVICE RowWalk(const AttnParams& p, int b, int h, int m_block, bool masked)
+      : state(masked && p.block_state ? p.block_state + b * p.state_stride_b + h * p.state_stride_h +
+                                            static_cast<long long>(m_block) * p.n_kv_blocks
+                                      : nullptr),
+        n(p.n_kv_blocks) {}
+  // The first block at or after j with something kept (n when none).
+  AE_DEVICE int next(int j) const {
+    while (state && j < n && state[j] == kBlockEmpty) ++j;
+    return j;
+  }
+  AE_DEVICE bool partial(int j) const { return state && state[j] == kBlockPartial; }
+};
+
+// Backward: the (query head of the GQA group, query block) pairs of key block n_block of
+// (b, KV head h_kv), in order, with their codes; empty blocks are skipped. Under a mask the
+// walk reads the codes of kWarpSize blocks at once, a lane each, into two ballots (kept, partly
+// kept) and pops blocks from them: one load latency per kWarpSize blocks, and the walk's state
+// is uniform across the warp (uniform registers, not per-thread ones). Every lane of the warp
+// must call it.
+struct ColumnWalk {
+  struct Item {
+    int hq_off, mb, code;  // hq_off == p.group: past the end
+  };
+  int hq_off, base;          // the window: blocks base .. base + kWarpSize - 1 of head hq_off
+  LaneMask kept, partial;    // bit i: block base + i has something kept / is partly kept
+  bool states;               // walk the table (else every block, full)
+
+  AE_DEVICE ColumnWalk(const AttnParams& p, int b, int h_kv, int n_block, bool masked)
+      : hq_off(0), base(0), kept(0), partial(0), states(masked && p.block_state) {
+    if (states && p.group > 0) load(p, b, h_kv, n_block);
+  }
+  AE_DEVICE void load(const AttnParams& p, int b, int h_kv, int n_block) {
+    const int m = base + static_cast<int>(threadIdx.x % kWarpSize);
+    const unsigned char* col = p.block_state + b * p.state_stride_b +
+                               (h_kv * p.group + hq_off) * p.state_stride_h + n_block;
+    const int code = m < p.n_q_blocks ? col[static_cast<long long>(m) * p.n_kv_blocks] : 0;
+    kept = ballot(code != kBlockEmpty);
+    partial = ballot(code == kBlockPartial);
+  }
+  AE_DEVICE Item pop(const AttnParams& p, int b, int h_kv, int n_block) {
+    if (!states) {
+      const Item r{hq_off, base, kBlockFull};
+      if (++base == p.n_q_blocks) hq_off += 1, base = 0;
+      return r;
+    }
+    while (kept == 0) {
+      if ((base += kWarpSize) >= p.n_q_blocks) hq_off += 1, base = 0;
+      if (hq_off >= p.group) return {p.group, 0, 0};
+      load(p, b, h_kv, n_block);
+    }
+    const int i = first_lane(kept) - 1;
+    kept &= kept - 1;
+    return {hq_off, base + i, (partial >> i) & 1 ? kBlockPartial : kBlockFull};
+  }
+};
+
+}  // namespace ae

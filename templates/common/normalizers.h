@@ -1,0 +1,98 @@
+// Row normalizations: how a row's scores x_j (after the score_mod) become the weights P_j of
+// P V, and what the forward returns per row. The generated Variant names its policy
+// (`using Norm = ae::norm::Softmax;`) and kernels call its members; no kernel body asks which
+// normalization it runs. The per-row reductions that go with kRowStats (the running max and
+// sum over a row's lanes) belong to the family's row code (nvidia/mma_rows.h for the mma
+// layouts), which calls the members below.
+//
+// A policy has:
+//   kRowStats        the rows keep a running max m and sum l (online), the forward writes the
+//                    LSE and the backward reads it (as lse2) and delta = rowsum(dO * O) - dlse
+//   kRawScores       without a score_mod, scores may stay unscaled until weight(), which
+//                    applies the scale in its FFMA
+//   kModFactor       weight()'s factor for a score_mod's output (times the mod's constant
+//                    outer factor, Variant::kOutScale)
+//   identity_scale   the factor for scores of variants without a score_mod
+//   kMaskedNegInf    a masked or out-of-bounds score is -inf (it vanishes under exp), else 0
+//                    (it vanishes as a weight); a constant, not a function returning the
+//                    value: behind a call, ptxas put the score_mod under a branch per score
+//                    (bench/RESULTS.md)
+//   rescale / weight / finish   the forward's online steps (kRowStats only)
+//   backward         P and dL/dx of one score in the backward
+// Custom row normalizations (traced f, g, c: the custom-normalization issue) add policies here.
+#pragma once
+
+#include "common/numeric.h"
+#include "common/params.h"
+
+namespace ae::norm {
+
+// P_j = exp(x_j - m) / sum_k exp(x_k - m), in the log2 domain (exp2 on the MUFU unit).
+struct Softmax {
+  static constexpr bool kRowStats = true;
+  static constexpr bool kRawScores = true;
+  static constexpr float kModFactor = kLog2e;
+  static constexpr bool kMaskedNegInf = true;
+  AE_DEVICE static float identity_scale(const AttnParams& p) { return p.scale_log2; }
+
+  // A new tile whose largest score (times `scale`) is tile_max: the new running max in m,
+  // the factor that rescales what was accumulated so far (alpha), and in m_use the value
+  // weight() subtracts (0 while nothing is kept, so that -inf - -inf never happens).
+  AE_DEVICE static float rescale(float& m, float tile_max, float& m_use) {
+    const float m_new = fmaxf(m, tile_max);
+    m_use = m_new == neg_inf() ? 0.f : m_new;
+    const float alpha = fast_exp2(m - m_use);
+    m = m_new;
+    return alpha;
+  }
+  AE_DEVICE static float weight(float x, float scale, float m_use) {
+    return fast_exp2(fmaf(x, scale, -m_use));
+  }
+  // The row's total sum l: O's factor and the natural-log LSE (-inf: nothing kept).
+  AE_DEVICE static void finish(float m, float l, float& out_scale, float& lse) {
+    out_scale = l > 0.f ? 1.f / l : 0.f;
+    lse = l > 0.f ? (m + __log2f(l)) * kLn2 : neg_inf();
+  }
+  // x: the score times `factor` is its log2-domain value; lse2 and delta: the row's.
+  AE_DEVICE static void backward(float x, float factor, bool keep, float lse2, float dp,
+                                 float delta, float& prob, float& dx) {
+    prob = keep ? fast_exp2(x * factor - lse2) : 0.f;
+    dx = prob * (dp - delta);
+  }
+  // The same for an unchecked raw score s (no score_mod, kept): one FFMA and one MUFU.
+  AE_DEVICE static void backward_raw(const AttnParams& p, float s, float lse2, float dp,
+                                     float delta, float& prob, float& dx) {
+    prob = fast_exp2(s * p.scale_log2 - lse2);
+    dx = prob * (dp - delta);
+  }
+};
+
+// P_j = x_j: no row statistic (sigmoid or ReLU attention, O = sum_j f(s_j) v_j).
+struct None {
+  static constexpr bool kRowStats = false;
+  static constexpr bool kRawScores = false;
+  static constexpr float kModFactor = 1.f;
+  static constexpr bool kMaskedNegInf = false;
+  AE_DEVICE static float identity_scale(const AttnParams& p) { return p.scale; }
+  AE_DEVICE static float rescale(float&, float, float& m_use) {
+    m_use = 0.f;
+    return 1.f;
+  }
+  AE_DEVICE static float weight(float x, float, float) { return x; }
+  AE_DEVICE static void finish(float, float, float& out_scale, float& lse) {
+    out_scale = 1.f;
+    lse = 0.f;
+  }
+  AE_DEVICE static void backward(float x, float, bool keep, float, float dp, float,
+                                 float& prob, float& dx) {
+    prob = keep ? x : 0.f;
+    dx = keep ? dp : 0.f;
+  }
+  AE_DEVICE static void backward_raw(const AttnParams& p, float s, float, float dp, float,
+                                     float& prob, float& dx) {
+    prob = s * p.scale;
+    dx = dp;
+  }
+};
+
+}  // namespace ae::norm

@@ -1,0 +1,86 @@
+// Numerics and lane operations every template uses, one spelling per vendor: exp2 on the
+// transcendental unit, -inf, fp32 <-> bf16/fp16 pairs, and the warp's (NVIDIA, 32 lanes) or
+// wavefront's (AMD, 64 lanes) shuffles and ballots.
+#pragma once
+
+#include "common/ae_common.h"
+
+namespace ae {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+AE_DEVICE float neg_inf() { return __int_as_float(0xff800000); }
+
+AE_DEVICE float fast_exp2(float x) {
+#if AE_NVIDIA
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return exp2f(x);
+#endif
+}
+
+// (lo, hi) -> one register holding two 16-bit floats, lo in the low half (round to nearest
+// even).
+template <bool kBf16>
+AE_DEVICE u32 pack2(float lo, float hi) {
+#if AE_NVIDIA
+  u32 r;
+  if constexpr (kBf16) {
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+  } else {
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+  }
+  return r;
+#else
+  auto half = [](float x) -> u32 {
+    if constexpr (kBf16) {
+      const u32 b = __float_as_uint(x);
+      return (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
+    } else {
+      return __builtin_bit_cast(u16, static_cast<_Float16>(x));
+    }
+  };
+  return half(lo) | (half(hi) << 16);
+#endif
+}
+
+// Two 16-bit floats of one register as fp32: lo, hi.
+template <bool kBf16>
+AE_DEVICE void unpack2(u32 w, float& lo, float& hi) {
+  if constexpr (kBf16) {
+    lo = __uint_as_float(w << 16);
+    hi = __uint_as_float(w & 0xffff0000u);
+  } else {
+#if AE_NVIDIA
+    asm("{\n.reg .f16 l, h;\nmov.b32 {l, h}, %2;\ncvt.f32.f16 %0, l;\ncvt.f32.f16 %1, h;\n}\n"
+        : "=f"(lo), "=f"(hi)
+        : "r"(w));
+#else
+    lo = static_cast<float>(__builtin_bit_cast(_Float16, static_cast<u16>(w & 0xffffu)));
+    hi = static_cast<float>(__builtin_bit_cast(_Float16, static_cast<u16>(w >> 16)));
+#endif
+  }
+}
+
+// ---- lanes ----
+#if AE_NVIDIA
+constexpr int kWarpSize = 32;
+typedef u32 LaneMask;  // one bit per lane
+AE_DEVICE float shfl_xor(float v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
+AE_DEVICE LaneMask ballot(bool pred) { return __ballot_sync(0xffffffffu, pred); }
+AE_DEVICE bool any_lane(bool pred) { return __any_sync(0xffffffffu, pred); }
+// The lowest set bit's index plus one (0 for none).
+AE_DEVICE int first_lane(LaneMask m) { return __ffs(m); }
+#else
+constexpr int kWarpSize = 64;
+typedef u64 LaneMask;
+AE_DEVICE float shfl_xor(float v, int mask) { return __shfl_xor(v, mask); }
+AE_DEVICE LaneMask ballot(bool pred) { return __ballot(pred); }
+AE_DEVICE bool any_lane(bool pred) { return __any(pred); }
+AE_DEVICE int first_lane(LaneMask m) { return __ffsll(static_cast<unsigned long long>(m)); }
+#endif
+
+}  // namespace ae

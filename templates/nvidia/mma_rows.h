@@ -1,0 +1,178 @@
+// The per-row work of the NVIDIA forward templates, on S and O tiles held in the mma.sync C
+// layout (which wgmma's accumulators share): 16 rows per warp, each thread holding rows
+// lane/4 and lane/4 + 8, columns 8 j + 2 (lane % 4) + {0, 1} of n8 tile j. The row
+// normalization is the Variant's policy (common/normalizers.h); this file reduces over the
+// four lanes of a row for it.
+//   score_transform: the Variant's score_mod and mask, bounds, the normalization's domain
+//   normalize_step:  the policy's online step (running max and sum, P, O's rescale factor)
+//   p_to_a:          P converted in registers to the A operand of P V
+//   store_rows:      O normalized and written, plus the row statistic (LSE)
+#pragma once
+
+#include "common/block_walk.h"
+#include "common/kv_layout.h"
+#include "common/normalizers.h"
+#include "common/params.h"
+#include "nvidia/mma.h"
+
+namespace ae::rows {
+
+// A thread's two rows of a 16-row tile: the normalization's running max and sum.
+struct RowStats {
+  float m[2], l[2];
+  AE_DEVICE void init() {
+    m[0] = m[1] = neg_inf();
+    l[0] = l[1] = 0.f;
+  }
+};
+
+// Score mod, mask and bounds (the lengths of (b, h)'s rows, from the layout) for one 16-row
+// tile whose thread rows start at row0 (this thread's first row), columns at col0 (this
+// thread's first column). Results are the scores
+// that normalize_step multiplies by weight_scale() (or P itself when the policy keeps no
+// row statistics). kRaw: scores of variants without a score_mod on tiles without checks are
+// left as they are when the policy allows (Norm::kRawScores), for normalize_step to scale
+// inside its exp2 (one FFMA per score instead of an FMUL and an FADD).
+template <bool kCheck, bool kRaw, class Layout, class Variant, int kN8>
+AE_DEVICE void score_transform(const AttnParams& p, const Variant& var, float (&s)[kN8][4],
+                               int b, int h, int row0, int col0) {
+  using Norm = typename Variant::Norm;
+  if constexpr (kRaw && !kCheck && Variant::kIdentity && Norm::kRawScores) return;
+#pragma unroll
+  for (int nt = 0; nt < kN8; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int q_idx = row0 + 8 * (e >> 1), kv_idx = col0 + nt * 8 + (e & 1);
+      float x;
+      if constexpr (Variant::kIdentity) {
+        x = s[nt][e] * Norm::identity_scale(p);
+      } else {
+        // Variant::kOutScale and the policy's factor: weight_scale
+        x = var.score(s[nt][e] * (p.scale * Variant::kInScale), b, h, q_idx, kv_idx);
+      }
+      if constexpr (kCheck) {
+        bool keep = q_idx < Layout::q_len(p, b) && kv_idx < Layout::kv_len(p, b);
+        if constexpr (Variant::kHasMask) keep = keep && var.mask(b, h, q_idx, kv_idx);
+        if (!keep) x = Norm::kMaskedNegInf ? neg_inf() : 0.f;
+      }
+      s[nt][e] = x;
+    }
+  }
+}
+
+// The factor normalize_step applies to score_transform's scores (positive): the scale for raw
+// plain scores (raw: kRaw without checks), 1 for plain scores scaled already, and the policy's
+// factor times the score_mod's constant outer factor for its output: the FFMA in front of
+// exp2 applies it instead of multiplies per score.
+template <class Variant>
+AE_DEVICE float weight_scale(const AttnParams& p, bool raw) {
+  using Norm = typename Variant::Norm;
+  return !Variant::kIdentity ? Norm::kModFactor * Variant::kOutScale
+                             : raw ? Norm::identity_scale(p) : 1.f;
+}
+
+// One online step of the row normalization for a 16-row tile: s becomes P (unnormalized),
+// and alpha the factor by which this thread's two rows of O must be rescaled before P V is
+// added. st.l is the thread's partial sum (the quad's partial sums are added in store_rows).
+// The score in the policy's domain is s * scale: scale is 1 after score_transform, or the
+// identity scale for raw scores (it must then be > 0, so that the row max of s is the max
+// of s * scale). A policy without row statistics leaves s as it is.
+template <class Norm, int kN8>
+AE_DEVICE void normalize_step(float (&s)[kN8][4], RowStats& st, float (&alpha)[2],
+                              float scale = 1.f) {
+  if constexpr (!Norm::kRowStats) {
+    alpha[0] = alpha[1] = 1.f;
+    return;
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float mx = neg_inf();
+#pragma unroll
+    for (int nt = 0; nt < kN8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+    mx = fmaxf(mx, shfl_xor(mx, 1));
+    mx = fmaxf(mx, shfl_xor(mx, 2));
+    float m_use;
+    alpha[r] = Norm::rescale(st.m[r], mx * scale, m_use);
+    float sum = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < kN8; ++nt) {
+      s[nt][2 * r] = Norm::weight(s[nt][2 * r], scale, m_use);
+      s[nt][2 * r + 1] = Norm::weight(s[nt][2 * r + 1], scale, m_use);
+      sum += s[nt][2 * r] + s[nt][2 * r + 1];
+    }
+    st.l[r] = st.l[r] * alpha[r] + sum;
+  }
+}
+
+template <int kO8>
+AE_DEVICE void rescale_rows(float (&o)[kO8][4], const float (&alpha)[2]) {
+#pragma unroll
+  for (int i = 0; i < kO8; ++i) {
+    o[i][0] *= alpha[0];
+    o[i][1] *= alpha[0];
+    o[i][2] *= alpha[1];
+    o[i][3] *= alpha[1];
+  }
+}
+
+// rescale_rows where it changes something: once the row maxima settle, most tiles leave
+// every alpha of the warp at exactly 1, and the rescale (one FMUL per O element, as many as
+// a 32-key tile's whole softmax) is skipped; never under a policy without row statistics.
+template <class Norm, int kO8>
+AE_DEVICE void rescale_rows_if_moved(float (&o)[kO8][4], const float (&alpha)[2]) {
+  if constexpr (Norm::kRowStats)
+    if (any_lane(alpha[0] != 1.f || alpha[1] != 1.f)) rescale_rows(o, alpha);
+}
+
+// normalize_step with O rescaled at once (when P V follows directly).
+template <class Norm, int kN8, int kO8>
+AE_DEVICE void normalize(float (&s)[kN8][4], float (&o)[kO8][4], RowStats& st,
+                         float scale = 1.f) {
+  float alpha[2];
+  normalize_step<Norm>(s, st, alpha, scale);
+  rescale_rows_if_moved<Norm>(o, alpha);
+}
+
+// P (fp32, the C layout) as the A operand of the next MMA (mma.sync m16n8k16 or wgmma
+// m64nNk16, same per-warp layout): two n8 tiles of S per 16-wide k step.
+template <bool kBf16, int kN8>
+AE_DEVICE void p_to_a(u32 (&a)[kN8 / 2][4], const float (&s)[kN8][4]) {
+#pragma unroll
+  for (int kk = 0; kk < kN8 / 2; ++kk) {
+    a[kk][0] = pack2<kBf16>(s[2 * kk][0], s[2 * kk][1]);
+    a[kk][1] = pack2<kBf16>(s[2 * kk][2], s[2 * kk][3]);
+    a[kk][2] = pack2<kBf16>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+    a[kk][3] = pack2<kBf16>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+  }
+}
+
+// Epilogue of a 16-row tile: normalize, write O (bf16/fp16) and the row statistic (the
+// natural-log LSE) for this thread's rows row0 and row0 + 8 (rows past q_len are skipped).
+template <bool kBf16, class Norm, class Layout, int kO8>
+AE_DEVICE void store_rows(const AttnParams& p, const float (&o)[kO8][4], const RowStats& st,
+                          int b, int h, int row0) {
+  const int lane = threadIdx.x % 32;
+  u16* go = Layout::row(static_cast<u16*>(p.o), p.o_stride, b, h, 0);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = row0 + 8 * r;
+    float l = st.l[r];
+    if constexpr (Norm::kRowStats) {
+      l += shfl_xor(l, 1);
+      l += shfl_xor(l, 2);
+    }
+    float scale_o, lse;
+    Norm::finish(st.m[r], l, scale_o, lse);
+    if (row < Layout::q_len(p, b)) {
+#pragma unroll
+      for (int i = 0; i < kO8; ++i) {
+        const int col = i * 8 + 2 * (lane % 4);
+        *reinterpret_cast<u32*>(go + row * p.o_stride[2] + col) =
+            pack2<kBf16>(o[i][2 * r] * scale_o, o[i][2 * r + 1] * scale_o);
+      }
+      if (lane % 4 == 0) p.lse[Layout::stat(p, b, h, row)] = lse;
+    }
+  }
+}
+
+}  // namespace ae::rows

@@ -1,0 +1,31 @@
+// What the planner (csrc/plan) must know of the sm80 templates: their fixed shapes and the
+// shared memory a configuration needs, one definition for host and device (the templates'
+// configs compute kSmemBytes with these and check them against their own layouts).
+#pragma once
+
+#include "common/host_device.h"
+
+namespace ae::sm80 {
+
+// Shared tiles are row-major with rows padded by 8 elements (tile_io.h).
+AE_HD_CONSTEXPR int padded_row(int d) { return d + 8; }
+
+// Forward: the Q tile and two stages of K and V tiles, 16-bit elements.
+AE_HD_CONSTEXPR int fwd_smem_bytes(int block_m, int block_n, int d_qk, int d_v) {
+  return 2 * (block_m * padded_row(d_qk) + 2 * block_n * padded_row(d_qk) +
+              2 * block_n * padded_row(d_v));
+}
+
+// Backward: query blocks of 64 rows; 8 warps.
+constexpr int kBwdBlockM = 64, kBwdWarps = 8;
+
+// Backward: K and V; `stages` x (Q, dO, and the log2 LSE and delta of each query row); P^T
+// and dS^T.
+AE_HD_CONSTEXPR int bwd_smem_bytes(int block_n, int d_qk, int d_v, int stages) {
+  return 2 * (block_n * (padded_row(d_qk) + padded_row(d_v)) +
+              stages * kBwdBlockM * (padded_row(d_qk) + padded_row(d_v)) +
+              2 * block_n * padded_row(kBwdBlockM)) +
+         stages * 2 * 4 * kBwdBlockM;
+}
+
+}  // namespace ae::sm80

@@ -1,0 +1,103 @@
+// Template instantiation (codegen/instantiate.h) from a spec and its ABI (codegen/kernel_abi.h):
+// the entry's parameters are the ABI's, in order; the variant-free row passes compile (NVRTC,
+// no GPU needed) under their entry names without spills.
+#include <gtest/gtest.h>
+
+#include "codegen/instantiate.h"
+#include "codegen/kernel_abi.h"
+#include "ir/error.h"
+#include "ir/variant.h"
+#include "jit/compiler.h"
+#include "jit/headers.h"
+#include "trace_builder.h"
+
+namespace ae::codegen {
+namespace {
+
+std::shared_ptr<const ir::Variant> causal_variant() {
+  test::TraceBuilder t;
+  t.param("score");
+  int q = t.param("q_idx"), k = t.param("kv_idx");
+  t.score(0);
+  t.mask(t.op("ge", {q, k}));
+  return ir::build_variant(t.str());
+}
+
+KernelSpec spec(Kind kind, Family family) {
+  KernelSpec s;
+  s.kind = kind;
+  s.family = family;
+  s.arch = "sm_90a";
+  s.d_qk = s.d_v = 128;
+  s.block_m = 128;
+  s.block_n = 64;
+  s.m_tiles = 2;
+  s.warps = family == Family::Sm90 ? 12 : kind == Kind::BlockState ? 4 : kind == Kind::Forward ? 4 : 8;
+  return s;
+}
+
+TEST(Instantiate, EntryParametersAreTheAbi) {
+  const auto v = causal_variant();
+  const std::string fwd = instantiate(v.get(), spec(Kind::Forward, Family::Sm80));
+  EXPECT_NE(fwd.find("#include \"sm80/fwd.h\""), std::string::npos);
+  EXPECT_NE(fwd.find("__launch_bounds__(128, 1) ae_fwd(const ae::AttnParams p, const "
+                     "ae::VariantArgs va)"),
+            std::string::npos)
+      << fwd;
+  EXPECT_NE(fwd.find("ae::DenseLayout>"), std::string::npos);
+  EXPECT_NE(fwd.find("using Norm = ae::norm::Softmax;"), std::string::npos);
+  const std::string f90 = instantiate(v.get(), spec(Kind::Forward, Family::Sm90));
+  EXPECT_NE(f90.find("ae_fwd(const __grid_constant__ ae::AttnParams p, const __grid_constant__ "
+                     "ae::VariantArgs va, const __grid_constant__ ae::TmaDesc tq, const "
+                     "__grid_constant__ ae::TmaDesc tk, const __grid_constant__ ae::TmaDesc tv)"),
+            std::string::npos)
+      << f90;
+  const std::string bs = instantiate(v.get(), spec(Kind::BlockState, Family::Common));
+  EXPECT_NE(bs.find("__launch_bounds__(128) ae_block_state(const ae::AttnParams p, const "
+                    "ae::VariantArgs va, const ae::BlockStateParams bs)"),
+            std::string::npos)
+      << bs;
+  EXPECT_EQ(abi_of(spec(Kind::BlockState, Family::Common)).args,
+            (std::vector<Arg>{Arg::Attn, Arg::Variant, Arg::BlockStates}));
+  EXPECT_TRUE(abi_of(spec(Kind::Forward, Family::Sm90)).grid_constant);
+  EXPECT_THROW(instantiate(nullptr, spec(Kind::Forward, Family::Sm80)), ir::GraphError);
+}
+
+TEST(Instantiate, RowPassesNeedNoVariant) {
+  KernelSpec prep = spec(Kind::BwdPrep, Family::Common);
+  prep.warps = 8;
+  prep.bf16 = true;
+  const std::string src = instantiate(nullptr, prep);
+  EXPECT_NE(src.find("#include \"common/bwd_rows.h\""), std::string::npos);
+  EXPECT_NE(src.find("ae::bwd_prep<true>(rp)"), std::string::npos);
+  EXPECT_EQ(src.find("struct Variant"), std::string::npos);
+  EXPECT_EQ(prep.entry(), "ae_bwd_prep");
+  KernelSpec dq = prep;
+  dq.kind = Kind::BwdDq;
+  dq.bf16 = false;
+  EXPECT_NE(instantiate(nullptr, dq).find("ae::bwd_dq<false>(rp)"), std::string::npos);
+  EXPECT_NE(prep.describe(), dq.describe());  // distinct registry keys
+  EXPECT_FALSE(prep.uses_variant());
+}
+
+TEST(Instantiate, RowPassesCompileWithoutSpills) {
+  for (Kind kind : {Kind::BwdPrep, Kind::BwdDq}) {
+    for (bool bf16 : {true, false}) {
+      KernelSpec s = spec(kind, Family::Common);
+      s.warps = 8;
+      s.bf16 = bf16;
+      jit::CompileRequest req;
+      req.source = instantiate(nullptr, s);
+      req.kernel = s.entry();
+      req.arch = "sm_80";
+      const jit::CompileResult r =
+          jit::compiler_for_arch(req.arch).compile(req, *jit::template_headers());
+      EXPECT_EQ(r.lowered_name, s.entry()) << s.describe();
+      EXPECT_GT(r.figures.registers, 0) << s.describe();
+      EXPECT_EQ(r.figures.spill_stores, 0) << s.describe();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace ae::codegen

@@ -1,0 +1,316 @@
+// The planner (plan/planner.h) for the device classes the engine targets, without a GPU:
+// which family and tiles it picks, the steps and workspaces of a forward and a backward, its
+// refusals (the reason the fallback warning prints), and its grids and shape fields.
+#include <gtest/gtest.h>
+
+#include "plan/planner.h"
+#include "plan/tile_tables.h"
+
+namespace ae::plan {
+namespace {
+
+using codegen::Family;
+using codegen::Kind;
+
+VariantTraits plain() {
+  VariantTraits v;
+  v.key = "plain";
+  return v;
+}
+VariantTraits causal() {
+  VariantTraits v;
+  v.key = "causal";
+  v.has_mask = true;
+  return v;
+}
+// A document mask: the ids are a captured tensor, so its blocks can change between calls.
+VariantTraits document() {
+  VariantTraits v = causal();
+  v.key = "document";
+  v.mask_reads_buffers = true;
+  return v;
+}
+
+PlanRequest request(OpKind kind, DeviceCaps dev, VariantTraits v, int d = 128, int64_t s = 4096) {
+  PlanRequest r;
+  r.problem.kind = kind;
+  r.problem.batch = 2;
+  r.problem.q_heads = 16;
+  r.problem.kv_heads = 4;
+  r.problem.q_len = r.problem.kv_len = s;
+  r.problem.d_qk = r.problem.d_v = d;
+  r.problem.scale = 0.125;
+  r.variant = v;
+  r.problem = with_sparsity(r.problem, v);
+  r.device = dev;
+  return r;
+}
+
+const Step& main_step(const LaunchPlan& p) {
+  for (const Step& s : p.steps)
+    if (s.spec.kind == Kind::Forward || s.spec.kind == Kind::Backward) return s;
+  throw std::runtime_error("no main step");
+}
+
+std::vector<Kind> kinds(const LaunchPlan& p) {
+  std::vector<Kind> k;
+  for (const Step& s : p.steps) k.push_back(s.spec.kind);
+  return k;
+}
+
+TEST(Planner, HopperForwardIsTheSm90Template) {
+  for (const DeviceCaps& dev : {devices::h100(), devices::h200()}) {
+    const LaunchPlan p = make_plan(request(OpKind::Forward, dev, plain()));
+    ASSERT_TRUE(p.ok) << p.reason;
+    EXPECT_EQ(p.family, "sm90");
+    ASSERT_EQ(kinds(p), std::vector<Kind>{Kind::Forward});
+    const Step& s = p.steps[0];
+    EXPECT_EQ(s.spec.arch, "sm_90a");
+    EXPECT_EQ(s.spec.describe(), "fwd90 sm_90a bf16 d128/128 128x128 w12 s2 ov pp");
+    EXPECT_EQ(s.threads, 384);
+    EXPECT_EQ(s.smem, smem_bytes(s.spec));
+    EXPECT_LE(s.smem, dev.smem_per_block);
+    // (query blocks, query heads, batch), and the shape fields the kernel reads
+    EXPECT_EQ(s.grid.x, 32u);
+    EXPECT_EQ(s.grid.y, 16u);
+    EXPECT_EQ(s.grid.z, 2u);
+    EXPECT_EQ(p.attn.n_q_blocks, 32);
+    EXPECT_EQ(p.attn.n_kv_blocks, 32);
+    EXPECT_EQ(p.attn.group, 4);
+    EXPECT_FLOAT_EQ(p.attn.scale, 0.125f);
+    EXPECT_FLOAT_EQ(p.attn.scale_log2, 0.125f * 1.4426950408889634f);
+    EXPECT_EQ(p.attn.head_group, 1);  // no mask: one head at a time
+    EXPECT_TRUE(p.workspaces.empty());
+  }
+}
+
+TEST(Planner, DisablingSm90OrHeadDimsWithoutItTakeSm80) {
+  PlanRequest r = request(OpKind::Forward, devices::h200(), plain());
+  r.overrides.disable_sm90 = true;
+  LaunchPlan p = make_plan(r);
+  ASSERT_TRUE(p.ok) << p.reason;
+  EXPECT_EQ(p.family, "sm80");
+  EXPECT_EQ(p.steps[0].spec.describe(), "fwd sm_90a bf16 d128/128 128x64 w4 mt2 r0");
+  p = make_plan(request(OpKind::Forward, devices::h200(), plain(), 96));
+  ASSERT_TRUE(p.ok) << p.reason;
+  EXPECT_EQ(p.family, "sm80");
+}
+
+TEST(Planner, MaskedForwardBuildsBlockStatesFirst) {
+  const LaunchPlan p = make_plan(request(OpKind::Forward, devices::h200(), causal()));
+  ASSERT_TRUE(p.ok) << p.reason;
+  ASSERT_EQ(kinds(p), (std::vector<Kind>{Kind::BlockState, Kind::Forward}));
+  const Step& bs = p.steps[0];
+  EXPECT_EQ(bs.spec.family, Family::Common);
+  EXPECT_TRUE(bs.fills_workspace);
+  EXPECT_EQ(bs.fills, WorkspaceId::BlockStates);
+  EXPECT_EQ(bs.threads, 128);
+  // one CTA per tile of the main kernel's blocks; the mask depends on neither b nor h
+  EXPECT_EQ(bs.grid.x, 32u);
+  EXPECT_EQ(bs.grid.y, 32u);
+  EXPECT_EQ(bs.grid.z, 1u);
+  EXPECT_EQ(p.block_states.block_m, 128);
+  EXPECT_EQ(p.block_states.block_n, 128);
+  const Workspace* w = p.workspace(WorkspaceId::BlockStates);
+  ASSERT_NE(w, nullptr);
+  EXPECT_EQ(w->shape, (std::vector<int64_t>{1, 32, 32}));
+  EXPECT_FALSE(w->cache_key.empty());  // index-only mask: kept across calls
+  EXPECT_EQ(p.attn.state_stride_b, 0);
+  EXPECT_EQ(p.attn.state_stride_h, 0);
+  // K and V of a head: 4096 x 256 x 2 bytes, and 4 query heads share them: 512 KB per query
+  // head, 8 MB of L2 for the sm90 forward -> 16 heads.
+  EXPECT_EQ(p.attn.head_group, 16);
+  // A mask that reads a captured tensor: rebuilt every call.
+  const LaunchPlan d = make_plan(request(OpKind::Forward, devices::h200(), document()));
+  EXPECT_TRUE(d.workspace(WorkspaceId::BlockStates)->cache_key.empty());
+}
+
+TEST(Planner, PerHeadMasksHaveATablePerHead) {
+  VariantTraits v = causal();
+  v.mask_per_head = true;
+  v.mask_per_batch = true;
+  const LaunchPlan p = make_plan(request(OpKind::Forward, devices::h200(), v));
+  ASSERT_TRUE(p.ok) << p.reason;
+  EXPECT_EQ(p.workspace(WorkspaceId::BlockStates)->shape, (std::vector<int64_t>{32, 32, 32}));
+  EXPECT_EQ(p.steps[0].grid.z, 32u);
+  EXPECT_EQ(p.attn.state_stride_h, 32 * 32);
+  EXPECT_EQ(p.attn.state_stride_b, 32 * 32 * 16);
+  EXPECT_TRUE(p.block_states.per_head && p.block_states.per_batch);
+}
+
+TEST(Planner, BackwardIsThreeLaunchesAroundTheMainKernel) {
+  for (const DeviceCaps& dev : {devices::h100(), devices::h200(), devices::a100()}) {
+    const LaunchPlan p = make_plan(request(OpKind::Backward, dev, causal()));
+    ASSERT_TRUE(p.ok) << p.reason;
+    EXPECT_EQ(p.family, "sm80");
+    ASSERT_EQ(kinds(p), (std::vector<Kind>{Kind::BlockState, Kind::BwdPrep, Kind::Backward,
+                                           Kind::BwdDq}));
+    const Step& b = main_step(p);
+    EXPECT_EQ(b.spec.block_m, 64);
+    EXPECT_EQ(b.spec.block_n, 128);
+    // (key blocks, KV heads, batch)
+    EXPECT_EQ(b.grid.x, 32u);
+    EXPECT_EQ(b.grid.y, 4u);
+    EXPECT_EQ(b.grid.z, 2u);
+    EXPECT_LE(b.smem, dev.smem_per_block);
+    // dQ accumulated in fp32 rows padded to whole query blocks; the row statistics
+    EXPECT_EQ(p.workspace(WorkspaceId::DqAccum)->shape, (std::vector<int64_t>{2, 16, 64 * 64, 128}));
+    EXPECT_EQ(p.workspace(WorkspaceId::Delta)->shape, (std::vector<int64_t>{2, 16, 4096}));
+    EXPECT_NE(p.workspace(WorkspaceId::Lse2), nullptr);
+    // The row passes: a group of lanes per query row, 256 threads
+    const Step& prep = p.steps[1];
+    EXPECT_EQ(prep.row_lanes, 16);
+    EXPECT_EQ(prep.threads, 256);
+    EXPECT_EQ(prep.grid.x, 2u * 16 * 4096 / (256 / 16));
+    EXPECT_EQ(p.rows.acc_rows, 64 * 64);
+    EXPECT_EQ(p.block_states.block_m, 64);  // the backward's own tiles
+    EXPECT_EQ(p.block_states.block_n, 128);
+  }
+}
+
+TEST(Planner, BackwardGradientsOnlyWhereAsked) {
+  PlanRequest r = request(OpKind::Backward, devices::h200(), plain());
+  r.problem.captured = {{"float32", 2, true}, {"int64", 1, false}};
+  const LaunchPlan p = make_plan(r);
+  ASSERT_TRUE(p.ok) << p.reason;
+  const Step& b = main_step(p);
+  EXPECT_EQ(b.spec.buffer_dtypes, (std::vector<std::string>{"float32", "int64"}));
+  EXPECT_EQ(b.spec.buffer_grads, (std::vector<bool>{true, false}));
+  EXPECT_NE(b.spec.describe().find(" dbuf0"), std::string::npos);
+  // The forward's kernel carries no gradient atomics.
+  r.problem.kind = OpKind::Forward;
+  EXPECT_TRUE(main_step(make_plan(r)).spec.buffer_grads.empty());
+}
+
+TEST(Planner, NormalizeNoneHasNoRowStatistics) {
+  VariantTraits v = plain();
+  v.normalize = ir::Normalize::None;
+  const LaunchPlan p = make_plan(request(OpKind::Backward, devices::h200(), v));
+  ASSERT_TRUE(p.ok) << p.reason;
+  EXPECT_EQ(p.workspace(WorkspaceId::Delta), nullptr);
+  EXPECT_EQ(p.workspace(WorkspaceId::Lse2), nullptr);
+  EXPECT_NE(p.workspace(WorkspaceId::DqAccum), nullptr);
+  const LaunchPlan f = make_plan(request(OpKind::Forward, devices::h200(), v));
+  EXPECT_FALSE(f.steps[0].spec.overlap);  // the sm90 table's choice for none
+}
+
+TEST(Planner, A100TakesSm80WithTilesThatFit) {
+  LaunchPlan p = make_plan(request(OpKind::Forward, devices::a100(), plain()));
+  ASSERT_TRUE(p.ok) << p.reason;
+  EXPECT_EQ(p.family, "sm80");
+  EXPECT_EQ(p.steps[0].spec.arch, "sm_80");
+  EXPECT_EQ(p.steps[0].spec.block_n, 64);
+  // D256: 64-key tiles need 200 KB; 4 warps of 32 keys fit in 163 KB
+  p = make_plan(request(OpKind::Forward, devices::a100(), plain(), 256));
+  ASSERT_TRUE(p.ok) << p.reason;
+  EXPECT_EQ(p.steps[0].spec.warps, 4);
+  EXPECT_EQ(p.steps[0].spec.block_n, 32);
+  // the backward at D256: single-buffered
+  p = make_plan(request(OpKind::Backward, devices::a100(), plain(), 256));
+  ASSERT_TRUE(p.ok) << p.reason;
+  EXPECT_EQ(main_step(p).spec.stages, 1);
+  EXPECT_EQ(main_step(p).spec.block_n, 64);
+}
+
+TEST(Planner, AdaTakesSmallTilesOrSaysWhyNot) {
+  const DeviceCaps ada = devices::ada();
+  LaunchPlan p = make_plan(request(OpKind::Forward, ada, plain()));
+  ASSERT_TRUE(p.ok) << p.reason;
+  EXPECT_EQ(p.steps[0].spec.arch, "sm_89");
+  EXPECT_EQ(p.steps[0].spec.block_n, 32);
+  EXPECT_TRUE(p.steps[0].spec.compile_options().empty());
+  p = make_plan(request(OpKind::Backward, ada, plain(), 128));
+  ASSERT_TRUE(p.ok) << p.reason;
+  EXPECT_LE(main_step(p).smem, ada.smem_per_block);
+  // The backward at D256 fits nowhere in 99 KB: the reason names the shortfall.
+  p = make_plan(request(OpKind::Backward, ada, plain(), 256));
+  EXPECT_FALSE(p.ok);
+  EXPECT_NE(p.reason.find("bytes of shared memory, the device allows 101376"), std::string::npos)
+      << p.reason;
+  // Every pick of every kind fits the device.
+  for (const DeviceCaps& dev : {devices::h100(), devices::a100(), ada})
+    for (OpKind kind : {OpKind::Forward, OpKind::Backward})
+      for (int d : {64, 96, 128, 192, 256}) {
+        PlanRequest r = request(kind, dev, causal(), d);
+        r.problem.d_v = d == 192 ? 128 : d;
+        const LaunchPlan q = make_plan(r);
+        if (!q.ok) {
+          EXPECT_TRUE(kind == OpKind::Backward && d > 128 && dev.smem_per_block < 110000) << q.reason;
+          continue;
+        }
+        for (const Step& s : q.steps) EXPECT_LE(s.smem, dev.smem_per_block) << s.spec.describe();
+      }
+}
+
+TEST(Planner, Mi250HasNoFamilyYet) {
+  const LaunchPlan p = make_plan(request(OpKind::Forward, devices::mi250(), plain()));
+  EXPECT_FALSE(p.ok);
+  EXPECT_NE(p.reason.find("gfx90a"), std::string::npos) << p.reason;
+  EXPECT_NE(p.reason.find("AMD"), std::string::npos) << p.reason;
+  EXPECT_EQ(devices::mi250().arch(), "gfx90a");
+  EXPECT_EQ(devices::mi250().warp_size, 64);
+}
+
+TEST(Planner, RefusalsSayWhy) {
+  auto why = [](PlanRequest r) {
+    const LaunchPlan p = make_plan(r);
+    EXPECT_FALSE(p.ok);
+    return p.reason;
+  };
+  PlanRequest r = request(OpKind::Forward, devices::h200(), plain());
+  r.problem.dtype = ElemType::Float32;
+  EXPECT_EQ(why(r), "float32 inputs have no fused kernel (bf16 and fp16 do)");
+  r = request(OpKind::Forward, devices::h200(), plain());
+  r.problem.captured.assign(9, {"float32", 1, false});
+  EXPECT_EQ(why(r), "9 captured tensors; kernels take at most 8");
+  r.problem.captured = {{"float32", 5, false}};
+  EXPECT_NE(why(r).find("rank 5"), std::string::npos);
+  r.problem.captured = {{"complex64", 1, false}};
+  EXPECT_NE(why(r).find("complex64 has no kernel load"), std::string::npos);
+  r = request(OpKind::Forward, devices::h200(), plain(), 512);
+  EXPECT_NE(why(r).find("no sm80 kernel"), std::string::npos);
+  EXPECT_NE(why(r).find("no sm90 kernel"), std::string::npos);  // both families said no
+  r = request(OpKind::Forward, devices::h200(), plain());
+  r.problem.kv_len = int64_t{1} << 31;
+  EXPECT_NE(why(r).find("32-bit"), std::string::npos);
+  DeviceCaps volta = devices::a100();
+  volta.major = 7;
+  EXPECT_NE(why(request(OpKind::Forward, volta, plain())).find("compute capability 7.0"),
+            std::string::npos);
+  r = request(OpKind::Backward, devices::h200(), plain());
+  r.family = Family::Sm90;  // no sm90 backward (yet)
+  EXPECT_NE(why(r).find("no sm90 bwd kernel"), std::string::npos);
+}
+
+TEST(Planner, EmptyProblemsHaveNoSteps) {
+  PlanRequest r = request(OpKind::Forward, devices::h200(), causal());
+  r.problem.kv_len = 0;
+  LaunchPlan p = make_plan(r);
+  EXPECT_TRUE(p.ok);
+  EXPECT_TRUE(p.steps.empty());
+  r = request(OpKind::Backward, devices::h200(), plain());
+  r.problem.batch = 0;
+  p = make_plan(r);
+  EXPECT_TRUE(p.ok);
+  EXPECT_TRUE(p.steps.empty());
+}
+
+TEST(Planner, OverridesReachThePlan) {
+  PlanRequest r = request(OpKind::Forward, devices::h200(), causal());
+  r.overrides.head_group = 3;
+  EXPECT_EQ(make_plan(r).attn.head_group, 3);
+  r.overrides.sm90_fwd[0] = 64;
+  EXPECT_EQ(main_step(make_plan(r)).spec.block_n, 64);
+  EXPECT_EQ(make_plan(r).attn.n_kv_blocks, 64);  // block counts follow the tiles
+}
+
+TEST(Planner, DescribeListsStepsAndWorkspaces) {
+  const std::string d = make_plan(request(OpKind::Backward, devices::h200(), causal())).describe();
+  EXPECT_NE(d.find("block_state sm_90a grid (32,64,1)"), std::string::npos) << d;
+  EXPECT_NE(d.find("bwd_prep sm_90a bf16"), std::string::npos) << d;
+  EXPECT_NE(d.find("workspace dq_accum [2, 16, 4096, 128]"), std::string::npos) << d;
+  EXPECT_NE(d.find("workspace block_states [1, 64, 32] (kept across calls)"), std::string::npos) << d;
+}
+
+}  // namespace
+}  // namespace ae::plan

@@ -1,0 +1,129 @@
+// The tile tables (plan/tile_tables.h): what each family's table offers per head dim and
+// variant, in order, and the overrides; the planner's pick per device is test_plan_planner.cc's.
+#include <gtest/gtest.h>
+
+#include "plan/tile_tables.h"
+
+namespace ae::plan {
+namespace {
+
+TableQuery query(int d_qk, int d_v, bool loads = false, bool softmax = true) {
+  TableQuery q;
+  q.d_qk = d_qk;
+  q.d_v = d_v;
+  q.score_loads = loads;
+  q.softmax = softmax;
+  return q;
+}
+
+const TuningOverrides kNone;
+
+TEST(Sm80Tiles, ForwardPreferences) {
+  const Candidates d128 = sm80_forward(query(128, 128), kNone);
+  ASSERT_EQ(d128.specs.size(), 2u);
+  EXPECT_EQ(d128.specs[0].block_n, 64);
+  EXPECT_EQ(d128.specs[0].reg_level, 0);
+  EXPECT_EQ(d128.specs[0].compile_options(),
+            std::vector<std::string>{"-Xptxas=--register-usage-level=0"});
+  EXPECT_EQ(d128.specs[0].block_m, 128);
+  EXPECT_EQ(d128.specs[1].block_n, 32);  // where shared memory is short
+  EXPECT_TRUE(d128.specs[1].compile_options().empty());
+  // A captured tensor read per score: 32 keys at ptxas's default level.
+  const Candidates loads = sm80_forward(query(128, 128, true), kNone);
+  EXPECT_EQ(loads.specs[0].block_n, 32);
+  EXPECT_TRUE(loads.specs[0].compile_options().empty());
+  // normalize = none: 64 keys without the level-0 option.
+  EXPECT_EQ(sm80_forward(query(128, 128, false, false), kNone).specs[0].reg_level, -1);
+  // Up to D64, 96 keys unless a captured tensor is read per score.
+  EXPECT_EQ(sm80_forward(query(64, 64), kNone).specs[0].block_n, 96);
+  EXPECT_EQ(sm80_forward(query(64, 64, true), kNone).specs[0].block_n, 64);
+  EXPECT_EQ(sm80_forward(query(96, 96), kNone).specs[0].block_n, 64);
+  const Candidates d256 = sm80_forward(query(256, 256), kNone);
+  EXPECT_EQ(d256.specs[0].warps, 8);
+  EXPECT_EQ(d256.specs[0].block_m, 128);
+  EXPECT_EQ(d256.specs[0].block_n, 64);
+  EXPECT_EQ(d256.specs[1].warps, 4);
+  EXPECT_EQ(d256.specs[1].block_n, 32);
+}
+
+TEST(Sm80Tiles, RefusesHeadDimsItCannotTile) {
+  for (auto [dq, dv] : {std::pair{20, 20}, {512, 512}, {0, 64}, {128, 8}}) {
+    const Candidates c = sm80_forward(query(dq, dv), kNone);
+    EXPECT_TRUE(c.specs.empty());
+    EXPECT_NE(c.refusal.find("no sm80 kernel"), std::string::npos) << c.refusal;
+    EXPECT_TRUE(sm80_backward(query(dq, dv), kNone).specs.empty());
+  }
+}
+
+TEST(Sm80Tiles, BackwardPreferences) {
+  const Candidates d128 = sm80_backward(query(128, 128), kNone);
+  ASSERT_EQ(d128.specs.size(), 3u);
+  EXPECT_EQ(d128.specs[0].block_m, 64);
+  EXPECT_EQ(d128.specs[0].block_n, 128);
+  EXPECT_EQ(d128.specs[0].warps, 8);
+  EXPECT_EQ(d128.specs[0].stages, 2);
+  EXPECT_EQ(d128.specs[0].reg_level, 0);
+  EXPECT_EQ(d128.specs[1].stages, 1);  // single-buffered Q and dO first,
+  EXPECT_EQ(d128.specs[2].block_n, 64);  // then 64 keys
+  const Candidates d256 = sm80_backward(query(256, 256), kNone);
+  EXPECT_EQ(d256.specs[0].block_n, 64);
+  EXPECT_EQ(d256.specs[0].stages, 2);
+}
+
+TEST(Sm90Tiles, ForwardPreferences) {
+  const Candidates plain = sm90_forward(query(128, 128), kNone);
+  ASSERT_FALSE(plain.specs.empty());
+  EXPECT_EQ(plain.specs[0].describe(), "fwd90 sm_90a bf16 d128/128 128x128 w12 s2 ov pp");
+  EXPECT_EQ(sm90_forward(query(128, 128, true), kNone).specs[0].block_n, 64);
+  const auto none = sm90_forward(query(128, 128, false, false), kNone).specs[0];
+  EXPECT_FALSE(none.overlap);
+  EXPECT_FALSE(none.pingpong);
+  const auto d256 = sm90_forward(query(256, 256), kNone).specs[0];
+  EXPECT_EQ(d256.block_n, 64);
+  EXPECT_FALSE(d256.overlap);
+  EXPECT_EQ(sm90_forward(query(192, 128), kNone).specs[0].block_n, 128);
+  const Candidates d96 = sm90_forward(query(96, 96), kNone);
+  EXPECT_TRUE(d96.specs.empty());
+  EXPECT_NE(d96.refusal.find("no sm90 kernel"), std::string::npos);
+}
+
+TEST(Tiles, OverridesReplaceTheFirstChoice) {
+  TuningOverrides o;
+  o.sm80_fwd[0] = 8, o.sm80_fwd[1] = 1, o.sm80_fwd[2] = 32, o.sm80_fwd[3] = 3;
+  const Candidates c = sm80_forward(query(128, 128), o);
+  EXPECT_EQ(c.specs[0].warps, 8);
+  EXPECT_EQ(c.specs[0].m_tiles, 1);
+  EXPECT_EQ(c.specs[0].block_n, 32);
+  EXPECT_EQ(c.specs[0].reg_level, 3);
+  EXPECT_EQ(c.specs[0].block_m, 128);
+  EXPECT_EQ(c.specs[1].block_n, 32);  // the table's fallback stays
+  // Invalid warps: the override is ignored as a whole.
+  TuningOverrides bad;
+  bad.sm80_fwd[0] = 5, bad.sm80_fwd[2] = 32;
+  EXPECT_EQ(sm80_forward(query(128, 128), bad).specs[0].block_n, 64);
+  TuningOverrides b;
+  b.sm80_bwd[0] = 64, b.sm80_bwd[1] = 1;
+  EXPECT_EQ(sm80_backward(query(128, 128), b).specs[0].block_n, 64);
+  EXPECT_EQ(sm80_backward(query(128, 128), b).specs[0].stages, 1);
+  TuningOverrides h;
+  h.sm90_fwd[0] = 128, h.sm90_fwd[1] = 3, h.sm90_fwd[2] = 0;
+  const auto g = sm90_forward(query(128, 128), h).specs[0];
+  EXPECT_EQ(g.stages, 3);
+  EXPECT_FALSE(g.overlap);
+  EXPECT_TRUE(g.pingpong);  // unset: the table's
+  h.sm90_fwd[0] = 128;
+  EXPECT_EQ(sm90_forward(query(256, 256), h).specs[0].block_n, 64);  // 128 keys spill past Dv 128
+}
+
+TEST(Tiles, SharedMemoryIsTheTemplatesFormula) {
+  // sm80 forward D128, 128 x 64: Q and two stages of K and V, rows padded by 8 elements
+  const auto f = sm80_forward(query(128, 128), kNone).specs[0];
+  EXPECT_EQ(smem_bytes(f), 2 * (128 * 136 + 2 * 64 * 136 + 2 * 64 * 136));
+  const auto g = sm90_forward(query(128, 128), kNone).specs[0];
+  EXPECT_EQ(smem_bytes(g), 1024 + 2 * (128 * 128 + 2 * 128 * 256) + 8 * 7);
+  const auto b = sm80_backward(query(128, 128), kNone).specs[0];
+  EXPECT_EQ(smem_bytes(b), 2 * (128 * 272 + 2 * 64 * 272 + 2 * 128 * 72) + 2 * 2 * 4 * 64);
+}
+
+}  // namespace
+}  // namespace ae::plan
