@@ -45,5 +45,15 @@ DeviceCaps mi250() {
   return c;
 }
 
+bool named(const std::string& name, DeviceCaps* out) {
+  if (name == "h100") *out = h100();
+  else if (name == "h200") *out = h200();
+  else if (name == "a100") *out = a100();
+  else if (name == "ada") *out = ada();
+  else if (name == "mi250") *out = mi250();
+  else return false;
+  return true;
+}
+
 }  // namespace devices
 }  // namespace ae::plan

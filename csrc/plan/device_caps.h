@@ -31,6 +31,8 @@ DeviceCaps h200();   // the same chip with 141 GB: 132 SMs, 227 KB
 DeviceCaps a100();   // sm_80, 163 KB per block, 108 SMs, 40 MB L2
 DeviceCaps ada();    // sm_89 (L4, RTX 4090 class), 99 KB per block
 DeviceCaps mi250();  // gfx90a (one GCD), 64 KB of LDS, 110 CUs, wave64
+// By name: "h100", "h200", "a100", "ada", "mi250"; false for another name.
+bool named(const std::string& name, DeviceCaps* out);
 }  // namespace devices
 
 }  // namespace ae::plan

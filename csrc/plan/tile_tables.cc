@@ -105,20 +105,19 @@ KernelSpec base_spec(Kind kind, Family family, const TableQuery& q) {
   return s;
 }
 
-bool sm80_dims_ok(const TableQuery& q) {
+// Why the sm80 templates cannot take these head dims (empty when they can).
+std::string sm80_refusal(const TableQuery& q) {
   auto ok = [](int d) { return d % 16 == 0 && d >= 16 && d <= 256; };
-  return ok(q.d_qk) && ok(q.d_v);
+  if (ok(q.d_qk) && ok(q.d_v)) return {};
+  return fmt::format("head dims ({}, {}) have no sm80 kernel: each must be a multiple of 16 "
+                     "between 16 and 256", q.d_qk, q.d_v);
 }
 
 }  // namespace
 
 Candidates sm80_forward(const TableQuery& q, const TuningOverrides& o) {
   Candidates c;
-  if (!sm80_dims_ok(q)) {
-    c.refusal = fmt::format("head dims ({}, {}) have no sm80 kernel: each must be a multiple "
-                            "of 16 between 16 and 256", q.d_qk, q.d_v);
-    return c;
-  }
+  if (c.refusal = sm80_refusal(q); !c.refusal.empty()) return c;
   const int dmax = std::max(q.d_qk, q.d_v);
   for (const Sm80FwdRule& r : sm80_fwd_rules()) {
     if (dmax > r.max_dim || !matches(r.score_loads, q.score_loads) || !matches(r.softmax, q.softmax))
@@ -146,11 +145,7 @@ Candidates sm80_forward(const TableQuery& q, const TuningOverrides& o) {
 
 Candidates sm80_backward(const TableQuery& q, const TuningOverrides& o) {
   Candidates c;
-  if (!sm80_dims_ok(q)) {
-    c.refusal = fmt::format("head dims ({}, {}) have no sm80 kernel: each must be a multiple "
-                            "of 16 between 16 and 256", q.d_qk, q.d_v);
-    return c;
-  }
+  if (c.refusal = sm80_refusal(q); !c.refusal.empty()) return c;
   const int dmax = std::max(q.d_qk, q.d_v);
   for (const Sm80BwdRule& r : sm80_bwd_rules()) {
     if (dmax > r.max_dim) continue;

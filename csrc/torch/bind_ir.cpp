@@ -42,12 +42,8 @@ pybind11::dict kernel_source(const ir::Variant& v, const std::string& step, int 
   for (size_t i = 0; i < buffer_dtypes.size(); ++i)
     pb.captured.push_back({buffer_dtypes[i], 1, backward && i < buffer_grads.size() && buffer_grads[i]});
   pb = plan::with_sparsity(pb, r.variant);
-  if (device == "h100") r.device = plan::devices::h100();
-  else if (device == "h200") r.device = plan::devices::h200();
-  else if (device == "a100") r.device = plan::devices::a100();
-  else if (device == "ada") r.device = plan::devices::ada();
-  else if (device == "mi250") r.device = plan::devices::mi250();
-  else throw ir::GraphError("device must be h100, h200, a100, ada or mi250, not " + device);
+  if (!plan::devices::named(device, &r.device))
+    throw ir::GraphError("device must be h100, h200, a100, ada or mi250, not " + device);
   if (family == "sm80") r.family = codegen::Family::Sm80;
   else if (family == "sm90") r.family = codegen::Family::Sm90;
   else if (!family.empty()) throw ir::GraphError("family must be sm80 or sm90, not " + family);

@@ -20,7 +20,7 @@ AE_DEVICE void block_state(const AttnParams& p, const Variant& var, const BlockS
   const int q0 = mb * bs.block_m, k0 = kb * bs.block_n;
   const int qn = min(bs.block_m, p.q_len - q0), kn = min(bs.block_n, p.kv_len - k0);
   bool any = false, all = true;
-  for (int i = threadIdx.x; i < qn * kn; i += kBlockStateThreads) {
+  for (int i = threadIdx.x; i < qn * kn; i += blockDim.x) {
     const bool keep = var.mask(b, h, q0 + i / kn, k0 + i % kn);
     any = any || keep;
     all = all && keep;

@@ -535,8 +535,8 @@ def test_gqa_4_to_1(variant, dtype, shape):
 @pytest.mark.parametrize("sm90", [True, False], ids=["default", "sm80_forward"])
 @pytest.mark.parametrize("group", ["1", "4"])
 def test_head_groups(group, sm90, monkeypatch):
-    """The forward's CTA order (grid_order.h) with 6 heads: in groups of 4 the last group has
-    2, and every (block, head, batch) must still be computed exactly once."""
+    """The forward's CTA order (common/tile_scheduler.h) with 6 heads: in groups of 4 the last
+    group has 2, and every (block, head, batch) must still be computed exactly once."""
     monkeypatch.setenv("AE_HEAD_GROUP", group)
     if not sm90:
         monkeypatch.setenv("AE_DISABLE_SM90", "1")
