@@ -37,25 +37,28 @@ template <bool kCheck, bool kRaw, class Layout, class Variant, int kN8>
 AE_DEVICE void score_transform(const AttnParams& p, const Variant& var, float (&s)[kN8][4],
                                int b, int h, int row0, int col0) {
   using Norm = typename Variant::Norm;
-  if constexpr (kRaw && !kCheck && Variant::kIdentity && Norm::kRawScores) return;
+  if constexpr (kRaw && !kCheck && Variant::kIdentity && Norm::kRawScores) {
+    return;  // raw scores: normalize_step scales them
+  } else {   // (not a return before the loop: NVRTC warns that the loop is unreachable)
 #pragma unroll
-  for (int nt = 0; nt < kN8; ++nt) {
+    for (int nt = 0; nt < kN8; ++nt) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int q_idx = row0 + 8 * (e >> 1), kv_idx = col0 + nt * 8 + (e & 1);
-      float x;
-      if constexpr (Variant::kIdentity) {
-        x = s[nt][e] * Norm::identity_scale(p);
-      } else {
-        // Variant::kOutScale and the policy's factor: weight_scale
-        x = var.score(s[nt][e] * (p.scale * Variant::kInScale), b, h, q_idx, kv_idx);
+      for (int e = 0; e < 4; ++e) {
+        const int q_idx = row0 + 8 * (e >> 1), kv_idx = col0 + nt * 8 + (e & 1);
+        float x;
+        if constexpr (Variant::kIdentity) {
+          x = s[nt][e] * Norm::identity_scale(p);
+        } else {
+          // Variant::kOutScale and the policy's factor: weight_scale
+          x = var.score(s[nt][e] * (p.scale * Variant::kInScale), b, h, q_idx, kv_idx);
+        }
+        if constexpr (kCheck) {
+          bool keep = q_idx < Layout::q_len(p, b) && kv_idx < Layout::kv_len(p, b);
+          if constexpr (Variant::kHasMask) keep = keep && var.mask(b, h, q_idx, kv_idx);
+          if (!keep) x = Norm::kMaskedNegInf ? neg_inf() : 0.f;
+        }
+        s[nt][e] = x;
       }
-      if constexpr (kCheck) {
-        bool keep = q_idx < Layout::q_len(p, b) && kv_idx < Layout::kv_len(p, b);
-        if constexpr (Variant::kHasMask) keep = keep && var.mask(b, h, q_idx, kv_idx);
-        if (!keep) x = Norm::kMaskedNegInf ? neg_inf() : 0.f;
-      }
-      s[nt][e] = x;
     }
   }
 }
