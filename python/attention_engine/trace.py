@@ -6,6 +6,12 @@ it reaches through ``__torch_function__`` append a node to the trace; every node
 user's source line. Tensors the mods close over (ALiBi slopes, a bias table, document ids)
 become *buffers*: indexing one with proxies (``slopes[h]``, ``bias[b, h]``, ``doc[q_idx]``)
 records a load, so new values are read at call time without recompiling.
+
+While a mod runs, a TorchFunctionMode (capture.CaptureMode) sees every torch call, also those
+on plain captured tensors: elementwise ones (``torch.exp(log_t)``, ``w * 0.5``, ``bias[0]``)
+are recorded as a capture.TensorExpr and become graph nodes when indexed, so they are re-read
+at every call and differentiated; any other op on a captured tensor would run once, at trace
+time, and freeze its result, so it raises TraceError.
 """
 from __future__ import annotations
 
@@ -18,9 +24,12 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from . import capture
 from .errors import TraceError
 
 _THIS_FILE = os.path.abspath(__file__)
+# Frames in these files are the tracer's own: messages name the user's line instead.
+_OWN_FILES = {_THIS_FILE, os.path.join(os.path.dirname(_THIS_FILE), "capture.py")}
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 
 _FLOAT_DTYPES = {torch.float16, torch.bfloat16, torch.float32, torch.float64}
@@ -32,7 +41,7 @@ def _user_loc() -> str:
     f = sys._getframe(1)
     while f is not None:
         path = os.path.abspath(f.f_code.co_filename)
-        if path != _THIS_FILE and not path.startswith(_TORCH_DIR):
+        if path not in _OWN_FILES and not path.startswith(_TORCH_DIR):
             code = linecache.getline(f.f_code.co_filename, f.f_lineno).strip()
             return f"{os.path.basename(path)}:{f.f_lineno}: {code}" if code else \
                 f"{os.path.basename(path)}:{f.f_lineno}"
@@ -241,6 +250,8 @@ def _tracer_of(args) -> "Tracer":
     for a in args:
         if isinstance(a, Proxy):
             return a._tracer
+        if isinstance(a, capture.TensorExpr):
+            return a.tracer
         if isinstance(a, (tuple, list)):
             for x in a:
                 if isinstance(x, Proxy):
@@ -368,6 +379,12 @@ class Tracer:
                     f"{_user_loc()}; index it with the mod's arguments (e.g. bias[h]) or capture "
                     "a 0-d tensor")
             return self.load(self.buffer(x), 0, [])._id
+        if isinstance(x, capture.TensorExpr):
+            if x.dim() != 0:
+                raise TraceError(
+                    f"{x.what} of shape {list(x.shape)} is used without indexing at "
+                    f"{_user_loc()}; index it with the mod's arguments (e.g. bias[h])")
+            return x.emit([])._id
         if isinstance(x, _Partial):
             x._fail()
         raise TraceError(f"unsupported value {x!r} ({type(x).__name__}) in a mod at {_user_loc()}")
@@ -440,10 +457,11 @@ def trace(score_mod: Optional[Callable] = None, mask_mod: Optional[Callable] = N
     score = t.param("score")
     b, h, q, kv = (t.param(n) for n in ("b", "h", "q_idx", "kv_idx"))
     outputs = {}
-    if score_mod is not None:
-        outputs["score"] = _result(t, score_mod(score, b, h, q, kv), "score_mod")
-    if mask_mod is not None:
-        outputs["mask"] = _result(t, mask_mod(b, h, q, kv), "mask_mod")
+    with capture.CaptureMode(t):  # torch ops on captured tensors become graph nodes
+        if score_mod is not None:
+            outputs["score"] = _result(t, score_mod(score, b, h, q, kv), "score_mod")
+        if mask_mod is not None:
+            outputs["mask"] = _result(t, mask_mod(b, h, q, kv), "mask_mod")
     doc = {"version": 1, "normalize": normalize, "buffers": t.buffers, "nodes": t.nodes,
            "outputs": outputs}
     return json.dumps(doc, sort_keys=True), list(t.tensors)
