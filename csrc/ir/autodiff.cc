@@ -18,6 +18,7 @@ class Builder {
     n.type = t;
     n.args = std::move(args);
     n.loc = loc;
+    n.derived = true;
     return g_.add(std::move(n));
   }
   int mul(int a, int b) { return op(Op::Mul, {a, b}); }

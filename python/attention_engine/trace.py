@@ -32,6 +32,8 @@ _THIS_FILE = os.path.abspath(__file__)
 _OWN_FILES = {_THIS_FILE, os.path.join(os.path.dirname(_THIS_FILE), "capture.py")}
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 
+_INT32_MIN, _INT32_MAX = -(1 << 31), (1 << 31) - 1
+
 _FLOAT_DTYPES = {torch.float16, torch.bfloat16, torch.float32, torch.float64}
 _INT_DTYPES = {torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8}
 
@@ -337,6 +339,11 @@ class Tracer:
         if isinstance(value, bool):
             key = ("bool", value)
         elif isinstance(value, int):
+            if not _INT32_MIN <= value <= _INT32_MAX:
+                raise TraceError(
+                    f"integer constant {value} at {_user_loc()} does not fit in 32 bits: kernels "
+                    "compute integer (index) arithmetic in 32-bit ints. Use a float constant "
+                    f"({float(value)!r}) or a smaller bound")
             key = ("int", value)
         elif isinstance(value, float):
             key = ("float", repr(value))
