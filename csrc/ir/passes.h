@@ -58,8 +58,11 @@ struct Analysis {
 Analysis analyze(const Graph& g);
 
 // Appends derivatives of the "score" output: "d_score" (by the score parameter) and one
-// "d_load" output per float Load node (by the loaded value), then optimizes. Ops without a
-// derivative (comparisons, rounding, integer ops) contribute zero, as in PyTorch.
+// "d_load" output per float Load node (by the loaded value), then optimizes. PyTorch's
+// autograd conventions: ops without a derivative (comparisons, rounding, integer ops, floor
+// division) contribute zero, remainder passes the gradient to its dividend, ties of
+// maximum / minimum split it, and pow gives 0 where its formula would be 0 * inf or
+// 0 * log(0) (exponent 0; base 0 with exponent >= 0).
 Graph differentiate(const Graph& g);
 
 }  // namespace ae::ir

@@ -232,7 +232,7 @@ _BINARY = {
     "add": "add", "sub": "sub", "subtract": "sub", "mul": "mul", "multiply": "mul",
     "div": "div", "divide": "div", "true_divide": "div", "floor_divide": "floordiv",
     "remainder": "mod", "pow": "pow", "float_power": "pow", "minimum": "min", "maximum": "max",
-    "fmin": "min", "fmax": "max", "lt": "lt", "less": "lt", "le": "le", "less_equal": "le",
+    "lt": "lt", "less": "lt", "le": "le", "less_equal": "le",
     "gt": "gt", "greater": "gt", "ge": "ge", "greater_equal": "ge", "eq": "eq", "ne": "ne",
     "not_equal": "ne", "logical_and": "and", "logical_or": "or", "logical_xor": "xor",
     "bitwise_and": "and", "bitwise_or": "or", "bitwise_xor": "xor",
@@ -244,7 +244,7 @@ _DUNDER = {
     "__gt__": "gt", "__ge__": "ge", "__eq__": "eq", "__ne__": "ne",
 }
 _OTHER = {"where", "clamp", "clip", "clamp_min", "clamp_max", "square", "zeros_like",
-          "ones_like", "full_like", "sigmoid", "softplus"}
+          "ones_like", "full_like", "sigmoid", "softplus", "fmax", "fmin"}
 _METHODS = set(_UNARY) | set(_BINARY) | _OTHER - {"zeros_like", "ones_like", "full_like"}
 
 
@@ -261,6 +261,19 @@ def _tracer_of(args) -> "Tracer":
     raise TraceError(f"internal: no traced value among the arguments at {_user_loc()}")
 
 
+def _clamp_bound(t: "Tracer", x, bound, cmp: str) -> "Proxy":
+    """One side of torch.clamp: the bound where x is beyond it (cmp "lt": below a minimum,
+    "gt": above a maximum), else x. A where, not maximum / minimum: at x == bound torch.clamp
+    passes the whole gradient to x, where maximum would split it. A nan bound gives nan."""
+    xi, bi = t.lift(x), t.lift(bound)
+    if isinstance(bound, float) and math.isnan(bound):
+        return t.node("max" if cmp == "lt" else "min", [xi, bi])
+    beyond = t.node(cmp, [xi, bi])
+    if not isinstance(bound, (int, float)):  # a traced bound may be nan at run time
+        beyond = t.node("or", [beyond, t.node("ne", [bi, bi])])
+    return t.node("where", [beyond, bi, xi])
+
+
 def _call(name: str, args, kwargs):
     t = _tracer_of(list(args) + list(kwargs.values()))
     if name in _UNARY:
@@ -269,6 +282,11 @@ def _call(name: str, args, kwargs):
     if reverse:
         op = _DUNDER["__" + name[3:]]
         return t.node(op, [t.lift(args[1]), t.lift(args[0])])
+    if name in ("fmax", "fmin"):  # nan-ignoring; a tie's gradient goes to the first
+        a, b = t.lift(args[0]), t.lift(args[1] if len(args) > 1 else kwargs["other"])
+        b_nan = t.node("ne", [b, b])
+        first = t.node("or", [t.node("ge" if name == "fmax" else "le", [a, b]), b_nan])
+        return t.node("where", [first, a, b])
     if name in _DUNDER or name in _BINARY:
         op = _DUNDER.get(name) or _BINARY[name]
         other = args[1] if len(args) > 1 else kwargs.get("other", kwargs.get("exponent"))
@@ -290,16 +308,21 @@ def _call(name: str, args, kwargs):
             lo, hi = None, lo
         x = args[0]
         if lo is not None:
-            x = t.node("max", [t.lift(x), t.lift(lo)])
+            x = _clamp_bound(t, x, lo, "lt")
         if hi is not None:
-            x = t.node("min", [t.lift(x), t.lift(hi)])
+            x = _clamp_bound(t, x, hi, "gt")
         return x
     if name == "square":
         x = t.lift(args[0])
         return t.node("mul", [x, x])
-    if name == "softplus":  # log(1 + exp(x)), beta = 1
+    if name == "softplus":  # torch's: x where beta * x > threshold, else log(1 + exp(beta x)) / beta
+        beta = kwargs.get("beta", args[1] if len(args) > 1 else 1.0)
+        threshold = kwargs.get("threshold", args[2] if len(args) > 2 else 20.0)
         x = t.lift(args[0])
-        return t.node("log", [t.node("add", [t.lift(1.0), t.node("exp", [x])._id])._id])
+        bx = t.node("mul", [x, t.lift(beta)])
+        soft = t.node("div", [t.node("log", [t.node("add", [t.lift(1.0), t.node("exp", [bx])])]),
+                              t.lift(beta)])
+        return t.node("where", [t.node("gt", [bx, t.lift(threshold)]), x, soft])
     if name in ("zeros_like", "ones_like", "full_like"):
         value = 0 if name == "zeros_like" else 1 if name == "ones_like" else args[1]
         kind = t.kind_of(args[0])
