@@ -171,19 +171,23 @@ void DiskCache::discard(const Hash128& key) {
 
 void DiskCache::store(const Hash128& key, const CompileResult& result) {
   if (!enabled_ || !ensure_dirs()) return;
-  std::string path = entry_path(key);
-  // pid + counter: unique across processes and threads; O_EXCL guards the rest.
-  std::string tmp = fmt::format("{}.tmp.{}.{}", path, ::getpid(), g_tmp_counter.fetch_add(1));
-  std::string bytes = encode_cache_entry(key, result);
-  int error = write_new_file(tmp, bytes);
-  if (error == ENOENT) {  // the folder was removed while we ran: make it again (checked), once
-    if (!make_dirs()) return;
+  const std::string path = entry_path(key);
+  const std::string bytes = encode_cache_entry(key, result);
+  int error = 0;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    // pid + counter: unique across processes and threads; O_EXCL guards the rest.
+    std::string tmp = fmt::format("{}.tmp.{}.{}", path, ::getpid(), g_tmp_counter.fetch_add(1));
     error = write_new_file(tmp, bytes);
+    if (!error && std::rename(tmp.c_str(), path.c_str()) != 0) {
+      error = errno;
+      ::unlink(tmp.c_str());
+    }
+    if (error != ENOENT || attempt > 0) break;
+    // The folder, or our temporary file, was removed while we ran (`cache clear`, rm -rf):
+    // make the folder again, checked as at first use, and write once more.
+    if (!make_dirs()) return;
   }
-  if (!error && std::rename(tmp.c_str(), path.c_str()) != 0) {
-    error = errno;
-    ::unlink(tmp.c_str());
-  }
+  if (error == ENOENT) return;  // removed again: a clear is running; the entry is skipped
   if (error) degrade(fmt::format("cannot write {}: {}", path, std::strerror(error)));
 }
 

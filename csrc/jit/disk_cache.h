@@ -51,7 +51,8 @@ class DiskCache {
   void discard(const Hash128& key);
   // Writes to a temporary name (mode 0600), then renames: readers see a whole entry or none,
   // and concurrent writers of one key all succeed. Never throws: a failure (read-only
-  // folder, full disk) switches this cache to memory-only with one warning per process.
+  // folder, full disk) switches this cache to memory-only with one warning per process. A
+  // folder or temporary file removed under it (`cache clear`) is made again once.
   void store(const Hash128& key, const CompileResult& result);
   // Writes a failed compile's text to failed/<key>.log; returns the path, or "" if it could
   // not (then it tries a private folder this process makes in the temp folder).
