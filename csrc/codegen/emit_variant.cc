@@ -176,6 +176,21 @@ std::string expr(const Graph& g, int id, const std::vector<std::string>& dtypes)
   throw ir::GraphError("codegen: unknown op");
 }
 
+// The user's source line as the text of a `//` comment that cannot end early or reach the
+// next line, whatever it holds: printable ASCII only (no line ends, no other bytes), no
+// backslash (one at the end would splice the next generated line into the comment) and no
+// "??" (trigraphs, "??/" among them, are another backslash in older C++).
+std::string comment_text(const std::string& loc) {
+  std::string out;
+  for (char c : loc) {
+    const unsigned char u = static_cast<unsigned char>(c);
+    const char safe = u < 0x20 || u > 0x7e ? '?' : c == '\\' ? '/' : c;
+    if (safe == '?' && !out.empty() && out.back() == '?') continue;
+    out += safe;
+  }
+  return out;
+}
+
 // The statements computing `roots` (and what they need), in graph order. Node `arg` (if any)
 // is the function's `score` argument (the score times ScoreScales::in).
 std::string statements(const Graph& g, const std::vector<int>& roots,
@@ -191,12 +206,7 @@ std::string statements(const Graph& g, const std::vector<int>& roots,
     const Node& n = g.nodes[i];
     fmt::format_to(std::back_inserter(s), "    const {} {} = {};", ctype(n.type), name(i),
                    static_cast<int>(i) == arg ? "score" : expr(g, static_cast<int>(i), dtypes));
-    if (!n.loc.empty()) {
-      std::string loc = n.loc;
-      for (char& c : loc)
-        if (c == '\n' || c == '\r') c = ' ';
-      fmt::format_to(std::back_inserter(s), "  // {}", loc);
-    }
+    if (!n.loc.empty()) fmt::format_to(std::back_inserter(s), "  // {}", comment_text(n.loc));
     s += '\n';
   }
   return s;
@@ -220,6 +230,11 @@ std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& d
   std::string s;
   auto out = std::back_inserter(s);
   fmt::format_to(out, "// Variant {} (generated from its op graph; n<i> is node %<i>).\n", v.key);
+  // A kernel uses some of the Variant's members, never all (a forward has no use for grad):
+  // NVRTC's "declared but never referenced" (#177) is silenced for this struct only, so that
+  // any other warning in generated code stands out (CI fails on them).
+  s += "#if defined(__CUDACC_RTC__) || defined(__NVCC__)\n#pragma nv_diagnostic push\n"
+       "#pragma nv_diag_suppress 177\n#endif\n";
   s += "struct Variant {\n  const ae::VariantArgs& va;\n";
   fmt::format_to(out, "  static constexpr bool kIdentity = {};\n", identity ? "true" : "false");
   fmt::format_to(out, "  static constexpr bool kHasMask = {};\n", has_mask ? "true" : "false");
@@ -273,6 +288,7 @@ std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& d
                    name(o->node));
   }
   fmt::format_to(out, "    return dx * {};\n  }}\n}};\n", name(bw.output("d_score")));
+  s += "#if defined(__CUDACC_RTC__) || defined(__NVCC__)\n#pragma nv_diagnostic pop\n#endif\n";
   return s;
 }
 

@@ -18,6 +18,7 @@ class Builder {
     n.type = t;
     n.args = std::move(args);
     n.loc = loc;
+    n.derived = true;
     return g_.add(std::move(n));
   }
   int mul(int a, int b) { return op(Op::Mul, {a, b}); }
@@ -25,6 +26,8 @@ class Builder {
   int neg(int a) { return op(Op::Neg, {a}); }
   int sub(int a, int b) { return op(Op::Sub, {a, b}); }
   int where(int cond, int a, int b) { return op(Op::Where, {cond, a, b}); }
+  int cmp(Op o, int a, int b) { return op(o, {a, b}, DType::Bool); }
+  int half(int a) { return mul(a, c(0.5)); }
   int to_float(int a) { return g_.nodes[a].type == DType::Float ? a : op(Op::Cast, {a}); }
   std::string loc;  // derivative nodes point at the line of the node they differentiate
 
@@ -87,25 +90,41 @@ Graph differentiate(const Graph& src) {
       case Op::Sin: accumulate(x[0], b.mul(a, b.op(Op::Cos, {x[0]}))); break;
       case Op::Cos: accumulate(x[0], b.neg(b.mul(a, b.op(Op::Sin, {x[0]})))); break;
       case Op::Cast: accumulate(x[0], a); break;  // float -> float only reaches here
-      case Op::Pow: {
+      case Op::FloorDiv:  // piecewise constant (torch: zero gradient)
+        break;
+      case Op::Mod:  // torch.remainder: 1 for the dividend, -floor(x / y) for the divisor
+        if (n.type != DType::Float) break;
+        accumulate(x[0], a);
+        accumulate(x[1], b.neg(b.mul(a, b.op(Op::FloorDiv, {x[0], x[1]}))));
+        break;
+      case Op::Pow: {  // torch's pow_backward: 0 where it would be 0 * inf or 0 * log(0)
         int base = b.to_float(x[0]), ex = b.to_float(x[1]);
         int pm1 = b.op(Op::Pow, {base, b.sub(ex, b.c(1.0))});
-        accumulate(x[0], b.mul(a, b.mul(ex, pm1)));
-        if (is_float(g, x[1])) accumulate(x[1], b.mul(a, b.mul(i, b.op(Op::Log, {base}))));
+        int d_base = b.mul(a, b.mul(ex, pm1));
+        accumulate(x[0], b.where(b.cmp(Op::Eq, ex, b.c(0.0)), b.c(0.0), d_base));
+        if (is_float(g, x[1])) {
+          int zero_base = b.op(Op::And, {b.cmp(Op::Eq, base, b.c(0.0)),
+                                          b.cmp(Op::Ge, ex, b.c(0.0))}, DType::Bool);
+          int d_ex = b.mul(a, b.mul(i, b.op(Op::Log, {base})));
+          accumulate(x[1], b.where(zero_base, b.c(0.0), d_ex));
+        }
         break;
       }
       case Op::Min:
-      case Op::Max: {  // ties go to the first argument, as torch.minimum's gradient splits
-        int first = b.op(n.op == Op::Min ? Op::Le : Op::Ge, {x[0], x[1]}, DType::Bool);
-        accumulate(x[0], b.where(first, a, b.c(0.0)));
-        accumulate(x[1], b.where(first, b.c(0.0), a));
+      case Op::Max: {  // torch.maximum / minimum: a tie splits the gradient in halves
+        const Op loses0 = n.op == Op::Max ? Op::Lt : Op::Gt;  // x0 is not the result
+        const Op loses1 = n.op == Op::Max ? Op::Gt : Op::Lt;  // x1 is not the result
+        int tie = b.cmp(Op::Eq, x[0], x[1]);
+        int share = b.where(tie, b.half(a), a);
+        accumulate(x[0], b.where(b.cmp(loses0, x[0], x[1]), b.c(0.0), share));
+        accumulate(x[1], b.where(b.cmp(loses1, x[0], x[1]), b.c(0.0), share));
         break;
       }
       case Op::Where:
         accumulate(x[1], b.where(x[0], a, b.c(0.0)));
         accumulate(x[2], b.where(x[0], b.c(0.0), a));
         break;
-      default:  // params, loads, constants, rounding, sign, comparisons: no further inputs
+      default:  // params, loads, constants, rounding, sign, comparisons, integer ops
         break;
     }
   }

@@ -49,6 +49,10 @@ struct Node {
   int64_t ivalue = 0;  // Const of type Int or Bool (0 / 1)
   int index = -1;      // Param: a Param value; Load: the buffer's index
   std::string loc;     // the user's source line ("file.py:12: return score + bias[h]")
+  // Written by autodiff: part of a derivative, not of what the user wrote. Only such nodes
+  // may be reassociated by constant folding (which changes their rounding, never the
+  // forward's values).
+  bool derived = false;
 };
 
 // A tensor the mods close over, read by Load nodes.

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 
 #include "ir/error.h"
@@ -24,6 +25,36 @@ double float_value(const json& v) {
     if (s == "nan") return std::numeric_limits<double>::quiet_NaN();
   }
   throw GraphError(fmt::format("bad float constant {}", v.dump()));
+}
+
+// A constant the graph cannot hold; parse_trace names the line of the node that uses it.
+struct BadConstant {
+  std::string what;
+};
+
+// Kernels compute integers (indices) in 32-bit ints: a constant must fit, or a kernel and the
+// reference executor (int64) would compute different things (2**64 used to wrap to 0).
+int64_t int_value(const json& v) {
+  if (!v.is_number_integer())
+    throw BadConstant{fmt::format("integer constant {} is not an integer", v.dump())};
+  const bool fits = v.is_number_unsigned() ? v.get<uint64_t>() <= uint64_t(INT32_MAX)
+                                           : v.get<int64_t>() >= INT32_MIN &&
+                                                 v.get<int64_t>() <= INT32_MAX;
+  if (!fits)
+    throw BadConstant{fmt::format("integer constant {} does not fit in 32 bits (kernels "
+                                  "compute integers in 32-bit ints)", v.dump())};
+  return v.get<int64_t>();
+}
+
+// The source line of the first node that uses node `id` (constants carry none).
+std::string user_loc(const json& nodes, size_t id) {
+  for (size_t k = id + 1; k < nodes.size(); ++k) {
+    if (!nodes[k].contains("args")) continue;
+    for (const json& a : nodes[k].at("args"))
+      if (a.is_number_integer() && a.get<int64_t>() == static_cast<int64_t>(id))
+        return nodes[k].value("loc", "");
+  }
+  return "";
 }
 
 DType type_from_name(const std::string& s, const std::string& loc) {
@@ -54,7 +85,7 @@ Node parse_node(const json& j, size_t id) {
       n.type = type_from_name(j.at("dtype").get<std::string>(), n.loc);
       if (n.type == DType::Float) n.fvalue = float_value(j.at("value"));
       else if (n.type == DType::Bool) n.ivalue = j.at("value").get<bool>() ? 1 : 0;
-      else n.ivalue = j.at("value").get<int64_t>();
+      else n.ivalue = int_value(j.at("value"));
       break;
     case Op::Load:
       n.index = j.at("buffer").get<int>();
@@ -105,7 +136,14 @@ Graph parse_trace(const std::string& json_text) {
       g.buffers.push_back(std::move(buf));
     }
     const json& nodes = j.at("nodes");
-    for (size_t i = 0; i < nodes.size(); ++i) g.nodes.push_back(parse_node(nodes[i], i));
+    for (size_t i = 0; i < nodes.size(); ++i) {
+      try {
+        g.nodes.push_back(parse_node(nodes[i], i));
+      } catch (const BadConstant& e) {
+        const std::string loc = nodes[i].value("loc", "");
+        throw GraphError(at_loc(e.what, loc.empty() ? user_loc(nodes, i) : loc));
+      }
+    }
     const json outputs = j.value("outputs", json::object());
     for (const auto& [name, id] : outputs.items()) {
       if (name != "score" && name != "mask")

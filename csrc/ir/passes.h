@@ -9,9 +9,12 @@
 
 namespace ae::ir {
 
-// Evaluates nodes whose arguments are all constants, and simplifies identities that hold in
-// IEEE arithmetic (x + 0, x * 1, x - 0, x / 1, --x, where on a constant, a cast to the same
-// type). Never folds x * 0 (inf * 0 is nan).
+// Evaluates nodes whose arguments are all constants (with PyTorch's float64 / int64 semantics,
+// see eval.h; a folded integer must fit in 32 bits, else GraphError), and simplifies
+// identities that hold for every value in IEEE arithmetic (x + -0.0, x - 0.0, x * 1, x / 1,
+// --x, where on a constant, a cast to the same type, false & x, true | x). Never folds x + 0.0
+// (-0.0 + 0.0 is +0.0) or x * 0 (inf * 0 is nan). Reassociates constant factors
+// ((x * c1) / c2 -> x * (c1 / c2)) in derivative nodes only (Node::derived).
 Graph fold_constants(const Graph& g);
 // Whether n is x * c, c * x or x / c for a float x and a finite nonzero float constant c:
 // then x's node, and the factor as the fraction num / den (kept apart, so that chains fold
@@ -55,8 +58,11 @@ struct Analysis {
 Analysis analyze(const Graph& g);
 
 // Appends derivatives of the "score" output: "d_score" (by the score parameter) and one
-// "d_load" output per float Load node (by the loaded value), then optimizes. Ops without a
-// derivative (comparisons, rounding, integer ops) contribute zero, as in PyTorch.
+// "d_load" output per float Load node (by the loaded value), then optimizes. PyTorch's
+// autograd conventions: ops without a derivative (comparisons, rounding, integer ops, floor
+// division) contribute zero, remainder passes the gradient to its dividend, ties of
+// maximum / minimum split it, and pow gives 0 where its formula would be 0 * inf or
+// 0 * log(0) (exponent 0; base 0 with exponent >= 0).
 Graph differentiate(const Graph& g);
 
 }  // namespace ae::ir

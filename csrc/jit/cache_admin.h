@@ -1,6 +1,13 @@
 // Inspecting and trimming a disk cache folder (layout: disk_cache.h); used by
-// `python -m attention_engine.cache`.
+// `python -m attention_engine.cache`. Beside running processes and in a folder others may
+// have touched, it lists and removes only what the cache itself writes: regular files this
+// user owns, named <key>.aek (and starting as an entry does) or <key>.aek.tmp.<pid>.<n> in
+// kernels/, <key>.log or <key>.log.tmp.<pid>.<n> in failed/, never through a symlinked
+// kernels/ or failed/ folder. A temporary file younger than an hour is a live writer's and is
+// never removed.
 #pragma once
+#include <sys/types.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -12,6 +19,8 @@ struct CacheFile {
   uint64_t bytes = 0;
   int64_t mtime_ns = 0;
   enum Kind { kKernel, kFailedLog, kTemp } kind = kKernel;
+  dev_t dev = 0;  // which file it was when listed (removal checks it is still that one)
+  ino_t ino = 0;
 };
 
 struct CacheSummary {
@@ -20,10 +29,11 @@ struct CacheSummary {
   uint64_t total_bytes = 0;  // all three kinds
 };
 
-// The layout's files (nothing else in the folder is ever listed or removed).
+// The layout's files (nothing else in the folder is ever listed or removed). None for "".
 std::vector<CacheFile> list_cache_files(const std::string& dir);
 CacheSummary summarize_cache(const std::string& dir);
-// Removes every file of the layout; returns how many.
+// Removes every kernel and failure log, and temp files older than an hour (writers that
+// died); returns how many files.
 size_t clear_cache(const std::string& dir);
 
 struct PruneResult {

@@ -29,6 +29,10 @@ Hash128 checksum(const std::string& meta, const std::string& binary) {
 
 }  // namespace
 
+bool has_cache_entry_magic(const std::string& head) {
+  return head.size() >= sizeof kMagic && std::memcmp(head.data(), kMagic, sizeof kMagic) == 0;
+}
+
 std::string encode_cache_entry(const Hash128& key, const CompileResult& r) {
   nlohmann::json meta = {
       {"key", key.hex()},

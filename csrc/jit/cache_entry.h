@@ -17,6 +17,8 @@
 namespace ae::jit {
 
 std::string encode_cache_entry(const Hash128& key, const CompileResult& result);
+// Whether `head` starts with the entry format's magic (cache admin: what it may remove).
+bool has_cache_entry_magic(const std::string& head);
 // nullopt when the bytes are not a whole, intact entry for `key`.
 std::optional<CompileResult> decode_cache_entry(const Hash128& key, const std::string& bytes);
 

@@ -2,6 +2,7 @@
 
 #include "fmt/format.h"
 #include "jit/cache_key.h"
+#include "jit/entry_check.h"
 #include "jit/errors.h"
 
 namespace ae::jit {
@@ -65,10 +66,15 @@ KernelPtr KernelCache::build(const Hash128& key, const CompileRequest& req,
   kernel->key = key;
   kernel->vendor = compiler.vendor();
   if (std::optional<CompileResult> hit = disk_.load(key)) {
-    disk_hits_.fetch_add(1, std::memory_order_relaxed);
-    kernel->result = std::move(*hit);
-    kernel->from_disk = true;
-    return kernel;
+    // An entry made for another request (another kernel's binary, other launch figures) is
+    // dropped and rebuilt, never launched.
+    if (entry_mismatch(req, *hit).empty()) {
+      disk_hits_.fetch_add(1, std::memory_order_relaxed);
+      kernel->result = std::move(*hit);
+      kernel->from_disk = true;
+      return kernel;
+    }
+    disk_.discard(key);
   }
   compiles_.fetch_add(1, std::memory_order_relaxed);
   try {

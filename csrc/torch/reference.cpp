@@ -1,5 +1,6 @@
 #include "torch/reference.h"
 
+#include <algorithm>
 #include <limits>
 
 #include "torch/checks.h"
@@ -60,6 +61,37 @@ at::Tensor unnormalized(const Scores& sc) {
   return sc.keep.defined() ? at::where(sc.keep, sc.x, 0.0) : sc.x;
 }
 
+// The positions that contribute to their row: mask_mod keeps them and, under softmax, the
+// score is above -inf (P is 0 elsewhere). Undefined when every position does.
+at::Tensor contributing(const Scores& sc, bool softmax) {
+  if (!softmax) return sc.keep.defined() ? at::broadcast_to(sc.keep, sc.x.sizes()) : sc.keep;
+  at::Tensor above = sc.x != -kInf;  // nan included: a nan score makes its row nan
+  return sc.keep.defined() ? at::logical_and(above, sc.keep) : above;
+}
+
+// sum_n a[..., m, n] * b[..., n, d] over the positions where c[..., m, n] holds only; `a` is 0
+// elsewhere. A plain matmul unless b has inf or nan in some row n: 0 * inf would make the
+// whole output row nan, so such rows are summed apart, through the mask. Masked positions
+// never contribute, whatever V (or K, or Q) holds there.
+at::Tensor masked_matmul(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c) {
+  if (!c.defined()) return at::matmul(a, b);
+  const at::Tensor bad = at::logical_not(at::isfinite(b)).any(-1).reshape({-1, b.size(-2)}).any(0);
+  if (!bad.any().item<bool>()) return at::matmul(a, b);
+  const at::Tensor bad_n = bad.nonzero().squeeze(-1);
+  const at::Tensor good_n = at::logical_not(bad).nonzero().squeeze(-1);
+  at::Tensor out = at::matmul(a.index_select(-1, good_n), b.index_select(-2, good_n));
+  const at::Tensor cb = at::broadcast_to(c, a.sizes());
+  const int64_t per_n = std::max<int64_t>(1, out.numel());
+  const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 24) / per_n);
+  for (int64_t start = 0; start < bad_n.size(0); start += chunk) {
+    const at::Tensor n = bad_n.slice(0, start, std::min(start + chunk, bad_n.size(0)));
+    const at::Tensor terms = a.index_select(-1, n).unsqueeze(-1) *   // [..., M, k, 1]
+                             b.index_select(-2, n).unsqueeze(-3);    // [..., 1, k, D]
+    out = out + at::where(cb.index_select(-1, n).unsqueeze(-1), terms, 0.0).sum(-2);
+  }
+  return out;
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> reference_forward(const at::Tensor& q, const at::Tensor& k,
@@ -72,13 +104,14 @@ std::tuple<at::Tensor, at::Tensor> reference_forward(const at::Tensor& q, const 
   Scores sc = compute_scores(variant->forward, q, expand_heads(k, s.group(), cdt), buffers, s,
                              scale, cdt);
   at::Tensor p, lse;
-  if (variant->forward.normalize == ir::Normalize::Softmax) {
+  const bool is_softmax = variant->forward.normalize == ir::Normalize::Softmax;
+  if (is_softmax) {
     std::tie(p, lse) = softmax(sc);
   } else {
     p = unnormalized(sc);
     lse = at::zeros({s.batch, s.q_heads, s.q_len}, q.options().dtype(cdt));
   }
-  at::Tensor out = at::matmul(p, expand_heads(v, s.group(), cdt));
+  at::Tensor out = masked_matmul(p, expand_heads(v, s.group(), cdt), contributing(sc, is_softmax));
   return {out.to(q.scalar_type()), lse.to(at::kFloat)};
 }
 
@@ -98,10 +131,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> referenc
   Scores sc = compute_scores(g, q, kf, buffers, s, scale, cdt);
   const at::Tensor d_out = dout.to(cdt);
 
-  // dX: the gradient by the modified score x = score_mod(s).
+  // dX: the gradient by the modified score x = score_mod(s). Positions that do not
+  // contribute get none, also where V holds inf or nan (dP would be nan there).
   at::Tensor p, dx;
-  const at::Tensor dp = at::matmul(d_out, vf.transpose(-1, -2));
-  if (g.normalize == ir::Normalize::Softmax) {
+  const bool is_softmax = g.normalize == ir::Normalize::Softmax;
+  const at::Tensor contrib = contributing(sc, is_softmax);
+  at::Tensor dp = at::matmul(d_out, vf.transpose(-1, -2));
+  if (contrib.defined()) dp = at::where(contrib, dp, 0.0);
+  if (is_softmax) {
     p = softmax(sc).first;  // recomputed in the compute dtype rather than read from lse
     at::Tensor row = (p * dp).sum(-1, /*keepdim=*/true);  // = rowsum(dO * O)
     if (dlse && dlse->defined()) row = row - dlse->to(cdt).unsqueeze(-1);
@@ -115,9 +152,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> referenc
   auto chain = [&](const at::Tensor& d) { return at::where(no_flow, 0.0, dx * d); };
 
   const at::Tensor ds = chain(sc.values[g.output("d_score")]);
-  at::Tensor dq = at::matmul(ds, kf) * scale;
-  at::Tensor dk = reduce_heads(at::matmul(ds.transpose(-1, -2), q.to(cdt)) * scale, s);
-  at::Tensor dv = reduce_heads(at::matmul(p.transpose(-1, -2), d_out), s);
+  const at::Tensor contrib_t = contrib.defined() ? contrib.transpose(-1, -2) : contrib;
+  at::Tensor dq = masked_matmul(ds, kf, contrib) * scale;
+  at::Tensor dk = reduce_heads(masked_matmul(ds.transpose(-1, -2), q.to(cdt), contrib_t) * scale, s);
+  at::Tensor dv = reduce_heads(masked_matmul(p.transpose(-1, -2), d_out, contrib_t), s);
 
   std::vector<at::Tensor> dbuf(buffers.size());
   for (size_t i = 0; i < buffers.size(); ++i) {

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
 import weakref
 from typing import Callable, Optional
 
@@ -16,6 +17,9 @@ from .trace import trace
 _VARIANTS: dict = {}
 # (trace JSON, ids of the captured tensors, scale) -> CompiledAttention, while it lives.
 _COMPILED: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
+# Makes the lookup and the insertion below one step: threads compiling one definition at
+# once get the same object.
+_COMPILE_LOCK = threading.Lock()
 
 
 class CompiledAttention:
@@ -97,15 +101,16 @@ def compile(score_mod: Optional[Callable] = None, mask_mod: Optional[Callable] =
         raise TypeError(f"attention_engine: scale must be a finite number or None, got {scale!r}")
     trace_json, tensors = trace(score_mod, mask_mod, normalize)
     key = (trace_json, tuple(id(t) for t in tensors), scale)
-    hit = _COMPILED.get(key)
-    if hit is not None and all(a is b for a, b in zip(hit.buffers, tensors)):
-        return hit
-    variant = _VARIANTS.get(trace_json)
-    if variant is None:
-        variant = _VARIANTS[trace_json] = _C.build_variant(trace_json)
-    compiled = CompiledAttention(variant, tensors, normalize, scale)
-    _COMPILED[key] = compiled
-    return compiled
+    with _COMPILE_LOCK:
+        hit = _COMPILED.get(key)
+        if hit is not None and all(a is b for a, b in zip(hit.buffers, tensors)):
+            return hit
+        variant = _VARIANTS.get(trace_json)
+        if variant is None:
+            variant = _VARIANTS[trace_json] = _C.build_variant(trace_json)
+        compiled = CompiledAttention(variant, tensors, normalize, scale)
+        _COMPILED[key] = compiled
+        return compiled
 
 
 def clear_kernel_caches() -> None:

@@ -1,7 +1,10 @@
 """The JIT kernel cache on disk: ``python -m attention_engine.cache {info,clear,prune}``.
 
 The folder is $AE_CACHE_DIR, else $XDG_CACHE_HOME/attention_engine, else
-~/.cache/attention_engine (layout: csrc/jit/disk_cache.h). --dir picks another one.
+$HOME/.cache/attention_engine, else the account's home + /.cache/attention_engine (layout and
+trust model: csrc/jit/disk_cache.h). --dir picks another one. clear and prune remove only the
+cache's own files (never through a symlink, never a live writer's temporary file), so they are
+safe beside running processes.
 """
 import argparse
 import re
@@ -46,14 +49,15 @@ def main(argv=None) -> int:
     parser.add_argument("--dir", default=None, help="cache folder (default: from the environment)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="folder, entries, total size")
-    sub.add_parser("clear", help="remove every cached kernel and failure log")
+    sub.add_parser("clear", help="remove every cached kernel and failure log (not a running "
+                                 "writer's temporary file)")
     p = sub.add_parser("prune", help="remove least recently used entries down to a size")
     p.add_argument("--max-size", required=True, type=parse_size, help="e.g. 500M, 2G")
     args = parser.parse_args(argv)
 
     if args.command == "info":
         s = info(args.dir)
-        print(f"folder:      {s['dir']}")
+        print(f"folder:      {s['dir'] or '(none: kernels are kept in memory only)'}")
         print(f"entries:     {s['kernels']}")
         print(f"failed logs: {s['failed_logs']}")
         if s["temp_files"]:

@@ -6,6 +6,12 @@ it reaches through ``__torch_function__`` append a node to the trace; every node
 user's source line. Tensors the mods close over (ALiBi slopes, a bias table, document ids)
 become *buffers*: indexing one with proxies (``slopes[h]``, ``bias[b, h]``, ``doc[q_idx]``)
 records a load, so new values are read at call time without recompiling.
+
+While a mod runs, a TorchFunctionMode (capture.CaptureMode) sees every torch call, also those
+on plain captured tensors: elementwise ones (``torch.exp(log_t)``, ``w * 0.5``, ``bias[0]``)
+are recorded as a capture.TensorExpr and become graph nodes when indexed, so they are re-read
+at every call and differentiated; any other op on a captured tensor would run once, at trace
+time, and freeze its result, so it raises TraceError.
 """
 from __future__ import annotations
 
@@ -18,10 +24,15 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from . import capture
 from .errors import TraceError
 
 _THIS_FILE = os.path.abspath(__file__)
+# Frames in these files are the tracer's own: messages name the user's line instead.
+_OWN_FILES = {_THIS_FILE, os.path.join(os.path.dirname(_THIS_FILE), "capture.py")}
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+
+_INT32_MIN, _INT32_MAX = -(1 << 31), (1 << 31) - 1
 
 _FLOAT_DTYPES = {torch.float16, torch.bfloat16, torch.float32, torch.float64}
 _INT_DTYPES = {torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8}
@@ -32,7 +43,7 @@ def _user_loc() -> str:
     f = sys._getframe(1)
     while f is not None:
         path = os.path.abspath(f.f_code.co_filename)
-        if path != _THIS_FILE and not path.startswith(_TORCH_DIR):
+        if path not in _OWN_FILES and not path.startswith(_TORCH_DIR):
             code = linecache.getline(f.f_code.co_filename, f.f_lineno).strip()
             return f"{os.path.basename(path)}:{f.f_lineno}: {code}" if code else \
                 f"{os.path.basename(path)}:{f.f_lineno}"
@@ -221,7 +232,7 @@ _BINARY = {
     "add": "add", "sub": "sub", "subtract": "sub", "mul": "mul", "multiply": "mul",
     "div": "div", "divide": "div", "true_divide": "div", "floor_divide": "floordiv",
     "remainder": "mod", "pow": "pow", "float_power": "pow", "minimum": "min", "maximum": "max",
-    "fmin": "min", "fmax": "max", "lt": "lt", "less": "lt", "le": "le", "less_equal": "le",
+    "lt": "lt", "less": "lt", "le": "le", "less_equal": "le",
     "gt": "gt", "greater": "gt", "ge": "ge", "greater_equal": "ge", "eq": "eq", "ne": "ne",
     "not_equal": "ne", "logical_and": "and", "logical_or": "or", "logical_xor": "xor",
     "bitwise_and": "and", "bitwise_or": "or", "bitwise_xor": "xor",
@@ -233,7 +244,7 @@ _DUNDER = {
     "__gt__": "gt", "__ge__": "ge", "__eq__": "eq", "__ne__": "ne",
 }
 _OTHER = {"where", "clamp", "clip", "clamp_min", "clamp_max", "square", "zeros_like",
-          "ones_like", "full_like", "sigmoid", "softplus"}
+          "ones_like", "full_like", "sigmoid", "softplus", "fmax", "fmin"}
 _METHODS = set(_UNARY) | set(_BINARY) | _OTHER - {"zeros_like", "ones_like", "full_like"}
 
 
@@ -241,11 +252,26 @@ def _tracer_of(args) -> "Tracer":
     for a in args:
         if isinstance(a, Proxy):
             return a._tracer
+        if isinstance(a, capture.TensorExpr):
+            return a.tracer
         if isinstance(a, (tuple, list)):
             for x in a:
                 if isinstance(x, Proxy):
                     return x._tracer
     raise TraceError(f"internal: no traced value among the arguments at {_user_loc()}")
+
+
+def _clamp_bound(t: "Tracer", x, bound, cmp: str) -> "Proxy":
+    """One side of torch.clamp: the bound where x is beyond it (cmp "lt": below a minimum,
+    "gt": above a maximum), else x. A where, not maximum / minimum: at x == bound torch.clamp
+    passes the whole gradient to x, where maximum would split it. A nan bound gives nan."""
+    xi, bi = t.lift(x), t.lift(bound)
+    if isinstance(bound, float) and math.isnan(bound):
+        return t.node("max" if cmp == "lt" else "min", [xi, bi])
+    beyond = t.node(cmp, [xi, bi])
+    if not isinstance(bound, (int, float)):  # a traced bound may be nan at run time
+        beyond = t.node("or", [beyond, t.node("ne", [bi, bi])])
+    return t.node("where", [beyond, bi, xi])
 
 
 def _call(name: str, args, kwargs):
@@ -256,6 +282,11 @@ def _call(name: str, args, kwargs):
     if reverse:
         op = _DUNDER["__" + name[3:]]
         return t.node(op, [t.lift(args[1]), t.lift(args[0])])
+    if name in ("fmax", "fmin"):  # nan-ignoring; a tie's gradient goes to the first
+        a, b = t.lift(args[0]), t.lift(args[1] if len(args) > 1 else kwargs["other"])
+        b_nan = t.node("ne", [b, b])
+        first = t.node("or", [t.node("ge" if name == "fmax" else "le", [a, b]), b_nan])
+        return t.node("where", [first, a, b])
     if name in _DUNDER or name in _BINARY:
         op = _DUNDER.get(name) or _BINARY[name]
         other = args[1] if len(args) > 1 else kwargs.get("other", kwargs.get("exponent"))
@@ -277,16 +308,21 @@ def _call(name: str, args, kwargs):
             lo, hi = None, lo
         x = args[0]
         if lo is not None:
-            x = t.node("max", [t.lift(x), t.lift(lo)])
+            x = _clamp_bound(t, x, lo, "lt")
         if hi is not None:
-            x = t.node("min", [t.lift(x), t.lift(hi)])
+            x = _clamp_bound(t, x, hi, "gt")
         return x
     if name == "square":
         x = t.lift(args[0])
         return t.node("mul", [x, x])
-    if name == "softplus":  # log(1 + exp(x)), beta = 1
+    if name == "softplus":  # torch's: x where beta * x > threshold, else log(1 + exp(beta x)) / beta
+        beta = kwargs.get("beta", args[1] if len(args) > 1 else 1.0)
+        threshold = kwargs.get("threshold", args[2] if len(args) > 2 else 20.0)
         x = t.lift(args[0])
-        return t.node("log", [t.node("add", [t.lift(1.0), t.node("exp", [x])._id])._id])
+        bx = t.node("mul", [x, t.lift(beta)])
+        soft = t.node("div", [t.node("log", [t.node("add", [t.lift(1.0), t.node("exp", [bx])])]),
+                              t.lift(beta)])
+        return t.node("where", [t.node("gt", [bx, t.lift(threshold)]), x, soft])
     if name in ("zeros_like", "ones_like", "full_like"):
         value = 0 if name == "zeros_like" else 1 if name == "ones_like" else args[1]
         kind = t.kind_of(args[0])
@@ -326,6 +362,11 @@ class Tracer:
         if isinstance(value, bool):
             key = ("bool", value)
         elif isinstance(value, int):
+            if not _INT32_MIN <= value <= _INT32_MAX:
+                raise TraceError(
+                    f"integer constant {value} at {_user_loc()} does not fit in 32 bits: kernels "
+                    "compute integer (index) arithmetic in 32-bit ints. Use a float constant "
+                    f"({float(value)!r}) or a smaller bound")
             key = ("int", value)
         elif isinstance(value, float):
             key = ("float", repr(value))
@@ -368,6 +409,12 @@ class Tracer:
                     f"{_user_loc()}; index it with the mod's arguments (e.g. bias[h]) or capture "
                     "a 0-d tensor")
             return self.load(self.buffer(x), 0, [])._id
+        if isinstance(x, capture.TensorExpr):
+            if x.dim() != 0:
+                raise TraceError(
+                    f"{x.what} of shape {list(x.shape)} is used without indexing at "
+                    f"{_user_loc()}; index it with the mod's arguments (e.g. bias[h])")
+            return x.emit([])._id
         if isinstance(x, _Partial):
             x._fail()
         raise TraceError(f"unsupported value {x!r} ({type(x).__name__}) in a mod at {_user_loc()}")
@@ -440,10 +487,11 @@ def trace(score_mod: Optional[Callable] = None, mask_mod: Optional[Callable] = N
     score = t.param("score")
     b, h, q, kv = (t.param(n) for n in ("b", "h", "q_idx", "kv_idx"))
     outputs = {}
-    if score_mod is not None:
-        outputs["score"] = _result(t, score_mod(score, b, h, q, kv), "score_mod")
-    if mask_mod is not None:
-        outputs["mask"] = _result(t, mask_mod(b, h, q, kv), "mask_mod")
+    with capture.CaptureMode(t):  # torch ops on captured tensors become graph nodes
+        if score_mod is not None:
+            outputs["score"] = _result(t, score_mod(score, b, h, q, kv), "score_mod")
+        if mask_mod is not None:
+            outputs["mask"] = _result(t, mask_mod(b, h, q, kv), "mask_mod")
     doc = {"version": 1, "normalize": normalize, "buffers": t.buffers, "nodes": t.nodes,
            "outputs": outputs}
     return json.dumps(doc, sort_keys=True), list(t.tensors)
