@@ -61,7 +61,7 @@ def test_trailing_backslash_compiles_without_warnings():
     except Exception:  # noqa: BLE001
         pytest.skip("NVRTC not available")
     v = variant_with_loc(LOCS[0], 100)
-    info = v.kernel_source("fwd", 64, 64)
+    info = v.kernel_source("fwd", 64, 64, family="sm80")
     (report,) = _C.jit_check_arches(info["source"], info["entry"], arches=["sm_80"],
                                     options=info["options"])
     assert report["ok"], report["error"]

@@ -13,12 +13,12 @@ import torch
 
 import attention_engine as ae
 from attention_engine import _C
-from test_compile_all import VARIANTS, _instantiations, _nvrtc_available
+from test_compile_all import VARIANTS, _instantiations, _nvrtc_available, _source
 
 pytestmark = pytest.mark.skipif(not _nvrtc_available(), reason="NVRTC not available")
 
 WARNING = re.compile(r"\bwarning\b", re.IGNORECASE)
-IN_TEMPLATE = re.compile(r"^\s*(common|sm80|sm90|gfx90a)/[\w.]+\(\d+\)")
+IN_TEMPLATE = re.compile(r"^\s*(common|nvidia|sm80|sm90|gfx90a)/[\w.]+\(\d+\)")
 
 
 def warnings_of(info, arch, templates=False):
@@ -36,9 +36,8 @@ def instantiation(case):
     name, kind, (d_qk, d_v), *rest = case
     bf16 = rest[0] if rest else True
     attn = VARIANTS[name]()
-    dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers]
     grads = [t.requires_grad for t in attn.buffers] if kind == "bwd" else []
-    info = attn.variant.kernel_source(kind, d_qk, d_v, bf16, dtypes, buffer_grads=grads)
+    info = _source(attn, kind, d_qk, d_v, bf16, grads)
     return info, ["sm_90a"] if kind == "fwd90" else ["sm_80", "sm_90a"]
 
 
@@ -49,9 +48,6 @@ def test_compile_all_instantiations_have_no_warnings_in_generated_code(case):
         assert warnings_of(info, arch) == [], info["describe"]
 
 
-@pytest.mark.xfail(strict=False, reason="templates/common/fwd_rows.h:51 and templates/sm80/bwd.h:250 "
-                   "warn #128-D 'loop is not reachable' (an if-constexpr return before a loop); "
-                   "templates/ belong to the kernel-architecture refactor")
 def test_template_headers_compile_without_warnings():
     found = []
     for case in [("plain", "fwd", (128, 128)), ("plain", "bwd", (128, 128)),
@@ -90,8 +86,7 @@ def every_path():
 @pytest.mark.parametrize("kind", ["fwd", "bwd", "fwd90"])
 def test_every_codegen_path_compiles_without_warnings(kind):
     attn = every_path()
-    dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers]
     grads = [t.requires_grad for t in attn.buffers] if kind == "bwd" else []
-    info = attn.variant.kernel_source(kind, 64, 64, True, dtypes, buffer_grads=grads)
+    info = _source(attn, kind, 64, 64, True, grads)
     arch = "sm_90a" if kind == "fwd90" else "sm_80"
     assert warnings_of(info, arch) == [], info["describe"]
