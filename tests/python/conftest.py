@@ -85,7 +85,7 @@ def check_variant(score_mod=None, mask_mod=None, normalize="softmax", scale=None
     ref, ref_lse = oracle(q, k, v, score_mod, mask_mod, scale, normalize)
     assert_close(out, ref, tol, "out")
     if lse is not None:
-        assert lse.dtype == torch.float32
+        assert lse.dtype == (torch.float64 if q.dtype == torch.float64 else torch.float32)
         assert torch.equal(torch.isneginf(lse), torch.isneginf(ref_lse)), "lse -inf rows differ"
         fin = torch.isfinite(ref_lse)
         assert_close(lse[fin].double(), ref_lse[fin], 1e-5, "lse")  # lse is float32
