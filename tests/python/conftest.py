@@ -1,7 +1,21 @@
+import atexit
 import math
+import os
+import shutil
+import tempfile
 
 import pytest
 import torch
+
+# Kernels the tests compile go to a temporary folder, never to the user's cache (set before
+# any test imports attention_engine). AE_TEST_CACHE_DIR names a folder to keep instead (the
+# GPU machine reuses one between runs).
+if os.environ.get("AE_TEST_CACHE_DIR"):
+    os.environ["AE_CACHE_DIR"] = os.environ["AE_TEST_CACHE_DIR"]
+else:
+    _CACHE = tempfile.mkdtemp(prefix="ae_test_kernels_")
+    os.environ["AE_CACHE_DIR"] = _CACHE
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
