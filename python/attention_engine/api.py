@@ -150,6 +150,10 @@ class CompiledAttention:
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                  return_lse: bool = False, **unknown):
+        """Runs the attention: q [B, Hq, Sq, Dqk], k [B, Hkv, Skv, Dqk], v [B, Hkv, Skv, Dv]
+        -> out [B, Hq, Sq, Dv] (and lse [B, Hq, Sq] with return_lse=True). A torch op with
+        forward and backward: fused kernels for float16 / bfloat16 CUDA tensors the kernels
+        support, the reference executor otherwise (``backend_for`` tells which)."""
         if unknown:
             _unknown_keywords("CompiledAttention.__call__", unknown, "(q, k, v, *, return_lse=False)")
         return run_op(attention_op, q, k, v, self.buffers, self._key, self.normalize,

@@ -88,6 +88,9 @@ class Attention(torch.nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 return_lse: bool = False):
+        """q [B, Hq, Sq, Dqk], k [B, Hkv, Skv, Dqk], v [B, Hkv, Skv, Dv] (one float dtype) ->
+        out [B, Hq, Sq, Dv] in q's dtype; with return_lse, (out, lse [B, Hq, Sq]: float32,
+        float64 for float64 inputs). Reads the tensors registered now (``captured``)."""
         return run_op(attention_op, q, k, v, self.captured, self._key, self.normalize,
                       self.scale, return_lse)
 

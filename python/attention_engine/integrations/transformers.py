@@ -166,7 +166,18 @@ def attention_engine_forward(module: torch.nn.Module, query: torch.Tensor, key: 
 
 def register() -> None:
     """Registers "attention_engine" with Transformers' AttentionInterface and
-    AttentionMaskInterface (done on import of this module; idempotent)."""
+    AttentionMaskInterface (done on import of this module; idempotent).
+
+    Example:
+        >>> import torch, transformers
+        >>> import attention_engine.integrations.transformers  # registers it
+        >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+        ...                                num_hidden_layers=1, num_attention_heads=2)
+        >>> model = transformers.AutoModelForCausalLM.from_config(
+        ...     cfg, attn_implementation="attention_engine")
+        >>> model(torch.randint(0, 64, (1, 10))).logits.shape
+        torch.Size([1, 10, 64])
+    """
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
