@@ -24,6 +24,8 @@ class Attention(torch.nn.Module):
     other: ``parameters()``, ``state_dict()`` / ``load_state_dict(..., assign=True)``,
     ``.to()``, ``to_empty()`` after meta-device initialization, ``copy.deepcopy``, pickling,
     ``torch.func.functional_call`` and FSDP-style parameter replacement all reach the op.
+    A captured tensor computed from others (``table.exp()``, a view of a parameter) is not
+    registered: it is read as it is, and its gradient flows back to what it came from.
 
     Args:
         score_mod, mask_mod, normalize, scale: as for ``attention_engine.compile``.
@@ -57,14 +59,20 @@ class Attention(torch.nn.Module):
         self.scale = scale
         self._mod_names = (_name(score_mod), _name(mask_mod))
         traced_names = [b["name"] for b in json.loads(self._ref.trace_json)["buffers"]]
-        self._tensor_names = []
+        # Per captured tensor: the attribute name it is registered under, or, for a tensor
+        # computed from others (a view of a parameter: its gradient must flow back), the
+        # tensor itself, read as it is.
+        self._captured: list = []
         for i, (tensor, traced) in enumerate(zip(compiled.buffers, traced_names)):
+            if tensor.grad_fn is not None:
+                self._captured.append(tensor)
+                continue
             name = self._free_name(traced, i)
             if isinstance(tensor, torch.nn.Parameter):
                 self.register_parameter(name, tensor)
             else:
                 self.register_buffer(name, tensor)
-            self._tensor_names.append(name)
+            self._captured.append(name)
 
     def _free_name(self, traced: str, index: int) -> str:
         for name in (traced, f"buffer{index}"):
@@ -79,7 +87,7 @@ class Attention(torch.nn.Module):
     @property
     def captured(self) -> list:
         """The tensors the op reads, in the variant's order (the ones registered now)."""
-        return [getattr(self, name) for name in self._tensor_names]
+        return [getattr(self, c) if isinstance(c, str) else c for c in self._captured]
 
     @property
     def key(self) -> str:

@@ -139,3 +139,13 @@ def test_parent_module_shares_the_parameter():
     assert p.attn.table is p.table
     assert len(list(p.parameters())) == 1  # deduplicated, as tied parameters are
     assert repr(p.attn).startswith("Attention(score_mod=relative_bias_mod")
+
+
+def test_computed_captured_tensor_is_read_as_it_is():
+    """A view of a parameter is not registered: the gradient reaches the parameter."""
+    weights = torch.nn.Parameter(torch.randn(2, H, 2 * MAXD + 1, dtype=torch.float64))
+    attn = ae.Attention(mods.relative_bias(weights[1], MAXD))
+    assert list(attn.parameters()) == [] and list(attn.buffers()) == []
+    q, k, v = rand_qkv(HQ=H, HKV=H, SQ=12, SKV=12)
+    attn(q, k, v).sum().backward()
+    assert weights.grad[1].abs().sum() > 0 and weights.grad[0].abs().sum() == 0
