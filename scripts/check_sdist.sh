@@ -27,7 +27,9 @@ echo "[sdist] pip install from the sdist (compiles the extension)"
 start=$(date +%s)
 (cd "$WORK" && PATH="$ROOT/.venv/bin:$PATH" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
   "$PY" -m pip install --no-build-isolation --no-deps --no-cache-dir "$SDIST" \
-  >"$WORK/install.log" 2>&1) || { tail -n 60 "$WORK/install.log"; exit 1; }
+  >"$WORK/install.log" 2>&1) || {
+  grep -n -E "error:|FAILED:|Killed" "$WORK/install.log" | head -n 40; tail -n 30 "$WORK/install.log"
+  echo "[sdist] FAILED: pip install from the sdist"; exit 1; }
 echo "[sdist] installed in $(( $(date +%s) - start )) s"
 
 cd "$WORK"
