@@ -385,7 +385,13 @@ class Tracer:
         infers it (zeros_like / full_like / new_ones take it)."""
         if not isinstance(x, Proxy):
             return "float"
-        n = self.nodes[x._id]
+        kinds = self.__dict__.setdefault("_kinds", {})  # node id -> kind (a DAG: memoized)
+        if x._id not in kinds:
+            kinds[x._id] = self._infer_kind(x._id)
+        return kinds[x._id]
+
+    def _infer_kind(self, node_id: int) -> str:
+        n = self.nodes[node_id]
         op = n["op"]
         if op == "param":
             return "float" if n["name"] == "score" else "int"

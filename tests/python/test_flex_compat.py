@@ -204,3 +204,16 @@ def test_kv_batch_one_broadcasts_with_a_block_mask():
     assert kg.grad.shape == k.shape
     with pytest.raises(ValueError, match="needs a block_mask"):
         ae.flex_attention(q, k, v)
+
+
+def test_zeros_like_takes_the_kind_of_an_expression():
+    """zeros_like / new_ones of an int expression is an int (T5's bucket code relies on it);
+    the inference is linear in the graph (a chain that doubles would be 2^40 otherwise)."""
+    def score_mod(score, b, h, q_idx, kv_idx):
+        d = q_idx - kv_idx
+        for _ in range(40):
+            d = d + d
+        return score + T5_TABLE[h, torch.max(d, torch.zeros_like(d)) % 16]
+    q, k, v = inputs()
+    assert_close(ae.flex_attention(q, k, v, score_mod=score_mod),
+                 torch_flex(q, k, v, score_mod=score_mod), 1e-9, "int chain")
