@@ -1,8 +1,8 @@
 """Hugging Face Transformers with attn_implementation="attention_engine" (issue 16): tiny
 random-init models (no download) against the same weights with SDPA, on the CPU (the
 reference executor; the GPU test runs the kernels): the model's own masks (causal, padding,
-packed sequences, sliding window), Gemma 2's softcap, generation with the KV cache,
-training gradients."""
+packed sequences, sliding window, ready-made 4-D masks), Gemma 2's softcap, gpt-oss's
+attention sinks, generation with the KV cache, training gradients."""
 import pytest
 import torch
 
@@ -23,6 +23,9 @@ def tiny(kind: str, **extra):
         return transformers.LlamaConfig(**common)
     if kind == "mistral":
         return transformers.MistralConfig(sliding_window=6, **common)
+    if kind == "gpt_oss":
+        return transformers.GptOssConfig(head_dim=16, sliding_window=6, num_local_experts=4,
+                                         num_experts_per_tok=2, **common)
     if kind == "gemma2":
         return transformers.Gemma2Config(head_dim=16, sliding_window=6,
                                          attn_logit_softcapping=5.0,
@@ -31,16 +34,17 @@ def tiny(kind: str, **extra):
     raise ValueError(kind)
 
 
-def pair(kind: str, **extra):
-    """(ours, SDPA's): the same random weights, float64, eval mode. (Gemma 2 has no SDPA
-    path, for its softcap: its eager attention is the reference.)"""
+def pair(kind: str, dtype=torch.float64, **extra):
+    """(ours, SDPA's): the same random weights, float64, eval mode. (Gemma 2 and gpt-oss have
+    no SDPA path, for the softcap and the attention sinks: their eager attention is the
+    reference.)"""
     torch.manual_seed(0)
     cfg = tiny(kind, **extra)
     ref = transformers.AutoModelForCausalLM.from_config(
-        cfg, attn_implementation="eager" if kind == "gemma2" else "sdpa")
+        cfg, attn_implementation="eager" if kind in ("gemma2", "gpt_oss") else "sdpa")
     ours = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation=ae_hf.NAME)
     ours.load_state_dict(ref.state_dict())
-    return ours.double().eval(), ref.double().eval()
+    return ours.to(dtype).eval(), ref.to(dtype).eval()
 
 
 def ran_engine(fn):
@@ -56,13 +60,27 @@ def ids(batch, length, seed=1):
     return torch.randint(3, VOCAB, (batch, length), generator=gen)
 
 
-@pytest.mark.parametrize("kind", ["llama", "mistral", "gemma2"])
+@pytest.mark.parametrize("kind", ["llama", "mistral", "gemma2", "gpt_oss"])
 def test_forward_matches_sdpa(kind):
-    ours, ref = pair(kind)
+    # gpt-oss's experts (grouped matmuls) have no float64 kernel on the CPU.
+    dtype = torch.float32 if kind == "gpt_oss" else torch.float64
+    ours, ref = pair(kind, dtype)
     x = ids(2, 20)
     out, ran = ran_engine(lambda: ours(x).logits)
     assert ran and ours.config._attn_implementation == "attention_engine"
-    assert_close(out, ref(x).logits, 1e-9, f"{kind} logits")
+    assert_close(out, ref(x).logits, 1e-9 if dtype == torch.float64 else 1e-4, f"{kind} logits")
+
+
+def test_ready_made_4d_masks():
+    """A caller's own 4-D mask reaches the attention as it is: bool (True keeps) or additive."""
+    ours, ref = pair("llama")
+    x = ids(2, 12)
+    keep = torch.ones(2, 1, 12, 12, dtype=torch.bool).tril()
+    keep[1, :, :, :4] = False
+    keep[1, :, :4, :4] = torch.ones(4, 4, dtype=torch.bool).tril()  # rows keep something
+    for mask in (keep, torch.zeros(keep.shape, dtype=torch.float64).masked_fill(~keep, -1e9)):
+        got = ours(x, attention_mask=mask).logits
+        assert_close(got, ref(x, attention_mask=mask).logits, 1e-9, str(mask.dtype))
 
 
 def test_padding_mask():
