@@ -1,6 +1,10 @@
 """Builds attention_engine._C (pybind11 + libtorch) from csrc/ and the embedded templates.
 
 pip install --no-build-isolation --no-deps -e .    (torch must already be installed)
+
+Sources: every *.cc under a folder of csrc/ other than csrc/torch (the torch-free core: ir,
+codegen, jit, and any folder added later), every csrc/torch/*.cpp, and templates/ embedded
+into one generated file. MANIFEST.in lists what the sdist carries to rebuild it.
 """
 import glob
 import os
@@ -27,18 +31,19 @@ def embedded_templates() -> str:
 
 
 def sources() -> list:
-    core = []
-    for part in ("ir", "codegen", "jit", "plan", "runner"):
-        core += sorted(glob.glob(os.path.join("csrc", part, "*.cc")))
-    return core + sorted(glob.glob(os.path.join("csrc", "torch", "*.cpp"))) + [
-        os.path.relpath(embedded_templates(), ROOT)]
+    """Relative paths (setuptools wants them relative to setup.py), sorted."""
+    core = sorted(p for p in glob.glob(os.path.join("csrc", "*", "**", "*.cc"), recursive=True,
+                                       root_dir=ROOT)
+                  if p.split(os.sep)[1] != "torch")
+    torch_part = sorted(glob.glob(os.path.join("csrc", "torch", "*.cpp"), root_dir=ROOT))
+    return core + torch_part + [os.path.relpath(embedded_templates(), ROOT)]
 
 
 setup(
     name="attention_engine",
     version=version(),
     package_dir={"": "python"},
-    packages=["attention_engine"],
+    packages=["attention_engine", "attention_engine.integrations"],
     ext_modules=[
         CppExtension(
             name="attention_engine._C",
@@ -46,7 +51,9 @@ setup(
             include_dirs=[os.path.join(ROOT, "csrc"), os.path.join(ROOT, "third_party"),
                           os.path.join(ROOT, "templates")],
             define_macros=[("FMT_HEADER_ONLY", "1")],
-            extra_compile_args=["-O2", "-Wno-unused-parameter"],
+            # -g0 overrides the -g of Python's own CFLAGS: debug info made the .so 58 MB and
+            # its compile slower; nothing reads it.
+            extra_compile_args=["-O2", "-g0", "-Wno-unused-parameter"],
             libraries=["dl"],
         )
     ],

@@ -6,6 +6,7 @@ document masks: what they keep), fwd+bwd = 3.5 x fwd. Also, per attention_engine
 cold compile (empty AE_CACHE_DIR) and the disk-cache hit (after ae.clear_kernel_caches()).
 
     PYTHONPATH=python python bench/attention_bench.py [--quick | --full] [--out FILE.md]
+                                                       (--out: FILE.svg, the plot, beside it)
     PYTHONPATH=python python bench/attention_bench.py --dry-run     # CPU, tiny, plumbing only
 
 --quick (the default): S in {4k, 16k}, D 128, plain and causal, and five variants at S=4k.
@@ -40,6 +41,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from baselines import Problem, Unsupported, all_methods, raise_compile_limits  # noqa: E402
+from plot_bench import write_plot  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTES: list = []  # why each n/a happened, printed before the tables
@@ -484,7 +486,8 @@ def parse_args(argv=None):
                       help="S 512 .. 16k, D 64 and 128, seven variants")
     mode.add_argument("--dry-run", action="store_const", dest="mode", const="dry",
                       help="tiny shapes on the CPU, no torch.compile: checks the plumbing")
-    ap.add_argument("--out", help="also write the report (markdown) to this file")
+    ap.add_argument("--out", help="also write the report (markdown) to this file, and its "
+                    "plot (SVG) beside it")
     ap.add_argument("--methods", help="comma-separated subset of: attention_engine, "
                     "sdpa-flash, sdpa-cudnn, flex, compiled")
     ap.add_argument("--variants", help="comma-separated subset of the variants to run")
@@ -552,11 +555,14 @@ def main(argv=None) -> int:
 
 def write_report(path: Optional[str], results, compiles, methods, header) -> str:
     """The report's text; also written to `path` (after every case, so that a run cut short
-    keeps what it measured)."""
+    keeps what it measured), with its plot beside it (PATH without .md, plus .svg: TFLOPS
+    against sequence length, one line per method, one panel per variant; bench/plot_bench.py)."""
     text = report(results, compiles, [m.name for m in methods], header)
     if path:
         with open(path, "w") as f:
             f.write(text)
+        if results:
+            write_plot(text, os.path.splitext(path)[0] + ".svg", "attention TFLOPS " + header)
     return text
 
 

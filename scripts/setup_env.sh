@@ -18,9 +18,16 @@ if [ -n "$missing" ]; then
 fi
 
 PY="${PYTHON:-python3}"
+# A virtual environment made for another folder (a moved checkout) has scripts whose first
+# line names the old path: make it anew, and drop the build outputs that name it too.
+if [ -f .venv/.root ] && [ "$(cat .venv/.root)" != "$ROOT" ]; then
+  echo "[setup] .venv was made for $(cat .venv/.root): making it anew"
+  rm -rf .venv build python/attention_engine/_C*.so
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $($PY --version)"
   "$PY" -m venv .venv
+  echo "$ROOT" > .venv/.root
 fi
 VPY="$ROOT/.venv/bin/python"
 REQ_STAMP=".venv/.requirements.$(sha1sum requirements-dev.txt | cut -c1-12)"
@@ -33,8 +40,9 @@ fi
 export PATH="$ROOT/.venv/bin:$PATH"
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 
-# The extension, built in place (ninja makes the second build a no-op), and registered once
-# as an editable install so `import attention_engine` works from anywhere in the venv.
+# The extension, built once, in place (ninja makes the second build a no-op). A .pth file puts
+# python/ on the venv's path, so `import attention_engine` works from anywhere in it (what an
+# editable install does, without pip building the extension a second time).
 mkdir -p build
 run_logged() {  # run quietly; on failure show the log's end
   local log="$1"; shift
@@ -44,10 +52,10 @@ run_logged() {  # run quietly; on failure show the log's end
 }
 echo "[setup] building attention_engine._C"
 run_logged build/setup_ext.log "$VPY" setup.py build_ext --inplace
-if ! "$VPY" -m pip show -q attention_engine >/dev/null 2>&1; then
-  run_logged build/setup_pip.log "$VPY" -m pip install --no-build-isolation --no-deps -e .
-fi
+SITE="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+echo "$ROOT/python" > "$SITE/attention_engine_dev.pth"
 
 echo "[setup] building the C++ core and tests"
-run_logged build/setup_cmake.log cmake -S . -B build/cmake -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+run_logged build/setup_cmake.log bash scripts/cmake_configure.sh . build/cmake -G Ninja \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo
 run_logged build/setup_cmake_build.log cmake --build build/cmake -j "$MAX_JOBS"

@@ -2,6 +2,11 @@
 // every device runs it until a backend registers a faster kernel for its dispatch key; the
 // Meta kernels give shapes to torch.compile. Autograd is registered from Python
 // (python/attention_engine/ops.py), which calls attention_backward.
+//
+// The layout contract every kernel keeps (torch.compile checks the real outputs against the
+// Meta kernels' sizes and strides): every output is contiguous, whatever the inputs' strides
+// (a permuted q from qkv(x).view(B, S, 3, H, D).permute(...) still gets a contiguous dq), and
+// lse is float64 for float64 inputs, float32 otherwise.
 #include <torch/library.h>
 
 #include "torch/checks.h"
@@ -10,13 +15,17 @@
 namespace ae::torch_ops {
 namespace {
 
+at::ScalarType lse_dtype(const at::Tensor& q) {
+  return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 std::tuple<at::Tensor, at::Tensor> forward_meta(const at::Tensor& q, const at::Tensor& k,
                                                 const at::Tensor& v,
                                                 const std::vector<at::Tensor>& buffers,
                                                 const std::string& variant, double scale) {
   check_inputs(q, k, v, buffers, *get_variant(variant));
   at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
-  at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
+  at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(lse_dtype(q)));
   return {out, lse};
 }
 
@@ -25,11 +34,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> backward
     const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
     const std::vector<at::Tensor>& buffers, const std::string& variant, double scale,
     const c10::List<bool>& buffer_grads) {
+  // at::empty, not empty_like: empty_like keeps a permuted input's layout.
   std::vector<at::Tensor> dbuf;
   for (size_t i = 0; i < buffers.size(); ++i)
-    dbuf.push_back(i < buffer_grads.size() && buffer_grads.get(i) ? at::empty_like(buffers[i])
-                                                             : at::empty({0}, buffers[i].options()));
-  return {at::empty_like(q), at::empty_like(k), at::empty_like(v), dbuf};
+    dbuf.push_back(i < buffer_grads.size() && buffer_grads.get(i)
+                       ? at::empty(buffers[i].sizes(), buffers[i].options())
+                       : at::empty({0}, buffers[i].options()));
+  return {at::empty(q.sizes(), q.options()), at::empty(k.sizes(), k.options()),
+          at::empty(v.sizes(), v.options()), dbuf};
+}
+
+// The reference executor under the layout contract above.
+std::tuple<at::Tensor, at::Tensor> reference_forward_op(const at::Tensor& q, const at::Tensor& k,
+                                                        const at::Tensor& v,
+                                                        const std::vector<at::Tensor>& buffers,
+                                                        const std::string& variant, double scale) {
+  auto [out, lse] = reference_forward(q, k, v, buffers, variant, scale);
+  return {out.contiguous(), lse.contiguous()};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> reference_backward_op(
+    const at::Tensor& dout, const std::optional<at::Tensor>& dlse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    const std::vector<at::Tensor>& buffers, const std::string& variant, double scale,
+    const c10::List<bool>& buffer_grads) {
+  auto [dq, dk, dv, dbuf] = reference_backward(dout, dlse, q, k, v, out, lse, buffers, variant,
+                                               scale, buffer_grads);
+  for (at::Tensor& t : dbuf) t = t.contiguous();
+  return {dq.contiguous(), dk.contiguous(), dv.contiguous(), dbuf};
 }
 
 }  // namespace
@@ -54,10 +86,10 @@ TORCH_LIBRARY(attention_engine, m) {
 }
 
 TORCH_LIBRARY_IMPL(attention_engine, CompositeExplicitAutograd, m) {
-  m.impl("attention", &ae::torch_ops::reference_forward);
-  m.impl("attention_backward", &ae::torch_ops::reference_backward);
-  m.impl("attention_reference", &ae::torch_ops::reference_forward);
-  m.impl("attention_reference_backward", &ae::torch_ops::reference_backward);
+  m.impl("attention", &ae::torch_ops::reference_forward_op);
+  m.impl("attention_backward", &ae::torch_ops::reference_backward_op);
+  m.impl("attention_reference", &ae::torch_ops::reference_forward_op);
+  m.impl("attention_reference_backward", &ae::torch_ops::reference_backward_op);
 }
 
 TORCH_LIBRARY_IMPL(attention_engine, Meta, m) {

@@ -112,7 +112,7 @@ std::tuple<at::Tensor, at::Tensor> reference_forward(const at::Tensor& q, const 
     lse = at::zeros({s.batch, s.q_heads, s.q_len}, q.options().dtype(cdt));
   }
   at::Tensor out = masked_matmul(p, expand_heads(v, s.group(), cdt), contributing(sc, is_softmax));
-  return {out.to(q.scalar_type()), lse.to(at::kFloat)};
+  return {out.to(q.scalar_type()), lse.to(cdt)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> reference_backward(

@@ -15,8 +15,8 @@
 
 namespace ae::torch_ops {
 
-// Returns (out [B,Hq,Sq,Dv] in q's dtype, lse [B,Hq,Sq] float32, natural log; -inf for rows
-// with nothing left; zeros when normalize is "none").
+// Returns (out [B,Hq,Sq,Dv] in q's dtype, lse [B,Hq,Sq] float32 (float64 for float64 inputs),
+// natural log; -inf for rows with nothing left; zeros when normalize is "none").
 std::tuple<at::Tensor, at::Tensor> reference_forward(const at::Tensor& q, const at::Tensor& k,
                                                      const at::Tensor& v,
                                                      const std::vector<at::Tensor>& buffers,

@@ -18,10 +18,14 @@ from . import mods
 from . import ops as _ops  # noqa: F401  (registers autograd for the native ops)
 from .api import CompiledAttention, clear_kernel_caches, compile
 from .errors import GraphError, TraceError
-from .flex import BlockMask, create_block_mask, flex_attention
+from .flex import (AuxOutput, AuxRequest, BlockMask, create_block_mask, create_mask,
+                   flex_attention)
 from .module import Attention
+from torch.nn.attention.flex_attention import and_masks, noop_mask, or_masks  # noqa: E402
 
 __version__ = _C.__version__
 
-__all__ = ["compile", "CompiledAttention", "clear_kernel_caches", "Attention", "flex_attention", "create_block_mask",
-           "BlockMask", "mods", "GraphError", "TraceError", "__version__"]
+__all__ = ["compile", "CompiledAttention", "clear_kernel_caches", "Attention", "flex_attention",
+           "create_block_mask", "create_mask", "BlockMask", "AuxRequest", "AuxOutput",
+           "and_masks", "or_masks", "noop_mask", "mods", "GraphError", "TraceError",
+           "__version__"]

@@ -1,6 +1,7 @@
 """attention_engine.compile and the callable it returns."""
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import threading
@@ -10,6 +11,7 @@ from typing import Callable, Optional
 import torch
 
 from . import _C
+from .errors import TraceError
 from .ops import attention_op, reference_op
 from .trace import trace
 
@@ -21,21 +23,110 @@ _COMPILED: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
 # once get the same object.
 _COMPILE_LOCK = threading.Lock()
 
+_SCORE_MOD_ARGS = "(score, b, h, q_idx, kv_idx)"
+_MASK_MOD_ARGS = "(b, h, q_idx, kv_idx)"
+
+
+class VariantRef:
+    """A compiled definition by its trace (plain data): pickles and deep-copies as that text,
+    and builds the C++ Variant (once per process) when first used."""
+
+    __slots__ = ("trace_json", "_variant")
+
+    def __init__(self, trace_json: str, variant=None):
+        self.trace_json = trace_json
+        self._variant = variant
+
+    @property
+    def variant(self):
+        if self._variant is None:
+            self._variant = _variant_of(self.trace_json)
+        return self._variant
+
+    @property
+    def key(self) -> str:
+        return self.variant.key
+
+    def __reduce__(self):
+        return (VariantRef, (self.trace_json,))
+
+    def __deepcopy__(self, memo):
+        return self  # immutable
+
+
+def _variant_of(trace_json: str):
+    variant = _VARIANTS.get(trace_json)
+    if variant is None:
+        variant = _VARIANTS[trace_json] = _C.build_variant(trace_json)
+    return variant
+
+
+def _default_scale(q: torch.Tensor) -> float:
+    return 1.0 / math.sqrt(q.shape[-1]) if q.dim() > 0 and q.shape[-1] > 0 else 1.0
+
+
+def _unknown_keywords(where: str, unknown: dict, accepted: str):
+    names = ", ".join(sorted(unknown))
+    hint = ""
+    if set(unknown) & {"score_mod", "mask_mod", "block_mask", "enable_gqa", "scale"}:
+        hint = (" The mods, the scale and the block mask are fixed when compiling: "
+                "ae.compile(score_mod, mask_mod, scale=...), or call ae.flex_attention(q, k, v, "
+                "score_mod=..., block_mask=...) for FlexAttention's signature.")
+    raise TypeError(f"{where} got unexpected keyword argument(s) {names}; it takes {accepted}."
+                    f"{hint}")
+
+
+def run_op(op, q, k, v, buffers, key: str, normalize: str, scale: Optional[float],
+           return_lse: bool):
+    """One call of the native op: checks what Python can check, then (out, lse) or out."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"attention_engine: {name} must be a torch.Tensor, "
+                            f"got {type(x).__name__}")
+    if return_lse and normalize != "softmax":
+        raise ValueError("attention_engine: return_lse=True needs normalize='softmax' "
+                         f"(this variant uses normalize={normalize!r})")
+    s = _default_scale(q) if scale is None else scale
+    out, lse = op(q, k, v, list(buffers), key, float(s))
+    return (out, lse) if return_lse else out
+
 
 class CompiledAttention:
     """A compiled attention variant: ``attn(q, k, v)`` -> out, or (out, lse).
 
-    q [B, Hq, Sq, Dqk], k [B, Hkv, Skv, Dqk], v [B, Hkv, Skv, Dv]; Hq a multiple of Hkv.
+    Args (of a call):
+        q: [B, Hq, Sq, Dqk], k: [B, Hkv, Skv, Dqk], v: [B, Hkv, Skv, Dv]; the same floating
+            dtype and device; Hq a multiple of Hkv (grouped-query attention).
+        return_lse: also return the log-sum-exp of each query row's scores, [B, Hq, Sq],
+            float32 (float64 for float64 inputs), natural log; -inf for rows with nothing
+            kept. Needs normalize="softmax".
+
+    Returns: out [B, Hq, Sq, Dv] in q's dtype (and lse).
+
     The tensors the mods captured are read at every call (update them in place to change
-    them); those that require grad get gradients.
+    them); those that require grad get gradients. Pickles and deep-copies (as its trace and
+    its tensors).
+
+    Example:
+        >>> import torch, attention_engine as ae
+        >>> attn = ae.compile(mask_mod=ae.mods.causal)
+        >>> q = k = v = torch.randn(1, 2, 8, 16)
+        >>> out, lse = attn(q, k, v, return_lse=True)
+        >>> out.shape, lse.shape
+        (torch.Size([1, 2, 8, 16]), torch.Size([1, 2, 8]))
     """
 
-    def __init__(self, variant, buffers, normalize: str, scale: Optional[float]):
-        self.variant = variant
-        self._key = variant.key  # a plain str, so torch.compile traces calls without a break
+    def __init__(self, ref: VariantRef, buffers, normalize: str, scale: Optional[float]):
+        self._ref = ref
+        self._key = ref.key  # a plain str, so torch.compile traces calls without a break
         self.buffers = buffers
         self.normalize = normalize
         self.scale = scale
+
+    @property
+    def variant(self):
+        """The C++ Variant (the op graphs, their analysis and kernel sources)."""
+        return self._ref.variant
 
     @property
     def key(self) -> str:
@@ -51,71 +142,180 @@ class CompiledAttention:
         return self.variant.backward_text()
 
     def analysis(self) -> str:
+        """What the core found: which mods depend only on indices, which tensors they read."""
         return self.variant.analysis()
 
     def __repr__(self) -> str:
         return (f"CompiledAttention(key={self.key}, normalize={self.normalize!r}, "
                 f"buffers={len(self.buffers)}, scale={self.scale})")
 
+    def __reduce__(self):
+        return (_rebuild, (self._ref, list(self.buffers), self.normalize, self.scale))
+
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
-                 return_lse: bool = False):
-        return self._run(attention_op, q, k, v, return_lse)
+                 return_lse: bool = False, **unknown):
+        """Runs the attention: q [B, Hq, Sq, Dqk], k [B, Hkv, Skv, Dqk], v [B, Hkv, Skv, Dv]
+        -> out [B, Hq, Sq, Dv] (and lse [B, Hq, Sq] with return_lse=True). A torch op with
+        forward and backward: fused kernels for float16 / bfloat16 CUDA tensors the kernels
+        support, the reference executor otherwise (``backend_for`` tells which)."""
+        if unknown:
+            _unknown_keywords("CompiledAttention.__call__", unknown, "(q, k, v, *, return_lse=False)")
+        return run_op(attention_op, q, k, v, self.buffers, self._key, self.normalize,
+                      self.scale, return_lse)
 
     def reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                   return_lse: bool = False):
         """The same attention through the reference executor (ATen, any device and float
         dtype, with autograd): the oracle the kernels are tested against."""
-        return self._run(reference_op, q, k, v, return_lse)
+        return run_op(reference_op, q, k, v, self.buffers, self._key, self.normalize,
+                      self.scale, return_lse)
 
     def backend_for(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
         """What a call with these inputs runs: "sm90" (Hopper forward, sm80 backward), "sm80", or
         "reference: <why>"."""
-        return _C.backend_for(q, k, v, self.buffers, self._key)
+        return _C.backend_for(q, k, v, list(self.buffers), self._key)
 
-    def _run(self, op, q, k, v, return_lse):
-        for name, x in (("q", q), ("k", k), ("v", v)):
-            if not isinstance(x, torch.Tensor):
-                raise TypeError(f"attention_engine: {name} must be a torch.Tensor, "
-                                f"got {type(x).__name__}")
-        if return_lse and self.normalize != "softmax":
-            raise ValueError("attention_engine: return_lse=True needs normalize='softmax' "
-                             f"(this variant uses normalize={self.normalize!r})")
-        scale = self.scale
-        if scale is None:
-            scale = 1.0 / math.sqrt(q.shape[-1]) if q.dim() > 0 and q.shape[-1] > 0 else 1.0
-        out, lse = op(q, k, v, self.buffers, self._key, float(scale))
-        return (out, lse) if return_lse else out
+
+def _rebuild(ref: VariantRef, buffers, normalize: str, scale: Optional[float]):
+    return CompiledAttention(ref, list(buffers), normalize, scale)
+
+
+def _check_arity(fn: Optional[Callable], role: str) -> None:
+    """A clear TypeError when a mod cannot take FlexAttention's arguments."""
+    if fn is None:
+        return
+    if not callable(fn):
+        raise TypeError(f"attention_engine: {role} must be callable or None, got "
+                        f"{type(fn).__name__}")
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # a builtin or C function: let the trace tell
+    n = 5 if role == "score_mod" else 4
+
+    def takes(count):
+        try:
+            sig.bind(*range(count))
+            return True
+        except TypeError:
+            return False
+    if takes(n):
+        return
+    name = getattr(fn, "__name__", repr(fn))
+    expected = _SCORE_MOD_ARGS if role == "score_mod" else _MASK_MOD_ARGS
+    hint = ""
+    if role == "score_mod" and takes(4):
+        hint = f" It takes 4, as a mask_mod{_MASK_MOD_ARGS} does: pass it as mask_mod=."
+    elif role == "mask_mod" and takes(5):
+        hint = f" It takes 5, as a score_mod{_SCORE_MOD_ARGS} does: pass it as score_mod=."
+    raise TypeError(f"attention_engine: {role} must take {n} arguments {expected}, but "
+                    f"{name}{sig} does not.{hint}")
+
+
+def _numpy_arrays_in(fn, seen=None) -> list:
+    """Names of numpy arrays a function reaches by closure or as a global (also through the
+    functions it closes over, as and_masks' list does)."""
+    try:
+        import numpy as np
+    except ImportError:
+        return []
+    seen = set() if seen is None else seen
+    if fn is None or id(fn) in seen:
+        return []
+    seen.add(id(fn))
+    found = []
+    code = getattr(fn, "__code__", None)
+    values = []
+    if code is not None:
+        cells = getattr(fn, "__closure__", None) or ()
+        for name, cell in zip(code.co_freevars, cells):
+            try:
+                values.append((name, cell.cell_contents))
+            except ValueError:
+                pass
+        glb = getattr(fn, "__globals__", {})
+        values += [(name, glb[name]) for name in code.co_names if name in glb]
+    for name, value in values:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            if isinstance(item, np.ndarray):
+                found.append(name)
+            elif callable(item) and getattr(item, "__code__", None) is not None:
+                found += _numpy_arrays_in(item, seen)
+    return found
 
 
 def compile(score_mod: Optional[Callable] = None, mask_mod: Optional[Callable] = None,
             normalize: str = "softmax", scale: Optional[float] = None) -> CompiledAttention:
-    """Traces score_mod(score, b, h, q_idx, kv_idx) and mask_mod(b, h, q_idx, kv_idx)
-    (FlexAttention's conventions), builds the op graph in C++, and returns a callable torch
-    op with forward and backward.
+    """Compiles an attention variant written with FlexAttention's conventions.
 
-    normalize: "softmax" (online softmax) or "none" (O = sum_j score_mod(s_ij) v_j, for
-    sigmoid or ReLU attention). scale defaults to 1 / sqrt(head_dim).
+    Traces the mods, builds the op graph in C++ (folded, CSE'd, differentiated) and returns a
+    callable torch op with forward and backward; kernels are generated and compiled at the
+    first call on a GPU (cached on disk).
+
+    Args:
+        score_mod: ``score_mod(score, b, h, q_idx, kv_idx) -> score``: modifies each score
+            ``q·k * scale`` (float) given int indices (batch, query head, query and key
+            positions). None: the score itself.
+        mask_mod: ``mask_mod(b, h, q_idx, kv_idx) -> bool``: which scores count. None: all.
+        normalize: "softmax" (online softmax) or "none" (O = sum_j score_mod(s_ij) v_j, for
+            sigmoid or ReLU attention).
+        scale: the factor on q·k; None: 1 / sqrt(head_dim of q).
+
+    Returns:
+        CompiledAttention: ``attn(q, k, v, *, return_lse=False)`` with q [B, Hq, Sq, Dqk],
+        k [B, Hkv, Skv, Dqk], v [B, Hkv, Skv, Dv] (float16 / bfloat16 run the fused kernels on
+        a GPU; any float dtype runs the reference executor). Compiling the same definition
+        twice returns the same object.
+
+    Raises:
+        TraceError: a mod does something that cannot be traced (names your source line).
+        GraphError: the C++ core rejects the graph (names the op and your source line).
+        TypeError: a mod that does not take FlexAttention's arguments.
+
+    Example:
+        >>> import torch, attention_engine as ae
+        >>> slopes = ae.mods.alibi_slopes(4)
+        >>> attn = ae.compile(score_mod=ae.mods.alibi(slopes), mask_mod=ae.mods.causal)
+        >>> q = torch.randn(2, 4, 32, 16)
+        >>> k = v = torch.randn(2, 2, 32, 16)   # 2 kv heads: grouped-query attention
+        >>> attn(q, k, v).shape
+        torch.Size([2, 4, 32, 16])
     """
     if scale is not None and (not isinstance(scale, numbers.Real) or isinstance(scale, bool)
                               or not math.isfinite(scale)):
         raise TypeError(f"attention_engine: scale must be a finite number or None, got {scale!r}")
-    trace_json, tensors = trace(score_mod, mask_mod, normalize)
+    _check_arity(score_mod, "score_mod")
+    _check_arity(mask_mod, "mask_mod")
+    try:
+        trace_json, tensors = trace(score_mod, mask_mod, normalize)
+    except (TraceError, IndexError, TypeError, ValueError) as e:
+        # numpy raises its own errors when indexed with a traced value.
+        arrays = _numpy_arrays_in(score_mod) + _numpy_arrays_in(mask_mod)
+        if arrays:
+            raise TraceError(f"{e}. The mods use numpy array(s) {', '.join(dict.fromkeys(arrays))}"
+                             ": capture torch tensors instead (torch.as_tensor(array)), which "
+                             "the kernels read at call time") from None
+        raise
     key = (trace_json, tuple(id(t) for t in tensors), scale)
     with _COMPILE_LOCK:
         hit = _COMPILED.get(key)
         if hit is not None and all(a is b for a, b in zip(hit.buffers, tensors)):
             return hit
-        variant = _VARIANTS.get(trace_json)
-        if variant is None:
-            variant = _VARIANTS[trace_json] = _C.build_variant(trace_json)
-        compiled = CompiledAttention(variant, tensors, normalize, scale)
+        compiled = CompiledAttention(VariantRef(trace_json, _variant_of(trace_json)), tensors,
+                                     normalize, scale)
         _COMPILED[key] = compiled
         return compiled
 
 
 def clear_kernel_caches() -> None:
     """Drops the in-process kernel caches: the next call loads kernels from the disk cache
-    (for timing a disk hit; the disk cache itself stays)."""
+    (for timing a disk hit; the disk cache itself stays).
+
+    Example:
+        >>> import attention_engine as ae
+        >>> ae.clear_kernel_caches()
+    """
     _C.clear_kernel_caches()
 
 

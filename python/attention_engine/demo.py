@@ -1,7 +1,9 @@
 """The demo (scripts/demo.sh): compiles a handful of variants, prints each op graph, runs
 them forward and backward on small CPU tensors and checks them against plain PyTorch math.
+With a CUDA GPU it also runs the fused kernels and prints their speed beside SDPA and
+FlexAttention (torch.compile) in one short table.
 
-    python -m attention_engine.demo [--quiet]
+    python -m attention_engine.demo [--quiet] [--no-gpu]
 """
 from __future__ import annotations
 
@@ -55,9 +57,113 @@ def variants():
     ]
 
 
+SPEED_VARIANTS = ("causal", "ALiBi + causal", "softcap 30 + causal", "sliding window 1024")
+
+
+def _speed_problem(name: str, H: int, device: str):
+    """(score_mod, mask_mod, SDPA's is_causal or None when SDPA cannot run it)."""
+    if name == "causal":
+        return None, mods.causal, True
+    if name == "ALiBi + causal":
+        return mods.alibi(mods.alibi_slopes(H, device=device)), mods.causal, None
+    if name == "softcap 30 + causal":
+        return mods.softcap(30.0), mods.causal, None
+    return None, mods.sliding_window(1024), None
+
+
+def _timer(device: str, warmup: int, reps: int):
+    def cuda_ms(fn):
+        for _ in range(warmup):
+            fn()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times = []
+        for _ in range(reps):
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        return sorted(times)[len(times) // 2]
+
+    def cpu_ms(fn):
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - t))
+        return sorted(times)[len(times) // 2]
+    return cuda_ms if device == "cuda" else cpu_ms
+
+
+def speed_rows(B=2, H=16, S=4096, D=128, warmup=5, reps=20, device="cuda",
+               dtype=torch.bfloat16, compile_flex=True) -> list:
+    """[(variant, method, fwd TFLOPS, fwd+bwd TFLOPS)] for attention_engine, SDPA (where it
+    can express the variant) and FlexAttention; None where a method cannot run (FlexAttention
+    has no backward on the CPU). FLOPs: 4 B H S^2 D x the kept fraction, fwd+bwd 3.5 x fwd."""
+    from torch.nn.attention import flex_attention as tflex
+
+    flex = torch.compile(tflex.flex_attention) if compile_flex else tflex.flex_attention
+    timer = _timer(device, warmup, reps)
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k, v, dout = (torch.randn(B, H, S, D, device=device, dtype=dtype, generator=gen)
+                     for _ in range(4))
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    rows = []
+    for name in SPEED_VARIANTS:
+        score_mod, mask_mod, sdpa_causal = _speed_problem(name, H, device)
+        keep = create_kept(mask_mod, S, device)
+        flops = 4.0 * B * H * S * S * D * keep
+        block_mask = tflex.create_block_mask(mask_mod, None, None, S, S, device=device)
+        attn = ae.compile(score_mod, mask_mod)
+        methods = [("attention_engine", lambda: attn(q, k, v))]
+        if sdpa_causal is not None:
+            methods.append(("SDPA", lambda: torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, is_causal=sdpa_causal)))
+        methods.append(("FlexAttention", lambda: flex(q, k, v, score_mod=score_mod,
+                                                      block_mask=block_mask)))
+        for method, fn in methods:
+            fwd_ms = fb_ms = None
+            try:
+                with torch.no_grad():
+                    fwd_ms = timer(fn)
+                fb_ms = timer(lambda: torch.autograd.grad(fn(), (q, k, v), dout))
+            except Exception:  # noqa: BLE001  (a method that cannot run this shows n/a)
+                pass
+            rows.append((name, method, None if fwd_ms is None else flops / fwd_ms / 1e9,
+                         None if fb_ms is None else 3.5 * flops / fb_ms / 1e9))
+    return rows
+
+
+def create_kept(mask_mod, S: int, device: str) -> float:
+    """The fraction of the S x S scores mask_mod keeps."""
+    keep = ae.create_mask(mask_mod, 1, 1, S, S, device=device)
+    return keep.float().mean().item()
+
+
+def format_speed_table(rows: list, header: str = "") -> str:
+    def cell(x):
+        return "n/a" if x is None else f"{x:.0f}"
+    lines = [header] if header else []
+    lines.append(f"{'variant':<22}{'method':<18}{'fwd TFLOPS':>11}{'fwd+bwd TFLOPS':>16}")
+    for variant, method, fwd, fb in rows:
+        lines.append(f"{variant:<22}{method:<18}{cell(fwd):>11}{cell(fb):>16}")
+    return "\n".join(lines)
+
+
+def gpu_speed() -> str:
+    B, H, S, D = 2, 16, 4096, 128
+    rows = speed_rows(B, H, S, D)
+    name = torch.cuda.get_device_name()
+    return format_speed_table(rows, f"\nOn {name}: bf16, B={B} H={H} S={S} D={D} "
+                                    "(FlexAttention under torch.compile)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quiet", action="store_true", help="print the table only")
+    parser.add_argument("--no-gpu", action="store_true", help="skip the GPU speed table")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     q = torch.randn(B, HQ, SQ, D, dtype=torch.float64, requires_grad=True)
@@ -86,6 +192,8 @@ def main(argv=None) -> int:
     for name, err, gerr, ms, verdict in rows:
         print(f"{name:<26}{err:>14.2e}{gerr:>15.2e}{ms:>12.1f}  {verdict}")
     print(f"\n{len(rows)} variants: {'all match plain PyTorch' if ok else 'MISMATCH'}")
+    if torch.cuda.is_available() and not args.no_gpu:
+        print(gpu_speed())
     return 0 if ok else 1
 
 

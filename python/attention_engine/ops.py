@@ -33,6 +33,24 @@ def _make_backward(backward_op):
     return backward
 
 
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "attention_engine: gradients of gradients (double backward, e.g. a gradient penalty "
+        "through the attention) are not supported; the first backward works with "
+        "create_graph=True, differentiating its result does not")
+
+
+def _nothing_to_save(ctx, inputs, output):
+    pass
+
+
+# The backward ops get an autograd kernel too: without one, a backward run with
+# create_graph=True warns that the op has none (a deprecated fallback), and differentiating
+# its result would be silently wrong. With it, that differentiation raises the error above.
+for _name in ("attention_engine::attention_backward",
+              "attention_engine::attention_reference_backward"):
+    torch.library.register_autograd(_name, _no_double_backward, setup_context=_nothing_to_save)
+
 torch.library.register_autograd(
     "attention_engine::attention",
     _make_backward(torch.ops.attention_engine.attention_backward), setup_context=_setup_context)

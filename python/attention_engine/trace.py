@@ -28,9 +28,12 @@ from . import capture
 from .errors import TraceError
 
 _THIS_FILE = os.path.abspath(__file__)
-# Frames in these files are the tracer's own: messages name the user's line instead.
-_OWN_FILES = {_THIS_FILE, os.path.join(os.path.dirname(_THIS_FILE), "capture.py")}
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+# The package's own plumbing between the user's call and the mods: never "the user's line".
+_PACKAGE_DIR = os.path.dirname(_THIS_FILE)
+_INTERNAL_FILES = {_THIS_FILE} | {os.path.join(_PACKAGE_DIR, f) for f in
+                                  ("api.py", "module.py", "flex.py", "_block_mask.py",
+                                   "capture.py")}
 
 _INT32_MIN, _INT32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -43,7 +46,7 @@ def _user_loc() -> str:
     f = sys._getframe(1)
     while f is not None:
         path = os.path.abspath(f.f_code.co_filename)
-        if path not in _OWN_FILES and not path.startswith(_TORCH_DIR):
+        if path not in _INTERNAL_FILES and not path.startswith(_TORCH_DIR):
             code = linecache.getline(f.f_code.co_filename, f.f_lineno).strip()
             return f"{os.path.basename(path)}:{f.f_lineno}: {code}" if code else \
                 f"{os.path.basename(path)}:{f.f_lineno}"
@@ -154,6 +157,28 @@ class Proxy:
     def type(self, dtype):
         return self.to(dtype)
 
+    # -- scalar constructors (torch's and_masks / noop_mask: b.new_ones((), dtype=bool)) ------
+    @property
+    def device(self):
+        return None  # a traced value lives wherever the kernel runs
+
+    def _new(self, what: str, value, args, kwargs):
+        size = kwargs.get("size", args[0] if args else ())
+        if isinstance(size, torch.Size):
+            size = tuple(size)
+        if size not in ((), []):
+            raise TraceError(f"'.{what}' of a traced value makes a scalar only (size ()), got "
+                             f"size {size!r} at {_user_loc()}")
+        dtype = kwargs.get("dtype")
+        kind = _dtype_kind(dtype) if dtype is not None else self._tracer.kind_of(self)
+        return self._tracer.cast(Proxy(self._tracer, self._tracer.lift(value)), kind)
+
+    def new_ones(self, *args, **kwargs): return self._new("new_ones", 1, args, kwargs)
+    def new_zeros(self, *args, **kwargs): return self._new("new_zeros", 0, args, kwargs)
+
+    def new_full(self, size, fill_value, **kwargs):
+        return self._new("new_full", fill_value, (size,), kwargs)
+
     def __getattr__(self, name):
         # Tensor methods (score.exp(), q_idx.clamp(0, 7), ...) go through the same table as
         # the torch functions.
@@ -244,8 +269,13 @@ _DUNDER = {
     "__gt__": "gt", "__ge__": "ge", "__eq__": "eq", "__ne__": "ne",
 }
 _OTHER = {"where", "clamp", "clip", "clamp_min", "clamp_max", "square", "zeros_like",
-          "ones_like", "full_like", "sigmoid", "softplus", "fmax", "fmin"}
+          "ones_like", "full_like", "sigmoid", "softplus", "fmax", "fmin", "min", "max"}
 _METHODS = set(_UNARY) | set(_BINARY) | _OTHER - {"zeros_like", "ones_like", "full_like"}
+
+
+_BOOL_RESULT = {"lt", "le", "gt", "ge", "eq", "ne"}
+_FLOAT_RESULT = {"div", "pow", "exp", "exp2", "log", "log2", "tanh", "sigmoid", "sqrt", "rsqrt",
+                 "sin", "cos"}
 
 
 def _tracer_of(args) -> "Tracer":
@@ -297,6 +327,12 @@ def _call(name: str, args, kwargs):
         if op in ("add", "sub") and kwargs.get("alpha", 1) != 1:
             other = t.node("mul", [t.lift(other), t.lift(kwargs["alpha"])])
         return t.node(op, [t.lift(args[0]), t.lift(other)])
+    if name in ("min", "max"):  # torch.min(a, b) / torch.max(a, b): elementwise, two tensors
+        other = args[1] if len(args) > 1 else kwargs.get("other")
+        if len(args) + len(kwargs) != 2 or not isinstance(other, (Proxy, torch.Tensor)):
+            raise TraceError(f"torch.{name} in a mod takes two values (torch.{name}(a, b)); a "
+                             f"reduction over a dimension has nothing to reduce, at {_user_loc()}")
+        return t.node(name, [t.lift(args[0]), t.lift(other)])
     if name == "where":
         if len(args) != 3:
             raise TraceError(f"torch.where needs (cond, a, b) in a mod, at {_user_loc()}")
@@ -385,14 +421,35 @@ class Tracer:
                                          "loc": _user_loc()}))
 
     def kind_of(self, x) -> str:
-        """The type kind of a traced value, known only for params and constants."""
-        if isinstance(x, Proxy):
-            n = self.nodes[x._id]
-            if n["op"] == "param":
-                return "float" if n["name"] == "score" else "int"
-            if n["op"] in ("const", "cast"):
-                return n["dtype"]
-        return "float"
+        """The type kind of a traced value ("float", "int" or "bool"), as the C++ type check
+        infers it (zeros_like / full_like / new_ones take it)."""
+        if not isinstance(x, Proxy):
+            return "float"
+        kinds = self.__dict__.setdefault("_kinds", {})  # node id -> kind (a DAG: memoized)
+        if x._id not in kinds:
+            kinds[x._id] = self._infer_kind(x._id)
+        return kinds[x._id]
+
+    def _infer_kind(self, node_id: int) -> str:
+        n = self.nodes[node_id]
+        op = n["op"]
+        if op == "param":
+            return "float" if n["name"] == "score" else "int"
+        if op in ("const", "cast"):
+            return n["dtype"]
+        if op == "load":
+            return _dtype_kind(getattr(torch, self.buffers[n["buffer"]]["dtype"]))
+        if op in _BOOL_RESULT:
+            return "bool"
+        if op in _FLOAT_RESULT:
+            return "float"
+        args = n.get("args", [])[1:] if op == "where" else n.get("args", [])
+        kinds = {self.kind_of(Proxy(self, a)) for a in args}
+        if "float" in kinds:
+            return "float"
+        if op in ("and", "or", "xor", "not", "min", "max", "where", "abs") and kinds == {"bool"}:
+            return "bool"
+        return "int"
 
     def lift(self, x) -> int:
         """The node id of a traced value, constant or captured 0-d tensor."""
