@@ -103,12 +103,14 @@ def test_transformers_model_matches_sdpa_on_the_kernels():
     assert rel_err(got[mask.bool()], want[mask.bool()]) <= 2 * sdpa_err + 1e-3
     # Generation with the KV cache: each step's logits against SDPA's on the same tokens.
     with torch.no_grad():
+        # The raw logits (output_logits), not the processed scores: min_new_tokens sets the
+        # end-of-sequence score to -inf in those.
         gen = ours.generate(x[:, :50], attention_mask=mask[:, :50], max_new_tokens=20,
-                            min_new_tokens=20, do_sample=False, output_scores=True,
+                            min_new_tokens=20, do_sample=False, output_logits=True,
                             return_dict_in_generate=True)
         full_mask = torch.cat([mask[:, :50], torch.ones_like(gen.sequences[:, 50:])], 1)
         teacher = ref16(gen.sequences, attention_mask=full_mask).logits[:, 49:-1]
-    steps = torch.stack(gen.scores, 1)
+    steps = torch.stack(gen.logits, 1)
     assert rel_err(steps, teacher) < 5e-2
 
 
