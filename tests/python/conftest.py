@@ -18,6 +18,16 @@ else:
     atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 
+def rtc_available(arch: str) -> bool:
+    """Whether the run-time compiler for arch ("sm_80": NVRTC, "gfx90a": hipRTC) loads here."""
+    from attention_engine import _C
+    try:
+        _C.jit_compiler_version(arch)
+        return True
+    except Exception:  # noqa: BLE001  (no libnvrtc / libamdhip64 on this machine)
+        return False
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -7,14 +7,11 @@ import torch
 
 import attention_engine as ae
 from attention_engine import _C, mods
+from conftest import rtc_available
 
 
 def _nvrtc_available() -> bool:
-    try:
-        _C.jit_compiler_version("sm_80")
-        return True
-    except Exception:  # noqa: BLE001  (no libnvrtc on this machine)
-        return False
+    return rtc_available("sm_80")
 
 
 pytestmark = pytest.mark.skipif(not _nvrtc_available(), reason="NVRTC not available")
@@ -123,15 +120,7 @@ def test_kernel_source_shows_the_plan():
 
 # The kernels of templates/common are portable: hipRTC compiles them for gfx90a (no GPU
 # needed), so a HIP family reuses them as they are.
-def _hiprtc_available() -> bool:
-    try:
-        _C.jit_compiler_version("gfx90a")
-        return True
-    except Exception:  # noqa: BLE001
-        return False
-
-
-@pytest.mark.skipif(not _hiprtc_available(), reason="hipRTC not available")
+@pytest.mark.skipif(not rtc_available("gfx90a"), reason="hipRTC not available")
 @pytest.mark.parametrize("step", ["block_state", "bwd_prep", "bwd_dq"])
 def test_common_kernels_compile_for_gfx90a(step):
     attn = VARIANTS["document"]() if step == "block_state" else ae.compile()

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import attention_engine as ae
+from conftest import rtc_available
 from attention_engine import _C
 from fuzz_mods import Case, Gen, captured, make_mods
 
@@ -151,18 +152,10 @@ def test_fuzzed_mods_agree_with_pytorch(capsys):
     assert wrong == 0, f"{wrong} of {len(all_cases)} cases disagree:\n" + "\n".join(failures)
 
 
-def _nvrtc_available() -> bool:
-    try:
-        _C.jit_compiler_version("sm_80")
-        return True
-    except Exception:  # noqa: BLE001
-        return False
-
-
 NVRTC_CASES = 2  # each compiles 3 kernels (about 1-5 s each on the CI machine)
 
 
-@pytest.mark.skipif(not _nvrtc_available(), reason="NVRTC not available")
+@pytest.mark.skipif(not rtc_available("sm_80"), reason="NVRTC not available")
 def test_fuzzed_mods_compile_without_warnings(capsys):
     picked = [c for c in cases(40) if c.score_src and c.normalize == "softmax"][:NVRTC_CASES]
     assert len(picked) == NVRTC_CASES

@@ -15,6 +15,7 @@ import pytest
 import torch  # noqa: F401  (loads libtorch before the extension)
 
 from attention_engine import _C
+from conftest import rtc_available
 
 SOURCE = textwrap.dedent('''\
     #include "common/ae_common.h"
@@ -37,15 +38,7 @@ CLI = ("import sys, runpy, torch; sys.argv[0] = 'attention_engine.cache'; "
        "runpy.run_module('attention_engine.cache', run_name='__main__', alter_sys=True)")
 
 
-def _nvrtc_available() -> bool:
-    try:
-        _C.jit_compiler_version("sm_80")
-        return True
-    except Exception:  # noqa: BLE001
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _nvrtc_available(), reason="NVRTC not available")
+pytestmark = pytest.mark.skipif(not rtc_available("sm_80"), reason="NVRTC not available")
 
 
 def run(cache_dir, code, *args, env=None):
