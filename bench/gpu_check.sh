@@ -4,7 +4,9 @@
 # a short table. Logs go to $OUT (or build/gpu_check when run elsewhere).
 #
 #   bash bench/gpu_check.sh            # everything
-#   bash bench/gpu_check.sh build test # some steps: build, test, jit, smoke, fwd, sweep, bench
+#   bash bench/gpu_check.sh build test # some steps: build, test, jit, smoke, fwd, bwd, sweep, bench
+#   TESTS="tests/python/test_gpu_kernels.py -x" bash bench/gpu_check.sh build test  # some tests
+# A step that runs past STEP_TIMEOUT seconds (default 1200) is stopped and counts as failed.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-build/gpu_check}"
@@ -17,7 +19,7 @@ declare -a SUMMARY
 step() {  # step NAME LOG CMD...: run, log, remember the verdict and time
   local name="$1" log="$OUT/$2"; shift 2
   local t0=$SECONDS
-  "$@" >"$log" 2>&1
+  timeout "${STEP_TIMEOUT:-1200}" "$@" >"$log" 2>&1
   local rc=$?
   SUMMARY+=("$(printf '%-8s %-6s %4ss  %s' "$name" "$([ $rc = 0 ] && echo ok || echo FAIL)" $((SECONDS - t0)) "$(tail -n 1 "$log" | cut -c1-90)")")
   [ $rc = 0 ] || { echo "---- $name failed, end of $log:"; tail -n 40 "$log"; }
@@ -31,10 +33,11 @@ cat "$OUT/gpu.txt"
 for s in $STEPS; do
   case "$s" in
     build) step build build.log $PY -m pip install --no-build-isolation --no-deps -v -e . || break ;;
-    test)  step test pytest.log $PY -m pytest -q -rs tests/python ;;
+    test)  step test pytest.log $PY -m pytest -q -rs ${TESTS:-tests/python} ;;
     jit)   step jit jit_gpu_check.log $PY bench/jit_gpu_check.py ;;
     smoke) step smoke smoke.log $PY bench/kernel_smoke.py ;;
     fwd)   step fwd fwd_compare.log $PY bench/fwd_compare.py ;;
+    bwd)   step bwd bwd_compare.log $PY bench/bwd_compare.py ${BWD_ARGS:-} ;;
     sweep) step sweep sweep.log $PY bench/tile_sweep.py ${SWEEP:-} ;;  # SWEEP="fwd90:128,2,1,1 ..."
     bench) [ -f bench/attention_bench.py ] && step bench bench.log $PY bench/attention_bench.py --out "$OUT/bench.md" ;;
     *) echo "unknown step $s"; exit 2 ;;
@@ -45,5 +48,6 @@ echo; echo "== jit"; tail -n 20 "$OUT/jit_gpu_check.log" 2>/dev/null
 [ -f "$OUT/sweep.log" ] && { echo "== sweep"; cat "$OUT/sweep.log"; }
 [ -f "$OUT/smoke.log" ] && { echo "== smoke"; tail -n 20 "$OUT/smoke.log"; }
 [ -f "$OUT/fwd_compare.log" ] && { echo "== fwd"; cat "$OUT/fwd_compare.log"; }
+[ -f "$OUT/bwd_compare.log" ] && { echo "== bwd"; tail -n 14 "$OUT/bwd_compare.log"; }
 [ -f "$OUT/bench.md" ] && { echo "== bench"; cat "$OUT/bench.md"; }
 echo; echo "== summary"; printf '%s\n' "${SUMMARY[@]}"

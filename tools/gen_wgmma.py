@@ -28,6 +28,19 @@ AE_DEVICE void wgmma_ss<{n}, {flag}>(float (&d)[{n // 8}][4], u64 desc_a, u64 de
 '''
 
 
+def ss_mn(n: int, flag: str, t: str) -> str:
+    k = n // 2
+    return f'''template <>
+AE_DEVICE void wgmma_ss_mn<{n}, {flag}>(float (&d)[{n // 8}][4], u64 desc_a, u64 desc_b, int accumulate) {{
+  asm volatile(
+      "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{k + 2}, 0;\\n"
+      "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{t}.{t} {{{placeholders(n)}}}, %{k}, %{k + 1}, p, 1, 1, 1, 1;\\n}}\\n"
+      : {acc_operands(n)}
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}}
+'''
+
+
 def rs(n: int, flag: str, t: str) -> str:
     k = n // 2
     return f'''template <>
@@ -47,7 +60,8 @@ def main() -> None:
 // wgmma.mma_async m64nNk16 with fp32 accumulators d[N/8][4] (the mma.sync C layout per warp:
 // d[j][0..1] row lane/4, d[j][2..3] row lane/4 + 8, columns 8j + 2 (lane % 4) + {0, 1}).
 // wgmma_ss: A and B from shared memory, both K-major. wgmma_rs: A from registers (the
-// mma.sync A layout), B from shared memory N-major (transposed), as P V needs.
+// mma.sync A layout), B from shared memory N-major (transposed), as P V needs. wgmma_ss_mn:
+// A M-major and B N-major (both transposed), as the backward's dQ = dS K needs.
 // accumulate = 0 overwrites d.
 #pragma once
 
@@ -59,11 +73,15 @@ template <int N, bool kBf16>
 AE_DEVICE void wgmma_ss(float (&d)[N / 8][4], u64 desc_a, u64 desc_b, int accumulate);
 template <int N, bool kBf16>
 AE_DEVICE void wgmma_rs(float (&d)[N / 8][4], const u32 (&a)[4], u64 desc_b, int accumulate);
+template <int N, bool kBf16>
+AE_DEVICE void wgmma_ss_mn(float (&d)[N / 8][4], u64 desc_a, u64 desc_b, int accumulate);
 ''']
     for n in NS:
         for flag, t in TYPES:
             out.append(ss(n, flag, t))
             out.append(rs(n, flag, t))
+            if n <= 128:
+                out.append(ss_mn(n, flag, t))
     out.append("}  // namespace ae::sm90\n")
     print("\n".join(out), end="")
 

@@ -44,6 +44,10 @@ Template template_of(const KernelSpec& s) {
                           s.block_n, s.warps, s.m_tiles, elem, layout),
               "ae::sm80::attention_fwd<Cfg>(p, Variant{va})", true};
     case Kind::Backward:
+      if (s.family == Family::Sm90)
+        return {"sm90/bwd.h",
+                fmt::format("ae::sm90::BwdConfig<{}, {}, {}, {}>", s.d_qk, s.d_v, elem, layout),
+                "ae::sm90::attention_bwd<Cfg>(p, Variant{va}, &tq, &tk, &tv, &tdo)", true};
       return {"sm80/bwd.h",
               fmt::format("ae::sm80::BwdConfig<{}, {}, {}, {}, {}, {}>", s.d_qk, s.d_v, s.block_n,
                           s.stages, elem, layout),

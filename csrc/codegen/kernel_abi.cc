@@ -7,11 +7,13 @@ namespace ae::codegen {
 const KernelAbi& abi_of(const KernelSpec& s) {
   static const KernelAbi attn{{Arg::Attn, Arg::Variant}, false};
   static const KernelAbi tma{{Arg::Attn, Arg::Variant, Arg::TmaQ, Arg::TmaK, Arg::TmaV}, true};
+  static const KernelAbi tma_bwd{
+      {Arg::Attn, Arg::Variant, Arg::TmaQ, Arg::TmaK, Arg::TmaV, Arg::TmaDo}, true};
   static const KernelAbi block_states{{Arg::Attn, Arg::Variant, Arg::BlockStates}, false};
   static const KernelAbi rows{{Arg::Rows}, false};
   switch (s.kind) {
     case Kind::Forward: return s.family == Family::Sm90 ? tma : attn;
-    case Kind::Backward: return attn;
+    case Kind::Backward: return s.family == Family::Sm90 ? tma_bwd : attn;
     case Kind::BlockState: return block_states;
     case Kind::BwdPrep:
     case Kind::BwdDq: return rows;
@@ -29,6 +31,7 @@ std::string parameter_list(const KernelAbi& abi) {
       case Arg::TmaQ: decl = "ae::TmaDesc tq"; break;
       case Arg::TmaK: decl = "ae::TmaDesc tk"; break;
       case Arg::TmaV: decl = "ae::TmaDesc tv"; break;
+      case Arg::TmaDo: decl = "ae::TmaDesc tdo"; break;
       case Arg::Rows: decl = "ae::BwdRowParams rp"; break;
       case Arg::BlockStates: decl = "ae::BlockStateParams bs"; break;
     }

@@ -17,6 +17,7 @@ enum class Arg {
   TmaQ,         // ae::TmaDesc tq: TMA map of Q, boxes of block_m rows
   TmaK,         // ae::TmaDesc tk: of K, boxes of block_n rows
   TmaV,         // ae::TmaDesc tv: of V, likewise
+  TmaDo,        // ae::TmaDesc tdo: of dO, boxes of block_m rows
   Rows,         // ae::BwdRowParams rp: the backward's row passes
   BlockStates,  // ae::BlockStateParams bs: the block-state table to fill
 };

@@ -41,10 +41,11 @@ std::string KernelSpec::describe() const {
   return fmt::format("{}{} {} {} d{}/{} {}x{} w{}{}{}{}{}{}", kind_name(kind),
                      family == Family::Sm90 ? "90" : "", arch, dtype, d_qk, d_v, block_m, block_n,
                      warps, m_tiles > 1 ? fmt::format(" mt{}", m_tiles) : "",
-                     kind == Kind::Backward ? fmt::format(" s{}", stages) : "",
-                     family == Family::Sm90 ? fmt::format(" s{}{}{}", stages, overlap ? " ov" : "",
-                                                          overlap && pingpong ? " pp" : "")
-                                            : "",
+                     kind == Kind::Backward || family == Family::Sm90 ? fmt::format(" s{}", stages)
+                                                                      : "",
+                     family == Family::Sm90 && kind == Kind::Forward
+                         ? fmt::format("{}{}", overlap ? " ov" : "", overlap && pingpong ? " pp" : "")
+                         : "",
                      reg_level >= 0 ? fmt::format(" r{}", reg_level) : "", grads);
 }
 

@@ -27,9 +27,14 @@ struct Workspace {
   WorkspaceId id;
   std::vector<int64_t> shape;
   ElemType dtype = ElemType::Float32;  // Other: uint8
-  // Non-empty when the contents are the same for every call with the same key (a mask that
-  // reads no captured tensor): the caller may keep the tensor and mark it ready next time.
+  // Non-empty when the contents are the same for every call with the same key: the caller may
+  // keep the tensor and mark it ready next time.
   std::string cache_key;
+  // The key holds only together with the captured tensors' identities (a mask that reads
+  // them): the caller appends each one's data pointer, sizes, strides and version counter, and
+  // keeps the tensors alive while it keeps the workspace (so no other tensor takes their
+  // memory and their key).
+  bool key_by_captured = false;
 };
 
 struct Dim3 {

@@ -27,6 +27,8 @@ TuningOverrides TuningOverrides::from_environment() {
   parse_ints("AE_SM90_FWD", o.sm90_fwd);
   const char* off = std::getenv("AE_DISABLE_SM90");
   o.disable_sm90 = off && *off && std::string(off) != "0";
+  const char* off_bwd = std::getenv("AE_DISABLE_SM90_BWD");
+  o.disable_sm90_bwd = off_bwd && *off_bwd && std::string(off_bwd) != "0";
   if (const char* g = std::getenv("AE_HEAD_GROUP"); g && *g) {
     const int n = std::atoi(g);
     o.head_group = n < 1 ? 1 : n;

@@ -4,6 +4,7 @@
 //   AE_SM80_BWD="block_n,stages[,reg_level]"          the sm80 backward's
 //   AE_SM90_FWD="block_n,stages,overlap,pingpong"     the sm90 forward's
 //   AE_DISABLE_SM90=1                                 Hopper runs the sm80 forward
+//   AE_DISABLE_SM90_BWD=1                             Hopper runs the sm80 backward
 //   AE_HEAD_GROUP=N                                   the forward's head group (tile scheduler)
 // reg_level: ptxas --register-usage-level, -1 for its default. A field that is absent or out
 // of range leaves the table's value.
@@ -18,6 +19,7 @@ struct TuningOverrides {
   int sm80_bwd[3] = {kUnset, kUnset, kUnset};
   int sm90_fwd[4] = {kUnset, kUnset, kUnset, kUnset};
   bool disable_sm90 = false;
+  bool disable_sm90_bwd = false;
   int head_group = 0;  // 0: the planner's heuristic
 
   // Read from the environment (every call: benchmarks change them between calls).

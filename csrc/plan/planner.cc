@@ -79,7 +79,8 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
   q.softmax = r.variant.normalize == ir::Normalize::Softmax;
   const bool hopper = r.device.major == 9 && r.device.minor == 0;
   std::vector<Family> families;
-  if (kind == Kind::Forward && hopper && !r.overrides.disable_sm90) families.push_back(Family::Sm90);
+  if (hopper && (kind == Kind::Forward ? !r.overrides.disable_sm90 : !r.overrides.disable_sm90_bwd))
+    families.push_back(Family::Sm90);
   families.push_back(Family::Sm80);
   if (r.family) {
     if (std::find(families.begin(), families.end(), *r.family) == families.end()) {
@@ -91,9 +92,10 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
   }
   std::string reasons;
   for (Family f : families) {
-    const Candidates c = f == Family::Sm90   ? sm90_forward(q, r.overrides)
-                         : kind == Kind::Forward ? sm80_forward(q, r.overrides)
-                                                 : sm80_backward(q, r.overrides);
+    const bool fwd = kind == Kind::Forward;
+    const Candidates c = f == Family::Sm90 ? (fwd ? sm90_forward(q, r.overrides) : sm90_backward(q))
+                         : fwd            ? sm80_forward(q, r.overrides)
+                                          : sm80_backward(q, r.overrides);
     std::string w;
     if (pick(c, r.device, spec, &w)) {
       for (const CapturedTensor& t : pb.captured) spec->buffer_dtypes.push_back(t.dtype);
@@ -151,11 +153,12 @@ void add_block_states(const PlanRequest& r, const KernelSpec& main, LaunchPlan& 
   plan.block_states.per_head = v.mask_per_head;
 
   Workspace ws{WorkspaceId::BlockStates, {nb * nh, a.n_q_blocks, a.n_kv_blocks}, ElemType::Other, ""};
-  // The same table for every call where the mask reads no captured tensor (whose values
-  // could change between calls).
-  if (!v.mask_reads_buffers)
-    ws.cache_key = fmt::format("{}|{}|{}|{}x{}|{}|{}", v.key, a.q_len, a.kv_len, main.block_m,
-                               main.block_n, nb, nh);
+  // The same table for every call with the same shapes and, where the mask reads captured
+  // tensors (document ids), the same tensors unchanged: training steps that keep their ids
+  // build it once (it cost a pass over every score per call).
+  ws.cache_key = fmt::format("{}|{}|{}|{}x{}|{}|{}", v.key, a.q_len, a.kv_len, main.block_m,
+                             main.block_n, nb, nh);
+  ws.key_by_captured = v.mask_reads_buffers;
   plan.workspaces.push_back(ws);
 
   Step s;
@@ -271,6 +274,7 @@ LaunchPlan make_plan(const PlanRequest& r) {
   rp.heads = a.q_heads;
   rp.q_len = a.q_len;
   rp.acc_rows = a.n_q_blocks * spec.block_m;
+  rp.acc_tiled = spec.family == Family::Sm90;  // whole tiles, bulk-reduced (sm90/bwd.h)
   rp.d_qk = static_cast<int>(pb.d_qk);
   rp.d_v = static_cast<int>(pb.d_v);
   rp.scale = a.scale;

@@ -202,12 +202,34 @@ Candidates sm90_forward(const TableQuery& q, const TuningOverrides& o) {
   return c;
 }
 
+// The sm90 backward has one shape (sm90/shapes.h): 64-query blocks, 128 keys per CTA. Its dK,
+// dV and dQ accumulators and the register A operands fit 240 registers up to head dim 128;
+// larger head dims run the sm80 backward.
+Candidates sm90_backward(const TableQuery& q) {
+  Candidates c;
+  if ((q.d_qk != 64 && q.d_qk != 128) || (q.d_v != 64 && q.d_v != 128)) {
+    c.refusal = fmt::format("head dims ({}, {}) have no sm90 backward: Dqk and Dv 64 or 128",
+                            q.d_qk, q.d_v);
+    return c;
+  }
+  KernelSpec s = base_spec(Kind::Backward, Family::Sm90, q);
+  s.arch = "sm_90a";
+  s.warps = sm90::kBwdWarps;
+  s.block_m = sm90::kBwdBlockM;
+  s.block_n = sm90::kBwdBlockN;
+  s.stages = sm90::kBwdStages;
+  c.specs.push_back(s);
+  return c;
+}
+
 int smem_bytes(const KernelSpec& s) {
   switch (s.kind) {
     case Kind::Forward:
       return s.family == Family::Sm90 ? sm90::fwd_smem_bytes(s.block_n, s.d_qk, s.d_v, s.stages)
                                       : sm80::fwd_smem_bytes(s.block_m, s.block_n, s.d_qk, s.d_v);
-    case Kind::Backward: return sm80::bwd_smem_bytes(s.block_n, s.d_qk, s.d_v, s.stages);
+    case Kind::Backward:
+      return s.family == Family::Sm90 ? sm90::bwd_smem_bytes(s.d_qk, s.d_v)
+                                      : sm80::bwd_smem_bytes(s.block_n, s.d_qk, s.d_v, s.stages);
     case Kind::BlockState:
     case Kind::BwdPrep:
     case Kind::BwdDq: return 0;

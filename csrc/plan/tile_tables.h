@@ -27,6 +27,7 @@ struct Candidates {
 Candidates sm80_forward(const TableQuery& q, const TuningOverrides& o);
 Candidates sm80_backward(const TableQuery& q, const TuningOverrides& o);
 Candidates sm90_forward(const TableQuery& q, const TuningOverrides& o);
+Candidates sm90_backward(const TableQuery& q);
 
 // The dynamic shared memory a spec's kernel needs: the templates' own formulas
 // (templates/*/shapes.h), which their configs check against their layouts.

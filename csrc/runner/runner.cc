@@ -89,6 +89,7 @@ void* CallArgs::at(Arg a) {
     case Arg::TmaQ: return &tq;
     case Arg::TmaK: return &tk;
     case Arg::TmaV: return &tv;
+    case Arg::TmaDo: return &tdo;
     case Arg::Rows: return &rows;
     case Arg::BlockStates: return &block_states;
   }
@@ -116,6 +117,7 @@ void run(const plan::LaunchPlan& plan, const ir::Variant& variant, const Binding
       if (a == Arg::TmaQ) v.tq = tma_map(b.q, step.spec.block_m);
       if (a == Arg::TmaK) v.tk = tma_map(b.k, step.spec.block_n);
       if (a == Arg::TmaV) v.tv = tma_map(b.v, step.spec.block_n);
+      if (a == Arg::TmaDo) v.tdo = tma_map(b.dout, step.spec.block_m);
       args[n++] = v.at(a);
     }
     v.rows.lanes = step.row_lanes;

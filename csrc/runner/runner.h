@@ -45,7 +45,7 @@ struct CallArgs {
   VariantArgs captured;
   BwdRowParams rows;
   BlockStateParams block_states;
-  TmaDesc tq, tk, tv;
+  TmaDesc tq, tk, tv, tdo;
   void* at(codegen::Arg a);
 };
 CallArgs call_args(const plan::LaunchPlan& plan, const Bindings& bindings);

@@ -108,7 +108,7 @@ void bind_ir(pybind11::module_& m) {
            "whole plan's text.");
 
   m.def("backend_for", &torch_ops::backend_for, pyb::arg("q"), pyb::arg("k"), pyb::arg("v"),
-        pyb::arg("buffers"), pyb::arg("key"));
+        pyb::arg("buffers"), pyb::arg("key"), pyb::arg("backward") = false);
   m.def("clear_kernel_caches", &torch_ops::clear_kernel_caches,
         "Drops the in-process kernel caches (the next call loads from the disk cache).");
 

@@ -63,7 +63,7 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q_in, const at
   runner::Bindings b = bind_inputs(q, k, v, buffers);
   b.o = ref(out);
   b.lse = ref(lse);
-  const std::vector<at::Tensor> scratch = bind_workspaces(plan, q, b);
+  const std::vector<at::Tensor> scratch = bind_workspaces(plan, q, b, buffers);
   runner::run(plan, *variant, b);
   return {out, lse};
 }
@@ -112,7 +112,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_bac
       b.lse = ref(lse_f);
       b.dlse = ref(dlse_f);
     }
-    const std::vector<at::Tensor> scratch = bind_workspaces(plan, q, b);
+    const std::vector<at::Tensor> scratch = bind_workspaces(plan, q, b, buffers);
     runner::run(plan, *variant, b);
   }
   std::vector<at::Tensor> dbuf(buffers.size());
@@ -125,10 +125,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_bac
 }  // namespace
 
 std::string backend_for(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                        const std::vector<at::Tensor>& buffers, const std::string& key) {
+                        const std::vector<at::Tensor>& buffers, const std::string& key,
+                        bool backward) {
   auto variant = get_variant(key);
   const Shapes s = check_inputs(q, k, v, buffers, *variant);
   if (!q.is_cuda()) return "reference: tensors on " + q.device().str();
+  if (backward) {
+    const plan::LaunchPlan bwd = plan_call(plan::OpKind::Backward, *variant, q, s, buffers, 1.0);
+    return bwd.ok ? bwd.family : "reference: " + bwd.reason;
+  }
   const plan::LaunchPlan fwd = plan_call(plan::OpKind::Forward, *variant, q, s, buffers, 1.0);
   if (!fwd.ok) return "reference: " + fwd.reason;
   const plan::LaunchPlan bwd = plan_call(plan::OpKind::Backward, *variant, q, s, buffers, 1.0);

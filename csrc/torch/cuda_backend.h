@@ -11,9 +11,10 @@ namespace ae::torch_ops {
 
 // "sm90" (the main kernel's family of the forward) or "sm80" when the fused kernels run,
 // "sm90 (backward on the reference: <why>)" when only the forward does, else
-// "reference: <why>".
+// "reference: <why>". backward: the backward's main kernel's family, or "reference: <why>".
 std::string backend_for(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                        const std::vector<at::Tensor>& buffers, const std::string& key);
+                        const std::vector<at::Tensor>& buffers, const std::string& key,
+                        bool backward = false);
 
 // Drops the in-process kernels and kept block-state tables (the disk cache stays).
 void clear_kernel_caches();

@@ -170,10 +170,11 @@ class CompiledAttention:
         return run_op(reference_op, q, k, v, self.buffers, self._key, self.normalize,
                       self.scale, return_lse)
 
-    def backend_for(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
-        """What a call with these inputs runs: "sm90" (Hopper forward, sm80 backward), "sm80", or
-        "reference: <why>"."""
-        return _C.backend_for(q, k, v, list(self.buffers), self._key)
+    def backend_for(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    backward: bool = False) -> str:
+        """What a call with these inputs runs: "sm90" (the Hopper templates), "sm80" (the
+        mma.sync ones), or "reference: <why>"; with ``backward=True``, what its backward runs."""
+        return _C.backend_for(q, k, v, list(self.buffers), self._key, backward)
 
 
 def _rebuild(ref: VariantRef, buffers, normalize: str, scale: Optional[float]):

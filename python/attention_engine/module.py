@@ -108,10 +108,12 @@ class Attention(torch.nn.Module):
         return run_op(reference_op, q, k, v, self.captured, self._key, self.normalize,
                       self.scale, return_lse)
 
-    def backend_for(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
-        """What a call with these inputs runs ("sm90", "sm80" or "reference: <why>")."""
+    def backend_for(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    backward: bool = False) -> str:
+        """What a call with these inputs runs ("sm90", "sm80" or "reference: <why>"); with
+        ``backward=True``, what its backward runs."""
         from . import _C
-        return _C.backend_for(q, k, v, self.captured, self._key)
+        return _C.backend_for(q, k, v, self.captured, self._key, backward)
 
     def graph_text(self) -> str:
         """The optimized op graph, with the user's source lines."""

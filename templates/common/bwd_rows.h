@@ -42,8 +42,13 @@ AE_DEVICE float group_sum(float x, int lanes) {
   return x;
 }
 
-AE_DEVICE float* acc_row(const BwdRowParams& p, int b, int h, int r) {
-  return p.dq_accum + ((static_cast<long long>(b) * p.heads + h) * p.acc_rows + r) * p.d_qk;
+// Where column c of row r of (b, h) accumulates (BwdRowParams::acc_tiled); groups of 8
+// columns from a multiple of 8 are contiguous either way.
+AE_DEVICE float* acc_at(const BwdRowParams& p, int b, int h, int r, int c) {
+  float* head = p.dq_accum + (static_cast<long long>(b) * p.heads + h) * p.acc_rows * p.d_qk;
+  if (!p.acc_tiled) return head + static_cast<long long>(r) * p.d_qk + c;
+  const long long tile = static_cast<long long>(r / 64) * (p.d_qk / 64) + c / 64;
+  return head + tile * 4096 + (r % 64) * 64 + ((c % 64) ^ (8 * (r % 8)));
 }
 
 }  // namespace rowpass
@@ -76,8 +81,8 @@ AE_DEVICE void bwd_prep(const BwdRowParams& p) {
     }
   }
   if (!live) return;
-  float4* acc = reinterpret_cast<float4*>(rowpass::acc_row(p, b, h, r));
-  for (int c = sub; c < p.d_qk / 4; c += p.lanes) acc[c] = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int c = sub; c < p.d_qk / 4; c += p.lanes)
+    *reinterpret_cast<float4*>(rowpass::acc_at(p, b, h, r, 4 * c)) = make_float4(0.f, 0.f, 0.f, 0.f);
 }
 
 // p.lanes: lanes per row, for d_qk / 8 chunks of 8 fp32 values (row_pass_lanes).
@@ -85,11 +90,11 @@ template <bool kBf16>
 AE_DEVICE void bwd_dq(const BwdRowParams& p) {
   int b, h, r, sub;
   if (!rowpass::row_of(p, b, h, r, sub)) return;
-  const float4* acc = reinterpret_cast<const float4*>(rowpass::acc_row(p, b, h, r));
   u16* gdq = static_cast<u16*>(p.dq) + b * p.dq_stride[0] + h * p.dq_stride[1] + r * p.dq_stride[2];
   const float s = p.scale;
   for (int c = sub; c < p.d_qk / 8; c += p.lanes) {
-    const float4 x = acc[2 * c], y = acc[2 * c + 1];
+    const float4* acc = reinterpret_cast<const float4*>(rowpass::acc_at(p, b, h, r, 8 * c));
+    const float4 x = acc[0], y = acc[1];
     uint4 out;
     out.x = pack2<kBf16>(x.x * s, x.y * s);
     out.y = pack2<kBf16>(x.z * s, x.w * s);

@@ -34,7 +34,8 @@ struct AttnParams {
   const float* lse2;   // lse * log2(e), +inf where lse is -inf (rows with nothing kept)
   const float* delta;  // rowsum(dO * O) - dlse
   float* dq_accum;     // [batch, q_heads, n_q_blocks * block_m, head_dim_qk] fp32: dS K,
-                       // unscaled; rows past q_len (padding) absorb additions, never read
+                       // unscaled; rows past q_len (padding) absorb additions, never read.
+                       // Row-major, or tiled (BwdRowParams::acc_tiled)
   void* dk;
   void* dv;
   long long q_stride[3], k_stride[3], v_stride[3], o_stride[3];
@@ -68,6 +69,10 @@ struct BwdRowParams {
   int batch, heads, q_len, acc_rows, d_qk, d_v;
   int lanes;    // per row: a power of two up to 32 (row_pass_lanes, common/shapes.h)
   float scale;  // dq = scale * dq_accum
+  // dq_accum's layout: 0 row-major; 1 tiled as the sm90 backward adds it (whole 64 x 64 fp32
+  // tiles, one bulk reduction each): per (batch, head), tiles [row / 64][col / 64], each
+  // row-major with 64 columns, column c of row r at c ^ 8 (r % 8) (rowpass::acc_at).
+  int acc_tiled;
 };
 
 // The block-state kernel's output (common/block_state.h): the table of codes for tiles of

@@ -20,6 +20,7 @@
 #pragma once
 
 #include "common/block_walk.h"
+#include "common/bwd_scores.h"
 #include "common/kv_layout.h"
 #include "common/normalizers.h"
 #include "common/params.h"
@@ -145,9 +146,8 @@ struct BwdKernel {
     }
   }
 
-  // S^T becomes P^T and dP^T becomes dS^T, element by element, for this warp's keys from
-  // key0 and queries from q0 + qc. kCheck && check: the tile needs the bounds and the mask;
-  // !kCheck: a copy without them, for blocks that need no check.
+  // S^T becomes P^T and dP^T becomes dS^T, element by element (common/bwd_scores.h), for
+  // this warp's keys from key0 and queries from q0 + qc.
   template <bool kCheck>
   AE_DEVICE void p_and_ds(float (&st)[2][kQ8][4], float (&dpt)[2][kQ8][4], const float* sLse,
                           const float* sDelta, int b, int hq, int key0, int q0, int qc,
@@ -160,29 +160,9 @@ struct BwdKernel {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int ql = qc + nt * 8 + 2 * t + (e & 1);
-          const int key = key0 + 16 * mt + g + 8 * (e >> 1), q_idx = q0 + ql;
-          const float lse_e = sLse[ql];
-          bool keep = true;
-          if (kCheck && check) {
-            keep = q_idx < Layout::q_len(p, b) && key < Layout::kv_len(p, b);
-            if constexpr (Variant::kHasMask) keep = keep && var.mask(b, hq, q_idx, key);
-          }
-          float prob, dx, s = 0.f;
-          if constexpr (!kCheck && Variant::kIdentity) {  // softmax: one FFMA, one MUFU
-            Norm::backward_raw(p, st[mt][nt][e], lse_e, dpt[mt][nt][e], sDelta[ql], prob, dx);
-          } else {
-            // The score times the score_mod's constant inner factor (generated code takes it
-            // so), and its outer one folded into the policy's factor (codegen/score_scales.h).
-            s = st[mt][nt][e] * (p.scale * Variant::kInScale);
-            const float x = Variant::kIdentity ? s : var.score(s, b, hq, q_idx, key);
-            Norm::backward(x, Norm::kModFactor * Variant::kOutScale, keep, lse_e, dpt[mt][nt][e],
-                           sDelta[ql], prob, dx);
-          }
-          float ds = dx;
-          if constexpr (!Variant::kIdentity)
-            ds = dx == 0.f ? 0.f : var.grad(s, b, hq, q_idx, key, dx);
-          st[mt][nt][e] = prob;
-          dpt[mt][nt][e] = ds;
+          score_backward<kCheck, Layout>(p, var, st[mt][nt][e], dpt[mt][nt][e], sLse[ql],
+                                         sDelta[ql], b, hq, q0 + ql,
+                                         key0 + 16 * mt + g + 8 * (e >> 1), check);
         }
       }
     }

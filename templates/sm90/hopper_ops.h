@@ -29,6 +29,11 @@ AE_DEVICE void mbar_arrive_expect_tx(u64* bar, u32 bytes) {
                "r"(bytes)
                : "memory");
 }
+// Announces `bytes` of TMA traffic the current phase must wait for, without arriving.
+AE_DEVICE void mbar_expect_tx(u64* bar, u32 bytes) {
+  asm volatile("mbarrier.expect_tx.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes)
+               : "memory");
+}
 // Blocks until the phase with this parity has completed.
 AE_DEVICE void mbar_wait(u64* bar, int parity) {
   asm volatile(
@@ -47,8 +52,26 @@ AE_DEVICE void tma_load_4d(void* dst, const TmaDesc* map, u64* bar, int c0, int 
       "l"(reinterpret_cast<u64>(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
       : "memory");
 }
+// ---- bulk reductions: `bytes` (a multiple of 16, both addresses 16-byte aligned) of fp32
+// values in shared memory added into global memory by the TMA unit, in bulk groups ----
+AE_DEVICE void bulk_reduce_add_f32(float* dst, const void* src, u32 bytes) {
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst),
+               "r"(smem_u32(src)), "r"(bytes)
+               : "memory");
+}
+AE_DEVICE void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// Waits until the committed groups have read their shared memory (it may be rewritten).
+AE_DEVICE void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
+// Waits until they have completed.
+AE_DEVICE void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
 AE_DEVICE void tma_prefetch_desc(const TmaDesc* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<u64>(map)) : "memory");
+}
+
+// Makes this thread's shared-memory stores (the generic proxy) visible to the async proxy
+// (wgmma operands, TMA stores) once the threads have synchronized.
+AE_DEVICE void fence_view_async_shared() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
 // ---- wgmma ----

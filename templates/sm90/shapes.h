@@ -17,4 +17,19 @@ AE_HD_CONSTEXPR int fwd_smem_bytes(int block_n, int d_qk, int d_v, int stages) {
   return 1024 + 2 * (kFwdBlockM * d_qk + stages * block_n * (d_qk + d_v)) + 8 * (1 + 3 * stages);
 }
 
+// Backward: a producer warpgroup and kBwdMma MMA warpgroups of 64 keys each; query blocks of
+// 64 rows in a ring of two stages.
+constexpr int kBwdMma = 2, kBwdBlockM = 64, kBwdBlockN = 64 * kBwdMma;
+constexpr int kBwdWarps = 4 * (kBwdMma + 1), kBwdStages = 2;
+
+// 1024 bytes of slack for the swizzle's alignment; K and V; per stage Q, dO and dS^T (16-bit,
+// as TMA writes them and as wgmma reads them) and the log2 LSE and delta of each query row;
+// a 64 x 64 fp32 dQ tile per MMA warpgroup; the mbarriers: K/V full, and full and empty per
+// stage.
+AE_HD_CONSTEXPR int bwd_smem_bytes(int d_qk, int d_v) {
+  return 1024 + 2 * (kBwdBlockN * (d_qk + d_v) + kBwdStages * (kBwdBlockM * (d_qk + d_v) +
+                                                               kBwdBlockN * kBwdBlockM)) +
+         kBwdStages * 2 * 4 * kBwdBlockM + kBwdMma * 64 * 64 * 4 + 8 * (1 + 2 * kBwdStages);
+}
+
 }  // namespace ae::sm90

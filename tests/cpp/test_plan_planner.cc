@@ -120,9 +120,11 @@ TEST(Planner, MaskedForwardBuildsBlockStatesFirst) {
   // K and V of a head: 4096 x 256 x 2 bytes, and 4 query heads share them: 512 KB per query
   // head, 8 MB of L2 for the sm90 forward -> 16 heads.
   EXPECT_EQ(p.attn.head_group, 16);
-  // A mask that reads a captured tensor: rebuilt every call.
+  EXPECT_FALSE(w->key_by_captured);
+  // A mask that reads a captured tensor: kept while the tensors stay the same.
   const LaunchPlan d = make_plan(request(OpKind::Forward, devices::h200(), document()));
-  EXPECT_TRUE(d.workspace(WorkspaceId::BlockStates)->cache_key.empty());
+  EXPECT_FALSE(d.workspace(WorkspaceId::BlockStates)->cache_key.empty());
+  EXPECT_TRUE(d.workspace(WorkspaceId::BlockStates)->key_by_captured);
 }
 
 TEST(Planner, PerHeadMasksHaveATablePerHead) {
@@ -142,7 +144,9 @@ TEST(Planner, BackwardIsThreeLaunchesAroundTheMainKernel) {
   for (const DeviceCaps& dev : {devices::h100(), devices::h200(), devices::a100()}) {
     const LaunchPlan p = make_plan(request(OpKind::Backward, dev, causal()));
     ASSERT_TRUE(p.ok) << p.reason;
-    EXPECT_EQ(p.family, "sm80");
+    const bool hopper = dev.major == 9;
+    EXPECT_EQ(p.family, hopper ? "sm90" : "sm80");
+    EXPECT_EQ(p.rows.acc_tiled, hopper ? 1 : 0);  // the sm90 backward adds whole dQ tiles
     ASSERT_EQ(kinds(p), (std::vector<Kind>{Kind::BlockState, Kind::BwdPrep, Kind::Backward,
                                            Kind::BwdDq}));
     const Step& b = main_step(p);
@@ -277,9 +281,30 @@ TEST(Planner, RefusalsSayWhy) {
   volta.major = 7;
   EXPECT_NE(why(request(OpKind::Forward, volta, plain())).find("compute capability 7.0"),
             std::string::npos);
-  r = request(OpKind::Backward, devices::h200(), plain());
-  r.family = Family::Sm90;  // no sm90 backward (yet)
+  r = request(OpKind::Backward, devices::h200(), plain(), 256);
+  r.family = Family::Sm90;  // the sm90 backward stops at head dim 128
+  EXPECT_NE(why(r).find("no sm90 backward"), std::string::npos);
+  r = request(OpKind::Backward, devices::a100(), plain());
+  r.family = Family::Sm90;  // not on an sm_80 device
   EXPECT_NE(why(r).find("no sm90 bwd kernel"), std::string::npos);
+}
+
+TEST(Planner, HopperBackwardFamilies) {
+  // The sm90 backward at head dims 64 and 128; the sm80 one past them and when disabled.
+  for (int d : {64, 128, 256}) {
+    const LaunchPlan p = make_plan(request(OpKind::Backward, devices::h200(), plain(), d));
+    ASSERT_TRUE(p.ok) << p.reason;
+    EXPECT_EQ(p.family, d <= 128 ? "sm90" : "sm80") << d;
+    if (d <= 128) {
+      const Step& b = main_step(p);
+      EXPECT_EQ(b.threads, 384);
+      EXPECT_EQ(b.spec.arch, "sm_90a");
+      EXPECT_LE(b.smem, devices::h200().smem_per_block);
+    }
+  }
+  PlanRequest r = request(OpKind::Backward, devices::h200(), plain());
+  r.overrides.disable_sm90_bwd = true;
+  EXPECT_EQ(make_plan(r).family, "sm80");
 }
 
 TEST(Planner, EmptyProblemsHaveNoSteps) {

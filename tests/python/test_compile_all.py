@@ -34,16 +34,21 @@ SM90_DIMS = [(64, 64), (128, 128), (256, 256), (192, 128)]  # the sm90 forward's
 
 
 MASKED = {"causal", "sliding_window", "alibi", "document"}
+# The sm90 backward (head dims 64 and 128): the variants whose code differs most.
+BWD90 = {"plain", "causal", "relative_bias", "document", "sigmoid_none", "softcap"}
 
 
 def _instantiations():
-    # kind: fwd (sm80 family), fwd90 (the sm90 forward), bwd, block_state
+    # kind: fwd (sm80 family), fwd90 (the sm90 forward), bwd (sm80), bwd90, block_state
     for name in VARIANTS:
         for dims in DIMS if name == "plain" else [(128, 128), (64, 64)]:
             for kind in ("fwd", "bwd"):
                 yield name, kind, dims
         for dims in SM90_DIMS if name == "plain" else [(128, 128), (64, 64)]:
             yield name, "fwd90", dims
+        if name in BWD90:
+            for dims in [(128, 128), (64, 64)] if name in ("plain", "relative_bias") else [(128, 128)]:
+                yield name, "bwd90", dims
         if name in MASKED:
             yield name, "block_state", (128, 128)
     yield "plain", "fwd", (128, 128), False  # fp16
@@ -52,7 +57,8 @@ def _instantiations():
 
 def _source(attn, kind, d_qk, d_v, bf16=True, grads=()):
     dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers]
-    step, family = {"fwd": ("fwd", "sm80"), "fwd90": ("fwd", "sm90")}.get(kind, (kind, ""))
+    step, family = {"fwd": ("fwd", "sm80"), "fwd90": ("fwd", "sm90"), "bwd": ("bwd", "sm80"),
+                    "bwd90": ("bwd", "sm90")}.get(kind, (kind, ""))
     return attn.variant.kernel_source(step, d_qk, d_v, bf16, dtypes, family=family,
                                       buffer_grads=list(grads))
 
@@ -62,9 +68,9 @@ def test_instantiation_compiles_without_spills(case):
     name, kind, (d_qk, d_v), *rest = case
     bf16 = rest[0] if rest else True
     attn = VARIANTS[name]()
-    grads = [t.requires_grad for t in attn.buffers] if kind == "bwd" else []  # as the tests run
+    grads = [t.requires_grad for t in attn.buffers] if kind.startswith("bwd") else []  # as run
     info = _source(attn, kind, d_qk, d_v, bf16, grads)
-    arches = ["sm_90a"] if kind == "fwd90" else ["sm_80", "sm_90a"]  # wgmma and TMA: sm_90a only
+    arches = ["sm_90a"] if kind.endswith("90") else ["sm_80", "sm_90a"]  # wgmma, TMA: sm_90a only
     for arch in arches:
         # The runtime (get_kernel) compiles at the table's options and, on a spill, at the
         # fallback register-usage levels in order: the one it keeps must not spill.

@@ -464,6 +464,33 @@ def test_hopper_picks_the_sm90_forward(dims):
     assert attn.backend_for(q, k, v) == ("sm80" if dims == (96, 96) else "sm90")
 
 
+@pytest.mark.parametrize("dims", HEAD_DIMS, ids=_id)
+def test_hopper_picks_the_sm90_backward(dims):
+    """On sm_90 the TMA + wgmma backward runs at head dims 64 and 128, the sm80 one elsewhere."""
+    if not _is_hopper():
+        pytest.skip("needs an sm_90 GPU")
+    s = Shape(Dqk=dims[0], Dv=dims[1])
+    attn, _ = build("causal", s)
+    q, k, v = make_qkv(s, BF16, 0, "bhsd")
+    want = "sm90" if dims in ((64, 64), (128, 128)) else "sm80"
+    assert attn.backend_for(q, k, v, backward=True) == want
+
+
+@pytest.mark.parametrize("dims", [(128, 128), (64, 64)], ids=_id)
+@pytest.mark.parametrize("variant", ["plain", "causal", "alibi_causal", "relative_bias",
+                                     "sigmoid", "document"])
+def test_sm80_backward_on_hopper(variant, dims, monkeypatch):
+    """The mma.sync backward stays correct on Hopper (AE_DISABLE_SM90_BWD=1 selects it)."""
+    if not _is_hopper():
+        pytest.skip("needs an sm_90 GPU")
+    monkeypatch.setenv("AE_DISABLE_SM90_BWD", "1")
+    s = Shape(Dqk=dims[0], Dv=dims[1])
+    attn, _ = build(variant, s)
+    q, k, v = make_qkv(s, BF16, 0, "bhsd")
+    assert attn.backend_for(q, k, v, backward=True) == "sm80"
+    check_case(variant, s, BF16)
+
+
 @pytest.mark.parametrize("dims", [(128, 128), (64, 64)], ids=_id)
 @pytest.mark.parametrize("variant", ["plain", "causal", "sliding_window", "alibi_causal", "softcap",
                                      "sigmoid", "document"])

@@ -36,9 +36,9 @@ def instantiation(case):
     name, kind, (d_qk, d_v), *rest = case
     bf16 = rest[0] if rest else True
     attn = VARIANTS[name]()
-    grads = [t.requires_grad for t in attn.buffers] if kind == "bwd" else []
+    grads = [t.requires_grad for t in attn.buffers] if kind.startswith("bwd") else []
     info = _source(attn, kind, d_qk, d_v, bf16, grads)
-    return info, ["sm_90a"] if kind == "fwd90" else ["sm_80", "sm_90a"]
+    return info, ["sm_90a"] if kind.endswith("90") else ["sm_80", "sm_90a"]
 
 
 @pytest.mark.parametrize("case", list(_instantiations()), ids=lambda c: "-".join(map(str, c)))
@@ -51,7 +51,8 @@ def test_compile_all_instantiations_have_no_warnings_in_generated_code(case):
 def test_template_headers_compile_without_warnings():
     found = []
     for case in [("plain", "fwd", (128, 128)), ("plain", "bwd", (128, 128)),
-                 ("plain", "fwd90", (128, 128)), ("alibi", "bwd", (64, 64))]:
+                 ("plain", "fwd90", (128, 128)), ("alibi", "bwd", (64, 64)),
+                 ("plain", "bwd90", (128, 128))]:
         info, arches = instantiation(case)
         found += [f"{info['describe']} {arch}: {w}" for arch in arches
                   for w in warnings_of(info, arch, templates=True)]
@@ -83,10 +84,10 @@ def every_path():
     return ae.compile(score, mask)
 
 
-@pytest.mark.parametrize("kind", ["fwd", "bwd", "fwd90"])
+@pytest.mark.parametrize("kind", ["fwd", "bwd", "fwd90", "bwd90"])
 def test_every_codegen_path_compiles_without_warnings(kind):
     attn = every_path()
-    grads = [t.requires_grad for t in attn.buffers] if kind == "bwd" else []
+    grads = [t.requires_grad for t in attn.buffers] if kind.startswith("bwd") else []
     info = _source(attn, kind, 64, 64, True, grads)
-    arch = "sm_90a" if kind == "fwd90" else "sm_80"
+    arch = "sm_90a" if kind.endswith("90") else "sm_80"
     assert warnings_of(info, arch) == [], info["describe"]

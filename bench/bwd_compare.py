@@ -1,0 +1,112 @@
+"""The backward on Hopper: attention_engine's sm90 backward next to its sm80 one
+(AE_DISABLE_SM90_BWD=1) and SDPA (cuDNN, flash) in the same run. bf16, 16k tokens (B = 16384 /
+S), hidden 2048 (H = 2048 / D); TFLOPS of fwd+bwd = 3.5 x 4 B H S^2 D x the kept fraction, and of
+the backward alone (2.5 x). Before timing, the two backwards' gradients are compared (max
+|difference| over max |value|, per tensor).
+
+    python bench/bwd_compare.py [--quick]
+"""
+import argparse
+import os
+
+import torch
+import torch.nn.functional as F
+import triton.testing as tt
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import attention_engine as ae
+from attention_engine import mods
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--quick", action="store_true", help="D128 plain and causal at 8k only")
+args = ap.parse_args()
+
+
+def bench(fn):
+    return tt.do_bench(fn, warmup=20, rep=150, return_mode="median")
+
+
+def inputs(S, D, Dv=None, dtype=torch.bfloat16):
+    B, H = max(1, 16384 // S), 2048 // D
+    g = torch.Generator(device="cuda").manual_seed(0)
+    mk = lambda d: torch.randn(B, H, S, d, device="cuda", dtype=dtype, generator=g).requires_grad_()
+    q, k, v = mk(D), mk(D), mk(Dv or D)
+    return q, k, v, torch.randn(B, H, S, Dv or D, device="cuda", dtype=dtype, generator=g)
+
+
+def grads(fn, q, k, v, do):
+    return torch.autograd.grad(fn(q, k, v), (q, k, v), do)
+
+
+def rel_diff(a, b):
+    """max |a - b| / max |b| over the gradients, or which of them has non-finite values."""
+    bad = [f"{w}{n}" for w, g in (("sm90:", a), ("sm80:", b))
+           for n, x in zip("qkv", g) if not torch.isfinite(x).all()]
+    if bad:
+        return "non-finite d" + ",d".join(bad)
+    d = max(((x.float() - y.float()).abs().max() / y.float().abs().max().clamp(min=1e-6)).item()
+            for x, y in zip(a, b))
+    return f"{d:.1e}"
+
+
+def doc_ids(S, n_docs=16, seed=0):
+    """Random document lengths (at least 64 tokens each), and the causal kept fraction."""
+    g = torch.Generator().manual_seed(seed)
+    cuts = torch.sort(torch.randperm(S // 64 - 1, generator=g)[: n_docs - 1] + 1).values * 64
+    lengths = torch.diff(torch.cat([torch.tensor([0]), cuts, torch.tensor([S])]))
+    ids = torch.repeat_interleave(torch.arange(n_docs), lengths).cuda()
+    return ids, float((lengths * (lengths + 1) / 2).sum()) / S**2
+
+
+def case_list():
+    cases = [("plain", 128, 8192, lambda H: ae.compile(), 1.0, False),
+             ("causal", 128, 8192, lambda H: ae.compile(mask_mod=mods.causal), 0.5, True)]
+    if args.quick:
+        return cases
+    cases += [("plain", 128, 4096, lambda H: ae.compile(), 1.0, False),
+              ("causal", 128, 16384, lambda H: ae.compile(mask_mod=mods.causal), 0.5, True),
+              ("plain", 64, 8192, lambda H: ae.compile(), 1.0, False),
+              ("causal", 64, 8192, lambda H: ae.compile(mask_mod=mods.causal), 0.5, True),
+              ("alibi+causal", 128, 8192,
+               lambda H: ae.compile(mods.alibi(mods.alibi_slopes(H, device="cuda")), mods.causal), 0.5, None),
+              ("softcap+causal", 128, 8192, lambda H: ae.compile(mods.softcap(30.0), mods.causal), 0.5, None),
+              ("sigmoid none", 128, 8192, lambda H: ae.compile(mods.sigmoid(-4.0), normalize="none"), 1.0, None)]
+    ids, frac = doc_ids(16384)
+    cases.append(("document", 128, 16384, lambda H: ae.compile(mask_mod=mods.document_mask(ids)), frac, None))
+    return cases
+
+
+rows = []
+for name, D, S, make, frac, causal in case_list():
+    q, k, v, do = inputs(S, D)
+    B, H = q.shape[:2]
+    attn = make(H)
+    flops = 4 * B * H * S * S * D * frac
+    fwd_bwd = lambda: grads(attn, q, k, v, do)
+    os.environ["AE_DISABLE_SM90_BWD"] = "0"
+    g90 = fwd_bwd()
+    t90 = bench(fwd_bwd)
+    os.environ["AE_DISABLE_SM90_BWD"] = "1"
+    g80 = fwd_bwd()
+    t80 = bench(fwd_bwd)
+    os.environ["AE_DISABLE_SM90_BWD"] = "0"
+    with torch.no_grad():
+        tf = bench(lambda: attn(q, k, v))
+    line = (f"{name:15s} D{D} S{S // 1024}k  sm90 bwd {3.5 * flops / t90 / 1e9:4.0f} "
+            f"(bwd {2.5 * flops / (t90 - tf) / 1e9:4.0f})  sm80 bwd {3.5 * flops / t80 / 1e9:4.0f} "
+            f"(bwd {2.5 * flops / (t80 - tf) / 1e9:4.0f})  diff {rel_diff(g90, g80)}")
+    if causal is not None:
+        for label, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
+            with sdpa_kernel(backend):
+                fn = lambda: grads(lambda a, b_, c: F.scaled_dot_product_attention(a, b_, c, is_causal=causal), q, k, v, do)
+                try:
+                    line += f"  {label} {3.5 * flops / bench(fn) / 1e9:4.0f}"
+                except RuntimeError as e:  # noqa: PERF203
+                    line += f"  {label} n/a ({str(e)[:40]})"
+    print(line, flush=True)
+    rows.append(line)
+    del q, k, v, do
+    torch.cuda.empty_cache()
+
+print("\nfwd+bwd TFLOPS (bwd alone in parentheses), " + torch.cuda.get_device_name())
+print("\n".join(rows))

@@ -1,0 +1,319 @@
+// Backward attention for Hopper (sm_90a): TMA, wgmma and warp specialization, KV-stationary.
+//
+// One CTA owns BLOCK_N = 64 * kMma keys of one (batch, KV head) and loops over the (query
+// head, query block) pairs of the block walk (common/block_walk.h), 64 queries each. It runs
+// 1 + kMma warpgroups:
+//   producer (warpgroup 0, registers given away): its first warp loads K and V once (TMA),
+//            then per query block Q and dO (TMA) and the rows' log2 LSE and delta (plain
+//            loads, stored by the warp) into a ring of kStages stages, each completing on its
+//            full barrier;
+//   MMA      (warpgroups 1.., 64 keys each; a warp has 16 keys):
+//            S^T = K Q^T and dP^T = V dO^T by wgmma from shared memory (keys are the M
+//            dimension, so the accumulators hold P^T and dS^T in the C layout, a key per row);
+//            P and dS per score (common/bwd_scores.h); dV += P^T dO and dK += dS^T Q with
+//            P^T and dS^T as register A operands (dK and dV stay in registers across the
+//            loop); dS^T stored to shared memory, and dQ = dS K by wgmma with both operands
+//            transposed (dS M-major, K N-major); each warpgroup's 64 x 64 fp32 dQ tile goes
+//            to shared memory and one thread adds it into dq_accum (tiled, BwdRowParams::
+//            acc_tiled) with one bulk reduction, so the MMA warps issue no global atomics.
+// dQ is split between the warpgroups by columns (each takes Dqk / kMma columns over all keys,
+// after a barrier that says every dS^T of the block is stored) where that is a whole number of
+// 64-column blocks, else by keys (each its own 64 keys, all columns: no barrier across
+// warpgroups, twice the additions).
+#pragma once
+
+#include "common/block_walk.h"
+#include "common/bwd_scores.h"
+#include "common/params.h"
+#include "common/tile_scheduler.h"
+#include "nvidia/mma.h"
+#include "nvidia/mma_rows.h"
+#include "sm90/hopper_ops.h"
+#include "sm90/shapes.h"
+#include "sm90/wgmma.h"
+
+namespace ae::sm90 {
+
+template <int D_QK_, int D_V_, bool BF16_, class LAYOUT_>
+struct BwdConfig {
+  using Layout = LAYOUT_;
+  static constexpr int kDqk = D_QK_, kDv = D_V_, kMma = kBwdMma, kStages = kBwdStages;
+  static constexpr bool kBf16 = BF16_;
+  static constexpr int kBlockM = kBwdBlockM, kBlockN = kBwdBlockN, kThreads = 32 * kBwdWarps;
+  // Tiles as TMA writes them with 128-byte swizzle: [D / 64 column blocks][rows][64]; dS^T
+  // [key][64 queries] with the same swizzle.
+  static constexpr int kKBytes = kBlockN * kDqk * 2, kVBytes = kBlockN * kDv * 2;
+  static constexpr int kQBytes = kBlockM * kDqk * 2, kDoBytes = kBlockM * kDv * 2;
+  static constexpr int kDsBytes = kBlockN * kBlockM * 2;
+  static constexpr int kDqTileBytes = 64 * 64 * 4;  // per MMA warpgroup
+  static constexpr int kSmemBytes = bwd_smem_bytes(kDqk, kDv);  // the planner's
+  static_assert(kSmemBytes == 1024 + kKBytes + kVBytes +
+                                  kStages * (kQBytes + kDoBytes + kDsBytes + 8 * kBlockM) +
+                                  kMma * kDqTileBytes + 8 * (1 + 2 * kStages),
+                "sm90/shapes.h");
+  // dQ's split: by columns when each warpgroup's share is whole 64-column blocks.
+  static constexpr bool kDqByColumns = (kDqk / kMma) % 64 == 0;
+  static constexpr int kDqN = kDqByColumns ? kDqk / kMma : kDqk;
+  static_assert(kDqN == 64, "one 64 x 64 dQ tile per warpgroup and block");
+  static constexpr int kProducerRegs = 24, kMmaRegs = 240;
+  static_assert(kDqk % 64 == 0 && kDv % 64 == 0 && kDqk <= 128 && kDv <= 128,
+                "head dims 64 or 128");
+  static_assert(kBlockM == 64 && kBlockN == 64 * kMma && kThreads == 128 * (kMma + 1), "shapes");
+  static_assert(kProducerRegs * 128 + kMmaRegs * 128 * kMma <= 65536, "registers");
+  static_assert(kMma == 2, "named barriers 1-4 are laid out for two MMA warpgroups");
+};
+
+// P^T and dS^T of one warp's 16 keys (from key0) x kQ8 * 8 queries (from q0), in the C layout.
+template <bool kCheck, class Layout, class Variant, int kQ8>
+AE_DEVICE void scores_backward(const AttnParams& p, const Variant& var, float (&st)[kQ8][4],
+                               float (&dpt)[kQ8][4], const float* lse, const float* delta, int b,
+                               int hq, int q0, int key0, bool check) {
+  const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+#pragma unroll
+  for (int nt = 0; nt < kQ8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int ql = nt * 8 + 2 * t + (e & 1);
+      score_backward<kCheck, Layout>(p, var, st[nt][e], dpt[nt][e], lse[ql], delta[ql], b, hq,
+                                     q0 + ql, key0 + g + 8 * (e >> 1), check);
+    }
+}
+
+template <class Cfg, class Variant>
+AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaDesc* tq,
+                             const TmaDesc* tk, const TmaDesc* tv, const TmaDesc* tdo) {
+  constexpr int BM = Cfg::kBlockM, BN = Cfg::kBlockN, S = Cfg::kStages;
+  using Norm = typename Variant::Norm;
+  using Layout = typename Cfg::Layout;
+  extern __shared__ __align__(1024) char smem_raw[];
+  char* sK = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+  char* sV = sK + Cfg::kKBytes;
+  char* sQ = sV + Cfg::kVBytes;               // [stage]
+  char* sdO = sQ + S * Cfg::kQBytes;          // [stage]
+  char* sdS = sdO + S * Cfg::kDoBytes;        // [stage]: dS^T, [key][query]
+  float* sDq = reinterpret_cast<float*>(sdS + S * Cfg::kDsBytes);  // [MMA warpgroup][64 x 64]
+  float* sLse = sDq + Cfg::kMma * 64 * 64;                           // [stage][query]
+  float* sDelta = sLse + S * BM;
+  u64* kv_full = reinterpret_cast<u64*>(sDelta + S * BM);
+  u64* full = kv_full + 1;
+  u64* empty = full + S;
+
+  const WorkTile tile = GridOrder::tile(p);
+  const int n_block = tile.block, h_kv = tile.head, b = tile.batch;
+  const int k0 = n_block * BN;
+  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+
+  if (threadIdx.x == 0) {
+    mbar_init(kv_full, 1);
+    for (int s = 0; s < S; ++s) {
+      mbar_init(full + s, 32);  // the producer warp's lanes, and the TMA bytes
+      mbar_init(empty + s, 128 * Cfg::kMma);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  using QBlock = ColumnWalk::Item;
+  if (wg == 0) {  // producer
+    setmaxnreg_dec<Cfg::kProducerRegs>();
+    if (warp != 0) return;
+    if (lane == 0) {
+      mbar_arrive_expect_tx(kv_full, Cfg::kKBytes + Cfg::kVBytes);
+      const auto kr = Layout::tma_row(b, h_kv, k0);
+#pragma unroll
+      for (int c = 0; c < Cfg::kDqk / 64; ++c)
+        tma_load_4d(sK + c * BN * 128, tk, kv_full, c * 64, kr.row, kr.head, kr.batch);
+#pragma unroll
+      for (int c = 0; c < Cfg::kDv / 64; ++c)
+        tma_load_4d(sV + c * BN * 128, tv, kv_full, c * 64, kr.row, kr.head, kr.batch);
+    }
+    ColumnWalk walk(p, b, h_kv, n_block, Variant::kHasMask);
+    int it = 0;
+    for (QBlock item = walk.pop(p, b, h_kv, n_block); item.hq_off < p.group;
+         item = walk.pop(p, b, h_kv, n_block), ++it) {
+      const int stage = it % S, use = it / S;
+      const int hq = h_kv * p.group + item.hq_off, q0 = item.mb * BM;
+      if (use > 0) mbar_wait(empty + stage, (use - 1) & 1);
+      if (lane == 0) {  // the tiles first, the row statistics under their flight
+        mbar_expect_tx(full + stage, Cfg::kQBytes + Cfg::kDoBytes);
+        const auto qr = Layout::tma_row(b, hq, q0);
+#pragma unroll
+        for (int c = 0; c < Cfg::kDqk / 64; ++c)
+          tma_load_4d(sQ + stage * Cfg::kQBytes + c * BM * 128, tq, full + stage, c * 64, qr.row,
+                      qr.head, qr.batch);
+#pragma unroll
+        for (int c = 0; c < Cfg::kDv / 64; ++c)
+          tma_load_4d(sdO + stage * Cfg::kDoBytes + c * BM * 128, tdo, full + stage, c * 64,
+                      qr.row, qr.head, qr.batch);
+      }
+      if constexpr (Norm::kRowStats) {  // rows past the end read as 0 (and are masked)
+#pragma unroll
+        for (int i = lane; i < BM; i += 32) {
+          const int row = q0 + i;
+          const bool ok = row < Layout::q_len(p, b);
+          const long long off = Layout::stat(p, b, hq, ok ? row : 0);
+          sLse[stage * BM + i] = ok ? p.lse2[off] : 0.f;
+          sDelta[stage * BM + i] = ok ? p.delta[off] : 0.f;
+        }
+      }
+      mbar_arrive(full + stage);
+    }
+    return;
+  }
+
+  // MMA warpgroups. From here on no CTA-wide barrier: the producer warps have exited.
+  setmaxnreg_inc<Cfg::kMmaRegs>();
+  constexpr int kQ8 = BM / 8;  // n8 tiles of S^T (queries)
+  const int cw = wg - 1, g = lane / 4, t = lane % 4;
+  const int key_w = 64 * cw + 16 * warp;  // this warp's first key in the block
+  const int kv_len = Layout::kv_len(p, b), q_len = Layout::q_len(p, b);
+  const bool k_tail = k0 + BN > kv_len;
+  const char* kA = sK + 64 * cw * 128;  // this warpgroup's 64 keys of every column block
+  const char* vA = sV + 64 * cw * 128;
+
+  float dk[Cfg::kDqk / 8][4], dv[Cfg::kDv / 8][4];
+#pragma unroll
+  for (int i = 0; i < Cfg::kDqk / 8; ++i) dk[i][0] = dk[i][1] = dk[i][2] = dk[i][3] = 0.f;
+#pragma unroll
+  for (int i = 0; i < Cfg::kDv / 8; ++i) dv[i][0] = dv[i][1] = dv[i][2] = dv[i][3] = 0.f;
+
+  mbar_wait(kv_full, 0);
+  ColumnWalk walk(p, b, h_kv, n_block, Variant::kHasMask);
+  int it = 0;
+  for (QBlock item = walk.pop(p, b, h_kv, n_block); item.hq_off < p.group;
+       item = walk.pop(p, b, h_kv, n_block), ++it) {
+    const int stage = it % S;
+    const int hq = h_kv * p.group + item.hq_off, q0 = item.mb * BM;
+    const char* tQ = sQ + stage * Cfg::kQBytes;
+    const char* tdO = sdO + stage * Cfg::kDoBytes;
+    char* tdS = sdS + stage * Cfg::kDsBytes;
+    mbar_wait(full + stage, (it / S) & 1);
+
+    // S^T = K Q^T and dP^T = V dO^T for this warpgroup's 64 keys x the block's 64 queries.
+    float st[kQ8][4], dpt[kQ8][4];
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < Cfg::kDqk / 16; ++kk) {
+      const int off = (kk % 4) * 32;  // 16 elements along K inside the 128-byte row
+      wgmma_ss<BM, Cfg::kBf16>(st, smem_desc(kA + (kk / 4) * BN * 128 + off, 0),
+                               smem_desc(tQ + (kk / 4) * BM * 128 + off, 0), kk > 0);
+    }
+    wgmma_commit();
+#pragma unroll
+    for (int kk = 0; kk < Cfg::kDv / 16; ++kk) {
+      const int off = (kk % 4) * 32;
+      wgmma_ss<BM, Cfg::kBf16>(dpt, smem_desc(vA + (kk / 4) * BN * 128 + off, 0),
+                               smem_desc(tdO + (kk / 4) * BM * 128 + off, 0), kk > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(st);
+    fence_regs(dpt);
+
+    // P^T and dS^T, score by score (a copy without checks for tiles that need none).
+    const float* lse = sLse + stage * BM;
+    const float* delta = sDelta + stage * BM;
+    const bool check = q0 + BM > q_len || k_tail || item.code == kBlockPartial;
+    if (check)
+      scores_backward<true, Layout>(p, var, st, dpt, lse, delta, b, hq, q0, k0 + key_w, check);
+    else
+      scores_backward<false, Layout>(p, var, st, dpt, lse, delta, b, hq, q0, k0 + key_w, false);
+
+    // dS^T to shared memory (swizzled as TMA would: 16-byte chunk c of row r at c ^ (r % 8)).
+#pragma unroll
+    for (int nt = 0; nt < kQ8; ++nt)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = key_w + g + 8 * r, col = nt * 8 + 2 * t;  // col: a query (even)
+        const u32 at = smem_u32(tdS) + row * 128 + ((col / 8 ^ row % 8) << 4) + 2 * (col % 8);
+        sm80::st_shared_u32(at, pack2<Cfg::kBf16>(dpt[nt][2 * r], dpt[nt][2 * r + 1]));
+      }
+    u32 pa[BM / 16][4], dsa[BM / 16][4];
+    rows::p_to_a<Cfg::kBf16>(pa, st);
+    rows::p_to_a<Cfg::kBf16>(dsa, dpt);
+
+    // dV += P^T dO and dK += dS^T Q (queries are K; dO and Q read N-major).
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BM / 16; ++kk)
+      wgmma_rs<Cfg::kDv, Cfg::kBf16>(dv, pa[kk], smem_desc(tdO + kk * 16 * 128, BM * 128), 1);
+#pragma unroll
+    for (int kk = 0; kk < BM / 16; ++kk)
+      wgmma_rs<Cfg::kDqk, Cfg::kBf16>(dk, dsa[kk], smem_desc(tQ + kk * 16 * 128, BM * 128), 1);
+    wgmma_commit();
+
+    // dQ = dS K: the stored dS^T is visible to wgmma after the fence and the barrier. The
+    // barrier also says this warpgroup's dQ tile is free: its last bulk reduction has read it.
+    fence_view_async_shared();
+    const bool dq_issuer = threadIdx.x % 128 == 0;
+    if (dq_issuer) bulk_wait_read();
+    float dq[Cfg::kDqN / 8][4];
+    int key_lo, n0;  // the keys and the first column this warpgroup's dQ covers
+    if constexpr (Cfg::kDqByColumns) {
+      named_bar_sync<1>(128 * Cfg::kMma);
+      key_lo = 0;
+      n0 = cw * Cfg::kDqN;
+    } else {
+      if (cw == 0) named_bar_sync<1>(128);
+      else named_bar_sync<2>(128);
+      key_lo = 64 * cw;
+      n0 = 0;
+    }
+    constexpr int kKeySteps = (Cfg::kDqByColumns ? BN : 64) / 16;
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kKeySteps; ++kk) {
+      const int key = key_lo + 16 * kk;
+      wgmma_ss_mn<Cfg::kDqN, Cfg::kBf16>(
+          dq, smem_desc(tdS + key * 128, BM * 128),
+          smem_desc(sK + (n0 / 64) * BN * 128 + key * 128, BN * 128), kk > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(dq);
+    mbar_arrive(empty + stage);  // Q, dO and the row statistics of this stage are free
+
+    // The tile to shared memory (column c of row r at c ^ 8 (r % 8): no bank conflicts), then
+    // added into dq_accum (unscaled; whole tiles, padding rows included) by one thread.
+    float* tile_dq = sDq + cw * 64 * 64;
+#pragma unroll
+    for (int nt = 0; nt < Cfg::kDqN / 8; ++nt)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = 16 * warp + g + 8 * r;  // row % 8 == g
+        *reinterpret_cast<float2*>(tile_dq + row * 64 + 8 * (nt ^ g) + 2 * t) =
+            make_float2(dq[nt][2 * r], dq[nt][2 * r + 1]);
+      }
+    fence_view_async_shared();
+    if (cw == 0) named_bar_sync<3>(128);
+    else named_bar_sync<4>(128);
+    if (dq_issuer) {
+      const long long head = (static_cast<long long>(b) * p.q_heads + hq) * p.n_q_blocks * BM;
+      bulk_reduce_add_f32(p.dq_accum + (head + q0) * Cfg::kDqk + (n0 / 64) * 64 * 64, tile_dq,
+                          Cfg::kDqTileBytes);
+      bulk_commit();
+    }
+  }
+  if (threadIdx.x % 128 == 0) bulk_wait();  // the tile stays in shared memory until read
+  fence_regs(dk);
+  fence_regs(dv);
+
+  // dK (times the softmax scale) and dV of this thread's keys.
+  u16* gdk = Layout::row(static_cast<u16*>(p.dk), p.dk_stride, b, h_kv, 0);
+  u16* gdv = Layout::row(static_cast<u16*>(p.dv), p.dv_stride, b, h_kv, 0);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int key = k0 + key_w + g + 8 * r;
+    if (key >= kv_len) continue;
+#pragma unroll
+    for (int i = 0; i < Cfg::kDqk / 8; ++i)
+      *reinterpret_cast<u32*>(gdk + key * p.dk_stride[2] + 8 * i + 2 * t) =
+          pack2<Cfg::kBf16>(dk[i][2 * r] * p.scale, dk[i][2 * r + 1] * p.scale);
+#pragma unroll
+    for (int i = 0; i < Cfg::kDv / 8; ++i)
+      *reinterpret_cast<u32*>(gdv + key * p.dv_stride[2] + 8 * i + 2 * t) =
+          pack2<Cfg::kBf16>(dv[i][2 * r], dv[i][2 * r + 1]);
+  }
+}
+
+}  // namespace ae::sm90
