@@ -118,7 +118,9 @@ def test_kernel_source_shows_the_plan():
     causal = VARIANTS["causal"]()
     info = causal.variant.kernel_source("bwd", 128, 128)
     steps = [line.split()[0] for line in info["plan"].splitlines() if not line.startswith("workspace")]
-    assert steps == ["block_state", "bwd_prep", "bwd", "bwd_dq"], info["plan"]
+    assert steps == ["block_state", "bwd_prep", "bwd90", "bwd_dq"], info["plan"]  # H100: sm90
+    sm80 = causal.variant.kernel_source("bwd", 128, 128, family="sm80")
+    assert sm80["family"] == "sm80" and sm80["describe"].startswith("bwd sm_90a")
     # A100: the sm80 forward, smaller tiles at D256
     a100 = causal.variant.kernel_source("fwd", 256, 256, device="a100")
     assert a100["family"] == "sm80" and "64x32 w4" in a100["describe"]
