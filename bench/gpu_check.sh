@@ -4,7 +4,7 @@
 # a short table. Logs go to $OUT (or build/gpu_check when run elsewhere).
 #
 #   bash bench/gpu_check.sh            # everything
-#   bash bench/gpu_check.sh build test # some steps: build, test, jit, smoke, fwd, bwd, sweep, bench
+#   bash bench/gpu_check.sh build test # some steps: build, test, jit, smoke, fwd, bwd, e2e, sweep, bench
 #   TESTS="tests/python/test_gpu_kernels.py -x" bash bench/gpu_check.sh build test  # some tests
 # A step that runs past STEP_TIMEOUT seconds (default 1200) is stopped and counts as failed.
 set -uo pipefail
@@ -38,6 +38,7 @@ for s in $STEPS; do
     smoke) step smoke smoke.log $PY bench/kernel_smoke.py ;;
     fwd)   step fwd fwd_compare.log $PY bench/fwd_compare.py ;;
     bwd)   step bwd bwd_compare.log $PY bench/bwd_compare.py ${BWD_ARGS:-} ;;
+    e2e)   step e2e e2e_train.log $PY bench/e2e_train.py ${E2E_ARGS:-} ;;
     sweep) step sweep sweep.log $PY bench/tile_sweep.py ${SWEEP:-} ;;  # SWEEP="fwd90:128,2,1,1 ..."
     bench) [ -f bench/attention_bench.py ] && step bench bench.log $PY bench/attention_bench.py --out "$OUT/bench.md" ;;
     *) echo "unknown step $s"; exit 2 ;;
@@ -49,5 +50,6 @@ echo; echo "== jit"; tail -n 20 "$OUT/jit_gpu_check.log" 2>/dev/null
 [ -f "$OUT/smoke.log" ] && { echo "== smoke"; tail -n 20 "$OUT/smoke.log"; }
 [ -f "$OUT/fwd_compare.log" ] && { echo "== fwd"; cat "$OUT/fwd_compare.log"; }
 [ -f "$OUT/bwd_compare.log" ] && { echo "== bwd"; tail -n 14 "$OUT/bwd_compare.log"; }
+[ -f "$OUT/e2e_train.log" ] && { echo "== e2e"; tail -n 6 "$OUT/e2e_train.log"; }
 [ -f "$OUT/bench.md" ] && { echo "== bench"; cat "$OUT/bench.md"; }
 echo; echo "== summary"; printf '%s\n' "${SUMMARY[@]}"

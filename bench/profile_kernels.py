@@ -1,7 +1,8 @@
 """Runs attention kernels once each (B=16384/S, H=16, S=16k or argv[2], D=128, bf16) for
 Nsight Compute:
-the sm90 forward (plain, softcap), the sm80 backward (plain), and SDPA flash's backward
-(FlashAttention-2) as the yardstick. On the GPU machine (Firecracker: counters readable):
+the sm90 forward (plain, softcap), the backward (plain; on Hopper the sm90 one, with
+AE_DISABLE_SM90_BWD=1 the sm80 one), and SDPA flash's backward (FlashAttention-2) as the
+yardstick. On the GPU machine (Firecracker: counters readable):
 
     python bench/profile_kernels.py fwd90        # first: compiles into the disk cache
     ncu --clock-control none -k regex:ae_fwd --section SpeedOfLight \

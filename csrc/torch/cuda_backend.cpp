@@ -85,6 +85,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_bac
     return reference_backward(dout_in, dlse, q_in, k_in, v_in, out, lse, buffers, key, scale,
                               buffer_grads);
   }
+  // dQ (and captured tensors' gradients) are sums of fp32 additions in no fixed order: under
+  // torch.use_deterministic_algorithms this raises (warns with warn_only), as torch's own
+  // atomic-based ops do, until the deterministic mode exists.
+  at::globalContext().alertNotDeterministic(
+      "attention_engine's fused backward (dQ is summed with fp32 atomics in no fixed order)");
   const at::Tensor q = kernel_ready(q_in), k = kernel_ready(k_in), v = kernel_ready(v_in);
   at::Tensor dq = at::empty({s.batch, s.q_heads, s.q_len, s.head_dim_qk}, q.options());
   at::Tensor dk = at::empty({s.batch, s.kv_heads, s.kv_len, s.head_dim_qk}, k.options());

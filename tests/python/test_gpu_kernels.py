@@ -597,6 +597,26 @@ def test_fully_masked_rows(variant, dtype, dims):
     assert (kern.grads["dv"][dead_keys] == 0).all(), "dv of keys no query keeps must be 0"
 
 
+def test_deterministic_algorithms_are_refused_by_the_fused_backward():
+    """The fused backward's dQ is a sum of fp32 atomics in no fixed order: under
+    torch.use_deterministic_algorithms it raises (warns with warn_only), as torch's own
+    atomic-based ops do; the forward runs."""
+    attn = ae.compile(mask_mod=mods.causal)
+    q, k, v = (torch.randn(1, 2, 128, 64, device=DEV, dtype=BF16, requires_grad=True)
+               for _ in range(3))
+    try:
+        torch.use_deterministic_algorithms(True)
+        out = attn(q, k, v)
+        with pytest.raises(RuntimeError, match="attention_engine"):
+            out.sum().backward()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with pytest.warns(UserWarning, match="attention_engine"):
+            attn(q, k, v).sum().backward()
+        assert q.grad is not None and torch.isfinite(q.grad).all()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 def test_strided_inputs():
     """q, k, v as [B, S, H, D] tensors transposed to [B, H, S, D]."""
     s = Shape(Hq=8, Hkv=2)
