@@ -204,11 +204,12 @@ Candidates sm90_forward(const TableQuery& q, const TuningOverrides& o) {
 
 // The sm90 backward has one shape (sm90/shapes.h): 64-query blocks, 128 keys per CTA. Its dK,
 // dV and dQ accumulators and the register A operands fit 240 registers up to head dim 128;
-// larger head dims run the sm80 backward.
+// larger head dims run the sm80 backward. The template compiles for Dqk != Dv (64/128) too,
+// but only equal head dims have been run on a GPU: the others take the sm80 backward.
 Candidates sm90_backward(const TableQuery& q) {
   Candidates c;
-  if ((q.d_qk != 64 && q.d_qk != 128) || (q.d_v != 64 && q.d_v != 128)) {
-    c.refusal = fmt::format("head dims ({}, {}) have no sm90 backward: Dqk and Dv 64 or 128",
+  if ((q.d_qk != 64 && q.d_qk != 128) || q.d_v != q.d_qk) {
+    c.refusal = fmt::format("head dims ({}, {}) have no sm90 backward: Dqk = Dv = 64 or 128",
                             q.d_qk, q.d_v);
     return c;
   }

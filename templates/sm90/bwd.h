@@ -59,7 +59,11 @@ struct BwdConfig {
   static_assert(kDqk % 64 == 0 && kDv % 64 == 0 && kDqk <= 128 && kDv <= 128,
                 "head dims 64 or 128");
   static_assert(kBlockM == 64 && kBlockN == 64 * kMma && kThreads == 128 * (kMma + 1), "shapes");
-  static_assert(kProducerRegs * 128 + kMmaRegs * 128 * kMma <= 65536, "registers");
+  // setmaxnreg moves registers within what the CTA was launched with (65536 / kThreads per
+  // thread, rounded down to a multiple of 8); an increase that the decrease does not free
+  // waits forever.
+  static constexpr int kLaunchRegs = (65536 / kThreads) & ~7;
+  static_assert((kMmaRegs - kLaunchRegs) * kMma <= kLaunchRegs - kProducerRegs, "registers");
   static_assert(kMma == 2, "named barriers 1-4 are laid out for two MMA warpgroups");
 };
 
@@ -127,6 +131,9 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
       for (int c = 0; c < Cfg::kDv / 64; ++c)
         tma_load_4d(sV + c * BN * 128, tv, kv_full, c * 64, kr.row, kr.head, kr.batch);
     }
+    // The producer and every MMA warp walk the same blocks in the same order (the table does
+    // not change during the kernel): a walk that could differ between them would deadlock, and
+    // would have to be published through the ring instead.
     ColumnWalk walk(p, b, h_kv, n_block, Variant::kHasMask);
     int it = 0;
     for (QBlock item = walk.pop(p, b, h_kv, n_block); item.hq_off < p.group;
@@ -260,6 +267,8 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
       n0 = 0;
     }
     constexpr int kKeySteps = (Cfg::kDqByColumns ? BN : 64) / 16;
+    // M (64 queries) and N (kDqN == 64 columns) are one 64-element block each: the LBOs below
+    // (the distance to a next block) are never used; a wider dS^T or dQ tile must set them.
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kKeySteps; ++kk) {

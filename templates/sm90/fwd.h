@@ -54,7 +54,12 @@ struct FwdConfig {
   static_assert(kBlockN == 64 || kBlockN == 128, "wgmma N of S");
   static_assert(kDv == 64 || kDv == 128 || kDv == 256, "wgmma N of O");
   static_assert(kConsumers == 2, "the ping-pong pairs two consumer warpgroups");
-  static_assert(kProducerRegs * 128 + kConsumerRegs * 128 * kConsumers <= 65536, "registers");
+  // setmaxnreg moves registers within what the CTA was launched with (65536 / kThreads per
+  // thread, rounded down to a multiple of 8); an increase that the decreases do not free
+  // waits forever.
+  static constexpr int kLaunchRegs = (65536 / kThreads) & ~7;
+  static_assert((kConsumerRegs - kLaunchRegs) * kConsumers <= kLaunchRegs - kProducerRegs,
+                "registers");
 };
 
 template <class Cfg, class Variant>

@@ -305,6 +305,9 @@ TEST(Planner, HopperBackwardFamilies) {
   PlanRequest r = request(OpKind::Backward, devices::h200(), plain());
   r.overrides.disable_sm90_bwd = true;
   EXPECT_EQ(make_plan(r).family, "sm80");
+  r = request(OpKind::Backward, devices::h200(), plain());
+  r.problem.d_v = 64;  // Dqk != Dv: not run on a GPU in the sm90 backward yet
+  EXPECT_EQ(make_plan(r).family, "sm80");
 }
 
 TEST(Planner, EmptyProblemsHaveNoSteps) {
