@@ -15,26 +15,15 @@ def placeholders(n: int) -> str:
     return ", ".join(f"%{i}" for i in range(n // 2))
 
 
-def ss(n: int, flag: str, t: str) -> str:
+def ss(n: int, flag: str, t: str, transposed: bool = False) -> str:
+    """wgmma_ss (both operands K-major), or wgmma_ss_mn (transposed: A M-major, B N-major)."""
     k = n // 2
+    name, tnsp = ("wgmma_ss_mn", "1, 1") if transposed else ("wgmma_ss", "0, 0")
     return f'''template <>
-AE_DEVICE void wgmma_ss<{n}, {flag}>(float (&d)[{n // 8}][4], u64 desc_a, u64 desc_b, int accumulate) {{
+AE_DEVICE void {name}<{n}, {flag}>(float (&d)[{n // 8}][4], u64 desc_a, u64 desc_b, int accumulate) {{
   asm volatile(
       "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{k + 2}, 0;\\n"
-      "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{t}.{t} {{{placeholders(n)}}}, %{k}, %{k + 1}, p, 1, 1, 0, 0;\\n}}\\n"
-      : {acc_operands(n)}
-      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
-}}
-'''
-
-
-def ss_mn(n: int, flag: str, t: str) -> str:
-    k = n // 2
-    return f'''template <>
-AE_DEVICE void wgmma_ss_mn<{n}, {flag}>(float (&d)[{n // 8}][4], u64 desc_a, u64 desc_b, int accumulate) {{
-  asm volatile(
-      "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{k + 2}, 0;\\n"
-      "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{t}.{t} {{{placeholders(n)}}}, %{k}, %{k + 1}, p, 1, 1, 1, 1;\\n}}\\n"
+      "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{t}.{t} {{{placeholders(n)}}}, %{k}, %{k + 1}, p, 1, 1, {tnsp};\\n}}\\n"
       : {acc_operands(n)}
       : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }}
@@ -81,7 +70,7 @@ AE_DEVICE void wgmma_ss_mn(float (&d)[N / 8][4], u64 desc_a, u64 desc_b, int acc
             out.append(ss(n, flag, t))
             out.append(rs(n, flag, t))
             if n <= 128:
-                out.append(ss_mn(n, flag, t))
+                out.append(ss(n, flag, t, transposed=True))
     out.append("}  // namespace ae::sm90\n")
     print("\n".join(out), end="")
 

@@ -28,6 +28,7 @@
 #include "common/tile_scheduler.h"
 #include "nvidia/mma.h"
 #include "nvidia/mma_rows.h"
+#include "sm90/gemm.h"
 #include "sm90/hopper_ops.h"
 #include "sm90/shapes.h"
 #include "sm90/wgmma.h"
@@ -199,19 +200,9 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
     // S^T = K Q^T and dP^T = V dO^T for this warpgroup's 64 keys x the block's 64 queries.
     float st[kQ8][4], dpt[kQ8][4];
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < Cfg::kDqk / 16; ++kk) {
-      const int off = (kk % 4) * 32;  // 16 elements along K inside the 128-byte row
-      wgmma_ss<BM, Cfg::kBf16>(st, smem_desc(kA + (kk / 4) * BN * 128 + off, 0),
-                               smem_desc(tQ + (kk / 4) * BM * 128 + off, 0), kk > 0);
-    }
+    gemm_ss_kmajor<BM, Cfg::kDqk, Cfg::kBf16>(st, kA, BN * 128, tQ, BM * 128);
     wgmma_commit();
-#pragma unroll
-    for (int kk = 0; kk < Cfg::kDv / 16; ++kk) {
-      const int off = (kk % 4) * 32;
-      wgmma_ss<BM, Cfg::kBf16>(dpt, smem_desc(vA + (kk / 4) * BN * 128 + off, 0),
-                               smem_desc(tdO + (kk / 4) * BM * 128 + off, 0), kk > 0);
-    }
+    gemm_ss_kmajor<BM, Cfg::kDv, Cfg::kBf16>(dpt, vA, BN * 128, tdO, BM * 128);
     wgmma_commit();
     wgmma_wait<0>();
     fence_regs(st);

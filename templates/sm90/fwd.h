@@ -22,6 +22,7 @@
 #include "common/params.h"
 #include "common/tile_scheduler.h"
 #include "nvidia/mma_rows.h"
+#include "sm90/gemm.h"
 #include "sm90/hopper_ops.h"
 #include "sm90/shapes.h"
 #include "sm90/wgmma.h"
@@ -165,12 +166,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
     const char* tK = sK + stage * Cfg::kKBytes;
     mbar_wait(k_full + stage, (it_ / S) & 1);
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < Cfg::kDqk / 16; ++kk) {
-      const int off = (kk % 4) * 32;  // 16 elements along K inside the 128-byte row
-      wgmma_ss<BN, Cfg::kBf16>(s, smem_desc(qa + (kk / 4) * BM * 128 + off, 0),
-                               smem_desc(tK + (kk / 4) * BN * 128 + off, 0), kk > 0);
-    }
+    gemm_ss_kmajor<BN, Cfg::kDqk, Cfg::kBf16>(s, qa, BM * 128, tK, BN * 128);
     wgmma_commit();
   };
   // score_mod, mask and the normalization's step on S of block j; alpha: O's rescale factors.

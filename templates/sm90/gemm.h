@@ -1,0 +1,24 @@
+// Whole-tile wgmma loops over the tiles as TMA writes them (128-byte swizzle, 16-bit elements:
+// [K / 64 column blocks][rows][64]).
+#pragma once
+
+#include "sm90/hopper_ops.h"
+#include "sm90/wgmma.h"
+
+namespace ae::sm90 {
+
+// acc = A B^T over K = kK, A (64 rows) and B (N rows) both K-major: a and b point at the first
+// row each reads in column block 0, a_block and b_block are the bytes between column blocks.
+// Issues the wgmmas only (the caller fences, commits and waits).
+template <int N, int kK, bool kBf16>
+AE_DEVICE void gemm_ss_kmajor(float (&acc)[N / 8][4], const char* a, int a_block, const char* b,
+                              int b_block) {
+#pragma unroll
+  for (int kk = 0; kk < kK / 16; ++kk) {
+    const int off = (kk % 4) * 32;  // 16 elements along K inside the 128-byte row
+    wgmma_ss<N, kBf16>(acc, smem_desc(a + (kk / 4) * a_block + off, 0),
+                       smem_desc(b + (kk / 4) * b_block + off, 0), kk > 0);
+  }
+}
+
+}  // namespace ae::sm90
