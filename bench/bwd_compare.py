@@ -1,5 +1,6 @@
 """The backward on Hopper: attention_engine's sm90 backward next to its sm80 one
-(AE_DISABLE_SM90_BWD=1) and SDPA (cuDNN, flash) in the same run. bf16, 16k tokens (B = 16384 /
+(AE_DISABLE_SM90_BWD=1), its deterministic mode (torch.use_deterministic_algorithms: "det",
+fwd+bwd TFLOPS and the ratio to the default), and SDPA (cuDNN, flash) in the same run. bf16, 16k tokens (B = 16384 /
 S), hidden 2048 (H = 2048 / D); TFLOPS of fwd+bwd = 3.5 x 4 B H S^2 D x the kept fraction, and of
 the backward alone (2.5 x). Before timing, the two backwards' gradients are compared (max
 |difference| over max |value|, per tensor).
@@ -90,11 +91,17 @@ for name, D, S, make, frac, causal in case_list():
     g80 = fwd_bwd()
     t80 = bench(fwd_bwd)
     os.environ["AE_DISABLE_SM90_BWD"] = "0"
+    torch.use_deterministic_algorithms(True)
+    try:
+        tdet = bench(fwd_bwd)
+    finally:
+        torch.use_deterministic_algorithms(False)
     with torch.no_grad():
         tf = bench(lambda: attn(q, k, v))
     line = (f"{name:15s} D{D} S{S // 1024}k  sm90 bwd {3.5 * flops / t90 / 1e9:4.0f} "
             f"(bwd {2.5 * flops / (t90 - tf) / 1e9:4.0f})  sm80 bwd {3.5 * flops / t80 / 1e9:4.0f} "
-            f"(bwd {2.5 * flops / (t80 - tf) / 1e9:4.0f})  diff {rel_diff(g90, g80)}")
+            f"(bwd {2.5 * flops / (t80 - tf) / 1e9:4.0f})  det {3.5 * flops / tdet / 1e9:4.0f} "
+            f"({t90 / tdet:.2f}x)  diff {rel_diff(g90, g80)}")
     if causal is not None:
         for label, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
             with sdpa_kernel(backend):

@@ -95,7 +95,10 @@ def attention_fn(method: str, variant: str, heads: int, seq: int, device):
     if method == "flex":
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
         block_mask = create_block_mask(mods.causal, None, None, seq, seq, device=str(device))
-        flex = torch.compile(flex_attention) if device.type == "cuda" else flex_attention
+        # Static shapes, as bench/attention_bench.py (with the default, dynamic=None, softcap's
+        # backward failed under torch 2.11: "all unwrapped values must be FakeTensor").
+        flex = (torch.compile(flex_attention, dynamic=False) if device.type == "cuda"
+                else flex_attention)
         return lambda q, k, v: flex(q, k, v, score_mod=score_mod, block_mask=block_mask)
     raise ValueError(method)
 

@@ -5,7 +5,7 @@
 #
 #   bash bench/gpu_check.sh            # everything
 #   bash bench/gpu_check.sh build test # some steps: build, test, jit, smoke, fwd, bwd, e2e, sweep, bench
-#   TESTS="tests/python/test_gpu_kernels.py -x" bash bench/gpu_check.sh build test  # some tests
+#   TESTS="tests/python/test_gpu_kernels.py -x -k 'causal or plain'" bash bench/gpu_check.sh build test
 # A step that runs past STEP_TIMEOUT seconds (default 1200) is stopped and counts as failed.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -33,7 +33,7 @@ cat "$OUT/gpu.txt"
 for s in $STEPS; do
   case "$s" in
     build) step build build.log $PY -m pip install --no-build-isolation --no-deps -v -e . || break ;;
-    test)  step test pytest.log $PY -m pytest -q -rs ${TESTS:-tests/python} ;;
+    test)  step test pytest.log bash -c "$PY -m pytest -q -rs ${TESTS:-tests/python}" ;;  # TESTS may quote
     jit)   step jit jit_gpu_check.log $PY bench/jit_gpu_check.py ;;
     smoke) step smoke smoke.log $PY bench/kernel_smoke.py ;;
     fwd)   step fwd fwd_compare.log $PY bench/fwd_compare.py ;;

@@ -46,11 +46,12 @@ Template template_of(const KernelSpec& s) {
     case Kind::Backward:
       if (s.family == Family::Sm90)
         return {"sm90/bwd.h",
-                fmt::format("ae::sm90::BwdConfig<{}, {}, {}, {}>", s.d_qk, s.d_v, elem, layout),
+                fmt::format("ae::sm90::BwdConfig<{}, {}, {}, {}, {}>", s.d_qk, s.d_v, elem, layout,
+                            s.deterministic),
                 "ae::sm90::attention_bwd<Cfg>(p, Variant{va}, &tq, &tk, &tv, &tdo)", true};
       return {"sm80/bwd.h",
-              fmt::format("ae::sm80::BwdConfig<{}, {}, {}, {}, {}, {}>", s.d_qk, s.d_v, s.block_n,
-                          s.stages, elem, layout),
+              fmt::format("ae::sm80::BwdConfig<{}, {}, {}, {}, {}, {}, {}>", s.d_qk, s.d_v,
+                          s.block_n, s.stages, elem, layout, s.deterministic),
               "ae::sm80::attention_bwd<Cfg>(p, Variant{va})", true};
     case Kind::BlockState:
       return {"common/block_state.h", "", "ae::block_state(p, Variant{va}, bs)", false};

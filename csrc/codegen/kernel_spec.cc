@@ -38,7 +38,7 @@ std::string KernelSpec::describe() const {
   std::string grads;  // the captured tensors the backward adds gradients into
   for (size_t i = 0; i < buffer_grads.size(); ++i)
     if (buffer_grads[i]) grads += fmt::format("{}{}", grads.empty() ? " dbuf" : ",", i);
-  return fmt::format("{}{} {} {} d{}/{} {}x{} w{}{}{}{}{}{}", kind_name(kind),
+  return fmt::format("{}{} {} {} d{}/{} {}x{} w{}{}{}{}{}{}{}", kind_name(kind),
                      family == Family::Sm90 ? "90" : "", arch, dtype, d_qk, d_v, block_m, block_n,
                      warps, m_tiles > 1 ? fmt::format(" mt{}", m_tiles) : "",
                      kind == Kind::Backward || family == Family::Sm90 ? fmt::format(" s{}", stages)
@@ -46,7 +46,8 @@ std::string KernelSpec::describe() const {
                      family == Family::Sm90 && kind == Kind::Forward
                          ? fmt::format("{}{}", overlap ? " ov" : "", overlap && pingpong ? " pp" : "")
                          : "",
-                     reg_level >= 0 ? fmt::format(" r{}", reg_level) : "", grads);
+                     reg_level >= 0 ? fmt::format(" r{}", reg_level) : "", grads,
+                     deterministic ? " det" : "");
 }
 
 std::vector<std::string> KernelSpec::compile_options() const {

@@ -46,6 +46,8 @@ struct KernelSpec {
   std::vector<std::string> buffer_dtypes;
   // Backward: which captured tensors get gradients (atomics only for those; empty: none).
   std::vector<bool> buffer_grads;
+  // Backward: dQ's additions in a fixed order, the same bits run to run (common/dq_order.h).
+  bool deterministic = false;
 
   int threads() const { return 32 * warps; }
   // Whether the kernel is generated from a variant (the row passes are the same for all).

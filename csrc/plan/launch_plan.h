@@ -19,8 +19,9 @@ enum class WorkspaceId {
   DqAccum,      // fp32 [B, Hq, n_q_blocks * block_m, Dqk]: the backward's dQ, unscaled
   Delta,        // fp32 [B, Hq, Sq]: rowsum(dO * O) - dlse
   Lse2,         // fp32 [B, Hq, Sq]: the LSE in the log2 domain
+  DqOrder,      // int32 [B, Hq, n_q_blocks]: the deterministic backward's dQ tile counters
 };
-constexpr int kWorkspaceCount = 4;
+constexpr int kWorkspaceCount = 5;
 const char* workspace_name(WorkspaceId id);
 
 struct Workspace {

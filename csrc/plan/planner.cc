@@ -99,8 +99,10 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
     std::string w;
     if (pick(c, r.device, spec, &w)) {
       for (const CapturedTensor& t : pb.captured) spec->buffer_dtypes.push_back(t.dtype);
-      if (kind == Kind::Backward)  // gradient atomics only for the tensors that want them
+      if (kind == Kind::Backward) {  // gradient atomics only for the tensors that want them
         for (const CapturedTensor& t : pb.captured) spec->buffer_grads.push_back(t.wants_grad);
+        spec->deterministic = pb.deterministic;
+      }
       return true;
     }
     reasons += (reasons.empty() ? "" : "; ") + w;
@@ -208,6 +210,7 @@ const char* workspace_name(WorkspaceId id) {
     case WorkspaceId::DqAccum: return "dq_accum";
     case WorkspaceId::Delta: return "delta";
     case WorkspaceId::Lse2: return "lse2";
+    case WorkspaceId::DqOrder: return "dq_order";
   }
   return "?";
 }
@@ -258,9 +261,10 @@ LaunchPlan make_plan(const PlanRequest& r) {
     return plan;
   }
 
-  // Backward: the prep row pass (delta and the log2 LSE under softmax, dq_accum zeroed), the
-  // main kernel (dK, dV; dQ added into dq_accum in fp32, rows padded to whole query blocks so
-  // that it adds without row tests), the dQ row pass (scale and cast).
+  // Backward: the prep row pass (delta and the log2 LSE under softmax, dq_accum zeroed, and
+  // the deterministic mode's dQ tile counters), the main kernel (dK, dV; dQ added into dq_accum
+  // in fp32, rows padded to whole query blocks so that it adds without row tests), the dQ row
+  // pass (scale and cast).
   const bool stats = r.variant.normalize == ir::Normalize::Softmax;
   plan.workspaces.push_back(
       {WorkspaceId::DqAccum, {pb.batch, pb.q_heads, static_cast<int64_t>(a.n_q_blocks) * spec.block_m, pb.d_qk},
@@ -269,6 +273,11 @@ LaunchPlan make_plan(const PlanRequest& r) {
     plan.workspaces.push_back({WorkspaceId::Delta, {pb.batch, pb.q_heads, pb.q_len}, ElemType::Float32, ""});
     plan.workspaces.push_back({WorkspaceId::Lse2, {pb.batch, pb.q_heads, pb.q_len}, ElemType::Float32, ""});
   }
+  if (pb.deterministic && spec.block_m != 64)  // the prep pass zeroes ceil(q_len / 64) per head
+    return refuse(fmt::format("the deterministic backward needs 64-query blocks ({})", spec.describe()));
+  if (pb.deterministic)
+    plan.workspaces.push_back(
+        {WorkspaceId::DqOrder, {pb.batch, pb.q_heads, static_cast<int64_t>(a.n_q_blocks)}, ElemType::Int32, ""});
   BwdRowParams& rp = plan.rows;
   rp.batch = a.batch;
   rp.heads = a.q_heads;

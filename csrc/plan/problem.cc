@@ -8,6 +8,7 @@ const char* elem_name(ElemType t) {
     case ElemType::Float16: return "float16";
     case ElemType::Float32: return "float32";
     case ElemType::Float64: return "float64";
+    case ElemType::Int32: return "int32";
     case ElemType::Other: return "other";
   }
   return "?";

@@ -11,7 +11,7 @@
 namespace ae::plan {
 
 enum class OpKind { Forward, Backward };  // decode, varlen, ...: the inference issue
-enum class ElemType { BFloat16, Float16, Float32, Float64, Other };
+enum class ElemType { BFloat16, Float16, Float32, Float64, Int32, Other };
 // How K and V (and Q) are laid out: dense [B, H, S, D] tensors; packed varlen sequences and
 // paged KV caches come with the inference issue.
 enum class KvLayout { Dense };
@@ -35,6 +35,8 @@ struct Problem {
   KvLayout kv_layout = KvLayout::Dense;
   BlockSparsity sparsity = BlockSparsity::None;
   std::vector<CapturedTensor> captured;
+  // Backward: the same gradients bit for bit run to run (dQ's additions in a fixed order).
+  bool deterministic = false;
   int64_t group() const { return kv_heads > 0 ? q_heads / kv_heads : 0; }
 };
 

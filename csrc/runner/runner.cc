@@ -33,6 +33,7 @@ AttnParams attn_params(const plan::LaunchPlan& plan, const Bindings& b) {
     p.delta = ws_f32(b, WorkspaceId::Delta);
     p.lse2 = ws_f32(b, WorkspaceId::Lse2);
     p.dq_accum = ws_f32(b, WorkspaceId::DqAccum);
+    p.dq_order = static_cast<int*>(ws(b, WorkspaceId::DqOrder).data);  // null unless deterministic
     p.dk = b.dk.data;
     p.dv = b.dv.data;
     strides3(p.dk_stride, b.dk);
@@ -75,6 +76,7 @@ BwdRowParams row_params(const plan::LaunchPlan& plan, const Bindings& b) {
     r.lse2 = ws_f32(b, WorkspaceId::Lse2);
   }
   r.dq_accum = ws_f32(b, WorkspaceId::DqAccum);
+  r.dq_order = static_cast<int*>(ws(b, WorkspaceId::DqOrder).data);
   r.dq = b.dq.data;
   strides3(r.dq_stride, b.dq);
   return r;

@@ -24,7 +24,7 @@ struct VariantHandle {
 pybind11::dict kernel_source(const ir::Variant& v, const std::string& step, int d_qk, int d_v,
                              bool bf16, const std::vector<std::string>& buffer_dtypes,
                              const std::string& device, const std::string& family,
-                             const std::vector<bool>& buffer_grads) {
+                             const std::vector<bool>& buffer_grads, bool deterministic) {
   namespace pyb = pybind11;
   plan::PlanRequest r;
   r.variant = plan::VariantTraits::of(v);
@@ -39,6 +39,7 @@ pybind11::dict kernel_source(const ir::Variant& v, const std::string& step, int 
   pb.dtype = bf16 ? plan::ElemType::BFloat16 : plan::ElemType::Float16;
   pb.batch = 1, pb.q_heads = pb.kv_heads = 2, pb.q_len = pb.kv_len = 4096;
   pb.d_qk = d_qk, pb.d_v = d_v, pb.scale = 1.0;
+  pb.deterministic = backward && deterministic;
   for (size_t i = 0; i < buffer_dtypes.size(); ++i)
     pb.captured.push_back({buffer_dtypes[i], 1, backward && i < buffer_grads.size() && buffer_grads[i]});
   pb = plan::with_sparsity(pb, r.variant);
@@ -93,18 +94,20 @@ void bind_ir(pybind11::module_& m) {
       .def("kernel_source",
            [](const VariantHandle& h, const std::string& step, int d_qk, int d_v, bool bf16,
               const std::vector<std::string>& buffer_dtypes, const std::string& device,
-              const std::string& family, const std::vector<bool>& buffer_grads) {
+              const std::string& family, const std::vector<bool>& buffer_grads,
+              bool deterministic) {
              return kernel_source(*h.variant, step, d_qk, d_v, bf16, buffer_dtypes, device,
-                                  family, buffer_grads);
+                                  family, buffer_grads, deterministic);
            },
            pyb::arg("step"), pyb::arg("d_qk"), pyb::arg("d_v"), pyb::arg("bf16") = true,
            pyb::arg("buffer_dtypes") = std::vector<std::string>{}, pyb::arg("device") = "h100",
            pyb::arg("family") = "", pyb::arg("buffer_grads") = std::vector<bool>{},
+           pyb::arg("deterministic") = false,
            "The generated source of one step of the plan the planner makes for this variant on a "
            "device class (h100, h200, a100, ada, mi250) at 4k tokens: step fwd, bwd, "
            "block_state, bwd_prep or bwd_dq; family sm80 or sm90 to ask for one (default: the "
            "planner's choice); buffer_grads: for the backward, which captured tensors get "
-           "gradients. Also the step's entry, compile options, threads, shared memory and the "
+           "gradients; deterministic: the deterministic backward's. Also the step's entry, compile options, threads, shared memory and the "
            "whole plan's text.");
 
   m.def("backend_for", &torch_ops::backend_for, pyb::arg("q"), pyb::arg("k"), pyb::arg("v"),

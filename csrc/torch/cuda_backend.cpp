@@ -25,10 +25,11 @@ namespace {
 
 plan::LaunchPlan plan_call(plan::OpKind kind, const ir::Variant& v, const at::Tensor& q,
                            const Shapes& s, const std::vector<at::Tensor>& buffers, double scale,
-                           const std::vector<bool>& wants_grad = {}) {
+                           const std::vector<bool>& wants_grad = {}, bool deterministic = false) {
   plan::PlanRequest r;
   r.variant = plan::VariantTraits::of(v);
   r.problem = plan::with_sparsity(problem_of(kind, q, s, buffers, scale, wants_grad), r.variant);
+  r.problem.deterministic = deterministic;
   r.device = runner::cuda_device_caps(q.device().index());
   r.overrides = plan::TuningOverrides::from_environment();
   return plan::make_plan(r);
@@ -46,7 +47,8 @@ void warn_fallback(const std::string& reason) {
 std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q_in, const at::Tensor& k_in,
                                                 const at::Tensor& v_in,
                                                 const std::vector<at::Tensor>& buffers,
-                                                const std::string& key, double scale) {
+                                                const std::string& key, double scale,
+                                                bool /*deterministic: the backward's*/) {
   auto variant = get_variant(key);
   const Shapes s = check_inputs(q_in, k_in, v_in, buffers, *variant);
   c10::DeviceGuard guard(q_in.device());
@@ -72,24 +74,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_bac
     const at::Tensor& dout_in, const std::optional<at::Tensor>& dlse, const at::Tensor& q_in,
     const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& out, const at::Tensor& lse,
     const std::vector<at::Tensor>& buffers, const std::string& key, double scale,
-    const c10::List<bool>& buffer_grads) {
+    const c10::List<bool>& buffer_grads, bool deterministic_asked) {
   auto variant = get_variant(key);
   const Shapes s = check_inputs(q_in, k_in, v_in, buffers, *variant);
   c10::DeviceGuard guard(q_in.device());
   std::vector<bool> wants_grad(buffers.size(), false);
-  for (size_t i = 0; i < buffers.size() && i < buffer_grads.size(); ++i) wants_grad[i] = buffer_grads.get(i);
+  bool buffer_grad = false;
+  for (size_t i = 0; i < buffers.size() && i < buffer_grads.size(); ++i)
+    buffer_grad |= wants_grad[i] = buffer_grads.get(i);
+  // Deterministic when compiled so or under torch.use_deterministic_algorithms: dQ's additions
+  // go in a fixed order (common/dq_order.h); dK and dV are sums in registers anyway.
+  const bool deterministic = deterministic_asked || at::globalContext().deterministicAlgorithms();
   const plan::LaunchPlan plan =
-      plan_call(plan::OpKind::Backward, *variant, q_in, s, buffers, scale, wants_grad);
+      plan_call(plan::OpKind::Backward, *variant, q_in, s, buffers, scale, wants_grad, deterministic);
   if (!plan.ok) {
     warn_fallback(plan.reason);
     return reference_backward(dout_in, dlse, q_in, k_in, v_in, out, lse, buffers, key, scale,
                               buffer_grads);
   }
-  // dQ (and captured tensors' gradients) are sums of fp32 additions in no fixed order: under
-  // torch.use_deterministic_algorithms this raises (warns with warn_only), as torch's own
-  // atomic-based ops do, until the deterministic mode exists.
-  at::globalContext().alertNotDeterministic(
-      "attention_engine's fused backward (dQ is summed with fp32 atomics in no fixed order)");
+  // Captured tensors' gradients are still fp32 atomics in no fixed order.
+  if (buffer_grad && deterministic) {
+    constexpr const char* what =
+        "attention_engine's fused backward of a variant whose captured tensors want gradients "
+        "(they are summed with fp32 atomics in no fixed order; dq, dk and dv are deterministic)";
+    TORCH_CHECK(!deterministic_asked, what, ": compiled with deterministic=True. Detach the "
+                "captured tensors (or drop deterministic=True) to run it.");
+    at::globalContext().alertNotDeterministic(what);  // raises, or warns with warn_only
+  }
   const at::Tensor q = kernel_ready(q_in), k = kernel_ready(k_in), v = kernel_ready(v_in);
   at::Tensor dq = at::empty({s.batch, s.q_heads, s.q_len, s.head_dim_qk}, q.options());
   at::Tensor dk = at::empty({s.batch, s.kv_heads, s.kv_len, s.head_dim_qk}, k.options());

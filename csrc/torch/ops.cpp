@@ -22,7 +22,8 @@ at::ScalarType lse_dtype(const at::Tensor& q) {
 std::tuple<at::Tensor, at::Tensor> forward_meta(const at::Tensor& q, const at::Tensor& k,
                                                 const at::Tensor& v,
                                                 const std::vector<at::Tensor>& buffers,
-                                                const std::string& variant, double scale) {
+                                                const std::string& variant, double scale,
+                                                bool /*deterministic*/) {
   check_inputs(q, k, v, buffers, *get_variant(variant));
   at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
   at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(lse_dtype(q)));
@@ -33,7 +34,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> backward
     const at::Tensor& dout, const std::optional<at::Tensor>& dlse, const at::Tensor& q,
     const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
     const std::vector<at::Tensor>& buffers, const std::string& variant, double scale,
-    const c10::List<bool>& buffer_grads) {
+    const c10::List<bool>& buffer_grads, bool /*deterministic*/) {
   // at::empty, not empty_like: empty_like keeps a permuted input's layout.
   std::vector<at::Tensor> dbuf;
   for (size_t i = 0; i < buffers.size(); ++i)
@@ -48,7 +49,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> backward
 std::tuple<at::Tensor, at::Tensor> reference_forward_op(const at::Tensor& q, const at::Tensor& k,
                                                         const at::Tensor& v,
                                                         const std::vector<at::Tensor>& buffers,
-                                                        const std::string& variant, double scale) {
+                                                        const std::string& variant, double scale,
+                                                        bool /*deterministic*/) {
   auto [out, lse] = reference_forward(q, k, v, buffers, variant, scale);
   return {out.contiguous(), lse.contiguous()};
 }
@@ -57,7 +59,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> referenc
     const at::Tensor& dout, const std::optional<at::Tensor>& dlse, const at::Tensor& q,
     const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
     const std::vector<at::Tensor>& buffers, const std::string& variant, double scale,
-    const c10::List<bool>& buffer_grads) {
+    const c10::List<bool>& buffer_grads, bool /*deterministic*/) {
   auto [dq, dk, dv, dbuf] = reference_backward(dout, dlse, q, k, v, out, lse, buffers, variant,
                                                scale, buffer_grads);
   for (at::Tensor& t : dbuf) t = t.contiguous();
@@ -69,14 +71,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> referenc
 
 // attention / attention_backward: the engine's op (fused kernels where a backend has one).
 // attention_reference / attention_reference_backward: always the reference executor, for
-// tests and as the oracle on any device.
+// tests and as the oracle on any device. deterministic: the backward's gradients the same bit
+// for bit run to run (the forward takes it for autograd to hand to its backward; the
+// reference executor is deterministic anyway).
 #define AE_FWD_SCHEMA \
-  "(Tensor q, Tensor k, Tensor v, Tensor[] buffers, str variant, float scale)" \
-  " -> (Tensor out, Tensor lse)"
+  "(Tensor q, Tensor k, Tensor v, Tensor[] buffers, str variant, float scale, "  \
+  "bool deterministic=False) -> (Tensor out, Tensor lse)"
 #define AE_BWD_SCHEMA                                                                      \
   "(Tensor dout, Tensor? dlse, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "    \
-  "Tensor[] buffers, str variant, float scale, bool[] buffer_grads)"                      \
-  " -> (Tensor dq, Tensor dk, Tensor dv, Tensor[] dbuffers)"
+  "Tensor[] buffers, str variant, float scale, bool[] buffer_grads, "                     \
+  "bool deterministic=False) -> (Tensor dq, Tensor dk, Tensor dv, Tensor[] dbuffers)"
 
 TORCH_LIBRARY(attention_engine, m) {
   m.def("attention" AE_FWD_SCHEMA);

@@ -41,7 +41,9 @@ std::vector<at::Tensor> bind_workspaces(const plan::LaunchPlan& plan, const at::
   std::vector<at::Tensor> out;
   for (const plan::Workspace& w : plan.workspaces) {
     const int slot = static_cast<int>(w.id);
-    const at::ScalarType dtype = w.dtype == plan::ElemType::Float32 ? at::kFloat : at::kByte;
+    const at::ScalarType dtype = w.dtype == plan::ElemType::Float32 ? at::kFloat
+                                 : w.dtype == plan::ElemType::Int32 ? at::kInt
+                                                                    : at::kByte;
     std::string key;
     if (!w.cache_key.empty())
       key = fmt::format("{}|{}{}", w.cache_key, like.device().index(),

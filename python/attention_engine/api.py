@@ -77,7 +77,7 @@ def _unknown_keywords(where: str, unknown: dict, accepted: str):
 
 
 def run_op(op, q, k, v, buffers, key: str, normalize: str, scale: Optional[float],
-           return_lse: bool):
+           return_lse: bool, deterministic: bool = False):
     """One call of the native op: checks what Python can check, then (out, lse) or out."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, torch.Tensor):
@@ -87,7 +87,7 @@ def run_op(op, q, k, v, buffers, key: str, normalize: str, scale: Optional[float
         raise ValueError("attention_engine: return_lse=True needs normalize='softmax' "
                          f"(this variant uses normalize={normalize!r})")
     s = _default_scale(q) if scale is None else scale
-    out, lse = op(q, k, v, list(buffers), key, float(s))
+    out, lse = op(q, k, v, list(buffers), key, float(s), deterministic)
     return (out, lse) if return_lse else out
 
 
@@ -116,12 +116,14 @@ class CompiledAttention:
         (torch.Size([1, 2, 8, 16]), torch.Size([1, 2, 8]))
     """
 
-    def __init__(self, ref: VariantRef, buffers, normalize: str, scale: Optional[float]):
+    def __init__(self, ref: VariantRef, buffers, normalize: str, scale: Optional[float],
+                 deterministic: bool = False):
         self._ref = ref
         self._key = ref.key  # a plain str, so torch.compile traces calls without a break
         self.buffers = buffers
         self.normalize = normalize
         self.scale = scale
+        self.deterministic = deterministic
 
     @property
     def variant(self):
@@ -147,10 +149,12 @@ class CompiledAttention:
 
     def __repr__(self) -> str:
         return (f"CompiledAttention(key={self.key}, normalize={self.normalize!r}, "
-                f"buffers={len(self.buffers)}, scale={self.scale})")
+                f"buffers={len(self.buffers)}, scale={self.scale}"
+                f"{', deterministic=True' if self.deterministic else ''})")
 
     def __reduce__(self):
-        return (_rebuild, (self._ref, list(self.buffers), self.normalize, self.scale))
+        return (_rebuild, (self._ref, list(self.buffers), self.normalize, self.scale,
+                           self.deterministic))
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                  return_lse: bool = False, **unknown):
@@ -161,7 +165,7 @@ class CompiledAttention:
         if unknown:
             _unknown_keywords("CompiledAttention.__call__", unknown, "(q, k, v, *, return_lse=False)")
         return run_op(attention_op, q, k, v, self.buffers, self._key, self.normalize,
-                      self.scale, return_lse)
+                      self.scale, return_lse, self.deterministic)
 
     def reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                   return_lse: bool = False):
@@ -177,8 +181,9 @@ class CompiledAttention:
         return _C.backend_for(q, k, v, list(self.buffers), self._key, backward)
 
 
-def _rebuild(ref: VariantRef, buffers, normalize: str, scale: Optional[float]):
-    return CompiledAttention(ref, list(buffers), normalize, scale)
+def _rebuild(ref: VariantRef, buffers, normalize: str, scale: Optional[float],
+             deterministic: bool = False):
+    return CompiledAttention(ref, list(buffers), normalize, scale, deterministic)
 
 
 def _check_arity(fn: Optional[Callable], role: str) -> None:
@@ -247,7 +252,8 @@ def _numpy_arrays_in(fn, seen=None) -> list:
 
 
 def compile(score_mod: Optional[Callable] = None, mask_mod: Optional[Callable] = None,
-            normalize: str = "softmax", scale: Optional[float] = None) -> CompiledAttention:
+            normalize: str = "softmax", scale: Optional[float] = None,
+            deterministic: bool = False) -> CompiledAttention:
     """Compiles an attention variant written with FlexAttention's conventions.
 
     Traces the mods, builds the op graph in C++ (folded, CSE'd, differentiated) and returns a
@@ -262,6 +268,10 @@ def compile(score_mod: Optional[Callable] = None, mask_mod: Optional[Callable] =
         normalize: "softmax" (online softmax) or "none" (O = sum_j score_mod(s_ij) v_j, for
             sigmoid or ReLU attention).
         scale: the factor on q·k; None: 1 / sqrt(head_dim of q).
+        deterministic: the backward gives the same gradients bit for bit run to run (the
+            fused kernels add dQ's parts in a fixed order, at a cost the README states).
+            ``torch.use_deterministic_algorithms(True)`` turns it on for every variant. The
+            gradients of captured tensors are not covered: their backward raises.
 
     Returns:
         CompiledAttention: ``attn(q, k, v, *, return_lse=False)`` with q [B, Hq, Sq, Dqk],
@@ -298,13 +308,16 @@ def compile(score_mod: Optional[Callable] = None, mask_mod: Optional[Callable] =
                              ": capture torch tensors instead (torch.as_tensor(array)), which "
                              "the kernels read at call time") from None
         raise
-    key = (trace_json, tuple(id(t) for t in tensors), scale)
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"attention_engine: deterministic must be True or False, got "
+                        f"{deterministic!r}")
+    key = (trace_json, tuple(id(t) for t in tensors), scale, deterministic)
     with _COMPILE_LOCK:
         hit = _COMPILED.get(key)
         if hit is not None and all(a is b for a, b in zip(hit.buffers, tensors)):
             return hit
         compiled = CompiledAttention(VariantRef(trace_json, _variant_of(trace_json)), tensors,
-                                     normalize, scale)
+                                     normalize, scale, deterministic)
         _COMPILED[key] = compiled
         return compiled
 

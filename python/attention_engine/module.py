@@ -14,7 +14,7 @@ from .ops import attention_op, reference_op
 
 class Attention(torch.nn.Module):
     """A compiled attention variant as an ``nn.Module``: ``Attention(score_mod, mask_mod,
-    normalize, scale)(q, k, v)``.
+    normalize, scale, deterministic)(q, k, v)``.
 
     The mods are traced here, at construction, so forward is one op call that torch.compile
     traces without a graph break. The tensors the mods capture become the module's own:
@@ -28,7 +28,8 @@ class Attention(torch.nn.Module):
     registered: it is read as it is, and its gradient flows back to what it came from.
 
     Args:
-        score_mod, mask_mod, normalize, scale: as for ``attention_engine.compile``.
+        score_mod, mask_mod, normalize, scale, deterministic: as for
+            ``attention_engine.compile``.
 
     Call: ``forward(q, k, v, return_lse=False)``: q [B, Hq, Sq, Dqk], k [B, Hkv, Skv, Dqk],
     v [B, Hkv, Skv, Dv] -> out [B, Hq, Sq, Dv] (and lse [B, Hq, Sq]).
@@ -50,13 +51,15 @@ class Attention(torch.nn.Module):
     """
 
     def __init__(self, score_mod: Optional[Callable] = None, mask_mod: Optional[Callable] = None,
-                 normalize: str = "softmax", scale: Optional[float] = None):
+                 normalize: str = "softmax", scale: Optional[float] = None,
+                 deterministic: bool = False):
         super().__init__()
-        compiled = compile(score_mod, mask_mod, normalize, scale)
+        compiled = compile(score_mod, mask_mod, normalize, scale, deterministic)
         self._ref = compiled._ref
         self._key = compiled.key
         self.normalize = normalize
         self.scale = scale
+        self.deterministic = deterministic
         self._mod_names = (_name(score_mod), _name(mask_mod))
         traced_names = [b["name"] for b in json.loads(self._ref.trace_json)["buffers"]]
         # Per captured tensor: the attribute name it is registered under, or, for a tensor
@@ -100,7 +103,7 @@ class Attention(torch.nn.Module):
         out [B, Hq, Sq, Dv] in q's dtype; with return_lse, (out, lse [B, Hq, Sq]: float32,
         float64 for float64 inputs). Reads the tensors registered now (``captured``)."""
         return run_op(attention_op, q, k, v, self.captured, self._key, self.normalize,
-                      self.scale, return_lse)
+                      self.scale, return_lse, getattr(self, "deterministic", False))
 
     def reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                   return_lse: bool = False):
@@ -122,7 +125,8 @@ class Attention(torch.nn.Module):
     def extra_repr(self) -> str:
         score_mod, mask_mod = self._mod_names
         return (f"score_mod={score_mod}, mask_mod={mask_mod}, normalize={self.normalize!r}, "
-                f"scale={self.scale}")
+                f"scale={self.scale}"
+                f"{', deterministic=True' if getattr(self, 'deterministic', False) else ''}")
 
 
 def _name(fn) -> Optional[str]:

@@ -10,11 +10,12 @@ reference_op = torch.ops.attention_engine.attention_reference
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, buffers, variant, scale = inputs
+    q, k, v, buffers, variant, scale, *rest = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, *buffers)
     ctx.variant = variant
     ctx.scale = scale
+    ctx.deterministic = bool(rest[0]) if rest else False
 
 
 def _make_backward(backward_op):
@@ -26,10 +27,12 @@ def _make_backward(backward_op):
         if dout is None:
             dout = torch.zeros_like(out)
         dq, dk, dv, dbuffers = backward_op(dout, dlse, q, k, v, out, lse, buffers, ctx.variant,
-                                           ctx.scale, buffer_grads)
+                                           ctx.scale, buffer_grads, ctx.deterministic)
         grads = [g if want else None for g, want in zip(dbuffers, buffer_grads)]
+        # None for variant, scale and, where the call passed it (the dispatcher leaves out a
+        # trailing argument at its default), deterministic: as many as the call's inputs.
         return (dq if needs[0] else None, dk if needs[1] else None, dv if needs[2] else None,
-                grads, None, None)
+                grads) + (None,) * (len(needs) - 4)
     return backward
 
 

@@ -2,7 +2,8 @@
 // query row (16-byte accesses), the same for every variant (compiled once per dtype).
 //   bwd_prep: delta = rowsum(dO * O) - dlse and the LSE in the log2 domain (+inf on rows
 //             with nothing kept, so that each of their P is exactly 0), for softmax; and the
-//             row's dQ accumulator zeroed. In torch ops this was ~10 kernels moving ~6x the
+//             row's dQ accumulator zeroed (and the deterministic backward's dQ tile
+//             counters, common/dq_order.h). In torch ops this was ~10 kernels moving ~6x the
 //             bytes (fp32 copies of dO and O): ~5% of fwd+bwd at 4k tokens.
 //   bwd_dq:   dQ = scale * dq_accum in the input dtype (the main kernel adds dS K unscaled).
 #pragma once
@@ -81,6 +82,8 @@ AE_DEVICE void bwd_prep(const BwdRowParams& p) {
     }
   }
   if (!live) return;
+  if (p.dq_order && r % 64 == 0 && sub == 0)
+    p.dq_order[(static_cast<long long>(b) * p.heads + h) * ((p.q_len + 63) / 64) + r / 64] = 0;
   for (int c = sub; c < p.d_qk / 4; c += p.lanes)
     *reinterpret_cast<float4*>(rowpass::acc_at(p, b, h, r, 4 * c)) = make_float4(0.f, 0.f, 0.f, 0.f);
 }

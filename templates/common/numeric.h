@@ -74,6 +74,7 @@ AE_DEVICE LaneMask ballot(bool pred) { return __ballot_sync(0xffffffffu, pred); 
 AE_DEVICE bool any_lane(bool pred) { return __any_sync(0xffffffffu, pred); }
 // The lowest set bit's index plus one (0 for none).
 AE_DEVICE int first_lane(LaneMask m) { return __ffs(m); }
+AE_DEVICE int popcount(LaneMask m) { return __popc(m); }
 #else
 constexpr int kWarpSize = 64;
 typedef u64 LaneMask;
@@ -81,6 +82,7 @@ AE_DEVICE float shfl_xor(float v, int mask) { return __shfl_xor(v, mask); }
 AE_DEVICE LaneMask ballot(bool pred) { return __ballot(pred); }
 AE_DEVICE bool any_lane(bool pred) { return __any(pred); }
 AE_DEVICE int first_lane(LaneMask m) { return __ffsll(static_cast<unsigned long long>(m)); }
+AE_DEVICE int popcount(LaneMask m) { return __popcll(static_cast<unsigned long long>(m)); }
 #endif
 
 }  // namespace ae

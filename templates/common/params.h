@@ -36,6 +36,8 @@ struct AttnParams {
   float* dq_accum;     // [batch, q_heads, n_q_blocks * block_m, head_dim_qk] fp32: dS K,
                        // unscaled; rows past q_len (padding) absorb additions, never read.
                        // Row-major, or tiled (BwdRowParams::acc_tiled)
+  int* dq_order;       // deterministic backward: a counter per dQ tile [batch, q_heads,
+                       // n_q_blocks] (common/dq_order.h); null otherwise
   void* dk;
   void* dv;
   long long q_stride[3], k_stride[3], v_stride[3], o_stride[3];
@@ -64,6 +66,7 @@ struct BwdRowParams {
   float* delta;
   float* lse2;
   float* dq_accum;
+  int* dq_order;  // deterministic backward: zeroed here, [batch, heads, ceil(q_len / 64)]
   void* dq;
   long long do_stride[3], o_stride[3], dq_stride[3];
   int batch, heads, q_len, acc_rows, d_qk, d_v;

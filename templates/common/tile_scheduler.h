@@ -37,4 +37,13 @@ struct GridOrder {
   }
 };
 
+// The same with the blocks from the last: the deterministic backward's launch order
+// (common/dq_order.h).
+struct ReversedBlocks {
+  AE_DEVICE static WorkTile tile(const AttnParams&) {
+    return {static_cast<int>(gridDim.x - 1 - blockIdx.x), static_cast<int>(blockIdx.y),
+            static_cast<int>(blockIdx.z)};
+  }
+};
+
 }  // namespace ae

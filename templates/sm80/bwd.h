@@ -8,7 +8,9 @@
 //   2. dV += P^T dO and dK += dS^T Q: each warp keeps the same 32 keys and owns a slice of
 //      the head dim, so dK and dV stay in registers for the whole CTA.
 //   3. dQ += dS K: warps tile 32 queries x a head-dim slice; fp32 reductions into dq_accum
-//      (unscaled: the dq row pass, common/bwd_rows.h, applies the softmax scale).
+//      (unscaled: the dq row pass, common/bwd_rows.h, applies the softmax scale); in the
+//      deterministic mode (Cfg::kDeterministic) the CTAs take turns per dQ tile
+//      (common/dq_order.h).
 // Every MMA takes its operands from 32-row (two m16) tiles, so one ldmatrix feeds two or
 // more MMAs (that cut shared-memory reads to FlashAttention-2's count). What bounds it now is
 // latency: 2 warps per scheduler at ~7.4 cycles per issue (Nsight, bench/RESULTS.md).
@@ -21,6 +23,7 @@
 
 #include "common/block_walk.h"
 #include "common/bwd_scores.h"
+#include "common/dq_order.h"
 #include "common/kv_layout.h"
 #include "common/normalizers.h"
 #include "common/params.h"
@@ -35,12 +38,13 @@
 namespace ae::sm80 {
 
 // 8 warps: 16 (128 registers each) measured slower (bench/RESULTS.md).
-template <int D_QK_, int D_V_, int BLOCK_N_, int STAGES_, bool BF16_, class LAYOUT_>
+template <int D_QK_, int D_V_, int BLOCK_N_, int STAGES_, bool BF16_, class LAYOUT_,
+          bool DETERMINISTIC_ = false>
 struct BwdConfig {
   using Layout = LAYOUT_;
   static constexpr int kDqk = D_QK_, kDv = D_V_, kBlockN = BLOCK_N_, kWarps = kBwdWarps;
   static constexpr int kStages = STAGES_;
-  static constexpr bool kBf16 = BF16_;
+  static constexpr bool kBf16 = BF16_, kDeterministic = DETERMINISTIC_;
   static constexpr int kBlockM = kBwdBlockM, kThreads = 32 * kWarps;
   static constexpr int kWarpsQ = kWarps / 2;  // dQ: 2 warps on queries x kWarpsQ on dims
   static constexpr int kWarpsN = kBlockN / 32;      // warps along keys (32 keys each)
@@ -170,7 +174,7 @@ struct BwdKernel {
 
   AE_DEVICE void run(char* smem_raw) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const WorkTile tile = GridOrder::tile(p);
+    const WorkTile tile = Cfg::kDeterministic ? ReversedBlocks::tile(p) : GridOrder::tile(p);
     const int n_block = tile.block, h_kv = tile.head, b = tile.batch;
     const int k0 = n_block * Cfg::kBlockN;
     const int kw0 = (warp % Cfg::kWarpsN) * 32;  // this warp's keys (S^T, dK, dV)
@@ -313,6 +317,13 @@ struct BwdKernel {
         // 64-bit base and immediates past it. dq_accum's rows are padded to whole query blocks,
         // so rows past the end need no test (they land in the padding).
         float* dq_base = p.dq_accum + (dq_row0 + q0 + qd0 + g) * Cfg::kDqk + 16 * wq + 2 * t;
+        if constexpr (Cfg::kDeterministic) {  // this CTA's turn at the tile
+          if (warp == 0) {
+            const int turn = dq_rank(p, b, hq, it.mb, n_block, walk.states);
+            if (lane == 0) dq_order_wait(dq_order_at(p, b, hq, it.mb), turn);
+          }
+          __syncthreads();
+        }
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll
@@ -326,6 +337,11 @@ struct BwdKernel {
                        dq[mt][i][2 * r], dq[mt][i][2 * r + 1]);
             }
           }
+        }
+        if constexpr (Cfg::kDeterministic) {  // the next CTA's turn once every addition is done
+          __threadfence();
+          __syncthreads();
+          if (threadIdx.x == 0) dq_order_arrive(dq_order_at(p, b, hq, it.mb));
         }
       }
       if constexpr (Cfg::kStages == 1) {

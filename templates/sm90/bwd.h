@@ -19,11 +19,14 @@
 // dQ is split between the warpgroups by columns (each takes Dqk / kMma columns over all keys,
 // after a barrier that says every dS^T of the block is stored) where that is a whole number of
 // 64-column blocks, else by keys (each its own 64 keys, all columns: no barrier across
-// warpgroups, twice the additions).
+// warpgroups, twice the additions). Deterministic (Cfg::kDeterministic): the CTAs add into each
+// dQ tile in a fixed order (common/dq_order.h), the warpgroups of a CTA splitting by keys in
+// turn.
 #pragma once
 
 #include "common/block_walk.h"
 #include "common/bwd_scores.h"
+#include "common/dq_order.h"
 #include "common/params.h"
 #include "common/tile_scheduler.h"
 #include "nvidia/mma.h"
@@ -35,11 +38,11 @@
 
 namespace ae::sm90 {
 
-template <int D_QK_, int D_V_, bool BF16_, class LAYOUT_>
+template <int D_QK_, int D_V_, bool BF16_, class LAYOUT_, bool DETERMINISTIC_ = false>
 struct BwdConfig {
   using Layout = LAYOUT_;
   static constexpr int kDqk = D_QK_, kDv = D_V_, kMma = kBwdMma, kStages = kBwdStages;
-  static constexpr bool kBf16 = BF16_;
+  static constexpr bool kBf16 = BF16_, kDeterministic = DETERMINISTIC_;
   static constexpr int kBlockM = kBwdBlockM, kBlockN = kBwdBlockN, kThreads = 32 * kBwdWarps;
   // Tiles as TMA writes them with 128-byte swizzle: [D / 64 column blocks][rows][64]; dS^T
   // [key][64 queries] with the same swizzle.
@@ -103,7 +106,7 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
   u64* full = kv_full + 1;
   u64* empty = full + S;
 
-  const WorkTile tile = GridOrder::tile(p);
+  const WorkTile tile = Cfg::kDeterministic ? ReversedBlocks::tile(p) : GridOrder::tile(p);
   const int n_block = tile.block, h_kv = tile.head, b = tile.batch;
   const int k0 = n_block * BN;
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
@@ -195,6 +198,13 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
     const char* tQ = sQ + stage * Cfg::kQBytes;
     const char* tdO = sdO + stage * Cfg::kDoBytes;
     char* tdS = sdS + stage * Cfg::kDsBytes;
+    // Deterministic: the warp whose first thread adds this warpgroup's dQ tile finds its turn
+    // (its table reads under the GEMMs), a whole CTA's turn being kMma additions.
+    [[maybe_unused]] int dq_turn = 0;
+    if constexpr (Cfg::kDeterministic)
+      if (warp == 0)
+        dq_turn = Cfg::kMma * dq_rank(p, b, hq, item.mb, n_block, walk.states) +
+                  (Cfg::kDqByColumns ? 0 : cw);
     mbar_wait(full + stage, (it / S) & 1);
 
     // S^T = K Q^T and dP^T = V dO^T for this warpgroup's 64 keys x the block's 64 queries.
@@ -289,9 +299,19 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
     else named_bar_sync<4>(128);
     if (dq_issuer) {
       const long long head = (static_cast<long long>(b) * p.q_heads + hq) * p.n_q_blocks * BM;
+      int* order = Cfg::kDeterministic ? dq_order_at(p, b, hq, item.mb) : nullptr;
+      if constexpr (Cfg::kDeterministic) {
+        dq_order_wait(order, dq_turn);
+        fence_proxy_async_global();  // the earlier additions before this one (async proxy)
+      }
       bulk_reduce_add_f32(p.dq_accum + (head + q0) * Cfg::kDqk + (n0 / 64) * 64 * 64, tile_dq,
                           Cfg::kDqTileBytes);
       bulk_commit();
+      if constexpr (Cfg::kDeterministic) {
+        bulk_wait();  // complete, not only read
+        fence_proxy_async_global();
+        dq_order_arrive(order);
+      }
     }
   }
   if (threadIdx.x % 128 == 0) bulk_wait();  // the tile stays in shared memory until read

@@ -73,6 +73,11 @@ AE_DEVICE void tma_prefetch_desc(const TmaDesc* map) {
 AE_DEVICE void fence_view_async_shared() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
+// Orders this thread's global-memory accesses of the generic proxy (loads, atomics) with
+// those of the async proxy (bulk copies and reductions) on either side of it.
+AE_DEVICE void fence_proxy_async_global() {
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
+}
 
 // ---- wgmma ----
 AE_DEVICE void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }

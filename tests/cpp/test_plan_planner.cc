@@ -310,6 +310,27 @@ TEST(Planner, HopperBackwardFamilies) {
   EXPECT_EQ(make_plan(r).family, "sm80");
 }
 
+TEST(Planner, DeterministicBackwardHasTileCounters) {
+  // Both families: the main kernel's spec says so (its own cache key and instantiation), and
+  // an int32 counter per dQ tile comes with it, zeroed by the prep pass.
+  for (const DeviceCaps& dev : {devices::h200(), devices::a100()}) {
+    PlanRequest r = request(OpKind::Backward, dev, causal());
+    EXPECT_EQ(make_plan(r).workspace(WorkspaceId::DqOrder), nullptr);
+    EXPECT_FALSE(main_step(make_plan(r)).spec.deterministic);
+    r.problem.deterministic = true;
+    const LaunchPlan p = make_plan(r);
+    ASSERT_TRUE(p.ok) << p.reason;
+    const Step& b = main_step(p);
+    EXPECT_TRUE(b.spec.deterministic);
+    EXPECT_NE(b.spec.describe().find(" det"), std::string::npos) << b.spec.describe();
+    const Workspace* w = p.workspace(WorkspaceId::DqOrder);
+    ASSERT_NE(w, nullptr);
+    EXPECT_EQ(w->dtype, ElemType::Int32);
+    EXPECT_EQ(w->shape, (std::vector<int64_t>{2, 16, 64}));  // [B, Hq, 4096 / 64]
+    EXPECT_TRUE(w->cache_key.empty());                      // zeroed every call
+  }
+}
+
 TEST(Planner, EmptyProblemsHaveNoSteps) {
   PlanRequest r = request(OpKind::Forward, devices::h200(), causal());
   r.problem.kv_len = 0;

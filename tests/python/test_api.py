@@ -106,3 +106,26 @@ def test_meta_tensors_give_shapes():
 
 def test_version():
     assert ae.__version__.count(".") == 2
+
+
+def test_deterministic_flag():
+    """compile(deterministic=True): its own object (the flag reaches the backward), shown in
+    repr, kept by pickling and by the module; a non-bool is a TypeError; on the CPU (the
+    reference executor) the backward runs as usual."""
+    import pickle
+    plain = ae.compile(mask_mod=ae.mods.causal)
+    det = ae.compile(mask_mod=ae.mods.causal, deterministic=True)
+    assert det is not plain and det.deterministic and not plain.deterministic
+    assert det is ae.compile(mask_mod=ae.mods.causal, deterministic=True)
+    assert "deterministic=True" in repr(det) and "deterministic" not in repr(plain)
+    assert pickle.loads(pickle.dumps(det)).deterministic
+    with pytest.raises(TypeError, match="deterministic"):
+        ae.compile(deterministic="yes")
+    module = ae.Attention(mask_mod=ae.mods.causal, deterministic=True)
+    assert "deterministic=True" in repr(module)
+    q, k, v = (torch.randn(1, 2, 16, 8, requires_grad=True) for _ in range(3))
+    torch.autograd.grad(det(q, k, v).sum(), (q, k, v))
+    g_det = torch.autograd.grad(module(q, k, v).sum(), (q, k, v))
+    g = torch.autograd.grad(plain(q, k, v).sum(), (q, k, v))
+    for a, b in zip(g_det, g):
+        torch.testing.assert_close(a, b)

@@ -53,23 +53,30 @@ def _instantiations():
             yield name, "block_state", (128, 128)
     yield "plain", "fwd", (128, 128), False  # fp16
     yield "plain", "fwd90", (128, 128), False
+    # The deterministic backward (common/dq_order.h): with and without a block table, both
+    # of the sm90 backward's dQ splits.
+    for name, kind, dims in [("plain", "bwd90", (64, 64)), ("causal", "bwd90", (128, 128)),
+                             ("document", "bwd", (128, 128)), ("plain", "bwd", (64, 64))]:
+        yield name, kind, dims, True, True
 
 
-def _source(attn, kind, d_qk, d_v, bf16=True, grads=()):
+def _source(attn, kind, d_qk, d_v, bf16=True, grads=(), deterministic=False):
     dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers]
     step, family = {"fwd": ("fwd", "sm80"), "fwd90": ("fwd", "sm90"), "bwd": ("bwd", "sm80"),
                     "bwd90": ("bwd", "sm90")}.get(kind, (kind, ""))
     return attn.variant.kernel_source(step, d_qk, d_v, bf16, dtypes, family=family,
-                                      buffer_grads=list(grads))
+                                      buffer_grads=list(grads), deterministic=deterministic)
 
 
 @pytest.mark.parametrize("case", list(_instantiations()), ids=lambda c: "-".join(map(str, c)))
 def test_instantiation_compiles_without_spills(case):
     name, kind, (d_qk, d_v), *rest = case
     bf16 = rest[0] if rest else True
+    deterministic = rest[1] if len(rest) > 1 else False
     attn = VARIANTS[name]()
     grads = [t.requires_grad for t in attn.buffers] if kind.startswith("bwd") else []  # as run
-    info = _source(attn, kind, d_qk, d_v, bf16, grads)
+    info = _source(attn, kind, d_qk, d_v, bf16, grads, deterministic)
+    assert (" det" in info["describe"]) == deterministic
     arches = ["sm_90a"] if kind.endswith("90") else ["sm_80", "sm_90a"]  # wgmma, TMA: sm_90a only
     for arch in arches:
         # The runtime (get_kernel) compiles at the table's options and, on a spill, at the

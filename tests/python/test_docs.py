@@ -38,6 +38,13 @@ def test_readme_transformers_example_runs(tmp_path, monkeypatch):
     assert scope["tokens"].shape == (1, 16)
 
 
+def test_readme_deterministic_example_runs(tmp_path, monkeypatch):
+    import textwrap
+    (block,) = [b for b in python_blocks(README) if "deterministic=True" in b]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(textwrap.dedent(block), "README.md", "exec"), {"__name__": "readme"})
+
+
 @pytest.mark.parametrize("name", DOC_MODULES)
 def test_docstring_examples_run(name):
     if name.endswith("transformers"):

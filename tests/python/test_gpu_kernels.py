@@ -591,24 +591,93 @@ def test_fully_masked_rows(variant, dtype, dims):
     assert (kern.grads["dv"][dead_keys] == 0).all(), "dv of keys no query keeps must be 0"
 
 
-def test_deterministic_algorithms_are_refused_by_the_fused_backward():
-    """The fused backward's dQ is a sum of fp32 atomics in no fixed order: under
-    torch.use_deterministic_algorithms it raises (warns with warn_only), as torch's own
-    atomic-based ops do; the forward runs."""
+# ---------------------------------------------------------------------------------------------
+# The deterministic backward (common/dq_order.h)
+# ---------------------------------------------------------------------------------------------
+
+DETERMINISTIC_CASES = [
+    ("plain", Shape(B=2, Hq=4, Hkv=2, Sq=2048, Skv=2048)),    # no table; GQA 2:1
+    ("causal", Shape(B=2, Hq=4, Hkv=4, Sq=1500, Skv=1100)),   # the table; unequal lengths
+    ("document", Shape(B=1, Hq=8, Hkv=2, Sq=2048, Skv=2048)),  # a sparse table; GQA 4:1
+    ("plain", Shape(Sq=2048, Skv=2048, Dqk=64, Dv=64)),       # sm90: dQ split by keys
+    ("sigmoid", Shape(Sq=1000, Skv=1000, Dqk=64, Dv=64)),     # normalize="none"
+]
+
+
+def _grads(attn, q, k, v, dout):
+    return torch.autograd.grad(attn(q, k, v), (q, k, v), dout)
+
+
+@pytest.mark.parametrize("family", ["sm90", "sm80"])
+@pytest.mark.parametrize("variant,s", DETERMINISTIC_CASES, ids=_id)
+def test_deterministic_backward_repeats_bit_for_bit(variant, s, family, monkeypatch):
+    """compile(deterministic=True): dq, dk, dv identical bit for bit over four backwards of
+    the same inputs, and within the reference's bounds."""
+    if family == "sm80":
+        monkeypatch.setenv("AE_DISABLE_SM90_BWD", "1")
+    m = VARIANTS[variant](s)
+    attn = ae.compile(m.score_mod, m.mask_mod, normalize=m.normalize, scale=m.scale,
+                      deterministic=True)
+    q, k, v = make_qkv(s, BF16)
+    dout, _ = make_cotangents(s, BF16)
+    backend = attn.backend_for(q, k, v, backward=True)
+    if family == "sm90" and backend != "sm90":
+        pytest.skip(f"the sm90 backward needs Hopper ({backend})")
+    assert backend == family
+    first = _grads(attn, q, k, v, dout)
+    for run in range(3):
+        again = _grads(attn, q, k, v, dout)
+        for name, a, b in zip(("dq", "dk", "dv"), first, again):
+            assert torch.equal(a, b), f"{name} differs in run {run + 2}"
+    kern = run_kernel(attn, m, q, k, v, dout, None)
+    for name, g in zip(("dq", "dk", "dv"), first):
+        assert torch.equal(kern.grads[name], g), f"{name}: the LSE-returning call differs"
+    ref = run_reference(attn, m, q, k, v, dout, None, ref_dtype_for(s))
+    pt = run_pt(m, q, k, v, dout, None)
+    check_against_reference(kern, ref, pt, m, BF16, f"deterministic {variant} {s} [{family}]")
+
+
+def test_deterministic_algorithms_turn_on_the_deterministic_backward():
+    """Under torch.use_deterministic_algorithms a variant compiled without deterministic=True
+    runs the deterministic backward (no error, the same bits twice)."""
     attn = ae.compile(mask_mod=mods.causal)
-    q, k, v = (torch.randn(1, 2, 128, 64, device=DEV, dtype=BF16, requires_grad=True)
-               for _ in range(3))
+    s = Shape(Sq=2048, Skv=2048)
+    q, k, v = make_qkv(s, BF16)
+    dout, _ = make_cotangents(s, BF16)
     try:
         torch.use_deterministic_algorithms(True)
-        out = attn(q, k, v)
-        with pytest.raises(RuntimeError, match="attention_engine"):
-            out.sum().backward()
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        with pytest.warns(UserWarning, match="attention_engine"):
-            attn(q, k, v).sum().backward()
-        assert q.grad is not None and torch.isfinite(q.grad).all()
+        first = _grads(attn, q, k, v, dout)
+        again = _grads(attn, q, k, v, dout)
     finally:
         torch.use_deterministic_algorithms(False)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+def test_deterministic_mode_refuses_captured_tensor_gradients():
+    """The gradients of captured tensors are still atomics in no fixed order: with
+    deterministic=True their backward raises and says what to do; under torch's flag it
+    raises (warns with warn_only); with the tensor detached it runs."""
+    s = Shape(Sq=256, Skv=256)
+    q, k, v = make_qkv(s, BF16)
+    table = torch.zeros(s.Hq, 2 * MAX_DISTANCE + 1, device=DEV, requires_grad=True)
+    attn = ae.compile(mods.relative_bias(table, MAX_DISTANCE), deterministic=True)
+    with pytest.raises(RuntimeError, match="deterministic=True"):
+        attn(q, k, v).sum().backward()
+    plain = ae.compile(mods.relative_bias(table, MAX_DISTANCE))
+    try:
+        torch.use_deterministic_algorithms(True)
+        with pytest.raises(RuntimeError, match="captured tensors"):
+            plain(q, k, v).sum().backward()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with pytest.warns(UserWarning, match="captured tensors"):
+            plain(q, k, v).sum().backward()
+        assert table.grad is not None and torch.isfinite(table.grad).all()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    detached = ae.compile(mods.relative_bias(table.detach(), MAX_DISTANCE), deterministic=True)
+    q.grad = None
+    detached(q, k, v).sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
 
 
 def test_strided_inputs():
