@@ -5,7 +5,11 @@ S), hidden 2048 (H = 2048 / D); TFLOPS of fwd+bwd = 3.5 x 4 B H S^2 D x the kept
 the backward alone (2.5 x). Before timing, the two backwards' gradients are compared (max
 |difference| over max |value|, per tensor).
 
-    python bench/bwd_compare.py [--quick]
+    python bench/bwd_compare.py [--quick] [--ab AE_SM90_BWD=0]
+
+--ab NAME=VALUE also times the default backward with that environment variable set (a tuning
+override, csrc/plan/overrides.h), for an A/B in one run: "ab" TFLOPS and its ratio to the
+default's.
 """
 import argparse
 import os
@@ -20,6 +24,7 @@ from attention_engine import mods
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--quick", action="store_true", help="D128 plain and causal at 8k only")
+ap.add_argument("--ab", default="", help="NAME=VALUE: also time with this variable set")
 args = ap.parse_args()
 
 
@@ -96,12 +101,22 @@ for name, D, S, make, frac, causal in case_list():
         tdet = bench(fwd_bwd)
     finally:
         torch.use_deterministic_algorithms(False)
+    ab = ""
+    if args.ab:
+        var, val = args.ab.split("=", 1)
+        os.environ[var] = val
+        try:
+            g_ab = fwd_bwd()
+            tab = bench(fwd_bwd)
+        finally:
+            del os.environ[var]
+        ab = f"  ab {3.5 * flops / tab / 1e9:4.0f} ({t90 / tab:.2f}x, diff {rel_diff(g_ab, g90)})"
     with torch.no_grad():
         tf = bench(lambda: attn(q, k, v))
     line = (f"{name:15s} D{D} S{S // 1024}k  sm90 bwd {3.5 * flops / t90 / 1e9:4.0f} "
             f"(bwd {2.5 * flops / (t90 - tf) / 1e9:4.0f})  sm80 bwd {3.5 * flops / t80 / 1e9:4.0f} "
             f"(bwd {2.5 * flops / (t80 - tf) / 1e9:4.0f})  det {3.5 * flops / tdet / 1e9:4.0f} "
-            f"({t90 / tdet:.2f}x)  diff {rel_diff(g90, g80)}")
+            f"({t90 / tdet:.2f}x)  diff {rel_diff(g90, g80)}{ab}")
     if causal is not None:
         for label, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
             with sdpa_kernel(backend):

@@ -6,7 +6,8 @@
 //   producer (warpgroup 0, registers given away): its first warp loads K and V once (TMA),
 //            then per query block Q and dO (TMA) and the rows' log2 LSE and delta (plain
 //            loads, stored by the warp) into a ring of kStages stages, each completing on its
-//            full barrier;
+//            full barrier; its second warp, the dQ writer, adds each MMA warpgroup's dQ tile
+//            into dq_accum with one bulk reduction (and, deterministic, waits its turn);
 //   MMA      (warpgroups 1.., 64 keys each; a warp has 16 keys):
 //            S^T = K Q^T and dP^T = V dO^T by wgmma from shared memory (keys are the M
 //            dimension, so the accumulators hold P^T and dS^T in the C layout, a key per row);
@@ -14,8 +15,8 @@
 //            P^T and dS^T as register A operands (dK and dV stay in registers across the
 //            loop); dS^T stored to shared memory, and dQ = dS K by wgmma with both operands
 //            transposed (dS M-major, K N-major); each warpgroup's 64 x 64 fp32 dQ tile goes
-//            to shared memory and one thread adds it into dq_accum (tiled, BwdRowParams::
-//            acc_tiled) with one bulk reduction, so the MMA warps issue no global atomics.
+//            to shared memory for the writer (tiled in dq_accum, BwdRowParams::acc_tiled), so
+//            the MMA warps issue no global atomics and never wait for global memory.
 // dQ is split between the warpgroups by columns (each takes Dqk / kMma columns over all keys,
 // after a barrier that says every dS^T of the block is stored) where that is a whole number of
 // 64-column blocks, else by keys (each its own 64 keys, all columns: no barrier across
@@ -53,7 +54,7 @@ struct BwdConfig {
   static constexpr int kSmemBytes = bwd_smem_bytes(kDqk, kDv);  // the planner's
   static_assert(kSmemBytes == 1024 + kKBytes + kVBytes +
                                   kStages * (kQBytes + kDoBytes + kDsBytes + 8 * kBlockM) +
-                                  kMma * kDqTileBytes + 8 * (1 + 2 * kStages),
+                                  kMma * kDqTileBytes + 8 * (2 + 2 * kStages),
                 "sm90/shapes.h");
   // dQ's split: by columns when each warpgroup's share is whole 64-column blocks.
   static constexpr bool kDqByColumns = (kDqk / kMma) % 64 == 0;
@@ -68,7 +69,7 @@ struct BwdConfig {
   // waits forever.
   static constexpr int kLaunchRegs = (65536 / kThreads) & ~7;
   static_assert((kMmaRegs - kLaunchRegs) * kMma <= kLaunchRegs - kProducerRegs, "registers");
-  static_assert(kMma == 2, "named barriers 1-4 are laid out for two MMA warpgroups");
+  static_assert(kMma == 2, "named barriers 1-6 are laid out for two MMA warpgroups");
 };
 
 // P^T and dS^T of one warp's 16 keys (from key0) x kQ8 * 8 queries (from q0), in the C layout.
@@ -85,6 +86,55 @@ AE_DEVICE void scores_backward(const AttnParams& p, const Variant& var, float (&
       score_backward<kCheck, Layout>(p, var, st[nt][e], dpt[nt][e], lse[ql], delta[ql], b, hq,
                                      q0 + ql, key0 + g + 8 * (e >> 1), check);
     }
+}
+
+// Named barriers between each MMA warpgroup and the dQ writer (128 + 32 threads): its tile is
+// free to write (empty), its tile is written (full). 1 and 2 are the MMA warpgroups' own.
+constexpr int kDqEmptyBar = 3, kDqFullBar = 3 + kBwdMma;
+
+// The dQ writer (one warp of the producer warpgroup): per (query head, query block) of the
+// walk, each MMA warpgroup's 64 x 64 fp32 tile into dq_accum (unscaled; whole tiles, padding
+// rows included) with one bulk reduction. Deterministic: first its turn at the tile
+// (common/dq_order.h; MMA warpgroup 0 counts it into *turn, a CTA's turn being kMma
+// additions, its warpgroups' in order when they split dQ by keys), and the addition complete
+// before the next adder's turn. Its registers are the producer's few: the walk, and the rest
+// in lane 0.
+template <class Cfg>
+AE_DEVICE void dq_writer(const AttnParams& p, const float* sDq, const volatile int* turn, int b,
+                         int h_kv, int n_block, bool masked) {
+  const bool lane0 = threadIdx.x % 32 == 0;
+  ColumnWalk walk(p, b, h_kv, n_block, masked);
+  for (ColumnWalk::Item item = walk.pop(p, b, h_kv, n_block); item.hq_off < p.group;
+       item = walk.pop(p, b, h_kv, n_block)) {
+    if (lane0) bulk_wait_read();  // the tiles of the last block are read: free them
+    __syncwarp();
+#pragma unroll
+    for (int cw = 0; cw < Cfg::kMma; ++cw) named_bar_arrive_at(kDqEmptyBar + cw, 128 + 32);
+#pragma unroll
+    for (int cw = 0; cw < Cfg::kMma; ++cw) {
+      named_bar_sync_at(kDqFullBar + cw, 128 + 32);
+      if (!lane0) continue;
+      const int hq = h_kv * p.group + item.hq_off;
+      [[maybe_unused]] int* order = nullptr;
+      if constexpr (Cfg::kDeterministic) {
+        order = dq_order_at(p, b, hq, item.mb);
+        dq_order_wait(order, *turn + (Cfg::kDqByColumns ? 0 : cw));
+        fence_proxy_async_global();  // the earlier additions before this one (async proxy)
+      }
+      const int n0 = Cfg::kDqByColumns ? cw * Cfg::kDqN : 0;
+      bulk_reduce_add_f32(p.dq_accum + ((static_cast<long long>(b) * p.q_heads + hq) *
+                                            p.n_q_blocks + item.mb) * Cfg::kBlockM * Cfg::kDqk +
+                              (n0 / 64) * 64 * 64,
+                          sDq + cw * 64 * 64, Cfg::kDqTileBytes);
+      bulk_commit();
+      if constexpr (Cfg::kDeterministic) {
+        bulk_wait();  // complete, not only read
+        fence_proxy_async_global();
+        dq_order_arrive(order);
+      }
+    }
+  }
+  if (lane0) bulk_wait();  // shared memory stays until the last reductions are done
 }
 
 template <class Cfg, class Variant>
@@ -105,6 +155,7 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
   u64* kv_full = reinterpret_cast<u64*>(sDelta + S * BM);
   u64* full = kv_full + 1;
   u64* empty = full + S;
+  int* sTurn = reinterpret_cast<int*>(empty + S);  // deterministic: the CTA's turn at a dQ tile
 
   const WorkTile tile = Cfg::kDeterministic ? ReversedBlocks::tile(p) : GridOrder::tile(p);
   const int n_block = tile.block, h_kv = tile.head, b = tile.batch;
@@ -124,6 +175,7 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
   using QBlock = ColumnWalk::Item;
   if (wg == 0) {  // producer
     setmaxnreg_dec<Cfg::kProducerRegs>();
+    if (warp == 1) dq_writer<Cfg>(p, sDq, sTurn, b, h_kv, n_block, Variant::kHasMask);
     if (warp != 0) return;
     if (lane == 0) {
       mbar_arrive_expect_tx(kv_full, Cfg::kKBytes + Cfg::kVBytes);
@@ -198,13 +250,11 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
     const char* tQ = sQ + stage * Cfg::kQBytes;
     const char* tdO = sdO + stage * Cfg::kDoBytes;
     char* tdS = sdS + stage * Cfg::kDsBytes;
-    // Deterministic: the warp whose first thread adds this warpgroup's dQ tile finds its turn
-    // (its table reads under the GEMMs), a whole CTA's turn being kMma additions.
-    [[maybe_unused]] int dq_turn = 0;
+    // Deterministic: the CTA's turn at this dQ tile, counted by one warp (its table reads under
+    // the GEMMs), handed to the writer with the tile.
+    [[maybe_unused]] int turn = 0;
     if constexpr (Cfg::kDeterministic)
-      if (warp == 0)
-        dq_turn = Cfg::kMma * dq_rank(p, b, hq, item.mb, n_block, walk.states) +
-                  (Cfg::kDqByColumns ? 0 : cw);
+      if (cw == 0 && warp == 0) turn = Cfg::kMma * dq_rank(p, b, hq, item.mb, n_block, walk.states);
     mbar_wait(full + stage, (it / S) & 1);
 
     // S^T = K Q^T and dP^T = V dO^T for this warpgroup's 64 keys x the block's 64 queries.
@@ -250,11 +300,8 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
       wgmma_rs<Cfg::kDqk, Cfg::kBf16>(dk, dsa[kk], smem_desc(tQ + kk * 16 * 128, BM * 128), 1);
     wgmma_commit();
 
-    // dQ = dS K: the stored dS^T is visible to wgmma after the fence and the barrier. The
-    // barrier also says this warpgroup's dQ tile is free: its last bulk reduction has read it.
+    // dQ = dS K: the stored dS^T is visible to wgmma after the fence and the barrier.
     fence_view_async_shared();
-    const bool dq_issuer = threadIdx.x % 128 == 0;
-    if (dq_issuer) bulk_wait_read();
     float dq[Cfg::kDqN / 8][4];
     int key_lo, n0;  // the keys and the first column this warpgroup's dQ covers
     if constexpr (Cfg::kDqByColumns) {
@@ -283,9 +330,12 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
     fence_regs(dq);
     mbar_arrive(empty + stage);  // Q, dO and the row statistics of this stage are free
 
-    // The tile to shared memory (column c of row r at c ^ 8 (r % 8): no bank conflicts), then
-    // added into dq_accum (unscaled; whole tiles, padding rows included) by one thread.
+    // The tile to shared memory (column c of row r at c ^ 8 (r % 8): no bank conflicts) once
+    // the writer has read the last one, then handed to it.
     float* tile_dq = sDq + cw * 64 * 64;
+    named_bar_sync_at(kDqEmptyBar + cw, 128 + 32);
+    if constexpr (Cfg::kDeterministic)
+      if (cw == 0 && threadIdx.x % 128 == 0) *sTurn = turn;  // the writer read the last one
 #pragma unroll
     for (int nt = 0; nt < Cfg::kDqN / 8; ++nt)
 #pragma unroll
@@ -295,26 +345,8 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
             make_float2(dq[nt][2 * r], dq[nt][2 * r + 1]);
       }
     fence_view_async_shared();
-    if (cw == 0) named_bar_sync<3>(128);
-    else named_bar_sync<4>(128);
-    if (dq_issuer) {
-      const long long head = (static_cast<long long>(b) * p.q_heads + hq) * p.n_q_blocks * BM;
-      int* order = Cfg::kDeterministic ? dq_order_at(p, b, hq, item.mb) : nullptr;
-      if constexpr (Cfg::kDeterministic) {
-        dq_order_wait(order, dq_turn);
-        fence_proxy_async_global();  // the earlier additions before this one (async proxy)
-      }
-      bulk_reduce_add_f32(p.dq_accum + (head + q0) * Cfg::kDqk + (n0 / 64) * 64 * 64, tile_dq,
-                          Cfg::kDqTileBytes);
-      bulk_commit();
-      if constexpr (Cfg::kDeterministic) {
-        bulk_wait();  // complete, not only read
-        fence_proxy_async_global();
-        dq_order_arrive(order);
-      }
-    }
+    named_bar_arrive_at(kDqFullBar + cw, 128 + 32);
   }
-  if (threadIdx.x % 128 == 0) bulk_wait();  // the tile stays in shared memory until read
   fence_regs(dk);
   fence_regs(dv);
 

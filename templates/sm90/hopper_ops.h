@@ -116,6 +116,13 @@ template <int kId>
 AE_DEVICE void named_bar_arrive(int threads) {
   asm volatile("bar.arrive %0, %1;\n" ::"n"(kId), "r"(threads) : "memory");
 }
+// The same with the barrier's id in a register (one per warpgroup: id + warpgroup).
+AE_DEVICE void named_bar_sync_at(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+AE_DEVICE void named_bar_arrive_at(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
 template <int R>
 AE_DEVICE void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R)); }
 template <int R>
