@@ -94,10 +94,10 @@ constexpr int kDqEmptyBar = 3, kDqFullBar = 3 + kBwdMma;
 
 // The dQ writer (one warp of the producer warpgroup): per (query head, query block) of the
 // walk, each MMA warpgroup's 64 x 64 fp32 tile into dq_accum (unscaled; whole tiles, padding
-// rows included) with one bulk reduction. Deterministic: first its turn at the tile
+// rows included) with one bulk reduction. Deterministic: first the CTA's turn at the tile
 // (common/dq_order.h; MMA warpgroup 0 counts it into *turn, a CTA's turn being kMma
-// additions, its warpgroups' in order when they split dQ by keys), and the addition complete
-// before the next adder's turn. Its registers are the producer's few: the walk, and the rest
+// additions), then its warpgroups' tiles in order, each complete before the next addition
+// and counted. Its registers are the producer's few: the walk, and the rest
 // in lane 0.
 template <class Cfg>
 AE_DEVICE void dq_writer(const AttnParams& p, const float* sDq, const volatile int* turn, int b,
@@ -118,8 +118,10 @@ AE_DEVICE void dq_writer(const AttnParams& p, const float* sDq, const volatile i
       [[maybe_unused]] int* order = nullptr;
       if constexpr (Cfg::kDeterministic) {
         order = dq_order_at(p, b, hq, item.mb);
-        dq_order_wait(order, *turn + (Cfg::kDqByColumns ? 0 : cw));
-        fence_proxy_async_global();  // the earlier additions before this one (async proxy)
+        if (cw == 0) {  // the CTA's turn; its later tiles follow this thread's completed adds
+          dq_order_wait(order, *turn);
+          fence_proxy_async_global();  // the earlier additions before this one (async proxy)
+        }
       }
       const int n0 = Cfg::kDqByColumns ? cw * Cfg::kDqN : 0;
       bulk_reduce_add_f32(p.dq_accum + ((static_cast<long long>(b) * p.q_heads + hq) *
