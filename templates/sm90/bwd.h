@@ -116,6 +116,9 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
     }
     mbar_init_fence();
   }
+  // Captured tensors' gradients (common/variant_support.h): a shared copy, if any, sits past
+  // the kernel's own shared memory; zeroed by every thread before the one CTA-wide barrier.
+  var.grads.start(smem_raw + Cfg::kSmemBytes, var.va, threadIdx.x, Cfg::kThreads);
   __syncthreads();
 
   using QBlock = ColumnWalk::Item;
@@ -314,6 +317,10 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
       *reinterpret_cast<u32*>(gdv + key * p.dv_stride[2] + 8 * i + 2 * t) =
           pack2<Cfg::kBf16>(dv[i][2 * r], dv[i][2 * r + 1]);
   }
+  // The MMA warpgroups' gradient additions to global memory (named barrier 5: the producer
+  // has exited).
+  var.grads.finish(var.va, threadIdx.x - 128, 128 * Cfg::kMma,
+                   [] { named_bar_sync<5>(128 * Cfg::kMma); });
 }
 
 }  // namespace ae::sm90
