@@ -215,7 +215,7 @@ std::string statements(const Graph& g, const std::vector<int>& roots,
 }  // namespace
 
 std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& dtypes,
-                         const std::vector<bool>& buffer_grads) {
+                         const std::vector<bool>& buffer_grads, bool shared_grads) {
   const Graph& f = v.forward;
   const Graph& bw = v.backward;
   if (dtypes.size() != f.buffers.size())
@@ -241,6 +241,33 @@ std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& d
   // The row normalization's policy (templates/common/normalizers.h).
   fmt::format_to(out, "  using Norm = ae::norm::{};\n",
                  f.normalize == ir::Normalize::Softmax ? "Softmax" : "None");
+  // The backward's additions into captured tensors' gradients: dx * d score_mod / d value for
+  // every load of a buffer in buffer_grads. Only those: an atomic is a store the compiler must
+  // order the variant's loads around (ALiBi's slope was reloaded per score), so a kernel for
+  // tensors without gradients has none. Each is a run (GradSink::add_run): summed in a
+  // register while a thread's offset stays the same (a per-head slope over a whole block; a
+  // relative-bias table's clamped distances, which most scores of a long sequence share),
+  // added into the sink's region when it changes.
+  std::vector<const ir::Output*> d_loads;
+  for (const ir::Output& o : bw.outputs)
+    if (o.name == "d_load") {
+      const int buffer = bw.nodes[o.load].index;
+      if (buffer < static_cast<int>(buffer_grads.size()) && buffer_grads[buffer]) d_loads.push_back(&o);
+    }
+  std::vector<int> tensor_rank(f.buffers.size(), -1);
+  std::string runs, tensors;
+  for (const ir::Output* o : d_loads) {
+    const Node& ld = bw.nodes[o->load];
+    tensor_rank[ld.index] = static_cast<int>(ld.args.size());
+    fmt::format_to(std::back_inserter(runs), ", {}", ld.index);
+  }
+  for (size_t b = 0; b < tensor_rank.size(); ++b)
+    if (tensor_rank[b] >= 0)
+      fmt::format_to(std::back_inserter(tensors), "{}ae::GradTensor<{}, {}>",
+                     tensors.empty() ? "" : ", ", b, tensor_rank[b]);
+  const std::string region = shared_grads && !tensors.empty()
+      ? fmt::format("ae::SharedGrads<{}>", tensors) : std::string("ae::GlobalGrads");
+  fmt::format_to(out, "  mutable ae::GradSink<{}{}> grads;\n", region, runs);
   // The score_mod is kOutScale * score(kInScale * s) and grad takes kInScale * s as well:
   // the templates fold both factors into multiplies they do anyway (score_scales.h).
   const ScoreScales sc = find_score_scales(v);
@@ -260,31 +287,22 @@ std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& d
     s += "    return true;\n  }\n\n";
   }
 
-  // Backward: dx * d score_mod / d score, and grad[buffer][index] += dx * d score_mod / d value
-  // for every load of a buffer in buffer_grads. Only those: an atomic is a store the compiler
-  // must order the variant's loads around (ALiBi's slope was reloaded per score), so a
-  // kernel for tensors without gradients has none.
   s += "  AE_DEVICE float grad(float score, int b, int h, int q_idx, int kv_idx, float dx) const {\n";
-  std::vector<const ir::Output*> d_loads;
-  for (const ir::Output& o : bw.outputs)
-    if (o.name == "d_load") {
-      const int buffer = bw.nodes[o.load].index;
-      if (buffer < static_cast<int>(buffer_grads.size()) && buffer_grads[buffer]) d_loads.push_back(&o);
-    }
   std::vector<int> roots = {bw.output("d_score")};
   for (const ir::Output* o : d_loads) {
     roots.push_back(o->node);
     roots.push_back(o->load);  // its index expressions
   }
   s += statements(bw, roots, dtypes, sc.in_bw);
-  for (const ir::Output* o : d_loads) {
+  for (size_t i = 0; i < d_loads.size(); ++i) {
+    const ir::Output* o = d_loads[i];
     const Node& ld = bw.nodes[o->load];
     std::string idx;
-    for (size_t i = 0; i < ld.args.size(); ++i)
-      idx += fmt::format("{}static_cast<long long>({})", i ? ", " : "", name(ld.args[i]));
+    for (size_t a = 0; a < ld.args.size(); ++a)
+      idx += fmt::format("{}static_cast<long long>({})", a ? ", " : "", name(ld.args[a]));
     const std::string off = ld.args.empty() ? "0"
         : fmt::format("ae::grad_offset<{}>(va.buf[{}], {{{}}})", ld.args.size(), ld.index, idx);
-    fmt::format_to(out, "    atomicAdd(va.buf[{}].grad + {}, dx * {});\n", ld.index, off,
+    fmt::format_to(out, "    grads.add_run<{}, {}>(va, {}, dx * {});\n", i, ld.index, off,
                    name(o->node));
   }
   fmt::format_to(out, "    return dx * {};\n  }}\n}};\n", name(bw.output("d_score")));

@@ -1,6 +1,7 @@
 // Graph -> device code: the `Variant` struct a kernel template is instantiated with. Its
 // members are the variant's score_mod (score), mask_mod (mask) and backward hook (grad: the
-// derivative by the score, plus gradient atomics into captured tensors), one C++ statement
+// derivative by the score, plus additions into the gradients of captured tensors through its
+// `grads` sink, templates/common/variant_support.h), one C++ statement
 // per graph node, named after the node (n7 is %7 of the graph text).
 #pragma once
 
@@ -16,7 +17,9 @@ bool has_kernel_load(const std::string& dtype);
 
 // buffer_dtypes: the torch dtype name of each captured tensor at call time ("float32", ...).
 // buffer_grads: which captured tensors the backward adds gradients into (empty: none).
+// shared_grads: the additions go to a copy of those gradients in shared memory (SharedGrads),
+// else to global memory (GlobalGrads).
 std::string emit_variant(const ir::Variant& variant, const std::vector<std::string>& buffer_dtypes,
-                         const std::vector<bool>& buffer_grads = {});
+                         const std::vector<bool>& buffer_grads = {}, bool shared_grads = false);
 
 }  // namespace ae::codegen

@@ -74,7 +74,8 @@ std::string instantiate(const ir::Variant* variant, const KernelSpec& s) {
   fmt::format_to(out, "// attention_engine kernel: {}\n#include \"{}\"\n", s.describe(), t.header);
   if (s.uses_variant()) {
     src += "#include \"common/variant_support.h\"\n\nnamespace {\n\n";
-    src += emit_variant(*variant, s.buffer_dtypes, s.buffer_grads);
+    src += emit_variant(*variant, s.buffer_dtypes, s.buffer_grads,
+                        s.kind == Kind::Backward && s.grad_sink == GradSink::Shared);
     src += "\n}  // namespace\n";
   }
   src += "\n";

@@ -38,6 +38,7 @@ std::string KernelSpec::describe() const {
   std::string grads;  // the captured tensors the backward adds gradients into
   for (size_t i = 0; i < buffer_grads.size(); ++i)
     if (buffer_grads[i]) grads += fmt::format("{}{}", grads.empty() ? " dbuf" : ",", i);
+  if (!grads.empty() && grad_sink == GradSink::Shared) grads += " smem";
   return fmt::format("{}{} {} {} d{}/{} {}x{} w{}{}{}{}{}{}{}", kind_name(kind),
                      family == Family::Sm90 ? "90" : "", arch, dtype, d_qk, d_v, block_m, block_n,
                      warps, m_tiles > 1 ? fmt::format(" mt{}", m_tiles) : "",

@@ -22,6 +22,10 @@ enum class Kind {
 enum class Family { Common, Sm80, Sm90 };
 // How rows are addressed (templates/common/kv_layout.h).
 enum class Layout { Dense };
+// Backward: where additions into captured tensors' gradients go (templates/common/
+// variant_support.h): global atomics, or a per-CTA copy in shared memory past the template's
+// own, added into global memory once at the CTA's end.
+enum class GradSink { Global, Shared };
 
 const char* kind_name(Kind k);      // "fwd", "bwd", "block_state", "bwd_prep", "bwd_dq"
 const char* family_name(Family f);  // "common", "sm80", "sm90"
@@ -48,12 +52,14 @@ struct KernelSpec {
   std::vector<bool> buffer_grads;
   // Backward: dQ's additions in a fixed order, the same bits run to run (common/dq_order.h).
   bool deterministic = false;
+  GradSink grad_sink = GradSink::Global;  // backward with buffer_grads: where they go
 
   int threads() const { return 32 * warps; }
   // Whether the kernel is generated from a variant (the row passes are the same for all).
   bool uses_variant() const { return kind != Kind::BwdPrep && kind != Kind::BwdDq; }
   std::string entry() const;        // the extern "C" kernel name: "ae_" + kind_name
-  // "fwd sm_80 bf16 d128/128 128x64 w4 mt2 r0" ("dbuf0": grads); what the kernel registry keys
+  // "fwd sm_80 bf16 d128/128 128x64 w4 mt2 r0" ("dbuf0": grads, "dbuf0 smem": in shared
+  // memory); what the kernel registry keys
   // a compiled kernel by, with the variant and the buffer dtypes.
   std::string describe() const;
   // Compiler options the instantiation needs besides the engine's own (jit::base_options).

@@ -29,6 +29,8 @@ TuningOverrides TuningOverrides::from_environment() {
   o.disable_sm90 = off && *off && std::string(off) != "0";
   const char* off_bwd = std::getenv("AE_DISABLE_SM90_BWD");
   o.disable_sm90_bwd = off_bwd && *off_bwd && std::string(off_bwd) != "0";
+  if (const char* sink = std::getenv("AE_GRAD_SINK"); sink && std::string(sink) == "global")
+    o.global_grads = true;
   if (const char* g = std::getenv("AE_HEAD_GROUP"); g && *g) {
     const int n = std::atoi(g);
     o.head_group = n < 1 ? 1 : n;

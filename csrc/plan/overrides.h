@@ -6,6 +6,8 @@
 //   AE_DISABLE_SM90=1                                 Hopper runs the sm80 forward
 //   AE_DISABLE_SM90_BWD=1                             Hopper runs the sm80 backward
 //   AE_HEAD_GROUP=N                                   the forward's head group (tile scheduler)
+//   AE_GRAD_SINK=global                               captured tensors' gradients by global
+//                                                     atomics (no shared-memory copy)
 // reg_level: ptxas --register-usage-level, -1 for its default. A field that is absent or out
 // of range leaves the table's value.
 #pragma once
@@ -21,6 +23,7 @@ struct TuningOverrides {
   bool disable_sm90 = false;
   bool disable_sm90_bwd = false;
   int head_group = 0;  // 0: the planner's heuristic
+  bool global_grads = false;
 
   // Read from the environment (every call: benchmarks change them between calls).
   static TuningOverrides from_environment();

@@ -48,14 +48,16 @@ std::string unfit_inputs(const Problem& pb, const DeviceCaps& dev) {
   return {};
 }
 
-// The first candidate whose shared memory fits the device, its arch set; or why none does.
-bool pick(const Candidates& c, const DeviceCaps& dev, KernelSpec* out, std::string* why) {
+// The first candidate whose shared memory, plus `extra` bytes, fits the device, its arch set;
+// or why none does.
+bool pick(const Candidates& c, const DeviceCaps& dev, int64_t extra, KernelSpec* out,
+          std::string* why) {
   if (c.specs.empty()) {
     *why = c.refusal;
     return false;
   }
   for (const KernelSpec& s : c.specs)
-    if (smem_bytes(s) <= dev.smem_per_block) {
+    if (smem_bytes(s) + extra <= dev.smem_per_block) {
       *out = s;
       if (out->arch.empty()) out->arch = dev.arch();
       return true;
@@ -65,6 +67,17 @@ bool pick(const Candidates& c, const DeviceCaps& dev, KernelSpec* out, std::stri
                      smem_bytes(last), dev.smem_per_block);
   return false;
 }
+
+}  // namespace
+
+int64_t grad_region_bytes(const Problem& pb) {
+  int64_t n = 0;
+  for (const CapturedTensor& t : pb.captured)
+    if (t.wants_grad) n += t.numel;
+  return 4 * n;  // fp32
+}
+
+namespace {
 
 // The main kernel's spec: the families that can run `kind` on the device, in order of
 // preference (Hopper: the sm90 forward where its table has a configuration, unless the
@@ -97,12 +110,18 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
                          : fwd            ? sm80_forward(q, r.overrides)
                                           : sm80_backward(q, r.overrides);
     std::string w;
-    if (pick(c, r.device, spec, &w)) {
+    // Gradients of captured tensors: a copy in shared memory where the first candidate that
+    // has room for it left over (a smaller tile than the table's first pick, if need be:
+    // global atomics per score cost far more), else global atomics.
+    const int64_t grads = kind == Kind::Backward ? grad_region_bytes(pb) : 0;
+    const bool shared = grads > 0 && !r.overrides.global_grads && pick(c, r.device, grads, spec, &w);
+    if (shared || pick(c, r.device, 0, spec, &w)) {
       for (const CapturedTensor& t : pb.captured) spec->buffer_dtypes.push_back(t.dtype);
-      if (kind == Kind::Backward) {  // gradient atomics only for the tensors that want them
+      if (kind == Kind::Backward) {  // gradient additions only for the tensors that want them
         for (const CapturedTensor& t : pb.captured) spec->buffer_grads.push_back(t.wants_grad);
         spec->deterministic = pb.deterministic;
       }
+      spec->grad_sink = shared ? codegen::GradSink::Shared : codegen::GradSink::Global;
       return true;
     }
     reasons += (reasons.empty() ? "" : "; ") + w;
@@ -177,12 +196,14 @@ void add_block_states(const PlanRequest& r, const KernelSpec& main, LaunchPlan& 
   plan.steps.push_back(s);
 }
 
-Step main_step(const KernelSpec& spec, Dim3 grid) {
+Step main_step(const Problem& pb, const KernelSpec& spec, Dim3 grid) {
   Step s;
   s.spec = spec;
   s.grid = grid;
   s.threads = spec.threads();
   s.smem = smem_bytes(spec);
+  if (spec.grad_sink == codegen::GradSink::Shared)  // the gradients' copy, past the template's
+    s.smem += static_cast<int>(grad_region_bytes(pb));
   return s;
 }
 
@@ -257,7 +278,7 @@ LaunchPlan make_plan(const PlanRequest& r) {
     const long long kv_bytes = pb.kv_len * (pb.d_qk + pb.d_v) * 2 / std::max<int64_t>(1, pb.group());
     a.head_group = head_group(spec.family, r.variant.has_mask, kv_bytes, a.q_heads,
                               r.overrides.head_group);
-    plan.steps.push_back(main_step(spec, {u(a.n_q_blocks), u(pb.q_heads), u(pb.batch)}));
+    plan.steps.push_back(main_step(pb, spec, {u(a.n_q_blocks), u(pb.q_heads), u(pb.batch)}));
     return plan;
   }
 
@@ -288,7 +309,7 @@ LaunchPlan make_plan(const PlanRequest& r) {
   rp.d_v = static_cast<int>(pb.d_v);
   rp.scale = a.scale;
   plan.steps.push_back(row_pass(r, Kind::BwdPrep, rp.d_v));
-  plan.steps.push_back(main_step(spec, {u(a.n_kv_blocks), u(pb.kv_heads), u(pb.batch)}));
+  plan.steps.push_back(main_step(pb, spec, {u(a.n_kv_blocks), u(pb.kv_heads), u(pb.batch)}));
   plan.steps.push_back(row_pass(r, Kind::BwdDq, rp.d_qk));
   return plan;
 }

@@ -24,4 +24,8 @@ struct PlanRequest {
 
 LaunchPlan make_plan(const PlanRequest& request);
 
+// The bytes of an fp32 copy of the gradients the problem asks for (its captured tensors that
+// want one): what a backward with GradSink::Shared adds to its shared memory.
+int64_t grad_region_bytes(const Problem& problem);
+
 }  // namespace ae::plan

@@ -25,6 +25,7 @@ struct CapturedTensor {
   std::string dtype;  // torch's name: "float32", "int64", ...
   int rank = 0;
   bool wants_grad = false;  // backward: its gradient is asked for
+  int64_t numel = 0;        // elements (of its fp32 gradient too: the same shape, dense)
 };
 
 struct Problem {

@@ -40,8 +40,17 @@ pybind11::dict kernel_source(const ir::Variant& v, const std::string& step, int 
   pb.batch = 1, pb.q_heads = pb.kv_heads = 2, pb.q_len = pb.kv_len = 4096;
   pb.d_qk = d_qk, pb.d_v = d_v, pb.scale = 1.0;
   pb.deterministic = backward && deterministic;
-  for (size_t i = 0; i < buffer_dtypes.size(); ++i)
-    pb.captured.push_back({buffer_dtypes[i], 1, backward && i < buffer_grads.size() && buffer_grads[i]});
+  for (size_t i = 0; i < buffer_dtypes.size(); ++i) {
+    // Rank and size as traced (the gradients' shared-memory copy depends on the size).
+    plan::CapturedTensor t{buffer_dtypes[i], 1, backward && i < buffer_grads.size() && buffer_grads[i]};
+    if (i < v.forward.buffers.size()) {
+      const std::vector<int64_t>& shape = v.forward.buffers[i].shape;
+      t.rank = static_cast<int>(shape.size());
+      t.numel = 1;
+      for (int64_t d : shape) t.numel *= d;
+    }
+    pb.captured.push_back(t);
+  }
   pb = plan::with_sparsity(pb, r.variant);
   if (!plan::devices::named(device, &r.device))
     throw ir::GraphError("device must be h100, h200, a100, ada or mi250, not " + device);

@@ -52,7 +52,8 @@ plan::Problem problem_of(plan::OpKind kind, const at::Tensor& q, const Shapes& s
     const char* name = dtype_name(buffers[i].scalar_type());
     p.captured.push_back({*name ? name : c10::toString(buffers[i].scalar_type()),
                           static_cast<int>(buffers[i].dim()),
-                          i < wants_grad.size() && wants_grad[i]});
+                          i < wants_grad.size() && wants_grad[i],
+                          static_cast<int64_t>(buffers[i].numel())});
   }
   return p;
 }

@@ -1,6 +1,6 @@
 // What generated Variant code calls: typed loads of captured tensors (indices clamped into
-// the tensor, so a bad index never faults), gradient atomics, and PyTorch's integer
-// semantics (floor division, remainder with the divisor's sign).
+// the tensor, so a bad index never faults), the sinks that gradients of captured tensors go
+// to, and PyTorch's integer semantics (floor division, remainder with the divisor's sign).
 #pragma once
 
 #include "common/ae_common.h"
@@ -27,6 +27,138 @@ AE_DEVICE long long grad_offset(const BufferArg& b, const long long (&idx)[R]) {
   for (int d = 0; d < R; ++d) off += clamp_index(idx[d], b.size[d]) * b.gstride[d];
   return off;
 }
+
+// ---- Gradients of captured tensors ----
+// The generated Variant::grad adds dL/d value into a GradSink (its `grads` member), never
+// into global memory directly: one global atomic per score ran at a few TFLOPS. The sink's
+// Region says where additions go, chosen by the planner (KernelSpec::grad_sink):
+//   GlobalGrads       global atomics on the fp32 gradient tensors (any size; the fallback);
+//   SharedGrads<T...> a privatized copy of the gradient tensors T in dynamic shared memory
+//                     past the template's own (zeroed at the CTA's start, shared atomics,
+//                     each nonzero element added into global memory once at the CTA's end).
+// Each call site is a run (add_run): its additions are summed in a register while the
+// thread's offset stays the same, and go to the region only when it changes or at the end.
+// A per-head slope is the same for every score of a (b, h) block, a relative-bias table's
+// clamped distance for most scores of a long sequence: without runs the 32 lanes of a warp
+// would hit one address per score.
+// The backward templates call start() at the CTA's start, before a barrier of every thread
+// that adds, and finish() at its end, with a barrier of those threads (`bar`).
+// The gradient tensors are dense fp32 (created by the engine): element offsets by their grad
+// strides cover [0, numel).
+
+// A captured tensor that gets a gradient: its index in VariantArgs::buf and its rank.
+template <int kBuffer, int kRank>
+struct GradTensor {
+  static constexpr int buffer = kBuffer, rank = kRank;
+  static AE_DEVICE int numel(const VariantArgs& va) {
+    long long n = 1;
+#pragma unroll
+    for (int d = 0; d < kRank; ++d) n *= va.buf[kBuffer].size[d];
+    return static_cast<int>(n);  // fits: the planner gave it shared memory
+  }
+};
+
+struct GlobalGrads {
+  static constexpr bool kShared = false;
+  AE_DEVICE void start(char*, const VariantArgs&, int, int) {}
+  template <int kBuffer>
+  AE_DEVICE float* at(const VariantArgs& va, long long off) const {
+    return va.buf[kBuffer].grad + off;
+  }
+  template <class Bar>
+  AE_DEVICE void finish(const VariantArgs&, int, int, Bar) {}
+};
+
+template <class... T>
+struct SharedGrads {
+  static constexpr bool kShared = true;
+  static constexpr int kCount = sizeof...(T);
+  static_assert(kCount > 0, "a shared region for no gradient tensor");
+  float* region;
+  int base[kCount + 1];  // tensor i at region + base[i]; base[kCount]: the total
+
+  // The position of buffer kBuffer among T (kCount: none).
+  template <int kBuffer>
+  static constexpr int position() {
+    int i = 0, found = kCount;
+    ((T::buffer == kBuffer && found == kCount ? (found = i) : 0, ++i), ...);
+    return found;
+  }
+  // smem_end: the first byte past the template's own shared memory (4-byte aligned).
+  AE_DEVICE void start(char* smem_end, const VariantArgs& va, int tid, int threads) {
+    region = reinterpret_cast<float*>(smem_end);
+    int i = 0;
+    base[0] = 0;
+    ((base[i + 1] = base[i] + T::numel(va), ++i), ...);
+    for (int e = tid; e < base[kCount]; e += threads) region[e] = 0.f;
+  }
+  template <int kBuffer>
+  AE_DEVICE float* at(const VariantArgs&, long long off) const {
+    constexpr int i = position<kBuffer>();
+    static_assert(i < kCount, "an addition into a tensor without a shared copy");
+    return region + base[i] + static_cast<int>(off);
+  }
+  template <class Bar>
+  AE_DEVICE void finish(const VariantArgs& va, int tid, int threads, Bar bar) {
+    bar();
+    (flush<T>(va, tid, threads), ...);
+  }
+
+ private:
+  template <class U>
+  AE_DEVICE void flush(const VariantArgs& va, int tid, int threads) const {
+    constexpr int i = position<U::buffer>();
+    float* g = va.buf[U::buffer].grad;
+    for (int e = tid; e < base[i + 1] - base[i]; e += threads) {
+      const float x = region[base[i] + e];
+      if (x != 0.f) atomicAdd(g + e, x);
+    }
+  }
+};
+
+// kRunBuffers: the buffer of each run (the generated grad's call sites, in order).
+template <class Region, int... kRunBuffers>
+struct GradSink {
+  static constexpr bool kShared = Region::kShared;
+  static constexpr int kRuns = sizeof...(kRunBuffers);
+  Region region;
+  long long run_off[kRuns > 0 ? kRuns : 1];  // -1: nothing pending
+  float run_sum[kRuns > 0 ? kRuns : 1];
+
+  AE_DEVICE void start(char* smem_end, const VariantArgs& va, int tid, int threads) {
+    region.start(smem_end, va, tid, threads);
+#pragma unroll
+    for (int r = 0; r < kRuns; ++r) run_off[r] = -1, run_sum[r] = 0.f;
+  }
+  template <int kBuffer>
+  AE_DEVICE void add(const VariantArgs& va, long long off, float v) const {
+    atomicAdd(region.template at<kBuffer>(va, off), v);
+  }
+  template <int kRun, int kBuffer>
+  AE_DEVICE void add_run(const VariantArgs& va, long long off, float v) {
+    if (off != run_off[kRun]) {
+      if (run_off[kRun] >= 0) add<kBuffer>(va, run_off[kRun], run_sum[kRun]);
+      run_off[kRun] = off;
+      run_sum[kRun] = 0.f;
+    }
+    run_sum[kRun] += v;
+  }
+  // The pending runs, then the region's flush.
+  template <class Bar>
+  AE_DEVICE void finish(const VariantArgs& va, int tid, int threads, Bar bar) {
+    flush_runs<0, kRunBuffers...>(va);
+    region.finish(va, tid, threads, bar);
+  }
+
+ private:
+  template <int kRun>
+  AE_DEVICE void flush_runs(const VariantArgs&) {}
+  template <int kRun, int kBuffer, int... kRest>
+  AE_DEVICE void flush_runs(const VariantArgs& va) {
+    if (run_off[kRun] >= 0) add<kBuffer>(va, run_off[kRun], run_sum[kRun]);
+    flush_runs<kRun + 1, kRest...>(va);
+  }
+};
 
 template <typename T>
 AE_DEVICE T ld(const BufferArg& b, long long off) {

@@ -385,8 +385,13 @@ struct BwdKernel {
 template <class Cfg, class Variant>
 AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var) {
   extern __shared__ __align__(16) char smem[];
+  // Captured tensors' gradients (common/variant_support.h): a shared copy, if any, sits past
+  // the kernel's own shared memory; the first barrier of the block loop orders its zeroing
+  // before the first addition.
+  var.grads.start(smem + Cfg::kSmemBytes, var.va, threadIdx.x, Cfg::kThreads);
   BwdKernel<Cfg, Variant> k{p, var};
   k.run(smem);
+  var.grads.finish(var.va, threadIdx.x, Cfg::kThreads, [] { __syncthreads(); });
 }
 
 }  // namespace ae::sm80

@@ -69,7 +69,7 @@ struct BwdConfig {
   // waits forever.
   static constexpr int kLaunchRegs = (65536 / kThreads) & ~7;
   static_assert((kMmaRegs - kLaunchRegs) * kMma <= kLaunchRegs - kProducerRegs, "registers");
-  static_assert(kMma == 2, "named barriers 1-6 are laid out for two MMA warpgroups");
+  static_assert(kMma == 2, "named barriers 1-7 are laid out for two MMA warpgroups");
 };
 
 // P^T and dS^T of one warp's 16 keys (from key0) x kQ8 * 8 queries (from q0), in the C layout.
@@ -89,8 +89,9 @@ AE_DEVICE void scores_backward(const AttnParams& p, const Variant& var, float (&
 }
 
 // Named barriers between each MMA warpgroup and the dQ writer (128 + 32 threads): its tile is
-// free to write (empty), its tile is written (full). 1 and 2 are the MMA warpgroups' own.
-constexpr int kDqEmptyBar = 3, kDqFullBar = 3 + kBwdMma;
+// free to write (empty), its tile is written (full). 1 and 2 are the MMA warpgroups' own (dS^T
+// stored), kGradsBar theirs at the end (captured tensors' gradients).
+constexpr int kDqEmptyBar = 3, kDqFullBar = 3 + kBwdMma, kGradsBar = 3 + 2 * kBwdMma;
 
 // The dQ writer (one warp of the producer warpgroup): per (query head, query block) of the
 // walk, each MMA warpgroup's 64 x 64 fp32 tile into dq_accum (unscaled; whole tiles, padding
@@ -172,6 +173,9 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
     }
     mbar_init_fence();
   }
+  // Captured tensors' gradients (common/variant_support.h): a shared copy, if any, sits past
+  // the kernel's own shared memory; zeroed by every thread before the one CTA-wide barrier.
+  var.grads.start(smem_raw + Cfg::kSmemBytes, var.va, threadIdx.x, Cfg::kThreads);
   __syncthreads();
 
   using QBlock = ColumnWalk::Item;
@@ -368,6 +372,10 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
       *reinterpret_cast<u32*>(gdv + key * p.dv_stride[2] + 8 * i + 2 * t) =
           pack2<Cfg::kBf16>(dv[i][2 * r], dv[i][2 * r + 1]);
   }
+  // The MMA warpgroups' gradient additions to global memory (kGradsBar: the producer
+  // warpgroup takes no part).
+  var.grads.finish(var.va, threadIdx.x - 128, 128 * Cfg::kMma,
+                   [] { named_bar_sync<kGradsBar>(128 * Cfg::kMma); });
 }
 
 }  // namespace ae::sm90

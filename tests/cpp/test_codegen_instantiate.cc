@@ -63,6 +63,55 @@ TEST(Instantiate, EntryParametersAreTheAbi) {
   EXPECT_THROW(instantiate(nullptr, spec(Kind::Forward, Family::Sm80)), ir::GraphError);
 }
 
+// score + table[h, kv_idx] + slopes[h] * (kv_idx - q_idx), both captured tensors learnable.
+std::shared_ptr<const ir::Variant> bias_and_slopes_variant() {
+  test::TraceBuilder t;
+  int table = t.buffer("table", "float32", {4, 64}, true);
+  int slopes = t.buffer("slopes", "float32", {4}, true);
+  int s = t.param("score"), h = t.param("h"), q = t.param("q_idx"), kv = t.param("kv_idx");
+  int dist = t.cast("float", t.op("sub", {kv, q}));
+  int biased = t.op("add", {s, t.load(table, {h, kv})});
+  t.score(t.op("add", {biased, t.op("mul", {t.load(slopes, {h}), dist})}));
+  return ir::build_variant(t.str());
+}
+
+// The backward's additions into captured tensors' gradients go through the Variant's sink
+// (common/variant_support.h), never straight to global atomics: a register-summed run per
+// call site, into a shared-memory copy or global memory as the spec says.
+TEST(Instantiate, CapturedGradientsGoThroughTheSink) {
+  const auto v = bias_and_slopes_variant();
+  KernelSpec s = spec(Kind::Backward, Family::Sm80);
+  s.block_m = 64;
+  s.buffer_dtypes = {"float32", "float32"};
+  s.buffer_grads = {true, true};
+  const std::string global = instantiate(v.get(), s);
+  EXPECT_NE(global.find("mutable ae::GradSink<ae::GlobalGrads, 0, 1> grads;"), std::string::npos)
+      << global;
+  EXPECT_NE(global.find("grads.add_run<0, 0>(va, ae::grad_offset<2>(va.buf[0], "),
+            std::string::npos) << global;
+  EXPECT_NE(global.find("grads.add_run<1, 1>(va, ae::grad_offset<1>(va.buf[1], "),
+            std::string::npos) << global;
+  EXPECT_EQ(global.find("atomicAdd"), std::string::npos) << global;
+  s.grad_sink = GradSink::Shared;
+  const std::string shared = instantiate(v.get(), s);
+  EXPECT_NE(shared.find("mutable ae::GradSink<ae::SharedGrads<ae::GradTensor<0, 2>, "
+                        "ae::GradTensor<1, 1>>, 0, 1> grads;"),
+            std::string::npos) << shared;
+  EXPECT_NE(s.describe().find(" dbuf0,1 smem"), std::string::npos) << s.describe();
+  // Only the tensors that want a gradient get additions (and a shared copy).
+  s.buffer_grads = {false, true};
+  const std::string slopes_only = instantiate(v.get(), s);
+  EXPECT_NE(slopes_only.find("ae::SharedGrads<ae::GradTensor<1, 1>>, 1> grads;"),
+            std::string::npos) << slopes_only;
+  EXPECT_NE(slopes_only.find("grads.add_run<0, 1>(va, "), std::string::npos) << slopes_only;
+  EXPECT_EQ(slopes_only.find("grad_offset<2>"), std::string::npos) << slopes_only;  // the table
+  // A forward has no additions: its sink is the stateless global one.
+  s.kind = Kind::Forward;
+  s.buffer_grads = {};
+  EXPECT_NE(instantiate(v.get(), s).find("mutable ae::GradSink<ae::GlobalGrads> grads;"),
+            std::string::npos);
+}
+
 TEST(Instantiate, RowPassesNeedNoVariant) {
   KernelSpec prep = spec(Kind::BwdPrep, Family::Common);
   prep.warps = 8;

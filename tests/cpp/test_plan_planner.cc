@@ -186,6 +186,59 @@ TEST(Planner, BackwardGradientsOnlyWhereAsked) {
   EXPECT_TRUE(main_step(make_plan(r)).spec.buffer_grads.empty());
 }
 
+// Gradients of captured tensors go to a copy in shared memory where it fits next to the
+// backward's own tiles (the step's shared memory covers both), else to global atomics.
+TEST(Planner, CapturedGradientsInSharedMemoryWhereTheyFit) {
+  auto plan_with = [](DeviceCaps dev, int64_t heads, int64_t width, bool global = false) {
+    PlanRequest r = request(OpKind::Backward, dev, plain());
+    r.problem.captured = {{"float32", 2, true, heads * width}, {"int64", 1, false, 1 << 20}};
+    r.overrides.global_grads = global;
+    const LaunchPlan p = make_plan(r);
+    EXPECT_TRUE(p.ok) << p.reason;
+    return main_step(p);
+  };
+  using codegen::GradSink;
+  // H200, sm90 D128 (~199 KB of 227): a 16 x 257 bias table (16 KB) fits, 16 x 1025 does not.
+  const Step small = plan_with(devices::h200(), 16, 257);
+  EXPECT_EQ(small.spec.family, Family::Sm90);
+  EXPECT_EQ(small.spec.grad_sink, GradSink::Shared);
+  EXPECT_EQ(small.smem, smem_bytes(small.spec) + 4 * 16 * 257);  // only the tensor with a grad
+  EXPECT_LE(small.smem, devices::h200().smem_per_block);
+  EXPECT_NE(small.spec.describe().find(" dbuf0 smem"), std::string::npos);
+  const Step large = plan_with(devices::h200(), 16, 1025);
+  EXPECT_EQ(large.spec.grad_sink, GradSink::Global);
+  EXPECT_EQ(large.smem, smem_bytes(large.spec));
+  EXPECT_EQ(large.spec.describe().find(" smem"), std::string::npos);
+  EXPECT_NE(small.spec.describe(), large.spec.describe());  // distinct registry keys
+  // The override keeps global atomics.
+  const Step forced = plan_with(devices::h200(), 16, 257, true);
+  EXPECT_EQ(forced.spec.grad_sink, GradSink::Global);
+  EXPECT_EQ(forced.smem, smem_bytes(forced.spec));
+  // A100 (sm80, 163 KB): the table's first fitting tile (128 keys, one stage) has room for
+  // the small table; the large one takes the 64-key tile that leaves room for it.
+  const Step a_small = plan_with(devices::a100(), 16, 257);
+  EXPECT_EQ(a_small.spec.grad_sink, GradSink::Shared);
+  EXPECT_EQ(a_small.spec.block_n, 128);
+  const Step a_large = plan_with(devices::a100(), 16, 1025);
+  EXPECT_EQ(a_large.spec.grad_sink, GradSink::Shared);
+  EXPECT_EQ(a_large.spec.block_n, 64);
+  EXPECT_EQ(a_large.smem, smem_bytes(a_large.spec) + 4 * 16 * 1025);
+  EXPECT_LE(a_large.smem, devices::a100().smem_per_block);
+  // Too large for any tile: global atomics at the table's first fitting tile.
+  const Step a_huge = plan_with(devices::a100(), 64, 1025);
+  EXPECT_EQ(a_huge.spec.grad_sink, GradSink::Global);
+  EXPECT_EQ(a_huge.spec.block_n, 128);
+  // No gradient asked for, or a forward: nothing in shared memory.
+  PlanRequest r = request(OpKind::Backward, devices::h200(), plain());
+  r.problem.captured = {{"float32", 2, false, 16 * 257}};
+  EXPECT_EQ(main_step(make_plan(r)).spec.grad_sink, GradSink::Global);
+  r.problem.captured[0].wants_grad = true;
+  r.problem.kind = OpKind::Forward;
+  const Step fwd = main_step(make_plan(r));
+  EXPECT_EQ(fwd.spec.grad_sink, GradSink::Global);
+  EXPECT_EQ(fwd.smem, smem_bytes(fwd.spec));
+}
+
 TEST(Planner, NormalizeNoneHasNoRowStatistics) {
   VariantTraits v = plain();
   v.normalize = ir::Normalize::None;

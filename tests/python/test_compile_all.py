@@ -77,6 +77,46 @@ def test_instantiation_compiles_without_spills(case):
     grads = [t.requires_grad for t in attn.buffers] if kind.startswith("bwd") else []  # as run
     info = _source(attn, kind, d_qk, d_v, bf16, grads, deterministic)
     assert (" det" in info["describe"]) == deterministic
+    _compiles_without_spills(info, kind)
+
+
+# Gradients of captured tensors (common/variant_support.h): a shared-memory copy where the
+# planner finds room (relative_bias's 16 x 65 table is one in the cases above), global
+# atomics where it does not (a 16 x 1025 table on the sm90 backward) or where AE_GRAD_SINK
+# says so; learnable ALiBi slopes in both.
+GRAD_SINK_VARIANTS = {
+    "relative_bias_large": lambda: ae.compile(
+        mods.relative_bias(torch.zeros(16, 1025, requires_grad=True), 512), mods.causal),
+    "alibi_learned": lambda: ae.compile(
+        mods.alibi(torch.zeros(16, requires_grad=True)), mods.causal),
+    "relative_bias": VARIANTS["relative_bias"],
+}
+GRAD_SINK_CASES = [
+    ("relative_bias", "bwd", "global"),
+    ("relative_bias", "bwd90", "global"),
+    ("relative_bias_large", "bwd90", "global"),     # too large: the planner's fallback
+    ("relative_bias_large", "bwd", "shared"),       # sm80: its one-stage tile leaves room
+    ("alibi_learned", "bwd", "shared"),
+    ("alibi_learned", "bwd90", "shared"),
+    ("alibi_learned", "bwd90", "global"),
+]
+
+
+@pytest.mark.parametrize("case", GRAD_SINK_CASES, ids=lambda c: "-".join(c))
+def test_captured_gradient_sinks_compile_without_spills(case, monkeypatch):
+    name, kind, sink = case
+    if sink == "global" and name != "relative_bias_large":
+        monkeypatch.setenv("AE_GRAD_SINK", "global")
+    attn = GRAD_SINK_VARIANTS[name]()
+    info = _source(attn, kind, 128, 128, True, [True])
+    assert (" dbuf0 smem" in info["describe"]) == (sink == "shared"), info["describe"]
+    src = info["source"].split("struct Variant")[1]
+    assert ("ae::SharedGrads<ae::GradTensor<0, " in src) == (sink == "shared")
+    assert "grads.add_run<0, 0>(va, " in src  # register sums while the offset stays the same
+    _compiles_without_spills(info, kind)
+
+
+def _compiles_without_spills(info, kind):
     arches = ["sm_90a"] if kind.endswith("90") else ["sm_80", "sm_90a"]  # wgmma, TMA: sm_90a only
     for arch in arches:
         # The runtime (get_kernel) compiles at the table's options and, on a spill, at the
@@ -159,7 +199,8 @@ def test_backward_adds_gradients_only_into_tensors_that_want_them():
     rel = VARIANTS["relative_bias"]()
     without = _source(rel, "bwd", 128, 128)
     with_grad = _source(rel, "bwd", 128, 128, grads=[True])
-    assert "atomicAdd" not in without["source"] and "atomicAdd(va.buf[0].grad" in with_grad["source"]
+    assert "grads.add" not in without["source"] and "grads.add_run<0, 0>(va, " in with_grad["source"]
+    assert "atomicAdd" not in with_grad["source"].split("struct Variant")[1]  # only the sink's
     assert " dbuf0" in with_grad["describe"] and "dbuf" not in without["describe"]
     with pytest.raises(ae.GraphError, match="gradient flags"):
         _source(rel, "bwd", 128, 128, grads=[True, False])

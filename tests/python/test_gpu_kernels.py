@@ -129,6 +129,34 @@ def _relative_bias(s: Shape) -> Mods:
     return Mods(mods.relative_bias(table, MAX_DISTANCE), grads_of=(table,))
 
 
+def _relative_bias_large(s: Shape) -> Mods:
+    """A table too large for the sm90 backward's spare shared memory on an H100/H200: its
+    gradient goes to global atomics (the sm80 backward may still fit it, at a smaller tile)."""
+    md = 2048
+    table = (0.5 * torch.randn(s.Hq, 2 * md + 1, generator=cpu_gen(5))).to(DEV)
+    table.requires_grad_()
+    return Mods(mods.relative_bias(table, md), mods.causal, grads_of=(table,))
+
+
+def _alibi_learned(s: Shape) -> Mods:
+    """Learnable ALiBi slopes: the gradient's offset depends on h only (one register sum per
+    thread and query head)."""
+    slopes = mods.alibi_slopes(s.Hq, device=DEV).requires_grad_()
+    return Mods(mods.alibi(slopes), mods.causal, grads_of=(slopes,))
+
+
+def _bias_and_slopes(s: Shape) -> Mods:
+    """Two learnable tensors at once: a per-score table and per-(b, h) slopes."""
+    table = (0.5 * torch.randn(s.Hq, 2 * MAX_DISTANCE + 1, generator=cpu_gen(6))).to(DEV)
+    table.requires_grad_()
+    slopes = (0.05 * torch.rand(s.B, s.Hq, generator=cpu_gen(8))).to(DEV).requires_grad_()
+    bias = mods.relative_bias(table, MAX_DISTANCE)
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return bias(score, b, h, q_idx, kv_idx) + slopes[b, h] * (kv_idx - q_idx)
+    return Mods(score_mod, mods.causal, grads_of=(table, slopes))
+
+
 def _document(s: Shape) -> Mods:
     assert s.Sq == s.Skv, "document mask: one packed sequence"
     return Mods(mask_mod=mods.document_mask(random_doc_ids(s.Sq)))
@@ -160,6 +188,9 @@ VARIANTS: dict[str, Callable[[Shape], Mods]] = {
     "alibi_causal": _alibi_causal,
     "softcap": _softcap,
     "relative_bias": _relative_bias,
+    "relative_bias_large": _relative_bias_large,
+    "alibi_learned": _alibi_learned,
+    "bias_and_slopes": _bias_and_slopes,
     "document": _document,
     "sigmoid": _sigmoid,
     "relu_squared": _relu_squared,
@@ -551,6 +582,34 @@ def test_unequal_lengths(variant, sq, skv):
 ], ids=_id)
 def test_gqa_4_to_1(variant, dtype, shape):
     check_case(variant, shape, dtype)
+
+
+@pytest.mark.parametrize("dims", [(128, 128), (64, 64)], ids=_id)
+@pytest.mark.parametrize("bwd", ["default", "sm80_bwd"])
+@pytest.mark.parametrize("sink", ["planned", "global"])
+@pytest.mark.parametrize("variant", ["relative_bias", "relative_bias_large", "alibi_learned",
+                                     "bias_and_slopes"])
+def test_captured_tensor_gradients(variant, sink, bwd, dims, monkeypatch):
+    """Gradients of captured tensors through both sinks (common/variant_support.h): the
+    planner's choice (a shared-memory copy where the gradients fit next to the backward's
+    tiles; global atomics for relative_bias_large on the sm90 backward) and global atomics
+    forced by AE_GRAD_SINK=global; GQA, so that a CTA's walk crosses query heads (a per-head
+    offset's register sum is added and restarted mid-CTA)."""
+    if sink == "global":
+        monkeypatch.setenv("AE_GRAD_SINK", "global")
+    if bwd == "sm80_bwd":
+        monkeypatch.setenv("AE_DISABLE_SM90_BWD", "1")
+    s = Shape(Hq=8, Hkv=2, Dqk=dims[0], Dv=dims[1])
+    attn, m = build(variant, s)
+    if _is_hopper():  # the plan for this table on the H100 class (the H200's shared memory)
+        grads = [t.requires_grad for t in attn.buffers]
+        dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers]
+        family = "sm90" if bwd == "default" else "sm80"
+        info = attn.variant.kernel_source("bwd", *dims, True, dtypes, family=family,
+                                          buffer_grads=grads)
+        shared = sink == "planned" and not (variant == "relative_bias_large" and family == "sm90")
+        assert (" smem" in info["describe"]) == shared, info["describe"]
+    check_case(variant, s, BF16)
 
 
 @pytest.mark.parametrize("sm90", [True, False], ids=["default", "sm80_forward"])
