@@ -39,6 +39,7 @@ for s in $STEPS; do
     fwd)   step fwd fwd_compare.log $PY bench/fwd_compare.py ;;
     bwd)   step bwd bwd_compare.log $PY bench/bwd_compare.py ${BWD_ARGS:-} ;;
     e2e)   step e2e e2e_train.log $PY bench/e2e_train.py ${E2E_ARGS:-} ;;
+    grads) step grads captured_grads.log $PY bench/captured_grads.py ;;
     sweep) step sweep sweep.log $PY bench/tile_sweep.py ${SWEEP:-} ;;  # SWEEP="fwd90:128,2,1,1 ..."
     bench) [ -f bench/attention_bench.py ] && step bench bench.log $PY bench/attention_bench.py --out "$OUT/bench.md" ;;
     *) echo "unknown step $s"; exit 2 ;;
@@ -51,5 +52,6 @@ echo; echo "== jit"; tail -n 20 "$OUT/jit_gpu_check.log" 2>/dev/null
 [ -f "$OUT/fwd_compare.log" ] && { echo "== fwd"; cat "$OUT/fwd_compare.log"; }
 [ -f "$OUT/bwd_compare.log" ] && { echo "== bwd"; tail -n 14 "$OUT/bwd_compare.log"; }
 [ -f "$OUT/e2e_train.log" ] && { echo "== e2e"; tail -n 6 "$OUT/e2e_train.log"; }
+[ -f "$OUT/captured_grads.log" ] && { echo "== grads"; tail -n 5 "$OUT/captured_grads.log"; }
 [ -f "$OUT/bench.md" ] && { echo "== bench"; cat "$OUT/bench.md"; }
 echo; echo "== summary"; printf '%s\n' "${SUMMARY[@]}"
