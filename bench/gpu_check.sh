@@ -4,7 +4,7 @@
 # a short table. Logs go to $OUT (or build/gpu_check when run elsewhere).
 #
 #   bash bench/gpu_check.sh            # everything
-#   bash bench/gpu_check.sh build test # some steps: build, test, jit, smoke, fwd, bwd, e2e, sweep, bench
+#   bash bench/gpu_check.sh build test # some steps: build, test, jit, smoke, fwd, bwd, e2e, grads, sweep, bench
 #   TESTS="tests/python/test_gpu_kernels.py -x -k 'causal or plain'" bash bench/gpu_check.sh build test
 # A step that runs past STEP_TIMEOUT seconds (default 1200) is stopped and counts as failed.
 set -uo pipefail
