@@ -147,7 +147,7 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
   using Norm = typename Variant::Norm;
   using Layout = typename Cfg::Layout;
   extern __shared__ __align__(1024) char smem_raw[];
-  char* sK = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+  char* sK = align_1024(smem_raw);
   char* sV = sK + Cfg::kKBytes;
   char* sQ = sV + Cfg::kVBytes;               // [stage]
   char* sdO = sQ + S * Cfg::kQBytes;          // [stage]

@@ -70,7 +70,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   using Norm = typename Variant::Norm;
   using Layout = typename Cfg::Layout;
   extern __shared__ __align__(1024) char smem_raw[];
-  char* sQ = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+  char* sQ = align_1024(smem_raw);
   char* sK = sQ + Cfg::kQBytes;
   char* sV = sK + S * Cfg::kKBytes;
   u64* q_full = reinterpret_cast<u64*>(sV + S * Cfg::kVBytes);

@@ -9,6 +9,9 @@
 namespace ae::sm90 {
 
 AE_DEVICE u32 smem_u32(const void* p) { return static_cast<u32>(__cvta_generic_to_shared(p)); }
+// The first 1024-byte aligned address at or after p (128-byte swizzled TMA tiles need it; the
+// templates' shared-memory formulas include the 1024 bytes of slack).
+AE_DEVICE char* align_1024(char* p) { return p + ((1024 - (smem_u32(p) & 1023)) & 1023); }
 
 // ---- mbarriers (one 8-byte word in shared memory each) ----
 AE_DEVICE void mbar_init(u64* bar, int count) {

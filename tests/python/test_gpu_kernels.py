@@ -506,13 +506,19 @@ def test_hopper_picks_the_sm90_templates(dims, backward):
                                      "sigmoid", "document"])
 def test_sm80_backward_on_hopper(variant, dims, monkeypatch):
     """The mma.sync backward stays correct on Hopper (AE_DISABLE_SM90_BWD=1 selects it)."""
+    _check_sm80_on_hopper(variant, dims, "AE_DISABLE_SM90_BWD", True, monkeypatch)
+
+
+def _check_sm80_on_hopper(variant, dims, switch, backward, monkeypatch):
+    """check_case with the environment variable `switch` set, after asserting that the
+    forward (or the backward) then runs the sm80 template."""
     if not _is_hopper():
         pytest.skip("needs an sm_90 GPU")
-    monkeypatch.setenv("AE_DISABLE_SM90_BWD", "1")
+    monkeypatch.setenv(switch, "1")
     s = Shape(Dqk=dims[0], Dv=dims[1])
     attn, _ = build(variant, s)
     q, k, v = make_qkv(s, BF16, 0, "bhsd")
-    assert attn.backend_for(q, k, v, backward=True) == "sm80"
+    assert attn.backend_for(q, k, v, backward=backward) == "sm80"
     check_case(variant, s, BF16)
 
 
@@ -522,14 +528,7 @@ def test_sm80_backward_on_hopper(variant, dims, monkeypatch):
 def test_sm80_forward_on_hopper(variant, dims, monkeypatch):
     """The mma.sync forward stays correct on Hopper (AE_DISABLE_SM90=1 selects it); at D64 it
     takes 96-key tiles, so 1000 keys end in a partial one."""
-    if not _is_hopper():
-        pytest.skip("needs an sm_90 GPU")
-    monkeypatch.setenv("AE_DISABLE_SM90", "1")
-    s = Shape(Dqk=dims[0], Dv=dims[1])
-    attn, _ = build(variant, s)
-    q, k, v = make_qkv(s, BF16, 0, "bhsd")
-    assert attn.backend_for(q, k, v) == "sm80"
-    check_case(variant, s, BF16)
+    _check_sm80_on_hopper(variant, dims, "AE_DISABLE_SM90", False, monkeypatch)
 
 
 @pytest.mark.parametrize("sm90", [True, False], ids=["default", "sm80_forward"])
