@@ -14,6 +14,7 @@ default's.
 """
 import argparse
 import os
+import re
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,8 @@ except Exception as e:  # noqa: BLE001
 ap = argparse.ArgumentParser()
 ap.add_argument("--quick", action="store_true", help="D128 plain and causal at 8k only")
 ap.add_argument("--ab", default="", help="NAME=VALUE: also time with this variable set")
+ap.add_argument("--cases", default="", help="regex on 'name D<d> S<s>k': only the cases it finds")
+ap.add_argument("--lean", action="store_true", help="time the sm90 backward only (quick A/Bs)")
 args = ap.parse_args()
 
 
@@ -91,6 +94,8 @@ def case_list():
 
 rows = []
 for name, D, S, make, frac, causal in case_list():
+    if args.cases and not re.search(args.cases, f"{name} D{D} S{S // 1024}k"):
+        continue
     q, k, v, do = inputs(S, D)
     B, H = q.shape[:2]
     attn = make(H)
@@ -99,6 +104,12 @@ for name, D, S, make, frac, causal in case_list():
     os.environ["AE_DISABLE_SM90_BWD"] = "0"
     g90 = fwd_bwd()
     t90 = bench(fwd_bwd)
+    if args.lean:
+        with torch.no_grad():
+            tf = bench(lambda: attn(q, k, v))
+        print(f"{name:15s} D{D} S{S // 1024}k  sm90 bwd {3.5 * flops / t90 / 1e9:4.0f} "
+              f"(bwd {2.5 * flops / (t90 - tf) / 1e9:4.0f})", flush=True)
+        continue
     os.environ["AE_DISABLE_SM90_BWD"] = "1"
     g80 = fwd_bwd()
     t80 = bench(fwd_bwd)

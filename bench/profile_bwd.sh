@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# Nsight Compute on the sm80 backward next to FlashAttention-2's (SDPA flash), one call on
-# the GPU machine after `bash bench/gpu_check.sh build`. Full report in $OUT/ncu_bwd.txt.
+# Nsight Compute on the backward (the sm90 one on Hopper; AE_DISABLE_SM90_BWD=1 for sm80) next
+# to FlashAttention-2's (SDPA flash), one call on the GPU machine after
+# `bash bench/gpu_check.sh build`. PROFILE_ARGS: profile_kernels.py's "S D [causal]".
+# Full report in $OUT/ncu_bwd.txt; per-instruction stall samples of our kernel (SASS, CSV) in
+# $OUT/ncu_bwd_source.csv, summed by stall reason and by hottest instruction at the end.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-build/gpu_check}"
 mkdir -p "$OUT"
-python3 bench/profile_kernels.py bwd > /dev/null  # compile into the disk cache first
+ARGS="${PROFILE_ARGS:-8192 128}"
+python3 bench/profile_kernels.py bwd $ARGS > /dev/null  # compile into the disk cache first
 ncu --clock-control none -k regex:"ae_bwd$|flash_bwd_dq_dk_dv" --section SpeedOfLight \
     --section ComputeWorkloadAnalysis --section WarpStateStats --section Occupancy \
     --section LaunchStats --section MemoryWorkloadAnalysis_Tables --section InstructionStats \
-    python3 bench/profile_kernels.py bwd > "$OUT/ncu_bwd.txt" 2>&1
-grep -E "^  [a-z_]+.*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|Executed Ipc A|Issue Slots Busy|Registers Per|Achieved Occupancy|Shared Memory Configuration Size|Block Limit|Stall|Warp Cycles Per Issued|Bank|Pipe|One or More|No Eligible" "$OUT/ncu_bwd.txt" | head -120
+    --section SourceCounters -o "$OUT/ncu_bwd" -f \
+    python3 bench/profile_kernels.py bwd $ARGS > "$OUT/ncu_run.txt" 2>&1
+ncu -i "$OUT/ncu_bwd.ncu-rep" > "$OUT/ncu_bwd.txt" 2>&1
+ncu -i "$OUT/ncu_bwd.ncu-rep" -k regex:"ae_bwd$" --page source --print-source sass --csv \
+    > "$OUT/ncu_bwd_source.csv" 2>&1
+grep -E "^  [a-z_]+.*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|Executed Ipc A|Issue Slots Busy|Registers Per|Achieved Occupancy|Stall|Warp Cycles Per Issued|Bank|One or More|No Eligible" "$OUT/ncu_bwd.txt" | head -60
+python3 bench/ncu_stalls.py "$OUT/ncu_bwd_source.csv" 2>&1 | head -60

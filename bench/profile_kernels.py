@@ -1,6 +1,6 @@
 """Runs attention kernels once each (B=16384/S, H=16, S=16k or argv[2], D=128, bf16) for
 Nsight Compute:
-the sm90 forward (plain, softcap), the backward (plain; on Hopper the sm90 one, with
+the sm90 forward (plain, softcap), the backward (argv[3]: head dim, argv[4] "causal") (plain; on Hopper the sm90 one, with
 AE_DISABLE_SM90_BWD=1 the sm80 one), and SDPA flash's backward (FlashAttention-2) as the
 yardstick. On the GPU machine (Firecracker: counters readable):
 
@@ -20,8 +20,10 @@ from attention_engine import mods
 
 what = sys.argv[1] if len(sys.argv) > 1 else "fwd90"
 S = int(sys.argv[2]) if len(sys.argv) > 2 else 16384
+D = int(sys.argv[3]) if len(sys.argv) > 3 else 128
+causal = len(sys.argv) > 4 and sys.argv[4] == "causal"
 torch.manual_seed(0)
-q, k, v = (torch.randn(max(1, 16384 // S), 16, S, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+q, k, v = (torch.randn(max(1, 16384 // S), 16, S, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
            for _ in range(3))
 do = torch.randn_like(q)
 if what == "fwd90":
@@ -31,10 +33,10 @@ if what == "fwd90":
         torch.cuda.synchronize()
         print(name, "ran", flush=True)
 elif what == "bwd":
-    out = ae.compile()(q, k, v)
+    out = (ae.compile(mask_mod=mods.causal) if causal else ae.compile())(q, k, v)
     torch.autograd.grad(out, (q, k, v), do)
     with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         torch.autograd.grad(out, (q, k, v), do)
     torch.cuda.synchronize()
     print("bwd ran", flush=True)

@@ -60,6 +60,10 @@ struct BwdConfig {
   static constexpr bool kDqByColumns = (kDqk / kMma) % 64 == 0;
   static constexpr int kDqN = kDqByColumns ? kDqk / kMma : kDqk;
   static_assert(kDqN == 64, "one 64 x 64 dQ tile per warpgroup and block");
+  // dQ's GEMM before dK's (its tile stored while dK's runs) where dQ is split by columns (head
+  // dim 128: +1.5-2% fwd+bwd); split by keys (head dim 64) the other order is 1-2.5% faster
+  // (bench/RESULTS.md, 2026-12-02 "GEMM order").
+  static constexpr bool kDqBeforeDk = kDqByColumns;
   static constexpr int kProducerRegs = 24, kMmaRegs = 240;
   static_assert(kDqk % 64 == 0 && kDv % 64 == 0 && kDqk <= 128 && kDv <= 128,
                 "head dims 64 or 128");
@@ -86,6 +90,16 @@ AE_DEVICE void scores_backward(const AttnParams& p, const Variant& var, float (&
       score_backward<kCheck, Layout>(p, var, st[nt][e], dpt[nt][e], lse[ql], delta[ql], b, hq,
                                      q0 + ql, key0 + g + 8 * (e >> 1), check);
     }
+}
+
+// dK += dS^T Q for this warpgroup's keys: dS^T from registers, Q (queries are K) N-major.
+template <class Cfg>
+AE_DEVICE void wgmma_dk(float (&dk)[Cfg::kDqk / 8][4], const u32 (&dsa)[Cfg::kBlockM / 16][4],
+                        const char* tQ) {
+#pragma unroll
+  for (int kk = 0; kk < Cfg::kBlockM / 16; ++kk)
+    wgmma_rs<Cfg::kDqk, Cfg::kBf16>(dk, dsa[kk],
+                                    smem_desc(tQ + kk * 16 * 128, Cfg::kBlockM * 128), 1);
 }
 
 // Named barriers between each MMA warpgroup and the dQ writer (128 + 32 threads): its tile is
@@ -296,17 +310,18 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
     rows::p_to_a<Cfg::kBf16>(pa, st);
     rows::p_to_a<Cfg::kBf16>(dsa, dpt);
 
-    // dV += P^T dO and dK += dS^T Q (queries are K; dO and Q read N-major).
+    // dV += P^T dO and dK += dS^T Q (queries are K; dO and Q read N-major; P^T and dS^T are
+    // register A operands), and dQ = dS K once every dS^T it reads is stored. With
+    // kDqBeforeDk, dK's GEMM goes after dQ's, and dQ's tile goes to the writer while it runs.
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < BM / 16; ++kk)
       wgmma_rs<Cfg::kDv, Cfg::kBf16>(dv, pa[kk], smem_desc(tdO + kk * 16 * 128, BM * 128), 1);
-#pragma unroll
-    for (int kk = 0; kk < BM / 16; ++kk)
-      wgmma_rs<Cfg::kDqk, Cfg::kBf16>(dk, dsa[kk], smem_desc(tQ + kk * 16 * 128, BM * 128), 1);
+    if constexpr (!Cfg::kDqBeforeDk)
+      wgmma_dk<Cfg>(dk, dsa, tQ);
     wgmma_commit();
 
-    // dQ = dS K: the stored dS^T is visible to wgmma after the fence and the barrier.
+    // The stored dS^T is visible to wgmma after the fence and the barrier.
     fence_view_async_shared();
     float dq[Cfg::kDqN / 8][4];
     int key_lo, n0;  // the keys and the first column this warpgroup's dQ covers
@@ -323,7 +338,6 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
     constexpr int kKeySteps = (Cfg::kDqByColumns ? BN : 64) / 16;
     // M (64 queries) and N (kDqN == 64 columns) are one 64-element block each: the LBOs below
     // (the distance to a next block) are never used; a wider dS^T or dQ tile must set them.
-    wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kKeySteps; ++kk) {
       const int key = key_lo + 16 * kk;
@@ -332,9 +346,15 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
           smem_desc(sK + (n0 / 64) * BN * 128 + key * 128, BN * 128), kk > 0);
     }
     wgmma_commit();
-    wgmma_wait<0>();
+    if constexpr (Cfg::kDqBeforeDk) {
+      wgmma_dk<Cfg>(dk, dsa, tQ);
+      wgmma_commit();
+      wgmma_wait<1>();  // dV and dQ
+    } else {
+      wgmma_wait<0>();
+      mbar_arrive(empty + stage);  // Q, dO and the row statistics of this stage are free
+    }
     fence_regs(dq);
-    mbar_arrive(empty + stage);  // Q, dO and the row statistics of this stage are free
 
     // The tile to shared memory (column c of row r at c ^ 8 (r % 8): no bank conflicts) once
     // the writer has read the last one, then handed to it.
@@ -352,6 +372,10 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
       }
     fence_view_async_shared();
     named_bar_arrive_at(kDqFullBar + cw, 128 + 32);
+    if constexpr (Cfg::kDqBeforeDk) {
+      wgmma_wait<0>();  // dK
+      mbar_arrive(empty + stage);
+    }
   }
   fence_regs(dk);
   fence_regs(dv);
