@@ -167,6 +167,56 @@ class CompiledAttention:
         return run_op(attention_op, q, k, v, self.buffers, self._key, self.normalize,
                       self.scale, return_lse, self.deterministic)
 
+    def varlen(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
+               max_seqlen_q: Optional[int] = None, max_seqlen_k: Optional[int] = None, *,
+               return_lse: bool = False):
+        """Packed sequences of different lengths (FlashAttention's ``flash_attn_varlen_func``):
+        q [total_q, Hq, D], k [total_k, Hkv, D], v [total_k, Hkv, Dv]; sequence i is tokens
+        ``cu_seqlens[i]:cu_seqlens[i+1]`` (int32/int64, starting at 0). The mods see ``b`` = the
+        sequence and positions within it, the queries being its last tokens (``q_idx`` of
+        query j is ``len_k - len_q + j``: with as many queries as keys, plain positions).
+        Returns out [total_q, Hq, Dv] (and lse [Hq, total_q]). Forward and backward.
+
+        Example:
+            >>> import torch, attention_engine as ae
+            >>> attn = ae.compile(mask_mod=ae.mods.causal)
+            >>> cu = torch.tensor([0, 3, 8])           # two sequences: 3 and 5 tokens
+            >>> q = k = v = torch.randn(8, 2, 16)
+            >>> attn.varlen(q, k, v, cu, cu).shape
+            torch.Size([8, 2, 16])
+        """
+        from .inference import varlen
+        return varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                      return_lse=return_lse)
+
+    def with_kvcache(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     cache_seqlens, k_new: Optional[torch.Tensor] = None,
+                     v_new: Optional[torch.Tensor] = None,
+                     block_table: Optional[torch.Tensor] = None, *, return_lse: bool = False):
+        """Attention against a KV cache (FlashAttention's ``flash_attn_with_kvcache``): q
+        [B, Sq, Hq, D]; the cache contiguous, k_cache [B, S_max, Hkv, D], or paged,
+        [num_pages, page_size, Hkv, D] with ``block_table`` [B, max_pages] (int32) naming
+        each sequence's pages; ``cache_seqlens`` [B] (or an int) the tokens each sequence
+        has. ``k_new`` / ``v_new`` [B, S_new, Hkv, D] are written into the cache in place at
+        positions ``cache_seqlens[b] + i`` first. The queries are each sequence's last Sq
+        tokens: ``q_idx`` of query i is ``length - Sq + i`` (length counting the new tokens),
+        so decoding token by token gives what the full forward gives. Returns out
+        [B, Sq, Hq, Dv] (and lse [B, Hq, Sq]).
+
+        Example:
+            >>> import torch, attention_engine as ae
+            >>> attn = ae.compile(mask_mod=ae.mods.causal)
+            >>> k_cache = torch.zeros(2, 64, 2, 16); v_cache = torch.zeros(2, 64, 2, 16)
+            >>> lens = torch.tensor([5, 9], dtype=torch.int32)   # tokens already cached
+            >>> q = k1 = v1 = torch.randn(2, 1, 2, 16)          # one new token each
+            >>> attn.with_kvcache(q, k_cache, v_cache, lens, k1, v1).shape
+            torch.Size([2, 1, 2, 16])
+        """
+        from .inference import with_kvcache
+        return with_kvcache(self, q, k_cache, v_cache, cache_seqlens, k_new, v_new, block_table,
+                            return_lse=return_lse)
+
     def reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                   return_lse: bool = False):
         """The same attention through the reference executor (ATen, any device and float

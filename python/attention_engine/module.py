@@ -105,6 +105,22 @@ class Attention(torch.nn.Module):
         return run_op(attention_op, q, k, v, self.captured, self._key, self.normalize,
                       self.scale, return_lse, getattr(self, "deterministic", False))
 
+    def varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seqlen_k=None,
+               *, return_lse: bool = False):
+        """Packed sequences of different lengths: ``CompiledAttention.varlen``'s arguments and
+        result, reading the tensors registered now."""
+        from .inference import varlen
+        return varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                      return_lse=return_lse)
+
+    def with_kvcache(self, q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None,
+                     block_table=None, *, return_lse: bool = False):
+        """Attention against a KV cache, contiguous or paged: ``CompiledAttention.with_kvcache``'s
+        arguments and result, reading the tensors registered now."""
+        from .inference import with_kvcache
+        return with_kvcache(self, q, k_cache, v_cache, cache_seqlens, k_new, v_new, block_table,
+                            return_lse=return_lse)
+
     def reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                   return_lse: bool = False):
         """The same attention through the reference executor (the GPU tests' oracle)."""

@@ -45,6 +45,13 @@ def test_readme_deterministic_example_runs(tmp_path, monkeypatch):
     exec(compile(textwrap.dedent(block), "README.md", "exec"), {"__name__": "readme"})
 
 
+def test_readme_inference_example_runs(tmp_path, monkeypatch, capsys):
+    (block,) = [b for b in python_blocks(README) if "with_kvcache" in b]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+    assert "torch.Size([2, 1, 4, 16])" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("name", DOC_MODULES)
 def test_docstring_examples_run(name):
     if name.endswith("transformers"):

@@ -1,0 +1,214 @@
+"""Inference entry points of a compiled variant: packed sequences of different lengths
+(``varlen``) and attention against a KV cache, contiguous or paged (``with_kvcache``).
+
+Conventions follow FlashAttention's ``flash_attn_varlen_func`` / ``flash_attn_with_kvcache``
+(tokens first: [tokens, heads, dim]) and FlashInfer's paged layout. In both, the mods see
+positions within the sequence: ``b`` is the sequence, ``kv_idx`` a key's position and ``q_idx``
+a query's, the queries being a sequence's last tokens (a decode query's ``q_idx`` is
+``length - Sq + i``), so one mask_mod / score_mod gives the same answer in training, prefill
+and decode.
+
+How it runs today: the sequences are padded into one batch and the variant's graph rewritten to
+read each row's first query position and key count (positions.py); the fused kernels (or the
+reference executor) run that as any variant with captured tensors. Correct for every variant,
+forward and backward; not yet fast (split-KV decode, paged and varlen addressing in the
+kernels are the inference issue's next steps). Lengths are read on the host (one
+synchronization per call).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Optional
+
+import torch
+
+from .api import VariantRef, _variant_of, run_op
+from .ops import attention_op
+from .positions import with_positions
+
+_POSITIONED: dict = {}  # trace JSON -> VariantRef of its positions rewrite
+_LOCK = threading.Lock()
+
+
+def _positioned(attn) -> VariantRef:
+    trace_json = attn._ref.trace_json
+    with _LOCK:
+        ref = _POSITIONED.get(trace_json)
+        if ref is None:
+            rewritten = with_positions(trace_json)
+            ref = _POSITIONED[trace_json] = VariantRef(rewritten, _variant_of(rewritten))
+        return ref
+
+
+def _err(msg: str) -> ValueError:
+    return ValueError(f"attention_engine: {msg}")
+
+
+def _check_tensor(name: str, x, dim: int, shape_doc: str):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"attention_engine: {name} must be a torch.Tensor {shape_doc}, got "
+                        f"{type(x).__name__}")
+    if x.dim() != dim:
+        raise _err(f"{name} must be {shape_doc}, got shape {list(x.shape)}")
+
+
+def _int_vector(name: str, x, n: Optional[int], device) -> torch.Tensor:
+    if isinstance(x, int) and not isinstance(x, bool) and n is not None:
+        x = torch.full((n,), x, dtype=torch.int64)
+    if not isinstance(x, torch.Tensor) or x.dim() != 1 or x.dtype not in (torch.int32, torch.int64):
+        raise _err(f"{name} must be a 1-D int32 or int64 tensor"
+                   f"{'' if n is None else f' of {n} entries (or an int)'}, got "
+                   f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}"
+                   f"{list(x.shape) if isinstance(x, torch.Tensor) else ''}")
+    if n is not None and x.numel() != n:
+        raise _err(f"{name} has {x.numel()} entries for a batch of {n}")
+    return x.to(device=device, dtype=torch.int64)
+
+
+def _run(attn, q, k, v, q_start, kv_len, return_lse):
+    """attn: a CompiledAttention or an Attention module (whose captured tensors are read as
+    registered now)."""
+    ref = _positioned(attn)
+    captured = attn.captured if hasattr(attn, "captured") else attn.buffers
+    buffers = list(captured) + [q_start, kv_len]
+    return run_op(attention_op, q, k, v, buffers, ref.key, attn.normalize, attn.scale,
+                  return_lse, getattr(attn, "deterministic", False))
+
+
+def _pad(x: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, width: int):
+    """[total, H, D] -> [n, H, width, D]: row j of sequence i is token starts[i] + j where
+    j < lengths[i], zeros after (an appended zero row: no other sequence's values)."""
+    n = starts.numel()
+    j = torch.arange(width, device=x.device)
+    idx = starts[:, None] + j[None, :]
+    idx = torch.where(j[None, :] < lengths[:, None], idx, x.shape[0])
+    ext = torch.cat([x, x.new_zeros((1,) + tuple(x.shape[1:]))], 0)
+    return ext[idx.reshape(-1)].view(n, width, *x.shape[1:]).transpose(1, 2)
+
+
+def varlen(attn, q, k, v, cu_seqlens_q, cu_seqlens_k,
+           max_seqlen_q: Optional[int] = None, max_seqlen_k: Optional[int] = None, *,
+           return_lse: bool = False):
+    _check_tensor("q", q, 3, "[total_q, Hq, D]")
+    _check_tensor("k", k, 3, "[total_k, Hkv, D]")
+    _check_tensor("v", v, 3, "[total_k, Hkv, Dv]")
+    if k.shape[0] != v.shape[0]:
+        raise _err(f"k and v must have the same number of tokens, got {k.shape[0]} and {v.shape[0]}")
+    dev = q.device
+    cq = _int_vector("cu_seqlens_q", cu_seqlens_q, None, dev)
+    ck = _int_vector("cu_seqlens_k", cu_seqlens_k, None, dev)
+    if cq.numel() != ck.numel() or cq.numel() < 2:
+        raise _err(f"cu_seqlens_q and cu_seqlens_k must both have n + 1 >= 2 entries (n "
+                   f"sequences), got {cq.numel()} and {ck.numel()}")
+    hq, hk = cq.tolist(), ck.tolist()  # one synchronization: the lengths size the padding
+    for name, c, total in (("cu_seqlens_q", hq, q.shape[0]), ("cu_seqlens_k", hk, k.shape[0])):
+        if c[0] != 0 or any(b < a for a, b in zip(c, c[1:])) or c[-1] != total:
+            raise _err(f"{name} must start at 0, never decrease and end at the token count "
+                       f"{total}, got {c if len(c) <= 12 else c[:6] + ['...'] + c[-3:]}")
+    lq = [b - a for a, b in zip(hq, hq[1:])]
+    lk = [b - a for a, b in zip(hk, hk[1:])]
+    bad = [i for i, (a, b) in enumerate(zip(lq, lk)) if a > b]
+    if bad:
+        i = bad[0]
+        raise _err(f"sequence {i} has {lq[i]} queries but {lk[i]} keys: the queries are a "
+                   "sequence's last tokens, so there may be at most as many as keys")
+    wq, wk = max(lq), max(lk)
+    for name, given, need in (("max_seqlen_q", max_seqlen_q, wq), ("max_seqlen_k", max_seqlen_k, wk)):
+        if given is not None and given < need:
+            raise _err(f"{name}={given} is less than the longest sequence ({need})")
+    lq_t = cq[1:] - cq[:-1]
+    lk_t = ck[1:] - ck[:-1]
+    qp, kp, vp = _pad(q, cq[:-1], lq_t, wq), _pad(k, ck[:-1], lk_t, wk), _pad(v, ck[:-1], lk_t, wk)
+    res = _run(attn, qp, kp, vp, lk_t - lq_t, lk_t, return_lse)
+    out, lse = res if return_lse else (res, None)
+    # The valid rows back in token order: token t of sequence b is padded row t - cq[b].
+    seq = torch.repeat_interleave(torch.arange(len(lq), device=dev), lq_t, output_size=q.shape[0])
+    row = torch.arange(q.shape[0], device=dev) - cq[:-1][seq]
+    out = out.transpose(1, 2)[seq, row]  # [total_q, Hq, Dv]
+    if not return_lse:
+        return out
+    return out, lse.transpose(1, 2)[seq, row].transpose(0, 1)  # [Hq, total_q], as FlashAttention
+
+
+def _append(cache: torch.Tensor, new: torch.Tensor, lengths: torch.Tensor, block_table):
+    """Writes new [B, Sn, H, D] at positions lengths[b] + i of the cache (in place)."""
+    B, Sn = new.shape[:2]
+    pos = lengths[:, None] + torch.arange(Sn, device=new.device)[None, :]  # [B, Sn]
+    with torch.no_grad():
+        if block_table is None:
+            cache[torch.arange(B, device=new.device)[:, None], pos] = new.to(cache.dtype)
+        else:
+            ps = cache.shape[1]
+            page = block_table.gather(1, pos // ps)
+            cache[page, pos % ps] = new.to(cache.dtype)
+
+
+def with_kvcache(attn, q, k_cache, v_cache, cache_seqlens, k_new=None,
+                 v_new=None, block_table=None, *, return_lse: bool = False):
+    _check_tensor("q", q, 4, "[B, Sq, Hq, D]")
+    B, Sq = q.shape[:2]
+    paged = block_table is not None
+    layout = "[num_pages, page_size, Hkv, D]" if paged else "[B, S_max, Hkv, D]"
+    _check_tensor("k_cache", k_cache, 4, layout)
+    _check_tensor("v_cache", v_cache, 4, layout.replace("D]", "Dv]"))
+    if k_cache.shape[:3] != v_cache.shape[:3]:
+        raise _err(f"k_cache and v_cache must agree in all but the last dim, got "
+                   f"{list(k_cache.shape)} and {list(v_cache.shape)}")
+    dev = q.device
+    lens = _int_vector("cache_seqlens", cache_seqlens, B, dev)
+    if paged:
+        if (not isinstance(block_table, torch.Tensor) or block_table.dim() != 2
+                or block_table.dtype not in (torch.int32, torch.int64) or block_table.shape[0] != B):
+            raise _err(f"block_table must be an int32 [B={B}, max_pages] tensor, got "
+                       f"{getattr(block_table, 'dtype', type(block_table).__name__)}"
+                       f"{list(block_table.shape) if isinstance(block_table, torch.Tensor) else ''}")
+        block_table = block_table.to(device=dev, dtype=torch.int64)
+        capacity = block_table.shape[1] * k_cache.shape[1]
+    else:
+        if k_cache.shape[0] != B:
+            raise _err(f"k_cache has batch {k_cache.shape[0]}, q has {B}")
+        capacity = k_cache.shape[1]
+    if (k_new is None) != (v_new is None):
+        raise _err("k_new and v_new go together: pass both or neither")
+    n_new = 0
+    if k_new is not None:
+        _check_tensor("k_new", k_new, 4, "[B, S_new, Hkv, D]")
+        _check_tensor("v_new", v_new, 4, "[B, S_new, Hkv, Dv]")
+        if (k_new.shape[0] != B or v_new.shape[:2] != k_new.shape[:2]
+                or k_new.shape[2:] != k_cache.shape[2:] or v_new.shape[2:] != v_cache.shape[2:]):
+            raise _err(f"k_new {list(k_new.shape)} / v_new {list(v_new.shape)} do not fit the "
+                       f"cache {list(k_cache.shape)} / {list(v_cache.shape)} and batch {B}")
+        n_new = k_new.shape[1]
+    host = lens.tolist()  # one synchronization: bounds, and the keys to read
+    total = [n + n_new for n in host]
+    for b, (n, t) in enumerate(zip(host, total)):
+        if n < 0 or t > capacity:
+            raise _err(f"sequence {b}: cache_seqlens {n} + {n_new} new tokens does not fit the "
+                       f"cache's {capacity} positions")
+        if t < Sq:
+            raise _err(f"sequence {b} has {t} tokens but {Sq} queries: the queries are a "
+                       "sequence's last tokens (with k_new, the new ones)")
+    width = max(total)
+    if paged:
+        ps = k_cache.shape[1]
+        pages = -(-width // ps)
+        used = block_table[:, :pages]
+        need = (torch.arange(pages, device=dev)[None, :] * ps) < torch.tensor(total, device=dev)[:, None]
+        if bool(((used < 0) | (used >= k_cache.shape[0]))[need].any()):
+            raise _err(f"block_table has page indices outside [0, {k_cache.shape[0]}) for "
+                       "positions a sequence uses")
+    if n_new:
+        _append(k_cache, k_new, lens, block_table)
+        _append(v_cache, v_new, lens, block_table)
+    if paged:
+        used = used.clamp(0, k_cache.shape[0] - 1)  # pages past a sequence's end: masked
+        k = k_cache[used].flatten(1, 2)[:, :width]
+        v = v_cache[used].flatten(1, 2)[:, :width]
+    else:
+        k, v = k_cache[:, :width], v_cache[:, :width]
+    kv_len = lens + n_new
+    res = _run(attn, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), kv_len - Sq,
+               kv_len, return_lse)
+    if return_lse:
+        return res[0].transpose(1, 2), res[1]  # lse [B, Hq, Sq]
+    return res.transpose(1, 2)

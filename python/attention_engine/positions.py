@@ -1,0 +1,70 @@
+"""A compiled variant's graph, rewritten to see sequence positions (the inference entry points).
+
+The varlen and KV-cache entry points (inference.py) run sequences of different lengths in one
+padded batch. For the mods to give the same answer as in training, ``q_idx`` must be the
+query's position in its sequence and the keys past a sequence's end must not count. Both are
+per-row data, so they become two captured tensors of the rewritten graph, indexed by ``b``:
+
+    q_idx  -> q_idx + q_start[b]      (the position of the batch row's first query)
+    mask   -> mask and kv_idx < kv_len[b]
+
+Everything else (the kernels, the reference executor, the backward) runs the rewritten graph as
+any other variant with captured tensors.
+"""
+from __future__ import annotations
+
+import json
+
+_PARAMS = ("score", "b", "h", "q_idx", "kv_idx")
+
+
+def _remap(node: dict, old_to_new) -> dict:
+    out = dict(node)
+    if "args" in out:
+        out["args"] = [old_to_new(a) for a in out["args"]]
+    return out
+
+
+def with_positions(trace_json: str) -> str:
+    """The trace with two more captured tensors (int64 ``q_start`` and ``kv_len``, one entry
+    per batch row) and q_idx and the mask rewritten as the module docstring says."""
+    g = json.loads(trace_json)
+    nodes = g["nodes"]
+    params = {n["name"]: i for i, n in enumerate(nodes) if n.get("op") == "param"}
+    missing = [p for p in _PARAMS if p not in params]
+    if missing:  # the tracer always emits the five parameters first
+        raise ValueError(f"attention_engine: trace without parameter(s) {missing}")
+    n_params = max(params.values()) + 1
+    q_start_buf, kv_len_buf = len(g["buffers"]), len(g["buffers"]) + 1
+    g["buffers"] = g["buffers"] + [
+        {"dtype": "int64", "name": "q_start", "requires_grad": False, "shape": [1]},
+        {"dtype": "int64", "name": "kv_len", "requires_grad": False, "shape": [1]},
+    ]
+    # Two nodes right after the parameters (arguments must have smaller ids than their users):
+    # load q_start[b], then q_idx + it; every later use of q_idx reads the sum.
+    load_id, pos_id = n_params, n_params + 1
+    shift = 2
+
+    def old_to_new(i: int) -> int:
+        if i == params["q_idx"]:
+            return pos_id
+        return i if i < n_params else i + shift
+
+    new_nodes = nodes[:n_params] + [
+        {"op": "load", "buffer": q_start_buf, "args": [params["b"]]},
+        {"op": "add", "args": [params["q_idx"], load_id]},
+    ] + [_remap(n, old_to_new) for n in nodes[n_params:]]
+    outputs = {k: old_to_new(v) for k, v in g["outputs"].items()}
+
+    # The keys a batch row has: kv_idx < kv_len[b], and-ed into the mask.
+    new_nodes.append({"op": "load", "buffer": kv_len_buf, "args": [params["b"]]})
+    new_nodes.append({"op": "lt", "args": [params["kv_idx"], len(new_nodes) - 1]})
+    in_range = len(new_nodes) - 1
+    if "mask" in outputs:
+        new_nodes.append({"op": "and", "args": [outputs["mask"], in_range]})
+        outputs["mask"] = len(new_nodes) - 1
+    else:
+        outputs["mask"] = in_range
+    g["nodes"] = new_nodes
+    g["outputs"] = outputs
+    return json.dumps(g, sort_keys=True)

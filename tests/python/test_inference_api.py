@@ -1,0 +1,249 @@
+"""The inference entry points (attention_engine/inference.py): packed varlen sequences and a KV
+cache, contiguous and paged, against the independent oracle of conftest.py in float64 (CPU:
+the reference executor), and on the GPU the fused kernels against float64 (marked gpu).
+
+The rule under test: the mods see positions within the sequence (b = the sequence, the queries
+its last tokens), so varlen equals one call per sequence, and decoding token by token equals
+the full forward."""
+import pytest
+import torch
+
+import attention_engine as ae
+from attention_engine import mods
+from conftest import assert_close, oracle
+
+H_BIAS = torch.linspace(-1.0, 1.0, 5, dtype=torch.float64)  # per sequence: b must be the sequence
+
+
+def _bias_by_sequence(score, b, h, q_idx, kv_idx):
+    return score + H_BIAS[b]
+
+
+VARIANTS = {
+    "causal": (None, mods.causal),
+    "alibi": (mods.alibi(mods.alibi_slopes(4)), mods.causal),
+    "softcap_window": (mods.softcap(5.0), mods.sliding_window(6)),
+    "bias_by_sequence": (_bias_by_sequence, None),
+}
+
+
+def _seq_oracle(q, k, v, score_mod, mask_mod, b):
+    """One sequence ([1, H, L, D] tensors), its queries the last tokens, as sequence b."""
+    lq, lk = q.shape[2], k.shape[2]
+    qf = torch.cat([q.new_zeros(1, q.shape[1], lk - lq, q.shape[3]), q], 2)
+    sm = None if score_mod is None else (lambda s, bb, h, qi, ki: score_mod(s, bb + b, h, qi, ki))
+    mm = None if mask_mod is None else (lambda bb, h, qi, ki: mask_mod(bb + b, h, qi, ki))
+    out, lse = oracle(qf, k, v, sm, mm)
+    return out[:, :, lk - lq:], lse[:, :, lk - lq:]
+
+
+def _packed(lengths, heads, d, seed, dtype=torch.float64, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(sum(lengths), heads, d, dtype=dtype, generator=gen)
+    return x.to(device).requires_grad_()
+
+
+def _cu(lengths, device="cpu"):
+    return torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32,
+                        device=device)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("lens", [([5, 17, 1, 9], None), ([3, 7, 2], [8, 7, 5])],
+                         ids=["self", "fewer_queries"])
+def test_varlen_equals_one_call_per_sequence(name, lens):
+    score_mod, mask_mod = VARIANTS[name]
+    lq, lk = lens[0], lens[1] or lens[0]
+    attn = ae.compile(score_mod, mask_mod)
+    q, k, v = _packed(lq, 4, 8, 0), _packed(lk, 2, 8, 1), _packed(lk, 2, 8, 2)
+    out, lse = attn.varlen(q, k, v, _cu(lq), _cu(lk), max(lq), max(lk), return_lse=True)
+    assert out.shape == (sum(lq), 4, 8) and lse.shape == (4, sum(lq))
+    dout = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), dout)
+
+    outs, lses = [], []
+    cq, ck = _cu(lq).tolist(), _cu(lk).tolist()
+    for i in range(len(lq)):
+        as_bhsd = lambda x, c: x[c[i]:c[i + 1]].transpose(0, 1).unsqueeze(0)
+        o, l_ = _seq_oracle(as_bhsd(q, cq), as_bhsd(k, ck), as_bhsd(v, ck), score_mod, mask_mod, i)
+        outs.append(o[0].transpose(0, 1))
+        lses.append(l_[0])
+    ref = torch.cat(outs)
+    assert_close(out, ref, 1e-10, "out")
+    ref_lse = torch.cat(lses, 1)
+    fin = torch.isfinite(ref_lse)
+    assert torch.equal(fin, torch.isfinite(lse))
+    assert_close(lse[fin].double(), ref_lse[fin], 1e-5, "lse")
+    want = torch.autograd.grad(ref, (q, k, v), dout)
+    for what, a, b in zip(("dq", "dk", "dv"), got, want):
+        assert_close(a, b, 1e-10, what)
+
+
+def test_varlen_rejects_bad_lengths():
+    attn = ae.compile(mask_mod=mods.causal)
+    q = k = v = torch.randn(8, 2, 4)
+    good = torch.tensor([0, 3, 8])
+    cases = [
+        (torch.tensor([1, 3, 8]), good, "start at 0"),
+        (torch.tensor([0, 5, 3, 8]), torch.tensor([0, 2, 4, 8]), "never decrease"),
+        (torch.tensor([0, 3, 7]), good, "end at the token count 8"),
+        (torch.tensor([0, 3, 8]), torch.tensor([0, 8]), r"n \+ 1"),
+        (torch.tensor([0.0, 3, 8]), good, "int32 or int64"),
+    ]
+    for cq, ck, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            attn.varlen(q, k, v, cq, ck)
+    with pytest.raises(ValueError, match="at most as many as keys"):
+        attn.varlen(q, k[:6], v[:6], good, torch.tensor([0, 2, 6]))
+    with pytest.raises(ValueError, match="max_seqlen_q=4 is less than the longest"):
+        attn.varlen(q, k, v, good, good, max_seqlen_q=4)
+    with pytest.raises(ValueError, match=r"\[total_q, Hq, D\]"):
+        attn.varlen(q[None], k, v, good, good)
+
+
+def _paged(cache_len, page_size, batch, heads, d, seed):
+    """An empty paged cache with each sequence's pages shuffled over the pool."""
+    pages_per_seq = -(-cache_len // page_size)
+    n_pages = batch * pages_per_seq + 3
+    perm = torch.randperm(n_pages, generator=torch.Generator().manual_seed(seed))[:batch * pages_per_seq]
+    table = perm.view(batch, pages_per_seq).to(torch.int32)
+    kc = torch.full((n_pages, page_size, heads, d), float("nan"), dtype=torch.float64)
+    return kc, kc.clone(), table
+
+
+@pytest.mark.parametrize("name", ["causal", "alibi", "softcap_window"])
+@pytest.mark.parametrize("page_size", [None, 4, 16])
+def test_decoding_token_by_token_equals_the_full_forward(name, page_size):
+    score_mod, mask_mod = VARIANTS[name]
+    attn = ae.compile(score_mod, mask_mod)
+    B, T, HQ, HKV, D, prefill = 2, 21, 4, 1, 8, 6
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(B, T, h, D, dtype=torch.float64, generator=gen) for h in (HQ, HKV, HKV))
+    full = attn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+
+    if page_size is None:
+        kc = torch.full((B, 32, HKV, D), float("nan"), dtype=torch.float64)
+        vc, table = kc.clone(), None
+    else:
+        kc, vc, table = _paged(32, page_size, B, HKV, D, seed=4)
+    # Ragged prefill through the cache, one sequence per call (its batch-of-one view of the
+    # cache), then one token per step for both, each at its own position.
+    prefills = [prefill, prefill - 3]
+    for b, n in enumerate(prefills):
+        kb, vb, tb = (kc, vc, table[b:b + 1]) if table is not None else (kc[b:b + 1], vc[b:b + 1], None)
+        out = attn.with_kvcache(q[b:b + 1, :n], kb, vb, 0, k[b:b + 1, :n], v[b:b + 1, :n], tb)
+        assert_close(out, full[b:b + 1, :n], 1e-10, "prefill")
+    lens = torch.tensor(prefills, dtype=torch.int32)
+    rows = torch.arange(B)[:, None]
+    while lens.max() < T:
+        idx = lens[:, None].long()
+        qt, kt, vt = (x[rows, idx] for x in (q, k, v))
+        out, lse = attn.with_kvcache(qt, kc, vc, lens, kt, vt, table, return_lse=True)
+        assert out.shape == (B, 1, HQ, D) and lse.shape == (B, HQ, 1)
+        assert_close(out, full[rows, idx], 1e-10, f"tokens {idx.flatten().tolist()}")
+        lens += 1
+
+
+def test_paged_cache_is_written_in_place_and_speculative_queries_are_the_last_tokens():
+    attn = ae.compile(mods.alibi(mods.alibi_slopes(2)), mods.causal)
+    B, T, H, D, ps = 2, 19, 2, 8, 4
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(B, T, H, D, dtype=torch.float64, generator=gen) for _ in range(3))
+    kc, vc, table = _paged(24, ps, B, H, D, seed=6)
+    attn.with_kvcache(q[:, :15], kc, vc, torch.zeros(B, dtype=torch.int64), k[:, :15], v[:, :15], table)
+    for b in range(B):
+        for pos in (0, 5, 14):
+            page = table[b, pos // ps].item()
+            assert torch.equal(kc[page, pos % ps], k[b, pos]) and torch.equal(vc[page, pos % ps], v[b, pos])
+    # Four speculative tokens at once equal the full forward's last four rows.
+    out = attn.with_kvcache(q[:, 15:], kc, vc, 15, k[:, 15:], v[:, 15:], table)
+    full = attn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    assert_close(out, full[:, 15:], 1e-10, "Sq = 4")
+    # Without new tokens the queries are the last Sq cached ones.
+    out = attn.with_kvcache(q[:, 17:], kc, vc, torch.tensor([T, T]), block_table=table)
+    assert_close(out, full[:, 17:], 1e-10, "no k_new")
+
+
+def test_kvcache_rejects_bad_inputs():
+    attn = ae.compile(mask_mod=mods.causal)
+    q = torch.randn(2, 1, 2, 8)
+    kc, vc = torch.zeros(2, 16, 2, 8), torch.zeros(2, 16, 2, 8)
+    k1 = torch.randn(2, 1, 2, 8)
+    with pytest.raises(ValueError, match="does not fit the cache's 16 positions"):
+        attn.with_kvcache(q, kc, vc, torch.tensor([3, 16]), k1, k1)
+    with pytest.raises(ValueError, match="has 0 tokens but 1 queries"):
+        attn.with_kvcache(q, kc, vc, torch.tensor([3, 0]))
+    with pytest.raises(ValueError, match="k_new and v_new go together"):
+        attn.with_kvcache(q, kc, vc, 3, k1)
+    with pytest.raises(ValueError, match="3 entries for a batch of 2"):
+        attn.with_kvcache(q, kc, vc, torch.tensor([3, 4, 5]))
+    with pytest.raises(ValueError, match="k_cache has batch 3"):
+        attn.with_kvcache(q, torch.zeros(3, 16, 2, 8), torch.zeros(3, 16, 2, 8), 3)
+    pages = torch.zeros(5, 4, 2, 8)
+    with pytest.raises(ValueError, match="page indices outside"):
+        attn.with_kvcache(q, pages, pages.clone(), 6, block_table=torch.tensor([[0, 9], [1, 2]], dtype=torch.int32))
+    with pytest.raises(ValueError, match="block_table must be an int32"):
+        attn.with_kvcache(q, pages, pages.clone(), 6, block_table=torch.tensor([[0, 1]]))
+    with pytest.raises(ValueError, match=r"\[B, Sq, Hq, D\]"):
+        attn.with_kvcache(q[0], kc, vc, 3)
+
+
+# ---- the fused kernels (GPU) ------------------------------------------------------------
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp(min=1e-12)).item()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["causal", "alibi", "softcap_window"])
+def test_varlen_on_the_kernels(name):
+    score_mod, mask_mod = VARIANTS[name]
+    attn = ae.compile(score_mod, mask_mod)
+    lens = [1, 17, 1000, 4097, 300]
+    q, k, v = (_packed(lens, h, 64, s, torch.bfloat16, "cuda") for s, h in ((0, 8), (1, 2), (2, 2)))
+    cu = _cu(lens, "cuda")
+    out = attn.varlen(q, k, v, cu, cu)
+    dout = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), dout)
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref = attn.varlen(q64, k64, v64, cu, cu)  # float64: the reference executor
+    want = torch.autograd.grad(ref, (q64, k64, v64), dout.double())
+    assert _rel(out, ref) < 2e-2
+    for a, b in zip(got, want):
+        assert _rel(a, b) < 3e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("page_size", [16, 64, 256])
+def test_paged_decode_on_the_kernels(page_size):
+    attn = ae.compile(mods.alibi(mods.alibi_slopes(8)), mods.causal)
+    B, HQ, HKV, D, cap = 3, 8, 2, 128, 4352
+    lens = torch.tensor([17, 1000, 4097], dtype=torch.int32, device="cuda")
+    pages_per_seq = cap // page_size
+    n_pages = B * pages_per_seq
+    table = torch.randperm(n_pages, device="cuda").view(B, pages_per_seq).to(torch.int32)
+    kc = torch.randn(n_pages, page_size, HKV, D, device="cuda", dtype=torch.bfloat16)
+    vc = torch.randn_like(kc)
+    for sq in (1, 4):
+        q = torch.randn(B, sq, HQ, D, device="cuda", dtype=torch.bfloat16)
+        out = attn.with_kvcache(q, kc, vc, lens, block_table=table)
+        ref = attn.with_kvcache(q.double(), kc.double(), vc.double(), lens, block_table=table)
+        assert _rel(out, ref) < 2e-2
+
+
+def test_module_varlen_learns_its_captured_parameter():
+    slopes = torch.nn.Parameter(torch.tensor([0.5, -0.25], dtype=torch.float64))
+    module = ae.Attention(mods.alibi(slopes), mods.causal)
+    lens = [4, 9]
+    q, k, v = (_packed(lens, 2, 8, s) for s in range(3))
+    out = module.varlen(q, k, v, _cu(lens), _cu(lens))
+    (g,) = torch.autograd.grad(out.square().sum(), module.slopes)
+    want = torch.zeros_like(g)
+    cu = _cu(lens).tolist()
+    for i in range(len(lens)):
+        as_bhsd = lambda x: x[cu[i]:cu[i + 1]].transpose(0, 1).unsqueeze(0)
+        o = module(as_bhsd(q), as_bhsd(k), as_bhsd(v))
+        want += torch.autograd.grad(o.square().sum(), module.slopes)[0]
+    assert_close(g, want, 1e-10, "d slopes")
+    assert g.abs().sum() > 0
