@@ -4,7 +4,8 @@
 # a short table. Logs go to $OUT (or build/gpu_check when run elsewhere).
 #
 #   bash bench/gpu_check.sh            # everything
-#   bash bench/gpu_check.sh build test # some steps: build, test, jit, smoke, fwd, bwd, e2e, grads, sweep, bench
+#   bash bench/gpu_check.sh build test # some steps: build, test, jit, smoke, fwd, bwd, e2e, grads,
+#                                      # decode, generate, sweep, bench
 #   TESTS="tests/python/test_gpu_kernels.py -x -k 'causal or plain'" bash bench/gpu_check.sh build test
 # A step that runs past STEP_TIMEOUT seconds (default 1200) is stopped and counts as failed.
 set -uo pipefail
@@ -40,6 +41,8 @@ for s in $STEPS; do
     bwd)   step bwd bwd_compare.log $PY bench/bwd_compare.py ${BWD_ARGS:-} ;;
     e2e)   step e2e e2e_train.log $PY bench/e2e_train.py ${E2E_ARGS:-} ;;
     grads) step grads captured_grads.log $PY bench/captured_grads.py ;;
+    decode) step decode decode.log $PY bench/decode_bench.py ${DECODE_ARGS:-} ;;
+    generate) step generate generate.log $PY bench/generate.py ${GENERATE_ARGS:-} ;;
     sweep) step sweep sweep.log $PY bench/tile_sweep.py ${SWEEP:-} ;;  # SWEEP="fwd90:128,2,1,1 ..."
     bench) [ -f bench/attention_bench.py ] && step bench bench.log $PY bench/attention_bench.py --out "$OUT/bench.md" ;;
     *) echo "unknown step $s"; exit 2 ;;
@@ -53,5 +56,7 @@ echo; echo "== jit"; tail -n 20 "$OUT/jit_gpu_check.log" 2>/dev/null
 [ -f "$OUT/bwd_compare.log" ] && { echo "== bwd"; tail -n 14 "$OUT/bwd_compare.log"; }
 [ -f "$OUT/e2e_train.log" ] && { echo "== e2e"; tail -n 6 "$OUT/e2e_train.log"; }
 [ -f "$OUT/captured_grads.log" ] && { echo "== grads"; tail -n 5 "$OUT/captured_grads.log"; }
+[ -f "$OUT/decode.log" ] && { echo "== decode"; grep -E "^(decode|B[0-9])" "$OUT/decode.log"; }
+[ -f "$OUT/generate.log" ] && { echo "== generate"; tail -n 3 "$OUT/generate.log"; }
 [ -f "$OUT/bench.md" ] && { echo "== bench"; cat "$OUT/bench.md"; }
 echo; echo "== summary"; printf '%s\n' "${SUMMARY[@]}"
