@@ -54,6 +54,11 @@ def sections():
             ["causal", "sliding_window", "prefix_lm", "document_mask", "alibi", "alibi_slopes",
              "softcap", "relative_bias", "sigmoid", "relu_squared", "and_masks", "or_masks"]
         ]),
+        ("Learned block sparsity (SeerAttention): attention_engine.seer", [
+            (f"seer.{n}", getattr(ae.seer, n)) for n in
+            ["SeerAttention", "SeerGate", "pooled_attention_map", "gate_loss", "select_blocks",
+             "BlockSparseAttention"]
+        ]),
         ("Errors", [("attention_engine.TraceError", ae.TraceError),
                     ("attention_engine.GraphError", ae.GraphError)]),
         ("Hugging Face Transformers: attention_engine.integrations.transformers", [

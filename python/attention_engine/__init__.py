@@ -21,11 +21,12 @@ from .errors import GraphError, TraceError
 from .flex import (AuxOutput, AuxRequest, BlockMask, create_block_mask, create_mask,
                    flex_attention)
 from .module import Attention
+from . import seer
 from torch.nn.attention.flex_attention import and_masks, noop_mask, or_masks  # noqa: E402
 
 __version__ = _C.__version__
 
 __all__ = ["compile", "CompiledAttention", "clear_kernel_caches", "Attention", "flex_attention",
            "create_block_mask", "create_mask", "BlockMask", "AuxRequest", "AuxOutput",
-           "and_masks", "or_masks", "noop_mask", "mods", "GraphError", "TraceError",
+           "and_masks", "or_masks", "noop_mask", "mods", "seer", "GraphError", "TraceError",
            "__version__"]

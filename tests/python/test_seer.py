@@ -1,0 +1,198 @@
+"""SeerAttention's pieces (attention_engine/seer.py) on the CPU, in float64 against written-out
+computations: the pooled attention map, the gate's pooling and logits, its loss, block
+selection, block-sparse attention forward and backward, and a gate that learns (the loss
+falls). On the GPU: block-sparse attention on the kernels against float64 (marked gpu)."""
+import math
+
+import pytest
+import torch
+
+import attention_engine as ae
+from attention_engine import mods
+from attention_engine.seer import (BlockSparseAttention, SeerGate, gate_loss,
+                                   pooled_attention_map, select_blocks)
+from conftest import assert_close, oracle, rand_qkv
+
+
+def _weights(q, k, score_mod=None, mask_mod=None):
+    """The attention weights [B, Hq, Sq, Skv] written out (softmax of the masked scores)."""
+    B, H, Sq, D = q.shape
+    kk = k.repeat_interleave(H // k.shape[1], 1)
+    s = q @ kk.transpose(-1, -2) / math.sqrt(D)
+    b, h = torch.arange(B).view(B, 1, 1, 1), torch.arange(H).view(1, H, 1, 1)
+    qi, ki = torch.arange(Sq).view(1, 1, Sq, 1), torch.arange(k.shape[2]).view(1, 1, 1, -1)
+    if score_mod is not None:
+        s = score_mod(s, b, h, qi, ki)
+    if mask_mod is not None:
+        s = s.masked_fill(~mask_mod(b, h, qi, ki), float("-inf"))
+    return torch.softmax(s, -1)
+
+
+@pytest.mark.parametrize("S,bs", [(64, 16), (70, 16)])
+def test_pooled_map_is_the_block_max_of_the_weights_row_normalized(S, bs):
+    slopes = mods.alibi_slopes(4).double()
+    score_mod, mask_mod = mods.alibi(slopes), mods.causal
+    attn = ae.compile(score_mod, mask_mod)
+    q, k, _ = rand_qkv(B=2, HQ=4, HKV=2, SQ=S, SKV=S, DQK=8, DV=8, requires_grad=False)
+    got = pooled_attention_map(attn, q, k, bs)
+    p = _weights(q, k, score_mod, mask_mod)
+    nb = -(-S // bs)
+    want = torch.zeros(2, 4, nb, nb, dtype=torch.float64)
+    for i in range(nb):
+        for j in range(nb):
+            want[..., i, j] = p[..., i * bs:(i + 1) * bs, j * bs:(j + 1) * bs].amax((-1, -2))
+    want = want / want.sum(-1, keepdim=True)
+    assert got.dtype == torch.float32
+    assert_close(got.double(), want, 1e-6, "pooled map")
+    assert torch.all(got.triu(1) == 0)  # causal: nothing above the diagonal blocks
+
+
+def test_gate_pools_each_block_and_reads_its_kv_group():
+    torch.manual_seed(0)
+    gate = SeerGate(heads=4, kv_heads=2, head_dim=8, block_size=16, hidden=6, rope=False).double()
+    q, k, _ = rand_qkv(B=1, HQ=4, HKV=2, SQ=40, SKV=40, DQK=8, requires_grad=False)
+    logits = gate(q, k)
+    assert logits.shape == (1, 4, 3, 3) and logits.dtype == torch.float32
+    assert torch.isneginf(logits.triu(1)[..., 0, 1:]).all()
+
+    def pooled(x, i):  # block i: rows i*16 .. min(S, (i+1)*16)
+        blk = x[:, :, i * 16:(i + 1) * 16]
+        return torch.cat([blk.mean(2), blk.amax(2), blk.amin(2)], -1)
+    for h in range(4):
+        for i in range(3):
+            for j in range(i + 1):
+                qv = pooled(q, i)[0, h] @ gate.wq[h]
+                kv = pooled(k, j)[0, h // 2] @ gate.wk[h // 2]
+                want = (qv @ kv / math.sqrt(6)).item()
+                assert abs(logits[0, h, i, j].item() - want) < 1e-4, (h, i, j)
+    with pytest.raises(ValueError, match="kv_heads .3. must divide heads"):
+        SeerGate(heads=4, kv_heads=3, head_dim=8)
+    with pytest.raises(ValueError, match="takes q"):
+        gate(q[:, :2], k)
+    with pytest.raises(ValueError, match="as many queries as keys"):
+        gate(q, k[:, :, :20])
+
+
+def test_gate_loss_is_the_row_kl_and_vanishes_at_the_target():
+    torch.manual_seed(1)
+    target = torch.softmax(torch.randn(2, 3, 8, 8), -1).tril()
+    target = target / target.sum(-1, keepdim=True)
+    logits = torch.randn(2, 3, 8, 8).masked_fill(~torch.ones(8, 8, dtype=torch.bool).tril(), float("-inf"))
+    logp = torch.log_softmax(logits, -1)[..., 2:, :]
+    t = target[..., 2:, :]
+    want = torch.where(t > 0, t * (t.log() - logp), 0.0).sum(-1).mean()
+    got = gate_loss(logits, target)
+    assert abs(got.item() - want.item()) < 1e-5 and got.item() > 0
+    at_target = target.log()  # -inf above the diagonal, as a causal gate's logits
+    assert abs(gate_loss(at_target, target).item()) < 1e-6
+
+
+def test_select_blocks_by_ratio_and_by_threshold():
+    torch.manual_seed(2)
+    logits = torch.randn(2, 2, 10, 10).masked_fill(~torch.ones(10, 10, dtype=torch.bool).tril(), float("-inf"))
+    keep = select_blocks(logits, keep_ratio=0.3)
+    assert keep.dtype == torch.bool and not keep.triu(1).any()
+    assert keep.diagonal(dim1=-2, dim2=-1).all()
+    for i in range(10):
+        n = keep[..., i, :].sum(-1)
+        k_row = max(1, math.ceil(0.3 * (i + 1)))
+        assert ((n == k_row) | (n == k_row + 1)).all()  # + the diagonal when not among the top
+    probs = torch.softmax(logits, -1)
+    keep = select_blocks(logits, threshold=0.2)
+    assert torch.equal(keep, (probs > 0.2) | torch.eye(10, dtype=torch.bool))
+    with pytest.raises(ValueError, match="one of them"):
+        select_blocks(logits)
+    with pytest.raises(ValueError, match="keep_ratio must be in"):
+        select_blocks(logits, keep_ratio=1.5)
+
+
+@pytest.mark.parametrize("name", ["causal", "alibi_window"])
+def test_block_sparse_attention_equals_the_dense_mask(name):
+    bs = 8
+    score_mod, mask_mod = {"causal": (None, mods.causal),
+                           "alibi_window": (mods.alibi(mods.alibi_slopes(4).double()),
+                                            mods.sliding_window(12))}[name]
+    sparse = BlockSparseAttention(score_mod, mask_mod, block_size=bs)
+    q, k, v = rand_qkv(B=2, HQ=4, HKV=2, SQ=37, SKV=37, DQK=8, DV=8)
+    gen = torch.Generator().manual_seed(3)
+    blocks = torch.rand(1, 4, 5, 5, generator=gen) < 0.5  # batch 1: broadcast over B
+    blocks[0, 0, 1] = False  # a query block with nothing kept: its rows return 0
+    out, lse = sparse(q, k, v, blocks, return_lse=True)
+    full = blocks.expand(2, 4, 5, 5)
+
+    def dense_mask(b, h, qi, ki):
+        keep = full[b, h, qi // bs, ki // bs]
+        return keep if mask_mod is None else keep & mask_mod(b, h, qi, ki)
+    ref, ref_lse = oracle(q, k, v, score_mod, dense_mask)
+    assert_close(out, ref, 1e-10, "out")
+    assert (out[:, 0, 8:16] == 0).all()
+    dout = torch.randn_like(out)
+    for a, b_, what in zip(torch.autograd.grad(out, (q, k, v), dout),
+                           torch.autograd.grad(ref, (q, k, v), dout), ("dq", "dk", "dv")):
+        assert_close(a, b_, 1e-10, what)
+    with pytest.raises(ValueError, match=r"expected \[2 or 1, 4 or 1, 5, 5\]"):
+        sparse(q, k, v, blocks[..., :4])
+    with pytest.raises(ValueError, match="must be a bool tensor"):
+        sparse(q, k, v, blocks.int())
+
+
+def test_a_gate_learns_the_pooled_map():
+    torch.manual_seed(0)
+    H, Hk, S, D, bs = 4, 2, 128, 16, 16
+    attn = ae.compile(mods.alibi(mods.alibi_slopes(H)), mods.causal)
+    gate = SeerGate(H, Hk, D, block_size=bs, hidden=16)
+    opt = torch.optim.Adam(gate.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        q, k = torch.randn(2, H, S, D), torch.randn(2, Hk, S, D)
+        loss = gate_loss(gate(q, k), pooled_attention_map(attn, q, k, bs))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.5 * first, (first, last)
+
+
+def test_seer_attention_module_runs_the_gate_then_the_kept_blocks():
+    torch.manual_seed(4)
+    module = ae.seer.SeerAttention(4, 2, 8, mods.alibi(mods.alibi_slopes(4)), block_size=8,
+                                   keep_ratio=0.4, hidden=8)
+    q, k, v = rand_qkv(B=1, HQ=4, HKV=2, SQ=40, SKV=40, DQK=8, DV=8, dtype=torch.float32)
+    blocks = module.blocks(q, k)
+    assert blocks.shape == (1, 4, 5, 5) and 0 < blocks.float().mean() < 1
+    out = module(q, k, v)
+    assert_close(out, module.sparse(q, k, v, blocks), 0.0, "forward = sparse(gate's blocks)")
+    (dq,) = torch.autograd.grad(out.sum(), q)  # attention's gradients flow; the gate's do not
+    assert dq.abs().sum() > 0 and module.gate.wq.grad is None
+    loss = module.distill_loss(q, k)
+    loss.backward()
+    assert loss.item() > 0 and module.gate.wq.grad.abs().sum() > 0
+    dense = ae.seer.SeerAttention(4, 2, 8, mods.alibi(mods.alibi_slopes(4)), block_size=8,
+                                  threshold=0.0, hidden=8)  # every reachable block
+    ref, _ = oracle(q, k, v, mods.alibi(mods.alibi_slopes(4)), mods.causal)
+    assert_close(dense(q, k, v), ref, 1e-5, "threshold 0: dense causal")
+
+
+# ---- the fused kernels (GPU) ------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_block_sparse_attention_on_the_kernels():
+    bs, S = 64, 1000
+    sparse = BlockSparseAttention(mods.softcap(20.0), mods.causal, block_size=bs)
+    q, k, v = (torch.randn(2, h, S, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for h in (8, 2, 2))
+    logits = torch.randn(2, 8, 16, 16, device="cuda").masked_fill(
+        ~torch.ones(16, 16, dtype=torch.bool, device="cuda").tril(), float("-inf"))
+    blocks = select_blocks(logits, keep_ratio=0.25)
+    out = sparse(q, k, v, blocks)
+    dout = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), dout)
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref = sparse(q64, k64, v64, blocks)  # float64: the reference executor
+    want = torch.autograd.grad(ref, (q64, k64, v64), dout.double())
+    rel = lambda a, b: ((a.double() - b).norm() / b.norm()).item()
+    assert rel(out, ref) < 2e-2
+    for a, b in zip(got, want):
+        assert rel(a, b) < 3e-2
