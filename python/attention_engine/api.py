@@ -202,7 +202,8 @@ class CompiledAttention:
         positions ``cache_seqlens[b] + i`` first. The queries are each sequence's last Sq
         tokens: ``q_idx`` of query i is ``length - Sq + i`` (length counting the new tokens),
         so decoding token by token gives what the full forward gives. Returns out
-        [B, Sq, Hq, Dv] (and lse [B, Hq, Sq]).
+        [B, Sq, Hq, Dv] (and lse [B, Hq, Sq]). Gradients reach q, k_new, v_new and the
+        captured tensors, not the cache's earlier contents.
 
         Example:
             >>> import torch, attention_engine as ae

@@ -136,11 +136,11 @@ def _append(cache: torch.Tensor, new: torch.Tensor, lengths: torch.Tensor, block
     pos = lengths[:, None] + torch.arange(Sn, device=new.device)[None, :]  # [B, Sn]
     with torch.no_grad():
         if block_table is None:
-            cache[torch.arange(B, device=new.device)[:, None], pos] = new.to(cache.dtype)
+            cache[torch.arange(B, device=new.device)[:, None], pos] = new
         else:
             ps = cache.shape[1]
             page = block_table.gather(1, pos // ps)
-            cache[page, pos % ps] = new.to(cache.dtype)
+            cache[page, pos % ps] = new
 
 
 def with_kvcache(attn, q, k_cache, v_cache, cache_seqlens, k_new=None,
@@ -179,6 +179,22 @@ def with_kvcache(attn, q, k_cache, v_cache, cache_seqlens, k_new=None,
             raise _err(f"k_new {list(k_new.shape)} / v_new {list(v_new.shape)} do not fit the "
                        f"cache {list(k_cache.shape)} / {list(v_cache.shape)} and batch {B}")
         n_new = k_new.shape[1]
+    # Everything the attention call would refuse, refused before the cache is written.
+    if q.dtype != k_cache.dtype or q.device != k_cache.device or v_cache.device != k_cache.device \
+            or v_cache.dtype != k_cache.dtype:
+        raise _err(f"q ({q.dtype}, {q.device}) and the cache ({k_cache.dtype}, {k_cache.device}; "
+                   f"v {v_cache.dtype}, {v_cache.device}) must share dtype and device")
+    if k_new is not None and (k_new.dtype != k_cache.dtype or v_new.dtype != v_cache.dtype
+                              or k_new.device != k_cache.device or v_new.device != v_cache.device):
+        raise _err(f"k_new / v_new ({k_new.dtype}, {k_new.device} / {v_new.dtype}, "
+                   f"{v_new.device}) must have the cache's dtype and device ({k_cache.dtype}, "
+                   f"{k_cache.device})")
+    if q.shape[-1] != k_cache.shape[-1] or q.shape[2] % k_cache.shape[2]:
+        raise _err(f"q {list(q.shape)} does not fit the cache {list(k_cache.shape)}: the same "
+                   "head dim, and query heads a multiple of the cache's heads")
+    if return_lse and attn.normalize != "softmax":
+        raise _err(f"return_lse=True needs normalize='softmax' (this variant uses "
+                   f"normalize={attn.normalize!r})")
     host = lens.tolist()  # one synchronization: bounds, and the keys to read
     total = [n + n_new for n in host]
     for b, (n, t) in enumerate(zip(host, total)):
@@ -206,6 +222,15 @@ def with_kvcache(attn, q, k_cache, v_cache, cache_seqlens, k_new=None,
         v = v_cache[used].flatten(1, 2)[:, :width]
     else:
         k, v = k_cache[:, :width], v_cache[:, :width]
+    if torch.is_grad_enabled():
+        # Autograd: the new tokens enter through an out-of-place copy (their gradients flow),
+        # and no input of this call is a view of the cache a later call writes into.
+        k, v = k.detach().clone(), v.detach().clone()
+        if n_new:
+            rows = torch.arange(B, device=dev)[:, None]
+            pos = lens[:, None] + torch.arange(n_new, device=dev)[None, :]
+            k = k.index_put((rows, pos), k_new)
+            v = v.index_put((rows, pos), v_new)
     kv_len = lens + n_new
     res = _run(attn, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), kv_len - Sq,
                kv_len, return_lse)

@@ -5,7 +5,9 @@ padded batch. For the mods to give the same answer as in training, ``q_idx`` mus
 query's position in its sequence and the keys past a sequence's end must not count. Both are
 per-row data, so they become two captured tensors of the rewritten graph, indexed by ``b``:
 
-    q_idx  -> q_idx + q_start[b]      (the position of the batch row's first query)
+    q_idx  -> q_idx + q_start[b]      (the position of the batch row's first query; rows
+                                       past the sequence's end, padding, read position 0 so
+                                       that a captured tensor indexed by q_idx stays in range)
     mask   -> mask and kv_idx < kv_len[b]
 
 Everything else (the kernels, the reference executor, the backward) runs the rewritten graph as
@@ -40,25 +42,32 @@ def with_positions(trace_json: str) -> str:
         {"dtype": "int64", "name": "q_start", "requires_grad": False, "shape": [1]},
         {"dtype": "int64", "name": "kv_len", "requires_grad": False, "shape": [1]},
     ]
-    # Two nodes right after the parameters (arguments must have smaller ids than their users):
-    # load q_start[b], then q_idx + it; every later use of q_idx reads the sum.
-    load_id, pos_id = n_params, n_params + 1
-    shift = 2
+    # Nodes right after the parameters (arguments must have smaller ids than their users):
+    # q_start[b], kv_len[b], pos = q_idx + q_start[b], and q_idx' = pos where pos < kv_len[b]
+    # (a real query), else 0 (a padding row, whose output is dropped); every later use of
+    # q_idx reads q_idx'.
+    b, q = params["b"], params["q_idx"]
+    start, length, pos, zero, real, new_q = range(n_params, n_params + 6)
+    prefix = [
+        {"op": "load", "buffer": q_start_buf, "args": [b]},
+        {"op": "load", "buffer": kv_len_buf, "args": [b]},
+        {"op": "add", "args": [q, start]},
+        {"op": "const", "dtype": "int", "value": 0},
+        {"op": "lt", "args": [pos, length]},
+        {"op": "where", "args": [real, pos, zero]},
+    ]
+    shift = len(prefix)
 
     def old_to_new(i: int) -> int:
-        if i == params["q_idx"]:
-            return pos_id
+        if i == q:
+            return new_q
         return i if i < n_params else i + shift
 
-    new_nodes = nodes[:n_params] + [
-        {"op": "load", "buffer": q_start_buf, "args": [params["b"]]},
-        {"op": "add", "args": [params["q_idx"], load_id]},
-    ] + [_remap(n, old_to_new) for n in nodes[n_params:]]
+    new_nodes = nodes[:n_params] + prefix + [_remap(n, old_to_new) for n in nodes[n_params:]]
     outputs = {k: old_to_new(v) for k, v in g["outputs"].items()}
 
     # The keys a batch row has: kv_idx < kv_len[b], and-ed into the mask.
-    new_nodes.append({"op": "load", "buffer": kv_len_buf, "args": [params["b"]]})
-    new_nodes.append({"op": "lt", "args": [params["kv_idx"], len(new_nodes) - 1]})
+    new_nodes.append({"op": "lt", "args": [params["kv_idx"], length]})
     in_range = len(new_nodes) - 1
     if "mask" in outputs:
         new_nodes.append({"op": "and", "args": [outputs["mask"], in_range]})

@@ -130,6 +130,9 @@ class SeerGate(nn.Module):
     def __init__(self, heads: int, kv_heads: int, head_dim: int, block_size: int = 64,
                  hidden: int = 128, rope: bool = True, rope_base: float = 10000.0):
         super().__init__()
+        if min(heads, kv_heads, head_dim, hidden) < 1:
+            raise ValueError(f"attention_engine.seer: heads, kv_heads, head_dim and hidden must be "
+                             f"positive, got {heads}, {kv_heads}, {head_dim}, {hidden}")
         if heads % kv_heads:
             raise ValueError(f"attention_engine.seer: kv_heads ({kv_heads}) must divide heads "
                              f"({heads})")
@@ -178,6 +181,8 @@ def gate_loss(logits: torch.Tensor, target: torch.Tensor, skip_first: float = 0.
     if logits.shape != target.shape:
         raise ValueError(f"attention_engine.seer: logits {list(logits.shape)} and target "
                          f"{list(target.shape)} differ")
+    if not 0.0 <= skip_first < 1.0:
+        raise ValueError(f"attention_engine.seer: skip_first must be in [0, 1), got {skip_first}")
     start = int(logits.shape[-2] * skip_first)
     logp = F.log_softmax(logits.float()[..., start:, :], -1)
     t = target.float()[..., start:, :]
@@ -205,6 +210,9 @@ def select_blocks(logits: torch.Tensor, threshold: Optional[float] = None,
         raise ValueError("attention_engine.seer: give threshold or keep_ratio (one of them)")
     probs = torch.softmax(logits.float(), -1)
     nq, nk = probs.shape[-2:]
+    if causal and nq != nk:
+        raise ValueError(f"attention_engine.seer: causal selection needs as many query blocks as "
+                         f"key blocks, got {nq} and {nk}")
     allowed = (_causal_blocks(nq, nk, probs.device) if causal
                else torch.ones(nq, nk, dtype=torch.bool, device=probs.device))
     if threshold is not None:

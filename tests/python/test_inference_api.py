@@ -247,3 +247,58 @@ def test_module_varlen_learns_its_captured_parameter():
         want += torch.autograd.grad(o.square().sum(), module.slopes)[0]
     assert_close(g, want, 1e-10, "d slopes")
     assert g.abs().sum() > 0
+
+
+def test_padding_rows_keep_captured_indices_in_range():
+    """Fewer queries than keys in one sequence, a mod indexing a tensor by q_idx: the padded
+    rows of the shorter sequence must not index past it (review finding)."""
+    pos_bias = torch.linspace(-1, 1, 10, dtype=torch.float64)
+    score_mod = lambda s, b, h, q_idx, kv_idx: s + pos_bias[q_idx]
+    attn = ae.compile(score_mod, mods.causal)
+    lq, lk = [1, 10], [10, 10]
+    q, k, v = _packed(lq, 2, 8, 0), _packed(lk, 2, 8, 1), _packed(lk, 2, 8, 2)
+    out = attn.varlen(q, k, v, _cu(lq), _cu(lk))
+    cq, ck = _cu(lq).tolist(), _cu(lk).tolist()
+    for i in range(2):
+        as_bhsd = lambda x, c: x[c[i]:c[i + 1]].transpose(0, 1).unsqueeze(0)
+        o, _ = _seq_oracle(as_bhsd(q, cq), as_bhsd(k, ck), as_bhsd(v, ck), score_mod, mods.causal, i)
+        assert_close(out[cq[i]:cq[i + 1]], o[0].transpose(0, 1), 1e-10, f"sequence {i}")
+
+
+def test_kvcache_gradients_reach_the_new_tokens_and_bad_calls_leave_the_cache_alone():
+    attn = ae.compile(mods.alibi(mods.alibi_slopes(2)), mods.causal)
+    gen = torch.Generator().manual_seed(7)
+    B, T, H, D = 2, 9, 2, 8
+    q, k, v = (torch.randn(B, T, H, D, dtype=torch.float64, generator=gen) for _ in range(3))
+    kc = torch.zeros(B, 16, H, D, dtype=torch.float64)
+    vc = torch.zeros_like(kc)
+    attn.with_kvcache(q[:, :6], kc, vc, 0, k[:, :6], v[:, :6])
+    qn, kn, vn = (x[:, 6:].clone().requires_grad_() for x in (q, k, v))
+    out = attn.with_kvcache(qn, kc, vc, 6, kn, vn)
+    # Two steps on one cache, then backward through the first: no in-place trouble.
+    q2 = torch.randn(B, 1, H, D, dtype=torch.float64, requires_grad=True)
+    attn.with_kvcache(q2, kc, vc, 9, torch.zeros(B, 1, H, D, dtype=torch.float64),
+                      torch.zeros(B, 1, H, D, dtype=torch.float64)).sum().backward()
+    dout = torch.randn_like(out)
+    got = torch.autograd.grad(out, (qn, kn, vn), dout)
+    qf, kf, vf = (x.clone().requires_grad_() for x in (q, k, v))
+    full = attn(qf.transpose(1, 2), kf.transpose(1, 2), vf.transpose(1, 2)).transpose(1, 2)[:, 6:]
+    want = torch.autograd.grad(full, (qf, kf, vf), dout)
+    assert_close(got[0], want[0][:, 6:], 1e-10, "dq")
+    # The new tokens' gradients: the full forward's, at their positions, minus what earlier
+    # queries (not in this call) add there; causal: none do.
+    assert_close(got[1], want[1][:, 6:], 1e-10, "dk_new")
+    assert_close(got[2], want[2][:, 6:], 1e-10, "dv_new")
+    before = kc.clone()
+    bad = [dict(q=qn.detach().float()), dict(q=torch.randn(B, 1, 3, D, dtype=torch.float64)),
+           dict(q=torch.randn(B, 1, H, 4, dtype=torch.float64))]
+    for case in bad:
+        with pytest.raises(ValueError):
+            attn.with_kvcache(case["q"], kc, vc, 10, kn.detach()[:, :1], vn.detach()[:, :1])
+    with pytest.raises(ValueError, match="cache's dtype"):
+        attn.with_kvcache(qn.detach()[:, :1], kc, vc, 10, kn.detach()[:, :1].float(), vn.detach()[:, :1])
+    none = ae.compile(mods.sigmoid(0.0), normalize="none")
+    with pytest.raises(ValueError, match="return_lse=True needs"):
+        none.with_kvcache(qn.detach()[:, :1], kc, vc, 10, kn.detach()[:, :1], vn.detach()[:, :1],
+                          return_lse=True)
+    assert torch.equal(kc, before)

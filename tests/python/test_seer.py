@@ -104,6 +104,12 @@ def test_select_blocks_by_ratio_and_by_threshold():
         select_blocks(logits)
     with pytest.raises(ValueError, match="keep_ratio must be in"):
         select_blocks(logits, keep_ratio=1.5)
+    with pytest.raises(ValueError, match="as many query blocks as key blocks"):
+        select_blocks(logits[..., :4], keep_ratio=0.5)
+    with pytest.raises(ValueError, match="skip_first must be in"):
+        gate_loss(logits, probs, skip_first=1.0)
+    with pytest.raises(ValueError, match="must be positive"):
+        SeerGate(heads=4, kv_heads=0, head_dim=8)
 
 
 @pytest.mark.parametrize("name", ["causal", "alibi_window"])
