@@ -24,11 +24,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import attention_engine as ae
 from attention_engine import mods
 
-try:  # the speed bar (issue 17); not on PyPI's index for the GPU machine: bench/fa4_pack.sh
-    from flash_attn.cute import flash_attn_func as fa4_func
-except Exception as e:  # noqa: BLE001
-    fa4_func = None
-    print(f"FlashAttention-4 not measured: {type(e).__name__}: {str(e)[:80]}", flush=True)
+from fa4 import fa4, why as fa4_why  # bench/fa4.py: FlashAttention-4 where it imports
+
+if fa4 is None:
+    print(f"FlashAttention-4 not measured: {fa4_why}", flush=True)
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--quick", action="store_true", help="D128 plain and causal at 8k only")
@@ -143,15 +142,12 @@ for name, D, S, make, frac, causal in case_list():
                     line += f"  {label} {3.5 * flops / bench(fn) / 1e9:4.0f}"
                 except RuntimeError as e:  # noqa: PERF203
                     line += f"  {label} n/a ({str(e)[:40]})"
-        if fa4_func is not None:  # [B, S, H, D]
+        if fa4 is not None:  # [B, S, H, D]
             q4, k4, v4, do4 = (x.detach().transpose(1, 2).contiguous().requires_grad_(x is not do)
                                for x in (q, k, v, do))
-
-            def fa4_out(a, b_, c):
-                r = fa4_func(a, b_, c, causal=bool(causal))
-                return r[0] if isinstance(r, tuple) else r
             try:
-                t4 = bench(lambda: torch.autograd.grad(fa4_out(q4, k4, v4), (q4, k4, v4), do4))
+                t4 = bench(lambda: torch.autograd.grad(fa4(q4, k4, v4, causal=bool(causal)),
+                                                       (q4, k4, v4), do4))
                 line += f"  fa4 {3.5 * flops / t4 / 1e9:4.0f}"
             except Exception as e:  # noqa: BLE001
                 line += f"  fa4 n/a ({type(e).__name__}: {str(e)[:40]})"

@@ -1,5 +1,6 @@
 """Forward-only comparison on one GPU, one process: the sm90 template (TMA + wgmma), the
-sm80 template (AE_DISABLE_SM90=1) and PyTorch SDPA (cuDNN, flash), TFLOPS with the
+sm80 template (AE_DISABLE_SM90=1), PyTorch SDPA (cuDNN, flash) and, where it imports,
+FlashAttention-4 (bench/fa4.py; plain, causal and its own softcap), TFLOPS with the
 FlashAttention convention (16k tokens, hidden 2048), plus each kernel's max difference from
 the other template as a sanity check, and the SASS facts of the sm90 kernel (HGMMA count,
 local memory) when nvcc and cuobjdump are on PATH.
@@ -19,6 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import attention_engine as ae
 from attention_engine import mods
+from fa4 import fa4  # bench/fa4.py: FlashAttention-4 where it imports, else None
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -69,8 +71,8 @@ def main():
         "alibi+causal": (None, True),  # built per head count
         "sigmoid": (ae.compile(mods.sigmoid(-4.0), normalize="none"), False),
     }
-    print("| case | S | D | sm90 | sm80 | cuDNN | flash | sm90 vs sm80 max diff |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| case | S | D | sm90 | sm80 | cuDNN | flash | FA4 | sm90 vs sm80 max diff |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for d in map(int, args.dims.split(",")):
         for s in map(int, args.seqs.split(",")):
             h = 2048 // d
@@ -96,8 +98,17 @@ def main():
                         cud = tf(bench_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)))
                     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
                         fl = tf(bench_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)))
-                print(f"| {name} ({backend}) | {s} | {d} | {tf(t90)} | {tf(t80)} | {cud} | {fl} | {diff:.1e} |",
-                      flush=True)
+                f4 = "-"
+                if fa4 is not None and name in ("plain", "causal", "softcap"):
+                    q4, k4, v4 = (x.transpose(1, 2).contiguous() for x in (q, k, v))
+                    cap = 30.0 if name == "softcap" else 0.0
+                    try:
+                        f4 = tf(bench_ms(lambda: fa4(q4, k4, v4, causal=causal, softcap=cap)))
+                    except Exception as e:  # noqa: BLE001
+                        f4 = f"n/a ({type(e).__name__})"
+                    del q4, k4, v4
+                print(f"| {name} ({backend}) | {s} | {d} | {tf(t90)} | {tf(t80)} | {cud} | {fl} | {f4} | "
+                      f"{diff:.1e} |", flush=True)
     print()
     print("sm90 SASS (plain, D128):", sass_facts(variants["plain"][0], 128))
 
