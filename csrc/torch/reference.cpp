@@ -74,7 +74,7 @@ at::Tensor contributing(const Scores& sc, bool softmax) {
 // whole output row nan, so such rows are summed apart, through the mask. Masked positions
 // never contribute, whatever V (or K, or Q) holds there.
 at::Tensor masked_matmul(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c) {
-  if (!c.defined()) return at::matmul(a, b);
+  if (!c.defined() || b.size(-2) == 0 || a.numel() == 0) return at::matmul(a, b);  // no sum
   const at::Tensor bad = at::logical_not(at::isfinite(b)).any(-1).reshape({-1, b.size(-2)}).any(0);
   if (!bad.any().item<bool>()) return at::matmul(a, b);
   const at::Tensor bad_n = bad.nonzero().squeeze(-1);

@@ -302,3 +302,22 @@ def test_kvcache_gradients_reach_the_new_tokens_and_bad_calls_leave_the_cache_al
         none.with_kvcache(qn.detach()[:, :1], kc, vc, 10, kn.detach()[:, :1], vn.detach()[:, :1],
                           return_lse=True)
     assert torch.equal(kc, before)
+
+
+@pytest.mark.parametrize("mask_mod", [None, mods.causal], ids=["no_mask", "causal"])
+def test_no_keys_give_zeros_and_an_empty_lse(mask_mod):
+    """A row with no keys at all (an empty cache, an empty sequence's padding): out 0, lse
+    -inf, zero gradients, as for a row whose keys are all masked (was a reshape error)."""
+    attn = ae.compile(mask_mod=mask_mod)
+    q = torch.randn(1, 2, 4, 8, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 2, 0, 8, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 2, 0, 8, dtype=torch.float64, requires_grad=True)
+    out, lse = attn(q, k, v, return_lse=True)
+    assert torch.equal(out, torch.zeros_like(out)) and torch.isneginf(lse).all()
+    dq, dk, dv = torch.autograd.grad(out.sum(), (q, k, v))
+    assert torch.equal(dq, torch.zeros_like(q)) and dk.shape == k.shape and dv.shape == v.shape
+    lens = [0, 3]  # varlen with an empty sequence
+    qp, kp, vp = _packed(lens, 2, 8, 0), _packed(lens, 2, 8, 1), _packed(lens, 2, 8, 2)
+    assert attn.varlen(qp, kp, vp, _cu(lens), _cu(lens)).shape == (3, 2, 8)
+    empty = _packed([0, 0], 2, 8, 0)
+    assert attn.varlen(empty, empty, empty, _cu([0, 0]), _cu([0, 0])).shape == (0, 2, 8)
