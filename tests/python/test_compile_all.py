@@ -134,6 +134,33 @@ def _compiles_without_spills(info, kind):
             pytest.fail(f"{info['describe']} {arch} spills at every register-usage level: {tried}")
 
 
+# The variants the Python layers build (not written by a user): the inference entry points'
+# positions rewrite (attention_engine/positions.py: two int64 tensors indexed by b) and
+# SeerAttention's block-sparse attention (a bool block tensor).
+def _positions_variant(attn):
+    from attention_engine.inference import _positioned
+    return _positioned(attn).variant, [str(t.dtype).replace("torch.", "") for t in attn.buffers] + ["int64", "int64"]
+
+
+BUILT_VARIANTS = {
+    "positions_causal": lambda: _positions_variant(ae.compile(mask_mod=mods.causal)),
+    "positions_alibi": lambda: _positions_variant(ae.compile(mods.alibi(mods.alibi_slopes(16)), mods.causal)),
+    "seer_block_sparse": lambda: (ae.seer.BlockSparseAttention(mods.softcap(20.0), mods.causal)._attn.variant,
+                                  ["bool"]),
+}
+
+
+@pytest.mark.parametrize("kind", ["fwd", "bwd", "fwd90", "bwd90", "block_state"])
+@pytest.mark.parametrize("name", list(BUILT_VARIANTS))
+def test_built_variants_compile_without_spills(name, kind):
+    variant, dtypes = BUILT_VARIANTS[name]()
+    step, family = {"fwd": ("fwd", "sm80"), "fwd90": ("fwd", "sm90"), "bwd": ("bwd", "sm80"),
+                    "bwd90": ("bwd", "sm90")}.get(kind, (kind, ""))
+    grads = [False] * len(dtypes) if step == "bwd" else []
+    info = variant.kernel_source(step, 128, 128, True, dtypes, family=family, buffer_grads=grads)
+    _compiles_without_spills(info, kind)
+
+
 @pytest.mark.parametrize("bf16", [True, False], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("row_pass", ["bwd_prep", "bwd_dq"])
 def test_backward_row_passes_compile_without_spills(row_pass, bf16):
