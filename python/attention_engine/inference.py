@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 
 from .api import VariantRef, _variant_of, run_op
-from .ops import attention_op, reference_op
+from .ops import attention_op
 from .positions import with_positions
 
 _POSITIONED: dict = {}  # trace JSON -> VariantRef of its positions rewrite
@@ -71,11 +71,8 @@ def _run(attn, q, k, v, q_start, kv_len, return_lse):
     ref = _positioned(attn)
     captured = attn.captured if hasattr(attn, "captured") else attn.buffers
     buffers = list(captured) + [q_start, kv_len]
-    # No keys at all (every sequence empty): nothing to launch; the reference gives the zeros,
-    # the -inf LSE and the zero gradients on any device.
-    op = attention_op if k.shape[2] else reference_op
-    return run_op(op, q, k, v, buffers, ref.key, attn.normalize, attn.scale, return_lse,
-                  getattr(attn, "deterministic", False))
+    return run_op(attention_op, q, k, v, buffers, ref.key, attn.normalize, attn.scale,
+                  return_lse, getattr(attn, "deterministic", False))
 
 
 def _pad(x: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, width: int):
