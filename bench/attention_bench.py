@@ -94,12 +94,14 @@ FULL_VARIANTS = ["alibi", "softcap", "relative_bias", "sliding_window", "documen
                  "relu_squared"]
 
 
-def cases_for(mode: str):
+def cases_for(mode: str, variant_seqlen: Optional[int] = None):
     if mode == "quick":
-        return base_cases([4096, 16384], [128]) + [Case(v, 4096, 128) for v in QUICK_VARIANTS]
+        S = variant_seqlen or 4096
+        return base_cases([4096, 16384], [128]) + [Case(v, S, 128) for v in QUICK_VARIANTS]
     if mode == "full":
+        S = variant_seqlen or 8192
         return (base_cases([512, 1024, 2048, 4096, 8192, 16384], [64, 128])
-                + [Case(v, 8192, 128) for v in FULL_VARIANTS])
+                + [Case(v, S, 128) for v in FULL_VARIANTS])
     # dry run: tiny and on the CPU
     return base_cases([128, 256], [64]) + [Case(v, 256, 64) for v in FULL_VARIANTS]
 
@@ -491,6 +493,8 @@ def parse_args(argv=None):
     ap.add_argument("--methods", help="comma-separated subset of: attention_engine, "
                     "sdpa-flash, sdpa-cudnn, flex, compiled")
     ap.add_argument("--variants", help="comma-separated subset of the variants to run")
+    ap.add_argument("--variant-seqlen", type=int,
+                    help="sequence length of the variants' cases (default 4k quick, 8k full)")
     ap.add_argument("--time-limit", type=float, default=0,
                     help="start no new case after this many seconds (0: no limit)")
     ap.add_argument("--warmup-ms", type=int, default=25, help="do_bench warm-up")
@@ -521,7 +525,7 @@ def main(argv=None) -> int:
     compile_fn = (lambda f: f) if dry else functools.partial(torch.compile, dynamic=False)
     raise_compile_limits()
     methods = select(all_methods(ae, compile_fn), args.methods, lambda m: m.name)
-    cases = select(cases_for(args.mode), args.variants, lambda c: c.variant)
+    cases = select(cases_for(args.mode, args.variant_seqlen), args.variants, lambda c: c.variant)
     timer = make_timer(device, args.warmup_ms, args.rep_ms)
     header = environment(ae, device, dtype)
     print(header, flush=True)

@@ -36,12 +36,13 @@ Template template_of(const KernelSpec& s) {
       if (s.family == Family::Sm90)
         // Tensor maps are __grid_constant__: the kernel takes their addresses.
         return {"sm90/fwd.h",
-                fmt::format("ae::sm90::FwdConfig<{}, {}, {}, {}, {}, {}, {}, {}>", s.d_qk, s.d_v,
-                            s.block_n, s.stages, s.overlap, s.pingpong, elem, layout),
+                fmt::format("ae::sm90::FwdConfig<{}, {}, {}, {}, {}, {}, {}, {}, {}>", s.d_qk,
+                            s.d_v, s.block_n, s.stages, s.overlap, s.pingpong, elem, layout,
+                            s.kv_split),
                 "ae::sm90::attention_fwd<Cfg>(p, Variant{va}, &tq, &tk, &tv)", true};
       return {"sm80/fwd.h",
-              fmt::format("ae::sm80::FwdConfig<{}, {}, {}, {}, {}, {}, {}>", s.d_qk, s.d_v,
-                          s.block_n, s.warps, s.m_tiles, elem, layout),
+              fmt::format("ae::sm80::FwdConfig<{}, {}, {}, {}, {}, {}, {}, {}>", s.d_qk, s.d_v,
+                          s.block_n, s.warps, s.m_tiles, elem, layout, s.kv_split),
               "ae::sm80::attention_fwd<Cfg>(p, Variant{va})", true};
     case Kind::Backward:
       if (s.family == Family::Sm90)
@@ -59,6 +60,9 @@ Template template_of(const KernelSpec& s) {
       return {"common/bwd_rows.h", "", fmt::format("ae::bwd_prep<{}>(rp)", elem), false};
     case Kind::BwdDq:
       return {"common/bwd_rows.h", "", fmt::format("ae::bwd_dq<{}>(rp)", elem), false};
+    case Kind::FwdCombine:
+      return {"common/split_combine.h", "", fmt::format("ae::fwd_combine<{}, {}>(p)", elem, layout),
+              false};
   }
   throw ir::GraphError("codegen: unknown kernel kind");
 }

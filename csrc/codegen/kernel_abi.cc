@@ -11,10 +11,12 @@ const KernelAbi& abi_of(const KernelSpec& s) {
       {Arg::Attn, Arg::Variant, Arg::TmaQ, Arg::TmaK, Arg::TmaV, Arg::TmaDo}, true};
   static const KernelAbi block_states{{Arg::Attn, Arg::Variant, Arg::BlockStates}, false};
   static const KernelAbi rows{{Arg::Rows}, false};
+  static const KernelAbi attn_only{{Arg::Attn}, false};
   switch (s.kind) {
     case Kind::Forward: return s.family == Family::Sm90 ? tma : attn;
     case Kind::Backward: return s.family == Family::Sm90 ? tma_bwd : attn;
     case Kind::BlockState: return block_states;
+    case Kind::FwdCombine: return attn_only;
     case Kind::BwdPrep:
     case Kind::BwdDq: return rows;
   }

@@ -11,6 +11,7 @@ const char* kind_name(Kind k) {
     case Kind::BlockState: return "block_state";
     case Kind::BwdPrep: return "bwd_prep";
     case Kind::BwdDq: return "bwd_dq";
+    case Kind::FwdCombine: return "fwd_combine";
   }
   return "?";
 }
@@ -31,7 +32,8 @@ std::string KernelSpec::describe() const {
   switch (kind) {
     case Kind::BlockState: return fmt::format("block_state {}", arch);  // no dtype, no tiles
     case Kind::BwdPrep:
-    case Kind::BwdDq: return fmt::format("{} {} {}", kind_name(kind), arch, dtype);
+    case Kind::BwdDq:
+    case Kind::FwdCombine: return fmt::format("{} {} {}", kind_name(kind), arch, dtype);
     case Kind::Forward:
     case Kind::Backward: break;
   }
@@ -39,7 +41,7 @@ std::string KernelSpec::describe() const {
   for (size_t i = 0; i < buffer_grads.size(); ++i)
     if (buffer_grads[i]) grads += fmt::format("{}{}", grads.empty() ? " dbuf" : ",", i);
   if (!grads.empty() && grad_sink == GradSink::Shared) grads += " smem";
-  return fmt::format("{}{} {} {} d{}/{} {}x{} w{}{}{}{}{}{}{}", kind_name(kind),
+  return fmt::format("{}{} {} {} d{}/{} {}x{} w{}{}{}{}{}{}{}{}", kind_name(kind),
                      family == Family::Sm90 ? "90" : "", arch, dtype, d_qk, d_v, block_m, block_n,
                      warps, m_tiles > 1 ? fmt::format(" mt{}", m_tiles) : "",
                      kind == Kind::Backward || family == Family::Sm90 ? fmt::format(" s{}", stages)
@@ -48,7 +50,7 @@ std::string KernelSpec::describe() const {
                          ? fmt::format("{}{}", overlap ? " ov" : "", overlap && pingpong ? " pp" : "")
                          : "",
                      reg_level >= 0 ? fmt::format(" r{}", reg_level) : "", grads,
-                     deterministic ? " det" : "");
+                     deterministic ? " det" : "", kv_split ? " split" : "");
 }
 
 std::vector<std::string> KernelSpec::compile_options() const {

@@ -15,6 +15,7 @@ enum class Kind {
   BlockState,  // the mask's code per tile (common/block_state.h)
   BwdPrep,     // backward row pass: delta, the log2 LSE, dq_accum zeroed (common/bwd_rows.h)
   BwdDq,       // backward row pass: dQ from dq_accum
+  FwdCombine,  // split-KV forward: the ranges' partial O and LSE merged (common/split_combine.h)
 };
 // Which template family: the portable kernels of templates/common (block states, row passes),
 // the mma.sync templates (sm_80 and up) or the Hopper ones (sm_90a: TMA, wgmma, warp
@@ -27,7 +28,7 @@ enum class Layout { Dense };
 // own, added into global memory once at the CTA's end.
 enum class GradSink { Global, Shared };
 
-const char* kind_name(Kind k);      // "fwd", "bwd", "block_state", "bwd_prep", "bwd_dq"
+const char* kind_name(Kind k);  // "fwd", "bwd", "block_state", "bwd_prep", "bwd_dq", "fwd_combine"
 const char* family_name(Family f);  // "common", "sm80", "sm90"
 
 struct KernelSpec {
@@ -53,10 +54,14 @@ struct KernelSpec {
   // Backward: dQ's additions in a fixed order, the same bits run to run (common/dq_order.h).
   bool deterministic = false;
   GradSink grad_sink = GradSink::Global;  // backward with buffer_grads: where they go
+  // Forward: built for a split-KV launch (partial outputs for the combine step).
+  bool kv_split = false;
 
   int threads() const { return 32 * warps; }
   // Whether the kernel is generated from a variant (the row passes are the same for all).
-  bool uses_variant() const { return kind != Kind::BwdPrep && kind != Kind::BwdDq; }
+  bool uses_variant() const {
+    return kind != Kind::BwdPrep && kind != Kind::BwdDq && kind != Kind::FwdCombine;
+  }
   std::string entry() const;        // the extern "C" kernel name: "ae_" + kind_name
   // "fwd sm_80 bf16 d128/128 128x64 w4 mt2 r0" ("dbuf0": grads, "dbuf0 smem": in shared
   // memory); what the kernel registry keys

@@ -20,8 +20,10 @@ enum class WorkspaceId {
   Delta,        // fp32 [B, Hq, Sq]: rowsum(dO * O) - dlse
   Lse2,         // fp32 [B, Hq, Sq]: the LSE in the log2 domain
   DqOrder,      // int32 [B, Hq, n_q_blocks]: the deterministic backward's dQ tile counters
+  OPart,        // fp32 [splits, B, Hq, Sq, Dv]: the split-KV forward's partial outputs
+  LsePart,      // fp32 [splits, B, Hq, Sq]: and their LSE
 };
-constexpr int kWorkspaceCount = 5;
+constexpr int kWorkspaceCount = 7;
 const char* workspace_name(WorkspaceId id);
 
 struct Workspace {

@@ -35,6 +35,10 @@ TuningOverrides TuningOverrides::from_environment() {
     const int n = std::atoi(g);
     o.head_group = n < 1 ? 1 : n;
   }
+  if (const char* s = std::getenv("AE_KV_SPLITS"); s && *s) {
+    const int n = std::atoi(s);
+    o.kv_splits = n < 1 ? 1 : n;
+  }
   return o;
 }
 

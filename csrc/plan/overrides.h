@@ -6,6 +6,7 @@
 //   AE_DISABLE_SM90=1                                 Hopper runs the sm80 forward
 //   AE_DISABLE_SM90_BWD=1                             Hopper runs the sm80 backward
 //   AE_HEAD_GROUP=N                                   the forward's head group (tile scheduler)
+//   AE_KV_SPLITS=N                                    the forward's split-KV count (1: none)
 //   AE_GRAD_SINK=global                               captured tensors' gradients by global
 //                                                     atomics (no shared-memory copy)
 // reg_level: ptxas --register-usage-level, -1 for its default. A field that is absent or out
@@ -23,6 +24,7 @@ struct TuningOverrides {
   bool disable_sm90 = false;
   bool disable_sm90_bwd = false;
   int head_group = 0;  // 0: the planner's heuristic
+  int kv_splits = 0;   // 0: the planner's heuristic
   bool global_grads = false;
 
   // Read from the environment (every call: benchmarks change them between calls).

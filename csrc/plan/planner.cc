@@ -152,10 +152,66 @@ AttnParams shape_params(const Problem& pb) {
   a.kv_len = static_cast<int>(pb.kv_len);
   a.scale = static_cast<float>(pb.scale);
   a.scale_log2 = static_cast<float>(pb.scale * 1.4426950408889634);
+  a.kv_splits = 1;
+  a.d_v = static_cast<int>(pb.d_v);
   return a;
 }
 
 unsigned u(int64_t x) { return static_cast<unsigned>(x); }
+
+// A step running one of the variant-free or portable kernels of templates/common.
+Step common_step(const PlanRequest& r, Kind kind, bool bf16, int threads) {
+  Step s;
+  s.spec.kind = kind;
+  s.spec.family = Family::Common;
+  s.spec.arch = r.device.arch();
+  s.spec.bf16 = bf16;
+  s.spec.warps = threads / 32;
+  s.threads = threads;
+  return s;
+}
+
+// The forward's split-KV count: when the query tiles (decode: one per head and batch) leave
+// SMs idle, the key blocks are cut into ranges so that tiles x ranges fill one wave, each
+// range at least kMinSplitBlocks blocks long (a range's partial O costs a write and a read).
+int kv_splits(const AttnParams& a, const DeviceCaps& dev, int override_splits) {
+  constexpr int kMinSplitBlocks = 4, kMaxSplits = 64;
+  const long long tiles = static_cast<long long>(a.n_q_blocks) * a.q_heads * a.batch;
+  int n = override_splits;
+  if (n <= 0) {
+    if (dev.multiprocessors <= 0 || tiles >= dev.multiprocessors) return 1;
+    n = static_cast<int>(std::min<long long>({dev.multiprocessors / tiles,
+                                              a.n_kv_blocks / kMinSplitBlocks, kMaxSplits}));
+  }
+  return std::clamp(n, 1, std::max(1, a.n_kv_blocks));
+}
+
+// Split-KV: the main kernel's grid gets kv_splits ranges per batch (the caller launches it
+// before the step this returns), its partial outputs go to two workspaces, and the combine
+// step merges them. No step (grid 0) when one range does.
+Step add_kv_splits(const PlanRequest& r, const KernelSpec& main, LaunchPlan& plan) {
+  AttnParams& a = plan.attn;
+  const Problem& pb = r.problem;
+  const int n = kv_splits(a, r.device, r.overrides.kv_splits);
+  Step s = common_step(r, Kind::FwdCombine, main.bf16, kCombineThreads);
+  s.grid = {0, 0, 0};
+  if (n <= 1) return s;
+  a.kv_split_blocks = (a.n_kv_blocks + n - 1) / n;
+  a.kv_splits = (a.n_kv_blocks + a.kv_split_blocks - 1) / a.kv_split_blocks;  // none empty
+  if (a.kv_splits <= 1) {
+    a.kv_splits = 1;
+    return s;
+  }
+  a.row_stats = r.variant.normalize == ir::Normalize::Softmax;
+  plan.workspaces.push_back(
+      {WorkspaceId::OPart, {a.kv_splits, pb.batch, pb.q_heads, pb.q_len, pb.d_v}, ElemType::Float32, ""});
+  plan.workspaces.push_back(
+      {WorkspaceId::LsePart, {a.kv_splits, pb.batch, pb.q_heads, pb.q_len}, ElemType::Float32, ""});
+  s.spec.layout = main.layout;
+  const int64_t rows = pb.batch * pb.q_heads * pb.q_len, per_cta = kCombineThreads / r.device.warp_size;
+  s.grid = {u((rows + per_cta - 1) / per_cta), 1, 1};
+  return s;
+}
 
 // Block counts for the main kernel's tiles; with a mask, the block-state step and its table.
 void add_block_states(const PlanRequest& r, const KernelSpec& main, LaunchPlan& plan) {
@@ -182,15 +238,9 @@ void add_block_states(const PlanRequest& r, const KernelSpec& main, LaunchPlan& 
   ws.key_by_captured = v.mask_reads_buffers;
   plan.workspaces.push_back(ws);
 
-  Step s;
-  s.spec.kind = Kind::BlockState;
-  s.spec.family = Family::Common;
-  s.spec.arch = r.device.arch();
-  s.spec.bf16 = main.bf16;
+  Step s = common_step(r, Kind::BlockState, main.bf16, kBlockStateThreads);
   s.spec.buffer_dtypes = main.buffer_dtypes;
-  s.spec.warps = kBlockStateThreads / 32;
   s.grid = {u(a.n_kv_blocks), u(a.n_q_blocks), u(nb * nh)};
-  s.threads = kBlockStateThreads;
   s.fills_workspace = true;
   s.fills = WorkspaceId::BlockStates;
   plan.steps.push_back(s);
@@ -210,16 +260,10 @@ Step main_step(const Problem& pb, const KernelSpec& spec, Dim3 grid) {
 // A backward row pass over every query row, row_lanes lanes per row of `dim` 16-bit values.
 Step row_pass(const PlanRequest& r, Kind kind, int dim) {
   const Problem& pb = r.problem;
-  Step s;
-  s.spec.kind = kind;
-  s.spec.family = Family::Common;
-  s.spec.arch = r.device.arch();
-  s.spec.bf16 = pb.dtype == ElemType::BFloat16;
-  s.spec.warps = kRowPassThreads / 32;
+  Step s = common_step(r, kind, pb.dtype == ElemType::BFloat16, kRowPassThreads);
   s.row_lanes = row_pass_lanes(dim);
   const int64_t rows = pb.batch * pb.q_heads * pb.q_len, per_cta = kRowPassThreads / s.row_lanes;
   s.grid = {u((rows + per_cta - 1) / per_cta), 1, 1};
-  s.threads = kRowPassThreads;
   return s;
 }
 
@@ -232,6 +276,8 @@ const char* workspace_name(WorkspaceId id) {
     case WorkspaceId::Delta: return "delta";
     case WorkspaceId::Lse2: return "lse2";
     case WorkspaceId::DqOrder: return "dq_order";
+    case WorkspaceId::OPart: return "o_part";
+    case WorkspaceId::LsePart: return "lse_part";
   }
   return "?";
 }
@@ -278,7 +324,11 @@ LaunchPlan make_plan(const PlanRequest& r) {
     const long long kv_bytes = pb.kv_len * (pb.d_qk + pb.d_v) * 2 / std::max<int64_t>(1, pb.group());
     a.head_group = head_group(spec.family, r.variant.has_mask, kv_bytes, a.q_heads,
                               r.overrides.head_group);
-    plan.steps.push_back(main_step(pb, spec, {u(a.n_q_blocks), u(pb.q_heads), u(pb.batch)}));
+    const Step combine = add_kv_splits(r, spec, plan);
+    spec.kv_split = a.kv_splits > 1;
+    plan.steps.push_back(
+        main_step(pb, spec, {u(a.n_q_blocks), u(pb.q_heads), u(pb.batch * a.kv_splits)}));
+    if (a.kv_splits > 1) plan.steps.push_back(combine);
     return plan;
   }
 

@@ -233,7 +233,8 @@ int smem_bytes(const KernelSpec& s) {
                                       : sm80::bwd_smem_bytes(s.block_n, s.d_qk, s.d_v, s.stages);
     case Kind::BlockState:
     case Kind::BwdPrep:
-    case Kind::BwdDq: return 0;
+    case Kind::BwdDq:
+    case Kind::FwdCombine: return 0;
   }
   return 0;
 }

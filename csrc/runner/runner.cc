@@ -42,6 +42,8 @@ AttnParams attn_params(const plan::LaunchPlan& plan, const Bindings& b) {
     p.o = b.o.data;
     strides3(p.o_stride, b.o);
     p.lse = static_cast<float*>(b.lse.data);
+    p.o_part = ws_f32(b, WorkspaceId::OPart);  // null unless split-KV
+    p.lse_part = ws_f32(b, WorkspaceId::LsePart);
   }
   p.block_state = static_cast<const unsigned char*>(ws(b, WorkspaceId::BlockStates).data);
   return p;

@@ -19,8 +19,10 @@ struct VariantHandle {
   std::string text;
 };
 
-// kernel_source: plans a 4k-token problem (B 1, 2 heads) on a device class and returns the
-// step's source and launch facts (for the compile-all check, sass_dump, and the curious).
+// kernel_source: plans a 4k-token problem (B 1, 16 heads: enough query tiles that the forward
+// does not split the keys; AE_KV_SPLITS=N plans the split-KV forward) on a device class and
+// returns the step's source and launch facts (for the compile-all check, sass_dump, and the
+// curious).
 pybind11::dict kernel_source(const ir::Variant& v, const std::string& step, int d_qk, int d_v,
                              bool bf16, const std::vector<std::string>& buffer_dtypes,
                              const std::string& device, const std::string& family,
@@ -29,15 +31,16 @@ pybind11::dict kernel_source(const ir::Variant& v, const std::string& step, int 
   plan::PlanRequest r;
   r.variant = plan::VariantTraits::of(v);
   const bool backward = step == "bwd" || step == "bwd_prep" || step == "bwd_dq";
-  if (!backward && step != "fwd" && step != "block_state")
-    throw ir::GraphError("step must be fwd, bwd, block_state, bwd_prep or bwd_dq, not " + step);
+  if (!backward && step != "fwd" && step != "block_state" && step != "fwd_combine")
+    throw ir::GraphError("step must be fwd, bwd, block_state, bwd_prep, bwd_dq or fwd_combine, not " +
+                         step);
   if (!buffer_grads.empty() && buffer_grads.size() != buffer_dtypes.size())
     throw ir::GraphError(fmt::format("codegen: {} buffer gradient flags for {} captured tensors",
                                      buffer_grads.size(), buffer_dtypes.size()));
   plan::Problem& pb = r.problem;
   pb.kind = backward ? plan::OpKind::Backward : plan::OpKind::Forward;
   pb.dtype = bf16 ? plan::ElemType::BFloat16 : plan::ElemType::Float16;
-  pb.batch = 1, pb.q_heads = pb.kv_heads = 2, pb.q_len = pb.kv_len = 4096;
+  pb.batch = 1, pb.q_heads = pb.kv_heads = 16, pb.q_len = pb.kv_len = 4096;
   pb.d_qk = d_qk, pb.d_v = d_v, pb.scale = 1.0;
   pb.deterministic = backward && deterministic;
   for (size_t i = 0; i < buffer_dtypes.size(); ++i) {
@@ -114,7 +117,7 @@ void bind_ir(pybind11::module_& m) {
            pyb::arg("deterministic") = false,
            "The generated source of one step of the plan the planner makes for this variant on a "
            "device class (h100, h200, a100, ada, mi250) at 4k tokens: step fwd, bwd, "
-           "block_state, bwd_prep or bwd_dq; family sm80 or sm90 to ask for one (default: the "
+           "block_state, bwd_prep, bwd_dq or fwd_combine (split-KV: AE_KV_SPLITS); family sm80 or sm90 to ask for one (default: the "
            "planner's choice); buffer_grads: for the backward, which captured tensors get "
            "gradients; deterministic: the deterministic backward's. Also the step's entry, compile options, threads, shared memory and the "
            "whole plan's text.");

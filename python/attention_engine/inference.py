@@ -9,11 +9,14 @@ a query's, the queries being a sequence's last tokens (a decode query's ``q_idx`
 and decode.
 
 How it runs today: the sequences are padded into one batch and the variant's graph rewritten to
-read each row's first query position and key count (positions.py); the fused kernels (or the
-reference executor) run that as any variant with captured tensors. Correct for every variant,
-forward and backward; not yet fast (split-KV decode, paged and varlen addressing in the
-kernels are the inference issue's next steps). Lengths are read on the host (one
-synchronization per call).
+read each row's first query position and key count (positions.py); with grouped-query
+attention and few queries per sequence (decode) the query heads of a group are packed into one
+head's rows (gqa_pack.py); the fused kernels (or the reference executor) run that as any
+variant with captured tensors, and the forward splits long key ranges across SMs when the
+query tiles alone would leave SMs idle (split-KV, the planner's). Correct for every variant,
+forward and backward. Paged and varlen addressing in the kernels are the inference issue's next
+steps (a paged cache is gathered into a contiguous one per call). Lengths are read on the host
+(one synchronization per call).
 """
 from __future__ import annotations
 
@@ -23,20 +26,27 @@ from typing import Optional
 import torch
 
 from .api import VariantRef, _variant_of, run_op
+from .gqa_pack import gqa_packed
 from .ops import attention_op
 from .positions import with_positions
 
-_POSITIONED: dict = {}  # trace JSON -> VariantRef of its positions rewrite
+_POSITIONED: dict = {}  # (trace JSON, GQA packing) -> VariantRef of its rewrite
 _LOCK = threading.Lock()
+# GQA packing (gqa_pack.py) where a group's queries fit a query tile of the kernels (128 rows)
+# and there are few per head (decode, speculative decoding).
+_PACK_MAX_SQ, _PACK_MAX_ROWS = 16, 128
 
 
-def _positioned(attn) -> VariantRef:
+def _positioned(attn, pack=None) -> VariantRef:
+    """The positions rewrite of attn's graph; pack (group, sq): also GQA-packed."""
     trace_json = attn._ref.trace_json
     with _LOCK:
-        ref = _POSITIONED.get(trace_json)
+        ref = _POSITIONED.get((trace_json, pack))
         if ref is None:
             rewritten = with_positions(trace_json)
-            ref = _POSITIONED[trace_json] = VariantRef(rewritten, _variant_of(rewritten))
+            if pack is not None:
+                rewritten = gqa_packed(rewritten, *pack)
+            ref = _POSITIONED[(trace_json, pack)] = VariantRef(rewritten, _variant_of(rewritten))
         return ref
 
 
@@ -67,12 +77,23 @@ def _int_vector(name: str, x, n: Optional[int], device) -> torch.Tensor:
 
 def _run(attn, q, k, v, q_start, kv_len, return_lse):
     """attn: a CompiledAttention or an Attention module (whose captured tensors are read as
-    registered now)."""
-    ref = _positioned(attn)
+    registered now). q [B, Hq, Sq, D], k / v [B, Hkv, Skv, D]."""
+    B, Hq, Sq, D = q.shape
+    Hkv = k.shape[1] if k.dim() == 4 and k.shape[1] > 0 else Hq
+    group = Hq // Hkv if Hq % Hkv == 0 else 1
+    pack = (group, Sq) if 1 < group and Sq <= _PACK_MAX_SQ and group * Sq <= _PACK_MAX_ROWS else None
+    ref = _positioned(attn, pack)
     captured = attn.captured if hasattr(attn, "captured") else attn.buffers
     buffers = list(captured) + [q_start, kv_len]
-    return run_op(attention_op, q, k, v, buffers, ref.key, attn.normalize, attn.scale,
-                  return_lse, getattr(attn, "deterministic", False))
+    if pack is not None:  # row g * Sq + s of KV head j is query s of head j * group + g
+        q = q.reshape(B, Hkv, group * Sq, D)
+    res = run_op(attention_op, q, k, v, buffers, ref.key, attn.normalize, attn.scale,
+                 return_lse, getattr(attn, "deterministic", False))
+    if pack is None:
+        return res
+    out, lse = res if return_lse else (res, None)
+    out = out.reshape(B, Hq, Sq, out.shape[-1])
+    return (out, lse.reshape(B, Hq, Sq)) if return_lse else out
 
 
 def _pad(x: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, width: int):

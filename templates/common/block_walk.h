@@ -13,21 +13,35 @@ namespace ae {
 // Block-state codes.
 enum : unsigned char { kBlockEmpty = 0, kBlockPartial = 1, kBlockFull = 2 };
 
-// Forward: the key blocks of query block m_block of (b, h).
+// Forward: the key blocks of query block m_block of (b, h) (of one split-KV range), in order,
+// from next(first). Under a mask, next(j) reads the codes of blocks j .. j + kWarpSize - 1 in
+// one load, a lane each, and takes the first kept one from their ballot: a dense row costs
+// one load per block as a serial scan would, a sparse one (a document mask's at 16k keeps a
+// few of 128 blocks) one per kWarpSize empty blocks, where a serial scan cost as much as the
+// GEMMs. The walk holds no state besides its bounds (registers are what the forwards lack).
+// Every lane of the warp must call next() with the same j.
 struct RowWalk {
   const unsigned char* state;  // null: no mask, every block full
-  int n;                       // key blocks
+  int first, n;                // the key blocks first .. n - 1 (a split-KV range, or all)
   // masked: the Variant's kHasMask. Without a mask the host passes no table, and saying so at
-  // compile time folds the walk away (and frees its registers).
-  AE_DEVICE RowWalk(const AttnParams& p, int b, int h, int m_block, bool masked)
+  // compile time folds the walk away (and frees its registers). split_kv (also known at compile
+  // time): walk range `split` of a split-KV launch.
+  AE_DEVICE RowWalk(const AttnParams& p, int b, int h, int m_block, bool masked, bool split_kv = false,
+                    int split = 0)
       : state(masked && p.block_state ? p.block_state + b * p.state_stride_b + h * p.state_stride_h +
                                             static_cast<long long>(m_block) * p.n_kv_blocks
                                       : nullptr),
-        n(p.n_kv_blocks) {}
+        first(split_kv ? split * p.kv_split_blocks : 0),
+        n(split_kv ? min(p.n_kv_blocks, first + p.kv_split_blocks) : p.n_kv_blocks) {}
   // The first block at or after j with something kept (n when none).
   AE_DEVICE int next(int j) const {
-    while (state && j < n && state[j] == kBlockEmpty) ++j;
-    return j;
+    if (!state) return j;
+    for (; j < n; j += kWarpSize) {
+      const int m = j + static_cast<int>(threadIdx.x % kWarpSize);
+      const LaneMask kept = ballot(m < n && state[m] != kBlockEmpty);
+      if (kept != 0) return j + first_lane(kept) - 1;
+    }
+    return n;
   }
   AE_DEVICE bool partial(int j) const { return state && state[j] == kBlockPartial; }
 };

@@ -51,6 +51,16 @@ struct AttnParams {
   int batch, q_heads, kv_heads, group, q_len, kv_len;
   float scale;       // applied to q.k
   float scale_log2;  // scale * log2(e), for variants without a score_mod
+  // Split-KV forward (decode: few query tiles, long keys): the key blocks are cut into
+  // kv_splits ranges of kv_split_blocks each; the CTA of range s writes its partial O (fp32,
+  // normalized over its range) and LSE to o_part / lse_part, [s, batch, q_heads, q_len(, d_v)]
+  // contiguous, and the combine kernel (common/split_combine.h) merges them into o and lse.
+  // kv_splits <= 1: no split, o and lse directly.
+  float* o_part;
+  float* lse_part;
+  int kv_splits, kv_split_blocks;
+  int d_v;            // the combine kernel's row width
+  int row_stats;      // the combine: merge by LSE (softmax), else add (normalize none)
 };
 
 // The backward's row passes (common/bwd_rows.h). dout, o, dq: [batch, heads, q_len, dim]

@@ -9,6 +9,9 @@ namespace ae {
 // common/block_state.h: one CTA per (query block, key block) tile.
 constexpr int kBlockStateThreads = 128;
 
+// common/split_combine.h: a warp per query row.
+constexpr int kCombineThreads = 128;
+
 // common/bwd_rows.h: groups of lanes per query row.
 constexpr int kRowPassThreads = 256;
 

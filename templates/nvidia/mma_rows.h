@@ -13,6 +13,7 @@
 #include "common/kv_layout.h"
 #include "common/normalizers.h"
 #include "common/params.h"
+#include "common/tile_scheduler.h"
 #include "nvidia/mma.h"
 
 namespace ae::rows {
@@ -150,8 +151,9 @@ AE_DEVICE void p_to_a(u32 (&a)[kN8 / 2][4], const float (&s)[kN8][4]) {
 }
 
 // Epilogue of a 16-row tile: normalize, write O (bf16/fp16) and the row statistic (the
-// natural-log LSE) for this thread's rows row0 and row0 + 8 (rows past q_len are skipped).
-template <bool kBf16, class Norm, class Layout, int kO8>
+// natural-log LSE) for this thread's rows row0 and row0 + 8 (rows past q_len are skipped);
+// kernels built for a split-KV launch write the range's partial O (fp32) and LSE instead.
+template <bool kBf16, class Norm, class Layout, bool kSplitKv = false, int kO8>
 AE_DEVICE void store_rows(const AttnParams& p, const float (&o)[kO8][4], const RowStats& st,
                           int b, int h, int row0) {
   const int lane = threadIdx.x % 32;
@@ -166,6 +168,18 @@ AE_DEVICE void store_rows(const AttnParams& p, const float (&o)[kO8][4], const R
     }
     float scale_o, lse;
     Norm::finish(st.m[r], l, scale_o, lse);
+    if constexpr (kSplitKv) {  // split-KV: this range's O (fp32) and LSE, for the combine
+      if (row < Layout::q_len(p, b)) {
+        const long long at = (static_cast<long long>(kv_split_of_cta(p)) * p.batch + b) * p.q_heads + h;
+        float* po = p.o_part + (at * p.q_len + row) * p.d_v;
+#pragma unroll
+        for (int i = 0; i < kO8; ++i)
+          *reinterpret_cast<float2*>(po + i * 8 + 2 * (lane % 4)) =
+              make_float2(o[i][2 * r] * scale_o, o[i][2 * r + 1] * scale_o);
+        if (lane % 4 == 0) p.lse_part[at * p.q_len + row] = lse;
+      }
+      continue;
+    }
     if (row < Layout::q_len(p, b)) {
 #pragma unroll
       for (int i = 0; i < kO8; ++i) {

@@ -19,7 +19,8 @@
 
 namespace ae::sm80 {
 
-template <int D_QK_, int D_V_, int BLOCK_N_, int WARPS_, int M_TILES_, bool BF16_, class LAYOUT_>
+template <int D_QK_, int D_V_, int BLOCK_N_, int WARPS_, int M_TILES_, bool BF16_, class LAYOUT_,
+          bool SPLIT_KV_ = false>
 struct FwdConfig {
   using Layout = LAYOUT_;
   static constexpr int kDqk = D_QK_, kDv = D_V_, kBlockN = BLOCK_N_, kWarps = WARPS_;
@@ -27,6 +28,8 @@ struct FwdConfig {
   // MMAs, halving the shared-memory traffic per FLOP.
   static constexpr int kMTiles = M_TILES_;
   static constexpr bool kBf16 = BF16_;
+  // Built for a split-KV launch (AttnParams::kv_splits): partial outputs for the combine.
+  static constexpr bool kSplitKv = SPLIT_KV_;
   static constexpr int kBlockM = 16 * kMTiles * kWarps, kThreads = 32 * kWarps;
   static constexpr int kLdQK = kDqk + 8, kLdV = kDv + 8;  // smem row strides (elements)
   static constexpr int kSmemQ = kBlockM * kLdQK, kSmemK = kBlockN * kLdQK, kSmemV = kBlockN * kLdV;
@@ -49,7 +52,7 @@ struct FwdKernel {
 
   AE_DEVICE void run(char* smem_raw) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const WorkTile tile = HeadsFastest::tile(p);
+    const WorkTile tile = HeadsFastest<Cfg::kSplitKv>::tile(p);
     const int m_block = tile.block, h = tile.head, b = tile.batch, q0 = m_block * Cfg::kBlockM;
     const int wrow = warp * 16 * kMT;  // this warp's first row in the tile
     u16* sQ = reinterpret_cast<u16*>(smem_raw);
@@ -75,7 +78,7 @@ struct FwdKernel {
     const u32 q_rows = lane_a<Cfg::kLdQK>(smem_addr(sQ)) + 2 * wrow * Cfg::kLdQK;
     const u32 k_rows = lane_nk<Cfg::kLdQK>(smem_addr(sK));
     const u32 v_cols = lane_kn<Cfg::kLdV>(smem_addr(sV));
-    const RowWalk blocks(p, b, h, m_block, Variant::kHasMask);
+    RowWalk blocks(p, b, h, m_block, Variant::kHasMask, Cfg::kSplitKv, tile.split);
     const int n_kv = blocks.n;
     auto next_block = [&](int j) { return blocks.next(j); };
     const TileLoader<Cfg::kBlockN, Cfg::kDqk, Cfg::kThreads> k_loader;
@@ -88,7 +91,7 @@ struct FwdKernel {
                     p.v_stride[2], rows);
     };
 
-    int j = next_block(0);
+    int j = next_block(blocks.first);
     load_tile<Cfg::kBlockM, Cfg::kDqk, Cfg::kThreads>(sQ, gq, p.q_stride[2], Layout::q_len(p, b) - q0);
     if (j < n_kv) load_kv(j, 0);
     cp_async_commit();
@@ -101,7 +104,6 @@ struct FwdKernel {
       for (int i = 0; i < kO8; ++i) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.f;
       stats[mt].init();
     }
-    const bool q_tail = q0 + Cfg::kBlockM > Layout::q_len(p, b);
     // Raw plain scores are scaled inside normalize_step's exp2 on unchecked tiles; a scale that
     // is not positive (allowed, if odd) takes the checked path, which scales first.
     constexpr bool kRaw = Variant::kIdentity && Norm::kRawScores;
@@ -160,7 +162,7 @@ struct FwdKernel {
 
       kv0 = j * Cfg::kBlockN;
       const bool check =
-          q_tail || kv0 + Cfg::kBlockN > Layout::kv_len(p, b) || blocks.partial(j) || (kRaw && !raw_ok);
+          kv0 + Cfg::kBlockN > Layout::kv_len(p, b) || blocks.partial(j) || (kRaw && !raw_ok);
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) {
         const int row0 = cta[0] + wrow + 16 * mt + lane / 4, col0 = kv0 + 2 * (lane % 4);
@@ -198,7 +200,7 @@ struct FwdKernel {
     // Epilogue: normalize, write O (bf16/fp16) and the row statistic.
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt)
-      rows::store_rows<Cfg::kBf16, Norm, Layout>(p, o[mt], stats[mt], cta[2], cta[1],
+      rows::store_rows<Cfg::kBf16, Norm, Layout, Cfg::kSplitKv>(p, o[mt], stats[mt], cta[2], cta[1],
                                                  cta[0] + wrow + 16 * mt + lane / 4);
   }
 };

@@ -30,7 +30,7 @@
 namespace ae::sm90 {
 
 template <int D_QK_, int D_V_, int BLOCK_N_, int STAGES_, bool OVERLAP_, bool PINGPONG_, bool BF16_,
-          class LAYOUT_>
+          class LAYOUT_, bool SPLIT_KV_ = false>
 struct FwdConfig {
   using Layout = LAYOUT_;
   static constexpr int kDqk = D_QK_, kDv = D_V_, kBlockN = BLOCK_N_, kStages = STAGES_;
@@ -38,6 +38,8 @@ struct FwdConfig {
   // kPingPong (with kOverlap): the consumer warpgroups take turns issuing GEMMs.
   static constexpr bool kOverlap = OVERLAP_, kPingPong = PINGPONG_ && OVERLAP_;
   static constexpr bool kBf16 = BF16_;
+  // Built for a split-KV launch (AttnParams::kv_splits): partial outputs for the combine.
+  static constexpr bool kSplitKv = SPLIT_KV_;
   static constexpr int kConsumers = kFwdConsumers;  // consumer warpgroups, 64 query rows each
   static constexpr int kBlockM = kFwdBlockM, kThreads = 32 * kFwdWarps;
   // Tiles as TMA writes them with 128-byte swizzle: [D / 64 column blocks][rows][64].
@@ -78,10 +80,10 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   u64* v_full = k_full + S;
   u64* empty = v_full + S;
 
-  const WorkTile tile = HeadsFastest::tile(p);
+  const WorkTile tile = HeadsFastest<Cfg::kSplitKv>::tile(p);
   const int m_block = tile.block, h = tile.head, b = tile.batch;
   const int q0 = m_block * BM, h_kv = h / p.group;
-  const RowWalk blocks(p, b, h, m_block, Variant::kHasMask);
+  RowWalk blocks(p, b, h, m_block, Variant::kHasMask, Cfg::kSplitKv, tile.split);
   const int n_kv = blocks.n;
   auto next_block = [&](int j) { return blocks.next(j); };
 
@@ -99,14 +101,19 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   const int wg = threadIdx.x / 128;
   if (wg == 0) {  // producer
     setmaxnreg_dec<Cfg::kProducerRegs>();
-    if (threadIdx.x == 0) {
-      mbar_arrive_expect_tx(q_full, Cfg::kQBytes);
-      const auto qr = Layout::tma_row(b, h, q0);
+    // Lane 0 loads; under a mask all of warp 0 walks the blocks (the walk is warp-wide).
+    if (threadIdx.x < (Variant::kHasMask ? 32 : 1)) {
+      const bool leader = threadIdx.x == 0;
+      if (leader) {
+        mbar_arrive_expect_tx(q_full, Cfg::kQBytes);
+        const auto qr = Layout::tma_row(b, h, q0);
 #pragma unroll
-      for (int c = 0; c < Cfg::kDqk / 64; ++c)
-        tma_load_4d(sQ + c * BM * 128, tq, q_full, c * 64, qr.row, qr.head, qr.batch);
+        for (int c = 0; c < Cfg::kDqk / 64; ++c)
+          tma_load_4d(sQ + c * BM * 128, tq, q_full, c * 64, qr.row, qr.head, qr.batch);
+      }
       int it = 0;
-      for (int j = next_block(0); j < n_kv; j = next_block(j + 1), ++it) {
+      for (int j = next_block(blocks.first); j < n_kv; j = next_block(j + 1), ++it) {
+        if (!leader) continue;
         const int stage = it % S, use = it / S;
         const auto kr = Layout::tma_row(b, h_kv, j * BN);
         if (use > 0) mbar_wait(empty + stage, (use - 1) & 1);
@@ -130,7 +137,6 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   constexpr int kN8 = BN / 8, kO8 = Cfg::kDv / 8;
   const int cw = wg - 1, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int row0 = q0 + 64 * cw + 16 * warp + lane / 4;  // this thread's first row
-  const bool q_tail = q0 + BM > Layout::q_len(p, b);
   // Raw plain scores are scaled inside normalize_step's exp2 on unchecked blocks; a scale that
   // is not positive takes the checked path, which scales first.
   constexpr bool kRaw = Variant::kIdentity && Norm::kRawScores;
@@ -170,10 +176,13 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
     wgmma_commit();
   };
   // score_mod, mask and the normalization's step on S of block j; alpha: O's rescale factors.
+  // Only key bounds and partial blocks need the checked path: rows past q_len (a tile's tail,
+  // decode's 1 row of 128) read zeros from Q, are never stored, and a score_mod's loads are
+  // clamped into range.
   auto process_s = [&](int j_, float (&alpha)[2]) {
     const int kv0 = j_ * BN;
     const bool check =
-        q_tail || kv0 + BN > Layout::kv_len(p, b) || blocks.partial(j_) || (kRaw && !raw_ok);
+        kv0 + BN > Layout::kv_len(p, b) || blocks.partial(j_) || (kRaw && !raw_ok);
     if (check)
       rows::score_transform<true, false, Layout>(p, var, s, b, h, row0, kv0 + 2 * (lane % 4));
     else
@@ -195,7 +204,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   mbar_wait(q_full, 0);
   if constexpr (!Cfg::kOverlap) {
     int it = 0;
-    for (int j = next_block(0); j < n_kv; j = next_block(j + 1), ++it) {
+    for (int j = next_block(blocks.first); j < n_kv; j = next_block(j + 1), ++it) {
       float alpha[2];
       issue_s(it);
       wgmma_wait<0>();
@@ -209,11 +218,11 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
       fence_regs(o);
       mbar_arrive(empty + it % S);
     }
-    rows::store_rows<Cfg::kBf16, Norm, Layout>(p, o, stats, b, h, row0);
+    rows::store_rows<Cfg::kBf16, Norm, Layout, Cfg::kSplitKv>(p, o, stats, b, h, row0);
     return;
   }
   if (cw == 1) turn_pass();  // the first consumer goes first
-  int j = next_block(0), it = 0;
+  int j = next_block(blocks.first), it = 0;
   if (j < n_kv) {
     float alpha[2];  // O is still zero: nothing to rescale
     issue_s(0);
@@ -247,7 +256,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   }
   if (cw == 0) turn_wait();  // the second consumer's last pass
 
-  rows::store_rows<Cfg::kBf16, Norm, Layout>(p, o, stats, b, h, row0);
+  rows::store_rows<Cfg::kBf16, Norm, Layout, Cfg::kSplitKv>(p, o, stats, b, h, row0);
 }
 
 }  // namespace ae::sm90

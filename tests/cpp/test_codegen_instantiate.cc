@@ -44,7 +44,7 @@ TEST(Instantiate, EntryParametersAreTheAbi) {
                      "ae::VariantArgs va)"),
             std::string::npos)
       << fwd;
-  EXPECT_NE(fwd.find("ae::DenseLayout>"), std::string::npos);
+  EXPECT_NE(fwd.find("ae::DenseLayout, false>"), std::string::npos) << fwd;  // no split-KV
   EXPECT_NE(fwd.find("using Norm = ae::norm::Softmax;"), std::string::npos);
   const std::string f90 = instantiate(v.get(), spec(Kind::Forward, Family::Sm90));
   EXPECT_NE(f90.find("ae_fwd(const __grid_constant__ ae::AttnParams p, const __grid_constant__ "
@@ -60,6 +60,15 @@ TEST(Instantiate, EntryParametersAreTheAbi) {
   EXPECT_EQ(abi_of(spec(Kind::BlockState, Family::Common)).args,
             (std::vector<Arg>{Arg::Attn, Arg::Variant, Arg::BlockStates}));
   EXPECT_TRUE(abi_of(spec(Kind::Forward, Family::Sm90)).grid_constant);
+  // Split-KV: the forward built for it, and the combine (no variant, AttnParams only).
+  KernelSpec split = spec(Kind::Forward, Family::Sm90);
+  split.kv_split = true;
+  EXPECT_NE(instantiate(v.get(), split).find("ae::DenseLayout, true>"), std::string::npos);
+  EXPECT_NE(split.describe().find(" split"), std::string::npos);
+  const std::string combine = instantiate(nullptr, spec(Kind::FwdCombine, Family::Common));
+  EXPECT_NE(combine.find("ae_fwd_combine(const ae::AttnParams p)"), std::string::npos) << combine;
+  EXPECT_NE(combine.find("ae::fwd_combine<true, ae::DenseLayout>(p)"), std::string::npos) << combine;
+  EXPECT_EQ(combine.find("struct Variant"), std::string::npos);
   EXPECT_THROW(instantiate(nullptr, spec(Kind::Forward, Family::Sm80)), ir::GraphError);
 }
 

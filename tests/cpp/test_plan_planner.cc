@@ -406,6 +406,49 @@ TEST(Planner, OverridesReachThePlan) {
   EXPECT_EQ(make_plan(r).attn.n_kv_blocks, 64);  // block counts follow the tiles
 }
 
+// Decode: one query tile per head and batch leaves most SMs idle, so the forward cuts the keys
+// into ranges (tiles x ranges within one wave, at least 4 key blocks each) and a combine step
+// merges the partial outputs. Prefill-sized problems and short keys do not split.
+TEST(Planner, DecodeSplitsTheKeys) {
+  PlanRequest r = request(OpKind::Forward, devices::h200(), plain(), 128, 32768);
+  r.problem.batch = 1;
+  r.problem.q_heads = 32;
+  r.problem.kv_heads = 8;
+  r.problem.q_len = 1;
+  LaunchPlan p = make_plan(r);
+  ASSERT_TRUE(p.ok) << p.reason;
+  EXPECT_EQ(p.attn.kv_splits, 4);  // 32 tiles: 132 / 32 = 4 ranges
+  EXPECT_EQ(p.attn.kv_split_blocks, 64);
+  EXPECT_EQ(kinds(p), (std::vector<Kind>{Kind::Forward, Kind::FwdCombine}));
+  EXPECT_TRUE(main_step(p).spec.kv_split);
+  EXPECT_EQ(main_step(p).grid.z, 4u);  // batch x ranges
+  EXPECT_EQ(p.steps[1].grid.x, 8u);    // 32 rows, 4 per CTA
+  ASSERT_NE(p.workspace(WorkspaceId::OPart), nullptr);
+  EXPECT_EQ(p.workspace(WorkspaceId::OPart)->shape, (std::vector<int64_t>{4, 1, 32, 1, 128}));
+  EXPECT_EQ(p.workspace(WorkspaceId::LsePart)->shape, (std::vector<int64_t>{4, 1, 32, 1}));
+  EXPECT_EQ(p.attn.row_stats, 1);
+  // Forced through the override; a count past the key blocks is cut to one block per range,
+  // and the last range is never empty.
+  r.overrides.kv_splits = 1000;
+  EXPECT_EQ(make_plan(r).attn.kv_splits, 256);
+  r.overrides.kv_splits = 3;
+  p = make_plan(r);
+  EXPECT_EQ(p.attn.kv_splits, 3);
+  EXPECT_EQ(p.attn.kv_split_blocks, 86);
+  r.overrides.kv_splits = 1;
+  EXPECT_FALSE(main_step(make_plan(r)).spec.kv_split);
+  r.overrides.kv_splits = 0;
+  r.problem.kv_len = 512;  // 4 key blocks: one range
+  EXPECT_EQ(kinds(make_plan(r)), (std::vector<Kind>{Kind::Forward}));
+  r.problem.kv_len = 32768;
+  r.problem.q_len = 4096;  // prefill: 32 x 32 tiles fill the SMs
+  EXPECT_EQ(make_plan(r).attn.kv_splits, 1);
+  // The backward never splits.
+  r.problem.q_len = 1;
+  r.problem.kind = OpKind::Backward;
+  EXPECT_EQ(make_plan(r).attn.kv_splits, 1);
+}
+
 TEST(Planner, DescribeListsStepsAndWorkspaces) {
   const std::string d = make_plan(request(OpKind::Backward, devices::h200(), causal())).describe();
   EXPECT_NE(d.find("block_state sm_90a grid (32,64,1)"), std::string::npos) << d;

@@ -80,6 +80,38 @@ def test_instantiation_compiles_without_spills(case):
     _compiles_without_spills(info, kind)
 
 
+# The split-KV forward (decode: the keys cut into ranges, partial outputs merged by the combine
+# step, common/split_combine.h) of both families, planned with AE_KV_SPLITS.
+SPLIT_CASES = [("plain", "fwd90", (128, 128)), ("plain", "fwd90", (64, 64)), ("causal", "fwd90", (128, 128)),
+               ("document", "fwd90", (128, 128)), ("sigmoid_none", "fwd90", (128, 128)),
+               ("plain", "fwd90", (256, 256)), ("plain", "fwd", (128, 128)), ("alibi", "fwd", (128, 128)),
+               ("plain", "fwd", (96, 96))]
+
+
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_split_kv_forward_compiles_without_spills(case, monkeypatch):
+    monkeypatch.setenv("AE_KV_SPLITS", "4")
+    name, kind, (d_qk, d_v) = case
+    info = _source(VARIANTS[name](), kind, d_qk, d_v)
+    assert info["describe"].endswith(" split"), info["describe"]
+    assert "fwd_combine" in info["plan"], info["plan"]
+    _compiles_without_spills(info, kind)
+
+
+@pytest.mark.parametrize("bf16", [True, False], ids=["bf16", "fp16"])
+def test_split_kv_combine_compiles(bf16, monkeypatch):
+    monkeypatch.setenv("AE_KV_SPLITS", "4")
+    info = ae.compile().variant.kernel_source("fwd_combine", 128, 128, bf16)
+    assert info["family"] == "common" and "struct Variant" not in info["source"]
+    arches = ["sm_80", "sm_90a"] + (["gfx90a"] if rtc_available("gfx90a") else [])
+    for arch in arches:
+        (report,) = _C.jit_check_arches(info["source"], info["entry"], arches=[arch], options=[])
+        assert report["ok"], f"{info['describe']} {arch}: {report['error']}"
+        if arch.startswith("sm_"):
+            assert 0 < report["registers"] <= 64  # a memory-bound pass: full occupancy
+            assert report["spill_stores"] == 0 and report["spill_loads"] == 0
+
+
 # Gradients of captured tensors (common/variant_support.h): a shared-memory copy where the
 # planner finds room (relative_bias's 16 x 65 table is one in the cases above), global
 # atomics where it does not (a 16 x 1025 table on the sm90 backward) or where AE_GRAD_SINK
@@ -135,16 +167,19 @@ def _compiles_without_spills(info, kind):
 
 
 # The variants the Python layers build (not written by a user): the inference entry points'
-# positions rewrite (attention_engine/positions.py: two int64 tensors indexed by b) and
-# SeerAttention's block-sparse attention (a bool block tensor).
-def _positions_variant(attn):
+# positions rewrite (attention_engine/positions.py: two int64 tensors indexed by b), with GQA
+# packing for decode (gqa_pack.py: h and q_idx from the packed row), and SeerAttention's
+# block-sparse attention (a bool block tensor).
+def _positions_variant(attn, pack=None):
     from attention_engine.inference import _positioned
-    return _positioned(attn).variant, [str(t.dtype).replace("torch.", "") for t in attn.buffers] + ["int64", "int64"]
+    return _positioned(attn, pack).variant, [str(t.dtype).replace("torch.", "") for t in attn.buffers] + ["int64", "int64"]
 
 
 BUILT_VARIANTS = {
     "positions_causal": lambda: _positions_variant(ae.compile(mask_mod=mods.causal)),
     "positions_alibi": lambda: _positions_variant(ae.compile(mods.alibi(mods.alibi_slopes(16)), mods.causal)),
+    "positions_alibi_gqa4_sq1": lambda: _positions_variant(
+        ae.compile(mods.alibi(mods.alibi_slopes(16)), mods.causal), (4, 1)),
     "seer_block_sparse": lambda: (ae.seer.BlockSparseAttention(mods.softcap(20.0), mods.causal)._attn.variant,
                                   ["bool"]),
 }

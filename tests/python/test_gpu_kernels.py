@@ -622,6 +622,30 @@ def test_head_groups(group, sm90, monkeypatch):
     check_case("causal", Shape(B=2, Hq=6, Hkv=3, Sq=700, Skv=700), BF16)
 
 
+SPLIT_CASES = [  # (variant, shape): decode shapes, a speculative Sq, a prefill-sized one
+    ("plain", Shape(B=2, Hq=8, Hkv=2, Sq=1, Skv=4097)),
+    ("causal_bottom_right", Shape(B=1, Hq=8, Hkv=2, Sq=4, Skv=1000)),
+    ("alibi_causal", Shape(B=2, Hq=4, Hkv=4, Sq=64, Skv=1000)),
+    ("sliding_window", Shape(B=1, Hq=4, Hkv=1, Sq=17, Skv=1000)),
+    ("relative_bias", Shape(B=1, Hq=4, Hkv=4, Sq=1, Skv=1000)),
+    ("document", Shape(B=1, Hq=4, Hkv=4, Sq=1000, Skv=1000)),
+    ("sigmoid", Shape(B=1, Hq=4, Hkv=2, Sq=4, Skv=1000)),
+    ("masked_rows", Shape(B=1, Hq=4, Hkv=4, Sq=300, Skv=300)),
+]
+
+
+@pytest.mark.parametrize("sm90", [True, False], ids=["default", "sm80_forward"])
+@pytest.mark.parametrize("splits", ["1", "2", "1000"], ids=["1", "2", "max"])
+@pytest.mark.parametrize("variant,shape", SPLIT_CASES, ids=_id)
+def test_split_kv(variant, shape, splits, sm90, monkeypatch):
+    """The split-KV forward (AE_KV_SPLITS: none, 2 ranges, one key block per range) and its
+    combine: ranges with nothing kept, dead rows and heads, normalize="none" (a plain sum)."""
+    monkeypatch.setenv("AE_KV_SPLITS", splits)
+    if not sm90:
+        monkeypatch.setenv("AE_DISABLE_SM90", "1")
+    check_case(variant, shape, BF16)
+
+
 @pytest.mark.parametrize("variant", ["causal", "relative_bias"])
 def test_fills_the_gpu(variant):
     """B * H = 128 (query tiles x heads x batch well above the SM count)."""

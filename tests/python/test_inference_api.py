@@ -199,6 +199,8 @@ def _rel(a, b):
 @pytest.mark.parametrize("name", ["causal", "alibi", "softcap_window"])
 def test_varlen_on_the_kernels(name):
     score_mod, mask_mod = VARIANTS[name]
+    if name == "alibi":  # 8 query heads, the slopes where q is
+        score_mod = mods.alibi(mods.alibi_slopes(8, device="cuda"))
     attn = ae.compile(score_mod, mask_mod)
     lens = [1, 17, 1000, 4097, 300]
     q, k, v = (_packed(lens, h, 64, s, torch.bfloat16, "cuda") for s, h in ((0, 8), (1, 2), (2, 2)))
@@ -217,7 +219,7 @@ def test_varlen_on_the_kernels(name):
 @pytest.mark.gpu
 @pytest.mark.parametrize("page_size", [16, 64, 256])
 def test_paged_decode_on_the_kernels(page_size):
-    attn = ae.compile(mods.alibi(mods.alibi_slopes(8)), mods.causal)
+    attn = ae.compile(mods.alibi(mods.alibi_slopes(8, device="cuda")), mods.causal)
     B, HQ, HKV, D, cap = 3, 8, 2, 128, 4352
     lens = torch.tensor([17, 1000, 4097], dtype=torch.int32, device="cuda")
     pages_per_seq = cap // page_size
@@ -321,3 +323,58 @@ def test_no_keys_give_zeros_and_an_empty_lse(mask_mod):
     assert attn.varlen(qp, kp, vp, _cu(lens), _cu(lens)).shape == (3, 2, 8)
     empty = _packed([0, 0], 2, 8, 0)
     assert attn.varlen(empty, empty, empty, _cu([0, 0]), _cu([0, 0])).shape == (0, 2, 8)
+
+
+def test_gqa_packing_keeps_heads_positions_and_gradients():
+    """Decode with grouped-query attention packs a group's query heads into one head's rows
+    (gqa_pack.py): the mods must still see each query's own head and position, and gradients
+    (queries, new keys, a learnable per-head tensor) must equal the unpacked full forward's."""
+    slopes = torch.tensor([0.3, -0.2, 0.5, 0.1], dtype=torch.float64, requires_grad=True)
+    attn = ae.compile(mods.alibi(slopes), mods.causal)
+    B, T, HQ, HKV, D, n_new = 2, 9, 4, 2, 8, 3
+    gen = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(B, T, h, D, dtype=torch.float64, generator=gen).requires_grad_()
+               for h in (HQ, HKV, HKV))
+    full = attn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    dout = torch.randn(B, n_new, HQ, D, dtype=torch.float64, generator=gen)
+    want = torch.autograd.grad(full[:, T - n_new:], (q, k, v, slopes), dout)
+
+    kc = torch.zeros(B, T, HKV, D, dtype=torch.float64)
+    vc = torch.zeros_like(kc)
+    kc[:, :T - n_new], vc[:, :T - n_new] = k.detach()[:, :T - n_new], v.detach()[:, :T - n_new]
+    qn = q.detach()[:, T - n_new:].clone().requires_grad_()
+    kn = k.detach()[:, T - n_new:].clone().requires_grad_()
+    vn = v.detach()[:, T - n_new:].clone().requires_grad_()
+    out = attn.with_kvcache(qn, kc, vc, T - n_new, kn, vn)
+    assert_close(out, full[:, T - n_new:], 1e-10, "packed forward")
+    got = torch.autograd.grad(out, (qn, kn, vn, slopes), dout)
+    assert_close(got[0], want[0][:, T - n_new:], 1e-10, "dq")
+    assert_close(got[1], want[1][:, T - n_new:], 1e-10, "dk of the new tokens")
+    assert_close(got[2], want[2][:, T - n_new:], 1e-10, "dv of the new tokens")
+    assert_close(got[3], want[3], 1e-10, "d slopes")
+
+
+def test_gqa_pack_rewrite_maps_rows_to_heads_and_positions():
+    """The rewritten graph on packed rows equals the original on the unpacked call, for mods
+    that read h and q_idx in both the score and the mask."""
+    from attention_engine.api import CompiledAttention, VariantRef
+    from attention_engine.gqa_pack import gqa_packed
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return score + 0.5 * h - 0.25 * q_idx + 0.01 * kv_idx
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return kv_idx <= q_idx + 2 * h
+    attn = ae.compile(score_mod, mask_mod)
+    B, HQ, HKV, SQ, SKV, D = 2, 6, 2, 3, 10, 4
+    G = HQ // HKV
+    gen = torch.Generator().manual_seed(12)
+    q = torch.randn(B, HQ, SQ, D, dtype=torch.float64, generator=gen)
+    k, v = (torch.randn(B, HKV, SKV, D, dtype=torch.float64, generator=gen) for _ in range(2))
+    want, want_lse = attn(q, k, v, return_lse=True)
+    packed = CompiledAttention(VariantRef(gqa_packed(attn._ref.trace_json, G, SQ)), [], "softmax", None)
+    out, lse = packed(q.reshape(B, HKV, G * SQ, D), k, v, return_lse=True)
+    assert_close(out.reshape(B, HQ, SQ, D), want, 1e-12, "out")
+    assert_close(lse.reshape(B, HQ, SQ), want_lse, 1e-12, "lse")
+    with pytest.raises(ValueError, match="group >= 1"):
+        gqa_packed(attn._ref.trace_json, 0, 2)
