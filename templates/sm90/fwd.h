@@ -83,7 +83,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   const WorkTile tile = HeadsFastest<Cfg::kSplitKv>::tile(p);
   const int m_block = tile.block, h = tile.head, b = tile.batch;
   const int q0 = m_block * BM, h_kv = h / p.group;
-  RowWalk blocks(p, b, h, m_block, Variant::kHasMask, Cfg::kSplitKv, tile.split);
+  const RowWalk blocks(p, b, h, m_block, Variant::kHasMask, Cfg::kSplitKv, tile.split);
   const int n_kv = blocks.n;
   auto next_block = [&](int j) { return blocks.next(j); };
 
