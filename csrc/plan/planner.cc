@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 
 #include "codegen/emit_variant.h"
 #include "common/shapes.h"
@@ -188,25 +189,20 @@ int kv_splits(const AttnParams& a, const DeviceCaps& dev, int override_splits) {
 
 // Split-KV: the main kernel's grid gets kv_splits ranges per batch (the caller launches it
 // before the step this returns), its partial outputs go to two workspaces, and the combine
-// step merges them. No step (grid 0) when one range does.
-Step add_kv_splits(const PlanRequest& r, const KernelSpec& main, LaunchPlan& plan) {
+// step merges them. None when one range does.
+std::optional<Step> add_kv_splits(const PlanRequest& r, const KernelSpec& main, LaunchPlan& plan) {
   AttnParams& a = plan.attn;
   const Problem& pb = r.problem;
-  const int n = kv_splits(a, r.device, r.overrides.kv_splits);
-  Step s = common_step(r, Kind::FwdCombine, main.bf16, kCombineThreads);
-  s.grid = {0, 0, 0};
-  if (n <= 1) return s;
+  const int n = kv_splits(a, r.device, r.overrides.kv_splits);  // <= n_kv_blocks
+  if (n <= 1) return std::nullopt;
   a.kv_split_blocks = (a.n_kv_blocks + n - 1) / n;
-  a.kv_splits = (a.n_kv_blocks + a.kv_split_blocks - 1) / a.kv_split_blocks;  // none empty
-  if (a.kv_splits <= 1) {
-    a.kv_splits = 1;
-    return s;
-  }
+  a.kv_splits = (a.n_kv_blocks + a.kv_split_blocks - 1) / a.kv_split_blocks;  // none empty, >= 2
   a.row_stats = r.variant.normalize == ir::Normalize::Softmax;
   plan.workspaces.push_back(
       {WorkspaceId::OPart, {a.kv_splits, pb.batch, pb.q_heads, pb.q_len, pb.d_v}, ElemType::Float32, ""});
   plan.workspaces.push_back(
       {WorkspaceId::LsePart, {a.kv_splits, pb.batch, pb.q_heads, pb.q_len}, ElemType::Float32, ""});
+  Step s = common_step(r, Kind::FwdCombine, main.bf16, kCombineThreads);
   s.spec.layout = main.layout;
   const int64_t rows = pb.batch * pb.q_heads * pb.q_len, per_cta = kCombineThreads / r.device.warp_size;
   s.grid = {u((rows + per_cta - 1) / per_cta), 1, 1};
@@ -324,11 +320,11 @@ LaunchPlan make_plan(const PlanRequest& r) {
     const long long kv_bytes = pb.kv_len * (pb.d_qk + pb.d_v) * 2 / std::max<int64_t>(1, pb.group());
     a.head_group = head_group(spec.family, r.variant.has_mask, kv_bytes, a.q_heads,
                               r.overrides.head_group);
-    const Step combine = add_kv_splits(r, spec, plan);
-    spec.kv_split = a.kv_splits > 1;
+    const std::optional<Step> combine = add_kv_splits(r, spec, plan);
+    spec.kv_split = combine.has_value();
     plan.steps.push_back(
         main_step(pb, spec, {u(a.n_q_blocks), u(pb.q_heads), u(pb.batch * a.kv_splits)}));
-    if (a.kv_splits > 1) plan.steps.push_back(combine);
+    if (combine) plan.steps.push_back(*combine);
     return plan;
   }
 
