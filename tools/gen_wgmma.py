@@ -3,6 +3,8 @@ use. Their inline-asm operand lists (one per accumulator register, up to 128) ar
 write by hand. Usage: python tools/gen_wgmma.py > templates/sm90/wgmma.h"""
 
 NS = (64, 128, 256)
+# Key-block widths of the sm90 forward besides 64 and 128 (S = Q K^T has N = block_n): wgmma_ss only.
+NS_SCORES = (80, 96, 112, 144, 160, 176, 192)
 TYPES = (("true", "bf16"), ("false", "f16"))
 
 
@@ -71,6 +73,9 @@ AE_DEVICE void wgmma_ss_mn(float (&d)[N / 8][4], u64 desc_a, u64 desc_b, int acc
             out.append(rs(n, flag, t))
             if n <= 128:
                 out.append(ss(n, flag, t, transposed=True))
+    for n in NS_SCORES:
+        for flag, t in TYPES:
+            out.append(ss(n, flag, t))
     out.append("}  // namespace ae::sm90\n")
     print("\n".join(out), end="")
 

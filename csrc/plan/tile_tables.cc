@@ -83,14 +83,19 @@ struct Sm90FwdRule {
 // loads captured tensors keeps its loads in flight too (128 keys spill: compile-all test).
 // From the sweep (bench/RESULTS.md, 2026-11-21): overlap + ping-pong win for softmax at
 // Dv <= 128 (plain D128 539 -> 576 TFLOPS) but lose at Dv = 256 (604 -> 511) and for
-// normalize = none (481 -> 456).
+// normalize = none (481 -> 456). Key blocks wider than 128 (2026-12-02, 16k, the sweep's
+// do_bench medians): D128 176 keys 588 -> 601 plain, 486 -> 515 causal, 471 -> 494 ALiBi;
+// D64 192 keys 435 -> 452; D256 80 keys without overlap 628. Dqk 192 (MLA) has no room for
+// 176 keys: 128.
 const std::vector<Sm90FwdRule>& sm90_fwd_rules() {
   static const std::vector<Sm90FwdRule> rules = {
-      {128, kNo, kYes, {{128, 2, true, true}, {64, 2, true, true}}},
+      {64, kNo, kYes, {{192, 2, true, true}, {64, 2, true, true}}},
+      {128, kNo, kYes, {{176, 2, true, true}, {128, 2, true, true}, {64, 2, true, true}}},
       {128, kNo, kNo, {{128, 2, false, false}, {64, 2, false, false}}},
       {128, kYes, kYes, {{64, 2, true, true}}},
       {128, kYes, kNo, {{64, 2, false, false}}},
-      {256, kAny, kAny, {{64, 2, false, false}}},
+      {256, kNo, kAny, {{80, 2, false, false}, {64, 2, false, false}}},
+      {256, kYes, kAny, {{64, 2, false, false}}},
   };
   return rules;
 }
@@ -195,7 +200,9 @@ Candidates sm90_forward(const TableQuery& q, const TuningOverrides& o) {
   }
   KernelSpec& first = c.specs.front();
   const int bn = o.sm90_fwd[0], st = o.sm90_fwd[1];
-  if ((bn == 64 || bn == 128) && !(bn == 128 && q.d_v > 128)) first.block_n = bn;
+  // Any multiple of 16 keys from 64 to 192 whose registers fit (the estimate above).
+  if (bn % 16 == 0 && bn >= 64 && bn <= 192 && bn * 3 / 4 + q.d_v / 2 + 40 <= 240)
+    first.block_n = bn;
   if (st >= 1 && st <= 4) first.stages = st;
   if (set(o.sm90_fwd[2])) first.overlap = o.sm90_fwd[2] != 0;
   if (set(o.sm90_fwd[3])) first.pingpong = o.sm90_fwd[3] != 0;

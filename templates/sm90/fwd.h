@@ -48,13 +48,15 @@ struct FwdConfig {
   static constexpr int kBarriers = 1 + 3 * kStages;  // Q full; K full, V full, empty per stage
   // 1024 bytes of slack to align the tiles to the swizzle pattern's 1024-byte period.
   static constexpr int kSmemBytes = fwd_smem_bytes(kBlockN, kDqk, kDv, kStages);  // the planner's
-  static_assert(kSmemBytes == 1024 + kQBytes + kStages * (kKBytes + kVBytes) + 8 * kBarriers &&
+  static_assert(kSmemBytes == 1024 + kQBytes + kStages * (kKBytes + kVBytes) + 8 * kBarriers +
+                                  4 * kStages &&
                     kBlockM == 64 * kConsumers && kThreads == 128 * (kConsumers + 1),
                 "sm90/shapes.h");
   // Register split between the warpgroups (65536 per SM, one CTA per SM).
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
   static_assert(kDqk % 64 == 0 && kDv % 64 == 0 && kDqk <= 256, "head dims: multiples of 64");
-  static_assert(kBlockN == 64 || kBlockN == 128, "wgmma N of S");
+  // S = Q K^T is one wgmma of N = kBlockN; P V takes the keys 16 at a time.
+  static_assert(kBlockN % 16 == 0 && kBlockN >= 64 && kBlockN <= 192, "wgmma N of S");
   static_assert(kDv == 64 || kDv == 128 || kDv == 256, "wgmma N of O");
   static_assert(kConsumers == 2, "the ping-pong pairs two consumer warpgroups");
   // setmaxnreg moves registers within what the CTA was launched with (65536 / kThreads per
@@ -79,13 +81,17 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   u64* k_full = q_full + 1;
   u64* v_full = k_full + S;
   u64* empty = v_full + S;
+  // Under a mask the producer walks the blocks and tells the consumers which block each stage
+  // holds (2 j + 1 if partly masked, 2 j if not; -1: the row is done) before its K-full
+  // arrival, so the consumers' loop reads shared memory where it read the block table.
+  constexpr bool kList = Variant::kHasMask;
+  int* block_list = reinterpret_cast<int*>(empty + S);
 
   const WorkTile tile = HeadsFastest<Cfg::kSplitKv>::tile(p);
   const int m_block = tile.block, h = tile.head, b = tile.batch;
   const int q0 = m_block * BM, h_kv = h / p.group;
   const RowWalk blocks(p, b, h, m_block, Variant::kHasMask, Cfg::kSplitKv, tile.split);
   const int n_kv = blocks.n;
-  auto next_block = [&](int j) { return blocks.next(j); };
 
   if (threadIdx.x == 0) {
     mbar_init(q_full, 1);
@@ -102,7 +108,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   if (wg == 0) {  // producer
     setmaxnreg_dec<Cfg::kProducerRegs>();
     // Lane 0 loads; under a mask all of warp 0 walks the blocks (the walk is warp-wide).
-    if (threadIdx.x < (Variant::kHasMask ? 32 : 1)) {
+    if (threadIdx.x < (kList ? 32 : 1)) {
       const bool leader = threadIdx.x == 0;
       if (leader) {
         mbar_arrive_expect_tx(q_full, Cfg::kQBytes);
@@ -111,22 +117,30 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
         for (int c = 0; c < Cfg::kDqk / 64; ++c)
           tma_load_4d(sQ + c * BM * 128, tq, q_full, c * 64, qr.row, qr.head, qr.batch);
       }
-      int it = 0;
-      for (int j = next_block(blocks.first); j < n_kv; j = next_block(j + 1), ++it) {
-        if (!leader) continue;
-        const int stage = it % S, use = it / S;
-        const auto kr = Layout::tma_row(b, h_kv, j * BN);
-        if (use > 0) mbar_wait(empty + stage, (use - 1) & 1);
-        mbar_arrive_expect_tx(k_full + stage, Cfg::kKBytes);
+      for (int j = blocks.next(blocks.first), it = 0;; j = blocks.next(j + 1), ++it) {
+        const bool done = j >= n_kv;
+        if (done && !kList) break;
+        if (leader) {
+          const int stage = it % S, use = it / S;
+          if (use > 0) mbar_wait(empty + stage, (use - 1) & 1);
+          if constexpr (kList) block_list[stage] = done ? -1 : 2 * j + blocks.partial(j);
+          if (done) {
+            mbar_arrive(k_full + stage);  // the end of the list, with no tile
+          } else {
+            const auto kr = Layout::tma_row(b, h_kv, j * BN);
+            mbar_arrive_expect_tx(k_full + stage, Cfg::kKBytes);
 #pragma unroll
-        for (int c = 0; c < Cfg::kDqk / 64; ++c)
-          tma_load_4d(sK + stage * Cfg::kKBytes + c * BN * 128, tk, k_full + stage, c * 64, kr.row,
-                      kr.head, kr.batch);
-        mbar_arrive_expect_tx(v_full + stage, Cfg::kVBytes);
+            for (int c = 0; c < Cfg::kDqk / 64; ++c)
+              tma_load_4d(sK + stage * Cfg::kKBytes + c * BN * 128, tk, k_full + stage, c * 64,
+                          kr.row, kr.head, kr.batch);
+            mbar_arrive_expect_tx(v_full + stage, Cfg::kVBytes);
 #pragma unroll
-        for (int c = 0; c < Cfg::kDv / 64; ++c)
-          tma_load_4d(sV + stage * Cfg::kVBytes + c * BN * 128, tv, v_full + stage, c * 64, kr.row,
-                      kr.head, kr.batch);
+            for (int c = 0; c < Cfg::kDv / 64; ++c)
+              tma_load_4d(sV + stage * Cfg::kVBytes + c * BN * 128, tv, v_full + stage, c * 64,
+                          kr.row, kr.head, kr.batch);
+          }
+        }
+        if (done) break;
       }
     }
     return;
@@ -175,14 +189,25 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
     gemm_ss_kmajor<BN, Cfg::kDqk, Cfg::kBf16>(s, qa, BM * 128, tK, BN * 128);
     wgmma_commit();
   };
-  // score_mod, mask and the normalization's step on S of block j; alpha: O's rescale factors.
+  // The block in ring slot it_ as 2 j + partial, or -1 past the row's last block. Under a mask
+  // it waits for the slot's K (the producer writes the list entry before that arrival).
+  auto block_at = [&](int it_) -> int {
+    if constexpr (kList) {
+      mbar_wait(k_full + it_ % S, (it_ / S) & 1);
+      return block_list[it_ % S];
+    } else {
+      const int j_ = blocks.first + it_;
+      return j_ < n_kv ? 2 * j_ : -1;
+    }
+  };
+  // score_mod, mask and the normalization's step on S of block code/2 (see block_at); alpha:
+  // O's rescale factors.
   // Only key bounds and partial blocks need the checked path: rows past q_len (a tile's tail,
   // decode's 1 row of 128) read zeros from Q, are never stored, and a score_mod's loads are
   // clamped into range.
-  auto process_s = [&](int j_, float (&alpha)[2]) {
-    const int kv0 = j_ * BN;
-    const bool check =
-        kv0 + BN > Layout::kv_len(p, b) || blocks.partial(j_) || (kRaw && !raw_ok);
+  auto process_s = [&](int code, float (&alpha)[2]) {
+    const int kv0 = (code >> 1) * BN;
+    const bool check = kv0 + BN > Layout::kv_len(p, b) || (code & 1) || (kRaw && !raw_ok);
     if (check)
       rows::score_transform<true, false, Layout>(p, var, s, b, h, row0, kv0 + 2 * (lane % 4));
     else
@@ -203,13 +228,12 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
 
   mbar_wait(q_full, 0);
   if constexpr (!Cfg::kOverlap) {
-    int it = 0;
-    for (int j = next_block(blocks.first); j < n_kv; j = next_block(j + 1), ++it) {
+    for (int it = 0, c = block_at(0); c >= 0; c = block_at(++it)) {
       float alpha[2];
       issue_s(it);
       wgmma_wait<0>();
       fence_regs(s);
-      process_s(j, alpha);
+      process_s(c, alpha);
       rows::rescale_rows_if_moved<Norm>(o, alpha);
       rows::p_to_a<Cfg::kBf16>(pa, s);
       wgmma_fence();
@@ -222,24 +246,24 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
     return;
   }
   if (cw == 1) turn_pass();  // the first consumer goes first
-  int j = next_block(blocks.first), it = 0;
-  if (j < n_kv) {
+  int c = block_at(0), it = 0;
+  if (c >= 0) {
     float alpha[2];  // O is still zero: nothing to rescale
     issue_s(0);
     wgmma_wait<0>();
     fence_regs(s);
-    process_s(j, alpha);
+    process_s(c, alpha);
     rows::p_to_a<Cfg::kBf16>(pa, s);
-    // Intra-warpgroup overlap: S of block j+1 is issued with P V of block j, and its
+    // Intra-warpgroup overlap: S of the next block is issued with P V of this one, and its
     // softmax runs while P V is still on the tensor cores.
-    for (int jn = next_block(j + 1); jn < n_kv; j = jn, jn = next_block(j + 1), ++it) {
+    for (int cn = block_at(1); cn >= 0; cn = block_at(++it + 1)) {
       turn_wait();
       issue_s(it + 1);  // its wgmma_fence also covers the writes to pa and o
       issue_pv(it);
       turn_pass();
-      wgmma_wait<1>();  // S of block jn (committed first) is done
+      wgmma_wait<1>();  // S of the next block (committed first) is done
       fence_regs(s);
-      process_s(jn, alpha);
+      process_s(cn, alpha);
       wgmma_wait<0>();
       fence_regs(o);
       mbar_arrive(empty + it % S);

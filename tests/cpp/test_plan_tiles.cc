@@ -2,6 +2,7 @@
 // variant, in order, and the overrides; the planner's pick per device is test_plan_planner.cc's.
 #include <gtest/gtest.h>
 
+#include "plan/device_caps.h"
 #include "plan/tile_tables.h"
 
 namespace ae::plan {
@@ -73,15 +74,22 @@ TEST(Sm80Tiles, BackwardPreferences) {
 TEST(Sm90Tiles, ForwardPreferences) {
   const Candidates plain = sm90_forward(query(128, 128), kNone);
   ASSERT_FALSE(plain.specs.empty());
-  EXPECT_EQ(plain.specs[0].describe(), "fwd90 sm_90a bf16 d128/128 128x128 w12 s2 ov pp");
+  EXPECT_EQ(plain.specs[0].describe(), "fwd90 sm_90a bf16 d128/128 128x176 w12 s2 ov pp");
+  EXPECT_EQ(sm90_forward(query(64, 64), kNone).specs[0].block_n, 192);
   EXPECT_EQ(sm90_forward(query(128, 128, true), kNone).specs[0].block_n, 64);
   const auto none = sm90_forward(query(128, 128, false, false), kNone).specs[0];
   EXPECT_FALSE(none.overlap);
   EXPECT_FALSE(none.pingpong);
   const auto d256 = sm90_forward(query(256, 256), kNone).specs[0];
-  EXPECT_EQ(d256.block_n, 64);
+  EXPECT_EQ(d256.block_n, 80);
   EXPECT_FALSE(d256.overlap);
-  EXPECT_EQ(sm90_forward(query(192, 128), kNone).specs[0].block_n, 128);
+  EXPECT_EQ(sm90_forward(query(256, 256, true), kNone).specs[0].block_n, 64);
+  // Dqk 192: the first candidate (176 keys) is past the shared memory, the planner takes the next.
+  const Candidates mla = sm90_forward(query(192, 128), kNone);
+  ASSERT_GE(mla.specs.size(), 2u);
+  EXPECT_GT(smem_bytes(mla.specs[0]), devices::h200().smem_per_block);
+  EXPECT_EQ(mla.specs[1].block_n, 128);
+  EXPECT_LE(smem_bytes(mla.specs[1]), devices::h200().smem_per_block);
   const Candidates d96 = sm90_forward(query(96, 96), kNone);
   EXPECT_TRUE(d96.specs.empty());
   EXPECT_NE(d96.refusal.find("no sm90 kernel"), std::string::npos);
@@ -112,7 +120,13 @@ TEST(Tiles, OverridesReplaceTheFirstChoice) {
   EXPECT_FALSE(g.overlap);
   EXPECT_TRUE(g.pingpong);  // unset: the table's
   h.sm90_fwd[0] = 128;
-  EXPECT_EQ(sm90_forward(query(256, 256), h).specs[0].block_n, 64);  // 128 keys spill past Dv 128
+  EXPECT_EQ(sm90_forward(query(256, 256), h).specs[0].block_n, 80);  // 128 keys spill past Dv 128
+  h.sm90_fwd[0] = 160;  // any multiple of 16 whose registers fit
+  EXPECT_EQ(sm90_forward(query(128, 128), h).specs[0].block_n, 160);
+  h.sm90_fwd[0] = 200;
+  EXPECT_EQ(sm90_forward(query(128, 128), h).specs[0].block_n, 176);
+  h.sm90_fwd[0] = 192;  // 192 keys and Dv 128: past 240 registers
+  EXPECT_EQ(sm90_forward(query(128, 128), h).specs[0].block_n, 176);
 }
 
 TEST(Tiles, SharedMemoryIsTheTemplatesFormula) {
@@ -120,7 +134,7 @@ TEST(Tiles, SharedMemoryIsTheTemplatesFormula) {
   const auto f = sm80_forward(query(128, 128), kNone).specs[0];
   EXPECT_EQ(smem_bytes(f), 2 * (128 * 136 + 2 * 64 * 136 + 2 * 64 * 136));
   const auto g = sm90_forward(query(128, 128), kNone).specs[0];
-  EXPECT_EQ(smem_bytes(g), 1024 + 2 * (128 * 128 + 2 * 128 * 256) + 8 * 7);
+  EXPECT_EQ(smem_bytes(g), 1024 + 2 * (128 * 128 + 2 * 176 * 256) + 8 * 7 + 4 * 2);
   const auto b = sm80_backward(query(128, 128), kNone).specs[0];
   EXPECT_EQ(smem_bytes(b), 2 * (128 * 272 + 2 * 64 * 272 + 2 * 128 * 72) + 2 * 2 * 4 * 64);
 }
