@@ -26,9 +26,15 @@ Analysis analyze(const Graph& g) {
     a.deps[i] = d;
   }
   bool per_element_load = false;
-  for (const Node& n : g.nodes) {
-    if (n.op != Op::Load) continue;
-    for (int x : n.args) per_element_load |= (a.deps[x] & (kDepQ | kDepKv)) != 0;
+  // elem_load[i]: node i's value needs a load indexed by q_idx or kv_idx (a load per score).
+  std::vector<char> elem_load(g.nodes.size(), 0);
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    const Node& n = g.nodes[i];
+    for (int x : n.args) {
+      elem_load[i] |= elem_load[x];
+      if (n.op == Op::Load && (a.deps[x] & (kDepQ | kDepKv)) != 0) elem_load[i] = 1;
+    }
+    per_element_load |= n.op == Op::Load && elem_load[i];
   }
   if (const Output* s = g.find_output("score")) {
     const Node& n = g.nodes[s->node];
@@ -42,6 +48,7 @@ Analysis analyze(const Graph& g) {
     a.has_mask = !(n.op == Op::Const && n.ivalue != 0);
     a.mask_is_index_only = (a.mask_deps & kDepScore) == 0;
     a.mask_uses_batch_or_head = (a.mask_deps & (kDepB | kDepH)) != 0;
+    a.mask_loads_per_element = elem_load[m->node] != 0;
   }
   return a;
 }

@@ -53,6 +53,7 @@ struct Analysis {
   // q_idx or kv_idx (one load per score, e.g. a relative-bias table; a per-head ALiBi slope
   // is not). Such loads need registers in flight: the tile tables pick smaller tiles.
   bool score_loads_per_element = false;
+  bool mask_loads_per_element = false;  // the mask_mod loads a captured tensor at q_idx / kv_idx
   std::string text() const;
 };
 Analysis analyze(const Graph& g);

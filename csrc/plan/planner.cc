@@ -90,6 +90,7 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
   q.d_v = static_cast<int>(pb.d_v);
   q.bf16 = pb.dtype == ElemType::BFloat16;
   q.score_loads = r.variant.score_loads;
+  q.mask_loads = r.variant.mask_loads;
   q.softmax = r.variant.normalize == ir::Normalize::Softmax;
   const bool hopper = r.device.major == 9 && r.device.minor == 0;
   std::vector<Family> families;

@@ -22,6 +22,7 @@ VariantTraits VariantTraits::of(const ir::Variant& v) {
   t.mask_per_head = (v.analysis.mask_deps & ir::kDepH) != 0;
   t.mask_reads_buffers = (v.analysis.mask_deps & ir::kDepBuffer) != 0;
   t.score_loads = v.analysis.score_loads_per_element;
+  t.mask_loads = v.analysis.mask_loads_per_element;
   t.normalize = v.forward.normalize;
   return t;
 }

@@ -48,6 +48,7 @@ struct VariantTraits {
   bool mask_per_batch = false, mask_per_head = false;  // it depends on b / h
   bool mask_reads_buffers = false;  // it reads captured tensors (its blocks can change per call)
   bool score_loads = false;    // the score_mod loads a captured tensor per score
+  bool mask_loads = false;     // the mask_mod loads a captured tensor per score (partial blocks)
   ir::Normalize normalize = ir::Normalize::Softmax;
 
   static VariantTraits of(const ir::Variant& v);

@@ -72,6 +72,7 @@ const std::vector<Sm80BwdRule>& sm80_bwd_rules() {
 struct Sm90Fwd {
   int block_n, stages;
   bool overlap, pingpong;
+  bool wide = false;  // past the registers a mask that loads per score needs: skipped for one
 };
 struct Sm90FwdRule {
   int max_dv;
@@ -86,15 +87,16 @@ struct Sm90FwdRule {
 // normalize = none (481 -> 456). Key blocks wider than 128 (2026-12-02, 16k, the sweep's
 // do_bench medians): D128 176 keys 588 -> 601 plain, 486 -> 515 causal, 471 -> 494 ALiBi;
 // D64 192 keys 435 -> 452; D256 80 keys without overlap 628. Dqk 192 (MLA) has no room for
-// 176 keys: 128.
+// 176 keys: 128. The wide tiles spill where the mask_mod loads a captured tensor per score
+// (SeerAttention's block mask: compile-all check); such variants keep the narrower tile.
 const std::vector<Sm90FwdRule>& sm90_fwd_rules() {
   static const std::vector<Sm90FwdRule> rules = {
-      {64, kNo, kYes, {{192, 2, true, true}, {64, 2, true, true}}},
-      {128, kNo, kYes, {{176, 2, true, true}, {128, 2, true, true}, {64, 2, true, true}}},
+      {64, kNo, kYes, {{192, 2, true, true, true}, {128, 2, true, true}, {64, 2, true, true}}},
+      {128, kNo, kYes, {{176, 2, true, true, true}, {128, 2, true, true}, {64, 2, true, true}}},
       {128, kNo, kNo, {{128, 2, false, false}, {64, 2, false, false}}},
       {128, kYes, kYes, {{64, 2, true, true}}},
       {128, kYes, kNo, {{64, 2, false, false}}},
-      {256, kNo, kAny, {{80, 2, false, false}, {64, 2, false, false}}},
+      {256, kNo, kAny, {{80, 2, false, false, true}, {64, 2, false, false}}},
       {256, kYes, kAny, {{64, 2, false, false}}},
   };
   return rules;
@@ -186,6 +188,7 @@ Candidates sm90_forward(const TableQuery& q, const TuningOverrides& o) {
     if (q.d_v > r.max_dv || !matches(r.score_loads, q.score_loads) || !matches(r.softmax, q.softmax))
       continue;
     for (const Sm90Fwd& t : r.tiles) {
+      if (t.wide && q.mask_loads) continue;
       KernelSpec s = base_spec(Kind::Forward, Family::Sm90, q);
       s.arch = "sm_90a";  // wgmma, setmaxnreg: arch-specific code
       s.warps = sm90::kFwdWarps;

@@ -16,6 +16,7 @@ struct TableQuery {
   int d_qk = 0, d_v = 0;
   bool bf16 = true;
   bool score_loads = false;  // the score_mod loads a captured tensor per score
+  bool mask_loads = false;   // the mask_mod does (on partial blocks)
   bool softmax = true;       // the row normalization is softmax (else none)
 };
 

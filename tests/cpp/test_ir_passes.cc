@@ -159,6 +159,29 @@ TEST(Analysis, DependenceOfScoreAndMask) {
   EXPECT_TRUE(a.mask_is_index_only);
   EXPECT_FALSE(a.mask_uses_batch_or_head);
   EXPECT_NE(a.text().find("index-only"), std::string::npos);
+  EXPECT_FALSE(a.score_loads_per_element);  // slopes[h]: one load per row, not per score
+  EXPECT_FALSE(a.mask_loads_per_element);
+}
+
+TEST(Analysis, LoadsPerScore) {
+  // A document mask: doc[q_idx] == doc[kv_idx] loads per score; the score_mod does not.
+  TraceBuilder t;
+  int doc = t.buffer("doc", "int32", {64});
+  int s = t.param("score"), q = t.param("q_idx"), kv = t.param("kv_idx");
+  t.score(t.op("mul", {s, t.fconst(0.5)}));
+  t.mask(t.op("eq", {t.load(doc, {q}), t.load(doc, {kv})}));
+  Analysis a = analyze(optimize(parse_trace(t.str())));
+  EXPECT_TRUE(a.mask_loads_per_element);
+  EXPECT_FALSE(a.score_loads_per_element);
+  // A causal mask beside a score_mod that loads per score: the mask loads nothing.
+  TraceBuilder u;
+  int bias = u.buffer("bias", "float32", {64});
+  int s2 = u.param("score"), q2 = u.param("q_idx"), kv2 = u.param("kv_idx");
+  u.score(u.op("add", {s2, u.load(bias, {u.op("sub", {q2, kv2})})}));
+  u.mask(u.op("ge", {q2, kv2}));
+  Analysis c = analyze(optimize(parse_trace(u.str())));
+  EXPECT_TRUE(c.score_loads_per_element);
+  EXPECT_FALSE(c.mask_loads_per_element);
 }
 
 TEST(Analysis, IdentityAndNoMask) {

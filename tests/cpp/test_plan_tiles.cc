@@ -76,6 +76,12 @@ TEST(Sm90Tiles, ForwardPreferences) {
   ASSERT_FALSE(plain.specs.empty());
   EXPECT_EQ(plain.specs[0].describe(), "fwd90 sm_90a bf16 d128/128 128x176 w12 s2 ov pp");
   EXPECT_EQ(sm90_forward(query(64, 64), kNone).specs[0].block_n, 192);
+  // A mask_mod that loads a captured tensor per score keeps the narrower tiles.
+  for (auto [d, narrow] : {std::pair{64, 128}, {128, 128}, {256, 64}}) {
+    TableQuery m = query(d, d);
+    m.mask_loads = true;
+    EXPECT_EQ(sm90_forward(m, kNone).specs[0].block_n, narrow) << d;
+  }
   EXPECT_EQ(sm90_forward(query(128, 128, true), kNone).specs[0].block_n, 64);
   const auto none = sm90_forward(query(128, 128, false, false), kNone).specs[0];
   EXPECT_FALSE(none.overlap);
