@@ -1,6 +1,7 @@
 """Decode against a KV cache (issue 18's table): GB/s of K and V read (B x Skv x Hkv x (D + Dv)
 x 2 bytes over the median time) and µs per call, bf16, GQA 32:8, D 128, no mask. Ours: the
-plain call on the cache's first Skv positions (`attn(q, k, v)`, what the issue measured),
+plain call on the cache's first Skv positions (`attn(q, k, v)`, what the issue measured; "ours
+prefill" and "ours cache prefill": the same with AE_DECODE=0, the prefill templates),
 `with_kvcache` on a contiguous cache and on paged caches (page 64 and 16, pages shuffled);
 SDPA cuDNN and flash (enable_gqa) and FlexAttention under torch.compile in the same run.
 
@@ -10,6 +11,7 @@ SDPA cuDNN and flash (enable_gqa) and FlexAttention under torch.compile in the s
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 import attention_engine as ae
 
 HQ, HKV, D = 32, 8, 128
-BHSD = {"ours plain", "sdpa cudnn", "sdpa flash", "flex"}  # the cases taking [B, H, S, D]
+BHSD = {"ours plain", "ours prefill", "sdpa cudnn", "sdpa flash", "flex"}  # the cases taking [B, H, S, D]
 SHAPES = "1x1x32k,8x1x8k,32x1x4k,4x1x128k,4x4x128k"  # B x Sq x Skv
 
 
@@ -51,6 +53,22 @@ def timed(fn, iters: int) -> float:
         b.synchronize()
         ts.append(a.elapsed_time(b) / 1e3)
     return statistics.median(ts)
+
+
+def without_decode(fn):
+    """fn with AE_DECODE=0 (the planner reads it per call): the prefill templates, for the
+    same-run comparison with the decode template."""
+    def run():
+        old = os.environ.get("AE_DECODE")
+        os.environ["AE_DECODE"] = "0"
+        try:
+            return fn()
+        finally:
+            if old is None:
+                del os.environ["AE_DECODE"]
+            else:
+                os.environ["AE_DECODE"] = old
+    return run
 
 
 def paged(k_cache, v_cache, page_size, gen):
@@ -95,6 +113,8 @@ def main():
             "ours plain": lambda: attn(qh, kh, vh),
             "ours cache": lambda: attn.with_kvcache(q, kc, vc, lens),
         }
+        cases["ours prefill"] = without_decode(cases["ours plain"])
+        cases["ours cache prefill"] = without_decode(cases["ours cache"])
         for ps in (64, 16):
             if Skv % ps == 0:
                 kp, vp, table = paged(kc, vc, ps, gen)

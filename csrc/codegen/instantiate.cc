@@ -40,6 +40,11 @@ Template template_of(const KernelSpec& s) {
                             s.d_v, s.block_n, s.stages, s.overlap, s.pingpong, elem, layout,
                             s.kv_split),
                 "ae::sm90::attention_fwd<Cfg>(p, Variant{va}, &tq, &tk, &tv)", true};
+      if (s.decode)  // up to 2 CTAs per SM where shared memory allows: no ", 1"
+        return {"sm80/decode.h",
+                fmt::format("ae::sm80::DecodeConfig<{}, {}, {}, {}, {}, {}, {}>", s.d_qk, s.d_v,
+                            s.block_n, s.warps, elem, layout, s.kv_split),
+                "ae::sm80::attention_decode<Cfg>(p, Variant{va})", false};
       return {"sm80/fwd.h",
               fmt::format("ae::sm80::FwdConfig<{}, {}, {}, {}, {}, {}, {}, {}>", s.d_qk, s.d_v,
                           s.block_n, s.warps, s.m_tiles, elem, layout, s.kv_split),

@@ -56,6 +56,9 @@ struct KernelSpec {
   GradSink grad_sink = GradSink::Global;  // backward with buffer_grads: where they go
   // Forward: built for a split-KV launch (partial outputs for the combine step).
   bool kv_split = false;
+  // Forward, sm80 family: the decode template (sm80/decode.h: one 16-row tile per CTA, its
+  // warps splitting the keys) instead of the prefill one.
+  bool decode = false;
 
   int threads() const { return 32 * warps; }
   // Whether the kernel is generated from a variant (the row passes are the same for all).

@@ -7,6 +7,8 @@
 //   AE_DISABLE_SM90_BWD=1                             Hopper runs the sm80 backward
 //   AE_HEAD_GROUP=N                                   the forward's head group (tile scheduler)
 //   AE_KV_SPLITS=N                                    the forward's split-KV count (1: none)
+//   AE_DECODE="block_n,warps"                         the decode template's tiles; AE_DECODE=0:
+//                                                     forwards of few rows take the prefill ones
 //   AE_GRAD_SINK=global                               captured tensors' gradients by global
 //                                                     atomics (no shared-memory copy)
 // reg_level: ptxas --register-usage-level, -1 for its default. A field that is absent or out
@@ -25,6 +27,8 @@ struct TuningOverrides {
   bool disable_sm90_bwd = false;
   int head_group = 0;  // 0: the planner's heuristic
   int kv_splits = 0;   // 0: the planner's heuristic
+  int decode[2] = {kUnset, kUnset};
+  bool disable_decode = false;
   bool global_grads = false;
 
   // Read from the environment (every call: benchmarks change them between calls).

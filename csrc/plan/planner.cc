@@ -9,6 +9,7 @@
 
 #include "codegen/emit_variant.h"
 #include "common/shapes.h"
+#include "sm80/shapes.h"
 #include "plan/tile_tables.h"
 
 namespace ae::plan {
@@ -93,10 +94,15 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
   q.mask_loads = r.variant.mask_loads;
   q.softmax = r.variant.normalize == ir::Normalize::Softmax;
   const bool hopper = r.device.major == 9 && r.device.minor == 0;
+  // A forward of at most 16 query rows (decode, or a GQA group packed as rows) runs the decode
+  // template of the sm80 family, on Hopper too: the prefill tiles are 64-128 rows.
+  const bool decode = kind == Kind::Forward && pb.q_len <= sm80::kDecodeBlockM &&
+                      !r.overrides.disable_decode && r.device.vendor == jit::Vendor::kNvidia;
   std::vector<Family> families;
+  if (decode) families.push_back(Family::Sm80);
   if (hopper && (kind == Kind::Forward ? !r.overrides.disable_sm90 : !r.overrides.disable_sm90_bwd))
     families.push_back(Family::Sm90);
-  families.push_back(Family::Sm80);
+  if (!decode) families.push_back(Family::Sm80);
   if (r.family) {
     if (std::find(families.begin(), families.end(), *r.family) == families.end()) {
       *why = fmt::format("no {} {} kernel on {}", codegen::family_name(*r.family),
@@ -108,9 +114,14 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
   std::string reasons;
   for (Family f : families) {
     const bool fwd = kind == Kind::Forward;
-    const Candidates c = f == Family::Sm90 ? (fwd ? sm90_forward(q, r.overrides) : sm90_backward(q))
-                         : fwd            ? sm80_forward(q, r.overrides)
-                                          : sm80_backward(q, r.overrides);
+    Candidates c = f == Family::Sm90 ? (fwd ? sm90_forward(q, r.overrides) : sm90_backward(q))
+                   : fwd            ? sm80_forward(q, r.overrides)
+                                    : sm80_backward(q, r.overrides);
+    if (f == Family::Sm80 && decode) {  // the decode tiles first, the prefill ones behind them
+      Candidates d = decode_forward(q, r.overrides);
+      d.specs.insert(d.specs.end(), c.specs.begin(), c.specs.end());
+      c = std::move(d);
+    }
     std::string w;
     // Gradients of captured tensors: a copy in shared memory where the first candidate that
     // has room for it left over (a smaller tile than the table's first pick, if need be:

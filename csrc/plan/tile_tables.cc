@@ -150,6 +150,26 @@ Candidates sm80_forward(const TableQuery& q, const TuningOverrides& o) {
   return c;
 }
 
+// Keys per block (split between the warps, 16 at least each): 128, or 64 where 128 does not fit
+// shared memory (head dims past 128). Not measured yet: the first table.
+Candidates decode_forward(const TableQuery& q, const TuningOverrides& o) {
+  Candidates c;
+  if (c.refusal = sm80_refusal(q); !c.refusal.empty()) return c;
+  for (int block_n : {128, 64}) {
+    KernelSpec s = base_spec(Kind::Forward, Family::Sm80, q);
+    s.decode = true;
+    s.warps = 4;
+    s.block_m = sm80::kDecodeBlockM;
+    s.block_n = block_n;
+    c.specs.push_back(s);
+  }
+  KernelSpec& first = c.specs.front();
+  const int bn = o.decode[0], warps = o.decode[1];
+  if ((warps == 2 || warps == 4 || warps == 8) && bn > 0 && bn % (16 * warps) == 0 && bn <= 256)
+    first.block_n = bn, first.warps = warps;
+  return c;
+}
+
 Candidates sm80_backward(const TableQuery& q, const TuningOverrides& o) {
   Candidates c;
   if (c.refusal = sm80_refusal(q); !c.refusal.empty()) return c;

@@ -26,6 +26,9 @@ struct Candidates {
 };
 
 Candidates sm80_forward(const TableQuery& q, const TuningOverrides& o);
+// The decode template (sm80/decode.h, any NVIDIA GPU from sm_80): for forwards of at most
+// sm80::kDecodeBlockM query rows.
+Candidates decode_forward(const TableQuery& q, const TuningOverrides& o);
 Candidates sm80_backward(const TableQuery& q, const TuningOverrides& o);
 Candidates sm90_forward(const TableQuery& q, const TuningOverrides& o);
 Candidates sm90_backward(const TableQuery& q);

@@ -19,14 +19,16 @@ struct VariantHandle {
   std::string text;
 };
 
-// kernel_source: plans a 4k-token problem (B 1, 16 heads: enough query tiles that the forward
-// does not split the keys; AE_KV_SPLITS=N plans the split-KV forward) on a device class and
+// kernel_source: plans a problem of 4k keys and q_len queries (B 1, 16 heads; at 4k queries
+// enough query tiles that the forward does not split the keys; AE_KV_SPLITS=N plans the
+// split-KV forward; 16 queries or fewer plan the decode template) on a device class and
 // returns the step's source and launch facts (for the compile-all check, sass_dump, and the
 // curious).
 pybind11::dict kernel_source(const ir::Variant& v, const std::string& step, int d_qk, int d_v,
                              bool bf16, const std::vector<std::string>& buffer_dtypes,
                              const std::string& device, const std::string& family,
-                             const std::vector<bool>& buffer_grads, bool deterministic) {
+                             const std::vector<bool>& buffer_grads, bool deterministic,
+                             int q_len) {
   namespace pyb = pybind11;
   plan::PlanRequest r;
   r.variant = plan::VariantTraits::of(v);
@@ -40,7 +42,8 @@ pybind11::dict kernel_source(const ir::Variant& v, const std::string& step, int 
   plan::Problem& pb = r.problem;
   pb.kind = backward ? plan::OpKind::Backward : plan::OpKind::Forward;
   pb.dtype = bf16 ? plan::ElemType::BFloat16 : plan::ElemType::Float16;
-  pb.batch = 1, pb.q_heads = pb.kv_heads = 16, pb.q_len = pb.kv_len = 4096;
+  if (q_len < 1) throw ir::GraphError(fmt::format("q_len must be at least 1, not {}", q_len));
+  pb.batch = 1, pb.q_heads = pb.kv_heads = 16, pb.q_len = q_len, pb.kv_len = 4096;
   pb.d_qk = d_qk, pb.d_v = d_v, pb.scale = 1.0;
   pb.deterministic = backward && deterministic;
   for (size_t i = 0; i < buffer_dtypes.size(); ++i) {
@@ -107,19 +110,20 @@ void bind_ir(pybind11::module_& m) {
            [](const VariantHandle& h, const std::string& step, int d_qk, int d_v, bool bf16,
               const std::vector<std::string>& buffer_dtypes, const std::string& device,
               const std::string& family, const std::vector<bool>& buffer_grads,
-              bool deterministic) {
+              bool deterministic, int q_len) {
              return kernel_source(*h.variant, step, d_qk, d_v, bf16, buffer_dtypes, device,
-                                  family, buffer_grads, deterministic);
+                                  family, buffer_grads, deterministic, q_len);
            },
            pyb::arg("step"), pyb::arg("d_qk"), pyb::arg("d_v"), pyb::arg("bf16") = true,
            pyb::arg("buffer_dtypes") = std::vector<std::string>{}, pyb::arg("device") = "h100",
            pyb::arg("family") = "", pyb::arg("buffer_grads") = std::vector<bool>{},
-           pyb::arg("deterministic") = false,
+           pyb::arg("deterministic") = false, pyb::arg("q_len") = 4096,
            "The generated source of one step of the plan the planner makes for this variant on a "
            "device class (h100, h200, a100, ada, mi250) at 4k tokens: step fwd, bwd, "
            "block_state, bwd_prep, bwd_dq or fwd_combine (split-KV: AE_KV_SPLITS); family sm80 or sm90 to ask for one (default: the "
            "planner's choice); buffer_grads: for the backward, which captured tensors get "
-           "gradients; deterministic: the deterministic backward's. Also the step's entry, compile options, threads, shared memory and the "
+           "gradients; deterministic: the deterministic backward's; q_len: the query rows (4096; 16 or "
+           "fewer plan the decode template), against 4096 keys. Also the step's entry, compile options, threads, shared memory and the "
            "whole plan's text.");
 
   m.def("backend_for", &torch_ops::backend_for, pyb::arg("q"), pyb::arg("k"), pyb::arg("v"),

@@ -16,6 +16,10 @@ AE_HD_CONSTEXPR int fwd_smem_bytes(int block_m, int block_n, int d_qk, int d_v) 
               2 * block_n * padded_row(d_v));
 }
 
+// Decode (sm80/decode.h): one 16-row MMA tile per CTA, its warps splitting the keys; its
+// shared memory is the forward's formula at block_m = kDecodeBlockM.
+constexpr int kDecodeBlockM = 16;
+
 // Backward: query blocks of 64 rows; 8 warps.
 constexpr int kBwdBlockM = 64, kBwdWarps = 8;
 

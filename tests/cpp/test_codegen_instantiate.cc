@@ -70,6 +70,18 @@ TEST(Instantiate, EntryParametersAreTheAbi) {
   EXPECT_NE(combine.find("ae::fwd_combine<true, ae::DenseLayout>(p)"), std::string::npos) << combine;
   EXPECT_EQ(combine.find("struct Variant"), std::string::npos);
   EXPECT_THROW(instantiate(nullptr, spec(Kind::Forward, Family::Sm80)), ir::GraphError);
+  // The decode template: its own header and config, no one-CTA-per-SM launch bound.
+  KernelSpec dec = spec(Kind::Forward, Family::Sm80);
+  dec.decode = true;
+  dec.block_m = 16, dec.block_n = 128, dec.m_tiles = 1;
+  const std::string d = instantiate(v.get(), dec);
+  EXPECT_NE(d.find("#include \"sm80/decode.h\""), std::string::npos) << d;
+  EXPECT_NE(d.find("ae::sm80::DecodeConfig<128, 128, 128, 4, true, ae::DenseLayout, false>"),
+            std::string::npos) << d;
+  EXPECT_NE(d.find("__launch_bounds__(128) ae_fwd(const ae::AttnParams p, const ae::VariantArgs va)"),
+            std::string::npos) << d;
+  EXPECT_NE(d.find("ae::sm80::attention_decode<Cfg>(p, Variant{va})"), std::string::npos);
+  EXPECT_EQ(dec.describe(), "fwd sm_90a bf16 d128/128 16x128 w4 dec");
 }
 
 // score + table[h, kv_idx] + slopes[h] * (kv_idx - q_idx), both captured tensors learnable.

@@ -418,7 +418,8 @@ TEST(Planner, DecodeSplitsTheKeys) {
   LaunchPlan p = make_plan(r);
   ASSERT_TRUE(p.ok) << p.reason;
   EXPECT_EQ(p.attn.kv_splits, 4);  // 32 tiles: 132 / 32 = 4 ranges
-  EXPECT_EQ(p.attn.kv_split_blocks, 47);  // 187 blocks of 176 keys
+  EXPECT_EQ(p.attn.kv_split_blocks, 64);  // 256 blocks of the decode template's 128 keys
+  EXPECT_TRUE(main_step(p).spec.decode);
   EXPECT_EQ(kinds(p), (std::vector<Kind>{Kind::Forward, Kind::FwdCombine}));
   EXPECT_TRUE(main_step(p).spec.kv_split);
   EXPECT_EQ(main_step(p).grid.z, 4u);  // batch x ranges
@@ -430,15 +431,15 @@ TEST(Planner, DecodeSplitsTheKeys) {
   // Forced through the override; a count past the key blocks is cut to one block per range,
   // and the last range is never empty.
   r.overrides.kv_splits = 1000;
-  EXPECT_EQ(make_plan(r).attn.kv_splits, 187);
+  EXPECT_EQ(make_plan(r).attn.kv_splits, 256);
   r.overrides.kv_splits = 3;
   p = make_plan(r);
   EXPECT_EQ(p.attn.kv_splits, 3);
-  EXPECT_EQ(p.attn.kv_split_blocks, 63);
+  EXPECT_EQ(p.attn.kv_split_blocks, 86);
   r.overrides.kv_splits = 1;
   EXPECT_FALSE(main_step(make_plan(r)).spec.kv_split);
   r.overrides.kv_splits = 0;
-  r.problem.kv_len = 512;  // 3 key blocks: one range
+  r.problem.kv_len = 512;  // 4 key blocks: one range
   EXPECT_EQ(kinds(make_plan(r)), (std::vector<Kind>{Kind::Forward}));
   r.problem.kv_len = 32768;
   r.problem.q_len = 4096;  // prefill: 32 x 32 tiles fill the SMs
@@ -447,6 +448,50 @@ TEST(Planner, DecodeSplitsTheKeys) {
   r.problem.q_len = 1;
   r.problem.kind = OpKind::Backward;
   EXPECT_EQ(make_plan(r).attn.kv_splits, 1);
+}
+
+TEST(Planner, FewQueryRowsTakeTheDecodeTemplate) {
+  for (const DeviceCaps& dev : {devices::h100(), devices::h200(), devices::a100()}) {
+    PlanRequest r = request(OpKind::Forward, dev, plain());
+    r.problem.q_len = 1;
+    r.overrides.kv_splits = 1;  // one range: the kernel alone
+    LaunchPlan p = make_plan(r);
+    ASSERT_TRUE(p.ok) << p.reason;
+    EXPECT_EQ(p.family, "sm80");
+    ASSERT_EQ(kinds(p), std::vector<Kind>{Kind::Forward});
+    const Step& s = p.steps[0];
+    EXPECT_TRUE(s.spec.decode);
+    EXPECT_EQ(s.spec.block_m, 16);
+    EXPECT_EQ(s.spec.block_n, 128);
+    EXPECT_EQ(s.threads, 128);
+    EXPECT_EQ(s.smem, smem_bytes(s.spec));
+    EXPECT_EQ(s.grid.x, 1u);  // one 16-row tile
+    EXPECT_EQ(p.attn.n_kv_blocks, 32);
+    // 16 rows still decode; 17 are a prefill.
+    r.problem.q_len = 16;
+    EXPECT_TRUE(main_step(make_plan(r)).spec.decode);
+    r.problem.q_len = 17;
+    EXPECT_FALSE(main_step(make_plan(r)).spec.decode);
+    // Head dims past 128: 64 keys per block (128 do not fit shared memory).
+    r.problem.q_len = 1;
+    PlanRequest big = request(OpKind::Forward, dev, plain(), 256);
+    big.problem.q_len = 1;
+    EXPECT_EQ(main_step(make_plan(big)).spec.block_n, 64);
+    EXPECT_TRUE(main_step(make_plan(big)).spec.decode);
+    // AE_DECODE=0: the prefill templates; AE_DECODE="64,2": the first tile's keys and warps.
+    r.overrides.disable_decode = true;
+    EXPECT_FALSE(main_step(make_plan(r)).spec.decode);
+    r.overrides.disable_decode = false;
+    r.overrides.decode[0] = 64, r.overrides.decode[1] = 2;
+    EXPECT_EQ(main_step(make_plan(r)).spec.describe().substr(0, 3), "fwd");
+    EXPECT_EQ(main_step(make_plan(r)).spec.block_n, 64);
+    EXPECT_EQ(main_step(make_plan(r)).spec.warps, 2);
+    r.overrides.decode[0] = 48;  // not whole 16-key slices per warp: ignored
+    EXPECT_EQ(main_step(make_plan(r)).spec.block_n, 128);
+    // A backward is never a decode (its plan has no forward step).
+    r.problem.kind = OpKind::Backward;
+    EXPECT_FALSE(main_step(make_plan(r)).spec.decode);
+  }
 }
 
 TEST(Planner, DescribeListsStepsAndWorkspaces) {

@@ -98,6 +98,28 @@ def test_split_kv_forward_compiles_without_spills(case, monkeypatch):
     _compiles_without_spills(info, kind)
 
 
+# The decode template (sm80/decode.h): forwards of 16 query rows or fewer, every variant kind,
+# head dims up to 256, alone and as a split-KV range.
+DECODE_CASES = [("plain", (128, 128)), ("plain", (64, 64)), ("plain", (256, 256)), ("plain", (192, 128)),
+                ("plain", (96, 96)), ("causal", (128, 128)), ("alibi", (128, 128)),
+                ("softcap", (128, 128)), ("relative_bias", (128, 128)), ("document", (128, 128)),
+                ("sigmoid_none", (128, 128)), ("sliding_window", (64, 64))]
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
+@pytest.mark.parametrize("case", DECODE_CASES, ids=lambda c: f"{c[0]}-{c[1][0]}-{c[1][1]}")
+def test_decode_template_compiles_without_spills(case, split, monkeypatch):
+    monkeypatch.setenv("AE_KV_SPLITS", "4" if split else "1")
+    name, (d_qk, d_v) = case
+    attn = VARIANTS[name]()
+    dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers]
+    info = attn.variant.kernel_source("fwd", d_qk, d_v, True, dtypes, q_len=1)
+    assert info["describe"].endswith(" dec"), info["describe"]
+    assert (" split" in info["describe"]) == split, info["describe"]
+    assert '#include "sm80/decode.h"' in info["source"]
+    _compiles_without_spills(info, "fwd")
+
+
 @pytest.mark.parametrize("bf16", [True, False], ids=["bf16", "fp16"])
 def test_split_kv_combine_compiles(bf16, monkeypatch):
     monkeypatch.setenv("AE_KV_SPLITS", "4")

@@ -646,6 +646,33 @@ def test_split_kv(variant, shape, splits, sm90, monkeypatch):
     check_case(variant, shape, BF16)
 
 
+DECODE_CASES = [  # (variant, shape): forwards of 16 query rows or fewer (sm80/decode.h)
+    ("plain", Shape(B=3, Hq=8, Hkv=8, Sq=1, Skv=777)),
+    ("causal_bottom_right", Shape(B=2, Hq=8, Hkv=2, Sq=16, Skv=1000)),
+    ("alibi_causal", Shape(B=1, Hq=4, Hkv=4, Sq=5, Skv=300)),
+    ("relative_bias", Shape(B=1, Hq=4, Hkv=2, Sq=3, Skv=513)),
+    ("document", Shape(B=1, Hq=4, Hkv=4, Sq=7, Skv=1000)),
+    ("sigmoid", Shape(B=2, Hq=4, Hkv=1, Sq=2, Skv=1000)),
+    ("masked_rows", Shape(B=1, Hq=4, Hkv=4, Sq=9, Skv=129)),
+    ("plain", Shape(B=1, Hq=4, Hkv=2, Sq=1, Skv=2049, Dqk=64, Dv=64)),
+    ("causal_bottom_right", Shape(B=1, Hq=4, Hkv=4, Sq=4, Skv=700, Dqk=256, Dv=256)),
+    ("plain", Shape(B=1, Hq=4, Hkv=4, Sq=2, Skv=600, Dqk=192, Dv=128)),
+]
+
+
+@pytest.mark.parametrize("tiles", ["default", "64,2", "128,8"])
+@pytest.mark.parametrize("variant,shape", DECODE_CASES, ids=_id)
+def test_decode_template(variant, shape, tiles, monkeypatch):
+    """Forwards of at most 16 query rows run the decode template (its warps split each key
+    block and merge through shared memory), whole and split into key ranges, with its tiles
+    as the table has them and as AE_DECODE sets them (2 warps of 32 keys, 8 of 16)."""
+    if tiles != "default":
+        monkeypatch.setenv("AE_DECODE", tiles)
+    check_case(variant, shape, BF16)
+    monkeypatch.setenv("AE_KV_SPLITS", "3")
+    check_case(variant, shape, BF16)
+
+
 @pytest.mark.parametrize("variant", ["causal", "relative_bias"])
 def test_fills_the_gpu(variant):
     """B * H = 128 (query tiles x heads x batch well above the SM count)."""
