@@ -1,7 +1,7 @@
 """Decode against a KV cache (issue 18's table): GB/s of K and V read (B x Skv x Hkv x (D + Dv)
 x 2 bytes over the median time) and µs per call, bf16, GQA 32:8, D 128, no mask. Ours: the
 plain call on the cache's first Skv positions (`attn(q, k, v)`, what the issue measured; "ours
-prefill" and "ours cache prefill": the same with AE_DECODE=0, the prefill templates),
+decode" and "ours cache decode": the same with AE_DECODE=1, the decode template),
 `with_kvcache` on a contiguous cache and on paged caches (page 64 and 16, pages shuffled);
 SDPA cuDNN and flash (enable_gqa) and FlexAttention under torch.compile in the same run.
 
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import attention_engine as ae
 
 HQ, HKV, D = 32, 8, 128
-BHSD = {"ours plain", "ours prefill", "sdpa cudnn", "sdpa flash", "flex"}  # the cases taking [B, H, S, D]
+BHSD = {"ours plain", "ours decode", "sdpa cudnn", "sdpa flash", "flex"}  # the cases taking [B, H, S, D]
 SHAPES = "1x1x32k,8x1x8k,32x1x4k,4x1x128k,4x4x128k"  # B x Sq x Skv
 
 
@@ -55,12 +55,12 @@ def timed(fn, iters: int) -> float:
     return statistics.median(ts)
 
 
-def without_decode(fn):
-    """fn with AE_DECODE=0 (the planner reads it per call): the prefill templates, for the
-    same-run comparison with the decode template."""
+def with_decode(fn):
+    """fn with AE_DECODE=1 (the planner reads it per call): the decode template, for the
+    same-run comparison with the prefill templates."""
     def run():
         old = os.environ.get("AE_DECODE")
-        os.environ["AE_DECODE"] = "0"
+        os.environ["AE_DECODE"] = "1"
         try:
             return fn()
         finally:
@@ -113,8 +113,8 @@ def main():
             "ours plain": lambda: attn(qh, kh, vh),
             "ours cache": lambda: attn.with_kvcache(q, kc, vc, lens),
         }
-        cases["ours prefill"] = without_decode(cases["ours plain"])
-        cases["ours cache prefill"] = without_decode(cases["ours cache"])
+        cases["ours decode"] = with_decode(cases["ours plain"])
+        cases["ours cache decode"] = with_decode(cases["ours cache"])
         for ps in (64, 16):
             if Skv % ps == 0:
                 kp, vp, table = paged(kc, vc, ps, gen)

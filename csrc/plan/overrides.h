@@ -7,8 +7,9 @@
 //   AE_DISABLE_SM90_BWD=1                             Hopper runs the sm80 backward
 //   AE_HEAD_GROUP=N                                   the forward's head group (tile scheduler)
 //   AE_KV_SPLITS=N                                    the forward's split-KV count (1: none)
-//   AE_DECODE="block_n,warps"                         the decode template's tiles; AE_DECODE=0:
-//                                                     forwards of few rows take the prefill ones
+//   AE_DECODE=1 or "block_n,warps"                    forwards of 16 query rows or fewer run the
+//                                                     decode template (with these tiles); off by
+//                                                     default until it has run on a GPU
 //   AE_GRAD_SINK=global                               captured tensors' gradients by global
 //                                                     atomics (no shared-memory copy)
 // reg_level: ptxas --register-usage-level, -1 for its default. A field that is absent or out
@@ -28,7 +29,7 @@ struct TuningOverrides {
   int head_group = 0;  // 0: the planner's heuristic
   int kv_splits = 0;   // 0: the planner's heuristic
   int decode[2] = {kUnset, kUnset};
-  bool disable_decode = false;
+  bool enable_decode = false;
   bool global_grads = false;
 
   // Read from the environment (every call: benchmarks change them between calls).

@@ -95,9 +95,10 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
   q.softmax = r.variant.normalize == ir::Normalize::Softmax;
   const bool hopper = r.device.major == 9 && r.device.minor == 0;
   // A forward of at most 16 query rows (decode, or a GQA group packed as rows) runs the decode
-  // template of the sm80 family, on Hopper too: the prefill tiles are 64-128 rows.
+  // template of the sm80 family, on Hopper too: the prefill tiles are 64-128 rows. Opt-in
+  // (AE_DECODE) until the template has run on a GPU.
   const bool decode = kind == Kind::Forward && pb.q_len <= sm80::kDecodeBlockM &&
-                      !r.overrides.disable_decode && r.device.vendor == jit::Vendor::kNvidia;
+                      r.overrides.enable_decode && r.device.vendor == jit::Vendor::kNvidia;
   std::vector<Family> families;
   if (decode) families.push_back(Family::Sm80);
   if (hopper && (kind == Kind::Forward ? !r.overrides.disable_sm90 : !r.overrides.disable_sm90_bwd))

@@ -418,8 +418,7 @@ TEST(Planner, DecodeSplitsTheKeys) {
   LaunchPlan p = make_plan(r);
   ASSERT_TRUE(p.ok) << p.reason;
   EXPECT_EQ(p.attn.kv_splits, 4);  // 32 tiles: 132 / 32 = 4 ranges
-  EXPECT_EQ(p.attn.kv_split_blocks, 64);  // 256 blocks of the decode template's 128 keys
-  EXPECT_TRUE(main_step(p).spec.decode);
+  EXPECT_EQ(p.attn.kv_split_blocks, 47);  // 187 blocks of 176 keys
   EXPECT_EQ(kinds(p), (std::vector<Kind>{Kind::Forward, Kind::FwdCombine}));
   EXPECT_TRUE(main_step(p).spec.kv_split);
   EXPECT_EQ(main_step(p).grid.z, 4u);  // batch x ranges
@@ -431,15 +430,15 @@ TEST(Planner, DecodeSplitsTheKeys) {
   // Forced through the override; a count past the key blocks is cut to one block per range,
   // and the last range is never empty.
   r.overrides.kv_splits = 1000;
-  EXPECT_EQ(make_plan(r).attn.kv_splits, 256);
+  EXPECT_EQ(make_plan(r).attn.kv_splits, 187);
   r.overrides.kv_splits = 3;
   p = make_plan(r);
   EXPECT_EQ(p.attn.kv_splits, 3);
-  EXPECT_EQ(p.attn.kv_split_blocks, 86);
+  EXPECT_EQ(p.attn.kv_split_blocks, 63);
   r.overrides.kv_splits = 1;
   EXPECT_FALSE(main_step(make_plan(r)).spec.kv_split);
   r.overrides.kv_splits = 0;
-  r.problem.kv_len = 512;  // 4 key blocks: one range
+  r.problem.kv_len = 512;  // 3 key blocks: one range
   EXPECT_EQ(kinds(make_plan(r)), (std::vector<Kind>{Kind::Forward}));
   r.problem.kv_len = 32768;
   r.problem.q_len = 4096;  // prefill: 32 x 32 tiles fill the SMs
@@ -455,6 +454,8 @@ TEST(Planner, FewQueryRowsTakeTheDecodeTemplate) {
     PlanRequest r = request(OpKind::Forward, dev, plain());
     r.problem.q_len = 1;
     r.overrides.kv_splits = 1;  // one range: the kernel alone
+    EXPECT_FALSE(main_step(make_plan(r)).spec.decode);  // opt-in (AE_DECODE) for now
+    r.overrides.enable_decode = true;
     LaunchPlan p = make_plan(r);
     ASSERT_TRUE(p.ok) << p.reason;
     EXPECT_EQ(p.family, "sm80");
@@ -476,12 +477,10 @@ TEST(Planner, FewQueryRowsTakeTheDecodeTemplate) {
     r.problem.q_len = 1;
     PlanRequest big = request(OpKind::Forward, dev, plain(), 256);
     big.problem.q_len = 1;
+    big.overrides.enable_decode = true;
     EXPECT_EQ(main_step(make_plan(big)).spec.block_n, 64);
     EXPECT_TRUE(main_step(make_plan(big)).spec.decode);
-    // AE_DECODE=0: the prefill templates; AE_DECODE="64,2": the first tile's keys and warps.
-    r.overrides.disable_decode = true;
-    EXPECT_FALSE(main_step(make_plan(r)).spec.decode);
-    r.overrides.disable_decode = false;
+    // AE_DECODE="64,2": the first tile's keys and warps.
     r.overrides.decode[0] = 64, r.overrides.decode[1] = 2;
     EXPECT_EQ(main_step(make_plan(r)).spec.describe().substr(0, 3), "fwd");
     EXPECT_EQ(main_step(make_plan(r)).spec.block_n, 64);

@@ -660,14 +660,14 @@ DECODE_CASES = [  # (variant, shape): forwards of 16 query rows or fewer (sm80/d
 ]
 
 
-@pytest.mark.parametrize("tiles", ["default", "64,2", "128,8"])
+@pytest.mark.parametrize("tiles", ["1", "64,2", "128,8"])
 @pytest.mark.parametrize("variant,shape", DECODE_CASES, ids=_id)
 def test_decode_template(variant, shape, tiles, monkeypatch):
-    """Forwards of at most 16 query rows run the decode template (its warps split each key
-    block and merge through shared memory), whole and split into key ranges, with its tiles
-    as the table has them and as AE_DECODE sets them (2 warps of 32 keys, 8 of 16)."""
-    if tiles != "default":
-        monkeypatch.setenv("AE_DECODE", tiles)
+    """AE_DECODE turns on the decode template for forwards of at most 16 query rows (its warps
+    split each key block and merge through shared memory): whole and split into key ranges,
+    with its tiles as the table has them ("1") and as AE_DECODE sets them (2 warps of 32
+    keys, 8 of 16)."""
+    monkeypatch.setenv("AE_DECODE", tiles)
     check_case(variant, shape, BF16)
     monkeypatch.setenv("AE_KV_SPLITS", "3")
     check_case(variant, shape, BF16)
