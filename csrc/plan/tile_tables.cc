@@ -229,6 +229,9 @@ Candidates sm90_forward(const TableQuery& q, const TuningOverrides& o) {
   if (st >= 1 && st <= 4) first.stages = st;
   if (set(o.sm90_fwd[2])) first.overlap = o.sm90_fwd[2] != 0;
   if (set(o.sm90_fwd[3])) first.pingpong = o.sm90_fwd[3] != 0;
+  // The overlap issues S of block it + 1 before block it's stage is released: one stage would
+  // wait forever (sm90/fwd.h asserts it). Such an override keeps two.
+  if (first.overlap && first.stages < 2) first.stages = 2;
   return c;
 }
 

@@ -59,6 +59,8 @@ struct FwdConfig {
   static_assert(kBlockN % 16 == 0 && kBlockN >= 64 && kBlockN <= 192, "wgmma N of S");
   static_assert(kDv == 64 || kDv == 128 || kDv == 256, "wgmma N of O");
   static_assert(kConsumers == 2, "the ping-pong pairs two consumer warpgroups");
+  // The overlap waits for block it + 1's K while block it's stage is still held.
+  static_assert(!kOverlap || kStages >= 2, "the overlap needs two stages");
   // setmaxnreg moves registers within what the CTA was launched with (65536 / kThreads per
   // thread, rounded down to a multiple of 8); an increase that the decreases do not free
   // waits forever.

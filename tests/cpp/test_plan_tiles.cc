@@ -125,6 +125,11 @@ TEST(Tiles, OverridesReplaceTheFirstChoice) {
   EXPECT_EQ(g.stages, 3);
   EXPECT_FALSE(g.overlap);
   EXPECT_TRUE(g.pingpong);  // unset: the table's
+  TuningOverrides one;  // one stage with the overlap would deadlock: two
+  one.sm90_fwd[1] = 1;
+  EXPECT_EQ(sm90_forward(query(128, 128), one).specs[0].stages, 2);
+  one.sm90_fwd[2] = 0;  // without the overlap one stage is allowed
+  EXPECT_EQ(sm90_forward(query(128, 128), one).specs[0].stages, 1);
   h.sm90_fwd[0] = 128;
   EXPECT_EQ(sm90_forward(query(256, 256), h).specs[0].block_n, 80);  // 128 keys spill past Dv 128
   h.sm90_fwd[0] = 160;  // any multiple of 16 whose registers fit
