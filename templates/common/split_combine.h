@@ -14,6 +14,16 @@
 
 namespace ae {
 
+// The merge's arithmetic, shared with the decode template's merge of its warps (sm80/decode.h).
+// The LSE of a row from its parts': mx their max, sum the sum of exp(lse_s - mx); -inf when
+// nothing is kept in any part.
+AE_DEVICE float merged_lse(float mx, float sum) { return sum > 0.f ? mx + __logf(sum) : neg_inf(); }
+// The weight of part s's O in the merged row: exp(lse_s - lse) under softmax (0 where nothing
+// is kept: its O is not read), 1 for normalize="none" (the parts add).
+AE_DEVICE float part_weight(bool row_stats, float lse_s, float lse) {
+  return !row_stats ? 1.f : lse == neg_inf() ? 0.f : __expf(lse_s - lse);
+}
+
 template <bool kBf16, class Layout>
 AE_DEVICE void fwd_combine(const AttnParams& p) {
   const long long rows = static_cast<long long>(p.batch) * p.q_heads * p.q_len;
@@ -33,13 +43,13 @@ AE_DEVICE void fwd_combine(const AttnParams& p) {
     if (mx != neg_inf())
       for (int s = lane; s < p.kv_splits; s += kWarpSize) sum += __expf(lse_s[s * rows] - mx);
     for (int o = kWarpSize / 2; o > 0; o /= 2) sum += shfl_xor(sum, o);
-    lse = sum > 0.f ? mx + __logf(sum) : neg_inf();
+    lse = merged_lse(mx, sum);
   }
   u16* out = Layout::row(static_cast<u16*>(p.o), p.o_stride, b, h, row);
   for (int c = 2 * lane; c < p.d_v; c += 2 * kWarpSize) {
     float x = 0.f, y = 0.f;
     for (int s = 0; s < p.kv_splits; ++s) {
-      const float w = !p.row_stats ? 1.f : lse == neg_inf() ? 0.f : __expf(lse_s[s * rows] - lse);
+      const float w = part_weight(p.row_stats, lse_s[s * rows], lse);
       if (w == 0.f) continue;  // a range with nothing kept: its O is not read
       const float2 v = *reinterpret_cast<const float2*>(p.o_part + (s * rows + r) * p.d_v + c);
       x = fmaf(w, v.x, x);

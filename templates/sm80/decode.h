@@ -13,6 +13,7 @@
 
 #include "common/block_walk.h"
 #include "common/params.h"
+#include "common/split_combine.h"
 #include "common/tile_scheduler.h"
 #include "nvidia/mma_rows.h"
 #include "sm80/shapes.h"
@@ -174,8 +175,8 @@ AE_DEVICE void attention_decode(const AttnParams& p, const Variant& var) {
   }
   __syncthreads();
 
-  // Merge, a column pair per thread and step: softmax weighs warp w by exp(lse_w - lse) with
-  // lse = log sum_w exp(lse_w); normalize="none" adds.
+  // Merge, a column pair per thread and step, with the split-KV combine's arithmetic
+  // (common/split_combine.h: merged_lse, part_weight).
   constexpr int kPairs = Cfg::kDv / 2;
   const int q_len = Layout::q_len(p, b);
   for (int t = threadIdx.x; t < Cfg::kBlockM * kPairs; t += Cfg::kThreads) {
@@ -190,14 +191,12 @@ AE_DEVICE void attention_decode(const AttnParams& p, const Variant& var) {
       if (mx != neg_inf())
 #pragma unroll
         for (int w = 0; w < Cfg::kWarps; ++w) sum += __expf(mlse[w * Cfg::kBlockM + lr] - mx);
-      lse = sum > 0.f ? mx + __logf(sum) : neg_inf();
+      lse = merged_lse(mx, sum);
     }
     float x = 0.f, y = 0.f;
 #pragma unroll
     for (int w = 0; w < Cfg::kWarps; ++w) {
-      const float wt = !Norm::kRowStats ? 1.f
-                       : lse == neg_inf()  ? 0.f
-                                           : __expf(mlse[w * Cfg::kBlockM + lr] - lse);
+      const float wt = part_weight(Norm::kRowStats, mlse[w * Cfg::kBlockM + lr], lse);
       const float2 v = *reinterpret_cast<const float2*>(mo + (w * Cfg::kBlockM + lr) * Cfg::kLdO + c);
       if (wt != 0.f) x = fmaf(wt, v.x, x), y = fmaf(wt, v.y, y);
     }
