@@ -54,6 +54,11 @@ def sections():
             ["causal", "sliding_window", "prefix_lm", "document_mask", "alibi", "alibi_slopes",
              "softcap", "relative_bias", "sigmoid", "relu_squared", "and_masks", "or_masks"]
         ]),
+        ("Row normalizations: attention_engine.Normalizer, attention_engine.normalizers", [
+            ("attention_engine.Normalizer", ae.Normalizer),
+            ("normalizers.softmax_with_temperature", ae.normalizers.softmax_with_temperature),
+            ("normalizers.softmax_with_sink", ae.normalizers.softmax_with_sink),
+        ]),
         ("Learned block sparsity (SeerAttention): attention_engine.seer", [
             (f"seer.{n}", getattr(ae.seer, n)) for n in
             ["SeerAttention", "SeerGate", "pooled_attention_map", "gate_loss", "select_blocks",

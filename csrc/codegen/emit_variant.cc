@@ -105,7 +105,7 @@ std::string expr(const Graph& g, int id, const std::vector<std::string>& dtypes)
   auto bin = [&](const char* o) { return fmt::format("{} {} {}", a(0, t), o, a(1, t)); };
   switch (n.op) {
     case Op::Param: {
-      static const char* params[] = {"score", "b", "h", "q_idx", "kv_idx"};
+      static const char* params[] = {"score", "b", "h", "q_idx", "kv_idx", "stat"};
       return params[n.index];
     }
     case Op::Const:
@@ -224,6 +224,9 @@ std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& d
   if (!buffer_grads.empty() && buffer_grads.size() != f.buffers.size())
     throw ir::GraphError(fmt::format("codegen: {} buffer gradient flags for {} captured tensors",
                                      buffer_grads.size(), f.buffers.size()));
+  if (f.normalize == ir::Normalize::Custom)
+    throw ir::GraphError("codegen: a custom row normalization has no kernel yet (it runs on the "
+                         "reference executor)");
   const int score = f.output("score"), mask = f.output("mask");
   const bool identity = !v.analysis.has_score_mod;
   const bool has_mask = mask >= 0 && v.analysis.has_mask;

@@ -7,9 +7,9 @@ namespace ae::ir {
 uint32_t param_dep(Param p) { return 1u << static_cast<int>(p); }
 
 std::string deps_text(uint32_t d) {
-  static const char* names[] = {"score", "b", "h", "q_idx", "kv_idx", "buffers"};
+  static const char* names[] = {"score", "b", "h", "q_idx", "kv_idx", "stat", "buffers"};
   std::string s;
-  for (int i = 0; i < 6; ++i)
+  for (int i = 0; i < 7; ++i)
     if (d & (1u << i)) s += fmt::format("{}{}", s.empty() ? "" : ", ", names[i]);
   return s.empty() ? "nothing (constant)" : s;
 }

@@ -1,6 +1,8 @@
-// Reverse-mode symbolic differentiation of the "score" output. Adjoints are built as new
-// nodes appended to a copy of the graph, then the whole graph is optimized.
+// Reverse-mode symbolic differentiation of the "score" output (and of a custom
+// normalization's outputs, each on its own). Adjoints are built as new nodes appended to a
+// copy of the graph, then the whole graph is optimized.
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "ir/passes.h"
@@ -37,19 +39,16 @@ class Builder {
 
 bool is_float(const Graph& g, int id) { return g.nodes[id].type == DType::Float; }
 
-}  // namespace
-
-Graph differentiate(const Graph& src) {
-  Graph g = optimize(src);
-  const Output* score = g.find_output("score");
-  const int n_orig = static_cast<int>(g.nodes.size());
+// Reverse mode from one output: the adjoint of every node of the first n_orig (the original
+// graph's), -1 where none flows. New nodes are appended to g.
+std::vector<int> adjoints(Graph& g, int seed, int n_orig) {
   std::vector<int> adj(n_orig, -1);
   Builder b(g);
   auto accumulate = [&](int target, int value) {
     if (!is_float(g, target)) return;  // ints and bools carry no derivative
     adj[target] = adj[target] < 0 ? value : b.op(Op::Add, {adj[target], value});
   };
-  if (score) adj[score->node] = b.c(1.0);
+  if (seed >= 0) adj[seed] = b.c(1.0);
 
   for (int i = n_orig - 1; i >= 0; --i) {
     if (adj[i] < 0) continue;
@@ -129,17 +128,43 @@ Graph differentiate(const Graph& src) {
     }
   }
 
+  return adj;
+}
+
+}  // namespace
+
+Graph differentiate(const Graph& src) {
+  Graph g = optimize(src);
+  const int n_orig = static_cast<int>(g.nodes.size());
+  Builder b(g);
   auto zero_if_missing = [&](int id) { return id >= 0 ? id : b.c(0.0); };
-  for (int i = 0; i < n_orig; ++i) {
-    const Node& n = g.nodes[i];
-    if (n.op == Op::Param && n.index == static_cast<int>(Param::Score))
-      g.outputs.push_back(Output{"d_score", zero_if_missing(adj[i]), -1});
-  }
-  if (!g.find_output("d_score")) g.outputs.push_back(Output{"d_score", b.c(0.0), -1});
-  for (int i = 0; i < n_orig; ++i) {
-    const Node& n = g.nodes[i];
-    if (n.op == Op::Load && n.type == DType::Float)
-      g.outputs.push_back(Output{"d_load", zero_if_missing(adj[i]), i});
+  // Each differentiated output, the parameter it is differentiated by, and the names of the
+  // results. "score" always; a custom normalization's outputs where the graph has them.
+  struct Seed {
+    const char* output;
+    Param by;
+    const char* d_name;
+    const char* d_load_name;
+  };
+  static const Seed kSeeds[] = {{"score", Param::Score, "d_score", "d_load"},
+                                {"weight", Param::Score, "d_weight", "d_load_weight"},
+                                {"stat", Param::Score, "d_stat", "d_load_stat"},
+                                {"finish", Param::Stat, "d_finish", "d_load_finish"}};
+  for (const Seed& seed : kSeeds) {
+    const Output* o = g.find_output(seed.output);
+    if (!o && std::string(seed.output) != "score") continue;
+    const std::vector<int> adj = adjoints(g, o ? o->node : -1, n_orig);
+    int by = -1;
+    for (int i = 0; i < n_orig; ++i) {
+      const Node& n = g.nodes[i];
+      if (n.op == Op::Param && n.index == static_cast<int>(seed.by)) by = i;
+    }
+    g.outputs.push_back(Output{seed.d_name, zero_if_missing(by >= 0 ? adj[by] : -1), -1});
+    for (int i = 0; i < n_orig; ++i) {
+      const Node& n = g.nodes[i];
+      if (n.op == Op::Load && n.type == DType::Float)
+        g.outputs.push_back(Output{seed.d_load_name, zero_if_missing(adj[i]), i});
+    }
   }
   return optimize(g);
 }

@@ -17,9 +17,7 @@ Key key_of(const Node& n) {
 }
 
 Graph rebuild(const Graph& g, const std::vector<int>& keep_or_remap_to, const std::vector<bool>& keep) {
-  Graph r;
-  r.buffers = g.buffers;
-  r.normalize = g.normalize;
+  Graph r = g.header();
   std::vector<int> remap(g.nodes.size(), -1);
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     if (!keep[i]) {

@@ -144,9 +144,7 @@ bool constant_factor(const Graph& g, const Node& n, int* x, double* num, double*
 }
 
 Graph fold_constants(const Graph& g) {
-  Graph r;
-  r.buffers = g.buffers;
-  r.normalize = g.normalize;
+  Graph r = g.header();
   std::vector<int> remap(g.nodes.size());
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     Node n = g.nodes[i];

@@ -26,7 +26,7 @@ const OpInfo kOps[] = {
 constexpr int kNumOps = sizeof(kOps) / sizeof(kOps[0]);
 static_assert(kNumOps == static_cast<int>(Op::Where) + 1, "kOps out of step with Op");
 
-const char* const kParams[kNumParams] = {"score", "b", "h", "q_idx", "kv_idx"};
+const char* const kParams[kNumParams] = {"score", "b", "h", "q_idx", "kv_idx", "stat"};
 
 std::string const_text(const Node& n) {
   switch (n.type) {
@@ -66,6 +66,8 @@ const char* dtype_name(DType t) {
 
 const char* param_name(Param p) { return kParams[static_cast<int>(p)]; }
 
+DType param_type(Param p) { return p == Param::Score || p == Param::Stat ? DType::Float : DType::Int; }
+
 bool param_from_name(std::string_view name, Param* p) {
   for (int i = 0; i < kNumParams; ++i) {
     if (name == kParams[i]) {
@@ -76,7 +78,23 @@ bool param_from_name(std::string_view name, Param* p) {
   return false;
 }
 
-const char* normalize_name(Normalize n) { return n == Normalize::Softmax ? "softmax" : "none"; }
+const char* normalize_name(Normalize n) {
+  switch (n) {
+    case Normalize::Softmax: return "softmax";
+    case Normalize::None: return "none";
+    case Normalize::Custom: return "custom";
+  }
+  return "?";
+}
+
+Graph Graph::header() const {
+  Graph r;
+  r.buffers = buffers;
+  r.normalize = normalize;
+  r.log_domain = log_domain;
+  r.detach_stats = detach_stats;
+  return r;
+}
 
 int Graph::add(Node n) {
   nodes.push_back(std::move(n));
@@ -95,7 +113,7 @@ int Graph::add_const(DType type, double value) {
 int Graph::add_param(Param p) {
   Node n;
   n.op = Op::Param;
-  n.type = p == Param::Score ? DType::Float : DType::Int;
+  n.type = param_type(p);
   n.index = static_cast<int>(p);
   return add(std::move(n));
 }
@@ -114,7 +132,8 @@ const Output* Graph::find_output(std::string_view name) const {
 std::string Graph::text(bool details) const {
   std::string s;
   auto out = std::back_inserter(s);
-  fmt::format_to(out, "graph normalize={}\n", normalize_name(normalize));
+  fmt::format_to(out, "graph normalize={}{}{}\n", normalize_name(normalize),
+                 log_domain ? " log_domain" : "", detach_stats ? " detach_stats" : "");
   for (size_t i = 0; i < buffers.size(); ++i) {
     const Buffer& b = buffers[i];
     fmt::format_to(out, "buffer ${}: {} rank {}", i, dtype_name(b.type), b.shape.size());

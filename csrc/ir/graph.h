@@ -2,7 +2,9 @@
 // (b, h, q_idx, kv_idx) of the score matrix. Nodes are stored in topological order: a node's
 // arguments always have smaller ids. Both mods live in one graph and share its index
 // parameters; each result is a named output ("score", "mask", and after autodiff "d_score"
-// and one "d_load" per differentiable buffer load).
+// and one "d_load" per differentiable buffer load). A custom row normalization adds the
+// outputs "weight" and "stat" (per element, functions of the modified score) and "finish"
+// (per row, a function of the row statistic), and their derivatives (see differentiate).
 #pragma once
 
 #include <cstdint>
@@ -26,9 +28,10 @@ enum class Op : uint8_t {
   Where,
 };
 
-// The mods' inputs, in FlexAttention's order.
-enum class Param : uint8_t { Score, B, H, QIdx, KvIdx };
-constexpr int kNumParams = 5;
+// The mods' inputs, in FlexAttention's order; then the row statistic a custom
+// normalization's finish() reads (one value per query row).
+enum class Param : uint8_t { Score, B, H, QIdx, KvIdx, Stat };
+constexpr int kNumParams = 6;
 
 struct OpInfo {
   const char* name;  // the trace's and the text form's spelling
@@ -39,6 +42,7 @@ const OpInfo& op_info(Op op);
 bool op_from_name(std::string_view name, Op* op);
 const char* dtype_name(DType t);
 const char* param_name(Param p);
+DType param_type(Param p);  // the score and the row statistic are floats, the indices ints
 bool param_from_name(std::string_view name, Param* p);
 
 struct Node {
@@ -65,12 +69,15 @@ struct Buffer {
 };
 
 struct Output {
-  std::string name;  // "score", "mask", "d_score", "d_load"
+  std::string name;  // "score", "mask", "d_score", "d_load"; custom normalizations: see top
   int node = -1;
-  int load = -1;     // for "d_load": the Load node this is the derivative by
+  int load = -1;     // for "d_load*": the Load node this is the derivative by
 };
 
-enum class Normalize : uint8_t { Softmax, None };
+// Custom: p_ij = f(x_ij) c(L_i) with L_i = sum_j g(x_ij), from the outputs "weight" (f),
+// "stat" (g; absent: g = f) and "finish" (c; absent: 1). In the log domain "weight" is log f,
+// g = f, L is log sum_j f and "finish" returns log c (the kernels keep a running max).
+enum class Normalize : uint8_t { Softmax, None, Custom };
 const char* normalize_name(Normalize n);
 
 struct Graph {
@@ -78,6 +85,12 @@ struct Graph {
   std::vector<Buffer> buffers;
   std::vector<Output> outputs;
   Normalize normalize = Normalize::Softmax;
+  bool log_domain = false;    // Custom only
+  bool detach_stats = false;  // Custom only: no gradient flows through L
+
+  // A graph with this one's buffers and normalization, and no nodes or outputs (passes build
+  // their result into it).
+  Graph header() const;
 
   int add(Node n);
   int add_const(DType type, double value);

@@ -78,7 +78,7 @@ Node parse_node(const json& j, size_t id) {
       if (!param_from_name(name, &p))
         throw GraphError(at_loc(fmt::format("unknown parameter '{}'", name), n.loc));
       n.index = static_cast<int>(p);
-      n.type = p == Param::Score ? DType::Float : DType::Int;
+      n.type = param_type(p);
       break;
     }
     case Op::Const:
@@ -97,6 +97,25 @@ Node parse_node(const json& j, size_t id) {
       break;
   }
   return n;
+}
+
+// A log-domain normalization without a finish function (and with its gradient through the
+// statistic) is softmax of its log-weight: the score becomes the weight and the built-in
+// softmax (its kernels) runs it, exactly the same math. A temperature is such a case.
+void lower_plain_softmax(Graph& g) {
+  if (g.normalize != Normalize::Custom || !g.log_domain || g.detach_stats ||
+      g.find_output("finish") || g.find_output("stat"))
+    return;
+  const Output* weight = g.find_output("weight");
+  if (!weight) return;
+  const int node = weight->node;
+  std::vector<Output> kept;
+  for (const Output& o : g.outputs)
+    if (o.name != "weight" && o.name != "score") kept.push_back(o);
+  kept.push_back(Output{"score", node, -1});
+  g.outputs = std::move(kept);
+  g.normalize = Normalize::Softmax;
+  g.log_domain = false;
 }
 
 }  // namespace
@@ -123,7 +142,12 @@ Graph parse_trace(const std::string& json_text) {
     const std::string norm = j.value("normalize", "softmax");
     if (norm == "softmax") g.normalize = Normalize::Softmax;
     else if (norm == "none") g.normalize = Normalize::None;
-    else throw GraphError(fmt::format("unknown normalize '{}' (softmax or none)", norm));
+    else if (norm == "custom") g.normalize = Normalize::Custom;
+    else throw GraphError(fmt::format("unknown normalize '{}' (softmax, none or custom)", norm));
+    g.log_domain = j.value("log_domain", false);
+    g.detach_stats = j.value("detach_stats", false);
+    if (g.normalize != Normalize::Custom && (g.log_domain || g.detach_stats))
+      throw GraphError("log_domain and detach_stats belong to a custom normalization");
     for (const json& b : j.value("buffers", json::array())) {
       Buffer buf;
       buf.name = b.at("name").get<std::string>();
@@ -146,8 +170,12 @@ Graph parse_trace(const std::string& json_text) {
     }
     const json outputs = j.value("outputs", json::object());
     for (const auto& [name, id] : outputs.items()) {
-      if (name != "score" && name != "mask")
-        throw GraphError(fmt::format("unknown output '{}' (score or mask)", name));
+      const bool norm_output = name == "weight" || name == "stat" || name == "finish";
+      if (name != "score" && name != "mask" && !norm_output)
+        throw GraphError(fmt::format("unknown output '{}' (score, mask, weight, stat, finish)",
+                                     name));
+      if (norm_output && g.normalize != Normalize::Custom)
+        throw GraphError(fmt::format("output '{}' needs normalize 'custom'", name));
       g.outputs.push_back(Output{name, id.get<int>(), -1});
     }
   } catch (const json::exception& e) {
@@ -157,11 +185,16 @@ Graph parse_trace(const std::string& json_text) {
   if (std::none_of(g.outputs.begin(), g.outputs.end(),
                    [](const Output& o) { return o.name == "score"; }))
     g.outputs.push_back(Output{"score", g.add_param(Param::Score), -1});
+  if (g.normalize == Normalize::Custom && !g.find_output("weight"))
+    throw GraphError("a custom normalization needs a weight function");
+  if (g.log_domain && g.find_output("stat"))
+    throw GraphError("a log-domain normalization sums its weights: it takes no stat function");
+  infer_types(g);
+  check_outputs(g);
+  lower_plain_softmax(g);
   // score before mask, whatever the JSON's key order
   std::stable_sort(g.outputs.begin(), g.outputs.end(),
                    [](const Output& a, const Output& b) { return a.name > b.name; });
-  infer_types(g);
-  check_outputs(g);
   return g;
 }
 

@@ -34,7 +34,8 @@ enum DepBits : uint32_t {
   kDepH = 1u << 2,
   kDepQ = 1u << 3,
   kDepKv = 1u << 4,
-  kDepBuffer = 1u << 5,  // reads a captured tensor
+  kDepStat = 1u << 5,    // the row statistic (a custom normalization's finish)
+  kDepBuffer = 1u << 6,  // reads a captured tensor
 };
 uint32_t param_dep(Param p);
 std::string deps_text(uint32_t deps);
@@ -59,7 +60,11 @@ struct Analysis {
 Analysis analyze(const Graph& g);
 
 // Appends derivatives of the "score" output: "d_score" (by the score parameter) and one
-// "d_load" output per float Load node (by the loaded value), then optimizes. PyTorch's
+// "d_load" output per float Load node (by the loaded value), then optimizes. A custom
+// normalization's outputs are differentiated the same way, each on its own: "weight" and
+// "stat" by the score parameter (through the score_mod: "d_weight", "d_stat") and "finish" by
+// the row statistic ("d_finish"), with their loads' derivatives as "d_load_weight",
+// "d_load_stat" and "d_load_finish". PyTorch's
 // autograd conventions: ops without a derivative (comparisons, rounding, integer ops, floor
 // division) contribute zero, remainder passes the gradient to its dividend, ties of
 // maximum / minimum split it, and pow gives 0 where its formula would be 0 * inf or

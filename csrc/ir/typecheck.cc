@@ -97,6 +97,35 @@ void infer_types(Graph& g) {
   }
 }
 
+namespace {
+
+// Which parameters the node reads, as a bit set over Param.
+uint32_t params_read(const Graph& g, int id) {
+  std::vector<uint32_t> d(id + 1, 0);
+  for (int i = 0; i <= id; ++i) {
+    const Node& n = g.nodes[i];
+    if (n.op == Op::Param) d[i] = 1u << n.index;
+    for (int a : n.args) d[i] |= d[a];
+  }
+  return d[id];
+}
+
+// The per-element outputs cannot read the row statistic (it is their sum), and the per-row
+// finish cannot read what varies along the row.
+void check_inputs_of(const Graph& g, const Output& o) {
+  const uint32_t d = params_read(g, o.node);
+  const Node& n = g.nodes[o.node];
+  auto reads = [&](Param p) { return (d & (1u << static_cast<int>(p))) != 0; };
+  if (o.name == "finish" && (reads(Param::Score) || reads(Param::KvIdx)))
+    throw GraphError(at_loc("the normalization's finish function runs once per query row: it "
+                            "cannot read a score or kv_idx", n.loc));
+  if (o.name != "finish" && reads(Param::Stat))
+    throw GraphError(at_loc(fmt::format("the {} output reads the row statistic, which only the "
+                                        "finish function may read", o.name), n.loc));
+}
+
+}  // namespace
+
 void check_outputs(Graph& g) {
   for (Output& o : g.outputs) {
     if (o.node < 0 || o.node >= static_cast<int>(g.nodes.size()))
@@ -108,7 +137,12 @@ void check_outputs(Graph& g) {
     if (o.name == "score" && n.type == DType::Bool)
       throw GraphError(at_loc("score_mod must return a number, but it returns a bool (to mask, "
                               "use mask_mod or torch.where(cond, score, -float('inf')))", n.loc));
-    if (o.name == "score" && n.type == DType::Int) {
+    const bool norm_output = o.name == "weight" || o.name == "stat" || o.name == "finish";
+    if (norm_output && n.type == DType::Bool)
+      throw GraphError(at_loc(fmt::format("the normalization's {} function must return a "
+                                          "number, but it returns a bool", o.name), n.loc));
+    if (norm_output || o.name == "score" || o.name == "mask") check_inputs_of(g, o);
+    if ((o.name == "score" || norm_output) && n.type == DType::Int) {
       Node cast;
       cast.op = Op::Cast;
       cast.type = DType::Float;

@@ -315,6 +315,8 @@ std::string LaunchPlan::describe() const {
 LaunchPlan make_plan(const PlanRequest& r) {
   const Problem& pb = r.problem;
   if (std::string why = unfit_inputs(pb, r.device); !why.empty()) return refuse(why);
+  if (r.variant.normalize == ir::Normalize::Custom)
+    return refuse("a custom row normalization has no fused kernel yet");
   const Kind kind = pb.kind == OpKind::Forward ? Kind::Forward : Kind::Backward;
   KernelSpec spec;
   std::string why;

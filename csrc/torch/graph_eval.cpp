@@ -32,6 +32,9 @@ at::Tensor param(ir::Param p, const EvalInputs& in) {
     case ir::Param::H: return idx(in.heads, 1);
     case ir::Param::QIdx: return idx(in.q_len, 2);
     case ir::Param::KvIdx: return idx(in.kv_len, 3);
+    case ir::Param::Stat:
+      AE_CHECK(VALUE, in.stat.defined(), "internal error: the row statistic is not known yet");
+      return in.stat;
   }
   return {};
 }
@@ -119,9 +122,11 @@ at::Tensor apply(const ir::Node& n, std::vector<at::Tensor> a, at::ScalarType co
 
 }  // namespace
 
-std::vector<at::Tensor> eval_graph(const ir::Graph& g, const EvalInputs& in) {
+std::vector<at::Tensor> eval_graph(const ir::Graph& g, const EvalInputs& in,
+                                   const std::function<bool(const ir::Output&)>& only) {
   std::vector<bool> needed(g.nodes.size(), false);
   for (const ir::Output& o : g.outputs) {
+    if (only && !only(o)) continue;
     needed[o.node] = true;
     if (o.load >= 0) needed[o.load] = true;
   }

@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <vector>
 
 #include "ir/graph.h"
@@ -16,11 +17,16 @@ struct EvalInputs {
   int64_t batch = 0, heads = 0, q_len = 0, kv_len = 0;
   std::vector<at::Tensor> buffers;  // the captured tensors, in the graph's order
   at::ScalarType compute = at::kFloat;
+  at::Tensor stat;  // [B,H,Sq,1]: the row statistic, for a custom normalization's finish
 };
 
 // One tensor per node (undefined for nodes no output needs). Float nodes are in the compute
 // dtype, int nodes int64, bool nodes bool. Loads check their indices against the buffer's
 // shape and name the buffer and the user's line when one is out of range.
-std::vector<at::Tensor> eval_graph(const ir::Graph& g, const EvalInputs& in);
+// `only`, when given, limits the work to the outputs it accepts (the others stay undefined):
+// a custom normalization's per-row outputs are evaluated once the row statistic is known.
+std::vector<at::Tensor> eval_graph(
+    const ir::Graph& g, const EvalInputs& in,
+    const std::function<bool(const ir::Output&)>& only = nullptr);
 
 }  // namespace ae::torch_ops

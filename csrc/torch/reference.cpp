@@ -6,11 +6,10 @@
 #include "torch/checks.h"
 #include "torch/graph_eval.h"
 #include "torch/messages.h"
+#include "torch/reference_parts.h"
 
 namespace ae::torch_ops {
-namespace {
-
-constexpr double kInf = std::numeric_limits<double>::infinity();
+namespace ref {
 
 at::ScalarType compute_dtype(const at::Tensor& q) {
   return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -28,45 +27,18 @@ at::Tensor reduce_heads(const at::Tensor& t, const Shapes& s) {
   return t.view({s.batch, s.kv_heads, s.group(), t.size(2), t.size(3)}).sum(2);
 }
 
-struct Scores {
-  at::Tensor x;     // score_mod(q k^T * scale), [B,Hq,Sq,Skv]
-  at::Tensor keep;  // mask_mod, bool, broadcastable to x; undefined when there is no mask
-  std::vector<at::Tensor> values;  // every evaluated node of the graph
-};
-
 Scores compute_scores(const ir::Graph& g, const at::Tensor& q, const at::Tensor& kf,
                       const std::vector<at::Tensor>& buffers, const Shapes& s, double scale,
                       at::ScalarType cdt) {
   at::Tensor raw = at::matmul(q.to(cdt), kf.transpose(-1, -2)) * scale;
   EvalInputs in{raw, s.batch, s.q_heads, s.q_len, s.kv_len, buffers, cdt};
   Scores r;
-  r.values = eval_graph(g, in);
+  // A custom normalization's per-row outputs wait for the row statistic (custom_rows).
+  r.values = eval_graph(g, in, [](const ir::Output& o) { return !is_row_output(o.name); });
   const int score = g.output("score"), mask = g.output("mask");
   r.x = score >= 0 ? at::broadcast_to(r.values[score], raw.sizes()) : raw;
   if (mask >= 0) r.keep = r.values[mask];
   return r;
-}
-
-// Softmax probabilities and natural-log LSE; rows with nothing kept get P = 0, lse = -inf.
-std::pair<at::Tensor, at::Tensor> softmax(const Scores& sc) {
-  at::Tensor xm = sc.keep.defined() ? at::where(sc.keep, sc.x, -kInf) : sc.x;
-  at::Tensor lse = at::logsumexp(xm, -1, /*keepdim=*/true);
-  at::Tensor empty_row = at::isneginf(lse);
-  at::Tensor p = at::where(empty_row, 0.0, at::exp(xm - at::where(empty_row, 0.0, lse)));
-  return {p, lse.squeeze(-1)};
-}
-
-// normalize="none": P is the modified score itself, zero where masked.
-at::Tensor unnormalized(const Scores& sc) {
-  return sc.keep.defined() ? at::where(sc.keep, sc.x, 0.0) : sc.x;
-}
-
-// The positions that contribute to their row: mask_mod keeps them and, under softmax, the
-// score is above -inf (P is 0 elsewhere). Undefined when every position does.
-at::Tensor contributing(const Scores& sc, bool softmax) {
-  if (!softmax) return sc.keep.defined() ? at::broadcast_to(sc.keep, sc.x.sizes()) : sc.keep;
-  at::Tensor above = sc.x != -kInf;  // nan included: a nan score makes its row nan
-  return sc.keep.defined() ? at::logical_and(above, sc.keep) : above;
 }
 
 // sum_n a[..., m, n] * b[..., n, d] over the positions where c[..., m, n] holds only; `a` is 0
@@ -92,6 +64,80 @@ at::Tensor masked_matmul(const at::Tensor& a, const at::Tensor& b, const at::Ten
   return out;
 }
 
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> input_grads(
+    const ir::Graph& g, const at::Tensor& ds, const at::Tensor& p, const at::Tensor& contrib,
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& kf,
+    const at::Tensor& d_out, const Shapes& s, double scale, const std::vector<at::Tensor>& buffers,
+    const c10::List<bool>& buffer_grads, const std::vector<LoadGradSource>& sources) {
+  const at::ScalarType cdt = ds.scalar_type();
+  const at::Tensor contrib_t = contrib.defined() ? contrib.transpose(-1, -2) : contrib;
+  at::Tensor dq = masked_matmul(ds, kf, contrib) * scale;
+  at::Tensor dk = reduce_heads(masked_matmul(ds.transpose(-1, -2), q.to(cdt), contrib_t) * scale, s);
+  at::Tensor dv = reduce_heads(masked_matmul(p.transpose(-1, -2), d_out, contrib_t), s);
+
+  std::vector<at::Tensor> dbuf(buffers.size());
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    if (!buffer_grads.get(i)) {
+      dbuf[i] = at::empty({0}, buffers[i].options());
+      continue;
+    }
+    at::Tensor acc = at::zeros(buffers[i].sizes(), buffers[i].options().dtype(cdt));
+    for (const LoadGradSource& src : sources) {
+      for (const ir::Output& o : g.outputs) {
+        if (o.name != src.name || g.nodes[o.load].index != static_cast<int>(i)) continue;
+        const std::vector<at::Tensor>& values = *src.values;
+        at::Tensor part = chain(src.coef, values[o.node]);
+        const ir::Node& ld = g.nodes[o.load];
+        if (ld.args.empty()) {
+          acc += part.sum();
+          continue;
+        }
+        // A load's indices may not vary along every dim the part has (a per-row finish reads
+        // sink[h]): broadcast both to their common shape.
+        std::vector<at::Tensor> shaped = {part};
+        for (int a : ld.args) shaped.push_back(values[a]);
+        shaped = at::broadcast_tensors(shaped);
+        c10::List<std::optional<at::Tensor>> idx;
+        for (size_t a = 1; a < shaped.size(); ++a) idx.push_back(shaped[a]);
+        acc.index_put_(idx, shaped[0], /*accumulate=*/true);
+      }
+    }
+    dbuf[i] = acc.to(buffers[i].scalar_type());
+  }
+  return {dq.to(q.scalar_type()), dk.to(k.scalar_type()), dv.to(v.scalar_type()), dbuf};
+}
+
+}  // namespace ref
+
+namespace {
+
+using namespace ref;
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// Softmax probabilities and natural-log LSE; rows with nothing kept get P = 0, lse = -inf.
+std::pair<at::Tensor, at::Tensor> softmax(const Scores& sc) {
+  at::Tensor xm = sc.keep.defined() ? at::where(sc.keep, sc.x, -kInf) : sc.x;
+  at::Tensor lse = at::logsumexp(xm, -1, /*keepdim=*/true);
+  at::Tensor empty_row = at::isneginf(lse);
+  at::Tensor p = at::where(empty_row, 0.0, at::exp(xm - at::where(empty_row, 0.0, lse)));
+  return {p, lse.squeeze(-1)};
+}
+
+// normalize="none": P is the modified score itself, zero where masked.
+at::Tensor unnormalized(const Scores& sc) {
+  return sc.keep.defined() ? at::where(sc.keep, sc.x, 0.0) : sc.x;
+}
+
+// The positions that contribute to their row: mask_mod keeps them and, under softmax, the
+// score is above -inf (P is 0 elsewhere). Undefined when every position does.
+at::Tensor contributing(const Scores& sc, bool softmax) {
+  if (!softmax) return sc.keep.defined() ? at::broadcast_to(sc.keep, sc.x.sizes()) : sc.keep;
+  at::Tensor above = sc.x != -kInf;  // nan included: a nan score makes its row nan
+  return sc.keep.defined() ? at::logical_and(above, sc.keep) : above;
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> reference_forward(const at::Tensor& q, const at::Tensor& k,
@@ -100,6 +146,8 @@ std::tuple<at::Tensor, at::Tensor> reference_forward(const at::Tensor& q, const 
                                                      const std::string& key, double scale) {
   auto variant = get_variant(key);
   const Shapes s = check_inputs(q, k, v, buffers, *variant);
+  if (variant->forward.normalize == ir::Normalize::Custom)
+    return custom_forward(*variant, q, k, v, buffers, s, scale);
   const at::ScalarType cdt = compute_dtype(q);
   Scores sc = compute_scores(variant->forward, q, expand_heads(k, s.group(), cdt), buffers, s,
                              scale, cdt);
@@ -125,6 +173,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> referenc
   AE_CHECK(VALUE, buffer_grads.size() == buffers.size(),
            "buffer_grads has {} entries for {} captured tensors", buffer_grads.size(),
            buffers.size());
+  if (variant->forward.normalize == ir::Normalize::Custom)
+    return custom_backward(*variant, dout, dlse, q, k, v, buffers, s, scale, buffer_grads);
   const at::ScalarType cdt = compute_dtype(q);
   const ir::Graph& g = variant->backward;
   const at::Tensor kf = expand_heads(k, s.group(), cdt), vf = expand_heads(v, s.group(), cdt);
@@ -147,38 +197,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> referenc
     p = unnormalized(sc);
     dx = sc.keep.defined() ? at::where(sc.keep, dp, 0.0) : dp;
   }
-  // Where nothing flows back, the derivative of the mod may be inf or nan: keep it out.
-  const at::Tensor no_flow = dx == 0;
-  auto chain = [&](const at::Tensor& d) { return at::where(no_flow, 0.0, dx * d); };
-
-  const at::Tensor ds = chain(sc.values[g.output("d_score")]);
-  const at::Tensor contrib_t = contrib.defined() ? contrib.transpose(-1, -2) : contrib;
-  at::Tensor dq = masked_matmul(ds, kf, contrib) * scale;
-  at::Tensor dk = reduce_heads(masked_matmul(ds.transpose(-1, -2), q.to(cdt), contrib_t) * scale, s);
-  at::Tensor dv = reduce_heads(masked_matmul(p.transpose(-1, -2), d_out, contrib_t), s);
-
-  std::vector<at::Tensor> dbuf(buffers.size());
-  for (size_t i = 0; i < buffers.size(); ++i) {
-    if (!buffer_grads.get(i)) {
-      dbuf[i] = at::empty({0}, buffers[i].options());
-      continue;
-    }
-    at::Tensor acc = at::zeros(buffers[i].sizes(), buffers[i].options().dtype(cdt));
-    for (const ir::Output& o : g.outputs) {
-      if (o.name != "d_load" || g.nodes[o.load].index != static_cast<int>(i)) continue;
-      at::Tensor contrib = chain(sc.values[o.node]);
-      const ir::Node& ld = g.nodes[o.load];
-      if (ld.args.empty()) {
-        acc += contrib.sum();
-        continue;
-      }
-      c10::List<std::optional<at::Tensor>> idx;
-      for (int a : ld.args) idx.push_back(at::broadcast_to(sc.values[a], contrib.sizes()));
-      acc.index_put_(idx, contrib, /*accumulate=*/true);
-    }
-    dbuf[i] = acc.to(buffers[i].scalar_type());
-  }
-  return {dq.to(q.scalar_type()), dk.to(k.scalar_type()), dv.to(v.scalar_type()), dbuf};
+  const at::Tensor ds = chain(dx, sc.values[g.output("d_score")]);
+  return input_grads(g, ds, p, contrib, q, k, v, kf, d_out, s, scale, buffers, buffer_grads,
+                     {{"d_load", &sc.values, dx}});
 }
 
 }  // namespace ae::torch_ops

@@ -15,6 +15,8 @@ for _sub in ("nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib"):
     if _os.path.isdir(_os.path.join(_site, _sub)):
         _C.add_library_search_path(_os.path.join(_site, _sub))
 from . import mods
+from . import normalizers
+from .normalizers import Normalizer
 from . import ops as _ops  # noqa: F401  (registers autograd for the native ops)
 from .api import CompiledAttention, clear_kernel_caches, compile
 from .errors import GraphError, TraceError
@@ -28,5 +30,5 @@ __version__ = _C.__version__
 
 __all__ = ["compile", "CompiledAttention", "clear_kernel_caches", "Attention", "flex_attention",
            "create_block_mask", "create_mask", "BlockMask", "AuxRequest", "AuxOutput",
-           "and_masks", "or_masks", "noop_mask", "mods", "seer", "GraphError", "TraceError",
+           "and_masks", "or_masks", "noop_mask", "mods", "normalizers", "Normalizer", "seer", "GraphError", "TraceError",
            "__version__"]

@@ -83,9 +83,10 @@ def run_op(op, q, k, v, buffers, key: str, normalize: str, scale: Optional[float
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"attention_engine: {name} must be a torch.Tensor, "
                             f"got {type(x).__name__}")
-    if return_lse and normalize != "softmax":
-        raise ValueError("attention_engine: return_lse=True needs normalize='softmax' "
-                         f"(this variant uses normalize={normalize!r})")
+    if return_lse and isinstance(normalize, str) and normalize == "none":
+        raise ValueError("attention_engine: return_lse=True needs a row statistic: "
+                         "normalize='softmax' or a Normalizer (this variant uses "
+                         "normalize='none')")
     s = _default_scale(q) if scale is None else scale
     out, lse = op(q, k, v, list(buffers), key, float(s), deterministic)
     return (out, lse) if return_lse else out
@@ -99,7 +100,8 @@ class CompiledAttention:
             dtype and device; Hq a multiple of Hkv (grouped-query attention).
         return_lse: also return the log-sum-exp of each query row's scores, [B, Hq, Sq],
             float32 (float64 for float64 inputs), natural log; -inf for rows with nothing
-            kept. Needs normalize="softmax".
+            kept. Needs normalize="softmax", or a Normalizer: then its row statistic L
+            (log L in the log domain; 0, or -inf, for rows with nothing kept).
 
     Returns: out [B, Hq, Sq, Dv] in q's dtype (and lse).
 
@@ -153,7 +155,10 @@ class CompiledAttention:
                 f"{', deterministic=True' if self.deterministic else ''})")
 
     def __reduce__(self):
-        return (_rebuild, (self._ref, list(self.buffers), self.normalize, self.scale,
+        # A Normalizer's functions need not pickle; the trace holds what they computed.
+        normalize = self.normalize if isinstance(self.normalize, str) else \
+            f"custom:{self.normalize.name}"
+        return (_rebuild, (self._ref, list(self.buffers), normalize, self.scale,
                            self.deterministic))
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
@@ -303,7 +308,7 @@ def _numpy_arrays_in(fn, seen=None) -> list:
 
 
 def compile(score_mod: Optional[Callable] = None, mask_mod: Optional[Callable] = None,
-            normalize: str = "softmax", scale: Optional[float] = None,
+            normalize="softmax", scale: Optional[float] = None,
             deterministic: bool = False) -> CompiledAttention:
     """Compiles an attention variant written with FlexAttention's conventions.
 
@@ -316,8 +321,10 @@ def compile(score_mod: Optional[Callable] = None, mask_mod: Optional[Callable] =
             ``q·k * scale`` (float) given int indices (batch, query head, query and key
             positions). None: the score itself.
         mask_mod: ``mask_mod(b, h, q_idx, kv_idx) -> bool``: which scores count. None: all.
-        normalize: "softmax" (online softmax) or "none" (O = sum_j score_mod(s_ij) v_j, for
-            sigmoid or ReLU attention).
+        normalize: "softmax" (online softmax), "none" (O = sum_j score_mod(s_ij) v_j, for
+            sigmoid or ReLU attention), or an ``ae.Normalizer`` (a row normalization written
+            in PyTorch, e.g. ``ae.normalizers.retention``; it runs on the reference executor
+            until its kernels exist).
         scale: the factor on q·k; None: 1 / sqrt(head_dim of q).
         deterministic: the backward gives the same gradients bit for bit run to run (the
             fused kernels add dQ's parts in a fixed order, at a cost the README states).

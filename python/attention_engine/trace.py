@@ -269,7 +269,8 @@ _DUNDER = {
     "__gt__": "gt", "__ge__": "ge", "__eq__": "eq", "__ne__": "ne",
 }
 _OTHER = {"where", "clamp", "clip", "clamp_min", "clamp_max", "square", "zeros_like",
-          "ones_like", "full_like", "sigmoid", "softplus", "fmax", "fmin", "min", "max"}
+          "ones_like", "full_like", "sigmoid", "softplus", "fmax", "fmin", "min", "max",
+          "logaddexp"}
 _METHODS = set(_UNARY) | set(_BINARY) | _OTHER - {"zeros_like", "ones_like", "full_like"}
 
 
@@ -359,6 +360,16 @@ def _call(name: str, args, kwargs):
         soft = t.node("div", [t.node("log", [t.node("add", [t.lift(1.0), t.node("exp", [bx])])]),
                               t.lift(beta)])
         return t.node("where", [t.node("gt", [bx, t.lift(threshold)]), x, soft])
+    if name == "logaddexp":  # max + log(1 + exp(-|a - b|)); a tie (also -inf, -inf) apart
+        a = t.lift(args[0])
+        b = t.lift(args[1] if len(args) > 1 else kwargs["other"])
+        hi = t.node("max", [a, b])
+        tail = t.node("log", [t.node("add", [t.lift(1.0), t.node("exp", [
+            t.node("neg", [t.node("abs", [t.node("sub", [a, b])])])])])])
+        # (a + b) / 2 at a tie: the value a + log 2, the gradient split as torch splits it
+        tie = t.node("add", [t.node("mul", [t.node("add", [a, b]), t.lift(0.5)]),
+                             t.lift(math.log(2.0))])
+        return t.node("where", [t.node("eq", [a, b]), tie, t.node("add", [hi, tail])])
     if name in ("zeros_like", "ones_like", "full_like"):
         value = 0 if name == "zeros_like" else 1 if name == "ones_like" else args[1]
         kind = t.kind_of(args[0])
@@ -531,24 +542,48 @@ def _result(tracer: Tracer, value, what: str) -> int:
 
 
 def trace(score_mod: Optional[Callable] = None, mask_mod: Optional[Callable] = None,
-          normalize: str = "softmax"):
-    """Traces the mods. Returns (trace JSON text, captured tensors in buffer order)."""
-    if normalize not in ("softmax", "none"):
-        raise ValueError(f"normalize must be 'softmax' or 'none', got {normalize!r}")
+          normalize="softmax"):
+    """Traces the mods (and a custom normalization's functions). Returns (trace JSON text,
+    captured tensors in buffer order)."""
+    from .normalizers import Normalizer
+    custom = isinstance(normalize, Normalizer)
+    if not custom and normalize not in ("softmax", "none"):
+        raise ValueError(f"normalize must be 'softmax', 'none' or an "
+                         f"attention_engine.Normalizer, got {normalize!r}")
     for name, fn in (("score_mod", score_mod), ("mask_mod", mask_mod)):
         if fn is not None and not callable(fn):
             raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
     t = Tracer()
     t.learn_names(score_mod)
     t.learn_names(mask_mod)
+    if custom:
+        for fn in (normalize.weight, normalize.stat, normalize.finish):
+            t.learn_names(fn)
     score = t.param("score")
     b, h, q, kv = (t.param(n) for n in ("b", "h", "q_idx", "kv_idx"))
+    # The row statistic right after the mods' parameters: graph rewrites (positions.py,
+    # gqa_pack.py) insert their nodes after the leading parameters.
+    stat = t.param("stat") if custom and normalize.finish is not None else None
     outputs = {}
     with capture.CaptureMode(t):  # torch ops on captured tensors become graph nodes
         if score_mod is not None:
             outputs["score"] = _result(t, score_mod(score, b, h, q, kv), "score_mod")
         if mask_mod is not None:
             outputs["mask"] = _result(t, mask_mod(b, h, q, kv), "mask_mod")
-    doc = {"version": 1, "normalize": normalize, "buffers": t.buffers, "nodes": t.nodes,
-           "outputs": outputs}
+        if custom:
+            # The normalization reads the modified score.
+            x = Proxy(t, outputs["score"]) if "score" in outputs else score
+            outputs["weight"] = _result(t, normalize.weight(x, b, h, q, kv),
+                                        "the normalization's weight")
+            if normalize.stat is not None:
+                outputs["stat"] = _result(t, normalize.stat(x, b, h, q, kv),
+                                          "the normalization's stat")
+            if normalize.finish is not None:
+                outputs["finish"] = _result(t, normalize.finish(stat, b, h, q),
+                                            "the normalization's finish")
+    doc = {"version": 1, "normalize": "custom" if custom else normalize, "buffers": t.buffers,
+           "nodes": t.nodes, "outputs": outputs}
+    if custom:
+        doc["log_domain"] = normalize.log_domain
+        doc["detach_stats"] = normalize.detach_stats
     return json.dumps(doc, sort_keys=True), list(t.tensors)

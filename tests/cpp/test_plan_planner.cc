@@ -251,6 +251,16 @@ TEST(Planner, NormalizeNoneHasNoRowStatistics) {
   EXPECT_FALSE(f.steps[0].spec.overlap);  // the sm90 table's choice for none
 }
 
+TEST(Planner, CustomNormalizationsRunTheReference) {
+  VariantTraits v = plain();
+  v.normalize = ir::Normalize::Custom;
+  for (OpKind kind : {OpKind::Forward, OpKind::Backward}) {
+    const LaunchPlan p = make_plan(request(kind, devices::h200(), v));
+    EXPECT_FALSE(p.ok);
+    EXPECT_NE(p.reason.find("custom row normalization"), std::string::npos) << p.reason;
+  }
+}
+
 TEST(Planner, A100TakesSm80WithTilesThatFit) {
   LaunchPlan p = make_plan(request(OpKind::Forward, devices::a100(), plain()));
   ASSERT_TRUE(p.ok) << p.reason;

@@ -37,9 +37,13 @@ class TraceBuilder {
   TraceBuilder& score(int id) { outputs_["score"] = id; return *this; }
   TraceBuilder& mask(int id) { outputs_["mask"] = id; return *this; }
   TraceBuilder& normalize(const std::string& n) { normalize_ = n; return *this; }
+  // A custom normalization's outputs ("weight", "stat", "finish") and flags ("log_domain").
+  TraceBuilder& output(const std::string& name, int id) { outputs_[name] = id; return *this; }
+  TraceBuilder& flag(const std::string& name, bool on = true) { flags_[name] = on; return *this; }
   std::string str() const {
     json j = {{"version", 1}, {"normalize", normalize_}, {"buffers", buffers_},
               {"nodes", nodes_}, {"outputs", outputs_}};
+    for (const auto& [name, on] : flags_.items()) j[name] = on;
     return j.dump();
   }
 
@@ -49,6 +53,7 @@ class TraceBuilder {
     return static_cast<int>(nodes_.size()) - 1;
   }
   json nodes_ = json::array(), buffers_ = json::array(), outputs_ = json::object();
+  json flags_ = json::object();
   std::string normalize_ = "softmax";
 };
 

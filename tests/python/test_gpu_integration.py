@@ -123,3 +123,26 @@ def test_demo_speed_table():
     assert all(r[2] is None or r[2] > 0 for r in rows)
     text = demo.format_speed_table(rows)
     assert "TFLOPS" in text and "causal" in text
+
+
+def test_custom_normalizations_on_cuda():
+    """A custom normalization runs on CUDA tensors (the reference executor, after a warning,
+    until its kernels exist) and equals the CPU float64 result; a softmax with a temperature
+    is lowered to the built-in softmax and runs the fused kernels."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, H, 256, D, device=DEV, dtype=torch.bfloat16) for _ in range(3))
+    temperature = torch.rand(H) + 0.5
+
+    def normalizers(dev):
+        return [(ae.normalizers.retention, False),
+                (ae.normalizers.softmax_with_sink(torch.linspace(-1, 1, H, device=dev)), False),
+                (ae.normalizers.softmax_with_temperature(temperature.to(dev)), True)]
+
+    for (norm, fused), (cpu_norm, _) in zip(normalizers(DEV), normalizers("cpu")):
+        attn = ae.compile(mask_mod=mods.causal, normalize=norm)
+        backend = attn.backend_for(q, k, v)
+        assert backend.startswith("reference") != fused, (norm, backend)
+        out = attn(q, k, v)
+        ref = ae.compile(mask_mod=mods.causal, normalize=cpu_norm)(
+            q.double().cpu(), k.double().cpu(), v.double().cpu())
+        assert rel_err(out.cpu(), ref) < 2e-2, norm

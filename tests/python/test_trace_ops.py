@@ -66,6 +66,8 @@ SCORE_MODS = {
     "method_exp": lambda s, b, h, q, k: (s * 0.3).exp() + s.tanh(),
     "int_score": lambda s, b, h, q, k: s + 0 * (q - k),
     "square": lambda s, b, h, q, k: torch.square(s),
+    "logaddexp": lambda s, b, h, q, k: torch.logaddexp(s, (q - k) * 0.1),
+    "logaddexp_tie": lambda s, b, h, q, k: torch.logaddexp(s, torch.where(q % 2 == 0, s, s - 1.0)),
 }
 
 
