@@ -5,7 +5,7 @@
 #
 #   bash bench/gpu_check.sh            # everything
 #   bash bench/gpu_check.sh build test # some steps: build, test, jit, smoke, fwd, bwd, e2e, grads,
-#                                      # decode, generate, docmask, sweep, bench
+#                                      # decode, norm, generate, docmask, sweep, bench
 #   TESTS="tests/python/test_gpu_kernels.py -x -k 'causal or plain'" bash bench/gpu_check.sh build test
 # A step that runs past STEP_TIMEOUT seconds (default 1200) is stopped and counts as failed.
 set -uo pipefail
@@ -42,6 +42,7 @@ for s in $STEPS; do
     e2e)   step e2e e2e_train.log $PY bench/e2e_train.py ${E2E_ARGS:-} ;;
     grads) step grads captured_grads.log $PY bench/captured_grads.py ;;
     decode) step decode decode.log $PY bench/decode_bench.py ${DECODE_ARGS:-} ;;
+    norm)  step norm normalizer.log $PY bench/normalizer_bench.py ${NORM_ARGS:-} ;;
     generate) step generate generate.log $PY bench/generate.py ${GENERATE_ARGS:-} ;;
     # The document mask at 16k against FlexAttention, with causal for scale (issue 17's table).
     docmask) step docmask docmask.log $PY bench/attention_bench.py --variants causal,document \

@@ -212,6 +212,42 @@ std::string statements(const Graph& g, const std::vector<int>& roots,
   return s;
 }
 
+// A custom row normalization's members (templates/common/normalizers.h, CustomLog and
+// CustomLinear): stat_term (what a kept score adds to its row's statistic, linear with a stat
+// function only) and finish_row (O's factor and the statistic stored in the LSE's place, from
+// the row's running max m and sum l; m is -inf for a row that kept nothing).
+std::string custom_norm_members(const Graph& f, int stat, const std::vector<std::string>& dtypes) {
+  std::string s;
+  auto out = std::back_inserter(s);
+  if (stat >= 0) {
+    s += "  AE_DEVICE float stat_term(float score, int b, int h, int q_idx, int kv_idx) const {\n";
+    s += statements(f, {stat}, dtypes);
+    fmt::format_to(out, "    return {};\n  }}\n\n", conv(f, stat, DType::Float));
+  }
+  const int finish = f.output("finish");
+  s += "  AE_DEVICE void finish_row(float m, float l, int b, int h, int q_idx, float& scale_o,\n"
+       "                           float& stat_out) const {\n";
+  if (f.log_domain) {  // stat_out holds the natural-log lse already (Softmax::finish)
+    s += "    if (!(l > 0.f)) {\n      scale_o = 0.f;\n      return;\n    }\n"
+         "    const float stat = stat_out;\n";
+    const std::string h = finish >= 0 ? conv(f, finish, DType::Float) : "-stat";
+    if (finish >= 0) s += statements(f, {finish}, dtypes);
+    // O's factor exp(m + h(lse)), m in the log2 domain
+    fmt::format_to(out, "    scale_o = ae::fast_exp2(m + {} * ae::kLog2e);\n  }}\n\n", h);
+  } else {
+    s += "    if (m == ae::neg_inf()) {  // nothing kept: 0 whatever c(0) is\n"
+         "      scale_o = 0.f;\n      stat_out = 0.f;\n      return;\n    }\n"
+         "    const float stat = l;\n    stat_out = stat;\n";
+    if (finish >= 0) {
+      s += statements(f, {finish}, dtypes);
+      fmt::format_to(out, "    scale_o = {};\n  }}\n\n", conv(f, finish, DType::Float));
+    } else {
+      s += "    scale_o = 1.f;\n  }\n\n";
+    }
+  }
+  return s;
+}
+
 }  // namespace
 
 std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& dtypes,
@@ -224,11 +260,12 @@ std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& d
   if (!buffer_grads.empty() && buffer_grads.size() != f.buffers.size())
     throw ir::GraphError(fmt::format("codegen: {} buffer gradient flags for {} captured tensors",
                                      buffer_grads.size(), f.buffers.size()));
-  if (f.normalize == ir::Normalize::Custom)
-    throw ir::GraphError("codegen: a custom row normalization has no kernel yet (it runs on the "
-                         "reference executor)");
-  const int score = f.output("score"), mask = f.output("mask");
-  const bool identity = !v.analysis.has_score_mod;
+  const bool custom = f.normalize == ir::Normalize::Custom;
+  // A custom normalization's kernels compute its weight where others compute the score_mod.
+  const int score = f.output(custom ? "weight" : "score"), mask = f.output("mask");
+  const bool identity = custom ? f.nodes[score].op == Op::Param &&
+                                     f.nodes[score].index == static_cast<int>(ir::Param::Score)
+                               : !v.analysis.has_score_mod;
   const bool has_mask = mask >= 0 && v.analysis.has_mask;
   std::string s;
   auto out = std::back_inserter(s);
@@ -242,8 +279,12 @@ std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& d
   fmt::format_to(out, "  static constexpr bool kIdentity = {};\n", identity ? "true" : "false");
   fmt::format_to(out, "  static constexpr bool kHasMask = {};\n", has_mask ? "true" : "false");
   // The row normalization's policy (templates/common/normalizers.h).
+  const int stat = custom && !f.log_domain ? f.output("stat") : -1;
+  fmt::format_to(out, "  static constexpr bool kStat = {};\n", stat >= 0 ? "true" : "false");
   fmt::format_to(out, "  using Norm = ae::norm::{};\n",
-                 f.normalize == ir::Normalize::Softmax ? "Softmax" : "None");
+                 !custom ? (f.normalize == ir::Normalize::Softmax ? "Softmax" : "None")
+                 : f.log_domain ? "CustomLog"
+                 : stat >= 0 ? "CustomLinear<false>" : "CustomLinear<true>");
   // The backward's additions into captured tensors' gradients: dx * d score_mod / d value for
   // every load of a buffer in buffer_grads. Only those: an atomic is a store the compiler must
   // order the variant's loads around (ALiBi's slope was reloaded per score), so a kernel for
@@ -273,7 +314,7 @@ std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& d
   fmt::format_to(out, "  mutable ae::GradSink<{}{}> grads;\n", region, runs);
   // The score_mod is kOutScale * score(kInScale * s) and grad takes kInScale * s as well:
   // the templates fold both factors into multiplies they do anyway (score_scales.h).
-  const ScoreScales sc = find_score_scales(v);
+  const ScoreScales sc = custom ? ScoreScales{} : find_score_scales(v);
   fmt::format_to(out, "  static constexpr float kInScale = {}, kOutScale = {};\n\n",
                  float_literal(sc.in), float_literal(sc.out));
 
@@ -281,6 +322,8 @@ std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& d
   s += "  AE_DEVICE float score(float score, int b, int h, int q_idx, int kv_idx) const {\n";
   s += statements(f, {score_root}, dtypes, sc.in_fwd);
   fmt::format_to(out, "    return {};\n  }}\n\n", conv(f, score_root, DType::Float));
+
+  if (custom) s += custom_norm_members(f, stat, dtypes);
 
   s += "  AE_DEVICE bool mask(int b, int h, int q_idx, int kv_idx) const {\n";
   if (has_mask) {

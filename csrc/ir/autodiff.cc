@@ -150,6 +150,12 @@ Graph differentiate(const Graph& src) {
                                 {"weight", Param::Score, "d_weight", "d_load_weight"},
                                 {"stat", Param::Score, "d_stat", "d_load_stat"},
                                 {"finish", Param::Stat, "d_finish", "d_load_finish"}};
+  std::vector<bool> reads_stat(n_orig, false);  // the node depends on the row statistic
+  for (int i = 0; i < n_orig; ++i) {
+    const Node& n = g.nodes[i];
+    reads_stat[i] = n.op == Op::Param && n.index == static_cast<int>(Param::Stat);
+    for (int a : n.args) reads_stat[i] = reads_stat[i] || reads_stat[a];
+  }
   for (const Seed& seed : kSeeds) {
     const Output* o = g.find_output(seed.output);
     if (!o && std::string(seed.output) != "score") continue;
@@ -160,10 +166,16 @@ Graph differentiate(const Graph& src) {
       if (n.op == Op::Param && n.index == static_cast<int>(seed.by)) by = i;
     }
     g.outputs.push_back(Output{seed.d_name, zero_if_missing(by >= 0 ? adj[by] : -1), -1});
+    const bool score_seed = seed.by == Param::Score && std::string(seed.output) == "score";
     for (int i = 0; i < n_orig; ++i) {
       const Node& n = g.nodes[i];
-      if (n.op == Op::Load && n.type == DType::Float)
-        g.outputs.push_back(Output{seed.d_load_name, zero_if_missing(adj[i]), i});
+      if (n.op != Op::Load || n.type != DType::Float) continue;
+      // "d_load" has an output per float load (0 where the score does not read it), as
+      // before custom normalizations. A normalization's functions get one per load they
+      // read: the per-element ones must not evaluate a load of finish's (it may be indexed
+      // by the row statistic), nor finish's pass the score_mod's.
+      if (score_seed ? reads_stat[i] : adj[i] < 0) continue;
+      g.outputs.push_back(Output{seed.d_load_name, zero_if_missing(adj[i]), i});
     }
   }
   return optimize(g);

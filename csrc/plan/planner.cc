@@ -92,12 +92,17 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
   q.bf16 = pb.dtype == ElemType::BFloat16;
   q.score_loads = r.variant.score_loads;
   q.mask_loads = r.variant.mask_loads;
-  q.softmax = r.variant.normalize == ir::Normalize::Softmax;
+  const bool custom = r.variant.normalize == ir::Normalize::Custom;
+  q.softmax = r.variant.normalize == ir::Normalize::Softmax || (custom && r.variant.log_domain);
+  // A custom normalization's extra work per score (its weight and stat functions) and per row
+  // (finish) spilled on the widest tiles (compile-all check): the log domain skips the wide
+  // ones, the linear takes the tiles of a score_mod that loads per score. Not yet measured.
+  if (custom) (r.variant.log_domain ? q.mask_loads : q.score_loads) = true;
   const bool hopper = r.device.major == 9 && r.device.minor == 0;
   // A forward of at most 16 query rows (decode, or a GQA group packed as rows) runs the decode
   // template of the sm80 family, on Hopper too: the prefill tiles are 64-128 rows. Opt-in
   // (AE_DECODE) until the template has run on a GPU.
-  const bool decode = kind == Kind::Forward && pb.q_len <= sm80::kDecodeBlockM &&
+  const bool decode = kind == Kind::Forward && pb.q_len <= sm80::kDecodeBlockM && !custom &&
                       r.overrides.enable_decode && r.device.vendor == jit::Vendor::kNvidia;
   std::vector<Family> families;
   if (decode) families.push_back(Family::Sm80);
@@ -207,7 +212,8 @@ std::optional<Step> add_kv_splits(const PlanRequest& r, const KernelSpec& main, 
   AttnParams& a = plan.attn;
   const Problem& pb = r.problem;
   const int n = kv_splits(a, r.device, r.overrides.kv_splits);  // <= n_kv_blocks
-  if (n <= 1) return std::nullopt;
+  // The combine merges softmax rows; a custom normalization's finish needs the whole row.
+  if (n <= 1 || r.variant.normalize == ir::Normalize::Custom) return std::nullopt;
   a.kv_split_blocks = (a.n_kv_blocks + n - 1) / n;
   a.kv_splits = (a.n_kv_blocks + a.kv_split_blocks - 1) / a.kv_split_blocks;  // none empty, >= 2
   a.row_stats = r.variant.normalize == ir::Normalize::Softmax;
@@ -315,8 +321,12 @@ std::string LaunchPlan::describe() const {
 LaunchPlan make_plan(const PlanRequest& r) {
   const Problem& pb = r.problem;
   if (std::string why = unfit_inputs(pb, r.device); !why.empty()) return refuse(why);
-  if (r.variant.normalize == ir::Normalize::Custom)
-    return refuse("a custom row normalization has no fused kernel yet");
+  if (r.variant.normalize == ir::Normalize::Custom) {
+    if (pb.kind != OpKind::Forward) return refuse("a custom row normalization has no backward kernel yet");
+    if (!r.overrides.custom_norm_kernels)
+      return refuse("a custom row normalization's forward kernels are opt-in (AE_CUSTOM_NORM=1) "
+                    "until they have run on a GPU");
+  }
   const Kind kind = pb.kind == OpKind::Forward ? Kind::Forward : Kind::Backward;
   KernelSpec spec;
   std::string why;

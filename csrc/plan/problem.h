@@ -50,6 +50,7 @@ struct VariantTraits {
   bool score_loads = false;    // the score_mod loads a captured tensor per score
   bool mask_loads = false;     // the mask_mod loads a captured tensor per score (partial blocks)
   ir::Normalize normalize = ir::Normalize::Softmax;
+  bool log_domain = false;     // a custom normalization's (its online steps are softmax's)
 
   static VariantTraits of(const ir::Variant& v);
 };

@@ -60,8 +60,11 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q_in, const at
   const at::Tensor q = kernel_ready(q_in), k = kernel_ready(k_in), v = kernel_ready(v_in);
   at::Tensor out = at::empty({s.batch, s.q_heads, s.q_len, s.head_dim_v}, q.options());
   at::Tensor lse = at::empty({s.batch, s.q_heads, s.q_len}, q.options().dtype(at::kFloat));
-  if (plan.steps.empty())  // nothing to attend to: zeros, and -inf for rows with no key
-    return {out.zero_(), lse.fill_(-std::numeric_limits<float>::infinity())};
+  if (plan.steps.empty()) {  // nothing to attend to: zeros, and the statistic of an empty row
+    const bool linear = variant->forward.normalize == ir::Normalize::Custom &&
+                        !variant->forward.log_domain;  // L = 0; else lse = -inf
+    return {out.zero_(), lse.fill_(linear ? 0.f : -std::numeric_limits<float>::infinity())};
+  }
   runner::Bindings b = bind_inputs(q, k, v, buffers);
   b.o = ref(out);
   b.lse = ref(lse);

@@ -213,9 +213,9 @@ def with_kvcache(attn, q, k_cache, v_cache, cache_seqlens, k_new=None,
     if q.shape[-1] != k_cache.shape[-1] or q.shape[2] % k_cache.shape[2]:
         raise _err(f"q {list(q.shape)} does not fit the cache {list(k_cache.shape)}: the same "
                    "head dim, and query heads a multiple of the cache's heads")
-    if return_lse and attn.normalize != "softmax":
-        raise _err(f"return_lse=True needs normalize='softmax' (this variant uses "
-                   f"normalize={attn.normalize!r})")
+    if return_lse and isinstance(attn.normalize, str) and attn.normalize == "none":
+        raise _err("return_lse=True needs a row statistic: normalize='softmax' or a "
+                   "Normalizer (this variant uses normalize='none')")
     host = lens.tolist()  # one synchronization: bounds, and the keys to read
     total = [n + n_new for n in host]
     for b, (n, t) in enumerate(zip(host, total)):

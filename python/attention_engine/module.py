@@ -77,6 +77,13 @@ class Attention(torch.nn.Module):
                 self.register_buffer(name, tensor)
             self._captured.append(name)
 
+    def __getstate__(self):
+        # A Normalizer's functions need not pickle: the trace holds what they computed.
+        state = self.__dict__.copy()
+        if not isinstance(state.get("normalize"), str):
+            state["normalize"] = f"custom:{state['normalize'].name}"
+        return state
+
     def _free_name(self, traced: str, index: int) -> str:
         for name in (traced, f"buffer{index}"):
             if (name.isidentifier() and not keyword.iskeyword(name) and not name.startswith("_")

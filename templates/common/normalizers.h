@@ -19,7 +19,13 @@
 //                    (bench/RESULTS.md)
 //   rescale / weight / finish   the forward's online steps (kRowStats only)
 //   backward         P and dL/dx of one score in the backward
-// Custom row normalizations (traced f, g, c: the custom-normalization issue) add policies here.
+//   kLinearRows      without kRowStats: normalize_step makes masked scores (-inf, to tell them
+//                    apart) 0 and notes which rows keep a key; with kSumWeights it also sums
+//                    the weights into RowStats::l
+//   kCustomFinish    store_rows asks the Variant (finish_row) for O's factor and the row
+//                    statistic: a custom row normalization's traced finish function
+// Custom row normalizations (ir::Normalize::Custom) are CustomLog and CustomLinear below,
+// with the traced weight as the Variant's score and its stat and finish as members.
 #pragma once
 
 #include "common/numeric.h"
@@ -30,6 +36,9 @@ namespace ae::norm {
 // P_j = exp(x_j - m) / sum_k exp(x_k - m), in the log2 domain (exp2 on the MUFU unit).
 struct Softmax {
   static constexpr bool kRowStats = true;
+  static constexpr bool kLinearRows = false;
+  static constexpr bool kSumWeights = false;  // (kRowStats sums them)
+  static constexpr bool kCustomFinish = false;
   static constexpr bool kRawScores = true;
   static constexpr float kModFactor = kLog2e;
   static constexpr bool kMaskedNegInf = true;
@@ -70,6 +79,9 @@ struct Softmax {
 // P_j = x_j: no row statistic (sigmoid or ReLU attention, O = sum_j f(s_j) v_j).
 struct None {
   static constexpr bool kRowStats = false;
+  static constexpr bool kLinearRows = false;
+  static constexpr bool kSumWeights = false;
+  static constexpr bool kCustomFinish = false;
   static constexpr bool kRawScores = false;
   static constexpr float kModFactor = 1.f;
   static constexpr bool kMaskedNegInf = false;
@@ -93,6 +105,28 @@ struct None {
     prob = s * p.scale;
     dx = dp;
   }
+};
+
+// A custom normalization in the log domain: softmax's online steps over the log-weights u
+// (the Variant's score is weight(score_mod(s))); the Variant's finish_row then turns the row's
+// lse into O's factor exp(m + h(lse)). Forward only for now: the backward runs the reference.
+struct CustomLog : Softmax {
+  static constexpr bool kRawScores = false;
+  static constexpr bool kCustomFinish = true;
+};
+
+// A linear custom normalization: P is the weight f (the Variant's score), the row statistic L
+// the sum of the weights (kSum) or of the Variant's stat (score_transform sums it: the
+// Variant's kStat), and the Variant's finish_row gives O's factor c(L). Masked scores are -inf
+// until normalize_step (which makes them 0 and notes whether the row keeps any key:
+// RowStats::m stays -inf until it does), so that a row with nothing kept gives 0 whatever
+// c(0) is. Forward only for now.
+template <bool kSum>
+struct CustomLinear : None {
+  static constexpr bool kLinearRows = true;
+  static constexpr bool kSumWeights = kSum;
+  static constexpr bool kCustomFinish = true;
+  static constexpr bool kMaskedNegInf = true;
 };
 
 }  // namespace ae::norm

@@ -34,9 +34,11 @@ struct RowStats {
 // row statistics). kRaw: scores of variants without a score_mod on tiles without checks are
 // left as they are when the policy allows (Norm::kRawScores), for normalize_step to scale
 // inside its exp2 (one FFMA per score instead of an FMUL and an FADD).
+// A custom normalization's stat function (Variant::kStat) is summed into st->l here, over the
+// kept scores.
 template <bool kCheck, bool kRaw, class Layout, class Variant, int kN8>
 AE_DEVICE void score_transform(const AttnParams& p, const Variant& var, float (&s)[kN8][4],
-                               int b, int h, int row0, int col0) {
+                               int b, int h, int row0, int col0, RowStats* st = nullptr) {
   using Norm = typename Variant::Norm;
   if constexpr (kRaw && !kCheck && Variant::kIdentity && Norm::kRawScores) {
     return;  // raw scores: normalize_step scales them
@@ -47,17 +49,21 @@ AE_DEVICE void score_transform(const AttnParams& p, const Variant& var, float (&
       for (int e = 0; e < 4; ++e) {
         const int q_idx = row0 + 8 * (e >> 1), kv_idx = col0 + nt * 8 + (e & 1);
         float x;
+        const float in = s[nt][e] * (p.scale * Variant::kInScale);
         if constexpr (Variant::kIdentity) {
           x = s[nt][e] * Norm::identity_scale(p);
         } else {
           // Variant::kOutScale and the policy's factor: weight_scale
-          x = var.score(s[nt][e] * (p.scale * Variant::kInScale), b, h, q_idx, kv_idx);
+          x = var.score(in, b, h, q_idx, kv_idx);
         }
+        bool keep = true;
         if constexpr (kCheck) {
-          bool keep = q_idx < Layout::q_len(p, b) && kv_idx < Layout::kv_len(p, b);
+          keep = q_idx < Layout::q_len(p, b) && kv_idx < Layout::kv_len(p, b);
           if constexpr (Variant::kHasMask) keep = keep && var.mask(b, h, q_idx, kv_idx);
           if (!keep) x = Norm::kMaskedNegInf ? neg_inf() : 0.f;
         }
+        if constexpr (Variant::kStat)
+          if (keep) st->l[e >> 1] += var.stat_term(in, b, h, q_idx, kv_idx);
         s[nt][e] = x;
       }
     }
@@ -86,6 +92,25 @@ AE_DEVICE void normalize_step(float (&s)[kN8][4], RowStats& st, float (&alpha)[2
                               float scale = 1.f) {
   if constexpr (!Norm::kRowStats) {
     alpha[0] = alpha[1] = 1.f;
+    if constexpr (Norm::kLinearRows) {  // custom linear: masked (-inf) -> 0, kept rows noted
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        bool any = false;
+        float sum = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < kN8; ++nt)
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            float& x = s[nt][2 * r + c];
+            const bool kept = x != neg_inf();
+            x = kept ? x : 0.f;
+            any |= kept;
+            sum += x;
+          }
+        if (any) st.m[r] = 0.f;
+        if constexpr (Norm::kSumWeights) st.l[r] += sum;
+      }
+    }
     return;
   }
 #pragma unroll
@@ -153,21 +178,29 @@ AE_DEVICE void p_to_a(u32 (&a)[kN8 / 2][4], const float (&s)[kN8][4]) {
 // Epilogue of a 16-row tile: normalize, write O (bf16/fp16) and the row statistic (the
 // natural-log LSE) for this thread's rows row0 and row0 + 8 (rows past q_len are skipped);
 // kernels built for a split-KV launch write the range's partial O (fp32) and LSE instead.
-template <bool kBf16, class Norm, class Layout, bool kSplitKv = false, int kO8>
-AE_DEVICE void store_rows(const AttnParams& p, const float (&o)[kO8][4], const RowStats& st,
-                          int b, int h, int row0) {
+// A custom normalization's Variant gives O's factor and the statistic (finish_row).
+template <bool kBf16, class Norm, class Layout, bool kSplitKv = false, class Variant, int kO8>
+AE_DEVICE void store_rows(const AttnParams& p, const Variant& var, const float (&o)[kO8][4],
+                          const RowStats& st, int b, int h, int row0) {
+  static_assert(!(kSplitKv && Norm::kCustomFinish), "split-KV merges softmax rows only");
   const int lane = threadIdx.x % 32;
   u16* go = Layout::row(static_cast<u16*>(p.o), p.o_stride, b, h, 0);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int row = row0 + 8 * r;
     float l = st.l[r];
-    if constexpr (Norm::kRowStats) {
+    float m = st.m[r];
+    if constexpr (Norm::kRowStats || Norm::kLinearRows) {
       l += shfl_xor(l, 1);
       l += shfl_xor(l, 2);
     }
+    if constexpr (Norm::kLinearRows) {  // kept-key flags: 0 in the lanes that saw one
+      m = fmaxf(m, shfl_xor(m, 1));
+      m = fmaxf(m, shfl_xor(m, 2));
+    }
     float scale_o, lse;
-    Norm::finish(st.m[r], l, scale_o, lse);
+    Norm::finish(m, l, scale_o, lse);
+    if constexpr (Norm::kCustomFinish) var.finish_row(m, l, b, h, row, scale_o, lse);
     if constexpr (kSplitKv) {  // split-KV: this range's O (fp32) and LSE, for the combine
       if (row < Layout::q_len(p, b)) {
         const long long at = (static_cast<long long>(kv_split_of_cta(p)) * p.batch + b) * p.q_heads + h;

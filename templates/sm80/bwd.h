@@ -79,6 +79,7 @@ struct BwdKernel {
   static constexpr int kCQ = (Cfg::kDqk / 16 + Cfg::kWarpsQ - 1) / Cfg::kWarpsQ;
   static constexpr bool kFullUnroll = Cfg::kDqk <= 128 && Cfg::kDv <= 128;
   using Norm = typename Variant::Norm;
+  static_assert(!Norm::kCustomFinish, "custom row normalizations have no backward kernel yet");
   using Layout = typename Cfg::Layout;
 
   const AttnParams& p;

@@ -167,9 +167,11 @@ struct FwdKernel {
       for (int mt = 0; mt < kMT; ++mt) {
         const int row0 = cta[0] + wrow + 16 * mt + lane / 4, col0 = kv0 + 2 * (lane % 4);
         if (check)
-          rows::score_transform<true, false, Layout>(p, var, s[mt], cta[2], cta[1], row0, col0);
+          rows::score_transform<true, false, Layout>(p, var, s[mt], cta[2], cta[1], row0, col0,
+                                                     &stats[mt]);
         else
-          rows::score_transform<false, true, Layout>(p, var, s[mt], cta[2], cta[1], row0, col0);
+          rows::score_transform<false, true, Layout>(p, var, s[mt], cta[2], cta[1], row0, col0,
+                                                     &stats[mt]);
       }
 
       const float scale = rows::weight_scale<Variant>(p, kRaw && !check);
@@ -200,8 +202,8 @@ struct FwdKernel {
     // Epilogue: normalize, write O (bf16/fp16) and the row statistic.
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt)
-      rows::store_rows<Cfg::kBf16, Norm, Layout, Cfg::kSplitKv>(p, o[mt], stats[mt], cta[2], cta[1],
-                                                 cta[0] + wrow + 16 * mt + lane / 4);
+      rows::store_rows<Cfg::kBf16, Norm, Layout, Cfg::kSplitKv>(
+          p, var, o[mt], stats[mt], cta[2], cta[1], cta[0] + wrow + 16 * mt + lane / 4);
   }
 };
 

@@ -159,6 +159,7 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
                              const TmaDesc* tk, const TmaDesc* tv, const TmaDesc* tdo) {
   constexpr int BM = Cfg::kBlockM, BN = Cfg::kBlockN, S = Cfg::kStages;
   using Norm = typename Variant::Norm;
+  static_assert(!Norm::kCustomFinish, "custom row normalizations have no backward kernel yet");
   using Layout = typename Cfg::Layout;
   extern __shared__ __align__(1024) char smem_raw[];
   char* sK = align_1024(smem_raw);

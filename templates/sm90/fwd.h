@@ -211,9 +211,11 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
     const int kv0 = (code >> 1) * BN;
     const bool check = kv0 + BN > Layout::kv_len(p, b) || (code & 1) || (kRaw && !raw_ok);
     if (check)
-      rows::score_transform<true, false, Layout>(p, var, s, b, h, row0, kv0 + 2 * (lane % 4));
+      rows::score_transform<true, false, Layout>(p, var, s, b, h, row0, kv0 + 2 * (lane % 4),
+                                                 &stats);
     else
-      rows::score_transform<false, true, Layout>(p, var, s, b, h, row0, kv0 + 2 * (lane % 4));
+      rows::score_transform<false, true, Layout>(p, var, s, b, h, row0, kv0 + 2 * (lane % 4),
+                                                 &stats);
     rows::normalize_step<Norm>(s, stats, alpha, rows::weight_scale<Variant>(p, kRaw && !check));
   };
 
@@ -244,7 +246,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
       fence_regs(o);
       mbar_arrive(empty + it % S);
     }
-    rows::store_rows<Cfg::kBf16, Norm, Layout, Cfg::kSplitKv>(p, o, stats, b, h, row0);
+    rows::store_rows<Cfg::kBf16, Norm, Layout, Cfg::kSplitKv>(p, var, o, stats, b, h, row0);
     return;
   }
   if (cw == 1) turn_pass();  // the first consumer goes first
@@ -282,7 +284,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   }
   if (cw == 0) turn_wait();  // the second consumer's last pass
 
-  rows::store_rows<Cfg::kBf16, Norm, Layout, Cfg::kSplitKv>(p, o, stats, b, h, row0);
+  rows::store_rows<Cfg::kBf16, Norm, Layout, Cfg::kSplitKv>(p, var, o, stats, b, h, row0);
 }
 
 }  // namespace ae::sm90

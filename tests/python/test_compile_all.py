@@ -346,3 +346,50 @@ def test_host_and_template_agree_on_shared_memory():
     # layout at compile time (test_instantiation_compiles_without_spills compiles it).
     src = _source(ae.compile(), "bwd", 128, 128)
     assert src["smem"] == 2 * (128 * 272 + 2 * 64 * 272 + 2 * 128 * 72) + 2 * 2 * 4 * 64
+
+
+# Custom row normalizations (common/normalizers.h CustomLog / CustomLinear; opt-in with
+# AE_CUSTOM_NORM until they have run on a GPU): the forwards of both families, for the ready
+# normalizers and one with a learnable tensor in each function.
+def _learnable_linear():
+    w, g = torch.ones(16, requires_grad=True), torch.ones(16, requires_grad=True)
+    return ae.Normalizer(lambda x, b, h, q, k: torch.relu(x) * w[h],
+                         stat=lambda x, b, h, q, k: torch.abs(x) + g[h],
+                         finish=lambda L, b, h, q: 1.0 / (1.0 + L))
+
+
+CUSTOM_NORMS = {
+    "retention": lambda: ae.compile(lambda s, b, h, q, k: s * 0.97 ** (q - k).float(), mods.causal,
+                                    normalize=ae.normalizers.retention),
+    "relu_normalized": lambda: ae.compile(mask_mod=mods.sliding_window(256),
+                                          normalize=ae.normalizers.relu_normalized),
+    "sink": lambda: ae.compile(mods.softcap(30.0), mods.causal,
+                               normalize=ae.normalizers.softmax_with_sink(torch.zeros(16))),
+    "learnable_linear": lambda: ae.compile(mask_mod=mods.causal, normalize=_learnable_linear()),
+    "detached_log": lambda: ae.compile(normalize=ae.Normalizer(
+        lambda x, b, h, q, k: x, log_domain=True, detach_stats=True)),
+}
+
+
+@pytest.mark.parametrize("kind", ["fwd", "fwd90"])
+@pytest.mark.parametrize("dims", [(128, 128), (64, 64)], ids=lambda d: f"{d[0]}-{d[1]}")
+@pytest.mark.parametrize("name", sorted(CUSTOM_NORMS))
+def test_custom_normalization_forward_compiles_without_spills(name, dims, kind, monkeypatch):
+    monkeypatch.setenv("AE_CUSTOM_NORM", "1")
+    monkeypatch.setenv("AE_KV_SPLITS", "4")  # refused: the combine merges softmax rows only
+    attn = CUSTOM_NORMS[name]()
+    assert attn.variant.normalize == "custom"
+    info = _source(attn, kind, *dims)
+    assert "split" not in info["describe"]
+    assert "finish_row" in info["source"]
+    _compiles_without_spills(info, kind)
+
+
+def test_custom_normalization_kernels_are_opt_in(monkeypatch):
+    monkeypatch.delenv("AE_CUSTOM_NORM", raising=False)
+    attn = CUSTOM_NORMS["retention"]()
+    with pytest.raises(Exception, match="AE_CUSTOM_NORM"):
+        _source(attn, "fwd90", 128, 128)
+    monkeypatch.setenv("AE_CUSTOM_NORM", "1")
+    with pytest.raises(Exception, match="no backward kernel"):
+        _source(attn, "bwd90", 128, 128)

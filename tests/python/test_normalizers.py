@@ -471,3 +471,49 @@ def test_varlen_and_kv_cache_keep_the_normalization(name):
     step = inference.with_kvcache(attn, qn, kc, vc, torch.tensor([9]))
     full = ae.compile(normalize=norm)(qn.transpose(1, 2), kc.transpose(1, 2), vc.transpose(1, 2))
     close(step, full.transpose(1, 2), "decode step", 1e-12)
+
+
+@pytest.mark.parametrize("log_domain", [False, True], ids=["linear", "log"])
+def test_finish_indexing_a_captured_tensor_by_the_statistic(log_domain):
+    """A load in finish indexed by a function of L, next to loads in the score_mod and the
+    weight: each function's pass evaluates its own loads only (the backward used to evaluate
+    finish's table index before L existed)."""
+    table = torch.tensor([1.0, 0.5, 0.25], dtype=F64, requires_grad=True)
+    bias = torch.tensor([0.1, -0.2, 0.3, 0.0], dtype=F64, requires_grad=True)
+    gain = torch.tensor([1.0, 0.8], dtype=F64, requires_grad=True)
+    score_mod = lambda s, b, h, q, k: s + bias[k % 4]  # noqa: E731
+    if log_domain:
+        kw = dict(weight=lambda x, b, h, q, k: x * gain[h],
+                  finish=lambda L, b, h, q: -L + torch.log(table[(L > 1.5).long() + (L > 2.5).long()]),
+                  log_domain=True)
+    else:
+        kw = dict(weight=lambda x, b, h, q, k: torch.exp(x) * gain[h],
+                  finish=lambda L, b, h, q: table[(L > 4).long() + (L > 8).long()] / L)
+    attn = ae.compile(score_mod, mods.causal, normalize=ae.Normalizer(**kw))
+    q, k, v = rand_qkv(1, 2, 2, 7, 7, 4, 3, seed=11)
+    compare(attn, kw, q, k, v, [table, bias, gain], score_mod=score_mod, mask_mod=mods.causal)
+
+
+def test_attention_module_with_a_normalizer_pickles():
+    import io
+    sink = torch.linspace(-1, 1, 2, dtype=F64)
+    mod = ae.Attention(mask_mod=mods.causal, normalize=ae.normalizers.softmax_with_sink(sink))
+    q, k, v = rand_qkv(1, 2, 2, 6, 6, 4, 4, seed=12)
+    buf = io.BytesIO()
+    torch.save(mod, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert torch.equal(loaded(q, k, v), mod(q, k, v))
+
+
+def test_kv_cache_returns_the_statistic():
+    from attention_engine import inference
+    norm = ae.normalizers.retention
+    kc, vc = (torch.randn(1, 9, 2, 8, dtype=F64) for _ in range(2))
+    qn = torch.randn(1, 1, 2, 8, dtype=F64)
+    out, stat = inference.with_kvcache(ae.compile(mask_mod=mods.causal, normalize=norm), qn, kc,
+                                       vc, torch.tensor([9]), return_lse=True)
+    full, full_stat = ae.compile(normalize=norm)(qn.transpose(1, 2), kc.transpose(1, 2),
+                                                 vc.transpose(1, 2), return_lse=True)
+    close(out, full.transpose(1, 2), "out", 1e-12)
+    close_stat(stat, full_stat, "stat", 1e-12)  # [B, H, Sq] as the op returns it

@@ -1,0 +1,79 @@
+"""The fused forwards of custom row normalizations (templates/common/normalizers.h CustomLog /
+CustomLinear, opt-in with AE_CUSTOM_NORM=1 until this file has passed on a GPU): out and the row
+statistic against the reference executor on the same bf16 inputs (fp32 math), both families,
+with masks that leave rows empty, partial blocks and GQA. Every test is marked gpu.
+
+    PYTHONPATH=python python -m pytest -q -rs tests/python/test_gpu_normalizers.py
+"""
+import pytest
+import torch
+
+import attention_engine as ae
+from attention_engine import mods
+
+pytestmark = pytest.mark.gpu
+
+DEV = "cuda"
+
+
+def _norms():
+    gain = torch.linspace(0.5, 1.5, 4, device=DEV)
+    shift = torch.linspace(0.0, 0.3, 4, device=DEV)
+    gamma = 1 - 2.0 ** (-5 - torch.arange(4, device=DEV, dtype=torch.float32))
+    learnable = ae.Normalizer(lambda x, b, h, q, k: torch.relu(x) * gain[h],
+                              stat=lambda x, b, h, q, k: torch.abs(x) + shift[h],
+                              finish=lambda L, b, h, q: 1.0 / (1.0 + L))
+    return {
+        # RetNet's parallel form: decay gamma[h] ** (q - k) on a causal mask
+        "retention": (lambda s, b, h, q, k: s * gamma[h] ** (q - k).float(), mods.causal,
+                      ae.normalizers.retention),
+        "relu_normalized": (None, mods.sliding_window(100), ae.normalizers.relu_normalized),
+        "sink": (mods.softcap(2.0), mods.causal,
+                 ae.normalizers.softmax_with_sink(torch.linspace(-1, 1, 4, device=DEV))),
+        "sink_plain": (None, None,
+                       ae.normalizers.softmax_with_sink(torch.linspace(-1, 1, 4, device=DEV))),
+        "learnable_linear": (None, lambda b, h, q, k: k < q, learnable),  # row 0 keeps nothing
+        "detached_log": (None, lambda b, h, q, k: k < q,
+                         ae.Normalizer(lambda x, b, h, q, k: x, log_domain=True,
+                                       detach_stats=True)),
+    }
+
+
+NAMES = ["detached_log", "learnable_linear", "relu_normalized", "retention", "sink", "sink_plain"]
+
+
+@pytest.mark.parametrize("family", ["sm90", "sm80"])
+@pytest.mark.parametrize("dims", [(128, 128), (64, 64)], ids=lambda d: f"d{d[0]}")
+@pytest.mark.parametrize("name", NAMES)
+def test_custom_normalization_forward(name, dims, family, monkeypatch):
+    monkeypatch.setenv("AE_CUSTOM_NORM", "1")
+    if family == "sm80":
+        monkeypatch.setenv("AE_DISABLE_SM90", "1")
+    norms = _norms()
+    assert sorted(norms) == NAMES
+    score_mod, mask_mod, norm = norms[name]
+    attn = ae.compile(score_mod, mask_mod, normalize=norm)
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 300, dims[0], device=DEV, dtype=torch.bfloat16)
+    k = torch.randn(2, 2, 300, dims[0], device=DEV, dtype=torch.bfloat16)
+    v = torch.randn(2, 2, 300, dims[1], device=DEV, dtype=torch.bfloat16)
+    assert attn.backend_for(q, k, v).startswith(family)  # (its backward: the reference)
+    out, stat = attn(q, k, v, return_lse=True)
+    ref, ref_stat = attn.reference(q, k, v, return_lse=True)
+    assert torch.isfinite(out).all()
+    err = (out.float() - ref.float()).abs().max().item()
+    assert err <= 2e-2 * ref.float().abs().max().item() + 1e-3, (name, err)
+    finite = torch.isfinite(ref_stat)
+    assert torch.equal(finite, torch.isfinite(stat)), "the statistic's -inf rows differ"
+    assert torch.equal(stat[~finite], ref_stat[~finite])
+    serr = (stat[finite] - ref_stat[finite]).abs().max().item()
+    assert serr <= 1e-2 * ref_stat[finite].abs().max().item() + 1e-3, (name, serr)
+    if mask_mod is not None and name in ("learnable_linear", "detached_log"):
+        assert (out[:, :, 0] == 0).all(), "a row that keeps nothing gives exactly 0"
+
+
+def test_custom_normalization_forward_kernel_is_opt_in(monkeypatch):
+    monkeypatch.delenv("AE_CUSTOM_NORM", raising=False)
+    attn = ae.compile(mask_mod=mods.causal, normalize=ae.normalizers.retention)
+    q = torch.randn(1, 4, 64, 64, device=DEV, dtype=torch.bfloat16)
+    assert attn.backend_for(q, q, q).startswith("reference")
