@@ -12,6 +12,7 @@ namespace ae::torch_ops {
 
 struct Shapes {
   int64_t batch, q_heads, kv_heads, q_len, kv_len, head_dim_qk, head_dim_v;
+  int64_t q_offset = 0;  // the reference executor's query rows in chunks: the first one's q_idx
   int64_t group() const { return q_heads / kv_heads; }
 };
 

@@ -21,16 +21,17 @@ at::ScalarType scalar_type(DType t, at::ScalarType compute) {
 }
 
 at::Tensor param(ir::Param p, const EvalInputs& in) {
-  auto idx = [&](int64_t n, int dim) {
+  auto idx = [&](int64_t n, int dim, int64_t start = 0) {
     std::vector<int64_t> shape(4, 1);
     shape[dim] = n;
-    return at::arange(n, at::TensorOptions().dtype(at::kLong).device(in.score.device())).view(shape);
+    return at::arange(start, start + n,
+                      at::TensorOptions().dtype(at::kLong).device(in.score.device())).view(shape);
   };
   switch (p) {
     case ir::Param::Score: return in.score;
     case ir::Param::B: return idx(in.batch, 0);
     case ir::Param::H: return idx(in.heads, 1);
-    case ir::Param::QIdx: return idx(in.q_len, 2);
+    case ir::Param::QIdx: return idx(in.q_len, 2, in.q_offset);
     case ir::Param::KvIdx: return idx(in.kv_len, 3);
     case ir::Param::Stat:
       AE_CHECK(VALUE, in.stat.defined(), "internal error: the row statistic is not known yet");

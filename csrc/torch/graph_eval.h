@@ -18,6 +18,7 @@ struct EvalInputs {
   std::vector<at::Tensor> buffers;  // the captured tensors, in the graph's order
   at::ScalarType compute = at::kFloat;
   at::Tensor stat;  // [B,H,Sq,1]: the row statistic, for a custom normalization's finish
+  int64_t q_offset = 0;  // q_idx of the first query row (the reference's row chunks)
 };
 
 // One tensor per node (undefined for nodes no output needs). Float nodes are in the compute

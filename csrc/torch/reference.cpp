@@ -31,7 +31,7 @@ Scores compute_scores(const ir::Graph& g, const at::Tensor& q, const at::Tensor&
                       const std::vector<at::Tensor>& buffers, const Shapes& s, double scale,
                       at::ScalarType cdt) {
   at::Tensor raw = at::matmul(q.to(cdt), kf.transpose(-1, -2)) * scale;
-  EvalInputs in{raw, s.batch, s.q_heads, s.q_len, s.kv_len, buffers, cdt};
+  EvalInputs in{raw, s.batch, s.q_heads, s.q_len, s.kv_len, buffers, cdt, {}, s.q_offset};
   Scores r;
   // A custom normalization's per-row outputs wait for the row statistic (custom_rows).
   r.values = eval_graph(g, in, [](const ir::Output& o) { return !is_row_output(o.name); });
@@ -140,12 +140,14 @@ at::Tensor contributing(const Scores& sc, bool softmax) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> reference_forward(const at::Tensor& q, const at::Tensor& k,
-                                                     const at::Tensor& v,
-                                                     const std::vector<at::Tensor>& buffers,
-                                                     const std::string& key, double scale) {
-  auto variant = get_variant(key);
-  const Shapes s = check_inputs(q, k, v, buffers, *variant);
+namespace {
+
+// The forward of query rows [s.q_offset, s.q_offset + s.q_len) (q holds those rows).
+std::tuple<at::Tensor, at::Tensor> forward_rows(const std::shared_ptr<const ir::Variant>& variant,
+                                                const at::Tensor& q, const at::Tensor& k,
+                                                const at::Tensor& v,
+                                                const std::vector<at::Tensor>& buffers,
+                                                const Shapes& s, double scale) {
   if (variant->forward.normalize == ir::Normalize::Custom)
     return custom_forward(*variant, q, k, v, buffers, s, scale);
   const at::ScalarType cdt = compute_dtype(q);
@@ -163,16 +165,13 @@ std::tuple<at::Tensor, at::Tensor> reference_forward(const at::Tensor& q, const 
   return {out.to(q.scalar_type()), lse.to(cdt)};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> reference_backward(
-    const at::Tensor& dout, const std::optional<at::Tensor>& dlse, const at::Tensor& q,
-    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-    const std::vector<at::Tensor>& buffers, const std::string& key, double scale,
+// The backward of query rows [s.q_offset, s.q_offset + s.q_len) (dout, q, out hold those rows;
+// dk, dv and the captured tensors' gradients are these rows' parts).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> backward_rows(
+    const std::shared_ptr<const ir::Variant>& variant, const at::Tensor& dout,
+    const std::optional<at::Tensor>& dlse, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const std::vector<at::Tensor>& buffers, const Shapes& s, double scale,
     const c10::List<bool>& buffer_grads) {
-  auto variant = get_variant(key);
-  const Shapes s = check_inputs(q, k, v, buffers, *variant);
-  AE_CHECK(VALUE, buffer_grads.size() == buffers.size(),
-           "buffer_grads has {} entries for {} captured tensors", buffer_grads.size(),
-           buffers.size());
   if (variant->forward.normalize == ir::Normalize::Custom)
     return custom_backward(*variant, dout, dlse, q, k, v, buffers, s, scale, buffer_grads);
   const at::ScalarType cdt = compute_dtype(q);
@@ -200,6 +199,85 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> referenc
   const at::Tensor ds = chain(dx, sc.values[g.output("d_score")]);
   return input_grads(g, ds, p, contrib, q, k, v, kf, d_out, s, scale, buffers, buffer_grads,
                      {{"d_load", &sc.values, dx}});
+}
+
+
+// Query rows per chunk: each chunk's score matrices hold at most this many elements (several
+// such matrices are alive at once: at 16k tokens and 16 heads one whole matrix is 16 GiB in
+// fp32). AE_REFERENCE_MAX_SCORES lowers it (tests).
+int64_t chunk_rows(const Shapes& s) {
+  int64_t budget = int64_t(1) << 28;
+  if (const char* e = std::getenv("AE_REFERENCE_MAX_SCORES"); e && std::atoll(e) > 0)
+    budget = std::atoll(e);
+  const int64_t per_row = std::max<int64_t>(1, s.batch * s.q_heads * s.kv_len);
+  return std::max<int64_t>(1, budget / per_row);
+}
+
+Shapes rows_of(const Shapes& s, int64_t start, int64_t n) {
+  Shapes c = s;
+  c.q_offset = start;
+  c.q_len = n;
+  return c;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> reference_forward(const at::Tensor& q, const at::Tensor& k,
+                                                     const at::Tensor& v,
+                                                     const std::vector<at::Tensor>& buffers,
+                                                     const std::string& key, double scale) {
+  auto variant = get_variant(key);
+  const Shapes s = check_inputs(q, k, v, buffers, *variant);
+  const int64_t step = chunk_rows(s);
+  if (s.q_len <= step) return forward_rows(variant, q, k, v, buffers, s, scale);
+  std::vector<at::Tensor> outs, stats;
+  for (int64_t r = 0; r < s.q_len; r += step) {
+    const int64_t n = std::min(step, s.q_len - r);
+    auto [o, st] = forward_rows(variant, q.narrow(2, r, n), k, v, buffers, rows_of(s, r, n), scale);
+    outs.push_back(o);
+    stats.push_back(st);
+  }
+  return {at::cat(outs, 2), at::cat(stats, 2)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> reference_backward(
+    const at::Tensor& dout, const std::optional<at::Tensor>& dlse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& v, const at::Tensor& /*out*/,
+    const at::Tensor& /*lse*/, const std::vector<at::Tensor>& buffers, const std::string& key,
+    double scale, const c10::List<bool>& buffer_grads) {
+  auto variant = get_variant(key);
+  const Shapes s = check_inputs(q, k, v, buffers, *variant);
+  AE_CHECK(VALUE, buffer_grads.size() == buffers.size(),
+           "buffer_grads has {} entries for {} captured tensors", buffer_grads.size(),
+           buffers.size());
+  const int64_t step = chunk_rows(s);
+  if (s.q_len <= step)
+    return backward_rows(variant, dout, dlse, q, k, v, buffers, s, scale, buffer_grads);
+  std::vector<at::Tensor> dqs;
+  at::Tensor dk, dv;
+  std::vector<at::Tensor> dbuf;
+  for (int64_t r = 0; r < s.q_len; r += step) {
+    const int64_t n = std::min(step, s.q_len - r);
+    std::optional<at::Tensor> dlse_c;
+    if (dlse && dlse->defined()) dlse_c = dlse->narrow(2, r, n);
+    auto [dq_c, dk_c, dv_c, dbuf_c] =
+        backward_rows(variant, dout.narrow(2, r, n), dlse_c, q.narrow(2, r, n), k, v, buffers,
+                      rows_of(s, r, n), scale, buffer_grads);
+    dqs.push_back(dq_c);
+    // Sums in the compute dtype, cast once (fp16/bf16 gradients would round per chunk).
+    const at::ScalarType cdt = compute_dtype(q);
+    dk = dk.defined() ? dk + dk_c.to(cdt) : dk_c.to(cdt);
+    dv = dv.defined() ? dv + dv_c.to(cdt) : dv_c.to(cdt);
+    if (dbuf.empty()) {
+      for (const at::Tensor& t : dbuf_c) dbuf.push_back(t.numel() ? t.to(cdt) : t);
+    } else {
+      for (size_t i = 0; i < dbuf.size(); ++i)
+        if (dbuf_c[i].numel()) dbuf[i] = dbuf[i] + dbuf_c[i].to(cdt);
+    }
+  }
+  for (size_t i = 0; i < dbuf.size(); ++i)
+    if (dbuf[i].numel()) dbuf[i] = dbuf[i].to(buffers[i].scalar_type());
+  return {at::cat(dqs, 2), dk.to(k.scalar_type()), dv.to(v.scalar_type()), dbuf};
 }
 
 }  // namespace ae::torch_ops

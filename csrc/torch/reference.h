@@ -3,7 +3,10 @@
 // same op graph the kernels are generated from, and its backward is the same math the kernels
 // run: P recomputed, dS = P * (dP - rowsum(P * dP)) * d score_mod / d score, and gradients of
 // captured tensors scatter-added from dS * d score_mod / d value. So it is both the CPU path
-// and the oracle for the GPU tests.
+// and the oracle for the GPU tests. Query rows go in chunks of at most 2^28 scores
+// (AE_REFERENCE_MAX_SCORES lowers it): each chunk's rows see all keys; dK, dV and the
+// captured tensors' gradients are summed over chunks. The backward recomputes what it needs
+// from q, k and v (out and lse are not read).
 #pragma once
 
 #include <ATen/ATen.h>

@@ -67,7 +67,7 @@ Rows custom_rows(const ir::Graph& g, const at::Tensor& q, const at::Tensor& kf,
   r.empty = at::logical_not(r.contrib.any(-1, /*keepdim=*/true));
   if (!g.log_domain) r.stat = at::where(r.empty, 0.0, r.stat);
 
-  EvalInputs in{x, s.batch, s.q_heads, s.q_len, s.kv_len, buffers, cdt, r.stat};
+  EvalInputs in{x, s.batch, s.q_heads, s.q_len, s.kv_len, buffers, cdt, r.stat, s.q_offset};
   r.row_values = eval_graph(g, in, [](const ir::Output& o) { return is_row_output(o.name); });
   const int finish = g.output("finish");
   auto rows = [&](const at::Tensor& t) { return at::broadcast_to(t, r.stat.sizes()); };

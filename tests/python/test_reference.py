@@ -91,3 +91,43 @@ def test_buffer_values_read_at_call_time():
     ref, _ = oracle(q, k, v, mods.alibi(slopes))
     assert not torch.allclose(before, after)
     assert_close(after, ref, 1e-10, "after in-place update")
+
+
+@pytest.mark.parametrize("name", ["alibi_causal", "relative_bias", "none", "retention", "sink"])
+def test_query_rows_in_chunks_equal_the_whole(name, monkeypatch):
+    """Past a budget of scores the reference executor runs the query rows in chunks (q_idx
+    offset, dK / dV and captured gradients summed): the same values and gradients."""
+    torch.manual_seed(0)
+    table = torch.randn(2, 33, dtype=torch.float64, requires_grad=True)
+    sink = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    attn = {
+        "alibi_causal": lambda: ae.compile(mods.alibi(mods.alibi_slopes(2)), mods.causal),
+        "relative_bias": lambda: ae.compile(mods.relative_bias(table, 16)),
+        "none": lambda: ae.compile(mods.sigmoid(-1.0), mods.causal, normalize="none"),
+        "retention": lambda: ae.compile(mask_mod=lambda b, h, q, k: k < q,
+                                        normalize=ae.normalizers.retention),
+        "sink": lambda: ae.compile(mask_mod=mods.causal,
+                                   normalize=ae.normalizers.softmax_with_sink(sink)),
+    }[name]()
+    q = torch.randn(2, 2, 13, 8, dtype=torch.float64)
+    k, v = torch.randn(2, 1, 11, 8, dtype=torch.float64), torch.randn(2, 1, 11, 8, dtype=torch.float64)
+    dout = torch.randn(2, 2, 13, 8, dtype=torch.float64)
+    dstat = torch.randn(2, 2, 13, dtype=torch.float64)
+    extra = [t for t in (table, sink) if any(t is b for b in attn.buffers)]
+
+    def run():
+        qq, kk, vv = (t.clone().requires_grad_(True) for t in (q, k, v))
+        out, stat = attn(qq, kk, vv, return_lse=name != "none"), None
+        if isinstance(out, tuple):
+            out, stat = out
+        loss = (out * dout).sum()
+        if stat is not None:
+            loss = loss + torch.where(torch.isfinite(stat), stat, 0.0).mul(dstat).sum()
+        grads = torch.autograd.grad(loss, (qq, kk, vv, *extra))
+        return [out] + ([stat] if stat is not None else []) + list(grads)
+
+    whole = run()
+    monkeypatch.setenv("AE_REFERENCE_MAX_SCORES", str(2 * 2 * 11 * 3))  # 3 rows per chunk
+    chunked = run()
+    for a, b in zip(whole, chunked):
+        assert_close(b, a, 1e-12)
