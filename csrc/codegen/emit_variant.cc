@@ -248,6 +248,102 @@ std::string custom_norm_members(const Graph& f, int stat, const std::vector<std:
   return s;
 }
 
+// dx times the derivative `root` (of the score by the score parameter), adding dx times each
+// load's derivative into the captured tensors' gradients: the GradSink's runs first_run on.
+std::string grad_function(const char* fn, const Graph& bw, int root,
+                          const std::vector<const ir::Output*>& loads, int first_run,
+                          const std::vector<std::string>& dtypes, int arg) {
+  std::string s;
+  auto out = std::back_inserter(s);
+  fmt::format_to(out, "  AE_DEVICE float {}(float score, int b, int h, int q_idx, int kv_idx, "
+                 "float dx) const {{\n", fn);
+  std::vector<int> roots = {root};
+  for (const ir::Output* o : loads) {
+    roots.push_back(o->node);
+    roots.push_back(o->load);  // its index expressions
+  }
+  s += statements(bw, roots, dtypes, arg);
+  for (size_t i = 0; i < loads.size(); ++i) {
+    const ir::Output* o = loads[i];
+    const Node& ld = bw.nodes[o->load];
+    std::string idx;
+    for (size_t a = 0; a < ld.args.size(); ++a)
+      idx += fmt::format("{}static_cast<long long>({})", a ? ", " : "", name(ld.args[a]));
+    const std::string off = ld.args.empty() ? "0"
+        : fmt::format("ae::grad_offset<{}>(va.buf[{}], {{{}}})", ld.args.size(), ld.index, idx);
+    fmt::format_to(out, "    grads.add_run<{}, {}>(va, {}, dx * {});\n", first_run + i, ld.index,
+                   off, name(o->node));
+  }
+  fmt::format_to(out, "    return dx * {};\n  }}\n", name(root));
+  return s;
+}
+
+// A custom normalization's backward row terms (common/bwd_rows.h bwd_rows_custom): from the
+// row's saved statistic, dot = rowsum(dO * O) and dlse, the lse2 and delta its policy reads
+// (norm::CustomLog, norm::CustomLinear), and the gradients of the captured tensors finish reads
+// (by atomics: dL/dh = dot in the log domain, dL/dc = dO.A = dot / c in the linear one).
+std::string custom_rows_member(const Graph& bw, const std::vector<std::string>& dtypes,
+                               const std::vector<bool>& buffer_grads) {
+  std::string s;
+  auto out = std::back_inserter(s);
+  const int finish = bw.output("finish"), d_finish = bw.output("d_finish");
+  std::vector<int> roots;
+  if (finish >= 0) roots = {finish, d_finish};
+  std::vector<const ir::Output*> d_loads;
+  for (const ir::Output& o : bw.outputs) {
+    const int buffer = o.load >= 0 ? bw.nodes[o.load].index : -1;
+    if (o.name != "d_load_finish" || buffer >= static_cast<int>(buffer_grads.size()) ||
+        !buffer_grads[buffer])
+      continue;
+    d_loads.push_back(&o);
+    roots.push_back(o.node);
+    roots.push_back(o.load);  // its index expressions
+  }
+  s += "\n  AE_DEVICE void custom_rows(float stat, float dot, float dlse, int b, int h, int q_idx,\n"
+       "                            float& lse2, float& delta) const {\n";
+  std::string coef;  // what the finish's load derivatives are multiplied by
+  if (bw.log_domain) {
+    s += "    if (stat == ae::neg_inf()) {  // nothing kept: P = 0\n"
+         "      lse2 = -ae::neg_inf();\n      delta = 0.f;\n      return;\n    }\n";
+    if (!roots.empty()) s += statements(bw, roots, dtypes);
+    fmt::format_to(out, "    const float hv = {}, dhv = {};\n",
+                   finish >= 0 ? conv(bw, finish, DType::Float) : "-stat",
+                   finish >= 0 ? conv(bw, d_finish, DType::Float) : "-1.f");
+    s += "    lse2 = -hv * ae::kLog2e;\n";
+    // (a zero term stays 0 where the exp overflows: no 0 * inf)
+    s += bw.detach_stats
+             ? "    delta = 0.f;  // detach_stats: nothing flows through the statistic\n"
+             : "    const float t = fmaf(dhv, dot, dlse);\n"
+               "    delta = t == 0.f ? 0.f : -t * __expf(-hv - stat);\n";
+    coef = "dot";
+  } else {
+    if (!roots.empty()) s += statements(bw, roots, dtypes);
+    fmt::format_to(out, "    const float cv = {}, dcv = {};\n",
+                   finish >= 0 ? conv(bw, finish, DType::Float) : "1.f",
+                   finish >= 0 ? conv(bw, d_finish, DType::Float) : "0.f");
+    // dO . A (A = sum_j f v) from O = c A: lost where c(L) = 0 (the gradient through c is then
+    // 0 here, not in the reference executor).
+    s += "    const float wa = cv != 0.f ? dot / cv : 0.f;  // dO . A, A = sum_j f v\n"
+         "    lse2 = cv;\n";
+    // (c'(0) may be inf in a row that keeps nothing, where wa is 0)
+    s += bw.detach_stats ? "    delta = 0.f;  // detach_stats: nothing flows through the statistic\n"
+                         : "    delta = (wa != 0.f ? dcv * wa : 0.f) + dlse;\n";
+    coef = "wa";
+  }
+  for (const ir::Output* o : d_loads) {
+    const Node& ld = bw.nodes[o->load];
+    std::string idx;
+    for (size_t a = 0; a < ld.args.size(); ++a)
+      idx += fmt::format("{}static_cast<long long>({})", a ? ", " : "", name(ld.args[a]));
+    const std::string off = ld.args.empty() ? "0"
+        : fmt::format("ae::grad_offset<{}>(va.buf[{}], {{{}}})", ld.args.size(), ld.index, idx);
+    fmt::format_to(out, "    if ({} != 0.f) atomicAdd(va.buf[{}].grad + {}, {} * {});\n", coef,
+                   ld.index, off, coef, name(o->node));
+  }
+  s += "  }\n";
+  return s;
+}
+
 }  // namespace
 
 std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& dtypes,
@@ -292,15 +388,28 @@ std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& d
   // register while a thread's offset stays the same (a per-head slope over a whole block; a
   // relative-bias table's clamped distances, which most scores of a long sequence share),
   // added into the sink's region when it changes.
-  std::vector<const ir::Output*> d_loads;
-  for (const ir::Output& o : bw.outputs)
-    if (o.name == "d_load") {
-      const int buffer = bw.nodes[o.load].index;
-      if (buffer < static_cast<int>(buffer_grads.size()) && buffer_grads[buffer]) d_loads.push_back(&o);
-    }
+  // A custom normalization's kernels differentiate its weight (through the score_mod).
+  const char* d_score_name = custom ? "d_weight" : "d_score";
+  const char* d_load_name = custom ? "d_load_weight" : "d_load";
+  auto loads_named = [&](const char* d_name) {
+    std::vector<const ir::Output*> found;
+    for (const ir::Output& o : bw.outputs)
+      if (o.name == d_name) {
+        const int buffer = bw.nodes[o.load].index;
+        if (buffer < static_cast<int>(buffer_grads.size()) && buffer_grads[buffer])
+          found.push_back(&o);
+      }
+    return found;
+  };
+  const std::vector<const ir::Output*> d_loads = loads_named(d_load_name);
+  // A custom linear normalization's stat: its own derivative (grad_stat) and runs, after grad's.
+  const std::vector<const ir::Output*> stat_loads =
+      stat >= 0 ? loads_named("d_load_stat") : std::vector<const ir::Output*>{};
+  std::vector<const ir::Output*> all_loads = d_loads;
+  all_loads.insert(all_loads.end(), stat_loads.begin(), stat_loads.end());
   std::vector<int> tensor_rank(f.buffers.size(), -1);
   std::string runs, tensors;
-  for (const ir::Output* o : d_loads) {
+  for (const ir::Output* o : all_loads) {
     const Node& ld = bw.nodes[o->load];
     tensor_rank[ld.index] = static_cast<int>(ld.args.size());
     fmt::format_to(std::back_inserter(runs), ", {}", ld.index);
@@ -333,25 +442,12 @@ std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& d
     s += "    return true;\n  }\n\n";
   }
 
-  s += "  AE_DEVICE float grad(float score, int b, int h, int q_idx, int kv_idx, float dx) const {\n";
-  std::vector<int> roots = {bw.output("d_score")};
-  for (const ir::Output* o : d_loads) {
-    roots.push_back(o->node);
-    roots.push_back(o->load);  // its index expressions
-  }
-  s += statements(bw, roots, dtypes, sc.in_bw);
-  for (size_t i = 0; i < d_loads.size(); ++i) {
-    const ir::Output* o = d_loads[i];
-    const Node& ld = bw.nodes[o->load];
-    std::string idx;
-    for (size_t a = 0; a < ld.args.size(); ++a)
-      idx += fmt::format("{}static_cast<long long>({})", a ? ", " : "", name(ld.args[a]));
-    const std::string off = ld.args.empty() ? "0"
-        : fmt::format("ae::grad_offset<{}>(va.buf[{}], {{{}}})", ld.args.size(), ld.index, idx);
-    fmt::format_to(out, "    grads.add_run<{}, {}>(va, {}, dx * {});\n", i, ld.index, off,
-                   name(o->node));
-  }
-  fmt::format_to(out, "    return dx * {};\n  }}\n}};\n", name(bw.output("d_score")));
+  s += grad_function("grad", bw, bw.output(d_score_name), d_loads, 0, dtypes, sc.in_bw);
+  if (stat >= 0)
+    s += grad_function("grad_stat", bw, bw.output("d_stat"), stat_loads,
+                       static_cast<int>(d_loads.size()), dtypes, -1);
+  if (custom) s += custom_rows_member(bw, dtypes, buffer_grads);
+  s += "};\n";
   s += "#if defined(__CUDACC_RTC__) || defined(__NVCC__)\n#pragma nv_diagnostic pop\n#endif\n";
   return s;
 }

@@ -65,6 +65,8 @@ Template template_of(const KernelSpec& s) {
       return {"common/bwd_rows.h", "", fmt::format("ae::bwd_prep<{}>(rp)", elem), false};
     case Kind::BwdDq:
       return {"common/bwd_rows.h", "", fmt::format("ae::bwd_dq<{}>(rp)", elem), false};
+    case Kind::BwdRowsCustom:
+      return {"common/bwd_rows.h", "", "ae::bwd_rows_custom(rp, Variant{va})", false};
     case Kind::FwdCombine:
       return {"common/split_combine.h", "", fmt::format("ae::fwd_combine<{}, {}>(p)", elem, layout),
               false};

@@ -11,6 +11,7 @@ const KernelAbi& abi_of(const KernelSpec& s) {
       {Arg::Attn, Arg::Variant, Arg::TmaQ, Arg::TmaK, Arg::TmaV, Arg::TmaDo}, true};
   static const KernelAbi block_states{{Arg::Attn, Arg::Variant, Arg::BlockStates}, false};
   static const KernelAbi rows{{Arg::Rows}, false};
+  static const KernelAbi rows_variant{{Arg::Rows, Arg::Variant}, false};
   static const KernelAbi attn_only{{Arg::Attn}, false};
   switch (s.kind) {
     case Kind::Forward: return s.family == Family::Sm90 ? tma : attn;
@@ -19,6 +20,7 @@ const KernelAbi& abi_of(const KernelSpec& s) {
     case Kind::FwdCombine: return attn_only;
     case Kind::BwdPrep:
     case Kind::BwdDq: return rows;
+    case Kind::BwdRowsCustom: return rows_variant;
   }
   return attn;
 }

@@ -12,6 +12,7 @@ const char* kind_name(Kind k) {
     case Kind::BwdPrep: return "bwd_prep";
     case Kind::BwdDq: return "bwd_dq";
     case Kind::FwdCombine: return "fwd_combine";
+    case Kind::BwdRowsCustom: return "bwd_rows_custom";
   }
   return "?";
 }
@@ -34,6 +35,12 @@ std::string KernelSpec::describe() const {
     case Kind::BwdPrep:
     case Kind::BwdDq:
     case Kind::FwdCombine: return fmt::format("{} {} {}", kind_name(kind), arch, dtype);
+    case Kind::BwdRowsCustom: {  // no dtype (fp32 rows); the gradients it adds into
+      std::string grads;
+      for (size_t i = 0; i < buffer_grads.size(); ++i)
+        if (buffer_grads[i]) grads += fmt::format("{}{}", grads.empty() ? " dbuf" : ",", i);
+      return fmt::format("{} {}{}", kind_name(kind), arch, grads);
+    }
     case Kind::Forward:
     case Kind::Backward: break;
   }

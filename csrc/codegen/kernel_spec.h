@@ -16,6 +16,8 @@ enum class Kind {
   BwdPrep,     // backward row pass: delta, the log2 LSE, dq_accum zeroed (common/bwd_rows.h)
   BwdDq,       // backward row pass: dQ from dq_accum
   FwdCombine,  // split-KV forward: the ranges' partial O and LSE merged (common/split_combine.h)
+  BwdRowsCustom,  // backward row pass of a custom log-domain normalization: its row terms
+                  // from the traced finish (common/bwd_rows.h), after BwdPrep
 };
 // Which template family: the portable kernels of templates/common (block states, row passes),
 // the mma.sync templates (sm_80 and up) or the Hopper ones (sm_90a: TMA, wgmma, warp

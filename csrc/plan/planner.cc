@@ -282,6 +282,21 @@ Step row_pass(const PlanRequest& r, Kind kind, int dim) {
   return s;
 }
 
+// A custom log-domain normalization's row terms (common/bwd_rows.h bwd_rows_custom): one
+// thread per query row, generated from the variant (and adding into the gradients of the
+// captured tensors its finish reads, as the main kernel's spec lists them).
+Step custom_rows_pass(const PlanRequest& r, const KernelSpec& main) {
+  const Problem& pb = r.problem;
+  constexpr int kThreads = 128;
+  Step s = common_step(r, Kind::BwdRowsCustom, main.bf16, kThreads);
+  s.spec.buffer_dtypes = main.buffer_dtypes;
+  s.spec.buffer_grads = main.buffer_grads;
+  s.row_lanes = 1;
+  const int64_t rows = pb.batch * pb.q_heads * pb.q_len;
+  s.grid = {u((rows + kThreads - 1) / kThreads), 1, 1};
+  return s;
+}
+
 }  // namespace
 
 const char* workspace_name(WorkspaceId id) {
@@ -322,10 +337,9 @@ LaunchPlan make_plan(const PlanRequest& r) {
   const Problem& pb = r.problem;
   if (std::string why = unfit_inputs(pb, r.device); !why.empty()) return refuse(why);
   if (r.variant.normalize == ir::Normalize::Custom) {
-    if (pb.kind != OpKind::Forward) return refuse("a custom row normalization has no backward kernel yet");
     if (!r.overrides.custom_norm_kernels)
-      return refuse("a custom row normalization's forward kernels are opt-in (AE_CUSTOM_NORM=1) "
-                    "until they have run on a GPU");
+      return refuse("a custom row normalization's kernels are opt-in (AE_CUSTOM_NORM=1) until "
+                    "they have run on a GPU");
   }
   const Kind kind = pb.kind == OpKind::Forward ? Kind::Forward : Kind::Backward;
   KernelSpec spec;
@@ -357,7 +371,8 @@ LaunchPlan make_plan(const PlanRequest& r) {
   // the deterministic mode's dQ tile counters), the main kernel (dK, dV; dQ added into dq_accum
   // in fp32, rows padded to whole query blocks so that it adds without row tests), the dQ row
   // pass (scale and cast).
-  const bool stats = r.variant.normalize == ir::Normalize::Softmax;
+  const bool custom = r.variant.normalize == ir::Normalize::Custom;
+  const bool stats = r.variant.normalize == ir::Normalize::Softmax || custom;
   plan.workspaces.push_back(
       {WorkspaceId::DqAccum, {pb.batch, pb.q_heads, static_cast<int64_t>(a.n_q_blocks) * spec.block_m, pb.d_qk},
        ElemType::Float32, ""});
@@ -380,6 +395,7 @@ LaunchPlan make_plan(const PlanRequest& r) {
   rp.d_v = static_cast<int>(pb.d_v);
   rp.scale = a.scale;
   plan.steps.push_back(row_pass(r, Kind::BwdPrep, rp.d_v));
+  if (custom) plan.steps.push_back(custom_rows_pass(r, spec));
   plan.steps.push_back(main_step(pb, spec, {u(a.n_kv_blocks), u(pb.kv_heads), u(pb.batch)}));
   plan.steps.push_back(row_pass(r, Kind::BwdDq, rp.d_qk));
   return plan;

@@ -267,6 +267,7 @@ int smem_bytes(const KernelSpec& s) {
     case Kind::BlockState:
     case Kind::BwdPrep:
     case Kind::BwdDq:
+    case Kind::BwdRowsCustom:
     case Kind::FwdCombine: return 0;
   }
   return 0;

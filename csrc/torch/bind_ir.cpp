@@ -32,10 +32,11 @@ pybind11::dict kernel_source(const ir::Variant& v, const std::string& step, int 
   namespace pyb = pybind11;
   plan::PlanRequest r;
   r.variant = plan::VariantTraits::of(v);
-  const bool backward = step == "bwd" || step == "bwd_prep" || step == "bwd_dq";
+  const bool backward =
+      step == "bwd" || step == "bwd_prep" || step == "bwd_dq" || step == "bwd_rows_custom";
   if (!backward && step != "fwd" && step != "block_state" && step != "fwd_combine")
-    throw ir::GraphError("step must be fwd, bwd, block_state, bwd_prep, bwd_dq or fwd_combine, not " +
-                         step);
+    throw ir::GraphError("step must be fwd, bwd, block_state, bwd_prep, bwd_dq, bwd_rows_custom "
+                         "or fwd_combine, not " + step);
   if (!buffer_grads.empty() && buffer_grads.size() != buffer_dtypes.size())
     throw ir::GraphError(fmt::format("codegen: {} buffer gradient flags for {} captured tensors",
                                      buffer_grads.size(), buffer_dtypes.size()));

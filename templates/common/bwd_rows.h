@@ -88,6 +88,24 @@ AE_DEVICE void bwd_prep(const BwdRowParams& p) {
     *reinterpret_cast<float4*>(rowpass::acc_at(p, b, h, r, 4 * c)) = make_float4(0.f, 0.f, 0.f, 0.f);
 }
 
+// A custom normalization's row terms, after bwd_prep, one thread per row, from the saved
+// statistic, dot = rowsum(dO * O) (bwd_prep's delta + dlse) and dlse; the Variant computes
+// them (custom_rows) from the traced finish and adds the gradients of captured tensors finish
+// reads. Log domain (norm::CustomLog): the softmax backward's P = exp2(u log2e - lse2) and
+// dS = P (dP - delta) give the exact gradient with lse2 = -h(lse) log2e and delta =
+// -(h'(lse) dot + dlse) exp(-h - lse). Linear (norm::CustomLinear): lse2 = c(L) and delta =
+// c'(L) dot / c + dL.
+template <class Variant>
+AE_DEVICE void bwd_rows_custom(const BwdRowParams& p, const Variant& var) {
+  const long long row = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (row >= static_cast<long long>(p.batch) * p.heads * p.q_len) return;
+  const int r = static_cast<int>(row % p.q_len);
+  const int bh = static_cast<int>(row / p.q_len);
+  const float dlse = p.dlse ? p.dlse[row] : 0.f;
+  var.custom_rows(p.lse[row], p.delta[row] + dlse, dlse, bh / p.heads, bh % p.heads, r,
+                  p.lse2[row], p.delta[row]);  // p.lse: the saved statistic (L, or lse)
+}
+
 // p.lanes: lanes per row, for d_qk / 8 chunks of 8 fp32 values (row_pass_lanes).
 template <bool kBf16>
 AE_DEVICE void bwd_dq(const BwdRowParams& p) {

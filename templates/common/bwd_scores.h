@@ -23,6 +23,7 @@ AE_DEVICE void score_backward(const AttnParams& p, const Variant& var, float& s_
     if constexpr (Variant::kHasMask) keep = keep && var.mask(b, hq, q_idx, key);
   }
   float prob, dx, s = 0.f;
+  if constexpr (Variant::kStat) s = s_io * (p.scale * Variant::kInScale);  // grad_stat's
   if constexpr (!kCheck && Variant::kIdentity) {
     Norm::backward_raw(p, s_io, lse2, dp_io, delta, prob, dx);
   } else {
@@ -34,6 +35,9 @@ AE_DEVICE void score_backward(const AttnParams& p, const Variant& var, float& s_
   }
   float ds = dx;
   if constexpr (!Variant::kIdentity) ds = dx == 0.f ? 0.f : var.grad(s, b, hq, q_idx, key, dx);
+  // A custom linear normalization's stat: its share rho * dg/dx (delta holds the row's rho).
+  if constexpr (Variant::kStat)
+    if (keep && delta != 0.f) ds += var.grad_stat(s, b, hq, q_idx, key, delta);
   s_io = prob;
   dp_io = ds;
 }

@@ -19,9 +19,9 @@
 //                    (bench/RESULTS.md)
 //   rescale / weight / finish   the forward's online steps (kRowStats only)
 //   backward         P and dL/dx of one score in the backward
-//   kLinearRows      without kRowStats: normalize_step makes masked scores (-inf, to tell them
-//                    apart) 0 and notes which rows keep a key; with kSumWeights it also sums
-//                    the weights into RowStats::l
+//   kLinearRows      without kRowStats: score_transform notes which rows keep a key (in
+//                    RowStats::m), and with kSumWeights normalize_step sums the weights into
+//                    RowStats::l
 //   kCustomFinish    store_rows asks the Variant (finish_row) for O's factor and the row
 //                    statistic: a custom row normalization's traced finish function
 // Custom row normalizations (ir::Normalize::Custom) are CustomLog and CustomLinear below,
@@ -109,7 +109,8 @@ struct None {
 
 // A custom normalization in the log domain: softmax's online steps over the log-weights u
 // (the Variant's score is weight(score_mod(s))); the Variant's finish_row then turns the row's
-// lse into O's factor exp(m + h(lse)). Forward only for now: the backward runs the reference.
+// lse into O's factor exp(m + h(lse)). The backward is softmax's, with the row terms of
+// bwd_rows_custom (common/bwd_rows.h) in place of the LSE and delta.
 struct CustomLog : Softmax {
   static constexpr bool kRawScores = false;
   static constexpr bool kCustomFinish = true;
@@ -117,16 +118,27 @@ struct CustomLog : Softmax {
 
 // A linear custom normalization: P is the weight f (the Variant's score), the row statistic L
 // the sum of the weights (kSum) or of the Variant's stat (score_transform sums it: the
-// Variant's kStat), and the Variant's finish_row gives O's factor c(L). Masked scores are -inf
-// until normalize_step (which makes them 0 and notes whether the row keeps any key:
-// RowStats::m stays -inf until it does), so that a row with nothing kept gives 0 whatever
-// c(0) is. Forward only for now.
+// Variant's kStat), and the Variant's finish_row gives O's factor c(L). score_transform notes
+// whether a row keeps any key (RowStats::m stays -inf until it does), so that a row with
+// nothing kept gives 0 whatever c(0) is. In the backward (after bwd_rows_custom) lse2 holds
+// the row's c and delta its term rho = c'(L) dO.A + dL by the statistic: dL/df = c dP, plus rho
+// when the weights are the statistic (kSum); a separate stat's share (rho dg/dx) is the
+// Variant's grad_stat.
 template <bool kSum>
 struct CustomLinear : None {
   static constexpr bool kLinearRows = true;
   static constexpr bool kSumWeights = kSum;
   static constexpr bool kCustomFinish = true;
-  static constexpr bool kMaskedNegInf = true;
+  AE_DEVICE static void backward(float x, float, bool keep, float c, float dp, float rho,
+                                 float& prob, float& dx) {
+    prob = keep ? x * c : 0.f;  // (c may be inf in a row that keeps nothing)
+    dx = keep ? fmaf(c, dp, kSum ? rho : 0.f) : 0.f;
+  }
+  AE_DEVICE static void backward_raw(const AttnParams& p, float s, float c, float dp, float rho,
+                                     float& prob, float& dx) {
+    prob = s * p.scale * c;
+    dx = fmaf(c, dp, kSum ? rho : 0.f);
+  }
 };
 
 }  // namespace ae::norm

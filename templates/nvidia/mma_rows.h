@@ -64,6 +64,8 @@ AE_DEVICE void score_transform(const AttnParams& p, const Variant& var, float (&
         }
         if constexpr (Variant::kStat)
           if (keep) st->l[e >> 1] += var.stat_term(in, b, h, q_idx, kv_idx);
+        if constexpr (Norm::kLinearRows)  // the row keeps a key (RowStats::m: -inf until then)
+          if (keep) st->m[e >> 1] = 0.f;
         s[nt][e] = x;
       }
     }
@@ -92,23 +94,13 @@ AE_DEVICE void normalize_step(float (&s)[kN8][4], RowStats& st, float (&alpha)[2
                               float scale = 1.f) {
   if constexpr (!Norm::kRowStats) {
     alpha[0] = alpha[1] = 1.f;
-    if constexpr (Norm::kLinearRows) {  // custom linear: masked (-inf) -> 0, kept rows noted
+    if constexpr (Norm::kSumWeights) {  // custom linear: L sums the weights
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        bool any = false;
         float sum = 0.f;
 #pragma unroll
-        for (int nt = 0; nt < kN8; ++nt)
-#pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            float& x = s[nt][2 * r + c];
-            const bool kept = x != neg_inf();
-            x = kept ? x : 0.f;
-            any |= kept;
-            sum += x;
-          }
-        if (any) st.m[r] = 0.f;
-        if constexpr (Norm::kSumWeights) st.l[r] += sum;
+        for (int nt = 0; nt < kN8; ++nt) sum += s[nt][2 * r] + s[nt][2 * r + 1];
+        st.l[r] += sum;
       }
     }
     return;

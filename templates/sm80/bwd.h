@@ -79,7 +79,6 @@ struct BwdKernel {
   static constexpr int kCQ = (Cfg::kDqk / 16 + Cfg::kWarpsQ - 1) / Cfg::kWarpsQ;
   static constexpr bool kFullUnroll = Cfg::kDqk <= 128 && Cfg::kDv <= 128;
   using Norm = typename Variant::Norm;
-  static_assert(!Norm::kCustomFinish, "custom row normalizations have no backward kernel yet");
   using Layout = typename Cfg::Layout;
 
   const AttnParams& p;
@@ -226,7 +225,7 @@ struct BwdKernel {
           sdO0 + stage * Cfg::kSmemDO,
           Layout::row(static_cast<const u16*>(p.dout), p.do_stride, b, hq, q0), p.do_stride[2],
           Layout::q_len(p, b) - q0);
-      if constexpr (Norm::kRowStats) {  // the row statistics: one 4-byte copy each
+      if constexpr (Norm::kRowStats || Norm::kLinearRows) {  // the row statistics: 4 bytes each
         const int i = threadIdx.x % Cfg::kBlockM, row = q0 + i;
         const long long off = Layout::stat(p, b, hq, row);
         const bool ok = row < Layout::q_len(p, b);  // rows past the end read as 0 (and are masked)

@@ -45,7 +45,7 @@ AE_DEVICE void attention_decode(const AttnParams& p, const Variant& var) {
   constexpr int BN = Cfg::kBlockN, WK = Cfg::kWarpKeys, kN8 = WK / 8, kO8 = Cfg::kDv / 8;
   constexpr int kLdQK = Cfg::kLdQK, kLdV = Cfg::kLdV;
   using Norm = typename Variant::Norm;
-  static_assert(!Norm::kCustomFinish, "the decode template merges softmax rows only (custom normalizations: the prefill forwards)");
+  static_assert(!Norm::kCustomFinish, "decode merges softmax rows only");
   using Layout = typename Cfg::Layout;
   extern __shared__ __align__(16) char smem_raw[];
   u16* sQ = reinterpret_cast<u16*>(smem_raw);

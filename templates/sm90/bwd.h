@@ -159,7 +159,6 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
                              const TmaDesc* tk, const TmaDesc* tv, const TmaDesc* tdo) {
   constexpr int BM = Cfg::kBlockM, BN = Cfg::kBlockN, S = Cfg::kStages;
   using Norm = typename Variant::Norm;
-  static_assert(!Norm::kCustomFinish, "custom row normalizations have no backward kernel yet");
   using Layout = typename Cfg::Layout;
   extern __shared__ __align__(1024) char smem_raw[];
   char* sK = align_1024(smem_raw);
@@ -230,7 +229,7 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
           tma_load_4d(sdO + stage * Cfg::kDoBytes + c * BM * 128, tdo, full + stage, c * 64,
                       qr.row, qr.head, qr.batch);
       }
-      if constexpr (Norm::kRowStats) {  // rows past the end read as 0 (and are masked)
+      if constexpr (Norm::kRowStats || Norm::kLinearRows) {  // rows past the end read as 0
 #pragma unroll
         for (int i = lane; i < BM; i += 32) {
           const int row = q0 + i;

@@ -352,10 +352,10 @@ def test_host_and_template_agree_on_shared_memory():
 # AE_CUSTOM_NORM until they have run on a GPU): the forwards of both families, for the ready
 # normalizers and one with a learnable tensor in each function.
 def _learnable_linear():
-    w, g = torch.ones(16, requires_grad=True), torch.ones(16, requires_grad=True)
+    w, g, c = (torch.ones(16, requires_grad=True) for _ in range(3))
     return ae.Normalizer(lambda x, b, h, q, k: torch.relu(x) * w[h],
                          stat=lambda x, b, h, q, k: torch.abs(x) + g[h],
-                         finish=lambda L, b, h, q: 1.0 / (1.0 + L))
+                         finish=lambda L, b, h, q: c[h] / (1.0 + L))
 
 
 CUSTOM_NORMS = {
@@ -368,6 +368,9 @@ CUSTOM_NORMS = {
     "learnable_linear": lambda: ae.compile(mask_mod=mods.causal, normalize=_learnable_linear()),
     "detached_log": lambda: ae.compile(normalize=ae.Normalizer(
         lambda x, b, h, q, k: x, log_domain=True, detach_stats=True)),
+    "learnable_sink": lambda: ae.compile(mods.alibi(mods.alibi_slopes(16)), mods.causal,
+                                         normalize=ae.normalizers.softmax_with_sink(
+                                             torch.zeros(16, requires_grad=True))),
 }
 
 
@@ -385,11 +388,35 @@ def test_custom_normalization_forward_compiles_without_spills(name, dims, kind, 
     _compiles_without_spills(info, kind)
 
 
+# Their backward: the main kernels with the variant's weight (and a linear stat's grad_stat),
+# after the row pass of their finish (bwd_rows_custom); learnable tensors in every function.
+@pytest.mark.parametrize("kind", ["bwd", "bwd90", "bwd_rows_custom"])
+@pytest.mark.parametrize("name", ["learnable_sink", "detached_log", "sink", "retention",
+                                  "relu_normalized", "learnable_linear"])
+def test_custom_normalization_backward_compiles_without_spills(name, kind, monkeypatch):
+    monkeypatch.setenv("AE_CUSTOM_NORM", "1")
+    attn = CUSTOM_NORMS[name]()
+    grads = [t.requires_grad for t in attn.buffers]
+    if kind == "bwd_rows_custom":
+        info = _source(attn, "bwd", 128, 128, grads=grads)
+        assert "bwd_rows_custom" in info["plan"], info["plan"]
+        dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers]
+        info = attn.variant.kernel_source("bwd_rows_custom", 128, 128, True, dtypes,
+                                          buffer_grads=grads)
+        assert "custom_rows" in info["source"]
+        if name in ("learnable_sink", "learnable_linear"):  # finish's gradients, per row
+            assert "atomicAdd(va.buf[" in info["source"]
+        for arch in ["sm_80", "sm_90a"]:
+            (report,) = _C.jit_check_arches(info["source"], info["entry"], arches=[arch],
+                                            options=[])
+            assert report["ok"], f"{info['describe']} {arch}: {report['error']}"
+        return
+    _compiles_without_spills(_source(attn, kind, 128, 128, grads=grads), kind)
+
+
 def test_custom_normalization_kernels_are_opt_in(monkeypatch):
     monkeypatch.delenv("AE_CUSTOM_NORM", raising=False)
     attn = CUSTOM_NORMS["retention"]()
-    with pytest.raises(Exception, match="AE_CUSTOM_NORM"):
-        _source(attn, "fwd90", 128, 128)
-    monkeypatch.setenv("AE_CUSTOM_NORM", "1")
-    with pytest.raises(Exception, match="no backward kernel"):
-        _source(attn, "bwd90", 128, 128)
+    for kind in ("fwd90", "bwd90"):
+        with pytest.raises(Exception, match="AE_CUSTOM_NORM"):
+            _source(attn, kind, 128, 128)

@@ -1,7 +1,8 @@
-"""The fused forwards of custom row normalizations (templates/common/normalizers.h CustomLog /
+"""The fused kernels of custom row normalizations (templates/common/normalizers.h CustomLog /
 CustomLinear, opt-in with AE_CUSTOM_NORM=1 until this file has passed on a GPU): out and the row
 statistic against the reference executor on the same bf16 inputs (fp32 math), both families,
-with masks that leave rows empty, partial blocks and GQA. Every test is marked gpu.
+with masks that leave rows empty, partial blocks and GQA; the log-domain backward (softmax's
+kernels with bwd_rows_custom's row terms) with a learnable sink. Every test is marked gpu.
 
     PYTHONPATH=python python -m pytest -q -rs tests/python/test_gpu_normalizers.py
 """
@@ -77,3 +78,60 @@ def test_custom_normalization_forward_kernel_is_opt_in(monkeypatch):
     attn = ae.compile(mask_mod=mods.causal, normalize=ae.normalizers.retention)
     q = torch.randn(1, 4, 64, 64, device=DEV, dtype=torch.bfloat16)
     assert attn.backend_for(q, q, q).startswith("reference")
+
+
+@pytest.mark.parametrize("family", ["sm90", "sm80"])
+@pytest.mark.parametrize("name", ["learnable_sink", "detached_log", "sink_softcap", "retention",
+                                  "relu_normalized", "learnable_linear", "inverse_l"])
+def test_custom_normalization_backward(name, family, monkeypatch):
+    """dq, dk, dv and the captured tensors' gradients (in the weight, the stat and the finish)
+    with a loss on the returned statistic too, against the reference executor."""
+    monkeypatch.setenv("AE_CUSTOM_NORM", "1")
+    if family == "sm80":
+        monkeypatch.setenv("AE_DISABLE_SM90", "1")
+        monkeypatch.setenv("AE_DISABLE_SM90_BWD", "1")
+    sink = torch.linspace(-1, 1, 4, device=DEV).requires_grad_(True)
+    gain, shift, c = (torch.linspace(0.5, 1.5, 4, device=DEV).requires_grad_(True)
+                      for _ in range(3))
+    gamma = 1 - 2.0 ** (-5 - torch.arange(4, device=DEV, dtype=torch.float32))
+    learnable = ae.Normalizer(lambda x, b, h, q, k: torch.relu(x) * gain[h],
+                              stat=lambda x, b, h, q, k: torch.abs(x) + shift[h],
+                              finish=lambda L, b, h, q: c[h] / (1.0 + L))
+    score_mod, mask_mod, norm, captured = {
+        "learnable_sink": (None, mods.causal, ae.normalizers.softmax_with_sink(sink), [sink]),
+        "detached_log": (None, lambda b, h, q, k: k < q,
+                         ae.Normalizer(lambda x, b, h, q, k: x, log_domain=True,
+                                       detach_stats=True), []),
+        "sink_softcap": (mods.softcap(2.0), mods.causal, ae.normalizers.softmax_with_sink(sink),
+                         [sink]),
+        "retention": (lambda s, b, h, q, k: s * gamma[h] ** (q - k).float(), mods.causal,
+                      ae.normalizers.retention, []),
+        "relu_normalized": (None, mods.sliding_window(100), ae.normalizers.relu_normalized, []),
+        "learnable_linear": (None, lambda b, h, q, k: k < q, learnable, [gain, shift, c]),
+        # c(0) = inf on the empty row 0: its finish gradient must stay finite (0 there)
+        "inverse_l": (None, lambda b, h, q, k: k < q,
+                      ae.Normalizer(lambda x, b, h, q, k: torch.exp(x),
+                                    finish=lambda L, b, h, q: c[h] / L), [c]),
+    }[name]
+    attn = ae.compile(score_mod, mask_mod, normalize=norm)
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 300, 128, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(2, 2, 300, 128, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(2, 2, 300, 128, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    assert attn.backend_for(q, k, v, backward=True) == family
+    dout = torch.randn_like(q)
+    dstat = torch.randn(2, 4, 300, device=DEV)
+    wants = [q, k, v] + captured
+
+    def grads(fn):
+        out, stat = fn(q, k, v, return_lse=True)
+        loss = (out.float() * dout.float()).sum()
+        loss = loss + torch.where(torch.isfinite(stat), stat, 0.0).mul(dstat).sum()
+        return torch.autograd.grad(loss, wants, allow_unused=True, materialize_grads=True)
+
+    got, want = grads(attn), grads(attn.reference)
+    for i, (a, b) in enumerate(zip(got, want)):
+        n = ["dq", "dk", "dv"][i] if i < 3 else f"d captured[{i - 3}]"
+        assert torch.isfinite(a).all(), n
+        err = (a.float() - b.float()).abs().max().item()
+        assert err <= 3e-2 * b.float().abs().max().item() + 1e-3, (name, n, err)
