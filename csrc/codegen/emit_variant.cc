@@ -248,6 +248,15 @@ std::string custom_norm_members(const Graph& f, int stat, const std::vector<std:
   return s;
 }
 
+// Where a load's element sits in its captured tensor's gradient (the load's index nodes).
+std::string grad_offset_expr(const Node& ld) {
+  if (ld.args.empty()) return "0";
+  std::string idx;
+  for (size_t a = 0; a < ld.args.size(); ++a)
+    idx += fmt::format("{}static_cast<long long>({})", a ? ", " : "", name(ld.args[a]));
+  return fmt::format("ae::grad_offset<{}>(va.buf[{}], {{{}}})", ld.args.size(), ld.index, idx);
+}
+
 // dx times the derivative `root` (of the score by the score parameter), adding dx times each
 // load's derivative into the captured tensors' gradients: the GradSink's runs first_run on.
 std::string grad_function(const char* fn, const Graph& bw, int root,
@@ -265,14 +274,8 @@ std::string grad_function(const char* fn, const Graph& bw, int root,
   s += statements(bw, roots, dtypes, arg);
   for (size_t i = 0; i < loads.size(); ++i) {
     const ir::Output* o = loads[i];
-    const Node& ld = bw.nodes[o->load];
-    std::string idx;
-    for (size_t a = 0; a < ld.args.size(); ++a)
-      idx += fmt::format("{}static_cast<long long>({})", a ? ", " : "", name(ld.args[a]));
-    const std::string off = ld.args.empty() ? "0"
-        : fmt::format("ae::grad_offset<{}>(va.buf[{}], {{{}}})", ld.args.size(), ld.index, idx);
-    fmt::format_to(out, "    grads.add_run<{}, {}>(va, {}, dx * {});\n", first_run + i, ld.index,
-                   off, name(o->node));
+    fmt::format_to(out, "    grads.add_run<{}, {}>(va, {}, dx * {});\n", first_run + i,
+                   bw.nodes[o->load].index, grad_offset_expr(bw.nodes[o->load]), name(o->node));
   }
   fmt::format_to(out, "    return dx * {};\n  }}\n", name(root));
   return s;
@@ -332,13 +335,8 @@ std::string custom_rows_member(const Graph& bw, const std::vector<std::string>& 
   }
   for (const ir::Output* o : d_loads) {
     const Node& ld = bw.nodes[o->load];
-    std::string idx;
-    for (size_t a = 0; a < ld.args.size(); ++a)
-      idx += fmt::format("{}static_cast<long long>({})", a ? ", " : "", name(ld.args[a]));
-    const std::string off = ld.args.empty() ? "0"
-        : fmt::format("ae::grad_offset<{}>(va.buf[{}], {{{}}})", ld.args.size(), ld.index, idx);
     fmt::format_to(out, "    if ({} != 0.f) atomicAdd(va.buf[{}].grad + {}, {} * {});\n", coef,
-                   ld.index, off, coef, name(o->node));
+                   ld.index, grad_offset_expr(ld), coef, name(o->node));
   }
   s += "  }\n";
   return s;
