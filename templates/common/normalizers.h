@@ -111,8 +111,7 @@ struct None {
 // (the Variant's score is weight(score_mod(s))); the Variant's finish_row then turns the row's
 // lse into O's factor exp(m + h(lse)). The backward is softmax's, with the row terms of
 // bwd_rows_custom (common/bwd_rows.h) in place of the LSE and delta.
-struct CustomLog : Softmax {
-  static constexpr bool kRawScores = false;
+struct CustomLog : Softmax {  // (raw scores too: finish_row reads m and l as softmax keeps them)
   static constexpr bool kCustomFinish = true;
 };
 
