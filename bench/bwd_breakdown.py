@@ -3,7 +3,10 @@ per call), for attention_engine and SDPA flash / cuDNN in the same process: B = 
 H = 16, D = 128, bf16. For finding the passes around the main kernels (row sums, casts,
 zero fills) that cost more than their bytes.
 
-    python bench/bwd_breakdown.py [--seq 4096] [--causal]
+    python bench/bwd_breakdown.py [--seq 4096] [--causal] [--retention]
+
+--retention times RetNet's decay with AttentionEngine's retention normalization (causal)
+against the causal baselines.
 """
 import argparse
 import collections
@@ -19,7 +22,10 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--seq", type=int, default=4096)
 ap.add_argument("--causal", action="store_true")
 ap.add_argument("--iters", type=int, default=10)
+ap.add_argument("--retention", action="store_true")
 args = ap.parse_args()
+if args.retention:
+    args.causal = True
 S, H, D = args.seq, 16, 128
 B = max(1, 16384 // S)
 torch.manual_seed(0)
@@ -27,6 +33,10 @@ q, k, v = (torch.randn(B, H, S, D, device="cuda", dtype=torch.bfloat16, requires
            for _ in range(3))
 do = torch.randn_like(q)
 attn = ae.compile(mask_mod=mods.causal) if args.causal else ae.compile()
+if args.retention:
+    gamma = 1 - 2.0 ** (-5 - torch.arange(H, device="cuda", dtype=torch.float32))
+    attn = ae.compile(lambda s, b, h, q_idx, kv_idx: s * gamma[h] ** (q_idx - kv_idx).float(),
+                      mods.causal, normalize=ae.normalizers.retention)
 
 
 def sdpa(backend):

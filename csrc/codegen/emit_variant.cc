@@ -59,6 +59,10 @@ bool has_kernel_load(const std::string& dtype) {
 
 namespace {
 
+// Set by emit_variant while it writes a Variant whose loads may be plain ones (ae::ld's
+// kPlain: a custom normalization's kernels without captured tensors' gradients).
+thread_local bool t_plain_loads = false;
+
 std::string load_expr(const Graph& g, const Node& n, const std::string& dtype) {
   std::string off = "0";
   if (!n.args.empty()) {
@@ -70,12 +74,12 @@ std::string load_expr(const Graph& g, const Node& n, const std::string& dtype) {
   const std::string buf = fmt::format("va.buf[{}]", n.index);
   std::string raw;
   DType raw_type = DType::Int;
-  if (dtype == "float32") raw = fmt::format("ae::ld<float>({}, {})", buf, off), raw_type = DType::Float;
-  else if (dtype == "float64") raw = fmt::format("static_cast<float>(ae::ld<double>({}, {}))", buf, off), raw_type = DType::Float;
+  if (dtype == "float32") raw = fmt::format("ae::ld<float{}>({}, {})", t_plain_loads ? ", true" : "", buf, off), raw_type = DType::Float;
+  else if (dtype == "float64") raw = fmt::format("static_cast<float>(ae::ld<double{}>({}, {}))", t_plain_loads ? ", true" : "", buf, off), raw_type = DType::Float;
   else if (dtype == "bfloat16") raw = fmt::format("ae::ld_bf16({}, {})", buf, off), raw_type = DType::Float;
   else if (dtype == "float16") raw = fmt::format("ae::ld_f16({}, {})", buf, off), raw_type = DType::Float;
-  else if (dtype == "int64") raw = fmt::format("static_cast<int>(ae::ld<long long>({}, {}))", buf, off);
-  else if (dtype == "int32") raw = fmt::format("ae::ld<int>({}, {})", buf, off);
+  else if (dtype == "int64") raw = fmt::format("static_cast<int>(ae::ld<long long{}>({}, {}))", t_plain_loads ? ", true" : "", buf, off);
+  else if (dtype == "int32") raw = fmt::format("ae::ld<int{}>({}, {})", t_plain_loads ? ", true" : "", buf, off);
   else if (dtype == "int16") raw = fmt::format("static_cast<int>(ae::ld<short>({}, {}))", buf, off);
   else if (dtype == "int8") raw = fmt::format("static_cast<int>(ae::ld<signed char>({}, {}))", buf, off);
   else if (dtype == "uint8") raw = fmt::format("static_cast<int>(ae::ld<unsigned char>({}, {}))", buf, off);
@@ -153,9 +157,29 @@ std::string expr(const Graph& g, int id, const std::vector<std::string>& dtypes)
     case Op::Mod:
       return fl ? fmt::format("ae::fmod_floor({}, {})", a(0, t), a(1, t))
                 : fmt::format("ae::remainder({}, {})", a(0, t), a(1, t));
-    case Op::Pow:
-      return fl ? fmt::format("powf({}, {})", a(0, t), a(1, t))
-                : fmt::format("ae::ipow({}, {})", a(0, t), a(1, t));
+    case Op::Pow: {
+      if (!fl) return fmt::format("ae::ipow({}, {})", a(0, t), a(1, t));
+      // A small integer constant exponent multiplies, as torch's pow by a scalar does.
+      const Node& e = g.nodes[n.args[1]];
+      const double c = e.op != Op::Const ? 0.5
+                       : e.type == DType::Float ? e.fvalue : static_cast<double>(e.ivalue);
+      const std::string base = a(0, t);
+      if (c == 0.0) return "1.f";
+      if (c == 1.0) return base;
+      if (c == 2.0) return fmt::format("{0} * {0}", base);
+      if (c == 3.0) return fmt::format("{0} * {0} * {0}", base);
+      if (c == -1.0) return fmt::format("1.f / {}", base);
+      if (c == -2.0) return fmt::format("1.f / ({0} * {0})", base);
+      // An integer exponent (cast to float or not): the branch-free form, where loads are
+      // plain (merged, with the base's log2, across a tile's scores). With __ldg loads the
+      // sm80 forward's scores each keep a log2 chain live and spill (compile-all check).
+      const int int_exp = e.type == DType::Int ? n.args[1]
+                          : e.op == Op::Cast && g.nodes[e.args[0]].type == DType::Int ? e.args[0]
+                                                                                       : -1;
+      if (int_exp >= 0 && t_plain_loads)
+        return fmt::format("ae::fpow_i({}, {})", base, name(int_exp));
+      return fmt::format("ae::fpow({}, {})", base, a(1, t));
+    }
     case Op::Min:
       return fl ? fmt::format("fminf({}, {})", a(0, t), a(1, t))
                 : fmt::format("ae::imin({}, {})", a(0, t), a(1, t));
@@ -403,8 +427,19 @@ std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& d
   // A custom linear normalization's stat: its own derivative (grad_stat) and runs, after grad's.
   const std::vector<const ir::Output*> stat_loads =
       stat >= 0 ? loads_named("d_load_stat") : std::vector<const ir::Output*>{};
+  // The backward's weight and both derivatives from one function (common/bwd_scores.h):
+  // where no captured tensor takes a gradient (the runs would need dx before it is known).
+  const bool fused_stat_grads = stat >= 0 && !identity && d_loads.empty() && stat_loads.empty();
+  fmt::format_to(out, "  static constexpr bool kFusedStatGrads = {};\n",
+                 fused_stat_grads ? "true" : "false");
   std::vector<const ir::Output*> all_loads = d_loads;
   all_loads.insert(all_loads.end(), stat_loads.begin(), stat_loads.end());
+  // Plain loads (merged across a tile's scores) where no gradient atomics can alias them; for
+  // custom normalizations only until the other variants' kernels are measured with them.
+  struct PlainLoads {
+    explicit PlainLoads(bool on) { t_plain_loads = on; }
+    ~PlainLoads() { t_plain_loads = false; }
+  } plain_loads(custom && all_loads.empty());
   std::vector<int> tensor_rank(f.buffers.size(), -1);
   std::string runs, tensors;
   for (const ir::Output* o : all_loads) {
@@ -431,6 +466,15 @@ std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& d
   fmt::format_to(out, "    return {};\n  }}\n\n", conv(f, score_root, DType::Float));
 
   if (custom) s += custom_norm_members(f, stat, dtypes);
+  if (stat >= 0) {
+    // The weight and the stat term in one: the score_mod's work that both read (a decay's
+    // pow, a load) once per score, not once per function.
+    s += "  AE_DEVICE float score_stat(float score, int b, int h, int q_idx, int kv_idx,\n"
+         "                             float& stat) const {\n";
+    s += statements(f, {score_root, stat}, dtypes, sc.in_fwd);
+    fmt::format_to(out, "    stat = {};\n    return {};\n  }}\n\n", conv(f, stat, DType::Float),
+                   conv(f, score_root, DType::Float));
+  }
 
   s += "  AE_DEVICE bool mask(int b, int h, int q_idx, int kv_idx) const {\n";
   if (has_mask) {
@@ -444,6 +488,16 @@ std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& d
   if (stat >= 0)
     s += grad_function("grad_stat", bw, bw.output("d_stat"), stat_loads,
                        static_cast<int>(d_loads.size()), dtypes, -1);
+  if (fused_stat_grads) {
+    s += "  AE_DEVICE void score_grads(float score, int b, int h, int q_idx, int kv_idx, float& x,\n"
+         "                             float& dw, float& dg) const {\n";
+    const int weight = bw.output("weight"), d_weight = bw.output(d_score_name),
+              d_stat = bw.output("d_stat");
+    s += statements(bw, {weight, d_weight, d_stat}, dtypes, sc.in_bw);
+    fmt::format_to(out, "    x = {};\n    dw = {};\n    dg = {};\n  }}\n",
+                   conv(bw, weight, DType::Float), conv(bw, d_weight, DType::Float),
+                   conv(bw, d_stat, DType::Float));
+  }
   if (custom) s += custom_rows_member(bw, dtypes, buffer_grads);
   s += "};\n";
   s += "#if defined(__CUDACC_RTC__) || defined(__NVCC__)\n#pragma nv_diagnostic pop\n#endif\n";

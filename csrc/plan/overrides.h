@@ -10,9 +10,9 @@
 //   AE_DECODE=1 or "block_n,warps"                    forwards of 16 query rows or fewer run the
 //                                                     decode template (with these tiles); off by
 //                                                     default until it has run on a GPU
-//   AE_CUSTOM_NORM=1                                  custom row normalizations run the fused
-//                                                     forwards (CustomLog / CustomLinear); off
-//                                                     by default until they have run on a GPU
+//   AE_CUSTOM_NORM=0                                  custom row normalizations run the
+//                                                     reference executor instead of the fused
+//                                                     kernels (CustomLog / CustomLinear)
 //   AE_GRAD_SINK=global                               captured tensors' gradients by global
 //                                                     atomics (no shared-memory copy)
 // reg_level: ptxas --register-usage-level, -1 for its default. A field that is absent or out
@@ -34,7 +34,7 @@ struct TuningOverrides {
   int decode[2] = {kUnset, kUnset};
   bool enable_decode = false;
   bool global_grads = false;
-  bool custom_norm_kernels = false;
+  bool custom_norm_kernels = true;
 
   // Read from the environment (every call: benchmarks change them between calls).
   static TuningOverrides from_environment();

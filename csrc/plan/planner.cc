@@ -338,8 +338,7 @@ LaunchPlan make_plan(const PlanRequest& r) {
   if (std::string why = unfit_inputs(pb, r.device); !why.empty()) return refuse(why);
   if (r.variant.normalize == ir::Normalize::Custom) {
     if (!r.overrides.custom_norm_kernels)
-      return refuse("a custom row normalization's kernels are opt-in (AE_CUSTOM_NORM=1) until "
-                    "they have run on a GPU");
+      return refuse("AE_CUSTOM_NORM=0 turns a custom row normalization's kernels off");
   }
   const Kind kind = pb.kind == OpKind::Forward ? Kind::Forward : Kind::Backward;
   KernelSpec spec;

@@ -72,9 +72,8 @@ class Normalizer:
 
     Ready ones in ``attention_engine.normalizers``: ``softmax``, ``none``, ``retention``
     (AttentionEngine's: x / max(sum |x|, 1)), ``relu_normalized`` (relu(x) / sum relu), and the
-    factories ``softmax_with_temperature(t)`` and ``softmax_with_sink(sink)``. Until their
-    kernels exist, custom normalizations run on the reference executor (on a GPU too, after
-    a warning).
+    factories ``softmax_with_temperature(t)`` and ``softmax_with_sink(sink)``. On a GPU they
+    run fused kernels (``AE_CUSTOM_NORM=0``: the reference executor).
 
     ``attn(q, k, v, return_lse=True)`` returns ``(out, L)``: L per query row, [B, Hq, Sq]
     (the log of the sum in the log domain); 0 (log domain: -inf) where the mask keeps nothing,

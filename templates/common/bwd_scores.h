@@ -23,23 +23,38 @@ AE_DEVICE void score_backward(const AttnParams& p, const Variant& var, float& s_
     if constexpr (Variant::kHasMask) keep = keep && var.mask(b, hq, q_idx, key);
   }
   float prob, dx, s = 0.f;
-  if constexpr (Variant::kStat) s = s_io * (p.scale * Variant::kInScale);  // grad_stat's
-  if constexpr (!kCheck && Variant::kIdentity) {
-    Norm::backward_raw(p, s_io, lse2, dp_io, delta, prob, dx);
-  } else {
-    // The score times the score_mod's constant inner factor (generated code takes it so), and
-    // its outer one folded into the policy's factor (codegen/score_scales.h).
+  if constexpr (Variant::kFusedStatGrads) {
+    // A custom linear normalization with a score_mod and no captured tensor's gradient: its
+    // weight and the derivatives of the weight and the stat from one function, whose shared
+    // work (a decay's pow) is done once per score instead of once in each.
     s = s_io * (p.scale * Variant::kInScale);
-    const float x = Variant::kIdentity ? s : var.score(s, b, hq, q_idx, key);
+    float x, dw, dg;
+    var.score_grads(s, b, hq, q_idx, key, x, dw, dg);
     Norm::backward(x, Norm::kModFactor * Variant::kOutScale, keep, lse2, dp_io, delta, prob, dx);
+    float ds = dx == 0.f ? 0.f : dx * dw;
+    if (keep && delta != 0.f) ds = fmaf(delta, dg, ds);
+    s_io = prob;
+    dp_io = ds;
+  } else {
+    if constexpr (Variant::kStat) s = s_io * (p.scale * Variant::kInScale);  // grad_stat's
+    if constexpr (!kCheck && Variant::kIdentity) {
+      Norm::backward_raw(p, s_io, lse2, dp_io, delta, prob, dx);
+    } else {
+      // The score times the score_mod's constant inner factor (generated code takes it so),
+      // and its outer one folded into the policy's factor (codegen/score_scales.h).
+      s = s_io * (p.scale * Variant::kInScale);
+      const float x = Variant::kIdentity ? s : var.score(s, b, hq, q_idx, key);
+      Norm::backward(x, Norm::kModFactor * Variant::kOutScale, keep, lse2, dp_io, delta, prob,
+                     dx);
+    }
+    float ds = dx;
+    if constexpr (!Variant::kIdentity) ds = dx == 0.f ? 0.f : var.grad(s, b, hq, q_idx, key, dx);
+    // A custom linear normalization's stat: its share rho * dg/dx (delta holds the row's rho).
+    if constexpr (Variant::kStat)
+      if (keep && delta != 0.f) ds += var.grad_stat(s, b, hq, q_idx, key, delta);
+    s_io = prob;
+    dp_io = ds;
   }
-  float ds = dx;
-  if constexpr (!Variant::kIdentity) ds = dx == 0.f ? 0.f : var.grad(s, b, hq, q_idx, key, dx);
-  // A custom linear normalization's stat: its share rho * dg/dx (delta holds the row's rho).
-  if constexpr (Variant::kStat)
-    if (keep && delta != 0.f) ds += var.grad_stat(s, b, hq, q_idx, key, delta);
-  s_io = prob;
-  dp_io = ds;
 }
 
 }  // namespace ae

@@ -160,9 +160,16 @@ struct GradSink {
   }
 };
 
-template <typename T>
+// Loads of captured tensors (read-only while a kernel runs): __ldg, or with kPlain a plain
+// load, which the compiler merges across a backward tile's scores (the same per-head value
+// and what is computed from it, a decay's log2, once per tile instead of once per score;
+// __ldg's loads are merged in forwards only). Plain loads are reloaded around stores that
+// may alias them, such as the atomics of captured tensors' gradients: codegen picks them
+// where a kernel has none (emit_variant's kPlainLoads).
+template <typename T, bool kPlain = false>
 AE_DEVICE T ld(const BufferArg& b, long long off) {
-  return __ldg(static_cast<const T*>(b.data) + off);
+  const T* p = static_cast<const T*>(b.data) + off;
+  return kPlain ? *p : __ldg(p);
 }
 AE_DEVICE float ld_bf16(const BufferArg& b, long long off) {
   unsigned short x = __ldg(static_cast<const unsigned short*>(b.data) + off);
@@ -191,6 +198,36 @@ AE_DEVICE int ipow(int a, int e) {
   int r = 1;
   for (int i = 0; i < e; ++i) r *= a;
   return e < 0 ? 0 : r;
+}
+// torch.pow for floats. A positive finite base with a finite exponent (a per-head decay
+// gamma ** distance, the common case) is exp2(b * log2(a)): the accurate log2f (computed once
+// per tile where the tile's scores share the base, e.g. a per-head load) and one MUFU.EX2,
+// instead of powf's ~65 instructions per score. Error: a few ulp, up to ~150 where the result
+// nears the ends of the float range (|b log2 a| ~ 126). Zero, negative and non-finite
+// operands get C's (and torch's) special values inline: no call, which would make ptxas
+// save registers around it in the middle of the tile's loop.
+AE_DEVICE float fpow(float a, float b) {
+  const float inf = __int_as_float(0x7f800000);
+  const float m = fabsf(a);
+  float r = exp2f(b * log2f(m));
+  if (a > 0.f && a < inf && fabsf(b) < inf) return r;
+  const bool b_int = floorf(b) == b;  // true for +-inf, false for NaN
+  if (__float_as_int(a) < 0) {        // negative, -0 or -inf: |a| ** b, signed
+    if (b_int && fabsf(b) < 16777216.f && (static_cast<int>(b) & 1)) r = -r;  // odd b
+    else if (!b_int && m > 0.f && m < inf) r = __int_as_float(0x7fffffff);    // no real root
+  }
+  if (b == 0.f || a == 1.f || (m == 1.f && fabsf(b) == inf)) r = 1.f;
+  return r;
+}
+// fpow for an integer exponent (a distance cast to float, gamma ** (q_idx - kv_idx)): no
+// branches, so that ptxas interleaves the scores of a tile and computes log2 |a| once where
+// the tile shares a. exp2(n log2 |a|) covers zero and infinite bases (log2 is -inf or inf);
+// n = 0 gives 1 whatever a is; odd n keeps a's sign (from 2^24 on, float(n), the exponent
+// torch sees, is even).
+AE_DEVICE float fpow_i(float a, int n) {
+  const float r = exp2f(static_cast<float>(n) * log2f(fabsf(a)));
+  const bool odd = (n & 1) && n <= (1 << 24) && n >= -(1 << 24);
+  return n == 0 ? 1.f : (__float_as_int(a) < 0 && odd) ? -r : r;
 }
 AE_DEVICE float fsign(float x) { return x > 0.f ? 1.f : (x < 0.f ? -1.f : x); }
 AE_DEVICE int isign(int x) { return (x > 0) - (x < 0); }

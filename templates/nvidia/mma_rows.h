@@ -48,10 +48,13 @@ AE_DEVICE void score_transform(const AttnParams& p, const Variant& var, float (&
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int q_idx = row0 + 8 * (e >> 1), kv_idx = col0 + nt * 8 + (e & 1);
-        float x;
+        float x, stat = 0.f;
         const float in = s[nt][e] * (p.scale * Variant::kInScale);
         if constexpr (Variant::kIdentity) {
           x = s[nt][e] * Norm::identity_scale(p);
+          if constexpr (Variant::kStat) stat = var.stat_term(in, b, h, q_idx, kv_idx);
+        } else if constexpr (Variant::kStat) {
+          x = var.score_stat(in, b, h, q_idx, kv_idx, stat);
         } else {
           // Variant::kOutScale and the policy's factor: weight_scale
           x = var.score(in, b, h, q_idx, kv_idx);
@@ -63,7 +66,7 @@ AE_DEVICE void score_transform(const AttnParams& p, const Variant& var, float (&
           if (!keep) x = Norm::kMaskedNegInf ? neg_inf() : 0.f;
         }
         if constexpr (Variant::kStat)
-          if (keep) st->l[e >> 1] += var.stat_term(in, b, h, q_idx, kv_idx);
+          if (keep) st->l[e >> 1] += stat;
         if constexpr (Norm::kLinearRows)  // the row keeps a key (RowStats::m: -inf until then)
           if (keep) st->m[e >> 1] = 0.f;
         s[nt][e] = x;
@@ -103,25 +106,25 @@ AE_DEVICE void normalize_step(float (&s)[kN8][4], RowStats& st, float (&alpha)[2
         st.l[r] += sum;
       }
     }
-    return;
-  }
+  } else {  // (not a return above: the loop would be "unreachable" to nvcc)
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float mx = neg_inf();
+    for (int r = 0; r < 2; ++r) {
+      float mx = neg_inf();
 #pragma unroll
-    for (int nt = 0; nt < kN8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-    mx = fmaxf(mx, shfl_xor(mx, 1));
-    mx = fmaxf(mx, shfl_xor(mx, 2));
-    float m_use;
-    alpha[r] = Norm::rescale(st.m[r], mx * scale, m_use);
-    float sum = 0.f;
+      for (int nt = 0; nt < kN8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+      mx = fmaxf(mx, shfl_xor(mx, 1));
+      mx = fmaxf(mx, shfl_xor(mx, 2));
+      float m_use;
+      alpha[r] = Norm::rescale(st.m[r], mx * scale, m_use);
+      float sum = 0.f;
 #pragma unroll
-    for (int nt = 0; nt < kN8; ++nt) {
-      s[nt][2 * r] = Norm::weight(s[nt][2 * r], scale, m_use);
-      s[nt][2 * r + 1] = Norm::weight(s[nt][2 * r + 1], scale, m_use);
-      sum += s[nt][2 * r] + s[nt][2 * r + 1];
+      for (int nt = 0; nt < kN8; ++nt) {
+        s[nt][2 * r] = Norm::weight(s[nt][2 * r], scale, m_use);
+        s[nt][2 * r + 1] = Norm::weight(s[nt][2 * r + 1], scale, m_use);
+        sum += s[nt][2 * r] + s[nt][2 * r + 1];
+      }
+      st.l[r] = st.l[r] * alpha[r] + sum;
     }
-    st.l[r] = st.l[r] * alpha[r] + sum;
   }
 }
 

@@ -3,6 +3,8 @@
 // refusals (the reason the fallback warning prints), and its grids and shape fields.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "plan/planner.h"
 #include "plan/tile_tables.h"
 
@@ -251,13 +253,22 @@ TEST(Planner, NormalizeNoneHasNoRowStatistics) {
   EXPECT_FALSE(f.steps[0].spec.overlap);  // the sm90 table's choice for none
 }
 
-TEST(Planner, CustomNormalizationsRunTheReference) {
+TEST(Planner, CustomNormalizationsRunFusedKernelsUnlessTurnedOff) {
   VariantTraits v = plain();
   v.normalize = ir::Normalize::Custom;
-  for (OpKind kind : {OpKind::Forward, OpKind::Backward}) {
-    const LaunchPlan p = make_plan(request(kind, devices::h200(), v));
+  LaunchPlan p = make_plan(request(OpKind::Forward, devices::h200(), v));
+  ASSERT_TRUE(p.ok) << p.reason;
+  EXPECT_EQ(kinds(p), std::vector<Kind>{Kind::Forward});  // no split-KV combine
+  p = make_plan(request(OpKind::Backward, devices::h200(), v));
+  ASSERT_TRUE(p.ok) << p.reason;
+  const std::vector<Kind> k = kinds(p);
+  EXPECT_NE(std::find(k.begin(), k.end(), Kind::BwdRowsCustom), k.end());
+  for (OpKind kind : {OpKind::Forward, OpKind::Backward}) {  // AE_CUSTOM_NORM=0
+    PlanRequest r = request(kind, devices::h200(), v);
+    r.overrides.custom_norm_kernels = false;
+    p = make_plan(r);
     EXPECT_FALSE(p.ok);
-    EXPECT_NE(p.reason.find("custom row normalization"), std::string::npos) << p.reason;
+    EXPECT_NE(p.reason.find("AE_CUSTOM_NORM=0"), std::string::npos) << p.reason;
   }
 }
 

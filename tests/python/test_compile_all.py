@@ -2,6 +2,8 @@
 use is planned (the H100 device class), generated and compiled with NVRTC for sm_80 and
 sm_90a, and must not spill; the portable kernels of templates/common also compile for gfx90a
 with hipRTC. Skipped where no NVRTC can be loaded."""
+import re
+
 import pytest
 import torch
 
@@ -348,9 +350,8 @@ def test_host_and_template_agree_on_shared_memory():
     assert src["smem"] == 2 * (128 * 272 + 2 * 64 * 272 + 2 * 128 * 72) + 2 * 2 * 4 * 64
 
 
-# Custom row normalizations (common/normalizers.h CustomLog / CustomLinear; opt-in with
-# AE_CUSTOM_NORM until they have run on a GPU): the forwards of both families, for the ready
-# normalizers and one with a learnable tensor in each function.
+# Custom row normalizations (common/normalizers.h CustomLog / CustomLinear): the forwards of
+# both families, for the ready normalizers and one with a learnable tensor in each function.
 def _learnable_linear():
     w, g, c = (torch.ones(16, requires_grad=True) for _ in range(3))
     return ae.Normalizer(lambda x, b, h, q, k: torch.relu(x) * w[h],
@@ -378,7 +379,7 @@ CUSTOM_NORMS = {
 @pytest.mark.parametrize("dims", [(128, 128), (64, 64)], ids=lambda d: f"{d[0]}-{d[1]}")
 @pytest.mark.parametrize("name", sorted(CUSTOM_NORMS))
 def test_custom_normalization_forward_compiles_without_spills(name, dims, kind, monkeypatch):
-    monkeypatch.setenv("AE_CUSTOM_NORM", "1")
+    monkeypatch.delenv("AE_CUSTOM_NORM", raising=False)
     monkeypatch.setenv("AE_KV_SPLITS", "4")  # refused: the combine merges softmax rows only
     attn = CUSTOM_NORMS[name]()
     assert attn.variant.normalize == "custom"
@@ -394,7 +395,7 @@ def test_custom_normalization_forward_compiles_without_spills(name, dims, kind, 
 @pytest.mark.parametrize("name", ["learnable_sink", "detached_log", "sink", "retention",
                                   "relu_normalized", "learnable_linear"])
 def test_custom_normalization_backward_compiles_without_spills(name, kind, monkeypatch):
-    monkeypatch.setenv("AE_CUSTOM_NORM", "1")
+    monkeypatch.delenv("AE_CUSTOM_NORM", raising=False)
     attn = CUSTOM_NORMS[name]()
     grads = [t.requires_grad for t in attn.buffers]
     if kind == "bwd_rows_custom":
@@ -414,9 +415,38 @@ def test_custom_normalization_backward_compiles_without_spills(name, kind, monke
     _compiles_without_spills(_source(attn, kind, 128, 128, grads=grads), kind)
 
 
-def test_custom_normalization_kernels_are_opt_in(monkeypatch):
-    monkeypatch.delenv("AE_CUSTOM_NORM", raising=False)
+def test_custom_normalization_kernels_turn_off(monkeypatch):
+    monkeypatch.setenv("AE_CUSTOM_NORM", "0")
     attn = CUSTOM_NORMS["retention"]()
     for kind in ("fwd90", "bwd90"):
         with pytest.raises(Exception, match="AE_CUSTOM_NORM"):
             _source(attn, kind, 128, 128)
+
+
+# torch.pow in generated code (templates/common/variant_support.h): ae::fpow, or the
+# branch-free ae::fpow_i for an integer exponent (a distance, cast or not) in a custom
+# normalization's kernels with plain loads (retention's decay), a small integer constant a
+# product; each form compiles without spills in both families' forwards and the backward
+# (tests/python/test_gpu_pow.py checks their values on a GPU).
+FPOW, FPOW_I = r"ae::fpow\(n\d+, ", r"ae::fpow_i\(n\d+, n\d+\)"
+
+
+@pytest.mark.parametrize("form, expect", [
+    ("tensor", FPOW), ("int", FPOW), ("cast", FPOW), ("retention", FPOW_I),
+    ("square", r"= (n\d+) \* \1;"), ("inverse", r"= 1\.f / n\d+;")])
+def test_pow_forms(form, expect):
+    base = torch.linspace(0.5, 1.0, 16)
+    mod = {
+        "tensor": lambda s, b, h, q, k: s * base[h] ** (s * 0.01),
+        "int": lambda s, b, h, q, k: s * base[h] ** (q - k),
+        "cast": lambda s, b, h, q, k: s * base[h] ** (q - k).float(),
+        "square": lambda s, b, h, q, k: s * base[h] ** 2,
+        "inverse": lambda s, b, h, q, k: s * base[h] ** -1,
+        "retention": lambda s, b, h, q, k: s * base[h] ** (q - k).float(),
+    }[form]
+    attn = ae.compile(mod, mods.causal,
+                      normalize=ae.normalizers.retention if form == "retention" else "softmax")
+    for kind in ("fwd", "fwd90", "bwd90"):
+        info = _source(attn, kind, 128, 128)
+        assert re.search(expect, info["source"]) and "powf" not in info["source"], kind
+        _compiles_without_spills(info, kind)

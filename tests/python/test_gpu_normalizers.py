@@ -1,5 +1,5 @@
 """The fused kernels of custom row normalizations (templates/common/normalizers.h CustomLog /
-CustomLinear, opt-in with AE_CUSTOM_NORM=1 until this file has passed on a GPU): out and the row
+CustomLinear; AE_CUSTOM_NORM=0 turns them off): out and the row
 statistic against the reference executor on the same bf16 inputs (fp32 math), both families,
 with masks that leave rows empty, partial blocks and GQA; the log-domain backward (softmax's
 kernels with bwd_rows_custom's row terms) with a learnable sink. Every test is marked gpu.
@@ -47,7 +47,7 @@ NAMES = ["detached_log", "learnable_linear", "relu_normalized", "retention", "si
 @pytest.mark.parametrize("dims", [(128, 128), (64, 64)], ids=lambda d: f"d{d[0]}")
 @pytest.mark.parametrize("name", NAMES)
 def test_custom_normalization_forward(name, dims, family, monkeypatch):
-    monkeypatch.setenv("AE_CUSTOM_NORM", "1")
+    monkeypatch.delenv("AE_CUSTOM_NORM", raising=False)
     if family == "sm80":
         monkeypatch.setenv("AE_DISABLE_SM90", "1")
     norms = _norms()
@@ -73,8 +73,8 @@ def test_custom_normalization_forward(name, dims, family, monkeypatch):
         assert (out[:, :, 0] == 0).all(), "a row that keeps nothing gives exactly 0"
 
 
-def test_custom_normalization_forward_kernel_is_opt_in(monkeypatch):
-    monkeypatch.delenv("AE_CUSTOM_NORM", raising=False)
+def test_custom_normalization_kernels_turn_off(monkeypatch):
+    monkeypatch.setenv("AE_CUSTOM_NORM", "0")
     attn = ae.compile(mask_mod=mods.causal, normalize=ae.normalizers.retention)
     q = torch.randn(1, 4, 64, 64, device=DEV, dtype=torch.bfloat16)
     assert attn.backend_for(q, q, q).startswith("reference")
@@ -86,7 +86,7 @@ def test_custom_normalization_forward_kernel_is_opt_in(monkeypatch):
 def test_custom_normalization_backward(name, family, monkeypatch):
     """dq, dk, dv and the captured tensors' gradients (in the weight, the stat and the finish)
     with a loss on the returned statistic too, against the reference executor."""
-    monkeypatch.setenv("AE_CUSTOM_NORM", "1")
+    monkeypatch.delenv("AE_CUSTOM_NORM", raising=False)
     if family == "sm80":
         monkeypatch.setenv("AE_DISABLE_SM90", "1")
         monkeypatch.setenv("AE_DISABLE_SM90_BWD", "1")
