@@ -5,7 +5,7 @@
 #
 #   bash bench/gpu_check.sh            # everything
 #   bash bench/gpu_check.sh build test # some steps: build, test, jit, smoke, fwd, bwd, e2e, grads,
-#                                      # decode, norm, generate, docmask, sweep, bench
+#                                      # decode, norm, parts, generate, docmask, sweep, bench
 #   TESTS="tests/python/test_gpu_kernels.py -x -k 'causal or plain'" bash bench/gpu_check.sh build test
 # A step that runs past STEP_TIMEOUT seconds (default 1200) is stopped and counts as failed.
 set -uo pipefail
@@ -43,6 +43,7 @@ for s in $STEPS; do
     grads) step grads captured_grads.log $PY bench/captured_grads.py ;;
     decode) step decode decode.log $PY bench/decode_bench.py ${DECODE_ARGS:-} ;;
     norm)  step norm normalizer.log $PY bench/normalizer_bench.py ${NORM_ARGS:-} ;;
+    parts) step parts retention_parts.log $PY bench/retention_parts.py ${PARTS_ARGS:-} ;;
     generate) step generate generate.log $PY bench/generate.py ${GENERATE_ARGS:-} ;;
     # The document mask at 16k against FlexAttention, with causal for scale (issue 17's table).
     docmask) step docmask docmask.log $PY bench/attention_bench.py --variants causal,document \
@@ -61,6 +62,8 @@ echo; echo "== jit"; tail -n 20 "$OUT/jit_gpu_check.log" 2>/dev/null
 [ -f "$OUT/e2e_train.log" ] && { echo "== e2e"; tail -n 6 "$OUT/e2e_train.log"; }
 [ -f "$OUT/captured_grads.log" ] && { echo "== grads"; tail -n 5 "$OUT/captured_grads.log"; }
 [ -f "$OUT/decode.log" ] && { echo "== decode"; grep -E "^(decode|B[0-9])" "$OUT/decode.log"; }
+[ -f "$OUT/normalizer.log" ] && { echo "== norm"; cat "$OUT/normalizer.log"; }
+[ -f "$OUT/retention_parts.log" ] && { echo "== parts"; cat "$OUT/retention_parts.log"; }
 [ -f "$OUT/generate.log" ] && { echo "== generate"; tail -n 3 "$OUT/generate.log"; }
 [ -f "$OUT/docmask.log" ] && { echo "== docmask"; tail -n 6 "$OUT/docmask.log"; }
 [ -f "$OUT/bench.md" ] && { echo "== bench"; cat "$OUT/bench.md"; }
