@@ -59,6 +59,12 @@ def sections():
             ("normalizers.softmax_with_temperature", ae.normalizers.softmax_with_temperature),
             ("normalizers.softmax_with_sink", ae.normalizers.softmax_with_sink),
         ]),
+        ("Linear attention: attention_engine.compile_linear, attention_engine.linear", [
+            ("attention_engine.compile_linear", ae.compile_linear),
+            ("attention_engine.LinearAttention", ae.LinearAttention),
+            *[(f"linear.{n}", getattr(ae.linear, n)) for n in
+              ["retention", "simple_gla", "gla", "mamba2"]],
+        ]),
         ("Learned block sparsity (SeerAttention): attention_engine.seer", [
             (f"seer.{n}", getattr(ae.seer, n)) for n in
             ["SeerAttention", "SeerGate", "pooled_attention_map", "gate_loss", "select_blocks",

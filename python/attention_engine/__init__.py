@@ -24,11 +24,13 @@ from .flex import (AuxOutput, AuxRequest, BlockMask, create_block_mask, create_m
                    flex_attention)
 from .module import Attention
 from . import seer
+from . import linear
+from .linear import LinearAttention, compile_linear
 from torch.nn.attention.flex_attention import and_masks, noop_mask, or_masks  # noqa: E402
 
 __version__ = _C.__version__
 
 __all__ = ["compile", "CompiledAttention", "clear_kernel_caches", "Attention", "flex_attention",
            "create_block_mask", "create_mask", "BlockMask", "AuxRequest", "AuxOutput",
-           "and_masks", "or_masks", "noop_mask", "mods", "normalizers", "Normalizer", "seer", "GraphError", "TraceError",
+           "and_masks", "or_masks", "noop_mask", "mods", "normalizers", "Normalizer", "seer", "linear", "compile_linear", "LinearAttention", "GraphError", "TraceError",
            "__version__"]

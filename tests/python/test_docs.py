@@ -16,6 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 README = os.path.join(ROOT, "README.md")
 DOC_MODULES = ["attention_engine.api", "attention_engine.module", "attention_engine.flex",
                "attention_engine._block_mask", "attention_engine.mods", "attention_engine.seer",
+               "attention_engine.linear",
                "attention_engine.integrations.transformers"]
 
 
@@ -50,6 +51,14 @@ def test_readme_inference_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
     assert "torch.Size([2, 1, 4, 16])" in capsys.readouterr().out
+
+
+def test_readme_linear_example_runs(tmp_path, monkeypatch, capsys):
+    (block,) = [b for b in python_blocks(README) if "compile_linear" in b]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+    out = capsys.readouterr().out
+    assert "torch.Size([2, 4, 100, 32]) torch.Size([2, 4, 1, 32]) torch.Size([4])" in out
 
 
 def test_readme_seer_example_runs(tmp_path, monkeypatch, capsys):

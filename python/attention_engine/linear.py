@@ -1,0 +1,340 @@
+"""Linear attention: a running state instead of a row of scores (RetNet, GLA, Mamba2's SSD).
+
+Each query reads the state built from the keys and values before it:
+
+    S_t = diag(exp(a_t)) S_{t-1} + k_t v_t^T        (S: [D_k, D_v], fp32)
+    o_t = scale * q_t^T S_t
+
+with feature maps on q, k, v and a log-decay a_t <= 0 (one per (b, h, t), or one per key
+channel for GLA), each written as a small Python function:
+
+    lin = attention_engine.compile_linear(q_mod=..., k_mod=..., v_mod=..., decay_mod=...)
+    o = lin(q, k, v, g)                                   # q, k [B, H, T, D_k], v [B, H, T, D_v]
+    o, state = lin(q, k, v, g, output_final_state=True)   # state [B, H, D_k, D_v]
+
+- ``q_mod(x, b, h, t, d)`` / ``k_mod`` / ``v_mod``: elementwise, ``x`` the element and the
+  indices (``t`` the position in its sequence, ``d`` the channel); a sixth argument first
+  after ``x`` receives the per-call input ``g`` at (b, h, t): ``k_mod(x, g, b, h, t, d)``
+  (Mamba2 scales B by dt).
+- ``decay_mod(g, b, h, t)``: the natural-log decay per (b, h, t), or with
+  ``per_channel=True`` ``decay_mod(g, b, h, t, d)`` per key channel. ``g`` is the call's
+  ``g`` (None when not given): data-dependent gates (GLA's, Mamba2's dt) come through it.
+- Captured tensors (a per-head decay, Mamba2's A) are read as in the mods of
+  ``attention_engine.compile``; those that require grad get gradients.
+
+This is the reference path (PyTorch, any device, chunked, fp32 state, autograd for every
+gradient); the fused chunked kernels and the recurrent decode step are still to come (the
+linear-attention issue), and will take the same definitions.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Callable, Optional
+
+import torch
+
+__all__ = ["LinearAttention", "compile_linear", "retention", "simple_gla", "gla", "mamba2"]
+
+
+def _arity(fn: Callable, role: str, allowed) -> int:
+    if not callable(fn):
+        raise TypeError(f"attention_engine: {role} must be callable or None, got "
+                        f"{type(fn).__name__}")
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return allowed[0]
+    for n in allowed:
+        try:
+            sig.bind(*range(n))
+            return n
+        except TypeError:
+            pass
+    raise TypeError(f"attention_engine: {role} must take {' or '.join(map(str, allowed))} "
+                    f"arguments, but {getattr(fn, '__name__', fn)}{sig} does not")
+
+
+class LinearAttention:
+    """A compiled linear attention (see attention_engine.linear); made by compile_linear.
+
+    ``lin(q, k, v, g=None, *, initial_state=None, output_final_state=False, cu_seqlens=None)``:
+    q, k [B, H, T, D_k] and v [B, H, T, D_v] (any float dtype; the state and the sums are fp32,
+    fp64 for fp64 inputs); g the mods' per-call input, [B, H, T] ([B, H, T, D_k] with
+    per_channel); initial_state [N, H, D_k, D_v] (N sequences); packed sequences with B = 1
+    and ``cu_seqlens`` (the state restarts at each, t counts from 0 in each). Returns out
+    [B, H, T, D_v] in v's dtype, and the final states [N, H, D_k, D_v] (fp32) when asked.
+
+    Example (decoding one token at a time through the state equals one call):
+        >>> import torch, attention_engine as ae
+        >>> lin = ae.linear.retention(num_heads=2)
+        >>> q = k = v = torch.randn(1, 2, 6, 8)
+        >>> out, state = lin(q, k, v, output_final_state=True)
+        >>> step, s = lin(q[:, :, :3], k[:, :, :3], v[:, :, :3], output_final_state=True)
+        >>> step, s = lin(q[:, :, 3:], k[:, :, 3:], v[:, :, 3:], initial_state=s,
+        ...               output_final_state=True)
+        >>> torch.allclose(step, out[:, :, 3:], atol=1e-5), torch.allclose(s, state, atol=1e-5)
+        (True, True)
+    """
+
+    def __init__(self, q_mod=None, k_mod=None, v_mod=None, decay_mod=None, *,
+                 per_channel: bool = False, scale: Optional[float] = None,
+                 chunk_size: int = 64, name: Optional[str] = None):
+        self._feature = {}
+        for role, fn in (("q_mod", q_mod), ("k_mod", k_mod), ("v_mod", v_mod)):
+            self._feature[role] = None if fn is None else (fn, _arity(fn, role, (5, 6)))
+        if decay_mod is not None:
+            _arity(decay_mod, "decay_mod", (5,) if per_channel else (4,))
+        if not isinstance(per_channel, bool):
+            raise TypeError("attention_engine: per_channel must be True or False")
+        if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+            raise TypeError(f"attention_engine: scale must be a finite number or None, got "
+                            f"{scale!r}")
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"attention_engine: chunk_size must be a positive int, got "
+                             f"{chunk_size!r}")
+        self.decay_mod, self.per_channel = decay_mod, per_channel
+        self.scale, self.chunk_size, self.name = scale, chunk_size, name
+
+    def __repr__(self):
+        return f"LinearAttention({self.name or 'custom'})"
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    def _check(self, q, k, v, g, initial_state, cu_seqlens):
+        for n, t in (("q", q), ("k", k), ("v", v)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"attention_engine: {n} must be a tensor, got {type(t).__name__}")
+            if t.dim() != 4:
+                raise ValueError(f"attention_engine: {n} must be [B, H, T, D], got shape "
+                                 f"{tuple(t.shape)}")
+            if not t.is_floating_point():
+                raise TypeError(f"attention_engine: {n} must be a float tensor, got {t.dtype}")
+        if q.shape != k.shape:
+            raise ValueError(f"attention_engine: q and k must have one shape, got "
+                             f"{tuple(q.shape)} and {tuple(k.shape)}")
+        if v.shape[:3] != q.shape[:3]:
+            raise ValueError(f"attention_engine: v must be [B, H, T, D_v] with q's B, H, T, got "
+                             f"{tuple(v.shape)} for q {tuple(q.shape)}")
+        if not (q.device == k.device == v.device):
+            raise ValueError("attention_engine: q, k and v must be on one device")
+        B, H, T, Dk = q.shape
+        if g is not None:
+            want = (B, H, T, Dk) if self.per_channel else (B, H, T)
+            if not isinstance(g, torch.Tensor) or tuple(g.shape) != want:
+                got = tuple(g.shape) if isinstance(g, torch.Tensor) else type(g).__name__
+                raise ValueError(f"attention_engine: g must be a tensor of shape {want}, got {got}")
+        if cu_seqlens is not None:
+            if B != 1:
+                raise ValueError("attention_engine: with cu_seqlens, q, k, v are packed: B must "
+                                 f"be 1, got {B}")
+            if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or \
+                    cu_seqlens.dtype not in (torch.int32, torch.int64) or cu_seqlens.numel() < 2:
+                raise ValueError("attention_engine: cu_seqlens must be a 1-D int32/int64 tensor of "
+                                 "at least 2 offsets")
+            c = cu_seqlens.tolist()
+            if c[0] != 0 or c[-1] != T or any(b < a for a, b in zip(c, c[1:])):
+                raise ValueError(f"attention_engine: cu_seqlens must rise from 0 to T = {T}, got {c}")
+        n_seq = (cu_seqlens.numel() - 1) if cu_seqlens is not None else B
+        if initial_state is not None:
+            want = (n_seq, H, Dk, v.shape[-1])
+            if not isinstance(initial_state, torch.Tensor) or tuple(initial_state.shape) != want:
+                got = (tuple(initial_state.shape) if isinstance(initial_state, torch.Tensor)
+                       else type(initial_state).__name__)
+                raise ValueError(f"attention_engine: initial_state must be {want}, got {got}")
+
+    # -- the mods on whole tensors ----------------------------------------------------------
+
+    @staticmethod
+    def _index(B, H, T, D, device, offset_b=0):
+        b = torch.arange(B, device=device).view(B, 1, 1, 1) + offset_b
+        h = torch.arange(H, device=device).view(1, H, 1, 1)
+        t = torch.arange(T, device=device).view(1, 1, T, 1)
+        d = torch.arange(D, device=device).view(1, 1, 1, D)
+        return b, h, t, d
+
+    def _feature_map(self, role, x, g, seq):
+        entry = self._feature[role]
+        if entry is None:
+            return x
+        fn, n = entry
+        B, H, T, D = x.shape
+        b, h, t, d = self._index(B, H, T, D, x.device, seq)
+        if n == 6:
+            if g is None:
+                raise ValueError(f"attention_engine: {role} reads g: pass g to the call")
+            gx = g if g.dim() == 4 else g.unsqueeze(-1)
+            out = fn(x, gx, b, h, t, d)
+        else:
+            out = fn(x, b, h, t, d)
+        return torch.as_tensor(out, device=x.device).expand(x.shape)
+
+    def _log_decay(self, g, B, H, T, Dk, device, seq):
+        """[B, H, T] (or [B, H, T, Dk]) natural-log decays, fp32 or wider."""
+        if self.decay_mod is None:
+            shape = (B, H, T, Dk) if self.per_channel else (B, H, T)
+            return torch.zeros(shape, device=device)
+        if self.per_channel:
+            b, h, t, d = self._index(B, H, T, Dk, device, seq)
+            a = self.decay_mod(g, b, h, t, d)
+            return torch.as_tensor(a, device=device).expand(B, H, T, Dk)
+        b, h, t, _ = self._index(B, H, T, 1, device, seq)
+        a = self.decay_mod(g, b[..., 0], h[..., 0], t[..., 0])
+        return torch.as_tensor(a, device=device).expand(B, H, T)
+
+    # -- the call ---------------------------------------------------------------------------
+
+    def __call__(self, q, k, v, g=None, *, initial_state=None, output_final_state=False,
+                 cu_seqlens=None):
+        self._check(q, k, v, g, initial_state, cu_seqlens)
+        if cu_seqlens is None:
+            return self._run(q, k, v, g, initial_state, output_final_state, 0)
+        outs, states = [], []
+        c = cu_seqlens.tolist()
+        for i, (s, e) in enumerate(zip(c, c[1:])):
+            sl = slice(s, e)
+            o, st = self._run(q[:, :, sl], k[:, :, sl], v[:, :, sl],
+                              None if g is None else g[:, :, sl],
+                              None if initial_state is None else initial_state[i:i + 1], True, i)
+            outs.append(o)
+            states.append(st)
+        o = torch.cat(outs, dim=2)
+        return (o, torch.cat(states, dim=0)) if output_final_state else o
+
+    def _run(self, q, k, v, g, initial_state, output_final_state, seq):
+        B, H, T, Dk = q.shape
+        Dv = v.shape[-1]
+        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+        scale = Dk ** -0.5 if self.scale is None else self.scale
+        gq = None if g is None else g.to(acc)
+        qf = self._feature_map("q_mod", q.to(acc), gq, seq) * scale
+        kf = self._feature_map("k_mod", k.to(acc), gq, seq)
+        vf = self._feature_map("v_mod", v.to(acc), gq, seq)
+        a = self._log_decay(gq, B, H, T, Dk, q.device, seq).to(acc)
+        state = (torch.zeros(B, H, Dk, Dv, device=q.device, dtype=acc) if initial_state is None
+                 else initial_state.to(acc))
+        outs = []
+        C = self.chunk_size
+        for s in range(0, T, C):
+            e = min(T, s + C)
+            o_c, state = _chunk(qf[:, :, s:e], kf[:, :, s:e], vf[:, :, s:e], a[:, :, s:e], state,
+                                self.per_channel)
+            outs.append(o_c)
+        o = (torch.cat(outs, dim=2) if outs else qf.new_zeros(B, H, 0, Dv)).to(v.dtype)
+        return (o, state) if output_final_state else o
+
+
+def _chunk(q, k, v, a, state, per_channel):
+    """One chunk: o = q (decayed state) + the causal intra-chunk product under the decays; the
+    state carried to the chunk's end. Decays as log-space cumulative sums (never exp of a
+    positive number: every factor is exp of a difference that is <= 0)."""
+    Cn = q.shape[2]
+    A = torch.cumsum(a, dim=2)  # [B, H, C] or [B, H, C, Dk]: log decay from the chunk start
+    causal = torch.ones(Cn, Cn, dtype=torch.bool, device=q.device).tril()
+    if per_channel:
+        # from the state: q_i * exp(A_i); intra: sum_d q_id k_jd exp(A_id - A_jd), j <= i
+        o_state = (q * torch.exp(A)) @ state
+        diff = A[:, :, :, None, :] - A[:, :, None, :, :]  # [B, H, i, j, Dk]
+        diff = torch.where(causal[:, :, None], diff, float("-inf"))
+        scores = (q[:, :, :, None, :] * k[:, :, None, :, :] * torch.exp(diff)).sum(-1)
+        end = A[:, :, -1:, :] - A  # [B, H, C, Dk]: from j to the chunk's end
+        new_state = torch.exp(A[:, :, -1, :])[..., None] * state + \
+            (k * torch.exp(end)).transpose(-1, -2) @ v
+    else:
+        o_state = torch.exp(A)[..., None] * (q @ state)
+        diff = torch.where(causal, A[:, :, :, None] - A[:, :, None, :], float("-inf"))
+        scores = (q @ k.transpose(-1, -2)) * torch.exp(diff)
+        end = (A[:, :, -1:] - A)[..., None]
+        new_state = torch.exp(A[:, :, -1])[..., None, None] * state + \
+            (k * torch.exp(end)).transpose(-1, -2) @ v
+    return o_state + scores @ v, new_state
+
+
+def compile_linear(q_mod: Optional[Callable] = None, k_mod: Optional[Callable] = None,
+                   v_mod: Optional[Callable] = None, decay_mod: Optional[Callable] = None, *,
+                   per_channel: bool = False, scale: Optional[float] = None,
+                   chunk_size: int = 64) -> LinearAttention:
+    """A linear attention from its feature maps and log-decay (see attention_engine.linear).
+
+    Example (RetNet's retention: a per-head decay 1 - 2^(-5 - h)):
+        >>> import torch, attention_engine as ae
+        >>> gamma = 1 - 2.0 ** (-5 - torch.arange(4.0))
+        >>> lin = ae.compile_linear(decay_mod=lambda g, b, h, t: torch.log(gamma[h]))
+        >>> q = k = v = torch.randn(1, 4, 10, 16)
+        >>> o, state = lin(q, k, v, output_final_state=True)
+        >>> o.shape, state.shape
+        (torch.Size([1, 4, 10, 16]), torch.Size([1, 4, 16, 16]))
+    """
+    return LinearAttention(q_mod, k_mod, v_mod, decay_mod, per_channel=per_channel,
+                           scale=scale, chunk_size=chunk_size)
+
+
+# ---- ready definitions -------------------------------------------------------------------
+
+def retention(num_heads: int) -> LinearAttention:
+    """RetNet's retention: decay gamma_h = 1 - 2^(-5 - h) per head, scale D_k^-0.5 (as
+    flash-linear-attention's chunk_retention).
+
+    Example:
+        >>> import torch, attention_engine as ae
+        >>> q = k = v = torch.randn(2, 4, 100, 32)
+        >>> ae.linear.retention(num_heads=4)(q, k, v).shape
+        torch.Size([2, 4, 100, 32])
+    """
+    # float64: cast to the call's accumulation type (fp32, or fp64 for fp64 inputs)
+    log_gamma = torch.log1p(-(2.0 ** (-5.0 - torch.arange(num_heads, dtype=torch.float64))))
+    lin = LinearAttention(decay_mod=lambda g, b, h, t: log_gamma.to(h.device)[h])
+    lin.name = "retention"
+    return lin
+
+
+def simple_gla() -> LinearAttention:
+    """Simple GLA: a data-dependent scalar gate per (b, h, t); g holds its log (<= 0, e.g.
+    logsigmoid of a projection), as flash-linear-attention's chunk_simple_gla.
+
+    Example:
+        >>> import torch, attention_engine as ae
+        >>> q = k = v = torch.randn(1, 2, 50, 16)
+        >>> g = torch.nn.functional.logsigmoid(torch.randn(1, 2, 50))
+        >>> ae.linear.simple_gla()(q, k, v, g).shape
+        torch.Size([1, 2, 50, 16])
+    """
+    lin = LinearAttention(decay_mod=lambda g, b, h, t: g)
+    lin.name = "simple_gla"
+    return lin
+
+
+def gla() -> LinearAttention:
+    """GLA: data-dependent gates per key channel; g [B, H, T, D_k] holds their logs, as
+    flash-linear-attention's chunk_gla.
+
+    Example:
+        >>> import torch, attention_engine as ae
+        >>> q = k = v = torch.randn(1, 2, 50, 16)
+        >>> g = torch.nn.functional.logsigmoid(torch.randn(1, 2, 50, 16)) / 16
+        >>> ae.linear.gla()(q, k, v, g).shape
+        torch.Size([1, 2, 50, 16])
+    """
+    lin = LinearAttention(decay_mod=lambda g, b, h, t, d: g, per_channel=True)
+    lin.name = "gla"
+    return lin
+
+
+def mamba2(A_log: torch.Tensor) -> LinearAttention:
+    """Mamba2's SSD (the scan without the D skip and the gate): q = C, k = B, v = x, per
+    head A = -exp(A_log) (learnable: pass a tensor that requires grad), g = dt (after
+    softplus, > 0): state decay exp(dt A), input B * dt, scale 1.
+
+    Example (A gets its gradient):
+        >>> import torch, attention_engine as ae
+        >>> A_log = torch.zeros(4, requires_grad=True)
+        >>> C, B, x = torch.randn(1, 4, 64, 16), torch.randn(1, 4, 64, 16), torch.randn(1, 4, 64, 8)
+        >>> dt = torch.nn.functional.softplus(torch.randn(1, 4, 64))
+        >>> ae.linear.mamba2(A_log)(C, B, x, dt).sum().backward()
+        >>> A_log.grad.shape
+        torch.Size([4])
+    """
+    lin = LinearAttention(k_mod=lambda x, g, b, h, t, d: x * g,
+                          decay_mod=lambda g, b, h, t: g * -torch.exp(A_log[h]), scale=1.0)
+    lin.name = "mamba2"
+    return lin

@@ -1,0 +1,208 @@
+"""Linear attention's reference path (attention_engine.linear): every ready definition against
+a float64 token-by-token recurrence written here (S_t = diag(exp(a_t)) S_{t-1} + k_t v_t^T,
+o_t = scale q_t^T S_t, with the definition's feature maps written out): outputs, final
+states, gradients of q, k, v, g and captured tensors; odd lengths across chunk boundaries,
+ragged packed batches with initial states, token-by-token calls through the state equal to
+one call, gradcheck, and the errors of bad inputs."""
+import math
+
+import pytest
+import torch
+
+import attention_engine as ae
+
+torch.manual_seed(0)
+
+
+def recurrent(q, k, v, a, scale, state=None):
+    """float64, one token at a time. a: [B, H, T] or [B, H, T, Dk] natural-log decays."""
+    B, H, T, Dk = q.shape
+    S = torch.zeros(B, H, Dk, v.shape[-1], dtype=torch.float64) if state is None else state.double()
+    outs = []
+    for t in range(T):
+        d = torch.exp(a[:, :, t].double())
+        S = (d[..., None] if a.dim() == 4 else d[..., None, None]) * S + \
+            k[:, :, t, :, None].double() * v[:, :, t, None, :].double()
+        outs.append(scale * (q[:, :, t, None, :].double() @ S)[:, :, 0])
+    return torch.stack(outs, dim=2), S
+
+
+def inputs(B, H, T, Dk, Dv, kind, dtype=torch.float64):
+    q, k, v = (torch.randn(B, H, T, d, dtype=dtype) * 0.5 for d in (Dk, Dk, Dv))
+    if kind == "gla":
+        g = torch.nn.functional.logsigmoid(torch.randn(B, H, T, Dk, dtype=dtype)) / 8
+    elif kind == "mamba2":
+        g = torch.nn.functional.softplus(torch.randn(B, H, T, dtype=dtype) - 1)
+    elif kind == "simple_gla":
+        g = torch.nn.functional.logsigmoid(torch.randn(B, H, T, dtype=dtype)) / 4
+    else:
+        g = None
+    return q, k, v, g
+
+
+def oracle(kind, H, q, k, v, g, A_log=None, state=None):
+    """The definition's math written out, then the recurrence."""
+    Dk = q.shape[-1]
+    if kind == "retention":
+        gamma = 1 - 2.0 ** (-5 - torch.arange(H, dtype=torch.float64))
+        a = torch.log(gamma)[None, :, None].expand(q.shape[:3])
+        return recurrent(q, k, v, a, Dk ** -0.5, state)
+    if kind in ("simple_gla", "gla"):
+        return recurrent(q, k, v, g, Dk ** -0.5, state)
+    a = g * -torch.exp(A_log.double())[None, :, None]  # mamba2
+    return recurrent(q, k * g[..., None], v, a, 1.0, state)
+
+
+def definition(kind, H, A_log=None):
+    return {"retention": lambda: ae.linear.retention(H), "simple_gla": ae.linear.simple_gla,
+            "gla": ae.linear.gla, "mamba2": lambda: ae.linear.mamba2(A_log)}[kind]()
+
+
+KINDS = ["retention", "simple_gla", "gla", "mamba2"]
+
+
+@pytest.mark.parametrize("T", [1, 63, 130, 500])
+@pytest.mark.parametrize("kind", KINDS)
+def test_ready_definitions_match_the_recurrence(kind, T):
+    B, H, Dk, Dv = 2, 3, 16, 8
+    q, k, v, g = inputs(B, H, T, Dk, Dv, kind)
+    A_log = torch.randn(H, dtype=torch.float64) * 0.3
+    state0 = torch.randn(B, H, Dk, Dv, dtype=torch.float64) * 0.1
+    leaves = [t for t in (q, k, v, g, A_log) if t is not None]
+    for t in leaves:
+        t.requires_grad_(True)
+    lin = definition(kind, H, A_log)
+    o, s = lin(q, k, v, g, initial_state=state0, output_final_state=True)
+    want_o, want_s = oracle(kind, H, q, k, v, g, A_log, state0)
+    assert o.dtype == torch.float64 and o.shape == (B, H, T, Dv) and s.shape == (B, H, Dk, Dv)
+    assert torch.allclose(o, want_o, atol=1e-10, rtol=1e-9)
+    assert torch.allclose(s, want_s, atol=1e-10, rtol=1e-9)
+    do, ds = torch.randn_like(o), torch.randn_like(s)
+    used = leaves if kind == "mamba2" else [t for t in leaves if t is not A_log]
+    got = torch.autograd.grad((o * do).sum() + (s * ds).sum(), used)
+    want = torch.autograd.grad((want_o * do).sum() + (want_s * ds).sum(), used)
+    for x, y in zip(got, want):
+        assert torch.allclose(x, y, atol=1e-9, rtol=1e-8)
+
+
+@pytest.mark.parametrize("kind", ["retention", "gla"])
+def test_low_precision_inputs_keep_an_fp32_state(kind):
+    q, k, v, g = inputs(1, 2, 200, 32, 32, kind, torch.float64)
+    lin = definition(kind, 2)
+    o = lin(q.bfloat16(), k.bfloat16(), v.bfloat16(), None if g is None else g.float())
+    want, _ = oracle(kind, 2, q.bfloat16().double(), k.bfloat16().double(),
+                     v.bfloat16().double(), g)
+    assert o.dtype == torch.bfloat16
+    assert (o.double() - want).abs().max() <= 1e-2 * want.abs().max()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_packed_sequences_reset_the_state(kind):
+    H, Dk, Dv = 2, 8, 8
+    lens = [5, 64, 1, 131]
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
+    q, k, v, g = inputs(1, H, sum(lens), Dk, Dv, kind)
+    A_log = torch.randn(H, dtype=torch.float64) * 0.3
+    init = torch.randn(len(lens), H, Dk, Dv, dtype=torch.float64)
+    o, s = definition(kind, H, A_log)(q, k, v, g, initial_state=init, output_final_state=True,
+                                      cu_seqlens=cu)
+    for i, (a, b) in enumerate(zip(cu.tolist(), cu.tolist()[1:])):
+        gi = None if g is None else g[:, :, a:b]
+        wo, ws = oracle(kind, H, q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], gi, A_log, init[i:i + 1])
+        assert torch.allclose(o[:, :, a:b], wo, atol=1e-10), i
+        assert torch.allclose(s[i:i + 1], ws, atol=1e-10), i
+
+
+def test_token_by_token_calls_equal_one_call():
+    """Decoding through the returned state is the chunked forward."""
+    q, k, v, g = inputs(2, 2, 70, 8, 8, "gla")
+    lin = ae.linear.gla()
+    full, s_full = lin(q, k, v, g, output_final_state=True)
+    state, outs = None, []
+    for t in range(70):
+        o, state = lin(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], g[:, :, t:t + 1],
+                       initial_state=state, output_final_state=True)
+        outs.append(o)
+    assert torch.allclose(torch.cat(outs, 2), full, atol=1e-12)
+    assert torch.allclose(state, s_full, atol=1e-12)
+
+
+def test_chunk_size_does_not_change_the_result():
+    q, k, v, g = inputs(1, 2, 100, 8, 8, "simple_gla")
+    a = ae.compile_linear(decay_mod=lambda g, b, h, t: g, chunk_size=7)(q, k, v, g)
+    b = ae.compile_linear(decay_mod=lambda g, b, h, t: g, chunk_size=64)(q, k, v, g)
+    assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_feature_maps_and_index_arguments():
+    """Feature maps see the element and (b, h, t, d); t restarts in each packed sequence."""
+    q, k, v, _ = inputs(1, 2, 20, 4, 4, "retention")
+    lin = ae.compile_linear(q_mod=lambda x, b, h, t, d: torch.relu(x) + 0.1 * d,
+                            k_mod=lambda x, b, h, t, d: torch.exp(x) * (t + 1),
+                            v_mod=lambda x, b, h, t, d: x * (h + 1), scale=1.0)
+    i = torch.arange(20, dtype=torch.float64)[:, None]
+    d = torch.arange(4, dtype=torch.float64)
+    want, _ = recurrent(torch.relu(q) + 0.1 * d, torch.exp(k) * (i + 1),
+                        v * torch.tensor([1.0, 2.0]).double()[None, :, None, None],
+                        torch.zeros(1, 2, 20), 1.0)
+    assert torch.allclose(lin(q, k, v), want, atol=1e-10)
+    cu = torch.tensor([0, 8, 20])
+    got = lin(q, k, v, cu_seqlens=cu)
+    second, _ = recurrent(torch.relu(q[:, :, 8:]) + 0.1 * d, torch.exp(k[:, :, 8:]) * (i[:12] + 1),
+                          v[:, :, 8:] * torch.tensor([1.0, 2.0]).double()[None, :, None, None],
+                          torch.zeros(1, 2, 12), 1.0)
+    assert torch.allclose(got[:, :, 8:], second, atol=1e-10)
+
+
+def test_gradcheck_gla_and_mamba2():
+    q, k, v, g = inputs(1, 2, 9, 3, 2, "gla")
+    for t in (q, k, v, g):
+        t.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda *x: ae.linear.gla()(*x, output_final_state=True),
+                                    (q, k, v, g))
+    q, k, v, g = inputs(1, 2, 9, 3, 2, "mamba2")
+    A_log = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    for t in (q, k, v, g):
+        t.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda q, k, v, g, A: ae.linear.mamba2(A)(q, k, v, g),
+                                    (q, k, v, g, A_log))
+
+
+def test_strong_decays_stay_finite():
+    """Log-decays of -80 per token: every exp in the chunked form is of a difference <= 0."""
+    q, k, v, _ = inputs(1, 1, 128, 4, 4, "gla", torch.float32)
+    g = torch.full((1, 1, 128, 4), -80.0, requires_grad=True)
+    o = ae.linear.gla()(q, k, v, g)
+    o.sum().backward()
+    assert torch.isfinite(o).all() and torch.isfinite(g.grad).all()
+    want, _ = recurrent(q, k, v, g.detach(), 4 ** -0.5)
+    assert torch.allclose(o.double(), want, atol=1e-5)
+
+
+def test_bad_inputs_say_what_is_wrong():
+    q, k, v, g = inputs(1, 2, 10, 4, 4, "simple_gla")
+    lin = ae.linear.simple_gla()
+    with pytest.raises(ValueError, match=r"\[B, H, T, D\]"):
+        lin(q[0], k, v, g)
+    with pytest.raises(ValueError, match="one shape"):
+        lin(q, k[..., :2], v, g)
+    with pytest.raises(ValueError, match="g must be a tensor of shape"):
+        lin(q, k, v, g[..., :5])
+    with pytest.raises(ValueError, match="B must be 1"):
+        lin(torch.cat([q, q]), torch.cat([k, k]), torch.cat([v, v]), torch.cat([g, g]),
+            cu_seqlens=torch.tensor([0, 10]))
+    with pytest.raises(ValueError, match="cu_seqlens must rise"):
+        lin(q, k, v, g, cu_seqlens=torch.tensor([0, 6, 4, 10]))
+    with pytest.raises(ValueError, match="initial_state must be"):
+        lin(q, k, v, g, initial_state=torch.zeros(1, 2, 4, 3))
+    with pytest.raises(TypeError, match="decay_mod must take 4"):
+        ae.compile_linear(decay_mod=lambda g, b, h: g)
+    with pytest.raises(TypeError, match="decay_mod must take 5"):
+        ae.compile_linear(decay_mod=lambda g, b, h, t: g, per_channel=True)
+    with pytest.raises(TypeError, match="q_mod must take 5 or 6"):
+        ae.compile_linear(q_mod=lambda x: x)
+    with pytest.raises(ValueError, match="reads g"):
+        ae.linear.mamba2(torch.zeros(2))(q, k, v)
+    with pytest.raises(TypeError, match="float tensor"):
+        lin(q.long(), k, v, g)
+    assert math.isfinite(float(lin(q, k, v, g).sum()))
