@@ -62,6 +62,9 @@ namespace {
 // Set by emit_variant while it writes a Variant whose loads may be plain ones (ae::ld's
 // kPlain: a custom normalization's kernels without captured tensors' gradients).
 thread_local bool t_plain_loads = false;
+// And whether an integer pow takes the branch-free ae::fpow_i (custom normalizations' kernels
+// with plain loads: their conservative tiles have the registers for it).
+thread_local bool t_pow_i = false;
 
 std::string load_expr(const Graph& g, const Node& n, const std::string& dtype) {
   std::string off = "0";
@@ -170,13 +173,14 @@ std::string expr(const Graph& g, int id, const std::vector<std::string>& dtypes)
       if (c == 3.0) return fmt::format("{0} * {0} * {0}", base);
       if (c == -1.0) return fmt::format("1.f / {}", base);
       if (c == -2.0) return fmt::format("1.f / ({0} * {0})", base);
-      // An integer exponent (cast to float or not): the branch-free form, where loads are
-      // plain (merged, with the base's log2, across a tile's scores). With __ldg loads the
-      // sm80 forward's scores each keep a log2 chain live and spill (compile-all check).
+      // An integer exponent (cast to float or not): the branch-free form in custom
+      // normalizations' kernels without gradient atomics (conservative tiles, plain loads:
+      // the base's log2 merged across a tile's scores). Softmax's wide tiles spilled with it:
+      // the sm80 forward's 64 keys, the sm90 forward's 176 (compile-all check).
       const int int_exp = e.type == DType::Int ? n.args[1]
                           : e.op == Op::Cast && g.nodes[e.args[0]].type == DType::Int ? e.args[0]
                                                                                        : -1;
-      if (int_exp >= 0 && t_plain_loads)
+      if (int_exp >= 0 && t_pow_i)
         return fmt::format("ae::fpow_i({}, {})", base, name(int_exp));
       return fmt::format("ae::fpow({}, {})", base, a(1, t));
     }
@@ -369,7 +373,8 @@ std::string custom_rows_member(const Graph& bw, const std::vector<std::string>& 
 }  // namespace
 
 std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& dtypes,
-                         const std::vector<bool>& buffer_grads, bool shared_grads) {
+                         const std::vector<bool>& buffer_grads, bool shared_grads,
+                         bool plain_loads_wanted) {
   const Graph& f = v.forward;
   const Graph& bw = v.backward;
   if (dtypes.size() != f.buffers.size())
@@ -435,11 +440,11 @@ std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& d
   std::vector<const ir::Output*> all_loads = d_loads;
   all_loads.insert(all_loads.end(), stat_loads.begin(), stat_loads.end());
   // Plain loads (merged across a tile's scores) where no gradient atomics can alias them; for
-  // custom normalizations only until the other variants' kernels are measured with them.
+  // custom normalizations, and the others with AE_PLAIN_LOADS=1 until they are measured.
   struct PlainLoads {
-    explicit PlainLoads(bool on) { t_plain_loads = on; }
-    ~PlainLoads() { t_plain_loads = false; }
-  } plain_loads(custom && all_loads.empty());
+    PlainLoads(bool on, bool pow_i) { t_plain_loads = on, t_pow_i = pow_i; }
+    ~PlainLoads() { t_plain_loads = t_pow_i = false; }
+  } plain_loads((custom || plain_loads_wanted) && all_loads.empty(), custom && all_loads.empty());
   std::vector<int> tensor_rank(f.buffers.size(), -1);
   std::string runs, tensors;
   for (const ir::Output* o : all_loads) {

@@ -18,8 +18,10 @@ bool has_kernel_load(const std::string& dtype);
 // buffer_dtypes: the torch dtype name of each captured tensor at call time ("float32", ...).
 // buffer_grads: which captured tensors the backward adds gradients into (empty: none).
 // shared_grads: the additions go to a copy of those gradients in shared memory (SharedGrads),
-// else to global memory (GlobalGrads).
+// else to global memory (GlobalGrads). plain_loads: captured tensors through plain loads where
+// no gradient atomics can alias them (custom normalizations' kernels always).
 std::string emit_variant(const ir::Variant& variant, const std::vector<std::string>& buffer_dtypes,
-                         const std::vector<bool>& buffer_grads = {}, bool shared_grads = false);
+                         const std::vector<bool>& buffer_grads = {}, bool shared_grads = false,
+                         bool plain_loads = false);
 
 }  // namespace ae::codegen

@@ -86,7 +86,8 @@ std::string instantiate(const ir::Variant* variant, const KernelSpec& s) {
   if (s.uses_variant()) {
     src += "#include \"common/variant_support.h\"\n\nnamespace {\n\n";
     src += emit_variant(*variant, s.buffer_dtypes, s.buffer_grads,
-                        s.kind == Kind::Backward && s.grad_sink == GradSink::Shared);
+                        s.kind == Kind::Backward && s.grad_sink == GradSink::Shared,
+                        s.plain_loads);
     src += "\n}  // namespace\n";
   }
   src += "\n";

@@ -61,6 +61,9 @@ struct KernelSpec {
   // Forward, sm80 family: the decode template (sm80/decode.h: one 16-row tile per CTA, its
   // warps splitting the keys) instead of the prefill one.
   bool decode = false;
+  // Captured tensors through plain loads (ae::ld's kPlain) in every variant without gradient
+  // atomics, not only custom normalizations' (AE_PLAIN_LOADS=1: an A/B switch until measured).
+  bool plain_loads = false;
 
   int threads() const { return 32 * warps; }
   // Whether the kernel is generated from a variant (the row passes are the same for all).

@@ -29,6 +29,8 @@ TuningOverrides TuningOverrides::from_environment() {
   if (const char* d = std::getenv("AE_DECODE"); d && *d && std::string(d) != "0") o.enable_decode = true;
   if (const char* c = std::getenv("AE_CUSTOM_NORM"); c && std::string(c) == "0")
     o.custom_norm_kernels = false;
+  if (const char* p = std::getenv("AE_PLAIN_LOADS"); p && *p && std::string(p) != "0")
+    o.plain_loads = true;
   const char* off = std::getenv("AE_DISABLE_SM90");
   o.disable_sm90 = off && *off && std::string(off) != "0";
   const char* off_bwd = std::getenv("AE_DISABLE_SM90_BWD");

@@ -13,6 +13,9 @@
 //   AE_CUSTOM_NORM=0                                  custom row normalizations run the
 //                                                     reference executor instead of the fused
 //                                                     kernels (CustomLog / CustomLinear)
+//   AE_PLAIN_LOADS=1                                  captured tensors through plain loads in
+//                                                     every kernel without gradient atomics
+//                                                     (custom normalizations' always): for A/B
 //   AE_GRAD_SINK=global                               captured tensors' gradients by global
 //                                                     atomics (no shared-memory copy)
 // reg_level: ptxas --register-usage-level, -1 for its default. A field that is absent or out
@@ -35,6 +38,7 @@ struct TuningOverrides {
   bool enable_decode = false;
   bool global_grads = false;
   bool custom_norm_kernels = true;
+  bool plain_loads = false;
 
   // Read from the environment (every call: benchmarks change them between calls).
   static TuningOverrides from_environment();

@@ -141,6 +141,7 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
         spec->deterministic = pb.deterministic;
       }
       spec->grad_sink = shared ? codegen::GradSink::Shared : codegen::GradSink::Global;
+      spec->plain_loads = r.overrides.plain_loads;
       return true;
     }
     reasons += (reasons.empty() ? "" : "; ") + w;

@@ -425,15 +425,16 @@ def test_custom_normalization_kernels_turn_off(monkeypatch):
 
 # torch.pow in generated code (templates/common/variant_support.h): ae::fpow, or the
 # branch-free ae::fpow_i for an integer exponent (a distance, cast or not) in a custom
-# normalization's kernels with plain loads (retention's decay), a small integer constant a
-# product; each form compiles without spills in both families' forwards and the backward
-# (tests/python/test_gpu_pow.py checks their values on a GPU).
+# normalization's kernels without gradient atomics (retention's decay), a small integer
+# constant a product; each form compiles without spills in both families' forwards and the
+# backward (tests/python/test_gpu_pow.py checks their values on a GPU).
 FPOW, FPOW_I = r"ae::fpow\(n\d+, ", r"ae::fpow_i\(n\d+, n\d+\)"
 
 
 @pytest.mark.parametrize("form, expect", [
-    ("tensor", FPOW), ("int", FPOW), ("cast", FPOW), ("retention", FPOW_I),
-    ("square", r"= (n\d+) \* \1;"), ("inverse", r"= 1\.f / n\d+;")])
+    ("tensor", (FPOW, FPOW)), ("int", (FPOW, FPOW)), ("cast", (FPOW, FPOW)),
+    ("retention", (FPOW_I, FPOW_I)), ("square", (r"= (n\d+) \* \1;",) * 2),
+    ("inverse", (r"= 1\.f / n\d+;",) * 2)])
 def test_pow_forms(form, expect):
     base = torch.linspace(0.5, 1.0, 16)
     mod = {
@@ -446,7 +447,26 @@ def test_pow_forms(form, expect):
     }[form]
     attn = ae.compile(mod, mods.causal,
                       normalize=ae.normalizers.retention if form == "retention" else "softmax")
+    for kind in ("fwd", "fwd90", "bwd90"):  # expect: (sm80, sm90)
+        info = _source(attn, kind, 128, 128)
+        want = expect[kind.endswith("90")]
+        assert re.search(want, info["source"]) and "powf" not in info["source"], kind
+        _compiles_without_spills(info, kind)
+
+
+# AE_PLAIN_LOADS=1 (the A/B switch): every kernel without gradient atomics reads captured
+# tensors through plain loads; kernels with atomics keep __ldg. The kernels compile without
+# spills, and the spec says " plain" (the registry's key).
+def test_plain_loads_switch(monkeypatch):
+    base = torch.linspace(0.5, 1.0, 16, requires_grad=True)
+    attn = ae.compile(lambda s, b, h, q, k: s * base[h] ** (q - k), mods.causal)
+    monkeypatch.delenv("AE_PLAIN_LOADS", raising=False)
+    assert "ld<float, true>" not in _source(attn, "fwd90", 128, 128)["source"]
+    monkeypatch.setenv("AE_PLAIN_LOADS", "1")
     for kind in ("fwd", "fwd90", "bwd90"):
         info = _source(attn, kind, 128, 128)
-        assert re.search(expect, info["source"]) and "powf" not in info["source"], kind
+        assert info["describe"].endswith(" plain")
+        assert "ae::ld<float, true>" in info["source"]
         _compiles_without_spills(info, kind)
+    with_grads = _source(attn, "bwd90", 128, 128, grads=[True])["source"]
+    assert "ae::ld<float>(" in with_grads and "ae::ld<float, true>" not in with_grads
