@@ -79,7 +79,7 @@ class LinearAttention:
 
     def __init__(self, q_mod=None, k_mod=None, v_mod=None, decay_mod=None, *,
                  per_channel: bool = False, scale: Optional[float] = None,
-                 chunk_size: int = 64, name: Optional[str] = None):
+                 chunk_size: int = 64, name: Optional[str] = None, needs_g: bool = False):
         self._feature = {}
         for role, fn in (("q_mod", q_mod), ("k_mod", k_mod), ("v_mod", v_mod)):
             self._feature[role] = None if fn is None else (fn, _arity(fn, role, (5, 6)))
@@ -95,6 +95,7 @@ class LinearAttention:
                              f"{chunk_size!r}")
         self.decay_mod, self.per_channel = decay_mod, per_channel
         self.scale, self.chunk_size, self.name = scale, chunk_size, name
+        self.needs_g = needs_g  # the ready definitions whose mods read g say so
 
     def __repr__(self):
         return f"LinearAttention({self.name or 'custom'})"
@@ -119,6 +120,15 @@ class LinearAttention:
         if not (q.device == k.device == v.device):
             raise ValueError("attention_engine: q, k and v must be on one device")
         B, H, T, Dk = q.shape
+        if g is None and self.needs_g:
+            raise ValueError(f"attention_engine: {self!r} reads g (its gates): pass g to the call")
+        for n, t in (("g", g), ("initial_state", initial_state)):
+            if t is not None and isinstance(t, torch.Tensor):
+                if not t.is_floating_point():
+                    raise TypeError(f"attention_engine: {n} must be a float tensor, got {t.dtype}")
+                if t.device != q.device:
+                    raise ValueError(f"attention_engine: {n} must be on q's device {q.device}, "
+                                     f"got {t.device}")
         if g is not None:
             want = (B, H, T, Dk) if self.per_channel else (B, H, T)
             if not isinstance(g, torch.Tensor) or tuple(g.shape) != want:
@@ -164,10 +174,13 @@ class LinearAttention:
             if g is None:
                 raise ValueError(f"attention_engine: {role} reads g: pass g to the call")
             gx = g if g.dim() == 4 else g.unsqueeze(-1)
+            if gx.shape[-1] not in (1, D):
+                raise ValueError(f"attention_engine: {role} reads a per-channel g of {gx.shape[-1]} "
+                                 f"channels but its input has {D}")
             out = fn(x, gx, b, h, t, d)
         else:
             out = fn(x, b, h, t, d)
-        return torch.as_tensor(out, device=x.device).expand(x.shape)
+        return torch.as_tensor(out, device=x.device).to(x.dtype).expand(x.shape)
 
     def _log_decay(self, g, B, H, T, Dk, device, seq):
         """[B, H, T] (or [B, H, T, Dk]) natural-log decays, fp32 or wider."""
@@ -224,29 +237,48 @@ class LinearAttention:
         return (o, state) if output_final_state else o
 
 
+def _segment_sums(a, dim):
+    """seg[..., i, j, ...] = sum of a over (j, i] along `dim` (0 on the diagonal), -inf where
+    j > i: built by cumulative sums of masked copies, never as a difference of two prefix sums
+    (a -inf decay would make that nan, and a strong one would round away the weak ones
+    after it)."""
+    n = a.shape[dim]
+    x = a.unsqueeze(dim + 1).expand(*a.shape[:dim + 1], n, *a.shape[dim + 1:])  # x[i, j] = a_i
+    shape = [1] * x.dim()
+    shape[dim], shape[dim + 1] = n, n
+    ones = torch.ones(n, n, dtype=torch.bool, device=a.device)
+    below = ones.tril(-1).view(shape)
+    seg = torch.cumsum(torch.where(below, x, torch.zeros((), dtype=a.dtype, device=a.device)),
+                       dim=dim)
+    return torch.where(ones.tril().view(shape), seg, float("-inf"))
+
+
+def _suffix_sums(a, dim):
+    """sum of a over the positions after each one along `dim` (exclusive), by a flipped
+    cumulative sum (no subtraction)."""
+    rev = torch.cumsum(torch.flip(a, [dim]), dim=dim)
+    zero = torch.zeros_like(rev.narrow(dim, 0, 1))
+    return torch.flip(torch.cat([zero, rev.narrow(dim, 0, rev.shape[dim] - 1)], dim=dim), [dim])
+
+
 def _chunk(q, k, v, a, state, per_channel):
     """One chunk: o = q (decayed state) + the causal intra-chunk product under the decays; the
-    state carried to the chunk's end. Decays as log-space cumulative sums (never exp of a
-    positive number: every factor is exp of a difference that is <= 0)."""
-    Cn = q.shape[2]
-    A = torch.cumsum(a, dim=2)  # [B, H, C] or [B, H, C, Dk]: log decay from the chunk start
-    causal = torch.ones(Cn, Cn, dtype=torch.bool, device=q.device).tril()
+    state carried to the chunk's end. Every decay factor is exp of a sum of log-decays (<= 0),
+    never of a difference: -inf decays (a gate at 0) and strong ones stay exact."""
+    A = torch.cumsum(a, dim=2)  # log decay from the chunk's start, inclusive
+    end = _suffix_sums(a, 2)    # log decay from each position to the chunk's end
+    seg = _segment_sums(a, 2)   # [B, H, i, j] (per channel: [B, H, i, j, Dk])
     if per_channel:
-        # from the state: q_i * exp(A_i); intra: sum_d q_id k_jd exp(A_id - A_jd), j <= i
+        # from the state: q_i * exp(A_i); intra: sum_d q_id k_jd exp(seg_ijd), j <= i
         o_state = (q * torch.exp(A)) @ state
-        diff = A[:, :, :, None, :] - A[:, :, None, :, :]  # [B, H, i, j, Dk]
-        diff = torch.where(causal[:, :, None], diff, float("-inf"))
-        scores = (q[:, :, :, None, :] * k[:, :, None, :, :] * torch.exp(diff)).sum(-1)
-        end = A[:, :, -1:, :] - A  # [B, H, C, Dk]: from j to the chunk's end
+        scores = (q[:, :, :, None, :] * k[:, :, None, :, :] * torch.exp(seg)).sum(-1)
         new_state = torch.exp(A[:, :, -1, :])[..., None] * state + \
             (k * torch.exp(end)).transpose(-1, -2) @ v
     else:
         o_state = torch.exp(A)[..., None] * (q @ state)
-        diff = torch.where(causal, A[:, :, :, None] - A[:, :, None, :], float("-inf"))
-        scores = (q @ k.transpose(-1, -2)) * torch.exp(diff)
-        end = (A[:, :, -1:] - A)[..., None]
+        scores = (q @ k.transpose(-1, -2)) * torch.exp(seg)
         new_state = torch.exp(A[:, :, -1])[..., None, None] * state + \
-            (k * torch.exp(end)).transpose(-1, -2) @ v
+            (k * torch.exp(end)[..., None]).transpose(-1, -2) @ v
     return o_state + scores @ v, new_state
 
 
@@ -299,7 +331,7 @@ def simple_gla() -> LinearAttention:
         >>> ae.linear.simple_gla()(q, k, v, g).shape
         torch.Size([1, 2, 50, 16])
     """
-    lin = LinearAttention(decay_mod=lambda g, b, h, t: g)
+    lin = LinearAttention(decay_mod=lambda g, b, h, t: g, needs_g=True)
     lin.name = "simple_gla"
     return lin
 
@@ -315,7 +347,7 @@ def gla() -> LinearAttention:
         >>> ae.linear.gla()(q, k, v, g).shape
         torch.Size([1, 2, 50, 16])
     """
-    lin = LinearAttention(decay_mod=lambda g, b, h, t, d: g, per_channel=True)
+    lin = LinearAttention(decay_mod=lambda g, b, h, t, d: g, per_channel=True, needs_g=True)
     lin.name = "gla"
     return lin
 
@@ -335,6 +367,7 @@ def mamba2(A_log: torch.Tensor) -> LinearAttention:
         torch.Size([4])
     """
     lin = LinearAttention(k_mod=lambda x, g, b, h, t, d: x * g,
-                          decay_mod=lambda g, b, h, t: g * -torch.exp(A_log[h]), scale=1.0)
+                          decay_mod=lambda g, b, h, t: g * -torch.exp(A_log[h]), scale=1.0,
+                          needs_g=True)
     lin.name = "mamba2"
     return lin

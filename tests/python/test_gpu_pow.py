@@ -64,9 +64,11 @@ def test_pow_of_tensors_matches_torch(family):
     _check(got, want)
 
 
+@pytest.mark.parametrize("norm", ["none", "custom"])
 @pytest.mark.parametrize("cast", [False, True], ids=["int", "float"])
-def test_pow_by_integer_tensor_matches_torch(cast, family):
-    """An integer exponent (a distance, as RetNet's gamma ** (q - k)): ae::fpow_i."""
+def test_pow_by_integer_tensor_matches_torch(cast, norm, family):
+    """An integer exponent (a distance, as RetNet's gamma ** (q - k)): ae::fpow, and in a
+    custom normalization's kernels (here weight = x, no stat, no finish: P is x) ae::fpow_i."""
     vals = torch.tensor(VALUES, device=DEV, dtype=torch.float32)
     n, n_q = len(VALUES), 64
     shift = n_q // 2  # exponents -32 .. 31: odd and even, negative, zero
@@ -74,7 +76,10 @@ def test_pow_by_integer_tensor_matches_torch(cast, family):
     def score_mod(s, b, h, q_idx, kv_idx):
         e = q_idx - shift
         return s + _readable(vals[kv_idx] ** (e.float() if cast else e))
-    attn = ae.compile(score_mod, normalize="none")
+    attn = ae.compile(score_mod, normalize="none" if norm == "none" else
+                      ae.Normalizer(lambda x, b, h, q_idx, kv_idx: x))
+    src = attn.variant.kernel_source("fwd", 64, 64, True, ["float32"], family=family)["source"]
+    assert ("ae::fpow_i(" in src) == (norm == "custom")
     got = _read_scores(attn, n_q, n, family)
     e = torch.arange(n_q, device=DEV, dtype=torch.float32) - shift
     _check(got, _readable(vals[None, :] ** e[:, None]))

@@ -179,6 +179,40 @@ def test_strong_decays_stay_finite():
     assert torch.allclose(o.double(), want, atol=1e-5)
 
 
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_zero_gates_and_strong_then_weak_decays(per_channel):
+    """A gate at exactly 0 (log-decay -inf) cuts the state; a strong decay followed by weak
+    ones keeps the weak ones' precision (segment sums, not differences of prefix sums)."""
+    T, Dk = 150, 4
+    shape = (1, 2, T, Dk) if per_channel else (1, 2, T)
+    a = torch.full(shape, -0.01, dtype=torch.float64)
+    a[:, :, 10] = -math.inf
+    a[:, :, 70] = -1e4
+    q, k, v, _ = inputs(1, 2, T, Dk, 4, "retention")
+    lin = ae.compile_linear(decay_mod=(lambda g, b, h, t, d: g) if per_channel else
+                            (lambda g, b, h, t: g), per_channel=per_channel)
+    want, want_s = recurrent(q, k, v, a, Dk ** -0.5)
+    g32 = a.float().requires_grad_(True)
+    o, s = lin(q.float(), k.float(), v.float(), g32, output_final_state=True)
+    assert torch.isfinite(o).all() and torch.isfinite(s).all()
+    assert torch.allclose(o.double(), want, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(s.double(), want_s, atol=1e-5, rtol=1e-5)
+    (o.sum() + s.sum()).backward()
+    assert torch.isfinite(g32.grad).all()
+
+
+def test_feature_maps_reading_other_dtypes():
+    """A mod's result takes the call's accumulation type (an fp64 captured tensor with fp32
+    inputs, a Python number with fp64 ones)."""
+    w = torch.linspace(0.5, 1.5, 2, dtype=torch.float64)
+    q, k, v, _ = inputs(1, 2, 20, 4, 4, "retention", torch.float32)
+    o = ae.compile_linear(k_mod=lambda x, b, h, t, d: x * w[h])(q, k, v)
+    assert o.dtype == torch.float32 and torch.isfinite(o).all()
+    q, k, v, _ = inputs(1, 2, 20, 4, 4, "retention")
+    o = ae.compile_linear(v_mod=lambda x, b, h, t, d: 2.0)(q, k, v)
+    assert o.dtype == torch.float64
+
+
 def test_bad_inputs_say_what_is_wrong():
     q, k, v, g = inputs(1, 2, 10, 4, 4, "simple_gla")
     lin = ae.linear.simple_gla()
@@ -205,4 +239,11 @@ def test_bad_inputs_say_what_is_wrong():
         ae.linear.mamba2(torch.zeros(2))(q, k, v)
     with pytest.raises(TypeError, match="float tensor"):
         lin(q.long(), k, v, g)
+    with pytest.raises(ValueError, match="reads g"):
+        lin(q, k, v)
+    with pytest.raises(TypeError, match="g must be a float tensor"):
+        lin(q, k, v, g.long())
+    with pytest.raises(ValueError, match="per-channel g"):
+        ae.compile_linear(v_mod=lambda x, g, b, h, t, d: x * g, per_channel=True)(
+            q, k, v[..., :2], torch.zeros(1, 2, 10, 4, dtype=torch.float64))
     assert math.isfinite(float(lin(q, k, v, g).sum()))
