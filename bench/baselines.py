@@ -139,3 +139,21 @@ def all_methods(ae, compile_fn: Callable) -> list:
     return methods + [sdpa_method("sdpa-flash", "FLASH_ATTENTION"),
                       sdpa_method("sdpa-cudnn", "CUDNN_ATTENTION"),
                       flex_method(compile_fn), compiled_eager_method(compile_fn)]
+
+
+def timed_ms(fn: Callable, q, k, v, do, backward: bool) -> Optional[float]:
+    """Median ms of fn(q, k, v) (with backward: and its gradients for do) by triton's do_bench
+    (CUDA events); None where it runs out of memory."""
+    import triton.testing as tt
+
+    def run():
+        if backward:
+            torch.autograd.grad(fn(q, k, v), (q, k, v), do)
+        else:
+            with torch.no_grad():
+                fn(q, k, v)
+    try:
+        return tt.do_bench(run, warmup=10, rep=100, return_mode="median")
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return None

@@ -12,10 +12,10 @@ only up to --ref-seq.
 import argparse
 
 import torch
-import triton.testing as tt
 
 import attention_engine as ae
 from attention_engine import mods
+from baselines import timed_ms
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--seq", type=int, default=16384)
@@ -56,17 +56,7 @@ def sink_eager(q, k, v):
 
 
 def timed(fn, backward):
-    def run():
-        if backward:
-            torch.autograd.grad(fn(q, k, v), (q, k, v), do)
-        else:
-            with torch.no_grad():
-                fn(q, k, v)
-    try:
-        return tt.do_bench(run, warmup=10, rep=100, return_mode="median")
-    except torch.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        return None
+    return timed_ms(fn, q, k, v, do, backward)
 
 
 flops = 4 * B * H * S * S * D * 0.5  # causal

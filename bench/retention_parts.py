@@ -8,10 +8,10 @@ H 16, D 128, bf16, causal.
 import argparse
 
 import torch
-import triton.testing as tt
 
 import attention_engine as ae
 from attention_engine import mods
+from baselines import timed_ms
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--seq", type=int, default=16384)
@@ -41,13 +41,7 @@ flops = 4 * B * H * S * S * D * 0.5
 
 
 def timed(fn, backward):
-    def run():
-        if backward:
-            torch.autograd.grad(fn(q, k, v), (q, k, v), do)
-        else:
-            with torch.no_grad():
-                fn(q, k, v)
-    return tt.do_bench(run, warmup=10, rep=100, return_mode="median")
+    return timed_ms(fn, q, k, v, do, backward)
 
 
 print(f"H200 bf16 causal B{B} H{H} S{S} D{D} TFLOPS (fwd+bwd counts 3.5x the forward's flops)")

@@ -1,7 +1,6 @@
 """attention_engine.compile and the callable it returns."""
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 import threading
@@ -11,6 +10,7 @@ from typing import Callable, Optional
 import torch
 
 from . import _C
+from ._arity import signature, takes
 from .errors import TraceError
 from .ops import attention_op, reference_op
 from .trace import trace
@@ -249,26 +249,16 @@ def _check_arity(fn: Optional[Callable], role: str) -> None:
     if not callable(fn):
         raise TypeError(f"attention_engine: {role} must be callable or None, got "
                         f"{type(fn).__name__}")
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return  # a builtin or C function: let the trace tell
+    sig = signature(fn)
     n = 5 if role == "score_mod" else 4
-
-    def takes(count):
-        try:
-            sig.bind(*range(count))
-            return True
-        except TypeError:
-            return False
-    if takes(n):
+    if sig is None or takes(sig, n):  # (None: a builtin or C function, the trace tells)
         return
     name = getattr(fn, "__name__", repr(fn))
     expected = _SCORE_MOD_ARGS if role == "score_mod" else _MASK_MOD_ARGS
     hint = ""
-    if role == "score_mod" and takes(4):
+    if role == "score_mod" and takes(sig, 4):
         hint = f" It takes 4, as a mask_mod{_MASK_MOD_ARGS} does: pass it as mask_mod=."
-    elif role == "mask_mod" and takes(5):
+    elif role == "mask_mod" and takes(sig, 5):
         hint = f" It takes 5, as a score_mod{_SCORE_MOD_ARGS} does: pass it as score_mod=."
     raise TypeError(f"attention_engine: {role} must take {n} arguments {expected}, but "
                     f"{name}{sig} does not.{hint}")

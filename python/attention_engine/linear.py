@@ -28,11 +28,12 @@ linear-attention issue), and will take the same definitions.
 """
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Callable, Optional
 
 import torch
+
+from ._arity import signature, takes
 
 __all__ = ["LinearAttention", "compile_linear", "retention", "simple_gla", "gla", "mamba2"]
 
@@ -41,16 +42,12 @@ def _arity(fn: Callable, role: str, allowed) -> int:
     if not callable(fn):
         raise TypeError(f"attention_engine: {role} must be callable or None, got "
                         f"{type(fn).__name__}")
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
+    sig = signature(fn)
+    if sig is None:
         return allowed[0]
     for n in allowed:
-        try:
-            sig.bind(*range(n))
+        if takes(sig, n):
             return n
-        except TypeError:
-            pass
     raise TypeError(f"attention_engine: {role} must take {' or '.join(map(str, allowed))} "
                     f"arguments, but {getattr(fn, '__name__', fn)}{sig} does not")
 

@@ -23,10 +23,11 @@ statistic other than a sum (a max, a median).
 """
 from __future__ import annotations
 
-import inspect
 from typing import Callable, Optional
 
 import torch
+
+from ._arity import signature, takes
 
 __all__ = ["Normalizer", "softmax", "none", "retention", "relu_normalized",
            "softmax_with_temperature", "softmax_with_sink"]
@@ -43,15 +44,10 @@ def _check_fn(fn, role: str, n: int, args: str, optional: bool) -> None:
     if not callable(fn):
         raise TypeError(f"attention_engine: Normalizer's {role} must be callable"
                         f"{' or None' if optional else ''}, got {type(fn).__name__}")
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return  # a builtin: the trace tells
-    try:
-        sig.bind(*range(n))
-    except TypeError:
+    sig = signature(fn)
+    if sig is not None and not takes(sig, n):
         raise TypeError(f"attention_engine: Normalizer's {role} must take {n} arguments "
-                        f"{args}") from None
+                        f"{args}")
 
 
 class Normalizer:
