@@ -401,6 +401,15 @@ std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& d
   s += "struct Variant {\n  const ae::VariantArgs& va;\n";
   fmt::format_to(out, "  static constexpr bool kIdentity = {};\n", identity ? "true" : "false");
   fmt::format_to(out, "  static constexpr bool kHasMask = {};\n", has_mask ? "true" : "false");
+  // A score_mod that writes an infinity (torch.where(..., s, -inf)) masks scores of blocks
+  // the walk calls full: every block's V is then scanned for inf and nan
+  // (templates/nvidia/exact_pv.h).
+  bool score_masks = false;
+  for (const Node& n : f.nodes)
+    score_masks = score_masks || (n.op == Op::Const && n.type == DType::Float &&
+                                  std::isinf(n.fvalue));
+  fmt::format_to(out, "  static constexpr bool kScoreMasks = {};\n",
+                 score_masks ? "true" : "false");
   // The row normalization's policy (templates/common/normalizers.h).
   const int stat = custom && !f.log_domain ? f.output("stat") : -1;
   fmt::format_to(out, "  static constexpr bool kStat = {};\n", stat >= 0 ? "true" : "false");

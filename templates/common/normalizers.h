@@ -66,7 +66,8 @@ struct Softmax {
   AE_DEVICE static void backward(float x, float factor, bool keep, float lse2, float dp,
                                  float delta, float& prob, float& dx) {
     prob = keep ? fast_exp2(x * factor - lse2) : 0.f;
-    dx = prob * (dp - delta);
+    // A masked key's dP = dO.V is inf or nan where V is: its dx stays 0, not 0 * inf.
+    dx = prob != 0.f ? prob * (dp - delta) : 0.f;
   }
   // The same for an unchecked raw score s (no score_mod, kept): one FFMA and one MUFU.
   AE_DEVICE static void backward_raw(const AttnParams& p, float s, float lse2, float dp,

@@ -15,6 +15,7 @@
 #include "common/params.h"
 #include "common/split_combine.h"
 #include "common/tile_scheduler.h"
+#include "nvidia/exact_pv.h"
 #include "nvidia/mma_rows.h"
 #include "sm80/shapes.h"
 #include "sm80/tile_io.h"
@@ -137,16 +138,29 @@ AE_DEVICE void attention_decode(const AttnParams& p, const Variant& var) {
       rows::score_transform<false, true, Layout>(p, var, s, b, h, row0, kv0 + 2 * (lane % 4));
     rows::normalize<Norm>(s, o, stats, rows::weight_scale<Variant>(p, kRaw && !check));
 
+    // A tile with masked keys whose V (this warp's keys) holds inf or nan: exact_pv.h.
+    const u16* v_keys = sV + stage * Cfg::kSmemV + warp * WK * kLdV;
+    const bool scan = Variant::kScoreMasks || blocks.partial(j) || j * BN + BN > Layout::kv_len(p, b);
+    if (scan && __any_sync(0xffffffffu, rows::any_nonfinite<Cfg::kBf16>(
+                                            reinterpret_cast<const char*>(v_keys), WK,
+                                            Cfg::kDv / 8, 2 * kLdV, lane, 32))) {
+      u32 pa[kN8 / 2][4];
+      rows::p_to_a<Cfg::kBf16>(pa, s);
+      rows::pv_exact<Cfg::kBf16, WK>(o, pa, [&](int key, int col) {
+        return *reinterpret_cast<const u32*>(v_keys + key * kLdV + col);
+      });
+    } else {
 #pragma unroll
-    for (int kk = 0; kk < WK / 16; ++kk) {
-      u32 a[4];
-      acc_to_a<Cfg::kBf16>(a, s[2 * kk], s[2 * kk + 1]);
+      for (int kk = 0; kk < WK / 16; ++kk) {
+        u32 a[4];
+        acc_to_a<Cfg::kBf16>(a, s[2 * kk], s[2 * kk + 1]);
 #pragma unroll
-      for (int dp = 0; dp < kO8 / 2; ++dp) {
-        u32 r[4];
-        load_b_kn<kLdV>(r, tV, kk * 16, dp * 16);
-        mma_16816<Cfg::kBf16>(o[2 * dp], a, r[0], r[1]);
-        mma_16816<Cfg::kBf16>(o[2 * dp + 1], a, r[2], r[3]);
+        for (int dp = 0; dp < kO8 / 2; ++dp) {
+          u32 r[4];
+          load_b_kn<kLdV>(r, tV, kk * 16, dp * 16);
+          mma_16816<Cfg::kBf16>(o[2 * dp], a, r[0], r[1]);
+          mma_16816<Cfg::kBf16>(o[2 * dp + 1], a, r[2], r[3]);
+        }
       }
     }
     __syncthreads();  // every warp is done with this stage before it is refilled

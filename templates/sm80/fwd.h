@@ -13,6 +13,7 @@
 #include "common/block_walk.h"
 #include "common/params.h"
 #include "common/tile_scheduler.h"
+#include "nvidia/exact_pv.h"
 #include "nvidia/mma_rows.h"
 #include "sm80/shapes.h"
 #include "sm80/tile_io.h"
@@ -178,19 +179,37 @@ struct FwdKernel {
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) rows::normalize<Norm>(s[mt], o[mt], stats[mt], scale);
 
+      // A tile with masked keys whose V holds inf or nan: P V score by score (exact_pv.h).
+      const bool scan = Variant::kScoreMasks || blocks.partial(j) || kv0 + Cfg::kBlockN > Layout::kv_len(p, b);
+      if (scan && __syncthreads_or(rows::any_nonfinite<Cfg::kBf16>(
+                      reinterpret_cast<const char*>(sV + stage * Cfg::kSmemV), Cfg::kBlockN,
+                      Cfg::kDv / 8, 2 * Cfg::kLdV, threadIdx.x, Cfg::kThreads))) {
+        const u16* v_tile = sV + stage * Cfg::kSmemV;
+        auto v_pair = [&](int key, int col) {
+          return *reinterpret_cast<const u32*>(v_tile + key * Cfg::kLdV + col);
+        };
 #pragma unroll
-      for (int kk = 0; kk < Cfg::kBlockN / 16; ++kk) {
-        u32 a[kMT][4];
+        for (int mt = 0; mt < kMT; ++mt) {
+          u32 pa[kN8 / 2][4];
+          rows::p_to_a<Cfg::kBf16>(pa, s[mt]);
+          rows::pv_exact<Cfg::kBf16, Cfg::kBlockN>(o[mt], pa, v_pair);
+        }
+      } else {
 #pragma unroll
-        for (int mt = 0; mt < kMT; ++mt) acc_to_a<Cfg::kBf16>(a[mt], s[mt][2 * kk], s[mt][2 * kk + 1]);
+        for (int kk = 0; kk < Cfg::kBlockN / 16; ++kk) {
+          u32 a[kMT][4];
 #pragma unroll
-        for (int dp = 0; dp < kO8 / 2; ++dp) {
-          u32 r[4];
-          load_b_kn<Cfg::kLdV>(r, tV, kk * 16, dp * 16);
+          for (int mt = 0; mt < kMT; ++mt)
+            acc_to_a<Cfg::kBf16>(a[mt], s[mt][2 * kk], s[mt][2 * kk + 1]);
 #pragma unroll
-          for (int mt = 0; mt < kMT; ++mt) {
-            mma_16816<Cfg::kBf16>(o[mt][2 * dp], a[mt], r[0], r[1]);
-            mma_16816<Cfg::kBf16>(o[mt][2 * dp + 1], a[mt], r[2], r[3]);
+          for (int dp = 0; dp < kO8 / 2; ++dp) {
+            u32 r[4];
+            load_b_kn<Cfg::kLdV>(r, tV, kk * 16, dp * 16);
+#pragma unroll
+            for (int mt = 0; mt < kMT; ++mt) {
+              mma_16816<Cfg::kBf16>(o[mt][2 * dp], a[mt], r[0], r[1]);
+              mma_16816<Cfg::kBf16>(o[mt][2 * dp + 1], a[mt], r[2], r[3]);
+            }
           }
         }
       }

@@ -21,6 +21,7 @@
 #include "common/block_walk.h"
 #include "common/params.h"
 #include "common/tile_scheduler.h"
+#include "nvidia/exact_pv.h"
 #include "nvidia/mma_rows.h"
 #include "sm90/gemm.h"
 #include "sm90/hopper_ops.h"
@@ -230,6 +231,27 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
     wgmma_commit();
   };
 
+  // Whether block `it_` (code: block_at's) has masked keys whose V holds inf or nan, agreed
+  // by the warpgroup (named barrier 3 + cw; it waits for V when it scans); such a block's
+  // P V is pv_exact_at's, score by score, not the wgmma (nvidia/exact_pv.h).
+  auto v_bad = [&](int it_, int code) -> bool {
+    if (!Variant::kScoreMasks && !(code & 1) && (code >> 1) * BN + BN <= Layout::kv_len(p, b))
+      return false;
+    const int stage = it_ % S;
+    mbar_wait(v_full + stage, (it_ / S) & 1);
+    return named_bar_or_at(3 + cw, 128,
+                           rows::any_nonfinite<Cfg::kBf16>(sV + stage * Cfg::kVBytes, 1,
+                                                           Cfg::kVBytes / 16, 0,
+                                                           threadIdx.x % 128, 128));
+  };
+  auto pv_exact_at = [&](int it_) {  // V as TMA wrote it: 128-byte rows, 128-byte swizzle
+    const char* tV = sV + (it_ % S) * Cfg::kVBytes;
+    rows::pv_exact<Cfg::kBf16, BN>(o, pa, [&](int key, int col) {
+      return *reinterpret_cast<const u32*>(tV + (col / 64) * BN * 128 + key * 128 +
+                                           (((col % 64) * 2) ^ ((key % 8) * 16)));
+    });
+  };
+
   mbar_wait(q_full, 0);
   if constexpr (!Cfg::kOverlap) {
     for (int it = 0, c = block_at(0); c >= 0; c = block_at(++it)) {
@@ -240,10 +262,14 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
       process_s(c, alpha);
       rows::rescale_rows_if_moved<Norm>(o, alpha);
       rows::p_to_a<Cfg::kBf16>(pa, s);
-      wgmma_fence();
-      issue_pv(it);
-      wgmma_wait<0>();
-      fence_regs(o);
+      if (v_bad(it, c)) {
+        pv_exact_at(it);
+      } else {
+        wgmma_fence();
+        issue_pv(it);
+        wgmma_wait<0>();
+        fence_regs(o);
+      }
       mbar_arrive(empty + it % S);
     }
     rows::store_rows<Cfg::kBf16, Norm, Layout, Cfg::kSplitKv>(p, var, o, stats, b, h, row0);
@@ -260,26 +286,36 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
     rows::p_to_a<Cfg::kBf16>(pa, s);
     // Intra-warpgroup overlap: S of the next block is issued with P V of this one, and its
     // softmax runs while P V is still on the tensor cores.
-    for (int cn = block_at(1); cn >= 0; cn = block_at(++it + 1)) {
+    for (int cn = block_at(1); cn >= 0; c = cn, cn = block_at(++it + 1)) {
+      const bool exact = v_bad(it, c);
       turn_wait();
       issue_s(it + 1);  // its wgmma_fence also covers the writes to pa and o
-      issue_pv(it);
+      if (exact) wgmma_commit();  // (an empty group keeps the waits' counts)
+      else issue_pv(it);
       turn_pass();
       wgmma_wait<1>();  // S of the next block (committed first) is done
       fence_regs(s);
       process_s(cn, alpha);
       wgmma_wait<0>();
       fence_regs(o);
+      if (exact) pv_exact_at(it);
       mbar_arrive(empty + it % S);
       rows::rescale_rows_if_moved<Norm>(o, alpha);
       rows::p_to_a<Cfg::kBf16>(pa, s);
     }
+    const bool exact = v_bad(it, c);
     turn_wait();  // the last block: P V alone
-    wgmma_fence();
-    issue_pv(it);
+    if (!exact) {
+      wgmma_fence();
+      issue_pv(it);
+    }
     turn_pass();
-    wgmma_wait<0>();
-    fence_regs(o);
+    if (exact) {
+      pv_exact_at(it);
+    } else {
+      wgmma_wait<0>();
+      fence_regs(o);
+    }
     mbar_arrive(empty + it % S);
   }
   if (cw == 0) turn_wait();  // the second consumer's last pass

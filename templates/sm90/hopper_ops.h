@@ -126,6 +126,17 @@ AE_DEVICE void named_bar_sync_at(int id, int threads) {
 AE_DEVICE void named_bar_arrive_at(int id, int threads) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
+// A named barrier that also ORs a predicate over its threads (every one gets the result).
+AE_DEVICE bool named_bar_or_at(int id, int threads, bool pred) {
+  u32 r;
+  asm volatile(
+      "{\n.reg .pred p, q;\nsetp.ne.u32 p, %1, 0;\nbar.red.or.pred q, %2, %3, p;\n"
+      "selp.u32 %0, 1, 0, q;\n}\n"
+      : "=r"(r)
+      : "r"(static_cast<u32>(pred)), "r"(id), "r"(threads)
+      : "memory");
+  return r != 0;
+}
 template <int R>
 AE_DEVICE void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R)); }
 template <int R>

@@ -121,32 +121,140 @@ def test_nan_at_a_kept_position_still_poisons_its_row():
 
 
 # ---------------------------------------------------------------------------------------------
-# The fused kernels: the same promise. Marked gpu (skipped without CUDA).
+# The fused kernels: V at masked keys is never read into P V (tiles with masked keys scan V and
+# add P V score by score when it holds inf or nan: templates/nvidia/exact_pv.h), and a masked
+# score's dS stays 0 whatever dP = dO.V is. Marked gpu (skipped without CUDA).
 # ---------------------------------------------------------------------------------------------
 
+@pytest.fixture(params=["sm90", "sm80"])
+def family(request, monkeypatch):
+    if request.param == "sm80":
+        monkeypatch.setenv("AE_DISABLE_SM90", "1")
+    return request.param
+
+
+def _gpu_qkv(B, H, SQ, SKV, D, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, H, n, D, generator=gen).to("cuda", dtype) for n in (SQ, SKV, SKV)]
+
+
+def _kernel_vs_reference(attn, q, k, v, family, poisoned, backward=True):
+    """attn's kernels on (q, k, v) (v poisoned at masked keys) against the float64 reference
+    on the same inputs; gradients too. Returns the kernel's output."""
+    assert attn.backend_for(q, k, v) == family
+    q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    qd, kd, vd = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+    out = attn(q, k, v)
+    ref = attn.reference(qd, kd, vd)
+    assert torch.isfinite(ref[~poisoned]).all()  # (the oracle's promise: the premise here)
+    finite = torch.isfinite(ref)
+    assert torch.equal(torch.isfinite(out), finite), "a masked inf or nan reached the output"
+    assert (out.double() - ref)[finite].abs().max().item() < 0.03
+    if backward:
+        assert attn.backend_for(q, k, v, backward=True) in ("sm80", "sm90")
+        dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
+        dout = torch.where(finite, dout, torch.zeros_like(dout))
+        got = torch.autograd.grad(out, (q, k, v), dout)
+        want = torch.autograd.grad(ref, (qd, kd, vd), dout.double())
+        for name, a, b in zip(("dq", "dk", "dv"), got, want):
+            assert torch.isfinite(b).all(), name
+            assert torch.isfinite(a).all(), f"{name}: a masked inf or nan reached it"
+            err = (a.double() - b).abs().max().item()
+            assert err < 0.03 * max(1.0, b.abs().max().item()), (name, err)
+    return out
+
+
 @pytest.mark.gpu
-@pytest.mark.xfail(strict=False, reason="the sm80/sm90 kernels multiply P by V (and dS by K, "
-                   "dS^T by Q) with tensor-core MMAs, where a masked position's 0 times a "
-                   "non-finite value is nan; see issue 15, defect 6, for what they must do")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_kernels_ignore_nonfinite_values_at_masked_positions(dtype):
+def test_kernels_ignore_nonfinite_v_at_masked_keys(dtype, family):
+    # keys 200..255 masked for every row (a partly masked 128-key tile), rows 0..7 keep nothing
     mask = lambda b, h, qi, ki: (ki < 200) & (qi >= 8)  # noqa: E731
     attn = ae.compile(mask_mod=mask)
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 4, 256, 128, generator=gen).to("cuda", dtype) for _ in range(3))
-    assert attn.backend_for(q, k, v) in ("sm80", "sm90")
-    v[:, :, 200:] = float("inf")
-    v[:, :, 220:, :7] = float("nan")
-    k[:, :, 230:] = float("nan")
-    q[:, :, :8] = float("inf")
-    q, k, v = (t.requires_grad_(True) for t in (q, k, v))
-    out, lse = attn(q, k, v, return_lse=True)
-    ref, ref_lse = attn.reference(*(t.detach().double() for t in (q, k, v)), return_lse=True)
-    assert torch.isfinite(out).all(), "a masked inf or nan reached the output"
+    q, k, v = _gpu_qkv(2, 4, 256, 256, 128, dtype)
+    v[:, :, 200:] = INF
+    v[:, :, 220:, :7] = NAN
+    v[:, :, 240:, 64:] = -INF
+    out = _kernel_vs_reference(attn, q, k, v, family, torch.zeros(2, 4, 256, 128, dtype=torch.bool))
     assert torch.equal(out[:, :, :8], torch.zeros_like(out[:, :, :8]))
-    assert (out.double() - ref).abs().max().item() < 0.05
-    dout = torch.randn(out.shape, generator=gen).to("cuda", dtype)
-    dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout)
-    assert torch.isfinite(dq).all() and torch.isfinite(dv).all()
-    assert torch.isfinite(dk[:, :, :200]).all()
-    assert torch.equal(dq[:, :, :8], torch.zeros_like(dq[:, :, :8]))
+
+
+@pytest.mark.gpu
+def test_kernels_causal_inf_in_v_reaches_only_rows_that_keep_it(family):
+    # 300 keys: the diagonal tiles and the key tail are the partial ones; key 250 holds inf in
+    # column 3, key 299 nan everywhere (only the last row keeps it)
+    attn = ae.compile(mask_mod=mods.causal)
+    q, k, v = _gpu_qkv(1, 2, 300, 300, 64, torch.bfloat16)
+    v[:, :, 250, 3] = INF
+    v[:, :, 299] = NAN
+    poisoned = torch.zeros(1, 2, 300, 64, dtype=torch.bool)
+    poisoned[:, :, 250:, 3] = True
+    poisoned[:, :, 299] = True
+    out = _kernel_vs_reference(attn, q, k, v, family, poisoned, backward=False)
+    assert torch.isfinite(out[:, :, :250]).all()
+    assert torch.isinf(out[:, :, 250:299, 3]).all() and torch.isnan(out[:, :, 299]).all()
+
+
+@pytest.mark.gpu
+def test_kernels_minus_inf_score_acts_as_a_mask(family):
+    # a score_mod's -inf masks keys inside tiles the block walk calls full
+    attn = ae.compile(lambda s, b, h, qi, ki: torch.where((ki % 64) >= 60, -INF, s))
+    q, k, v = _gpu_qkv(1, 2, 128, 256, 64, torch.bfloat16)
+    v[:, :, 60::64] = NAN
+    _kernel_vs_reference(attn, q, k, v, family, torch.zeros(1, 2, 128, 64, dtype=torch.bool))
+
+
+@pytest.mark.gpu
+def test_kernels_every_row_masked_and_inf_in_v_gives_zero_gradients(family):
+    attn = ae.compile(mask_mod=lambda b, h, qi, ki: (qi < 0) | (ki < 0))
+    q, k, v = _gpu_qkv(1, 2, 64, 64, 64, torch.bfloat16)
+    v[0, 0, 3, 0] = INF
+    q, k, v = (t.requires_grad_(True) for t in (q, k, v))
+    out = attn(q, k, v)
+    assert torch.equal(out, torch.zeros_like(out))
+    for name, g in zip(("dq", "dk", "dv"), torch.autograd.grad(out, (q, k, v), torch.ones_like(out))):
+        assert torch.equal(g, torch.zeros_like(g)), name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("splits", ["1", "4"])
+def test_kernels_split_kv_and_decode_ignore_nonfinite_v(splits, monkeypatch):
+    # decode shapes (1 and 4 query rows, GQA 8:2) through the decode template and split-KV
+    monkeypatch.setenv("AE_DECODE", "1")
+    monkeypatch.setenv("AE_KV_SPLITS", splits)
+    mask = lambda b, h, qi, ki: ki < 900  # noqa: E731
+    attn = ae.compile(mask_mod=mask)
+    for sq in (1, 4):
+        gen = torch.Generator().manual_seed(sq)
+        q = torch.randn(2, 8, sq, 128, generator=gen).to("cuda", torch.bfloat16)
+        k, v = (torch.randn(2, 2, 1000, 128, generator=gen).to("cuda", torch.bfloat16)
+                for _ in range(2))
+        v[:, :, 900:] = NAN
+        v[:, :, 950:, :5] = INF
+        poisoned = torch.zeros(2, 8, sq, 128, dtype=torch.bool)
+        family = attn.backend_for(q, k, v)
+        _kernel_vs_reference(attn, q, k, v, family, poisoned, backward=False)
+
+
+@pytest.mark.gpu
+def test_kvcache_garbage_past_the_lengths_does_not_reach_the_output():
+    # a cache allocated with torch.empty: positions past each sequence's length hold anything
+    attn = ae.compile(mask_mod=mods.causal)
+    B, S_max, H, D = 3, 512, 4, 128
+    gen = torch.Generator().manual_seed(0)
+    k_cache = torch.full((B, S_max, H, D), NAN).to("cuda", torch.bfloat16)
+    v_cache = torch.full((B, S_max, H, D), INF).to("cuda", torch.bfloat16)
+    lens = torch.tensor([100, 300, 511], dtype=torch.int32, device="cuda")
+    for b in range(B):
+        n = int(lens[b])
+        k_cache[b, :n] = torch.randn(n, H, D, generator=gen).to("cuda", torch.bfloat16)
+        v_cache[b, :n] = torch.randn(n, H, D, generator=gen).to("cuda", torch.bfloat16)
+    q = torch.randn(B, 1, H, D, generator=gen).to("cuda", torch.bfloat16)
+    out = attn.with_kvcache(q, k_cache, v_cache, lens)
+    assert torch.isfinite(out).all(), "cache positions past a sequence's length reached it"
+    plain = ae.compile()  # the query is its sequence's last position: causal keeps every key
+    for b in range(B):
+        n = int(lens[b])
+        want = plain.reference(*(t[b:b + 1, :m].transpose(1, 2).double()
+                                 for t, m in ((q, 1), (k_cache, n), (v_cache, n))))
+        got = out[b:b + 1].transpose(1, 2).double()
+        assert (got - want).abs().max().item() < 0.03

@@ -1,0 +1,67 @@
+// O += P V where V may hold inf or nan at keys some rows mask: an MMA multiplies those rows'
+// P = 0 by the value, and 0 * inf = nan would turn rows that never read the key into nan.
+// Tiles that can hold masked keys (partly masked blocks, the key tail, every block of a
+// score_mod that writes -inf: Variant::kScoreMasks) scan their V tile in shared memory; a tile
+// with a non-finite value takes pv_exact, which adds P V score by score and skips P = 0,
+// instead of the MMA. Other tiles pay nothing; a scanned tile pays the scan.
+#pragma once
+
+#include "nvidia/mma.h"
+
+namespace ae::rows {
+
+// Whether either half of w (two bf16 or fp16 values) is inf or nan: its exponent all ones.
+template <bool kBf16>
+AE_DEVICE bool nonfinite2(u32 w) {
+  constexpr u32 e = kBf16 ? 0x7f80u : 0x7c00u;
+  return (w & e) == e || (w & (e << 16)) == (e << 16);
+}
+
+// Whether this thread's share of a shared-memory tile holds a non-finite value: rows
+// [0, rows) of `chunks` 16-byte chunks each, `ld` bytes apart; thread t of n takes chunks
+// t, t + n, ... (the caller combines the threads' answers).
+template <bool kBf16>
+AE_DEVICE bool any_nonfinite(const char* tile, int rows, int chunks, int ld, int t, int n) {
+  bool bad = false;
+  for (int c = t; c < rows * chunks; c += n) {
+    const uint4 w = *reinterpret_cast<const uint4*>(tile + (c / chunks) * ld + (c % chunks) * 16);
+    bad |= nonfinite2<kBf16>(w.x) | nonfinite2<kBf16>(w.y) | nonfinite2<kBf16>(w.z) |
+           nonfinite2<kBf16>(w.w);
+  }
+  return bad;
+}
+
+// O += P V for one 16-row MMA tile, score by score, where P != 0 only. a: the tile's P as A
+// fragments of kKeys keys (p_to_a's packing: a[kk][0] row lane / 4 and a[kk][1] row lane / 4
+// + 8 hold keys 16 kk + 2 (lane % 4) + {0, 1}; a[kk][2], a[kk][3] the same 8 keys on).
+// v(key, col): V's values (col, col + 1) of that key as one 32-bit pair. O in the C layout
+// (o[i][0..1]: row lane / 4, columns 8 i + 2 (lane % 4) + {0, 1}; o[i][2..3]: row + 8).
+// Rare and slow: a loop over keys, not unrolled.
+template <bool kBf16, int kKeys, int kO8, class VPair>
+AE_DEVICE void pv_exact(float (&o)[kO8][4], const u32 (&a)[kKeys / 16][4], const VPair& v) {
+  const int lane = threadIdx.x % 32, col = 2 * (lane % 4);
+#pragma unroll 1
+  for (int key = 0; key < kKeys; ++key) {
+    const int kk = key / 16, e = key % 16, hi = e >= 8 ? 2 : 0;
+    u32 w0 = 0, w1 = 0;  // a[kk][hi], a[kk][hi + 1] without indexing registers at run time
+#pragma unroll
+    for (int t = 0; t < kKeys / 16; ++t)
+      if (t == kk) w0 = hi ? a[t][2] : a[t][0], w1 = hi ? a[t][3] : a[t][1];
+    const int src = (lane & ~3) | ((e % 8) / 2);  // the quad's lane that holds this key
+    w0 = __shfl_sync(0xffffffffu, w0, src);
+    w1 = __shfl_sync(0xffffffffu, w1, src);
+    float l0, h0, l1, h1;
+    unpack2<kBf16>(w0, l0, h0);
+    unpack2<kBf16>(w1, l1, h1);
+    const float p0 = (e & 1) ? h0 : l0, p1 = (e & 1) ? h1 : l1;
+#pragma unroll
+    for (int i = 0; i < kO8; ++i) {
+      float x, y;
+      unpack2<kBf16>(v(key, 8 * i + col), x, y);
+      if (p0 != 0.f) o[i][0] = fmaf(p0, x, o[i][0]), o[i][1] = fmaf(p0, y, o[i][1]);
+      if (p1 != 0.f) o[i][2] = fmaf(p1, x, o[i][2]), o[i][3] = fmaf(p1, y, o[i][3]);
+    }
+  }
+}
+
+}  // namespace ae::rows
