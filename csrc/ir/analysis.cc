@@ -41,6 +41,15 @@ Analysis analyze(const Graph& g) {
     a.score_deps = a.deps[s->node];
     a.has_score_mod = !(n.op == Op::Param && n.index == static_cast<int>(Param::Score));
     a.score_loads_per_element = per_element_load && (a.score_deps & kDepBuffer) != 0;
+    // a pow of a non-constant exponent among the score's operands (nodes come in order)
+    std::vector<char> used(g.nodes.size(), 0);
+    used[s->node] = 1;
+    for (int i = s->node; i >= 0; --i) {
+      if (!used[i]) continue;
+      const Node& u = g.nodes[i];
+      a.score_pow = a.score_pow || (u.op == Op::Pow && g.nodes[u.args[1]].op != Op::Const);
+      for (int x : u.args) used[x] = 1;
+    }
   }
   if (const Output* m = g.find_output("mask")) {
     const Node& n = g.nodes[m->node];

@@ -55,6 +55,9 @@ struct Analysis {
   // is not). Such loads need registers in flight: the tile tables pick smaller tiles.
   bool score_loads_per_element = false;
   bool mask_loads_per_element = false;  // the mask_mod loads a captured tensor at q_idx / kv_idx
+  // The score_mod raises to a power that is not a constant (an inline exp2 / log2 with C's
+  // special cases per score: registers the widest tiles do not have).
+  bool score_pow = false;
   std::string text() const;
 };
 Analysis analyze(const Graph& g);

@@ -92,6 +92,7 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
   q.bf16 = pb.dtype == ElemType::BFloat16;
   q.score_loads = r.variant.score_loads;
   q.mask_loads = r.variant.mask_loads;
+  q.score_pow = r.variant.score_pow;
   const bool custom = r.variant.normalize == ir::Normalize::Custom;
   q.softmax = r.variant.normalize == ir::Normalize::Softmax || (custom && r.variant.log_domain);
   // A custom normalization's extra work per score (its weight and stat functions) and per row

@@ -49,6 +49,7 @@ struct VariantTraits {
   bool mask_reads_buffers = false;  // it reads captured tensors (its blocks can change per call)
   bool score_loads = false;    // the score_mod loads a captured tensor per score
   bool mask_loads = false;     // the mask_mod loads a captured tensor per score (partial blocks)
+  bool score_pow = false;      // the score_mod has a pow of a non-constant exponent
   ir::Normalize normalize = ir::Normalize::Softmax;
   bool log_domain = false;     // a custom normalization's (its online steps are softmax's)
 

@@ -72,7 +72,7 @@ const std::vector<Sm80BwdRule>& sm80_bwd_rules() {
 struct Sm90Fwd {
   int block_n, stages;
   bool overlap, pingpong;
-  bool wide = false;  // past the registers a mask that loads per score needs: skipped for one
+  bool wide = false;  // past the registers a per-score mask load or pow needs: skipped for them
 };
 struct Sm90FwdRule {
   int max_dv;
@@ -88,7 +88,8 @@ struct Sm90FwdRule {
 // do_bench medians): D128 176 keys 588 -> 601 plain, 486 -> 515 causal, 471 -> 494 ALiBi;
 // D64 192 keys 435 -> 452; D256 80 keys without overlap 628. Dqk 192 (MLA) has no room for
 // 176 keys: 128. The wide tiles spill where the mask_mod loads a captured tensor per score
-// (SeerAttention's block mask: compile-all check); such variants keep the narrower tile.
+// (SeerAttention's block mask: compile-all check), and where the score_mod has a pow of a
+// non-constant exponent (a decay gamma ** (q - k)); such variants keep the narrower tile.
 const std::vector<Sm90FwdRule>& sm90_fwd_rules() {
   static const std::vector<Sm90FwdRule> rules = {
       {64, kNo, kYes, {{192, 2, true, true, true}, {128, 2, true, true}, {64, 2, true, true}}},
@@ -208,7 +209,7 @@ Candidates sm90_forward(const TableQuery& q, const TuningOverrides& o) {
     if (q.d_v > r.max_dv || !matches(r.score_loads, q.score_loads) || !matches(r.softmax, q.softmax))
       continue;
     for (const Sm90Fwd& t : r.tiles) {
-      if (t.wide && q.mask_loads) continue;
+      if (t.wide && (q.mask_loads || q.score_pow)) continue;
       KernelSpec s = base_spec(Kind::Forward, Family::Sm90, q);
       s.arch = "sm_90a";  // wgmma, setmaxnreg: arch-specific code
       s.warps = sm90::kFwdWarps;

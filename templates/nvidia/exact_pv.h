@@ -23,6 +23,7 @@ AE_DEVICE bool nonfinite2(u32 w) {
 template <bool kBf16>
 AE_DEVICE bool any_nonfinite(const char* tile, int rows, int chunks, int ld, int t, int n) {
   bool bad = false;
+#pragma unroll 2
   for (int c = t; c < rows * chunks; c += n) {
     const uint4 w = *reinterpret_cast<const uint4*>(tile + (c / chunks) * ld + (c % chunks) * 16);
     bad |= nonfinite2<kBf16>(w.x) | nonfinite2<kBf16>(w.y) | nonfinite2<kBf16>(w.z) |
@@ -36,30 +37,37 @@ AE_DEVICE bool any_nonfinite(const char* tile, int rows, int chunks, int ld, int
 // + 8 hold keys 16 kk + 2 (lane % 4) + {0, 1}; a[kk][2], a[kk][3] the same 8 keys on).
 // v(key, col): V's values (col, col + 1) of that key as one 32-bit pair. O in the C layout
 // (o[i][0..1]: row lane / 4, columns 8 i + 2 (lane % 4) + {0, 1}; o[i][2..3]: row + 8).
-// Rare and slow: a loop over keys, not unrolled.
+// Rare and slow: a loop over each 16 keys' P, not unrolled, once per 4 column groups of O, so
+// that few registers are live beside the kernel's (the sm90 forward holds S, P and O there).
 template <bool kBf16, int kKeys, int kO8, class VPair>
 AE_DEVICE void pv_exact(float (&o)[kO8][4], const u32 (&a)[kKeys / 16][4], const VPair& v) {
+  constexpr int kGroup = kO8 % 4 == 0 ? 4 : kO8;
   const int lane = threadIdx.x % 32, col = 2 * (lane % 4);
+#pragma unroll
+  for (int i0 = 0; i0 < kO8; i0 += kGroup) {
+#pragma unroll
+    for (int kk = 0; kk < kKeys / 16; ++kk) {
 #pragma unroll 1
-  for (int key = 0; key < kKeys; ++key) {
-    const int kk = key / 16, e = key % 16, hi = e >= 8 ? 2 : 0;
-    u32 w0 = 0, w1 = 0;  // a[kk][hi], a[kk][hi + 1] without indexing registers at run time
+      for (int e = 0; e < 16; ++e) {  // key 16 kk + e
+        const int src = (lane & ~3) | ((e % 8) / 2);  // the quad's lane that holds the key
+        const u32 w0 = __shfl_sync(0xffffffffu, e < 8 ? a[kk][0] : a[kk][2], src);
+        const u32 w1 = __shfl_sync(0xffffffffu, e < 8 ? a[kk][1] : a[kk][3], src);
+        float l0, h0, l1, h1;
+        unpack2<kBf16>(w0, l0, h0);
+        unpack2<kBf16>(w1, l1, h1);
+        const float p0 = (e & 1) ? h0 : l0, p1 = (e & 1) ? h1 : l1;
 #pragma unroll
-    for (int t = 0; t < kKeys / 16; ++t)
-      if (t == kk) w0 = hi ? a[t][2] : a[t][0], w1 = hi ? a[t][3] : a[t][1];
-    const int src = (lane & ~3) | ((e % 8) / 2);  // the quad's lane that holds this key
-    w0 = __shfl_sync(0xffffffffu, w0, src);
-    w1 = __shfl_sync(0xffffffffu, w1, src);
-    float l0, h0, l1, h1;
-    unpack2<kBf16>(w0, l0, h0);
-    unpack2<kBf16>(w1, l1, h1);
-    const float p0 = (e & 1) ? h0 : l0, p1 = (e & 1) ? h1 : l1;
-#pragma unroll
-    for (int i = 0; i < kO8; ++i) {
-      float x, y;
-      unpack2<kBf16>(v(key, 8 * i + col), x, y);
-      if (p0 != 0.f) o[i][0] = fmaf(p0, x, o[i][0]), o[i][1] = fmaf(p0, y, o[i][1]);
-      if (p1 != 0.f) o[i][2] = fmaf(p1, x, o[i][2]), o[i][3] = fmaf(p1, y, o[i][3]);
+        for (int i = i0; i < i0 + kGroup; ++i) {
+          float x, y;
+          unpack2<kBf16>(v(16 * kk + e, 8 * i + col), x, y);
+          // where P = 0, V's value is taken as 0: selects and unconditional FMAs (a branch
+          // that writes wgmma accumulators makes ptxas serialize the sm90 kernel's wgmmas)
+          o[i][0] = fmaf(p0, p0 != 0.f ? x : 0.f, o[i][0]);
+          o[i][1] = fmaf(p0, p0 != 0.f ? y : 0.f, o[i][1]);
+          o[i][2] = fmaf(p1, p1 != 0.f ? x : 0.f, o[i][2]);
+          o[i][3] = fmaf(p1, p1 != 0.f ? y : 0.f, o[i][3]);
+        }
+      }
     }
   }
 }

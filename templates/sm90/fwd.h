@@ -43,13 +43,15 @@ struct FwdConfig {
   static constexpr bool kSplitKv = SPLIT_KV_;
   static constexpr int kConsumers = kFwdConsumers;  // consumer warpgroups, 64 query rows each
   static constexpr int kBlockM = kFwdBlockM, kThreads = 32 * kFwdWarps;
-  // Tiles as TMA writes them with 128-byte swizzle: [D / 64 column blocks][rows][64].
+  // Tiles as TMA writes them with 128-byte swizzle: [D / 64 column blocks][rows][64]; before
+  // them a 1024-byte atom of zeros (the B operand of P V on a tile that pv_exact adds).
   static constexpr int kQBytes = kBlockM * kDqk * 2, kKBytes = kBlockN * kDqk * 2,
                        kVBytes = kBlockN * kDv * 2;
   static constexpr int kBarriers = 1 + 3 * kStages;  // Q full; K full, V full, empty per stage
-  // 1024 bytes of slack to align the tiles to the swizzle pattern's 1024-byte period.
+  // 1024 bytes of slack to align the tiles to the swizzle pattern's 1024-byte period, and the
+  // zero atom.
   static constexpr int kSmemBytes = fwd_smem_bytes(kBlockN, kDqk, kDv, kStages);  // the planner's
-  static_assert(kSmemBytes == 1024 + kQBytes + kStages * (kKBytes + kVBytes) + 8 * kBarriers +
+  static_assert(kSmemBytes == 2048 + kQBytes + kStages * (kKBytes + kVBytes) + 8 * kBarriers +
                                   4 * kStages &&
                     kBlockM == 64 * kConsumers && kThreads == 128 * (kConsumers + 1),
                 "sm90/shapes.h");
@@ -77,7 +79,8 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   using Norm = typename Variant::Norm;
   using Layout = typename Cfg::Layout;
   extern __shared__ __align__(1024) char smem_raw[];
-  char* sQ = align_1024(smem_raw);
+  char* s_zero = align_1024(smem_raw);
+  char* sQ = s_zero + 1024;
   char* sK = sQ + Cfg::kQBytes;
   char* sV = sK + S * Cfg::kKBytes;
   u64* q_full = reinterpret_cast<u64*>(sV + S * Cfg::kVBytes);
@@ -105,6 +108,8 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
     }
     mbar_init_fence();
   }
+  if (threadIdx.x < 256) reinterpret_cast<u32*>(s_zero)[threadIdx.x] = 0u;
+  fence_view_async_shared();  // the zeros, for wgmma
   __syncthreads();
 
   const int wg = threadIdx.x / 128;
@@ -221,34 +226,42 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   };
 
   // P V of the block in ring slot `it` (P in pa), issued asynchronously (one commit group).
-  auto issue_pv = [&](int it_) {
+  // exact: pv_exact_at has added P V, and B is the zero atom (O += 0). (A select of the
+  // descriptor, not a branch: a wgmma in a branch that ptxas cannot prove uniform makes it
+  // serialize every wgmma of the kernel; compile-all checks its log for that.)
+  auto issue_pv = [&](int it_, bool exact) {
     const int stage = it_ % S;
     mbar_wait(v_full + stage, (it_ / S) & 1);
+    const u64 zero = smem_desc_atom(s_zero);
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk)  // 16 keys per step: 16 rows of 128 bytes
-      wgmma_rs<Cfg::kDv, Cfg::kBf16>(
-          o, pa[kk], smem_desc(sV + stage * Cfg::kVBytes + kk * 16 * 128, BN * 128), 1);
+    for (int kk = 0; kk < BN / 16; ++kk) {  // 16 keys per step: 16 rows of 128 bytes
+      const u64 desc = smem_desc(sV + stage * Cfg::kVBytes + kk * 16 * 128, BN * 128);
+      wgmma_rs<Cfg::kDv, Cfg::kBf16>(o, pa[kk], exact ? zero : desc, 1);
+    }
     wgmma_commit();
   };
 
-  // Whether block `it_` (code: block_at's) has masked keys whose V holds inf or nan, agreed
+  // Whether block `it_` has masked keys whose V holds inf or nan, agreed
   // by the warpgroup (named barrier 3 + cw; it waits for V when it scans); such a block's
   // P V is pv_exact_at's, score by score, not the wgmma (nvidia/exact_pv.h).
-  auto v_bad = [&](int it_, int code) -> bool {
+  auto v_bad = [&](int it_) -> bool {
+    const int code = block_at(it_);  // (its slot is still held: re-read, not kept live)
     if (!Variant::kScoreMasks && !(code & 1) && (code >> 1) * BN + BN <= Layout::kv_len(p, b))
       return false;
     const int stage = it_ % S;
     mbar_wait(v_full + stage, (it_ / S) & 1);
-    return named_bar_or_at(3 + cw, 128,
-                           rows::any_nonfinite<Cfg::kBf16>(sV + stage * Cfg::kVBytes, 1,
-                                                           Cfg::kVBytes / 16, 0,
-                                                           threadIdx.x % 128, 128));
+    const bool bad = rows::any_nonfinite<Cfg::kBf16>(sV + stage * Cfg::kVBytes, 1,
+                                                     Cfg::kVBytes / 16, 0, threadIdx.x % 128, 128);
+    return cw == 0 ? named_bar_or<3>(128, bad) : named_bar_or<4>(128, bad);
   };
-  auto pv_exact_at = [&](int it_) {  // V as TMA wrote it: 128-byte rows, 128-byte swizzle
-    const char* tV = sV + (it_ % S) * Cfg::kVBytes;
+  // V as TMA wrote it: [Dv / 64 column blocks][BN keys][128 bytes], the 16-byte chunks of key
+  // k's row at chunk ^ (k % 8). col = 8 i + 2 (lane % 4): its block i / 8, chunk i % 8.
+  auto pv_exact_at = [&](int it_) {
+    const char* tV = sV + (it_ % S) * Cfg::kVBytes + 4 * (lane % 4);
     rows::pv_exact<Cfg::kBf16, BN>(o, pa, [&](int key, int col) {
-      return *reinterpret_cast<const u32*>(tV + (col / 64) * BN * 128 + key * 128 +
-                                           (((col % 64) * 2) ^ ((key % 8) * 16)));
+      const int i = col / 8;
+      return *reinterpret_cast<const u32*>(tV + key * 128 + (i / 8) * BN * 128 +
+                                           ((16 * (i % 8)) ^ (16 * (key % 8))));
     });
   };
 
@@ -262,14 +275,12 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
       process_s(c, alpha);
       rows::rescale_rows_if_moved<Norm>(o, alpha);
       rows::p_to_a<Cfg::kBf16>(pa, s);
-      if (v_bad(it, c)) {
-        pv_exact_at(it);
-      } else {
-        wgmma_fence();
-        issue_pv(it);
-        wgmma_wait<0>();
-        fence_regs(o);
-      }
+      const bool exact = v_bad(it);
+      if (exact) pv_exact_at(it);  // (S is dead here: the registers it needs are free)
+      wgmma_fence();
+      issue_pv(it, exact);
+      wgmma_wait<0>();
+      fence_regs(o);
       mbar_arrive(empty + it % S);
     }
     rows::store_rows<Cfg::kBf16, Norm, Layout, Cfg::kSplitKv>(p, var, o, stats, b, h, row0);
@@ -286,36 +297,30 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
     rows::p_to_a<Cfg::kBf16>(pa, s);
     // Intra-warpgroup overlap: S of the next block is issued with P V of this one, and its
     // softmax runs while P V is still on the tensor cores.
-    for (int cn = block_at(1); cn >= 0; c = cn, cn = block_at(++it + 1)) {
-      const bool exact = v_bad(it, c);
+    for (int cn = block_at(1); cn >= 0; cn = block_at(++it + 1)) {
+      const bool exact = v_bad(it);
+      if (exact) pv_exact_at(it);  // (S is dead here: the registers it needs are free)
       turn_wait();
       issue_s(it + 1);  // its wgmma_fence also covers the writes to pa and o
-      if (exact) wgmma_commit();  // (an empty group keeps the waits' counts)
-      else issue_pv(it);
+      issue_pv(it, exact);
       turn_pass();
       wgmma_wait<1>();  // S of the next block (committed first) is done
       fence_regs(s);
       process_s(cn, alpha);
       wgmma_wait<0>();
       fence_regs(o);
-      if (exact) pv_exact_at(it);
       mbar_arrive(empty + it % S);
       rows::rescale_rows_if_moved<Norm>(o, alpha);
       rows::p_to_a<Cfg::kBf16>(pa, s);
     }
-    const bool exact = v_bad(it, c);
+    const bool exact = v_bad(it);
+    if (exact) pv_exact_at(it);
     turn_wait();  // the last block: P V alone
-    if (!exact) {
-      wgmma_fence();
-      issue_pv(it);
-    }
+    wgmma_fence();
+    issue_pv(it, exact);
     turn_pass();
-    if (exact) {
-      pv_exact_at(it);
-    } else {
-      wgmma_wait<0>();
-      fence_regs(o);
-    }
+    wgmma_wait<0>();
+    fence_regs(o);
     mbar_arrive(empty + it % S);
   }
   if (cw == 0) turn_wait();  // the second consumer's last pass

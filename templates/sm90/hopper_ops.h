@@ -107,6 +107,11 @@ AE_DEVICE u64 smem_desc(const void* p, u32 lbo) {
   return ((addr & 0x3FFFF) >> 4) | (static_cast<u64>(lbo >> 4) << 16) |
          (static_cast<u64>(1024 >> 4) << 32) | (1ull << 62);
 }
+// A descriptor whose every row and column block is the same 1024-byte atom at p (LBO and
+// SBO 0): a B operand of any shape that reads only those 1024 bytes.
+AE_DEVICE u64 smem_desc_atom(const void* p) {
+  return ((static_cast<u64>(smem_u32(p)) & 0x3FFFF) >> 4) | (1ull << 62);
+}
 
 // ---- warp specialization ----
 // Named barriers 1..15 (0 is __syncthreads) over `threads` threads: sync waits, arrive not.
@@ -127,13 +132,14 @@ AE_DEVICE void named_bar_arrive_at(int id, int threads) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 // A named barrier that also ORs a predicate over its threads (every one gets the result).
-AE_DEVICE bool named_bar_or_at(int id, int threads, bool pred) {
+template <int kId>
+AE_DEVICE bool named_bar_or(int threads, bool pred) {
   u32 r;
   asm volatile(
       "{\n.reg .pred p, q;\nsetp.ne.u32 p, %1, 0;\nbar.red.or.pred q, %2, %3, p;\n"
       "selp.u32 %0, 1, 0, q;\n}\n"
       : "=r"(r)
-      : "r"(static_cast<u32>(pred)), "r"(id), "r"(threads)
+      : "r"(static_cast<u32>(pred)), "n"(kId), "r"(threads)
       : "memory");
   return r != 0;
 }

@@ -184,6 +184,27 @@ TEST(Analysis, LoadsPerScore) {
   EXPECT_FALSE(c.mask_loads_per_element);
 }
 
+TEST(Analysis, ScorePow) {
+  // gamma[h] ** (q_idx - kv_idx): a pow of a non-constant exponent; s ** 2 is a product.
+  TraceBuilder t;
+  int gamma = t.buffer("gamma", "float32", {4});
+  int s = t.param("score"), h = t.param("h"), q = t.param("q_idx"), kv = t.param("kv_idx");
+  t.score(t.op("mul", {s, t.op("pow", {t.load(gamma, {h}), t.op("sub", {q, kv})})}));
+  t.mask(t.op("ge", {q, kv}));
+  EXPECT_TRUE(analyze(optimize(parse_trace(t.str()))).score_pow);
+  TraceBuilder u;
+  int s2 = u.param("score");
+  u.score(u.op("pow", {s2, u.fconst(2.0)}));
+  u.mask(u.bconst(true));
+  EXPECT_FALSE(analyze(optimize(parse_trace(u.str()))).score_pow);
+  // a pow in the mask only does not count
+  TraceBuilder w;
+  int s3 = w.param("score"), q3 = w.param("q_idx"), kv3 = w.param("kv_idx");
+  w.score(w.op("mul", {s3, w.fconst(0.5)}));
+  w.mask(w.op("lt", {w.op("pow", {w.op("sub", {q3, kv3}), kv3}), q3}));
+  EXPECT_FALSE(analyze(optimize(parse_trace(w.str()))).score_pow);
+}
+
 TEST(Analysis, IdentityAndNoMask) {
   TraceBuilder t;
   t.score(t.param("score"));

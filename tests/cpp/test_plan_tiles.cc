@@ -76,11 +76,15 @@ TEST(Sm90Tiles, ForwardPreferences) {
   ASSERT_FALSE(plain.specs.empty());
   EXPECT_EQ(plain.specs[0].describe(), "fwd90 sm_90a bf16 d128/128 128x176 w12 s2 ov pp");
   EXPECT_EQ(sm90_forward(query(64, 64), kNone).specs[0].block_n, 192);
-  // A mask_mod that loads a captured tensor per score keeps the narrower tiles.
+  // A mask_mod that loads a captured tensor per score, or a score_mod with a pow of a
+  // non-constant exponent, keeps the narrower tiles.
   for (auto [d, narrow] : {std::pair{64, 128}, {128, 128}, {256, 64}}) {
     TableQuery m = query(d, d);
     m.mask_loads = true;
     EXPECT_EQ(sm90_forward(m, kNone).specs[0].block_n, narrow) << d;
+    TableQuery w = query(d, d);
+    w.score_pow = true;
+    EXPECT_EQ(sm90_forward(w, kNone).specs[0].block_n, narrow) << d;
   }
   EXPECT_EQ(sm90_forward(query(128, 128, true), kNone).specs[0].block_n, 64);
   const auto none = sm90_forward(query(128, 128, false, false), kNone).specs[0];
@@ -145,7 +149,8 @@ TEST(Tiles, SharedMemoryIsTheTemplatesFormula) {
   const auto f = sm80_forward(query(128, 128), kNone).specs[0];
   EXPECT_EQ(smem_bytes(f), 2 * (128 * 136 + 2 * 64 * 136 + 2 * 64 * 136));
   const auto g = sm90_forward(query(128, 128), kNone).specs[0];
-  EXPECT_EQ(smem_bytes(g), 1024 + 2 * (128 * 128 + 2 * 176 * 256) + 8 * 7 + 4 * 2);
+  // (1024 bytes of alignment slack and the zero atom of exact P V: 2048)
+  EXPECT_EQ(smem_bytes(g), 2048 + 2 * (128 * 128 + 2 * 176 * 256) + 8 * 7 + 4 * 2);
   const auto b = sm80_backward(query(128, 128), kNone).specs[0];
   EXPECT_EQ(smem_bytes(b), 2 * (128 * 272 + 2 * 64 * 272 + 2 * 128 * 72) + 2 * 2 * 4 * 64);
 }

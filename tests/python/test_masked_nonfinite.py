@@ -120,6 +120,15 @@ def test_nan_at_a_kept_position_still_poisons_its_row():
     assert torch.isfinite(out[0, 0, :5]).all()
 
 
+def test_kernels_of_a_score_mod_that_writes_an_infinity_scan_every_tile():
+    # such a score_mod masks keys inside blocks the walk calls full: every tile's V is checked
+    def source(attn):
+        return attn.variant.kernel_source("fwd", 64, 64, True, [], family="sm80")["source"]
+    assert "kScoreMasks = true" in source(ae.compile(
+        lambda s, b, h, qi, ki: torch.where(ki > qi, -INF, s)))
+    assert "kScoreMasks = false" in source(ae.compile(mods.softcap(20.0), mods.causal))
+
+
 # ---------------------------------------------------------------------------------------------
 # The fused kernels: V at masked keys is never read into P V (tiles with masked keys scan V and
 # add P V score by score when it holds inf or nan: templates/nvidia/exact_pv.h), and a masked
