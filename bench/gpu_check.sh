@@ -44,6 +44,7 @@ for s in $STEPS; do
     decode) step decode decode.log $PY bench/decode_bench.py ${DECODE_ARGS:-} ;;
     norm)  step norm normalizer.log $PY bench/normalizer_bench.py ${NORM_ARGS:-} ;;
     parts) step parts retention_parts.log $PY bench/retention_parts.py ${PARTS_ARGS:-} ;;
+    exactpv) step exactpv exact_pv_cost.log $PY bench/exact_pv_cost.py ${EXACTPV_ARGS:-} ;;
     generate) step generate generate.log $PY bench/generate.py ${GENERATE_ARGS:-} ;;
     # The document mask at 16k against FlexAttention, with causal for scale (issue 17's table).
     docmask) step docmask docmask.log $PY bench/attention_bench.py --variants causal,document \

@@ -82,7 +82,9 @@ std::string instantiate(const ir::Variant* variant, const KernelSpec& s) {
   const Template t = template_of(s);
   std::string src;
   auto out = std::back_inserter(src);
-  fmt::format_to(out, "// attention_engine kernel: {}\n#include \"{}\"\n", s.describe(), t.header);
+  fmt::format_to(out, "// attention_engine kernel: {}\n", s.describe());
+  if (s.trust_v) src += "#define AE_CHECK_V 0\n";
+  fmt::format_to(out, "#include \"{}\"\n", t.header);
   if (s.uses_variant()) {
     src += "#include \"common/variant_support.h\"\n\nnamespace {\n\n";
     src += emit_variant(*variant, s.buffer_dtypes, s.buffer_grads,

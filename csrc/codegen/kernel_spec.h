@@ -64,6 +64,9 @@ struct KernelSpec {
   // Captured tensors through plain loads (ae::ld's kPlain) in every variant without gradient
   // atomics, not only custom normalizations' (AE_PLAIN_LOADS=1: an A/B switch until measured).
   bool plain_loads = false;
+  // V trusted finite at masked keys: the forwards' checks compiled out (AE_EXACT_PV=0, an A/B
+  // switch for their cost; templates/nvidia/exact_pv.h).
+  bool trust_v = false;
 
   int threads() const { return 32 * warps; }
   // Whether the kernel is generated from a variant (the row passes are the same for all).

@@ -31,6 +31,7 @@ TuningOverrides TuningOverrides::from_environment() {
     o.custom_norm_kernels = false;
   if (const char* p = std::getenv("AE_PLAIN_LOADS"); p && *p && std::string(p) != "0")
     o.plain_loads = true;
+  if (const char* e = std::getenv("AE_EXACT_PV"); e && std::string(e) == "0") o.trust_v = true;
   const char* off = std::getenv("AE_DISABLE_SM90");
   o.disable_sm90 = off && *off && std::string(off) != "0";
   const char* off_bwd = std::getenv("AE_DISABLE_SM90_BWD");

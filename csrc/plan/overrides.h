@@ -16,6 +16,9 @@
 //   AE_PLAIN_LOADS=1                                  captured tensors through plain loads in
 //                                                     every kernel without gradient atomics
 //                                                     (custom normalizations' always): for A/B
+//   AE_EXACT_PV=0                                     forwards trust V to be finite at masked
+//                                                     keys (no check: templates/nvidia/
+//                                                     exact_pv.h): for A/B of its cost
 //   AE_GRAD_SINK=global                               captured tensors' gradients by global
 //                                                     atomics (no shared-memory copy)
 // reg_level: ptxas --register-usage-level, -1 for its default. A field that is absent or out
@@ -39,6 +42,7 @@ struct TuningOverrides {
   bool global_grads = false;
   bool custom_norm_kernels = true;
   bool plain_loads = false;
+  bool trust_v = false;  // AE_EXACT_PV=0: no check of V at masked keys (an A/B switch)
 
   // Read from the environment (every call: benchmarks change them between calls).
   static TuningOverrides from_environment();

@@ -143,6 +143,7 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
       }
       spec->grad_sink = shared ? codegen::GradSink::Shared : codegen::GradSink::Global;
       spec->plain_loads = r.overrides.plain_loads;
+      spec->trust_v = r.overrides.trust_v && kind == Kind::Forward;
       return true;
     }
     reasons += (reasons.empty() ? "" : "; ") + w;

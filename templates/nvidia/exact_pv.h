@@ -8,6 +8,11 @@
 
 #include "nvidia/mma.h"
 
+// AE_EXACT_PV=0 (KernelSpec::trust_v, an A/B switch): the checks compiled out.
+#ifndef AE_CHECK_V
+#define AE_CHECK_V 1
+#endif
+
 namespace ae::rows {
 
 // Whether either half of w (two bf16 or fp16 values) is inf or nan: its exponent all ones.

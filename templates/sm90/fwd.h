@@ -245,6 +245,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   // by the warpgroup (named barrier 3 + cw; it waits for V when it scans); such a block's
   // P V is pv_exact_at's, score by score, not the wgmma (nvidia/exact_pv.h).
   auto v_bad = [&](int it_) -> bool {
+    if constexpr (!AE_CHECK_V) return false;
     const int code = block_at(it_);  // (its slot is still held: re-read, not kept live)
     if (!Variant::kScoreMasks && !(code & 1) && (code >> 1) * BN + BN <= Layout::kv_len(p, b))
       return false;

@@ -158,8 +158,13 @@ def _bias_and_slopes(s: Shape) -> Mods:
 
 
 def _document(s: Shape) -> Mods:
-    assert s.Sq == s.Skv, "document mask: one packed sequence"
-    return Mods(mask_mod=mods.document_mask(random_doc_ids(s.Sq)))
+    """Packed documents; with fewer queries than keys (decode), the queries are the last
+    positions, causal within their document."""
+    if s.Sq == s.Skv:
+        return Mods(mask_mod=mods.document_mask(random_doc_ids(s.Sq)))
+    doc, offset = random_doc_ids(s.Skv), s.Skv - s.Sq
+    return Mods(mask_mod=lambda b, h, q_idx, kv_idx:
+                (doc[q_idx + offset] == doc[kv_idx]) & (q_idx + offset >= kv_idx))
 
 
 def _sigmoid(s: Shape) -> Mods:

@@ -129,6 +129,18 @@ def test_kernels_of_a_score_mod_that_writes_an_infinity_scan_every_tile():
     assert "kScoreMasks = false" in source(ae.compile(mods.softcap(20.0), mods.causal))
 
 
+def test_exact_pv_switch_compiles_the_checks_out(monkeypatch):
+    # AE_EXACT_PV=0 (an A/B switch): a kernel of its own (its key), without the checks
+    attn = ae.compile(mask_mod=mods.causal)
+    monkeypatch.delenv("AE_EXACT_PV", raising=False)
+    on = attn.variant.kernel_source("fwd", 128, 128, True, [], family="sm90")
+    assert "AE_CHECK_V" not in on["source"]
+    monkeypatch.setenv("AE_EXACT_PV", "0")
+    off = attn.variant.kernel_source("fwd", 128, 128, True, [], family="sm90")
+    assert off["describe"].endswith(" trustv") and "#define AE_CHECK_V 0" in off["source"]
+    assert " trustv" not in attn.variant.kernel_source("bwd", 128, 128, True, [])["describe"]
+
+
 # ---------------------------------------------------------------------------------------------
 # The fused kernels: V at masked keys is never read into P V (tiles with masked keys scan V and
 # add P V score by score when it holds inf or nan: templates/nvidia/exact_pv.h), and a masked
