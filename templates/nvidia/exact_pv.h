@@ -28,7 +28,7 @@ AE_DEVICE bool nonfinite2(u32 w) {
 template <bool kBf16>
 AE_DEVICE bool any_nonfinite(const char* tile, int rows, int chunks, int ld, int t, int n) {
   bool bad = false;
-#pragma unroll 2
+#pragma unroll 4
   for (int c = t; c < rows * chunks; c += n) {
     const uint4 w = *reinterpret_cast<const uint4*>(tile + (c / chunks) * ld + (c % chunks) * 16);
     bad |= nonfinite2<kBf16>(w.x) | nonfinite2<kBf16>(w.y) | nonfinite2<kBf16>(w.z) |
