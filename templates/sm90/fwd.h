@@ -254,6 +254,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
     if (!Variant::kScoreMasks && !(code & 1) && (code >> 1) * BN + BN <= Layout::kv_len(p, b))
       return false;
     const int stage = it_ % S;
+    mbar_wait(v_full + stage, (it_ / S) & 1);  // (the second: V's writes seen, for pv_exact)
     if (cw == 1) {
       int verdict;
       do {
@@ -261,7 +262,6 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
       } while ((verdict >> 1) != it_);
       return verdict & 1;
     }
-    mbar_wait(v_full + stage, (it_ / S) & 1);
     const bool bad = named_bar_or<3>(
         128, rows::any_nonfinite<Cfg::kBf16>(sV + stage * Cfg::kVBytes, 1, Cfg::kVBytes / 16, 0,
                                              threadIdx.x % 128, 128));

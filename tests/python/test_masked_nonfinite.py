@@ -151,6 +151,8 @@ def test_exact_pv_switch_compiles_the_checks_out(monkeypatch):
 def family(request, monkeypatch):
     if request.param == "sm80":
         monkeypatch.setenv("AE_DISABLE_SM90", "1")
+    elif torch.cuda.is_available() and torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("the sm90 templates need a Hopper GPU")
     return request.param
 
 
@@ -186,16 +188,18 @@ def _kernel_vs_reference(attn, q, k, v, family, poisoned, backward=True):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_kernels_ignore_nonfinite_v_at_masked_keys(dtype, family):
-    # keys 200..255 masked for every row (a partly masked 128-key tile), rows 0..7 keep nothing
+@pytest.mark.parametrize("dtype,D", [(torch.bfloat16, 128), (torch.float16, 128),
+                                     (torch.bfloat16, 256)])  # (D 256: sm90 without overlap)
+def test_kernels_ignore_nonfinite_v_at_masked_keys(dtype, D, family):
+    # keys 200..255 masked for every row (a partly masked key block), rows 0..7 keep nothing
     mask = lambda b, h, qi, ki: (ki < 200) & (qi >= 8)  # noqa: E731
     attn = ae.compile(mask_mod=mask)
-    q, k, v = _gpu_qkv(2, 4, 256, 256, 128, dtype)
+    q, k, v = _gpu_qkv(2, 4, 256, 256, D, dtype)
     v[:, :, 200:] = INF
     v[:, :, 220:, :7] = NAN
     v[:, :, 240:, 64:] = -INF
-    out = _kernel_vs_reference(attn, q, k, v, family, torch.zeros(2, 4, 256, 128, dtype=torch.bool))
+    out = _kernel_vs_reference(attn, q, k, v, family, torch.zeros(2, 4, 256, D, dtype=torch.bool),
+                               backward=D == 128)
     assert torch.equal(out[:, :, :8], torch.zeros_like(out[:, :, :8]))
 
 
@@ -225,35 +229,57 @@ def test_kernels_minus_inf_score_acts_as_a_mask(family):
 
 
 @pytest.mark.gpu
-def test_kernels_every_row_masked_and_inf_in_v_gives_zero_gradients(family):
-    attn = ae.compile(mask_mod=lambda b, h, qi, ki: (qi < 0) | (ki < 0))
+def test_kernels_rows_that_keep_nothing_and_inf_in_v_give_zero_gradients(family):
+    # rows 0..7 keep nothing; the others keep keys 0..39 of the same (partly masked) key
+    # block, whose masked key 50 holds inf: dS = P (dP - delta) with P = 0 and dP = inf
+    attn = ae.compile(mask_mod=lambda b, h, qi, ki: (qi >= 8) & (ki < 40))
+    assert attn.backend_for(*_gpu_qkv(1, 2, 64, 64, 64, torch.bfloat16)) == family
     q, k, v = _gpu_qkv(1, 2, 64, 64, 64, torch.bfloat16)
-    v[0, 0, 3, 0] = INF
+    v[:, :, 50] = INF
     q, k, v = (t.requires_grad_(True) for t in (q, k, v))
     out = attn(q, k, v)
-    assert torch.equal(out, torch.zeros_like(out))
-    for name, g in zip(("dq", "dk", "dv"), torch.autograd.grad(out, (q, k, v), torch.ones_like(out))):
-        assert torch.equal(g, torch.zeros_like(g)), name
+    assert torch.equal(out[:, :, :8], torch.zeros_like(out[:, :, :8]))
+    assert torch.isfinite(out).all()
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    assert torch.equal(dq[:, :, :8], torch.zeros_like(dq[:, :, :8]))
+    for name, g in (("dq", dq), ("dk", dk), ("dv", dv)):
+        assert torch.isfinite(g).all(), name
+    assert torch.equal(dk[:, :, 40:], torch.zeros_like(dk[:, :, 40:]))
+    assert torch.equal(dv[:, :, 40:], torch.zeros_like(dv[:, :, 40:]))
+
+
+def _decode_qkv(sq, seed):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, 8, sq, 128, generator=gen).to("cuda", torch.bfloat16)
+    k, v = (torch.randn(2, 2, 1000, 128, generator=gen).to("cuda", torch.bfloat16)
+            for _ in range(2))
+    v[:, :, 900:] = NAN
+    v[:, :, 950:, :5] = INF
+    return q, k, v
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("splits", ["1", "4"])
-def test_kernels_split_kv_and_decode_ignore_nonfinite_v(splits, monkeypatch):
-    # decode shapes (1 and 4 query rows, GQA 8:2) through the decode template and split-KV
+def test_kernels_decode_template_ignores_nonfinite_v(splits, monkeypatch):
+    # 1 and 4 query rows, GQA 8:2, through the decode template (an sm80-family kernel), whole
+    # and split into key ranges
     monkeypatch.setenv("AE_DECODE", "1")
     monkeypatch.setenv("AE_KV_SPLITS", splits)
-    mask = lambda b, h, qi, ki: ki < 900  # noqa: E731
-    attn = ae.compile(mask_mod=mask)
+    attn = ae.compile(mask_mod=lambda b, h, qi, ki: ki < 900)
     for sq in (1, 4):
-        gen = torch.Generator().manual_seed(sq)
-        q = torch.randn(2, 8, sq, 128, generator=gen).to("cuda", torch.bfloat16)
-        k, v = (torch.randn(2, 2, 1000, 128, generator=gen).to("cuda", torch.bfloat16)
-                for _ in range(2))
-        v[:, :, 900:] = NAN
-        v[:, :, 950:, :5] = INF
-        poisoned = torch.zeros(2, 8, sq, 128, dtype=torch.bool)
-        family = attn.backend_for(q, k, v)
-        _kernel_vs_reference(attn, q, k, v, family, poisoned, backward=False)
+        q, k, v = _decode_qkv(sq, sq)
+        _kernel_vs_reference(attn, q, k, v, "sm80", torch.zeros(2, 8, sq, 128, dtype=torch.bool),
+                             backward=False)
+
+
+@pytest.mark.gpu
+def test_kernels_split_kv_forward_ignores_nonfinite_v(family, monkeypatch):
+    # the prefill templates built for a split-KV launch (partial outputs, then the combine)
+    monkeypatch.setenv("AE_KV_SPLITS", "4")
+    attn = ae.compile(mask_mod=lambda b, h, qi, ki: ki < 900)
+    q, k, v = _decode_qkv(64, 3)
+    _kernel_vs_reference(attn, q, k, v, family, torch.zeros(2, 8, 64, 128, dtype=torch.bool),
+                         backward=False)
 
 
 @pytest.mark.gpu
