@@ -52,7 +52,7 @@ struct FwdConfig {
   // zero atom.
   static constexpr int kSmemBytes = fwd_smem_bytes(kBlockN, kDqk, kDv, kStages);  // the planner's
   static_assert(kSmemBytes == 2048 + kQBytes + kStages * (kKBytes + kVBytes) + 8 * kBarriers +
-                                  8 * kStages &&
+                                  4 * kStages &&
                     kBlockM == 64 * kConsumers && kThreads == 128 * (kConsumers + 1),
                 "sm90/shapes.h");
   // Register split between the warpgroups (65536 per SM, one CTA per SM).
@@ -92,8 +92,6 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   // arrival, so the consumers' loop reads shared memory where it read the block table.
   constexpr bool kList = Variant::kHasMask;
   int* block_list = reinterpret_cast<int*>(empty + S);
-  // The first consumer's V check of each stage, for the second: (it << 1) | verdict.
-  int* v_verdict = block_list + S;
 
   const WorkTile tile = HeadsFastest<Cfg::kSplitKv>::tile(p);
   const int m_block = tile.block, h = tile.head, b = tile.batch;
@@ -111,7 +109,6 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
     mbar_init_fence();
   }
   if (threadIdx.x < 256) reinterpret_cast<u32*>(s_zero)[threadIdx.x] = 0u;
-  if (threadIdx.x < S) v_verdict[threadIdx.x] = -2;  // no iteration's
   fence_view_async_shared();  // the zeros, for wgmma
   __syncthreads();
 
@@ -244,29 +241,19 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
     wgmma_commit();
   };
 
-  // Whether block `it_` has masked keys whose V holds inf or nan: the first consumer scans V
-  // (its threads agree through named barrier 3; it waits for V) and leaves its verdict for the
-  // second, which waits for it (it comes first in every iteration: no more waiting than the
-  // ping-pong's). Such a block's P V is pv_exact_at's, score by score (nvidia/exact_pv.h).
+  // Whether block `it_` has masked keys whose V holds inf or nan, agreed
+  // by the warpgroup (named barrier 3 + cw; it waits for V when it scans); such a block's
+  // P V is pv_exact_at's, score by score, not the wgmma (nvidia/exact_pv.h).
   auto v_bad = [&](int it_) -> bool {
     if constexpr (!AE_CHECK_V) return false;
     const int code = block_at(it_);  // (its slot is still held: re-read, not kept live)
     if (!Variant::kScoreMasks && !(code & 1) && (code >> 1) * BN + BN <= Layout::kv_len(p, b))
       return false;
     const int stage = it_ % S;
-    mbar_wait(v_full + stage, (it_ / S) & 1);  // (the second: V's writes seen, for pv_exact)
-    if (cw == 1) {
-      int verdict;
-      do {
-        verdict = ld_volatile_shared(v_verdict + stage);
-      } while ((verdict >> 1) != it_);
-      return verdict & 1;
-    }
-    const bool bad = named_bar_or<3>(
-        128, rows::any_nonfinite<Cfg::kBf16>(sV + stage * Cfg::kVBytes, 1, Cfg::kVBytes / 16, 0,
-                                             threadIdx.x % 128, 128));
-    if (threadIdx.x == 128) v_verdict[stage] = (it_ << 1) | bad;
-    return bad;
+    mbar_wait(v_full + stage, (it_ / S) & 1);
+    const bool bad = rows::any_nonfinite<Cfg::kBf16>(sV + stage * Cfg::kVBytes, 1,
+                                                     Cfg::kVBytes / 16, 0, threadIdx.x % 128, 128);
+    return cw == 0 ? named_bar_or<3>(128, bad) : named_bar_or<4>(128, bad);
   };
   // V as TMA wrote it: [Dv / 64 column blocks][BN keys][128 bytes], the 16-byte chunks of key
   // k's row at chunk ^ (k % 8). col = 8 i + 2 (lane % 4): its block i / 8, chunk i % 8.

@@ -131,12 +131,6 @@ AE_DEVICE void named_bar_sync_at(int id, int threads) {
 AE_DEVICE void named_bar_arrive_at(int id, int threads) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
-// A shared-memory load that is not cached in a register (a flag another warpgroup writes).
-AE_DEVICE int ld_volatile_shared(const int* p) {
-  int v;
-  asm volatile("ld.volatile.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(smem_u32(p)) : "memory");
-  return v;
-}
 // A named barrier that also ORs a predicate over its threads (every one gets the result).
 template <int kId>
 AE_DEVICE bool named_bar_or(int threads, bool pred) {

@@ -150,7 +150,7 @@ TEST(Tiles, SharedMemoryIsTheTemplatesFormula) {
   EXPECT_EQ(smem_bytes(f), 2 * (128 * 136 + 2 * 64 * 136 + 2 * 64 * 136));
   const auto g = sm90_forward(query(128, 128), kNone).specs[0];
   // (1024 bytes of alignment slack and the zero atom of exact P V: 2048)
-  EXPECT_EQ(smem_bytes(g), 2048 + 2 * (128 * 128 + 2 * 176 * 256) + 8 * 7 + 8 * 2);
+  EXPECT_EQ(smem_bytes(g), 2048 + 2 * (128 * 128 + 2 * 176 * 256) + 8 * 7 + 4 * 2);
   const auto b = sm80_backward(query(128, 128), kNone).specs[0];
   EXPECT_EQ(smem_bytes(b), 2 * (128 * 272 + 2 * 64 * 272 + 2 * 128 * 72) + 2 * 2 * 4 * 64);
 }
