@@ -29,7 +29,7 @@ cases = [
     ("causal", ae.compile(mask_mod=mods.causal), 0.5),
     ("alibi + causal", ae.compile(mods.alibi(mods.alibi_slopes(H, device="cuda")), mods.causal), 0.5),
     ("softcap", ae.compile(mods.softcap(30.0)), 1.0),
-    ("document (16 docs)", ae.compile(mask_mod=mods.document_mask(doc_ids)), 1 / 16 / 2 + 1 / 32),
+    ("document (16 docs)", ae.compile(mask_mod=mods.document_mask(doc_ids)), 1 / 16),
 ]
 
 

@@ -15,6 +15,14 @@
 
 namespace ae::rows {
 
+// Whether a key tile can hold keys some rows mask, so that its V needs the check: partly
+// masked by the mask_mod, past the keys' end, or any tile of a score_mod that writes an
+// infinity. The one definition every forward uses.
+template <class Variant>
+AE_DEVICE bool check_v(bool partial, int kv_end, int kv_len) {
+  return AE_CHECK_V && (Variant::kScoreMasks || partial || kv_end > kv_len);
+}
+
 // Whether either half of w (two bf16 or fp16 values) is inf or nan: its exponent all ones.
 template <bool kBf16>
 AE_DEVICE bool nonfinite2(u32 w) {

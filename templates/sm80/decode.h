@@ -140,8 +140,7 @@ AE_DEVICE void attention_decode(const AttnParams& p, const Variant& var) {
 
     // A tile with masked keys whose V (this warp's keys) holds inf or nan: exact_pv.h.
     const u16* v_keys = sV + stage * Cfg::kSmemV + warp * WK * kLdV;
-    const bool scan =
-        AE_CHECK_V && (Variant::kScoreMasks || blocks.partial(j) || j * BN + BN > Layout::kv_len(p, b));
+    const bool scan = rows::check_v<Variant>(blocks.partial(j), j * BN + BN, Layout::kv_len(p, b));
     if (scan && __any_sync(0xffffffffu, rows::any_nonfinite<Cfg::kBf16>(
                                             reinterpret_cast<const char*>(v_keys), WK,
                                             Cfg::kDv / 8, 2 * kLdV, lane, 32))) {

@@ -180,7 +180,8 @@ struct FwdKernel {
       for (int mt = 0; mt < kMT; ++mt) rows::normalize<Norm>(s[mt], o[mt], stats[mt], scale);
 
       // A tile with masked keys whose V holds inf or nan: P V score by score (exact_pv.h).
-      const bool scan = AE_CHECK_V && (Variant::kScoreMasks || blocks.partial(j) || kv0 + Cfg::kBlockN > Layout::kv_len(p, b));
+      const bool scan = rows::check_v<Variant>(blocks.partial(j), kv0 + Cfg::kBlockN,
+                                               Layout::kv_len(p, b));
       if (scan && __syncthreads_or(rows::any_nonfinite<Cfg::kBf16>(
                       reinterpret_cast<const char*>(sV + stage * Cfg::kSmemV), Cfg::kBlockN,
                       Cfg::kDv / 8, 2 * Cfg::kLdV, threadIdx.x, Cfg::kThreads))) {

@@ -247,7 +247,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   auto v_bad = [&](int it_) -> bool {
     if constexpr (!AE_CHECK_V) return false;
     const int code = block_at(it_);  // (its slot is still held: re-read, not kept live)
-    if (!Variant::kScoreMasks && !(code & 1) && (code >> 1) * BN + BN <= Layout::kv_len(p, b))
+    if (!rows::check_v<Variant>(code & 1, (code >> 1) * BN + BN, Layout::kv_len(p, b)))
       return false;
     const int stage = it_ % S;
     mbar_wait(v_full + stage, (it_ / S) & 1);
