@@ -5,7 +5,8 @@
 #
 #   bash bench/gpu_check.sh            # everything
 #   bash bench/gpu_check.sh build test # some steps: build, test, jit, smoke, fwd, bwd, e2e, grads,
-#                                      # decode, norm, parts, generate, docmask, sweep, bench
+#                                      # decode, norm, parts, exactpv, pers, generate, docmask,
+#                                      # sweep, bench
 #   TESTS="tests/python/test_gpu_kernels.py -x -k 'causal or plain'" bash bench/gpu_check.sh build test
 # A step that runs past STEP_TIMEOUT seconds (default 1200) is stopped and counts as failed.
 set -uo pipefail
@@ -45,6 +46,7 @@ for s in $STEPS; do
     norm)  step norm normalizer.log $PY bench/normalizer_bench.py ${NORM_ARGS:-} ;;
     parts) step parts retention_parts.log $PY bench/retention_parts.py ${PARTS_ARGS:-} ;;
     exactpv) step exactpv exact_pv_cost.log $PY bench/exact_pv_cost.py ${EXACTPV_ARGS:-} ;;
+    pers)  step pers persistent_ab.log $PY bench/persistent_ab.py ${PERS_ARGS:-} ;;
     generate) step generate generate.log $PY bench/generate.py ${GENERATE_ARGS:-} ;;
     # The document mask at 16k against FlexAttention, with causal for scale (issue 17's table).
     docmask) step docmask docmask.log $PY bench/attention_bench.py --variants causal,document \
@@ -66,6 +68,8 @@ echo; echo "== jit"; tail -n 20 "$OUT/jit_gpu_check.log" 2>/dev/null
 [ -f "$OUT/normalizer.log" ] && { echo "== norm"; cat "$OUT/normalizer.log"; }
 [ -f "$OUT/retention_parts.log" ] && { echo "== parts"; cat "$OUT/retention_parts.log"; }
 [ -f "$OUT/generate.log" ] && { echo "== generate"; tail -n 3 "$OUT/generate.log"; }
+[ -f "$OUT/exact_pv_cost.log" ] && { echo "== exactpv"; cat "$OUT/exact_pv_cost.log"; }
+[ -f "$OUT/persistent_ab.log" ] && { echo "== pers"; cat "$OUT/persistent_ab.log"; }
 [ -f "$OUT/docmask.log" ] && { echo "== docmask"; tail -n 6 "$OUT/docmask.log"; }
 [ -f "$OUT/bench.md" ] && { echo "== bench"; cat "$OUT/bench.md"; }
 echo; echo "== summary"; printf '%s\n' "${SUMMARY[@]}"

@@ -58,6 +58,9 @@ struct KernelSpec {
   GradSink grad_sink = GradSink::Global;  // backward with buffer_grads: where they go
   // Forward: built for a split-KV launch (partial outputs for the combine step).
   bool kv_split = false;
+  // Forward, sm90 family: a one-wave grid whose CTAs loop over the tiles (common/
+  // tile_scheduler.h PersistentTiles; AttnParams::tile_counter).
+  bool persistent = false;
   // Forward, sm80 family: the decode template (sm80/decode.h: one 16-row tile per CTA, its
   // warps splitting the keys) instead of the prefill one.
   bool decode = false;

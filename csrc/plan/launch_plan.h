@@ -22,8 +22,9 @@ enum class WorkspaceId {
   DqOrder,      // int32 [B, Hq, n_q_blocks]: the deterministic backward's dQ tile counters
   OPart,        // fp32 [splits, B, Hq, Sq, Dv]: the split-KV forward's partial outputs
   LsePart,      // fp32 [splits, B, Hq, Sq]: and their LSE
+  TileCounter,  // int32 [1], zeroed: the persistent forward's tiles drawn (AttnParams::tile_counter)
 };
-constexpr int kWorkspaceCount = 7;
+constexpr int kWorkspaceCount = 8;
 const char* workspace_name(WorkspaceId id);
 
 struct Workspace {
@@ -38,6 +39,7 @@ struct Workspace {
   // keeps the tensors alive while it keeps the workspace (so no other tensor takes their
   // memory and their key).
   bool key_by_captured = false;
+  bool zeroed = false;  // the caller zeroes it before the call (never kept across calls)
 };
 
 struct Dim3 {

@@ -1,6 +1,7 @@
 #include "plan/overrides.h"
 
 #include <cstdio>
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 
@@ -42,6 +43,8 @@ TuningOverrides TuningOverrides::from_environment() {
     const int n = std::atoi(g);
     o.head_group = n < 1 ? 1 : n;
   }
+  if (const char* s = std::getenv("AE_PERSISTENT"); s && *s)
+    o.persistent = std::string(s) == "on" ? -1 : std::max(0, std::atoi(s));
   if (const char* s = std::getenv("AE_KV_SPLITS"); s && *s) {
     const int n = std::atoi(s);
     o.kv_splits = n < 1 ? 1 : n;

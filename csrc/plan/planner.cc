@@ -208,6 +208,19 @@ int kv_splits(const AttnParams& a, const DeviceCaps& dev, int override_splits) {
   return std::clamp(n, 1, std::max(1, a.n_kv_blocks));
 }
 
+// The persistent sm90 forward's CTAs (common/tile_scheduler.h PersistentTiles), where the tiles
+// outnumber them; 0: a CTA per tile. Opt-in (AE_PERSISTENT): one per SM (the forward's shared
+// memory and registers hold one) or a given count. Off by default: on the H200 it measured no
+// faster than a CTA per tile, plain D128 slower (bench/RESULTS.md). A split-KV launch is one
+// wave already.
+int persistent_ctas(const PlanRequest& r, const KernelSpec& spec, const AttnParams& a) {
+  if (spec.family != Family::Sm90 || spec.kind != Kind::Forward || spec.kv_split) return 0;
+  if (r.overrides.persistent == 0) return 0;
+  const int ctas = r.overrides.persistent > 0 ? r.overrides.persistent : r.device.multiprocessors;
+  const long long tiles = static_cast<long long>(a.n_q_blocks) * a.q_heads * a.batch;
+  return ctas > 0 && tiles > ctas ? ctas : 0;
+}
+
 // Split-KV: the main kernel's grid gets kv_splits ranges per batch (the caller launches it
 // before the step this returns), its partial outputs go to two workspaces, and the combine
 // step merges them. None when one range does.
@@ -311,6 +324,7 @@ const char* workspace_name(WorkspaceId id) {
     case WorkspaceId::DqOrder: return "dq_order";
     case WorkspaceId::OPart: return "o_part";
     case WorkspaceId::LsePart: return "lse_part";
+    case WorkspaceId::TileCounter: return "tile_counter";
   }
   return "?";
 }
@@ -363,8 +377,15 @@ LaunchPlan make_plan(const PlanRequest& r) {
                               r.overrides.head_group);
     const std::optional<Step> combine = add_kv_splits(r, spec, plan);
     spec.kv_split = combine.has_value();
-    plan.steps.push_back(
-        main_step(pb, spec, {u(a.n_q_blocks), u(pb.q_heads), u(pb.batch * a.kv_splits)}));
+    Dim3 grid{u(a.n_q_blocks), u(pb.q_heads), u(pb.batch * a.kv_splits)};
+    if (const int ctas = persistent_ctas(r, spec, a); ctas > 0) {
+      spec.persistent = true;
+      grid = {u(ctas), 1, 1};
+      Workspace counter{WorkspaceId::TileCounter, {1}, ElemType::Int32, ""};
+      counter.zeroed = true;
+      plan.workspaces.push_back(counter);
+    }
+    plan.steps.push_back(main_step(pb, spec, grid));
     if (combine) plan.steps.push_back(*combine);
     return plan;
   }

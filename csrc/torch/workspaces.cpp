@@ -55,7 +55,8 @@ std::vector<at::Tensor> bind_workspaces(const plan::LaunchPlan& plan, const at::
       if (it != kept().end()) t = it->second.table, b.ready[slot] = true;
     }
     if (!t.defined()) {
-      t = at::empty(w.shape, like.options().dtype(dtype));
+      t = w.zeroed ? at::zeros(w.shape, like.options().dtype(dtype))
+                   : at::empty(w.shape, like.options().dtype(dtype));
       if (!key.empty()) {  // filled by its step in this call, before any later call reads it
         std::lock_guard<std::mutex> lock(g_mutex);
         if (kept().size() > 64) kept().clear();

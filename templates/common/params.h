@@ -61,6 +61,9 @@ struct AttnParams {
   int kv_splits, kv_split_blocks;
   int d_v;            // the combine kernel's row width
   int row_stats;      // the combine: merge by LSE (softmax), else add (normalize none)
+  // Persistent forward (common/tile_scheduler.h PersistentTiles): the tiles drawn so far past
+  // the grid's first ones; zeroed before the launch. Null otherwise.
+  int* tile_counter;
 };
 
 // The backward's row passes (common/bwd_rows.h). dout, o, dq: [batch, heads, q_len, dim]

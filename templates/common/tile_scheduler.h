@@ -1,6 +1,6 @@
 // Which work tile a CTA takes: the tile scheduler. The host launches the grid the planner
-// gives (csrc/plan); CTAs are dispatched in linear order as SMs free up. Split-KV and
-// persistent scheduling (the Hopper-backward issue) add schedulers here.
+// gives (csrc/plan); CTAs are dispatched in linear order as SMs free up, or (PersistentTiles)
+// each CTA of a one-wave grid loops over tiles.
 #pragma once
 
 #include "common/ae_common.h"
@@ -27,17 +27,39 @@ AE_DEVICE int kv_split_of_cta(const AttnParams& p) {
 // kSplitKv: the kernel was built for a split-KV launch (else the grid's z is the batch alone).
 template <bool kSplitKv>
 struct HeadsFastest {
-  AE_DEVICE static WorkTile tile(const AttnParams& p) {
-    const unsigned n = gridDim.x, heads = gridDim.y, g = p.head_group < 1 ? 1 : p.head_group;
-    const unsigned r = blockIdx.x + n * blockIdx.y;  // within this batch (blockIdx.z)
-    const unsigned first = r / (g * n) * g;          // the group's first head
-    const unsigned size = heads - first < g ? heads - first : g;  // the last may be smaller
-    const unsigned i = r - first * n;
+  // The tile of block (x, y) of a grid of nx x ny blocks, of batch z (blockIdx's roles).
+  AE_DEVICE static WorkTile at(const AttnParams& p, unsigned x, unsigned y, unsigned z, unsigned nx,
+                               unsigned ny) {
+    const unsigned g = p.head_group < 1 ? 1 : p.head_group;
+    const unsigned r = x + nx * y;                // within this batch (z)
+    const unsigned first = r / (g * nx) * g;      // the group's first head
+    const unsigned size = ny - first < g ? ny - first : g;  // the last may be smaller
+    const unsigned i = r - first * nx;
     const int block = p.n_q_blocks - 1 - static_cast<int>(i / size), head = static_cast<int>(first + i % size);
     if constexpr (kSplitKv)
-      return {block, head, static_cast<int>(blockIdx.z) / p.kv_splits, kv_split_of_cta(p)};
+      return {block, head, static_cast<int>(z) / p.kv_splits, kv_split_of_cta(p)};
     else
-      return {block, head, static_cast<int>(blockIdx.z), 0};
+      return {block, head, static_cast<int>(z), 0};
+  }
+  AE_DEVICE static WorkTile tile(const AttnParams& p) {
+    return at(p, blockIdx.x, blockIdx.y, blockIdx.z, gridDim.x, gridDim.y);
+  }
+};
+
+// Persistent forward (no split-KV): a grid of one CTA per SM takes the tiles of the grid
+// (query blocks, query heads, batch) in HeadsFastest's order, tile t being that grid's
+// linear block t. A CTA's first tile is blockIdx.x; each next one is the next number of
+// p.tile_counter (zeroed per call) past gridDim.x, drawn when the CTA starts a tile: a
+// causal row's cost varies with its block 100-fold, and a static split would leave SMs idle.
+struct PersistentTiles {
+  AE_DEVICE static int count(const AttnParams& p) { return p.n_q_blocks * p.q_heads * p.batch; }
+  AE_DEVICE static int first() { return static_cast<int>(blockIdx.x); }
+  AE_DEVICE static int next(const AttnParams& p) {
+    return atomicAdd(p.tile_counter, 1) + static_cast<int>(gridDim.x);
+  }
+  AE_DEVICE static WorkTile at(const AttnParams& p, int t) {
+    const unsigned nx = p.n_q_blocks, ny = p.q_heads, u = static_cast<unsigned>(t);
+    return HeadsFastest<false>::at(p, u % nx, u / nx % ny, u / (nx * ny), nx, ny);
   }
 };
 

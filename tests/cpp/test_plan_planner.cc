@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "plan/planner.h"
 #include "plan/tile_tables.h"
@@ -84,6 +85,58 @@ TEST(Planner, HopperForwardIsTheSm90Template) {
     EXPECT_EQ(p.attn.head_group, 1);  // no mask: one head at a time
     EXPECT_TRUE(p.workspaces.empty());
   }
+}
+
+// The persistent sm90 forward (opt-in, AE_PERSISTENT): only where its tiles outnumber the CTAs
+// (a CTA per SM, or a given count), never for a split-KV launch, the sm80 family or the
+// backward.
+TEST(Planner, PersistentForwardWhereTilesOutnumberTheSms) {
+  PlanRequest r = request(OpKind::Forward, devices::h200(), causal());
+  auto grid_of = [](const LaunchPlan& p) {
+    const Step& s = main_step(p);
+    return std::vector<unsigned>{s.grid.x, s.grid.y, s.grid.z};
+  };
+  // Off by default: a CTA per tile, no counter
+  LaunchPlan p = make_plan(r);
+  EXPECT_FALSE(main_step(p).spec.persistent);
+  EXPECT_EQ(grid_of(p), (std::vector<unsigned>{32, 16, 2}));
+  EXPECT_EQ(p.workspace(WorkspaceId::TileCounter), nullptr);
+  r.overrides.persistent = 8;  // forced: 8 CTAs take the 1024 tiles
+  p = make_plan(r);
+  EXPECT_TRUE(main_step(p).spec.persistent);
+  EXPECT_EQ(grid_of(p), (std::vector<unsigned>{8, 1, 1}));
+  ASSERT_NE(p.workspace(WorkspaceId::TileCounter), nullptr);
+  EXPECT_EQ(p.workspace(WorkspaceId::TileCounter)->shape, std::vector<int64_t>{1});
+  r.overrides.persistent = -1;  // "on": a CTA per SM, the counter zeroed per call
+  p = make_plan(r);
+  EXPECT_EQ(grid_of(p), (std::vector<unsigned>{132, 1, 1}));
+  EXPECT_EQ(main_step(p).spec.describe(), "fwd90 sm_90a bf16 d128/128 128x176 w12 s2 ov pp pers");
+  ASSERT_EQ(p.workspaces.size(), 2u);  // the block states and the counter
+  EXPECT_TRUE(p.workspace(WorkspaceId::TileCounter)->zeroed);
+  EXPECT_TRUE(p.workspace(WorkspaceId::TileCounter)->cache_key.empty());
+  r.problem.batch = 1;
+  r.problem.q_len = r.problem.kv_len = 1024;  // 8 x 16 tiles: fewer than the 132 SMs
+  EXPECT_FALSE(main_step(make_plan(r)).spec.persistent);
+  r.problem.q_len = r.problem.kv_len = 1280;  // 10 x 16 = 160
+  EXPECT_EQ(grid_of(make_plan(r)), (std::vector<unsigned>{132, 1, 1}));
+  r.overrides.disable_sm90 = true;  // the sm80 forward is not persistent
+  EXPECT_FALSE(main_step(make_plan(r)).spec.persistent);
+  r.overrides.disable_sm90 = false;
+  r.problem.kind = OpKind::Backward;
+  EXPECT_FALSE(main_step(make_plan(r)).spec.persistent);
+  r.problem.kind = OpKind::Forward;
+  r.problem.q_len = 1;  // decode: split-KV, one wave
+  r.problem.kv_len = 32768;
+  r.overrides.persistent = 8;
+  EXPECT_FALSE(main_step(make_plan(r)).spec.persistent);
+  // AE_PERSISTENT: "on" (a CTA per SM), a count, or off
+  for (const auto& [text, value] : std::vector<std::pair<const char*, int>>{
+           {"on", -1}, {"5", 5}, {"0", 0}, {"off", 0}}) {
+    setenv("AE_PERSISTENT", text, 1);
+    EXPECT_EQ(TuningOverrides::from_environment().persistent, value) << text;
+  }
+  unsetenv("AE_PERSISTENT");
+  EXPECT_EQ(TuningOverrides::from_environment().persistent, 0);
 }
 
 TEST(Planner, DisablingSm90OrHeadDimsWithoutItTakeSm80) {

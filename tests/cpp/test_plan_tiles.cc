@@ -149,8 +149,9 @@ TEST(Tiles, SharedMemoryIsTheTemplatesFormula) {
   const auto f = sm80_forward(query(128, 128), kNone).specs[0];
   EXPECT_EQ(smem_bytes(f), 2 * (128 * 136 + 2 * 64 * 136 + 2 * 64 * 136));
   const auto g = sm90_forward(query(128, 128), kNone).specs[0];
-  // (1024 bytes of alignment slack and the zero atom of exact P V: 2048)
-  EXPECT_EQ(smem_bytes(g), 2048 + 2 * (128 * 128 + 2 * 176 * 256) + 8 * 7 + 4 * 2);
+  // (1024 bytes of alignment slack and the zero atom of exact P V: 2048; 8 mbarriers; the
+  // block list and the tile slot)
+  EXPECT_EQ(smem_bytes(g), 2048 + 2 * (128 * 128 + 2 * 176 * 256) + 8 * 8 + 4 * 3);
   const auto b = sm80_backward(query(128, 128), kNone).specs[0];
   EXPECT_EQ(smem_bytes(b), 2 * (128 * 272 + 2 * 64 * 272 + 2 * 128 * 72) + 2 * 2 * 4 * 64);
 }

@@ -100,6 +100,23 @@ def test_split_kv_forward_compiles_without_spills(case, monkeypatch):
     _compiles_without_spills(info, kind)
 
 
+# The persistent sm90 forward (AE_PERSISTENT=on; common/tile_scheduler.h PersistentTiles): with and
+# without the block list, every head-dim family. (ptxas serialized its wgmmas, C7520, until V was
+# waited for before the wgmma fence; _compiles_without_spills checks the log for that.)
+PERSISTENT_CASES = [("plain", (128, 128)), ("causal", (128, 128)), ("document", (128, 128)),
+                    ("alibi", (128, 128)), ("sigmoid_none", (128, 128)), ("causal", (64, 64)),
+                    ("plain", (256, 256))]
+
+
+@pytest.mark.parametrize("case", PERSISTENT_CASES, ids=lambda c: f"{c[0]}-{c[1][0]}-{c[1][1]}")
+def test_persistent_forward_compiles_without_spills(case, monkeypatch):
+    monkeypatch.setenv("AE_PERSISTENT", "on")
+    name, (d_qk, d_v) = case
+    info = _source(VARIANTS[name](), "fwd90", d_qk, d_v)
+    assert info["describe"].endswith(" pers"), info["describe"]
+    _compiles_without_spills(info, "fwd90")
+
+
 # The decode template (sm80/decode.h, AE_DECODE): forwards of 16 query rows or fewer, every variant kind,
 # head dims up to 256, alone and as a split-KV range.
 DECODE_CASES = [("plain", (128, 128)), ("plain", (64, 64)), ("plain", (256, 256)), ("plain", (192, 128)),

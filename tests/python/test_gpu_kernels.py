@@ -678,6 +678,41 @@ def test_decode_template(variant, shape, tiles, monkeypatch):
     check_case(variant, shape, BF16)
 
 
+PERSISTENT_CASES = [  # (variant, shape): more tiles than the few CTAs of AE_PERSISTENT
+    ("plain", Shape()),
+    ("causal", Shape(B=1, Hq=4, Hkv=1, Sq=1500, Skv=1100)),
+    ("document", Shape()),
+    ("masked_rows", Shape(B=1, Hq=4, Hkv=4, Sq=700, Skv=700)),
+    ("masked_rows_none", Shape(B=1, Hq=4, Hkv=4, Sq=700, Skv=700)),
+    ("alibi_causal", Shape(Dqk=64, Dv=64)),
+    ("sliding_window", Shape(B=1, Hq=3, Hkv=3, Sq=1000, Skv=1000, Dqk=256, Dv=256)),
+    ("sigmoid", Shape(B=3, Hq=2, Hkv=2, Sq=777, Skv=300)),
+    ("causal", Shape(B=1, Hq=4, Hkv=2, Sq=1000, Skv=1000, Dqk=192, Dv=128)),
+    ("relative_bias", Shape(B=1, Hq=4, Hkv=4, Sq=1000, Skv=1000)),
+]
+
+
+@pytest.mark.parametrize("ctas", ["3", "7"])
+@pytest.mark.parametrize("variant,shape", PERSISTENT_CASES, ids=_id)
+def test_persistent_forward(variant, shape, ctas, monkeypatch):
+    """The persistent sm90 forward (common/tile_scheduler.h PersistentTiles) with a few CTAs
+    that each take many tiles (rows that keep nothing, tiles without keys, a tile's tail, every
+    head dim family): against the reference, and bit for bit the output of a CTA per tile
+    (AE_PERSISTENT=0)."""
+    if not _is_hopper():
+        pytest.skip("the persistent forward is the sm90 template's")
+    monkeypatch.setenv("AE_PERSISTENT", ctas)
+    monkeypatch.setenv("AE_KV_SPLITS", "1")  # (few tiles would split the keys instead)
+    attn, m = build(variant, shape)
+    assert " pers" in attn.variant.kernel_source("fwd", shape.Dqk, shape.Dv, True, [
+        str(t.dtype).replace("torch.", "") for t in attn.buffers], family="sm90")["describe"]
+    _, q, k, v, kern = check_case(variant, shape, BF16)
+    monkeypatch.setenv("AE_PERSISTENT", "0")
+    with torch.no_grad():
+        out = attn(q, k, v)
+    assert torch.equal(out, kern.out), f"{variant} {shape}: persistent != one CTA per tile"
+
+
 @pytest.mark.parametrize("variant", ["causal", "relative_bias"])
 def test_fills_the_gpu(variant):
     """B * H = 128 (query tiles x heads x batch well above the SM count)."""
