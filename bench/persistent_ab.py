@@ -1,5 +1,5 @@
 """The persistent sm90 forward (common/tile_scheduler.h PersistentTiles, AE_PERSISTENT=on: a
-CTA per SM) against one CTA per tile (the default), same process, alternating
+CTA per SM; also "1") against one CTA per tile (the default), same process, alternating
 A / B twice so that clock drift lands in both; SDPA cuDNN in the same run for scale. bf16,
 16k tokens, hidden 2048 (H = 2048 / D), forward TFLOPS by the FLOPs the mask keeps (the
 document mask: random documents of about 1k tokens, causal within each, as attention_bench).
@@ -58,7 +58,7 @@ for S in (int(s) for s in args.seqs.split(",")):
         assert fn.backend_for(q, k, v) == "sm90", fn.backend_for(q, k, v)
         row = []
         for _ in range(2):
-            for setting in ("on", "0"):
+            for setting in ("1", "0"):
                 os.environ["AE_PERSISTENT"] = setting
                 row.append(flops / timed_ms(fn, q, k, v, None, False) / 1e9)
         os.environ.pop("AE_PERSISTENT", None)

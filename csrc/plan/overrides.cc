@@ -43,8 +43,11 @@ TuningOverrides TuningOverrides::from_environment() {
     const int n = std::atoi(g);
     o.head_group = n < 1 ? 1 : n;
   }
-  if (const char* s = std::getenv("AE_PERSISTENT"); s && *s)
-    o.persistent = std::string(s) == "on" ? -1 : std::max(0, std::atoi(s));
+  if (const char* s = std::getenv("AE_PERSISTENT"); s && *s) {  // "1" is "on", as for the others
+    const std::string v(s);
+    const int n = std::atoi(s);
+    o.persistent = v == "on" || v == "true" || n == 1 ? -1 : std::max(0, n);
+  }
   if (const char* s = std::getenv("AE_KV_SPLITS"); s && *s) {
     const int n = std::atoi(s);
     o.kv_splits = n < 1 ? 1 : n;

@@ -19,11 +19,11 @@
 //   AE_EXACT_PV=0                                     forwards trust V to be finite at masked
 //                                                     keys (no check: templates/nvidia/
 //                                                     exact_pv.h): for A/B of its cost
-//   AE_PERSISTENT=on or N                             the sm90 forward persistent where its tiles
-//                                                     outnumber the CTAs: one CTA per SM ("on")
-//                                                     or N (tests: many tiles per CTA); off by
-//                                                     default (0): measured no faster
-//                                                     (bench/persistent_ab.py)
+//   AE_PERSISTENT=1 (on) or N >= 2                    the sm90 forward persistent where its tiles
+//                                                     outnumber the CTAs (never split-KV): one
+//                                                     CTA per SM, or N CTAs (tests: many tiles
+//                                                     per CTA); off by default (0): measured no
+//                                                     faster (bench/persistent_ab.py)
 //   AE_GRAD_SINK=global                               captured tensors' gradients by global
 //                                                     atomics (no shared-memory copy)
 // reg_level: ptxas --register-usage-level, -1 for its default. A field that is absent or out
@@ -48,7 +48,7 @@ struct TuningOverrides {
   bool custom_norm_kernels = true;
   bool plain_loads = false;
   bool trust_v = false;  // AE_EXACT_PV=0: no check of V at masked keys (an A/B switch)
-  int persistent = 0;    // AE_PERSISTENT: 0 off, N > 0 that many CTAs, -1 ("on") one per SM
+  int persistent = 0;    // AE_PERSISTENT: 0 off, -1 ("1", "on") one CTA per SM, N >= 2 N CTAs
 
   // Read from the environment (every call: benchmarks change them between calls).
   static TuningOverrides from_environment();

@@ -46,11 +46,12 @@ struct HeadsFastest {
   }
 };
 
-// Persistent forward (no split-KV): a grid of one CTA per SM takes the tiles of the grid
-// (query blocks, query heads, batch) in HeadsFastest's order, tile t being that grid's
+// Persistent forward (no split-KV): a one-wave grid (a CTA per SM) takes the tiles of the
+// grid (query blocks, query heads, batch) in HeadsFastest's order, tile t being that grid's
 // linear block t. A CTA's first tile is blockIdx.x; each next one is the next number of
-// p.tile_counter (zeroed per call) past gridDim.x, drawn when the CTA starts a tile: a
-// causal row's cost varies with its block 100-fold, and a static split would leave SMs idle.
+// p.tile_counter (zeroed per call) past gridDim.x, drawn by the kernel when it is nearly free
+// (sm90/fwd.h: once a tile's loads are issued): a causal row's cost varies with its block
+// 100-fold, and a static split would leave SMs idle.
 struct PersistentTiles {
   AE_DEVICE static int count(const AttnParams& p) { return p.n_q_blocks * p.q_heads * p.batch; }
   AE_DEVICE static int first() { return static_cast<int>(blockIdx.x); }

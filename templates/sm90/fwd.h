@@ -16,6 +16,9 @@
 // Tiles the block walk marks empty are skipped by both sides; full tiles skip the mask;
 // causal work runs longest rows first (common/tile_scheduler.h). Rows are addressed through
 // Cfg::Layout (common/kv_layout.h), the normalization is the Variant's policy.
+// Persistent (Cfg::kPersistent, opt-in): the CTA loops over tiles; the producer loads each
+// tile's Q when the consumers release the last one's (Q-empty barrier) and passes the tile's
+// index in a shared-memory slot; the ring's slots are counted across tiles on both sides.
 #pragma once
 
 #include "common/block_walk.h"

@@ -129,9 +129,9 @@ TEST(Planner, PersistentForwardWhereTilesOutnumberTheSms) {
   r.problem.kv_len = 32768;
   r.overrides.persistent = 8;
   EXPECT_FALSE(main_step(make_plan(r)).spec.persistent);
-  // AE_PERSISTENT: "on" (a CTA per SM), a count, or off
+  // AE_PERSISTENT: on ("1", "on", "true": a CTA per SM), a count of 2 or more, or off
   for (const auto& [text, value] : std::vector<std::pair<const char*, int>>{
-           {"on", -1}, {"5", 5}, {"0", 0}, {"off", 0}}) {
+           {"on", -1}, {"1", -1}, {"true", -1}, {"5", 5}, {"0", 0}, {"off", 0}}) {
     setenv("AE_PERSISTENT", text, 1);
     EXPECT_EQ(TuningOverrides::from_environment().persistent, value) << text;
   }

@@ -101,11 +101,11 @@ def test_split_kv_forward_compiles_without_spills(case, monkeypatch):
 
 
 # The persistent sm90 forward (AE_PERSISTENT=on; common/tile_scheduler.h PersistentTiles): with and
-# without the block list, every head-dim family. (ptxas serialized its wgmmas, C7520, until V was
+# without the block list, every head-dim family, with and without the overlap (D256). (ptxas serialized its wgmmas, C7520, until V was
 # waited for before the wgmma fence; _compiles_without_spills checks the log for that.)
 PERSISTENT_CASES = [("plain", (128, 128)), ("causal", (128, 128)), ("document", (128, 128)),
                     ("alibi", (128, 128)), ("sigmoid_none", (128, 128)), ("causal", (64, 64)),
-                    ("plain", (256, 256))]
+                    ("plain", (256, 256)), ("causal", (256, 256)), ("sliding_window", (256, 256))]
 
 
 @pytest.mark.parametrize("case", PERSISTENT_CASES, ids=lambda c: f"{c[0]}-{c[1][0]}-{c[1][1]}")

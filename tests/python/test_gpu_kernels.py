@@ -704,13 +704,24 @@ def test_persistent_forward(variant, shape, ctas, monkeypatch):
     monkeypatch.setenv("AE_PERSISTENT", ctas)
     monkeypatch.setenv("AE_KV_SPLITS", "1")  # (few tiles would split the keys instead)
     attn, m = build(variant, shape)
+    # The planner's rule (csrc/plan/planner.cc persistent_ctas): more tiles than CTAs
+    assert math.ceil(shape.Sq / 128) * shape.Hq * shape.B > int(ctas)
     assert " pers" in attn.variant.kernel_source("fwd", shape.Dqk, shape.Dv, True, [
-        str(t.dtype).replace("torch.", "") for t in attn.buffers], family="sm90")["describe"]
+        str(t.dtype).replace("torch.", "") for t in attn.buffers], family="sm90",
+        q_len=shape.Sq)["describe"]
     _, q, k, v, kern = check_case(variant, shape, BF16)
+    softmax = m.normalize == "softmax"
+
+    def forward():
+        with torch.no_grad():
+            return attn(q, k, v, return_lse=True) if softmax else (attn(q, k, v), None)
+    again = forward()  # the tile counter starts from zero on every call
     monkeypatch.setenv("AE_PERSISTENT", "0")
-    with torch.no_grad():
-        out = attn(q, k, v)
-    assert torch.equal(out, kern.out), f"{variant} {shape}: persistent != one CTA per tile"
+    grid = forward()
+    for name, a, b in (("out", again[0], kern.out), ("out", grid[0], kern.out),
+                       ("lse", again[1], kern.lse), ("lse", grid[1], kern.lse)):
+        assert (a is None) == (b is None) and (a is None or torch.equal(a, b)), \
+            f"{variant} {shape}: {name} differs between calls or from a CTA per tile"
 
 
 @pytest.mark.parametrize("variant", ["causal", "relative_bias"])
