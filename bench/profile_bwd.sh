@@ -2,21 +2,24 @@
 # Nsight Compute on the backward (the sm90 one on Hopper; AE_DISABLE_SM90_BWD=1 for sm80) next
 # to FlashAttention-2's (SDPA flash), one call on the GPU machine after
 # `bash bench/gpu_check.sh build`. PROFILE_ARGS: profile_kernels.py's "S D [causal]".
-# Full report in $OUT/ncu_bwd.txt; per-instruction stall samples of our kernel (SASS, CSV) in
-# $OUT/ncu_bwd_source.csv, summed by stall reason and by hottest instruction at the end.
+# PROFILE_CASE=docmask profiles the document mask's forward instead (PROFILE_ARGS "16384").
+# Full report in $OUT/ncu_$CASE.txt; per-instruction stall samples of our kernel (SASS, CSV)
+# in $OUT/ncu_${CASE}_source.csv, summed by stall reason and by hottest instruction at the end.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-build/gpu_check}"
 mkdir -p "$OUT"
 ARGS="${PROFILE_ARGS:-8192 128}"
-python3 bench/profile_kernels.py bwd $ARGS > /dev/null  # compile into the disk cache first
-ncu --clock-control none -k regex:"ae_bwd$|flash_bwd_dq_dk_dv" --section SpeedOfLight \
+CASE="${PROFILE_CASE:-bwd}"
+if [ "$CASE" = bwd ]; then KERNELS='ae_bwd$|flash_bwd_dq_dk_dv' OURS='ae_bwd$'; else KERNELS='ae_fwd$' OURS='ae_fwd$'; fi
+python3 bench/profile_kernels.py $CASE $ARGS > /dev/null  # compile into the disk cache first
+ncu --clock-control none -k regex:"$KERNELS" --section SpeedOfLight \
     --section ComputeWorkloadAnalysis --section WarpStateStats --section Occupancy \
     --section LaunchStats --section MemoryWorkloadAnalysis_Tables --section InstructionStats \
-    --section SourceCounters -o "$OUT/ncu_bwd" -f \
-    python3 bench/profile_kernels.py bwd $ARGS > "$OUT/ncu_run.txt" 2>&1
-ncu -i "$OUT/ncu_bwd.ncu-rep" > "$OUT/ncu_bwd.txt" 2>&1
-ncu -i "$OUT/ncu_bwd.ncu-rep" -k regex:"ae_bwd$" --page source --print-source sass --csv \
-    > "$OUT/ncu_bwd_source.csv" 2>&1
-grep -E "^  [a-z_]+.*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|Executed Ipc A|Issue Slots Busy|Registers Per|Achieved Occupancy|Stall|Warp Cycles Per Issued|Bank|One or More|No Eligible" "$OUT/ncu_bwd.txt" | head -60
-python3 bench/ncu_stalls.py "$OUT/ncu_bwd_source.csv" 2>&1 | head -60
+    --section SourceCounters -o "$OUT/ncu_$CASE" -f \
+    python3 bench/profile_kernels.py $CASE $ARGS > "$OUT/ncu_run.txt" 2>&1
+ncu -i "$OUT/ncu_$CASE.ncu-rep" > "$OUT/ncu_$CASE.txt" 2>&1
+ncu -i "$OUT/ncu_$CASE.ncu-rep" -k regex:"$OURS" --page source --print-source sass --csv \
+    > "$OUT/ncu_${CASE}_source.csv" 2>&1
+grep -E "^  [a-z_]+.*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|Executed Ipc A|Issue Slots Busy|Registers Per|Achieved Occupancy|Stall|Warp Cycles Per Issued|Bank|One or More|No Eligible" "$OUT/ncu_$CASE.txt" | head -60
+python3 bench/ncu_stalls.py "$OUT/ncu_${CASE}_source.csv" 2>&1 | head -60

@@ -9,6 +9,7 @@ yardstick. On the GPU machine (Firecracker: counters readable):
         --section ComputeWorkloadAnalysis --section WarpStateStats \
         python bench/profile_kernels.py fwd90
     ncu ... -k regex:"ae_bwd$|flash_bwd_dq_dk_dv" python bench/profile_kernels.py bwd [4096]
+    python bench/profile_kernels.py docmask      # the document mask's forward
 """
 import sys
 
@@ -32,6 +33,16 @@ if what == "fwd90":
         attn(q, k, v)
         torch.cuda.synchronize()
         print(name, "ran", flush=True)
+elif what == "docmask":  # the document mask's forward (causal within ~1k-token documents)
+    from attention_bench import doc_lengths
+    lengths = doc_lengths(S)
+    ids = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    attn = ae.compile(mask_mod=mods.document_mask(ids.to(torch.int32).cuda()))
+    assert attn.backend_for(q, k, v) == "sm90"
+    with torch.no_grad():
+        attn(q, k, v)
+    torch.cuda.synchronize()
+    print("document ran", flush=True)
 elif what == "bwd":
     out = (ae.compile(mask_mod=mods.causal) if causal else ae.compile())(q, k, v)
     torch.autograd.grad(out, (q, k, v), do)
@@ -41,4 +52,4 @@ elif what == "bwd":
     torch.cuda.synchronize()
     print("bwd ran", flush=True)
 else:
-    sys.exit(f"unknown case {what}: fwd90 or bwd")
+    sys.exit(f"unknown case {what}: fwd90, docmask or bwd")
