@@ -65,6 +65,11 @@ def sections():
             *[(f"linear.{n}", getattr(ae.linear, n)) for n in
               ["retention", "simple_gla", "gla", "mamba2"]],
         ]),
+        ("Context parallelism (ring attention over torch.distributed)", [
+            ("attention_engine.context_parallel", ae.context_parallel),
+            ("attention_engine.shard_sequence", ae.shard_sequence),
+            ("attention_engine.sequence_positions", ae.sequence_positions),
+        ]),
         ("Learned block sparsity (SeerAttention): attention_engine.seer", [
             (f"seer.{n}", getattr(ae.seer, n)) for n in
             ["SeerAttention", "SeerGate", "pooled_attention_map", "gate_loss", "select_blocks",

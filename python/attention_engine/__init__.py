@@ -23,6 +23,7 @@ from .errors import GraphError, TraceError
 from .flex import (AuxOutput, AuxRequest, BlockMask, create_block_mask, create_mask,
                    flex_attention)
 from .module import Attention
+from .context_parallel import context_parallel, sequence_positions, shard_sequence
 from . import seer
 from . import linear
 from .linear import LinearAttention, compile_linear
@@ -33,4 +34,4 @@ __version__ = _C.__version__
 __all__ = ["compile", "CompiledAttention", "clear_kernel_caches", "Attention", "flex_attention",
            "create_block_mask", "create_mask", "BlockMask", "AuxRequest", "AuxOutput",
            "and_masks", "or_masks", "noop_mask", "mods", "normalizers", "Normalizer", "seer", "linear", "compile_linear", "LinearAttention", "GraphError", "TraceError",
-           "__version__"]
+           "context_parallel", "shard_sequence", "sequence_positions", "__version__"]

@@ -1,4 +1,5 @@
-"""A compiled variant's graph, rewritten to see sequence positions (the inference entry points).
+"""A compiled variant's graph, rewritten to see sequence positions (the inference entry points;
+with_offsets: context parallelism).
 
 The varlen and KV-cache entry points (inference.py) run sequences of different lengths in one
 padded batch. For the mods to give the same answer as in training, ``q_idx`` must be the
@@ -76,4 +77,46 @@ def with_positions(trace_json: str) -> str:
         outputs["mask"] = in_range
     g["nodes"] = new_nodes
     g["outputs"] = outputs
+    return json.dumps(g, sort_keys=True)
+
+
+def with_offsets(trace_json: str) -> str:
+    """The trace with two more captured tensors, 0-d int64 ``q_offset`` and ``kv_offset``,
+    added to the positions the mods see (context parallelism: a rank's chunk of queries
+    against another rank's chunk of keys, both at their places in the whole sequence):
+
+        q_idx  -> q_idx + q_offset
+        kv_idx -> kv_idx + kv_offset
+    """
+    g = json.loads(trace_json)
+    nodes = g["nodes"]
+    params = {n["name"]: i for i, n in enumerate(nodes) if n.get("op") == "param"}
+    missing = [p for p in _PARAMS if p not in params]
+    if missing:
+        raise ValueError(f"attention_engine: trace without parameter(s) {missing}")
+    n_params = max(params.values()) + 1
+    q_buf, kv_buf = len(g["buffers"]), len(g["buffers"]) + 1
+    g["buffers"] = g["buffers"] + [
+        {"dtype": "int64", "name": "q_offset", "requires_grad": False, "shape": []},
+        {"dtype": "int64", "name": "kv_offset", "requires_grad": False, "shape": []},
+    ]
+    q, kv = params["q_idx"], params["kv_idx"]
+    q_off, kv_off, new_q, new_kv = range(n_params, n_params + 4)
+    prefix = [
+        {"op": "load", "buffer": q_buf, "args": []},  # 0-d: no indices
+        {"op": "load", "buffer": kv_buf, "args": []},
+        {"op": "add", "args": [q, q_off]},
+        {"op": "add", "args": [kv, kv_off]},
+    ]
+    shift = len(prefix)
+
+    def old_to_new(i: int) -> int:
+        if i == q:
+            return new_q
+        if i == kv:
+            return new_kv
+        return i if i < n_params else i + shift
+
+    g["nodes"] = nodes[:n_params] + prefix + [_remap(n, old_to_new) for n in nodes[n_params:]]
+    g["outputs"] = {k: old_to_new(v) for k, v in g["outputs"].items()}
     return json.dumps(g, sort_keys=True)

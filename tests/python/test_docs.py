@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 README = os.path.join(ROOT, "README.md")
 DOC_MODULES = ["attention_engine.api", "attention_engine.module", "attention_engine.flex",
                "attention_engine._block_mask", "attention_engine.mods", "attention_engine.seer",
-               "attention_engine.linear",
+               "attention_engine.linear", "attention_engine.context_parallel",
                "attention_engine.integrations.transformers"]
 
 
@@ -66,6 +66,13 @@ def test_readme_seer_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
     assert "torch.Size([1, 4, 128, 16])" in capsys.readouterr().out
+
+
+def test_readme_context_parallel_example_runs(tmp_path, monkeypatch, capsys):
+    (block,) = [b for b in python_blocks(README) if "ae.context_parallel(" in b]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+    assert "torch.Size([2, 4, 256, 32]) torch.Size([4, 33])" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name", DOC_MODULES)
