@@ -30,6 +30,8 @@ std::unique_ptr<CudaDriver> load_cuda() {
   l.bind(d->LaunchKernel, "cuLaunchKernel");
   l.bind(d->LaunchKernelEx, "cuLaunchKernelEx", /*optional=*/true);  // CUDA >= 11.8
   l.bind(d->TensorMapEncodeTiled, "cuTensorMapEncodeTiled", /*optional=*/true);  // CUDA >= 12
+  l.bind(d->DeviceGetName, "cuDeviceGetName", /*optional=*/true);
+  l.bind(d->StreamIsCapturing, "cuStreamIsCapturing", /*optional=*/true);
   l.bind(d->GetErrorName, "cuGetErrorName");
   l.bind(d->GetErrorString, "cuGetErrorString");
   CUresult r = d->Init(0);
@@ -80,6 +82,21 @@ const CudaDeviceInfo& cuda_device_info(int device) {
     infos[device] = info;
   });
   return infos[device];
+}
+
+std::string cuda_device_name(int device) {
+  const CudaDriver& d = cuda_driver();
+  char name[256] = {};
+  CUdevice dev = 0;
+  if (d.DeviceGetName && d.DeviceGet(&dev, device) == 0 && d.DeviceGetName(name, sizeof name - 1, dev) == 0)
+    return name;
+  return fmt::format("CUDA device {}", device);
+}
+
+bool cuda_stream_capturing(void* stream) {
+  const CudaDriver& d = cuda_driver();
+  int status = 0;  // CU_STREAM_CAPTURE_STATUS_NONE
+  return d.StreamIsCapturing && d.StreamIsCapturing(stream, &status) == 0 && status != 0;
 }
 
 void cuda_make_current(int device) {

@@ -58,6 +58,8 @@ struct CudaDriver {
   CUresult (*TensorMapEncodeTiled)(void*, int, unsigned, void*, const unsigned long long*,
                                    const unsigned long long*, const unsigned*, const unsigned*, int,
                                    int, int, int);
+  CUresult (*DeviceGetName)(char*, int, CUdevice);           // may be null
+  CUresult (*StreamIsCapturing)(CUstream, int*);             // may be null (0: not capturing)
   CUresult (*GetErrorName)(CUresult, const char**);
   CUresult (*GetErrorString)(CUresult, const char**);
 };
@@ -74,6 +76,10 @@ struct CudaDeviceInfo {
   int major = 0, minor = 0, smem_optin = 0, multiprocessors = 0, l2_bytes = 0;
 };
 const CudaDeviceInfo& cuda_device_info(int device);
+// The device's name ("NVIDIA H200"), or "CUDA device N" where the driver cannot say.
+std::string cuda_device_name(int device);
+// Whether work on `stream` is being captured into a CUDA graph now (nothing may synchronize).
+bool cuda_stream_capturing(void* stream);
 // Makes the device's primary context (the one PyTorch uses) current on this thread.
 void cuda_make_current(int device);
 // The device of the current context, or -1 when none is current.

@@ -8,10 +8,12 @@
 namespace ae::plan {
 namespace {
 
+using Lookup = std::function<const char*(const char*)>;
+
 // "a,b,c" -> fields (up to n); the rest stay unset.
 template <int N>
-void parse_ints(const char* name, int (&fields)[N]) {
-  const char* text = std::getenv(name);
+void parse_ints(const Lookup& getenv, const char* name, int (&fields)[N]) {
+  const char* text = getenv(name);
   if (!text || !*text) return;
   int v[4] = {TuningOverrides::kUnset, TuningOverrides::kUnset, TuningOverrides::kUnset,
               TuningOverrides::kUnset};
@@ -22,33 +24,37 @@ void parse_ints(const char* name, int (&fields)[N]) {
 }  // namespace
 
 TuningOverrides TuningOverrides::from_environment() {
+  return from_lookup([](const char* name) { return static_cast<const char*>(std::getenv(name)); });
+}
+
+TuningOverrides TuningOverrides::from_lookup(const Lookup& getenv) {
   TuningOverrides o;
-  parse_ints("AE_SM80_FWD", o.sm80_fwd);
-  parse_ints("AE_SM80_BWD", o.sm80_bwd);
-  parse_ints("AE_SM90_FWD", o.sm90_fwd);
-  parse_ints("AE_DECODE", o.decode);
-  if (const char* d = std::getenv("AE_DECODE"); d && *d && std::string(d) != "0") o.enable_decode = true;
-  if (const char* c = std::getenv("AE_CUSTOM_NORM"); c && std::string(c) == "0")
+  parse_ints(getenv, "AE_SM80_FWD", o.sm80_fwd);
+  parse_ints(getenv, "AE_SM80_BWD", o.sm80_bwd);
+  parse_ints(getenv, "AE_SM90_FWD", o.sm90_fwd);
+  parse_ints(getenv, "AE_DECODE", o.decode);
+  if (const char* d = getenv("AE_DECODE"); d && *d && std::string(d) != "0") o.enable_decode = true;
+  if (const char* c = getenv("AE_CUSTOM_NORM"); c && std::string(c) == "0")
     o.custom_norm_kernels = false;
-  if (const char* p = std::getenv("AE_PLAIN_LOADS"); p && *p && std::string(p) != "0")
+  if (const char* p = getenv("AE_PLAIN_LOADS"); p && *p && std::string(p) != "0")
     o.plain_loads = true;
-  if (const char* e = std::getenv("AE_EXACT_PV"); e && std::string(e) == "0") o.trust_v = true;
-  const char* off = std::getenv("AE_DISABLE_SM90");
+  if (const char* e = getenv("AE_EXACT_PV"); e && std::string(e) == "0") o.trust_v = true;
+  const char* off = getenv("AE_DISABLE_SM90");
   o.disable_sm90 = off && *off && std::string(off) != "0";
-  const char* off_bwd = std::getenv("AE_DISABLE_SM90_BWD");
+  const char* off_bwd = getenv("AE_DISABLE_SM90_BWD");
   o.disable_sm90_bwd = off_bwd && *off_bwd && std::string(off_bwd) != "0";
-  if (const char* sink = std::getenv("AE_GRAD_SINK"); sink && std::string(sink) == "global")
+  if (const char* sink = getenv("AE_GRAD_SINK"); sink && std::string(sink) == "global")
     o.global_grads = true;
-  if (const char* g = std::getenv("AE_HEAD_GROUP"); g && *g) {
+  if (const char* g = getenv("AE_HEAD_GROUP"); g && *g) {
     const int n = std::atoi(g);
     o.head_group = n < 1 ? 1 : n;
   }
-  if (const char* s = std::getenv("AE_PERSISTENT"); s && *s) {  // "1" is "on", as for the others
+  if (const char* s = getenv("AE_PERSISTENT"); s && *s) {  // "1" is "on", as for the others
     const std::string v(s);
     const int n = std::atoi(s);
     o.persistent = v == "on" || v == "true" || n == 1 ? -1 : std::max(0, n);
   }
-  if (const char* s = std::getenv("AE_KV_SPLITS"); s && *s) {
+  if (const char* s = getenv("AE_KV_SPLITS"); s && *s) {
     const int n = std::atoi(s);
     o.kv_splits = n < 1 ? 1 : n;
   }

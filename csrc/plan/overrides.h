@@ -30,6 +30,8 @@
 // of range leaves the table's value.
 #pragma once
 
+#include <functional>
+
 namespace ae::plan {
 
 struct TuningOverrides {
@@ -52,6 +54,9 @@ struct TuningOverrides {
 
   // Read from the environment (every call: benchmarks change them between calls).
   static TuningOverrides from_environment();
+  // The same parse over another source of these variables (the autotuner's stored choices,
+  // csrc/tune/choice.h): lookup(name) returns the value or null.
+  static TuningOverrides from_lookup(const std::function<const char*(const char*)>& lookup);
 };
 
 }  // namespace ae::plan

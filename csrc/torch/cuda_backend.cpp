@@ -14,6 +14,7 @@
 #include "plan/planner.h"
 #include "runner/device_caps_cuda.h"
 #include "runner/kernel_registry.h"
+#include "torch/autotune.h"
 #include "torch/runner_inputs.h"
 #include "torch/checks.h"
 #include "torch/cuda_backend.h"
@@ -23,16 +24,16 @@
 namespace ae::torch_ops {
 namespace {
 
-plan::LaunchPlan plan_call(plan::OpKind kind, const ir::Variant& v, const at::Tensor& q,
-                           const Shapes& s, const std::vector<at::Tensor>& buffers, double scale,
-                           const std::vector<bool>& wants_grad = {}, bool deterministic = false) {
+// The call's plan: the tables, or the stored tuning choice of its shape class (autotune.h).
+TunedPlan plan_call(plan::OpKind kind, const ir::Variant& v, const at::Tensor& q, const Shapes& s,
+                    const std::vector<at::Tensor>& buffers, double scale,
+                    const std::vector<bool>& wants_grad = {}, bool deterministic = false) {
   plan::PlanRequest r;
   r.variant = plan::VariantTraits::of(v);
   r.problem = plan::with_sparsity(problem_of(kind, q, s, buffers, scale, wants_grad), r.variant);
   r.problem.deterministic = deterministic;
   r.device = runner::cuda_device_caps(q.device().index());
-  r.overrides = plan::TuningOverrides::from_environment();
-  return plan::make_plan(r);
+  return plan_with_tuning(std::move(r), q.device().index());
 }
 
 void warn_fallback(const std::string& reason) {
@@ -52,7 +53,8 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q_in, const at
   auto variant = get_variant(key);
   const Shapes s = check_inputs(q_in, k_in, v_in, buffers, *variant);
   c10::DeviceGuard guard(q_in.device());
-  const plan::LaunchPlan plan = plan_call(plan::OpKind::Forward, *variant, q_in, s, buffers, scale);
+  TunedPlan tuned = plan_call(plan::OpKind::Forward, *variant, q_in, s, buffers, scale);
+  const plan::LaunchPlan& plan = tuned.plan;
   if (!plan.ok) {
     warn_fallback(plan.reason);
     return reference_forward(q_in, k_in, v_in, buffers, key, scale);
@@ -68,6 +70,7 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q_in, const at
   runner::Bindings b = bind_inputs(q, k, v, buffers);
   b.o = ref(out);
   b.lse = ref(lse);
+  if (tuned.tune_now) tuned.plan = tune_call(tuned, *variant, b, q, buffers);
   const std::vector<at::Tensor> scratch = bind_workspaces(plan, q, b, buffers);
   runner::run(plan, *variant, b);
   return {out, lse};
@@ -88,8 +91,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_bac
   // Deterministic when compiled so or under torch.use_deterministic_algorithms: dQ's additions
   // go in a fixed order (common/dq_order.h); dK and dV are sums in registers anyway.
   const bool deterministic = deterministic_asked || at::globalContext().deterministicAlgorithms();
-  const plan::LaunchPlan plan =
+  TunedPlan tuned =
       plan_call(plan::OpKind::Backward, *variant, q_in, s, buffers, scale, wants_grad, deterministic);
+  const plan::LaunchPlan& plan = tuned.plan;
   if (!plan.ok) {
     warn_fallback(plan.reason);
     return reference_backward(dout_in, dlse, q_in, k_in, v_in, out, lse, buffers, key, scale,
@@ -131,6 +135,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_bac
       b.lse = ref(lse_f);
       b.dlse = ref(dlse_f);
     }
+    if (tuned.tune_now) {  // the timing runs added into the captured tensors' gradients
+      tuned.plan = tune_call(tuned, *variant, b, q, buffers);
+      for (at::Tensor& g : grads)
+        if (g.defined()) g.zero_();
+    }
     const std::vector<at::Tensor> scratch = bind_workspaces(plan, q, b, buffers);
     runner::run(plan, *variant, b);
   }
@@ -150,12 +159,12 @@ std::string backend_for(const at::Tensor& q, const at::Tensor& k, const at::Tens
   const Shapes s = check_inputs(q, k, v, buffers, *variant);
   if (!q.is_cuda()) return "reference: tensors on " + q.device().str();
   if (backward) {
-    const plan::LaunchPlan bwd = plan_call(plan::OpKind::Backward, *variant, q, s, buffers, 1.0);
+    const plan::LaunchPlan bwd = plan_call(plan::OpKind::Backward, *variant, q, s, buffers, 1.0).plan;
     return bwd.ok ? bwd.family : "reference: " + bwd.reason;
   }
-  const plan::LaunchPlan fwd = plan_call(plan::OpKind::Forward, *variant, q, s, buffers, 1.0);
+  const plan::LaunchPlan fwd = plan_call(plan::OpKind::Forward, *variant, q, s, buffers, 1.0).plan;
   if (!fwd.ok) return "reference: " + fwd.reason;
-  const plan::LaunchPlan bwd = plan_call(plan::OpKind::Backward, *variant, q, s, buffers, 1.0);
+  const plan::LaunchPlan bwd = plan_call(plan::OpKind::Backward, *variant, q, s, buffers, 1.0).plan;
   if (!bwd.ok) return fwd.family + " (backward on the reference: " + bwd.reason + ")";
   return fwd.family;
 }

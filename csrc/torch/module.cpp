@@ -8,4 +8,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("__version__") = AE_VERSION;
   ae::py::bind_ir(m);
   ae::py::bind_jit(m);
+  ae::py::bind_tune(m);
 }

@@ -14,6 +14,8 @@ _site = _os.path.dirname(_os.path.dirname(torch.__file__))
 for _sub in ("nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib"):
     if _os.path.isdir(_os.path.join(_site, _sub)):
         _C.add_library_search_path(_os.path.join(_site, _sub))
+from . import _progress
+_C.tune_set_progress(_progress.report)  # the autotuner's bar (only shown while it tunes)
 from . import mods
 from . import normalizers
 from .normalizers import Normalizer

@@ -119,13 +119,16 @@ class CompiledAttention:
     """
 
     def __init__(self, ref: VariantRef, buffers, normalize: str, scale: Optional[float],
-                 deterministic: bool = False):
+                 deterministic: bool = False, autotune="off"):
         self._ref = ref
         self._key = ref.key  # a plain str, so torch.compile traces calls without a break
         self.buffers = buffers
         self.normalize = normalize
         self.scale = scale
         self.deterministic = deterministic
+        self.autotune = autotune
+        if autotune != "off":  # per variant in this process (csrc/torch/autotune.h)
+            _C.tune_set_mode(self._key, autotune)
 
     @property
     def variant(self):
@@ -159,7 +162,7 @@ class CompiledAttention:
         normalize = self.normalize if isinstance(self.normalize, str) else \
             f"custom:{self.normalize.name}"
         return (_rebuild, (self._ref, list(self.buffers), normalize, self.scale,
-                           self.deterministic))
+                           self.deterministic, self.autotune))
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                  return_lse: bool = False, **unknown):
@@ -238,8 +241,18 @@ class CompiledAttention:
 
 
 def _rebuild(ref: VariantRef, buffers, normalize: str, scale: Optional[float],
-             deterministic: bool = False):
-    return CompiledAttention(ref, list(buffers), normalize, scale, deterministic)
+             deterministic: bool = False, autotune: str = "off"):
+    return CompiledAttention(ref, list(buffers), normalize, scale, deterministic, autotune)
+
+
+def _tune_mode(autotune) -> str:
+    """compile's autotune argument -> "off", "on" or "cached"."""
+    if autotune is True or autotune is False:
+        return "on" if autotune else "off"
+    if isinstance(autotune, str) and autotune in ("on", "off", "cached"):
+        return autotune
+    raise ValueError(f"attention_engine: autotune must be True, False, 'on', 'off' or 'cached', "
+                     f"got {autotune!r}")
 
 
 def _check_arity(fn: Optional[Callable], role: str) -> None:
@@ -299,7 +312,7 @@ def _numpy_arrays_in(fn, seen=None) -> list:
 
 def compile(score_mod: Optional[Callable] = None, mask_mod: Optional[Callable] = None,
             normalize="softmax", scale: Optional[float] = None,
-            deterministic: bool = False) -> CompiledAttention:
+            deterministic: bool = False, autotune=False) -> CompiledAttention:
     """Compiles an attention variant written with FlexAttention's conventions.
 
     Traces the mods, builds the op graph in C++ (folded, CSE'd, differentiated) and returns a
@@ -320,6 +333,11 @@ def compile(score_mod: Optional[Callable] = None, mask_mod: Optional[Callable] =
             fused kernels add dQ's parts in a fixed order, at a cost the README states).
             ``torch.use_deterministic_algorithms(True)`` turns it on for every variant. The
             gradients of captured tensors are not covered: their backward raises.
+        autotune: False (the tile tables: the default), True (a call whose shape class has
+            no stored tuning choice first times the candidate configurations on the GPU, a
+            few seconds, and stores the fastest beside the kernel cache; later calls, in any
+            process, read it in microseconds) or "cached" (stored choices, never tuning).
+            ``AE_AUTOTUNE=1`` / ``cached`` / ``0`` sets it for every variant.
 
     Returns:
         CompiledAttention: ``attn(q, k, v, *, return_lse=False)`` with q [B, Hq, Sq, Dqk],
@@ -359,13 +377,17 @@ def compile(score_mod: Optional[Callable] = None, mask_mod: Optional[Callable] =
     if not isinstance(deterministic, bool):
         raise TypeError(f"attention_engine: deterministic must be True or False, got "
                         f"{deterministic!r}")
+    mode = _tune_mode(autotune)
     key = (trace_json, tuple(id(t) for t in tensors), scale, deterministic)
     with _COMPILE_LOCK:
         hit = _COMPILED.get(key)
         if hit is not None and all(a is b for a, b in zip(hit.buffers, tensors)):
+            if mode != "off":
+                hit.autotune = mode
+                _C.tune_set_mode(hit.key, mode)
             return hit
         compiled = CompiledAttention(VariantRef(trace_json, _variant_of(trace_json)), tensors,
-                                     normalize, scale, deterministic)
+                                     normalize, scale, deterministic, mode)
         _COMPILED[key] = compiled
         return compiled
 

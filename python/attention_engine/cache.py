@@ -4,7 +4,8 @@ The folder is $AE_CACHE_DIR, else $XDG_CACHE_HOME/attention_engine, else
 $HOME/.cache/attention_engine, else the account's home + /.cache/attention_engine (layout and
 trust model: csrc/jit/disk_cache.h). --dir picks another one. clear and prune remove only the
 cache's own files (never through a symlink, never a live writer's temporary file), so they are
-safe beside running processes.
+safe beside running processes. The autotuner's stored choices live in its tuning/ folder
+(csrc/tune/store.h): info lists them, clear removes them too.
 """
 import argparse
 import re
@@ -36,7 +37,12 @@ def info(directory=None) -> dict:
 
 
 def clear(directory=None) -> int:
-    return _C.jit_cache_clear(directory)
+    return _C.jit_cache_clear(directory) + _C.tune_clear(directory)
+
+
+def choices(directory=None) -> list:
+    """The stored tuning choices: dicts with key, choice, describe, ms, table_ms, ..."""
+    return _C.tune_list(directory)
 
 
 def prune(max_bytes: int, directory=None) -> dict:
@@ -48,9 +54,9 @@ def main(argv=None) -> int:
                                      description="Show or trim the JIT kernel cache.")
     parser.add_argument("--dir", default=None, help="cache folder (default: from the environment)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="folder, entries, total size")
-    sub.add_parser("clear", help="remove every cached kernel and failure log (not a running "
-                                 "writer's temporary file)")
+    sub.add_parser("info", help="folder, entries, total size, stored tuning choices")
+    sub.add_parser("clear", help="remove every cached kernel, failure log and tuning choice "
+                                 "(not a running writer's temporary file)")
     p = sub.add_parser("prune", help="remove least recently used entries down to a size")
     p.add_argument("--max-size", required=True, type=parse_size, help="e.g. 500M, 2G")
     args = parser.parse_args(argv)
@@ -63,6 +69,12 @@ def main(argv=None) -> int:
         if s["temp_files"]:
             print(f"temp files:  {s['temp_files']}")
         print(f"total size:  {format_size(s['total_bytes'])} ({s['total_bytes']} bytes)")
+        stored = choices(args.dir)
+        print(f"tuning choices: {len(stored)}")
+        for c in stored:  # the key's text says what: kind, variant, shape class, GPU
+            speedup = c["table_ms"] / c["ms"] if c["ms"] > 0 else 0.0
+            print(f"  {c['choice'] or '(table)'}  {c['ms']:.4f} ms, {speedup:.2f}x the table's  "
+                  f"[{c['key']}]")
     elif args.command == "clear":
         print(f"removed {clear(args.dir)} files from {info(args.dir)['dir']}")
     else:

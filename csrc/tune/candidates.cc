@@ -1,0 +1,91 @@
+#include "tune/candidates.h"
+
+#include <fmt/format.h>
+
+#include <set>
+
+namespace ae::tune {
+namespace {
+
+Choice one(const std::string& name, const std::string& value) {
+  Choice c;
+  c.vars[name] = value;
+  return c;
+}
+
+bool hopper(const plan::DeviceCaps& d) {
+  return d.vendor == jit::Vendor::kNvidia && d.major == 9 && d.minor == 0;
+}
+
+void sm90_forward(std::vector<Choice>& out) {
+  // Widths past the register estimate (tile_tables.cc) are dropped by the override's check.
+  for (int bn : {64, 80, 96, 112, 128, 144, 160, 176, 192})
+    for (const char* sched : {"1,1", "0,0"})
+      out.push_back(one("AE_SM90_FWD", fmt::format("{},2,{}", bn, sched)));
+  out.push_back(one("AE_SM90_FWD", "128,2,1,0"));  // overlap without ping-pong
+  for (int bn : {64, 128}) out.push_back(one("AE_SM90_FWD", fmt::format("{},3,1,1", bn)));
+  out.push_back(one("AE_PERSISTENT", "on"));
+}
+
+void sm80_forward(std::vector<Choice>& out) {
+  for (const char* rows : {"4,2", "8,1"})
+    for (int bn : {32, 64, 96, 128})
+      for (int reg : {-1, 0}) out.push_back(one("AE_SM80_FWD", fmt::format("{},{},{}", rows, bn, reg)));
+}
+
+void sm80_backward(std::vector<Choice>& out, bool instead_of_sm90) {
+  for (int bn : {128, 64})
+    for (int stages : {2, 1})
+      for (int reg : {0, -1}) {
+        Choice c = one("AE_SM80_BWD", fmt::format("{},{},{}", bn, stages, reg));
+        if (instead_of_sm90) c.vars["AE_DISABLE_SM90_BWD"] = "1";
+        out.push_back(c);
+      }
+}
+
+}  // namespace
+
+const plan::Step* Candidate::main_step() const {
+  for (const plan::Step& s : plan.steps)
+    if (s.spec.kind == codegen::Kind::Forward || s.spec.kind == codegen::Kind::Backward) return &s;
+  return nullptr;
+}
+
+std::vector<Choice> choice_space(const plan::PlanRequest& r) {
+  std::vector<Choice> out{Choice{}};
+  const bool fwd = r.problem.kind == plan::OpKind::Forward;
+  const bool h = hopper(r.device);
+  if (fwd) {
+    if (h) sm90_forward(out);
+    else sm80_forward(out);
+    // Split-KV where the table's plan leaves SMs idle (decode, small batches).
+    plan::PlanRequest table = r;
+    table.overrides = overrides_with({});
+    const plan::LaunchPlan p = plan::make_plan(table);
+    const long long tiles = static_cast<long long>(p.attn.n_q_blocks) * p.attn.q_heads * p.attn.batch;
+    if (p.ok && tiles > 0 && tiles < r.device.multiprocessors)
+      for (int n : {1, 2, 4, 8, 16, 32}) out.push_back(one("AE_KV_SPLITS", std::to_string(n)));
+  } else {
+    if (h) sm80_backward(out, true);  // the sm90 backward has one shape: the table's
+    else sm80_backward(out, false);
+  }
+  return out;
+}
+
+std::vector<Candidate> candidates(const plan::PlanRequest& request) {
+  std::vector<Candidate> out;
+  std::set<std::string> seen;
+  for (const Choice& c : choice_space(request)) {
+    plan::PlanRequest r = request;
+    r.overrides = overrides_with(c);
+    Candidate cand{c, plan::make_plan(r)};
+    if (!cand.plan.ok) {
+      if (c.vars.empty()) return {};  // the table refuses: the reference runs
+      continue;
+    }
+    if (seen.insert(cand.plan.describe()).second) out.push_back(std::move(cand));
+  }
+  return out;
+}
+
+}  // namespace ae::tune
