@@ -1,5 +1,6 @@
-// Tuning overrides from the environment, for sweeps until the autotuner exists: the one place
-// the planner's AE_* variables are read (bench/tile_sweep.py and friends set them).
+// Tuning overrides from the environment: the one place the planner's AE_* variables are read
+// (bench/tile_sweep.py and friends set them). The autotuner's candidates and stored choices are
+// sets of these same variables (csrc/tune/choice.h), parsed here through from_lookup.
 //   AE_SM80_FWD="warps,m_tiles,block_n[,reg_level]"   the sm80 forward's tiles
 //   AE_SM80_BWD="block_n,stages[,reg_level]"          the sm80 backward's
 //   AE_SM90_FWD="block_n,stages,overlap,pingpong"     the sm90 forward's

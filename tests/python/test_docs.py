@@ -75,6 +75,14 @@ def test_readme_context_parallel_example_runs(tmp_path, monkeypatch, capsys):
     assert "torch.Size([2, 4, 256, 32]) torch.Size([4, 33])" in capsys.readouterr().out
 
 
+def test_readme_autotune_example_runs(tmp_path, monkeypatch, capsys):
+    (block,) = [b for b in python_blocks(README) if "autotune=True" in b]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AE_AUTOTUNE", raising=False)
+    exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+    assert capsys.readouterr().out.startswith("[")
+
+
 @pytest.mark.parametrize("name", DOC_MODULES)
 def test_docstring_examples_run(name):
     if name.endswith("transformers"):
