@@ -66,6 +66,7 @@ def main(argv=None) -> int:
     p.add_argument("--sweep", action="store_true", help="tune the cases first (needs a GPU)")
     p.add_argument("--quick", action="store_true", help="D128 at 4k only")
     args = p.parse_args(argv)
+    os.environ.setdefault("AE_TUNE_BUDGET", "60")  # ahead of time: the whole search
     names = {}  # variant key -> name
     for d, s, shape in cases(args.quick):
         for name, attn in variants(shape["q_heads"], s).items():

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cmath>
 #include <set>
 
 namespace ae::tune {
@@ -43,6 +45,20 @@ void sm80_backward(std::vector<Choice>& out, bool instead_of_sm90) {
       }
 }
 
+// How far a candidate is from the table's choice. A budget may cut a tuning short: the
+// configurations nearest the table's (the hand sweeps behind the tables favoured it) go first.
+double distance(const Candidate& c, const Candidate& table) {
+  const plan::Step *a = c.main_step(), *b = table.main_step();
+  if (!a || !b) return 0;
+  const codegen::KernelSpec &x = a->spec, &y = b->spec;
+  double d = std::abs(x.block_n - y.block_n) / 16.0 + std::abs(x.block_m - y.block_m) / 16.0 +
+             std::abs(x.warps - y.warps) / 4.0 + std::abs(x.stages - y.stages);
+  d += 4.0 * (x.family != y.family) + (x.overlap != y.overlap) + (x.pingpong != y.pingpong) +
+       (x.persistent != y.persistent) + 0.5 * (x.reg_level != y.reg_level);
+  return d + std::abs(std::log2(std::max(1, c.plan.attn.kv_splits)) -
+                      std::log2(std::max(1, table.plan.attn.kv_splits)));
+}
+
 }  // namespace
 
 const plan::Step* Candidate::main_step() const {
@@ -65,6 +81,13 @@ std::vector<Choice> choice_space(const plan::PlanRequest& r) {
     const long long tiles = static_cast<long long>(p.attn.n_q_blocks) * p.attn.q_heads * p.attn.batch;
     if (p.ok && tiles > 0 && tiles < r.device.multiprocessors)
       for (int n : {1, 2, 4, 8, 16, 32}) out.push_back(one("AE_KV_SPLITS", std::to_string(n)));
+    // The decode template's keys per block and warps, where the table's plan runs it (opted in
+    // with AE_DECODE=1).
+    const Candidate table_plan{{}, p};
+    if (const plan::Step* s = table_plan.main_step(); s && s->spec.decode)
+      for (int bn : {64, 128, 256})
+        for (int warps : {2, 4, 8})
+          if (bn % (16 * warps) == 0) out.push_back(one("AE_DECODE", fmt::format("{},{}", bn, warps)));
   } else {
     if (h) sm80_backward(out, true);  // the sm90 backward has one shape: the table's
     else sm80_backward(out, false);
@@ -85,6 +108,10 @@ std::vector<Candidate> candidates(const plan::PlanRequest& request) {
     }
     if (seen.insert(cand.plan.describe()).second) out.push_back(std::move(cand));
   }
+  if (!out.empty())
+    std::stable_sort(out.begin() + 1, out.end(), [&](const Candidate& a, const Candidate& b) {
+      return distance(a, out[0]) < distance(b, out[0]);
+    });
   return out;
 }
 

@@ -27,8 +27,9 @@ struct Candidate {
 std::vector<Choice> choice_space(const plan::PlanRequest& request);
 
 // choice_space planned (each with overrides_with(choice): an AE_* set in the environment wins),
-// those that plan to the same launches as an earlier one dropped. Empty when the table's own
-// plan is refused (the reference executor runs: nothing to tune).
+// those that plan to the same launches as an earlier one dropped; the table's first, the others
+// nearest it first (a budget that runs out keeps those). Empty when the table's own plan is
+// refused (the reference executor runs: nothing to tune).
 std::vector<Candidate> candidates(const plan::PlanRequest& request);
 
 }  // namespace ae::tune

@@ -9,7 +9,7 @@ namespace ae::tune {
 bool tunable(const std::string& name) {
   static const char* const kNames[] = {"AE_SM80_FWD",    "AE_SM80_BWD",         "AE_SM90_FWD",
                                        "AE_DISABLE_SM90", "AE_DISABLE_SM90_BWD", "AE_KV_SPLITS",
-                                       "AE_PERSISTENT",  "AE_HEAD_GROUP"};
+                                       "AE_PERSISTENT",  "AE_HEAD_GROUP",       "AE_DECODE"};
   for (const char* n : kNames)
     if (name == n) return true;
   return false;
@@ -42,9 +42,13 @@ Choice Choice::parse(const std::string& text) {
 
 plan::TuningOverrides overrides_with(const Choice& choice) {
   return plan::TuningOverrides::from_lookup([&choice](const char* name) -> const char* {
-    if (const char* env = std::getenv(name); env && *env) return env;
     auto it = choice.vars.find(name);
-    return it == choice.vars.end() ? nullptr : it->second.c_str();
+    const char* env = std::getenv(name);
+    const char* chosen = it == choice.vars.end() ? nullptr : it->second.c_str();
+    // The decode template is opt-in (AE_DECODE=1): a choice's tiles for it apply only then.
+    if (std::string(name) == "AE_DECODE")
+      return env && std::string(env) == "1" && chosen ? chosen : env;
+    return env && *env ? env : chosen;
   });
 }
 

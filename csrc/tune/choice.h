@@ -25,7 +25,8 @@ struct Choice {
 bool tunable(const std::string& name);
 
 // The overrides a call plans with: each variable from the environment where it is set there
-// (an explicit AE_* wins, as in a sweep), else from the choice.
+// (an explicit AE_* wins, as in a sweep), else from the choice. AE_DECODE's tiles come from the
+// choice only where the environment opts in with AE_DECODE=1.
 plan::TuningOverrides overrides_with(const Choice& choice);
 
 }  // namespace ae::tune

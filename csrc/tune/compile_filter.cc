@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 
 #include "runner/kernel_registry.h"
@@ -26,6 +28,9 @@ std::vector<CompileReport> compile_all(const std::vector<Candidate>& cands, cons
                                        const std::function<void(size_t)>& done) {
   std::vector<CompileReport> reports(cands.size());
   std::atomic<size_t> next{0};
+  std::mutex m;
+  std::condition_variable cv;
+  size_t finished = 0;
   auto work = [&] {
     for (size_t i; (i = next.fetch_add(1)) < cands.size();) {
       CompileReport& r = reports[i];
@@ -45,15 +50,23 @@ std::vector<CompileReport> compile_all(const std::vector<Candidate>& cands, cons
           r.why = e.what();
         }
       }
-      if (done) done(i);
+      std::lock_guard<std::mutex> lock(m);
+      ++finished;
+      cv.notify_one();
     }
   };
   if (threads <= 0)
-    threads = static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u));
-  threads = std::min<int>(threads, static_cast<int>(cands.size()));
+    threads = static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 16u));
+  threads = std::max(1, std::min<int>(threads, static_cast<int>(cands.size())));
   std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) pool.emplace_back(work);
-  work();  // this thread too
+  for (int t = 0; t < threads; ++t) pool.emplace_back(work);
+  for (size_t reported = 0; reported < cands.size();) {
+    std::unique_lock<std::mutex> lock(m);
+    cv.wait(lock, [&] { return finished > reported; });
+    reported = finished;
+    lock.unlock();
+    if (done) done(reported);
+  }
   for (std::thread& t : pool) t.join();
   return reports;
 }

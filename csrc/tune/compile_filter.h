@@ -29,9 +29,10 @@ struct CompileReport {
 // file per block, static + dynamic shared memory within smem_per_block. "" when it does.
 std::string unfit(const jit::KernelFigures& f, const plan::Step& step, const plan::DeviceCaps& dev);
 
-// Compiles the candidates' main kernels on `threads` threads (0: up to 8, by the cores), in
-// order; a compile not started by `deadline` is skipped (the first candidate, the table's, is
-// always compiled). done(i) is called after each candidate, from the worker thread.
+// Compiles the candidates' main kernels on `threads` worker threads (0: one per core, at most
+// 16), in order; a compile not started by `deadline` is skipped (the first candidate, the
+// table's, is always compiled). done(n) is called with the number finished so far, from the
+// calling thread only (it may call into Python: the workers never do).
 std::vector<CompileReport> compile_all(const std::vector<Candidate>& candidates,
                                        const ir::Variant& variant, const plan::DeviceCaps& dev,
                                        int threads, Clock::time_point deadline,

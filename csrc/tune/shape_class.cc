@@ -25,12 +25,13 @@ std::string shape_class_key(const plan::PlanRequest& r, const DeviceIdentity& de
     bufs += (bufs.empty() ? "" : ",") + t.dtype;
   }
   // v1: the key's format; a change that makes old choices wrong bumps it.
-  return fmt::format("v1 {} {} {} d{}x{} q{} k{} bh{} g{} mask:{} det{} grads:{} buf:{} | {} sm{} "
+  return fmt::format("v1 {} {} {} d{}x{} q{} k{} bh{} g{} mask:{} det{} grads:{} buf:{}{} | {} sm{} "
                      "drv{} ae{}",
                      p.kind == plan::OpKind::Forward ? "fwd" : "bwd", r.variant.key,
                      plan::elem_name(p.dtype), p.d_qk, p.d_v, pow2_bucket(p.q_len),
                      pow2_bucket(p.kv_len), pow2_bucket(p.batch * p.q_heads), p.group(),
-                     mask_class(r.variant), p.deterministic ? 1 : 0, grads, bufs, dev.name,
+                     mask_class(r.variant), p.deterministic ? 1 : 0, grads, bufs,
+                     r.overrides.enable_decode ? " decode" : "", dev.name,
                      dev.multiprocessors, dev.driver, AE_VERSION);
 }
 

@@ -27,7 +27,8 @@ int64_t pow2_bucket(int64_t n);
 const char* mask_class(const plan::VariantTraits& v);
 
 // The key's text, readable: "v1 fwd <variant> bfloat16 d128x128 q4096 k4096 bh32 g1
-// mask:index det0 grads: buf: | NVIDIA H200 sm132 drv13000 ae0.1.0".
+// mask:index det0 grads: buf: | NVIDIA H200 sm132 drv13000 ae0.1.0" (" decode" before the "|"
+// where request.overrides opt in to the decode template: other candidates, another choice).
 std::string shape_class_key(const plan::PlanRequest& request, const DeviceIdentity& device);
 
 }  // namespace ae::tune

@@ -1,6 +1,5 @@
 #include "tune/tuner.h"
 
-#include <mutex>
 
 namespace ae::tune {
 namespace {
@@ -41,11 +40,8 @@ TuneResult tune(const std::vector<Candidate>& cands, const ir::Variant& variant,
   const Clock::time_point t0 = Clock::now();
   const auto deadline = t0 + std::chrono::duration_cast<Clock::duration>(
                                  std::chrono::duration<double>(o.budget_s));
-  std::mutex m;
-  size_t compiled = 0;
-  auto done = [&](size_t) {
-    std::lock_guard<std::mutex> lock(m);  // progress callbacks one at a time
-    if (o.progress) o.progress({o.what, "compile", ++compiled, cands.size(), false});
+  auto done = [&](size_t compiled) {
+    if (o.progress) o.progress({o.what, "compile", compiled, cands.size(), false});
   };
   std::vector<CompileReport> reports = compile_all(cands, variant, dev, o.threads, deadline, done);
   std::vector<bool> eligible(cands.size());

@@ -12,6 +12,7 @@ attention_engine.cache info``.
 """
 import argparse
 import importlib
+import os
 import sys
 import time
 
@@ -116,7 +117,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
     parser.add_argument("--forward-only", action="store_true", help="no backward tuning")
     parser.add_argument("--budget", type=float, default=None,
-                        help="seconds per tuning of one kind (AE_TUNE_BUDGET; default 7.5)")
+                        help="seconds per tuning of one kind, compiles included (default: "
+                             "AE_TUNE_BUDGET, else 60: ahead of time, the whole search)")
     parser.add_argument("--list", action="store_true",
                         help="print the candidates instead of timing them (no GPU needed)")
     parser.add_argument("--device", default="h100",
@@ -125,6 +127,8 @@ def main(argv=None) -> int:
                         help="--list: compile each candidate and say which can win")
     args = parser.parse_args(argv)
     args.variant = args.variant or ["plain", "causal"]
+    if args.budget is not None and not args.budget > 0:
+        parser.error(f"--budget must be a number of seconds > 0, not {args.budget}")
     try:
         if args.list:
             return _list(args, args.shape)
@@ -132,9 +136,8 @@ def main(argv=None) -> int:
             print("attention_engine.tune: timing needs a CUDA GPU (--list works without one)",
                   file=sys.stderr)
             return 2
-        if args.budget is not None:
-            import os
-            os.environ["AE_TUNE_BUDGET"] = str(args.budget)
+        if args.budget is not None or not os.environ.get("AE_TUNE_BUDGET"):
+            os.environ["AE_TUNE_BUDGET"] = str(args.budget or 60.0)
         t0 = time.time()
         dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
         for spec in args.variant:

@@ -8,6 +8,8 @@
 #include <set>
 #include <thread>
 
+#include <fmt/format.h>
+
 #include "tune/candidates.h"
 #include "tune/tuner.h"
 
@@ -38,7 +40,7 @@ class TuneCandidates : public ::testing::Test {
  protected:
   void SetUp() override {
     for (const char* v : {"AE_SM90_FWD", "AE_SM80_FWD", "AE_SM80_BWD", "AE_KV_SPLITS", "AE_PERSISTENT",
-                          "AE_DISABLE_SM90", "AE_DISABLE_SM90_BWD"})
+                          "AE_DISABLE_SM90", "AE_DISABLE_SM90_BWD", "AE_DECODE"})
       unsetenv(v);
   }
 };
@@ -115,6 +117,21 @@ TEST_F(TuneCandidates, SplitCountsWhereTheTilesLeaveSmsIdle) {
     EXPECT_EQ(c.plan.attn.kv_splits, 1);
 }
 
+TEST_F(TuneCandidates, DecodeTilesWhereDecodeIsOptedIn) {
+  plan::PlanRequest r = request(plan::OpKind::Forward, plan::devices::h100(), 128, 1, 1, 8);
+  r.problem.kv_len = 8192;
+  auto decode_tiles = [&] {
+    std::set<std::string> tiles;
+    for (const Candidate& c : candidates(r))
+      if (main_of(c).spec.decode) tiles.insert(fmt::format("{}x{}", main_of(c).spec.block_n, main_of(c).spec.warps));
+    return tiles;
+  };
+  EXPECT_TRUE(decode_tiles().empty());
+  setenv("AE_DECODE", "1", 1);
+  EXPECT_GE(decode_tiles().size(), 4u);  // 64x2, 64x4, 128x2, ..., 256x8
+  unsetenv("AE_DECODE");
+}
+
 TEST_F(TuneCandidates, AnExplicitOverrideWins) {
   setenv("AE_SM90_FWD", "64,2,1,1", 1);
   for (const Candidate& c : candidates(request(plan::OpKind::Forward, plan::devices::h100())))
@@ -146,6 +163,22 @@ TEST(TuneFilter, CompilerReportDecides) {
   f.smem_bytes = 0;
   f.registers = 200;  // 200 x 384 > 64K
   EXPECT_NE(unfit(f, step, h100).find("registers"), std::string::npos);
+}
+
+TEST(TuneFilter, ProgressFromTheCallingThreadOnly) {
+  // Empty plans: nothing to compile, each judged at once by a worker.
+  std::vector<Candidate> cands(20);
+  const ir::Variant variant;
+  const std::thread::id caller = std::this_thread::get_id();
+  size_t last = 0;
+  const auto reports = compile_all(cands, variant, plan::devices::h100(), 4, Clock::time_point::max(),
+                                   [&](size_t n) {
+                                     EXPECT_EQ(std::this_thread::get_id(), caller);
+                                     EXPECT_GT(n, last);
+                                     last = n;
+                                   });
+  EXPECT_EQ(last, cands.size());
+  for (const CompileReport& r : reports) EXPECT_FALSE(r.compiled || r.eligible);
 }
 
 std::vector<Candidate> fake(size_t n) {

@@ -53,6 +53,20 @@ TEST(TuneChoice, OverridesComeFromTheChoiceUnlessTheEnvironmentSetsThem) {
   EXPECT_EQ(overrides_with({}).sm90_fwd[0], plan::TuningOverrides::kUnset);
 }
 
+TEST(TuneChoice, DecodeTilesApplyOnlyWhereDecodeIsOptedIn) {
+  const Choice c = Choice::parse("AE_DECODE=64,2");
+  unsetenv("AE_DECODE");
+  EXPECT_FALSE(overrides_with(c).enable_decode);  // a stored choice never opts in
+  setenv("AE_DECODE", "1", 1);
+  plan::TuningOverrides o = overrides_with(c);
+  EXPECT_TRUE(o.enable_decode);
+  EXPECT_EQ(o.decode[0], 64);
+  EXPECT_EQ(o.decode[1], 2);
+  setenv("AE_DECODE", "128,4", 1);  // explicit tiles win
+  EXPECT_EQ(overrides_with(c).decode[0], 128);
+  unsetenv("AE_DECODE");
+}
+
 plan::PlanRequest request(int64_t q_len, int64_t kv_len, int64_t heads = 16) {
   plan::PlanRequest r;
   r.variant.key = "abc";
@@ -97,6 +111,9 @@ TEST(TuneShapeClass, CallsOfOneClassShareAKey) {
   EXPECT_NE(k.find("abc"), std::string::npos);
   EXPECT_NE(k.find("q4096 k4096 bh32 g4"), std::string::npos) << k;
   EXPECT_NE(k.find("ae"), std::string::npos);
+  plan::PlanRequest dec = request(3000, 3000);
+  dec.overrides.enable_decode = true;
+  EXPECT_NE(k, shape_class_key(dec, h200));
 }
 
 TEST(TuneShapeClass, MaskDensityClasses) {

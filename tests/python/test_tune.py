@@ -122,6 +122,12 @@ def test_tune_cli_bad_shape_says_what_a_shape_is(shape, capsys):
     assert e.value.code == 2 and "not a shape" in capsys.readouterr().err
 
 
+def test_tune_cli_bad_budget(capsys):
+    with pytest.raises(SystemExit):
+        tune.main(["--budget", "-1", "--shape", "1x16x64x64"])
+    assert "--budget must be a number of seconds > 0" in capsys.readouterr().err
+
+
 def test_tune_cli_unknown_variant(capsys):
     assert tune.main(["--list", "--variant", "nope", "--shape", "1x16x64x64"]) == 2
     assert "unknown variant 'nope'" in capsys.readouterr().err
@@ -142,15 +148,16 @@ def test_parse_shape():
 
 # The compile-all sample: candidates of the tables' shapes, compiled with NVRTC as the tuner
 # compiles them (a thread pool), and judged by ptxas's report. The tables' own choices must
-# be eligible; a candidate the filter keeps never spills.
+# be eligible; a candidate the filter keeps never spills. ~25 s on the 2-core CI machine.
+DECODE = dict(kind="fwd", d_qk=128, batch=1, q_heads=8, q_len=1, kv_len=32768)
 SAMPLE = [
-    ("plain", "h100", dict(kind="fwd", d_qk=128), [0, 4, 9]),
-    ("causal", "h100", dict(kind="fwd", d_qk=64), [0, 5]),
-    ("plain", "h100", dict(kind="fwd", d_qk=256), [0, 1]),
-    ("causal", "h100", dict(kind="bwd", d_qk=128), [0, 1]),
-    ("plain", "a100", dict(kind="fwd", d_qk=128), [0, 3]),
-    ("plain", "a100", dict(kind="bwd", d_qk=64), [0, 2]),
-    ("plain", "h100", dict(kind="fwd", d_qk=128, batch=1, q_heads=8, q_len=1, kv_len=32768), [0, 13]),
+    ("plain", "h100", dict(kind="fwd", d_qk=128), ["AE_SM90_FWD=128,2,0,0", "AE_SM90_FWD=64,3,1,1"]),
+    ("causal", "h100", dict(kind="fwd", d_qk=64), ["AE_SM90_FWD=192,2,0,0"]),
+    ("plain", "h100", dict(kind="fwd", d_qk=256), ["AE_SM90_FWD=64,2,1,1"]),
+    ("causal", "h100", dict(kind="bwd", d_qk=128), ["AE_DISABLE_SM90_BWD=1 AE_SM80_BWD=64,1,-1"]),
+    ("plain", "a100", dict(kind="fwd", d_qk=128), ["AE_SM80_FWD=8,1,64,-1"]),
+    ("plain", "a100", dict(kind="bwd", d_qk=64), ["AE_SM80_BWD=64,1,0"]),
+    ("plain", "h100", DECODE, ["AE_KV_SPLITS=4"]),
 ]
 
 
@@ -158,10 +165,13 @@ SAMPLE = [
 @pytest.mark.parametrize("case", SAMPLE, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]['kind']}-d{c[2]['d_qk']}"
                          + ("-decode" if c[2].get("q_len") == 1 else ""))
 def test_candidates_compile_without_spills(case):
-    name, device, problem, only = case
+    name, device, problem, wanted = case
     attn = {"plain": ae.compile, "causal": lambda: ae.compile(mask_mod=mods.causal)}[name]()
+    texts = [c["choice"] for c in _C.tune_candidates(attn.key, problem, device)]
+    assert texts[0] == "" and all(w in texts for w in wanted), texts  # the table's first
+    only = [0] + [texts.index(w) for w in wanted]
     cands = _C.tune_candidates(attn.key, problem, device, compile=True, threads=2, only=only)
-    assert cands[0]["choice"] == "" and cands[0]["eligible"], cands[0]
+    assert cands[0]["eligible"], cands[0]
     for i in only:
         c = cands[i]
         assert c["compiled"], c
@@ -169,4 +179,26 @@ def test_candidates_compile_without_spills(case):
             assert c["spill_stores"] == 0 and c["spill_loads"] == 0 and 0 < c["registers"] <= 255
         else:
             assert c["why"], c
-    assert all("compiled" in c and not c["compiled"] for i, c in enumerate(cands) if i not in only)
+    assert all(not c["compiled"] for i, c in enumerate(cands) if i not in only)
+
+
+def test_tables_tool_turns_stored_choices_into_table_rows(capsys):
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[2] / "tools" / "tables_from_tuning.py"
+    spec = importlib.util.spec_from_file_location("tables_from_tuning", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.row_of("fwd90 sm_90a bf16 d128/128 128x176 w12 s2 ov pp") == (
+        "sm90 forward", "{176, 2, true, true}")
+    assert tool.row_of("fwd sm_80 bf16 d128/128 128x64 w4 mt2 r0") == ("sm80 forward", "{4, 2, 64, 0}")
+    assert tool.row_of("bwd sm_90a bf16 d64/64 64x128 w8 s1") == ("sm80 backward", "{128, 1, -1}")
+    _C.tune_clear()
+    key = _key(ae.compile(), q_len=4096, q_heads=16, kv_heads=16, batch=4)
+    _C.tune_put({"key": key, "choice": "AE_SM90_FWD=128,2,0,0", "ms": 1.0, "table_ms": 1.1,
+                 "describe": "fwd90 sm_90a bf16 d128/128 128x128 w12 s2"})
+    assert tool.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "| plain | fwd | bfloat16 d128x128 q4096 k4096 bh64 | 1.1000 | 1.0000 | 1.100 |" in out
+    assert "sm90 forward d128x128: {{128, 2, false, false}}" in out
+    _C.tune_clear()
