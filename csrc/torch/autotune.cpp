@@ -12,12 +12,14 @@
 #include <mutex>
 #include <stdexcept>
 #include <unordered_map>
+#include <utility>
 
 #include "jit/cuda_driver.h"
 #include "jit/kernel_cache.h"
 #include "runner/device_caps_cuda.h"
 #include "torch/workspaces.h"
 #include "tune/candidates.h"
+#include "tune/lookup.h"
 #include "tune/shape_class.h"
 #include "tune/store.h"
 
@@ -63,8 +65,9 @@ const tune::DeviceIdentity& identity(int device) {
 }
 
 // Median milliseconds of the plan on b's stream: one untimed run (it also loads the kernels of
-// the other steps), then runs until 5 and 20 ms of them, at most 50. Workspaces are bound
-// (allocated, zeroed where the plan says) before each run's first event.
+// the other steps), then batches of runs back to back, each between two events, until at least
+// 5 runs and 20 ms of them (at most 50 runs). Workspaces are bound (allocated, zeroed where the
+// plan says) before each run's first event.
 double time_plan(const plan::LaunchPlan& plan, const ir::Variant& v, runner::Bindings b,
                  const at::Tensor& like, const std::vector<at::Tensor>& buffers) {
   const c10::impl::DeviceGuardImplInterface* impl = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA);
@@ -78,13 +81,23 @@ double time_plan(const plan::LaunchPlan& plan, const ir::Variant& v, runner::Bin
   once(nullptr, nullptr);
   std::vector<double> ms;
   double total = 0;
-  while (ms.size() < 5 || (total < 20.0 && ms.size() < 50)) {
-    c10::Event start(c10::DeviceType::CUDA, c10::EventFlag::BACKEND_DEFAULT);
-    c10::Event end(c10::DeviceType::CUDA, c10::EventFlag::BACKEND_DEFAULT);
-    once(&start, &end);
-    end.synchronize();
-    ms.push_back(start.elapsedTime(end));
-    total += ms.back();
+  for (size_t batch = 5; batch > 0;) {
+    std::vector<std::pair<c10::Event, c10::Event>> events;
+    events.reserve(batch);
+    for (size_t i = 0; i < batch; ++i) {
+      events.emplace_back(c10::Event(c10::DeviceType::CUDA, c10::EventFlag::BACKEND_DEFAULT),
+                          c10::Event(c10::DeviceType::CUDA, c10::EventFlag::BACKEND_DEFAULT));
+      once(&events.back().first, &events.back().second);
+    }
+    events.back().second.synchronize();
+    for (const auto& [start, end] : events) {
+      ms.push_back(start.elapsedTime(end));
+      total += ms.back();
+    }
+    // Enough runs for about 20 ms in all, at most 50.
+    const double each = total / static_cast<double>(ms.size());
+    const double want = each > 0 ? (20.0 - total) / each : 0.0;
+    batch = total >= 20.0 || ms.size() >= 50 ? 0 : static_cast<size_t>(std::clamp(want, 1.0, 50.0 - ms.size()));
   }
   std::nth_element(ms.begin(), ms.begin() + ms.size() / 2, ms.end());
   return ms[ms.size() / 2];
@@ -143,18 +156,18 @@ TunedPlan plan_with_tuning(plan::PlanRequest r, int device) {
   const TuneMode mode = tune_mode(r.variant.key);
   r.overrides = plan::TuningOverrides::from_environment();
   if (mode != TuneMode::Off) {
-    t.key = tune::shape_class_key(r, identity(device));
-    const std::optional<tune::StoredChoice> found = tune::default_store().find(t.key);
-    if (found) {
+    tune::Lookup l = tune::lookup(tune::default_store(), r, identity(device));
+    t.key = std::move(l.key);
+    if (l.found) {
       plan::PlanRequest chosen = r;
-      chosen.overrides = tune::overrides_with(found->choice);
+      chosen.overrides = l.overrides;
       if (plan::LaunchPlan p = plan::make_plan(chosen); p.ok) {
         t.plan = std::move(p);
         t.request = std::move(chosen);
         return t;
       }  // a choice the planner no longer takes (other AE_* set): the tables
     }
-    t.tune_now = !found && mode == TuneMode::On;
+    t.tune_now = !l.found && mode == TuneMode::On;
   }
   t.plan = plan::make_plan(r);
   t.tune_now = t.tune_now && t.plan.ok && !t.plan.steps.empty();

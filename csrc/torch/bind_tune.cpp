@@ -14,6 +14,7 @@
 #include "torch/bindings.h"
 #include "torch/checks.h"
 #include "tune/candidates.h"
+#include "tune/lookup.h"
 #include "tune/shape_class.h"
 #include "tune/store.h"
 
@@ -205,6 +206,15 @@ void bind_tune(pyb::module_& m) {
     for (int i = 0; i < n; ++i) (void)tune::default_store().find(key);
     return std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count() / n;
   }, pyb::arg("key"), pyb::arg("n") = 10000);
+  m.def("tune_hot_path_ns", [](const std::string& key, const pyb::dict& problem, const std::string& device, int n) {
+    // What a call with autotuning on adds before planning: key, lookup, overrides (ns each).
+    plan::PlanRequest r = request_of(key, problem, device);
+    r.overrides = plan::TuningOverrides::from_environment();
+    const tune::DeviceIdentity id{"NVIDIA H200", r.device.multiprocessors, 13000};
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < n; ++i) (void)tune::lookup(tune::default_store(), r, id);
+    return std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count() / n;
+  }, pyb::arg("variant_key"), pyb::arg("problem"), pyb::arg("device") = "h200", pyb::arg("n") = 10000);
   m.def("tune_shape_key", [](const std::string& key, const pyb::dict& problem, const std::string& device,
                              const std::string& gpu_name, int driver) {
     const plan::PlanRequest r = request_of(key, problem, device);

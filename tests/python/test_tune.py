@@ -105,6 +105,13 @@ def test_this_process_finds_a_stored_choice_in_microseconds():
     assert _C.tune_find(key)["choice"] == "AE_KV_SPLITS=2"
     assert _C.tune_store_dir().endswith("/tuning")  # beside the tests' kernel cache
     assert _C.tune_lookup_ns(key) < 5000  # the issue's hot-path budget: 5 us
+    # All a call with autotuning on adds before planning: its key, the lookup, the overrides.
+    attn = ae.compile()
+    problem = dict(q_len=8192)
+    _C.tune_put({"key": _key(attn, **problem), "choice": "AE_KV_SPLITS=2"})
+    hot = _C.tune_hot_path_ns(attn.key, problem)
+    print(f"hot path: {hot:.0f} ns per call")
+    assert hot < 5000
     _C.tune_clear()
 
 
