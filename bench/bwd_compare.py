@@ -2,7 +2,7 @@
 (AE_DISABLE_SM90_BWD=1), its deterministic mode (torch.use_deterministic_algorithms: "det",
 fwd+bwd TFLOPS and the ratio to the default), SDPA (cuDNN, flash) and, where it imports,
 FlashAttention-4 (`flash_attn.cute`, brought by bench/fa4_pack.sh) in the same run. bf16, 16k tokens (B = 16384 /
-S), hidden 2048 (H = 2048 / D); TFLOPS of fwd+bwd = 3.5 x 4 B H S^2 D x the kept fraction, and of
+S), hidden 2048 (H = 2048 / Dqk); TFLOPS of fwd+bwd = 3.5 x 2 B H S^2 (Dqk + Dv) x the kept fraction, and of
 the backward alone (2.5 x). Before timing, the two backwards' gradients are compared (max
 |difference| over max |value|, per tensor).
 
@@ -86,19 +86,24 @@ def case_list():
                lambda H: ae.compile(mods.alibi(mods.alibi_slopes(H, device="cuda")), mods.causal), 0.5, None),
               ("softcap+causal", 128, 8192, lambda H: ae.compile(mods.softcap(30.0), mods.causal), 0.5, None),
               ("sigmoid none", 128, 8192, lambda H: ae.compile(mods.sigmoid(-4.0), normalize="none"), 1.0, None)]
+    # MLA prefill's head dims (Dqk 192, Dv 128; the sm90 backward in two score parts)
+    cases += [("plain", 192, 8192, lambda H: ae.compile(), 1.0, False, 128),
+              ("causal", 192, 8192, lambda H: ae.compile(mask_mod=mods.causal), 0.5, True, 128)]
     ids, frac = doc_ids(16384)
     cases.append(("document", 128, 16384, lambda H: ae.compile(mask_mod=mods.document_mask(ids)), frac, None))
     return cases
 
 
 rows = []
-for name, D, S, make, frac, causal in case_list():
-    if args.cases and not re.search(args.cases, f"{name} D{D} S{S // 1024}k"):
+for name, D, S, make, frac, causal, *dv in case_list():
+    Dv = dv[0] if dv else D
+    dims = f"D{D}" if Dv == D else f"D{D}/{Dv}"
+    if args.cases and not re.search(args.cases, f"{name} {dims} S{S // 1024}k"):
         continue
-    q, k, v, do = inputs(S, D)
+    q, k, v, do = inputs(S, D, Dv)
     B, H = q.shape[:2]
     attn = make(H)
-    flops = 4 * B * H * S * S * D * frac
+    flops = 2 * B * H * S * S * (D + Dv) * frac  # the forward's two GEMMs
     fwd_bwd = lambda: grads(attn, q, k, v, do)
     os.environ["AE_DISABLE_SM90_BWD"] = "0"
     g90 = fwd_bwd()
@@ -106,7 +111,7 @@ for name, D, S, make, frac, causal in case_list():
     if args.lean:
         with torch.no_grad():
             tf = bench(lambda: attn(q, k, v))
-        print(f"{name:15s} D{D} S{S // 1024}k  sm90 bwd {3.5 * flops / t90 / 1e9:4.0f} "
+        print(f"{name:15s} {dims} S{S // 1024}k  sm90 bwd {3.5 * flops / t90 / 1e9:4.0f} "
               f"(bwd {2.5 * flops / (t90 - tf) / 1e9:4.0f})", flush=True)
         continue
     os.environ["AE_DISABLE_SM90_BWD"] = "1"
@@ -130,7 +135,7 @@ for name, D, S, make, frac, causal in case_list():
         ab = f"  ab {3.5 * flops / tab / 1e9:4.0f} ({t90 / tab:.2f}x, diff {rel_diff(g_ab, g90)})"
     with torch.no_grad():
         tf = bench(lambda: attn(q, k, v))
-    line = (f"{name:15s} D{D} S{S // 1024}k  sm90 bwd {3.5 * flops / t90 / 1e9:4.0f} "
+    line = (f"{name:15s} {dims} S{S // 1024}k  sm90 bwd {3.5 * flops / t90 / 1e9:4.0f} "
             f"(bwd {2.5 * flops / (t90 - tf) / 1e9:4.0f})  sm80 bwd {3.5 * flops / t80 / 1e9:4.0f} "
             f"(bwd {2.5 * flops / (t80 - tf) / 1e9:4.0f})  det {3.5 * flops / tdet / 1e9:4.0f} "
             f"({t90 / tdet:.2f}x)  diff {rel_diff(g90, g80)}{ab}")

@@ -3,8 +3,11 @@ use. Their inline-asm operand lists (one per accumulator register, up to 128) ar
 write by hand. Usage: python tools/gen_wgmma.py > templates/sm90/wgmma.h"""
 
 NS = (64, 128, 256)
-# Key-block widths of the sm90 forward besides 64 and 128 (S = Q K^T has N = block_n): wgmma_ss only.
-NS_SCORES = (80, 96, 112, 144, 160, 176, 192)
+# Key-block widths of the sm90 forward besides 64 and 128 (S = Q K^T has N = block_n), and the
+# sm90 backward's S^T in two parts of 32 queries: wgmma_ss only.
+NS_SCORES = (32, 80, 96, 112, 144, 160, 176, 192)
+# The sm90 backward's dK += dS^T Q at head dim 192 (register A): wgmma_rs as well.
+NS_RS_EXTRA = (192,)
 TYPES = (("true", "bf16"), ("false", "f16"))
 
 
@@ -76,6 +79,8 @@ AE_DEVICE void wgmma_ss_mn(float (&d)[N / 8][4], u64 desc_a, u64 desc_b, int acc
     for n in NS_SCORES:
         for flag, t in TYPES:
             out.append(ss(n, flag, t))
+            if n in NS_RS_EXTRA:
+                out.append(rs(n, flag, t))
     out.append("}  // namespace ae::sm90\n")
     print("\n".join(out), end="")
 

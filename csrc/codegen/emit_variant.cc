@@ -410,6 +410,10 @@ std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& d
                                   std::isinf(n.fvalue));
   fmt::format_to(out, "  static constexpr bool kScoreMasks = {};\n",
                  score_masks ? "true" : "false");
+  // Whether the mods read a captured tensor (the sm90 forward's P V descriptors, sm90/fwd.h).
+  bool loads = false;
+  for (const Node& n : f.nodes) loads = loads || n.op == Op::Load;
+  fmt::format_to(out, "  static constexpr bool kLoads = {};\n", loads ? "true" : "false");
   // The row normalization's policy (templates/common/normalizers.h).
   const int stat = custom && !f.log_domain ? f.output("stat") : -1;
   fmt::format_to(out, "  static constexpr bool kStat = {};\n", stat >= 0 ? "true" : "false");

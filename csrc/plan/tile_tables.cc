@@ -242,9 +242,20 @@ Candidates sm90_forward(const TableQuery& q, const TuningOverrides& o) {
 // but only equal head dims have been run on a GPU: the others take the sm80 backward.
 Candidates sm90_backward(const TableQuery& q) {
   Candidates c;
-  if ((q.d_qk != 64 && q.d_qk != 128) || q.d_v != q.d_qk) {
-    c.refusal = fmt::format("head dims ({}, {}) have no sm90 backward: Dqk = Dv = 64 or 128",
-                            q.d_qk, q.d_v);
+  // dK and dV live in the MMA warpgroups' registers (sm90/bwd.h): Dqk + Dv at most 320.
+  const bool dims_ok = q.d_qk % 64 == 0 && q.d_v % 64 == 0 && q.d_qk <= 192 && q.d_v <= 192 &&
+                       q.d_qk + q.d_v <= 320;
+  if (!dims_ok) {
+    c.refusal = fmt::format(
+        "head dims ({}, {}) have no sm90 backward: multiples of 64 up to 192, Dqk + Dv <= 320",
+        q.d_qk, q.d_v);
+    return c;
+  }
+  // Past 256 columns the per-score gradient sums of captured tensors spilled and serialized
+  // the wgmmas (compile-all check, a learnable relative bias at 192 + 128): the sm80 backward.
+  if (q.d_qk + q.d_v > 256 && q.score_grads) {
+    c.refusal = fmt::format("head dims ({}, {}) with a captured tensor's gradient per score have "
+                            "no sm90 backward: Dqk + Dv <= 256", q.d_qk, q.d_v);
     return c;
   }
   KernelSpec s = base_spec(Kind::Backward, Family::Sm90, q);

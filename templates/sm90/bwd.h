@@ -56,17 +56,21 @@ struct BwdConfig {
                                   kStages * (kQBytes + kDoBytes + kDsBytes + 8 * kBlockM) +
                                   kMma * kDqTileBytes + 8 * (2 + 2 * kStages),
                 "sm90/shapes.h");
-  // dQ's split: by columns when each warpgroup's share is whole 64-column blocks.
-  static constexpr bool kDqByColumns = (kDqk / kMma) % 64 == 0;
-  static constexpr int kDqN = kDqByColumns ? kDqk / kMma : kDqk;
-  static_assert(kDqN == 64, "one 64 x 64 dQ tile per warpgroup and block");
+  // dQ's split: by columns when each warpgroup's share is one 64-column block (head dim 128),
+  // else by keys, each warpgroup's share then going to the writer 64 columns (a chunk) at a
+  // time through its one 64 x 64 tile (head dims 64 and 192).
+  static constexpr bool kDqByColumns = kDqk == 64 * kMma;
+  static constexpr int kDqN = 64, kDqChunks = kDqByColumns ? 1 : kDqk / 64;
+  // S^T and dP^T in two ranges of 32 queries where dK and dV hold more than 128 registers.
+  static constexpr int kScoreParts = kDqk + kDv > 256 ? 2 : 1;
   // dQ's GEMM before dK's (its tile stored while dK's runs) where dQ is split by columns (head
   // dim 128: +1.5-2% fwd+bwd); split by keys (head dim 64) the other order is 1-2.5% faster
   // (bench/RESULTS.md, 2026-12-02 "GEMM order").
   static constexpr bool kDqBeforeDk = kDqByColumns;
   static constexpr int kProducerRegs = 24, kMmaRegs = 240;
-  static_assert(kDqk % 64 == 0 && kDv % 64 == 0 && kDqk <= 128 && kDv <= 128,
-                "head dims 64 or 128");
+  // dK and dV stay in registers: Dqk + Dv columns of 64 keys, 160 of the 240 at 192 + 128.
+  static_assert(kDqk % 64 == 0 && kDv % 64 == 0 && kDqk <= 192 && kDv <= 192 && kDqk + kDv <= 320,
+                "head dims multiples of 64, Dqk + Dv at most 320");
   static_assert(kBlockM == 64 && kBlockN == 64 * kMma && kThreads == 128 * (kMma + 1), "shapes");
   // setmaxnreg moves registers within what the CTA was launched with (65536 / kThreads per
   // thread, rounded down to a multiple of 8); an increase that the decrease does not free
@@ -110,8 +114,8 @@ constexpr int kDqEmptyBar = 3, kDqFullBar = 3 + kBwdMma, kGradsBar = 3 + 2 * kBw
 // The dQ writer (one warp of the producer warpgroup): per (query head, query block) of the
 // walk, each MMA warpgroup's 64 x 64 fp32 tile into dq_accum (unscaled; whole tiles, padding
 // rows included) with one bulk reduction. Deterministic: first the CTA's turn at the tile
-// (common/dq_order.h; MMA warpgroup 0 counts it into *turn, a CTA's turn being kMma
-// additions), then its warpgroups' tiles in order, each complete before the next addition
+// (common/dq_order.h; MMA warpgroup 0 counts it into *turn, a CTA's turn being kMma *
+// kDqChunks additions), then its warpgroups' tiles in order, each complete before the next addition
 // and counted. Its registers are the producer's few: the walk, and the rest
 // in lane 0.
 template <class Cfg>
@@ -121,33 +125,36 @@ AE_DEVICE void dq_writer(const AttnParams& p, const float* sDq, const volatile i
   ColumnWalk walk(p, b, h_kv, n_block, masked);
   for (ColumnWalk::Item item = walk.pop(p, b, h_kv, n_block); item.hq_off < p.group;
        item = walk.pop(p, b, h_kv, n_block)) {
-    if (lane0) bulk_wait_read();  // the tiles of the last block are read: free them
-    __syncwarp();
+#pragma unroll 1
+    for (int c = 0; c < Cfg::kDqChunks; ++c) {
+      if (lane0) bulk_wait_read();  // the last tiles are read: free them
+      __syncwarp();
 #pragma unroll
-    for (int cw = 0; cw < Cfg::kMma; ++cw) named_bar_arrive_at(kDqEmptyBar + cw, 128 + 32);
+      for (int cw = 0; cw < Cfg::kMma; ++cw) named_bar_arrive_at(kDqEmptyBar + cw, 128 + 32);
 #pragma unroll
-    for (int cw = 0; cw < Cfg::kMma; ++cw) {
-      named_bar_sync_at(kDqFullBar + cw, 128 + 32);
-      if (!lane0) continue;
-      const int hq = h_kv * p.group + item.hq_off;
-      [[maybe_unused]] int* order = nullptr;
-      if constexpr (Cfg::kDeterministic) {
-        order = dq_order_at(p, b, hq, item.mb);
-        if (cw == 0) {  // the CTA's turn; its later tiles follow this thread's completed adds
-          dq_order_wait(order, *turn);
-          fence_proxy_async_global();  // the earlier additions before this one (async proxy)
+      for (int cw = 0; cw < Cfg::kMma; ++cw) {
+        named_bar_sync_at(kDqFullBar + cw, 128 + 32);
+        if (!lane0) continue;
+        const int hq = h_kv * p.group + item.hq_off;
+        [[maybe_unused]] int* order = nullptr;
+        if constexpr (Cfg::kDeterministic) {
+          order = dq_order_at(p, b, hq, item.mb);
+          if (cw == 0 && c == 0) {  // the CTA's turn; its later tiles follow its completed adds
+            dq_order_wait(order, *turn);
+            fence_proxy_async_global();  // the earlier additions before this one (async proxy)
+          }
         }
-      }
-      const int n0 = Cfg::kDqByColumns ? cw * Cfg::kDqN : 0;
-      bulk_reduce_add_f32(p.dq_accum + ((static_cast<long long>(b) * p.q_heads + hq) *
-                                            p.n_q_blocks + item.mb) * Cfg::kBlockM * Cfg::kDqk +
-                              (n0 / 64) * 64 * 64,
-                          sDq + cw * 64 * 64, Cfg::kDqTileBytes);
-      bulk_commit();
-      if constexpr (Cfg::kDeterministic) {
-        bulk_wait();  // complete, not only read
-        fence_proxy_async_global();
-        dq_order_arrive(order);
+        const int n0 = Cfg::kDqByColumns ? cw * Cfg::kDqN : c * Cfg::kDqN;
+        bulk_reduce_add_f32(p.dq_accum + ((static_cast<long long>(b) * p.q_heads + hq) *
+                                              p.n_q_blocks + item.mb) * Cfg::kBlockM * Cfg::kDqk +
+                                (n0 / 64) * 64 * 64,
+                            sDq + cw * 64 * 64, Cfg::kDqTileBytes);
+        bulk_commit();
+        if constexpr (Cfg::kDeterministic) {
+          bulk_wait();  // complete, not only read
+          fence_proxy_async_global();
+          dq_order_arrive(order);
+        }
       }
     }
   }
@@ -246,7 +253,6 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
 
   // MMA warpgroups. From here on no CTA-wide barrier: the producer warps have exited.
   setmaxnreg_inc<Cfg::kMmaRegs>();
-  constexpr int kQ8 = BM / 8;  // n8 tiles of S^T (queries)
   const int cw = wg - 1, g = lane / 4, t = lane % 4;
   const int key_w = 64 * cw + 16 * warp;  // this warp's first key in the block
   const int kv_len = Layout::kv_len(p, b), q_len = Layout::q_len(p, b);
@@ -272,43 +278,59 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
     char* tdS = sdS + stage * Cfg::kDsBytes;
     // Deterministic: the CTA's turn at this dQ tile, counted by one warp (its table reads under
     // the GEMMs), handed to the writer with the tile.
+    // Register-tight (two score parts), it is counted when the tile is handed over instead.
     [[maybe_unused]] int turn = 0;
-    if constexpr (Cfg::kDeterministic)
-      if (cw == 0 && warp == 0) turn = Cfg::kMma * dq_rank(p, b, hq, item.mb, n_block, walk.states);
+    if constexpr (Cfg::kDeterministic && Cfg::kScoreParts == 1)
+      if (cw == 0 && warp == 0)
+        turn = Cfg::kMma * Cfg::kDqChunks * dq_rank(p, b, hq, item.mb, n_block, walk.states);
     mbar_wait(full + stage, (it / S) & 1);
 
-    // S^T = K Q^T and dP^T = V dO^T for this warpgroup's 64 keys x the block's 64 queries.
-    float st[kQ8][4], dpt[kQ8][4];
-    wgmma_fence();
-    gemm_ss_kmajor<BM, Cfg::kDqk, Cfg::kBf16>(st, kA, BN * 128, tQ, BM * 128);
-    wgmma_commit();
-    gemm_ss_kmajor<BM, Cfg::kDv, Cfg::kBf16>(dpt, vA, BN * 128, tdO, BM * 128);
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(st);
-    fence_regs(dpt);
-
-    // P^T and dS^T, score by score (a copy without checks for tiles that need none).
-    const float* lse = sLse + stage * BM;
-    const float* delta = sDelta + stage * BM;
+    // S^T = K Q^T and dP^T = V dO^T for this warpgroup's 64 keys x the block's 64 queries,
+    // kScoreParts query ranges one after the other (fewer live registers), each converted to
+    // P^T and dS^T score by score (a copy without checks for tiles that need none), dS^T
+    // stored to shared memory (swizzled as TMA would: 16-byte chunk c of row r at c ^ (r % 8))
+    // and both packed as register A operands.
     const bool check = q0 + BM > q_len || k_tail || item.code == kBlockPartial;
-    if (check)
-      scores_backward<true, Layout>(p, var, st, dpt, lse, delta, b, hq, q0, k0 + key_w, check);
-    else
-      scores_backward<false, Layout>(p, var, st, dpt, lse, delta, b, hq, q0, k0 + key_w, false);
-
-    // dS^T to shared memory (swizzled as TMA would: 16-byte chunk c of row r at c ^ (r % 8)).
-#pragma unroll
-    for (int nt = 0; nt < kQ8; ++nt)
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int row = key_w + g + 8 * r, col = nt * 8 + 2 * t;  // col: a query (even)
-        const u32 at = smem_u32(tdS) + row * 128 + ((col / 8 ^ row % 8) << 4) + 2 * (col % 8);
-        sm80::st_shared_u32(at, pack2<Cfg::kBf16>(dpt[nt][2 * r], dpt[nt][2 * r + 1]));
-      }
     u32 pa[BM / 16][4], dsa[BM / 16][4];
-    rows::p_to_a<Cfg::kBf16>(pa, st);
-    rows::p_to_a<Cfg::kBf16>(dsa, dpt);
+#pragma unroll
+    for (int part = 0; part < Cfg::kScoreParts; ++part) {
+      constexpr int PQ = BM / Cfg::kScoreParts;  // queries per part
+      const int qp = part * PQ;
+      float st[PQ / 8][4], dpt[PQ / 8][4];
+      wgmma_fence();
+      gemm_ss_kmajor<PQ, Cfg::kDqk, Cfg::kBf16>(st, kA, BN * 128, tQ + qp * 128, BM * 128);
+      wgmma_commit();
+      gemm_ss_kmajor<PQ, Cfg::kDv, Cfg::kBf16>(dpt, vA, BN * 128, tdO + qp * 128, BM * 128);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(st);
+      fence_regs(dpt);
+      const float* lse = sLse + stage * BM + qp;
+      const float* delta = sDelta + stage * BM + qp;
+      if (check)
+        scores_backward<true, Layout>(p, var, st, dpt, lse, delta, b, hq, q0 + qp, k0 + key_w, true);
+      else
+        scores_backward<false, Layout>(p, var, st, dpt, lse, delta, b, hq, q0 + qp, k0 + key_w,
+                                       false);
+#pragma unroll
+      for (int nt = 0; nt < PQ / 8; ++nt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int row = key_w + g + 8 * r, col = qp + nt * 8 + 2 * t;  // col: a query (even)
+          const u32 at = smem_u32(tdS) + row * 128 + ((col / 8 ^ row % 8) << 4) + 2 * (col % 8);
+          sm80::st_shared_u32(at, pack2<Cfg::kBf16>(dpt[nt][2 * r], dpt[nt][2 * r + 1]));
+        }
+      u32 pa_part[PQ / 16][4], dsa_part[PQ / 16][4];
+      rows::p_to_a<Cfg::kBf16>(pa_part, st);
+      rows::p_to_a<Cfg::kBf16>(dsa_part, dpt);
+#pragma unroll
+      for (int kk = 0; kk < PQ / 16; ++kk)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          pa[qp / 16 + kk][e] = pa_part[kk][e];
+          dsa[qp / 16 + kk][e] = dsa_part[kk][e];
+        }
+    }
 
     // dV += P^T dO and dK += dS^T Q (queries are K; dO and Q read N-major; P^T and dS^T are
     // register A operands), and dQ = dS K once every dS^T it reads is stored. With
@@ -323,55 +345,66 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
 
     // The stored dS^T is visible to wgmma after the fence and the barrier.
     fence_view_async_shared();
-    float dq[Cfg::kDqN / 8][4];
-    int key_lo, n0;  // the keys and the first column this warpgroup's dQ covers
+    int key_lo;  // the first key this warpgroup's dQ covers
     if constexpr (Cfg::kDqByColumns) {
       named_bar_sync<1>(128 * Cfg::kMma);
       key_lo = 0;
-      n0 = cw * Cfg::kDqN;
     } else {
       if (cw == 0) named_bar_sync<1>(128);
       else named_bar_sync<2>(128);
       key_lo = 64 * cw;
-      n0 = 0;
     }
+    // Register-tight (two score parts), dV's and dK's GEMMs finish first: their A operands
+    // are free before dQ's accumulators are live.
+    if constexpr (Cfg::kScoreParts > 1) wgmma_wait<0>();
     constexpr int kKeySteps = (Cfg::kDqByColumns ? BN : 64) / 16;
-    // M (64 queries) and N (kDqN == 64 columns) are one 64-element block each: the LBOs below
-    // (the distance to a next block) are never used; a wider dS^T or dQ tile must set them.
-#pragma unroll
-    for (int kk = 0; kk < kKeySteps; ++kk) {
-      const int key = key_lo + 16 * kk;
-      wgmma_ss_mn<Cfg::kDqN, Cfg::kBf16>(
-          dq, smem_desc(tdS + key * 128, BM * 128),
-          smem_desc(sK + (n0 / 64) * BN * 128 + key * 128, BN * 128), kk > 0);
-    }
-    wgmma_commit();
-    if constexpr (Cfg::kDqBeforeDk) {
-      wgmma_dk<Cfg>(dk, dsa, tQ);
-      wgmma_commit();
-      wgmma_wait<1>();  // dV and dQ
-    } else {
-      wgmma_wait<0>();
-      mbar_arrive(empty + stage);  // Q, dO and the row statistics of this stage are free
-    }
-    fence_regs(dq);
-
-    // The tile to shared memory (column c of row r at c ^ 8 (r % 8): no bank conflicts) once
-    // the writer has read the last one, then handed to it.
     float* tile_dq = sDq + cw * 64 * 64;
-    named_bar_sync_at(kDqEmptyBar + cw, 128 + 32);
-    if constexpr (Cfg::kDeterministic)
-      if (cw == 0 && threadIdx.x % 128 == 0) *sTurn = turn;  // the writer read the last one
+    // Split by keys, the warpgroup's dQ goes out a 64-column chunk at a time through its tile.
+#pragma unroll 1
+    for (int c = 0; c < Cfg::kDqChunks; ++c) {
+      const int n0 = Cfg::kDqByColumns ? cw * Cfg::kDqN : c * Cfg::kDqN;
+      float dq[Cfg::kDqN / 8][4];
+      // M (64 queries) and N (kDqN == 64 columns) are one 64-element block each: the LBOs
+      // below (the distance to a next block) are never used; a wider dS^T or dQ tile must set them.
 #pragma unroll
-    for (int nt = 0; nt < Cfg::kDqN / 8; ++nt)
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int row = 16 * warp + g + 8 * r;  // row % 8 == g
-        *reinterpret_cast<float2*>(tile_dq + row * 64 + 8 * (nt ^ g) + 2 * t) =
-            make_float2(dq[nt][2 * r], dq[nt][2 * r + 1]);
+      for (int kk = 0; kk < kKeySteps; ++kk) {
+        const int key = key_lo + 16 * kk;
+        wgmma_ss_mn<Cfg::kDqN, Cfg::kBf16>(
+            dq, smem_desc(tdS + key * 128, BM * 128),
+            smem_desc(sK + (n0 / 64) * BN * 128 + key * 128, BN * 128), kk > 0);
       }
-    fence_view_async_shared();
-    named_bar_arrive_at(kDqFullBar + cw, 128 + 32);
+      wgmma_commit();
+      if constexpr (Cfg::kDqBeforeDk) {
+        wgmma_dk<Cfg>(dk, dsa, tQ);
+        wgmma_commit();
+        wgmma_wait<1>();  // dV and dQ
+      } else {
+        wgmma_wait<0>();
+        // Q, dO and the row statistics of this stage are free once dK and the last chunk ran.
+        if (c == Cfg::kDqChunks - 1) mbar_arrive(empty + stage);
+      }
+      fence_regs(dq);
+
+      // The tile to shared memory (column c of row r at c ^ 8 (r % 8): no bank conflicts) once
+      // the writer has read the last one, then handed to it.
+      named_bar_sync_at(kDqEmptyBar + cw, 128 + 32);
+      if constexpr (Cfg::kDeterministic) {
+        if constexpr (Cfg::kScoreParts > 1)
+          if (c == 0 && cw == 0 && warp == 0)
+            turn = Cfg::kMma * Cfg::kDqChunks * dq_rank(p, b, hq, item.mb, n_block, walk.states);
+        if (c == 0 && cw == 0 && threadIdx.x % 128 == 0) *sTurn = turn;  // the last one was read
+      }
+#pragma unroll
+      for (int nt = 0; nt < Cfg::kDqN / 8; ++nt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int row = 16 * warp + g + 8 * r;  // row % 8 == g
+          *reinterpret_cast<float2*>(tile_dq + row * 64 + 8 * (nt ^ g) + 2 * t) =
+              make_float2(dq[nt][2 * r], dq[nt][2 * r + 1]);
+        }
+      fence_view_async_shared();
+      named_bar_arrive_at(kDqFullBar + cw, 128 + 32);
+    }
     if constexpr (Cfg::kDqBeforeDk) {
       wgmma_wait<0>();  // dK
       mbar_arrive(empty + stage);

@@ -302,15 +302,26 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
     auto issue_pv = [&](int it_, bool exact) {
       const int stage = it_ % S;
       if constexpr (!kPersistent) wait_v(it_);
-      // One descriptor and a step: 16 keys are 16 rows of 128 bytes, (16 * 128) >> 4 in the
-      // descriptor's address field (which stays below 2^14: shared memory is under 256 KB);
-      // the zero atom's step is 0.
-      const u64 desc = exact ? smem_desc_atom(s_zero)
-                             : smem_desc(sV + stage * Cfg::kVBytes, BN * 128);
-      const u32 step = exact ? 0u : (16 * 128) >> 4;
+      if constexpr (Variant::kLoads) {
+        // One descriptor and a step: 16 keys are 16 rows of 128 bytes, (16 * 128) >> 4 in the
+        // descriptor's address field (which stays below 2^14: shared memory is under 256 KB);
+        // the zero atom's step is 0. Mods that load captured tensors spilled with a select
+        // per wgmma (s * base[h] ** 2, causal); the others lost up to 25% with the step form
+        // (causal D64), so they keep the select (bench/RESULTS.md, 2026-12-03 tenth session).
+        const u64 desc = exact ? smem_desc_atom(s_zero)
+                               : smem_desc(sV + stage * Cfg::kVBytes, BN * 128);
+        const u32 step = exact ? 0u : (16 * 128) >> 4;
 #pragma unroll
-      for (int kk = 0; kk < BN / 16; ++kk)
-        wgmma_rs<Cfg::kDv, Cfg::kBf16>(o, pa[kk], desc + kk * step, 1);
+        for (int kk = 0; kk < BN / 16; ++kk)
+          wgmma_rs<Cfg::kDv, Cfg::kBf16>(o, pa[kk], desc + kk * step, 1);
+      } else {
+        const u64 zero = smem_desc_atom(s_zero);
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {  // 16 keys per step: 16 rows of 128 bytes
+          const u64 desc = smem_desc(sV + stage * Cfg::kVBytes + kk * 16 * 128, BN * 128);
+          wgmma_rs<Cfg::kDv, Cfg::kBf16>(o, pa[kk], exact ? zero : desc, 1);
+        }
+      }
       wgmma_commit();
     };
 

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <tuple>
 
 #include "plan/planner.h"
 #include "plan/tile_tables.h"
@@ -409,7 +410,7 @@ TEST(Planner, RefusalsSayWhy) {
   EXPECT_NE(why(request(OpKind::Forward, volta, plain())).find("compute capability 7.0"),
             std::string::npos);
   r = request(OpKind::Backward, devices::h200(), plain(), 256);
-  r.family = Family::Sm90;  // the sm90 backward stops at head dim 128
+  r.family = Family::Sm90;  // the sm90 backward stops at Dqk + Dv = 320
   EXPECT_NE(why(r).find("no sm90 backward"), std::string::npos);
   r = request(OpKind::Backward, devices::a100(), plain());
   r.family = Family::Sm90;  // not on an sm_80 device
@@ -417,7 +418,7 @@ TEST(Planner, RefusalsSayWhy) {
 }
 
 TEST(Planner, HopperBackwardFamilies) {
-  // The sm90 backward at head dims 64 and 128; the sm80 one past them and when disabled.
+  // The sm90 backward at head dims 64 and 128; the sm80 one at 256 and when disabled.
   for (int d : {64, 128, 256}) {
     const LaunchPlan p = make_plan(request(OpKind::Backward, devices::h200(), plain(), d));
     ASSERT_TRUE(p.ok) << p.reason;
@@ -432,9 +433,28 @@ TEST(Planner, HopperBackwardFamilies) {
   PlanRequest r = request(OpKind::Backward, devices::h200(), plain());
   r.overrides.disable_sm90_bwd = true;
   EXPECT_EQ(make_plan(r).family, "sm80");
-  r = request(OpKind::Backward, devices::h200(), plain());
-  r.problem.d_v = 64;  // Dqk != Dv: not run on a GPU in the sm90 backward yet
-  EXPECT_EQ(make_plan(r).family, "sm80");
+  // Past 128: multiples of 64 with Dqk + Dv <= 320 (dK and dV in registers), unequal too.
+  for (auto [dqk, dv, want] : {std::tuple{192, 128, "sm90"}, std::tuple{128, 64, "sm90"},
+                               std::tuple{64, 192, "sm90"}, std::tuple{192, 192, "sm80"},
+                               std::tuple{96, 96, "sm80"}, std::tuple{256, 64, "sm80"}}) {
+    r = request(OpKind::Backward, devices::h200(), plain());
+    r.problem.d_qk = dqk, r.problem.d_v = dv;
+    const LaunchPlan p = make_plan(r);
+    ASSERT_TRUE(p.ok) << p.reason;
+    EXPECT_EQ(p.family, want) << dqk << "/" << dv;
+    if (p.family == "sm90") EXPECT_LE(main_step(p).smem, devices::h100().smem_per_block);
+  }
+  // A gradient per score of a captured tensor at 192 + 128 spilled: the sm80 backward there,
+  // the sm90 one at 128 + 128 and without the gradient.
+  VariantTraits bias = plain();
+  bias.key = "bias", bias.score_loads = true;
+  for (auto [dqk, grad, want] : {std::tuple{192, true, "sm80"}, std::tuple{192, false, "sm90"},
+                                 std::tuple{128, true, "sm90"}}) {
+    r = request(OpKind::Backward, devices::h200(), bias);
+    r.problem.d_qk = dqk, r.problem.d_v = 128;
+    r.problem.captured = {{"float32", 2, grad, 16 * 65}};
+    EXPECT_EQ(make_plan(r).family, want) << dqk << " grad " << grad;
+  }
 }
 
 TEST(Planner, DeterministicBackwardHasTileCounters) {

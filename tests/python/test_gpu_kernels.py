@@ -493,17 +493,43 @@ def _is_hopper() -> bool:
 @pytest.mark.parametrize("dims", HEAD_DIMS, ids=_id)
 def test_hopper_picks_the_sm90_templates(dims, backward):
     """On sm_90 the TMA + wgmma forward runs wherever its tile table has an entry (not D96);
-    the sm90 backward at Dqk = Dv = 64 or 128, the sm80 one elsewhere."""
+    the sm90 backward at head dims that are multiples of 64 with Dqk + Dv <= 320, the sm80
+    one elsewhere."""
     if not _is_hopper():
         pytest.skip("needs an sm_90 GPU")
     s = Shape(Dqk=dims[0], Dv=dims[1])
     attn, _ = build("causal", s)
     q, k, v = make_qkv(s, BF16, 0, "bhsd")
     if backward:
-        want = "sm90" if dims in ((64, 64), (128, 128)) else "sm80"
+        want = "sm90" if dims in ((64, 64), (128, 128), (192, 128)) else "sm80"
     else:
         want = "sm80" if dims == (96, 96) else "sm90"
     assert attn.backend_for(q, k, v, backward=backward) == want
+
+
+# The sm90 backward past 128 columns of dK + dV (sm90/bwd.h: S^T and dP^T in two parts of 32
+# queries, dQ split by keys and sent out 64 columns at a time) and at unequal head dims.
+SM90_BWD_WIDE = [
+    ("plain", Shape(Dqk=192, Dv=128), BF16),
+    ("causal", Shape(B=1, Hq=8, Hkv=2, Sq=1500, Skv=1100, Dqk=192, Dv=128), BF16),  # GQA 4:1
+    ("document", Shape(Sq=2048, Skv=2048, Dqk=192, Dv=128), BF16),
+    ("alibi_causal", Shape(Sq=17, Skv=17, Dqk=192, Dv=128), FP16),
+    ("softcap", Shape(Dqk=192, Dv=128), BF16),
+    ("sigmoid", Shape(Sq=777, Skv=300, Dqk=192, Dv=128), BF16),
+    ("causal", Shape(Dqk=128, Dv=64), BF16),
+    ("sliding_window", Shape(Dqk=64, Dv=128), FP16),
+    ("plain", Shape(Dqk=192, Dv=64), BF16),
+]
+
+
+@pytest.mark.parametrize("variant,s,dtype", SM90_BWD_WIDE, ids=_id)
+def test_sm90_backward_wide_and_unequal_head_dims(variant, s, dtype):
+    if not _is_hopper():
+        pytest.skip("needs an sm_90 GPU")
+    attn, _ = build(variant, s)
+    q, k, v = make_qkv(s, dtype, 0, "bhsd")
+    assert attn.backend_for(q, k, v, backward=True) == "sm90"
+    check_case(variant, s, dtype)
 
 
 @pytest.mark.parametrize("dims", [(128, 128), (64, 64)], ids=_id)
@@ -761,6 +787,8 @@ DETERMINISTIC_CASES = [
     ("document", Shape(B=1, Hq=8, Hkv=2, Sq=2048, Skv=2048)),  # a sparse table; GQA 4:1
     ("plain", Shape(Sq=2048, Skv=2048, Dqk=64, Dv=64)),       # sm90: dQ split by keys
     ("sigmoid", Shape(Sq=1000, Skv=1000, Dqk=64, Dv=64)),     # normalize="none"
+    # sm90: dQ in three 64-column chunks per block, the turn counted at the hand-over
+    ("document", Shape(B=1, Hq=4, Hkv=2, Sq=2048, Skv=2048, Dqk=192, Dv=128)),
 ]
 
 
