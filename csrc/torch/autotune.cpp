@@ -124,6 +124,11 @@ double budget_seconds() {
 // Tunings run one at a time: timings beside another tuning's would measure both.
 std::mutex g_tuning_mutex;
 
+std::function<void(const std::function<void()>&)>& waiter() {
+  static auto* w = new std::function<void(const std::function<void()>&)>();
+  return *w;
+}
+
 }  // namespace
 
 TuneMode parse_tune_mode(const std::string& t) {
@@ -144,6 +149,11 @@ TuneMode tune_mode(const std::string& key) {
   std::lock_guard<std::mutex> lock(g_modes_mutex);
   auto it = modes().find(key);
   return it == modes().end() ? TuneMode::Off : it->second;
+}
+
+void set_tune_waiter(std::function<void(const std::function<void()>&)> wait) {
+  std::lock_guard<std::mutex> lock(g_progress_mutex);
+  waiter() = std::move(wait);
 }
 
 void set_tune_progress(tune::ProgressFn fn) {
@@ -178,7 +188,16 @@ TunedPlan plan_with_tuning(plan::PlanRequest r, int device) {
 plan::LaunchPlan tune_call(const TunedPlan& t, const ir::Variant& v, const runner::Bindings& b,
                            const at::Tensor& like, const std::vector<at::Tensor>& buffers) {
   if (jit::cuda_stream_capturing(b.stream)) return t.plan;  // no synchronizing in a capture
-  std::lock_guard<std::mutex> lock(g_tuning_mutex);
+  std::unique_lock<std::mutex> lock(g_tuning_mutex, std::try_to_lock);
+  if (!lock.owns_lock()) {  // another thread is tuning
+    std::function<void(const std::function<void()>&)> wait;
+    {
+      std::lock_guard<std::mutex> g(g_progress_mutex);
+      wait = waiter();
+    }
+    if (wait) wait([&] { lock.lock(); });
+    else lock.lock();
+  }
   if (auto found = tune::default_store().find(t.key)) {  // tuned meanwhile by another thread
     plan::PlanRequest r = t.request;
     r.overrides = tune::overrides_with(found->choice);

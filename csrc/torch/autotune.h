@@ -11,6 +11,7 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,9 @@ TuneMode tune_mode(const std::string& variant_key);  // AE_AUTOTUNE if set, else
 
 // Where progress reports go (default: a line on stderr). Python installs its bar.
 void set_tune_progress(tune::ProgressFn fn);
+// How a call waits for another thread's tuning: wait(f) runs f, the blocking wait. Python's
+// releases the GIL around it, since the tuning thread's progress reports need the GIL.
+void set_tune_waiter(std::function<void(const std::function<void()>&)> wait);
 
 // A call's plan: the request planned with the stored choice of its shape class where the mode
 // allows one; tune_now when the mode is on, no choice is stored and the plan has launches.

@@ -166,6 +166,16 @@ void bind_tune(pyb::module_& m) {
     });
   }, pyb::arg("callback"),
      "callback(what, stage, done, total, finished, result) for tuning progress; None: none.");
+  // A call waiting for another thread's tuning must not hold the GIL (that thread's progress
+  // reports take it).
+  torch_ops::set_tune_waiter([](const std::function<void()>& wait) {
+    if (Py_IsInitialized() && PyGILState_Check()) {
+      pyb::gil_scoped_release release;
+      wait();
+    } else {
+      wait();
+    }
+  });
   m.def("tune_store_dir", [] { return tune::default_store().dir(); },
         "The folder of this process's tuning choices ('': memory only).");
   m.def("tune_list", [](const std::optional<std::string>& cache_dir) {
