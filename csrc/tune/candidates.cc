@@ -15,10 +15,6 @@ Choice one(const std::string& name, const std::string& value) {
   return c;
 }
 
-bool hopper(const plan::DeviceCaps& d) {
-  return d.vendor == jit::Vendor::kNvidia && d.major == 9 && d.minor == 0;
-}
-
 void sm90_forward(std::vector<Choice>& out) {
   // Widths past the register estimate (tile_tables.cc) are dropped by the override's check.
   for (int bn : {64, 80, 96, 112, 128, 144, 160, 176, 192})
@@ -69,28 +65,30 @@ const plan::Step* Candidate::main_step() const {
 
 std::vector<Choice> choice_space(const plan::PlanRequest& r) {
   std::vector<Choice> out{Choice{}};
-  const bool fwd = r.problem.kind == plan::OpKind::Forward;
-  const bool h = hopper(r.device);
-  if (fwd) {
-    if (h) sm90_forward(out);
-    else sm80_forward(out);
+  plan::PlanRequest table = r;
+  table.overrides = overrides_with({});
+  const Candidate t{{}, plan::make_plan(table)};
+  const plan::Step* main = t.main_step();
+  if (!main) return out;  // refused or empty: nothing to tune
+  // The knobs of the family the table's plan runs (on Hopper, head dims without an sm90 kernel
+  // run the sm80 templates).
+  const bool sm90 = main->spec.family == codegen::Family::Sm90;
+  if (r.problem.kind == plan::OpKind::Forward) {
+    if (sm90) sm90_forward(out);
+    else if (!main->spec.decode) sm80_forward(out);
     // Split-KV where the table's plan leaves SMs idle (decode, small batches).
-    plan::PlanRequest table = r;
-    table.overrides = overrides_with({});
-    const plan::LaunchPlan p = plan::make_plan(table);
-    const long long tiles = static_cast<long long>(p.attn.n_q_blocks) * p.attn.q_heads * p.attn.batch;
-    if (p.ok && tiles > 0 && tiles < r.device.multiprocessors)
+    const long long tiles = static_cast<long long>(t.plan.attn.n_q_blocks) * t.plan.attn.q_heads *
+                            t.plan.attn.batch;
+    if (tiles > 0 && tiles < r.device.multiprocessors)
       for (int n : {1, 2, 4, 8, 16, 32}) out.push_back(one("AE_KV_SPLITS", std::to_string(n)));
     // The decode template's keys per block and warps, where the table's plan runs it (opted in
     // with AE_DECODE=1).
-    const Candidate table_plan{{}, p};
-    if (const plan::Step* s = table_plan.main_step(); s && s->spec.decode)
+    if (main->spec.decode)
       for (int bn : {64, 128, 256})
         for (int warps : {2, 4, 8})
           if (bn % (16 * warps) == 0) out.push_back(one("AE_DECODE", fmt::format("{},{}", bn, warps)));
   } else {
-    if (h) sm80_backward(out, true);  // the sm90 backward has one shape: the table's
-    else sm80_backward(out, false);
+    sm80_backward(out, /*instead_of_sm90=*/sm90);  // the sm90 backward has one shape: the table's
   }
   return out;
 }

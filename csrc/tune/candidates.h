@@ -19,11 +19,12 @@ struct Candidate {
   const plan::Step* main_step() const;
 };
 
-// The choices for the request's kind and device, the table's own ("") first: the sm90 forward's
-// key-block widths with and without overlap / ping-pong, a third stage, the persistent grid;
-// the sm80 forward's warps, rows and keys per tile and ptxas levels; the sm80 backward's tiles,
-// on Hopper also in place of the sm90 backward; split-KV counts where the query tiles leave
-// SMs idle. Not yet: the decode template's tiles, head groups.
+// The choices for the request's kind and the family its table plan runs, the table's own ("")
+// first: the sm90 forward's key-block widths with and without overlap / ping-pong, a third
+// stage, the persistent grid; the sm80 forward's warps, rows and keys per tile and ptxas
+// levels; the sm80 backward's tiles (in place of the sm90 backward too); split-KV counts where
+// the query tiles leave SMs idle; the decode template's tiles where AE_DECODE=1 opts in to it.
+// Not yet: head groups.
 std::vector<Choice> choice_space(const plan::PlanRequest& request);
 
 // choice_space planned (each with overrides_with(choice): an AE_* set in the environment wins),

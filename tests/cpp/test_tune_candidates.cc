@@ -88,6 +88,12 @@ TEST_F(TuneCandidates, AmpereForwardAndBackward) {
   for (const Candidate& c : bwd) EXPECT_EQ(main_of(c).spec.kind, codegen::Kind::Backward);
 }
 
+TEST_F(TuneCandidates, HopperHeadDimsWithoutAnSm90ForwardTuneTheSm80One) {
+  const auto fwd = candidates(request(plan::OpKind::Forward, plan::devices::h100(), 96));
+  ASSERT_GT(fwd.size(), 4u);
+  for (const Candidate& c : fwd) EXPECT_EQ(main_of(c).spec.family, codegen::Family::Sm80);
+}
+
 TEST_F(TuneCandidates, HopperBackwardAlsoTriesTheSm80Backward) {
   const auto bwd = candidates(request(plan::OpKind::Backward, plan::devices::h100()));
   ASSERT_GE(bwd.size(), 3u);

@@ -2,7 +2,8 @@
 compiled, timed with CUDA events, the choice stored), the tuned output and gradients against
 the reference executor, the second call served by the stored choice without tuning (in this
 process and, from its file, as another process would), captured tensors' gradients not
-inflated by the timing runs, and a random sample of candidates checked against the reference.
+inflated by the timing runs, a random sample of candidates checked against the reference, and
+the ahead-of-time sweep of `python -m attention_engine.tune`.
 
     PYTHONPATH=python python -m pytest -q -rs tests/python/test_gpu_tune.py
 """
@@ -133,3 +134,18 @@ def test_a_random_sample_of_candidates_matches_the_reference(kind, monkeypatch):
                 want = torch.autograd.grad(ref, (q, k, v), dout)
                 for g, w, name in zip(got, want, "qkv"):
                     _close(g, w, f"{c['choice']} d{name}")
+
+
+def test_ahead_of_time_sweep_from_the_command_line(reports, capsys):
+    from attention_engine import tune
+    assert tune.main(["--variant", "sliding_window:128", "--shape", "1x8x2x512x64",
+                      "--budget", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "2 choices stored" in out, out
+    assert [r[0].split()[0] for r in reports if r[4]] == ["fwd", "bwd"]
+    # The stored choices serve calls of the same class with autotune="cached" (no tuning).
+    reports.clear()
+    attn = ae.compile(mask_mod=mods.sliding_window(128), autotune="cached")
+    q, k, v = _qkv(s=512)
+    _close(attn(q, k, v), attn.reference(q, k, v), "out")
+    assert reports == []
