@@ -209,3 +209,27 @@ def test_tables_tool_turns_stored_choices_into_table_rows(capsys):
     assert "| plain | fwd | bfloat16 d128x128 q4096 k4096 bh64 | 1.1000 | 1.0000 | 1.100 |" in out
     assert "sm90 forward d128x128: {{128, 2, false, false}}" in out
     _C.tune_clear()
+
+
+_WRITER = """
+import sys
+from attention_engine import _C
+d, me = sys.argv[1], int(sys.argv[2])
+bad = 0
+for i in range(200):
+    _C.tune_put({"key": "shared key", "choice": f"AE_KV_SPLITS={me * 1000 + i}", "ms": 1.0}, d)
+    seen = _C.tune_list(d)  # reads the file another process may be replacing
+    bad += len(seen) != 1 or not seen[0]["choice"].startswith("AE_KV_SPLITS=")
+print(bad)
+"""
+
+
+def test_concurrent_writers_never_leave_a_torn_choice(tmp_path):
+    import subprocess
+    import sys
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), str(n)],
+                              stdout=subprocess.PIPE, text=True) for n in range(3)]
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs) and outs == ["0", "0", "0"], outs
+    names = [f.name for f in (tmp_path / "tuning").iterdir()]  # no temporary file left
+    assert len(names) == 1 and names[0].endswith(".json"), names
