@@ -30,7 +30,7 @@ def variants(heads: int, seq: int) -> dict:
     return {
         "plain": ae.compile(),
         "causal": ae.compile(mask_mod=mods.causal),
-        "alibi": ae.compile(mods.alibi(mods.alibi_slopes(heads)), mods.causal),
+        "alibi": ae.compile(mods.alibi(mods.alibi_slopes(heads, device=dev)), mods.causal),
         "softcap": ae.compile(mods.softcap(30.0)),
         "sliding_window": ae.compile(mask_mod=mods.sliding_window(1024)),
         "relative_bias": ae.compile(mods.relative_bias(torch.zeros(heads, 257, device=dev), 128)),

@@ -21,13 +21,14 @@ import torch
 from . import _C, mods
 from .api import CompiledAttention, compile as ae_compile
 
-# Variants by name for the command line ("name" or "name:argument").
+# Variants by name for the command line ("name" or "name:argument"); their captured tensors
+# on the device the sweep runs on.
 NAMED = {
-    "plain": lambda arg, h: ae_compile(),
-    "causal": lambda arg, h: ae_compile(mask_mod=mods.causal),
-    "sliding_window": lambda arg, h: ae_compile(mask_mod=mods.sliding_window(int(arg or 256))),
-    "alibi": lambda arg, h: ae_compile(mods.alibi(mods.alibi_slopes(h)), mods.causal),
-    "softcap": lambda arg, h: ae_compile(mods.softcap(float(arg or 30.0))),
+    "plain": lambda arg, h, dev: ae_compile(),
+    "causal": lambda arg, h, dev: ae_compile(mask_mod=mods.causal),
+    "sliding_window": lambda arg, h, dev: ae_compile(mask_mod=mods.sliding_window(int(arg or 256))),
+    "alibi": lambda arg, h, dev: ae_compile(mods.alibi(mods.alibi_slopes(h, device=dev)), mods.causal),
+    "softcap": lambda arg, h, dev: ae_compile(mods.softcap(float(arg or 30.0))),
 }
 
 
@@ -56,12 +57,12 @@ def _shape_arg(text: str) -> dict:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def variant(spec: str, heads: int) -> CompiledAttention:
+def variant(spec: str, heads: int, device: str = "cpu") -> CompiledAttention:
     """A named variant ('causal', 'softcap:30'), or 'package.module:attr' naming a
     CompiledAttention (or a function of the head count returning one)."""
     name, _, arg = spec.partition(":")
     if name in NAMED:
-        return NAMED[name](arg, heads)
+        return NAMED[name](arg, heads, device)
     if arg:
         obj = getattr(importlib.import_module(name), arg)
         obj = obj if isinstance(obj, CompiledAttention) else obj(heads)
@@ -142,7 +143,7 @@ def main(argv=None) -> int:
         dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
         for spec in args.variant:
             for p in args.shape:
-                sweep(variant(spec, p["q_heads"]), [p], dtype, not args.forward_only)
+                sweep(variant(spec, p["q_heads"], "cuda"), [p], dtype, not args.forward_only)
     except ValueError as e:
         print(f"attention_engine.tune: {e}", file=sys.stderr)
         return 2

@@ -233,3 +233,12 @@ def test_concurrent_writers_never_leave_a_torn_choice(tmp_path):
     assert all(p.returncode == 0 for p in procs) and outs == ["0", "0", "0"], outs
     names = [f.name for f in (tmp_path / "tuning").iterdir()]  # no temporary file left
     assert len(names) == 1 and names[0].endswith(".json"), names
+
+
+def test_sweep_plumbing_runs_on_cpu():
+    # The GPU path's Python (inputs, forward, backward) on the reference executor: no tuning.
+    attn = tune.variant("alibi", 4, "cpu")
+    tune.sweep(attn, [tune.parse_shape("1x4x2x16x16")], dtype=torch.float32, device="cpu")
+    assert _C.tune_mode(attn.key) == "on"
+    with pytest.raises(ValueError, match="unknown variant"):
+        tune.variant("alibi_typo", 4)
