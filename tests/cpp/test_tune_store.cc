@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 
@@ -121,11 +122,14 @@ TEST(TuneStore, LookupTakesMicroseconds) {
   ChoiceStore s(tmp / "tuning");
   const std::string key(160, 'k');  // a key's length
   s.put(sample(key));
-  const auto t0 = std::chrono::steady_clock::now();
-  constexpr int kN = 100000;
-  for (int i = 0; i < kN; ++i) ASSERT_TRUE(s.find(key).has_value());
-  const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / kN;
-  EXPECT_LT(us, 5.0);  // the budget for the hot path
+  double best = 1e9;  // best of 5 batches: a busy machine deschedules a batch now and then
+  for (int batch = 0; batch < 5; ++batch) {
+    const auto t0 = std::chrono::steady_clock::now();
+    constexpr int kN = 10000;
+    for (int i = 0; i < kN; ++i) ASSERT_TRUE(s.find(key).has_value());
+    best = std::min(best, std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / kN);
+  }
+  EXPECT_LT(best, 5.0);  // the budget for the hot path
 }
 
 }  // namespace

@@ -104,12 +104,13 @@ def test_this_process_finds_a_stored_choice_in_microseconds():
     _C.tune_put({"key": key, "choice": "AE_KV_SPLITS=2", "ms": 0.5, "table_ms": 0.6})
     assert _C.tune_find(key)["choice"] == "AE_KV_SPLITS=2"
     assert _C.tune_store_dir().endswith("/tuning")  # beside the tests' kernel cache
-    assert _C.tune_lookup_ns(key) < 5000  # the issue's hot-path budget: 5 us
+    # Best of 5 batches: a busy CI machine deschedules a batch now and then.
+    assert min(_C.tune_lookup_ns(key, 2000) for _ in range(5)) < 5000  # the issue's budget: 5 us
     # All a call with autotuning on adds before planning: its key, the lookup, the overrides.
     attn = ae.compile()
     problem = dict(q_len=8192)
     _C.tune_put({"key": _key(attn, **problem), "choice": "AE_KV_SPLITS=2"})
-    hot = _C.tune_hot_path_ns(attn.key, problem)
+    hot = min(_C.tune_hot_path_ns(attn.key, problem, n=2000) for _ in range(5))
     print(f"hot path: {hot:.0f} ns per call")
     assert hot < 5000
     _C.tune_clear()
