@@ -14,14 +14,7 @@ Applied after positions.py's rewrite, whose q_idx is then the unpacked one.
 """
 from __future__ import annotations
 
-import json
-
-
-def _remap(node: dict, old_to_new) -> dict:
-    out = dict(node)
-    if "args" in out:
-        out["args"] = [old_to_new(a) for a in out["args"]]
-    return out
+from .graph_prefix import dump, insert_after_params, parse
 
 
 def gqa_packed(trace_json: str, group: int, sq: int) -> str:
@@ -30,31 +23,15 @@ def gqa_packed(trace_json: str, group: int, sq: int) -> str:
     if group < 1 or sq < 1:
         raise ValueError(f"attention_engine: GQA packing needs group >= 1 and sq >= 1, got "
                          f"{group} and {sq}")
-    g = json.loads(trace_json)
-    nodes = g["nodes"]
-    params = {n["name"]: i for i, n in enumerate(nodes) if n.get("op") == "param"}
-    if "h" not in params or "q_idx" not in params:
-        raise ValueError("attention_engine: trace without its h / q_idx parameters")
-    n_params = max(params.values()) + 1
+    g, params, n_params = parse(trace_json, ("h", "q_idx"))
     h, q = params["h"], params["q_idx"]
     c_group, c_sq, h_base, g_off, new_h, new_q = range(n_params, n_params + 6)
-    prefix = [
+    insert_after_params(g, n_params, [
         {"op": "const", "dtype": "int", "value": group},
         {"op": "const", "dtype": "int", "value": sq},
         {"op": "mul", "args": [h, c_group]},
         {"op": "floordiv", "args": [q, c_sq]},
         {"op": "add", "args": [h_base, g_off]},
         {"op": "mod", "args": [q, c_sq]},
-    ]
-    shift = len(prefix)
-
-    def old_to_new(i: int) -> int:
-        if i == h:
-            return new_h
-        if i == q:
-            return new_q
-        return i if i < n_params else i + shift
-
-    g["nodes"] = nodes[:n_params] + prefix + [_remap(n, old_to_new) for n in nodes[n_params:]]
-    g["outputs"] = {k: old_to_new(v) for k, v in g["outputs"].items()}
-    return json.dumps(g, sort_keys=True)
+    ], {h: new_h, q: new_q})
+    return dump(g)

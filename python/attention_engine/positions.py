@@ -16,68 +16,44 @@ any other variant with captured tensors.
 """
 from __future__ import annotations
 
-import json
+from .graph_prefix import dump, insert_after_params, parse
 
 _PARAMS = ("score", "b", "h", "q_idx", "kv_idx")
-
-
-def _remap(node: dict, old_to_new) -> dict:
-    out = dict(node)
-    if "args" in out:
-        out["args"] = [old_to_new(a) for a in out["args"]]
-    return out
 
 
 def with_positions(trace_json: str) -> str:
     """The trace with two more captured tensors (int64 ``q_start`` and ``kv_len``, one entry
     per batch row) and q_idx and the mask rewritten as the module docstring says."""
-    g = json.loads(trace_json)
-    nodes = g["nodes"]
-    params = {n["name"]: i for i, n in enumerate(nodes) if n.get("op") == "param"}
-    missing = [p for p in _PARAMS if p not in params]
-    if missing:  # the tracer always emits the five parameters first
-        raise ValueError(f"attention_engine: trace without parameter(s) {missing}")
-    n_params = max(params.values()) + 1
+    g, params, n_params = parse(trace_json, _PARAMS)
     q_start_buf, kv_len_buf = len(g["buffers"]), len(g["buffers"]) + 1
     g["buffers"] = g["buffers"] + [
         {"dtype": "int64", "name": "q_start", "requires_grad": False, "shape": [1]},
         {"dtype": "int64", "name": "kv_len", "requires_grad": False, "shape": [1]},
     ]
-    # Nodes right after the parameters (arguments must have smaller ids than their users):
     # q_start[b], kv_len[b], pos = q_idx + q_start[b], and q_idx' = pos where pos < kv_len[b]
     # (a real query), else 0 (a padding row, whose output is dropped); every later use of
     # q_idx reads q_idx'.
     b, q = params["b"], params["q_idx"]
     start, length, pos, zero, real, new_q = range(n_params, n_params + 6)
-    prefix = [
+    insert_after_params(g, n_params, [
         {"op": "load", "buffer": q_start_buf, "args": [b]},
         {"op": "load", "buffer": kv_len_buf, "args": [b]},
         {"op": "add", "args": [q, start]},
         {"op": "const", "dtype": "int", "value": 0},
         {"op": "lt", "args": [pos, length]},
         {"op": "where", "args": [real, pos, zero]},
-    ]
-    shift = len(prefix)
-
-    def old_to_new(i: int) -> int:
-        if i == q:
-            return new_q
-        return i if i < n_params else i + shift
-
-    new_nodes = nodes[:n_params] + prefix + [_remap(n, old_to_new) for n in nodes[n_params:]]
-    outputs = {k: old_to_new(v) for k, v in g["outputs"].items()}
+    ], {q: new_q})
 
     # The keys a batch row has: kv_idx < kv_len[b], and-ed into the mask.
-    new_nodes.append({"op": "lt", "args": [params["kv_idx"], length]})
-    in_range = len(new_nodes) - 1
+    nodes, outputs = g["nodes"], g["outputs"]
+    nodes.append({"op": "lt", "args": [params["kv_idx"], length]})
+    in_range = len(nodes) - 1
     if "mask" in outputs:
-        new_nodes.append({"op": "and", "args": [outputs["mask"], in_range]})
-        outputs["mask"] = len(new_nodes) - 1
+        nodes.append({"op": "and", "args": [outputs["mask"], in_range]})
+        outputs["mask"] = len(nodes) - 1
     else:
         outputs["mask"] = in_range
-    g["nodes"] = new_nodes
-    g["outputs"] = outputs
-    return json.dumps(g, sort_keys=True)
+    return dump(g)
 
 
 def with_offsets(trace_json: str) -> str:
@@ -88,13 +64,7 @@ def with_offsets(trace_json: str) -> str:
         q_idx  -> q_idx + q_offset
         kv_idx -> kv_idx + kv_offset
     """
-    g = json.loads(trace_json)
-    nodes = g["nodes"]
-    params = {n["name"]: i for i, n in enumerate(nodes) if n.get("op") == "param"}
-    missing = [p for p in _PARAMS if p not in params]
-    if missing:
-        raise ValueError(f"attention_engine: trace without parameter(s) {missing}")
-    n_params = max(params.values()) + 1
+    g, params, n_params = parse(trace_json, _PARAMS)
     q_buf, kv_buf = len(g["buffers"]), len(g["buffers"]) + 1
     g["buffers"] = g["buffers"] + [
         {"dtype": "int64", "name": "q_offset", "requires_grad": False, "shape": []},
@@ -102,21 +72,10 @@ def with_offsets(trace_json: str) -> str:
     ]
     q, kv = params["q_idx"], params["kv_idx"]
     q_off, kv_off, new_q, new_kv = range(n_params, n_params + 4)
-    prefix = [
+    insert_after_params(g, n_params, [
         {"op": "load", "buffer": q_buf, "args": []},  # 0-d: no indices
         {"op": "load", "buffer": kv_buf, "args": []},
         {"op": "add", "args": [q, q_off]},
         {"op": "add", "args": [kv, kv_off]},
-    ]
-    shift = len(prefix)
-
-    def old_to_new(i: int) -> int:
-        if i == q:
-            return new_q
-        if i == kv:
-            return new_kv
-        return i if i < n_params else i + shift
-
-    g["nodes"] = nodes[:n_params] + prefix + [_remap(n, old_to_new) for n in nodes[n_params:]]
-    g["outputs"] = {k: old_to_new(v) for k, v in g["outputs"].items()}
-    return json.dumps(g, sort_keys=True)
+    ], {q: new_q, kv: new_kv})
+    return dump(g)
