@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import keyword
+import warnings
 from typing import Callable, Optional
 
 import torch
@@ -23,7 +24,10 @@ class Attention(torch.nn.Module):
     or unknown). Forward reads the tensors registered *now*, so the module behaves like any
     other: ``parameters()``, ``state_dict()`` / ``load_state_dict(..., assign=True)``,
     ``.to()``, ``to_empty()`` after meta-device initialization, ``copy.deepcopy``, pickling,
-    ``torch.func.functional_call`` and FSDP-style parameter replacement all reach the op.
+    ``torch.func.functional_call`` and FSDP-style parameter replacement all reach the op,
+    and DDP and FSDP2 (``fully_shard``) average the captured parameters' gradients like any
+    other's. A captured tensor that requires grad but is not an ``nn.Parameter`` is a buffer
+    (with a warning): wrap it in ``nn.Parameter`` to train it with the module.
     A captured tensor computed from others (``table.exp()``, a view of a parameter) is not
     registered: it is read as it is, and its gradient flows back to what it came from.
 
@@ -74,6 +78,13 @@ class Attention(torch.nn.Module):
             if isinstance(tensor, torch.nn.Parameter):
                 self.register_parameter(name, tensor)
             else:
+                if tensor.requires_grad:
+                    warnings.warn(
+                        f"ae.Attention: the captured tensor {traced!r} requires grad but is not "
+                        f"an nn.Parameter, so it is registered as the buffer {name!r}: "
+                        f"parameters(), optimizers, DDP and FSDP do not see it (its gradient "
+                        f"is not averaged across ranks); wrap it in torch.nn.Parameter to "
+                        f"train it with the module", stacklevel=2)
                 self.register_buffer(name, tensor)
             self._captured.append(name)
 

@@ -75,6 +75,13 @@ def test_readme_context_parallel_example_runs(tmp_path, monkeypatch, capsys):
     assert "torch.Size([2, 4, 256, 32]) torch.Size([4, 33])" in capsys.readouterr().out
 
 
+def test_readme_ddp_fsdp2_example_runs(tmp_path, monkeypatch, capsys):
+    (block,) = [b for b in python_blocks(README) if "fully_shard(" in b]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+    assert "torch.Size([4, 33]) DTensor" in capsys.readouterr().out
+
+
 def test_readme_autotune_example_runs(tmp_path, monkeypatch, capsys):
     (block,) = [b for b in python_blocks(README) if "autotune=True" in b]
     monkeypatch.chdir(tmp_path)
