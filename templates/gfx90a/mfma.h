@@ -15,10 +15,15 @@
 
 namespace ae::gfx90a {
 
-typedef short i16x4 __attribute__((ext_vector_type(4)));
-typedef _Float16 f16x4 __attribute__((ext_vector_type(4)));
-typedef float f32x4 __attribute__((ext_vector_type(4)));
-typedef float f32x16 __attribute__((ext_vector_type(16)));
+// Clang's vector types, which the builtins take (a host build of the template, the CPU
+// emulation in tests/emu, spells them with GCC's vector_size).
+#ifndef AE_VECTOR
+#define AE_VECTOR(T, n) T __attribute__((ext_vector_type(n)))
+#endif
+typedef AE_VECTOR(short, 4) i16x4;
+typedef AE_VECTOR(_Float16, 4) f16x4;
+typedef AE_VECTOR(float, 4) f32x4;
+typedef AE_VECTOR(float, 16) f32x16;
 
 template <int N>
 struct Mfma;
