@@ -85,6 +85,7 @@ def test_gfx90a_forward_compiles_without_scratch_at_two_waves(case, monkeypatch)
     # No scratch: no private segment, no VGPR spilled (an SGPR spill, spill_loads, goes to a
     # lane of a VGPR, not to memory, and is allowed).
     assert r["stack_frame"] == 0 and r["spill_stores"] == 0, f"{info['describe']} uses scratch: {r}"
+    assert "warning" not in r["log"].lower(), r["log"]
     waves = waves_per_simd(r, info["threads"], info["smem"])
     assert waves >= 2, f"{info['describe']}: {waves} wave(s) per SIMD: {r}, LDS {info['smem']}"
 
