@@ -91,8 +91,10 @@ struct FwdKernel {
       const bool in = row < Layout::q_len(p, b);
       const u16* gq = Layout::row(static_cast<const u16*>(p.q), p.q_stride, b, h, in ? row : 0);
 #pragma unroll
-      for (int kd = 0; kd < kQk; ++kd)
-        qf[kd] = in ? *reinterpret_cast<const u64*>(gq + kd * M::kDepth + 4 * g) : 0;
+      for (int kd = 0; kd < kQk; ++kd) {
+        const u64 x = *reinterpret_cast<const u64*>(gq + kd * M::kDepth + 4 * g);  // row 0 if !in
+        qf[kd] = in ? x : 0;
+      }
     }
 
     Acc o[kOt];

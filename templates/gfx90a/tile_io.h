@@ -39,7 +39,10 @@ struct KvPrefetch {
       const int c = static_cast<int>(threadIdx.x) + i * kThreads;
       const int r = c / (kDqk / 8), col = c % (kDqk / 8) * 8;
       const bool ok = (kKChunks % kThreads == 0 || c < kKChunks) && r < rows;
-      k[i] = ok ? *reinterpret_cast<const uint4*>(kb + r * ldk + col) : make_uint4(0, 0, 0, 0);
+      // Rows past the end read row 0 (always valid) and are zeroed after: a select, where a
+      // load under `ok` was a branch around every load.
+      const uint4 x = *reinterpret_cast<const uint4*>(kb + (ok ? r * ldk + col : 0));
+      k[i] = ok ? x : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int i = 0; i < kVPer; ++i) {
@@ -47,8 +50,11 @@ struct KvPrefetch {
       const int r = c / (kDv / 4) * 4, col = c % (kDv / 4) * 4;
       const bool in = kVBlocks % kThreads == 0 || c < kVBlocks;
 #pragma unroll
-      for (int e = 0; e < 4; ++e)
-        v[i][e] = in && r + e < rows ? *reinterpret_cast<const u64*>(vb + (r + e) * ldv + col) : 0;
+      for (int e = 0; e < 4; ++e) {
+        const bool ok = in && r + e < rows;
+        const u64 x = *reinterpret_cast<const u64*>(vb + (ok ? (r + e) * ldv + col : 0));
+        v[i][e] = ok ? x : 0;
+      }
     }
   }
 
