@@ -68,6 +68,13 @@ plan::DeviceCaps hip_device_caps(int device) {
   c.warp_size = attr(kAttrWarpSize);
   // An unreadable target leaves gfx "unknown" (the planner refuses it by name, not silently).
   c.gfx = arch_name.empty() ? "unknown" : gcn_target(arch_name);
+  // The attribute numbers are ROCm 5.2's; should a release renumber them, implausible answers
+  // fall back to what every gfx9 data-center part has (64 KB of LDS per block, wave64), and
+  // an unknown CU count plans no split-KV.
+  if (c.smem_per_block < 16 * 1024 || c.smem_per_block > 1024 * 1024) c.smem_per_block = 64 * 1024;
+  if (c.warp_size != 32 && c.warp_size != 64) c.warp_size = 64;
+  if (c.multiprocessors < 0 || c.multiprocessors > 4096) c.multiprocessors = 0;
+  if (c.l2_bytes < 0) c.l2_bytes = 0;
   return c;
 }
 
