@@ -48,6 +48,7 @@ inline unsigned __float_as_uint(float f) { return __builtin_bit_cast(unsigned, f
 inline float __log2f(float x) { return std::log2(x); }
 inline float __expf(float x) { return std::exp(x); }
 inline float __fdividef(float a, float b) { return a / b; }
+extern "C" inline float __ocml_native_exp2_f32(float x) { return std::exp2(x); }
 template <class T>
 T __ldg(const T* p) { return *p; }
 inline float atomicAdd(float* p, float v) {
