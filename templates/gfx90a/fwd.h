@@ -194,7 +194,10 @@ struct FwdKernel {
           for (int v = 0; v < M::kC; ++v) {
             float x, unused;
             unpack2<Cfg::kBf16>(col[c_row<N>(v, g) * Cfg::kLdV], x, unused);
-            o[dt][v] += pr != 0.f && !(fabsf(x) < __int_as_float(0x7f800000)) ? pr * x : 0.f;
+            // (bitwise &, a product computed either way: with && each score was a branch)
+            const bool add = (pr != 0.f) & !(fabsf(x) < __int_as_float(0x7f800000));
+            const float px = pr * x;
+            o[dt][v] += add ? px : 0.f;
           }
         }
       }
