@@ -39,13 +39,15 @@ int main(int argc, char** argv) {
   std::vector<char> q = read(dir + "/q.bin"), k = read(dir + "/k.bin"), v = read(dir + "/v.bin");
   std::vector<std::vector<char>> bufs;
   ae::VariantArgs va{};
-  for (int i = 0; i < nbuf; ++i) {
-    long long size;
-    args >> size;
+  bufs.reserve(nbuf);
+  for (int i = 0; i < nbuf; ++i) {  // rank, then the sizes; contiguous
+    int rank;
+    args >> rank;
     bufs.push_back(read(dir + "/buf" + std::to_string(i) + ".bin"));
     va.buf[i].data = bufs.back().data();
-    va.buf[i].size[0] = size;
-    va.buf[i].stride[0] = 1;
+    for (int d = 0; d < rank; ++d) args >> va.buf[i].size[d];
+    long long stride = 1;
+    for (int d = rank - 1; d >= 0; --d) va.buf[i].stride[d] = stride, stride *= va.buf[i].size[d];
   }
   std::vector<unsigned short> o(B * Hq * Sq * Dv);
   std::vector<float> lse(B * Hq * Sq), o_part(splits * B * Hq * Sq * Dv), lse_part(splits * B * Hq * Sq);

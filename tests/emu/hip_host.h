@@ -47,6 +47,10 @@ inline float __uint_as_float(unsigned i) { return __builtin_bit_cast(float, i); 
 inline unsigned __float_as_uint(float f) { return __builtin_bit_cast(unsigned, f); }
 inline float __log2f(float x) { return std::log2(x); }
 inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __sinf(float x) { return std::sin(x); }
+inline float __cosf(float x) { return std::cos(x); }
+inline float __powf(float a, float b) { return std::pow(a, b); }
 inline float __fdividef(float a, float b) { return a / b; }
 extern "C" inline float __ocml_native_exp2_f32(float x) { return std::exp2(x); }
 template <class T>

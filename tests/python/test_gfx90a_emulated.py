@@ -36,7 +36,15 @@ B, HQ, HKV = 1, 2, 1  # GQA 2:1
 
 def _variant(name, n):
     docs = torch.arange(n) // 23  # n: the longer of the two lengths
+    table = torch.linspace(-1.0, 1.0, HQ * 65).view(HQ, 65)
     return {
+        "relative_bias": lambda: ae.compile(mods.relative_bias(table, 32), mods.causal),
+        "retention": lambda: ae.compile(lambda s, b, h, q, k: s * 0.97 ** (q - k).float(), mods.causal,
+                                        normalize=ae.normalizers.retention),
+        "sink": lambda: ae.compile(mods.softcap(5.0), mods.causal,
+                                   normalize=ae.normalizers.softmax_with_sink(torch.full((HQ,), 0.5))),
+        "relu_normalized": lambda: ae.compile(mask_mod=mods.sliding_window(40),
+                                              normalize=ae.normalizers.relu_normalized),
         "plain": lambda: ae.compile(),
         "causal": lambda: ae.compile(mask_mod=mods.causal),
         "alibi": lambda: ae.compile(mods.alibi(mods.alibi_slopes(HQ)), mods.causal),
@@ -66,14 +74,13 @@ def emulate(attn, q, k, v, splits=1):
                         str(EMU / "fwd_main.cc"), "-o", str(tmp / "run")], check=True)
         for name, t in (("q", q), ("k", k), ("v", v)):
             (tmp / f"{name}.bin").write_bytes(t.contiguous().view(torch.int16).numpy().tobytes())
-        sizes = []
+        shapes = []
         for i, t in enumerate(attn.buffers):
-            assert t.dim() == 1
-            (tmp / f"buf{i}.bin").write_bytes(t.contiguous().view(torch.uint8).numpy().tobytes())
-            sizes.append(t.numel())
+            (tmp / f"buf{i}.bin").write_bytes(t.detach().contiguous().view(torch.uint8).numpy().tobytes())
+            shapes += [t.dim(), *t.shape]
         Sq, Skv, Dv = q.shape[2], k.shape[2], v.shape[-1]
         args = [B, HQ, HKV, Sq, Skv, q.shape[-1], Dv, bm, bn, info["threads"], splits,
-                int(attn.variant.has_mask), 1 / math.sqrt(q.shape[-1]), len(sizes), *sizes]
+                int(attn.variant.has_mask), 1 / math.sqrt(q.shape[-1]), len(attn.buffers), *shapes]
         (tmp / "args.txt").write_text(" ".join(map(str, args)))
         subprocess.run([str(tmp / "run"), str(tmp)], check=True, timeout=300)
         out = torch.frombuffer(bytearray((tmp / "o.bin").read_bytes()), dtype=torch.int16)
@@ -103,7 +110,7 @@ def _inputs(sq, skv, d_qk, d_v, dtype, seed=0):
 
 def _compare(attn, q, k, v, out, lse):
     qf, kf, vf = q.float(), k.float(), v.float()
-    if attn.normalize != "softmax":  # no row statistic
+    if attn.normalize == "none":  # no row statistic
         torch.testing.assert_close(out, attn.reference(qf, kf, vf), atol=2e-2, rtol=2e-2)
         return
     ref, ref_lse = attn.reference(qf, kf, vf, return_lse=True)
@@ -115,7 +122,11 @@ def _compare(attn, q, k, v, out, lse):
 # 32-key blocks, every normalization path, masks read per element and from a captured tensor.
 CASES = [("causal", 64, 64, torch.bfloat16), ("alibi", 128, 128, torch.float16),
          ("document", 128, 128, torch.bfloat16), ("softcap", 256, 256, torch.bfloat16),
-         ("sigmoid_none", 192, 128, torch.float16), ("plain", 96, 96, torch.bfloat16)]
+         ("sigmoid_none", 192, 128, torch.float16), ("plain", 96, 96, torch.bfloat16),
+         ("relative_bias", 64, 64, torch.bfloat16)]
+# Custom row normalizations (common/normalizers.h CustomLinear / CustomLog): their stat and
+# finish through the gfx90a rows.
+CUSTOM = ["retention", "sink", "relu_normalized"]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}-{str(c[3])[6:]}")
@@ -124,6 +135,14 @@ def test_emulated_gfx90a_forward_matches_the_reference(case):
     sq, skv = 150, 77  # two query blocks (one partly past the rows' end), a key tail
     attn = _variant(name, sq)
     q, k, v = _inputs(sq, skv, d_qk, d_v, dtype)
+    _compare(attn, q, k, v, *emulate(attn, q, k, v))
+
+
+@pytest.mark.parametrize("name", CUSTOM)
+def test_emulated_custom_normalizations(name):
+    attn = _variant(name, 150)
+    assert attn.variant.normalize == "custom"
+    q, k, v = _inputs(150, 150, 64, 64, torch.bfloat16, seed=5)
     _compare(attn, q, k, v, *emulate(attn, q, k, v))
 
 
