@@ -55,11 +55,10 @@ def main():
                 out = attn(q, k, v).float()
                 if sdpa is not None:
                     t_ref, ref = ms(sdpa), sdpa().float()
-                else:  # the reference executor on a slice (its memory stays bounded)
+                else:  # the reference executor on two heads of one batch (in float32)
                     t_ref = float("nan")
-                    ref = torch.zeros_like(out)
-                    ref[:1, :2] = attn.reference(q[:1, :2].float(), k[:1, :2].float(), v[:1, :2].float())
-                    out = torch.where(ref != 0, out, ref)
+                    out = out[:1, :2]
+                    ref = attn.reference(q[:1, :2].float(), k[:1, :2].float(), v[:1, :2].float())
                 diff = (out - ref).abs().max().item()
                 print(f"{name:<10} {S:>6} {D:>4} {flops / t / 1e9:>12.1f} {flops / t_ref / 1e9:>8.1f} "
                       f"{diff:>9.2e}  {attn.backend_for(q, k, v)}")
