@@ -139,11 +139,15 @@ def test_gfx90a_main_loop_runs_mfma_and_exp(dims, bf16, monkeypatch):
         asm = subprocess.run([_objdump(), "-d", "--mcpu=gfx90a", path], check=True,
                              capture_output=True, text=True).stdout
     loop = "\n".join(loop_lines(asm))
-    mfma = "v_mfma_f32_32x32x8" if dims[1] <= 128 else "v_mfma_f32_16x16x16"
-    mfma += "bf16_1k" if bf16 else "f16"
+    tile, waves = info["describe"].split()[4:6]  # "128x32", "w4"
+    block_m, block_n = map(int, tile.split("x"))
+    rows = block_m // int(waves[1:])  # per wave: the MFMA's N
+    depth = 256 // rows  # its K: 8 (32x32x8) or 16 (16x16x16)
+    mfma = ("v_mfma_f32_32x32x8" if rows == 32 else "v_mfma_f32_16x16x16") + \
+        ("bf16_1k" if bf16 else "f16")
     assert mfma in loop, f"no {mfma} in the main loop of {info['describe']}"
-    # S^T and O^T: (d_qk + d_v) / depth MFMAs per 32-key block (depth 8 or 16), once each
-    per_block = (dims[0] + dims[1]) // (8 if dims[1] <= 128 else 16) * 32 // (32 if dims[1] <= 128 else 16)
+    # S^T = K Q^T and O^T = V^T P^T of one key block, each MFMA once
+    per_block = dims[0] // depth * (block_n // rows) + block_n // depth * (dims[1] // rows)
     assert loop.count(mfma) >= per_block, (loop.count(mfma), per_block)
     assert "v_exp_f32" in loop  # exp2 on the transcendental unit
     assert "scratch_" not in asm and "buffer_store" not in asm  # nothing spilled
