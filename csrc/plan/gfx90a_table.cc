@@ -18,7 +18,10 @@ namespace ae::plan {
 //               leave one 4-wave block per CU)
 //   otherwise:  16 rows x 8 waves, 32 keys  (35 KB at D256: one 8-wave block per CU = 2 waves
 //               per SIMD)
-Candidates gfx90a_forward(const TableQuery& q) {
+// A forward of at most 64 query rows (decode, a GQA group packed as rows) takes 16 rows per wave
+// up to D128 too: 64-row blocks do half the MFMA work of 128-row ones on rows that do not exist
+// (decode reads K and V at about as many FLOPs per byte as the chip has with 128 rows).
+Candidates gfx90a_forward(const TableQuery& q, bool few_rows) {
   Candidates c;
   auto ok = [](int d) { return d % 16 == 0 && d >= 16 && d <= 256; };
   if (!ok(q.d_qk) || !ok(q.d_v)) {
@@ -27,14 +30,14 @@ Candidates gfx90a_forward(const TableQuery& q) {
     return c;
   }
   const int dmax = std::max(q.d_qk, q.d_v);
-  const bool rows32 = dmax <= 128 && q.d_v % 32 == 0;  // O^T tiles of 32 head-dim rows
+  const bool rows32 = dmax <= 128 && q.d_v % 32 == 0 && !few_rows;  // O^T tiles of 32 rows
   codegen::KernelSpec s;
   s.kind = codegen::Kind::Forward;
   s.family = codegen::Family::Gfx90a;
   s.d_qk = q.d_qk;
   s.d_v = q.d_v;
   s.bf16 = q.bf16;
-  s.warps = rows32 ? 4 : 8;
+  s.warps = rows32 || (few_rows && dmax <= 128) ? 4 : 8;
   s.block_m = (rows32 ? 32 : 16) * s.warps;
   s.block_n = rows32 && dmax <= 64 ? 64 : 32;
   c.specs.push_back(s);

@@ -132,7 +132,7 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
   std::string reasons;
   for (Family f : families) {
     const bool fwd = kind == Kind::Forward;
-    Candidates c = f == Family::Gfx90a ? gfx90a_forward(q)
+    Candidates c = f == Family::Gfx90a ? gfx90a_forward(q, pb.q_len <= 64)
                    : f == Family::Sm90 ? (fwd ? sm90_forward(q, r.overrides) : sm90_backward(q))
                    : fwd               ? sm80_forward(q, r.overrides)
                                        : sm80_backward(q, r.overrides);

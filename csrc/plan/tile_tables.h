@@ -33,7 +33,8 @@ Candidates decode_forward(const TableQuery& q, const TuningOverrides& o);
 Candidates sm80_backward(const TableQuery& q, const TuningOverrides& o);
 Candidates sm90_forward(const TableQuery& q, const TuningOverrides& o);
 Candidates sm90_backward(const TableQuery& q);
-Candidates gfx90a_forward(const TableQuery& q);  // gfx90a_table.cc
+// few_rows: at most 64 query rows (gfx90a_table.cc).
+Candidates gfx90a_forward(const TableQuery& q, bool few_rows);
 
 // The dynamic shared memory a spec's kernel needs: the templates' own formulas
 // (templates/*/shapes.h), which their configs check against their layouts.

@@ -68,21 +68,23 @@ TEST(PlannerGfx90a, Mi250ForwardIsTheGfx90aTemplate) {
 // Every head dim the table takes: a tile whose LDS leaves two waves per SIMD (blocks per CU
 // by LDS, times the block's waves per SIMD), rows per wave 16 or 32.
 TEST(PlannerGfx90a, TilesLeaveTwoWavesPerSimd) {
-  for (int d_qk = 16; d_qk <= 256; d_qk += 16)
-    for (int d_v : {16, 32, 64, 96, 128, 192, 256})
-      for (bool bf16 : {true, false}) {
-        PlanRequest r = request(OpKind::Forward, true, d_qk, d_v);
-        r.problem.dtype = bf16 ? ElemType::BFloat16 : ElemType::Float16;
-        const LaunchPlan p = make_plan(r);
-        ASSERT_TRUE(p.ok) << d_qk << "/" << d_v << ": " << p.reason;
-        const Step& s = main_step(p);
-        const int rows = s.spec.block_m / s.spec.warps;
-        EXPECT_TRUE(rows == 16 || rows == 32) << s.spec.describe();
-        EXPECT_EQ(d_v % rows, 0) << s.spec.describe();
-        const int blocks = gfx90a::kLdsPerCu / s.smem;
-        EXPECT_GE(blocks * s.spec.warps / gfx90a::kSimdsPerCu, 2) << s.spec.describe();
-        EXPECT_EQ(s.spec.bf16, bf16);
-      }
+  for (int64_t len : {4096, 16})  // prefill and decode-sized (the few-rows tile)
+    for (int d_qk = 16; d_qk <= 256; d_qk += 16)
+      for (int d_v : {16, 32, 64, 96, 128, 192, 256})
+        for (bool bf16 : {true, false}) {
+          PlanRequest r = request(OpKind::Forward, true, d_qk, d_v, len);
+          r.problem.dtype = bf16 ? ElemType::BFloat16 : ElemType::Float16;
+          const LaunchPlan p = make_plan(r);
+          ASSERT_TRUE(p.ok) << d_qk << "/" << d_v << ": " << p.reason;
+          const Step& s = main_step(p);
+          const int rows = s.spec.block_m / s.spec.warps;
+          EXPECT_TRUE(rows == 16 || rows == 32) << s.spec.describe();
+          EXPECT_EQ(d_v % rows, 0) << s.spec.describe();
+          const int blocks = gfx90a::kLdsPerCu / s.smem;
+          EXPECT_GE(blocks * s.spec.warps / gfx90a::kSimdsPerCu, 2) << s.spec.describe();
+          EXPECT_EQ(s.spec.bf16, bf16);
+          if (r.problem.q_len <= 64) EXPECT_EQ(rows, 16) << s.spec.describe();
+        }
 }
 
 TEST(PlannerGfx90a, MaskedAndSplitForwardsUseTheCommonKernels) {
@@ -101,6 +103,7 @@ TEST(PlannerGfx90a, MaskedAndSplitForwardsUseTheCommonKernels) {
   const LaunchPlan split = make_plan(r);
   ASSERT_TRUE(split.ok) << split.reason;
   EXPECT_TRUE(main_step(split).spec.kv_split);
+  EXPECT_EQ(main_step(split).spec.describe(), "fwd gfx90a bf16 d128/128 64x32 w4 split");
   EXPECT_FALSE(main_step(split).spec.decode);  // the sm80 decode template is NVIDIA's
   EXPECT_EQ(split.steps.back().spec.kind, Kind::FwdCombine);
   EXPECT_EQ(split.steps.back().spec.arch, "gfx90a");

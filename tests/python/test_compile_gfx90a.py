@@ -43,6 +43,9 @@ CASES += [("plain", (128, 128), False, False), ("causal", (64, 64), False, False
           ("retention", (128, 128), True, False),
           ("plain", (128, 128), True, True), ("sigmoid_none", (128, 128), True, True),
           ("causal", (256, 256), True, True)]
+# Decode-sized forwards (at most 64 query rows): 16 rows per wave up to D128, split-KV.
+FEW_ROWS = [("plain", (128, 128), True, True), ("alibi", (64, 64), True, True),
+            ("document", (128, 128), False, True)]
 
 VGPRS_PER_SIMD_LANE, SGPRS_PER_SIMD, LDS_PER_CU, SIMDS_PER_CU, MAX_WAVES = 512, 800, 65536, 4, 8
 
@@ -63,21 +66,24 @@ def waves_per_simd(report, threads, dynamic_lds):
     return min(by_vgpr, by_sgpr, by_lds, MAX_WAVES)
 
 
-def _source(name, dims, bf16, split, monkeypatch):
+def _source(name, dims, bf16, split, monkeypatch, q_len=4096):
     monkeypatch.setenv("AE_KV_SPLITS", "4" if split else "1")
     attn = VARIANTS[name]()
     dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers]
-    info = attn.variant.kernel_source("fwd", *dims, bf16, dtypes, device="mi250")
+    info = attn.variant.kernel_source("fwd", *dims, bf16, dtypes, device="mi250", q_len=q_len)
     assert info["family"] == "gfx90a" and '#include "gfx90a/fwd.h"' in info["source"]
     assert (" split" in info["describe"]) == split, info["describe"]
     return info
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1][0]}-{c[1][1]}-"
-                         f"{'bf16' if c[2] else 'fp16'}{'-split' if c[3] else ''}")
+@pytest.mark.parametrize("case", [c + (4096,) for c in CASES] + [c + (16,) for c in FEW_ROWS],
+                         ids=lambda c: f"{c[0]}-{c[1][0]}-{c[1][1]}-{'bf16' if c[2] else 'fp16'}"
+                         f"{'-split' if c[3] else ''}{'-q16' if c[4] == 16 else ''}")
 def test_gfx90a_forward_compiles_without_scratch_at_two_waves(case, monkeypatch):
-    name, dims, bf16, split = case
-    info = _source(name, dims, bf16, split, monkeypatch)
+    name, dims, bf16, split, q_len = case
+    info = _source(name, dims, bf16, split, monkeypatch, q_len)
+    if q_len <= 64 and max(dims) <= 128:  # the few-rows tile
+        assert info["describe"].split()[4].startswith("64x"), info["describe"]
     (r,) = _C.jit_check_arches(info["source"], info["entry"], arches=["gfx90a"],
                                options=info["options"])
     assert r["ok"], f"{info['describe']}: {r['error']}"
