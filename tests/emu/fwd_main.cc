@@ -6,7 +6,6 @@
 #include <cstdio>
 #include <fstream>
 #include <string>
-#include <thread>
 
 #include "common/params.h"
 
@@ -78,15 +77,7 @@ int main(int argc, char** argv) {
     for (unsigned y = 0; y < gridDim.y; ++y)
       for (unsigned x = 0; x < gridDim.x; ++x) {
         blockIdx = {x, y, z};
-        emu::Block block(static_cast<int>(threads));
-        emu::block = &block;
-        std::vector<std::thread> lanes;
-        for (int t = 0; t < threads; ++t)
-          lanes.emplace_back([&, t] {
-            threadIdx = {static_cast<unsigned>(t), 0, 0};
-            ae_fwd(p, va);
-          });
-        for (auto& l : lanes) l.join();
+        emu::run_block(static_cast<int>(threads), [&] { ae_fwd(p, va); });
       }
   write(dir + "/o.bin", o.data(), o.size() * 2);
   write(dir + "/lse.bin", lse.data(), lse.size() * 4);

@@ -1,6 +1,6 @@
 // A CPU stand-in for the HIP device environment, so that a gfx90a kernel's generated source
-// runs on the host (tests/python/test_gfx90a_emulated.py): each GPU thread is a std::thread;
-// __syncthreads is a barrier of the block's threads; a wavefront's cross-lane operations
+// runs on the host (tests/python/test_gfx90a_emulated.py): each GPU thread is a fiber;
+// __syncthreads is a barrier of the block's fibers; a wavefront's cross-lane operations
 // (shuffles, ballots, MFMA) are barriers of its 64 lanes around a shared exchange. The MFMA
 // stand-ins compute the products from the operand layouts gfx90a/mfma.h states, so this checks
 // everything around the matrix instructions (LDS layouts, operand addressing, score indices,
@@ -9,12 +9,13 @@
 // Included before the source (g++ -include); blocks run one after another.
 #pragma once
 
-#include <barrier>
+#include <ucontext.h>
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
-#include <mutex>
 #include <vector>
 
 #define __HIP_PLATFORM_AMD__ 1
@@ -29,7 +30,7 @@
 struct Dim3 {
   unsigned x = 0, y = 0, z = 0;
 };
-inline thread_local Dim3 threadIdx;
+inline Dim3 threadIdx;  // the running fiber's (emu::run_block sets it)
 inline Dim3 blockIdx, gridDim;  // the block being run (blocks run one at a time)
 
 struct uint4 {
@@ -72,39 +73,99 @@ namespace emu {
 
 constexpr int kLanes = 64;
 
+// The block's GPU threads as fibers on one OS thread (ucontext), run round-robin: a fiber
+// runs until a barrier makes it wait, then yields to the scheduler (run_block). Deterministic,
+// and no OS thread per GPU thread contending for the machine's cores.
+struct Scheduler {
+  ucontext_t main;
+  std::vector<ucontext_t> ctx;
+  std::vector<std::vector<char>> stacks;
+  std::vector<bool> done;
+  int current = 0;
+  std::function<void()> body;
+};
+inline Scheduler* sched = nullptr;
+
+inline void yield() { swapcontext(&sched->ctx[sched->current], &sched->main); }
+
+// n fibers arrive; the last one runs on_phase (if any), starts the next phase and goes on, the
+// others wait (yielding) until the phase has turned.
+struct Barrier {
+  int n, count = 0;
+  unsigned long phase = 0;
+  std::function<void()> on_phase;
+  void arrive_and_wait() {
+    const unsigned long mine = phase;
+    if (++count == n) {
+      count = 0;
+      if (on_phase) on_phase();
+      ++phase;
+      return;
+    }
+    while (phase == mine) yield();
+  }
+};
+
 // One wavefront's exchange: every lane writes its value, all wait, each reads, all wait again
 // (so that no slot is overwritten before every lane has read it).
 struct Wave {
-  std::barrier<> bar{kLanes};
+  Barrier bar{kLanes};
   alignas(64) unsigned char slots[kLanes][256];
 };
 
-// __syncthreads_or's vote: the block barrier's completion (run once per phase, after every
-// thread has arrived) publishes it and starts the next.
-struct Vote {
-  int acc = 0, result = 0;
-  std::mutex m;
-};
-struct Publish {
-  Vote* v;
-  void operator()() noexcept {
-    v->result = v->acc;
-    v->acc = 0;
-  }
-};
-
 struct Block {
-  explicit Block(int threads) : bar(threads, Publish{&vote}), waves(threads / kLanes) {
+  explicit Block(int threads) : bar{threads}, waves(threads / kLanes) {
+    bar.on_phase = [this] {  // __syncthreads_or's vote, published once all have arrived
+      vote_result = vote;
+      vote = 0;
+    };
     for (auto& w : waves) w = std::make_unique<Wave>();
   }
-  Vote vote;
-  std::barrier<Publish> bar;
+  Barrier bar;
+  int vote = 0, vote_result = 0;
   std::vector<std::unique_ptr<Wave>> waves;
 };
 inline Block* block = nullptr;
 
 inline Wave& wave() { return *block->waves[threadIdx.x / kLanes]; }
 inline int lane() { return static_cast<int>(threadIdx.x % kLanes); }
+
+inline void fiber_entry() {
+  sched->body();
+  sched->done[sched->current] = true;  // (uc_link returns to the scheduler)
+}
+
+// Runs body once per GPU thread of a block of `threads` (blockIdx set by the caller).
+inline void run_block(int threads, std::function<void()> body) {
+  constexpr size_t kStack = 256 * 1024;
+  Block b(threads);
+  Scheduler s;
+  s.body = std::move(body);
+  s.ctx.resize(threads);
+  s.stacks.assign(threads, std::vector<char>(kStack));
+  s.done.assign(threads, false);
+  block = &b;
+  sched = &s;
+  for (int t = 0; t < threads; ++t) {
+    getcontext(&s.ctx[t]);
+    s.ctx[t].uc_stack.ss_sp = s.stacks[t].data();
+    s.ctx[t].uc_stack.ss_size = kStack;
+    s.ctx[t].uc_link = &s.main;
+    makecontext(&s.ctx[t], fiber_entry, 0);
+  }
+  for (bool left = true; left;) {
+    left = false;
+    for (int t = 0; t < threads; ++t) {
+      if (s.done[t]) continue;
+      s.current = t;
+      threadIdx = {static_cast<unsigned>(t), 0, 0};
+      swapcontext(&s.main, &s.ctx[t]);
+      left |= !s.done[t];
+    }
+  }
+  block = nullptr;
+  sched = nullptr;
+}
 
 // Every lane's value of v, in lane order, into all (then the slots are free again).
 template <class T>
@@ -160,12 +221,9 @@ float4v bf16_values(Vec x) {
 
 inline void __syncthreads() { emu::block->bar.arrive_and_wait(); }
 inline int __syncthreads_or(int pred) {
-  if (pred) {
-    std::lock_guard<std::mutex> lock(emu::block->vote.m);
-    emu::block->vote.acc = 1;
-  }
+  if (pred) emu::block->vote = 1;
   emu::block->bar.arrive_and_wait();
-  return emu::block->vote.result;
+  return emu::block->vote_result;
 }
 inline float __shfl_xor(float v, int mask) { return emu::shfl(v, emu::lane() ^ mask); }
 inline unsigned __shfl(unsigned v, int src) { return emu::shfl(v, src); }

@@ -1,15 +1,18 @@
 """The gfx90a forward run on the CPU: its generated source compiled by the host's g++ over
-tests/emu/hip_host.h (a thread per GPU thread, barriers for __syncthreads and for a
+tests/emu/hip_host.h (a fiber per GPU thread, barriers for __syncthreads and for a
 wavefront's shuffles and MFMAs) and launched block by block as the planner plans it, checked
 against the reference executor. No AMD GPU has run the kernel yet; this runs everything but
 the matrix instructions themselves (their stand-ins compute from the register layouts
 gfx90a/mfma.h states). Skipped without g++ 12 or newer."""
+import atexit
+import hashlib
 import math
 import os
 import pathlib
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -26,7 +29,7 @@ def _gxx():
     if not gxx:
         return None
     out = subprocess.run([gxx, "-dumpversion"], capture_output=True, text=True).stdout
-    return gxx if int(out.split(".")[0] or 0) >= 12 else None  # _Float16, std::barrier
+    return gxx if int(out.split(".")[0] or 0) >= 12 else None  # _Float16 on x86-64
 
 
 pytestmark = pytest.mark.skipif(_gxx() is None, reason="needs g++ 12 or newer")
@@ -54,24 +57,49 @@ def _variant(name, n):
     }[name]()
 
 
-def emulate(attn, q, k, v, splits=1):
-    """The kernel's (out, lse) for bf16 / fp16 q, k, v [B, H, S, D] (split-KV: the ranges'
-    partial outputs merged here, as the combine step does)."""
+def _plan(attn, d_qk, d_v, dtype, q_len, splits):
+    """The planned forward (kernel_source's dict) for these shapes on an MI250."""
     dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers]
     old = os.environ.get("AE_KV_SPLITS")
     os.environ["AE_KV_SPLITS"] = str(splits)
     try:
-        info = attn.variant.kernel_source("fwd", q.shape[-1], v.shape[-1], q.dtype == torch.bfloat16,
-                                          dtypes, device="mi250", q_len=q.shape[2])
+        return attn.variant.kernel_source("fwd", d_qk, d_v, dtype == torch.bfloat16, dtypes,
+                                          device="mi250", q_len=q_len)
     finally:
         os.environ.pop("AE_KV_SPLITS") if old is None else os.environ.__setitem__("AE_KV_SPLITS", old)
+
+
+# g++ builds, one per source, started together in a thread pool (_prebuild) and awaited by
+# the tests: most of this file's time is the compiler's, and the machine has more than one core.
+_POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))
+_BUILDS = {}
+_BUILD_DIR = pathlib.Path(tempfile.mkdtemp(prefix="ae_emu_"))
+atexit.register(shutil.rmtree, _BUILD_DIR, ignore_errors=True)
+
+
+def _build(source):
+    def compile_one(path):
+        (path / "kernel.cc").write_text(source)
+        subprocess.run([_gxx(), "-std=c++20", "-O1", "-Wno-psabi", "-I",
+                        str(ROOT / "templates"), "-I", str(EMU), "-include", "hip_host.h",
+                        str(path / "kernel.cc"), str(EMU / "fwd_main.cc"), "-o", str(path / "run")],
+                       check=True)
+        return path / "run"
+    key = hashlib.sha1(source.encode()).hexdigest()[:16]
+    if key not in _BUILDS:
+        (_BUILD_DIR / key).mkdir()
+        _BUILDS[key] = _POOL.submit(compile_one, _BUILD_DIR / key)
+    return _BUILDS[key]
+
+
+def emulate(attn, q, k, v, splits=1):
+    """The kernel's (out, lse) for bf16 / fp16 q, k, v [B, H, S, D] (split-KV: the ranges'
+    partial outputs merged here, as the combine step does)."""
+    info = _plan(attn, q.shape[-1], v.shape[-1], q.dtype, q.shape[2], splits)
     bm, bn = map(int, info["describe"].split()[4].split("x"))
+    binary = _build(info["source"]).result()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
-        (tmp / "kernel.cc").write_text(info["source"])
-        subprocess.run([_gxx(), "-std=c++20", "-O1", "-pthread", "-Wno-psabi", "-I", str(ROOT / "templates"),
-                        "-I", str(EMU), "-include", "hip_host.h", str(tmp / "kernel.cc"),
-                        str(EMU / "fwd_main.cc"), "-o", str(tmp / "run")], check=True)
         for name, t in (("q", q), ("k", k), ("v", v)):
             (tmp / f"{name}.bin").write_bytes(t.contiguous().view(torch.int16).numpy().tobytes())
         shapes = []
@@ -82,7 +110,7 @@ def emulate(attn, q, k, v, splits=1):
         args = [B, HQ, HKV, Sq, Skv, q.shape[-1], Dv, bm, bn, info["threads"], splits,
                 int(attn.variant.has_mask), 1 / math.sqrt(q.shape[-1]), len(attn.buffers), *shapes]
         (tmp / "args.txt").write_text(" ".join(map(str, args)))
-        subprocess.run([str(tmp / "run"), str(tmp)], check=True, timeout=300)
+        subprocess.run([str(binary), str(tmp)], check=True, timeout=300)
         out = torch.frombuffer(bytearray((tmp / "o.bin").read_bytes()), dtype=torch.int16)
         out = out.view(q.dtype).view(B, HQ, Sq, Dv).float()
         lse = torch.frombuffer(bytearray((tmp / "lse.bin").read_bytes()), dtype=torch.float32).view(B, HQ, Sq)
@@ -127,6 +155,18 @@ CASES = [("causal", 64, 64, torch.bfloat16), ("alibi", 128, 128, torch.float16),
 # Custom row normalizations (common/normalizers.h CustomLinear / CustomLog): their stat and
 # finish through the gfx90a rows.
 CUSTOM = ["retention", "sink", "relu_normalized"]
+
+
+# Every test's kernel: (variant, q_len, d_qk, d_v, dtype, splits), as the tests below plan them.
+KERNELS = [(name, 150, d_qk, d_v, dtype, 1) for name, d_qk, d_v, dtype in CASES]
+KERNELS += [(name, 150, 64, 64, torch.bfloat16, 1) for name in CUSTOM]
+KERNELS += [("causal", 5, 128, 128, torch.bfloat16, 3), ("causal", 77, 64, 64, torch.bfloat16, 1)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _prebuild():
+    for name, q_len, d_qk, d_v, dtype, splits in KERNELS:
+        _build(_plan(_variant(name, q_len), d_qk, d_v, dtype, q_len, splits)["source"])
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}-{str(c[3])[6:]}")
