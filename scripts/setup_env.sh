@@ -7,7 +7,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-APT_PACKAGES="g++ cmake ninja-build googletest libgtest-dev libfmt-dev libamdhip64-dev"
+# libamdhip64-dev: hipRTC (compiles gfx90a without a GPU); llvm-14: llvm-objdump, which the
+# gfx90a compile-all check disassembles with (tests/python/test_compile_gfx90a.py).
+APT_PACKAGES="g++ cmake ninja-build googletest libgtest-dev libfmt-dev libamdhip64-dev llvm-14"
 missing=""
 for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

@@ -12,13 +12,14 @@ namespace ae::codegen {
 namespace {
 
 // Which template a spec instantiates: its header, its config type (empty: none), the call
-// the entry makes, and whether the entry promises one CTA per SM (__launch_bounds__'s second
-// argument: the big templates, which take the whole register file).
+// the entry makes, and __launch_bounds__'s second argument (0: none). On NVIDIA it is the CTAs
+// per SM the entry promises (1 for the big templates, which take the whole register file); on
+// AMD, hip-clang reads it as the waves per SIMD the register allocation must leave room for.
 struct Template {
   const char* header;
   std::string config;
   std::string call;
-  bool one_per_sm;
+  int second_bound;
 };
 
 const char* layout_type(Layout l) {
@@ -33,43 +34,48 @@ Template template_of(const KernelSpec& s) {
   const char* layout = layout_type(s.layout);
   switch (s.kind) {
     case Kind::Forward:
+      if (s.family == Family::Gfx90a)  // 2 waves per SIMD: the occupancy the table is sized for
+        return {"gfx90a/fwd.h",
+                fmt::format("ae::gfx90a::FwdConfig<{}, {}, {}, {}, {}, {}, {}, {}>", s.d_qk, s.d_v,
+                            s.block_m, s.block_n, s.warps, elem, layout, s.kv_split),
+                "ae::gfx90a::attention_fwd<Cfg>(p, Variant{va})", 2};
       if (s.family == Family::Sm90)
         // Tensor maps are __grid_constant__: the kernel takes their addresses.
         return {"sm90/fwd.h",
                 fmt::format("ae::sm90::FwdConfig<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", s.d_qk,
                             s.d_v, s.block_n, s.stages, s.overlap, s.pingpong, elem, layout,
                             s.kv_split, s.persistent),
-                "ae::sm90::attention_fwd<Cfg>(p, Variant{va}, &tq, &tk, &tv)", true};
+                "ae::sm90::attention_fwd<Cfg>(p, Variant{va}, &tq, &tk, &tv)", 1};
       if (s.decode)  // up to 2 CTAs per SM where shared memory allows: no ", 1"
         return {"sm80/decode.h",
                 fmt::format("ae::sm80::DecodeConfig<{}, {}, {}, {}, {}, {}, {}>", s.d_qk, s.d_v,
                             s.block_n, s.warps, elem, layout, s.kv_split),
-                "ae::sm80::attention_decode<Cfg>(p, Variant{va})", false};
+                "ae::sm80::attention_decode<Cfg>(p, Variant{va})", 0};
       return {"sm80/fwd.h",
               fmt::format("ae::sm80::FwdConfig<{}, {}, {}, {}, {}, {}, {}, {}>", s.d_qk, s.d_v,
                           s.block_n, s.warps, s.m_tiles, elem, layout, s.kv_split),
-              "ae::sm80::attention_fwd<Cfg>(p, Variant{va})", true};
+              "ae::sm80::attention_fwd<Cfg>(p, Variant{va})", 1};
     case Kind::Backward:
       if (s.family == Family::Sm90)
         return {"sm90/bwd.h",
                 fmt::format("ae::sm90::BwdConfig<{}, {}, {}, {}, {}>", s.d_qk, s.d_v, elem, layout,
                             s.deterministic),
-                "ae::sm90::attention_bwd<Cfg>(p, Variant{va}, &tq, &tk, &tv, &tdo)", true};
+                "ae::sm90::attention_bwd<Cfg>(p, Variant{va}, &tq, &tk, &tv, &tdo)", 1};
       return {"sm80/bwd.h",
               fmt::format("ae::sm80::BwdConfig<{}, {}, {}, {}, {}, {}, {}>", s.d_qk, s.d_v,
                           s.block_n, s.stages, elem, layout, s.deterministic),
-              "ae::sm80::attention_bwd<Cfg>(p, Variant{va})", true};
+              "ae::sm80::attention_bwd<Cfg>(p, Variant{va})", 1};
     case Kind::BlockState:
-      return {"common/block_state.h", "", "ae::block_state(p, Variant{va}, bs)", false};
+      return {"common/block_state.h", "", "ae::block_state(p, Variant{va}, bs)", 0};
     case Kind::BwdPrep:
-      return {"common/bwd_rows.h", "", fmt::format("ae::bwd_prep<{}>(rp)", elem), false};
+      return {"common/bwd_rows.h", "", fmt::format("ae::bwd_prep<{}>(rp)", elem), 0};
     case Kind::BwdDq:
-      return {"common/bwd_rows.h", "", fmt::format("ae::bwd_dq<{}>(rp)", elem), false};
+      return {"common/bwd_rows.h", "", fmt::format("ae::bwd_dq<{}>(rp)", elem), 0};
     case Kind::BwdRowsCustom:
-      return {"common/bwd_rows.h", "", "ae::bwd_rows_custom(rp, Variant{va})", false};
+      return {"common/bwd_rows.h", "", "ae::bwd_rows_custom(rp, Variant{va})", 0};
     case Kind::FwdCombine:
       return {"common/split_combine.h", "", fmt::format("ae::fwd_combine<{}, {}>(p)", elem, layout),
-              false};
+              0};
   }
   throw ir::GraphError("codegen: unknown kernel kind");
 }
@@ -96,7 +102,8 @@ std::string instantiate(const ir::Variant* variant, const KernelSpec& s) {
   if (!t.config.empty()) fmt::format_to(out, "using Cfg = {};\n", t.config);
   fmt::format_to(out,
                  "extern \"C\" __global__ void __launch_bounds__({}{}) {}({}) {{\n  {};\n}}\n",
-                 s.threads(), t.one_per_sm ? ", 1" : "", s.entry(), parameter_list(abi_of(s)),
+                 s.threads(), t.second_bound > 0 ? fmt::format(", {}", t.second_bound) : "",
+                 s.entry(), parameter_list(abi_of(s)),
                  t.call);
   return src;
 }

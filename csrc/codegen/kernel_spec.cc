@@ -22,6 +22,7 @@ const char* family_name(Family f) {
     case Family::Common: return "common";
     case Family::Sm80: return "sm80";
     case Family::Sm90: return "sm90";
+    case Family::Gfx90a: return "gfx90a";
   }
   return "?";
 }

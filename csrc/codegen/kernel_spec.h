@@ -20,9 +20,9 @@ enum class Kind {
                   // from the traced finish (common/bwd_rows.h), after BwdPrep
 };
 // Which template family: the portable kernels of templates/common (block states, row passes),
-// the mma.sync templates (sm_80 and up) or the Hopper ones (sm_90a: TMA, wgmma, warp
-// specialization).
-enum class Family { Common, Sm80, Sm90 };
+// the mma.sync templates (sm_80 and up), the Hopper ones (sm_90a: TMA, wgmma, warp
+// specialization) or AMD CDNA2's (gfx90a: MFMA, wave64).
+enum class Family { Common, Sm80, Sm90, Gfx90a };
 // How rows are addressed (templates/common/kv_layout.h).
 enum class Layout { Dense };
 // Backward: where additions into captured tensors' gradients go (templates/common/
@@ -31,7 +31,7 @@ enum class Layout { Dense };
 enum class GradSink { Global, Shared };
 
 const char* kind_name(Kind k);  // "fwd", "bwd", "block_state", "bwd_prep", "bwd_dq", "fwd_combine"
-const char* family_name(Family f);  // "common", "sm80", "sm90"
+const char* family_name(Family f);  // "common", "sm80", "sm90", "gfx90a"
 
 struct KernelSpec {
   Kind kind = Kind::Forward;
@@ -39,9 +39,10 @@ struct KernelSpec {
   Layout layout = Layout::Dense;
   std::string arch;         // "sm_80", "sm_90a", ...
   int d_qk = 0, d_v = 0;    // head dims
-  int block_m = 0;          // query rows per CTA (16 * m_tiles * warps on the sm80 forward)
+  int block_m = 0;          // query rows per CTA (16 * m_tiles * warps on the sm80 forward;
+                            // on gfx90a 16 or 32 rows per wave)
   int block_n = 0;          // keys per tile
-  int warps = 4;
+  int warps = 4;            // warps (wavefronts of 64 lanes in the gfx90a family)
   int m_tiles = 1;          // sm80 forward: 16-row MMA tiles per warp
   int stages = 2;           // sm90: K/V ring stages; sm80 backward: Q/dO buffers
   bool overlap = true;      // sm90: softmax of one block under the GEMMs of the next
@@ -71,7 +72,7 @@ struct KernelSpec {
   // switch for their cost; templates/nvidia/exact_pv.h).
   bool trust_v = false;
 
-  int threads() const { return 32 * warps; }
+  int threads() const { return (family == Family::Gfx90a ? 64 : 32) * warps; }
   // Whether the kernel is generated from a variant (the row passes are the same for all).
   bool uses_variant() const {
     return kind != Kind::BwdPrep && kind != Kind::BwdDq && kind != Kind::FwdCombine;

@@ -168,6 +168,8 @@ KernelFigures parse_amdgpu_code_object(const std::string& elf, const std::string
   f.spill_stores = int_field(*chosen, ".vgpr_spill_count");
   f.spill_loads = int_field(*chosen, ".sgpr_spill_count");
   f.stack_frame = int_field(*chosen, ".private_segment_fixed_size");
+  f.agprs = int_field(*chosen, ".agpr_count");
+  f.sgprs = int_field(*chosen, ".sgpr_count");
   return f;
 }
 

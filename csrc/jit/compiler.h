@@ -39,6 +39,8 @@ struct KernelFigures {
   int spill_stores = -1;  // bytes (NVIDIA) or VGPR spills (AMD)
   int spill_loads = -1;   // bytes (NVIDIA) or SGPR spills (AMD)
   int stack_frame = -1;   // bytes (private segment on AMD)
+  int agprs = -1;         // AMD: accumulation VGPRs (gfx90a: they share the 512 per SIMD lane)
+  int sgprs = -1;         // AMD: scalar registers
   bool spills() const { return spill_stores > 0 || spill_loads > 0; }
 };
 

@@ -24,6 +24,9 @@ std::unique_ptr<HipDriver> load_hip() {
   l.bind(d->ModuleLaunchKernel, "hipModuleLaunchKernel");
   l.bind(d->GetErrorName, "hipGetErrorName");
   l.bind(d->GetErrorString, "hipGetErrorString");
+  l.bind(d->DeviceGetAttribute, "hipDeviceGetAttribute");
+  l.bind(d->GetDeviceProperties, "hipGetDevicePropertiesR0600", /*optional=*/true);
+  if (!d->GetDeviceProperties) l.bind(d->GetDeviceProperties, "hipGetDeviceProperties");
   return d;
 }
 

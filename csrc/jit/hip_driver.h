@@ -22,6 +22,11 @@ struct HipDriver {
                                  unsigned, unsigned, hipStream, void**, void**);
   const char* (*GetErrorName)(hipError);
   const char* (*GetErrorString)(hipError);
+  // For the planner's description of a device (runner/device_caps_hip.h). The properties
+  // struct is filled into a caller's buffer: its layout differs between ROCm releases
+  // (hipGetDevicePropertiesR0600 from ROCm 6 on, preferred where exported).
+  hipError (*DeviceGetAttribute)(int*, int, int);
+  hipError (*GetDeviceProperties)(void*, int);
 };
 
 // Loads libamdhip64 (or $AE_LIBAMDHIP_PATH); throws JitError.

@@ -41,9 +41,12 @@ std::string unfit_inputs(const Problem& pb, const DeviceCaps& dev) {
   if (pb.q_len > kMax || pb.kv_len > kMax || pb.batch * pb.q_heads > kMax)
     return fmt::format("sequence lengths ({}, {}) or batch x heads ({}) past 32-bit indices",
                        pb.q_len, pb.kv_len, pb.batch * pb.q_heads);
-  if (dev.vendor == jit::Vendor::kAmd)
-    return fmt::format("{}: no kernel family for AMD GPUs yet (the gfx90a templates are the "
-                       "MI250 issue's)", dev.label());
+  if (dev.vendor == jit::Vendor::kAmd) {
+    if (dev.gfx != "gfx90a")  // CDNA2 (MI210, MI250); gfx942 (MI300) is not built yet
+      return fmt::format("{}: no kernel family for this AMD GPU (the fused kernels are built for "
+                         "gfx90a)", dev.label());
+    return {};
+  }
   if (dev.major < 8)
     return fmt::format("compute capability {}.{}: the kernels need 8.0 or newer", dev.major,
                        dev.minor);
@@ -109,10 +112,18 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
   const bool decode = kind == Kind::Forward && pb.q_len <= sm80::kDecodeBlockM && !custom &&
                       r.overrides.enable_decode && r.device.vendor == jit::Vendor::kNvidia;
   std::vector<Family> families;
+  if (r.device.vendor == jit::Vendor::kAmd) {  // gfx90a (unfit_inputs refused other targets)
+    if (kind != Kind::Forward) {
+      *why = fmt::format("{}: the gfx90a family has no {} kernel yet (only the forward)",
+                         r.device.label(), codegen::kind_name(kind));
+      return false;
+    }
+    families.push_back(Family::Gfx90a);
+  }
   if (decode) families.push_back(Family::Sm80);
   if (hopper && (kind == Kind::Forward ? !r.overrides.disable_sm90 : !r.overrides.disable_sm90_bwd))
     families.push_back(Family::Sm90);
-  if (!decode) families.push_back(Family::Sm80);
+  if (!decode && r.device.vendor == jit::Vendor::kNvidia) families.push_back(Family::Sm80);
   if (r.family) {
     if (std::find(families.begin(), families.end(), *r.family) == families.end()) {
       *why = fmt::format("no {} {} kernel on {}", codegen::family_name(*r.family),
@@ -124,9 +135,10 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
   std::string reasons;
   for (Family f : families) {
     const bool fwd = kind == Kind::Forward;
-    Candidates c = f == Family::Sm90 ? (fwd ? sm90_forward(q, r.overrides) : sm90_backward(q))
-                   : fwd            ? sm80_forward(q, r.overrides)
-                                    : sm80_backward(q, r.overrides);
+    Candidates c = f == Family::Gfx90a ? gfx90a_forward(q, pb.q_len <= 64)
+                   : f == Family::Sm90 ? (fwd ? sm90_forward(q, r.overrides) : sm90_backward(q))
+                   : fwd               ? sm80_forward(q, r.overrides)
+                                       : sm80_backward(q, r.overrides);
     if (f == Family::Sm80 && decode) {  // the decode tiles first, the prefill ones behind them
       Candidates d = decode_forward(q, r.overrides);
       d.specs.insert(d.specs.end(), c.specs.begin(), c.specs.end());
@@ -159,11 +171,12 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
 // work and one head at a time keeps K and V in L2 best: 1. With one, as many heads as fit
 // their K and V, per_head bytes each, into a budget of L2. Measured on the H200
 // (bench/RESULTS.md): the sm90 forward did best at 8 MB (4 heads at 4k tokens, 1 at 16k), the
-// sm80 one, at half its speed and so half the bandwidth, with 32 MB (16 and 4).
+// sm80 one, at half its speed and so half the bandwidth, with 32 MB (16 and 4). gfx90a: half
+// of a GCD's 8 MB L2, not measured.
 int head_group(Family family, bool masked, long long per_head, int heads, int override_group) {
   if (override_group > 0) return override_group;
   if (!masked) return 1;
-  const long long budget = (family == Family::Sm90 ? 8ll : 32ll) << 20;
+  const long long budget = (family == Family::Sm90 ? 8ll : family == Family::Gfx90a ? 4ll : 32ll) << 20;
   return static_cast<int>(std::clamp<long long>(budget / std::max(1ll, per_head), 1, heads));
 }
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "gfx90a/shapes.h"
 #include "sm80/shapes.h"
 #include "sm90/shapes.h"
 
@@ -271,6 +272,7 @@ Candidates sm90_backward(const TableQuery& q) {
 int smem_bytes(const KernelSpec& s) {
   switch (s.kind) {
     case Kind::Forward:
+      if (s.family == Family::Gfx90a) return gfx90a::fwd_lds_bytes(s.block_n, s.d_qk, s.d_v);
       return s.family == Family::Sm90 ? sm90::fwd_smem_bytes(s.block_n, s.d_qk, s.d_v, s.stages)
                                       : sm80::fwd_smem_bytes(s.block_m, s.block_n, s.d_qk, s.d_v);
     case Kind::Backward:

@@ -63,7 +63,9 @@ pybind11::dict kernel_source(const ir::Variant& v, const std::string& step, int 
     throw ir::GraphError("device must be h100, h200, a100, ada or mi250, not " + device);
   if (family == "sm80") r.family = codegen::Family::Sm80;
   else if (family == "sm90") r.family = codegen::Family::Sm90;
-  else if (!family.empty()) throw ir::GraphError("family must be sm80 or sm90, not " + family);
+  else if (family == "gfx90a") r.family = codegen::Family::Gfx90a;
+  else if (!family.empty())
+    throw ir::GraphError("family must be sm80, sm90 or gfx90a, not " + family);
   r.overrides = plan::TuningOverrides::from_environment();
   const plan::LaunchPlan plan = plan::make_plan(r);
   if (!plan.ok) throw ir::GraphError(plan.reason);
@@ -121,7 +123,7 @@ void bind_ir(pybind11::module_& m) {
            pyb::arg("deterministic") = false, pyb::arg("q_len") = 4096,
            "The generated source of one step of the plan the planner makes for this variant on a "
            "device class (h100, h200, a100, ada, mi250) at 4k tokens: step fwd, bwd, "
-           "block_state, bwd_prep, bwd_dq or fwd_combine (split-KV: AE_KV_SPLITS); family sm80 or sm90 to ask for one (default: the "
+           "block_state, bwd_prep, bwd_dq or fwd_combine (split-KV: AE_KV_SPLITS); family sm80, sm90 or gfx90a to ask for one (default: the "
            "planner's choice); buffer_grads: for the backward, which captured tensors get "
            "gradients; deterministic: the deterministic backward's; q_len: the query rows (4096; 16 or "
            "fewer plan the decode template), against 4096 keys. Also the step's entry, compile options, threads, shared memory and the "

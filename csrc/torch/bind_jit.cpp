@@ -130,6 +130,8 @@ py::dict figures_dict(const KernelFigures& f) {
   d["spill_stores"] = f.spill_stores;
   d["spill_loads"] = f.spill_loads;
   d["stack_frame"] = f.stack_frame;
+  d["agprs"] = f.agprs;  // AMD only (-1 elsewhere)
+  d["sgprs"] = f.sgprs;
   return d;
 }
 

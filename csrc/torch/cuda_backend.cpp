@@ -3,6 +3,7 @@
 // tensors to the runner (csrc/runner). A call the planner refuses (other dtypes, head dims,
 // too many captured tensors, an older GPU) runs the reference executor after one warning that
 // says why.
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <c10/core/DeviceGuard.h>
 #include <fmt/format.h>
 #include <torch/library.h>
@@ -13,6 +14,7 @@
 
 #include "plan/planner.h"
 #include "runner/device_caps_cuda.h"
+#include "runner/device_caps_hip.h"
 #include "runner/kernel_registry.h"
 #include "torch/autotune.h"
 #include "torch/runner_inputs.h"
@@ -24,6 +26,15 @@
 namespace ae::torch_ops {
 namespace {
 
+// The device as the planner sees it. A ROCm build of PyTorch calls its HIP GPUs "cuda"
+// devices: the HIP runtime describes them (and the runner launches through HIP modules, on the
+// stream torch's guard gives, a hipStream_t there).
+plan::DeviceCaps device_caps(const at::Tensor& q) {
+  const int index = q.device().index();
+  return at::detail::getCUDAHooks().hasROCM() ? runner::hip_device_caps(index)
+                                              : runner::cuda_device_caps(index);
+}
+
 // The call's plan: the tables, or the stored tuning choice of its shape class (autotune.h).
 TunedPlan plan_call(plan::OpKind kind, const ir::Variant& v, const at::Tensor& q, const Shapes& s,
                     const std::vector<at::Tensor>& buffers, double scale,
@@ -32,7 +43,7 @@ TunedPlan plan_call(plan::OpKind kind, const ir::Variant& v, const at::Tensor& q
   r.variant = plan::VariantTraits::of(v);
   r.problem = plan::with_sparsity(problem_of(kind, q, s, buffers, scale, wants_grad), r.variant);
   r.problem.deterministic = deterministic;
-  r.device = runner::cuda_device_caps(q.device().index());
+  r.device = device_caps(q);
   return plan_with_tuning(std::move(r), q.device().index());
 }
 

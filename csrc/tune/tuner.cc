@@ -26,7 +26,7 @@ TuneResult choose(const std::vector<Candidate>& cands, const std::vector<bool>& 
     } catch (const std::exception&) {
       r.ms[i] = -1.0;  // a launch the device refuses: not a choice
     }
-    if (o.progress) o.progress({o.what, "time", ++done, todo, false});
+    if (o.progress) o.progress({o.what, "time", ++done, todo, false, {}});
   }
   double best = r.ms[0] > 0 ? r.ms[0] * (1.0 - kMargin) : -1.0;
   for (size_t i = 1; i < cands.size(); ++i)
@@ -41,7 +41,7 @@ TuneResult tune(const std::vector<Candidate>& cands, const ir::Variant& variant,
   const auto deadline = t0 + std::chrono::duration_cast<Clock::duration>(
                                  std::chrono::duration<double>(o.budget_s));
   auto done = [&](size_t compiled) {
-    if (o.progress) o.progress({o.what, "compile", compiled, cands.size(), false});
+    if (o.progress) o.progress({o.what, "compile", compiled, cands.size(), false, {}});
   };
   std::vector<CompileReport> reports = compile_all(cands, variant, dev, o.threads, deadline, done);
   std::vector<bool> eligible(cands.size());

@@ -123,6 +123,8 @@ extern "C" __global__ void ae_reverse(ae::f32* out, const ae::f32* in) {
   EXPECT_EQ(r.figures.smem_bytes, 1024);
   EXPECT_EQ(r.figures.spill_stores, 0);
   EXPECT_EQ(r.figures.stack_frame, 0);
+  EXPECT_EQ(r.figures.agprs, 0);  // no MFMA
+  EXPECT_GT(r.figures.sgprs, 0);
 }
 
 TEST(JitCompile, SyntaxErrorGivesLogAndNumberedSource) {

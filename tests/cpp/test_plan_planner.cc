@@ -374,15 +374,6 @@ TEST(Planner, AdaTakesSmallTilesOrSaysWhyNot) {
       }
 }
 
-TEST(Planner, Mi250HasNoFamilyYet) {
-  const LaunchPlan p = make_plan(request(OpKind::Forward, devices::mi250(), plain()));
-  EXPECT_FALSE(p.ok);
-  EXPECT_NE(p.reason.find("gfx90a"), std::string::npos) << p.reason;
-  EXPECT_NE(p.reason.find("AMD"), std::string::npos) << p.reason;
-  EXPECT_EQ(devices::mi250().arch(), "gfx90a");
-  EXPECT_EQ(devices::mi250().warp_size, 64);
-}
-
 TEST(Planner, RefusalsSayWhy) {
   auto why = [](PlanRequest r) {
     const LaunchPlan p = make_plan(r);

@@ -1,0 +1,25 @@
+// What the planner (csrc/plan) must know of the gfx90a templates: the LDS a forward
+// configuration needs, one definition for host and device (gfx90a/fwd.h checks it against its
+// own layout).
+#pragma once
+
+#include "common/host_device.h"
+
+namespace ae::gfx90a {
+
+// Padding of an LDS row, in 16-bit elements: 8 bytes, so that the 64-bit operand reads of
+// consecutive rows (the lanes of an MFMA operand) start 2 banks apart.
+constexpr int kLdsPad = 4;
+
+// Forward: one stage of K ([block_n][d_qk]) and of V transposed ([d_v][block_n]), 16-bit
+// elements (the next tile waits in registers, not in a second LDS stage).
+AE_HD_CONSTEXPR int fwd_lds_bytes(int block_n, int d_qk, int d_v) {
+  return 2 * (block_n * (d_qk + kLdsPad) + d_v * (block_n + kLdsPad));
+}
+
+// CDNA2's compute unit: 64 KB of LDS and 4 SIMDs, each with 512 VGPRs (architectural and
+// accumulation registers together) per lane; waves of 64 lanes.
+constexpr int kLdsPerCu = 64 * 1024;
+constexpr int kSimdsPerCu = 4;
+
+}  // namespace ae::gfx90a

@@ -1,0 +1,171 @@
+// The planner on AMD devices (MI250, gfx90a) without a GPU: the gfx90a forward, the portable
+// kernels of templates/common around it, its tiles within CDNA2's LDS and at two waves per
+// SIMD, the kinds it does not have yet, and AMD targets it is not built for. Also the reading
+// of a HIP device's target (runner/device_caps_hip.h).
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "gfx90a/shapes.h"
+#include "plan/planner.h"
+#include "plan/tile_tables.h"
+#include "runner/device_caps_hip.h"
+
+namespace ae::plan {
+namespace {
+
+using codegen::Family;
+using codegen::Kind;
+
+VariantTraits variant(bool masked) {
+  VariantTraits v;
+  v.key = masked ? "causal" : "plain";
+  v.has_mask = masked;
+  return v;
+}
+
+PlanRequest request(OpKind kind, bool masked, int d_qk = 128, int d_v = 128, int64_t s = 4096) {
+  PlanRequest r;
+  r.problem.kind = kind;
+  r.problem.batch = 2;
+  r.problem.q_heads = 16;
+  r.problem.kv_heads = 4;
+  r.problem.q_len = r.problem.kv_len = s;
+  r.problem.d_qk = d_qk;
+  r.problem.d_v = d_v;
+  r.problem.scale = 0.125;
+  r.variant = variant(masked);
+  r.problem = with_sparsity(r.problem, r.variant);
+  r.device = devices::mi250();
+  return r;
+}
+
+const Step& main_step(const LaunchPlan& p) {
+  for (const Step& s : p.steps)
+    if (s.spec.kind == Kind::Forward) return s;
+  throw std::runtime_error("no forward step");
+}
+
+TEST(PlannerGfx90a, Mi250ForwardIsTheGfx90aTemplate) {
+  const LaunchPlan p = make_plan(request(OpKind::Forward, false));
+  ASSERT_TRUE(p.ok) << p.reason;
+  EXPECT_EQ(p.family, "gfx90a");
+  ASSERT_EQ(p.steps.size(), 1u);
+  const Step& s = p.steps[0];
+  EXPECT_EQ(s.spec.family, Family::Gfx90a);
+  EXPECT_EQ(s.spec.arch, "gfx90a");
+  EXPECT_EQ(s.threads, 64 * s.spec.warps);  // waves of 64 lanes
+  EXPECT_EQ(s.spec.describe(), "fwd gfx90a bf16 d128/128 128x32 w4");
+  EXPECT_EQ(s.grid.x, 4096u / 128);
+  EXPECT_EQ(s.grid.y, 16u);
+  EXPECT_EQ(s.grid.z, 2u);
+  EXPECT_EQ(s.smem, gfx90a::fwd_lds_bytes(32, 128, 128));
+  EXPECT_TRUE(s.spec.compile_options().empty());
+  EXPECT_TRUE(s.spec.fallback_options().empty());  // ptxas levels are NVIDIA's
+}
+
+// Every head dim the table takes: a tile whose LDS leaves two waves per SIMD (blocks per CU
+// by LDS, times the block's waves per SIMD), rows per wave 16 or 32.
+TEST(PlannerGfx90a, TilesLeaveTwoWavesPerSimd) {
+  for (int64_t len : {4096, 16})  // prefill and decode-sized (the few-rows tile)
+    for (int d_qk = 16; d_qk <= 256; d_qk += 16)
+      for (int d_v : {16, 32, 64, 96, 128, 192, 256})
+        for (bool bf16 : {true, false}) {
+          PlanRequest r = request(OpKind::Forward, true, d_qk, d_v, len);
+          r.problem.dtype = bf16 ? ElemType::BFloat16 : ElemType::Float16;
+          const LaunchPlan p = make_plan(r);
+          ASSERT_TRUE(p.ok) << d_qk << "/" << d_v << ": " << p.reason;
+          const Step& s = main_step(p);
+          const int rows = s.spec.block_m / s.spec.warps;
+          EXPECT_TRUE(rows == 16 || rows == 32) << s.spec.describe();
+          EXPECT_EQ(d_v % rows, 0) << s.spec.describe();
+          const int blocks = gfx90a::kLdsPerCu / s.smem;
+          EXPECT_GE(blocks * s.spec.warps / gfx90a::kSimdsPerCu, 2) << s.spec.describe();
+          EXPECT_EQ(s.spec.bf16, bf16);
+          if (r.problem.q_len <= 64) EXPECT_EQ(rows, 16) << s.spec.describe();
+        }
+}
+
+TEST(PlannerGfx90a, MaskedAndSplitForwardsUseTheCommonKernels) {
+  const LaunchPlan masked = make_plan(request(OpKind::Forward, true));
+  ASSERT_TRUE(masked.ok) << masked.reason;
+  ASSERT_EQ(masked.steps.size(), 2u);
+  EXPECT_EQ(masked.steps[0].spec.kind, Kind::BlockState);
+  EXPECT_EQ(masked.steps[0].spec.family, Family::Common);
+  EXPECT_EQ(masked.steps[0].spec.arch, "gfx90a");
+  EXPECT_EQ(masked.steps[0].threads, 128);
+  EXPECT_EQ(masked.block_states.block_m, main_step(masked).spec.block_m);
+
+  // Decode-sized: few query tiles for 110 CUs, so the keys are split and merged by the combine.
+  PlanRequest r = request(OpKind::Forward, false, 128, 128, 65536);
+  r.problem.q_len = 1;
+  const LaunchPlan split = make_plan(r);
+  ASSERT_TRUE(split.ok) << split.reason;
+  EXPECT_TRUE(main_step(split).spec.kv_split);
+  EXPECT_EQ(main_step(split).spec.describe(), "fwd gfx90a bf16 d128/128 64x32 w4 split");
+  EXPECT_FALSE(main_step(split).spec.decode);  // the sm80 decode template is NVIDIA's
+  EXPECT_EQ(split.steps.back().spec.kind, Kind::FwdCombine);
+  EXPECT_EQ(split.steps.back().spec.arch, "gfx90a");
+  // A wave (64 lanes) per query row: 2 rows per 128-thread block.
+  EXPECT_EQ(split.steps.back().grid.x, 2u * 16 / 2);
+}
+
+TEST(PlannerGfx90a, KindsNotBuiltYetSayWhy) {
+  const LaunchPlan bwd = make_plan(request(OpKind::Backward, false));
+  EXPECT_FALSE(bwd.ok);
+  EXPECT_NE(bwd.reason.find("gfx90a family has no bwd kernel"), std::string::npos) << bwd.reason;
+  PlanRequest r = request(OpKind::Forward, false, 136, 136);
+  EXPECT_NE(make_plan(r).reason.find("no gfx90a kernel"), std::string::npos);
+  // Asking for an NVIDIA family on an AMD device, or gfx90a on an NVIDIA one.
+  r = request(OpKind::Forward, false);
+  r.family = Family::Sm80;
+  EXPECT_NE(make_plan(r).reason.find("no sm80 fwd kernel on AMD Instinct MI250X (gfx90a)"),
+            std::string::npos);
+  r.device = devices::h100();
+  r.family = Family::Gfx90a;
+  EXPECT_FALSE(make_plan(r).ok);
+}
+
+TEST(PlannerGfx90a, OtherAmdTargetsAreRefusedByName) {
+  PlanRequest r = request(OpKind::Forward, false);
+  r.device.gfx = "gfx942";
+  r.device.name = "AMD Instinct MI300X";
+  const LaunchPlan p = make_plan(r);
+  EXPECT_FALSE(p.ok);
+  EXPECT_NE(p.reason.find("AMD Instinct MI300X (gfx942)"), std::string::npos) << p.reason;
+  EXPECT_NE(p.reason.find("built for gfx90a"), std::string::npos) << p.reason;
+}
+
+TEST(HipDeviceCaps, TargetOfAGcnArchName) {
+  using runner::gcn_target;
+  EXPECT_EQ(gcn_target("gfx90a:sramecc+:xnack-"), "gfx90a");
+  EXPECT_EQ(gcn_target("gfx90a"), "gfx90a");
+  EXPECT_EQ(gcn_target("gfx942:sramecc+:xnack-"), "gfx942");
+  EXPECT_EQ(gcn_target("gfx1100"), "gfx1100");
+  EXPECT_EQ(gcn_target(""), "");
+  EXPECT_EQ(gcn_target("gfx"), "");
+  EXPECT_EQ(gcn_target("gfx90z"), "");
+  EXPECT_EQ(gcn_target("AMD Instinct MI250X"), "");
+}
+
+// The field is found by its content wherever a release's struct puts it; the name field (the
+// first 256 bytes) is never read as one.
+TEST(HipDeviceCaps, FindsTheArchNameInAPropertiesStruct) {
+  for (size_t offset : {396u, 1160u}) {
+    std::vector<char> props(4096, '\0');
+    std::strcpy(props.data(), "gfx90a marketing name");
+    std::strcpy(props.data() + 300, "gfxtext");  // not a target: skipped
+    std::strcpy(props.data() + offset, "gfx90a:sramecc+:xnack-");
+    EXPECT_EQ(runner::find_gcn_arch_name(props.data(), props.size()), "gfx90a:sramecc+:xnack-");
+  }
+  std::vector<char> none(1024, '\0');
+  EXPECT_EQ(runner::find_gcn_arch_name(none.data(), none.size()), "");
+  std::vector<char> unterminated(300, 'x');
+  unterminated[289] = '\0';
+  std::memcpy(unterminated.data() + 290, "gfx90agfx9", 10);  // runs off the end
+  EXPECT_EQ(runner::find_gcn_arch_name(unterminated.data(), unterminated.size()), "");
+}
+
+}  // namespace
+}  // namespace ae::plan

@@ -1,0 +1,159 @@
+"""CI's compile-all check for the gfx90a family (AMD MI250; no GPU needed): every forward
+instantiation the tests use, planned for the MI250 device class and compiled by hipRTC, must
+use no scratch (spills) and leave at least 2 waves per SIMD by its registers and LDS, as the
+code object's metadata (.vgpr_count, .agpr_count, .sgpr_count, .group_segment_fixed_size,
+.private_segment_fixed_size) says; and, where Debian's llvm-objdump is installed, the
+disassembly has MFMA and exp instructions in its main loop. Skipped where hipRTC cannot be
+loaded."""
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+import torch
+
+import attention_engine as ae
+from attention_engine import _C, mods
+from conftest import rtc_available
+
+pytestmark = pytest.mark.skipif(not rtc_available("gfx90a"), reason="hipRTC not available")
+
+VARIANTS = {
+    "plain": lambda: ae.compile(),
+    "causal": lambda: ae.compile(mask_mod=mods.causal),
+    "alibi": lambda: ae.compile(mods.alibi(mods.alibi_slopes(16)), mods.causal),
+    "softcap": lambda: ae.compile(mods.softcap(30.0)),
+    "document": lambda: ae.compile(mask_mod=mods.document_mask(torch.zeros(64, dtype=torch.long))),
+    "sigmoid_none": lambda: ae.compile(mods.sigmoid(-4.0), normalize="none"),
+    "relative_bias": lambda: ae.compile(mods.relative_bias(torch.zeros(16, 65), 32)),
+    "retention": lambda: ae.compile(lambda s, b, h, q, k: s * 0.97 ** (q - k).float(), mods.causal,
+                                    normalize=ae.normalizers.retention),
+}
+
+# (variant, (d_qk, d_v), bf16, split-KV). GQA changes no instantiation (the group is a kernel
+# argument); the planner's choices around it are tests/cpp/test_plan_gfx90a.cc's.
+CASES = [(name, dims, True, False) for name in ("plain", "causal", "alibi", "softcap", "document",
+                                               "sigmoid_none")
+         for dims in ((64, 64), (128, 128), (256, 256))]
+CASES += [("plain", (128, 128), False, False), ("causal", (64, 64), False, False),
+          ("plain", (256, 256), False, False), ("plain", (96, 96), True, False),
+          ("plain", (192, 128), True, False), ("relative_bias", (128, 128), True, False),
+          ("retention", (128, 128), True, False),
+          ("plain", (128, 128), True, True), ("sigmoid_none", (128, 128), True, True),
+          ("causal", (256, 256), True, True)]
+# Decode-sized forwards (at most 64 query rows): 16 rows per wave up to D128, split-KV.
+FEW_ROWS = [("plain", (128, 128), True, True), ("alibi", (64, 64), True, True),
+            ("document", (128, 128), False, True)]
+
+VGPRS_PER_SIMD_LANE, SGPRS_PER_SIMD, LDS_PER_CU, SIMDS_PER_CU, MAX_WAVES = 512, 800, 65536, 4, 8
+
+
+def _round_up(x, m):
+    return (x + m - 1) // m * m
+
+
+def waves_per_simd(report, threads, dynamic_lds):
+    """CDNA2's occupancy from a kernel's registers and LDS: architectural VGPRs (rounded to 4)
+    and AGPRs share the 512 per SIMD lane, allocated by 8; SGPRs by 16 of 800; LDS per CU."""
+    vgprs = _round_up(_round_up(report["registers"], 4) + max(report["agprs"], 0), 8)
+    by_vgpr = VGPRS_PER_SIMD_LANE // vgprs
+    by_sgpr = SGPRS_PER_SIMD // _round_up(report["sgprs"], 16)
+    lds = report["smem_bytes"] + dynamic_lds
+    waves_per_block = threads // 64
+    by_lds = LDS_PER_CU // lds * waves_per_block // SIMDS_PER_CU if lds else MAX_WAVES
+    return min(by_vgpr, by_sgpr, by_lds, MAX_WAVES)
+
+
+def _source(name, dims, bf16, split, monkeypatch, q_len=4096):
+    monkeypatch.setenv("AE_KV_SPLITS", "4" if split else "1")
+    attn = VARIANTS[name]()
+    dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers]
+    info = attn.variant.kernel_source("fwd", *dims, bf16, dtypes, device="mi250", q_len=q_len)
+    assert info["family"] == "gfx90a" and '#include "gfx90a/fwd.h"' in info["source"]
+    assert (" split" in info["describe"]) == split, info["describe"]
+    return info
+
+
+@pytest.mark.parametrize("case", [c + (4096,) for c in CASES] + [c + (16,) for c in FEW_ROWS],
+                         ids=lambda c: f"{c[0]}-{c[1][0]}-{c[1][1]}-{'bf16' if c[2] else 'fp16'}"
+                         f"{'-split' if c[3] else ''}{'-q16' if c[4] == 16 else ''}")
+def test_gfx90a_forward_compiles_without_scratch_at_two_waves(case, monkeypatch):
+    name, dims, bf16, split, q_len = case
+    info = _source(name, dims, bf16, split, monkeypatch, q_len)
+    if q_len <= 64 and max(dims) <= 128:  # the few-rows tile
+        assert info["describe"].split()[4].startswith("64x"), info["describe"]
+    (r,) = _C.jit_check_arches(info["source"], info["entry"], arches=["gfx90a"],
+                               options=info["options"])
+    assert r["ok"], f"{info['describe']}: {r['error']}"
+    assert r["registers"] > 0 and r["agprs"] >= 0 and r["sgprs"] > 0, r
+    # No scratch: no private segment, no VGPR spilled (an SGPR spill, spill_loads, goes to a
+    # lane of a VGPR, not to memory, and is allowed).
+    assert r["stack_frame"] == 0 and r["spill_stores"] == 0, f"{info['describe']} uses scratch: {r}"
+    assert "warning" not in r["log"].lower(), r["log"]
+    waves = waves_per_simd(r, info["threads"], info["smem"])
+    assert waves >= 2, f"{info['describe']}: {waves} wave(s) per SIMD: {r}, LDS {info['smem']}"
+
+
+def test_occupancy_arithmetic():
+    # 256 VGPRs: 2 waves; 128 VGPRs + 128 AGPRs too; 257: 1; LDS of 40 KB with 4-wave blocks: 1.
+    r = {"registers": 256, "agprs": 0, "sgprs": 80, "smem_bytes": 0}
+    assert waves_per_simd(r, 256, 16 * 1024) == 2
+    assert waves_per_simd(dict(r, registers=128, agprs=128), 256, 0) == 2
+    assert waves_per_simd(dict(r, registers=257), 256, 0) == 1
+    assert waves_per_simd(dict(r, registers=64), 256, 40 * 1024) == 1
+    assert waves_per_simd(dict(r, registers=64), 512, 40 * 1024) == 2
+
+
+def _objdump():
+    for tool in ("llvm-objdump-14", "llvm-objdump-15", "llvm-objdump-16", "llvm-objdump"):
+        path = shutil.which(tool)
+        if path:
+            return path
+    return None
+
+
+def loop_lines(asm, kernel="ae_fwd"):
+    """The instructions of the kernel's main loop: the span of its widest backward branch (an
+    s_branch / s_cbranch whose target lies before it)."""
+    base = int(re.search(rf"^([0-9a-f]+) <{kernel}>:", asm, re.M).group(1), 16)
+    rows = [(int(m.group(1), 16), line) for line in asm.splitlines()
+            if (m := re.search(r"//\s*([0-9A-Fa-f]+):", line))]
+    best = None
+    for i, (at, line) in enumerate(rows):
+        m = re.search(rf"\bs_c?branch\w*\s.*<{kernel}\+0x([0-9a-f]+)>", line)
+        if not m or base + int(m.group(1), 16) >= at:
+            continue
+        first = next(k for k, (a, _) in enumerate(rows) if a >= base + int(m.group(1), 16))
+        if best is None or i - first > best[1] - best[0]:
+            best = (first, i)
+    return [line for _, line in rows[best[0]:best[1] + 1]] if best else []
+
+
+@pytest.mark.skipif(_objdump() is None, reason="no llvm-objdump (Debian package llvm-14)")
+@pytest.mark.parametrize("dims, bf16", [((128, 128), True), ((128, 128), False), ((256, 256), True)],
+                         ids=["d128-bf16", "d128-fp16", "d256-bf16"])
+def test_gfx90a_main_loop_runs_mfma_and_exp(dims, bf16, monkeypatch):
+    info = _source("causal", dims, bf16, False, monkeypatch)
+    kernel = _C.jit_compile(info["source"], info["entry"], arch="gfx90a", options=info["options"],
+                            threads=info["threads"], file_name="fwd.cu")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "fwd.co")
+        with open(path, "wb") as f:
+            f.write(kernel.binary)
+        asm = subprocess.run([_objdump(), "-d", "--mcpu=gfx90a", path], check=True,
+                             capture_output=True, text=True).stdout
+    loop = "\n".join(loop_lines(asm))
+    tile, waves = info["describe"].split()[4:6]  # "128x32", "w4"
+    block_m, block_n = map(int, tile.split("x"))
+    rows = block_m // int(waves[1:])  # per wave: the MFMA's N
+    depth = 256 // rows  # its K: 8 (32x32x8) or 16 (16x16x16)
+    mfma = ("v_mfma_f32_32x32x8" if rows == 32 else "v_mfma_f32_16x16x16") + \
+        ("bf16_1k" if bf16 else "f16")
+    assert mfma in loop, f"no {mfma} in the main loop of {info['describe']}"
+    # S^T = K Q^T and O^T = V^T P^T of one key block, each MFMA once
+    per_block = dims[0] // depth * (block_n // rows) + block_n // depth * (dims[1] // rows)
+    assert loop.count(mfma) >= per_block, (loop.count(mfma), per_block)
+    assert "v_exp_f32" in loop  # exp2 on the transcendental unit
+    assert "scratch_" not in asm and "buffer_store" not in asm  # nothing spilled

@@ -1,0 +1,205 @@
+"""The gfx90a forward run on the CPU: its generated source compiled by the host's g++ over
+tests/emu/hip_host.h (a fiber per GPU thread, barriers for __syncthreads and for a
+wavefront's shuffles and MFMAs) and launched block by block as the planner plans it, checked
+against the reference executor. No AMD GPU has run the kernel yet; this runs everything but
+the matrix instructions themselves (their stand-ins compute from the register layouts
+gfx90a/mfma.h states). Skipped without g++ 12 or newer."""
+import atexit
+import hashlib
+import math
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+import attention_engine as ae
+from attention_engine import mods
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+EMU = ROOT / "tests" / "emu"
+
+
+def _gxx():
+    gxx = shutil.which("g++")
+    if not gxx:
+        return None
+    out = subprocess.run([gxx, "-dumpversion"], capture_output=True, text=True).stdout
+    return gxx if int(out.split(".")[0] or 0) >= 12 else None  # _Float16 on x86-64
+
+
+pytestmark = pytest.mark.skipif(_gxx() is None, reason="needs g++ 12 or newer")
+
+B, HQ, HKV = 1, 2, 1  # GQA 2:1
+
+
+def _variant(name, n):
+    docs = torch.arange(n) // 23  # n: the longer of the two lengths
+    table = torch.linspace(-1.0, 1.0, HQ * 65).view(HQ, 65)
+    return {
+        "relative_bias": lambda: ae.compile(mods.relative_bias(table, 32), mods.causal),
+        "retention": lambda: ae.compile(lambda s, b, h, q, k: s * 0.97 ** (q - k).float(), mods.causal,
+                                        normalize=ae.normalizers.retention),
+        "sink": lambda: ae.compile(mods.softcap(5.0), mods.causal,
+                                   normalize=ae.normalizers.softmax_with_sink(torch.full((HQ,), 0.5))),
+        "relu_normalized": lambda: ae.compile(mask_mod=mods.sliding_window(40),
+                                              normalize=ae.normalizers.relu_normalized),
+        "plain": lambda: ae.compile(),
+        "causal": lambda: ae.compile(mask_mod=mods.causal),
+        "alibi": lambda: ae.compile(mods.alibi(mods.alibi_slopes(HQ)), mods.causal),
+        "softcap": lambda: ae.compile(mods.softcap(5.0)),
+        "document": lambda: ae.compile(mask_mod=mods.document_mask(docs)),
+        "sigmoid_none": lambda: ae.compile(mods.sigmoid(-1.0), normalize="none"),
+    }[name]()
+
+
+def _plan(attn, d_qk, d_v, dtype, q_len, splits):
+    """The planned forward (kernel_source's dict) for these shapes on an MI250."""
+    dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers]
+    old = os.environ.get("AE_KV_SPLITS")
+    os.environ["AE_KV_SPLITS"] = str(splits)
+    try:
+        return attn.variant.kernel_source("fwd", d_qk, d_v, dtype == torch.bfloat16, dtypes,
+                                          device="mi250", q_len=q_len)
+    finally:
+        os.environ.pop("AE_KV_SPLITS") if old is None else os.environ.__setitem__("AE_KV_SPLITS", old)
+
+
+# g++ builds, one per source, started together in a thread pool (_prebuild) and awaited by
+# the tests: most of this file's time is the compiler's, and the machine has more than one core.
+_POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))
+_BUILDS = {}
+_BUILD_DIR = pathlib.Path(tempfile.mkdtemp(prefix="ae_emu_"))
+atexit.register(shutil.rmtree, _BUILD_DIR, ignore_errors=True)
+
+
+def _build(source):
+    def compile_one(path):
+        (path / "kernel.cc").write_text(source)
+        subprocess.run([_gxx(), "-std=c++20", "-O1", "-Wno-psabi", "-I",
+                        str(ROOT / "templates"), "-I", str(EMU), "-include", "hip_host.h",
+                        str(path / "kernel.cc"), str(EMU / "fwd_main.cc"), "-o", str(path / "run")],
+                       check=True)
+        return path / "run"
+    key = hashlib.sha1(source.encode()).hexdigest()[:16]
+    if key not in _BUILDS:
+        (_BUILD_DIR / key).mkdir()
+        _BUILDS[key] = _POOL.submit(compile_one, _BUILD_DIR / key)
+    return _BUILDS[key]
+
+
+def emulate(attn, q, k, v, splits=1):
+    """The kernel's (out, lse) for bf16 / fp16 q, k, v [B, H, S, D] (split-KV: the ranges'
+    partial outputs merged here, as the combine step does)."""
+    info = _plan(attn, q.shape[-1], v.shape[-1], q.dtype, q.shape[2], splits)
+    bm, bn = map(int, info["describe"].split()[4].split("x"))
+    binary = _build(info["source"]).result()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            (tmp / f"{name}.bin").write_bytes(t.contiguous().view(torch.int16).numpy().tobytes())
+        shapes = []
+        for i, t in enumerate(attn.buffers):
+            (tmp / f"buf{i}.bin").write_bytes(t.detach().contiguous().view(torch.uint8).numpy().tobytes())
+            shapes += [t.dim(), *t.shape]
+        Sq, Skv, Dv = q.shape[2], k.shape[2], v.shape[-1]
+        args = [B, HQ, HKV, Sq, Skv, q.shape[-1], Dv, bm, bn, info["threads"], splits,
+                int(attn.variant.has_mask), 1 / math.sqrt(q.shape[-1]), len(attn.buffers), *shapes]
+        (tmp / "args.txt").write_text(" ".join(map(str, args)))
+        subprocess.run([str(binary), str(tmp)], check=True, timeout=300)
+        out = torch.frombuffer(bytearray((tmp / "o.bin").read_bytes()), dtype=torch.int16)
+        out = out.view(q.dtype).view(B, HQ, Sq, Dv).float()
+        lse = torch.frombuffer(bytearray((tmp / "lse.bin").read_bytes()), dtype=torch.float32).view(B, HQ, Sq)
+        if splits > 1:
+            o_part = torch.frombuffer(bytearray((tmp / "o_part.bin").read_bytes()),
+                                      dtype=torch.float32).view(-1, B, HQ, Sq, Dv)
+            lse_part = torch.frombuffer(bytearray((tmp / "lse_part.bin").read_bytes()),
+                                        dtype=torch.float32).view(-1, B, HQ, Sq)
+            if attn.normalize == "softmax":
+                lse = torch.logsumexp(lse_part, 0)
+                w = torch.exp(lse_part - lse).nan_to_num(0.0)
+                out = (w.unsqueeze(-1) * o_part).sum(0)
+            else:
+                out = o_part.sum(0)
+        return out, lse
+
+
+def _inputs(sq, skv, d_qk, d_v, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, HQ, sq, d_qk, generator=g).to(dtype)
+    k = torch.randn(B, HKV, skv, d_qk, generator=g).to(dtype)
+    v = torch.randn(B, HKV, skv, d_v, generator=g).to(dtype)
+    return q, k, v
+
+
+def _compare(attn, q, k, v, out, lse):
+    qf, kf, vf = q.float(), k.float(), v.float()
+    if attn.normalize == "none":  # no row statistic
+        torch.testing.assert_close(out, attn.reference(qf, kf, vf), atol=2e-2, rtol=2e-2)
+        return
+    ref, ref_lse = attn.reference(qf, kf, vf, return_lse=True)
+    torch.testing.assert_close(out, ref, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(lse, ref_lse, atol=1e-3, rtol=1e-3)
+
+
+# (variant, d_qk, d_v, dtype): both MFMA shapes (32 rows per wave up to D128, 16 past), 64- and
+# 32-key blocks, every normalization path, masks read per element and from a captured tensor.
+CASES = [("causal", 64, 64, torch.bfloat16), ("alibi", 128, 128, torch.float16),
+         ("document", 128, 128, torch.bfloat16), ("softcap", 256, 256, torch.bfloat16),
+         ("sigmoid_none", 192, 128, torch.float16), ("plain", 96, 96, torch.bfloat16),
+         ("relative_bias", 64, 64, torch.bfloat16)]
+# Custom row normalizations (common/normalizers.h CustomLinear / CustomLog): their stat and
+# finish through the gfx90a rows.
+CUSTOM = ["retention", "sink", "relu_normalized"]
+
+
+# Every test's kernel: (variant, q_len, d_qk, d_v, dtype, splits), as the tests below plan them.
+KERNELS = [(name, 150, d_qk, d_v, dtype, 1) for name, d_qk, d_v, dtype in CASES]
+KERNELS += [(name, 150, 64, 64, torch.bfloat16, 1) for name in CUSTOM]
+KERNELS += [("causal", 5, 128, 128, torch.bfloat16, 3), ("causal", 77, 64, 64, torch.bfloat16, 1)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _prebuild():
+    for name, q_len, d_qk, d_v, dtype, splits in KERNELS:
+        _build(_plan(_variant(name, q_len), d_qk, d_v, dtype, q_len, splits)["source"])
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}-{str(c[3])[6:]}")
+def test_emulated_gfx90a_forward_matches_the_reference(case):
+    name, d_qk, d_v, dtype = case
+    sq, skv = 150, 77  # two query blocks (one partly past the rows' end), a key tail
+    attn = _variant(name, sq)
+    q, k, v = _inputs(sq, skv, d_qk, d_v, dtype)
+    _compare(attn, q, k, v, *emulate(attn, q, k, v))
+
+
+@pytest.mark.parametrize("name", CUSTOM)
+def test_emulated_custom_normalizations(name):
+    attn = _variant(name, 150)
+    assert attn.variant.normalize == "custom"
+    q, k, v = _inputs(150, 150, 64, 64, torch.bfloat16, seed=5)
+    _compare(attn, q, k, v, *emulate(attn, q, k, v))
+
+
+def test_emulated_split_kv_forward():
+    # decode-sized: the few-rows tile (16 rows per wave up to D128) and split-KV
+    attn = _variant("causal", 200)
+    q, k, v = _inputs(5, 200, 128, 128, torch.bfloat16)
+    _compare(attn, q, k, v, *emulate(attn, q, k, v, splits=3))
+
+
+def test_emulated_inf_in_v_at_masked_keys():
+    attn = _variant("causal", 77)
+    q, k, v = _inputs(77, 77, 64, 64, torch.bfloat16, seed=3)
+    v[:, :, 40, 5] = float("inf")  # masked for query rows < 40
+    v[:, :, 41, 7] = float("nan")  # and rows < 41
+    out, _ = emulate(attn, q, k, v)
+    ref = attn.reference(q.float(), k.float(), v.float())
+    assert torch.isfinite(out[:, :, :40]).all()
+    torch.testing.assert_close(out, ref, atol=2e-2, rtol=2e-2, equal_nan=True)
+    assert torch.isinf(out[:, :, 40:41, 5]).all() and torch.isnan(out[:, :, 41:, 7]).all()
