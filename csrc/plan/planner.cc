@@ -96,7 +96,7 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
   q.score_loads = r.variant.score_loads;
   q.mask_loads = r.variant.mask_loads;
   q.score_pow = r.variant.score_pow;
-  q.score_grads = kind == Kind::Backward && r.variant.score_loads &&
+  q.captured_grads = kind == Kind::Backward &&
                   std::any_of(pb.captured.begin(), pb.captured.end(),
                               [](const CapturedTensor& t) { return t.wants_grad; });
   const bool custom = r.variant.normalize == ir::Normalize::Custom;

@@ -237,26 +237,23 @@ Candidates sm90_forward(const TableQuery& q, const TuningOverrides& o) {
   return c;
 }
 
-// The sm90 backward has one shape (sm90/shapes.h): 64-query blocks, 128 keys per CTA. Its dK,
-// dV and dQ accumulators and the register A operands fit 240 registers up to head dim 128;
-// larger head dims run the sm80 backward. The template compiles for Dqk != Dv (64/128) too,
-// but only equal head dims have been run on a GPU: the others take the sm80 backward.
+// The sm90 backward has one shape (sm90/shapes.h): 64-query blocks, 128 keys per CTA; past
+// 256 columns of dK + dV it computes its scores in two parts (sm90/bwd.h kScoreParts).
 Candidates sm90_backward(const TableQuery& q) {
   Candidates c;
-  // dK and dV live in the MMA warpgroups' registers (sm90/bwd.h): Dqk + Dv at most 320.
-  const bool dims_ok = q.d_qk % 64 == 0 && q.d_v % 64 == 0 && q.d_qk <= 192 && q.d_v <= 192 &&
-                       q.d_qk + q.d_v <= 320;
+  // dK and dV live in the MMA warpgroups' registers (sm90/bwd.h): Dqk up to 192 and Dv up to
+  // 128, the sizes that have run on a GPU (192 + 192 would not fit; D256 takes the sm80 one).
+  const bool dims_ok = q.d_qk % 64 == 0 && q.d_v % 64 == 0 && q.d_qk <= 192 && q.d_v <= 128;
   if (!dims_ok) {
-    c.refusal = fmt::format(
-        "head dims ({}, {}) have no sm90 backward: multiples of 64 up to 192, Dqk + Dv <= 320",
-        q.d_qk, q.d_v);
+    c.refusal = fmt::format("head dims ({}, {}) have no sm90 backward: Dqk 64, 128 or 192 and Dv "
+                            "64 or 128", q.d_qk, q.d_v);
     return c;
   }
-  // Past 256 columns the per-score gradient sums of captured tensors spilled and serialized
-  // the wgmmas (compile-all check, a learnable relative bias at 192 + 128): the sm80 backward.
-  if (q.d_qk + q.d_v > 256 && q.score_grads) {
-    c.refusal = fmt::format("head dims ({}, {}) with a captured tensor's gradient per score have "
-                            "no sm90 backward: Dqk + Dv <= 256", q.d_qk, q.d_v);
+  // Past 256 columns a learnable captured tensor's gradient sums spilled and serialized the
+  // wgmmas (compile-all check, a learnable relative bias at 192 + 128): the sm80 backward.
+  if (q.d_qk + q.d_v > 256 && q.captured_grads) {
+    c.refusal = fmt::format("head dims ({}, {}) with a captured tensor's gradient have no sm90 "
+                            "backward: Dqk + Dv <= 256", q.d_qk, q.d_v);
     return c;
   }
   KernelSpec s = base_spec(Kind::Backward, Family::Sm90, q);

@@ -18,7 +18,7 @@ struct TableQuery {
   bool score_loads = false;  // the score_mod loads a captured tensor per score
   bool mask_loads = false;   // the mask_mod does (on partial blocks)
   bool score_pow = false;    // the score_mod has a pow of a non-constant exponent
-  bool score_grads = false;  // the backward sums a captured tensor's gradient per score
+  bool captured_grads = false;  // the backward sums a captured tensor's gradient
   bool softmax = true;       // the row normalization is softmax (else none)
 };
 

@@ -169,13 +169,19 @@ std::string backend_for(const at::Tensor& q, const at::Tensor& k, const at::Tens
   auto variant = get_variant(key);
   const Shapes s = check_inputs(q, k, v, buffers, *variant);
   if (!q.is_cuda()) return "reference: tensors on " + q.device().str();
+  // The backward's family depends on which captured tensors want gradients (the planner's
+  // captured_grads): those that require them, as autograd will ask.
+  std::vector<bool> wants_grad;
+  for (const at::Tensor& t : buffers) wants_grad.push_back(t.requires_grad());
   if (backward) {
-    const plan::LaunchPlan bwd = plan_call(plan::OpKind::Backward, *variant, q, s, buffers, 1.0).plan;
+    const plan::LaunchPlan bwd =
+        plan_call(plan::OpKind::Backward, *variant, q, s, buffers, 1.0, wants_grad).plan;
     return bwd.ok ? bwd.family : "reference: " + bwd.reason;
   }
   const plan::LaunchPlan fwd = plan_call(plan::OpKind::Forward, *variant, q, s, buffers, 1.0).plan;
   if (!fwd.ok) return "reference: " + fwd.reason;
-  const plan::LaunchPlan bwd = plan_call(plan::OpKind::Backward, *variant, q, s, buffers, 1.0).plan;
+  const plan::LaunchPlan bwd =
+      plan_call(plan::OpKind::Backward, *variant, q, s, buffers, 1.0, wants_grad).plan;
   if (!bwd.ok) return fwd.family + " (backward on the reference: " + bwd.reason + ")";
   return fwd.family;
 }

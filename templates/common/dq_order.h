@@ -1,5 +1,5 @@
-// The deterministic backward's order of additions into dQ. dQ tile (b, hq, m_block) gets one
-// fp32 addition from each key block that sees it; in arrival order the rounding differs run
+// The deterministic backward's order of additions into dQ. dQ tile (b, hq, m_block) gets fp32
+// additions from each key block that sees it (one, or sm90/bwd.h's kMma * kDqChunks); in arrival order the rounding differs run
 // to run. Under KernelSpec::deterministic the adders of a tile go in a fixed order, launch
 // order (the CTAs of one (batch, KV head) as ReversedBlocks hands them out: key blocks from
 // the last), kept by a counter per tile (dq_order, zeroed by the prep row pass): an adder

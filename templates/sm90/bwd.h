@@ -17,12 +17,14 @@
 //            transposed (dS M-major, K N-major); each warpgroup's 64 x 64 fp32 dQ tile goes
 //            to shared memory for the writer (tiled in dq_accum, BwdRowParams::acc_tiled), so
 //            the MMA warps issue no global atomics and never wait for global memory.
-// dQ is split between the warpgroups by columns (each takes Dqk / kMma columns over all keys,
-// after a barrier that says every dS^T of the block is stored) where that is a whole number of
-// 64-column blocks, else by keys (each its own 64 keys, all columns: no barrier across
-// warpgroups, twice the additions). Deterministic (Cfg::kDeterministic): the CTAs add into each
-// dQ tile in a fixed order (common/dq_order.h), the warpgroups of a CTA splitting by keys in
-// turn.
+// dQ is split between the warpgroups by columns (each takes one 64-column block over all keys,
+// after a barrier that says every dS^T of the block is stored) where Dqk is 64 * kMma, else by
+// keys (each its own 64 keys, all columns, sent to the writer 64 columns at a time through its
+// one tile: no barrier across warpgroups, twice the additions). Past 256 columns of dK + dV
+// (Cfg::kScoreParts), S^T and dP^T are computed for 32 queries at a time and dV's and dK's
+// GEMMs finish before dQ's starts, so that everything fits 240 registers (up to 192 + 128).
+// Deterministic (Cfg::kDeterministic): the CTAs add into each dQ tile in a fixed order
+// (common/dq_order.h), the warpgroups of a CTA splitting by keys in turn.
 #pragma once
 
 #include "common/block_walk.h"
@@ -66,7 +68,7 @@ struct BwdConfig {
   // dQ's GEMM before dK's (its tile stored while dK's runs) where dQ is split by columns (head
   // dim 128: +1.5-2% fwd+bwd); split by keys (head dim 64) the other order is 1-2.5% faster
   // (bench/RESULTS.md, 2026-12-02 "GEMM order").
-  static constexpr bool kDqBeforeDk = kDqByColumns;
+  static constexpr bool kDqBeforeDk = kDqByColumns && kScoreParts == 1;
   static constexpr int kProducerRegs = 24, kMmaRegs = 240;
   // dK and dV stay in registers: Dqk + Dv columns of 64 keys, 160 of the 240 at 192 + 128.
   static_assert(kDqk % 64 == 0 && kDv % 64 == 0 && kDqk <= 192 && kDv <= 192 && kDqk + kDv <= 320,
@@ -112,12 +114,12 @@ AE_DEVICE void wgmma_dk(float (&dk)[Cfg::kDqk / 8][4], const u32 (&dsa)[Cfg::kBl
 constexpr int kDqEmptyBar = 3, kDqFullBar = 3 + kBwdMma, kGradsBar = 3 + 2 * kBwdMma;
 
 // The dQ writer (one warp of the producer warpgroup): per (query head, query block) of the
-// walk, each MMA warpgroup's 64 x 64 fp32 tile into dq_accum (unscaled; whole tiles, padding
-// rows included) with one bulk reduction. Deterministic: first the CTA's turn at the tile
-// (common/dq_order.h; MMA warpgroup 0 counts it into *turn, a CTA's turn being kMma *
-// kDqChunks additions), then its warpgroups' tiles in order, each complete before the next addition
-// and counted. Its registers are the producer's few: the walk, and the rest
-// in lane 0.
+// walk, each MMA warpgroup's 64 x 64 fp32 tiles (kDqChunks of them, 64 columns each, through
+// the one tile in turn) into dq_accum (unscaled; whole tiles, padding rows included), one bulk
+// reduction each. Deterministic: first the CTA's turn at the tile (common/dq_order.h; MMA
+// warpgroup 0 counts it into *turn, a CTA's turn being kMma * kDqChunks additions), then its
+// warpgroups' tiles in order, each complete before the next addition and counted. Its
+// registers are the producer's few: the walk, and the rest in lane 0.
 template <class Cfg>
 AE_DEVICE void dq_writer(const AttnParams& p, const float* sDq, const volatile int* turn, int b,
                          int h_kv, int n_block, bool masked) {
@@ -364,6 +366,7 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
     for (int c = 0; c < Cfg::kDqChunks; ++c) {
       const int n0 = Cfg::kDqByColumns ? cw * Cfg::kDqN : c * Cfg::kDqN;
       float dq[Cfg::kDqN / 8][4];
+      if (c > 0) wgmma_fence();  // the last chunk's stores read these registers
       // M (64 queries) and N (kDqN == 64 columns) are one 64-element block each: the LBOs
       // below (the distance to a next block) are never used; a wider dS^T or dQ tile must set them.
 #pragma unroll

@@ -424,10 +424,12 @@ TEST(Planner, HopperBackwardFamilies) {
   PlanRequest r = request(OpKind::Backward, devices::h200(), plain());
   r.overrides.disable_sm90_bwd = true;
   EXPECT_EQ(make_plan(r).family, "sm80");
-  // Past 128: multiples of 64 with Dqk + Dv <= 320 (dK and dV in registers), unequal too.
+  // Past 128: Dqk 64, 128 or 192 and Dv 64 or 128 (dK and dV in registers), unequal too.
   for (auto [dqk, dv, want] : {std::tuple{192, 128, "sm90"}, std::tuple{128, 64, "sm90"},
-                               std::tuple{64, 192, "sm90"}, std::tuple{192, 192, "sm80"},
-                               std::tuple{96, 96, "sm80"}, std::tuple{256, 64, "sm80"}}) {
+                               std::tuple{64, 128, "sm90"}, std::tuple{192, 64, "sm90"},
+                               std::tuple{64, 192, "sm80"}, std::tuple{128, 192, "sm80"},
+                               std::tuple{192, 192, "sm80"}, std::tuple{96, 96, "sm80"},
+                               std::tuple{256, 64, "sm80"}}) {
     r = request(OpKind::Backward, devices::h200(), plain());
     r.problem.d_qk = dqk, r.problem.d_v = dv;
     const LaunchPlan p = make_plan(r);
@@ -435,8 +437,8 @@ TEST(Planner, HopperBackwardFamilies) {
     EXPECT_EQ(p.family, want) << dqk << "/" << dv;
     if (p.family == "sm90") EXPECT_LE(main_step(p).smem, devices::h100().smem_per_block);
   }
-  // A gradient per score of a captured tensor at 192 + 128 spilled: the sm80 backward there,
-  // the sm90 one at 128 + 128 and without the gradient.
+  // A captured tensor's gradient at 192 + 128 spilled (a relative bias): the sm80 backward
+  // there, the sm90 one at 128 + 128 and without the gradient.
   VariantTraits bias = plain();
   bias.key = "bias", bias.score_loads = true;
   for (auto [dqk, grad, want] : {std::tuple{192, true, "sm80"}, std::tuple{192, false, "sm90"},

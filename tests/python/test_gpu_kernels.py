@@ -789,6 +789,7 @@ DETERMINISTIC_CASES = [
     ("sigmoid", Shape(Sq=1000, Skv=1000, Dqk=64, Dv=64)),     # normalize="none"
     # sm90: dQ in three 64-column chunks per block, the turn counted at the hand-over
     ("document", Shape(B=1, Hq=4, Hkv=2, Sq=2048, Skv=2048, Dqk=192, Dv=128)),
+    ("causal", Shape(Sq=1500, Skv=1500, Dqk=192, Dv=64)),  # three chunks, one score part
 ]
 
 
