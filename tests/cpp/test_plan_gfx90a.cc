@@ -11,6 +11,7 @@
 #include "plan/planner.h"
 #include "plan/tile_tables.h"
 #include "runner/device_caps_hip.h"
+#include "plan_fixtures.h"
 
 namespace ae::plan {
 namespace {
@@ -18,33 +19,11 @@ namespace {
 using codegen::Family;
 using codegen::Kind;
 
-VariantTraits variant(bool masked) {
-  VariantTraits v;
-  v.key = masked ? "causal" : "plain";
-  v.has_mask = masked;
-  return v;
-}
+using testing::main_step;
 
 PlanRequest request(OpKind kind, bool masked, int d_qk = 128, int d_v = 128, int64_t s = 4096) {
-  PlanRequest r;
-  r.problem.kind = kind;
-  r.problem.batch = 2;
-  r.problem.q_heads = 16;
-  r.problem.kv_heads = 4;
-  r.problem.q_len = r.problem.kv_len = s;
-  r.problem.d_qk = d_qk;
-  r.problem.d_v = d_v;
-  r.problem.scale = 0.125;
-  r.variant = variant(masked);
-  r.problem = with_sparsity(r.problem, r.variant);
-  r.device = devices::mi250();
-  return r;
-}
-
-const Step& main_step(const LaunchPlan& p) {
-  for (const Step& s : p.steps)
-    if (s.spec.kind == Kind::Forward) return s;
-  throw std::runtime_error("no forward step");
+  return testing::request(kind, devices::mi250(), masked ? testing::causal() : testing::plain(),
+                          d_qk, d_v, s);
 }
 
 TEST(PlannerGfx90a, Mi250ForwardIsTheGfx90aTemplate) {

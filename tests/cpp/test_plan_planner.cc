@@ -9,6 +9,7 @@
 
 #include "plan/planner.h"
 #include "plan/tile_tables.h"
+#include "plan_fixtures.h"
 
 namespace ae::plan {
 namespace {
@@ -16,17 +17,10 @@ namespace {
 using codegen::Family;
 using codegen::Kind;
 
-VariantTraits plain() {
-  VariantTraits v;
-  v.key = "plain";
-  return v;
-}
-VariantTraits causal() {
-  VariantTraits v;
-  v.key = "causal";
-  v.has_mask = true;
-  return v;
-}
+using testing::causal;
+using testing::main_step;
+using testing::plain;
+
 // A document mask: the ids are a captured tensor, so its blocks can change between calls.
 VariantTraits document() {
   VariantTraits v = causal();
@@ -36,24 +30,7 @@ VariantTraits document() {
 }
 
 PlanRequest request(OpKind kind, DeviceCaps dev, VariantTraits v, int d = 128, int64_t s = 4096) {
-  PlanRequest r;
-  r.problem.kind = kind;
-  r.problem.batch = 2;
-  r.problem.q_heads = 16;
-  r.problem.kv_heads = 4;
-  r.problem.q_len = r.problem.kv_len = s;
-  r.problem.d_qk = r.problem.d_v = d;
-  r.problem.scale = 0.125;
-  r.variant = v;
-  r.problem = with_sparsity(r.problem, v);
-  r.device = dev;
-  return r;
-}
-
-const Step& main_step(const LaunchPlan& p) {
-  for (const Step& s : p.steps)
-    if (s.spec.kind == Kind::Forward || s.spec.kind == Kind::Backward) return s;
-  throw std::runtime_error("no main step");
+  return testing::request(kind, dev, v, d, d, s);
 }
 
 std::vector<Kind> kinds(const LaunchPlan& p) {

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -24,6 +25,16 @@ def python_blocks(path):
     return re.findall(r"```python\n(.*?)```", open(path).read(), re.S)
 
 
+def run_readme_block(marker, tmp_path, monkeypatch, capsys=None, dedent=False):
+    """Runs the one README example containing `marker` in an empty folder; returns its scope
+    and what it printed (when capsys is given)."""
+    (block,) = [b for b in python_blocks(README) if marker in b]
+    monkeypatch.chdir(tmp_path)
+    scope = {"__name__": "readme"}
+    exec(compile(textwrap.dedent(block) if dedent else block, "README.md", "exec"), scope)
+    return scope, (capsys.readouterr().out if capsys is not None else "")
+
+
 def test_readme_first_example_runs_as_written(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     exec(compile(python_blocks(README)[0], "README.md", "exec"), {"__name__": "readme"})
@@ -32,62 +43,43 @@ def test_readme_first_example_runs_as_written(tmp_path, monkeypatch, capsys):
 
 def test_readme_transformers_example_runs(tmp_path, monkeypatch):
     pytest.importorskip("transformers")
-    (block,) = [b for b in python_blocks(README) if "attn_implementation" in b]
-    monkeypatch.chdir(tmp_path)
-    scope = {"__name__": "readme"}
-    exec(compile(block, "README.md", "exec"), scope)
+    scope, _ = run_readme_block("attn_implementation", tmp_path, monkeypatch)
     assert scope["tokens"].shape == (1, 16)
 
 
 def test_readme_deterministic_example_runs(tmp_path, monkeypatch):
-    import textwrap
-    (block,) = [b for b in python_blocks(README) if "deterministic=True" in b]
-    monkeypatch.chdir(tmp_path)
-    exec(compile(textwrap.dedent(block), "README.md", "exec"), {"__name__": "readme"})
+    run_readme_block("deterministic=True", tmp_path, monkeypatch, dedent=True)
 
 
 def test_readme_inference_example_runs(tmp_path, monkeypatch, capsys):
-    (block,) = [b for b in python_blocks(README) if "with_kvcache" in b]
-    monkeypatch.chdir(tmp_path)
-    exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
-    assert "torch.Size([2, 1, 4, 16])" in capsys.readouterr().out
+    _, out = run_readme_block("with_kvcache", tmp_path, monkeypatch, capsys)
+    assert "torch.Size([2, 1, 4, 16])" in out
 
 
 def test_readme_linear_example_runs(tmp_path, monkeypatch, capsys):
-    (block,) = [b for b in python_blocks(README) if "compile_linear" in b]
-    monkeypatch.chdir(tmp_path)
-    exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
-    out = capsys.readouterr().out
+    _, out = run_readme_block("compile_linear", tmp_path, monkeypatch, capsys)
     assert "torch.Size([2, 4, 100, 32]) torch.Size([2, 4, 1, 32]) torch.Size([4])" in out
 
 
 def test_readme_seer_example_runs(tmp_path, monkeypatch, capsys):
-    (block,) = [b for b in python_blocks(README) if "SeerAttention(" in b]
-    monkeypatch.chdir(tmp_path)
-    exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
-    assert "torch.Size([1, 4, 128, 16])" in capsys.readouterr().out
+    _, out = run_readme_block("SeerAttention(", tmp_path, monkeypatch, capsys)
+    assert "torch.Size([1, 4, 128, 16])" in out
 
 
 def test_readme_context_parallel_example_runs(tmp_path, monkeypatch, capsys):
-    (block,) = [b for b in python_blocks(README) if "ae.context_parallel(" in b]
-    monkeypatch.chdir(tmp_path)
-    exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
-    assert "torch.Size([2, 4, 256, 32]) torch.Size([4, 33])" in capsys.readouterr().out
+    _, out = run_readme_block("ae.context_parallel(", tmp_path, monkeypatch, capsys)
+    assert "torch.Size([2, 4, 256, 32]) torch.Size([4, 33])" in out
 
 
 def test_readme_ddp_fsdp2_example_runs(tmp_path, monkeypatch, capsys):
-    (block,) = [b for b in python_blocks(README) if "fully_shard(" in b]
-    monkeypatch.chdir(tmp_path)
-    exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
-    assert "torch.Size([4, 33]) DTensor" in capsys.readouterr().out
+    _, out = run_readme_block("fully_shard(", tmp_path, monkeypatch, capsys)
+    assert "torch.Size([4, 33]) DTensor" in out
 
 
 def test_readme_autotune_example_runs(tmp_path, monkeypatch, capsys):
-    (block,) = [b for b in python_blocks(README) if "autotune=True" in b]
-    monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("AE_AUTOTUNE", raising=False)
-    exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
-    assert capsys.readouterr().out.startswith("[")
+    _, out = run_readme_block("autotune=True", tmp_path, monkeypatch, capsys)
+    assert out.startswith("[")
 
 
 @pytest.mark.parametrize("name", DOC_MODULES)
