@@ -8,6 +8,7 @@
 #include <iterator>
 #include <stdexcept>
 
+#include "codegen/mask_split.h"
 #include "codegen/score_scales.h"
 #include "ir/error.h"
 
@@ -220,20 +221,25 @@ std::string comment_text(const std::string& loc) {
 }
 
 // The statements computing `roots` (and what they need), in graph order. Node `arg` (if any)
-// is the function's `score` argument (the score times ScoreScales::in).
+// is the function's `score` argument (the score times ScoreScales::in). `given` (if not
+// empty): per node, an expression that supplies its value instead (its arguments are then
+// not computed), or "" for none.
 std::string statements(const Graph& g, const std::vector<int>& roots,
-                       const std::vector<std::string>& dtypes, int arg = -1) {
+                       const std::vector<std::string>& dtypes, int arg = -1,
+                       const std::vector<std::string>& given = {}) {
+  auto given_at = [&](size_t i) { return i < given.size() && !given[i].empty(); };
   std::vector<bool> need(g.nodes.size(), false);
   for (int r : roots) need[r] = true;
   for (size_t i = g.nodes.size(); i-- > 0;)
-    if (need[i] && static_cast<int>(i) != arg)
+    if (need[i] && static_cast<int>(i) != arg && !given_at(i))
       for (int a : g.nodes[i].args) need[a] = true;
   std::string s;
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     if (!need[i]) continue;
     const Node& n = g.nodes[i];
     fmt::format_to(std::back_inserter(s), "    const {} {} = {};", ctype(n.type), name(i),
-                   static_cast<int>(i) == arg ? "score" : expr(g, static_cast<int>(i), dtypes));
+                   given_at(i) ? given[i]
+                   : static_cast<int>(i) == arg ? "score" : expr(g, static_cast<int>(i), dtypes));
     if (!n.loc.empty()) fmt::format_to(std::back_inserter(s), "  // {}", comment_text(n.loc));
     s += '\n';
   }
@@ -370,6 +376,42 @@ std::string custom_rows_member(const Graph& bw, const std::vector<std::string>& 
   return s;
 }
 
+// The mask split by its loads' indices (codegen/mask_split.h): MaskRow and MaskCol hold the
+// row and column terms, mask_row and mask_col compute them, and mask_rc the mask from them.
+// Without terms the structs are empty and mask_rc is mask.
+std::string mask_split_members(const Graph& f, const MaskSplit& split, int mask,
+                               const std::vector<std::string>& dtypes) {
+  std::string s;
+  auto out = std::back_inserter(s);
+  fmt::format_to(out, "  static constexpr bool kMaskSplit = {};\n",
+                 split.empty() ? "false" : "true");
+  std::vector<std::string> given(f.nodes.size());
+  auto part = [&](const char* type, const char* fn, const char* idx, const char* from,
+                  const std::vector<int>& terms) {
+    fmt::format_to(out, "  struct {} {{", type);
+    for (int t : terms) fmt::format_to(out, " {} {};", ctype(f.nodes[t].type), name(t));
+    s += terms.empty() ? "};\n" : " };\n";
+    fmt::format_to(out, "  AE_DEVICE {} {}(int b, int h, int {}) const {{\n", type, fn, idx);
+    s += statements(f, terms, dtypes);
+    s += "    return {";
+    for (size_t i = 0; i < terms.size(); ++i)
+      fmt::format_to(out, "{}{}", i ? ", " : "", name(terms[i]));
+    s += "};\n  }\n";
+    for (int t : terms) given[t] = fmt::format("{}.{}", from, name(t));
+  };
+  part("MaskRow", "mask_row", "q_idx", "r", split.row_terms);
+  part("MaskCol", "mask_col", "kv_idx", "c", split.col_terms);
+  s += "  AE_DEVICE bool mask_rc(const MaskRow& r, const MaskCol& c, int b, int h, int q_idx,\n"
+       "                         int kv_idx) const {\n";
+  if (split.empty()) {
+    s += "    return mask(b, h, q_idx, kv_idx);\n  }\n\n";
+  } else {
+    s += statements(f, {mask}, dtypes, -1, given);
+    fmt::format_to(out, "    return {};\n  }}\n\n", name(mask));
+  }
+  return s;
+}
+
 }  // namespace
 
 std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& dtypes,
@@ -501,6 +543,7 @@ std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& d
   } else {
     s += "    return true;\n  }\n\n";
   }
+  s += mask_split_members(f, has_mask ? split_mask(f, mask) : MaskSplit{}, mask, dtypes);
 
   s += grad_function("grad", bw, bw.output(d_score_name), d_loads, 0, dtypes, sc.in_bw);
   if (stat >= 0)

@@ -90,6 +90,7 @@ std::string instantiate(const ir::Variant* variant, const KernelSpec& s) {
   auto out = std::back_inserter(src);
   fmt::format_to(out, "// attention_engine kernel: {}\n", s.describe());
   if (s.trust_v) src += "#define AE_CHECK_V 0\n";
+  if (s.mask_load_mode >= 0) fmt::format_to(out, "#define AE_MASK_LOADS {}\n", s.mask_load_mode);
   fmt::format_to(out, "#include \"{}\"\n", t.header);
   if (s.uses_variant()) {
     src += "#include \"common/variant_support.h\"\n\nnamespace {\n\n";

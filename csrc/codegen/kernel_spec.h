@@ -71,6 +71,10 @@ struct KernelSpec {
   // V trusted finite at masked keys: the forwards' checks compiled out (AE_EXACT_PV=0, an A/B
   // switch for their cost; templates/nvidia/exact_pv.h).
   bool trust_v = false;
+  // Forward: how the mask's loads are made on checked tiles (templates/nvidia/mma_rows.h
+  // MaskLoads: 0 per score, 1 by row, 2 by row and column; -1 the template's own pick;
+  // AE_MASK_LOADS, an A/B switch).
+  int mask_load_mode = -1;
 
   int threads() const { return (family == Family::Gfx90a ? 64 : 32) * warps; }
   // Whether the kernel is generated from a variant (the row passes are the same for all).

@@ -39,6 +39,9 @@ TuningOverrides TuningOverrides::from_lookup(const Lookup& getenv) {
   if (const char* p = getenv("AE_PLAIN_LOADS"); p && *p && std::string(p) != "0")
     o.plain_loads = true;
   if (const char* e = getenv("AE_EXACT_PV"); e && std::string(e) == "0") o.trust_v = true;
+  if (const char* m = getenv("AE_MASK_LOADS"); m && (std::string(m) == "0" ||
+                                                     std::string(m) == "1" || std::string(m) == "2"))
+    o.mask_load_mode = m[0] - '0';
   const char* off = getenv("AE_DISABLE_SM90");
   o.disable_sm90 = off && *off && std::string(off) != "0";
   const char* off_bwd = getenv("AE_DISABLE_SM90_BWD");

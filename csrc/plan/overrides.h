@@ -51,6 +51,7 @@ struct TuningOverrides {
   bool custom_norm_kernels = true;
   bool plain_loads = false;
   bool trust_v = false;  // AE_EXACT_PV=0: no check of V at masked keys (an A/B switch)
+  int mask_load_mode = -1;  // AE_MASK_LOADS=0|1|2: how the forwards load the mask (A/B)
   int persistent = 0;    // AE_PERSISTENT: 0 off, -1 ("1", "on") one CTA per SM, N >= 2 N CTAs
 
   // Read from the environment (every call: benchmarks change them between calls).

@@ -159,6 +159,7 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
       spec->grad_sink = shared ? codegen::GradSink::Shared : codegen::GradSink::Global;
       spec->plain_loads = r.overrides.plain_loads;
       spec->trust_v = r.overrides.trust_v && kind == Kind::Forward;
+      spec->mask_load_mode = kind == Kind::Forward ? r.overrides.mask_load_mode : -1;
       return true;
     }
     reasons += (reasons.empty() ? "" : "; ") + w;

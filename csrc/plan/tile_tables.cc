@@ -79,6 +79,7 @@ struct Sm90FwdRule {
   int max_dv;
   Match score_loads, softmax;
   std::vector<Sm90Fwd> tiles;
+  Match mask_loads = kAny;
 };
 // Consumer registers per thread: S (block_n / 2) + O (d_v / 2) + P (block_n / 4) fp32/bf16x2
 // values plus ~40 of addressing must fit the 240 that setmaxnreg gives; a score_mod that
@@ -91,9 +92,14 @@ struct Sm90FwdRule {
 // 176 keys: 128. The wide tiles spill where the mask_mod loads a captured tensor per score
 // (SeerAttention's block mask: compile-all check), and where the score_mod has a pow of a
 // non-constant exponent (a decay gamma ** (q - k)); such variants keep the narrower tile.
+// A mask_mod that loads captured tensors (a document mask) at D128 runs faster without the
+// overlap and ping-pong (2026-12-03, 16k, bench/docmask_probe.py: causal documents 204 -> 234,
+// non-causal 252 -> 313): its partial blocks' checked path and V scan (nvidia/exact_pv.h)
+// stall the other warpgroup's turn.
 const std::vector<Sm90FwdRule>& sm90_fwd_rules() {
   static const std::vector<Sm90FwdRule> rules = {
       {64, kNo, kYes, {{192, 2, true, true, true}, {128, 2, true, true}, {64, 2, true, true}}},
+      {128, kNo, kYes, {{128, 2, false, false}, {64, 2, false, false}}, kYes},
       {128, kNo, kYes, {{176, 2, true, true, true}, {128, 2, true, true}, {64, 2, true, true}}},
       {128, kNo, kNo, {{128, 2, false, false}, {64, 2, false, false}}},
       {128, kYes, kYes, {{64, 2, true, true}}},
@@ -207,7 +213,8 @@ Candidates sm90_forward(const TableQuery& q, const TuningOverrides& o) {
     return c;
   }
   for (const Sm90FwdRule& r : sm90_fwd_rules()) {
-    if (q.d_v > r.max_dv || !matches(r.score_loads, q.score_loads) || !matches(r.softmax, q.softmax))
+    if (q.d_v > r.max_dv || !matches(r.score_loads, q.score_loads) ||
+        !matches(r.softmax, q.softmax) || !matches(r.mask_loads, q.mask_loads))
       continue;
     for (const Sm90Fwd& t : r.tiles) {
       if (t.wide && (q.mask_loads || q.score_pow)) continue;

@@ -12,15 +12,21 @@ namespace ae {
 
 // kCheck && check: the tile needs the bounds and the mask; !kCheck: a copy without them, for
 // tiles that need no check (plain softmax then costs one FFMA and one MUFU per score).
-template <bool kCheck, class Layout, class Variant>
+// kSplit: the mask from the query's and the key's terms the caller loaded (mr, mc: Variant::
+// mask_rc, codegen/mask_split.h), not from loads per score.
+template <bool kCheck, class Layout, class Variant, bool kSplit = false>
 AE_DEVICE void score_backward(const AttnParams& p, const Variant& var, float& s_io, float& dp_io,
                               float lse2, float delta, int b, int hq, int q_idx, int key,
-                              bool check) {
+                              bool check, const typename Variant::MaskRow& mr = {},
+                              const typename Variant::MaskCol& mc = {}) {
   using Norm = typename Variant::Norm;
   bool keep = true;
   if (kCheck && check) {
     keep = q_idx < Layout::q_len(p, b) && key < Layout::kv_len(p, b);
-    if constexpr (Variant::kHasMask) keep = keep && var.mask(b, hq, q_idx, key);
+    if constexpr (kSplit && Variant::kMaskSplit)
+      keep = keep && var.mask_rc(mr, mc, b, hq, q_idx, key);
+    else if constexpr (Variant::kHasMask)
+      keep = keep && var.mask(b, hq, q_idx, key);
   }
   float prob, dx, s = 0.f;
   if constexpr (Variant::kFusedStatGrads) {

@@ -36,15 +36,45 @@ struct RowStats {
 // inside its exp2 (one FFMA per score instead of an FMUL and an FADD).
 // A custom normalization's stat function (Variant::kStat) is summed into st->l here, over the
 // kept scores.
-template <bool kCheck, bool kRaw, class Layout, class Variant, int kN8>
+// How a mask's loads (Variant::kMaskSplit; codegen/mask_split.h) are made on checked tiles:
+// per score (the mask as written), the row terms once per row and the column terms per
+// score, or both once (columns per n8 tile). Fewer loads take registers for their values:
+// each template picks what it has the registers for (the compile-all check).
+enum class MaskLoads { kPerScore, kByRow, kByRowAndColumn };
+// A template's pick, unless the kernel was built with AE_MASK_LOADS (an A/B switch).
+#ifdef AE_MASK_LOADS
+#define AE_MASK_LOADS_OR(pick) static_cast<ae::rows::MaskLoads>(AE_MASK_LOADS)
+#else
+#define AE_MASK_LOADS_OR(pick) ae::rows::MaskLoads::pick
+#endif
+
+template <bool kCheck, bool kRaw, class Layout, class Variant, int kN8,
+          MaskLoads kMaskLoads = MaskLoads::kPerScore>
 AE_DEVICE void score_transform(const AttnParams& p, const Variant& var, float (&s)[kN8][4],
                                int b, int h, int row0, int col0, RowStats* st = nullptr) {
+  constexpr bool kRows = kCheck && Variant::kMaskSplit && kMaskLoads != MaskLoads::kPerScore;
+  constexpr bool kCols = kRows && kMaskLoads == MaskLoads::kByRowAndColumn;
   using Norm = typename Variant::Norm;
   if constexpr (kRaw && !kCheck && Variant::kIdentity && Norm::kRawScores) {
     return;  // raw scores: normalize_step scales them
   } else {   // (not a return before the loop: NVRTC warns that the loop is unreachable)
+    // The mask's loads by row and by column (Variant::mask_rc; codegen/mask_split.h): the
+    // thread's 2 rows once, its 2 columns per n8 tile, not 2 loads per score. Their indices
+    // may be out of bounds (a tile's tail): the loads clamp them, and keep drops the score.
+    typename Variant::MaskRow mrow[2];
+    if constexpr (kRows) {
+      mrow[0] = var.mask_row(b, h, row0);
+      mrow[1] = var.mask_row(b, h, row0 + 8);
+    }
 #pragma unroll
     for (int nt = 0; nt < kN8; ++nt) {
+      typename Variant::MaskCol mcol[2];
+      if constexpr (kCols) {
+        int c = col0 + nt * 8;
+        asm volatile("" : "+r"(c));
+        mcol[0] = var.mask_col(b, h, c);
+        mcol[1] = var.mask_col(b, h, c + 1);
+      }
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int q_idx = row0 + 8 * (e >> 1), kv_idx = col0 + nt * 8 + (e & 1);
@@ -62,7 +92,13 @@ AE_DEVICE void score_transform(const AttnParams& p, const Variant& var, float (&
         bool keep = true;
         if constexpr (kCheck) {
           keep = q_idx < Layout::q_len(p, b) && kv_idx < Layout::kv_len(p, b);
-          if constexpr (Variant::kHasMask) keep = keep && var.mask(b, h, q_idx, kv_idx);
+          if constexpr (kCols)
+            keep = keep && var.mask_rc(mrow[e >> 1], mcol[e & 1], b, h, q_idx, kv_idx);
+          else if constexpr (kRows)
+            keep = keep && var.mask_rc(mrow[e >> 1], var.mask_col(b, h, kv_idx), b, h, q_idx,
+                                       kv_idx);
+          else if constexpr (Variant::kHasMask)
+            keep = keep && var.mask(b, h, q_idx, kv_idx);
           if (!keep) x = Norm::kMaskedNegInf ? neg_inf() : 0.f;
         }
         if constexpr (Variant::kStat)

@@ -168,8 +168,9 @@ struct FwdKernel {
       for (int mt = 0; mt < kMT; ++mt) {
         const int row0 = cta[0] + wrow + 16 * mt + lane / 4, col0 = kv0 + 2 * (lane % 4);
         if (check)
-          rows::score_transform<true, false, Layout>(p, var, s[mt], cta[2], cta[1], row0, col0,
-                                                     &stats[mt]);
+          rows::score_transform<true, false, Layout, Variant, kN8,
+                                AE_MASK_LOADS_OR(kByRow)>(p, var, s[mt], cta[2], cta[1], row0,
+                                                         col0, &stats[mt]);
         else
           rows::score_transform<false, true, Layout>(p, var, s[mt], cta[2], cta[1], row0, col0,
                                                      &stats[mt]);

@@ -83,19 +83,38 @@ struct BwdConfig {
 };
 
 // P^T and dS^T of one warp's 16 keys (from key0) x kQ8 * 8 queries (from q0), in the C layout.
-template <bool kCheck, class Layout, class Variant, int kQ8>
+// kSplitMask: the mask's loads by key and by query where the tile has the registers for them.
+template <bool kCheck, bool kSplitMask, class Layout, class Variant, int kQ8>
 AE_DEVICE void scores_backward(const AttnParams& p, const Variant& var, float (&st)[kQ8][4],
                                float (&dpt)[kQ8][4], const float* lse, const float* delta, int b,
                                int hq, int q0, int key0, bool check) {
   const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+  // The mask's loads by key (the thread's 2) and by query (2 per n8 tile), not 2 per score
+  // (codegen/mask_split.h); checked tiles only.
+  constexpr bool kSplit = kCheck && kSplitMask && Variant::kMaskSplit;
+  typename Variant::MaskCol mcol[2];
+  if constexpr (kSplit)
+    if (check) {
+      mcol[0] = var.mask_col(b, hq, key0 + g);
+      mcol[1] = var.mask_col(b, hq, key0 + g + 8);
+    }
 #pragma unroll
-  for (int nt = 0; nt < kQ8; ++nt)
+  for (int nt = 0; nt < kQ8; ++nt) {
+    typename Variant::MaskRow mrow[2];
+    if constexpr (kSplit)
+      if (check) {
+        mrow[0] = var.mask_row(b, hq, q0 + nt * 8 + 2 * t);
+        mrow[1] = var.mask_row(b, hq, q0 + nt * 8 + 2 * t + 1);
+      }
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int ql = nt * 8 + 2 * t + (e & 1);
-      score_backward<kCheck, Layout>(p, var, st[nt][e], dpt[nt][e], lse[ql], delta[ql], b, hq,
-                                     q0 + ql, key0 + g + 8 * (e >> 1), check);
+      score_backward<kCheck, Layout, Variant, kSplit>(p, var, st[nt][e], dpt[nt][e], lse[ql],
+                                                      delta[ql], b, hq, q0 + ql,
+                                                      key0 + g + 8 * (e >> 1), check,
+                                                      mrow[e & 1], mcol[e >> 1]);
     }
+  }
 }
 
 // dK += dS^T Q for this warpgroup's keys: dS^T from registers, Q (queries are K) N-major.
@@ -309,11 +328,14 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
       fence_regs(dpt);
       const float* lse = sLse + stage * BM + qp;
       const float* delta = sDelta + stage * BM + qp;
+      // (the split mask spilled the two score parts' tiles: 12 bytes at 192 + 128, document)
+      constexpr bool kSplitMask = Cfg::kScoreParts == 1;
       if (check)
-        scores_backward<true, Layout>(p, var, st, dpt, lse, delta, b, hq, q0 + qp, k0 + key_w, true);
+        scores_backward<true, kSplitMask, Layout>(p, var, st, dpt, lse, delta, b, hq, q0 + qp,
+                                                  k0 + key_w, true);
       else
-        scores_backward<false, Layout>(p, var, st, dpt, lse, delta, b, hq, q0 + qp, k0 + key_w,
-                                       false);
+        scores_backward<false, kSplitMask, Layout>(p, var, st, dpt, lse, delta, b, hq, q0 + qp,
+                                                   k0 + key_w, false);
 #pragma unroll
       for (int nt = 0; nt < PQ / 8; ++nt)
 #pragma unroll

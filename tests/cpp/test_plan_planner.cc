@@ -468,6 +468,21 @@ TEST(Planner, OverridesReachThePlan) {
   r.overrides.sm90_fwd[0] = 64;
   EXPECT_EQ(main_step(make_plan(r)).spec.block_n, 64);
   EXPECT_EQ(make_plan(r).attn.n_kv_blocks, 64);  // block counts follow the tiles
+  // AE_MASK_LOADS: the forward's kernel (its key and its source) only
+  EXPECT_EQ(TuningOverrides::from_lookup([](const char* n) {
+              return std::string(n) == "AE_MASK_LOADS" ? "2" : nullptr;
+            }).mask_load_mode, 2);
+  EXPECT_EQ(TuningOverrides::from_lookup([](const char* n) {
+              return std::string(n) == "AE_MASK_LOADS" ? "3" : nullptr;
+            }).mask_load_mode, -1);
+  PlanRequest d = request(OpKind::Forward, devices::h200(), document());
+  d.overrides.mask_load_mode = 0;
+  const ae::codegen::KernelSpec fwd = main_step(make_plan(d)).spec;
+  EXPECT_EQ(fwd.mask_load_mode, 0);
+  EXPECT_NE(fwd.describe().find(" ml0"), std::string::npos) << fwd.describe();
+  PlanRequest db = request(OpKind::Backward, devices::h200(), document());
+  db.overrides.mask_load_mode = 0;
+  for (const Step& s : make_plan(db).steps) EXPECT_EQ(s.spec.mask_load_mode, -1);
 }
 
 // Decode: one query tile per head and batch leaves most SMs idle, so the forward cuts the keys

@@ -66,3 +66,28 @@ def test_trailing_backslash_compiles_without_warnings():
                                     options=info["options"])
     assert report["ok"], report["error"]
     assert "warning" not in report["log"].lower(), report["log"]
+
+
+def test_mask_loads_by_row_and_column(monkeypatch):
+    """A document mask's two loads become a row term and a column term (codegen/mask_split.h)
+    that the forwards load once per row and column; AE_MASK_LOADS picks per score, by row or
+    both in a kernel of its own (its key and its source)."""
+    import torch
+    import attention_engine as ae
+    from attention_engine import mods
+    attn = ae.compile(mask_mod=mods.document_mask(torch.zeros(64, dtype=torch.int32)))
+    info = attn.variant.kernel_source("fwd", 128, 128, True, ["int32"], family="sm90")
+    src = info["source"]
+    assert "kMaskSplit = true" in src
+    rc = src[src.index("bool mask_rc("):]
+    rc = rc[:rc.index("\n  }\n")]
+    assert "ae::ld" not in rc and " = r.n" in rc and " = c.n" in rc, rc
+    assert "AE_MASK_LOADS" not in src.split("#include")[0]
+    monkeypatch.setenv("AE_MASK_LOADS", "0")
+    per_score = attn.variant.kernel_source("fwd", 128, 128, True, ["int32"], family="sm90")
+    assert "#define AE_MASK_LOADS 0" in per_score["source"]
+    assert per_score["describe"].endswith(" ml0"), per_score["describe"]
+    # causal loads nothing: no terms
+    causal = ae.compile(mask_mod=mods.causal).variant.kernel_source("fwd", 128, 128, True, [],
+                                                                  family="sm90")
+    assert "kMaskSplit = false" in causal["source"]

@@ -167,6 +167,16 @@ def _document(s: Shape) -> Mods:
                 (doc[q_idx + offset] == doc[kv_idx]) & (q_idx + offset >= kv_idx))
 
 
+def _document_keys(s: Shape) -> Mods:
+    """Per-batch documents (a [B, S] id tensor) and dropped keys: a mask whose loads split into
+    a row term (doc[b, q]) and two column terms (doc[b, k], kept[k]) (codegen/mask_split.h)."""
+    assert s.Sq == s.Skv
+    doc = torch.stack([random_doc_ids(s.Skv, seed=7 + b) for b in range(s.B)])
+    kept = (torch.rand(s.Skv, generator=cpu_gen(5)) > 0.1).to(DEV)
+    return Mods(mask_mod=lambda b, h, q_idx, kv_idx:
+                (doc[b, q_idx] == doc[b, kv_idx]) & kept[kv_idx] & (q_idx >= kv_idx))
+
+
 def _sigmoid(s: Shape) -> Mods:
     return Mods(mods.sigmoid(SIGMOID_BIAS), normalize="none")
 
@@ -197,6 +207,7 @@ VARIANTS: dict[str, Callable[[Shape], Mods]] = {
     "alibi_learned": _alibi_learned,
     "bias_and_slopes": _bias_and_slopes,
     "document": _document,
+    "document_keys": _document_keys,
     "sigmoid": _sigmoid,
     "relu_squared": _relu_squared,
     "masked_rows": _masked_rows,
@@ -568,6 +579,24 @@ def test_softmax_scale(variant, sm90, monkeypatch):
     if not sm90:
         monkeypatch.setenv("AE_DISABLE_SM90", "1")
     check_case(variant, Shape(Sq=300, Skv=300), BF16)
+
+
+@pytest.mark.parametrize("forward", ["sm90", "sm80"])
+@pytest.mark.parametrize("mode", ["0", "1", "2"])
+@pytest.mark.parametrize("variant,s", [
+    ("document", Shape(B=1, Hq=4, Hkv=4, Sq=1000, Skv=1000)),
+    ("document_keys", Shape(B=2, Hq=2, Hkv=2, Sq=1000, Skv=1000)),
+    ("masked_rows", Shape(B=1, Hq=4, Hkv=4, Sq=700, Skv=700)),
+], ids=_id)
+def test_mask_loads(variant, s, mode, forward, monkeypatch):
+    """The forwards' mask loads per score (AE_MASK_LOADS=0), once per row (1), once per row
+    and column (2) give the same answers (templates/nvidia/mma_rows.h MaskLoads)."""
+    if forward == "sm80":
+        monkeypatch.setenv("AE_DISABLE_SM90", "1")
+    elif not _is_hopper():
+        pytest.skip("needs an sm_90 GPU")
+    monkeypatch.setenv("AE_MASK_LOADS", mode)
+    check_case(variant, s, BF16)
 
 
 @pytest.mark.parametrize("variant,dtype,dims", [
