@@ -8,4 +8,7 @@ TEST_TMP="$(mktemp -d -t ae_tests.XXXXXX)"
 trap 'rm -rf "$TEST_TMP"' EXIT
 export XDG_CACHE_HOME="$TEST_TMP/xdg"
 (cd build/cmake && ctest --output-on-failure -j "$MAX_JOBS")
-.venv/bin/python -m pytest -q tests/python "$@"
+# pytest in a worker process per core, up to 4 (the CI machine has 2: the suite's NVRTC and
+# hipRTC compiles are single-threaded); PYTEST_WORKERS=0 runs it in this process.
+WORKERS="${PYTEST_WORKERS:-$(.venv/bin/python -c 'import os; print(min(4, os.cpu_count() or 1))')}"
+.venv/bin/python -m pytest -q -n "$WORKERS" tests/python "$@"

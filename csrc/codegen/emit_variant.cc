@@ -385,6 +385,8 @@ std::string mask_split_members(const Graph& f, const MaskSplit& split, int mask,
   auto out = std::back_inserter(s);
   fmt::format_to(out, "  static constexpr bool kMaskSplit = {};\n",
                  split.empty() ? "false" : "true");
+  fmt::format_to(out, "  static constexpr int kMaskRowTerms = {}, kMaskColTerms = {};\n",
+                 split.row_terms.size(), split.col_terms.size());
   std::vector<std::string> given(f.nodes.size());
   auto part = [&](const char* type, const char* fn, const char* idx, const char* from,
                   const std::vector<int>& terms) {

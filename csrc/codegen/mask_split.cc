@@ -40,11 +40,26 @@ MaskSplit split_mask(const Graph& g, int mask) {
   for (size_t i = 0; i < n; ++i)
     if (need[i])
       for (int a : g.nodes[i].args) user_dep[a] |= dep[i];
+  // Candidates: integer and boolean values only (a float term, reused by many scores, could
+  // round differently from the mask computed per score, where ptxas may fuse it into an FMA;
+  // mask() still serves the block-state kernel and the sm80 backward).
+  std::vector<uint8_t> term(n, 0);  // kQ: a row term, kK: a column term
   for (size_t i = 0; i < n; ++i) {
-    if (!need[i] || !loads[i]) continue;
-    const int id = static_cast<int>(i);
-    if (!(dep[i] & kK) && (user_dep[i] & kK)) out.row_terms.push_back(id);
-    else if (dep[i] == kK && (user_dep[i] & kQ)) out.col_terms.push_back(id);
+    if (!need[i] || !loads[i] || g.nodes[i].type == ir::DType::Float) continue;
+    if (!(dep[i] & kK) && (user_dep[i] & kK)) term[i] = kQ;
+    else if (dep[i] == kK && (user_dep[i] & kQ)) term[i] = kK;
+  }
+  // Only the terms mask_rc reads: the mask's inputs, not going past a term (a per-head load
+  // used only inside a column term is that term's business, not a row term of its own).
+  std::vector<bool> reached(n, false);
+  reached[mask] = true;
+  for (size_t i = n; i-- > 0;)
+    if (reached[i] && !term[i])
+      for (int a : g.nodes[i].args) reached[a] = true;
+  for (size_t i = 0; i < n; ++i) {
+    if (!reached[i]) continue;
+    if (term[i] == kQ) out.row_terms.push_back(static_cast<int>(i));
+    if (term[i] == kK) out.col_terms.push_back(static_cast<int>(i));
   }
   return out;
 }

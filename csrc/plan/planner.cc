@@ -95,6 +95,7 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
   q.bf16 = pb.dtype == ElemType::BFloat16;
   q.score_loads = r.variant.score_loads;
   q.mask_loads = r.variant.mask_loads;
+  q.mask_mod_loads = r.variant.mask_loads;
   q.score_pow = r.variant.score_pow;
   q.captured_grads = kind == Kind::Backward &&
                   std::any_of(pb.captured.begin(), pb.captured.end(),

@@ -79,7 +79,7 @@ struct Sm90FwdRule {
   int max_dv;
   Match score_loads, softmax;
   std::vector<Sm90Fwd> tiles;
-  Match mask_loads = kAny;
+  Match mask_mod_loads = kAny;
 };
 // Consumer registers per thread: S (block_n / 2) + O (d_v / 2) + P (block_n / 4) fp32/bf16x2
 // values plus ~40 of addressing must fit the 240 that setmaxnreg gives; a score_mod that
@@ -214,7 +214,7 @@ Candidates sm90_forward(const TableQuery& q, const TuningOverrides& o) {
   }
   for (const Sm90FwdRule& r : sm90_fwd_rules()) {
     if (q.d_v > r.max_dv || !matches(r.score_loads, q.score_loads) ||
-        !matches(r.softmax, q.softmax) || !matches(r.mask_loads, q.mask_loads))
+        !matches(r.softmax, q.softmax) || !matches(r.mask_mod_loads, q.mask_mod_loads))
       continue;
     for (const Sm90Fwd& t : r.tiles) {
       if (t.wide && (q.mask_loads || q.score_pow)) continue;

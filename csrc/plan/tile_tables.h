@@ -16,7 +16,8 @@ struct TableQuery {
   int d_qk = 0, d_v = 0;
   bool bf16 = true;
   bool score_loads = false;  // the score_mod loads a captured tensor per score
-  bool mask_loads = false;   // the mask_mod does (on partial blocks)
+  bool mask_loads = false;   // the mask_mod does (on partial blocks), or stands in for one
+  bool mask_mod_loads = false;  // the mask_mod itself does (not a custom normalization's stand-in)
   bool score_pow = false;    // the score_mod has a pow of a non-constant exponent
   bool captured_grads = false;  // the backward sums a captured tensor's gradient
   bool softmax = true;       // the row normalization is softmax (else none)

@@ -194,10 +194,17 @@ AE_DEVICE int remainder(int a, int b) {
   int r = a % b;
   return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
 }
+// By squaring: at most 31 steps whatever the exponent (a mask's terms are evaluated at
+// indices past the lengths too, where a loaded exponent may be anything). Unsigned: wraps
+// modulo 2^32 as repeated multiplication does, without signed overflow.
 AE_DEVICE int ipow(int a, int e) {
-  int r = 1;
-  for (int i = 0; i < e; ++i) r *= a;
-  return e < 0 ? 0 : r;
+  if (e < 0) return 0;
+  unsigned r = 1, x = static_cast<unsigned>(a);
+  for (; e > 0; e >>= 1) {
+    if (e & 1) r *= x;
+    x *= x;
+  }
+  return static_cast<int>(r);
 }
 // torch.pow for floats. A positive finite base with a finite exponent (a per-head decay
 // gamma ** distance, the common case) is exp2(b * log2(a)): the accurate log2f (computed once

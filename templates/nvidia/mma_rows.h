@@ -41,11 +41,18 @@ struct RowStats {
 // score, or both once (columns per n8 tile). Fewer loads take registers for their values:
 // each template picks what it has the registers for (the compile-all check).
 enum class MaskLoads { kPerScore, kByRow, kByRowAndColumn };
+// Both where the mask has one column term, by row past that: a document mask with a second
+// column term (doc[b, k] and kept[k]) spilled the sm90 forward by row and column (56 bytes,
+// 40 at register level 0).
+template <class Variant>
+constexpr MaskLoads rows_and_one_column() {
+  return Variant::kMaskColTerms <= 1 ? MaskLoads::kByRowAndColumn : MaskLoads::kByRow;
+}
 // A template's pick, unless the kernel was built with AE_MASK_LOADS (an A/B switch).
 #ifdef AE_MASK_LOADS
 #define AE_MASK_LOADS_OR(pick) static_cast<ae::rows::MaskLoads>(AE_MASK_LOADS)
 #else
-#define AE_MASK_LOADS_OR(pick) ae::rows::MaskLoads::pick
+#define AE_MASK_LOADS_OR(pick) (pick)
 #endif
 
 template <bool kCheck, bool kRaw, class Layout, class Variant, int kN8,

@@ -133,7 +133,8 @@ AE_DEVICE void attention_decode(const AttnParams& p, const Variant& var) {
     const int kv0 = j * BN + warp * WK;  // this warp's first key
     const bool check = j * BN + BN > Layout::kv_len(p, b) || blocks.partial(j) || (kRaw && !raw_ok);
     if (check)
-      rows::score_transform<true, false, Layout, Variant, kN8, AE_MASK_LOADS_OR(kByRowAndColumn)>(
+      rows::score_transform<true, false, Layout, Variant, kN8,
+                            AE_MASK_LOADS_OR(rows::rows_and_one_column<Variant>())>(
           p, var, s, b, h, row0, kv0 + 2 * (lane % 4));
     else
       rows::score_transform<false, true, Layout>(p, var, s, b, h, row0, kv0 + 2 * (lane % 4));

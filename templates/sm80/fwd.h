@@ -169,8 +169,8 @@ struct FwdKernel {
         const int row0 = cta[0] + wrow + 16 * mt + lane / 4, col0 = kv0 + 2 * (lane % 4);
         if (check)
           rows::score_transform<true, false, Layout, Variant, kN8,
-                                AE_MASK_LOADS_OR(kByRow)>(p, var, s[mt], cta[2], cta[1], row0,
-                                                         col0, &stats[mt]);
+                                AE_MASK_LOADS_OR(rows::MaskLoads::kByRow)>(
+              p, var, s[mt], cta[2], cta[1], row0, col0, &stats[mt]);
         else
           rows::score_transform<false, true, Layout>(p, var, s[mt], cta[2], cta[1], row0, col0,
                                                      &stats[mt]);

@@ -278,7 +278,8 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
       const int kv0 = (code >> 1) * BN;
       const bool check = kv0 + BN > Layout::kv_len(p, b) || (code & 1) || (kRaw && !raw_ok);
       if (check)
-        rows::score_transform<true, false, Layout, Variant, BN / 8, AE_MASK_LOADS_OR(kByRowAndColumn)>(
+        rows::score_transform<true, false, Layout, Variant, BN / 8,
+                              AE_MASK_LOADS_OR(rows::rows_and_one_column<Variant>())>(
             p, var, s, b, h, row0, kv0 + 2 * (lane % 4), &stats);
       else
         rows::score_transform<false, true, Layout>(p, var, s, b, h, row0, kv0 + 2 * (lane % 4),

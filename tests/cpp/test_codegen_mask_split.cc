@@ -116,3 +116,41 @@ TEST(MaskSplit, NoLoadsNoTerms) {
   t.mask(t.op("ge", {q, k}));
   EXPECT_TRUE(build(t, {}).split.empty());
 }
+
+TEST(MaskSplit, FloatValuesStayPerScore) {
+  TraceBuilder t;  // w[q] * 3 + w[k] > 1: a float term could round differently from mask()
+  const int q = t.param("q_idx"), k = t.param("kv_idx");
+  const int w = t.buffer("w", "float32", {64});
+  t.mask(t.op("gt", {t.op("add", {t.op("mul", {t.load(w, {q}), t.fconst(3.0)}), t.load(w, {k})}),
+                     t.fconst(1.0)}));
+  EXPECT_TRUE(build(t, {"float32"}).split.empty());
+}
+
+TEST(MaskSplit, OnlyTheTermsMaskRcReads) {
+  TraceBuilder t;  // kept[k] & on[h]: the whole mask is one column term; on[h] is no row term
+  const int h = t.param("h"), k = t.param("kv_idx");
+  const int kept = t.buffer("kept", "bool", {64});
+  const int on = t.buffer("on", "bool", {4});
+  t.mask(t.op("and", {t.load(kept, {k}), t.load(on, {h})}));
+  const Built b = build(t, {"bool", "bool"});
+  EXPECT_TRUE(b.split.row_terms.empty());
+  ASSERT_EQ(b.split.col_terms.size(), 1u);
+  EXPECT_EQ(b.split.col_terms[0], b.v->forward.output("mask"));
+}
+
+TEST(MaskSplit, SharedNodesAreComputedWhereTheyAreNeeded) {
+  TraceBuilder t;  // doc[q + 1] == doc[k] & (q + 1 >= k): q + 1 feeds a row term and the rest
+  const int q = t.param("q_idx"), k = t.param("kv_idx");
+  const int doc = t.buffer("doc", "int32", {64});
+  const int q1 = t.op("add", {q, t.iconst(1)});
+  t.mask(t.op("and", {t.op("eq", {t.load(doc, {q1}), t.load(doc, {k})}), t.op("ge", {q1, k})}));
+  const Built b = build(t, {"int32"});
+  ASSERT_EQ(b.split.row_terms.size(), 1u);
+  ASSERT_EQ(b.split.col_terms.size(), 1u);
+  // mask_rc computes q + 1 itself (for the comparison) and reads the loads from the terms
+  const size_t rc = b.source.find("bool mask_rc(");
+  const std::string rc_body = b.source.substr(rc, b.source.find("  }\n", rc) - rc);
+  EXPECT_EQ(rc_body.find("ae::ld"), std::string::npos) << rc_body;
+  EXPECT_NE(rc_body.find(" + "), std::string::npos) << rc_body;
+  EXPECT_NE(b.source.find("kMaskRowTerms = 1, kMaskColTerms = 1"), std::string::npos);
+}

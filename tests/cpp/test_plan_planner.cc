@@ -294,6 +294,13 @@ TEST(Planner, CustomNormalizationsRunFusedKernelsUnlessTurnedOff) {
   ASSERT_TRUE(p.ok) << p.reason;
   const std::vector<Kind> k = kinds(p);
   EXPECT_NE(std::find(k.begin(), k.end(), Kind::BwdRowsCustom), k.end());
+  // The log domain takes a loading mask's narrower tiles, but keeps the overlap (the rule for
+  // masks that load is measured for a mask_mod's own loads only)
+  VariantTraits log = v;
+  log.log_domain = true;
+  const ae::codegen::KernelSpec f =
+      main_step(make_plan(request(OpKind::Forward, devices::h200(), log))).spec;
+  EXPECT_EQ(f.describe(), "fwd90 sm_90a bf16 d128/128 128x128 w12 s2 ov pp");
   for (OpKind kind : {OpKind::Forward, OpKind::Backward}) {  // AE_CUSTOM_NORM=0
     PlanRequest r = request(kind, devices::h200(), v);
     r.overrides.custom_norm_kernels = false;
@@ -468,7 +475,7 @@ TEST(Planner, OverridesReachThePlan) {
   r.overrides.sm90_fwd[0] = 64;
   EXPECT_EQ(main_step(make_plan(r)).spec.block_n, 64);
   EXPECT_EQ(make_plan(r).attn.n_kv_blocks, 64);  // block counts follow the tiles
-  // AE_MASK_LOADS: the forward's kernel (its key and its source) only
+  // AE_MASK_LOADS: the forward's kernel only, in its key (the source: test_generated_code.py)
   EXPECT_EQ(TuningOverrides::from_lookup([](const char* n) {
               return std::string(n) == "AE_MASK_LOADS" ? "2" : nullptr;
             }).mask_load_mode, 2);

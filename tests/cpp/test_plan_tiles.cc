@@ -88,10 +88,13 @@ TEST(Sm90Tiles, ForwardPreferences) {
   }
   // ... and at D128 without the overlap and ping-pong (a document mask: 204 -> 234 TFLOPS)
   TableQuery doc = query(128, 128);
-  doc.mask_loads = true;
+  doc.mask_loads = doc.mask_mod_loads = true;
   EXPECT_EQ(sm90_forward(doc, kNone).specs[0].describe(), "fwd90 sm_90a bf16 d128/128 128x128 w12 s2");
+  doc.mask_mod_loads = false;  // a custom normalization's stand-in: not measured, unchanged
+  EXPECT_EQ(sm90_forward(doc, kNone).specs[0].describe(),
+            "fwd90 sm_90a bf16 d128/128 128x128 w12 s2 ov pp");
   doc = query(64, 64);
-  doc.mask_loads = true;
+  doc.mask_loads = doc.mask_mod_loads = true;
   EXPECT_TRUE(sm90_forward(doc, kNone).specs[0].overlap);  // not measured at D64
   EXPECT_EQ(sm90_forward(query(128, 128, true), kNone).specs[0].block_n, 64);
   const auto none = sm90_forward(query(128, 128, false, false), kNone).specs[0];

@@ -28,6 +28,17 @@ def rtc_available(arch: str) -> bool:
         return False
 
 
+def pytest_terminal_summary(terminalreporter):
+    """Lines the tests record as the "log" property (test_fuzz.py's seeds), at the end of the
+    output: captured output of worker processes (pytest-xdist) never reaches it otherwise."""
+    lines = [value for key in ("passed", "failed") for rep in terminalreporter.stats.get(key, [])
+             if rep.when == "call" for name, value in rep.user_properties if name == "log"]
+    if lines:
+        terminalreporter.write_sep("-", "logged by the tests")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available() and not torch.version.hip:
         return

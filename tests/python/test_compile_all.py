@@ -221,6 +221,18 @@ def _compiles_without_spills(info, kind):
             pytest.fail(f"{info['describe']} {arch} spills at every register-usage level: {tried}")
 
 
+# A mask with two column terms (per-batch documents and dropped keys, codegen/mask_split.h):
+# the sm90 forward spilled loading both per column, and takes them per score instead.
+@pytest.mark.parametrize("kind", ["fwd90", "bwd90"])
+def test_mask_with_two_column_terms_compiles_without_spills(kind):
+    doc, kept = torch.zeros(2, 64, dtype=torch.int32), torch.ones(64, dtype=torch.bool)
+    attn = ae.compile(mask_mod=lambda b, h, q_idx, kv_idx:
+                      (doc[b, q_idx] == doc[b, kv_idx]) & kept[kv_idx] & (q_idx >= kv_idx))
+    info = _source(attn, kind, 128, 128, grads=[False, False] if kind == "bwd90" else ())
+    assert "kMaskRowTerms = 1, kMaskColTerms = 2" in info["source"]
+    _compiles_without_spills(info, kind)
+
+
 # The variants the Python layers build (not written by a user): the inference entry points'
 # positions rewrite (attention_engine/positions.py: two int64 tensors indexed by b), with GQA
 # packing for decode (gqa_pack.py: h and q_idx from the packed row), and SeerAttention's

@@ -29,10 +29,10 @@ SHAPE = dict(B=2, HQ=4, HKV=2, SQ=9, SKV=11, D=8)
 RTOL = 1e-8
 
 
-def log(capsys, line: str) -> None:
-    """A line in pytest's output even when output is captured (the seed must reach CI's log)."""
-    with capsys.disabled():
-        print(f"\n{line}")
+def log(record_property, line: str) -> None:
+    """A line in pytest's summary (conftest.py), from worker processes too: the seed must reach
+    CI's log."""
+    record_property("log", line)
 
 
 def mismatch(name: str, got: torch.Tensor, want: torch.Tensor, rtol: float = RTOL):
@@ -136,7 +136,7 @@ def cases(n: int):
     return [g.case() for _ in range(n)]
 
 
-def test_fuzzed_mods_agree_with_pytorch(capsys):
+def test_fuzzed_mods_agree_with_pytorch(record_property):
     wrong, failures = 0, []
     all_cases = cases(CASES)
     for i, case in enumerate(all_cases):
@@ -148,7 +148,7 @@ def test_fuzzed_mods_agree_with_pytorch(capsys):
             wrong += 1
             if len(failures) < 5:
                 failures.append(describe(case, i) + "\n  " + "\n  ".join(errors))
-    log(capsys, f"fuzz: seed={SEED} tried={len(all_cases)} wrong={wrong}")
+    log(record_property, f"fuzz: seed={SEED} tried={len(all_cases)} wrong={wrong}")
     assert wrong == 0, f"{wrong} of {len(all_cases)} cases disagree:\n" + "\n".join(failures)
 
 
@@ -156,7 +156,7 @@ NVRTC_CASES = 2  # each compiles 3 kernels (about 1-5 s each on the CI machine)
 
 
 @pytest.mark.skipif(not rtc_available("sm_80"), reason="NVRTC not available")
-def test_fuzzed_mods_compile_without_warnings(capsys):
+def test_fuzzed_mods_compile_without_warnings(record_property):
     picked = [c for c in cases(40) if c.score_src and c.normalize == "softmax"][:NVRTC_CASES]
     assert len(picked) == NVRTC_CASES
     problems = []
@@ -179,5 +179,5 @@ def test_fuzzed_mods_compile_without_warnings(capsys):
             if not report["ok"] or warnings:
                 problems.append(f"{describe(case, i)}\n  {kind} {arch}: "
                                 f"{report['error'] or warnings[:5]}")
-    log(capsys, f"fuzz nvrtc: seed={SEED} compiled={NVRTC_CASES * 3} problems={len(problems)}")
+    log(record_property, f"fuzz nvrtc: seed={SEED} compiled={NVRTC_CASES * 3} problems={len(problems)}")
     assert not problems, "\n".join(problems)
