@@ -54,6 +54,8 @@ def _variant(name, n):
         "softcap": lambda: ae.compile(mods.softcap(5.0)),
         "document": lambda: ae.compile(mask_mod=mods.document_mask(docs)),
         "sigmoid_none": lambda: ae.compile(mods.sigmoid(-1.0), normalize="none"),
+        # an integer pow (ae::ipow), negative bases and exponents 0 to 6
+        "int_pow": lambda: ae.compile(lambda s, b, h, q, k: s + 0.01 * ((q % 5 - 2) ** (k % 7)).float()),
     }[name]()
 
 
@@ -151,7 +153,7 @@ def _compare(attn, q, k, v, out, lse):
 CASES = [("causal", 64, 64, torch.bfloat16), ("alibi", 128, 128, torch.float16),
          ("document", 128, 128, torch.bfloat16), ("softcap", 256, 256, torch.bfloat16),
          ("sigmoid_none", 192, 128, torch.float16), ("plain", 96, 96, torch.bfloat16),
-         ("relative_bias", 64, 64, torch.bfloat16)]
+         ("relative_bias", 64, 64, torch.bfloat16), ("int_pow", 64, 64, torch.bfloat16)]
 # Custom row normalizations (common/normalizers.h CustomLinear / CustomLog): their stat and
 # finish through the gfx90a rows.
 CUSTOM = ["retention", "sink", "relu_normalized"]
