@@ -51,29 +51,21 @@ def test_readme_deterministic_example_runs(tmp_path, monkeypatch):
     run_readme_block("deterministic=True", tmp_path, monkeypatch, dedent=True)
 
 
-def test_readme_inference_example_runs(tmp_path, monkeypatch, capsys):
-    _, out = run_readme_block("with_kvcache", tmp_path, monkeypatch, capsys)
-    assert "torch.Size([2, 1, 4, 16])" in out
+# README examples that print what they made: (the block's marker, a line of its output).
+PRINTING_EXAMPLES = {
+    "inference": ("with_kvcache", "torch.Size([2, 1, 4, 16])"),
+    "linear": ("compile_linear", "torch.Size([2, 4, 100, 32]) torch.Size([2, 4, 1, 32]) torch.Size([4])"),
+    "seer": ("SeerAttention(", "torch.Size([1, 4, 128, 16])"),
+    "context_parallel": ("ae.context_parallel(", "torch.Size([2, 4, 256, 32]) torch.Size([4, 33])"),
+    "ddp_fsdp2": ("fully_shard(", "torch.Size([4, 33]) DTensor"),
+}
 
 
-def test_readme_linear_example_runs(tmp_path, monkeypatch, capsys):
-    _, out = run_readme_block("compile_linear", tmp_path, monkeypatch, capsys)
-    assert "torch.Size([2, 4, 100, 32]) torch.Size([2, 4, 1, 32]) torch.Size([4])" in out
-
-
-def test_readme_seer_example_runs(tmp_path, monkeypatch, capsys):
-    _, out = run_readme_block("SeerAttention(", tmp_path, monkeypatch, capsys)
-    assert "torch.Size([1, 4, 128, 16])" in out
-
-
-def test_readme_context_parallel_example_runs(tmp_path, monkeypatch, capsys):
-    _, out = run_readme_block("ae.context_parallel(", tmp_path, monkeypatch, capsys)
-    assert "torch.Size([2, 4, 256, 32]) torch.Size([4, 33])" in out
-
-
-def test_readme_ddp_fsdp2_example_runs(tmp_path, monkeypatch, capsys):
-    _, out = run_readme_block("fully_shard(", tmp_path, monkeypatch, capsys)
-    assert "torch.Size([4, 33]) DTensor" in out
+@pytest.mark.parametrize("name", PRINTING_EXAMPLES)
+def test_readme_printing_example_runs(name, tmp_path, monkeypatch, capsys):
+    marker, expected = PRINTING_EXAMPLES[name]
+    _, out = run_readme_block(marker, tmp_path, monkeypatch, capsys)
+    assert expected in out
 
 
 def test_readme_autotune_example_runs(tmp_path, monkeypatch, capsys):
