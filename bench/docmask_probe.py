@@ -10,6 +10,7 @@ Cases:
   noncausal    the same documents without causality
   equal        16 documents of 1024 tokens (every block boundary on a document boundary), causal
   equal_index  the same mask from the indices alone (q // 1024 == k // 1024): no loads
+  window       a causal sliding window of 1024 keys (index-only, its partial blocks on diagonals)
   causal       plain causal attention
 """
 import argparse
@@ -26,7 +27,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--envs", default="AE_MASK_LOADS=2;AE_MASK_LOADS=0;AE_EXACT_PV=0",
                 help="';'-separated settings, each 'NAME=VALUE[+NAME=VALUE]'; the default "
                      "(nothing set) is always timed first")
-ap.add_argument("--cases", default="random,noncausal,equal,equal_index,causal")
+ap.add_argument("--cases", default="random,noncausal,equal,equal_index,window,causal")
 ap.add_argument("--seq", type=int, default=16384)
 args = ap.parse_args()
 
@@ -48,6 +49,7 @@ def cases():
     yield "equal", mods.document_mask(eq_ids), kept_of(equal, True)
     yield "equal_index", (lambda b, h, q_idx, kv_idx:
                           (q_idx // 1024 == kv_idx // 1024) & (q_idx >= kv_idx)), kept_of(equal, True)
+    yield "window", mods.sliding_window(1024), (1025 * S - 1024 * 1025 / 2) / (S * S)
     yield "causal", mods.causal, 0.5
 
 

@@ -448,10 +448,7 @@ std::string emit_variant(const ir::Variant& v, const std::vector<std::string>& d
   // A score_mod that writes an infinity (torch.where(..., s, -inf)) masks scores of blocks
   // the walk calls full: every block's V is then scanned for inf and nan
   // (templates/nvidia/exact_pv.h).
-  bool score_masks = false;
-  for (const Node& n : f.nodes)
-    score_masks = score_masks || (n.op == Op::Const && n.type == DType::Float &&
-                                  std::isinf(n.fvalue));
+  const bool score_masks = ir::has_infinite_constant(f);
   fmt::format_to(out, "  static constexpr bool kScoreMasks = {};\n",
                  score_masks ? "true" : "false");
   // Whether the mods read a captured tensor (the sm90 forward's P V descriptors, sm90/fwd.h).

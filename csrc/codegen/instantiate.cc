@@ -76,6 +76,8 @@ Template template_of(const KernelSpec& s) {
     case Kind::FwdCombine:
       return {"common/split_combine.h", "", fmt::format("ae::fwd_combine<{}, {}>(p)", elem, layout),
               0};
+    case Kind::VCheck:
+      return {"common/v_check.h", "", fmt::format("ae::v_check<{}>(p)", elem), 0};
   }
   throw ir::GraphError("codegen: unknown kernel kind");
 }

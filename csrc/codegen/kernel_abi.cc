@@ -17,7 +17,8 @@ const KernelAbi& abi_of(const KernelSpec& s) {
     case Kind::Forward: return s.family == Family::Sm90 ? tma : attn;
     case Kind::Backward: return s.family == Family::Sm90 ? tma_bwd : attn;
     case Kind::BlockState: return block_states;
-    case Kind::FwdCombine: return attn_only;
+    case Kind::FwdCombine:
+    case Kind::VCheck: return attn_only;
     case Kind::BwdPrep:
     case Kind::BwdDq: return rows;
     case Kind::BwdRowsCustom: return rows_variant;

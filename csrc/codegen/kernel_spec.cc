@@ -13,6 +13,7 @@ const char* kind_name(Kind k) {
     case Kind::BwdDq: return "bwd_dq";
     case Kind::FwdCombine: return "fwd_combine";
     case Kind::BwdRowsCustom: return "bwd_rows_custom";
+    case Kind::VCheck: return "v_check";
   }
   return "?";
 }
@@ -35,7 +36,8 @@ std::string KernelSpec::describe() const {
     case Kind::BlockState: return fmt::format("block_state {}", arch);  // no dtype, no tiles
     case Kind::BwdPrep:
     case Kind::BwdDq:
-    case Kind::FwdCombine: return fmt::format("{} {} {}", kind_name(kind), arch, dtype);
+    case Kind::FwdCombine:
+    case Kind::VCheck: return fmt::format("{} {} {}", kind_name(kind), arch, dtype);
     case Kind::BwdRowsCustom: {  // no dtype (fp32 rows); the gradients it adds into
       std::string grads;
       for (size_t i = 0; i < buffer_grads.size(); ++i)

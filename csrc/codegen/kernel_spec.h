@@ -18,6 +18,7 @@ enum class Kind {
   FwdCombine,  // split-KV forward: the ranges' partial O and LSE merged (common/split_combine.h)
   BwdRowsCustom,  // backward row pass of a custom log-domain normalization: its row terms
                   // from the traced finish (common/bwd_rows.h), after BwdPrep
+  VCheck,      // forward's pre-pass: whether V holds inf or nan (common/v_check.h)
 };
 // Which template family: the portable kernels of templates/common (block states, row passes),
 // the mma.sync templates (sm_80 and up), the Hopper ones (sm_90a: TMA, wgmma, warp
@@ -30,7 +31,7 @@ enum class Layout { Dense };
 // own, added into global memory once at the CTA's end.
 enum class GradSink { Global, Shared };
 
-const char* kind_name(Kind k);  // "fwd", "bwd", "block_state", "bwd_prep", "bwd_dq", "fwd_combine"
+const char* kind_name(Kind k);  // "fwd", "bwd", "block_state", "bwd_prep", "bwd_dq", "fwd_combine", ...
 const char* family_name(Family f);  // "common", "sm80", "sm90", "gfx90a"
 
 struct KernelSpec {
@@ -79,7 +80,8 @@ struct KernelSpec {
   int threads() const { return (family == Family::Gfx90a ? 64 : 32) * warps; }
   // Whether the kernel is generated from a variant (the row passes are the same for all).
   bool uses_variant() const {
-    return kind != Kind::BwdPrep && kind != Kind::BwdDq && kind != Kind::FwdCombine;
+    return kind != Kind::BwdPrep && kind != Kind::BwdDq && kind != Kind::FwdCombine &&
+           kind != Kind::VCheck;
   }
   std::string entry() const;        // the extern "C" kernel name: "ae_" + kind_name
   // "fwd sm_80 bf16 d128/128 128x64 w4 mt2 r0" ("dbuf0": grads, "dbuf0 smem": in shared

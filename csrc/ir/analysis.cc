@@ -1,5 +1,7 @@
 #include <fmt/format.h>
 
+#include <cmath>
+
 #include "ir/passes.h"
 
 namespace ae::ir {
@@ -14,8 +16,15 @@ std::string deps_text(uint32_t d) {
   return s.empty() ? "nothing (constant)" : s;
 }
 
+bool has_infinite_constant(const Graph& g) {
+  for (const Node& n : g.nodes)
+    if (n.op == Op::Const && n.type == DType::Float && std::isinf(n.fvalue)) return true;
+  return false;
+}
+
 Analysis analyze(const Graph& g) {
   Analysis a;
+  a.writes_infinity = has_infinite_constant(g);
   a.deps.resize(g.nodes.size(), 0);
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     const Node& n = g.nodes[i];

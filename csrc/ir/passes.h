@@ -58,9 +58,13 @@ struct Analysis {
   // The score_mod raises to a power that is not a constant (an inline exp2 / log2 with C's
   // special cases per score: registers the widest tiles do not have).
   bool score_pow = false;
+  // A constant infinity in the graph (a score_mod writing -inf): such a mod can mask scores
+  // of any block (templates/nvidia/exact_pv.h).
+  bool writes_infinity = false;
   std::string text() const;
 };
 Analysis analyze(const Graph& g);
+bool has_infinite_constant(const Graph& g);
 
 // Appends derivatives of the "score" output: "d_score" (by the score parameter) and one
 // "d_load" output per float Load node (by the loaded value), then optimizes. A custom

@@ -23,8 +23,9 @@ enum class WorkspaceId {
   OPart,        // fp32 [splits, B, Hq, Sq, Dv]: the split-KV forward's partial outputs
   LsePart,      // fp32 [splits, B, Hq, Sq]: and their LSE
   TileCounter,  // int32 [1], zeroed: the persistent forward's tiles drawn (AttnParams::tile_counter)
+  VFlag,        // int32 [1], zeroed: V holds inf or nan (the V-check pass, AttnParams::v_flag)
 };
-constexpr int kWorkspaceCount = 8;
+constexpr int kWorkspaceCount = 9;
 const char* workspace_name(WorkspaceId id);
 
 struct Workspace {

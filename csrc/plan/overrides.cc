@@ -39,6 +39,8 @@ TuningOverrides TuningOverrides::from_lookup(const Lookup& getenv) {
   if (const char* p = getenv("AE_PLAIN_LOADS"); p && *p && std::string(p) != "0")
     o.plain_loads = true;
   if (const char* e = getenv("AE_EXACT_PV"); e && std::string(e) == "0") o.trust_v = true;
+  if (const char* c = getenv("AE_V_CHECK"); c && (std::string(c) == "0" || std::string(c) == "1"))
+    o.v_check = c[0] - '0';
   if (const char* m = getenv("AE_MASK_LOADS"); m && (std::string(m) == "0" ||
                                                      std::string(m) == "1" || std::string(m) == "2"))
     o.mask_load_mode = m[0] - '0';

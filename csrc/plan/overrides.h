@@ -20,6 +20,9 @@
 //   AE_EXACT_PV=0                                     forwards trust V to be finite at masked
 //                                                     keys (no check: templates/nvidia/
 //                                                     exact_pv.h): for A/B of its cost
+//   AE_V_CHECK=0 or 1                                 the forward's V-check pass (common/
+//                                                     v_check.h) never / wherever the forward
+//                                                     scans V; unset: the planner's rule
 //   AE_PERSISTENT=1 (on) or N >= 2                    the sm90 forward persistent where its tiles
 //                                                     outnumber the CTAs (never split-KV): one
 //                                                     CTA per SM, or N CTAs (tests: many tiles
@@ -52,6 +55,7 @@ struct TuningOverrides {
   bool plain_loads = false;
   bool trust_v = false;  // AE_EXACT_PV=0: no check of V at masked keys (an A/B switch)
   int mask_load_mode = -1;  // AE_MASK_LOADS=0|1|2: how the forwards load the mask (A/B)
+  int v_check = -1;         // AE_V_CHECK=0|1: the V-check pass never / always (-1: the rule)
   int persistent = 0;    // AE_PERSISTENT: 0 off, -1 ("1", "on") one CTA per SM, N >= 2 N CTAs
 
   // Read from the environment (every call: benchmarks change them between calls).

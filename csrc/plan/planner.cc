@@ -295,6 +295,35 @@ void add_block_states(const PlanRequest& r, const KernelSpec& main, LaunchPlan& 
   plan.steps.push_back(s);
 }
 
+// The V-check pass (common/v_check.h) before an NVIDIA forward that would scan the V of its
+// tiles with masked keys (nvidia/exact_pv.h): a mask_mod or a score_mod writing -inf, and
+// enough query rows per key head (q_len x group) that one more read of V costs little beside
+// the forward's GEMMs. AE_V_CHECK=0/1 overrides the rule (still never where the checks are
+// compiled out). None on gfx90a (its forward scans as before).
+bool wants_v_check(const PlanRequest& r, const KernelSpec& main) {
+  constexpr int64_t kMinRowsPerKvHead = 8192;
+  if (main.trust_v || main.family == Family::Gfx90a || r.overrides.v_check == 0) return false;
+  if (r.overrides.v_check == 1) return true;
+  const Problem& pb = r.problem;
+  return (r.variant.has_mask || r.variant.score_masks) && pb.q_len * pb.group() >= kMinRowsPerKvHead;
+}
+
+void add_v_check(const PlanRequest& r, const KernelSpec& main, LaunchPlan& plan) {
+  constexpr int kThreads = 256, kCtasPerSm = 8;
+  const Problem& pb = r.problem;
+  Workspace flag{WorkspaceId::VFlag, {1}, ElemType::Int32, ""};
+  flag.zeroed = true;
+  plan.workspaces.push_back(flag);
+  Step s = common_step(r, Kind::VCheck, main.bf16, kThreads);
+  const int64_t heads = std::min<int64_t>(pb.batch * pb.kv_heads, 65535);
+  const int64_t rows_per_cta = kThreads / (pb.d_v / 8);
+  const int64_t ctas = std::max<int64_t>(1, r.device.multiprocessors) * kCtasPerSm;
+  const int64_t x = std::clamp<int64_t>((ctas + heads - 1) / heads, 1,
+                                        (pb.kv_len + rows_per_cta - 1) / rows_per_cta);
+  s.grid = {u(x), u(heads), 1};
+  plan.steps.push_back(s);
+}
+
 Step main_step(const Problem& pb, const KernelSpec& spec, Dim3 grid) {
   Step s;
   s.spec = spec;
@@ -343,6 +372,7 @@ const char* workspace_name(WorkspaceId id) {
     case WorkspaceId::OPart: return "o_part";
     case WorkspaceId::LsePart: return "lse_part";
     case WorkspaceId::TileCounter: return "tile_counter";
+    case WorkspaceId::VFlag: return "v_flag";
   }
   return "?";
 }
@@ -403,6 +433,7 @@ LaunchPlan make_plan(const PlanRequest& r) {
       counter.zeroed = true;
       plan.workspaces.push_back(counter);
     }
+    if (wants_v_check(r, spec)) add_v_check(r, spec, plan);
     plan.steps.push_back(main_step(pb, spec, grid));
     if (combine) plan.steps.push_back(*combine);
     return plan;

@@ -286,7 +286,8 @@ int smem_bytes(const KernelSpec& s) {
     case Kind::BwdPrep:
     case Kind::BwdDq:
     case Kind::BwdRowsCustom:
-    case Kind::FwdCombine: return 0;
+    case Kind::FwdCombine:
+    case Kind::VCheck: return 0;
   }
   return 0;
 }

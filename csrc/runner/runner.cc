@@ -45,6 +45,7 @@ AttnParams attn_params(const plan::LaunchPlan& plan, const Bindings& b) {
     p.o_part = ws_f32(b, WorkspaceId::OPart);  // null unless split-KV
     p.lse_part = ws_f32(b, WorkspaceId::LsePart);
     p.tile_counter = static_cast<int*>(ws(b, WorkspaceId::TileCounter).data);  // null unless persistent
+    p.v_flag = static_cast<int*>(ws(b, WorkspaceId::VFlag).data);  // null without the V-check pass
   }
   p.block_state = static_cast<const unsigned char*>(ws(b, WorkspaceId::BlockStates).data);
   return p;

@@ -34,9 +34,10 @@ pybind11::dict kernel_source(const ir::Variant& v, const std::string& step, int 
   r.variant = plan::VariantTraits::of(v);
   const bool backward =
       step == "bwd" || step == "bwd_prep" || step == "bwd_dq" || step == "bwd_rows_custom";
-  if (!backward && step != "fwd" && step != "block_state" && step != "fwd_combine")
-    throw ir::GraphError("step must be fwd, bwd, block_state, bwd_prep, bwd_dq, bwd_rows_custom "
-                         "or fwd_combine, not " + step);
+  if (!backward && step != "fwd" && step != "block_state" && step != "fwd_combine" &&
+      step != "v_check")
+    throw ir::GraphError("step must be fwd, bwd, block_state, bwd_prep, bwd_dq, bwd_rows_custom, "
+                         "fwd_combine or v_check, not " + step);
   if (!buffer_grads.empty() && buffer_grads.size() != buffer_dtypes.size())
     throw ir::GraphError(fmt::format("codegen: {} buffer gradient flags for {} captured tensors",
                                      buffer_grads.size(), buffer_dtypes.size()));
@@ -123,7 +124,7 @@ void bind_ir(pybind11::module_& m) {
            pyb::arg("deterministic") = false, pyb::arg("q_len") = 4096,
            "The generated source of one step of the plan the planner makes for this variant on a "
            "device class (h100, h200, a100, ada, mi250) at 4k tokens: step fwd, bwd, "
-           "block_state, bwd_prep, bwd_dq or fwd_combine (split-KV: AE_KV_SPLITS); family sm80, sm90 or gfx90a to ask for one (default: the "
+           "block_state, bwd_prep, bwd_dq, fwd_combine (split-KV: AE_KV_SPLITS) or v_check (a masked forward's; AE_V_CHECK); family sm80, sm90 or gfx90a to ask for one (default: the "
            "planner's choice); buffer_grads: for the backward, which captured tensors get "
            "gradients; deterministic: the deterministic backward's; q_len: the query rows (4096; 16 or "
            "fewer plan the decode template), against 4096 keys. Also the step's entry, compile options, threads, shared memory and the "

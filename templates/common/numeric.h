@@ -28,6 +28,13 @@ AE_DEVICE float fast_exp2(float x) {
 #endif
 }
 
+// Whether either half of w (two bf16 or fp16 values) is inf or nan: its exponent all ones.
+template <bool kBf16>
+AE_DEVICE bool nonfinite2(u32 w) {
+  constexpr u32 e = kBf16 ? 0x7f80u : 0x7c00u;
+  return (w & e) == e || (w & (e << 16)) == (e << 16);
+}
+
 // (lo, hi) -> one register holding two 16-bit floats, lo in the low half (round to nearest
 // even).
 template <bool kBf16>

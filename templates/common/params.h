@@ -64,6 +64,10 @@ struct AttnParams {
   // Persistent forward (common/tile_scheduler.h PersistentTiles): the tiles drawn so far past
   // the grid's first ones; zeroed before the launch. Null otherwise.
   int* tile_counter;
+  // Forward: whether V holds inf or nan anywhere the forward reads, as the V-check pass
+  // (common/v_check.h) found it: 0 lets the forwards skip their scans of masked tiles' V
+  // (nvidia/exact_pv.h). Zeroed before that pass; null where none ran (the forwards scan).
+  int* v_flag;
 };
 
 // The backward's row passes (common/bwd_rows.h). dout, o, dq: [batch, heads, q_len, dim]

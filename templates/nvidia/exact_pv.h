@@ -6,6 +6,7 @@
 // instead of the MMA. Other tiles pay nothing; a scanned tile pays the scan.
 #pragma once
 
+#include "common/params.h"
 #include "nvidia/mma.h"
 
 // AE_EXACT_PV=0 (KernelSpec::trust_v, an A/B switch): the checks compiled out.
@@ -15,19 +16,18 @@
 
 namespace ae::rows {
 
-// Whether a key tile can hold keys some rows mask, so that its V needs the check: partly
-// masked by the mask_mod, past the keys' end, or any tile of a score_mod that writes an
-// infinity. The one definition every forward uses.
-template <class Variant>
-AE_DEVICE bool check_v(bool partial, int kv_end, int kv_len) {
-  return AE_CHECK_V && (Variant::kScoreMasks || partial || kv_end > kv_len);
+// Whether the V-check pass (common/v_check.h) ran and found V all finite: then no tile needs
+// its scan. Read once per CTA (a load per block would sit between the softmax and P V).
+AE_DEVICE bool v_all_finite(const AttnParams& p) {
+  return AE_CHECK_V && p.v_flag != nullptr && *p.v_flag == 0;
 }
 
-// Whether either half of w (two bf16 or fp16 values) is inf or nan: its exponent all ones.
-template <bool kBf16>
-AE_DEVICE bool nonfinite2(u32 w) {
-  constexpr u32 e = kBf16 ? 0x7f80u : 0x7c00u;
-  return (w & e) == e || (w & (e << 16)) == (e << 16);
+// Whether a key tile can hold keys some rows mask, so that its V needs the check: partly
+// masked by the mask_mod, past the keys' end, or any tile of a score_mod that writes an
+// infinity; unless V is known finite. The one definition every forward uses.
+template <class Variant>
+AE_DEVICE bool check_v(bool v_finite, bool partial, int kv_end, int kv_len) {
+  return AE_CHECK_V && !v_finite && (Variant::kScoreMasks || partial || kv_end > kv_len);
 }
 
 // Whether this thread's share of a shared-memory tile holds a non-finite value: rows

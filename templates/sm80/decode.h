@@ -89,6 +89,7 @@ AE_DEVICE void attention_decode(const AttnParams& p, const Variant& var) {
   stats.init();
   constexpr bool kRaw = Variant::kIdentity && Norm::kRawScores;
   const bool raw_ok = Norm::identity_scale(p) > 0.f;
+  const bool v_finite = rows::v_all_finite(p);
   // Q's A fragments stay in registers where they fit next to O.
   constexpr bool kQInRegs = Cfg::kDqk <= 128;
   u32 qf[kQInRegs ? Cfg::kDqk / 16 : 1][4];
@@ -142,7 +143,8 @@ AE_DEVICE void attention_decode(const AttnParams& p, const Variant& var) {
 
     // A tile with masked keys whose V (this warp's keys) holds inf or nan: exact_pv.h.
     const u16* v_keys = sV + stage * Cfg::kSmemV + warp * WK * kLdV;
-    const bool scan = rows::check_v<Variant>(blocks.partial(j), j * BN + BN, Layout::kv_len(p, b));
+    const bool scan =
+        rows::check_v<Variant>(v_finite, blocks.partial(j), j * BN + BN, Layout::kv_len(p, b));
     if (scan && __any_sync(0xffffffffu, rows::any_nonfinite<Cfg::kBf16>(
                                             reinterpret_cast<const char*>(v_keys), WK,
                                             Cfg::kDv / 8, 2 * kLdV, lane, 32))) {

@@ -109,6 +109,7 @@ struct FwdKernel {
     // is not positive (allowed, if odd) takes the checked path, which scales first.
     constexpr bool kRaw = Variant::kIdentity && Norm::kRawScores;
     const bool raw_ok = Norm::identity_scale(p) > 0.f;
+    const bool v_finite = rows::v_all_finite(p);
     // Q's A fragments stay in registers across key tiles where they fit.
     constexpr bool kQInRegs = Cfg::kDqk <= 128 && kMT == 1;
     u32 qf[kQInRegs ? kMT : 1][kQInRegs ? Cfg::kDqk / 16 : 1][4];
@@ -181,7 +182,7 @@ struct FwdKernel {
       for (int mt = 0; mt < kMT; ++mt) rows::normalize<Norm>(s[mt], o[mt], stats[mt], scale);
 
       // A tile with masked keys whose V holds inf or nan: P V score by score (exact_pv.h).
-      const bool scan = rows::check_v<Variant>(blocks.partial(j), kv0 + Cfg::kBlockN,
+      const bool scan = rows::check_v<Variant>(v_finite, blocks.partial(j), kv0 + Cfg::kBlockN,
                                                Layout::kv_len(p, b));
       if (scan && __syncthreads_or(rows::any_nonfinite<Cfg::kBf16>(
                       reinterpret_cast<const char*>(sV + stage * Cfg::kSmemV), Cfg::kBlockN,

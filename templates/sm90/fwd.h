@@ -209,6 +209,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   // is not positive takes the checked path, which scales first.
   constexpr bool kRaw = Variant::kIdentity && Norm::kRawScores;
   const bool raw_ok = Norm::identity_scale(p) > 0.f;
+  const bool v_finite = rows::v_all_finite(p);
 
   // Ping-pong: the two consumer warpgroups take turns issuing their GEMMs (named barriers
   // 1 and 2), so one's softmax runs under the other's GEMMs on the tensor cores.
@@ -331,8 +332,9 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
     // P V is pv_exact_at's, score by score, not the wgmma (nvidia/exact_pv.h).
     auto v_bad = [&](int it_) -> bool {
       if constexpr (!AE_CHECK_V) return false;
+      if (v_finite) return false;  // (before block_at: its wait and load are not free)
       const int code = block_at(it_);  // (its slot is still held: re-read, not kept live)
-      if (!rows::check_v<Variant>(code & 1, (code >> 1) * BN + BN, Layout::kv_len(p, b)))
+      if (!rows::check_v<Variant>(v_finite, code & 1, (code >> 1) * BN + BN, Layout::kv_len(p, b)))
         return false;
       const int stage = it_ % S;
       wait_v(it_);

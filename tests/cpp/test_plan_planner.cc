@@ -89,7 +89,7 @@ TEST(Planner, PersistentForwardWhereTilesOutnumberTheSms) {
   p = make_plan(r);
   EXPECT_EQ(grid_of(p), (std::vector<unsigned>{132, 1, 1}));
   EXPECT_EQ(main_step(p).spec.describe(), "fwd90 sm_90a bf16 d128/128 128x176 w12 s2 ov pp pers");
-  ASSERT_EQ(p.workspaces.size(), 2u);  // the block states and the counter
+  ASSERT_EQ(p.workspaces.size(), 3u);  // the block states, the V-check flag and the counter
   EXPECT_TRUE(p.workspace(WorkspaceId::TileCounter)->zeroed);
   EXPECT_TRUE(p.workspace(WorkspaceId::TileCounter)->cache_key.empty());
   r.problem.batch = 1;
@@ -132,7 +132,8 @@ TEST(Planner, DisablingSm90OrHeadDimsWithoutItTakeSm80) {
 TEST(Planner, MaskedForwardBuildsBlockStatesFirst) {
   const LaunchPlan p = make_plan(request(OpKind::Forward, devices::h200(), causal()));
   ASSERT_TRUE(p.ok) << p.reason;
-  ASSERT_EQ(kinds(p), (std::vector<Kind>{Kind::BlockState, Kind::Forward}));
+  // (the V-check pass between: VCheckPassBeforeForwardsThatScanV)
+  ASSERT_EQ(kinds(p), (std::vector<Kind>{Kind::BlockState, Kind::VCheck, Kind::Forward}));
   const Step& bs = p.steps[0];
   EXPECT_EQ(bs.spec.family, Family::Common);
   EXPECT_TRUE(bs.fills_workspace);
@@ -577,6 +578,60 @@ TEST(Planner, FewQueryRowsTakeTheDecodeTemplate) {
     r.problem.kind = OpKind::Backward;
     EXPECT_FALSE(main_step(make_plan(r)).spec.decode);
   }
+}
+
+TEST(Planner, VCheckPassBeforeForwardsThatScanV) {
+  // A mask and 4096 x 4 query rows per key head: the pass, its zeroed flag, before the forward
+  PlanRequest r = request(OpKind::Forward, devices::h200(), document());
+  LaunchPlan p = make_plan(r);
+  ASSERT_TRUE(p.ok) << p.reason;
+  ASSERT_EQ(kinds(p), (std::vector<Kind>{Kind::BlockState, Kind::VCheck, Kind::Forward}));
+  const Step& check = p.steps[1];
+  EXPECT_EQ(check.spec.family, Family::Common);
+  EXPECT_EQ(check.spec.describe(), "v_check sm_90a bf16");
+  EXPECT_EQ(check.threads, 256);
+  // 2 x 4 key heads; 132 SMs x 8 CTAs over them, at most a CTA per 16 rows of 128 values
+  EXPECT_EQ(check.grid.y, 8u);
+  EXPECT_EQ(check.grid.x, 132u);
+  const Workspace* flag = p.workspace(WorkspaceId::VFlag);
+  ASSERT_NE(flag, nullptr);
+  EXPECT_EQ(flag->shape, std::vector<int64_t>{1});
+  EXPECT_EQ(flag->dtype, ElemType::Int32);
+  EXPECT_TRUE(flag->zeroed);
+  EXPECT_TRUE(flag->cache_key.empty());
+  // A score_mod writing -inf masks without a mask_mod; plain attention scans nothing
+  VariantTraits inf_mod = plain();
+  inf_mod.score_masks = true;
+  EXPECT_NE(make_plan(request(OpKind::Forward, devices::h200(), inf_mod)).workspace(WorkspaceId::VFlag),
+            nullptr);
+  EXPECT_EQ(make_plan(request(OpKind::Forward, devices::h200(), plain())).workspace(WorkspaceId::VFlag),
+            nullptr);
+  // Few query rows per key head (256 x 4 < 8192): the pass would cost more than it saves
+  r.problem.q_len = 256;
+  EXPECT_EQ(make_plan(r).workspace(WorkspaceId::VFlag), nullptr);
+  r.overrides.v_check = 1;  // forced (this short forward splits its keys: the combine after)
+  p = make_plan(r);
+  EXPECT_EQ(kinds(p), (std::vector<Kind>{Kind::BlockState, Kind::VCheck, Kind::Forward,
+                                         Kind::FwdCombine}));
+  // short keys: one CTA per 16 rows at most
+  r.problem.kv_len = 100;
+  EXPECT_EQ(make_plan(r).steps[1].grid.x, 7u);
+  r.problem.kv_len = 4096;
+  r.overrides.trust_v = true;  // the checks compiled out: nothing to skip
+  EXPECT_EQ(make_plan(r).workspace(WorkspaceId::VFlag), nullptr);
+  r.overrides.trust_v = false;
+  r.problem.q_len = 4096;
+  r.overrides.v_check = 0;  // turned off
+  EXPECT_EQ(make_plan(r).workspace(WorkspaceId::VFlag), nullptr);
+  // None for backwards or gfx90a; the sm80 forward (A100: 108 SMs, D64: 32 rows per CTA)
+  r.overrides.v_check = -1;
+  EXPECT_EQ(make_plan(request(OpKind::Backward, devices::h200(), document())).workspace(WorkspaceId::VFlag),
+            nullptr);
+  p = make_plan(request(OpKind::Forward, devices::a100(), document(), 64));
+  ASSERT_EQ(kinds(p), (std::vector<Kind>{Kind::BlockState, Kind::VCheck, Kind::Forward}));
+  EXPECT_EQ(p.steps[1].grid.x, 108u);
+  EXPECT_EQ(make_plan(request(OpKind::Forward, devices::mi250(), document())).workspace(WorkspaceId::VFlag),
+            nullptr);
 }
 
 TEST(Planner, DescribeListsStepsAndWorkspaces) {

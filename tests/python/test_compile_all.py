@@ -163,6 +163,22 @@ def test_split_kv_combine_compiles(bf16, monkeypatch):
             assert report["spill_stores"] == 0 and report["spill_loads"] == 0
 
 
+@pytest.mark.parametrize("bf16", [True, False], ids=["bf16", "fp16"])
+def test_v_check_pass_compiles(bf16, monkeypatch):
+    # The masked forward's V-check pass (common/v_check.h), for every family's arch
+    monkeypatch.setenv("AE_V_CHECK", "1")
+    info = ae.compile(mask_mod=mods.causal).variant.kernel_source("v_check", 128, 128, bf16)
+    assert info["family"] == "common" and "struct Variant" not in info["source"]
+    assert "v_check" in info["plan"] and info["plan"].index("v_check") < info["plan"].index("fwd90")
+    arches = ["sm_80", "sm_90a"] + (["gfx90a"] if rtc_available("gfx90a") else [])
+    for arch in arches:
+        (report,) = _C.jit_check_arches(info["source"], info["entry"], arches=[arch], options=[])
+        assert report["ok"], f"{info['describe']} {arch}: {report['error']}"
+        if arch.startswith("sm_"):
+            assert 0 < report["registers"] <= 64
+            assert report["spill_stores"] == 0 and report["spill_loads"] == 0
+
+
 # Gradients of captured tensors (common/variant_support.h): a shared-memory copy where the
 # planner finds room (relative_bias's 16 x 65 table is one in the cases above), global
 # atomics where it does not (a 16 x 1025 table on the sm90 backward) or where AE_GRAD_SINK

@@ -156,6 +156,16 @@ def family(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=["rule", "pass"])
+def v_check(request, monkeypatch):
+    """Without the V-check pass (these shapes have too few rows for the planner's rule) and
+    with it forced (AE_V_CHECK=1: common/v_check.h must find the inf or nan, or the kernels skip
+    their scans and the masked values reach the output)."""
+    if request.param == "pass":
+        monkeypatch.setenv("AE_V_CHECK", "1")
+    return request.param
+
+
 def _gpu_qkv(B, H, SQ, SKV, D, dtype, seed=0):
     gen = torch.Generator().manual_seed(seed)
     return [torch.randn(B, H, n, D, generator=gen).to("cuda", dtype) for n in (SQ, SKV, SKV)]
@@ -190,7 +200,7 @@ def _kernel_vs_reference(attn, q, k, v, family, poisoned, backward=True):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype,D", [(torch.bfloat16, 128), (torch.float16, 128),
                                      (torch.bfloat16, 256)])  # (D 256: sm90 without overlap)
-def test_kernels_ignore_nonfinite_v_at_masked_keys(dtype, D, family):
+def test_kernels_ignore_nonfinite_v_at_masked_keys(dtype, D, family, v_check):
     # keys 200..255 masked for every row (a partly masked key block), rows 0..7 keep nothing
     mask = lambda b, h, qi, ki: (ki < 200) & (qi >= 8)  # noqa: E731
     attn = ae.compile(mask_mod=mask)
@@ -204,7 +214,7 @@ def test_kernels_ignore_nonfinite_v_at_masked_keys(dtype, D, family):
 
 
 @pytest.mark.gpu
-def test_kernels_causal_inf_in_v_reaches_only_rows_that_keep_it(family):
+def test_kernels_causal_inf_in_v_reaches_only_rows_that_keep_it(family, v_check):
     # 300 keys: the diagonal tiles and the key tail are the partial ones; key 250 holds inf in
     # column 3, key 299 nan everywhere (only the last row keeps it)
     attn = ae.compile(mask_mod=mods.causal)
@@ -220,7 +230,7 @@ def test_kernels_causal_inf_in_v_reaches_only_rows_that_keep_it(family):
 
 
 @pytest.mark.gpu
-def test_kernels_minus_inf_score_acts_as_a_mask(family):
+def test_kernels_minus_inf_score_acts_as_a_mask(family, v_check):
     # a score_mod's -inf masks keys inside tiles the block walk calls full
     attn = ae.compile(lambda s, b, h, qi, ki: torch.where((ki % 64) >= 60, -INF, s))
     q, k, v = _gpu_qkv(1, 2, 128, 256, 64, torch.bfloat16)
@@ -305,3 +315,31 @@ def test_kvcache_garbage_past_the_lengths_does_not_reach_the_output():
                                  for t, m in ((q, 1), (k_cache, n), (v_cache, n))))
         got = out[b:b + 1].transpose(1, 2).double()
         assert (got - want).abs().max().item() < 0.03
+
+
+@pytest.mark.gpu
+def test_kernels_planned_v_check_finds_nonfinite_v(family):
+    # 2048 query rows x 4 heads per key head: the planner's rule runs the V-check pass itself;
+    # a nan at key 2000 must still reach only the rows that keep it
+    attn = ae.compile(mask_mod=mods.causal)
+    q, k, v = _gpu_qkv(1, 1, 2048, 2048, 64, torch.bfloat16)
+    q = torch.cat([q, q.flip(2), -q, 2 * q], dim=1)  # GQA 4:1
+    assert "v_check" in attn.variant.kernel_source("fwd", 64, 64, q_len=8192)["plan"]
+    v[:, :, 2000] = NAN
+    poisoned = torch.zeros(1, 4, 2048, 64, dtype=torch.bool)
+    poisoned[:, :, 2000:] = True
+    out = _kernel_vs_reference(attn, q, k, v, family, poisoned, backward=False)
+    assert torch.isfinite(out[:, :, :2000]).all() and torch.isnan(out[:, :, 2000:]).all()
+
+
+def test_planner_runs_the_v_check_pass_where_forwards_would_scan_v():
+    # (CPU: the plans only) masked forwards with 8192 query rows per key head or more get the
+    # pass; fewer rows, no mask, or a backward do not
+    causal, plain = ae.compile(mask_mod=mods.causal), ae.compile()
+    plan = causal.variant.kernel_source("fwd", 128, 128, q_len=8192)["plan"]
+    assert plan.index("v_check") < plan.index("fwd90") and "workspace v_flag [1]" in plan
+    assert "v_check" not in causal.variant.kernel_source("fwd", 128, 128, q_len=4096)["plan"]
+    assert "v_check" not in plain.variant.kernel_source("fwd", 128, 128, q_len=8192)["plan"]
+    assert "v_check" not in causal.variant.kernel_source("bwd", 128, 128, q_len=8192)["plan"]
+    inf_mod = ae.compile(lambda s, b, h, qi, ki: torch.where(ki > qi, -INF, s))
+    assert "v_check" in inf_mod.variant.kernel_source("fwd", 128, 128, q_len=8192)["plan"]
