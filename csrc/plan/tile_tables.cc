@@ -96,11 +96,15 @@ struct Sm90FwdRule {
 // overlap and ping-pong (2026-12-03, 16k, bench/docmask_probe.py: causal documents 204 -> 234,
 // non-causal 252 -> 313): its partial blocks' checked path and V scan (nvidia/exact_pv.h)
 // stall the other warpgroup's turn.
+// At D128 without loads, 128 keys in a ring of 3 stages beat the 176-key tiles (2026-12-03,
+// bench/tile_probe.py, 16k tokens: causal 16k 478 -> 586, ALiBi 461 -> 500, window 300 -> 364,
+// plain 564 -> 586, at 4k and 8k likewise; softcap 2-3% slower at 8k and 16k).
 const std::vector<Sm90FwdRule>& sm90_fwd_rules() {
   static const std::vector<Sm90FwdRule> rules = {
       {64, kNo, kYes, {{192, 2, true, true, true}, {128, 2, true, true}, {64, 2, true, true}}},
       {128, kNo, kYes, {{128, 2, false, false}, {64, 2, false, false}}, kYes},
-      {128, kNo, kYes, {{176, 2, true, true, true}, {128, 2, true, true}, {64, 2, true, true}}},
+      {128, kNo, kYes,
+       {{128, 3, true, true}, {176, 2, true, true, true}, {128, 2, true, true}, {64, 2, true, true}}},
       {128, kNo, kNo, {{128, 2, false, false}, {64, 2, false, false}}},
       {128, kYes, kYes, {{64, 2, true, true}}},
       {128, kYes, kNo, {{64, 2, false, false}}},

@@ -47,7 +47,7 @@ TEST(Planner, HopperForwardIsTheSm90Template) {
     ASSERT_EQ(kinds(p), std::vector<Kind>{Kind::Forward});
     const Step& s = p.steps[0];
     EXPECT_EQ(s.spec.arch, "sm_90a");
-    EXPECT_EQ(s.spec.describe(), "fwd90 sm_90a bf16 d128/128 128x176 w12 s2 ov pp");
+    EXPECT_EQ(s.spec.describe(), "fwd90 sm_90a bf16 d128/128 128x128 w12 s3 ov pp");
     EXPECT_EQ(s.threads, 384);
     EXPECT_EQ(s.smem, smem_bytes(s.spec));
     EXPECT_LE(s.smem, dev.smem_per_block);
@@ -56,7 +56,7 @@ TEST(Planner, HopperForwardIsTheSm90Template) {
     EXPECT_EQ(s.grid.y, 16u);
     EXPECT_EQ(s.grid.z, 2u);
     EXPECT_EQ(p.attn.n_q_blocks, 32);
-    EXPECT_EQ(p.attn.n_kv_blocks, 24);  // 4096 keys in blocks of 176
+    EXPECT_EQ(p.attn.n_kv_blocks, 32);  // 4096 keys in blocks of 128
     EXPECT_EQ(p.attn.group, 4);
     EXPECT_FLOAT_EQ(p.attn.scale, 0.125f);
     EXPECT_FLOAT_EQ(p.attn.scale_log2, 0.125f * 1.4426950408889634f);
@@ -88,7 +88,7 @@ TEST(Planner, PersistentForwardWhereTilesOutnumberTheSms) {
   r.overrides.persistent = -1;  // "on": a CTA per SM, the counter zeroed per call
   p = make_plan(r);
   EXPECT_EQ(grid_of(p), (std::vector<unsigned>{132, 1, 1}));
-  EXPECT_EQ(main_step(p).spec.describe(), "fwd90 sm_90a bf16 d128/128 128x176 w12 s2 ov pp pers");
+  EXPECT_EQ(main_step(p).spec.describe(), "fwd90 sm_90a bf16 d128/128 128x128 w12 s3 ov pp pers");
   ASSERT_EQ(p.workspaces.size(), 3u);  // the block states, the V-check flag and the counter
   EXPECT_TRUE(p.workspace(WorkspaceId::TileCounter)->zeroed);
   EXPECT_TRUE(p.workspace(WorkspaceId::TileCounter)->cache_key.empty());
@@ -139,15 +139,15 @@ TEST(Planner, MaskedForwardBuildsBlockStatesFirst) {
   EXPECT_TRUE(bs.fills_workspace);
   EXPECT_EQ(bs.fills, WorkspaceId::BlockStates);
   EXPECT_EQ(bs.threads, 128);
-  // one CTA per tile of the main kernel's blocks (176 keys); the mask depends on neither b nor h
-  EXPECT_EQ(bs.grid.x, 24u);
+  // one CTA per tile of the main kernel's blocks (128 keys); the mask depends on neither b nor h
+  EXPECT_EQ(bs.grid.x, 32u);
   EXPECT_EQ(bs.grid.y, 32u);
   EXPECT_EQ(bs.grid.z, 1u);
   EXPECT_EQ(p.block_states.block_m, 128);
-  EXPECT_EQ(p.block_states.block_n, 176);
+  EXPECT_EQ(p.block_states.block_n, 128);
   const Workspace* w = p.workspace(WorkspaceId::BlockStates);
   ASSERT_NE(w, nullptr);
-  EXPECT_EQ(w->shape, (std::vector<int64_t>{1, 32, 24}));
+  EXPECT_EQ(w->shape, (std::vector<int64_t>{1, 32, 32}));
   EXPECT_FALSE(w->cache_key.empty());  // index-only mask: kept across calls
   EXPECT_EQ(p.attn.state_stride_b, 0);
   EXPECT_EQ(p.attn.state_stride_h, 0);
@@ -167,10 +167,10 @@ TEST(Planner, PerHeadMasksHaveATablePerHead) {
   v.mask_per_batch = true;
   const LaunchPlan p = make_plan(request(OpKind::Forward, devices::h200(), v));
   ASSERT_TRUE(p.ok) << p.reason;
-  EXPECT_EQ(p.workspace(WorkspaceId::BlockStates)->shape, (std::vector<int64_t>{32, 32, 24}));
+  EXPECT_EQ(p.workspace(WorkspaceId::BlockStates)->shape, (std::vector<int64_t>{32, 32, 32}));
   EXPECT_EQ(p.steps[0].grid.z, 32u);
-  EXPECT_EQ(p.attn.state_stride_h, 32 * 24);
-  EXPECT_EQ(p.attn.state_stride_b, 32 * 24 * 16);
+  EXPECT_EQ(p.attn.state_stride_h, 32 * 32);
+  EXPECT_EQ(p.attn.state_stride_b, 32 * 32 * 16);
   EXPECT_TRUE(p.block_states.per_head && p.block_states.per_batch);
 }
 
@@ -295,13 +295,13 @@ TEST(Planner, CustomNormalizationsRunFusedKernelsUnlessTurnedOff) {
   ASSERT_TRUE(p.ok) << p.reason;
   const std::vector<Kind> k = kinds(p);
   EXPECT_NE(std::find(k.begin(), k.end(), Kind::BwdRowsCustom), k.end());
-  // The log domain takes a loading mask's narrower tiles, but keeps the overlap (the rule for
-  // masks that load is measured for a mask_mod's own loads only)
+  // The log domain skips the wide tiles as a loading mask does, but keeps the overlap (the
+  // rule for masks that load is measured for a mask_mod's own loads only)
   VariantTraits log = v;
   log.log_domain = true;
   const ae::codegen::KernelSpec f =
       main_step(make_plan(request(OpKind::Forward, devices::h200(), log))).spec;
-  EXPECT_EQ(f.describe(), "fwd90 sm_90a bf16 d128/128 128x128 w12 s2 ov pp");
+  EXPECT_EQ(f.describe(), "fwd90 sm_90a bf16 d128/128 128x128 w12 s3 ov pp");
   for (OpKind kind : {OpKind::Forward, OpKind::Backward}) {  // AE_CUSTOM_NORM=0
     PlanRequest r = request(kind, devices::h200(), v);
     r.overrides.custom_norm_kernels = false;
@@ -505,7 +505,7 @@ TEST(Planner, DecodeSplitsTheKeys) {
   LaunchPlan p = make_plan(r);
   ASSERT_TRUE(p.ok) << p.reason;
   EXPECT_EQ(p.attn.kv_splits, 4);  // 32 tiles: 132 / 32 = 4 ranges
-  EXPECT_EQ(p.attn.kv_split_blocks, 47);  // 187 blocks of 176 keys
+  EXPECT_EQ(p.attn.kv_split_blocks, 64);  // 256 blocks of 128 keys
   EXPECT_EQ(kinds(p), (std::vector<Kind>{Kind::Forward, Kind::FwdCombine}));
   EXPECT_TRUE(main_step(p).spec.kv_split);
   EXPECT_EQ(main_step(p).grid.z, 4u);  // batch x ranges
@@ -517,11 +517,11 @@ TEST(Planner, DecodeSplitsTheKeys) {
   // Forced through the override; a count past the key blocks is cut to one block per range,
   // and the last range is never empty.
   r.overrides.kv_splits = 1000;
-  EXPECT_EQ(make_plan(r).attn.kv_splits, 187);
+  EXPECT_EQ(make_plan(r).attn.kv_splits, 256);
   r.overrides.kv_splits = 3;
   p = make_plan(r);
   EXPECT_EQ(p.attn.kv_splits, 3);
-  EXPECT_EQ(p.attn.kv_split_blocks, 63);
+  EXPECT_EQ(p.attn.kv_split_blocks, 86);
   r.overrides.kv_splits = 1;
   EXPECT_FALSE(main_step(make_plan(r)).spec.kv_split);
   r.overrides.kv_splits = 0;

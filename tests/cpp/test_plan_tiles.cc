@@ -74,7 +74,8 @@ TEST(Sm80Tiles, BackwardPreferences) {
 TEST(Sm90Tiles, ForwardPreferences) {
   const Candidates plain = sm90_forward(query(128, 128), kNone);
   ASSERT_FALSE(plain.specs.empty());
-  EXPECT_EQ(plain.specs[0].describe(), "fwd90 sm_90a bf16 d128/128 128x176 w12 s2 ov pp");
+  EXPECT_EQ(plain.specs[0].describe(), "fwd90 sm_90a bf16 d128/128 128x128 w12 s3 ov pp");
+  EXPECT_EQ(plain.specs[1].describe(), "fwd90 sm_90a bf16 d128/128 128x176 w12 s2 ov pp");
   EXPECT_EQ(sm90_forward(query(64, 64), kNone).specs[0].block_n, 192);
   // A mask_mod that loads a captured tensor per score, or a score_mod with a pow of a
   // non-constant exponent, keeps the narrower tiles.
@@ -92,7 +93,7 @@ TEST(Sm90Tiles, ForwardPreferences) {
   EXPECT_EQ(sm90_forward(doc, kNone).specs[0].describe(), "fwd90 sm_90a bf16 d128/128 128x128 w12 s2");
   doc.mask_mod_loads = false;  // a custom normalization's stand-in: not measured, unchanged
   EXPECT_EQ(sm90_forward(doc, kNone).specs[0].describe(),
-            "fwd90 sm_90a bf16 d128/128 128x128 w12 s2 ov pp");
+            "fwd90 sm_90a bf16 d128/128 128x128 w12 s3 ov pp");
   doc = query(64, 64);
   doc.mask_loads = doc.mask_mod_loads = true;
   EXPECT_TRUE(sm90_forward(doc, kNone).specs[0].overlap);  // not measured at D64
@@ -104,12 +105,15 @@ TEST(Sm90Tiles, ForwardPreferences) {
   EXPECT_EQ(d256.block_n, 80);
   EXPECT_FALSE(d256.overlap);
   EXPECT_EQ(sm90_forward(query(256, 256, true), kNone).specs[0].block_n, 64);
-  // Dqk 192: the first candidate (176 keys) is past the shared memory, the planner takes the next.
+  // Dqk 192: the first two candidates (3 stages of 128 keys, 176 keys) are past the shared
+  // memory, the planner takes the next.
   const Candidates mla = sm90_forward(query(192, 128), kNone);
-  ASSERT_GE(mla.specs.size(), 2u);
+  ASSERT_GE(mla.specs.size(), 3u);
   EXPECT_GT(smem_bytes(mla.specs[0]), devices::h200().smem_per_block);
-  EXPECT_EQ(mla.specs[1].block_n, 128);
-  EXPECT_LE(smem_bytes(mla.specs[1]), devices::h200().smem_per_block);
+  EXPECT_GT(smem_bytes(mla.specs[1]), devices::h200().smem_per_block);
+  EXPECT_EQ(mla.specs[2].block_n, 128);
+  EXPECT_EQ(mla.specs[2].stages, 2);
+  EXPECT_LE(smem_bytes(mla.specs[2]), devices::h200().smem_per_block);
   const Candidates d96 = sm90_forward(query(96, 96), kNone);
   EXPECT_TRUE(d96.specs.empty());
   EXPECT_NE(d96.refusal.find("no sm90 kernel"), std::string::npos);
@@ -148,10 +152,10 @@ TEST(Tiles, OverridesReplaceTheFirstChoice) {
   EXPECT_EQ(sm90_forward(query(256, 256), h).specs[0].block_n, 80);  // 128 keys spill past Dv 128
   h.sm90_fwd[0] = 160;  // any multiple of 16 whose registers fit
   EXPECT_EQ(sm90_forward(query(128, 128), h).specs[0].block_n, 160);
-  h.sm90_fwd[0] = 200;
-  EXPECT_EQ(sm90_forward(query(128, 128), h).specs[0].block_n, 176);
+  h.sm90_fwd[0] = 200;  // (not a width: the table's)
+  EXPECT_EQ(sm90_forward(query(128, 128), h).specs[0].block_n, 128);
   h.sm90_fwd[0] = 192;  // 192 keys and Dv 128: past 240 registers
-  EXPECT_EQ(sm90_forward(query(128, 128), h).specs[0].block_n, 176);
+  EXPECT_EQ(sm90_forward(query(128, 128), h).specs[0].block_n, 128);
 }
 
 TEST(Tiles, SharedMemoryIsTheTemplatesFormula) {
@@ -159,9 +163,10 @@ TEST(Tiles, SharedMemoryIsTheTemplatesFormula) {
   const auto f = sm80_forward(query(128, 128), kNone).specs[0];
   EXPECT_EQ(smem_bytes(f), 2 * (128 * 136 + 2 * 64 * 136 + 2 * 64 * 136));
   const auto g = sm90_forward(query(128, 128), kNone).specs[0];
-  // (1024 bytes of alignment slack and the zero atom of exact P V: 2048; 8 mbarriers; the
-  // block list and the tile slot)
-  EXPECT_EQ(smem_bytes(g), 2048 + 2 * (128 * 128 + 2 * 176 * 256) + 8 * 8 + 4 * 3);
+  // (1024 bytes of alignment slack and the zero atom of exact P V: 2048; 11 mbarriers; the
+  // block list and the tile slot): 3 stages of 128 keys, within the H200's 232448 bytes
+  EXPECT_EQ(smem_bytes(g), 2048 + 2 * (128 * 128 + 3 * 128 * 256) + 8 * 11 + 4 * 4);
+  EXPECT_LE(smem_bytes(g), devices::h200().smem_per_block);
   const auto b = sm80_backward(query(128, 128), kNone).specs[0];
   EXPECT_EQ(smem_bytes(b), 2 * (128 * 272 + 2 * 64 * 272 + 2 * 128 * 72) + 2 * 2 * 4 * 64);
 }

@@ -49,7 +49,8 @@ TEST_F(TuneCandidates, HopperForwardWidthsAndSchedules) {
   const auto cands = candidates(request(plan::OpKind::Forward, plan::devices::h200()));
   ASSERT_GT(cands.size(), 10u);
   EXPECT_TRUE(cands[0].choice.vars.empty());  // the table's first
-  EXPECT_EQ(main_of(cands[0]).spec.block_n, 176);
+  EXPECT_EQ(main_of(cands[0]).spec.block_n, 128);
+  EXPECT_EQ(main_of(cands[0]).spec.stages, 3);
   std::set<std::string> plans;
   std::set<int> widths;
   bool no_overlap = false, persistent = false, three = false;
