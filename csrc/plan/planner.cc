@@ -114,9 +114,11 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
                       r.overrides.enable_decode && r.device.vendor == jit::Vendor::kNvidia;
   std::vector<Family> families;
   if (r.device.vendor == jit::Vendor::kAmd) {  // gfx90a (unfit_inputs refused other targets)
-    if (kind != Kind::Forward) {
-      *why = fmt::format("{}: the gfx90a family has no {} kernel yet (only the forward)",
-                         r.device.label(), codegen::kind_name(kind));
+    // The deterministic backward's dQ order (common/dq_order.h) counts 64-query tiles; the
+    // gfx90a backward's are 32.
+    if (kind == Kind::Backward && pb.deterministic) {
+      *why = fmt::format("{}: the gfx90a backward has no deterministic mode (its dQ is added by "
+                         "atomics in arrival order)", r.device.label());
       return false;
     }
     families.push_back(Family::Gfx90a);
@@ -136,7 +138,8 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
   std::string reasons;
   for (Family f : families) {
     const bool fwd = kind == Kind::Forward;
-    Candidates c = f == Family::Gfx90a ? gfx90a_forward(q, pb.q_len <= 64)
+    Candidates c = f == Family::Gfx90a
+                       ? (fwd ? gfx90a_forward(q, pb.q_len <= 64) : gfx90a_backward(q))
                    : f == Family::Sm90 ? (fwd ? sm90_forward(q, r.overrides) : sm90_backward(q))
                    : fwd               ? sm80_forward(q, r.overrides)
                                        : sm80_backward(q, r.overrides);
