@@ -14,11 +14,14 @@
 // unscaled (the dq row pass, common/bwd_rows.h, applies the scale).
 // Per score: P recomputed from the row's log2 LSE, dS = P (dP - delta) d score_mod / d score
 // (common/bwd_scores.h, the Variant's grad; gradients of captured tensors go to its sink).
+// Deterministic (Cfg::kDeterministic): the blocks add into a dQ tile in launch order, key
+// blocks from the last (common/dq_order.h), each block's additions one per element.
 // Same ABI as the sm80 backward: (AttnParams, VariantArgs).
 #pragma once
 
 #include "common/block_walk.h"
 #include "common/bwd_scores.h"
+#include "common/dq_order.h"
 #include "common/kv_layout.h"
 #include "common/normalizers.h"
 #include "common/params.h"
@@ -30,12 +33,13 @@
 
 namespace ae::gfx90a {
 
-template <int D_QK_, int D_V_, int BLOCK_M_, int BLOCK_N_, int WAVES_, bool BF16_, class LAYOUT_>
+template <int D_QK_, int D_V_, int BLOCK_M_, int BLOCK_N_, int WAVES_, bool BF16_, class LAYOUT_,
+          bool DETERMINISTIC_ = false>
 struct BwdConfig {
   using Layout = LAYOUT_;
   static constexpr int kDqk = D_QK_, kDv = D_V_, kBlockM = BLOCK_M_, kBlockN = BLOCK_N_;
   static constexpr int kWaves = WAVES_, kThreads = 64 * kWaves;
-  static constexpr bool kBf16 = BF16_;
+  static constexpr bool kBf16 = BF16_, kDeterministic = DETERMINISTIC_;
   // LDS row strides (elements): Q and dO rows, their transposes, dS rows.
   static constexpr int kLdQ = kDqk + kLdsPad, kLdO = kDv + kLdsPad;
   static constexpr int kLdT = kBlockM + kLdsPad, kLdS = kBlockN + kLdsPad;
@@ -92,7 +96,7 @@ struct BwdKernel {
 
   AE_DEVICE void run(char* lds) {
     const int wave = threadIdx.x / 64, lane = threadIdx.x % 64, j = lane % N, g = lane / N;
-    const WorkTile tile = GridOrder::tile(p);
+    const WorkTile tile = Cfg::kDeterministic ? ReversedBlocks::tile(p) : GridOrder::tile(p);
     const int n_block = tile.block, h_kv = tile.head, b = tile.batch;
     const int k0 = n_block * Cfg::kBlockN, key = k0 + wave * N + j;  // this lane's key
     const int q_len = Layout::q_len(p, b), kv_len = Layout::kv_len(p, b);
@@ -231,6 +235,13 @@ struct BwdKernel {
       //    q_len land in dq_accum's padding).
       float* dq_rows = p.dq_accum + ((static_cast<long long>(b) * p.q_heads + hq) * p.n_q_blocks *
                                          Cfg::kBlockM + q0 + j) * Cfg::kDqk + 4 * g;
+      if constexpr (Cfg::kDeterministic) {  // this block's turn at the tile
+        if (wave == 0) {
+          const int turn = dq_rank(p, b, hq, it.mb, n_block, walk.states);
+          if (lane == 0) dq_order_wait(dq_order_at(p, b, hq, it.mb), turn);
+        }
+        __syncthreads();
+      }
 #pragma unroll
       for (int i = 0; i < kDt; ++i) {
         if (!has_dq_tile(wave, i)) continue;  // (the same for every lane of the wave)
@@ -251,6 +262,11 @@ struct BwdKernel {
 #pragma unroll
           for (int v = 0; v < M::kC; ++v)
             global_add(dq_rows + N * mt * Cfg::kDqk + col + c_row<N>(v, 0), dq[mt][v]);
+      }
+      if constexpr (Cfg::kDeterministic) {  // the next block's turn once every addition is done
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) dq_order_arrive(dq_order_at(p, b, hq, it.mb));
       }
       it = itn;
       itn = walk.pop(p, b, h_kv, n_block);

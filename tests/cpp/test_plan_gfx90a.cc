@@ -150,7 +150,7 @@ TEST(PlannerGfx90a, BackwardTilesLeaveTwoWavesPerSimd) {
 }
 
 // Captured tensors' gradients: an fp32 copy in LDS where it fits beside the tile, else global
-// atomics; the deterministic mode is refused with its reason (the reference runs it).
+// atomics. The deterministic mode: a dQ tile counter per 32-query block, zeroed by the prep pass.
 TEST(PlannerGfx90a, BackwardGradientsAndDeterminism) {
   PlanRequest r = request(OpKind::Backward, false);
   r.variant.score_loads = true;
@@ -168,9 +168,13 @@ TEST(PlannerGfx90a, BackwardGradientsAndDeterminism) {
   r = request(OpKind::Backward, true);
   r.problem.deterministic = true;
   p = make_plan(r);
-  EXPECT_FALSE(p.ok);
-  EXPECT_NE(p.reason.find("gfx90a backward has no deterministic mode"), std::string::npos)
-      << p.reason;
+  ASSERT_TRUE(p.ok) << p.reason;
+  EXPECT_EQ(main_step(p).spec.describe(), "bwd gfx90a bf16 d128/128 32x128 w8 det");
+  const Workspace* order = p.workspace(WorkspaceId::DqOrder);
+  ASSERT_NE(order, nullptr);
+  EXPECT_EQ(order->shape, (std::vector<int64_t>{2, 16, 4096 / 32}));
+  EXPECT_EQ(p.rows.order_rows, 32);
+  EXPECT_EQ(p.steps[1].spec.kind, Kind::BwdPrep);  // (after the block states) zeroes them
 }
 
 TEST(PlannerGfx90a, KindsNotBuiltYetSayWhy) {

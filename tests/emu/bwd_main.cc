@@ -1,5 +1,6 @@
 // Runs a generated gfx90a backward (compiled with it, on the host, over tests/emu/hip_host.h)
-// as the planner plans it: the prep row pass (common/bwd_rows.h: delta, the log2 LSE, dq_accum
+// as the planner plans it (blocks in launch order: the deterministic mode's waits for earlier
+// blocks are met): the prep row pass (common/bwd_rows.h: delta, the log2 LSE, dq_accum
 // zeroed), a custom normalization's row terms (the generated bwd_rows_custom, linked in for
 // those variants), the main kernel, the dQ row pass. The test writes DIR/args.txt, the tensors (q, k,
 // v, the forward's o and lse, dO) and, for a masked variant, the block-state table; this
@@ -51,10 +52,11 @@ int main(int argc, char** argv) {
   if (argc != 2) return 2;
   const std::string dir = argv[1];
   std::ifstream args(dir + "/args.txt");
-  long long B, Hq, Hkv, Sq, Skv, Dqk, Dv, block_m, block_n, threads, bf16, masked, stats, custom, nbuf;
+  long long B, Hq, Hkv, Sq, Skv, Dqk, Dv, block_m, block_n, threads, bf16, masked, stats, custom,
+      deterministic, nbuf;
   double scale;
   args >> B >> Hq >> Hkv >> Sq >> Skv >> Dqk >> Dv >> block_m >> block_n >> threads >> bf16 >>
-      masked >> stats >> custom >> scale >> nbuf;
+      masked >> stats >> custom >> deterministic >> scale >> nbuf;
   std::vector<char> q = read(dir + "/q.bin"), k = read(dir + "/k.bin"), v = read(dir + "/v.bin");
   std::vector<char> o = read(dir + "/o.bin"), dout = read(dir + "/do.bin");
   std::vector<char> lse = read(dir + "/lse.bin");
@@ -81,6 +83,7 @@ int main(int argc, char** argv) {
   const long long n_q_blocks = (Sq + block_m - 1) / block_m, n_kv_blocks = (Skv + block_n - 1) / block_n;
   std::vector<unsigned short> dq(B * Hq * Sq * Dqk), dk(B * Hkv * Skv * Dqk), dv(B * Hkv * Skv * Dv);
   std::vector<float> delta(B * Hq * Sq), lse2(B * Hq * Sq), dq_accum(B * Hq * n_q_blocks * block_m * Dqk);
+  std::vector<int> dq_order(B * Hq * n_q_blocks, -1);  // the prep pass zeroes it
   std::vector<char> states;
   if (masked) states = read(dir + "/states.bin");  // [B][Hq][n_q_blocks][n_kv_blocks]
 
@@ -94,6 +97,8 @@ int main(int argc, char** argv) {
   rp.batch = B, rp.heads = Hq, rp.q_len = Sq, rp.acc_rows = n_q_blocks * block_m;
   rp.d_qk = Dqk, rp.d_v = Dv, rp.scale = scale;
   rp.lanes = ae::row_pass_lanes(Dv);
+  rp.order_rows = block_m;
+  if (deterministic) rp.dq_order = dq_order.data();
   row_pass(rp, [&] { bf16 ? ae::bwd_prep<true>(rp) : ae::bwd_prep<false>(rp); });
   if (custom) {  // a thread per row, 128 per block (the planner's custom_rows_pass)
     if (!ae_bwd_rows_custom) return 3;
@@ -109,6 +114,7 @@ int main(int argc, char** argv) {
   p.q = q.data(), p.k = k.data(), p.v = v.data(), p.dout = dout.data();
   p.lse2 = stats ? lse2.data() : nullptr, p.delta = stats ? delta.data() : nullptr;
   p.dq_accum = dq_accum.data(), p.dk = dk.data(), p.dv = dv.data();
+  p.dq_order = deterministic ? dq_order.data() : nullptr;
   strides(p.q_stride, Hq, Sq, Dqk);
   strides(p.k_stride, Hkv, Skv, Dqk);
   strides(p.v_stride, Hkv, Skv, Dv);

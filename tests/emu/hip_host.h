@@ -222,6 +222,7 @@ float4v bf16_values(Vec x) {
 }  // namespace emu
 
 inline void __syncthreads() { emu::block->bar.arrive_and_wait(); }
+inline void __threadfence() {}  // (blocks run one at a time)
 inline int __syncthreads_or(int pred) {
   if (pred) emu::block->vote = 1;
   emu::block->bar.arrive_and_wait();

@@ -106,31 +106,35 @@ def test_gfx90a_forward_compiles_without_scratch_at_two_waves(case, monkeypatch)
     assert waves >= 2, f"{info['describe']}: {waves} wave(s) per SIMD: {r}, LDS {info['smem']}"
 
 
-# The backward's instantiations: (variant, (d_qk, d_v), bf16); the emulated ones among them
-# (test_gfx90a_emulated.py).
-BWD_CASES = [(name, (128, 128), True) for name in ("plain", "causal", "sigmoid_none",
-                                                   "relative_bias_large", "alibi_learned")]
-BWD_CASES += [("causal", (64, 64), True), ("relative_bias_grad", (128, 128), False),
-              ("sigmoid_none", (96, 64), False), ("causal", (16, 16), True),
-              ("document", (128, 64), True), ("softcap", (112, 112), False),
-              ("retention", (64, 64), True), ("sink", (32, 32), True)]
+# The backward's instantiations: (variant, (d_qk, d_v), bf16, deterministic); the emulated ones
+# among them (test_gfx90a_emulated.py).
+BWD_CASES = [(name, (128, 128), True, False) for name in ("plain", "causal", "sigmoid_none",
+                                                          "relative_bias_large", "alibi_learned")]
+BWD_CASES += [("causal", (64, 64), True, False), ("relative_bias_grad", (128, 128), False, False),
+              ("sigmoid_none", (96, 64), False, False), ("causal", (16, 16), True, False),
+              ("document", (128, 64), True, False), ("softcap", (112, 112), False, False),
+              ("retention", (64, 64), True, False), ("sink", (32, 32), True, False),
+              ("causal", (32, 32), True, True), ("document", (128, 128), True, True)]
 
 
-def _bwd_source(name, dims, bf16, step="bwd"):
+def _bwd_source(name, dims, bf16, step="bwd", deterministic=False):
     attn = VARIANTS[name]()
     dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers]
     grads = [t.requires_grad for t in attn.buffers]
-    info = attn.variant.kernel_source(step, *dims, bf16, dtypes, device="mi250", buffer_grads=grads)
+    info = attn.variant.kernel_source(step, *dims, bf16, dtypes, device="mi250", buffer_grads=grads,
+                                      deterministic=deterministic)
     assert "bwd gfx90a" in info["plan"], info["plan"]
     assert step != "bwd" or '#include "gfx90a/bwd.h"' in info["source"]
     return info
 
 
 @pytest.mark.parametrize("case", BWD_CASES,
-                         ids=lambda c: f"{c[0]}-{c[1][0]}-{c[1][1]}-{'bf16' if c[2] else 'fp16'}")
+                         ids=lambda c: f"{c[0]}-{c[1][0]}-{c[1][1]}-{'bf16' if c[2] else 'fp16'}"
+                         f"{'-det' if c[3] else ''}")
 def test_gfx90a_backward_compiles_without_scratch_at_two_waves(case):
-    name, dims, bf16 = case
-    info = _bwd_source(name, dims, bf16)
+    name, dims, bf16, deterministic = case
+    info = _bwd_source(name, dims, bf16, deterministic=deterministic)
+    assert info["describe"].endswith(" det") == deterministic, info["describe"]
     if name == "relative_bias_grad":  # the gradient's LDS copy, past the template's LDS
         assert info["describe"].endswith("dbuf0 smem"), info["describe"]
     if name == "relative_bias_large":

@@ -230,18 +230,20 @@ def _mask_of(name, n):
             "retention": mods.causal}.get(name)
 
 
-def _bwd_plan(attn, d_qk, d_v, dtype, q_len, step="bwd"):
+def _bwd_plan(attn, d_qk, d_v, dtype, q_len, step="bwd", deterministic=False):
     dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers]
     grads = [t.requires_grad for t in attn.buffers]
     info = attn.variant.kernel_source(step, d_qk, d_v, dtype == torch.bfloat16, dtypes,
-                                      device="mi250", buffer_grads=grads, q_len=q_len)
+                                      device="mi250", buffer_grads=grads, q_len=q_len,
+                                      deterministic=deterministic)
     assert "bwd gfx90a" in info["plan"], info["plan"]
+    assert step != "bwd" or info["describe"].endswith(" det") == deterministic, info["describe"]
     return info
 
 
-def _bwd_build(attn, d_qk, d_v, dtype, q_len):
+def _bwd_build(attn, d_qk, d_v, dtype, q_len, deterministic=False):
     """The emulated backward: the main kernel, and a custom normalization's row pass."""
-    info = _bwd_plan(attn, d_qk, d_v, dtype, q_len)
+    info = _bwd_plan(attn, d_qk, d_v, dtype, q_len, deterministic=deterministic)
     more = [_bwd_plan(attn, d_qk, d_v, dtype, q_len, "bwd_rows_custom")["source"]] \
         if attn.variant.normalize == "custom" else []
     return info, _build(info["source"], "bwd_main.cc", more)
@@ -274,11 +276,11 @@ def _bits(t):
         .numpy().tobytes()
 
 
-def emulate_bwd(attn, mask_mod, q, k, v, o, lse, dout):
+def emulate_bwd(attn, mask_mod, q, k, v, o, lse, dout, deterministic=False):
     """The kernels' (dq, dk, dv, {buffer index: gradient}) for bf16 / fp16 q, k, v, dout and
     the forward's o and lse, as the planned backward computes them."""
     sq, skv, d_qk, d_v = q.shape[2], k.shape[2], q.shape[-1], v.shape[-1]
-    info, build = _bwd_build(attn, d_qk, d_v, q.dtype, sq)
+    info, build = _bwd_build(attn, d_qk, d_v, q.dtype, sq, deterministic)
     bm, bn = map(int, info["describe"].split()[4].split("x"))
     binary = build.result()
     with tempfile.TemporaryDirectory() as tmp:
@@ -295,7 +297,7 @@ def emulate_bwd(attn, mask_mod, q, k, v, o, lse, dout):
             shapes += [t.dim(), *t.shape, int(t.requires_grad)]
         args = [B, HQ, HKV, sq, skv, d_qk, d_v, bm, bn, info["threads"], int(q.dtype == torch.bfloat16),
                 int(attn.variant.has_mask), int(attn.variant.normalize != "none"),
-                int(attn.variant.normalize == "custom"), 1 / math.sqrt(d_qk),
+                int(attn.variant.normalize == "custom"), int(deterministic), 1 / math.sqrt(d_qk),
                 len(attn.buffers), *shapes]
         (tmp / "args.txt").write_text(" ".join(map(str, args)))
         subprocess.run([str(binary), str(tmp)], check=True, timeout=300)
@@ -322,21 +324,24 @@ def _close(got, want, tol, what):
 # that reads a captured tensor, normalize none at unequal head dims whose dQ tiles do not
 # divide among the waves, a custom row normalization (its row pass before the main kernel);
 # query and key tails; GQA 2:1.
-BWD_CASES = [("causal", 150, 150, 64, 64, torch.bfloat16),
-             ("relative_bias_grad", 100, 150, 128, 128, torch.float16),
-             ("sigmoid_none", 100, 150, 96, 64, torch.float16),
-             ("retention", 100, 100, 64, 64, torch.bfloat16)]
+# The last: the deterministic mode (dQ tiles taken in turn, common/dq_order.h).
+BWD_CASES = [("causal", 150, 150, 64, 64, torch.bfloat16, False),
+             ("relative_bias_grad", 100, 150, 128, 128, torch.float16, False),
+             ("sigmoid_none", 100, 150, 96, 64, torch.float16, False),
+             ("retention", 100, 100, 64, 64, torch.bfloat16, False),
+             ("causal", 150, 150, 32, 32, torch.bfloat16, True)]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _prebuild_bwd():
-    for name, sq, skv, d_qk, d_v, dtype in BWD_CASES:
-        _bwd_build(_bwd_variant(name, max(sq, skv)), d_qk, d_v, dtype, sq)
+    for name, sq, skv, d_qk, d_v, dtype, det in BWD_CASES:
+        _bwd_build(_bwd_variant(name, max(sq, skv)), d_qk, d_v, dtype, sq, det)
 
 
-@pytest.mark.parametrize("case", BWD_CASES, ids=lambda c: f"{c[0]}-{c[3]}-{c[4]}-{str(c[5])[6:]}")
+@pytest.mark.parametrize("case", BWD_CASES, ids=lambda c: f"{c[0]}-{c[3]}-{c[4]}-{str(c[5])[6:]}"
+                         f"{'-det' if c[6] else ''}")
 def test_emulated_gfx90a_backward_matches_the_reference(case):
-    name, sq, skv, d_qk, d_v, dtype = case
+    name, sq, skv, d_qk, d_v, dtype, deterministic = case
     attn = _bwd_variant(name, max(sq, skv))
     q, k, v = _inputs(sq, skv, d_qk, d_v, dtype, seed=7)
     dout = torch.randn(B, HQ, sq, d_v, generator=torch.Generator().manual_seed(8)).to(dtype)
@@ -348,7 +353,7 @@ def test_emulated_gfx90a_backward_matches_the_reference(case):
         out, lse = attn.reference(*leaves), torch.zeros(B, HQ, sq)
     want = torch.autograd.grad(out, leaves + captured, dout.float())
     dq, dk, dv, grads = emulate_bwd(attn, _mask_of(name, max(sq, skv)), q, k, v,
-                                    out.detach().to(dtype), lse, dout)
+                                    out.detach().to(dtype), lse, dout, deterministic)
     tol = 3e-2 if dtype == torch.bfloat16 else 1e-2
     for got, ref, what in zip((dq, dk, dv), want, ("dq", "dk", "dv")):
         _close(got, ref, tol, what)
