@@ -60,7 +60,7 @@ struct BwdKernel {
   using Norm = typename Variant::Norm;
   using Layout = typename Cfg::Layout;
   static_assert(M::kDepth == N, "a tile's 16 queries (keys) are one k-step");
-  static constexpr int kMt = Cfg::kBlockM / N;  // query tiles of S and dP (and k-steps of dK^T, dV^T)
+  static constexpr int kMt = Cfg::kBlockM / N;  // query tiles of S, dP; k-steps of dK^T, dV^T
   static constexpr int kQk = Cfg::kDqk / N;     // k-steps of Q K^T, tiles of dK^T
   static constexpr int kVk = Cfg::kDv / N;      // k-steps of dO V^T, tiles of dV^T
   static constexpr int kSk = Cfg::kBlockN / N;  // k-steps of dQ^T = K^T dS^T
@@ -252,8 +252,8 @@ struct BwdKernel {
         for (int ks = 0; ks < kSk; ++ks) {
 #pragma unroll
           for (int mt = 0; mt < kMt; ++mt)
-            dq[mt] = M::template mma<Cfg::kBf16>(ktf[i][ks],
-                                                 lds_u64(ds_lane + N * mt * Cfg::kLdS + N * ks), dq[mt]);
+            dq[mt] = M::template mma<Cfg::kBf16>(
+                ktf[i][ks], lds_u64(ds_lane + N * mt * Cfg::kLdS + N * ks), dq[mt]);
           if (ks % kLoadGroup == kLoadGroup - 1) lds_fence();
         }
         const int col = N * (wave + Cfg::kWaves * i);
