@@ -56,6 +56,11 @@ Template template_of(const KernelSpec& s) {
                           s.block_n, s.warps, s.m_tiles, elem, layout, s.kv_split),
               "ae::sm80::attention_fwd<Cfg>(p, Variant{va})", 1};
     case Kind::Backward:
+      if (s.family == Family::Gfx90a)  // 2 waves per SIMD, as the forward
+        return {"gfx90a/bwd.h",
+                fmt::format("ae::gfx90a::BwdConfig<{}, {}, {}, {}, {}, {}, {}, {}>", s.d_qk, s.d_v,
+                            s.block_m, s.block_n, s.warps, elem, layout, s.deterministic),
+                "ae::gfx90a::attention_bwd<Cfg>(p, Variant{va})", 2};
       if (s.family == Family::Sm90)
         return {"sm90/bwd.h",
                 fmt::format("ae::sm90::BwdConfig<{}, {}, {}, {}, {}>", s.d_qk, s.d_v, elem, layout,

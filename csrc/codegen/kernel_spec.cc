@@ -54,8 +54,9 @@ std::string KernelSpec::describe() const {
   return fmt::format("{}{} {} {} d{}/{} {}x{} w{}{}{}{}{}{}{}{}{}{}{}{}{}", kind_name(kind),
                      family == Family::Sm90 ? "90" : "", arch, dtype, d_qk, d_v, block_m, block_n,
                      warps, m_tiles > 1 ? fmt::format(" mt{}", m_tiles) : "",
-                     kind == Kind::Backward || family == Family::Sm90 ? fmt::format(" s{}", stages)
-                                                                      : "",
+                     (kind == Kind::Backward && family != Family::Gfx90a) || family == Family::Sm90
+                         ? fmt::format(" s{}", stages)
+                         : "",
                      family == Family::Sm90 && kind == Kind::Forward
                          ? fmt::format("{}{}", overlap ? " ov" : "", overlap && pingpong ? " pp" : "")
                          : "",

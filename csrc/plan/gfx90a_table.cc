@@ -1,4 +1,4 @@
-// The gfx90a family's tile table (templates/gfx90a/fwd.h). Sized, not yet measured (no MI250
+// The gfx90a family's tile tables (templates/gfx90a/fwd.h, bwd.h). Sized, not yet measured (no MI250
 // has run it): every configuration must leave 2 waves per SIMD, which the compile-all check
 // reads back from the code objects (registers, LDS, no scratch).
 #include <fmt/format.h>
@@ -40,6 +40,34 @@ Candidates gfx90a_forward(const TableQuery& q, bool few_rows) {
   s.warps = rows32 || (few_rows && dmax <= 128) ? 4 : 8;
   s.block_m = (rows32 ? 32 : 16) * s.warps;
   s.block_n = rows32 && dmax <= 64 ? 64 : 32;
+  c.specs.push_back(s);
+  return c;
+}
+
+// The backward: 16 keys per wave (MFMA 16x16x16) in 8-wave blocks (128 keys), 32 queries per
+// block. Per lane it holds its key's K and V rows (d / 8 VGPRs each), dK^T and dV^T (d / 4
+// each), its head-dim tile of K^T for dQ (16) and S and dP of 32 queries (8 each): 230 VGPRs
+// at D128 as hip-clang allocates them, within the 256 of 2 waves per SIMD. LDS: Q, dO, their
+// transposes and dS, 44 KB at D128 (one block per CU: 2 waves per SIMD). Past 128 they spill
+// (D160 and 192/128 did; D256 would need 64 registers for K and V and 128 for dK and dV).
+Candidates gfx90a_backward(const TableQuery& q) {
+  Candidates c;
+  auto ok = [](int d) { return d % 16 == 0 && d >= 16 && d <= 128; };
+  if (!ok(q.d_qk) || !ok(q.d_v)) {
+    c.refusal = fmt::format("head dims ({}, {}) have no gfx90a backward: each must be a multiple "
+                            "of 16 between 16 and 128 (a wave's K, V, dK and dV rows are held in "
+                            "registers)", q.d_qk, q.d_v);
+    return c;
+  }
+  codegen::KernelSpec s;
+  s.kind = codegen::Kind::Backward;
+  s.family = codegen::Family::Gfx90a;
+  s.d_qk = q.d_qk;
+  s.d_v = q.d_v;
+  s.bf16 = q.bf16;
+  s.warps = 8;
+  s.block_m = 32;
+  s.block_n = gfx90a::kBwdKeysPerWave * s.warps;
   c.specs.push_back(s);
   return c;
 }

@@ -114,11 +114,6 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
                       r.overrides.enable_decode && r.device.vendor == jit::Vendor::kNvidia;
   std::vector<Family> families;
   if (r.device.vendor == jit::Vendor::kAmd) {  // gfx90a (unfit_inputs refused other targets)
-    if (kind != Kind::Forward) {
-      *why = fmt::format("{}: the gfx90a family has no {} kernel yet (only the forward)",
-                         r.device.label(), codegen::kind_name(kind));
-      return false;
-    }
     families.push_back(Family::Gfx90a);
   }
   if (decode) families.push_back(Family::Sm80);
@@ -136,7 +131,8 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
   std::string reasons;
   for (Family f : families) {
     const bool fwd = kind == Kind::Forward;
-    Candidates c = f == Family::Gfx90a ? gfx90a_forward(q, pb.q_len <= 64)
+    Candidates c = f == Family::Gfx90a
+                       ? (fwd ? gfx90a_forward(q, pb.q_len <= 64) : gfx90a_backward(q))
                    : f == Family::Sm90 ? (fwd ? sm90_forward(q, r.overrides) : sm90_backward(q))
                    : fwd               ? sm80_forward(q, r.overrides)
                                        : sm80_backward(q, r.overrides);
@@ -452,8 +448,6 @@ LaunchPlan make_plan(const PlanRequest& r) {
     plan.workspaces.push_back({WorkspaceId::Delta, {pb.batch, pb.q_heads, pb.q_len}, ElemType::Float32, ""});
     plan.workspaces.push_back({WorkspaceId::Lse2, {pb.batch, pb.q_heads, pb.q_len}, ElemType::Float32, ""});
   }
-  if (pb.deterministic && spec.block_m != 64)  // the prep pass zeroes ceil(q_len / 64) per head
-    return refuse(fmt::format("the deterministic backward needs 64-query blocks ({})", spec.describe()));
   if (pb.deterministic)
     plan.workspaces.push_back(
         {WorkspaceId::DqOrder, {pb.batch, pb.q_heads, static_cast<int64_t>(a.n_q_blocks)}, ElemType::Int32, ""});
@@ -463,6 +457,7 @@ LaunchPlan make_plan(const PlanRequest& r) {
   rp.q_len = a.q_len;
   rp.acc_rows = a.n_q_blocks * spec.block_m;
   rp.acc_tiled = spec.family == Family::Sm90;  // whole tiles, bulk-reduced (sm90/bwd.h)
+  rp.order_rows = static_cast<int>(spec.block_m);  // the prep pass zeroes a counter per block
   rp.d_qk = static_cast<int>(pb.d_qk);
   rp.d_v = static_cast<int>(pb.d_v);
   rp.scale = a.scale;

@@ -284,6 +284,8 @@ int smem_bytes(const KernelSpec& s) {
       return s.family == Family::Sm90 ? sm90::fwd_smem_bytes(s.block_n, s.d_qk, s.d_v, s.stages)
                                       : sm80::fwd_smem_bytes(s.block_m, s.block_n, s.d_qk, s.d_v);
     case Kind::Backward:
+      if (s.family == Family::Gfx90a)
+        return gfx90a::bwd_lds_bytes(s.block_m, s.block_n, s.d_qk, s.d_v);
       return s.family == Family::Sm90 ? sm90::bwd_smem_bytes(s.d_qk, s.d_v)
                                       : sm80::bwd_smem_bytes(s.block_n, s.d_qk, s.d_v, s.stages);
     case Kind::BlockState:

@@ -37,6 +37,7 @@ Candidates sm90_forward(const TableQuery& q, const TuningOverrides& o);
 Candidates sm90_backward(const TableQuery& q);
 // few_rows: at most 64 query rows (gfx90a_table.cc).
 Candidates gfx90a_forward(const TableQuery& q, bool few_rows);
+Candidates gfx90a_backward(const TableQuery& q);
 
 // The dynamic shared memory a spec's kernel needs: the templates' own formulas
 // (templates/*/shapes.h), which their configs check against their layouts.

@@ -236,7 +236,7 @@ class CompiledAttention:
     def backend_for(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     backward: bool = False) -> str:
         """What a call with these inputs runs: "sm90" (the Hopper templates), "sm80" (the
-        mma.sync ones), "gfx90a" (AMD MI250 / MI210, the forward), or "reference: <why>"; with
+        mma.sync ones), "gfx90a" (AMD MI250 / MI210), or "reference: <why>"; with
         ``backward=True``, what its backward runs."""
         return _C.backend_for(q, k, v, list(self.buffers), self._key, backward)
 

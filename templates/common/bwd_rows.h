@@ -82,8 +82,9 @@ AE_DEVICE void bwd_prep(const BwdRowParams& p) {
     }
   }
   if (!live) return;
-  if (p.dq_order && r % 64 == 0 && sub == 0)
-    p.dq_order[(static_cast<long long>(b) * p.heads + h) * ((p.q_len + 63) / 64) + r / 64] = 0;
+  const int tile = p.order_rows > 0 ? p.order_rows : 64;
+  if (p.dq_order && r % tile == 0 && sub == 0)
+    p.dq_order[(static_cast<long long>(b) * p.heads + h) * ((p.q_len + tile - 1) / tile) + r / tile] = 0;
   for (int c = sub; c < p.d_qk / 4; c += p.lanes)
     *reinterpret_cast<float4*>(rowpass::acc_at(p, b, h, r, 4 * c)) = make_float4(0.f, 0.f, 0.f, 0.f);
 }

@@ -83,7 +83,7 @@ struct BwdRowParams {
   float* delta;
   float* lse2;
   float* dq_accum;
-  int* dq_order;  // deterministic backward: zeroed here, [batch, heads, ceil(q_len / 64)]
+  int* dq_order;  // deterministic backward: zeroed here, [batch, heads, ceil(q_len / order_rows)]
   void* dq;
   long long do_stride[3], o_stride[3], dq_stride[3];
   int batch, heads, q_len, acc_rows, d_qk, d_v;
@@ -93,6 +93,9 @@ struct BwdRowParams {
   // tiles, one bulk reduction each): per (batch, head), tiles [row / 64][col / 64], each
   // row-major with 64 columns, column c of row r at c ^ 8 (r % 8) (rowpass::acc_at).
   int acc_tiled;
+  // The deterministic backward's query rows per dQ tile counter: the main kernel's query block
+  // (0: 64, the NVIDIA families').
+  int order_rows;
 };
 
 // The block-state kernel's output (common/block_state.h): the table of codes for tiles of

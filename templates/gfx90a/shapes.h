@@ -1,6 +1,6 @@
-// What the planner (csrc/plan) must know of the gfx90a templates: the LDS a forward
-// configuration needs, one definition for host and device (gfx90a/fwd.h checks it against its
-// own layout).
+// What the planner (csrc/plan) must know of the gfx90a templates: the LDS a forward or backward
+// configuration needs, one definition for host and device (gfx90a/fwd.h and gfx90a/bwd.h check
+// it against their own layouts).
 #pragma once
 
 #include "common/host_device.h"
@@ -15,6 +15,18 @@ constexpr int kLdsPad = 4;
 // elements (the next tile waits in registers, not in a second LDS stage).
 AE_HD_CONSTEXPR int fwd_lds_bytes(int block_n, int d_qk, int d_v) {
   return 2 * (block_n * (d_qk + kLdsPad) + d_v * (block_n + kLdsPad));
+}
+
+// Backward (gfx90a/bwd.h): keys per wave (MFMA 16x16x16: a wave's keys are one k-step of dQ).
+constexpr int kBwdKeysPerWave = 16;
+
+// Backward: one query block's Q and dO as rows ([block_m][d]) and transposed ([d][block_m]),
+// dS of the block's keys ([block_m][block_n]), 16-bit elements; the rows' log2 LSE and delta
+// (fp32).
+AE_HD_CONSTEXPR int bwd_lds_bytes(int block_m, int block_n, int d_qk, int d_v) {
+  return 2 * (block_m * (d_qk + kLdsPad) + block_m * (d_v + kLdsPad) +
+              (d_qk + d_v) * (block_m + kLdsPad) + block_m * (block_n + kLdsPad)) +
+         2 * 4 * block_m;
 }
 
 // CDNA2's compute unit: 64 KB of LDS and 4 SIMDs, each with 512 VGPRs (architectural and

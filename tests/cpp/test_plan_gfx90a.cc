@@ -1,6 +1,6 @@
-// The planner on AMD devices (MI250, gfx90a) without a GPU: the gfx90a forward, the portable
-// kernels of templates/common around it, its tiles within CDNA2's LDS and at two waves per
-// SIMD, the kinds it does not have yet, and AMD targets it is not built for. Also the reading
+// The planner on AMD devices (MI250, gfx90a) without a GPU: the gfx90a forward and backward,
+// the portable kernels of templates/common around them, their tiles within CDNA2's LDS and at
+// two waves per SIMD, what they refuse, and AMD targets they are not built for. Also the reading
 // of a HIP device's target (runner/device_caps_hip.h).
 #include <gtest/gtest.h>
 
@@ -90,10 +90,94 @@ TEST(PlannerGfx90a, MaskedAndSplitForwardsUseTheCommonKernels) {
   EXPECT_EQ(split.steps.back().grid.x, 2u * 16 / 2);
 }
 
+// The backward: the prep row pass, the gfx90a main kernel (a block per 128 keys of a KV head),
+// the dQ row pass, all for gfx90a; dq_accum padded to whole 32-query blocks.
+TEST(PlannerGfx90a, Mi250BackwardIsTheGfx90aTemplate) {
+  const LaunchPlan p = make_plan(request(OpKind::Backward, false));
+  ASSERT_TRUE(p.ok) << p.reason;
+  EXPECT_EQ(p.family, "gfx90a");
+  ASSERT_EQ(p.steps.size(), 3u);
+  EXPECT_EQ(p.steps[0].spec.kind, Kind::BwdPrep);
+  EXPECT_EQ(p.steps[2].spec.kind, Kind::BwdDq);
+  for (const Step& s : p.steps) EXPECT_EQ(s.spec.arch, "gfx90a") << s.spec.describe();
+  const Step& s = p.steps[1];
+  EXPECT_EQ(s.spec.family, Family::Gfx90a);
+  EXPECT_EQ(s.spec.describe(), "bwd gfx90a bf16 d128/128 32x128 w8");
+  EXPECT_EQ(s.threads, 512);
+  EXPECT_EQ(s.grid.x, 4096u / 128);
+  EXPECT_EQ(s.grid.y, 4u);  // KV heads
+  EXPECT_EQ(s.grid.z, 2u);
+  EXPECT_EQ(s.smem, gfx90a::bwd_lds_bytes(32, 128, 128, 128));
+  EXPECT_EQ(p.attn.n_q_blocks, 4096 / 32);
+  const Workspace* acc = p.workspace(WorkspaceId::DqAccum);
+  ASSERT_NE(acc, nullptr);
+  EXPECT_EQ(acc->shape, (std::vector<int64_t>{2, 16, 4096, 128}));
+  EXPECT_EQ(p.rows.acc_rows, 4096);
+  EXPECT_EQ(p.rows.acc_tiled, 0);
+
+  // A tail: dq_accum's rows padded to whole blocks; a mask: the block-state step first, with
+  // the backward's tiles.
+  const LaunchPlan masked = make_plan(request(OpKind::Backward, true, 64, 64, 1000));
+  ASSERT_TRUE(masked.ok) << masked.reason;
+  EXPECT_EQ(masked.steps[0].spec.kind, Kind::BlockState);
+  EXPECT_EQ(masked.block_states.block_m, 32);
+  EXPECT_EQ(masked.block_states.block_n, 128);
+  EXPECT_EQ(masked.workspace(WorkspaceId::DqAccum)->shape[2], 1024);
+  EXPECT_EQ(main_step(masked).grid.x, 8u);
+}
+
+// Every head dim pair the backward takes (multiples of 16 up to 128): LDS for one 8-wave block
+// per CU at least (2 waves per SIMD); past 128 a reason.
+TEST(PlannerGfx90a, BackwardTilesLeaveTwoWavesPerSimd) {
+  for (int d_qk = 16; d_qk <= 256; d_qk += 16)
+    for (int d_v = 16; d_v <= 256; d_v += 16)
+      for (bool bf16 : {true, false}) {
+        PlanRequest r = request(OpKind::Backward, true, d_qk, d_v);
+        r.problem.dtype = bf16 ? ElemType::BFloat16 : ElemType::Float16;
+        const LaunchPlan p = make_plan(r);
+        if (d_qk > 128 || d_v > 128) {
+          ASSERT_FALSE(p.ok) << d_qk << "/" << d_v;
+          EXPECT_NE(p.reason.find("have no gfx90a backward"), std::string::npos) << p.reason;
+          continue;
+        }
+        ASSERT_TRUE(p.ok) << d_qk << "/" << d_v << ": " << p.reason;
+        const Step& s = main_step(p);
+        EXPECT_EQ(s.spec.block_n, gfx90a::kBwdKeysPerWave * s.spec.warps) << s.spec.describe();
+        const int blocks = gfx90a::kLdsPerCu / s.smem;
+        EXPECT_GE(blocks * s.spec.warps / gfx90a::kSimdsPerCu, 2) << s.spec.describe();
+        EXPECT_EQ(s.spec.bf16, bf16);
+      }
+}
+
+// Captured tensors' gradients: an fp32 copy in LDS where it fits beside the tile, else global
+// atomics. The deterministic mode: a dQ tile counter per 32-query block, zeroed by the prep pass.
+TEST(PlannerGfx90a, BackwardGradientsAndDeterminism) {
+  PlanRequest r = request(OpKind::Backward, false);
+  r.variant.score_loads = true;
+  r.problem.captured.push_back({"float32", 2, true, 16 * 65});
+  LaunchPlan p = make_plan(r);
+  ASSERT_TRUE(p.ok) << p.reason;
+  EXPECT_EQ(main_step(p).spec.grad_sink, codegen::GradSink::Shared);
+  EXPECT_EQ(main_step(p).smem, gfx90a::bwd_lds_bytes(32, 128, 128, 128) + 4 * 16 * 65);
+  EXPECT_EQ(main_step(p).spec.describe(), "bwd gfx90a bf16 d128/128 32x128 w8 dbuf0 smem");
+  r.problem.captured[0].numel = 16 * 4096;  // 256 KB: global atomics
+  p = make_plan(r);
+  ASSERT_TRUE(p.ok) << p.reason;
+  EXPECT_EQ(main_step(p).spec.grad_sink, codegen::GradSink::Global);
+
+  r = request(OpKind::Backward, true);
+  r.problem.deterministic = true;
+  p = make_plan(r);
+  ASSERT_TRUE(p.ok) << p.reason;
+  EXPECT_EQ(main_step(p).spec.describe(), "bwd gfx90a bf16 d128/128 32x128 w8 det");
+  const Workspace* order = p.workspace(WorkspaceId::DqOrder);
+  ASSERT_NE(order, nullptr);
+  EXPECT_EQ(order->shape, (std::vector<int64_t>{2, 16, 4096 / 32}));
+  EXPECT_EQ(p.rows.order_rows, 32);
+  EXPECT_EQ(p.steps[1].spec.kind, Kind::BwdPrep);  // (after the block states) zeroes them
+}
+
 TEST(PlannerGfx90a, KindsNotBuiltYetSayWhy) {
-  const LaunchPlan bwd = make_plan(request(OpKind::Backward, false));
-  EXPECT_FALSE(bwd.ok);
-  EXPECT_NE(bwd.reason.find("gfx90a family has no bwd kernel"), std::string::npos) << bwd.reason;
   PlanRequest r = request(OpKind::Forward, false, 136, 136);
   EXPECT_NE(make_plan(r).reason.find("no gfx90a kernel"), std::string::npos);
   // Asking for an NVIDIA family on an AMD device, or gfx90a on an NVIDIA one.

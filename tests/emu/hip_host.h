@@ -32,6 +32,7 @@ struct Dim3 {
 };
 inline Dim3 threadIdx;  // the running fiber's (emu::run_block sets it)
 inline Dim3 blockIdx, gridDim;  // the block being run (blocks run one at a time)
+inline Dim3 blockDim;
 
 struct uint4 {
   unsigned x, y, z, w;
@@ -57,7 +58,7 @@ extern "C" inline float __ocml_native_exp2_f32(float x) { return std::exp2(x); }
 template <class T>
 T __ldg(const T* p) { return *p; }
 inline float atomicAdd(float* p, float v) {
-  const float old = *p;  // (one block at a time; gradients are not in the forward anyway)
+  const float old = *p;  // (one fiber runs at a time, between barriers)
   *p += v;
   return old;
 }
@@ -146,6 +147,7 @@ inline void run_block(int threads, std::function<void()> body) {
   s.done.assign(threads, false);
   block = &b;
   sched = &s;
+  blockDim = {static_cast<unsigned>(threads), 1, 1};
   for (int t = 0; t < threads; ++t) {
     getcontext(&s.ctx[t]);
     s.ctx[t].uc_stack.ss_sp = s.stacks[t].data();
@@ -220,6 +222,7 @@ float4v bf16_values(Vec x) {
 }  // namespace emu
 
 inline void __syncthreads() { emu::block->bar.arrive_and_wait(); }
+inline void __threadfence() {}  // (blocks run one at a time)
 inline int __syncthreads_or(int pred) {
   if (pred) emu::block->vote = 1;
   emu::block->bar.arrive_and_wait();

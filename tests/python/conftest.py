@@ -43,8 +43,7 @@ def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available() and not torch.version.hip:
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
-    # On ROCm only the AMD family's GPU tests run (the others test NVIDIA templates and the
-    # fused backward, which the gfx90a family does not have yet).
+    # On ROCm only the AMD family's GPU tests run (the others test the NVIDIA templates).
     amd = pytest.mark.skip(reason="an NVIDIA family's GPU test (on ROCm: amd_gpu tests)")
     for item in items:
         if "gpu" in item.keywords and not (torch.cuda.is_available() and "amd_gpu" in item.keywords):

@@ -1,5 +1,5 @@
-"""CI's compile-all check for the gfx90a family (AMD MI250; no GPU needed): every forward
-instantiation the tests use, planned for the MI250 device class and compiled by hipRTC, must
+"""CI's compile-all check for the gfx90a family (AMD MI250; no GPU needed): every forward and
+backward instantiation the tests use, planned for the MI250 device class and compiled by hipRTC, must
 use no scratch (spills) and leave at least 2 waves per SIMD by its registers and LDS, as the
 code object's metadata (.vgpr_count, .agpr_count, .sgpr_count, .group_segment_fixed_size,
 .private_segment_fixed_size) says; and, where Debian's llvm-objdump is installed, the
@@ -30,6 +30,16 @@ VARIANTS = {
     "relative_bias": lambda: ae.compile(mods.relative_bias(torch.zeros(16, 65), 32)),
     "retention": lambda: ae.compile(lambda s, b, h, q, k: s * 0.97 ** (q - k).float(), mods.causal,
                                     normalize=ae.normalizers.retention),
+    # learnable captured tensors: their gradients in the backward (an LDS copy, or global
+    # atomics for a table too large for it)
+    "relative_bias_grad": lambda: ae.compile(
+        mods.relative_bias(torch.zeros(16, 65).requires_grad_(), 32),
+        mods.document_mask(torch.zeros(64, dtype=torch.long))),
+    "relative_bias_large": lambda: ae.compile(
+        mods.relative_bias(torch.zeros(16, 2049).requires_grad_(), 1024), mods.causal),
+    "sink": lambda: ae.compile(mods.softcap(5.0), mods.causal,
+                               normalize=ae.normalizers.softmax_with_sink(torch.full((16,), 0.5))),
+    "alibi_learned": lambda: ae.compile(mods.alibi(mods.alibi_slopes(16).requires_grad_()), mods.causal),
 }
 
 # (variant, (d_qk, d_v), bf16, split-KV). GQA changes no instantiation (the group is a kernel
@@ -96,6 +106,52 @@ def test_gfx90a_forward_compiles_without_scratch_at_two_waves(case, monkeypatch)
     assert waves >= 2, f"{info['describe']}: {waves} wave(s) per SIMD: {r}, LDS {info['smem']}"
 
 
+# The backward's instantiations: (variant, (d_qk, d_v), bf16, deterministic); the emulated ones
+# among them (test_gfx90a_emulated.py).
+BWD_CASES = [(name, (128, 128), True, False) for name in ("plain", "causal", "sigmoid_none",
+                                                          "relative_bias_large", "alibi_learned")]
+BWD_CASES += [("causal", (64, 64), True, False), ("relative_bias_grad", (128, 128), False, False),
+              ("sigmoid_none", (96, 64), False, False), ("causal", (16, 16), True, False),
+              ("document", (128, 64), True, False), ("softcap", (112, 112), False, False),
+              ("retention", (64, 64), True, False), ("sink", (32, 32), True, False),
+              ("causal", (32, 32), True, True), ("document", (128, 128), True, True)]
+
+
+def _bwd_source(name, dims, bf16, step="bwd", deterministic=False):
+    attn = VARIANTS[name]()
+    dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers]
+    grads = [t.requires_grad for t in attn.buffers]
+    info = attn.variant.kernel_source(step, *dims, bf16, dtypes, device="mi250", buffer_grads=grads,
+                                      deterministic=deterministic)
+    assert "bwd gfx90a" in info["plan"], info["plan"]
+    assert step != "bwd" or '#include "gfx90a/bwd.h"' in info["source"]
+    return info
+
+
+@pytest.mark.parametrize("case", BWD_CASES,
+                         ids=lambda c: f"{c[0]}-{c[1][0]}-{c[1][1]}-{'bf16' if c[2] else 'fp16'}"
+                         f"{'-det' if c[3] else ''}")
+def test_gfx90a_backward_compiles_without_scratch_at_two_waves(case):
+    name, dims, bf16, deterministic = case
+    info = _bwd_source(name, dims, bf16, deterministic=deterministic)
+    assert info["describe"].endswith(" det") == deterministic, info["describe"]
+    if name == "relative_bias_grad":  # the gradient's LDS copy, past the template's LDS
+        assert info["describe"].endswith("dbuf0 smem"), info["describe"]
+    if name == "relative_bias_large":
+        assert info["describe"].endswith("dbuf0"), info["describe"]
+    (r,) = _C.jit_check_arches(info["source"], info["entry"], arches=["gfx90a"],
+                               options=info["options"])
+    assert r["ok"], f"{info['describe']}: {r['error']}"
+    assert r["stack_frame"] == 0 and r["spill_stores"] == 0, f"{info['describe']} uses scratch: {r}"
+    assert "warning" not in r["log"].lower(), r["log"]
+    waves = waves_per_simd(r, info["threads"], info["smem"])
+    assert waves >= 2, f"{info['describe']}: {waves} wave(s) per SIMD: {r}, LDS {info['smem']}"
+    if name in ("retention", "sink"):  # a custom normalization's row pass runs first, for gfx90a too
+        rows = _bwd_source(name, dims, bf16, "bwd_rows_custom")
+        (r,) = _C.jit_check_arches(rows["source"], rows["entry"], arches=["gfx90a"])
+        assert r["ok"] and r["stack_frame"] == 0, r
+
+
 def test_occupancy_arithmetic():
     # 256 VGPRs: 2 waves; 128 VGPRs + 128 AGPRs too; 257: 1; LDS of 40 KB with 4-wave blocks: 1.
     r = {"registers": 256, "agprs": 0, "sgprs": 80, "smem_bytes": 0}
@@ -112,6 +168,17 @@ def _objdump():
         if path:
             return path
     return None
+
+
+def _disassemble(info, name):
+    kernel = _C.jit_compile(info["source"], info["entry"], arch="gfx90a", options=info["options"],
+                            threads=info["threads"], file_name=f"{name}.cu")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, f"{name}.co")
+        with open(path, "wb") as f:
+            f.write(kernel.binary)
+        return subprocess.run([_objdump(), "-d", "--mcpu=gfx90a", path], check=True,
+                              capture_output=True, text=True).stdout
 
 
 def loop_lines(asm, kernel="ae_fwd"):
@@ -136,14 +203,7 @@ def loop_lines(asm, kernel="ae_fwd"):
                          ids=["d128-bf16", "d128-fp16", "d256-bf16"])
 def test_gfx90a_main_loop_runs_mfma_and_exp(dims, bf16, monkeypatch):
     info = _source("causal", dims, bf16, False, monkeypatch)
-    kernel = _C.jit_compile(info["source"], info["entry"], arch="gfx90a", options=info["options"],
-                            threads=info["threads"], file_name="fwd.cu")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "fwd.co")
-        with open(path, "wb") as f:
-            f.write(kernel.binary)
-        asm = subprocess.run([_objdump(), "-d", "--mcpu=gfx90a", path], check=True,
-                             capture_output=True, text=True).stdout
+    asm = _disassemble(info, "fwd")
     loop = "\n".join(loop_lines(asm))
     tile, waves = info["describe"].split()[4:6]  # "128x32", "w4"
     block_m, block_n = map(int, tile.split("x"))
@@ -157,3 +217,24 @@ def test_gfx90a_main_loop_runs_mfma_and_exp(dims, bf16, monkeypatch):
     assert loop.count(mfma) >= per_block, (loop.count(mfma), per_block)
     assert "v_exp_f32" in loop  # exp2 on the transcendental unit
     assert "scratch_" not in asm and "buffer_store" not in asm  # nothing spilled
+
+
+@pytest.mark.skipif(_objdump() is None, reason="no llvm-objdump (Debian package llvm-14)")
+@pytest.mark.parametrize("name, dims, bf16", [("causal", (128, 128), True), ("plain", (96, 64), False)],
+                         ids=["causal-d128-bf16", "plain-d96-64-fp16"])
+def test_gfx90a_backward_main_loop_runs_mfma(name, dims, bf16):
+    info = _bwd_source(name, dims, bf16)
+    asm = _disassemble(info, "bwd")
+    loop = "\n".join(loop_lines(asm, "ae_bwd"))
+    mfma = "v_mfma_f32_16x16x16" + ("bf16_1k" if bf16 else "f16")
+    block_m, block_n = map(int, info["describe"].split()[4].split("x"))
+    waves = int(info["describe"].split()[5][1:])
+    # per query block and wave: S and dK^T over d_qk, dP and dV^T over d_v, 16 queries per
+    # tile, and dQ^T for the wave's head-dim tiles over the block's keys
+    tiles = block_m // 16
+    dq_tiles = -(-(dims[0] // 16) // waves)
+    per_block = tiles * (2 * dims[0] // 16 + 2 * dims[1] // 16) + tiles * block_n // 16 * dq_tiles
+    assert loop.count(mfma) >= per_block, (loop.count(mfma), per_block)
+    assert "global_atomic_add_f32" in loop  # dQ, without a compare-and-swap loop
+    assert "global_atomic_cmpswap" not in asm
+    assert "scratch_" not in asm and "buffer_store" not in asm

@@ -1,9 +1,10 @@
-"""The gfx90a forward run on the CPU: its generated source compiled by the host's g++ over
-tests/emu/hip_host.h (a fiber per GPU thread, barriers for __syncthreads and for a
-wavefront's shuffles and MFMAs) and launched block by block as the planner plans it, checked
-against the reference executor. No AMD GPU has run the kernel yet; this runs everything but
-the matrix instructions themselves (their stand-ins compute from the register layouts
-gfx90a/mfma.h states). Skipped without g++ 12 or newer."""
+"""The gfx90a forward and backward run on the CPU: their generated source compiled by the
+host's g++ over tests/emu/hip_host.h (a fiber per GPU thread, barriers for __syncthreads and
+for a wavefront's shuffles and MFMAs) and launched block by block as the planner plans them
+(the backward between its row passes, common/bwd_rows.h), checked against the reference
+executor (its outputs, and its autograd gradients). No AMD GPU has run the kernels yet; this
+runs everything but the matrix instructions themselves (their stand-ins compute from the
+register layouts gfx90a/mfma.h states). Skipped without g++ 12 or newer."""
 import atexit
 import hashlib
 import math
@@ -79,15 +80,20 @@ _BUILD_DIR = pathlib.Path(tempfile.mkdtemp(prefix="ae_emu_"))
 atexit.register(shutil.rmtree, _BUILD_DIR, ignore_errors=True)
 
 
-def _build(source):
+def _build(source, main="fwd_main.cc", more=()):
+    """The emulated binary of a kernel's source (and `more` sources: other kernels it runs
+    with) over tests/emu/<main>."""
     def compile_one(path):
-        (path / "kernel.cc").write_text(source)
+        files = []
+        for i, text in enumerate((source, *more)):
+            files.append(path / f"kernel{i}.cc")
+            files[-1].write_text(text)
         subprocess.run([_gxx(), "-std=c++20", "-O1", "-Wno-psabi", "-I",
                         str(ROOT / "templates"), "-I", str(EMU), "-include", "hip_host.h",
-                        str(path / "kernel.cc"), str(EMU / "fwd_main.cc"), "-o", str(path / "run")],
+                        *map(str, files), str(EMU / main), "-o", str(path / "run")],
                        check=True)
         return path / "run"
-    key = hashlib.sha1(source.encode()).hexdigest()[:16]
+    key = hashlib.sha1("\0".join((main, source, *more)).encode()).hexdigest()[:16]
     if key not in _BUILDS:
         (_BUILD_DIR / key).mkdir()
         _BUILDS[key] = _POOL.submit(compile_one, _BUILD_DIR / key)
@@ -205,3 +211,152 @@ def test_emulated_inf_in_v_at_masked_keys():
     assert torch.isfinite(out[:, :, :40]).all()
     torch.testing.assert_close(out, ref, atol=2e-2, rtol=2e-2, equal_nan=True)
     assert torch.isinf(out[:, :, 40:41, 5]).all() and torch.isnan(out[:, :, 41:, 7]).all()
+
+
+# ---- the backward ----
+
+def _bwd_variant(name, n):
+    docs = torch.arange(n) // 23
+    if name == "relative_bias_grad":  # a learnable table: its gradient from the kernel's sink
+        table = torch.linspace(-1.0, 1.0, HQ * 65).view(HQ, 65).requires_grad_()
+        return ae.compile(mods.relative_bias(table, 32), mask_mod=mods.document_mask(docs))
+    return _variant(name, n)
+
+
+def _mask_of(name, n):
+    """The variant's mask_mod (the block-state table's source), or None."""
+    docs = torch.arange(n) // 23
+    return {"causal": mods.causal, "relative_bias_grad": mods.document_mask(docs),
+            "retention": mods.causal}.get(name)
+
+
+def _bwd_plan(attn, d_qk, d_v, dtype, q_len, step="bwd", deterministic=False):
+    dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers]
+    grads = [t.requires_grad for t in attn.buffers]
+    info = attn.variant.kernel_source(step, d_qk, d_v, dtype == torch.bfloat16, dtypes,
+                                      device="mi250", buffer_grads=grads, q_len=q_len,
+                                      deterministic=deterministic)
+    assert "bwd gfx90a" in info["plan"], info["plan"]
+    assert step != "bwd" or info["describe"].endswith(" det") == deterministic, info["describe"]
+    return info
+
+
+def _bwd_build(attn, d_qk, d_v, dtype, q_len, deterministic=False):
+    """The emulated backward: the main kernel, and a custom normalization's row pass."""
+    info = _bwd_plan(attn, d_qk, d_v, dtype, q_len, deterministic=deterministic)
+    more = [_bwd_plan(attn, d_qk, d_v, dtype, q_len, "bwd_rows_custom")["source"]] \
+        if attn.variant.normalize == "custom" else []
+    return info, _build(info["source"], "bwd_main.cc", more)
+
+
+def _kept(mask_mod, sq, skv):
+    """Which scores the mask keeps, [B, HQ, sq, skv], from the reference: under softmax with
+    q = k = 0 a kept score's weight is positive, a masked one's 0; V = the identity reads the
+    weights out."""
+    q = torch.zeros(B, HQ, sq, 16)
+    k = torch.zeros(B, HKV, skv, 16)
+    v = torch.eye(skv).expand(B, HKV, skv, skv).contiguous()
+    return ae.compile(mask_mod=mask_mod).reference(q, k, v) > 0
+
+
+def _block_states(kept, bm, bn):
+    """The block-state table (common/block_walk.h codes) for tiles of bm x bn."""
+    sq, skv = kept.shape[-2:]
+    nq, nk = -(-sq // bm), -(-skv // bn)
+    states = torch.empty(B, HQ, nq, nk, dtype=torch.uint8)
+    for i in range(nq):
+        for j in range(nk):
+            tile = kept[:, :, i * bm:(i + 1) * bm, j * bn:(j + 1) * bn].flatten(2)
+            states[:, :, i, j] = torch.where(tile.all(-1), 2, torch.where(tile.any(-1), 1, 0))
+    return states
+
+
+def _bits(t):
+    return t.detach().contiguous().view(torch.int16 if t.element_size() == 2 else torch.uint8) \
+        .numpy().tobytes()
+
+
+def emulate_bwd(attn, mask_mod, q, k, v, o, lse, dout, deterministic=False):
+    """The kernels' (dq, dk, dv, {buffer index: gradient}) for bf16 / fp16 q, k, v, dout and
+    the forward's o and lse, as the planned backward computes them."""
+    sq, skv, d_qk, d_v = q.shape[2], k.shape[2], q.shape[-1], v.shape[-1]
+    info, build = _bwd_build(attn, d_qk, d_v, q.dtype, sq, deterministic)
+    bm, bn = map(int, info["describe"].split()[4].split("x"))
+    binary = build.result()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        for name, t in (("q", q), ("k", k), ("v", v), ("o", o), ("do", dout)):
+            (tmp / f"{name}.bin").write_bytes(_bits(t))
+        (tmp / "lse.bin").write_bytes(lse.detach().float().contiguous().numpy().tobytes())
+        if attn.variant.has_mask:
+            states = _block_states(_kept(mask_mod, sq, skv), bm, bn)
+            (tmp / "states.bin").write_bytes(states.numpy().tobytes())
+        shapes = []
+        for i, t in enumerate(attn.buffers):
+            (tmp / f"buf{i}.bin").write_bytes(t.detach().contiguous().view(torch.uint8).numpy().tobytes())
+            shapes += [t.dim(), *t.shape, int(t.requires_grad)]
+        args = [B, HQ, HKV, sq, skv, d_qk, d_v, bm, bn, info["threads"], int(q.dtype == torch.bfloat16),
+                int(attn.variant.has_mask), int(attn.variant.normalize != "none"),
+                int(attn.variant.normalize == "custom"), int(deterministic), 1 / math.sqrt(d_qk),
+                len(attn.buffers), *shapes]
+        (tmp / "args.txt").write_text(" ".join(map(str, args)))
+        subprocess.run([str(binary), str(tmp)], check=True, timeout=300)
+
+        def load(name, shape):
+            x = torch.frombuffer(bytearray((tmp / f"{name}.bin").read_bytes()), dtype=torch.int16)
+            return x.view(q.dtype).view(shape).float()
+        dq = load("dq", (B, HQ, sq, d_qk))
+        dk, dv = load("dk", (B, HKV, skv, d_qk)), load("dv", (B, HKV, skv, d_v))
+        grads = {i: torch.frombuffer(bytearray((tmp / f"grad{i}.bin").read_bytes()),
+                                     dtype=torch.float32).view(t.shape)
+                 for i, t in enumerate(attn.buffers) if t.requires_grad}
+        return dq, dk, dv, grads
+
+
+def _close(got, want, tol, what):
+    scale = want.abs().max().item()
+    err = (got - want).abs().max().item()
+    assert err <= tol * max(scale, 1e-6), f"{what}: max error {err:.3g} against max |ref| {scale:.3g}"
+
+
+# (variant, q_len, kv_len, d_qk, d_v, dtype): a mask with empty, partial and full tiles (and a
+# key block the causal rows never see), a learnable captured tensor's gradient with a mask
+# that reads a captured tensor, normalize none at unequal head dims whose dQ tiles do not
+# divide among the waves, a custom row normalization (its row pass before the main kernel);
+# query and key tails; GQA 2:1.
+# The last: the deterministic mode (dQ tiles taken in turn, common/dq_order.h).
+BWD_CASES = [("causal", 150, 150, 64, 64, torch.bfloat16, False),
+             ("relative_bias_grad", 100, 150, 128, 128, torch.float16, False),
+             ("sigmoid_none", 100, 150, 96, 64, torch.float16, False),
+             ("retention", 100, 100, 64, 64, torch.bfloat16, False),
+             ("causal", 150, 150, 32, 32, torch.bfloat16, True)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _prebuild_bwd():
+    for name, sq, skv, d_qk, d_v, dtype, det in BWD_CASES:
+        _bwd_build(_bwd_variant(name, max(sq, skv)), d_qk, d_v, dtype, sq, det)
+
+
+@pytest.mark.parametrize("case", BWD_CASES, ids=lambda c: f"{c[0]}-{c[3]}-{c[4]}-{str(c[5])[6:]}"
+                         f"{'-det' if c[6] else ''}")
+def test_emulated_gfx90a_backward_matches_the_reference(case):
+    name, sq, skv, d_qk, d_v, dtype, deterministic = case
+    attn = _bwd_variant(name, max(sq, skv))
+    q, k, v = _inputs(sq, skv, d_qk, d_v, dtype, seed=7)
+    dout = torch.randn(B, HQ, sq, d_v, generator=torch.Generator().manual_seed(8)).to(dtype)
+    leaves = [x.float().requires_grad_() for x in (q, k, v)]
+    captured = [t for t in attn.buffers if t.requires_grad]
+    if attn.variant.normalize != "none":  # the row statistic the prep pass reads
+        out, lse = attn.reference(*leaves, return_lse=True)
+    else:
+        out, lse = attn.reference(*leaves), torch.zeros(B, HQ, sq)
+    want = torch.autograd.grad(out, leaves + captured, dout.float())
+    dq, dk, dv, grads = emulate_bwd(attn, _mask_of(name, max(sq, skv)), q, k, v,
+                                    out.detach().to(dtype), lse, dout, deterministic)
+    tol = 3e-2 if dtype == torch.bfloat16 else 1e-2
+    for got, ref, what in zip((dq, dk, dv), want, ("dq", "dk", "dv")):
+        _close(got, ref, tol, what)
+    assert len(grads) == len(captured)
+    for got, ref in zip(grads.values(), want[3:]):
+        _close(got, ref, tol, "captured gradient")

@@ -1,7 +1,8 @@
-"""The gfx90a forward on an AMD GPU (ROCm builds of PyTorch, an MI210 / MI250): outputs and
-LSE against the reference executor in float32 for the variants, head dims, dtypes and shapes
-the compile-all check builds (tails, GQA, split-KV, V with inf at masked keys). Written and
-reviewed without AMD hardware: nothing here has run yet (README, status). Skipped elsewhere."""
+"""The gfx90a forward and backward on an AMD GPU (ROCm builds of PyTorch, an MI210 / MI250):
+outputs and LSE, and the gradients of q, k, v and of learnable captured tensors, against the
+reference executor in float32 for the variants, head dims, dtypes and shapes the compile-all
+check builds (tails, GQA, split-KV, V with inf at masked keys). Written and reviewed without
+AMD hardware: nothing here has run yet (README, status). Skipped elsewhere."""
 import pytest
 import torch
 
@@ -70,3 +71,59 @@ def test_gfx90a_masked_keys_with_inf_in_v_change_nothing():
     assert not torch.isfinite(out[:, :, 150:]).any()  # plain math where the key is kept
     v[:, :, 150] = 0
     torch.testing.assert_close(out[:, :, :150], attn(q, k, v)[:, :, :150])
+
+
+def _grads(fn, q, k, v, dout, extra=()):
+    """The gradients of q, k, v and `extra` of fn(q, k, v) (the op, or the reference)."""
+    leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+    return torch.autograd.grad(fn(*leaves), leaves + list(extra), dout)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("dims", [(64, 64), (128, 128), (96, 64)], ids=lambda d: f"{d[0]}-{d[1]}")
+@pytest.mark.parametrize("name", ["plain", "causal", "alibi", "softcap", "document", "sigmoid_none"])
+@pytest.mark.parametrize("S", [17, 1000])
+def test_gfx90a_backward_matches_the_reference(name, dims, dtype, S):
+    g = torch.Generator(device="cpu").manual_seed(3)
+    q = torch.randn(2, 8, S, dims[0], generator=g).to(DEV, dtype)
+    k = torch.randn(2, 2, S + 3, dims[0], generator=g).to(DEV, dtype)  # GQA 4:1, Skv != Sq
+    v = torch.randn(2, 2, S + 3, dims[1], generator=g).to(DEV, dtype)
+    dout = torch.randn(2, 8, S, dims[1], generator=g).to(DEV, dtype)
+    attn = _variants(S + 3)[name]
+    assert attn.backend_for(q, k, v, backward=True).startswith("gfx90a"), \
+        attn.backend_for(q, k, v, backward=True)
+    got = _grads(attn, q, k, v, dout)
+    want = _grads(attn.reference, q.float(), k.float(), v.float(), dout.float())
+    tol = 3e-2 if dtype == torch.bfloat16 else 1e-2
+    for x, ref, what in zip(got, want, ("dq", "dk", "dv")):
+        scale = ref.abs().max().item()
+        torch.testing.assert_close(x.float(), ref, atol=tol * scale, rtol=tol, msg=what)
+
+
+def test_gfx90a_backward_of_a_learnable_table():
+    g = torch.Generator(device="cpu").manual_seed(4)
+    table = torch.randn(8, 65, generator=g).to(DEV).requires_grad_()
+    attn = ae.compile(mods.relative_bias(table, 32), mods.causal)
+    q, k, v, dout = (torch.randn(1, 8, 300, 128, generator=g).to(DEV, torch.bfloat16) for _ in range(4))
+    got = _grads(attn, q, k, v, dout, [table])
+    want = _grads(attn.reference, q.float(), k.float(), v.float(), dout.float(), [table])
+    for x, ref in zip(got, want):
+        torch.testing.assert_close(x.float(), ref, atol=3e-2 * ref.abs().max().item(), rtol=3e-2)
+
+
+def test_gfx90a_deterministic_backward_repeats_its_bits():
+    g = torch.Generator(device="cpu").manual_seed(5)
+    q, k, v, dout = (torch.randn(2, 4, 1000, 128, generator=g).to(DEV, torch.bfloat16) for _ in range(4))
+    attn = ae.compile(mask_mod=mods.causal, deterministic=True)
+    assert attn.backend_for(q, k, v, backward=True).startswith("gfx90a")
+    first = _grads(attn, q, k, v, dout)
+    for _ in range(3):
+        assert all(torch.equal(a, b) for a, b in zip(first, _grads(attn, q, k, v, dout)))
+    want = _grads(attn.reference, q.float(), k.float(), v.float(), dout.float())
+    for x, ref in zip(first, want):
+        torch.testing.assert_close(x.float(), ref, atol=3e-2 * ref.abs().max().item(), rtol=3e-2)
+
+
+def test_gfx90a_backward_past_d128_runs_the_reference():
+    q = torch.randn(1, 2, 64, 256, device=DEV, dtype=torch.bfloat16)
+    assert "no gfx90a backward" in ae.compile().backend_for(q, q, q, backward=True)

@@ -1,0 +1,149 @@
+// Runs a generated gfx90a backward (compiled with it, on the host, over tests/emu/hip_host.h)
+// as the planner plans it (blocks in launch order: the deterministic mode's waits for earlier
+// blocks are met): the prep row pass (common/bwd_rows.h: delta, the log2 LSE, dq_accum
+// zeroed), a custom normalization's row terms (the generated bwd_rows_custom, linked in for
+// those variants), the main kernel, the dQ row pass. The test writes DIR/args.txt, the tensors (q, k,
+// v, the forward's o and lse, dO) and, for a masked variant, the block-state table; this
+// writes DIR/dq.bin, dk.bin, dv.bin and grad<i>.bin for captured tensors that get gradients.
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+#include "common/bwd_rows.h"
+#include "common/params.h"
+#include "common/shapes.h"
+
+extern "C" void ae_bwd(const ae::AttnParams p, const ae::VariantArgs va);
+extern "C" __attribute__((weak)) void ae_bwd_rows_custom(const ae::BwdRowParams rp,
+                                                         const ae::VariantArgs va);
+
+namespace ae::gfx90a {
+alignas(16) char lds[65536];  // the kernel's `extern __shared__ char lds[]`
+}
+
+namespace {
+
+std::vector<char> read(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+void write(const std::string& path, const void* data, size_t bytes) {
+  std::ofstream(path, std::ios::binary).write(static_cast<const char*>(data), bytes);
+}
+void strides(long long (&s)[3], long long H, long long S, long long D) {
+  s[0] = H * S * D, s[1] = S * D, s[2] = D;
+}
+
+// A row pass over every query row of (batch, heads): kRowPassThreads per block, `lanes` each.
+template <class F>
+void row_pass(const ae::BwdRowParams& rp, F pass) {
+  const long long rows = static_cast<long long>(rp.batch) * rp.heads * rp.q_len;
+  const long long per_block = ae::kRowPassThreads / rp.lanes;
+  gridDim = {static_cast<unsigned>((rows + per_block - 1) / per_block), 1, 1};
+  for (unsigned x = 0; x < gridDim.x; ++x) {
+    blockIdx = {x, 0, 0};
+    emu::run_block(ae::kRowPassThreads, pass);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) return 2;
+  const std::string dir = argv[1];
+  std::ifstream args(dir + "/args.txt");
+  long long B, Hq, Hkv, Sq, Skv, Dqk, Dv, block_m, block_n, threads, bf16, masked, stats, custom,
+      deterministic, nbuf;
+  double scale;
+  args >> B >> Hq >> Hkv >> Sq >> Skv >> Dqk >> Dv >> block_m >> block_n >> threads >> bf16 >>
+      masked >> stats >> custom >> deterministic >> scale >> nbuf;
+  std::vector<char> q = read(dir + "/q.bin"), k = read(dir + "/k.bin"), v = read(dir + "/v.bin");
+  std::vector<char> o = read(dir + "/o.bin"), dout = read(dir + "/do.bin");
+  std::vector<char> lse = read(dir + "/lse.bin");
+  std::vector<std::vector<char>> bufs;
+  std::vector<std::vector<float>> grads(nbuf);
+  ae::VariantArgs va{};
+  bufs.reserve(nbuf);
+  for (int i = 0; i < nbuf; ++i) {  // rank, the sizes, whether it gets a gradient; contiguous
+    int rank, wants_grad;
+    args >> rank;
+    bufs.push_back(read(dir + "/buf" + std::to_string(i) + ".bin"));
+    va.buf[i].data = bufs.back().data();
+    long long numel = 1;
+    for (int d = 0; d < rank; ++d) args >> va.buf[i].size[d], numel *= va.buf[i].size[d];
+    long long stride = 1;
+    for (int d = rank - 1; d >= 0; --d)
+      va.buf[i].stride[d] = va.buf[i].gstride[d] = stride, stride *= va.buf[i].size[d];
+    args >> wants_grad;
+    if (wants_grad) {
+      grads[i].assign(numel, 0.f);
+      va.buf[i].grad = grads[i].data();
+    }
+  }
+  const long long n_q_blocks = (Sq + block_m - 1) / block_m, n_kv_blocks = (Skv + block_n - 1) / block_n;
+  std::vector<unsigned short> dq(B * Hq * Sq * Dqk), dk(B * Hkv * Skv * Dqk), dv(B * Hkv * Skv * Dv);
+  std::vector<float> delta(B * Hq * Sq), lse2(B * Hq * Sq), dq_accum(B * Hq * n_q_blocks * block_m * Dqk);
+  std::vector<int> dq_order(B * Hq * n_q_blocks, -1);  // the prep pass zeroes it
+  std::vector<char> states;
+  if (masked) states = read(dir + "/states.bin");  // [B][Hq][n_q_blocks][n_kv_blocks]
+
+  ae::BwdRowParams rp{};
+  rp.dout = dout.data(), rp.o = o.data(), rp.lse = reinterpret_cast<const float*>(lse.data());
+  rp.delta = stats ? delta.data() : nullptr, rp.lse2 = lse2.data(), rp.dq_accum = dq_accum.data();
+  rp.dq = dq.data();
+  strides(rp.do_stride, Hq, Sq, Dv);
+  strides(rp.o_stride, Hq, Sq, Dv);
+  strides(rp.dq_stride, Hq, Sq, Dqk);
+  rp.batch = B, rp.heads = Hq, rp.q_len = Sq, rp.acc_rows = n_q_blocks * block_m;
+  rp.d_qk = Dqk, rp.d_v = Dv, rp.scale = scale;
+  rp.lanes = ae::row_pass_lanes(Dv);
+  rp.order_rows = block_m;
+  if (deterministic) rp.dq_order = dq_order.data();
+  row_pass(rp, [&] { bf16 ? ae::bwd_prep<true>(rp) : ae::bwd_prep<false>(rp); });
+  if (custom) {  // a thread per row, 128 per block (the planner's custom_rows_pass)
+    if (!ae_bwd_rows_custom) return 3;
+    const long long rows = B * Hq * Sq;
+    gridDim = {static_cast<unsigned>((rows + 127) / 128), 1, 1};
+    for (unsigned x = 0; x < gridDim.x; ++x) {
+      blockIdx = {x, 0, 0};
+      emu::run_block(128, [&] { ae_bwd_rows_custom(rp, va); });
+    }
+  }
+
+  ae::AttnParams p{};
+  p.q = q.data(), p.k = k.data(), p.v = v.data(), p.dout = dout.data();
+  p.lse2 = stats ? lse2.data() : nullptr, p.delta = stats ? delta.data() : nullptr;
+  p.dq_accum = dq_accum.data(), p.dk = dk.data(), p.dv = dv.data();
+  p.dq_order = deterministic ? dq_order.data() : nullptr;
+  strides(p.q_stride, Hq, Sq, Dqk);
+  strides(p.k_stride, Hkv, Skv, Dqk);
+  strides(p.v_stride, Hkv, Skv, Dv);
+  strides(p.do_stride, Hq, Sq, Dv);
+  strides(p.dk_stride, Hkv, Skv, Dqk);
+  strides(p.dv_stride, Hkv, Skv, Dv);
+  p.batch = B, p.q_heads = Hq, p.kv_heads = Hkv, p.group = Hq / Hkv, p.q_len = Sq, p.kv_len = Skv;
+  p.scale = scale, p.scale_log2 = scale * 1.4426950408889634;
+  p.n_q_blocks = n_q_blocks, p.n_kv_blocks = n_kv_blocks;
+  p.head_group = 1, p.d_v = Dv, p.kv_splits = 1;
+  if (masked) {
+    p.block_state = reinterpret_cast<const unsigned char*>(states.data());
+    p.state_stride_h = n_q_blocks * n_kv_blocks, p.state_stride_b = Hq * p.state_stride_h;
+  }
+  gridDim = {static_cast<unsigned>(n_kv_blocks), static_cast<unsigned>(Hkv), static_cast<unsigned>(B)};
+  for (unsigned z = 0; z < gridDim.z; ++z)
+    for (unsigned y = 0; y < gridDim.y; ++y)
+      for (unsigned x = 0; x < gridDim.x; ++x) {
+        blockIdx = {x, y, z};
+        emu::run_block(static_cast<int>(threads), [&] { ae_bwd(p, va); });
+      }
+
+  rp.lanes = ae::row_pass_lanes(Dqk);
+  row_pass(rp, [&] { bf16 ? ae::bwd_dq<true>(rp) : ae::bwd_dq<false>(rp); });
+  write(dir + "/dq.bin", dq.data(), dq.size() * 2);
+  write(dir + "/dk.bin", dk.data(), dk.size() * 2);
+  write(dir + "/dv.bin", dv.data(), dv.size() * 2);
+  for (int i = 0; i < nbuf; ++i)
+    if (!grads[i].empty())
+      write(dir + "/grad" + std::to_string(i) + ".bin", grads[i].data(), grads[i].size() * 4);
+  return 0;
+}
