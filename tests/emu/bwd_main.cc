@@ -11,25 +11,17 @@
 
 #include "common/bwd_rows.h"
 #include "common/params.h"
+#include "emu_io.h"
 #include "common/shapes.h"
 
 extern "C" void ae_bwd(const ae::AttnParams p, const ae::VariantArgs va);
 extern "C" __attribute__((weak)) void ae_bwd_rows_custom(const ae::BwdRowParams rp,
                                                          const ae::VariantArgs va);
 
-namespace ae::gfx90a {
-alignas(16) char lds[65536];  // the kernel's `extern __shared__ char lds[]`
-}
-
 namespace {
 
-std::vector<char> read(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
-}
-void write(const std::string& path, const void* data, size_t bytes) {
-  std::ofstream(path, std::ios::binary).write(static_cast<const char*>(data), bytes);
-}
+using emu::read;
+using emu::write;
 void strides(long long (&s)[3], long long H, long long S, long long D) {
   s[0] = H * S * D, s[1] = S * D, s[2] = D;
 }

@@ -8,24 +8,12 @@
 #include <string>
 
 #include "common/params.h"
+#include "emu_io.h"
 
 extern "C" void ae_fwd(const ae::AttnParams p, const ae::VariantArgs va);
 
-namespace ae::gfx90a {
-alignas(16) char lds[65536];  // the kernel's `extern __shared__ char lds[]`
-}
-
-namespace {
-
-std::vector<char> read(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
-}
-void write(const std::string& path, const void* data, size_t bytes) {
-  std::ofstream(path, std::ios::binary).write(static_cast<const char*>(data), bytes);
-}
-
-}  // namespace
+using emu::read;
+using emu::write;
 
 int main(int argc, char** argv) {
   if (argc != 2) return 2;
