@@ -20,9 +20,9 @@
 //   AE_EXACT_PV=0                                     forwards trust V to be finite at masked
 //                                                     keys (no check: templates/nvidia/
 //                                                     exact_pv.h): for A/B of its cost
-//   AE_V_CHECK=0 or 1                                 the forward's V-check pass (common/
-//                                                     v_check.h) never / wherever the forward
-//                                                     scans V; unset: the planner's rule
+//   AE_V_CHECK=0 or 1                                 the NVIDIA forwards' V-check pass (common/
+//                                                     v_check.h) never / always (not with
+//                                                     AE_EXACT_PV=0); unset: the planner's rule
 //   AE_PERSISTENT=1 (on) or N >= 2                    the sm90 forward persistent where its tiles
 //                                                     outnumber the CTAs (never split-KV): one
 //                                                     CTA per SM, or N CTAs (tests: many tiles

@@ -299,6 +299,8 @@ void add_block_states(const PlanRequest& r, const KernelSpec& main, LaunchPlan& 
 bool wants_v_check(const PlanRequest& r, const KernelSpec& main) {
   constexpr int64_t kMinRowsPerKvHead = 8192;
   if (main.trust_v || main.family == Family::Gfx90a || r.overrides.v_check == 0) return false;
+  // v_check.h reads dense rows; another layout would need its own addressing
+  if (r.problem.kv_layout != KvLayout::Dense) return false;
   if (r.overrides.v_check == 1) return true;
   const Problem& pb = r.problem;
   return (r.variant.has_mask || r.variant.score_masks) && pb.q_len * pb.group() >= kMinRowsPerKvHead;

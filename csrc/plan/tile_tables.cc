@@ -237,8 +237,11 @@ Candidates sm90_forward(const TableQuery& q, const TuningOverrides& o) {
   KernelSpec& first = c.specs.front();
   const int bn = o.sm90_fwd[0], st = o.sm90_fwd[1];
   // Any multiple of 16 keys from 64 to 192 whose registers fit (the estimate above).
-  if (bn % 16 == 0 && bn >= 64 && bn <= 192 && bn * 3 / 4 + q.d_v / 2 + 40 <= 240)
+  // A width without a stage count gets two stages: the table's three fit 128 keys only.
+  if (bn % 16 == 0 && bn >= 64 && bn <= 192 && bn * 3 / 4 + q.d_v / 2 + 40 <= 240) {
+    if (bn != first.block_n) first.stages = 2;
     first.block_n = bn;
+  }
   if (st >= 1 && st <= 4) first.stages = st;
   if (set(o.sm90_fwd[2])) first.overlap = o.sm90_fwd[2] != 0;
   if (set(o.sm90_fwd[3])) first.pingpong = o.sm90_fwd[3] != 0;

@@ -18,7 +18,8 @@ template <bool kBf16>
 AE_DEVICE void v_check(const AttnParams& p) {
   const int chunks = p.d_v / 8;
   const int rows_per_cta = static_cast<int>(blockDim.x) / chunks;
-  const int row = static_cast<int>(threadIdx.x) / chunks, c = static_cast<int>(threadIdx.x) % chunks;
+  const int row = static_cast<int>(threadIdx.x) / chunks;
+  const int c = static_cast<int>(threadIdx.x) % chunks;
   const long long heads = static_cast<long long>(p.batch) * p.kv_heads;
   bool bad = false;
   if (row < rows_per_cta) {
@@ -26,9 +27,10 @@ AE_DEVICE void v_check(const AttnParams& p) {
       const long long b = bh / p.kv_heads, h = bh % p.kv_heads;
       const char* base = static_cast<const char*>(p.v) +
                          2 * (b * p.v_stride[0] + h * p.v_stride[1]) + 16 * c;
-      const int step = static_cast<int>(gridDim.x) * rows_per_cta;
+      const long long step = static_cast<long long>(gridDim.x) * rows_per_cta;
 #pragma unroll 4
-      for (int s = static_cast<int>(blockIdx.x) * rows_per_cta + row; s < p.kv_len; s += step) {
+      for (long long s = static_cast<long long>(blockIdx.x) * rows_per_cta + row; s < p.kv_len;
+           s += step) {
         const uint4 w = *reinterpret_cast<const uint4*>(base + 2 * s * p.v_stride[2]);
         bad |= nonfinite2<kBf16>(w.x) | nonfinite2<kBf16>(w.y) | nonfinite2<kBf16>(w.z) |
                nonfinite2<kBf16>(w.w);

@@ -89,7 +89,7 @@ TEST(Planner, PersistentForwardWhereTilesOutnumberTheSms) {
   p = make_plan(r);
   EXPECT_EQ(grid_of(p), (std::vector<unsigned>{132, 1, 1}));
   EXPECT_EQ(main_step(p).spec.describe(), "fwd90 sm_90a bf16 d128/128 128x128 w12 s3 ov pp pers");
-  ASSERT_EQ(p.workspaces.size(), 3u);  // the block states, the V-check flag and the counter
+  ASSERT_EQ(p.workspaces.size(), 3u);  // the block states, the counter and the V-check flag
   EXPECT_TRUE(p.workspace(WorkspaceId::TileCounter)->zeroed);
   EXPECT_TRUE(p.workspace(WorkspaceId::TileCounter)->cache_key.empty());
   r.problem.batch = 1;
@@ -616,6 +616,10 @@ TEST(Planner, VCheckPassBeforeForwardsThatScanV) {
   // short keys: one CTA per 16 rows at most
   r.problem.kv_len = 100;
   EXPECT_EQ(make_plan(r).steps[1].grid.x, 7u);
+  // past 65535 batch x key heads: grid y stops there (the kernel strides over the rest)
+  r.problem.batch = 20000;
+  EXPECT_EQ(make_plan(r).steps[1].grid.y, 65535u);
+  r.problem.batch = 2;
   r.problem.kv_len = 4096;
   r.overrides.trust_v = true;  // the checks compiled out: nothing to skip
   EXPECT_EQ(make_plan(r).workspace(WorkspaceId::VFlag), nullptr);

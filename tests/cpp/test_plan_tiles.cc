@@ -152,6 +152,9 @@ TEST(Tiles, OverridesReplaceTheFirstChoice) {
   EXPECT_EQ(sm90_forward(query(256, 256), h).specs[0].block_n, 80);  // 128 keys spill past Dv 128
   h.sm90_fwd[0] = 160;  // any multiple of 16 whose registers fit
   EXPECT_EQ(sm90_forward(query(128, 128), h).specs[0].block_n, 160);
+  TuningOverrides width;  // a width alone: two stages (three of 160 keys are past 227 KB)
+  width.sm90_fwd[0] = 160;
+  EXPECT_EQ(sm90_forward(query(128, 128), width).specs[0].stages, 2);
   h.sm90_fwd[0] = 200;  // (not a width: the table's)
   EXPECT_EQ(sm90_forward(query(128, 128), h).specs[0].block_n, 128);
   h.sm90_fwd[0] = 192;  // 192 keys and Dv 128: past 240 registers

@@ -163,6 +163,8 @@ def v_check(request, monkeypatch):
     their scans and the masked values reach the output)."""
     if request.param == "pass":
         monkeypatch.setenv("AE_V_CHECK", "1")
+    else:
+        monkeypatch.delenv("AE_V_CHECK", raising=False)
     return request.param
 
 
@@ -319,12 +321,12 @@ def test_kvcache_garbage_past_the_lengths_does_not_reach_the_output():
 
 @pytest.mark.gpu
 def test_kernels_planned_v_check_finds_nonfinite_v(family):
-    # 2048 query rows x 4 heads per key head: the planner's rule runs the V-check pass itself;
-    # a nan at key 2000 must still reach only the rows that keep it
+    # 2048 query rows x 4 heads per key head, the rule's 8192: the planner runs the V-check
+    # pass itself (the rule's own test is the CPU one below); a nan at key 2000 must still
+    # reach only the rows that keep it
     attn = ae.compile(mask_mod=mods.causal)
     q, k, v = _gpu_qkv(1, 1, 2048, 2048, 64, torch.bfloat16)
     q = torch.cat([q, q.flip(2), -q, 2 * q], dim=1)  # GQA 4:1
-    assert "v_check" in attn.variant.kernel_source("fwd", 64, 64, q_len=8192)["plan"]
     v[:, :, 2000] = NAN
     poisoned = torch.zeros(1, 4, 2048, 64, dtype=torch.bool)
     poisoned[:, :, 2000:] = True
@@ -343,3 +345,21 @@ def test_planner_runs_the_v_check_pass_where_forwards_would_scan_v():
     assert "v_check" not in causal.variant.kernel_source("bwd", 128, 128, q_len=8192)["plan"]
     inf_mod = ae.compile(lambda s, b, h, qi, ki: torch.where(ki > qi, -INF, s))
     assert "v_check" in inf_mod.variant.kernel_source("fwd", 128, 128, q_len=8192)["plan"]
+
+
+@pytest.mark.gpu
+def test_kernels_v_check_pass_scans_every_batch_and_key_head(family, monkeypatch):
+    # the pass forced; GQA 2:1, 2 batches, V a transposed view, 1001 keys (not a whole number
+    # of the pass's rows per CTA): a nan in the last batch's last key head only
+    monkeypatch.setenv("AE_V_CHECK", "1")
+    attn = ae.compile(mask_mod=mods.causal)
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 4, 1001, 64, generator=gen).to("cuda", torch.bfloat16)
+    k = torch.randn(2, 2, 1001, 64, generator=gen).to("cuda", torch.bfloat16)
+    v = torch.randn(2, 1001, 2, 64, generator=gen).to("cuda", torch.bfloat16).transpose(1, 2)
+    v[1, 1, 900] = NAN  # kept by rows 900.. of query heads 2 and 3 of batch 1 only
+    poisoned = torch.zeros(2, 4, 1001, 64, dtype=torch.bool)
+    poisoned[1, 2:, 900:] = True
+    out = _kernel_vs_reference(attn, q, k, v, family, poisoned, backward=False)
+    assert torch.isfinite(out[1, 2:, :900]).all() and torch.isnan(out[1, 2:, 900:]).all()
+    assert torch.isfinite(out[0]).all() and torch.isfinite(out[1, :2]).all()
