@@ -215,7 +215,23 @@ def test_captured_gradient_sinks_compile_without_spills(case, monkeypatch):
     _compiles_without_spills(info, kind)
 
 
+WARNING = re.compile(r"\bwarning\b", re.IGNORECASE)
+IN_TEMPLATE = re.compile(r"^\s*(common|nvidia|sm80|sm90|gfx90a)/[\w.]+\(\d+\)")
+
+
+def warning_lines(log, templates=False):
+    """The warning lines of a compile log: in generated code and ptxas's (templates=False), or
+    in the template headers (templates=True). A warning in generated code (a narrowed
+    constant, a statement swallowed by a comment, a missing return) is a kernel that may
+    compute something else (issue 15, defect 2)."""
+    lines = [line for line in log.splitlines()
+             if WARNING.search(line) and not line.startswith("Remark")]
+    return [line for line in lines if bool(IN_TEMPLATE.match(line)) == templates]
+
+
 def _compiles_without_spills(info, kind):
+    """Compiles as the runtime does and fails on a spill, a serialized wgmma, or a warning in
+    the generated code (at the table's options: the fallbacks differ only in registers)."""
     arches = ["sm_90a"] if kind.endswith("90") else ["sm_80", "sm_90a"]  # wgmma, TMA: sm_90a only
     for arch in arches:
         # The runtime (get_kernel) compiles at the table's options and, on a spill, at the
@@ -226,6 +242,8 @@ def _compiles_without_spills(info, kind):
                                             options=options)
             assert report["ok"], f"{info['describe']} {arch}: {report['error']}"
             assert 0 < report["registers"] <= 255
+            if not tried:
+                assert warning_lines(report["log"]) == [], f"{info['describe']} {arch}"
             # ptxas serializes every wgmma of a kernel where one sits in a branch it cannot
             # prove uniform, or where a branch writes their registers (C7518 / C7520)
             assert "Potential Performance Loss" not in report["log"], \
@@ -509,7 +527,10 @@ def test_pow_forms(form, expect):
         info = _source(attn, kind, 128, 128)
         want = expect[kind.endswith("90")]
         assert re.search(want, info["source"]) and "powf" not in info["source"], kind
-        _compiles_without_spills(info, kind)
+        # Compiled: the sm90 forward of every form (the one a pow has made spill), all three
+        # kernels of the two general forms (CI time: a backward compile is ~10 s).
+        if kind == "fwd90" or form in ("tensor", "retention"):
+            _compiles_without_spills(info, kind)
 
 
 # AE_PLAIN_LOADS=1 (the A/B switch): every kernel without gradient atomics reads captured
