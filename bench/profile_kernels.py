@@ -10,6 +10,8 @@ yardstick. On the GPU machine (Firecracker: counters readable):
         python bench/profile_kernels.py fwd90
     ncu ... -k regex:"ae_bwd$|flash_bwd_dq_dk_dv" python bench/profile_kernels.py bwd [4096]
     python bench/profile_kernels.py docmask      # the document mask's forward
+    python bench/profile_kernels.py vsfa4 8192 128 [causal]  # ours and FlashAttention-4's
+                                                 # fwd and bwd (bench/fa4.py must import)
 """
 import sys
 
@@ -51,5 +53,14 @@ elif what == "bwd":
         torch.autograd.grad(out, (q, k, v), do)
     torch.cuda.synchronize()
     print("bwd ran", flush=True)
+elif what == "vsfa4":  # ours and FlashAttention-4's forward and backward, same shape
+    from fa4 import fa4, why
+    assert fa4 is not None, why
+    attn = ae.compile(mask_mod=mods.causal) if causal else ae.compile()
+    torch.autograd.grad(attn(q, k, v), (q, k, v), do)
+    q4, k4, v4, do4 = (t.detach().transpose(1, 2).contiguous().requires_grad_() for t in (q, k, v, do))
+    torch.autograd.grad(fa4(q4, k4, v4, causal=causal), (q4, k4, v4), do4)
+    torch.cuda.synchronize()
+    print("vsfa4 ran", flush=True)
 else:
-    sys.exit(f"unknown case {what}: fwd90, docmask or bwd")
+    sys.exit(f"unknown case {what}: fwd90, docmask, bwd or vsfa4")

@@ -121,10 +121,10 @@ AE_DEVICE void scores_backward(const AttnParams& p, const Variant& var, float (&
 template <class Cfg>
 AE_DEVICE void wgmma_dk(float (&dk)[Cfg::kDqk / 8][4], const u32 (&dsa)[Cfg::kBlockM / 16][4],
                         const char* tQ) {
+  const u64 desc_q = smem_desc(tQ, Cfg::kBlockM * 128);
 #pragma unroll
   for (int kk = 0; kk < Cfg::kBlockM / 16; ++kk)
-    wgmma_rs<Cfg::kDqk, Cfg::kBf16>(dk, dsa[kk],
-                                    smem_desc(tQ + kk * 16 * 128, Cfg::kBlockM * 128), 1);
+    wgmma_rs<Cfg::kDqk, Cfg::kBf16>(dk, dsa[kk], desc_plus(desc_q, kk * 16 * 128), 1);
 }
 
 // Named barriers between each MMA warpgroup and the dQ writer (128 + 32 threads): its tile is
@@ -319,9 +319,9 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
       const int qp = part * PQ;
       float st[PQ / 8][4], dpt[PQ / 8][4];
       wgmma_fence();
-      gemm_ss_kmajor<PQ, Cfg::kDqk, Cfg::kBf16>(st, kA, BN * 128, tQ + qp * 128, BM * 128);
+      gemm_ss_kmajor<PQ, Cfg::kDqk, Cfg::kBf16, true>(st, kA, BN * 128, tQ + qp * 128, BM * 128);
       wgmma_commit();
-      gemm_ss_kmajor<PQ, Cfg::kDv, Cfg::kBf16>(dpt, vA, BN * 128, tdO + qp * 128, BM * 128);
+      gemm_ss_kmajor<PQ, Cfg::kDv, Cfg::kBf16, true>(dpt, vA, BN * 128, tdO + qp * 128, BM * 128);
       wgmma_commit();
       wgmma_wait<0>();
       fence_regs(st);
@@ -336,33 +336,33 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
       else
         scores_backward<false, kSplitMask, Layout>(p, var, st, dpt, lse, delta, b, hq, q0 + qp,
                                                    k0 + key_w, false);
-#pragma unroll
-      for (int nt = 0; nt < PQ / 8; ++nt)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int row = key_w + g + 8 * r, col = qp + nt * 8 + 2 * t;  // col: a query (even)
-          const u32 at = smem_u32(tdS) + row * 128 + ((col / 8 ^ row % 8) << 4) + 2 * (col % 8);
-          sm80::st_shared_u32(at, pack2<Cfg::kBf16>(dpt[nt][2 * r], dpt[nt][2 * r + 1]));
-        }
       u32 pa_part[PQ / 16][4], dsa_part[PQ / 16][4];
       rows::p_to_a<Cfg::kBf16>(pa_part, st);
       rows::p_to_a<Cfg::kBf16>(dsa_part, dpt);
+      // dS^T's 16 keys x 16 queries per stmatrix, from the A operand's registers: matrix m of
+      // lane l's address is keys 8 (m % 2) .. + 7, queries 8 (m / 2) .. + 7 of the pair.
+      const int m = lane / 8, i = lane % 8;
+      const u32 ds_row = smem_u32(tdS) + (key_w + i + 8 * (m % 2)) * 128;  // row % 8 == i
 #pragma unroll
-      for (int kk = 0; kk < PQ / 16; ++kk)
+      for (int kk = 0; kk < PQ / 16; ++kk) {
+        const int chunk = (qp + 16 * kk) / 8 + m / 2;  // 16-byte chunk of 8 queries
+        stmatrix_x4(ds_row + ((chunk ^ i) << 4), dsa_part[kk]);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           pa[qp / 16 + kk][e] = pa_part[kk][e];
           dsa[qp / 16 + kk][e] = dsa_part[kk][e];
         }
+      }
     }
 
     // dV += P^T dO and dK += dS^T Q (queries are K; dO and Q read N-major; P^T and dS^T are
     // register A operands), and dQ = dS K once every dS^T it reads is stored. With
     // kDqBeforeDk, dK's GEMM goes after dQ's, and dQ's tile goes to the writer while it runs.
     wgmma_fence();
+    const u64 desc_do = smem_desc(tdO, BM * 128);
 #pragma unroll
     for (int kk = 0; kk < BM / 16; ++kk)
-      wgmma_rs<Cfg::kDv, Cfg::kBf16>(dv, pa[kk], smem_desc(tdO + kk * 16 * 128, BM * 128), 1);
+      wgmma_rs<Cfg::kDv, Cfg::kBf16>(dv, pa[kk], desc_plus(desc_do, kk * 16 * 128), 1);
     if constexpr (!Cfg::kDqBeforeDk)
       wgmma_dk<Cfg>(dk, dsa, tQ);
     wgmma_commit();
@@ -391,13 +391,12 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
       if (c > 0) wgmma_fence();  // the last chunk's stores read these registers
       // M (64 queries) and N (kDqN == 64 columns) are one 64-element block each: the LBOs
       // below (the distance to a next block) are never used; a wider dS^T or dQ tile must set them.
+      const u64 desc_ds = uniform_desc(smem_desc(tdS + key_lo * 128, BM * 128));
+      const u64 desc_k = uniform_desc(smem_desc(sK + (n0 / 64) * BN * 128 + key_lo * 128, BN * 128));
 #pragma unroll
-      for (int kk = 0; kk < kKeySteps; ++kk) {
-        const int key = key_lo + 16 * kk;
-        wgmma_ss_mn<Cfg::kDqN, Cfg::kBf16>(
-            dq, smem_desc(tdS + key * 128, BM * 128),
-            smem_desc(sK + (n0 / 64) * BN * 128 + key * 128, BN * 128), kk > 0);
-      }
+      for (int kk = 0; kk < kKeySteps; ++kk)
+        wgmma_ss_mn<Cfg::kDqN, Cfg::kBf16>(dq, desc_plus(desc_ds, kk * 16 * 128),
+                                           desc_plus(desc_k, kk * 16 * 128), kk > 0);
       wgmma_commit();
       if constexpr (Cfg::kDqBeforeDk) {
         wgmma_dk<Cfg>(dk, dsa, tQ);

@@ -107,6 +107,33 @@ AE_DEVICE u64 smem_desc(const void* p, u32 lbo) {
   return ((addr & 0x3FFFF) >> 4) | (static_cast<u64>(lbo >> 4) << 16) |
          (static_cast<u64>(1024 >> 4) << 32) | (1ull << 62);
 }
+// The descriptor of the tile `bytes` (a multiple of 16) past desc's: an add to the address
+// field, which never carries (shared memory is under 256 KB). A loop's wgmmas then cost one
+// add each, not smem_desc's conversion and masks (which ptxas redid per wgmma, in vector
+// registers moved to uniform ones: about 7 instructions each).
+AE_DEVICE u64 desc_plus(u64 desc, int bytes) {
+  const u32 lo = static_cast<u32>(desc) + (static_cast<u32>(bytes) >> 4);
+  return (desc & 0xFFFFFFFF00000000ull) | lo;
+}
+// desc as the compiler can see that it is the same in the whole warp (a shuffle from lane
+// 0): a descriptor from a warpgroup's own tile (its address depends on threadIdx) then stays
+// in the uniform registers wgmma reads, and a loop's descriptors are uniform adds to it, not
+// a move from vector registers each. (A uniform warpgroup index instead made the D128
+// backward of masked variants spill: its loop-invariant descriptors were hoisted.)
+AE_DEVICE u64 uniform_desc(u64 desc) {
+  const u32 lo = __shfl_sync(0xffffffffu, static_cast<u32>(desc), 0);
+  return (desc & 0xFFFFFFFF00000000ull) | lo;
+}
+
+// Four 8 x 8 16-bit matrices to shared memory (stmatrix, sm_90): lane l gives the address of
+// row l % 8 of matrix l / 8; register j holds, in every lane, the lane's pair of matrix j in
+// the mma C layout (row lane / 4, columns 2 (lane % 4) and the next), which is also a
+// 16 x 16 A operand's register layout (nvidia/mma_rows.h p_to_a).
+AE_DEVICE void stmatrix_x4(u32 addr, const u32 (&r)[4]) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n"
+               ::"r"(addr), "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3]) : "memory");
+}
+
 // A descriptor whose every row and column block is the same 1024-byte atom at p (LBO and
 // SBO 0): a B operand of any shape that reads only those 1024 bytes.
 AE_DEVICE u64 smem_desc_atom(const void* p) {
