@@ -30,6 +30,15 @@ def embedded_templates() -> str:
     return out
 
 
+def opt_level() -> str:
+    """AE_BUILD_OPT: -O0 .. -O3 or -Os (default -O2). scripts/check_sdist.sh builds with -O0:
+    it checks that the sdist builds and runs, and the optimized build is the one CI tests."""
+    opt = os.environ.get("AE_BUILD_OPT", "-O2")
+    if not re.fullmatch(r"-O[0-3s]", opt):
+        raise SystemExit(f"AE_BUILD_OPT must be one of -O0, -O1, -O2, -O3, -Os, not {opt!r}")
+    return opt
+
+
 def sources() -> list:
     """Relative paths (setuptools wants them relative to setup.py), sorted."""
     core = sorted(p for p in glob.glob(os.path.join("csrc", "*", "**", "*.cc"), recursive=True,
@@ -53,7 +62,7 @@ setup(
             define_macros=[("FMT_HEADER_ONLY", "1")],
             # -g0 overrides the -g of Python's own CFLAGS: debug info made the .so 58 MB and
             # its compile slower; nothing reads it.
-            extra_compile_args=["-O2", "-g0", "-Wno-unused-parameter"],
+            extra_compile_args=[opt_level(), "-g0", "-Wno-unused-parameter"],
             libraries=["dl"],
         )
     ],
