@@ -57,6 +57,7 @@ elif what == "vsfa4":  # ours and FlashAttention-4's forward and backward, same 
     from fa4 import fa4, why
     assert fa4 is not None, why
     attn = ae.compile(mask_mod=mods.causal) if causal else ae.compile()
+    assert attn.backend_for(q, k, v) == "sm90" and attn.backend_for(q, k, v, backward=True) == "sm90"
     torch.autograd.grad(attn(q, k, v), (q, k, v), do)
     q4, k4, v4, do4 = (t.detach().transpose(1, 2).contiguous().requires_grad_() for t in (q, k, v, do))
     torch.autograd.grad(fa4(q4, k4, v4, causal=causal), (q4, k4, v4), do4)

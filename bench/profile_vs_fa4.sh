@@ -15,7 +15,8 @@ python3 bench/profile_kernels.py vsfa4 $ARGS > "$OUT/vsfa4_warm.txt" 2>&1 || { t
 ncu --clock-control none -k regex:'ae_fwd$|ae_bwd$|[Ff]lash[Aa]ttention' --section SpeedOfLight \
     --section ComputeWorkloadAnalysis --section WarpStateStats --section Occupancy \
     --section LaunchStats --section InstructionStats --section MemoryWorkloadAnalysis_Tables \
-    -o "$OUT/ncu_vsfa4" -f python3 bench/profile_kernels.py vsfa4 $ARGS > "$OUT/ncu_vsfa4_run.txt" 2>&1
+    -o "$OUT/ncu_vsfa4" -f python3 bench/profile_kernels.py vsfa4 $ARGS > "$OUT/ncu_vsfa4_run.txt" 2>&1 \
+  || { tail -20 "$OUT/ncu_vsfa4_run.txt"; exit 1; }
 ncu -i "$OUT/ncu_vsfa4.ncu-rep" > "$OUT/ncu_vsfa4.txt" 2>&1
 ncu -i "$OUT/ncu_vsfa4.ncu-rep" --page raw --csv > "$OUT/ncu_vsfa4_raw.csv" 2>&1
 grep -E "^  [A-Za-z_].*\(|Duration|Compute \(SM\) Throughput|Executed Ipc A|Issue Slots Busy|Registers Per|Executed Instructions  |Warp Cycles Per Issued|No Eligible|Dynamic Shared" "$OUT/ncu_vsfa4.txt" | head -80

@@ -7,7 +7,7 @@ the disk cache, keyed by the headers' contents, keeps the two apart.
 
     python bench/template_ab.py --base build/ab/base/templates [--cases "plain D128|causal"]
 
-bf16, 16k tokens (B = 16384 / S), hidden 2048; TFLOPS by the FLOPs the mask keeps
+bf16, 16k tokens (B = 16384 / S), H = 2048 // Dqk heads; TFLOPS by the FLOPs the mask keeps
 (fwd: 2 B H S^2 (Dqk + Dv); fwd+bwd: 3.5 times that).
 """
 import argparse
@@ -85,6 +85,8 @@ def main():
     ap.add_argument("--warm", action="store_true")
     args = ap.parse_args()
     cases = [c for c in CASES if re.search(args.cases, c)]
+    if not cases:
+        sys.exit(f"no case matches {args.cases!r}: {CASES}")
     if args.worker:
         print(json.dumps(worker(cases, args.warm)))
         return

@@ -10,10 +10,10 @@ namespace ae::sm90 {
 // acc = A B^T over K = kK, A (64 rows) and B (N rows) both K-major: a and b point at the first
 // row each reads in column block 0, a_block and b_block are the bytes between column blocks.
 // Issues the wgmmas only (the caller fences, commits and waits). kStep: each operand's
-// descriptor built once, made warp-uniform (uniform_desc) and stepped by adds, which cut the
-// backward's instructions between wgmmas from 11-21 to 5 and made it 1.5-2.5% faster; the
-// forward measured 1-4% slower with it at D128 (bench/RESULTS.md, 2026-12-03 thirteenth
-// session) and builds each descriptor whole.
+// descriptor built once, made warp-uniform (uniform_desc: a and b must be the same in the
+// whole warp) and stepped by adds, which cut the backward's instructions between wgmmas from
+// 11-21 to 5 (fwd+bwd up to 2.5% faster at D128); the forward measured 1-4% slower with it at
+// D128 (bench/RESULTS.md, 2026-12-03 thirteenth session) and builds each descriptor whole.
 template <int N, int kK, bool kBf16, bool kStep = false>
 AE_DEVICE void gemm_ss_kmajor(float (&acc)[N / 8][4], const char* a, int a_block, const char* b,
                               int b_block) {

@@ -502,8 +502,9 @@ def test_custom_normalization_kernels_turn_off(monkeypatch):
 # torch.pow in generated code (templates/common/variant_support.h): ae::fpow, or the
 # branch-free ae::fpow_i for an integer exponent (a distance, cast or not) in a custom
 # normalization's kernels without gradient atomics (retention's decay), a small integer
-# constant a product; each form compiles without spills in both families' forwards and the
-# backward (tests/python/test_gpu_pow.py checks their values on a GPU).
+# constant a product. Each form's code is checked in both families' forwards and the sm90
+# backward; the sm90 forward of every form and all three kernels of the tensor and retention
+# forms compile without spills (tests/python/test_gpu_pow.py checks their values on a GPU).
 FPOW, FPOW_I = r"ae::fpow\(n\d+, ", r"ae::fpow_i\(n\d+, n\d+\)"
 
 
