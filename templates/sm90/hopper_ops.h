@@ -107,9 +107,9 @@ AE_DEVICE u64 smem_desc(const void* p, u32 lbo) {
   return ((addr & 0x3FFFF) >> 4) | (static_cast<u64>(lbo >> 4) << 16) |
          (static_cast<u64>(1024 >> 4) << 32) | (1ull << 62);
 }
-// The descriptor of the tile `bytes` (a multiple of 16, not negative) past desc's: an add to the address
-// field, which never carries (shared memory is under 256 KB). A loop's wgmmas then cost one
-// add each, not smem_desc's conversion and masks (which ptxas redid per wgmma, in vector
+// The descriptor of the tile `bytes` (a multiple of 16, not negative) past desc's: an add
+// to the address field, which never carries (shared memory is under 256 KB). A loop's wgmmas
+// then cost one add each, not smem_desc's conversion and masks (which ptxas redid per wgmma, in vector
 // registers moved to uniform ones: about 7 instructions each).
 AE_DEVICE u64 desc_plus(u64 desc, int bytes) {
   const u32 lo = static_cast<u32>(desc) + (static_cast<u32>(bytes) >> 4);
