@@ -1,13 +1,13 @@
 // The deterministic backward's order of additions into dQ. dQ tile (b, hq, m_block) gets fp32
-// additions from each key block that sees it (one, or sm90/bwd.h's kMma * kDqChunks); in arrival order the rounding differs run
-// to run. Under KernelSpec::deterministic the adders of a tile go in a fixed order, launch
-// order (the CTAs of one (batch, KV head) as ReversedBlocks hands them out: key blocks from
-// the last), kept by a counter per tile (dq_order, zeroed by the prep row pass): an adder
-// waits until the counter says every earlier adder has finished, adds, and counts itself.
-// A CTA only waits for CTAs launched before it, which are resident or done (CTAs are
-// dispatched in launch order): no deadlock. Each tile's adders form a chain, one addition
-// complete before the next starts: 0.75-0.85x the default's fwd+bwd at head dim 128, causal
-// or not (bench/RESULTS.md).
+// additions from each key block that sees it (one, or sm90/bwd.h's kDqAdds); in arrival order
+// the rounding differs run to run. Under KernelSpec::deterministic the adders of a tile go in
+// a fixed order, launch order (the CTAs of one (batch, KV head) as ReversedBlocks hands them
+// out: key blocks from the last), kept by a counter per tile (dq_order, zeroed by the prep row
+// pass): an adder waits until the counter says every earlier adder has finished, adds, and
+// counts itself. A CTA only waits for CTAs launched before it, which are resident or done
+// (CTAs are dispatched in launch order): no deadlock. Each tile's adders form a chain, one
+// addition complete before the next starts: 0.75-0.85x the default's fwd+bwd at head dim 128,
+// causal or not (bench/RESULTS.md).
 #pragma once
 
 #include "common/block_walk.h"

@@ -14,13 +14,15 @@
 //            P and dS per score (common/bwd_scores.h); dV += P^T dO and dK += dS^T Q with
 //            P^T and dS^T as register A operands (dK and dV stay in registers across the
 //            loop); dS^T stored to shared memory, and dQ = dS K by wgmma with both operands
-//            transposed (dS M-major, K N-major); each warpgroup's 64 x 64 fp32 dQ tile goes
-//            to shared memory for the writer (tiled in dq_accum, BwdRowParams::acc_tiled), so
-//            the MMA warps issue no global atomics and never wait for global memory.
-// dQ is split between the warpgroups by columns (each takes one 64-column block over all keys,
-// after a barrier that says every dS^T of the block is stored) where Dqk is 64 * kMma, else by
-// keys (each its own 64 keys, all columns, sent to the writer 64 columns at a time through its
-// one tile: no barrier across warpgroups, twice the additions). Past 256 columns of dK + dV
+//            transposed (dS M-major, K N-major); the warpgroups' dQ goes to 64 x 64 fp32
+//            tiles in shared memory for the writer (tiled in dq_accum, BwdRowParams::
+//            acc_tiled), so the MMA warps issue no global atomics and never wait for global
+//            memory.
+// dQ is split between the warpgroups by columns (each takes Dqk / kMma columns over all keys,
+// after a barrier that says every dS^T of the block is stored; at head dim 64 both halves go
+// to one tile) where Dqk is 64 or 32 times kMma, else by keys (each its own 64 keys, all
+// columns, sent to the writer 64 columns at a time through its one tile: no barrier across
+// warpgroups, twice the additions). Past 256 columns of dK + dV
 // (Cfg::kScoreParts), S^T and dP^T are computed for 32 queries at a time and dV's and dK's
 // GEMMs finish before dQ's starts, so that everything fits 240 registers (up to 192 + 128).
 // Deterministic (Cfg::kDeterministic): the CTAs add into each dQ tile in a fixed order
@@ -58,17 +60,23 @@ struct BwdConfig {
                                   kStages * (kQBytes + kDoBytes + kDsBytes + 8 * kBlockM) +
                                   kMma * kDqTileBytes + 8 * (2 + 2 * kStages),
                 "sm90/shapes.h");
-  // dQ's split: by columns when each warpgroup's share is one 64-column block (head dim 128),
-  // else by keys, each warpgroup's share then going to the writer 64 columns (a chunk) at a
-  // time through its one 64 x 64 tile (head dims 64 and 192).
-  static constexpr bool kDqByColumns = kDqk == 64 * kMma;
-  static constexpr int kDqN = 64, kDqChunks = kDqByColumns ? 1 : kDqk / 64;
+  // dQ's split: by columns when each warpgroup's share is one 64-column block or half of one
+  // (head dims 128 and 64; at 64 both warpgroups write their halves into one tile), else by
+  // keys, each warpgroup's share then going to the writer 64 columns (a chunk) at a time
+  // through its one 64 x 64 tile (head dim 192). By keys, every warpgroup adds its own tile
+  // into dq_accum: twice the bulk additions (head dim 128 by keys: 0.77x the fwd+bwd; head
+  // dim 64 by columns: 1.10x plain, 1.07x causal; bench/RESULTS.md, fourteenth session).
+  static constexpr bool kDqByColumns = kDqk == 64 * kMma || kDqk == 32 * kMma;
+  static constexpr int kDqN = kDqByColumns ? kDqk / kMma : 64;
+  static constexpr int kDqChunks = kDqByColumns ? 1 : kDqk / 64;
+  // Bulk additions into a dQ tile per CTA: one per 64-column tile by columns.
+  static constexpr int kDqAdds = kDqByColumns ? kDqk / 64 : kMma * kDqChunks;
   // S^T and dP^T in two ranges of 32 queries where dK and dV hold more than 128 registers.
   static constexpr int kScoreParts = kDqk + kDv > 256 ? 2 : 1;
-  // dQ's GEMM before dK's (its tile stored while dK's runs) where dQ is split by columns (head
-  // dim 128: +1.5-2% fwd+bwd); split by keys (head dim 64) the other order is 1-2.5% faster
-  // (bench/RESULTS.md, 2026-12-02 "GEMM order").
-  static constexpr bool kDqBeforeDk = kDqByColumns && kScoreParts == 1;
+  // dQ's GEMM before dK's (its tile stored while dK's runs) at head dim 128 (+1.5-2% fwd+bwd);
+  // at head dim 64 (then split by keys) the other order was 1-2.5% faster (bench/RESULTS.md,
+  // 2026-12-02 "GEMM order").
+  static constexpr bool kDqBeforeDk = kDqk == 64 * kMma && kScoreParts == 1;
   static constexpr int kProducerRegs = 24, kMmaRegs = 240;
   // dK and dV stay in registers: Dqk + Dv columns of 64 keys, 160 of the 240 at 192 + 128.
   static_assert(kDqk % 64 == 0 && kDv % 64 == 0 && kDqk <= 192 && kDv <= 192 && kDqk + kDv <= 320,
@@ -166,10 +174,13 @@ AE_DEVICE void dq_writer(const AttnParams& p, const float* sDq, const volatile i
           }
         }
         const int n0 = Cfg::kDqByColumns ? cw * Cfg::kDqN : c * Cfg::kDqN;
+        // By columns, a tile goes once its last warpgroup's columns are in.
+        if (Cfg::kDqByColumns && (n0 + Cfg::kDqN) % 64 != 0) continue;
         bulk_reduce_add_f32(p.dq_accum + ((static_cast<long long>(b) * p.q_heads + hq) *
                                               p.n_q_blocks + item.mb) * Cfg::kBlockM * Cfg::kDqk +
                                 (n0 / 64) * 64 * 64,
-                            sDq + cw * 64 * 64, Cfg::kDqTileBytes);
+                            sDq + (Cfg::kDqByColumns ? n0 / 64 : cw) * 64 * 64,
+                            Cfg::kDqTileBytes);
         bulk_commit();
         if constexpr (Cfg::kDeterministic) {
           bulk_wait();  // complete, not only read
@@ -303,7 +314,7 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
     [[maybe_unused]] int turn = 0;
     if constexpr (Cfg::kDeterministic && Cfg::kScoreParts == 1)
       if (cw == 0 && warp == 0)
-        turn = Cfg::kMma * Cfg::kDqChunks * dq_rank(p, b, hq, item.mb, n_block, walk.states);
+        turn = Cfg::kDqAdds * dq_rank(p, b, hq, item.mb, n_block, walk.states);
     mbar_wait(full + stage, (it / S) & 1);
 
     // S^T = K Q^T and dP^T = V dO^T for this warpgroup's 64 keys x the block's 64 queries,
@@ -382,17 +393,21 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
     // are free before dQ's accumulators are live.
     if constexpr (Cfg::kScoreParts > 1) wgmma_wait<0>();
     constexpr int kKeySteps = (Cfg::kDqByColumns ? BN : 64) / 16;
-    float* tile_dq = sDq + cw * 64 * 64;
+    // By columns, the tile of the warpgroup's columns (shared by both at head dim 64).
+    float* tile_dq = sDq + (Cfg::kDqByColumns ? Cfg::kDqN * cw / 64 : cw) * 64 * 64;
     // Split by keys, the warpgroup's dQ goes out a 64-column chunk at a time through its tile.
 #pragma unroll 1
     for (int c = 0; c < Cfg::kDqChunks; ++c) {
       const int n0 = Cfg::kDqByColumns ? cw * Cfg::kDqN : c * Cfg::kDqN;
       float dq[Cfg::kDqN / 8][4];
       if (c > 0) wgmma_fence();  // the last chunk's stores read these registers
-      // M (64 queries) and N (kDqN == 64 columns) are one 64-element block each: the LBOs
+      // M (64 queries) and N (kDqN <= 64 columns) are one 64-element block each: the LBOs
       // below (the distance to a next block) are never used; a wider dS^T or dQ tile must set them.
       const u64 desc_ds = uniform_desc(smem_desc(tdS + key_lo * 128, BM * 128));
-      const u64 desc_k = uniform_desc(smem_desc(sK + (n0 / 64) * BN * 128 + key_lo * 128, BN * 128));
+      // (a half block's columns start 64 bytes into K's swizzled rows: the swizzle is of the
+      // address, so an offset below 128 bytes reads them as TMA placed them)
+      const u64 desc_k = uniform_desc(
+          smem_desc(sK + (n0 / 64) * BN * 128 + (n0 % 64) * 2 + key_lo * 128, BN * 128));
 #pragma unroll
       for (int kk = 0; kk < kKeySteps; ++kk)
         wgmma_ss_mn<Cfg::kDqN, Cfg::kBf16>(dq, desc_plus(desc_ds, kk * 16 * 128),
@@ -415,7 +430,7 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
       if constexpr (Cfg::kDeterministic) {
         if constexpr (Cfg::kScoreParts > 1)
           if (c == 0 && cw == 0 && warp == 0)
-            turn = Cfg::kMma * Cfg::kDqChunks * dq_rank(p, b, hq, item.mb, n_block, walk.states);
+            turn = Cfg::kDqAdds * dq_rank(p, b, hq, item.mb, n_block, walk.states);
         if (c == 0 && cw == 0 && threadIdx.x % 128 == 0) *sTurn = turn;  // the last one was read
       }
 #pragma unroll
@@ -423,7 +438,8 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const int row = 16 * warp + g + 8 * r;  // row % 8 == g
-          *reinterpret_cast<float2*>(tile_dq + row * 64 + 8 * (nt ^ g) + 2 * t) =
+          const int chunk = (Cfg::kDqByColumns ? Cfg::kDqN * cw % 64 / 8 : 0) + nt;
+          *reinterpret_cast<float2*>(tile_dq + row * 64 + 8 * (chunk ^ g) + 2 * t) =
               make_float2(dq[nt][2 * r], dq[nt][2 * r + 1]);
         }
       fence_view_async_shared();
