@@ -65,7 +65,7 @@ struct BwdConfig {
   // keys, each warpgroup's share then going to the writer 64 columns (a chunk) at a time
   // through its one 64 x 64 tile (head dim 192). By keys, every warpgroup adds its own tile
   // into dq_accum: twice the bulk additions (head dim 128 by keys: 0.77x the fwd+bwd; head
-  // dim 64 by columns: 1.10x plain, 1.07x causal; bench/RESULTS.md, fourteenth session).
+  // dim 64 by columns: about 1.09x plain, 1.07x causal; bench/RESULTS.md, fourteenth session).
   static constexpr bool kDqByColumns = kDqk == 64 * kMma || kDqk == 32 * kMma;
   static constexpr int kDqN = kDqByColumns ? kDqk / kMma : 64;
   static constexpr int kDqChunks = kDqByColumns ? 1 : kDqk / 64;
