@@ -8,6 +8,8 @@ NS = (64, 128, 256)
 NS_SCORES = (32, 80, 96, 112, 144, 160, 176, 192)
 # The sm90 backward's dK += dS^T Q at head dim 192 (register A): wgmma_rs as well.
 NS_RS_EXTRA = (192,)
+# The sm90 backward's dQ = dS K in half 64-column blocks (head dim 64): wgmma_ss_mn as well.
+NS_MN_EXTRA = (32,)
 TYPES = (("true", "bf16"), ("false", "f16"))
 
 
@@ -81,6 +83,8 @@ AE_DEVICE void wgmma_ss_mn(float (&d)[N / 8][4], u64 desc_a, u64 desc_b, int acc
             out.append(ss(n, flag, t))
             if n in NS_RS_EXTRA:
                 out.append(rs(n, flag, t))
+            if n in NS_MN_EXTRA:
+                out.append(ss(n, flag, t, transposed=True))
     out.append("}  // namespace ae::sm90\n")
     print("\n".join(out), end="")
 

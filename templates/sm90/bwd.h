@@ -6,8 +6,9 @@
 //   producer (warpgroup 0, registers given away): its first warp loads K and V once (TMA),
 //            then per query block Q and dO (TMA) and the rows' log2 LSE and delta (plain
 //            loads, stored by the warp) into a ring of kStages stages, each completing on its
-//            full barrier; its second warp, the dQ writer, adds each MMA warpgroup's dQ tile
-//            into dq_accum with one bulk reduction (and, deterministic, waits its turn);
+//            full barrier; its second warp, the dQ writer, adds each 64 x 64 dQ tile the
+//            MMA warpgroups fill into dq_accum with one bulk reduction (and, deterministic,
+//            waits its turn);
 //   MMA      (warpgroups 1.., 64 keys each; a warp has 16 keys):
 //            S^T = K Q^T and dP^T = V dO^T by wgmma from shared memory (keys are the M
 //            dimension, so the accumulators hold P^T and dS^T in the C layout, a key per row);
@@ -26,7 +27,7 @@
 // (Cfg::kScoreParts), S^T and dP^T are computed for 32 queries at a time and dV's and dK's
 // GEMMs finish before dQ's starts, so that everything fits 240 registers (up to 192 + 128).
 // Deterministic (Cfg::kDeterministic): the CTAs add into each dQ tile in a fixed order
-// (common/dq_order.h), the warpgroups of a CTA splitting by keys in turn.
+// (common/dq_order.h), a CTA's kDqAdds additions in turn.
 #pragma once
 
 #include "common/block_walk.h"
@@ -54,7 +55,8 @@ struct BwdConfig {
   static constexpr int kKBytes = kBlockN * kDqk * 2, kVBytes = kBlockN * kDv * 2;
   static constexpr int kQBytes = kBlockM * kDqk * 2, kDoBytes = kBlockM * kDv * 2;
   static constexpr int kDsBytes = kBlockN * kBlockM * 2;
-  static constexpr int kDqTileBytes = 64 * 64 * 4;  // per MMA warpgroup
+  // A dQ tile; one per MMA warpgroup in shared memory (head dim 64 uses the first only).
+  static constexpr int kDqTileBytes = 64 * 64 * 4;
   static constexpr int kSmemBytes = bwd_smem_bytes(kDqk, kDv);  // the planner's
   static_assert(kSmemBytes == 1024 + kKBytes + kVBytes +
                                   kStages * (kQBytes + kDoBytes + kDsBytes + 8 * kBlockM) +
@@ -64,8 +66,9 @@ struct BwdConfig {
   // (head dims 128 and 64; at 64 both warpgroups write their halves into one tile), else by
   // keys, each warpgroup's share then going to the writer 64 columns (a chunk) at a time
   // through its one 64 x 64 tile (head dim 192). By keys, every warpgroup adds its own tile
-  // into dq_accum: twice the bulk additions (head dim 128 by keys: 0.77x the fwd+bwd; head
-  // dim 64 by columns: about 1.09x plain, 1.07x causal; bench/RESULTS.md, fourteenth session).
+  // into dq_accum: twice the bulk additions (head dim 128 by keys: 0.77-0.82x the fwd+bwd;
+  // head dim 64 by columns: about 1.09x plain, 1.07x causal, chained across two A/Bs of one
+  // call; bench/RESULTS.md, fourteenth session).
   static constexpr bool kDqByColumns = kDqk == 64 * kMma || kDqk == 32 * kMma;
   static constexpr int kDqN = kDqByColumns ? kDqk / kMma : 64;
   static constexpr int kDqChunks = kDqByColumns ? 1 : kDqk / 64;
@@ -74,8 +77,8 @@ struct BwdConfig {
   // S^T and dP^T in two ranges of 32 queries where dK and dV hold more than 128 registers.
   static constexpr int kScoreParts = kDqk + kDv > 256 ? 2 : 1;
   // dQ's GEMM before dK's (its tile stored while dK's runs) at head dim 128 (+1.5-2% fwd+bwd);
-  // at head dim 64 (then split by keys) the other order was 1-2.5% faster (bench/RESULTS.md,
-  // 2026-12-02 "GEMM order").
+  // at head dim 64 the other order was 1-2.5% faster (bench/RESULTS.md, 2026-12-02 "GEMM
+  // order"), measured while dQ there was split by keys: not re-measured since.
   static constexpr bool kDqBeforeDk = kDqk == 64 * kMma && kScoreParts == 1;
   static constexpr int kProducerRegs = 24, kMmaRegs = 240;
   // dK and dV stay in registers: Dqk + Dv columns of 64 keys, 160 of the 240 at 192 + 128.
@@ -141,12 +144,14 @@ AE_DEVICE void wgmma_dk(float (&dk)[Cfg::kDqk / 8][4], const u32 (&dsa)[Cfg::kBl
 constexpr int kDqEmptyBar = 3, kDqFullBar = 3 + kBwdMma, kGradsBar = 3 + 2 * kBwdMma;
 
 // The dQ writer (one warp of the producer warpgroup): per (query head, query block) of the
-// walk, each MMA warpgroup's 64 x 64 fp32 tiles (kDqChunks of them, 64 columns each, through
-// the one tile in turn) into dq_accum (unscaled; whole tiles, padding rows included), one bulk
-// reduction each. Deterministic: first the CTA's turn at the tile (common/dq_order.h; MMA
-// warpgroup 0 counts it into *turn, a CTA's turn being kMma * kDqChunks additions), then its
-// warpgroups' tiles in order, each complete before the next addition and counted. Its
-// registers are the producer's few: the walk, and the rest in lane 0.
+// walk, the 64 x 64 fp32 dQ tiles into dq_accum (unscaled; whole tiles, padding rows
+// included), one bulk reduction each: by columns, each tile once the warpgroups with columns
+// in it have handed it over (at head dim 64 both halves of one tile); by keys, each
+// warpgroup's tile per 64-column chunk (kDqChunks of them, through its one tile in turn).
+// Deterministic: first the CTA's turn at the tile (common/dq_order.h; MMA warpgroup 0 counts
+// it into *turn, a CTA's turn being kDqAdds additions), then its tiles in order, each complete
+// before the next addition and counted. Its registers are the producer's few: the walk, and
+// the rest in lane 0.
 template <class Cfg>
 AE_DEVICE void dq_writer(const AttnParams& p, const float* sDq, const volatile int* turn, int b,
                          int h_kv, int n_block, bool masked) {
@@ -205,7 +210,7 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
   char* sQ = sV + Cfg::kVBytes;               // [stage]
   char* sdO = sQ + S * Cfg::kQBytes;          // [stage]
   char* sdS = sdO + S * Cfg::kDoBytes;        // [stage]: dS^T, [key][query]
-  float* sDq = reinterpret_cast<float*>(sdS + S * Cfg::kDsBytes);  // [MMA warpgroup][64 x 64]
+  float* sDq = reinterpret_cast<float*>(sdS + S * Cfg::kDsBytes);  // [kMma tiles][64 x 64]
   float* sLse = sDq + Cfg::kMma * 64 * 64;                           // [stage][query]
   float* sDelta = sLse + S * BM;
   u64* kv_full = reinterpret_cast<u64*>(sDelta + S * BM);

@@ -814,7 +814,7 @@ DETERMINISTIC_CASES = [
     ("plain", Shape(B=2, Hq=4, Hkv=2, Sq=2048, Skv=2048)),    # no table; GQA 2:1
     ("causal", Shape(B=2, Hq=4, Hkv=4, Sq=1500, Skv=1100)),   # the table; unequal lengths
     ("document", Shape(B=1, Hq=8, Hkv=2, Sq=2048, Skv=2048)),  # a sparse table; GQA 4:1
-    ("plain", Shape(Sq=2048, Skv=2048, Dqk=64, Dv=64)),       # sm90: dQ split by keys
+    ("plain", Shape(Sq=2048, Skv=2048, Dqk=64, Dv=64)),       # sm90: dQ halves in one tile
     ("sigmoid", Shape(Sq=1000, Skv=1000, Dqk=64, Dv=64)),     # normalize="none"
     # sm90: dQ in three 64-column chunks per block, the turn counted at the hand-over
     ("document", Shape(B=1, Hq=4, Hkv=2, Sq=2048, Skv=2048, Dqk=192, Dv=128)),
