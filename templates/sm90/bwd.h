@@ -19,15 +19,14 @@
 //            tiles in shared memory for the writer (tiled in dq_accum, BwdRowParams::
 //            acc_tiled), so the MMA warps issue no global atomics and never wait for global
 //            memory.
-// dQ is split between the warpgroups by columns (each takes Dqk / kMma columns over all keys,
-// after a barrier that says every dS^T of the block is stored; at head dim 64 both halves go
-// to one tile) where Dqk is 64 or 32 times kMma, else by keys (each its own 64 keys, all
-// columns, sent to the writer 64 columns at a time through its one tile: no barrier across
-// warpgroups, twice the additions). Past 256 columns of dK + dV
-// (Cfg::kScoreParts), S^T and dP^T are computed for 32 queries at a time and dV's and dK's
-// GEMMs finish before dQ's starts, so that everything fits 240 registers (up to 192 + 128).
+// dQ is split between the warpgroups by columns, over all keys, after a barrier that says
+// every dS^T of the block is stored: a 64-column block each at head dim 128, else half of
+// each 64-column chunk (BwdConfig::kDqHalves), so that each dQ tile is added once per CTA.
+// Past 256 columns of dK + dV (Cfg::kScoreParts), S^T and dP^T are computed for 32 queries at
+// a time and dV's and dK's GEMMs finish before dQ's starts, so that everything fits 240
+// registers (up to 192 + 128).
 // Deterministic (Cfg::kDeterministic): the CTAs add into each dQ tile in a fixed order
-// (common/dq_order.h), a CTA's kDqAdds additions in turn.
+// (common/dq_order.h).
 #pragma once
 
 #include "common/block_walk.h"
@@ -55,31 +54,40 @@ struct BwdConfig {
   static constexpr int kKBytes = kBlockN * kDqk * 2, kVBytes = kBlockN * kDv * 2;
   static constexpr int kQBytes = kBlockM * kDqk * 2, kDoBytes = kBlockM * kDv * 2;
   static constexpr int kDsBytes = kBlockN * kBlockM * 2;
-  // A dQ tile; one per MMA warpgroup in shared memory (head dim 64 uses the first only).
+  // A dQ tile; one per MMA warpgroup in shared memory.
   static constexpr int kDqTileBytes = 64 * 64 * 4;
   static constexpr int kSmemBytes = bwd_smem_bytes(kDqk, kDv);  // the planner's
   static_assert(kSmemBytes == 1024 + kKBytes + kVBytes +
                                   kStages * (kQBytes + kDoBytes + kDsBytes + 8 * kBlockM) +
                                   kMma * kDqTileBytes + 8 * (2 + 2 * kStages),
                 "sm90/shapes.h");
-  // dQ's split: by columns when each warpgroup's share is one 64-column block or half of one
-  // (head dims 128 and 64; at 64 both warpgroups write their halves into one tile), else by
-  // keys, each warpgroup's share then going to the writer 64 columns (a chunk) at a time
-  // through its one 64 x 64 tile (head dim 192). By keys, every warpgroup adds its own tile
-  // into dq_accum: twice the bulk additions (head dim 128 by keys: 0.77-0.82x the fwd+bwd;
-  // head dim 64 by columns: about 1.09x plain, 1.07x causal, chained across two A/Bs of one
-  // call; bench/RESULTS.md, fourteenth session).
-  static constexpr bool kDqByColumns = kDqk == 64 * kMma || kDqk == 32 * kMma;
-  static constexpr int kDqN = kDqByColumns ? kDqk / kMma : 64;
-  static constexpr int kDqChunks = kDqByColumns ? 1 : kDqk / 64;
-  // Bulk additions into a dQ tile per CTA: one per 64-column tile by columns.
-  static constexpr int kDqAdds = kDqByColumns ? kDqk / 64 : kMma * kDqChunks;
+  // dQ = dS K over all the CTA's keys, split between the warpgroups by columns: at head dim
+  // 128 each takes one 64-column block into its own tile; at 64 and 192 the columns go in
+  // chunks of 64, each warpgroup taking half of one (wgmma N = 32) into a tile they share,
+  // chunk after chunk alternating between the two tiles (kDqHalves). Either way the writer adds
+  // each 64 x 64 tile once per CTA (kDqAdds). (Split by keys, each warpgroup adding its own
+  // tile, the additions doubled: 0.77x the fwd+bwd at head dim 128; bench/RESULTS.md,
+  // fourteenth session.)
+  static constexpr bool kDqHalves = kDqk != 64 * kMma;
+  static constexpr int kDqN = kDqHalves ? 32 : 64, kDqChunks = kDqHalves ? kDqk / 64 : 1;
+  static constexpr int kDqAdds = kDqk / 64;
+  // Several chunks per block (head dim 192): the chunks alternate between the two tiles, the
+  // writer's last addition reading one while the warpgroups write the other. At head dim 64,
+  // alternating across query blocks cost 3.6% fwd+bwd causal (bench/RESULTS.md, fifteenth
+  // session): one tile there.
+  static constexpr bool kDqAlternate = kDqHalves && kDqChunks > 1;
+  // The first column of warpgroup cw's share of chunk c, and the tile of the n-th chunk of the
+  // CTA (counted across its query blocks).
+  AE_DEVICE static int dq_col(int c, int cw) { return kDqHalves ? 64 * c + 32 * cw : 64 * cw; }
+  AE_DEVICE static int dq_tile(int n, int cw) {
+    return !kDqHalves ? cw : kDqAlternate ? n & 1 : 0;
+  }
   // S^T and dP^T in two ranges of 32 queries where dK and dV hold more than 128 registers.
   static constexpr int kScoreParts = kDqk + kDv > 256 ? 2 : 1;
   // dQ's GEMM before dK's (its tile stored while dK's runs) at head dim 128 (+1.5-2% fwd+bwd);
-  // at head dim 64 the other order was 1-2.5% faster (bench/RESULTS.md, 2026-12-02 "GEMM
-  // order"), measured while dQ there was split by keys: not re-measured since.
-  static constexpr bool kDqBeforeDk = kDqk == 64 * kMma && kScoreParts == 1;
+  // at head dim 64 (then with dQ split by keys) the other order was 1-2.5% faster
+  // (bench/RESULTS.md, 2026-12-02 "GEMM order").
+  static constexpr bool kDqBeforeDk = !kDqHalves && kScoreParts == 1;
   static constexpr int kProducerRegs = 24, kMmaRegs = 240;
   // dK and dV stay in registers: Dqk + Dv columns of 64 keys, 160 of the 240 at 192 + 128.
   static_assert(kDqk % 64 == 0 && kDv % 64 == 0 && kDqk <= 192 && kDv <= 192 && kDqk + kDv <= 320,
@@ -139,29 +147,30 @@ AE_DEVICE void wgmma_dk(float (&dk)[Cfg::kDqk / 8][4], const u32 (&dsa)[Cfg::kBl
 }
 
 // Named barriers between each MMA warpgroup and the dQ writer (128 + 32 threads): its tile is
-// free to write (empty), its tile is written (full). 1 and 2 are the MMA warpgroups' own (dS^T
-// stored), kGradsBar theirs at the end (captured tensors' gradients).
+// free to write (empty), its tile is written (full). 1 is the MMA warpgroups' (dS^T stored; 2
+// is unused), kGradsBar theirs at the end (captured tensors' gradients).
 constexpr int kDqEmptyBar = 3, kDqFullBar = 3 + kBwdMma, kGradsBar = 3 + 2 * kBwdMma;
 
 // The dQ writer (one warp of the producer warpgroup): per (query head, query block) of the
-// walk, the 64 x 64 fp32 dQ tiles into dq_accum (unscaled; whole tiles, padding rows
-// included), one bulk reduction each: by columns, each tile once the warpgroups with columns
-// in it have handed it over (at head dim 64 both halves of one tile); by keys, each
-// warpgroup's tile per 64-column chunk (kDqChunks of them, through its one tile in turn).
-// Deterministic: first the CTA's turn at the tile (common/dq_order.h; MMA warpgroup 0 counts
-// it into *turn, a CTA's turn being kDqAdds additions), then its tiles in order, each complete
-// before the next addition and counted. Its registers are the producer's few: the walk, and
-// the rest in lane 0.
+// walk and per chunk, the 64 x 64 fp32 tiles the MMA warpgroups filled (Cfg::dq_tile) into
+// dq_accum (unscaled; whole tiles, padding rows included), one bulk reduction each, once every
+// warpgroup with columns in the tile has handed it over. Deterministic: first the CTA's turn at
+// the tile (common/dq_order.h; MMA warpgroup 0 counts it into *turn, a CTA's turn being
+// kDqAdds additions), then its tiles in order, each complete before the next addition and
+// counted. Its registers are the producer's few: the walk, and the rest in lane 0.
 template <class Cfg>
 AE_DEVICE void dq_writer(const AttnParams& p, const float* sDq, const volatile int* turn, int b,
                          int h_kv, int n_block, bool masked) {
   const bool lane0 = threadIdx.x % 32 == 0;
   ColumnWalk walk(p, b, h_kv, n_block, masked);
+  int n = 0;  // the CTA's chunks so far
   for (ColumnWalk::Item item = walk.pop(p, b, h_kv, n_block); item.hq_off < p.group;
        item = walk.pop(p, b, h_kv, n_block)) {
 #pragma unroll 1
-    for (int c = 0; c < Cfg::kDqChunks; ++c) {
-      if (lane0) bulk_wait_read();  // the last tiles are read: free them
+    for (int c = 0; c < Cfg::kDqChunks; ++c, ++n) {
+      // The tiles the warpgroups write next are read: free them. (Alternating, the last
+      // chunk's addition, from the other tile, may still be reading.)
+      if (lane0) bulk_wait_read<Cfg::kDqAlternate ? 1 : 0>();
       __syncwarp();
 #pragma unroll
       for (int cw = 0; cw < Cfg::kMma; ++cw) named_bar_arrive_at(kDqEmptyBar + cw, 128 + 32);
@@ -178,14 +187,12 @@ AE_DEVICE void dq_writer(const AttnParams& p, const float* sDq, const volatile i
             fence_proxy_async_global();  // the earlier additions before this one (async proxy)
           }
         }
-        const int n0 = Cfg::kDqByColumns ? cw * Cfg::kDqN : c * Cfg::kDqN;
-        // By columns, a tile goes once its last warpgroup's columns are in.
-        if (Cfg::kDqByColumns && (n0 + Cfg::kDqN) % 64 != 0) continue;
+        const int n0 = Cfg::dq_col(c, cw);
+        if ((n0 + Cfg::kDqN) % 64 != 0) continue;  // the tile's other half comes next
         bulk_reduce_add_f32(p.dq_accum + ((static_cast<long long>(b) * p.q_heads + hq) *
                                               p.n_q_blocks + item.mb) * Cfg::kBlockM * Cfg::kDqk +
                                 (n0 / 64) * 64 * 64,
-                            sDq + (Cfg::kDqByColumns ? n0 / 64 : cw) * 64 * 64,
-                            Cfg::kDqTileBytes);
+                            sDq + Cfg::dq_tile(n, cw) * 64 * 64, Cfg::kDqTileBytes);
         bulk_commit();
         if constexpr (Cfg::kDeterministic) {
           bulk_wait();  // complete, not only read
@@ -385,36 +392,25 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
 
     // The stored dS^T is visible to wgmma after the fence and the barrier.
     fence_view_async_shared();
-    int key_lo;  // the first key this warpgroup's dQ covers
-    if constexpr (Cfg::kDqByColumns) {
-      named_bar_sync<1>(128 * Cfg::kMma);
-      key_lo = 0;
-    } else {
-      if (cw == 0) named_bar_sync<1>(128);
-      else named_bar_sync<2>(128);
-      key_lo = 64 * cw;
-    }
+    named_bar_sync<1>(128 * Cfg::kMma);
     // Register-tight (two score parts), dV's and dK's GEMMs finish first: their A operands
     // are free before dQ's accumulators are live.
     if constexpr (Cfg::kScoreParts > 1) wgmma_wait<0>();
-    constexpr int kKeySteps = (Cfg::kDqByColumns ? BN : 64) / 16;
-    // By columns, the tile of the warpgroup's columns (shared by both at head dim 64).
-    float* tile_dq = sDq + (Cfg::kDqByColumns ? Cfg::kDqN * cw / 64 : cw) * 64 * 64;
-    // Split by keys, the warpgroup's dQ goes out a 64-column chunk at a time through its tile.
 #pragma unroll 1
     for (int c = 0; c < Cfg::kDqChunks; ++c) {
-      const int n0 = Cfg::kDqByColumns ? cw * Cfg::kDqN : c * Cfg::kDqN;
+      const int n0 = Cfg::dq_col(c, cw);
+      float* tile_dq = sDq + Cfg::dq_tile(it * Cfg::kDqChunks + c, cw) * 64 * 64;
       float dq[Cfg::kDqN / 8][4];
       if (c > 0) wgmma_fence();  // the last chunk's stores read these registers
       // M (64 queries) and N (kDqN <= 64 columns) are one 64-element block each: the LBOs
       // below (the distance to a next block) are never used; a wider dS^T or dQ tile must set them.
-      const u64 desc_ds = uniform_desc(smem_desc(tdS + key_lo * 128, BM * 128));
+      const u64 desc_ds = uniform_desc(smem_desc(tdS, BM * 128));
       // (a half block's columns start 64 bytes into K's swizzled rows: the swizzle is of the
       // address, so an offset below 128 bytes reads them as TMA placed them)
       const u64 desc_k = uniform_desc(
-          smem_desc(sK + (n0 / 64) * BN * 128 + (n0 % 64) * 2 + key_lo * 128, BN * 128));
+          smem_desc(sK + (n0 / 64) * BN * 128 + (n0 % 64) * 2, BN * 128));
 #pragma unroll
-      for (int kk = 0; kk < kKeySteps; ++kk)
+      for (int kk = 0; kk < BN / 16; ++kk)
         wgmma_ss_mn<Cfg::kDqN, Cfg::kBf16>(dq, desc_plus(desc_ds, kk * 16 * 128),
                                            desc_plus(desc_k, kk * 16 * 128), kk > 0);
       wgmma_commit();
@@ -443,7 +439,7 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const int row = 16 * warp + g + 8 * r;  // row % 8 == g
-          const int chunk = (Cfg::kDqByColumns ? Cfg::kDqN * cw % 64 / 8 : 0) + nt;
+          const int chunk = n0 % 64 / 8 + nt;
           *reinterpret_cast<float2*>(tile_dq + row * 64 + 8 * (chunk ^ g) + 2 * t) =
               make_float2(dq[nt][2 * r], dq[nt][2 * r + 1]);
         }

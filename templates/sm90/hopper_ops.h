@@ -63,8 +63,12 @@ AE_DEVICE void bulk_reduce_add_f32(float* dst, const void* src, u32 bytes) {
                : "memory");
 }
 AE_DEVICE void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
-// Waits until the committed groups have read their shared memory (it may be rewritten).
-AE_DEVICE void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
+// Waits until the committed groups but the last kPending have read their shared memory (it
+// may be rewritten).
+template <int kPending = 0>
+AE_DEVICE void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(kPending) : "memory");
+}
 // Waits until they have completed.
 AE_DEVICE void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
 AE_DEVICE void tma_prefetch_desc(const TmaDesc* map) {

@@ -519,7 +519,7 @@ def test_hopper_picks_the_sm90_templates(dims, backward):
 
 
 # The sm90 backward past 128 columns of dK + dV (sm90/bwd.h: S^T and dP^T in two parts of 32
-# queries, dQ split by keys and sent out 64 columns at a time) and at unequal head dims.
+# queries, dQ in 64-column chunks split in halves, alternating between two tiles) and at unequal head dims.
 SM90_BWD_WIDE = [
     ("plain", Shape(Dqk=192, Dv=128), BF16),
     ("causal", Shape(B=1, Hq=8, Hkv=2, Sq=1500, Skv=1100, Dqk=192, Dv=128), BF16),  # GQA 4:1
