@@ -49,7 +49,7 @@ def sass_facts(attn, d):
     with tempfile.TemporaryDirectory() as tmp:
         cu, cubin = os.path.join(tmp, "k.cu"), os.path.join(tmp, "k.cubin")
         open(cu, "w").write(src)
-        r = subprocess.run([nvcc, "-arch=sm_90a", "-cubin", "-O3", "-I", os.path.join(HERE, "..", "templates"),
+        r = subprocess.run([nvcc, "-arch=sm_90a", "-cubin", "-O3", "--expt-relaxed-constexpr", "-I", os.path.join(HERE, "..", "templates"),
                             "-o", cubin, cu], capture_output=True, text=True)
         if r.returncode:
             return "nvcc failed: " + r.stderr[-300:]

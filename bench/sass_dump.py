@@ -44,7 +44,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         cu, cubin = os.path.join(tmp, "k.cu"), os.path.join(tmp, "k.cubin")
         open(cu, "w").write(info["source"])
-        subprocess.run([nvcc, "-arch=sm_90a", "-cubin", "-O3", "-I", templates,
+        subprocess.run([nvcc, "-arch=sm_90a", "-cubin", "-O3", "--expt-relaxed-constexpr", "-I", templates,
                         "-o", cubin, cu, *info["options"]], check=True)
         sass = subprocess.run([objdump, "-sass", cubin], capture_output=True, text=True,
                               check=True).stdout

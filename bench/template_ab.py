@@ -6,6 +6,10 @@ The kernels are compiled first, both trees at once (a process per tree, a thread
 the disk cache, keyed by the headers' contents, keeps the two apart.
 
     python bench/template_ab.py --base build/ab/base/templates [--cases "plain D128|causal"]
+    python bench/template_ab.py --base-env AE_SM90_FWD=128,3,1,1,0   # this tree, one override
+
+With --base-env the base is this tree's templates with NAME=VALUE in its environment (a
+tuning override, csrc/plan/overrides.h) instead of another template tree.
 
 bf16, 16k tokens (B = 16384 / S), H = 2048 // Dqk heads; TFLOPS by the FLOPs the mask keeps
 (fwd: 2 B H S^2 (Dqk + Dv); fwd+bwd: 3.5 times that).
@@ -79,7 +83,8 @@ def worker(cases, warm_only):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--base", required=True, help="the other template tree (AE_TEMPLATE_DIR)")
+    ap.add_argument("--base", default="", help="the other template tree (AE_TEMPLATE_DIR)")
+    ap.add_argument("--base-env", default="", help="NAME=VALUE: the base is this tree with it set")
     ap.add_argument("--cases", default="", help="regex on the case names")
     ap.add_argument("--worker", default="")
     ap.add_argument("--warm", action="store_true")
@@ -90,14 +95,19 @@ def main():
     if args.worker:
         print(json.dumps(worker(cases, args.warm)))
         return
-    base = os.path.abspath(args.base)
+    if bool(args.base) == bool(args.base_env) or (args.base_env and "=" not in args.base_env):
+        sys.exit("give --base TREE or --base-env NAME=VALUE (one of them)")
+    base = os.path.abspath(args.base) if args.base else ""
 
     def run(tree, warm):
         env = dict(os.environ)
         env.pop("AE_TEMPLATE_DIR", None)
-        if tree == "base":
+        if tree == "base" and base:
             env["AE_TEMPLATE_DIR"] = base
-        cmd = [sys.executable, __file__, "--base", base, "--cases", args.cases, "--worker", tree]
+        elif tree == "base":
+            name, value = args.base_env.split("=", 1)
+            env[name] = value
+        cmd = [sys.executable, __file__, "--cases", args.cases, "--worker", tree]
         r = subprocess.run(cmd + (["--warm"] if warm else []), env=env, capture_output=True, text=True)
         if r.returncode:
             sys.exit(f"{tree} worker failed:\n{r.stderr[-3000:]}")
@@ -110,7 +120,8 @@ def main():
         for tree in ("base", "this"):
             res[tree].append(run(tree, False))
     import torch
-    print(f"{torch.cuda.get_device_name()}: TFLOPS fwd / fwd+bwd, two rounds each; base = {args.base}")
+    print(f"{torch.cuda.get_device_name()}: TFLOPS fwd / fwd+bwd, two rounds each; "
+          f"base = {args.base or args.base_env}")
     print(f"{'case':20} {'base fwd':>11} {'this fwd':>11} {'base f+b':>11} {'this f+b':>11}  ratio f / f+b")
     for c in cases:
         b = [r[c] for r in res["base"]]

@@ -53,7 +53,8 @@ def row_of(describe: str):
     get = lambda p, d: next((int(f[len(p):]) for f in flags if re.fullmatch(p + r"-?\d+", f)), d)  # noqa: E731
     if kind == "fwd90":
         ov, pp = "ov" in flags, "pp" in flags
-        return "sm90 forward", f"{{{bn}, {get('s', 2)}, {str(ov).lower()}, {str(pp).lower()}}}"
+        ahead = ", false, true" if "sa" in flags else ""  # Sm90Fwd's wide, ahead
+        return "sm90 forward", f"{{{bn}, {get('s', 2)}, {str(ov).lower()}, {str(pp).lower()}{ahead}}}"
     if kind == "fwd":
         return "sm80 forward", f"{{{get('w', 4)}, {get('mt', 1)}, {bn}, {get('r', -1)}}}"
     if kind == "bwd":

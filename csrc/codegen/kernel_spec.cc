@@ -58,7 +58,8 @@ std::string KernelSpec::describe() const {
                          ? fmt::format(" s{}", stages)
                          : "",
                      family == Family::Sm90 && kind == Kind::Forward
-                         ? fmt::format("{}{}", overlap ? " ov" : "", overlap && pingpong ? " pp" : "")
+                         ? fmt::format("{}{}{}", overlap ? " ov" : "", overlap && pingpong ? " pp" : "",
+                                       overlap && softmax_ahead ? " sa" : "")
                          : "",
                      reg_level >= 0 ? fmt::format(" r{}", reg_level) : "", grads,
                      deterministic ? " det" : "", kv_split ? " split" : "", persistent ? " pers" : "",

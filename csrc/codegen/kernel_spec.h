@@ -48,6 +48,9 @@ struct KernelSpec {
   int stages = 2;           // sm90: K/V ring stages; sm80 backward: Q/dO buffers
   bool overlap = true;      // sm90: softmax of one block under the GEMMs of the next
   bool pingpong = true;     // sm90: consumer warpgroups take turns issuing GEMMs
+  // sm90 forward with the overlap: the softmax kept ahead of the wait for P V (sm90/fwd.h),
+  // so that it runs under the warpgroup's own P V.
+  bool softmax_ahead = false;
   bool bf16 = true;         // else fp16
   // ptxas --register-usage-level (0..10; -1: ptxas's default, 5). Lower levels hoist fewer
   // loads ahead of their use: what lets a template at the 255-register edge fit unspilled.

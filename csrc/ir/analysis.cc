@@ -22,6 +22,19 @@ bool has_infinite_constant(const Graph& g) {
   return false;
 }
 
+namespace {
+// An op the GPU computes with a special-function unit instruction or a sequence around one.
+bool is_special(const Graph& g, const Node& n) {
+  switch (n.op) {
+    case Op::Exp: case Op::Exp2: case Op::Log: case Op::Log2: case Op::Tanh: case Op::Sigmoid:
+    case Op::Sqrt: case Op::Rsqrt: case Op::Sin: case Op::Cos: case Op::Pow:
+      return true;
+    case Op::Div: return n.type == DType::Float && g.nodes[n.args[1]].op != Op::Const;
+    default: return false;
+  }
+}
+}  // namespace
+
 Analysis analyze(const Graph& g) {
   Analysis a;
   a.writes_infinity = has_infinite_constant(g);
@@ -57,6 +70,8 @@ Analysis analyze(const Graph& g) {
       if (!used[i]) continue;
       const Node& u = g.nodes[i];
       a.score_pow = a.score_pow || (u.op == Op::Pow && g.nodes[u.args[1]].op != Op::Const);
+      a.score_special = a.score_special ||
+                        ((a.deps[i] & (kDepScore | kDepQ | kDepKv)) != 0 && is_special(g, u));
       for (int x : u.args) used[x] = 1;
     }
   }

@@ -58,6 +58,9 @@ struct Analysis {
   // The score_mod raises to a power that is not a constant (an inline exp2 / log2 with C's
   // special cases per score: registers the widest tiles do not have).
   bool score_pow = false;
+  // The score_mod computes a special function per score (exp, log, tanh, sigmoid, sqrt, sin,
+  // cos, pow, a division by a non-constant): work on the units the softmax's exp2 uses.
+  bool score_special = false;
   // A constant infinity in the graph (a score_mod writing -inf): such a mod can mask scores
   // of any block (templates/nvidia/exact_pv.h).
   bool writes_infinity = false;

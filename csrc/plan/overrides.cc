@@ -10,15 +10,22 @@ namespace {
 
 using Lookup = std::function<const char*(const char*)>;
 
-// "a,b,c" -> fields (up to n); the rest stay unset.
+// "a,b,c" -> fields (up to N); an empty field (",,,,0") and the rest stay unset, and so does
+// everything from a field that is not an integer on.
 template <int N>
 void parse_ints(const Lookup& getenv, const char* name, int (&fields)[N]) {
   const char* text = getenv(name);
   if (!text || !*text) return;
-  int v[4] = {TuningOverrides::kUnset, TuningOverrides::kUnset, TuningOverrides::kUnset,
-              TuningOverrides::kUnset};
-  const int n = std::sscanf(text, "%d,%d,%d,%d", &v[0], &v[1], &v[2], &v[3]);
-  for (int i = 0; i < N && i < n; ++i) fields[i] = v[i];
+  for (int i = 0; i < N && *text; ++i) {
+    if (*text != ',') {
+      char* end = nullptr;
+      const long v = std::strtol(text, &end, 10);
+      if (end == text || (*end && *end != ',')) return;
+      fields[i] = static_cast<int>(v);
+      text = end;
+    }
+    if (*text == ',') ++text;
+  }
 }
 
 }  // namespace

@@ -3,7 +3,7 @@
 // sets of these same variables (csrc/tune/choice.h), parsed here through from_lookup.
 //   AE_SM80_FWD="warps,m_tiles,block_n[,reg_level]"   the sm80 forward's tiles
 //   AE_SM80_BWD="block_n,stages[,reg_level]"          the sm80 backward's
-//   AE_SM90_FWD="block_n,stages,overlap,pingpong"     the sm90 forward's
+//   AE_SM90_FWD="block_n,stages,overlap,pingpong[,softmax_ahead]"  the sm90 forward's
 //   AE_DISABLE_SM90=1                                 Hopper runs the sm80 forward
 //   AE_DISABLE_SM90_BWD=1                             Hopper runs the sm80 backward
 //   AE_HEAD_GROUP=N                                   the forward's head group (tile scheduler)
@@ -43,7 +43,7 @@ struct TuningOverrides {
   static constexpr int kUnset = -1000;
   int sm80_fwd[4] = {kUnset, kUnset, kUnset, kUnset};
   int sm80_bwd[3] = {kUnset, kUnset, kUnset};
-  int sm90_fwd[4] = {kUnset, kUnset, kUnset, kUnset};
+  int sm90_fwd[5] = {kUnset, kUnset, kUnset, kUnset, kUnset};
   bool disable_sm90 = false;
   bool disable_sm90_bwd = false;
   int head_group = 0;  // 0: the planner's heuristic

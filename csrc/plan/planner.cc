@@ -102,6 +102,7 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
                               [](const CapturedTensor& t) { return t.wants_grad; });
   const bool custom = r.variant.normalize == ir::Normalize::Custom;
   q.softmax = r.variant.normalize == ir::Normalize::Softmax || (custom && r.variant.log_domain);
+  q.score_special = r.variant.score_special || custom;  // (its weight and stat per score)
   // A custom normalization's extra work per score (its weight and stat functions) and per row
   // (finish) spilled on the widest tiles (compile-all check): the log domain skips the wide
   // ones, the linear takes the tiles of a score_mod that loads per score. Not yet measured.

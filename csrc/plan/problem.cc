@@ -24,6 +24,7 @@ VariantTraits VariantTraits::of(const ir::Variant& v) {
   t.score_loads = v.analysis.score_loads_per_element;
   t.mask_loads = v.analysis.mask_loads_per_element;
   t.score_pow = v.analysis.score_pow;
+  t.score_special = v.analysis.score_special;
   t.score_masks = v.analysis.writes_infinity;
   t.normalize = v.forward.normalize;
   t.log_domain = v.forward.log_domain;

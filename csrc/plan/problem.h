@@ -50,6 +50,7 @@ struct VariantTraits {
   bool score_loads = false;    // the score_mod loads a captured tensor per score
   bool mask_loads = false;     // the mask_mod loads a captured tensor per score (partial blocks)
   bool score_pow = false;      // the score_mod has a pow of a non-constant exponent
+  bool score_special = false;  // the score_mod computes a special function per score
   bool score_masks = false;    // a mod writes -inf: any block can have masked keys
   ir::Normalize normalize = ir::Normalize::Softmax;
   bool log_domain = false;     // a custom normalization's (its online steps are softmax's)

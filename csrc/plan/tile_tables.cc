@@ -74,6 +74,9 @@ struct Sm90Fwd {
   int block_n, stages;
   bool overlap, pingpong;
   bool wide = false;  // past the registers a per-score mask load or pow needs: skipped for them
+  // The softmax kept ahead of the wait for P V (KernelSpec::softmax_ahead), where the
+  // score_mod has no special function per score.
+  bool ahead = false;
 };
 struct Sm90FwdRule {
   int max_dv;
@@ -99,12 +102,20 @@ struct Sm90FwdRule {
 // At D128 without loads, 128 keys in a ring of 3 stages beat the 176-key tiles (2026-12-03,
 // bench/tile_probe.py, 16k tokens: causal 16k 478 -> 586, ALiBi 461 -> 500, window 300 -> 364,
 // plain 564 -> 586, at 4k and 8k likewise; softcap 2-3% slower at 8k and 16k).
+// The softmax ahead of P V's wait, in that tile only (2026-12-04, bench/template_ab.py, 8k,
+// forward, the better of two rounds): plain 569 -> 593, causal 529 -> 535, ALiBi 461 -> 470;
+// softcap 480 -> 458 (its tanh per score), D64's 192-key tiles 382 -> 352 plain, 378 -> 292
+// causal, D192/128's 128-key tiles -9%. Flag off against the table in a later call: plain
+// +2%, causal +3%, ALiBi -1.5% (noise there: up to 2%).
 const std::vector<Sm90FwdRule>& sm90_fwd_rules() {
   static const std::vector<Sm90FwdRule> rules = {
       {64, kNo, kYes, {{192, 2, true, true, true}, {128, 2, true, true}, {64, 2, true, true}}},
       {128, kNo, kYes, {{128, 2, false, false}, {64, 2, false, false}}, kYes},
       {128, kNo, kYes,
-       {{128, 3, true, true}, {176, 2, true, true, true}, {128, 2, true, true}, {64, 2, true, true}}},
+       {{128, 3, true, true, false, true},
+        {176, 2, true, true, true},
+        {128, 2, true, true},
+        {64, 2, true, true}}},
       {128, kNo, kNo, {{128, 2, false, false}, {64, 2, false, false}}},
       {128, kYes, kYes, {{64, 2, true, true}}},
       {128, kYes, kNo, {{64, 2, false, false}}},
@@ -230,6 +241,7 @@ Candidates sm90_forward(const TableQuery& q, const TuningOverrides& o) {
       s.stages = t.stages;
       s.overlap = t.overlap;
       s.pingpong = t.pingpong;
+      s.softmax_ahead = t.ahead && !q.score_special;
       c.specs.push_back(s);
     }
     break;
@@ -245,6 +257,7 @@ Candidates sm90_forward(const TableQuery& q, const TuningOverrides& o) {
   if (st >= 1 && st <= 4) first.stages = st;
   if (set(o.sm90_fwd[2])) first.overlap = o.sm90_fwd[2] != 0;
   if (set(o.sm90_fwd[3])) first.pingpong = o.sm90_fwd[3] != 0;
+  if (set(o.sm90_fwd[4])) first.softmax_ahead = o.sm90_fwd[4] != 0;
   // The overlap issues S of block it + 1 before block it's stage is released: one stage would
   // wait forever (sm90/fwd.h asserts it). Such an override keeps two.
   if (first.overlap && first.stages < 2) first.stages = 2;

@@ -19,6 +19,7 @@ struct TableQuery {
   bool mask_loads = false;   // the mask_mod does (on partial blocks), or stands in for one
   bool mask_mod_loads = false;  // the mask_mod itself does (not a custom normalization's stand-in)
   bool score_pow = false;    // the score_mod has a pow of a non-constant exponent
+  bool score_special = false;  // the score_mod computes a special function per score (tanh...)
   bool captured_grads = false;  // the backward sums a captured tensor's gradient
   bool softmax = true;       // the row normalization is softmax (else none)
 };

@@ -34,13 +34,19 @@
 namespace ae::sm90 {
 
 template <int D_QK_, int D_V_, int BLOCK_N_, int STAGES_, bool OVERLAP_, bool PINGPONG_, bool BF16_,
-          class LAYOUT_, bool SPLIT_KV_ = false, bool PERSISTENT_ = false>
+          class LAYOUT_, bool SPLIT_KV_ = false, bool PERSISTENT_ = false, bool AHEAD_ = false>
 struct FwdConfig {
   using Layout = LAYOUT_;
   static constexpr int kDqk = D_QK_, kDv = D_V_, kBlockN = BLOCK_N_, kStages = STAGES_;
   // kOverlap: S of block j+1 issued with P V of block j (softmax under a GEMM);
   // kPingPong (with kOverlap): the consumer warpgroups take turns issuing GEMMs.
   static constexpr bool kOverlap = OVERLAP_, kPingPong = PINGPONG_ && OVERLAP_;
+  // kSoftmaxAhead (with kOverlap): the softmax of block j+1 kept ahead of the wait for P V of
+  // block j by a store of its row sums (hopper_ops.h store_to_sink), so that it runs under
+  // that GEMM. Faster where the softmax is light next to the GEMMs (head dim 128); with a
+  // special function per score or at head dim 64 the two warpgroups' softmaxes then collide
+  // (the planner's table, csrc/plan/tile_tables.cc).
+  static constexpr bool kSoftmaxAhead = AHEAD_ && OVERLAP_;
   static constexpr bool kBf16 = BF16_;
   // Built for a split-KV launch (AttnParams::kv_splits): partial outputs for the combine.
   static constexpr bool kSplitKv = SPLIT_KV_;
@@ -60,7 +66,7 @@ struct FwdConfig {
   // zero atom.
   static constexpr int kSmemBytes = fwd_smem_bytes(kBlockN, kDqk, kDv, kStages);  // the planner's
   static_assert(kSmemBytes == 2048 + kQBytes + kStages * (kKBytes + kVBytes) + 8 * kBarriers +
-                                  4 * (kStages + 1) &&
+                                  8 + 4 * (kStages + 1) &&
                     kBlockM == 64 * kConsumers && kThreads == 128 * (kConsumers + 1),
                 "sm90/shapes.h");
   // Register split between the warpgroups (65536 per SM, one CTA per SM).
@@ -98,11 +104,13 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   u64* v_full = k_full + S;
   u64* empty = v_full + S;
   u64* q_empty = empty + S;  // the consumers are done with Q (persistent: the next tile's may load)
+  // What the consumers store to keep their softmax ahead of P V's wait (never read).
+  const u32 s_sink = smem_u32(q_empty + 1);
   // Under a mask the producer walks the blocks and tells the consumers which block each stage
   // holds (2 j + 1 if partly masked, 2 j if not; -1: the row is done) before its K-full
   // arrival, so the consumers' loop reads shared memory where it read the block table.
   constexpr bool kList = Variant::kHasMask;
-  int* block_list = reinterpret_cast<int*>(q_empty + 1);
+  int* block_list = reinterpret_cast<int*>(q_empty + 2);
   // Persistent: the tile whose Q the producer loads, written before its Q-full arrival (at or
   // past Tiles::count: no more tiles).
   int* tile_slot = block_list + S;
@@ -396,6 +404,8 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
           wgmma_wait<1>();  // S of the next block (committed first) is done
           fence_regs(s);
           process_s(cn, alpha);
+          // (Else ptxas waits for P V before this softmax: sm90/hopper_ops.h.)
+          if constexpr (Cfg::kSoftmaxAhead) store_to_sink(s_sink, stats.l[0], stats.l[1]);
           wgmma_wait<0>();
           fence_regs(o);
           mbar_arrive(empty + it % S);

@@ -69,6 +69,14 @@ template <int kPending = 0>
 AE_DEVICE void bulk_wait_read() {
   asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(kPending) : "memory");
 }
+// Stores a and b to `sink` (shared memory nobody reads), to keep what computes them ahead of
+// a later wgmma wait: ptxas schedules a wgmma.wait_group as early as its dependences allow
+// (ahead of the forward's whole softmax, so that the softmax no longer overlaps P V's GEMM),
+// but keeps it behind an earlier shared-memory store. One store of the row sums keeps the
+// softmax ahead (bench/RESULTS.md, fifteenth session).
+AE_DEVICE void store_to_sink(u32 sink, float a, float b) {
+  asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(sink), "f"(a), "f"(b) : "memory");
+}
 // Waits until they have completed.
 AE_DEVICE void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
 AE_DEVICE void tma_prefetch_desc(const TmaDesc* map) {

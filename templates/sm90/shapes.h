@@ -13,11 +13,12 @@ constexpr int kFwdBlockM = 64 * kFwdConsumers, kFwdWarps = 4 * (kFwdConsumers + 
 // 1024 bytes of slack to align the tiles to the 128-byte swizzle's 1024-byte period and a
 // 1024-byte atom of zeros (the B operand of P V on tiles that nvidia/exact_pv.h adds); Q, and
 // `stages` of K and V, as TMA writes them (16-bit elements, no padding); the mbarriers: Q
-// full, K full, V full and empty per stage, Q empty; the block list (the key block of each
-// stage) and the persistent kernel's tile slot.
+// full, K full, V full and empty per stage, Q empty; 8 bytes that the consumers store to and
+// nobody reads (sm90/fwd.h, the softmax ahead of P V's wait); the block list (the key block
+// of each stage) and the persistent kernel's tile slot.
 AE_HD_CONSTEXPR int fwd_smem_bytes(int block_n, int d_qk, int d_v, int stages) {
   return 2048 + 2 * (kFwdBlockM * d_qk + stages * block_n * (d_qk + d_v)) + 8 * (2 + 3 * stages) +
-         4 * (stages + 1);
+         8 + 4 * (stages + 1);
 }
 
 // Backward: a producer warpgroup and kBwdMma MMA warpgroups of 64 keys each; query blocks of

@@ -63,13 +63,19 @@ TEST(Instantiate, EntryParametersAreTheAbi) {
   // Split-KV: the forward built for it, and the combine (no variant, AttnParams only).
   KernelSpec split = spec(Kind::Forward, Family::Sm90);
   split.kv_split = true;
-  EXPECT_NE(instantiate(v.get(), split).find("ae::DenseLayout, true, false>"), std::string::npos);
+  EXPECT_NE(instantiate(v.get(), split).find("ae::DenseLayout, true, false, false>"), std::string::npos);
   EXPECT_NE(split.describe().find(" split"), std::string::npos);
-  // The persistent sm90 forward: its config's last flag.
+  // The persistent sm90 forward, and the softmax ahead of P V's wait: its config's last flags.
   KernelSpec pers = spec(Kind::Forward, Family::Sm90);
-  EXPECT_NE(f90.find("ae::DenseLayout, false, false>"), std::string::npos) << f90;
+  EXPECT_NE(f90.find("ae::DenseLayout, false, false, false>"), std::string::npos) << f90;
   pers.persistent = true;
-  EXPECT_NE(instantiate(v.get(), pers).find("ae::DenseLayout, false, true>"), std::string::npos);
+  EXPECT_NE(instantiate(v.get(), pers).find("ae::DenseLayout, false, true, false>"),
+            std::string::npos);
+  KernelSpec ahead = spec(Kind::Forward, Family::Sm90);
+  ahead.softmax_ahead = true;
+  EXPECT_NE(instantiate(v.get(), ahead).find("ae::DenseLayout, false, false, true>"),
+            std::string::npos);
+  EXPECT_NE(ahead.describe().find(" ov pp sa"), std::string::npos) << ahead.describe();
   EXPECT_NE(pers.describe().find(" pers"), std::string::npos);
   const std::string combine = instantiate(nullptr, spec(Kind::FwdCombine, Family::Common));
   EXPECT_NE(combine.find("ae_fwd_combine(const ae::AttnParams p)"), std::string::npos) << combine;

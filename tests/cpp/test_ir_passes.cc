@@ -205,6 +205,36 @@ TEST(Analysis, ScorePow) {
   EXPECT_FALSE(analyze(optimize(parse_trace(w.str()))).score_pow);
 }
 
+TEST(Analysis, ScoreSpecial) {
+  // softcap: tanh(score / 30) * 30 computes a special function per score
+  TraceBuilder t;
+  int s = t.param("score");
+  t.score(t.op("mul", {t.op("tanh", {t.op("div", {s, t.fconst(30.0)})}), t.fconst(30.0)}));
+  t.mask(t.bconst(true));
+  EXPECT_TRUE(analyze(optimize(parse_trace(t.str()))).score_special);
+  // ALiBi: slope[h] * (kv_idx - q_idx), no special function
+  TraceBuilder u;
+  int slope = u.buffer("slope", "float32", {4});
+  int s2 = u.param("score"), h = u.param("h"), q = u.param("q_idx"), kv = u.param("kv_idx");
+  u.score(u.op("add", {s2, u.op("mul", {u.load(slope, {h}), u.op("sub", {kv, q})})}));
+  u.mask(u.bconst(true));
+  EXPECT_FALSE(analyze(optimize(parse_trace(u.str()))).score_special);
+  // a per-head temperature: a division of the score by a non-constant
+  TraceBuilder w;
+  int temp = w.buffer("temp", "float32", {4});
+  int s3 = w.param("score"), h3 = w.param("h");
+  w.score(w.op("div", {s3, w.load(temp, {h3})}));
+  w.mask(w.bconst(true));
+  EXPECT_TRUE(analyze(optimize(parse_trace(w.str()))).score_special);
+  // a special function of the head only is not one per score
+  TraceBuilder x;
+  int bias = x.buffer("bias", "float32", {4});
+  int s4 = x.param("score"), h4 = x.param("h");
+  x.score(x.op("add", {s4, x.op("exp", {x.load(bias, {h4})})}));
+  x.mask(x.bconst(true));
+  EXPECT_FALSE(analyze(optimize(parse_trace(x.str()))).score_special);
+}
+
 TEST(Analysis, IdentityAndNoMask) {
   TraceBuilder t;
   t.score(t.param("score"));

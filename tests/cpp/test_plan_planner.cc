@@ -47,7 +47,7 @@ TEST(Planner, HopperForwardIsTheSm90Template) {
     ASSERT_EQ(kinds(p), std::vector<Kind>{Kind::Forward});
     const Step& s = p.steps[0];
     EXPECT_EQ(s.spec.arch, "sm_90a");
-    EXPECT_EQ(s.spec.describe(), "fwd90 sm_90a bf16 d128/128 128x128 w12 s3 ov pp");
+    EXPECT_EQ(s.spec.describe(), "fwd90 sm_90a bf16 d128/128 128x128 w12 s3 ov pp sa");
     EXPECT_EQ(s.threads, 384);
     EXPECT_EQ(s.smem, smem_bytes(s.spec));
     EXPECT_LE(s.smem, dev.smem_per_block);
@@ -88,7 +88,7 @@ TEST(Planner, PersistentForwardWhereTilesOutnumberTheSms) {
   r.overrides.persistent = -1;  // "on": a CTA per SM, the counter zeroed per call
   p = make_plan(r);
   EXPECT_EQ(grid_of(p), (std::vector<unsigned>{132, 1, 1}));
-  EXPECT_EQ(main_step(p).spec.describe(), "fwd90 sm_90a bf16 d128/128 128x128 w12 s3 ov pp pers");
+  EXPECT_EQ(main_step(p).spec.describe(), "fwd90 sm_90a bf16 d128/128 128x128 w12 s3 ov pp sa pers");
   ASSERT_EQ(p.workspaces.size(), 3u);  // the block states, the counter and the V-check flag
   EXPECT_TRUE(p.workspace(WorkspaceId::TileCounter)->zeroed);
   EXPECT_TRUE(p.workspace(WorkspaceId::TileCounter)->cache_key.empty());
@@ -296,7 +296,8 @@ TEST(Planner, CustomNormalizationsRunFusedKernelsUnlessTurnedOff) {
   const std::vector<Kind> k = kinds(p);
   EXPECT_NE(std::find(k.begin(), k.end(), Kind::BwdRowsCustom), k.end());
   // The log domain skips the wide tiles as a loading mask does, but keeps the overlap (the
-  // rule for masks that load is measured for a mask_mod's own loads only)
+  // rule for masks that load is measured for a mask_mod's own loads only); its weight and
+  // stat per score count as special functions (no softmax ahead of P V)
   VariantTraits log = v;
   log.log_domain = true;
   const ae::codegen::KernelSpec f =
@@ -483,6 +484,18 @@ TEST(Planner, OverridesReachThePlan) {
   EXPECT_EQ(TuningOverrides::from_lookup([](const char* n) {
               return std::string(n) == "AE_MASK_LOADS" ? "3" : nullptr;
             }).mask_load_mode, -1);
+  // AE_SM90_FWD: empty fields stay unset, a field that is not an integer ends the parse
+  auto sm90 = [](const char* text) {
+    const TuningOverrides o = TuningOverrides::from_lookup(
+        [text](const char* n) { return std::string(n) == "AE_SM90_FWD" ? text : nullptr; });
+    return std::vector<int>(o.sm90_fwd, o.sm90_fwd + 5);
+  };
+  const int u = TuningOverrides::kUnset;
+  EXPECT_EQ(sm90(",,,,0"), (std::vector<int>{u, u, u, u, 0}));
+  EXPECT_EQ(sm90("128,3,1,1"), (std::vector<int>{128, 3, 1, 1, u}));
+  EXPECT_EQ(sm90("176,2,1,1,1"), (std::vector<int>{176, 2, 1, 1, 1}));
+  EXPECT_EQ(sm90("128,x,1"), (std::vector<int>{128, u, u, u, u}));
+  EXPECT_EQ(sm90("-64,2"), (std::vector<int>{-64, 2, u, u, u}));
   PlanRequest d = request(OpKind::Forward, devices::h200(), document());
   d.overrides.mask_load_mode = 0;
   const ae::codegen::KernelSpec fwd = main_step(make_plan(d)).spec;

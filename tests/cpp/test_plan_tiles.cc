@@ -4,6 +4,7 @@
 
 #include "plan/device_caps.h"
 #include "plan/tile_tables.h"
+#include "sm90/shapes.h"
 
 namespace ae::plan {
 namespace {
@@ -71,10 +72,37 @@ TEST(Sm80Tiles, BackwardPreferences) {
   EXPECT_EQ(d256.specs[0].stages, 2);
 }
 
+TEST(Sm90Tiles, SoftmaxAheadOfPvWhereMeasuredFaster) {
+  // In D128's 3-stage tile, not with a special function per score (softcap's tanh), not in
+  // the other tiles (D64's 192 keys, D192/128's 128 keys in two stages)
+  EXPECT_TRUE(sm90_forward(query(128, 128), kNone).specs[0].softmax_ahead);
+  TableQuery special = query(128, 128);
+  special.score_special = true;
+  EXPECT_FALSE(sm90_forward(special, kNone).specs[0].softmax_ahead);
+  EXPECT_EQ(sm90_forward(special, kNone).specs[0].describe(),
+            "fwd90 sm_90a bf16 d128/128 128x128 w12 s3 ov pp");
+  EXPECT_FALSE(sm90_forward(query(64, 64), kNone).specs[0].softmax_ahead);
+  for (const auto& s : sm90_forward(query(192, 128), kNone).specs)  // the first that fits
+    if (ae::sm90::fwd_smem_bytes(s.block_n, 192, 128, s.stages) <= 232448) {
+      EXPECT_FALSE(s.softmax_ahead) << s.describe();
+      break;
+    }
+  for (const auto& s : sm90_forward(query(128, 128), kNone).specs)
+    EXPECT_EQ(s.softmax_ahead, s.block_n == 128 && s.stages == 3) << s.describe();
+  // AE_SM90_FWD's fifth field sets it; without the overlap it means nothing
+  TuningOverrides o;
+  o.sm90_fwd[4] = 0;
+  EXPECT_FALSE(sm90_forward(query(128, 128), o).specs[0].softmax_ahead);
+  o.sm90_fwd[4] = 1;
+  EXPECT_TRUE(sm90_forward(query(64, 64), o).specs[0].softmax_ahead);
+  o.sm90_fwd[2] = 0;
+  EXPECT_EQ(sm90_forward(query(64, 64), o).specs[0].describe(), "fwd90 sm_90a bf16 d64/64 128x192 w12 s2");
+}
+
 TEST(Sm90Tiles, ForwardPreferences) {
   const Candidates plain = sm90_forward(query(128, 128), kNone);
   ASSERT_FALSE(plain.specs.empty());
-  EXPECT_EQ(plain.specs[0].describe(), "fwd90 sm_90a bf16 d128/128 128x128 w12 s3 ov pp");
+  EXPECT_EQ(plain.specs[0].describe(), "fwd90 sm_90a bf16 d128/128 128x128 w12 s3 ov pp sa");
   EXPECT_EQ(plain.specs[1].describe(), "fwd90 sm_90a bf16 d128/128 128x176 w12 s2 ov pp");
   EXPECT_EQ(sm90_forward(query(64, 64), kNone).specs[0].block_n, 192);
   // A mask_mod that loads a captured tensor per score, or a score_mod with a pow of a
@@ -93,7 +121,7 @@ TEST(Sm90Tiles, ForwardPreferences) {
   EXPECT_EQ(sm90_forward(doc, kNone).specs[0].describe(), "fwd90 sm_90a bf16 d128/128 128x128 w12 s2");
   doc.mask_mod_loads = false;  // a custom normalization's stand-in: not measured, unchanged
   EXPECT_EQ(sm90_forward(doc, kNone).specs[0].describe(),
-            "fwd90 sm_90a bf16 d128/128 128x128 w12 s3 ov pp");
+            "fwd90 sm_90a bf16 d128/128 128x128 w12 s3 ov pp sa");
   doc = query(64, 64);
   doc.mask_loads = doc.mask_mod_loads = true;
   EXPECT_TRUE(sm90_forward(doc, kNone).specs[0].overlap);  // not measured at D64
@@ -167,8 +195,9 @@ TEST(Tiles, SharedMemoryIsTheTemplatesFormula) {
   EXPECT_EQ(smem_bytes(f), 2 * (128 * 136 + 2 * 64 * 136 + 2 * 64 * 136));
   const auto g = sm90_forward(query(128, 128), kNone).specs[0];
   // (1024 bytes of alignment slack and the zero atom of exact P V: 2048; 11 mbarriers; the
-  // block list and the tile slot): 3 stages of 128 keys, within the H200's 232448 bytes
-  EXPECT_EQ(smem_bytes(g), 2048 + 2 * (128 * 128 + 3 * 128 * 256) + 8 * 11 + 4 * 4);
+  // softmax's sink; the block list and the tile slot): 3 stages of 128 keys, within the
+  // H200's 232448 bytes
+  EXPECT_EQ(smem_bytes(g), 2048 + 2 * (128 * 128 + 3 * 128 * 256) + 8 * 11 + 8 + 4 * 4);
   EXPECT_LE(smem_bytes(g), devices::h200().smem_per_block);
   const auto b = sm80_backward(query(128, 128), kNone).specs[0];
   EXPECT_EQ(smem_bytes(b), 2 * (128 * 272 + 2 * 64 * 272 + 2 * 128 * 72) + 2 * 2 * 4 * 64);

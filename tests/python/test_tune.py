@@ -199,6 +199,8 @@ def test_tables_tool_turns_stored_choices_into_table_rows(capsys):
     spec.loader.exec_module(tool)
     assert tool.row_of("fwd90 sm_90a bf16 d128/128 128x176 w12 s2 ov pp") == (
         "sm90 forward", "{176, 2, true, true}")
+    assert tool.row_of("fwd90 sm_90a bf16 d128/128 128x128 w12 s3 ov pp sa") == (
+        "sm90 forward", "{128, 3, true, true, false, true}")
     assert tool.row_of("fwd sm_80 bf16 d128/128 128x64 w4 mt2 r0") == ("sm80 forward", "{4, 2, 64, 0}")
     assert tool.row_of("bwd sm_90a bf16 d64/64 64x128 w8 s1") == ("sm80 backward", "{128, 1, -1}")
     _C.tune_clear()
