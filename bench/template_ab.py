@@ -6,10 +6,11 @@ The kernels are compiled first, both trees at once (a process per tree, a thread
 the disk cache, keyed by the headers' contents, keeps the two apart.
 
     python bench/template_ab.py --base build/ab/base/templates [--cases "plain D128|causal"]
-    python bench/template_ab.py --base-env AE_SM90_FWD=128,3,1,1,0   # this tree, one override
+    python bench/template_ab.py --base-env "AE_SM90_FWD=,,,,0"   # this tree, one override
 
 With --base-env the base is this tree's templates with NAME=VALUE in its environment (a
-tuning override, csrc/plan/overrides.h) instead of another template tree.
+tuning override, csrc/plan/overrides.h) instead of another template tree; "this" runs without
+NAME whatever the caller's environment has.
 
 bf16, 16k tokens (B = 16384 / S), H = 2048 // Dqk heads; TFLOPS by the FLOPs the mask keeps
 (fwd: 2 B H S^2 (Dqk + Dv); fwd+bwd: 3.5 times that).
@@ -102,6 +103,8 @@ def main():
     def run(tree, warm):
         env = dict(os.environ)
         env.pop("AE_TEMPLATE_DIR", None)
+        if args.base_env:
+            env.pop(args.base_env.split("=", 1)[0], None)
         if tree == "base" and base:
             env["AE_TEMPLATE_DIR"] = base
         elif tree == "base":

@@ -1,5 +1,6 @@
 #include "plan/overrides.h"
 
+#include <cctype>
 #include <cstdio>
 #include <algorithm>
 #include <cstdlib>
@@ -11,7 +12,7 @@ namespace {
 using Lookup = std::function<const char*(const char*)>;
 
 // "a,b,c" -> fields (up to N); an empty field (",,,,0") and the rest stay unset, and so does
-// everything from a field that is not an integer on.
+// everything from a field that is not an integer on. Spaces around a number are allowed.
 template <int N>
 void parse_ints(const Lookup& getenv, const char* name, int (&fields)[N]) {
   const char* text = getenv(name);
@@ -19,7 +20,8 @@ void parse_ints(const Lookup& getenv, const char* name, int (&fields)[N]) {
   for (int i = 0; i < N && *text; ++i) {
     if (*text != ',') {
       char* end = nullptr;
-      const long v = std::strtol(text, &end, 10);
+      const long v = std::strtol(text, &end, 10);  // (skips leading spaces)
+      while (std::isspace(static_cast<unsigned char>(*end))) ++end;
       if (end == text || (*end && *end != ',')) return;
       fields[i] = static_cast<int>(v);
       text = end;

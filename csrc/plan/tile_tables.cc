@@ -247,6 +247,7 @@ Candidates sm90_forward(const TableQuery& q, const TuningOverrides& o) {
     break;
   }
   KernelSpec& first = c.specs.front();
+  const KernelSpec table_first = first;
   const int bn = o.sm90_fwd[0], st = o.sm90_fwd[1];
   // Any multiple of 16 keys from 64 to 192 whose registers fit (the estimate above).
   // A width without a stage count gets two stages: the table's three fit 128 keys only.
@@ -257,7 +258,16 @@ Candidates sm90_forward(const TableQuery& q, const TuningOverrides& o) {
   if (st >= 1 && st <= 4) first.stages = st;
   if (set(o.sm90_fwd[2])) first.overlap = o.sm90_fwd[2] != 0;
   if (set(o.sm90_fwd[3])) first.pingpong = o.sm90_fwd[3] != 0;
-  if (set(o.sm90_fwd[4])) first.softmax_ahead = o.sm90_fwd[4] != 0;
+  // The softmax ahead of P V's wait: as given, else as the table has the overridden tile
+  // (measured per tile: off where the table has no such tile).
+  if (set(o.sm90_fwd[4])) {
+    first.softmax_ahead = o.sm90_fwd[4] != 0;
+  } else if (first.block_n != table_first.block_n || first.stages != table_first.stages) {
+    const auto same = std::find_if(c.specs.begin() + 1, c.specs.end(), [&](const KernelSpec& s) {
+      return s.block_n == first.block_n && s.stages == first.stages;
+    });
+    first.softmax_ahead = same != c.specs.end() && same->softmax_ahead;
+  }
   // The overlap issues S of block it + 1 before block it's stage is released: one stage would
   // wait forever (sm90/fwd.h asserts it). Such an override keeps two.
   if (first.overlap && first.stages < 2) first.stages = 2;

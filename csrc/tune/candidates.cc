@@ -22,6 +22,8 @@ void sm90_forward(std::vector<Choice>& out) {
       out.push_back(one("AE_SM90_FWD", fmt::format("{},2,{}", bn, sched)));
   out.push_back(one("AE_SM90_FWD", "128,2,1,0"));  // overlap without ping-pong
   for (int bn : {64, 128}) out.push_back(one("AE_SM90_FWD", fmt::format("{},3,1,1", bn)));
+  // the softmax ahead of P V's wait, or not (the table's rule is measured at head dim 128 only)
+  for (int ahead : {0, 1}) out.push_back(one("AE_SM90_FWD", fmt::format("128,3,1,1,{}", ahead)));
   out.push_back(one("AE_PERSISTENT", "on"));
 }
 

@@ -85,8 +85,9 @@ struct BwdConfig {
   // S^T and dP^T in two ranges of 32 queries where dK and dV hold more than 128 registers.
   static constexpr int kScoreParts = kDqk + kDv > 256 ? 2 : 1;
   // dQ's GEMM before dK's (its tile stored while dK's runs) at head dim 128 (+1.5-2% fwd+bwd);
-  // at head dim 64 (then with dQ split by keys) the other order was 1-2.5% faster
-  // (bench/RESULTS.md, 2026-12-02 "GEMM order").
+  // at head dim 64 the other order was 1-2.5% faster with dQ split by keys (bench/RESULTS.md,
+  // 2026-12-02 "GEMM order") and the same with dQ by columns (0.996 / 0.995, fifteenth
+  // session).
   static constexpr bool kDqBeforeDk = !kDqHalves && kScoreParts == 1;
   static constexpr int kProducerRegs = 24, kMmaRegs = 240;
   // dK and dV stay in registers: Dqk + Dv columns of 64 keys, 160 of the 240 at 192 + 128.

@@ -28,7 +28,8 @@ constexpr int kBwdWarps = 4 * (kBwdMma + 1), kBwdStages = 2;
 
 // 1024 bytes of slack for the swizzle's alignment; K and V; per stage Q, dO and dS^T (16-bit,
 // as TMA writes them and as wgmma reads them) and the log2 LSE and delta of each query row;
-// a 64 x 64 fp32 dQ tile per MMA warpgroup; the mbarriers: K/V full, and full and empty per
+// two 64 x 64 fp32 dQ tiles (one per MMA warpgroup at head dim 128, else shared: sm90/bwd.h
+// kDqHalves); the mbarriers: K/V full, and full and empty per
 // stage; 8 bytes for the deterministic mode's turn (sm90/bwd.h).
 AE_HD_CONSTEXPR int bwd_smem_bytes(int d_qk, int d_v) {
   return 1024 + 2 * (kBwdBlockN * (d_qk + d_v) + kBwdStages * (kBwdBlockM * (d_qk + d_v) +

@@ -496,6 +496,7 @@ TEST(Planner, OverridesReachThePlan) {
   EXPECT_EQ(sm90("176,2,1,1,1"), (std::vector<int>{176, 2, 1, 1, 1}));
   EXPECT_EQ(sm90("128,x,1"), (std::vector<int>{128, u, u, u, u}));
   EXPECT_EQ(sm90("-64,2"), (std::vector<int>{-64, 2, u, u, u}));
+  EXPECT_EQ(sm90("128, 3,1,1 \n"), (std::vector<int>{128, 3, 1, 1, u}));
   PlanRequest d = request(OpKind::Forward, devices::h200(), document());
   d.overrides.mask_load_mode = 0;
   const ae::codegen::KernelSpec fwd = main_step(make_plan(d)).spec;

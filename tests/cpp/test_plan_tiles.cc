@@ -97,6 +97,17 @@ TEST(Sm90Tiles, SoftmaxAheadOfPvWhereMeasuredFaster) {
   EXPECT_TRUE(sm90_forward(query(64, 64), o).specs[0].softmax_ahead);
   o.sm90_fwd[2] = 0;
   EXPECT_EQ(sm90_forward(query(64, 64), o).specs[0].describe(), "fwd90 sm_90a bf16 d64/64 128x192 w12 s2");
+  // Without the fifth field an overridden tile takes the table's flag for that tile (off
+  // where the table has none such): old four-field values keep meaning what they meant
+  auto tile = [](int d_qk, int bn, int st) {
+    TuningOverrides t;
+    t.sm90_fwd[0] = bn, t.sm90_fwd[1] = st, t.sm90_fwd[2] = 1, t.sm90_fwd[3] = 1;
+    return sm90_forward(query(d_qk, 128), t).specs[0];
+  };
+  EXPECT_EQ(tile(128, 176, 2).describe(), "fwd90 sm_90a bf16 d128/128 128x176 w12 s2 ov pp");
+  EXPECT_EQ(tile(192, 128, 2).describe(), "fwd90 sm_90a bf16 d192/128 128x128 w12 s2 ov pp");
+  EXPECT_EQ(tile(128, 64, 3).describe(), "fwd90 sm_90a bf16 d128/128 128x64 w12 s3 ov pp");
+  EXPECT_EQ(tile(128, 128, 3).describe(), "fwd90 sm_90a bf16 d128/128 128x128 w12 s3 ov pp sa");
 }
 
 TEST(Sm90Tiles, ForwardPreferences) {

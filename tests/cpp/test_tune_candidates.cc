@@ -53,7 +53,7 @@ TEST_F(TuneCandidates, HopperForwardWidthsAndSchedules) {
   EXPECT_EQ(main_of(cands[0]).spec.stages, 3);
   std::set<std::string> plans;
   std::set<int> widths;
-  bool no_overlap = false, persistent = false, three = false;
+  bool no_overlap = false, persistent = false, three = false, ahead = false, not_ahead = false;
   for (const Candidate& c : cands) {
     EXPECT_TRUE(c.plan.ok);
     EXPECT_TRUE(plans.insert(c.plan.describe()).second) << "duplicate " << c.choice.text();
@@ -63,9 +63,12 @@ TEST_F(TuneCandidates, HopperForwardWidthsAndSchedules) {
     no_overlap |= !s.overlap && !s.pingpong;
     persistent |= s.persistent;
     three |= s.stages == 3;
+    ahead |= s.overlap && s.softmax_ahead;
+    not_ahead |= s.overlap && !s.softmax_ahead && s.block_n == 128 && s.stages == 3;
     EXPECT_LE(main_of(c).smem, plan::devices::h200().smem_per_block);
   }
   EXPECT_TRUE(no_overlap && persistent && three);
+  EXPECT_TRUE(ahead && not_ahead);  // the softmax ahead of P V's wait, both ways
   // 192 keys pass the register estimate at D64 only (192 * 3 / 4 + 64 + 40 > 240).
   EXPECT_EQ(widths, (std::set<int>{64, 80, 96, 112, 128, 144, 160, 176}));
 }
