@@ -1,7 +1,6 @@
 #include "plan/overrides.h"
 
 #include <cctype>
-#include <cstdio>
 #include <algorithm>
 #include <cstdlib>
 #include <string>

@@ -52,7 +52,8 @@ double distance(const Candidate& c, const Candidate& table) {
   double d = std::abs(x.block_n - y.block_n) / 16.0 + std::abs(x.block_m - y.block_m) / 16.0 +
              std::abs(x.warps - y.warps) / 4.0 + std::abs(x.stages - y.stages);
   d += 4.0 * (x.family != y.family) + (x.overlap != y.overlap) + (x.pingpong != y.pingpong) +
-       (x.softmax_ahead != y.softmax_ahead) + (x.persistent != y.persistent) + 0.5 * (x.reg_level != y.reg_level);
+       (x.softmax_ahead != y.softmax_ahead) + (x.persistent != y.persistent) +
+       0.5 * (x.reg_level != y.reg_level);
   return d + std::abs(std::log2(std::max(1, c.plan.attn.kv_splits)) -
                       std::log2(std::max(1, table.plan.attn.kv_splits)));
 }

@@ -63,11 +63,11 @@ struct BwdConfig {
                 "sm90/shapes.h");
   // dQ = dS K over all the CTA's keys, split between the warpgroups by columns: at head dim
   // 128 each takes one 64-column block into its own tile; at 64 and 192 the columns go in
-  // chunks of 64, each warpgroup taking half of one (wgmma N = 32) into a tile they share,
-  // chunk after chunk alternating between the two tiles (kDqHalves). Either way the writer adds
-  // each 64 x 64 tile once per CTA (kDqAdds). (Split by keys, each warpgroup adding its own
-  // tile, the additions doubled: 0.77x the fwd+bwd at head dim 128; bench/RESULTS.md,
-  // fourteenth session.)
+  // chunks of 64, each warpgroup taking half of one (wgmma N = 32) into a tile they share
+  // (kDqHalves; at 192 the chunks alternate between two tiles, kDqAlternate below). Either way
+  // the writer adds each 64 x 64 tile once per CTA (kDqAdds). (Split by keys, each warpgroup
+  // adding its own tile, the additions doubled: 0.77x the fwd+bwd at head dim 128;
+  // bench/RESULTS.md, fourteenth session.)
   static constexpr bool kDqHalves = kDqk != 64 * kMma;
   static constexpr int kDqN = kDqHalves ? 32 : 64, kDqChunks = kDqHalves ? kDqk / 64 : 1;
   static constexpr int kDqAdds = kDqk / 64;

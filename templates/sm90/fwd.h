@@ -43,9 +43,10 @@ struct FwdConfig {
   static constexpr bool kOverlap = OVERLAP_, kPingPong = PINGPONG_ && OVERLAP_;
   // kSoftmaxAhead (with kOverlap): the softmax of block j+1 kept ahead of the wait for P V of
   // block j by a store of its row sums (hopper_ops.h store_to_sink), so that it runs under
-  // that GEMM. Faster where the softmax is light next to the GEMMs (head dim 128); with a
-  // special function per score or at head dim 64 the two warpgroups' softmaxes then collide
-  // (the planner's table, csrc/plan/tile_tables.cc).
+  // that GEMM. Measured faster where the softmax is light next to the GEMMs (head dim 128),
+  // slower with a special function per score, at head dim 64 and at 192/128 (not explained;
+  // perhaps the two warpgroups' softmaxes then run at once): the planner's table decides
+  // (csrc/plan/tile_tables.cc).
   static constexpr bool kSoftmaxAhead = AHEAD_ && OVERLAP_;
   static constexpr bool kBf16 = BF16_;
   // Built for a split-KV launch (AttnParams::kv_splits): partial outputs for the combine.
