@@ -10,6 +10,9 @@ NS_SCORES = (32, 80, 96, 112, 144, 160, 176, 192)
 NS_RS_EXTRA = (192,)
 # The sm90 backward's dQ = dS K in half 64-column blocks (head dim 64): wgmma_ss_mn as well.
 NS_MN_EXTRA = (32,)
+# The wide sm90 backward's dV += P^T dO and dK += dS^T Q (P^T and dS^T from shared memory,
+# K-major; dO and Q N-major), half of 128 or 256 columns each: wgmma_ss_kn.
+NS_KN = (64, 128)
 TYPES = (("true", "bf16"), ("false", "f16"))
 
 
@@ -22,10 +25,18 @@ def placeholders(n: int) -> str:
     return ", ".join(f"%{i}" for i in range(n // 2))
 
 
-def ss(n: int, flag: str, t: str, transposed: bool = False) -> str:
-    """wgmma_ss (both operands K-major), or wgmma_ss_mn (transposed: A M-major, B N-major)."""
+SS_FORMS = {  # name: (imm-trans-a, imm-trans-b)
+    "wgmma_ss": "0, 0",
+    "wgmma_ss_mn": "1, 1",
+    "wgmma_ss_kn": "0, 1",
+}
+
+
+def ss(n: int, flag: str, t: str, name: str = "wgmma_ss") -> str:
+    """wgmma_ss (both operands K-major), wgmma_ss_mn (both transposed: A M-major, B N-major) or
+    wgmma_ss_kn (A K-major, B N-major)."""
     k = n // 2
-    name, tnsp = ("wgmma_ss_mn", "1, 1") if transposed else ("wgmma_ss", "0, 0")
+    tnsp = SS_FORMS[name]
     return f'''template <>
 AE_DEVICE void {name}<{n}, {flag}>(float (&d)[{n // 8}][4], u64 desc_a, u64 desc_b, int accumulate) {{
   asm volatile(
@@ -57,7 +68,8 @@ def main() -> None:
 // d[j][0..1] row lane/4, d[j][2..3] row lane/4 + 8, columns 8j + 2 (lane % 4) + {0, 1}).
 // wgmma_ss: A and B from shared memory, both K-major. wgmma_rs: A from registers (the
 // mma.sync A layout), B from shared memory N-major (transposed), as P V needs. wgmma_ss_mn:
-// A M-major and B N-major (both transposed), as the backward's dQ = dS K needs.
+// A M-major and B N-major (both transposed), as the backward's dQ = dS K needs. wgmma_ss_kn:
+// A K-major and B N-major, as the wide backward's dV += P^T dO needs.
 // accumulate = 0 overwrites d.
 #pragma once
 
@@ -71,20 +83,24 @@ template <int N, bool kBf16>
 AE_DEVICE void wgmma_rs(float (&d)[N / 8][4], const u32 (&a)[4], u64 desc_b, int accumulate);
 template <int N, bool kBf16>
 AE_DEVICE void wgmma_ss_mn(float (&d)[N / 8][4], u64 desc_a, u64 desc_b, int accumulate);
+template <int N, bool kBf16>
+AE_DEVICE void wgmma_ss_kn(float (&d)[N / 8][4], u64 desc_a, u64 desc_b, int accumulate);
 ''']
     for n in NS:
         for flag, t in TYPES:
             out.append(ss(n, flag, t))
             out.append(rs(n, flag, t))
             if n <= 128:
-                out.append(ss(n, flag, t, transposed=True))
+                out.append(ss(n, flag, t, "wgmma_ss_mn"))
+            if n in NS_KN:
+                out.append(ss(n, flag, t, "wgmma_ss_kn"))
     for n in NS_SCORES:
         for flag, t in TYPES:
             out.append(ss(n, flag, t))
             if n in NS_RS_EXTRA:
                 out.append(rs(n, flag, t))
             if n in NS_MN_EXTRA:
-                out.append(ss(n, flag, t, transposed=True))
+                out.append(ss(n, flag, t, "wgmma_ss_mn"))
     out.append("}  // namespace ae::sm90\n")
     print("\n".join(out), end="")
 

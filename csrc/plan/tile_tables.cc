@@ -274,20 +274,26 @@ Candidates sm90_forward(const TableQuery& q, const TuningOverrides& o) {
   return c;
 }
 
-// The sm90 backward has one shape (sm90/shapes.h): 64-query blocks, 128 keys per CTA; past
-// 256 columns of dK + dV it computes its scores in two parts (sm90/bwd.h kScoreParts).
+// The sm90 backward (sm90/shapes.h): 64-query blocks, 128 keys per CTA, past 256 columns of
+// dK + dV its scores in two parts (sm90/bwd.h kScoreParts); wide (past 320 columns: 256 + 256,
+// 256 + 128, 128 + 256) 64 keys per CTA, the MMA warpgroups splitting dK's and dV's columns.
 Candidates sm90_backward(const TableQuery& q) {
   Candidates c;
   // dK and dV live in the MMA warpgroups' registers (sm90/bwd.h): Dqk up to 192 and Dv up to
-  // 128, the sizes that have run on a GPU (192 + 192 would not fit; D256 takes the sm80 one).
-  const bool dims_ok = q.d_qk % 64 == 0 && q.d_v % 64 == 0 && q.d_qk <= 192 && q.d_v <= 128;
-  if (!dims_ok) {
+  // 128 with each warpgroup's own keys (192 + 192 would not fit), or half of 256 + 256 (wide;
+  // each warpgroup's half a whole number of 64-column blocks).
+  const bool narrow = q.d_qk % 64 == 0 && q.d_v % 64 == 0 && q.d_qk <= 192 && q.d_v <= 128;
+  const bool wide = sm90::bwd_wide(q.d_qk, q.d_v) && (q.d_qk == 128 || q.d_qk == 256) &&
+                    (q.d_v == 128 || q.d_v == 256);
+  if (!narrow && !wide) {
     c.refusal = fmt::format("head dims ({}, {}) have no sm90 backward: Dqk 64, 128 or 192 and Dv "
-                            "64 or 128", q.d_qk, q.d_v);
+                            "64 or 128, or Dqk and Dv 128 or 256 with one of them 256",
+                            q.d_qk, q.d_v);
     return c;
   }
   // Past 256 columns a learnable captured tensor's gradient sums spilled and serialized the
-  // wgmmas (compile-all check, a learnable relative bias at 192 + 128): the sm80 backward.
+  // wgmmas (compile-all check, a learnable relative bias at 192 + 128), and the wide kernel's
+  // shared memory leaves no room for their shared copy: the sm80 backward.
   if (q.d_qk + q.d_v > 256 && q.captured_grads) {
     c.refusal = fmt::format("head dims ({}, {}) with a captured tensor's gradient have no sm90 "
                             "backward: Dqk + Dv <= 256", q.d_qk, q.d_v);
@@ -297,7 +303,7 @@ Candidates sm90_backward(const TableQuery& q) {
   s.arch = "sm_90a";
   s.warps = sm90::kBwdWarps;
   s.block_m = sm90::kBwdBlockM;
-  s.block_n = sm90::kBwdBlockN;
+  s.block_n = sm90::bwd_block_n(q.d_qk, q.d_v);
   s.stages = sm90::kBwdStages;
   c.specs.push_back(s);
   return c;

@@ -25,6 +25,11 @@
 // Past 256 columns of dK + dV (Cfg::kScoreParts), S^T and dP^T are computed for 32 queries at
 // a time and dV's and dK's GEMMs finish before dQ's starts, so that everything fits 240
 // registers (up to 192 + 128).
+// Wide (Cfg::kWide, past 320 columns: 256 + 256, 256 + 128, 128 + 256) a CTA owns 64 keys and
+// the MMA warpgroups share them: each computes S^T and dP^T for 32 of the block's queries,
+// stores P^T and dS^T to shared memory, and after a barrier takes half of dV's and dK's columns
+// over all 64 queries (both operands from shared memory) and its share of dQ's. dO has one
+// stage (shared memory), freed as soon as dV's GEMM is done.
 // Deterministic (Cfg::kDeterministic): the CTAs add into each dQ tile in a fixed order
 // (common/dq_order.h).
 #pragma once
@@ -48,18 +53,22 @@ struct BwdConfig {
   using Layout = LAYOUT_;
   static constexpr int kDqk = D_QK_, kDv = D_V_, kMma = kBwdMma, kStages = kBwdStages;
   static constexpr bool kBf16 = BF16_, kDeterministic = DETERMINISTIC_;
-  static constexpr int kBlockM = kBwdBlockM, kBlockN = kBwdBlockN, kThreads = 32 * kBwdWarps;
+  static constexpr bool kWide = bwd_wide(kDqk, kDv);  // the warpgroups share their keys
+  static constexpr int kBlockM = kBwdBlockM, kBlockN = bwd_block_n(kDqk, kDv);
+  static constexpr int kThreads = 32 * kBwdWarps, kDoStages = kWide ? 1 : kStages;
+  // The columns of dK and dV a warpgroup holds (wide: its half).
+  static constexpr int kDkCols = kWide ? kDqk / kMma : kDqk, kDvCols = kWide ? kDv / kMma : kDv;
   // Tiles as TMA writes them with 128-byte swizzle: [D / 64 column blocks][rows][64]; dS^T
-  // [key][64 queries] with the same swizzle.
+  // (and, wide, P^T) [key][64 queries] with the same swizzle.
   static constexpr int kKBytes = kBlockN * kDqk * 2, kVBytes = kBlockN * kDv * 2;
   static constexpr int kQBytes = kBlockM * kDqk * 2, kDoBytes = kBlockM * kDv * 2;
-  static constexpr int kDsBytes = kBlockN * kBlockM * 2;
+  static constexpr int kDsBytes = kBlockN * kBlockM * 2, kPtBytes = kWide ? kDsBytes : 0;
   // A dQ tile; one per MMA warpgroup in shared memory.
   static constexpr int kDqTileBytes = 64 * 64 * 4;
   static constexpr int kSmemBytes = bwd_smem_bytes(kDqk, kDv);  // the planner's
-  static_assert(kSmemBytes == 1024 + kKBytes + kVBytes +
-                                  kStages * (kQBytes + kDoBytes + kDsBytes + 8 * kBlockM) +
-                                  kMma * kDqTileBytes + 8 * (2 + 2 * kStages),
+  static_assert(kSmemBytes == 1024 + kKBytes + kVBytes + kDoStages * kDoBytes +
+                                  kStages * (kQBytes + kDsBytes + kPtBytes + 8 * kBlockM) +
+                                  kMma * kDqTileBytes + 8 * (2 + 2 * kStages + (kWide ? 2 : 0)),
                 "sm90/shapes.h");
   // dQ = dS K over all the CTA's keys, split between the warpgroups by columns: at head dim
   // 128 each takes one 64-column block into its own tile; at 64 and 192 the columns go in
@@ -83,17 +92,23 @@ struct BwdConfig {
     return !kDqHalves ? cw : kDqAlternate ? n & 1 : 0;
   }
   // S^T and dP^T in two ranges of 32 queries where dK and dV hold more than 128 registers.
-  static constexpr int kScoreParts = kDqk + kDv > 256 ? 2 : 1;
+  // (Wide, each warpgroup computes 32 queries: one part.)
+  static constexpr int kScoreParts = !kWide && kDqk + kDv > 256 ? 2 : 1;
   // dQ's GEMM before dK's (its tile stored while dK's runs) at head dim 128 (+1.5-2% fwd+bwd);
   // at head dim 64 the other order was 1-2.5% faster with dQ split by keys (bench/RESULTS.md,
   // 2026-12-02 "GEMM order") and the same with dQ by columns (0.996 / 0.995, fifteenth
   // session).
-  static constexpr bool kDqBeforeDk = !kDqHalves && kScoreParts == 1;
-  static constexpr int kProducerRegs = 24, kMmaRegs = 240;
-  // dK and dV stay in registers: Dqk + Dv columns of 64 keys, 160 of the 240 at 192 + 128.
-  static_assert(kDqk % 64 == 0 && kDv % 64 == 0 && kDqk <= 192 && kDv <= 192 && kDqk + kDv <= 320,
-                "head dims multiples of 64, Dqk + Dv at most 320");
-  static_assert(kBlockM == 64 && kBlockN == 64 * kMma && kThreads == 128 * (kMma + 1), "shapes");
+  static constexpr bool kDqBeforeDk = !kDqHalves && kScoreParts == 1 && !kWide;
+  // (Wide, the producer's dO ring spilled a register at 24 (a causal mask); its MMA warpgroups
+  // hold 176 accumulator registers and have room to give.)
+  static constexpr int kProducerRegs = kWide ? 40 : 24, kMmaRegs = kWide ? 232 : 240;
+  // dK and dV stay in registers: Dqk + Dv columns of 64 keys, 160 of the 240 at 192 + 128
+  // (wide: half of them, 128 at 256 + 256).
+  static_assert(kWide ? (kDqk == 128 || kDqk == 256) && (kDv == 128 || kDv == 256)
+                      : kDqk % 64 == 0 && kDv % 64 == 0 && kDqk <= 192 && kDv <= 192,
+                "head dims multiples of 64, Dqk + Dv at most 320, or wide 128 / 256 each");
+  static_assert(kBlockM == 64 && kBlockN == (kWide ? 64 : 64 * kMma) &&
+                    kThreads == 128 * (kMma + 1), "shapes");
   // setmaxnreg moves registers within what the CTA was launched with (65536 / kThreads per
   // thread, rounded down to a multiple of 8); an increase that the decrease does not free
   // waits forever.
@@ -145,6 +160,72 @@ AE_DEVICE void wgmma_dk(float (&dk)[Cfg::kDqk / 8][4], const u32 (&dsa)[Cfg::kBl
 #pragma unroll
   for (int kk = 0; kk < Cfg::kBlockM / 16; ++kk)
     wgmma_rs<Cfg::kDqk, Cfg::kBf16>(dk, dsa[kk], desc_plus(desc_q, kk * 16 * 128), 1);
+}
+
+// Wide (Cfg::kWide): one query block's S^T and dP^T for the CTA's 64 keys x this warpgroup's 32
+// queries, P^T and dS^T to shared memory ([key][query], swizzled as TMA would), and once both
+// warpgroups stored theirs, dV += P^T dO and dK += dS^T Q for this warpgroup's half of the
+// columns over all 64 queries (P^T and dS^T K-major, dO and Q N-major, all from shared memory).
+// Returns with dK's GEMM in flight and dO's stage released (dV's GEMM done).
+template <class Cfg, class Layout, class Variant>
+AE_DEVICE void wide_block(const AttnParams& p, const Variant& var,
+                          float (&dk)[Cfg::kDkCols / 8][4], float (&dv)[Cfg::kDvCols / 8][4],
+                          const char* tQ, const char* tdO, char* tdS, char* tPt, const char* sK,
+                          const char* sV, const float* lse, const float* delta, u64* do_full,
+                          u64* do_empty, int it, int b, int hq, int q0, int key0, int key_w,
+                          int cw, bool check) {
+  constexpr int BM = Cfg::kBlockM, BN = Cfg::kBlockN, PQ = BM / Cfg::kMma;
+  const int qp = PQ * cw, lane = threadIdx.x % 32;
+  float st[PQ / 8][4], dpt[PQ / 8][4];
+  wgmma_fence();
+  gemm_ss_kmajor<PQ, Cfg::kDqk, Cfg::kBf16, true>(st, sK, BN * 128, tQ + qp * 128, BM * 128);
+  wgmma_commit();
+  mbar_wait(do_full, it & 1);
+  wgmma_fence();  // (else ptxas injects one: the wait's loop sits between the GEMMs)
+  gemm_ss_kmajor<PQ, Cfg::kDv, Cfg::kBf16, true>(dpt, sV, BN * 128, tdO + qp * 128, BM * 128);
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_regs(st);
+  fence_regs(dpt);
+  if (check)
+    scores_backward<true, true, Layout>(p, var, st, dpt, lse + qp, delta + qp, b, hq, q0 + qp,
+                                        key0, true);
+  else
+    scores_backward<false, true, Layout>(p, var, st, dpt, lse + qp, delta + qp, b, hq, q0 + qp,
+                                         key0, false);
+  u32 pa[PQ / 16][4], dsa[PQ / 16][4];
+  rows::p_to_a<Cfg::kBf16>(pa, st);
+  rows::p_to_a<Cfg::kBf16>(dsa, dpt);
+  // 16 keys x 16 queries per stmatrix (as the narrow path's dS^T): matrix m of lane l's address
+  // is keys 8 (m % 2) .. + 7, queries 8 (m / 2) .. + 7 of the pair.
+  const int m = lane / 8, i = lane % 8;
+  const u32 row = (key_w + i + 8 * (m % 2)) * 128;  // row % 8 == i
+#pragma unroll
+  for (int kk = 0; kk < PQ / 16; ++kk) {
+    const u32 at = row + ((((qp + 16 * kk) / 8 + m / 2) ^ i) << 4);
+    stmatrix_x4(smem_u32(tPt) + at, pa[kk]);
+    stmatrix_x4(smem_u32(tdS) + at, dsa[kk]);
+  }
+  // Both warpgroups' P^T and dS^T visible to wgmma after the fence and the barrier.
+  fence_view_async_shared();
+  named_bar_sync<1>(128 * Cfg::kMma);
+  wgmma_fence();
+  const u64 desc_pt = uniform_desc(smem_desc(tPt, 0)), desc_ds = uniform_desc(smem_desc(tdS, 0));
+  const u64 desc_do =
+      uniform_desc(smem_desc(tdO + cw * (Cfg::kDvCols / 64) * BM * 128, BM * 128));
+  const u64 desc_q = uniform_desc(smem_desc(tQ + cw * (Cfg::kDkCols / 64) * BM * 128, BM * 128));
+#pragma unroll
+  for (int kk = 0; kk < BM / 16; ++kk)  // 16 queries: 32 bytes along P^T's rows, 16 rows of dO
+    wgmma_ss_kn<Cfg::kDvCols, Cfg::kBf16>(dv, desc_plus(desc_pt, kk * 32),
+                                          desc_plus(desc_do, kk * 16 * 128), 1);
+  wgmma_commit();
+#pragma unroll
+  for (int kk = 0; kk < BM / 16; ++kk)
+    wgmma_ss_kn<Cfg::kDkCols, Cfg::kBf16>(dk, desc_plus(desc_ds, kk * 32),
+                                          desc_plus(desc_q, kk * 16 * 128), 1);
+  wgmma_commit();
+  wgmma_wait<1>();  // dV's: dO is free
+  mbar_arrive(do_empty);
 }
 
 // Named barriers between each MMA warpgroup and the dQ writer (128 + 32 threads): its tile is
@@ -215,16 +296,20 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
   extern __shared__ __align__(1024) char smem_raw[];
   char* sK = align_1024(smem_raw);
   char* sV = sK + Cfg::kKBytes;
-  char* sQ = sV + Cfg::kVBytes;               // [stage]
-  char* sdO = sQ + S * Cfg::kQBytes;          // [stage]
-  char* sdS = sdO + S * Cfg::kDoBytes;        // [stage]: dS^T, [key][query]
-  float* sDq = reinterpret_cast<float*>(sdS + S * Cfg::kDsBytes);  // [kMma tiles][64 x 64]
+  char* sQ = sV + Cfg::kVBytes;                     // [stage]
+  char* sdO = sQ + S * Cfg::kQBytes;                // [dO stage]
+  char* sdS = sdO + Cfg::kDoStages * Cfg::kDoBytes;  // [stage]: dS^T, [key][query]
+  char* sPt = sdS + S * Cfg::kDsBytes;               // [stage]: P^T, [key][query] (wide)
+  float* sDq = reinterpret_cast<float*>(sPt + S * Cfg::kPtBytes);  // [kMma tiles][64 x 64]
   float* sLse = sDq + Cfg::kMma * 64 * 64;                           // [stage][query]
   float* sDelta = sLse + S * BM;
   u64* kv_full = reinterpret_cast<u64*>(sDelta + S * BM);
   u64* full = kv_full + 1;
   u64* empty = full + S;
-  int* sTurn = reinterpret_cast<int*>(empty + S);  // deterministic: the CTA's turn at a dQ tile
+  u64* do_full = empty + S;  // wide: dO's one stage
+  u64* do_empty = do_full + 1;
+  // deterministic: the CTA's turn at a dQ tile
+  int* sTurn = reinterpret_cast<int*>(empty + S + (Cfg::kWide ? 2 : 0));
 
   const WorkTile tile = Cfg::kDeterministic ? ReversedBlocks::tile(p) : GridOrder::tile(p);
   const int n_block = tile.block, h_kv = tile.head, b = tile.batch;
@@ -236,6 +321,10 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
     for (int s = 0; s < S; ++s) {
       mbar_init(full + s, 32);  // the producer warp's lanes, and the TMA bytes
       mbar_init(empty + s, 128 * Cfg::kMma);
+    }
+    if constexpr (Cfg::kWide) {
+      mbar_init(do_full, 1);
+      mbar_init(do_empty, 128 * Cfg::kMma);
     }
     mbar_init_fence();
   }
@@ -270,16 +359,17 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
       const int hq = h_kv * p.group + item.hq_off, q0 = item.mb * BM;
       if (use > 0) mbar_wait(empty + stage, (use - 1) & 1);
       if (lane == 0) {  // the tiles first, the row statistics under their flight
-        mbar_expect_tx(full + stage, Cfg::kQBytes + Cfg::kDoBytes);
         const auto qr = Layout::tma_row(b, hq, q0);
+        mbar_expect_tx(full + stage, Cfg::kQBytes + (Cfg::kWide ? 0 : Cfg::kDoBytes));
 #pragma unroll
         for (int c = 0; c < Cfg::kDqk / 64; ++c)
           tma_load_4d(sQ + stage * Cfg::kQBytes + c * BM * 128, tq, full + stage, c * 64, qr.row,
                       qr.head, qr.batch);
+        if constexpr (!Cfg::kWide)
 #pragma unroll
-        for (int c = 0; c < Cfg::kDv / 64; ++c)
-          tma_load_4d(sdO + stage * Cfg::kDoBytes + c * BM * 128, tdo, full + stage, c * 64,
-                      qr.row, qr.head, qr.batch);
+          for (int c = 0; c < Cfg::kDv / 64; ++c)
+            tma_load_4d(sdO + stage * Cfg::kDoBytes + c * BM * 128, tdo, full + stage, c * 64,
+                        qr.row, qr.head, qr.batch);
       }
       if constexpr (Norm::kRowStats || Norm::kLinearRows) {  // rows past the end read as 0
 #pragma unroll
@@ -292,6 +382,16 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
         }
       }
       mbar_arrive(full + stage);
+      if constexpr (Cfg::kWide) {  // dO's one stage, once both warpgroups' dV GEMMs read it
+        if (it > 0) mbar_wait(do_empty, (it - 1) & 1);
+        if (lane == 0) {
+          const auto qr = Layout::tma_row(b, hq, q0);
+          mbar_arrive_expect_tx(do_full, Cfg::kDoBytes);
+#pragma unroll
+          for (int c = 0; c < Cfg::kDv / 64; ++c)
+            tma_load_4d(sdO + c * BM * 128, tdo, do_full, c * 64, qr.row, qr.head, qr.batch);
+        }
+      }
     }
     return;
   }
@@ -299,17 +399,21 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
   // MMA warpgroups. From here on no CTA-wide barrier: the producer warps have exited.
   setmaxnreg_inc<Cfg::kMmaRegs>();
   const int cw = wg - 1, g = lane / 4, t = lane % 4;
-  const int key_w = 64 * cw + 16 * warp;  // this warp's first key in the block
+  // This warp's first key in the block (wide: the warpgroups share the block's 64 keys).
+  const int key_wg = Cfg::kWide ? 0 : 64 * cw, key_w = key_wg + 16 * warp;
   const int kv_len = Layout::kv_len(p, b), q_len = Layout::q_len(p, b);
   const bool k_tail = k0 + BN > kv_len;
-  const char* kA = sK + 64 * cw * 128;  // this warpgroup's 64 keys of every column block
-  const char* vA = sV + 64 * cw * 128;
+  const char* kA = sK + key_wg * 128;  // this warpgroup's 64 keys of every column block
+  const char* vA = sV + key_wg * 128;
 
-  float dk[Cfg::kDqk / 8][4], dv[Cfg::kDv / 8][4];
+  // dK's and dV's columns of this warpgroup's keys (wide: half of them, from dk_col0 / dv_col0).
+  float dk[Cfg::kDkCols / 8][4], dv[Cfg::kDvCols / 8][4];
+  const int dk_col0 = Cfg::kWide ? cw * Cfg::kDkCols : 0;
+  const int dv_col0 = Cfg::kWide ? cw * Cfg::kDvCols : 0;
 #pragma unroll
-  for (int i = 0; i < Cfg::kDqk / 8; ++i) dk[i][0] = dk[i][1] = dk[i][2] = dk[i][3] = 0.f;
+  for (int i = 0; i < Cfg::kDkCols / 8; ++i) dk[i][0] = dk[i][1] = dk[i][2] = dk[i][3] = 0.f;
 #pragma unroll
-  for (int i = 0; i < Cfg::kDv / 8; ++i) dv[i][0] = dv[i][1] = dv[i][2] = dv[i][3] = 0.f;
+  for (int i = 0; i < Cfg::kDvCols / 8; ++i) dv[i][0] = dv[i][1] = dv[i][2] = dv[i][3] = 0.f;
 
   mbar_wait(kv_full, 0);
   ColumnWalk walk(p, b, h_kv, n_block, Variant::kHasMask);
@@ -319,7 +423,7 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
     const int stage = it % S;
     const int hq = h_kv * p.group + item.hq_off, q0 = item.mb * BM;
     const char* tQ = sQ + stage * Cfg::kQBytes;
-    const char* tdO = sdO + stage * Cfg::kDoBytes;
+    const char* tdO = sdO + (Cfg::kWide ? 0 : stage) * Cfg::kDoBytes;
     char* tdS = sdS + stage * Cfg::kDsBytes;
     // Deterministic: the CTA's turn at this dQ tile, counted by one warp (its table reads under
     // the GEMMs), handed to the writer with the tile.
@@ -330,79 +434,87 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
         turn = Cfg::kDqAdds * dq_rank(p, b, hq, item.mb, n_block, walk.states);
     mbar_wait(full + stage, (it / S) & 1);
 
-    // S^T = K Q^T and dP^T = V dO^T for this warpgroup's 64 keys x the block's 64 queries,
-    // kScoreParts query ranges one after the other (fewer live registers), each converted to
-    // P^T and dS^T score by score (a copy without checks for tiles that need none), dS^T
-    // stored to shared memory (swizzled as TMA would: 16-byte chunk c of row r at c ^ (r % 8))
-    // and both packed as register A operands.
     const bool check = q0 + BM > q_len || k_tail || item.code == kBlockPartial;
     u32 pa[BM / 16][4], dsa[BM / 16][4];
+    if constexpr (Cfg::kWide) {
+      wide_block<Cfg, Layout>(p, var, dk, dv, tQ, tdO, tdS, sPt + stage * Cfg::kPtBytes, sK, sV,
+                              sLse + stage * BM, sDelta + stage * BM, do_full, do_empty, it, b,
+                              hq, q0, k0 + key_w, key_w, cw, check);
+    } else {
+      // S^T = K Q^T and dP^T = V dO^T for this warpgroup's 64 keys x the block's 64 queries,
+      // kScoreParts query ranges one after the other (fewer live registers), each converted to
+      // P^T and dS^T score by score (a copy without checks for tiles that need none), dS^T
+      // stored to shared memory (swizzled as TMA would: 16-byte chunk c of row r at c ^ (r % 8))
+      // and both packed as register A operands.
 #pragma unroll
-    for (int part = 0; part < Cfg::kScoreParts; ++part) {
-      constexpr int PQ = BM / Cfg::kScoreParts;  // queries per part
-      const int qp = part * PQ;
-      float st[PQ / 8][4], dpt[PQ / 8][4];
-      wgmma_fence();
-      gemm_ss_kmajor<PQ, Cfg::kDqk, Cfg::kBf16, true>(st, kA, BN * 128, tQ + qp * 128, BM * 128);
-      wgmma_commit();
-      gemm_ss_kmajor<PQ, Cfg::kDv, Cfg::kBf16, true>(dpt, vA, BN * 128, tdO + qp * 128, BM * 128);
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_regs(st);
-      fence_regs(dpt);
-      const float* lse = sLse + stage * BM + qp;
-      const float* delta = sDelta + stage * BM + qp;
-      // (the split mask spilled the two score parts' tiles: 12 bytes at 192 + 128, document)
-      constexpr bool kSplitMask = Cfg::kScoreParts == 1;
-      if (check)
-        scores_backward<true, kSplitMask, Layout>(p, var, st, dpt, lse, delta, b, hq, q0 + qp,
-                                                  k0 + key_w, true);
-      else
-        scores_backward<false, kSplitMask, Layout>(p, var, st, dpt, lse, delta, b, hq, q0 + qp,
-                                                   k0 + key_w, false);
-      u32 pa_part[PQ / 16][4], dsa_part[PQ / 16][4];
-      rows::p_to_a<Cfg::kBf16>(pa_part, st);
-      rows::p_to_a<Cfg::kBf16>(dsa_part, dpt);
-      // dS^T's 16 keys x 16 queries per stmatrix, from the A operand's registers: matrix m of
-      // lane l's address is keys 8 (m % 2) .. + 7, queries 8 (m / 2) .. + 7 of the pair.
-      const int m = lane / 8, i = lane % 8;
-      const u32 ds_row = smem_u32(tdS) + (key_w + i + 8 * (m % 2)) * 128;  // row % 8 == i
+      for (int part = 0; part < Cfg::kScoreParts; ++part) {
+        constexpr int PQ = BM / Cfg::kScoreParts;  // queries per part
+        const int qp = part * PQ;
+        float st[PQ / 8][4], dpt[PQ / 8][4];
+        wgmma_fence();
+        gemm_ss_kmajor<PQ, Cfg::kDqk, Cfg::kBf16, true>(st, kA, BN * 128, tQ + qp * 128, BM * 128);
+        wgmma_commit();
+        gemm_ss_kmajor<PQ, Cfg::kDv, Cfg::kBf16, true>(dpt, vA, BN * 128, tdO + qp * 128, BM * 128);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs(st);
+        fence_regs(dpt);
+        const float* lse = sLse + stage * BM + qp;
+        const float* delta = sDelta + stage * BM + qp;
+        // (the split mask spilled the two score parts' tiles: 12 bytes at 192 + 128, document)
+        constexpr bool kSplitMask = Cfg::kScoreParts == 1;
+        if (check)
+          scores_backward<true, kSplitMask, Layout>(p, var, st, dpt, lse, delta, b, hq, q0 + qp,
+                                                    k0 + key_w, true);
+        else
+          scores_backward<false, kSplitMask, Layout>(p, var, st, dpt, lse, delta, b, hq, q0 + qp,
+                                                     k0 + key_w, false);
+        u32 pa_part[PQ / 16][4], dsa_part[PQ / 16][4];
+        rows::p_to_a<Cfg::kBf16>(pa_part, st);
+        rows::p_to_a<Cfg::kBf16>(dsa_part, dpt);
+        // dS^T's 16 keys x 16 queries per stmatrix, from the A operand's registers: matrix m of
+        // lane l's address is keys 8 (m % 2) .. + 7, queries 8 (m / 2) .. + 7 of the pair.
+        const int m = lane / 8, i = lane % 8;
+        const u32 ds_row = smem_u32(tdS) + (key_w + i + 8 * (m % 2)) * 128;  // row % 8 == i
 #pragma unroll
-      for (int kk = 0; kk < PQ / 16; ++kk) {
-        const int chunk = (qp + 16 * kk) / 8 + m / 2;  // 16-byte chunk of 8 queries
-        stmatrix_x4(ds_row + ((chunk ^ i) << 4), dsa_part[kk]);
+        for (int kk = 0; kk < PQ / 16; ++kk) {
+          const int chunk = (qp + 16 * kk) / 8 + m / 2;  // 16-byte chunk of 8 queries
+          stmatrix_x4(ds_row + ((chunk ^ i) << 4), dsa_part[kk]);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          pa[qp / 16 + kk][e] = pa_part[kk][e];
-          dsa[qp / 16 + kk][e] = dsa_part[kk][e];
+          for (int e = 0; e < 4; ++e) {
+            pa[qp / 16 + kk][e] = pa_part[kk][e];
+            dsa[qp / 16 + kk][e] = dsa_part[kk][e];
+          }
         }
       }
-    }
 
-    // dV += P^T dO and dK += dS^T Q (queries are K; dO and Q read N-major; P^T and dS^T are
-    // register A operands), and dQ = dS K once every dS^T it reads is stored. With
-    // kDqBeforeDk, dK's GEMM goes after dQ's, and dQ's tile goes to the writer while it runs.
-    wgmma_fence();
-    const u64 desc_do = smem_desc(tdO, BM * 128);
+      // dV += P^T dO and dK += dS^T Q (queries are K; dO and Q read N-major; P^T and dS^T are
+      // register A operands), and dQ = dS K once every dS^T it reads is stored. With
+      // kDqBeforeDk, dK's GEMM goes after dQ's, and dQ's tile goes to the writer while it runs.
+      wgmma_fence();
+      const u64 desc_do = smem_desc(tdO, BM * 128);
 #pragma unroll
-    for (int kk = 0; kk < BM / 16; ++kk)
-      wgmma_rs<Cfg::kDv, Cfg::kBf16>(dv, pa[kk], desc_plus(desc_do, kk * 16 * 128), 1);
-    if constexpr (!Cfg::kDqBeforeDk)
-      wgmma_dk<Cfg>(dk, dsa, tQ);
-    wgmma_commit();
+      for (int kk = 0; kk < BM / 16; ++kk)
+        wgmma_rs<Cfg::kDv, Cfg::kBf16>(dv, pa[kk], desc_plus(desc_do, kk * 16 * 128), 1);
+      if constexpr (!Cfg::kDqBeforeDk)
+        wgmma_dk<Cfg>(dk, dsa, tQ);
+      wgmma_commit();
 
-    // The stored dS^T is visible to wgmma after the fence and the barrier.
-    fence_view_async_shared();
-    named_bar_sync<1>(128 * Cfg::kMma);
-    // Register-tight (two score parts), dV's and dK's GEMMs finish first: their A operands
-    // are free before dQ's accumulators are live.
-    if constexpr (Cfg::kScoreParts > 1) wgmma_wait<0>();
+      // The stored dS^T is visible to wgmma after the fence and the barrier.
+      fence_view_async_shared();
+      named_bar_sync<1>(128 * Cfg::kMma);
+      // Register-tight (two score parts), dV's and dK's GEMMs finish first: their A operands
+      // are free before dQ's accumulators are live.
+      if constexpr (Cfg::kScoreParts > 1) wgmma_wait<0>();
+    }
 #pragma unroll 1
     for (int c = 0; c < Cfg::kDqChunks; ++c) {
       const int n0 = Cfg::dq_col(c, cw);
       float* tile_dq = sDq + Cfg::dq_tile(it * Cfg::kDqChunks + c, cw) * 64 * 64;
       float dq[Cfg::kDqN / 8][4];
-      if (c > 0) wgmma_fence();  // the last chunk's stores read these registers
+      // The last chunk's stores read these registers (wide: else ptxas injects one after
+      // wide_block's wait and barrier arrival).
+      if (c > 0 || Cfg::kWide) wgmma_fence();
       // M (64 queries) and N (kDqN <= 64 columns) are one 64-element block each: the LBOs
       // below (the distance to a next block) are never used; a wider dS^T or dQ tile must set them.
       const u64 desc_ds = uniform_desc(smem_desc(tdS, BM * 128));
@@ -463,12 +575,12 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
     const int key = k0 + key_w + g + 8 * r;
     if (key >= kv_len) continue;
 #pragma unroll
-    for (int i = 0; i < Cfg::kDqk / 8; ++i)
-      *reinterpret_cast<u32*>(gdk + key * p.dk_stride[2] + 8 * i + 2 * t) =
+    for (int i = 0; i < Cfg::kDkCols / 8; ++i)
+      *reinterpret_cast<u32*>(gdk + key * p.dk_stride[2] + dk_col0 + 8 * i + 2 * t) =
           pack2<Cfg::kBf16>(dk[i][2 * r] * p.scale, dk[i][2 * r + 1] * p.scale);
 #pragma unroll
-    for (int i = 0; i < Cfg::kDv / 8; ++i)
-      *reinterpret_cast<u32*>(gdv + key * p.dv_stride[2] + 8 * i + 2 * t) =
+    for (int i = 0; i < Cfg::kDvCols / 8; ++i)
+      *reinterpret_cast<u32*>(gdv + key * p.dv_stride[2] + dv_col0 + 8 * i + 2 * t) =
           pack2<Cfg::kBf16>(dv[i][2 * r], dv[i][2 * r + 1]);
   }
   // The MMA warpgroups' gradient additions to global memory (kGradsBar: the producer

@@ -23,18 +23,30 @@ AE_HD_CONSTEXPR int fwd_smem_bytes(int block_n, int d_qk, int d_v, int stages) {
 
 // Backward: a producer warpgroup and kBwdMma MMA warpgroups of 64 keys each; query blocks of
 // 64 rows in a ring of two stages.
-constexpr int kBwdMma = 2, kBwdBlockM = 64, kBwdBlockN = 64 * kBwdMma;
+constexpr int kBwdMma = 2, kBwdBlockM = 64;
 constexpr int kBwdWarps = 4 * (kBwdMma + 1), kBwdStages = 2;
 
-// 1024 bytes of slack for the swizzle's alignment; K and V; per stage Q, dO and dS^T (16-bit,
-// as TMA writes them and as wgmma reads them) and the log2 LSE and delta of each query row;
-// two 64 x 64 fp32 dQ tiles (one per MMA warpgroup at head dim 128, else shared: sm90/bwd.h
-// kDqHalves); the mbarriers: K/V full, and full and empty per
-// stage; 8 bytes for the deterministic mode's turn (sm90/bwd.h).
+// Wide head dims (Dqk + Dv past 320: 256 + 256, 256 + 128, 128 + 256): dK and dV of 64 keys
+// per warpgroup would not fit its registers, so the MMA warpgroups share 64 keys, each holding
+// half of dK's and dV's columns (sm90/bwd.h kWide); dO then has one stage (shared memory).
+AE_HD_CONSTEXPR bool bwd_wide(int d_qk, int d_v) { return d_qk + d_v > 320; }
+AE_HD_CONSTEXPR int bwd_block_n(int d_qk, int d_v) {
+  return bwd_wide(d_qk, d_v) ? 64 : 64 * kBwdMma;
+}
+
+// 1024 bytes of slack for the swizzle's alignment; K and V; per stage Q, dO (one stage when
+// wide), dS^T and, when wide, P^T (16-bit, as TMA writes them and as wgmma reads them) and the
+// log2 LSE and delta of each query row; two 64 x 64 fp32 dQ tiles (one per MMA warpgroup at
+// head dim 128, else shared: sm90/bwd.h kDqHalves); the mbarriers: K/V full, full and empty
+// per stage, and when wide dO's full and empty; 8 bytes for the deterministic mode's turn
+// (sm90/bwd.h).
 AE_HD_CONSTEXPR int bwd_smem_bytes(int d_qk, int d_v) {
-  return 1024 + 2 * (kBwdBlockN * (d_qk + d_v) + kBwdStages * (kBwdBlockM * (d_qk + d_v) +
-                                                               kBwdBlockN * kBwdBlockM)) +
-         kBwdStages * 2 * 4 * kBwdBlockM + kBwdMma * 64 * 64 * 4 + 8 * (2 + 2 * kBwdStages);
+  const bool wide = bwd_wide(d_qk, d_v);
+  const int bn = bwd_block_n(d_qk, d_v), do_stages = wide ? 1 : kBwdStages;
+  return 1024 + 2 * (bn * (d_qk + d_v) + do_stages * kBwdBlockM * d_v +
+                     kBwdStages * (kBwdBlockM * d_qk + (wide ? 2 : 1) * bn * kBwdBlockM)) +
+         kBwdStages * 2 * 4 * kBwdBlockM + kBwdMma * 64 * 64 * 4 +
+         8 * (2 + 2 * kBwdStages + (wide ? 2 : 0));
 }
 
 }  // namespace ae::sm90

@@ -386,8 +386,8 @@ TEST(Planner, RefusalsSayWhy) {
   volta.major = 7;
   EXPECT_NE(why(request(OpKind::Forward, volta, plain())).find("compute capability 7.0"),
             std::string::npos);
-  r = request(OpKind::Backward, devices::h200(), plain(), 256);
-  r.family = Family::Sm90;  // the sm90 backward stops at Dqk + Dv = 320
+  r = request(OpKind::Backward, devices::h200(), plain(), 192);
+  r.family = Family::Sm90;  // 192 + 192: past 320 columns, and not halves of 64-column blocks
   EXPECT_NE(why(r).find("no sm90 backward"), std::string::npos);
   r = request(OpKind::Backward, devices::a100(), plain());
   r.family = Family::Sm90;  // not on an sm_80 device
@@ -395,17 +395,17 @@ TEST(Planner, RefusalsSayWhy) {
 }
 
 TEST(Planner, HopperBackwardFamilies) {
-  // The sm90 backward at head dims 64 and 128; the sm80 one at 256 and when disabled.
+  // The sm90 backward at head dims 64, 128 and 256 (wide: 64 keys per CTA); the sm80 one
+  // when disabled.
   for (int d : {64, 128, 256}) {
     const LaunchPlan p = make_plan(request(OpKind::Backward, devices::h200(), plain(), d));
     ASSERT_TRUE(p.ok) << p.reason;
-    EXPECT_EQ(p.family, d <= 128 ? "sm90" : "sm80") << d;
-    if (d <= 128) {
-      const Step& b = main_step(p);
-      EXPECT_EQ(b.threads, 384);
-      EXPECT_EQ(b.spec.arch, "sm_90a");
-      EXPECT_LE(b.smem, devices::h200().smem_per_block);
-    }
+    EXPECT_EQ(p.family, "sm90") << d;
+    const Step& b = main_step(p);
+    EXPECT_EQ(b.threads, 384);
+    EXPECT_EQ(b.spec.arch, "sm_90a");
+    EXPECT_EQ(b.spec.block_n, d == 256 ? 64 : 128) << d;
+    EXPECT_LE(b.smem, devices::h200().smem_per_block);
   }
   PlanRequest r = request(OpKind::Backward, devices::h200(), plain());
   r.overrides.disable_sm90_bwd = true;
@@ -415,7 +415,9 @@ TEST(Planner, HopperBackwardFamilies) {
                                std::tuple{64, 128, "sm90"}, std::tuple{192, 64, "sm90"},
                                std::tuple{64, 192, "sm80"}, std::tuple{128, 192, "sm80"},
                                std::tuple{192, 192, "sm80"}, std::tuple{96, 96, "sm80"},
-                               std::tuple{256, 64, "sm80"}}) {
+                               std::tuple{256, 64, "sm80"}, std::tuple{256, 128, "sm90"},
+                               std::tuple{128, 256, "sm90"}, std::tuple{192, 256, "sm80"},
+                               std::tuple{256, 192, "sm80"}}) {
     r = request(OpKind::Backward, devices::h200(), plain());
     r.problem.d_qk = dqk, r.problem.d_v = dv;
     const LaunchPlan p = make_plan(r);

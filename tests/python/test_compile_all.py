@@ -39,11 +39,13 @@ SM90_DIMS = [(64, 64), (128, 128), (256, 256), (192, 128)]  # the sm90 forward's
 MASKED = {"causal", "sliding_window", "alibi", "document"}
 # The sm90 backward: the variants whose code differs most, at 64 and 128, at 192 / 128 (two
 # score parts, dQ in 64-column chunks; not with a captured tensor's gradient, which the planner
-# gives the sm80 backward there) and at unequal head dims.
+# gives the sm80 backward there), at unequal head dims, and wide (past 320 columns).
 BWD90 = {"plain", "causal", "relative_bias", "document", "sigmoid_none", "softcap"}
 BWD90_WIDE = [("plain", (192, 128)), ("causal", (192, 128)), ("document", (192, 128)),
               ("sigmoid_none", (192, 128)), ("softcap", (192, 128)), ("alibi", (192, 128)),
-              ("causal", (128, 64)), ("sliding_window", (64, 128)), ("plain", (192, 64))]
+              ("causal", (128, 64)), ("sliding_window", (64, 128)), ("plain", (192, 64)),
+              # wide: the warpgroups share 64 keys and split dK's and dV's columns
+              ("causal", (256, 256)), ("document", (256, 128)), ("sigmoid_none", (128, 256))]
 
 
 def _instantiations():
@@ -67,7 +69,8 @@ def _instantiations():
     # of the sm90 backward's dQ splits.
     for name, kind, dims in [("plain", "bwd90", (64, 64)), ("causal", "bwd90", (128, 128)),
                              ("document", "bwd", (128, 128)), ("plain", "bwd", (64, 64)),
-                             ("document", "bwd90", (192, 128)), ("plain", "bwd90", (192, 64))]:
+                             ("document", "bwd90", (192, 128)), ("plain", "bwd90", (192, 64)),
+                             ("causal", "bwd90", (256, 256))]:
         yield name, kind, dims, True, True
 
 

@@ -460,7 +460,7 @@ def check_case(variant: str, s: Shape, dtype: torch.dtype, *, layout: str = "bhs
 # The matrix
 # ---------------------------------------------------------------------------------------------
 
-HEAD_DIMS = [(64, 64), (96, 96), (128, 128), (256, 256), (192, 128)]
+HEAD_DIMS = [(64, 64), (96, 96), (128, 128), (256, 256), (192, 128), (256, 128), (128, 256)]
 DTYPES = [BF16, FP16]
 
 
@@ -504,15 +504,15 @@ def _is_hopper() -> bool:
 @pytest.mark.parametrize("dims", HEAD_DIMS, ids=_id)
 def test_hopper_picks_the_sm90_templates(dims, backward):
     """On sm_90 the TMA + wgmma forward runs wherever its tile table has an entry (not D96);
-    the sm90 backward at head dims that are multiples of 64 with Dqk + Dv <= 320, the sm80
-    one elsewhere."""
+    the sm90 backward at head dims that are multiples of 64 with Dqk + Dv <= 320 and at
+    256 / 256, 256 / 128, 128 / 256 (wide), the sm80 one elsewhere."""
     if not _is_hopper():
         pytest.skip("needs an sm_90 GPU")
     s = Shape(Dqk=dims[0], Dv=dims[1])
     attn, _ = build("causal", s)
     q, k, v = make_qkv(s, BF16, 0, "bhsd")
     if backward:
-        want = "sm90" if dims in ((64, 64), (128, 128), (192, 128)) else "sm80"
+        want = "sm80" if dims == (96, 96) else "sm90"
     else:
         want = "sm80" if dims == (96, 96) else "sm90"
     assert attn.backend_for(q, k, v, backward=backward) == want
@@ -819,6 +819,8 @@ DETERMINISTIC_CASES = [
     # sm90: dQ in three 64-column chunks per block, the turn counted at the hand-over
     ("document", Shape(B=1, Hq=4, Hkv=2, Sq=2048, Skv=2048, Dqk=192, Dv=128)),
     ("causal", Shape(Sq=1500, Skv=1500, Dqk=192, Dv=64)),  # three chunks, one score part
+    # sm90 wide: 64 keys per CTA, four chunks; GQA 2:1
+    ("causal", Shape(B=1, Hq=4, Hkv=2, Sq=1500, Skv=1500, Dqk=256, Dv=256)),
 ]
 
 
