@@ -24,7 +24,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 CASES = ["plain D128 S8k", "causal D128 S8k", "plain D64 S8k", "causal D64 S8k",
-         "plain D192/128 S8k", "causal D192/128 S8k", "softcap D128 S8k", "alibi D128 S8k", "document D128 S16k"]
+         "plain D192/128 S8k", "causal D192/128 S8k", "softcap D128 S8k", "alibi D128 S8k", "document D128 S16k",
+         "plain D256 S8k", "causal D256 S8k"]
 
 
 def make(name, S, H):
