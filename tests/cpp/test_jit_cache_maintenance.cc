@@ -68,6 +68,10 @@ TEST(JitCacheMaintenance, ClearLeavesALiveWritersTempFile) {
 TEST(JitCacheMaintenance, WritersKeepTheirDiskCacheWhileClearRuns) {
   TempDir dir;
   FakeCompiler fake;
+  // The disk cache warns once per process: in a process where an earlier test warned (one
+  // ae_tests run of everything; ctest runs each test alone) the count cannot grow, and
+  // usable() below is the check that still holds.
+  const int warned = disk_cache_warning_count();
   KernelCache cache(dir.path(), true, use(fake));
   cache.get(request(-1));  // creates the folder
   std::atomic<bool> done{false};
@@ -78,7 +82,7 @@ TEST(JitCacheMaintenance, WritersKeepTheirDiskCacheWhileClearRuns) {
   done = true;
   clearer.join();
   EXPECT_TRUE(cache.disk().usable()) << "clear turned a writer's disk cache off";
-  EXPECT_EQ(disk_cache_warning_count(), 0);
+  EXPECT_EQ(disk_cache_warning_count(), warned);
 }
 
 TEST(JitCacheMaintenance, ClearDoesNotFollowASymlinkedKernelsFolder) {
