@@ -89,6 +89,10 @@ def case_list():
     # MLA prefill's head dims (Dqk 192, Dv 128; the sm90 backward in two score parts)
     cases += [("plain", 192, 8192, lambda H: ae.compile(), 1.0, False, 128),
               ("causal", 192, 8192, lambda H: ae.compile(mask_mod=mods.causal), 0.5, True, 128)]
+    # Head dims 96 and 80: the sm90 kernels of 128, padded (csrc/plan/tile_tables.h sm90_padded)
+    cases += [("plain", 96, 8192, lambda H: ae.compile(), 1.0, False),
+              ("causal", 96, 8192, lambda H: ae.compile(mask_mod=mods.causal), 0.5, True),
+              ("plain", 80, 8192, lambda H: ae.compile(), 1.0, False)]
     # Head dim 256 (the wide sm90 backward: 64 keys per CTA, dK's and dV's columns split)
     cases += [("plain", 256, 8192, lambda H: ae.compile(), 1.0, False),
               ("causal", 256, 8192, lambda H: ae.compile(mask_mod=mods.causal), 0.5, True)]

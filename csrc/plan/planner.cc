@@ -190,6 +190,7 @@ AttnParams shape_params(const Problem& pb) {
   a.scale = static_cast<float>(pb.scale);
   a.scale_log2 = static_cast<float>(pb.scale * 1.4426950408889634);
   a.kv_splits = 1;
+  a.d_qk = static_cast<int>(pb.d_qk);
   a.d_v = static_cast<int>(pb.d_v);
   return a;
 }
@@ -445,7 +446,7 @@ LaunchPlan make_plan(const PlanRequest& r) {
   const bool custom = r.variant.normalize == ir::Normalize::Custom;
   const bool stats = r.variant.normalize == ir::Normalize::Softmax || custom;
   plan.workspaces.push_back(
-      {WorkspaceId::DqAccum, {pb.batch, pb.q_heads, static_cast<int64_t>(a.n_q_blocks) * spec.block_m, pb.d_qk},
+      {WorkspaceId::DqAccum, {pb.batch, pb.q_heads, static_cast<int64_t>(a.n_q_blocks) * spec.block_m, spec.d_qk},
        ElemType::Float32, ""});
   if (stats) {
     plan.workspaces.push_back({WorkspaceId::Delta, {pb.batch, pb.q_heads, pb.q_len}, ElemType::Float32, ""});
@@ -463,6 +464,7 @@ LaunchPlan make_plan(const PlanRequest& r) {
   rp.order_rows = static_cast<int>(spec.block_m);  // the prep pass zeroes a counter per block
   rp.d_qk = static_cast<int>(pb.d_qk);
   rp.d_v = static_cast<int>(pb.d_v);
+  rp.acc_cols = spec.d_qk;  // the main kernel's (a padded head dim: sm90_padded)
   rp.scale = a.scale;
   plan.steps.push_back(row_pass(r, Kind::BwdPrep, rp.d_v));
   if (custom) plan.steps.push_back(custom_rows_pass(r, spec));

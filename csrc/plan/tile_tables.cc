@@ -219,12 +219,21 @@ Candidates sm80_backward(const TableQuery& q, const TuningOverrides& o) {
   return c;
 }
 
-Candidates sm90_forward(const TableQuery& q, const TuningOverrides& o) {
+TableQuery sm90_padded(TableQuery q) {
+  auto pad = [](int d) { return d > 64 && d % 16 == 0 && d % 64 != 0 ? (d + 63) / 64 * 64 : d; };
+  q.d_qk = pad(q.d_qk);
+  q.d_v = pad(q.d_v);
+  return q;
+}
+
+Candidates sm90_forward(const TableQuery& asked, const TuningOverrides& o) {
   Candidates c;
+  const TableQuery q = sm90_padded(asked);
   if (q.d_qk % 64 != 0 || q.d_qk < 64 || q.d_qk > 256 ||
       (q.d_v != 64 && q.d_v != 128 && q.d_v != 256)) {
     c.refusal = fmt::format("head dims ({}, {}) have no sm90 kernel: Dqk a multiple of 64 up to "
-                            "256, Dv 64, 128 or 256", q.d_qk, q.d_v);
+                            "256, Dv 64, 128 or 256 (or multiples of 16 padded up to those)",
+                            asked.d_qk, asked.d_v);
     return c;
   }
   for (const Sm90FwdRule& r : sm90_fwd_rules()) {
@@ -277,8 +286,9 @@ Candidates sm90_forward(const TableQuery& q, const TuningOverrides& o) {
 // The sm90 backward (sm90/shapes.h): 64-query blocks, 128 keys per CTA, past 256 columns of
 // dK + dV its scores in two parts (sm90/bwd.h kScoreParts); wide (past 320 columns: 256 + 256,
 // 256 + 128, 128 + 256) 64 keys per CTA, the MMA warpgroups splitting dK's and dV's columns.
-Candidates sm90_backward(const TableQuery& q) {
+Candidates sm90_backward(const TableQuery& asked) {
   Candidates c;
+  const TableQuery q = sm90_padded(asked);
   // dK and dV live in the MMA warpgroups' registers (sm90/bwd.h): Dqk up to 192 and Dv up to
   // 128 with each warpgroup's own keys (192 + 192 would not fit), or half of 256 + 256 (wide;
   // each warpgroup's half a whole number of 64-column blocks).
@@ -287,8 +297,8 @@ Candidates sm90_backward(const TableQuery& q) {
                     (q.d_v == 128 || q.d_v == 256);
   if (!narrow && !wide) {
     c.refusal = fmt::format("head dims ({}, {}) have no sm90 backward: Dqk 64, 128 or 192 and Dv "
-                            "64 or 128, or Dqk and Dv 128 or 256 with one of them 256",
-                            q.d_qk, q.d_v);
+                            "64 or 128, or Dqk and Dv 128 or 256 with one of them 256 (or "
+                            "multiples of 16 padded up to those)", asked.d_qk, asked.d_v);
     return c;
   }
   // Past 256 columns a learnable captured tensor's gradient sums spilled and serialized the
@@ -296,7 +306,7 @@ Candidates sm90_backward(const TableQuery& q) {
   // shared memory leaves no room for their shared copy: the sm80 backward.
   if (q.d_qk + q.d_v > 256 && q.captured_grads) {
     c.refusal = fmt::format("head dims ({}, {}) with a captured tensor's gradient have no sm90 "
-                            "backward: Dqk + Dv <= 256", q.d_qk, q.d_v);
+                            "backward: Dqk + Dv <= 256", asked.d_qk, asked.d_v);
     return c;
   }
   KernelSpec s = base_spec(Kind::Backward, Family::Sm90, q);

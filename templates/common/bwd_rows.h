@@ -46,9 +46,9 @@ AE_DEVICE float group_sum(float x, int lanes) {
 // Where column c of row r of (b, h) accumulates (BwdRowParams::acc_tiled); groups of 8
 // columns from a multiple of 8 are contiguous either way.
 AE_DEVICE float* acc_at(const BwdRowParams& p, int b, int h, int r, int c) {
-  float* head = p.dq_accum + (static_cast<long long>(b) * p.heads + h) * p.acc_rows * p.d_qk;
-  if (!p.acc_tiled) return head + static_cast<long long>(r) * p.d_qk + c;
-  const long long tile = static_cast<long long>(r / 64) * (p.d_qk / 64) + c / 64;
+  float* head = p.dq_accum + (static_cast<long long>(b) * p.heads + h) * p.acc_rows * p.acc_cols;
+  if (!p.acc_tiled) return head + static_cast<long long>(r) * p.acc_cols + c;
+  const long long tile = static_cast<long long>(r / 64) * (p.acc_cols / 64) + c / 64;
   return head + tile * 4096 + (r % 64) * 64 + ((c % 64) ^ (8 * (r % 8)));
 }
 
@@ -85,7 +85,7 @@ AE_DEVICE void bwd_prep(const BwdRowParams& p) {
   const int tile = p.order_rows > 0 ? p.order_rows : 64;
   if (p.dq_order && r % tile == 0 && sub == 0)
     p.dq_order[(static_cast<long long>(b) * p.heads + h) * ((p.q_len + tile - 1) / tile) + r / tile] = 0;
-  for (int c = sub; c < p.d_qk / 4; c += p.lanes)
+  for (int c = sub; c < p.acc_cols / 4; c += p.lanes)
     *reinterpret_cast<float4*>(rowpass::acc_at(p, b, h, r, 4 * c)) = make_float4(0.f, 0.f, 0.f, 0.f);
 }
 

@@ -59,7 +59,9 @@ struct AttnParams {
   float* o_part;
   float* lse_part;
   int kv_splits, kv_split_blocks;
-  int d_v;            // the combine kernel's row width
+  // The tensors' head dims: the combine kernel's row width (d_v), and the columns a kernel
+  // built for a larger, padded head dim stores (csrc/plan/tile_tables.h sm90_padded).
+  int d_qk, d_v;
   int row_stats;      // the combine: merge by LSE (softmax), else add (normalize none)
   // Persistent forward (common/tile_scheduler.h PersistentTiles): the tiles drawn so far past
   // the grid's first ones; zeroed before the launch. Null otherwise.
@@ -74,7 +76,7 @@ struct AttnParams {
 // with the last dim contiguous and rows 16-byte aligned, strides in elements for (batch,
 // head, row); lse, dlse, delta, lse2: [batch, heads, q_len] contiguous fp32 (delta null:
 // normalize none, only dq_accum is zeroed; dlse null: none); dq_accum: [batch, heads,
-// acc_rows, d_qk] fp32.
+// acc_rows, acc_cols] fp32 (acc_cols: the main kernel's head dim, d_qk or past it when padded).
 struct BwdRowParams {
   const void* dout;
   const void* o;
@@ -86,7 +88,7 @@ struct BwdRowParams {
   int* dq_order;  // deterministic backward: zeroed here, [batch, heads, ceil(q_len / order_rows)]
   void* dq;
   long long do_stride[3], o_stride[3], dq_stride[3];
-  int batch, heads, q_len, acc_rows, d_qk, d_v;
+  int batch, heads, q_len, acc_rows, d_qk, d_v, acc_cols;
   int lanes;    // per row: a power of two up to 32 (row_pass_lanes, common/shapes.h)
   float scale;  // dq = scale * dq_accum
   // dq_accum's layout: 0 row-major; 1 tiled as the sm90 backward adds it (whole 64 x 64 fp32

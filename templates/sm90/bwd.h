@@ -567,7 +567,8 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
   fence_regs(dk);
   fence_regs(dv);
 
-  // dK (times the softmax scale) and dV of this thread's keys.
+  // dK (times the softmax scale) and dV of this thread's keys; only the tensors' columns (a
+  // padded head dim's are zeros: csrc/plan/tile_tables.h sm90_padded).
   u16* gdk = Layout::row(static_cast<u16*>(p.dk), p.dk_stride, b, h_kv, 0);
   u16* gdv = Layout::row(static_cast<u16*>(p.dv), p.dv_stride, b, h_kv, 0);
 #pragma unroll
@@ -576,12 +577,14 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
     if (key >= kv_len) continue;
 #pragma unroll
     for (int i = 0; i < Cfg::kDkCols / 8; ++i)
-      *reinterpret_cast<u32*>(gdk + key * p.dk_stride[2] + dk_col0 + 8 * i + 2 * t) =
-          pack2<Cfg::kBf16>(dk[i][2 * r] * p.scale, dk[i][2 * r + 1] * p.scale);
+      if (dk_col0 + 8 * i < p.d_qk)
+        *reinterpret_cast<u32*>(gdk + key * p.dk_stride[2] + dk_col0 + 8 * i + 2 * t) =
+            pack2<Cfg::kBf16>(dk[i][2 * r] * p.scale, dk[i][2 * r + 1] * p.scale);
 #pragma unroll
     for (int i = 0; i < Cfg::kDvCols / 8; ++i)
-      *reinterpret_cast<u32*>(gdv + key * p.dv_stride[2] + dv_col0 + 8 * i + 2 * t) =
-          pack2<Cfg::kBf16>(dv[i][2 * r], dv[i][2 * r + 1]);
+      if (dv_col0 + 8 * i < p.d_v)
+        *reinterpret_cast<u32*>(gdv + key * p.dv_stride[2] + dv_col0 + 8 * i + 2 * t) =
+            pack2<Cfg::kBf16>(dv[i][2 * r], dv[i][2 * r + 1]);
   }
   // The MMA warpgroups' gradient additions to global memory (kGradsBar: the producer
   // warpgroup takes no part).

@@ -124,9 +124,40 @@ TEST(Planner, DisablingSm90OrHeadDimsWithoutItTakeSm80) {
   ASSERT_TRUE(p.ok) << p.reason;
   EXPECT_EQ(p.family, "sm80");
   EXPECT_EQ(p.steps[0].spec.describe(), "fwd sm_90a bf16 d128/128 128x64 w4 mt2 r0");
-  p = make_plan(request(OpKind::Forward, devices::h200(), plain(), 96));
+  p = make_plan(request(OpKind::Forward, devices::h200(), plain(), 48));
   ASSERT_TRUE(p.ok) << p.reason;
   EXPECT_EQ(p.family, "sm80");
+}
+
+TEST(Planner, PaddedHeadDimsRunTheNextSm90Kernels) {
+  // D96 (and 80, 112): the D128 kernels, storing the tensors' columns only; dq_accum as wide
+  // as the main kernel's head dim, dQ as the tensor's.
+  for (int d : {80, 96, 112}) {
+    LaunchPlan p = make_plan(request(OpKind::Forward, devices::h200(), plain(), d));
+    ASSERT_TRUE(p.ok) << p.reason;
+    EXPECT_EQ(p.family, "sm90") << d;
+    EXPECT_EQ(main_step(p).spec.d_qk, 128);
+    EXPECT_EQ(main_step(p).spec.d_v, 128);
+    EXPECT_EQ(p.attn.d_qk, d);
+    EXPECT_EQ(p.attn.d_v, d);
+    p = make_plan(request(OpKind::Backward, devices::h200(), plain(), d));
+    ASSERT_TRUE(p.ok) << p.reason;
+    EXPECT_EQ(p.family, "sm90") << d;
+    EXPECT_EQ(main_step(p).spec.d_qk, 128);
+    EXPECT_EQ(p.rows.d_qk, d);
+    EXPECT_EQ(p.rows.acc_cols, 128);
+    for (const Workspace& w : p.workspaces)
+      if (w.id == WorkspaceId::DqAccum) EXPECT_EQ(w.shape.back(), 128);
+  }
+  // 160 / 160 pads to 192 / 192: the forward has no Dv 192 (sm80), nor the backward.
+  PlanRequest r = request(OpKind::Forward, devices::h200(), plain(), 160);
+  EXPECT_EQ(make_plan(r).family, "sm80");
+  EXPECT_EQ(make_plan(request(OpKind::Backward, devices::h200(), plain(), 160)).family, "sm80");
+  // On sm_80 nothing is padded.
+  const LaunchPlan a = make_plan(request(OpKind::Backward, devices::a100(), plain(), 96));
+  ASSERT_TRUE(a.ok) << a.reason;
+  EXPECT_EQ(main_step(a).spec.d_qk, 96);
+  EXPECT_EQ(a.rows.acc_cols, 96);
 }
 
 TEST(Planner, MaskedForwardBuildsBlockStatesFirst) {
@@ -414,7 +445,7 @@ TEST(Planner, HopperBackwardFamilies) {
   for (auto [dqk, dv, want] : {std::tuple{192, 128, "sm90"}, std::tuple{128, 64, "sm90"},
                                std::tuple{64, 128, "sm90"}, std::tuple{192, 64, "sm90"},
                                std::tuple{64, 192, "sm80"}, std::tuple{128, 192, "sm80"},
-                               std::tuple{192, 192, "sm80"}, std::tuple{96, 96, "sm80"},
+                               std::tuple{192, 192, "sm80"}, std::tuple{96, 96, "sm90"},
                                std::tuple{256, 64, "sm80"}, std::tuple{256, 128, "sm90"},
                                std::tuple{128, 256, "sm90"}, std::tuple{192, 256, "sm80"},
                                std::tuple{256, 192, "sm80"}}) {

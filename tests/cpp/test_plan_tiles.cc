@@ -154,9 +154,15 @@ TEST(Sm90Tiles, ForwardPreferences) {
   EXPECT_EQ(mla.specs[2].block_n, 128);
   EXPECT_EQ(mla.specs[2].stages, 2);
   EXPECT_LE(smem_bytes(mla.specs[2]), devices::h200().smem_per_block);
-  const Candidates d96 = sm90_forward(query(96, 96), kNone);
-  EXPECT_TRUE(d96.specs.empty());
-  EXPECT_NE(d96.refusal.find("no sm90 kernel"), std::string::npos);
+  const Candidates d48 = sm90_forward(query(48, 48), kNone);
+  EXPECT_TRUE(d48.specs.empty());
+  EXPECT_NE(d48.refusal.find("no sm90 kernel"), std::string::npos);
+  EXPECT_NE(d48.refusal.find("(48, 48)"), std::string::npos);  // the dims asked for
+  const Candidates d96 = sm90_forward(query(96, 96), kNone);  // padded: D128's table
+  ASSERT_FALSE(d96.specs.empty());
+  EXPECT_EQ(d96.specs[0].d_qk, 128);
+  EXPECT_EQ(d96.specs[0].d_v, 128);
+  EXPECT_EQ(d96.specs[0].block_n, sm90_forward(query(128, 128), kNone).specs[0].block_n);
 }
 
 TEST(Tiles, OverridesReplaceTheFirstChoice) {

@@ -87,7 +87,7 @@ int main(int argc, char** argv) {
   strides(rp.o_stride, Hq, Sq, Dv);
   strides(rp.dq_stride, Hq, Sq, Dqk);
   rp.batch = B, rp.heads = Hq, rp.q_len = Sq, rp.acc_rows = n_q_blocks * block_m;
-  rp.d_qk = Dqk, rp.d_v = Dv, rp.scale = scale;
+  rp.d_qk = Dqk, rp.d_v = Dv, rp.acc_cols = Dqk, rp.scale = scale;
   rp.lanes = ae::row_pass_lanes(Dv);
   rp.order_rows = block_m;
   if (deterministic) rp.dq_order = dq_order.data();
@@ -116,7 +116,7 @@ int main(int argc, char** argv) {
   p.batch = B, p.q_heads = Hq, p.kv_heads = Hkv, p.group = Hq / Hkv, p.q_len = Sq, p.kv_len = Skv;
   p.scale = scale, p.scale_log2 = scale * 1.4426950408889634;
   p.n_q_blocks = n_q_blocks, p.n_kv_blocks = n_kv_blocks;
-  p.head_group = 1, p.d_v = Dv, p.kv_splits = 1;
+  p.head_group = 1, p.d_qk = Dqk, p.d_v = Dv, p.kv_splits = 1;
   if (masked) {
     p.block_state = reinterpret_cast<const unsigned char*>(states.data());
     p.state_stride_h = n_q_blocks * n_kv_blocks, p.state_stride_b = Hq * p.state_stride_h;

@@ -51,7 +51,7 @@ int main(int argc, char** argv) {
   p.batch = B, p.q_heads = Hq, p.kv_heads = Hkv, p.group = Hq / Hkv, p.q_len = Sq, p.kv_len = Skv;
   p.scale = scale, p.scale_log2 = scale * 1.4426950408889634;
   p.n_q_blocks = (Sq + block_m - 1) / block_m, p.n_kv_blocks = (Skv + block_n - 1) / block_n;
-  p.head_group = 1, p.d_v = Dv;
+  p.head_group = 1, p.d_qk = Dqk, p.d_v = Dv;
   std::vector<unsigned char> states(p.n_q_blocks * p.n_kv_blocks, 1);  // all partial
   if (masked) p.block_state = states.data();
   p.kv_splits = splits;

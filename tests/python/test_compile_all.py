@@ -374,9 +374,21 @@ def test_backward_adds_gradients_only_into_tensors_that_want_them():
 
 def test_sm90_tile_table_refuses_unsupported_head_dims():
     with pytest.raises(ae.GraphError, match="no sm90 kernel"):
-        ae.compile().variant.kernel_source("fwd", 96, 96, family="sm90")
+        ae.compile().variant.kernel_source("fwd", 48, 48, family="sm90")
     # the planner's own choice falls back to the sm80 forward
-    assert ae.compile().variant.kernel_source("fwd", 96, 96)["family"] == "sm80"
+    assert ae.compile().variant.kernel_source("fwd", 48, 48)["family"] == "sm80"
+
+
+def test_sm90_pads_head_dims_to_the_next_multiple_of_64():
+    """D96 runs the D128 kernels (the same source: one cache entry for both), forward and
+    backward; the kernels store only the tensors' columns (AttnParams d_qk / d_v)."""
+    attn = ae.compile(mask_mod=mods.causal)
+    for step in ("fwd", "bwd"):
+        d96 = attn.variant.kernel_source(step, 96, 96)
+        d128 = attn.variant.kernel_source(step, 128, 128)
+        assert d96["family"] == "sm90", d96["describe"]
+        assert d96["source"] == d128["source"] and d96["describe"] == d128["describe"]
+        assert "d128/128" in d96["describe"]
 
 
 def test_sm90_kernel_is_warp_specialized_wgmma():

@@ -460,7 +460,8 @@ def check_case(variant: str, s: Shape, dtype: torch.dtype, *, layout: str = "bhs
 # The matrix
 # ---------------------------------------------------------------------------------------------
 
-HEAD_DIMS = [(64, 64), (96, 96), (128, 128), (256, 256), (192, 128), (256, 128), (128, 256)]
+HEAD_DIMS = [(64, 64), (96, 96), (80, 80), (96, 64), (128, 128), (256, 256), (192, 128),
+             (256, 128), (128, 256)]
 DTYPES = [BF16, FP16]
 
 
@@ -503,19 +504,15 @@ def _is_hopper() -> bool:
 @pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
 @pytest.mark.parametrize("dims", HEAD_DIMS, ids=_id)
 def test_hopper_picks_the_sm90_templates(dims, backward):
-    """On sm_90 the TMA + wgmma forward runs wherever its tile table has an entry (not D96);
-    the sm90 backward at head dims that are multiples of 64 with Dqk + Dv <= 320 and at
-    256 / 256, 256 / 128, 128 / 256 (wide), the sm80 one elsewhere."""
+    """On sm_90 the TMA + wgmma forward and backward run at every head dim of the matrix:
+    multiples of 64 with Dqk + Dv <= 320, 256 / 256, 256 / 128, 128 / 256 (wide), and D96 on the
+    D128 kernels (padded)."""
     if not _is_hopper():
         pytest.skip("needs an sm_90 GPU")
     s = Shape(Dqk=dims[0], Dv=dims[1])
     attn, _ = build("causal", s)
     q, k, v = make_qkv(s, BF16, 0, "bhsd")
-    if backward:
-        want = "sm80" if dims == (96, 96) else "sm90"
-    else:
-        want = "sm80" if dims == (96, 96) else "sm90"
-    assert attn.backend_for(q, k, v, backward=backward) == want
+    assert attn.backend_for(q, k, v, backward=backward) == "sm90"
 
 
 # The sm90 backward past 128 columns of dK + dV (sm90/bwd.h: S^T and dP^T in two parts of 32
@@ -691,6 +688,7 @@ SPLIT_CASES = [  # (variant, shape): decode shapes, a speculative Sq, a prefill-
     ("document", Shape(B=1, Hq=4, Hkv=4, Sq=1000, Skv=1000)),
     ("sigmoid", Shape(B=1, Hq=4, Hkv=2, Sq=4, Skv=1000)),
     ("masked_rows", Shape(B=1, Hq=4, Hkv=4, Sq=300, Skv=300)),
+    ("causal", Shape(B=1, Hq=4, Hkv=2, Sq=64, Skv=1000, Dqk=96, Dv=96)),  # padded on sm90
 ]
 
 
@@ -819,6 +817,7 @@ DETERMINISTIC_CASES = [
     # sm90: dQ in three 64-column chunks per block, the turn counted at the hand-over
     ("document", Shape(B=1, Hq=4, Hkv=2, Sq=2048, Skv=2048, Dqk=192, Dv=128)),
     ("causal", Shape(Sq=1500, Skv=1500, Dqk=192, Dv=64)),  # three chunks, one score part
+    ("plain", Shape(Sq=1000, Skv=1000, Dqk=96, Dv=96)),  # sm90: D128's kernel, padded
     # sm90 wide: 64 keys per CTA, four chunks; GQA 2:1
     ("causal", Shape(B=1, Hq=4, Hkv=2, Sq=1500, Skv=1500, Dqk=256, Dv=256)),
 ]
