@@ -42,9 +42,9 @@ Template template_of(const KernelSpec& s) {
       if (s.family == Family::Sm90)
         // Tensor maps are __grid_constant__: the kernel takes their addresses.
         return {"sm90/fwd.h",
-                fmt::format("ae::sm90::FwdConfig<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>",
+                fmt::format("ae::sm90::FwdConfig<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>",
                             s.d_qk, s.d_v, s.block_n, s.stages, s.overlap, s.pingpong, elem,
-                            layout, s.kv_split, s.persistent, s.softmax_ahead),
+                            layout, s.kv_split, s.persistent, s.softmax_ahead, s.padded),
                 "ae::sm90::attention_fwd<Cfg>(p, Variant{va}, &tq, &tk, &tv)", 1};
       if (s.decode)  // up to 2 CTAs per SM where shared memory allows: no ", 1"
         return {"sm80/decode.h",
@@ -63,8 +63,8 @@ Template template_of(const KernelSpec& s) {
                 "ae::gfx90a::attention_bwd<Cfg>(p, Variant{va})", 2};
       if (s.family == Family::Sm90)
         return {"sm90/bwd.h",
-                fmt::format("ae::sm90::BwdConfig<{}, {}, {}, {}, {}>", s.d_qk, s.d_v, elem, layout,
-                            s.deterministic),
+                fmt::format("ae::sm90::BwdConfig<{}, {}, {}, {}, {}, {}>", s.d_qk, s.d_v, elem,
+                            layout, s.deterministic, s.padded),
                 "ae::sm90::attention_bwd<Cfg>(p, Variant{va}, &tq, &tk, &tv, &tdo)", 1};
       return {"sm80/bwd.h",
               fmt::format("ae::sm80::BwdConfig<{}, {}, {}, {}, {}, {}, {}>", s.d_qk, s.d_v,

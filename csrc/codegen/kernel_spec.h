@@ -72,6 +72,9 @@ struct KernelSpec {
   // Captured tensors through plain loads (ae::ld's kPlain) in every variant without gradient
   // atomics, not only custom normalizations' (AE_PLAIN_LOADS=1: an A/B switch until measured).
   bool plain_loads = false;
+  // sm90: the tensors' head dims are below d_qk / d_v (csrc/plan/tile_tables.h sm90_padded):
+  // the kernel stores only their columns (AttnParams d_qk / d_v).
+  bool padded = false;
   // V trusted finite at masked keys: the forwards' checks compiled out (AE_EXACT_PV=0, an A/B
   // switch for their cost; templates/nvidia/exact_pv.h).
   bool trust_v = false;

@@ -251,6 +251,7 @@ Candidates sm90_forward(const TableQuery& asked, const TuningOverrides& o) {
       s.overlap = t.overlap;
       s.pingpong = t.pingpong;
       s.softmax_ahead = t.ahead && !q.score_special;
+      s.padded = q.d_qk != asked.d_qk || q.d_v != asked.d_v;
       c.specs.push_back(s);
     }
     break;
@@ -314,6 +315,7 @@ Candidates sm90_backward(const TableQuery& asked) {
   s.warps = sm90::kBwdWarps;
   s.block_m = sm90::kBwdBlockM;
   s.block_n = sm90::bwd_block_n(q.d_qk, q.d_v);
+  s.padded = q.d_qk != asked.d_qk || q.d_v != asked.d_v;
   s.stages = sm90::kBwdStages;
   c.specs.push_back(s);
   return c;

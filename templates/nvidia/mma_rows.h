@@ -215,10 +215,12 @@ AE_DEVICE void p_to_a(u32 (&a)[kN8 / 2][4], const float (&s)[kN8][4]) {
 
 // Epilogue of a 16-row tile: normalize, write O (bf16/fp16) and the row statistic (the
 // natural-log LSE) for this thread's rows row0 and row0 + 8 (rows past q_len are skipped, and
-// columns past p.d_v, which a kernel built for a padded head dim computes as zeros);
+// with kPadded, columns past p.d_v, which a kernel built for a padded head dim computes as
+// zeros);
 // kernels built for a split-KV launch write the range's partial O (fp32) and LSE instead.
 // A custom normalization's Variant gives O's factor and the statistic (finish_row).
-template <bool kBf16, class Norm, class Layout, bool kSplitKv = false, class Variant, int kO8>
+template <bool kBf16, class Norm, class Layout, bool kSplitKv = false, bool kPadded = false,
+          class Variant, int kO8>
 AE_DEVICE void store_rows(const AttnParams& p, const Variant& var, const float (&o)[kO8][4],
                           const RowStats& st, int b, int h, int row0) {
   static_assert(!(kSplitKv && Norm::kCustomFinish), "split-KV merges softmax rows only");
@@ -246,7 +248,7 @@ AE_DEVICE void store_rows(const AttnParams& p, const Variant& var, const float (
         float* po = p.o_part + (at * p.q_len + row) * p.d_v;
 #pragma unroll
         for (int i = 0; i < kO8; ++i)
-          if (i * 8 < p.d_v)  // (d_v is a multiple of 8)
+          if (!kPadded || i * 8 < p.d_v)  // (d_v is a multiple of 8)
             *reinterpret_cast<float2*>(po + i * 8 + 2 * (lane % 4)) =
                 make_float2(o[i][2 * r] * scale_o, o[i][2 * r + 1] * scale_o);
         if (lane % 4 == 0) p.lse_part[at * p.q_len + row] = lse;
@@ -257,7 +259,7 @@ AE_DEVICE void store_rows(const AttnParams& p, const Variant& var, const float (
 #pragma unroll
       for (int i = 0; i < kO8; ++i) {
         const int col = i * 8 + 2 * (lane % 4);
-        if (i * 8 < p.d_v)
+        if (!kPadded || i * 8 < p.d_v)
           *reinterpret_cast<u32*>(go + row * p.o_stride[2] + col) =
               pack2<kBf16>(o[i][2 * r] * scale_o, o[i][2 * r + 1] * scale_o);
       }

@@ -48,11 +48,16 @@
 
 namespace ae::sm90 {
 
-template <int D_QK_, int D_V_, bool BF16_, class LAYOUT_, bool DETERMINISTIC_ = false>
+template <int D_QK_, int D_V_, bool BF16_, class LAYOUT_, bool DETERMINISTIC_ = false,
+          bool PADDED_ = false>
 struct BwdConfig {
   using Layout = LAYOUT_;
   static constexpr int kDqk = D_QK_, kDv = D_V_, kMma = kBwdMma, kStages = kBwdStages;
   static constexpr bool kBf16 = BF16_, kDeterministic = DETERMINISTIC_;
+  // The tensors' head dims below kDqk / kDv (csrc/plan/tile_tables.h sm90_padded): only their
+  // columns of dK and dV are stored (AttnParams d_qk / d_v). (Tested always, the tests spilled
+  // a register-tight D128 kernel.)
+  static constexpr bool kPadded = PADDED_;
   static constexpr bool kWide = bwd_wide(kDqk, kDv);  // the warpgroups share their keys
   static constexpr int kBlockM = kBwdBlockM, kBlockN = bwd_block_n(kDqk, kDv);
   static constexpr int kThreads = 32 * kBwdWarps, kDoStages = kWide ? 1 : kStages;
@@ -577,12 +582,12 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
     if (key >= kv_len) continue;
 #pragma unroll
     for (int i = 0; i < Cfg::kDkCols / 8; ++i)
-      if (dk_col0 + 8 * i < p.d_qk)
+      if (!Cfg::kPadded || dk_col0 + 8 * i < p.d_qk)
         *reinterpret_cast<u32*>(gdk + key * p.dk_stride[2] + dk_col0 + 8 * i + 2 * t) =
             pack2<Cfg::kBf16>(dk[i][2 * r] * p.scale, dk[i][2 * r + 1] * p.scale);
 #pragma unroll
     for (int i = 0; i < Cfg::kDvCols / 8; ++i)
-      if (dv_col0 + 8 * i < p.d_v)
+      if (!Cfg::kPadded || dv_col0 + 8 * i < p.d_v)
         *reinterpret_cast<u32*>(gdv + key * p.dv_stride[2] + dv_col0 + 8 * i + 2 * t) =
             pack2<Cfg::kBf16>(dv[i][2 * r], dv[i][2 * r + 1]);
   }

@@ -34,7 +34,8 @@
 namespace ae::sm90 {
 
 template <int D_QK_, int D_V_, int BLOCK_N_, int STAGES_, bool OVERLAP_, bool PINGPONG_, bool BF16_,
-          class LAYOUT_, bool SPLIT_KV_ = false, bool PERSISTENT_ = false, bool AHEAD_ = false>
+          class LAYOUT_, bool SPLIT_KV_ = false, bool PERSISTENT_ = false, bool AHEAD_ = false,
+          bool PADDED_ = false>
 struct FwdConfig {
   using Layout = LAYOUT_;
   static constexpr int kDqk = D_QK_, kDv = D_V_, kBlockN = BLOCK_N_, kStages = STAGES_;
@@ -54,6 +55,9 @@ struct FwdConfig {
   // A one-wave grid whose CTAs loop over the tiles (common/tile_scheduler.h PersistentTiles):
   // a tile's first K and V, its Q and the last tile's epilogue overlap.
   static constexpr bool kPersistent = PERSISTENT_;
+  // The tensors' head dims below kDqk / kDv (csrc/plan/tile_tables.h sm90_padded): TMA reads
+  // zeros past their columns, and only theirs are stored (AttnParams d_v).
+  static constexpr bool kPadded = PADDED_;
   static_assert(!(kSplitKv && kPersistent), "a split-KV launch is one tile per CTA");
   static constexpr int kConsumers = kFwdConsumers;  // consumer warpgroups, 64 query rows each
   static constexpr int kBlockM = kFwdBlockM, kThreads = 32 * kFwdWarps;
@@ -432,7 +436,8 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
     if constexpr (kList && kPersistent) mbar_arrive(empty + it++ % S);  // (the last otherwise)
     if constexpr (kPersistent) mbar_arrive(q_empty);
 
-    rows::store_rows<Cfg::kBf16, Norm, Layout, Cfg::kSplitKv>(p, var, o, stats, b, h, row0);
+    rows::store_rows<Cfg::kBf16, Norm, Layout, Cfg::kSplitKv, Cfg::kPadded>(p, var, o, stats, b,
+                                                                            h, row0);
     if constexpr (!kPersistent) break;
   }
 }

@@ -63,17 +63,27 @@ TEST(Instantiate, EntryParametersAreTheAbi) {
   // Split-KV: the forward built for it, and the combine (no variant, AttnParams only).
   KernelSpec split = spec(Kind::Forward, Family::Sm90);
   split.kv_split = true;
-  EXPECT_NE(instantiate(v.get(), split).find("ae::DenseLayout, true, false, false>"), std::string::npos);
+  EXPECT_NE(instantiate(v.get(), split).find("ae::DenseLayout, true, false, false, false>"), std::string::npos);
   EXPECT_NE(split.describe().find(" split"), std::string::npos);
   // The persistent sm90 forward, and the softmax ahead of P V's wait: its config's last flags.
   KernelSpec pers = spec(Kind::Forward, Family::Sm90);
-  EXPECT_NE(f90.find("ae::DenseLayout, false, false, false>"), std::string::npos) << f90;
+  EXPECT_NE(f90.find("ae::DenseLayout, false, false, false, false>"), std::string::npos) << f90;
   pers.persistent = true;
-  EXPECT_NE(instantiate(v.get(), pers).find("ae::DenseLayout, false, true, false>"),
+  EXPECT_NE(instantiate(v.get(), pers).find("ae::DenseLayout, false, true, false, false>"),
             std::string::npos);
   KernelSpec ahead = spec(Kind::Forward, Family::Sm90);
   ahead.softmax_ahead = true;
-  EXPECT_NE(instantiate(v.get(), ahead).find("ae::DenseLayout, false, false, true>"),
+  EXPECT_NE(instantiate(v.get(), ahead).find("ae::DenseLayout, false, false, true, false>"),
+            std::string::npos);
+  // A padded head dim (csrc/plan/tile_tables.h sm90_padded): the last flag, forward and backward.
+  KernelSpec padded = spec(Kind::Forward, Family::Sm90);
+  padded.padded = true;
+  EXPECT_NE(instantiate(v.get(), padded).find("ae::DenseLayout, false, false, false, true>"),
+            std::string::npos);
+  EXPECT_NE(padded.describe().find(" pad"), std::string::npos) << padded.describe();
+  KernelSpec padded_bwd = spec(Kind::Backward, Family::Sm90);
+  padded_bwd.padded = true;
+  EXPECT_NE(instantiate(v.get(), padded_bwd).find("ae::DenseLayout, false, true>"),
             std::string::npos);
   EXPECT_NE(ahead.describe().find(" ov pp sa"), std::string::npos) << ahead.describe();
   EXPECT_NE(pers.describe().find(" pers"), std::string::npos);

@@ -138,12 +138,14 @@ TEST(Planner, PaddedHeadDimsRunTheNextSm90Kernels) {
     EXPECT_EQ(p.family, "sm90") << d;
     EXPECT_EQ(main_step(p).spec.d_qk, 128);
     EXPECT_EQ(main_step(p).spec.d_v, 128);
+    EXPECT_TRUE(main_step(p).spec.padded);
     EXPECT_EQ(p.attn.d_qk, d);
     EXPECT_EQ(p.attn.d_v, d);
     p = make_plan(request(OpKind::Backward, devices::h200(), plain(), d));
     ASSERT_TRUE(p.ok) << p.reason;
     EXPECT_EQ(p.family, "sm90") << d;
     EXPECT_EQ(main_step(p).spec.d_qk, 128);
+    EXPECT_TRUE(main_step(p).spec.padded);
     EXPECT_EQ(p.rows.d_qk, d);
     EXPECT_EQ(p.rows.acc_cols, 128);
     for (const Workspace& w : p.workspaces)
@@ -157,6 +159,8 @@ TEST(Planner, PaddedHeadDimsRunTheNextSm90Kernels) {
   const LaunchPlan a = make_plan(request(OpKind::Backward, devices::a100(), plain(), 96));
   ASSERT_TRUE(a.ok) << a.reason;
   EXPECT_EQ(main_step(a).spec.d_qk, 96);
+  EXPECT_FALSE(main_step(a).spec.padded);
+  EXPECT_FALSE(main_step(make_plan(request(OpKind::Backward, devices::h200(), plain()))).spec.padded);
   EXPECT_EQ(a.rows.acc_cols, 96);
 }
 

@@ -45,7 +45,9 @@ BWD90_WIDE = [("plain", (192, 128)), ("causal", (192, 128)), ("document", (192, 
               ("sigmoid_none", (192, 128)), ("softcap", (192, 128)), ("alibi", (192, 128)),
               ("causal", (128, 64)), ("sliding_window", (64, 128)), ("plain", (192, 64)),
               # wide: the warpgroups share 64 keys and split dK's and dV's columns
-              ("causal", (256, 256)), ("document", (256, 128)), ("sigmoid_none", (128, 256))]
+              ("causal", (256, 256)), ("document", (256, 128)), ("sigmoid_none", (128, 256)),
+              # padded: the D128 kernels storing 96 or 80 columns
+              ("causal", (96, 96)), ("relative_bias", (80, 80))]
 
 
 def _instantiations():
@@ -380,15 +382,17 @@ def test_sm90_tile_table_refuses_unsupported_head_dims():
 
 
 def test_sm90_pads_head_dims_to_the_next_multiple_of_64():
-    """D96 runs the D128 kernels (the same source: one cache entry for both), forward and
-    backward; the kernels store only the tensors' columns (AttnParams d_qk / d_v)."""
+    """D96 runs the D128 kernels built to store only the tensors' columns (KernelSpec::padded,
+    AttnParams d_qk / d_v), forward and backward; D128's own kernels test no columns."""
     attn = ae.compile(mask_mod=mods.causal)
     for step in ("fwd", "bwd"):
         d96 = attn.variant.kernel_source(step, 96, 96)
         d128 = attn.variant.kernel_source(step, 128, 128)
         assert d96["family"] == "sm90", d96["describe"]
-        assert d96["source"] == d128["source"] and d96["describe"] == d128["describe"]
-        assert "d128/128" in d96["describe"]
+        assert "d128/128" in d96["describe"] and d96["describe"].endswith(" pad")
+        assert d128["describe"] == d96["describe"][:-len(" pad")]
+        config = [line for line in d96["source"].splitlines() if "Config<" in line]
+        assert config and config[0].endswith("true>;"), config  # PADDED_, the last parameter
 
 
 def test_sm90_kernel_is_warp_specialized_wgmma():
