@@ -39,8 +39,8 @@ Candidates sm90_backward(const TableQuery& q);
 // Head dims the sm90 kernels lack, multiples of 16 past 64 (80, 96, 112, 160, ...), planned as
 // the next multiple of 64 (the specs' d_qk / d_v): TMA fills the columns past the tensors'
 // with zeros, which add nothing to Q K^T, dP or the gradients' real columns, and the kernels
-// store only the tensors' columns (AttnParams d_qk / d_v). sm90_forward and sm90_backward
-// apply it.
+// (built with KernelSpec::padded) store only the tensors' columns (AttnParams d_qk / d_v).
+// sm90_forward and sm90_backward apply it.
 TableQuery sm90_padded(TableQuery q);
 // few_rows: at most 64 query rows (gfx90a_table.cc).
 Candidates gfx90a_forward(const TableQuery& q, bool few_rows);
