@@ -16,7 +16,8 @@ namespace ae::plan {
 // Scratch tensors a plan needs besides the call's inputs and outputs.
 enum class WorkspaceId {
   BlockStates,  // uint8 [nb * nh, n_q_blocks, n_kv_blocks]: the mask's code per tile
-  DqAccum,      // fp32 [B, Hq, n_q_blocks * block_m, Dqk]: the backward's dQ, unscaled
+  DqAccum,      // fp32 [B, Hq, n_q_blocks * block_m, the main kernel's Dqk (padded: sm90_padded)]:
+                // the backward's dQ, unscaled
   Delta,        // fp32 [B, Hq, Sq]: rowsum(dO * O) - dlse
   Lse2,         // fp32 [B, Hq, Sq]: the LSE in the log2 domain
   DqOrder,      // int32 [B, Hq, n_q_blocks]: the deterministic backward's dQ tile counters

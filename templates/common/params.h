@@ -33,7 +33,7 @@ struct AttnParams {
   const void* dout;    // backward only from here
   const float* lse2;   // lse * log2(e), +inf where lse is -inf (rows with nothing kept)
   const float* delta;  // rowsum(dO * O) - dlse
-  float* dq_accum;     // [batch, q_heads, n_q_blocks * block_m, head_dim_qk] fp32: dS K,
+  float* dq_accum;     // [batch, q_heads, n_q_blocks * block_m, the kernel's Dqk] fp32: dS K,
                        // unscaled; rows past q_len (padding) absorb additions, never read.
                        // Row-major, or tiled (BwdRowParams::acc_tiled)
   int* dq_order;       // deterministic backward: a counter per dQ tile [batch, q_heads,

@@ -76,7 +76,7 @@ struct BwdConfig {
                                   kMma * kDqTileBytes + 8 * (2 + 2 * kStages + (kWide ? 2 : 0)),
                 "sm90/shapes.h");
   // dQ = dS K over all the CTA's keys, split between the warpgroups by columns: at head dim
-  // 128 each takes one 64-column block into its own tile; at 64 and 192 the columns go in
+  // 128 each takes one 64-column block into its own tile; at 64, 192 and 256 the columns go in
   // chunks of 64, each warpgroup taking half of one (wgmma N = 32) into a tile they share
   // (kDqHalves; at 192 the chunks alternate between two tiles, kDqAlternate below). Either way
   // the writer adds each 64 x 64 tile once per CTA (kDqAdds). (Split by keys, each warpgroup
@@ -234,8 +234,8 @@ AE_DEVICE void wide_block(const AttnParams& p, const Variant& var,
 }
 
 // Named barriers between each MMA warpgroup and the dQ writer (128 + 32 threads): its tile is
-// free to write (empty), its tile is written (full). 1 is the MMA warpgroups' (dS^T stored; 2
-// is unused), kGradsBar theirs at the end (captured tensors' gradients).
+// free to write (empty), its tile is written (full). 1 is the MMA warpgroups' (dS^T stored, and
+// wide P^T; 2 is unused), kGradsBar theirs at the end (captured tensors' gradients).
 constexpr int kDqEmptyBar = 3, kDqFullBar = 3 + kBwdMma, kGradsBar = 3 + 2 * kBwdMma;
 
 // The dQ writer (one warp of the producer warpgroup): per (query head, query block) of the

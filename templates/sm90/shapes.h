@@ -21,8 +21,8 @@ AE_HD_CONSTEXPR int fwd_smem_bytes(int block_n, int d_qk, int d_v, int stages) {
          8 + 4 * (stages + 1);
 }
 
-// Backward: a producer warpgroup and kBwdMma MMA warpgroups of 64 keys each; query blocks of
-// 64 rows in a ring of two stages.
+// Backward: a producer warpgroup and kBwdMma MMA warpgroups of 64 keys each (wide: sharing 64
+// keys, below); query blocks of 64 rows in a ring of two stages.
 constexpr int kBwdMma = 2, kBwdBlockM = 64;
 constexpr int kBwdWarps = 4 * (kBwdMma + 1), kBwdStages = 2;
 

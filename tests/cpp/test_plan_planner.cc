@@ -148,8 +148,10 @@ TEST(Planner, PaddedHeadDimsRunTheNextSm90Kernels) {
     EXPECT_TRUE(main_step(p).spec.padded);
     EXPECT_EQ(p.rows.d_qk, d);
     EXPECT_EQ(p.rows.acc_cols, 128);
-    for (const Workspace& w : p.workspaces)
-      if (w.id == WorkspaceId::DqAccum) EXPECT_EQ(w.shape.back(), 128);
+    const auto acc = std::find_if(p.workspaces.begin(), p.workspaces.end(),
+                                  [](const Workspace& w) { return w.id == WorkspaceId::DqAccum; });
+    ASSERT_NE(acc, p.workspaces.end());
+    EXPECT_EQ(acc->shape.back(), 128);
   }
   // 160 / 160 pads to 192 / 192: the forward has no Dv 192 (sm80), nor the backward.
   PlanRequest r = request(OpKind::Forward, devices::h200(), plain(), 160);

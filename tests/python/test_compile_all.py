@@ -46,8 +46,9 @@ BWD90_WIDE = [("plain", (192, 128)), ("causal", (192, 128)), ("document", (192, 
               ("causal", (128, 64)), ("sliding_window", (64, 128)), ("plain", (192, 64)),
               # wide: the warpgroups share 64 keys and split dK's and dV's columns
               ("causal", (256, 256)), ("document", (256, 128)), ("sigmoid_none", (128, 256)),
-              # padded: the D128 kernels storing 96 or 80 columns
-              ("causal", (96, 96)), ("relative_bias", (80, 80))]
+              # padded: the D128 kernels storing 96 or 80 columns, the wide ones 224 or 96
+              ("causal", (96, 96)), ("relative_bias", (80, 80)), ("causal", (224, 224)),
+              ("plain", (96, 256))]
 
 
 def _instantiations():
@@ -65,6 +66,7 @@ def _instantiations():
             yield name, "block_state", (128, 128)
     for name, dims in BWD90_WIDE:
         yield name, "bwd90", dims
+    yield "causal", "fwd90", (96, 96)  # padded: stores 96 of 128 columns
     yield "plain", "fwd", (128, 128), False  # fp16
     yield "plain", "fwd90", (128, 128), False
     # The deterministic backward (common/dq_order.h): with and without a block table, both

@@ -461,7 +461,7 @@ def check_case(variant: str, s: Shape, dtype: torch.dtype, *, layout: str = "bhs
 # ---------------------------------------------------------------------------------------------
 
 HEAD_DIMS = [(64, 64), (96, 96), (80, 80), (96, 64), (128, 128), (256, 256), (192, 128),
-             (256, 128), (128, 256)]
+             (256, 128), (128, 256), (224, 224), (96, 256)]  # the last two: wide and padded
 DTYPES = [BF16, FP16]
 
 
@@ -540,7 +540,8 @@ def test_sm90_backward_wide_and_unequal_head_dims(variant, s, dtype):
     check_case(variant, s, dtype)
 
 
-@pytest.mark.parametrize("dims", [(128, 128), (64, 64)], ids=_id)
+# (96 and 256 run the sm90 kernels by default since 2026-12-04: these keep the sm80 ones tested)
+@pytest.mark.parametrize("dims", [(128, 128), (64, 64), (96, 96), (256, 256)], ids=_id)
 @pytest.mark.parametrize("variant", ["plain", "causal", "alibi_causal", "relative_bias",
                                      "sigmoid", "document"])
 def test_sm80_backward_on_hopper(variant, dims, monkeypatch):
@@ -561,7 +562,7 @@ def _check_sm80_on_hopper(variant, dims, switch, backward, monkeypatch):
     check_case(variant, s, BF16)
 
 
-@pytest.mark.parametrize("dims", [(128, 128), (64, 64)], ids=_id)
+@pytest.mark.parametrize("dims", [(128, 128), (64, 64), (96, 96)], ids=_id)
 @pytest.mark.parametrize("variant", ["plain", "causal", "sliding_window", "alibi_causal", "softcap",
                                      "sigmoid", "document"])
 def test_sm80_forward_on_hopper(variant, dims, monkeypatch):
