@@ -96,6 +96,12 @@ def case_list():
     # Head dim 256 (the wide sm90 backward: 64 keys per CTA, dK's and dV's columns split)
     cases += [("plain", 256, 8192, lambda H: ae.compile(), 1.0, False),
               ("causal", 256, 8192, lambda H: ae.compile(mask_mod=mods.causal), 0.5, True)]
+    # Pairs without a kernel of their own, on the smallest one above them (sm90_padded):
+    # 192 / 192 and 256 / 64 on the wide kernels' 256 / 256 and 256 / 128, 64 / 256 on 128 / 256
+    cases += [("plain", 192, 8192, lambda H: ae.compile(), 1.0, False, 192),
+              ("causal", 192, 8192, lambda H: ae.compile(mask_mod=mods.causal), 0.5, True, 192),
+              ("plain", 64, 8192, lambda H: ae.compile(), 1.0, False, 256),
+              ("plain", 256, 8192, lambda H: ae.compile(), 1.0, False, 64)]
     ids, frac = doc_ids(16384)
     cases.append(("document", 128, 16384, lambda H: ae.compile(mask_mod=mods.document_mask(ids)), frac, None))
     return cases

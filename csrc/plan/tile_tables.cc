@@ -219,18 +219,37 @@ Candidates sm80_backward(const TableQuery& q, const TuningOverrides& o) {
   return c;
 }
 
-TableQuery sm90_padded(TableQuery q) {
-  auto pad = [](int d) { return d > 64 && d % 16 == 0 && d % 64 != 0 ? (d + 63) / 64 * 64 : d; };
-  q.d_qk = pad(q.d_qk);
-  q.d_v = pad(q.d_v);
+bool sm90_forward_has(int d_qk, int d_v) {
+  return d_qk % 64 == 0 && d_qk >= 64 && d_qk <= 256 && (d_v == 64 || d_v == 128 || d_v == 256);
+}
+
+// dK and dV live in the MMA warpgroups' registers (sm90/bwd.h): Dqk up to 192 and Dv up to 128
+// with each warpgroup's own keys (192 + 192 would not fit), or half of 256 + 256 (wide; each
+// warpgroup's half a whole number of 64-column blocks).
+bool sm90_backward_has(int d_qk, int d_v) {
+  const bool narrow = d_qk % 64 == 0 && d_v % 64 == 0 && d_qk >= 64 && d_v >= 64 &&
+                      d_qk <= 192 && d_v <= 128;
+  const bool wide = sm90::bwd_wide(d_qk, d_v) && (d_qk == 128 || d_qk == 256) &&
+                    (d_v == 128 || d_v == 256);
+  return narrow || wide;
+}
+
+TableQuery sm90_padded(TableQuery q, HasKernel has) {
+  if (has(q.d_qk, q.d_v)) return q;
+  auto paddable = [](int d) { return d >= 64 && d <= 256 && d % 16 == 0; };
+  if (!paddable(q.d_qk) || !paddable(q.d_v)) return q;
+  int best_qk = 0, best_v = 0;
+  for (int a = (q.d_qk + 63) / 64 * 64; a <= 256; a += 64)
+    for (int b = (q.d_v + 63) / 64 * 64; b <= 256; b += 64)
+      if (has(a, b) && (best_qk == 0 || a + b < best_qk + best_v)) best_qk = a, best_v = b;
+  if (best_qk != 0) q.d_qk = best_qk, q.d_v = best_v;
   return q;
 }
 
 Candidates sm90_forward(const TableQuery& asked, const TuningOverrides& o) {
   Candidates c;
-  const TableQuery q = sm90_padded(asked);
-  if (q.d_qk % 64 != 0 || q.d_qk < 64 || q.d_qk > 256 ||
-      (q.d_v != 64 && q.d_v != 128 && q.d_v != 256)) {
+  const TableQuery q = sm90_padded(asked, sm90_forward_has);
+  if (!sm90_forward_has(q.d_qk, q.d_v)) {
     c.refusal = fmt::format("head dims ({}, {}) have no sm90 kernel: Dqk a multiple of 64 up to "
                             "256, Dv 64, 128 or 256 (or multiples of 16 padded up to those)",
                             asked.d_qk, asked.d_v);
@@ -289,14 +308,8 @@ Candidates sm90_forward(const TableQuery& asked, const TuningOverrides& o) {
 // 256 + 128, 128 + 256) 64 keys per CTA, the MMA warpgroups splitting dK's and dV's columns.
 Candidates sm90_backward(const TableQuery& asked) {
   Candidates c;
-  const TableQuery q = sm90_padded(asked);
-  // dK and dV live in the MMA warpgroups' registers (sm90/bwd.h): Dqk up to 192 and Dv up to
-  // 128 with each warpgroup's own keys (192 + 192 would not fit), or half of 256 + 256 (wide;
-  // each warpgroup's half a whole number of 64-column blocks).
-  const bool narrow = q.d_qk % 64 == 0 && q.d_v % 64 == 0 && q.d_qk <= 192 && q.d_v <= 128;
-  const bool wide = sm90::bwd_wide(q.d_qk, q.d_v) && (q.d_qk == 128 || q.d_qk == 256) &&
-                    (q.d_v == 128 || q.d_v == 256);
-  if (!narrow && !wide) {
+  const TableQuery q = sm90_padded(asked, sm90_backward_has);
+  if (!sm90_backward_has(q.d_qk, q.d_v)) {
     c.refusal = fmt::format("head dims ({}, {}) have no sm90 backward: Dqk 64, 128 or 192 and Dv "
                             "64 or 128, or Dqk and Dv 128 or 256 with one of them 256 (or "
                             "multiples of 16 padded up to those)", asked.d_qk, asked.d_v);

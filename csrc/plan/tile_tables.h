@@ -36,12 +36,17 @@ Candidates decode_forward(const TableQuery& q, const TuningOverrides& o);
 Candidates sm80_backward(const TableQuery& q, const TuningOverrides& o);
 Candidates sm90_forward(const TableQuery& q, const TuningOverrides& o);
 Candidates sm90_backward(const TableQuery& q);
-// Head dims the sm90 kernels lack, multiples of 16 past 64 (80, 96, 112, 160, ...), planned as
-// the next multiple of 64 (the specs' d_qk / d_v): TMA fills the columns past the tensors'
-// with zeros, which add nothing to Q K^T, dP or the gradients' real columns, and the kernels
-// (built with KernelSpec::padded) store only the tensors' columns (AttnParams d_qk / d_v).
-// sm90_forward and sm90_backward apply it.
-TableQuery sm90_padded(TableQuery q);
+// Head dims the sm90 kernels lack (multiples of 16 from 64 up: 80, 96, 112, 160, ..., and
+// pairs such as 192 / 192 or 64 / 256) are planned as the smallest pair of multiples of 64 at
+// or above them that `has` accepts (the specs' d_qk / d_v; least Dqk + Dv, then least Dqk):
+// TMA fills the columns past the tensors' with zeros, which add nothing to Q K^T, dP or the
+// gradients' real columns, and the kernels (built with KernelSpec::padded) store only the
+// tensors' columns (AttnParams d_qk / d_v). Unchanged when `has` accepts the dims as they are
+// or nothing at or above them. sm90_forward and sm90_backward apply it.
+using HasKernel = bool (*)(int d_qk, int d_v);
+TableQuery sm90_padded(TableQuery q, HasKernel has);
+bool sm90_forward_has(int d_qk, int d_v);
+bool sm90_backward_has(int d_qk, int d_v);
 // few_rows: at most 64 query rows (gfx90a_table.cc).
 Candidates gfx90a_forward(const TableQuery& q, bool few_rows);
 Candidates gfx90a_backward(const TableQuery& q);

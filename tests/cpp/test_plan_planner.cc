@@ -153,10 +153,32 @@ TEST(Planner, PaddedHeadDimsRunTheNextSm90Kernels) {
     ASSERT_NE(acc, p.workspaces.end());
     EXPECT_EQ(acc->shape.back(), 128);
   }
-  // 160 / 160 pads to 192 / 192: the forward has no Dv 192 (sm80), nor the backward.
-  PlanRequest r = request(OpKind::Forward, devices::h200(), plain(), 160);
-  EXPECT_EQ(make_plan(r).family, "sm80");
-  EXPECT_EQ(make_plan(request(OpKind::Backward, devices::h200(), plain(), 160)).family, "sm80");
+  // Pairs without a kernel of their own take the smallest pair above them that has one
+  // (least Dqk + Dv): no Dv 192 in the forward (Dv 256), no 192 / 192, 64 / 256 or 256 / 64
+  // in the backward (the wide kernels).
+  struct Padded {
+    int d_qk, d_v, fwd_qk, fwd_v, bwd_qk, bwd_v;
+  };
+  for (const Padded& c : {Padded{160, 160, 192, 256, 256, 256}, Padded{192, 192, 192, 256, 256, 256},
+                          Padded{64, 256, 64, 256, 128, 256}, Padded{256, 64, 256, 64, 256, 128},
+                          Padded{64, 192, 64, 256, 128, 256}, Padded{128, 192, 128, 256, 128, 256}}) {
+    for (const bool bwd : {false, true}) {
+      PlanRequest r = request(bwd ? OpKind::Backward : OpKind::Forward, devices::h200(), plain(),
+                              c.d_qk);
+      r.problem.d_v = c.d_v;
+      const LaunchPlan p = make_plan(r);
+      ASSERT_TRUE(p.ok) << p.reason;
+      EXPECT_EQ(p.family, "sm90") << c.d_qk << "/" << c.d_v << (bwd ? " bwd" : " fwd");
+      EXPECT_EQ(main_step(p).spec.d_qk, bwd ? c.bwd_qk : c.fwd_qk) << c.d_qk << "/" << c.d_v;
+      EXPECT_EQ(main_step(p).spec.d_v, bwd ? c.bwd_v : c.fwd_v) << c.d_qk << "/" << c.d_v;
+      const bool exact = bwd ? c.bwd_qk == c.d_qk && c.bwd_v == c.d_v
+                             : c.fwd_qk == c.d_qk && c.fwd_v == c.d_v;
+      EXPECT_EQ(main_step(p).spec.padded, !exact) << c.d_qk << "/" << c.d_v;
+    }
+  }
+  // Below 64 nothing is padded (sm80), nor dims that are not multiples of 16.
+  EXPECT_EQ(make_plan(request(OpKind::Backward, devices::h200(), plain(), 48)).family, "sm80");
+  EXPECT_NE(make_plan(request(OpKind::Forward, devices::h200(), plain(), 72)).family, "sm90");
   // On sm_80 nothing is padded.
   const LaunchPlan a = make_plan(request(OpKind::Backward, devices::a100(), plain(), 96));
   ASSERT_TRUE(a.ok) << a.reason;
@@ -423,9 +445,10 @@ TEST(Planner, RefusalsSayWhy) {
   volta.major = 7;
   EXPECT_NE(why(request(OpKind::Forward, volta, plain())).find("compute capability 7.0"),
             std::string::npos);
-  r = request(OpKind::Backward, devices::h200(), plain(), 192);
-  r.family = Family::Sm90;  // 192 + 192: past 320 columns, and not halves of 64-column blocks
+  r = request(OpKind::Backward, devices::h200(), plain(), 48);
+  r.family = Family::Sm90;  // below 64: no kernel, nothing padded
   EXPECT_NE(why(r).find("no sm90 backward"), std::string::npos);
+  EXPECT_NE(why(r).find("(48, 48)"), std::string::npos);
   r = request(OpKind::Backward, devices::a100(), plain());
   r.family = Family::Sm90;  // not on an sm_80 device
   EXPECT_NE(why(r).find("no sm90 bwd kernel"), std::string::npos);
@@ -447,14 +470,15 @@ TEST(Planner, HopperBackwardFamilies) {
   PlanRequest r = request(OpKind::Backward, devices::h200(), plain());
   r.overrides.disable_sm90_bwd = true;
   EXPECT_EQ(make_plan(r).family, "sm80");
-  // Past 128: Dqk 64, 128 or 192 and Dv 64 or 128 (dK and dV in registers), unequal too.
+  // Past 128: Dqk 64, 128 or 192 and Dv 64 or 128 (dK and dV in registers), unequal too;
+  // the pairs without a kernel padded to one that has (PaddedHeadDimsRunTheNextSm90Kernels).
   for (auto [dqk, dv, want] : {std::tuple{192, 128, "sm90"}, std::tuple{128, 64, "sm90"},
                                std::tuple{64, 128, "sm90"}, std::tuple{192, 64, "sm90"},
-                               std::tuple{64, 192, "sm80"}, std::tuple{128, 192, "sm80"},
-                               std::tuple{192, 192, "sm80"}, std::tuple{96, 96, "sm90"},
-                               std::tuple{256, 64, "sm80"}, std::tuple{256, 128, "sm90"},
-                               std::tuple{128, 256, "sm90"}, std::tuple{192, 256, "sm80"},
-                               std::tuple{256, 192, "sm80"}}) {
+                               std::tuple{64, 192, "sm90"}, std::tuple{128, 192, "sm90"},
+                               std::tuple{192, 192, "sm90"}, std::tuple{96, 96, "sm90"},
+                               std::tuple{256, 64, "sm90"}, std::tuple{256, 128, "sm90"},
+                               std::tuple{128, 256, "sm90"}, std::tuple{192, 256, "sm90"},
+                               std::tuple{256, 192, "sm90"}, std::tuple{48, 48, "sm80"}}) {
     r = request(OpKind::Backward, devices::h200(), plain());
     r.problem.d_qk = dqk, r.problem.d_v = dv;
     const LaunchPlan p = make_plan(r);

@@ -67,6 +67,7 @@ def _instantiations():
     for name, dims in BWD90_WIDE:
         yield name, "bwd90", dims
     yield "causal", "fwd90", (96, 96)  # padded: stores 96 of 128 columns
+    yield "causal", "fwd90", (192, 192)  # padded: Dv 192 on the 192 / 256 forward
     yield "plain", "fwd", (128, 128), False  # fp16
     yield "plain", "fwd90", (128, 128), False
     # The deterministic backward (common/dq_order.h): with and without a block table, both

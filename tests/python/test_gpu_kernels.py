@@ -461,7 +461,8 @@ def check_case(variant: str, s: Shape, dtype: torch.dtype, *, layout: str = "bhs
 # ---------------------------------------------------------------------------------------------
 
 HEAD_DIMS = [(64, 64), (96, 96), (80, 80), (96, 64), (128, 128), (256, 256), (192, 128),
-             (256, 128), (128, 256), (224, 224), (96, 256)]  # the last two: wide and padded
+             (256, 128), (128, 256), (224, 224), (96, 256),  # the last two: wide and padded
+             (192, 192), (64, 256), (256, 64)]  # padded to the next pair with a kernel
 DTYPES = [BF16, FP16]
 
 
@@ -505,8 +506,8 @@ def _is_hopper() -> bool:
 @pytest.mark.parametrize("dims", HEAD_DIMS, ids=_id)
 def test_hopper_picks_the_sm90_templates(dims, backward):
     """On sm_90 the TMA + wgmma forward and backward run at every head dim of the matrix:
-    multiples of 64 with Dqk + Dv <= 320, 256 / 256, 256 / 128, 128 / 256 (wide), and D96 on the
-    D128 kernels (padded)."""
+    multiples of 64 with Dqk + Dv <= 320, 256 / 256, 256 / 128, 128 / 256 (wide), D96 on the
+    D128 kernels and 192 / 192, 64 / 256, 256 / 64 on the next pair that has one (padded)."""
     if not _is_hopper():
         pytest.skip("needs an sm_90 GPU")
     s = Shape(Dqk=dims[0], Dv=dims[1])
