@@ -491,7 +491,7 @@ def parse_args(argv=None):
     ap.add_argument("--out", help="also write the report (markdown) to this file, and its "
                     "plot (SVG) beside it")
     ap.add_argument("--methods", help="comma-separated subset of: attention_engine, "
-                    "sdpa-flash, sdpa-cudnn, flex, compiled")
+                    "sdpa-flash, sdpa-cudnn, flex, flex-fa4 (FlexAttention on FlashAttention-4), compiled")
     ap.add_argument("--variants", help="comma-separated subset of the variants to run")
     ap.add_argument("--variant-seqlen", type=int,
                     help="sequence length of the variants' cases (default 4k quick, 8k full)")

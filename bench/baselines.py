@@ -7,6 +7,7 @@ wraps the timed region (SDPA's backend choice).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Optional
@@ -79,20 +80,26 @@ def sdpa_method(name: str, backend_name: str) -> Method:
 
 # -- FlexAttention -------------------------------------------------------------------------------
 
-def flex_method(compile_fn: Callable) -> Method:
-    """torch.nn.attention.flex_attention under torch.compile; masks as block masks."""
+def flex_method(compile_fn: Callable, backend: Optional[str] = None) -> Method:
+    """torch.nn.attention.flex_attention under torch.compile; masks as block masks. backend
+    "FLASH": its FlashAttention-4 backend (kernel_options BACKEND), where flash_attn.cute
+    imports (bench/fa4_pack.sh brings it to the GPU machine)."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     flex = compile_fn(flex_attention)
+    options = None if backend is None else {"BACKEND": backend}
 
     def build(p: Problem):
         if p.normalize != "softmax":
             raise Unsupported("FlexAttention always normalizes with softmax")
+        if backend == "FLASH" and importlib.util.find_spec("flash_attn") is None:
+            raise Unsupported("FlashAttention-4 (flash_attn.cute) does not import")
         block_mask = None
         if p.mask_mod is not None:
             block_mask = create_block_mask(p.mask_mod, None, None, p.S, p.S, device=p.device)
         score_mod = p.score_mod
-        return lambda q, k, v: flex(q, k, v, score_mod=score_mod, block_mask=block_mask)
-    return Method("flex", build)
+        return lambda q, k, v: flex(q, k, v, score_mod=score_mod, block_mask=block_mask,
+                                    kernel_options=options)
+    return Method("flex" if backend is None else "flex-fa4", build)
 
 
 # -- torch.compile of the eager formula ------------------------------------------------------------
@@ -138,7 +145,8 @@ def all_methods(ae, compile_fn: Callable) -> list:
     methods = [] if ae is None else [attention_engine_method(ae)]
     return methods + [sdpa_method("sdpa-flash", "FLASH_ATTENTION"),
                       sdpa_method("sdpa-cudnn", "CUDNN_ATTENTION"),
-                      flex_method(compile_fn), compiled_eager_method(compile_fn)]
+                      flex_method(compile_fn), flex_method(compile_fn, "FLASH"),
+                      compiled_eager_method(compile_fn)]
 
 
 def timed_ms(fn: Callable, q, k, v, do, backward: bool) -> Optional[float]:

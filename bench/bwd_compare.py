@@ -34,6 +34,7 @@ ap.add_argument("--quick", action="store_true", help="D128 plain and causal at 8
 ap.add_argument("--ab", default="", help="NAME=VALUE: also time with this variable set")
 ap.add_argument("--cases", default="", help="regex on 'name D<d> S<s>k': only the cases it finds")
 ap.add_argument("--lean", action="store_true", help="time the sm90 backward only (quick A/Bs)")
+ap.add_argument("--skip", default="", help="comma-separated: sm80, det (fewer kernels to compile)")
 args = ap.parse_args()
 
 
@@ -127,15 +128,20 @@ for name, D, S, make, frac, causal, *dv in case_list():
         print(f"{name:15s} {dims} S{S // 1024}k  sm90 bwd {3.5 * flops / t90 / 1e9:4.0f} "
               f"(bwd {2.5 * flops / (t90 - tf) / 1e9:4.0f})", flush=True)
         continue
-    os.environ["AE_DISABLE_SM90_BWD"] = "1"
-    g80 = fwd_bwd()
-    t80 = bench(fwd_bwd)
-    os.environ["AE_DISABLE_SM90_BWD"] = "0"
-    torch.use_deterministic_algorithms(True)
-    try:
-        tdet = bench(fwd_bwd)
-    finally:
-        torch.use_deterministic_algorithms(False)
+    skip = set(args.skip.split(","))
+    t80 = tdet = float("nan")
+    g80 = g90
+    if "sm80" not in skip:
+        os.environ["AE_DISABLE_SM90_BWD"] = "1"
+        g80 = fwd_bwd()
+        t80 = bench(fwd_bwd)
+        os.environ["AE_DISABLE_SM90_BWD"] = "0"
+    if "det" not in skip:
+        torch.use_deterministic_algorithms(True)
+        try:
+            tdet = bench(fwd_bwd)
+        finally:
+            torch.use_deterministic_algorithms(False)
     ab = ""
     if args.ab:
         var, val = args.ab.split("=", 1)
@@ -151,7 +157,7 @@ for name, D, S, make, frac, causal, *dv in case_list():
     line = (f"{name:15s} {dims} S{S // 1024}k  sm90 bwd {3.5 * flops / t90 / 1e9:4.0f} "
             f"(bwd {2.5 * flops / (t90 - tf) / 1e9:4.0f})  sm80 bwd {3.5 * flops / t80 / 1e9:4.0f} "
             f"(bwd {2.5 * flops / (t80 - tf) / 1e9:4.0f})  det {3.5 * flops / tdet / 1e9:4.0f} "
-            f"({t90 / tdet:.2f}x)  diff {rel_diff(g90, g80)}{ab}")
+            f"({t90 / tdet:.2f}x)  diff {rel_diff(g90, g80) if 'sm80' not in skip else '-'}{ab}")
     if causal is not None:
         for label, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
             with sdpa_kernel(backend):
