@@ -12,6 +12,7 @@ import torch
 from . import _C
 from ._arity import signature, takes
 from .errors import TraceError
+from .gqa_pack import packed_call
 from .ops import attention_op, reference_op
 from .trace import trace
 
@@ -172,6 +173,12 @@ class CompiledAttention:
         support, the reference executor otherwise (``backend_for`` tells which)."""
         if unknown:
             _unknown_keywords("CompiledAttention.__call__", unknown, "(q, k, v, *, return_lse=False)")
+        # Grouped-query attention with few queries (decode): the group's heads as one head's rows
+        packed = packed_call(self._ref.trace_json, q, k, v, return_lse, lambda qp, key: run_op(
+            attention_op, qp, k, v, self.buffers, key, self.normalize, self.scale, return_lse,
+            self.deterministic))
+        if packed is not None:
+            return packed
         return run_op(attention_op, q, k, v, self.buffers, self._key, self.normalize,
                       self.scale, return_lse, self.deterministic)
 

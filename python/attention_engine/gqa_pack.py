@@ -10,11 +10,24 @@ original head and query index, the graph is rewritten:
     h      -> h * G + q_idx // Sq
     q_idx  -> q_idx % Sq
 
-Applied after positions.py's rewrite, whose q_idx is then the unpacked one.
+Applied after positions.py's rewrite, whose q_idx is then the unpacked one (the inference entry
+points), or alone (a direct call with few queries: `packed_call`).
 """
 from __future__ import annotations
 
+import threading
+from typing import Callable, Optional
+
+import torch
+
 from .graph_prefix import dump, insert_after_params, parse
+
+# Packing where a group's queries fit a query tile of the kernels (128 rows) and there are few
+# per head (decode, speculative decoding).
+PACK_MAX_SQ, PACK_MAX_ROWS = 16, 128
+
+_PACKED: dict = {}  # (trace JSON, group, sq) -> key of the packed variant
+_LOCK = threading.Lock()
 
 
 def gqa_packed(trace_json: str, group: int, sq: int) -> str:
@@ -35,3 +48,40 @@ def gqa_packed(trace_json: str, group: int, sq: int) -> str:
         {"op": "mod", "args": [q, c_sq]},
     ], {h: new_h, q: new_q})
     return dump(g)
+
+
+def pack_shape(hq: int, hkv: int, sq: int) -> Optional[tuple]:
+    """(group, sq) when [., hq, sq, .] queries against hkv key heads pack, else None."""
+    if hkv < 1 or hq % hkv:
+        return None
+    group = hq // hkv
+    return (group, sq) if 1 < group and 1 <= sq <= PACK_MAX_SQ and group * sq <= PACK_MAX_ROWS else None
+
+
+def packed_call(trace_json: str, q, k, v, return_lse: bool,
+                run: Callable[[torch.Tensor, str], object]):
+    """A direct call [B, Hq, Sq, D] x [B, Hkv, Skv, D], GQA-packed where it packs: run(q', key)
+    with q' [B, Hkv, G * Sq, D] and the packed variant's key, its out (and lse) unpacked; None
+    where it does not pack (shapes that do not, or that the op will refuse with its own
+    message, and torch.compile's tracing, which this Python does not go through)."""
+    if torch.compiler.is_compiling():
+        return None
+    if not all(isinstance(x, torch.Tensor) and x.dim() == 4 for x in (q, k, v)):
+        return None
+    B, Hq, Sq, D = q.shape
+    if k.shape[0] != B or k.shape[3] != D or v.shape[:3] != k.shape[:3]:
+        return None
+    pack = pack_shape(Hq, k.shape[1], Sq)
+    if pack is None:
+        return None
+    group = pack[0]
+    with _LOCK:
+        key = _PACKED.get((trace_json, *pack))
+        if key is None:
+            from .api import VariantRef, _variant_of  # api imports this module
+            rewritten = gqa_packed(trace_json, *pack)
+            key = _PACKED[(trace_json, *pack)] = VariantRef(rewritten, _variant_of(rewritten)).key
+    res = run(q.reshape(B, Hq // group, group * Sq, D), key)
+    out, lse = res if return_lse else (res, None)
+    out = out.reshape(B, Hq, Sq, out.shape[-1])
+    return (out, lse.reshape(B, Hq, Sq)) if return_lse else out

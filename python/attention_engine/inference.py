@@ -26,15 +26,12 @@ from typing import Optional
 import torch
 
 from .api import VariantRef, _variant_of, run_op
-from .gqa_pack import gqa_packed
+from .gqa_pack import gqa_packed, pack_shape
 from .ops import attention_op
 from .positions import with_positions
 
 _POSITIONED: dict = {}  # (trace JSON, GQA packing) -> VariantRef of its rewrite
 _LOCK = threading.Lock()
-# GQA packing (gqa_pack.py) where a group's queries fit a query tile of the kernels (128 rows)
-# and there are few per head (decode, speculative decoding).
-_PACK_MAX_SQ, _PACK_MAX_ROWS = 16, 128
 
 
 def _positioned(attn, pack=None) -> VariantRef:
@@ -80,8 +77,8 @@ def _run(attn, q, k, v, q_start, kv_len, return_lse):
     registered now). q [B, Hq, Sq, D], k / v [B, Hkv, Skv, D]."""
     B, Hq, Sq, D = q.shape
     Hkv = k.shape[1] if k.dim() == 4 and k.shape[1] > 0 else Hq
-    group = Hq // Hkv if Hq % Hkv == 0 else 1
-    pack = (group, Sq) if 1 < group and Sq <= _PACK_MAX_SQ and group * Sq <= _PACK_MAX_ROWS else None
+    pack = pack_shape(Hq, Hkv, Sq)
+    group = pack[0] if pack else 1
     ref = _positioned(attn, pack)
     captured = attn.captured if hasattr(attn, "captured") else attn.buffers
     buffers = list(captured) + [q_start, kv_len]

@@ -10,6 +10,7 @@ from typing import Callable, Optional
 import torch
 
 from .api import compile, run_op
+from .gqa_pack import packed_call
 from .ops import attention_op, reference_op
 
 
@@ -120,8 +121,15 @@ class Attention(torch.nn.Module):
         """q [B, Hq, Sq, Dqk], k [B, Hkv, Skv, Dqk], v [B, Hkv, Skv, Dv] (one float dtype) ->
         out [B, Hq, Sq, Dv] in q's dtype; with return_lse, (out, lse [B, Hq, Sq]: float32,
         float64 for float64 inputs). Reads the tensors registered now (``captured``)."""
+        deterministic = getattr(self, "deterministic", False)
+        # Grouped-query attention with few queries (decode): the group's heads as one head's rows
+        packed = packed_call(self._ref.trace_json, q, k, v, return_lse, lambda qp, key: run_op(
+            attention_op, qp, k, v, self.captured, key, self.normalize, self.scale, return_lse,
+            deterministic))
+        if packed is not None:
+            return packed
         return run_op(attention_op, q, k, v, self.captured, self._key, self.normalize,
-                      self.scale, return_lse, getattr(self, "deterministic", False))
+                      self.scale, return_lse, deterministic)
 
     def varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seqlen_k=None,
                *, return_lse: bool = False):

@@ -371,10 +371,48 @@ def test_gqa_pack_rewrite_maps_rows_to_heads_and_positions():
     gen = torch.Generator().manual_seed(12)
     q = torch.randn(B, HQ, SQ, D, dtype=torch.float64, generator=gen)
     k, v = (torch.randn(B, HKV, SKV, D, dtype=torch.float64, generator=gen) for _ in range(2))
-    want, want_lse = attn(q, k, v, return_lse=True)
+    want, want_lse = attn.reference(q, k, v, return_lse=True)  # unpacked
     packed = CompiledAttention(VariantRef(gqa_packed(attn._ref.trace_json, G, SQ)), [], "softmax", None)
     out, lse = packed(q.reshape(B, HKV, G * SQ, D), k, v, return_lse=True)
     assert_close(out.reshape(B, HQ, SQ, D), want, 1e-12, "out")
     assert_close(lse.reshape(B, HQ, SQ), want_lse, 1e-12, "lse")
     with pytest.raises(ValueError, match="group >= 1"):
         gqa_packed(attn._ref.trace_json, 0, 2)
+
+
+@pytest.mark.parametrize("module", [False, True], ids=["compiled", "module"])
+def test_direct_calls_with_few_queries_pack_gqa_groups(module):
+    """A direct call with grouped-query attention and at most 16 queries per head (decode
+    through attn(q, k, v)) runs GQA-packed (gqa_pack.packed_call): it must equal the unpacked
+    reference, lse and gradients included (q, k, v, a learnable per-head and per-position
+    table), and pack only where the group's rows fit a tile."""
+    from attention_engine import gqa_pack
+    table = torch.nn.Parameter(torch.randn(6, 5, dtype=torch.float64))
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return score + table[h, q_idx % 5] - 0.1 * h * (kv_idx - q_idx)
+    compiled = ae.compile(score_mod, mods.causal)
+    attn = ae.Attention(score_mod, mods.causal) if module else compiled
+    gen = torch.Generator().manual_seed(13)
+    for sq, packs in ((1, True), (4, True), (16, True), (17, False)):
+        q = torch.randn(2, 6, sq, 8, dtype=torch.float64, generator=gen).requires_grad_()
+        k, v = (torch.randn(2, 2, 20, 8, dtype=torch.float64, generator=gen).requires_grad_()
+                for _ in range(2))
+        out, lse = attn(q, k, v, return_lse=True)
+        assert ((attn._ref.trace_json, 3, sq) in gqa_pack._PACKED) == packs, sq
+        want, want_lse = attn.reference(q, k, v, return_lse=True)
+        assert_close(out, want, 1e-12, f"out sq={sq}")
+        assert_close(lse, want_lse, 1e-12, f"lse sq={sq}")
+        dout = torch.randn(out.shape, dtype=torch.float64, generator=gen)
+        params = (q, k, v, *(attn.parameters() if module else [table]))
+        assert len(params) == 4
+        got = torch.autograd.grad((out * dout).sum() + lse.sum(), params)
+        ref = torch.autograd.grad((want * dout).sum() + want_lse.sum(), params)
+        for i, (a, b) in enumerate(zip(got, ref)):
+            assert_close(a, b, 1e-10, f"grad {i} sq={sq}")
+    # No GQA, or shapes the op refuses: not packed, the op's own message
+    q1 = torch.randn(1, 2, 1, 8, dtype=torch.float64)
+    k1 = torch.randn(1, 2, 5, 8, dtype=torch.float64)
+    assert attn(q1, k1, k1).shape == (1, 2, 1, 8)
+    with pytest.raises((ValueError, RuntimeError), match="8|7|head dim|match"):
+        attn(torch.randn(1, 6, 1, 7, dtype=torch.float64), k1, k1)
