@@ -80,6 +80,13 @@ def sdpa_method(name: str, backend_name: str) -> Method:
 
 # -- FlexAttention -------------------------------------------------------------------------------
 
+def _imports(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
+
+
 def flex_method(compile_fn: Callable, backend: Optional[str] = None) -> Method:
     """torch.nn.attention.flex_attention under torch.compile; masks as block masks. backend
     "FLASH": its FlashAttention-4 backend (kernel_options BACKEND), where flash_attn.cute
@@ -91,7 +98,7 @@ def flex_method(compile_fn: Callable, backend: Optional[str] = None) -> Method:
     def build(p: Problem):
         if p.normalize != "softmax":
             raise Unsupported("FlexAttention always normalizes with softmax")
-        if backend == "FLASH" and importlib.util.find_spec("flash_attn") is None:
+        if backend == "FLASH" and not _imports("flash_attn.cute"):
             raise Unsupported("FlashAttention-4 (flash_attn.cute) does not import")
         block_mask = None
         if p.mask_mod is not None:

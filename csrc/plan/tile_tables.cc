@@ -319,8 +319,9 @@ Candidates sm90_backward(const TableQuery& asked) {
   // wgmmas (compile-all check, a learnable relative bias at 192 + 128), and the wide kernel's
   // shared memory leaves no room for their shared copy: the sm80 backward.
   if (q.d_qk + q.d_v > 256 && q.captured_grads) {
-    c.refusal = fmt::format("head dims ({}, {}) with a captured tensor's gradient have no sm90 "
-                            "backward: Dqk + Dv <= 256", asked.d_qk, asked.d_v);
+    c.refusal = fmt::format("head dims ({}, {}) (run as {} / {}) with a captured tensor's gradient "
+                            "have no sm90 backward: Dqk + Dv <= 256", asked.d_qk, asked.d_v,
+                            q.d_qk, q.d_v);
     return c;
   }
   KernelSpec s = base_spec(Kind::Backward, Family::Sm90, q);

@@ -178,7 +178,7 @@ TEST(Planner, PaddedHeadDimsRunTheNextSm90Kernels) {
   }
   // Below 64 nothing is padded (sm80), nor dims that are not multiples of 16.
   EXPECT_EQ(make_plan(request(OpKind::Backward, devices::h200(), plain(), 48)).family, "sm80");
-  EXPECT_NE(make_plan(request(OpKind::Forward, devices::h200(), plain(), 72)).family, "sm90");
+  EXPECT_FALSE(make_plan(request(OpKind::Forward, devices::h200(), plain(), 72)).ok);
   // On sm_80 nothing is padded.
   const LaunchPlan a = make_plan(request(OpKind::Backward, devices::a100(), plain(), 96));
   ASSERT_TRUE(a.ok) << a.reason;
@@ -497,6 +497,15 @@ TEST(Planner, HopperBackwardFamilies) {
     r.problem.captured = {{"float32", 2, grad, 16 * 65}};
     EXPECT_EQ(make_plan(r).family, want) << dqk << " grad " << grad;
   }
+  // Padded past 256 columns (64 / 192 runs as 128 / 256): the same refusal, saying so.
+  r = request(OpKind::Backward, devices::h200(), bias);
+  r.problem.d_qk = 64, r.problem.d_v = 192;
+  r.problem.captured = {{"float32", 2, true, 16 * 65}};
+  EXPECT_EQ(make_plan(r).family, "sm80");
+  r.family = Family::Sm90;
+  const LaunchPlan refused = make_plan(r);
+  EXPECT_FALSE(refused.ok);
+  EXPECT_NE(refused.reason.find("(64, 192) (run as 128 / 256)"), std::string::npos) << refused.reason;
 }
 
 TEST(Planner, DeterministicBackwardHasTileCounters) {

@@ -48,7 +48,7 @@ BWD90_WIDE = [("plain", (192, 128)), ("causal", (192, 128)), ("document", (192, 
               ("causal", (256, 256)), ("document", (256, 128)), ("sigmoid_none", (128, 256)),
               # padded: the D128 kernels storing 96 or 80 columns, the wide ones 224 or 96
               ("causal", (96, 96)), ("relative_bias", (80, 80)), ("causal", (224, 224)),
-              ("plain", (96, 256))]
+              ("plain", (96, 256)), ("plain", (256, 64))]  # 256 / 64 as 256 / 128
 
 
 def _instantiations():
