@@ -93,15 +93,17 @@ def _run(attn, q, k, v, q_start, kv_len, return_lse):
     return (out, lse.reshape(B, Hq, Sq)) if return_lse else out
 
 
-def _pad(x: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, width: int):
-    """[total, H, D] -> [n, H, width, D]: row j of sequence i is token starts[i] + j where
-    j < lengths[i], zeros after (an appended zero row: no other sequence's values)."""
-    n = starts.numel()
+def _pad(x: torch.Tensor, lengths: torch.Tensor, width: int):
+    """[total, H, D] -> [n, H, width, D]: row j of sequence i is token cu[i] + j where
+    j < lengths[i] (the sequences back to back, in order), zeros after. The tokens are copied
+    to their padded rows (index_copy), so the backward gathers them back; a gather from an
+    appended zero row instead had every padding row's gradient added atomically into that one
+    row (varlen fwd+bwd at 5 TFLOPS with random lengths, bench/varlen_bench.py)."""
+    n = lengths.numel()
     j = torch.arange(width, device=x.device)
-    idx = starts[:, None] + j[None, :]
-    idx = torch.where(j[None, :] < lengths[:, None], idx, x.shape[0])
-    ext = torch.cat([x, x.new_zeros((1,) + tuple(x.shape[1:]))], 0)
-    return ext[idx.reshape(-1)].view(n, width, *x.shape[1:]).transpose(1, 2)
+    dest = (torch.arange(n, device=x.device)[:, None] * width + j[None, :])[j[None, :] < lengths[:, None]]
+    padded = x.new_zeros((n * width,) + tuple(x.shape[1:])).index_copy(0, dest, x)
+    return padded.view(n, width, *x.shape[1:]).transpose(1, 2)
 
 
 def varlen(attn, q, k, v, cu_seqlens_q, cu_seqlens_k,
@@ -136,7 +138,7 @@ def varlen(attn, q, k, v, cu_seqlens_q, cu_seqlens_k,
             raise _err(f"{name}={given} is less than the longest sequence ({need})")
     lq_t = cq[1:] - cq[:-1]
     lk_t = ck[1:] - ck[:-1]
-    qp, kp, vp = _pad(q, cq[:-1], lq_t, wq), _pad(k, ck[:-1], lk_t, wk), _pad(v, ck[:-1], lk_t, wk)
+    qp, kp, vp = _pad(q, lq_t, wq), _pad(k, lk_t, wk), _pad(v, lk_t, wk)
     res = _run(attn, qp, kp, vp, lk_t - lq_t, lk_t, return_lse)
     out, lse = res if return_lse else (res, None)
     # The valid rows back in token order: token t of sequence b is padded row t - cq[b].
