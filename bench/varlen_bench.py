@@ -1,8 +1,10 @@
 """Varlen prefill (issue 18's target: 16 packed documents in 16k tokens at >= 90% of the dense
 causal TFLOPS, counted on the FLOPs the documents need), forward and fwd+bwd:
 
-- ours varlen: `attn.varlen(q, k, v, cu_seqlens, cu_seqlens)` with a causal mask (today the
-  documents are padded into one batch of the longest one's length);
+- ours varlen: `attn.varlen(q, k, v, cu_seqlens, cu_seqlens)` with a causal mask (by default
+  the documents padded into one batch of the longest one's length);
+- ours varlen packed: the same with AE_VARLEN=packed (the documents back to back in one batch
+  row, each query masked to its own document: inference._varlen_route);
 - ours document mask: the same packed tokens as one sequence under a causal document mask
   (`mods.document_mask`: block skipping instead of padding, the other way to run varlen);
 - FlexAttention with the same document mask (its block mask built once, outside the timing);
@@ -21,6 +23,7 @@ bench/bwd_compare.py's document case).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 
@@ -87,8 +90,15 @@ def main() -> int:
         do = torch.randn(T, H, D, device=dev, dtype=dtype, generator=g)
         as_one = lambda x: x.transpose(0, 1).unsqueeze(0)  # [T, H, D] -> [1, H, T, D]
         doc_attn = ae.compile(mask_mod=mods.document_mask(ids))
+        def packed_route():
+            os.environ["AE_VARLEN"] = "packed"
+            try:
+                return attn.varlen(q, k, v, cu, cu)
+            finally:
+                del os.environ["AE_VARLEN"]
         methods = {
             "ours varlen": lambda: attn.varlen(q, k, v, cu, cu),
+            "ours varlen packed": packed_route,
             "ours document mask": lambda: doc_attn(as_one(q), as_one(k), as_one(v))[0].transpose(0, 1),
         }
         if flex is not None:
@@ -129,7 +139,7 @@ def main() -> int:
     dense_line = f"dense causal, one sequence of {T}: {dense / t_f / 1e9:.0f} / {3.5 * dense / t_fb / 1e9:.0f}"
     print(dense_line, flush=True)
 
-    names = ["ours varlen", "ours document mask", "flex document mask"]
+    names = ["ours varlen", "ours varlen packed", "ours document mask", "flex document mask"]
     print("\nTFLOPS fwd / fwd+bwd by the FLOPs the documents need, "
           + (torch.cuda.get_device_name() if cuda else "CPU dry run"))
     print("| case | " + " | ".join(names) + " |")

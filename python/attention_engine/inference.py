@@ -20,6 +20,7 @@ steps (a paged cache is gathered into a contiguous one per call). Lengths are re
 """
 from __future__ import annotations
 
+import os
 import threading
 from typing import Optional
 
@@ -28,7 +29,7 @@ import torch
 from .api import VariantRef, _variant_of, run_op
 from .gqa_pack import gqa_packed, pack_shape
 from .ops import attention_op
-from .positions import with_positions
+from .positions import with_packed_sequences, with_positions
 
 _POSITIONED: dict = {}  # (trace JSON, GQA packing) -> VariantRef of its rewrite
 _LOCK = threading.Lock()
@@ -45,6 +46,48 @@ def _positioned(attn, pack=None) -> VariantRef:
                 rewritten = gqa_packed(rewritten, *pack)
             ref = _POSITIONED[(trace_json, pack)] = VariantRef(rewritten, _variant_of(rewritten))
         return ref
+
+
+def _packed_sequences_ref(attn) -> VariantRef:
+    """attn's graph rewritten for varlen's packed route (positions.with_packed_sequences)."""
+    trace_json = attn._ref.trace_json
+    with _LOCK:
+        ref = _POSITIONED.get((trace_json, "packed sequences"))
+        if ref is None:
+            rewritten = with_packed_sequences(trace_json)
+            ref = _POSITIONED[(trace_json, "packed sequences")] = VariantRef(
+                rewritten, _variant_of(rewritten))
+        return ref
+
+
+def _varlen_route() -> str:
+    """"padded" (the sequences padded into a batch; GQA-packed at few queries) or "packed"
+    (back to back in one batch row, each query masked to its own sequence's keys: no padding,
+    the kernels skip the other sequences' blocks). AE_VARLEN=padded|packed chooses; else
+    padded, until the packed route has been timed on a GPU (bench/varlen_bench.py)."""
+    env = os.environ.get("AE_VARLEN", "")
+    if env not in ("", "padded", "packed"):
+        raise _err(f"AE_VARLEN must be 'padded' or 'packed', got {env!r}")
+    return env or "padded"
+
+
+def _run_packed_sequences(attn, q, k, v, cq, ck, lq_t, lk_t, return_lse):
+    """varlen's packed route: q [total_q, Hq, D], k / v [total_k, Hkv, D] as one batch row."""
+    dev, n = q.device, lq_t.numel()
+    seq_q = torch.repeat_interleave(torch.arange(n, device=dev), lq_t, output_size=q.shape[0])
+    seq_k = torch.repeat_interleave(torch.arange(n, device=dev), lk_t, output_size=k.shape[0])
+    # A query's position in its sequence: the queries are the sequence's last tokens.
+    q_pos = torch.arange(q.shape[0], device=dev) - cq[:-1][seq_q] + (lk_t - lq_t)[seq_q]
+    k_base = ck[:-1][seq_q]
+    ref = _packed_sequences_ref(attn)
+    captured = attn.captured if hasattr(attn, "captured") else attn.buffers
+    buffers = list(captured) + [seq_q, q_pos, k_base, seq_k]
+    one = lambda x: x.transpose(0, 1).unsqueeze(0)  # [T, H, D] -> [1, H, T, D]
+    res = run_op(attention_op, one(q), one(k), one(v), buffers, ref.key, attn.normalize,
+                 attn.scale, return_lse, getattr(attn, "deterministic", False))
+    out, lse = res if return_lse else (res, None)
+    out = out[0].transpose(0, 1)  # [total_q, Hq, Dv]
+    return (out, lse[0]) if return_lse else out  # lse [Hq, total_q], as FlashAttention
 
 
 def _err(msg: str) -> ValueError:
@@ -138,6 +181,8 @@ def varlen(attn, q, k, v, cu_seqlens_q, cu_seqlens_k,
             raise _err(f"{name}={given} is less than the longest sequence ({need})")
     lq_t = cq[1:] - cq[:-1]
     lk_t = ck[1:] - ck[:-1]
+    if _varlen_route() == "packed" and q.shape[0] > 0:  # no queries at all: the padded route's empty call
+        return _run_packed_sequences(attn, q, k, v, cq, ck, lq_t, lk_t, return_lse)
     qp, kp, vp = _pad(q, lq_t, wq), _pad(k, lk_t, wk), _pad(v, lk_t, wk)
     res = _run(attn, qp, kp, vp, lk_t - lq_t, lk_t, return_lse)
     out, lse = res if return_lse else (res, None)

@@ -79,3 +79,45 @@ def with_offsets(trace_json: str) -> str:
         {"op": "add", "args": [kv, kv_off]},
     ], {q: new_q, kv: new_kv})
     return dump(g)
+
+
+def with_packed_sequences(trace_json: str) -> str:
+    """The trace for varlen's packed route: the sequences stay back to back as one batch row
+    (q [1, Hq, total_q, D] against k [1, Hkv, total_k, D]) and the mask keeps each query to its
+    own sequence's keys. Four more captured int64 tensors: per query row ``seq_q`` (its
+    sequence), ``q_pos`` (its position in the sequence) and ``k_base`` (the first key row of its
+    sequence), per key row ``seq_k``:
+
+        same    = seq_q[q_idx] == seq_k[kv_idx]
+        b       -> seq_q[q_idx]
+        q_idx   -> q_pos[q_idx]
+        kv_idx  -> kv_idx - k_base[q_idx] where same, else 0 (a masked key; in range for a
+                   captured tensor indexed by kv_idx)
+        mask    -> mask and same
+
+    Only ``seq_k`` is read per key column; the rest per query row (as a document mask is).
+    """
+    g, params, n_params = parse(trace_json, _PARAMS)
+    nb = len(g["buffers"])
+    g["buffers"] = g["buffers"] + [
+        {"dtype": "int64", "name": name, "requires_grad": False, "shape": [1]}
+        for name in ("seq_q", "q_pos", "k_base", "seq_k")]
+    b, q, kv = params["b"], params["q_idx"], params["kv_idx"]
+    s_q, s_k, same, pos, base, local, zero, new_kv = range(n_params, n_params + 8)
+    insert_after_params(g, n_params, [
+        {"op": "load", "buffer": nb, "args": [q]},
+        {"op": "load", "buffer": nb + 3, "args": [kv]},
+        {"op": "eq", "args": [s_q, s_k]},
+        {"op": "load", "buffer": nb + 1, "args": [q]},
+        {"op": "load", "buffer": nb + 2, "args": [q]},
+        {"op": "sub", "args": [kv, base]},
+        {"op": "const", "dtype": "int", "value": 0},
+        {"op": "where", "args": [same, local, zero]},
+    ], {b: s_q, q: pos, kv: new_kv})
+    nodes, outputs = g["nodes"], g["outputs"]
+    if "mask" in outputs:
+        nodes.append({"op": "and", "args": [outputs["mask"], same]})
+        outputs["mask"] = len(nodes) - 1
+    else:
+        outputs["mask"] = same
+    return dump(g)

@@ -48,10 +48,18 @@ def _cu(lengths, device="cpu"):
                         device=device)
 
 
+@pytest.fixture(params=["padded", "packed"])
+def varlen_route(request, monkeypatch):
+    """varlen's two routes (inference._varlen_route): padded into a batch, or the sequences
+    back to back in one batch row with each query masked to its own sequence."""
+    monkeypatch.setenv("AE_VARLEN", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("name", list(VARIANTS))
 @pytest.mark.parametrize("lens", [([5, 17, 1, 9], None), ([3, 7, 2], [8, 7, 5])],
                          ids=["self", "fewer_queries"])
-def test_varlen_equals_one_call_per_sequence(name, lens):
+def test_varlen_equals_one_call_per_sequence(name, lens, varlen_route):
     score_mod, mask_mod = VARIANTS[name]
     lq, lk = lens[0], lens[1] or lens[0]
     attn = ae.compile(score_mod, mask_mod)
@@ -197,7 +205,7 @@ def _rel(a, b):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["causal", "alibi", "softcap_window"])
-def test_varlen_on_the_kernels(name):
+def test_varlen_on_the_kernels(name, varlen_route):
     score_mod, mask_mod = VARIANTS[name]
     if name == "alibi":  # 8 query heads, the slopes where q is
         score_mod = mods.alibi(mods.alibi_slopes(8, device="cuda"))
@@ -234,7 +242,7 @@ def test_paged_decode_on_the_kernels(page_size):
         assert _rel(out, ref) < 2e-2
 
 
-def test_module_varlen_learns_its_captured_parameter():
+def test_module_varlen_learns_its_captured_parameter(varlen_route):
     slopes = torch.nn.Parameter(torch.tensor([0.5, -0.25], dtype=torch.float64))
     module = ae.Attention(mods.alibi(slopes), mods.causal)
     lens = [4, 9]
@@ -251,7 +259,7 @@ def test_module_varlen_learns_its_captured_parameter():
     assert g.abs().sum() > 0
 
 
-def test_padding_rows_keep_captured_indices_in_range():
+def test_padding_rows_keep_captured_indices_in_range(varlen_route):
     """Fewer queries than keys in one sequence, a mod indexing a tensor by q_idx: the padded
     rows of the shorter sequence must not index past it (review finding)."""
     pos_bias = torch.linspace(-1, 1, 10, dtype=torch.float64)
@@ -307,7 +315,7 @@ def test_kvcache_gradients_reach_the_new_tokens_and_bad_calls_leave_the_cache_al
 
 
 @pytest.mark.parametrize("mask_mod", [None, mods.causal], ids=["no_mask", "causal"])
-def test_no_keys_give_zeros_and_an_empty_lse(mask_mod):
+def test_no_keys_give_zeros_and_an_empty_lse(mask_mod, varlen_route):
     """A row with no keys at all (an empty cache, an empty sequence's padding): out 0, lse
     -inf, zero gradients, as for a row whose keys are all masked (was a reshape error)."""
     attn = ae.compile(mask_mod=mask_mod)
@@ -416,3 +424,24 @@ def test_direct_calls_with_few_queries_pack_gqa_groups(module):
     assert attn(q1, k1, k1).shape == (1, 2, 1, 8)
     with pytest.raises((ValueError, RuntimeError), match="8|7|head dim|match"):
         attn(torch.randn(1, 6, 1, 7, dtype=torch.float64), k1, k1)
+
+
+def test_varlen_packed_route_runs_one_batch_row(monkeypatch):
+    """AE_VARLEN=packed runs the sequences back to back as one batch row (the packed-sequences
+    rewrite, positions.with_packed_sequences), not padded into a batch; a bad value is an
+    error naming the choices."""
+    from attention_engine import inference
+    calls = []
+    real = inference.run_op
+    monkeypatch.setattr(inference, "run_op", lambda op, q, *a, **kw: calls.append(q.shape) or real(op, q, *a, **kw))
+    attn = ae.compile(mask_mod=mods.causal)
+    lens = [3, 5]
+    q, k, v = (_packed(lens, 2, 8, s) for s in range(3))
+    monkeypatch.setenv("AE_VARLEN", "packed")
+    attn.varlen(q, k, v, _cu(lens), _cu(lens))
+    monkeypatch.setenv("AE_VARLEN", "padded")
+    attn.varlen(q, k, v, _cu(lens), _cu(lens))
+    assert calls == [(1, 2, 8, 8), (2, 2, 5, 8)]
+    monkeypatch.setenv("AE_VARLEN", "fast")
+    with pytest.raises(ValueError, match="'padded' or 'packed'"):
+        attn.varlen(q, k, v, _cu(lens), _cu(lens))
