@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 
 import torch
 
 import attention_engine as ae
 from attention_engine import mods
+from decode_bench import timed  # median seconds per call (CUDA events on a GPU)
 
 
 def lengths(tokens: int, docs: int, skew: int, seed: int = 0) -> torch.Tensor:
@@ -41,21 +41,6 @@ def lengths(tokens: int, docs: int, skew: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     cuts = torch.sort(torch.randperm(tokens // 64 - 1, generator=g)[: docs - 1] + 1).values * 64
     return torch.diff(torch.cat([torch.tensor([0]), cuts, torch.tensor([tokens])]))
-
-
-def timed_ms(fn, cuda: bool, reps: int) -> float:
-    fn()
-    if not cuda:
-        return float("nan")
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def main() -> int:
@@ -121,8 +106,8 @@ def main() -> int:
                 line[name] = "wrong"
                 continue
             with torch.no_grad():
-                t_f = timed_ms(fn, cuda, args.reps)
-            t_fb = timed_ms(lambda: torch.autograd.grad(fn(), (q, k, v), do), cuda, args.reps)
+                t_f = timed(fn, args.reps) * 1e3
+            t_fb = timed(lambda: torch.autograd.grad(fn(), (q, k, v), do), args.reps) * 1e3
             line[name] = f"{flops / t_f / 1e9:.0f} / {3.5 * flops / t_fb / 1e9:.0f}"
             print(f"{line['case']}  {name}: {line[name]} TFLOPS fwd / fwd+bwd", flush=True)
         rows.append(line)
@@ -134,8 +119,8 @@ def main() -> int:
                    for _ in range(4))
     dense = 4 * H * D * T * (T + 1) / 2
     with torch.no_grad():
-        t_f = timed_ms(lambda: attn(q, k, v), cuda, args.reps)
-    t_fb = timed_ms(lambda: torch.autograd.grad(attn(q, k, v), (q, k, v), do), cuda, args.reps)
+        t_f = timed(lambda: attn(q, k, v), args.reps) * 1e3
+    t_fb = timed(lambda: torch.autograd.grad(attn(q, k, v), (q, k, v), do), args.reps) * 1e3
     dense_line = f"dense causal, one sequence of {T}: {dense / t_f / 1e9:.0f} / {3.5 * dense / t_fb / 1e9:.0f}"
     print(dense_line, flush=True)
 

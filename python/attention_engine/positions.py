@@ -45,15 +45,19 @@ def with_positions(trace_json: str) -> str:
     ], {q: new_q})
 
     # The keys a batch row has: kv_idx < kv_len[b], and-ed into the mask.
+    g["nodes"].append({"op": "lt", "args": [params["kv_idx"], length]})
+    _and_into_mask(g, len(g["nodes"]) - 1)
+    return dump(g)
+
+
+def _and_into_mask(g: dict, keep: int) -> None:
+    """The graph's mask output and-ed with node `keep` (or `keep` alone where it has none)."""
     nodes, outputs = g["nodes"], g["outputs"]
-    nodes.append({"op": "lt", "args": [params["kv_idx"], length]})
-    in_range = len(nodes) - 1
     if "mask" in outputs:
-        nodes.append({"op": "and", "args": [outputs["mask"], in_range]})
+        nodes.append({"op": "and", "args": [outputs["mask"], keep]})
         outputs["mask"] = len(nodes) - 1
     else:
-        outputs["mask"] = in_range
-    return dump(g)
+        outputs["mask"] = keep
 
 
 def with_offsets(trace_json: str) -> str:
@@ -114,10 +118,5 @@ def with_packed_sequences(trace_json: str) -> str:
         {"op": "const", "dtype": "int", "value": 0},
         {"op": "where", "args": [same, local, zero]},
     ], {b: s_q, q: pos, kv: new_kv})
-    nodes, outputs = g["nodes"], g["outputs"]
-    if "mask" in outputs:
-        nodes.append({"op": "and", "args": [outputs["mask"], same]})
-        outputs["mask"] = len(nodes) - 1
-    else:
-        outputs["mask"] = same
+    _and_into_mask(g, same)
     return dump(g)
