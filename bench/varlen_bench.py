@@ -75,15 +75,21 @@ def main() -> int:
         do = torch.randn(T, H, D, device=dev, dtype=dtype, generator=g)
         as_one = lambda x: x.transpose(0, 1).unsqueeze(0)  # [T, H, D] -> [1, H, T, D]
         doc_attn = ae.compile(mask_mod=mods.document_mask(ids))
-        def packed_route():
-            os.environ["AE_VARLEN"] = "packed"
-            try:
-                return attn.varlen(q, k, v, cu, cu)
-            finally:
-                del os.environ["AE_VARLEN"]
+        def route(name):
+            def run():
+                old = os.environ.get("AE_VARLEN")
+                os.environ["AE_VARLEN"] = name
+                try:
+                    return attn.varlen(q, k, v, cu, cu)
+                finally:
+                    if old is None:
+                        del os.environ["AE_VARLEN"]
+                    else:
+                        os.environ["AE_VARLEN"] = old
+            return run
         methods = {
-            "ours varlen": lambda: attn.varlen(q, k, v, cu, cu),
-            "ours varlen packed": packed_route,
+            "ours varlen": route("padded"),
+            "ours varlen packed": route("packed"),
             "ours document mask": lambda: doc_attn(as_one(q), as_one(k), as_one(v))[0].transpose(0, 1),
         }
         if flex is not None:

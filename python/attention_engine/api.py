@@ -176,7 +176,7 @@ class CompiledAttention:
         # Grouped-query attention with few queries (decode): the group's heads as one head's rows
         packed = packed_call(self._ref.trace_json, q, k, v, return_lse, lambda qp, key: run_op(
             attention_op, qp, k, v, self.buffers, key, self.normalize, self.scale, return_lse,
-            self.deterministic))
+            self.deterministic), self.autotune)
         if packed is not None:
             return packed
         return run_op(attention_op, q, k, v, self.buffers, self._key, self.normalize,

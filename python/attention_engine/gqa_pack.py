@@ -59,7 +59,7 @@ def pack_shape(hq: int, hkv: int, sq: int) -> Optional[tuple]:
 
 
 def packed_call(trace_json: str, q, k, v, return_lse: bool,
-                run: Callable[[torch.Tensor, str], object]):
+                run: Callable[[torch.Tensor, str], object], autotune: str = "off"):
     """A direct call [B, Hq, Sq, D] x [B, Hkv, Skv, D], GQA-packed where it packs: run(q', key)
     with q' [B, Hkv, G * Sq, D] and the packed variant's key, its out (and lse) unpacked; None
     where it does not pack (shapes that do not, or that the op will refuse with its own
@@ -81,7 +81,16 @@ def packed_call(trace_json: str, q, k, v, return_lse: bool,
             from .api import VariantRef, _variant_of  # api imports this module
             rewritten = gqa_packed(trace_json, *pack)
             key = _PACKED[(trace_json, *pack)] = VariantRef(rewritten, _variant_of(rewritten)).key
+    inherit_autotune(autotune, key)
     res = run(q.reshape(B, Hq // group, group * Sq, D), key)
     out, lse = res if return_lse else (res, None)
     out = out.reshape(B, Hq, Sq, out.shape[-1])
     return (out, lse.reshape(B, Hq, Sq)) if return_lse else out
+
+
+def inherit_autotune(autotune: str, key: str) -> None:
+    """A rewritten variant (packed, positions) tunes as the compiled one it runs for
+    (`ae.compile(..., autotune=...)` is kept per variant key: csrc/torch/autotune.h)."""
+    if autotune != "off":
+        from . import _C
+        _C.tune_set_mode(key, autotune)

@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 
 from .api import VariantRef, _variant_of, run_op
-from .gqa_pack import gqa_packed, pack_shape
+from .gqa_pack import gqa_packed, inherit_autotune, pack_shape
 from .ops import attention_op
 from .positions import with_packed_sequences, with_positions
 
@@ -80,6 +80,7 @@ def _run_packed_sequences(attn, q, k, v, cq, ck, lq_t, lk_t, return_lse):
     q_pos = torch.arange(q.shape[0], device=dev) - cq[:-1][seq_q] + (lk_t - lq_t)[seq_q]
     k_base = ck[:-1][seq_q]
     ref = _packed_sequences_ref(attn)
+    inherit_autotune(getattr(attn, "autotune", "off"), ref.key)
     captured = attn.captured if hasattr(attn, "captured") else attn.buffers
     buffers = list(captured) + [seq_q, q_pos, k_base, seq_k]
     one = lambda x: x.transpose(0, 1).unsqueeze(0)  # [T, H, D] -> [1, H, T, D]
@@ -123,6 +124,7 @@ def _run(attn, q, k, v, q_start, kv_len, return_lse):
     pack = pack_shape(Hq, Hkv, Sq)
     group = pack[0] if pack else 1
     ref = _positioned(attn, pack)
+    inherit_autotune(getattr(attn, "autotune", "off"), ref.key)
     captured = attn.captured if hasattr(attn, "captured") else attn.buffers
     buffers = list(captured) + [q_start, kv_len]
     if pack is not None:  # row g * Sq + s of KV head j is query s of head j * group + g
@@ -142,9 +144,10 @@ def _pad(x: torch.Tensor, lengths: torch.Tensor, width: int):
     to their padded rows (index_copy), so the backward gathers them back; a gather from an
     appended zero row instead had every padding row's gradient added atomically into that one
     row (varlen fwd+bwd at 5 TFLOPS with random lengths, bench/varlen_bench.py)."""
-    n = lengths.numel()
-    j = torch.arange(width, device=x.device)
-    dest = (torch.arange(n, device=x.device)[:, None] * width + j[None, :])[j[None, :] < lengths[:, None]]
+    n, dev = lengths.numel(), x.device
+    seq = torch.repeat_interleave(torch.arange(n, device=dev), lengths, output_size=x.shape[0])
+    starts = torch.cumsum(lengths, 0) - lengths
+    dest = seq * width + torch.arange(x.shape[0], device=dev) - starts[seq]  # no nonzero: no sync
     padded = x.new_zeros((n * width,) + tuple(x.shape[1:])).index_copy(0, dest, x)
     return padded.view(n, width, *x.shape[1:]).transpose(1, 2)
 

@@ -19,8 +19,17 @@ def _bias_by_sequence(score, b, h, q_idx, kv_idx):
     return score + H_BIAS[b]
 
 
+_KEY_BIAS = torch.linspace(-1.0, 1.0, 17, dtype=torch.float64)  # the longest key count below
+
+
+def _bias_by_key(score, b, h, q_idx, kv_idx):
+    """A captured tensor indexed by kv_idx: masked pairs must index in range too."""
+    return score + _KEY_BIAS[kv_idx]
+
+
 VARIANTS = {
     "causal": (None, mods.causal),
+    "bias_by_key": (_bias_by_key, mods.causal),
     "alibi": (mods.alibi(mods.alibi_slopes(4)), mods.causal),
     "softcap_window": (mods.softcap(5.0), mods.sliding_window(6)),
     "bias_by_sequence": (_bias_by_sequence, None),
@@ -389,12 +398,17 @@ def test_gqa_pack_rewrite_maps_rows_to_heads_and_positions():
 
 
 @pytest.mark.parametrize("module", [False, True], ids=["compiled", "module"])
-def test_direct_calls_with_few_queries_pack_gqa_groups(module):
+def test_direct_calls_with_few_queries_pack_gqa_groups(module, monkeypatch):
     """A direct call with grouped-query attention and at most 16 queries per head (decode
     through attn(q, k, v)) runs GQA-packed (gqa_pack.packed_call): it must equal the unpacked
     reference, lse and gradients included (q, k, v, a learnable per-head and per-position
     table), and pack only where the group's rows fit a tile."""
-    from attention_engine import gqa_pack
+    from attention_engine import api, module as module_py
+    shapes = []  # the q shapes that reach the op
+    for where in (api, module_py):
+        real = where.run_op
+        monkeypatch.setattr(where, "run_op", lambda op, q, *a, real=real, **kw:
+                            shapes.append(tuple(q.shape)) or real(op, q, *a, **kw))
     table = torch.nn.Parameter(torch.randn(6, 5, dtype=torch.float64))
 
     def score_mod(score, b, h, q_idx, kv_idx):
@@ -406,8 +420,9 @@ def test_direct_calls_with_few_queries_pack_gqa_groups(module):
         q = torch.randn(2, 6, sq, 8, dtype=torch.float64, generator=gen).requires_grad_()
         k, v = (torch.randn(2, 2, 20, 8, dtype=torch.float64, generator=gen).requires_grad_()
                 for _ in range(2))
+        shapes.clear()
         out, lse = attn(q, k, v, return_lse=True)
-        assert ((attn._ref.trace_json, 3, sq) in gqa_pack._PACKED) == packs, sq
+        assert shapes == [(2, 2, 3 * sq, 8) if packs else (2, 6, sq, 8)], (sq, shapes)
         want, want_lse = attn.reference(q, k, v, return_lse=True)
         assert_close(out, want, 1e-12, f"out sq={sq}")
         assert_close(lse, want_lse, 1e-12, f"lse sq={sq}")
@@ -445,3 +460,20 @@ def test_varlen_packed_route_runs_one_batch_row(monkeypatch):
     monkeypatch.setenv("AE_VARLEN", "fast")
     with pytest.raises(ValueError, match="'padded' or 'packed'"):
         attn.varlen(q, k, v, _cu(lens), _cu(lens))
+
+
+def test_rewritten_variants_tune_as_the_compiled_one(monkeypatch):
+    """autotune= is kept per variant key: the packed and positions-rewritten variants a call
+    runs must tune as the compiled variant does (a review finding: they ran untuned)."""
+    from attention_engine import _C, gqa_pack, inference
+    monkeypatch.delenv("AE_AUTOTUNE", raising=False)
+    attn = ae.compile(mods.alibi(mods.alibi_slopes(4)), mods.causal, autotune="cached")
+    q = torch.randn(1, 4, 1, 8, dtype=torch.float64)
+    k = torch.randn(1, 2, 6, 8, dtype=torch.float64)
+    attn(q, k, k)
+    assert _C.tune_mode(gqa_pack._PACKED[(attn._ref.trace_json, 2, 1)]) == "cached"
+    attn.with_kvcache(q.transpose(1, 2), k.transpose(1, 2), k.transpose(1, 2), 6)
+    assert _C.tune_mode(inference._POSITIONED[(attn._ref.trace_json, (2, 1))].key) == "cached"
+    plain = ae.compile(mask_mod=mods.causal)  # off stays off
+    plain(q, k, k)
+    assert _C.tune_mode(gqa_pack._PACKED[(plain._ref.trace_json, 2, 1)]) == "off"
