@@ -2,6 +2,8 @@
 #include <array>
 #include <cstring>
 
+#include <torch/csrc/autograd/python_variable.h>  // THPVariable_Check, THPVariable_Unpack
+
 #include "jit/cache_admin.h"
 #include "jit/check_arches.h"
 #include "jit/disk_cache.h"

@@ -67,6 +67,9 @@ def test_module_forward_backward_with_learnable_bias():
     assert "relative_bias_mod" in repr(m)
 
 
+# In one xdist worker with test_compile_layouts.py's (--dist loadgroup, scripts/test.sh): the
+# first inductor compile of a process costs about 25 s more than the next ones.
+@pytest.mark.xdist_group("torch_compile")
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_torch_compile_over_module(backend):
     torch._dynamo.reset()

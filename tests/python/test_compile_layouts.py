@@ -37,6 +37,7 @@ def train_step(model, x):
     return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
 
+@pytest.mark.xdist_group("torch_compile")  # with test_api.py's (the same inductor warm-up)
 @pytest.mark.parametrize("biased", [False, True])
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_compiled_training_step_with_permuted_qkv(backend, biased):

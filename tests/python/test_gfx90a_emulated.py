@@ -33,7 +33,10 @@ def _gxx():
     return gxx if int(out.split(".")[0] or 0) >= 12 else None  # _Float16 on x86-64
 
 
-pytestmark = pytest.mark.skipif(_gxx() is None, reason="needs g++ 12 or newer")
+# One xdist group: the module's fixtures build every kernel below for whichever worker runs any
+# of its tests (scripts/test.sh runs pytest with --dist loadgroup), so all of them run in one.
+pytestmark = [pytest.mark.skipif(_gxx() is None, reason="needs g++ 12 or newer"),
+              pytest.mark.xdist_group("gfx90a_emulated")]
 
 B, HQ, HKV = 1, 2, 1  # GQA 2:1
 
