@@ -2,7 +2,10 @@
 x 2 bytes over the median time) and µs per call, bf16, GQA 32:8, D 128, no mask. Ours: the
 plain call on the cache's first Skv positions (`attn(q, k, v)`, what the issue measured; "ours
 decode" and "ours cache decode": the same with AE_DECODE=1, the decode template),
-`with_kvcache` on a contiguous cache and on paged caches (page 64 and 16, pages shuffled);
+`with_kvcache` on a contiguous cache (checked lengths, and check_lengths=False: no host
+read; and that call replayed from a CUDA graph, next to SDPA cuDNN's) and on paged caches
+(page 64 and 16, pages shuffled, check_lengths=False: the kernels read the pages in place; page
+64 also from a CUDA graph);
 SDPA cuDNN and flash (enable_gqa) and FlexAttention under torch.compile in the same run.
 
     python bench/decode_bench.py [--shapes 1x1x32k,8x1x8k,...]
@@ -21,7 +24,7 @@ import torch.nn.functional as F
 import attention_engine as ae
 
 HQ, HKV, D = 32, 8, 128
-BHSD = {"ours plain", "ours decode", "sdpa cudnn", "sdpa flash", "flex"}  # the cases taking [B, H, S, D]
+BHSD = {"ours plain", "ours decode", "sdpa cudnn", "sdpa flash", "flex", "sdpa cudnn graph"}  # the cases taking [B, H, S, D]
 SHAPES = "1x1x32k,8x1x8k,32x1x4k,4x1x128k,4x4x128k"  # B x Sq x Skv
 
 
@@ -71,6 +74,26 @@ def with_decode(fn):
     return run
 
 
+def graphed(fn):
+    """fn captured once in a CUDA graph (as a serving loop runs decode): a call replays it and
+    returns the graph's output. Host overhead then no longer counts, for ours or SDPA."""
+    with torch.no_grad():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            out = fn()
+
+    def run():
+        g.replay()
+        return out
+    return run
+
+
 def paged(k_cache, v_cache, page_size, gen):
     """The contiguous cache's contents in shuffled pages: (k_pages, v_pages, block_table)."""
     B, S = k_cache.shape[:2]
@@ -112,14 +135,18 @@ def main():
         cases = {
             "ours plain": lambda: attn(qh, kh, vh),
             "ours cache": lambda: attn.with_kvcache(q, kc, vc, lens),
+            # no host read of the lengths (the serving loop's call)
+            "ours cache nocheck": lambda: attn.with_kvcache(q, kc, vc, lens, check_lengths=False),
         }
         cases["ours decode"] = with_decode(cases["ours plain"])
         cases["ours cache decode"] = with_decode(cases["ours cache"])
         for ps in (64, 16):
             if Skv % ps == 0:
                 kp, vp, table = paged(kc, vc, ps, gen)
+                # unchecked, as "ours cache nocheck": the pages read in place, no host read
                 cases[f"ours paged{ps}"] = (lambda kp=kp, vp=vp, t=table:
-                                            attn.with_kvcache(q, kp, vp, lens, block_table=t))
+                                            attn.with_kvcache(q, kp, vp, lens, block_table=t,
+                                                              check_lengths=False))
         if dev == "cuda":
             from torch.nn.attention import SDPBackend, sdpa_kernel
             for label, backend in (("sdpa cudnn", SDPBackend.CUDNN_ATTENTION),
@@ -129,6 +156,11 @@ def main():
                         return F.scaled_dot_product_attention(qh, kh, vh, enable_gqa=True)
                 cases[label] = run
             cases["flex"] = lambda: flex(qh, kh, vh, enable_gqa=True)
+            # In CUDA graphs: ours without the host read of the lengths (capturable), SDPA cuDNN.
+            cases["ours cache graph"] = graphed(cases["ours cache nocheck"])
+            if "ours paged64" in cases:
+                cases["ours paged64 graph"] = graphed(cases["ours paged64"])
+            cases["sdpa cudnn graph"] = graphed(cases["sdpa cudnn"])
         ref = None
         line = f"B{B} Sq{Sq} Skv{Skv // 1024 if Skv >= 1024 else Skv}{'k' if Skv >= 1024 else ''}"
         for label, fn in cases.items():

@@ -1,7 +1,8 @@
 """Generation with a KV cache (issue 18): a random-init Llama-style decoder (8 layers, hidden
 2048, 16 query heads, 4 KV heads, D 128, rotary, SwiGLU, bf16) prefills a batch of prompts and
 decodes greedily, attention through attention_engine's `with_kvcache` on a paged cache (page
-64) or through SDPA on a contiguous cache. Tokens/s of the decode steps (CUDA events, the whole
+64; with the lengths checked on the host, and with check_lengths=False) or through SDPA on a
+contiguous cache. Tokens/s of the decode steps (CUDA events, the whole
 model per step), the prefill time, and how many generated tokens the two agree on (greedy
 decoding of a random model in bf16 may part ways after a near tie).
 
@@ -55,6 +56,8 @@ class Layer(nn.Module):
 class PagedCache:
     """attention_engine: one paged cache per layer, with_kvcache appending in place."""
 
+    check_lengths = True  # UncheckedPagedCache: False (no host read of the lengths per call)
+
     def __init__(self, layers, batch, capacity, kv_heads, d, page, dtype, device):
         per = -(-capacity // page)
         self.table = torch.randperm(batch * per, device=device).view(batch, per).to(torch.int32)
@@ -66,7 +69,13 @@ class PagedCache:
 
     def attend(self, i):
         return lambda q, k, v: self.attn.with_kvcache(q, self.k[i], self.v[i], self.lens, k, v,
-                                                      self.table)
+                                                      self.table,
+                                                      check_lengths=self.check_lengths)
+
+
+class UncheckedPagedCache(PagedCache):
+    """The same with check_lengths=False: the serving loop's call, nothing read back."""
+    check_lengths = False
 
 
 class SdpaCache:
@@ -102,7 +111,7 @@ def generate(layers, embed, head, cache, prompt, new, force=None):
         x = embed(tokens)
         for i, layer in enumerate(layers):
             x = layer(x, pos, cache.attend(i))
-        if isinstance(cache, PagedCache):
+        if isinstance(cache, PagedCache):  # (and UncheckedPagedCache)
             cache.lens += tokens.shape[1]
         else:
             cache.n += tokens.shape[1]
@@ -142,7 +151,9 @@ def main():
     head = nn.Linear(dim, vocab, bias=False).to(dev, dtype)
     prompt = torch.randint(0, vocab, (a.batch, a.prompt), device=dev)
     results = {}
-    for name, Cache in (("attention_engine (paged 64)", PagedCache), ("SDPA (contiguous)", SdpaCache)):
+    for name, Cache in (("attention_engine (paged 64)", PagedCache),
+                        ("attention_engine unchecked", UncheckedPagedCache),
+                        ("SDPA (contiguous)", SdpaCache)):
         for rep in range(2):  # the first compiles kernels
             cache = Cache(a.layers, a.batch, a.prompt + a.new, kvh, dim // heads, 64, dtype, dev)
             results[name] = generate(layers, embed, head, cache, prompt, a.new)

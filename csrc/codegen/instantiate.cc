@@ -22,16 +22,18 @@ struct Template {
   int second_bound;
 };
 
-const char* layout_type(Layout l) {
-  switch (l) {
+std::string layout_type(const KernelSpec& s) {
+  switch (s.layout) {
     case Layout::Dense: return "ae::DenseLayout";
+    case Layout::KvLengths: return "ae::KvLengthsLayout";
+    case Layout::Paged: return fmt::format("ae::PagedLayout<{}>", s.page_size);
   }
   return "?";
 }
 
 Template template_of(const KernelSpec& s) {
   const char* elem = s.bf16 ? "true" : "false";
-  const char* layout = layout_type(s.layout);
+  const std::string layout = layout_type(s);
   switch (s.kind) {
     case Kind::Forward:
       if (s.family == Family::Gfx90a)  // 2 waves per SIMD: the occupancy the table is sized for

@@ -24,8 +24,9 @@ enum class Kind {
 // the mma.sync templates (sm_80 and up), the Hopper ones (sm_90a: TMA, wgmma, warp
 // specialization) or AMD CDNA2's (gfx90a: MFMA, wave64).
 enum class Family { Common, Sm80, Sm90, Gfx90a };
-// How rows are addressed (templates/common/kv_layout.h).
-enum class Layout { Dense };
+// How rows are addressed (templates/common/kv_layout.h): dense, dense with each batch's own
+// key count (KvLengthsLayout), or K and V in pages of page_size rows (PagedLayout).
+enum class Layout { Dense, KvLengths, Paged };
 // Backward: where additions into captured tensors' gradients go (templates/common/
 // variant_support.h): global atomics, or a per-CTA copy in shared memory past the template's
 // own, added into global memory once at the CTA's end.
@@ -38,6 +39,7 @@ struct KernelSpec {
   Kind kind = Kind::Forward;
   Family family = Family::Sm80;
   Layout layout = Layout::Dense;
+  int page_size = 0;        // Layout::Paged: rows per page
   std::string arch;         // "sm_80", "sm_90a", ...
   int d_qk = 0, d_v = 0;    // head dims
   int block_m = 0;          // query rows per CTA (16 * m_tiles * warps on the sm80 forward;

@@ -3,6 +3,7 @@
 #include <map>
 #include <mutex>
 
+#include "ir/length_bound.h"
 #include "ir/parse.h"
 
 namespace ae::ir {
@@ -14,13 +15,11 @@ std::map<std::string, std::shared_ptr<const Variant>>& registry() {
   return *r;
 }
 
-}  // namespace
-
-std::shared_ptr<const Variant> build_variant(const std::string& trace_json, Graph* display) {
+// The Variant of an optimized forward graph (the registered one where it exists).
+std::shared_ptr<const Variant> build_from_graph(Graph forward) {
   auto v = std::make_shared<Variant>();
-  v->forward = optimize(parse_trace(trace_json));
+  v->forward = std::move(forward);
   v->key = v->forward.hash();
-  if (display) *display = v->forward;
   {
     std::lock_guard<std::mutex> lock(g_mutex);
     auto it = registry().find(v->key);
@@ -28,8 +27,20 @@ std::shared_ptr<const Variant> build_variant(const std::string& trace_json, Grap
   }
   v->backward = differentiate(v->forward);
   v->analysis = analyze(v->forward);
+  if (const KvLengthBound bound = find_kv_length_bound(v->forward); bound.buffer >= 0) {
+    v->kv_lengths_buffer = bound.buffer;
+    v->without_kv_lengths = build_from_graph(without_kv_length_bound(v->forward, bound));
+  }
   std::lock_guard<std::mutex> lock(g_mutex);
   return registry().emplace(v->key, v).first->second;
+}
+
+}  // namespace
+
+std::shared_ptr<const Variant> build_variant(const std::string& trace_json, Graph* display) {
+  Graph forward = optimize(parse_trace(trace_json));
+  if (display) *display = forward;
+  return build_from_graph(std::move(forward));
 }
 
 std::shared_ptr<const Variant> find_variant(const std::string& key) {

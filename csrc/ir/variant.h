@@ -17,6 +17,11 @@ struct Variant {
   Graph forward;    // outputs "score" and "mask"
   Graph backward;   // forward's outputs + "d_score" + "d_load"s
   Analysis analysis;
+  // The mask's conjunct kv_idx < lengths[b] (ir/length_bound.h), when it has one: the captured
+  // tensor of the lengths, and this variant without that conjunct (registered too), which a
+  // forward with the per-batch-lengths layout runs. -1 and null otherwise.
+  int kv_lengths_buffer = -1;
+  std::shared_ptr<const Variant> without_kv_lengths;
 };
 
 // Parses, validates and optimizes a trace, differentiates it, and registers the result.

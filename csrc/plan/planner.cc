@@ -142,6 +142,18 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
       d.specs.insert(d.specs.end(), c.specs.begin(), c.specs.end());
       c = std::move(d);
     }
+    if (pb.kv_layout == KvLayout::Paged) {  // the sm90 forward's TMA boxes: whole pages or tiles
+      const int64_t ps = pb.page_size;
+      if (f != Family::Sm90) c = Candidates{{}, "a paged KV cache in the kernels: the sm90 forward only"};
+      c.specs.erase(std::remove_if(c.specs.begin(), c.specs.end(),
+                                   [&](const KernelSpec& s) {
+                                     return !(ps % s.block_n == 0 || s.block_n % ps == 0);
+                                   }),
+                    c.specs.end());
+      for (KernelSpec& s : c.specs) s.layout = codegen::Layout::Paged, s.page_size = static_cast<int>(ps);
+      if (c.specs.empty() && c.refusal.empty())
+        c.refusal = fmt::format("no sm90 forward tile of keys fits pages of {} rows", ps);
+    }
     std::string w;
     // Gradients of captured tensors: a copy in shared memory where the first candidate that
     // has room for it left over (a smaller tile than the table's first pick, if need be:
@@ -158,6 +170,10 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
       spec->plain_loads = r.overrides.plain_loads;
       spec->trust_v = r.overrides.trust_v && kind == Kind::Forward;
       spec->mask_load_mode = kind == Kind::Forward ? r.overrides.mask_load_mode : -1;
+      spec->layout = pb.kv_layout == KvLayout::KvLengths ? codegen::Layout::KvLengths
+                     : pb.kv_layout == KvLayout::Paged   ? codegen::Layout::Paged
+                                                         : codegen::Layout::Dense;
+      if (pb.kv_layout == KvLayout::Paged) spec->page_size = static_cast<int>(pb.page_size);
       return true;
     }
     reasons += (reasons.empty() ? "" : "; ") + w;
@@ -406,6 +422,15 @@ LaunchPlan make_plan(const PlanRequest& r) {
       return refuse("AE_CUSTOM_NORM=0 turns a custom row normalization's kernels off");
   }
   const Kind kind = pb.kind == OpKind::Forward ? Kind::Forward : Kind::Backward;
+  // Per-batch key lengths in the layout: the NVIDIA forwards walk them (the caller plans the
+  // variant with its mask bound otherwise).
+  if (pb.kv_layout != KvLayout::Dense &&
+      (kind != Kind::Forward || r.device.vendor != jit::Vendor::kNvidia))
+    return refuse(pb.kv_layout == KvLayout::Paged
+                      ? "a paged KV cache in the kernels: NVIDIA forwards only"
+                      : "per-batch key lengths as a layout: NVIDIA forwards only");
+  if (pb.kv_layout == KvLayout::Paged && (pb.page_size < 8 || pb.page_size % 8))
+    return refuse(fmt::format("pages of {} rows: the kernels take multiples of 8", pb.page_size));
   KernelSpec spec;
   std::string why;
   if (!main_spec(r, kind, &spec, &why)) return refuse(why);

@@ -12,9 +12,11 @@ namespace ae::plan {
 
 enum class OpKind { Forward, Backward };  // decode, varlen, ...: the inference issue
 enum class ElemType { BFloat16, Float16, Float32, Float64, Int32, Other };
-// How K and V (and Q) are laid out: dense [B, H, S, D] tensors; packed varlen sequences and
-// paged KV caches come with the inference issue.
-enum class KvLayout { Dense };
+// How K and V (and Q) are laid out: dense [B, H, S, D] tensors; dense ones whose batches have
+// their own key counts (a KV cache's lengths: a forward's mask bound kv_idx < lengths[b] moved
+// into the layout, csrc/ir/length_bound.h); or K and V in pages named by a page table (a paged
+// KV cache, with those lengths where the mask gives them). Packed varlen sequences: to come.
+enum class KvLayout { Dense, KvLengths, Paged };
 // Where block sparsity comes from: none, or the variant's mask_mod (block-state tables made by
 // a kernel); block masks given as data come with the block-sparsity issue.
 enum class BlockSparsity { None, MaskMod };
@@ -34,6 +36,7 @@ struct Problem {
   int64_t batch = 0, q_heads = 0, kv_heads = 0, q_len = 0, kv_len = 0, d_qk = 0, d_v = 0;
   double scale = 0;
   KvLayout kv_layout = KvLayout::Dense;
+  int64_t page_size = 0;  // KvLayout::Paged: key rows per page (kv_len: the table's capacity)
   BlockSparsity sparsity = BlockSparsity::None;
   std::vector<CapturedTensor> captured;
   // Backward: the same gradients bit for bit run to run (dQ's additions in a fixed order).

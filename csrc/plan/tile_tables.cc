@@ -339,7 +339,9 @@ int smem_bytes(const KernelSpec& s) {
   switch (s.kind) {
     case Kind::Forward:
       if (s.family == Family::Gfx90a) return gfx90a::fwd_lds_bytes(s.block_n, s.d_qk, s.d_v);
-      return s.family == Family::Sm90 ? sm90::fwd_smem_bytes(s.block_n, s.d_qk, s.d_v, s.stages)
+      // (paged: the page-table window past the template's own, sm90/fwd.h page_win)
+      return s.family == Family::Sm90 ? sm90::fwd_smem_bytes(s.block_n, s.d_qk, s.d_v, s.stages) +
+                                            (s.layout == codegen::Layout::Paged ? 4 * 32 : 0)
                                       : sm80::fwd_smem_bytes(s.block_m, s.block_n, s.d_qk, s.d_v);
     case Kind::Backward:
       if (s.family == Family::Gfx90a)

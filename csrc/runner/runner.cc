@@ -1,5 +1,7 @@
 #include "runner/runner.h"
 
+#include <algorithm>
+
 #include "jit/launch.h"
 #include "runner/kernel_registry.h"
 #include "runner/tma.h"
@@ -48,6 +50,16 @@ AttnParams attn_params(const plan::LaunchPlan& plan, const Bindings& b) {
     p.v_flag = static_cast<int*>(ws(b, WorkspaceId::VFlag).data);  // null without the V-check pass
   }
   p.block_state = static_cast<const unsigned char*>(ws(b, WorkspaceId::BlockStates).data);
+  if (b.page_table.defined()) {
+    p.page_table = static_cast<const int*>(b.page_table.data);
+    p.page_table_stride = b.page_table.stride[0];
+    p.max_pages = static_cast<int>(b.page_table.size[1]);
+  }
+  if (b.kv_lens.defined()) {
+    p.kv_lens = b.kv_lens.data;
+    p.kv_lens_stride = b.kv_lens.stride[0];
+    p.kv_lens_int32 = b.kv_lens.elem_size == 4;
+  }
   return p;
 }
 
@@ -121,8 +133,12 @@ void run(const plan::LaunchPlan& plan, const ir::Variant& variant, const Binding
     int n = 0;
     for (Arg a : abi.args) {
       if (a == Arg::TmaQ) v.tq = tma_map(b.q, step.spec.block_m);
-      if (a == Arg::TmaK) v.tk = tma_map(b.k, step.spec.block_n);
-      if (a == Arg::TmaV) v.tv = tma_map(b.v, step.spec.block_n);
+      // Paged K and V load in boxes of a page at most (sm90/fwd.h).
+      const int kv_box = step.spec.layout == codegen::Layout::Paged
+                             ? std::min(step.spec.block_n, step.spec.page_size)
+                             : step.spec.block_n;
+      if (a == Arg::TmaK) v.tk = tma_map(b.k, kv_box);
+      if (a == Arg::TmaV) v.tv = tma_map(b.v, kv_box);
       if (a == Arg::TmaDo) v.tdo = tma_map(b.dout, step.spec.block_m);
       args[n++] = v.at(a);
     }

@@ -29,6 +29,11 @@ struct Bindings {
   TensorRef dout, dlse;  // backward (dlse optional)
   TensorRef dq, dk, dv;  // backward outputs
   std::vector<CapturedRef> captured;
+  // KvLengthsLayout: each batch's key count, a 1-D int64 (elem_size 8) or int32 (4) tensor.
+  TensorRef kv_lens;
+  // PagedLayout: k and v are pages [num_pages, kv_heads, page_size, d]; the int32 page table
+  // [batch, max_pages].
+  TensorRef page_table;
   std::array<TensorRef, plan::kWorkspaceCount> workspaces;  // by WorkspaceId
   std::array<bool, plan::kWorkspaceCount> ready{};  // came filled: its step is skipped
   void* stream = nullptr;  // CUstream

@@ -24,12 +24,17 @@ struct VariantHandle {
 // split-KV forward; 16 queries or fewer plan the decode template) on a device class and
 // returns the step's source and launch facts (for the compile-all check, sass_dump, and the
 // curious).
-pybind11::dict kernel_source(const ir::Variant& v, const std::string& step, int d_qk, int d_v,
+// kv_lengths: the forward of the variant without its mask's length bound, on the per-batch
+// lengths layout (ir/length_bound.h), as a call with the lengths tensor plans it.
+pybind11::dict kernel_source(const ir::Variant& given, const std::string& step, int d_qk, int d_v,
                              bool bf16, const std::vector<std::string>& buffer_dtypes,
                              const std::string& device, const std::string& family,
                              const std::vector<bool>& buffer_grads, bool deterministic,
-                             int q_len) {
+                             int q_len, bool kv_lengths, int page_size) {
   namespace pyb = pybind11;
+  if (kv_lengths && !given.without_kv_lengths)
+    throw ir::GraphError("kv_lengths: the variant's mask has no bound kv_idx < lengths[b]");
+  const ir::Variant& v = kv_lengths ? *given.without_kv_lengths : given;
   plan::PlanRequest r;
   r.variant = plan::VariantTraits::of(v);
   const bool backward =
@@ -60,6 +65,8 @@ pybind11::dict kernel_source(const ir::Variant& v, const std::string& step, int 
     pb.captured.push_back(t);
   }
   pb = plan::with_sparsity(pb, r.variant);
+  if (kv_lengths) pb.kv_layout = plan::KvLayout::KvLengths;
+  if (page_size > 0) pb.kv_layout = plan::KvLayout::Paged, pb.page_size = page_size;
   if (!plan::devices::named(device, &r.device))
     throw ir::GraphError("device must be h100, h200, a100, ada or mi250, not " + device);
   if (family == "sm80") r.family = codegen::Family::Sm80;
@@ -109,25 +116,38 @@ void bind_ir(pybind11::module_& m) {
       .def_property_readonly("has_mask", [](const VariantHandle& h) { return h.variant->analysis.has_mask; })
       .def_property_readonly("mask_is_index_only",
                              [](const VariantHandle& h) { return h.variant->analysis.mask_is_index_only; })
+      .def_property_readonly("kv_lengths_buffer",
+                             [](const VariantHandle& h) { return h.variant->kv_lengths_buffer; },
+                             "The captured tensor of the mask's bound kv_idx < lengths[b] that a "
+                             "forward takes as its KV layout (csrc/ir/length_bound.h), or -1.")
+      .def_property_readonly("without_kv_lengths_text",
+                             [](const VariantHandle& h) {
+                               return h.variant->without_kv_lengths
+                                          ? h.variant->without_kv_lengths->forward.text(false)
+                                          : std::string();
+                             },
+                             "The canonical text of the variant without that bound ('' if none).")
       .def_property_readonly("num_nodes", [](const VariantHandle& h) { return h.variant->forward.nodes.size(); })
       .def("kernel_source",
            [](const VariantHandle& h, const std::string& step, int d_qk, int d_v, bool bf16,
               const std::vector<std::string>& buffer_dtypes, const std::string& device,
               const std::string& family, const std::vector<bool>& buffer_grads,
-              bool deterministic, int q_len) {
+              bool deterministic, int q_len, bool kv_lengths, int page_size) {
              return kernel_source(*h.variant, step, d_qk, d_v, bf16, buffer_dtypes, device,
-                                  family, buffer_grads, deterministic, q_len);
+                                  family, buffer_grads, deterministic, q_len, kv_lengths,
+                                  page_size);
            },
            pyb::arg("step"), pyb::arg("d_qk"), pyb::arg("d_v"), pyb::arg("bf16") = true,
            pyb::arg("buffer_dtypes") = std::vector<std::string>{}, pyb::arg("device") = "h100",
            pyb::arg("family") = "", pyb::arg("buffer_grads") = std::vector<bool>{},
            pyb::arg("deterministic") = false, pyb::arg("q_len") = 4096,
+           pyb::arg("kv_lengths") = false, pyb::arg("page_size") = 0,
            "The generated source of one step of the plan the planner makes for this variant on a "
            "device class (h100, h200, a100, ada, mi250) at 4k tokens: step fwd, bwd, "
            "block_state, bwd_prep, bwd_dq, fwd_combine (split-KV: AE_KV_SPLITS) or v_check (a masked forward's; AE_V_CHECK); family sm80, sm90 or gfx90a to ask for one (default: the "
            "planner's choice); buffer_grads: for the backward, which captured tensors get "
            "gradients; deterministic: the deterministic backward's; q_len: the query rows (4096; 16 or "
-           "fewer plan the decode template), against 4096 keys. Also the step's entry, compile options, threads, shared memory and the "
+           "fewer plan the decode template), against 4096 keys; kv_lengths: the forward on the per-batch key lengths layout (the variant without its mask's bound kv_idx < lengths[b]); page_size: the forward on a paged KV cache of such pages. Also the step's entry, compile options, threads, shared memory and the "
            "whole plan's text.");
 
   m.def("backend_for", &torch_ops::backend_for, pyb::arg("q"), pyb::arg("k"), pyb::arg("v"),

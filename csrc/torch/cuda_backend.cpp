@@ -20,6 +20,7 @@
 #include "torch/runner_inputs.h"
 #include "torch/checks.h"
 #include "torch/cuda_backend.h"
+#include "torch/paged.h"
 #include "torch/reference.h"
 #include "torch/workspaces.h"
 
@@ -38,11 +39,14 @@ plan::DeviceCaps device_caps(const at::Tensor& q) {
 // The call's plan: the tables, or the stored tuning choice of its shape class (autotune.h).
 TunedPlan plan_call(plan::OpKind kind, const ir::Variant& v, const at::Tensor& q, const Shapes& s,
                     const std::vector<at::Tensor>& buffers, double scale,
-                    const std::vector<bool>& wants_grad = {}, bool deterministic = false) {
+                    const std::vector<bool>& wants_grad = {}, bool deterministic = false,
+                    plan::KvLayout layout = plan::KvLayout::Dense, int64_t page_size = 0) {
   plan::PlanRequest r;
   r.variant = plan::VariantTraits::of(v);
   r.problem = plan::with_sparsity(problem_of(kind, q, s, buffers, scale, wants_grad), r.variant);
   r.problem.deterministic = deterministic;
+  r.problem.kv_layout = layout;
+  r.problem.page_size = page_size;
   r.device = device_caps(q);
   return plan_with_tuning(std::move(r), q.device().index());
 }
@@ -56,6 +60,20 @@ void warn_fallback(const std::string& reason) {
                            reason));
 }
 
+// The lengths tensor of a mask bound kv_idx < lengths[b] that the forward can take as its layout
+// (ir/length_bound.h): on q's device, int32 / int64, one entry per batch (or one for all, as a
+// load clamps its index); else undefined, and the mask keeps the bound.
+at::Tensor kv_lengths_of(const ir::Variant& v, const at::Tensor& q, const Shapes& s,
+                         const std::vector<at::Tensor>& buffers) {
+  if (!v.without_kv_lengths || v.kv_lengths_buffer >= static_cast<int>(buffers.size())) return {};
+  const at::Tensor& t = buffers[v.kv_lengths_buffer];
+  if (t.device() != q.device() || t.dim() != 1 ||
+      (t.scalar_type() != at::kLong && t.scalar_type() != at::kInt) ||
+      (t.size(0) != s.batch && t.size(0) != 1))
+    return {};
+  return t;
+}
+
 std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q_in, const at::Tensor& k_in,
                                                 const at::Tensor& v_in,
                                                 const std::vector<at::Tensor>& buffers,
@@ -64,7 +82,18 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q_in, const at
   auto variant = get_variant(key);
   const Shapes s = check_inputs(q_in, k_in, v_in, buffers, *variant);
   c10::DeviceGuard guard(q_in.device());
-  TunedPlan tuned = plan_call(plan::OpKind::Forward, *variant, q_in, s, buffers, scale);
+  // A mask bound by per-batch key lengths: the variant without it, on that layout, where a
+  // kernel takes it.
+  at::Tensor kv_lens = kv_lengths_of(*variant, q_in, s, buffers);
+  std::optional<TunedPlan> lengths_plan;
+  if (kv_lens.defined()) {
+    lengths_plan = plan_call(plan::OpKind::Forward, *variant->without_kv_lengths, q_in, s, buffers,
+                             scale, {}, false, plan::KvLayout::KvLengths);
+    if (lengths_plan->plan.ok) variant = variant->without_kv_lengths;
+    else kv_lens = at::Tensor(), lengths_plan.reset();
+  }
+  TunedPlan tuned = lengths_plan ? std::move(*lengths_plan)
+                                 : plan_call(plan::OpKind::Forward, *variant, q_in, s, buffers, scale);
   const plan::LaunchPlan& plan = tuned.plan;
   if (!plan.ok) {
     warn_fallback(plan.reason);
@@ -81,9 +110,49 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q_in, const at
   runner::Bindings b = bind_inputs(q, k, v, buffers);
   b.o = ref(out);
   b.lse = ref(lse);
+  if (kv_lens.defined()) {
+    b.kv_lens = ref(kv_lens);
+    if (kv_lens.size(0) == 1) b.kv_lens.stride[0] = 0;  // one length for every batch
+  }
   if (tuned.tune_now) tuned.plan = tune_call(tuned, *variant, b, q, buffers);
   const std::vector<at::Tensor> scratch = bind_workspaces(plan, q, b, buffers);
   runner::run(plan, *variant, b);
+  return {out, lse};
+}
+
+// attention_paged on the sm90 forward's paged layout (common/kv_layout.h PagedLayout), with
+// the mask's length bound as the key counts where it has one; elsewhere (another GPU, a page
+// size no tile fits) the pages gathered into dense tensors for the dense forward.
+std::tuple<at::Tensor, at::Tensor> cuda_forward_paged(const at::Tensor& q_in, const at::Tensor& k_in,
+                                                      const at::Tensor& v_in,
+                                                      const std::vector<at::Tensor>& buffers,
+                                                      const std::string& key, double scale,
+                                                      const at::Tensor& table_in) {
+  auto variant = get_variant(key);
+  const Shapes s = check_paged_inputs(q_in, k_in, v_in, buffers, *variant, table_in);
+  c10::DeviceGuard guard(q_in.device());
+  at::Tensor kv_lens = kv_lengths_of(*variant, q_in, s, buffers);
+  const ir::Variant& use = kv_lens.defined() ? *variant->without_kv_lengths : *variant;
+  const TunedPlan tuned = plan_call(plan::OpKind::Forward, use, q_in, s, buffers, scale, {}, false,
+                                    plan::KvLayout::Paged, k_in.size(2));
+  const plan::LaunchPlan& plan = tuned.plan;
+  if (!plan.ok || plan.steps.empty())
+    return cuda_forward(q_in, dense_from_pages(k_in, table_in), dense_from_pages(v_in, table_in),
+                        buffers, key, scale, false);
+  const at::Tensor q = kernel_ready(q_in), k = kernel_ready(k_in), v = kernel_ready(v_in);
+  const at::Tensor table = table_in.stride(1) == 1 ? table_in : table_in.contiguous();
+  at::Tensor out = at::empty({s.batch, s.q_heads, s.q_len, s.head_dim_v}, q.options());
+  at::Tensor lse = at::empty({s.batch, s.q_heads, s.q_len}, q.options().dtype(at::kFloat));
+  runner::Bindings b = bind_inputs(q, k, v, buffers);
+  b.o = ref(out);
+  b.lse = ref(lse);
+  b.page_table = ref(table);
+  if (kv_lens.defined()) {
+    b.kv_lens = ref(kv_lens);
+    if (kv_lens.size(0) == 1) b.kv_lens.stride[0] = 0;
+  }
+  const std::vector<at::Tensor> scratch = bind_workspaces(plan, q, b, buffers);
+  runner::run(plan, use, b);
   return {out, lse};
 }
 
@@ -178,12 +247,18 @@ std::string backend_for(const at::Tensor& q, const at::Tensor& k, const at::Tens
         plan_call(plan::OpKind::Backward, *variant, q, s, buffers, 1.0, wants_grad).plan;
     return bwd.ok ? bwd.family : "reference: " + bwd.reason;
   }
+  std::string layout;  // the forward's, where the mask's length bound moved into it
+  if (kv_lengths_of(*variant, q, s, buffers).defined()) {
+    const plan::LaunchPlan lp = plan_call(plan::OpKind::Forward, *variant->without_kv_lengths, q, s,
+                                          buffers, 1.0, {}, false, plan::KvLayout::KvLengths).plan;
+    if (lp.ok) layout = " (forward: per-batch key lengths)";
+  }
   const plan::LaunchPlan fwd = plan_call(plan::OpKind::Forward, *variant, q, s, buffers, 1.0).plan;
   if (!fwd.ok) return "reference: " + fwd.reason;
   const plan::LaunchPlan bwd =
       plan_call(plan::OpKind::Backward, *variant, q, s, buffers, 1.0, wants_grad).plan;
-  if (!bwd.ok) return fwd.family + " (backward on the reference: " + bwd.reason + ")";
-  return fwd.family;
+  if (!bwd.ok) return fwd.family + layout + " (backward on the reference: " + bwd.reason + ")";
+  return fwd.family + layout;
 }
 
 void clear_kernel_caches() {
@@ -196,4 +271,5 @@ void clear_kernel_caches() {
 TORCH_LIBRARY_IMPL(attention_engine, CUDA, m) {
   m.impl("attention", &ae::torch_ops::cuda_forward);
   m.impl("attention_backward", &ae::torch_ops::cuda_backward);
+  m.impl("attention_paged", &ae::torch_ops::cuda_forward_paged);
 }

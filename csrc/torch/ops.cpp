@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include "torch/checks.h"
+#include "torch/paged.h"
 #include "torch/reference.h"
 
 namespace ae::torch_ops {
@@ -66,6 +67,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> referenc
   return {dq.contiguous(), dk.contiguous(), dv.contiguous(), dbuf};
 }
 
+// attention_paged: K and V in pages; the reference runs them gathered into dense tensors.
+std::tuple<at::Tensor, at::Tensor> paged_meta(const at::Tensor& q, const at::Tensor& k,
+                                              const at::Tensor& v,
+                                              const std::vector<at::Tensor>& buffers,
+                                              const std::string& variant, double /*scale*/,
+                                              const at::Tensor& table) {
+  check_paged_inputs(q, k, v, buffers, *get_variant(variant), table);
+  at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
+  at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(lse_dtype(q)));
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> paged_reference_op(const at::Tensor& q, const at::Tensor& k,
+                                                      const at::Tensor& v,
+                                                      const std::vector<at::Tensor>& buffers,
+                                                      const std::string& variant, double scale,
+                                                      const at::Tensor& table) {
+  check_paged_inputs(q, k, v, buffers, *get_variant(variant), table);
+  return reference_forward_op(q, dense_from_pages(k, table), dense_from_pages(v, table), buffers,
+                              variant, scale, false);
+}
+
 }  // namespace
 }  // namespace ae::torch_ops
 
@@ -82,7 +105,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> referenc
   "Tensor[] buffers, str variant, float scale, bool[] buffer_grads, "                     \
   "bool deterministic=False) -> (Tensor dq, Tensor dk, Tensor dv, Tensor[] dbuffers)"
 
+// attention_paged: the forward against a paged KV cache, k / v [num_pages, Hkv, page_size, D]
+// and the int32 page table [B, max_pages] (batch b's key r: row r % page_size of page
+// table[b, r / page_size]); no autograd (the inference entry point gathers the pages where
+// gradients are wanted).
+#define AE_PAGED_SCHEMA \
+  "(Tensor q, Tensor k, Tensor v, Tensor[] buffers, str variant, float scale, " \
+  "Tensor block_table) -> (Tensor out, Tensor lse)"
+
 TORCH_LIBRARY(attention_engine, m) {
+  m.def("attention_paged" AE_PAGED_SCHEMA);
   m.def("attention" AE_FWD_SCHEMA);
   m.def("attention_backward" AE_BWD_SCHEMA);
   m.def("attention_reference" AE_FWD_SCHEMA);
@@ -94,9 +126,11 @@ TORCH_LIBRARY_IMPL(attention_engine, CompositeExplicitAutograd, m) {
   m.impl("attention_backward", &ae::torch_ops::reference_backward_op);
   m.impl("attention_reference", &ae::torch_ops::reference_forward_op);
   m.impl("attention_reference_backward", &ae::torch_ops::reference_backward_op);
+  m.impl("attention_paged", &ae::torch_ops::paged_reference_op);
 }
 
 TORCH_LIBRARY_IMPL(attention_engine, Meta, m) {
+  m.impl("attention_paged", &ae::torch_ops::paged_meta);
   m.impl("attention", &ae::torch_ops::forward_meta);
   m.impl("attention_backward", &ae::torch_ops::backward_meta);
   m.impl("attention_reference", &ae::torch_ops::forward_meta);

@@ -78,8 +78,10 @@ def _unknown_keywords(where: str, unknown: dict, accepted: str):
 
 
 def run_op(op, q, k, v, buffers, key: str, normalize: str, scale: Optional[float],
-           return_lse: bool, deterministic: bool = False):
-    """One call of the native op: checks what Python can check, then (out, lse) or out."""
+           return_lse: bool, deterministic: bool = False, extra: Optional[tuple] = None):
+    """One call of the native op: checks what Python can check, then (out, lse) or out.
+    extra: the op's arguments after the scale in place of deterministic (attention_paged's
+    page table)."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"attention_engine: {name} must be a torch.Tensor, "
@@ -89,7 +91,10 @@ def run_op(op, q, k, v, buffers, key: str, normalize: str, scale: Optional[float
                          "normalize='softmax' or a Normalizer (this variant uses "
                          "normalize='none')")
     s = _default_scale(q) if scale is None else scale
-    out, lse = op(q, k, v, list(buffers), key, float(s), deterministic)
+    if extra is not None:
+        out, lse = op(q, k, v, list(buffers), key, float(s), *extra)
+    else:
+        out, lse = op(q, k, v, list(buffers), key, float(s), deterministic)
     return (out, lse) if return_lse else out
 
 
@@ -208,7 +213,8 @@ class CompiledAttention:
     def with_kvcache(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      cache_seqlens, k_new: Optional[torch.Tensor] = None,
                      v_new: Optional[torch.Tensor] = None,
-                     block_table: Optional[torch.Tensor] = None, *, return_lse: bool = False):
+                     block_table: Optional[torch.Tensor] = None, *, return_lse: bool = False,
+                     check_lengths: bool = True):
         """Attention against a KV cache (FlashAttention's ``flash_attn_with_kvcache``): q
         [B, Sq, Hq, D]; the cache contiguous, k_cache [B, S_max, Hkv, D], or paged,
         [num_pages, page_size, Hkv, D] with ``block_table`` [B, max_pages] (int32) naming
@@ -219,6 +225,12 @@ class CompiledAttention:
         so decoding token by token gives what the full forward gives. Returns out
         [B, Sq, Hq, Dv] (and lse [B, Hq, Sq]). Gradients reach q, k_new, v_new and the
         captured tensors, not the cache's earlier contents.
+
+        ``check_lengths=True`` reads the lengths on the host (one synchronization per call)
+        to refuse those that do not fit the cache. ``False`` (a decode loop whose lengths are
+        known good; contiguous cache, no autograd) reads nothing back: the kernels take each
+        sequence's length from the device, clamped into the cache, so a bad length gives a
+        wrong answer, never an out-of-bounds access.
 
         Example:
             >>> import torch, attention_engine as ae
@@ -231,7 +243,7 @@ class CompiledAttention:
         """
         from .inference import with_kvcache
         return with_kvcache(self, q, k_cache, v_cache, cache_seqlens, k_new, v_new, block_table,
-                            return_lse=return_lse)
+                            return_lse=return_lse, check_lengths=check_lengths)
 
     def reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                   return_lse: bool = False):

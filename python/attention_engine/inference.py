@@ -14,9 +14,15 @@ attention and few queries per sequence (decode) the query heads of a group are p
 head's rows (gqa_pack.py); the fused kernels (or the reference executor) run that as any
 variant with captured tensors, and the forward splits long key ranges across SMs when the
 query tiles alone would leave SMs idle (split-KV, the planner's). Correct for every variant,
-forward and backward. Paged and varlen addressing in the kernels are the inference issue's next
-steps (a paged cache is gathered into a contiguous one per call). Lengths are read on the host
-(one synchronization per call).
+forward and backward.
+
+The rewrite's key bound kv_idx < kv_len[b] is recognized by the forward (csrc/ir/length_bound.h)
+and becomes the kernels' KV layout: each sequence's key count read on the device, its blocks
+past it never visited, and no mask left where the variant had none. Without autograd a paged
+cache is read in place (the attention_paged op: the sm90 forward addresses keys through the
+page table); with autograd it is gathered into a contiguous one per call. Lengths are read on
+the host (one synchronization per call) unless with_kvcache(check_lengths=False). Varlen
+addressing in the kernels (no padding) is the inference issue's next step.
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ import torch
 
 from .api import VariantRef, _variant_of, run_op
 from .gqa_pack import gqa_packed, inherit_autotune, pack_shape
-from .ops import attention_op
+from .ops import attention_op, paged_op
 from .positions import with_packed_sequences, with_positions
 
 _POSITIONED: dict = {}  # (trace JSON, GQA packing) -> VariantRef of its rewrite
@@ -103,7 +109,7 @@ def _check_tensor(name: str, x, dim: int, shape_doc: str):
         raise _err(f"{name} must be {shape_doc}, got shape {list(x.shape)}")
 
 
-def _int_vector(name: str, x, n: Optional[int], device) -> torch.Tensor:
+def _int_vector(name: str, x, n: Optional[int], device, keep_int32: bool = False) -> torch.Tensor:
     if isinstance(x, int) and not isinstance(x, bool) and n is not None:
         x = torch.full((n,), x, dtype=torch.int64)
     if not isinstance(x, torch.Tensor) or x.dim() != 1 or x.dtype not in (torch.int32, torch.int64):
@@ -113,12 +119,16 @@ def _int_vector(name: str, x, n: Optional[int], device) -> torch.Tensor:
                    f"{list(x.shape) if isinstance(x, torch.Tensor) else ''}")
     if n is not None and x.numel() != n:
         raise _err(f"{name} has {x.numel()} entries for a batch of {n}")
-    return x.to(device=device, dtype=torch.int64)
+    # keep_int32: int32 stays (a cast is a kernel launch per decode step; the kernels and the
+    # reference read either)
+    return x.to(device=device, dtype=x.dtype if keep_int32 else torch.int64)
 
 
-def _run(attn, q, k, v, q_start, kv_len, return_lse):
+def _run(attn, q, k, v, q_start, kv_len, return_lse, block_table=None):
     """attn: a CompiledAttention or an Attention module (whose captured tensors are read as
-    registered now). q [B, Hq, Sq, D], k / v [B, Hkv, Skv, D]."""
+    registered now). q [B, Hq, Sq, D], k / v [B, Hkv, Skv, D]; with block_table (int32 [B,
+    max_pages]) k / v are pages [num_pages, Hkv, page_size, D] (the attention_paged op: no
+    autograd)."""
     B, Hq, Sq, D = q.shape
     Hkv = k.shape[1] if k.dim() == 4 and k.shape[1] > 0 else Hq
     pack = pack_shape(Hq, Hkv, Sq)
@@ -129,8 +139,12 @@ def _run(attn, q, k, v, q_start, kv_len, return_lse):
     buffers = list(captured) + [q_start, kv_len]
     if pack is not None:  # row g * Sq + s of KV head j is query s of head j * group + g
         q = q.reshape(B, Hkv, group * Sq, D)
-    res = run_op(attention_op, q, k, v, buffers, ref.key, attn.normalize, attn.scale,
-                 return_lse, getattr(attn, "deterministic", False))
+    if block_table is not None:
+        res = run_op(paged_op, q, k, v, buffers, ref.key, attn.normalize, attn.scale, return_lse,
+                     extra=(block_table,))
+    else:
+        res = run_op(attention_op, q, k, v, buffers, ref.key, attn.normalize, attn.scale,
+                     return_lse, getattr(attn, "deterministic", False))
     if pack is None:
         return res
     out, lse = res if return_lse else (res, None)
@@ -198,21 +212,25 @@ def varlen(attn, q, k, v, cu_seqlens_q, cu_seqlens_k,
     return out, lse.transpose(1, 2)[seq, row].transpose(0, 1)  # [Hq, total_q], as FlashAttention
 
 
-def _append(cache: torch.Tensor, new: torch.Tensor, lengths: torch.Tensor, block_table):
-    """Writes new [B, Sn, H, D] at positions lengths[b] + i of the cache (in place)."""
+def _append(cache: torch.Tensor, new: torch.Tensor, lengths: torch.Tensor, block_table,
+            capacity: int):
+    """Writes new [B, Sn, H, D] at positions lengths[b] + i of the cache (in place). Positions
+    are clamped into the cache (unchecked lengths: no out-of-bounds write)."""
     B, Sn = new.shape[:2]
     pos = lengths[:, None] + torch.arange(Sn, device=new.device)[None, :]  # [B, Sn]
+    pos = pos.clamp(0, capacity - 1)
     with torch.no_grad():
         if block_table is None:
             cache[torch.arange(B, device=new.device)[:, None], pos] = new
         else:
             ps = cache.shape[1]
-            page = block_table.gather(1, pos // ps)
+            page = block_table.gather(1, pos // ps).long().clamp(0, cache.shape[0] - 1)
             cache[page, pos % ps] = new
 
 
 def with_kvcache(attn, q, k_cache, v_cache, cache_seqlens, k_new=None,
-                 v_new=None, block_table=None, *, return_lse: bool = False):
+                 v_new=None, block_table=None, *, return_lse: bool = False,
+                 check_lengths: bool = True):
     _check_tensor("q", q, 4, "[B, Sq, Hq, D]")
     B, Sq = q.shape[:2]
     paged = block_table is not None
@@ -223,14 +241,14 @@ def with_kvcache(attn, q, k_cache, v_cache, cache_seqlens, k_new=None,
         raise _err(f"k_cache and v_cache must agree in all but the last dim, got "
                    f"{list(k_cache.shape)} and {list(v_cache.shape)}")
     dev = q.device
-    lens = _int_vector("cache_seqlens", cache_seqlens, B, dev)
+    lens = _int_vector("cache_seqlens", cache_seqlens, B, dev, keep_int32=True)
     if paged:
         if (not isinstance(block_table, torch.Tensor) or block_table.dim() != 2
                 or block_table.dtype not in (torch.int32, torch.int64) or block_table.shape[0] != B):
             raise _err(f"block_table must be an int32 [B={B}, max_pages] tensor, got "
                        f"{getattr(block_table, 'dtype', type(block_table).__name__)}"
                        f"{list(block_table.shape) if isinstance(block_table, torch.Tensor) else ''}")
-        block_table = block_table.to(device=dev, dtype=torch.int64)
+        block_table = block_table.to(device=dev)
         capacity = block_table.shape[1] * k_cache.shape[1]
     else:
         if k_cache.shape[0] != B:
@@ -263,6 +281,13 @@ def with_kvcache(attn, q, k_cache, v_cache, cache_seqlens, k_new=None,
     if return_lse and isinstance(attn.normalize, str) and attn.normalize == "none":
         raise _err("return_lse=True needs a row statistic: normalize='softmax' or a "
                    "Normalizer (this variant uses normalize='none')")
+    grad = torch.is_grad_enabled()
+    table32 = None
+    if paged and not grad:  # the kernels read the pages where they lie (attention_paged)
+        table32 = block_table if block_table.dtype == torch.int32 else block_table.to(torch.int32)
+    if not check_lengths and not grad:
+        return _without_host_read(attn, q, k_cache, v_cache, lens, k_new, v_new, n_new,
+                                  capacity, return_lse, block_table, table32)
     host = lens.tolist()  # one synchronization: bounds, and the keys to read
     total = [n + n_new for n in host]
     for b, (n, t) in enumerate(zip(host, total)):
@@ -282,15 +307,20 @@ def with_kvcache(attn, q, k_cache, v_cache, cache_seqlens, k_new=None,
             raise _err(f"block_table has page indices outside [0, {k_cache.shape[0]}) for "
                        "positions a sequence uses")
     if n_new:
-        _append(k_cache, k_new, lens, block_table)
-        _append(v_cache, v_new, lens, block_table)
+        _append(k_cache, k_new, lens, block_table, capacity)
+        _append(v_cache, v_new, lens, block_table, capacity)
+    kv_len = lens + n_new
+    if table32 is not None:
+        return _cache_result(_run(attn, q.transpose(1, 2), k_cache.transpose(1, 2),
+                                  v_cache.transpose(1, 2), kv_len - Sq, kv_len, return_lse,
+                                  table32), return_lse)
     if paged:
         used = used.clamp(0, k_cache.shape[0] - 1)  # pages past a sequence's end: masked
         k = k_cache[used].flatten(1, 2)[:, :width]
         v = v_cache[used].flatten(1, 2)[:, :width]
     else:
         k, v = k_cache[:, :width], v_cache[:, :width]
-    if torch.is_grad_enabled():
+    if grad:
         # Autograd: the new tokens enter through an out-of-place copy (their gradients flow),
         # and no input of this call is a view of the cache a later call writes into.
         k, v = k.detach().clone(), v.detach().clone()
@@ -299,9 +329,32 @@ def with_kvcache(attn, q, k_cache, v_cache, cache_seqlens, k_new=None,
             pos = lens[:, None] + torch.arange(n_new, device=dev)[None, :]
             k = k.index_put((rows, pos), k_new)
             v = v.index_put((rows, pos), v_new)
-    kv_len = lens + n_new
     res = _run(attn, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), kv_len - Sq,
                kv_len, return_lse)
+    return _cache_result(res, return_lse)
+
+
+def _cache_result(res, return_lse):
+    """_run's [B, Hq, Sq, Dv] output as with_kvcache returns it, [B, Sq, Hq, Dv] (lse [B, Hq,
+    Sq] as it is)."""
     if return_lse:
-        return res[0].transpose(1, 2), res[1]  # lse [B, Hq, Sq]
+        return res[0].transpose(1, 2), res[1]
     return res.transpose(1, 2)
+
+
+def _without_host_read(attn, q, k_cache, v_cache, lens, k_new, v_new, n_new, capacity,
+                       return_lse, block_table, table32):
+    """with_kvcache(check_lengths=False) without autograd: nothing is read back to the host.
+    The kernels take kv_len[b] from the device as their KV layout (csrc/ir/length_bound.h: the
+    positions rewrite's bound kv_idx < kv_len[b]), clamped into the cache, and read the pages
+    of a paged cache where they lie; the reference executor masks by it. Lengths or page
+    indices out of range give clamped, wrong answers, never an out-of-bounds access: the caller
+    vouches for them."""
+    Sq = q.shape[1]
+    if n_new:
+        _append(k_cache, k_new, lens, block_table, capacity)
+        _append(v_cache, v_new, lens, block_table, capacity)
+    kv_len = lens + n_new if n_new else lens
+    return _cache_result(_run(attn, q.transpose(1, 2), k_cache.transpose(1, 2),
+                              v_cache.transpose(1, 2), kv_len - Sq, kv_len, return_lse, table32),
+                         return_lse)

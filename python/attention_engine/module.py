@@ -140,12 +140,12 @@ class Attention(torch.nn.Module):
                       return_lse=return_lse)
 
     def with_kvcache(self, q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None,
-                     block_table=None, *, return_lse: bool = False):
+                     block_table=None, *, return_lse: bool = False, check_lengths: bool = True):
         """Attention against a KV cache, contiguous or paged: ``CompiledAttention.with_kvcache``'s
         arguments and result, reading the tensors registered now."""
         from .inference import with_kvcache
         return with_kvcache(self, q, k_cache, v_cache, cache_seqlens, k_new, v_new, block_table,
-                            return_lse=return_lse)
+                            return_lse=return_lse, check_lengths=check_lengths)
 
     def reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                   return_lse: bool = False):

@@ -7,6 +7,7 @@ from . import _C  # noqa: F401  (loads the library that defines the ops)
 
 attention_op = torch.ops.attention_engine.attention
 reference_op = torch.ops.attention_engine.attention_reference
+paged_op = torch.ops.attention_engine.attention_paged  # forward only: no autograd
 
 
 def _setup_context(ctx, inputs, output):

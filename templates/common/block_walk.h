@@ -26,13 +26,15 @@ struct RowWalk {
   // masked: the Variant's kHasMask. Without a mask the host passes no table, and saying so at
   // compile time folds the walk away (and frees its registers). split_kv (also known at compile
   // time): walk range `split` of a split-KV launch.
+  // kv_blocks: the key blocks batch b has (the layout's kv_blocks; -1: p.n_kv_blocks).
   AE_DEVICE RowWalk(const AttnParams& p, int b, int h, int m_block, bool masked, bool split_kv = false,
-                    int split = 0)
+                    int split = 0, int kv_blocks = -1)
       : state(masked && p.block_state ? p.block_state + b * p.state_stride_b + h * p.state_stride_h +
                                             static_cast<long long>(m_block) * p.n_kv_blocks
                                       : nullptr),
         first(split_kv ? split * p.kv_split_blocks : 0),
-        n(split_kv ? min(p.n_kv_blocks, first + p.kv_split_blocks) : p.n_kv_blocks) {}
+        n(min(kv_blocks < 0 ? p.n_kv_blocks : kv_blocks,
+              split_kv ? first + p.kv_split_blocks : p.n_kv_blocks)) {}
   // The first block at or after j with something kept (n when none).
   AE_DEVICE int next(int j) const {
     if (!state) return j;

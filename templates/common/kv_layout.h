@@ -19,6 +19,10 @@ struct DenseLayout {
   }
   AE_DEVICE static int q_len(const AttnParams& p, int /*b*/) { return p.q_len; }
   AE_DEVICE static int kv_len(const AttnParams& p, int /*b*/) { return p.kv_len; }
+  // The key blocks of block_n keys batch b has (a forward's walk stops there).
+  AE_DEVICE static int kv_blocks(const AttnParams& p, int /*b*/, int /*block_n*/) {
+    return p.n_kv_blocks;
+  }
   // A row's entry in the per-row statistics (lse, lse2, delta: [batch, q_heads, q_len]).
   AE_DEVICE static long long stat(const AttnParams& p, int b, int h, int row) {
     return (static_cast<long long>(b) * p.q_heads + h) * p.q_len + row;
@@ -28,6 +32,49 @@ struct DenseLayout {
     int row, head, batch;
   };
   AE_DEVICE static TmaRow tma_row(int b, int h, int row) { return {row, h, b}; }
+  // Rows per page of K and V (PagedLayout), 0: not paged.
+  static constexpr int kPage = 0;
+};
+
+// Dense tensors whose batches have their own key counts (a KV cache's filled lengths, padded
+// varlen sequences): p.kv_lens[b], clamped into [0, p.kv_len] (the tensors' rows), so that a
+// length past the cache reads no memory outside it. Keys past a batch's length are masked, and
+// its blocks past them never visited. The planner chooses it where the mask's conjunct
+// `kv_idx < lengths[b]` was recognized (csrc/ir/length_bound.h) and drops that conjunct from
+// the kernel's mask.
+struct KvLengthsLayout : DenseLayout {
+  AE_DEVICE static int kv_len(const AttnParams& p, int b) {
+    const long long i = static_cast<long long>(b) * p.kv_lens_stride;
+    const long long n = p.kv_lens_int32 ? static_cast<const int*>(p.kv_lens)[i]
+                                        : static_cast<const long long*>(p.kv_lens)[i];
+    return static_cast<int>(n < 0 ? 0 : n > p.kv_len ? p.kv_len : n);
+  }
+  AE_DEVICE static int kv_blocks(const AttnParams& p, int b, int block_n) {
+    return (kv_len(p, b) + block_n - 1) / block_n;
+  }
+};
+
+// A paged KV cache (FlashInfer's and vLLM's layout; sm90 forward): K and V are pages of PAGE
+// rows, [num_pages, kv_heads, PAGE, d] (the TMA maps' "batch" is the page), and batch b's key
+// row r is row r % PAGE of page p.page_table[b][r / PAGE] (sm90/fwd.h loads a block in boxes of
+// at most a page, the entries from a window of the table its producer warp keeps in shared
+// memory). The key count per batch comes from p.kv_lens where the mask's length bound gave one,
+// else it is the table's capacity (p.kv_len). A table entry past the columns is never read (the
+// column is clamped), and a page index out of range loads zeros (TMA fills out-of-bounds boxes
+// with zeros), so a bad table cannot fault. Q and O stay dense.
+template <int PAGE_>
+struct PagedLayout : KvLengthsLayout {
+  static constexpr int kPage = PAGE_;
+  AE_DEVICE static int kv_len(const AttnParams& p, int b) {
+    return p.kv_lens ? KvLengthsLayout::kv_len(p, b) : p.kv_len;
+  }
+  AE_DEVICE static int kv_blocks(const AttnParams& p, int b, int block_n) {
+    return (kv_len(p, b) + block_n - 1) / block_n;
+  }
+  // Batch b's page of table column col (clamped into the table's columns).
+  AE_DEVICE static int page(const AttnParams& p, int b, int col) {
+    return p.page_table[b * p.page_table_stride + min(col, p.max_pages - 1)];
+  }
 };
 
 }  // namespace ae

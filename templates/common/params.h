@@ -70,6 +70,17 @@ struct AttnParams {
   // (common/v_check.h) found it: 0 lets the forwards skip their scans of masked tiles' V
   // (nvidia/exact_pv.h). Zeroed before that pass; null where none ran (the forwards scan).
   int* v_flag;
+  // KvLengthsLayout (common/kv_layout.h): each batch's key count, int64 (or int32 where
+  // kv_lens_int32), element b * kv_lens_stride. Null with other layouts.
+  const void* kv_lens;
+  long long kv_lens_stride;
+  int kv_lens_int32;
+  // PagedLayout (common/kv_layout.h): K and V are pages [num_pages, kv_heads, page_size, d]
+  // (k_stride / v_stride: page, head, row); batch b's key row r is row r % page_size of page
+  // page_table[b * page_table_stride + r / page_size] (int32, max_pages entries per batch).
+  const int* page_table;
+  long long page_table_stride;
+  int max_pages;
 };
 
 // The backward's row passes (common/bwd_rows.h). dout, o, dq: [batch, heads, q_len, dim]

@@ -58,7 +58,8 @@ AE_DEVICE void attention_decode(const AttnParams& p, const Variant& var) {
   const int b = tile.batch, h = tile.head, q0 = tile.block * Cfg::kBlockM, h_kv = h / p.group;
   const u16* gk = Layout::row(static_cast<const u16*>(p.k), p.k_stride, b, h_kv, 0);
   const u16* gv = Layout::row(static_cast<const u16*>(p.v), p.v_stride, b, h_kv, 0);
-  const RowWalk blocks(p, b, h, tile.block, Variant::kHasMask, Cfg::kSplitKv, tile.split);
+  const RowWalk blocks(p, b, h, tile.block, Variant::kHasMask, Cfg::kSplitKv, tile.split,
+                       Layout::kv_blocks(p, b, BN));
   const int n_kv = blocks.n;
   const TileLoader<BN, Cfg::kDqk, Cfg::kThreads> k_loader;
   const TileLoader<BN, Cfg::kDv, Cfg::kThreads> v_loader;

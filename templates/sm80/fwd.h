@@ -79,7 +79,8 @@ struct FwdKernel {
     const u32 q_rows = lane_a<Cfg::kLdQK>(smem_addr(sQ)) + 2 * wrow * Cfg::kLdQK;
     const u32 k_rows = lane_nk<Cfg::kLdQK>(smem_addr(sK));
     const u32 v_cols = lane_kn<Cfg::kLdV>(smem_addr(sV));
-    const RowWalk blocks(p, b, h, m_block, Variant::kHasMask, Cfg::kSplitKv, tile.split);
+    const RowWalk blocks(p, b, h, m_block, Variant::kHasMask, Cfg::kSplitKv, tile.split,
+                         Layout::kv_blocks(p, b, Cfg::kBlockN));
     const int n_kv = blocks.n;
     auto next_block = [&](int j) { return blocks.next(j); };
     const TileLoader<Cfg::kBlockN, Cfg::kDqk, Cfg::kThreads> k_loader;

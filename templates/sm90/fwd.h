@@ -75,7 +75,11 @@ struct FwdConfig {
                     kBlockM == 64 * kConsumers && kThreads == 128 * (kConsumers + 1),
                 "sm90/shapes.h");
   // Register split between the warpgroups (65536 per SM, one CTA per SM).
-  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+  // Paged: the producer also keeps the page-table window; at 24 registers it spilled under a
+  // mask's block walk (compile-all).
+  static constexpr bool kPagedLayout = LAYOUT_::kPage > 0;
+  static constexpr int kProducerRegs = kPagedLayout ? 32 : 24,
+                       kConsumerRegs = kPagedLayout ? 232 : 240;
   static_assert(kDqk % 64 == 0 && kDv % 64 == 0 && kDqk <= 256, "head dims: multiples of 64");
   // S = Q K^T is one wgmma of N = kBlockN; P V takes the keys 16 at a time.
   static_assert(kBlockN % 16 == 0 && kBlockN >= 64 && kBlockN <= 192, "wgmma N of S");
@@ -115,10 +119,21 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   // holds (2 j + 1 if partly masked, 2 j if not; -1: the row is done) before its K-full
   // arrival, so the consumers' loop reads shared memory where it read the block table.
   constexpr bool kList = Variant::kHasMask;
+  // A paged layout (common/kv_layout.h PagedLayout): keys load in boxes of at most a page, at
+  // pages read from a window of kPageWindow page-table entries in shared memory (page_win).
+  constexpr int kPage = Layout::kPage, kPageWindow = 32;
+  constexpr int kBox = kPage > 0 && kPage < BN ? kPage : BN;
+  static_assert(BN % kBox == 0 && kBox % 8 == 0 && (kPage == 0 || BN <= kPage * kPageWindow),
+                "key boxes");
+  constexpr bool kWarpWide = kList || kPage > 0;  // all of the producer's warp 0 in its loop
   int* block_list = reinterpret_cast<int*>(q_empty + 2);
   // Persistent: the tile whose Q the producer loads, written before its Q-full arrival (at or
   // past Tiles::count: no more tiles).
   int* tile_slot = block_list + S;
+  // The window lies past the template's own shared memory: the planner gives paged kernels
+  // 4 * kPageWindow bytes more (static shared memory would cost up to 1024 bytes, the dynamic
+  // block's alignment).
+  int* page_win = tile_slot + 1;
   // The tile of a CTA: from the grid (computed before the warpgroups part, as both need it),
   // or (persistent) the t-th of the whole problem.
   const WorkTile grid_tile = kPersistent ? WorkTile{} : HeadsFastest<Cfg::kSplitKv>::tile(p);
@@ -144,8 +159,9 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   const int wg = threadIdx.x / 128;
   if (wg == 0) {  // producer
     setmaxnreg_dec<Cfg::kProducerRegs>();
-    // Lane 0 loads; under a mask all of warp 0 walks the blocks (the walk is warp-wide).
-    if (threadIdx.x < (kList ? 32 : 1)) {
+    // Lane 0 loads; under a mask all of warp 0 walks the blocks (the walk is warp-wide), and on
+    // a paged layout all of it keeps the page-table window.
+    if (threadIdx.x < (kWarpWide ? 32 : 1)) {
       const bool leader = threadIdx.x == 0;
       int it = 0;  // the ring slot, counted across the CTA's tiles
       for (int n = 0, t = kPersistent ? Tiles::first() : 0;; ++n) {
@@ -160,7 +176,8 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
         const WorkTile tile = tile_of(t);
         const int h_kv = tile.head / p.group;
         const RowWalk blocks(p, tile.batch, tile.head, tile.block, Variant::kHasMask, Cfg::kSplitKv,
-                             tile.split);
+                             tile.split, Layout::kv_blocks(p, tile.batch, BN));
+        int win = -kPageWindow;  // paged: the table column of page_win[0] (none loaded yet)
         // Q first on the CTA's first tile; on a later one after the tile's first K and V, which
         // load while the consumers finish the last tile (Q waits until they are done with it).
         auto load_q = [&] {
@@ -176,6 +193,18 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
         if (n == 0) load_q();
         for (int j = blocks.next(blocks.first), k = 0;; j = blocks.next(j + 1), ++k) {
           const bool done = j >= blocks.n;
+          if constexpr (kPage > 0) {
+            // The block's pages from the window; the warp loads the next kPageWindow entries
+            // (one coalesced load) when it runs past them. A lookup per box instead put a
+            // global load's latency before each of the producer's TMA issues.
+            const int c0 = j * BN / kPage, c1 = (j * BN + BN - 1) / kPage;
+            if (!done && (c0 < win || c1 >= win + kPageWindow)) {  // (uniform across the warp)
+              win = c0;
+              __syncwarp();
+              page_win[threadIdx.x] = Layout::page(p, tile.batch, win + static_cast<int>(threadIdx.x));
+              __syncwarp();
+            }
+          }
           if (!done || kList) {
             if (leader) {
               const int stage = it % S, use = it / S;
@@ -185,17 +214,33 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
                 mbar_arrive(k_full + stage);  // that the next tile's waits on the stage
                 if constexpr (kPersistent) mbar_arrive(v_full + stage);  // keep step)
               } else {
-                const auto kr = Layout::tma_row(tile.batch, h_kv, j * BN);
+                // Boxes of kBox rows (paged: a page at most), each at its rows' place in the
+                // tile: with 128-byte swizzling a box of rows r0 .. at r0 * 128 bytes (a multiple
+                // of the pattern's 1024-byte period) lands as part of the whole box. Coordinates:
+                // (row, head, batch), or paged (row in the page, head, page).
+                auto coords = [&](int row) -> typename Layout::TmaRow {
+                  if constexpr (kPage > 0) return {row % kPage, h_kv, page_win[row / kPage - win]};
+                  else return Layout::tma_row(tile.batch, h_kv, row);
+                };
                 mbar_arrive_expect_tx(k_full + stage, Cfg::kKBytes);
+                // (Not unrolled over boxes: the producer has 24 registers.)
+#pragma unroll 1
+                for (int r0 = 0; r0 < BN; r0 += kBox) {
+                  const auto kr = coords(j * BN + r0);
 #pragma unroll
-                for (int c = 0; c < Cfg::kDqk / 64; ++c)
-                  tma_load_4d(sK + stage * Cfg::kKBytes + c * BN * 128, tk, k_full + stage, c * 64,
-                              kr.row, kr.head, kr.batch);
+                  for (int c = 0; c < Cfg::kDqk / 64; ++c)
+                    tma_load_4d(sK + stage * Cfg::kKBytes + c * BN * 128 + r0 * 128, tk,
+                                k_full + stage, c * 64, kr.row, kr.head, kr.batch);
+                }
                 mbar_arrive_expect_tx(v_full + stage, Cfg::kVBytes);
+#pragma unroll 1
+                for (int r0 = 0; r0 < BN; r0 += kBox) {
+                  const auto kr = coords(j * BN + r0);
 #pragma unroll
-                for (int c = 0; c < Cfg::kDv / 64; ++c)
-                  tma_load_4d(sV + stage * Cfg::kVBytes + c * BN * 128, tv, v_full + stage, c * 64,
-                              kr.row, kr.head, kr.batch);
+                  for (int c = 0; c < Cfg::kDv / 64; ++c)
+                    tma_load_4d(sV + stage * Cfg::kVBytes + c * BN * 128 + r0 * 128, tv,
+                                v_full + stage, c * 64, kr.row, kr.head, kr.batch);
+                }
               }
             }
             ++it;
@@ -208,7 +253,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
         // its consumers finish): a CTA that drew at a tile's start would hold its next tile
         // through a long causal row while other CTAs ran dry.
         if (leader) t = Tiles::next(p);
-        if constexpr (kList) t = __shfl_sync(0xffffffffu, t, 0);
+        if constexpr (kWarpWide) t = __shfl_sync(0xffffffffu, t, 0);
       }
     }
     return;
@@ -252,7 +297,8 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
     const int h = tile.head, b = tile.batch;
     const int row0 = tile.block * BM + 64 * cw + 16 * warp + lane / 4;  // this thread's first row
     // Without a mask the blocks are first .. n - 1 of the tile's range, in ring slots it0 ...
-    const RowWalk blocks(p, b, h, tile.block, false, Cfg::kSplitKv, tile.split);
+    const RowWalk blocks(p, b, h, tile.block, false, Cfg::kSplitKv, tile.split,
+                         Layout::kv_blocks(p, b, BN));
     const int it0 = it;
 
     float o[kO8][4];

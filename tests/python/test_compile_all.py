@@ -572,3 +572,54 @@ def test_plain_loads_switch(monkeypatch):
         _compiles_without_spills(info, kind)
     with_grads = _source(attn, "bwd90", 128, 128, grads=[True])["source"]
     assert "ae::ld<float>(" in with_grads and "ae::ld<float, true>" not in with_grads
+
+
+# The per-batch key lengths layout (templates/common/kv_layout.h KvLengthsLayout): the forwards
+# of with_kvcache's positions rewrite (python/attention_engine/positions.py) without its
+# bound kv_idx < kv_len[b], which the layout takes: the sm90 forward whole and split, the sm80
+# prefill forward, and the decode template at one query (GQA-packed rows: still the rewrite).
+KV_LENGTHS_CASES = [("plain", "fwd90", 4096, "1"), ("plain", "fwd90", 1, "4"),
+                    ("causal", "fwd90", 64, "4"), ("alibi", "fwd90", 4096, "1"),
+                    ("plain", "fwd", 4096, "1"), ("causal", "decode", 1, "4"),
+                    ("softcap", "decode", 1, "1")]
+
+
+@pytest.mark.parametrize("case", KV_LENGTHS_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_kv_lengths_forward_compiles_without_spills(case, monkeypatch):
+    from attention_engine.positions import with_positions
+    name, kind, q_len, splits = case
+    monkeypatch.setenv("AE_KV_SPLITS", splits)
+    if kind == "decode":
+        monkeypatch.setenv("AE_DECODE", "1")
+    attn = VARIANTS[name]()
+    variant = _C.build_variant(with_positions(attn._ref.trace_json))
+    assert variant.kv_lengths_buffer == len(attn.buffers) + 1  # [..., q_start, kv_len]
+    dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers] + ["int64", "int64"]
+    info = variant.kernel_source("fwd", 128, 128, True, dtypes, q_len=q_len, kv_lengths=True,
+                                 family="sm90" if kind == "fwd90" else "sm80")
+    assert " kvlens" in info["describe"], info["describe"]
+    assert "ae::KvLengthsLayout" in info["source"]
+    assert (" split" in info["describe"]) == (splits != "1"), info["describe"]
+    assert (" dec" in info["describe"]) == (kind == "decode"), info["describe"]
+    _compiles_without_spills(info, "fwd90" if kind == "fwd90" else "fwd")
+
+
+# A paged KV cache (PagedLayout<page>: the sm90 forward's producer loads keys in boxes of a page
+# at most, through the page table), with the positions rewrite's lengths, whole and split.
+PAGED_CASES = [("plain", 16, 1, "1"), ("plain", 64, 1, "4"), ("plain", 256, 1, "4"),
+               ("causal", 16, 4096, "1"), ("alibi", 64, 1, "4"), ("document", 128, 64, "1")]
+
+
+@pytest.mark.parametrize("case", PAGED_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_paged_forward_compiles_without_spills(case, monkeypatch):
+    from attention_engine.positions import with_positions
+    name, page, q_len, splits = case
+    monkeypatch.setenv("AE_KV_SPLITS", splits)
+    attn = VARIANTS[name]()
+    variant = _C.build_variant(with_positions(attn._ref.trace_json))
+    dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers] + ["int64", "int64"]
+    info = variant.kernel_source("fwd", 128, 128, True, dtypes, q_len=q_len, kv_lengths=True,
+                                 page_size=page)
+    assert info["describe"].endswith(f" page{page}"), info["describe"]
+    assert f"ae::PagedLayout<{page}>" in info["source"]
+    _compiles_without_spills(info, "fwd90")

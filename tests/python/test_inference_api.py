@@ -233,6 +233,117 @@ def test_varlen_on_the_kernels(name, varlen_route):
         assert _rel(a, b) < 3e-2
 
 
+_LENGTHS_CASES = (
+    [(name, 4, sq, None) for name in ("plain", "causal", "alibi", "softcap", "window", "bias")
+     for sq in (1, 4, 64)]
+    + [(name, 4, 1, splits) for name in ("plain", "causal") for splits in ("1", "2", "1000")]
+    + [("plain", group, sq, None) for group in (1, 8) for sq in (1, 64)])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", _LENGTHS_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_kvcache_lengths_layout_on_the_kernels(case, monkeypatch):
+    """A contiguous cache whose slots past each length hold NaN (never written): the forward
+    walks each sequence's own keys (the per-batch key lengths layout) and matches float64 on
+    the same cache with zeros there; split counts forced to 1, 2 and one per block."""
+    name, group, sq, splits = case
+    if splits:
+        monkeypatch.setenv("AE_KV_SPLITS", splits)
+    HKV, D, cap = 2, 128, 4352
+    HQ = HKV * group
+    mod = {"plain": (None, None), "causal": (None, mods.causal),
+           "alibi": (mods.alibi(mods.alibi_slopes(HQ, device="cuda")), mods.causal),
+           "softcap": (mods.softcap(20.0), None), "window": (None, mods.sliding_window(256)),
+           "bias": (mods.relative_bias(torch.randn(HQ, 65, device="cuda"), 32), mods.causal)}[name]
+    attn = ae.compile(*mod)
+    lens = torch.tensor([1, 17, 1000, 4097], device="cuda").clamp(min=sq)
+    B = lens.numel()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    kc = torch.randn(B, cap, HKV, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+    vc = torch.randn(B, cap, HKV, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+    past = torch.arange(cap, device="cuda")[None, :] >= lens[:, None]
+    kc[past], vc[past] = float("nan"), float("nan")
+    q = torch.randn(B, sq, HQ, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+    with torch.no_grad():
+        kz, vz = (x.double().masked_fill(past[:, :, None, None], 0.0) for x in (kc, vc))
+        ref, ref_lse = attn.with_kvcache(q.double(), kz, vz, lens, return_lse=True)
+        for check in (True, False):
+            out, lse = attn.with_kvcache(q, kc, vc, lens, return_lse=True, check_lengths=check)
+            assert torch.isfinite(out).all()
+            assert _rel(out, ref) < 2e-2, check
+            assert (lse.double() - ref_lse).abs().max().item() < 2e-2
+    # The forward took the bound as its layout (not a mask with a block-state pass).
+    from attention_engine import _C
+    from attention_engine.gqa_pack import pack_shape
+    from attention_engine.inference import _positioned
+    pack = pack_shape(HQ, HKV, sq)
+    qp = q.transpose(1, 2)
+    if pack:
+        qp = qp.reshape(B, HKV, group * sq, D)
+    backend = _C.backend_for(qp, kc.transpose(1, 2), vc.transpose(1, 2),
+                             list(attn.buffers) + [lens - sq, lens], _positioned(attn, pack).key)
+    assert "per-batch key lengths" in backend, backend
+
+
+_PAGED_CASES = ([(name, ps, 4, sq) for name in ("plain", "causal", "alibi", "window")
+                 for ps in (16, 64, 256) for sq in (1, 4)]
+                + [("causal", 64, 4, 64), ("plain", 16, 1, 1), ("plain", 256, 8, 4)])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", _PAGED_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_paged_cache_read_in_place_on_the_kernels(case):
+    """Without autograd the sm90 forward reads a paged cache through its page table (no
+    gather): shuffled pages, NaN in every slot no sequence owns, table entries past each
+    sequence's pages set to -1 or past the pool (never dereferenced: TMA loads zeros); the
+    result matches float64 on the contiguous cache, with and without the host check."""
+    name, ps, group, sq = case
+    HKV, D = 2, 128
+    HQ = HKV * group
+    mod = {"plain": (None, None), "causal": (None, mods.causal),
+           "alibi": (mods.alibi(mods.alibi_slopes(HQ, device="cuda")), mods.causal),
+           "window": (None, mods.sliding_window(256))}[name]
+    attn = ae.compile(*mod)
+    lens = torch.tensor([1, 17, 1000, 4097], device="cuda").clamp(min=sq)
+    B, cap = lens.numel(), 4352
+    per = cap // ps
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    kc = torch.randn(B, cap, HKV, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+    vc = torch.randn(B, cap, HKV, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+    past = torch.arange(cap, device="cuda")[None, :] >= lens[:, None]
+    kc[past], vc[past] = float("nan"), float("nan")
+    pool = B * per + 3  # spare pages, NaN
+    perm = torch.randperm(B * per, device="cuda", generator=gen)
+    table = perm.view(B, per).to(torch.int32)
+    kp = torch.full((pool, ps, HKV, D), float("nan"), device="cuda", dtype=torch.bfloat16)
+    vp = kp.clone()
+    kp[perm], vp[perm] = kc.reshape(B * per, ps, HKV, D), vc.reshape(B * per, ps, HKV, D)
+    used = -(-lens // ps)  # pages each sequence uses
+    unused = torch.arange(per, device="cuda")[None, :] >= used[:, None]
+    table[unused] = torch.where(torch.rand(unused.sum().item(), device="cuda", generator=gen) < 0.5,
+                                -1, pool + 7).to(torch.int32)
+    q = torch.randn(B, sq, HQ, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+    with torch.no_grad():
+        kz, vz = (x.double().masked_fill(past[:, :, None, None], 0.0) for x in (kc, vc))
+        ref = attn.with_kvcache(q.double(), kz, vz, lens)
+        for check in (True, False):
+            out = attn.with_kvcache(q, kp, vp, lens, block_table=table, check_lengths=check)
+            assert torch.isfinite(out).all(), check
+            assert _rel(out, ref) < 2e-2, check
+    from attention_engine import _C
+    from attention_engine.gqa_pack import pack_shape
+    from attention_engine.inference import _positioned
+    pack = pack_shape(HQ, HKV, sq)
+    qp = q.transpose(1, 2)
+    if pack:
+        qp = qp.reshape(B, HKV, group * sq, D)
+    # The plan the op makes: the sm90 forward on pages (describe's " page<ps>").
+    info = _positioned(attn, pack).variant.kernel_source(
+        "fwd", D, D, True, [str(t.dtype)[6:] for t in attn.buffers] + ["int64", "int64"],
+        device="h200", q_len=qp.shape[2], kv_lengths=True, page_size=ps)
+    assert f" page{ps}" in info["describe"], info["describe"]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("page_size", [16, 64, 256])
 def test_paged_decode_on_the_kernels(page_size):
@@ -321,6 +432,89 @@ def test_kvcache_gradients_reach_the_new_tokens_and_bad_calls_leave_the_cache_al
         none.with_kvcache(qn.detach()[:, :1], kc, vc, 10, kn.detach()[:, :1], vn.detach()[:, :1],
                           return_lse=True)
     assert torch.equal(kc, before)
+
+
+@pytest.mark.parametrize("name", ["causal", "softcap_window", "bias_by_sequence"])
+def test_unchecked_lengths_read_nothing_back_and_agree(name, monkeypatch):
+    """check_lengths=False: no host read of the lengths (tolist is not called), the same answer
+    as the checked call, the new tokens appended; lengths past the cache are clamped into it
+    (no out-of-bounds write), never an error."""
+    attn = ae.compile(*VARIANTS[name])
+    gen = torch.Generator().manual_seed(3)
+    B, S, HQ, HKV, D = 3, 24, 4, 2, 8
+    kc = torch.randn(B, S, HKV, D, dtype=torch.float64, generator=gen)
+    vc = torch.randn(B, S, HKV, D, dtype=torch.float64, generator=gen)
+    lens = torch.tensor([5, 17, 1])
+    q = torch.randn(B, 2, HQ, D, dtype=torch.float64, generator=gen)
+    kn, vn = (torch.randn(B, 2, HKV, D, dtype=torch.float64, generator=gen) for _ in range(2))
+    k2, v2 = kc.clone(), vc.clone()
+    with torch.no_grad():
+        want = attn.with_kvcache(q, kc, vc, lens, kn, vn, return_lse=True)
+        calls = []
+        real_tolist = torch.Tensor.tolist
+        monkeypatch.setattr(torch.Tensor, "tolist",
+                            lambda self: calls.append(1) or real_tolist(self))
+        got = attn.with_kvcache(q, k2, v2, lens, kn, vn, return_lse=True, check_lengths=False)
+        assert not calls
+        monkeypatch.undo()
+        assert_close(got[0], want[0], 1e-12, "out")
+        assert_close(got[1], want[1], 1e-12, "lse")
+        assert torch.equal(k2, kc) and torch.equal(v2, vc)  # appended alike
+        far = attn.with_kvcache(q, k2, v2, torch.tensor([5, 40, 1]), kn, vn, check_lengths=False)
+        assert torch.isfinite(far).all()
+        assert torch.equal(k2[1, -1], kn[1, -1])  # clamped: the last slot took the last token
+    with pytest.raises(ValueError, match="does not fit"):
+        attn.with_kvcache(q, kc, vc, torch.tensor([5, 40, 1]), kn, vn)
+
+
+@pytest.mark.parametrize("check", [True, False], ids=["checked", "unchecked"])
+def test_paged_cache_without_autograd_takes_the_paged_op(check, monkeypatch):
+    """Without autograd a paged cache goes to the attention_paged op (the kernels read pages
+    in place; the reference gathers them): the contiguous cache's answer, new tokens written
+    into their pages."""
+    from attention_engine import inference
+    calls = []
+    real = inference.paged_op
+    monkeypatch.setattr(inference, "paged_op", lambda *a: calls.append(1) or real(*a))
+    attn = ae.compile(mods.alibi(mods.alibi_slopes(4)), mods.causal)
+    gen = torch.Generator().manual_seed(5)
+    B, ps, per, HKV, D = 2, 4, 5, 2, 8
+    kc, vc = (torch.randn(B, ps * per, HKV, D, dtype=torch.float64, generator=gen) for _ in range(2))
+    perm = torch.randperm(B * per, generator=gen)
+    table = perm.view(B, per).to(torch.int32)
+    kp, vp = torch.zeros(B * per, ps, HKV, D, dtype=torch.float64), torch.zeros(B * per, ps, HKV, D, dtype=torch.float64)
+    kp[perm], vp[perm] = kc.reshape(B * per, ps, HKV, D), vc.reshape(B * per, ps, HKV, D)
+    lens = torch.tensor([6, 13])
+    q = torch.randn(B, 2, 4, D, dtype=torch.float64, generator=gen)
+    kn, vn = (torch.randn(B, 2, HKV, D, dtype=torch.float64, generator=gen) for _ in range(2))
+    with torch.no_grad():
+        want = attn.with_kvcache(q, kc, vc, lens, kn, vn)
+        got = attn.with_kvcache(q, kp, vp, lens, kn, vn, block_table=table, check_lengths=check)
+    assert calls
+    assert_close(got, want, 1e-12, "out")
+    assert torch.equal(kp[perm].reshape(B, ps * per, HKV, D), kc)
+
+
+def test_positions_rewrite_bound_goes_to_the_layout():
+    """with_kvcache's and varlen's rewrite (positions.py) writes the key bound so that the
+    forward can take it as the per-batch key lengths layout (csrc/ir/length_bound.h), for
+    every variant and with GQA packing."""
+    from attention_engine import _C
+    from attention_engine.gqa_pack import gqa_packed
+    from attention_engine.positions import with_positions
+    for score_mod, mask_mod in VARIANTS.values():
+        attn = ae.compile(score_mod, mask_mod)
+        n = len(attn.buffers)
+        for trace in (with_positions(attn._ref.trace_json),
+                      gqa_packed(with_positions(attn._ref.trace_json), 4, 2)):
+            v = _C.build_variant(trace)
+            assert v.kv_lengths_buffer == n + 1
+            assert v.without_kv_lengths_text not in ("", v.canonical_text())
+    # Without mods the bound was all the rewrite added that matters: no mask, no load left.
+    plain = _C.build_variant(with_positions(ae.compile()._ref.trace_json))
+    assert plain.kv_lengths_buffer == 1 and "load" not in plain.without_kv_lengths_text
+    assert "const true" in plain.without_kv_lengths_text
+    assert ae.compile().variant.kv_lengths_buffer == -1
 
 
 @pytest.mark.parametrize("mask_mod", [None, mods.causal], ids=["no_mask", "causal"])
