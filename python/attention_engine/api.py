@@ -1,6 +1,8 @@
 """attention_engine.compile and the callable it returns."""
 from __future__ import annotations
 
+import contextlib
+
 import math
 import numbers
 import threading
@@ -77,6 +79,10 @@ def _unknown_keywords(where: str, unknown: dict, accepted: str):
                     f"{hint}")
 
 
+# Dispatch below the Autograd key (torch's own context for kernels that skip autograd).
+_BelowAutograd = getattr(torch._C, "_AutoDispatchBelowAutograd", None) or contextlib.nullcontext
+
+
 def run_op(op, q, k, v, buffers, key: str, normalize: str, scale: Optional[float],
            return_lse: bool, deterministic: bool = False, extra: Optional[tuple] = None):
     """One call of the native op: checks what Python can check, then (out, lse) or out.
@@ -91,10 +97,16 @@ def run_op(op, q, k, v, buffers, key: str, normalize: str, scale: Optional[float
                          "normalize='softmax' or a Normalizer (this variant uses "
                          "normalize='none')")
     s = _default_scale(q) if scale is None else scale
-    if extra is not None:
-        out, lse = op(q, k, v, list(buffers), key, float(s), *extra)
+    args = (q, k, v, list(buffers), key, float(s)) + (extra if extra is not None
+                                                      else (deterministic,))
+    if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        # Nothing to record: the op's own kernel directly, not through the Python autograd
+        # wrapper that torch.library puts in front of it (about 10 µs a call: decode is
+        # host-bound). Outputs are the same either way.
+        with _BelowAutograd():
+            out, lse = op(*args)
     else:
-        out, lse = op(q, k, v, list(buffers), key, float(s), deterministic)
+        out, lse = op(*args)
     return (out, lse) if return_lse else out
 
 

@@ -41,16 +41,18 @@ _POSITIONED: dict = {}  # (trace JSON, GQA packing) -> VariantRef of its rewrite
 _LOCK = threading.Lock()
 
 
-def _positioned(attn, pack=None) -> VariantRef:
-    """The positions rewrite of attn's graph; pack (group, sq): also GQA-packed."""
+def _positioned(attn, pack=None, sq=None) -> VariantRef:
+    """The positions rewrite of attn's graph (sq: the KV cache's, every row's queries its last
+    sq tokens); pack (group, sq): also GQA-packed."""
     trace_json = attn._ref.trace_json
     with _LOCK:
-        ref = _POSITIONED.get((trace_json, pack))
+        ref = _POSITIONED.get((trace_json, pack, sq))
         if ref is None:
-            rewritten = with_positions(trace_json)
+            rewritten = with_positions(trace_json, sq)
             if pack is not None:
                 rewritten = gqa_packed(rewritten, *pack)
-            ref = _POSITIONED[(trace_json, pack)] = VariantRef(rewritten, _variant_of(rewritten))
+            ref = _POSITIONED[(trace_json, pack, sq)] = VariantRef(rewritten,
+                                                                   _variant_of(rewritten))
         return ref
 
 
@@ -133,10 +135,11 @@ def _run(attn, q, k, v, q_start, kv_len, return_lse, block_table=None):
     Hkv = k.shape[1] if k.dim() == 4 and k.shape[1] > 0 else Hq
     pack = pack_shape(Hq, Hkv, Sq)
     group = pack[0] if pack else 1
-    ref = _positioned(attn, pack)
+    # q_start None: every row's queries are its last Sq tokens (a KV cache), in the graph
+    ref = _positioned(attn, pack, Sq if q_start is None else None)
     inherit_autotune(getattr(attn, "autotune", "off"), ref.key)
     captured = attn.captured if hasattr(attn, "captured") else attn.buffers
-    buffers = list(captured) + [q_start, kv_len]
+    buffers = list(captured) + ([kv_len] if q_start is None else [q_start, kv_len])
     if pack is not None:  # row g * Sq + s of KV head j is query s of head j * group + g
         q = q.reshape(B, Hkv, group * Sq, D)
     if block_table is not None:
@@ -312,7 +315,7 @@ def with_kvcache(attn, q, k_cache, v_cache, cache_seqlens, k_new=None,
     kv_len = lens + n_new
     if table32 is not None:
         return _cache_result(_run(attn, q.transpose(1, 2), k_cache.transpose(1, 2),
-                                  v_cache.transpose(1, 2), kv_len - Sq, kv_len, return_lse,
+                                  v_cache.transpose(1, 2), None, kv_len, return_lse,
                                   table32), return_lse)
     if paged:
         used = used.clamp(0, k_cache.shape[0] - 1)  # pages past a sequence's end: masked
@@ -329,8 +332,8 @@ def with_kvcache(attn, q, k_cache, v_cache, cache_seqlens, k_new=None,
             pos = lens[:, None] + torch.arange(n_new, device=dev)[None, :]
             k = k.index_put((rows, pos), k_new)
             v = v.index_put((rows, pos), v_new)
-    res = _run(attn, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), kv_len - Sq,
-               kv_len, return_lse)
+    res = _run(attn, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None, kv_len,
+               return_lse)
     return _cache_result(res, return_lse)
 
 
@@ -350,11 +353,10 @@ def _without_host_read(attn, q, k_cache, v_cache, lens, k_new, v_new, n_new, cap
     of a paged cache where they lie; the reference executor masks by it. Lengths or page
     indices out of range give clamped, wrong answers, never an out-of-bounds access: the caller
     vouches for them."""
-    Sq = q.shape[1]
     if n_new:
         _append(k_cache, k_new, lens, block_table, capacity)
         _append(v_cache, v_new, lens, block_table, capacity)
     kv_len = lens + n_new if n_new else lens
     return _cache_result(_run(attn, q.transpose(1, 2), k_cache.transpose(1, 2),
-                              v_cache.transpose(1, 2), kv_len - Sq, kv_len, return_lse, table32),
+                              v_cache.transpose(1, 2), None, kv_len, return_lse, table32),
                          return_lse)

@@ -16,28 +16,41 @@ any other variant with captured tensors.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 from .graph_prefix import dump, insert_after_params, parse
 
 _PARAMS = ("score", "b", "h", "q_idx", "kv_idx")
 
 
-def with_positions(trace_json: str) -> str:
+def with_positions(trace_json: str, sq: Optional[int] = None) -> str:
     """The trace with two more captured tensors (int64 ``q_start`` and ``kv_len``, one entry
-    per batch row) and q_idx and the mask rewritten as the module docstring says."""
+    per batch row) and q_idx and the mask rewritten as the module docstring says. With ``sq``
+    (every batch row's queries are its last sq tokens: a KV cache's call) only ``kv_len`` is
+    added and q_start[b] is kv_len[b] - sq in the graph (no tensor to compute per call)."""
     g, params, n_params = parse(trace_json, _PARAMS)
-    q_start_buf, kv_len_buf = len(g["buffers"]), len(g["buffers"]) + 1
-    g["buffers"] = g["buffers"] + [
-        {"dtype": "int64", "name": "q_start", "requires_grad": False, "shape": [1]},
-        {"dtype": "int64", "name": "kv_len", "requires_grad": False, "shape": [1]},
-    ]
-    # q_start[b], kv_len[b], pos = q_idx + q_start[b], and q_idx' = pos where pos < kv_len[b]
-    # (a real query), else 0 (a padding row, whose output is dropped); every later use of
-    # q_idx reads q_idx'.
     b, q = params["b"], params["q_idx"]
-    start, length, pos, zero, real, new_q = range(n_params, n_params + 6)
-    insert_after_params(g, n_params, [
-        {"op": "load", "buffer": q_start_buf, "args": [b]},
-        {"op": "load", "buffer": kv_len_buf, "args": [b]},
+    if sq is None:
+        q_start_buf, kv_len_buf = len(g["buffers"]), len(g["buffers"]) + 1
+        g["buffers"] = g["buffers"] + [
+            {"dtype": "int64", "name": "q_start", "requires_grad": False, "shape": [1]},
+            {"dtype": "int64", "name": "kv_len", "requires_grad": False, "shape": [1]},
+        ]
+        start, length = range(n_params, n_params + 2)
+        head = [{"op": "load", "buffer": q_start_buf, "args": [b]},
+                {"op": "load", "buffer": kv_len_buf, "args": [b]}]
+    else:
+        kv_len_buf = len(g["buffers"])
+        g["buffers"] = g["buffers"] + [
+            {"dtype": "int64", "name": "kv_len", "requires_grad": False, "shape": [1]}]
+        length, c_sq, start = range(n_params, n_params + 3)
+        head = [{"op": "load", "buffer": kv_len_buf, "args": [b]},
+                {"op": "const", "dtype": "int", "value": int(sq)},
+                {"op": "sub", "args": [length, c_sq]}]
+    # pos = q_idx + q_start[b], and q_idx' = pos where pos < kv_len[b] (a real query), else 0
+    # (a padding row, whose output is dropped); every later use of q_idx reads q_idx'.
+    pos, zero, real, new_q = range(n_params + len(head), n_params + len(head) + 4)
+    insert_after_params(g, n_params, head + [
         {"op": "add", "args": [q, start]},
         {"op": "const", "dtype": "int", "value": 0},
         {"op": "lt", "args": [pos, length]},

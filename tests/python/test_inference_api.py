@@ -281,7 +281,7 @@ def test_kvcache_lengths_layout_on_the_kernels(case, monkeypatch):
     if pack:
         qp = qp.reshape(B, HKV, group * sq, D)
     backend = _C.backend_for(qp, kc.transpose(1, 2), vc.transpose(1, 2),
-                             list(attn.buffers) + [lens - sq, lens], _positioned(attn, pack).key)
+                             list(attn.buffers) + [lens], _positioned(attn, pack, sq).key)
     assert "per-batch key lengths" in backend, backend
 
 
@@ -338,8 +338,8 @@ def test_paged_cache_read_in_place_on_the_kernels(case):
     if pack:
         qp = qp.reshape(B, HKV, group * sq, D)
     # The plan the op makes: the sm90 forward on pages (describe's " page<ps>").
-    info = _positioned(attn, pack).variant.kernel_source(
-        "fwd", D, D, True, [str(t.dtype)[6:] for t in attn.buffers] + ["int64", "int64"],
+    info = _positioned(attn, pack, sq).variant.kernel_source(
+        "fwd", D, D, True, [str(t.dtype)[6:] for t in attn.buffers] + ["int64"],
         device="h200", q_len=qp.shape[2], kv_lengths=True, page_size=ps)
     assert f" page{ps}" in info["describe"], info["describe"]
 
@@ -505,10 +505,12 @@ def test_positions_rewrite_bound_goes_to_the_layout():
     for score_mod, mask_mod in VARIANTS.values():
         attn = ae.compile(score_mod, mask_mod)
         n = len(attn.buffers)
-        for trace in (with_positions(attn._ref.trace_json),
-                      gqa_packed(with_positions(attn._ref.trace_json), 4, 2)):
+        for trace, at in ((with_positions(attn._ref.trace_json), n + 1),
+                          (gqa_packed(with_positions(attn._ref.trace_json), 4, 2), n + 1),
+                          (with_positions(attn._ref.trace_json, 3), n),  # a cache's: q_start in-graph
+                          (gqa_packed(with_positions(attn._ref.trace_json, 2), 4, 2), n)):
             v = _C.build_variant(trace)
-            assert v.kv_lengths_buffer == n + 1
+            assert v.kv_lengths_buffer == at
             assert v.without_kv_lengths_text not in ("", v.canonical_text())
     # Without mods the bound was all the rewrite added that matters: no mask, no load left.
     plain = _C.build_variant(with_positions(ae.compile()._ref.trace_json))
@@ -667,7 +669,7 @@ def test_rewritten_variants_tune_as_the_compiled_one(monkeypatch):
     attn(q, k, k)
     assert _C.tune_mode(gqa_pack._PACKED[(attn._ref.trace_json, 2, 1)]) == "cached"
     attn.with_kvcache(q.transpose(1, 2), k.transpose(1, 2), k.transpose(1, 2), 6)
-    assert _C.tune_mode(inference._POSITIONED[(attn._ref.trace_json, (2, 1))].key) == "cached"
+    assert _C.tune_mode(inference._POSITIONED[(attn._ref.trace_json, (2, 1), 1)].key) == "cached"
     plain = ae.compile(mask_mod=mods.causal)  # off stays off
     plain(q, k, k)
     assert _C.tune_mode(gqa_pack._PACKED[(plain._ref.trace_json, 2, 1)]) == "off"
