@@ -1,8 +1,8 @@
 // Per-batch key lengths written as a mask: the conjunct `kv_idx < lengths[b]` of the mask
 // (lengths: a 1-D int32 / int64 captured tensor indexed by b alone), as the inference entry
 // points' positions rewrite writes it (python/attention_engine/positions.py) or a user's
-// mask_mod may. The forward planner moves such a bound out of the mask into the kernels'
-// KV layout (templates/common/kv_layout.h KvLengthsLayout): keys past a batch's length are
+// mask_mod may. The CUDA forward (csrc/torch/cuda_backend.cpp) plans the variant without such a
+// bound on the kernels' KV layout (templates/common/kv_layout.h KvLengthsLayout): keys past a batch's length are
 // then never visited, and the mask that is left is often none at all (plain decode against a
 // cache), which needs no block-state pass.
 #pragma once

@@ -270,7 +270,9 @@ std::optional<Step> add_kv_splits(const PlanRequest& r, const KernelSpec& main, 
   plan.workspaces.push_back(
       {WorkspaceId::LsePart, {a.kv_splits, pb.batch, pb.q_heads, pb.q_len}, ElemType::Float32, ""});
   Step s = common_step(r, Kind::FwdCombine, main.bf16, kCombineThreads);
-  s.spec.layout = main.layout;
+  // The combine addresses O's and the LSE's rows only, dense in every layout so far (per-batch
+  // key lengths and pages are K's and V's): one kernel for them all.
+  s.spec.layout = codegen::Layout::Dense;
   const int64_t rows = pb.batch * pb.q_heads * pb.q_len, per_cta = kCombineThreads / r.device.warp_size;
   s.grid = {u((rows + per_cta - 1) / per_cta), 1, 1};
   return s;

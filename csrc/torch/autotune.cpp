@@ -161,12 +161,13 @@ void set_tune_progress(tune::ProgressFn fn) {
   progress_fn() = std::move(fn);
 }
 
-TunedPlan plan_with_tuning(plan::PlanRequest r, int device) {
+TunedPlan plan_with_tuning(plan::PlanRequest r, int device, const std::string& mode_key) {
   TunedPlan t;
   // Not on AMD yet: the tuner's identity and timing go through the CUDA driver, and its
   // candidates are the NVIDIA families' knobs.
-  const TuneMode mode =
-      r.device.vendor == jit::Vendor::kAmd ? TuneMode::Off : tune_mode(r.variant.key);
+  const TuneMode mode = r.device.vendor == jit::Vendor::kAmd
+                            ? TuneMode::Off
+                            : tune_mode(mode_key.empty() ? r.variant.key : mode_key);
   r.overrides = plan::TuningOverrides::from_environment();
   if (mode != TuneMode::Off) {
     tune::Lookup l = tune::lookup(tune::default_store(), r, identity(device));

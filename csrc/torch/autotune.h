@@ -42,7 +42,9 @@ struct TunedPlan {
   std::string key;            // the shape class ("" when the mode is off)
   bool tune_now = false;
 };
-TunedPlan plan_with_tuning(plan::PlanRequest request, int device);
+// mode_key: the variant whose autotune mode applies (default: the request's); the forward of a
+// variant without its length bound tunes as the variant the call named.
+TunedPlan plan_with_tuning(plan::PlanRequest request, int device, const std::string& mode_key = "");
 
 // Tunes the call's shape class on its own inputs (b: every input and output bound; the timing
 // runs write the outputs, which the caller's run of the returned plan then overwrites, and add

@@ -40,7 +40,8 @@ plan::DeviceCaps device_caps(const at::Tensor& q) {
 TunedPlan plan_call(plan::OpKind kind, const ir::Variant& v, const at::Tensor& q, const Shapes& s,
                     const std::vector<at::Tensor>& buffers, double scale,
                     const std::vector<bool>& wants_grad = {}, bool deterministic = false,
-                    plan::KvLayout layout = plan::KvLayout::Dense, int64_t page_size = 0) {
+                    plan::KvLayout layout = plan::KvLayout::Dense, int64_t page_size = 0,
+                    const std::string& mode_key = "") {
   plan::PlanRequest r;
   r.variant = plan::VariantTraits::of(v);
   r.problem = plan::with_sparsity(problem_of(kind, q, s, buffers, scale, wants_grad), r.variant);
@@ -48,7 +49,16 @@ TunedPlan plan_call(plan::OpKind kind, const ir::Variant& v, const at::Tensor& q
   r.problem.kv_layout = layout;
   r.problem.page_size = page_size;
   r.device = device_caps(q);
-  return plan_with_tuning(std::move(r), q.device().index());
+  return plan_with_tuning(std::move(r), q.device().index(), mode_key);
+}
+
+void warn_paged_gather(const std::string& reason) {
+  static std::mutex m;
+  static std::set<std::string> warned;
+  std::lock_guard<std::mutex> lock(m);
+  if (warned.insert(reason).second)
+    TORCH_WARN(fmt::format("attention_engine: a paged KV cache is gathered into a contiguous one "
+                           "per call (slower) because {}", reason));
 }
 
 void warn_fallback(const std::string& reason) {
@@ -88,7 +98,7 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q_in, const at
   std::optional<TunedPlan> lengths_plan;
   if (kv_lens.defined()) {
     lengths_plan = plan_call(plan::OpKind::Forward, *variant->without_kv_lengths, q_in, s, buffers,
-                             scale, {}, false, plan::KvLayout::KvLengths);
+                             scale, {}, false, plan::KvLayout::KvLengths, 0, key);
     if (lengths_plan->plan.ok) variant = variant->without_kv_lengths;
     else kv_lens = at::Tensor(), lengths_plan.reset();
   }
@@ -134,11 +144,21 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward_paged(const at::Tensor& q_in, co
   at::Tensor kv_lens = kv_lengths_of(*variant, q_in, s, buffers);
   const ir::Variant& use = kv_lens.defined() ? *variant->without_kv_lengths : *variant;
   const TunedPlan tuned = plan_call(plan::OpKind::Forward, use, q_in, s, buffers, scale, {}, false,
-                                    plan::KvLayout::Paged, k_in.size(2));
+                                    plan::KvLayout::Paged, k_in.size(2), key);
   const plan::LaunchPlan& plan = tuned.plan;
-  if (!plan.ok || plan.steps.empty())
+  if (plan.ok && plan.steps.empty()) {  // nothing to attend to (no queries, no keys)
+    const bool linear = variant->forward.normalize == ir::Normalize::Custom &&
+                        !variant->forward.log_domain;
+    return {at::zeros({s.batch, s.q_heads, s.q_len, s.head_dim_v}, q_in.options()),
+            at::full({s.batch, s.q_heads, s.q_len},
+                     linear ? 0.f : -std::numeric_limits<float>::infinity(),
+                     q_in.options().dtype(at::kFloat))};
+  }
+  if (!plan.ok) {  // the pages gathered into a contiguous cache, for the dense forward
+    warn_paged_gather(plan.reason);
     return cuda_forward(q_in, dense_from_pages(k_in, table_in), dense_from_pages(v_in, table_in),
                         buffers, key, scale, false);
+  }
   const at::Tensor q = kernel_ready(q_in), k = kernel_ready(k_in), v = kernel_ready(v_in);
   const at::Tensor table = table_in.stride(1) == 1 ? table_in : table_in.contiguous();
   at::Tensor out = at::empty({s.batch, s.q_heads, s.q_len, s.head_dim_v}, q.options());

@@ -29,6 +29,9 @@ Shapes check_paged_inputs(const at::Tensor& q, const at::Tensor& k_pages, const 
   AE_CHECK(VALUE, table.dim() == 2 && table.size(0) == q.size(0) && table.device() == q.device(),
            "paged attention: the page table must be [B={}, max_pages] on {}; got {} on {}",
            q.size(0), device_str(q), shape_str(table), device_str(table));
+  AE_CHECK(VALUE, k_pages.size(0) > 0 || table.size(1) == 0,
+           "paged attention: the page table has {} columns but the cache has no pages",
+           table.size(1));
   const int64_t cap = table.size(1) * k_pages.size(2);
   // Zero-stride views with the dense problem's shape (no memory): check_inputs does the rest.
   const at::Tensor k = k_pages.as_strided({q.size(0), k_pages.size(1), cap, k_pages.size(3)},

@@ -238,11 +238,13 @@ class CompiledAttention:
         [B, Sq, Hq, Dv] (and lse [B, Hq, Sq]). Gradients reach q, k_new, v_new and the
         captured tensors, not the cache's earlier contents.
 
-        ``check_lengths=True`` reads the lengths on the host (one synchronization per call)
-        to refuse those that do not fit the cache. ``False`` (a decode loop whose lengths are
-        known good; contiguous cache, no autograd) reads nothing back: the kernels take each
-        sequence's length from the device, clamped into the cache, so a bad length gives a
-        wrong answer, never an out-of-bounds access.
+        ``check_lengths=True`` reads the lengths (and the pages they use) on the host, one
+        synchronization per call, to refuse what does not fit the cache. ``False`` (a decode
+        loop whose lengths and pages are known good; no tensor requiring gradients) reads
+        nothing back, so the call can be captured in a CUDA graph: the kernels take each
+        sequence's length from the device, clamped into the cache, and a page index out of
+        range reads zeros. Bad values then give wrong answers (and appended tokens may land in
+        another sequence's slots), never an out-of-bounds access.
 
         Example:
             >>> import torch, attention_engine as ae

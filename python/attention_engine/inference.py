@@ -284,7 +284,11 @@ def with_kvcache(attn, q, k_cache, v_cache, cache_seqlens, k_new=None,
     if return_lse and isinstance(attn.normalize, str) and attn.normalize == "none":
         raise _err("return_lse=True needs a row statistic: normalize='softmax' or a "
                    "Normalizer (this variant uses normalize='none')")
-    grad = torch.is_grad_enabled()
+    # Autograd only where something asks for gradients (grad mode on and a tensor requiring
+    # them): otherwise the no-grad routes (no clone of the cache; check_lengths=False honored).
+    captured = attn.captured if hasattr(attn, "captured") else attn.buffers
+    grad = torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in (q, k_new, v_new, *captured))
     table32 = None
     if paged and not grad:  # the kernels read the pages where they lie (attention_paged)
         table32 = block_table if block_table.dtype == torch.int32 else block_table.to(torch.int32)
@@ -313,10 +317,10 @@ def with_kvcache(attn, q, k_cache, v_cache, cache_seqlens, k_new=None,
         _append(k_cache, k_new, lens, block_table, capacity)
         _append(v_cache, v_new, lens, block_table, capacity)
     kv_len = lens + n_new
-    if table32 is not None:
+    if table32 is not None:  # (the pages in use only: what the kernels walk, or a fallback gathers)
         return _cache_result(_run(attn, q.transpose(1, 2), k_cache.transpose(1, 2),
                                   v_cache.transpose(1, 2), None, kv_len, return_lse,
-                                  table32), return_lse)
+                                  table32[:, :pages]), return_lse)
     if paged:
         used = used.clamp(0, k_cache.shape[0] - 1)  # pages past a sequence's end: masked
         k = k_cache[used].flatten(1, 2)[:, :width]
@@ -347,12 +351,14 @@ def _cache_result(res, return_lse):
 
 def _without_host_read(attn, q, k_cache, v_cache, lens, k_new, v_new, n_new, capacity,
                        return_lse, block_table, table32):
-    """with_kvcache(check_lengths=False) without autograd: nothing is read back to the host.
-    The kernels take kv_len[b] from the device as their KV layout (csrc/ir/length_bound.h: the
-    positions rewrite's bound kv_idx < kv_len[b]), clamped into the cache, and read the pages
-    of a paged cache where they lie; the reference executor masks by it. Lengths or page
-    indices out of range give clamped, wrong answers, never an out-of-bounds access: the caller
-    vouches for them."""
+    """with_kvcache(check_lengths=False) without autograd: nothing is read back to the host by
+    the fused kernels. They take kv_len[b] from the device as their KV layout
+    (csrc/ir/length_bound.h: the positions rewrite's bound kv_idx < kv_len[b]), clamped into the
+    cache, and read the pages of a paged cache where they lie. Lengths or page indices out of
+    range give wrong answers, never an out-of-bounds access; appended tokens at such positions
+    land in clamped slots (another sequence's, for a bad page entry): the caller vouches for
+    them. (The reference executor, for dtypes or GPUs without a kernel, reads its index checks
+    back and may refuse such values.)"""
     if n_new:
         _append(k_cache, k_new, lens, block_table, capacity)
         _append(v_cache, v_new, lens, block_table, capacity)

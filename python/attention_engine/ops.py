@@ -55,6 +55,18 @@ for _name in ("attention_engine::attention_backward",
               "attention_engine::attention_reference_backward"):
     torch.library.register_autograd(_name, _no_double_backward, setup_context=_nothing_to_save)
 
+
+def _no_paged_backward(ctx, *grads):
+    raise RuntimeError(
+        "attention_engine: attention_paged (a paged KV cache read in place) has no backward; "
+        "with_kvcache gathers the pages when a tensor of the call requires grad")
+
+
+# The paged forward: an autograd kernel that refuses a backward (else gradients would be
+# silently missing).
+torch.library.register_autograd("attention_engine::attention_paged", _no_paged_backward,
+                                setup_context=_nothing_to_save)
+
 torch.library.register_autograd(
     "attention_engine::attention",
     _make_backward(torch.ops.attention_engine.attention_backward), setup_context=_setup_context)

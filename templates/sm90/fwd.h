@@ -223,7 +223,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
                   else return Layout::tma_row(tile.batch, h_kv, row);
                 };
                 mbar_arrive_expect_tx(k_full + stage, Cfg::kKBytes);
-                // (Not unrolled over boxes: the producer has 24 registers.)
+                // (Not unrolled over boxes: the producer has few registers, Cfg::kProducerRegs.)
 #pragma unroll 1
                 for (int r0 = 0; r0 < BN; r0 += kBox) {
                   const auto kr = coords(j * BN + r0);

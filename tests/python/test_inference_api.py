@@ -257,6 +257,8 @@ def test_kvcache_lengths_layout_on_the_kernels(case, monkeypatch):
            "bias": (mods.relative_bias(torch.randn(HQ, 65, device="cuda"), 32), mods.causal)}[name]
     attn = ae.compile(*mod)
     lens = torch.tensor([1, 17, 1000, 4097], device="cuda").clamp(min=sq)
+    if sq == 1:
+        lens = lens.to(torch.int32)  # int32 lengths reach the kernels as they are
     B = lens.numel()
     gen = torch.Generator(device="cuda").manual_seed(0)
     kc = torch.randn(B, cap, HKV, D, device="cuda", dtype=torch.bfloat16, generator=gen)
@@ -287,7 +289,8 @@ def test_kvcache_lengths_layout_on_the_kernels(case, monkeypatch):
 
 _PAGED_CASES = ([(name, ps, 4, sq) for name in ("plain", "causal", "alibi", "window")
                  for ps in (16, 64, 256) for sq in (1, 4)]
-                + [("causal", 64, 4, 64), ("plain", 16, 1, 1), ("plain", 256, 8, 4)])
+                + [("causal", 64, 4, 64), ("plain", 16, 1, 1), ("plain", 256, 8, 4),
+                   ("causal", 8, 4, 1)])  # page 8: 16 boxes per tile of keys
 
 
 @pytest.mark.gpu
@@ -342,6 +345,40 @@ def test_paged_cache_read_in_place_on_the_kernels(case):
         "fwd", D, D, True, [str(t.dtype)[6:] for t in attn.buffers] + ["int64"],
         device="h200", q_len=qp.shape[2], kv_lengths=True, page_size=ps)
     assert f" page{ps}" in info["describe"], info["describe"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
+def test_unchecked_decode_step_replays_from_a_cuda_graph(paged):
+    """check_lengths=False reads nothing back, so a decode step (append + attend) can be
+    captured once and replayed with new lengths in place, as a serving loop does."""
+    attn = ae.compile(mods.alibi(mods.alibi_slopes(8, device="cuda")), mods.causal)
+    B, HKV, D, cap, ps = 3, 2, 128, 2048, 64
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    mk = lambda *s: torch.randn(*s, device="cuda", dtype=torch.bfloat16, generator=gen)
+    kc, vc = mk(B, cap, HKV, D), mk(B, cap, HKV, D)
+    table = torch.arange(B * (cap // ps), device="cuda").view(B, -1).flip(1).to(torch.int32)
+    kp, vp = (x.reshape(B * (cap // ps), ps, HKV, D)[table.flatten().argsort()] for x in (kc, vc))
+    lens = torch.tensor([5, 700, 1500], device="cuda", dtype=torch.int32)
+    q, kn, vn = mk(B, 1, 8, D), mk(B, 1, HKV, D), mk(B, 1, HKV, D)
+    caches = (kp, vp) if paged else (kc, vc)
+    extra = dict(block_table=table) if paged else {}
+    step = lambda: attn.with_kvcache(q, *caches, lens, kn, vn, check_lengths=False, **extra)
+    with torch.no_grad():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step()
+        torch.cuda.current_stream().wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            out = step()
+        for n in ([9, 701, 1999], [100, 3, 2046]):
+            lens.copy_(torch.tensor(n))
+            q.copy_(mk(B, 1, 8, D))
+            g.replay()
+            want = attn.with_kvcache(q, *caches, lens, kn, vn, **extra)  # checked, eager
+            assert _rel(out, want) < 1e-2
 
 
 @pytest.mark.gpu
@@ -463,6 +500,12 @@ def test_unchecked_lengths_read_nothing_back_and_agree(name, monkeypatch):
         far = attn.with_kvcache(q, k2, v2, torch.tensor([5, 40, 1]), kn, vn, check_lengths=False)
         assert torch.isfinite(far).all()
         assert torch.equal(k2[1, -1], kn[1, -1])  # clamped: the last slot took the last token
+    # Grad mode on, nothing requiring grad: still no host read.
+    calls.clear()
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: calls.append(1) or real_tolist(self))
+    attn.with_kvcache(q, k2, v2, lens, check_lengths=False)
+    assert not calls
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="does not fit"):
         attn.with_kvcache(q, kc, vc, torch.tensor([5, 40, 1]), kn, vn)
 
@@ -484,15 +527,27 @@ def test_paged_cache_without_autograd_takes_the_paged_op(check, monkeypatch):
     table = perm.view(B, per).to(torch.int32)
     kp, vp = torch.zeros(B * per, ps, HKV, D, dtype=torch.float64), torch.zeros(B * per, ps, HKV, D, dtype=torch.float64)
     kp[perm], vp[perm] = kc.reshape(B * per, ps, HKV, D), vc.reshape(B * per, ps, HKV, D)
-    lens = torch.tensor([6, 13])
+    lens = torch.tensor([6, 13], dtype=torch.int32)  # int32 lengths stay int32 (no cast)
     q = torch.randn(B, 2, 4, D, dtype=torch.float64, generator=gen)
     kn, vn = (torch.randn(B, 2, HKV, D, dtype=torch.float64, generator=gen) for _ in range(2))
     with torch.no_grad():
         want = attn.with_kvcache(q, kc, vc, lens, kn, vn)
-        got = attn.with_kvcache(q, kp, vp, lens, kn, vn, block_table=table, check_lengths=check)
+    # Grad mode on but nothing requires grad: the no-grad route all the same.
+    got = attn.with_kvcache(q, kp, vp, lens, kn, vn, block_table=table, check_lengths=check)
     assert calls
     assert_close(got, want, 1e-12, "out")
     assert torch.equal(kp[perm].reshape(B, ps * per, HKV, D), kc)
+    # The paged op has no backward: asked for one, it says so (no silent missing gradients).
+    from attention_engine.inference import _positioned
+    qg = q.transpose(1, 2).clone().requires_grad_()
+    ref = _positioned(attn, None, 2)
+    out, _ = real(qg, kp.transpose(1, 2), vp.transpose(1, 2), list(attn.buffers) + [lens + 2],
+                  ref.key, 0.3, table)
+    with pytest.raises(RuntimeError, match="has no backward"):
+        out.sum().backward()
+    with pytest.raises(ValueError, match="no pages"):
+        real(q.transpose(1, 2), kp[:0].transpose(1, 2), vp[:0].transpose(1, 2),
+             list(attn.buffers) + [lens + 2], ref.key, 0.3, table)
 
 
 def test_positions_rewrite_bound_goes_to_the_layout():
