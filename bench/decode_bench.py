@@ -58,20 +58,25 @@ def timed(fn, iters: int) -> float:
     return statistics.median(ts)
 
 
-def with_decode(fn):
-    """fn with AE_DECODE=1 (the planner reads it per call): the decode template, for the
-    same-run comparison with the prefill templates."""
+def with_env(name: str, value: str, fn):
+    """fn run with the environment variable set (the engine reads AE_* per call), then restored:
+    two routes of the engine timed side by side in one run."""
     def run():
-        old = os.environ.get("AE_DECODE")
-        os.environ["AE_DECODE"] = "1"
+        old = os.environ.get(name)
+        os.environ[name] = value
         try:
             return fn()
         finally:
             if old is None:
-                del os.environ["AE_DECODE"]
+                del os.environ[name]
             else:
-                os.environ["AE_DECODE"] = old
+                os.environ[name] = old
     return run
+
+
+def with_decode(fn):
+    """fn with AE_DECODE=1: the decode template, beside the prefill templates."""
+    return with_env("AE_DECODE", "1", fn)
 
 
 def graphed(fn):

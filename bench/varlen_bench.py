@@ -23,14 +23,13 @@ bench/bwd_compare.py's document case).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch
 
 import attention_engine as ae
 from attention_engine import mods
-from decode_bench import timed  # median seconds per call (CUDA events on a GPU)
+from decode_bench import timed, with_env  # timed: median seconds per call (CUDA events on a GPU)
 
 
 def lengths(tokens: int, docs: int, skew: int, seed: int = 0) -> torch.Tensor:
@@ -75,18 +74,7 @@ def main() -> int:
         do = torch.randn(T, H, D, device=dev, dtype=dtype, generator=g)
         as_one = lambda x: x.transpose(0, 1).unsqueeze(0)  # [T, H, D] -> [1, H, T, D]
         doc_attn = ae.compile(mask_mod=mods.document_mask(ids))
-        def route(name):
-            def run():
-                old = os.environ.get("AE_VARLEN")
-                os.environ["AE_VARLEN"] = name
-                try:
-                    return attn.varlen(q, k, v, cu, cu)
-                finally:
-                    if old is None:
-                        del os.environ["AE_VARLEN"]
-                    else:
-                        os.environ["AE_VARLEN"] = old
-            return run
+        route = lambda name: with_env("AE_VARLEN", name, lambda: attn.varlen(q, k, v, cu, cu))
         methods = {
             "ours varlen": route("padded"),
             "ours varlen packed": route("packed"),

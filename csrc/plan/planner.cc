@@ -150,9 +150,15 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
                                      return !(ps % s.block_n == 0 || s.block_n % ps == 0);
                                    }),
                     c.specs.end());
-      for (KernelSpec& s : c.specs) s.layout = codegen::Layout::Paged, s.page_size = static_cast<int>(ps);
       if (c.specs.empty() && c.refusal.empty())
         c.refusal = fmt::format("no sm90 forward tile of keys fits pages of {} rows", ps);
+    }
+    // The layout before picking: shared memory depends on it (a paged forward's table window).
+    for (KernelSpec& s : c.specs) {
+      s.layout = pb.kv_layout == KvLayout::KvLengths ? codegen::Layout::KvLengths
+                 : pb.kv_layout == KvLayout::Paged   ? codegen::Layout::Paged
+                                                     : codegen::Layout::Dense;
+      s.page_size = pb.kv_layout == KvLayout::Paged ? static_cast<int>(pb.page_size) : 0;
     }
     std::string w;
     // Gradients of captured tensors: a copy in shared memory where the first candidate that
@@ -170,10 +176,6 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
       spec->plain_loads = r.overrides.plain_loads;
       spec->trust_v = r.overrides.trust_v && kind == Kind::Forward;
       spec->mask_load_mode = kind == Kind::Forward ? r.overrides.mask_load_mode : -1;
-      spec->layout = pb.kv_layout == KvLayout::KvLengths ? codegen::Layout::KvLengths
-                     : pb.kv_layout == KvLayout::Paged   ? codegen::Layout::Paged
-                                                         : codegen::Layout::Dense;
-      if (pb.kv_layout == KvLayout::Paged) spec->page_size = static_cast<int>(pb.page_size);
       return true;
     }
     reasons += (reasons.empty() ? "" : "; ") + w;

@@ -52,22 +52,15 @@ TunedPlan plan_call(plan::OpKind kind, const ir::Variant& v, const at::Tensor& q
   return plan_with_tuning(std::move(r), q.device().index(), mode_key);
 }
 
-void warn_paged_gather(const std::string& reason) {
+void warn_once(const std::string& text) {
   static std::mutex m;
   static std::set<std::string> warned;
   std::lock_guard<std::mutex> lock(m);
-  if (warned.insert(reason).second)
-    TORCH_WARN(fmt::format("attention_engine: a paged KV cache is gathered into a contiguous one "
-                           "per call (slower) because {}", reason));
+  if (warned.insert(text).second) TORCH_WARN(text);
 }
 
 void warn_fallback(const std::string& reason) {
-  static std::mutex m;
-  static std::set<std::string> warned;
-  std::lock_guard<std::mutex> lock(m);
-  if (warned.insert(reason).second)
-    TORCH_WARN(fmt::format("attention_engine: running the reference executor (slow) because {}",
-                           reason));
+  warn_once("attention_engine: running the reference executor (slow) because " + reason);
 }
 
 // The lengths tensor of a mask bound kv_idx < lengths[b] that the forward can take as its layout
@@ -82,6 +75,37 @@ at::Tensor kv_lengths_of(const ir::Variant& v, const at::Tensor& q, const Shapes
       (t.size(0) != s.batch && t.size(0) != 1))
     return {};
   return t;
+}
+
+// A planned forward run: its outputs allocated (zeros and an empty row's statistic where the
+// plan has no steps), the tensors bound (kv_lens: each batch's key count, KvLengths and Paged
+// layouts; table: the Paged layout's page table), tuned where the plan says, launched.
+std::tuple<at::Tensor, at::Tensor> run_forward(TunedPlan& tuned, const ir::Variant& variant,
+                                               const Shapes& s, const at::Tensor& q_in,
+                                               const at::Tensor& k_in, const at::Tensor& v_in,
+                                               const std::vector<at::Tensor>& buffers,
+                                               const at::Tensor& kv_lens, const at::Tensor& table) {
+  const plan::LaunchPlan& plan = tuned.plan;
+  const at::Tensor q = kernel_ready(q_in), k = kernel_ready(k_in), v = kernel_ready(v_in);
+  at::Tensor out = at::empty({s.batch, s.q_heads, s.q_len, s.head_dim_v}, q.options());
+  at::Tensor lse = at::empty({s.batch, s.q_heads, s.q_len}, q.options().dtype(at::kFloat));
+  if (plan.steps.empty()) {  // nothing to attend to: zeros, and the statistic of an empty row
+    const bool linear = variant.forward.normalize == ir::Normalize::Custom &&
+                        !variant.forward.log_domain;  // L = 0; else lse = -inf
+    return {out.zero_(), lse.fill_(linear ? 0.f : -std::numeric_limits<float>::infinity())};
+  }
+  runner::Bindings b = bind_inputs(q, k, v, buffers);
+  b.o = ref(out);
+  b.lse = ref(lse);
+  if (kv_lens.defined()) {
+    b.kv_lens = ref(kv_lens);
+    if (kv_lens.size(0) == 1) b.kv_lens.stride[0] = 0;  // one length for every batch
+  }
+  if (table.defined()) b.page_table = ref(table);
+  if (tuned.tune_now) tuned.plan = tune_call(tuned, variant, b, q, buffers);
+  const std::vector<at::Tensor> scratch = bind_workspaces(plan, q, b, buffers);
+  runner::run(plan, variant, b);
+  return {out, lse};
 }
 
 std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q_in, const at::Tensor& k_in,
@@ -109,25 +133,7 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q_in, const at
     warn_fallback(plan.reason);
     return reference_forward(q_in, k_in, v_in, buffers, key, scale);
   }
-  const at::Tensor q = kernel_ready(q_in), k = kernel_ready(k_in), v = kernel_ready(v_in);
-  at::Tensor out = at::empty({s.batch, s.q_heads, s.q_len, s.head_dim_v}, q.options());
-  at::Tensor lse = at::empty({s.batch, s.q_heads, s.q_len}, q.options().dtype(at::kFloat));
-  if (plan.steps.empty()) {  // nothing to attend to: zeros, and the statistic of an empty row
-    const bool linear = variant->forward.normalize == ir::Normalize::Custom &&
-                        !variant->forward.log_domain;  // L = 0; else lse = -inf
-    return {out.zero_(), lse.fill_(linear ? 0.f : -std::numeric_limits<float>::infinity())};
-  }
-  runner::Bindings b = bind_inputs(q, k, v, buffers);
-  b.o = ref(out);
-  b.lse = ref(lse);
-  if (kv_lens.defined()) {
-    b.kv_lens = ref(kv_lens);
-    if (kv_lens.size(0) == 1) b.kv_lens.stride[0] = 0;  // one length for every batch
-  }
-  if (tuned.tune_now) tuned.plan = tune_call(tuned, *variant, b, q, buffers);
-  const std::vector<at::Tensor> scratch = bind_workspaces(plan, q, b, buffers);
-  runner::run(plan, *variant, b);
-  return {out, lse};
+  return run_forward(tuned, *variant, s, q_in, k_in, v_in, buffers, kv_lens, at::Tensor());
 }
 
 // attention_paged on the sm90 forward's paged layout (common/kv_layout.h PagedLayout), with
@@ -143,37 +149,17 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward_paged(const at::Tensor& q_in, co
   c10::DeviceGuard guard(q_in.device());
   at::Tensor kv_lens = kv_lengths_of(*variant, q_in, s, buffers);
   const ir::Variant& use = kv_lens.defined() ? *variant->without_kv_lengths : *variant;
-  const TunedPlan tuned = plan_call(plan::OpKind::Forward, use, q_in, s, buffers, scale, {}, false,
-                                    plan::KvLayout::Paged, k_in.size(2), key);
-  const plan::LaunchPlan& plan = tuned.plan;
-  if (plan.ok && plan.steps.empty()) {  // nothing to attend to (no queries, no keys)
-    const bool linear = variant->forward.normalize == ir::Normalize::Custom &&
-                        !variant->forward.log_domain;
-    return {at::zeros({s.batch, s.q_heads, s.q_len, s.head_dim_v}, q_in.options()),
-            at::full({s.batch, s.q_heads, s.q_len},
-                     linear ? 0.f : -std::numeric_limits<float>::infinity(),
-                     q_in.options().dtype(at::kFloat))};
-  }
-  if (!plan.ok) {  // the pages gathered into a contiguous cache, for the dense forward
-    warn_paged_gather(plan.reason);
+  TunedPlan tuned = plan_call(plan::OpKind::Forward, use, q_in, s, buffers, scale, {}, false,
+                              plan::KvLayout::Paged, k_in.size(2), key);
+  if (!tuned.plan.ok) {  // the pages gathered into a contiguous cache, for the dense forward
+    warn_once("attention_engine: a paged KV cache is gathered into a contiguous one per call "
+              "(slower) because " + tuned.plan.reason);
     return cuda_forward(q_in, dense_from_pages(k_in, table_in), dense_from_pages(v_in, table_in),
                         buffers, key, scale, false);
   }
-  const at::Tensor q = kernel_ready(q_in), k = kernel_ready(k_in), v = kernel_ready(v_in);
+  tuned.tune_now = false;  // (the tuner times dense calls only)
   const at::Tensor table = table_in.stride(1) == 1 ? table_in : table_in.contiguous();
-  at::Tensor out = at::empty({s.batch, s.q_heads, s.q_len, s.head_dim_v}, q.options());
-  at::Tensor lse = at::empty({s.batch, s.q_heads, s.q_len}, q.options().dtype(at::kFloat));
-  runner::Bindings b = bind_inputs(q, k, v, buffers);
-  b.o = ref(out);
-  b.lse = ref(lse);
-  b.page_table = ref(table);
-  if (kv_lens.defined()) {
-    b.kv_lens = ref(kv_lens);
-    if (kv_lens.size(0) == 1) b.kv_lens.stride[0] = 0;
-  }
-  const std::vector<at::Tensor> scratch = bind_workspaces(plan, q, b, buffers);
-  runner::run(plan, use, b);
-  return {out, lse};
+  return run_forward(tuned, use, s, q_in, k_in, v_in, buffers, kv_lens, table);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_backward(

@@ -72,7 +72,8 @@ def _varlen_route() -> str:
     """"padded" (the sequences padded into a batch; GQA-packed at few queries) or "packed"
     (back to back in one batch row, each query masked to its own sequence's keys: no padding,
     the kernels skip the other sequences' blocks). AE_VARLEN=padded|packed chooses; else
-    padded, until the packed route has been timed on a GPU (bench/varlen_bench.py)."""
+    padded: the packed route measured no faster (bench/RESULTS.md, 2026-12-04, eighteenth
+    session)."""
     env = os.environ.get("AE_VARLEN", "")
     if env not in ("", "padded", "packed"):
         raise _err(f"AE_VARLEN must be 'padded' or 'packed', got {env!r}")
@@ -292,9 +293,9 @@ def with_kvcache(attn, q, k_cache, v_cache, cache_seqlens, k_new=None,
     table32 = None
     if paged and not grad:  # the kernels read the pages where they lie (attention_paged)
         table32 = block_table if block_table.dtype == torch.int32 else block_table.to(torch.int32)
-    if not check_lengths and not grad:
-        return _without_host_read(attn, q, k_cache, v_cache, lens, k_new, v_new, n_new,
-                                  capacity, return_lse, block_table, table32)
+    if not check_lengths and not grad:  # nothing read back: the whole cache, as it lies
+        return _attend_in_place(attn, q, k_cache, v_cache, lens, k_new, v_new, n_new, capacity,
+                                return_lse, block_table, table32)
     host = lens.tolist()  # one synchronization: bounds, and the keys to read
     total = [n + n_new for n in host]
     for b, (n, t) in enumerate(zip(host, total)):
@@ -313,30 +314,31 @@ def with_kvcache(attn, q, k_cache, v_cache, cache_seqlens, k_new=None,
         if bool(((used < 0) | (used >= k_cache.shape[0]))[need].any()):
             raise _err(f"block_table has page indices outside [0, {k_cache.shape[0]}) for "
                        "positions a sequence uses")
+    if not grad:  # the part in use only: the pages it names, the positions up to width
+        if paged:
+            return _attend_in_place(attn, q, k_cache, v_cache, lens, k_new, v_new, n_new,
+                                    capacity, return_lse, block_table, table32[:, :pages])
+        return _attend_in_place(attn, q, k_cache[:, :width], v_cache[:, :width], lens, k_new,
+                                v_new, n_new, width, return_lse, None, None)
+    # Autograd: the new tokens written into the cache, then entering the attention through an
+    # out-of-place copy (their gradients flow), so that no input of this call is a view of the
+    # cache a later call writes into; a paged cache gathered.
     if n_new:
         _append(k_cache, k_new, lens, block_table, capacity)
         _append(v_cache, v_new, lens, block_table, capacity)
-    kv_len = lens + n_new
-    if table32 is not None:  # (the pages in use only: what the kernels walk, or a fallback gathers)
-        return _cache_result(_run(attn, q.transpose(1, 2), k_cache.transpose(1, 2),
-                                  v_cache.transpose(1, 2), None, kv_len, return_lse,
-                                  table32[:, :pages]), return_lse)
     if paged:
         used = used.clamp(0, k_cache.shape[0] - 1)  # pages past a sequence's end: masked
         k = k_cache[used].flatten(1, 2)[:, :width]
         v = v_cache[used].flatten(1, 2)[:, :width]
     else:
         k, v = k_cache[:, :width], v_cache[:, :width]
-    if grad:
-        # Autograd: the new tokens enter through an out-of-place copy (their gradients flow),
-        # and no input of this call is a view of the cache a later call writes into.
-        k, v = k.detach().clone(), v.detach().clone()
-        if n_new:
-            rows = torch.arange(B, device=dev)[:, None]
-            pos = lens[:, None] + torch.arange(n_new, device=dev)[None, :]
-            k = k.index_put((rows, pos), k_new)
-            v = v.index_put((rows, pos), v_new)
-    res = _run(attn, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None, kv_len,
+    k, v = k.detach().clone(), v.detach().clone()
+    if n_new:
+        rows = torch.arange(B, device=dev)[:, None]
+        pos = lens[:, None] + torch.arange(n_new, device=dev)[None, :]
+        k = k.index_put((rows, pos), k_new)
+        v = v.index_put((rows, pos), v_new)
+    res = _run(attn, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None, lens + n_new,
                return_lse)
     return _cache_result(res, return_lse)
 
@@ -349,16 +351,17 @@ def _cache_result(res, return_lse):
     return res.transpose(1, 2)
 
 
-def _without_host_read(attn, q, k_cache, v_cache, lens, k_new, v_new, n_new, capacity,
-                       return_lse, block_table, table32):
-    """with_kvcache(check_lengths=False) without autograd: nothing is read back to the host by
-    the fused kernels. They take kv_len[b] from the device as their KV layout
-    (csrc/ir/length_bound.h: the positions rewrite's bound kv_idx < kv_len[b]), clamped into the
-    cache, and read the pages of a paged cache where they lie. Lengths or page indices out of
-    range give wrong answers, never an out-of-bounds access; appended tokens at such positions
-    land in clamped slots (another sequence's, for a bad page entry): the caller vouches for
-    them. (The reference executor, for dtypes or GPUs without a kernel, reads its index checks
-    back and may refuse such values.)"""
+def _attend_in_place(attn, q, k_cache, v_cache, lens, k_new, v_new, n_new, capacity,
+                     return_lse, block_table, table32):
+    """with_kvcache without autograd: the new tokens appended, then the cache attended where it
+    lies (table32: the int32 page table the attention_paged op reads; block_table: the one the
+    append writes through). Nothing is read back to the host by the fused kernels: they take
+    kv_len[b] from the device as their KV layout (csrc/ir/length_bound.h: the positions
+    rewrite's bound kv_idx < kv_len[b]), clamped into the cache. Unchecked (check_lengths=False),
+    lengths or page indices out of range give wrong answers, never an out-of-bounds access;
+    appended tokens at such positions land in clamped slots (another sequence's, for a bad page
+    entry): the caller vouches for them. (The reference executor, for dtypes or GPUs without a
+    kernel, reads its index checks back and may refuse such values.)"""
     if n_new:
         _append(k_cache, k_new, lens, block_table, capacity)
         _append(v_cache, v_new, lens, block_table, capacity)

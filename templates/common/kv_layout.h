@@ -44,6 +44,7 @@ struct DenseLayout {
 // the kernel's mask.
 struct KvLengthsLayout : DenseLayout {
   AE_DEVICE static int kv_len(const AttnParams& p, int b) {
+    if (!p.kv_lens) return p.kv_len;  // (PagedLayout without a length bound: the capacity)
     const long long i = static_cast<long long>(b) * p.kv_lens_stride;
     const long long n = p.kv_lens_int32 ? static_cast<const int*>(p.kv_lens)[i]
                                         : static_cast<const long long*>(p.kv_lens)[i];
@@ -65,12 +66,6 @@ struct KvLengthsLayout : DenseLayout {
 template <int PAGE_>
 struct PagedLayout : KvLengthsLayout {
   static constexpr int kPage = PAGE_;
-  AE_DEVICE static int kv_len(const AttnParams& p, int b) {
-    return p.kv_lens ? KvLengthsLayout::kv_len(p, b) : p.kv_len;
-  }
-  AE_DEVICE static int kv_blocks(const AttnParams& p, int b, int block_n) {
-    return (kv_len(p, b) + block_n - 1) / block_n;
-  }
   // Batch b's page of table column col (clamped into the table's columns).
   AE_DEVICE static int page(const AttnParams& p, int b, int col) {
     return p.page_table[b * p.page_table_stride + min(col, p.max_pages - 1)];
