@@ -1,8 +1,11 @@
 """Varlen prefill (issue 18's target: 16 packed documents in 16k tokens at >= 90% of the dense
 causal TFLOPS, counted on the FLOPs the documents need), forward and fwd+bwd:
 
-- ours varlen: `attn.varlen(q, k, v, cu_seqlens, cu_seqlens)` with a causal mask (by default
-  the documents padded into one batch of the longest one's length);
+- ours varlen: `attn.varlen(q, k, v, cu_seqlens, cu_seqlens)` with a causal mask (the kernel
+  route: the attention_varlen op, whose forward kernels address each document's rows through
+  cu_seqlens, and so do its backward's: AE_VARLEN=kernel, opt-in until GPU-tested);
+- ours varlen padded: the same with AE_VARLEN=padded (the documents padded into one batch of
+  the longest one's length);
 - ours varlen packed: the same with AE_VARLEN=packed (the documents back to back in one batch
   row, each query masked to its own document: inference._varlen_route);
 - ours document mask: the same packed tokens as one sequence under a causal document mask
@@ -76,7 +79,8 @@ def main() -> int:
         doc_attn = ae.compile(mask_mod=mods.document_mask(ids))
         route = lambda name: with_env("AE_VARLEN", name, lambda: attn.varlen(q, k, v, cu, cu))
         methods = {
-            "ours varlen": route("padded"),
+            "ours varlen": route("kernel"),
+            "ours varlen padded": route("padded"),
             "ours varlen packed": route("packed"),
             "ours document mask": lambda: doc_attn(as_one(q), as_one(k), as_one(v))[0].transpose(0, 1),
         }
@@ -118,7 +122,8 @@ def main() -> int:
     dense_line = f"dense causal, one sequence of {T}: {dense / t_f / 1e9:.0f} / {3.5 * dense / t_fb / 1e9:.0f}"
     print(dense_line, flush=True)
 
-    names = ["ours varlen", "ours varlen packed", "ours document mask", "flex document mask"]
+    names = ["ours varlen", "ours varlen padded", "ours varlen packed", "ours document mask",
+             "flex document mask"]
     print("\nTFLOPS fwd / fwd+bwd by the FLOPs the documents need, "
           + (torch.cuda.get_device_name() if cuda else "CPU dry run"))
     print("| case | " + " | ".join(names) + " |")

@@ -27,6 +27,7 @@ std::string layout_type(const KernelSpec& s) {
     case Layout::Dense: return "ae::DenseLayout";
     case Layout::KvLengths: return "ae::KvLengthsLayout";
     case Layout::Paged: return fmt::format("ae::PagedLayout<{}>", s.page_size);
+    case Layout::Varlen: return "ae::VarlenLayout";
   }
   return "?";
 }

@@ -69,6 +69,7 @@ std::string KernelSpec::describe() const {
                      padded ? " pad" : "",
                      layout == Layout::KvLengths ? " kvlens"
                      : layout == Layout::Paged   ? fmt::format(" page{}", page_size)
+                     : layout == Layout::Varlen  ? " varlen"
                                                  : std::string());
 }
 

@@ -25,8 +25,9 @@ enum class Kind {
 // specialization) or AMD CDNA2's (gfx90a: MFMA, wave64).
 enum class Family { Common, Sm80, Sm90, Gfx90a };
 // How rows are addressed (templates/common/kv_layout.h): dense, dense with each batch's own
-// key count (KvLengthsLayout), or K and V in pages of page_size rows (PagedLayout).
-enum class Layout { Dense, KvLengths, Paged };
+// key count (KvLengthsLayout), K and V in pages of page_size rows (PagedLayout), or packed
+// sequences of different lengths addressed by cumulative lengths (VarlenLayout).
+enum class Layout { Dense, KvLengths, Paged, Varlen };
 // Backward: where additions into captured tensors' gradients go (templates/common/
 // variant_support.h): global atomics, or a per-CTA copy in shared memory past the template's
 // own, added into global memory once at the CTA's end.

@@ -157,6 +157,7 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
     for (KernelSpec& s : c.specs) {
       s.layout = pb.kv_layout == KvLayout::KvLengths ? codegen::Layout::KvLengths
                  : pb.kv_layout == KvLayout::Paged   ? codegen::Layout::Paged
+                 : pb.kv_layout == KvLayout::Varlen  ? codegen::Layout::Varlen
                                                      : codegen::Layout::Dense;
       s.page_size = pb.kv_layout == KvLayout::Paged ? static_cast<int>(pb.page_size) : 0;
     }
@@ -249,6 +250,8 @@ int kv_splits(const AttnParams& a, const DeviceCaps& dev, int override_splits) {
 // wave already.
 int persistent_ctas(const PlanRequest& r, const KernelSpec& spec, const AttnParams& a) {
   if (spec.family != Family::Sm90 || spec.kind != Kind::Forward || spec.kv_split) return 0;
+  // (Its tiles are the grid's: packed sequences' tiles past their queries would be drawn too.)
+  if (spec.layout == codegen::Layout::Varlen) return 0;
   if (r.overrides.persistent == 0) return 0;
   const int ctas = r.overrides.persistent > 0 ? r.overrides.persistent : r.device.multiprocessors;
   const long long tiles = static_cast<long long>(a.n_q_blocks) * a.q_heads * a.batch;
@@ -272,9 +275,10 @@ std::optional<Step> add_kv_splits(const PlanRequest& r, const KernelSpec& main, 
   plan.workspaces.push_back(
       {WorkspaceId::LsePart, {a.kv_splits, pb.batch, pb.q_heads, pb.q_len}, ElemType::Float32, ""});
   Step s = common_step(r, Kind::FwdCombine, main.bf16, kCombineThreads);
-  // The combine addresses O's and the LSE's rows only, dense in every layout so far (per-batch
-  // key lengths and pages are K's and V's): one kernel for them all.
-  s.spec.layout = codegen::Layout::Dense;
+  // The combine addresses O's and the LSE's rows only: dense but for packed sequences (per-batch
+  // key lengths and pages are K's and V's).
+  s.spec.layout = main.layout == codegen::Layout::Varlen ? codegen::Layout::Varlen
+                                                         : codegen::Layout::Dense;
   const int64_t rows = pb.batch * pb.q_heads * pb.q_len, per_cta = kCombineThreads / r.device.warp_size;
   s.grid = {u((rows + per_cta - 1) / per_cta), 1, 1};
   return s;
@@ -428,11 +432,17 @@ LaunchPlan make_plan(const PlanRequest& r) {
   const Kind kind = pb.kind == OpKind::Forward ? Kind::Forward : Kind::Backward;
   // Per-batch key lengths in the layout: the NVIDIA forwards walk them (the caller plans the
   // variant with its mask bound otherwise).
-  if (pb.kv_layout != KvLayout::Dense &&
+  // Packed sequences: the backwards too (not deterministic: a CTA past its sequence's keys
+  // leaves without its turns; not a custom normalization: its row pass is dense).
+  const bool varlen = pb.kv_layout == KvLayout::Varlen;
+  if (varlen && r.device.vendor != jit::Vendor::kNvidia)
+    return refuse("packed sequences in the kernels: NVIDIA GPUs only");
+  if (varlen && kind == Kind::Backward && (pb.deterministic || r.variant.normalize == ir::Normalize::Custom))
+    return refuse("packed sequences in the backward kernels: not deterministic, softmax or none only");
+  if (!varlen && pb.kv_layout != KvLayout::Dense &&
       (kind != Kind::Forward || r.device.vendor != jit::Vendor::kNvidia))
-    return refuse(pb.kv_layout == KvLayout::Paged
-                      ? "a paged KV cache in the kernels: NVIDIA forwards only"
-                      : "per-batch key lengths as a layout: NVIDIA forwards only");
+    return refuse(pb.kv_layout == KvLayout::Paged ? "a paged KV cache in the kernels: NVIDIA forwards only"
+                                                  : "per-batch key lengths as a layout: NVIDIA forwards only");
   if (pb.kv_layout == KvLayout::Paged && (pb.page_size < 8 || pb.page_size % 8))
     return refuse(fmt::format("pages of {} rows: the kernels take multiples of 8", pb.page_size));
   KernelSpec spec;

@@ -15,8 +15,10 @@ enum class ElemType { BFloat16, Float16, Float32, Float64, Int32, Other };
 // How K and V (and Q) are laid out: dense [B, H, S, D] tensors; dense ones whose batches have
 // their own key counts (a KV cache's lengths: a forward's mask bound kv_idx < lengths[b] moved
 // into the layout, csrc/ir/length_bound.h); or K and V in pages named by a page table (a paged
-// KV cache, with those lengths where the mask gives them). Packed varlen sequences: to come.
-enum class KvLayout { Dense, KvLengths, Paged };
+// KV cache, with those lengths where the mask gives them); or packed sequences of different
+// lengths (Q, K and V token-major, each sequence's rows named by cumulative lengths; batch,
+// q_len and kv_len are then the sequence count and the longest sequence's lengths).
+enum class KvLayout { Dense, KvLengths, Paged, Varlen };
 // Where block sparsity comes from: none, or the variant's mask_mod (block-state tables made by
 // a kernel); block masks given as data come with the block-sparsity issue.
 enum class BlockSparsity { None, MaskMod };

@@ -55,6 +55,11 @@ AttnParams attn_params(const plan::LaunchPlan& plan, const Bindings& b) {
     p.page_table_stride = b.page_table.stride[0];
     p.max_pages = static_cast<int>(b.page_table.size[1]);
   }
+  if (b.cu_q.defined()) {
+    p.cu_q = static_cast<const int*>(b.cu_q.data);
+    p.cu_k = static_cast<const int*>(b.cu_k.data);
+    p.q_total = static_cast<int>(b.q_total);
+  }
   if (b.kv_lens.defined()) {
     p.kv_lens = b.kv_lens.data;
     p.kv_lens_stride = b.kv_lens.stride[0];
@@ -95,6 +100,10 @@ BwdRowParams row_params(const plan::LaunchPlan& plan, const Bindings& b) {
   r.dq_order = static_cast<int*>(ws(b, WorkspaceId::DqOrder).data);
   r.dq = b.dq.data;
   strides3(r.dq_stride, b.dq);
+  if (b.cu_q.defined()) {
+    r.cu_q = static_cast<const int*>(b.cu_q.data);
+    r.q_total = static_cast<int>(b.q_total);
+  }
   return r;
 }
 

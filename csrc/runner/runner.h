@@ -34,6 +34,10 @@ struct Bindings {
   // PagedLayout: k and v are pages [num_pages, kv_heads, page_size, d]; the int32 page table
   // [batch, max_pages].
   TensorRef page_table;
+  // VarlenLayout: int32 cumulative lengths of the packed sequences (batch + 1 entries each), and
+  // the query rows in all (the statistics' row count).
+  TensorRef cu_q, cu_k;
+  int64_t q_total = 0;
   std::array<TensorRef, plan::kWorkspaceCount> workspaces;  // by WorkspaceId
   std::array<bool, plan::kWorkspaceCount> ready{};  // came filled: its step is skipped
   void* stream = nullptr;  // CUstream

@@ -25,13 +25,15 @@ struct VariantHandle {
 // returns the step's source and launch facts (for the compile-all check, sass_dump, and the
 // curious).
 // kv_lengths: the forward of the variant without its mask's length bound, on the per-batch
-// lengths layout (ir/length_bound.h), as a call with the lengths tensor plans it.
+// lengths layout (ir/length_bound.h), as a call with the lengths tensor plans it; varlen: the
+// same on the packed-sequences layout (the attention_varlen op's).
 pybind11::dict kernel_source(const ir::Variant& given, const std::string& step, int d_qk, int d_v,
                              bool bf16, const std::vector<std::string>& buffer_dtypes,
                              const std::string& device, const std::string& family,
                              const std::vector<bool>& buffer_grads, bool deterministic,
-                             int q_len, bool kv_lengths, int page_size) {
+                             int q_len, bool kv_lengths, int page_size, bool varlen) {
   namespace pyb = pybind11;
+  kv_lengths = kv_lengths || varlen;
   if (kv_lengths && !given.without_kv_lengths)
     throw ir::GraphError("kv_lengths: the variant's mask has no bound kv_idx < lengths[b]");
   const ir::Variant& v = kv_lengths ? *given.without_kv_lengths : given;
@@ -67,6 +69,7 @@ pybind11::dict kernel_source(const ir::Variant& given, const std::string& step, 
   pb = plan::with_sparsity(pb, r.variant);
   if (kv_lengths) pb.kv_layout = plan::KvLayout::KvLengths;
   if (page_size > 0) pb.kv_layout = plan::KvLayout::Paged, pb.page_size = page_size;
+  if (varlen) pb.kv_layout = plan::KvLayout::Varlen;
   if (!plan::devices::named(device, &r.device))
     throw ir::GraphError("device must be h100, h200, a100, ada or mi250, not " + device);
   if (family == "sm80") r.family = codegen::Family::Sm80;
@@ -132,26 +135,30 @@ void bind_ir(pybind11::module_& m) {
            [](const VariantHandle& h, const std::string& step, int d_qk, int d_v, bool bf16,
               const std::vector<std::string>& buffer_dtypes, const std::string& device,
               const std::string& family, const std::vector<bool>& buffer_grads,
-              bool deterministic, int q_len, bool kv_lengths, int page_size) {
+              bool deterministic, int q_len, bool kv_lengths, int page_size, bool varlen) {
              return kernel_source(*h.variant, step, d_qk, d_v, bf16, buffer_dtypes, device,
                                   family, buffer_grads, deterministic, q_len, kv_lengths,
-                                  page_size);
+                                  page_size, varlen);
            },
            pyb::arg("step"), pyb::arg("d_qk"), pyb::arg("d_v"), pyb::arg("bf16") = true,
            pyb::arg("buffer_dtypes") = std::vector<std::string>{}, pyb::arg("device") = "h100",
            pyb::arg("family") = "", pyb::arg("buffer_grads") = std::vector<bool>{},
            pyb::arg("deterministic") = false, pyb::arg("q_len") = 4096,
-           pyb::arg("kv_lengths") = false, pyb::arg("page_size") = 0,
+           pyb::arg("kv_lengths") = false, pyb::arg("page_size") = 0, pyb::arg("varlen") = false,
            "The generated source of one step of the plan the planner makes for this variant on a "
            "device class (h100, h200, a100, ada, mi250) at 4k tokens: step fwd, bwd, "
            "block_state, bwd_prep, bwd_dq, fwd_combine (split-KV: AE_KV_SPLITS) or v_check (a masked forward's; AE_V_CHECK); family sm80, sm90 or gfx90a to ask for one (default: the "
            "planner's choice); buffer_grads: for the backward, which captured tensors get "
            "gradients; deterministic: the deterministic backward's; q_len: the query rows (4096; 16 or "
-           "fewer plan the decode template), against 4096 keys; kv_lengths: the forward on the per-batch key lengths layout (the variant without its mask's bound kv_idx < lengths[b]); page_size: the forward on a paged KV cache of such pages. Also the step's entry, compile options, threads, shared memory and the "
+           "fewer plan the decode template), against 4096 keys; kv_lengths: the forward on the per-batch key lengths layout (the variant without its mask's bound kv_idx < lengths[b]); page_size: the forward on a paged KV cache of such pages; varlen: on packed sequences (the varlen op's). Also the step's entry, compile options, threads, shared memory and the "
            "whole plan's text.");
 
   m.def("backend_for", &torch_ops::backend_for, pyb::arg("q"), pyb::arg("k"), pyb::arg("v"),
         pyb::arg("buffers"), pyb::arg("key"), pyb::arg("backward") = false);
+  m.def("varlen_backend_for", &torch_ops::varlen_backend_for, pyb::arg("q"), pyb::arg("k"),
+        pyb::arg("v"), pyb::arg("buffers"), pyb::arg("key"), pyb::arg("cu_seqlens_q"),
+        pyb::arg("cu_seqlens_k"), pyb::arg("max_seqlen_q"), pyb::arg("max_seqlen_k"),
+        "What attention_varlen runs with these inputs (see backend_for).");
   m.def("clear_kernel_caches", &torch_ops::clear_kernel_caches,
         "Drops the in-process kernel caches (the next call loads from the disk cache).");
 

@@ -22,6 +22,7 @@
 #include "torch/cuda_backend.h"
 #include "torch/paged.h"
 #include "torch/reference.h"
+#include "torch/varlen.h"
 #include "torch/workspaces.h"
 
 namespace ae::torch_ops {
@@ -77,35 +78,48 @@ at::Tensor kv_lengths_of(const ir::Variant& v, const at::Tensor& q, const Shapes
   return t;
 }
 
-// A planned forward run: its outputs allocated (zeros and an empty row's statistic where the
-// plan has no steps), the tensors bound (kv_lens: each batch's key count, KvLengths and Paged
-// layouts; table: the Paged layout's page table), tuned where the plan says, launched.
-std::tuple<at::Tensor, at::Tensor> run_forward(TunedPlan& tuned, const ir::Variant& variant,
-                                               const Shapes& s, const at::Tensor& q_in,
-                                               const at::Tensor& k_in, const at::Tensor& v_in,
-                                               const std::vector<at::Tensor>& buffers,
-                                               const at::Tensor& kv_lens, const at::Tensor& table) {
+// What a forward's layout reads besides q, k and v: each batch's key count (KvLengths and Paged
+// layouts), the page table (Paged), the cumulative lengths (Varlen).
+struct LayoutInputs {
+  at::Tensor kv_lens, table, cu_q, cu_k;
+};
+
+// A planned forward run into out and lse (the kernels' [B, Hq, Sq, Dv] and [B, Hq, Sq] views;
+// zeros and an empty row's statistic where the plan has no steps): the tensors bound, tuned
+// where the plan says, launched.
+void run_forward(TunedPlan& tuned, const ir::Variant& variant, const at::Tensor& q_in,
+                 const at::Tensor& k_in, const at::Tensor& v_in,
+                 const std::vector<at::Tensor>& buffers, const LayoutInputs& in, at::Tensor out,
+                 at::Tensor lse) {
   const plan::LaunchPlan& plan = tuned.plan;
-  const at::Tensor q = kernel_ready(q_in), k = kernel_ready(k_in), v = kernel_ready(v_in);
-  at::Tensor out = at::empty({s.batch, s.q_heads, s.q_len, s.head_dim_v}, q.options());
-  at::Tensor lse = at::empty({s.batch, s.q_heads, s.q_len}, q.options().dtype(at::kFloat));
   if (plan.steps.empty()) {  // nothing to attend to: zeros, and the statistic of an empty row
     const bool linear = variant.forward.normalize == ir::Normalize::Custom &&
                         !variant.forward.log_domain;  // L = 0; else lse = -inf
-    return {out.zero_(), lse.fill_(linear ? 0.f : -std::numeric_limits<float>::infinity())};
+    out.zero_(), lse.fill_(linear ? 0.f : -std::numeric_limits<float>::infinity());
+    return;
   }
+  const at::Tensor q = kernel_ready(q_in), k = kernel_ready(k_in), v = kernel_ready(v_in);
   runner::Bindings b = bind_inputs(q, k, v, buffers);
   b.o = ref(out);
   b.lse = ref(lse);
-  if (kv_lens.defined()) {
-    b.kv_lens = ref(kv_lens);
-    if (kv_lens.size(0) == 1) b.kv_lens.stride[0] = 0;  // one length for every batch
+  if (in.kv_lens.defined()) {
+    b.kv_lens = ref(in.kv_lens);
+    if (in.kv_lens.size(0) == 1) b.kv_lens.stride[0] = 0;  // one length for every batch
   }
-  if (table.defined()) b.page_table = ref(table);
+  if (in.table.defined()) b.page_table = ref(in.table);
+  if (in.cu_q.defined()) {
+    b.cu_q = ref(in.cu_q), b.cu_k = ref(in.cu_k);
+    b.q_total = q_in.size(2);
+  }
   if (tuned.tune_now) tuned.plan = tune_call(tuned, variant, b, q, buffers);
   const std::vector<at::Tensor> scratch = bind_workspaces(plan, q, b, buffers);
   runner::run(plan, variant, b);
-  return {out, lse};
+}
+
+// The dense outputs of a forward of shapes s.
+std::tuple<at::Tensor, at::Tensor> dense_outputs(const Shapes& s, const at::Tensor& q) {
+  return {at::empty({s.batch, s.q_heads, s.q_len, s.head_dim_v}, q.options()),
+          at::empty({s.batch, s.q_heads, s.q_len}, q.options().dtype(at::kFloat))};
 }
 
 std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q_in, const at::Tensor& k_in,
@@ -133,7 +147,9 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q_in, const at
     warn_fallback(plan.reason);
     return reference_forward(q_in, k_in, v_in, buffers, key, scale);
   }
-  return run_forward(tuned, *variant, s, q_in, k_in, v_in, buffers, kv_lens, at::Tensor());
+  auto [out, lse] = dense_outputs(s, q_in);
+  run_forward(tuned, *variant, q_in, k_in, v_in, buffers, {kv_lens}, out, lse);
+  return {out, lse};
 }
 
 // attention_paged on the sm90 forward's paged layout (common/kv_layout.h PagedLayout), with
@@ -159,7 +175,104 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward_paged(const at::Tensor& q_in, co
   }
   tuned.tune_now = false;  // (the tuner times dense calls only)
   const at::Tensor table = table_in.stride(1) == 1 ? table_in : table_in.contiguous();
-  return run_forward(tuned, use, s, q_in, k_in, v_in, buffers, kv_lens, table);
+  auto [out, lse] = dense_outputs(s, q_in);
+  run_forward(tuned, use, q_in, k_in, v_in, buffers, {kv_lens, table}, out, lse);
+  return {out, lse};
+}
+
+// attention_varlen on a forward's packed-sequence layout (common/kv_layout.h VarlenLayout),
+// the variant without its key bound (the kernels take each sequence's key count from
+// cu_seqlens_k); elsewhere (AMD, a family without the layout) the sequences padded into a
+// dense batch.
+std::tuple<at::Tensor, at::Tensor> cuda_forward_varlen(
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const std::vector<at::Tensor>& buffers, const std::string& key, double scale,
+    const at::Tensor& cu_q, const at::Tensor& cu_k, int64_t max_q, int64_t max_k) {
+  auto variant = get_variant(key);
+  const Shapes s = check_varlen_inputs(q_in, k_in, v_in, buffers, *variant, cu_q, cu_k, max_q, max_k);
+  c10::DeviceGuard guard(q_in.device());
+  const ir::Variant& use = *variant->without_kv_lengths;
+  // The key counts: the bound's lengths (one per sequence, on the device: the layout reads them)
+  const at::Tensor kv_lens = kv_lengths_of(*variant, q_in, s, buffers);
+  TunedPlan tuned = plan_call(plan::OpKind::Forward, use, q_in, s, buffers, scale, {}, false,
+                              plan::KvLayout::Varlen, 0, key);
+  if (!kv_lens.defined()) {
+    tuned.plan.ok = false;
+    tuned.plan.reason = "the key bound's lengths are not an int tensor of one entry per sequence on q's device";
+  }
+  if (!tuned.plan.ok) {
+    warn_once("attention_engine: packed sequences are padded into a batch per call (slower) "
+              "because " + tuned.plan.reason);
+    auto [out, lse] = cuda_forward(dense_from_varlen(q_in, cu_q, max_q), dense_from_varlen(k_in, cu_k, max_k),
+                                   dense_from_varlen(v_in, cu_k, max_k), buffers, key, scale, false);
+    return varlen_from_dense(out, lse, cu_q, q_in.size(0));
+  }
+  tuned.tune_now = false;  // (the tuner times dense calls only)
+  // The kernels' views: [1, heads, tokens, dim] over the token-major tensors.
+  auto four = [](const at::Tensor& x) { return x.transpose(0, 1).unsqueeze(0); };
+  at::Tensor out = at::empty({q_in.size(0), s.q_heads, s.head_dim_v}, q_in.options());
+  at::Tensor lse = at::empty({s.q_heads, q_in.size(0)}, q_in.options().dtype(at::kFloat));
+  const at::Tensor cq = cu_q.contiguous(), ck = cu_k.contiguous();
+  run_forward(tuned, use, four(q_in), four(k_in), four(v_in), buffers, {kv_lens, {}, cq, ck},
+              four(out), lse.unsqueeze(0));
+  return {out, lse};
+}
+
+// A planned backward run into dq, dk, dv (the kernels' [B, H, S, D] views): the captured
+// tensors' gradients returned.
+std::vector<at::Tensor> run_backward(TunedPlan& tuned, const ir::Variant& variant,
+                                     const at::Tensor& dout_in, const std::optional<at::Tensor>& dlse,
+                                     const at::Tensor& q_in, const at::Tensor& k_in,
+                                     const at::Tensor& v_in, const at::Tensor& out,
+                                     const at::Tensor& lse, const std::vector<at::Tensor>& buffers,
+                                     const std::vector<bool>& wants_grad, const LayoutInputs& in,
+                                     at::Tensor dq, at::Tensor dk, at::Tensor dv) {
+  const plan::LaunchPlan& plan = tuned.plan;
+  const at::Tensor q = kernel_ready(q_in), k = kernel_ready(k_in), v = kernel_ready(v_in);
+  std::vector<at::Tensor> grads(buffers.size());  // fp32, the kernels add into them
+  for (size_t i = 0; i < buffers.size(); ++i)
+    if (wants_grad[i]) grads[i] = at::zeros(buffers[i].sizes(), buffers[i].options().dtype(at::kFloat));
+  if (plan.steps.empty()) {  // no scores: every gradient is zero
+    dq.zero_(), dk.zero_(), dv.zero_();
+  } else {
+    runner::Bindings b = bind_inputs(q, k, v, buffers, grads);
+    const at::Tensor dout = kernel_ready(dout_in.to(q.scalar_type()));
+    b.dout = ref(dout);
+    b.dq = ref(dq);
+    b.dk = ref(dk);
+    b.dv = ref(dv);
+    if (in.kv_lens.defined()) {
+      b.kv_lens = ref(in.kv_lens);
+      if (in.kv_lens.size(0) == 1) b.kv_lens.stride[0] = 0;
+    }
+    if (in.cu_q.defined()) {
+      b.cu_q = ref(in.cu_q), b.cu_k = ref(in.cu_k);
+      b.q_total = q_in.size(2);
+    }
+    // The prep pass's inputs for the row statistics (softmax): delta = rowsum(dO * O) - dlse
+    // and the log2 LSE.
+    at::Tensor o, lse_f, dlse_f;
+    if (plan.workspace(plan::WorkspaceId::Delta)) {
+      o = kernel_ready(out.to(q.scalar_type()));
+      lse_f = lse.to(at::kFloat).contiguous();
+      if (dlse && dlse->defined()) dlse_f = dlse->to(at::kFloat).contiguous();
+      b.o = ref(o);
+      b.lse = ref(lse_f);
+      b.dlse = ref(dlse_f);
+    }
+    if (tuned.tune_now) {  // the timing runs added into the captured tensors' gradients
+      tuned.plan = tune_call(tuned, variant, b, q, buffers);
+      for (at::Tensor& g : grads)
+        if (g.defined()) g.zero_();
+    }
+    const std::vector<at::Tensor> scratch = bind_workspaces(plan, q, b, buffers);
+    runner::run(plan, variant, b);
+  }
+  std::vector<at::Tensor> dbuf(buffers.size());
+  for (size_t i = 0; i < buffers.size(); ++i)
+    dbuf[i] = grads[i].defined() ? grads[i].to(buffers[i].scalar_type())
+                                 : at::empty({0}, buffers[i].options());
+  return dbuf;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_backward(
@@ -194,45 +307,51 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_bac
                 "captured tensors (or drop deterministic=True) to run it.");
     at::globalContext().alertNotDeterministic(what);  // raises, or warns with warn_only
   }
-  const at::Tensor q = kernel_ready(q_in), k = kernel_ready(k_in), v = kernel_ready(v_in);
-  at::Tensor dq = at::empty({s.batch, s.q_heads, s.q_len, s.head_dim_qk}, q.options());
-  at::Tensor dk = at::empty({s.batch, s.kv_heads, s.kv_len, s.head_dim_qk}, k.options());
-  at::Tensor dv = at::empty({s.batch, s.kv_heads, s.kv_len, s.head_dim_v}, v.options());
-  std::vector<at::Tensor> grads(buffers.size());  // fp32, the kernels add into them
-  for (size_t i = 0; i < buffers.size(); ++i)
-    if (wants_grad[i]) grads[i] = at::zeros(buffers[i].sizes(), buffers[i].options().dtype(at::kFloat));
-  if (plan.steps.empty()) {  // no scores: every gradient is zero
-    dq.zero_(), dk.zero_(), dv.zero_();
-  } else {
-    runner::Bindings b = bind_inputs(q, k, v, buffers, grads);
-    const at::Tensor dout = kernel_ready(dout_in.to(q.scalar_type()));
-    b.dout = ref(dout);
-    b.dq = ref(dq);
-    b.dk = ref(dk);
-    b.dv = ref(dv);
-    // The prep pass's inputs for the row statistics (softmax): delta = rowsum(dO * O) - dlse
-    // and the log2 LSE.
-    at::Tensor o, lse_f, dlse_f;
-    if (plan.workspace(plan::WorkspaceId::Delta)) {
-      o = kernel_ready(out.to(q.scalar_type()));
-      lse_f = lse.to(at::kFloat).contiguous();
-      if (dlse && dlse->defined()) dlse_f = dlse->to(at::kFloat).contiguous();
-      b.o = ref(o);
-      b.lse = ref(lse_f);
-      b.dlse = ref(dlse_f);
-    }
-    if (tuned.tune_now) {  // the timing runs added into the captured tensors' gradients
-      tuned.plan = tune_call(tuned, *variant, b, q, buffers);
-      for (at::Tensor& g : grads)
-        if (g.defined()) g.zero_();
-    }
-    const std::vector<at::Tensor> scratch = bind_workspaces(plan, q, b, buffers);
-    runner::run(plan, *variant, b);
+  at::Tensor dq = at::empty({s.batch, s.q_heads, s.q_len, s.head_dim_qk}, q_in.options());
+  at::Tensor dk = at::empty({s.batch, s.kv_heads, s.kv_len, s.head_dim_qk}, k_in.options());
+  at::Tensor dv = at::empty({s.batch, s.kv_heads, s.kv_len, s.head_dim_v}, v_in.options());
+  std::vector<at::Tensor> dbuf = run_backward(tuned, *variant, dout_in, dlse, q_in, k_in, v_in, out,
+                                              lse, buffers, wants_grad, {}, dq, dk, dv);
+  return {dq, dk, dv, dbuf};
+}
+
+// attention_varlen's backward on the packed-sequence layout (the variant without its key bound,
+// as the forward ran), not deterministic; elsewhere the sequences padded into a batch for the
+// dense backward.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_backward_varlen(
+    const at::Tensor& dout, const std::optional<at::Tensor>& dlse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    const std::vector<at::Tensor>& buffers, const std::string& key, double scale,
+    const c10::List<bool>& buffer_grads, const at::Tensor& cu_q, const at::Tensor& cu_k,
+    int64_t max_q, int64_t max_k) {
+  auto variant = get_variant(key);
+  const Shapes s = check_varlen_inputs(q, k, v, buffers, *variant, cu_q, cu_k, max_q, max_k);
+  c10::DeviceGuard guard(q.device());
+  std::vector<bool> wants_grad(buffers.size(), false);
+  for (size_t i = 0; i < buffers.size() && i < buffer_grads.size(); ++i) wants_grad[i] = buffer_grads.get(i);
+  const ir::Variant& use = *variant->without_kv_lengths;
+  const at::Tensor kv_lens = kv_lengths_of(*variant, q, s, buffers);
+  TunedPlan tuned = plan_call(plan::OpKind::Backward, use, q, s, buffers, scale, wants_grad,
+                              at::globalContext().deterministicAlgorithms(), plan::KvLayout::Varlen,
+                              0, key);
+  if (!kv_lens.defined()) tuned.plan.ok = false;
+  if (!tuned.plan.ok) {
+    warn_once("attention_engine: packed sequences are padded into a batch for the backward "
+              "(slower) because " + (kv_lens.defined() ? tuned.plan.reason : std::string("of the key bound's lengths")));
+    return varlen_backward_padded(cuda_backward, dout, dlse, q, k, v, out, lse, buffers, key, scale,
+                                  buffer_grads, cu_q, cu_k, max_q, max_k);
   }
-  std::vector<at::Tensor> dbuf(buffers.size());
-  for (size_t i = 0; i < buffers.size(); ++i)
-    dbuf[i] = grads[i].defined() ? grads[i].to(buffers[i].scalar_type())
-                                 : at::empty({0}, buffers[i].options());
+  tuned.tune_now = false;  // (the tuner times dense calls only)
+  auto four = [](const at::Tensor& x) { return x.transpose(0, 1).unsqueeze(0); };
+  at::Tensor dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options()),
+             dv = at::empty(v.sizes(), v.options());
+  const at::Tensor cq = cu_q.contiguous(), ck = cu_k.contiguous();
+  std::optional<at::Tensor> dlse3;
+  if (dlse && dlse->defined()) dlse3 = dlse->unsqueeze(0);
+  std::vector<at::Tensor> dbuf =
+      run_backward(tuned, use, four(dout), dlse3, four(q), four(k), four(v), four(out),
+                   lse.unsqueeze(0), buffers, wants_grad, {kv_lens, {}, cq, ck}, four(dq), four(dk),
+                   four(dv));
   return {dq, dk, dv, dbuf};
 }
 
@@ -267,6 +386,20 @@ std::string backend_for(const at::Tensor& q, const at::Tensor& k, const at::Tens
   return fwd.family + layout;
 }
 
+std::string varlen_backend_for(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const std::vector<at::Tensor>& buffers, const std::string& key,
+                               const at::Tensor& cu_q, const at::Tensor& cu_k, int64_t max_q,
+                               int64_t max_k) {
+  auto variant = get_variant(key);
+  const Shapes s = check_varlen_inputs(q, k, v, buffers, *variant, cu_q, cu_k, max_q, max_k);
+  if (!q.is_cuda()) return "reference: tensors on " + q.device().str();
+  if (!kv_lengths_of(*variant, q, s, buffers).defined())
+    return "padded: the key bound's lengths are not an int tensor of one entry per sequence on q's device";
+  const plan::LaunchPlan lp = plan_call(plan::OpKind::Forward, *variant->without_kv_lengths, q, s,
+                                        buffers, 1.0, {}, false, plan::KvLayout::Varlen).plan;
+  return lp.ok ? lp.family + " (packed sequences)" : "padded: " + lp.reason;
+}
+
 void clear_kernel_caches() {
   runner::clear_kernels();
   clear_workspace_cache();
@@ -278,4 +411,6 @@ TORCH_LIBRARY_IMPL(attention_engine, CUDA, m) {
   m.impl("attention", &ae::torch_ops::cuda_forward);
   m.impl("attention_backward", &ae::torch_ops::cuda_backward);
   m.impl("attention_paged", &ae::torch_ops::cuda_forward_paged);
+  m.impl("attention_varlen", &ae::torch_ops::cuda_forward_varlen);
+  m.impl("attention_varlen_backward", &ae::torch_ops::cuda_backward_varlen);
 }

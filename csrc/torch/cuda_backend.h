@@ -16,6 +16,14 @@ std::string backend_for(const at::Tensor& q, const at::Tensor& k, const at::Tens
                         const std::vector<at::Tensor>& buffers, const std::string& key,
                         bool backward = false);
 
+// What the attention_varlen op runs with these inputs: "<family> (packed sequences)" (the
+// kernels' varlen layout), "padded: <why>" (the sequences padded into a batch for the dense
+// forward), or "reference: <why>".
+std::string varlen_backend_for(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const std::vector<at::Tensor>& buffers, const std::string& key,
+                               const at::Tensor& cu_q, const at::Tensor& cu_k, int64_t max_q,
+                               int64_t max_k);
+
 // Drops the in-process kernels and kept block-state tables (the disk cache stays).
 void clear_kernel_caches();
 

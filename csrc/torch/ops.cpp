@@ -12,6 +12,7 @@
 #include "torch/checks.h"
 #include "torch/paged.h"
 #include "torch/reference.h"
+#include "torch/varlen.h"
 
 namespace ae::torch_ops {
 namespace {
@@ -89,6 +90,52 @@ std::tuple<at::Tensor, at::Tensor> paged_reference_op(const at::Tensor& q, const
                               variant, scale, false);
 }
 
+// attention_varlen: packed sequences; the reference runs them padded into a dense batch (the
+// variant's key bound masks the padding).
+std::tuple<at::Tensor, at::Tensor> varlen_meta(const at::Tensor& q, const at::Tensor& k,
+                                               const at::Tensor& v,
+                                               const std::vector<at::Tensor>& buffers,
+                                               const std::string& variant, double /*scale*/,
+                                               const at::Tensor& cu_q, const at::Tensor& cu_k,
+                                               int64_t max_q, int64_t max_k) {
+  check_varlen_inputs(q, k, v, buffers, *get_variant(variant), cu_q, cu_k, max_q, max_k);
+  at::Tensor out = at::empty({q.size(0), q.size(1), v.size(2)}, q.options());
+  at::Tensor lse = at::empty({q.size(1), q.size(0)}, q.options().dtype(lse_dtype(q)));
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> varlen_reference_op(const at::Tensor& q, const at::Tensor& k,
+                                                       const at::Tensor& v,
+                                                       const std::vector<at::Tensor>& buffers,
+                                                       const std::string& variant, double scale,
+                                                       const at::Tensor& cu_q, const at::Tensor& cu_k,
+                                                       int64_t max_q, int64_t max_k) {
+  check_varlen_inputs(q, k, v, buffers, *get_variant(variant), cu_q, cu_k, max_q, max_k);
+  auto [out, lse] = reference_forward(dense_from_varlen(q, cu_q, max_q), dense_from_varlen(k, cu_k, max_k),
+                                      dense_from_varlen(v, cu_k, max_k), buffers, variant, scale);
+  return varlen_from_dense(out, lse, cu_q, q.size(0));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> varlen_backward_meta(
+    const at::Tensor& dout, const std::optional<at::Tensor>& dlse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    const std::vector<at::Tensor>& buffers, const std::string& variant, double scale,
+    const c10::List<bool>& buffer_grads, const at::Tensor& /*cu_q*/, const at::Tensor& /*cu_k*/,
+    int64_t /*max_q*/, int64_t /*max_k*/) {
+  return backward_meta(dout, dlse, q, k, v, out, lse, buffers, variant, scale, buffer_grads, false);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> varlen_backward_reference_op(
+    const at::Tensor& dout, const std::optional<at::Tensor>& dlse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    const std::vector<at::Tensor>& buffers, const std::string& variant, double scale,
+    const c10::List<bool>& buffer_grads, const at::Tensor& cu_q, const at::Tensor& cu_k,
+    int64_t max_q, int64_t max_k) {
+  check_varlen_inputs(q, k, v, buffers, *get_variant(variant), cu_q, cu_k, max_q, max_k);
+  return varlen_backward_padded(&reference_backward_op, dout, dlse, q, k, v, out, lse, buffers,
+                                variant, scale, buffer_grads, cu_q, cu_k, max_q, max_k);
+}
+
 }  // namespace
 }  // namespace ae::torch_ops
 
@@ -113,7 +160,24 @@ std::tuple<at::Tensor, at::Tensor> paged_reference_op(const at::Tensor& q, const
   "(Tensor q, Tensor k, Tensor v, Tensor[] buffers, str variant, float scale, " \
   "Tensor block_table) -> (Tensor out, Tensor lse)"
 
+// attention_varlen: packed sequences (FlashAttention's varlen layout), q [total_q, Hq, D],
+// k / v [total_k, Hkv, D], sequence i's tokens cu_seqlens[i] .. cu_seqlens[i + 1] (int32, on
+// q's device); out [total_q, Hq, Dv], lse [Hq, total_q]. The variant's mask must bound the keys
+// by the sequences' lengths (csrc/torch/varlen.h). Its backward, attention_varlen_backward,
+// returns dq, dk, dv in token order (autograd: python/attention_engine/inference.py).
+#define AE_VARLEN_SCHEMA \
+  "(Tensor q, Tensor k, Tensor v, Tensor[] buffers, str variant, float scale, "        \
+  "Tensor cu_seqlens_q, Tensor cu_seqlens_k, int max_seqlen_q, int max_seqlen_k) -> "  \
+  "(Tensor out, Tensor lse)"
+#define AE_VARLEN_BWD_SCHEMA                                                                \
+  "(Tensor dout, Tensor? dlse, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "     \
+  "Tensor[] buffers, str variant, float scale, bool[] buffer_grads, Tensor cu_seqlens_q, " \
+  "Tensor cu_seqlens_k, int max_seqlen_q, int max_seqlen_k) -> "                           \
+  "(Tensor dq, Tensor dk, Tensor dv, Tensor[] dbuffers)"
+
 TORCH_LIBRARY(attention_engine, m) {
+  m.def("attention_varlen" AE_VARLEN_SCHEMA);
+  m.def("attention_varlen_backward" AE_VARLEN_BWD_SCHEMA);
   m.def("attention_paged" AE_PAGED_SCHEMA);
   m.def("attention" AE_FWD_SCHEMA);
   m.def("attention_backward" AE_BWD_SCHEMA);
@@ -127,10 +191,14 @@ TORCH_LIBRARY_IMPL(attention_engine, CompositeExplicitAutograd, m) {
   m.impl("attention_reference", &ae::torch_ops::reference_forward_op);
   m.impl("attention_reference_backward", &ae::torch_ops::reference_backward_op);
   m.impl("attention_paged", &ae::torch_ops::paged_reference_op);
+  m.impl("attention_varlen", &ae::torch_ops::varlen_reference_op);
+  m.impl("attention_varlen_backward", &ae::torch_ops::varlen_backward_reference_op);
 }
 
 TORCH_LIBRARY_IMPL(attention_engine, Meta, m) {
   m.impl("attention_paged", &ae::torch_ops::paged_meta);
+  m.impl("attention_varlen", &ae::torch_ops::varlen_meta);
+  m.impl("attention_varlen_backward", &ae::torch_ops::varlen_backward_meta);
   m.impl("attention", &ae::torch_ops::forward_meta);
   m.impl("attention_backward", &ae::torch_ops::backward_meta);
   m.impl("attention_reference", &ae::torch_ops::forward_meta);

@@ -21,8 +21,10 @@ and becomes the kernels' KV layout: each sequence's key count read on the device
 past it never visited, and no mask left where the variant had none. Without autograd a paged
 cache is read in place (the attention_paged op: the sm90 forward addresses keys through the
 page table); with autograd it is gathered into a contiguous one per call. Lengths are read on
-the host (one synchronization per call) unless with_kvcache(check_lengths=False). Varlen
-addressing in the kernels (no padding) is the inference issue's next step.
+the host (one synchronization per call) unless with_kvcache(check_lengths=False). With
+AE_VARLEN=kernel varlen runs on the attention_varlen op: the forward kernels address each
+sequence's rows through cu_seqlens (no padding), and so do the backward kernels
+(attention_varlen_backward).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ import torch
 
 from .api import VariantRef, _variant_of, run_op
 from .gqa_pack import gqa_packed, inherit_autotune, pack_shape
-from .ops import attention_op, paged_op
+from .ops import attention_op, paged_op, varlen_op
 from .positions import with_packed_sequences, with_positions
 
 _POSITIONED: dict = {}  # (trace JSON, GQA packing) -> VariantRef of its rewrite
@@ -69,35 +71,81 @@ def _packed_sequences_ref(attn) -> VariantRef:
 
 
 def _varlen_route() -> str:
-    """"padded" (the sequences padded into a batch; GQA-packed at few queries) or "packed"
-    (back to back in one batch row, each query masked to its own sequence's keys: no padding,
-    the kernels skip the other sequences' blocks). AE_VARLEN=padded|packed chooses; else
-    padded: the packed route measured no faster (bench/RESULTS.md, 2026-12-04, eighteenth
-    session)."""
+    """"kernel" (the attention_varlen op: the forward kernels address each sequence's rows
+    through cu_seqlens, and its backward's), "padded" (the sequences padded
+    into a batch; GQA-packed at few queries) or "packed" (back to back in one batch row, each
+    query masked to its own sequence's keys). AE_VARLEN=kernel|padded|packed chooses; else
+    padded: the kernel route has not yet run on a GPU (written in the nineteenth session, no
+    device lent), so it stays opt-in until its GPU tests pass."""
     env = os.environ.get("AE_VARLEN", "")
-    if env not in ("", "padded", "packed"):
-        raise _err(f"AE_VARLEN must be 'padded' or 'packed', got {env!r}")
+    if env not in ("", "kernel", "padded", "packed"):
+        raise _err(f"AE_VARLEN must be 'kernel', 'padded' or 'packed', got {env!r}")
     return env or "padded"
 
 
-def _run_packed_sequences(attn, q, k, v, cq, ck, lq_t, lk_t, return_lse):
-    """varlen's packed route: q [total_q, Hq, D], k / v [total_k, Hkv, D] as one batch row."""
-    dev, n = q.device, lq_t.numel()
-    seq_q = torch.repeat_interleave(torch.arange(n, device=dev), lq_t, output_size=q.shape[0])
-    seq_k = torch.repeat_interleave(torch.arange(n, device=dev), lk_t, output_size=k.shape[0])
+def _one_row(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(0, 1).unsqueeze(0)  # [T, H, D] -> [1, H, T, D]
+
+
+def _packed_sequence_buffers(cq, ck, total_q: int, total_k: int):
+    """The packed route's four captured tensors (positions.with_packed_sequences) from the
+    cumulative lengths (int64), without a host read."""
+    dev, n = cq.device, cq.numel() - 1
+    lq_t, lk_t = cq[1:] - cq[:-1], ck[1:] - ck[:-1]
+    seq_q = torch.repeat_interleave(torch.arange(n, device=dev), lq_t, output_size=total_q)
+    seq_k = torch.repeat_interleave(torch.arange(n, device=dev), lk_t, output_size=total_k)
     # A query's position in its sequence: the queries are the sequence's last tokens.
-    q_pos = torch.arange(q.shape[0], device=dev) - cq[:-1][seq_q] + (lk_t - lq_t)[seq_q]
+    q_pos = torch.arange(total_q, device=dev) - cq[:-1][seq_q] + (lk_t - lq_t)[seq_q]
     k_base = ck[:-1][seq_q]
+    return [seq_q, q_pos, k_base, seq_k]
+
+
+def _run_packed_sequences(attn, q, k, v, cq, ck, return_lse):
+    """varlen's packed route: q [total_q, Hq, D], k / v [total_k, Hkv, D] as one batch row."""
     ref = _packed_sequences_ref(attn)
     inherit_autotune(getattr(attn, "autotune", "off"), ref.key)
     captured = attn.captured if hasattr(attn, "captured") else attn.buffers
-    buffers = list(captured) + [seq_q, q_pos, k_base, seq_k]
-    one = lambda x: x.transpose(0, 1).unsqueeze(0)  # [T, H, D] -> [1, H, T, D]
-    res = run_op(attention_op, one(q), one(k), one(v), buffers, ref.key, attn.normalize,
-                 attn.scale, return_lse, getattr(attn, "deterministic", False))
+    buffers = list(captured) + _packed_sequence_buffers(cq, ck, q.shape[0], k.shape[0])
+    res = run_op(attention_op, _one_row(q), _one_row(k), _one_row(v), buffers, ref.key,
+                 attn.normalize, attn.scale, return_lse, getattr(attn, "deterministic", False))
     out, lse = res if return_lse else (res, None)
     out = out[0].transpose(0, 1)  # [total_q, Hq, Dv]
     return (out, lse[0]) if return_lse else out  # lse [Hq, total_q], as FlashAttention
+
+
+def _run_varlen_kernel(attn, q, k, v, cq, ck, lq_t, lk_t, wq, wk, return_lse):
+    """varlen's kernel route: the attention_varlen op on the positions rewrite (its key bound
+    is the op's lengths)."""
+    ref = _positioned(attn)
+    inherit_autotune(getattr(attn, "autotune", "off"), ref.key)
+    captured = attn.captured if hasattr(attn, "captured") else attn.buffers
+    buffers = list(captured) + [lk_t - lq_t, lk_t]
+    return run_op(varlen_op, q, k, v, buffers, ref.key, attn.normalize, attn.scale, return_lse,
+                  extra=(cq.to(torch.int32), ck.to(torch.int32), int(wq), int(wk)))
+
+
+def _varlen_setup(ctx, inputs, output):
+    q, k, v, buffers, variant, scale, cu_q, cu_k, max_q, max_k = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, *buffers)
+    ctx.variant, ctx.scale, ctx.max_q, ctx.max_k = variant, scale, max_q, max_k
+
+
+def _varlen_backward(ctx, dout, dlse):
+    q, k, v, out, lse, cu_q, cu_k, *buffers = ctx.saved_tensors
+    buffer_grads = [bool(b.requires_grad) for b in buffers]
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dq, dk, dv, dbuf = torch.ops.attention_engine.attention_varlen_backward(
+        dout, dlse, q, k, v, out, lse, buffers, ctx.variant, ctx.scale, buffer_grads, cu_q, cu_k,
+        ctx.max_q, ctx.max_k)
+    needs = ctx.needs_input_grad
+    return (dq if needs[0] else None, dk if needs[1] else None, dv if needs[2] else None,
+            [g if want else None for g, want in zip(dbuf, buffer_grads)]) + (None,) * 6
+
+
+torch.library.register_autograd("attention_engine::attention_varlen", _varlen_backward,
+                                setup_context=_varlen_setup)
 
 
 def _err(msg: str) -> ValueError:
@@ -202,8 +250,12 @@ def varlen(attn, q, k, v, cu_seqlens_q, cu_seqlens_k,
             raise _err(f"{name}={given} is less than the longest sequence ({need})")
     lq_t = cq[1:] - cq[:-1]
     lk_t = ck[1:] - ck[:-1]
-    if _varlen_route() == "packed" and q.shape[0] > 0:  # no queries at all: the padded route's empty call
-        return _run_packed_sequences(attn, q, k, v, cq, ck, lq_t, lk_t, return_lse)
+    route = _varlen_route()
+    if route == "kernel" and not getattr(attn, "deterministic", False):
+        # (deterministic: the packed route's backward, called with the flag)
+        return _run_varlen_kernel(attn, q, k, v, cq, ck, lq_t, lk_t, wq, wk, return_lse)
+    if route != "padded" and q.shape[0] > 0:  # no queries at all: the padded route's empty call
+        return _run_packed_sequences(attn, q, k, v, cq, ck, return_lse)
     qp, kp, vp = _pad(q, lq_t, wq), _pad(k, lk_t, wk), _pad(v, lk_t, wk)
     res = _run(attn, qp, kp, vp, lk_t - lq_t, lk_t, return_lse)
     out, lse = res if return_lse else (res, None)

@@ -8,6 +8,8 @@ from . import _C  # noqa: F401  (loads the library that defines the ops)
 attention_op = torch.ops.attention_engine.attention
 reference_op = torch.ops.attention_engine.attention_reference
 paged_op = torch.ops.attention_engine.attention_paged  # forward only: no autograd
+# Autograd: inference.py's (through attention_varlen_backward).
+varlen_op = torch.ops.attention_engine.attention_varlen
 
 
 def _setup_context(ctx, inputs, output):
@@ -52,7 +54,8 @@ def _nothing_to_save(ctx, inputs, output):
 # create_graph=True warns that the op has none (a deprecated fallback), and differentiating
 # its result would be silently wrong. With it, that differentiation raises the error above.
 for _name in ("attention_engine::attention_backward",
-              "attention_engine::attention_reference_backward"):
+              "attention_engine::attention_reference_backward",
+              "attention_engine::attention_varlen_backward"):
     torch.library.register_autograd(_name, _no_double_backward, setup_context=_nothing_to_save)
 
 

@@ -26,7 +26,7 @@ AE_DEVICE void unpack8(const uint4& v, float (&f)[8]) {
 
 // This thread's row: rows go to groups of p.lanes lanes (a power of two, at most 32) in
 // launch order; sub is the thread's lane in its group. Split into (batch, head, row); false
-// past the end.
+// past the end (packed sequences: past the batch's own rows).
 AE_DEVICE bool row_of(const BwdRowParams& p, int& b, int& h, int& r, int& sub) {
   const long long row = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) / p.lanes;
   sub = static_cast<int>(threadIdx.x) % p.lanes;
@@ -34,7 +34,21 @@ AE_DEVICE bool row_of(const BwdRowParams& p, int& b, int& h, int& r, int& sub) {
   r = static_cast<int>(row % p.q_len);
   const int bh = static_cast<int>(row / p.q_len);
   b = bh / p.heads, h = bh % p.heads;
-  return true;
+  return !p.cu_q || r < p.cu_q[b + 1] - p.cu_q[b];
+}
+
+// Row r of (b, h) of dout, o or dq (strides in elements for batch, head, row).
+template <class T>
+AE_DEVICE T* row_at(const BwdRowParams& p, T* base, const long long (&stride)[3], int b, int h,
+                    int r) {
+  if (p.cu_q) return base + h * stride[1] + static_cast<long long>(p.cu_q[b] + r) * stride[2];
+  return base + b * stride[0] + h * stride[1] + r * stride[2];
+}
+
+// The row's entry in the statistics (lse, dlse, delta, lse2).
+AE_DEVICE long long stat_at(const BwdRowParams& p, int b, int h, int r) {
+  if (p.cu_q) return static_cast<long long>(h) * p.q_total + p.cu_q[b] + r;
+  return (static_cast<long long>(b) * p.heads + h) * p.q_len + r;
 }
 
 // The sum over a row's group of lanes (every lane of the warp takes part).
@@ -62,9 +76,8 @@ AE_DEVICE void bwd_prep(const BwdRowParams& p) {
   if (p.delta) {
     float dot = 0.f;
     if (live) {
-      const u16* go = static_cast<const u16*>(p.o) + b * p.o_stride[0] + h * p.o_stride[1] + r * p.o_stride[2];
-      const u16* gdo =
-          static_cast<const u16*>(p.dout) + b * p.do_stride[0] + h * p.do_stride[1] + r * p.do_stride[2];
+      const u16* go = rowpass::row_at(p, static_cast<const u16*>(p.o), p.o_stride, b, h, r);
+      const u16* gdo = rowpass::row_at(p, static_cast<const u16*>(p.dout), p.do_stride, b, h, r);
       for (int c = sub * 8; c < p.d_v; c += p.lanes * 8) {
         float o[8], d[8];
         rowpass::unpack8<kBf16>(*reinterpret_cast<const uint4*>(go + c), o);
@@ -75,7 +88,7 @@ AE_DEVICE void bwd_prep(const BwdRowParams& p) {
     }
     dot = rowpass::group_sum(dot, p.lanes);  // whole warps shuffle, rows past the end too
     if (live && sub == 0) {
-      const long long bhr = (static_cast<long long>(b) * p.heads + h) * p.q_len + r;
+      const long long bhr = rowpass::stat_at(p, b, h, r);
       p.delta[bhr] = p.dlse ? dot - p.dlse[bhr] : dot;
       const float l = p.lse[bhr];
       p.lse2[bhr] = l == neg_inf() ? -neg_inf() : l * kLog2e;
@@ -112,7 +125,7 @@ template <bool kBf16>
 AE_DEVICE void bwd_dq(const BwdRowParams& p) {
   int b, h, r, sub;
   if (!rowpass::row_of(p, b, h, r, sub)) return;
-  u16* gdq = static_cast<u16*>(p.dq) + b * p.dq_stride[0] + h * p.dq_stride[1] + r * p.dq_stride[2];
+  u16* gdq = rowpass::row_at(p, static_cast<u16*>(p.dq), p.dq_stride, b, h, r);
   const float s = p.scale;
   for (int c = sub; c < p.d_qk / 8; c += p.lanes) {
     const float4* acc = reinterpret_cast<const float4*>(rowpass::acc_at(p, b, h, r, 8 * c));

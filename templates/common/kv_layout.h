@@ -12,9 +12,15 @@ namespace ae {
 // Dense [batch, heads, rows, head_dim] tensors, the last dim contiguous, per-tensor strides
 // (elements) for batch, head and row; every batch has p.q_len query and p.kv_len key rows.
 struct DenseLayout {
-  // Row `row` of (batch b, head h).
+  // Row `row` of (batch b, head h) of Q, O, dO (q_row) or K, V, dK, dV (kv_row).
   template <class T>
-  AE_DEVICE static T* row(T* base, const long long (&stride)[3], int b, int h, int row) {
+  AE_DEVICE static T* q_row(const AttnParams&, T* base, const long long (&stride)[3], int b, int h,
+                            int row) {
+    return base + b * stride[0] + h * stride[1] + row * stride[2];
+  }
+  template <class T>
+  AE_DEVICE static T* kv_row(const AttnParams&, T* base, const long long (&stride)[3], int b, int h,
+                             int row) {
     return base + b * stride[0] + h * stride[1] + row * stride[2];
   }
   AE_DEVICE static int q_len(const AttnParams& p, int /*b*/) { return p.q_len; }
@@ -31,9 +37,12 @@ struct DenseLayout {
   struct TmaRow {
     int row, head, batch;
   };
-  AE_DEVICE static TmaRow tma_row(int b, int h, int row) { return {row, h, b}; }
+  AE_DEVICE static TmaRow q_tma(const AttnParams&, int b, int h, int row) { return {row, h, b}; }
+  AE_DEVICE static TmaRow kv_tma(const AttnParams&, int b, int h, int row) { return {row, h, b}; }
   // Rows per page of K and V (PagedLayout), 0: not paged.
   static constexpr int kPage = 0;
+  // Batches with their own query counts (VarlenLayout): a forward's tiles past them leave.
+  static constexpr bool kVarlen = false;
 };
 
 // Dense tensors whose batches have their own key counts (a KV cache's filled lengths, padded
@@ -69,6 +78,45 @@ struct PagedLayout : KvLengthsLayout {
   // Batch b's page of table column col (clamped into the table's columns).
   AE_DEVICE static int page(const AttnParams& p, int b, int col) {
     return p.page_table[b * p.page_table_stride + min(col, p.max_pages - 1)];
+  }
+};
+
+// Packed sequences of different lengths (FlashAttention's varlen layout): the tensors are
+// token-major, Q and O [total_q, q_heads, d] and K and V [total_k, kv_heads, d], seen as
+// [1, heads, total, d]; the kernels' batch index is the sequence, b's query rows being
+// p.cu_q[b] .. p.cu_q[b + 1] and its key rows p.cu_k[b] .. (int32 cumulative lengths), and row
+// indices count within the sequence (the positions the mods see). Key counts are
+// KvLengthsLayout's (p.kv_lens: the variant's length bound, which the op's caller makes the
+// differences of cu_k; one load per use: two spilled the sm80 forward). The cumulative lengths
+// are trusted (python/attention_engine/inference.py varlen checks them on the host). The statistics are
+// [q_heads, total_q] (FlashAttention's lse). A tile's TMA box may run into the next sequence's
+// rows: those query rows are never stored, those keys lie past kv_len (the checked path masks
+// them), and TMA reads zeros past the tensor.
+struct VarlenLayout : KvLengthsLayout {
+  static constexpr bool kVarlen = true;
+  AE_DEVICE static int q_start(const AttnParams& p, int b) { return p.cu_q[b]; }
+  AE_DEVICE static int kv_start(const AttnParams& p, int b) { return p.cu_k[b]; }
+  template <class T>
+  AE_DEVICE static T* q_row(const AttnParams& p, T* base, const long long (&stride)[3], int b, int h,
+                            int row) {
+    return base + h * stride[1] + static_cast<long long>(q_start(p, b) + row) * stride[2];
+  }
+  template <class T>
+  AE_DEVICE static T* kv_row(const AttnParams& p, T* base, const long long (&stride)[3], int b,
+                             int h, int row) {
+    return base + h * stride[1] + static_cast<long long>(kv_start(p, b) + row) * stride[2];
+  }
+  AE_DEVICE static int q_len(const AttnParams& p, int b) {
+    return p.cu_q[b + 1] - p.cu_q[b];
+  }
+  AE_DEVICE static long long stat(const AttnParams& p, int b, int h, int row) {
+    return static_cast<long long>(h) * p.q_total + q_start(p, b) + row;
+  }
+  AE_DEVICE static TmaRow q_tma(const AttnParams& p, int b, int h, int row) {
+    return {q_start(p, b) + row, h, 0};
+  }
+  AE_DEVICE static TmaRow kv_tma(const AttnParams& p, int b, int h, int row) {
+    return {kv_start(p, b) + row, h, 0};
   }
 };
 

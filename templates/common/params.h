@@ -81,6 +81,11 @@ struct AttnParams {
   const int* page_table;
   long long page_table_stride;
   int max_pages;
+  // VarlenLayout (common/kv_layout.h): sequence b's query rows cu_q[b] .. cu_q[b + 1] of
+  // q_total, its key rows cu_k[b] .. (int32, batch + 1 entries each). Null with other layouts.
+  const int* cu_q;
+  const int* cu_k;
+  int q_total;
 };
 
 // The backward's row passes (common/bwd_rows.h). dout, o, dq: [batch, heads, q_len, dim]
@@ -109,6 +114,12 @@ struct BwdRowParams {
   // The deterministic backward's query rows per dQ tile counter: the main kernel's query block
   // (0: 64, the NVIDIA families').
   int order_rows;
+  // Packed sequences (VarlenLayout): batch b's rows of dout, o and dq are rows cu_q[b] ..
+  // cu_q[b + 1] of [1, heads, q_total, dim] tensors and its statistics [heads, q_total]
+  // (q_len: the longest sequence's; dq_accum stays [batch, heads, acc_rows, acc_cols]). Null:
+  // dense.
+  const int* cu_q;
+  int q_total;
 };
 
 // The block-state kernel's output (common/block_state.h): the table of codes for tiles of

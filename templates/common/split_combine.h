@@ -33,6 +33,7 @@ AE_DEVICE void fwd_combine(const AttnParams& p) {
   const int lane = threadIdx.x % kWarpSize;
   const int row = static_cast<int>(r % p.q_len);
   const int h = static_cast<int>(r / p.q_len % p.q_heads), b = static_cast<int>(r / p.q_len / p.q_heads);
+  if (row >= Layout::q_len(p, b)) return;  // (packed sequences: past b's queries)
   const float* lse_s = p.lse_part + r;  // split s at lse_s[s * rows]
   float lse = 0.f;
   if (p.row_stats) {
@@ -45,7 +46,7 @@ AE_DEVICE void fwd_combine(const AttnParams& p) {
     for (int o = kWarpSize / 2; o > 0; o /= 2) sum += shfl_xor(sum, o);
     lse = merged_lse(mx, sum);
   }
-  u16* out = Layout::row(static_cast<u16*>(p.o), p.o_stride, b, h, row);
+  u16* out = Layout::q_row(p, static_cast<u16*>(p.o), p.o_stride, b, h, row);
   for (int c = 2 * lane; c < p.d_v; c += 2 * kWarpSize) {
     float x = 0.f, y = 0.f;
     for (int s = 0; s < p.kv_splits; ++s) {

@@ -119,11 +119,11 @@ struct BwdKernel {
     u64 kf[kQk], vf[kVk], ktf[kDt][kSk];
     {
       const bool in = key < kv_len;
-      row_operands(kf, Layout::row(static_cast<const u16*>(p.k), p.k_stride, b, h_kv, in ? key : 0),
+      row_operands(kf, Layout::kv_row(p, static_cast<const u16*>(p.k), p.k_stride, b, h_kv, in ? key : 0),
                    in, g);
-      row_operands(vf, Layout::row(static_cast<const u16*>(p.v), p.v_stride, b, h_kv, in ? key : 0),
+      row_operands(vf, Layout::kv_row(p, static_cast<const u16*>(p.v), p.v_stride, b, h_kv, in ? key : 0),
                    in, g);
-      const u16* gk0 = Layout::row(static_cast<const u16*>(p.k), p.k_stride, b, h_kv, k0);
+      const u16* gk0 = Layout::kv_row(p, static_cast<const u16*>(p.k), p.k_stride, b, h_kv, k0);
 #pragma unroll
       for (int i = 0; i < kDt; ++i) {
         const bool has = has_dq_tile(wave, i);
@@ -141,9 +141,9 @@ struct BwdKernel {
     float next_stat = 0.f;
     auto load = [&](QBlock it) {
       const int hq = h_kv * p.group + it.hq_off, q0 = it.mb * Cfg::kBlockM;
-      next_q.load(Layout::row(static_cast<const u16*>(p.q), p.q_stride, b, hq, q0), p.q_stride[2],
+      next_q.load(Layout::q_row(p, static_cast<const u16*>(p.q), p.q_stride, b, hq, q0), p.q_stride[2],
                   q_len - q0);
-      next_do.load(Layout::row(static_cast<const u16*>(p.dout), p.do_stride, b, hq, q0),
+      next_do.load(Layout::q_row(p, static_cast<const u16*>(p.dout), p.do_stride, b, hq, q0),
                    p.do_stride[2], q_len - q0);
       if constexpr (Norm::kRowStats || Norm::kLinearRows) {
         const int i = threadIdx.x % Cfg::kBlockM, row = q0 + i;
@@ -275,8 +275,8 @@ struct BwdKernel {
     // dK (times the softmax scale) and dV of the lane's key: tile dt's value v is column
     // 16 dt + 4 g + v. (No early return: the gradient sink's finish has a barrier.)
     if (key < kv_len) {
-      u16* gdk = Layout::row(static_cast<u16*>(p.dk), p.dk_stride, b, h_kv, key);
-      u16* gdv = Layout::row(static_cast<u16*>(p.dv), p.dv_stride, b, h_kv, key);
+      u16* gdk = Layout::kv_row(p, static_cast<u16*>(p.dk), p.dk_stride, b, h_kv, key);
+      u16* gdv = Layout::kv_row(p, static_cast<u16*>(p.dv), p.dv_stride, b, h_kv, key);
 #pragma unroll
       for (int dt = 0; dt < kQk; ++dt)
         *reinterpret_cast<u64*>(gdk + N * dt + c_row<N>(0, g)) =

@@ -76,8 +76,8 @@ struct FwdKernel {
     // from j and g, each read got an address register of its own).
     const u16* k_lane = sk + j * Cfg::kLdK + 4 * g;
     const u16* vt_lane = svt + j * Cfg::kLdV + 4 * g;
-    const u16* kb = Layout::row(static_cast<const u16*>(p.k), p.k_stride, b, h_kv, 0);
-    const u16* vb = Layout::row(static_cast<const u16*>(p.v), p.v_stride, b, h_kv, 0);
+    const u16* kb = Layout::kv_row(p, static_cast<const u16*>(p.k), p.k_stride, b, h_kv, 0);
+    const u16* vb = Layout::kv_row(p, static_cast<const u16*>(p.v), p.v_stride, b, h_kv, 0);
     const int kv_len = Layout::kv_len(p, b);
 
     const RowWalk blocks(p, b, h, tile.block, Variant::kHasMask, Cfg::kSplitKv, tile.split);
@@ -89,7 +89,7 @@ struct FwdKernel {
     u64 qf[kQk];
     {
       const bool in = row < Layout::q_len(p, b);
-      const u16* gq = Layout::row(static_cast<const u16*>(p.q), p.q_stride, b, h, in ? row : 0);
+      const u16* gq = Layout::q_row(p, static_cast<const u16*>(p.q), p.q_stride, b, h, in ? row : 0);
 #pragma unroll
       for (int kd = 0; kd < kQk; ++kd) {
         const u64 x = *reinterpret_cast<const u64*>(gq + kd * M::kDepth + 4 * g);  // row 0 if !in

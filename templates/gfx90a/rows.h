@@ -126,7 +126,7 @@ AE_DEVICE void store_rows(const AttnParams& p, const Variant& var, const Acc (&o
                         o[dt][v + 3] * scale_o);
     if (g == 0) p.lse_part[at * p.q_len + row] = lse;
   } else {
-    u16* go = Layout::row(static_cast<u16*>(p.o), p.o_stride, b, h, row);
+    u16* go = Layout::q_row(p, static_cast<u16*>(p.o), p.o_stride, b, h, row);
 #pragma unroll
     for (int dt = 0; dt < kTiles; ++dt)
 #pragma unroll

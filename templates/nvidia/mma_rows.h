@@ -98,7 +98,9 @@ AE_DEVICE void score_transform(const AttnParams& p, const Variant& var, float (&
         }
         bool keep = true;
         if constexpr (kCheck) {
-          keep = q_idx < Layout::q_len(p, b) && kv_idx < Layout::kv_len(p, b);
+          // (Packed sequences: rows past a sequence's queries are never stored, and reading its
+          // length here spilled the sm80 forward.)
+          keep = (Layout::kVarlen || q_idx < Layout::q_len(p, b)) && kv_idx < Layout::kv_len(p, b);
           if constexpr (kCols)
             keep = keep && var.mask_rc(mrow[e >> 1], mcol[e & 1], b, h, q_idx, kv_idx);
           else if constexpr (kRows)
@@ -225,7 +227,7 @@ AE_DEVICE void store_rows(const AttnParams& p, const Variant& var, const float (
                           const RowStats& st, int b, int h, int row0) {
   static_assert(!(kSplitKv && Norm::kCustomFinish), "split-KV merges softmax rows only");
   const int lane = threadIdx.x % 32;
-  u16* go = Layout::row(static_cast<u16*>(p.o), p.o_stride, b, h, 0);
+  u16* go = Layout::q_row(p, static_cast<u16*>(p.o), p.o_stride, b, h, 0);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int row = row0 + 8 * r;

@@ -177,6 +177,8 @@ struct BwdKernel {
     const WorkTile tile = Cfg::kDeterministic ? ReversedBlocks::tile(p) : GridOrder::tile(p);
     const int n_block = tile.block, h_kv = tile.head, b = tile.batch;
     const int k0 = n_block * Cfg::kBlockN;
+    if constexpr (Layout::kVarlen)  // past its sequence's keys (never deterministic: no turns)
+      if (k0 >= Layout::kv_len(p, b)) return;
     const int kw0 = (warp % Cfg::kWarpsN) * 32;  // this warp's keys (S^T, dK, dV)
     const int wm = warp / Cfg::kWarpsN;          // its query slice (S^T) and dim slice (dK, dV)
     const int qw0 = wm * kQW;
@@ -204,10 +206,10 @@ struct BwdKernel {
     const u32 pt_store = smem_addr(sPt) + 2 * ((kw0 + g) * kLdP + qw0 + 2 * t);
 
     load_tile<Cfg::kBlockN, Cfg::kDqk, Cfg::kThreads>(
-        sK, Layout::row(static_cast<const u16*>(p.k), p.k_stride, b, h_kv, k0), p.k_stride[2],
+        sK, Layout::kv_row(p, static_cast<const u16*>(p.k), p.k_stride, b, h_kv, k0), p.k_stride[2],
         Layout::kv_len(p, b) - k0);
     load_tile<Cfg::kBlockN, Cfg::kDv, Cfg::kThreads>(
-        sV, Layout::row(static_cast<const u16*>(p.v), p.v_stride, b, h_kv, k0), p.v_stride[2],
+        sV, Layout::kv_row(p, static_cast<const u16*>(p.v), p.v_stride, b, h_kv, k0), p.v_stride[2],
         Layout::kv_len(p, b) - k0);
 
     // The (query head, query block) pairs this CTA visits, in order, with their block codes
@@ -219,11 +221,11 @@ struct BwdKernel {
     auto load_q_do = [&](QBlock it, int stage) {
       const int hq = h_kv * p.group + it.hq_off, q0 = it.mb * Cfg::kBlockM;
       TileLoader<Cfg::kBlockM, Cfg::kDqk, Cfg::kThreads>().load(
-          sQ0 + stage * Cfg::kSmemQ, Layout::row(static_cast<const u16*>(p.q), p.q_stride, b, hq, q0),
+          sQ0 + stage * Cfg::kSmemQ, Layout::q_row(p, static_cast<const u16*>(p.q), p.q_stride, b, hq, q0),
           p.q_stride[2], Layout::q_len(p, b) - q0);
       TileLoader<Cfg::kBlockM, Cfg::kDv, Cfg::kThreads>().load(
           sdO0 + stage * Cfg::kSmemDO,
-          Layout::row(static_cast<const u16*>(p.dout), p.do_stride, b, hq, q0), p.do_stride[2],
+          Layout::q_row(p, static_cast<const u16*>(p.dout), p.do_stride, b, hq, q0), p.do_stride[2],
           Layout::q_len(p, b) - q0);
       if constexpr (Norm::kRowStats || Norm::kLinearRows) {  // the row statistics: 4 bytes each
         const int i = threadIdx.x % Cfg::kBlockM, row = q0 + i;
@@ -355,8 +357,8 @@ struct BwdKernel {
     cp_async_wait<0>();
 
     // dK (times the softmax scale) and dV for this warp's keys and chunks.
-    u16* gdk = Layout::row(static_cast<u16*>(p.dk), p.dk_stride, b, h_kv, 0);
-    u16* gdv = Layout::row(static_cast<u16*>(p.dv), p.dv_stride, b, h_kv, 0);
+    u16* gdk = Layout::kv_row(p, static_cast<u16*>(p.dk), p.dk_stride, b, h_kv, 0);
+    u16* gdv = Layout::kv_row(p, static_cast<u16*>(p.dv), p.dv_stride, b, h_kv, 0);
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll

@@ -56,8 +56,10 @@ AE_DEVICE void attention_decode(const AttnParams& p, const Variant& var) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const WorkTile tile = HeadsFastest<Cfg::kSplitKv>::tile(p);
   const int b = tile.batch, h = tile.head, q0 = tile.block * Cfg::kBlockM, h_kv = h / p.group;
-  const u16* gk = Layout::row(static_cast<const u16*>(p.k), p.k_stride, b, h_kv, 0);
-  const u16* gv = Layout::row(static_cast<const u16*>(p.v), p.v_stride, b, h_kv, 0);
+  if constexpr (Layout::kVarlen)  // past its sequence's queries: nothing to do
+    if (q0 >= Layout::q_len(p, b)) return;
+  const u16* gk = Layout::kv_row(p, static_cast<const u16*>(p.k), p.k_stride, b, h_kv, 0);
+  const u16* gv = Layout::kv_row(p, static_cast<const u16*>(p.v), p.v_stride, b, h_kv, 0);
   const RowWalk blocks(p, b, h, tile.block, Variant::kHasMask, Cfg::kSplitKv, tile.split,
                        Layout::kv_blocks(p, b, BN));
   const int n_kv = blocks.n;
@@ -71,7 +73,7 @@ AE_DEVICE void attention_decode(const AttnParams& p, const Variant& var) {
 
   int j = blocks.next(blocks.first);
   load_tile<Cfg::kBlockM, Cfg::kDqk, Cfg::kThreads>(
-      sQ, Layout::row(static_cast<const u16*>(p.q), p.q_stride, b, h, q0), p.q_stride[2],
+      sQ, Layout::q_row(p, static_cast<const u16*>(p.q), p.q_stride, b, h, q0), p.q_stride[2],
       Layout::q_len(p, b) - q0);
   if (j < n_kv) load_kv(j, 0);
   cp_async_commit();
@@ -225,7 +227,7 @@ AE_DEVICE void attention_decode(const AttnParams& p, const Variant& var) {
       *reinterpret_cast<float2*>(p.o_part + (at * p.q_len + row) * p.d_v + c) = make_float2(x, y);
       if (c == 0) p.lse_part[at * p.q_len + row] = lse;
     } else {
-      u16* go = Layout::row(static_cast<u16*>(p.o), p.o_stride, b, h, row);
+      u16* go = Layout::q_row(p, static_cast<u16*>(p.o), p.o_stride, b, h, row);
       *reinterpret_cast<u32*>(go + c) = pack2<Cfg::kBf16>(x, y);
       if (c == 0) p.lse[Layout::stat(p, b, h, row)] = lse;
     }

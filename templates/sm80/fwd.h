@@ -55,11 +55,13 @@ struct FwdKernel {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const WorkTile tile = HeadsFastest<Cfg::kSplitKv>::tile(p);
     const int m_block = tile.block, h = tile.head, b = tile.batch, q0 = m_block * Cfg::kBlockM;
+    if constexpr (Layout::kVarlen)  // past its sequence's queries: nothing to do
+      if (q0 >= Layout::q_len(p, b)) return;
     const int wrow = warp * 16 * kMT;  // this warp's first row in the tile
     u16* sQ = reinterpret_cast<u16*>(smem_raw);
     u16* sK = sQ + Cfg::kSmemQ;
     u16* sV = sK + 2 * Cfg::kSmemK;
-    const u16* gq = Layout::row(static_cast<const u16*>(p.q), p.q_stride, b, h, q0);
+    const u16* gq = Layout::q_row(p, static_cast<const u16*>(p.q), p.q_stride, b, h, q0);
     // This head's K and V bases live in shared memory, read once per tile: held in registers
     // across the loop next to 192 accumulators, they were what spilled at 64-key tiles. So do
     // the first row, head and batch, read where used (blockIdx, which they replaced, was
@@ -68,8 +70,8 @@ struct FwdKernel {
     __shared__ int cta[3];
     if (threadIdx.x == 0) {
       const int h_kv = h / p.group;
-      kv_base[0] = Layout::row(static_cast<const u16*>(p.k), p.k_stride, b, h_kv, 0);
-      kv_base[1] = Layout::row(static_cast<const u16*>(p.v), p.v_stride, b, h_kv, 0);
+      kv_base[0] = Layout::kv_row(p, static_cast<const u16*>(p.k), p.k_stride, b, h_kv, 0);
+      kv_base[1] = Layout::kv_row(p, static_cast<const u16*>(p.v), p.v_stride, b, h_kv, 0);
       cta[0] = q0, cta[1] = h, cta[2] = b;
     }
     __syncthreads();

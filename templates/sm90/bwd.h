@@ -319,6 +319,8 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
   const WorkTile tile = Cfg::kDeterministic ? ReversedBlocks::tile(p) : GridOrder::tile(p);
   const int n_block = tile.block, h_kv = tile.head, b = tile.batch;
   const int k0 = n_block * BN;
+  if constexpr (Layout::kVarlen)  // past its sequence's keys (never deterministic: no turns)
+    if (k0 >= Layout::kv_len(p, b)) return;
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
 
   if (threadIdx.x == 0) {
@@ -345,7 +347,7 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
     if (warp != 0) return;
     if (lane == 0) {
       mbar_arrive_expect_tx(kv_full, Cfg::kKBytes + Cfg::kVBytes);
-      const auto kr = Layout::tma_row(b, h_kv, k0);
+      const auto kr = Layout::kv_tma(p, b, h_kv, k0);
 #pragma unroll
       for (int c = 0; c < Cfg::kDqk / 64; ++c)
         tma_load_4d(sK + c * BN * 128, tk, kv_full, c * 64, kr.row, kr.head, kr.batch);
@@ -364,7 +366,7 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
       const int hq = h_kv * p.group + item.hq_off, q0 = item.mb * BM;
       if (use > 0) mbar_wait(empty + stage, (use - 1) & 1);
       if (lane == 0) {  // the tiles first, the row statistics under their flight
-        const auto qr = Layout::tma_row(b, hq, q0);
+        const auto qr = Layout::q_tma(p, b, hq, q0);
         mbar_expect_tx(full + stage, Cfg::kQBytes + (Cfg::kWide ? 0 : Cfg::kDoBytes));
 #pragma unroll
         for (int c = 0; c < Cfg::kDqk / 64; ++c)
@@ -390,7 +392,7 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
       if constexpr (Cfg::kWide) {  // dO's one stage, once both warpgroups' dV GEMMs read it
         if (it > 0) mbar_wait(do_empty, (it - 1) & 1);
         if (lane == 0) {
-          const auto qr = Layout::tma_row(b, hq, q0);
+          const auto qr = Layout::q_tma(p, b, hq, q0);
           mbar_arrive_expect_tx(do_full, Cfg::kDoBytes);
 #pragma unroll
           for (int c = 0; c < Cfg::kDv / 64; ++c)
@@ -574,8 +576,8 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
 
   // dK (times the softmax scale) and dV of this thread's keys; only the tensors' columns (a
   // padded head dim's are zeros: csrc/plan/tile_tables.h sm90_padded).
-  u16* gdk = Layout::row(static_cast<u16*>(p.dk), p.dk_stride, b, h_kv, 0);
-  u16* gdv = Layout::row(static_cast<u16*>(p.dv), p.dv_stride, b, h_kv, 0);
+  u16* gdk = Layout::kv_row(p, static_cast<u16*>(p.dk), p.dk_stride, b, h_kv, 0);
+  u16* gdv = Layout::kv_row(p, static_cast<u16*>(p.dv), p.dv_stride, b, h_kv, 0);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int key = k0 + key_w + g + 8 * r;

@@ -141,6 +141,10 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
     if constexpr (kPersistent) return Tiles::at(p, t);
     else return grid_tile;
   };
+  // Packed sequences: a tile past its sequence's queries has nothing to do (the grid covers
+  // the longest).
+  if constexpr (Layout::kVarlen && !kPersistent)
+    if (grid_tile.block * BM >= Layout::q_len(p, grid_tile.batch)) return;
 
   if (threadIdx.x == 0) {
     mbar_init(q_full, 1);
@@ -185,7 +189,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
           if (n > 0) mbar_wait(q_empty, (n - 1) & 1);
           if constexpr (kPersistent) *tile_slot = t;
           mbar_arrive_expect_tx(q_full, Cfg::kQBytes);
-          const auto qr = Layout::tma_row(tile.batch, tile.head, tile.block * BM);
+          const auto qr = Layout::q_tma(p, tile.batch, tile.head, tile.block * BM);
 #pragma unroll
           for (int c = 0; c < Cfg::kDqk / 64; ++c)
             tma_load_4d(sQ + c * BM * 128, tq, q_full, c * 64, qr.row, qr.head, qr.batch);
@@ -220,7 +224,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
                 // (row, head, batch), or paged (row in the page, head, page).
                 auto coords = [&](int row) -> typename Layout::TmaRow {
                   if constexpr (kPage > 0) return {row % kPage, h_kv, page_win[row / kPage - win]};
-                  else return Layout::tma_row(tile.batch, h_kv, row);
+                  else return Layout::kv_tma(p, tile.batch, h_kv, row);
                 };
                 mbar_arrive_expect_tx(k_full + stage, Cfg::kKBytes);
                 // (Not unrolled over boxes: the producer has few registers, Cfg::kProducerRegs.)

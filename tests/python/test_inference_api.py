@@ -57,10 +57,11 @@ def _cu(lengths, device="cpu"):
                         device=device)
 
 
-@pytest.fixture(params=["padded", "packed"])
+@pytest.fixture(params=["kernel", "padded", "packed"])
 def varlen_route(request, monkeypatch):
-    """varlen's two routes (inference._varlen_route): padded into a batch, or the sequences
-    back to back in one batch row with each query masked to its own sequence."""
+    """varlen's three routes (inference._varlen_route): the attention_varlen op (the kernels
+    address each sequence's rows), padded into a batch, or the sequences back to back in one
+    batch row with each query masked to its own sequence."""
     monkeypatch.setenv("AE_VARLEN", request.param)
     return request.param
 
@@ -94,6 +95,37 @@ def test_varlen_equals_one_call_per_sequence(name, lens, varlen_route):
     want = torch.autograd.grad(ref, (q, k, v), dout)
     for what, a, b in zip(("dq", "dk", "dv"), got, want):
         assert_close(a, b, 1e-10, what)
+
+
+def test_varlen_op_checks_its_inputs_and_gives_shapes():
+    """The attention_varlen op (the kernel route's): tokens-first outputs (lse [Hq, total_q]),
+    fake-tensor shapes for torch.compile, and clear errors: int32 lengths only, and a variant
+    whose mask bounds the keys by the sequences' lengths (the positions rewrite's)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from attention_engine import _C
+    from attention_engine.inference import _positioned
+    from attention_engine.ops import varlen_op
+    attn = ae.compile(mask_mod=mods.causal)
+    lens = [3, 5]
+    q, k, v = (_packed(lens, h, 8, s).detach() for s, h in ((0, 4), (1, 2), (2, 2)))
+    cu = _cu(lens)
+    lt = torch.tensor(lens)
+    key = _positioned(attn).key
+    buffers = [torch.zeros(2, dtype=torch.long), lt]
+    out, lse = varlen_op(q, k, v, buffers, key, 0.3, cu, cu, 5, 5)
+    assert out.shape == (8, 4, 8) and lse.shape == (4, 8) and out.is_contiguous()
+    with FakeTensorMode() as mode:
+        fq, fk, fv = (mode.from_tensor(x) for x in (q, k, v))
+        fo, fl = varlen_op(fq, fk, fv, [mode.from_tensor(b) for b in buffers], key, 0.3,
+                           mode.from_tensor(cu), mode.from_tensor(cu), 5, 5)
+        assert fo.shape == (8, 4, 8) and fl.shape == (4, 8)
+    with pytest.raises(TypeError, match="int32"):
+        varlen_op(q, k, v, buffers, key, 0.3, cu.long(), cu, 5, 5)
+    with pytest.raises(ValueError, match="bound the keys"):
+        varlen_op(q, k, v, [], attn._key, 0.3, cu, cu, 5, 5)
+    with pytest.raises(ValueError, match="\\[total_q, Hq, D\\]"):
+        varlen_op(q[None], k, v, buffers, key, 0.3, cu, cu, 5, 5)
+    assert _C.varlen_backend_for(q, k, v, buffers, key, cu, cu, 5, 5).startswith("reference")
 
 
 def test_varlen_rejects_bad_lengths():
@@ -285,6 +317,70 @@ def test_kvcache_lengths_layout_on_the_kernels(case, monkeypatch):
     backend = _C.backend_for(qp, kc.transpose(1, 2), vc.transpose(1, 2),
                              list(attn.buffers) + [lens], _positioned(attn, pack, sq).key)
     assert "per-batch key lengths" in backend, backend
+
+
+def _mods_for(name, hq):
+    return {"plain": (None, None), "causal": (None, mods.causal),
+            "alibi": (mods.alibi(mods.alibi_slopes(hq, device="cuda")), mods.causal),
+            "softcap": (mods.softcap(20.0), None), "window": (None, mods.sliding_window(256)),
+            "bias": (mods.relative_bias(torch.randn(hq, 65, device="cuda"), 32), mods.causal),
+            "doc": (None, mods.document_mask(torch.arange(4352, device="cuda") // 700))}[name]
+
+
+_VARLEN_CASES = (
+    [(name, "sm90", 4, "self", None) for name in ("plain", "causal", "alibi", "softcap", "window",
+                                                  "bias", "doc")]
+    + [(name, "sm90", 4, "fewer", None) for name in ("plain", "causal", "window")]
+    + [(name, "sm80", 4, kind, None) for name in ("plain", "causal", "alibi")
+       for kind in ("self", "fewer")]
+    + [("causal", "sm90", group, "self", None) for group in (1, 8)]
+    + [(name, "sm90", 4, "decode", splits) for name in ("plain", "causal")
+       for splits in ("1", "2", "1000")])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", _VARLEN_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_varlen_layout_on_the_kernels(case, monkeypatch):
+    """varlen's kernel route on the kernels' packed-sequence layout (no padding): ragged
+    lengths 1, 17, 1000, 4097 (and an empty sequence), as many queries as keys, fewer, or one
+    (decode rows, split counts forced); equal to float64, forward and backward, and no fallback
+    warning (the layout ran)."""
+    name, family, group, kind, splits = case
+    if family == "sm80":
+        monkeypatch.setenv("AE_DISABLE_SM90", "1")
+    if splits:
+        monkeypatch.setenv("AE_KV_SPLITS", splits)
+    monkeypatch.setenv("AE_VARLEN", "kernel")
+    HKV, D = 2, 128
+    HQ = HKV * group
+    attn = ae.compile(*_mods_for(name, HQ))
+    lk = [1, 17, 1000, 0, 4097, 300]
+    lq = {"self": lk, "fewer": [1, 5, 999, 0, 2000, 1], "decode": [min(1, n) for n in lk]}[kind]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    mk = lambda lens, h: torch.randn(sum(lens), h, D, device="cuda", dtype=torch.bfloat16,
+                                     generator=gen).requires_grad_()
+    q, k, v = mk(lq, HQ), mk(lk, HKV), mk(lk, HKV)
+    cq, ck = _cu(lq, "cuda"), _cu(lk, "cuda")
+    out, lse = attn.varlen(q, k, v, cq, ck, return_lse=True)
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref, ref_lse = attn.varlen(q64, k64, v64, cq, ck, return_lse=True)  # float64: the reference
+    assert _rel(out, ref) < 2e-2
+    fin = torch.isfinite(ref_lse)
+    assert torch.equal(fin, torch.isfinite(lse))
+    assert (lse.double()[fin] - ref_lse[fin]).abs().max().item() < 2e-2
+    if kind != "decode":
+        dout = torch.randn_like(out)
+        got = torch.autograd.grad(out, (q, k, v), dout)
+        want = torch.autograd.grad(ref, (q64, k64, v64), dout.double())
+        for what, a, b in zip(("dq", "dk", "dv"), got, want):
+            assert _rel(a, b) < 3e-2, what
+    # The forward ran on the packed-sequence layout (not padded into a batch).
+    from attention_engine import _C
+    from attention_engine.inference import _positioned
+    lq_t, lk_t = (cq[1:] - cq[:-1]).long(), (ck[1:] - ck[:-1]).long()
+    backend = _C.varlen_backend_for(q, k, v, list(attn.buffers) + [lk_t - lq_t, lk_t],
+                                    _positioned(attn).key, cq, ck, max(lq), max(lk))
+    assert backend == f"{family} (packed sequences)", backend
 
 
 _PAGED_CASES = ([(name, ps, 4, sq) for name in ("plain", "causal", "alibi", "window")
@@ -707,9 +803,13 @@ def test_varlen_packed_route_runs_one_batch_row(monkeypatch):
     attn.varlen(q, k, v, _cu(lens), _cu(lens))
     monkeypatch.setenv("AE_VARLEN", "padded")
     attn.varlen(q, k, v, _cu(lens), _cu(lens))
-    assert calls == [(1, 2, 8, 8), (2, 2, 5, 8)]
+    monkeypatch.setenv("AE_VARLEN", "kernel")  # the varlen op: tokens first
+    attn.varlen(q, k, v, _cu(lens), _cu(lens))
+    monkeypatch.delenv("AE_VARLEN")  # the default: padded
+    attn.varlen(q, k, v, _cu(lens), _cu(lens))
+    assert calls == [(1, 2, 8, 8), (2, 2, 5, 8), (8, 2, 8), (2, 2, 5, 8)]
     monkeypatch.setenv("AE_VARLEN", "fast")
-    with pytest.raises(ValueError, match="'padded' or 'packed'"):
+    with pytest.raises(ValueError, match="'kernel', 'padded' or 'packed'"):
         attn.varlen(q, k, v, _cu(lens), _cu(lens))
 
 

@@ -1,0 +1,93 @@
+// Packed sequences in the kernels (templates/common/kv_layout.h VarlenLayout): planned for the
+// NVIDIA forwards (a split-KV launch's combine on the same layout, never the persistent
+// scheduler, whose tiles are the grid's) and backwards (not deterministic), refused on AMD.
+#include <gtest/gtest.h>
+
+#include "codegen/instantiate.h"
+#include "ir/variant.h"
+#include "plan_fixtures.h"
+#include "trace_builder.h"
+
+namespace ae::plan {
+namespace {
+
+PlanRequest varlen(const DeviceCaps& dev, int64_t q_len, int64_t kv_len, int64_t batch = 16) {
+  PlanRequest r = testing::request(OpKind::Forward, dev, testing::plain(), 128, 128, q_len);
+  r.problem.batch = batch;
+  r.problem.kv_len = kv_len;
+  r.problem.kv_layout = KvLayout::Varlen;
+  return r;
+}
+
+const Step& main_of(const LaunchPlan& p) {
+  for (const Step& s : p.steps)
+    if (s.spec.kind == codegen::Kind::Forward) return s;
+  return p.steps.front();
+}
+
+TEST(VarlenPlan, NvidiaForwardsOnTheLayout) {
+  for (const DeviceCaps& dev : {devices::h200(), devices::a100()}) {
+    const LaunchPlan p = make_plan(varlen(dev, 1024, 1024));
+    ASSERT_TRUE(p.ok) << p.reason;
+    const codegen::KernelSpec& s = main_of(p).spec;
+    EXPECT_EQ(s.layout, codegen::Layout::Varlen);
+    EXPECT_NE(s.describe().find(" varlen"), std::string::npos) << s.describe();
+  }
+}
+
+TEST(VarlenPlan, NeverPersistent) {
+  PlanRequest r = varlen(devices::h200(), 4096, 4096);
+  r.overrides.persistent = 8;  // forced: still a CTA per tile (tiles past a sequence leave)
+  const LaunchPlan p = make_plan(r);
+  ASSERT_TRUE(p.ok) << p.reason;
+  EXPECT_FALSE(main_of(p).spec.persistent);
+  EXPECT_EQ(main_of(p).grid.x, static_cast<unsigned>(p.attn.n_q_blocks));  // the grid's tiles
+}
+
+TEST(VarlenPlan, SplitKvCombinesOnTheLayout) {
+  PlanRequest r = varlen(devices::h200(), 1, 65536, 1);  // one decode row: splits fill the SMs
+  const LaunchPlan p = make_plan(r);
+  ASSERT_TRUE(p.ok) << p.reason;
+  ASSERT_GT(p.attn.kv_splits, 1);
+  EXPECT_EQ(p.steps.back().spec.kind, codegen::Kind::FwdCombine);
+  EXPECT_EQ(p.steps.back().spec.layout, codegen::Layout::Varlen);
+}
+
+TEST(VarlenPlan, BackwardOnNvidiaNotDeterministic) {
+  for (const DeviceCaps& dev : {devices::h200(), devices::a100()}) {
+    PlanRequest bwd = varlen(dev, 1024, 1024);
+    bwd.problem.kind = OpKind::Backward;
+    const LaunchPlan p = make_plan(bwd);
+    ASSERT_TRUE(p.ok) << p.reason;
+    bool main = false;
+    for (const Step& s : p.steps)
+      if (s.spec.kind == codegen::Kind::Backward) {
+        main = true;
+        EXPECT_EQ(s.spec.layout, codegen::Layout::Varlen);
+      }
+    EXPECT_TRUE(main);
+    bwd.problem.deterministic = true;
+    const LaunchPlan d = make_plan(bwd);
+    EXPECT_FALSE(d.ok);
+    EXPECT_NE(d.reason.find("not deterministic"), std::string::npos) << d.reason;
+  }
+}
+
+TEST(VarlenPlan, RefusedOnAmd) {
+  const LaunchPlan p = make_plan(varlen(devices::mi250(), 1024, 1024));
+  EXPECT_FALSE(p.ok);
+  EXPECT_NE(p.reason.find("NVIDIA GPUs only"), std::string::npos) << p.reason;
+}
+
+TEST(VarlenPlan, InstantiatedWithTheLayout) {
+  test::TraceBuilder t;
+  t.score(t.param("score"));
+  const auto v = ir::build_variant(t.str());
+  const LaunchPlan p = make_plan(varlen(devices::h200(), 1024, 1024));
+  ASSERT_TRUE(p.ok) << p.reason;
+  const std::string src = codegen::instantiate(v.get(), main_of(p).spec);
+  EXPECT_NE(src.find("ae::VarlenLayout"), std::string::npos) << src;
+}
+
+}  // namespace
+}  // namespace ae::plan
