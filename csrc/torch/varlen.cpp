@@ -1,5 +1,7 @@
 #include "torch/varlen.h"
 
+#include <limits>
+
 #include "torch/messages.h"
 
 namespace ae::torch_ops {
@@ -77,16 +79,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> varlen_b
     const at::Tensor& lse, const std::vector<at::Tensor>& buffers, const std::string& variant,
     double scale, const c10::List<bool>& buffer_grads, const at::Tensor& cu_q,
     const at::Tensor& cu_k, int64_t max_q, int64_t max_k) {
-  // [Hq, total] -> [n, Hq, max_q], zeros past each sequence's rows
-  auto stats = [&](const at::Tensor& x) {
-    return dense_from_varlen(x.t().unsqueeze(-1), cu_q, max_q).squeeze(-1);
+  // [Hq, total] -> [n, Hq, max_q]; past each sequence's rows `fill`: the lse an empty row's
+  // (-inf: the kernels' P is then exactly 0 there, whatever its scores), dlse 0
+  auto stats = [&](const at::Tensor& x, double fill) {
+    const at::Tensor rows = x.t().unsqueeze(-1);
+    const at::Tensor real = dense_from_varlen(at::ones_like(rows, at::kBool), cu_q, max_q);
+    return dense_from_varlen(rows, cu_q, max_q).masked_fill(real.logical_not(), fill).squeeze(-1);
   };
   std::optional<at::Tensor> dlse_d;
-  if (dlse && dlse->defined()) dlse_d = stats(*dlse);
+  if (dlse && dlse->defined()) dlse_d = stats(*dlse, 0.0);
   auto [dq, dk, dv, dbuf] = backward(
       dense_from_varlen(dout, cu_q, max_q), dlse_d, dense_from_varlen(q, cu_q, max_q),
       dense_from_varlen(k, cu_k, max_k), dense_from_varlen(v, cu_k, max_k),
-      dense_from_varlen(out, cu_q, max_q), stats(lse), buffers, variant, scale, buffer_grads, false);
+      dense_from_varlen(out, cu_q, max_q), stats(lse, -std::numeric_limits<double>::infinity()),
+      buffers, variant, scale, buffer_grads, false);
   return {tokens_from_dense(dq, cu_q, q.size(0)), tokens_from_dense(dk, cu_k, k.size(0)),
           tokens_from_dense(dv, cu_k, k.size(0)), dbuf};
 }

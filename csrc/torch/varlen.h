@@ -22,7 +22,9 @@ namespace ae::torch_ops {
 // variant bounds its keys by per-sequence lengths (kv_idx < lengths[b], ir/length_bound.h: the
 // kernels take each sequence's key count from cu_seqlens_k in its place). The shapes of the
 // dense problem: batch n, q_len / kv_len the longest sequence's. The lengths' values are the
-// caller's to check (they live on the device): the kernels clamp them into the longest.
+// caller's to check (they live on the device): python/attention_engine/inference.py varlen
+// does; the kernels clamp the query counts into the longest and take key counts from the
+// bound's lengths tensor, which must equal cu_seqlens_k's differences.
 Shapes check_varlen_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                            const std::vector<at::Tensor>& buffers, const ir::Variant& variant,
                            const at::Tensor& cu_q, const at::Tensor& cu_k, int64_t max_q,
@@ -48,7 +50,9 @@ using DenseBackward = std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector
     const c10::List<bool>& buffer_grads, bool deterministic);
 
 // attention_varlen_backward by `backward` on the sequences padded into a batch (padding rows:
-// zero dout, a finite lse, so they add nothing), the gradients back in token order.
+// zero dout and an empty row's lse, -inf, so they add nothing), the gradients back in token
+// order. (A custom normalization's statistic has no such value: varlen() sends those to its
+// padded route.)
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> varlen_backward_padded(
     DenseBackward backward, const at::Tensor& dout, const std::optional<at::Tensor>& dlse,
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,

@@ -251,8 +251,10 @@ def varlen(attn, q, k, v, cu_seqlens_q, cu_seqlens_k,
     lq_t = cq[1:] - cq[:-1]
     lk_t = ck[1:] - ck[:-1]
     route = _varlen_route()
-    if route == "kernel" and not getattr(attn, "deterministic", False):
-        # (deterministic: the packed route's backward, called with the flag)
+    if (route == "kernel" and not getattr(attn, "deterministic", False)
+            and isinstance(attn.normalize, str)):
+        # (else the packed route: deterministic, its backward called with the flag; a custom
+        # normalization, whose statistic has no value that empties a padding row)
         return _run_varlen_kernel(attn, q, k, v, cq, ck, lq_t, lk_t, wq, wk, return_lse)
     if route != "padded" and q.shape[0] > 0:  # no queries at all: the padded route's empty call
         return _run_packed_sequences(attn, q, k, v, cq, ck, return_lse)

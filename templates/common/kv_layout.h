@@ -106,8 +106,9 @@ struct VarlenLayout : KvLengthsLayout {
                              int h, int row) {
     return base + h * stride[1] + static_cast<long long>(kv_start(p, b) + row) * stride[2];
   }
+  // (Clamped into the grid's rows: a split-KV launch's partial rows are q_len apart.)
   AE_DEVICE static int q_len(const AttnParams& p, int b) {
-    return p.cu_q[b + 1] - p.cu_q[b];
+    return min(p.cu_q[b + 1] - p.cu_q[b], p.q_len);
   }
   AE_DEVICE static long long stat(const AttnParams& p, int b, int h, int row) {
     return static_cast<long long>(h) * p.q_total + q_start(p, b) + row;
