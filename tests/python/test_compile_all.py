@@ -574,6 +574,15 @@ def test_plain_loads_switch(monkeypatch):
     assert "ae::ld<float>(" in with_grads and "ae::ld<float, true>" not in with_grads
 
 
+def _inference_rewrite(name):
+    """VARIANTS[name] through the inference entry points' positions rewrite (captured tensors
+    [..., q_start, kv_len]): the compiled attention, the rewritten variant, its buffer dtypes."""
+    from attention_engine.positions import with_positions
+    attn = VARIANTS[name]()
+    variant = _C.build_variant(with_positions(attn._ref.trace_json))
+    return attn, variant, [str(t.dtype).replace("torch.", "") for t in attn.buffers] + ["int64", "int64"]
+
+
 # The per-batch key lengths layout (templates/common/kv_layout.h KvLengthsLayout): the forwards
 # of with_kvcache's positions rewrite (python/attention_engine/positions.py) without its
 # bound kv_idx < kv_len[b], which the layout takes: the sm90 forward whole and split, the sm80
@@ -586,15 +595,12 @@ KV_LENGTHS_CASES = [("plain", "fwd90", 4096, "1"), ("plain", "fwd90", 1, "4"),
 
 @pytest.mark.parametrize("case", KV_LENGTHS_CASES, ids=lambda c: "-".join(map(str, c)))
 def test_kv_lengths_forward_compiles_without_spills(case, monkeypatch):
-    from attention_engine.positions import with_positions
     name, kind, q_len, splits = case
     monkeypatch.setenv("AE_KV_SPLITS", splits)
     if kind == "decode":
         monkeypatch.setenv("AE_DECODE", "1")
-    attn = VARIANTS[name]()
-    variant = _C.build_variant(with_positions(attn._ref.trace_json))
+    attn, variant, dtypes = _inference_rewrite(name)
     assert variant.kv_lengths_buffer == len(attn.buffers) + 1  # [..., q_start, kv_len]
-    dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers] + ["int64", "int64"]
     info = variant.kernel_source("fwd", 128, 128, True, dtypes, q_len=q_len, kv_lengths=True,
                                  family="sm90" if kind == "fwd90" else "sm80")
     assert " kvlens" in info["describe"], info["describe"]
@@ -612,12 +618,9 @@ PAGED_CASES = [("plain", 16, 1, "1"), ("plain", 64, 1, "4"), ("plain", 256, 1, "
 
 @pytest.mark.parametrize("case", PAGED_CASES, ids=lambda c: "-".join(map(str, c)))
 def test_paged_forward_compiles_without_spills(case, monkeypatch):
-    from attention_engine.positions import with_positions
     name, page, q_len, splits = case
     monkeypatch.setenv("AE_KV_SPLITS", splits)
-    attn = VARIANTS[name]()
-    variant = _C.build_variant(with_positions(attn._ref.trace_json))
-    dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers] + ["int64", "int64"]
+    attn, variant, dtypes = _inference_rewrite(name)
     info = variant.kernel_source("fwd", 128, 128, True, dtypes, q_len=q_len, kv_lengths=True,
                                  page_size=page)
     assert info["describe"].endswith(f" page{page}"), info["describe"]
@@ -638,14 +641,11 @@ VARLEN_CASES = [("plain", "fwd90", 4096, "1"), ("causal", "fwd90", 4096, "1"),
 
 @pytest.mark.parametrize("case", VARLEN_CASES, ids=lambda c: "-".join(map(str, c)))
 def test_varlen_forward_compiles_without_spills(case, monkeypatch):
-    from attention_engine.positions import with_positions
     name, kind, q_len, splits = case
     monkeypatch.setenv("AE_KV_SPLITS", splits)
     if kind == "decode":
         monkeypatch.setenv("AE_DECODE", "1")
-    attn = VARIANTS[name]()
-    variant = _C.build_variant(with_positions(attn._ref.trace_json))
-    dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers] + ["int64", "int64"]
+    attn, variant, dtypes = _inference_rewrite(name)
     family = "sm90" if kind == "fwd90" else "sm80"
     info = variant.kernel_source("fwd", 128, 128, True, dtypes, q_len=q_len, varlen=True,
                                  family=family)
@@ -671,11 +671,8 @@ _VARLEN_BWD_SPILL = {"causal", "alibi", "document"}  # sm90
 
 @pytest.mark.parametrize("case", VARLEN_BWD_CASES, ids=lambda c: "-".join(c))
 def test_varlen_backward_compiles_without_spills(case):
-    from attention_engine.positions import with_positions
     name, family = case
-    attn = VARIANTS[name]()
-    variant = _C.build_variant(with_positions(attn._ref.trace_json))
-    dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers] + ["int64", "int64"]
+    attn, variant, dtypes = _inference_rewrite(name)
     info = variant.kernel_source("bwd", 128, 128, True, dtypes, varlen=True, family=family)
     assert info["describe"].endswith(" varlen"), info["describe"]
     assert "ae::VarlenLayout" in info["source"]
