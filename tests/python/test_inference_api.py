@@ -128,6 +128,33 @@ def test_varlen_op_checks_its_inputs_and_gives_shapes():
     assert _C.varlen_backend_for(q, k, v, buffers, key, cu, cu, 5, 5).startswith("reference")
 
 
+def test_varlen_kernel_route_leaves_custom_norms_and_deterministic_to_the_packed_one(monkeypatch):
+    """AE_VARLEN=kernel runs the attention_varlen op, except for a custom normalization (the
+    op's padded backward needs an lse that empties a padding row, which such a statistic has
+    not) and deterministic=True (the packed route's backward takes the flag): those run as
+    one batch row, and still equal one call per sequence."""
+    from attention_engine import inference
+    from attention_engine.ops import varlen_op
+    ops = []
+    real = inference.run_op
+    monkeypatch.setattr(inference, "run_op",
+                        lambda op, *a, **kw: ops.append(op is varlen_op) or real(op, *a, **kw))
+    monkeypatch.setenv("AE_VARLEN", "kernel")
+    lens = [3, 5]
+    q, k, v = (_packed(lens, 2, 8, s) for s in range(3))
+    for attn, want in ((ae.compile(mask_mod=mods.causal), True),
+                       (ae.compile(mask_mod=mods.causal, normalize=ae.normalizers.retention), False),
+                       (ae.compile(mask_mod=mods.causal, deterministic=True), False)):
+        ops.clear()
+        out = attn.varlen(q, k, v, _cu(lens), _cu(lens))
+        assert ops == [want]
+        ref = torch.cat([attn(x[None].transpose(1, 2), y[None].transpose(1, 2),
+                              z[None].transpose(1, 2))[0].transpose(0, 1)
+                         for x, y, z in zip(q.split(lens), k.split(lens), v.split(lens))])
+        assert_close(out, ref, 1e-10, "out")
+        torch.autograd.grad(out.sum(), (q, k, v))  # (the backward of each route runs)
+
+
 def test_varlen_rejects_bad_lengths():
     attn = ae.compile(mask_mod=mods.causal)
     q = k = v = torch.randn(8, 2, 4)
