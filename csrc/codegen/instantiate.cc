@@ -74,7 +74,7 @@ Template template_of(const KernelSpec& s) {
                           s.block_n, s.stages, elem, layout, s.deterministic),
               "ae::sm80::attention_bwd<Cfg>(p, Variant{va})", 1};
     case Kind::BlockState:
-      return {"common/block_state.h", "", "ae::block_state(p, Variant{va}, bs)", 0};
+      return {"common/block_state.h", "", fmt::format("ae::block_state<{}>(p, Variant{{va}}, bs)", layout), 0};
     case Kind::BwdPrep:
       return {"common/bwd_rows.h", "", fmt::format("ae::bwd_prep<{}>(rp)", elem), 0};
     case Kind::BwdDq:

@@ -291,25 +291,32 @@ void add_block_states(const PlanRequest& r, const KernelSpec& main, LaunchPlan& 
   a.n_kv_blocks = static_cast<int>((a.kv_len + main.block_n - 1) / main.block_n);
   if (r.problem.sparsity != BlockSparsity::MaskMod) return;
   const VariantTraits& v = r.variant;
-  const int nb = v.mask_per_batch ? a.batch : 1, nh = v.mask_per_head ? a.q_heads : 1;
+  // Packed sequences: a table per batch, whose tiles past the sequence's own lengths are empty
+  // (the backward's masked walks skip them: common/block_state.h).
+  const bool varlen = main.layout == codegen::Layout::Varlen;
+  const bool per_batch = v.mask_per_batch || varlen;
+  const int nb = per_batch ? a.batch : 1, nh = v.mask_per_head ? a.q_heads : 1;
   const long long per_tile = static_cast<long long>(a.n_q_blocks) * a.n_kv_blocks;
   a.state_stride_h = v.mask_per_head ? per_tile : 0;
-  a.state_stride_b = v.mask_per_batch ? per_tile * nh : 0;
+  a.state_stride_b = per_batch ? per_tile * nh : 0;
   plan.block_states.block_m = main.block_m;
   plan.block_states.block_n = main.block_n;
-  plan.block_states.per_batch = v.mask_per_batch;
+  plan.block_states.per_batch = per_batch;
   plan.block_states.per_head = v.mask_per_head;
 
   Workspace ws{WorkspaceId::BlockStates, {nb * nh, a.n_q_blocks, a.n_kv_blocks}, ElemType::Other, ""};
   // The same table for every call with the same shapes and, where the mask reads captured
   // tensors (document ids), the same tensors unchanged: training steps that keep their ids
   // build it once (it cost a pass over every score per call).
-  ws.cache_key = fmt::format("{}|{}|{}|{}x{}|{}|{}", v.key, a.q_len, a.kv_len, main.block_m,
-                             main.block_n, nb, nh);
+  // (Not packed sequences': their lengths are device data, so the table is built per call.)
+  if (!varlen)
+    ws.cache_key = fmt::format("{}|{}|{}|{}x{}|{}|{}", v.key, a.q_len, a.kv_len, main.block_m,
+                               main.block_n, nb, nh);
   ws.key_by_captured = v.mask_reads_buffers;
   plan.workspaces.push_back(ws);
 
   Step s = common_step(r, Kind::BlockState, main.bf16, kBlockStateThreads);
+  if (varlen) s.spec.layout = codegen::Layout::Varlen;
   s.spec.buffer_dtypes = main.buffer_dtypes;
   s.grid = {u(a.n_kv_blocks), u(a.n_q_blocks), u(nb * nh)};
   s.fills_workspace = true;

@@ -54,34 +54,43 @@ struct RowWalk {
 // kept) and pops blocks from them: one load latency per kWarpSize blocks, and the walk's state
 // is uniform across the warp (uniform registers, not per-thread ones). Every lane of the warp
 // must call it.
-struct ColumnWalk {
+// kOwnCount (packed sequences): the walk stops at the batch's own query blocks (n_q, given),
+// not at p.n_q_blocks (the longest sequence's); a walk of dense tensors holds no count.
+template <bool kOwnCount>
+struct ColumnWalkOf {
   struct Item {
     int hq_off, mb, code;  // hq_off == p.group: past the end
   };
   int hq_off, base;          // the window: blocks base .. base + kWarpSize - 1 of head hq_off
   LaneMask kept, partial;    // bit i: block base + i has something kept / is partly kept
   bool states;               // walk the table (else every block, full)
+  int own;                   // kOwnCount: the batch's query blocks
 
-  AE_DEVICE ColumnWalk(const AttnParams& p, int b, int h_kv, int n_block, bool masked)
-      : hq_off(0), base(0), kept(0), partial(0), states(masked && p.block_state) {
+  AE_DEVICE ColumnWalkOf(const AttnParams& p, int b, int h_kv, int n_block, bool masked, int n_q = 0)
+      : hq_off(0), base(0), kept(0), partial(0), states(masked && p.block_state), own(n_q) {
     if (states && p.group > 0) load(p, b, h_kv, n_block);
+  }
+  AE_DEVICE int n_q_blocks(const AttnParams& p) const {
+    if constexpr (kOwnCount) return own;
+    else return p.n_q_blocks;
   }
   AE_DEVICE void load(const AttnParams& p, int b, int h_kv, int n_block) {
     const int m = base + static_cast<int>(threadIdx.x % kWarpSize);
     const unsigned char* col = p.block_state + b * p.state_stride_b +
                                (h_kv * p.group + hq_off) * p.state_stride_h + n_block;
-    const int code = m < p.n_q_blocks ? col[static_cast<long long>(m) * p.n_kv_blocks] : 0;
+    const int code = m < n_q_blocks(p) ? col[static_cast<long long>(m) * p.n_kv_blocks] : 0;
     kept = ballot(code != kBlockEmpty);
     partial = ballot(code == kBlockPartial);
   }
   AE_DEVICE Item pop(const AttnParams& p, int b, int h_kv, int n_block) {
     if (!states) {
+      if (kOwnCount && own <= 0) return {p.group, 0, 0};  // (a sequence without queries)
       const Item r{hq_off, base, kBlockFull};
-      if (++base == p.n_q_blocks) hq_off += 1, base = 0;
+      if (++base >= n_q_blocks(p)) hq_off += 1, base = 0;
       return r;
     }
     while (kept == 0) {
-      if ((base += kWarpSize) >= p.n_q_blocks) hq_off += 1, base = 0;
+      if ((base += kWarpSize) >= n_q_blocks(p)) hq_off += 1, base = 0;
       if (hq_off >= p.group) return {p.group, 0, 0};
       load(p, b, h_kv, n_block);
     }
@@ -90,5 +99,14 @@ struct ColumnWalk {
     return {hq_off, base + i, (partial >> i) & 1 ? kBlockPartial : kBlockFull};
   }
 };
+using ColumnWalk = ColumnWalkOf<false>;
+
+// A backward's query blocks of batch b for ColumnWalkOf<Layout::kVarlen> (0 for dense layouts:
+// the walk reads p.n_q_blocks).
+template <class Layout, int kBlockM>
+AE_DEVICE int q_blocks_of(const AttnParams& p, int b) {
+  if constexpr (Layout::kVarlen) return (Layout::q_len(p, b) + kBlockM - 1) / kBlockM;
+  else return 0;
+}
 
 }  // namespace ae

@@ -214,8 +214,9 @@ struct BwdKernel {
 
     // The (query head, query block) pairs this CTA visits, in order, with their block codes
     // (full without a mask); blocks the mask leaves empty are skipped.
-    using QBlock = ColumnWalk::Item;
-    ColumnWalk walk(p, b, h_kv, n_block, Variant::kHasMask);
+    using Walk = ColumnWalkOf<Layout::kVarlen && !Variant::kHasMask>;  // (as sm90/bwd.h's)
+    using QBlock = typename Walk::Item;
+    Walk walk(p, b, h_kv, n_block, Variant::kHasMask, q_blocks_of<Layout, Cfg::kBlockM>(p, b));
     // Q and dO of one block, once per block: TileLoader's precomputed offsets save most of the
     // copy's index math.
     auto load_q_do = [&](QBlock it, int stage) {

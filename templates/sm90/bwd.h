@@ -245,13 +245,13 @@ constexpr int kDqEmptyBar = 3, kDqFullBar = 3 + kBwdMma, kGradsBar = 3 + 2 * kBw
 // the tile (common/dq_order.h; MMA warpgroup 0 counts it into *turn, a CTA's turn being
 // kDqAdds additions), then its tiles in order, each complete before the next addition and
 // counted. Its registers are the producer's few: the walk, and the rest in lane 0.
-template <class Cfg>
+template <class Cfg, class Walk>
 AE_DEVICE void dq_writer(const AttnParams& p, const float* sDq, const volatile int* turn, int b,
                          int h_kv, int n_block, bool masked) {
   const bool lane0 = threadIdx.x % 32 == 0;
-  ColumnWalk walk(p, b, h_kv, n_block, masked);
+  Walk walk(p, b, h_kv, n_block, masked, q_blocks_of<typename Cfg::Layout, Cfg::kBlockM>(p, b));
   int n = 0;  // the CTA's chunks so far
-  for (ColumnWalk::Item item = walk.pop(p, b, h_kv, n_block); item.hq_off < p.group;
+  for (auto item = walk.pop(p, b, h_kv, n_block); item.hq_off < p.group;
        item = walk.pop(p, b, h_kv, n_block)) {
 #pragma unroll 1
     for (int c = 0; c < Cfg::kDqChunks; ++c, ++n) {
@@ -340,10 +340,14 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
   var.grads.start(smem_raw + Cfg::kSmemBytes, var.va, threadIdx.x, Cfg::kThreads);
   __syncthreads();
 
-  using QBlock = ColumnWalk::Item;
+  // Packed sequences: an unmasked walk stops at the batch's own query blocks; a masked one
+  // reads them from the block-state table (blocks past the sequence are empty there: held
+  // beside the mask's registers, the count spilled).
+  using Walk = ColumnWalkOf<Layout::kVarlen && !Variant::kHasMask>;
+  using QBlock = typename Walk::Item;
   if (wg == 0) {  // producer
     setmaxnreg_dec<Cfg::kProducerRegs>();
-    if (warp == 1) dq_writer<Cfg>(p, sDq, sTurn, b, h_kv, n_block, Variant::kHasMask);
+    if (warp == 1) dq_writer<Cfg, Walk>(p, sDq, sTurn, b, h_kv, n_block, Variant::kHasMask);
     if (warp != 0) return;
     if (lane == 0) {
       mbar_arrive_expect_tx(kv_full, Cfg::kKBytes + Cfg::kVBytes);
@@ -358,7 +362,7 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
     // The producer and every MMA warp walk the same blocks in the same order (the table does
     // not change during the kernel): a walk that could differ between them would deadlock, and
     // would have to be published through the ring instead.
-    ColumnWalk walk(p, b, h_kv, n_block, Variant::kHasMask);
+    Walk walk(p, b, h_kv, n_block, Variant::kHasMask, q_blocks_of<Layout, BM>(p, b));
     int it = 0;
     for (QBlock item = walk.pop(p, b, h_kv, n_block); item.hq_off < p.group;
          item = walk.pop(p, b, h_kv, n_block), ++it) {
@@ -423,7 +427,7 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
   for (int i = 0; i < Cfg::kDvCols / 8; ++i) dv[i][0] = dv[i][1] = dv[i][2] = dv[i][3] = 0.f;
 
   mbar_wait(kv_full, 0);
-  ColumnWalk walk(p, b, h_kv, n_block, Variant::kHasMask);
+  Walk walk(p, b, h_kv, n_block, Variant::kHasMask, q_blocks_of<Layout, BM>(p, b));
   int it = 0;
   for (QBlock item = walk.pop(p, b, h_kv, n_block); item.hq_off < p.group;
        item = walk.pop(p, b, h_kv, n_block), ++it) {

@@ -73,6 +73,28 @@ TEST(VarlenPlan, BackwardOnNvidiaNotDeterministic) {
   }
 }
 
+TEST(VarlenPlan, MaskedTablesPerBatchBuiltPerCall) {
+  // A mask that ignores the batch still gets a table per batch (each sequence's tiles past its
+  // own lengths are empty there), built per call (the lengths are device data).
+  PlanRequest r = varlen(devices::h200(), 1024, 1024);
+  r.variant = testing::causal();
+  r.problem = with_sparsity(r.problem, r.variant);
+  r.problem.kind = OpKind::Backward;
+  const LaunchPlan p = make_plan(r);
+  ASSERT_TRUE(p.ok) << p.reason;
+  EXPECT_TRUE(p.block_states.per_batch);
+  EXPECT_GT(p.attn.state_stride_b, 0);
+  bool table = false;
+  for (const Step& s : p.steps)
+    if (s.spec.kind == codegen::Kind::BlockState) {
+      table = true;
+      EXPECT_EQ(s.spec.layout, codegen::Layout::Varlen);
+    }
+  EXPECT_TRUE(table);
+  for (const Workspace& w : p.workspaces)
+    if (w.id == WorkspaceId::BlockStates) EXPECT_TRUE(w.cache_key.empty());
+}
+
 TEST(VarlenPlan, RefusedOnAmd) {
   const LaunchPlan p = make_plan(varlen(devices::mi250(), 1024, 1024));
   EXPECT_FALSE(p.ok);

@@ -683,3 +683,13 @@ def test_varlen_backward_compiles_without_spills(case):
         assert report["spill_stores"] <= 16 and report["spill_loads"] <= 16, report
         return
     _compiles_without_spills(info, "bwd90" if family == "sm90" else "bwd")
+
+
+@pytest.mark.parametrize("name", ["causal", "document"])
+def test_varlen_block_state_compiles(name):
+    """The block-state pass of packed sequences (per-batch lengths from the layout)."""
+    attn, variant, dtypes = _inference_rewrite(name)
+    info = variant.kernel_source("block_state", 128, 128, True, dtypes, varlen=True,
+                                 family="sm90")
+    assert "ae::block_state<ae::VarlenLayout>" in info["source"], info["source"][-300:]
+    _compiles_without_spills(info, "block_state")
