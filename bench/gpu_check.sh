@@ -5,7 +5,7 @@
 #
 #   bash bench/gpu_check.sh            # everything
 #   bash bench/gpu_check.sh build test # some steps: build, test, jit, smoke, fwd, bwd, e2e, grads,
-#                                      # decode, norm, parts, exactpv, pers, generate, docmask,
+#                                      # decode, norm, parts, exactpv, pers, generate, varlen, docmask,
 #                                      # sweep, bench
 #   TESTS="tests/python/test_gpu_kernels.py -x -k 'causal or plain'" bash bench/gpu_check.sh build test
 # A step that runs past STEP_TIMEOUT seconds (default 1200) is stopped and counts as failed.
@@ -48,6 +48,7 @@ for s in $STEPS; do
     exactpv) step exactpv exact_pv_cost.log $PY bench/exact_pv_cost.py ${EXACTPV_ARGS:-} ;;
     pers)  step pers persistent_ab.log $PY bench/persistent_ab.py ${PERS_ARGS:-} ;;
     generate) step generate generate.log $PY bench/generate.py ${GENERATE_ARGS:-} ;;
+    varlen) step varlen varlen.log $PY bench/varlen_bench.py ${VARLEN_ARGS:-} ;;
     # The document mask at 16k against FlexAttention, with causal for scale (issue 17's table).
     docmask) step docmask docmask.log $PY bench/attention_bench.py --variants causal,document \
                --variant-seqlen 16384 --methods attention_engine,flex,sdpa-cudnn ;;

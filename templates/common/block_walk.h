@@ -101,8 +101,8 @@ struct ColumnWalkOf {
 };
 using ColumnWalk = ColumnWalkOf<false>;
 
-// A backward's query blocks of batch b for ColumnWalkOf<Layout::kVarlen> (0 for dense layouts:
-// the walk reads p.n_q_blocks).
+// A backward's query blocks of batch b, for a ColumnWalkOf<true> (packed sequences; 0 for dense
+// layouts, whose walks read p.n_q_blocks).
 template <class Layout, int kBlockM>
 AE_DEVICE int q_blocks_of(const AttnParams& p, int b) {
   if constexpr (Layout::kVarlen) return (Layout::q_len(p, b) + kBlockM - 1) / kBlockM;
