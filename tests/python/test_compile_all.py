@@ -662,8 +662,8 @@ def test_varlen_forward_compiles_without_spills(case, monkeypatch):
 
 # The varlen op's backward (attention_varlen_backward): the sm90 and sm80 backwards on the
 # packed-sequence layout (CTAs past their sequence's keys exit). Known: the sm90 backward of a
-# masked variant spills 8 bytes there (each sequence's query count held through the loop, two
-# loads; re-reading it per block did not help): at most 16 allowed until it is removed.
+# masked variant spills 8 bytes there (cause not found: not the query count, whose removal did
+# not help; bench/RESULTS.md, nineteenth session): at most 16 allowed until it is removed.
 VARLEN_BWD_CASES = [("plain", "sm90"), ("causal", "sm90"), ("alibi", "sm90"), ("softcap", "sm90"),
                     ("document", "sm90"), ("plain", "sm80"), ("causal", "sm80")]
 _VARLEN_BWD_SPILL = {"causal", "alibi", "document"}  # sm90
