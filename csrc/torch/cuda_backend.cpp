@@ -84,6 +84,19 @@ struct LayoutInputs {
   at::Tensor kv_lens, table, cu_q, cu_k;
 };
 
+// Binds what the layout reads (q_total: the packed query rows, the statistics' row count).
+void bind_layout(runner::Bindings& b, const LayoutInputs& in, int64_t q_total) {
+  if (in.kv_lens.defined()) {
+    b.kv_lens = ref(in.kv_lens);
+    if (in.kv_lens.size(0) == 1) b.kv_lens.stride[0] = 0;  // one length for every batch
+  }
+  if (in.table.defined()) b.page_table = ref(in.table);
+  if (in.cu_q.defined()) {
+    b.cu_q = ref(in.cu_q), b.cu_k = ref(in.cu_k);
+    b.q_total = q_total;
+  }
+}
+
 // A planned forward run into out and lse (the kernels' [B, Hq, Sq, Dv] and [B, Hq, Sq] views;
 // zeros and an empty row's statistic where the plan has no steps): the tensors bound, tuned
 // where the plan says, launched.
@@ -102,15 +115,7 @@ void run_forward(TunedPlan& tuned, const ir::Variant& variant, const at::Tensor&
   runner::Bindings b = bind_inputs(q, k, v, buffers);
   b.o = ref(out);
   b.lse = ref(lse);
-  if (in.kv_lens.defined()) {
-    b.kv_lens = ref(in.kv_lens);
-    if (in.kv_lens.size(0) == 1) b.kv_lens.stride[0] = 0;  // one length for every batch
-  }
-  if (in.table.defined()) b.page_table = ref(in.table);
-  if (in.cu_q.defined()) {
-    b.cu_q = ref(in.cu_q), b.cu_k = ref(in.cu_k);
-    b.q_total = q_in.size(2);
-  }
+  bind_layout(b, in, q_in.size(2));
   if (tuned.tune_now) tuned.plan = tune_call(tuned, variant, b, q, buffers);
   const std::vector<at::Tensor> scratch = bind_workspaces(plan, q, b, buffers);
   runner::run(plan, variant, b);
@@ -180,6 +185,27 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward_paged(const at::Tensor& q_in, co
   return {out, lse};
 }
 
+// The plan of a varlen call on the packed-sequence layout, for the variant without its key bound
+// (whose lengths tensor the layout reads as the key counts: *kv_lens); refused (ok false, with
+// the reason) where that tensor is not one the kernels take.
+TunedPlan plan_varlen(plan::OpKind kind, const ir::Variant& variant, const at::Tensor& q,
+                      const Shapes& s, const std::vector<at::Tensor>& buffers, double scale,
+                      const std::vector<bool>& wants_grad, const std::string& key,
+                      at::Tensor* kv_lens) {
+  *kv_lens = kv_lengths_of(variant, q, s, buffers);
+  const bool deterministic =
+      kind == plan::OpKind::Backward && at::globalContext().deterministicAlgorithms();
+  TunedPlan tuned = plan_call(kind, *variant.without_kv_lengths, q, s, buffers, scale, wants_grad,
+                              deterministic, plan::KvLayout::Varlen, 0, key);
+  if (!kv_lens->defined()) {
+    tuned.plan.ok = false;
+    tuned.plan.reason = "the key bound's lengths are not an int tensor of one entry per sequence "
+                        "on q's device";
+  }
+  tuned.tune_now = false;  // (the tuner times dense calls only)
+  return tuned;
+}
+
 // attention_varlen on a forward's packed-sequence layout (common/kv_layout.h VarlenLayout),
 // the variant without its key bound (the kernels take each sequence's key count from
 // cu_seqlens_k); elsewhere (AMD, a family without the layout) the sequences padded into a
@@ -191,15 +217,9 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward_varlen(
   auto variant = get_variant(key);
   const Shapes s = check_varlen_inputs(q_in, k_in, v_in, buffers, *variant, cu_q, cu_k, max_q, max_k);
   c10::DeviceGuard guard(q_in.device());
-  const ir::Variant& use = *variant->without_kv_lengths;
-  // The key counts: the bound's lengths (one per sequence, on the device: the layout reads them)
-  const at::Tensor kv_lens = kv_lengths_of(*variant, q_in, s, buffers);
-  TunedPlan tuned = plan_call(plan::OpKind::Forward, use, q_in, s, buffers, scale, {}, false,
-                              plan::KvLayout::Varlen, 0, key);
-  if (!kv_lens.defined()) {
-    tuned.plan.ok = false;
-    tuned.plan.reason = "the key bound's lengths are not an int tensor of one entry per sequence on q's device";
-  }
+  at::Tensor kv_lens;
+  TunedPlan tuned =
+      plan_varlen(plan::OpKind::Forward, *variant, q_in, s, buffers, scale, {}, key, &kv_lens);
   if (!tuned.plan.ok) {
     warn_once("attention_engine: packed sequences are padded into a batch per call (slower) "
               "because " + tuned.plan.reason);
@@ -207,13 +227,13 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward_varlen(
                                    dense_from_varlen(v_in, cu_k, max_k), buffers, key, scale, false);
     return varlen_from_dense(out, lse, cu_q, q_in.size(0));
   }
-  tuned.tune_now = false;  // (the tuner times dense calls only)
   // The kernels' views: [1, heads, tokens, dim] over the token-major tensors.
   auto four = [](const at::Tensor& x) { return x.transpose(0, 1).unsqueeze(0); };
   at::Tensor out = at::empty({q_in.size(0), s.q_heads, s.head_dim_v}, q_in.options());
   at::Tensor lse = at::empty({s.q_heads, q_in.size(0)}, q_in.options().dtype(at::kFloat));
   const at::Tensor cq = cu_q.contiguous(), ck = cu_k.contiguous();
-  run_forward(tuned, use, four(q_in), four(k_in), four(v_in), buffers, {kv_lens, {}, cq, ck},
+  run_forward(tuned, *variant->without_kv_lengths, four(q_in), four(k_in), four(v_in), buffers,
+              {kv_lens, {}, cq, ck},
               four(out), lse.unsqueeze(0));
   return {out, lse};
 }
@@ -241,14 +261,7 @@ std::vector<at::Tensor> run_backward(TunedPlan& tuned, const ir::Variant& varian
     b.dq = ref(dq);
     b.dk = ref(dk);
     b.dv = ref(dv);
-    if (in.kv_lens.defined()) {
-      b.kv_lens = ref(in.kv_lens);
-      if (in.kv_lens.size(0) == 1) b.kv_lens.stride[0] = 0;
-    }
-    if (in.cu_q.defined()) {
-      b.cu_q = ref(in.cu_q), b.cu_k = ref(in.cu_k);
-      b.q_total = q_in.size(2);
-    }
+    bind_layout(b, in, q_in.size(2));
     // The prep pass's inputs for the row statistics (softmax): delta = rowsum(dO * O) - dlse
     // and the log2 LSE.
     at::Tensor o, lse_f, dlse_f;
@@ -329,19 +342,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_bac
   c10::DeviceGuard guard(q.device());
   std::vector<bool> wants_grad(buffers.size(), false);
   for (size_t i = 0; i < buffers.size() && i < buffer_grads.size(); ++i) wants_grad[i] = buffer_grads.get(i);
-  const ir::Variant& use = *variant->without_kv_lengths;
-  const at::Tensor kv_lens = kv_lengths_of(*variant, q, s, buffers);
-  TunedPlan tuned = plan_call(plan::OpKind::Backward, use, q, s, buffers, scale, wants_grad,
-                              at::globalContext().deterministicAlgorithms(), plan::KvLayout::Varlen,
-                              0, key);
-  if (!kv_lens.defined()) tuned.plan.ok = false;
+  at::Tensor kv_lens;
+  TunedPlan tuned = plan_varlen(plan::OpKind::Backward, *variant, q, s, buffers, scale, wants_grad,
+                                key, &kv_lens);
   if (!tuned.plan.ok) {
     warn_once("attention_engine: packed sequences are padded into a batch for the backward "
-              "(slower) because " + (kv_lens.defined() ? tuned.plan.reason : std::string("of the key bound's lengths")));
+              "(slower) because " + tuned.plan.reason);
     return varlen_backward_padded(cuda_backward, dout, dlse, q, k, v, out, lse, buffers, key, scale,
                                   buffer_grads, cu_q, cu_k, max_q, max_k);
   }
-  tuned.tune_now = false;  // (the tuner times dense calls only)
   auto four = [](const at::Tensor& x) { return x.transpose(0, 1).unsqueeze(0); };
   at::Tensor dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options()),
              dv = at::empty(v.sizes(), v.options());
@@ -349,7 +358,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> cuda_bac
   std::optional<at::Tensor> dlse3;
   if (dlse && dlse->defined()) dlse3 = dlse->unsqueeze(0);
   std::vector<at::Tensor> dbuf =
-      run_backward(tuned, use, four(dout), dlse3, four(q), four(k), four(v), four(out),
+      run_backward(tuned, *variant->without_kv_lengths, four(dout), dlse3, four(q), four(k), four(v), four(out),
                    lse.unsqueeze(0), buffers, wants_grad, {kv_lens, {}, cq, ck}, four(dq), four(dk),
                    four(dv));
   return {dq, dk, dv, dbuf};
@@ -393,10 +402,9 @@ std::string varlen_backend_for(const at::Tensor& q, const at::Tensor& k, const a
   auto variant = get_variant(key);
   const Shapes s = check_varlen_inputs(q, k, v, buffers, *variant, cu_q, cu_k, max_q, max_k);
   if (!q.is_cuda()) return "reference: tensors on " + q.device().str();
-  if (!kv_lengths_of(*variant, q, s, buffers).defined())
-    return "padded: the key bound's lengths are not an int tensor of one entry per sequence on q's device";
-  const plan::LaunchPlan lp = plan_call(plan::OpKind::Forward, *variant->without_kv_lengths, q, s,
-                                        buffers, 1.0, {}, false, plan::KvLayout::Varlen).plan;
+  at::Tensor kv_lens;
+  const plan::LaunchPlan lp =
+      plan_varlen(plan::OpKind::Forward, *variant, q, s, buffers, 1.0, {}, key, &kv_lens).plan;
   return lp.ok ? lp.family + " (packed sequences)" : "padded: " + lp.reason;
 }
 

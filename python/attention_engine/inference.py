@@ -71,10 +71,10 @@ def _packed_sequences_ref(attn) -> VariantRef:
 
 
 def _varlen_route() -> str:
-    """"kernel" (the attention_varlen op: the forward kernels address each sequence's rows
-    through cu_seqlens, and its backward's), "padded" (the sequences padded
-    into a batch; GQA-packed at few queries) or "packed" (back to back in one batch row, each
-    query masked to its own sequence's keys). AE_VARLEN=kernel|padded|packed chooses; else
+    """"kernel" (the attention_varlen op: its forward and backward kernels address each
+    sequence's rows through cu_seqlens), "padded" (the sequences padded into a batch;
+    GQA-packed at few queries) or "packed" (back to back in one batch row, each query masked
+    to its own sequence's keys). AE_VARLEN=kernel|padded|packed chooses; else
     padded: the kernel route has not yet run on a GPU (written in the nineteenth session, no
     device lent), so it stays opt-in until its GPU tests pass."""
     env = os.environ.get("AE_VARLEN", "")

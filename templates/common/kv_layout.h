@@ -88,8 +88,8 @@ struct PagedLayout : KvLengthsLayout {
 // indices count within the sequence (the positions the mods see). Key counts are
 // KvLengthsLayout's (p.kv_lens: the variant's length bound, which the op's caller makes the
 // differences of cu_k; one load per use: two spilled the sm80 forward). The cumulative lengths
-// are trusted (python/attention_engine/inference.py varlen checks them on the host). The statistics are
-// [q_heads, total_q] (FlashAttention's lse). A tile's TMA box may run into the next sequence's
+// are trusted (python/attention_engine/inference.py varlen checks them on the host). The
+// statistics are [q_heads, total_q] (FlashAttention's lse). A tile's TMA box may run into the next sequence's
 // rows: those query rows are never stored, those keys lie past kv_len (the checked path masks
 // them), and TMA reads zeros past the tensor.
 struct VarlenLayout : KvLengthsLayout {
