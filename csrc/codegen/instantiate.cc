@@ -42,6 +42,11 @@ Template template_of(const KernelSpec& s) {
                 fmt::format("ae::gfx90a::FwdConfig<{}, {}, {}, {}, {}, {}, {}, {}>", s.d_qk, s.d_v,
                             s.block_m, s.block_n, s.warps, elem, layout, s.kv_split),
                 "ae::gfx90a::attention_fwd<Cfg>(p, Variant{va})", 2};
+      if (s.family == Family::Sm90 && s.mla)
+        return {"sm90/mla_decode.h",
+                fmt::format("ae::sm90::MlaConfig<{}, {}, {}, {}, {}>", s.d_qk, s.d_v, elem, layout,
+                            s.kv_split),
+                "ae::sm90::attention_mla_decode<Cfg>(p, Variant{va}, &tq, &tk)", 1};
       if (s.family == Family::Sm90)
         // Tensor maps are __grid_constant__: the kernel takes their addresses.
         return {"sm90/fwd.h",

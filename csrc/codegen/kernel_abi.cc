@@ -7,6 +7,8 @@ namespace ae::codegen {
 const KernelAbi& abi_of(const KernelSpec& s) {
   static const KernelAbi attn{{Arg::Attn, Arg::Variant}, false};
   static const KernelAbi tma{{Arg::Attn, Arg::Variant, Arg::TmaQ, Arg::TmaK, Arg::TmaV}, true};
+  // (MLA decode: V is read from K's tiles.)
+  static const KernelAbi tma_qk{{Arg::Attn, Arg::Variant, Arg::TmaQ, Arg::TmaK}, true};
   static const KernelAbi tma_bwd{
       {Arg::Attn, Arg::Variant, Arg::TmaQ, Arg::TmaK, Arg::TmaV, Arg::TmaDo}, true};
   static const KernelAbi block_states{{Arg::Attn, Arg::Variant, Arg::BlockStates}, false};
@@ -14,7 +16,7 @@ const KernelAbi& abi_of(const KernelSpec& s) {
   static const KernelAbi rows_variant{{Arg::Rows, Arg::Variant}, false};
   static const KernelAbi attn_only{{Arg::Attn}, false};
   switch (s.kind) {
-    case Kind::Forward: return s.family == Family::Sm90 ? tma : attn;
+    case Kind::Forward: return s.family != Family::Sm90 ? attn : s.mla ? tma_qk : tma;
     case Kind::Backward: return s.family == Family::Sm90 ? tma_bwd : attn;
     case Kind::BlockState: return block_states;
     case Kind::FwdCombine:

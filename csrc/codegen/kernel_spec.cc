@@ -51,7 +51,7 @@ std::string KernelSpec::describe() const {
   for (size_t i = 0; i < buffer_grads.size(); ++i)
     if (buffer_grads[i]) grads += fmt::format("{}{}", grads.empty() ? " dbuf" : ",", i);
   if (!grads.empty() && grad_sink == GradSink::Shared) grads += " smem";
-  return fmt::format("{}{} {} {} d{}/{} {}x{} w{}{}{}{}{}{}{}{}{}{}{}{}{}{}{}", kind_name(kind),
+  return fmt::format("{}{} {} {} d{}/{} {}x{} w{}{}{}{}{}{}{}{}{}{}{}{}{}{}{}{}", kind_name(kind),
                      family == Family::Sm90 ? "90" : "", arch, dtype, d_qk, d_v, block_m, block_n,
                      warps, m_tiles > 1 ? fmt::format(" mt{}", m_tiles) : "",
                      (kind == Kind::Backward && family != Family::Gfx90a) || family == Family::Sm90
@@ -63,7 +63,7 @@ std::string KernelSpec::describe() const {
                          : "",
                      reg_level >= 0 ? fmt::format(" r{}", reg_level) : "", grads,
                      deterministic ? " det" : "", kv_split ? " split" : "", persistent ? " pers" : "",
-                     decode ? " dec" : "",
+                     decode ? " dec" : "", mla ? " mla" : "",
                      plain_loads ? " plain" : "", trust_v ? " trustv" : "",
                      mask_load_mode >= 0 ? fmt::format(" ml{}", mask_load_mode) : "",
                      padded ? " pad" : "",

@@ -72,6 +72,9 @@ struct KernelSpec {
   // Forward, sm80 family: the decode template (sm80/decode.h: one 16-row tile per CTA, its
   // warps splitting the keys) instead of the prefill one.
   bool decode = false;
+  // Forward, sm90 family: the MLA decode template (sm90/mla_decode.h: V is K's first d_v
+  // columns, read from K's tile; one latent KV head, query heads packed as rows).
+  bool mla = false;
   // Captured tensors through plain loads (ae::ld's kPlain) in every variant without gradient
   // atomics, not only custom normalizations' (AE_PLAIN_LOADS=1: an A/B switch until measured).
   bool plain_loads = false;

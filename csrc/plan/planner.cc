@@ -10,6 +10,7 @@
 #include "codegen/emit_variant.h"
 #include "common/shapes.h"
 #include "sm80/shapes.h"
+#include "sm90/shapes.h"
 #include "plan/tile_tables.h"
 
 namespace ae::plan {
@@ -113,14 +114,19 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
   // (AE_DECODE) until the template has run on a GPU.
   const bool decode = kind == Kind::Forward && pb.q_len <= sm80::kDecodeBlockM && !custom &&
                       r.overrides.enable_decode && r.device.vendor == jit::Vendor::kNvidia;
+  // MLA's shape (a latent head of 576 columns whose first 512 are V) on Hopper: the MLA decode
+  // template, alone (the others' head dims stop at 256).
+  const bool mla_dims = kind == Kind::Forward && sm90::mla_has(q.d_qk, q.d_v);
+  const bool mla = mla_dims && pb.v_in_k && hopper && !custom &&
+                   pb.kv_layout != KvLayout::Varlen && !r.overrides.disable_sm90;
   std::vector<Family> families;
   if (r.device.vendor == jit::Vendor::kAmd) {  // gfx90a (unfit_inputs refused other targets)
     families.push_back(Family::Gfx90a);
   }
-  if (decode) families.push_back(Family::Sm80);
+  if (decode && !mla) families.push_back(Family::Sm80);
   if (hopper && (kind == Kind::Forward ? !r.overrides.disable_sm90 : !r.overrides.disable_sm90_bwd))
     families.push_back(Family::Sm90);
-  if (!decode && r.device.vendor == jit::Vendor::kNvidia) families.push_back(Family::Sm80);
+  if (!decode && !mla && r.device.vendor == jit::Vendor::kNvidia) families.push_back(Family::Sm80);
   if (r.family) {
     if (std::find(families.begin(), families.end(), *r.family) == families.end()) {
       *why = fmt::format("no {} {} kernel on {}", codegen::family_name(*r.family),
@@ -134,7 +140,9 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
     const bool fwd = kind == Kind::Forward;
     Candidates c = f == Family::Gfx90a
                        ? (fwd ? gfx90a_forward(q, pb.q_len <= 64) : gfx90a_backward(q))
-                   : f == Family::Sm90 ? (fwd ? sm90_forward(q, r.overrides) : sm90_backward(q))
+                   : f == Family::Sm90 ? (!fwd ? sm90_backward(q)
+                                          : mla ? sm90_mla_forward(q)
+                                                : sm90_forward(q, r.overrides))
                    : fwd               ? sm80_forward(q, r.overrides)
                                        : sm80_backward(q, r.overrides);
     if (f == Family::Sm80 && decode) {  // the decode tiles first, the prefill ones behind them
@@ -181,6 +189,10 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
     }
     reasons += (reasons.empty() ? "" : "; ") + w;
   }
+  if (mla_dims && !mla)
+    reasons += "; head dims (576, 512) run the MLA decode kernel where V is K's first 512 columns "
+               "(v = kv[..., :512], the same memory), on an sm_90 GPU, with softmax or none, not "
+               "on packed sequences";
   *why = reasons;
   return false;
 }
@@ -249,7 +261,8 @@ int kv_splits(const AttnParams& a, const DeviceCaps& dev, int override_splits) {
 // faster than a CTA per tile, plain D128 slower (bench/RESULTS.md). A split-KV launch is one
 // wave already.
 int persistent_ctas(const PlanRequest& r, const KernelSpec& spec, const AttnParams& a) {
-  if (spec.family != Family::Sm90 || spec.kind != Kind::Forward || spec.kv_split) return 0;
+  if (spec.family != Family::Sm90 || spec.kind != Kind::Forward || spec.kv_split || spec.mla)
+    return 0;
   // (Its tiles are the grid's: packed sequences' tiles past their queries would be drawn too.)
   if (spec.layout == codegen::Layout::Varlen) return 0;
   if (r.overrides.persistent == 0) return 0;
@@ -458,7 +471,7 @@ LaunchPlan make_plan(const PlanRequest& r) {
 
   LaunchPlan plan;
   plan.ok = true;
-  plan.family = codegen::family_name(spec.family);
+  plan.family = spec.mla ? "sm90 (MLA decode)" : codegen::family_name(spec.family);
   plan.attn = shape_params(pb);
   // Nothing to compute: the caller fills the outputs (zeros; the LSE -inf where rows exist).
   if (pb.batch == 0 || pb.q_heads == 0 || pb.q_len == 0 || pb.kv_len == 0) return plan;

@@ -43,6 +43,9 @@ struct Problem {
   std::vector<CapturedTensor> captured;
   // Backward: the same gradients bit for bit run to run (dQ's additions in a fixed order).
   bool deterministic = false;
+  // V is K's first d_v columns (the same memory: v = kv[..., :d_v]), as MLA's latent cache
+  // has it; the MLA decode kernel reads V from K's tiles.
+  bool v_in_k = false;
   int64_t group() const { return kv_heads > 0 ? q_heads / kv_heads : 0; }
 };
 

@@ -335,11 +335,36 @@ Candidates sm90_backward(const TableQuery& asked) {
   return c;
 }
 
+Candidates sm90_mla_forward(const TableQuery& q) {
+  Candidates c;
+  if (!sm90::mla_has(q.d_qk, q.d_v)) {
+    c.refusal = fmt::format("head dims ({}, {}) have no MLA decode kernel: (576, 512) only",
+                            q.d_qk, q.d_v);
+    return c;
+  }
+  KernelSpec s;
+  s.kind = Kind::Forward;
+  s.family = Family::Sm90;
+  s.mla = true;
+  s.bf16 = q.bf16;
+  s.d_qk = q.d_qk;
+  s.d_v = q.d_v;
+  s.block_m = sm90::kMlaBlockM;
+  s.block_n = sm90::kMlaBlockN;
+  s.warps = sm90::kMlaWarps;
+  s.stages = sm90::kMlaStages;
+  s.overlap = s.pingpong = false;  // (its own schedule: sm90/mla_decode.h)
+  c.specs.push_back(s);
+  return c;
+}
+
 int smem_bytes(const KernelSpec& s) {
   switch (s.kind) {
     case Kind::Forward:
       if (s.family == Family::Gfx90a) return gfx90a::fwd_lds_bytes(s.block_n, s.d_qk, s.d_v);
       // (paged: the page-table window past the template's own, sm90/fwd.h page_win)
+      if (s.family == Family::Sm90 && s.mla)
+        return sm90::mla_smem_bytes(s.d_qk) + (s.layout == codegen::Layout::Paged ? 4 * 32 : 0);
       return s.family == Family::Sm90 ? sm90::fwd_smem_bytes(s.block_n, s.d_qk, s.d_v, s.stages) +
                                             (s.layout == codegen::Layout::Paged ? 4 * 32 : 0)
                                       : sm80::fwd_smem_bytes(s.block_m, s.block_n, s.d_qk, s.d_v);

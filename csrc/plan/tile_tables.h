@@ -36,6 +36,8 @@ Candidates decode_forward(const TableQuery& q, const TuningOverrides& o);
 Candidates sm80_backward(const TableQuery& q, const TuningOverrides& o);
 Candidates sm90_forward(const TableQuery& q, const TuningOverrides& o);
 Candidates sm90_backward(const TableQuery& q);
+// The MLA decode template (sm90/mla_decode.h): head dims sm90::mla_has accepts, V in K.
+Candidates sm90_mla_forward(const TableQuery& q);
 // Head dims the sm90 kernels lack (multiples of 16 from 64 up: 80, 96, 112, 160, ..., and
 // pairs such as 192 / 192 or 64 / 256) are planned as the smallest pair of multiples of 64 at
 // or above them that `has` accepts (the specs' d_qk / d_v; least Dqk + Dv, then least Dqk):

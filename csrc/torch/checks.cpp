@@ -13,6 +13,15 @@ std::shared_ptr<const ir::Variant> get_variant(const std::string& key) {
   return v;
 }
 
+bool v_shares_k(const at::Tensor& k, const at::Tensor& v) {
+  if (k.dim() != 4 || v.dim() != 4 || v.data_ptr() != k.data_ptr() || v.size(3) > k.size(3) ||
+      k.stride(3) != 1 || v.stride(3) != 1)
+    return false;
+  for (int d = 0; d < 3; ++d)
+    if (k.size(d) != v.size(d) || (k.size(d) > 1 && k.stride(d) != v.stride(d))) return false;
+  return true;
+}
+
 Shapes check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                     const std::vector<at::Tensor>& buffers, const ir::Variant& variant) {
   auto all3 = [&] {
@@ -29,6 +38,7 @@ Shapes check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
            "q, k, v must be on the same device; got q on {}, k on {}, v on {}", device_str(q),
            device_str(k), device_str(v));
   Shapes s{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), v.size(3)};
+  s.v_in_k = v_shares_k(k, v);
   AE_CHECK(VALUE, k.size(0) == s.batch && v.size(0) == s.batch,
            "q, k, v must have the same batch size; got {}", all3());
   AE_CHECK(VALUE, v.size(1) == s.kv_heads,

@@ -175,8 +175,10 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward_paged(const at::Tensor& q_in, co
   if (!tuned.plan.ok) {  // the pages gathered into a contiguous cache, for the dense forward
     warn_once("attention_engine: a paged KV cache is gathered into a contiguous one per call "
               "(slower) because " + tuned.plan.reason);
-    return cuda_forward(q_in, dense_from_pages(k_in, table_in), dense_from_pages(v_in, table_in),
-                        buffers, key, scale, false);
+    const at::Tensor k = dense_from_pages(k_in, table_in);
+    // (V in K, MLA's latent cache: gathered once, V its first columns)
+    const at::Tensor v = s.v_in_k ? k.narrow(3, 0, v_in.size(3)) : dense_from_pages(v_in, table_in);
+    return cuda_forward(q_in, k, v, buffers, key, scale, false);
   }
   tuned.tune_now = false;  // (the tuner times dense calls only)
   const at::Tensor table = table_in.stride(1) == 1 ? table_in : table_in.contiguous();

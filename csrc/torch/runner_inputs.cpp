@@ -47,6 +47,7 @@ plan::Problem problem_of(plan::OpKind kind, const at::Tensor& q, const Shapes& s
   p.kv_len = s.kv_len;
   p.d_qk = s.head_dim_qk;
   p.d_v = s.head_dim_v;
+  p.v_in_k = s.v_in_k;
   p.scale = scale;
   for (size_t i = 0; i < buffers.size(); ++i) {
     const char* name = dtype_name(buffers[i].scalar_type());

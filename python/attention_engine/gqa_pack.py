@@ -25,6 +25,10 @@ from .graph_prefix import dump, insert_after_params, parse
 # Packing where a group's queries fit a query tile of the kernels (128 rows) and there are few
 # per head (decode, speculative decoding).
 PACK_MAX_SQ, PACK_MAX_ROWS = 16, 128
+# Head dims past 256 (MLA's latent 576): the MLA decode kernel takes 64 rows per CTA and any
+# number of query blocks, and every head of the group reads the same latent cache, so all its
+# heads (DeepSeek's 128) times the speculative queries pack.
+PACK_MAX_ROWS_WIDE = PACK_MAX_SQ * 128
 
 _PACKED: dict = {}  # (trace JSON, group, sq) -> key of the packed variant
 _LOCK = threading.Lock()
@@ -50,12 +54,13 @@ def gqa_packed(trace_json: str, group: int, sq: int) -> str:
     return dump(g)
 
 
-def pack_shape(hq: int, hkv: int, sq: int) -> Optional[tuple]:
-    """(group, sq) when [., hq, sq, .] queries against hkv key heads pack, else None."""
+def pack_shape(hq: int, hkv: int, sq: int, head_dim: int = 0) -> Optional[tuple]:
+    """(group, sq) when [., hq, sq, head_dim] queries against hkv key heads pack, else None."""
     if hkv < 1 or hq % hkv:
         return None
     group = hq // hkv
-    return (group, sq) if 1 < group and 1 <= sq <= PACK_MAX_SQ and group * sq <= PACK_MAX_ROWS else None
+    rows = PACK_MAX_ROWS_WIDE if head_dim > 256 else PACK_MAX_ROWS
+    return (group, sq) if 1 < group and 1 <= sq <= PACK_MAX_SQ and group * sq <= rows else None
 
 
 def packed_call(trace_json: str, q, k, v, return_lse: bool,
@@ -71,7 +76,7 @@ def packed_call(trace_json: str, q, k, v, return_lse: bool,
     B, Hq, Sq, D = q.shape
     if k.shape[0] != B or k.shape[3] != D or v.shape[:3] != k.shape[:3]:
         return None
-    pack = pack_shape(Hq, k.shape[1], Sq)
+    pack = pack_shape(Hq, k.shape[1], Sq, D)
     if pack is None:
         return None
     group = pack[0]

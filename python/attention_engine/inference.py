@@ -182,7 +182,7 @@ def _run(attn, q, k, v, q_start, kv_len, return_lse, block_table=None):
     autograd)."""
     B, Hq, Sq, D = q.shape
     Hkv = k.shape[1] if k.dim() == 4 and k.shape[1] > 0 else Hq
-    pack = pack_shape(Hq, Hkv, Sq)
+    pack = pack_shape(Hq, Hkv, Sq, D)
     group = pack[0] if pack else 1
     # q_start None: every row's queries are its last Sq tokens (a KV cache), in the graph
     ref = _positioned(attn, pack, Sq if q_start is None else None)

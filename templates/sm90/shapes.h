@@ -49,4 +49,21 @@ AE_HD_CONSTEXPR int bwd_smem_bytes(int d_qk, int d_v) {
          8 * (2 + 2 * kBwdStages + (wide ? 2 : 0));
 }
 
+// MLA decode (sm90/mla_decode.h): one latent KV head whose first d_v columns are V, a producer
+// warpgroup and two consumer warpgroups sharing 64 query rows (each owns half of the keys of
+// S and half of O's columns).
+constexpr int kMlaBlockM = 64, kMlaBlockN = 64, kMlaStages = 2, kMlaWarps = 12;
+// DeepSeek-V2/V3's shape: 512 latent columns (V) and 64 of RoPE.
+AE_HD_CONSTEXPR bool mla_has(int d_qk, int d_v) { return d_qk == 576 && d_v == 512; }
+
+// 1024 bytes of slack for the swizzle's alignment and a 1024-byte atom of zeros (the B operand
+// of P V on a tile that nvidia/exact_pv.h adds); Q and `kMlaStages` K tiles (V is K's first
+// columns); P of one block (16-bit); the two warpgroups' row maxima (fp32, reused for the row
+// sums at the end); the mbarriers: Q full, K full and empty per stage; the block list.
+AE_HD_CONSTEXPR int mla_smem_bytes(int d_qk) {
+  return 2048 + 2 * (kMlaBlockM * d_qk + kMlaStages * kMlaBlockN * d_qk) +
+         2 * kMlaBlockM * kMlaBlockN + 4 * 2 * kMlaBlockM + 8 * (1 + 2 * kMlaStages) +
+         4 * kMlaStages;
+}
+
 }  // namespace ae::sm90

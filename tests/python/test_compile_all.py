@@ -693,3 +693,42 @@ def test_varlen_block_state_compiles(name):
                                  family="sm90")
     assert "ae::block_state<ae::VarlenLayout>" in info["source"], info["source"][-300:]
     _compiles_without_spills(info, "block_state")
+
+
+# MLA decode (sm90/mla_decode.h): the latent head's 576 columns with V its first 512 (v_in_k),
+# the query heads packed as rows (positions rewrite, then GQA packing as with_kvcache makes
+# it), whole and split, dense and paged (page 64, FlashMLA's), masked and not.
+MLA_CASES = [("plain", 0, "1"), ("plain", 0, "4"), ("plain", 64, "4"), ("causal", 0, "1"),
+             ("causal", 64, "4"), ("alibi", 0, "1"), ("softcap", 64, "1"),
+             ("sliding_window", 0, "4"), ("relative_bias", 0, "1"), ("sigmoid_none", 0, "1")]
+
+
+def _mla_rewrite(name, group=128, sq=1):
+    from attention_engine.gqa_pack import gqa_packed
+    from attention_engine.positions import with_positions
+    attn = VARIANTS[name]()
+    variant = _C.build_variant(gqa_packed(with_positions(attn._ref.trace_json, sq), group, sq))
+    return attn, variant, [str(t.dtype).replace("torch.", "") for t in attn.buffers] + ["int64"]
+
+
+@pytest.mark.parametrize("case", MLA_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_mla_decode_compiles_without_spills(case, monkeypatch):
+    name, page, splits = case
+    monkeypatch.setenv("AE_KV_SPLITS", splits)
+    attn, variant, dtypes = _mla_rewrite(name)
+    info = variant.kernel_source("fwd", 576, 512, True, dtypes, q_len=128, kv_lengths=True,
+                                 page_size=page, v_in_k=True, device="h200")
+    assert " mla" in info["describe"] and "sm90/mla_decode.h" in info["source"], info["describe"]
+    assert (" split" in info["describe"]) == (splits != "1"), info["describe"]
+    assert (f" page{page}" in info["describe"]) == (page > 0), info["describe"]
+    _compiles_without_spills(info, "fwd90")
+
+
+def test_mla_head_dims_without_v_in_k_say_what_the_kernel_needs():
+    attn, variant, dtypes = _mla_rewrite("plain")
+    with pytest.raises(ValueError, match=r"V is K's first 512 columns"):
+        variant.kernel_source("fwd", 576, 512, True, dtypes, q_len=128, kv_lengths=True,
+                              device="h200")
+    with pytest.raises(ValueError, match=r"V is K's first 512 columns"):  # not on an A100
+        variant.kernel_source("fwd", 576, 512, True, dtypes, q_len=128, kv_lengths=True,
+                              v_in_k=True, device="a100")
