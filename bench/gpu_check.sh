@@ -5,7 +5,7 @@
 #
 #   bash bench/gpu_check.sh            # everything
 #   bash bench/gpu_check.sh build test # some steps: build, test, jit, smoke, fwd, bwd, e2e, grads,
-#                                      # decode, norm, parts, exactpv, pers, generate, varlen, docmask,
+#                                      # decode, norm, parts, exactpv, pers, generate, varlen, mla, docmask,
 #                                      # sweep, bench
 #   TESTS="tests/python/test_gpu_kernels.py -x -k 'causal or plain'" bash bench/gpu_check.sh build test
 # A step that runs past STEP_TIMEOUT seconds (default 1200) is stopped and counts as failed.
@@ -49,6 +49,7 @@ for s in $STEPS; do
     pers)  step pers persistent_ab.log $PY bench/persistent_ab.py ${PERS_ARGS:-} ;;
     generate) step generate generate.log $PY bench/generate.py ${GENERATE_ARGS:-} ;;
     varlen) step varlen varlen.log $PY bench/varlen_bench.py ${VARLEN_ARGS:-} ;;
+    mla)   step mla mla.log $PY bench/mla_bench.py ${MLA_ARGS:-} ;;
     # The document mask at 16k against FlexAttention, with causal for scale (issue 17's table).
     docmask) step docmask docmask.log $PY bench/attention_bench.py --variants causal,document \
                --variant-seqlen 16384 --methods attention_engine,flex,sdpa-cudnn ;;

@@ -53,7 +53,8 @@ def test_readme_deterministic_example_runs(tmp_path, monkeypatch):
 
 # README examples that print what they made: (the block's marker, a line of its output).
 PRINTING_EXAMPLES = {
-    "inference": ("with_kvcache", "torch.Size([2, 1, 4, 16])"),
+    "inference": ("varlen(q", "torch.Size([2, 1, 4, 16])"),
+    "mla": ("kv_cache[..., :512]", "torch.Size([2, 1, 16, 512])"),
     "linear": ("compile_linear", "torch.Size([2, 4, 100, 32]) torch.Size([2, 4, 1, 32]) torch.Size([4])"),
     "seer": ("SeerAttention(", "torch.Size([1, 4, 128, 16])"),
     "context_parallel": ("ae.context_parallel(", "torch.Size([2, 4, 256, 32]) torch.Size([4, 33])"),
