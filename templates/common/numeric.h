@@ -5,6 +5,8 @@
 
 #include "common/ae_common.h"
 
+// (AE_EMU: tests/emu/cuda_host.h runs the NVIDIA templates on the CPU, on the portable
+// spellings below.)
 #if AE_AMD
 // The device library's exp2 on the transcendental unit alone (v_exp_f32; exp2f adds a
 // denormal range fix-up around it, 3 instructions per score). Not in hipRTC's headers.
@@ -19,7 +21,7 @@ constexpr float kLn2 = 0.6931471805599453f;
 AE_DEVICE float neg_inf() { return __int_as_float(0xff800000); }
 
 AE_DEVICE float fast_exp2(float x) {
-#if AE_NVIDIA
+#if AE_NVIDIA && !defined(AE_EMU)
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
@@ -39,7 +41,7 @@ AE_DEVICE bool nonfinite2(u32 w) {
 // even).
 template <bool kBf16>
 AE_DEVICE u32 pack2(float lo, float hi) {
-#if AE_NVIDIA
+#if AE_NVIDIA && !defined(AE_EMU)
   u32 r;
   if constexpr (kBf16) {
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
@@ -67,7 +69,7 @@ AE_DEVICE void unpack2(u32 w, float& lo, float& hi) {
     lo = __uint_as_float(w << 16);
     hi = __uint_as_float(w & 0xffff0000u);
   } else {
-#if AE_NVIDIA
+#if AE_NVIDIA && !defined(AE_EMU)
     asm("{\n.reg .f16 l, h;\nmov.b32 {l, h}, %2;\ncvt.f32.f16 %0, l;\ncvt.f32.f16 %1, h;\n}\n"
         : "=f"(lo), "=f"(hi)
         : "r"(w));

@@ -178,7 +178,7 @@ AE_DEVICE float ld_bf16(const BufferArg& b, long long off) {
 AE_DEVICE float ld_f16(const BufferArg& b, long long off) {
   unsigned short x = __ldg(static_cast<const unsigned short*>(b.data) + off);
   float f;
-#if AE_NVIDIA
+#if AE_NVIDIA && !defined(AE_EMU)
   asm("{ .reg .f16 h; mov.b16 h, %1; cvt.f32.f16 %0, h; }\n" : "=f"(f) : "h"(x));
 #else
   f = static_cast<float>(__builtin_bit_cast(_Float16, x));
@@ -244,7 +244,7 @@ AE_DEVICE float fmod_floor(float a, float b) { return a - floorf(a / b) * b; }
 // the bf16 rounding of P; softcap's cost is then one MUFU per score, as FA3's), exp-based
 // (absolute error ~1e-7) elsewhere.
 AE_DEVICE float fast_tanh(float x) {
-#if AE_NVIDIA
+#if AE_NVIDIA && !defined(AE_EMU)
   float y;
   asm("tanh.approx.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;

@@ -9,14 +9,14 @@
 // Included before the source (g++ -include); blocks run one after another.
 #pragma once
 
-#include <ucontext.h>
-
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <functional>
 #include <memory>
 #include <vector>
+
+#include "fibers.h"
 
 #define __HIP_PLATFORM_AMD__ 1
 #define __device__
@@ -74,41 +74,6 @@ namespace emu {
 
 constexpr int kLanes = 64;
 
-// The block's GPU threads as fibers on one OS thread (ucontext), run round-robin: a fiber
-// runs until a barrier makes it wait, then yields to the scheduler (run_block). Deterministic,
-// and no OS thread per GPU thread contending for the machine's cores.
-struct Scheduler {
-  ucontext_t main;
-  std::vector<ucontext_t> ctx;
-  std::vector<std::vector<char>> stacks;
-  std::vector<bool> done;
-  int current = 0;
-  std::function<void()> body;
-};
-inline Scheduler* sched = nullptr;
-
-inline void yield() { swapcontext(&sched->ctx[sched->current], &sched->main); }
-
-// n fibers arrive; the last one runs on_phase (if any), starts the next phase and goes on, the
-// others wait (yielding) until the phase has turned.
-struct Barrier {
-  int n, count = 0;
-  unsigned long phase = 0;
-  std::function<void()> on_phase;
-  void arrive_and_wait() {
-    const unsigned long mine = phase;
-    if (++count == n) {
-      count = 0;
-      if (on_phase) on_phase();
-      ++phase;
-      return;
-    }
-    while (phase == mine) yield();
-  }
-};
-
-// One wavefront's exchange: every lane writes its value, all wait, each reads, all wait again
-// (so that no slot is overwritten before every lane has read it).
 struct Wave {
   Barrier bar{kLanes};
   alignas(64) unsigned char slots[kLanes][256];
@@ -131,42 +96,14 @@ inline Block* block = nullptr;
 inline Wave& wave() { return *block->waves[threadIdx.x / kLanes]; }
 inline int lane() { return static_cast<int>(threadIdx.x % kLanes); }
 
-inline void fiber_entry() {
-  sched->body();
-  sched->done[sched->current] = true;  // (uc_link returns to the scheduler)
-}
-
 // Runs body once per GPU thread of a block of `threads` (blockIdx set by the caller).
 inline void run_block(int threads, std::function<void()> body) {
-  constexpr size_t kStack = 256 * 1024;
   Block b(threads);
-  Scheduler s;
-  s.body = std::move(body);
-  s.ctx.resize(threads);
-  s.stacks.assign(threads, std::vector<char>(kStack));
-  s.done.assign(threads, false);
   block = &b;
-  sched = &s;
   blockDim = {static_cast<unsigned>(threads), 1, 1};
-  for (int t = 0; t < threads; ++t) {
-    getcontext(&s.ctx[t]);
-    s.ctx[t].uc_stack.ss_sp = s.stacks[t].data();
-    s.ctx[t].uc_stack.ss_size = kStack;
-    s.ctx[t].uc_link = &s.main;
-    makecontext(&s.ctx[t], fiber_entry, 0);
-  }
-  for (bool left = true; left;) {
-    left = false;
-    for (int t = 0; t < threads; ++t) {
-      if (s.done[t]) continue;
-      s.current = t;
-      threadIdx = {static_cast<unsigned>(t), 0, 0};
-      swapcontext(&s.main, &s.ctx[t]);
-      left |= !s.done[t];
-    }
-  }
+  run_fibers(threads, std::move(body),
+             [](int t) { threadIdx = {static_cast<unsigned>(t), 0, 0}; });
   block = nullptr;
-  sched = nullptr;
 }
 
 // Every lane's value of v, in lane order, into all (then the slots are free again).

@@ -1,0 +1,155 @@
+// Runs a generated NVIDIA sm90 forward (the TMA + wgmma forward or the MLA decode template;
+// compiled with it on the host over tests/emu/cuda_host.h and tests/emu/shims) on inputs from
+// files, launched block by block as the runner would: the test writes DIR/args.txt ("key
+// value" lines: shapes, strides, tensor-map dims, the layout's fields) and the tensors; this
+// writes DIR/o.bin and DIR/lse.bin (and the split-KV partials). Masked variants get a block-
+// state table of partial blocks (every block walked, the mask applied to each score).
+// AE_EMU_TMA_MAPS: the entry's tensor maps (3: Q, K, V; 2: Q, K, as the MLA decode's).
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+
+#include "common/params.h"
+#include "emu_io.h"
+
+#ifndef AE_EMU_TMA_MAPS
+#define AE_EMU_TMA_MAPS 3
+#endif
+
+#if AE_EMU_TMA_MAPS == 3
+extern "C" void ae_fwd(const ae::AttnParams p, const ae::VariantArgs va, const ae::TmaDesc tq,
+                       const ae::TmaDesc tk, const ae::TmaDesc tv);
+#else
+extern "C" void ae_fwd(const ae::AttnParams p, const ae::VariantArgs va, const ae::TmaDesc tq,
+                       const ae::TmaDesc tk);
+#endif
+
+namespace ae::sm90 {
+__attribute__((aligned(1024))) char smem_raw[232448];  // the kernels' extern __shared__ array
+}
+
+using emu::read;
+using emu::write;
+
+int main(int argc, char** argv) {
+  if (argc != 2) return 2;
+  const std::string dir = argv[1];
+  std::map<std::string, std::vector<double>> a;  // key -> values
+  {
+    std::ifstream f(dir + "/args.txt");
+    for (std::string line; std::getline(f, line);) {
+      std::istringstream in(line);
+      std::string key;
+      in >> key;
+      for (double x; in >> x;) a[key].push_back(x);
+    }
+  }
+  auto i = [&](const std::string& k, int at = 0) {
+    if (!a.count(k) || a[k].size() <= static_cast<size_t>(at)) {
+      std::fprintf(stderr, "args.txt: no %s[%d]\n", k.c_str(), at);
+      std::exit(2);
+    }
+    return static_cast<long long>(a[k][at]);
+  };
+  auto has = [&](const std::string& k) { return a.count(k) > 0; };
+
+  std::vector<char> q = read(dir + "/q.bin"), k = read(dir + "/k.bin");
+  std::vector<char> v = has("v_in_k") ? std::vector<char>() : read(dir + "/v.bin");
+  const char* v_data = has("v_in_k") ? k.data() : v.data();
+  std::vector<std::vector<char>> bufs;
+  ae::VariantArgs va{};
+  const int nbuf = static_cast<int>(i("nbuf"));
+  bufs.reserve(nbuf);
+  for (int b = 0; b < nbuf; ++b) {  // contiguous, sizes as given
+    const std::string key = "buf" + std::to_string(b);
+    bufs.push_back(read(dir + "/" + key + ".bin"));
+    va.buf[b].data = bufs.back().data();
+    const int rank = static_cast<int>(a[key].size());
+    long long stride = 1;
+    for (int d = rank - 1; d >= 0; --d) {
+      va.buf[b].size[d] = i(key, d);
+      va.buf[b].stride[d] = stride;
+      stride *= va.buf[b].size[d];
+    }
+  }
+
+  ae::AttnParams p{};
+  p.batch = i("B"), p.q_heads = i("Hq"), p.kv_heads = i("Hkv"), p.group = p.q_heads / p.kv_heads;
+  p.q_len = i("Sq"), p.kv_len = i("Skv"), p.d_qk = i("Dqk"), p.d_v = i("Dv");
+  p.scale = static_cast<float>(a["scale"][0]);
+  p.scale_log2 = static_cast<float>(a["scale"][0] * 1.4426950408889634);
+  const int block_m = i("block_m"), block_n = i("block_n"), splits = i("splits");
+  p.n_q_blocks = (p.q_len + block_m - 1) / block_m;
+  p.n_kv_blocks = (p.kv_len + block_n - 1) / block_n;
+  p.head_group = 1;
+  std::vector<unsigned short> o(i("o_numel"));
+  std::vector<float> lse(i("lse_numel"));
+  std::vector<float> o_part(splits * p.batch * p.q_heads * p.q_len * p.d_v),
+      lse_part(splits * p.batch * p.q_heads * p.q_len);
+  p.q = q.data(), p.k = k.data(), p.v = v_data, p.o = o.data(), p.lse = lse.data();
+  for (int d = 0; d < 3; ++d) {
+    p.q_stride[d] = i("q_stride", d), p.k_stride[d] = i("k_stride", d);
+    p.v_stride[d] = i("v_stride", d), p.o_stride[d] = i("o_stride", d);
+  }
+  std::vector<unsigned char> states(p.n_q_blocks * p.n_kv_blocks, 1);  // all partial
+  if (i("masked")) p.block_state = states.data();
+  p.kv_splits = splits;
+  p.row_stats = 1;
+  if (splits > 1) {
+    p.kv_split_blocks = (p.n_kv_blocks + splits - 1) / splits;
+    p.o_part = o_part.data(), p.lse_part = lse_part.data();
+  }
+  std::vector<char> kv_lens, table, cu_q, cu_k;
+  if (has("kv_lens")) {  // one per batch, of kv_lens bytes each (4: int32, 8: int64)
+    kv_lens = read(dir + "/kv_lens.bin");
+    p.kv_lens = kv_lens.data(), p.kv_lens_stride = 1, p.kv_lens_int32 = i("kv_lens") == 4;
+  }
+  if (has("max_pages")) {  // int32 [B, max_pages]
+    table = read(dir + "/table.bin");
+    p.page_table = reinterpret_cast<const int*>(table.data());
+    p.max_pages = i("max_pages"), p.page_table_stride = p.max_pages;
+  }
+  if (has("q_total")) {  // int32 [B + 1] each
+    cu_q = read(dir + "/cu_q.bin"), cu_k = read(dir + "/cu_k.bin");
+    p.cu_q = reinterpret_cast<const int*>(cu_q.data());
+    p.cu_k = reinterpret_cast<const int*>(cu_k.data());
+    p.q_total = i("q_total");
+  }
+  // Tensor maps: dims (innermost first) and byte strides of dims 1..3 as the runner's tma_map
+  // gives them, boxes of 64 columns by box rows.
+  auto map = [&](const char* data, const std::string& key) {
+    emu::TmaMap m{data, {i(key + "_dims", 0), i(key + "_dims", 1), i(key + "_dims", 2), i(key + "_dims", 3)},
+                  {i(key + "_bytes", 0), i(key + "_bytes", 1), i(key + "_bytes", 2)},
+                  static_cast<int>(i(key + "_box"))};
+    ae::TmaDesc d{};
+    static_assert(sizeof(m) <= sizeof(d), "TmaDesc");
+    std::memcpy(&d, &m, sizeof(m));
+    return d;
+  };
+  const ae::TmaDesc tq = map(q.data(), "tq"), tk = map(k.data(), "tk");
+#if AE_EMU_TMA_MAPS == 3
+  const ae::TmaDesc tv = map(v_data, "tv");
+#endif
+  emu::smem = ae::sm90::smem_raw;
+  emu::smem_bytes = static_cast<unsigned>(i("smem"));
+  if (emu::smem_bytes > sizeof(ae::sm90::smem_raw)) return 3;
+  gridDim = {static_cast<unsigned>(p.n_q_blocks), static_cast<unsigned>(p.q_heads),
+             static_cast<unsigned>(p.batch * splits)};
+  for (unsigned z = 0; z < gridDim.z; ++z)
+    for (unsigned y = 0; y < gridDim.y; ++y)
+      for (unsigned x = 0; x < gridDim.x; ++x) {
+        blockIdx = {x, y, z};
+        std::memset(ae::sm90::smem_raw, 0xff, sizeof(ae::sm90::smem_raw));  // (not zeros)
+#if AE_EMU_TMA_MAPS == 3
+        emu::run_block(static_cast<int>(i("threads")), [&] { ae_fwd(p, va, tq, tk, tv); });
+#else
+        emu::run_block(static_cast<int>(i("threads")), [&] { ae_fwd(p, va, tq, tk); });
+#endif
+      }
+  write(dir + "/o.bin", o.data(), o.size() * 2);
+  write(dir + "/lse.bin", lse.data(), lse.size() * 4);
+  write(dir + "/o_part.bin", o_part.data(), o_part.size() * 4);
+  write(dir + "/lse_part.bin", lse_part.data(), lse_part.size() * 4);
+  return 0;
+}

@@ -1,0 +1,324 @@
+"""The Hopper (sm90) forwards run on the CPU: their generated source compiled by the host's g++
+over tests/emu/cuda_host.h (a fiber per GPU thread; barriers for __syncthreads, a warp's
+shuffles, named barriers and mbarriers) with tests/emu/shims standing in for the Hopper
+instructions (TMA loads with the 128-byte swizzle, wgmma from shared-memory descriptors and
+register fragments, stmatrix), launched block by block as the runner would, and checked
+against the reference executor. The sm90 forward has passed its GPU tests, so its case here
+checks the emulator's model of those instructions; the same model then runs kernels no GPU
+has run yet (the MLA decode template, packed sequences). Skipped without g++ 12 or newer."""
+import atexit
+import hashlib
+import math
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+import attention_engine as ae
+from attention_engine import _C, mods
+from attention_engine.gqa_pack import gqa_packed
+from attention_engine.positions import with_positions
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+EMU = ROOT / "tests" / "emu"
+
+
+def _gxx():
+    gxx = shutil.which("g++")
+    if not gxx:
+        return None
+    out = subprocess.run([gxx, "-dumpversion"], capture_output=True, text=True).stdout
+    return gxx if int(out.split(".")[0] or 0) >= 12 else None  # _Float16 on x86-64
+
+
+pytestmark = [pytest.mark.skipif(_gxx() is None, reason="needs g++ 12 or newer"),
+              pytest.mark.xdist_group("sm90_emulated")]
+
+_POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))
+_BUILDS = {}
+_BUILD_DIR = pathlib.Path(tempfile.mkdtemp(prefix="ae_emu90_"))
+atexit.register(shutil.rmtree, _BUILD_DIR, ignore_errors=True)
+
+
+def _build(source, tma_maps):
+    def compile_one(path):
+        (path / "kernel.cc").write_text(source)
+        subprocess.run([_gxx(), "-std=c++20", "-O1", "-Wno-psabi", "-I", str(EMU / "shims"),
+                        "-I", str(ROOT / "templates"), "-I", str(EMU), "-include", "cuda_host.h",
+                        f"-DAE_EMU_TMA_MAPS={tma_maps}", str(path / "kernel.cc"),
+                        str(EMU / "sm90_fwd_main.cc"), "-o", str(path / "run")], check=True)
+        return path / "run"
+    key = hashlib.sha1(f"{tma_maps}\0{source}".encode()).hexdigest()[:16]
+    if key not in _BUILDS:
+        (_BUILD_DIR / key).mkdir()
+        _BUILDS[key] = _POOL.submit(compile_one, _BUILD_DIR / key)
+    return _BUILDS[key]
+
+
+def _bits(t):
+    return t.detach().contiguous().view(torch.int16).numpy().tobytes()
+
+
+def _tensor_args(name, t, box):
+    """A [B, H, S, D] view's strides (elements), and its tensor map as the runner's tma_map
+    makes it: dims innermost first, byte strides of rows, heads and batch, box rows."""
+    s = t.stride()
+    return {f"{name}_stride": s[:3],
+            f"t{name}_dims": [t.shape[3], t.shape[2], t.shape[1], t.shape[0]],
+            f"t{name}_bytes": [2 * s[2], 2 * s[1], 2 * s[0]], f"t{name}_box": [box]}
+
+
+def emulate(info, q, k, v, buffers, *, o_shape, lse_numel, layout=None, v_in_k=False):
+    """Runs the planned forward (kernel_source's dict) on q / k / v given as the kernel sees
+    them ([B, H, S, D] views whose storage the emulator gets whole: q, k, v are views of their
+    own contiguous bases), returns (o [o_shape] float, lse, o_part, lse_part)."""
+    desc = info["describe"].split()
+    bm, bn = map(int, desc[4].split("x"))
+    splits = int(os.environ.get("AE_KV_SPLITS", "1")) if " split" in info["describe"] else 1
+    mla = " mla" in info["describe"]
+    page = int(re.search(r" page(\d+)", info["describe"]).group(1)) if " page" in info["describe"] else 0
+    kv_box = min(bn, page) if page else bn
+    binary = _build(info["source"], 2 if mla else 3).result()
+    layout = layout or {}
+    B, Hq, Sq = layout.get("grid", (q.shape[0], q.shape[1], q.shape[2]))
+    args = {"B": [B], "Hq": [Hq], "Hkv": [k.shape[1]], "Sq": [Sq],
+            "Skv": [layout.get("skv", k.shape[2])], "Dqk": [q.shape[3]], "Dv": [v.shape[3]],
+            "block_m": [bm], "block_n": [bn], "threads": [info["threads"]], "smem": [info["smem"]],
+            "splits": [splits], "masked": [int("block_state" in info["plan"])],
+            "scale": [1 / math.sqrt(q.shape[3])], "nbuf": [len(buffers)],
+            "o_numel": [math.prod(o_shape)], "lse_numel": [lse_numel]}
+    args.update(_tensor_args("q", q, bm))
+    args.update(_tensor_args("k", k, kv_box))
+    args.update(_tensor_args("v", v, kv_box))
+    o_strides = layout.get("o_stride")
+    if o_strides is None:  # dense [B, Hq, Sq, Dv]
+        o_strides = [Hq * Sq * v.shape[3], Sq * v.shape[3], v.shape[3]]
+    args["o_stride"] = o_strides
+    if v_in_k:
+        args["v_in_k"] = [1]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        (tmp / "q.bin").write_bytes(_bits(layout.get("q_base", q)))
+        (tmp / "k.bin").write_bytes(_bits(layout.get("k_base", k)))
+        if not v_in_k:
+            (tmp / "v.bin").write_bytes(_bits(layout.get("v_base", v)))
+        for i, t in enumerate(buffers):
+            (tmp / f"buf{i}.bin").write_bytes(t.detach().contiguous().view(torch.uint8).numpy().tobytes())
+            args[f"buf{i}"] = list(t.shape)
+        for name in ("kv_lens", "table", "cu_q", "cu_k"):
+            if name in layout:
+                (tmp / f"{name}.bin").write_bytes(layout[name].contiguous().numpy().tobytes())
+        if "kv_lens" in layout:
+            args["kv_lens"] = [layout["kv_lens"].element_size()]
+        if "table" in layout:
+            args["max_pages"] = [layout["table"].shape[1]]
+        if "cu_q" in layout:
+            args["q_total"] = [layout["q_total"]]
+        (tmp / "args.txt").write_text("\n".join(f"{k} {' '.join(map(str, v))}" for k, v in args.items()))
+        run = subprocess.run([str(binary), str(tmp)], capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+        read = lambda n, dt: torch.frombuffer(bytearray((tmp / n).read_bytes()), dtype=dt)
+        o = read("o.bin", torch.int16).view(torch.bfloat16).view(o_shape).float()
+        lse = read("lse.bin", torch.float32)
+        dv = v.shape[3]
+        o_part = read("o_part.bin", torch.float32).view(splits, B, Hq, Sq, dv)
+        lse_part = read("lse_part.bin", torch.float32).view(splits, B, Hq, Sq)
+    if splits > 1:  # the combine step's merge (common/split_combine.h), written out
+        lse_m = torch.logsumexp(lse_part, 0)
+        w = torch.exp(lse_part - lse_m).nan_to_num(0.0)
+        o = (w.unsqueeze(-1) * o_part).sum(0)
+        lse = lse_m
+    return o, lse
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp(min=1e-12)).item()
+
+
+def _bf16(*shape, seed):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(torch.bfloat16)
+
+
+def _dtypes(tensors):
+    return [str(t.dtype).replace("torch.", "") for t in tensors]
+
+
+# ---- the sm90 forward (GPU-tested): the emulator's model of TMA and wgmma ----------------
+
+_DENSE = {"plain": lambda: ae.compile(), "causal": lambda: ae.compile(mask_mod=mods.causal),
+          "alibi": lambda: ae.compile(mods.alibi(mods.alibi_slopes(2)), mods.causal)}
+
+
+@pytest.mark.parametrize("case", [("plain", 128, "1"), ("causal", 64, "1"), ("alibi", 128, "1"),
+                                  ("plain", 64, "2")], ids=lambda c: "-".join(map(str, c)))
+def test_emulated_sm90_forward_matches_the_reference(case, monkeypatch):
+    name, d, splits = case
+    monkeypatch.setenv("AE_KV_SPLITS", splits)
+    attn = _DENSE[name]()
+    B, H, Sq, Skv = 1, 2, 130, 200 if splits == "1" else 640
+    q, k, v = _bf16(B, H, Sq, d, seed=0), _bf16(B, H, Skv, d, seed=1), _bf16(B, H, Skv, d, seed=2)
+    info = attn.variant.kernel_source("fwd", d, d, True, _dtypes(attn.buffers), family="sm90",
+                                      q_len=Sq if splits == "1" else 1)
+    assert info["describe"].startswith("fwd90"), info["describe"]
+    out, lse = emulate(info, q, k, v, list(attn.buffers), o_shape=(B, H, Sq, d),
+                       lse_numel=B * H * Sq)
+    ref, ref_lse = attn(q.double(), k.double(), v.double(), return_lse=True)
+    assert _rel(out, ref) < 1e-2
+    assert (lse.view(B, H, Sq).double() - ref_lse).abs().max() < 1e-2
+
+
+# ---- MLA decode (sm90/mla_decode.h) -------------------------------------------------------
+
+D_LATENT, D_V = 576, 512
+
+
+def _cache_case(name, hq, hkv, sq, lens, cap, page, d, dv, seed=0):
+    """with_kvcache's call as the kernel sees it (q GQA-packed [B, hkv, g * sq, d], the cache
+    [B, hkv, cap, d] or pages, NaN past each length; dv < d: V is K's first dv columns, MLA's
+    latent cache), and the float64 reference."""
+    attn = {"plain": lambda: ae.compile(), "causal": lambda: ae.compile(mask_mod=mods.causal),
+            "alibi": lambda: ae.compile(mods.alibi(mods.alibi_slopes(hq)), mods.causal),
+            "softcap": lambda: ae.compile(mods.softcap(5.0), mods.sliding_window(100)),
+            "sigmoid_none": lambda: ae.compile(mods.sigmoid(-2.0), normalize="none")}[name]()
+    B, g = len(lens), hq // hkv
+    lens_t = torch.tensor(lens, dtype=torch.int32)
+    kv = _bf16(B, cap, hkv, d, seed=seed)
+    vv = kv[..., :dv] if dv < d else _bf16(B, cap, hkv, dv, seed=seed + 3)
+    past = torch.arange(cap)[None, :] >= lens_t[:, None]
+    kv[past] = float("nan")
+    if dv == d:
+        vv[past] = float("nan")
+    q = _bf16(B, sq, hq, d, seed=seed + 1)
+    kz = kv.double().masked_fill(past[:, :, None, None], 0.0)
+    vz = kz[..., :dv] if dv < d else vv.double().masked_fill(past[:, :, None, None], 0.0)
+    if attn.normalize == "none":
+        ref, ref_lse = attn.with_kvcache(q.double(), kz, vz, lens_t), None
+    else:
+        ref, ref_lse = attn.with_kvcache(q.double(), kz, vz, lens_t, return_lse=True)
+    trace = with_positions(attn._ref.trace_json, sq)
+    variant = _C.build_variant(gqa_packed(trace, g, sq) if g > 1 else trace)
+    buffers = list(attn.buffers) + [lens_t.long()]
+    qp = q.transpose(1, 2).reshape(B, hkv, g * sq, d).contiguous()
+    layout = {"kv_lens": lens_t, "grid": (B, hkv, g * sq)}
+    if page:
+        per = cap // page
+        perm = torch.randperm(B * per, generator=torch.Generator().manual_seed(seed + 2))
+        layout["table"] = perm.view(B, per).to(torch.int32)
+        layout["skv"] = per * page
+        pools = []
+        for x, w in ((kv, d), (vv, dv)):
+            pool = torch.full((B * per + 1, page, hkv, x.shape[-1]), float("nan")).to(torch.bfloat16)
+            pool[perm] = x.reshape(B * per, page, hkv, x.shape[-1])
+            pools.append(pool)
+        layout["k_base"], layout["v_base"] = pools
+        k, v = pools[0].transpose(1, 2), pools[1].transpose(1, 2)  # [pages, hkv, page, d]
+        if dv < d:
+            v = k[..., :dv]
+    else:
+        layout["k_base"], layout["v_base"] = kv, vv.contiguous()
+        k = kv.transpose(1, 2)
+        v = k[..., :dv] if dv < d else layout["v_base"].transpose(1, 2)
+    return attn, variant, buffers, qp, k, v, layout, ref, ref_lse
+
+
+_MLA_CASES = [("plain", 16, 1, [1, 70, 200], 256, 0, "1"), ("causal", 8, 4, [4, 130], 192, 0, "1"),
+              ("alibi", 16, 2, [65, 190], 192, 64, "1"), ("plain", 16, 1, [300], 320, 64, "2"),
+              ("softcap", 8, 2, [150, 40], 192, 16, "2"), ("plain", 128, 1, [90], 128, 0, "1"),
+              ("sigmoid_none", 16, 1, [100, 7], 128, 0, "1")]
+
+
+@pytest.mark.parametrize("case", _MLA_CASES, ids=lambda c: "-".join(map(str, c[:3] + c[4:])))
+def test_emulated_mla_decode_matches_the_reference(case, monkeypatch):
+    name, hq, sq, lens, cap, page, splits = case
+    monkeypatch.setenv("AE_KV_SPLITS", splits)
+    attn, variant, buffers, qp, k, v, layout, ref, ref_lse = _cache_case(
+        name, hq, 1, sq, lens, cap, page, D_LATENT, D_V)
+    info = variant.kernel_source("fwd", D_LATENT, D_V, True, _dtypes(buffers), q_len=hq * sq,
+                                 kv_lengths=True, page_size=page, v_in_k=True, device="h200")
+    assert " mla" in info["describe"], info["describe"]
+    _check_cache_call(info, qp, k, v, buffers, layout, ref, ref_lse, hq, sq, v_in_k=True)
+
+
+def _check_cache_call(info, qp, k, v, buffers, layout, ref, ref_lse, hq, sq, v_in_k=False):
+    B, hkv, rows = layout["grid"]
+    out, lse = emulate(info, qp, k, v, buffers, o_shape=(B, hkv, rows, v.shape[-1]),
+                       lse_numel=B * hkv * rows, layout=layout, v_in_k=v_in_k)
+    out = out.view(B, hq, sq, v.shape[-1]).transpose(1, 2)  # row g * sq + s: head g, query s
+    assert torch.isfinite(out).all()
+    assert _rel(out, ref) < 1e-2
+    if ref_lse is not None:
+        assert (lse.view(B, hq, sq).double() - ref_lse).abs().max() < 1e-2
+
+
+# ---- the sm90 forward on a KV cache: per-batch lengths, pages (GPU-tested) ---------------
+
+@pytest.mark.parametrize("case", [("causal", 4, 0, "1"), ("alibi", 1, 16, "2"), ("plain", 2, 64, "1")],
+                         ids=lambda c: "-".join(map(str, c)))
+def test_emulated_sm90_forward_on_a_cache(case, monkeypatch):
+    name, sq, page, splits = case
+    monkeypatch.setenv("AE_KV_SPLITS", splits)
+    hq, hkv, d = 8, 2, 64
+    attn, variant, buffers, qp, k, v, layout, ref, ref_lse = _cache_case(
+        name, hq, hkv, sq, [sq, 70, 150], 192, page, d, d)
+    info = variant.kernel_source("fwd", d, d, True, _dtypes(buffers), q_len=4 * sq,
+                                 kv_lengths=True, page_size=page, family="sm90")
+    assert info["describe"].startswith("fwd90") and (" page" in info["describe"]) == bool(page)
+    _check_cache_call(info, qp, k, v, buffers, layout, ref, ref_lse, hq, sq)
+
+
+# ---- packed sequences (VarlenLayout; the AE_VARLEN=kernel route, no GPU run yet) ---------
+
+@pytest.mark.parametrize("name", ["plain", "causal", "alibi"])
+def test_emulated_varlen_forward_matches_the_reference(name):
+    attn = _DENSE[name]()
+    hq, hkv, d = 2, 1, 64
+    lq, lk = [5, 70, 130], [20, 70, 200]
+    cq = torch.tensor([0] + list(torch.tensor(lq).cumsum(0)), dtype=torch.int32)
+    ck = torch.tensor([0] + list(torch.tensor(lk).cumsum(0)), dtype=torch.int32)
+    tq, tk = sum(lq), sum(lk)
+    q, k, v = _bf16(tq, hq, d, seed=0), _bf16(tk, hkv, d, seed=1), _bf16(tk, hkv, d, seed=2)
+    ref, ref_lse = attn.varlen(q.double(), k.double(), v.double(), cq, ck, return_lse=True)
+    variant = _C.build_variant(with_positions(attn._ref.trace_json))
+    lq_t, lk_t = torch.tensor(lq), torch.tensor(lk)
+    buffers = list(attn.buffers) + [lk_t - lq_t, lk_t]
+    info = variant.kernel_source("fwd", d, d, True, _dtypes(buffers), varlen=True, family="sm90")
+    assert info["describe"].endswith(" varlen"), info["describe"]
+    as_one = lambda x: x.transpose(0, 1).unsqueeze(0)  # [T, H, D] -> [1, H, T, D]
+    layout = {"grid": (len(lq), hq, max(lq)), "skv": max(lk), "kv_lens": lk_t,
+              "cu_q": cq, "cu_k": ck, "q_total": tq, "q_base": q, "k_base": k, "v_base": v,
+              "o_stride": [tq * hq * d, d, hq * d]}
+    out, lse = emulate(info, as_one(q), as_one(k), as_one(v), buffers, o_shape=(tq, hq, d),
+                       lse_numel=hq * tq, layout=layout)
+    assert _rel(out, ref) < 1e-2
+    assert (lse.view(hq, tq).double() - ref_lse).abs().max() < 1e-2
+
+
+# ---- other interleavings, and the stand-ins' coverage ------------------------------------
+
+@pytest.mark.parametrize("seed", ["1", "2"])
+def test_emulated_mla_decode_under_other_interleavings(seed, monkeypatch):
+    """EMU_CHAOS (tests/emu/fibers.h): threads yield at random points and sit out a few rounds,
+    so the two consumer warpgroups' exchanges run in other orders than round-robin's."""
+    monkeypatch.setenv("EMU_CHAOS", seed)
+    test_emulated_mla_decode_matches_the_reference(("causal", 8, 4, [4, 130], 192, 0, "1"),
+                                                   monkeypatch)
+    test_emulated_mla_decode_matches_the_reference(("sigmoid_none", 16, 1, [100, 7], 128, 0, "1"),
+                                                   monkeypatch)
+
+
+def _functions(path):
+    text = (ROOT / path).read_text()
+    return set(re.findall(r"AE_DEVICE (?:[\w:<>&*]+ )+?(\w+)\(", text))
+
+
+@pytest.mark.parametrize("header", ["sm90/hopper_ops.h", "sm90/wgmma.h", "nvidia/mma.h"])
+def test_stand_ins_declare_every_function_of_the_real_headers(header):
+    real = _functions(f"templates/{header}")
+    shim = _functions(f"tests/emu/shims/{header}")
+    assert real and not real - shim, f"tests/emu/shims/{header} lacks {sorted(real - shim)}"
