@@ -93,12 +93,12 @@ struct FwdKernel {
       const int rows = Layout::kv_len(p, b) - j * Cfg::kBlockN;
       if constexpr (Layout::kPage > 0) {  // each row at its page (tile_io.h load_paged)
         constexpr int kPage = Layout::kPage;
-        const int kv0 = j * Cfg::kBlockN;
-        const int pages = tile_pages<Layout, Cfg::kBlockN>(p, kv_table, kv0);
+        const int key0 = j * Cfg::kBlockN;
+        const int pages = tile_pages<Layout, Cfg::kBlockN>(p, kv_table, key0);
         k_loader.template load_paged<kPage>(sK + stage * Cfg::kSmemK, kv_base[0], p.k_stride,
-                                            pages, kv0, rows);
+                                            pages, key0, rows);
         v_loader.template load_paged<kPage>(sV + stage * Cfg::kSmemV, kv_base[1], p.v_stride,
-                                            pages, kv0, rows);
+                                            pages, key0, rows);
       } else {
         k_loader.load(sK + stage * Cfg::kSmemK, kv_base[0] + j * Cfg::kBlockN * p.k_stride[2],
                       p.k_stride[2], rows);

@@ -64,8 +64,9 @@ struct TileLoader {
   // the warp's lanes hold (`pages`: tile_pages). Rows at or past valid_rows, or in no page of
   // the pool, are zero-filled. A thread's rows are kRowStep apart from row0 < kRowStep: where
   // kRowStep divides the page and the tile lies in one page or starts at a page's start, its
-  // rows in one page share one shuffle (kRuns), else each row (D 96, 192: each chunk) has its
-  // own. Every lane of the warp must call it (the shuffles).
+  // rows in one page share one shuffle and step their address by the row stride (kRuns: a
+  // page * stride + row * stride per row spilled the prefill forward), else each row (D 96,
+  // 192: each chunk) has its own. Every lane of the warp must call it (the shuffles).
   template <int PAGE>
   AE_DEVICE void load_paged(u16* smem, const u16* head, const long long (&stride)[3], int pages,
                             int kv0, int valid_rows) const {
