@@ -150,16 +150,20 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
       d.specs.insert(d.specs.end(), c.specs.begin(), c.specs.end());
       c = std::move(d);
     }
-    if (pb.kv_layout == KvLayout::Paged) {  // the sm90 forward's TMA boxes: whole pages or tiles
-      const int64_t ps = pb.page_size;
-      if (f != Family::Sm90) c = Candidates{{}, "a paged KV cache in the kernels: the sm90 forward only"};
-      c.specs.erase(std::remove_if(c.specs.begin(), c.specs.end(),
-                                   [&](const KernelSpec& s) {
-                                     return !(ps % s.block_n == 0 || s.block_n % ps == 0);
-                                   }),
-                    c.specs.end());
+    // Paged: the sm90 forward's TMA boxes need whole pages or whole tiles. The sm80 family's
+    // cp.async loaders address each row through the table, any page size (make_plan: multiples
+    // of 8), the pages of a tile held by a warp's lanes (sm80/tile_io.h tile_pages): where no
+    // sm90 tile fits the pages, the sm80 family takes them.
+    if (pb.kv_layout == KvLayout::Paged) {
+      const int ps = static_cast<int>(pb.page_size);
+      auto unfit = [&](const KernelSpec& s) {
+        return f == Family::Sm90 ? !(ps % s.block_n == 0 || s.block_n % ps == 0)
+                                 : sm80::paged_tile_columns(s.block_n, ps) > 32;
+      };
+      c.specs.erase(std::remove_if(c.specs.begin(), c.specs.end(), unfit), c.specs.end());
       if (c.specs.empty() && c.refusal.empty())
-        c.refusal = fmt::format("no sm90 forward tile of keys fits pages of {} rows", ps);
+        c.refusal = fmt::format("no {} forward tile of keys fits pages of {} rows",
+                                codegen::family_name(f), ps);
     }
     // The layout before picking: shared memory depends on it (a paged forward's table window).
     for (KernelSpec& s : c.specs) {
@@ -463,8 +467,10 @@ LaunchPlan make_plan(const PlanRequest& r) {
       (kind != Kind::Forward || r.device.vendor != jit::Vendor::kNvidia))
     return refuse(pb.kv_layout == KvLayout::Paged ? "a paged KV cache in the kernels: NVIDIA forwards only"
                                                   : "per-batch key lengths as a layout: NVIDIA forwards only");
-  if (pb.kv_layout == KvLayout::Paged && (pb.page_size < 8 || pb.page_size % 8))
-    return refuse(fmt::format("pages of {} rows: the kernels take multiples of 8", pb.page_size));
+  if (pb.kv_layout == KvLayout::Paged &&
+      (pb.page_size < 8 || pb.page_size % 8 || pb.page_size > std::numeric_limits<int32_t>::max()))
+    return refuse(fmt::format("pages of {} rows: the kernels take multiples of 8 (32-bit)",
+                              pb.page_size));
   KernelSpec spec;
   std::string why;
   if (!main_spec(r, kind, &spec, &why)) return refuse(why);

@@ -1,6 +1,7 @@
 #include "runner/runner.h"
 
 #include <algorithm>
+#include <cstdint>
 
 #include "jit/launch.h"
 #include "runner/kernel_registry.h"
@@ -54,6 +55,8 @@ AttnParams attn_params(const plan::LaunchPlan& plan, const Bindings& b) {
     p.page_table = static_cast<const int*>(b.page_table.data);
     p.page_table_stride = b.page_table.stride[0];
     p.max_pages = static_cast<int>(b.page_table.size[1]);
+    // The pool (int32 table entries name no page past INT_MAX).
+    p.num_pages = static_cast<int>(std::min<int64_t>({b.k.size[0], b.v.size[0], INT32_MAX}));
   }
   if (b.cu_q.defined()) {
     p.cu_q = static_cast<const int*>(b.cu_q.data);

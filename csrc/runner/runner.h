@@ -31,8 +31,8 @@ struct Bindings {
   std::vector<CapturedRef> captured;
   // KvLengthsLayout: each batch's key count, a 1-D int64 (elem_size 8) or int32 (4) tensor.
   TensorRef kv_lens;
-  // PagedLayout: k and v are pages [num_pages, kv_heads, page_size, d]; the int32 page table
-  // [batch, max_pages].
+  // PagedLayout: k and v are pages [num_pages, kv_heads, page_size, d] (size[0]: the pool the
+  // sm80 loaders check table entries against); the int32 page table [batch, max_pages].
   TensorRef page_table;
   // VarlenLayout: int32 cumulative lengths of the packed sequences (batch + 1 entries each), and
   // the query rows in all (the statistics' row count).

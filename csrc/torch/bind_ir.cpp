@@ -163,6 +163,9 @@ void bind_ir(pybind11::module_& m) {
         pyb::arg("v"), pyb::arg("buffers"), pyb::arg("key"), pyb::arg("cu_seqlens_q"),
         pyb::arg("cu_seqlens_k"), pyb::arg("max_seqlen_q"), pyb::arg("max_seqlen_k"),
         "What attention_varlen runs with these inputs (see backend_for).");
+  m.def("paged_backend_for", &torch_ops::paged_backend_for, pyb::arg("q"), pyb::arg("k_pages"),
+        pyb::arg("v_pages"), pyb::arg("buffers"), pyb::arg("key"), pyb::arg("block_table"),
+        "What attention_paged runs with these inputs (see backend_for).");
   m.def("clear_kernel_caches", &torch_ops::clear_kernel_caches,
         "Drops the in-process kernel caches (the next call loads from the disk cache).");
 

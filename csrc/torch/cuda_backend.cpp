@@ -157,9 +157,25 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q_in, const at
   return {out, lse};
 }
 
-// attention_paged on the sm90 forward's paged layout (common/kv_layout.h PagedLayout), with
-// the mask's length bound as the key counts where it has one; elsewhere (another GPU, a page
-// size no tile fits) the pages gathered into dense tensors for the dense forward.
+// The plan of an attention_paged call on the paged layout (common/kv_layout.h PagedLayout),
+// with the mask's length bound as the key counts where it has one (*kv_lens: its tensor, then
+// planned for the variant without the bound); refused (ok false, with the reason) where no
+// kernel takes the pages.
+TunedPlan plan_paged(const ir::Variant& variant, const at::Tensor& q, const Shapes& s,
+                     const std::vector<at::Tensor>& buffers, double scale, int64_t page_size,
+                     const std::string& key, at::Tensor* kv_lens) {
+  *kv_lens = kv_lengths_of(variant, q, s, buffers);
+  const ir::Variant& use = kv_lens->defined() ? *variant.without_kv_lengths : variant;
+  TunedPlan tuned = plan_call(plan::OpKind::Forward, use, q, s, buffers, scale, {}, false,
+                              plan::KvLayout::Paged, page_size, key);
+  tuned.tune_now = false;  // (the tuner times dense calls only)
+  return tuned;
+}
+
+// attention_paged on a forward that reads the pages in place (the sm90 forward where one of its
+// tiles fits the pages; the sm80 forward and decode templates, any page size, elsewhere on
+// NVIDIA GPUs); otherwise (AMD, float32, ...) the pages gathered into dense tensors for the
+// dense forward.
 std::tuple<at::Tensor, at::Tensor> cuda_forward_paged(const at::Tensor& q_in, const at::Tensor& k_in,
                                                       const at::Tensor& v_in,
                                                       const std::vector<at::Tensor>& buffers,
@@ -168,10 +184,8 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward_paged(const at::Tensor& q_in, co
   auto variant = get_variant(key);
   const Shapes s = check_paged_inputs(q_in, k_in, v_in, buffers, *variant, table_in);
   c10::DeviceGuard guard(q_in.device());
-  at::Tensor kv_lens = kv_lengths_of(*variant, q_in, s, buffers);
-  const ir::Variant& use = kv_lens.defined() ? *variant->without_kv_lengths : *variant;
-  TunedPlan tuned = plan_call(plan::OpKind::Forward, use, q_in, s, buffers, scale, {}, false,
-                              plan::KvLayout::Paged, k_in.size(2), key);
+  at::Tensor kv_lens;
+  TunedPlan tuned = plan_paged(*variant, q_in, s, buffers, scale, k_in.size(2), key, &kv_lens);
   if (!tuned.plan.ok) {  // the pages gathered into a contiguous cache, for the dense forward
     warn_once("attention_engine: a paged KV cache is gathered into a contiguous one per call "
               "(slower) because " + tuned.plan.reason);
@@ -180,7 +194,7 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward_paged(const at::Tensor& q_in, co
     const at::Tensor v = s.v_in_k ? k.narrow(3, 0, v_in.size(3)) : dense_from_pages(v_in, table_in);
     return cuda_forward(q_in, k, v, buffers, key, scale, false);
   }
-  tuned.tune_now = false;  // (the tuner times dense calls only)
+  const ir::Variant& use = kv_lens.defined() ? *variant->without_kv_lengths : *variant;
   const at::Tensor table = table_in.stride(1) == 1 ? table_in : table_in.contiguous();
   auto [out, lse] = dense_outputs(s, q_in);
   run_forward(tuned, use, q_in, k_in, v_in, buffers, {kv_lens, table}, out, lse);
@@ -408,6 +422,18 @@ std::string varlen_backend_for(const at::Tensor& q, const at::Tensor& k, const a
   const plan::LaunchPlan lp =
       plan_varlen(plan::OpKind::Forward, *variant, q, s, buffers, 1.0, {}, key, &kv_lens).plan;
   return lp.ok ? lp.family + " (packed sequences)" : "padded: " + lp.reason;
+}
+
+std::string paged_backend_for(const at::Tensor& q, const at::Tensor& k_pages,
+                              const at::Tensor& v_pages, const std::vector<at::Tensor>& buffers,
+                              const std::string& key, const at::Tensor& table) {
+  auto variant = get_variant(key);
+  const Shapes s = check_paged_inputs(q, k_pages, v_pages, buffers, *variant, table);
+  if (!q.is_cuda()) return "reference: tensors on " + q.device().str();
+  at::Tensor kv_lens;
+  const plan::LaunchPlan p =
+      plan_paged(*variant, q, s, buffers, 1.0, k_pages.size(2), key, &kv_lens).plan;
+  return p.ok ? p.family + " (pages in place)" : "gathered: " + p.reason;
 }
 
 void clear_kernel_caches() {

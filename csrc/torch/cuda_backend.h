@@ -24,6 +24,13 @@ std::string varlen_backend_for(const at::Tensor& q, const at::Tensor& k, const a
                                const at::Tensor& cu_q, const at::Tensor& cu_k, int64_t max_q,
                                int64_t max_k);
 
+// What the attention_paged op runs with these inputs: "<family> (pages in place)" (a forward on
+// the kernels' paged layout), "gathered: <why>" (the pages gathered into dense tensors for the
+// dense forward), or "reference: <why>".
+std::string paged_backend_for(const at::Tensor& q, const at::Tensor& k_pages,
+                              const at::Tensor& v_pages, const std::vector<at::Tensor>& buffers,
+                              const std::string& key, const at::Tensor& table);
+
 // Drops the in-process kernels and kept block-state tables (the disk cache stays).
 void clear_kernel_caches();
 

@@ -19,8 +19,9 @@ forward and backward.
 The rewrite's key bound kv_idx < kv_len[b] is recognized by the forward (csrc/ir/length_bound.h)
 and becomes the kernels' KV layout: each sequence's key count read on the device, its blocks
 past it never visited, and no mask left where the variant had none. Without autograd a paged
-cache is read in place (the attention_paged op: the sm90 forward addresses keys through the
-page table); with autograd it is gathered into a contiguous one per call. Lengths are read on
+cache is read in place (the attention_paged op: the sm90 forward, or the sm80 forward and
+decode templates, address keys through the page table); with autograd it is gathered into a
+contiguous one per call. Lengths are read on
 the host (one synchronization per call) unless with_kvcache(check_lengths=False). With
 AE_VARLEN=kernel varlen runs on the attention_varlen op: the forward kernels address each
 sequence's rows through cu_seqlens (no padding), and so do the backward kernels

@@ -23,6 +23,13 @@ struct DenseLayout {
                              int row) {
     return base + b * stride[0] + h * stride[1] + row * stride[2];
   }
+  // Where the sm80 family's K and V loaders start for (batch b, head h): row 0 here (rows
+  // stride[2] apart); PagedLayout's is the head's place in page 0, its rows found by page.
+  template <class T>
+  AE_DEVICE static T* kv_head(const AttnParams& p, T* base, const long long (&stride)[3], int b,
+                              int h) {
+    return kv_row(p, base, stride, b, h, 0);
+  }
   AE_DEVICE static int q_len(const AttnParams& p, int /*b*/) { return p.q_len; }
   AE_DEVICE static int kv_len(const AttnParams& p, int /*b*/) { return p.kv_len; }
   // The key blocks of block_n keys batch b has (a forward's walk stops there).
@@ -64,20 +71,46 @@ struct KvLengthsLayout : DenseLayout {
   }
 };
 
-// A paged KV cache (FlashInfer's and vLLM's layout; sm90 forward): K and V are pages of PAGE
-// rows, [num_pages, kv_heads, PAGE, d] (the TMA maps' "batch" is the page), and batch b's key
-// row r is row r % PAGE of page p.page_table[b][r / PAGE] (sm90/fwd.h loads a block in boxes of
-// at most a page, the entries from a window of the table its producer warp keeps in shared
-// memory). The key count per batch comes from p.kv_lens where the mask's length bound gave one,
-// else it is the table's capacity (p.kv_len). A table entry past the columns is never read (the
-// column is clamped), and a page index out of range loads zeros (TMA fills out-of-bounds boxes
-// with zeros), so a bad table cannot fault. Q and O stay dense.
+// A paged KV cache (FlashInfer's and vLLM's layout): K and V are pages of PAGE rows,
+// [num_pages, kv_heads, PAGE, d] (strides: page, head, row; the TMA maps' "batch" is the page),
+// and batch b's key row r is row r % PAGE of page p.page_table[b][r / PAGE]. sm90/fwd.h loads a
+// block in boxes of at most a page, the entries from a window of the table its producer warp
+// keeps in shared memory; the sm80 forward and decode templates look each row's page up as they
+// issue its cp.async (sm80/tile_io.h load_paged). The key count per batch comes from p.kv_lens
+// where the mask's length bound gave one, else it is the table's capacity (p.kv_len). A table
+// entry past the columns is never read (the column is clamped), and a page index out of range
+// loads zeros (TMA fills out-of-bounds boxes with zeros; the sm80 loaders check the index
+// against p.num_pages and zero-fill), so a bad table cannot fault. Q and O stay dense.
 template <int PAGE_>
 struct PagedLayout : KvLengthsLayout {
   static constexpr int kPage = PAGE_;
   // Batch b's page of table column col (clamped into the table's columns).
   AE_DEVICE static int page(const AttnParams& p, int b, int col) {
     return p.page_table[b * p.page_table_stride + min(col, p.max_pages - 1)];
+  }
+  // Batch b's row of the table, and in it the page of column col (clamped into the columns):
+  // -1 where the entry names none of the pool's pages.
+  AE_DEVICE static const int* table_row(const AttnParams& p, int b) {
+    return p.page_table + b * p.page_table_stride;
+  }
+  AE_DEVICE static int pool_page(const AttnParams& p, const int* table, int col) {
+    const int pg = table[min(col, p.max_pages - 1)];
+    return static_cast<unsigned>(pg) < static_cast<unsigned>(p.num_pages) ? pg : -1;
+  }
+  // Head h's place in page 0: row r of (b, h) lies pool_page * stride[0] + (r % PAGE) *
+  // stride[2] past it.
+  template <class T>
+  AE_DEVICE static T* kv_head(const AttnParams&, T* base, const long long (&stride)[3], int /*b*/,
+                              int h) {
+    return base + h * stride[1];
+  }
+  // Row `row` of (batch b, head h) through the table; null where its entry names no page.
+  template <class T>
+  AE_DEVICE static T* kv_row(const AttnParams& p, T* base, const long long (&stride)[3], int b,
+                             int h, int row) {
+    const int pg = pool_page(p, table_row(p, b), row / kPage);
+    if (pg < 0) return nullptr;
+    return kv_head(p, base, stride, b, h) + pg * stride[0] + (row % kPage) * stride[2];
   }
 };
 
@@ -105,6 +138,11 @@ struct VarlenLayout : KvLengthsLayout {
   AE_DEVICE static T* kv_row(const AttnParams& p, T* base, const long long (&stride)[3], int b,
                              int h, int row) {
     return base + h * stride[1] + static_cast<long long>(kv_start(p, b) + row) * stride[2];
+  }
+  template <class T>
+  AE_DEVICE static T* kv_head(const AttnParams& p, T* base, const long long (&stride)[3], int b,
+                              int h) {
+    return kv_row(p, base, stride, b, h, 0);
   }
   // (Clamped into the grid's rows: a split-KV launch's partial rows are q_len apart.)
   AE_DEVICE static int q_len(const AttnParams& p, int b) {

@@ -78,9 +78,10 @@ struct AttnParams {
   // PagedLayout (common/kv_layout.h): K and V are pages [num_pages, kv_heads, page_size, d]
   // (k_stride / v_stride: page, head, row); batch b's key row r is row r % page_size of page
   // page_table[b * page_table_stride + r / page_size] (int32, max_pages entries per batch).
+  // The sm80 family's loaders zero-fill rows whose entry is outside [0, num_pages).
   const int* page_table;
   long long page_table_stride;
-  int max_pages;
+  int max_pages, num_pages;
   // VarlenLayout (common/kv_layout.h): sequence b's query rows cu_q[b] .. cu_q[b + 1] of
   // q_total, its key rows cu_k[b] .. (int32, batch + 1 entries each). Null with other layouts.
   const int* cu_q;

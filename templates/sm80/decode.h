@@ -58,8 +58,8 @@ AE_DEVICE void attention_decode(const AttnParams& p, const Variant& var) {
   const int b = tile.batch, h = tile.head, q0 = tile.block * Cfg::kBlockM, h_kv = h / p.group;
   if constexpr (Layout::kVarlen)  // past its sequence's queries: nothing to do
     if (q0 >= Layout::q_len(p, b)) return;
-  const u16* gk = Layout::kv_row(p, static_cast<const u16*>(p.k), p.k_stride, b, h_kv, 0);
-  const u16* gv = Layout::kv_row(p, static_cast<const u16*>(p.v), p.v_stride, b, h_kv, 0);
+  const u16* gk = Layout::kv_head(p, static_cast<const u16*>(p.k), p.k_stride, b, h_kv);
+  const u16* gv = Layout::kv_head(p, static_cast<const u16*>(p.v), p.v_stride, b, h_kv);
   const RowWalk blocks(p, b, h, tile.block, Variant::kHasMask, Cfg::kSplitKv, tile.split,
                        Layout::kv_blocks(p, b, BN));
   const int n_kv = blocks.n;
@@ -67,8 +67,16 @@ AE_DEVICE void attention_decode(const AttnParams& p, const Variant& var) {
   const TileLoader<BN, Cfg::kDv, Cfg::kThreads> v_loader;
   auto load_kv = [&](int j, int stage) {  // rows past the keys are zero-filled
     const int rows = Layout::kv_len(p, b) - j * BN;
-    k_loader.load(sK + stage * Cfg::kSmemK, gk + j * BN * p.k_stride[2], p.k_stride[2], rows);
-    v_loader.load(sV + stage * Cfg::kSmemV, gv + j * BN * p.v_stride[2], p.v_stride[2], rows);
+    if constexpr (Layout::kPage > 0) {  // each row at its page (tile_io.h load_paged)
+      const int pages = tile_pages<Layout, BN>(p, Layout::table_row(p, b), j * BN);
+      k_loader.template load_paged<Layout::kPage>(sK + stage * Cfg::kSmemK, gk, p.k_stride, pages,
+                                                  j * BN, rows);
+      v_loader.template load_paged<Layout::kPage>(sV + stage * Cfg::kSmemV, gv, p.v_stride, pages,
+                                                  j * BN, rows);
+    } else {
+      k_loader.load(sK + stage * Cfg::kSmemK, gk + j * BN * p.k_stride[2], p.k_stride[2], rows);
+      v_loader.load(sV + stage * Cfg::kSmemV, gv + j * BN * p.v_stride[2], p.v_stride[2], rows);
+    }
   };
 
   int j = blocks.next(blocks.first);

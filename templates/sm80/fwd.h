@@ -67,11 +67,13 @@ struct FwdKernel {
     // the first row, head and batch, read where used (blockIdx, which they replaced, was
     // free to re-read; held, they spilled at D128).
     __shared__ const u16* kv_base[2];
+    __shared__ const int* kv_table;  // paged: the batch's row of the page table
     __shared__ int cta[3];
     if (threadIdx.x == 0) {
       const int h_kv = h / p.group;
-      kv_base[0] = Layout::kv_row(p, static_cast<const u16*>(p.k), p.k_stride, b, h_kv, 0);
-      kv_base[1] = Layout::kv_row(p, static_cast<const u16*>(p.v), p.v_stride, b, h_kv, 0);
+      kv_base[0] = Layout::kv_head(p, static_cast<const u16*>(p.k), p.k_stride, b, h_kv);
+      kv_base[1] = Layout::kv_head(p, static_cast<const u16*>(p.v), p.v_stride, b, h_kv);
+      if constexpr (Layout::kPage > 0) kv_table = Layout::table_row(p, b);
       cta[0] = q0, cta[1] = h, cta[2] = b;
     }
     __syncthreads();
@@ -89,10 +91,20 @@ struct FwdKernel {
     const TileLoader<Cfg::kBlockN, Cfg::kDv, Cfg::kThreads> v_loader;
     auto load_kv = [&](int j, int stage) {
       const int rows = Layout::kv_len(p, b) - j * Cfg::kBlockN;
-      k_loader.load(sK + stage * Cfg::kSmemK, kv_base[0] + j * Cfg::kBlockN * p.k_stride[2],
-                    p.k_stride[2], rows);
-      v_loader.load(sV + stage * Cfg::kSmemV, kv_base[1] + j * Cfg::kBlockN * p.v_stride[2],
-                    p.v_stride[2], rows);
+      if constexpr (Layout::kPage > 0) {  // each row at its page (tile_io.h load_paged)
+        constexpr int kPage = Layout::kPage;
+        const int key0 = j * Cfg::kBlockN;
+        const int pages = tile_pages<Layout, Cfg::kBlockN>(p, kv_table, key0);
+        k_loader.template load_paged<kPage>(sK + stage * Cfg::kSmemK, kv_base[0], p.k_stride,
+                                            pages, key0, rows);
+        v_loader.template load_paged<kPage>(sV + stage * Cfg::kSmemV, kv_base[1], p.v_stride,
+                                            pages, key0, rows);
+      } else {
+        k_loader.load(sK + stage * Cfg::kSmemK, kv_base[0] + j * Cfg::kBlockN * p.k_stride[2],
+                      p.k_stride[2], rows);
+        v_loader.load(sV + stage * Cfg::kSmemV, kv_base[1] + j * Cfg::kBlockN * p.v_stride[2],
+                      p.v_stride[2], rows);
+      }
     };
 
     int j = next_block(blocks.first);

@@ -20,6 +20,12 @@ AE_HD_CONSTEXPR int fwd_smem_bytes(int block_m, int block_n, int d_qk, int d_v) 
 // shared memory is the forward's formula at block_m = kDecodeBlockM.
 constexpr int kDecodeBlockM = 16;
 
+// Paged K and V (tile_io.h tile_pages): the table columns a tile of block_n keys starting at
+// a multiple of block_n spans, which a warp's lanes hold.
+AE_HD_CONSTEXPR int paged_tile_columns(int block_n, int page) {
+  return block_n % page == 0 ? block_n / page : page % block_n == 0 ? 1 : (block_n - 1) / page + 2;
+}
+
 // Backward: query blocks of 64 rows; 8 warps.
 constexpr int kBwdBlockM = 64, kBwdWarps = 8;
 

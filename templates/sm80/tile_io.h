@@ -3,7 +3,9 @@
 // fall in 8 different bank groups for every head dim used (64, 96, 128, 192, 256).
 #pragma once
 
+#include "common/params.h"
 #include "nvidia/mma.h"
+#include "sm80/shapes.h"
 
 namespace ae::sm80 {
 
@@ -56,7 +58,61 @@ struct TileLoader {
     else if (valid_rows >= ROWS) load<false>(smem, gmem, ld, valid_rows);
     else load<true>(smem, gmem, ld, valid_rows);
   }
+
+  // A paged K or V tile (common/kv_layout.h PagedLayout<PAGE>): rows kv0 .. kv0 + ROWS of a
+  // batch (kv0 a multiple of ROWS) from `head` (Layout::kv_head), each row at its page, which
+  // the warp's lanes hold (`pages`: tile_pages). Rows at or past valid_rows, or in no page of
+  // the pool, are zero-filled. A thread's rows are kRowStep apart from row0 < kRowStep: where
+  // kRowStep divides the page and the tile lies in one page or starts at a page's start, its
+  // rows in one page share one shuffle and step their address by the row stride (kRuns: a
+  // page * stride + row * stride per row spilled the prefill forward), else each row (D 96,
+  // 192: each chunk) has its own. Every lane of the warp must call it (the shuffles).
+  template <int PAGE>
+  AE_DEVICE void load_paged(u16* smem, const u16* head, const long long (&stride)[3], int pages,
+                            int kv0, int valid_rows) const {
+    const int c0 = kv0 / PAGE;  // the table column of lane 0's page
+    if constexpr (!kFits) {
+      constexpr int kSweeps = (ROWS * kChunks + THREADS - 1) / THREADS;
+#pragma unroll 4
+      for (int k = 0; k < kSweeps; ++k) {
+        const int c = threadIdx.x + k * THREADS, r = c / kChunks, col = (c % kChunks) * 8;
+        const int pg = __shfl_sync(0xffffffffu, pages, (kv0 + r) / PAGE - c0);
+        const bool ok = pg >= 0 && r < valid_rows;
+        if (c < ROWS * kChunks)
+          cp_async_16(smem + r * (D + 8) + col,
+                      ok ? head + pg * stride[0] + ((kv0 + r) % PAGE) * stride[2] + col : head, ok);
+      }
+    } else {
+      constexpr bool kRuns = PAGE % kRowStep == 0 && (ROWS % PAGE == 0 || PAGE % ROWS == 0);
+      const u16* g = head + (threadIdx.x % kChunks) * 8;
+      const u16* run = g;
+      bool in = false;
+#pragma unroll
+      for (int i = 0; i < kIters; ++i) {
+        const int r = kv0 + row0 + i * kRowStep;
+        if (!kRuns || (i * kRowStep) % PAGE == 0) {
+          const int pg = __shfl_sync(0xffffffffu, pages, r / PAGE - c0);
+          in = pg >= 0;
+          run = g + (in ? pg : 0) * stride[0] + (r % PAGE) * stride[2];
+        } else {
+          run += kRowStep * stride[2];
+        }
+        const bool ok = in && row0 + i * kRowStep < valid_rows;
+        cp_async_16(smem + smem_off + i * kRowStep * (D + 8), ok ? run : head, ok);
+      }
+    }
+  }
 };
+
+// The pages of a tile of `rows` keys from kv0 (a multiple of rows) in a warp: lane l holds the
+// page of table column kv0 / PAGE + l (Layout::pool_page: -1 for none of the pool's), one load
+// per lane, which TileLoader::load_paged's rows read by shuffles. The tile's columns must fit
+// the warp (sm80/shapes.h paged_tile_columns; the planner keeps to it).
+template <class Layout, int ROWS>
+AE_DEVICE int tile_pages(const AttnParams& p, const int* table, int kv0) {
+  static_assert(paged_tile_columns(ROWS, Layout::kPage) <= 32, "a tile's pages fit a warp");
+  return Layout::pool_page(p, table, kv0 / Layout::kPage + static_cast<int>(threadIdx.x % 32));
+}
 
 // Fragment reads. Each lane reads from its own address: `at`, the lane's address for the
 // fragment at (0, 0) of a tile, made once per kernel by lane_a / lane_nk / lane_kn below

@@ -122,5 +122,34 @@ TEST(RunnerArgs, BackwardWorkspacesAndRowPasses) {
   EXPECT_FLOAT_EQ(a.rows.scale, 0.088f);
 }
 
+// A paged cache: k and v [num_pages, kv_heads, page_size, d] as with_kvcache passes them (a
+// [num_pages, page_size, kv_heads, d] pool transposed), the int32 table [batch, max_pages].
+TEST(RunnerArgs, PagedTableAndPool) {
+  plan::PlanRequest r = request(plan::OpKind::Forward);
+  r.problem.kv_layout = plan::KvLayout::Paged;
+  r.problem.page_size = 16;
+  r.problem.kv_len = 96 * 16;
+  const plan::LaunchPlan p = make_plan(r);
+  ASSERT_TRUE(p.ok) << p.reason;
+  Bindings b;
+  b.q = tensor(0x1000, 2, 8, 1000, 128);
+  b.k = tensor(0x2000, 300, 2, 16, 128, true);
+  b.v = tensor(0x3000, 300, 2, 16, 128, true);
+  b.o = tensor(0x4000, 2, 8, 1000, 128);
+  b.page_table = tensor(0x5000, 1, 1, 2, 96);
+  b.page_table.rank = 2, b.page_table.size[0] = 2, b.page_table.size[1] = 96;
+  b.page_table.stride[0] = 100, b.page_table.stride[1] = 1;  // a view of wider rows
+  b.page_table.elem_size = 4;
+  const CallArgs a = call_args(p, b);
+  EXPECT_EQ(a.attn.page_table, reinterpret_cast<const int*>(0x5000));
+  EXPECT_EQ(a.attn.page_table_stride, 100);
+  EXPECT_EQ(a.attn.max_pages, 96);
+  EXPECT_EQ(a.attn.num_pages, 300);  // the sm80 loaders zero-fill rows of entries past it
+  EXPECT_EQ(a.attn.k_stride[0], 16 * 2 * 128);  // page
+  EXPECT_EQ(a.attn.k_stride[1], 128);           // head
+  EXPECT_EQ(a.attn.k_stride[2], 2 * 128);       // row
+  EXPECT_EQ(a.attn.kv_len, 96 * 16);
+}
+
 }  // namespace
 }  // namespace ae::runner

@@ -416,24 +416,24 @@ _PAGED_CASES = ([(name, ps, 4, sq) for name in ("plain", "causal", "alibi", "win
                    ("causal", 8, 4, 1)])  # page 8: 16 boxes per tile of keys
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("case", _PAGED_CASES, ids=lambda c: "-".join(map(str, c)))
-def test_paged_cache_read_in_place_on_the_kernels(case):
-    """Without autograd the sm90 forward reads a paged cache through its page table (no
-    gather): shuffled pages, NaN in every slot no sequence owns, table entries past each
-    sequence's pages set to -1 or past the pool (never dereferenced: TMA loads zeros); the
-    result matches float64 on the contiguous cache, with and without the host check."""
-    name, ps, group, sq = case
+def _gpu_class():
+    """The device class of the GPU (kernel_source's name for its planner presets)."""
+    cap = torch.cuda.get_device_capability()
+    return "h200" if cap[0] == 9 else "ada" if cap == (8, 9) else "a100"
+
+
+def _paged_case(name, ps, group, sq, gen, lens=(1, 17, 1000, 4097)):
+    """A contiguous cache [B, cap, HKV, D] with NaN past each length, the same keys in shuffled
+    pages of a pool with spare NaN pages, and a table whose entries past each sequence's pages
+    are -1 or past the pool (the kernels never read them: zeros). Returns the compiled
+    attention, q, (kc, vc), (kp, vp), the table and the lengths."""
     HKV, D = 2, 128
     HQ = HKV * group
-    mod = {"plain": (None, None), "causal": (None, mods.causal),
-           "alibi": (mods.alibi(mods.alibi_slopes(HQ, device="cuda")), mods.causal),
-           "window": (None, mods.sliding_window(256))}[name]
-    attn = ae.compile(*mod)
-    lens = torch.tensor([1, 17, 1000, 4097], device="cuda").clamp(min=sq)
+    attn = ae.compile(*_mods_for(name, HQ))
+    lens = torch.tensor(lens, device="cuda").clamp(min=sq)
     B, cap = lens.numel(), 4352
-    per = cap // ps
-    gen = torch.Generator(device="cuda").manual_seed(1)
+    per = -(-cap // ps)
+    cap = per * ps
     kc = torch.randn(B, cap, HKV, D, device="cuda", dtype=torch.bfloat16, generator=gen)
     vc = torch.randn(B, cap, HKV, D, device="cuda", dtype=torch.bfloat16, generator=gen)
     past = torch.arange(cap, device="cuda")[None, :] >= lens[:, None]
@@ -449,6 +449,42 @@ def test_paged_cache_read_in_place_on_the_kernels(case):
     table[unused] = torch.where(torch.rand(unused.sum().item(), device="cuda", generator=gen) < 0.5,
                                 -1, pool + 7).to(torch.int32)
     q = torch.randn(B, sq, HQ, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+    return attn, q, (kc, vc), (kp, vp), table, lens
+
+
+def _paged_plan(attn, q, pages, table, lens, hkv):
+    """What the attention_paged op runs for with_kvcache(q, *pages, lens, block_table=table)
+    and the forward's spec (describe) on this GPU's class."""
+    from attention_engine import _C
+    from attention_engine.gqa_pack import pack_shape
+    from attention_engine.inference import _positioned
+    B, sq, hq, d = q.shape
+    pack = pack_shape(hq, hkv, sq)
+    qp = q.transpose(1, 2)
+    if pack:
+        qp = qp.reshape(B, hkv, (hq // hkv) * sq, d)
+    positioned = _positioned(attn, pack, sq)
+    buffers = list(attn.buffers) + [lens]
+    backend = _C.paged_backend_for(qp, pages[0].transpose(1, 2), pages[1].transpose(1, 2),
+                                   buffers, positioned.key, table)
+    info = positioned.variant.kernel_source(
+        "fwd", d, d, True, [str(t.dtype)[6:] for t in attn.buffers] + [str(lens.dtype)[6:]],
+        device=_gpu_class(), q_len=qp.shape[2], kv_lengths=True, page_size=pages[0].shape[1])
+    return backend, info["describe"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", _PAGED_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_paged_cache_read_in_place_on_the_kernels(case):
+    """Without autograd the sm90 forward (elsewhere the sm80 family) reads a paged cache
+    through its page table (no gather): shuffled pages, NaN in every slot no sequence owns,
+    table entries past each sequence's pages set to -1 or past the pool (never dereferenced:
+    TMA loads zeros); the result matches float64 on the contiguous cache, with and without the
+    host check."""
+    name, ps, group, sq = case
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    attn, q, (kc, vc), (kp, vp), table, lens = _paged_case(name, ps, group, sq, gen)
+    past = torch.arange(kc.shape[1], device="cuda")[None, :] >= lens[:, None]
     with torch.no_grad():
         kz, vz = (x.double().masked_fill(past[:, :, None, None], 0.0) for x in (kc, vc))
         ref = attn.with_kvcache(q.double(), kz, vz, lens)
@@ -456,18 +492,78 @@ def test_paged_cache_read_in_place_on_the_kernels(case):
             out = attn.with_kvcache(q, kp, vp, lens, block_table=table, check_lengths=check)
             assert torch.isfinite(out).all(), check
             assert _rel(out, ref) < 2e-2, check
-    from attention_engine import _C
-    from attention_engine.gqa_pack import pack_shape
-    from attention_engine.inference import _positioned
-    pack = pack_shape(HQ, HKV, sq)
-    qp = q.transpose(1, 2)
-    if pack:
-        qp = qp.reshape(B, HKV, group * sq, D)
     # The plan the op makes: the sm90 forward on pages (describe's " page<ps>").
-    info = _positioned(attn, pack, sq).variant.kernel_source(
-        "fwd", D, D, True, [str(t.dtype)[6:] for t in attn.buffers] + ["int64"],
-        device="h200", q_len=qp.shape[2], kv_lengths=True, page_size=ps)
-    assert f" page{ps}" in info["describe"], info["describe"]
+    backend, describe = _paged_plan(attn, q, (kp, vp), table, lens, kc.shape[2])
+    family = "sm90" if torch.cuda.get_device_capability()[0] == 9 else "sm80"
+    assert backend == f"{family} (pages in place)", backend
+    assert f" page{ps}" in describe, describe
+
+
+# The sm80 family on pages (sm80/tile_io.h load_paged: each row's cp.async at its page): the
+# prefill forward (forced on Hopper by AE_DISABLE_SM90; on A100 / Ada the only family) and the
+# decode template (AE_DECODE, at most 16 query rows per KV head: GQA groups packed), ragged
+# lengths, page sizes that tiles divide (16, 64, 256), that no tile divides (24) and 8, GQA
+# groups 1, 4, 8, masked, ALiBi, a captured-tensor bias; with and without the host check.
+_PAGED80_CASES = ([(name, ps, 4, sq, template) for name in ("plain", "causal", "alibi", "bias")
+                   for ps in (16, 64, 256) for sq, template in ((1, "decode"), (4, "decode"),
+                                                               (64, "prefill"))]
+                  + [("causal", 24, 4, 1, "decode"), ("causal", 24, 4, 64, "prefill"),
+                     ("window", 8, 4, 4, "decode"), ("window", 8, 4, 64, "prefill"),
+                     ("plain", 16, 1, 1, "decode"), ("causal", 64, 8, 1, "decode"),
+                     ("causal", 16, 1, 4, "prefill"), ("alibi", 256, 8, 64, "prefill")])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", _PAGED80_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_paged_cache_read_in_place_on_the_sm80_family(case, monkeypatch):
+    name, ps, group, sq, template = case
+    monkeypatch.setenv("AE_DISABLE_SM90", "1")
+    monkeypatch.setenv("AE_DECODE", "1" if template == "decode" else "0")
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    attn, q, (kc, vc), (kp, vp), table, lens = _paged_case(name, ps, group, sq, gen)
+    past = torch.arange(kc.shape[1], device="cuda")[None, :] >= lens[:, None]
+    with torch.no_grad():
+        kz, vz = (x.double().masked_fill(past[:, :, None, None], 0.0) for x in (kc, vc))
+        ref, ref_lse = attn.with_kvcache(q.double(), kz, vz, lens, return_lse=True)
+        for check in (True, False):
+            out, lse = attn.with_kvcache(q, kp, vp, lens, block_table=table, return_lse=True,
+                                         check_lengths=check)
+            assert torch.isfinite(out).all(), check
+            assert _rel(out, ref) < 2e-2, check
+            assert (lse.double() - ref_lse).abs().max().item() < 2e-2, check
+    backend, describe = _paged_plan(attn, q, (kp, vp), table, lens, kc.shape[2])
+    assert backend == "sm80 (pages in place)", backend
+    assert f" page{ps}" in describe and (" dec" in describe) == (template == "decode"), describe
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", ["sm80", "sm90"])
+def test_bad_page_entries_within_a_sequence_read_zeros(family, monkeypatch):
+    """Unchecked, table entries outside the pool within a sequence's pages fault nowhere: the
+    kernels read those rows' keys and values as zeros (sm80: cp.async's zero fill; sm90: TMA's
+    out-of-bounds fill), so the result is float64's on a cache with zeros there."""
+    if family == "sm90" and torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the sm90 forward: Hopper")
+    monkeypatch.setenv("AE_DISABLE_SM90", "1" if family == "sm80" else "0")
+    ps = 64
+    gen = torch.Generator(device="cuda").manual_seed(4)
+    attn, q, (kc, vc), (kp, vp), table, lens = _paged_case("alibi", ps, 4, 1, gen)
+    bad = table.clone()
+    bad[2, 3], bad[3, 0], bad[3, 40] = -1, kp.shape[0], 2**31 - 1  # within lengths 1000, 4097
+    past = torch.arange(kc.shape[1], device="cuda")[None, :] >= lens[:, None]
+    zero = past.clone()
+    for b, col in ((2, 3), (3, 0), (3, 40)):
+        zero[b, col * ps:(col + 1) * ps] = True
+    with torch.no_grad():
+        kz, vz = (x.double().masked_fill(zero[:, :, None, None], 0.0) for x in (kc, vc))
+        ref = attn.with_kvcache(q.double(), kz, vz, lens)
+        out = attn.with_kvcache(q, kp, vp, lens, block_table=bad, check_lengths=False)
+        assert torch.isfinite(out).all()
+        assert _rel(out, ref) < 2e-2
+        with pytest.raises(ValueError, match="page indices outside"):  # checked: refused
+            attn.with_kvcache(q, kp, vp, lens, block_table=bad)
+    backend, _ = _paged_plan(attn, q, (kp, vp), bad, lens, kc.shape[2])
+    assert backend == f"{family} (pages in place)", backend
 
 
 @pytest.mark.gpu
@@ -671,6 +767,13 @@ def test_paged_cache_without_autograd_takes_the_paged_op(check, monkeypatch):
     with pytest.raises(ValueError, match="no pages"):
         real(q.transpose(1, 2), kp[:0].transpose(1, 2), vp[:0].transpose(1, 2),
              list(attn.buffers) + [lens + 2], ref.key, 0.3, table)
+    # What the op runs (on the GPU: "<family> (pages in place)" or "gathered: <why>"); its checks.
+    from attention_engine import _C
+    args = (q.transpose(1, 2), kp.transpose(1, 2), vp.transpose(1, 2), list(attn.buffers) + [lens + 2],
+            ref.key)
+    assert _C.paged_backend_for(*args, table) == "reference: tensors on cpu"
+    with pytest.raises(TypeError, match="int32"):
+        _C.paged_backend_for(*args, table.long())
 
 
 def test_positions_rewrite_bound_goes_to_the_layout():
