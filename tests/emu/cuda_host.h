@@ -1,5 +1,5 @@
 // A CPU stand-in for the CUDA device environment, so that an NVIDIA template's generated
-// source runs on the host (tests/python/test_sm90_emulated.py): each GPU thread is a fiber
+// source runs on the host (tests/python/test_nvidia_emulated.py): each GPU thread is a fiber
 // (fibers.h); __syncthreads, a warp's shuffles and votes, named barriers and mbarriers are
 // barriers of fibers. The Hopper instructions' stand-ins (tests/emu/shims: TMA, wgmma,
 // stmatrix; found before templates/ on the include path) compute from the layouts and
@@ -25,7 +25,10 @@
 #define __device__
 #define __host__
 #define __global__
-#define __shared__
+// (thread_local: static, and shared by the fibers, which share one OS thread; also valid on an
+// extern declaration, which static is not. Build with -fno-extern-tls-init: an extern
+// thread_local array then needs no initialization wrapper, which crashed across files.)
+#define __shared__ thread_local
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __grid_constant__
@@ -143,8 +146,13 @@ struct MBarrier {
 struct Block {
   explicit Block(int threads) : bar{threads}, warps(threads / kLanes) {
     for (auto& w : warps) w = std::make_unique<Warp>();
+    bar.on_phase = [this] {  // __syncthreads_or's vote, published once all have arrived
+      vote_result = vote;
+      vote = 0;
+    };
   }
   Barrier bar;
+  int vote = 0, vote_result = 0;
   std::vector<std::unique_ptr<Warp>> warps;
   std::map<int, NamedBarrier> named;
   std::map<unsigned, MBarrier> mbar;  // by shared-memory offset
@@ -188,6 +196,11 @@ inline unsigned long long __cvta_generic_to_shared(const void* p) {
   return static_cast<unsigned long long>(static_cast<const char*>(p) - emu::smem);
 }
 inline void __syncthreads() { emu::block->bar.arrive_and_wait(); }
+inline int __syncthreads_or(int pred) {
+  if (pred) emu::block->vote = 1;
+  emu::block->bar.arrive_and_wait();
+  return emu::block->vote_result;
+}
 inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp().bar.arrive_and_wait(); }
 template <class T>
 T __shfl_sync(unsigned, T v, int src) { return emu::shfl(v, src); }

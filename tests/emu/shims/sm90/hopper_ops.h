@@ -3,7 +3,7 @@
 // (128-byte swizzle, zeros outside the tensor) that then completes its bytes on the barrier,
 // named barriers as fiber barriers, and wgmma's fences and waits as nothing (the wgmma
 // stand-ins, wgmma.h here, compute when issued). Descriptors are built as the real ones are.
-// test_sm90_emulated.py checks that this declares every function the real header does.
+// test_nvidia_emulated.py checks that this declares every function the real header does.
 #pragma once
 
 #include "common/ae_common.h"

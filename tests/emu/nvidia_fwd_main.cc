@@ -1,10 +1,13 @@
-// Runs a generated NVIDIA sm90 forward (the TMA + wgmma forward or the MLA decode template;
-// compiled with it on the host over tests/emu/cuda_host.h and tests/emu/shims) on inputs from
-// files, launched block by block as the runner would: the test writes DIR/args.txt ("key
+// Runs a generated NVIDIA forward (sm90: the TMA + wgmma forward or the MLA decode template;
+// sm80: the mma.sync forward or the decode template; compiled with it on the host over
+// tests/emu/cuda_host.h and tests/emu/shims) on inputs from files, launched block by block as
+// the runner would: the test writes DIR/args.txt ("key
 // value" lines: shapes, strides, tensor-map dims, the layout's fields) and the tensors; this
 // writes DIR/o.bin and DIR/lse.bin (and the split-KV partials). Masked variants get a block-
 // state table of partial blocks (every block walked, the mask applied to each score).
-// AE_EMU_TMA_MAPS: the entry's tensor maps (3: Q, K, V; 2: Q, K, as the MLA decode's).
+// AE_EMU_TMA_MAPS: the entry's tensor maps (3: Q, K, V; 2: Q, K, as the MLA decode's; 0: none,
+// the sm80 family's). AE_EMU_SMEM_NS / AE_EMU_SMEM_NAME: the kernel's extern __shared__ array
+// (ae::sm90::smem_raw, ae::sm80::smem, ae::sm80::smem_raw).
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -17,17 +20,25 @@
 #define AE_EMU_TMA_MAPS 3
 #endif
 
+#ifndef AE_EMU_SMEM_NS
+#define AE_EMU_SMEM_NS sm90
+#define AE_EMU_SMEM_NAME smem_raw
+#endif
+
 #if AE_EMU_TMA_MAPS == 3
 extern "C" void ae_fwd(const ae::AttnParams p, const ae::VariantArgs va, const ae::TmaDesc tq,
                        const ae::TmaDesc tk, const ae::TmaDesc tv);
-#else
+#elif AE_EMU_TMA_MAPS == 2
 extern "C" void ae_fwd(const ae::AttnParams p, const ae::VariantArgs va, const ae::TmaDesc tq,
                        const ae::TmaDesc tk);
+#else
+extern "C" void ae_fwd(const ae::AttnParams p, const ae::VariantArgs va);
 #endif
 
-namespace ae::sm90 {
-__attribute__((aligned(1024))) char smem_raw[232448];  // the kernels' extern __shared__ array
+namespace ae::AE_EMU_SMEM_NS {
+thread_local __attribute__((aligned(1024))) char AE_EMU_SMEM_NAME[232448];  // its shared memory
 }
+#define AE_EMU_SMEM ae::AE_EMU_SMEM_NS::AE_EMU_SMEM_NAME
 
 using emu::read;
 using emu::write;
@@ -109,6 +120,7 @@ int main(int argc, char** argv) {
     table = read(dir + "/table.bin");
     p.page_table = reinterpret_cast<const int*>(table.data());
     p.max_pages = i("max_pages"), p.page_table_stride = p.max_pages;
+    p.num_pages = i("num_pages");
   }
   if (has("q_total")) {  // int32 [B + 1] each
     cu_q = read(dir + "/cu_q.bin"), cu_k = read(dir + "/cu_k.bin");
@@ -127,24 +139,28 @@ int main(int argc, char** argv) {
     std::memcpy(&d, &m, sizeof(m));
     return d;
   };
+#if AE_EMU_TMA_MAPS >= 2
   const ae::TmaDesc tq = map(q.data(), "tq"), tk = map(k.data(), "tk");
+#endif
 #if AE_EMU_TMA_MAPS == 3
   const ae::TmaDesc tv = map(v_data, "tv");
 #endif
-  emu::smem = ae::sm90::smem_raw;
+  emu::smem = AE_EMU_SMEM;
   emu::smem_bytes = static_cast<unsigned>(i("smem"));
-  if (emu::smem_bytes > sizeof(ae::sm90::smem_raw)) return 3;
+  if (emu::smem_bytes > sizeof(AE_EMU_SMEM)) return 3;
   gridDim = {static_cast<unsigned>(p.n_q_blocks), static_cast<unsigned>(p.q_heads),
              static_cast<unsigned>(p.batch * splits)};
   for (unsigned z = 0; z < gridDim.z; ++z)
     for (unsigned y = 0; y < gridDim.y; ++y)
       for (unsigned x = 0; x < gridDim.x; ++x) {
         blockIdx = {x, y, z};
-        std::memset(ae::sm90::smem_raw, 0xff, sizeof(ae::sm90::smem_raw));  // (not zeros)
+        std::memset(AE_EMU_SMEM, 0xff, sizeof(AE_EMU_SMEM));  // (not zeros)
 #if AE_EMU_TMA_MAPS == 3
         emu::run_block(static_cast<int>(i("threads")), [&] { ae_fwd(p, va, tq, tk, tv); });
-#else
+#elif AE_EMU_TMA_MAPS == 2
         emu::run_block(static_cast<int>(i("threads")), [&] { ae_fwd(p, va, tq, tk); });
+#else
+        emu::run_block(static_cast<int>(i("threads")), [&] { ae_fwd(p, va); });
 #endif
       }
   write(dir + "/o.bin", o.data(), o.size() * 2);

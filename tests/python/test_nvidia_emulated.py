@@ -1,11 +1,12 @@
-"""The Hopper (sm90) forwards run on the CPU: their generated source compiled by the host's g++
-over tests/emu/cuda_host.h (a fiber per GPU thread; barriers for __syncthreads, a warp's
-shuffles, named barriers and mbarriers) with tests/emu/shims standing in for the Hopper
-instructions (TMA loads with the 128-byte swizzle, wgmma from shared-memory descriptors and
-register fragments, stmatrix), launched block by block as the runner would, and checked
-against the reference executor. The sm90 forward has passed its GPU tests, so its case here
-checks the emulator's model of those instructions; the same model then runs kernels no GPU
-has run yet (the MLA decode template, packed sequences). Skipped without g++ 12 or newer."""
+"""The NVIDIA forwards run on the CPU: their generated source compiled by the host's g++ over
+tests/emu/cuda_host.h (a fiber per GPU thread; barriers for __syncthreads, a warp's shuffles,
+named barriers and mbarriers) with tests/emu/shims standing in for the instructions (TMA loads
+with the 128-byte swizzle, wgmma from shared-memory descriptors and register fragments,
+stmatrix; cp.async, ldmatrix, mma.sync), launched block by block as the runner would, and
+checked against the reference executor. The sm90 and sm80 forwards and the decode template
+have passed their GPU tests, so their cases here check the emulator's model of those
+instructions; the same model then runs kernels no GPU has run yet: the MLA decode template,
+packed sequences (VarlenLayout), the sm80 family's pages. Skipped without g++ 12 or newer."""
 import atexit
 import hashlib
 import math
@@ -38,23 +39,27 @@ def _gxx():
 
 
 pytestmark = [pytest.mark.skipif(_gxx() is None, reason="needs g++ 12 or newer"),
-              pytest.mark.xdist_group("sm90_emulated")]
+              pytest.mark.xdist_group("nvidia_emulated")]
 
 _POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))
 _BUILDS = {}
-_BUILD_DIR = pathlib.Path(tempfile.mkdtemp(prefix="ae_emu90_"))
+_BUILD_DIR = pathlib.Path(tempfile.mkdtemp(prefix="ae_emu_nv_"))
 atexit.register(shutil.rmtree, _BUILD_DIR, ignore_errors=True)
 
 
-def _build(source, tma_maps):
+def _build(source, tma_maps, smem):
+    """The emulated binary of a forward's source over tests/emu/nvidia_fwd_main.cc: tma_maps
+    its entry's tensor maps (0 for the sm80 family), smem its shared-memory array (namespace,
+    name)."""
     def compile_one(path):
         (path / "kernel.cc").write_text(source)
-        subprocess.run([_gxx(), "-std=c++20", "-O1", "-Wno-psabi", "-I", str(EMU / "shims"),
+        subprocess.run([_gxx(), "-std=c++20", "-O1", "-fno-extern-tls-init", "-Wno-psabi", "-I", str(EMU / "shims"),
                         "-I", str(ROOT / "templates"), "-I", str(EMU), "-include", "cuda_host.h",
-                        f"-DAE_EMU_TMA_MAPS={tma_maps}", str(path / "kernel.cc"),
-                        str(EMU / "sm90_fwd_main.cc"), "-o", str(path / "run")], check=True)
+                        f"-DAE_EMU_TMA_MAPS={tma_maps}", f"-DAE_EMU_SMEM_NS={smem[0]}",
+                        f"-DAE_EMU_SMEM_NAME={smem[1]}", str(path / "kernel.cc"),
+                        str(EMU / "nvidia_fwd_main.cc"), "-o", str(path / "run")], check=True)
         return path / "run"
-    key = hashlib.sha1(f"{tma_maps}\0{source}".encode()).hexdigest()[:16]
+    key = hashlib.sha1(f"{tma_maps}\0{smem}\0{source}".encode()).hexdigest()[:16]
     if key not in _BUILDS:
         (_BUILD_DIR / key).mkdir()
         _BUILDS[key] = _POOL.submit(compile_one, _BUILD_DIR / key)
@@ -84,7 +89,11 @@ def emulate(info, q, k, v, buffers, *, o_shape, lse_numel, layout=None, v_in_k=F
     mla = " mla" in info["describe"]
     page = int(re.search(r" page(\d+)", info["describe"]).group(1)) if " page" in info["describe"] else 0
     kv_box = min(bn, page) if page else bn
-    binary = _build(info["source"], 2 if mla else 3).result()
+    if desc[0] == "fwd90":
+        binary = _build(info["source"], 2 if mla else 3, ("sm90", "smem_raw")).result()
+    else:  # the sm80 family: no tensor maps; the decode template's array is smem_raw
+        binary = _build(info["source"], 0, ("sm80", "smem_raw" if " dec" in info["describe"]
+                                            else "smem")).result()
     layout = layout or {}
     B, Hq, Sq = layout.get("grid", (q.shape[0], q.shape[1], q.shape[2]))
     args = {"B": [B], "Hq": [Hq], "Hkv": [k.shape[1]], "Sq": [Sq],
@@ -118,6 +127,7 @@ def emulate(info, q, k, v, buffers, *, o_shape, lse_numel, layout=None, v_in_k=F
             args["kv_lens"] = [layout["kv_lens"].element_size()]
         if "table" in layout:
             args["max_pages"] = [layout["table"].shape[1]]
+            args["num_pages"] = [layout["k_base"].shape[0]]
         if "cu_q" in layout:
             args["q_total"] = [layout["q_total"]]
         (tmp / "args.txt").write_text("\n".join(f"{k} {' '.join(map(str, v))}" for k, v in args.items()))
@@ -155,17 +165,22 @@ _DENSE = {"plain": lambda: ae.compile(), "causal": lambda: ae.compile(mask_mod=m
           "alibi": lambda: ae.compile(mods.alibi(mods.alibi_slopes(2)), mods.causal)}
 
 
-@pytest.mark.parametrize("case", [("plain", 128, "1"), ("causal", 64, "1"), ("alibi", 128, "1"),
-                                  ("plain", 64, "2")], ids=lambda c: "-".join(map(str, c)))
-def test_emulated_sm90_forward_matches_the_reference(case, monkeypatch):
-    name, d, splits = case
+@pytest.mark.parametrize("case", [("plain", 128, "1", "sm90"), ("causal", 64, "1", "sm90"),
+                                  ("alibi", 128, "1", "sm90"), ("plain", 64, "2", "sm90"),
+                                  ("plain", 128, "1", "sm80"), ("causal", 64, "1", "sm80"),
+                                  ("alibi", 64, "2", "sm80")],
+                         ids=lambda c: "-".join(map(str, c)))
+def test_emulated_forward_matches_the_reference(case, monkeypatch):
+    """The sm90 forward and the sm80 one (both GPU-tested): the stand-ins' model of TMA,
+    wgmma, ldmatrix, mma.sync and cp.async against the reference."""
+    name, d, splits, family = case
     monkeypatch.setenv("AE_KV_SPLITS", splits)
     attn = _DENSE[name]()
     B, H, Sq, Skv = 1, 2, 130, 200 if splits == "1" else 640
     q, k, v = _bf16(B, H, Sq, d, seed=0), _bf16(B, H, Skv, d, seed=1), _bf16(B, H, Skv, d, seed=2)
-    info = attn.variant.kernel_source("fwd", d, d, True, _dtypes(attn.buffers), family="sm90",
-                                      q_len=Sq if splits == "1" else 1)
-    assert info["describe"].startswith("fwd90"), info["describe"]
+    info = attn.variant.kernel_source("fwd", d, d, True, _dtypes(attn.buffers), family=family,
+                                      q_len=Sq if splits == "1" else 1000)
+    assert info["describe"].startswith("fwd90" if family == "sm90" else "fwd sm_"), info["describe"]
     out, lse = emulate(info, q, k, v, list(attn.buffers), o_shape=(B, H, Sq, d),
                        lse_numel=B * H * Sq)
     ref, ref_lse = attn(q.double(), k.double(), v.double(), return_lse=True)
@@ -272,10 +287,34 @@ def test_emulated_sm90_forward_on_a_cache(case, monkeypatch):
     _check_cache_call(info, qp, k, v, buffers, layout, ref, ref_lse, hq, sq)
 
 
+# ---- the sm80 family on a KV cache: the prefill forward and the decode template (GPU-tested)
+# on per-batch lengths, then on pages (PagedLayout's cp.async rows: no GPU run yet) ----------
+
+@pytest.mark.parametrize("case", [("plain", "fwd", 0, 4, "1"), ("causal", "decode", 0, 1, "2"),
+                                  ("causal", "fwd", 16, 4, "1"), ("alibi", "fwd", 64, 1, "2"),
+                                  ("plain", "decode", 64, 1, "1"), ("softcap", "decode", 24, 2, "2"),
+                                  ("alibi", "decode", 8, 4, "1")],
+                         ids=lambda c: "-".join(map(str, c)))
+def test_emulated_sm80_forward_on_a_cache(case, monkeypatch):
+    name, kind, page, sq, splits = case
+    monkeypatch.setenv("AE_KV_SPLITS", splits)
+    if kind == "decode":
+        monkeypatch.setenv("AE_DECODE", "1")
+    hq, hkv, d = 8, 2, 64
+    attn, variant, buffers, qp, k, v, layout, ref, ref_lse = _cache_case(
+        name, hq, hkv, sq, [sq, 70, 150], 192, page, d, d)
+    info = variant.kernel_source("fwd", d, d, True, _dtypes(buffers), q_len=4 * sq,
+                                 kv_lengths=True, page_size=page, family="sm80")
+    assert (" dec" in info["describe"]) == (kind == "decode"), info["describe"]
+    assert (f" page{page}" in info["describe"]) == bool(page), info["describe"]
+    _check_cache_call(info, qp, k, v, buffers, layout, ref, ref_lse, hq, sq)
+
+
 # ---- packed sequences (VarlenLayout; the AE_VARLEN=kernel route, no GPU run yet) ---------
 
+@pytest.mark.parametrize("family", ["sm90", "sm80"])
 @pytest.mark.parametrize("name", ["plain", "causal", "alibi"])
-def test_emulated_varlen_forward_matches_the_reference(name):
+def test_emulated_varlen_forward_matches_the_reference(name, family):
     attn = _DENSE[name]()
     hq, hkv, d = 2, 1, 64
     lq, lk = [5, 70, 130], [20, 70, 200]
@@ -287,7 +326,7 @@ def test_emulated_varlen_forward_matches_the_reference(name):
     variant = _C.build_variant(with_positions(attn._ref.trace_json))
     lq_t, lk_t = torch.tensor(lq), torch.tensor(lk)
     buffers = list(attn.buffers) + [lk_t - lq_t, lk_t]
-    info = variant.kernel_source("fwd", d, d, True, _dtypes(buffers), varlen=True, family="sm90")
+    info = variant.kernel_source("fwd", d, d, True, _dtypes(buffers), varlen=True, family=family)
     assert info["describe"].endswith(" varlen"), info["describe"]
     as_one = lambda x: x.transpose(0, 1).unsqueeze(0)  # [T, H, D] -> [1, H, T, D]
     layout = {"grid": (len(lq), hq, max(lq)), "skv": max(lk), "kv_lens": lk_t,
