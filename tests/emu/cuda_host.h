@@ -52,6 +52,7 @@ struct float4 {
 };
 inline float2 make_float2(float x, float y) { return {x, y}; }
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 
 inline float __int_as_float(int i) { return __builtin_bit_cast(float, i); }
 inline int __float_as_int(float f) { return __builtin_bit_cast(int, f); }
@@ -146,13 +147,13 @@ struct MBarrier {
 struct Block {
   explicit Block(int threads) : bar{threads}, warps(threads / kLanes) {
     for (auto& w : warps) w = std::make_unique<Warp>();
-    bar.on_phase = [this] {  // __syncthreads_or's vote, published once all have arrived
-      vote_result = vote;
-      vote = 0;
+    bar.on_phase = [this] {  // __syncthreads_or's / _and's votes, published once all arrived
+      vote_result = vote, vote_and_result = vote_and;
+      vote = 0, vote_and = 1;
     };
   }
   Barrier bar;
-  int vote = 0, vote_result = 0;
+  int vote = 0, vote_result = 0, vote_and = 1, vote_and_result = 1;
   std::vector<std::unique_ptr<Warp>> warps;
   std::map<int, NamedBarrier> named;
   std::map<unsigned, MBarrier> mbar;  // by shared-memory offset
@@ -200,6 +201,11 @@ inline int __syncthreads_or(int pred) {
   if (pred) emu::block->vote = 1;
   emu::block->bar.arrive_and_wait();
   return emu::block->vote_result;
+}
+inline int __syncthreads_and(int pred) {
+  if (!pred) emu::block->vote_and = 0;
+  emu::block->bar.arrive_and_wait();
+  return emu::block->vote_and_result;
 }
 inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp().bar.arrive_and_wait(); }
 template <class T>

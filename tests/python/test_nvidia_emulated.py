@@ -47,19 +47,21 @@ _BUILD_DIR = pathlib.Path(tempfile.mkdtemp(prefix="ae_emu_nv_"))
 atexit.register(shutil.rmtree, _BUILD_DIR, ignore_errors=True)
 
 
-def _build(source, tma_maps, smem):
-    """The emulated binary of a forward's source over tests/emu/nvidia_fwd_main.cc: tma_maps
-    its entry's tensor maps (0 for the sm80 family), smem its shared-memory array (namespace,
-    name)."""
+def _build(sources, main, tma_maps, smem):
+    """The emulated binary of kernel sources over tests/emu/<main>: tma_maps the main entry's
+    tensor maps (0 for the sm80 family), smem its shared-memory array (namespace, name)."""
     def compile_one(path):
-        (path / "kernel.cc").write_text(source)
-        subprocess.run([_gxx(), "-std=c++20", "-O1", "-fno-extern-tls-init", "-Wno-psabi", "-I", str(EMU / "shims"),
-                        "-I", str(ROOT / "templates"), "-I", str(EMU), "-include", "cuda_host.h",
-                        f"-DAE_EMU_TMA_MAPS={tma_maps}", f"-DAE_EMU_SMEM_NS={smem[0]}",
-                        f"-DAE_EMU_SMEM_NAME={smem[1]}", str(path / "kernel.cc"),
-                        str(EMU / "nvidia_fwd_main.cc"), "-o", str(path / "run")], check=True)
+        files = []
+        for n, text in enumerate(sources):
+            files.append(path / f"kernel{n}.cc")
+            files[-1].write_text(text)
+        subprocess.run([_gxx(), "-std=c++20", "-O1", "-fno-extern-tls-init", "-Wno-psabi",
+                        "-I", str(EMU / "shims"), "-I", str(ROOT / "templates"), "-I", str(EMU),
+                        "-include", "cuda_host.h", f"-DAE_EMU_TMA_MAPS={tma_maps}",
+                        f"-DAE_EMU_SMEM_NS={smem[0]}", f"-DAE_EMU_SMEM_NAME={smem[1]}",
+                        *map(str, files), str(EMU / main), "-o", str(path / "run")], check=True)
         return path / "run"
-    key = hashlib.sha1(f"{tma_maps}\0{smem}\0{source}".encode()).hexdigest()[:16]
+    key = hashlib.sha1("\0".join((main, str(tma_maps), str(smem), *sources)).encode()).hexdigest()[:16]
     if key not in _BUILDS:
         (_BUILD_DIR / key).mkdir()
         _BUILDS[key] = _POOL.submit(compile_one, _BUILD_DIR / key)
@@ -89,11 +91,12 @@ def emulate(info, q, k, v, buffers, *, o_shape, lse_numel, layout=None, v_in_k=F
     mla = " mla" in info["describe"]
     page = int(re.search(r" page(\d+)", info["describe"]).group(1)) if " page" in info["describe"] else 0
     kv_box = min(bn, page) if page else bn
+    main = "nvidia_fwd_main.cc"
     if desc[0] == "fwd90":
-        binary = _build(info["source"], 2 if mla else 3, ("sm90", "smem_raw")).result()
+        binary = _build([info["source"]], main, 2 if mla else 3, ("sm90", "smem_raw")).result()
     else:  # the sm80 family: no tensor maps; the decode template's array is smem_raw
-        binary = _build(info["source"], 0, ("sm80", "smem_raw" if " dec" in info["describe"]
-                                            else "smem")).result()
+        binary = _build([info["source"]], main, 0,
+                        ("sm80", "smem_raw" if " dec" in info["describe"] else "smem")).result()
     layout = layout or {}
     B, Hq, Sq = layout.get("grid", (q.shape[0], q.shape[1], q.shape[2]))
     args = {"B": [B], "Hq": [Hq], "Hkv": [k.shape[1]], "Sq": [Sq],
@@ -361,3 +364,106 @@ def test_stand_ins_declare_every_function_of_the_real_headers(header):
     real = _functions(f"templates/{header}")
     shim = _functions(f"tests/emu/shims/{header}")
     assert real and not real - shim, f"tests/emu/shims/{header} lacks {sorted(real - shim)}"
+
+
+# ---- the backwards: the sm90 and sm80 backwards (GPU-tested) on dense tensors, then on
+# packed sequences (attention_varlen_backward's layout: no GPU run yet) -------------------
+
+def emulate_bwd(info, state_info, q, k, v, o, lse, dout, buffers, *, layout=None):
+    """Runs the planned backward (kernel_source's dicts: the main kernel, and the block-state
+    pass of a masked variant) on [B, H, S, D] views as the kernels see them; returns dq, dk,
+    dv with q's, k's and v's storage shapes."""
+    layout = layout or {}
+    sm90 = info["describe"].startswith("bwd90")
+    bm, bn = map(int, info["describe"].split()[4].split("x"))
+    sources = [info["source"]] + ([state_info["source"]] if state_info else [])
+    binary = _build(sources, "nvidia_bwd_main.cc", 4 if sm90 else 0,
+                    ("sm90", "smem_raw") if sm90 else ("sm80", "smem")).result()
+    B, Hq, Sq = layout.get("grid", (q.shape[0], q.shape[1], q.shape[2]))
+    base = lambda name, t: layout.get(name + "_base", t)
+    args = {"B": [B], "Hq": [Hq], "Hkv": [k.shape[1]], "Sq": [Sq],
+            "Skv": [layout.get("skv", k.shape[2])], "Dqk": [q.shape[3]], "Dv": [v.shape[3]],
+            "block_m": [bm], "block_n": [bn], "threads": [info["threads"]], "smem": [info["smem"]],
+            "masked": [int(state_info is not None)], "scale": [1 / math.sqrt(q.shape[3])],
+            "nbuf": [len(buffers)], "acc_tiled": [int(sm90)],
+            "state_batches": [layout.get("state_batches", 1)], "state_heads": [1],
+            "q_numel": [base("q", q).numel()], "k_numel": [base("k", k).numel()],
+            "v_numel": [base("v", v).numel()]}
+    for name, t, box in (("q", q, bm), ("k", k, bn), ("v", v, bn), ("o", o, bm)):
+        args.update(_tensor_args(name, t, box))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        for name, t in (("q", q), ("k", k), ("v", v), ("o", o)):
+            (tmp / f"{name}.bin").write_bytes(_bits(base(name, t)))
+        (tmp / "do.bin").write_bytes(_bits(layout.get("do_base", dout)))
+        (tmp / "lse.bin").write_bytes(lse.float().contiguous().numpy().tobytes())
+        for n, t in enumerate(buffers):
+            (tmp / f"buf{n}.bin").write_bytes(t.detach().contiguous().view(torch.uint8).numpy().tobytes())
+            args[f"buf{n}"] = list(t.shape)
+        for name in ("kv_lens", "cu_q", "cu_k"):
+            if name in layout:
+                (tmp / f"{name}.bin").write_bytes(layout[name].contiguous().numpy().tobytes())
+        if "cu_q" in layout:
+            args["q_total"] = [layout["q_total"]]
+            args["kv_lens"] = [layout["kv_lens"].element_size()]
+        (tmp / "args.txt").write_text("\n".join(f"{k} {' '.join(map(str, v))}" for k, v in args.items()))
+        run = subprocess.run([str(binary), str(tmp)], capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+        read = lambda n, like: torch.frombuffer(bytearray((tmp / n).read_bytes()),
+                                                dtype=torch.int16).view(torch.bfloat16).view(like.shape).float()
+        return read("dq.bin", base("q", q)), read("dk.bin", base("k", k)), read("dv.bin", base("v", v))
+
+
+@pytest.mark.parametrize("case", [("plain", "sm90"), ("causal", "sm90"), ("plain", "sm80"),
+                                  ("causal", "sm80")], ids=lambda c: "-".join(c))
+def test_emulated_backward_matches_autograd(case):
+    name, family = case
+    attn = _DENSE[name]()
+    B, H, Sq, Skv, d = 1, 2, 130, 200, 64
+    q, k, v = _bf16(B, H, Sq, d, seed=0), _bf16(B, H, Skv, d, seed=1), _bf16(B, H, Skv, d, seed=2)
+    dout = _bf16(B, H, Sq, d, seed=3)
+    q64, k64, v64 = (x.double().requires_grad_() for x in (q, k, v))
+    o, lse = attn(q64, k64, v64, return_lse=True)
+    want = torch.autograd.grad(o, (q64, k64, v64), dout.double())
+    dtypes = _dtypes(attn.buffers)
+    info = attn.variant.kernel_source("bwd", d, d, True, dtypes, family=family, q_len=Sq)
+    state = (attn.variant.kernel_source("block_state", d, d, True, dtypes, family=family, q_len=Sq)
+             if attn.variant.has_mask else None)
+    got = emulate_bwd(info, state, q, k, v, o.detach().to(torch.bfloat16), lse.detach(), dout,
+                      list(attn.buffers))
+    for g, w, what in zip(got, want, ("dq", "dk", "dv")):
+        assert _rel(g, w) < 2e-2, what
+
+
+@pytest.mark.parametrize("family", ["sm90", "sm80"])
+@pytest.mark.parametrize("name", ["plain", "causal", "alibi"])
+def test_emulated_varlen_backward_matches_autograd(name, family):
+    attn = _DENSE[name]()
+    hq, hkv, d = 2, 1, 64
+    lq, lk = [5, 70, 130], [20, 70, 200]
+    cq = torch.tensor([0] + list(torch.tensor(lq).cumsum(0)), dtype=torch.int32)
+    ck = torch.tensor([0] + list(torch.tensor(lk).cumsum(0)), dtype=torch.int32)
+    tq, tk = sum(lq), sum(lk)
+    q, k, v = _bf16(tq, hq, d, seed=0), _bf16(tk, hkv, d, seed=1), _bf16(tk, hkv, d, seed=2)
+    dout = _bf16(tq, hq, d, seed=3)
+    q64, k64, v64 = (x.double().requires_grad_() for x in (q, k, v))
+    o, lse = attn.varlen(q64, k64, v64, cq, ck, return_lse=True)
+    want = torch.autograd.grad(o, (q64, k64, v64), dout.double())
+    variant = _C.build_variant(with_positions(attn._ref.trace_json))
+    lq_t, lk_t = torch.tensor(lq), torch.tensor(lk)
+    buffers = list(attn.buffers) + [lk_t - lq_t, lk_t]
+    dtypes = _dtypes(buffers)
+    info = variant.kernel_source("bwd", d, d, True, dtypes, varlen=True, family=family)
+    assert info["describe"].endswith(" varlen"), info["describe"]
+    masked = variant.has_mask and "block_state" in info["plan"]
+    state = (variant.kernel_source("block_state", d, d, True, dtypes, varlen=True, family=family)
+             if masked else None)
+    as_one = lambda x: x.transpose(0, 1).unsqueeze(0)  # [T, H, D] -> [1, H, T, D]
+    o16 = o.detach().to(torch.bfloat16)
+    layout = {"grid": (len(lq), hq, max(lq)), "skv": max(lk), "kv_lens": lk_t, "cu_q": cq,
+              "cu_k": ck, "q_total": tq, "q_base": q, "k_base": k, "v_base": v, "o_base": o16,
+              "do_base": dout, "state_batches": len(lq)}
+    got = emulate_bwd(info, state, as_one(q), as_one(k), as_one(v), as_one(o16), lse.detach(),
+                      as_one(dout), buffers, layout=layout)
+    for g, w, what in zip(got, want, ("dq", "dk", "dv")):
+        assert _rel(g, w) < 2e-2, what
