@@ -38,7 +38,6 @@ Shapes check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
            "q, k, v must be on the same device; got q on {}, k on {}, v on {}", device_str(q),
            device_str(k), device_str(v));
   Shapes s{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), v.size(3)};
-  s.v_in_k = v_shares_k(k, v);
   AE_CHECK(VALUE, k.size(0) == s.batch && v.size(0) == s.batch,
            "q, k, v must have the same batch size; got {}", all3());
   AE_CHECK(VALUE, v.size(1) == s.kv_heads,

@@ -13,7 +13,9 @@ namespace ae::torch_ops {
 struct Shapes {
   int64_t batch, q_heads, kv_heads, q_len, kv_len, head_dim_qk, head_dim_v;
   int64_t q_offset = 0;  // the reference executor's query rows in chunks: the first one's q_idx
-  bool v_in_k = false;    // v is k's first head_dim_v columns, the same memory (v_shares_k)
+  // v is k's first head_dim_v columns, the same memory (v_shares_k; set by the CUDA backend:
+  // the checks also serve the Meta kernels, whose fake tensors have no data pointer)
+  bool v_in_k = false;
   int64_t group() const { return q_heads / kv_heads; }
 };
 

@@ -133,7 +133,8 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q_in, const at
                                                 const std::string& key, double scale,
                                                 bool /*deterministic: the backward's*/) {
   auto variant = get_variant(key);
-  const Shapes s = check_inputs(q_in, k_in, v_in, buffers, *variant);
+  Shapes s = check_inputs(q_in, k_in, v_in, buffers, *variant);
+  s.v_in_k = v_shares_k(k_in, v_in);
   c10::DeviceGuard guard(q_in.device());
   // A mask bound by per-batch key lengths: the variant without it, on that layout, where a
   // kernel takes it.
@@ -182,7 +183,8 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward_paged(const at::Tensor& q_in, co
                                                       const std::string& key, double scale,
                                                       const at::Tensor& table_in) {
   auto variant = get_variant(key);
-  const Shapes s = check_paged_inputs(q_in, k_in, v_in, buffers, *variant, table_in);
+  Shapes s = check_paged_inputs(q_in, k_in, v_in, buffers, *variant, table_in);
+  s.v_in_k = v_shares_k(k_in, v_in);
   c10::DeviceGuard guard(q_in.device());
   at::Tensor kv_lens;
   TunedPlan tuned = plan_paged(*variant, q_in, s, buffers, scale, k_in.size(2), key, &kv_lens);
@@ -386,8 +388,9 @@ std::string backend_for(const at::Tensor& q, const at::Tensor& k, const at::Tens
                         const std::vector<at::Tensor>& buffers, const std::string& key,
                         bool backward) {
   auto variant = get_variant(key);
-  const Shapes s = check_inputs(q, k, v, buffers, *variant);
+  Shapes s = check_inputs(q, k, v, buffers, *variant);
   if (!q.is_cuda()) return "reference: tensors on " + q.device().str();
+  s.v_in_k = v_shares_k(k, v);
   // The backward's family depends on which captured tensors want gradients (the planner's
   // captured_grads): those that require them, as autograd will ask.
   std::vector<bool> wants_grad;
@@ -428,8 +431,9 @@ std::string paged_backend_for(const at::Tensor& q, const at::Tensor& k_pages,
                               const at::Tensor& v_pages, const std::vector<at::Tensor>& buffers,
                               const std::string& key, const at::Tensor& table) {
   auto variant = get_variant(key);
-  const Shapes s = check_paged_inputs(q, k_pages, v_pages, buffers, *variant, table);
+  Shapes s = check_paged_inputs(q, k_pages, v_pages, buffers, *variant, table);
   if (!q.is_cuda()) return "reference: tensors on " + q.device().str();
+  s.v_in_k = v_shares_k(k_pages, v_pages);
   at::Tensor kv_lens;
   const plan::LaunchPlan p =
       plan_paged(*variant, q, s, buffers, 1.0, k_pages.size(2), key, &kv_lens).plan;

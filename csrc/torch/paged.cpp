@@ -38,9 +38,7 @@ Shapes check_paged_inputs(const at::Tensor& q, const at::Tensor& k_pages, const 
                                           {0, 0, 0, 1});
   const at::Tensor v = v_pages.as_strided({q.size(0), v_pages.size(1), cap, v_pages.size(3)},
                                           {0, 0, 0, 1});
-  Shapes s = check_inputs(q, k, v, buffers, variant);
-  s.v_in_k = v_shares_k(k_pages, v_pages);  // (the views above share nothing)
-  return s;
+  return check_inputs(q, k, v, buffers, variant);
 }
 
 }  // namespace ae::torch_ops

@@ -467,3 +467,25 @@ def test_emulated_varlen_backward_matches_autograd(name, family):
                       as_one(dout), buffers, layout=layout)
     for g, w, what in zip(got, want, ("dq", "dk", "dv")):
         assert _rel(g, w) < 2e-2, what
+
+
+def test_emulated_mla_decode_with_inf_at_a_key_some_rows_mask(monkeypatch):
+    """Four speculative queries under a causal mask, inf in the last key's latent vector (V is
+    K's first columns): the three rows that mask the key stay finite and equal the reference
+    (the block's P V is taken score by score, nvidia/exact_pv.h), the row that keeps it is not
+    finite. Also 128 heads x 4 queries: 512 rows, eight query blocks."""
+    monkeypatch.setenv("AE_KV_SPLITS", "1")
+    hq, sq, lens = 128, 4, [70, 100]
+    attn, variant, buffers, qp, k, v, layout, ref, _ = _cache_case("causal", hq, 1, sq, lens, 128,
+                                                                   0, D_LATENT, D_V)
+    for b, n in enumerate(lens):
+        layout["k_base"][b, n - 1, 0, 5] = float("inf")
+    info = variant.kernel_source("fwd", D_LATENT, D_V, True, _dtypes(buffers), q_len=hq * sq,
+                                 kv_lengths=True, v_in_k=True, device="h200")
+    B = len(lens)
+    out, _ = emulate(info, qp, k, v, buffers, o_shape=(B, 1, hq * sq, D_V), lse_numel=B * hq * sq,
+                     layout=layout, v_in_k=True)
+    out = out.view(B, hq, sq, D_V).transpose(1, 2)
+    assert torch.isfinite(out[:, :3]).all()
+    assert _rel(out[:, :3], ref[:, :3]) < 1e-2
+    assert not torch.isfinite(out[:, 3]).all()
