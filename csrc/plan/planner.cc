@@ -189,6 +189,12 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
       spec->plain_loads = r.overrides.plain_loads;
       spec->trust_v = r.overrides.trust_v && kind == Kind::Forward;
       spec->mask_load_mode = kind == Kind::Forward ? r.overrides.mask_load_mode : -1;
+      // The sm90 backward of a masked variant on packed sequences spills at ptxas's default
+      // register-usage level (20 bytes) and fits at 0 (compile-all), where the runtime's
+      // fallback would land after a second compile.
+      if (kind == Kind::Backward && spec->family == Family::Sm90 &&
+          spec->layout == codegen::Layout::Varlen && r.variant.has_mask && spec->reg_level < 0)
+        spec->reg_level = 0;
       return true;
     }
     reasons += (reasons.empty() ? "" : "; ") + w;

@@ -322,6 +322,12 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
   if constexpr (Layout::kVarlen)  // past its sequence's keys (never deterministic: no turns)
     if (k0 >= Layout::kv_len(p, b)) return;
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  // Packed sequences (never deterministic): the slot holds the sequence's query count, read
+  // where it is used (held in a register beside a mask's, it spilled 8 bytes).
+  auto seq_q_len = [&] {
+    if constexpr (Layout::kVarlen) return *reinterpret_cast<volatile int*>(sTurn);
+    else return Layout::q_len(p, b);
+  };
 
   if (threadIdx.x == 0) {
     mbar_init(kv_full, 1);
@@ -334,6 +340,7 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
       mbar_init(do_empty, 128 * Cfg::kMma);
     }
     mbar_init_fence();
+    if constexpr (Layout::kVarlen) *sTurn = Layout::q_len(p, b);
   }
   // Captured tensors' gradients (common/variant_support.h): a shared copy, if any, sits past
   // the kernel's own shared memory; zeroed by every thread before the one CTA-wide barrier.
@@ -386,7 +393,7 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
 #pragma unroll
         for (int i = lane; i < BM; i += 32) {
           const int row = q0 + i;
-          const bool ok = row < Layout::q_len(p, b);
+          const bool ok = row < seq_q_len();
           const long long off = Layout::stat(p, b, hq, ok ? row : 0);
           sLse[stage * BM + i] = ok ? p.lse2[off] : 0.f;
           sDelta[stage * BM + i] = ok ? p.delta[off] : 0.f;
@@ -412,7 +419,7 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
   const int cw = wg - 1, g = lane / 4, t = lane % 4;
   // This warp's first key in the block (wide: the warpgroups share the block's 64 keys).
   const int key_wg = Cfg::kWide ? 0 : 64 * cw, key_w = key_wg + 16 * warp;
-  const int kv_len = Layout::kv_len(p, b), q_len = Layout::q_len(p, b);
+  const int kv_len = Layout::kv_len(p, b);
   const bool k_tail = k0 + BN > kv_len;
   const char* kA = sK + key_wg * 128;  // this warpgroup's 64 keys of every column block
   const char* vA = sV + key_wg * 128;
@@ -445,7 +452,7 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
         turn = Cfg::kDqAdds * dq_rank(p, b, hq, item.mb, n_block, walk.states);
     mbar_wait(full + stage, (it / S) & 1);
 
-    const bool check = q0 + BM > q_len || k_tail || item.code == kBlockPartial;
+    const bool check = q0 + BM > seq_q_len() || k_tail || item.code == kBlockPartial;
     u32 pa[BM / 16][4], dsa[BM / 16][4];
     if constexpr (Cfg::kWide) {
       wide_block<Cfg, Layout>(p, var, dk, dv, tQ, tdO, tdS, sPt + stage * Cfg::kPtBytes, sK, sV,

@@ -720,12 +720,11 @@ def test_varlen_forward_compiles_without_spills(case, monkeypatch):
 
 
 # The varlen op's backward (attention_varlen_backward): the sm90 and sm80 backwards on the
-# packed-sequence layout (CTAs past their sequence's keys exit). Known: the sm90 backward of a
-# masked variant spills 8 bytes there (cause not found: not the query count, whose removal did
-# not help; bench/RESULTS.md, nineteenth session): at most 16 allowed until it is removed.
+# packed-sequence layout (CTAs past their sequence's keys exit). A masked variant's sm90
+# backward reads its sequence's query count from shared memory and is built at register-usage
+# level 0 (the planner's): at the default level it spilled.
 VARLEN_BWD_CASES = [("plain", "sm90"), ("causal", "sm90"), ("alibi", "sm90"), ("softcap", "sm90"),
                     ("document", "sm90"), ("plain", "sm80"), ("causal", "sm80")]
-_VARLEN_BWD_SPILL = {"causal", "alibi", "document"}  # sm90
 
 
 @pytest.mark.parametrize("case", VARLEN_BWD_CASES, ids=lambda c: "-".join(c))
@@ -735,12 +734,8 @@ def test_varlen_backward_compiles_without_spills(case):
     info = variant.kernel_source("bwd", 128, 128, True, dtypes, varlen=True, family=family)
     assert info["describe"].endswith(" varlen"), info["describe"]
     assert "ae::VarlenLayout" in info["source"]
-    if family == "sm90" and name in _VARLEN_BWD_SPILL:
-        (report,) = _C.jit_check_arches(info["source"], info["entry"], arches=["sm_90a"],
-                                        options=info["options"])
-        assert report["ok"] and "Potential Performance Loss" not in report["log"]
-        assert report["spill_stores"] <= 16 and report["spill_loads"] <= 16, report
-        return
+    if family == "sm90" and attn.variant.has_mask:
+        assert " r0" in info["describe"], info["describe"]
     _compiles_without_spills(info, "bwd90" if family == "sm90" else "bwd")
 
 
