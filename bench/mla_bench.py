@@ -1,10 +1,12 @@
 """MLA decode (issue 18's targets: >= 3.6 TB/s memory-bound at B 128, Skv 4k-64k; >= 450
 TFLOPS where compute-bound): `with_kvcache(q, kv, kv[..., :512], lens, block_table=...)` on a
 paged latent cache (page 64, pages shuffled, check_lengths=False), replayed from a CUDA graph
-and eagerly. TB/s counts the cache read once (B x Skv x 576 x 2 bytes: V is K's first
-columns); TFLOPS counts 2 x B x Hq x Sq x Skv x (576 + 512). Same-run baseline: SDPA (whichever
-backend takes head dim 576; "n/a" where none does) on K and a separate V, heads expanded by
-enable_gqa, from a CUDA graph.
+and eagerly. "Effective" TB/s counts the cache read once (B x Skv x 576 x 2 bytes: V is K's
+first columns), as FlashMLA's figure does, although more than 64 packed rows (Hq x Sq) make
+several CTAs per sequence that each stream it (L2 serves the repeats, or not: the table does
+not say); TFLOPS counts 2 x B x Hq x Sq x Skv x (576 + 512). Same-run baseline: SDPA on K and a
+separate V, heads expanded by enable_gqa, from a CUDA graph: no fused SDPA backend takes head
+dim 576, so this is likely its math backend (a weak baseline; "n/a" where it fails).
 
     python bench/mla_bench.py [--shapes 128x16x1x4k,...]   # B x Hq x Sq x Skv
     python bench/mla_bench.py --dry-run                    # CPU, tiny shapes: plumbing only
@@ -43,7 +45,7 @@ def main():
     gen = torch.Generator(device=dev).manual_seed(0)
     print(f"MLA decode, {'CPU dry run' if args.dry_run else torch.cuda.get_device_name()}, "
           f"{dtype}, latent {D_LATENT} (V {D_V}), page {PAGE}")
-    print("| B | Hq | Sq | Skv | ours graph TB/s | TFLOPS | µs | ours eager µs | SDPA graph TB/s |")
+    print("| B | Hq | Sq | Skv | ours graph TB/s (effective) | TFLOPS | µs | ours eager µs | SDPA graph TB/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for B, hq, sq, skv in parse(shapes):
         per = -(-skv // PAGE)

@@ -201,8 +201,8 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
   }
   if (mla_dims && !mla)
     reasons += "; head dims (576, 512) run the MLA decode kernel where V is K's first 512 columns "
-               "(v = kv[..., :512], the same memory), on an sm_90 GPU, with softmax or none, not "
-               "on packed sequences";
+               "(v = kv[..., :512], the same memory), on an sm_90 GPU with the sm90 kernels on "
+               "(not AE_DISABLE_SM90), with softmax or none, not on packed sequences";
   *why = reasons;
   return false;
 }

@@ -7,6 +7,7 @@
 #include "ir/variant.h"
 #include "plan/planner.h"
 #include "torch/bindings.h"
+#include "torch/checks.h"
 #include "torch/cuda_backend.h"
 
 namespace ae::py {
@@ -159,6 +160,8 @@ void bind_ir(pybind11::module_& m) {
 
   m.def("backend_for", &torch_ops::backend_for, pyb::arg("q"), pyb::arg("k"), pyb::arg("v"),
         pyb::arg("buffers"), pyb::arg("key"), pyb::arg("backward") = false);
+  m.def("v_shares_k", &torch_ops::v_shares_k, pyb::arg("k"), pyb::arg("v"),
+        "Whether v is a view of k's first v.size(3) columns (the MLA decode kernel's V in K).");
   m.def("varlen_backend_for", &torch_ops::varlen_backend_for, pyb::arg("q"), pyb::arg("k"),
         pyb::arg("v"), pyb::arg("buffers"), pyb::arg("key"), pyb::arg("cu_seqlens_q"),
         pyb::arg("cu_seqlens_k"), pyb::arg("max_seqlen_q"), pyb::arg("max_seqlen_k"),

@@ -271,6 +271,13 @@ def varlen(attn, q, k, v, cu_seqlens_q, cu_seqlens_k,
     return out, lse.transpose(1, 2)[seq, row].transpose(0, 1)  # [Hq, total_q], as FlashAttention
 
 
+def _first_columns(k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether v is a view of k's first v.shape[-1] columns (the same memory, MLA's V in K)."""
+    return (v.dim() == k.dim() and v.device == k.device and v.data_ptr() == k.data_ptr()
+            and v.shape[:-1] == k.shape[:-1] and v.shape[-1] <= k.shape[-1]
+            and v.stride() == k.stride())
+
+
 def _append(cache: torch.Tensor, new: torch.Tensor, lengths: torch.Tensor, block_table,
             capacity: int):
     """Writes new [B, Sn, H, D] at positions lengths[b] + i of the cache (in place). Positions
@@ -313,6 +320,14 @@ def with_kvcache(attn, q, k_cache, v_cache, cache_seqlens, k_new=None,
         if k_cache.shape[0] != B:
             raise _err(f"k_cache has batch {k_cache.shape[0]}, q has {B}")
         capacity = k_cache.shape[1]
+    # V in K's memory (MLA's latent cache, v_cache = k_cache[..., :Dv]): the new tokens' V is
+    # their K's first columns, written with K (v_new None, or that view of k_new).
+    v_in_k = _first_columns(k_cache, v_cache)
+    if v_in_k and isinstance(k_new, torch.Tensor) and k_new.dim() == 4:
+        if v_new is not None and not (isinstance(v_new, torch.Tensor) and _first_columns(k_new, v_new)):
+            raise _err("v_cache is k_cache's first columns (the same memory), so v_new must be "
+                       "k_new's first columns too (k_new[..., :Dv]) or None")
+        v_new = k_new[..., :v_cache.shape[-1]]
     if (k_new is None) != (v_new is None):
         raise _err("k_new and v_new go together: pass both or neither")
     n_new = 0
@@ -350,7 +365,7 @@ def with_kvcache(attn, q, k_cache, v_cache, cache_seqlens, k_new=None,
         table32 = block_table if block_table.dtype == torch.int32 else block_table.to(torch.int32)
     if not check_lengths and not grad:  # nothing read back: the whole cache, as it lies
         return _attend_in_place(attn, q, k_cache, v_cache, lens, k_new, v_new, n_new, capacity,
-                                return_lse, block_table, table32)
+                                return_lse, block_table, table32, v_in_k)
     host = lens.tolist()  # one synchronization: bounds, and the keys to read
     total = [n + n_new for n in host]
     for b, (n, t) in enumerate(zip(host, total)):
@@ -372,15 +387,16 @@ def with_kvcache(attn, q, k_cache, v_cache, cache_seqlens, k_new=None,
     if not grad:  # the part in use only: the pages it names, the positions up to width
         if paged:
             return _attend_in_place(attn, q, k_cache, v_cache, lens, k_new, v_new, n_new,
-                                    capacity, return_lse, block_table, table32[:, :pages])
+                                    capacity, return_lse, block_table, table32[:, :pages], v_in_k)
         return _attend_in_place(attn, q, k_cache[:, :width], v_cache[:, :width], lens, k_new,
-                                v_new, n_new, width, return_lse, None, None)
+                                v_new, n_new, width, return_lse, None, None, v_in_k)
     # Autograd: the new tokens written into the cache, then entering the attention through an
     # out-of-place copy (their gradients flow), so that no input of this call is a view of the
     # cache a later call writes into; a paged cache gathered.
     if n_new:
         _append(k_cache, k_new, lens, block_table, capacity)
-        _append(v_cache, v_new, lens, block_table, capacity)
+        if not v_in_k:  # (else written with K)
+            _append(v_cache, v_new, lens, block_table, capacity)
     if paged:
         used = used.clamp(0, k_cache.shape[0] - 1)  # pages past a sequence's end: masked
         k = k_cache[used].flatten(1, 2)[:, :width]
@@ -407,7 +423,7 @@ def _cache_result(res, return_lse):
 
 
 def _attend_in_place(attn, q, k_cache, v_cache, lens, k_new, v_new, n_new, capacity,
-                     return_lse, block_table, table32):
+                     return_lse, block_table, table32, v_in_k=False):
     """with_kvcache without autograd: the new tokens appended, then the cache attended where it
     lies (table32: the int32 page table the attention_paged op reads; block_table: the one the
     append writes through). Nothing is read back to the host by the fused kernels: they take
@@ -419,7 +435,8 @@ def _attend_in_place(attn, q, k_cache, v_cache, lens, k_new, v_new, n_new, capac
     kernel, reads its index checks back and may refuse such values.)"""
     if n_new:
         _append(k_cache, k_new, lens, block_table, capacity)
-        _append(v_cache, v_new, lens, block_table, capacity)
+        if not v_in_k:  # (else written with K: v_cache is its first columns)
+            _append(v_cache, v_new, lens, block_table, capacity)
     kv_len = lens + n_new if n_new else lens
     return _cache_result(_run(attn, q.transpose(1, 2), k_cache.transpose(1, 2),
                               v_cache.transpose(1, 2), None, kv_len, return_lse, table32),

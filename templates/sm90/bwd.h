@@ -324,6 +324,7 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   // Packed sequences (never deterministic): the slot holds the sequence's query count, read
   // where it is used (held in a register beside a mask's, it spilled 8 bytes).
+  static_assert(!(Layout::kVarlen && Cfg::kDeterministic), "the query count takes sTurn's slot");
   auto seq_q_len = [&] {
     if constexpr (Layout::kVarlen) return *reinterpret_cast<volatile int*>(sTurn);
     else return Layout::q_len(p, b);

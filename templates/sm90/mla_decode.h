@@ -84,8 +84,9 @@ AE_DEVICE void attention_mla_decode(const AttnParams& p, const Variant& var, con
   // template's own shared memory (the planner adds 4 * kPageWindow bytes), as sm90/fwd.h.
   constexpr int kPage = Layout::kPage, kPageWindow = 32;
   constexpr int kBox = kPage > 0 && kPage < BN ? kPage : BN;
-  static_assert(BN % kBox == 0 && kBox % 8 == 0 && (kPage == 0 || BN <= kPage * kPageWindow),
-                "key boxes");
+  // (Pages that whole tiles divide, or that divide a tile: a box never crosses a page's end.)
+  static_assert(BN % kBox == 0 && kBox % 8 == 0 &&
+                    (kPage == 0 || kPage % BN == 0 || BN % kPage == 0), "key boxes");
   constexpr bool kWarpWide = kList || kPage > 0;
   int* page_win = block_list + S;
   const WorkTile tile = HeadsFastest<Cfg::kSplitKv>::tile(p);

@@ -3,8 +3,10 @@
 // tests/emu/cuda_host.h and tests/emu/shims) on inputs from files, launched block by block as
 // the runner would: the test writes DIR/args.txt ("key
 // value" lines: shapes, strides, tensor-map dims, the layout's fields) and the tensors; this
-// writes DIR/o.bin and DIR/lse.bin (and the split-KV partials). Masked variants get a block-
-// state table of partial blocks (every block walked, the mask applied to each score).
+// writes DIR/o.bin and DIR/lse.bin (and the split-KV partials). Masked variants get their
+// block-state table from the generated block-state pass where it is linked in (ae_block_state:
+// a table per batch and head, so that any mask's is right), else one of partial blocks (every
+// block walked, the mask applied to each score).
 // AE_EMU_TMA_MAPS: the entry's tensor maps (3: Q, K, V; 2: Q, K, as the MLA decode's; 0: none,
 // the sm80 family's). AE_EMU_SMEM_NS / AE_EMU_SMEM_NAME: the kernel's extern __shared__ array
 // (ae::sm90::smem_raw, ae::sm80::smem, ae::sm80::smem_raw).
@@ -14,6 +16,7 @@
 #include <string>
 
 #include "common/params.h"
+#include "common/shapes.h"
 #include "emu_io.h"
 
 #ifndef AE_EMU_TMA_MAPS
@@ -34,6 +37,9 @@ extern "C" void ae_fwd(const ae::AttnParams p, const ae::VariantArgs va, const a
 #else
 extern "C" void ae_fwd(const ae::AttnParams p, const ae::VariantArgs va);
 #endif
+
+extern "C" __attribute__((weak)) void ae_block_state(const ae::AttnParams p, const ae::VariantArgs va,
+                                                     const ae::BlockStateParams bs);
 
 namespace ae::AE_EMU_SMEM_NS {
 thread_local __attribute__((aligned(1024))) char AE_EMU_SMEM_NAME[232448];  // its shared memory
@@ -148,6 +154,21 @@ int main(int argc, char** argv) {
   emu::smem = AE_EMU_SMEM;
   emu::smem_bytes = static_cast<unsigned>(i("smem"));
   if (emu::smem_bytes > sizeof(AE_EMU_SMEM)) return 3;
+  if (i("masked") && ae_block_state) {  // the block-state pass, per (batch, head)
+    states.assign(p.batch * p.q_heads * p.n_q_blocks * p.n_kv_blocks, 0xff);
+    const ae::BlockStateParams bs{states.data(), block_m, block_n, 1, 1};
+    p.state_stride_h = p.n_q_blocks * p.n_kv_blocks;
+    p.state_stride_b = p.q_heads * p.state_stride_h;
+    gridDim = {static_cast<unsigned>(p.n_kv_blocks), static_cast<unsigned>(p.n_q_blocks),
+               static_cast<unsigned>(p.batch * p.q_heads)};
+    for (unsigned z = 0; z < gridDim.z; ++z)
+      for (unsigned y = 0; y < gridDim.y; ++y)
+        for (unsigned x = 0; x < gridDim.x; ++x) {
+          blockIdx = {x, y, z};
+          emu::run_block(ae::kBlockStateThreads, [&] { ae_block_state(p, va, bs); });
+        }
+    p.block_state = states.data();
+  }
   gridDim = {static_cast<unsigned>(p.n_q_blocks), static_cast<unsigned>(p.q_heads),
              static_cast<unsigned>(p.batch * splits)};
   for (unsigned z = 0; z < gridDim.z; ++z)

@@ -61,16 +61,20 @@ def test_latent_cache_with_v_in_k_equals_the_oracle(page_size, sq):
         assert_close(lse[b:b + 1], want_lse[:, :, n - sq:], 1e-10, f"lse {b}")
 
 
-def test_v_that_is_not_k_still_answers():
-    """A separate V tensor of the latent shape is an ordinary call (no MLA kernel; the
-    reference where no other kernel takes 576 columns), with the same answer."""
-    attn = ae.compile(mask_mod=mods.causal)
-    gen = torch.Generator().manual_seed(2)
-    kv = torch.randn(1, 9, 1, D_LATENT, dtype=torch.float64, generator=gen)
-    q = torch.randn(1, 1, 4, D_LATENT, dtype=torch.float64, generator=gen)
-    a = attn.with_kvcache(q, kv, kv[..., :D_V], 9)
-    b = attn.with_kvcache(q, kv, kv[..., :D_V].clone(), 9)
-    assert_close(a, b, 1e-12, "v in k vs v copied")
+def test_v_in_k_is_recognized_as_the_kernels_see_the_cache():
+    """The CUDA backend's check (v_shares_k) on the [B, H, S, D] views with_kvcache hands the
+    ops (the cache transposed; paged: pages transposed): the latent cache's first columns are
+    V in K, a copy or another row stride or offset is not."""
+    from attention_engine import _C
+    kv = torch.zeros(2, 16, 1, D_LATENT)
+    k = kv.transpose(1, 2)
+    assert _C.v_shares_k(k, kv[..., :D_V].transpose(1, 2))
+    assert _C.v_shares_k(k, k)
+    assert not _C.v_shares_k(k, kv[..., :D_V].clone().transpose(1, 2))  # a copy
+    assert not _C.v_shares_k(k, kv[..., 64:64 + D_V].transpose(1, 2))  # another offset
+    wide = torch.zeros(2, 16, 1, 1024)
+    assert not _C.v_shares_k(k, wide[..., :D_V].transpose(1, 2))  # another memory and stride
+    assert not _C.v_shares_k(k, kv[:, :8, :, :D_V].transpose(1, 2))  # fewer rows
 
 
 # ---- the MLA decode kernel (GPU, sm_90) ---------------------------------------------------
@@ -131,6 +135,23 @@ def test_mla_decode_kernel_against_float64(case, monkeypatch):
     assert torch.isfinite(out).all()
     assert _rel(out, ref) < 2e-2
     assert (lse.double() - ref_lse).abs().max().item() < 2e-2
+    # The MLA kernel ran (not a fallback, which would pass the comparison too): what the ops
+    # with_kvcache calls plan for these inputs, as it hands them over.
+    from attention_engine import _C
+    from attention_engine.gqa_pack import pack_shape
+    from attention_engine.inference import _positioned
+    pack = pack_shape(hq, 1, sq, D_LATENT)
+    qp = q.transpose(1, 2)
+    qp = qp.reshape(B, 1, hq * sq, D_LATENT) if pack else qp
+    key = _positioned(attn, pack, sq).key
+    buffers = list(attn.buffers) + [lens]
+    if page:
+        backend = _C.paged_backend_for(qp, pool.transpose(1, 2), pool[..., :D_V].transpose(1, 2),
+                                       buffers, key, table)
+    else:
+        backend = _C.backend_for(qp, kv.transpose(1, 2), kv[..., :D_V].transpose(1, 2), buffers,
+                                 key)
+    assert backend.startswith("sm90 (MLA decode)"), backend
 
 
 @pytest.mark.gpu
@@ -145,3 +166,23 @@ def test_mla_shapes_plan_the_mla_kernel_only_with_v_in_k():
     assert _C.backend_for(q, kv, kv[..., :D_V], [], key).startswith("sm90 (MLA decode)")
     other = _C.backend_for(q, kv, kv[..., :D_V].clone(), [], key)
     assert other.startswith("reference") and "V is K's first 512 columns" in other, other
+
+
+def test_v_new_of_a_latent_cache_is_k_news_first_columns():
+    """With V in K's memory, the new tokens' V is their K's first columns: v_new may be None
+    (or that view); a v_new of its own would overwrite K's columns with other values, so it is
+    refused, before anything is written."""
+    attn = ae.compile(mask_mod=mods.causal)
+    gen = torch.Generator().manual_seed(3)
+    kv = torch.zeros(1, 8, 1, D_LATENT, dtype=torch.float64)
+    new = torch.randn(1, 2, 1, D_LATENT, dtype=torch.float64, generator=gen)
+    q = torch.randn(1, 2, 4, D_LATENT, dtype=torch.float64, generator=gen)
+    with pytest.raises(ValueError, match="v_new must be k_new's first columns"):
+        attn.with_kvcache(q, kv, kv[..., :D_V], 3, new, new[..., :D_V].clone())
+    assert not kv.any()
+    a = attn.with_kvcache(q, kv, kv[..., :D_V], 3, new)  # v_new None
+    assert torch.equal(kv[0, 3:5], new[0])
+    kv2 = torch.zeros_like(kv)
+    b = attn.with_kvcache(q, kv2, kv2[..., :D_V], 3, new, new[..., :D_V])
+    assert torch.equal(kv2, kv)
+    assert_close(a, b, 0.0, "v_new None vs k_new's view")

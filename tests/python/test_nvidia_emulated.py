@@ -23,7 +23,7 @@ import torch
 
 import attention_engine as ae
 from attention_engine import _C, mods
-from attention_engine.gqa_pack import gqa_packed
+from attention_engine.gqa_pack import gqa_packed, pack_shape
 from attention_engine.positions import with_positions
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -68,6 +68,15 @@ def _build(sources, main, tma_maps, smem):
     return _BUILDS[key]
 
 
+def _fwd_source(variant, *args, **kwargs):
+    """kernel_source's forward, with the block-state pass's source where the plan has one
+    (the emulator runs it first: the tables a GPU run would walk)."""
+    info = variant.kernel_source("fwd", *args, **kwargs)
+    if "block_state" in info["plan"]:
+        info["block_state_source"] = variant.kernel_source("block_state", *args, **kwargs)["source"]
+    return info
+
+
 def _bits(t):
     return t.detach().contiguous().view(torch.int16).numpy().tobytes()
 
@@ -92,10 +101,11 @@ def emulate(info, q, k, v, buffers, *, o_shape, lse_numel, layout=None, v_in_k=F
     page = int(re.search(r" page(\d+)", info["describe"]).group(1)) if " page" in info["describe"] else 0
     kv_box = min(bn, page) if page else bn
     main = "nvidia_fwd_main.cc"
+    sources = [info["source"]] + ([info["block_state_source"]] if "block_state_source" in info else [])
     if desc[0] == "fwd90":
-        binary = _build([info["source"]], main, 2 if mla else 3, ("sm90", "smem_raw")).result()
+        binary = _build(sources, main, 2 if mla else 3, ("sm90", "smem_raw")).result()
     else:  # the sm80 family: no tensor maps; the decode template's array is smem_raw
-        binary = _build([info["source"]], main, 0,
+        binary = _build(sources, main, 0,
                         ("sm80", "smem_raw" if " dec" in info["describe"] else "smem")).result()
     layout = layout or {}
     B, Hq, Sq = layout.get("grid", (q.shape[0], q.shape[1], q.shape[2]))
@@ -181,7 +191,7 @@ def test_emulated_forward_matches_the_reference(case, monkeypatch):
     attn = _DENSE[name]()
     B, H, Sq, Skv = 1, 2, 130, 200 if splits == "1" else 640
     q, k, v = _bf16(B, H, Sq, d, seed=0), _bf16(B, H, Skv, d, seed=1), _bf16(B, H, Skv, d, seed=2)
-    info = attn.variant.kernel_source("fwd", d, d, True, _dtypes(attn.buffers), family=family,
+    info = _fwd_source(attn.variant, d, d, True, _dtypes(attn.buffers), family=family,
                                       q_len=Sq if splits == "1" else 1000)
     assert info["describe"].startswith("fwd90" if family == "sm90" else "fwd sm_"), info["describe"]
     out, lse = emulate(info, q, k, v, list(attn.buffers), o_shape=(B, H, Sq, d),
@@ -220,10 +230,15 @@ def _cache_case(name, hq, hkv, sq, lens, cap, page, d, dv, seed=0):
     else:
         ref, ref_lse = attn.with_kvcache(q.double(), kz, vz, lens_t, return_lse=True)
     trace = with_positions(attn._ref.trace_json, sq)
-    variant = _C.build_variant(gqa_packed(trace, g, sq) if g > 1 else trace)
+    pack = pack_shape(hq, hkv, sq, d)  # as inference._run packs (or not: more than 16 queries)
+    variant = _C.build_variant(gqa_packed(trace, g, sq) if pack else trace)
     buffers = list(attn.buffers) + [lens_t.long()]
-    qp = q.transpose(1, 2).reshape(B, hkv, g * sq, d).contiguous()
-    layout = {"kv_lens": lens_t, "grid": (B, hkv, g * sq)}
+    if pack:
+        qp = q.transpose(1, 2).reshape(B, hkv, g * sq, d).contiguous()
+        layout = {"kv_lens": lens_t, "grid": (B, hkv, g * sq)}
+    else:
+        qp = q.transpose(1, 2).contiguous()
+        layout = {"kv_lens": lens_t, "grid": (B, hq, sq)}
     if page:
         per = cap // page
         perm = torch.randperm(B * per, generator=torch.Generator().manual_seed(seed + 2))
@@ -248,7 +263,8 @@ def _cache_case(name, hq, hkv, sq, lens, cap, page, d, dv, seed=0):
 _MLA_CASES = [("plain", 16, 1, [1, 70, 200], 256, 0, "1"), ("causal", 8, 4, [4, 130], 192, 0, "1"),
               ("alibi", 16, 2, [65, 190], 192, 64, "1"), ("plain", 16, 1, [300], 320, 64, "2"),
               ("softcap", 8, 2, [150, 40], 192, 16, "2"), ("plain", 128, 1, [90], 128, 0, "1"),
-              ("sigmoid_none", 16, 1, [100, 7], 128, 0, "1")]
+              ("sigmoid_none", 16, 1, [100, 7], 128, 0, "1"),
+              ("causal", 4, 20, [30, 90], 128, 0, "1")]  # 20 queries: not packed (group 4)
 
 
 @pytest.mark.parametrize("case", _MLA_CASES, ids=lambda c: "-".join(map(str, c[:3] + c[4:])))
@@ -257,16 +273,16 @@ def test_emulated_mla_decode_matches_the_reference(case, monkeypatch):
     monkeypatch.setenv("AE_KV_SPLITS", splits)
     attn, variant, buffers, qp, k, v, layout, ref, ref_lse = _cache_case(
         name, hq, 1, sq, lens, cap, page, D_LATENT, D_V)
-    info = variant.kernel_source("fwd", D_LATENT, D_V, True, _dtypes(buffers), q_len=hq * sq,
+    info = _fwd_source(variant, D_LATENT, D_V, True, _dtypes(buffers), q_len=hq * sq,
                                  kv_lengths=True, page_size=page, v_in_k=True, device="h200")
     assert " mla" in info["describe"], info["describe"]
     _check_cache_call(info, qp, k, v, buffers, layout, ref, ref_lse, hq, sq, v_in_k=True)
 
 
 def _check_cache_call(info, qp, k, v, buffers, layout, ref, ref_lse, hq, sq, v_in_k=False):
-    B, hkv, rows = layout["grid"]
-    out, lse = emulate(info, qp, k, v, buffers, o_shape=(B, hkv, rows, v.shape[-1]),
-                       lse_numel=B * hkv * rows, layout=layout, v_in_k=v_in_k)
+    B, heads, rows = layout["grid"]
+    out, lse = emulate(info, qp, k, v, buffers, o_shape=(B, heads, rows, v.shape[-1]),
+                       lse_numel=B * heads * rows, layout=layout, v_in_k=v_in_k)
     out = out.view(B, hq, sq, v.shape[-1]).transpose(1, 2)  # row g * sq + s: head g, query s
     assert torch.isfinite(out).all()
     assert _rel(out, ref) < 1e-2
@@ -284,7 +300,7 @@ def test_emulated_sm90_forward_on_a_cache(case, monkeypatch):
     hq, hkv, d = 8, 2, 64
     attn, variant, buffers, qp, k, v, layout, ref, ref_lse = _cache_case(
         name, hq, hkv, sq, [sq, 70, 150], 192, page, d, d)
-    info = variant.kernel_source("fwd", d, d, True, _dtypes(buffers), q_len=4 * sq,
+    info = _fwd_source(variant, d, d, True, _dtypes(buffers), q_len=4 * sq,
                                  kv_lengths=True, page_size=page, family="sm90")
     assert info["describe"].startswith("fwd90") and (" page" in info["describe"]) == bool(page)
     _check_cache_call(info, qp, k, v, buffers, layout, ref, ref_lse, hq, sq)
@@ -306,7 +322,7 @@ def test_emulated_sm80_forward_on_a_cache(case, monkeypatch):
     hq, hkv, d = 8, 2, 64
     attn, variant, buffers, qp, k, v, layout, ref, ref_lse = _cache_case(
         name, hq, hkv, sq, [sq, 70, 150], 192, page, d, d)
-    info = variant.kernel_source("fwd", d, d, True, _dtypes(buffers), q_len=4 * sq,
+    info = _fwd_source(variant, d, d, True, _dtypes(buffers), q_len=4 * sq,
                                  kv_lengths=True, page_size=page, family="sm80")
     assert (" dec" in info["describe"]) == (kind == "decode"), info["describe"]
     assert (f" page{page}" in info["describe"]) == bool(page), info["describe"]
@@ -329,7 +345,7 @@ def test_emulated_varlen_forward_matches_the_reference(name, family):
     variant = _C.build_variant(with_positions(attn._ref.trace_json))
     lq_t, lk_t = torch.tensor(lq), torch.tensor(lk)
     buffers = list(attn.buffers) + [lk_t - lq_t, lk_t]
-    info = variant.kernel_source("fwd", d, d, True, _dtypes(buffers), varlen=True, family=family)
+    info = _fwd_source(variant, d, d, True, _dtypes(buffers), varlen=True, family=family)
     assert info["describe"].endswith(" varlen"), info["describe"]
     as_one = lambda x: x.transpose(0, 1).unsqueeze(0)  # [T, H, D] -> [1, H, T, D]
     layout = {"grid": (len(lq), hq, max(lq)), "skv": max(lk), "kv_lens": lk_t,
@@ -480,7 +496,7 @@ def test_emulated_mla_decode_with_inf_at_a_key_some_rows_mask(monkeypatch):
                                                                    0, D_LATENT, D_V)
     for b, n in enumerate(lens):
         layout["k_base"][b, n - 1, 0, 5] = float("inf")
-    info = variant.kernel_source("fwd", D_LATENT, D_V, True, _dtypes(buffers), q_len=hq * sq,
+    info = _fwd_source(variant, D_LATENT, D_V, True, _dtypes(buffers), q_len=hq * sq,
                                  kv_lengths=True, v_in_k=True, device="h200")
     B = len(lens)
     out, _ = emulate(info, qp, k, v, buffers, o_shape=(B, 1, hq * sq, D_V), lse_numel=B * hq * sq,

@@ -65,6 +65,9 @@ AE_DEVICE void tma_load_4d(void* dst, const TmaDesc* map, u64* bar, int c0, int 
     }
   emu::MBarrier& b = mbar_of(bar);
   b.tx -= 128ll * m.box_rows;
+  // (expect_tx precedes the loads in program order here, so more bytes than announced is a
+  // wrong count, which on a GPU could complete the phase early)
+  if (b.tx < 0) emu::fail("TMA bytes past the mbarrier's expect_tx");
   b.maybe_complete();
 }
 AE_DEVICE void bulk_reduce_add_f32(float* dst, const void* src, u32 bytes) {
