@@ -69,6 +69,16 @@ TEST(MlaPlan, PagedWithFlashMlasPagesAndTheWindowsBytes) {
   }
 }
 
+TEST(MlaPlan, PagesThatNeitherDivideNorAreDividedBy64AreRefused) {
+  // (a box of keys would cross a page's end: the caller gathers the pages instead)
+  for (int64_t ps : {24, 48, 96}) {
+    PlanRequest r = mla(devices::h200(), 8);
+    r.problem.kv_layout = KvLayout::Paged;
+    r.problem.page_size = ps;
+    EXPECT_FALSE(make_plan(r).ok) << ps;
+  }
+}
+
 TEST(MlaPlan, RefusedWithWhatItNeeds) {
   PlanRequest r = mla(devices::h200());
   r.problem.v_in_k = false;  // V a tensor of its own: no kernel takes (576, 512)
