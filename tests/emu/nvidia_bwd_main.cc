@@ -14,7 +14,7 @@
 #include "common/bwd_rows.h"
 #include "common/params.h"
 #include "common/shapes.h"
-#include "emu_io.h"
+#include "nvidia_args.h"
 
 #if AE_EMU_TMA_MAPS == 4
 extern "C" void ae_bwd(const ae::AttnParams p, const ae::VariantArgs va, const ae::TmaDesc tq,
@@ -52,42 +52,14 @@ void row_pass(const ae::BwdRowParams& rp, F pass) {
 int main(int argc, char** argv) {
   if (argc != 2) return 2;
   const std::string dir = argv[1];
-  std::map<std::string, std::vector<double>> a;
-  {
-    std::ifstream f(dir + "/args.txt");
-    for (std::string line; std::getline(f, line);) {
-      std::istringstream in(line);
-      std::string key;
-      in >> key;
-      for (double x; in >> x;) a[key].push_back(x);
-    }
-  }
-  auto i = [&](const std::string& k, int at = 0) {
-    if (!a.count(k) || a[k].size() <= static_cast<size_t>(at)) {
-      std::fprintf(stderr, "args.txt: no %s[%d]\n", k.c_str(), at);
-      std::exit(2);
-    }
-    return static_cast<long long>(a[k][at]);
-  };
-  auto has = [&](const std::string& k) { return a.count(k) > 0; };
+  const emu::Args i(dir + "/args.txt");
+  auto has = [&](const std::string& k) { return i.has(k); };
 
   std::vector<char> q = read(dir + "/q.bin"), k = read(dir + "/k.bin"), v = read(dir + "/v.bin");
   std::vector<char> o = read(dir + "/o.bin"), dout = read(dir + "/do.bin"), lse = read(dir + "/lse.bin");
   std::vector<std::vector<char>> bufs;
   ae::VariantArgs va{};
-  const int nbuf = static_cast<int>(i("nbuf"));
-  bufs.reserve(nbuf);
-  for (int b = 0; b < nbuf; ++b) {  // contiguous, sizes as given; no gradients
-    const std::string key = "buf" + std::to_string(b);
-    bufs.push_back(read(dir + "/" + key + ".bin"));
-    va.buf[b].data = bufs.back().data();
-    long long stride = 1;
-    for (int d = static_cast<int>(a[key].size()) - 1; d >= 0; --d) {
-      va.buf[b].size[d] = i(key, d);
-      va.buf[b].stride[d] = stride;
-      stride *= va.buf[b].size[d];
-    }
-  }
+  emu::read_buffers(i, dir, bufs, va);
   const long long B = i("B"), Hq = i("Hq"), Hkv = i("Hkv"), Sq = i("Sq"), Skv = i("Skv");
   const long long Dqk = i("Dqk"), Dv = i("Dv"), block_m = i("block_m"), block_n = i("block_n");
   const long long n_q_blocks = (Sq + block_m - 1) / block_m, n_kv_blocks = (Skv + block_n - 1) / block_n;
@@ -110,8 +82,8 @@ int main(int argc, char** argv) {
   set3(p.q_stride, "q_stride"), set3(p.k_stride, "k_stride"), set3(p.v_stride, "v_stride");
   set3(p.do_stride, "o_stride"), set3(p.dk_stride, "k_stride"), set3(p.dv_stride, "v_stride");
   p.batch = B, p.q_heads = Hq, p.kv_heads = Hkv, p.group = Hq / Hkv, p.q_len = Sq, p.kv_len = Skv;
-  p.scale = static_cast<float>(a["scale"][0]);
-  p.scale_log2 = static_cast<float>(a["scale"][0] * 1.4426950408889634);
+  p.scale = static_cast<float>(i.real("scale"));
+  p.scale_log2 = static_cast<float>(i.real("scale") * 1.4426950408889634);
   p.n_q_blocks = n_q_blocks, p.n_kv_blocks = n_kv_blocks;
   p.head_group = 1, p.d_qk = Dqk, p.d_v = Dv, p.kv_splits = 1;
   if (has("q_total")) {
@@ -154,14 +126,7 @@ int main(int argc, char** argv) {
   row_pass(rp, [&] { ae::bwd_prep<true>(rp); });
 
 #if AE_EMU_TMA_MAPS == 4
-  auto map = [&](const char* data, const std::string& key) {
-    emu::TmaMap m{data, {i(key + "_dims", 0), i(key + "_dims", 1), i(key + "_dims", 2), i(key + "_dims", 3)},
-                  {i(key + "_bytes", 0), i(key + "_bytes", 1), i(key + "_bytes", 2)},
-                  static_cast<int>(i(key + "_box"))};
-    ae::TmaDesc d{};
-    std::memcpy(&d, &m, sizeof(m));
-    return d;
-  };
+  auto map = [&](const char* data, const std::string& key) { return emu::tma_map(i, data, key); };
   const ae::TmaDesc tq = map(q.data(), "tq"), tk = map(k.data(), "tk"), tv = map(v.data(), "tv"),
                     tdo = map(dout.data(), "to");
 #endif

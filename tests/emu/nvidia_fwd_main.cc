@@ -17,7 +17,7 @@
 
 #include "common/params.h"
 #include "common/shapes.h"
-#include "emu_io.h"
+#include "nvidia_args.h"
 
 #ifndef AE_EMU_TMA_MAPS
 #define AE_EMU_TMA_MAPS 3
@@ -52,50 +52,21 @@ using emu::write;
 int main(int argc, char** argv) {
   if (argc != 2) return 2;
   const std::string dir = argv[1];
-  std::map<std::string, std::vector<double>> a;  // key -> values
-  {
-    std::ifstream f(dir + "/args.txt");
-    for (std::string line; std::getline(f, line);) {
-      std::istringstream in(line);
-      std::string key;
-      in >> key;
-      for (double x; in >> x;) a[key].push_back(x);
-    }
-  }
-  auto i = [&](const std::string& k, int at = 0) {
-    if (!a.count(k) || a[k].size() <= static_cast<size_t>(at)) {
-      std::fprintf(stderr, "args.txt: no %s[%d]\n", k.c_str(), at);
-      std::exit(2);
-    }
-    return static_cast<long long>(a[k][at]);
-  };
-  auto has = [&](const std::string& k) { return a.count(k) > 0; };
+  const emu::Args i(dir + "/args.txt");
+  auto has = [&](const std::string& k) { return i.has(k); };
 
   std::vector<char> q = read(dir + "/q.bin"), k = read(dir + "/k.bin");
   std::vector<char> v = has("v_in_k") ? std::vector<char>() : read(dir + "/v.bin");
   const char* v_data = has("v_in_k") ? k.data() : v.data();
   std::vector<std::vector<char>> bufs;
   ae::VariantArgs va{};
-  const int nbuf = static_cast<int>(i("nbuf"));
-  bufs.reserve(nbuf);
-  for (int b = 0; b < nbuf; ++b) {  // contiguous, sizes as given
-    const std::string key = "buf" + std::to_string(b);
-    bufs.push_back(read(dir + "/" + key + ".bin"));
-    va.buf[b].data = bufs.back().data();
-    const int rank = static_cast<int>(a[key].size());
-    long long stride = 1;
-    for (int d = rank - 1; d >= 0; --d) {
-      va.buf[b].size[d] = i(key, d);
-      va.buf[b].stride[d] = stride;
-      stride *= va.buf[b].size[d];
-    }
-  }
+  emu::read_buffers(i, dir, bufs, va);
 
   ae::AttnParams p{};
   p.batch = i("B"), p.q_heads = i("Hq"), p.kv_heads = i("Hkv"), p.group = p.q_heads / p.kv_heads;
   p.q_len = i("Sq"), p.kv_len = i("Skv"), p.d_qk = i("Dqk"), p.d_v = i("Dv");
-  p.scale = static_cast<float>(a["scale"][0]);
-  p.scale_log2 = static_cast<float>(a["scale"][0] * 1.4426950408889634);
+  p.scale = static_cast<float>(i.real("scale"));
+  p.scale_log2 = static_cast<float>(i.real("scale") * 1.4426950408889634);
   const int block_m = i("block_m"), block_n = i("block_n"), splits = i("splits");
   p.n_q_blocks = (p.q_len + block_m - 1) / block_m;
   p.n_kv_blocks = (p.kv_len + block_n - 1) / block_n;
@@ -136,15 +107,7 @@ int main(int argc, char** argv) {
   }
   // Tensor maps: dims (innermost first) and byte strides of dims 1..3 as the runner's tma_map
   // gives them, boxes of 64 columns by box rows.
-  auto map = [&](const char* data, const std::string& key) {
-    emu::TmaMap m{data, {i(key + "_dims", 0), i(key + "_dims", 1), i(key + "_dims", 2), i(key + "_dims", 3)},
-                  {i(key + "_bytes", 0), i(key + "_bytes", 1), i(key + "_bytes", 2)},
-                  static_cast<int>(i(key + "_box"))};
-    ae::TmaDesc d{};
-    static_assert(sizeof(m) <= sizeof(d), "TmaDesc");
-    std::memcpy(&d, &m, sizeof(m));
-    return d;
-  };
+  auto map = [&](const char* data, const std::string& key) { return emu::tma_map(i, data, key); };
 #if AE_EMU_TMA_MAPS >= 2
   const ae::TmaDesc tq = map(q.data(), "tq"), tk = map(k.data(), "tk");
 #endif

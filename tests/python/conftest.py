@@ -29,6 +29,18 @@ def rtc_available(arch: str) -> bool:
         return False
 
 
+def host_gxx():
+    """The host's g++ where it is 12 or newer (_Float16 on x86-64: the emulators' builds,
+    tests/emu), else None."""
+    import shutil
+    import subprocess
+    gxx = shutil.which("g++")
+    if not gxx:
+        return None
+    out = subprocess.run([gxx, "-dumpversion"], capture_output=True, text=True).stdout
+    return gxx if int(out.split(".")[0] or 0) >= 12 else None
+
+
 def pytest_terminal_summary(terminalreporter):
     """Lines the tests record as the "log" property (test_fuzz.py's seeds), at the end of the
     output: captured output of worker processes (pytest-xdist) never reaches it otherwise."""

@@ -21,17 +21,12 @@ import torch
 import attention_engine as ae
 from attention_engine import mods
 
+from conftest import host_gxx
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EMU = ROOT / "tests" / "emu"
 
-
-def _gxx():
-    gxx = shutil.which("g++")
-    if not gxx:
-        return None
-    out = subprocess.run([gxx, "-dumpversion"], capture_output=True, text=True).stdout
-    return gxx if int(out.split(".")[0] or 0) >= 12 else None  # _Float16 on x86-64
-
+_gxx = host_gxx  # (the emulators' compiler: g++ 12 or newer)
 
 # One xdist group: the module's fixtures build every kernel below for whichever worker runs any
 # of its tests (scripts/test.sh runs pytest with --dist loadgroup), so all of them run in one.

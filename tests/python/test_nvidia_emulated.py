@@ -26,17 +26,12 @@ from attention_engine import _C, mods
 from attention_engine.gqa_pack import gqa_packed, pack_shape
 from attention_engine.positions import with_positions
 
+from conftest import host_gxx
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EMU = ROOT / "tests" / "emu"
 
-
-def _gxx():
-    gxx = shutil.which("g++")
-    if not gxx:
-        return None
-    out = subprocess.run([gxx, "-dumpversion"], capture_output=True, text=True).stdout
-    return gxx if int(out.split(".")[0] or 0) >= 12 else None  # _Float16 on x86-64
-
+_gxx = host_gxx  # (the emulators' compiler: g++ 12 or newer)
 
 pytestmark = [pytest.mark.skipif(_gxx() is None, reason="needs g++ 12 or newer"),
               pytest.mark.xdist_group("nvidia_emulated")]
@@ -331,27 +326,38 @@ def test_emulated_sm80_forward_on_a_cache(case, monkeypatch):
 
 # ---- packed sequences (VarlenLayout; the AE_VARLEN=kernel route, no GPU run yet) ---------
 
-@pytest.mark.parametrize("family", ["sm90", "sm80"])
-@pytest.mark.parametrize("name", ["plain", "causal", "alibi"])
-def test_emulated_varlen_forward_matches_the_reference(name, family):
+def _varlen_inputs(name):
+    """Three packed sequences (5, 70 and 130 queries against 20, 70 and 200 keys; 2 query heads
+    of one KV head, D 64) as bf16 [T, H, D] tensors, their int32 cumulative lengths, the compiled
+    variant and its positions rewrite with the varlen op's two captured lengths."""
     attn = _DENSE[name]()
-    hq, hkv, d = 2, 1, 64
     lq, lk = [5, 70, 130], [20, 70, 200]
     cq = torch.tensor([0] + list(torch.tensor(lq).cumsum(0)), dtype=torch.int32)
     ck = torch.tensor([0] + list(torch.tensor(lk).cumsum(0)), dtype=torch.int32)
     tq, tk = sum(lq), sum(lk)
-    q, k, v = _bf16(tq, hq, d, seed=0), _bf16(tk, hkv, d, seed=1), _bf16(tk, hkv, d, seed=2)
-    ref, ref_lse = attn.varlen(q.double(), k.double(), v.double(), cq, ck, return_lse=True)
+    q, k, v = _bf16(tq, 2, 64, seed=0), _bf16(tk, 1, 64, seed=1), _bf16(tk, 1, 64, seed=2)
     variant = _C.build_variant(with_positions(attn._ref.trace_json))
     lq_t, lk_t = torch.tensor(lq), torch.tensor(lk)
     buffers = list(attn.buffers) + [lk_t - lq_t, lk_t]
+    layout = {"grid": (len(lq), 2, max(lq)), "skv": max(lk), "kv_lens": lk_t, "cu_q": cq,
+              "cu_k": ck, "q_total": tq, "q_base": q, "k_base": k, "v_base": v}
+    return attn, variant, buffers, q, k, v, cq, ck, layout
+
+
+def _as_one(x):
+    return x.transpose(0, 1).unsqueeze(0)  # [T, H, D] -> [1, H, T, D]
+
+
+@pytest.mark.parametrize("family", ["sm90", "sm80"])
+@pytest.mark.parametrize("name", ["plain", "causal", "alibi"])
+def test_emulated_varlen_forward_matches_the_reference(name, family):
+    attn, variant, buffers, q, k, v, cq, ck, layout = _varlen_inputs(name)
+    tq, hq, d = q.shape
+    ref, ref_lse = attn.varlen(q.double(), k.double(), v.double(), cq, ck, return_lse=True)
     info = _fwd_source(variant, d, d, True, _dtypes(buffers), varlen=True, family=family)
     assert info["describe"].endswith(" varlen"), info["describe"]
-    as_one = lambda x: x.transpose(0, 1).unsqueeze(0)  # [T, H, D] -> [1, H, T, D]
-    layout = {"grid": (len(lq), hq, max(lq)), "skv": max(lk), "kv_lens": lk_t,
-              "cu_q": cq, "cu_k": ck, "q_total": tq, "q_base": q, "k_base": k, "v_base": v,
-              "o_stride": [tq * hq * d, d, hq * d]}
-    out, lse = emulate(info, as_one(q), as_one(k), as_one(v), buffers, o_shape=(tq, hq, d),
+    layout["o_stride"] = [tq * hq * d, d, hq * d]
+    out, lse = emulate(info, _as_one(q), _as_one(k), _as_one(v), buffers, o_shape=(tq, hq, d),
                        lse_numel=hq * tq, layout=layout)
     assert _rel(out, ref) < 1e-2
     assert (lse.view(hq, tq).double() - ref_lse).abs().max() < 1e-2
@@ -454,33 +460,22 @@ def test_emulated_backward_matches_autograd(case):
 @pytest.mark.parametrize("family", ["sm90", "sm80"])
 @pytest.mark.parametrize("name", ["plain", "causal", "alibi"])
 def test_emulated_varlen_backward_matches_autograd(name, family):
-    attn = _DENSE[name]()
-    hq, hkv, d = 2, 1, 64
-    lq, lk = [5, 70, 130], [20, 70, 200]
-    cq = torch.tensor([0] + list(torch.tensor(lq).cumsum(0)), dtype=torch.int32)
-    ck = torch.tensor([0] + list(torch.tensor(lk).cumsum(0)), dtype=torch.int32)
-    tq, tk = sum(lq), sum(lk)
-    q, k, v = _bf16(tq, hq, d, seed=0), _bf16(tk, hkv, d, seed=1), _bf16(tk, hkv, d, seed=2)
+    attn, variant, buffers, q, k, v, cq, ck, layout = _varlen_inputs(name)
+    tq, hq, d = q.shape
     dout = _bf16(tq, hq, d, seed=3)
     q64, k64, v64 = (x.double().requires_grad_() for x in (q, k, v))
     o, lse = attn.varlen(q64, k64, v64, cq, ck, return_lse=True)
     want = torch.autograd.grad(o, (q64, k64, v64), dout.double())
-    variant = _C.build_variant(with_positions(attn._ref.trace_json))
-    lq_t, lk_t = torch.tensor(lq), torch.tensor(lk)
-    buffers = list(attn.buffers) + [lk_t - lq_t, lk_t]
     dtypes = _dtypes(buffers)
     info = variant.kernel_source("bwd", d, d, True, dtypes, varlen=True, family=family)
     assert info["describe"].endswith(" varlen"), info["describe"]
     masked = variant.has_mask and "block_state" in info["plan"]
     state = (variant.kernel_source("block_state", d, d, True, dtypes, varlen=True, family=family)
              if masked else None)
-    as_one = lambda x: x.transpose(0, 1).unsqueeze(0)  # [T, H, D] -> [1, H, T, D]
     o16 = o.detach().to(torch.bfloat16)
-    layout = {"grid": (len(lq), hq, max(lq)), "skv": max(lk), "kv_lens": lk_t, "cu_q": cq,
-              "cu_k": ck, "q_total": tq, "q_base": q, "k_base": k, "v_base": v, "o_base": o16,
-              "do_base": dout, "state_batches": len(lq)}
-    got = emulate_bwd(info, state, as_one(q), as_one(k), as_one(v), as_one(o16), lse.detach(),
-                      as_one(dout), buffers, layout=layout)
+    layout.update({"o_base": o16, "do_base": dout, "state_batches": len(cq) - 1})
+    got = emulate_bwd(info, state, _as_one(q), _as_one(k), _as_one(v), _as_one(o16),
+                      lse.detach(), _as_one(dout), buffers, layout=layout)
     for g, w, what in zip(got, want, ("dq", "dk", "dv")):
         assert _rel(g, w) < 2e-2, what
 
