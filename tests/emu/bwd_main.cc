@@ -12,6 +12,7 @@
 #include "common/bwd_rows.h"
 #include "common/params.h"
 #include "emu_io.h"
+#include "row_pass.h"
 #include "common/shapes.h"
 
 extern "C" void ae_bwd(const ae::AttnParams p, const ae::VariantArgs va);
@@ -21,21 +22,10 @@ extern "C" __attribute__((weak)) void ae_bwd_rows_custom(const ae::BwdRowParams 
 namespace {
 
 using emu::read;
+using emu::row_pass;
 using emu::write;
 void strides(long long (&s)[3], long long H, long long S, long long D) {
   s[0] = H * S * D, s[1] = S * D, s[2] = D;
-}
-
-// A row pass over every query row of (batch, heads): kRowPassThreads per block, `lanes` each.
-template <class F>
-void row_pass(const ae::BwdRowParams& rp, F pass) {
-  const long long rows = static_cast<long long>(rp.batch) * rp.heads * rp.q_len;
-  const long long per_block = ae::kRowPassThreads / rp.lanes;
-  gridDim = {static_cast<unsigned>((rows + per_block - 1) / per_block), 1, 1};
-  for (unsigned x = 0; x < gridDim.x; ++x) {
-    blockIdx = {x, 0, 0};
-    emu::run_block(ae::kRowPassThreads, pass);
-  }
 }
 
 }  // namespace

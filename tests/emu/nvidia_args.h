@@ -1,6 +1,8 @@
 // What the NVIDIA emulator's mains (nvidia_fwd_main.cc, nvidia_bwd_main.cc) share: DIR/args.txt
-// as "key value..." lines, and the captured tensors (DIR/buf<i>.bin, contiguous, their sizes
-// under the key buf<i>).
+// as "key value..." lines, the captured tensors (DIR/buf<i>.bin, contiguous, their sizes under
+// the key buf<i>), the kernel's shared-memory array (AE_EMU_SMEM_NS / AE_EMU_SMEM_NAME: its
+// namespace and name, ae::sm90::smem_raw unless given) and the block-state pass (the generated
+// ae_block_state, where the test links one in).
 #pragma once
 
 #include <cstdio>
@@ -12,7 +14,20 @@
 #include <vector>
 
 #include "common/params.h"
+#include "common/shapes.h"
 #include "emu_io.h"
+
+#ifndef AE_EMU_SMEM_NS
+#define AE_EMU_SMEM_NS sm90
+#define AE_EMU_SMEM_NAME smem_raw
+#endif
+namespace ae::AE_EMU_SMEM_NS {
+thread_local __attribute__((aligned(1024))) char AE_EMU_SMEM_NAME[232448];  // its shared memory
+}
+#define AE_EMU_SMEM ae::AE_EMU_SMEM_NS::AE_EMU_SMEM_NAME
+
+extern "C" __attribute__((weak)) void ae_block_state(const ae::AttnParams p, const ae::VariantArgs va,
+                                                     const ae::BlockStateParams bs);
 
 namespace emu {
 
@@ -70,6 +85,28 @@ inline ae::TmaDesc tma_map(const Args& a, const char* data, const std::string& k
   static_assert(sizeof(m) <= sizeof(d), "TmaDesc");
   std::memcpy(&d, &m, sizeof(m));
   return d;
+}
+
+// The block-state pass into `states`, a table per batch (nb > 1) and per head (nh > 1), and p
+// pointed at it: false where no block-state kernel is linked in.
+inline bool run_block_states(ae::AttnParams& p, const ae::VariantArgs& va, int block_m, int block_n,
+                             long long nb, long long nh, std::vector<unsigned char>& states) {
+  if (!ae_block_state) return false;
+  const long long tiles = static_cast<long long>(p.n_q_blocks) * p.n_kv_blocks;
+  states.assign(nb * nh * tiles, 0xff);
+  const ae::BlockStateParams bs{states.data(), block_m, block_n, nb > 1, nh > 1};
+  p.state_stride_h = nh > 1 ? tiles : 0;
+  p.state_stride_b = nb > 1 ? nh * tiles : 0;
+  gridDim = {static_cast<unsigned>(p.n_kv_blocks), static_cast<unsigned>(p.n_q_blocks),
+             static_cast<unsigned>(nb * nh)};
+  for (unsigned z = 0; z < gridDim.z; ++z)
+    for (unsigned y = 0; y < gridDim.y; ++y)
+      for (unsigned x = 0; x < gridDim.x; ++x) {
+        blockIdx = {x, y, z};
+        run_block(ae::kBlockStateThreads, [&] { ae_block_state(p, va, bs); });
+      }
+  p.block_state = states.data();
+  return true;
 }
 
 }  // namespace emu

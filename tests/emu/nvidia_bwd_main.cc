@@ -15,6 +15,7 @@
 #include "common/params.h"
 #include "common/shapes.h"
 #include "nvidia_args.h"
+#include "row_pass.h"
 
 #if AE_EMU_TMA_MAPS == 4
 extern "C" void ae_bwd(const ae::AttnParams p, const ae::VariantArgs va, const ae::TmaDesc tq,
@@ -22,32 +23,10 @@ extern "C" void ae_bwd(const ae::AttnParams p, const ae::VariantArgs va, const a
 #else
 extern "C" void ae_bwd(const ae::AttnParams p, const ae::VariantArgs va);
 #endif
-extern "C" __attribute__((weak)) void ae_block_state(const ae::AttnParams p, const ae::VariantArgs va,
-                                                     const ae::BlockStateParams bs);
-
-namespace ae::AE_EMU_SMEM_NS {
-thread_local __attribute__((aligned(1024))) char AE_EMU_SMEM_NAME[232448];  // its shared memory
-}
-#define AE_EMU_SMEM ae::AE_EMU_SMEM_NS::AE_EMU_SMEM_NAME
-
-namespace {
 
 using emu::read;
+using emu::row_pass;
 using emu::write;
-
-// A row pass over every query row of (batch, heads): kRowPassThreads per block, `lanes` each.
-template <class F>
-void row_pass(const ae::BwdRowParams& rp, F pass) {
-  const long long rows = static_cast<long long>(rp.batch) * rp.heads * rp.q_len;
-  const long long per_block = ae::kRowPassThreads / rp.lanes;
-  gridDim = {static_cast<unsigned>((rows + per_block - 1) / per_block), 1, 1};
-  for (unsigned x = 0; x < gridDim.x; ++x) {
-    blockIdx = {x, 0, 0};
-    emu::run_block(ae::kRowPassThreads, pass);
-  }
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   if (argc != 2) return 2;
@@ -94,24 +73,9 @@ int main(int argc, char** argv) {
   }
   // The block-state pass: a table per batch (packed sequences) and per head where asked.
   std::vector<unsigned char> states;
-  if (i("masked")) {
-    if (!ae_block_state) return 3;
-    const long long nb = i("state_batches"), nh = i("state_heads");
-    states.assign(nb * nh * n_q_blocks * n_kv_blocks, 0xff);
-    ae::BlockStateParams bs{states.data(), static_cast<int>(block_m), static_cast<int>(block_n),
-                            nb > 1, nh > 1};
-    p.state_stride_h = nh > 1 ? n_q_blocks * n_kv_blocks : 0;
-    p.state_stride_b = nb > 1 ? nh * n_q_blocks * n_kv_blocks : 0;
-    gridDim = {static_cast<unsigned>(n_kv_blocks), static_cast<unsigned>(n_q_blocks),
-               static_cast<unsigned>(nb * nh)};
-    for (unsigned z = 0; z < gridDim.z; ++z)
-      for (unsigned y = 0; y < gridDim.y; ++y)
-        for (unsigned x = 0; x < gridDim.x; ++x) {
-          blockIdx = {x, y, z};
-          emu::run_block(ae::kBlockStateThreads, [&] { ae_block_state(p, va, bs); });
-        }
-    p.block_state = states.data();
-  }
+  if (i("masked") && !emu::run_block_states(p, va, static_cast<int>(block_m), static_cast<int>(block_n),
+                                            i("state_batches"), i("state_heads"), states))
+    return 3;
 
   ae::BwdRowParams rp{};
   rp.dout = dout.data(), rp.o = o.data(), rp.lse = reinterpret_cast<const float*>(lse.data());

@@ -23,11 +23,6 @@
 #define AE_EMU_TMA_MAPS 3
 #endif
 
-#ifndef AE_EMU_SMEM_NS
-#define AE_EMU_SMEM_NS sm90
-#define AE_EMU_SMEM_NAME smem_raw
-#endif
-
 #if AE_EMU_TMA_MAPS == 3
 extern "C" void ae_fwd(const ae::AttnParams p, const ae::VariantArgs va, const ae::TmaDesc tq,
                        const ae::TmaDesc tk, const ae::TmaDesc tv);
@@ -38,13 +33,6 @@ extern "C" void ae_fwd(const ae::AttnParams p, const ae::VariantArgs va, const a
 extern "C" void ae_fwd(const ae::AttnParams p, const ae::VariantArgs va);
 #endif
 
-extern "C" __attribute__((weak)) void ae_block_state(const ae::AttnParams p, const ae::VariantArgs va,
-                                                     const ae::BlockStateParams bs);
-
-namespace ae::AE_EMU_SMEM_NS {
-thread_local __attribute__((aligned(1024))) char AE_EMU_SMEM_NAME[232448];  // its shared memory
-}
-#define AE_EMU_SMEM ae::AE_EMU_SMEM_NS::AE_EMU_SMEM_NAME
 
 using emu::read;
 using emu::write;
@@ -117,21 +105,8 @@ int main(int argc, char** argv) {
   emu::smem = AE_EMU_SMEM;
   emu::smem_bytes = static_cast<unsigned>(i("smem"));
   if (emu::smem_bytes > sizeof(AE_EMU_SMEM)) return 3;
-  if (i("masked") && ae_block_state) {  // the block-state pass, per (batch, head)
-    states.assign(p.batch * p.q_heads * p.n_q_blocks * p.n_kv_blocks, 0xff);
-    const ae::BlockStateParams bs{states.data(), block_m, block_n, 1, 1};
-    p.state_stride_h = p.n_q_blocks * p.n_kv_blocks;
-    p.state_stride_b = p.q_heads * p.state_stride_h;
-    gridDim = {static_cast<unsigned>(p.n_kv_blocks), static_cast<unsigned>(p.n_q_blocks),
-               static_cast<unsigned>(p.batch * p.q_heads)};
-    for (unsigned z = 0; z < gridDim.z; ++z)
-      for (unsigned y = 0; y < gridDim.y; ++y)
-        for (unsigned x = 0; x < gridDim.x; ++x) {
-          blockIdx = {x, y, z};
-          emu::run_block(ae::kBlockStateThreads, [&] { ae_block_state(p, va, bs); });
-        }
-    p.block_state = states.data();
-  }
+  if (i("masked"))  // the block-state pass, a table per (batch, head): right for any mask
+    emu::run_block_states(p, va, block_m, block_n, p.batch, p.q_heads, states);
   gridDim = {static_cast<unsigned>(p.n_q_blocks), static_cast<unsigned>(p.q_heads),
              static_cast<unsigned>(p.batch * splits)};
   for (unsigned z = 0; z < gridDim.z; ++z)
