@@ -30,13 +30,28 @@ const char* family_name(Family f) {
 
 std::string KernelSpec::entry() const { return fmt::format("ae_{}", kind_name(kind)); }
 
+// The layout's mark in describe(). It names every layout-dependent kernel, the block-state
+// pass and the combine included: describe() keys the process's kernel registry, and a combine
+// built for dense rows, reused on packed sequences, wrote the wrong rows (an illegal address
+// on the H200).
+std::string KernelSpec::layout_mark() const {
+  switch (layout) {
+    case Layout::KvLengths: return " kvlens";
+    case Layout::Paged: return fmt::format(" page{}", page_size);
+    case Layout::Varlen: return " varlen";
+    case Layout::Dense: break;
+  }
+  return "";
+}
+
 std::string KernelSpec::describe() const {
   const char* dtype = bf16 ? "bf16" : "fp16";
   switch (kind) {
-    case Kind::BlockState: return fmt::format("block_state {}", arch);  // no dtype, no tiles
+    case Kind::BlockState:  // no dtype, no tiles
+      return fmt::format("block_state {}{}", arch, layout_mark());
+    case Kind::FwdCombine: return fmt::format("fwd_combine {} {}{}", arch, dtype, layout_mark());
     case Kind::BwdPrep:
     case Kind::BwdDq:
-    case Kind::FwdCombine:
     case Kind::VCheck: return fmt::format("{} {} {}", kind_name(kind), arch, dtype);
     case Kind::BwdRowsCustom: {  // no dtype (fp32 rows); the gradients it adds into
       std::string grads;
@@ -66,11 +81,7 @@ std::string KernelSpec::describe() const {
                      decode ? " dec" : "", mla ? " mla" : "",
                      plain_loads ? " plain" : "", trust_v ? " trustv" : "",
                      mask_load_mode >= 0 ? fmt::format(" ml{}", mask_load_mode) : "",
-                     padded ? " pad" : "",
-                     layout == Layout::KvLengths ? " kvlens"
-                     : layout == Layout::Paged   ? fmt::format(" page{}", page_size)
-                     : layout == Layout::Varlen  ? " varlen"
-                                                 : std::string());
+                     padded ? " pad" : "", layout_mark());
 }
 
 std::vector<std::string> KernelSpec::compile_options() const {

@@ -100,6 +100,7 @@ struct KernelSpec {
   // memory); what the kernel registry keys
   // a compiled kernel by, with the variant and the buffer dtypes.
   std::string describe() const;
+  std::string layout_mark() const;  // describe()'s " kvlens", " page64", " varlen" ("" dense)
   // Compiler options the instantiation needs besides the engine's own (jit::base_options).
   std::vector<std::string> compile_options() const;
   // The compile options to try instead, in order, when the instantiation spills with its own

@@ -53,6 +53,29 @@ TEST(VarlenPlan, SplitKvCombinesOnTheLayout) {
   EXPECT_EQ(p.steps.back().spec.layout, codegen::Layout::Varlen);
 }
 
+// describe() keys the process's kernel registry: the combine and the block-state pass of
+// packed sequences must not share a key with the dense ones (a dense combine reused on packed
+// sequences wrote rows past the LSE: an illegal address on the H200).
+TEST(VarlenPlan, LayoutStepsKeyedApartFromDenseOnes) {
+  PlanRequest r = varlen(devices::h200(), 1, 65536, 2);
+  r.variant = testing::causal();
+  r.problem = with_sparsity(r.problem, r.variant);
+  PlanRequest d = r;
+  d.problem.kv_layout = KvLayout::Dense;
+  const LaunchPlan pv = make_plan(r), pd = make_plan(d);
+  ASSERT_TRUE(pv.ok && pd.ok) << pv.reason << pd.reason;
+  int compared = 0;
+  for (const codegen::Kind k : {codegen::Kind::FwdCombine, codegen::Kind::BlockState})
+    for (const Step& sv : pv.steps)
+      for (const Step& sd : pd.steps)
+        if (sv.spec.kind == k && sd.spec.kind == k) {
+          ++compared;
+          EXPECT_NE(sv.spec.describe(), sd.spec.describe());
+          EXPECT_NE(sv.spec.describe().find(" varlen"), std::string::npos) << sv.spec.describe();
+        }
+  EXPECT_EQ(compared, 2);
+}
+
 TEST(VarlenPlan, BackwardOnNvidiaNotDeterministic) {
   for (const DeviceCaps& dev : {devices::h200(), devices::a100()}) {
     PlanRequest bwd = varlen(dev, 1024, 1024);

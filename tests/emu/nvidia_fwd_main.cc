@@ -10,7 +10,11 @@
 // AE_EMU_TMA_MAPS: the entry's tensor maps (3: Q, K, V; 2: Q, K, as the MLA decode's; 0: none,
 // the sm80 family's). AE_EMU_SMEM_NS / AE_EMU_SMEM_NAME: the kernel's extern __shared__ array
 // (ae::sm90::smem_raw, ae::sm80::smem, ae::sm80::smem_raw).
+// Split-KV: where the generated combine step (ae_fwd_combine) is linked in, it merges the
+// partials into o.bin and lse.bin as on a GPU; the partials start as NaN (a GPU's workspace
+// is not cleared), so a range the forward leaves unwritten shows.
 #include <fstream>
+#include <limits>
 #include <map>
 #include <sstream>
 #include <string>
@@ -32,7 +36,7 @@ extern "C" void ae_fwd(const ae::AttnParams p, const ae::VariantArgs va, const a
 #else
 extern "C" void ae_fwd(const ae::AttnParams p, const ae::VariantArgs va);
 #endif
-
+extern "C" __attribute__((weak)) void ae_fwd_combine(const ae::AttnParams p);
 
 using emu::read;
 using emu::write;
@@ -61,8 +65,9 @@ int main(int argc, char** argv) {
   p.head_group = 1;
   std::vector<unsigned short> o(i("o_numel"));
   std::vector<float> lse(i("lse_numel"));
-  std::vector<float> o_part(splits * p.batch * p.q_heads * p.q_len * p.d_v),
-      lse_part(splits * p.batch * p.q_heads * p.q_len);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<float> o_part(splits * p.batch * p.q_heads * p.q_len * p.d_v, nan),
+      lse_part(splits * p.batch * p.q_heads * p.q_len, nan);
   p.q = q.data(), p.k = k.data(), p.v = v_data, p.o = o.data(), p.lse = lse.data();
   for (int d = 0; d < 3; ++d) {
     p.q_stride[d] = i("q_stride", d), p.k_stride[d] = i("k_stride", d);
@@ -122,6 +127,15 @@ int main(int argc, char** argv) {
         emu::run_block(static_cast<int>(i("threads")), [&] { ae_fwd(p, va); });
 #endif
       }
+  if (splits > 1 && ae_fwd_combine) {  // the combine step as the planner launches it
+    constexpr int threads = ae::kCombineThreads, per_cta = threads / 32;
+    const long long rows = static_cast<long long>(p.batch) * p.q_heads * p.q_len;
+    gridDim = {static_cast<unsigned>((rows + per_cta - 1) / per_cta), 1, 1};
+    for (unsigned x = 0; x < gridDim.x; ++x) {
+      blockIdx = {x, 0, 0};
+      emu::run_block(threads, [&] { ae_fwd_combine(p); });
+    }
+  }
   write(dir + "/o.bin", o.data(), o.size() * 2);
   write(dir + "/lse.bin", lse.data(), lse.size() * 4);
   write(dir + "/o_part.bin", o_part.data(), o_part.size() * 4);

@@ -65,10 +65,12 @@ def _build(sources, main, tma_maps, smem):
 
 def _fwd_source(variant, *args, **kwargs):
     """kernel_source's forward, with the block-state pass's source where the plan has one
-    (the emulator runs it first: the tables a GPU run would walk)."""
+    (the emulator runs it first: the tables a GPU run would walk) and the split-KV combine's
+    (run after it, as on a GPU)."""
     info = variant.kernel_source("fwd", *args, **kwargs)
-    if "block_state" in info["plan"]:
-        info["block_state_source"] = variant.kernel_source("block_state", *args, **kwargs)["source"]
+    for step in ("block_state", "fwd_combine"):
+        if step in info["plan"]:
+            info[step + "_source"] = variant.kernel_source(step, *args, **kwargs)["source"]
     return info
 
 
@@ -85,18 +87,27 @@ def _tensor_args(name, t, box):
             f"t{name}_bytes": [2 * s[2], 2 * s[1], 2 * s[0]], f"t{name}_box": [box]}
 
 
+def layout_skv(k, layout):
+    return (layout or {}).get("skv", k.shape[2])
+
+
 def emulate(info, q, k, v, buffers, *, o_shape, lse_numel, layout=None, v_in_k=False):
     """Runs the planned forward (kernel_source's dict) on q / k / v given as the kernel sees
     them ([B, H, S, D] views whose storage the emulator gets whole: q, k, v are views of their
-    own contiguous bases), returns (o [o_shape] float, lse, o_part, lse_part)."""
+    own contiguous bases), returns (o [o_shape] float, lse): a split-KV launch's merged by the
+    combine kernel."""
     desc = info["describe"].split()
     bm, bn = map(int, desc[4].split("x"))
     splits = int(os.environ.get("AE_KV_SPLITS", "1")) if " split" in info["describe"] else 1
+    if splits > 1:  # as the planner counts them: ranges of whole blocks, none empty
+        n_kv = -(-layout_skv(k, layout) // bn)
+        splits = -(-n_kv // -(-n_kv // min(splits, n_kv)))
     mla = " mla" in info["describe"]
     page = int(re.search(r" page(\d+)", info["describe"]).group(1)) if " page" in info["describe"] else 0
     kv_box = min(bn, page) if page else bn
     main = "nvidia_fwd_main.cc"
-    sources = [info["source"]] + ([info["block_state_source"]] if "block_state_source" in info else [])
+    sources = [info["source"]] + [info[step] for step in ("block_state_source", "fwd_combine_source")
+                                  if step in info]
     if desc[0] == "fwd90":
         binary = _build(sources, main, 2 if mla else 3, ("sm90", "smem_raw")).result()
     else:  # the sm80 family: no tensor maps; the decode template's array is smem_raw
@@ -105,7 +116,7 @@ def emulate(info, q, k, v, buffers, *, o_shape, lse_numel, layout=None, v_in_k=F
     layout = layout or {}
     B, Hq, Sq = layout.get("grid", (q.shape[0], q.shape[1], q.shape[2]))
     args = {"B": [B], "Hq": [Hq], "Hkv": [k.shape[1]], "Sq": [Sq],
-            "Skv": [layout.get("skv", k.shape[2])], "Dqk": [q.shape[3]], "Dv": [v.shape[3]],
+            "Skv": [layout_skv(k, layout)], "Dqk": [q.shape[3]], "Dv": [v.shape[3]],
             "block_m": [bm], "block_n": [bn], "threads": [info["threads"]], "smem": [info["smem"]],
             "splits": [splits], "masked": [int("block_state" in info["plan"])],
             "scale": [1 / math.sqrt(q.shape[3])], "nbuf": [len(buffers)],
@@ -144,14 +155,7 @@ def emulate(info, q, k, v, buffers, *, o_shape, lse_numel, layout=None, v_in_k=F
         read = lambda n, dt: torch.frombuffer(bytearray((tmp / n).read_bytes()), dtype=dt)
         o = read("o.bin", torch.int16).view(torch.bfloat16).view(o_shape).float()
         lse = read("lse.bin", torch.float32)
-        dv = v.shape[3]
-        o_part = read("o_part.bin", torch.float32).view(splits, B, Hq, Sq, dv)
-        lse_part = read("lse_part.bin", torch.float32).view(splits, B, Hq, Sq)
-    if splits > 1:  # the combine step's merge (common/split_combine.h), written out
-        lse_m = torch.logsumexp(lse_part, 0)
-        w = torch.exp(lse_part - lse_m).nan_to_num(0.0)
-        o = (w.unsqueeze(-1) * o_part).sum(0)
-        lse = lse_m
+    assert splits == 1 or "fwd_combine_source" in info  # (the combine kernel merged them)
     return o, lse
 
 
@@ -326,12 +330,12 @@ def test_emulated_sm80_forward_on_a_cache(case, monkeypatch):
 
 # ---- packed sequences (VarlenLayout; the AE_VARLEN=kernel route, no GPU run yet) ---------
 
-def _varlen_inputs(name):
-    """Three packed sequences (5, 70 and 130 queries against 20, 70 and 200 keys; 2 query heads
-    of one KV head, D 64) as bf16 [T, H, D] tensors, their int32 cumulative lengths, the compiled
-    variant and its positions rewrite with the varlen op's two captured lengths."""
+def _varlen_inputs(name, lq=(5, 70, 130), lk=(20, 70, 200)):
+    """Packed sequences (by default 5, 70 and 130 queries against 20, 70 and 200 keys; 2 query
+    heads of one KV head, D 64) as bf16 [T, H, D] tensors, their int32 cumulative lengths, the
+    compiled variant and its positions rewrite with the varlen op's two captured lengths."""
     attn = _DENSE[name]()
-    lq, lk = [5, 70, 130], [20, 70, 200]
+    lq, lk = list(lq), list(lk)
     cq = torch.tensor([0] + list(torch.tensor(lq).cumsum(0)), dtype=torch.int32)
     ck = torch.tensor([0] + list(torch.tensor(lk).cumsum(0)), dtype=torch.int32)
     tq, tk = sum(lq), sum(lk)
@@ -356,6 +360,26 @@ def test_emulated_varlen_forward_matches_the_reference(name, family):
     ref, ref_lse = attn.varlen(q.double(), k.double(), v.double(), cq, ck, return_lse=True)
     info = _fwd_source(variant, d, d, True, _dtypes(buffers), varlen=True, family=family)
     assert info["describe"].endswith(" varlen"), info["describe"]
+    layout["o_stride"] = [tq * hq * d, d, hq * d]
+    out, lse = emulate(info, _as_one(q), _as_one(k), _as_one(v), buffers, o_shape=(tq, hq, d),
+                       lse_numel=hq * tq, layout=layout)
+    assert _rel(out, ref) < 1e-2
+    assert (lse.view(hq, tq).double() - ref_lse).abs().max() < 1e-2
+
+
+@pytest.mark.parametrize("splits", ["2", "1000"])
+@pytest.mark.parametrize("name", ["plain", "causal"])
+def test_emulated_varlen_decode_with_a_split(name, splits, monkeypatch):
+    """A query per sequence (one sequence empty, one with a single key) with the keys split
+    into ranges (1000: one per block, so that short sequences have empty ranges), merged by
+    the combine kernel on the packed layout."""
+    monkeypatch.setenv("AE_KV_SPLITS", splits)
+    attn, variant, buffers, q, k, v, cq, ck, layout = _varlen_inputs(
+        name, lq=(1, 1, 1, 0, 1), lk=(1, 17, 300, 0, 700))
+    tq, hq, d = q.shape
+    ref, ref_lse = attn.varlen(q.double(), k.double(), v.double(), cq, ck, return_lse=True)
+    info = _fwd_source(variant, d, d, True, _dtypes(buffers), varlen=True, family="sm90", q_len=1)
+    assert " split" in info["describe"] and "fwd_combine_source" in info, info["describe"]
     layout["o_stride"] = [tq * hq * d, d, hq * d]
     out, lse = emulate(info, _as_one(q), _as_one(k), _as_one(v), buffers, o_shape=(tq, hq, d),
                        lse_numel=hq * tq, layout=layout)
