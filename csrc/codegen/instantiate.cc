@@ -91,6 +91,20 @@ Template template_of(const KernelSpec& s) {
               0};
     case Kind::VCheck:
       return {"common/v_check.h", "", fmt::format("ae::v_check<{}>(p)", elem), 0};
+    case Kind::BlockStateBlocks: {
+      const std::string& dt = s.buffer_dtypes.at(s.blocks_buffer);
+      const char* t = dt == "bool" || dt == "uint8" ? "unsigned char"
+                      : dt == "int8"                ? "signed char"
+                      : dt == "int16"               ? "short"
+                      : dt == "int32"               ? "int"
+                                                    : "long long";
+      return {"common/block_state.h", "",
+              fmt::format("ae::block_state_from_blocks<{}, ae::BlockTensor<{}, {}, {}, {}, {}, {}, "
+                          "{}>>(p, va, bs)",
+                          layout, t, s.blocks_buffer, s.blocks_q, s.blocks_k, s.blocks_by_batch,
+                          s.blocks_head_div, s.blocks_codes),
+              0};
+    }
   }
   throw ir::GraphError("codegen: unknown kernel kind");
 }

@@ -18,7 +18,8 @@ const KernelAbi& abi_of(const KernelSpec& s) {
   switch (s.kind) {
     case Kind::Forward: return s.family != Family::Sm90 ? attn : s.mla ? tma_qk : tma;
     case Kind::Backward: return s.family == Family::Sm90 ? tma_bwd : attn;
-    case Kind::BlockState: return block_states;
+    case Kind::BlockState:
+    case Kind::BlockStateBlocks: return block_states;
     case Kind::FwdCombine:
     case Kind::VCheck: return attn_only;
     case Kind::BwdPrep:

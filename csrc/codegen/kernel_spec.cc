@@ -14,6 +14,7 @@ const char* kind_name(Kind k) {
     case Kind::FwdCombine: return "fwd_combine";
     case Kind::BwdRowsCustom: return "bwd_rows_custom";
     case Kind::VCheck: return "v_check";
+    case Kind::BlockStateBlocks: return "block_state_blocks";
   }
   return "?";
 }
@@ -49,6 +50,12 @@ std::string KernelSpec::describe() const {
   switch (kind) {
     case Kind::BlockState:  // no dtype, no tiles
       return fmt::format("block_state {}{}", arch, layout_mark());
+    case Kind::BlockStateBlocks:  // (what the variant's key does not say: the tensor's dtype)
+      return fmt::format("block_state_blocks {} {}{}", arch,
+                         blocks_buffer >= 0 && blocks_buffer < static_cast<int>(buffer_dtypes.size())
+                             ? buffer_dtypes[blocks_buffer]
+                             : "?",
+                         layout_mark());
     case Kind::FwdCombine: return fmt::format("fwd_combine {} {}{}", arch, dtype, layout_mark());
     case Kind::BwdPrep:
     case Kind::BwdDq:

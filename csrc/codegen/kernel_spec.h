@@ -19,6 +19,9 @@ enum class Kind {
   BwdRowsCustom,  // backward row pass of a custom log-domain normalization: its row terms
                   // from the traced finish (common/bwd_rows.h), after BwdPrep
   VCheck,      // forward's pre-pass: whether V holds inf or nan (common/v_check.h)
+  // The code per tile from the variant's block tensor (ir/block_mask.h) and the table of the
+  // rest of its mask (common/block_state.h block_state_from_blocks)
+  BlockStateBlocks,
 };
 // Which template family: the portable kernels of templates/common (block states, row passes),
 // the mma.sync templates (sm_80 and up), the Hopper ones (sm_90a: TMA, wgmma, warp
@@ -88,6 +91,13 @@ struct KernelSpec {
   // MaskLoads: 0 per score, 1 by row, 2 by row and column; -1 the template's own pick;
   // AE_MASK_LOADS, an A/B switch).
   int mask_load_mode = -1;
+  // Kind::BlockStateBlocks: the variant's block tensor as the template reads it (its captured
+  // index, block sizes, indexed by b, head index 0 / h / h // G, codes or bool).
+  int blocks_buffer = -1, blocks_q = 0, blocks_k = 0, blocks_head_div = 0;
+  bool blocks_by_batch = false, blocks_codes = false;
+  // Kind::BlockState: the table of the variant's mask without its block tensor (the runner
+  // builds the step from ir::Variant::without_block_mask), which BlockStateBlocks reads.
+  bool of_rest = false;
 
   int threads() const { return (family == Family::Gfx90a ? 64 : 32) * warps; }
   // Whether the kernel is generated from a variant (the row passes are the same for all).

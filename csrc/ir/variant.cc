@@ -31,6 +31,10 @@ std::shared_ptr<const Variant> build_from_graph(Graph forward) {
     v->kv_lengths_buffer = bound.buffer;
     v->without_kv_lengths = build_from_graph(without_kv_length_bound(v->forward, bound));
   }
+  if (const BlockMaskLookup found = find_block_mask(v->forward); found.buffer >= 0) {
+    v->block_mask = found;
+    v->without_block_mask = build_from_graph(without_block_mask(v->forward, found));
+  }
   std::lock_guard<std::mutex> lock(g_mutex);
   return registry().emplace(v->key, v).first->second;
 }

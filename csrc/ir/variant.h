@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "ir/block_mask.h"
 #include "ir/graph.h"
 #include "ir/passes.h"
 
@@ -22,6 +23,11 @@ struct Variant {
   // forward with the per-batch-lengths layout runs. -1 and null otherwise.
   int kv_lengths_buffer = -1;
   std::shared_ptr<const Variant> without_kv_lengths;
+  // The mask's block-tensor lookup (ir/block_mask.h), when it has one, and this variant
+  // without it (registered too): the block-state table of a call is built from the tensor
+  // and that variant's table. buffer -1 and null otherwise.
+  BlockMaskLookup block_mask;
+  std::shared_ptr<const Variant> without_block_mask;
 };
 
 // Parses, validates and optimizes a trace, differentiates it, and registers the result.

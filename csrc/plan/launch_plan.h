@@ -25,8 +25,9 @@ enum class WorkspaceId {
   LsePart,      // fp32 [splits, B, Hq, Sq]: and their LSE
   TileCounter,  // int32 [1], zeroed: the persistent forward's tiles drawn (AttnParams::tile_counter)
   VFlag,        // int32 [1], zeroed: V holds inf or nan (the V-check pass, AttnParams::v_flag)
+  RestStates,   // uint8, as BlockStates: the table of the mask without its block tensor
 };
-constexpr int kWorkspaceCount = 9;
+constexpr int kWorkspaceCount = 10;
 const char* workspace_name(WorkspaceId id);
 
 struct Workspace {

@@ -307,25 +307,80 @@ std::optional<Step> add_kv_splits(const PlanRequest& r, const KernelSpec& main, 
   return s;
 }
 
+// The table's strides in AttnParams and its facts in BlockStateParams.
+void set_table(const KernelSpec& main, bool per_batch, bool per_head, LaunchPlan& plan) {
+  AttnParams& a = plan.attn;
+  const long long per_tile = static_cast<long long>(a.n_q_blocks) * a.n_kv_blocks;
+  a.state_stride_h = per_head ? per_tile : 0;
+  a.state_stride_b = per_batch ? per_tile * (per_head ? a.q_heads : 1) : 0;
+  plan.block_states.block_m = main.block_m;
+  plan.block_states.block_n = main.block_n;
+  plan.block_states.per_batch = per_batch;
+  plan.block_states.per_head = per_head;
+}
+
+// A mask that looks up a block tensor (ir/block_mask.h): the table of the rest of the mask
+// (the variant without the lookup; cached as a mask_mod's table is, and none where the rest
+// keeps everything), then the call's table from the tensor's codes and it, per call (a thread
+// per tile: common/block_state.h block_state_from_blocks).
+void add_block_tensor_states(const PlanRequest& r, const KernelSpec& main, LaunchPlan& plan) {
+  const VariantTraits& v = r.variant;
+  const AttnParams& a = plan.attn;
+  const bool varlen = main.layout == codegen::Layout::Varlen;
+  if (v.rest_has_mask) {
+    const bool per_batch = v.rest_per_batch || varlen;
+    const int nb = per_batch ? a.batch : 1, nh = v.rest_per_head ? a.q_heads : 1;
+    Workspace ws{WorkspaceId::RestStates, {nb * nh, a.n_q_blocks, a.n_kv_blocks}, ElemType::Other, ""};
+    if (!varlen)
+      ws.cache_key = fmt::format("{}|{}|{}|{}x{}|{}|{}", v.rest_key, a.q_len, a.kv_len, main.block_m,
+                                 main.block_n, nb, nh);
+    ws.key_by_captured = v.rest_reads_buffers;
+    plan.workspaces.push_back(ws);
+    Step s = common_step(r, Kind::BlockState, main.bf16, kBlockStateThreads);
+    if (varlen) s.spec.layout = codegen::Layout::Varlen;
+    s.spec.buffer_dtypes = main.buffer_dtypes;
+    s.spec.of_rest = true;
+    s.grid = {u(a.n_kv_blocks), u(a.n_q_blocks), u(nb * nh)};
+    s.fills_workspace = true;
+    s.fills = WorkspaceId::RestStates;
+    plan.steps.push_back(s);
+    plan.block_states.rest_per_batch = per_batch;
+    plan.block_states.rest_per_head = v.rest_per_head;
+  }
+  const bool per_batch = v.blocks.by_batch || (v.rest_has_mask && v.rest_per_batch) || varlen;
+  const bool per_head = v.blocks.head_div != 0 || (v.rest_has_mask && v.rest_per_head);
+  set_table(main, per_batch, per_head, plan);
+  const int64_t tables = (per_batch ? a.batch : 1) * (per_head ? a.q_heads : 1);
+  plan.workspaces.push_back(
+      {WorkspaceId::BlockStates, {tables, a.n_q_blocks, a.n_kv_blocks}, ElemType::Other, ""});
+  Step s = common_step(r, Kind::BlockStateBlocks, main.bf16, kBlockStateThreads);
+  if (varlen) s.spec.layout = codegen::Layout::Varlen;
+  s.spec.buffer_dtypes = main.buffer_dtypes;
+  s.spec.blocks_buffer = v.blocks.buffer;
+  s.spec.blocks_q = v.blocks.block_q;
+  s.spec.blocks_k = v.blocks.block_k;
+  s.spec.blocks_by_batch = v.blocks.by_batch;
+  s.spec.blocks_head_div = v.blocks.head_div;
+  s.spec.blocks_codes = v.blocks.codes;
+  const int64_t tiles = tables * a.n_q_blocks * a.n_kv_blocks;
+  s.grid = {u((tiles + kBlockStateThreads - 1) / kBlockStateThreads), 1, 1};
+  plan.steps.push_back(s);
+}
+
 // Block counts for the main kernel's tiles; with a mask, the block-state step and its table.
 void add_block_states(const PlanRequest& r, const KernelSpec& main, LaunchPlan& plan) {
   AttnParams& a = plan.attn;
   a.n_q_blocks = static_cast<int>((a.q_len + main.block_m - 1) / main.block_m);
   a.n_kv_blocks = static_cast<int>((a.kv_len + main.block_n - 1) / main.block_n);
-  if (r.problem.sparsity != BlockSparsity::MaskMod) return;
+  if (r.problem.sparsity == BlockSparsity::None) return;
+  if (r.problem.sparsity == BlockSparsity::BlockTensor) return add_block_tensor_states(r, main, plan);
   const VariantTraits& v = r.variant;
   // Packed sequences: a table per batch, whose tiles past the sequence's own lengths are empty
   // (the backward's masked walks skip them: common/block_state.h).
   const bool varlen = main.layout == codegen::Layout::Varlen;
   const bool per_batch = v.mask_per_batch || varlen;
   const int nb = per_batch ? a.batch : 1, nh = v.mask_per_head ? a.q_heads : 1;
-  const long long per_tile = static_cast<long long>(a.n_q_blocks) * a.n_kv_blocks;
-  a.state_stride_h = v.mask_per_head ? per_tile : 0;
-  a.state_stride_b = per_batch ? per_tile * nh : 0;
-  plan.block_states.block_m = main.block_m;
-  plan.block_states.block_n = main.block_n;
-  plan.block_states.per_batch = per_batch;
-  plan.block_states.per_head = v.mask_per_head;
+  set_table(main, per_batch, v.mask_per_head, plan);
 
   Workspace ws{WorkspaceId::BlockStates, {nb * nh, a.n_q_blocks, a.n_kv_blocks}, ElemType::Other, ""};
   // The same table for every call with the same shapes and, where the mask reads captured
@@ -427,6 +482,7 @@ const char* workspace_name(WorkspaceId id) {
     case WorkspaceId::LsePart: return "lse_part";
     case WorkspaceId::TileCounter: return "tile_counter";
     case WorkspaceId::VFlag: return "v_flag";
+    case WorkspaceId::RestStates: return "rest_states";
   }
   return "?";
 }

@@ -28,11 +28,22 @@ VariantTraits VariantTraits::of(const ir::Variant& v) {
   t.score_masks = v.analysis.writes_infinity;
   t.normalize = v.forward.normalize;
   t.log_domain = v.forward.log_domain;
+  if (v.without_block_mask) {
+    const VariantTraits rest = of(*v.without_block_mask);
+    t.blocks = v.block_mask;
+    t.rest_has_mask = rest.has_mask;
+    t.rest_per_batch = rest.mask_per_batch;
+    t.rest_per_head = rest.mask_per_head;
+    t.rest_reads_buffers = rest.mask_reads_buffers;
+    t.rest_key = rest.key;
+  }
   return t;
 }
 
 Problem with_sparsity(Problem p, const VariantTraits& traits) {
-  p.sparsity = traits.has_mask ? BlockSparsity::MaskMod : BlockSparsity::None;
+  p.sparsity = !traits.has_mask           ? BlockSparsity::None
+               : traits.blocks.buffer >= 0 ? BlockSparsity::BlockTensor
+                                           : BlockSparsity::MaskMod;
   return p;
 }
 

@@ -19,9 +19,10 @@ enum class ElemType { BFloat16, Float16, Float32, Float64, Int32, Other };
 // lengths (Q, K and V token-major, each sequence's rows named by cumulative lengths; batch,
 // q_len and kv_len are then the sequence count and the longest sequence's lengths).
 enum class KvLayout { Dense, KvLengths, Paged, Varlen };
-// Where block sparsity comes from: none, or the variant's mask_mod (block-state tables made by
-// a kernel); block masks given as data come with the block-sparsity issue.
-enum class BlockSparsity { None, MaskMod };
+// Where block sparsity comes from: none; the variant's mask_mod (block-state tables made by a
+// kernel that evaluates it per score); or a block tensor the mask looks up
+// (ir/block_mask.h: the table from the tensor's codes and the rest of the mask's own table).
+enum class BlockSparsity { None, MaskMod, BlockTensor };
 
 const char* elem_name(ElemType t);  // "bfloat16", "float16", "float32", "float64", "other"
 
@@ -62,6 +63,12 @@ struct VariantTraits {
   bool score_masks = false;    // a mod writes -inf: any block can have masked keys
   ir::Normalize normalize = ir::Normalize::Softmax;
   bool log_domain = false;     // a custom normalization's (its online steps are softmax's)
+  // The mask's block-tensor lookup (ir/block_mask.h; buffer -1: none) and the traits of the
+  // rest of the mask (ir::Variant::without_block_mask).
+  ir::BlockMaskLookup blocks;
+  bool rest_has_mask = false, rest_per_batch = false, rest_per_head = false,
+       rest_reads_buffers = false;
+  std::string rest_key;
 
   static VariantTraits of(const ir::Variant& v);
 };

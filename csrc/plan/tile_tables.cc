@@ -374,6 +374,7 @@ int smem_bytes(const KernelSpec& s) {
       return s.family == Family::Sm90 ? sm90::bwd_smem_bytes(s.d_qk, s.d_v)
                                       : sm80::bwd_smem_bytes(s.block_n, s.d_qk, s.d_v, s.stages);
     case Kind::BlockState:
+    case Kind::BlockStateBlocks:
     case Kind::BwdPrep:
     case Kind::BwdDq:
     case Kind::BwdRowsCustom:

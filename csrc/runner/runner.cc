@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <stdexcept>
 
 #include "jit/launch.h"
 #include "runner/kernel_registry.h"
@@ -133,6 +134,7 @@ CallArgs call_args(const plan::LaunchPlan& plan, const Bindings& b) {
   if (b.dout.defined()) v.rows = row_params(plan, b);
   v.block_states = plan.block_states;
   v.block_states.state = static_cast<unsigned char*>(ws(b, WorkspaceId::BlockStates).data);
+  v.block_states.rest = static_cast<const unsigned char*>(ws(b, WorkspaceId::RestStates).data);
   return v;
 }
 
@@ -155,13 +157,28 @@ void run(const plan::LaunchPlan& plan, const ir::Variant& variant, const Binding
       args[n++] = v.at(a);
     }
     v.rows.lanes = step.row_lanes;
+    // The rest's table (a block tensor's variant) is filled by the block-state pass of the
+    // variant without the lookup, into its own workspace.
+    const ir::Variant* step_variant = step.spec.of_rest ? variant.without_block_mask.get() : &variant;
+    BlockStateParams& bs = v.block_states;
+    const WorkspaceId table = step.spec.of_rest ? WorkspaceId::RestStates : WorkspaceId::BlockStates;
+    bs.state = static_cast<unsigned char*>(ws(b, table).data);
+    if (step.spec.of_rest) {  // its own table's batch and head dependence
+      bs.per_batch = plan.block_states.rest_per_batch;
+      bs.per_head = plan.block_states.rest_per_head;
+    } else {
+      bs.per_batch = plan.block_states.per_batch;
+      bs.per_head = plan.block_states.per_head;
+    }
     jit::LaunchConfig cfg;
     cfg.grid = {step.grid.x, step.grid.y, step.grid.z};
     cfg.block = {static_cast<unsigned>(step.threads), 1, 1};
     cfg.dynamic_smem = static_cast<unsigned>(step.smem);
     cfg.stream = b.stream;
     cfg.device = b.device;
-    const jit::KernelPtr kernel = get_kernel(step.spec.uses_variant() ? &variant : nullptr, step.spec);
+    if (step.spec.of_rest && !step_variant)
+      throw std::runtime_error("attention_engine: a rest block-state step without the variant's rest");
+    const jit::KernelPtr kernel = get_kernel(step.spec.uses_variant() ? step_variant : nullptr, step.spec);
     jit::launch_kernel(*kernel, cfg, args);
   }
 }

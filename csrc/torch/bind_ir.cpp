@@ -43,10 +43,10 @@ pybind11::dict kernel_source(const ir::Variant& given, const std::string& step, 
   r.variant = plan::VariantTraits::of(v);
   const bool backward =
       step == "bwd" || step == "bwd_prep" || step == "bwd_dq" || step == "bwd_rows_custom";
-  if (!backward && step != "fwd" && step != "block_state" && step != "fwd_combine" &&
-      step != "v_check")
-    throw ir::GraphError("step must be fwd, bwd, block_state, bwd_prep, bwd_dq, bwd_rows_custom, "
-                         "fwd_combine or v_check, not " + step);
+  if (!backward && step != "fwd" && step != "block_state" && step != "block_state_blocks" &&
+      step != "fwd_combine" && step != "v_check")
+    throw ir::GraphError("step must be fwd, bwd, block_state, block_state_blocks, bwd_prep, "
+                         "bwd_dq, bwd_rows_custom, fwd_combine or v_check, not " + step);
   if (!buffer_grads.empty() && buffer_grads.size() != buffer_dtypes.size())
     throw ir::GraphError(fmt::format("codegen: {} buffer gradient flags for {} captured tensors",
                                      buffer_grads.size(), buffer_dtypes.size()));
@@ -86,7 +86,8 @@ pybind11::dict kernel_source(const ir::Variant& given, const std::string& step, 
   for (const plan::Step& s : plan.steps) {
     if (step != codegen::kind_name(s.spec.kind)) continue;
     pyb::dict d;
-    d["source"] = codegen::instantiate(&v, s.spec);
+    // (A block tensor's rest table is built from the variant without the lookup.)
+    d["source"] = codegen::instantiate(s.spec.of_rest ? v.without_block_mask.get() : &v, s.spec);
     d["entry"] = s.spec.entry();
     d["options"] = s.spec.compile_options();
     d["fallback_options"] = s.spec.fallback_options();  // the registry's, on spills
@@ -152,7 +153,7 @@ void bind_ir(pybind11::module_& m) {
            pyb::arg("v_in_k") = false,
            "The generated source of one step of the plan the planner makes for this variant on a "
            "device class (h100, h200, a100, ada, mi250) at 4k tokens: step fwd, bwd, "
-           "block_state, bwd_prep, bwd_dq, fwd_combine (split-KV: AE_KV_SPLITS) or v_check (a masked forward's; AE_V_CHECK); family sm80, sm90 or gfx90a to ask for one (default: the "
+           "block_state, block_state_blocks (a mask looking up a block tensor: ir/block_mask.h), bwd_prep, bwd_dq, fwd_combine (split-KV: AE_KV_SPLITS) or v_check (a masked forward's; AE_V_CHECK); family sm80, sm90 or gfx90a to ask for one (default: the "
            "planner's choice); buffer_grads: for the backward, which captured tensors get "
            "gradients; deterministic: the deterministic backward's; q_len: the query rows (4096; 16 or "
            "fewer plan the decode template), against 4096 keys; kv_lengths: the forward on the per-batch key lengths layout (the variant without its mask's bound kv_idx < lengths[b]); page_size: the forward on a paged KV cache of such pages; varlen: on packed sequences (the varlen op's); v_in_k: V is K's first d_v columns (MLA's latent cache: at (576, 512) on h100/h200 the MLA decode template). Also the step's entry, compile options, threads, shared memory and the "

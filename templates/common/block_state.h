@@ -36,4 +36,67 @@ AE_DEVICE void block_state(const AttnParams& p, const Variant& var, const BlockS
         any ? (all ? kBlockFull : kBlockPartial) : kBlockEmpty;
 }
 
+// The variant's block tensor (csrc/ir/block_mask.h) as compile-time facts: element type T,
+// captured index kBuf, blocks of kBQ x kBK scores, indexed by b (kByBatch, else 0) and by
+// head 0 (kHeadDiv 0), h (1) or h / kHeadDiv; kCodes: codes 0 / 1 / 2 (empty, the rest
+// decides, full), else bool (kept: the rest decides).
+template <class T, int kBuf, int kBQ, int kBK, bool kByBatch, int kHeadDiv, bool kCodes>
+struct BlockTensor {
+  static constexpr int kQ = kBQ, kK = kBK;
+  // 0 (nothing kept), 1 (what the rest keeps), 2 (everything) for user block (qb, kb).
+  AE_DEVICE static int code(const VariantArgs& va, int b, int h, int qb, int kb) {
+    const BufferArg& t = va.buf[kBuf];
+    const long long i = (kByBatch ? b : 0) * t.stride[0] +
+                        (kHeadDiv == 0 ? 0 : h / kHeadDiv) * t.stride[1] + qb * t.stride[2] +
+                        kb * t.stride[3];
+    const int v = static_cast<int>(static_cast<const T*>(t.data)[i]);
+    return kCodes ? v : (v != 0 ? 1 : 0);
+  }
+};
+
+// The table from a block tensor and the rest's table: a thread per tile (grid over batches x
+// heads x query blocks x key blocks of the table, kBlockStateThreads per CTA). A tile reads
+// the codes of the user blocks it overlaps: none kept, it is empty; all full, or all kept
+// where the rest keeps the whole tile, it is full; else partial (the kernels then apply the
+// whole mask, the lookup included, per score). No score is evaluated: a gate's blocks change
+// every call, and this costs a few loads per tile where the per-score pass cost a pass over
+// the S x S map.
+template <class Layout, class Blocks>
+AE_DEVICE void block_state_from_blocks(const AttnParams& p, const VariantArgs& va,
+                                       const BlockStateParams& bs) {
+  const long long tiles_per_bh = static_cast<long long>(p.n_q_blocks) * p.n_kv_blocks;
+  const long long t = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int heads = bs.per_head ? p.q_heads : 1;
+  if (t >= tiles_per_bh * (bs.per_batch ? p.batch : 1) * heads) return;
+  const int kb = static_cast<int>(t % p.n_kv_blocks), mb = static_cast<int>(t / p.n_kv_blocks % p.n_q_blocks);
+  const int bh = static_cast<int>(t / tiles_per_bh);
+  const int b = bs.per_batch ? bh / heads : 0, h = bs.per_head ? bh % heads : 0;
+  const int q0 = mb * bs.block_m, k0 = kb * bs.block_n;
+  const int qn = min(bs.block_m, Layout::q_len(p, b) - q0),
+            kn = min(bs.block_n, Layout::kv_len(p, b) - k0);
+  unsigned char code = kBlockEmpty;
+  if (qn > 0 && kn > 0) {
+    unsigned char rest = kBlockFull;
+    if (bs.rest) {
+      const int rheads = bs.rest_per_head ? p.q_heads : 1;
+      const long long rbh = (bs.rest_per_batch ? b : 0) * rheads + (bs.rest_per_head ? h : 0);
+      rest = bs.rest[(rbh * p.n_q_blocks + mb) * p.n_kv_blocks + kb];
+    }
+    bool none = false, all = false, some = false;  // blocks keeping nothing, all, the rest's
+    for (int qb = q0 / Blocks::kQ; qb <= (q0 + qn - 1) / Blocks::kQ; ++qb)
+      for (int kbu = k0 / Blocks::kK; kbu <= (k0 + kn - 1) / Blocks::kK; ++kbu) {
+        const int c = Blocks::code(va, b, h, qb, kbu);
+        none = none || c == 0;
+        all = all || c == 2;
+        some = some || c == 1;
+      }
+    // The rest decides its blocks: wholly where its own tile is full or empty.
+    all = all || (some && rest == kBlockFull);
+    none = none || (some && rest == kBlockEmpty);
+    const bool partial = some && rest == kBlockPartial;
+    code = !all && !partial ? kBlockEmpty : !none && !partial ? kBlockFull : kBlockPartial;
+  }
+  bs.state[t] = code;
+}
+
 }  // namespace ae

@@ -129,6 +129,10 @@ struct BlockStateParams {
   unsigned char* state;
   int block_m, block_n;
   int per_batch, per_head;
+  // block_state_from_blocks: the table of the mask's rest (null: no rest, every tile full),
+  // with its own batch and head dependence.
+  const unsigned char* rest;
+  int rest_per_batch, rest_per_head;
 };
 
 // A CUtensorMap (TMA descriptor, built on the host by cuTensorMapEncodeTiled): 128 opaque

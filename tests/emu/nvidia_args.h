@@ -28,6 +28,9 @@ thread_local __attribute__((aligned(1024))) char AE_EMU_SMEM_NAME[232448];  // i
 
 extern "C" __attribute__((weak)) void ae_block_state(const ae::AttnParams p, const ae::VariantArgs va,
                                                      const ae::BlockStateParams bs);
+extern "C" __attribute__((weak)) void ae_block_state_blocks(const ae::AttnParams p,
+                                                            const ae::VariantArgs va,
+                                                            const ae::BlockStateParams bs);
 
 namespace emu {
 
@@ -88,23 +91,42 @@ inline ae::TmaDesc tma_map(const Args& a, const char* data, const std::string& k
 }
 
 // The block-state pass into `states`, a table per batch (nb > 1) and per head (nh > 1), and p
-// pointed at it: false where no block-state kernel is linked in.
+// pointed at it: false where no block-state kernel is linked in. A mask looking up a block
+// tensor (ae_block_state_blocks linked in) runs as the planner has it: the rest's pass (its
+// ae_block_state, where the rest has a mask) into a table of its own, then the table from the
+// tensor and that one.
 inline bool run_block_states(ae::AttnParams& p, const ae::VariantArgs& va, int block_m, int block_n,
                              long long nb, long long nh, std::vector<unsigned char>& states) {
-  if (!ae_block_state) return false;
+  if (!ae_block_state && !ae_block_state_blocks) return false;
   const long long tiles = static_cast<long long>(p.n_q_blocks) * p.n_kv_blocks;
-  states.assign(nb * nh * tiles, 0xff);
-  const ae::BlockStateParams bs{states.data(), block_m, block_n, nb > 1, nh > 1};
+  std::vector<unsigned char> rest;
+  ae::BlockStateParams bs{nullptr, block_m, block_n, nb > 1, nh > 1, nullptr, nb > 1, nh > 1};
   p.state_stride_h = nh > 1 ? tiles : 0;
   p.state_stride_b = nb > 1 ? nh * tiles : 0;
-  gridDim = {static_cast<unsigned>(p.n_kv_blocks), static_cast<unsigned>(p.n_q_blocks),
-             static_cast<unsigned>(nb * nh)};
-  for (unsigned z = 0; z < gridDim.z; ++z)
-    for (unsigned y = 0; y < gridDim.y; ++y)
-      for (unsigned x = 0; x < gridDim.x; ++x) {
-        blockIdx = {x, y, z};
-        run_block(ae::kBlockStateThreads, [&] { ae_block_state(p, va, bs); });
-      }
+  if (ae_block_state) {  // the mask's table (or, before ae_block_state_blocks, the rest's)
+    std::vector<unsigned char>& table = ae_block_state_blocks ? rest : states;
+    table.assign(nb * nh * tiles, 0xff);
+    bs.state = table.data();
+    gridDim = {static_cast<unsigned>(p.n_kv_blocks), static_cast<unsigned>(p.n_q_blocks),
+               static_cast<unsigned>(nb * nh)};
+    for (unsigned z = 0; z < gridDim.z; ++z)
+      for (unsigned y = 0; y < gridDim.y; ++y)
+        for (unsigned x = 0; x < gridDim.x; ++x) {
+          blockIdx = {x, y, z};
+          run_block(ae::kBlockStateThreads, [&] { ae_block_state(p, va, bs); });
+        }
+  }
+  if (ae_block_state_blocks) {
+    states.assign(nb * nh * tiles, 0xff);
+    bs.state = states.data();
+    bs.rest = ae_block_state ? rest.data() : nullptr;
+    gridDim = {static_cast<unsigned>((nb * nh * tiles + ae::kBlockStateThreads - 1) /
+                                     ae::kBlockStateThreads), 1, 1};
+    for (unsigned x = 0; x < gridDim.x; ++x) {
+      blockIdx = {x, 0, 0};
+      run_block(ae::kBlockStateThreads, [&] { ae_block_state_blocks(p, va, bs); });
+    }
+  }
   p.block_state = states.data();
   return true;
 }

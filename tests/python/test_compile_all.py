@@ -306,6 +306,31 @@ def test_built_variants_compile_without_spills(name, kind):
     _compiles_without_spills(info, kind)
 
 
+def _flex_codes_variant():
+    """A FlexAttention block mask's lookup (int8 codes, _block_mask.block_mask_to_mask_mod)."""
+    from attention_engine._block_mask import block_mask_to_mask_mod
+    bm = ae.create_block_mask(mods.causal, 1, 2, 512, 512, device="cpu", BLOCK_SIZE=64)
+    bm = torch.nn.attention.flex_attention.BlockMask.from_kv_blocks(
+        bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks, bm.full_kv_indices,
+        BLOCK_SIZE=64, mask_mod=mods.causal)
+    attn = ae.compile(mask_mod=block_mask_to_mask_mod(bm, "cpu"))
+    return attn.variant, [str(t.dtype).replace("torch.", "") for t in attn.buffers]
+
+
+# A mask looking up a block tensor (csrc/ir/block_mask.h): the table from the tensor's codes
+# (common/block_state.h block_state_from_blocks), for NVIDIA and gfx90a (a portable kernel).
+@pytest.mark.parametrize("name", ["seer_block_sparse", "flex_codes"])
+def test_block_tensor_table_compiles(name):
+    variant, dtypes = BUILT_VARIANTS[name]() if name in BUILT_VARIANTS else _flex_codes_variant()
+    info = variant.kernel_source("block_state_blocks", 128, 128, True, dtypes)
+    assert info["describe"].startswith("block_state_blocks sm_90a " + dtypes[-1 if name == "seer_block_sparse" else 0])
+    _compiles_without_spills(info, "block_state")
+    if rtc_available("gfx90a"):
+        info = variant.kernel_source("block_state_blocks", 128, 128, True, dtypes, device="mi250")
+        (report,) = _C.jit_check_arches(info["source"], info["entry"], arches=["gfx90a"], options=[])
+        assert report["ok"], f"{info['describe']} gfx90a: {report['error']}"
+
+
 @pytest.mark.parametrize("bf16", [True, False], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("row_pass", ["bwd_prep", "bwd_dq"])
 def test_backward_row_passes_compile_without_spills(row_pass, bf16):

@@ -68,8 +68,9 @@ def _fwd_source(variant, *args, **kwargs):
     (the emulator runs it first: the tables a GPU run would walk) and the split-KV combine's
     (run after it, as on a GPU)."""
     info = variant.kernel_source("fwd", *args, **kwargs)
-    for step in ("block_state", "fwd_combine"):
-        if step in info["plan"]:
+    steps = {line.split()[0] for line in info["plan"].splitlines() if line.strip()}
+    for step in ("block_state", "block_state_blocks", "fwd_combine"):
+        if step in steps:
             info[step + "_source"] = variant.kernel_source(step, *args, **kwargs)["source"]
     return info
 
@@ -106,8 +107,9 @@ def emulate(info, q, k, v, buffers, *, o_shape, lse_numel, layout=None, v_in_k=F
     page = int(re.search(r" page(\d+)", info["describe"]).group(1)) if " page" in info["describe"] else 0
     kv_box = min(bn, page) if page else bn
     main = "nvidia_fwd_main.cc"
-    sources = [info["source"]] + [info[step] for step in ("block_state_source", "fwd_combine_source")
-                                  if step in info]
+    sources = [info["source"]] + [info[step] for step in ("block_state_source",
+                                                          "block_state_blocks_source",
+                                                          "fwd_combine_source") if step in info]
     if desc[0] == "fwd90":
         binary = _build(sources, main, 2 if mla else 3, ("sm90", "smem_raw")).result()
     else:  # the sm80 family: no tensor maps; the decode template's array is smem_raw
@@ -385,6 +387,47 @@ def test_emulated_varlen_decode_with_a_split(name, splits, monkeypatch):
                        lse_numel=hq * tq, layout=layout)
     assert _rel(out, ref) < 1e-2
     assert (lse.view(hq, tq).double() - ref_lse).abs().max() < 1e-2
+
+
+# ---- block sparsity as data (csrc/ir/block_mask.h: the table from the block tensor and the
+# rest's table; no GPU run yet) ------------------------------------------------------------
+
+@pytest.mark.parametrize("case", [("bool", "causal", "sm90"), ("bool", None, "sm80"),
+                                  ("codes", "causal", "sm90")], ids=lambda c: "-".join(map(str, c)))
+def test_emulated_block_tensor_forward_matches_the_reference(case, monkeypatch):
+    """Random blocks of 64 (a third kept, an empty query block row) under causal or alone, as
+    seer.BlockSparseAttention (bool) or a FlexAttention block mask (codes) write the lookup;
+    the plan builds the table from the tensor, and the forward walks it."""
+    form, rest, family = case
+    monkeypatch.setenv("AE_KV_SPLITS", "1")
+    B, H, S, d, bs = 1, 2, 320, 64, 64
+    n = -(-S // bs)
+    gen = torch.Generator().manual_seed(3)
+    if form == "bool":
+        blocks = torch.rand(B, H, n, n, generator=gen) < 0.35
+        blocks[:, :, 2] = False  # a query block with nothing kept: its rows give 0
+        sparse = ae.seer.BlockSparseAttention(mask_mod=mods.causal if rest else None, block_size=bs)
+        attn, buffers = sparse._attn, [blocks]
+    else:
+        from attention_engine._block_mask import block_mask_to_mask_mod
+        codes = torch.randint(0, 3, (B, H, n, n), generator=gen, dtype=torch.int8)
+        nums = (codes == 1).sum(-1).int()
+        idx = torch.sort((codes != 1).to(torch.int8), dim=-1, stable=True).indices.int()
+        fnums = (codes == 2).sum(-1).int()
+        fidx = torch.sort((codes != 2).to(torch.int8), dim=-1, stable=True).indices.int()
+        bm = torch.nn.attention.flex_attention.BlockMask.from_kv_blocks(
+            nums, idx, fnums, fidx, BLOCK_SIZE=bs, mask_mod=mods.causal, seq_lengths=(S, S))
+        attn = ae.compile(mask_mod=block_mask_to_mask_mod(bm, "cpu"))
+        buffers = list(attn.buffers)
+    variant = attn.variant
+    q, k, v = _bf16(B, H, S, d, seed=0), _bf16(B, H, S, d, seed=1), _bf16(B, H, S, d, seed=2)
+    info = _fwd_source(variant, d, d, True, _dtypes(buffers), family=family, q_len=S)
+    assert "block_state_blocks_source" in info, info["plan"]
+    assert ("block_state_source" in info) == bool(rest), info["plan"]
+    out, lse = emulate(info, q, k, v, buffers, o_shape=(B, H, S, d), lse_numel=B * H * S)
+    q64, k64, v64 = q.double(), k.double(), v.double()
+    ref = sparse(q64, k64, v64, blocks) if form == "bool" else attn(q64, k64, v64)
+    assert _rel(out, ref) < 1e-2
 
 
 # ---- other interleavings, and the stand-ins' coverage ------------------------------------

@@ -202,3 +202,33 @@ def test_block_sparse_attention_on_the_kernels():
     assert rel(out, ref) < 2e-2
     for a, b in zip(got, want):
         assert rel(a, b) < 3e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bs", [64, 128, 96])
+@pytest.mark.parametrize("family", ["sm90", "sm80"])
+def test_block_tensor_tables_on_the_kernels(bs, family, monkeypatch):
+    """The block tensor's table (csrc/ir/block_mask.h: built from the tensor and the causal
+    rest's own table, not per score) at block sizes that equal, halve or straddle the
+    kernels' tiles, per query head, with an empty query block row; forward and backward."""
+    if family == "sm80":
+        monkeypatch.setenv("AE_DISABLE_SM90", "1")
+        monkeypatch.setenv("AE_DISABLE_SM90_BWD", "1")
+    S = 1100
+    n = -(-S // bs)
+    sparse = BlockSparseAttention(mask_mod=mods.causal, block_size=bs)
+    gen = torch.Generator(device="cuda").manual_seed(bs)
+    q, k, v = (torch.randn(1, h, S, 64, device="cuda", dtype=torch.bfloat16, generator=gen,
+                           requires_grad=True) for h in (4, 2, 2))
+    blocks = torch.rand(1, 4, n, n, device="cuda", generator=gen) < 0.4
+    blocks[:, 1, 3] = False
+    out = sparse(q, k, v, blocks)
+    dout = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), dout)
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref = sparse(q64, k64, v64, blocks)
+    want = torch.autograd.grad(ref, (q64, k64, v64), dout.double())
+    rel = lambda a, b: ((a.double() - b).norm() / b.norm()).item()
+    assert rel(out, ref) < 2e-2
+    for a, b in zip(got, want):
+        assert rel(a, b) < 3e-2

@@ -1,0 +1,138 @@
+// Block sparsity as data: the mask's lookup of a block tensor found (ir/block_mask.h) in its
+// two forms, and the planner's two steps for it (the rest's table, then the call's table from
+// the tensor), forward and backward.
+#include <gtest/gtest.h>
+
+#include "codegen/instantiate.h"
+#include "ir/block_mask.h"
+#include "ir/variant.h"
+#include "plan/planner.h"
+#include "plan_fixtures.h"
+#include "trace_builder.h"
+
+namespace ae {
+namespace {
+
+using test::TraceBuilder;
+
+struct Form {
+  bool codes = false;   // FlexAttention's codes (s == 2) | ((s == 1) & rest), else bool & rest
+  bool causal = true;   // a rest: q_idx >= kv_idx
+  std::string head = "h";  // "h", "h//2" or "0"
+  std::string batch = "b";  // "b" or "0"
+  int bq = 64, bk = 128;
+};
+
+std::string block_trace(const Form& f) {
+  TraceBuilder t;
+  const int buf = t.buffer("blocks", f.codes ? "int8" : "bool", {1, 1, 1, 1});
+  const int s = t.param("score"), b = t.param("b"), h = t.param("h"), q = t.param("q_idx"),
+            kv = t.param("kv_idx");
+  t.score(s);
+  const int bi = f.batch == "b" ? b : t.iconst(0);
+  const int hi = f.head == "h" ? h : f.head == "0" ? t.iconst(0) : t.op("floordiv", {h, t.iconst(2)});
+  const int ld = t.load(buf, {bi, hi, t.op("floordiv", {q, t.iconst(f.bq)}),
+                              t.op("floordiv", {kv, t.iconst(f.bk)})});
+  const int rest = f.causal ? t.op("ge", {q, kv}) : -1;
+  if (!f.codes) {
+    t.mask(rest >= 0 ? t.op("and", {ld, rest}) : ld);
+  } else {
+    const int full = t.op("eq", {ld, t.iconst(2)}), part = t.op("eq", {ld, t.iconst(1)});
+    t.mask(t.op("or", {full, rest >= 0 ? t.op("and", {part, rest}) : part}));
+  }
+  return t.str();
+}
+
+TEST(BlockMask, BoolFormFound) {
+  const auto v = ir::build_variant(block_trace({}));
+  ASSERT_EQ(v->block_mask.buffer, 0);
+  EXPECT_FALSE(v->block_mask.codes);
+  EXPECT_EQ(v->block_mask.block_q, 64);
+  EXPECT_EQ(v->block_mask.block_k, 128);
+  EXPECT_TRUE(v->block_mask.by_batch);
+  EXPECT_EQ(v->block_mask.head_div, 1);
+  ASSERT_TRUE(v->without_block_mask);
+  // The rest is causal alone: a mask that reads no tensor.
+  EXPECT_TRUE(v->without_block_mask->analysis.has_mask);
+  EXPECT_EQ(v->without_block_mask->forward.text(false).find("$0["), std::string::npos);
+  EXPECT_EQ(v->without_block_mask->block_mask.buffer, -1);
+  // Without a rest: nothing left to evaluate.
+  Form alone;
+  alone.causal = false;
+  EXPECT_FALSE(ir::build_variant(block_trace(alone))->without_block_mask->analysis.has_mask);
+}
+
+TEST(BlockMask, CodesFormAndIndexForms) {
+  Form f;
+  f.codes = true, f.head = "h//2", f.batch = "0";
+  const auto v = ir::build_variant(block_trace(f));
+  ASSERT_EQ(v->block_mask.buffer, 0);
+  EXPECT_TRUE(v->block_mask.codes);
+  EXPECT_FALSE(v->block_mask.by_batch);
+  EXPECT_EQ(v->block_mask.head_div, 2);
+  EXPECT_TRUE(v->without_block_mask->analysis.has_mask);  // the rest: causal
+  EXPECT_EQ(v->without_block_mask->forward.text(false).find("$0["), std::string::npos);
+  f.causal = false, f.head = "0";
+  const auto w = ir::build_variant(block_trace(f));
+  ASSERT_EQ(w->block_mask.buffer, 0);
+  EXPECT_EQ(w->block_mask.head_div, 0);
+  EXPECT_FALSE(w->without_block_mask->analysis.has_mask);
+}
+
+TEST(BlockMask, OnlyThatShape) {
+  // A load indexed by q_idx itself (no block), or a float tensor: not a block lookup.
+  TraceBuilder t;
+  const int buf = t.buffer("m", "bool", {1, 1, 1, 1});
+  const int b = t.param("b"), h = t.param("h"), q = t.param("q_idx"), kv = t.param("kv_idx");
+  t.score(t.param("score"));
+  t.mask(t.load(buf, {b, h, q, t.op("floordiv", {kv, t.iconst(64)})}));
+  EXPECT_EQ(ir::build_variant(t.str())->block_mask.buffer, -1);
+  // Under an or (not a conjunct): not taken out.
+  TraceBuilder o;
+  const int ob = o.buffer("m", "bool", {1, 1, 1, 1});
+  const int b2 = o.param("b"), h2 = o.param("h"), q2 = o.param("q_idx"), kv2 = o.param("kv_idx");
+  o.score(o.param("score"));
+  const int ld = o.load(ob, {b2, h2, o.op("floordiv", {q2, o.iconst(64)}),
+                             o.op("floordiv", {kv2, o.iconst(64)})});
+  o.mask(o.op("or", {ld, o.op("ge", {q2, kv2})}));
+  EXPECT_EQ(ir::build_variant(o.str())->block_mask.buffer, -1);
+}
+
+TEST(BlockMask, PlannedAsTheRestsTableThenTheTensors) {
+  const auto v = ir::build_variant(block_trace({}));
+  for (const plan::OpKind kind : {plan::OpKind::Forward, plan::OpKind::Backward}) {
+    plan::PlanRequest r = plan::testing::request(kind, plan::devices::h200(),
+                                                 plan::VariantTraits::of(*v), 128, 128, 4096);
+    r.problem.batch = 2, r.problem.q_heads = r.problem.kv_heads = 4;
+    r.problem.captured = {{"bool", 4, false, 1}};
+    r.problem = plan::with_sparsity(r.problem, r.variant);
+    ASSERT_EQ(r.problem.sparsity, plan::BlockSparsity::BlockTensor);
+    const plan::LaunchPlan p = plan::make_plan(r);
+    ASSERT_TRUE(p.ok) << p.reason;
+    ASSERT_GE(p.steps.size(), 3u);
+    EXPECT_EQ(p.steps[0].spec.kind, codegen::Kind::BlockState);
+    EXPECT_TRUE(p.steps[0].spec.of_rest);
+    EXPECT_EQ(p.steps[0].fills, plan::WorkspaceId::RestStates);
+    EXPECT_EQ(p.steps[0].grid.z, 1u);  // causal: one table for every batch and head
+    const plan::Step& blocks = p.steps[1];
+    EXPECT_EQ(blocks.spec.kind, codegen::Kind::BlockStateBlocks);
+    EXPECT_FALSE(blocks.fills_workspace);  // built per call
+    EXPECT_TRUE(p.block_states.per_batch && p.block_states.per_head);
+    const plan::Workspace* rest = p.workspace(plan::WorkspaceId::RestStates);
+    ASSERT_TRUE(rest);
+    EXPECT_FALSE(rest->cache_key.empty());  // cached as a mask_mod's table
+    const plan::Workspace* table = p.workspace(plan::WorkspaceId::BlockStates);
+    ASSERT_TRUE(table);
+    EXPECT_TRUE(table->cache_key.empty());
+    EXPECT_EQ(table->shape[0], 8);
+    const int64_t tiles = 8LL * p.attn.n_q_blocks * p.attn.n_kv_blocks;
+    EXPECT_GE(static_cast<int64_t>(blocks.grid.x) * blocks.threads, tiles);
+    const std::string src = codegen::instantiate(v.get(), blocks.spec);
+    EXPECT_NE(src.find("block_state_from_blocks<"), std::string::npos) << src;
+    EXPECT_NE(src.find("BlockTensor<unsigned char, 0, 64, 128, true, 1, false>"), std::string::npos)
+        << src;
+  }
+}
+
+}  // namespace
+}  // namespace ae
