@@ -26,7 +26,7 @@ Flex at block 64 on Hopper: torch's default tiles for bf16 D 128 (forward 128 qu
 backward 128 keys) do not divide a 64 block, so without autotuning flex refuses the forward
 (ValueError) and finds no backward kernel. --flex-mode defaults to max-autotune-no-cudagraphs,
 whose candidate tiles include 64 and 32 (compile time: a minute or so per length, outside the
-timing); --flex-mode default gives torch's plain compile.
+timing); --flex-mode default gives torch's plain compile, --flex-mode none leaves flex out.
 
 fwd+bwd is timed at every length unless --no-bwd, or where a rough estimate of its memory
 (activations, gradients, block tables) exceeds 90% of the GPU's free memory; then that
@@ -142,7 +142,7 @@ def main() -> int:
     dense = ae.compile(mask_mod=ae.mods.causal)
     sparse = ae.seer.BlockSparseAttention(mask_mod=ae.mods.causal, block_size=bs)
     flex = None
-    if cuda:
+    if cuda and args.flex_mode != "none":
         from torch.nn.attention.flex_attention import flex_attention
         mode = None if args.flex_mode == "default" else args.flex_mode
         flex = torch.compile(flex_attention, dynamic=False, mode=mode)
