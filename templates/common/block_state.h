@@ -12,6 +12,7 @@
 #include "common/kv_layout.h"
 #include "common/params.h"
 #include "common/shapes.h"
+#include "common/variant_support.h"  // (offset: clamped indices)
 
 namespace ae {
 
@@ -44,12 +45,12 @@ template <class T, int kBuf, int kBQ, int kBK, bool kByBatch, int kHeadDiv, bool
 struct BlockTensor {
   static constexpr int kQ = kBQ, kK = kBK;
   // 0 (nothing kept), 1 (what the rest keeps), 2 (everything) for user block (qb, kb).
+  // (Indices clamped into the tensor as the mask's own load clamps them: the table and the
+  // per-score mask agree on every tensor, the wrong-sized ones included.)
   AE_DEVICE static int code(const VariantArgs& va, int b, int h, int qb, int kb) {
     const BufferArg& t = va.buf[kBuf];
-    const long long i = (kByBatch ? b : 0) * t.stride[0] +
-                        (kHeadDiv == 0 ? 0 : h / kHeadDiv) * t.stride[1] + qb * t.stride[2] +
-                        kb * t.stride[3];
-    const int v = static_cast<int>(static_cast<const T*>(t.data)[i]);
+    const long long idx[4] = {kByBatch ? b : 0, kHeadDiv == 0 ? 0 : h / kHeadDiv, qb, kb};
+    const int v = static_cast<int>(static_cast<const T*>(t.data)[offset<4>(t, idx)]);
     return kCodes ? v : (v != 0 ? 1 : 0);
   }
 };
