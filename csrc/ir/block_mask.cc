@@ -2,15 +2,11 @@
 
 #include <vector>
 
+#include "ir/mask_conjunct.h"
 #include "ir/passes.h"
 
 namespace ae::ir {
 namespace {
-
-bool is_param(const Graph& g, int n, Param p) {
-  const Node& x = g.nodes[n];
-  return x.op == Op::Param && x.index == static_cast<int>(p);
-}
 
 bool is_const(const Graph& g, int n, int64_t v) {
   const Node& x = g.nodes[n];
@@ -80,32 +76,17 @@ bool codes_form(const Graph& g, const std::vector<int>& uses, int n, BlockMaskLo
   return false;
 }
 
-// As length_bound.cc's search: only nodes read once are followed.
-BlockMaskLookup search(const Graph& g, const std::vector<int>& uses, int n) {
-  if (uses[n] != 1) return {};
-  BlockMaskLookup f;
-  if (block_load(g, n, DType::Bool, &f)) {
-    f.node = n;
-    return f;
-  }
-  if (codes_form(g, uses, n, &f)) return f;
-  const Node& x = g.nodes[n];
-  if (x.op != Op::And || x.type != DType::Bool) return {};
-  for (int a : x.args)
-    if (BlockMaskLookup found = search(g, uses, a); found.buffer >= 0) return found;
-  return {};
-}
-
 }  // namespace
 
 BlockMaskLookup find_block_mask(const Graph& g) {
-  const int mask = g.output("mask");
-  if (mask < 0) return {};
-  std::vector<int> uses(g.nodes.size(), 0);
-  for (const Node& n : g.nodes)
-    for (int a : n.args) ++uses[a];
-  for (const Output& o : g.outputs) ++uses[o.node];
-  return search(g, uses, mask);
+  const std::vector<int> uses = use_counts(g);
+  BlockMaskLookup found;
+  find_mask_conjunct(g, uses, [&](int n) {
+    if (block_load(g, n, DType::Bool, &found)) found.node = n;
+    else codes_form(g, uses, n, &found);
+    return found.buffer >= 0;
+  });
+  return found;
 }
 
 Graph without_block_mask(const Graph& g, const BlockMaskLookup& found) {

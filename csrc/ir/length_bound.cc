@@ -2,15 +2,11 @@
 
 #include <vector>
 
+#include "ir/mask_conjunct.h"
 #include "ir/passes.h"
 
 namespace ae::ir {
 namespace {
-
-bool is_param(const Graph& g, int n, Param p) {
-  const Node& x = g.nodes[n];
-  return x.op == Op::Param && x.index == static_cast<int>(p);
-}
 
 // lengths[b]: a load of a 1-D integer buffer at the batch index.
 int lengths_buffer(const Graph& g, int n) {
@@ -30,29 +26,15 @@ int bound_buffer(const Graph& g, int n) {
   return -1;
 }
 
-// uses: how many node arguments and outputs read each node. Only nodes read once (by the
-// and-tree's node above them, or as the mask) are followed: replacing a shared one would change
-// its other readers (a score_mod reading the same comparison) too.
-KvLengthBound search(const Graph& g, const std::vector<int>& uses, int n) {
-  if (uses[n] != 1) return {};
-  if (const int buf = bound_buffer(g, n); buf >= 0) return {buf, n};
-  const Node& x = g.nodes[n];
-  if (x.op != Op::And || x.type != DType::Bool) return {};
-  for (int a : x.args)
-    if (KvLengthBound found = search(g, uses, a); found.buffer >= 0) return found;
-  return {};
-}
-
 }  // namespace
 
 KvLengthBound find_kv_length_bound(const Graph& g) {
-  const int mask = g.output("mask");
-  if (mask < 0) return {};
-  std::vector<int> uses(g.nodes.size(), 0);
-  for (const Node& n : g.nodes)
-    for (int a : n.args) ++uses[a];
-  for (const Output& o : g.outputs) ++uses[o.node];
-  return search(g, uses, mask);
+  KvLengthBound found;
+  find_mask_conjunct(g, use_counts(g), [&](int n) {
+    if (const int buf = bound_buffer(g, n); buf >= 0) found = {buf, n};
+    return found.buffer >= 0;
+  });
+  return found;
 }
 
 Graph without_kv_length_bound(const Graph& g, const KvLengthBound& bound) {

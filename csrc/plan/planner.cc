@@ -319,6 +319,33 @@ void set_table(const KernelSpec& main, bool per_batch, bool per_head, LaunchPlan
   plan.block_states.per_head = per_head;
 }
 
+// A mask's block-state pass (common/block_state.h block_state: the mask evaluated per score)
+// into workspace `id`, a table per batch and per head where it depends on them. The same
+// table for every call with the same shapes and, where the mask reads captured tensors
+// (document ids), the same tensors unchanged: training steps that keep their ids build it
+// once (it cost a pass over every score per call). (Not packed sequences': their lengths are
+// device data, so the table is built per call.)
+Step& add_mask_pass(const PlanRequest& r, const KernelSpec& main, LaunchPlan& plan, WorkspaceId id,
+                    const std::string& key, bool per_batch, bool per_head, bool reads_buffers) {
+  const AttnParams& a = plan.attn;
+  const bool varlen = main.layout == codegen::Layout::Varlen;
+  const int nb = per_batch ? a.batch : 1, nh = per_head ? a.q_heads : 1;
+  Workspace ws{id, {nb * nh, a.n_q_blocks, a.n_kv_blocks}, ElemType::Other, ""};
+  if (!varlen)
+    ws.cache_key = fmt::format("{}|{}|{}|{}x{}|{}|{}", key, a.q_len, a.kv_len, main.block_m,
+                               main.block_n, nb, nh);
+  ws.key_by_captured = reads_buffers;
+  plan.workspaces.push_back(ws);
+  Step s = common_step(r, Kind::BlockState, main.bf16, kBlockStateThreads);
+  if (varlen) s.spec.layout = codegen::Layout::Varlen;
+  s.spec.buffer_dtypes = main.buffer_dtypes;
+  s.grid = {u(a.n_kv_blocks), u(a.n_q_blocks), u(nb * nh)};
+  s.fills_workspace = true;
+  s.fills = id;
+  plan.steps.push_back(s);
+  return plan.steps.back();
+}
+
 // A mask that looks up a block tensor (ir/block_mask.h): the table of the rest of the mask
 // (the variant without the lookup; cached as a mask_mod's table is, and none where the rest
 // keeps everything), then the call's table from the tensor's codes and it, per call (a thread
@@ -329,21 +356,9 @@ void add_block_tensor_states(const PlanRequest& r, const KernelSpec& main, Launc
   const bool varlen = main.layout == codegen::Layout::Varlen;
   if (v.rest_has_mask) {
     const bool per_batch = v.rest_per_batch || varlen;
-    const int nb = per_batch ? a.batch : 1, nh = v.rest_per_head ? a.q_heads : 1;
-    Workspace ws{WorkspaceId::RestStates, {nb * nh, a.n_q_blocks, a.n_kv_blocks}, ElemType::Other, ""};
-    if (!varlen)
-      ws.cache_key = fmt::format("{}|{}|{}|{}x{}|{}|{}", v.rest_key, a.q_len, a.kv_len, main.block_m,
-                                 main.block_n, nb, nh);
-    ws.key_by_captured = v.rest_reads_buffers;
-    plan.workspaces.push_back(ws);
-    Step s = common_step(r, Kind::BlockState, main.bf16, kBlockStateThreads);
-    if (varlen) s.spec.layout = codegen::Layout::Varlen;
-    s.spec.buffer_dtypes = main.buffer_dtypes;
-    s.spec.of_rest = true;
-    s.grid = {u(a.n_kv_blocks), u(a.n_q_blocks), u(nb * nh)};
-    s.fills_workspace = true;
-    s.fills = WorkspaceId::RestStates;
-    plan.steps.push_back(s);
+    add_mask_pass(r, main, plan, WorkspaceId::RestStates, v.rest_key, per_batch, v.rest_per_head,
+                  v.rest_reads_buffers)
+        .spec.of_rest = true;
     plan.block_states.rest_per_batch = per_batch;
     plan.block_states.rest_per_head = v.rest_per_head;
   }
@@ -377,29 +392,10 @@ void add_block_states(const PlanRequest& r, const KernelSpec& main, LaunchPlan& 
   const VariantTraits& v = r.variant;
   // Packed sequences: a table per batch, whose tiles past the sequence's own lengths are empty
   // (the backward's masked walks skip them: common/block_state.h).
-  const bool varlen = main.layout == codegen::Layout::Varlen;
-  const bool per_batch = v.mask_per_batch || varlen;
-  const int nb = per_batch ? a.batch : 1, nh = v.mask_per_head ? a.q_heads : 1;
+  const bool per_batch = v.mask_per_batch || main.layout == codegen::Layout::Varlen;
   set_table(main, per_batch, v.mask_per_head, plan);
-
-  Workspace ws{WorkspaceId::BlockStates, {nb * nh, a.n_q_blocks, a.n_kv_blocks}, ElemType::Other, ""};
-  // The same table for every call with the same shapes and, where the mask reads captured
-  // tensors (document ids), the same tensors unchanged: training steps that keep their ids
-  // build it once (it cost a pass over every score per call).
-  // (Not packed sequences': their lengths are device data, so the table is built per call.)
-  if (!varlen)
-    ws.cache_key = fmt::format("{}|{}|{}|{}x{}|{}|{}", v.key, a.q_len, a.kv_len, main.block_m,
-                               main.block_n, nb, nh);
-  ws.key_by_captured = v.mask_reads_buffers;
-  plan.workspaces.push_back(ws);
-
-  Step s = common_step(r, Kind::BlockState, main.bf16, kBlockStateThreads);
-  if (varlen) s.spec.layout = codegen::Layout::Varlen;
-  s.spec.buffer_dtypes = main.buffer_dtypes;
-  s.grid = {u(a.n_kv_blocks), u(a.n_q_blocks), u(nb * nh)};
-  s.fills_workspace = true;
-  s.fills = WorkspaceId::BlockStates;
-  plan.steps.push_back(s);
+  add_mask_pass(r, main, plan, WorkspaceId::BlockStates, v.key, per_batch, v.mask_per_head,
+                v.mask_reads_buffers);
 }
 
 // The V-check pass (common/v_check.h) before an NVIDIA forward that would scan the V of its
