@@ -127,6 +127,24 @@ void bind_ir(pybind11::module_& m) {
                              [](const VariantHandle& h) { return h.variant->kv_lengths_buffer; },
                              "The captured tensor of the mask's bound kv_idx < lengths[b] that a "
                              "forward takes as its KV layout (csrc/ir/length_bound.h), or -1.")
+      .def_property_readonly(
+          "block_tensor",
+          [](const VariantHandle& h) -> pybind11::object {
+            const ir::BlockMaskLookup& f = h.variant->block_mask;
+            if (f.buffer < 0) return pybind11::none();
+            pybind11::dict d;
+            d["buffer"] = f.buffer;
+            d["codes"] = f.codes;
+            d["block_q"] = f.block_q;
+            d["block_k"] = f.block_k;
+            d["by_batch"] = f.by_batch;
+            d["head_div"] = f.head_div;
+            return d;
+          },
+          "The mask's lookup of a block tensor whose tiles the planner builds from the tensor "
+          "(csrc/ir/block_mask.h): its captured index, codes (FlexAttention's 0 / 1 / 2) or "
+          "bool, block sizes, indexed by b, head index (0: none, 1: h, G: h // G); None if the "
+          "mask has none.")
       .def_property_readonly("without_kv_lengths_text",
                              [](const VariantHandle& h) {
                                return h.variant->without_kv_lengths

@@ -236,10 +236,13 @@ class BlockSparseAttention:
     """A variant that computes only the blocks a bool block tensor keeps.
 
     ``BlockSparseAttention(score_mod, mask_mod, block_size=64, ...)(q, k, v, blocks)``: blocks
-    bool [B or 1, Hq or 1, nq, nk] (``select_blocks``'s result), nq = ceil(Sq / block_size),
-    nk = ceil(Skv / block_size); a score counts where its block is kept and mask_mod keeps it.
-    Forward and backward, every variant; the other arguments are ``ae.compile``'s. A query row
-    with no kept block returns 0.
+    bool [B or 1, H, nq, nk] with H = Hq (a mask per query head: ``select_blocks``'s result),
+    Hkv (per KV head, shared by its group of query heads) or 1, nq = ceil(Sq / block_size),
+    nk = ceil(Skv / block_size); a score counts where its block is kept and
+    mask_mod keeps it. Forward and backward, every variant; the other arguments are
+    ``ae.compile``'s. A query row with no kept block returns 0. The kernels build their table
+    of kept tiles from the tensor itself (csrc/ir/block_mask.h), read in place (a dimension of 1
+    is broadcast, not copied).
 
     Example:
         >>> import torch, attention_engine as ae
@@ -252,35 +255,54 @@ class BlockSparseAttention:
     def __init__(self, score_mod: Optional[Callable] = None, mask_mod: Optional[Callable] = None,
                  block_size: int = 64, normalize: str = "softmax", scale: Optional[float] = None,
                  deterministic: bool = False):
-        self.block_size = bs = _check_block_size(block_size)
-        placeholder = torch.ones(1, 1, 1, 1, dtype=torch.bool)
+        self.block_size = _check_block_size(block_size)
+        self._compile_args = (score_mod, mask_mod, normalize, scale, deterministic)
+        self._variants = {}
+        self._attn, self._slot = self._variant(True, 1)  # (per batch and query head)
 
-        def kept(b, h, q_idx, kv_idx):
-            on = placeholder[b, h, q_idx // bs, kv_idx // bs]
-            return on if mask_mod is None else on & mask_mod(b, h, q_idx, kv_idx)
-        self._attn = _compile(score_mod, kept, normalize=normalize, scale=scale,
-                              deterministic=deterministic)
-        matches = [i for i, t in enumerate(self._attn.buffers) if t is placeholder]
-        assert len(matches) == 1, "the block tensor is one captured tensor of the trace"
-        self._slot = matches[0]
+    def _variant(self, by_batch: bool, head_div: int):
+        """The compiled variant whose mask reads blocks[b or 0, h, h // head_div or 0, ...]
+        (head_div 1, G or 0) and where its block tensor sits among the captured tensors."""
+        key = (by_batch, head_div)
+        if key not in self._variants:
+            score_mod, mask_mod, normalize, scale, deterministic = self._compile_args
+            bs = self.block_size
+            placeholder = torch.ones(1, 1, 1, 1, dtype=torch.bool)
+
+            def kept(b, h, q_idx, kv_idx):
+                head = 0 if head_div == 0 else h if head_div == 1 else h // head_div
+                on = placeholder[b if by_batch else 0, head, q_idx // bs, kv_idx // bs]
+                return on if mask_mod is None else on & mask_mod(b, h, q_idx, kv_idx)
+            attn = _compile(score_mod, kept, normalize=normalize, scale=scale,
+                            deterministic=deterministic)
+            matches = [i for i, t in enumerate(attn.buffers) if t is placeholder]
+            assert len(matches) == 1, "the block tensor is one captured tensor of the trace"
+            self._variants[key] = (attn, matches[0])
+        return self._variants[key]
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocks: torch.Tensor,
                  *, return_lse: bool = False):
         if not isinstance(blocks, torch.Tensor) or blocks.dtype != torch.bool or blocks.dim() != 4:
-            raise ValueError("attention_engine.seer: blocks must be a bool tensor [B or 1, Hq or "
-                             f"1, nq, nk], got {getattr(blocks, 'dtype', type(blocks).__name__)} "
+            raise ValueError("attention_engine.seer: blocks must be a bool tensor [B or 1, H, "
+                             "nq, nk] (H: Hq, Hkv or 1), got "
+                             f"{getattr(blocks, 'dtype', type(blocks).__name__)} "
                              f"{list(blocks.shape) if isinstance(blocks, torch.Tensor) else ''}")
         B, Hq, Sq = q.shape[:3]
+        Hkv = k.shape[1]
         nq, nk = _blocks(Sq, self.block_size), _blocks(k.shape[2], self.block_size)
-        if blocks.shape[0] not in (1, B) or blocks.shape[1] not in (1, Hq) \
+        heads = blocks.shape[1]
+        if blocks.shape[0] not in (1, B) or heads not in (1, Hq, Hkv) \
                 or tuple(blocks.shape[2:]) != (nq, nk):
             raise ValueError(f"attention_engine.seer: blocks {list(blocks.shape)} do not fit q "
                              f"{list(q.shape)} and k {list(k.shape)} at block size "
-                             f"{self.block_size}: expected [{B} or 1, {Hq} or 1, {nq}, {nk}]")
-        buffers = list(self._attn.buffers)
-        buffers[self._slot] = blocks.to(q.device).expand(B, Hq, nq, nk).contiguous()
-        return run_op(attention_op, q, k, v, buffers, self._attn.key, self._attn.normalize,
-                      self._attn.scale, return_lse, self._attn.deterministic)
+                             f"{self.block_size}: expected [{B} or 1, {Hq}, {Hkv} or 1 heads, "
+                             f"{nq}, {nk}]")
+        head_div = 1 if heads == Hq else 0 if heads == 1 else Hq // Hkv
+        attn, slot = self._variant(blocks.shape[0] > 1, head_div)
+        buffers = list(attn.buffers)
+        buffers[slot] = blocks.to(q.device)
+        return run_op(attention_op, q, k, v, buffers, attn.key, attn.normalize, attn.scale,
+                      return_lse, attn.deterministic)
 
 
 class SeerAttention(nn.Module):

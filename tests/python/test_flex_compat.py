@@ -217,3 +217,30 @@ def test_zeros_like_takes_the_kind_of_an_expression():
     q, k, v = inputs()
     assert_close(ae.flex_attention(q, k, v, score_mod=score_mod),
                  torch_flex(q, k, v, score_mod=score_mod), 1e-9, "int chain")
+
+
+def test_from_kv_blocks_states_are_a_block_tensor_the_engine_sees():
+    """A BlockMask from kv_num_blocks / kv_indices (partial) and full_kv_* (full): full blocks
+    keep every score, partial ones what mask_mod keeps, others none (FlexAttention's
+    semantics), against the oracle on that dense mask; the engine recognizes the lookup of
+    the block states and builds its tiles from them (csrc/ir/block_mask.h)."""
+    from attention_engine.flex import _mask_mod_for
+    q, k, v = inputs(B=1, H=2)
+    n, bs = S // 32, 32
+    codes = torch.randint(0, 3, (1, 2, n, n), generator=torch.Generator().manual_seed(5))
+
+    def listed(c):  # the blocks of code c first in each row, their count
+        return (codes == c).sum(-1).int(), torch.sort((codes != c).int(), dim=-1, stable=True).indices.int()
+    (nums, idx), (fnums, fidx) = listed(1), listed(2)
+    bm = tf.BlockMask.from_kv_blocks(nums, idx, fnums, fidx, BLOCK_SIZE=bs, mask_mod=mods.causal,
+                                     seq_lengths=(S, S))
+    out = ae.flex_attention(q, k, v, block_mask=bm)
+
+    def dense(b, h, qi, ki):
+        c = codes[b, h, qi // bs, ki // bs]
+        return (c == 2) | ((c == 1) & (qi >= ki))
+    ref, _ = oracle(q, k, v, None, dense)
+    assert_close(out, ref, 1e-9, "from_kv_blocks")
+    found = ae.compile(mask_mod=_mask_mod_for(bm, q, k)).variant.block_tensor
+    assert found is not None and found["codes"] and found["head_div"] == 1
+    assert (found["block_q"], found["block_k"]) == (bs, bs)

@@ -112,8 +112,11 @@ def test_select_blocks_by_ratio_and_by_threshold():
         SeerGate(heads=4, kv_heads=0, head_dim=8)
 
 
+@pytest.mark.parametrize("heads", ["query", "kv", "one"])
 @pytest.mark.parametrize("name", ["causal", "alibi_window"])
-def test_block_sparse_attention_equals_the_dense_mask(name):
+def test_block_sparse_attention_equals_the_dense_mask(name, heads):
+    """Blocks per query head (batch 1: broadcast over B), per KV head (each shared by its
+    two query heads; per batch) or one for every head, against the oracle on the dense mask."""
     bs = 8
     score_mod, mask_mod = {"causal": (None, mods.causal),
                            "alibi_window": (mods.alibi(mods.alibi_slopes(4).double()),
@@ -121,10 +124,12 @@ def test_block_sparse_attention_equals_the_dense_mask(name):
     sparse = BlockSparseAttention(score_mod, mask_mod, block_size=bs)
     q, k, v = rand_qkv(B=2, HQ=4, HKV=2, SQ=37, SKV=37, DQK=8, DV=8)
     gen = torch.Generator().manual_seed(3)
-    blocks = torch.rand(1, 4, 5, 5, generator=gen) < 0.5  # batch 1: broadcast over B
-    blocks[0, 0, 1] = False  # a query block with nothing kept: its rows return 0
+    shape = {"query": (1, 4), "kv": (2, 2), "one": (2, 1)}[heads]
+    blocks = torch.rand(*shape, 5, 5, generator=gen) < 0.5
+    blocks[:, 0, 1] = False  # a query block with nothing kept: its rows return 0
     out, lse = sparse(q, k, v, blocks, return_lse=True)
-    full = blocks.expand(2, 4, 5, 5)
+    per_q = blocks.repeat_interleave(2, 1) if heads == "kv" else blocks
+    full = per_q.expand(2, 4, 5, 5)
 
     def dense_mask(b, h, qi, ki):
         keep = full[b, h, qi // bs, ki // bs]
@@ -136,8 +141,15 @@ def test_block_sparse_attention_equals_the_dense_mask(name):
     for a, b_, what in zip(torch.autograd.grad(out, (q, k, v), dout),
                            torch.autograd.grad(ref, (q, k, v), dout), ("dq", "dk", "dv")):
         assert_close(a, b_, 1e-10, what)
-    with pytest.raises(ValueError, match=r"expected \[2 or 1, 4 or 1, 5, 5\]"):
+    # The engine sees the lookup (its tiles come from the tensor: csrc/ir/block_mask.h).
+    found = sparse._variant(heads != "query", {"query": 1, "kv": 2, "one": 0}[heads])[0].variant.block_tensor
+    assert found is not None and (found["block_q"], found["block_k"]) == (bs, bs)
+    assert found["head_div"] == {"query": 1, "kv": 2, "one": 0}[heads]
+    assert found["by_batch"] == (heads != "query") and not found["codes"]
+    with pytest.raises(ValueError, match=r"expected \[2 or 1, 4, 2 or 1 heads, 5, 5\]"):
         sparse(q, k, v, blocks[..., :4])
+    with pytest.raises(ValueError, match=r"expected \[2 or 1, 4, 2 or 1 heads"):
+        sparse(q, k, v, torch.ones(2, 3, 5, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="must be a bool tensor"):
         sparse(q, k, v, blocks.int())
 
