@@ -97,7 +97,9 @@ Template template_of(const KernelSpec& s) {
                       : dt == "int8"                ? "signed char"
                       : dt == "int16"               ? "short"
                       : dt == "int32"               ? "int"
-                                                    : "long long";
+                      : dt == "int64"               ? "long long"
+                                                    : nullptr;
+      if (!t) throw ir::GraphError("codegen: a block tensor of " + dt + " (bool or int expected)");
       return {"common/block_state.h", "",
               fmt::format("ae::block_state_from_blocks<{}, ae::BlockTensor<{}, {}, {}, {}, {}, {}, "
                           "{}>>(p, va, bs)",

@@ -83,7 +83,9 @@ BlockMaskLookup find_block_mask(const Graph& g) {
   BlockMaskLookup found;
   find_mask_conjunct(g, uses, [&](int n) {
     if (block_load(g, n, DType::Bool, &found)) found.node = n;
-    else codes_form(g, uses, n, &found);
+    // The codes form only as the whole mask: under an and, a full block (code 2) would keep
+    // scores the and's other conjuncts drop, and the table could not say so.
+    else if (n == g.output("mask")) codes_form(g, uses, n, &found);
     return found.buffer >= 0;
   });
   return found;

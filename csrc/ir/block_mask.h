@@ -5,7 +5,8 @@
 //   BlockSparseAttention): a score counts where its block is kept and the rest keeps it;
 // - FlexAttention's block states (python/attention_engine/_block_mask.py
 //   block_mask_to_mask_mod): an int tensor of codes 0 (empty), 1 (partial), 2 (full) in
-//   `(s == 2) | ((s == 1) & rest)`.
+//   `(s == 2) | ((s == 1) & rest)`, as the whole mask (under an and, a full block would keep
+//   scores the other conjuncts drop).
 // The planner then builds the kernels' block-state table from the tensor and the rest's own
 // table (cached: the rest, e.g. causal, does not change per call) instead of evaluating the
 // whole mask at every score per call (templates/common/block_state.h).

@@ -42,6 +42,9 @@ struct Workspace {
   // keeps the tensors alive while it keeps the workspace (so no other tensor takes their
   // memory and their key).
   bool key_by_captured = false;
+  // A captured tensor the contents do not depend on (-1: none), left out of that key: a block
+  // tensor, new every call, beside the rest of the mask's table (add_block_tensor_states).
+  int key_ignores_captured = -1;
   bool zeroed = false;  // the caller zeroes it before the call (never kept across calls)
 };
 

@@ -359,6 +359,7 @@ void add_block_tensor_states(const PlanRequest& r, const KernelSpec& main, Launc
     add_mask_pass(r, main, plan, WorkspaceId::RestStates, v.rest_key, per_batch, v.rest_per_head,
                   v.rest_reads_buffers)
         .spec.of_rest = true;
+    plan.workspaces.back().key_ignores_captured = v.blocks.buffer;  // (not the rest's input)
     plan.block_states.rest_per_batch = per_batch;
     plan.block_states.rest_per_head = v.rest_per_head;
   }

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <stdexcept>
 
 #include "jit/launch.h"
 #include "runner/kernel_registry.h"
@@ -176,8 +175,6 @@ void run(const plan::LaunchPlan& plan, const ir::Variant& variant, const Binding
     cfg.dynamic_smem = static_cast<unsigned>(step.smem);
     cfg.stream = b.stream;
     cfg.device = b.device;
-    if (step.spec.of_rest && !step_variant)
-      throw std::runtime_error("attention_engine: a rest block-state step without the variant's rest");
     const jit::KernelPtr kernel = get_kernel(step.spec.uses_variant() ? step_variant : nullptr, step.spec);
     jit::launch_kernel(*kernel, cfg, args);
   }

@@ -23,10 +23,16 @@ std::map<std::string, Kept>& kept() {
   return *m;
 }
 
-// The captured tensors' identities: data pointer, sizes, strides, version counter.
-std::string captured_identity(const std::vector<at::Tensor>& captured) {
+// The captured tensors' identities (but tensor `ignored`'s): data pointer, sizes, strides,
+// version counter.
+std::string captured_identity(const std::vector<at::Tensor>& captured, int ignored) {
   std::string out;
-  for (const at::Tensor& t : captured) {
+  for (size_t i = 0; i < captured.size(); ++i) {
+    const at::Tensor& t = captured[i];
+    if (static_cast<int>(i) == ignored) {
+      out += "|-";
+      continue;
+    }
     out += fmt::format("|{}v{}", t.data_ptr(), t._version());
     for (int64_t d = 0; d < t.dim(); ++d) out += fmt::format(",{}:{}", t.size(d), t.stride(d));
   }
@@ -47,7 +53,7 @@ std::vector<at::Tensor> bind_workspaces(const plan::LaunchPlan& plan, const at::
     std::string key;
     if (!w.cache_key.empty())
       key = fmt::format("{}|{}{}", w.cache_key, like.device().index(),
-                        w.key_by_captured ? captured_identity(captured) : "");
+                        w.key_by_captured ? captured_identity(captured, w.key_ignores_captured) : "");
     at::Tensor t;
     if (!key.empty()) {
       std::lock_guard<std::mutex> lock(g_mutex);
@@ -60,7 +66,11 @@ std::vector<at::Tensor> bind_workspaces(const plan::LaunchPlan& plan, const at::
       if (!key.empty()) {  // filled by its step in this call, before any later call reads it
         std::lock_guard<std::mutex> lock(g_mutex);
         if (kept().size() > 64) kept().clear();
-        kept().emplace(key, Kept{t, w.key_by_captured ? captured : std::vector<at::Tensor>{}});
+        std::vector<at::Tensor> pinned;
+        if (w.key_by_captured)
+          for (size_t i = 0; i < captured.size(); ++i)
+            if (static_cast<int>(i) != w.key_ignores_captured) pinned.push_back(captured[i]);
+        kept().emplace(key, Kept{t, pinned});
       }
     }
     b.workspaces[slot] = ref(t);

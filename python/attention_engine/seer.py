@@ -258,7 +258,9 @@ class BlockSparseAttention:
         self.block_size = _check_block_size(block_size)
         self._compile_args = (score_mod, mask_mod, normalize, scale, deterministic)
         self._variants = {}
-        self._attn, self._slot = self._variant(True, 1)  # (per batch and query head)
+        # The variant of a per-batch, per-query-head tensor (what select_blocks gives), compiled
+        # up front: its kernels are the ones most calls take.
+        self._attn = self._variant(True, 1)[0]
 
     def _variant(self, by_batch: bool, head_div: int):
         """The compiled variant whose mask reads blocks[b or 0, h, h // head_div or 0, ...]

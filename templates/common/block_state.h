@@ -50,8 +50,9 @@ struct BlockTensor {
   AE_DEVICE static int code(const VariantArgs& va, int b, int h, int qb, int kb) {
     const BufferArg& t = va.buf[kBuf];
     const long long idx[4] = {kByBatch ? b : 0, kHeadDiv == 0 ? 0 : h / kHeadDiv, qb, kb};
-    const int v = static_cast<int>(static_cast<const T*>(t.data)[offset<4>(t, idx)]);
-    return kCodes ? v : (v != 0 ? 1 : 0);
+    const T v = static_cast<const T*>(t.data)[offset<4>(t, idx)];
+    // (A code other than 1 or 2 keeps nothing, as (s == 2) | ((s == 1) & rest) says.)
+    return kCodes ? (v == 2 ? 2 : v == 1 ? 1 : 0) : (v != 0 ? 1 : 0);
   }
 };
 

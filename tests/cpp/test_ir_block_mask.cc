@@ -3,6 +3,8 @@
 // the tensor), forward and backward.
 #include <gtest/gtest.h>
 
+#include <functional>
+
 #include "codegen/instantiate.h"
 #include "ir/block_mask.h"
 #include "ir/variant.h"
@@ -98,6 +100,58 @@ TEST(BlockMask, OnlyThatShape) {
   EXPECT_EQ(ir::build_variant(o.str())->block_mask.buffer, -1);
 }
 
+TEST(BlockMask, RejectedWhereTheTableCouldNotSayIt) {
+  auto found = [](const std::function<void(TraceBuilder&, int, int, int, int, int)>& mask,
+                  const std::string& dtype, std::vector<int64_t> shape) {
+    TraceBuilder t;
+    const int buf = t.buffer("m", dtype, shape);
+    const int b = t.param("b"), h = t.param("h"), q = t.param("q_idx"), kv = t.param("kv_idx");
+    mask(t, buf, b, h, q, kv);
+    return ir::build_variant(t.str())->block_mask.buffer;
+  };
+  auto lookup = [](TraceBuilder& t, int buf, int b, int h, int q, int kv, int bq = 64) {
+    return t.load(buf, {b, h, t.op("floordiv", {q, t.iconst(bq)}),
+                        t.op("floordiv", {kv, t.iconst(64)})});
+  };
+  // The accepted shape first, so that each rejection below is the one change.
+  EXPECT_EQ(found([&](TraceBuilder& t, int buf, int b, int h, int q, int kv) {
+              t.score(t.param("score"));
+              t.mask(lookup(t, buf, b, h, q, kv));
+            }, "bool", {1, 1, 1, 1}), 0);
+  // Not 4-D.
+  EXPECT_EQ(found([&](TraceBuilder& t, int buf, int b, int, int q, int kv) {
+              t.score(t.param("score"));
+              t.mask(t.load(buf, {b, t.op("floordiv", {q, t.iconst(64)}),
+                                  t.op("floordiv", {kv, t.iconst(64)})}));
+            }, "bool", {1, 1, 1}), -1);
+  // A divisor that is not a positive constant.
+  EXPECT_EQ(found([&](TraceBuilder& t, int buf, int b, int h, int q, int kv) {
+              t.score(t.param("score"));
+              t.mask(lookup(t, buf, b, h, q, kv, -64));
+            }, "bool", {1, 1, 1, 1}), -1);
+  // The lookup read elsewhere too (the score): not taken out of the mask.
+  EXPECT_EQ(found([&](TraceBuilder& t, int buf, int b, int h, int q, int kv) {
+              const int ld = lookup(t, buf, b, h, q, kv);
+              t.score(t.op("where", {ld, t.param("score"), t.fconst(0.0)}));
+              t.mask(ld);
+            }, "bool", {1, 1, 1, 1}), -1);
+  // Codes under an and: a full block would keep what the and's other side drops.
+  EXPECT_EQ(found([&](TraceBuilder& t, int buf, int b, int h, int q, int kv) {
+              t.score(t.param("score"));
+              const int s = lookup(t, buf, b, h, q, kv);
+              const int codes = t.op("or", {t.op("eq", {s, t.iconst(2)}),
+                                            t.op("and", {t.op("eq", {s, t.iconst(1)}),
+                                                         t.op("ge", {q, kv})})});
+              t.mask(t.op("and", {t.op("lt", {kv, t.iconst(100)}), codes}));
+            }, "int8", {1, 1, 1, 1}), -1);
+  // Codes of a float tensor.
+  EXPECT_EQ(found([&](TraceBuilder& t, int buf, int b, int h, int q, int kv) {
+              t.score(t.param("score"));
+              const int s = lookup(t, buf, b, h, q, kv);
+              t.mask(t.op("or", {t.op("eq", {s, t.fconst(2.0)}), t.op("eq", {s, t.fconst(1.0)})}));
+            }, "float32", {1, 1, 1, 1}), -1);
+}
+
 TEST(BlockMask, PlannedAsTheRestsTableThenTheTensors) {
   const auto v = ir::build_variant(block_trace({}));
   for (const plan::OpKind kind : {plan::OpKind::Forward, plan::OpKind::Backward}) {
@@ -121,6 +175,7 @@ TEST(BlockMask, PlannedAsTheRestsTableThenTheTensors) {
     const plan::Workspace* rest = p.workspace(plan::WorkspaceId::RestStates);
     ASSERT_TRUE(rest);
     EXPECT_FALSE(rest->cache_key.empty());  // cached as a mask_mod's table
+    EXPECT_EQ(rest->key_ignores_captured, 0);  // not keyed by the block tensor, new per call
     const plan::Workspace* table = p.workspace(plan::WorkspaceId::BlockStates);
     ASSERT_TRUE(table);
     EXPECT_TRUE(table->cache_key.empty());

@@ -95,20 +95,27 @@ inline ae::TmaDesc tma_map(const Args& a, const char* data, const std::string& k
 // tensor (ae_block_state_blocks linked in) runs as the planner has it: the rest's pass (its
 // ae_block_state, where the rest has a mask) into a table of its own, then the table from the
 // tensor and that one.
+// rest_b / rest_h: the rest's table per batch / per head (as the plan has it; default: as the
+// final one).
 inline bool run_block_states(ae::AttnParams& p, const ae::VariantArgs& va, int block_m, int block_n,
-                             long long nb, long long nh, std::vector<unsigned char>& states) {
+                             long long nb, long long nh, std::vector<unsigned char>& states,
+                             int rest_b = -1, int rest_h = -1) {
   if (!ae_block_state && !ae_block_state_blocks) return false;
   const long long tiles = static_cast<long long>(p.n_q_blocks) * p.n_kv_blocks;
   std::vector<unsigned char> rest;
-  ae::BlockStateParams bs{nullptr, block_m, block_n, nb > 1, nh > 1, nullptr, nb > 1, nh > 1};
+  const bool rb = rest_b < 0 ? nb > 1 : rest_b > 0, rh = rest_h < 0 ? nh > 1 : rest_h > 0;
+  ae::BlockStateParams bs{nullptr, block_m, block_n, nb > 1, nh > 1, nullptr, rb, rh};
   p.state_stride_h = nh > 1 ? tiles : 0;
   p.state_stride_b = nb > 1 ? nh * tiles : 0;
   if (ae_block_state) {  // the mask's table (or, before ae_block_state_blocks, the rest's)
-    std::vector<unsigned char>& table = ae_block_state_blocks ? rest : states;
-    table.assign(nb * nh * tiles, 0xff);
+    const bool rest_pass = ae_block_state_blocks != nullptr;
+    std::vector<unsigned char>& table = rest_pass ? rest : states;
+    const long long tables = rest_pass ? (rb ? nb : 1) * (rh ? nh : 1) : nb * nh;
+    table.assign(tables * tiles, 0xff);
     bs.state = table.data();
+    if (rest_pass) bs.per_batch = rb, bs.per_head = rh;
     gridDim = {static_cast<unsigned>(p.n_kv_blocks), static_cast<unsigned>(p.n_q_blocks),
-               static_cast<unsigned>(nb * nh)};
+               static_cast<unsigned>(tables)};
     for (unsigned z = 0; z < gridDim.z; ++z)
       for (unsigned y = 0; y < gridDim.y; ++y)
         for (unsigned x = 0; x < gridDim.x; ++x) {
@@ -119,6 +126,7 @@ inline bool run_block_states(ae::AttnParams& p, const ae::VariantArgs& va, int b
   if (ae_block_state_blocks) {
     states.assign(nb * nh * tiles, 0xff);
     bs.state = states.data();
+    bs.per_batch = nb > 1, bs.per_head = nh > 1;
     bs.rest = ae_block_state ? rest.data() : nullptr;
     gridDim = {static_cast<unsigned>((nb * nh * tiles + ae::kBlockStateThreads - 1) /
                                      ae::kBlockStateThreads), 1, 1};

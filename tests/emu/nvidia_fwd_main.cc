@@ -111,7 +111,9 @@ int main(int argc, char** argv) {
   emu::smem_bytes = static_cast<unsigned>(i("smem"));
   if (emu::smem_bytes > sizeof(AE_EMU_SMEM)) return 3;
   if (i("masked"))  // the block-state pass, a table per (batch, head): right for any mask
-    emu::run_block_states(p, va, block_m, block_n, p.batch, p.q_heads, states);
+    emu::run_block_states(p, va, block_m, block_n, p.batch, p.q_heads, states,
+                          has("rest_b") ? static_cast<int>(i("rest_b")) : -1,
+                          has("rest_h") ? static_cast<int>(i("rest_h")) : -1);
   gridDim = {static_cast<unsigned>(p.n_q_blocks), static_cast<unsigned>(p.q_heads),
              static_cast<unsigned>(p.batch * splits)};
   for (unsigned z = 0; z < gridDim.z; ++z)

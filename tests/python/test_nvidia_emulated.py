@@ -132,6 +132,9 @@ def emulate(info, q, k, v, buffers, *, o_shape, lse_numel, layout=None, v_in_k=F
     args["o_stride"] = o_strides
     if v_in_k:
         args["v_in_k"] = [1]
+    for key in ("rest_b", "rest_h"):  # a block tensor's rest table: its own batch and head flags
+        if key in layout:
+            args[key] = [int(layout[key])]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         (tmp / "q.bin").write_bytes(_bits(layout.get("q_base", q)))
@@ -393,22 +396,26 @@ def test_emulated_varlen_decode_with_a_split(name, splits, monkeypatch):
 # rest's table; no GPU run yet) ------------------------------------------------------------
 
 @pytest.mark.parametrize("case", [("bool", "causal", "sm90"), ("bool", None, "sm80"),
-                                  ("codes", "causal", "sm90")], ids=lambda c: "-".join(map(str, c)))
+                                  ("codes", "causal", "sm90"), ("codes3", "causal", "sm80")],
+                         ids=lambda c: "-".join(map(str, c)))
 def test_emulated_block_tensor_forward_matches_the_reference(case, monkeypatch):
     """Random blocks of 64 (a third kept, an empty query block row) under causal or alone, as
-    seer.BlockSparseAttention (bool) or a FlexAttention block mask (codes) write the lookup;
-    the plan builds the table from the tensor, and the forward walks it."""
+    seer.BlockSparseAttention (bool) or a FlexAttention block mask (codes) write the lookup,
+    and codes written by hand with 3s among them (keeping nothing); the plan builds the table
+    from the tensor beside the causal rest's own table (one for every head: other flags than
+    the final table's), and the forward walks it."""
     form, rest, family = case
     monkeypatch.setenv("AE_KV_SPLITS", "1")
     B, H, S, d, bs = 1, 2, 320, 64, 64
     n = -(-S // bs)
     gen = torch.Generator().manual_seed(3)
+    sparse = None
     if form == "bool":
         blocks = torch.rand(B, H, n, n, generator=gen) < 0.35
         blocks[:, :, 2] = False  # a query block with nothing kept: its rows give 0
         sparse = ae.seer.BlockSparseAttention(mask_mod=mods.causal if rest else None, block_size=bs)
         attn, buffers = sparse._attn, [blocks]
-    else:
+    elif form == "codes":
         from attention_engine._block_mask import block_mask_to_mask_mod
         codes = torch.randint(0, 3, (B, H, n, n), generator=gen, dtype=torch.int8)
         nums = (codes == 1).sum(-1).int()
@@ -419,14 +426,24 @@ def test_emulated_block_tensor_forward_matches_the_reference(case, monkeypatch):
             nums, idx, fnums, fidx, BLOCK_SIZE=bs, mask_mod=mods.causal, seq_lengths=(S, S))
         attn = ae.compile(mask_mod=block_mask_to_mask_mod(bm, "cpu"))
         buffers = list(attn.buffers)
-    variant = attn.variant
+    else:
+        codes = torch.randint(0, 4, (B, H, n, n), generator=gen, dtype=torch.int8)
+
+        def coded(b, h, q_idx, kv_idx):
+            c = codes[b, h, q_idx // bs, kv_idx // bs]
+            return (c == 2) | ((c == 1) & (q_idx >= kv_idx))
+        attn = ae.compile(mask_mod=coded)
+        buffers = list(attn.buffers)
+    assert attn.variant.block_tensor is not None
     q, k, v = _bf16(B, H, S, d, seed=0), _bf16(B, H, S, d, seed=1), _bf16(B, H, S, d, seed=2)
-    info = _fwd_source(variant, d, d, True, _dtypes(buffers), family=family, q_len=S)
+    info = _fwd_source(attn.variant, d, d, True, _dtypes(buffers), family=family, q_len=S)
     assert "block_state_blocks_source" in info, info["plan"]
     assert ("block_state_source" in info) == bool(rest), info["plan"]
-    out, lse = emulate(info, q, k, v, buffers, o_shape=(B, H, S, d), lse_numel=B * H * S)
+    layout = {"rest_b": 0, "rest_h": 0} if rest else {}  # causal: one table
+    out, lse = emulate(info, q, k, v, buffers, o_shape=(B, H, S, d), lse_numel=B * H * S,
+                       layout=layout)
     q64, k64, v64 = q.double(), k.double(), v.double()
-    ref = sparse(q64, k64, v64, blocks) if form == "bool" else attn(q64, k64, v64)
+    ref = sparse(q64, k64, v64, blocks) if sparse else attn(q64, k64, v64)
     assert _rel(out, ref) < 1e-2
 
 
