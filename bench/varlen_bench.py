@@ -3,7 +3,7 @@ causal TFLOPS, counted on the FLOPs the documents need), forward and fwd+bwd:
 
 - ours varlen: `attn.varlen(q, k, v, cu_seqlens, cu_seqlens)` with a causal mask (the kernel
   route: the attention_varlen op, whose forward kernels address each document's rows through
-  cu_seqlens, and so do its backward's: AE_VARLEN=kernel, opt-in until GPU-tested);
+  cu_seqlens, and so do its backward's: AE_VARLEN=kernel, opt-in: slower at random lengths);
 - ours varlen padded: the same with AE_VARLEN=padded (the documents padded into one batch of
   the longest one's length);
 - ours varlen packed: the same with AE_VARLEN=packed (the documents back to back in one batch

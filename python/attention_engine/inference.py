@@ -75,9 +75,9 @@ def _varlen_route() -> str:
     """"kernel" (the attention_varlen op: its forward and backward kernels address each
     sequence's rows through cu_seqlens), "padded" (the sequences padded into a batch;
     GQA-packed at few queries) or "packed" (back to back in one batch row, each query masked
-    to its own sequence's keys). AE_VARLEN=kernel|padded|packed chooses; else
-    padded: the kernel route has not yet run on a GPU (written in the nineteenth session, no
-    device lent), so it stays opt-in until its GPU tests pass."""
+    to its own sequence's keys). AE_VARLEN=kernel|padded|packed chooses; else padded: the
+    kernel route passes its GPU tests but is slower than padding at random lengths on the H200
+    (bench/RESULTS.md, 2026-12-05), so it stays opt-in until that is understood."""
     env = os.environ.get("AE_VARLEN", "")
     if env not in ("", "kernel", "padded", "packed"):
         raise _err(f"AE_VARLEN must be 'kernel', 'padded' or 'packed', got {env!r}")

@@ -5,8 +5,9 @@ with the 128-byte swizzle, wgmma from shared-memory descriptors and register fra
 stmatrix; cp.async, ldmatrix, mma.sync), launched block by block as the runner would, and
 checked against the reference executor. The sm90 and sm80 forwards and the decode template
 have passed their GPU tests, so their cases here check the emulator's model of those
-instructions; the same model then runs kernels no GPU has run yet: the MLA decode template,
-packed sequences (VarlenLayout), the sm80 family's pages. Skipped without g++ 12 or newer."""
+instructions; the same model ran kernels before any GPU had (the MLA decode template, packed
+sequences (VarlenLayout), the sm80 family's pages: all GPU-tested since) and runs the block
+tensors' tables. Skipped without g++ 12 or newer."""
 import atexit
 import hashlib
 import math
@@ -311,7 +312,7 @@ def test_emulated_sm90_forward_on_a_cache(case, monkeypatch):
 
 
 # ---- the sm80 family on a KV cache: the prefill forward and the decode template (GPU-tested)
-# on per-batch lengths, then on pages (PagedLayout's cp.async rows: no GPU run yet) ----------
+# on per-batch lengths, then on pages (PagedLayout's cp.async rows: since GPU-tested) ----------
 
 @pytest.mark.parametrize("case", [("plain", "fwd", 0, 4, "1"), ("causal", "decode", 0, 1, "2"),
                                   ("causal", "fwd", 16, 4, "1"), ("alibi", "fwd", 64, 1, "2"),
@@ -333,7 +334,7 @@ def test_emulated_sm80_forward_on_a_cache(case, monkeypatch):
     _check_cache_call(info, qp, k, v, buffers, layout, ref, ref_lse, hq, sq)
 
 
-# ---- packed sequences (VarlenLayout; the AE_VARLEN=kernel route, no GPU run yet) ---------
+# ---- packed sequences (VarlenLayout; the AE_VARLEN=kernel route, since GPU-tested) ---------
 
 def _varlen_inputs(name, lq=(5, 70, 130), lk=(20, 70, 200)):
     """Packed sequences (by default 5, 70 and 130 queries against 20, 70 and 200 keys; 2 query
@@ -393,7 +394,7 @@ def test_emulated_varlen_decode_with_a_split(name, splits, monkeypatch):
 
 
 # ---- block sparsity as data (csrc/ir/block_mask.h: the table from the block tensor and the
-# rest's table; no GPU run yet) ------------------------------------------------------------
+# rest's table; GPU-tested) -------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", [("bool", "causal", "sm90"), ("bool", None, "sm80"),
                                   ("codes", "causal", "sm90"), ("codes3", "causal", "sm80")],
@@ -473,7 +474,7 @@ def test_stand_ins_declare_every_function_of_the_real_headers(header):
 
 
 # ---- the backwards: the sm90 and sm80 backwards (GPU-tested) on dense tensors, then on
-# packed sequences (attention_varlen_backward's layout: no GPU run yet) -------------------
+# packed sequences (attention_varlen_backward's layout: since GPU-tested) -------------------
 
 def emulate_bwd(info, state_info, q, k, v, o, lse, dout, buffers, *, layout=None):
     """Runs the planned backward (kernel_source's dicts: the main kernel, and the block-state
