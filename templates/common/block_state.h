@@ -25,7 +25,10 @@ AE_DEVICE void block_state(const AttnParams& p, const Variant& var, const BlockS
   const int qn = min(bs.block_m, Layout::q_len(p, b) - q0),
             kn = min(bs.block_n, Layout::kv_len(p, b) - k0);
   bool any = false, all = true;
-  for (int i = threadIdx.x; i < qn * kn; i += blockDim.x) {
+  // (A tile past both of a packed sequence's ends has qn and kn negative: their product is
+  // not the tile's size.)
+  const int n = qn > 0 && kn > 0 ? qn * kn : 0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
     const bool keep = var.mask(b, h, q0 + i / kn, k0 + i % kn);
     any = any || keep;
     all = all && keep;

@@ -373,6 +373,31 @@ def test_emulated_varlen_forward_matches_the_reference(name, family):
     assert (lse.view(hq, tq).double() - ref_lse).abs().max() < 1e-2
 
 
+def test_block_state_pass_stays_inside_each_packed_sequence():
+    """common/block_state.h's mask pass on packed sequences of unequal lengths
+    (tests/emu/block_state_main.cc: a causal mask that counts its calls): the table is exactly
+    the tiles' classification, every tile past a sequence's own end empty, and the mask is
+    evaluated only at the sequences' own scores (a tile past both ends once looped over the
+    product of two negative counts: 5.7 ms a call on the H200 at 16 random lengths in 16k
+    tokens, against 24 us at equal ones)."""
+    bm, bn, lens = 128, 64, [(5, 20), (70, 70), (300, 400), (0, 0), (129, 129)]
+    binary = _build([], "block_state_main.cc", 0, ("sm80", "smem")).result()
+    run = subprocess.run([str(binary), str(bm), str(bn), *(str(x) for pair in lens for x in pair)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    calls, table = run.stdout.splitlines()
+    assert calls == f"calls {sum(q * k for q, k in lens)}"
+    nq, nk = -(-max(q for q, _ in lens) // bm), -(-max(k for _, k in lens) // bn)
+    want = []
+    for q_len, k_len in lens:
+        keep = torch.arange(k_len)[None, :] <= torch.arange(q_len)[:, None] + (k_len - q_len)
+        for mb in range(nq):
+            for kb in range(nk):
+                t = keep[mb * bm:(mb + 1) * bm, kb * bn:(kb + 1) * bn]
+                want.append(0 if not t.numel() or not t.any() else 2 if t.all() else 1)
+    assert list(map(int, table.split())) == want
+
+
 @pytest.mark.parametrize("splits", ["2", "1000"])
 @pytest.mark.parametrize("name", ["plain", "causal"])
 def test_emulated_varlen_decode_with_a_split(name, splits, monkeypatch):
