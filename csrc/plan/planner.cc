@@ -98,6 +98,7 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
   q.mask_loads = r.variant.mask_loads;
   q.mask_mod_loads = r.variant.mask_loads;
   q.score_pow = r.variant.score_pow;
+  if (pb.sparsity == BlockSparsity::BlockTensor) q.mask_block_k = r.variant.blocks.block_k;
   q.captured_grads = kind == Kind::Backward &&
                   std::any_of(pb.captured.begin(), pb.captured.end(),
                               [](const CapturedTensor& t) { return t.wants_grad; });

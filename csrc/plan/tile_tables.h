@@ -22,6 +22,9 @@ struct TableQuery {
   bool score_special = false;  // the score_mod computes a special function per score (tanh...)
   bool captured_grads = false;  // the backward sums a captured tensor's gradient
   bool softmax = true;       // the row normalization is softmax (else none)
+  // Keys per block of a block tensor the mask looks up (ir/block_mask.h; 0: none): tiles
+  // that lie inside one block are whole blocks' worth of kept or skipped keys.
+  int mask_block_k = 0;
 };
 
 struct Candidates {

@@ -189,5 +189,22 @@ TEST(BlockMask, PlannedAsTheRestsTableThenTheTensors) {
   }
 }
 
+// The sm90 forward's tiles of keys lie inside one of the tensor's blocks where the table has
+// such a tile: 64 keys for 64-key blocks (the D128 table's first tile has 128).
+TEST(BlockMask, ForwardTilesFitTheBlocksKeys) {
+  for (const int bk : {64, 128, 256}) {
+    Form f;
+    f.bk = bk;
+    const auto v = ir::build_variant(block_trace(f));
+    plan::PlanRequest r = plan::testing::request(plan::OpKind::Forward, plan::devices::h200(),
+                                                 plan::VariantTraits::of(*v), 128, 128, 4096);
+    r.problem.captured = {{"bool", 4, false, 1}};
+    r.problem = plan::with_sparsity(r.problem, r.variant);
+    const plan::LaunchPlan p = plan::make_plan(r);
+    ASSERT_TRUE(p.ok) << p.reason;
+    EXPECT_EQ(p.steps.back().spec.block_n, bk == 64 ? 64 : 128) << bk;
+  }
+}
+
 }  // namespace
 }  // namespace ae
