@@ -26,7 +26,8 @@ Flex at block 64 on Hopper: torch's default tiles for bf16 D 128 (forward 128 qu
 backward 128 keys) do not divide a 64 block, so without autotuning flex refuses the forward
 (ValueError) and finds no backward kernel. --flex-mode defaults to max-autotune-no-cudagraphs,
 whose candidate tiles include 64 and 32 (compile time: a minute or so per length, outside the
-timing); --flex-mode default gives torch's plain compile, --flex-mode none leaves flex out.
+timing); --flex-mode default gives torch's plain compile with flex's tiles set to the block
+(kernel_options BLOCK_M / BLOCK_N and the backward's), --flex-mode none leaves flex out.
 
 fwd+bwd is timed at every length unless --no-bwd, or where a rough estimate of its memory
 (activations, gradients, block tables) exceeds 90% of the GPU's free memory; then that
@@ -146,6 +147,11 @@ def main() -> int:
         from torch.nn.attention.flex_attention import flex_attention
         mode = None if args.flex_mode == "default" else args.flex_mode
         flex = torch.compile(flex_attention, dynamic=False, mode=mode)
+    # Without autotuning, flex's tiles set to the block where its defaults do not divide it.
+    flex_tiles = None
+    if args.flex_mode == "default" and args.block < 128:
+        flex_tiles = {key: args.block for key in ("BLOCK_M", "BLOCK_N", "BLOCK_M1", "BLOCK_N1",
+                                                  "BLOCK_M2", "BLOCK_N2")}
 
     rows = []  # (S, density asked, kept, method, fwd s or cell text, fwd+bwd s or cell text)
     for S in map(parse_len, args.seqlens.split(",")):
@@ -193,7 +199,8 @@ def main() -> int:
             bm = flex_block_mask(blocks, S, bs)
             methods = {
                 "ours block-sparse": lambda: sparse(q, k, v, blocks),
-                "flex block-sparse": (lambda: flex(q, k, v, block_mask=bm)) if flex else None,
+                "flex block-sparse": (lambda: flex(q, k, v, block_mask=bm,
+                                                   kernel_options=flex_tiles)) if flex else None,
                 "ours flex drop-in": lambda: ae.flex_attention(q, k, v, block_mask=bm),
             }
             with torch.no_grad():

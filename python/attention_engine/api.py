@@ -202,13 +202,18 @@ class CompiledAttention:
     def varlen(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
                max_seqlen_q: Optional[int] = None, max_seqlen_k: Optional[int] = None, *,
-               return_lse: bool = False):
+               return_lse: bool = False, check_lengths: bool = True):
         """Packed sequences of different lengths (FlashAttention's ``flash_attn_varlen_func``):
         q [total_q, Hq, D], k [total_k, Hkv, D], v [total_k, Hkv, Dv]; sequence i is tokens
         ``cu_seqlens[i]:cu_seqlens[i+1]`` (int32/int64, starting at 0). The mods see ``b`` = the
         sequence and positions within it, the queries being its last tokens (``q_idx`` of
         query j is ``len_k - len_q + j``: with as many queries as keys, plain positions).
         Returns out [total_q, Hq, Dv] (and lse [Hq, total_q]). Forward and backward.
+
+        The cumulative lengths are checked on the host: cu_seqlens on the GPU cost a
+        synchronization per call, on the CPU none. ``check_lengths=False`` (with
+        ``max_seqlen_q`` and ``max_seqlen_k``) reads nothing back, as FlashAttention: the
+        lengths are then trusted (wrong ones give wrong rows, never an access out of bounds).
 
         Example:
             >>> import torch, attention_engine as ae
@@ -220,7 +225,7 @@ class CompiledAttention:
         """
         from .inference import varlen
         return varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                      return_lse=return_lse)
+                      return_lse=return_lse, check_lengths=check_lengths)
 
     def with_kvcache(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      cache_seqlens, k_new: Optional[torch.Tensor] = None,

@@ -8,7 +8,7 @@ a query's, the queries being a sequence's last tokens (a decode query's ``q_idx`
 ``length - Sq + i``), so one mask_mod / score_mod gives the same answer in training, prefill
 and decode.
 
-How it runs today: the sequences are padded into one batch and the variant's graph rewritten to
+How it runs today: with_kvcache's sequences (varlen's with AE_VARLEN=padded) are padded into one batch and the variant's graph rewritten to
 read each row's first query position and key count (positions.py); with grouped-query
 attention and few queries per sequence (decode) the query heads of a group are packed into one
 head's rows (gqa_pack.py); the fused kernels (or the reference executor) run that as any
@@ -21,11 +21,10 @@ and becomes the kernels' KV layout: each sequence's key count read on the device
 past it never visited, and no mask left where the variant had none. Without autograd a paged
 cache is read in place (the attention_paged op: the sm90 forward, or the sm80 forward and
 decode templates, address keys through the page table); with autograd it is gathered into a
-contiguous one per call. Lengths are read on
-the host (one synchronization per call) unless with_kvcache(check_lengths=False). With
-AE_VARLEN=kernel varlen runs on the attention_varlen op: the forward kernels address each
-sequence's rows through cu_seqlens (no padding), and so do the backward kernels
-(attention_varlen_backward).
+contiguous one per call. Lengths on the GPU are read on the host (one synchronization per
+call) unless check_lengths=False. varlen runs on the attention_varlen op: the forward kernels
+address each sequence's rows through cu_seqlens (no padding), and so do the backward kernels
+(attention_varlen_backward); AE_VARLEN=padded|packed picks the older routes.
 """
 from __future__ import annotations
 
@@ -75,13 +74,14 @@ def _varlen_route() -> str:
     """"kernel" (the attention_varlen op: its forward and backward kernels address each
     sequence's rows through cu_seqlens), "padded" (the sequences padded into a batch;
     GQA-packed at few queries) or "packed" (back to back in one batch row, each query masked
-    to its own sequence's keys). AE_VARLEN=kernel|padded|packed chooses; else padded: the
-    kernel route passes its GPU tests but is slower than padding at random lengths on the H200
-    (bench/RESULTS.md, 2026-12-05), so it stays opt-in until that is understood."""
+    to its own sequence's keys). AE_VARLEN=kernel|padded|packed chooses; else kernel (on the
+    H200 3.5x the padded route's rate at random lengths, 2.3x at equal ones: bench/RESULTS.md,
+    2026-12-05). The kernel route takes softmax and none, not deterministic backwards: those
+    take the packed route."""
     env = os.environ.get("AE_VARLEN", "")
     if env not in ("", "kernel", "padded", "packed"):
         raise _err(f"AE_VARLEN must be 'kernel', 'padded' or 'packed', got {env!r}")
-    return env or "padded"
+    return env or "kernel"
 
 
 def _one_row(x: torch.Tensor) -> torch.Tensor:
@@ -221,19 +221,60 @@ def _pad(x: torch.Tensor, lengths: torch.Tensor, width: int):
 
 def varlen(attn, q, k, v, cu_seqlens_q, cu_seqlens_k,
            max_seqlen_q: Optional[int] = None, max_seqlen_k: Optional[int] = None, *,
-           return_lse: bool = False):
+           return_lse: bool = False, check_lengths: bool = True):
     _check_tensor("q", q, 3, "[total_q, Hq, D]")
     _check_tensor("k", k, 3, "[total_k, Hkv, D]")
     _check_tensor("v", v, 3, "[total_k, Hkv, Dv]")
     if k.shape[0] != v.shape[0]:
         raise _err(f"k and v must have the same number of tokens, got {k.shape[0]} and {v.shape[0]}")
     dev = q.device
-    cq = _int_vector("cu_seqlens_q", cu_seqlens_q, None, dev)
-    ck = _int_vector("cu_seqlens_k", cu_seqlens_k, None, dev)
+    cq = _int_vector("cu_seqlens_q", cu_seqlens_q, None, None)
+    ck = _int_vector("cu_seqlens_k", cu_seqlens_k, None, None)
     if cq.numel() != ck.numel() or cq.numel() < 2:
         raise _err(f"cu_seqlens_q and cu_seqlens_k must both have n + 1 >= 2 entries (n "
                    f"sequences), got {cq.numel()} and {ck.numel()}")
-    hq, hk = cq.tolist(), ck.tolist()  # one synchronization: the lengths size the padding
+    # The lengths are read on the host to check them and to size the launch: a synchronization
+    # where they lie on the GPU, none where they lie on the CPU. check_lengths=False reads
+    # nothing (the maxima given: FlashAttention's contract).
+    on_host = cq.device.type == "cpu" and ck.device.type == "cpu"
+    if check_lengths:
+        wq, wk = _checked_lengths(q, k, cq, ck, max_seqlen_q, max_seqlen_k)
+    else:
+        if max_seqlen_q is None or max_seqlen_k is None:
+            raise _err("varlen(check_lengths=False) needs max_seqlen_q and max_seqlen_k: the "
+                       "lengths are not read back")
+        wq, wk = int(max_seqlen_q), int(max_seqlen_k)
+        if wq < 0 or wk < 0:
+            raise _err(f"max_seqlen_q and max_seqlen_k must be >= 0; got {wq} and {wk}")
+    cq = cq.to(dev, non_blocking=on_host)
+    ck = ck.to(dev, non_blocking=on_host)
+    lq_t = cq[1:] - cq[:-1]
+    lk_t = ck[1:] - ck[:-1]
+    n = cq.numel() - 1
+    route = _varlen_route()
+    if (route == "kernel" and not getattr(attn, "deterministic", False)
+            and isinstance(attn.normalize, str)):
+        # (else the packed route: deterministic, its backward called with the flag; a custom
+        # normalization, whose statistic has no value that empties a padding row)
+        return _run_varlen_kernel(attn, q, k, v, cq, ck, lq_t, lk_t, wq, wk, return_lse)
+    if route != "padded" and q.shape[0] > 0:  # no queries at all: the padded route's empty call
+        return _run_packed_sequences(attn, q, k, v, cq, ck, return_lse)
+    qp, kp, vp = _pad(q, lq_t, wq), _pad(k, lk_t, wk), _pad(v, lk_t, wk)
+    res = _run(attn, qp, kp, vp, lk_t - lq_t, lk_t, return_lse)
+    out, lse = res if return_lse else (res, None)
+    # The valid rows back in token order: token t of sequence b is padded row t - cq[b].
+    seq = torch.repeat_interleave(torch.arange(n, device=dev), lq_t, output_size=q.shape[0])
+    row = torch.arange(q.shape[0], device=dev) - cq[:-1][seq]
+    out = out.transpose(1, 2)[seq, row]  # [total_q, Hq, Dv]
+    if not return_lse:
+        return out
+    return out, lse.transpose(1, 2)[seq, row].transpose(0, 1)  # [Hq, total_q], as FlashAttention
+
+
+def _checked_lengths(q, k, cq, ck, max_seqlen_q, max_seqlen_k):
+    """The longest query and key sequences of cumulative lengths cq / ck (read on the host),
+    after checking them against the token counts and the maxima given."""
+    hq, hk = cq.tolist(), ck.tolist()
     for name, c, total in (("cu_seqlens_q", hq, q.shape[0]), ("cu_seqlens_k", hk, k.shape[0])):
         if c[0] != 0 or any(b < a for a, b in zip(c, c[1:])) or c[-1] != total:
             raise _err(f"{name} must start at 0, never decrease and end at the token count "
@@ -249,26 +290,7 @@ def varlen(attn, q, k, v, cu_seqlens_q, cu_seqlens_k,
     for name, given, need in (("max_seqlen_q", max_seqlen_q, wq), ("max_seqlen_k", max_seqlen_k, wk)):
         if given is not None and given < need:
             raise _err(f"{name}={given} is less than the longest sequence ({need})")
-    lq_t = cq[1:] - cq[:-1]
-    lk_t = ck[1:] - ck[:-1]
-    route = _varlen_route()
-    if (route == "kernel" and not getattr(attn, "deterministic", False)
-            and isinstance(attn.normalize, str)):
-        # (else the packed route: deterministic, its backward called with the flag; a custom
-        # normalization, whose statistic has no value that empties a padding row)
-        return _run_varlen_kernel(attn, q, k, v, cq, ck, lq_t, lk_t, wq, wk, return_lse)
-    if route != "padded" and q.shape[0] > 0:  # no queries at all: the padded route's empty call
-        return _run_packed_sequences(attn, q, k, v, cq, ck, return_lse)
-    qp, kp, vp = _pad(q, lq_t, wq), _pad(k, lk_t, wk), _pad(v, lk_t, wk)
-    res = _run(attn, qp, kp, vp, lk_t - lq_t, lk_t, return_lse)
-    out, lse = res if return_lse else (res, None)
-    # The valid rows back in token order: token t of sequence b is padded row t - cq[b].
-    seq = torch.repeat_interleave(torch.arange(len(lq), device=dev), lq_t, output_size=q.shape[0])
-    row = torch.arange(q.shape[0], device=dev) - cq[:-1][seq]
-    out = out.transpose(1, 2)[seq, row]  # [total_q, Hq, Dv]
-    if not return_lse:
-        return out
-    return out, lse.transpose(1, 2)[seq, row].transpose(0, 1)  # [Hq, total_q], as FlashAttention
+    return wq, wk
 
 
 def _first_columns(k: torch.Tensor, v: torch.Tensor) -> bool:

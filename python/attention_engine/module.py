@@ -132,12 +132,12 @@ class Attention(torch.nn.Module):
                       self.scale, return_lse, deterministic)
 
     def varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seqlen_k=None,
-               *, return_lse: bool = False):
+               *, return_lse: bool = False, check_lengths: bool = True):
         """Packed sequences of different lengths: ``CompiledAttention.varlen``'s arguments and
         result, reading the tensors registered now."""
         from .inference import varlen
         return varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                      return_lse=return_lse)
+                      return_lse=return_lse, check_lengths=check_lengths)
 
     def with_kvcache(self, q, k_cache, v_cache, cache_seqlens, k_new=None, v_new=None,
                      block_table=None, *, return_lse: bool = False, check_lengths: bool = True):

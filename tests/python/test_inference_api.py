@@ -729,6 +729,31 @@ def test_unchecked_lengths_read_nothing_back_and_agree(name, monkeypatch):
         attn.with_kvcache(q, kc, vc, torch.tensor([5, 40, 1]), kn, vn)
 
 
+def test_varlen_unchecked_lengths_read_nothing_back(varlen_route, monkeypatch):
+    """varlen(check_lengths=False) with the maxima given: no host read of the lengths (tolist
+    is not called), the checked call's answer and gradients on every route; without the
+    maxima it is an error that says why."""
+    attn = ae.compile(*VARIANTS["softcap_window"])
+    lq, lk = [3, 1, 6], [5, 4, 6]
+    q = _packed(lq, 4, 8, 0).requires_grad_()
+    k, v = (_packed(lk, 2, 8, s).requires_grad_() for s in (1, 2))
+    want = attn.varlen(q, k, v, _cu(lq), _cu(lk), return_lse=True)
+    gw = torch.autograd.grad(want[0].sum(), (q, k, v))
+    calls = []
+    real_tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: calls.append(1) or real_tolist(self))
+    got = attn.varlen(q, k, v, _cu(lq), _cu(lk), 6, 6, return_lse=True, check_lengths=False)
+    gg = torch.autograd.grad(got[0].sum(), (q, k, v))
+    assert not calls
+    monkeypatch.undo()
+    assert_close(got[0], want[0], 1e-12, "out")
+    assert_close(got[1], want[1], 1e-12, "lse")
+    for a, b, name in zip(gg, gw, "qkv"):
+        assert_close(a, b, 1e-12, "d" + name)
+    with pytest.raises(ValueError, match="needs max_seqlen_q and max_seqlen_k"):
+        attn.varlen(q, k, v, _cu(lq), _cu(lk), 6, check_lengths=False)
+
+
 @pytest.mark.parametrize("check", [True, False], ids=["checked", "unchecked"])
 def test_paged_cache_without_autograd_takes_the_paged_op(check, monkeypatch):
     """Without autograd a paged cache goes to the attention_paged op (the kernels read pages
@@ -935,9 +960,11 @@ def test_varlen_packed_route_runs_one_batch_row(monkeypatch):
     attn.varlen(q, k, v, _cu(lens), _cu(lens))
     monkeypatch.setenv("AE_VARLEN", "kernel")  # the varlen op: tokens first
     attn.varlen(q, k, v, _cu(lens), _cu(lens))
-    monkeypatch.delenv("AE_VARLEN")  # the default: padded
+    monkeypatch.delenv("AE_VARLEN")  # the default: the varlen op
     attn.varlen(q, k, v, _cu(lens), _cu(lens))
-    assert calls == [(1, 2, 8, 8), (2, 2, 5, 8), (8, 2, 8), (2, 2, 5, 8)]
+    attn.deterministic = True  # (the varlen op's backward is not): the packed route
+    attn.varlen(q, k, v, _cu(lens), _cu(lens))
+    assert calls == [(1, 2, 8, 8), (2, 2, 5, 8), (8, 2, 8), (8, 2, 8), (1, 2, 8, 8)]
     monkeypatch.setenv("AE_VARLEN", "fast")
     with pytest.raises(ValueError, match="'kernel', 'padded' or 'packed'"):
         attn.varlen(q, k, v, _cu(lens), _cu(lens))
