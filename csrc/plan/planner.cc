@@ -333,8 +333,8 @@ Step& add_mask_pass(const PlanRequest& r, const KernelSpec& main, LaunchPlan& pl
   const int nb = per_batch ? a.batch : 1, nh = per_head ? a.q_heads : 1;
   Workspace ws{id, {nb * nh, a.n_q_blocks, a.n_kv_blocks}, ElemType::Other, ""};
   if (!varlen)
-    ws.cache_key = fmt::format("{}|{}|{}|{}x{}|{}|{}", key, a.q_len, a.kv_len, main.block_m,
-                               main.block_n, nb, nh);
+    ws.cache_key = fmt::format("{}|{}|{}|{}x{}h{}|{}|{}", key, a.q_len, a.kv_len, main.block_m,
+                               main.block_n, plan.block_states.half_m, nb, nh);
   ws.key_by_captured = reads_buffers;
   plan.workspaces.push_back(ws);
   Step s = common_step(r, Kind::BlockState, main.bf16, kBlockStateThreads);
@@ -390,6 +390,12 @@ void add_block_states(const PlanRequest& r, const KernelSpec& main, LaunchPlan& 
   a.n_q_blocks = static_cast<int>((a.q_len + main.block_m - 1) / main.block_m);
   a.n_kv_blocks = static_cast<int>((a.kv_len + main.block_n - 1) / main.block_n);
   if (r.problem.sparsity == BlockSparsity::None) return;
+  // The sm90 forward's consumer warpgroups take 64 query rows each: its tables code the
+  // halves too (common/block_walk.h kBlockHalves), so that a warpgroup whose rows keep nothing
+  // skips the block and one whose rows keep all skips the mask.
+  const bool halves = main.family == Family::Sm90 && main.kind == Kind::Forward && !main.mla &&
+                      main.block_m == 2 * 64;
+  plan.block_states.half_m = halves ? 64 : 0;
   if (r.problem.sparsity == BlockSparsity::BlockTensor) return add_block_tensor_states(r, main, plan);
   const VariantTraits& v = r.variant;
   // Packed sequences: a table per batch, whose tiles past the sequence's own lengths are empty

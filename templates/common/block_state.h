@@ -16,6 +16,17 @@
 
 namespace ae {
 
+// A tile's code from whether its scores keep anything and everything.
+AE_DEVICE unsigned char code_of(bool any, bool all) {
+  return any ? (all ? kBlockFull : kBlockPartial) : kBlockEmpty;
+}
+
+// The table entry of a tile with code `tile` whose halves (query rows 0 .. half_m - 1 and the
+// rest) have codes c0 and c1: with bs.half_m, the halves too (common/block_walk.h).
+AE_DEVICE unsigned char entry_of(const BlockStateParams& bs, int tile, int c0, int c1) {
+  return static_cast<unsigned char>(bs.half_m > 0 ? tile | kBlockHalves | c0 << 2 | c1 << 4 : tile);
+}
+
 template <class Layout, class Variant>
 AE_DEVICE void block_state(const AttnParams& p, const Variant& var, const BlockStateParams& bs) {
   const int kb = blockIdx.x, mb = blockIdx.y, bh = blockIdx.z;
@@ -24,20 +35,24 @@ AE_DEVICE void block_state(const AttnParams& p, const Variant& var, const BlockS
   const int q0 = mb * bs.block_m, k0 = kb * bs.block_n;
   const int qn = min(bs.block_m, Layout::q_len(p, b) - q0),
             kn = min(bs.block_n, Layout::kv_len(p, b) - k0);
-  bool any = false, all = true;
+  const int hm = bs.half_m > 0 ? bs.half_m : bs.block_m;  // the first half's rows
   // (A tile past both of a packed sequence's ends has qn and kn negative: their product is
   // not the tile's size.)
   const int n = qn > 0 && kn > 0 ? qn * kn : 0;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    const bool keep = var.mask(b, h, q0 + i / kn, k0 + i % kn);
-    any = any || keep;
-    all = all && keep;
+  bool any0 = false, all0 = true, any1 = false, all1 = true;  // per half; a half without rows
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {          // keeps nothing, spoils nothing
+    const int r = i / kn;
+    const bool keep = var.mask(b, h, q0 + r, k0 + i % kn);
+    if (r < hm) any0 = any0 || keep, all0 = all0 && keep;
+    else any1 = any1 || keep, all1 = all1 && keep;
   }
-  any = __syncthreads_or(any);
-  all = __syncthreads_and(all);
+  any0 = __syncthreads_or(any0);
+  all0 = __syncthreads_and(all0);
+  any1 = __syncthreads_or(any1);
+  all1 = __syncthreads_and(all1);
   if (threadIdx.x == 0)
     bs.state[(static_cast<long long>(bh) * p.n_q_blocks + mb) * p.n_kv_blocks + kb] =
-        any ? (all ? kBlockFull : kBlockPartial) : kBlockEmpty;
+        entry_of(bs, code_of(any0 || any1, all0 && all1), code_of(any0, all0), code_of(any1, all1));
 }
 
 // The variant's block tensor (csrc/ir/block_mask.h) as compile-time facts: element type T,
@@ -79,16 +94,18 @@ AE_DEVICE void block_state_from_blocks(const AttnParams& p, const VariantArgs& v
   const int q0 = mb * bs.block_m, k0 = kb * bs.block_n;
   const int qn = min(bs.block_m, Layout::q_len(p, b) - q0),
             kn = min(bs.block_n, Layout::kv_len(p, b) - k0);
-  unsigned char code = kBlockEmpty;
-  if (qn > 0 && kn > 0) {
-    unsigned char rest = kBlockFull;
-    if (bs.rest) {
-      const int rheads = bs.rest_per_head ? p.q_heads : 1;
-      const long long rbh = (bs.rest_per_batch ? b : 0) * rheads + (bs.rest_per_head ? h : 0);
-      rest = bs.rest[(rbh * p.n_q_blocks + mb) * p.n_kv_blocks + kb];
-    }
+  unsigned char rest = kBlockFull;  // the rest's entry (halves, where its table has them)
+  if (bs.rest) {
+    const int rheads = bs.rest_per_head ? p.q_heads : 1;
+    const long long rbh = (bs.rest_per_batch ? b : 0) * rheads + (bs.rest_per_head ? h : 0);
+    rest = bs.rest[(rbh * p.n_q_blocks + mb) * p.n_kv_blocks + kb];
+  }
+  // The code of the tile's query rows r0 .. r0 + rn - 1 (of the tile's keys) whose rest's
+  // code is `rc`.
+  auto classify = [&](int r0, int rn, int rc) -> int {
+    if (rn <= 0 || kn <= 0) return kBlockEmpty;
     bool none = false, all = false, some = false;  // blocks keeping nothing, all, the rest's
-    for (int qb = q0 / Blocks::kQ; qb <= (q0 + qn - 1) / Blocks::kQ; ++qb)
+    for (int qb = r0 / Blocks::kQ; qb <= (r0 + rn - 1) / Blocks::kQ; ++qb)
       for (int kbu = k0 / Blocks::kK; kbu <= (k0 + kn - 1) / Blocks::kK; ++kbu) {
         const int c = Blocks::code(va, b, h, qb, kbu);
         none = none || c == 0;
@@ -96,11 +113,15 @@ AE_DEVICE void block_state_from_blocks(const AttnParams& p, const VariantArgs& v
         some = some || c == 1;
       }
     // The rest decides its blocks: wholly where its own tile is full or empty.
-    all = all || (some && rest == kBlockFull);
-    none = none || (some && rest == kBlockEmpty);
-    const bool partial = some && rest == kBlockPartial;
-    code = !all && !partial ? kBlockEmpty : !none && !partial ? kBlockFull : kBlockPartial;
-  }
+    all = all || (some && rc == kBlockFull);
+    none = none || (some && rc == kBlockEmpty);
+    const bool partial = some && rc == kBlockPartial;
+    return !all && !partial ? kBlockEmpty : !none && !partial ? kBlockFull : kBlockPartial;
+  };
+  const int hm = bs.half_m > 0 ? bs.half_m : bs.block_m;
+  const unsigned char code = entry_of(bs, classify(q0, qn, tile_code(rest)),
+                                      classify(q0, min(qn, hm), half_code(rest, 0)),
+                                      classify(q0 + hm, qn - hm, half_code(rest, 1)));
   bs.state[t] = code;
 }
 

@@ -10,8 +10,18 @@
 
 namespace ae {
 
-// Block-state codes.
-enum : unsigned char { kBlockEmpty = 0, kBlockPartial = 1, kBlockFull = 2 };
+// Block-state codes: a table entry's bits 0-1 are the tile's code. Where the table was built
+// with halves (BlockStateParams::half_m; bit 6 set), bits 2-3 and 4-5 are the codes of the
+// tile's first and second half_m query rows alone: the sm90 forward's two consumer warpgroups
+// each take their own (a half with nothing kept skips its GEMMs, a full half its mask).
+enum : unsigned char { kBlockEmpty = 0, kBlockPartial = 1, kBlockFull = 2, kBlockHalves = 0x40 };
+
+AE_DEVICE int tile_code(unsigned char s) { return s & 3; }
+// The code of half i (0 or 1) of a tile whose entry is s: its own where s has halves, else
+// the tile's.
+AE_DEVICE int half_code(unsigned char s, int i) {
+  return (s & kBlockHalves) ? (s >> (2 + 2 * i)) & 3 : s & 3;
+}
 
 // Forward: the key blocks of query block m_block of (b, h) (of one split-KV range), in order,
 // from next(first). Under a mask, next(j) reads the codes of blocks j .. j + kWarpSize - 1 in
@@ -40,12 +50,14 @@ struct RowWalk {
     if (!state) return j;
     for (; j < n; j += kWarpSize) {
       const int m = j + static_cast<int>(threadIdx.x % kWarpSize);
-      const LaneMask kept = ballot(m < n && state[m] != kBlockEmpty);
+      const LaneMask kept = ballot(m < n && tile_code(state[m]) != kBlockEmpty);
       if (kept != 0) return j + first_lane(kept) - 1;
     }
     return n;
   }
-  AE_DEVICE bool partial(int j) const { return state && state[j] == kBlockPartial; }
+  AE_DEVICE bool partial(int j) const { return state && tile_code(state[j]) == kBlockPartial; }
+  // Block j's whole entry (kBlockFull without a table).
+  AE_DEVICE unsigned char entry(int j) const { return state ? state[j] : kBlockFull; }
 };
 
 // Backward: the (query head of the GQA group, query block) pairs of key block n_block of
@@ -78,7 +90,7 @@ struct ColumnWalkOf {
     const int m = base + static_cast<int>(threadIdx.x % kWarpSize);
     const unsigned char* col = p.block_state + b * p.state_stride_b +
                                (h_kv * p.group + hq_off) * p.state_stride_h + n_block;
-    const int code = m < n_q_blocks(p) ? col[static_cast<long long>(m) * p.n_kv_blocks] : 0;
+    const int code = m < n_q_blocks(p) ? tile_code(col[static_cast<long long>(m) * p.n_kv_blocks]) : 0;
     kept = ballot(code != kBlockEmpty);
     partial = ballot(code == kBlockPartial);
   }

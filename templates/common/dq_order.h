@@ -27,7 +27,7 @@ AE_DEVICE int dq_rank(const AttnParams& p, int b, int hq, int m_block, int n_blo
   int count = 0;
   for (int j = n_block + 1; j < p.n_kv_blocks; j += kWarpSize) {
     const int c = j + static_cast<int>(threadIdx.x % kWarpSize);
-    count += popcount(ballot(c < p.n_kv_blocks && row[c] != kBlockEmpty));
+    count += popcount(ballot(c < p.n_kv_blocks && tile_code(row[c]) != kBlockEmpty));
   }
   return count;
 }

@@ -133,6 +133,9 @@ struct BlockStateParams {
   // with its own batch and head dependence.
   const unsigned char* rest;
   int rest_per_batch, rest_per_head;
+  // Query rows per half tile (common/block_walk.h kBlockHalves): 0, no halves (the sm90
+  // forward's 64: a consumer warpgroup's rows).
+  int half_m;
 };
 
 // A CUtensorMap (TMA descriptor, built on the host by cuTensorMapEncodeTiled): 128 opaque

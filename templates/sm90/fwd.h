@@ -213,7 +213,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
             if (leader) {
               const int stage = it % S, use = it / S;
               if (use > 0) mbar_wait(empty + stage, (use - 1) & 1);
-              if constexpr (kList) block_list[stage] = done ? -1 : 2 * j + blocks.partial(j);
+              if constexpr (kList) block_list[stage] = done ? -1 : j << 8 | blocks.entry(j);
               if (done) {  // the end of the list, with no tile (persistent: V full too, so
                 mbar_arrive(k_full + stage);  // that the next tile's waits on the stage
                 if constexpr (kPersistent) mbar_arrive(v_full + stage);  // keep step)
@@ -322,25 +322,30 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
       gemm_ss_kmajor<BN, Cfg::kDqk, Cfg::kBf16>(s, qa, BM * 128, tK, BN * 128);
       wgmma_commit();
     };
-    // The block in ring slot it_ as 2 j + partial, or -1 past the row's last block. Under a
-    // mask it waits for the slot's K (the producer writes the list entry before that arrival).
+    // The block in ring slot it_ as j << 8 | its table entry (common/block_walk.h), or -1 past
+    // the row's last block. Under a mask it waits for the slot's K (the producer writes the
+    // list entry before that arrival).
     auto block_at = [&](int it_) -> int {
       if constexpr (kList) {
         mbar_wait(k_full + it_ % S, (it_ / S) & 1);
         return block_list[it_ % S];
       } else {
         const int j_ = blocks.first + (it_ - it0);
-        return j_ < blocks.n ? 2 * j_ : -1;
+        return j_ < blocks.n ? j_ << 8 | kBlockFull : -1;
       }
     };
-    // score_mod, mask and the normalization's step on S of block code/2 (see block_at); alpha:
+    // This warpgroup's rows of the block need the mask (or keep nothing: the mask then drops
+    // every score; skipping the block's GEMMs there, in a loop that releases its slots,
+    // serialized every wgmma: C7520).
+    auto masked_here = [&](int code) { return half_code(code & 255, cw) != kBlockFull; };
+    // score_mod, mask and the normalization's step on S of block code >> 8 (see block_at); alpha:
     // O's rescale factors.
     // Only key bounds and partial blocks need the checked path: rows past q_len (a tile's tail,
     // decode's 1 row of 128) read zeros from Q, are never stored, and a score_mod's loads are
     // clamped into range.
     auto process_s = [&](int code, float (&alpha)[2]) {
-      const int kv0 = (code >> 1) * BN;
-      const bool check = kv0 + BN > Layout::kv_len(p, b) || (code & 1) || (kRaw && !raw_ok);
+      const int kv0 = (code >> 8) * BN;
+      const bool check = kv0 + BN > Layout::kv_len(p, b) || masked_here(code) || (kRaw && !raw_ok);
       if (check)
         rows::score_transform<true, false, Layout, Variant, BN / 8,
                               AE_MASK_LOADS_OR(rows::rows_and_one_column<Variant>())>(
@@ -397,7 +402,8 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
       if constexpr (!AE_CHECK_V) return false;
       if (v_finite) return false;  // (before block_at: its wait and load are not free)
       const int code = block_at(it_);  // (its slot is still held: re-read, not kept live)
-      if (!rows::check_v<Variant>(v_finite, code & 1, (code >> 1) * BN + BN, Layout::kv_len(p, b)))
+      if (!rows::check_v<Variant>(v_finite, masked_here(code), (code >> 8) * BN + BN,
+                                  Layout::kv_len(p, b)))
         return false;
       const int stage = it_ % S;
       wait_v(it_);

@@ -172,6 +172,7 @@ TEST(BlockMask, PlannedAsTheRestsTableThenTheTensors) {
     EXPECT_EQ(blocks.spec.kind, codegen::Kind::BlockStateBlocks);
     EXPECT_FALSE(blocks.fills_workspace);  // built per call
     EXPECT_TRUE(p.block_states.per_batch && p.block_states.per_head);
+    EXPECT_EQ(p.block_states.half_m, kind == plan::OpKind::Forward ? 64 : 0);
     const plan::Workspace* rest = p.workspace(plan::WorkspaceId::RestStates);
     ASSERT_TRUE(rest);
     EXPECT_FALSE(rest->cache_key.empty());  // cached as a mask_mod's table
@@ -203,6 +204,7 @@ TEST(BlockMask, ForwardTilesFitTheBlocksKeys) {
     const plan::LaunchPlan p = plan::make_plan(r);
     ASSERT_TRUE(p.ok) << p.reason;
     EXPECT_EQ(p.steps.back().spec.block_n, bk == 64 ? 64 : 128) << bk;
+    EXPECT_EQ(p.block_states.half_m, 64);  // its two warpgroups' rows: the table codes halves
   }
 }
 

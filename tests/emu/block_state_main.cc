@@ -1,7 +1,7 @@
 // Runs common/block_state.h's mask pass on packed sequences (VarlenLayout) with a causal mask
 // that counts its evaluations, and prints the table and the count: the test checks the table
 // against the tiles' classification and that only scores inside a sequence were evaluated.
-//   block_state_main BLOCK_M BLOCK_N LQ0 LK0 [LQ1 LK1 ...]
+//   block_state_main BLOCK_M BLOCK_N HALF_M LQ0 LK0 [LQ1 LK1 ...]   (HALF_M 0: no halves)
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -24,12 +24,13 @@ struct CountingCausal {  // kv_idx <= q_idx + (kv_len - q_len), per sequence
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 5 || argc % 2 == 0) return 2;
-  const int bm = std::atoi(argv[1]), bn = std::atoi(argv[2]), n = (argc - 3) / 2;
+  if (argc < 6 || argc % 2 == 1) return 2;
+  const int bm = std::atoi(argv[1]), bn = std::atoi(argv[2]), half_m = std::atoi(argv[3]);
+  const int n = (argc - 4) / 2;
   std::vector<int> cu_q{0}, cu_k{0}, lk;
   int max_q = 0, max_k = 0;
   for (int b = 0; b < n; ++b) {
-    const int q = std::atoi(argv[3 + 2 * b]), k = std::atoi(argv[4 + 2 * b]);
+    const int q = std::atoi(argv[4 + 2 * b]), k = std::atoi(argv[5 + 2 * b]);
     cu_q.push_back(cu_q.back() + q), cu_k.push_back(cu_k.back() + k), lk.push_back(k);
     max_q = q > max_q ? q : max_q, max_k = k > max_k ? k : max_k;
   }
@@ -39,7 +40,7 @@ int main(int argc, char** argv) {
   p.kv_lens = lk.data(), p.kv_lens_stride = 1, p.kv_lens_int32 = 1;
   p.n_q_blocks = (max_q + bm - 1) / bm, p.n_kv_blocks = (max_k + bn - 1) / bn;
   std::vector<unsigned char> table(static_cast<size_t>(n) * p.n_q_blocks * p.n_kv_blocks, 0xff);
-  const ae::BlockStateParams bs{table.data(), bm, bn, 1, 0, nullptr, 0, 0};
+  const ae::BlockStateParams bs{table.data(), bm, bn, 1, 0, nullptr, 0, 0, half_m};
   const CountingCausal var{&p};
   gridDim = {static_cast<unsigned>(p.n_kv_blocks), static_cast<unsigned>(p.n_q_blocks),
              static_cast<unsigned>(n)};

@@ -113,7 +113,8 @@ int main(int argc, char** argv) {
   if (i("masked"))  // the block-state pass, a table per (batch, head): right for any mask
     emu::run_block_states(p, va, block_m, block_n, p.batch, p.q_heads, states,
                           has("rest_b") ? static_cast<int>(i("rest_b")) : -1,
-                          has("rest_h") ? static_cast<int>(i("rest_h")) : -1);
+                          has("rest_h") ? static_cast<int>(i("rest_h")) : -1,
+                          has("half_m") ? static_cast<int>(i("half_m")) : 0);
   gridDim = {static_cast<unsigned>(p.n_q_blocks), static_cast<unsigned>(p.q_heads),
              static_cast<unsigned>(p.batch * splits)};
   for (unsigned z = 0; z < gridDim.z; ++z)

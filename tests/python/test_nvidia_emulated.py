@@ -136,6 +136,9 @@ def emulate(info, q, k, v, buffers, *, o_shape, lse_numel, layout=None, v_in_k=F
     for key in ("rest_b", "rest_h"):  # a block tensor's rest table: its own batch and head flags
         if key in layout:
             args[key] = [int(layout[key])]
+    # The tables' half tiles as the planner sets them (the sm90 forward's two warpgroups of 64
+    # rows; planner.cc add_block_states), unless the test says otherwise.
+    args["half_m"] = [layout.get("half_m", 64 if desc[0] == "fwd90" and not mla else 0)]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         (tmp / "q.bin").write_bytes(_bits(layout.get("q_base", q)))
@@ -373,16 +376,24 @@ def test_emulated_varlen_forward_matches_the_reference(name, family):
     assert (lse.view(hq, tq).double() - ref_lse).abs().max() < 1e-2
 
 
-def test_block_state_pass_stays_inside_each_packed_sequence():
+def _tile_code(keep):
+    """A tile's block-state code from its kept scores (none: no scores, empty)."""
+    return 0 if not keep.numel() or not keep.any() else 2 if keep.all() else 1
+
+
+@pytest.mark.parametrize("half_m", [0, 64])
+def test_block_state_pass_stays_inside_each_packed_sequence(half_m):
     """common/block_state.h's mask pass on packed sequences of unequal lengths
     (tests/emu/block_state_main.cc: a causal mask that counts its calls): the table is exactly
-    the tiles' classification, every tile past a sequence's own end empty, and the mask is
-    evaluated only at the sequences' own scores (a tile past both ends once looped over the
-    product of two negative counts: 5.7 ms a call on the H200 at 16 random lengths in 16k
+    the tiles' classification, every tile past a sequence's own end empty, with half_m the
+    codes of each half of the tile's rows beside it (common/block_walk.h kBlockHalves), and the
+    mask is evaluated only at the sequences' own scores (a tile past both ends once looped over
+    the product of two negative counts: 5.7 ms a call on the H200 at 16 random lengths in 16k
     tokens, against 24 us at equal ones)."""
     bm, bn, lens = 128, 64, [(5, 20), (70, 70), (300, 400), (0, 0), (129, 129)]
     binary = _build([], "block_state_main.cc", 0, ("sm80", "smem")).result()
-    run = subprocess.run([str(binary), str(bm), str(bn), *(str(x) for pair in lens for x in pair)],
+    run = subprocess.run([str(binary), str(bm), str(bn), str(half_m),
+                          *(str(x) for pair in lens for x in pair)],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     calls, table = run.stdout.splitlines()
@@ -394,7 +405,10 @@ def test_block_state_pass_stays_inside_each_packed_sequence():
         for mb in range(nq):
             for kb in range(nk):
                 t = keep[mb * bm:(mb + 1) * bm, kb * bn:(kb + 1) * bn]
-                want.append(0 if not t.numel() or not t.any() else 2 if t.all() else 1)
+                code = _tile_code(t)
+                if half_m:
+                    code |= 0x40 | _tile_code(t[:half_m]) << 2 | _tile_code(t[half_m:]) << 4
+                want.append(code)
     assert list(map(int, table.split())) == want
 
 
@@ -421,18 +435,21 @@ def test_emulated_varlen_decode_with_a_split(name, splits, monkeypatch):
 # ---- block sparsity as data (csrc/ir/block_mask.h: the table from the block tensor and the
 # rest's table; GPU-tested) -------------------------------------------------------------------
 
-@pytest.mark.parametrize("case", [("bool", "causal", "sm90"), ("bool", None, "sm80"),
-                                  ("codes", "causal", "sm90"), ("codes3", "causal", "sm80")],
+@pytest.mark.parametrize("case", [("bool", "causal", "sm90", 64), ("bool", None, "sm80", 64),
+                                  ("codes", "causal", "sm90", 64), ("codes3", "causal", "sm80", 64),
+                                  ("bool", "causal", "sm90", 128), ("codes", "causal", "sm90", 128)],
                          ids=lambda c: "-".join(map(str, c)))
 def test_emulated_block_tensor_forward_matches_the_reference(case, monkeypatch):
     """Random blocks of 64 (a third kept, an empty query block row) under causal or alone, as
     seer.BlockSparseAttention (bool) or a FlexAttention block mask (codes) write the lookup,
     and codes written by hand with 3s among them (keeping nothing); the plan builds the table
     from the tensor beside the causal rest's own table (one for every head: other flags than
-    the final table's), and the forward walks it."""
-    form, rest, family = case
+    the final table's), and the forward walks it. At D128 the sm90 forward runs without the
+    overlap, 64 keys a tile: each warpgroup skips the blocks its own 64 rows keep nothing of
+    (the tables' halves)."""
+    form, rest, family, d = case
     monkeypatch.setenv("AE_KV_SPLITS", "1")
-    B, H, S, d, bs = 1, 2, 320, 64, 64
+    B, H, S, bs = 1, 2, 320, 64
     n = -(-S // bs)
     gen = torch.Generator().manual_seed(3)
     sparse = None
@@ -464,6 +481,8 @@ def test_emulated_block_tensor_forward_matches_the_reference(case, monkeypatch):
     q, k, v = _bf16(B, H, S, d, seed=0), _bf16(B, H, S, d, seed=1), _bf16(B, H, S, d, seed=2)
     info = _fwd_source(attn.variant, d, d, True, _dtypes(buffers), family=family, q_len=S)
     assert "block_state_blocks_source" in info, info["plan"]
+    if family == "sm90" and d == 128:
+        assert " 128x64 " in info["describe"] and " ov" not in info["describe"], info["describe"]
     assert ("block_state_source" in info) == bool(rest), info["plan"]
     layout = {"rest_b": 0, "rest_h": 0} if rest else {}  # causal: one table
     out, lse = emulate(info, q, k, v, buffers, o_shape=(B, H, S, d), lse_numel=B * H * S,
