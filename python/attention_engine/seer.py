@@ -306,6 +306,100 @@ class BlockSparseAttention:
         return run_op(attention_op, q, k, v, buffers, attn.key, attn.normalize, attn.scale,
                       return_lse, attn.deterministic)
 
+    def _decode_variant(self, by_batch: bool, head_div: int):
+        """The compiled variant whose mask reads blocks[b or 0, head, kv_idx // block_size]
+        (no query block: decode's queries share their sequence's blocks)."""
+        key = ("decode", by_batch, head_div)
+        if key not in self._variants:
+            score_mod, mask_mod, normalize, scale, deterministic = self._compile_args
+            bs = self.block_size
+            placeholder = torch.ones(1, 1, 1, dtype=torch.bool)
+
+            def kept(b, h, q_idx, kv_idx):
+                head = 0 if head_div == 0 else h if head_div == 1 else h // head_div
+                on = placeholder[b if by_batch else 0, head, kv_idx // bs]
+                return on if mask_mod is None else on & mask_mod(b, h, q_idx, kv_idx)
+            attn = _compile(score_mod, kept, normalize=normalize, scale=scale,
+                            deterministic=deterministic)
+            matches = [i for i, t in enumerate(attn.buffers) if t is placeholder]
+            assert len(matches) == 1, "the block tensor is one captured tensor of the trace"
+            self._variants[key] = (attn, matches[0])
+        return self._variants[key]
+
+    def with_kvcache(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     cache_seqlens, blocks: torch.Tensor, k_new: Optional[torch.Tensor] = None,
+                     v_new: Optional[torch.Tensor] = None,
+                     block_table: Optional[torch.Tensor] = None, *, return_lse: bool = False,
+                     check_lengths: bool = True):
+        """Sparse decode: ``CompiledAttention.with_kvcache`` (its arguments, layouts and
+        result: q [B, Sq, Hq, D], a contiguous or paged cache, new tokens appended first) over
+        the key blocks ``blocks`` keeps. ``blocks`` is bool [B or 1, H, nk] (H: Hkv, a
+        selection per KV head shared by its query heads, as SeerAttention's decode; Hq; or 1)
+        with nk = ceil(capacity / block_size) (the capacity: S_max, or max_pages x page_size),
+        or SeerAttention's index lists, int [B or 1, H, max_selected] of kept blocks padded
+        with -1 (entries outside 0 .. nk - 1 select nothing). Key blocks that are not kept are
+        never read; a query with no kept key returns 0.
+
+        Example:
+            >>> import torch, attention_engine as ae
+            >>> sparse = ae.seer.BlockSparseAttention(block_size=16)
+            >>> k_cache = v_cache = torch.randn(2, 64, 2, 8)       # [B, S_max, Hkv, D]
+            >>> q = torch.randn(2, 1, 4, 8)                        # one query, 4 heads
+            >>> picks = torch.tensor([[[0, 2], [1, -1]], [[3, -1], [0, 1]]])  # per KV head
+            >>> sparse.with_kvcache(q, k_cache, v_cache, 60, picks).shape
+            torch.Size([2, 1, 4, 8])"""
+        from .inference import with_kvcache
+        if not isinstance(q, torch.Tensor) or q.dim() != 4 or not isinstance(k_cache, torch.Tensor):
+            raise ValueError("attention_engine.seer: with_kvcache needs q [B, Sq, Hq, D] and a "
+                             "cache tensor")
+        B, Hq, Hkv = q.shape[0], q.shape[2], k_cache.shape[2]
+        capacity = (k_cache.shape[1] if block_table is None
+                    else block_table.shape[-1] * k_cache.shape[1])
+        nk = _blocks(capacity, self.block_size)
+        if not isinstance(blocks, torch.Tensor) or blocks.dim() != 3 or blocks.dtype not in (
+                torch.bool, torch.int32, torch.int64):
+            raise ValueError("attention_engine.seer: blocks must be bool [B or 1, H, nk] or int "
+                             "index lists [B or 1, H, max_selected] (H: Hkv, Hq or 1), got "
+                             f"{getattr(blocks, 'dtype', type(blocks).__name__)} "
+                             f"{list(blocks.shape) if isinstance(blocks, torch.Tensor) else ''}")
+        heads = blocks.shape[1]
+        if blocks.shape[0] not in (1, B) or heads not in (1, Hq, Hkv) or (
+                blocks.dtype == torch.bool and blocks.shape[2] != nk):
+            raise ValueError(f"attention_engine.seer: blocks {list(blocks.shape)} do not fit q "
+                             f"{list(q.shape)} and a cache of {capacity} tokens at block size "
+                             f"{self.block_size}: expected [{B} or 1, {Hkv}, {Hq} or 1 heads, "
+                             f"{nk}{'' if blocks.dtype == torch.bool else ' or any count'}]")
+        blocks = blocks.to(q.device)
+        if blocks.dtype != torch.bool:
+            blocks = blocks_from_indices(blocks, nk)
+        head_div = 1 if heads == Hq else 0 if heads == 1 else Hq // Hkv
+        attn, slot = self._decode_variant(blocks.shape[0] > 1, head_div)
+        captured = list(attn.buffers)
+        captured[slot] = blocks
+        return with_kvcache(_Captured(attn, captured), q, k_cache, v_cache, cache_seqlens, k_new,
+                            v_new, block_table, return_lse=return_lse, check_lengths=check_lengths)
+
+
+def blocks_from_indices(indices: torch.Tensor, num_blocks: int) -> torch.Tensor:
+    """SeerAttention's index lists, int [..., max_selected] of kept blocks padded with -1, as a
+    bool tensor [..., num_blocks] (on the indices' device, no host read; entries outside
+    0 .. num_blocks - 1 select nothing)."""
+    valid = (indices >= 0) & (indices < num_blocks)
+    sink = torch.where(valid, indices, num_blocks).long()  # one column past the blocks
+    out = torch.zeros(*indices.shape[:-1], num_blocks + 1, dtype=torch.bool, device=indices.device)
+    return out.scatter_(-1, sink, True)[..., :num_blocks]
+
+
+class _Captured:
+    """A compiled variant seen with other captured tensors (what the inference entry points
+    read of it: ``captured`` first, the rest from the variant)."""
+
+    def __init__(self, attn, captured):
+        self._attn, self.captured = attn, captured
+
+    def __getattr__(self, name):
+        return getattr(self._attn, name)
+
 
 class SeerAttention(nn.Module):
     """Drop-in causal attention with a learned gate: the gate picks the blocks, block-sparse

@@ -217,12 +217,15 @@ def test_block_sparse_attention_on_the_kernels():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("d", [64, 128])
 @pytest.mark.parametrize("bs", [64, 128, 96])
 @pytest.mark.parametrize("family", ["sm90", "sm80"])
-def test_block_tensor_tables_on_the_kernels(bs, family, monkeypatch):
+def test_block_tensor_tables_on_the_kernels(bs, family, d, monkeypatch):
     """The block tensor's table (csrc/ir/block_mask.h: built from the tensor and the causal
     rest's own table, not per score) at block sizes that equal, halve or straddle the
-    kernels' tiles, per query head, with an empty query block row; forward and backward."""
+    kernels' tiles, per query head, with an empty query block row; forward and backward. At
+    D128 the sm90 forward runs 64-key tiles without the overlap, each warpgroup dropping the
+    blocks its own rows keep nothing of (the table's halves)."""
     if family == "sm80":
         monkeypatch.setenv("AE_DISABLE_SM90", "1")
         monkeypatch.setenv("AE_DISABLE_SM90_BWD", "1")
@@ -230,7 +233,7 @@ def test_block_tensor_tables_on_the_kernels(bs, family, monkeypatch):
     n = -(-S // bs)
     sparse = BlockSparseAttention(mask_mod=mods.causal, block_size=bs)
     gen = torch.Generator(device="cuda").manual_seed(bs)
-    q, k, v = (torch.randn(1, h, S, 64, device="cuda", dtype=torch.bfloat16, generator=gen,
+    q, k, v = (torch.randn(1, h, S, d, device="cuda", dtype=torch.bfloat16, generator=gen,
                            requires_grad=True) for h in (4, 2, 2))
     blocks = torch.rand(1, 4, n, n, device="cuda", generator=gen) < 0.4
     blocks[:, 1, 3] = False
@@ -244,3 +247,118 @@ def test_block_tensor_tables_on_the_kernels(bs, family, monkeypatch):
     assert rel(out, ref) < 2e-2
     for a, b in zip(got, want):
         assert rel(a, b) < 3e-2
+
+
+# ---- sparse decode: BlockSparseAttention.with_kvcache ---------------------------------------
+
+
+def _decode_reference(q, k_cache, v_cache, lengths, kept, scale):
+    """Each query attends to its sequence's keys below its length in the kept blocks (kept:
+    bool [B, Hq, capacity] per key), float64."""
+    B, Sq, Hq, D = q.shape
+    G = Hq // k_cache.shape[2]
+    out = torch.zeros(B, Sq, Hq, v_cache.shape[3], dtype=torch.float64)
+    for b in range(B):
+        n = int(lengths[b])
+        for h in range(Hq):
+            for i in range(Sq):
+                pos = n - Sq + i
+                keep = kept[b, h, :n] & (torch.arange(n) <= pos)
+                if not keep.any():
+                    continue
+                kk, vv = k_cache[b, :n, h // G][keep].double(), v_cache[b, :n, h // G][keep].double()
+                w = torch.softmax(q[b, i, h].double() @ kk.T * scale, -1)
+                out[b, i, h] = w @ vv
+    return out
+
+
+@pytest.mark.parametrize("form", ["kv_heads", "q_heads", "shared", "indices"])
+@pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
+def test_sparse_decode_reads_only_the_kept_blocks(form, paged):
+    """Decode against a cache through the kept key blocks (bool per KV head, per query head,
+    shared, or SeerAttention's index lists padded with -1), causal over two new tokens
+    appended first; a sequence with nothing kept gives zeros."""
+    gen = torch.Generator().manual_seed(7)
+    B, S, Hq, Hkv, D, bs, Sq = 3, 96, 4, 2, 8, 16, 2
+    nk = S // bs
+    kc = torch.randn(B, S, Hkv, D, dtype=torch.float64, generator=gen)
+    vc = torch.randn(B, S, Hkv, D, dtype=torch.float64, generator=gen)
+    q = torch.randn(B, Sq, Hq, D, dtype=torch.float64, generator=gen)
+    kn, vn = (torch.randn(B, Sq, Hkv, D, dtype=torch.float64, generator=gen) for _ in range(2))
+    lengths = torch.tensor([40, 93, 7])
+    heads = {"kv_heads": Hkv, "q_heads": Hq, "shared": 1, "indices": Hkv}[form]
+    per_block = torch.rand(B, heads, nk, generator=gen) < 0.5
+    per_block[2] = False  # nothing kept: zeros
+    blocks = per_block
+    if form == "indices":
+        blocks = torch.full((B, heads, nk + 1), -1, dtype=torch.int64)
+        for b in range(B):
+            for h in range(heads):
+                sel = per_block[b, h].nonzero().flatten()
+                blocks[b, h, :len(sel)] = sel.flip(0)  # any order
+        blocks[0, 0, -1] = nk + 5  # past the blocks: selects nothing
+    sparse = BlockSparseAttention(mask_mod=mods.causal, block_size=bs)
+    want_k, want_v = kc.clone(), vc.clone()
+    for b in range(B):
+        want_k[b, lengths[b]:lengths[b] + Sq] = kn[b]
+        want_v[b, lengths[b]:lengths[b] + Sq] = vn[b]
+    kept = per_block.repeat_interleave(bs, -1)  # per key
+    kept = kept.expand(B, Hq, -1) if heads == 1 else kept.repeat_interleave(Hq // heads, 1)
+    want = _decode_reference(q, want_k, want_v, lengths + Sq, kept, D ** -0.5)
+    if paged:
+        page = 16
+        perm = torch.randperm(B * S // page, generator=gen)
+        table = perm.view(B, S // page).int()
+        kp = torch.empty(B * S // page, page, Hkv, D, dtype=torch.float64)
+        vp = torch.empty_like(kp)
+        kp[table.flatten().long()] = kc.view(B * S // page, page, Hkv, D)
+        vp[table.flatten().long()] = vc.view(B * S // page, page, Hkv, D)
+        got = sparse.with_kvcache(q, kp, vp, lengths, blocks, kn, vn, table)
+    else:
+        got = sparse.with_kvcache(q, kc, vc, lengths, blocks, kn, vn)
+        assert torch.equal(kc, want_k) and torch.equal(vc, want_v)  # appended in place
+    assert_close(got, want, 1e-10, f"sparse decode {form}")
+    assert torch.equal(got[2], torch.zeros_like(got[2]))
+
+
+def test_sparse_decode_refuses_blocks_that_do_not_fit():
+    sparse = BlockSparseAttention(block_size=16)
+    kc = torch.randn(2, 64, 2, 8)
+    q = torch.randn(2, 1, 4, 8)
+    with pytest.raises(ValueError, match=r"expected \[2 or 1, 2, 4 or 1 heads, 4"):
+        sparse.with_kvcache(q, kc, kc, 10, torch.ones(2, 2, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="bool .B or 1, H, nk. or int index lists"):
+        sparse.with_kvcache(q, kc, kc, 10, torch.ones(2, 2, 4))
+
+
+def test_blocks_from_indices_scatters_on_the_device_side():
+    idx = torch.tensor([[[2, 0, -1, -1], [5, 1, 9, -3]]])
+    got = ae.seer.blocks_from_indices(idx, 6)
+    assert got.tolist() == [[[True, False, True, False, False, False],
+                             [False, True, False, False, False, True]]]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
+def test_sparse_decode_on_the_kernels(paged):
+    """bf16 sparse decode (index lists per KV head, 25% of 64-key blocks of a 4k cache) against
+    the float64 reference of the same call."""
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    B, S, Hq, Hkv, D, bs = 4, 4096, 16, 4, 128, 64
+    nk = S // bs
+    mk = lambda *shape: torch.randn(*shape, device="cuda", dtype=torch.bfloat16, generator=gen)
+    kc, vc, q = mk(B, S, Hkv, D), mk(B, S, Hkv, D), mk(B, 1, Hq, D)
+    lengths = torch.tensor([4000, 17, 2500, 4096], device="cuda")
+    idx = torch.stack([torch.randperm(nk, device="cuda", generator=gen)[:nk // 4]
+                       for _ in range(B * Hkv)]).view(B, Hkv, -1)
+    sparse = BlockSparseAttention(block_size=bs)
+    table = None
+    if paged:
+        table = torch.arange(B * S // 256, device="cuda", dtype=torch.int32).view(B, -1)
+        kc, vc = kc.view(-1, 256, Hkv, D), vc.view(-1, 256, Hkv, D)
+    with torch.no_grad():
+        got = sparse.with_kvcache(q, kc, vc, lengths, idx, block_table=table)
+        want = sparse.with_kvcache(q.double(), kc.double(), vc.double(), lengths, idx,
+                                   block_table=table)
+    rel = ((got.double() - want).norm() / want.norm()).item()
+    assert rel < 2e-2
