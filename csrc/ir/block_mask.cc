@@ -21,7 +21,8 @@ int64_t divisor(const Graph& g, int n, Param p) {
   return c.op == Op::Const && c.type == DType::Int && c.ivalue > 0 ? c.ivalue : 0;
 }
 
-// Node n loads a 4-D buffer of `type` at (b | 0, h | h // G | 0, q_idx // BQ, kv_idx // BK).
+// Node n loads a 4-D buffer of `type` at (b | 0, h | h // G | 0, q_idx // BQ | 0, kv_idx // BK)
+// (0: one row of blocks for every query, BQ 0: a decode's blocks).
 bool block_load(const Graph& g, int n, DType type, BlockMaskLookup* out) {
   const Node& x = g.nodes[n];
   if (x.op != Op::Load || x.args.size() != 4 || x.type != type) return false;
@@ -32,8 +33,11 @@ bool block_load(const Graph& g, int n, DType type, BlockMaskLookup* out) {
   if (is_param(g, x.args[1], Param::H)) f.head_div = 1;
   else if (const int64_t d = divisor(g, x.args[1], Param::H); d > 0) f.head_div = static_cast<int>(d);
   else if (!is_const(g, x.args[1], 0)) return false;
-  const int64_t bq = divisor(g, x.args[2], Param::QIdx), bk = divisor(g, x.args[3], Param::KvIdx);
-  if (bq <= 0 || bk <= 0 || bq > (1 << 20) || bk > (1 << 20)) return false;
+  const int64_t bq = is_const(g, x.args[2], 0) ? 0 : divisor(g, x.args[2], Param::QIdx),
+                bk = divisor(g, x.args[3], Param::KvIdx);
+  if (bq < 0 || (bq == 0 && !is_const(g, x.args[2], 0)) || bk <= 0 || bq > (1 << 20) ||
+      bk > (1 << 20))
+    return false;
   f.block_q = static_cast<int>(bq), f.block_k = static_cast<int>(bk);
   f.buffer = x.index;
   *out = f;

@@ -21,7 +21,7 @@ struct BlockMaskLookup {
   int node = -1;          // the conjunct: the load (bool form) or the or (codes form)
   int rest = -1;          // codes form: what a partial block's scores and with (-1: true)
   bool codes = false;     // the codes form (else the bool form)
-  int block_q = 0, block_k = 0;
+  int block_q = 0, block_k = 0;  // block_q 0: the index is 0, one row of blocks for all queries
   bool by_batch = false;  // indexed by b (else by 0)
   int head_div = 0;       // the head index: 0 (the constant 0), 1 (h) or G > 1 (h // G)
 };

@@ -7,7 +7,7 @@ q [B, Hq, Sq, D] is viewed as [B, Hkv, G * Sq, D] (row g * Sq + s is head h_kv *
 s), so one tile holds the whole group and the keys are read once. For the mods to see the
 original head and query index, the graph is rewritten:
 
-    h      -> h * G + q_idx // Sq
+    h      -> h * G + q_idx // Sq    (h // G -> h: the KV head)
     q_idx  -> q_idx % Sq
 
 Applied after positions.py's rewrite, whose q_idx is then the unpacked one (the inference entry
@@ -51,6 +51,19 @@ def gqa_packed(trace_json: str, group: int, sq: int) -> str:
         {"op": "add", "args": [h_base, g_off]},
         {"op": "mod", "args": [q, c_sq]},
     ], {h: new_h, q: new_q})
+    # (h * G + q_idx // Sq) // G is the KV head h for every row a packed tile stores (q_idx <
+    # G * Sq): a mask reading a tensor per KV head (h // G) reads it by h itself, a lookup the
+    # engine recognizes (csrc/ir/block_mask.h: the sparse decode's blocks).
+    nodes = g["nodes"]
+    kv_head = {i for i, nd in enumerate(nodes)
+               if nd.get("op") == "floordiv" and nd["args"][0] == new_h
+               and nodes[nd["args"][1]].get("op") == "const"
+               and nodes[nd["args"][1]].get("dtype") == "int"
+               and nodes[nd["args"][1]].get("value") == group}
+    for nd in nodes:
+        if "args" in nd:
+            nd["args"] = [h if a in kv_head else a for a in nd["args"]]
+    g["outputs"] = {k: h if v in kv_head else v for k, v in g["outputs"].items()}
     return dump(g)
 
 

@@ -307,17 +307,18 @@ class BlockSparseAttention:
                       return_lse, attn.deterministic)
 
     def _decode_variant(self, by_batch: bool, head_div: int):
-        """The compiled variant whose mask reads blocks[b or 0, head, kv_idx // block_size]
-        (no query block: decode's queries share their sequence's blocks)."""
+        """The compiled variant whose mask reads blocks[b or 0, head, 0, kv_idx // block_size]
+        (one row of blocks: decode's queries share their sequence's; a lookup the kernels take
+        as a block tensor, csrc/ir/block_mask.h, also GQA-packed: gqa_pack.py)."""
         key = ("decode", by_batch, head_div)
         if key not in self._variants:
             score_mod, mask_mod, normalize, scale, deterministic = self._compile_args
             bs = self.block_size
-            placeholder = torch.ones(1, 1, 1, dtype=torch.bool)
+            placeholder = torch.ones(1, 1, 1, 1, dtype=torch.bool)
 
             def kept(b, h, q_idx, kv_idx):
                 head = 0 if head_div == 0 else h if head_div == 1 else h // head_div
-                on = placeholder[b if by_batch else 0, head, kv_idx // bs]
+                on = placeholder[b if by_batch else 0, head, 0, kv_idx // bs]
                 return on if mask_mod is None else on & mask_mod(b, h, q_idx, kv_idx)
             attn = _compile(score_mod, kept, normalize=normalize, scale=scale,
                             deterministic=deterministic)
@@ -375,7 +376,7 @@ class BlockSparseAttention:
         head_div = 1 if heads == Hq else 0 if heads == 1 else Hq // Hkv
         attn, slot = self._decode_variant(blocks.shape[0] > 1, head_div)
         captured = list(attn.buffers)
-        captured[slot] = blocks
+        captured[slot] = blocks.unsqueeze(2)
         return with_kvcache(_Captured(attn, captured), q, k_cache, v_cache, cache_seqlens, k_new,
                             v_new, block_table, return_lse=return_lse, check_lengths=check_lengths)
 

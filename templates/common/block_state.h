@@ -56,9 +56,9 @@ AE_DEVICE void block_state(const AttnParams& p, const Variant& var, const BlockS
 }
 
 // The variant's block tensor (csrc/ir/block_mask.h) as compile-time facts: element type T,
-// captured index kBuf, blocks of kBQ x kBK scores, indexed by b (kByBatch, else 0) and by
-// head 0 (kHeadDiv 0), h (1) or h / kHeadDiv; kCodes: codes 0 / 1 / 2 (empty, the rest
-// decides, full), else bool (kept: the rest decides).
+// captured index kBuf, blocks of kBQ x kBK scores (kBQ 0: one row of blocks for all
+// queries), indexed by b (kByBatch, else 0) and by head 0 (kHeadDiv 0), h (1) or h / kHeadDiv;
+// kCodes: codes 0 / 1 / 2 (empty, the rest decides, full), else bool (kept: the rest decides).
 template <class T, int kBuf, int kBQ, int kBK, bool kByBatch, int kHeadDiv, bool kCodes>
 struct BlockTensor {
   static constexpr int kQ = kBQ, kK = kBK;
@@ -105,7 +105,10 @@ AE_DEVICE void block_state_from_blocks(const AttnParams& p, const VariantArgs& v
   auto classify = [&](int r0, int rn, int rc) -> int {
     if (rn <= 0 || kn <= 0) return kBlockEmpty;
     bool none = false, all = false, some = false;  // blocks keeping nothing, all, the rest's
-    for (int qb = r0 / Blocks::kQ; qb <= (r0 + rn - 1) / Blocks::kQ; ++qb)
+    // (kQ 0: one row of blocks, for every query)
+    int qb0 = 0, qb1 = 0;
+    if constexpr (Blocks::kQ > 0) qb0 = r0 / Blocks::kQ, qb1 = (r0 + rn - 1) / Blocks::kQ;
+    for (int qb = qb0; qb <= qb1; ++qb)
       for (int kbu = k0 / Blocks::kK; kbu <= (k0 + kn - 1) / Blocks::kK; ++kbu) {
         const int c = Blocks::code(va, b, h, qb, kbu);
         none = none || c == 0;

@@ -22,7 +22,7 @@ struct Form {
   bool causal = true;   // a rest: q_idx >= kv_idx
   std::string head = "h";  // "h", "h//2" or "0"
   std::string batch = "b";  // "b" or "0"
-  int bq = 64, bk = 128;
+  int bq = 64, bk = 128;    // bq 0: the query index is 0 (one row of blocks: decode's)
 };
 
 std::string block_trace(const Form& f) {
@@ -33,7 +33,8 @@ std::string block_trace(const Form& f) {
   t.score(s);
   const int bi = f.batch == "b" ? b : t.iconst(0);
   const int hi = f.head == "h" ? h : f.head == "0" ? t.iconst(0) : t.op("floordiv", {h, t.iconst(2)});
-  const int ld = t.load(buf, {bi, hi, t.op("floordiv", {q, t.iconst(f.bq)}),
+  const int qi = f.bq > 0 ? t.op("floordiv", {q, t.iconst(f.bq)}) : t.iconst(0);
+  const int ld = t.load(buf, {bi, hi, qi,
                               t.op("floordiv", {kv, t.iconst(f.bk)})});
   const int rest = f.causal ? t.op("ge", {q, kv}) : -1;
   if (!f.codes) {
@@ -62,6 +63,23 @@ TEST(BlockMask, BoolFormFound) {
   Form alone;
   alone.causal = false;
   EXPECT_FALSE(ir::build_variant(block_trace(alone))->without_block_mask->analysis.has_mask);
+}
+
+// A decode's blocks: the query index the constant 0 (block_q 0); another constant is not a
+// block lookup.
+TEST(BlockMask, OneRowOfBlocksForEveryQuery) {
+  Form f;
+  f.bq = 0;
+  const auto v = ir::build_variant(block_trace(f));
+  ASSERT_EQ(v->block_mask.buffer, 0);
+  EXPECT_EQ(v->block_mask.block_q, 0);
+  EXPECT_EQ(v->block_mask.block_k, 128);
+  TraceBuilder t;
+  const int buf = t.buffer("blocks", "bool", {1, 1, 1, 1});
+  const int kv = t.param("kv_idx");
+  t.score(t.param("score"));
+  t.mask(t.load(buf, {t.iconst(0), t.iconst(0), t.iconst(1), t.op("floordiv", {kv, t.iconst(64)})}));
+  EXPECT_EQ(ir::build_variant(t.str())->block_mask.buffer, -1);
 }
 
 TEST(BlockMask, CodesFormAndIndexForms) {

@@ -321,6 +321,21 @@ def test_sparse_decode_reads_only_the_kept_blocks(form, paged):
     assert torch.equal(got[2], torch.zeros_like(got[2]))
 
 
+@pytest.mark.parametrize("group", [1, 4])
+def test_sparse_decode_lookup_is_a_block_tensor_also_packed(group):
+    """The decode variant's lookup blocks[b, h // G, 0, kv_idx // bs], after the positions
+    rewrite and GQA packing (whose h // G becomes the packed KV head h: gqa_pack.py), is a
+    block tensor the kernels build their table from (one row of blocks: block_q 0)."""
+    from attention_engine import inference
+    sparse = BlockSparseAttention(mask_mod=mods.causal, block_size=16)
+    attn, slot = sparse._decode_variant(True, group)
+    ref = inference._positioned(attn, (group, 1) if group > 1 else None, 1)
+    bt = ref.variant.block_tensor
+    assert bt is not None, ref.trace_json
+    assert (bt["buffer"], bt["block_q"], bt["block_k"], bt["by_batch"], bt["head_div"]) == \
+        (slot, 0, 16, True, 1)
+
+
 def test_sparse_decode_refuses_blocks_that_do_not_fit():
     sparse = BlockSparseAttention(block_size=16)
     kc = torch.randn(2, 64, 2, 8)

@@ -1,0 +1,21 @@
+import torch, attention_engine as ae
+from torch.profiler import profile, ProfilerActivity
+B, S, HQ, HKV, D, BS = 8, 32768, 32, 8, 128, 64
+g = torch.Generator(device="cuda").manual_seed(0)
+mk = lambda *s: torch.randn(*s, device="cuda", dtype=torch.bfloat16, generator=g)
+kc, vc, q = mk(B, S, HKV, D), mk(B, S, HKV, D), mk(B, 1, HQ, D)
+lens = torch.full((B,), S, device="cuda")
+nk = S // BS
+idx = torch.stack([torch.randperm(nk, device="cuda", generator=g)[:nk // 10] for _ in range(B * HKV)]).view(B, HKV, -1)
+sparse = ae.seer.BlockSparseAttention(block_size=BS)
+dense = ae.compile()
+with torch.no_grad():
+    for name, fn in (("dense", lambda: dense.with_kvcache(q, kc, vc, lens, check_lengths=False)),
+                     ("sparse", lambda: sparse.with_kvcache(q, kc, vc, lens, idx, check_lengths=False))):
+        for _ in range(3): fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5): fn()
+            torch.cuda.synchronize()
+        print(name)
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8, max_name_column_width=90))
