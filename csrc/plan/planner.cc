@@ -391,8 +391,9 @@ void add_block_states(const PlanRequest& r, const KernelSpec& main, LaunchPlan& 
   a.n_kv_blocks = static_cast<int>((a.kv_len + main.block_n - 1) / main.block_n);
   if (r.problem.sparsity == BlockSparsity::None) return;
   // The sm90 forward's consumer warpgroups take 64 query rows each: its tables code the
-  // halves too (common/block_walk.h kBlockHalves), so that a warpgroup whose rows keep nothing
-  // skips the block and one whose rows keep all skips the mask.
+  // halves too (common/block_walk.h kBlockHalves), so that a warpgroup whose rows keep all of
+  // a block skips the mask, and one whose rows keep nothing (without the overlap) drops the
+  // scores unevaluated.
   const bool halves = main.family == Family::Sm90 && main.kind == Kind::Forward && !main.mla &&
                       main.block_m == 2 * 64;
   plan.block_states.half_m = halves ? 64 : 0;

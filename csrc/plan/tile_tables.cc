@@ -276,9 +276,10 @@ Candidates sm90_forward(const TableQuery& asked, const TuningOverrides& o) {
     break;
   }
   // A block tensor's blocks of fewer keys than the tile: the tiles that fit in a block first
-  // (2026-12-05, bench/sparse_bench.py, 32k causal D128, random 64-key blocks, 10% kept:
-  // 128-key tiles 0.83x the dense causal forward's time, 64-key tiles 2.31x; 50%: 0.33x ->
-  // 0.75x). A tile across blocks is partial wherever they differ, its mask looked up per score.
+  // (2026-12-05, bench/sparse_bench.py, 32k causal D128, random 64-key blocks, forward: 10%
+  // kept 18.56 ms with 128-key tiles, 11.11 ms with 64-key ones; 50% 47.38 -> 33.23 ms; dense
+  // causal 15.1-15.5 ms). A tile across blocks is partial wherever they differ, its mask
+  // looked up per score.
   if (q.mask_block_k > 0)
     std::stable_partition(c.specs.begin(), c.specs.end(), [&](const KernelSpec& s) {
       return q.mask_block_k % s.block_n == 0;

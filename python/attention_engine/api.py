@@ -213,7 +213,8 @@ class CompiledAttention:
         The cumulative lengths are checked on the host: cu_seqlens on the GPU cost a
         synchronization per call, on the CPU none. ``check_lengths=False`` (with
         ``max_seqlen_q`` and ``max_seqlen_k``) reads nothing back, as FlashAttention: the
-        lengths are then trusted (wrong ones give wrong rows, never an access out of bounds).
+        lengths are then trusted, and wrong ones (past the tensors' tokens) make the kernels
+        read and write out of bounds.
 
         Example:
             >>> import torch, attention_engine as ae

@@ -75,8 +75,7 @@ def _varlen_route() -> str:
     sequence's rows through cu_seqlens), "padded" (the sequences padded into a batch;
     GQA-packed at few queries) or "packed" (back to back in one batch row, each query masked
     to its own sequence's keys). AE_VARLEN=kernel|padded|packed chooses; else kernel (on the
-    H200 3.5x the padded route's rate at random lengths, 2.3x at equal ones: bench/RESULTS.md,
-    2026-12-05). The kernel route takes softmax and none, not deterministic backwards: those
+    H200 2.1-3.4x the padded route's rate: bench/RESULTS.md, 2026-12-05). The kernel route takes softmax and none, not deterministic backwards: those
     take the packed route."""
     env = os.environ.get("AE_VARLEN", "")
     if env not in ("", "kernel", "padded", "packed"):
@@ -237,6 +236,9 @@ def varlen(attn, q, k, v, cu_seqlens_q, cu_seqlens_k,
     # where they lie on the GPU, none where they lie on the CPU. check_lengths=False reads
     # nothing (the maxima given: FlashAttention's contract).
     on_host = cq.device.type == "cpu" and ck.device.type == "cpu"
+    if on_host:  # (pinned memory is copied asynchronously: not from the caller's tensors)
+        cq = cq.clone() if cq.is_pinned() else cq
+        ck = ck.clone() if ck.is_pinned() else ck
     if check_lengths:
         wq, wk = _checked_lengths(q, k, cq, ck, max_seqlen_q, max_seqlen_k)
     else:

@@ -350,9 +350,10 @@ class BlockSparseAttention:
             >>> sparse.with_kvcache(q, k_cache, v_cache, 60, picks).shape
             torch.Size([2, 1, 4, 8])"""
         from .inference import with_kvcache
-        if not isinstance(q, torch.Tensor) or q.dim() != 4 or not isinstance(k_cache, torch.Tensor):
+        if not isinstance(q, torch.Tensor) or q.dim() != 4 or \
+                not isinstance(k_cache, torch.Tensor) or k_cache.dim() != 4:
             raise ValueError("attention_engine.seer: with_kvcache needs q [B, Sq, Hq, D] and a "
-                             "cache tensor")
+                             "cache [B, S_max, Hkv, D] or [num_pages, page_size, Hkv, D]")
         B, Hq, Hkv = q.shape[0], q.shape[2], k_cache.shape[2]
         capacity = (k_cache.shape[1] if block_table is None
                     else block_table.shape[-1] * k_cache.shape[1])
@@ -368,8 +369,8 @@ class BlockSparseAttention:
                 blocks.dtype == torch.bool and blocks.shape[2] != nk):
             raise ValueError(f"attention_engine.seer: blocks {list(blocks.shape)} do not fit q "
                              f"{list(q.shape)} and a cache of {capacity} tokens at block size "
-                             f"{self.block_size}: expected [{B} or 1, {Hkv}, {Hq} or 1 heads, "
-                             f"{nk}{'' if blocks.dtype == torch.bool else ' or any count'}]")
+                             f"{self.block_size}: expected [{B} or 1, {Hkv} or {Hq} or 1, "
+                             f"{nk if blocks.dtype == torch.bool else 'any count'}]")
         blocks = blocks.to(q.device)
         if blocks.dtype != torch.bool:
             blocks = blocks_from_indices(blocks, nk)

@@ -13,7 +13,8 @@ namespace ae {
 // Block-state codes: a table entry's bits 0-1 are the tile's code. Where the table was built
 // with halves (BlockStateParams::half_m; bit 6 set), bits 2-3 and 4-5 are the codes of the
 // tile's first and second half_m query rows alone: the sm90 forward's two consumer warpgroups
-// each take their own (a half with nothing kept skips its GEMMs, a full half its mask).
+// each take their own (a full half skips the mask; a half with nothing kept, without the
+// overlap, drops its scores unevaluated: its GEMMs still run).
 enum : unsigned char { kBlockEmpty = 0, kBlockPartial = 1, kBlockFull = 2, kBlockHalves = 0x40 };
 
 AE_DEVICE int tile_code(unsigned char s) { return s & 3; }

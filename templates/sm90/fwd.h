@@ -116,8 +116,8 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
   // What the consumers store to keep their softmax ahead of P V's wait (never read).
   const u32 s_sink = smem_u32(q_empty + 1);
   // Under a mask the producer walks the blocks and tells the consumers which block each stage
-  // holds (2 j + 1 if partly masked, 2 j if not; -1: the row is done) before its K-full
-  // arrival, so the consumers' loop reads shared memory where it read the block table.
+  // holds (j << 8 | its table entry, common/block_walk.h; -1: the row is done) before its
+  // K-full arrival, so the consumers' loop reads shared memory where it read the block table.
   constexpr bool kList = Variant::kHasMask;
   // A paged layout (common/kv_layout.h PagedLayout): keys load in boxes of at most a page, at
   // pages read from a window of kPageWindow page-table entries in shared memory (page_win).

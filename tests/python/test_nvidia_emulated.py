@@ -209,6 +209,50 @@ def test_emulated_forward_matches_the_reference(case, monkeypatch):
     assert (lse.view(B, H, Sq).double() - ref_lse).abs().max() < 1e-2
 
 
+# ---- sparse decode (seer.BlockSparseAttention.with_kvcache: a block tensor of one row) -----
+
+@pytest.mark.parametrize("family", ["sm90", "sm80"])
+def test_emulated_sparse_decode_walks_the_kept_blocks(family, monkeypatch):
+    """The decode variant's lookup blocks[b, h // G, 0, kv_idx // 64] after the positions
+    rewrite and GQA packing (h // G read as the packed KV head) is a block tensor: its table
+    comes from the tensor (a row of blocks, block_q 0), the sm90 forward takes 64-key tiles,
+    the keys split in two ranges, NaN in the cache past each length and in blocks not kept
+    (never read)."""
+    monkeypatch.setenv("AE_KV_SPLITS", "2")
+    B, hq, hkv, sq, cap, d, bs = 2, 8, 2, 1, 384, 64, 64
+    g, nk = hq // hkv, cap // bs
+    lens_t = torch.tensor([300, 130], dtype=torch.int32)
+    gen = torch.Generator().manual_seed(4)
+    blocks = torch.rand(B, hkv, nk, generator=gen) < 0.5
+    blocks[1, 0] = False  # a KV head with nothing kept: its query heads give 0
+    kv, vv, q = _bf16(B, cap, hkv, d, seed=0), _bf16(B, cap, hkv, d, seed=1), _bf16(B, sq, hq, d, seed=2)
+    sparse = ae.seer.BlockSparseAttention(block_size=bs)
+    ref = sparse.with_kvcache(q.double(), kv.double(), vv.double(), lens_t, blocks)
+    unread = (torch.arange(cap)[None, None, :] >= lens_t[:, None, None]) | \
+        ~blocks.repeat_interleave(bs, -1)  # [B, hkv, cap]
+    kv, vv = kv.clone(), vv.clone()
+    kv.transpose(1, 2)[unread] = float("nan")
+    vv.transpose(1, 2)[unread] = float("nan")
+    attn, slot = sparse._decode_variant(True, g)
+    variant = _C.build_variant(gqa_packed(with_positions(attn._ref.trace_json, sq), g, sq))
+    assert variant.block_tensor is not None and variant.block_tensor["block_q"] == 0
+    buffers = list(attn.buffers)
+    buffers[slot] = blocks.unsqueeze(2)
+    buffers.append(lens_t.long())
+    info = _fwd_source(variant, d, d, True, _dtypes(buffers), family=family, q_len=g * sq,
+                       kv_lengths=True)
+    assert "block_state_blocks_source" in info and " split" in info["describe"], info["plan"]
+    if family == "sm90":
+        assert " 128x64 " in info["describe"], info["describe"]
+    qp = q.transpose(1, 2).reshape(B, hkv, g * sq, d).contiguous()
+    layout = {"kv_lens": lens_t, "grid": (B, hkv, g * sq), "k_base": kv, "v_base": vv}
+    out, _ = emulate(info, qp, kv.transpose(1, 2), vv.transpose(1, 2), buffers,
+                     o_shape=(B, hkv, g * sq, d), lse_numel=B * hkv * g * sq, layout=layout)
+    got = out.view(B, hkv, g, sq, d).permute(0, 3, 1, 2, 4).reshape(B, sq, hq, d)
+    assert torch.isfinite(got).all()
+    assert _rel(got, ref) < 1e-2
+
+
 # ---- MLA decode (sm90/mla_decode.h) -------------------------------------------------------
 
 D_LATENT, D_V = 576, 512

@@ -340,7 +340,7 @@ def test_sparse_decode_refuses_blocks_that_do_not_fit():
     sparse = BlockSparseAttention(block_size=16)
     kc = torch.randn(2, 64, 2, 8)
     q = torch.randn(2, 1, 4, 8)
-    with pytest.raises(ValueError, match=r"expected \[2 or 1, 2, 4 or 1 heads, 4"):
+    with pytest.raises(ValueError, match=r"expected \[2 or 1, 2 or 4 or 1, 4\]"):
         sparse.with_kvcache(q, kc, kc, 10, torch.ones(2, 2, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="bool .B or 1, H, nk. or int index lists"):
         sparse.with_kvcache(q, kc, kc, 10, torch.ones(2, 2, 4))
