@@ -262,10 +262,12 @@ class BlockSparseAttention:
         # up front: its kernels are the ones most calls take.
         self._attn = self._variant(True, 1)[0]
 
-    def _variant(self, by_batch: bool, head_div: int):
+    def _variant(self, by_batch: bool, head_div: int, decode: bool = False):
         """The compiled variant whose mask reads blocks[b or 0, h, h // head_div or 0, ...]
-        (head_div 1, G or 0) and where its block tensor sits among the captured tensors."""
-        key = (by_batch, head_div)
+        (head_div 1, G or 0; decode: one row of blocks, index 0, that every query shares, a
+        lookup the kernels take as a block tensor also GQA-packed: gqa_pack.py) and where its
+        block tensor sits among the captured tensors."""
+        key = (by_batch, head_div, decode)
         if key not in self._variants:
             score_mod, mask_mod, normalize, scale, deterministic = self._compile_args
             bs = self.block_size
@@ -273,7 +275,8 @@ class BlockSparseAttention:
 
             def kept(b, h, q_idx, kv_idx):
                 head = 0 if head_div == 0 else h if head_div == 1 else h // head_div
-                on = placeholder[b if by_batch else 0, head, q_idx // bs, kv_idx // bs]
+                on = placeholder[b if by_batch else 0, head, 0 if decode else q_idx // bs,
+                                 kv_idx // bs]
                 return on if mask_mod is None else on & mask_mod(b, h, q_idx, kv_idx)
             attn = _compile(score_mod, kept, normalize=normalize, scale=scale,
                             deterministic=deterministic)
@@ -305,27 +308,6 @@ class BlockSparseAttention:
         buffers[slot] = blocks.to(q.device)
         return run_op(attention_op, q, k, v, buffers, attn.key, attn.normalize, attn.scale,
                       return_lse, attn.deterministic)
-
-    def _decode_variant(self, by_batch: bool, head_div: int):
-        """The compiled variant whose mask reads blocks[b or 0, head, 0, kv_idx // block_size]
-        (one row of blocks: decode's queries share their sequence's; a lookup the kernels take
-        as a block tensor, csrc/ir/block_mask.h, also GQA-packed: gqa_pack.py)."""
-        key = ("decode", by_batch, head_div)
-        if key not in self._variants:
-            score_mod, mask_mod, normalize, scale, deterministic = self._compile_args
-            bs = self.block_size
-            placeholder = torch.ones(1, 1, 1, 1, dtype=torch.bool)
-
-            def kept(b, h, q_idx, kv_idx):
-                head = 0 if head_div == 0 else h if head_div == 1 else h // head_div
-                on = placeholder[b if by_batch else 0, head, 0, kv_idx // bs]
-                return on if mask_mod is None else on & mask_mod(b, h, q_idx, kv_idx)
-            attn = _compile(score_mod, kept, normalize=normalize, scale=scale,
-                            deterministic=deterministic)
-            matches = [i for i, t in enumerate(attn.buffers) if t is placeholder]
-            assert len(matches) == 1, "the block tensor is one captured tensor of the trace"
-            self._variants[key] = (attn, matches[0])
-        return self._variants[key]
 
     def with_kvcache(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      cache_seqlens, blocks: torch.Tensor, k_new: Optional[torch.Tensor] = None,
@@ -375,7 +357,7 @@ class BlockSparseAttention:
         if blocks.dtype != torch.bool:
             blocks = blocks_from_indices(blocks, nk)
         head_div = 1 if heads == Hq else 0 if heads == 1 else Hq // Hkv
-        attn, slot = self._decode_variant(blocks.shape[0] > 1, head_div)
+        attn, slot = self._variant(blocks.shape[0] > 1, head_div, decode=True)
         captured = list(attn.buffers)
         captured[slot] = blocks.unsqueeze(2)
         return with_kvcache(_Captured(attn, captured), q, k_cache, v_cache, cache_seqlens, k_new,

@@ -233,7 +233,7 @@ def test_emulated_sparse_decode_walks_the_kept_blocks(family, monkeypatch):
     kv, vv = kv.clone(), vv.clone()
     kv.transpose(1, 2)[unread] = float("nan")
     vv.transpose(1, 2)[unread] = float("nan")
-    attn, slot = sparse._decode_variant(True, g)
+    attn, slot = sparse._variant(True, g, decode=True)
     variant = _C.build_variant(gqa_packed(with_positions(attn._ref.trace_json, sq), g, sq))
     assert variant.block_tensor is not None and variant.block_tensor["block_q"] == 0
     buffers = list(attn.buffers)

@@ -328,7 +328,7 @@ def test_sparse_decode_lookup_is_a_block_tensor_also_packed(group):
     block tensor the kernels build their table from (one row of blocks: block_q 0)."""
     from attention_engine import inference
     sparse = BlockSparseAttention(mask_mod=mods.causal, block_size=16)
-    attn, slot = sparse._decode_variant(True, group)
+    attn, slot = sparse._variant(True, group, decode=True)
     ref = inference._positioned(attn, (group, 1) if group > 1 else None, 1)
     bt = ref.variant.block_tensor
     assert bt is not None, ref.trace_json
