@@ -292,6 +292,29 @@ def test_varlen_on_the_kernels(name, varlen_route):
         assert _rel(a, b) < 3e-2
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("where", ["cuda", "cpu"])
+def test_varlen_unchecked_and_host_lengths_on_the_kernels(where, varlen_route):
+    """cu_seqlens on the GPU with check_lengths=False (nothing read back), or on the CPU
+    (checked there, copied over): the checked call's output, bit for bit, and its gradients
+    (up to the order of dQ's atomic additions)."""
+    attn = ae.compile(mods.softcap(5.0), mods.causal)
+    lens = [3, 700, 129, 64]
+    q, k, v = (_packed(lens, h, 64, s, torch.bfloat16, "cuda") for s, h in ((0, 4), (1, 2), (2, 2)))
+    cu = _cu(lens, "cuda")
+    out = attn.varlen(q, k, v, cu, cu)
+    dout = torch.randn_like(out)
+    want = (out,) + torch.autograd.grad(out, (q, k, v), dout)
+    if where == "cuda":
+        got = attn.varlen(q, k, v, cu, cu, 700, 700, check_lengths=False)
+    else:
+        got = attn.varlen(q, k, v, _cu(lens).pin_memory(), _cu(lens))
+    got = (got,) + torch.autograd.grad(got, (q, k, v), dout)
+    assert torch.equal(got[0], want[0])
+    for a, b in zip(got[1:], want[1:]):
+        assert _rel(a, b) < 1e-2
+
+
 _LENGTHS_CASES = (
     [(name, 4, sq, None) for name in ("plain", "causal", "alibi", "softcap", "window", "bias")
      for sq in (1, 4, 64)]
