@@ -1,3 +1,10 @@
+"""Where sparse decode spends its time: torch.profiler's kernel table for 5 calls of the dense
+`with_kvcache` and of `BlockSparseAttention.with_kvcache` (10% of 64-key blocks kept per KV
+head, index lists), B 8, Skv 32k, GQA 32:8, D 128, bf16, check_lengths=False
+(bench/sparse_decode_bench.py's first case).
+
+    PYTHONPATH=python python bench/sparse_decode_profile.py          # a CUDA GPU
+"""
 import torch, attention_engine as ae
 from torch.profiler import profile, ProfilerActivity
 B, S, HQ, HKV, D, BS = 8, 32768, 32, 8, 128, 64

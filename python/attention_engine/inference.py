@@ -8,13 +8,13 @@ a query's, the queries being a sequence's last tokens (a decode query's ``q_idx`
 ``length - Sq + i``), so one mask_mod / score_mod gives the same answer in training, prefill
 and decode.
 
-How it runs today: with_kvcache's sequences (varlen's with AE_VARLEN=padded) are padded into one batch and the variant's graph rewritten to
-read each row's first query position and key count (positions.py); with grouped-query
-attention and few queries per sequence (decode) the query heads of a group are packed into one
-head's rows (gqa_pack.py); the fused kernels (or the reference executor) run that as any
-variant with captured tensors, and the forward splits long key ranges across SMs when the
-query tiles alone would leave SMs idle (split-KV, the planner's). Correct for every variant,
-forward and backward.
+How it runs today: with_kvcache's sequences (varlen's with AE_VARLEN=padded) are padded into
+one batch and the variant's graph rewritten to read each row's first query position and key
+count (positions.py); with grouped-query attention and few queries per sequence (decode) the
+query heads of a group are packed into one head's rows (gqa_pack.py); the fused kernels (or the
+reference executor) run that as any variant with captured tensors, and the forward splits long
+key ranges across SMs when the query tiles alone would leave SMs idle (split-KV, the
+planner's). Correct for every variant, forward and backward.
 
 The rewrite's key bound kv_idx < kv_len[b] is recognized by the forward (csrc/ir/length_bound.h)
 and becomes the kernels' KV layout: each sequence's key count read on the device, its blocks
@@ -75,8 +75,8 @@ def _varlen_route() -> str:
     sequence's rows through cu_seqlens), "padded" (the sequences padded into a batch;
     GQA-packed at few queries) or "packed" (back to back in one batch row, each query masked
     to its own sequence's keys). AE_VARLEN=kernel|padded|packed chooses; else kernel (on the
-    H200 2.1-3.4x the padded route's rate: bench/RESULTS.md, 2026-12-05). The kernel route takes softmax and none, not deterministic backwards: those
-    take the packed route."""
+    H200 2.1-3.4x the padded route's rate: bench/RESULTS.md, 2026-12-05). The kernel route
+    takes softmax and none, not deterministic backwards: those take the packed route."""
     env = os.environ.get("AE_VARLEN", "")
     if env not in ("", "kernel", "padded", "packed"):
         raise _err(f"AE_VARLEN must be 'kernel', 'padded' or 'packed', got {env!r}")
