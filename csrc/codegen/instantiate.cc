@@ -91,6 +91,8 @@ Template template_of(const KernelSpec& s) {
               0};
     case Kind::VCheck:
       return {"common/v_check.h", "", fmt::format("ae::v_check<{}>(p)", elem), 0};
+    case Kind::PoolMap:
+      return {"common/pool_map.h", "", "ae::pool_map(p)", 0};
     case Kind::BlockStateBlocks: {
       const std::string& dt = s.buffer_dtypes.at(s.blocks_buffer);
       const char* t = dt == "bool" || dt == "uint8" ? "unsigned char"
@@ -122,6 +124,7 @@ std::string instantiate(const ir::Variant* variant, const KernelSpec& s) {
   fmt::format_to(out, "// attention_engine kernel: {}\n", s.describe());
   if (s.trust_v) src += "#define AE_CHECK_V 0\n";
   if (s.mask_load_mode >= 0) fmt::format_to(out, "#define AE_MASK_LOADS {}\n", s.mask_load_mode);
+  if (s.pool_block > 0) fmt::format_to(out, "#define AE_POOL_BLOCK {}\n", s.pool_block);
   fmt::format_to(out, "#include \"{}\"\n", t.header);
   if (s.uses_variant()) {
     src += "#include \"common/variant_support.h\"\n\nnamespace {\n\n";

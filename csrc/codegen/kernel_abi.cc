@@ -21,7 +21,8 @@ const KernelAbi& abi_of(const KernelSpec& s) {
     case Kind::BlockState:
     case Kind::BlockStateBlocks: return block_states;
     case Kind::FwdCombine:
-    case Kind::VCheck: return attn_only;
+    case Kind::VCheck:
+    case Kind::PoolMap: return attn_only;
     case Kind::BwdPrep:
     case Kind::BwdDq: return rows;
     case Kind::BwdRowsCustom: return rows_variant;

@@ -15,6 +15,7 @@ const char* kind_name(Kind k) {
     case Kind::BwdRowsCustom: return "bwd_rows_custom";
     case Kind::VCheck: return "v_check";
     case Kind::BlockStateBlocks: return "block_state_blocks";
+    case Kind::PoolMap: return "pool_map";
   }
   return "?";
 }
@@ -57,6 +58,7 @@ std::string KernelSpec::describe() const {
                              : "?",
                          layout_mark());
     case Kind::FwdCombine: return fmt::format("fwd_combine {} {}{}", arch, dtype, layout_mark());
+    case Kind::PoolMap: return fmt::format("pool_map {}", arch);  // (fp32 rows)
     case Kind::BwdPrep:
     case Kind::BwdDq:
     case Kind::VCheck: return fmt::format("{} {} {}", kind_name(kind), arch, dtype);
@@ -73,7 +75,7 @@ std::string KernelSpec::describe() const {
   for (size_t i = 0; i < buffer_grads.size(); ++i)
     if (buffer_grads[i]) grads += fmt::format("{}{}", grads.empty() ? " dbuf" : ",", i);
   if (!grads.empty() && grad_sink == GradSink::Shared) grads += " smem";
-  return fmt::format("{}{} {} {} d{}/{} {}x{} w{}{}{}{}{}{}{}{}{}{}{}{}{}{}{}{}", kind_name(kind),
+  return fmt::format("{}{} {} {} d{}/{} {}x{} w{}{}{}{}{}{}{}{}{}{}{}{}{}{}{}{}{}", kind_name(kind),
                      family == Family::Sm90 ? "90" : "", arch, dtype, d_qk, d_v, block_m, block_n,
                      warps, m_tiles > 1 ? fmt::format(" mt{}", m_tiles) : "",
                      (kind == Kind::Backward && family != Family::Gfx90a) || family == Family::Sm90
@@ -88,7 +90,8 @@ std::string KernelSpec::describe() const {
                      decode ? " dec" : "", mla ? " mla" : "",
                      plain_loads ? " plain" : "", trust_v ? " trustv" : "",
                      mask_load_mode >= 0 ? fmt::format(" ml{}", mask_load_mode) : "",
-                     padded ? " pad" : "", layout_mark());
+                     padded ? " pad" : "",
+                     pool_block > 0 ? fmt::format(" pool{}", pool_block) : "", layout_mark());
 }
 
 std::vector<std::string> KernelSpec::compile_options() const {

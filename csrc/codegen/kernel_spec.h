@@ -22,6 +22,8 @@ enum class Kind {
   // The code per tile from the variant's block tensor (ir/block_mask.h) and the table of the
   // rest of its mask (common/block_state.h block_state_from_blocks)
   BlockStateBlocks,
+  // The gate-training forward's pooled map from its block maxima and LSE (common/pool_map.h)
+  PoolMap,
 };
 // Which template family: the portable kernels of templates/common (block states, row passes),
 // the mma.sync templates (sm_80 and up), the Hopper ones (sm_90a: TMA, wgmma, warp
@@ -91,6 +93,9 @@ struct KernelSpec {
   // MaskLoads: 0 per score, 1 by row, 2 by row and column; -1 the template's own pick;
   // AE_MASK_LOADS, an A/B switch).
   int mask_load_mode = -1;
+  // Forward, NVIDIA families: the gate-training forward, which also writes each query row's
+  // largest score per block of pool_block keys (AttnParams::block_max; 0: none).
+  int pool_block = 0;
   // Kind::BlockStateBlocks: the variant's block tensor as the template reads it (its captured
   // index, block sizes, indexed by b, head index 0 / h / h // G, codes or bool).
   int blocks_buffer = -1, blocks_q = 0, blocks_k = 0, blocks_head_div = 0;
@@ -103,7 +108,7 @@ struct KernelSpec {
   // Whether the kernel is generated from a variant (the row passes are the same for all).
   bool uses_variant() const {
     return kind != Kind::BwdPrep && kind != Kind::BwdDq && kind != Kind::FwdCombine &&
-           kind != Kind::VCheck;
+           kind != Kind::VCheck && kind != Kind::PoolMap;
   }
   std::string entry() const;        // the extern "C" kernel name: "ae_" + kind_name
   // "fwd sm_80 bf16 d128/128 128x64 w4 mt2 r0" ("dbuf0": grads, "dbuf0 smem": in shared

@@ -114,12 +114,13 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
   // template of the sm80 family, on Hopper too: the prefill tiles are 64-128 rows. Opt-in
   // (AE_DECODE) until the template has run on a GPU.
   const bool decode = kind == Kind::Forward && pb.q_len <= sm80::kDecodeBlockM && !custom &&
-                      r.overrides.enable_decode && r.device.vendor == jit::Vendor::kNvidia;
+                      r.overrides.enable_decode && r.device.vendor == jit::Vendor::kNvidia &&
+                      pb.pool_block == 0;
   // MLA's shape (a latent head of 576 columns whose first 512 are V) on Hopper: the MLA decode
   // template, alone (the others' head dims stop at 256).
   const bool mla_dims = kind == Kind::Forward && sm90::mla_has(q.d_qk, q.d_v);
   const bool mla = mla_dims && pb.v_in_k && hopper && !custom &&
-                   pb.kv_layout != KvLayout::Varlen && !r.overrides.disable_sm90;
+                   pb.kv_layout != KvLayout::Varlen && !r.overrides.disable_sm90 && pb.pool_block == 0;
   std::vector<Family> families;
   if (r.device.vendor == jit::Vendor::kAmd) {  // gfx90a (unfit_inputs refused other targets)
     families.push_back(Family::Gfx90a);
@@ -165,6 +166,20 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
       if (c.specs.empty() && c.refusal.empty())
         c.refusal = fmt::format("no {} forward tile of keys fits pages of {} rows",
                                 codegen::family_name(f), ps);
+    }
+    // The gate-training forward: tiles whose keys a pooled block divides, or that divide it
+    // (nvidia/mma_rows.h store_block_max).
+    if (pb.pool_block > 0) {
+      const int64_t pool = pb.pool_block;
+      c.specs.erase(std::remove_if(c.specs.begin(), c.specs.end(),
+                                   [&](const KernelSpec& s) {
+                                     return s.block_n % pool != 0 && pool % s.block_n != 0;
+                                   }),
+                    c.specs.end());
+      for (KernelSpec& s : c.specs) s.pool_block = static_cast<int>(pool);
+      if (c.specs.empty() && c.refusal.empty())
+        c.refusal = fmt::format("no {} forward tile of keys fits pooled blocks of {} keys",
+                                codegen::family_name(f), pool);
     }
     // The layout before picking: shared memory depends on it (a paged forward's table window).
     for (KernelSpec& s : c.specs) {
@@ -289,8 +304,10 @@ std::optional<Step> add_kv_splits(const PlanRequest& r, const KernelSpec& main, 
   AttnParams& a = plan.attn;
   const Problem& pb = r.problem;
   const int n = kv_splits(a, r.device, r.overrides.kv_splits);  // <= n_kv_blocks
-  // The combine merges softmax rows; a custom normalization's finish needs the whole row.
-  if (n <= 1 || r.variant.normalize == ir::Normalize::Custom) return std::nullopt;
+  // The combine merges softmax rows; a custom normalization's finish needs the whole row; the
+  // gate-training forward's block maxima are the whole row's.
+  if (n <= 1 || r.variant.normalize == ir::Normalize::Custom || pb.pool_block > 0)
+    return std::nullopt;
   a.kv_split_blocks = (a.n_kv_blocks + n - 1) / n;
   a.kv_splits = (a.n_kv_blocks + a.kv_split_blocks - 1) / a.kv_split_blocks;  // none empty, >= 2
   a.row_stats = r.variant.normalize == ir::Normalize::Softmax;
@@ -538,6 +555,15 @@ LaunchPlan make_plan(const PlanRequest& r) {
       (pb.page_size < 8 || pb.page_size % 8 || pb.page_size > std::numeric_limits<int32_t>::max()))
     return refuse(fmt::format("pages of {} rows: the kernels take multiples of 8 (32-bit)",
                               pb.page_size));
+  if (pb.pool_block > 0) {  // the gate-training forward (nvidia/mma_rows.h store_block_max)
+    if (kind != Kind::Forward || r.variant.normalize != ir::Normalize::Softmax)
+      return refuse("the pooled attention map's kernels: softmax forwards only");
+    if (r.device.vendor != jit::Vendor::kNvidia || pb.kv_layout != KvLayout::Dense)
+      return refuse("the pooled attention map's kernels: NVIDIA GPUs, dense K and V");
+    if (pb.pool_block % 8 || pb.pool_block > std::numeric_limits<int32_t>::max())
+      return refuse(fmt::format("pooled blocks of {} keys: the kernels take multiples of 8",
+                                pb.pool_block));
+  }
   KernelSpec spec;
   std::string why;
   if (!main_spec(r, kind, &spec, &why)) return refuse(why);
@@ -551,6 +577,10 @@ LaunchPlan make_plan(const PlanRequest& r) {
 
   add_block_states(r, spec, plan);
   AttnParams& a = plan.attn;
+  if (pb.pool_block > 0) {
+    a.pool_block = static_cast<int>(pb.pool_block);
+    a.n_pool_blocks = static_cast<int>((pb.kv_len + pb.pool_block - 1) / pb.pool_block);
+  }
   if (kind == Kind::Forward) {
     const long long kv_bytes = pb.kv_len * (pb.d_qk + pb.d_v) * 2 / std::max<int64_t>(1, pb.group());
     a.head_group = head_group(spec.family, r.variant.has_mask, kv_bytes, a.q_heads,
@@ -568,6 +598,13 @@ LaunchPlan make_plan(const PlanRequest& r) {
     if (wants_v_check(r, spec)) add_v_check(r, spec, plan);
     plan.steps.push_back(main_step(pb, spec, grid));
     if (combine) plan.steps.push_back(*combine);
+    if (pb.pool_block > 0) {  // the gate-training forward's map: a warp per query block
+      Step pool = common_step(r, Kind::PoolMap, spec.bf16, kPoolThreads);
+      const int64_t warps = pb.batch * pb.q_heads * ((pb.q_len + pb.pool_block - 1) / pb.pool_block);
+      const int64_t per_cta = kPoolThreads / r.device.warp_size;
+      pool.grid = {u((warps + per_cta - 1) / per_cta), 1, 1};
+      plan.steps.push_back(pool);
+    }
     return plan;
   }
 

@@ -47,6 +47,9 @@ struct Problem {
   // V is K's first d_v columns (the same memory: v = kv[..., :d_v]), as MLA's latent cache
   // has it; the MLA decode kernel reads V from K's tiles.
   bool v_in_k = false;
+  // Forward: the gate-training forward, which also writes each query row's largest score per
+  // block of pool_block keys (0: an ordinary forward).
+  int64_t pool_block = 0;
   int64_t group() const { return kv_heads > 0 ? q_heads / kv_heads : 0; }
 };
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <stdexcept>
 
 #include "jit/launch.h"
 #include "runner/kernel_registry.h"
@@ -49,6 +50,8 @@ AttnParams attn_params(const plan::LaunchPlan& plan, const Bindings& b) {
     p.lse_part = ws_f32(b, WorkspaceId::LsePart);
     p.tile_counter = static_cast<int*>(ws(b, WorkspaceId::TileCounter).data);  // null unless persistent
     p.v_flag = static_cast<int*>(ws(b, WorkspaceId::VFlag).data);  // null without the V-check pass
+    p.block_max = static_cast<float*>(b.block_max.data);  // null but in the gate-training forward
+    p.pooled = static_cast<float*>(b.pooled.data);
   }
   p.block_state = static_cast<const unsigned char*>(ws(b, WorkspaceId::BlockStates).data);
   if (b.page_table.defined()) {
@@ -141,6 +144,10 @@ void run(const plan::LaunchPlan& plan, const ir::Variant& variant, const Binding
   CallArgs v = call_args(plan, b);
   for (const plan::Step& step : plan.steps) {
     if (step.fills_workspace && b.ready[static_cast<int>(step.fills)]) continue;
+    if ((step.spec.pool_block > 0 && !b.block_max.defined()) ||
+        (step.spec.kind == codegen::Kind::PoolMap && !b.pooled.defined()))  // (writes to null)
+      throw std::invalid_argument("runner: a gate-training forward without its block_max or "
+                                  "pooled tensor");
     const codegen::KernelAbi& abi = codegen::abi_of(step.spec);
     void* args[8];
     int n = 0;

@@ -38,6 +38,10 @@ struct Bindings {
   // the query rows in all (the statistics' row count).
   TensorRef cu_q, cu_k;
   int64_t q_total = 0;
+  // The gate-training forward's block maxima: fp32 [batch, q_heads, n_pool_blocks, q_len]
+  // contiguous, filled with -inf (AttnParams::block_max).
+  TensorRef block_max;
+  TensorRef pooled;  // its map: fp32 [batch, q_heads, n_q_pool_blocks, n_pool_blocks] contiguous
   std::array<TensorRef, plan::kWorkspaceCount> workspaces;  // by WorkspaceId
   std::array<bool, plan::kWorkspaceCount> ready{};  // came filled: its step is skipped
   void* stream = nullptr;  // CUstream

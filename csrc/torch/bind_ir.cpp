@@ -33,7 +33,7 @@ pybind11::dict kernel_source(const ir::Variant& given, const std::string& step, 
                              const std::string& device, const std::string& family,
                              const std::vector<bool>& buffer_grads, bool deterministic,
                              int q_len, bool kv_lengths, int page_size, bool varlen,
-                             bool v_in_k) {
+                             bool v_in_k, int pool_block) {
   namespace pyb = pybind11;
   kv_lengths = kv_lengths || varlen;
   if (kv_lengths && !given.without_kv_lengths)
@@ -44,9 +44,9 @@ pybind11::dict kernel_source(const ir::Variant& given, const std::string& step, 
   const bool backward =
       step == "bwd" || step == "bwd_prep" || step == "bwd_dq" || step == "bwd_rows_custom";
   if (!backward && step != "fwd" && step != "block_state" && step != "block_state_blocks" &&
-      step != "fwd_combine" && step != "v_check")
+      step != "fwd_combine" && step != "v_check" && step != "pool_map")
     throw ir::GraphError("step must be fwd, bwd, block_state, block_state_blocks, bwd_prep, "
-                         "bwd_dq, bwd_rows_custom, fwd_combine or v_check, not " + step);
+                         "bwd_dq, bwd_rows_custom, fwd_combine, v_check or pool_map, not " + step);
   if (!buffer_grads.empty() && buffer_grads.size() != buffer_dtypes.size())
     throw ir::GraphError(fmt::format("codegen: {} buffer gradient flags for {} captured tensors",
                                      buffer_grads.size(), buffer_dtypes.size()));
@@ -58,6 +58,7 @@ pybind11::dict kernel_source(const ir::Variant& given, const std::string& step, 
   pb.d_qk = d_qk, pb.d_v = d_v, pb.scale = 1.0;
   pb.deterministic = backward && deterministic;
   pb.v_in_k = v_in_k;
+  pb.pool_block = pool_block;
   for (size_t i = 0; i < buffer_dtypes.size(); ++i) {
     // Rank and size as traced (the gradients' shared-memory copy depends on the size).
     plan::CapturedTensor t{buffer_dtypes[i], 1, backward && i < buffer_grads.size() && buffer_grads[i]};
@@ -158,23 +159,23 @@ void bind_ir(pybind11::module_& m) {
               const std::vector<std::string>& buffer_dtypes, const std::string& device,
               const std::string& family, const std::vector<bool>& buffer_grads,
               bool deterministic, int q_len, bool kv_lengths, int page_size, bool varlen,
-              bool v_in_k) {
+              bool v_in_k, int pool_block) {
              return kernel_source(*h.variant, step, d_qk, d_v, bf16, buffer_dtypes, device,
                                   family, buffer_grads, deterministic, q_len, kv_lengths,
-                                  page_size, varlen, v_in_k);
+                                  page_size, varlen, v_in_k, pool_block);
            },
            pyb::arg("step"), pyb::arg("d_qk"), pyb::arg("d_v"), pyb::arg("bf16") = true,
            pyb::arg("buffer_dtypes") = std::vector<std::string>{}, pyb::arg("device") = "h100",
            pyb::arg("family") = "", pyb::arg("buffer_grads") = std::vector<bool>{},
            pyb::arg("deterministic") = false, pyb::arg("q_len") = 4096,
            pyb::arg("kv_lengths") = false, pyb::arg("page_size") = 0, pyb::arg("varlen") = false,
-           pyb::arg("v_in_k") = false,
+           pyb::arg("v_in_k") = false, pyb::arg("pool_block") = 0,
            "The generated source of one step of the plan the planner makes for this variant on a "
            "device class (h100, h200, a100, ada, mi250) at 4k tokens: step fwd, bwd, "
            "block_state, block_state_blocks (a mask looking up a block tensor: ir/block_mask.h), bwd_prep, bwd_dq, fwd_combine (split-KV: AE_KV_SPLITS) or v_check (a masked forward's; AE_V_CHECK); family sm80, sm90 or gfx90a to ask for one (default: the "
            "planner's choice); buffer_grads: for the backward, which captured tensors get "
            "gradients; deterministic: the deterministic backward's; q_len: the query rows (4096; 16 or "
-           "fewer plan the decode template), against 4096 keys; kv_lengths: the forward on the per-batch key lengths layout (the variant without its mask's bound kv_idx < lengths[b]); page_size: the forward on a paged KV cache of such pages; varlen: on packed sequences (the varlen op's); v_in_k: V is K's first d_v columns (MLA's latent cache: at (576, 512) on h100/h200 the MLA decode template). Also the step's entry, compile options, threads, shared memory and the "
+           "fewer plan the decode template), against 4096 keys; kv_lengths: the forward on the per-batch key lengths layout (the variant without its mask's bound kv_idx < lengths[b]); page_size: the forward on a paged KV cache of such pages; varlen: on packed sequences (the varlen op's); v_in_k: V is K's first d_v columns (MLA's latent cache: at (576, 512) on h100/h200 the MLA decode template); pool_block: the gate-training forward writing block maxima of that many keys (attention_pooled's). Also the step's entry, compile options, threads, shared memory and the "
            "whole plan's text.");
 
   m.def("backend_for", &torch_ops::backend_for, pyb::arg("q"), pyb::arg("k"), pyb::arg("v"),

@@ -21,6 +21,7 @@
 #include "torch/checks.h"
 #include "torch/cuda_backend.h"
 #include "torch/paged.h"
+#include "torch/pooled.h"
 #include "torch/reference.h"
 #include "torch/varlen.h"
 #include "torch/workspaces.h"
@@ -42,13 +43,14 @@ TunedPlan plan_call(plan::OpKind kind, const ir::Variant& v, const at::Tensor& q
                     const std::vector<at::Tensor>& buffers, double scale,
                     const std::vector<bool>& wants_grad = {}, bool deterministic = false,
                     plan::KvLayout layout = plan::KvLayout::Dense, int64_t page_size = 0,
-                    const std::string& mode_key = "") {
+                    const std::string& mode_key = "", int64_t pool_block = 0) {
   plan::PlanRequest r;
   r.variant = plan::VariantTraits::of(v);
   r.problem = plan::with_sparsity(problem_of(kind, q, s, buffers, scale, wants_grad), r.variant);
   r.problem.deterministic = deterministic;
   r.problem.kv_layout = layout;
   r.problem.page_size = page_size;
+  r.problem.pool_block = pool_block;
   r.device = device_caps(q);
   return plan_with_tuning(std::move(r), q.device().index(), mode_key);
 }
@@ -103,7 +105,8 @@ void bind_layout(runner::Bindings& b, const LayoutInputs& in, int64_t q_total) {
 void run_forward(TunedPlan& tuned, const ir::Variant& variant, const at::Tensor& q_in,
                  const at::Tensor& k_in, const at::Tensor& v_in,
                  const std::vector<at::Tensor>& buffers, const LayoutInputs& in, at::Tensor out,
-                 at::Tensor lse) {
+                 at::Tensor lse, const at::Tensor& block_max = {},
+                 const at::Tensor& pooled = {}) {
   const plan::LaunchPlan& plan = tuned.plan;
   if (plan.steps.empty()) {  // nothing to attend to: zeros, and the statistic of an empty row
     const bool linear = variant.forward.normalize == ir::Normalize::Custom &&
@@ -115,6 +118,7 @@ void run_forward(TunedPlan& tuned, const ir::Variant& variant, const at::Tensor&
   runner::Bindings b = bind_inputs(q, k, v, buffers);
   b.o = ref(out);
   b.lse = ref(lse);
+  if (block_max.defined()) b.block_max = ref(block_max), b.pooled = ref(pooled);
   bind_layout(b, in, q_in.size(2));
   if (tuned.tune_now) tuned.plan = tune_call(tuned, variant, b, q, buffers);
   const std::vector<at::Tensor> scratch = bind_workspaces(plan, q, b, buffers);
@@ -156,6 +160,36 @@ std::tuple<at::Tensor, at::Tensor> cuda_forward(const at::Tensor& q_in, const at
   auto [out, lse] = dense_outputs(s, q_in);
   run_forward(tuned, *variant, q_in, k_in, v_in, buffers, {kv_lens}, out, lse);
   return {out, lse};
+}
+
+// attention_pooled: the forward that also writes each row's block maxima (the planner's
+// gate-training forward), pooled into the map here; where no kernel takes the call, the
+// reference executor's.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cuda_forward_pooled(
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const std::vector<at::Tensor>& buffers, const std::string& key, double scale, int64_t block,
+    bool deterministic) {
+  auto variant = get_variant(key);
+  const Shapes s = check_pooled_inputs(q_in, k_in, v_in, buffers, *variant, block);
+  c10::DeviceGuard guard(q_in.device());
+  TunedPlan tuned = plan_call(plan::OpKind::Forward, *variant, q_in, s, buffers, scale, {}, false,
+                              plan::KvLayout::Dense, 0, key, block);
+  tuned.tune_now = false;  // (the tuner times ordinary forwards)
+  if (!tuned.plan.ok) {
+    warn_fallback(tuned.plan.reason);
+    return reference_pooled(q_in, k_in, v_in, buffers, key, scale, block, deterministic);
+  }
+  auto [out, lse] = dense_outputs(s, q_in);
+  const int64_t nq = (s.q_len + block - 1) / block, nk = (s.kv_len + block - 1) / block;
+  const at::TensorOptions f32 = q_in.options().dtype(at::kFloat);
+  at::Tensor block_max = at::full({s.batch, s.q_heads, nk, s.q_len},
+                                  -std::numeric_limits<float>::infinity(), f32);
+  at::Tensor pooled = at::empty({s.batch, s.q_heads, nq, nk}, f32);
+  // (The plan's pool_map step turns block_max into the map; a plan without steps, nothing to
+  // attend to, leaves block_max at -inf: pooled on the host's side then.)
+  run_forward(tuned, *variant, q_in, k_in, v_in, buffers, {}, out, lse, block_max, pooled);
+  if (tuned.plan.steps.empty()) pooled = pool_block_max(block_max, lse, block);
+  return {out, lse, pooled};
 }
 
 // The plan of an attention_paged call on the paged layout (common/kv_layout.h PagedLayout),
@@ -451,6 +485,7 @@ TORCH_LIBRARY_IMPL(attention_engine, CUDA, m) {
   m.impl("attention", &ae::torch_ops::cuda_forward);
   m.impl("attention_backward", &ae::torch_ops::cuda_backward);
   m.impl("attention_paged", &ae::torch_ops::cuda_forward_paged);
+  m.impl("attention_pooled", &ae::torch_ops::cuda_forward_pooled);
   m.impl("attention_varlen", &ae::torch_ops::cuda_forward_varlen);
   m.impl("attention_varlen_backward", &ae::torch_ops::cuda_backward_varlen);
 }

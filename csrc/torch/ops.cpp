@@ -11,6 +11,7 @@
 
 #include "torch/checks.h"
 #include "torch/paged.h"
+#include "torch/pooled.h"
 #include "torch/reference.h"
 #include "torch/varlen.h"
 
@@ -175,7 +176,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> varlen_b
   "Tensor cu_seqlens_k, int max_seqlen_q, int max_seqlen_k) -> "                           \
   "(Tensor dq, Tensor dk, Tensor dv, Tensor[] dbuffers)"
 
+// attention_pooled: the gate-training forward (torch/pooled.h): out and lse as attention's, and
+// the block-pooled attention map [B, Hq, ceil(Sq / block), ceil(Skv / block)] (float32; float64
+// for float64 inputs). Softmax variants. Autograd: out and lse as attention's (the map has no
+// gradient; python/attention_engine/ops.py).
+#define AE_POOLED_SCHEMA \
+  "(Tensor q, Tensor k, Tensor v, Tensor[] buffers, str variant, float scale, int block, " \
+  "bool deterministic=False) -> " \
+  "(Tensor out, Tensor lse, Tensor pooled)"
+
 TORCH_LIBRARY(attention_engine, m) {
+  m.def("attention_pooled" AE_POOLED_SCHEMA);
   m.def("attention_varlen" AE_VARLEN_SCHEMA);
   m.def("attention_varlen_backward" AE_VARLEN_BWD_SCHEMA);
   m.def("attention_paged" AE_PAGED_SCHEMA);
@@ -193,10 +204,12 @@ TORCH_LIBRARY_IMPL(attention_engine, CompositeExplicitAutograd, m) {
   m.impl("attention_paged", &ae::torch_ops::paged_reference_op);
   m.impl("attention_varlen", &ae::torch_ops::varlen_reference_op);
   m.impl("attention_varlen_backward", &ae::torch_ops::varlen_backward_reference_op);
+  m.impl("attention_pooled", &ae::torch_ops::reference_pooled);
 }
 
 TORCH_LIBRARY_IMPL(attention_engine, Meta, m) {
   m.impl("attention_paged", &ae::torch_ops::paged_meta);
+  m.impl("attention_pooled", &ae::torch_ops::pooled_meta);
   m.impl("attention_varlen", &ae::torch_ops::varlen_meta);
   m.impl("attention_varlen_backward", &ae::torch_ops::varlen_backward_meta);
   m.impl("attention", &ae::torch_ops::forward_meta);

@@ -10,6 +10,8 @@ reference_op = torch.ops.attention_engine.attention_reference
 paged_op = torch.ops.attention_engine.attention_paged  # forward only: no autograd
 # Autograd: inference.py's (through attention_varlen_backward).
 varlen_op = torch.ops.attention_engine.attention_varlen
+# The gate-training forward (seer.attention_with_pooling): out, lse and the pooled map.
+pooled_op = torch.ops.attention_engine.attention_pooled
 
 
 def _setup_context(ctx, inputs, output):
@@ -69,6 +71,27 @@ def _no_paged_backward(ctx, *grads):
 # silently missing).
 torch.library.register_autograd("attention_engine::attention_paged", _no_paged_backward,
                                 setup_context=_nothing_to_save)
+
+def _pooled_setup_context(ctx, inputs, output):
+    q, k, v, buffers, variant, scale, _block, *rest = inputs
+    out, lse, pooled = output
+    ctx.mark_non_differentiable(pooled)  # (a target: SeerAttention's has no gradient either)
+    ctx.save_for_backward(q, k, v, out, lse, *buffers)
+    ctx.variant = variant
+    ctx.scale = scale
+    ctx.deterministic = bool(rest[0]) if rest else False
+
+
+_attention_backward = _make_backward(torch.ops.attention_engine.attention_backward)
+
+
+def _pooled_backward(ctx, dout, dlse, _dpooled):
+    return _attention_backward(ctx, dout, dlse)
+
+
+# attention_pooled: out and lse differentiate as attention's.
+torch.library.register_autograd("attention_engine::attention_pooled", _pooled_backward,
+                                setup_context=_pooled_setup_context)
 
 torch.library.register_autograd(
     "attention_engine::attention",

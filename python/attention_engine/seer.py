@@ -4,16 +4,18 @@ for every variant.
 
     gate = SeerGate(heads=8, kv_heads=2, head_dim=64)
     logits = gate(q, k)                                    # [B, Hq, nq, nk]
-    loss = gate_loss(logits, pooled_attention_map(attn, q, k))   # training: distillation
+    out, target = attention_with_pooling(attn, q, k, v)    # the gate-training forward
+    loss = gate_loss(logits, target)                       # training: distillation
     blocks = select_blocks(logits, keep_ratio=0.1)         # inference: bool [B, Hq, nq, nk]
     out = BlockSparseAttention(score_mod, mask_mod)(q, k, v, blocks)
 
 The gate follows SeerAttention (`../shared/notes/designs-of-the-fastest-kernels.md` §6): Q and
 K pooled per block (average, max and min, concatenated), a per-head linear layer, rotary
-embedding at block positions, logits = q~ k~^T / sqrt(hidden). How it runs today: the pooled
-map through the reference executor (the fused gate-training forward is the learned-sparsity
-issue's item 2), block-sparse attention as a mask_mod reading the block tensor, which the
-kernels run like any captured-tensor mask (skipping empty blocks; not yet the index-list walk).
+embedding at block positions, logits = q~ k~^T / sqrt(hidden). How it runs: the pooled map
+from one forward that also writes each query row's largest score per key block (softmax
+variants; the fused kernels on NVIDIA GPUs), block-sparse attention as a mask_mod reading the
+block tensor, whose tiles the planner builds from the tensor (empty ones skipped, full ones
+unmasked).
 """
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .api import compile as _compile, run_op
-from .ops import attention_op
+from .api import _default_scale, compile as _compile, run_op
+from .ops import attention_op, pooled_op
 
 
 def _blocks(n: int, block_size: int) -> int:
@@ -44,14 +46,59 @@ def _causal_blocks(nq: int, nk: int, device) -> torch.Tensor:
     return torch.ones(nq, nk, dtype=torch.bool, device=device).tril()
 
 
+def _check_qk(q: torch.Tensor, k: torch.Tensor) -> None:
+    if q.dim() != 4 or k.dim() != 4:
+        raise ValueError(f"attention_engine.seer: q and k must be [B, H, S, D], got "
+                         f"{list(q.shape)} and {list(k.shape)}")
+
+
+def _softmax(attn) -> bool:
+    return isinstance(attn.normalize, str) and attn.normalize == "softmax"
+
+
+def attention_with_pooling(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           block_size: int = 64, *, return_lse: bool = False):
+    """SeerAttention's gate-training forward: ``attn(q, k, v)`` and, from the same pass over the
+    scores, the gate's target (``pooled_attention_map``'s: per query block and key block the
+    largest attention weight, each query block's row divided by its sum over the key blocks).
+    q [B, Hq, S, D], k [B, Hkv, S_kv, D], v [B, Hkv, S_kv, Dv] -> (out [B, Hq, S, Dv], pooled
+    [B, Hq, nq, nk]), or (out, lse, pooled) with ``return_lse``. out (and lse) differentiate as
+    ``attn``'s; pooled (float32, float64 for float64 inputs) has no gradient.
+
+    Softmax variants run one forward that also writes each query row's largest score per key
+    block (on NVIDIA GPUs the fused kernels, for blocks of a multiple of 8 keys; no S x S map is
+    made), and the pooling reads those and the LSE. Other normalizations compute out with
+    ``attn`` and the map with ``pooled_attention_map``.
+
+    Example:
+        >>> import torch, attention_engine as ae
+        >>> attn = ae.compile(mask_mod=ae.mods.causal)
+        >>> q = k = v = torch.randn(1, 2, 64, 8)
+        >>> out, target = ae.seer.attention_with_pooling(attn, q, k, v, block_size=16)
+        >>> out.shape, target.shape, bool(torch.allclose(target.sum(-1), torch.ones(1, 2, 4)))
+        (torch.Size([1, 2, 64, 8]), torch.Size([1, 2, 4, 4]), True)"""
+    _check_block_size(block_size)
+    _check_qk(q, k)
+    if not _softmax(attn):
+        out = attn(q, k, v, return_lse=return_lse)
+        pooled = pooled_attention_map(attn, q, k, block_size)
+        return (*out, pooled) if return_lse else (out, pooled)
+    scale = _default_scale(q) if attn.scale is None else attn.scale
+    out, lse, pooled = pooled_op(q, k, v, list(attn.buffers), attn.key, float(scale), block_size,
+                                 attn.deterministic)
+    return (out, lse, pooled) if return_lse else (out, pooled)
+
+
 def pooled_attention_map(attn, q: torch.Tensor, k: torch.Tensor, block_size: int = 64) -> torch.Tensor:
     """The gate's training target for a compiled variant ``attn``: per query block and key
     block, the largest attention weight in the block (the max-pool of the attention map), each
     query block's row then divided by its sum over key blocks. q [B, Hq, S, D], k
-    [B, Hkv, S_kv, D] -> float32 [B, Hq, nq, nk]; blocks the variant masks entirely are 0.
+    [B, Hkv, S_kv, D] -> float32 [B, Hq, nq, nk], without gradients; blocks the variant masks
+    entirely are 0.
 
-    Computed without gradients, in float32, by the reference executor (the map is S x S per
-    head: for training lengths, the fused gate-training forward is to come).
+    Softmax variants: ``attention_with_pooling``'s forward with k as V (its output unused;
+    with V at hand, that function gives both at once). Other normalizations: the weights
+    through the reference executor (an S x S map per head: short sequences only).
 
     Example:
         >>> import torch, attention_engine as ae
@@ -61,11 +108,12 @@ def pooled_attention_map(attn, q: torch.Tensor, k: torch.Tensor, block_size: int
         >>> m.shape, bool(torch.allclose(m.sum(-1), torch.ones(1, 2, 4)))
         (torch.Size([1, 2, 4, 4]), True)"""
     _check_block_size(block_size)
-    if q.dim() != 4 or k.dim() != 4:
-        raise ValueError(f"attention_engine.seer: q and k must be [B, H, S, D], got "
-                         f"{list(q.shape)} and {list(k.shape)}")
-    B, Hkv, Skv = k.shape[:3]
+    _check_qk(q, k)
     with torch.no_grad():
+        if _softmax(attn):
+            kd = k.detach()
+            return attention_with_pooling(attn, q.detach(), kd, kd, block_size)[1].float()
+        B, Hkv, Skv = k.shape[:3]
         qf, kf = q.detach().float(), k.detach().float()
         eye = torch.eye(Skv, device=k.device).expand(B, Hkv, Skv, Skv)
         p = attn.reference(qf, kf, eye)  # P V with V = I: the weights themselves

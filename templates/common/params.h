@@ -87,6 +87,17 @@ struct AttnParams {
   const int* cu_q;
   const int* cu_k;
   int q_total;
+  // The gate-training forward (AE_POOL_BLOCK keys per block: nvidia/mma_rows.h
+  // store_block_max): each query row's largest score of each key block, in the normalization's
+  // log2 domain, into block_max [batch, q_heads, n_pool_blocks, q_len] (rows contiguous),
+  // filled with -inf before the launch (the blocks a walk skips keep it). Null otherwise.
+  float* block_max;
+  int n_pool_blocks;
+  // Its second step (common/pool_map.h): the pooled map [batch, q_heads, ceil(q_len /
+  // pool_block), n_pool_blocks] from block_max and lse; pool_block: keys (and query rows) per
+  // pooled block.
+  float* pooled;
+  int pool_block;
 };
 
 // The backward's row passes (common/bwd_rows.h). dout, o, dq: [batch, heads, q_len, dim]

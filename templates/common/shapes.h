@@ -12,6 +12,9 @@ constexpr int kBlockStateThreads = 128;
 // common/split_combine.h: a warp per query row.
 constexpr int kCombineThreads = 128;
 
+// common/pool_map.h: a warp per (batch, head, query block) of the pooled map.
+constexpr int kPoolThreads = 256;
+
 // common/bwd_rows.h: groups of lanes per query row.
 constexpr int kRowPassThreads = 256;
 

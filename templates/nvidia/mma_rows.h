@@ -141,6 +141,47 @@ AE_DEVICE float weight_scale(const AttnParams& p, bool raw) {
                              : raw ? Norm::identity_scale(p) : 1.f;
 }
 
+// The gate-training forward's keys per pooled block (KernelSpec::pool_block; 0: an ordinary
+// forward).
+#ifndef AE_POOL_BLOCK
+#define AE_POOL_BLOCK 0
+#endif
+
+// The gate-training forward: for this thread's two rows, the largest of the tile's scores in
+// each block of kPool keys, in the normalization's domain (s * scale: what normalize_step's
+// running max compares), stored to p.block_max (params.h) by the row's first lane. kPool
+// divides the tile's keys, or is a multiple of them: then the tiles of a block fold into it
+// by a max (the host filled it with -inf). kv0: the tile's first key (a multiple of its width).
+// Softmax only (the planner's rule): block max minus the log2 LSE is then the block's largest
+// probability.
+template <int kPool, int kN8>
+AE_DEVICE void store_block_max(const AttnParams& p, const float (&s)[kN8][4], float scale, int b,
+                               int h, int row0, int kv0) {
+  constexpr int kKeys = 8 * kN8;
+  static_assert(kPool % 8 == 0 && (kKeys % kPool == 0 || kPool % kKeys == 0), "pool blocks");
+  constexpr int kPer = kPool < kKeys ? kPool / 8 : kN8;  // n8 tiles per block in this tile
+  const bool lead = threadIdx.x % 4 == 0;
+  float* rows = p.block_max + static_cast<long long>(b * p.q_heads + h) * p.n_pool_blocks * p.q_len;
+#pragma unroll
+  for (int blk = 0; blk < kN8 / kPer; ++blk) {
+    float* at = rows + static_cast<long long>(kv0 / kPool + blk) * p.q_len;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = neg_inf();
+#pragma unroll
+      for (int nt = blk * kPer; nt < (blk + 1) * kPer; ++nt)
+        mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+      mx = fmaxf(mx, shfl_xor(mx, 1));
+      mx = fmaxf(mx, shfl_xor(mx, 2));
+      const int row = row0 + 8 * r;
+      if (lead && row < p.q_len) {
+        const float v = mx * scale;
+        at[row] = kPool > kKeys ? fmaxf(at[row], v) : v;
+      }
+    }
+  }
+}
+
 // One online step of the row normalization for a 16-row tile: s becomes P (unnormalized),
 // and alpha the factor by which this thread's two rows of O must be rescaled before P V is
 // added. st.l is the thread's partial sum (the quad's partial sums are added in store_rows).

@@ -193,6 +193,11 @@ struct FwdKernel {
       }
 
       const float scale = rows::weight_scale<Variant>(p, kRaw && !check);
+      if constexpr (AE_POOL_BLOCK > 0)  // the gate-training forward
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt)
+          rows::store_block_max<AE_POOL_BLOCK>(p, s[mt], scale, cta[2], cta[1],
+                                               cta[0] + wrow + 16 * mt + lane / 4, kv0);
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) rows::normalize<Norm>(s[mt], o[mt], stats[mt], scale);
 

@@ -356,7 +356,10 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
       else
         rows::score_transform<false, true, Layout>(p, var, s, b, h, row0, kv0 + 2 * (lane % 4),
                                                    &stats);
-      rows::normalize_step<Norm>(s, stats, alpha, rows::weight_scale<Variant>(p, kRaw && !check));
+      const float scale = rows::weight_scale<Variant>(p, kRaw && !check);
+      if constexpr (AE_POOL_BLOCK > 0)  // the gate-training forward
+        rows::store_block_max<AE_POOL_BLOCK>(p, s, scale, b, h, row0, kv0);
+      rows::normalize_step<Norm>(s, stats, alpha, scale);
     };
 
     // V of the block in ring slot it_ has landed. The persistent kernel waits before the

@@ -3,7 +3,8 @@
 // tests/emu/cuda_host.h and tests/emu/shims) on inputs from files, launched block by block as
 // the runner would: the test writes DIR/args.txt ("key
 // value" lines: shapes, strides, tensor-map dims, the layout's fields) and the tensors; this
-// writes DIR/o.bin and DIR/lse.bin (and the split-KV partials). Masked variants get their
+// writes DIR/o.bin and DIR/lse.bin (and the split-KV partials; the gate-training forward's block
+// maxima). Masked variants get their
 // block-state table from the generated block-state pass where it is linked in (ae_block_state:
 // a table per batch and head, so that any mask's is right), else one of partial blocks (every
 // block walked, the mask applied to each score).
@@ -37,6 +38,7 @@ extern "C" void ae_fwd(const ae::AttnParams p, const ae::VariantArgs va, const a
 extern "C" void ae_fwd(const ae::AttnParams p, const ae::VariantArgs va);
 #endif
 extern "C" __attribute__((weak)) void ae_fwd_combine(const ae::AttnParams p);
+extern "C" __attribute__((weak)) void ae_pool_map(const ae::AttnParams p);
 
 using emu::read;
 using emu::write;
@@ -80,6 +82,19 @@ int main(int argc, char** argv) {
   if (splits > 1) {
     p.kv_split_blocks = (p.n_kv_blocks + splits - 1) / splits;
     p.o_part = o_part.data(), p.lse_part = lse_part.data();
+  }
+  // The gate-training forward (args "pool": keys per block): the block maxima, filled with
+  // -inf as the host does, written to block_max.bin.
+  std::vector<float> block_max, pooled;
+  if (has("pool")) {
+    p.pool_block = i("pool");
+    p.n_pool_blocks = (p.kv_len + p.pool_block - 1) / p.pool_block;
+    block_max.assign(static_cast<size_t>(p.batch) * p.q_heads * p.n_pool_blocks * p.q_len,
+                     -std::numeric_limits<float>::infinity());
+    pooled.assign(static_cast<size_t>(p.batch) * p.q_heads * p.n_pool_blocks *
+                      ((p.q_len + p.pool_block - 1) / p.pool_block), nan);
+    p.block_max = block_max.data();
+    p.pooled = pooled.data();
   }
   std::vector<char> kv_lens, table, cu_q, cu_k;
   if (has("kv_lens")) {  // one per batch, of kv_lens bytes each (4: int32, 8: int64)
@@ -139,9 +154,21 @@ int main(int argc, char** argv) {
       emu::run_block(threads, [&] { ae_fwd_combine(p); });
     }
   }
+  if (has("pool") && ae_pool_map) {  // the map from the block maxima, as the planner launches it
+    constexpr int per_cta = ae::kPoolThreads / 32;
+    const long long warps = static_cast<long long>(p.batch) * p.q_heads *
+                            ((p.q_len + p.pool_block - 1) / p.pool_block);
+    gridDim = {static_cast<unsigned>((warps + per_cta - 1) / per_cta), 1, 1};
+    for (unsigned x = 0; x < gridDim.x; ++x) {
+      blockIdx = {x, 0, 0};
+      emu::run_block(ae::kPoolThreads, [&] { ae_pool_map(p); });
+    }
+    write(dir + "/pooled.bin", pooled.data(), pooled.size() * 4);
+  }
   write(dir + "/o.bin", o.data(), o.size() * 2);
   write(dir + "/lse.bin", lse.data(), lse.size() * 4);
   write(dir + "/o_part.bin", o_part.data(), o_part.size() * 4);
   write(dir + "/lse_part.bin", lse_part.data(), lse_part.size() * 4);
+  if (has("pool")) write(dir + "/block_max.bin", block_max.data(), block_max.size() * 4);
   return 0;
 }

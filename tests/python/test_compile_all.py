@@ -117,6 +117,55 @@ def test_split_kv_forward_compiles_without_spills(case, monkeypatch):
     _compiles_without_spills(info, kind)
 
 
+# The gate-training forward (seer.attention_with_pooling: each row's block maxima written from
+# the forward's softmax step, nvidia/mma_rows.h store_block_max), as attention_pooled plans it:
+# blocks of 64 keys (SeerAttention's default) in both families at the table's tiles, blocks of
+# several tiles (a max into memory), the variants whose registers are tightest.
+POOL_CASES = [("plain", "fwd90", (128, 128), 64), ("causal", "fwd90", (128, 128), 64),
+              ("alibi", "fwd90", (128, 128), 64), ("softcap", "fwd90", (128, 128), 64),
+              ("document", "fwd90", (128, 128), 64), ("causal", "fwd90", (64, 64), 64),
+              ("causal", "fwd90", (256, 256), 64), ("causal", "fwd90", (128, 128), 256),
+              ("relative_bias", "fwd90", (128, 128), 128), ("causal", "fwd", (128, 128), 64),
+              ("alibi", "fwd", (64, 64), 32), ("plain", "fwd", (128, 128), 128)]
+
+
+@pytest.mark.parametrize("case", POOL_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_gate_training_forward_compiles_without_spills(case, monkeypatch):
+    monkeypatch.setenv("AE_KV_SPLITS", "4")  # (the pooled forward never splits)
+    name, kind, (d_qk, d_v), pool = case
+    attn = VARIANTS[name]()
+    dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers]
+    info = attn.variant.kernel_source("fwd", d_qk, d_v, True, dtypes, q_len=1,
+                                      family="sm90" if kind == "fwd90" else "sm80",
+                                      pool_block=pool)
+    assert f" pool{pool}" in info["describe"] and " split" not in info["describe"], info["describe"]
+    assert f"#define AE_POOL_BLOCK {pool}" in info["source"]
+    _compiles_without_spills(info, kind)
+
+
+def test_pooled_map_step_compiles():
+    info = VARIANTS["causal"]().variant.kernel_source("pool_map", 128, 128, pool_block=64)
+    assert info["describe"] == "pool_map sm_90a" and "ae::pool_map(p)" in info["source"]
+    _compiles_without_spills(info, "pool_map")
+
+
+def test_gate_training_forward_is_planned_where_kernels_take_it(monkeypatch):
+    """Softmax only, NVIDIA only, blocks of a multiple of 8 keys: elsewhere the planner says
+    why (and the op runs the reference executor)."""
+    causal = VARIANTS["causal"]()
+    with pytest.raises(ValueError, match="multiples of 8"):
+        causal.variant.kernel_source("fwd", 128, 128, pool_block=20)
+    with pytest.raises(ValueError, match="softmax forwards only"):
+        VARIANTS["sigmoid_none"]().variant.kernel_source("fwd", 128, 128, pool_block=64)
+    with pytest.raises(ValueError, match="NVIDIA GPUs"):
+        causal.variant.kernel_source("fwd", 128, 128, device="mi250", pool_block=64)
+    # at 16 queries the decode template (its warps split the keys) is not taken
+    monkeypatch.setenv("AE_DECODE", "1")
+    assert " dec" in causal.variant.kernel_source("fwd", 128, 128, q_len=16)["describe"]
+    info = causal.variant.kernel_source("fwd", 128, 128, q_len=16, pool_block=64)
+    assert " dec" not in info["describe"] and " pool64" in info["describe"]
+
+
 # The persistent sm90 forward (AE_PERSISTENT=on; common/tile_scheduler.h PersistentTiles): with and
 # without the block list, every head-dim family, with and without the overlap (D256). (ptxas serialized its wgmmas, C7520, until V was
 # waited for before the wgmma fence; _compiles_without_spills checks the log for that.)

@@ -70,7 +70,7 @@ def _fwd_source(variant, *args, **kwargs):
     (run after it, as on a GPU)."""
     info = variant.kernel_source("fwd", *args, **kwargs)
     steps = {line.split()[0] for line in info["plan"].splitlines() if line.strip()}
-    for step in ("block_state", "block_state_blocks", "fwd_combine"):
+    for step in ("block_state", "block_state_blocks", "fwd_combine", "pool_map"):
         if step in steps:
             info[step + "_source"] = variant.kernel_source(step, *args, **kwargs)["source"]
     return info
@@ -93,11 +93,12 @@ def layout_skv(k, layout):
     return (layout or {}).get("skv", k.shape[2])
 
 
-def emulate(info, q, k, v, buffers, *, o_shape, lse_numel, layout=None, v_in_k=False):
+def emulate(info, q, k, v, buffers, *, o_shape, lse_numel, layout=None, v_in_k=False, pool=0):
     """Runs the planned forward (kernel_source's dict) on q / k / v given as the kernel sees
     them ([B, H, S, D] views whose storage the emulator gets whole: q, k, v are views of their
     own contiguous bases), returns (o [o_shape] float, lse): a split-KV launch's merged by the
-    combine kernel."""
+    combine kernel. pool: the gate-training forward's keys per block; then also its block
+    maxima [B, Hq, n_pool_blocks, Sq] and the map its pool_map step makes of them."""
     desc = info["describe"].split()
     bm, bn = map(int, desc[4].split("x"))
     splits = int(os.environ.get("AE_KV_SPLITS", "1")) if " split" in info["describe"] else 1
@@ -110,7 +111,8 @@ def emulate(info, q, k, v, buffers, *, o_shape, lse_numel, layout=None, v_in_k=F
     main = "nvidia_fwd_main.cc"
     sources = [info["source"]] + [info[step] for step in ("block_state_source",
                                                           "block_state_blocks_source",
-                                                          "fwd_combine_source") if step in info]
+                                                          "fwd_combine_source",
+                                                          "pool_map_source") if step in info]
     if desc[0] == "fwd90":
         binary = _build(sources, main, 2 if mla else 3, ("sm90", "smem_raw")).result()
     else:  # the sm80 family: no tensor maps; the decode template's array is smem_raw
@@ -133,6 +135,8 @@ def emulate(info, q, k, v, buffers, *, o_shape, lse_numel, layout=None, v_in_k=F
     args["o_stride"] = o_strides
     if v_in_k:
         args["v_in_k"] = [1]
+    if pool:
+        args["pool"] = [pool]
     for key in ("rest_b", "rest_h"):  # a block tensor's rest table: its own batch and head flags
         if key in layout:
             args[key] = [int(layout[key])]
@@ -164,8 +168,12 @@ def emulate(info, q, k, v, buffers, *, o_shape, lse_numel, layout=None, v_in_k=F
         read = lambda n, dt: torch.frombuffer(bytearray((tmp / n).read_bytes()), dtype=dt)
         o = read("o.bin", torch.int16).view(torch.bfloat16).view(o_shape).float()
         lse = read("lse.bin", torch.float32)
+        if pool:
+            nk = -(-args["Skv"][0] // pool)
+            block_max = read("block_max.bin", torch.float32).view(B, Hq, nk, Sq)
+            pooled = read("pooled.bin", torch.float32).view(B, Hq, -(-Sq // pool), nk)
     assert splits == 1 or "fwd_combine_source" in info  # (the combine kernel merged them)
-    return o, lse
+    return (o, lse, block_max, pooled) if pool else (o, lse)
 
 
 def _rel(a, b):
@@ -534,6 +542,63 @@ def test_emulated_block_tensor_forward_matches_the_reference(case, monkeypatch):
     q64, k64, v64 = q.double(), k.double(), v.double()
     ref = sparse(q64, k64, v64, blocks) if sparse else attn(q64, k64, v64)
     assert _rel(out, ref) < 1e-2
+
+
+# ---- the gate-training forward (seer.attention_with_pooling): block maxima per row --------
+
+def _pool_rows(probs, block):
+    """[B, H, nk, Sq] row probabilities per key block -> the map [B, H, nq, nk], normalized."""
+    B, H, nk, Sq = probs.shape
+    nq = -(-Sq // block)
+    pooled = torch.nn.functional.pad(probs, (0, nq * block - Sq)).view(B, H, nk, nq, block).amax(-1)
+    pooled = pooled.transpose(2, 3)
+    return pooled / pooled.sum(-1, keepdim=True).clamp_min(1e-30)
+
+
+@pytest.mark.parametrize("case", [("causal", "sm90", 64, 64, 1), ("alibi", "sm90", 128, 64, 2),
+                                  ("plain", "sm90", 128, 256, 1), ("causal", "sm80", 64, 32, 1),
+                                  ("alibi", "sm80", 128, 128, 2)],
+                         ids=lambda c: "-".join(map(str, c)))
+def test_emulated_gate_training_forward_writes_each_rows_block_maxima(case, monkeypatch):
+    """The forward planned with pooled blocks (blocks within a tile, and blocks of several
+    tiles, folded by a max into the -inf the host filled) writes each query row's largest score
+    per key block in log2 units: exp2(it - the row's log2 LSE) is then the row's largest
+    probability in the block, against the reference's probabilities (P V with V = I), and
+    pooled over rows (the plan's pool_map step, run after it) it is seer.pooled_attention_map's
+    target; the output stays the forward's.
+    GQA (2 query heads per KV head) and lengths that are not multiples of the block."""
+    name, family, d, pool, group = case
+    monkeypatch.setenv("AE_KV_SPLITS", "1")
+    attn = _DENSE[name]() if name != "alibi" else ae.compile(mods.alibi(mods.alibi_slopes(2 * group)),
+                                                              mods.causal)
+    B, Hkv, Sq, Skv = 1, 2, 200, 300 if name == "plain" else 200
+    Hq = Hkv * group
+    q, k, v = _bf16(B, Hq, Sq, d, seed=0), _bf16(B, Hkv, Skv, d, seed=1), _bf16(B, Hkv, Skv, d, seed=2)
+    info = _fwd_source(attn.variant, d, d, True, _dtypes(attn.buffers), family=family, q_len=Sq,
+                       pool_block=pool)
+    assert f" pool{pool}" in info["describe"] and " split" not in info["describe"], info["describe"]
+    assert "pool_map_source" in info, info["plan"]
+    out, lse, block_max, pooled = emulate(info, q, k, v, list(attn.buffers), o_shape=(B, Hq, Sq, d),
+                                          lse_numel=B * Hq * Sq, pool=pool)
+    q64, k64, v64 = q.double(), k.double(), v.double()
+    ref, ref_lse = attn(q64, k64, v64, return_lse=True)
+    assert _rel(out, ref) < 1e-2
+    lse2 = lse.view(B, Hq, Sq).double() * math.log2(math.e)
+    probs = torch.exp2(block_max.double() - lse2.unsqueeze(2))  # [B, Hq, nk, Sq]
+    eye = torch.eye(Skv, dtype=torch.float64).expand(B, Hkv, Skv, Skv)
+    weights = attn.reference(q64, k64, eye)  # [B, Hq, Sq, Skv]
+    nk = -(-Skv // pool)
+    padded = torch.nn.functional.pad(weights, (0, nk * pool - Skv))
+    row_max = padded.view(B, Hq, Sq, nk, pool).amax(-1).transpose(2, 3)
+    assert (probs - row_max).abs().max() < 2e-3, (probs - row_max).abs().max()
+    # blocks a causal row keeps nothing of stay at the host's -inf
+    if name != "plain":
+        first_key = torch.arange(nk) * pool
+        unreached = first_key[:, None] > torch.arange(Sq)[None, :]
+        assert torch.isneginf(block_max[0, 0][unreached]).all()
+    target = ae.seer.pooled_attention_map(attn, q64, k64, pool).double()
+    assert (_pool_rows(probs, pool) - target).abs().max() < 5e-3
+    assert (pooled.double() - target).abs().max() < 5e-3  # the pool_map step's
 
 
 # ---- other interleavings, and the stand-ins' coverage ------------------------------------

@@ -9,8 +9,8 @@ import torch
 
 import attention_engine as ae
 from attention_engine import mods
-from attention_engine.seer import (BlockSparseAttention, SeerGate, gate_loss,
-                                   pooled_attention_map, select_blocks)
+from attention_engine.seer import (BlockSparseAttention, SeerGate, attention_with_pooling,
+                                   gate_loss, pooled_attention_map, select_blocks)
 from conftest import assert_close, oracle, rand_qkv
 
 
@@ -45,6 +45,85 @@ def test_pooled_map_is_the_block_max_of_the_weights_row_normalized(S, bs):
     assert got.dtype == torch.float32
     assert_close(got.double(), want, 1e-6, "pooled map")
     assert torch.all(got.triu(1) == 0)  # causal: nothing above the diagonal blocks
+
+
+def _pooled_written_out(p, bs):
+    """The map from weights p [B, H, Sq, Skv]: the max over each bs x bs block, rows
+    normalized (rows of zeros stay zeros)."""
+    B, H, Sq, Skv = p.shape
+    nq, nk = -(-Sq // bs), -(-Skv // bs)
+    want = torch.zeros(B, H, nq, nk, dtype=torch.float64)
+    for i in range(nq):
+        for j in range(nk):
+            want[..., i, j] = p[..., i * bs:(i + 1) * bs, j * bs:(j + 1) * bs].amax((-1, -2))
+    return want / want.sum(-1, keepdim=True).clamp_min(1e-300)
+
+
+def _late_causal(b, h, q_idx, kv_idx):  # the first 20 queries keep nothing
+    return (q_idx >= 20) & (kv_idx <= q_idx)
+
+
+POOLING_CASES = {
+    "alibi_causal": (mods.alibi(mods.alibi_slopes(4)), mods.causal),
+    "window": (None, mods.sliding_window(9)),
+    "plain": (None, None),
+    "empty_rows": (mods.softcap(5.0), _late_causal),
+}
+
+
+@pytest.mark.parametrize("bs", [16, 24])
+@pytest.mark.parametrize("name", sorted(POOLING_CASES))
+def test_attention_with_pooling_is_the_forward_and_the_map(name, bs):
+    """One call gives attn's output and LSE (and their gradients) and the pooled map of the
+    written-out weights: GQA, more keys than queries, blocks that do not divide the lengths,
+    query rows that keep nothing (their blocks 0, a query block of such rows all zeros)."""
+    score_mod, mask_mod = POOLING_CASES[name]
+    attn = ae.compile(score_mod, mask_mod)
+    q, k, v = rand_qkv(B=2, HQ=4, HKV=2, SQ=50, SKV=50 if mask_mod else 70, DQK=8, DV=12)
+    out, lse, pooled = attention_with_pooling(attn, q, k, v, bs, return_lse=True)
+    ref, ref_lse = attn(q, k, v, return_lse=True)
+    assert_close(out, ref, 1e-12, "out")
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(ref_lse))  # rows that keep nothing
+    assert_close(lse.nan_to_num(neginf=0.0), ref_lse.nan_to_num(neginf=0.0), 1e-12, "lse")
+    assert pooled.dtype == torch.float64 and not pooled.requires_grad
+    with torch.no_grad():
+        weights = _weights(q, k, score_mod, mask_mod).nan_to_num(0.0)
+    assert_close(pooled, _pooled_written_out(weights, bs), 1e-12, "pooled map")
+    if name == "empty_rows" and bs <= 20:
+        assert torch.all(pooled[:, :, 0] == 0)  # the first block's rows keep nothing
+    dout = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), dout)
+    want = torch.autograd.grad(ref, (q, k, v), dout)
+    for a, b_ in zip(got, want):
+        assert_close(a, b_, 1e-12, "gradient")
+    # the same map without V (k as V), in float32
+    assert_close(pooled_attention_map(attn, q, k, bs).double(), pooled, 1e-6, "pooled_attention_map")
+
+
+def test_attention_with_pooling_of_other_normalizations_pools_their_weights():
+    """normalize='none': the weights are the (masked) scores; the map pools them as written."""
+    attn = ae.compile(mods.sigmoid(), mods.causal, normalize="none")
+    q, k, v = rand_qkv(B=1, HQ=2, HKV=2, SQ=40, SKV=40, DQK=8, DV=8, requires_grad=False)
+    out, pooled = attention_with_pooling(attn, q, k, v, 16)
+    assert_close(out, attn(q, k, v), 0, "out")
+    s = torch.sigmoid(q @ k.transpose(-1, -2) / math.sqrt(8)).tril()
+    assert_close(pooled.double(), _pooled_written_out(s, 16), 1e-6, "pooled map")
+
+
+def test_attention_with_pooling_checks_its_arguments():
+    attn = ae.compile(mask_mod=mods.causal)
+    q, k, v = rand_qkv(B=1, HQ=2, HKV=2, SQ=16, SKV=16, DQK=8, DV=8, requires_grad=False)
+    with pytest.raises(ValueError, match="block_size"):
+        attention_with_pooling(attn, q, k, v, 0)
+    with pytest.raises(ValueError, match=r"\[B, H, S, D\]"):
+        attention_with_pooling(attn, q[0], k[0], v[0], 16)
+    with pytest.raises(ValueError, match="softmax variants"):  # the op itself, called directly
+        none = ae.compile(normalize="none")
+        torch.ops.attention_engine.attention_pooled(q, k, v, [], none.key, 0.5, 16)
+    # the Meta kernel's shapes (torch.compile)
+    qm, km, vm = (t.to("meta") for t in (q, k, v))
+    out, lse, pooled = torch.ops.attention_engine.attention_pooled(qm, km, vm, [], attn.key, 0.5, 5)
+    assert out.shape == (1, 2, 16, 8) and lse.shape == (1, 2, 16) and pooled.shape == (1, 2, 4, 4)
 
 
 def test_gate_pools_each_block_and_reads_its_kv_group():
@@ -214,6 +293,34 @@ def test_block_sparse_attention_on_the_kernels():
     assert rel(out, ref) < 2e-2
     for a, b in zip(got, want):
         assert rel(a, b) < 3e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", [("sm90", 128, 64), ("sm90", 64, 128), ("sm90", 128, 256),
+                                  ("sm80", 128, 64), ("sm80", 64, 32)],
+                         ids=lambda c: "-".join(map(str, c)))
+def test_gate_training_forward_on_the_kernels(case, monkeypatch):
+    """attention_with_pooling on the fused forward that writes each row's block maxima (blocks
+    within a tile, of a tile, of several tiles): out, lse and the map against float64 (the
+    reference executor's), GQA, a length that is no multiple of the block."""
+    family, d, bs = case
+    if family == "sm80":
+        monkeypatch.setenv("AE_DISABLE_SM90", "1")
+    attn = ae.compile(mods.alibi(mods.alibi_slopes(8)), mods.causal)
+    S = 1000
+    gen = torch.Generator(device="cuda").manual_seed(d + bs)
+    q, k, v = (torch.randn(2, h, S, d, device="cuda", dtype=torch.bfloat16, generator=gen)
+               for h in (8, 2, 2))
+    assert attn.backend_for(q, k, v).startswith(family)
+    out, lse, pooled = attention_with_pooling(attn, q, k, v, bs, return_lse=True)
+    ref, ref_lse, want = attention_with_pooling(attn, q.double(), k.double(), v.double(), bs,
+                                                return_lse=True)
+    rel = lambda a, b: ((a.double() - b).norm() / b.norm()).item()
+    assert rel(out, ref) < 2e-2
+    assert (lse.double() - ref_lse).abs().max() < 2e-2
+    assert pooled.dtype == torch.float32 and pooled.shape == want.shape
+    assert (pooled.double() - want).abs().max() < 1e-2
+    assert torch.all(pooled.triu(1) == 0)
 
 
 @pytest.mark.gpu
