@@ -521,19 +521,18 @@ LaunchPlan make_plan(const PlanRequest& r) {
       return refuse("AE_CUSTOM_NORM=0 turns a custom row normalization's kernels off");
   }
   const Kind kind = pb.kind == OpKind::Forward ? Kind::Forward : Kind::Backward;
-  // Per-batch key lengths in the layout: the NVIDIA forwards walk them (the caller plans the
-  // variant with its mask bound otherwise).
-  // Packed sequences: the backwards too (not deterministic: a CTA past its sequence's keys
-  // leaves without its turns; not a custom normalization: its row pass is dense).
+  // Per-batch key lengths in the layout: the forwards walk them (the caller plans the variant
+  // with its mask bound otherwise). Packed sequences: the backwards too (not deterministic: a
+  // CTA past its sequence's keys leaves without its turns; not a custom normalization: its row
+  // pass is dense). Pages: the NVIDIA forwards.
   const bool varlen = pb.kv_layout == KvLayout::Varlen;
-  if (varlen && r.device.vendor != jit::Vendor::kNvidia)
-    return refuse("packed sequences in the kernels: NVIDIA GPUs only");
   if (varlen && kind == Kind::Backward && (pb.deterministic || r.variant.normalize == ir::Normalize::Custom))
     return refuse("packed sequences in the backward kernels: not deterministic, softmax or none only");
-  if (!varlen && pb.kv_layout != KvLayout::Dense &&
-      (kind != Kind::Forward || r.device.vendor != jit::Vendor::kNvidia))
-    return refuse(pb.kv_layout == KvLayout::Paged ? "a paged KV cache in the kernels: NVIDIA forwards only"
-                                                  : "per-batch key lengths as a layout: NVIDIA forwards only");
+  if (!varlen && pb.kv_layout != KvLayout::Dense && kind != Kind::Forward)
+    return refuse(pb.kv_layout == KvLayout::Paged ? "a paged KV cache in the kernels: forwards only"
+                                                  : "per-batch key lengths as a layout: forwards only");
+  if (pb.kv_layout == KvLayout::Paged && r.device.vendor != jit::Vendor::kNvidia)
+    return refuse("a paged KV cache in the kernels: NVIDIA forwards only");
   if (pb.kv_layout == KvLayout::Paged &&
       (pb.page_size < 8 || pb.page_size % 8 || pb.page_size > std::numeric_limits<int32_t>::max()))
     return refuse(fmt::format("pages of {} rows: the kernels take multiples of 8 (32-bit)",

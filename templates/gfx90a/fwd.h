@@ -68,6 +68,8 @@ struct FwdKernel {
     const int wave = threadIdx.x / 64, lane = threadIdx.x % 64, j = lane % N, g = lane / N;
     const WorkTile tile = HeadsFastest<Cfg::kSplitKv>::tile(p);
     const int b = tile.batch, h = tile.head, h_kv = h / p.group;
+    if constexpr (Layout::kVarlen)  // past its sequence's queries: nothing to do
+      if (tile.block * Cfg::kBlockM >= Layout::q_len(p, b)) return;
     const int row = tile.block * Cfg::kBlockM + wave * N + j;  // this lane's query row
     u16* sk = reinterpret_cast<u16*>(lds);
     u16* svt = sk + Cfg::kBlockN * Cfg::kLdK;
@@ -76,11 +78,12 @@ struct FwdKernel {
     // from j and g, each read got an address register of its own).
     const u16* k_lane = sk + j * Cfg::kLdK + 4 * g;
     const u16* vt_lane = svt + j * Cfg::kLdV + 4 * g;
-    const u16* kb = Layout::kv_row(p, static_cast<const u16*>(p.k), p.k_stride, b, h_kv, 0);
-    const u16* vb = Layout::kv_row(p, static_cast<const u16*>(p.v), p.v_stride, b, h_kv, 0);
+    const u16* kb = Layout::kv_head(p, static_cast<const u16*>(p.k), p.k_stride, b, h_kv);
+    const u16* vb = Layout::kv_head(p, static_cast<const u16*>(p.v), p.v_stride, b, h_kv);
     const int kv_len = Layout::kv_len(p, b);
 
-    const RowWalk blocks(p, b, h, tile.block, Variant::kHasMask, Cfg::kSplitKv, tile.split);
+    const RowWalk blocks(p, b, h, tile.block, Variant::kHasMask, Cfg::kSplitKv, tile.split,
+                         Layout::kv_blocks(p, b, Cfg::kBlockN));
     KvPrefetch<Cfg::kBlockN, Cfg::kDqk, Cfg::kDv, Cfg::kThreads> next_kv;
     int jb = blocks.next(blocks.first);
     if (jb < blocks.n) next_kv.load(kb, vb, p.k_stride[2], p.v_stride[2], jb, kv_len);
