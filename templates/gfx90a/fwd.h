@@ -85,8 +85,14 @@ struct FwdKernel {
     const RowWalk blocks(p, b, h, tile.block, Variant::kHasMask, Cfg::kSplitKv, tile.split,
                          Layout::kv_blocks(p, b, Cfg::kBlockN));
     KvPrefetch<Cfg::kBlockN, Cfg::kDqk, Cfg::kDv, Cfg::kThreads> next_kv;
+    auto load_kv = [&](int j) {
+      if constexpr (Layout::kPage > 0)  // each row at its page (the batch's row of the table)
+        next_kv.template load_paged<Layout>(p, Layout::table_row(p, b), kb, vb, j, kv_len);
+      else
+        next_kv.load(kb, vb, p.k_stride[2], p.v_stride[2], j, kv_len);
+    };
     int jb = blocks.next(blocks.first);
-    if (jb < blocks.n) next_kv.load(kb, vb, p.k_stride[2], p.v_stride[2], jb, kv_len);
+    if (jb < blocks.n) load_kv(jb);
 
     // Q's B operands: 4 values of the lane's row per k-step (zeros past q_len).
     u64 qf[kQk];
@@ -111,7 +117,7 @@ struct FwdKernel {
       __syncthreads();  // every wave is done with the last block's LDS
       next_kv.store(sk, svt);
       __syncthreads();
-      if (jn < blocks.n) next_kv.load(kb, vb, p.k_stride[2], p.v_stride[2], jn, kv_len);
+      if (jn < blocks.n) load_kv(jn);
 
       // S^T = K Q^T: tile t's A operand is 4 head-dim values of key N t + j.
       Acc s[kSt];

@@ -161,12 +161,17 @@ VARLEN_CASES = [("plain", (64, 64), True, 4096, False), ("causal", (128, 128), T
                 ("causal", (128, 128), True, 16, True), ("plain", (64, 64), False, 16, True)]
 KV_LENGTHS_CASES = [("causal", (128, 128), True, 4096, False), ("alibi", (64, 64), True, 16, True),
                     ("plain", (256, 256), False, 16, True), ("softcap", (128, 128), True, 256, False)]
+# Pages (a KV cache's call with its lengths): (variant, (d_qk, d_v), bf16, q_len, split-KV,
+# page size).
+PAGED_CASES = [("causal", (128, 128), True, 4096, False, 16), ("alibi", (64, 64), True, 16, True, 64),
+               ("plain", (256, 256), False, 16, True, 16), ("softcap", (128, 128), True, 256, False, 64),
+               ("plain", (128, 128), True, 1, True, 8), ("causal", (64, 64), False, 4096, False, 24)]
 VARLEN_BWD_CASES = [("plain", (128, 128), True), ("causal", (64, 64), True),
                     ("alibi", (128, 128), False), ("sigmoid_none", (96, 64), True)]
 
 
 def _layout_source(name, dims, bf16, step, q_len=4096, split=False, layout="varlen",
-                   monkeypatch=None):
+                   monkeypatch=None, page=0):
     if monkeypatch is not None:
         monkeypatch.setenv("AE_KV_SPLITS", "4" if split else "1")
     attn = VARIANTS[name]()
@@ -177,6 +182,7 @@ def _layout_source(name, dims, bf16, step, q_len=4096, split=False, layout="varl
         variant = _C.build_variant(with_positions(attn._ref.trace_json, q_len))
         dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers] + ["int64"]
     info = variant.kernel_source(step, *dims, bf16, dtypes, device="mi250", q_len=q_len,
+                                 page_size=page,
                                  **{("varlen" if layout == "varlen" else "kv_lengths"): True})
     assert step not in ("fwd", "bwd") or info["family"] == "gfx90a", info["plan"]
     return info
@@ -197,18 +203,20 @@ def _layout_id(c):
             + (f"-q{c[3]}" if len(c) > 3 and c[3] != 4096 else "") + ("-split" if len(c) > 4 and c[4] else ""))
 
 
-@pytest.mark.parametrize("case", [("varlen",) + c for c in VARLEN_CASES] +
-                         [("kv_lengths",) + c for c in KV_LENGTHS_CASES],
-                         ids=lambda c: f"{c[0]}-{_layout_id(c[1:])}")
+@pytest.mark.parametrize("case", [("varlen",) + c + (0,) for c in VARLEN_CASES] +
+                         [("kv_lengths",) + c + (0,) for c in KV_LENGTHS_CASES] +
+                         [("paged",) + c for c in PAGED_CASES],
+                         ids=lambda c: f"{c[0]}-{_layout_id(c[1:])}" + (f"-page{c[-1]}" if c[-1] else ""))
 def test_gfx90a_layout_forwards_compile_without_scratch_at_two_waves(case, monkeypatch):
-    layout, name, dims, bf16, q_len, split = case
-    info = _layout_source(name, dims, bf16, "fwd", q_len, split, layout, monkeypatch)
-    mark = " varlen" if layout == "varlen" else " kvlens"
+    layout, name, dims, bf16, q_len, split, page = case
+    info = _layout_source(name, dims, bf16, "fwd", q_len, split, layout, monkeypatch, page)
+    mark = " varlen" if layout == "varlen" else f" page{page}" if page else " kvlens"
     assert info["describe"].endswith(mark) and (" split" in info["describe"]) == split, info["describe"]
     assert '#include "gfx90a/fwd.h"' in info["source"]
     _check_two_waves(info)
     if split:  # the combine on the layout's rows
-        combine = _layout_source(name, dims, bf16, "fwd_combine", q_len, split, layout, monkeypatch)
+        combine = _layout_source(name, dims, bf16, "fwd_combine", q_len, split, layout, monkeypatch,
+                                 page)
         assert combine["describe"].endswith(" varlen") == (layout == "varlen"), combine["describe"]
         (r,) = _C.jit_check_arches(combine["source"], combine["entry"], arches=["gfx90a"])
         assert r["ok"] and r["stack_frame"] == 0, r
@@ -276,11 +284,13 @@ def loop_lines(asm, kernel="ae_fwd"):
 @pytest.mark.skipif(_objdump() is None, reason="no llvm-objdump (Debian package llvm-14)")
 @pytest.mark.parametrize("dims, bf16, layout",
                          [((128, 128), True, None), ((128, 128), False, None), ((256, 256), True, None),
-                          ((128, 128), True, "varlen"), ((128, 128), True, "kv_lengths")],
+                          ((128, 128), True, "varlen"), ((128, 128), True, "kv_lengths"),
+                          ((128, 128), True, "paged")],
                          ids=["d128-bf16", "d128-fp16", "d256-bf16", "d128-bf16-varlen",
-                              "d128-bf16-kv_lengths"])
+                              "d128-bf16-kv_lengths", "d128-bf16-page16"])
 def test_gfx90a_main_loop_runs_mfma_and_exp(dims, bf16, layout, monkeypatch):
-    info = (_layout_source("causal", dims, bf16, "fwd", layout=layout, monkeypatch=monkeypatch)
+    info = (_layout_source("causal", dims, bf16, "fwd", layout=layout, monkeypatch=monkeypatch,
+                           page=16 if layout == "paged" else 0)
             if layout else _source("causal", dims, bf16, False, monkeypatch))
     asm = _disassemble(info, "fwd")
     loop = "\n".join(loop_lines(asm))

@@ -489,10 +489,11 @@ def test_emulated_gfx90a_varlen_decode_with_a_split(name):
     _check_varlen(attn, q, k, v, lq, lk, out, lse)
 
 
-def _cache(name, sq, lens, cap, d, dtype, seed=0):
+def _cache(name, sq, lens, cap, d, dtype, seed=0, lost=None):
     """with_kvcache's call on a contiguous cache [B, cap, HKV, d] holding NaN past each length:
     q [B, sq, HQ, d], the variant the op plans (its positions rewrite with the lengths it
-    captures), the float64 reference's (out, lse)."""
+    captures), the float64 reference's (out, lse); lost [B, cap]: rows the kernel reads as
+    zeros (a page table entry that names no page), zeros in the reference's cache."""
     attn = _variant(name, cap)
     g = torch.Generator().manual_seed(seed)
     lens_t = torch.tensor(lens, dtype=torch.int32)
@@ -500,8 +501,9 @@ def _cache(name, sq, lens, cap, d, dtype, seed=0):
     vv = torch.randn(len(lens), cap, HKV, d, generator=g).to(dtype)
     q = torch.randn(len(lens), sq, HQ, d, generator=g).to(dtype)
     past = torch.arange(cap)[None, :] >= lens_t[:, None]
-    kz = kv.double().masked_fill(past[:, :, None, None], 0.0)
-    vz = vv.double().masked_fill(past[:, :, None, None], 0.0)
+    zero = past if lost is None else past | lost
+    kz = kv.double().masked_fill(zero[:, :, None, None], 0.0)
+    vz = vv.double().masked_fill(zero[:, :, None, None], 0.0)
     kv[past], vv[past] = float("nan"), float("nan")
     ref, ref_lse = attn.with_kvcache(q.double(), kz, vz, lens_t, return_lse=True)
     variant = _C.build_variant(with_positions(attn._ref.trace_json, sq))
@@ -584,3 +586,45 @@ def test_emulated_gfx90a_varlen_backward_matches_autograd(case):
     for g, w, what in zip(got, want, ("dq", "dk", "dv")):
         assert torch.isfinite(g).all(), what
         _close(g, w.float(), tol, what)
+
+
+# Pages (PagedLayout: gfx90a/tile_io.h load_paged): a shuffled table over a pool with a page
+# nobody owns, NaN there and past each length; `lost`: in-length entries that name no page
+# (-1, past the pool), whose rows are zeros.
+PAGED = [("causal", 20, 64, torch.bfloat16, 16, 1, True), ("alibi", 1, 128, torch.float16, 64, 2, False),
+         ("plain", 100, 128, torch.bfloat16, 64, 1, True), ("softcap", 5, 256, torch.bfloat16, 16, 3, False)]
+
+
+@pytest.mark.parametrize("case", PAGED, ids=lambda c: f"{c[0]}-q{c[1]}-{c[2]}-{str(c[3])[6:]}-page{c[4]}"
+                         f"-split{c[5]}{'-lost' if c[6] else ''}")
+def test_emulated_gfx90a_forward_on_pages(case):
+    name, sq, d, dtype, page, splits, lost_pages = case
+    lens, cap = [sq + 2, max(sq, 70), 150], 192
+    Bn, per = len(lens), cap // page
+    perm = torch.randperm(Bn * per, generator=torch.Generator().manual_seed(3)).view(Bn, per)
+    table, lost = perm.int(), torch.zeros(Bn, cap, dtype=torch.bool)
+    if lost_pages:  # batch 2's second page, batch 1's first (their pages then nobody's)
+        table[2, 1], table[1, 0] = -1, Bn * per + 3
+        lost[2, page:2 * page] = lost[1, :page] = True
+    variant, buffers, q, kv, vv, ref, ref_lse = _cache(name, sq, lens, cap, d, dtype, lost=lost)
+    info = _plan_step(variant, buffers, d, d, dtype, sq, splits, kv_lengths=True, page_size=page)
+    assert info["describe"].endswith(f" page{page}") and "fwd gfx90a" in info["plan"], info["plan"]
+    combine = _plan_step(variant, buffers, d, d, dtype, sq, splits, "fwd_combine", kv_lengths=True,
+                         page_size=page) if splits > 1 else None
+    pools = []
+    for x in (kv, vv):  # [pages, page, HKV, d]: the last page nobody's
+        pool = torch.full((Bn * per + 1, page, HKV, d), float("nan")).to(dtype)
+        pool[perm.flatten()] = x.reshape(Bn * per, page, HKV, d)
+        pool[perm.flatten()[(table.flatten() != perm.flatten())]] = float("nan")
+        pools.append(pool)
+    qp = q.transpose(1, 2).contiguous()
+    files = {"q": _bits(qp), "k": _bits(pools[0]), "v": _bits(pools[1]),
+             "kv_lens": torch.tensor(lens, dtype=torch.int32).numpy().tobytes(),
+             "table": table.contiguous().numpy().tobytes()}
+    out, lse = emulate_fwd_layout(info, buffers, qp, pools[0].transpose(1, 2), pools[1].transpose(1, 2),
+                                  files, {"kv_lens": [4], "pages": [per, Bn * per + 1]},
+                                  grid=(Bn, HQ, sq), skv=cap, o_shape=(Bn, HQ, sq, d),
+                                  lse_numel=Bn * HQ * sq, splits=splits, combine=combine)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.transpose(1, 2), ref.float(), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(lse.view(Bn, HQ, sq), ref_lse.float(), atol=1e-3, rtol=1e-3)
