@@ -2,7 +2,8 @@
 host's g++ over tests/emu/hip_host.h (a fiber per GPU thread, barriers for __syncthreads and
 for a wavefront's shuffles and MFMAs) and launched block by block as the planner plans them
 (the backward between its row passes, common/bwd_rows.h), checked against the reference
-executor (its outputs, and its autograd gradients). No AMD GPU has run the kernels yet; this
+executor (its outputs, and its autograd gradients), on dense tensors, packed sequences,
+per-batch key lengths and pages. No AMD GPU has run the kernels yet; this
 runs everything but the matrix instructions themselves (their stand-ins compute from the
 register layouts gfx90a/mfma.h states). Skipped without g++ 12 or newer."""
 import atexit
@@ -93,6 +94,8 @@ def _build(source, main="fwd_main.cc", more=()):
         for i, text in enumerate((source, *more)):
             files.append(path / f"kernel{i}.cc")
             files[-1].write_text(text)
+        # -O0: every load the kernel issues stays (a discarded one past a tensor's end still
+        # faults on the emulator's guarded memory, tests/emu/emu_io.h, as it may on a GPU).
         subprocess.run([_gxx(), "-std=c++20", "-O0", "-Wno-psabi", "-I",
                         str(ROOT / "templates"), "-I", str(EMU), "-include", "hip_host.h",
                         *map(str, files), str(EMU / main), "-o", str(path / "run")],
