@@ -155,12 +155,14 @@ bool main_spec(const PlanRequest& r, Kind kind, KernelSpec* spec, std::string* w
     // Paged: the sm90 forward's TMA boxes need whole pages or whole tiles. The sm80 family's
     // cp.async loaders address each row through the table, any page size (make_plan: multiples
     // of 8), the pages of a tile held by a warp's lanes (sm80/tile_io.h tile_pages): where no
-    // sm90 tile fits the pages, the sm80 family takes them.
+    // sm90 tile fits the pages, the sm80 family takes them. The gfx90a loaders look each row's
+    // page up (gfx90a/tile_io.h load_paged): any tile.
     if (pb.kv_layout == KvLayout::Paged) {
       const int ps = static_cast<int>(pb.page_size);
       auto unfit = [&](const KernelSpec& s) {
-        return f == Family::Sm90 ? !(ps % s.block_n == 0 || s.block_n % ps == 0)
-                                 : sm80::paged_tile_columns(s.block_n, ps) > 32;
+        return f == Family::Gfx90a ? false
+               : f == Family::Sm90 ? !(ps % s.block_n == 0 || s.block_n % ps == 0)
+                                   : sm80::paged_tile_columns(s.block_n, ps) > 32;
       };
       c.specs.erase(std::remove_if(c.specs.begin(), c.specs.end(), unfit), c.specs.end());
       if (c.specs.empty() && c.refusal.empty())
@@ -538,19 +540,16 @@ LaunchPlan make_plan(const PlanRequest& r) {
       return refuse("AE_CUSTOM_NORM=0 turns a custom row normalization's kernels off");
   }
   const Kind kind = pb.kind == OpKind::Forward ? Kind::Forward : Kind::Backward;
-  // Per-batch key lengths in the layout: the NVIDIA forwards walk them (the caller plans the
-  // variant with its mask bound otherwise).
-  // Packed sequences: the backwards too (not deterministic: a CTA past its sequence's keys
-  // leaves without its turns; not a custom normalization: its row pass is dense).
+  // Per-batch key lengths and pages in the layout: the forwards walk them (the caller plans the
+  // variant with its mask bound otherwise). Packed sequences: the backwards too (not
+  // deterministic: a CTA past its sequence's keys leaves without its turns; not a custom
+  // normalization: its row pass is dense).
   const bool varlen = pb.kv_layout == KvLayout::Varlen;
-  if (varlen && r.device.vendor != jit::Vendor::kNvidia)
-    return refuse("packed sequences in the kernels: NVIDIA GPUs only");
   if (varlen && kind == Kind::Backward && (pb.deterministic || r.variant.normalize == ir::Normalize::Custom))
     return refuse("packed sequences in the backward kernels: not deterministic, softmax or none only");
-  if (!varlen && pb.kv_layout != KvLayout::Dense &&
-      (kind != Kind::Forward || r.device.vendor != jit::Vendor::kNvidia))
-    return refuse(pb.kv_layout == KvLayout::Paged ? "a paged KV cache in the kernels: NVIDIA forwards only"
-                                                  : "per-batch key lengths as a layout: NVIDIA forwards only");
+  if (!varlen && pb.kv_layout != KvLayout::Dense && kind != Kind::Forward)
+    return refuse(pb.kv_layout == KvLayout::Paged ? "a paged KV cache in the kernels: forwards only"
+                                                  : "per-batch key lengths as a layout: forwards only");
   if (pb.kv_layout == KvLayout::Paged &&
       (pb.page_size < 8 || pb.page_size % 8 || pb.page_size > std::numeric_limits<int32_t>::max()))
     return refuse(fmt::format("pages of {} rows: the kernels take multiples of 8 (32-bit)",

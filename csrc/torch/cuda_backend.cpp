@@ -209,8 +209,8 @@ TunedPlan plan_paged(const ir::Variant& variant, const at::Tensor& q, const Shap
 
 // attention_paged on a forward that reads the pages in place (the sm90 forward where one of its
 // tiles fits the pages; the sm80 forward and decode templates, any page size, elsewhere on
-// NVIDIA GPUs); otherwise (AMD, float32, ...) the pages gathered into dense tensors for the
-// dense forward.
+// NVIDIA GPUs; the gfx90a forward); otherwise (float32, ...) the pages gathered into dense
+// tensors for the dense forward.
 std::tuple<at::Tensor, at::Tensor> cuda_forward_paged(const at::Tensor& q_in, const at::Tensor& k_in,
                                                       const at::Tensor& v_in,
                                                       const std::vector<at::Tensor>& buffers,
@@ -260,8 +260,8 @@ TunedPlan plan_varlen(plan::OpKind kind, const ir::Variant& variant, const at::T
 
 // attention_varlen on a forward's packed-sequence layout (common/kv_layout.h VarlenLayout),
 // the variant without its key bound (the kernels take each sequence's key count from
-// cu_seqlens_k); elsewhere (AMD, a family without the layout) the sequences padded into a
-// dense batch.
+// cu_seqlens_k); elsewhere (a plan the layout cannot take) the sequences padded into a dense
+// batch.
 std::tuple<at::Tensor, at::Tensor> cuda_forward_varlen(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const std::vector<at::Tensor>& buffers, const std::string& key, double scale,

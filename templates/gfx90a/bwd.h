@@ -100,6 +100,8 @@ struct BwdKernel {
     const int n_block = tile.block, h_kv = tile.head, b = tile.batch;
     const int k0 = n_block * Cfg::kBlockN, key = k0 + wave * N + j;  // this lane's key
     const int q_len = Layout::q_len(p, b), kv_len = Layout::kv_len(p, b);
+    if constexpr (Layout::kVarlen)  // past its sequence's keys (never deterministic: no turns)
+      if (k0 >= kv_len) return;
     u16* sq = reinterpret_cast<u16*>(lds);         // Q    [query][d]
     u16* sdo = sq + Cfg::kBlockM * Cfg::kLdQ;      // dO   [query][d]
     u16* sqt = sdo + Cfg::kBlockM * Cfg::kLdO;     // Q^T  [d][query]
@@ -132,8 +134,11 @@ struct BwdKernel {
       }
     }
 
-    using QBlock = ColumnWalk::Item;
-    ColumnWalk walk(p, b, h_kv, n_block, Variant::kHasMask);
+    // Packed sequences without a mask: the walk stops at the sequence's own query blocks (a
+    // masked one reads the table, whose tiles past the sequence are empty).
+    using Walk = ColumnWalkOf<Layout::kVarlen && !Variant::kHasMask>;
+    using QBlock = typename Walk::Item;
+    Walk walk(p, b, h_kv, n_block, Variant::kHasMask, q_blocks_of<Layout, Cfg::kBlockM>(p, b));
     // Q and dO of the next query block, in registers until the LDS is free; the rows'
     // statistics too (thread i < kBlockM: lse2 of row i, kBlockM <= i < 2 kBlockM: delta).
     TileBoth<Cfg::kBlockM, Cfg::kDqk, Cfg::kThreads> next_q;

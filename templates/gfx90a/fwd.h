@@ -68,6 +68,8 @@ struct FwdKernel {
     const int wave = threadIdx.x / 64, lane = threadIdx.x % 64, j = lane % N, g = lane / N;
     const WorkTile tile = HeadsFastest<Cfg::kSplitKv>::tile(p);
     const int b = tile.batch, h = tile.head, h_kv = h / p.group;
+    if constexpr (Layout::kVarlen)  // past its sequence's queries: nothing to do
+      if (tile.block * Cfg::kBlockM >= Layout::q_len(p, b)) return;
     const int row = tile.block * Cfg::kBlockM + wave * N + j;  // this lane's query row
     u16* sk = reinterpret_cast<u16*>(lds);
     u16* svt = sk + Cfg::kBlockN * Cfg::kLdK;
@@ -76,14 +78,21 @@ struct FwdKernel {
     // from j and g, each read got an address register of its own).
     const u16* k_lane = sk + j * Cfg::kLdK + 4 * g;
     const u16* vt_lane = svt + j * Cfg::kLdV + 4 * g;
-    const u16* kb = Layout::kv_row(p, static_cast<const u16*>(p.k), p.k_stride, b, h_kv, 0);
-    const u16* vb = Layout::kv_row(p, static_cast<const u16*>(p.v), p.v_stride, b, h_kv, 0);
+    const u16* kb = Layout::kv_head(p, static_cast<const u16*>(p.k), p.k_stride, b, h_kv);
+    const u16* vb = Layout::kv_head(p, static_cast<const u16*>(p.v), p.v_stride, b, h_kv);
     const int kv_len = Layout::kv_len(p, b);
 
-    const RowWalk blocks(p, b, h, tile.block, Variant::kHasMask, Cfg::kSplitKv, tile.split);
+    const RowWalk blocks(p, b, h, tile.block, Variant::kHasMask, Cfg::kSplitKv, tile.split,
+                         Layout::kv_blocks(p, b, Cfg::kBlockN));
     KvPrefetch<Cfg::kBlockN, Cfg::kDqk, Cfg::kDv, Cfg::kThreads> next_kv;
+    auto load_kv = [&](int j) {
+      if constexpr (Layout::kPage > 0)  // each row at its page (the batch's row of the table)
+        next_kv.template load_paged<Layout>(p, Layout::table_row(p, b), kb, vb, j, kv_len);
+      else
+        next_kv.load(kb, vb, p.k_stride[2], p.v_stride[2], j, kv_len);
+    };
     int jb = blocks.next(blocks.first);
-    if (jb < blocks.n) next_kv.load(kb, vb, p.k_stride[2], p.v_stride[2], jb, kv_len);
+    if (jb < blocks.n) load_kv(jb);
 
     // Q's B operands: 4 values of the lane's row per k-step (zeros past q_len).
     u64 qf[kQk];
@@ -108,7 +117,7 @@ struct FwdKernel {
       __syncthreads();  // every wave is done with the last block's LDS
       next_kv.store(sk, svt);
       __syncthreads();
-      if (jn < blocks.n) next_kv.load(kb, vb, p.k_stride[2], p.v_stride[2], jn, kv_len);
+      if (jn < blocks.n) load_kv(jn);
 
       // S^T = K Q^T: tile t's A operand is 4 head-dim values of key N t + j.
       Acc s[kSt];

@@ -6,6 +6,7 @@
 #pragma once
 
 #include "common/numeric.h"
+#include "common/params.h"
 #include "gfx90a/shapes.h"
 
 namespace ae::gfx90a {
@@ -31,28 +32,60 @@ struct KvPrefetch {
   // row strides in elements), kv_len keys in all.
   AE_DEVICE void load(const u16* kb, const u16* vb, long long ldk, long long ldv, int j,
                       int kv_len) {
-    const int rows = kv_len - j * kBlockN;  // valid rows of this block
     kb += j * kBlockN * ldk;
     vb += j * kBlockN * ldv;
+    load_rows<false>(kb, vb, ldv, [&](int r) { return r * ldk; }, [&](int r) { return r * ldv; },
+                     kv_len - j * kBlockN);
+  }
+
+  // The same from a paged cache (common/kv_layout.h PagedLayout): row r of the block at its
+  // page, table column (j kBlockN + r) / kPage of the batch's row `table`; kh, vh: the head's
+  // place in page 0 (Layout::kv_head). Rows whose entry names none of the pool's pages are
+  // zeros. A V block's 4 rows share a page (pages are multiples of 8 rows).
+  template <class Layout>
+  AE_DEVICE void load_paged(const AttnParams& p, const int* table, const u16* kh, const u16* vh,
+                            int j, int kv_len) {
+    constexpr int kPage = Layout::kPage;
+    static_assert(kPage % 8 == 0, "pages of whole 4-row V blocks");
+    const int key0 = j * kBlockN;
+    auto at = [&](long long page_stride, long long ld) {
+      return [&p, table, key0, page_stride, ld](int r) -> long long {
+        const int key = key0 + r, pg = Layout::pool_page(p, table, key / kPage);
+        return pg < 0 ? -1 : pg * page_stride + (key % kPage) * ld;
+      };
+    };
+    load_rows<true>(kh, vh, p.v_stride[2], at(p.k_stride[0], p.k_stride[2]),
+                    at(p.v_stride[0], p.v_stride[2]), kv_len - key0);
+  }
+
+  // Rows 0 .. rows - 1 of a block (kb, vb: where k_at(r) and v_at(r), element offsets, count
+  // from; V's rows ldv apart within a 4-row block). kMayMiss: an offset may be -1, a row of
+  // zeros. Rows past the end read kb's and vb's first element (valid) and are zeroed after: a
+  // select, where a load under `ok` was a branch around every load.
+  template <bool kMayMiss, class KAt, class VAt>
+  AE_DEVICE void load_rows(const u16* kb, const u16* vb, long long ldv, KAt k_at, VAt v_at,
+                           int rows) {
 #pragma unroll
     for (int i = 0; i < kKPer; ++i) {
       const int c = static_cast<int>(threadIdx.x) + i * kThreads;
       const int r = c / (kDqk / 8), col = c % (kDqk / 8) * 8;
-      const bool ok = (kKChunks % kThreads == 0 || c < kKChunks) && r < rows;
-      // Rows past the end read row 0 (always valid) and are zeroed after: a select, where a
-      // load under `ok` was a branch around every load.
-      const uint4 x = *reinterpret_cast<const uint4*>(kb + (ok ? r * ldk + col : 0));
+      bool ok = (kKChunks % kThreads == 0 || c < kKChunks) && r < rows;
+      const long long off = ok ? k_at(r) : 0;
+      if constexpr (kMayMiss) ok = ok && off >= 0;
+      const uint4 x = *reinterpret_cast<const uint4*>(kb + (ok ? off + col : 0));
       k[i] = ok ? x : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int i = 0; i < kVPer; ++i) {
       const int c = static_cast<int>(threadIdx.x) + i * kThreads;
       const int r = c / (kDv / 4) * 4, col = c % (kDv / 4) * 4;
-      const bool in = kVBlocks % kThreads == 0 || c < kVBlocks;
+      bool in = (kVBlocks % kThreads == 0 || c < kVBlocks) && r < rows;
+      const long long off = in ? v_at(r) : 0;
+      if constexpr (kMayMiss) in = in && off >= 0;
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const bool ok = in && r + e < rows;
-        const u64 x = *reinterpret_cast<const u64*>(vb + (ok ? (r + e) * ldv + col : 0));
+        const u64 x = *reinterpret_cast<const u64*>(vb + (ok ? off + e * ldv + col : 0));
         v[i][e] = ok ? x : 0;
       }
     }

@@ -190,6 +190,64 @@ TEST(PlannerGfx90a, KindsNotBuiltYetSayWhy) {
   EXPECT_FALSE(make_plan(r).ok);
 }
 
+// Packed sequences (common/kv_layout.h VarlenLayout): the gfx90a forward (a split-KV launch's
+// combine on the same rows) and backward (a masked one's table per sequence, per call); not the
+// deterministic backward nor a custom normalization's, as on NVIDIA GPUs.
+TEST(PlannerGfx90a, VarlenForwardAndBackwardOnTheLayout) {
+  PlanRequest r = request(OpKind::Forward, false, 128, 128, 1024);
+  r.problem.kv_layout = KvLayout::Varlen;
+  LaunchPlan p = make_plan(r);
+  ASSERT_TRUE(p.ok) << p.reason;
+  EXPECT_EQ(p.family, "gfx90a");
+  EXPECT_EQ(main_step(p).spec.describe(), "fwd gfx90a bf16 d128/128 128x32 w4 varlen");
+  r.problem.q_len = 1;  // decode: the few-rows tile, split, merged on the packed rows
+  r.overrides.kv_splits = 4;
+  p = make_plan(r);
+  ASSERT_TRUE(p.ok) << p.reason;
+  ASSERT_EQ(p.steps.size(), 2u);
+  EXPECT_EQ(p.steps[0].spec.describe(), "fwd gfx90a bf16 d128/128 64x32 w4 split varlen");
+  EXPECT_EQ(p.steps[1].spec.kind, Kind::FwdCombine);
+  EXPECT_EQ(p.steps[1].spec.layout, codegen::Layout::Varlen);
+
+  for (bool masked : {false, true}) {
+    PlanRequest b = request(OpKind::Backward, masked, 64, 64, 1000);
+    b.problem.kv_layout = KvLayout::Varlen;
+    p = make_plan(b);
+    ASSERT_TRUE(p.ok) << p.reason;
+    EXPECT_EQ(main_step(p).spec.describe(), "bwd gfx90a bf16 d64/64 32x128 w8 varlen");
+    if (masked) {
+      EXPECT_TRUE(p.block_states.per_batch);
+      EXPECT_EQ(p.steps[0].spec.kind, Kind::BlockState);
+      EXPECT_EQ(p.steps[0].spec.layout, codegen::Layout::Varlen);
+      EXPECT_TRUE(p.workspace(WorkspaceId::BlockStates)->cache_key.empty());  // per call
+    }
+    b.problem.deterministic = true;
+    p = make_plan(b);
+    EXPECT_FALSE(p.ok);
+    EXPECT_NE(p.reason.find("not deterministic"), std::string::npos) << p.reason;
+  }
+  PlanRequest c = request(OpKind::Backward, false, 64, 64, 1000);
+  c.problem.kv_layout = KvLayout::Varlen;
+  c.variant.normalize = ir::Normalize::Custom;
+  EXPECT_FALSE(make_plan(c).ok);
+}
+
+// Per-batch key lengths (KvLengthsLayout): the gfx90a forwards, the combine's rows dense; the
+// backward keeps the bound in its mask (refused on the layout).
+TEST(PlannerGfx90a, KvLengthsForwardOnTheLayout) {
+  PlanRequest r = request(OpKind::Forward, true, 64, 64, 16);
+  r.problem.kv_len = 8192;
+  r.problem.kv_layout = KvLayout::KvLengths;
+  r.overrides.kv_splits = 2;
+  const LaunchPlan p = make_plan(r);
+  ASSERT_TRUE(p.ok) << p.reason;
+  EXPECT_EQ(main_step(p).spec.describe(), "fwd gfx90a bf16 d64/64 64x32 w4 split kvlens");
+  for (const Step& s : p.steps)
+    if (s.spec.kind == Kind::FwdCombine) EXPECT_EQ(s.spec.layout, codegen::Layout::Dense);
+  r.problem.kind = OpKind::Backward;
+  EXPECT_FALSE(make_plan(r).ok);
+}
+
 TEST(PlannerGfx90a, OtherAmdTargetsAreRefusedByName) {
   PlanRequest r = request(OpKind::Forward, false);
   r.device.gfx = "gfx942";

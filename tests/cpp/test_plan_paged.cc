@@ -1,7 +1,7 @@
 // A paged KV cache in the kernels (templates/common/kv_layout.h PagedLayout): planned for the
 // sm90 forward with tiles of keys that whole pages or whole tiles divide, for the sm80 family's
-// forward and decode templates with any page size (a multiple of 8) elsewhere, refused for the
-// backward and on AMD.
+// forward and decode templates with any page size (a multiple of 8) elsewhere, and for the
+// gfx90a forward (any page size); refused for the backward.
 #include <gtest/gtest.h>
 
 #include "codegen/instantiate.h"
@@ -105,10 +105,30 @@ TEST(PagedPlan, Sm80TileSpanningMorePagesThanLanesIsSkipped) {
   EXPECT_EQ(testing::main_step(p).spec.block_n, 512);
 }
 
-TEST(PagedPlan, RefusedWhereNoKernelAddressesPages) {
-  LaunchPlan p = make_plan(paged(devices::mi250(), 64));
+// The gfx90a loaders look each row's page up: every tile, any page size; a split-KV launch's
+// combine on dense rows.
+TEST(PagedPlan, Gfx90aForwardWithAnyPageSize) {
+  for (int64_t ps : {8, 16, 24, 64, 256}) {
+    for (int64_t q_len : {1, 4096}) {
+      PlanRequest r = paged(devices::mi250(), ps, q_len);
+      r.overrides.kv_splits = q_len == 1 ? 4 : 1;
+      const LaunchPlan p = make_plan(r);
+      ASSERT_TRUE(p.ok) << ps << ": " << p.reason;
+      EXPECT_EQ(p.family, "gfx90a");
+      expect_paged(p, ps);
+      for (const Step& s : p.steps)
+        if (s.spec.kind == codegen::Kind::FwdCombine) EXPECT_EQ(s.spec.layout, codegen::Layout::Dense);
+    }
+  }
+  PlanRequest bwd = paged(devices::mi250(), 64, 64);
+  bwd.problem.kind = OpKind::Backward;
+  const LaunchPlan p = make_plan(bwd);
   EXPECT_FALSE(p.ok);
-  EXPECT_NE(p.reason.find("NVIDIA forwards only"), std::string::npos) << p.reason;
+  EXPECT_NE(p.reason.find("forwards only"), std::string::npos) << p.reason;
+}
+
+TEST(PagedPlan, RefusedWhereNoKernelAddressesPages) {
+  LaunchPlan p;
   for (int64_t ps : {0, 4, 12, 20}) {
     p = make_plan(paged(devices::a100(), ps));
     EXPECT_FALSE(p.ok) << ps;
@@ -128,7 +148,7 @@ TEST(PagedPlan, InstantiatedWithThePageSize) {
   test::TraceBuilder t;
   t.score(t.param("score"));
   const auto v = ir::build_variant(t.str());
-  for (const DeviceCaps& dev : {devices::h200(), devices::a100()}) {
+  for (const DeviceCaps& dev : {devices::h200(), devices::a100(), devices::mi250()}) {
     const LaunchPlan p = make_plan(paged(dev, 16));
     ASSERT_TRUE(p.ok) << p.reason;
     const std::string src = codegen::instantiate(v.get(), testing::main_step(p).spec);

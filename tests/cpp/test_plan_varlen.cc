@@ -1,6 +1,6 @@
 // Packed sequences in the kernels (templates/common/kv_layout.h VarlenLayout): planned for the
 // NVIDIA forwards (a split-KV launch's combine on the same layout, never the persistent
-// scheduler, whose tiles are the grid's) and backwards (not deterministic), refused on AMD.
+// scheduler, whose tiles are the grid's) and backwards (not deterministic), and the gfx90a ones.
 #include <gtest/gtest.h>
 
 #include "codegen/instantiate.h"
@@ -118,10 +118,11 @@ TEST(VarlenPlan, MaskedTablesPerBatchBuiltPerCall) {
     if (w.id == WorkspaceId::BlockStates) EXPECT_TRUE(w.cache_key.empty());
 }
 
-TEST(VarlenPlan, RefusedOnAmd) {
+TEST(VarlenPlan, Gfx90aOnAmd) {  // (test_plan_gfx90a.cc has the details)
   const LaunchPlan p = make_plan(varlen(devices::mi250(), 1024, 1024));
-  EXPECT_FALSE(p.ok);
-  EXPECT_NE(p.reason.find("NVIDIA GPUs only"), std::string::npos) << p.reason;
+  ASSERT_TRUE(p.ok) << p.reason;
+  EXPECT_EQ(main_of(p).spec.family, codegen::Family::Gfx90a);
+  EXPECT_EQ(main_of(p).spec.layout, codegen::Layout::Varlen);
 }
 
 TEST(VarlenPlan, InstantiatedWithTheLayout) {

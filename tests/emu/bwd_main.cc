@@ -3,8 +3,15 @@
 // blocks are met): the prep row pass (common/bwd_rows.h: delta, the log2 LSE, dq_accum
 // zeroed), a custom normalization's row terms (the generated bwd_rows_custom, linked in for
 // those variants), the main kernel, the dQ row pass. The test writes DIR/args.txt, the tensors (q, k,
-// v, the forward's o and lse, dO) and, for a masked variant, the block-state table; this
-// writes DIR/dq.bin, dk.bin, dv.bin and grad<i>.bin for captured tensors that get gradients.
+// v, the forward's o and lse, dO) and, for a masked variant, the block-state table (or links
+// the planned block-state pass, ae_block_state, which builds it); this writes DIR/dq.bin,
+// dk.bin, dv.bin and grad<i>.bin for captured tensors that get gradients. Keyed lines after
+// the positional values (emu::keyed), for packed sequences (VarlenLayout):
+//   q_stride / k_stride / v_stride / o_stride s0 s1 s2   strides (elements): q and dq; k and
+//                    dk; v and dv; o and do
+//   q_numel / k_numel / v_numel n                          dq's, dk's and dv's sizes
+//   varlen q_total kv_lens_bytes   cu_q.bin, cu_k.bin (int32), kv_lens.bin
+// q, k, v, o, dO and the lengths end where an inaccessible page begins (emu::guarded).
 #include <cstdio>
 #include <fstream>
 #include <string>
@@ -18,15 +25,15 @@
 extern "C" void ae_bwd(const ae::AttnParams p, const ae::VariantArgs va);
 extern "C" __attribute__((weak)) void ae_bwd_rows_custom(const ae::BwdRowParams rp,
                                                          const ae::VariantArgs va);
+extern "C" __attribute__((weak)) void ae_block_state(const ae::AttnParams p, const ae::VariantArgs va,
+                                                     const ae::BlockStateParams bs);
 
 namespace {
 
 using emu::read;
+using emu::read_guarded;
 using emu::row_pass;
 using emu::write;
-void strides(long long (&s)[3], long long H, long long S, long long D) {
-  s[0] = H * S * D, s[1] = S * D, s[2] = D;
-}
 
 }  // namespace
 
@@ -39,9 +46,12 @@ int main(int argc, char** argv) {
   double scale;
   args >> B >> Hq >> Hkv >> Sq >> Skv >> Dqk >> Dv >> block_m >> block_n >> threads >> bf16 >>
       masked >> stats >> custom >> deterministic >> scale >> nbuf;
-  std::vector<char> q = read(dir + "/q.bin"), k = read(dir + "/k.bin"), v = read(dir + "/v.bin");
-  std::vector<char> o = read(dir + "/o.bin"), dout = read(dir + "/do.bin");
-  std::vector<char> lse = read(dir + "/lse.bin");
+  const char* q = read_guarded(dir + "/q.bin");
+  const char* k = read_guarded(dir + "/k.bin");
+  const char* v = read_guarded(dir + "/v.bin");
+  const char* o = read_guarded(dir + "/o.bin");
+  const char* dout = read_guarded(dir + "/do.bin");
+  const char* lse = read_guarded(dir + "/lse.bin");
   std::vector<std::vector<char>> bufs;
   std::vector<std::vector<float>> grads(nbuf);
   ae::VariantArgs va{};
@@ -62,20 +72,37 @@ int main(int argc, char** argv) {
       va.buf[i].grad = grads[i].data();
     }
   }
+  auto ext = emu::keyed(args);
+  auto get = [&](const char* key, long long dflt) { return ext.count(key) ? ext[key][0] : dflt; };
   const long long n_q_blocks = (Sq + block_m - 1) / block_m, n_kv_blocks = (Skv + block_n - 1) / block_n;
-  std::vector<unsigned short> dq(B * Hq * Sq * Dqk), dk(B * Hkv * Skv * Dqk), dv(B * Hkv * Skv * Dv);
+  std::vector<unsigned short> dq(get("q_numel", B * Hq * Sq * Dqk)),
+      dk(get("k_numel", B * Hkv * Skv * Dqk)), dv(get("v_numel", B * Hkv * Skv * Dv));
   std::vector<float> delta(B * Hq * Sq), lse2(B * Hq * Sq), dq_accum(B * Hq * n_q_blocks * block_m * Dqk);
   std::vector<int> dq_order(B * Hq * n_q_blocks, -1);  // the prep pass zeroes it
   std::vector<char> states;
-  if (masked) states = read(dir + "/states.bin");  // [B][Hq][n_q_blocks][n_kv_blocks]
+  if (masked && !ae_block_state) states = read(dir + "/states.bin");  // [B][Hq][n_q_blocks][n_kv_blocks]
+  auto set3 = [&](long long (&s)[3], const char* key, long long H, long long S, long long D) {
+    s[0] = H * S * D, s[1] = S * D, s[2] = D;
+    if (ext.count(key))
+      for (int i = 0; i < 3; ++i) s[i] = ext[key].at(i);
+  };
+  const int* cu_q = nullptr;
+  const int* cu_k = nullptr;
+  const char* kv_lens = nullptr;
+  if (ext.count("varlen")) {
+    cu_q = reinterpret_cast<const int*>(read_guarded(dir + "/cu_q.bin"));
+    cu_k = reinterpret_cast<const int*>(read_guarded(dir + "/cu_k.bin"));
+    kv_lens = read_guarded(dir + "/kv_lens.bin");
+  }
 
   ae::BwdRowParams rp{};
-  rp.dout = dout.data(), rp.o = o.data(), rp.lse = reinterpret_cast<const float*>(lse.data());
+  rp.dout = dout, rp.o = o, rp.lse = reinterpret_cast<const float*>(lse);
   rp.delta = stats ? delta.data() : nullptr, rp.lse2 = lse2.data(), rp.dq_accum = dq_accum.data();
   rp.dq = dq.data();
-  strides(rp.do_stride, Hq, Sq, Dv);
-  strides(rp.o_stride, Hq, Sq, Dv);
-  strides(rp.dq_stride, Hq, Sq, Dqk);
+  set3(rp.do_stride, "o_stride", Hq, Sq, Dv);
+  set3(rp.o_stride, "o_stride", Hq, Sq, Dv);
+  set3(rp.dq_stride, "q_stride", Hq, Sq, Dqk);
+  if (cu_q) rp.cu_q = cu_q, rp.q_total = static_cast<int>(ext["varlen"][0]);
   rp.batch = B, rp.heads = Hq, rp.q_len = Sq, rp.acc_rows = n_q_blocks * block_m;
   rp.d_qk = Dqk, rp.d_v = Dv, rp.acc_cols = Dqk, rp.scale = scale;
   rp.lanes = ae::row_pass_lanes(Dv);
@@ -93,24 +120,43 @@ int main(int argc, char** argv) {
   }
 
   ae::AttnParams p{};
-  p.q = q.data(), p.k = k.data(), p.v = v.data(), p.dout = dout.data();
+  p.q = q, p.k = k, p.v = v, p.dout = dout;
   p.lse2 = stats ? lse2.data() : nullptr, p.delta = stats ? delta.data() : nullptr;
   p.dq_accum = dq_accum.data(), p.dk = dk.data(), p.dv = dv.data();
   p.dq_order = deterministic ? dq_order.data() : nullptr;
-  strides(p.q_stride, Hq, Sq, Dqk);
-  strides(p.k_stride, Hkv, Skv, Dqk);
-  strides(p.v_stride, Hkv, Skv, Dv);
-  strides(p.do_stride, Hq, Sq, Dv);
-  strides(p.dk_stride, Hkv, Skv, Dqk);
-  strides(p.dv_stride, Hkv, Skv, Dv);
+  set3(p.q_stride, "q_stride", Hq, Sq, Dqk);
+  set3(p.k_stride, "k_stride", Hkv, Skv, Dqk);
+  set3(p.v_stride, "v_stride", Hkv, Skv, Dv);
+  set3(p.do_stride, "o_stride", Hq, Sq, Dv);
+  set3(p.dk_stride, "k_stride", Hkv, Skv, Dqk);
+  set3(p.dv_stride, "v_stride", Hkv, Skv, Dv);
   p.batch = B, p.q_heads = Hq, p.kv_heads = Hkv, p.group = Hq / Hkv, p.q_len = Sq, p.kv_len = Skv;
   p.scale = scale, p.scale_log2 = scale * 1.4426950408889634;
   p.n_q_blocks = n_q_blocks, p.n_kv_blocks = n_kv_blocks;
   p.head_group = 1, p.d_qk = Dqk, p.d_v = Dv, p.kv_splits = 1;
-  if (masked) {
-    p.block_state = reinterpret_cast<const unsigned char*>(states.data());
-    p.state_stride_h = n_q_blocks * n_kv_blocks, p.state_stride_b = Hq * p.state_stride_h;
+  if (cu_q) {
+    p.cu_q = cu_q, p.cu_k = cu_k, p.q_total = static_cast<int>(ext["varlen"][0]);
+    p.kv_lens = kv_lens, p.kv_lens_stride = 1, p.kv_lens_int32 = ext["varlen"].at(1) == 4;
   }
+  std::vector<unsigned char> built;
+  if (masked && ae_block_state) {  // the planned pass: a table per batch and head
+    const long long tiles = n_q_blocks * n_kv_blocks;
+    built.assign(B * Hq * tiles, 0xff);
+    const ae::BlockStateParams bs{built.data(), static_cast<int>(block_m), static_cast<int>(block_n),
+                                  1, 1, nullptr, 0, 0, 0};
+    gridDim = {static_cast<unsigned>(n_kv_blocks), static_cast<unsigned>(n_q_blocks),
+               static_cast<unsigned>(B * Hq)};
+    for (unsigned z = 0; z < gridDim.z; ++z)
+      for (unsigned y = 0; y < gridDim.y; ++y)
+        for (unsigned x = 0; x < gridDim.x; ++x) {
+          blockIdx = {x, y, z};
+          emu::run_block(ae::kBlockStateThreads, [&] { ae_block_state(p, va, bs); });
+        }
+    p.block_state = built.data();
+  } else if (masked) {
+    p.block_state = reinterpret_cast<const unsigned char*>(states.data());
+  }
+  if (masked) p.state_stride_h = n_q_blocks * n_kv_blocks, p.state_stride_b = Hq * p.state_stride_h;
   gridDim = {static_cast<unsigned>(n_kv_blocks), static_cast<unsigned>(Hkv), static_cast<unsigned>(B)};
   for (unsigned z = 0; z < gridDim.z; ++z)
     for (unsigned y = 0; y < gridDim.y; ++y)

@@ -37,6 +37,9 @@ inline Dim3 blockDim;
 struct uint4 {
   unsigned x, y, z, w;
 };
+struct float2 {
+  float x, y;
+};
 struct float4 {
   float x, y, z, w;
 };
@@ -165,6 +168,7 @@ inline int __syncthreads_or(int pred) {
   emu::block->bar.arrive_and_wait();
   return emu::block->vote_result;
 }
+inline int __syncthreads_and(int pred) { return !__syncthreads_or(!pred); }
 inline float __shfl_xor(float v, int mask) { return emu::shfl(v, emu::lane() ^ mask); }
 inline unsigned __shfl(unsigned v, int src) { return emu::shfl(v, src); }
 inline unsigned long long __ballot(int pred) {

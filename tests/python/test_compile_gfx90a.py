@@ -16,6 +16,7 @@ import torch
 
 import attention_engine as ae
 from attention_engine import _C, mods
+from attention_engine.positions import with_positions
 from conftest import rtc_available
 
 pytestmark = pytest.mark.skipif(not rtc_available("gfx90a"), reason="hipRTC not available")
@@ -152,6 +153,88 @@ def test_gfx90a_backward_compiles_without_scratch_at_two_waves(case):
         assert r["ok"] and r["stack_frame"] == 0, r
 
 
+# Other layouts (common/kv_layout.h) as the varlen and KV-cache ops plan them: the variant's
+# positions rewrite, whose key bound the layout takes. (variant, (d_qk, d_v), bf16, q_len,
+# split-KV); q_len 16 plans the few-rows tile.
+VARLEN_CASES = [("plain", (64, 64), True, 4096, False), ("causal", (128, 128), True, 4096, False),
+                ("alibi", (128, 128), False, 4096, False), ("softcap", (256, 256), True, 4096, False),
+                ("causal", (128, 128), True, 16, True), ("plain", (64, 64), False, 16, True)]
+KV_LENGTHS_CASES = [("causal", (128, 128), True, 4096, False), ("alibi", (64, 64), True, 16, True),
+                    ("plain", (256, 256), False, 16, True), ("softcap", (128, 128), True, 256, False)]
+# Pages (a KV cache's call with its lengths): (variant, (d_qk, d_v), bf16, q_len, split-KV,
+# page size).
+PAGED_CASES = [("causal", (128, 128), True, 4096, False, 16), ("alibi", (64, 64), True, 16, True, 64),
+               ("plain", (256, 256), False, 16, True, 16), ("softcap", (128, 128), True, 256, False, 64),
+               ("plain", (128, 128), True, 1, True, 8), ("causal", (64, 64), False, 4096, False, 24)]
+VARLEN_BWD_CASES = [("plain", (128, 128), True), ("causal", (64, 64), True),
+                    ("alibi", (128, 128), False), ("sigmoid_none", (96, 64), True)]
+
+
+def _layout_source(name, dims, bf16, step, q_len=4096, split=False, layout="varlen",
+                   monkeypatch=None, page=0):
+    if monkeypatch is not None:
+        monkeypatch.setenv("AE_KV_SPLITS", "4" if split else "1")
+    attn = VARIANTS[name]()
+    if layout == "varlen":  # (the op's two captured lengths)
+        variant = _C.build_variant(with_positions(attn._ref.trace_json))
+        dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers] + ["int64", "int64"]
+    else:  # a KV cache's call: its queries are the last q_len tokens
+        variant = _C.build_variant(with_positions(attn._ref.trace_json, q_len))
+        dtypes = [str(t.dtype).replace("torch.", "") for t in attn.buffers] + ["int64"]
+    info = variant.kernel_source(step, *dims, bf16, dtypes, device="mi250", q_len=q_len,
+                                 page_size=page,
+                                 **{("varlen" if layout == "varlen" else "kv_lengths"): True})
+    assert step not in ("fwd", "bwd") or info["family"] == "gfx90a", info["plan"]
+    return info
+
+
+def _check_two_waves(info, **kw):
+    (r,) = _C.jit_check_arches(info["source"], info["entry"], arches=["gfx90a"],
+                               options=info["options"])
+    assert r["ok"], f"{info['describe']}: {r['error']}"
+    assert r["stack_frame"] == 0 and r["spill_stores"] == 0, f"{info['describe']} uses scratch: {r}"
+    assert "warning" not in r["log"].lower(), r["log"]
+    waves = waves_per_simd(r, info["threads"], info["smem"])
+    assert waves >= 2, f"{info['describe']}: {waves} wave(s) per SIMD: {r}, LDS {info['smem']}"
+
+
+def _layout_id(c):
+    return (f"{c[0]}-{c[1][0]}-{c[1][1]}-{'bf16' if c[2] else 'fp16'}"
+            + (f"-q{c[3]}" if len(c) > 3 and c[3] != 4096 else "") + ("-split" if len(c) > 4 and c[4] else ""))
+
+
+@pytest.mark.parametrize("case", [("varlen",) + c + (0,) for c in VARLEN_CASES] +
+                         [("kv_lengths",) + c + (0,) for c in KV_LENGTHS_CASES] +
+                         [("paged",) + c for c in PAGED_CASES],
+                         ids=lambda c: f"{c[0]}-{_layout_id(c[1:])}" + (f"-page{c[-1]}" if c[-1] else ""))
+def test_gfx90a_layout_forwards_compile_without_scratch_at_two_waves(case, monkeypatch):
+    layout, name, dims, bf16, q_len, split, page = case
+    info = _layout_source(name, dims, bf16, "fwd", q_len, split, layout, monkeypatch, page)
+    mark = " varlen" if layout == "varlen" else f" page{page}" if page else " kvlens"
+    assert info["describe"].endswith(mark) and (" split" in info["describe"]) == split, info["describe"]
+    assert '#include "gfx90a/fwd.h"' in info["source"]
+    _check_two_waves(info)
+    if split:  # the combine on the layout's rows
+        combine = _layout_source(name, dims, bf16, "fwd_combine", q_len, split, layout, monkeypatch,
+                                 page)
+        assert combine["describe"].endswith(" varlen") == (layout == "varlen"), combine["describe"]
+        (r,) = _C.jit_check_arches(combine["source"], combine["entry"], arches=["gfx90a"])
+        assert r["ok"] and r["stack_frame"] == 0, r
+
+
+@pytest.mark.parametrize("case", VARLEN_BWD_CASES, ids=_layout_id)
+def test_gfx90a_varlen_backward_compiles_without_scratch_at_two_waves(case):
+    name, dims, bf16 = case
+    info = _layout_source(name, dims, bf16, "bwd")
+    assert info["describe"].endswith(" varlen") and '#include "gfx90a/bwd.h"' in info["source"], info["describe"]
+    _check_two_waves(info)
+    if "block_state" in info["plan"]:  # the per-call table, each sequence's own tiles
+        state = _layout_source(name, dims, bf16, "block_state")
+        assert state["describe"].endswith(" varlen"), state["describe"]
+        (r,) = _C.jit_check_arches(state["source"], state["entry"], arches=["gfx90a"])
+        assert r["ok"] and r["stack_frame"] == 0, r
+
+
 def test_occupancy_arithmetic():
     # 256 VGPRs: 2 waves; 128 VGPRs + 128 AGPRs too; 257: 1; LDS of 40 KB with 4-wave blocks: 1.
     r = {"registers": 256, "agprs": 0, "sgprs": 80, "smem_bytes": 0}
@@ -199,10 +282,16 @@ def loop_lines(asm, kernel="ae_fwd"):
 
 
 @pytest.mark.skipif(_objdump() is None, reason="no llvm-objdump (Debian package llvm-14)")
-@pytest.mark.parametrize("dims, bf16", [((128, 128), True), ((128, 128), False), ((256, 256), True)],
-                         ids=["d128-bf16", "d128-fp16", "d256-bf16"])
-def test_gfx90a_main_loop_runs_mfma_and_exp(dims, bf16, monkeypatch):
-    info = _source("causal", dims, bf16, False, monkeypatch)
+@pytest.mark.parametrize("dims, bf16, layout",
+                         [((128, 128), True, None), ((128, 128), False, None), ((256, 256), True, None),
+                          ((128, 128), True, "varlen"), ((128, 128), True, "kv_lengths"),
+                          ((128, 128), True, "paged")],
+                         ids=["d128-bf16", "d128-fp16", "d256-bf16", "d128-bf16-varlen",
+                              "d128-bf16-kv_lengths", "d128-bf16-page16"])
+def test_gfx90a_main_loop_runs_mfma_and_exp(dims, bf16, layout, monkeypatch):
+    info = (_layout_source("causal", dims, bf16, "fwd", layout=layout, monkeypatch=monkeypatch,
+                           page=16 if layout == "paged" else 0)
+            if layout else _source("causal", dims, bf16, False, monkeypatch))
     asm = _disassemble(info, "fwd")
     loop = "\n".join(loop_lines(asm))
     tile, waves = info["describe"].split()[4:6]  # "128x32", "w4"
@@ -220,10 +309,12 @@ def test_gfx90a_main_loop_runs_mfma_and_exp(dims, bf16, monkeypatch):
 
 
 @pytest.mark.skipif(_objdump() is None, reason="no llvm-objdump (Debian package llvm-14)")
-@pytest.mark.parametrize("name, dims, bf16", [("causal", (128, 128), True), ("plain", (96, 64), False)],
-                         ids=["causal-d128-bf16", "plain-d96-64-fp16"])
-def test_gfx90a_backward_main_loop_runs_mfma(name, dims, bf16):
-    info = _bwd_source(name, dims, bf16)
+@pytest.mark.parametrize("name, dims, bf16, varlen",
+                         [("causal", (128, 128), True, False), ("plain", (96, 64), False, False),
+                          ("causal", (128, 128), True, True)],
+                         ids=["causal-d128-bf16", "plain-d96-64-fp16", "causal-d128-bf16-varlen"])
+def test_gfx90a_backward_main_loop_runs_mfma(name, dims, bf16, varlen):
+    info = _layout_source(name, dims, bf16, "bwd") if varlen else _bwd_source(name, dims, bf16)
     asm = _disassemble(info, "bwd")
     loop = "\n".join(loop_lines(asm, "ae_bwd"))
     mfma = "v_mfma_f32_16x16x16" + ("bf16_1k" if bf16 else "f16")
