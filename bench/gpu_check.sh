@@ -5,7 +5,7 @@
 #
 #   bash bench/gpu_check.sh            # everything
 #   bash bench/gpu_check.sh build test # some steps: build, test, jit, smoke, fwd, bwd, e2e, grads,
-#                                      # decode, norm, parts, exactpv, pers, generate, varlen, mla, sparse, sdecode, pooled, docmask,
+#                                      # decode, norm, parts, exactpv, pers, generate, varlen, mla, sparse, sdecode, pooled, linear, docmask,
 #                                      # sweep, bench
 #   TESTS="tests/python/test_gpu_kernels.py -x -k 'causal or plain'" bash bench/gpu_check.sh build test
 # A step that runs past STEP_TIMEOUT seconds (default 1200) is stopped and counts as failed.
@@ -53,6 +53,7 @@ for s in $STEPS; do
     sparse) step sparse sparse.log $PY bench/sparse_bench.py ${SPARSE_ARGS:-} ;;
     sdecode) step sdecode sparse_decode.log $PY bench/sparse_decode_bench.py ${SDECODE_ARGS:-} ;;
     pooled) step pooled pooled.log $PY bench/pooled_bench.py ${POOLED_ARGS:-} ;;
+    linear) step linear linear.log $PY bench/linear_bench.py ${LINEAR_ARGS:-} ;;
     # The document mask at 16k against FlexAttention, with causal for scale (issue 17's table).
     docmask) step docmask docmask.log $PY bench/attention_bench.py --variants causal,document \
                --variant-seqlen 16384 --methods attention_engine,flex,sdpa-cudnn ;;
@@ -78,6 +79,7 @@ echo; echo "== jit"; tail -n 20 "$OUT/jit_gpu_check.log" 2>/dev/null
 [ -f "$OUT/sparse.log" ] && { echo "== sparse"; grep "^|" "$OUT/sparse.log"; }
 [ -f "$OUT/sparse_decode.log" ] && { echo "== sdecode"; grep "^|" "$OUT/sparse_decode.log"; }
 [ -f "$OUT/pooled.log" ] && { echo "== pooled"; grep "^|" "$OUT/pooled.log"; }
+[ -f "$OUT/linear.log" ] && { echo "== linear"; grep -E "^\||^\(" "$OUT/linear.log"; }
 [ -f "$OUT/docmask.log" ] && { echo "== docmask"; tail -n 6 "$OUT/docmask.log"; }
 [ -f "$OUT/bench.md" ] && { echo "== bench"; cat "$OUT/bench.md"; }
 echo; echo "== summary"; printf '%s\n' "${SUMMARY[@]}"

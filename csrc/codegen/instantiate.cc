@@ -93,6 +93,14 @@ Template template_of(const KernelSpec& s) {
       return {"common/v_check.h", "", fmt::format("ae::v_check<{}>(p)", elem), 0};
     case Kind::PoolMap:
       return {"common/pool_map.h", "", "ae::pool_map(p)", 0};
+    case Kind::LinearStep:
+      return {"common/linear_step.h", "",
+              fmt::format("ae::linear_step<{}, {}>(lp)", elem, s.d_qk), 0};
+    case Kind::LinearState:
+    case Kind::LinearOut:
+      return {"sm80/linear_fwd.h",
+              fmt::format("ae::sm80::LinearConfig<{}, {}, {}>", s.d_qk, s.d_v, elem),
+              fmt::format("ae::sm80::{}<Cfg>(lp)", kind_name(s.kind)), 0};
     case Kind::BlockStateBlocks: {
       const std::string& dt = s.buffer_dtypes.at(s.blocks_buffer);
       const char* t = dt == "bool" || dt == "uint8" ? "unsigned char"

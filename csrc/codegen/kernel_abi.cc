@@ -15,6 +15,7 @@ const KernelAbi& abi_of(const KernelSpec& s) {
   static const KernelAbi rows{{Arg::Rows}, false};
   static const KernelAbi rows_variant{{Arg::Rows, Arg::Variant}, false};
   static const KernelAbi attn_only{{Arg::Attn}, false};
+  static const KernelAbi linear{{Arg::Linear}, false};
   switch (s.kind) {
     case Kind::Forward: return s.family != Family::Sm90 ? attn : s.mla ? tma_qk : tma;
     case Kind::Backward: return s.family == Family::Sm90 ? tma_bwd : attn;
@@ -26,6 +27,9 @@ const KernelAbi& abi_of(const KernelSpec& s) {
     case Kind::BwdPrep:
     case Kind::BwdDq: return rows;
     case Kind::BwdRowsCustom: return rows_variant;
+    case Kind::LinearStep:
+    case Kind::LinearState:
+    case Kind::LinearOut: return linear;
   }
   return attn;
 }
@@ -43,6 +47,7 @@ std::string parameter_list(const KernelAbi& abi) {
       case Arg::TmaDo: decl = "ae::TmaDesc tdo"; break;
       case Arg::Rows: decl = "ae::BwdRowParams rp"; break;
       case Arg::BlockStates: decl = "ae::BlockStateParams bs"; break;
+      case Arg::Linear: decl = "ae::LinearParams lp"; break;
     }
     out += fmt::format("{}const {}{}", out.empty() ? "" : ", ",
                        abi.grid_constant ? "__grid_constant__ " : "", decl);

@@ -20,6 +20,7 @@ enum class Arg {
   TmaDo,        // ae::TmaDesc tdo: of dO, boxes of block_m rows
   Rows,         // ae::BwdRowParams rp: the backward's row passes
   BlockStates,  // ae::BlockStateParams bs: the block-state table to fill
+  Linear,       // ae::LinearParams lp: linear attention's kernels
 };
 
 struct KernelAbi {

@@ -16,6 +16,9 @@ const char* kind_name(Kind k) {
     case Kind::VCheck: return "v_check";
     case Kind::BlockStateBlocks: return "block_state_blocks";
     case Kind::PoolMap: return "pool_map";
+    case Kind::LinearStep: return "linear_step";
+    case Kind::LinearState: return "linear_state";
+    case Kind::LinearOut: return "linear_out";
   }
   return "?";
 }
@@ -59,6 +62,10 @@ std::string KernelSpec::describe() const {
                          layout_mark());
     case Kind::FwdCombine: return fmt::format("fwd_combine {} {}{}", arch, dtype, layout_mark());
     case Kind::PoolMap: return fmt::format("pool_map {}", arch);  // (fp32 rows)
+    case Kind::LinearStep:
+    case Kind::LinearState:
+    case Kind::LinearOut:
+      return fmt::format("{} {} {} d{}/{}", kind_name(kind), arch, dtype, d_qk, d_v);
     case Kind::BwdPrep:
     case Kind::BwdDq:
     case Kind::VCheck: return fmt::format("{} {} {}", kind_name(kind), arch, dtype);

@@ -24,6 +24,11 @@ enum class Kind {
   BlockStateBlocks,
   // The gate-training forward's pooled map from its block maxima and LSE (common/pool_map.h)
   PoolMap,
+  // Linear attention (LinearParams): the decode step (common/linear_step.h), the chunked
+  // forward's state pass and output pass (sm80/linear_fwd.h)
+  LinearStep,
+  LinearState,
+  LinearOut,
 };
 // Which template family: the portable kernels of templates/common (block states, row passes),
 // the mma.sync templates (sm_80 and up), the Hopper ones (sm_90a: TMA, wgmma, warp
@@ -105,10 +110,13 @@ struct KernelSpec {
   bool of_rest = false;
 
   int threads() const { return (family == Family::Gfx90a ? 64 : 32) * warps; }
+  bool is_linear() const {
+    return kind == Kind::LinearStep || kind == Kind::LinearState || kind == Kind::LinearOut;
+  }
   // Whether the kernel is generated from a variant (the row passes are the same for all).
   bool uses_variant() const {
     return kind != Kind::BwdPrep && kind != Kind::BwdDq && kind != Kind::FwdCombine &&
-           kind != Kind::VCheck && kind != Kind::PoolMap;
+           kind != Kind::VCheck && kind != Kind::PoolMap && !is_linear();
   }
   std::string entry() const;        // the extern "C" kernel name: "ae_" + kind_name
   // "fwd sm_80 bf16 d128/128 128x64 w4 mt2 r0" ("dbuf0": grads, "dbuf0 smem": in shared

@@ -73,6 +73,8 @@ struct LaunchPlan {
   AttnParams attn{};
   BwdRowParams rows{};
   BlockStateParams block_states{};
+  // Linear attention's plans (plan/linear_plan.h): the shape fields of LinearParams.
+  LinearParams linear{};
 
   const Workspace* workspace(WorkspaceId id) const;
   std::string describe() const;  // one line per step: "fwd90 sm_90a ... grid (32,16,1) ..."

@@ -125,6 +125,7 @@ void* CallArgs::at(Arg a) {
     case Arg::TmaDo: return &tdo;
     case Arg::Rows: return &rows;
     case Arg::BlockStates: return &block_states;
+    case Arg::Linear: return &linear;
   }
   return nullptr;
 }
@@ -184,6 +185,36 @@ void run(const plan::LaunchPlan& plan, const ir::Variant& variant, const Binding
     cfg.device = b.device;
     const jit::KernelPtr kernel = get_kernel(step.spec.uses_variant() ? step_variant : nullptr, step.spec);
     jit::launch_kernel(*kernel, cfg, args);
+  }
+}
+
+void run_linear(const plan::LaunchPlan& plan, const LinearBindings& b) {
+  CallArgs v{};
+  LinearParams& p = v.linear;
+  p = plan.linear;
+  p.q = b.q.data, p.k = b.k.data, p.v = b.v.data, p.o = b.o.data;
+  strides3(p.q_stride, b.q);
+  strides3(p.k_stride, b.k);
+  strides3(p.v_stride, b.v);
+  strides3(p.o_stride, b.o);
+  p.a = static_cast<const float*>(b.a.data);
+  p.state = static_cast<float*>(b.state.data);
+  p.state0 = static_cast<const float*>(b.state0.data);
+  p.chunk_states = b.chunk_states.data;
+  for (const plan::Step& step : plan.steps) {
+    if (!step.spec.is_linear())
+      throw std::invalid_argument("runner: a linear attention plan with a " + step.spec.describe());
+    if ((step.spec.kind == codegen::Kind::LinearStep && !p.state) ||
+        (step.spec.kind != codegen::Kind::LinearStep && !p.chunk_states))
+      throw std::invalid_argument("runner: " + step.spec.describe() + " without its state tensor");
+    void* args[1] = {v.at(Arg::Linear)};
+    jit::LaunchConfig cfg;
+    cfg.grid = {step.grid.x, step.grid.y, step.grid.z};
+    cfg.block = {static_cast<unsigned>(step.threads), 1, 1};
+    cfg.dynamic_smem = static_cast<unsigned>(step.smem);
+    cfg.stream = b.stream;
+    cfg.device = b.device;
+    jit::launch_kernel(*get_kernel(nullptr, step.spec), cfg, args);
   }
 }
 

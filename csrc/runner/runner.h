@@ -50,6 +50,17 @@ struct Bindings {
 
 void run(const plan::LaunchPlan& plan, const ir::Variant& variant, const Bindings& bindings);
 
+// Linear attention's tensors (LinearParams, templates/common/params.h): q, k, v, o as
+// [batch, heads, t_len, d]; a fp32 contiguous; state, state0 fp32 [batch, heads, d_k, d_v]
+// contiguous (undefined: none); chunk_states [batch, heads, n_chunks, d_k, d_v] contiguous in
+// q's dtype (the chunked forward's).
+struct LinearBindings {
+  TensorRef q, k, v, o, a, state, state0, chunk_states;
+  void* stream = nullptr;
+  int device = 0;
+};
+void run_linear(const plan::LaunchPlan& plan, const LinearBindings& bindings);
+
 // The argument structs of one call: the plan's shape fields plus the bound pointers and
 // strides. A step's ABI picks from them in order (at); run() makes the TMA maps of sm90 steps
 // (they need the driver) and sets the row passes' lanes per step.
@@ -58,6 +69,7 @@ struct CallArgs {
   VariantArgs captured;
   BwdRowParams rows;
   BlockStateParams block_states;
+  LinearParams linear;
   TmaDesc tq, tk, tv, tdo;
   void* at(codegen::Arg a);
 };

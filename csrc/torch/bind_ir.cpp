@@ -5,6 +5,7 @@
 #include "codegen/instantiate.h"
 #include "ir/error.h"
 #include "ir/variant.h"
+#include "plan/linear_plan.h"
 #include "plan/planner.h"
 #include "torch/bindings.h"
 #include "torch/checks.h"
@@ -103,6 +104,38 @@ pybind11::dict kernel_source(const ir::Variant& given, const std::string& step, 
                                    r.variant.has_mask ? "has" : "has no", plan.describe()));
 }
 
+// linear_kernel_sources: linear attention's plan (plan/linear_plan.h) on a device class, each
+// step's source and launch (the compile-all check, the emulator's tests).
+pybind11::list linear_kernel_sources(bool step, int d_k, int d_v, bool bf16, const std::string& device,
+                                     int batch, int heads, int t_len, bool per_channel) {
+  plan::LinearProblem pb;
+  pb.step = step;
+  pb.dtype = bf16 ? plan::ElemType::BFloat16 : plan::ElemType::Float16;
+  pb.batch = batch, pb.heads = heads, pb.t_len = step ? 1 : t_len, pb.d_k = d_k, pb.d_v = d_v;
+  pb.per_channel = per_channel;
+  plan::DeviceCaps dev;
+  if (!plan::devices::named(device, &dev))
+    throw ir::GraphError("device must be h100, h200, a100, ada or mi250, not " + device);
+  const plan::LaunchPlan plan = plan::plan_linear(pb, dev);
+  if (!plan.ok) throw ir::GraphError(plan.reason);
+  pybind11::list out;
+  for (const plan::Step& st : plan.steps) {
+    pybind11::dict d;
+    d["step"] = std::string(codegen::kind_name(st.spec.kind));
+    d["source"] = codegen::instantiate(nullptr, st.spec);
+    d["entry"] = st.spec.entry();
+    d["options"] = st.spec.compile_options();
+    d["fallback_options"] = st.spec.fallback_options();
+    d["threads"] = st.threads;
+    d["smem"] = st.smem;
+    d["grid"] = std::vector<unsigned>{st.grid.x, st.grid.y, st.grid.z};
+    d["describe"] = st.spec.describe();
+    d["n_chunks"] = plan.linear.n_chunks;
+    out.append(d);
+  }
+  return out;
+}
+
 }  // namespace
 
 void bind_ir(pybind11::module_& m) {
@@ -178,6 +211,13 @@ void bind_ir(pybind11::module_& m) {
            "fewer plan the decode template), against 4096 keys; kv_lengths: the forward on the per-batch key lengths layout (the variant without its mask's bound kv_idx < lengths[b]); page_size: the forward on a paged KV cache of such pages; varlen: on packed sequences (the varlen op's); v_in_k: V is K's first d_v columns (MLA's latent cache: at (576, 512) on h100/h200 the MLA decode template); pool_block: the gate-training forward writing block maxima of that many keys (attention_pooled's). Also the step's entry, compile options, threads, shared memory and the "
            "whole plan's text.");
 
+  m.def("linear_kernel_sources", &linear_kernel_sources, pyb::arg("step"), pyb::arg("d_k"),
+        pyb::arg("d_v"), pyb::arg("bf16") = true, pyb::arg("device") = "h100",
+        pyb::arg("batch") = 1, pyb::arg("heads") = 16, pyb::arg("t_len") = 4096,
+        pyb::arg("per_channel") = false,
+        "Linear attention's plan on a device class (step: the decode step, else the chunked "
+        "forward): a dict per launch (step, source, entry, options, threads, smem, grid, "
+        "describe, n_chunks); raises with the planner's reason where no kernel takes it.");
   m.def("backend_for", &torch_ops::backend_for, pyb::arg("q"), pyb::arg("k"), pyb::arg("v"),
         pyb::arg("buffers"), pyb::arg("key"), pyb::arg("backward") = false);
   m.def("v_shares_k", &torch_ops::v_shares_k, pyb::arg("k"), pyb::arg("v"),

@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include "torch/checks.h"
+#include "torch/linear.h"
 #include "torch/paged.h"
 #include "torch/pooled.h"
 #include "torch/reference.h"
@@ -185,8 +186,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> varlen_b
   "bool deterministic=False) -> " \
   "(Tensor out, Tensor lse, Tensor pooled)"
 
+// Linear attention (torch/linear.h): linear_forward, the chunked forward on feature-mapped
+// inputs (autograd: python/attention_engine/linear.py); linear_step, one token against a state
+// updated in place (inference).
+#define AE_LINEAR_SCHEMA \
+  "(Tensor q, Tensor k, Tensor v, Tensor a, Tensor? state0, float scale, bool output_state, " \
+  "int chunk=64) -> (Tensor o, Tensor state)"
+#define AE_LINEAR_STEP_SCHEMA \
+  "(Tensor q, Tensor k, Tensor v, Tensor a, Tensor(s!) state, float scale) -> Tensor"
+
 TORCH_LIBRARY(attention_engine, m) {
   m.def("attention_pooled" AE_POOLED_SCHEMA);
+  m.def("linear_forward" AE_LINEAR_SCHEMA);
+  m.def("linear_step" AE_LINEAR_STEP_SCHEMA);
   m.def("attention_varlen" AE_VARLEN_SCHEMA);
   m.def("attention_varlen_backward" AE_VARLEN_BWD_SCHEMA);
   m.def("attention_paged" AE_PAGED_SCHEMA);
@@ -205,15 +217,24 @@ TORCH_LIBRARY_IMPL(attention_engine, CompositeExplicitAutograd, m) {
   m.impl("attention_varlen", &ae::torch_ops::varlen_reference_op);
   m.impl("attention_varlen_backward", &ae::torch_ops::varlen_backward_reference_op);
   m.impl("attention_pooled", &ae::torch_ops::reference_pooled);
+  m.impl("linear_forward", &ae::torch_ops::linear_forward_reference);
+  m.impl("linear_step", &ae::torch_ops::linear_step_reference);
 }
 
 TORCH_LIBRARY_IMPL(attention_engine, Meta, m) {
   m.impl("attention_paged", &ae::torch_ops::paged_meta);
   m.impl("attention_pooled", &ae::torch_ops::pooled_meta);
+  m.impl("linear_forward", &ae::torch_ops::linear_forward_meta);
+  m.impl("linear_step", &ae::torch_ops::linear_step_meta);
   m.impl("attention_varlen", &ae::torch_ops::varlen_meta);
   m.impl("attention_varlen_backward", &ae::torch_ops::varlen_backward_meta);
   m.impl("attention", &ae::torch_ops::forward_meta);
   m.impl("attention_backward", &ae::torch_ops::backward_meta);
   m.impl("attention_reference", &ae::torch_ops::forward_meta);
   m.impl("attention_reference_backward", &ae::torch_ops::backward_meta);
+}
+
+TORCH_LIBRARY_IMPL(attention_engine, CUDA, m) {
+  m.impl("linear_forward", &ae::torch_ops::linear_forward_cuda);
+  m.impl("linear_step", &ae::torch_ops::linear_step_cuda);
 }

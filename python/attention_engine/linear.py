@@ -22,9 +22,12 @@ channel for GLA), each written as a small Python function:
 - Captured tensors (a per-head decay, Mamba2's A) are read as in the mods of
   ``attention_engine.compile``; those that require grad get gradients.
 
-This is the reference path (PyTorch, any device, chunked, fp32 state, autograd for every
-gradient); the fused chunked kernels and the recurrent decode step are still to come (the
-linear-attention issue), and will take the same definitions.
+How it runs: the feature maps and decays in PyTorch (autograd differentiates them), the
+recurrence in the ``linear_forward`` op: on NVIDIA GPUs (bf16 / fp16, scalar decays, D_k and
+D_v 64 or 128) fused chunked kernels (csrc/torch/linear.h), elsewhere a chunked reference (fp32
+state); its backward recomputes the chunked reference under autograd (the fused backward is
+still to come). Decoding: ``lin.step(q, k, v, g, state=...)``, one token against the state,
+updated in place (a fused kernel on GPUs).
 """
 from __future__ import annotations
 
@@ -33,7 +36,11 @@ from typing import Callable, Optional
 
 import torch
 
+from . import _C  # noqa: F401  (loads the library that defines the ops)
 from ._arity import signature, takes
+
+_forward_op = torch.ops.attention_engine.linear_forward
+_step_op = torch.ops.attention_engine.linear_step
 
 __all__ = ["LinearAttention", "compile_linear", "retention", "simple_gla", "gla", "mamba2"]
 
@@ -153,20 +160,20 @@ class LinearAttention:
     # -- the mods on whole tensors ----------------------------------------------------------
 
     @staticmethod
-    def _index(B, H, T, D, device, offset_b=0):
+    def _index(B, H, T, D, device, offset_b=0, offset_t=0):
         b = torch.arange(B, device=device).view(B, 1, 1, 1) + offset_b
         h = torch.arange(H, device=device).view(1, H, 1, 1)
-        t = torch.arange(T, device=device).view(1, 1, T, 1)
+        t = torch.arange(T, device=device).view(1, 1, T, 1) + offset_t
         d = torch.arange(D, device=device).view(1, 1, 1, D)
         return b, h, t, d
 
-    def _feature_map(self, role, x, g, seq):
+    def _feature_map(self, role, x, g, seq, offset_t=0):
         entry = self._feature[role]
         if entry is None:
             return x
         fn, n = entry
         B, H, T, D = x.shape
-        b, h, t, d = self._index(B, H, T, D, x.device, seq)
+        b, h, t, d = self._index(B, H, T, D, x.device, seq, offset_t)
         if n == 6:
             if g is None:
                 raise ValueError(f"attention_engine: {role} reads g: pass g to the call")
@@ -179,16 +186,16 @@ class LinearAttention:
             out = fn(x, b, h, t, d)
         return torch.as_tensor(out, device=x.device).to(x.dtype).expand(x.shape)
 
-    def _log_decay(self, g, B, H, T, Dk, device, seq):
+    def _log_decay(self, g, B, H, T, Dk, device, seq, offset_t=0):
         """[B, H, T] (or [B, H, T, Dk]) natural-log decays, fp32 or wider."""
         if self.decay_mod is None:
             shape = (B, H, T, Dk) if self.per_channel else (B, H, T)
             return torch.zeros(shape, device=device)
         if self.per_channel:
-            b, h, t, d = self._index(B, H, T, Dk, device, seq)
+            b, h, t, d = self._index(B, H, T, Dk, device, seq, offset_t)
             a = self.decay_mod(g, b, h, t, d)
             return torch.as_tensor(a, device=device).expand(B, H, T, Dk)
-        b, h, t, _ = self._index(B, H, T, 1, device, seq)
+        b, h, t, _ = self._index(B, H, T, 1, device, seq, offset_t)
         a = self.decay_mod(g, b[..., 0], h[..., 0], t[..., 0])
         return torch.as_tensor(a, device=device).expand(B, H, T)
 
@@ -211,27 +218,65 @@ class LinearAttention:
         o = torch.cat(outs, dim=2)
         return (o, torch.cat(states, dim=0)) if output_final_state else o
 
-    def _run(self, q, k, v, g, initial_state, output_final_state, seq):
+    def _inputs(self, q, k, v, g, seq, offset_t=0):
+        """The feature-mapped q, k, v (in the inputs' dtype, as the op takes them; fp32 or fp64
+        math) and the log-decays (fp32, fp64 for fp64 inputs)."""
         B, H, T, Dk = q.shape
-        Dv = v.shape[-1]
         acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-        scale = Dk ** -0.5 if self.scale is None else self.scale
         gq = None if g is None else g.to(acc)
-        qf = self._feature_map("q_mod", q.to(acc), gq, seq) * scale
-        kf = self._feature_map("k_mod", k.to(acc), gq, seq)
-        vf = self._feature_map("v_mod", v.to(acc), gq, seq)
-        a = self._log_decay(gq, B, H, T, Dk, q.device, seq).to(acc)
-        state = (torch.zeros(B, H, Dk, Dv, device=q.device, dtype=acc) if initial_state is None
-                 else initial_state.to(acc))
-        outs = []
-        C = self.chunk_size
-        for s in range(0, T, C):
-            e = min(T, s + C)
-            o_c, state = _chunk(qf[:, :, s:e], kf[:, :, s:e], vf[:, :, s:e], a[:, :, s:e], state,
-                                self.per_channel)
-            outs.append(o_c)
-        o = (torch.cat(outs, dim=2) if outs else qf.new_zeros(B, H, 0, Dv)).to(v.dtype)
+        feats = [self._feature_map(role, x.to(acc), gq, seq, offset_t).to(x.dtype)
+                 for role, x in (("q_mod", q), ("k_mod", k), ("v_mod", v))]
+        a = self._log_decay(gq, B, H, T, Dk, q.device, seq, offset_t).to(acc)
+        return (*feats, a)
+
+    def _run(self, q, k, v, g, initial_state, output_final_state, seq):
+        Dk = q.shape[-1]
+        scale = Dk ** -0.5 if self.scale is None else self.scale
+        qf, kf, vf, a = self._inputs(q, k, v, g, seq)
+        state0 = None if initial_state is None else initial_state.to(a.dtype)
+        o, state = _forward_op(qf, kf, vf, a.contiguous(), state0, float(scale), output_final_state,
+                               self.chunk_size)
         return (o, state) if output_final_state else o
+
+    def step(self, q, k, v, g=None, *, state, position=0):
+        """One decoding step: the token q, k [B, H, 1, D_k], v [B, H, 1, D_v] (g [B, H, 1], or
+        [B, H, 1, D_k] per channel) against ``state`` [B, H, D_k, D_v] (float32; float64 for
+        float64 inputs), which becomes the state after it, in place. ``position``: the token's
+        index in its sequence (an int, or one per batch), as the mods' ``t``. Returns o
+        [B, H, 1, D_v]. Inference only (no autograd); a fused kernel on GPUs.
+
+        Example:
+            >>> import torch, attention_engine as ae
+            >>> lin = ae.linear.retention(num_heads=2)
+            >>> q = k = v = torch.randn(1, 2, 5, 8)
+            >>> out, final = lin(q, k, v, output_final_state=True)
+            >>> state = torch.zeros(1, 2, 8, 8)
+            >>> steps = [lin.step(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1],
+            ...                   state=state, position=t) for t in range(5)]
+            >>> torch.allclose(torch.cat(steps, 2), out, atol=1e-5), torch.allclose(state, final, atol=1e-5)
+            (True, True)"""
+        self._check(q, k, v, g, None, None)
+        B, H, T, Dk = q.shape
+        if T != 1:
+            raise ValueError(f"attention_engine: step takes one token (T = 1), got T = {T}")
+        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+        want = (B, H, Dk, v.shape[-1])
+        if not isinstance(state, torch.Tensor) or tuple(state.shape) != want or \
+                state.dtype != acc or state.device != q.device:
+            got = (f"{tuple(state.shape)} {state.dtype} on {state.device}"
+                   if isinstance(state, torch.Tensor) else type(state).__name__)
+            raise ValueError(f"attention_engine: step's state must be a {acc} tensor of shape "
+                             f"{want} on {q.device}, got {got}")
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                           for t in (q, k, v, g, state)):
+            raise RuntimeError("attention_engine: step is for inference (it updates the state in "
+                               "place); call the attention on the sequence to train")
+        if isinstance(position, torch.Tensor):
+            position = position.to(q.device).view(-1, 1, 1, 1)
+        scale = Dk ** -0.5 if self.scale is None else self.scale
+        with torch.no_grad():
+            qf, kf, vf, a = self._inputs(q, k, v, g, 0, position)
+            return _step_op(qf, kf, vf, a.contiguous(), state, float(scale))
 
 
 def _segment_sums(a, dim):
@@ -277,6 +322,58 @@ def _chunk(q, k, v, a, state, per_channel):
         new_state = torch.exp(A[:, :, -1])[..., None, None] * state + \
             (k * torch.exp(end)[..., None]).transpose(-1, -2) @ v
     return o_state + scores @ v, new_state
+
+
+def _reference(q, k, v, a, state, scale, per_channel, chunk=64):
+    """The chunked recurrence in PyTorch (differentiable; the op's backward recomputes it):
+    feature-mapped q, k, v, the log-decays a, the initial state (or None) -> (o, final state),
+    in a's dtype."""
+    B, H, T, Dk = q.shape
+    acc = a.dtype
+    qf, kf, vf = q.to(acc) * scale, k.to(acc), v.to(acc)
+    if state is None:
+        state = torch.zeros(B, H, Dk, v.shape[-1], device=q.device, dtype=acc)
+    outs = []
+    for s in range(0, T, chunk):
+        e = min(T, s + chunk)
+        o_c, state = _chunk(qf[:, :, s:e], kf[:, :, s:e], vf[:, :, s:e], a[:, :, s:e],
+                            state.to(acc), per_channel)
+        outs.append(o_c)
+    o = torch.cat(outs, dim=2) if outs else qf.new_zeros(B, H, 0, v.shape[-1])
+    return o.to(v.dtype), state
+
+
+def _forward_setup(ctx, inputs, output):
+    q, k, v, a, state0, scale, output_state, *rest = inputs
+    ctx.has_state0 = state0 is not None
+    ctx.save_for_backward(q, k, v, a, *([state0] if state0 is not None else []))
+    ctx.scale, ctx.output_state, ctx.chunk = scale, output_state, rest[0] if rest else 64
+
+
+def _forward_backward(ctx, do, dstate):
+    """The chunked reference recomputed under autograd (the fused backward is to come)."""
+    q, k, v, a, *rest = ctx.saved_tensors
+    state0 = rest[0] if ctx.has_state0 else None
+    inputs = [q, k, v, a] + ([state0] if state0 is not None else [])
+    needs = ctx.needs_input_grad
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(bool(needs[i])) for i, t in enumerate(inputs)]
+        o, state = _reference(*leaves[:4], leaves[4] if state0 is not None else None, ctx.scale,
+                              a.dim() == 4, ctx.chunk)
+        outs, grads = [o], [do]
+        if ctx.output_state and dstate is not None and dstate.numel():
+            outs.append(state)
+            grads.append(dstate)
+        wanted = [t for t in leaves if t.requires_grad]
+        got = iter(torch.autograd.grad(outs, wanted, grads, allow_unused=True) if wanted else ())
+    result = [next(got) if t.requires_grad else None for t in leaves]
+    if state0 is None:
+        result.append(None)
+    return (*result, None, None) + (None,) * (len(needs) - 7)
+
+
+torch.library.register_autograd("attention_engine::linear_forward", _forward_backward,
+                                setup_context=_forward_setup)
 
 
 def compile_linear(q_mod: Optional[Callable] = None, k_mod: Optional[Callable] = None,

@@ -80,6 +80,18 @@ AE_DEVICE void unpack2(u32 w, float& lo, float& hi) {
   }
 }
 
+// One 16-bit float as fp32, and back (round to nearest even).
+template <bool kBf16>
+AE_DEVICE float to_float(u16 x) {
+  float lo, hi;
+  unpack2<kBf16>(x, lo, hi);
+  return lo;
+}
+template <bool kBf16>
+AE_DEVICE u16 to_half(float x) {
+  return static_cast<u16>(pack2<kBf16>(x, 0.f) & 0xffffu);
+}
+
 // ---- lanes ----
 #if AE_NVIDIA
 constexpr int kWarpSize = 32;

@@ -149,6 +149,30 @@ struct BlockStateParams {
   int half_m;
 };
 
+// Linear attention (python/attention_engine/linear.py: S_t = diag(exp(a_t)) S_{t-1} + k_t v_t^T,
+// o_t = scale * q_t^T S_t), on feature-mapped q, k, v. q, k: [batch, heads, t_len, d_k], v, o:
+// [batch, heads, t_len, d_v], last dim contiguous, strides in elements for (batch, head, row);
+// a: natural-log decays, fp32 contiguous, [batch, heads, t_len] (per_channel: [.., d_k]).
+//   The decode step (common/linear_step.h): t_len 1; state [batch, heads, d_k, d_v] fp32 read
+//   and updated in place.
+//   The chunked forward (sm80/linear_fwd.h): its state pass writes the state at each chunk's
+//   start to chunk_states ([batch, heads, n_chunks, d_k, d_v], q's dtype) and the last one to
+//   state (null: not asked), from state0 (null: zeros); its output pass reads them.
+struct LinearParams {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* o;
+  const float* a;
+  float* state;
+  const float* state0;
+  void* chunk_states;
+  long long q_stride[3], k_stride[3], v_stride[3], o_stride[3];
+  int batch, heads, t_len, d_k, d_v, n_chunks;
+  int per_channel;
+  float scale;
+};
+
 // A CUtensorMap (TMA descriptor, built on the host by cuTensorMapEncodeTiled): 128 opaque
 // bytes, 64-byte aligned, passed to sm90 kernels as a __grid_constant__ parameter.
 struct alignas(64) TmaDesc {

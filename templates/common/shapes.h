@@ -15,6 +15,9 @@ constexpr int kCombineThreads = 128;
 // common/pool_map.h: a warp per (batch, head, query block) of the pooled map.
 constexpr int kPoolThreads = 256;
 
+// common/linear_step.h: a thread per column of the state, kLinearStepCols per CTA.
+constexpr int kLinearStepCols = 64;
+
 // common/bwd_rows.h: groups of lanes per query row.
 constexpr int kRowPassThreads = 256;
 

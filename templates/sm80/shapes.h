@@ -38,4 +38,17 @@ AE_HD_CONSTEXPR int bwd_smem_bytes(int block_n, int d_qk, int d_v, int stages) {
          stages * 2 * 4 * kBwdBlockM;
 }
 
+// Linear attention's chunked forward (linear_fwd.h): chunks of 64 tokens, 4 warps; the state
+// pass holds a 64 x 64 tile of the state per CTA.
+constexpr int kLinChunk = 64, kLinThreads = 128, kLinTile = 64;
+// State pass: two buffers of the chunk's K and V columns (16-bit), two chunks' prefix sums.
+AE_HD_CONSTEXPR int linear_state_smem_bytes() {
+  return 2 * 2 * kLinChunk * padded_row(kLinTile) * 2 + 2 * kLinChunk * 4;
+}
+// Output pass: Q, K, V of the chunk and the state at its start (16-bit), its prefix sums.
+AE_HD_CONSTEXPR int linear_out_smem_bytes(int d_k, int d_v) {
+  return 2 * (2 * kLinChunk * padded_row(d_k) + kLinChunk * padded_row(d_v) + d_k * padded_row(d_v)) +
+         kLinChunk * 4;
+}
+
 }  // namespace ae::sm80

@@ -149,6 +149,39 @@ def test_pooled_map_step_compiles():
     _compiles_without_spills(info, "pool_map")
 
 
+# Linear attention (plan/linear_plan.h): the chunked forward's two passes at every head-dim pair
+# it takes, both dtypes, and the decode step (portable: also for gfx90a).
+@pytest.mark.parametrize("dims", [(64, 64), (128, 128), (64, 128), (128, 64)], ids=str)
+@pytest.mark.parametrize("bf16", [True, False], ids=["bf16", "fp16"])
+def test_linear_forward_compiles_without_spills(dims, bf16):
+    steps = _C.linear_kernel_sources(False, *dims, bf16=bf16)
+    assert [st["step"] for st in steps] == ["linear_state", "linear_out"]
+    for st in steps:
+        _compiles_without_spills(st, "fwd")
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["scalar", "per_channel"])
+def test_linear_step_compiles(per_channel):
+    (st,) = _C.linear_kernel_sources(True, 128, 128, per_channel=per_channel)
+    _compiles_without_spills(st, "fwd")
+    (amd,) = _C.linear_kernel_sources(True, 128, 128, device="mi250", per_channel=per_channel)
+    (report,) = _C.jit_check_arches(amd["source"], amd["entry"], arches=["gfx90a"], options=[])
+    assert report["ok"], report["error"]
+
+
+def test_linear_plans_say_what_they_refuse():
+    with pytest.raises(ValueError, match="64 or 128"):
+        _C.linear_kernel_sources(False, 96, 64)
+    with pytest.raises(ValueError, match="per key channel"):
+        _C.linear_kernel_sources(False, 64, 64, per_channel=True)
+    with pytest.raises(ValueError, match="mma.sync"):
+        _C.linear_kernel_sources(False, 64, 64, device="mi250")
+    with pytest.raises(ValueError, match="up to 256"):
+        _C.linear_kernel_sources(True, 512, 64)
+    (st, out) = _C.linear_kernel_sources(False, 128, 64, batch=2, heads=3, t_len=130)
+    assert st["grid"] == [2, 3, 2] and out["grid"] == [3, 3, 2] and out["n_chunks"] == 3
+
+
 def test_gate_training_forward_is_planned_where_kernels_take_it(monkeypatch):
     """Softmax only, NVIDIA only, blocks of a multiple of 8 keys: elsewhere the planner says
     why (and the op runs the reference executor)."""

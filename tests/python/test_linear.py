@@ -251,3 +251,102 @@ def test_bad_inputs_say_what_is_wrong():
         ae.compile_linear(v_mod=lambda x, g, b, h, t, d: x * g, per_channel=True)(
             q, k, v[..., :2], torch.zeros(1, 2, 10, 4, dtype=torch.float64))
     assert math.isfinite(float(lin(q, k, v, g).sum()))
+
+
+# ---- the linear_forward op, the decode step, and the fused kernels (GPU) ------------------
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["scalar", "per_channel"])
+def test_forward_op_reference_equals_the_python_chunks(per_channel):
+    """The op's reference (C++, every device the kernels do not take) against the Python chunks
+    its backward recomputes, with an initial state, a tail chunk and chunks of 16; no tokens:
+    the initial state comes back."""
+    from attention_engine.linear import _reference
+    B, H, T, Dk, Dv = 2, 3, 37, 8, 6
+    q, k, v = (torch.randn(B, H, T, d, dtype=torch.float64) for d in (Dk, Dk, Dv))
+    a = torch.nn.functional.logsigmoid(torch.randn(B, H, T, *([Dk] if per_channel else []),
+                                                   dtype=torch.float64))
+    s0 = torch.randn(B, H, Dk, Dv, dtype=torch.float64)
+    o, state = torch.ops.attention_engine.linear_forward(q, k, v, a, s0, 0.3, True, 16)
+    want_o, want_state = _reference(q, k, v, a, s0, 0.3, per_channel, 16)
+    torch.testing.assert_close(o, want_o, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(state, want_state, rtol=1e-12, atol=1e-12)
+    o, state = torch.ops.attention_engine.linear_forward(q[:, :, :0], k[:, :, :0], v[:, :, :0],
+                                                         a[:, :, :0], s0, 0.3, True)
+    assert o.shape == (B, H, 0, Dv) and torch.equal(state, s0)
+    o, state = torch.ops.attention_engine.linear_forward(q, k, v, a, None, 0.3, False)
+    assert state.numel() == 0
+    with pytest.raises(ValueError, match="log-decays"):
+        torch.ops.attention_engine.linear_forward(q, k, v, a[:, :, :5], None, 0.3, False)
+    with pytest.raises(ValueError, match="state must be"):
+        torch.ops.attention_engine.linear_forward(q, k, v, a, s0[:, :, :2], 0.3, False)
+
+
+@pytest.mark.parametrize("kind", ["retention", "gla", "mamba2"])
+def test_decode_steps_equal_one_call(kind):
+    """lin.step token by token (the state updated in place, the position as the mods' t)
+    equals one call over the sequence: outputs and the final state."""
+    B, H, T, Dk, Dv = 2, 3, 20, 8, 6
+    q, k, v, g = inputs(B, H, T, Dk, Dv, kind)
+    A_log = torch.randn(H, dtype=torch.float64) if kind == "mamba2" else None
+    lin = definition(kind, H, A_log)
+    out, final = lin(q, k, v, g, output_final_state=True)
+    state = torch.zeros(B, H, Dk, Dv, dtype=torch.float64)
+    steps = []
+    for t in range(T):
+        sl = slice(t, t + 1)
+        steps.append(lin.step(q[:, :, sl], k[:, :, sl], v[:, :, sl],
+                              None if g is None else g[:, :, sl], state=state, position=t))
+    torch.testing.assert_close(torch.cat(steps, 2), out, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(state, final, rtol=1e-10, atol=1e-10)
+
+
+def test_decode_step_positions_reach_the_mods():
+    """A feature map reading t sees the step's position (one per batch as a tensor)."""
+    lin = ae.compile_linear(q_mod=lambda x, b, h, t, d: x * (1 + t))
+    B, H, T, D = 2, 1, 5, 4
+    q, k, v = (torch.randn(B, H, T, D, dtype=torch.float64) for _ in range(3))
+    out = lin(q, k, v)
+    state = torch.zeros(B, H, D, D, dtype=torch.float64)
+    for t in range(T):
+        o = lin.step(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], state=state,
+                     position=torch.full((B,), t))
+    torch.testing.assert_close(o, out[:, :, -1:], rtol=1e-10, atol=1e-10)
+
+
+def test_decode_step_says_what_is_wrong():
+    lin = ae.linear.retention(num_heads=2)
+    q = torch.randn(1, 2, 1, 8)
+    state = torch.zeros(1, 2, 8, 8)
+    with pytest.raises(ValueError, match="one token"):
+        lin.step(q.expand(1, 2, 2, 8), q.expand(1, 2, 2, 8), q.expand(1, 2, 2, 8), state=state)
+    with pytest.raises(ValueError, match="state must be a torch.float32"):
+        lin.step(q, q, q, state=state.double())
+    with pytest.raises(RuntimeError, match="inference"):
+        lin.step(q.requires_grad_(), q, q, state=state)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dims", [(64, 64), (128, 128), (128, 64)], ids=str)
+@pytest.mark.parametrize("kind", ["retention", "simple_gla", "mamba2"])
+def test_fused_forward_on_the_gpu(kind, dims):
+    """The chunked kernels (bf16) against the float64 recurrence, with an initial state and a
+    tail chunk; gradients through the recomputed reference; the decode step's kernel."""
+    Dk, Dv = dims
+    B, H, T = 2, 4, 300
+    q, k, v, g = inputs(B, H, T, Dk, Dv, kind)
+    A_log = torch.randn(H, dtype=torch.float64) if kind == "mamba2" else None
+    s0 = torch.randn(B, H, Dk, Dv, dtype=torch.float64)
+    want, want_state = oracle(kind, H, q, k, v, g, A_log, s0)
+    lin = definition(kind, H, None if A_log is None else A_log.float().cuda())
+    cu = lambda t: None if t is None else t.cuda()
+    qb, kb, vb = (t.to("cuda", torch.bfloat16).requires_grad_() for t in (q, k, v))
+    out, state = lin(qb, kb, vb, cu(g if g is None else g.float()), initial_state=s0.float().cuda(),
+                     output_final_state=True)
+    rel = lambda a, b: ((a.double().cpu() - b).norm() / b.norm()).item()
+    assert rel(out, want) < 3e-2 and rel(state, want_state) < 2e-2
+    out.float().square().sum().backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (qb, kb, vb))
+    st = s0.float().cuda()
+    o1 = lin.step(qb.detach()[:, :, :1], kb.detach()[:, :, :1], vb.detach()[:, :, :1],
+                  None if g is None else g.float().cuda()[:, :, :1], state=st)
+    assert rel(o1, want[:, :, :1]) < 3e-2

@@ -601,6 +601,100 @@ def test_emulated_gate_training_forward_writes_each_rows_block_maxima(case, monk
     assert (pooled.double() - target).abs().max() < 5e-3  # the pool_map step's
 
 
+# ---- linear attention: the chunked forward (sm80/linear_fwd.h) and the decode step ---------
+
+def _recurrence(q, k, v, a, state0, scale):
+    """S_t = exp(a_t) S_{t-1} + k_t v_t^T, o_t = scale q_t^T S_t, token by token in float64."""
+    q, k, v, a = (t.double() for t in (q, k, v, a))
+    B, H, T, Dk = q.shape
+    S = torch.zeros(B, H, Dk, v.shape[-1], dtype=torch.float64) if state0 is None else state0.double()
+    outs = []
+    for t in range(T):
+        e = a[:, :, t].exp()
+        S = (e[..., None, None] if a.dim() == 3 else e[..., :, None]) * S + \
+            k[:, :, t, :, None] * v[:, :, t, None, :]
+        outs.append(scale * (q[:, :, t, None, :] @ S).squeeze(-2))
+    return torch.stack(outs, 2), S
+
+
+def _linear_emulate(steps, q, k, v, a, scale, state=None, want_state=False):
+    """Runs the plan's launches (linear_kernel_sources) on q, k, v (bf16) and a: (o float,
+    the state after: the step's, updated, or the forward's final one)."""
+    binary = _build([st["source"] for st in steps], "linear_main.cc", 0, ("sm80", "smem")).result()
+    B, H, T, Dk = q.shape
+    args = {"B": [B], "H": [H], "T": [T], "Dk": [Dk], "Dv": [v.shape[-1]],
+            "per_channel": [int(a.dim() == 4)], "n_chunks": [steps[0]["n_chunks"]], "scale": [scale]}
+    for st in steps:
+        args[f"grid_{st['step']}"] = st["grid"]
+        args[f"threads_{st['step']}"] = [st["threads"]]
+        args[f"smem_{st['step']}"] = [st["smem"]]
+    if want_state:
+        args["want_state"] = [1]
+    if state is not None and steps[0]["step"] != "linear_step":
+        args["state0"] = [1]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            (tmp / f"{name}.bin").write_bytes(_bits(t))
+        (tmp / "a.bin").write_bytes(a.float().contiguous().numpy().tobytes())
+        if state is not None:
+            (tmp / "state.bin").write_bytes(state.float().contiguous().numpy().tobytes())
+        (tmp / "args.txt").write_text("\n".join(f"{k_} {' '.join(map(str, v_))}" for k_, v_ in args.items()))
+        run = subprocess.run([str(binary), str(tmp)], capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+        read = lambda n, dt: torch.frombuffer(bytearray((tmp / n).read_bytes()), dtype=dt)
+        o = read("o.bin", torch.int16).view(torch.bfloat16).view(B, H, T, v.shape[-1]).float()
+        after = read("state.bin", torch.float32).view(B, H, Dk, v.shape[-1])
+    return o, after
+
+
+@pytest.mark.parametrize("case", [(64, 64, 130, True, "constant"), (128, 64, 64, False, "gates"),
+                                  (64, 128, 200, True, "strong"), (128, 128, 1, False, "gates")],
+                         ids=lambda c: "-".join(map(str, c)))
+def test_emulated_linear_forward_matches_the_recurrence(case):
+    """The chunked forward's two passes (the state at each chunk's start stored in bf16, the
+    output per chunk) against the token-by-token recurrence in float64: a tail chunk, an initial
+    state, data-dependent gates with one at 0 (log-decay -inf: the state forgets everything),
+    strong decays (exp(-20) a token), one token."""
+    Dk, Dv, T, with_state, decays = case
+    B, H = 2, 2
+    q, k, v = _bf16(B, H, T, Dk, seed=0), _bf16(B, H, T, Dk, seed=1), _bf16(B, H, T, Dv, seed=2)
+    gen = torch.Generator().manual_seed(3)
+    if decays == "constant":
+        a = torch.full((B, H, T), math.log(1 - 1 / 32))
+    elif decays == "strong":
+        a = -20 * torch.rand(B, H, T, generator=gen)
+    else:
+        a = torch.nn.functional.logsigmoid(torch.randn(B, H, T, generator=gen) + 2)
+        a[0, 1, T // 2] = -math.inf
+    state0 = torch.randn(B, H, Dk, Dv, generator=gen) if with_state else None
+    scale = Dk ** -0.5
+    steps = _C.linear_kernel_sources(False, Dk, Dv, batch=B, heads=H, t_len=T)
+    assert [st["step"] for st in steps] == ["linear_state", "linear_out"]
+    o, final = _linear_emulate(steps, q, k, v, a, scale, state0, want_state=True)
+    ref, ref_state = _recurrence(q, k, v, a, state0, scale)
+    assert _rel(o, ref) < 2e-2, _rel(o, ref)
+    assert _rel(final, ref_state) < 1e-2, _rel(final, ref_state)
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["scalar", "per_channel"])
+def test_emulated_linear_step_updates_the_state(per_channel):
+    """The decode step: the state (fp32) updated in place and o from it, scalar or per-channel
+    decays (one of them -inf), head dims that are no multiples of 64."""
+    B, H, Dk, Dv = 2, 3, 96, 80
+    q, k, v = _bf16(B, H, 1, Dk, seed=4), _bf16(B, H, 1, Dk, seed=5), _bf16(B, H, 1, Dv, seed=6)
+    gen = torch.Generator().manual_seed(7)
+    a = torch.nn.functional.logsigmoid(torch.randn(B, H, 1, *([Dk] if per_channel else []), generator=gen))
+    a.view(-1)[1] = -math.inf
+    state = torch.randn(B, H, Dk, Dv, generator=gen)
+    steps = _C.linear_kernel_sources(True, Dk, Dv, batch=B, heads=H, per_channel=per_channel)
+    assert [st["step"] for st in steps] == ["linear_step"]
+    o, after = _linear_emulate(steps, q, k, v, a, 0.5, state)
+    ref, ref_state = _recurrence(q, k, v, a, state, 0.5)
+    assert _rel(o, ref) < 1e-2
+    assert _rel(after, ref_state) < 1e-5
+
+
 # ---- other interleavings, and the stand-ins' coverage ------------------------------------
 
 @pytest.mark.parametrize("seed", ["1", "2"])

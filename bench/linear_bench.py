@@ -1,0 +1,95 @@
+"""Linear attention against flash-linear-attention (the linear-attention issue's targets) and
+our own softmax causal attention, bf16, B * T = 16k tokens, H 16, D 128, times as CUDA-event
+medians (ms): forward, and forward + backward (ours: the fused forward, the backward a
+recomputed chunked reference until the fused one lands). FLA (`fla-core`, Triton) is timed
+where importable (`--fla-path DIR`: a folder holding the unpacked wheel, the GPU machine has no
+network); its layout [B, T, H, D]. Then the decode step: GB/s of the state read and written
+(fp32), B 64, H 32, D 128.
+
+    PYTHONPATH=python python bench/linear_bench.py [--seqlens 4k,8k,16k] [--fla-path DIR]
+    PYTHONPATH=python python bench/linear_bench.py --dry-run   # CPU, tiny: plumbing only
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+import attention_engine as ae
+from decode_bench import timed
+
+H, D, TOKENS = 16, 128, 16 * 1024
+
+
+def _fla(path):
+    if path:
+        sys.path.insert(0, path)
+    try:
+        from fla.ops.retention import chunk_retention
+        from fla.ops.simple_gla import chunk_simple_gla
+        return {"retention": chunk_retention, "simple_gla": chunk_simple_gla}
+    except Exception as e:  # noqa: BLE001  (not installed, or its Triton refuses)
+        print(f"(flash-linear-attention not timed: {type(e).__name__}: {e})")
+        return {}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seqlens", default="4k,8k,16k")
+    ap.add_argument("--fla-path", default="")
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--dry-run", action="store_true")
+    args = ap.parse_args()
+    cuda = not args.dry_run and torch.cuda.is_available()
+    dev, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
+    seqlens = [128] if not cuda else [int(s[:-1]) * 1024 if s.endswith("k") else int(s)
+                                      for s in args.seqlens.split(",")]
+    heads, dim, tokens = (H, D, TOKENS) if cuda else (2, 32, 256)
+    fla = _fla(args.fla_path) if cuda else {}
+    causal = ae.compile(mask_mod=ae.mods.causal)
+    defs = {"retention": ae.linear.retention(heads), "simple_gla": ae.linear.simple_gla(),
+            "mamba2": ae.linear.mamba2(torch.zeros(heads, device=dev))}
+    print("| method | T | ours fwd | ours fwd+bwd | FLA fwd | FLA fwd+bwd | x FLA fwd | softmax causal fwd+bwd |")
+    print("|---|---|---|---|---|---|---|---|")
+    for T in seqlens:
+        B = max(1, tokens // T)
+        gen = torch.Generator(device=dev).manual_seed(0)
+        mk = lambda *s: (torch.randn(*s, device=dev, generator=gen) * 0.5).to(dtype)
+        q, k, v = mk(B, heads, T, dim), mk(B, heads, T, dim), mk(B, heads, T, dim)
+        g = {"retention": None,
+             "simple_gla": torch.nn.functional.logsigmoid(torch.randn(B, heads, T, device=dev, generator=gen)),
+             "mamba2": torch.nn.functional.softplus(torch.randn(B, heads, T, device=dev, generator=gen))}
+        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+        sm_fb = timed(lambda: causal(*leaves).sum().backward(), args.reps)
+        for name, lin in defs.items():
+            with torch.no_grad():
+                fwd = timed(lambda: lin(q, k, v, g[name]), args.reps)
+            fb = timed(lambda: lin(*leaves, g[name]).float().sum().backward(), args.reps)
+            f_fwd = f_fb = float("nan")
+            if name in fla:
+                qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+                extra = {} if g[name] is None else {"g": g[name].transpose(1, 2).contiguous()}
+                with torch.no_grad():
+                    f_fwd = timed(lambda: fla[name](qt, kt, vt, **extra), args.reps)
+                try:
+                    ft = [t.detach().requires_grad_() for t in (qt, kt, vt)]
+                    f_fb = timed(lambda: fla[name](*ft, **extra)[0].float().sum().backward(), args.reps)
+                except Exception as e:  # noqa: BLE001  (simple GLA's backward on Hopper: triton < 3.7.1)
+                    print(f"(FLA {name} backward: {type(e).__name__})")
+            print(f"| {name} | {T} | {fwd * 1e3:.3f} | {fb * 1e3:.3f} | {f_fwd * 1e3:.3f} | "
+                  f"{f_fb * 1e3:.3f} | {f_fwd / fwd:.2f} | {sm_fb * 1e3:.3f} |")
+    # The decode step: the state read and written once.
+    Bd, Hd = (64, 32) if cuda else (2, 2)
+    lin = defs["retention"] if Hd == heads else ae.linear.retention(Hd)
+    state = torch.zeros(Bd, Hd, dim, dim, device=dev)
+    qd, kd, vd = (torch.randn(Bd, Hd, 1, dim, device=dev).to(dtype) for _ in range(3))
+    with torch.no_grad():
+        t = timed(lambda: lin.step(qd, kd, vd, state=state), max(args.reps, 50))
+    gbs = 2 * state.numel() * 4 / t / 1e9
+    print(f"\n| decode step | B {Bd} H {Hd} D {dim} | {t * 1e6:.1f} us | {gbs:.0f} GB/s of the state |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

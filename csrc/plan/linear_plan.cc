@@ -1,0 +1,90 @@
+#include "plan/linear_plan.h"
+
+#include <fmt/format.h>
+
+#include <limits>
+
+#include "common/shapes.h"
+#include "sm80/shapes.h"
+
+namespace ae::plan {
+namespace {
+
+LaunchPlan refuse(std::string reason) {
+  LaunchPlan p;
+  p.reason = std::move(reason);
+  return p;
+}
+
+unsigned u(int64_t x) { return static_cast<unsigned>(x); }
+
+}  // namespace
+
+int64_t linear_chunks(int64_t t_len) { return (t_len + sm80::kLinChunk - 1) / sm80::kLinChunk; }
+
+LaunchPlan plan_linear(const LinearProblem& pb, const DeviceCaps& dev) {
+  if (pb.dtype != ElemType::BFloat16 && pb.dtype != ElemType::Float16)
+    return refuse(fmt::format("{} inputs have no fused linear attention kernel (bf16 and fp16 do)",
+                              elem_name(pb.dtype)));
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  if (pb.t_len > kMax || pb.batch * pb.heads > 65535 || pb.d_k * pb.d_v * linear_chunks(pb.t_len) > kMax)
+    return refuse("the shape is past the linear kernels' 32-bit indices or grid");
+  LaunchPlan plan;
+  LinearParams& a = plan.linear;
+  a.batch = static_cast<int>(pb.batch);
+  a.heads = static_cast<int>(pb.heads);
+  a.t_len = static_cast<int>(pb.t_len);
+  a.d_k = static_cast<int>(pb.d_k);
+  a.d_v = static_cast<int>(pb.d_v);
+  a.per_channel = pb.per_channel;
+  a.scale = static_cast<float>(pb.scale);
+  plan::Step s;
+  s.spec.family = codegen::Family::Common;
+  s.spec.arch = dev.arch();
+  s.spec.bf16 = pb.dtype == ElemType::BFloat16;
+  s.spec.d_qk = static_cast<int>(pb.d_k);
+  s.spec.d_v = static_cast<int>(pb.d_v);
+  if (pb.step) {  // portable: a thread per state column
+    if (pb.d_k < 1 || pb.d_k > 256 || pb.d_v < 1)
+      return refuse(fmt::format("the decode step's kernel takes d_k up to 256, not {}", pb.d_k));
+    s.spec.kind = codegen::Kind::LinearStep;
+    s.spec.warps = kLinearStepCols / 32;
+    s.threads = kLinearStepCols;
+    s.grid = {u((pb.d_v + kLinearStepCols - 1) / kLinearStepCols), u(pb.heads), u(pb.batch)};
+    plan.ok = true;
+    plan.family = "common";
+    if (pb.batch * pb.heads > 0) plan.steps.push_back(s);
+    return plan;
+  }
+  if (dev.vendor != jit::Vendor::kNvidia || dev.major < 8)
+    return refuse(fmt::format("{}: the chunked linear attention kernels are mma.sync's (NVIDIA, "
+                              "sm_80 and up)", dev.label()));
+  if (pb.per_channel)
+    return refuse("decays per key channel (GLA) have no chunked kernel yet");
+  auto fits = [](int64_t d) { return d == 64 || d == 128; };
+  if (!fits(pb.d_k) || !fits(pb.d_v))
+    return refuse(fmt::format("head dims ({}, {}): the chunked kernels take 64 or 128", pb.d_k,
+                              pb.d_v));
+  const int smem = sm80::linear_out_smem_bytes(a.d_k, a.d_v);
+  if (smem > dev.smem_per_block)
+    return refuse(fmt::format("the output pass needs {} bytes of shared memory, the device allows {}",
+                              smem, dev.smem_per_block));
+  a.n_chunks = static_cast<int>(linear_chunks(pb.t_len));
+  plan.ok = true;
+  plan.family = "sm80";
+  if (pb.batch * pb.heads == 0 || pb.t_len == 0) return plan;  // (the caller fills the outputs)
+  s.spec.family = codegen::Family::Sm80;
+  s.spec.warps = sm80::kLinThreads / 32;
+  s.threads = sm80::kLinThreads;
+  s.spec.kind = codegen::Kind::LinearState;
+  s.smem = sm80::linear_state_smem_bytes();
+  s.grid = {u((pb.d_k / sm80::kLinTile) * (pb.d_v / sm80::kLinTile)), u(pb.heads), u(pb.batch)};
+  plan.steps.push_back(s);
+  s.spec.kind = codegen::Kind::LinearOut;
+  s.smem = smem;
+  s.grid = {u(a.n_chunks), u(pb.heads), u(pb.batch)};
+  plan.steps.push_back(s);
+  return plan;
+}
+
+}  // namespace ae::plan

@@ -1,0 +1,27 @@
+// Linear attention's plans (python/attention_engine/linear.py's fused path): the decode step
+// (common/linear_step.h) and the chunked forward (sm80/linear_fwd.h: its state pass, then its
+// output pass). Plain data in, the launches or the reason out, as make_plan.
+#pragma once
+
+#include <cstdint>
+
+#include "plan/device_caps.h"
+#include "plan/launch_plan.h"
+#include "plan/problem.h"
+
+namespace ae::plan {
+
+struct LinearProblem {
+  bool step = false;  // one token against a state (decode), else the chunked forward
+  ElemType dtype = ElemType::BFloat16;  // of q, k, v
+  int64_t batch = 0, heads = 0, t_len = 0, d_k = 0, d_v = 0;
+  bool per_channel = false;  // decays per key channel (GLA), else one per token
+  double scale = 1.0;
+};
+
+// The chunked forward's chunk: tokens per chunk, and the chunks of t_len tokens.
+int64_t linear_chunks(int64_t t_len);
+
+LaunchPlan plan_linear(const LinearProblem& problem, const DeviceCaps& device);
+
+}  // namespace ae::plan

@@ -1,0 +1,250 @@
+// Linear attention's chunked forward on the mma.sync path (sm_80 and up), scalar decays
+// (retention, simple GLA, Mamba2's SSD): LinearParams (common/params.h) over chunks of
+// kLinChunk tokens, in two kernels.
+//   linear_state: per (batch, head) and 64 x 64 tile of the state, the chunks in order: the
+//     state at each chunk's start stored (q's dtype) for the output pass, then
+//     S <- exp(A_last) S + K^T diag(exp(A_last - A_j)) V (fp32 in registers), the last one
+//     stored as the final state (fp32). K and V of the next chunk load while one is summed.
+//   linear_out: per chunk (independent): O = diag(exp(A_i)) Q S_start + (Q K^T o D) V, D_ij =
+//     exp(A_i - A_j) for j <= i, else 0; times the scale.
+// A_i: the chunk's inclusive prefix sums of the log-decays, each clamped below at
+// kLinMinLogDecay (exp of it is 0 next to the terms it multiplies), so that a chunk's sums
+// stay finite and their differences are never inf - inf (a gate at 0, log-decay -inf).
+#pragma once
+
+#include "common/params.h"
+#include "nvidia/mma.h"
+#include "sm80/shapes.h"
+#include "sm80/tile_io.h"
+
+namespace ae::sm80 {
+
+constexpr float kLinMinLogDecay = -80.f;
+
+template <int D_K_, int D_V_, bool BF16_>
+struct LinearConfig {
+  static constexpr int kDk = D_K_, kDv = D_V_, kChunk = kLinChunk, kThreads = kLinThreads;
+  static constexpr bool kBf16 = BF16_;
+  static_assert(kDk % kLinTile == 0 && kDv % kLinTile == 0 && kDk <= 128 && kDv <= 128,
+                "head dims 64 or 128");
+  static_assert(kThreads == 128 && kChunk == 64 && kLinTile == 64, "4 warps of 16 rows");
+  static constexpr int kStateSmem = linear_state_smem_bytes(), kOutSmem = linear_out_smem_bytes(kDk, kDv);
+};
+
+// The chunk's prefix sums from token t0 into s_A (tokens past t_len add 0), by warp 0: two
+// tokens per lane, a shuffle scan of the pairs.
+AE_DEVICE void linear_prefix(const LinearParams& p, long long bh, int t0, float* s_A) {
+  if (threadIdx.x >= 32) return;
+  const int lane = threadIdx.x, t = t0 + 2 * lane;
+  const float* a = p.a + bh * p.t_len;
+  const float x0 = t < p.t_len ? fmaxf(a[t], kLinMinLogDecay) : 0.f;
+  const float x1 = t + 1 < p.t_len ? fmaxf(a[t + 1], kLinMinLogDecay) : 0.f;
+  float sum = x0 + x1;
+  for (int o = 1; o < 32; o *= 2) {
+    const float y = __shfl_sync(0xffffffffu, sum, lane - o);
+    if (lane >= o) sum += y;
+  }
+  float before = __shfl_sync(0xffffffffu, sum, lane - 1);
+  if (lane == 0) before = 0.f;
+  s_A[2 * lane] = before + x0;
+  s_A[2 * lane + 1] = before + x0 + x1;
+}
+
+// w's two 16-bit values times s0 and s1.
+template <bool kBf16>
+AE_DEVICE u32 scale2(u32 w, float s0, float s1) {
+  float lo, hi;
+  unpack2<kBf16>(w, lo, hi);
+  return pack2<kBf16>(lo * s0, hi * s1);
+}
+
+template <class Cfg>
+AE_DEVICE void linear_state(const LinearParams& p) {
+  constexpr int C = Cfg::kChunk, T = kLinTile, LD = T + 8;
+  constexpr bool kBf16 = Cfg::kBf16;
+  extern __shared__ __align__(16) char smem[];
+  u16* sK = reinterpret_cast<u16*>(smem);  // [2 buffers][C][LD]: keys' dk0.. columns
+  u16* sV = sK + 2 * C * LD;               // [2][C][LD]: values' dv0.. columns
+  float* s_A = reinterpret_cast<float*>(sV + 2 * C * LD);
+  const int tiles_v = Cfg::kDv / T;
+  const int dk0 = (blockIdx.x / tiles_v) * T, dv0 = (blockIdx.x % tiles_v) * T;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const long long bh = static_cast<long long>(b) * p.heads + h;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const u16* gk = static_cast<const u16*>(p.k) + b * p.k_stride[0] + h * p.k_stride[1] + dk0;
+  const u16* gv = static_cast<const u16*>(p.v) + b * p.v_stride[0] + h * p.v_stride[1] + dv0;
+  auto load = [&](int c) {
+    const int t0 = c * C, rows = p.t_len - t0;
+    load_tile<C, T, Cfg::kThreads>(sK + (c % 2) * C * LD, gk + t0 * p.k_stride[2], p.k_stride[2], rows);
+    load_tile<C, T, Cfg::kThreads>(sV + (c % 2) * C * LD, gv + t0 * p.v_stride[2], p.v_stride[2], rows);
+  };
+  // This warp's 16 rows of the tile (keys' channels), all 64 columns: the C layout, rows
+  // lane / 4 and + 8, columns 8 nt + 2 (lane % 4) + {0, 1}.
+  float s[T / 8][4];
+  const int r0 = 16 * warp + lane / 4;
+#pragma unroll
+  for (int nt = 0; nt < T / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = dk0 + r0 + 8 * (e >> 1), col = dv0 + nt * 8 + 2 * (lane % 4) + (e & 1);
+      s[nt][e] = p.state0 ? p.state0[(bh * Cfg::kDk + r) * Cfg::kDv + col] : 0.f;
+    }
+  const u32 k_at = lane_nk<LD>(smem_addr(sK)), v_at = lane_kn<LD>(smem_addr(sV));
+  u16* out = static_cast<u16*>(p.chunk_states);
+  if (p.n_chunks > 0) load(0);
+  cp_async_commit();
+  for (int c = 0; c < p.n_chunks; ++c) {
+    // The state at this chunk's start, for the output pass.
+    u16* start = out + (bh * p.n_chunks + c) * Cfg::kDk * Cfg::kDv;
+#pragma unroll
+    for (int nt = 0; nt < T / 8; ++nt)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int r = dk0 + r0 + 8 * half, col = dv0 + nt * 8 + 2 * (lane % 4);
+        *reinterpret_cast<u32*>(start + r * Cfg::kDv + col) =
+            pack2<kBf16>(s[nt][2 * half], s[nt][2 * half + 1]);
+      }
+    if (c + 1 < p.n_chunks) load(c + 1);
+    cp_async_commit();
+    linear_prefix(p, bh, c * C, s_A + (c % 2) * C);
+    cp_async_wait<1>();
+    __syncthreads();
+    const float* A = s_A + (c % 2) * C;
+    const float last = A[C - 1];
+    const float keep = __expf(last);
+#pragma unroll
+    for (int nt = 0; nt < T / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] *= keep;
+    const u32 kb = k_at + (c % 2) * C * LD * 2, vb = v_at + (c % 2) * C * LD * 2;
+#pragma unroll
+    for (int kk = 0; kk < C / 16; ++kk) {
+      u32 a[4];
+      load_a_t<LD>(a, kb, kk * 16, 16 * warp);  // K^T: this warp's channels x 16 tokens
+      const int j = kk * 16 + 2 * (lane % 4);  // the tokens of this lane's B values
+      const float w0 = __expf(last - A[j]), w1 = __expf(last - A[j + 1]);
+      const float w8 = __expf(last - A[j + 8]), w9 = __expf(last - A[j + 9]);
+#pragma unroll
+      for (int np = 0; np < T / 16; ++np) {
+        u32 r[4];
+        load_b_kn<LD>(r, vb, kk * 16, np * 16);  // diag(decay to the chunk's end) V
+        mma_16816<kBf16>(s[2 * np], a, scale2<kBf16>(r[0], w0, w1), scale2<kBf16>(r[1], w8, w9));
+        mma_16816<kBf16>(s[2 * np + 1], a, scale2<kBf16>(r[2], w0, w1), scale2<kBf16>(r[3], w8, w9));
+      }
+    }
+    __syncthreads();  // every warp is done with this buffer (and s_A) before they are refilled
+  }
+  cp_async_wait<0>();
+  if (p.state) {
+#pragma unroll
+    for (int nt = 0; nt < T / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = dk0 + r0 + 8 * (e >> 1), col = dv0 + nt * 8 + 2 * (lane % 4) + (e & 1);
+        p.state[(bh * Cfg::kDk + r) * Cfg::kDv + col] = s[nt][e];
+      }
+  }
+}
+
+template <class Cfg>
+AE_DEVICE void linear_out(const LinearParams& p) {
+  constexpr int C = Cfg::kChunk, DK = Cfg::kDk, DV = Cfg::kDv;
+  constexpr int LQ = DK + 8, LV = DV + 8;
+  constexpr bool kBf16 = Cfg::kBf16;
+  extern __shared__ __align__(16) char smem[];
+  u16* sQ = reinterpret_cast<u16*>(smem);  // [C][LQ]
+  u16* sK = sQ + C * LQ;                   // [C][LQ]
+  u16* sV = sK + C * LQ;                   // [C][LV]
+  u16* sS = sV + C * LV;                   // [DK][LV]: the state at the chunk's start
+  float* s_A = reinterpret_cast<float*>(sS + DK * LV);
+  const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, t0 = c * C;
+  const long long bh = static_cast<long long>(b) * p.heads + h;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, rows = p.t_len - t0;
+  const u16* gq = static_cast<const u16*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1] + t0 * p.q_stride[2];
+  const u16* gk = static_cast<const u16*>(p.k) + b * p.k_stride[0] + h * p.k_stride[1] + t0 * p.k_stride[2];
+  const u16* gv = static_cast<const u16*>(p.v) + b * p.v_stride[0] + h * p.v_stride[1] + t0 * p.v_stride[2];
+  const u16* gs = static_cast<const u16*>(p.chunk_states) + (bh * p.n_chunks + c) * DK * DV;
+  load_tile<C, DK, Cfg::kThreads>(sQ, gq, p.q_stride[2], rows);
+  load_tile<C, DK, Cfg::kThreads>(sK, gk, p.k_stride[2], rows);
+  load_tile<C, DV, Cfg::kThreads>(sV, gv, p.v_stride[2], rows);
+  load_tile<DK, DV, Cfg::kThreads>(sS, gs, DV, DK);
+  cp_async_commit();
+  linear_prefix(p, bh, t0, s_A);
+  cp_async_wait<0>();
+  __syncthreads();
+
+  const u32 q_at = lane_a<LQ>(smem_addr(sQ)) + 2 * 16 * warp * LQ;  // this warp's 16 queries
+  const u32 k_at = lane_nk<LQ>(smem_addr(sK));
+  const u32 v_at = lane_kn<LV>(smem_addr(sV)), st_at = lane_kn<LV>(smem_addr(sS));
+  const int i0 = 16 * warp + lane / 4;  // this thread's rows i0 and i0 + 8 of the chunk
+  // From the state: O = Q S_start, rows scaled by exp(A_i).
+  float o[DV / 8][4];
+#pragma unroll
+  for (int nt = 0; nt < DV / 8; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < DK / 16; ++kk) {
+    u32 a[4];
+    load_a<LQ>(a, q_at, 0, kk * 16);
+#pragma unroll
+    for (int np = 0; np < DV / 16; ++np) {
+      u32 r[4];
+      load_b_kn<LV>(r, st_at, kk * 16, np * 16);
+      mma_16816<kBf16>(o[2 * np], a, r[0], r[1]);
+      mma_16816<kBf16>(o[2 * np + 1], a, r[2], r[3]);
+    }
+  }
+  const float Ai0 = s_A[i0], Ai8 = s_A[i0 + 8];
+  const float e0 = __expf(Ai0), e8 = __expf(Ai8);
+#pragma unroll
+  for (int nt = 0; nt < DV / 8; ++nt) {
+    o[nt][0] *= e0, o[nt][1] *= e0;
+    o[nt][2] *= e8, o[nt][3] *= e8;
+  }
+  // Within the chunk: (Q K^T o D) V.
+  float s[C / 8][4];
+#pragma unroll
+  for (int nt = 0; nt < C / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < DK / 16; ++kk) {
+    u32 a[4];
+    load_a<LQ>(a, q_at, 0, kk * 16);
+#pragma unroll
+    for (int np = 0; np < C / 16; ++np) {
+      u32 r[4];
+      load_b_nk<LQ>(r, k_at, np * 16, kk * 16);
+      mma_16816<kBf16>(s[2 * np], a, r[0], r[1]);
+      mma_16816<kBf16>(s[2 * np + 1], a, r[2], r[3]);
+    }
+  }
+#pragma unroll
+  for (int nt = 0; nt < C / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int i = i0 + 8 * (e >> 1), j = nt * 8 + 2 * (lane % 4) + (e & 1);
+      s[nt][e] = j <= i ? s[nt][e] * __expf((e >> 1 ? Ai8 : Ai0) - s_A[j]) : 0.f;
+    }
+#pragma unroll
+  for (int kk = 0; kk < C / 16; ++kk) {
+    u32 a[4];
+    acc_to_a<kBf16>(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+    for (int np = 0; np < DV / 16; ++np) {
+      u32 r[4];
+      load_b_kn<LV>(r, v_at, kk * 16, np * 16);
+      mma_16816<kBf16>(o[2 * np], a, r[0], r[1]);
+      mma_16816<kBf16>(o[2 * np + 1], a, r[2], r[3]);
+    }
+  }
+  u16* go = static_cast<u16*>(p.o) + b * p.o_stride[0] + h * p.o_stride[1] + t0 * p.o_stride[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int i = i0 + 8 * half;
+    if (i >= rows) continue;
+#pragma unroll
+    for (int nt = 0; nt < DV / 8; ++nt)
+      *reinterpret_cast<u32*>(go + i * p.o_stride[2] + nt * 8 + 2 * (lane % 4)) =
+          pack2<kBf16>(o[nt][2 * half] * p.scale, o[nt][2 * half + 1] * p.scale);
+  }
+}
+
+}  // namespace ae::sm80

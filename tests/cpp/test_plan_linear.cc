@@ -1,0 +1,72 @@
+// Linear attention's plans (plan/linear_plan.h): the chunked forward's two passes on NVIDIA
+// GPUs for scalar decays and head dims 64 / 128, the decode step everywhere; refusals say why.
+#include <gtest/gtest.h>
+
+#include "common/shapes.h"
+#include "plan/linear_plan.h"
+#include "sm80/shapes.h"
+
+namespace ae::plan {
+namespace {
+
+LinearProblem problem(bool step, int64_t d_k = 128, int64_t d_v = 128, int64_t t_len = 1000) {
+  LinearProblem p;
+  p.step = step;
+  p.batch = 2, p.heads = 16, p.t_len = step ? 1 : t_len, p.d_k = d_k, p.d_v = d_v;
+  p.scale = 0.125;
+  return p;
+}
+
+TEST(LinearPlan, ChunkedForwardIsAStatePassThenAnOutputPass) {
+  for (const DeviceCaps& dev : {devices::h200(), devices::a100(), devices::ada()}) {
+    const LaunchPlan p = plan_linear(problem(false, 128, 64), dev);
+    ASSERT_TRUE(p.ok) << p.reason;
+    ASSERT_EQ(p.steps.size(), 2u);
+    EXPECT_EQ(p.steps[0].spec.kind, codegen::Kind::LinearState);
+    EXPECT_EQ(p.steps[1].spec.kind, codegen::Kind::LinearOut);
+    EXPECT_EQ(p.linear.n_chunks, (1000 + 63) / 64);
+    EXPECT_EQ(p.steps[0].grid.x, 2u);  // 64 x 64 tiles of the 128 x 64 state
+    EXPECT_EQ(p.steps[1].grid.x, 16u);  // a CTA per chunk
+    EXPECT_EQ(p.steps[1].grid.y, 16u);
+    EXPECT_EQ(p.steps[1].grid.z, 2u);
+    EXPECT_EQ(p.steps[1].smem, sm80::linear_out_smem_bytes(128, 64));
+    EXPECT_EQ(p.steps[1].spec.describe(), "linear_out " + dev.arch() + " bf16 d128/64");
+    EXPECT_FLOAT_EQ(p.linear.scale, 0.125f);
+  }
+}
+
+TEST(LinearPlan, DecodeStepEverywhere) {
+  for (const DeviceCaps& dev : {devices::h200(), devices::mi250()}) {
+    LinearProblem pb = problem(true, 96, 200);
+    pb.per_channel = true;
+    const LaunchPlan p = plan_linear(pb, dev);
+    ASSERT_TRUE(p.ok) << p.reason;
+    ASSERT_EQ(p.steps.size(), 1u);
+    EXPECT_EQ(p.steps[0].spec.kind, codegen::Kind::LinearStep);
+    EXPECT_EQ(p.steps[0].threads, kLinearStepCols);
+    EXPECT_EQ(p.steps[0].grid.x, (200u + kLinearStepCols - 1) / kLinearStepCols);
+    EXPECT_EQ(p.linear.per_channel, 1);
+  }
+}
+
+TEST(LinearPlan, RefusalsSayWhy) {
+  auto reason = [](LinearProblem pb, const DeviceCaps& dev) { return plan_linear(pb, dev).reason; };
+  EXPECT_NE(reason(problem(false, 96), devices::h200()).find("64 or 128"), std::string::npos);
+  EXPECT_NE(reason(problem(false), devices::mi250()).find("mma.sync"), std::string::npos);
+  LinearProblem gla = problem(false);
+  gla.per_channel = true;
+  EXPECT_NE(reason(gla, devices::h200()).find("per key channel"), std::string::npos);
+  LinearProblem fp32 = problem(false);
+  fp32.dtype = ElemType::Float32;
+  EXPECT_NE(reason(fp32, devices::h200()).find("bf16 and fp16"), std::string::npos);
+  EXPECT_NE(reason(problem(true, 512), devices::h200()).find("up to 256"), std::string::npos);
+}
+
+TEST(LinearPlan, NoTokensNoLaunches) {
+  const LaunchPlan p = plan_linear(problem(false, 64, 64, 0), devices::h200());
+  ASSERT_TRUE(p.ok);
+  EXPECT_TRUE(p.steps.empty());
+}
+
+}  // namespace
+}  // namespace ae::plan
