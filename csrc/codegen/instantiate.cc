@@ -98,7 +98,10 @@ Template template_of(const KernelSpec& s) {
               fmt::format("ae::linear_step<{}, {}>(lp)", elem, s.d_qk), 0};
     case Kind::LinearState:
     case Kind::LinearOut:
-      return {"sm80/linear_fwd.h",
+    case Kind::LinearDState:
+    case Kind::LinearGrads:
+      return {s.kind == Kind::LinearState || s.kind == Kind::LinearOut ? "sm80/linear_fwd.h"
+                                                                       : "sm80/linear_bwd.h",
               fmt::format("ae::sm80::LinearConfig<{}, {}, {}>", s.d_qk, s.d_v, elem),
               fmt::format("ae::sm80::{}<Cfg>(lp)", kind_name(s.kind)), 0};
     case Kind::BlockStateBlocks: {

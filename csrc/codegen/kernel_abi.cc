@@ -29,7 +29,9 @@ const KernelAbi& abi_of(const KernelSpec& s) {
     case Kind::BwdRowsCustom: return rows_variant;
     case Kind::LinearStep:
     case Kind::LinearState:
-    case Kind::LinearOut: return linear;
+    case Kind::LinearOut:
+    case Kind::LinearDState:
+    case Kind::LinearGrads: return linear;
   }
   return attn;
 }

@@ -19,6 +19,8 @@ const char* kind_name(Kind k) {
     case Kind::LinearStep: return "linear_step";
     case Kind::LinearState: return "linear_state";
     case Kind::LinearOut: return "linear_out";
+    case Kind::LinearDState: return "linear_dstate";
+    case Kind::LinearGrads: return "linear_grads";
   }
   return "?";
 }
@@ -65,6 +67,8 @@ std::string KernelSpec::describe() const {
     case Kind::LinearStep:
     case Kind::LinearState:
     case Kind::LinearOut:
+    case Kind::LinearDState:
+    case Kind::LinearGrads:
       return fmt::format("{} {} {} d{}/{}", kind_name(kind), arch, dtype, d_qk, d_v);
     case Kind::BwdPrep:
     case Kind::BwdDq:

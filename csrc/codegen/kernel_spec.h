@@ -29,6 +29,10 @@ enum class Kind {
   LinearStep,
   LinearState,
   LinearOut,
+  // and its backward (sm80/linear_bwd.h): the reverse pass over the state's gradient, the
+  // gradients per chunk
+  LinearDState,
+  LinearGrads,
 };
 // Which template family: the portable kernels of templates/common (block states, row passes),
 // the mma.sync templates (sm_80 and up), the Hopper ones (sm_90a: TMA, wgmma, warp
@@ -111,7 +115,8 @@ struct KernelSpec {
 
   int threads() const { return (family == Family::Gfx90a ? 64 : 32) * warps; }
   bool is_linear() const {
-    return kind == Kind::LinearStep || kind == Kind::LinearState || kind == Kind::LinearOut;
+    return kind == Kind::LinearStep || kind == Kind::LinearState || kind == Kind::LinearOut ||
+           kind == Kind::LinearDState || kind == Kind::LinearGrads;
   }
   // Whether the kernel is generated from a variant (the row passes are the same for all).
   bool uses_variant() const {

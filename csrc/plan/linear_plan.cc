@@ -65,10 +65,12 @@ LaunchPlan plan_linear(const LinearProblem& pb, const DeviceCaps& dev) {
   if (!fits(pb.d_k) || !fits(pb.d_v))
     return refuse(fmt::format("head dims ({}, {}): the chunked kernels take 64 or 128", pb.d_k,
                               pb.d_v));
-  const int smem = sm80::linear_out_smem_bytes(a.d_k, a.d_v);
+  const int smem = pb.backward ? sm80::linear_grads_smem_bytes(a.d_k, a.d_v)
+                               : sm80::linear_out_smem_bytes(a.d_k, a.d_v);
   if (smem > dev.smem_per_block)
-    return refuse(fmt::format("the output pass needs {} bytes of shared memory, the device allows {}",
-                              smem, dev.smem_per_block));
+    return refuse(fmt::format("the {} needs {} bytes of shared memory, the device allows {}",
+                              pb.backward ? "gradients' pass" : "output pass", smem,
+                              dev.smem_per_block));
   a.n_chunks = static_cast<int>(linear_chunks(pb.t_len));
   plan.ok = true;
   plan.family = "sm80";
@@ -80,7 +82,11 @@ LaunchPlan plan_linear(const LinearProblem& pb, const DeviceCaps& dev) {
   s.smem = sm80::linear_state_smem_bytes();
   s.grid = {u((pb.d_k / sm80::kLinTile) * (pb.d_v / sm80::kLinTile)), u(pb.heads), u(pb.batch)};
   plan.steps.push_back(s);
-  s.spec.kind = codegen::Kind::LinearOut;
+  if (pb.backward) {  // the reverse pass, over the same tiles
+    s.spec.kind = codegen::Kind::LinearDState;
+    plan.steps.push_back(s);
+  }
+  s.spec.kind = pb.backward ? codegen::Kind::LinearGrads : codegen::Kind::LinearOut;
   s.smem = smem;
   s.grid = {u(a.n_chunks), u(pb.heads), u(pb.batch)};
   plan.steps.push_back(s);

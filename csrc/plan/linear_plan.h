@@ -13,6 +13,8 @@ namespace ae::plan {
 
 struct LinearProblem {
   bool step = false;  // one token against a state (decode), else the chunked forward
+  bool backward = false;  // the chunked forward's backward (its state pass again, the reverse
+                          // pass, the gradients per chunk)
   ElemType dtype = ElemType::BFloat16;  // of q, k, v
   int64_t batch = 0, heads = 0, t_len = 0, d_k = 0, d_v = 0;
   bool per_channel = false;  // decays per key channel (GLA), else one per token

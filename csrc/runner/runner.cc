@@ -201,11 +201,25 @@ void run_linear(const plan::LaunchPlan& plan, const LinearBindings& b) {
   p.state = static_cast<float*>(b.state.data);
   p.state0 = static_cast<const float*>(b.state0.data);
   p.chunk_states = b.chunk_states.data;
+  if (b.dout.defined()) {
+    p.dout = b.dout.data, p.dq = b.dq.data, p.dk = b.dk.data, p.dv = b.dv.data;
+    strides3(p.do_stride, b.dout);
+    strides3(p.dq_stride, b.dq);
+    strides3(p.dk_stride, b.dk);
+    strides3(p.dv_stride, b.dv);
+    p.da = static_cast<float*>(b.da.data);
+    p.dstate = static_cast<const float*>(b.dstate.data);
+    p.dstate0 = static_cast<float*>(b.dstate0.data);
+    p.dchunk_states = b.dchunk_states.data;
+  }
   for (const plan::Step& step : plan.steps) {
     if (!step.spec.is_linear())
       throw std::invalid_argument("runner: a linear attention plan with a " + step.spec.describe());
+    const bool backward = step.spec.kind == codegen::Kind::LinearDState ||
+                          step.spec.kind == codegen::Kind::LinearGrads;
     if ((step.spec.kind == codegen::Kind::LinearStep && !p.state) ||
-        (step.spec.kind != codegen::Kind::LinearStep && !p.chunk_states))
+        (step.spec.kind != codegen::Kind::LinearStep && !p.chunk_states) ||
+        (backward && (!p.dout || !p.dq || !p.dk || !p.dv || !p.da || !p.dchunk_states)))
       throw std::invalid_argument("runner: " + step.spec.describe() + " without its state tensor");
     void* args[1] = {v.at(Arg::Linear)};
     jit::LaunchConfig cfg;

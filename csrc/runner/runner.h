@@ -56,6 +56,9 @@ void run(const plan::LaunchPlan& plan, const ir::Variant& variant, const Binding
 // q's dtype (the chunked forward's).
 struct LinearBindings {
   TensorRef q, k, v, o, a, state, state0, chunk_states;
+  // The backward's: dout; dq, dk, dv; da (fp32 like a); dstate, dstate0 (fp32 like the states);
+  // dchunk_states (like chunk_states).
+  TensorRef dout, dq, dk, dv, da, dstate, dstate0, dchunk_states;
   void* stream = nullptr;
   int device = 0;
 };

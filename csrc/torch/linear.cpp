@@ -163,9 +163,11 @@ plan::DeviceCaps caps_of(const at::Tensor& q) {
                                               : runner::cuda_device_caps(index);
 }
 
-plan::LaunchPlan linear_plan(const at::Tensor& q, const LinearShapes& s, bool step, double scale) {
+plan::LaunchPlan linear_plan(const at::Tensor& q, const LinearShapes& s, bool step, double scale,
+                             bool backward = false) {
   plan::LinearProblem pb;
   pb.step = step;
+  pb.backward = backward;
   pb.dtype = elem_type(q.scalar_type());
   pb.batch = s.batch, pb.heads = s.heads, pb.t_len = s.t_len, pb.d_k = s.d_k, pb.d_v = s.d_v;
   pb.per_channel = s.per_channel;
@@ -234,6 +236,64 @@ at::Tensor linear_step_cuda(const at::Tensor& q_in, const at::Tensor& k_in, cons
   b.state = ref(state);
   runner::run_linear(plan, b);
   return o;
+}
+
+std::string linear_backward_reason(const at::Tensor& q, const at::Tensor& v, bool per_channel) {
+  if (!q.is_cuda()) return "tensors on " + q.device().str();
+  if (q.dim() != 4 || v.dim() != 4) return "q and v must be [B, H, T, D]";
+  const LinearShapes s{q.size(0), q.size(1), q.size(2), q.size(3), v.size(3), per_channel};
+  c10::DeviceGuard guard(q.device());
+  const plan::LaunchPlan plan = linear_plan(q, s, false, 1.0, true);
+  return plan.ok ? "" : plan.reason;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_meta(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
+    const std::optional<at::Tensor>& state0, const at::Tensor& /*dout*/,
+    const std::optional<at::Tensor>& /*dstate*/, double /*scale*/, bool want_dstate0) {
+  const LinearShapes s = check_linear(q, k, v, a, state0, false);
+  const at::TensorOptions f32 = q.options().dtype(at::kFloat);
+  return {at::empty(q.sizes(), q.options()), at::empty(k.sizes(), k.options()),
+          at::empty(v.sizes(), v.options()), at::empty(a.sizes(), f32),
+          want_dstate0 ? at::empty({s.batch, s.heads, s.d_k, s.d_v}, f32) : at::empty({0}, f32)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& a_in,
+    const std::optional<at::Tensor>& state0, const at::Tensor& dout_in,
+    const std::optional<at::Tensor>& dstate, double scale, bool want_dstate0) {
+  const LinearShapes s = check_linear(q_in, k_in, v_in, a_in, state0, false);
+  AE_CHECK(VALUE, dout_in.sizes() == v_in.sizes(), "linear attention: dout must be like v {}; got {}",
+           shape_str(v_in), shape_str(dout_in));
+  check_linear(q_in, k_in, v_in, a_in, dstate, false);
+  c10::DeviceGuard guard(q_in.device());
+  const plan::LaunchPlan plan = linear_plan(q_in, s, false, scale, true);
+  AE_CHECK(VALUE, plan.ok, "linear attention's fused backward: {}", plan.reason);
+  const at::Tensor q = kernel_ready(q_in), k = kernel_ready(k_in), v = kernel_ready(v_in);
+  const at::Tensor dout = kernel_ready(dout_in.to(q_in.scalar_type()));
+  const at::Tensor a = a_in.to(at::kFloat).contiguous();
+  const at::TensorOptions f32 = q_in.options().dtype(at::kFloat);
+  at::Tensor dq = at::empty(q_in.sizes(), q_in.options()), dk = at::empty(k_in.sizes(), k_in.options()),
+             dv = at::empty(v_in.sizes(), v_in.options()), da = at::empty(a.sizes(), f32);
+  at::Tensor ds0 = want_dstate0 ? at::empty({s.batch, s.heads, s.d_k, s.d_v}, f32) : at::empty({0}, f32);
+  if (plan.steps.empty()) {  // no tokens: the initial state's gradient is the final one's
+    if (want_dstate0) dstate && dstate->defined() ? ds0.copy_(*dstate) : ds0.zero_();
+    return {dq, dk, dv, da, ds0};
+  }
+  at::Tensor h0, dsf;
+  if (state0 && state0->defined()) h0 = state0->to(at::kFloat).contiguous();
+  if (dstate && dstate->defined() && dstate->numel()) dsf = dstate->to(at::kFloat).contiguous();
+  const at::IntArrayRef per{s.batch, s.heads, plan.linear.n_chunks, s.d_k, s.d_v};
+  at::Tensor chunks = at::empty(per, q_in.options()), dchunks = at::empty(per, q_in.options());
+  runner::LinearBindings b = bind_linear(q, k, v, dq /*(o: unused)*/, a);
+  if (h0.defined()) b.state0 = ref(h0);
+  b.chunk_states = ref(chunks);
+  b.dout = ref(dout), b.dq = ref(dq), b.dk = ref(dk), b.dv = ref(dv), b.da = ref(da);
+  if (dsf.defined()) b.dstate = ref(dsf);
+  if (want_dstate0) b.dstate0 = ref(ds0);
+  b.dchunk_states = ref(dchunks);
+  runner::run_linear(plan, b);
+  return {dq, dk, dv, da, ds0};
 }
 
 }  // namespace ae::torch_ops

@@ -13,6 +13,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <string>
 #include <tuple>
 
 namespace ae::torch_ops {
@@ -26,6 +27,19 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_meta(
 std::tuple<at::Tensor, at::Tensor> linear_forward_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
     const std::optional<at::Tensor>& state0, double scale, bool output_state, int64_t chunk);
+
+// The chunked forward's backward (the fused kernels only; the caller asks linear_backward_reason
+// first): (dq, dk, dv, da, the initial state's gradient: an empty tensor unless asked).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
+    const std::optional<at::Tensor>& state0, const at::Tensor& dout,
+    const std::optional<at::Tensor>& dstate, double scale, bool want_dstate0);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_meta(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
+    const std::optional<at::Tensor>& state0, const at::Tensor& dout,
+    const std::optional<at::Tensor>& dstate, double scale, bool want_dstate0);
+// Why linear_backward_cuda cannot take q (CUDA, its dtype, head dims) and v ('' when it can).
+std::string linear_backward_reason(const at::Tensor& q, const at::Tensor& v, bool per_channel);
 
 at::Tensor linear_step_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                  const at::Tensor& a, at::Tensor& state, double scale);

@@ -192,6 +192,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> varlen_b
 #define AE_LINEAR_SCHEMA \
   "(Tensor q, Tensor k, Tensor v, Tensor a, Tensor? state0, float scale, bool output_state, " \
   "int chunk=64) -> (Tensor o, Tensor state)"
+#define AE_LINEAR_BWD_SCHEMA \
+  "(Tensor q, Tensor k, Tensor v, Tensor a, Tensor? state0, Tensor dout, Tensor? dstate, " \
+  "float scale, bool want_dstate0) -> (Tensor dq, Tensor dk, Tensor dv, Tensor da, Tensor dstate0)"
 #define AE_LINEAR_STEP_SCHEMA \
   "(Tensor q, Tensor k, Tensor v, Tensor a, Tensor(s!) state, float scale) -> Tensor"
 
@@ -199,6 +202,7 @@ TORCH_LIBRARY(attention_engine, m) {
   m.def("attention_pooled" AE_POOLED_SCHEMA);
   m.def("linear_forward" AE_LINEAR_SCHEMA);
   m.def("linear_step" AE_LINEAR_STEP_SCHEMA);
+  m.def("linear_backward" AE_LINEAR_BWD_SCHEMA);
   m.def("attention_varlen" AE_VARLEN_SCHEMA);
   m.def("attention_varlen_backward" AE_VARLEN_BWD_SCHEMA);
   m.def("attention_paged" AE_PAGED_SCHEMA);
@@ -226,6 +230,7 @@ TORCH_LIBRARY_IMPL(attention_engine, Meta, m) {
   m.impl("attention_pooled", &ae::torch_ops::pooled_meta);
   m.impl("linear_forward", &ae::torch_ops::linear_forward_meta);
   m.impl("linear_step", &ae::torch_ops::linear_step_meta);
+  m.impl("linear_backward", &ae::torch_ops::linear_backward_meta);
   m.impl("attention_varlen", &ae::torch_ops::varlen_meta);
   m.impl("attention_varlen_backward", &ae::torch_ops::varlen_backward_meta);
   m.impl("attention", &ae::torch_ops::forward_meta);
@@ -237,4 +242,5 @@ TORCH_LIBRARY_IMPL(attention_engine, Meta, m) {
 TORCH_LIBRARY_IMPL(attention_engine, CUDA, m) {
   m.impl("linear_forward", &ae::torch_ops::linear_forward_cuda);
   m.impl("linear_step", &ae::torch_ops::linear_step_cuda);
+  m.impl("linear_backward", &ae::torch_ops::linear_backward_cuda);
 }

@@ -24,9 +24,8 @@ channel for GLA), each written as a small Python function:
 
 How it runs: the feature maps and decays in PyTorch (autograd differentiates them), the
 recurrence in the ``linear_forward`` op: on NVIDIA GPUs (bf16 / fp16, scalar decays, D_k and
-D_v 64 or 128) fused chunked kernels (csrc/torch/linear.h), elsewhere a chunked reference (fp32
-state); its backward recomputes the chunked reference under autograd (the fused backward is
-still to come). Decoding: ``lin.step(q, k, v, g, state=...)``, one token against the state,
+D_v 64 or 128) fused chunked kernels forward and backward (csrc/torch/linear.h), elsewhere a
+chunked reference (fp32 state) whose backward is autograd's. Decoding: ``lin.step(q, k, v, g, state=...)``, one token against the state,
 updated in place (a fused kernel on GPUs).
 """
 from __future__ import annotations
@@ -351,11 +350,21 @@ def _forward_setup(ctx, inputs, output):
 
 
 def _forward_backward(ctx, do, dstate):
-    """The chunked reference recomputed under autograd (the fused backward is to come)."""
+    """The fused backward where its kernels take the inputs (CUDA, 16-bit, scalar decays, head
+    dims 64 / 128), else the chunked reference recomputed under autograd."""
     q, k, v, a, *rest = ctx.saved_tensors
     state0 = rest[0] if ctx.has_state0 else None
     inputs = [q, k, v, a] + ([state0] if state0 is not None else [])
     needs = ctx.needs_input_grad
+    if q.is_cuda and not _C.linear_backward_reason(q, v, a.dim() == 4):
+        if do is None:
+            do = torch.zeros(v.shape, device=v.device, dtype=v.dtype)
+        ds = dstate if ctx.output_state and dstate is not None and dstate.numel() else None
+        dq, dk, dv, da, ds0 = torch.ops.attention_engine.linear_backward(
+            q, k, v, a, state0, do, ds, ctx.scale, state0 is not None and bool(needs[4]))
+        grads = [dq, dk, dv, da.to(a.dtype)] + ([ds0.to(state0.dtype)] if state0 is not None else [None])
+        return (*[g if need else None for g, need in zip(grads, needs[:5])], None, None) + \
+            (None,) * (len(needs) - 7)
     with torch.enable_grad():
         leaves = [t.detach().requires_grad_(bool(needs[i])) for i, t in enumerate(inputs)]
         o, state = _reference(*leaves[:4], leaves[4] if state0 is not None else None, ctx.scale,

@@ -171,6 +171,19 @@ struct LinearParams {
   int batch, heads, t_len, d_k, d_v, n_chunks;
   int per_channel;
   float scale;
+  // The chunked backward (sm80/linear_bwd.h; it reruns the state pass for chunk_states): dout
+  // like o; dq, dk, dv like q, k, v; da fp32 like a; dstate the final state's gradient (null:
+  // zeros), dstate0 the initial state's (null: not asked); dchunk_states the gradient of the
+  // state at each chunk's end, like chunk_states.
+  const void* dout;
+  void* dq;
+  void* dk;
+  void* dv;
+  float* da;
+  const float* dstate;
+  float* dstate0;
+  void* dchunk_states;
+  long long do_stride[3], dq_stride[3], dk_stride[3], dv_stride[3];
 };
 
 // A CUtensorMap (TMA descriptor, built on the host by cuTensorMapEncodeTiled): 128 opaque

@@ -28,7 +28,8 @@ struct LinearConfig {
   static_assert(kDk % kLinTile == 0 && kDv % kLinTile == 0 && kDk <= 128 && kDv <= 128,
                 "head dims 64 or 128");
   static_assert(kThreads == 128 && kChunk == 64 && kLinTile == 64, "4 warps of 16 rows");
-  static constexpr int kStateSmem = linear_state_smem_bytes(), kOutSmem = linear_out_smem_bytes(kDk, kDv);
+  static constexpr int kStateSmem = linear_state_smem_bytes(), kOutSmem = linear_out_smem_bytes(kDk, kDv),
+                       kGradsSmem = linear_grads_smem_bytes(kDk, kDv);
 };
 
 // The chunk's prefix sums from token t0 into s_A (tokens past t_len add 0), by warp 0: two
@@ -58,25 +59,40 @@ AE_DEVICE u32 scale2(u32 w, float s0, float s1) {
   return pack2<kBf16>(lo * s0, hi * s1);
 }
 
-template <class Cfg>
-AE_DEVICE void linear_state(const LinearParams& p) {
+// The state pass, and (kBackward) the backward's reverse pass over the state's gradient, which
+// has the same shape: a 64 x 64 tile of an fp32 state in registers carried over the chunks, each
+// chunk's value stored (q's dtype) before the chunk updates it,
+//   forward:  S <- exp(A_last) S + K^T diag(exp(A_last - A_j)) V, chunks first to last, from
+//             state0 (or 0) into chunk_states, the last into state;
+//   backward: dS <- exp(A_last) dS + Q^T diag(scale exp(A_i)) dO, chunks last to first, from
+//             dstate (or 0) into dchunk_states, the last (the initial state's) into dstate0.
+// X (K or Q) and Y (V or dO) of the next chunk load while one is summed.
+template <class Cfg, bool kBackward>
+AE_DEVICE void carry_state(const LinearParams& p) {
   constexpr int C = Cfg::kChunk, T = kLinTile, LD = T + 8;
   constexpr bool kBf16 = Cfg::kBf16;
   extern __shared__ __align__(16) char smem[];
-  u16* sK = reinterpret_cast<u16*>(smem);  // [2 buffers][C][LD]: keys' dk0.. columns
-  u16* sV = sK + 2 * C * LD;               // [2][C][LD]: values' dv0.. columns
-  float* s_A = reinterpret_cast<float*>(sV + 2 * C * LD);
+  u16* sX = reinterpret_cast<u16*>(smem);  // [2 buffers][C][LD]: X's dk0.. columns
+  u16* sY = sX + 2 * C * LD;               // [2][C][LD]: Y's dv0.. columns
+  float* s_A = reinterpret_cast<float*>(sY + 2 * C * LD);
   const int tiles_v = Cfg::kDv / T;
   const int dk0 = (blockIdx.x / tiles_v) * T, dv0 = (blockIdx.x % tiles_v) * T;
   const int h = blockIdx.y, b = blockIdx.z;
   const long long bh = static_cast<long long>(b) * p.heads + h;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const u16* gk = static_cast<const u16*>(p.k) + b * p.k_stride[0] + h * p.k_stride[1] + dk0;
-  const u16* gv = static_cast<const u16*>(p.v) + b * p.v_stride[0] + h * p.v_stride[1] + dv0;
-  auto load = [&](int c) {
-    const int t0 = c * C, rows = p.t_len - t0;
-    load_tile<C, T, Cfg::kThreads>(sK + (c % 2) * C * LD, gk + t0 * p.k_stride[2], p.k_stride[2], rows);
-    load_tile<C, T, Cfg::kThreads>(sV + (c % 2) * C * LD, gv + t0 * p.v_stride[2], p.v_stride[2], rows);
+  const long long(&xs)[3] = kBackward ? p.q_stride : p.k_stride;
+  const long long(&ys)[3] = kBackward ? p.do_stride : p.v_stride;
+  const u16* gx = static_cast<const u16*>(kBackward ? p.q : p.k) + b * xs[0] + h * xs[1] + dk0;
+  const u16* gy = static_cast<const u16*>(kBackward ? p.dout : p.v) + b * ys[0] + h * ys[1] + dv0;
+  const float* init = kBackward ? p.dstate : p.state0;
+  float* last_out = kBackward ? p.dstate0 : p.state;
+  u16* out = static_cast<u16*>(kBackward ? p.dchunk_states : p.chunk_states);
+  const int n = p.n_chunks;
+  auto chunk = [&](int i) { return kBackward ? n - 1 - i : i; };  // the i-th chunk visited
+  auto load = [&](int i) {
+    const int t0 = chunk(i) * C, rows = p.t_len - t0;
+    load_tile<C, T, Cfg::kThreads>(sX + (i % 2) * C * LD, gx + t0 * xs[2], xs[2], rows);
+    load_tile<C, T, Cfg::kThreads>(sY + (i % 2) * C * LD, gy + t0 * ys[2], ys[2], rows);
   };
   // This warp's 16 rows of the tile (keys' channels), all 64 columns: the C layout, rows
   // lane / 4 and + 8, columns 8 nt + 2 (lane % 4) + {0, 1}.
@@ -87,47 +103,47 @@ AE_DEVICE void linear_state(const LinearParams& p) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int r = dk0 + r0 + 8 * (e >> 1), col = dv0 + nt * 8 + 2 * (lane % 4) + (e & 1);
-      s[nt][e] = p.state0 ? p.state0[(bh * Cfg::kDk + r) * Cfg::kDv + col] : 0.f;
+      s[nt][e] = init ? init[(bh * Cfg::kDk + r) * Cfg::kDv + col] : 0.f;
     }
-  const u32 k_at = lane_nk<LD>(smem_addr(sK)), v_at = lane_kn<LD>(smem_addr(sV));
-  u16* out = static_cast<u16*>(p.chunk_states);
-  if (p.n_chunks > 0) load(0);
+  const u32 x_at = lane_nk<LD>(smem_addr(sX)), y_at = lane_kn<LD>(smem_addr(sY));
+  if (n > 0) load(0);
   cp_async_commit();
-  for (int c = 0; c < p.n_chunks; ++c) {
-    // The state at this chunk's start, for the output pass.
-    u16* start = out + (bh * p.n_chunks + c) * Cfg::kDk * Cfg::kDv;
+  for (int i = 0; i < n; ++i) {
+    const int c = chunk(i);
+    u16* at = out + (bh * n + c) * Cfg::kDk * Cfg::kDv;  // the value before this chunk
 #pragma unroll
     for (int nt = 0; nt < T / 8; ++nt)
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int r = dk0 + r0 + 8 * half, col = dv0 + nt * 8 + 2 * (lane % 4);
-        *reinterpret_cast<u32*>(start + r * Cfg::kDv + col) =
+        *reinterpret_cast<u32*>(at + r * Cfg::kDv + col) =
             pack2<kBf16>(s[nt][2 * half], s[nt][2 * half + 1]);
       }
-    if (c + 1 < p.n_chunks) load(c + 1);
+    if (i + 1 < n) load(i + 1);
     cp_async_commit();
-    linear_prefix(p, bh, c * C, s_A + (c % 2) * C);
+    linear_prefix(p, bh, c * C, s_A + (i % 2) * C);
     cp_async_wait<1>();
     __syncthreads();
-    const float* A = s_A + (c % 2) * C;
+    const float* A = s_A + (i % 2) * C;
     const float last = A[C - 1];
     const float keep = __expf(last);
 #pragma unroll
     for (int nt = 0; nt < T / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[nt][e] *= keep;
-    const u32 kb = k_at + (c % 2) * C * LD * 2, vb = v_at + (c % 2) * C * LD * 2;
+    // The weight of token t's Y row: exp(A_last - A_t), or scale exp(A_t).
+    auto weight = [&](int t) { return kBackward ? p.scale * __expf(A[t]) : __expf(last - A[t]); };
+    const u32 xb = x_at + (i % 2) * C * LD * 2, yb = y_at + (i % 2) * C * LD * 2;
 #pragma unroll
     for (int kk = 0; kk < C / 16; ++kk) {
       u32 a[4];
-      load_a_t<LD>(a, kb, kk * 16, 16 * warp);  // K^T: this warp's channels x 16 tokens
-      const int j = kk * 16 + 2 * (lane % 4);  // the tokens of this lane's B values
-      const float w0 = __expf(last - A[j]), w1 = __expf(last - A[j + 1]);
-      const float w8 = __expf(last - A[j + 8]), w9 = __expf(last - A[j + 9]);
+      load_a_t<LD>(a, xb, kk * 16, 16 * warp);  // X^T: this warp's channels x 16 tokens
+      const int t = kk * 16 + 2 * (lane % 4);  // the tokens of this lane's B values
+      const float w0 = weight(t), w1 = weight(t + 1), w8 = weight(t + 8), w9 = weight(t + 9);
 #pragma unroll
       for (int np = 0; np < T / 16; ++np) {
         u32 r[4];
-        load_b_kn<LD>(r, vb, kk * 16, np * 16);  // diag(decay to the chunk's end) V
+        load_b_kn<LD>(r, yb, kk * 16, np * 16);  // diag(weights) Y
         mma_16816<kBf16>(s[2 * np], a, scale2<kBf16>(r[0], w0, w1), scale2<kBf16>(r[1], w8, w9));
         mma_16816<kBf16>(s[2 * np + 1], a, scale2<kBf16>(r[2], w0, w1), scale2<kBf16>(r[3], w8, w9));
       }
@@ -135,15 +151,20 @@ AE_DEVICE void linear_state(const LinearParams& p) {
     __syncthreads();  // every warp is done with this buffer (and s_A) before they are refilled
   }
   cp_async_wait<0>();
-  if (p.state) {
+  if (last_out) {
 #pragma unroll
     for (int nt = 0; nt < T / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int r = dk0 + r0 + 8 * (e >> 1), col = dv0 + nt * 8 + 2 * (lane % 4) + (e & 1);
-        p.state[(bh * Cfg::kDk + r) * Cfg::kDv + col] = s[nt][e];
+        last_out[(bh * Cfg::kDk + r) * Cfg::kDv + col] = s[nt][e];
       }
   }
+}
+
+template <class Cfg>
+AE_DEVICE void linear_state(const LinearParams& p) {
+  carry_state<Cfg, false>(p);
 }
 
 template <class Cfg>

@@ -51,4 +51,13 @@ AE_HD_CONSTEXPR int linear_out_smem_bytes(int d_k, int d_v) {
          kLinChunk * 4;
 }
 
+// Backward, per chunk (linear_bwd.h linear_grads): Q, K, V, dO, the chunk's start state and its
+// end state's gradient, dP and P (16-bit); the prefix sums, two row terms per token, 4 warps'
+// sums.
+AE_HD_CONSTEXPR int linear_grads_smem_bytes(int d_k, int d_v) {
+  return 2 * (2 * kLinChunk * padded_row(d_k) + 2 * kLinChunk * padded_row(d_v) +
+              2 * d_k * padded_row(d_v) + 2 * kLinChunk * padded_row(kLinChunk)) +
+         4 * (3 * kLinChunk + 4);
+}
+
 }  // namespace ae::sm80

@@ -35,6 +35,25 @@ TEST(LinearPlan, ChunkedForwardIsAStatePassThenAnOutputPass) {
   }
 }
 
+TEST(LinearPlan, BackwardIsTheStatePassAReversePassAndTheGradients) {
+  LinearProblem pb = problem(false, 128, 128);
+  pb.backward = true;
+  const LaunchPlan p = plan_linear(pb, devices::h200());
+  ASSERT_TRUE(p.ok) << p.reason;
+  ASSERT_EQ(p.steps.size(), 3u);
+  EXPECT_EQ(p.steps[0].spec.kind, codegen::Kind::LinearState);
+  EXPECT_EQ(p.steps[1].spec.kind, codegen::Kind::LinearDState);
+  EXPECT_EQ(p.steps[1].grid.x, 4u);  // the state's 64 x 64 tiles, as the state pass
+  EXPECT_EQ(p.steps[2].spec.kind, codegen::Kind::LinearGrads);
+  EXPECT_EQ(p.steps[2].grid.x, 16u);
+  EXPECT_EQ(p.steps[2].smem, sm80::linear_grads_smem_bytes(128, 128));
+  // Its shared memory at 128 / 128 is past an Ada GPU's: refused there, with the reason.
+  const LaunchPlan ada = plan_linear(pb, devices::ada());
+  ASSERT_FALSE(ada.ok);
+  EXPECT_NE(ada.reason.find("gradients' pass needs"), std::string::npos) << ada.reason;
+  EXPECT_TRUE(plan_linear(problem(false, 128, 128), devices::ada()).ok);  // (the forward fits)
+}
+
 TEST(LinearPlan, DecodeStepEverywhere) {
   for (const DeviceCaps& dev : {devices::h200(), devices::mi250()}) {
     LinearProblem pb = problem(true, 96, 200);

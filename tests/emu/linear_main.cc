@@ -4,7 +4,10 @@
 // threads and shared memory ("grid_<step>", "threads_<step>", "smem_<step>"); DIR/q.bin, k.bin,
 // v.bin (16-bit, contiguous [B, H, T, D]), a.bin (fp32), state.bin (fp32 [B, H, Dk, Dv]: the
 // step's state in, or the forward's initial state where "state0" is given). Writes o.bin and
-// state.bin (the state after; NaN where a forward was not asked for it).
+// state.bin (the state after; NaN where a forward was not asked for it). The backward
+// ("backward" given: the state pass, linear_dstate, linear_grads): dout.bin (16-bit like v),
+// dstate.bin (fp32, where "dstate" is given) in; dq.bin, dk.bin, dv.bin (16-bit), da.bin and
+// dstate0.bin (fp32) out.
 #include <cstring>
 #include <limits>
 
@@ -13,6 +16,8 @@
 extern "C" __attribute__((weak)) void ae_linear_state(const ae::LinearParams lp);
 extern "C" __attribute__((weak)) void ae_linear_out(const ae::LinearParams lp);
 extern "C" __attribute__((weak)) void ae_linear_step(const ae::LinearParams lp);
+extern "C" __attribute__((weak)) void ae_linear_dstate(const ae::LinearParams lp);
+extern "C" __attribute__((weak)) void ae_linear_grads(const ae::LinearParams lp);
 
 using emu::read;
 using emu::write;
@@ -46,13 +51,38 @@ int main(int argc, char** argv) {
   p.state = stepping || i.has("want_state") ? state.data() : nullptr;
   p.state0 = state0.empty() ? nullptr : state0.data();
   p.chunk_states = chunks.data();
+  // The backward's tensors (NaN where a kernel must write).
+  const bool backward = i.has("backward");
+  std::vector<char> dout, dstate;
+  std::vector<unsigned short> dq, dk, dv, dchunks;
+  std::vector<float> da, dstate0;
+  if (backward) {
+    dout = read(dir + "/dout.bin");
+    if (i.has("dstate")) dstate = read(dir + "/dstate.bin");
+    dq.assign(static_cast<size_t>(p.batch) * p.heads * T * p.d_k, 0xffff);
+    dk = dq;
+    dv.assign(o.size(), 0xffff);
+    dchunks.assign(chunks.size(), 0xffff);
+    da.assign(static_cast<size_t>(p.batch) * p.heads * T, nan);
+    dstate0.assign(states, nan);
+    p.dout = dout.data(), p.dq = dq.data(), p.dk = dk.data(), p.dv = dv.data();
+    for (long long* s : {p.do_stride}) s[0] = p.v_stride[0], s[1] = p.v_stride[1], s[2] = p.v_stride[2];
+    for (long long* s : {p.dq_stride, p.dk_stride}) s[0] = p.q_stride[0], s[1] = p.q_stride[1], s[2] = p.q_stride[2];
+    for (long long* s : {p.dv_stride}) s[0] = p.v_stride[0], s[1] = p.v_stride[1], s[2] = p.v_stride[2];
+    p.da = da.data();
+    p.dstate = dstate.empty() ? nullptr : reinterpret_cast<const float*>(dstate.data());
+    p.dstate0 = dstate0.data();
+    p.dchunk_states = dchunks.data();
+  }
   emu::smem = AE_EMU_SMEM;
-  for (const char* name : {"linear_state", "linear_out", "linear_step"}) {
+  for (const char* name : {"linear_state", "linear_dstate", "linear_out", "linear_grads", "linear_step"}) {
     const std::string g = std::string("grid_") + name;
     if (!i.has(g)) continue;
-    void (*entry)(const ae::LinearParams) = std::strcmp(name, "linear_state") == 0 ? ae_linear_state
-                                            : std::strcmp(name, "linear_out") == 0 ? ae_linear_out
-                                                                                   : ae_linear_step;
+    void (*entry)(const ae::LinearParams) = std::strcmp(name, "linear_state") == 0    ? ae_linear_state
+                                            : std::strcmp(name, "linear_dstate") == 0 ? ae_linear_dstate
+                                            : std::strcmp(name, "linear_out") == 0    ? ae_linear_out
+                                            : std::strcmp(name, "linear_grads") == 0  ? ae_linear_grads
+                                                                                      : ae_linear_step;
     if (!entry) return 4;
     emu::smem_bytes = static_cast<unsigned>(i(std::string("smem_") + name));
     if (emu::smem_bytes > sizeof(AE_EMU_SMEM)) return 3;
@@ -67,5 +97,12 @@ int main(int argc, char** argv) {
   }
   write(dir + "/o.bin", o.data(), o.size() * 2);
   write(dir + "/state.bin", state.data(), state.size() * 4);
+  if (backward) {
+    write(dir + "/dq.bin", dq.data(), dq.size() * 2);
+    write(dir + "/dk.bin", dk.data(), dk.size() * 2);
+    write(dir + "/dv.bin", dv.data(), dv.size() * 2);
+    write(dir + "/da.bin", da.data(), da.size() * 4);
+    write(dir + "/dstate0.bin", dstate0.data(), dstate0.size() * 4);
+  }
   return 0;
 }

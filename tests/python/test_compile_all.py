@@ -149,14 +149,16 @@ def test_pooled_map_step_compiles():
     _compiles_without_spills(info, "pool_map")
 
 
-# Linear attention (plan/linear_plan.h): the chunked forward's two passes at every head-dim pair
-# it takes, both dtypes, and the decode step (portable: also for gfx90a).
+# Linear attention (plan/linear_plan.h): the chunked forward's two passes and the backward's at
+# every head-dim pair they take, both dtypes, and the decode step (portable: also for gfx90a).
 @pytest.mark.parametrize("dims", [(64, 64), (128, 128), (64, 128), (128, 64)], ids=str)
 @pytest.mark.parametrize("bf16", [True, False], ids=["bf16", "fp16"])
 def test_linear_forward_compiles_without_spills(dims, bf16):
     steps = _C.linear_kernel_sources(False, *dims, bf16=bf16)
     assert [st["step"] for st in steps] == ["linear_state", "linear_out"]
-    for st in steps:
+    back = _C.linear_kernel_sources(False, *dims, bf16=bf16, backward=True)
+    assert [st["step"] for st in back] == ["linear_state", "linear_dstate", "linear_grads"]
+    for st in steps + back[1:]:
         _compiles_without_spills(st, "fwd")
 
 

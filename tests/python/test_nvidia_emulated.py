@@ -617,9 +617,10 @@ def _recurrence(q, k, v, a, state0, scale):
     return torch.stack(outs, 2), S
 
 
-def _linear_emulate(steps, q, k, v, a, scale, state=None, want_state=False):
+def _linear_emulate(steps, q, k, v, a, scale, state=None, want_state=False, dout=None, dstate=None):
     """Runs the plan's launches (linear_kernel_sources) on q, k, v (bf16) and a: (o float,
-    the state after: the step's, updated, or the forward's final one)."""
+    the state after: the step's, updated, or the forward's final one); with dout (the
+    backward's plan): (dq, dk, dv, da, dstate0) instead."""
     binary = _build([st["source"] for st in steps], "linear_main.cc", 0, ("sm80", "smem")).result()
     B, H, T, Dk = q.shape
     args = {"B": [B], "H": [H], "T": [T], "Dk": [Dk], "Dv": [v.shape[-1]],
@@ -632,6 +633,10 @@ def _linear_emulate(steps, q, k, v, a, scale, state=None, want_state=False):
         args["want_state"] = [1]
     if state is not None and steps[0]["step"] != "linear_step":
         args["state0"] = [1]
+    if dout is not None:
+        args["backward"] = [1]
+    if dstate is not None:
+        args["dstate"] = [1]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         for name, t in (("q", q), ("k", k), ("v", v)):
@@ -639,12 +644,21 @@ def _linear_emulate(steps, q, k, v, a, scale, state=None, want_state=False):
         (tmp / "a.bin").write_bytes(a.float().contiguous().numpy().tobytes())
         if state is not None:
             (tmp / "state.bin").write_bytes(state.float().contiguous().numpy().tobytes())
+        if dout is not None:
+            (tmp / "dout.bin").write_bytes(_bits(dout))
+        if dstate is not None:
+            (tmp / "dstate.bin").write_bytes(dstate.float().contiguous().numpy().tobytes())
         (tmp / "args.txt").write_text("\n".join(f"{k_} {' '.join(map(str, v_))}" for k_, v_ in args.items()))
         run = subprocess.run([str(binary), str(tmp)], capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stderr[-2000:]
         read = lambda n, dt: torch.frombuffer(bytearray((tmp / n).read_bytes()), dtype=dt)
         o = read("o.bin", torch.int16).view(torch.bfloat16).view(B, H, T, v.shape[-1]).float()
         after = read("state.bin", torch.float32).view(B, H, Dk, v.shape[-1])
+        if dout is not None:
+            half = lambda n, shape: read(n, torch.int16).view(torch.bfloat16).view(shape).float()
+            return (half("dq.bin", q.shape), half("dk.bin", k.shape), half("dv.bin", v.shape),
+                    read("da.bin", torch.float32).view(a.shape),
+                    read("dstate0.bin", torch.float32).view(B, H, Dk, v.shape[-1]))
     return o, after
 
 
@@ -675,6 +689,48 @@ def test_emulated_linear_forward_matches_the_recurrence(case):
     ref, ref_state = _recurrence(q, k, v, a, state0, scale)
     assert _rel(o, ref) < 2e-2, _rel(o, ref)
     assert _rel(final, ref_state) < 1e-2, _rel(final, ref_state)
+
+
+@pytest.mark.parametrize("case", [(64, 64, 130, True, "constant"), (128, 64, 64, False, "gates"),
+                                  (64, 128, 200, True, "strong")],
+                         ids=lambda c: "-".join(map(str, c)))
+def test_emulated_linear_backward_matches_autograd(case):
+    """The chunked backward (the state pass again, the reverse pass over the state's gradient,
+    the gradients per chunk) against autograd of the float64 recurrence on the same bf16
+    inputs: dq, dk, dv, the log-decays' and the initial state's gradients, with a final
+    state's gradient; a gate at 0 (its log-decay's gradient 0: clamped)."""
+    Dk, Dv, T, with_state, decays = case
+    B, H = 1, 2
+    q, k, v = _bf16(B, H, T, Dk, seed=10), _bf16(B, H, T, Dk, seed=11), _bf16(B, H, T, Dv, seed=12)
+    gen = torch.Generator().manual_seed(13)
+    if decays == "constant":
+        a = torch.full((B, H, T), math.log(1 - 1 / 32))
+    elif decays == "strong":
+        a = -5 * torch.rand(B, H, T, generator=gen)
+    else:
+        a = torch.nn.functional.logsigmoid(torch.randn(B, H, T, generator=gen) + 2)
+        a[0, 1, T // 2] = -math.inf
+    state0 = torch.randn(B, H, Dk, Dv, generator=gen) if with_state else None
+    dout = _bf16(B, H, T, Dv, seed=14)
+    dstate = torch.randn(B, H, Dk, Dv, generator=gen)
+    scale = Dk ** -0.5
+    steps = _C.linear_kernel_sources(False, Dk, Dv, batch=B, heads=H, t_len=T, backward=True)
+    assert [st["step"] for st in steps] == ["linear_state", "linear_dstate", "linear_grads"]
+    got = _linear_emulate(steps, q, k, v, a, scale, state0, dout=dout, dstate=dstate)
+    leaves = [t.double().requires_grad_() for t in (q, k, v, a.clamp_min(-1e4))]
+    s0 = None if state0 is None else state0.double().requires_grad_()
+    o, S = _recurrence(*leaves, s0, scale)
+    want = torch.autograd.grad([o, S], leaves + ([s0] if s0 is not None else []),
+                               [dout.double(), dstate.double()])
+    if decays == "gates":  # the gate at 0: clamped, no gradient
+        want = list(want)
+        want[3] = want[3].clone()
+        want[3][0, 1, T // 2] = 0
+    names = ["dq", "dk", "dv", "da"] + (["dstate0"] if s0 is not None else [])
+    for name, g_, w in zip(names, got, want):
+        assert _rel(g_, w) < 3e-2, (name, _rel(g_, w))
+    if s0 is None:  # no initial state: its gradient is still dS_0
+        assert torch.isfinite(got[4]).all()
 
 
 @pytest.mark.parametrize("per_channel", [False, True], ids=["scalar", "per_channel"])

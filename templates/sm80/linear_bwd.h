@@ -1,0 +1,305 @@
+// Linear attention's chunked backward on the mma.sync path (sm_80 and up), scalar decays. After
+// the forward's state pass has stored each chunk's start state S (chunk_states) again:
+//   linear_dstate: the reverse pass (linear_fwd.h carry_state<Cfg, true>): dS, the gradient of
+//     each chunk's end state, into dchunk_states; the initial state's into dstate0.
+//   linear_grads: per chunk (independent), with D_ij = exp(A_i - A_j) for j <= i (else 0),
+//     w_j = exp(A_last - A_j), dP = scale dO V^T o D and P = scale Q K^T o D:
+//       dq_i = scale exp(A_i) dO_i S^T + (dP K)_i
+//       dk_j = (dP^T Q)_j + w_j V_j dS^T
+//       dv_j = (P^T dO)_j + w_j K_j dS
+//       da_t = sum_{i >= t} (q_i . dq_i - k_i . dk_i) + dL,
+//       dL = exp(A_last) <S, dS> + sum_j w_j k_j^T dS v_j
+//     (the decays' gradient: what A_i's and A_last's terms give, each a_t in every A_i, i >= t,
+//     and in A_last). A log-decay below kLinMinLogDecay was clamped: its gradient is 0.
+#pragma once
+
+#include "sm80/linear_fwd.h"
+
+namespace ae::sm80 {
+
+template <class Cfg>
+AE_DEVICE void linear_dstate(const LinearParams& p) {
+  carry_state<Cfg, true>(p);
+}
+
+// This thread's two rows' dot products of an accumulator tile (the C layout, `cols` columns)
+// with the same rows of a 16-bit shared tile (row stride LD), summed over the row's four
+// lanes: rows r0 and r0 + 8.
+template <bool kBf16, int LD, int kN8>
+AE_DEVICE void row_dots(const float (&acc)[kN8][4], const u16* tile, int r0, float (&dot)[2]) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float sum = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < kN8; ++nt) {
+      float x0, x1;
+      unpack2<kBf16>(*reinterpret_cast<const u32*>(tile + (r0 + 8 * half) * LD + nt * 8 + 2 * (lane % 4)), x0, x1);
+      sum = fmaf(acc[nt][2 * half], x0, fmaf(acc[nt][2 * half + 1], x1, sum));
+    }
+    sum += shfl_xor(sum, 1);
+    sum += shfl_xor(sum, 2);
+    dot[half] = sum;
+  }
+}
+
+// An accumulator tile (16 rows from r0 of the C layout) stored as 16-bit values: rows below
+// `rows` only.
+template <bool kBf16, int kN8>
+AE_DEVICE void store_rows16(u16* g, long long ld, const float (&acc)[kN8][4], int r0, int rows) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = r0 + 8 * half;
+    if (r >= rows) continue;
+#pragma unroll
+    for (int nt = 0; nt < kN8; ++nt)
+      *reinterpret_cast<u32*>(g + r * ld + nt * 8 + 2 * (lane % 4)) =
+          pack2<kBf16>(acc[nt][2 * half], acc[nt][2 * half + 1]);
+  }
+}
+
+// dP or P for this warp's query rows (this thread's r0, r0 + 8): X_i Y^T over KD columns (X at
+// x_at: lane_a of the warp's rows; Y at y_at: lane_nk, [C][KD + 8]), o D, times the scale.
+template <class Cfg, int KD>
+AE_DEVICE void masked_scores(const LinearParams& p, float (&s)[Cfg::kChunk / 8][4], u32 x_at,
+                             u32 y_at, const float* s_A, int r0) {
+  constexpr int C = Cfg::kChunk;
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int nt = 0; nt < C / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < KD / 16; ++kk) {
+    u32 a[4];
+    load_a<KD + 8>(a, x_at, 0, kk * 16);
+#pragma unroll
+    for (int np = 0; np < C / 16; ++np) {
+      u32 r[4];
+      load_b_nk<KD + 8>(r, y_at, np * 16, kk * 16);
+      mma_16816<Cfg::kBf16>(s[2 * np], a, r[0], r[1]);
+      mma_16816<Cfg::kBf16>(s[2 * np + 1], a, r[2], r[3]);
+    }
+  }
+  const float A0 = s_A[r0], A8 = s_A[r0 + 8];
+#pragma unroll
+  for (int nt = 0; nt < C / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int i = r0 + 8 * (e >> 1), j = nt * 8 + 2 * (lane % 4) + (e & 1);
+      s[nt][e] = j <= i ? s[nt][e] * p.scale * __expf((e >> 1 ? A8 : A0) - s_A[j]) : 0.f;
+    }
+}
+
+template <class Cfg>
+AE_DEVICE void linear_grads(const LinearParams& p) {
+  constexpr int C = Cfg::kChunk, DK = Cfg::kDk, DV = Cfg::kDv;
+  constexpr int LQ = DK + 8, LV = DV + 8, LC = C + 8;
+  constexpr bool kBf16 = Cfg::kBf16;
+  extern __shared__ __align__(16) char smem[];
+  u16* sQ = reinterpret_cast<u16*>(smem);  // [C][LQ]
+  u16* sK = sQ + C * LQ;                   // [C][LQ]
+  u16* sV = sK + C * LQ;                   // [C][LV]
+  u16* sO = sV + C * LV;                   // [C][LV]: dO
+  u16* sS = sO + C * LV;                   // [DK][LV]: the state at the chunk's start
+  u16* sD = sS + DK * LV;                  // [DK][LV]: the gradient of its end state
+  u16* sP = sD + DK * LV;                  // [C][LC]: dP (rows i, columns j)
+  u16* sM = sP + C * LC;                   // [C][LC]: P
+  float* s_A = reinterpret_cast<float*>(sM + C * LC);
+  float* s_qdq = s_A + C;   // q_i . dq_i
+  float* s_kdk = s_qdq + C;  // k_j . dk_j
+  float* s_dl = s_kdk + C;   // per warp: its part of dL
+  const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, t0 = c * C;
+  const long long bh = static_cast<long long>(b) * p.heads + h;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, rows = p.t_len - t0;
+  auto at = [&](const void* base, const long long(&st)[3]) {
+    return static_cast<const u16*>(base) + b * st[0] + h * st[1] + t0 * st[2];
+  };
+  const long long state_at = (bh * p.n_chunks + c) * DK * DV;
+  load_tile<C, DK, Cfg::kThreads>(sQ, at(p.q, p.q_stride), p.q_stride[2], rows);
+  load_tile<C, DK, Cfg::kThreads>(sK, at(p.k, p.k_stride), p.k_stride[2], rows);
+  load_tile<C, DV, Cfg::kThreads>(sV, at(p.v, p.v_stride), p.v_stride[2], rows);
+  load_tile<C, DV, Cfg::kThreads>(sO, at(p.dout, p.do_stride), p.do_stride[2], rows);
+  load_tile<DK, DV, Cfg::kThreads>(sS, static_cast<const u16*>(p.chunk_states) + state_at, DV, DK);
+  load_tile<DK, DV, Cfg::kThreads>(sD, static_cast<const u16*>(p.dchunk_states) + state_at, DV, DK);
+  cp_async_commit();
+  linear_prefix(p, bh, t0, s_A);
+  cp_async_wait<0>();
+  __syncthreads();
+
+  const float last = s_A[C - 1];
+  const int r0 = 16 * warp + lane / 4;  // this thread's rows r0, r0 + 8 of the warp's 16
+  const float Ar0 = s_A[r0], Ar8 = s_A[r0 + 8];
+  auto to_smem = [&](u16* tile, const float (&s)[C / 8][4]) {
+#pragma unroll
+    for (int nt = 0; nt < C / 8; ++nt)
+#pragma unroll
+      for (int half = 0; half < 2; ++half)
+        *reinterpret_cast<u32*>(tile + (r0 + 8 * half) * LC + nt * 8 + 2 * (lane % 4)) =
+            pack2<kBf16>(s[nt][2 * half], s[nt][2 * half + 1]);
+  };
+
+  // ---- this warp's query rows: dP, dq, P ----
+  {
+    float s[C / 8][4];
+    masked_scores<Cfg, DV>(p, s, lane_a<LV>(smem_addr(sO)) + 2 * 16 * warp * LV,
+                           lane_nk<LV>(smem_addr(sV)), s_A, r0);
+    to_smem(sP, s);
+    float dq[DK / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < DK / 8; ++nt) dq[nt][0] = dq[nt][1] = dq[nt][2] = dq[nt][3] = 0.f;
+    const u32 o_at = lane_a<LV>(smem_addr(sO)) + 2 * 16 * warp * LV;
+    const u32 st_at = lane_nk<LV>(smem_addr(sS));
+#pragma unroll
+    for (int kk = 0; kk < DV / 16; ++kk) {  // dO S^T: S [dk][dv] is S^T's [n][k]
+      u32 a[4];
+      load_a<LV>(a, o_at, 0, kk * 16);
+#pragma unroll
+      for (int np = 0; np < DK / 16; ++np) {
+        u32 r[4];
+        load_b_nk<LV>(r, st_at, np * 16, kk * 16);
+        mma_16816<kBf16>(dq[2 * np], a, r[0], r[1]);
+        mma_16816<kBf16>(dq[2 * np + 1], a, r[2], r[3]);
+      }
+    }
+    const float e0 = p.scale * __expf(Ar0), e8 = p.scale * __expf(Ar8);
+#pragma unroll
+    for (int nt = 0; nt < DK / 8; ++nt) dq[nt][0] *= e0, dq[nt][1] *= e0, dq[nt][2] *= e8, dq[nt][3] *= e8;
+    const u32 k_kn = lane_kn<LQ>(smem_addr(sK));
+#pragma unroll
+    for (int kk = 0; kk < C / 16; ++kk) {  // + dP K
+      u32 a[4];
+      acc_to_a<kBf16>(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+      for (int np = 0; np < DK / 16; ++np) {
+        u32 r[4];
+        load_b_kn<LQ>(r, k_kn, kk * 16, np * 16);
+        mma_16816<kBf16>(dq[2 * np], a, r[0], r[1]);
+        mma_16816<kBf16>(dq[2 * np + 1], a, r[2], r[3]);
+      }
+    }
+    store_rows16<kBf16>(static_cast<u16*>(p.dq) + b * p.dq_stride[0] + h * p.dq_stride[1] +
+                            t0 * p.dq_stride[2], p.dq_stride[2], dq, r0, rows);
+    float dot[2];
+    row_dots<kBf16, LQ>(dq, sQ, r0, dot);
+    if (lane % 4 == 0) s_qdq[r0] = dot[0], s_qdq[r0 + 8] = dot[1];
+    masked_scores<Cfg, DK>(p, s, lane_a<LQ>(smem_addr(sQ)) + 2 * 16 * warp * LQ,
+                           lane_nk<LQ>(smem_addr(sK)), s_A, r0);
+    to_smem(sM, s);
+  }
+  __syncthreads();
+
+  // ---- this warp's key rows: dk, dv ----
+  const float w0 = __expf(last - Ar0), w8 = __expf(last - Ar8);
+  float dl = 0.f;  // this thread's part of sum_j w_j k_j^T dS v_j
+  {
+    float dk[DK / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < DK / 8; ++nt) dk[nt][0] = dk[nt][1] = dk[nt][2] = dk[nt][3] = 0.f;
+    const u32 v_at = lane_a<LV>(smem_addr(sV)) + 2 * 16 * warp * LV;
+    const u32 d_nk = lane_nk<LV>(smem_addr(sD));
+#pragma unroll
+    for (int kk = 0; kk < DV / 16; ++kk) {  // V dS^T
+      u32 a[4];
+      load_a<LV>(a, v_at, 0, kk * 16);
+#pragma unroll
+      for (int np = 0; np < DK / 16; ++np) {
+        u32 r[4];
+        load_b_nk<LV>(r, d_nk, np * 16, kk * 16);
+        mma_16816<kBf16>(dk[2 * np], a, r[0], r[1]);
+        mma_16816<kBf16>(dk[2 * np + 1], a, r[2], r[3]);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < DK / 8; ++nt) dk[nt][0] *= w0, dk[nt][1] *= w0, dk[nt][2] *= w8, dk[nt][3] *= w8;
+    float dot[2];
+    row_dots<kBf16, LQ>(dk, sK, r0, dot);
+    if (lane % 4 == 0) dl = dot[0] + dot[1];
+    const u32 p_t = lane_nk<LC>(smem_addr(sP)), q_kn = lane_kn<LQ>(smem_addr(sQ));
+#pragma unroll
+    for (int kk = 0; kk < C / 16; ++kk) {  // + dP^T Q
+      u32 a[4];
+      load_a_t<LC>(a, p_t, kk * 16, 16 * warp);
+#pragma unroll
+      for (int np = 0; np < DK / 16; ++np) {
+        u32 r[4];
+        load_b_kn<LQ>(r, q_kn, kk * 16, np * 16);
+        mma_16816<kBf16>(dk[2 * np], a, r[0], r[1]);
+        mma_16816<kBf16>(dk[2 * np + 1], a, r[2], r[3]);
+      }
+    }
+    store_rows16<kBf16>(static_cast<u16*>(p.dk) + b * p.dk_stride[0] + h * p.dk_stride[1] +
+                            t0 * p.dk_stride[2], p.dk_stride[2], dk, r0, rows);
+    row_dots<kBf16, LQ>(dk, sK, r0, dot);
+    if (lane % 4 == 0) s_kdk[r0] = dot[0], s_kdk[r0 + 8] = dot[1];
+  }
+  {
+    float dv[DV / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < DV / 8; ++nt) dv[nt][0] = dv[nt][1] = dv[nt][2] = dv[nt][3] = 0.f;
+    const u32 k_at = lane_a<LQ>(smem_addr(sK)) + 2 * 16 * warp * LQ;
+    const u32 d_kn = lane_kn<LV>(smem_addr(sD));
+#pragma unroll
+    for (int kk = 0; kk < DK / 16; ++kk) {  // K dS
+      u32 a[4];
+      load_a<LQ>(a, k_at, 0, kk * 16);
+#pragma unroll
+      for (int np = 0; np < DV / 16; ++np) {
+        u32 r[4];
+        load_b_kn<LV>(r, d_kn, kk * 16, np * 16);
+        mma_16816<kBf16>(dv[2 * np], a, r[0], r[1]);
+        mma_16816<kBf16>(dv[2 * np + 1], a, r[2], r[3]);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < DV / 8; ++nt) dv[nt][0] *= w0, dv[nt][1] *= w0, dv[nt][2] *= w8, dv[nt][3] *= w8;
+    const u32 m_t = lane_nk<LC>(smem_addr(sM)), o_kn = lane_kn<LV>(smem_addr(sO));
+#pragma unroll
+    for (int kk = 0; kk < C / 16; ++kk) {  // + P^T dO
+      u32 a[4];
+      load_a_t<LC>(a, m_t, kk * 16, 16 * warp);
+#pragma unroll
+      for (int np = 0; np < DV / 16; ++np) {
+        u32 r[4];
+        load_b_kn<LV>(r, o_kn, kk * 16, np * 16);
+        mma_16816<kBf16>(dv[2 * np], a, r[0], r[1]);
+        mma_16816<kBf16>(dv[2 * np + 1], a, r[2], r[3]);
+      }
+    }
+    store_rows16<kBf16>(static_cast<u16*>(p.dv) + b * p.dv_stride[0] + h * p.dv_stride[1] +
+                            t0 * p.dv_stride[2], p.dv_stride[2], dv, r0, rows);
+  }
+
+  // ---- the decays' gradient ----
+  // dL: exp(A_last) <S, dS> (the tiles in shared memory) and the rows' w_j k_j^T dS v_j.
+  float inner = 0.f;
+  for (int e = threadIdx.x; e < DK * DV / 2; e += Cfg::kThreads) {
+    const int r = e / (DV / 2), col = 2 * (e % (DV / 2));
+    float s0, s1, d0, d1;
+    unpack2<kBf16>(*reinterpret_cast<const u32*>(sS + r * LV + col), s0, s1);
+    unpack2<kBf16>(*reinterpret_cast<const u32*>(sD + r * LV + col), d0, d1);
+    inner = fmaf(s0, d0, fmaf(s1, d1, inner));
+  }
+  float part = fmaf(__expf(last), inner, dl);
+  for (int o = 16; o > 0; o /= 2) part += shfl_xor(part, o);
+  if (lane == 0) s_dl[warp] = part;
+  __syncthreads();
+  if (warp == 0) {  // da_t = sum_{i >= t} (q_i . dq_i - k_i . dk_i) + dL: a reverse scan
+    const float dL = s_dl[0] + s_dl[1] + s_dl[2] + s_dl[3];
+    const int t = 2 * (31 - lane);  // lane 0 holds the last pair
+    const float x0 = s_qdq[t] - s_kdk[t], x1 = s_qdq[t + 1] - s_kdk[t + 1];
+    float sum = x0 + x1;
+    for (int o = 1; o < 32; o *= 2) {
+      const float y = __shfl_sync(0xffffffffu, sum, lane - o);
+      if (lane >= o) sum += y;
+    }
+    float after = __shfl_sync(0xffffffffu, sum, lane - 1);  // the pairs past this one
+    if (lane == 0) after = 0.f;
+    const float* a = p.a + bh * p.t_len;
+    float* da = p.da + bh * p.t_len;
+    const float g1 = after + x1 + dL, g0 = g1 + x0;
+    if (t < rows) da[t0 + t] = a[t0 + t] < kLinMinLogDecay ? 0.f : g0;
+    if (t + 1 < rows) da[t0 + t + 1] = a[t0 + t + 1] < kLinMinLogDecay ? 0.f : g1;
+  }
+}
+
+}  // namespace ae::sm80
