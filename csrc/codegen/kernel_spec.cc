@@ -69,7 +69,8 @@ std::string KernelSpec::describe() const {
     case Kind::LinearOut:
     case Kind::LinearDState:
     case Kind::LinearGrads:
-      return fmt::format("{} {} {} d{}/{}", kind_name(kind), arch, dtype, d_qk, d_v);
+      return fmt::format("{} {} {} d{}/{}{}", kind_name(kind), arch, dtype, d_qk, d_v,
+                         per_channel ? " pc" : "");
     case Kind::BwdPrep:
     case Kind::BwdDq:
     case Kind::VCheck: return fmt::format("{} {} {}", kind_name(kind), arch, dtype);

@@ -105,6 +105,8 @@ struct KernelSpec {
   // Forward, NVIDIA families: the gate-training forward, which also writes each query row's
   // largest score per block of pool_block keys (AttnParams::block_max; 0: none).
   int pool_block = 0;
+  // Linear attention's chunked kernels: decays per key channel (GLA), not per token.
+  bool per_channel = false;
   // Kind::BlockStateBlocks: the variant's block tensor as the template reads it (its captured
   // index, block sizes, indexed by b, head index 0 / h / h // G, codes or bool).
   int blocks_buffer = -1, blocks_q = 0, blocks_k = 0, blocks_head_div = 0;

@@ -59,14 +59,19 @@ LaunchPlan plan_linear(const LinearProblem& pb, const DeviceCaps& dev) {
   if (dev.vendor != jit::Vendor::kNvidia || dev.major < 8)
     return refuse(fmt::format("{}: the chunked linear attention kernels are mma.sync's (NVIDIA, "
                               "sm_80 and up)", dev.label()));
-  if (pb.per_channel)
-    return refuse("decays per key channel (GLA) have no chunked kernel yet");
+  // The chunks' states are stored in the inputs' dtype: fp16's range (65504) is too small for
+  // a state that decays slowly (it grows with the tokens), bf16's is fp32's.
+  if (pb.dtype != ElemType::BFloat16)
+    return refuse("fp16 inputs: the chunked kernels keep chunk states in the inputs' dtype, "
+                  "whose range fp16 lacks (bf16 runs them; the decode step takes fp16)");
+  if (pb.per_channel && pb.backward)
+    return refuse("decays per key channel (GLA) have no fused backward yet");
   auto fits = [](int64_t d) { return d == 64 || d == 128; };
   if (!fits(pb.d_k) || !fits(pb.d_v))
     return refuse(fmt::format("head dims ({}, {}): the chunked kernels take 64 or 128", pb.d_k,
                               pb.d_v));
   const int smem = pb.backward ? sm80::linear_grads_smem_bytes(a.d_k, a.d_v)
-                               : sm80::linear_out_smem_bytes(a.d_k, a.d_v);
+                               : sm80::linear_out_smem_bytes(a.d_k, a.d_v, pb.per_channel);
   if (smem > dev.smem_per_block)
     return refuse(fmt::format("the {} needs {} bytes of shared memory, the device allows {}",
                               pb.backward ? "gradients' pass" : "output pass", smem,
@@ -76,10 +81,11 @@ LaunchPlan plan_linear(const LinearProblem& pb, const DeviceCaps& dev) {
   plan.family = "sm80";
   if (pb.batch * pb.heads == 0 || pb.t_len == 0) return plan;  // (the caller fills the outputs)
   s.spec.family = codegen::Family::Sm80;
+  s.spec.per_channel = pb.per_channel;
   s.spec.warps = sm80::kLinThreads / 32;
   s.threads = sm80::kLinThreads;
   s.spec.kind = codegen::Kind::LinearState;
-  s.smem = sm80::linear_state_smem_bytes();
+  s.smem = sm80::linear_state_smem_bytes(pb.per_channel);
   s.grid = {u((pb.d_k / sm80::kLinTile) * (pb.d_v / sm80::kLinTile)), u(pb.heads), u(pb.batch)};
   plan.steps.push_back(s);
   if (pb.backward) {  // the reverse pass, over the same tiles

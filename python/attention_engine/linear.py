@@ -23,9 +23,9 @@ channel for GLA), each written as a small Python function:
   ``attention_engine.compile``; those that require grad get gradients.
 
 How it runs: the feature maps and decays in PyTorch (autograd differentiates them), the
-recurrence in the ``linear_forward`` op: on NVIDIA GPUs (bf16 / fp16, scalar decays, D_k and
-D_v 64 or 128) fused chunked kernels forward and backward (csrc/torch/linear.h), elsewhere a
-chunked reference (fp32 state) whose backward is autograd's. Decoding: ``lin.step(q, k, v, g, state=...)``, one token against the state,
+recurrence in the ``linear_forward`` op: on NVIDIA GPUs (sm_80 and newer, bf16, D_k and D_v 64
+or 128) fused chunked kernels (the backward too for scalar decays; csrc/torch/linear.h),
+elsewhere a chunked reference (fp32 state) whose backward is autograd's. Decoding: ``lin.step(q, k, v, g, state=...)``, one token against the state,
 updated in place (a fused kernel on GPUs).
 """
 from __future__ import annotations
@@ -356,7 +356,9 @@ def _forward_backward(ctx, do, dstate):
     state0 = rest[0] if ctx.has_state0 else None
     inputs = [q, k, v, a] + ([state0] if state0 is not None else [])
     needs = ctx.needs_input_grad
-    if q.is_cuda and not _C.linear_backward_reason(q, v, a.dim() == 4):
+    # (Under torch.compile the reference's ops are traced: the kernels' choice reads sizes.)
+    if q.is_cuda and not torch.compiler.is_compiling() and \
+            not _C.linear_backward_reason(q, v, a.dim() == 4):
         if do is None:
             do = torch.zeros(v.shape, device=v.device, dtype=v.dtype)
         ds = dstate if ctx.output_state and dstate is not None and dstate.numel() else None
@@ -383,6 +385,20 @@ def _forward_backward(ctx, do, dstate):
 
 torch.library.register_autograd("attention_engine::linear_forward", _forward_backward,
                                 setup_context=_forward_setup)
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError("attention_engine: gradients of linear attention's gradients (double "
+                       "backward) are not supported")
+
+
+def _nothing_to_save(ctx, inputs, output):
+    pass
+
+
+# The fused backward's op: differentiating its results raises (else they would be constants).
+torch.library.register_autograd("attention_engine::linear_backward", _no_double_backward,
+                                setup_context=_nothing_to_save)
 
 
 def compile_linear(q_mod: Optional[Callable] = None, k_mod: Optional[Callable] = None,

@@ -66,9 +66,11 @@ def attention_with_pooling(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     ``attn``'s; pooled (float32, float64 for float64 inputs) has no gradient.
 
     Softmax variants run one forward that also writes each query row's largest score per key
-    block (on NVIDIA GPUs the fused kernels, for blocks of a multiple of 8 keys; no S x S map is
-    made), and the pooling reads those and the LSE. Other normalizations compute out with
-    ``attn`` and the map with ``pooled_attention_map``.
+    block (on NVIDIA GPUs the fused kernels, for blocks of a multiple of 8 keys: no S x S map is
+    made), and the pooling reads those and the LSE; where the kernels do not take the call (CPU,
+    other block sizes) the reference executor computes the same from the scores, in chunks of
+    query rows. Other normalizations compute out with ``attn`` and the map with
+    ``pooled_attention_map``.
 
     Example:
         >>> import torch, attention_engine as ae

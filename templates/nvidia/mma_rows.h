@@ -164,6 +164,8 @@ AE_DEVICE void store_block_max(const AttnParams& p, const float (&s)[kN8][4], fl
   float* rows = p.block_max + static_cast<long long>(b * p.q_heads + h) * p.n_pool_blocks * p.q_len;
 #pragma unroll
   for (int blk = 0; blk < kN8 / kPer; ++blk) {
+    // (A tile past the keys' end covers blocks past the last, which do not exist.)
+    if (kv0 / kPool + blk >= p.n_pool_blocks) break;
     float* at = rows + static_cast<long long>(kv0 / kPool + blk) * p.q_len;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {

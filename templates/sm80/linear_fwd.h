@@ -10,6 +10,11 @@
 // A_i: the chunk's inclusive prefix sums of the log-decays, each clamped below at
 // kLinMinLogDecay (exp of it is 0 next to the terms it multiplies), so that a chunk's sums
 // stay finite and their differences are never inf - inf (a gate at 0, log-decay -inf).
+// Per key channel (GLA, Cfg::kPerChannel): A_i is a row of Dk prefix sums, the decays scale
+// K's and Q's elements (A operands), and within a chunk the scores are sums over channels of
+// q_id k_jd exp(A_id - A_jd): for 16-token blocks J before the queries' block I, the product
+// of q_id exp(A_id - A_Id) and k_jd exp(A_Id - A_jd) (I0: I's first token; both factors at
+// most 1), on the tensor cores; on the diagonal blocks, term by term.
 #pragma once
 
 #include "common/params.h"
@@ -21,16 +26,31 @@ namespace ae::sm80 {
 
 constexpr float kLinMinLogDecay = -80.f;
 
-template <int D_K_, int D_V_, bool BF16_>
+template <int D_K_, int D_V_, bool BF16_, bool PER_CHANNEL_ = false>
 struct LinearConfig {
   static constexpr int kDk = D_K_, kDv = D_V_, kChunk = kLinChunk, kThreads = kLinThreads;
-  static constexpr bool kBf16 = BF16_;
+  static constexpr bool kBf16 = BF16_, kPerChannel = PER_CHANNEL_;
   static_assert(kDk % kLinTile == 0 && kDv % kLinTile == 0 && kDk <= 128 && kDv <= 128,
                 "head dims 64 or 128");
   static_assert(kThreads == 128 && kChunk == 64 && kLinTile == 64, "4 warps of 16 rows");
-  static constexpr int kStateSmem = linear_state_smem_bytes(), kOutSmem = linear_out_smem_bytes(kDk, kDv),
+  static constexpr int kStateSmem = linear_state_smem_bytes(kPerChannel),
+                       kOutSmem = linear_out_smem_bytes(kDk, kDv, kPerChannel),
                        kGradsSmem = linear_grads_smem_bytes(kDk, kDv);
 };
+
+// Per key channel: the chunk's prefix sums of channels c0 .. c0 + n - 1 (n <= the threads)
+// from token t0 into s_Ac [kLinChunk][n] (tokens past t_len add 0); a thread per channel.
+AE_DEVICE void linear_prefix_channels(const LinearParams& p, long long bh, int t0, int c0, int n,
+                                      float* s_Ac) {
+  const int d = threadIdx.x;
+  if (d >= n) return;
+  const float* a = p.a + (bh * p.t_len + t0) * p.d_k + c0 + d;
+  float sum = 0.f;
+  for (int t = 0; t < kLinChunk; ++t) {
+    if (t0 + t < p.t_len) sum += fmaxf(a[static_cast<long long>(t) * p.d_k], kLinMinLogDecay);
+    s_Ac[t * n + d] = sum;
+  }
+}
 
 // The chunk's prefix sums from token t0 into s_A (tokens past t_len add 0), by warp 0: two
 // tokens per lane, a shuffle scan of the pairs.
@@ -75,6 +95,8 @@ AE_DEVICE void carry_state(const LinearParams& p) {
   u16* sX = reinterpret_cast<u16*>(smem);  // [2 buffers][C][LD]: X's dk0.. columns
   u16* sY = sX + 2 * C * LD;               // [2][C][LD]: Y's dv0.. columns
   float* s_A = reinterpret_cast<float*>(sY + 2 * C * LD);
+  float* s_Ac = s_A + 2 * C;  // per key channel: [C][T], this tile's channels
+  constexpr bool kPc = Cfg::kPerChannel;
   const int tiles_v = Cfg::kDv / T;
   const int dk0 = (blockIdx.x / tiles_v) * T, dv0 = (blockIdx.x % tiles_v) * T;
   const int h = blockIdx.y, b = blockIdx.z;
@@ -121,31 +143,59 @@ AE_DEVICE void carry_state(const LinearParams& p) {
       }
     if (i + 1 < n) load(i + 1);
     cp_async_commit();
-    linear_prefix(p, bh, c * C, s_A + (i % 2) * C);
+    if constexpr (kPc) {  // (the last chunk's readers are past the loop's closing barrier)
+      linear_prefix_channels(p, bh, c * C, dk0, T, s_Ac);
+    } else {
+      linear_prefix(p, bh, c * C, s_A + (i % 2) * C);
+    }
     cp_async_wait<1>();
     __syncthreads();
     const float* A = s_A + (i % 2) * C;
     const float last = A[C - 1];
-    const float keep = __expf(last);
+    if constexpr (kPc) {  // this thread's rows (channels) decay by their own exp(A_last)
+      const float k0 = __expf(s_Ac[(C - 1) * T + r0]), k8 = __expf(s_Ac[(C - 1) * T + r0 + 8]);
 #pragma unroll
-    for (int nt = 0; nt < T / 8; ++nt)
+      for (int nt = 0; nt < T / 8; ++nt) s[nt][0] *= k0, s[nt][1] *= k0, s[nt][2] *= k8, s[nt][3] *= k8;
+    } else {
+      const float keep = __expf(last);
 #pragma unroll
-      for (int e = 0; e < 4; ++e) s[nt][e] *= keep;
-    // The weight of token t's Y row: exp(A_last - A_t), or scale exp(A_t).
+      for (int nt = 0; nt < T / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[nt][e] *= keep;
+    }
+    // The weight of token t's Y row: exp(A_last - A_t), or scale exp(A_t); per key channel d
+    // (of the tile) the same of A_td, on X's elements.
     auto weight = [&](int t) { return kBackward ? p.scale * __expf(A[t]) : __expf(last - A[t]); };
+    auto weight_c = [&](int t, int d) {
+      const float at = s_Ac[t * T + d];
+      return kBackward ? p.scale * __expf(at) : __expf(s_Ac[(C - 1) * T + d] - at);
+    };
     const u32 xb = x_at + (i % 2) * C * LD * 2, yb = y_at + (i % 2) * C * LD * 2;
 #pragma unroll
     for (int kk = 0; kk < C / 16; ++kk) {
       u32 a[4];
       load_a_t<LD>(a, xb, kk * 16, 16 * warp);  // X^T: this warp's channels x 16 tokens
-      const int t = kk * 16 + 2 * (lane % 4);  // the tokens of this lane's B values
-      const float w0 = weight(t), w1 = weight(t + 1), w8 = weight(t + 8), w9 = weight(t + 9);
+      const int t = kk * 16 + 2 * (lane % 4);  // the tokens of this lane's values
+      float w0 = 1.f, w1 = 1.f, w8 = 1.f, w9 = 1.f;
+      if constexpr (kPc) {  // a[0]: (channel r0, tokens t, t + 1), a[1]: r0 + 8, a[2], a[3]: t + 8
+        a[0] = scale2<kBf16>(a[0], weight_c(t, r0), weight_c(t + 1, r0));
+        a[1] = scale2<kBf16>(a[1], weight_c(t, r0 + 8), weight_c(t + 1, r0 + 8));
+        a[2] = scale2<kBf16>(a[2], weight_c(t + 8, r0), weight_c(t + 9, r0));
+        a[3] = scale2<kBf16>(a[3], weight_c(t + 8, r0 + 8), weight_c(t + 9, r0 + 8));
+      } else {
+        w0 = weight(t), w1 = weight(t + 1), w8 = weight(t + 8), w9 = weight(t + 9);
+      }
 #pragma unroll
       for (int np = 0; np < T / 16; ++np) {
         u32 r[4];
         load_b_kn<LD>(r, yb, kk * 16, np * 16);  // diag(weights) Y
-        mma_16816<kBf16>(s[2 * np], a, scale2<kBf16>(r[0], w0, w1), scale2<kBf16>(r[1], w8, w9));
-        mma_16816<kBf16>(s[2 * np + 1], a, scale2<kBf16>(r[2], w0, w1), scale2<kBf16>(r[3], w8, w9));
+        if constexpr (kPc) {
+          mma_16816<kBf16>(s[2 * np], a, r[0], r[1]);
+          mma_16816<kBf16>(s[2 * np + 1], a, r[2], r[3]);
+        } else {
+          mma_16816<kBf16>(s[2 * np], a, scale2<kBf16>(r[0], w0, w1), scale2<kBf16>(r[1], w8, w9));
+          mma_16816<kBf16>(s[2 * np + 1], a, scale2<kBf16>(r[2], w0, w1), scale2<kBf16>(r[3], w8, w9));
+        }
       }
     }
     __syncthreads();  // every warp is done with this buffer (and s_A) before they are refilled
@@ -167,8 +217,134 @@ AE_DEVICE void linear_state(const LinearParams& p) {
   carry_state<Cfg, false>(p);
 }
 
+// The output pass per key channel (GLA): see the header. A_id from s_Ac [C][DK].
 template <class Cfg>
-AE_DEVICE void linear_out(const LinearParams& p) {
+AE_DEVICE void linear_out_channels(const LinearParams& p) {
+  constexpr int C = Cfg::kChunk, DK = Cfg::kDk, DV = Cfg::kDv;
+  constexpr int LQ = DK + 8, LV = DV + 8;
+  constexpr bool kBf16 = Cfg::kBf16;
+  static_assert(DK <= Cfg::kThreads, "a thread per channel for the prefix sums");
+  extern __shared__ __align__(16) char smem[];
+  u16* sQ = reinterpret_cast<u16*>(smem);  // [C][LQ]
+  u16* sK = sQ + C * LQ;                   // [C][LQ]
+  u16* sV = sK + C * LQ;                   // [C][LV]
+  u16* sS = sV + C * LV;                   // [DK][LV]: the state at the chunk's start
+  float* s_Ac = reinterpret_cast<float*>(sS + DK * LV) + C;  // [C][DK] (past linear_out's s_A)
+  const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, t0 = c * C;
+  const long long bh = static_cast<long long>(b) * p.heads + h;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, rows = p.t_len - t0;
+  const u16* gq = static_cast<const u16*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1] + t0 * p.q_stride[2];
+  const u16* gk = static_cast<const u16*>(p.k) + b * p.k_stride[0] + h * p.k_stride[1] + t0 * p.k_stride[2];
+  const u16* gv = static_cast<const u16*>(p.v) + b * p.v_stride[0] + h * p.v_stride[1] + t0 * p.v_stride[2];
+  const u16* gs = static_cast<const u16*>(p.chunk_states) + (bh * p.n_chunks + c) * DK * DV;
+  load_tile<C, DK, Cfg::kThreads>(sQ, gq, p.q_stride[2], rows);
+  load_tile<C, DK, Cfg::kThreads>(sK, gk, p.k_stride[2], rows);
+  load_tile<C, DV, Cfg::kThreads>(sV, gv, p.v_stride[2], rows);
+  load_tile<DK, DV, Cfg::kThreads>(sS, gs, DV, DK);
+  cp_async_commit();
+  linear_prefix_channels(p, bh, t0, 0, DK, s_Ac);
+  cp_async_wait<0>();
+  __syncthreads();
+
+  const u32 q_at = lane_a<LQ>(smem_addr(sQ)) + 2 * 16 * warp * LQ;  // this warp's 16 queries
+  const u32 k_at = lane_nk<LQ>(smem_addr(sK));
+  const u32 v_at = lane_kn<LV>(smem_addr(sV)), st_at = lane_kn<LV>(smem_addr(sS));
+  const int i0 = 16 * warp + lane / 4, I0 = 16 * warp;  // rows i0, i0 + 8; the block's first
+  auto Ac = [&](int t, int d) { return s_Ac[t * DK + d]; };
+  // From the state: O = (Q o exp(A)) S_start.
+  float o[DV / 8][4];
+#pragma unroll
+  for (int nt = 0; nt < DV / 8; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < DK / 16; ++kk) {
+    u32 a[4];
+    load_a<LQ>(a, q_at, 0, kk * 16);
+    const int d = kk * 16 + 2 * (lane % 4);  // a[0]: (i0; d, d + 1), a[1]: i0 + 8, a[2], a[3]: d + 8
+    a[0] = scale2<kBf16>(a[0], __expf(Ac(i0, d)), __expf(Ac(i0, d + 1)));
+    a[1] = scale2<kBf16>(a[1], __expf(Ac(i0 + 8, d)), __expf(Ac(i0 + 8, d + 1)));
+    a[2] = scale2<kBf16>(a[2], __expf(Ac(i0, d + 8)), __expf(Ac(i0, d + 9)));
+    a[3] = scale2<kBf16>(a[3], __expf(Ac(i0 + 8, d + 8)), __expf(Ac(i0 + 8, d + 9)));
+#pragma unroll
+    for (int np = 0; np < DV / 16; ++np) {
+      u32 r[4];
+      load_b_kn<LV>(r, st_at, kk * 16, np * 16);
+      mma_16816<kBf16>(o[2 * np], a, r[0], r[1]);
+      mma_16816<kBf16>(o[2 * np + 1], a, r[2], r[3]);
+    }
+  }
+  // Within the chunk: scores of the key blocks before this warp's (both factors relative to
+  // A at its first token I0), then its own block term by term.
+  float s[C / 8][4];
+#pragma unroll
+  for (int nt = 0; nt < C / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < DK / 16; ++kk) {
+    if (warp == 0) break;  // (no block before the first)
+    u32 a[4];
+    load_a<LQ>(a, q_at, 0, kk * 16);
+    const int d = kk * 16 + 2 * (lane % 4);
+    const float r0_ = Ac(I0, d), r1_ = Ac(I0, d + 1), r8_ = Ac(I0, d + 8), r9_ = Ac(I0, d + 9);
+    a[0] = scale2<kBf16>(a[0], __expf(Ac(i0, d) - r0_), __expf(Ac(i0, d + 1) - r1_));
+    a[1] = scale2<kBf16>(a[1], __expf(Ac(i0 + 8, d) - r0_), __expf(Ac(i0 + 8, d + 1) - r1_));
+    a[2] = scale2<kBf16>(a[2], __expf(Ac(i0, d + 8) - r8_), __expf(Ac(i0, d + 9) - r9_));
+    a[3] = scale2<kBf16>(a[3], __expf(Ac(i0 + 8, d + 8) - r8_), __expf(Ac(i0 + 8, d + 9) - r9_));
+#pragma unroll
+    for (int J = 0; J < C / 16; ++J) {
+      if (J >= warp) continue;
+      u32 r[4];  // r[0], r[1]: key j = 16 J + lane / 4 (channels d.., d + 8..); r[2], r[3]: j + 8
+      load_b_nk<LQ>(r, k_at, 16 * J, kk * 16);
+      const int j = 16 * J + lane / 4;
+      r[0] = scale2<kBf16>(r[0], __expf(r0_ - Ac(j, d)), __expf(r1_ - Ac(j, d + 1)));
+      r[1] = scale2<kBf16>(r[1], __expf(r8_ - Ac(j, d + 8)), __expf(r9_ - Ac(j, d + 9)));
+      r[2] = scale2<kBf16>(r[2], __expf(r0_ - Ac(j + 8, d)), __expf(r1_ - Ac(j + 8, d + 1)));
+      r[3] = scale2<kBf16>(r[3], __expf(r8_ - Ac(j + 8, d + 8)), __expf(r9_ - Ac(j + 8, d + 9)));
+      mma_16816<kBf16>(s[2 * J], a, r[0], r[1]);
+      mma_16816<kBf16>(s[2 * J + 1], a, r[2], r[3]);
+    }
+  }
+#pragma unroll
+  for (int J = 0; J < C / 16; ++J) {  // this warp's own block: term by term, keys up to the query
+    if (J != warp) continue;
+#pragma unroll
+    for (int h8 = 0; h8 < 2; ++h8)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = i0 + 8 * (e >> 1), j = 16 * J + 8 * h8 + 2 * (lane % 4) + (e & 1);
+        float sum = 0.f;
+        if (j <= i)
+          for (int d = 0; d < DK; ++d) {
+            const float qk = to_float<kBf16>(sQ[i * LQ + d]) * to_float<kBf16>(sK[j * LQ + d]);
+            sum = fmaf(qk, __expf(Ac(i, d) - Ac(j, d)), sum);
+          }
+        s[2 * J + h8][e] = sum;
+      }
+  }
+#pragma unroll
+  for (int kk = 0; kk < C / 16; ++kk) {
+    u32 a[4];
+    acc_to_a<kBf16>(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+    for (int np = 0; np < DV / 16; ++np) {
+      u32 r[4];
+      load_b_kn<LV>(r, v_at, kk * 16, np * 16);
+      mma_16816<kBf16>(o[2 * np], a, r[0], r[1]);
+      mma_16816<kBf16>(o[2 * np + 1], a, r[2], r[3]);
+    }
+  }
+  u16* go = static_cast<u16*>(p.o) + b * p.o_stride[0] + h * p.o_stride[1] + t0 * p.o_stride[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int i = i0 + 8 * half;
+    if (i >= rows) continue;
+#pragma unroll
+    for (int nt = 0; nt < DV / 8; ++nt)
+      *reinterpret_cast<u32*>(go + i * p.o_stride[2] + nt * 8 + 2 * (lane % 4)) =
+          pack2<kBf16>(o[nt][2 * half] * p.scale, o[nt][2 * half + 1] * p.scale);
+  }
+}
+
+template <class Cfg>
+AE_DEVICE void linear_out_scalar(const LinearParams& p) {
   constexpr int C = Cfg::kChunk, DK = Cfg::kDk, DV = Cfg::kDv;
   constexpr int LQ = DK + 8, LV = DV + 8;
   constexpr bool kBf16 = Cfg::kBf16;
@@ -266,6 +442,12 @@ AE_DEVICE void linear_out(const LinearParams& p) {
       *reinterpret_cast<u32*>(go + i * p.o_stride[2] + nt * 8 + 2 * (lane % 4)) =
           pack2<kBf16>(o[nt][2 * half] * p.scale, o[nt][2 * half + 1] * p.scale);
   }
+}
+
+template <class Cfg>
+AE_DEVICE void linear_out(const LinearParams& p) {
+  if constexpr (Cfg::kPerChannel) linear_out_channels<Cfg>(p);
+  else linear_out_scalar<Cfg>(p);
 }
 
 }  // namespace ae::sm80

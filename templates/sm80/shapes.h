@@ -41,14 +41,17 @@ AE_HD_CONSTEXPR int bwd_smem_bytes(int block_n, int d_qk, int d_v, int stages) {
 // Linear attention's chunked forward (linear_fwd.h): chunks of 64 tokens, 4 warps; the state
 // pass holds a 64 x 64 tile of the state per CTA.
 constexpr int kLinChunk = 64, kLinThreads = 128, kLinTile = 64;
-// State pass: two buffers of the chunk's K and V columns (16-bit), two chunks' prefix sums.
-AE_HD_CONSTEXPR int linear_state_smem_bytes() {
-  return 2 * 2 * kLinChunk * padded_row(kLinTile) * 2 + 2 * kLinChunk * 4;
+// State pass: two buffers of the chunk's K and V columns (16-bit), two chunks' prefix sums;
+// per key channel (GLA) also the chunk's prefix sums of its 64 channels (fp32).
+AE_HD_CONSTEXPR int linear_state_smem_bytes(bool per_channel = false) {
+  return 2 * 2 * kLinChunk * padded_row(kLinTile) * 2 + 2 * kLinChunk * 4 +
+         (per_channel ? kLinChunk * kLinTile * 4 : 0);
 }
-// Output pass: Q, K, V of the chunk and the state at its start (16-bit), its prefix sums.
-AE_HD_CONSTEXPR int linear_out_smem_bytes(int d_k, int d_v) {
+// Output pass: Q, K, V of the chunk and the state at its start (16-bit), its prefix sums; per
+// key channel, those of every channel.
+AE_HD_CONSTEXPR int linear_out_smem_bytes(int d_k, int d_v, bool per_channel = false) {
   return 2 * (2 * kLinChunk * padded_row(d_k) + kLinChunk * padded_row(d_v) + d_k * padded_row(d_v)) +
-         kLinChunk * 4;
+         kLinChunk * 4 + (per_channel ? kLinChunk * d_k * 4 : 0);
 }
 
 // Backward, per chunk (linear_bwd.h linear_grads): Q, K, V, dO, the chunk's start state and its

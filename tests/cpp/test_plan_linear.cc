@@ -74,10 +74,18 @@ TEST(LinearPlan, RefusalsSayWhy) {
   EXPECT_NE(reason(problem(false), devices::mi250()).find("mma.sync"), std::string::npos);
   LinearProblem gla = problem(false);
   gla.per_channel = true;
+  EXPECT_TRUE(plan_linear(gla, devices::h200()).ok);  // the forward takes GLA's gates
+  EXPECT_EQ(plan_linear(gla, devices::h200()).steps[1].spec.describe(), "linear_out sm_90a bf16 d128/128 pc");
+  gla.backward = true;
   EXPECT_NE(reason(gla, devices::h200()).find("per key channel"), std::string::npos);
   LinearProblem fp32 = problem(false);
   fp32.dtype = ElemType::Float32;
   EXPECT_NE(reason(fp32, devices::h200()).find("bf16 and fp16"), std::string::npos);
+  LinearProblem fp16 = problem(false);
+  fp16.dtype = ElemType::Float16;
+  EXPECT_NE(reason(fp16, devices::h200()).find("fp16 inputs"), std::string::npos);
+  fp16.step = true;
+  EXPECT_TRUE(plan_linear(fp16, devices::h200()).ok);  // the step's state is fp32
   EXPECT_NE(reason(problem(true, 512), devices::h200()).find("up to 256"), std::string::npos);
 }
 

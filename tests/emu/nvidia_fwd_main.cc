@@ -89,8 +89,10 @@ int main(int argc, char** argv) {
   if (has("pool")) {
     p.pool_block = i("pool");
     p.n_pool_blocks = (p.kv_len + p.pool_block - 1) / p.pool_block;
+    // (and a guard row past the end, which must stay as it is: 1e30)
     block_max.assign(static_cast<size_t>(p.batch) * p.q_heads * p.n_pool_blocks * p.q_len,
                      -std::numeric_limits<float>::infinity());
+    block_max.resize(block_max.size() + p.q_len, 1e30f);
     pooled.assign(static_cast<size_t>(p.batch) * p.q_heads * p.n_pool_blocks *
                       ((p.q_len + p.pool_block - 1) / p.pool_block), nan);
     p.block_max = block_max.data();
@@ -154,6 +156,9 @@ int main(int argc, char** argv) {
       emu::run_block(threads, [&] { ae_fwd_combine(p); });
     }
   }
+  if (has("pool"))
+    for (int r = 0; r < p.q_len; ++r)
+      if (block_max[block_max.size() - p.q_len + r] != 1e30f) return 5;  // written past the end
   if (has("pool") && ae_pool_map) {  // the map from the block maxima, as the planner launches it
     constexpr int per_cta = ae::kPoolThreads / 32;
     const long long warps = static_cast<long long>(p.batch) * p.q_heads *
@@ -169,6 +174,6 @@ int main(int argc, char** argv) {
   write(dir + "/lse.bin", lse.data(), lse.size() * 4);
   write(dir + "/o_part.bin", o_part.data(), o_part.size() * 4);
   write(dir + "/lse_part.bin", lse_part.data(), lse_part.size() * 4);
-  if (has("pool")) write(dir + "/block_max.bin", block_max.data(), block_max.size() * 4);
+  if (has("pool")) write(dir + "/block_max.bin", block_max.data(), (block_max.size() - p.q_len) * 4);
   return 0;
 }
