@@ -179,8 +179,9 @@ struct BwdKernel {
     u64 kf[kKt], vf[kVt], own[kOwn], ktf[kDt][kSk];
     {
       const bool in = key < kv_len;
-      const u16* krow = Layout::kv_row(p, static_cast<const u16*>(p.k), p.k_stride, b, h_kv, in ? key : 0);
-      const u16* vrow = Layout::kv_row(p, static_cast<const u16*>(p.v), p.v_stride, b, h_kv, in ? key : 0);
+      const int row = in ? key : 0;
+      const u16* krow = Layout::kv_row(p, static_cast<const u16*>(p.k), p.k_stride, b, h_kv, row);
+      const u16* vrow = Layout::kv_row(p, static_cast<const u16*>(p.v), p.v_stride, b, h_kv, row);
       if constexpr (kPaired) {
         if (wave_a)
           row_operands<kQk>(own, krow, in, g);
@@ -251,13 +252,13 @@ struct BwdKernel {
         Acc x[kMt];
 #pragma unroll
         for (int mt = 0; mt < kMt; ++mt) x[mt] = Acc{};
-        if (wave_a)
+        if (wave_a) {
           times_rows<kQk>(x, q_lane, Cfg::kLdQ, own);
-        else
+        } else {
           times_rows<kVk>(x, do_lane, Cfg::kLdO, own);
-        if (!wave_a)
 #pragma unroll
           for (int mt = 0; mt < kMt; ++mt) xch[64 * mt] = x[mt];
+        }
         __syncthreads();
         // 2. Wave A: P and dS; dS into its slots for B and into LDS for dQ.
         u64 pb[kMt];
@@ -276,7 +277,8 @@ struct BwdKernel {
             *reinterpret_cast<u64*>(xch + 64 * mt) = db;
 #pragma unroll
             for (int v = 0; v < M::kC; ++v)
-              sds[(N * mt + c_row<N>(v, g)) * Cfg::kLdS + keys * N + j] = static_cast<u16>(db >> (16 * v));
+              sds[(N * mt + c_row<N>(v, g)) * Cfg::kLdS + keys * N + j] =
+                  static_cast<u16>(db >> (16 * v));
           }
         }
         __syncthreads();  // dS of every pair is in LDS

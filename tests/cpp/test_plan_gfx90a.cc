@@ -146,7 +146,8 @@ TEST(PlannerGfx90a, BackwardTilesLeaveTwoWavesPerSimd) {
         const int blocks = gfx90a::kLdsPerCu / s.smem;
         EXPECT_GE(blocks * s.spec.warps / gfx90a::kSimdsPerCu, 2) << s.spec.describe();
         // 32 query rows unless they would not fit
-        const bool rows32 = gfx90a::bwd_lds_bytes(32, s.spec.block_n, d_qk, d_v) <= gfx90a::kLdsPerCu;
+        const bool rows32 =
+            gfx90a::bwd_lds_bytes(32, s.spec.block_n, d_qk, d_v) <= gfx90a::kLdsPerCu;
         EXPECT_EQ(s.spec.block_m, rows32 ? 32 : 16) << s.spec.describe();
         EXPECT_EQ(s.spec.bf16, bf16);
       }
