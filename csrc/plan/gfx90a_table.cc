@@ -48,27 +48,31 @@ Candidates gfx90a_forward(const TableQuery& q, bool few_rows) {
 // block. Per lane it holds its key's K and V rows (d / 8 VGPRs each), dK^T and dV^T (d / 4
 // each), its head-dim tile of K^T for dQ (16) and S and dP of 32 queries (8 each): 230 VGPRs
 // at D128 as hip-clang allocates them, within the 256 of 2 waves per SIMD. LDS: Q, dO, their
-// transposes and dS, 44 KB at D128 (one block per CU: 2 waves per SIMD). Past 128 they spill
-// (D160 and 192/128 did; D256 would need 64 registers for K and V and 128 for dK and dV).
+// transposes and dS, 44 KB at D128 (one block per CU: 2 waves per SIMD). Past 128 (D160 and
+// 192/128 spilled that way) pairs of waves share 16 keys (gfx90a::bwd_paired), each holding
+// one row of K or V and one of dK^T or dV^T: 64 keys per block, 32 queries where the LDS
+// allows (up to 384 head-dim columns in all, 64 KB at 192/192), else 16 (43 KB at 256/256).
 Candidates gfx90a_backward(const TableQuery& q) {
   Candidates c;
-  auto ok = [](int d) { return d % 16 == 0 && d >= 16 && d <= 128; };
+  auto ok = [](int d) { return d % 16 == 0 && d >= 16 && d <= 256; };
   if (!ok(q.d_qk) || !ok(q.d_v)) {
     c.refusal = fmt::format("head dims ({}, {}) have no gfx90a backward: each must be a multiple "
-                            "of 16 between 16 and 128 (a wave's K, V, dK and dV rows are held in "
-                            "registers)", q.d_qk, q.d_v);
+                            "of 16 between 16 and 256", q.d_qk, q.d_v);
     return c;
   }
-  codegen::KernelSpec s;
-  s.kind = codegen::Kind::Backward;
-  s.family = codegen::Family::Gfx90a;
-  s.d_qk = q.d_qk;
-  s.d_v = q.d_v;
-  s.bf16 = q.bf16;
-  s.warps = 8;
-  s.block_m = 32;
-  s.block_n = gfx90a::kBwdKeysPerWave * s.warps;
-  c.specs.push_back(s);
+  for (int block_m : {32, 16}) {
+    codegen::KernelSpec s;
+    s.kind = codegen::Kind::Backward;
+    s.family = codegen::Family::Gfx90a;
+    s.d_qk = q.d_qk;
+    s.d_v = q.d_v;
+    s.bf16 = q.bf16;
+    s.warps = 8;
+    s.block_m = block_m;
+    s.block_n = gfx90a::bwd_block_n(s.warps, q.d_qk, q.d_v);
+    c.specs.push_back(s);
+    if (!gfx90a::bwd_paired(q.d_qk, q.d_v)) break;  // (44 KB at most: 32 rows always fit)
+  }
   return c;
 }
 

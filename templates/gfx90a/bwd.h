@@ -1,7 +1,8 @@
 // Backward attention for AMD CDNA2 (gfx90a: MI210, MI250), MFMA 16x16x16 with fp32
 // accumulators, wave64; KV-stationary as the sm80 backward: a block of kWaves waves owns
-// kBlockN = 16 kWaves keys of one (batch, KV head), each wave 16 of them, and visits the
-// (query head, query block) pairs of its GQA group that the block walk keeps.
+// kBlockN = 16 kWaves keys of one (batch, KV head), each wave 16 of them (past head dim 128
+// each pair of waves: below), and visits the (query head, query block) pairs of its GQA group
+// that the block walk keeps.
 //
 // Keys are the MFMA columns (gfx90a/mfma.h): S = Q K^T and dP = dO V^T take Q and dO rows
 // from LDS as A operands and the lane's own key row of K and V, held in registers, as B
@@ -14,6 +15,12 @@
 // unscaled (the dq row pass, common/bwd_rows.h, applies the scale).
 // Per score: P recomputed from the row's log2 LSE, dS = P (dP - delta) d score_mod / d score
 // (common/bwd_scores.h, the Variant's grad; gradients of captured tensors go to its sink).
+// Past head dim 128 (Cfg::kPaired, gfx90a/shapes.h bwd_paired) a wave's K, V, dK^T and dV^T
+// rows would not fit its registers: waves w and w + kWaves / 2 share 16 keys. Wave A (the
+// first half) holds the keys' K row and dV^T and computes S, P, dS and dV^T; wave B holds the
+// V row and dK^T and computes dP, which it passes to A through LDS (fp32, in the C layout: a
+// lane's slot is its partner's), and dK^T from the dS that A leaves in the same slot. dQ is
+// as above, over the block's 8 kWaves keys.
 // Deterministic (Cfg::kDeterministic): the blocks add into a dQ tile in launch order, key
 // blocks from the last (common/dq_order.h), each block's additions one per element.
 // Same ABI as the sm80 backward: (AttnParams, VariantArgs).
@@ -40,15 +47,18 @@ struct BwdConfig {
   static constexpr int kDqk = D_QK_, kDv = D_V_, kBlockM = BLOCK_M_, kBlockN = BLOCK_N_;
   static constexpr int kWaves = WAVES_, kThreads = 64 * kWaves;
   static constexpr bool kBf16 = BF16_, kDeterministic = DETERMINISTIC_;
+  static constexpr bool kPaired = bwd_paired(kDqk, kDv);
   // LDS row strides (elements): Q and dO rows, their transposes, dS rows.
   static constexpr int kLdQ = kDqk + kLdsPad, kLdO = kDv + kLdsPad;
   static constexpr int kLdT = kBlockM + kLdsPad, kLdS = kBlockN + kLdsPad;
   static constexpr int kLdsBytes = bwd_lds_bytes(kBlockM, kBlockN, kDqk, kDv);  // the planner's
   static_assert(kLdsBytes == 2 * (kBlockM * kLdQ + kBlockM * kLdO + (kDqk + kDv) * kLdT +
-                                  kBlockM * kLdS) + 8 * kBlockM,
+                                  kBlockM * kLdS) + 8 * kBlockM +
+                                 (kPaired ? 4 * kBlockM * kBlockN : 0),
                 "gfx90a/shapes.h");
   static_assert(kLdsBytes <= kLdsPerCu, "LDS");
-  static_assert(kBlockN == kBwdKeysPerWave * kWaves, "16 keys per wave");
+  static_assert(kBlockN == bwd_block_n(kWaves, kDqk, kDv), "16 keys per wave or pair of waves");
+  static_assert(!kPaired || kWaves % 2 == 0, "pairs of waves");
   static_assert(kDqk % 16 == 0 && kDv % 16 == 0 && kBlockM % 16 == 0, "tile shapes");
 };
 
@@ -66,6 +76,12 @@ struct BwdKernel {
   static constexpr int kSk = Cfg::kBlockN / N;  // k-steps of dQ^T = K^T dS^T
   static constexpr int kDt = ceil_div(kQk, Cfg::kWaves);  // dQ^T head-dim tiles per wave
   static constexpr int kLoadGroup = 4;  // LDS operand loads in flight (gfx90a/fwd.h)
+  static constexpr bool kPaired = Cfg::kPaired;
+  static constexpr int kPairs = Cfg::kWaves / 2;
+  // Operand and accumulator tiles per lane: K and V rows, dK^T and dV^T apart; paired waves
+  // one of each in `own` and `acc`, the wider of the two.
+  static constexpr int kOwn = kPaired ? (kQk > kVk ? kQk : kVk) : 1;
+  static constexpr int kKt = kPaired ? 1 : kQk, kVt = kPaired ? 1 : kVk;
 
   const AttnParams& p;
   const Variant& var;
@@ -74,6 +90,44 @@ struct BwdKernel {
   // which the compiler then sees).
   static AE_DEVICE bool has_dq_tile(int wave, int i) {
     return kQk % Cfg::kWaves == 0 || wave + Cfg::kWaves * i < kQk;
+  }
+
+  // c[mt] += A B over kSteps k-steps: A from LDS rows (a_lane: the lane's first operand, ld the
+  // row stride; query tile mt, k-step kd at 16 mt rows and 16 kd columns on), B f[kd].
+  template <int kSteps>
+  static AE_DEVICE void times_rows(Acc (&c)[kMt], const u16* a_lane, int ld, const u64* f) {
+#pragma unroll
+    for (int kd = 0; kd < kSteps; ++kd) {
+#pragma unroll
+      for (int mt = 0; mt < kMt; ++mt)
+        c[mt] = M::template mma<Cfg::kBf16>(lds_u64(a_lane + N * mt * ld + N * kd), f[kd], c[mt]);
+      if (kd % kLoadGroup == kLoadGroup - 1) lds_fence();
+    }
+  }
+
+  // acc[dt] += A B for kTiles head-dim tiles: A from transposed LDS (at_lane: the lane's first
+  // operand; tile dt, k-step ks at 16 dt rows and 16 ks columns on), B the score operands b[ks].
+  template <int kTiles>
+  static AE_DEVICE void times_scores(Acc* acc, const u16* at_lane, const u64 (&b)[kMt]) {
+#pragma unroll
+    for (int ks = 0; ks < kMt; ++ks)
+#pragma unroll
+      for (int dt = 0; dt < kTiles; ++dt) {
+        acc[dt] = M::template mma<Cfg::kBf16>(lds_u64(at_lane + N * dt * Cfg::kLdT + N * ks), b[ks],
+                                              acc[dt]);
+        if ((ks * kTiles + dt) % kLoadGroup == kLoadGroup - 1) lds_fence();
+      }
+  }
+
+  // A key's row of dK or dV from kTiles accumulator tiles: tile dt's value v is column
+  // 16 dt + 4 g + v.
+  template <int kTiles>
+  static AE_DEVICE void store_row(u16* row, const Acc* acc, float scale, int g) {
+#pragma unroll
+    for (int dt = 0; dt < kTiles; ++dt)
+      *reinterpret_cast<u64*>(row + N * dt + c_row<N>(0, g)) =
+          pack4<Cfg::kBf16>(acc[dt][0] * scale, acc[dt][1] * scale, acc[dt][2] * scale,
+                            acc[dt][3] * scale);
   }
 
   // S becomes P and dP becomes dS, score by score (common/bwd_scores.h): tile mt's value v is
@@ -96,9 +150,11 @@ struct BwdKernel {
 
   AE_DEVICE void run(char* lds) {
     const int wave = threadIdx.x / 64, lane = threadIdx.x % 64, j = lane % N, g = lane / N;
+    const int keys = kPaired ? wave % kPairs : wave;  // the wave's 16 keys within the block
+    const bool wave_a = !kPaired || wave < kPairs;    // paired: S, dS, dV^T (else dP, dK^T)
     const WorkTile tile = Cfg::kDeterministic ? ReversedBlocks::tile(p) : GridOrder::tile(p);
     const int n_block = tile.block, h_kv = tile.head, b = tile.batch;
-    const int k0 = n_block * Cfg::kBlockN, key = k0 + wave * N + j;  // this lane's key
+    const int k0 = n_block * Cfg::kBlockN, key = k0 + keys * N + j;  // this lane's key
     const int q_len = Layout::q_len(p, b), kv_len = Layout::kv_len(p, b);
     if constexpr (Layout::kVarlen)  // past its sequence's keys (never deterministic: no turns)
       if (k0 >= kv_len) return;
@@ -109,6 +165,8 @@ struct BwdKernel {
     u16* sds = sdot + Cfg::kDv * Cfg::kLdT;        // dS   [query][key]
     float* slse = reinterpret_cast<float*>(sds + Cfg::kBlockM * Cfg::kLdS);
     float* sdelta = slse + Cfg::kBlockM;
+    // Paired: the lane's exchange slot per query tile (tile mt at xch[64 mt]), its partner's too.
+    Acc* xch = reinterpret_cast<Acc*>(sdelta + Cfg::kBlockM) + keys * kMt * 64 + lane;
     // This lane's A operands at k-step 0 of its first tile; the rest are constant offsets.
     const u16* q_lane = sq + j * Cfg::kLdQ + 4 * g;
     const u16* do_lane = sdo + j * Cfg::kLdO + 4 * g;
@@ -116,15 +174,23 @@ struct BwdKernel {
     const u16* dot_lane = sdot + j * Cfg::kLdT + 4 * g;
     const u16* ds_lane = sds + j * Cfg::kLdS + 4 * g;  // dQ^T's B operand
 
-    // The lane's key row of K and V (B operands of S and dP), and the wave's dQ^T tiles' K^T
-    // (A operands), for the whole block.
-    u64 kf[kQk], vf[kVk], ktf[kDt][kSk];
+    // The lane's key row of K and V (B operands of S and dP; paired: wave A's K, B's V), and
+    // the wave's dQ^T tiles' K^T (A operands), for the whole block.
+    u64 kf[kKt], vf[kVt], own[kOwn], ktf[kDt][kSk];
     {
       const bool in = key < kv_len;
-      row_operands(kf, Layout::kv_row(p, static_cast<const u16*>(p.k), p.k_stride, b, h_kv, in ? key : 0),
-                   in, g);
-      row_operands(vf, Layout::kv_row(p, static_cast<const u16*>(p.v), p.v_stride, b, h_kv, in ? key : 0),
-                   in, g);
+      const int row = in ? key : 0;
+      const u16* krow = Layout::kv_row(p, static_cast<const u16*>(p.k), p.k_stride, b, h_kv, row);
+      const u16* vrow = Layout::kv_row(p, static_cast<const u16*>(p.v), p.v_stride, b, h_kv, row);
+      if constexpr (kPaired) {
+        if (wave_a)
+          row_operands<kQk>(own, krow, in, g);
+        else
+          row_operands<kVk>(own, vrow, in, g);
+      } else {
+        row_operands<kQk>(kf, krow, in, g);
+        row_operands<kVk>(vf, vrow, in, g);
+      }
       const u16* gk0 = Layout::kv_row(p, static_cast<const u16*>(p.k), p.k_stride, b, h_kv, k0);
 #pragma unroll
       for (int i = 0; i < kDt; ++i) {
@@ -162,11 +228,13 @@ struct BwdKernel {
     QBlock it = walk.pop(p, b, h_kv, n_block), itn = walk.pop(p, b, h_kv, n_block);
     if (it.hq_off < p.group) load(it);
 
-    Acc dk[kQk], dv[kVk];
+    Acc dk[kKt], dv[kVt], acc[kOwn];  // paired: wave A's dV^T, B's dK^T in acc
 #pragma unroll
-    for (int t = 0; t < kQk; ++t) dk[t] = Acc{};
+    for (int t = 0; t < kKt; ++t) dk[t] = Acc{};
 #pragma unroll
-    for (int t = 0; t < kVk; ++t) dv[t] = Acc{};
+    for (int t = 0; t < kVt; ++t) dv[t] = Acc{};
+#pragma unroll
+    for (int t = 0; t < kOwn; ++t) acc[t] = Acc{};
 
     while (it.hq_off < p.group) {
       const int hq = h_kv * p.group + it.hq_off, q0 = it.mb * Cfg::kBlockM;
@@ -177,63 +245,81 @@ struct BwdKernel {
       __syncthreads();
       if (itn.hq_off < p.group) load(itn);
 
-      // 1. S = Q K^T and dP = dO V^T for the block's queries and this wave's keys.
-      Acc s[kMt], dp[kMt];
-#pragma unroll
-      for (int mt = 0; mt < kMt; ++mt) s[mt] = dp[mt] = Acc{};
-#pragma unroll
-      for (int kd = 0; kd < kQk; ++kd) {
-#pragma unroll
-        for (int mt = 0; mt < kMt; ++mt)
-          s[mt] = M::template mma<Cfg::kBf16>(lds_u64(q_lane + N * mt * Cfg::kLdQ + N * kd), kf[kd],
-                                              s[mt]);
-        if (kd % kLoadGroup == kLoadGroup - 1) lds_fence();
-      }
-#pragma unroll
-      for (int kd = 0; kd < kVk; ++kd) {
-#pragma unroll
-        for (int mt = 0; mt < kMt; ++mt)
-          dp[mt] = M::template mma<Cfg::kBf16>(lds_u64(do_lane + N * mt * Cfg::kLdO + N * kd),
-                                               vf[kd], dp[mt]);
-        if (kd % kLoadGroup == kLoadGroup - 1) lds_fence();
-      }
-
-      // 2. P and dS; dS into LDS for dQ.
       const bool check = q0 + Cfg::kBlockM > q_len || k0 + Cfg::kBlockN > kv_len ||
                          it.code == kBlockPartial;
-      if (check)
-        p_and_ds<true>(s, dp, slse, sdelta, b, hq, q0, key, g, true);
-      else
-        p_and_ds<false>(s, dp, slse, sdelta, b, hq, q0, key, g, false);
-      u64 pb[kMt], db[kMt];  // B operands: tile mt's 4 values are k-step mt's
+      if constexpr (kPaired) {
+        // 1. Wave A: S = Q K^T; B: dP = dO V^T, into the exchange slots.
+        Acc x[kMt];
 #pragma unroll
-      for (int mt = 0; mt < kMt; ++mt) {
-        pb[mt] = pack4<Cfg::kBf16>(s[mt][0], s[mt][1], s[mt][2], s[mt][3]);
-        db[mt] = pack4<Cfg::kBf16>(dp[mt][0], dp[mt][1], dp[mt][2], dp[mt][3]);
+        for (int mt = 0; mt < kMt; ++mt) x[mt] = Acc{};
+        if (wave_a) {
+          times_rows<kQk>(x, q_lane, Cfg::kLdQ, own);
+        } else {
+          times_rows<kVk>(x, do_lane, Cfg::kLdO, own);
 #pragma unroll
-        for (int v = 0; v < M::kC; ++v)
-          sds[(N * mt + c_row<N>(v, g)) * Cfg::kLdS + wave * N + j] =
-              static_cast<u16>(db[mt] >> (16 * v));
-      }
+          for (int mt = 0; mt < kMt; ++mt) xch[64 * mt] = x[mt];
+        }
+        __syncthreads();
+        // 2. Wave A: P and dS; dS into its slots for B and into LDS for dQ.
+        u64 pb[kMt];
+        if (wave_a) {
+          Acc dp[kMt];
+#pragma unroll
+          for (int mt = 0; mt < kMt; ++mt) dp[mt] = xch[64 * mt];
+          if (check)
+            p_and_ds<true>(x, dp, slse, sdelta, b, hq, q0, key, g, true);
+          else
+            p_and_ds<false>(x, dp, slse, sdelta, b, hq, q0, key, g, false);
+#pragma unroll
+          for (int mt = 0; mt < kMt; ++mt) {
+            pb[mt] = pack4<Cfg::kBf16>(x[mt][0], x[mt][1], x[mt][2], x[mt][3]);
+            const u64 db = pack4<Cfg::kBf16>(dp[mt][0], dp[mt][1], dp[mt][2], dp[mt][3]);
+            *reinterpret_cast<u64*>(xch + 64 * mt) = db;
+#pragma unroll
+            for (int v = 0; v < M::kC; ++v)
+              sds[(N * mt + c_row<N>(v, g)) * Cfg::kLdS + keys * N + j] =
+                  static_cast<u16>(db >> (16 * v));
+          }
+        }
+        __syncthreads();  // dS of every pair is in LDS
+        // 3. Wave A: dV^T += dO^T P; B: dK^T += Q^T dS.
+        if (wave_a) {
+          times_scores<kVk>(acc, dot_lane, pb);
+        } else {
+          u64 db[kMt];
+#pragma unroll
+          for (int mt = 0; mt < kMt; ++mt) db[mt] = *reinterpret_cast<const u64*>(xch + 64 * mt);
+          times_scores<kQk>(acc, qt_lane, db);
+        }
+      } else {
+        // 1. S = Q K^T and dP = dO V^T for the block's queries and this wave's keys.
+        Acc s[kMt], dp[kMt];
+#pragma unroll
+        for (int mt = 0; mt < kMt; ++mt) s[mt] = dp[mt] = Acc{};
+        times_rows<kQk>(s, q_lane, Cfg::kLdQ, kf);
+        times_rows<kVk>(dp, do_lane, Cfg::kLdO, vf);
 
-      // 3. dV^T += dO^T P and dK^T += Q^T dS.
+        // 2. P and dS; dS into LDS for dQ.
+        if (check)
+          p_and_ds<true>(s, dp, slse, sdelta, b, hq, q0, key, g, true);
+        else
+          p_and_ds<false>(s, dp, slse, sdelta, b, hq, q0, key, g, false);
+        u64 pb[kMt], db[kMt];  // B operands: tile mt's 4 values are k-step mt's
 #pragma unroll
-      for (int ks = 0; ks < kMt; ++ks)
+        for (int mt = 0; mt < kMt; ++mt) {
+          pb[mt] = pack4<Cfg::kBf16>(s[mt][0], s[mt][1], s[mt][2], s[mt][3]);
+          db[mt] = pack4<Cfg::kBf16>(dp[mt][0], dp[mt][1], dp[mt][2], dp[mt][3]);
 #pragma unroll
-        for (int dt = 0; dt < kVk; ++dt) {
-          dv[dt] = M::template mma<Cfg::kBf16>(lds_u64(dot_lane + N * dt * Cfg::kLdT + N * ks),
-                                               pb[ks], dv[dt]);
-          if ((ks * kVk + dt) % kLoadGroup == kLoadGroup - 1) lds_fence();
+          for (int v = 0; v < M::kC; ++v)
+            sds[(N * mt + c_row<N>(v, g)) * Cfg::kLdS + wave * N + j] =
+                static_cast<u16>(db[mt] >> (16 * v));
         }
-#pragma unroll
-      for (int ks = 0; ks < kMt; ++ks)
-#pragma unroll
-        for (int dt = 0; dt < kQk; ++dt) {
-          dk[dt] = M::template mma<Cfg::kBf16>(lds_u64(qt_lane + N * dt * Cfg::kLdT + N * ks),
-                                               db[ks], dk[dt]);
-          if ((ks * kQk + dt) % kLoadGroup == kLoadGroup - 1) lds_fence();
-        }
-      __syncthreads();  // dS of every wave is in LDS
+
+        // 3. dV^T += dO^T P and dK^T += Q^T dS.
+        times_scores<kVk>(dv, dot_lane, pb);
+        times_scores<kQk>(dk, qt_lane, db);
+        __syncthreads();  // dS of every wave is in LDS
+      }
 
       // 4. dQ^T = K^T dS^T for this wave's head-dim tiles, added into dq_accum: the lane's
       //    value v of query tile mt is row q0 + 16 mt + j, column 16 dt + 4 g + v (rows past
@@ -277,20 +363,20 @@ struct BwdKernel {
       itn = walk.pop(p, b, h_kv, n_block);
     }
 
-    // dK (times the softmax scale) and dV of the lane's key: tile dt's value v is column
-    // 16 dt + 4 g + v. (No early return: the gradient sink's finish has a barrier.)
+    // dK (times the softmax scale) and dV of the lane's key. (No early return: the gradient
+    // sink's finish has a barrier.)
     if (key < kv_len) {
       u16* gdk = Layout::kv_row(p, static_cast<u16*>(p.dk), p.dk_stride, b, h_kv, key);
       u16* gdv = Layout::kv_row(p, static_cast<u16*>(p.dv), p.dv_stride, b, h_kv, key);
-#pragma unroll
-      for (int dt = 0; dt < kQk; ++dt)
-        *reinterpret_cast<u64*>(gdk + N * dt + c_row<N>(0, g)) =
-            pack4<Cfg::kBf16>(dk[dt][0] * p.scale, dk[dt][1] * p.scale, dk[dt][2] * p.scale,
-                              dk[dt][3] * p.scale);
-#pragma unroll
-      for (int dt = 0; dt < kVk; ++dt)
-        *reinterpret_cast<u64*>(gdv + N * dt + c_row<N>(0, g)) =
-            pack4<Cfg::kBf16>(dv[dt][0], dv[dt][1], dv[dt][2], dv[dt][3]);
+      if constexpr (kPaired) {
+        if (wave_a)
+          store_row<kVk>(gdv, acc, 1.f, g);
+        else
+          store_row<kQk>(gdk, acc, p.scale, g);
+      } else {
+        store_row<kQk>(gdk, dk, p.scale, g);
+        store_row<kVk>(gdv, dv, 1.f, g);
+      }
     }
   }
 };

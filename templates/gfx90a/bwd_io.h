@@ -70,10 +70,10 @@ struct TileBoth {
 };
 
 // A key row as B operands (K of S = Q K^T, V of dP = dO V^T: B[4 g + t][j] is value 4 g + t
-// of key j): k-step kd holds head-dim values 16 kd + 4 g .. + 3 of `row` (zeros unless `in`;
-// row is then any valid row).
+// of key j): k-step kd < kSteps holds head-dim values 16 kd + 4 g .. + 3 of `row` (zeros unless
+// `in`; row is then any valid row).
 template <int kSteps>
-AE_DEVICE void row_operands(u64 (&f)[kSteps], const u16* row, bool in, int g) {
+AE_DEVICE void row_operands(u64* f, const u16* row, bool in, int g) {
 #pragma unroll
   for (int kd = 0; kd < kSteps; ++kd) {
     const u64 x = *reinterpret_cast<const u64*>(row + 16 * kd + 4 * g);

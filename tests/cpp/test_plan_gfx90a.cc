@@ -126,8 +126,9 @@ TEST(PlannerGfx90a, Mi250BackwardIsTheGfx90aTemplate) {
   EXPECT_EQ(main_step(masked).grid.x, 8u);
 }
 
-// Every head dim pair the backward takes (multiples of 16 up to 128): LDS for one 8-wave block
-// per CU at least (2 waves per SIMD); past 128 a reason.
+// Every head dim pair the backward takes (multiples of 16 up to 256): LDS for one 8-wave block
+// per CU at least (2 waves per SIMD); 16 keys per wave up to 128, past it per pair of waves
+// with their exchange in LDS, 32 queries per block where it fits, else 16.
 TEST(PlannerGfx90a, BackwardTilesLeaveTwoWavesPerSimd) {
   for (int d_qk = 16; d_qk <= 256; d_qk += 16)
     for (int d_v = 16; d_v <= 256; d_v += 16)
@@ -135,18 +136,75 @@ TEST(PlannerGfx90a, BackwardTilesLeaveTwoWavesPerSimd) {
         PlanRequest r = request(OpKind::Backward, true, d_qk, d_v);
         r.problem.dtype = bf16 ? ElemType::BFloat16 : ElemType::Float16;
         const LaunchPlan p = make_plan(r);
-        if (d_qk > 128 || d_v > 128) {
-          ASSERT_FALSE(p.ok) << d_qk << "/" << d_v;
-          EXPECT_NE(p.reason.find("have no gfx90a backward"), std::string::npos) << p.reason;
-          continue;
-        }
         ASSERT_TRUE(p.ok) << d_qk << "/" << d_v << ": " << p.reason;
         const Step& s = main_step(p);
-        EXPECT_EQ(s.spec.block_n, gfx90a::kBwdKeysPerWave * s.spec.warps) << s.spec.describe();
+        const bool paired = d_qk > 128 || d_v > 128;
+        EXPECT_EQ(s.spec.warps, 8) << s.spec.describe();
+        EXPECT_EQ(s.spec.block_n, gfx90a::kBwdKeysPerWave * s.spec.warps / (paired ? 2 : 1))
+            << s.spec.describe();
+        EXPECT_EQ(s.smem, gfx90a::bwd_lds_bytes(s.spec.block_m, s.spec.block_n, d_qk, d_v));
         const int blocks = gfx90a::kLdsPerCu / s.smem;
         EXPECT_GE(blocks * s.spec.warps / gfx90a::kSimdsPerCu, 2) << s.spec.describe();
+        // 32 query rows unless they would not fit
+        const bool rows32 =
+            gfx90a::bwd_lds_bytes(32, s.spec.block_n, d_qk, d_v) <= gfx90a::kLdsPerCu;
+        EXPECT_EQ(s.spec.block_m, rows32 ? 32 : 16) << s.spec.describe();
         EXPECT_EQ(s.spec.bf16, bf16);
       }
+  const int refused[][2] = {{272, 128}, {128, 272}, {136, 136}, {8, 8}};
+  for (const auto& d : refused) {
+    const LaunchPlan p = make_plan(request(OpKind::Backward, false, d[0], d[1]));
+    ASSERT_FALSE(p.ok) << d[0] << "/" << d[1];
+    EXPECT_NE(p.reason.find("have no gfx90a backward"), std::string::npos) << p.reason;
+  }
+}
+
+// Past head dim 128: 64 keys per block (pairs of waves); 32 query rows up to 384 head-dim
+// columns in all, 16 past it; dq_accum and the deterministic mode's counters per those rows; a
+// captured tensor's LDS copy where a tile leaves room for it (at 192/192, 32 rows take all 64 KB:
+// 16 rows with the copy).
+TEST(PlannerGfx90a, BackwardPastHeadDim128) {
+  const struct {
+    int d_qk, d_v;
+    const char* describe;
+  } cases[] = {{192, 128, "bwd gfx90a bf16 d192/128 32x64 w8"},
+               {160, 160, "bwd gfx90a bf16 d160/160 32x64 w8"},
+               {128, 256, "bwd gfx90a bf16 d128/256 32x64 w8"},
+               {256, 128, "bwd gfx90a bf16 d256/128 32x64 w8"},
+               {208, 208, "bwd gfx90a bf16 d208/208 16x64 w8"},
+               {256, 256, "bwd gfx90a bf16 d256/256 16x64 w8"}};
+  for (const auto& c : cases) {
+    const LaunchPlan p = make_plan(request(OpKind::Backward, false, c.d_qk, c.d_v, 1000));
+    ASSERT_TRUE(p.ok) << p.reason;
+    const Step& s = main_step(p);
+    EXPECT_EQ(s.spec.describe(), c.describe);
+    EXPECT_EQ(s.threads, 512);
+    EXPECT_EQ(s.grid.x, (1000u + 63) / 64);
+    EXPECT_EQ(s.smem, gfx90a::bwd_lds_bytes(s.spec.block_m, 64, c.d_qk, c.d_v));
+    EXPECT_LE(s.smem, gfx90a::kLdsPerCu);
+    EXPECT_EQ(p.attn.n_q_blocks, (1000 + s.spec.block_m - 1) / s.spec.block_m);
+    EXPECT_EQ(p.workspace(WorkspaceId::DqAccum)->shape,
+              (std::vector<int64_t>{2, 16, p.attn.n_q_blocks * s.spec.block_m, c.d_qk}));
+  }
+  EXPECT_EQ(gfx90a::bwd_lds_bytes(32, 64, 192, 192), gfx90a::kLdsPerCu);
+
+  PlanRequest r = request(OpKind::Backward, true, 256, 256);
+  r.problem.deterministic = true;
+  LaunchPlan p = make_plan(r);
+  ASSERT_TRUE(p.ok) << p.reason;
+  EXPECT_EQ(main_step(p).spec.describe(), "bwd gfx90a bf16 d256/256 16x64 w8 det");
+  EXPECT_EQ(p.rows.order_rows, 16);
+  EXPECT_EQ(p.workspace(WorkspaceId::DqOrder)->shape, (std::vector<int64_t>{2, 16, 4096 / 16}));
+  EXPECT_EQ(p.block_states.block_m, 16);
+  EXPECT_EQ(p.block_states.block_n, 64);
+
+  r = request(OpKind::Backward, false, 192, 192);
+  r.variant.score_loads = true;
+  r.problem.captured.push_back({"float32", 2, true, 16 * 65});
+  p = make_plan(r);
+  ASSERT_TRUE(p.ok) << p.reason;
+  EXPECT_EQ(main_step(p).spec.describe(), "bwd gfx90a bf16 d192/192 16x64 w8 dbuf0 smem");
+  EXPECT_EQ(main_step(p).smem, gfx90a::bwd_lds_bytes(16, 64, 192, 192) + 4 * 16 * 65);
 }
 
 // Captured tensors' gradients: an fp32 copy in LDS where it fits beside the tile, else global

@@ -116,6 +116,15 @@ BWD_CASES += [("causal", (64, 64), True, False), ("relative_bias_grad", (128, 12
               ("document", (128, 64), True, False), ("softcap", (112, 112), False, False),
               ("retention", (64, 64), True, False), ("sink", (32, 32), True, False),
               ("causal", (32, 32), True, True), ("document", (128, 128), True, True)]
+# Past head dim 128: pairs of waves sharing keys (gfx90a/bwd.h kPaired), 32 or 16 query rows;
+# a captured tensor's LDS copy (at 192/192 beside 16 rows: 32 take all 64 KB) or global
+# atomics; a custom normalization; the deterministic mode.
+BWD_CASES += [("plain", (192, 128), True, False), ("causal", (256, 256), True, False),
+              ("causal", (256, 128), False, False), ("document", (128, 256), True, False),
+              ("softcap", (160, 160), False, False), ("sigmoid_none", (208, 144), True, False),
+              ("alibi_learned", (192, 192), True, False), ("relative_bias_grad", (256, 256), False, False),
+              ("relative_bias_large", (192, 128), True, False), ("retention", (256, 256), True, False),
+              ("causal", (256, 256), True, True), ("document", (192, 128), True, True)]
 
 
 def _bwd_source(name, dims, bf16, step="bwd", deterministic=False):
@@ -167,7 +176,8 @@ PAGED_CASES = [("causal", (128, 128), True, 4096, False, 16), ("alibi", (64, 64)
                ("plain", (256, 256), False, 16, True, 16), ("softcap", (128, 128), True, 256, False, 64),
                ("plain", (128, 128), True, 1, True, 8), ("causal", (64, 64), False, 4096, False, 24)]
 VARLEN_BWD_CASES = [("plain", (128, 128), True), ("causal", (64, 64), True),
-                    ("alibi", (128, 128), False), ("sigmoid_none", (96, 64), True)]
+                    ("alibi", (128, 128), False), ("sigmoid_none", (96, 64), True),
+                    ("causal", (192, 128), True), ("plain", (256, 256), False)]
 
 
 def _layout_source(name, dims, bf16, step, q_len=4096, split=False, layout="varlen",
@@ -311,8 +321,10 @@ def test_gfx90a_main_loop_runs_mfma_and_exp(dims, bf16, layout, monkeypatch):
 @pytest.mark.skipif(_objdump() is None, reason="no llvm-objdump (Debian package llvm-14)")
 @pytest.mark.parametrize("name, dims, bf16, varlen",
                          [("causal", (128, 128), True, False), ("plain", (96, 64), False, False),
-                          ("causal", (128, 128), True, True)],
-                         ids=["causal-d128-bf16", "plain-d96-64-fp16", "causal-d128-bf16-varlen"])
+                          ("causal", (128, 128), True, True), ("causal", (256, 256), True, False),
+                          ("plain", (192, 128), False, False)],
+                         ids=["causal-d128-bf16", "plain-d96-64-fp16", "causal-d128-bf16-varlen",
+                              "causal-d256-bf16", "plain-d192-128-fp16"])
 def test_gfx90a_backward_main_loop_runs_mfma(name, dims, bf16, varlen):
     info = _layout_source(name, dims, bf16, "bwd") if varlen else _bwd_source(name, dims, bf16)
     asm = _disassemble(info, "bwd")
@@ -321,7 +333,8 @@ def test_gfx90a_backward_main_loop_runs_mfma(name, dims, bf16, varlen):
     block_m, block_n = map(int, info["describe"].split()[4].split("x"))
     waves = int(info["describe"].split()[5][1:])
     # per query block and wave: S and dK^T over d_qk, dP and dV^T over d_v, 16 queries per
-    # tile, and dQ^T for the wave's head-dim tiles over the block's keys
+    # tile, and dQ^T for the wave's head-dim tiles over the block's keys (paired waves: each
+    # runs half of the first four, the code has all of them)
     tiles = block_m // 16
     dq_tiles = -(-(dims[0] // 16) // waves)
     per_block = tiles * (2 * dims[0] // 16 + 2 * dims[1] // 16) + tiles * block_n // 16 * dq_tiles

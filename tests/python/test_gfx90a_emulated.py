@@ -341,12 +341,18 @@ def _close(got, want, tol, what):
 # that reads a captured tensor, normalize none at unequal head dims whose dQ tiles do not
 # divide among the waves, a custom row normalization (its row pass before the main kernel);
 # query and key tails; GQA 2:1.
+# Past head dim 128 (pairs of waves sharing keys, their dP and dS exchanged in LDS): 32 query
+# rows per block at 192/128, 16 at 256/256, with the same cases.
 # The last: the deterministic mode (dQ tiles taken in turn, common/dq_order.h).
 BWD_CASES = [("causal", 150, 150, 64, 64, torch.bfloat16, False),
              ("relative_bias_grad", 100, 150, 128, 128, torch.float16, False),
              ("sigmoid_none", 100, 150, 96, 64, torch.float16, False),
              ("retention", 100, 100, 64, 64, torch.bfloat16, False),
-             ("causal", 150, 150, 32, 32, torch.bfloat16, True)]
+             ("causal", 150, 150, 192, 128, torch.bfloat16, False),
+             ("relative_bias_grad", 100, 150, 256, 256, torch.float16, False),
+             ("sigmoid_none", 100, 150, 160, 256, torch.bfloat16, False),
+             ("causal", 150, 150, 32, 32, torch.bfloat16, True),
+             ("causal", 150, 150, 256, 128, torch.bfloat16, True)]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -568,7 +574,8 @@ def emulate_varlen_bwd(variant, buffers, q, k, v, o, lse, dout, lq, lk):
 
 
 VARLEN_BWD = [("causal", 64, torch.bfloat16, "mixed"), ("plain", 128, torch.float16, "mixed"),
-              ("alibi", 64, torch.bfloat16, "short"), ("sigmoid_none", 32, torch.bfloat16, "short")]
+              ("alibi", 64, torch.bfloat16, "short"), ("sigmoid_none", 32, torch.bfloat16, "short"),
+              ("causal", 192, torch.bfloat16, "short")]
 
 
 @pytest.mark.parametrize("case", VARLEN_BWD, ids=lambda c: f"{c[0]}-{c[1]}-{str(c[2])[6:]}-{c[3]}")
