@@ -23,6 +23,17 @@ const TensorRef& ws(const Bindings& b, WorkspaceId id) {
 }
 float* ws_f32(const Bindings& b, WorkspaceId id) { return static_cast<float*>(ws(b, id).data); }
 
+// One step's kernel (compiled or found) launched with its grid, threads and shared memory.
+void launch(const plan::Step& step, const ir::Variant* variant, void** args, void* stream, int device) {
+  jit::LaunchConfig cfg;
+  cfg.grid = {step.grid.x, step.grid.y, step.grid.z};
+  cfg.block = {static_cast<unsigned>(step.threads), 1, 1};
+  cfg.dynamic_smem = static_cast<unsigned>(step.smem);
+  cfg.stream = stream;
+  cfg.device = device;
+  jit::launch_kernel(*get_kernel(variant, step.spec), cfg, args);
+}
+
 AttnParams attn_params(const plan::LaunchPlan& plan, const Bindings& b) {
   AttnParams p = plan.attn;
   p.q = b.q.data;
@@ -177,14 +188,7 @@ void run(const plan::LaunchPlan& plan, const ir::Variant& variant, const Binding
       bs.per_batch = plan.block_states.per_batch;
       bs.per_head = plan.block_states.per_head;
     }
-    jit::LaunchConfig cfg;
-    cfg.grid = {step.grid.x, step.grid.y, step.grid.z};
-    cfg.block = {static_cast<unsigned>(step.threads), 1, 1};
-    cfg.dynamic_smem = static_cast<unsigned>(step.smem);
-    cfg.stream = b.stream;
-    cfg.device = b.device;
-    const jit::KernelPtr kernel = get_kernel(step.spec.uses_variant() ? step_variant : nullptr, step.spec);
-    jit::launch_kernel(*kernel, cfg, args);
+    launch(step, step.spec.uses_variant() ? step_variant : nullptr, args, b.stream, b.device);
   }
 }
 
@@ -222,13 +226,7 @@ void run_linear(const plan::LaunchPlan& plan, const LinearBindings& b) {
         (backward && (!p.dout || !p.dq || !p.dk || !p.dv || !p.da || !p.dchunk_states)))
       throw std::invalid_argument("runner: " + step.spec.describe() + " without its state tensor");
     void* args[1] = {v.at(Arg::Linear)};
-    jit::LaunchConfig cfg;
-    cfg.grid = {step.grid.x, step.grid.y, step.grid.z};
-    cfg.block = {static_cast<unsigned>(step.threads), 1, 1};
-    cfg.dynamic_smem = static_cast<unsigned>(step.smem);
-    cfg.stream = b.stream;
-    cfg.device = b.device;
-    jit::launch_kernel(*get_kernel(nullptr, step.spec), cfg, args);
+    launch(step, nullptr, args, b.stream, b.device);
   }
 }
 

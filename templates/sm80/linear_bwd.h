@@ -43,22 +43,6 @@ AE_DEVICE void row_dots(const float (&acc)[kN8][4], const u16* tile, int r0, flo
   }
 }
 
-// An accumulator tile (16 rows from r0 of the C layout) stored as 16-bit values: rows below
-// `rows` only.
-template <bool kBf16, int kN8>
-AE_DEVICE void store_rows16(u16* g, long long ld, const float (&acc)[kN8][4], int r0, int rows) {
-  const int lane = threadIdx.x % 32;
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = r0 + 8 * half;
-    if (r >= rows) continue;
-#pragma unroll
-    for (int nt = 0; nt < kN8; ++nt)
-      *reinterpret_cast<u32*>(g + r * ld + nt * 8 + 2 * (lane % 4)) =
-          pack2<kBf16>(acc[nt][2 * half], acc[nt][2 * half + 1]);
-  }
-}
-
 // dP or P for this warp's query rows (this thread's r0, r0 + 8): X_i Y^T over KD columns (X at
 // x_at: lane_a of the warp's rows; Y at y_at: lane_nk, [C][KD + 8]), o D, times the scale.
 template <class Cfg, int KD>

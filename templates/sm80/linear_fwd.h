@@ -217,6 +217,60 @@ AE_DEVICE void linear_state(const LinearParams& p) {
   carry_state<Cfg, false>(p);
 }
 
+// The output pass's tiles of chunk c: Q, K ([C][DK + 8]), V ([C][DV + 8]) and the state at its
+// start ([DK][DV + 8]), cp.async, one group (rows past t_len zero).
+template <class Cfg>
+AE_DEVICE void load_out_tiles(const LinearParams& p, int b, int h, int c, u16* sQ, u16* sK, u16* sV,
+                              u16* sS) {
+  constexpr int C = Cfg::kChunk, DK = Cfg::kDk, DV = Cfg::kDv;
+  const int t0 = c * C, rows = p.t_len - t0;
+  const long long bh = static_cast<long long>(b) * p.heads + h;
+  auto at = [&](const void* base, const long long(&st)[3]) {
+    return static_cast<const u16*>(base) + b * st[0] + h * st[1] + t0 * st[2];
+  };
+  load_tile<C, DK, Cfg::kThreads>(sQ, at(p.q, p.q_stride), p.q_stride[2], rows);
+  load_tile<C, DK, Cfg::kThreads>(sK, at(p.k, p.k_stride), p.k_stride[2], rows);
+  load_tile<C, DV, Cfg::kThreads>(sV, at(p.v, p.v_stride), p.v_stride[2], rows);
+  load_tile<DK, DV, Cfg::kThreads>(sS, static_cast<const u16*>(p.chunk_states) + (bh * p.n_chunks + c) * DK * DV,
+                                   DV, DK);
+  cp_async_commit();
+}
+
+// o += P V for this warp's 16 rows: P (fp32, the C layout, [C / 8] n8 tiles) as A operands,
+// V from a [C][DV + 8] tile (v_at: lane_kn).
+template <class Cfg>
+AE_DEVICE void add_pv(float (&o)[Cfg::kDv / 8][4], const float (&s)[Cfg::kChunk / 8][4], u32 v_at) {
+#pragma unroll
+  for (int kk = 0; kk < Cfg::kChunk / 16; ++kk) {
+    u32 a[4];
+    acc_to_a<Cfg::kBf16>(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+    for (int np = 0; np < Cfg::kDv / 16; ++np) {
+      u32 r[4];
+      load_b_kn<Cfg::kDv + 8>(r, v_at, kk * 16, np * 16);
+      mma_16816<Cfg::kBf16>(o[2 * np], a, r[0], r[1]);
+      mma_16816<Cfg::kBf16>(o[2 * np + 1], a, r[2], r[3]);
+    }
+  }
+}
+
+// An accumulator tile (16 rows from r0 of the C layout) times `scale`, stored as 16-bit values:
+// rows below `rows` only.
+template <bool kBf16, int kN8>
+AE_DEVICE void store_rows16(u16* g, long long ld, const float (&acc)[kN8][4], int r0, int rows,
+                            float scale = 1.f) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = r0 + 8 * half;
+    if (r >= rows) continue;
+#pragma unroll
+    for (int nt = 0; nt < kN8; ++nt)
+      *reinterpret_cast<u32*>(g + r * ld + nt * 8 + 2 * (lane % 4)) =
+          pack2<kBf16>(acc[nt][2 * half] * scale, acc[nt][2 * half + 1] * scale);
+  }
+}
+
 // The output pass per key channel (GLA): see the header. A_id from s_Ac [C][DK].
 template <class Cfg>
 AE_DEVICE void linear_out_channels(const LinearParams& p) {
@@ -233,15 +287,7 @@ AE_DEVICE void linear_out_channels(const LinearParams& p) {
   const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, t0 = c * C;
   const long long bh = static_cast<long long>(b) * p.heads + h;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, rows = p.t_len - t0;
-  const u16* gq = static_cast<const u16*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1] + t0 * p.q_stride[2];
-  const u16* gk = static_cast<const u16*>(p.k) + b * p.k_stride[0] + h * p.k_stride[1] + t0 * p.k_stride[2];
-  const u16* gv = static_cast<const u16*>(p.v) + b * p.v_stride[0] + h * p.v_stride[1] + t0 * p.v_stride[2];
-  const u16* gs = static_cast<const u16*>(p.chunk_states) + (bh * p.n_chunks + c) * DK * DV;
-  load_tile<C, DK, Cfg::kThreads>(sQ, gq, p.q_stride[2], rows);
-  load_tile<C, DK, Cfg::kThreads>(sK, gk, p.k_stride[2], rows);
-  load_tile<C, DV, Cfg::kThreads>(sV, gv, p.v_stride[2], rows);
-  load_tile<DK, DV, Cfg::kThreads>(sS, gs, DV, DK);
-  cp_async_commit();
+  load_out_tiles<Cfg>(p, b, h, c, sQ, sK, sV, sS);
   linear_prefix_channels(p, bh, t0, 0, DK, s_Ac);
   cp_async_wait<0>();
   __syncthreads();
@@ -319,28 +365,9 @@ AE_DEVICE void linear_out_channels(const LinearParams& p) {
         s[2 * J + h8][e] = sum;
       }
   }
-#pragma unroll
-  for (int kk = 0; kk < C / 16; ++kk) {
-    u32 a[4];
-    acc_to_a<kBf16>(a, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-    for (int np = 0; np < DV / 16; ++np) {
-      u32 r[4];
-      load_b_kn<LV>(r, v_at, kk * 16, np * 16);
-      mma_16816<kBf16>(o[2 * np], a, r[0], r[1]);
-      mma_16816<kBf16>(o[2 * np + 1], a, r[2], r[3]);
-    }
-  }
-  u16* go = static_cast<u16*>(p.o) + b * p.o_stride[0] + h * p.o_stride[1] + t0 * p.o_stride[2];
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int i = i0 + 8 * half;
-    if (i >= rows) continue;
-#pragma unroll
-    for (int nt = 0; nt < DV / 8; ++nt)
-      *reinterpret_cast<u32*>(go + i * p.o_stride[2] + nt * 8 + 2 * (lane % 4)) =
-          pack2<kBf16>(o[nt][2 * half] * p.scale, o[nt][2 * half + 1] * p.scale);
-  }
+  add_pv<Cfg>(o, s, v_at);
+  store_rows16<kBf16>(static_cast<u16*>(p.o) + b * p.o_stride[0] + h * p.o_stride[1] + t0 * p.o_stride[2],
+                      p.o_stride[2], o, i0, rows, p.scale);
 }
 
 template <class Cfg>
@@ -357,15 +384,7 @@ AE_DEVICE void linear_out_scalar(const LinearParams& p) {
   const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, t0 = c * C;
   const long long bh = static_cast<long long>(b) * p.heads + h;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, rows = p.t_len - t0;
-  const u16* gq = static_cast<const u16*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1] + t0 * p.q_stride[2];
-  const u16* gk = static_cast<const u16*>(p.k) + b * p.k_stride[0] + h * p.k_stride[1] + t0 * p.k_stride[2];
-  const u16* gv = static_cast<const u16*>(p.v) + b * p.v_stride[0] + h * p.v_stride[1] + t0 * p.v_stride[2];
-  const u16* gs = static_cast<const u16*>(p.chunk_states) + (bh * p.n_chunks + c) * DK * DV;
-  load_tile<C, DK, Cfg::kThreads>(sQ, gq, p.q_stride[2], rows);
-  load_tile<C, DK, Cfg::kThreads>(sK, gk, p.k_stride[2], rows);
-  load_tile<C, DV, Cfg::kThreads>(sV, gv, p.v_stride[2], rows);
-  load_tile<DK, DV, Cfg::kThreads>(sS, gs, DV, DK);
-  cp_async_commit();
+  load_out_tiles<Cfg>(p, b, h, c, sQ, sK, sV, sS);
   linear_prefix(p, bh, t0, s_A);
   cp_async_wait<0>();
   __syncthreads();
@@ -420,28 +439,9 @@ AE_DEVICE void linear_out_scalar(const LinearParams& p) {
       const int i = i0 + 8 * (e >> 1), j = nt * 8 + 2 * (lane % 4) + (e & 1);
       s[nt][e] = j <= i ? s[nt][e] * __expf((e >> 1 ? Ai8 : Ai0) - s_A[j]) : 0.f;
     }
-#pragma unroll
-  for (int kk = 0; kk < C / 16; ++kk) {
-    u32 a[4];
-    acc_to_a<kBf16>(a, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-    for (int np = 0; np < DV / 16; ++np) {
-      u32 r[4];
-      load_b_kn<LV>(r, v_at, kk * 16, np * 16);
-      mma_16816<kBf16>(o[2 * np], a, r[0], r[1]);
-      mma_16816<kBf16>(o[2 * np + 1], a, r[2], r[3]);
-    }
-  }
-  u16* go = static_cast<u16*>(p.o) + b * p.o_stride[0] + h * p.o_stride[1] + t0 * p.o_stride[2];
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int i = i0 + 8 * half;
-    if (i >= rows) continue;
-#pragma unroll
-    for (int nt = 0; nt < DV / 8; ++nt)
-      *reinterpret_cast<u32*>(go + i * p.o_stride[2] + nt * 8 + 2 * (lane % 4)) =
-          pack2<kBf16>(o[nt][2 * half] * p.scale, o[nt][2 * half + 1] * p.scale);
-  }
+  add_pv<Cfg>(o, s, v_at);
+  store_rows16<kBf16>(static_cast<u16*>(p.o) + b * p.o_stride[0] + h * p.o_stride[1] + t0 * p.o_stride[2],
+                      p.o_stride[2], o, i0, rows, p.scale);
 }
 
 template <class Cfg>
