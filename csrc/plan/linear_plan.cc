@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <limits>
 
 #include "common/shapes.h"
@@ -20,6 +21,7 @@ unsigned u(int64_t x) { return static_cast<unsigned>(x); }
 
 }  // namespace
 
+int64_t linear_chunk_tokens() { return sm80::kLinChunk; }
 int64_t linear_chunks(int64_t t_len) { return (t_len + sm80::kLinChunk - 1) / sm80::kLinChunk; }
 
 LaunchPlan plan_linear(const LinearProblem& pb, const DeviceCaps& dev) {
@@ -27,7 +29,8 @@ LaunchPlan plan_linear(const LinearProblem& pb, const DeviceCaps& dev) {
     return refuse(fmt::format("{} inputs have no fused linear attention kernel (bf16 and fp16 do)",
                               elem_name(pb.dtype)));
   constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
-  if (pb.t_len > kMax || pb.batch * pb.heads > 65535 || pb.d_k * pb.d_v * linear_chunks(pb.t_len) > kMax)
+  if (pb.t_len > kMax || pb.batch * pb.heads > 65535 || pb.n_seqs > 65535 ||
+      pb.d_k * pb.d_v * std::max(pb.n_chunks, linear_chunks(pb.t_len)) > kMax)
     return refuse("the shape is past the linear kernels' 32-bit indices or grid");
   LaunchPlan plan;
   LinearParams& a = plan.linear;
@@ -76,17 +79,21 @@ LaunchPlan plan_linear(const LinearProblem& pb, const DeviceCaps& dev) {
     return refuse(fmt::format("the {} needs {} bytes of shared memory, the device allows {}",
                               pb.backward ? "gradients' pass" : "output pass", smem,
                               dev.smem_per_block));
-  a.n_chunks = static_cast<int>(linear_chunks(pb.t_len));
+  const bool packed = pb.n_seqs > 0;
+  if (packed && pb.batch != 1) return refuse("packed sequences take a batch of 1");
+  a.n_chunks = static_cast<int>(packed ? pb.n_chunks : linear_chunks(pb.t_len));
+  a.n_seqs = static_cast<int>(pb.n_seqs);
   plan.ok = true;
   plan.family = "sm80";
   if (pb.batch * pb.heads == 0 || pb.t_len == 0) return plan;  // (the caller fills the outputs)
+  const int64_t seqs = packed ? pb.n_seqs : pb.batch;  // the state passes' grid z
   s.spec.family = codegen::Family::Sm80;
   s.spec.per_channel = pb.per_channel;
   s.spec.warps = sm80::kLinThreads / 32;
   s.threads = sm80::kLinThreads;
   s.spec.kind = codegen::Kind::LinearState;
   s.smem = sm80::linear_state_smem_bytes(pb.per_channel);
-  s.grid = {u((pb.d_k / sm80::kLinTile) * (pb.d_v / sm80::kLinTile)), u(pb.heads), u(pb.batch)};
+  s.grid = {u((pb.d_k / sm80::kLinTile) * (pb.d_v / sm80::kLinTile)), u(pb.heads), u(seqs)};
   plan.steps.push_back(s);
   if (pb.backward) {  // the reverse pass, over the same tiles
     s.spec.kind = codegen::Kind::LinearDState;
@@ -94,7 +101,7 @@ LaunchPlan plan_linear(const LinearProblem& pb, const DeviceCaps& dev) {
   }
   s.spec.kind = pb.backward ? codegen::Kind::LinearGrads : codegen::Kind::LinearOut;
   s.smem = smem;
-  s.grid = {u(a.n_chunks), u(pb.heads), u(pb.batch)};
+  s.grid = {u(a.n_chunks), u(pb.heads), u(pb.batch)};  // (packed: a chunk per x, of any sequence)
   plan.steps.push_back(s);
   return plan;
 }

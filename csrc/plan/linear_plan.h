@@ -18,10 +18,14 @@ struct LinearProblem {
   ElemType dtype = ElemType::BFloat16;  // of q, k, v
   int64_t batch = 0, heads = 0, t_len = 0, d_k = 0, d_v = 0;
   bool per_channel = false;  // decays per key channel (GLA), else one per token
+  // Packed sequences (batch 1): n_seqs sequences in n_chunks chunks in all (0: dense, each
+  // batch one sequence of t_len tokens).
+  int64_t n_seqs = 0, n_chunks = 0;
   double scale = 1.0;
 };
 
-// The chunked forward's chunk: tokens per chunk, and the chunks of t_len tokens.
+// The chunked kernels' tokens per chunk, and the chunks of t_len tokens.
+int64_t linear_chunk_tokens();
 int64_t linear_chunks(int64_t t_len);
 
 LaunchPlan plan_linear(const LinearProblem& problem, const DeviceCaps& device);

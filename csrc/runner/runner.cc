@@ -205,6 +205,11 @@ void run_linear(const plan::LaunchPlan& plan, const LinearBindings& b) {
   p.state = static_cast<float*>(b.state.data);
   p.state0 = static_cast<const float*>(b.state0.data);
   p.chunk_states = b.chunk_states.data;
+  p.cu_seqlens = static_cast<const int*>(b.cu_seqlens.data);
+  p.chunk_map = static_cast<const int*>(b.chunk_map.data);
+  if ((p.n_seqs > 0) != (p.cu_seqlens && p.chunk_map))
+    throw std::invalid_argument("runner: a linear attention plan for packed sequences takes "
+                                "cu_seqlens and the chunk map, and only it");
   if (b.dout.defined()) {
     p.dout = b.dout.data, p.dq = b.dq.data, p.dk = b.dk.data, p.dv = b.dv.data;
     strides3(p.do_stride, b.dout);

@@ -59,6 +59,8 @@ struct LinearBindings {
   // The backward's: dout; dq, dk, dv; da (fp32 like a); dstate, dstate0 (fp32 like the states);
   // dchunk_states (like chunk_states).
   TensorRef dout, dq, dk, dv, da, dstate, dstate0, dchunk_states;
+  // Packed sequences: int32 cu_seqlens and the chunk map (LinearParams).
+  TensorRef cu_seqlens, chunk_map;
   void* stream = nullptr;
   int device = 0;
 };

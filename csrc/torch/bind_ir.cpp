@@ -109,10 +109,11 @@ pybind11::dict kernel_source(const ir::Variant& given, const std::string& step, 
 // step's source and launch (the compile-all check, the emulator's tests).
 pybind11::list linear_kernel_sources(bool step, int d_k, int d_v, bool bf16, const std::string& device,
                                      int batch, int heads, int t_len, bool per_channel,
-                                     bool backward) {
+                                     bool backward, int n_seqs, int n_chunks) {
   plan::LinearProblem pb;
   pb.step = step;
   pb.backward = backward;
+  pb.n_seqs = n_seqs, pb.n_chunks = n_chunks;
   pb.dtype = bf16 ? plan::ElemType::BFloat16 : plan::ElemType::Float16;
   pb.batch = batch, pb.heads = heads, pb.t_len = step ? 1 : t_len, pb.d_k = d_k, pb.d_v = d_v;
   pb.per_channel = per_channel;
@@ -217,9 +218,10 @@ void bind_ir(pybind11::module_& m) {
   m.def("linear_kernel_sources", &linear_kernel_sources, pyb::arg("step"), pyb::arg("d_k"),
         pyb::arg("d_v"), pyb::arg("bf16") = true, pyb::arg("device") = "h100",
         pyb::arg("batch") = 1, pyb::arg("heads") = 16, pyb::arg("t_len") = 4096,
-        pyb::arg("per_channel") = false, pyb::arg("backward") = false,
+        pyb::arg("per_channel") = false, pyb::arg("backward") = false, pyb::arg("n_seqs") = 0,
+        pyb::arg("n_chunks") = 0,
         "Linear attention's plan on a device class (step: the decode step, else the chunked "
-        "forward, or with backward its backward): a dict per launch (step, source, entry, options, threads, smem, grid, "
+        "forward, or with backward its backward; n_seqs / n_chunks: packed sequences): a dict per launch (step, source, entry, options, threads, smem, grid, "
         "describe, n_chunks); raises with the planner's reason where no kernel takes it.");
   m.def("linear_backward_reason", &torch_ops::linear_backward_reason, pyb::arg("q"), pyb::arg("v"),
         pyb::arg("per_channel"),

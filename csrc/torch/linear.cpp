@@ -26,7 +26,7 @@ struct LinearShapes {
 
 LinearShapes check_linear(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const at::Tensor& a, const std::optional<at::Tensor>& state,
-                          bool one_token) {
+                          bool one_token, int64_t n_states = -1) {
   AE_CHECK(VALUE, q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
            "linear attention: q, k, v must be [B, H, T, D]; got q {}, k {}, v {}", shape_str(q),
            shape_str(k), shape_str(v));
@@ -50,14 +50,31 @@ LinearShapes check_linear(const at::Tensor& q, const at::Tensor& k, const at::Te
     AE_CHECK(VALUE, t->device() == q.device(), "linear attention: every tensor on q's device {}; "
              "got {}", device_str(q), device_str(*t));
   if (state && state->defined()) {
-    AE_CHECK(VALUE, state->dim() == 4 && state->size(0) == s.batch && state->size(1) == s.heads &&
+    const int64_t n = n_states < 0 ? s.batch : n_states;  // (packed: one per sequence)
+    AE_CHECK(VALUE, state->dim() == 4 && state->size(0) == n && state->size(1) == s.heads &&
                         state->size(2) == s.d_k && state->size(3) == s.d_v,
-             "linear attention: the state must be [B, H, Dk, Dv] = [{}, {}, {}, {}]; got {}",
-             s.batch, s.heads, s.d_k, s.d_v, shape_str(*state));
+             "linear attention: the state must be [N, H, Dk, Dv] = [{}, {}, {}, {}]; got {}", n,
+             s.heads, s.d_k, s.d_v, shape_str(*state));
     AE_CHECK(VALUE, state->device() == q.device(), "linear attention: the state must be on q's "
              "device {}; got {}", device_str(q), device_str(*state));
   }
   return s;
+}
+
+// Packed sequences: cu_seqlens' offsets on the host, checked (B = 1, rising from 0 to T).
+std::vector<int64_t> packed_offsets(const at::Tensor& cu, const LinearShapes& s) {
+  AE_CHECK(VALUE, s.batch == 1, "linear attention: packed sequences (cu_seqlens) need B = 1; got {}",
+           s.batch);
+  AE_CHECK(VALUE, cu.dim() == 1 && cu.numel() >= 2 &&
+                      (cu.scalar_type() == at::kInt || cu.scalar_type() == at::kLong),
+           "linear attention: cu_seqlens must be a 1-D int32 / int64 tensor of at least 2 offsets; "
+           "got {} {}", dtype_str(cu), shape_str(cu));
+  const at::Tensor host = cu.to(at::kCPU, at::kLong).contiguous();
+  std::vector<int64_t> c(host.data_ptr<int64_t>(), host.data_ptr<int64_t>() + host.numel());
+  bool rising = c.front() == 0 && c.back() == s.t_len;
+  for (size_t i = 1; i < c.size(); ++i) rising = rising && c[i] >= c[i - 1];
+  AE_CHECK(VALUE, rising, "linear attention: cu_seqlens must rise from 0 to T = {}", s.t_len);
+  return c;
 }
 
 at::ScalarType acc_dtype(const at::Tensor& q) {
@@ -88,9 +105,44 @@ at::Tensor suffix_sums(const at::Tensor& x) {
 
 }  // namespace
 
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> forward_dense(const at::Tensor& q, const at::Tensor& k,
+                                                 const at::Tensor& v, const at::Tensor& a,
+                                                 const std::optional<at::Tensor>& state0, double scale,
+                                                 bool output_state, int64_t chunk);
+
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> linear_forward_reference(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
-    const std::optional<at::Tensor>& state0, double scale, bool output_state, int64_t chunk) {
+    const std::optional<at::Tensor>& state0, double scale, bool output_state, int64_t chunk,
+    const std::optional<at::Tensor>& cu_seqlens) {
+  if (!cu_seqlens || !cu_seqlens->defined())
+    return forward_dense(q, k, v, a, state0, scale, output_state, chunk);
+  const LinearShapes s = check_linear(q, k, v, a, std::nullopt, false);
+  const std::vector<int64_t> c = packed_offsets(*cu_seqlens, s);
+  const int64_t n = static_cast<int64_t>(c.size()) - 1;
+  check_linear(q, k, v, a, state0, false, n);
+  std::vector<at::Tensor> outs, states;
+  for (int64_t i = 0; i < n; ++i) {  // each sequence from its own initial state
+    std::optional<at::Tensor> s0;
+    if (state0 && state0->defined()) s0 = state0->narrow(0, i, 1);
+    auto [o, st] = forward_dense(q.narrow(2, c[i], c[i + 1] - c[i]), k.narrow(2, c[i], c[i + 1] - c[i]),
+                                 v.narrow(2, c[i], c[i + 1] - c[i]), a.narrow(2, c[i], c[i + 1] - c[i]),
+                                 s0, scale, output_state, chunk);
+    outs.push_back(o);
+    states.push_back(st);
+  }
+  return {at::cat(outs, 2), output_state ? at::cat(states, 0) : states.front()};
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> forward_dense(const at::Tensor& q, const at::Tensor& k,
+                                                 const at::Tensor& v, const at::Tensor& a,
+                                                 const std::optional<at::Tensor>& state0, double scale,
+                                                 bool output_state, int64_t chunk) {
   const LinearShapes s = check_linear(q, k, v, a, state0, false);
   const at::ScalarType acc = acc_dtype(q);
   const at::Tensor qf = q.to(acc) * scale, kf = k.to(acc), vf = v.to(acc), af = a.to(acc);
@@ -123,13 +175,18 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_reference(
   return {o.contiguous(), output_state ? state.contiguous() : at::empty({0}, q.options().dtype(acc))};
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> linear_forward_meta(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
-    const std::optional<at::Tensor>& state0, double /*scale*/, bool output_state, int64_t chunk) {
-  const LinearShapes s = check_linear(q, k, v, a, state0, false);
+    const std::optional<at::Tensor>& state0, double /*scale*/, bool output_state, int64_t /*chunk*/,
+    const std::optional<at::Tensor>& cu_seqlens) {
+  const bool packed = cu_seqlens && cu_seqlens->defined();
+  const LinearShapes s = check_linear(q, k, v, a, packed ? std::nullopt : state0, false);
+  const int64_t n = packed ? cu_seqlens->size(0) - 1 : s.batch;
   const at::TensorOptions acc = q.options().dtype(acc_dtype(q));
   return {at::empty({s.batch, s.heads, s.t_len, s.d_v}, v.options()),
-          output_state ? at::empty({s.batch, s.heads, s.d_k, s.d_v}, acc) : at::empty({0}, acc)};
+          output_state ? at::empty({n, s.heads, s.d_k, s.d_v}, acc) : at::empty({0}, acc)};
 }
 
 at::Tensor linear_step_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -164,15 +221,45 @@ plan::DeviceCaps caps_of(const at::Tensor& q) {
 }
 
 plan::LaunchPlan linear_plan(const at::Tensor& q, const LinearShapes& s, bool step, double scale,
-                             bool backward = false) {
+                             bool backward = false, int64_t n_seqs = 0, int64_t n_chunks = 0) {
   plan::LinearProblem pb;
   pb.step = step;
   pb.backward = backward;
+  pb.n_seqs = n_seqs;
+  pb.n_chunks = n_chunks;
   pb.dtype = elem_type(q.scalar_type());
   pb.batch = s.batch, pb.heads = s.heads, pb.t_len = s.t_len, pb.d_k = s.d_k, pb.d_v = s.d_v;
   pb.per_channel = s.per_channel;
   pb.scale = scale;
   return plan::plan_linear(pb, caps_of(q));
+}
+
+// Packed sequences: cu_seqlens (int32) and the chunk map (LinearParams::chunk_map) on q's
+// device, and the chunks in all.
+struct PackedMaps {
+  at::Tensor cu, map;
+  int64_t n_seqs = 0, n_chunks = 0;
+};
+PackedMaps packed_maps(const std::vector<int64_t>& c, const at::Tensor& q) {
+  PackedMaps m;
+  m.n_seqs = static_cast<int64_t>(c.size()) - 1;
+  std::vector<int32_t> first(c.size()), seq, t0;
+  for (int64_t i = 0; i < m.n_seqs; ++i) {
+    first[i] = static_cast<int32_t>(m.n_chunks);
+    for (int64_t t = c[i]; t < c[i + 1]; t += plan::linear_chunk_tokens()) {
+      seq.push_back(static_cast<int32_t>(i));
+      t0.push_back(static_cast<int32_t>(t));
+      ++m.n_chunks;
+    }
+  }
+  first[m.n_seqs] = static_cast<int32_t>(m.n_chunks);
+  std::vector<int32_t> all(first);
+  all.insert(all.end(), seq.begin(), seq.end());
+  all.insert(all.end(), t0.begin(), t0.end());
+  m.map = at::tensor(all, at::TensorOptions().dtype(at::kInt)).to(q.device());
+  m.cu = at::tensor(std::vector<int32_t>(c.begin(), c.end()), at::TensorOptions().dtype(at::kInt))
+             .to(q.device());
+  return m;
 }
 
 runner::LinearBindings bind_linear(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -188,18 +275,27 @@ runner::LinearBindings bind_linear(const at::Tensor& q, const at::Tensor& k, con
 
 std::tuple<at::Tensor, at::Tensor> linear_forward_cuda(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& a_in,
-    const std::optional<at::Tensor>& state0, double scale, bool output_state, int64_t chunk) {
-  const LinearShapes s = check_linear(q_in, k_in, v_in, a_in, state0, false);
+    const std::optional<at::Tensor>& state0, double scale, bool output_state, int64_t chunk,
+    const std::optional<at::Tensor>& cu_seqlens) {
+  const bool packed = cu_seqlens && cu_seqlens->defined();
+  const LinearShapes s = check_linear(q_in, k_in, v_in, a_in, packed ? std::nullopt : state0, false);
   c10::DeviceGuard guard(q_in.device());
-  const plan::LaunchPlan plan = linear_plan(q_in, s, false, scale);
+  PackedMaps maps;
+  if (packed) {
+    maps = packed_maps(packed_offsets(*cu_seqlens, s), q_in);
+    check_linear(q_in, k_in, v_in, a_in, state0, false, maps.n_seqs);
+  }
+  const plan::LaunchPlan plan = linear_plan(q_in, s, false, scale, false, maps.n_seqs, maps.n_chunks);
   if (!plan.ok) {
     warn_once("attention_engine: linear attention on the reference path (slower) because " + plan.reason);
-    return linear_forward_reference(q_in, k_in, v_in, a_in, state0, scale, output_state, chunk);
+    return linear_forward_reference(q_in, k_in, v_in, a_in, state0, scale, output_state, chunk,
+                                    cu_seqlens);
   }
   const at::Tensor q = kernel_ready(q_in), k = kernel_ready(k_in), v = kernel_ready(v_in);
   const at::Tensor a = a_in.to(at::kFloat).contiguous();
+  const int64_t n_states = packed ? maps.n_seqs : s.batch;
   at::Tensor o = at::empty({s.batch, s.heads, s.t_len, s.d_v}, v_in.options());
-  at::Tensor state = at::empty({output_state ? s.batch : 0, s.heads, s.d_k, s.d_v},
+  at::Tensor state = at::empty({output_state ? n_states : 0, s.heads, s.d_k, s.d_v},
                                q_in.options().dtype(at::kFloat));
   if (plan.steps.empty()) {  // nothing to run: no tokens (the final state is the initial one)
     if (output_state)
@@ -213,6 +309,7 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_cuda(
   if (output_state) b.state = ref(state);
   if (h0.defined()) b.state0 = ref(h0);
   b.chunk_states = ref(chunks);
+  if (packed) b.cu_seqlens = ref(maps.cu), b.chunk_map = ref(maps.map);
   runner::run_linear(plan, b);
   return {o, output_state ? state : at::empty({0}, state.options())};
 }
@@ -250,24 +347,33 @@ std::string linear_backward_reason(const at::Tensor& q, const at::Tensor& v, boo
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_meta(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
     const std::optional<at::Tensor>& state0, const at::Tensor& /*dout*/,
-    const std::optional<at::Tensor>& /*dstate*/, double /*scale*/, bool want_dstate0) {
-  const LinearShapes s = check_linear(q, k, v, a, state0, false);
+    const std::optional<at::Tensor>& /*dstate*/, double /*scale*/, bool want_dstate0,
+    const std::optional<at::Tensor>& cu_seqlens) {
+  const bool packed = cu_seqlens && cu_seqlens->defined();
+  const LinearShapes s = check_linear(q, k, v, a, packed ? std::nullopt : state0, false);
+  const int64_t n = packed ? cu_seqlens->size(0) - 1 : s.batch;
   const at::TensorOptions f32 = q.options().dtype(at::kFloat);
   return {at::empty(q.sizes(), q.options()), at::empty(k.sizes(), k.options()),
           at::empty(v.sizes(), v.options()), at::empty(a.sizes(), f32),
-          want_dstate0 ? at::empty({s.batch, s.heads, s.d_k, s.d_v}, f32) : at::empty({0}, f32)};
+          want_dstate0 ? at::empty({n, s.heads, s.d_k, s.d_v}, f32) : at::empty({0}, f32)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& a_in,
     const std::optional<at::Tensor>& state0, const at::Tensor& dout_in,
-    const std::optional<at::Tensor>& dstate, double scale, bool want_dstate0) {
-  const LinearShapes s = check_linear(q_in, k_in, v_in, a_in, state0, false);
+    const std::optional<at::Tensor>& dstate, double scale, bool want_dstate0,
+    const std::optional<at::Tensor>& cu_seqlens) {
+  const bool packed = cu_seqlens && cu_seqlens->defined();
+  const LinearShapes s = check_linear(q_in, k_in, v_in, a_in, packed ? std::nullopt : state0, false);
   AE_CHECK(VALUE, dout_in.sizes() == v_in.sizes(), "linear attention: dout must be like v {}; got {}",
            shape_str(v_in), shape_str(dout_in));
-  check_linear(q_in, k_in, v_in, a_in, dstate, false);
   c10::DeviceGuard guard(q_in.device());
-  const plan::LaunchPlan plan = linear_plan(q_in, s, false, scale, true);
+  PackedMaps maps;
+  if (packed) maps = packed_maps(packed_offsets(*cu_seqlens, s), q_in);
+  const int64_t n_states = packed ? maps.n_seqs : s.batch;
+  check_linear(q_in, k_in, v_in, a_in, state0, false, n_states);
+  check_linear(q_in, k_in, v_in, a_in, dstate, false, n_states);
+  const plan::LaunchPlan plan = linear_plan(q_in, s, false, scale, true, maps.n_seqs, maps.n_chunks);
   AE_CHECK(VALUE, plan.ok, "linear attention's fused backward: {}", plan.reason);
   const at::Tensor q = kernel_ready(q_in), k = kernel_ready(k_in), v = kernel_ready(v_in);
   const at::Tensor dout = kernel_ready(dout_in.to(q_in.scalar_type()));
@@ -275,7 +381,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_ba
   const at::TensorOptions f32 = q_in.options().dtype(at::kFloat);
   at::Tensor dq = at::empty(q_in.sizes(), q_in.options()), dk = at::empty(k_in.sizes(), k_in.options()),
              dv = at::empty(v_in.sizes(), v_in.options()), da = at::empty(a.sizes(), f32);
-  at::Tensor ds0 = want_dstate0 ? at::empty({s.batch, s.heads, s.d_k, s.d_v}, f32) : at::empty({0}, f32);
+  at::Tensor ds0 = want_dstate0 ? at::empty({n_states, s.heads, s.d_k, s.d_v}, f32) : at::empty({0}, f32);
   if (plan.steps.empty()) {  // no tokens: the initial state's gradient is the final one's
     if (want_dstate0) dstate && dstate->defined() ? ds0.copy_(*dstate) : ds0.zero_();
     return {dq, dk, dv, da, ds0};
@@ -292,6 +398,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_ba
   if (dsf.defined()) b.dstate = ref(dsf);
   if (want_dstate0) b.dstate0 = ref(ds0);
   b.dchunk_states = ref(dchunks);
+  if (packed) b.cu_seqlens = ref(maps.cu), b.chunk_map = ref(maps.map);
   runner::run_linear(plan, b);
   return {dq, dk, dv, da, ds0};
 }

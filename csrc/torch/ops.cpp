@@ -191,10 +191,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> varlen_b
 // updated in place (inference).
 #define AE_LINEAR_SCHEMA \
   "(Tensor q, Tensor k, Tensor v, Tensor a, Tensor? state0, float scale, bool output_state, " \
-  "int chunk=64) -> (Tensor o, Tensor state)"
+  "int chunk=64, Tensor? cu_seqlens=None) -> (Tensor o, Tensor state)"
 #define AE_LINEAR_BWD_SCHEMA \
   "(Tensor q, Tensor k, Tensor v, Tensor a, Tensor? state0, Tensor dout, Tensor? dstate, " \
-  "float scale, bool want_dstate0) -> (Tensor dq, Tensor dk, Tensor dv, Tensor da, Tensor dstate0)"
+  "float scale, bool want_dstate0, Tensor? cu_seqlens=None) -> " \
+  "(Tensor dq, Tensor dk, Tensor dv, Tensor da, Tensor dstate0)"
 #define AE_LINEAR_STEP_SCHEMA \
   "(Tensor q, Tensor k, Tensor v, Tensor a, Tensor(s!) state, float scale) -> Tensor"
 

@@ -160,10 +160,14 @@ class LinearAttention:
 
     @staticmethod
     def _index(B, H, T, D, device, offset_b=0, offset_t=0):
-        b = torch.arange(B, device=device).view(B, 1, 1, 1) + offset_b
+        """The mods' b, h, t, d. offset_b: the batch's first index, or for packed sequences
+        each token's (sequence, position) as a pair of [T] tensors."""
         h = torch.arange(H, device=device).view(1, H, 1, 1)
-        t = torch.arange(T, device=device).view(1, 1, T, 1) + offset_t
         d = torch.arange(D, device=device).view(1, 1, 1, D)
+        if isinstance(offset_b, tuple):
+            return offset_b[0].view(1, 1, T, 1), h, offset_b[1].view(1, 1, T, 1), d
+        b = torch.arange(B, device=device).view(B, 1, 1, 1) + offset_b
+        t = torch.arange(T, device=device).view(1, 1, T, 1) + offset_t
         return b, h, t, d
 
     def _feature_map(self, role, x, g, seq, offset_t=0):
@@ -203,19 +207,12 @@ class LinearAttention:
     def __call__(self, q, k, v, g=None, *, initial_state=None, output_final_state=False,
                  cu_seqlens=None):
         self._check(q, k, v, g, initial_state, cu_seqlens)
-        if cu_seqlens is None:
-            return self._run(q, k, v, g, initial_state, output_final_state, 0)
-        outs, states = [], []
-        c = cu_seqlens.tolist()
-        for i, (s, e) in enumerate(zip(c, c[1:])):
-            sl = slice(s, e)
-            o, st = self._run(q[:, :, sl], k[:, :, sl], v[:, :, sl],
-                              None if g is None else g[:, :, sl],
-                              None if initial_state is None else initial_state[i:i + 1], True, i)
-            outs.append(o)
-            states.append(st)
-        o = torch.cat(outs, dim=2)
-        return (o, torch.cat(states, dim=0)) if output_final_state else o
+        where = 0
+        if cu_seqlens is not None:  # each token's sequence and position in it, for the mods
+            cu = cu_seqlens.to(q.device, torch.long)
+            seq = torch.repeat_interleave(torch.arange(cu.numel() - 1, device=q.device), cu.diff())
+            where = (seq, torch.arange(q.shape[2], device=q.device) - cu[seq])
+        return self._run(q, k, v, g, initial_state, output_final_state, where, cu_seqlens)
 
     def _inputs(self, q, k, v, g, seq, offset_t=0):
         """The feature-mapped q, k, v (in the inputs' dtype, as the op takes them; fp32 or fp64
@@ -228,13 +225,13 @@ class LinearAttention:
         a = self._log_decay(gq, B, H, T, Dk, q.device, seq, offset_t).to(acc)
         return (*feats, a)
 
-    def _run(self, q, k, v, g, initial_state, output_final_state, seq):
+    def _run(self, q, k, v, g, initial_state, output_final_state, where, cu_seqlens=None):
         Dk = q.shape[-1]
         scale = Dk ** -0.5 if self.scale is None else self.scale
-        qf, kf, vf, a = self._inputs(q, k, v, g, seq)
+        qf, kf, vf, a = self._inputs(q, k, v, g, where)
         state0 = None if initial_state is None else initial_state.to(a.dtype)
         o, state = _forward_op(qf, kf, vf, a.contiguous(), state0, float(scale), output_final_state,
-                               self.chunk_size)
+                               self.chunk_size, cu_seqlens)
         return (o, state) if output_final_state else o
 
     def step(self, q, k, v, g=None, *, state, position=0):
@@ -346,7 +343,23 @@ def _forward_setup(ctx, inputs, output):
     q, k, v, a, state0, scale, output_state, *rest = inputs
     ctx.has_state0 = state0 is not None
     ctx.save_for_backward(q, k, v, a, *([state0] if state0 is not None else []))
-    ctx.scale, ctx.output_state, ctx.chunk = scale, output_state, rest[0] if rest else 64
+    ctx.scale, ctx.output_state = scale, output_state
+    ctx.chunk = rest[0] if rest else 64
+    ctx.cu = rest[1] if len(rest) > 1 else None
+
+
+def _reference_packed(q, k, v, a, state, scale, per_channel, chunk, cu):
+    """_reference per packed sequence (cu: offsets; None: dense), the states one per sequence."""
+    if cu is None:
+        return _reference(q, k, v, a, state, scale, per_channel, chunk)
+    c = cu.tolist()
+    outs, states = [], []
+    for i, (s, e) in enumerate(zip(c, c[1:])):
+        o, st = _reference(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], a[:, :, s:e],
+                           None if state is None else state[i:i + 1], scale, per_channel, chunk)
+        outs.append(o)
+        states.append(st)
+    return torch.cat(outs, 2), torch.cat(states, 0)
 
 
 def _forward_backward(ctx, do, dstate):
@@ -363,14 +376,14 @@ def _forward_backward(ctx, do, dstate):
             do = torch.zeros(v.shape, device=v.device, dtype=v.dtype)
         ds = dstate if ctx.output_state and dstate is not None and dstate.numel() else None
         dq, dk, dv, da, ds0 = torch.ops.attention_engine.linear_backward(
-            q, k, v, a, state0, do, ds, ctx.scale, state0 is not None and bool(needs[4]))
+            q, k, v, a, state0, do, ds, ctx.scale, state0 is not None and bool(needs[4]), ctx.cu)
         grads = [dq, dk, dv, da.to(a.dtype)] + ([ds0.to(state0.dtype)] if state0 is not None else [None])
         return (*[g if need else None for g, need in zip(grads, needs[:5])], None, None) + \
             (None,) * (len(needs) - 7)
     with torch.enable_grad():
         leaves = [t.detach().requires_grad_(bool(needs[i])) for i, t in enumerate(inputs)]
-        o, state = _reference(*leaves[:4], leaves[4] if state0 is not None else None, ctx.scale,
-                              a.dim() == 4, ctx.chunk)
+        o, state = _reference_packed(*leaves[:4], leaves[4] if state0 is not None else None,
+                                     ctx.scale, a.dim() == 4, ctx.chunk, ctx.cu)
         outs, grads = [o], [do]
         if ctx.output_state and dstate is not None and dstate.numel():
             outs.append(state)

@@ -171,6 +171,14 @@ struct LinearParams {
   int batch, heads, t_len, d_k, d_v, n_chunks;
   int per_channel;
   float scale;
+  // Packed sequences (batch 1): sequence n is tokens cu_seqlens[n] .. cu_seqlens[n + 1] (int32,
+  // n_seqs + 1 entries; null: each batch is one sequence of t_len tokens), its states
+  // state0[n], state[n] (and the gradients'); chunk_map (int32): each sequence's first chunk
+  // (n_seqs + 1 entries, the last n_chunks), then each chunk's sequence, then its first token
+  // (n_chunks each). n_chunks: the chunks of all sequences.
+  const int* cu_seqlens;
+  const int* chunk_map;
+  int n_seqs;
   // The chunked backward (sm80/linear_bwd.h; it reruns the state pass for chunk_states): dout
   // like o; dq, dk, dv like q, k, v; da fp32 like a; dstate the final state's gradient (null:
   // zeros), dstate0 the initial state's (null: not asked); dchunk_states the gradient of the

@@ -92,13 +92,14 @@ AE_DEVICE void linear_grads(const LinearParams& p) {
   float* s_qdq = s_A + C;   // q_i . dq_i
   float* s_kdk = s_qdq + C;  // k_j . dk_j
   float* s_dl = s_kdk + C;   // per warp: its part of dL
-  const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, t0 = c * C;
+  const LinChunk ch = linear_chunk(p, blockIdx.x, blockIdx.z);
+  const int h = blockIdx.y, b = ch.b, t0 = ch.t0;
   const long long bh = static_cast<long long>(b) * p.heads + h;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, rows = p.t_len - t0;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, rows = ch.t_end - t0;
   auto at = [&](const void* base, const long long(&st)[3]) {
     return static_cast<const u16*>(base) + b * st[0] + h * st[1] + t0 * st[2];
   };
-  const long long state_at = (bh * p.n_chunks + c) * DK * DV;
+  const long long state_at = (bh * p.n_chunks + ch.chunk) * DK * DV;
   load_tile<C, DK, Cfg::kThreads>(sQ, at(p.q, p.q_stride), p.q_stride[2], rows);
   load_tile<C, DK, Cfg::kThreads>(sK, at(p.k, p.k_stride), p.k_stride[2], rows);
   load_tile<C, DV, Cfg::kThreads>(sV, at(p.v, p.v_stride), p.v_stride[2], rows);
@@ -106,7 +107,7 @@ AE_DEVICE void linear_grads(const LinearParams& p) {
   load_tile<DK, DV, Cfg::kThreads>(sS, static_cast<const u16*>(p.chunk_states) + state_at, DV, DK);
   load_tile<DK, DV, Cfg::kThreads>(sD, static_cast<const u16*>(p.dchunk_states) + state_at, DV, DK);
   cp_async_commit();
-  linear_prefix(p, bh, t0, s_A);
+  linear_prefix(p, bh, t0, ch.t_end, s_A);
   cp_async_wait<0>();
   __syncthreads();
 

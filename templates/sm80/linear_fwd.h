@@ -39,27 +39,28 @@ struct LinearConfig {
 };
 
 // Per key channel: the chunk's prefix sums of channels c0 .. c0 + n - 1 (n <= the threads)
-// from token t0 into s_Ac [kLinChunk][n] (tokens past t_len add 0); a thread per channel.
-AE_DEVICE void linear_prefix_channels(const LinearParams& p, long long bh, int t0, int c0, int n,
-                                      float* s_Ac) {
+// from token t0 into s_Ac [kLinChunk][n] (tokens at or past the sequence's end t_end add 0); a
+// thread per channel.
+AE_DEVICE void linear_prefix_channels(const LinearParams& p, long long bh, int t0, int t_end, int c0,
+                                      int n, float* s_Ac) {
   const int d = threadIdx.x;
   if (d >= n) return;
   const float* a = p.a + (bh * p.t_len + t0) * p.d_k + c0 + d;
   float sum = 0.f;
   for (int t = 0; t < kLinChunk; ++t) {
-    if (t0 + t < p.t_len) sum += fmaxf(a[static_cast<long long>(t) * p.d_k], kLinMinLogDecay);
+    if (t0 + t < t_end) sum += fmaxf(a[static_cast<long long>(t) * p.d_k], kLinMinLogDecay);
     s_Ac[t * n + d] = sum;
   }
 }
 
-// The chunk's prefix sums from token t0 into s_A (tokens past t_len add 0), by warp 0: two
-// tokens per lane, a shuffle scan of the pairs.
-AE_DEVICE void linear_prefix(const LinearParams& p, long long bh, int t0, float* s_A) {
+// The chunk's prefix sums from token t0 into s_A (tokens at or past the sequence's end t_end
+// add 0), by warp 0: two tokens per lane, a shuffle scan of the pairs.
+AE_DEVICE void linear_prefix(const LinearParams& p, long long bh, int t0, int t_end, float* s_A) {
   if (threadIdx.x >= 32) return;
   const int lane = threadIdx.x, t = t0 + 2 * lane;
   const float* a = p.a + bh * p.t_len;
-  const float x0 = t < p.t_len ? fmaxf(a[t], kLinMinLogDecay) : 0.f;
-  const float x1 = t + 1 < p.t_len ? fmaxf(a[t + 1], kLinMinLogDecay) : 0.f;
+  const float x0 = t < t_end ? fmaxf(a[t], kLinMinLogDecay) : 0.f;
+  const float x1 = t + 1 < t_end ? fmaxf(a[t + 1], kLinMinLogDecay) : 0.f;
   float sum = x0 + x1;
   for (int o = 1; o < 32; o *= 2) {
     const float y = __shfl_sync(0xffffffffu, sum, lane - o);
@@ -69,6 +70,28 @@ AE_DEVICE void linear_prefix(const LinearParams& p, long long bh, int t0, float*
   if (lane == 0) before = 0.f;
   s_A[2 * lane] = before + x0;
   s_A[2 * lane + 1] = before + x0 + x1;
+}
+
+// The sequence a state pass carries (grid z): a batch of t_len tokens, or packed sequence z
+// (LinearParams::cu_seqlens): its tokens [t_begin, t_end), its first chunk among the chunk
+// states' and its chunks.
+struct LinSeq {
+  int t_begin, t_end, chunk0, n;
+};
+AE_DEVICE LinSeq linear_seq(const LinearParams& p, int z) {
+  if (!p.cu_seqlens) return {0, p.t_len, 0, p.n_chunks};
+  const int c0 = p.chunk_map[z];
+  return {p.cu_seqlens[z], p.cu_seqlens[z + 1], c0, p.chunk_map[z + 1] - c0};
+}
+// The chunk a per-chunk pass takes (grid x, z): its first token, its sequence's end, its index
+// among the chunk states, and the batch whose tensors hold it (packed: 0).
+struct LinChunk {
+  int t0, t_end, chunk, b;
+};
+AE_DEVICE LinChunk linear_chunk(const LinearParams& p, int x, int z) {
+  if (!p.cu_seqlens) return {x * kLinChunk, p.t_len, x, z};
+  const int seq = p.chunk_map[p.n_seqs + 1 + x];
+  return {p.chunk_map[p.n_seqs + 1 + p.n_chunks + x], p.cu_seqlens[seq + 1], x, 0};
 }
 
 // w's two 16-bit values times s0 and s1.
@@ -99,8 +122,11 @@ AE_DEVICE void carry_state(const LinearParams& p) {
   constexpr bool kPc = Cfg::kPerChannel;
   const int tiles_v = Cfg::kDv / T;
   const int dk0 = (blockIdx.x / tiles_v) * T, dv0 = (blockIdx.x % tiles_v) * T;
-  const int h = blockIdx.y, b = blockIdx.z;
-  const long long bh = static_cast<long long>(b) * p.heads + h;
+  const int h = blockIdx.y, z = blockIdx.z;
+  const LinSeq sq = linear_seq(p, z);
+  const int b = p.cu_seqlens ? 0 : z;  // (the tensors' batch; packed sequences share one)
+  const long long bh = static_cast<long long>(b) * p.heads + h;       // tokens' rows, chunk states
+  const long long sh = static_cast<long long>(z) * p.heads + h;       // the sequence's states
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const long long(&xs)[3] = kBackward ? p.q_stride : p.k_stride;
   const long long(&ys)[3] = kBackward ? p.do_stride : p.v_stride;
@@ -109,10 +135,10 @@ AE_DEVICE void carry_state(const LinearParams& p) {
   const float* init = kBackward ? p.dstate : p.state0;
   float* last_out = kBackward ? p.dstate0 : p.state;
   u16* out = static_cast<u16*>(kBackward ? p.dchunk_states : p.chunk_states);
-  const int n = p.n_chunks;
+  const int n = sq.n;
   auto chunk = [&](int i) { return kBackward ? n - 1 - i : i; };  // the i-th chunk visited
   auto load = [&](int i) {
-    const int t0 = chunk(i) * C, rows = p.t_len - t0;
+    const int t0 = sq.t_begin + chunk(i) * C, rows = sq.t_end - t0;
     load_tile<C, T, Cfg::kThreads>(sX + (i % 2) * C * LD, gx + t0 * xs[2], xs[2], rows);
     load_tile<C, T, Cfg::kThreads>(sY + (i % 2) * C * LD, gy + t0 * ys[2], ys[2], rows);
   };
@@ -125,14 +151,15 @@ AE_DEVICE void carry_state(const LinearParams& p) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int r = dk0 + r0 + 8 * (e >> 1), col = dv0 + nt * 8 + 2 * (lane % 4) + (e & 1);
-      s[nt][e] = init ? init[(bh * Cfg::kDk + r) * Cfg::kDv + col] : 0.f;
+      s[nt][e] = init ? init[(sh * Cfg::kDk + r) * Cfg::kDv + col] : 0.f;
     }
   const u32 x_at = lane_nk<LD>(smem_addr(sX)), y_at = lane_kn<LD>(smem_addr(sY));
   if (n > 0) load(0);
   cp_async_commit();
   for (int i = 0; i < n; ++i) {
     const int c = chunk(i);
-    u16* at = out + (bh * n + c) * Cfg::kDk * Cfg::kDv;  // the value before this chunk
+    u16* at = out + (bh * p.n_chunks + sq.chunk0 + c) * Cfg::kDk * Cfg::kDv;  // before this chunk
+    const int t0 = sq.t_begin + c * C;
 #pragma unroll
     for (int nt = 0; nt < T / 8; ++nt)
 #pragma unroll
@@ -144,9 +171,9 @@ AE_DEVICE void carry_state(const LinearParams& p) {
     if (i + 1 < n) load(i + 1);
     cp_async_commit();
     if constexpr (kPc) {  // (the last chunk's readers are past the loop's closing barrier)
-      linear_prefix_channels(p, bh, c * C, dk0, T, s_Ac);
+      linear_prefix_channels(p, bh, t0, sq.t_end, dk0, T, s_Ac);
     } else {
-      linear_prefix(p, bh, c * C, s_A + (i % 2) * C);
+      linear_prefix(p, bh, t0, sq.t_end, s_A + (i % 2) * C);
     }
     cp_async_wait<1>();
     __syncthreads();
@@ -207,7 +234,7 @@ AE_DEVICE void carry_state(const LinearParams& p) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int r = dk0 + r0 + 8 * (e >> 1), col = dv0 + nt * 8 + 2 * (lane % 4) + (e & 1);
-        last_out[(bh * Cfg::kDk + r) * Cfg::kDv + col] = s[nt][e];
+        last_out[(sh * Cfg::kDk + r) * Cfg::kDv + col] = s[nt][e];
       }
   }
 }
@@ -217,13 +244,13 @@ AE_DEVICE void linear_state(const LinearParams& p) {
   carry_state<Cfg, false>(p);
 }
 
-// The output pass's tiles of chunk c: Q, K ([C][DK + 8]), V ([C][DV + 8]) and the state at its
-// start ([DK][DV + 8]), cp.async, one group (rows past t_len zero).
+// The output pass's tiles of chunk ch: Q, K ([C][DK + 8]), V ([C][DV + 8]) and the state at its
+// start ([DK][DV + 8]), cp.async, one group (rows past its sequence's end zero).
 template <class Cfg>
-AE_DEVICE void load_out_tiles(const LinearParams& p, int b, int h, int c, u16* sQ, u16* sK, u16* sV,
-                              u16* sS) {
+AE_DEVICE void load_out_tiles(const LinearParams& p, const LinChunk& ch, int h, u16* sQ, u16* sK,
+                              u16* sV, u16* sS) {
   constexpr int C = Cfg::kChunk, DK = Cfg::kDk, DV = Cfg::kDv;
-  const int t0 = c * C, rows = p.t_len - t0;
+  const int b = ch.b, t0 = ch.t0, rows = ch.t_end - t0;
   const long long bh = static_cast<long long>(b) * p.heads + h;
   auto at = [&](const void* base, const long long(&st)[3]) {
     return static_cast<const u16*>(base) + b * st[0] + h * st[1] + t0 * st[2];
@@ -231,7 +258,7 @@ AE_DEVICE void load_out_tiles(const LinearParams& p, int b, int h, int c, u16* s
   load_tile<C, DK, Cfg::kThreads>(sQ, at(p.q, p.q_stride), p.q_stride[2], rows);
   load_tile<C, DK, Cfg::kThreads>(sK, at(p.k, p.k_stride), p.k_stride[2], rows);
   load_tile<C, DV, Cfg::kThreads>(sV, at(p.v, p.v_stride), p.v_stride[2], rows);
-  load_tile<DK, DV, Cfg::kThreads>(sS, static_cast<const u16*>(p.chunk_states) + (bh * p.n_chunks + c) * DK * DV,
+  load_tile<DK, DV, Cfg::kThreads>(sS, static_cast<const u16*>(p.chunk_states) + (bh * p.n_chunks + ch.chunk) * DK * DV,
                                    DV, DK);
   cp_async_commit();
 }
@@ -284,11 +311,12 @@ AE_DEVICE void linear_out_channels(const LinearParams& p) {
   u16* sV = sK + C * LQ;                   // [C][LV]
   u16* sS = sV + C * LV;                   // [DK][LV]: the state at the chunk's start
   float* s_Ac = reinterpret_cast<float*>(sS + DK * LV) + C;  // [C][DK] (past linear_out's s_A)
-  const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, t0 = c * C;
+  const LinChunk ch = linear_chunk(p, blockIdx.x, blockIdx.z);
+  const int h = blockIdx.y, b = ch.b, t0 = ch.t0;
   const long long bh = static_cast<long long>(b) * p.heads + h;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, rows = p.t_len - t0;
-  load_out_tiles<Cfg>(p, b, h, c, sQ, sK, sV, sS);
-  linear_prefix_channels(p, bh, t0, 0, DK, s_Ac);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, rows = ch.t_end - t0;
+  load_out_tiles<Cfg>(p, ch, h, sQ, sK, sV, sS);
+  linear_prefix_channels(p, bh, t0, ch.t_end, 0, DK, s_Ac);
   cp_async_wait<0>();
   __syncthreads();
 
@@ -381,11 +409,12 @@ AE_DEVICE void linear_out_scalar(const LinearParams& p) {
   u16* sV = sK + C * LQ;                   // [C][LV]
   u16* sS = sV + C * LV;                   // [DK][LV]: the state at the chunk's start
   float* s_A = reinterpret_cast<float*>(sS + DK * LV);
-  const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, t0 = c * C;
+  const LinChunk ch = linear_chunk(p, blockIdx.x, blockIdx.z);
+  const int h = blockIdx.y, b = ch.b, t0 = ch.t0;
   const long long bh = static_cast<long long>(b) * p.heads + h;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, rows = p.t_len - t0;
-  load_out_tiles<Cfg>(p, b, h, c, sQ, sK, sV, sS);
-  linear_prefix(p, bh, t0, s_A);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, rows = ch.t_end - t0;
+  load_out_tiles<Cfg>(p, ch, h, sQ, sK, sV, sS);
+  linear_prefix(p, bh, t0, ch.t_end, s_A);
   cp_async_wait<0>();
   __syncthreads();
 

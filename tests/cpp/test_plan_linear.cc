@@ -89,6 +89,24 @@ TEST(LinearPlan, RefusalsSayWhy) {
   EXPECT_NE(reason(problem(true, 512), devices::h200()).find("up to 256"), std::string::npos);
 }
 
+TEST(LinearPlan, PackedSequences) {
+  LinearProblem pb = problem(false, 64, 64, 230);
+  pb.batch = 1;
+  pb.n_seqs = 4, pb.n_chunks = 5;
+  for (bool backward : {false, true}) {
+    pb.backward = backward;
+    const LaunchPlan p = plan_linear(pb, devices::h200());
+    ASSERT_TRUE(p.ok) << p.reason;
+    EXPECT_EQ(p.linear.n_seqs, 4);
+    EXPECT_EQ(p.linear.n_chunks, 5);
+    EXPECT_EQ(p.steps.front().grid.z, 4u);  // the state passes: a sequence per z
+    EXPECT_EQ(p.steps.back().grid.x, 5u);   // the per-chunk pass: every sequence's chunks
+    EXPECT_EQ(p.steps.back().grid.z, 1u);
+  }
+  pb.batch = 2;
+  EXPECT_NE(plan_linear(pb, devices::h200()).reason.find("batch of 1"), std::string::npos);
+}
+
 TEST(LinearPlan, NoTokensNoLaunches) {
   const LaunchPlan p = plan_linear(problem(false, 64, 64, 0), devices::h200());
   ASSERT_TRUE(p.ok);

@@ -7,7 +7,7 @@
 // state.bin (the state after; NaN where a forward was not asked for it). The backward
 // ("backward" given: the state pass, linear_dstate, linear_grads): dout.bin (16-bit like v),
 // dstate.bin (fp32, where "dstate" is given) in; dq.bin, dk.bin, dv.bin (16-bit), da.bin and
-// dstate0.bin (fp32) out.
+// dstate0.bin (fp32) out. Packed sequences: "n_seqs", cu.bin and map.bin (LinearParams).
 #include <cstring>
 #include <limits>
 
@@ -31,15 +31,24 @@ int main(int argc, char** argv) {
   ae::LinearParams p{};
   p.batch = i("B"), p.heads = i("H"), p.t_len = i("T"), p.d_k = i("Dk"), p.d_v = i("Dv");
   p.per_channel = i("per_channel"), p.n_chunks = i("n_chunks");
+  // Packed sequences ("n_seqs"): cu.bin (int32, n_seqs + 1) and map.bin (the chunk map, int32).
+  std::vector<char> cu, map;
+  if (i.has("n_seqs")) {
+    cu = read(dir + "/cu.bin"), map = read(dir + "/map.bin");
+    p.n_seqs = i("n_seqs");
+    p.cu_seqlens = reinterpret_cast<const int*>(cu.data());
+    p.chunk_map = reinterpret_cast<const int*>(map.data());
+  }
   p.scale = static_cast<float>(i.real("scale"));
   const long long T = p.t_len;
   for (long long* s : {p.q_stride, p.k_stride}) s[0] = p.heads * T * p.d_k, s[1] = T * p.d_k, s[2] = p.d_k;
   for (long long* s : {p.v_stride, p.o_stride}) s[0] = p.heads * T * p.d_v, s[1] = T * p.d_v, s[2] = p.d_v;
   const float nan = std::numeric_limits<float>::quiet_NaN();
-  const size_t states = static_cast<size_t>(p.batch) * p.heads * p.d_k * p.d_v;
+  const size_t states = static_cast<size_t>(p.n_seqs > 0 ? p.n_seqs : p.batch) * p.heads * p.d_k * p.d_v;
   std::vector<unsigned short> o(static_cast<size_t>(p.batch) * p.heads * T * p.d_v, 0xffff);
   std::vector<float> state(states, nan), state0;
-  std::vector<unsigned short> chunks(states * p.n_chunks, 0xffff);  // (NaN: unwritten shows)
+  // (NaN: what is left unwritten shows)
+  std::vector<unsigned short> chunks(static_cast<size_t>(p.batch) * p.heads * p.n_chunks * p.d_k * p.d_v, 0xffff);
   const bool stepping = i.has("grid_linear_step");
   if (stepping || i.has("state0")) {
     std::vector<char> in = read(dir + "/state.bin");

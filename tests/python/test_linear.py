@@ -361,3 +361,31 @@ def test_fused_forward_on_the_gpu(kind, dims):
     o1 = lin.step(qb.detach()[:, :, :1], kb.detach()[:, :, :1], vb.detach()[:, :, :1],
                   None if g is None else g.float().cuda()[:, :, :1], state=st)
     assert rel(o1, want[:, :, :1]) < 3e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["simple_gla", "gla"])
+def test_fused_packed_sequences_on_the_gpu(kind):
+    """Packed sequences in one launch per pass (cu_seqlens; an empty sequence, one shorter than
+    a chunk): outputs, states and (simple GLA: the fused backward) gradients against float64
+    per sequence."""
+    cu = torch.tensor([0, 70, 70, 100, 400], dtype=torch.int32)
+    H, Dk, Dv, T = 2, 64, 64, 400
+    q, k, v, g = inputs(1, H, T, Dk, Dv, kind)
+    s0 = torch.randn(4, H, Dk, Dv, dtype=torch.float64)
+    lin = definition(kind, H)
+    want, want_state = lin(q, k, v, g, initial_state=s0, output_final_state=True, cu_seqlens=cu)
+    leaves = [t.to("cuda", torch.bfloat16).requires_grad_() for t in (q, k, v)]
+    gb = g.float().cuda()
+    out, state = lin(*leaves, gb, initial_state=s0.float().cuda(), output_final_state=True,
+                     cu_seqlens=cu.cuda())
+    rel = lambda a, b: ((a.double().cpu() - b).norm() / b.norm()).item()
+    assert rel(out, want) < 3e-2 and rel(state, want_state) < 2e-2
+    if kind == "gla":
+        return
+    dout = torch.randn_like(want)
+    got = torch.autograd.grad(out, leaves, dout.to("cuda", torch.bfloat16))
+    ref = [t.clone().requires_grad_() for t in (q, k, v)]
+    want_g = torch.autograd.grad(lin(*ref, g, initial_state=s0, cu_seqlens=cu), ref, dout)
+    for a, b in zip(got, want_g):
+        assert rel(a, b) < 5e-2

@@ -616,10 +616,22 @@ def _recurrence(q, k, v, a, state0, scale):
         S = (e[..., None, None] if a.dim() == 3 else e[..., :, None]) * S + \
             k[:, :, t, :, None] * v[:, :, t, None, :]
         outs.append(scale * (q[:, :, t, None, :] @ S).squeeze(-2))
-    return torch.stack(outs, 2), S
+    return (torch.stack(outs, 2) if outs else torch.zeros(B, H, 0, v.shape[-1], dtype=torch.float64)), S
 
 
-def _linear_emulate(steps, q, k, v, a, scale, state=None, want_state=False, dout=None, dstate=None):
+def _chunk_map(cu):
+    """LinearParams::chunk_map of packed sequences with offsets cu, and the chunks in all."""
+    first, seq, t0 = [], [], []
+    for i, (s, e) in enumerate(zip(cu, cu[1:])):
+        first.append(len(seq))
+        for t in range(s, e, 64):
+            seq.append(i)
+            t0.append(t)
+    return torch.tensor(first + [len(seq)] + seq + t0, dtype=torch.int32), len(seq)
+
+
+def _linear_emulate(steps, q, k, v, a, scale, state=None, want_state=False, dout=None, dstate=None,
+                    cu=None):
     """Runs the plan's launches (linear_kernel_sources) on q, k, v (bf16) and a: (o float,
     the state after: the step's, updated, or the forward's final one); with dout (the
     backward's plan): (dq, dk, dv, da, dstate0) instead."""
@@ -637,6 +649,8 @@ def _linear_emulate(steps, q, k, v, a, scale, state=None, want_state=False, dout
         args["state0"] = [1]
     if dout is not None:
         args["backward"] = [1]
+    if cu is not None:
+        args["n_seqs"] = [len(cu) - 1]
     if dstate is not None:
         args["dstate"] = [1]
     with tempfile.TemporaryDirectory() as tmp:
@@ -650,17 +664,20 @@ def _linear_emulate(steps, q, k, v, a, scale, state=None, want_state=False, dout
             (tmp / "dout.bin").write_bytes(_bits(dout))
         if dstate is not None:
             (tmp / "dstate.bin").write_bytes(dstate.float().contiguous().numpy().tobytes())
+        if cu is not None:
+            (tmp / "cu.bin").write_bytes(torch.tensor(cu, dtype=torch.int32).numpy().tobytes())
+            (tmp / "map.bin").write_bytes(_chunk_map(cu)[0].numpy().tobytes())
         (tmp / "args.txt").write_text("\n".join(f"{k_} {' '.join(map(str, v_))}" for k_, v_ in args.items()))
         run = subprocess.run([str(binary), str(tmp)], capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stderr[-2000:]
         read = lambda n, dt: torch.frombuffer(bytearray((tmp / n).read_bytes()), dtype=dt)
         o = read("o.bin", torch.int16).view(torch.bfloat16).view(B, H, T, v.shape[-1]).float()
-        after = read("state.bin", torch.float32).view(B, H, Dk, v.shape[-1])
+        after = read("state.bin", torch.float32).view(-1, H, Dk, v.shape[-1])
         if dout is not None:
             half = lambda n, shape: read(n, torch.int16).view(torch.bfloat16).view(shape).float()
             return (half("dq.bin", q.shape), half("dk.bin", k.shape), half("dv.bin", v.shape),
                     read("da.bin", torch.float32).view(a.shape),
-                    read("dstate0.bin", torch.float32).view(B, H, Dk, v.shape[-1]))
+                    read("dstate0.bin", torch.float32).view(-1, H, Dk, v.shape[-1]))
     return o, after
 
 
@@ -741,6 +758,51 @@ def test_emulated_linear_backward_matches_autograd(case):
         assert _rel(g_, w) < 3e-2, (name, _rel(g_, w))
     if s0 is None:  # no initial state: its gradient is still dS_0
         assert torch.isfinite(got[4]).all()
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["scalar", "per_channel"])
+def test_emulated_linear_packed_sequences(per_channel):
+    """Packed sequences (cu_seqlens; an empty one, one shorter than a chunk, chunks ending
+    inside another sequence's): each sequence's state restarts from its own initial state,
+    forward (scalar decays and GLA's) and, for scalar decays, the backward, against the
+    float64 recurrence per sequence."""
+    H, Dk, Dv = 2, 64, 64
+    cu = [0, 70, 70, 100, 230]
+    T = cu[-1]
+    q, k, v = _bf16(1, H, T, Dk, seed=20), _bf16(1, H, T, Dk, seed=21), _bf16(1, H, T, Dv, seed=22)
+    gen = torch.Generator().manual_seed(23)
+    a = torch.nn.functional.logsigmoid(torch.randn(1, H, T, *([Dk] if per_channel else []),
+                                                   generator=gen) + 1)
+    n = len(cu) - 1
+    state0 = torch.randn(n, H, Dk, Dv, generator=gen)
+    n_chunks = _chunk_map(cu)[1]
+    steps = _C.linear_kernel_sources(False, Dk, Dv, batch=1, heads=H, t_len=T,
+                                     per_channel=per_channel, n_seqs=n, n_chunks=n_chunks)
+    assert steps[0]["grid"] == [1, H, n] and steps[1]["grid"] == [n_chunks, H, 1]
+    o, final = _linear_emulate(steps, q, k, v, a, Dk ** -0.5, state0, want_state=True, cu=cu)
+    refs = [_recurrence(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], a[:, :, s:e], state0[i:i + 1],
+                        Dk ** -0.5) for i, (s, e) in enumerate(zip(cu, cu[1:]))]
+    assert _rel(o, torch.cat([r[0] for r in refs], 2)) < 2e-2
+    assert _rel(final, torch.cat([r[1] for r in refs], 0)) < 1e-2
+    assert torch.equal(final[1], state0[1])  # the empty sequence: its state as it came
+    if per_channel:
+        return
+    dout = _bf16(1, H, T, Dv, seed=24)
+    dstate = torch.randn(n, H, Dk, Dv, generator=gen)
+    back = _C.linear_kernel_sources(False, Dk, Dv, batch=1, heads=H, t_len=T, backward=True,
+                                    n_seqs=n, n_chunks=n_chunks)
+    got = _linear_emulate(back, q, k, v, a, Dk ** -0.5, state0, dout=dout, dstate=dstate, cu=cu)
+    leaves = [t.double().requires_grad_() for t in (q, k, v, a)]
+    s0 = state0.double().requires_grad_()
+    outs, finals = [], []
+    for i, (s, e) in enumerate(zip(cu, cu[1:])):
+        o_i, f_i = _recurrence(*(x[:, :, s:e] for x in leaves), s0[i:i + 1], Dk ** -0.5)
+        outs.append(o_i)
+        finals.append(f_i)
+    want = torch.autograd.grad([torch.cat(outs, 2), torch.cat(finals, 0)], leaves + [s0],
+                               [dout.double(), dstate.double()])
+    for name, g_, w in zip(["dq", "dk", "dv", "da", "dstate0"], got, want):
+        assert _rel(g_, w) < 3e-2, (name, _rel(g_, w))
 
 
 @pytest.mark.parametrize("per_channel", [False, True], ids=["scalar", "per_channel"])
