@@ -224,7 +224,7 @@ void bind_ir(pybind11::module_& m) {
         "forward, or with backward its backward; n_seqs / n_chunks: packed sequences): a dict per launch (step, source, entry, options, threads, smem, grid, "
         "describe, n_chunks); raises with the planner's reason where no kernel takes it.");
   m.def("linear_backward_reason", &torch_ops::linear_backward_reason, pyb::arg("q"), pyb::arg("v"),
-        pyb::arg("per_channel"),
+        pyb::arg("per_channel"), pyb::arg("offsets") = std::vector<int64_t>{},
         "Why the fused linear attention backward cannot take these inputs ('' when it can).");
   m.def("backend_for", &torch_ops::backend_for, pyb::arg("q"), pyb::arg("k"), pyb::arg("v"),
         pyb::arg("buffers"), pyb::arg("key"), pyb::arg("backward") = false);

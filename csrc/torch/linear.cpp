@@ -3,6 +3,7 @@
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/util/Exception.h>
+#include <fmt/ranges.h>
 
 #include <limits>
 #include <mutex>
@@ -61,19 +62,24 @@ LinearShapes check_linear(const at::Tensor& q, const at::Tensor& k, const at::Te
   return s;
 }
 
+void check_cu_seqlens(const at::Tensor& cu) {
+  AE_CHECK(VALUE, cu.dim() == 1 && cu.size(0) >= 2 &&
+                      (cu.scalar_type() == at::kInt || cu.scalar_type() == at::kLong),
+           "linear attention: cu_seqlens must be a 1-D int32 / int64 tensor of at least 2 offsets; "
+           "got {} {}", dtype_str(cu), shape_str(cu));
+}
+
 // Packed sequences: cu_seqlens' offsets on the host, checked (B = 1, rising from 0 to T).
 std::vector<int64_t> packed_offsets(const at::Tensor& cu, const LinearShapes& s) {
   AE_CHECK(VALUE, s.batch == 1, "linear attention: packed sequences (cu_seqlens) need B = 1; got {}",
            s.batch);
-  AE_CHECK(VALUE, cu.dim() == 1 && cu.numel() >= 2 &&
-                      (cu.scalar_type() == at::kInt || cu.scalar_type() == at::kLong),
-           "linear attention: cu_seqlens must be a 1-D int32 / int64 tensor of at least 2 offsets; "
-           "got {} {}", dtype_str(cu), shape_str(cu));
+  check_cu_seqlens(cu);
   const at::Tensor host = cu.to(at::kCPU, at::kLong).contiguous();
   std::vector<int64_t> c(host.data_ptr<int64_t>(), host.data_ptr<int64_t>() + host.numel());
   bool rising = c.front() == 0 && c.back() == s.t_len;
   for (size_t i = 1; i < c.size(); ++i) rising = rising && c[i] >= c[i - 1];
-  AE_CHECK(VALUE, rising, "linear attention: cu_seqlens must rise from 0 to T = {}", s.t_len);
+  AE_CHECK(VALUE, rising, "linear attention: cu_seqlens must rise from 0 to T = {}; got {}",
+           s.t_len, fmt::format("{}", fmt::join(c, ", ")));
   return c;
 }
 
@@ -183,6 +189,7 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_meta(
     const std::optional<at::Tensor>& cu_seqlens) {
   const bool packed = cu_seqlens && cu_seqlens->defined();
   const LinearShapes s = check_linear(q, k, v, a, packed ? std::nullopt : state0, false);
+  if (packed) check_cu_seqlens(*cu_seqlens);
   const int64_t n = packed ? cu_seqlens->size(0) - 1 : s.batch;
   const at::TensorOptions acc = q.options().dtype(acc_dtype(q));
   return {at::empty({s.batch, s.heads, s.t_len, s.d_v}, v.options()),
@@ -278,6 +285,8 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_cuda(
     const std::optional<at::Tensor>& state0, double scale, bool output_state, int64_t chunk,
     const std::optional<at::Tensor>& cu_seqlens) {
   const bool packed = cu_seqlens && cu_seqlens->defined();
+  AE_CHECK(VALUE, q_in.is_cuda(), "linear attention: q on {} with a CUDA tensor among the inputs "
+           "(cu_seqlens?): put them on one device", device_str(q_in));
   const LinearShapes s = check_linear(q_in, k_in, v_in, a_in, packed ? std::nullopt : state0, false);
   c10::DeviceGuard guard(q_in.device());
   PackedMaps maps;
@@ -335,12 +344,19 @@ at::Tensor linear_step_cuda(const at::Tensor& q_in, const at::Tensor& k_in, cons
   return o;
 }
 
-std::string linear_backward_reason(const at::Tensor& q, const at::Tensor& v, bool per_channel) {
+std::string linear_backward_reason(const at::Tensor& q, const at::Tensor& v, bool per_channel,
+                                   const std::vector<int64_t>& offsets) {
   if (!q.is_cuda()) return "tensors on " + q.device().str();
   if (q.dim() != 4 || v.dim() != 4) return "q and v must be [B, H, T, D]";
   const LinearShapes s{q.size(0), q.size(1), q.size(2), q.size(3), v.size(3), per_channel};
+  int64_t n_seqs = 0, n_chunks = 0;  // packed: as packed_maps counts them
+  if (!offsets.empty()) {
+    n_seqs = static_cast<int64_t>(offsets.size()) - 1;
+    for (int64_t i = 0; i < n_seqs; ++i)
+      n_chunks += plan::linear_chunks(std::max<int64_t>(0, offsets[i + 1] - offsets[i]));
+  }
   c10::DeviceGuard guard(q.device());
-  const plan::LaunchPlan plan = linear_plan(q, s, false, 1.0, true);
+  const plan::LaunchPlan plan = linear_plan(q, s, false, 1.0, true, n_seqs, n_chunks);
   return plan.ok ? "" : plan.reason;
 }
 
@@ -351,6 +367,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_ba
     const std::optional<at::Tensor>& cu_seqlens) {
   const bool packed = cu_seqlens && cu_seqlens->defined();
   const LinearShapes s = check_linear(q, k, v, a, packed ? std::nullopt : state0, false);
+  if (packed) check_cu_seqlens(*cu_seqlens);
   const int64_t n = packed ? cu_seqlens->size(0) - 1 : s.batch;
   const at::TensorOptions f32 = q.options().dtype(at::kFloat);
   return {at::empty(q.sizes(), q.options()), at::empty(k.sizes(), k.options()),
@@ -364,6 +381,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_ba
     const std::optional<at::Tensor>& dstate, double scale, bool want_dstate0,
     const std::optional<at::Tensor>& cu_seqlens) {
   const bool packed = cu_seqlens && cu_seqlens->defined();
+  AE_CHECK(VALUE, q_in.is_cuda(), "linear attention: q on {} with a CUDA tensor among the inputs "
+           "(cu_seqlens?): put them on one device", device_str(q_in));
   const LinearShapes s = check_linear(q_in, k_in, v_in, a_in, packed ? std::nullopt : state0, false);
   AE_CHECK(VALUE, dout_in.sizes() == v_in.sizes(), "linear attention: dout must be like v {}; got {}",
            shape_str(v_in), shape_str(dout_in));

@@ -15,6 +15,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 #include <tuple>
 
 namespace ae::torch_ops {
@@ -45,7 +46,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_ba
     const std::optional<at::Tensor>& dstate, double scale, bool want_dstate0,
     const std::optional<at::Tensor>& cu_seqlens);
 // Why linear_backward_cuda cannot take q (CUDA, its dtype, head dims) and v ('' when it can).
-std::string linear_backward_reason(const at::Tensor& q, const at::Tensor& v, bool per_channel);
+std::string linear_backward_reason(const at::Tensor& q, const at::Tensor& v, bool per_channel,
+                                   const std::vector<int64_t>& offsets = {});
 
 at::Tensor linear_step_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                  const at::Tensor& a, at::Tensor& state, double scale);

@@ -207,12 +207,12 @@ class LinearAttention:
     def __call__(self, q, k, v, g=None, *, initial_state=None, output_final_state=False,
                  cu_seqlens=None):
         self._check(q, k, v, g, initial_state, cu_seqlens)
-        where = 0
+        where, cu = 0, None
         if cu_seqlens is not None:  # each token's sequence and position in it, for the mods
             cu = cu_seqlens.to(q.device, torch.long)
             seq = torch.repeat_interleave(torch.arange(cu.numel() - 1, device=q.device), cu.diff())
             where = (seq, torch.arange(q.shape[2], device=q.device) - cu[seq])
-        return self._run(q, k, v, g, initial_state, output_final_state, where, cu_seqlens)
+        return self._run(q, k, v, g, initial_state, output_final_state, where, cu)
 
     def _inputs(self, q, k, v, g, seq, offset_t=0):
         """The feature-mapped q, k, v (in the inputs' dtype, as the op takes them; fp32 or fp64
@@ -346,13 +346,15 @@ def _forward_setup(ctx, inputs, output):
     ctx.scale, ctx.output_state = scale, output_state
     ctx.chunk = rest[0] if rest else 64
     ctx.cu = rest[1] if len(rest) > 1 else None
+    # (the offsets as numbers, read here: under torch.compile the backward's are fake tensors)
+    ctx.offsets = ctx.cu.tolist() if ctx.cu is not None and not torch.compiler.is_compiling() else None
 
 
-def _reference_packed(q, k, v, a, state, scale, per_channel, chunk, cu):
-    """_reference per packed sequence (cu: offsets; None: dense), the states one per sequence."""
-    if cu is None:
+def _reference_packed(q, k, v, a, state, scale, per_channel, chunk, c):
+    """_reference per packed sequence (c: the offsets as a list; None: dense), the states one
+    per sequence."""
+    if c is None:
         return _reference(q, k, v, a, state, scale, per_channel, chunk)
-    c = cu.tolist()
     outs, states = [], []
     for i, (s, e) in enumerate(zip(c, c[1:])):
         o, st = _reference(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], a[:, :, s:e],
@@ -371,7 +373,7 @@ def _forward_backward(ctx, do, dstate):
     needs = ctx.needs_input_grad
     # (Under torch.compile the reference's ops are traced: the kernels' choice reads sizes.)
     if q.is_cuda and not torch.compiler.is_compiling() and \
-            not _C.linear_backward_reason(q, v, a.dim() == 4):
+            not _C.linear_backward_reason(q, v, a.dim() == 4, ctx.offsets or []):
         if do is None:
             do = torch.zeros(v.shape, device=v.device, dtype=v.dtype)
         ds = dstate if ctx.output_state and dstate is not None and dstate.numel() else None
@@ -383,7 +385,7 @@ def _forward_backward(ctx, do, dstate):
     with torch.enable_grad():
         leaves = [t.detach().requires_grad_(bool(needs[i])) for i, t in enumerate(inputs)]
         o, state = _reference_packed(*leaves[:4], leaves[4] if state0 is not None else None,
-                                     ctx.scale, a.dim() == 4, ctx.chunk, ctx.cu)
+                                     ctx.scale, a.dim() == 4, ctx.chunk, ctx.offsets)
         outs, grads = [o], [do]
         if ctx.output_state and dstate is not None and dstate.numel():
             outs.append(state)

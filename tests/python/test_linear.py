@@ -279,6 +279,19 @@ def test_forward_op_reference_equals_the_python_chunks(per_channel):
         torch.ops.attention_engine.linear_forward(q, k, v, a[:, :, :5], None, 0.3, False)
     with pytest.raises(ValueError, match="state must be"):
         torch.ops.attention_engine.linear_forward(q, k, v, a, s0[:, :, :2], 0.3, False)
+    # packed sequences through the op: B 1, offsets checked and named in the error
+    q1, k1, v1, a1 = q[:1], k[:1], v[:1], a[:1]
+    cu = torch.tensor([0, 10, 10, T], dtype=torch.int32)
+    o1, st1 = torch.ops.attention_engine.linear_forward(q1, k1, v1, a1, None, 0.3, True, 16, cu)
+    assert st1.shape == (3, H, Dk, Dv)
+    torch.testing.assert_close(o1[:, :, 10:], _reference(q1[:, :, 10:], k1[:, :, 10:], v1[:, :, 10:],
+                                                         a1[:, :, 10:], None, 0.3, per_channel)[0])
+    with pytest.raises(ValueError, match=r"rise from 0 to T = 37; got 0, 12, 5"):
+        torch.ops.attention_engine.linear_forward(q1, k1, v1, a1, None, 0.3, False, 64,
+                                                  torch.tensor([0, 12, 5]))
+    with pytest.raises(ValueError, match="1-D int32"):
+        torch.ops.attention_engine.linear_forward(q1, k1, v1, a1, None, 0.3, False, 64,
+                                                  torch.tensor([[0, T]]))
 
 
 @pytest.mark.parametrize("kind", ["retention", "gla", "mamba2"])
