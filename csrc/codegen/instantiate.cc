@@ -137,6 +137,7 @@ std::string instantiate(const ir::Variant* variant, const KernelSpec& s) {
   if (s.trust_v) src += "#define AE_CHECK_V 0\n";
   if (s.mask_load_mode >= 0) fmt::format_to(out, "#define AE_MASK_LOADS {}\n", s.mask_load_mode);
   if (s.pool_block > 0) fmt::format_to(out, "#define AE_POOL_BLOCK {}\n", s.pool_block);
+  if (s.key_halves) src += "#define AE_KEY_HALVES 1\n";
   fmt::format_to(out, "#include \"{}\"\n", t.header);
   if (s.uses_variant()) {
     src += "#include \"common/variant_support.h\"\n\nnamespace {\n\n";

@@ -87,7 +87,7 @@ std::string KernelSpec::describe() const {
   for (size_t i = 0; i < buffer_grads.size(); ++i)
     if (buffer_grads[i]) grads += fmt::format("{}{}", grads.empty() ? " dbuf" : ",", i);
   if (!grads.empty() && grad_sink == GradSink::Shared) grads += " smem";
-  return fmt::format("{}{} {} {} d{}/{} {}x{} w{}{}{}{}{}{}{}{}{}{}{}{}{}{}{}{}{}", kind_name(kind),
+  return fmt::format("{}{} {} {} d{}/{} {}x{} w{}{}{}{}{}{}{}{}{}{}{}{}{}{}{}{}{}{}", kind_name(kind),
                      family == Family::Sm90 ? "90" : "", arch, dtype, d_qk, d_v, block_m, block_n,
                      warps, m_tiles > 1 ? fmt::format(" mt{}", m_tiles) : "",
                      (kind == Kind::Backward && family != Family::Gfx90a) || family == Family::Sm90
@@ -103,7 +103,8 @@ std::string KernelSpec::describe() const {
                      plain_loads ? " plain" : "", trust_v ? " trustv" : "",
                      mask_load_mode >= 0 ? fmt::format(" ml{}", mask_load_mode) : "",
                      padded ? " pad" : "",
-                     pool_block > 0 ? fmt::format(" pool{}", pool_block) : "", layout_mark());
+                     pool_block > 0 ? fmt::format(" pool{}", pool_block) : "",
+                     key_halves ? " kh" : "", layout_mark());
 }
 
 std::vector<std::string> KernelSpec::compile_options() const {

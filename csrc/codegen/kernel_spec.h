@@ -105,6 +105,9 @@ struct KernelSpec {
   // Forward, NVIDIA families: the gate-training forward, which also writes each query row's
   // largest score per block of pool_block keys (AttnParams::block_max; 0: none).
   int pool_block = 0;
+  // sm90 backward: each MMA warpgroup reads its own 64 keys' codes from the block-state table
+  // (built with halves of the keys, BlockStateParams::half_n; common/block_walk.h).
+  bool key_halves = false;
   // Linear attention's chunked kernels: decays per key channel (GLA), not per token.
   bool per_channel = false;
   // Kind::BlockStateBlocks: the variant's block tensor as the template reads it (its captured

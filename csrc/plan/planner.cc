@@ -352,8 +352,9 @@ Step& add_mask_pass(const PlanRequest& r, const KernelSpec& main, LaunchPlan& pl
   const int nb = per_batch ? a.batch : 1, nh = per_head ? a.q_heads : 1;
   Workspace ws{id, {nb * nh, a.n_q_blocks, a.n_kv_blocks}, ElemType::Other, ""};
   if (!varlen)
-    ws.cache_key = fmt::format("{}|{}|{}|{}x{}h{}|{}|{}", key, a.q_len, a.kv_len, main.block_m,
-                               main.block_n, plan.block_states.half_m, nb, nh);
+    ws.cache_key = fmt::format("{}|{}|{}|{}x{}h{}.{}|{}|{}", key, a.q_len, a.kv_len, main.block_m,
+                               main.block_n, plan.block_states.half_m, plan.block_states.half_n,
+                               nb, nh);
   ws.key_by_captured = reads_buffers;
   plan.workspaces.push_back(ws);
   Step s = common_step(r, Kind::BlockState, main.bf16, kBlockStateThreads);
@@ -412,10 +413,12 @@ void add_block_states(const PlanRequest& r, const KernelSpec& main, LaunchPlan& 
   // The sm90 forward's consumer warpgroups take 64 query rows each: its tables code the
   // halves too (common/block_walk.h kBlockHalves), so that a warpgroup whose rows keep all of
   // a block skips the mask, and one whose rows keep nothing (without the overlap) drops the
-  // scores unevaluated.
+  // scores unevaluated. The sm90 backward's MMA warpgroups take 64 keys each: the same for
+  // halves of the keys where the kernel reads them (KernelSpec::key_halves).
   const bool halves = main.family == Family::Sm90 && main.kind == Kind::Forward && !main.mla &&
                       main.block_m == 2 * 64;
   plan.block_states.half_m = halves ? 64 : 0;
+  plan.block_states.half_n = main.key_halves ? 64 : 0;
   if (r.problem.sparsity == BlockSparsity::BlockTensor) return add_block_tensor_states(r, main, plan);
   const VariantTraits& v = r.variant;
   // Packed sequences: a table per batch, whose tiles past the sequence's own lengths are empty
@@ -574,6 +577,12 @@ LaunchPlan make_plan(const PlanRequest& r) {
   // Nothing to compute: the caller fills the outputs (zeros; the LSE -inf where rows exist).
   if (pb.batch == 0 || pb.q_heads == 0 || pb.q_len == 0 || pb.kv_len == 0) return plan;
 
+  // The sm90 backward reads each MMA warpgroup's 64 keys' codes (not the wide kernels', whose
+  // warpgroups share their 64 keys) where the mask is a block tensor's lookup: there the mask
+  // per score costs a load, and 64-key blocks make most 128-key tiles half kept. (Elsewhere
+  // the registers for the halves' codes spilled the D128 causal kernel: 132 bytes.)
+  spec.key_halves = spec.family == Family::Sm90 && kind == Kind::Backward &&
+                    spec.block_n == 2 * 64 && pb.sparsity == BlockSparsity::BlockTensor;
   add_block_states(r, spec, plan);
   AttnParams& a = plan.attn;
   if (pb.pool_block > 0) {

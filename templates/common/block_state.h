@@ -22,9 +22,10 @@ AE_DEVICE unsigned char code_of(bool any, bool all) {
 }
 
 // The table entry of a tile with code `tile` whose halves (query rows 0 .. half_m - 1 and the
-// rest) have codes c0 and c1: with bs.half_m, the halves too (common/block_walk.h).
+// rest, or keys 0 .. half_n - 1 and the rest) have codes c0 and c1: with bs.half_m or
+// bs.half_n, the halves too (common/block_walk.h).
 AE_DEVICE unsigned char entry_of(const BlockStateParams& bs, int tile, int c0, int c1) {
-  return static_cast<unsigned char>(bs.half_m > 0 ? tile | kBlockHalves | c0 << 2 | c1 << 4 : tile);
+  return static_cast<unsigned char>(bs.half_m > 0 || bs.half_n > 0 ? tile | kBlockHalves | c0 << 2 | c1 << 4 : tile);
 }
 
 template <class Layout, class Variant>
@@ -35,15 +36,16 @@ AE_DEVICE void block_state(const AttnParams& p, const Variant& var, const BlockS
   const int q0 = mb * bs.block_m, k0 = kb * bs.block_n;
   const int qn = min(bs.block_m, Layout::q_len(p, b) - q0),
             kn = min(bs.block_n, Layout::kv_len(p, b) - k0);
-  const int hm = bs.half_m > 0 ? bs.half_m : bs.block_m;  // the first half's rows
+  // The first half's rows (or keys, with half_n)
+  const int hm = bs.half_m > 0 ? bs.half_m : bs.block_m, hn = bs.half_n > 0 ? bs.half_n : bs.block_n;
   // (A tile past both of a packed sequence's ends has qn and kn negative: their product is
   // not the tile's size.)
   const int n = qn > 0 && kn > 0 ? qn * kn : 0;
   bool any0 = false, all0 = true, any1 = false, all1 = true;  // per half; a half without rows
   for (int i = threadIdx.x; i < n; i += blockDim.x) {          // keeps nothing, spoils nothing
-    const int r = i / kn;
-    const bool keep = var.mask(b, h, q0 + r, k0 + i % kn);
-    if (r < hm) any0 = any0 || keep, all0 = all0 && keep;
+    const int r = i / kn, c = i % kn;
+    const bool keep = var.mask(b, h, q0 + r, k0 + c);
+    if (r < hm && c < hn) any0 = any0 || keep, all0 = all0 && keep;
     else any1 = any1 || keep, all1 = all1 && keep;
   }
   any0 = __syncthreads_or(any0);
@@ -100,16 +102,16 @@ AE_DEVICE void block_state_from_blocks(const AttnParams& p, const VariantArgs& v
     const long long rbh = (bs.rest_per_batch ? b : 0) * rheads + (bs.rest_per_head ? h : 0);
     rest = bs.rest[(rbh * p.n_q_blocks + mb) * p.n_kv_blocks + kb];
   }
-  // The code of the tile's query rows r0 .. r0 + rn - 1 (of the tile's keys) whose rest's
-  // code is `rc`.
-  auto classify = [&](int r0, int rn, int rc) -> int {
-    if (rn <= 0 || kn <= 0) return kBlockEmpty;
+  // The code of query rows r0 .. r0 + rn - 1 and keys c0 .. c0 + cn - 1 (a tile, or a half of
+  // it) whose rest's code is `rc`.
+  auto classify = [&](int r0, int rn, int c0, int cn, int rc) -> int {
+    if (rn <= 0 || cn <= 0) return kBlockEmpty;
     bool none = false, all = false, some = false;  // blocks keeping nothing, all, the rest's
     // (kQ 0: one row of blocks, for every query)
     int qb0 = 0, qb1 = 0;
     if constexpr (Blocks::kQ > 0) qb0 = r0 / Blocks::kQ, qb1 = (r0 + rn - 1) / Blocks::kQ;
     for (int qb = qb0; qb <= qb1; ++qb)
-      for (int kbu = k0 / Blocks::kK; kbu <= (k0 + kn - 1) / Blocks::kK; ++kbu) {
+      for (int kbu = c0 / Blocks::kK; kbu <= (c0 + cn - 1) / Blocks::kK; ++kbu) {
         const int c = Blocks::code(va, b, h, qb, kbu);
         none = none || c == 0;
         all = all || c == 2;
@@ -121,10 +123,17 @@ AE_DEVICE void block_state_from_blocks(const AttnParams& p, const VariantArgs& v
     const bool partial = some && rc == kBlockPartial;
     return !all && !partial ? kBlockEmpty : !none && !partial ? kBlockFull : kBlockPartial;
   };
-  const int hm = bs.half_m > 0 ? bs.half_m : bs.block_m;
-  const unsigned char code = entry_of(bs, classify(q0, qn, tile_code(rest)),
-                                      classify(q0, min(qn, hm), half_code(rest, 0)),
-                                      classify(q0 + hm, qn - hm, half_code(rest, 1)));
+  const int tile = classify(q0, qn, k0, kn, tile_code(rest));
+  unsigned char code;
+  if (bs.half_n > 0) {  // halves of the keys
+    const int hn = bs.half_n;
+    code = entry_of(bs, tile, classify(q0, qn, k0, min(kn, hn), half_code(rest, 0)),
+                    classify(q0, qn, k0 + hn, kn - hn, half_code(rest, 1)));
+  } else {
+    const int hm = bs.half_m > 0 ? bs.half_m : bs.block_m;
+    code = entry_of(bs, tile, classify(q0, min(qn, hm), k0, kn, half_code(rest, 0)),
+                    classify(q0 + hm, qn - hm, k0, kn, half_code(rest, 1)));
+  }
   bs.state[t] = code;
 }
 

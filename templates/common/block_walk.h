@@ -14,7 +14,9 @@ namespace ae {
 // with halves (BlockStateParams::half_m; bit 6 set), bits 2-3 and 4-5 are the codes of the
 // tile's first and second half_m query rows alone: the sm90 forward's two consumer warpgroups
 // each take their own (a full half skips the mask; a half with nothing kept, without the
-// overlap, drops its scores unevaluated: its GEMMs still run).
+// overlap, drops its scores unevaluated: its GEMMs still run). With half_n instead, the halves
+// are the tile's first half_n keys and the rest: the sm90 backward's two MMA warpgroups' keys
+// (the same: a full half skips the mask, an empty one drops its scores unevaluated).
 enum : unsigned char { kBlockEmpty = 0, kBlockPartial = 1, kBlockFull = 2, kBlockHalves = 0x40 };
 
 AE_DEVICE int tile_code(unsigned char s) { return s & 3; }
@@ -69,18 +71,27 @@ struct RowWalk {
 // must call it.
 // kOwnCount (packed sequences): the walk stops at the batch's own query blocks (n_q, given),
 // not at p.n_q_blocks (the longest sequence's); a walk of dense tensors holds no count.
-template <bool kOwnCount>
+// kHalves (the sm90 backward's MMA warpgroups, AE_KEY_HALVES): an item's code is that of half
+// `half` of the tile (a table with halves of the keys, common/block_state.h; kBlockEmpty where
+// the half keeps nothing of a block the tile keeps something of), while the blocks walked are
+// the tile's: every walker of a CTA pops the same. (A template flag: the half's ballot cost the
+// register-tight kernels a register they did not have.)
+template <bool kOwnCount, bool kHalves = false>
 struct ColumnWalkOf {
   struct Item {
     int hq_off, mb, code;  // hq_off == p.group: past the end
   };
   int hq_off, base;          // the window: blocks base .. base + kWarpSize - 1 of head hq_off
   LaneMask kept, partial;    // bit i: block base + i has something kept / is partly kept
+  LaneMask none;             // kHalves, bit i: the half keeps nothing of block base + i
   bool states;               // walk the table (else every block, full)
   int own;                   // kOwnCount: the batch's query blocks
+  int half;                  // kHalves: which
 
-  AE_DEVICE ColumnWalkOf(const AttnParams& p, int b, int h_kv, int n_block, bool masked, int n_q = 0)
-      : hq_off(0), base(0), kept(0), partial(0), states(masked && p.block_state), own(n_q) {
+  AE_DEVICE ColumnWalkOf(const AttnParams& p, int b, int h_kv, int n_block, bool masked, int n_q = 0,
+                         int half_ = -1)
+      : hq_off(0), base(0), kept(0), partial(0), none(0), states(masked && p.block_state),
+        own(n_q), half(half_) {
     if (states && p.group > 0) load(p, b, h_kv, n_block);
   }
   AE_DEVICE int n_q_blocks(const AttnParams& p) const {
@@ -91,9 +102,11 @@ struct ColumnWalkOf {
     const int m = base + static_cast<int>(threadIdx.x % kWarpSize);
     const unsigned char* col = p.block_state + b * p.state_stride_b +
                                (h_kv * p.group + hq_off) * p.state_stride_h + n_block;
-    const int code = m < n_q_blocks(p) ? tile_code(col[static_cast<long long>(m) * p.n_kv_blocks]) : 0;
-    kept = ballot(code != kBlockEmpty);
-    partial = ballot(code == kBlockPartial);
+    const unsigned char e = m < n_q_blocks(p) ? col[static_cast<long long>(m) * p.n_kv_blocks] : 0;
+    const int mine = kHalves ? half_code(e, half) : tile_code(e);
+    kept = ballot(tile_code(e) != kBlockEmpty);
+    partial = ballot(mine == kBlockPartial);
+    if constexpr (kHalves) none = ballot(mine == kBlockEmpty);
   }
   AE_DEVICE Item pop(const AttnParams& p, int b, int h_kv, int n_block) {
     if (!states) {
@@ -109,7 +122,9 @@ struct ColumnWalkOf {
     }
     const int i = first_lane(kept) - 1;
     kept &= kept - 1;
-    return {hq_off, base + i, (partial >> i) & 1 ? kBlockPartial : kBlockFull};
+    return {hq_off, base + i,
+            (partial >> i) & 1 ? kBlockPartial
+            : kHalves && (none >> i) & 1 ? kBlockEmpty : kBlockFull};
   }
 };
 using ColumnWalk = ColumnWalkOf<false>;

@@ -145,8 +145,9 @@ struct BlockStateParams {
   const unsigned char* rest;
   int rest_per_batch, rest_per_head;
   // Query rows per half tile (common/block_walk.h kBlockHalves): 0, no halves (the sm90
-  // forward's 64: a consumer warpgroup's rows).
-  int half_m;
+  // forward's 64: a consumer warpgroup's rows). half_n: keys per half instead (the sm90
+  // backward's 64: an MMA warpgroup's keys); at most one of the two is set.
+  int half_m, half_n;
 };
 
 // Linear attention (python/attention_engine/linear.py: S_t = diag(exp(a_t)) S_{t-1} + k_t v_t^T,

@@ -353,6 +353,13 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
   // beside the mask's registers, the count spilled).
   using Walk = ColumnWalkOf<Layout::kVarlen && !Variant::kHasMask>;
   using QBlock = typename Walk::Item;
+#ifdef AE_KEY_HALVES
+  constexpr bool kKeyHalves = !Cfg::kWide;
+#else
+  constexpr bool kKeyHalves = false;
+#endif
+  // A key past any sequence: 2^30 keys of head dim 64 or more hold 256 GiB of K and V.
+  constexpr int kNoKey = 1 << 30;
   if (wg == 0) {  // producer
     setmaxnreg_dec<Cfg::kProducerRegs>();
     if (warp == 1) dq_writer<Cfg, Walk>(p, sDq, sTurn, b, h_kv, n_block, Variant::kHasMask);
@@ -435,9 +442,12 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
   for (int i = 0; i < Cfg::kDvCols / 8; ++i) dv[i][0] = dv[i][1] = dv[i][2] = dv[i][3] = 0.f;
 
   mbar_wait(kv_full, 0);
-  Walk walk(p, b, h_kv, n_block, Variant::kHasMask, q_blocks_of<Layout, BM>(p, b));
+  // Each warpgroup reads its own 64 keys' codes where the table has halves of the keys
+  // (AE_KEY_HALVES: planner.cc, block tensors' lookups): kBlockEmpty, its scores are dropped.
+  using MmaWalk = ColumnWalkOf<Layout::kVarlen && !Variant::kHasMask, kKeyHalves>;
+  MmaWalk walk(p, b, h_kv, n_block, Variant::kHasMask, q_blocks_of<Layout, BM>(p, b), cw);
   int it = 0;
-  for (QBlock item = walk.pop(p, b, h_kv, n_block); item.hq_off < p.group;
+  for (typename MmaWalk::Item item = walk.pop(p, b, h_kv, n_block); item.hq_off < p.group;
        item = walk.pop(p, b, h_kv, n_block), ++it) {
     const int stage = it % S;
     const int hq = h_kv * p.group + item.hq_off, q0 = item.mb * BM;
@@ -453,7 +463,11 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
         turn = Cfg::kDqAdds * dq_rank(p, b, hq, item.mb, n_block, walk.states);
     mbar_wait(full + stage, (it / S) & 1);
 
-    const bool check = q0 + BM > seq_q_len() || k_tail || item.code == kBlockPartial;
+    bool check = q0 + BM > seq_q_len() || k_tail || item.code == kBlockPartial;
+    // This warpgroup's keys keep nothing of the block (kKeyHalves): its scores are checked at
+    // keys past every sequence's end, where the bounds drop them before the mask is evaluated.
+    int key_first = k0 + key_w;
+    if (kKeyHalves && item.code == kBlockEmpty) check = true, key_first = kNoKey;
     u32 pa[BM / 16][4], dsa[BM / 16][4];
     if constexpr (Cfg::kWide) {
       wide_block<Cfg, Layout>(p, var, dk, dv, tQ, tdO, tdS, sPt + stage * Cfg::kPtBytes, sK, sV,
@@ -484,7 +498,7 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
         constexpr bool kSplitMask = Cfg::kScoreParts == 1;
         if (check)
           scores_backward<true, kSplitMask, Layout>(p, var, st, dpt, lse, delta, b, hq, q0 + qp,
-                                                    k0 + key_w, true);
+                                                    key_first, true);
         else
           scores_backward<false, kSplitMask, Layout>(p, var, st, dpt, lse, delta, b, hq, q0 + qp,
                                                      k0 + key_w, false);

@@ -190,7 +190,12 @@ TEST(BlockMask, PlannedAsTheRestsTableThenTheTensors) {
     EXPECT_EQ(blocks.spec.kind, codegen::Kind::BlockStateBlocks);
     EXPECT_FALSE(blocks.fills_workspace);  // built per call
     EXPECT_TRUE(p.block_states.per_batch && p.block_states.per_head);
+    // halves: the sm90 forward's warpgroups' rows, the sm90 backward's warpgroups' keys
     EXPECT_EQ(p.block_states.half_m, kind == plan::OpKind::Forward ? 64 : 0);
+    EXPECT_EQ(p.block_states.half_n, kind == plan::OpKind::Forward ? 0 : 64);
+    for (const plan::Step& s : p.steps)  // the backward's main kernel reads them
+      if (s.spec.kind == codegen::Kind::Backward || s.spec.kind == codegen::Kind::Forward)
+        EXPECT_EQ(s.spec.key_halves, kind == plan::OpKind::Backward);
     const plan::Workspace* rest = p.workspace(plan::WorkspaceId::RestStates);
     ASSERT_TRUE(rest);
     EXPECT_FALSE(rest->cache_key.empty());  // cached as a mask_mod's table

@@ -262,6 +262,9 @@ TEST(Planner, BackwardIsThreeLaunchesAroundTheMainKernel) {
     EXPECT_EQ(p.rows.acc_rows, 64 * 64);
     EXPECT_EQ(p.block_states.block_m, 64);  // the backward's own tiles
     EXPECT_EQ(p.block_states.block_n, 128);
+    // no halves of the keys for a mask_mod's table (only block tensors': the registers)
+    EXPECT_EQ(p.block_states.half_n, 0);
+    EXPECT_FALSE(b.spec.key_halves);
   }
 }
 

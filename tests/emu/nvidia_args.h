@@ -99,12 +99,12 @@ inline ae::TmaDesc tma_map(const Args& a, const char* data, const std::string& k
 // final one). half_m: the tables' half tiles (BlockStateParams::half_m; 0: none).
 inline bool run_block_states(ae::AttnParams& p, const ae::VariantArgs& va, int block_m, int block_n,
                              long long nb, long long nh, std::vector<unsigned char>& states,
-                             int rest_b = -1, int rest_h = -1, int half_m = 0) {
+                             int rest_b = -1, int rest_h = -1, int half_m = 0, int half_n = 0) {
   if (!ae_block_state && !ae_block_state_blocks) return false;
   const long long tiles = static_cast<long long>(p.n_q_blocks) * p.n_kv_blocks;
   std::vector<unsigned char> rest;
   const bool rb = rest_b < 0 ? nb > 1 : rest_b > 0, rh = rest_h < 0 ? nh > 1 : rest_h > 0;
-  ae::BlockStateParams bs{nullptr, block_m, block_n, nb > 1, nh > 1, nullptr, rb, rh, half_m};
+  ae::BlockStateParams bs{nullptr, block_m, block_n, nb > 1, nh > 1, nullptr, rb, rh, half_m, half_n};
   p.state_stride_h = nh > 1 ? tiles : 0;
   p.state_stride_b = nb > 1 ? nh * tiles : 0;
   if (ae_block_state) {  // the mask's table (or, before ae_block_state_blocks, the rest's)

@@ -74,7 +74,10 @@ int main(int argc, char** argv) {
   // The block-state pass: a table per batch (packed sequences) and per head where asked.
   std::vector<unsigned char> states;
   if (i("masked") && !emu::run_block_states(p, va, static_cast<int>(block_m), static_cast<int>(block_n),
-                                            i("state_batches"), i("state_heads"), states))
+                                            i("state_batches"), i("state_heads"), states,
+                                            has("rest_b") ? static_cast<int>(i("rest_b")) : -1,
+                                            has("rest_h") ? static_cast<int>(i("rest_h")) : -1, 0,
+                                            has("half_n") ? static_cast<int>(i("half_n")) : 0))
     return 3;
 
   ae::BwdRowParams rp{};

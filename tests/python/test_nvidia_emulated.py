@@ -858,7 +858,10 @@ def emulate_bwd(info, state_info, q, k, v, o, lse, dout, buffers, *, layout=None
     layout = layout or {}
     sm90 = info["describe"].startswith("bwd90")
     bm, bn = map(int, info["describe"].split()[4].split("x"))
-    sources = [info["source"]] + ([state_info["source"]] if state_info else [])
+    # state_info: the block-state pass's dict, or a list of table sources (a block tensor's:
+    # the rest's pass and the tensor's)
+    states = state_info if isinstance(state_info, list) else [state_info["source"]] if state_info else []
+    sources = [info["source"]] + states
     binary = _build(sources, "nvidia_bwd_main.cc", 4 if sm90 else 0,
                     ("sm90", "smem_raw") if sm90 else ("sm80", "smem")).result()
     B, Hq, Sq = layout.get("grid", (q.shape[0], q.shape[1], q.shape[2]))
@@ -866,9 +869,13 @@ def emulate_bwd(info, state_info, q, k, v, o, lse, dout, buffers, *, layout=None
     args = {"B": [B], "Hq": [Hq], "Hkv": [k.shape[1]], "Sq": [Sq],
             "Skv": [layout.get("skv", k.shape[2])], "Dqk": [q.shape[3]], "Dv": [v.shape[3]],
             "block_m": [bm], "block_n": [bn], "threads": [info["threads"]], "smem": [info["smem"]],
-            "masked": [int(state_info is not None)], "scale": [1 / math.sqrt(q.shape[3])],
+            "masked": [int(bool(states))], "scale": [1 / math.sqrt(q.shape[3])],
             "nbuf": [len(buffers)], "acc_tiled": [int(sm90)],
-            "state_batches": [layout.get("state_batches", 1)], "state_heads": [1],
+            "state_batches": [layout.get("state_batches", 1)],
+            "state_heads": [layout.get("state_heads", 1)],
+            # the tables' halves of the keys as the planner sets them (planner.cc
+            # add_block_states: the sm90 backward's two warpgroups of 64 keys)
+            "half_n": [layout.get("half_n", 64 if sm90 and bn == 128 else 0)],
             "q_numel": [base("q", q).numel()], "k_numel": [base("k", k).numel()],
             "v_numel": [base("v", v).numel()]}
     for name, t, box in (("q", q, bm), ("k", k, bn), ("v", v, bn), ("o", o, bm)):
@@ -885,6 +892,9 @@ def emulate_bwd(info, state_info, q, k, v, o, lse, dout, buffers, *, layout=None
         for name in ("kv_lens", "cu_q", "cu_k"):
             if name in layout:
                 (tmp / f"{name}.bin").write_bytes(layout[name].contiguous().numpy().tobytes())
+        for key in ("rest_b", "rest_h"):  # a block tensor's rest table: its own flags
+            if key in layout:
+                args[key] = [int(layout[key])]
         if "cu_q" in layout:
             args["q_total"] = [layout["q_total"]]
             args["kv_lens"] = [layout["kv_lens"].element_size()]
@@ -913,6 +923,45 @@ def test_emulated_backward_matches_autograd(case):
              if attn.variant.has_mask else None)
     got = emulate_bwd(info, state, q, k, v, o.detach().to(torch.bfloat16), lse.detach(), dout,
                       list(attn.buffers))
+    for g, w, what in zip(got, want, ("dq", "dk", "dv")):
+        assert _rel(g, w) < 2e-2, what
+
+
+@pytest.mark.parametrize("case", [("sm90", 64, True), ("sm90", 128, True), ("sm90", 128, False),
+                                  ("sm80", 64, True)], ids=lambda c: "-".join(map(str, c)))
+def test_emulated_block_tensor_backward_matches_autograd(case):
+    """seer.BlockSparseAttention's backward (random 64-blocks per head, a third kept, a query
+    block row and a key block column with nothing kept, under causal or alone): the table from
+    the tensor beside the rest's, with each 64-key half of the sm90 backward's 128-key tiles
+    coded (an MMA warpgroup whose keys keep nothing of a block drops its scores unevaluated, one
+    whose keys keep all of it skips the mask), against float64 autograd."""
+    family, d, causal = case
+    B, H, S, bs = 1, 2, 320, 64
+    n = -(-S // bs)
+    gen = torch.Generator().manual_seed(5)
+    blocks = torch.rand(B, H, n, n, generator=gen) < 0.35
+    blocks[:, :, 2] = False  # no key of a query block row
+    blocks[:, 1, :, 3] = False  # one head keeps nothing of key block 3: a tile's second half
+    blocks[:, 0, 4, :] = True  # a row whose blocks are all kept (full halves, under causal too)
+    sparse = ae.seer.BlockSparseAttention(mask_mod=mods.causal if causal else None, block_size=bs)
+    attn, buffers = sparse._attn, [blocks]
+    q, k, v = _bf16(B, H, S, d, seed=0), _bf16(B, H, S, d, seed=1), _bf16(B, H, S, d, seed=2)
+    dout = _bf16(B, H, S, d, seed=3)
+    q64, k64, v64 = (x.double().requires_grad_() for x in (q, k, v))
+    o, lse = sparse(q64, k64, v64, blocks, return_lse=True)
+    want = torch.autograd.grad(o, (q64, k64, v64), dout.double())
+    dtypes = _dtypes(buffers)
+    info = attn.variant.kernel_source("bwd", d, d, True, dtypes, family=family, q_len=S)
+    steps = {line.split()[0] for line in info["plan"].splitlines() if line.strip()}
+    assert "block_state_blocks" in steps, info["plan"]
+    assert ("block_state" in steps) == causal, info["plan"]
+    tables = [attn.variant.kernel_source(step, d, d, True, dtypes, family=family, q_len=S)["source"]
+              for step in ("block_state", "block_state_blocks") if step in steps]
+    if family == "sm90":
+        assert " 64x128 " in info["describe"], info["describe"]
+    layout = {"state_heads": H, "rest_b": 0, "rest_h": 0}
+    got = emulate_bwd(info, tables, q, k, v, o.detach().to(torch.bfloat16), lse.detach(), dout,
+                      buffers, layout=layout)
     for g, w, what in zip(got, want, ("dq", "dk", "dv")):
         assert _rel(g, w) < 2e-2, what
 

@@ -332,7 +332,8 @@ def test_block_tensor_tables_on_the_kernels(bs, family, d, monkeypatch):
     rest's own table, not per score) at block sizes that equal, halve or straddle the
     kernels' tiles, per query head, with an empty query block row; forward and backward. At
     D128 the sm90 forward runs 64-key tiles without the overlap, each warpgroup dropping the
-    blocks its own rows keep nothing of (the table's halves)."""
+    blocks its own rows keep nothing of (the table's halves); the sm90 backward's warpgroups
+    do the same for their own 64 keys (halves of the keys)."""
     if family == "sm80":
         monkeypatch.setenv("AE_DISABLE_SM90", "1")
         monkeypatch.setenv("AE_DISABLE_SM90_BWD", "1")
