@@ -25,7 +25,9 @@ struct CountingCausal {  // kv_idx <= q_idx + (kv_len - q_len), per sequence
 
 int main(int argc, char** argv) {
   if (argc < 6 || argc % 2 == 1) return 2;
-  const int bm = std::atoi(argv[1]), bn = std::atoi(argv[2]), half_m = std::atoi(argv[3]);
+  // half: > 0 half_m (rows), < 0 half_n = -half (keys)
+  const int bm = std::atoi(argv[1]), bn = std::atoi(argv[2]), half = std::atoi(argv[3]);
+  const int half_m = half > 0 ? half : 0, half_n = half < 0 ? -half : 0;
   const int n = (argc - 4) / 2;
   std::vector<int> cu_q{0}, cu_k{0}, lk;
   int max_q = 0, max_k = 0;
@@ -40,7 +42,7 @@ int main(int argc, char** argv) {
   p.kv_lens = lk.data(), p.kv_lens_stride = 1, p.kv_lens_int32 = 1;
   p.n_q_blocks = (max_q + bm - 1) / bm, p.n_kv_blocks = (max_k + bn - 1) / bn;
   std::vector<unsigned char> table(static_cast<size_t>(n) * p.n_q_blocks * p.n_kv_blocks, 0xff);
-  const ae::BlockStateParams bs{table.data(), bm, bn, 1, 0, nullptr, 0, 0, half_m};
+  const ae::BlockStateParams bs{table.data(), bm, bn, 1, 0, nullptr, 0, 0, half_m, half_n};
   const CountingCausal var{&p};
   gridDim = {static_cast<unsigned>(p.n_kv_blocks), static_cast<unsigned>(p.n_q_blocks),
              static_cast<unsigned>(n)};
