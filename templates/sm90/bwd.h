@@ -358,8 +358,6 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
 #else
   constexpr bool kKeyHalves = false;
 #endif
-  // A key past any sequence: 2^30 keys of head dim 64 or more hold 256 GiB of K and V.
-  constexpr int kNoKey = 1 << 30;
   if (wg == 0) {  // producer
     setmaxnreg_dec<Cfg::kProducerRegs>();
     if (warp == 1) dq_writer<Cfg, Walk>(p, sDq, sTurn, b, h_kv, n_block, Variant::kHasMask);
@@ -463,11 +461,11 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
         turn = Cfg::kDqAdds * dq_rank(p, b, hq, item.mb, n_block, walk.states);
     mbar_wait(full + stage, (it / S) & 1);
 
-    bool check = q0 + BM > seq_q_len() || k_tail || item.code == kBlockPartial;
-    // This warpgroup's keys keep nothing of the block (kKeyHalves): its scores are checked at
-    // keys past every sequence's end, where the bounds drop them before the mask is evaluated.
-    int key_first = k0 + key_w;
-    if (kKeyHalves && item.code == kBlockEmpty) check = true, key_first = kNoKey;
+    const bool check = q0 + BM > seq_q_len() || k_tail || item.code == kBlockPartial;
+    // This warpgroup's keys keep nothing of the block (kKeyHalves): no GEMM of its own, its
+    // dS^T zeros for dQ's. (ptxas keeps the wgmmas asynchronous under this branch, which
+    // reads the walk's ballots; the forward's like it serialized them: C7520.)
+    const bool skip = kKeyHalves && item.code == kBlockEmpty;
     u32 pa[BM / 16][4], dsa[BM / 16][4];
     if constexpr (Cfg::kWide) {
       wide_block<Cfg, Layout>(p, var, dk, dv, tQ, tdO, tdS, sPt + stage * Cfg::kPtBytes, sK, sV,
@@ -484,24 +482,31 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
         constexpr int PQ = BM / Cfg::kScoreParts;  // queries per part
         const int qp = part * PQ;
         float st[PQ / 8][4], dpt[PQ / 8][4];
-        wgmma_fence();
-        gemm_ss_kmajor<PQ, Cfg::kDqk, Cfg::kBf16, true>(st, kA, BN * 128, tQ + qp * 128, BM * 128);
-        wgmma_commit();
-        gemm_ss_kmajor<PQ, Cfg::kDv, Cfg::kBf16, true>(dpt, vA, BN * 128, tdO + qp * 128, BM * 128);
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_regs(st);
-        fence_regs(dpt);
-        const float* lse = sLse + stage * BM + qp;
-        const float* delta = sDelta + stage * BM + qp;
-        // (the split mask spilled the two score parts' tiles: 12 bytes at 192 + 128, document)
-        constexpr bool kSplitMask = Cfg::kScoreParts == 1;
-        if (check)
-          scores_backward<true, kSplitMask, Layout>(p, var, st, dpt, lse, delta, b, hq, q0 + qp,
-                                                    key_first, true);
-        else
-          scores_backward<false, kSplitMask, Layout>(p, var, st, dpt, lse, delta, b, hq, q0 + qp,
-                                                     k0 + key_w, false);
+        if (skip) {  // P^T and dS^T are zeros
+#pragma unroll
+          for (int nt = 0; nt < PQ / 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.f;
+        } else {
+          wgmma_fence();
+          gemm_ss_kmajor<PQ, Cfg::kDqk, Cfg::kBf16, true>(st, kA, BN * 128, tQ + qp * 128, BM * 128);
+          wgmma_commit();
+          gemm_ss_kmajor<PQ, Cfg::kDv, Cfg::kBf16, true>(dpt, vA, BN * 128, tdO + qp * 128, BM * 128);
+          wgmma_commit();
+          wgmma_wait<0>();
+          fence_regs(st);
+          fence_regs(dpt);
+          const float* lse = sLse + stage * BM + qp;
+          const float* delta = sDelta + stage * BM + qp;
+          // (the split mask spilled the two score parts' tiles: 12 bytes at 192 + 128, document)
+          constexpr bool kSplitMask = Cfg::kScoreParts == 1;
+          if (check)
+            scores_backward<true, kSplitMask, Layout>(p, var, st, dpt, lse, delta, b, hq, q0 + qp,
+                                                      k0 + key_w, true);
+          else
+            scores_backward<false, kSplitMask, Layout>(p, var, st, dpt, lse, delta, b, hq, q0 + qp,
+                                                       k0 + key_w, false);
+        }
         u32 pa_part[PQ / 16][4], dsa_part[PQ / 16][4];
         rows::p_to_a<Cfg::kBf16>(pa_part, st);
         rows::p_to_a<Cfg::kBf16>(dsa_part, dpt);
@@ -526,12 +531,14 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
       // kDqBeforeDk, dK's GEMM goes after dQ's, and dQ's tile goes to the writer while it runs.
       wgmma_fence();
       const u64 desc_do = smem_desc(tdO, BM * 128);
+      if (!skip) {
 #pragma unroll
-      for (int kk = 0; kk < BM / 16; ++kk)
-        wgmma_rs<Cfg::kDv, Cfg::kBf16>(dv, pa[kk], desc_plus(desc_do, kk * 16 * 128), 1);
-      if constexpr (!Cfg::kDqBeforeDk)
-        wgmma_dk<Cfg>(dk, dsa, tQ);
-      wgmma_commit();
+        for (int kk = 0; kk < BM / 16; ++kk)
+          wgmma_rs<Cfg::kDv, Cfg::kBf16>(dv, pa[kk], desc_plus(desc_do, kk * 16 * 128), 1);
+        if constexpr (!Cfg::kDqBeforeDk)
+          wgmma_dk<Cfg>(dk, dsa, tQ);
+      }
+      wgmma_commit();  // (an empty group where skipped: the waits below count groups)
 
       // The stored dS^T is visible to wgmma after the fence and the barrier.
       fence_view_async_shared();
@@ -561,7 +568,7 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
                                            desc_plus(desc_k, kk * 16 * 128), kk > 0);
       wgmma_commit();
       if constexpr (Cfg::kDqBeforeDk) {
-        wgmma_dk<Cfg>(dk, dsa, tQ);
+        if (!skip) wgmma_dk<Cfg>(dk, dsa, tQ);
         wgmma_commit();
         wgmma_wait<1>();  // dV and dQ
       } else {
