@@ -1,9 +1,8 @@
 """Linear attention against flash-linear-attention (the linear-attention issue's targets) and
 our own softmax causal attention, bf16, B * T = 16k tokens, H 16, D 128, times as CUDA-event
-medians (ms): forward, and forward + backward (ours: the fused forward, the backward a
-recomputed chunked reference until the fused one lands). FLA (`fla-core`, Triton) is timed
-where importable (`--fla-path DIR`: a folder holding the unpacked wheel, the GPU machine has no
-network); its layout [B, T, H, D]. Then the decode step: GB/s of the state read and written
+medians (ms): forward, and forward + backward (ours: the fused kernels both ways). FLA
+(`fla-core`, Triton) is timed where importable (`--fla-path DIR`: a folder holding the unpacked
+wheel, the GPU machine has no network); its layout [B, T, H, D]. Then the decode step: GB/s of the state read and written
 (fp32), B 64, H 32, D 128.
 
     PYTHONPATH=python python bench/linear_bench.py [--seqlens 4k,8k,16k] [--fla-path DIR]

@@ -67,13 +67,11 @@ LaunchPlan plan_linear(const LinearProblem& pb, const DeviceCaps& dev) {
   if (pb.dtype != ElemType::BFloat16)
     return refuse("fp16 inputs: the chunked kernels keep chunk states in the inputs' dtype, "
                   "whose range fp16 lacks (bf16 runs them; the decode step takes fp16)");
-  if (pb.per_channel && pb.backward)
-    return refuse("decays per key channel (GLA) have no fused backward yet");
   auto fits = [](int64_t d) { return d == 64 || d == 128; };
   if (!fits(pb.d_k) || !fits(pb.d_v))
     return refuse(fmt::format("head dims ({}, {}): the chunked kernels take 64 or 128", pb.d_k,
                               pb.d_v));
-  const int smem = pb.backward ? sm80::linear_grads_smem_bytes(a.d_k, a.d_v)
+  const int smem = pb.backward ? sm80::linear_grads_smem_bytes(a.d_k, a.d_v, pb.per_channel)
                                : sm80::linear_out_smem_bytes(a.d_k, a.d_v, pb.per_channel);
   if (smem > dev.smem_per_block)
     return refuse(fmt::format("the {} needs {} bytes of shared memory, the device allows {}",
@@ -101,6 +99,9 @@ LaunchPlan plan_linear(const LinearProblem& pb, const DeviceCaps& dev) {
   }
   s.spec.kind = pb.backward ? codegen::Kind::LinearGrads : codegen::Kind::LinearOut;
   s.smem = smem;
+  // GLA's gradients' pass spills at ptxas's default register-usage level with D_k 128 and
+  // fits at 0 (compile-all), where the runtime's fallback would land after a second compile.
+  if (pb.backward && pb.per_channel) s.spec.reg_level = 0;
   s.grid = {u(a.n_chunks), u(pb.heads), u(pb.batch)};  // (packed: a chunk per x, of any sequence)
   plan.steps.push_back(s);
   return plan;

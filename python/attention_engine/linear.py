@@ -24,9 +24,10 @@ channel for GLA), each written as a small Python function:
 
 How it runs: the feature maps and decays in PyTorch (autograd differentiates them), the
 recurrence in the ``linear_forward`` op: on NVIDIA GPUs (sm_80 and newer, bf16, D_k and D_v 64
-or 128) fused chunked kernels (the backward too for scalar decays; csrc/torch/linear.h),
-elsewhere a chunked reference (fp32 state) whose backward is autograd's. Decoding: ``lin.step(q, k, v, g, state=...)``, one token against the state,
-updated in place (a fused kernel on GPUs).
+or 128) fused chunked kernels, forward and backward, for scalar and per-channel decays
+(csrc/torch/linear.h), elsewhere a chunked reference (fp32 state) whose backward is autograd's.
+Decoding: ``lin.step(q, k, v, g, state=...)``, one token against the state, updated in place
+(a fused kernel on GPUs).
 """
 from __future__ import annotations
 
@@ -365,8 +366,9 @@ def _reference_packed(q, k, v, a, state, scale, per_channel, chunk, c):
 
 
 def _forward_backward(ctx, do, dstate):
-    """The fused backward where its kernels take the inputs (CUDA, 16-bit, scalar decays, head
-    dims 64 / 128), else the chunked reference recomputed under autograd."""
+    """The fused backward where its kernels take the inputs (CUDA, bf16, head dims 64 / 128,
+    the shared memory its gradients' pass needs), else the chunked reference recomputed under
+    autograd."""
     q, k, v, a, *rest = ctx.saved_tensors
     state0 = rest[0] if ctx.has_state0 else None
     inputs = [q, k, v, a] + ([state0] if state0 is not None else [])

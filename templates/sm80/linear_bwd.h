@@ -1,16 +1,25 @@
-// Linear attention's chunked backward on the mma.sync path (sm_80 and up), scalar decays. After
-// the forward's state pass has stored each chunk's start state S (chunk_states) again:
+// Linear attention's chunked backward on the mma.sync path (sm_80 and up). After the forward's
+// state pass has stored each chunk's start state S (chunk_states) again:
 //   linear_dstate: the reverse pass (linear_fwd.h carry_state<Cfg, true>): dS, the gradient of
 //     each chunk's end state, into dchunk_states; the initial state's into dstate0.
-//   linear_grads: per chunk (independent), with D_ij = exp(A_i - A_j) for j <= i (else 0),
-//     w_j = exp(A_last - A_j), dP = scale dO V^T o D and P = scale Q K^T o D:
+//   linear_grads: per chunk (independent). Scalar decays, with D_ij = exp(A_i - A_j) for j <= i
+//     (else 0), w_j = exp(A_last - A_j), dP = scale dO V^T o D and P = scale Q K^T o D:
 //       dq_i = scale exp(A_i) dO_i S^T + (dP K)_i
 //       dk_j = (dP^T Q)_j + w_j V_j dS^T
 //       dv_j = (P^T dO)_j + w_j K_j dS
 //       da_t = sum_{i >= t} (q_i . dq_i - k_i . dk_i) + dL,
 //       dL = exp(A_last) <S, dS> + sum_j w_j k_j^T dS v_j
 //     (the decays' gradient: what A_i's and A_last's terms give, each a_t in every A_i, i >= t,
-//     and in A_last). A log-decay below kLinMinLogDecay was clamped: its gradient is 0.
+//     and in A_last). Per key channel (GLA) the factors go inside the channel sums, dP =
+//     scale dO V^T (j <= i) has none, P_ij = scale sum_c q_ic k_jc exp(A_ic - A_jc), and per
+//     channel c:
+//       dq_ic = scale exp(A_ic) (dO_i S^T)_c + sum_{j <= i} dP_ij k_jc exp(A_ic - A_jc)
+//       dk_jc = sum_{i >= j} dP_ij q_ic exp(A_ic - A_jc) + exp(A_Lc - A_jc) (V_j dS^T)_c
+//       dv_j = (P^T dO)_j + (K_j o exp(A_L - A_j)) dS
+//       da_tc = sum_{i >= t} (q_ic dq_ic - k_ic dk_ic) + dL_c,
+//       dL_c = exp(A_Lc) <S_c, dS_c> + sum_j k_jc exp(A_Lc - A_jc) (V_j dS^T)_c
+//     (L: the chunk's last token, S_c and dS_c rows of the states). A log-decay below
+//     kLinMinLogDecay was clamped: its gradient is 0.
 #pragma once
 
 #include "sm80/linear_fwd.h"
@@ -44,8 +53,9 @@ AE_DEVICE void row_dots(const float (&acc)[kN8][4], const u16* tile, int r0, flo
 }
 
 // dP or P for this warp's query rows (this thread's r0, r0 + 8): X_i Y^T over KD columns (X at
-// x_at: lane_a of the warp's rows; Y at y_at: lane_nk, [C][KD + 8]), o D, times the scale.
-template <class Cfg, int KD>
+// x_at: lane_a of the warp's rows; Y at y_at: lane_nk, [C][KD + 8]), o D (kDecay; else only
+// the mask j <= i), times the scale.
+template <class Cfg, int KD, bool kDecay = true>
 AE_DEVICE void masked_scores(const LinearParams& p, float (&s)[Cfg::kChunk / 8][4], u32 x_at,
                              u32 y_at, const float* s_A, int r0) {
   constexpr int C = Cfg::kChunk;
@@ -64,18 +74,32 @@ AE_DEVICE void masked_scores(const LinearParams& p, float (&s)[Cfg::kChunk / 8][
       mma_16816<Cfg::kBf16>(s[2 * np + 1], a, r[2], r[3]);
     }
   }
-  const float A0 = s_A[r0], A8 = s_A[r0 + 8];
+  const float A0 = kDecay ? s_A[r0] : 0.f, A8 = kDecay ? s_A[r0 + 8] : 0.f;
 #pragma unroll
   for (int nt = 0; nt < C / 8; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int i = r0 + 8 * (e >> 1), j = nt * 8 + 2 * (lane % 4) + (e & 1);
-      s[nt][e] = j <= i ? s[nt][e] * p.scale * __expf((e >> 1 ? A8 : A0) - s_A[j]) : 0.f;
+      const float d = kDecay ? __expf((e >> 1 ? A8 : A0) - s_A[j]) : 1.f;
+      s[nt][e] = j <= i ? s[nt][e] * p.scale * d : 0.f;
     }
 }
 
+// A tile of scores (the C layout, this warp's rows r0, r0 + 8) into a [C][C + 8] 16-bit tile.
 template <class Cfg>
-AE_DEVICE void linear_grads(const LinearParams& p) {
+AE_DEVICE void scores_to_smem(u16* tile, const float (&s)[Cfg::kChunk / 8][4], int r0) {
+  constexpr int C = Cfg::kChunk, LC = C + 8;
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int nt = 0; nt < C / 8; ++nt)
+#pragma unroll
+    for (int half = 0; half < 2; ++half)
+      *reinterpret_cast<u32*>(tile + (r0 + 8 * half) * LC + nt * 8 + 2 * (lane % 4)) =
+          pack2<Cfg::kBf16>(s[nt][2 * half], s[nt][2 * half + 1]);
+}
+
+template <class Cfg>
+AE_DEVICE void linear_grads_scalar(const LinearParams& p) {
   constexpr int C = Cfg::kChunk, DK = Cfg::kDk, DV = Cfg::kDv;
   constexpr int LQ = DK + 8, LV = DV + 8, LC = C + 8;
   constexpr bool kBf16 = Cfg::kBf16;
@@ -114,21 +138,13 @@ AE_DEVICE void linear_grads(const LinearParams& p) {
   const float last = s_A[C - 1];
   const int r0 = 16 * warp + lane / 4;  // this thread's rows r0, r0 + 8 of the warp's 16
   const float Ar0 = s_A[r0], Ar8 = s_A[r0 + 8];
-  auto to_smem = [&](u16* tile, const float (&s)[C / 8][4]) {
-#pragma unroll
-    for (int nt = 0; nt < C / 8; ++nt)
-#pragma unroll
-      for (int half = 0; half < 2; ++half)
-        *reinterpret_cast<u32*>(tile + (r0 + 8 * half) * LC + nt * 8 + 2 * (lane % 4)) =
-            pack2<kBf16>(s[nt][2 * half], s[nt][2 * half + 1]);
-  };
 
   // ---- this warp's query rows: dP, dq, P ----
   {
     float s[C / 8][4];
     masked_scores<Cfg, DV>(p, s, lane_a<LV>(smem_addr(sO)) + 2 * 16 * warp * LV,
                            lane_nk<LV>(smem_addr(sV)), s_A, r0);
-    to_smem(sP, s);
+    scores_to_smem<Cfg>(sP, s, r0);
     float dq[DK / 8][4];
 #pragma unroll
     for (int nt = 0; nt < DK / 8; ++nt) dq[nt][0] = dq[nt][1] = dq[nt][2] = dq[nt][3] = 0.f;
@@ -169,7 +185,7 @@ AE_DEVICE void linear_grads(const LinearParams& p) {
     if (lane % 4 == 0) s_qdq[r0] = dot[0], s_qdq[r0 + 8] = dot[1];
     masked_scores<Cfg, DK>(p, s, lane_a<LQ>(smem_addr(sQ)) + 2 * 16 * warp * LQ,
                            lane_nk<LQ>(smem_addr(sK)), s_A, r0);
-    to_smem(sM, s);
+    scores_to_smem<Cfg>(sM, s, r0);
   }
   __syncthreads();
 
@@ -285,6 +301,298 @@ AE_DEVICE void linear_grads(const LinearParams& p) {
     if (t < rows) da[t0 + t] = a[t0 + t] < kLinMinLogDecay ? 0.f : g0;
     if (t + 1 < rows) da[t0 + t + 1] = a[t0 + t + 1] < kLinMinLogDecay ? 0.f : g1;
   }
+}
+
+// Per key channel: acc (this warp's 16 rows r, channels c0 .. c0 + N - 1 of a gradient, the C
+// layout) += the pairs within the warp's block term by term: the sum over its tokens t up to r
+// (from r, kKeys) of dP (r, t) y_tc exp(A_ic - A_jc), (i, j) the (query, key) of (r, t); dP
+// from sP [C][C + 8] (rows queries), Y [C][DK + 8]: K for dq, Q for dk. (Unrolled, the sums
+// took registers enough to spill.)
+template <class Cfg, bool kKeys, int N = Cfg::kDk>
+AE_DEVICE void block_pairs(float (&acc)[N / 8][4], const u16* sP, const u16* sY, const float* s_Ac,
+                           int c0 = 0) {
+  constexpr int DK = Cfg::kDk, LQ = DK + 8, LC = Cfg::kChunk + 8;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+  for (int nt = 0; nt < N / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = 16 * warp + lane / 4 + 8 * (e >> 1), c = c0 + nt * 8 + 2 * (lane % 4) + (e & 1);
+      const float ar = s_Ac[r * DK + c];
+      float sum = 0.f;
+#pragma unroll 1
+      for (int t = kKeys ? r : 16 * warp; t <= (kKeys ? 16 * warp + 15 : r); ++t) {
+        const float dp = to_float<Cfg::kBf16>(kKeys ? sP[t * LC + r] : sP[r * LC + t]);
+        const float at = s_Ac[t * DK + c];
+        sum = fmaf(dp * to_float<Cfg::kBf16>(sY[t * LQ + c]), __expf(kKeys ? at - ar : ar - at), sum);
+      }
+      acc[nt][e] += sum;
+    }
+}
+
+// The gradients' pass per key channel (GLA): see the header. Per warp, 16 tokens as keys (dv,
+// dk) and as queries (dq); blocks of 16 tokens on the tensor cores with both factors relative
+// to an anchor token of the warp's block, its first for the queries, its last for the keys
+// (each factor at most 1; linear_fwd.h channel_scores), the block's own pairs term by term.
+// One state tile: dS (dv, dk), then S, loaded while dq's products within the chunk run. da's
+// terms: -k o dk held in registers until V is done with, then in its place, q o dq added there;
+// a thread per channel sums them from the chunk's end.
+template <class Cfg>
+AE_DEVICE void linear_grads_channels(const LinearParams& p) {
+  constexpr int C = Cfg::kChunk, DK = Cfg::kDk, DV = Cfg::kDv, L = C - 1;
+  constexpr int LQ = DK + 8, LV = DV + 8, LC = C + 8;
+  constexpr bool kBf16 = Cfg::kBf16;
+  static_assert(DK <= Cfg::kThreads, "a thread per channel");
+  extern __shared__ __align__(16) char smem[];
+  u16* sQ = reinterpret_cast<u16*>(smem);  // [C][LQ]
+  u16* sK = sQ + C * LQ;                   // [C][LQ]
+  u16* sO = sK + C * LQ;                   // [C][LV]: dO
+  u16* sD = sO + C * LV;                   // [DK][LV]: dS, then S
+  u16* sP = sD + DK * LV;                  // [C][LC]: dP
+  float* s_Ac = reinterpret_cast<float*>(sP + C * LC);  // [C][DK]
+  float* s_dl = s_Ac + C * DK;  // [DK]: exp(A_L) <S, dS> per channel
+  float* s_dlw = s_dl + DK;     // [4][DK]: each warp's keys' part of the rest of dL
+  u16* sV = reinterpret_cast<u16*>(s_dlw + 4 * DK);  // [C][LV]
+  float* s_x = reinterpret_cast<float*>(sV);  // [C][DK] once dk is done: da's terms
+  const LinChunk ch = linear_chunk(p, blockIdx.x, blockIdx.z);
+  const int h = blockIdx.y, b = ch.b, t0 = ch.t0;
+  const long long bh = static_cast<long long>(b) * p.heads + h;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, rows = ch.t_end - t0;
+  auto at = [&](const void* base, const long long(&st)[3]) {
+    return static_cast<const u16*>(base) + b * st[0] + h * st[1] + t0 * st[2];
+  };
+  const long long state_at = (bh * p.n_chunks + ch.chunk) * DK * DV;
+  load_tile<C, DK, Cfg::kThreads>(sQ, at(p.q, p.q_stride), p.q_stride[2], rows);
+  load_tile<C, DK, Cfg::kThreads>(sK, at(p.k, p.k_stride), p.k_stride[2], rows);
+  load_tile<C, DV, Cfg::kThreads>(sV, at(p.v, p.v_stride), p.v_stride[2], rows);
+  load_tile<C, DV, Cfg::kThreads>(sO, at(p.dout, p.do_stride), p.do_stride[2], rows);
+  load_tile<DK, DV, Cfg::kThreads>(sD, static_cast<const u16*>(p.dchunk_states) + state_at, DV, DK);
+  cp_async_commit();
+  linear_prefix_channels(p, bh, t0, ch.t_end, 0, DK, s_Ac);
+  cp_async_wait<0>();
+  __syncthreads();
+
+  const int r0 = 16 * warp + lane / 4;  // this thread's rows r0, r0 + 8 of the warp's 16
+  auto Ac = [&](int t, int c) { return s_Ac[t * DK + c]; };
+  {  // dP for this warp's queries; per channel exp(A_L) <S, dS> (S from global memory)
+    float s[C / 8][4];
+    masked_scores<Cfg, DV, false>(p, s, lane_a<LV>(smem_addr(sO)) + 2 * 16 * warp * LV,
+                                  lane_nk<LV>(smem_addr(sV)), nullptr, r0);
+    scores_to_smem<Cfg>(sP, s, r0);
+  }
+  if (threadIdx.x < DK) {
+    const int c = threadIdx.x;
+    const u16* g = static_cast<const u16*>(p.chunk_states) + state_at + c * DV;
+    float sum = 0.f;
+#pragma unroll 8
+    for (int v = 0; v < DV; v += 2) {
+      float s0, s1, d0, d1;
+      unpack2<kBf16>(*reinterpret_cast<const u32*>(g + v), s0, s1);
+      unpack2<kBf16>(*reinterpret_cast<const u32*>(sD + c * LV + v), d0, d1);
+      sum = fmaf(s0, d0, fmaf(s1, d1, sum));
+    }
+    s_dl[c] = __expf(Ac(L, c)) * sum;
+  }
+  __syncthreads();
+
+  {  // ---- dv: (K o exp(A_L - A)) dS + scale P^T dO, this warp's keys ----
+    float dv[DV / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < DV / 8; ++nt) dv[nt][0] = dv[nt][1] = dv[nt][2] = dv[nt][3] = 0.f;
+    const u32 k_at = lane_a<LQ>(smem_addr(sK)) + 2 * 16 * warp * LQ, d_kn = lane_kn<LV>(smem_addr(sD));
+#pragma unroll
+    for (int kk = 0; kk < DK / 16; ++kk) {
+      u32 a[4];
+      load_a<LQ>(a, k_at, 0, kk * 16);
+      const int c = kk * 16 + 2 * (lane % 4);
+      const float last[4] = {Ac(L, c), Ac(L, c + 1), Ac(L, c + 8), Ac(L, c + 9)};
+      decay_a<DK, kBf16>(a, s_Ac, r0, c, last, -1.f);
+#pragma unroll
+      for (int np = 0; np < DV / 16; ++np) {
+        u32 r[4];
+        load_b_kn<LV>(r, d_kn, kk * 16, np * 16);
+        mma_16816<kBf16>(dv[2 * np], a, r[0], r[1]);
+        mma_16816<kBf16>(dv[2 * np + 1], a, r[2], r[3]);
+      }
+    }
+    float s[C / 8][4];
+    channel_scores<Cfg, true>(s, sK, sQ, s_Ac);  // P^T: the keys' rows
+#pragma unroll
+    for (int nt = 0; nt < C / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] *= p.scale;
+    add_pv<Cfg>(dv, s, lane_kn<LV>(smem_addr(sO)));
+    store_rows16<kBf16>(static_cast<u16*>(p.dv) + b * p.dv_stride[0] + h * p.dv_stride[1] +
+                            t0 * p.dv_stride[2], p.dv_stride[2], dv, r0, rows);
+  }
+
+  // dk and dq 64 channels at a time (CG): at D_k 128 all of them at once spilled.
+  constexpr int CG = 64;
+  float x[DK / 8][4];  // da's terms of this thread's elements, -k_ic dk_ic (then + q_ic dq_ic)
+  // ---- dk, this warp's keys: relative to its last token E ----
+  const int E = 16 * warp + 15;
+  const u32 v_at = lane_a<LV>(smem_addr(sV)) + 2 * 16 * warp * LV, d_nk = lane_nk<LV>(smem_addr(sD));
+  const u32 p_t = lane_nk<LC>(smem_addr(sP)), q_kn = lane_kn<LQ>(smem_addr(sQ));
+#pragma unroll
+  for (int g = 0; g < DK / CG; ++g) {
+    float dk[CG / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < CG / 8; ++nt) dk[nt][0] = dk[nt][1] = dk[nt][2] = dk[nt][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < DV / 16; ++kk) {  // V dS^T
+      u32 a[4];
+      load_a<LV>(a, v_at, 0, kk * 16);
+#pragma unroll
+      for (int np = 0; np < CG / 16; ++np) {
+        u32 r[4];
+        load_b_nk<LV>(r, d_nk, CG * g + np * 16, kk * 16);
+        mma_16816<kBf16>(dk[2 * np], a, r[0], r[1]);
+        mma_16816<kBf16>(dk[2 * np + 1], a, r[2], r[3]);
+      }
+    }
+    // its dL part, sum_j k_jc exp(A_Lc - A_jc) (V_j dS^T)_c over the warp's keys; then the
+    // state's term relative to E
+#pragma unroll
+    for (int nt = 0; nt < CG / 8; ++nt)
+#pragma unroll
+      for (int col = 0; col < 2; ++col) {
+        const int c = CG * g + nt * 8 + 2 * (lane % 4) + col;
+        float part = 0.f;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int j = r0 + 8 * half;
+          float& d = dk[nt][2 * half + col];
+          part = fmaf(to_float<kBf16>(sK[j * LQ + c]) * d, __expf(Ac(L, c) - Ac(j, c)), part);
+          d *= __expf(Ac(L, c) - Ac(E, c));
+        }
+        part += shfl_xor(part, 4);
+        part += shfl_xor(part, 8);
+        part += shfl_xor(part, 16);
+        if (lane < 4) s_dlw[warp * DK + c] = part;
+      }
+#pragma unroll
+    for (int I = 0; I < C / 16; ++I) {  // + dP^T (Q o exp(A - A_E)), the query blocks after
+      if (I <= warp) continue;
+      u32 a[4];
+      load_a_t<LC>(a, p_t, 16 * I, 16 * warp);
+#pragma unroll
+      for (int np = 0; np < CG / 16; ++np) {
+        u32 r[4];
+        load_b_kn<LQ>(r, q_kn, 16 * I, CG * g + np * 16);
+        const int c = CG * g + np * 16 + lane / 4;
+        decay_b_kn<DK, kBf16>(r, s_Ac, 16 * I + 2 * (lane % 4), c, Ac(E, c), Ac(E, c + 8), 1.f);
+        mma_16816<kBf16>(dk[2 * np], a, r[0], r[1]);
+        mma_16816<kBf16>(dk[2 * np + 1], a, r[2], r[3]);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < CG / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int j = r0 + 8 * (e >> 1), c = CG * g + nt * 8 + 2 * (lane % 4) + (e & 1);
+        dk[nt][e] *= __expf(Ac(E, c) - Ac(j, c));
+      }
+    block_pairs<Cfg, true, CG>(dk, sP, sQ, s_Ac, CG * g);
+    store_rows16<kBf16>(static_cast<u16*>(p.dk) + b * p.dk_stride[0] + h * p.dk_stride[1] +
+                            t0 * p.dk_stride[2] + CG * g, p.dk_stride[2], dk, r0, rows);
+#pragma unroll
+    for (int nt = 0; nt < CG / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int j = r0 + 8 * (e >> 1), c = CG * g + nt * 8 + 2 * (lane % 4) + (e & 1);
+        x[CG / 8 * g + nt][e] = -to_float<kBf16>(sK[j * LQ + c]) * dk[nt][e];
+      }
+  }
+  __syncthreads();  // every warp is done with dS and V
+  load_tile<DK, DV, Cfg::kThreads>(sD, static_cast<const u16*>(p.chunk_states) + state_at, DV, DK);
+  cp_async_commit();
+#pragma unroll
+  for (int nt = 0; nt < DK / 8; ++nt)
+#pragma unroll
+    for (int half = 0; half < 2; ++half)
+      *reinterpret_cast<float2*>(s_x + (r0 + 8 * half) * DK + nt * 8 + 2 * (lane % 4)) =
+          make_float2(x[nt][2 * half], x[nt][2 * half + 1]);
+
+  // ---- dq, this warp's queries: relative to its first token F ----
+  const int F = 16 * warp;
+  const u32 p_at = lane_a<LC>(smem_addr(sP)) + 2 * 16 * warp * LC, k_kn = lane_kn<LQ>(smem_addr(sK));
+  const u32 o_at = lane_a<LV>(smem_addr(sO)) + 2 * 16 * warp * LV, st_at = lane_nk<LV>(smem_addr(sD));
+#pragma unroll
+  for (int g = 0; g < DK / CG; ++g) {
+    float dq[CG / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < CG / 8; ++nt) dq[nt][0] = dq[nt][1] = dq[nt][2] = dq[nt][3] = 0.f;
+#pragma unroll
+    for (int J = 0; J < C / 16; ++J) {  // dP (K o exp(A_F - A)), the key blocks before
+      if (J >= warp) continue;
+      u32 a[4];
+      load_a<LC>(a, p_at, 0, 16 * J);
+#pragma unroll
+      for (int np = 0; np < CG / 16; ++np) {
+        u32 r[4];
+        load_b_kn<LQ>(r, k_kn, 16 * J, CG * g + np * 16);
+        const int c = CG * g + np * 16 + lane / 4;
+        decay_b_kn<DK, kBf16>(r, s_Ac, 16 * J + 2 * (lane % 4), c, Ac(F, c), Ac(F, c + 8), -1.f);
+        mma_16816<kBf16>(dq[2 * np], a, r[0], r[1]);
+        mma_16816<kBf16>(dq[2 * np + 1], a, r[2], r[3]);
+      }
+    }
+    if (g == 0) {
+      cp_async_wait<0>();
+      __syncthreads();
+    }
+    // + dO (S o scale exp(A_F))^T: S [dk][dv] is S^T's [n][k], the factor per n (channel)
+#pragma unroll
+    for (int kk = 0; kk < DV / 16; ++kk) {
+      u32 a[4];
+      load_a<LV>(a, o_at, 0, kk * 16);
+#pragma unroll
+      for (int np = 0; np < CG / 16; ++np) {
+        u32 r[4];
+        load_b_nk<LV>(r, st_at, CG * g + np * 16, kk * 16);
+        const int c = CG * g + np * 16 + lane / 4;
+        const float f0 = p.scale * __expf(Ac(F, c)), f8 = p.scale * __expf(Ac(F, c + 8));
+        r[0] = scale2<kBf16>(r[0], f0, f0), r[1] = scale2<kBf16>(r[1], f0, f0);
+        r[2] = scale2<kBf16>(r[2], f8, f8), r[3] = scale2<kBf16>(r[3], f8, f8);
+        mma_16816<kBf16>(dq[2 * np], a, r[0], r[1]);
+        mma_16816<kBf16>(dq[2 * np + 1], a, r[2], r[3]);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < CG / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = r0 + 8 * (e >> 1), c = CG * g + nt * 8 + 2 * (lane % 4) + (e & 1);
+        dq[nt][e] *= __expf(Ac(i, c) - Ac(F, c));
+      }
+    block_pairs<Cfg, false, CG>(dq, sP, sK, s_Ac, CG * g);
+    store_rows16<kBf16>(static_cast<u16*>(p.dq) + b * p.dq_stride[0] + h * p.dq_stride[1] +
+                            t0 * p.dq_stride[2] + CG * g, p.dq_stride[2], dq, r0, rows);
+#pragma unroll
+    for (int nt = 0; nt < CG / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = r0 + 8 * (e >> 1), c = CG * g + nt * 8 + 2 * (lane % 4) + (e & 1);
+        s_x[i * DK + c] += to_float<kBf16>(sQ[i * LQ + c]) * dq[nt][e];
+      }
+  }
+  __syncthreads();
+  if (threadIdx.x < DK) {  // da_tc = sum_{i >= t} x_ic + dL_c, from the chunk's end
+    const int c = threadIdx.x;
+    float run = s_dl[c] + s_dlw[c] + s_dlw[DK + c] + s_dlw[2 * DK + c] + s_dlw[3 * DK + c];
+    const float* a = p.a + (bh * p.t_len + t0) * DK + c;
+    float* da = p.da + (bh * p.t_len + t0) * DK + c;
+    for (int t = C - 1; t >= 0; --t) {
+      run += s_x[t * DK + c];
+      if (t < rows) da[t * DK] = a[t * DK] < kLinMinLogDecay ? 0.f : run;
+    }
+  }
+}
+
+template <class Cfg>
+AE_DEVICE void linear_grads(const LinearParams& p) {
+  if constexpr (Cfg::kPerChannel) linear_grads_channels<Cfg>(p);
+  else linear_grads_scalar<Cfg>(p);
 }
 
 }  // namespace ae::sm80

@@ -35,7 +35,7 @@ struct LinearConfig {
   static_assert(kThreads == 128 && kChunk == 64 && kLinTile == 64, "4 warps of 16 rows");
   static constexpr int kStateSmem = linear_state_smem_bytes(kPerChannel),
                        kOutSmem = linear_out_smem_bytes(kDk, kDv, kPerChannel),
-                       kGradsSmem = linear_grads_smem_bytes(kDk, kDv);
+                       kGradsSmem = linear_grads_smem_bytes(kDk, kDv, kPerChannel);
 };
 
 // Per key channel: the chunk's prefix sums of channels c0 .. c0 + n - 1 (n <= the threads)
@@ -100,6 +100,37 @@ AE_DEVICE u32 scale2(u32 w, float s0, float s1) {
   float lo, hi;
   unpack2<kBf16>(w, lo, hi);
   return pack2<kBf16>(lo * s0, hi * s1);
+}
+
+// Per key channel: 16-bit fragments times exp(sign (A_tc - base)), A_tc the prefix sums s_Ac
+// [kLinChunk][DK] at token t, channel c, base an anchor token's at the same channel (or 0): the
+// sign puts the later token first, so that each factor is at most 1.
+// An A operand (rows: tokens t, t + 8; k: channels c, c + 1, c + 8, c + 9, as base's four)...
+template <int DK, bool kBf16>
+AE_DEVICE void decay_a(u32 (&a)[4], const float* s_Ac, int t, int c, const float (&base)[4], float sign) {
+  auto f = [&](int tt, int cc, float b) { return __expf(sign * (s_Ac[tt * DK + cc] - b)); };
+  a[0] = scale2<kBf16>(a[0], f(t, c, base[0]), f(t, c + 1, base[1]));
+  a[1] = scale2<kBf16>(a[1], f(t + 8, c, base[0]), f(t + 8, c + 1, base[1]));
+  a[2] = scale2<kBf16>(a[2], f(t, c + 8, base[2]), f(t, c + 9, base[3]));
+  a[3] = scale2<kBf16>(a[3], f(t + 8, c + 8, base[2]), f(t + 8, c + 9, base[3]));
+}
+// ... B operands of a [token][channel] tile read as [n][k] (load_b_nk: tokens t, t + 8)...
+template <int DK, bool kBf16>
+AE_DEVICE void decay_b_nk(u32 (&r)[4], const float* s_Ac, int t, int c, const float (&base)[4], float sign) {
+  auto f = [&](int tt, int cc, float b) { return __expf(sign * (s_Ac[tt * DK + cc] - b)); };
+  r[0] = scale2<kBf16>(r[0], f(t, c, base[0]), f(t, c + 1, base[1]));
+  r[1] = scale2<kBf16>(r[1], f(t, c + 8, base[2]), f(t, c + 9, base[3]));
+  r[2] = scale2<kBf16>(r[2], f(t + 8, c, base[0]), f(t + 8, c + 1, base[1]));
+  r[3] = scale2<kBf16>(r[3], f(t + 8, c + 8, base[2]), f(t + 8, c + 9, base[3]));
+}
+// ... and read as [k][n] (load_b_kn: tokens t, t + 1, t + 8, t + 9; channels c, c + 8, base b0, b8).
+template <int DK, bool kBf16>
+AE_DEVICE void decay_b_kn(u32 (&r)[4], const float* s_Ac, int t, int c, float b0, float b8, float sign) {
+  auto f = [&](int tt, int cc, float b) { return __expf(sign * (s_Ac[tt * DK + cc] - b)); };
+  r[0] = scale2<kBf16>(r[0], f(t, c, b0), f(t + 1, c, b0));
+  r[1] = scale2<kBf16>(r[1], f(t + 8, c, b0), f(t + 9, c, b0));
+  r[2] = scale2<kBf16>(r[2], f(t, c + 8, b8), f(t + 1, c + 8, b8));
+  r[3] = scale2<kBf16>(r[3], f(t + 8, c + 8, b8), f(t + 9, c + 8, b8));
 }
 
 // The state pass, and (kBackward) the backward's reverse pass over the state's gradient, which
@@ -298,6 +329,62 @@ AE_DEVICE void store_rows16(u16* g, long long ld, const float (&acc)[kN8][4], in
   }
 }
 
+// Per key channel, this warp's 16 rows (block W) of the chunk's scores
+//   s_rt = sum_c x_rc y_tc exp(A_ic - A_jc) over the pairs (query i, key j), j <= i,
+// X, Y: Q, K (rows queries: i = r, j = t), or with kKeys K, Q (rows keys: the scores
+// transposed, j = r, i = t); 0 elsewhere. Y's blocks before W (after W, kKeys) on the tensor
+// cores, both factors relative to W's first token (last, kKeys), both at most 1; W's own
+// block term by term.
+template <class Cfg, bool kKeys>
+AE_DEVICE void channel_scores(float (&s)[Cfg::kChunk / 8][4], const u16* sX, const u16* sY,
+                              const float* s_Ac) {
+  constexpr int C = Cfg::kChunk, DK = Cfg::kDk, LQ = DK + 8, NB = C / 16;
+  constexpr bool kBf16 = Cfg::kBf16;
+  constexpr float sx = kKeys ? -1.f : 1.f;  // X's factor exp(sx (A_r - A_anchor)), Y's the opposite
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int r0 = 16 * warp + lane / 4, anchor = kKeys ? 16 * warp + 15 : 16 * warp;
+  const u32 x_at = lane_a<LQ>(smem_addr(sX)) + 2 * 16 * warp * LQ, y_at = lane_nk<LQ>(smem_addr(sY));
+  auto Ac = [&](int t, int c) { return s_Ac[t * DK + c]; };
+#pragma unroll
+  for (int nt = 0; nt < C / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < DK / 16; ++kk) {
+    if (warp == (kKeys ? NB - 1 : 0)) break;  // (no block of Y on that side)
+    u32 a[4];
+    load_a<LQ>(a, x_at, 0, kk * 16);
+    const int c = kk * 16 + 2 * (lane % 4);
+    const float base[4] = {Ac(anchor, c), Ac(anchor, c + 1), Ac(anchor, c + 8), Ac(anchor, c + 9)};
+    decay_a<DK, kBf16>(a, s_Ac, r0, c, base, sx);
+#pragma unroll
+    for (int J = 0; J < NB; ++J) {
+      if (kKeys ? J <= warp : J >= warp) continue;
+      u32 r[4];
+      load_b_nk<LQ>(r, y_at, 16 * J, kk * 16);
+      decay_b_nk<DK, kBf16>(r, s_Ac, 16 * J + lane / 4, c, base, -sx);
+      mma_16816<kBf16>(s[2 * J], a, r[0], r[1]);
+      mma_16816<kBf16>(s[2 * J + 1], a, r[2], r[3]);
+    }
+  }
+#pragma unroll
+  for (int J = 0; J < NB; ++J) {  // W's own block
+    if (J != warp) continue;
+#pragma unroll
+    for (int h8 = 0; h8 < 2; ++h8)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = r0 + 8 * (e >> 1), t = 16 * J + 8 * h8 + 2 * (lane % 4) + (e & 1);
+        const int i = kKeys ? t : r, j = kKeys ? r : t;
+        float sum = 0.f;
+        if (j <= i)
+          for (int d = 0; d < DK; ++d) {
+            const float xy = to_float<kBf16>(sX[r * LQ + d]) * to_float<kBf16>(sY[t * LQ + d]);
+            sum = fmaf(xy, __expf(Ac(i, d) - Ac(j, d)), sum);
+          }
+        s[2 * J + h8][e] = sum;
+      }
+  }
+}
+
 // The output pass per key channel (GLA): see the header. A_id from s_Ac [C][DK].
 template <class Cfg>
 AE_DEVICE void linear_out_channels(const LinearParams& p) {
@@ -321,23 +408,18 @@ AE_DEVICE void linear_out_channels(const LinearParams& p) {
   __syncthreads();
 
   const u32 q_at = lane_a<LQ>(smem_addr(sQ)) + 2 * 16 * warp * LQ;  // this warp's 16 queries
-  const u32 k_at = lane_nk<LQ>(smem_addr(sK));
   const u32 v_at = lane_kn<LV>(smem_addr(sV)), st_at = lane_kn<LV>(smem_addr(sS));
-  const int i0 = 16 * warp + lane / 4, I0 = 16 * warp;  // rows i0, i0 + 8; the block's first
-  auto Ac = [&](int t, int d) { return s_Ac[t * DK + d]; };
+  const int i0 = 16 * warp + lane / 4;  // this thread's rows i0, i0 + 8
   // From the state: O = (Q o exp(A)) S_start.
   float o[DV / 8][4];
 #pragma unroll
   for (int nt = 0; nt < DV / 8; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.f;
+  const float zero[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
   for (int kk = 0; kk < DK / 16; ++kk) {
     u32 a[4];
     load_a<LQ>(a, q_at, 0, kk * 16);
-    const int d = kk * 16 + 2 * (lane % 4);  // a[0]: (i0; d, d + 1), a[1]: i0 + 8, a[2], a[3]: d + 8
-    a[0] = scale2<kBf16>(a[0], __expf(Ac(i0, d)), __expf(Ac(i0, d + 1)));
-    a[1] = scale2<kBf16>(a[1], __expf(Ac(i0 + 8, d)), __expf(Ac(i0 + 8, d + 1)));
-    a[2] = scale2<kBf16>(a[2], __expf(Ac(i0, d + 8)), __expf(Ac(i0, d + 9)));
-    a[3] = scale2<kBf16>(a[3], __expf(Ac(i0 + 8, d + 8)), __expf(Ac(i0 + 8, d + 9)));
+    decay_a<DK, kBf16>(a, s_Ac, i0, kk * 16 + 2 * (lane % 4), zero, 1.f);
 #pragma unroll
     for (int np = 0; np < DV / 16; ++np) {
       u32 r[4];
@@ -346,53 +428,8 @@ AE_DEVICE void linear_out_channels(const LinearParams& p) {
       mma_16816<kBf16>(o[2 * np + 1], a, r[2], r[3]);
     }
   }
-  // Within the chunk: scores of the key blocks before this warp's (both factors relative to
-  // A at its first token I0), then its own block term by term.
-  float s[C / 8][4];
-#pragma unroll
-  for (int nt = 0; nt < C / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-#pragma unroll
-  for (int kk = 0; kk < DK / 16; ++kk) {
-    if (warp == 0) break;  // (no block before the first)
-    u32 a[4];
-    load_a<LQ>(a, q_at, 0, kk * 16);
-    const int d = kk * 16 + 2 * (lane % 4);
-    const float r0_ = Ac(I0, d), r1_ = Ac(I0, d + 1), r8_ = Ac(I0, d + 8), r9_ = Ac(I0, d + 9);
-    a[0] = scale2<kBf16>(a[0], __expf(Ac(i0, d) - r0_), __expf(Ac(i0, d + 1) - r1_));
-    a[1] = scale2<kBf16>(a[1], __expf(Ac(i0 + 8, d) - r0_), __expf(Ac(i0 + 8, d + 1) - r1_));
-    a[2] = scale2<kBf16>(a[2], __expf(Ac(i0, d + 8) - r8_), __expf(Ac(i0, d + 9) - r9_));
-    a[3] = scale2<kBf16>(a[3], __expf(Ac(i0 + 8, d + 8) - r8_), __expf(Ac(i0 + 8, d + 9) - r9_));
-#pragma unroll
-    for (int J = 0; J < C / 16; ++J) {
-      if (J >= warp) continue;
-      u32 r[4];  // r[0], r[1]: key j = 16 J + lane / 4 (channels d.., d + 8..); r[2], r[3]: j + 8
-      load_b_nk<LQ>(r, k_at, 16 * J, kk * 16);
-      const int j = 16 * J + lane / 4;
-      r[0] = scale2<kBf16>(r[0], __expf(r0_ - Ac(j, d)), __expf(r1_ - Ac(j, d + 1)));
-      r[1] = scale2<kBf16>(r[1], __expf(r8_ - Ac(j, d + 8)), __expf(r9_ - Ac(j, d + 9)));
-      r[2] = scale2<kBf16>(r[2], __expf(r0_ - Ac(j + 8, d)), __expf(r1_ - Ac(j + 8, d + 1)));
-      r[3] = scale2<kBf16>(r[3], __expf(r8_ - Ac(j + 8, d + 8)), __expf(r9_ - Ac(j + 8, d + 9)));
-      mma_16816<kBf16>(s[2 * J], a, r[0], r[1]);
-      mma_16816<kBf16>(s[2 * J + 1], a, r[2], r[3]);
-    }
-  }
-#pragma unroll
-  for (int J = 0; J < C / 16; ++J) {  // this warp's own block: term by term, keys up to the query
-    if (J != warp) continue;
-#pragma unroll
-    for (int h8 = 0; h8 < 2; ++h8)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = i0 + 8 * (e >> 1), j = 16 * J + 8 * h8 + 2 * (lane % 4) + (e & 1);
-        float sum = 0.f;
-        if (j <= i)
-          for (int d = 0; d < DK; ++d) {
-            const float qk = to_float<kBf16>(sQ[i * LQ + d]) * to_float<kBf16>(sK[j * LQ + d]);
-            sum = fmaf(qk, __expf(Ac(i, d) - Ac(j, d)), sum);
-          }
-        s[2 * J + h8][e] = sum;
-      }
-  }
+  float s[C / 8][4];  // within the chunk
+  channel_scores<Cfg, false>(s, sQ, sK, s_Ac);
   add_pv<Cfg>(o, s, v_at);
   store_rows16<kBf16>(static_cast<u16*>(p.o) + b * p.o_stride[0] + h * p.o_stride[1] + t0 * p.o_stride[2],
                       p.o_stride[2], o, i0, rows, p.scale);

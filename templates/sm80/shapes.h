@@ -56,8 +56,17 @@ AE_HD_CONSTEXPR int linear_out_smem_bytes(int d_k, int d_v, bool per_channel = f
 
 // Backward, per chunk (linear_bwd.h linear_grads): Q, K, V, dO, the chunk's start state and its
 // end state's gradient, dP and P (16-bit); the prefix sums, two row terms per token, 4 warps'
-// sums.
-AE_HD_CONSTEXPR int linear_grads_smem_bytes(int d_k, int d_v) {
+// sums. Per key channel (GLA, linear_grads_channels): Q, K, dO, one state tile (the end
+// state's gradient, then the start state), dP (16-bit); every channel's prefix sums, per
+// channel the decays' end term and 4 warps' parts of it (fp32); V (16-bit), then in its place
+// the decays' terms per token and channel (fp32).
+AE_HD_CONSTEXPR int linear_grads_smem_bytes(int d_k, int d_v, bool per_channel = false) {
+  if (per_channel) {
+    const int v = 2 * kLinChunk * padded_row(d_v), x = 4 * kLinChunk * d_k;
+    return 2 * (2 * kLinChunk * padded_row(d_k) + kLinChunk * padded_row(d_v) +
+                d_k * padded_row(d_v) + kLinChunk * padded_row(kLinChunk)) +
+           4 * (kLinChunk * d_k + 5 * d_k) + (v > x ? v : x);
+  }
   return 2 * (2 * kLinChunk * padded_row(d_k) + 2 * kLinChunk * padded_row(d_v) +
               2 * d_k * padded_row(d_v) + 2 * kLinChunk * padded_row(kLinChunk)) +
          4 * (3 * kLinChunk + 4);

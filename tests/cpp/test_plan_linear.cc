@@ -1,5 +1,6 @@
-// Linear attention's plans (plan/linear_plan.h): the chunked forward's two passes on NVIDIA
-// GPUs for scalar decays and head dims 64 / 128, the decode step everywhere; refusals say why.
+// Linear attention's plans (plan/linear_plan.h): the chunked forward's two passes and the
+// backward's three on NVIDIA GPUs for scalar and per-channel decays and head dims 64 / 128, the
+// decode step everywhere; refusals say why.
 #include <gtest/gtest.h>
 
 #include "common/shapes.h"
@@ -54,6 +55,30 @@ TEST(LinearPlan, BackwardIsTheStatePassAReversePassAndTheGradients) {
   EXPECT_TRUE(plan_linear(problem(false, 128, 128), devices::ada()).ok);  // (the forward fits)
 }
 
+TEST(LinearPlan, GlaBackwardHasItsOwnGradientsPass) {
+  LinearProblem pb = problem(false, 128, 128);
+  pb.per_channel = true;
+  pb.backward = true;
+  for (const DeviceCaps& dev : {devices::h200(), devices::a100()}) {  // (under sm_80's 163 KB)
+    const LaunchPlan p = plan_linear(pb, dev);
+    ASSERT_TRUE(p.ok) << p.reason;
+    ASSERT_EQ(p.steps.size(), 3u);
+    EXPECT_EQ(p.steps[0].spec.describe(), "linear_state " + dev.arch() + " bf16 d128/128 pc");
+    EXPECT_EQ(p.steps[1].spec.describe(), "linear_dstate " + dev.arch() + " bf16 d128/128 pc");
+    EXPECT_EQ(p.steps[2].spec.describe(), "linear_grads " + dev.arch() + " bf16 d128/128 pc");
+    EXPECT_EQ(p.steps[1].smem, sm80::linear_state_smem_bytes(true));
+    EXPECT_EQ(p.steps[2].smem, sm80::linear_grads_smem_bytes(128, 128, true));
+    EXPECT_EQ(p.steps[2].grid.x, 16u);
+  }
+  // One state tile instead of two and no P tile make room for every channel's prefix sums
+  // and the decays' terms: under an A100's 163 KB.
+  EXPECT_LE(sm80::linear_grads_smem_bytes(128, 128, true), devices::a100().smem_per_block);
+  EXPECT_NE(plan_linear(pb, devices::ada()).reason.find("gradients' pass needs"), std::string::npos);
+  LinearProblem small = problem(false, 64, 64);
+  small.per_channel = small.backward = true;
+  EXPECT_TRUE(plan_linear(small, devices::ada()).ok);
+}
+
 TEST(LinearPlan, DecodeStepEverywhere) {
   for (const DeviceCaps& dev : {devices::h200(), devices::mi250()}) {
     LinearProblem pb = problem(true, 96, 200);
@@ -76,8 +101,6 @@ TEST(LinearPlan, RefusalsSayWhy) {
   gla.per_channel = true;
   EXPECT_TRUE(plan_linear(gla, devices::h200()).ok);  // the forward takes GLA's gates
   EXPECT_EQ(plan_linear(gla, devices::h200()).steps[1].spec.describe(), "linear_out sm_90a bf16 d128/128 pc");
-  gla.backward = true;
-  EXPECT_NE(reason(gla, devices::h200()).find("per key channel"), std::string::npos);
   LinearProblem fp32 = problem(false);
   fp32.dtype = ElemType::Float32;
   EXPECT_NE(reason(fp32, devices::h200()).find("bf16 and fp16"), std::string::npos);
@@ -93,8 +116,8 @@ TEST(LinearPlan, PackedSequences) {
   LinearProblem pb = problem(false, 64, 64, 230);
   pb.batch = 1;
   pb.n_seqs = 4, pb.n_chunks = 5;
-  for (bool backward : {false, true}) {
-    pb.backward = backward;
+  for (int pass = 0; pass < 4; ++pass) {
+    pb.backward = pass % 2, pb.per_channel = pass / 2;
     const LaunchPlan p = plan_linear(pb, devices::h200());
     ASSERT_TRUE(p.ok) << p.reason;
     EXPECT_EQ(p.linear.n_seqs, 4);

@@ -6,8 +6,9 @@
 // step's state in, or the forward's initial state where "state0" is given). Writes o.bin and
 // state.bin (the state after; NaN where a forward was not asked for it). The backward
 // ("backward" given: the state pass, linear_dstate, linear_grads): dout.bin (16-bit like v),
-// dstate.bin (fp32, where "dstate" is given) in; dq.bin, dk.bin, dv.bin (16-bit), da.bin and
-// dstate0.bin (fp32) out. Packed sequences: "n_seqs", cu.bin and map.bin (LinearParams).
+// dstate.bin (fp32, where "dstate" is given) in; dq.bin, dk.bin, dv.bin (16-bit), da.bin (per
+// key channel with per_channel) and dstate0.bin (fp32) out. Packed sequences: "n_seqs", cu.bin
+// and map.bin (LinearParams).
 #include <cstring>
 #include <limits>
 
@@ -72,7 +73,7 @@ int main(int argc, char** argv) {
     dk = dq;
     dv.assign(o.size(), 0xffff);
     dchunks.assign(chunks.size(), 0xffff);
-    da.assign(static_cast<size_t>(p.batch) * p.heads * T, nan);
+    da.assign(static_cast<size_t>(p.batch) * p.heads * T * (p.per_channel ? p.d_k : 1), nan);
     dstate0.assign(states, nan);
     p.dout = dout.data(), p.dq = dq.data(), p.dk = dk.data(), p.dv = dv.data();
     for (long long* s : {p.do_stride}) s[0] = p.v_stride[0], s[1] = p.v_stride[1], s[2] = p.v_stride[2];

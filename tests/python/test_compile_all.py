@@ -160,7 +160,11 @@ def test_linear_forward_compiles_without_spills(dims, bf16):
     assert [st["step"] for st in back] == ["linear_state", "linear_dstate", "linear_grads"]
     gla = _C.linear_kernel_sources(False, *dims, bf16=bf16, per_channel=True)
     assert all(st["describe"].endswith(" pc") for st in gla)
-    for st in steps + back[1:] + gla:
+    gla_back = _C.linear_kernel_sources(False, *dims, bf16=bf16, per_channel=True, backward=True)
+    assert [st["describe"].split()[0] for st in gla_back] == ["linear_state", "linear_dstate",
+                                                              "linear_grads"]
+    assert all(st["describe"].endswith(" pc") for st in gla_back)
+    for st in steps + back[1:] + gla + gla_back[1:]:
         _compiles_without_spills(st, "fwd")
 
 
@@ -176,8 +180,8 @@ def test_linear_step_compiles(per_channel):
 def test_linear_plans_say_what_they_refuse():
     with pytest.raises(ValueError, match="64 or 128"):
         _C.linear_kernel_sources(False, 96, 64)
-    with pytest.raises(ValueError, match="per key channel"):
-        _C.linear_kernel_sources(False, 64, 64, per_channel=True, backward=True)
+    with pytest.raises(ValueError, match="gradients' pass needs"):  # (an Ada GPU's 99 KB)
+        _C.linear_kernel_sources(False, 128, 128, device="ada", per_channel=True, backward=True)
     with pytest.raises(ValueError, match="mma.sync"):
         _C.linear_kernel_sources(False, 64, 64, device="mi250")
     with pytest.raises(ValueError, match="up to 256"):

@@ -377,11 +377,42 @@ def test_fused_forward_on_the_gpu(kind, dims):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dims", [(64, 64), (128, 128), (64, 128)], ids=str)
+def test_fused_gla_backward_on_the_gpu(dims):
+    """GLA's fused backward (gates per key channel: a gradients' pass of its own) against
+    float64 autograd of the same definition on the CPU, on the same bf16-rounded inputs: dq,
+    dk, dv, the gates' and the initial state's gradients, with a final state's gradient; a tail
+    chunk, gates at 0 (a channel's, a whole token's) and strong decays."""
+    Dk, Dv = dims
+    B, H, T = 2, 4, 300
+    q, k, v, g = inputs(B, H, T, Dk, Dv, "gla")
+    g[0, 1, T // 3, 5] = -math.inf
+    g[1, 2, T // 2] = -math.inf
+    g[1, 3] *= 40  # (down to about exp(-15) a token)
+    s0 = torch.randn(B, H, Dk, Dv, dtype=torch.float64)
+    lin = ae.linear.gla()
+    leaves = [t.to("cuda", torch.bfloat16).requires_grad_() for t in (q, k, v)] + \
+        [g.float().cuda().requires_grad_(), s0.float().cuda().requires_grad_()]
+    assert not ae._C.linear_backward_reason(leaves[0], leaves[2], True)  # the fused backward
+    out, state = lin(*leaves[:4], initial_state=leaves[4], output_final_state=True)
+    dout, dstate = torch.randn(B, H, T, Dv, dtype=torch.float64), torch.randn_like(s0)
+    got = torch.autograd.grad([out, state], leaves, [dout.to("cuda", torch.bfloat16), dstate.float().cuda()])
+    ref = [t.detach().double().cpu().requires_grad_() for t in leaves]
+    ref_out, ref_state = lin(*ref[:4], initial_state=ref[4], output_final_state=True)
+    want = list(torch.autograd.grad([ref_out, ref_state], ref, [dout, dstate]))
+    want[3] = torch.where(g.isneginf(), 0.0, want[3])  # a gate at 0: no gradient
+    rel = lambda a, b: ((a.double().cpu() - b).norm() / b.norm()).item()
+    assert rel(out, ref_out.detach()) < 3e-2
+    for name, a, b in zip(["dq", "dk", "dv", "dg", "dstate0"], got, want):
+        assert torch.isfinite(a).all() and rel(a, b) < 5e-2, (name, rel(a, b))
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("kind", ["simple_gla", "gla"])
 def test_fused_packed_sequences_on_the_gpu(kind):
     """Packed sequences in one launch per pass (cu_seqlens; an empty sequence, one shorter than
-    a chunk): outputs, states and (simple GLA: the fused backward) gradients against float64
-    per sequence."""
+    a chunk): outputs, states and gradients (the fused backward) against float64 per
+    sequence."""
     cu = torch.tensor([0, 70, 70, 100, 400], dtype=torch.int32)
     H, Dk, Dv, T = 2, 64, 64, 400
     q, k, v, g = inputs(1, H, T, Dk, Dv, kind)
@@ -394,8 +425,7 @@ def test_fused_packed_sequences_on_the_gpu(kind):
                      cu_seqlens=cu.cuda())
     rel = lambda a, b: ((a.double().cpu() - b).norm() / b.norm()).item()
     assert rel(out, want) < 3e-2 and rel(state, want_state) < 2e-2
-    if kind == "gla":
-        return
+    assert not ae._C.linear_backward_reason(leaves[0], leaves[2], kind == "gla", cu.tolist())
     dout = torch.randn_like(want)
     got = torch.autograd.grad(out, leaves, dout.to("cuda", torch.bfloat16))
     ref = [t.clone().requires_grad_() for t in (q, k, v)]

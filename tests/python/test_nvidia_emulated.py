@@ -722,13 +722,17 @@ def test_emulated_linear_forward_matches_the_recurrence(case):
 
 
 @pytest.mark.parametrize("case", [(64, 64, 130, True, "constant"), (128, 64, 64, False, "gates"),
-                                  (64, 128, 200, True, "strong")],
+                                  (64, 128, 200, True, "strong"), (64, 64, 150, True, "gla"),
+                                  (128, 128, 70, False, "gla_strong"), (128, 64, 64, True, "gla_strong"),
+                                  (64, 128, 1, True, "gla")],
                          ids=lambda c: "-".join(map(str, c)))
 def test_emulated_linear_backward_matches_autograd(case):
     """The chunked backward (the state pass again, the reverse pass over the state's gradient,
     the gradients per chunk) against autograd of the float64 recurrence on the same bf16
     inputs: dq, dk, dv, the log-decays' and the initial state's gradients, with a final
-    state's gradient; a gate at 0 (its log-decay's gradient 0: clamped)."""
+    state's gradient; a gate at 0 (its log-decay's gradient 0: clamped). GLA's gates per key
+    channel (the log-decays' gradient per channel): a tail chunk, gates at 0 (a channel's, and
+    a whole token's), strong decays (exp(-20) a token), one token."""
     Dk, Dv, T, with_state, decays = case
     B, H = 1, 2
     q, k, v = _bf16(B, H, T, Dk, seed=10), _bf16(B, H, T, Dk, seed=11), _bf16(B, H, T, Dv, seed=12)
@@ -737,6 +741,12 @@ def test_emulated_linear_backward_matches_autograd(case):
         a = torch.full((B, H, T), math.log(1 - 1 / 32))
     elif decays == "strong":
         a = -5 * torch.rand(B, H, T, generator=gen)
+    elif decays == "gla":  # (weak: the chunks' start states matter)
+        a = torch.nn.functional.logsigmoid(torch.randn(B, H, T, Dk, generator=gen) + 4) / 4
+        a[0, 1, T // 3, 5] = -math.inf
+        a[0, 0, T // 2] = -math.inf
+    elif decays == "gla_strong":
+        a = -20 * torch.rand(B, H, T, Dk, generator=gen) ** 4
     else:
         a = torch.nn.functional.logsigmoid(torch.randn(B, H, T, generator=gen) + 2)
         a[0, 1, T // 2] = -math.inf
@@ -744,18 +754,16 @@ def test_emulated_linear_backward_matches_autograd(case):
     dout = _bf16(B, H, T, Dv, seed=14)
     dstate = torch.randn(B, H, Dk, Dv, generator=gen)
     scale = Dk ** -0.5
-    steps = _C.linear_kernel_sources(False, Dk, Dv, batch=B, heads=H, t_len=T, backward=True)
+    steps = _C.linear_kernel_sources(False, Dk, Dv, batch=B, heads=H, t_len=T, backward=True,
+                                     per_channel=a.dim() == 4)
     assert [st["step"] for st in steps] == ["linear_state", "linear_dstate", "linear_grads"]
     got = _linear_emulate(steps, q, k, v, a, scale, state0, dout=dout, dstate=dstate)
     leaves = [t.double().requires_grad_() for t in (q, k, v, a.clamp_min(-1e4))]
     s0 = None if state0 is None else state0.double().requires_grad_()
     o, S = _recurrence(*leaves, s0, scale)
-    want = torch.autograd.grad([o, S], leaves + ([s0] if s0 is not None else []),
-                               [dout.double(), dstate.double()])
-    if decays == "gates":  # the gate at 0: clamped, no gradient
-        want = list(want)
-        want[3] = want[3].clone()
-        want[3][0, 1, T // 2] = 0
+    want = list(torch.autograd.grad([o, S], leaves + ([s0] if s0 is not None else []),
+                                    [dout.double(), dstate.double()]))
+    want[3] = torch.where(a.isneginf(), 0.0, want[3])  # a gate at 0: clamped, no gradient
     names = ["dq", "dk", "dv", "da"] + (["dstate0"] if s0 is not None else [])
     for name, g_, w in zip(names, got, want):
         assert _rel(g_, w) < 3e-2, (name, _rel(g_, w))
@@ -767,8 +775,8 @@ def test_emulated_linear_backward_matches_autograd(case):
 def test_emulated_linear_packed_sequences(per_channel):
     """Packed sequences (cu_seqlens; an empty one, one shorter than a chunk, chunks ending
     inside another sequence's): each sequence's state restarts from its own initial state,
-    forward (scalar decays and GLA's) and, for scalar decays, the backward, against the
-    float64 recurrence per sequence."""
+    forward and backward (scalar decays and GLA's), against the float64 recurrence per
+    sequence."""
     H, Dk, Dv = 2, 64, 64
     cu = [0, 70, 70, 100, 230]
     T = cu[-1]
@@ -788,12 +796,10 @@ def test_emulated_linear_packed_sequences(per_channel):
     assert _rel(o, torch.cat([r[0] for r in refs], 2)) < 2e-2
     assert _rel(final, torch.cat([r[1] for r in refs], 0)) < 1e-2
     assert torch.equal(final[1], state0[1])  # the empty sequence: its state as it came
-    if per_channel:
-        return
     dout = _bf16(1, H, T, Dv, seed=24)
     dstate = torch.randn(n, H, Dk, Dv, generator=gen)
     back = _C.linear_kernel_sources(False, Dk, Dv, batch=1, heads=H, t_len=T, backward=True,
-                                    n_seqs=n, n_chunks=n_chunks)
+                                    per_channel=per_channel, n_seqs=n, n_chunks=n_chunks)
     got = _linear_emulate(back, q, k, v, a, Dk ** -0.5, state0, dout=dout, dstate=dstate, cu=cu)
     leaves = [t.double().requires_grad_() for t in (q, k, v, a)]
     s0 = state0.double().requires_grad_()
