@@ -120,16 +120,6 @@ AE_DEVICE void score_transform(const AttnParams& p, const Variant& var, float (&
   }
 }
 
-// Every score of the tile dropped, as score_transform's mask drops one, without evaluating
-// the mask (a block whose rows keep nothing: the block-state table says so).
-template <class Norm, int kN8>
-AE_DEVICE void drop_scores(float (&s)[kN8][4]) {
-#pragma unroll
-  for (int nt = 0; nt < kN8; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) s[nt][e] = Norm::kMaskedNegInf ? neg_inf() : 0.f;
-}
-
 // The factor normalize_step applies to score_transform's scores (positive): the scale for raw
 // plain scores (raw: kRaw without checks), 1 for plain scores scaled already, and the policy's
 // factor times the score_mod's constant outer factor for its output: the FFMA in front of

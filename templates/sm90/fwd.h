@@ -334,9 +334,8 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
         return j_ < blocks.n ? j_ << 8 | kBlockFull : -1;
       }
     };
-    // This warpgroup's rows of the block need the mask (or keep nothing: process_s drops every
-    // score without evaluating it; skipping the block's GEMMs there, in a loop that releases
-    // its slots, serialized every wgmma: C7520).
+    // This warpgroup's rows of the block need the mask (or keep nothing: without the overlap
+    // the loop skips the block, with it the mask drops every score).
     auto masked_here = [&](int code) { return half_code(code & 255, cw) != kBlockFull; };
     // score_mod, mask and the normalization's step on S of block code >> 8 (see block_at); alpha:
     // O's rescale factors.
@@ -346,10 +345,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
     auto process_s = [&](int code, float (&alpha)[2]) {
       const int kv0 = (code >> 8) * BN;
       const bool check = kv0 + BN > Layout::kv_len(p, b) || masked_here(code) || (kRaw && !raw_ok);
-      // (Not in the overlap's schedule: the branch spilled its kernels, 2-72 bytes.)
-      if (!Cfg::kOverlap && half_code(code & 255, cw) == kBlockEmpty)
-        rows::drop_scores<Norm>(s);
-      else if (check)
+      if (check)
         rows::score_transform<true, false, Layout, Variant, BN / 8,
                               AE_MASK_LOADS_OR(rows::rows_and_one_column<Variant>())>(
             p, var, s, b, h, row0, kv0 + 2 * (lane % 4), &stats);
@@ -432,6 +428,15 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
     // marker's, released here.
     if constexpr (!Cfg::kOverlap) {
       for (int c = block_at(it); c >= 0; c = block_at(++it)) {
+        // This warpgroup's rows keep nothing of the block: no GEMM, the slot released once
+        // its V has landed (a release before would let the next load's bytes count toward
+        // this one's barrier phase). (The warp's ballot makes the branch uniform to ptxas: on
+        // the entry as loaded, it serialized every wgmma, C7520.)
+        if (ballot(half_code(c & 255, cw) == kBlockEmpty) != 0) {
+          wait_v(it);
+          mbar_arrive(empty + it % S);
+          continue;
+        }
         float alpha[2];
         issue_s(it);
         wgmma_wait<0>();
