@@ -14,9 +14,9 @@ namespace ae {
 // with halves (BlockStateParams::half_m; bit 6 set), bits 2-3 and 4-5 are the codes of the
 // tile's first and second half_m query rows alone: the sm90 forward's two consumer warpgroups
 // each take their own (a full half skips the mask; a half with nothing kept, without the
-// overlap, drops its scores unevaluated: its GEMMs still run). With half_n instead, the halves
-// are the tile's first half_n keys and the rest: the sm90 backward's two MMA warpgroups' keys
-// (the same: a full half skips the mask, an empty one drops its scores unevaluated).
+// overlap, skips the block: no GEMM). With half_n instead, the halves are the tile's first
+// half_n keys and the rest: the sm90 backward's two MMA warpgroups' keys (a full half skips
+// the mask, an empty one its GEMMs and scores).
 enum : unsigned char { kBlockEmpty = 0, kBlockPartial = 1, kBlockFull = 2, kBlockHalves = 0x40 };
 
 AE_DEVICE int tile_code(unsigned char s) { return s & 3; }

@@ -441,7 +441,7 @@ AE_DEVICE void attention_bwd(const AttnParams& p, const Variant& var, const TmaD
 
   mbar_wait(kv_full, 0);
   // Each warpgroup reads its own 64 keys' codes where the table has halves of the keys
-  // (AE_KEY_HALVES: planner.cc, block tensors' lookups): kBlockEmpty, its scores are dropped.
+  // (AE_KEY_HALVES: planner.cc, block tensors' lookups): kBlockEmpty, its work is skipped.
   using MmaWalk = ColumnWalkOf<Layout::kVarlen && !Variant::kHasMask, kKeyHalves>;
   MmaWalk walk(p, b, h_kv, n_block, Variant::kHasMask, q_blocks_of<Layout, BM>(p, b), cw);
   int it = 0;
