@@ -580,9 +580,11 @@ LaunchPlan make_plan(const PlanRequest& r) {
   // The sm90 backward reads each MMA warpgroup's 64 keys' codes (not the wide kernels', whose
   // warpgroups share their 64 keys) where the mask is a block tensor's lookup: there the mask
   // per score costs a load, and 64-key blocks make most 128-key tiles half kept. (Elsewhere
-  // the registers for the halves' codes spilled the D128 causal kernel: 132 bytes.)
+  // the registers for the halves' codes spilled the D128 causal kernel: 132 bytes; and past
+  // 256 columns of dK + dV, computed in two score parts, the deterministic D192/128 one.)
   spec.key_halves = spec.family == Family::Sm90 && kind == Kind::Backward &&
-                    spec.block_n == 2 * 64 && pb.sparsity == BlockSparsity::BlockTensor;
+                    spec.block_n == 2 * 64 && spec.d_qk + spec.d_v <= 256 &&
+                    pb.sparsity == BlockSparsity::BlockTensor;
   add_block_states(r, spec, plan);
   AttnParams& a = plan.attn;
   if (pb.pool_block > 0) {

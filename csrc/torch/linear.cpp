@@ -408,7 +408,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_ba
   at::Tensor h0, dsf;
   if (state0 && state0->defined()) h0 = state0->to(at::kFloat).contiguous();
   if (dstate && dstate->defined() && dstate->numel()) dsf = dstate->to(at::kFloat).contiguous();
-  const at::IntArrayRef per{s.batch, s.heads, plan.linear.n_chunks, s.d_k, s.d_v};
+  // (a vector: an IntArrayRef of a braced list dangles once the statement ends)
+  const std::vector<int64_t> per{s.batch, s.heads, plan.linear.n_chunks, s.d_k, s.d_v};
   at::Tensor chunks = at::empty(per, q_in.options()), dchunks = at::empty(per, q_in.options());
   runner::LinearBindings b = bind_linear(q, k, v, dq /*(o: unused)*/, a);
   if (h0.defined()) b.state0 = ref(h0);

@@ -882,9 +882,9 @@ def emulate_bwd(info, state_info, q, k, v, o, lse, dout, buffers, *, layout=None
             "nbuf": [len(buffers)], "acc_tiled": [int(sm90)],
             "state_batches": [layout.get("state_batches", 1)],
             "state_heads": [layout.get("state_heads", 1)],
-            # the tables' halves of the keys as the planner sets them (planner.cc
-            # add_block_states: the sm90 backward's two warpgroups of 64 keys)
-            "half_n": [layout.get("half_n", 64 if sm90 and bn == 128 else 0)],
+            # the tables' halves of the keys (planner.cc add_block_states: the sm90 backward's
+            # two warpgroups of 64 keys, for block tensors' tables: the kernel's " kh")
+            "half_n": [layout.get("half_n", 64 if " kh" in info["describe"] else 0)],
             "q_numel": [base("q", q).numel()], "k_numel": [base("k", k).numel()],
             "v_numel": [base("v", v).numel()]}
     for name, t, box in (("q", q, bm), ("k", k, bn), ("v", v, bn), ("o", o, bm)):

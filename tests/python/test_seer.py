@@ -306,7 +306,7 @@ def test_gate_training_forward_on_the_kernels(case, monkeypatch):
     family, d, bs = case
     if family == "sm80":
         monkeypatch.setenv("AE_DISABLE_SM90", "1")
-    attn = ae.compile(mods.alibi(mods.alibi_slopes(8)), mods.causal)
+    attn = ae.compile(mods.alibi(mods.alibi_slopes(8, device="cuda")), mods.causal)
     S = 1000
     gen = torch.Generator(device="cuda").manual_seed(d + bs)
     q, k, v = (torch.randn(2, h, S, d, device="cuda", dtype=torch.bfloat16, generator=gen)
