@@ -1,6 +1,7 @@
 // Block sparsity as data: the mask's lookup of a block tensor found (ir/block_mask.h) in its
 // two forms, and the planner's two steps for it (the rest's table, then the call's table from
 // the tensor), forward and backward.
+#include <tuple>
 #include <gtest/gtest.h>
 
 #include <functional>
@@ -210,6 +211,24 @@ TEST(BlockMask, PlannedAsTheRestsTableThenTheTensors) {
     EXPECT_NE(src.find("block_state_from_blocks<"), std::string::npos) << src;
     EXPECT_NE(src.find("BlockTensor<unsigned char, 0, 64, 128, true, 1, false>"), std::string::npos)
         << src;
+  }
+}
+
+// The sm90 backward reads halves of the keys where one score part holds dK and dV (at most
+// 256 columns): not at 192 + 128, whose deterministic kernel spilled with them.
+TEST(BlockMask, BackwardKeyHalvesWhereTheRegistersAllow) {
+  const auto v = ir::build_variant(block_trace({}));
+  for (const auto& [dqk, dv, want] : {std::tuple{128, 128, true}, {64, 64, true},
+                                      {192, 128, false}}) {
+    plan::PlanRequest r = plan::testing::request(plan::OpKind::Backward, plan::devices::h200(),
+                                                 plan::VariantTraits::of(*v), dqk, dv, 4096);
+    r.problem.captured = {{"bool", 4, false, 1}};
+    r.problem = plan::with_sparsity(r.problem, r.variant);
+    const plan::LaunchPlan p = plan::make_plan(r);
+    ASSERT_TRUE(p.ok) << p.reason;
+    EXPECT_EQ(p.block_states.half_n, want ? 64 : 0) << dqk << "/" << dv;
+    for (const plan::Step& s : p.steps)
+      if (s.spec.kind == codegen::Kind::Backward) EXPECT_EQ(s.spec.key_halves, want) << dqk;
   }
 }
 
