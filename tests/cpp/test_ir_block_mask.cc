@@ -1,10 +1,10 @@
 // Block sparsity as data: the mask's lookup of a block tensor found (ir/block_mask.h) in its
 // two forms, and the planner's two steps for it (the rest's table, then the call's table from
 // the tensor), forward and backward.
-#include <tuple>
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <tuple>
 
 #include "codegen/instantiate.h"
 #include "ir/block_mask.h"
