@@ -62,18 +62,7 @@ AE_DEVICE void masked_scores(const LinearParams& p, float (&s)[Cfg::kChunk / 8][
   const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int nt = 0; nt < C / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-#pragma unroll
-  for (int kk = 0; kk < KD / 16; ++kk) {
-    u32 a[4];
-    load_a<KD + 8>(a, x_at, 0, kk * 16);
-#pragma unroll
-    for (int np = 0; np < C / 16; ++np) {
-      u32 r[4];
-      load_b_nk<KD + 8>(r, y_at, np * 16, kk * 16);
-      mma_16816<Cfg::kBf16>(s[2 * np], a, r[0], r[1]);
-      mma_16816<Cfg::kBf16>(s[2 * np + 1], a, r[2], r[3]);
-    }
-  }
+  mma_xyt<Cfg::kBf16, KD, KD + 8>(s, x_at, y_at);
   const float A0 = kDecay ? s_A[r0] : 0.f, A8 = kDecay ? s_A[r0 + 8] : 0.f;
 #pragma unroll
   for (int nt = 0; nt < C / 8; ++nt)
@@ -149,35 +138,11 @@ AE_DEVICE void linear_grads_scalar(const LinearParams& p) {
 #pragma unroll
     for (int nt = 0; nt < DK / 8; ++nt) dq[nt][0] = dq[nt][1] = dq[nt][2] = dq[nt][3] = 0.f;
     const u32 o_at = lane_a<LV>(smem_addr(sO)) + 2 * 16 * warp * LV;
-    const u32 st_at = lane_nk<LV>(smem_addr(sS));
-#pragma unroll
-    for (int kk = 0; kk < DV / 16; ++kk) {  // dO S^T: S [dk][dv] is S^T's [n][k]
-      u32 a[4];
-      load_a<LV>(a, o_at, 0, kk * 16);
-#pragma unroll
-      for (int np = 0; np < DK / 16; ++np) {
-        u32 r[4];
-        load_b_nk<LV>(r, st_at, np * 16, kk * 16);
-        mma_16816<kBf16>(dq[2 * np], a, r[0], r[1]);
-        mma_16816<kBf16>(dq[2 * np + 1], a, r[2], r[3]);
-      }
-    }
+    mma_xyt<kBf16, DV, LV>(dq, o_at, lane_nk<LV>(smem_addr(sS)));  // dO S^T: S is S^T's [n][k]
     const float e0 = p.scale * __expf(Ar0), e8 = p.scale * __expf(Ar8);
 #pragma unroll
     for (int nt = 0; nt < DK / 8; ++nt) dq[nt][0] *= e0, dq[nt][1] *= e0, dq[nt][2] *= e8, dq[nt][3] *= e8;
-    const u32 k_kn = lane_kn<LQ>(smem_addr(sK));
-#pragma unroll
-    for (int kk = 0; kk < C / 16; ++kk) {  // + dP K
-      u32 a[4];
-      acc_to_a<kBf16>(a, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-      for (int np = 0; np < DK / 16; ++np) {
-        u32 r[4];
-        load_b_kn<LQ>(r, k_kn, kk * 16, np * 16);
-        mma_16816<kBf16>(dq[2 * np], a, r[0], r[1]);
-        mma_16816<kBf16>(dq[2 * np + 1], a, r[2], r[3]);
-      }
-    }
+    add_pv<Cfg, LQ>(dq, s, lane_kn<LQ>(smem_addr(sK)));  // + dP K
     store_rows16<kBf16>(static_cast<u16*>(p.dq) + b * p.dq_stride[0] + h * p.dq_stride[1] +
                             t0 * p.dq_stride[2], p.dq_stride[2], dq, r0, rows);
     float dot[2];
@@ -197,37 +162,14 @@ AE_DEVICE void linear_grads_scalar(const LinearParams& p) {
 #pragma unroll
     for (int nt = 0; nt < DK / 8; ++nt) dk[nt][0] = dk[nt][1] = dk[nt][2] = dk[nt][3] = 0.f;
     const u32 v_at = lane_a<LV>(smem_addr(sV)) + 2 * 16 * warp * LV;
-    const u32 d_nk = lane_nk<LV>(smem_addr(sD));
-#pragma unroll
-    for (int kk = 0; kk < DV / 16; ++kk) {  // V dS^T
-      u32 a[4];
-      load_a<LV>(a, v_at, 0, kk * 16);
-#pragma unroll
-      for (int np = 0; np < DK / 16; ++np) {
-        u32 r[4];
-        load_b_nk<LV>(r, d_nk, np * 16, kk * 16);
-        mma_16816<kBf16>(dk[2 * np], a, r[0], r[1]);
-        mma_16816<kBf16>(dk[2 * np + 1], a, r[2], r[3]);
-      }
-    }
+    mma_xyt<kBf16, DV, LV>(dk, v_at, lane_nk<LV>(smem_addr(sD)));  // V dS^T
 #pragma unroll
     for (int nt = 0; nt < DK / 8; ++nt) dk[nt][0] *= w0, dk[nt][1] *= w0, dk[nt][2] *= w8, dk[nt][3] *= w8;
     float dot[2];
     row_dots<kBf16, LQ>(dk, sK, r0, dot);
     if (lane % 4 == 0) dl = dot[0] + dot[1];
-    const u32 p_t = lane_nk<LC>(smem_addr(sP)), q_kn = lane_kn<LQ>(smem_addr(sQ));
-#pragma unroll
-    for (int kk = 0; kk < C / 16; ++kk) {  // + dP^T Q
-      u32 a[4];
-      load_a_t<LC>(a, p_t, kk * 16, 16 * warp);
-#pragma unroll
-      for (int np = 0; np < DK / 16; ++np) {
-        u32 r[4];
-        load_b_kn<LQ>(r, q_kn, kk * 16, np * 16);
-        mma_16816<kBf16>(dk[2 * np], a, r[0], r[1]);
-        mma_16816<kBf16>(dk[2 * np + 1], a, r[2], r[3]);
-      }
-    }
+    const u32 p_t = lane_nk<LC>(smem_addr(sP)) + 2 * 16 * warp;
+    mma_xy<kBf16, C, LC, LQ, true>(dk, p_t, lane_kn<LQ>(smem_addr(sQ)));  // + dP^T Q
     store_rows16<kBf16>(static_cast<u16*>(p.dk) + b * p.dk_stride[0] + h * p.dk_stride[1] +
                             t0 * p.dk_stride[2], p.dk_stride[2], dk, r0, rows);
     row_dots<kBf16, LQ>(dk, sK, r0, dot);
@@ -238,34 +180,11 @@ AE_DEVICE void linear_grads_scalar(const LinearParams& p) {
 #pragma unroll
     for (int nt = 0; nt < DV / 8; ++nt) dv[nt][0] = dv[nt][1] = dv[nt][2] = dv[nt][3] = 0.f;
     const u32 k_at = lane_a<LQ>(smem_addr(sK)) + 2 * 16 * warp * LQ;
-    const u32 d_kn = lane_kn<LV>(smem_addr(sD));
-#pragma unroll
-    for (int kk = 0; kk < DK / 16; ++kk) {  // K dS
-      u32 a[4];
-      load_a<LQ>(a, k_at, 0, kk * 16);
-#pragma unroll
-      for (int np = 0; np < DV / 16; ++np) {
-        u32 r[4];
-        load_b_kn<LV>(r, d_kn, kk * 16, np * 16);
-        mma_16816<kBf16>(dv[2 * np], a, r[0], r[1]);
-        mma_16816<kBf16>(dv[2 * np + 1], a, r[2], r[3]);
-      }
-    }
+    mma_xy<kBf16, DK, LQ, LV>(dv, k_at, lane_kn<LV>(smem_addr(sD)));  // K dS
 #pragma unroll
     for (int nt = 0; nt < DV / 8; ++nt) dv[nt][0] *= w0, dv[nt][1] *= w0, dv[nt][2] *= w8, dv[nt][3] *= w8;
-    const u32 m_t = lane_nk<LC>(smem_addr(sM)), o_kn = lane_kn<LV>(smem_addr(sO));
-#pragma unroll
-    for (int kk = 0; kk < C / 16; ++kk) {  // + P^T dO
-      u32 a[4];
-      load_a_t<LC>(a, m_t, kk * 16, 16 * warp);
-#pragma unroll
-      for (int np = 0; np < DV / 16; ++np) {
-        u32 r[4];
-        load_b_kn<LV>(r, o_kn, kk * 16, np * 16);
-        mma_16816<kBf16>(dv[2 * np], a, r[0], r[1]);
-        mma_16816<kBf16>(dv[2 * np + 1], a, r[2], r[3]);
-      }
-    }
+    const u32 m_t = lane_nk<LC>(smem_addr(sM)) + 2 * 16 * warp;
+    mma_xy<kBf16, C, LC, LV, true>(dv, m_t, lane_kn<LV>(smem_addr(sO)));  // + P^T dO
     store_rows16<kBf16>(static_cast<u16*>(p.dv) + b * p.dv_stride[0] + h * p.dv_stride[1] +
                             t0 * p.dv_stride[2], p.dv_stride[2], dv, r0, rows);
   }
@@ -399,22 +318,12 @@ AE_DEVICE void linear_grads_channels(const LinearParams& p) {
     float dv[DV / 8][4];
 #pragma unroll
     for (int nt = 0; nt < DV / 8; ++nt) dv[nt][0] = dv[nt][1] = dv[nt][2] = dv[nt][3] = 0.f;
-    const u32 k_at = lane_a<LQ>(smem_addr(sK)) + 2 * 16 * warp * LQ, d_kn = lane_kn<LV>(smem_addr(sD));
-#pragma unroll
-    for (int kk = 0; kk < DK / 16; ++kk) {
-      u32 a[4];
-      load_a<LQ>(a, k_at, 0, kk * 16);
-      const int c = kk * 16 + 2 * (lane % 4);
+    const u32 k_at = lane_a<LQ>(smem_addr(sK)) + 2 * 16 * warp * LQ;
+    mma_xy<kBf16, DK, LQ, LV>(dv, k_at, lane_kn<LV>(smem_addr(sD)), [&](u32 (&a)[4], int k) {
+      const int c = k + 2 * (lane % 4);
       const float last[4] = {Ac(L, c), Ac(L, c + 1), Ac(L, c + 8), Ac(L, c + 9)};
       decay_a<DK, kBf16>(a, s_Ac, r0, c, last, -1.f);
-#pragma unroll
-      for (int np = 0; np < DV / 16; ++np) {
-        u32 r[4];
-        load_b_kn<LV>(r, d_kn, kk * 16, np * 16);
-        mma_16816<kBf16>(dv[2 * np], a, r[0], r[1]);
-        mma_16816<kBf16>(dv[2 * np + 1], a, r[2], r[3]);
-      }
-    }
+    });
     float s[C / 8][4];
     channel_scores<Cfg, true>(s, sK, sQ, s_Ac);  // P^T: the keys' rows
 #pragma unroll
@@ -438,18 +347,7 @@ AE_DEVICE void linear_grads_channels(const LinearParams& p) {
     float dk[CG / 8][4];
 #pragma unroll
     for (int nt = 0; nt < CG / 8; ++nt) dk[nt][0] = dk[nt][1] = dk[nt][2] = dk[nt][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < DV / 16; ++kk) {  // V dS^T
-      u32 a[4];
-      load_a<LV>(a, v_at, 0, kk * 16);
-#pragma unroll
-      for (int np = 0; np < CG / 16; ++np) {
-        u32 r[4];
-        load_b_nk<LV>(r, d_nk, CG * g + np * 16, kk * 16);
-        mma_16816<kBf16>(dk[2 * np], a, r[0], r[1]);
-        mma_16816<kBf16>(dk[2 * np + 1], a, r[2], r[3]);
-      }
-    }
+    mma_xyt<kBf16, DV, LV>(dk, v_at, d_nk, CG * g);  // V dS^T
     // its dL part, sum_j k_jc exp(A_Lc - A_jc) (V_j dS^T)_c over the warp's keys; then the
     // state's term relative to E
 #pragma unroll
@@ -542,22 +440,12 @@ AE_DEVICE void linear_grads_channels(const LinearParams& p) {
       __syncthreads();
     }
     // + dO (S o scale exp(A_F))^T: S [dk][dv] is S^T's [n][k], the factor per n (channel)
-#pragma unroll
-    for (int kk = 0; kk < DV / 16; ++kk) {
-      u32 a[4];
-      load_a<LV>(a, o_at, 0, kk * 16);
-#pragma unroll
-      for (int np = 0; np < CG / 16; ++np) {
-        u32 r[4];
-        load_b_nk<LV>(r, st_at, CG * g + np * 16, kk * 16);
-        const int c = CG * g + np * 16 + lane / 4;
-        const float f0 = p.scale * __expf(Ac(F, c)), f8 = p.scale * __expf(Ac(F, c + 8));
-        r[0] = scale2<kBf16>(r[0], f0, f0), r[1] = scale2<kBf16>(r[1], f0, f0);
-        r[2] = scale2<kBf16>(r[2], f8, f8), r[3] = scale2<kBf16>(r[3], f8, f8);
-        mma_16816<kBf16>(dq[2 * np], a, r[0], r[1]);
-        mma_16816<kBf16>(dq[2 * np + 1], a, r[2], r[3]);
-      }
-    }
+    mma_xyt<kBf16, DV, LV>(dq, o_at, st_at, CG * g, [&](u32 (&r)[4], int n) {
+      const int c = n + lane / 4;
+      const float f0 = p.scale * __expf(Ac(F, c)), f8 = p.scale * __expf(Ac(F, c + 8));
+      r[0] = scale2<kBf16>(r[0], f0, f0), r[1] = scale2<kBf16>(r[1], f0, f0);
+      r[2] = scale2<kBf16>(r[2], f8, f8), r[3] = scale2<kBf16>(r[3], f8, f8);
+    });
 #pragma unroll
     for (int nt = 0; nt < CG / 8; ++nt)
 #pragma unroll

@@ -294,18 +294,62 @@ AE_DEVICE void load_out_tiles(const LinearParams& p, const LinChunk& ch, int h, 
   cp_async_commit();
 }
 
-// o += P V for this warp's 16 rows: P (fp32, the C layout, [C / 8] n8 tiles) as A operands,
-// V from a [C][DV + 8] tile (v_at: lane_kn).
-template <class Cfg>
-AE_DEVICE void add_pv(float (&o)[Cfg::kDv / 8][4], const float (&s)[Cfg::kChunk / 8][4], u32 v_at) {
+// The tensor-core loops of this warp's 16 rows: acc (the C layout, N8 n8 tiles) += X Y over K
+// (a multiple of 16), X and Y 16-bit tiles in shared memory read at the lanes' addresses
+// (tile_io.h). The optional fa / fb scale a fragment of X / Y first; Unscaled: none.
+struct Unscaled {
+  template <class... T>
+  AE_DEVICE void operator()(T&&...) const {}
+};
+// X [rows][K] (x_at: lane_a at the warp's first row) or, kXt, stored [K][rows] (lane_nk at its
+// first column); Y [K][N] (y_at: lane_kn). fa(a, k): X's fragment of columns k .. k + 15.
+template <bool kBf16, int K, int LX, int LY, bool kXt = false, int N8, class FA = Unscaled>
+AE_DEVICE void mma_xy(float (&acc)[N8][4], u32 x_at, u32 y_at, FA fa = {}) {
+#pragma unroll
+  for (int kk = 0; kk < K / 16; ++kk) {
+    u32 a[4];
+    if constexpr (kXt) load_a_t<LX>(a, x_at, kk * 16, 0);
+    else load_a<LX>(a, x_at, 0, kk * 16);
+    fa(a, kk * 16);
+#pragma unroll
+    for (int np = 0; np < N8 / 2; ++np) {
+      u32 r[4];
+      load_b_kn<LY>(r, y_at, kk * 16, np * 16);
+      mma_16816<kBf16>(acc[2 * np], a, r[0], r[1]);
+      mma_16816<kBf16>(acc[2 * np + 1], a, r[2], r[3]);
+    }
+  }
+}
+// X Y^T: X [rows][K] (x_at: lane_a at the warp's first row), Y's rows n0 .. of a [N][K] tile
+// (y_at: lane_nk), both of row stride LD. fb(r, n): Y's fragment of rows n .. n + 15.
+template <bool kBf16, int K, int LD, int N8, class FB = Unscaled>
+AE_DEVICE void mma_xyt(float (&acc)[N8][4], u32 x_at, u32 y_at, int n0 = 0, FB fb = {}) {
+#pragma unroll
+  for (int kk = 0; kk < K / 16; ++kk) {
+    u32 a[4];
+    load_a<LD>(a, x_at, 0, kk * 16);
+#pragma unroll
+    for (int np = 0; np < N8 / 2; ++np) {
+      u32 r[4];
+      load_b_nk<LD>(r, y_at, n0 + np * 16, kk * 16);
+      fb(r, n0 + np * 16);
+      mma_16816<kBf16>(acc[2 * np], a, r[0], r[1]);
+      mma_16816<kBf16>(acc[2 * np + 1], a, r[2], r[3]);
+    }
+  }
+}
+// o += P Y: P (fp32 scores, the C layout, [C / 8] n8 tiles) as A operands, Y a [C][LD] tile
+// (y_at: lane_kn): V, or K for dq.
+template <class Cfg, int LD = Cfg::kDv + 8, int N8>
+AE_DEVICE void add_pv(float (&o)[N8][4], const float (&s)[Cfg::kChunk / 8][4], u32 y_at) {
 #pragma unroll
   for (int kk = 0; kk < Cfg::kChunk / 16; ++kk) {
     u32 a[4];
     acc_to_a<Cfg::kBf16>(a, s[2 * kk], s[2 * kk + 1]);
 #pragma unroll
-    for (int np = 0; np < Cfg::kDv / 16; ++np) {
+    for (int np = 0; np < N8 / 2; ++np) {
       u32 r[4];
-      load_b_kn<Cfg::kDv + 8>(r, v_at, kk * 16, np * 16);
+      load_b_kn<LD>(r, y_at, kk * 16, np * 16);
       mma_16816<Cfg::kBf16>(o[2 * np], a, r[0], r[1]);
       mma_16816<Cfg::kBf16>(o[2 * np + 1], a, r[2], r[3]);
     }
@@ -415,19 +459,9 @@ AE_DEVICE void linear_out_channels(const LinearParams& p) {
 #pragma unroll
   for (int nt = 0; nt < DV / 8; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.f;
   const float zero[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-  for (int kk = 0; kk < DK / 16; ++kk) {
-    u32 a[4];
-    load_a<LQ>(a, q_at, 0, kk * 16);
-    decay_a<DK, kBf16>(a, s_Ac, i0, kk * 16 + 2 * (lane % 4), zero, 1.f);
-#pragma unroll
-    for (int np = 0; np < DV / 16; ++np) {
-      u32 r[4];
-      load_b_kn<LV>(r, st_at, kk * 16, np * 16);
-      mma_16816<kBf16>(o[2 * np], a, r[0], r[1]);
-      mma_16816<kBf16>(o[2 * np + 1], a, r[2], r[3]);
-    }
-  }
+  mma_xy<kBf16, DK, LQ, LV>(o, q_at, st_at, [&](u32 (&a)[4], int k) {
+    decay_a<DK, kBf16>(a, s_Ac, i0, k + 2 * (lane % 4), zero, 1.f);
+  });
   float s[C / 8][4];  // within the chunk
   channel_scores<Cfg, false>(s, sQ, sK, s_Ac);
   add_pv<Cfg>(o, s, v_at);
@@ -463,18 +497,7 @@ AE_DEVICE void linear_out_scalar(const LinearParams& p) {
   float o[DV / 8][4];
 #pragma unroll
   for (int nt = 0; nt < DV / 8; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.f;
-#pragma unroll
-  for (int kk = 0; kk < DK / 16; ++kk) {
-    u32 a[4];
-    load_a<LQ>(a, q_at, 0, kk * 16);
-#pragma unroll
-    for (int np = 0; np < DV / 16; ++np) {
-      u32 r[4];
-      load_b_kn<LV>(r, st_at, kk * 16, np * 16);
-      mma_16816<kBf16>(o[2 * np], a, r[0], r[1]);
-      mma_16816<kBf16>(o[2 * np + 1], a, r[2], r[3]);
-    }
-  }
+  mma_xy<kBf16, DK, LQ, LV>(o, q_at, st_at);
   const float Ai0 = s_A[i0], Ai8 = s_A[i0 + 8];
   const float e0 = __expf(Ai0), e8 = __expf(Ai8);
 #pragma unroll
@@ -486,18 +509,7 @@ AE_DEVICE void linear_out_scalar(const LinearParams& p) {
   float s[C / 8][4];
 #pragma unroll
   for (int nt = 0; nt < C / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-#pragma unroll
-  for (int kk = 0; kk < DK / 16; ++kk) {
-    u32 a[4];
-    load_a<LQ>(a, q_at, 0, kk * 16);
-#pragma unroll
-    for (int np = 0; np < C / 16; ++np) {
-      u32 r[4];
-      load_b_nk<LQ>(r, k_at, np * 16, kk * 16);
-      mma_16816<kBf16>(s[2 * np], a, r[0], r[1]);
-      mma_16816<kBf16>(s[2 * np + 1], a, r[2], r[3]);
-    }
-  }
+  mma_xyt<kBf16, DK, LQ>(s, q_at, k_at);
 #pragma unroll
   for (int nt = 0; nt < C / 8; ++nt)
 #pragma unroll
