@@ -273,6 +273,9 @@ AE_DEVICE void linear_grads_channels(const LinearParams& p) {
   float* s_dlw = s_dl + DK;     // [4][DK]: each warp's keys' part of the rest of dL
   u16* sV = reinterpret_cast<u16*>(s_dlw + 4 * DK);  // [C][LV]
   float* s_x = reinterpret_cast<float*>(sV);  // [C][DK] once dk is done: da's terms
+  // s_x's (t, c), its groups of 8 columns swizzled by t % 4: the warps' float2 stores of their
+  // rows (8 rows x 8 columns, half a warp 4 x 8), and a row's reads, are conflict-free.
+  auto x_at = [](int t, int c) { return t * DK + (c ^ (8 * (t % 4))); };
   const LinChunk ch = linear_chunk(p, blockIdx.x, blockIdx.z);
   const int h = blockIdx.y, b = ch.b, t0 = ch.t0;
   const long long bh = static_cast<long long>(b) * p.heads + h;
@@ -408,7 +411,7 @@ AE_DEVICE void linear_grads_channels(const LinearParams& p) {
   for (int nt = 0; nt < DK / 8; ++nt)
 #pragma unroll
     for (int half = 0; half < 2; ++half)
-      *reinterpret_cast<float2*>(s_x + (r0 + 8 * half) * DK + nt * 8 + 2 * (lane % 4)) =
+      *reinterpret_cast<float2*>(s_x + x_at(r0 + 8 * half, nt * 8 + 2 * (lane % 4))) =
           make_float2(x[nt][2 * half], x[nt][2 * half + 1]);
 
   // ---- dq, this warp's queries: relative to its first token F ----
@@ -459,9 +462,13 @@ AE_DEVICE void linear_grads_channels(const LinearParams& p) {
 #pragma unroll
     for (int nt = 0; nt < CG / 8; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = r0 + 8 * (e >> 1), c = CG * g + nt * 8 + 2 * (lane % 4) + (e & 1);
-        s_x[i * DK + c] += to_float<kBf16>(sQ[i * LQ + c]) * dq[nt][e];
+      for (int half = 0; half < 2; ++half) {
+        const int i = r0 + 8 * half, c = CG * g + nt * 8 + 2 * (lane % 4);
+        float q0, q1;
+        unpack2<kBf16>(*reinterpret_cast<const u32*>(sQ + i * LQ + c), q0, q1);
+        float2& xi = *reinterpret_cast<float2*>(s_x + x_at(i, c));
+        xi.x += q0 * dq[nt][2 * half];
+        xi.y += q1 * dq[nt][2 * half + 1];
       }
   }
   __syncthreads();
@@ -471,7 +478,7 @@ AE_DEVICE void linear_grads_channels(const LinearParams& p) {
     const float* a = p.a + (bh * p.t_len + t0) * DK + c;
     float* da = p.da + (bh * p.t_len + t0) * DK + c;
     for (int t = C - 1; t >= 0; --t) {
-      run += s_x[t * DK + c];
+      run += s_x[x_at(t, c)];
       if (t < rows) da[t * DK] = a[t * DK] < kLinMinLogDecay ? 0.f : run;
     }
   }
