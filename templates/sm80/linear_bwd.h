@@ -222,31 +222,84 @@ AE_DEVICE void linear_grads_scalar(const LinearParams& p) {
   }
 }
 
-// Per key channel: acc (this warp's 16 rows r, channels c0 .. c0 + N - 1 of a gradient, the C
-// layout) += the pairs within the warp's block term by term: the sum over its tokens t up to r
-// (from r, kKeys) of dP (r, t) y_tc exp(A_ic - A_jc), (i, j) the (query, key) of (r, t); dP
-// from sP [C][C + 8] (rows queries), Y [C][DK + 8]: K for dq, Q for dk. (Unrolled, the sums
-// took registers enough to spill.)
-template <class Cfg, bool kKeys, int N = Cfg::kDk>
-AE_DEVICE void block_pairs(float (&acc)[N / 8][4], const u16* sP, const u16* sY, const float* s_Ac,
-                           int c0 = 0) {
-  constexpr int DK = Cfg::kDk, LQ = DK + 8, LC = Cfg::kChunk + 8;
+// Per key channel, dk's (kKeys) or dq's terms of the pairs outside this warp's block, relative
+// to its anchor token (kKeys: its last, E; else its first, F): acc (the warp's 16 rows,
+// channels c0 .. c0 + N - 1, the C layout) += dP^T (Q o exp(A - A_E)) over the query blocks
+// after the warp's, or dP (K o exp(A_F - A)) over the key blocks before it (each factor at
+// most 1). dP from sP [C][C + 8] (rows queries), Y [C][DK + 8]: Q for dk, K for dq.
+template <class Cfg, bool kKeys, int N>
+AE_DEVICE void block_products(float (&acc)[N / 8][4], const u16* sP, const u16* sY,
+                              const float* s_Ac, int c0) {
+  constexpr int C = Cfg::kChunk, DK = Cfg::kDk, LQ = DK + 8, LC = C + 8;
+  constexpr bool kBf16 = Cfg::kBf16;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int anchor = kKeys ? 16 * warp + 15 : 16 * warp;
+  // dP^T's rows (kKeys: sP read transposed) or dP's, the warp's
+  const u32 p_at = kKeys ? lane_nk<LC>(smem_addr(sP)) + 2 * 16 * warp
+                         : lane_a<LC>(smem_addr(sP)) + 2 * 16 * warp * LC;
+  const u32 y_kn = lane_kn<LQ>(smem_addr(sY));
 #pragma unroll
-  for (int nt = 0; nt < N / 8; ++nt)
+  for (int B = 0; B < C / 16; ++B) {
+    if (kKeys ? B <= warp : B >= warp) continue;
+    u32 a[4];
+    if constexpr (kKeys) load_a_t<LC>(a, p_at, 16 * B, 0);
+    else load_a<LC>(a, p_at, 0, 16 * B);
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int r = 16 * warp + lane / 4 + 8 * (e >> 1), c = c0 + nt * 8 + 2 * (lane % 4) + (e & 1);
-      const float ar = s_Ac[r * DK + c];
-      float sum = 0.f;
-#pragma unroll 1
-      for (int t = kKeys ? r : 16 * warp; t <= (kKeys ? 16 * warp + 15 : r); ++t) {
-        const float dp = to_float<Cfg::kBf16>(kKeys ? sP[t * LC + r] : sP[r * LC + t]);
-        const float at = s_Ac[t * DK + c];
-        sum = fmaf(dp * to_float<Cfg::kBf16>(sY[t * LQ + c]), __expf(kKeys ? at - ar : ar - at), sum);
-      }
-      acc[nt][e] += sum;
+    for (int np = 0; np < N / 16; ++np) {
+      u32 r[4];
+      load_b_kn<LQ>(r, y_kn, 16 * B, c0 + np * 16);
+      const int c = c0 + np * 16 + lane / 4;
+      decay_b_kn<DK, kBf16>(r, s_Ac, 16 * B + 2 * (lane % 4), c, s_Ac[anchor * DK + c],
+                            s_Ac[anchor * DK + c + 8], kKeys ? 1.f : -1.f);
+      mma_16816<kBf16>(acc[2 * np], a, r[0], r[1]);
+      mma_16816<kBf16>(acc[2 * np + 1], a, r[2], r[3]);
     }
+  }
+}
+
+// Then acc (block_products' and the state's terms, relative to the anchor) is rebased to each
+// row's own token, and the pairs within the warp's block added term by term: for row r, the
+// sum over the block's tokens t up to r (from r, kKeys) of dP (r, t) y_tc exp(A_ic - A_jc),
+// (i, j) the (query, key) of (r, t). A thread's rows r0 and r0 + 8 reach the first 8 and all
+// 16 tokens (the last 16 and 8, kKeys): fixed trip counts, each lane skipping those it lacks.
+template <class Cfg, bool kKeys, int N>
+AE_DEVICE void block_pairs(float (&acc)[N / 8][4], const u16* sP, const u16* sY, const float* s_Ac,
+                           int c0) {
+  constexpr int DK = Cfg::kDk, LQ = DK + 8, LC = Cfg::kChunk + 8;
+  constexpr bool kBf16 = Cfg::kBf16;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int anchor = kKeys ? 16 * warp + 15 : 16 * warp;
+  auto Ac2 = [&](int t, int c) { return *reinterpret_cast<const float2*>(s_Ac + t * DK + c); };
+#pragma unroll
+  for (int nt = 0; nt < N / 8; ++nt) {
+    const int c = c0 + nt * 8 + 2 * (lane % 4);  // this thread's channels c, c + 1
+    const float2 an = Ac2(anchor, c);
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int r = 16 * warp + lane / 4 + 8 * half;
+      const float2 ar = Ac2(r, c);
+      float& x0 = acc[nt][2 * half];
+      float& x1 = acc[nt][2 * half + 1];
+      x0 *= __expf(kKeys ? an.x - ar.x : ar.x - an.x);
+      x1 *= __expf(kKeys ? an.y - ar.y : ar.y - an.y);
+      const int first = 16 * warp + (kKeys ? 8 * half : 0);
+      const int n = kKeys ? 16 - 8 * half : 8 + 8 * half;
+      float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+      for (int k = 0; k < n; ++k) {
+        const int t = first + k;
+        if (kKeys ? t < r : t > r) continue;
+        const float dp = to_float<kBf16>(kKeys ? sP[t * LC + r] : sP[r * LC + t]);
+        float y0, y1;
+        unpack2<kBf16>(*reinterpret_cast<const u32*>(sY + t * LQ + c), y0, y1);
+        const float2 at = Ac2(t, c);
+        s0 = fmaf(dp * y0, __expf(kKeys ? at.x - ar.x : ar.x - at.x), s0);
+        s1 = fmaf(dp * y1, __expf(kKeys ? at.y - ar.y : ar.y - at.y), s1);
+      }
+      x0 += s0;
+      x1 += s1;
+    }
+  }
 }
 
 // The gradients' pass per key channel (GLA): see the header. Per warp, 16 tokens as keys (dv,
@@ -344,7 +397,6 @@ AE_DEVICE void linear_grads_channels(const LinearParams& p) {
   // ---- dk, this warp's keys: relative to its last token E ----
   const int E = 16 * warp + 15;
   const u32 v_at = lane_a<LV>(smem_addr(sV)) + 2 * 16 * warp * LV, d_nk = lane_nk<LV>(smem_addr(sD));
-  const u32 p_t = lane_nk<LC>(smem_addr(sP)), q_kn = lane_kn<LQ>(smem_addr(sQ));
 #pragma unroll
   for (int g = 0; g < DK / CG; ++g) {
     float dk[CG / 8][4];
@@ -371,28 +423,7 @@ AE_DEVICE void linear_grads_channels(const LinearParams& p) {
         part += shfl_xor(part, 16);
         if (lane < 4) s_dlw[warp * DK + c] = part;
       }
-#pragma unroll
-    for (int I = 0; I < C / 16; ++I) {  // + dP^T (Q o exp(A - A_E)), the query blocks after
-      if (I <= warp) continue;
-      u32 a[4];
-      load_a_t<LC>(a, p_t, 16 * I, 16 * warp);
-#pragma unroll
-      for (int np = 0; np < CG / 16; ++np) {
-        u32 r[4];
-        load_b_kn<LQ>(r, q_kn, 16 * I, CG * g + np * 16);
-        const int c = CG * g + np * 16 + lane / 4;
-        decay_b_kn<DK, kBf16>(r, s_Ac, 16 * I + 2 * (lane % 4), c, Ac(E, c), Ac(E, c + 8), 1.f);
-        mma_16816<kBf16>(dk[2 * np], a, r[0], r[1]);
-        mma_16816<kBf16>(dk[2 * np + 1], a, r[2], r[3]);
-      }
-    }
-#pragma unroll
-    for (int nt = 0; nt < CG / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int j = r0 + 8 * (e >> 1), c = CG * g + nt * 8 + 2 * (lane % 4) + (e & 1);
-        dk[nt][e] *= __expf(Ac(E, c) - Ac(j, c));
-      }
+    block_products<Cfg, true, CG>(dk, sP, sQ, s_Ac, CG * g);
     block_pairs<Cfg, true, CG>(dk, sP, sQ, s_Ac, CG * g);
     store_rows16<kBf16>(static_cast<u16*>(p.dk) + b * p.dk_stride[0] + h * p.dk_stride[1] +
                             t0 * p.dk_stride[2] + CG * g, p.dk_stride[2], dk, r0, rows);
@@ -416,28 +447,13 @@ AE_DEVICE void linear_grads_channels(const LinearParams& p) {
 
   // ---- dq, this warp's queries: relative to its first token F ----
   const int F = 16 * warp;
-  const u32 p_at = lane_a<LC>(smem_addr(sP)) + 2 * 16 * warp * LC, k_kn = lane_kn<LQ>(smem_addr(sK));
   const u32 o_at = lane_a<LV>(smem_addr(sO)) + 2 * 16 * warp * LV, st_at = lane_nk<LV>(smem_addr(sD));
 #pragma unroll
   for (int g = 0; g < DK / CG; ++g) {
     float dq[CG / 8][4];
 #pragma unroll
     for (int nt = 0; nt < CG / 8; ++nt) dq[nt][0] = dq[nt][1] = dq[nt][2] = dq[nt][3] = 0.f;
-#pragma unroll
-    for (int J = 0; J < C / 16; ++J) {  // dP (K o exp(A_F - A)), the key blocks before
-      if (J >= warp) continue;
-      u32 a[4];
-      load_a<LC>(a, p_at, 0, 16 * J);
-#pragma unroll
-      for (int np = 0; np < CG / 16; ++np) {
-        u32 r[4];
-        load_b_kn<LQ>(r, k_kn, 16 * J, CG * g + np * 16);
-        const int c = CG * g + np * 16 + lane / 4;
-        decay_b_kn<DK, kBf16>(r, s_Ac, 16 * J + 2 * (lane % 4), c, Ac(F, c), Ac(F, c + 8), -1.f);
-        mma_16816<kBf16>(dq[2 * np], a, r[0], r[1]);
-        mma_16816<kBf16>(dq[2 * np + 1], a, r[2], r[3]);
-      }
-    }
+    block_products<Cfg, false, CG>(dq, sP, sK, s_Ac, CG * g);
     if (g == 0) {
       cp_async_wait<0>();
       __syncthreads();
@@ -449,13 +465,6 @@ AE_DEVICE void linear_grads_channels(const LinearParams& p) {
       r[0] = scale2<kBf16>(r[0], f0, f0), r[1] = scale2<kBf16>(r[1], f0, f0);
       r[2] = scale2<kBf16>(r[2], f8, f8), r[3] = scale2<kBf16>(r[3], f8, f8);
     });
-#pragma unroll
-    for (int nt = 0; nt < CG / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = r0 + 8 * (e >> 1), c = CG * g + nt * 8 + 2 * (lane % 4) + (e & 1);
-        dq[nt][e] *= __expf(Ac(i, c) - Ac(F, c));
-      }
     block_pairs<Cfg, false, CG>(dq, sP, sK, s_Ac, CG * g);
     store_rows16<kBf16>(static_cast<u16*>(p.dq) + b * p.dq_stride[0] + h * p.dq_stride[1] +
                             t0 * p.dq_stride[2] + CG * g, p.dq_stride[2], dq, r0, rows);
