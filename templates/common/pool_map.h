@@ -28,18 +28,50 @@ AE_DEVICE void pool_map(const AttnParams& p) {
   const float* lse = p.lse + bh * p.q_len;
   const float* maxima = p.block_max + bh * p.n_pool_blocks * p.q_len;
   float* out = p.pooled + w * p.n_pool_blocks;
+  // Lane i's rows are r0 + i + 32 j. Their LSE in log2 units is read once (+inf for rows that
+  // keep nothing, or past the block: their terms are -inf); the key blocks go kUnroll at a
+  // time, so that a lane has kUnroll * kRows loads in flight (one at a time, the pass was
+  // bound by their latency, not by the bytes).
+  constexpr int kRows = 4, kUnroll = 4;
+  float lse2[kRows];
+#pragma unroll
+  for (int j = 0; j < kRows; ++j) {
+    const int r = r0 + lane + kWarpSize * j;
+    const float l = r < r1 ? lse[r] : neg_inf();
+    lse2[j] = l == neg_inf() ? -neg_inf() : l * kLog2e;
+  }
   float sum = 0.f;
-  for (int kb = 0; kb < p.n_pool_blocks; ++kb) {
-    float m = neg_inf();
-    for (int r = r0 + lane; r < r1; r += kWarpSize) {
-      const float l = lse[r];  // (+inf for rows that keep nothing: their terms are -inf)
-      m = fmaxf(m, maxima[static_cast<long long>(kb) * p.q_len + r] -
-                       (l == neg_inf() ? -neg_inf() : l * kLog2e));
+  for (int kb0 = 0; kb0 < p.n_pool_blocks; kb0 += kUnroll) {
+    float m[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      m[u] = neg_inf();
+      const int kb = kb0 + u;
+      if (kb >= p.n_pool_blocks) continue;
+      const float* col = maxima + static_cast<long long>(kb) * p.q_len;
+      if (p.pool_block <= kRows * kWarpSize) {
+#pragma unroll
+        for (int j = 0; j < kRows; ++j) {
+          const int r = r0 + lane + kWarpSize * j;
+          if (r < r1) m[u] = fmaxf(m[u], col[r] - lse2[j]);
+        }
+      } else {  // (blocks of more rows than the registers hold: the LSE read as it goes)
+        for (int r = r0 + lane; r < r1; r += kWarpSize) {
+          const float l = lse[r];
+          m[u] = fmaxf(m[u], col[r] - (l == neg_inf() ? -neg_inf() : l * kLog2e));
+        }
+      }
     }
-    for (int o = kWarpSize / 2; o > 0; o /= 2) m = fmaxf(m, shfl_xor(m, o));
-    const float v = exp2f(m);  // (every lane holds the same m)
-    sum += v;
-    if (lane == 0) out[kb] = v;
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int kb = kb0 + u;
+      if (kb >= p.n_pool_blocks) break;
+      float x = m[u];  // the block's largest term over the query block, in every lane
+      for (int o = kWarpSize / 2; o > 0; o /= 2) x = fmaxf(x, shfl_xor(x, o));
+      const float v = exp2f(x);
+      sum += v;
+      if (lane == 0) out[kb] = v;
+    }
   }
 #if AE_NVIDIA
   __syncwarp();  // lane 0's stores, for the other lanes (a wavefront runs in lockstep)
