@@ -7,6 +7,8 @@ take 4 * H * S * S / 64 bytes (fp32) for the call.
 
     PYTHONPATH=python python bench/pooled_bench.py [--seqlens 8k,16k,32k] [--block 64]
     PYTHONPATH=python python bench/pooled_bench.py --dry-run   # CPU, tiny: plumbing only
+    PYTHONPATH=python python bench/pooled_bench.py --profile   # + torch.profiler's kernel table
+                                                               # of the gate-training call (GPU)
 """
 from __future__ import annotations
 
@@ -20,12 +22,27 @@ from decode_bench import timed
 H, D = 32, 128
 
 
+def profile_calls(call, n: int = 3) -> None:
+    """torch.profiler's CUDA kernel table of n calls: where the time beyond the forward goes
+    (the -inf fill of the maxima, the forward with its stores, the map's pass)."""
+    from torch.profiler import ProfilerActivity, profile
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            call()
+        torch.cuda.synchronize()
+    print(f"{n} calls:")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8,
+                                    max_name_column_width=60))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seqlens", default="8k,16k,32k")
     ap.add_argument("--block", type=int, default=64)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--dry-run", action="store_true")
+    ap.add_argument("--profile", action="store_true",
+                    help="after each length, the kernels of 3 gate-training calls (torch.profiler)")
     args = ap.parse_args()
     cuda = not args.dry_run and torch.cuda.is_available()
     dev, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
@@ -46,6 +63,8 @@ def main() -> int:
         mb = 4 * heads * S * -(-S // args.block) / 2**20
         print(f"| {S} | {t_fwd * 1e3:.2f} | {t_pool * 1e3:.2f} | {t_pool / t_fwd:.3f} | {mb:.0f} "
               f"| {attn.backend_for(q, k, v)} |")
+        if args.profile and cuda:
+            profile_calls(lambda: ae.seer.attention_with_pooling(attn, q, k, v, args.block))
     return 0
 
 

@@ -2,7 +2,8 @@
 # Nsight Compute on the backward (the sm90 one on Hopper; AE_DISABLE_SM90_BWD=1 for sm80) next
 # to FlashAttention-2's (SDPA flash), one call on the GPU machine after
 # `bash bench/gpu_check.sh build`. PROFILE_ARGS: profile_kernels.py's "S D [causal]".
-# PROFILE_CASE=docmask profiles the document mask's forward instead (PROFILE_ARGS "16384").
+# PROFILE_CASE=docmask profiles the document mask's forward instead (PROFILE_ARGS "16384"),
+# PROFILE_CASE=sparse dense causal's and the block-sparse forward (PROFILE_ARGS "32768").
 # Full report in $OUT/ncu_$CASE.txt; per-instruction stall samples of our kernel (SASS, CSV)
 # in $OUT/ncu_${CASE}_source.csv, summed by stall reason and by hottest instruction at the end.
 set -uo pipefail

@@ -10,6 +10,8 @@ yardstick. On the GPU machine (Firecracker: counters readable):
         python bench/profile_kernels.py fwd90
     ncu ... -k regex:"ae_bwd$|flash_bwd_dq_dk_dv" python bench/profile_kernels.py bwd [4096]
     python bench/profile_kernels.py docmask      # the document mask's forward
+    python bench/profile_kernels.py sparse 32768 # dense causal, then block-sparse (random
+                                                 # 64-blocks, 10% kept: sparse_bench's)
     python bench/profile_kernels.py vsfa4 8192 128 [causal]  # ours and FlashAttention-4's
                                                  # fwd and bwd (bench/fa4.py must import)
 """
@@ -45,6 +47,16 @@ elif what == "docmask":  # the document mask's forward (causal within ~1k-token 
         attn(q, k, v)
     torch.cuda.synchronize()
     print("document ran", flush=True)
+elif what == "sparse":  # forwards: dense causal, then 10% of the causal 64-blocks (B 1, H 32)
+    from sparse_bench import random_blocks
+    q, k, v = (torch.randn(1, 32, S, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    blocks = random_blocks(32, S // 64, 0.1, torch.Generator(device="cuda").manual_seed(0))
+    sparse = ae.seer.BlockSparseAttention(mask_mod=mods.causal, block_size=64)
+    with torch.no_grad():
+        ae.compile(mask_mod=mods.causal)(q, k, v)
+        sparse(q, k, v, blocks)
+    torch.cuda.synchronize()
+    print("sparse ran", flush=True)
 elif what == "bwd":
     out = (ae.compile(mask_mod=mods.causal) if causal else ae.compile())(q, k, v)
     torch.autograd.grad(out, (q, k, v), do)
@@ -64,4 +76,4 @@ elif what == "vsfa4":  # ours and FlashAttention-4's forward and backward, same 
     torch.cuda.synchronize()
     print("vsfa4 ran", flush=True)
 else:
-    sys.exit(f"unknown case {what}: fwd90, docmask, bwd or vsfa4")
+    sys.exit(f"unknown case {what}: fwd90, docmask, sparse, bwd or vsfa4")
