@@ -38,8 +38,9 @@ struct Bindings {
   // the query rows in all (the statistics' row count).
   TensorRef cu_q, cu_k;
   int64_t q_total = 0;
-  // The gate-training forward's block maxima: fp32 [batch, q_heads, n_pool_blocks, q_len]
-  // contiguous, filled with -inf (AttnParams::block_max).
+  // The gate-training forward's block maxima: fp32 [batch, q_heads, ceil(q_len / pool_block),
+  // n_pool_blocks, pool_block] contiguous (templates/common/block_max_layout.h), filled with
+  // -inf (AttnParams::block_max).
   TensorRef block_max;
   TensorRef pooled;  // its map: fp32 [batch, q_heads, n_q_pool_blocks, n_pool_blocks] contiguous
   std::array<TensorRef, plan::kWorkspaceCount> workspaces;  // by WorkspaceId

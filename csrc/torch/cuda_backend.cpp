@@ -182,13 +182,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cuda_forward_pooled(
   auto [out, lse] = dense_outputs(s, q_in);
   const int64_t nq = (s.q_len + block - 1) / block, nk = (s.kv_len + block - 1) / block;
   const at::TensorOptions f32 = q_in.options().dtype(at::kFloat);
-  at::Tensor block_max = at::full({s.batch, s.q_heads, nk, s.q_len},
+  // (templates/common/block_max_layout.h)
+  at::Tensor block_max = at::full({s.batch, s.q_heads, nq, nk, block},
                                   -std::numeric_limits<float>::infinity(), f32);
   at::Tensor pooled = at::empty({s.batch, s.q_heads, nq, nk}, f32);
-  // (The plan's pool_map step turns block_max into the map; a plan without steps, nothing to
-  // attend to, leaves block_max at -inf: pooled on the host's side then.)
+  // (The plan's pool_map step turns block_max into the map; a plan without steps has nothing
+  // to attend to: a map of zeros.)
   run_forward(tuned, *variant, q_in, k_in, v_in, buffers, {}, out, lse, block_max, pooled);
-  if (tuned.plan.steps.empty()) pooled = pool_block_max(block_max, lse, block);
+  if (tuned.plan.steps.empty()) pooled.zero_();
   return {out, lse, pooled};
 }
 

@@ -5,11 +5,12 @@
 // key block, the block's largest probability max_rows exp2(block_max - lse * log2(e)) (exp2 of
 // the max: it is monotone), each query block's row then divided by its sum over the key
 // blocks. Rows that keep nothing (lse -inf) give 0; so does a block nothing reaches. One warp
-// per (batch, head, query block), kPoolThreads per CTA; a key block's rows are one contiguous
-// read.
+// per (batch, head, query block), kPoolThreads per CTA, reading the query block's maxima as one
+// contiguous stream (common/block_max_layout.h).
 #pragma once
 
 #include "common/ae_common.h"
+#include "common/block_max_layout.h"
 #include "common/numeric.h"
 #include "common/params.h"
 #include "common/shapes.h"
@@ -26,12 +27,11 @@ AE_DEVICE void pool_map(const AttnParams& p) {
   const int r0 = static_cast<int>(w % nq) * p.pool_block;
   const int r1 = r0 + p.pool_block < p.q_len ? r0 + p.pool_block : p.q_len;
   const float* lse = p.lse + bh * p.q_len;
-  const float* maxima = p.block_max + bh * p.n_pool_blocks * p.q_len;
+  const float* maxima = p.block_max + block_max_index(p, bh, r0, 0, p.pool_block);
   float* out = p.pooled + w * p.n_pool_blocks;
   // Lane i's rows are r0 + i + 32 j. Their LSE in log2 units is read once (+inf for rows that
-  // keep nothing, or past the block: their terms are -inf); the key blocks go kUnroll at a
-  // time, so that a lane has kUnroll * kRows loads in flight (one at a time, the pass was
-  // bound by their latency, not by the bytes).
+  // keep nothing: their terms are -inf); the key blocks go kUnroll at a time, so that a lane
+  // has kUnroll * kRows loads in flight.
   constexpr int kRows = 4, kUnroll = 4;
   float lse2[kRows];
 #pragma unroll
@@ -48,17 +48,17 @@ AE_DEVICE void pool_map(const AttnParams& p) {
       m[u] = neg_inf();
       const int kb = kb0 + u;
       if (kb >= p.n_pool_blocks) continue;
-      const float* col = maxima + static_cast<long long>(kb) * p.q_len;
+      const float* col = maxima + static_cast<long long>(kb) * p.pool_block;  // row r0 + i at i
       if (p.pool_block <= kRows * kWarpSize) {
 #pragma unroll
         for (int j = 0; j < kRows; ++j) {
           const int r = r0 + lane + kWarpSize * j;
-          if (r < r1) m[u] = fmaxf(m[u], col[r] - lse2[j]);
+          if (r < r1) m[u] = fmaxf(m[u], col[r - r0] - lse2[j]);
         }
       } else {  // (blocks of more rows than the registers hold: the LSE read as it goes)
         for (int r = r0 + lane; r < r1; r += kWarpSize) {
           const float l = lse[r];
-          m[u] = fmaxf(m[u], col[r] - (l == neg_inf() ? -neg_inf() : l * kLog2e));
+          m[u] = fmaxf(m[u], col[r - r0] - (l == neg_inf() ? -neg_inf() : l * kLog2e));
         }
       }
     }

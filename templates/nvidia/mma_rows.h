@@ -9,6 +9,7 @@
 //   store_rows:      O normalized and written, plus the row statistic (LSE)
 #pragma once
 
+#include "common/block_max_layout.h"
 #include "common/block_walk.h"
 #include "common/kv_layout.h"
 #include "common/normalizers.h"
@@ -139,7 +140,7 @@ AE_DEVICE float weight_scale(const AttnParams& p, bool raw) {
 
 // The gate-training forward: for this thread's two rows, the largest of the tile's scores in
 // each block of kPool keys, in the normalization's domain (s * scale: what normalize_step's
-// running max compares), stored to p.block_max (params.h) by the row's first lane. kPool
+// running max compares), stored to p.block_max (common/block_max_layout.h) by the row's first lane. kPool
 // divides the tile's keys, or is a multiple of them: then the tiles of a block fold into it
 // by a max (the host filled it with -inf). kv0: the tile's first key (a multiple of its width).
 // Softmax only (the planner's rule): block max minus the log2 LSE is then the block's largest
@@ -151,12 +152,12 @@ AE_DEVICE void store_block_max(const AttnParams& p, const float (&s)[kN8][4], fl
   static_assert(kPool % 8 == 0 && (kKeys % kPool == 0 || kPool % kKeys == 0), "pool blocks");
   constexpr int kPer = kPool < kKeys ? kPool / 8 : kN8;  // n8 tiles per block in this tile
   const bool lead = threadIdx.x % 4 == 0;
-  float* rows = p.block_max + static_cast<long long>(b * p.q_heads + h) * p.n_pool_blocks * p.q_len;
+  const long long bh = static_cast<long long>(b) * p.q_heads + h;
 #pragma unroll
   for (int blk = 0; blk < kN8 / kPer; ++blk) {
     // (A tile past the keys' end covers blocks past the last, which do not exist.)
-    if (kv0 / kPool + blk >= p.n_pool_blocks) break;
-    float* at = rows + static_cast<long long>(kv0 / kPool + blk) * p.q_len;
+    const int kb = kv0 / kPool + blk;
+    if (kb >= p.n_pool_blocks) break;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float mx = neg_inf();
@@ -168,7 +169,8 @@ AE_DEVICE void store_block_max(const AttnParams& p, const float (&s)[kN8][4], fl
       const int row = row0 + 8 * r;
       if (lead && row < p.q_len) {
         const float v = mx * scale;
-        at[row] = kPool > kKeys ? fmaxf(at[row], v) : v;
+        float* at = p.block_max + block_max_index(p, bh, row, kb, kPool);
+        *at = kPool > kKeys ? fmaxf(*at, v) : v;
       }
     }
   }

@@ -90,7 +90,9 @@ int main(int argc, char** argv) {
     p.pool_block = i("pool");
     p.n_pool_blocks = (p.kv_len + p.pool_block - 1) / p.pool_block;
     // (and a guard row past the end, which must stay as it is: 1e30)
-    block_max.assign(static_cast<size_t>(p.batch) * p.q_heads * p.n_pool_blocks * p.q_len,
+    const size_t q_blocks = (p.q_len + p.pool_block - 1) / p.pool_block;
+    block_max.assign(static_cast<size_t>(p.batch) * p.q_heads * q_blocks * p.n_pool_blocks *
+                         p.pool_block,  // (common/block_max_layout.h)
                      -std::numeric_limits<float>::infinity());
     block_max.resize(block_max.size() + p.q_len, 1e30f);
     pooled.assign(static_cast<size_t>(p.batch) * p.q_heads * p.n_pool_blocks *

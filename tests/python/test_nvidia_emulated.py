@@ -170,7 +170,9 @@ def emulate(info, q, k, v, buffers, *, o_shape, lse_numel, layout=None, v_in_k=F
         lse = read("lse.bin", torch.float32)
         if pool:
             nk = -(-args["Skv"][0] // pool)
-            block_max = read("block_max.bin", torch.float32).view(B, Hq, nk, Sq)
+            nq = -(-Sq // pool)  # [B, Hq, nq, nk, pool] (common/block_max_layout.h) as [.., nk, Sq]
+            block_max = read("block_max.bin", torch.float32).view(B, Hq, nq, nk, pool)
+            block_max = block_max.permute(0, 1, 3, 2, 4).reshape(B, Hq, nk, nq * pool)[..., :Sq]
             pooled = read("pooled.bin", torch.float32).view(B, Hq, -(-Sq // pool), nk)
     assert splits == 1 or "fwd_combine_source" in info  # (the combine kernel merged them)
     return (o, lse, block_max, pooled) if pool else (o, lse)
