@@ -5,13 +5,14 @@ medians (ms): forward, and forward + backward (ours: the fused kernels both ways
 wheel, the GPU machine has no network); its layout [B, T, H, D]. Then the decode step: GB/s of the state read and written
 (fp32), B 64, H 32, D 128.
 
-    PYTHONPATH=python python bench/linear_bench.py [--seqlens 4k,8k,16k] [--fla-path DIR]
+    PYTHONPATH=python python bench/linear_bench.py [--seqlens 4k,8k,16k] [--fla-path DIR] [--methods gla]
     PYTHONPATH=python python bench/linear_bench.py --dry-run   # CPU, tiny: plumbing only
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import torch
 
@@ -39,6 +40,8 @@ def main() -> int:
     ap.add_argument("--seqlens", default="4k,8k,16k")
     ap.add_argument("--fla-path", default="")
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--methods", default="retention,simple_gla,gla,mamba2",
+                    help="a subset of the definitions, comma-separated")
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args()
     cuda = not args.dry_run and torch.cuda.is_available()
@@ -50,6 +53,11 @@ def main() -> int:
     causal = ae.compile(mask_mod=ae.mods.causal)
     defs = {"retention": ae.linear.retention(heads), "simple_gla": ae.linear.simple_gla(),
             "gla": ae.linear.gla(), "mamba2": ae.linear.mamba2(torch.zeros(heads, device=dev))}
+    defs = {name: defs[name] for name in args.methods.split(",")}
+    t_start = time.perf_counter()
+
+    def progress(what: str) -> None:  # (stderr: which phase a step's time limit cut short)
+        print(f"[{time.perf_counter() - t_start:6.1f} s] {what}", file=sys.stderr, flush=True)
     print("| method | T | ours fwd | ours fwd+bwd | FLA fwd | FLA fwd+bwd | x FLA fwd | x FLA fwd+bwd "
           "| softmax causal fwd+bwd |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -66,11 +74,13 @@ def main() -> int:
         leaves = [t.detach().requires_grad_() for t in (q, k, v)]
         sm_fb = timed(lambda: causal(*leaves).sum().backward(), args.reps)
         for name, lin in defs.items():
+            progress(f"T {T} {name}: ours (its kernels compile on first use)")
             with torch.no_grad():
                 fwd = timed(lambda: lin(q, k, v, g[name]), args.reps)
             fb = timed(lambda: lin(*leaves, g[name]).float().sum().backward(), args.reps)
             f_fwd = f_fb = float("nan")
             if name in fla:
+                progress(f"T {T} {name}: FLA (its Triton kernels autotune on first use)")
                 qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))
                 extra = {} if g[name] is None else {"g": g[name].transpose(1, 2).contiguous()}
                 with torch.no_grad():
@@ -84,7 +94,7 @@ def main() -> int:
                   f"{f_fb * 1e3:.3f} | {f_fwd / fwd:.2f} | {f_fb / fb:.2f} | {sm_fb * 1e3:.3f} |")
     # The decode step: the state read and written once.
     Bd, Hd = (64, 32) if cuda else (2, 2)
-    lin = defs["retention"] if Hd == heads else ae.linear.retention(Hd)
+    lin = defs["retention"] if Hd == heads and "retention" in defs else ae.linear.retention(Hd)
     state = torch.zeros(Bd, Hd, dim, dim, device=dev)
     qd, kd, vd = (torch.randn(Bd, Hd, 1, dim, device=dev).to(dtype) for _ in range(3))
     with torch.no_grad():
