@@ -455,37 +455,17 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
       }
     } else {
       if (cw == 1) turn_pass();  // the first consumer goes first
-      // Without the ping-pong (whose turns count blocks, the same for both warpgroups), a
-      // warpgroup skips the blocks its rows keep nothing of, as above: the overlap runs over
-      // each run of its own blocks, and the ring slot it still holds is released (P V done)
-      // before one it skips, since with two stages the block after it lands in that slot.
-      constexpr bool kSkip = !Cfg::kPingPong;
-      auto mine = [&](int code) {
-        return !kSkip || ballot(half_code(code & 255, cw) == kBlockEmpty) == 0;
-      };
-      auto next_mine = [&]() -> int {  // releases the blocks from `it` on that are not mine
-        int code = block_at(it);
-        if constexpr (kSkip) {
-          while (code >= 0 && !mine(code)) {
-            wait_v(it);
-            mbar_arrive(empty + it % S);
-            code = block_at(++it);
-          }
-        }
-        return code;
-      };
-      for (int c = next_mine(); c >= 0; c = kSkip ? next_mine() : -1) {
-        float alpha[2];
+      const int c = block_at(it);
+      if (c >= 0) {
+        float alpha[2];  // O is still zero: nothing to rescale
         issue_s(it);
         wgmma_wait<0>();
         fence_regs(s);
         process_s(c, alpha);
-        // (O is still zero at the tile's first block; after a skipped one it is not.)
-        if constexpr (kSkip) rows::rescale_rows_if_moved<Norm>(o, alpha);
         rows::p_to_a<Cfg::kBf16>(pa, s);
         // Intra-warpgroup overlap: S of the next block is issued with P V of this one, and its
         // softmax runs while P V is still on the tensor cores.
-        for (int cn = block_at(it + 1); cn >= 0 && mine(cn); cn = block_at(++it + 1)) {
+        for (int cn = block_at(it + 1); cn >= 0; cn = block_at(++it + 1)) {
           const bool exact = v_bad(it);
           if (exact) pv_exact_at(it);  // (S is dead here: the registers it needs are free)
           wait_v_early(it);
@@ -507,7 +487,7 @@ AE_DEVICE void attention_fwd(const AttnParams& p, const Variant& var, const TmaD
         const bool exact = v_bad(it);
         if (exact) pv_exact_at(it);
         wait_v_early(it);
-        turn_wait();  // the last block of the run: P V alone
+        turn_wait();  // the last block: P V alone
         wgmma_fence();
         issue_pv(it, exact);
         turn_pass();
