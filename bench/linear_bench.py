@@ -53,6 +53,9 @@ def main() -> int:
     causal = ae.compile(mask_mod=ae.mods.causal)
     defs = {"retention": ae.linear.retention(heads), "simple_gla": ae.linear.simple_gla(),
             "gla": ae.linear.gla(), "mamba2": ae.linear.mamba2(torch.zeros(heads, device=dev))}
+    unknown = set(args.methods.split(",")) - set(defs)
+    if unknown:
+        ap.error(f"--methods: no definition {sorted(unknown)}; there are {', '.join(defs)}")
     defs = {name: defs[name] for name in args.methods.split(",")}
     t_start = time.perf_counter()
 

@@ -2,7 +2,9 @@
 // (AttnParams::block_max): [batch, q_heads, ceil(q_len / pool), n_pool_blocks, pool], a query
 // block's rows of one key block contiguous and its key blocks one after the other. The
 // forwards write it (nvidia/mma_rows.h store_block_max), the map's pass reads one stream per
-// query block (common/pool_map.h); the host sizes it (csrc/torch/cuda_backend.cpp).
+// query block (common/pool_map.h); the host sizes it (csrc/torch/cuda_backend.cpp). Its last
+// query block is padded to pool rows: a call of fewer queries than pool (decode-like) takes
+// pool / q_len times the bytes of a per-row layout.
 #pragma once
 
 #include "common/ae_common.h"

@@ -90,9 +90,10 @@ struct AttnParams {
   // The gate-training forward (AE_POOL_BLOCK keys per block: nvidia/mma_rows.h
   // store_block_max): each query row's largest score of each key block, in the normalization's
   // log2 domain, into block_max [batch, q_heads, ceil(q_len / pool_block), n_pool_blocks,
-  // pool_block] (common/block_max_layout.h: a query block's rows of a key block contiguous, and its key
-  // blocks one after the other, so that the map's pass reads one stream per query block),
-  // filled with -inf before the launch (the blocks a walk skips keep it). Null otherwise.
+  // pool_block] (common/block_max_layout.h: a query block's rows of a key block contiguous,
+  // and its key blocks one after the other, so that the map's pass reads one stream per query
+  // block), filled with -inf before the launch (the blocks a walk skips keep it). Null
+  // otherwise.
   float* block_max;
   int n_pool_blocks;
   // Its second step (common/pool_map.h): the pooled map [batch, q_heads, ceil(q_len /

@@ -328,6 +328,7 @@ AE_DEVICE void linear_grads_channels(const LinearParams& p) {
   float* s_x = reinterpret_cast<float*>(sV);  // [C][DK] once dk is done: da's terms
   // s_x's (t, c), its groups of 8 columns swizzled by t % 4: the warps' float2 stores of their
   // rows (8 rows x 8 columns, half a warp 4 x 8), and a row's reads, are conflict-free.
+  static_assert(DK % 32 == 0, "x_at's swizzle stays inside a row of a multiple of 32 columns");
   auto x_at = [](int t, int c) { return t * DK + (c ^ (8 * (t % 4))); };
   const LinChunk ch = linear_chunk(p, blockIdx.x, blockIdx.z);
   const int h = blockIdx.y, b = ch.b, t0 = ch.t0;
