@@ -33,12 +33,15 @@ AE_DEVICE void pool_map(const AttnParams& p) {
   // keep nothing: their terms are -inf); the key blocks go kUnroll at a time, so that a lane
   // has kUnroll * kRows loads in flight.
   constexpr int kRows = 4, kUnroll = 4;
+  auto lse2_of = [&](int r) {
+    const float l = lse[r];
+    return l == neg_inf() ? -neg_inf() : l * kLog2e;
+  };
   float lse2[kRows];
 #pragma unroll
   for (int j = 0; j < kRows; ++j) {
     const int r = r0 + lane + kWarpSize * j;
-    const float l = r < r1 ? lse[r] : neg_inf();
-    lse2[j] = l == neg_inf() ? -neg_inf() : l * kLog2e;
+    lse2[j] = r < r1 ? lse2_of(r) : -neg_inf();
   }
   float sum = 0.f;
   for (int kb0 = 0; kb0 < p.n_pool_blocks; kb0 += kUnroll) {
@@ -56,10 +59,8 @@ AE_DEVICE void pool_map(const AttnParams& p) {
           if (r < r1) m[u] = fmaxf(m[u], col[r - r0] - lse2[j]);
         }
       } else {  // (blocks of more rows than the registers hold: the LSE read as it goes)
-        for (int r = r0 + lane; r < r1; r += kWarpSize) {
-          const float l = lse[r];
-          m[u] = fmaxf(m[u], col[r - r0] - (l == neg_inf() ? -neg_inf() : l * kLog2e));
-        }
+        for (int r = r0 + lane; r < r1; r += kWarpSize)
+          m[u] = fmaxf(m[u], col[r - r0] - lse2_of(r));
       }
     }
 #pragma unroll

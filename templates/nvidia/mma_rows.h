@@ -142,7 +142,8 @@ AE_DEVICE float weight_scale(const AttnParams& p, bool raw) {
 // each block of kPool keys, in the normalization's domain (s * scale: what normalize_step's
 // running max compares), stored to p.block_max (common/block_max_layout.h) by the row's first
 // lane. kPool divides the tile's keys, or is a multiple of them: then the tiles of a block fold
-// into it by a max (the host filled it with -inf). kv0: the tile's first key (a multiple of its width).
+// into it by a max (the host filled it with -inf). kv0: the tile's first key (a multiple of
+// its width).
 // Softmax only (the planner's rule): block max minus the log2 LSE is then the block's largest
 // probability.
 template <int kPool, int kN8>
