@@ -18,6 +18,7 @@ import torch
 
 import attention_engine as ae
 from decode_bench import timed
+from kernel_table import profile_calls
 
 H, D, TOKENS = 16, 128, 16 * 1024
 
@@ -42,6 +43,9 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--methods", default="retention,simple_gla,gla,mamba2",
                     help="a subset of the definitions, comma-separated")
+    ap.add_argument("--profile", action="store_true",
+                    help="after each of ours, the kernels of 3 forwards and 3 forward + backwards")
+    ap.add_argument("--no-fla", action="store_true", help="ours only")
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args()
     cuda = not args.dry_run and torch.cuda.is_available()
@@ -49,7 +53,7 @@ def main() -> int:
     seqlens = [128] if not cuda else [int(s[:-1]) * 1024 if s.endswith("k") else int(s)
                                       for s in args.seqlens.split(",")]
     heads, dim, tokens = (H, D, TOKENS) if cuda else (2, 32, 256)
-    fla = _fla(args.fla_path) if cuda else {}
+    fla = _fla(args.fla_path) if cuda and not args.no_fla else {}
     causal = ae.compile(mask_mod=ae.mods.causal)
     defs = {"retention": ae.linear.retention(heads), "simple_gla": ae.linear.simple_gla(),
             "gla": ae.linear.gla(), "mamba2": ae.linear.mamba2(torch.zeros(heads, device=dev))}
@@ -81,6 +85,11 @@ def main() -> int:
             with torch.no_grad():
                 fwd = timed(lambda: lin(q, k, v, g[name]), args.reps)
             fb = timed(lambda: lin(*leaves, g[name]).float().sum().backward(), args.reps)
+            if args.profile and cuda:
+                print(f"T {T} {name} forward, ", end="")
+                profile_calls(lambda: lin(q, k, v, g[name]), rows=12)
+                print(f"T {T} {name} forward + backward, ", end="")
+                profile_calls(lambda: lin(*leaves, g[name]).float().sum().backward(), grad=True, rows=16)
             f_fwd = f_fb = float("nan")
             if name in fla:
                 progress(f"T {T} {name}: FLA (its Triton kernels autotune on first use)")

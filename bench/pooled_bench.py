@@ -18,21 +18,9 @@ import torch
 
 import attention_engine as ae
 from decode_bench import timed
+from kernel_table import profile_calls
 
 H, D = 32, 128
-
-
-def profile_calls(call, n: int = 3) -> None:
-    """torch.profiler's CUDA kernel table of n calls: where the time beyond the forward goes
-    (the -inf fill of the maxima, the forward with its stores, the map's pass)."""
-    from torch.profiler import ProfilerActivity, profile
-    with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(n):
-            call()
-        torch.cuda.synchronize()
-    print(f"{n} calls:")
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8,
-                                    max_name_column_width=60))
 
 
 def main() -> int:

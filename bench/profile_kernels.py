@@ -12,6 +12,7 @@ yardstick. On the GPU machine (Firecracker: counters readable):
     python bench/profile_kernels.py docmask      # the document mask's forward
     python bench/profile_kernels.py sparse 32768 # dense causal, then block-sparse (random
                                                  # 64-blocks, 10% kept: sparse_bench's)
+    python bench/profile_kernels.py linear 4096  # retention and GLA, forward + backward
     python bench/profile_kernels.py vsfa4 8192 128 [causal]  # ours and FlashAttention-4's
                                                  # fwd and bwd (bench/fa4.py must import)
 """
@@ -57,6 +58,16 @@ elif what == "sparse":  # forwards: dense causal, then 10% of the causal 64-bloc
         sparse(q, k, v, blocks)
     torch.cuda.synchronize()
     print("sparse ran", flush=True)
+elif what == "linear":  # retention, then GLA: forward + backward (B 16k/S, H 16, D 128)
+    B = max(1, 16384 // S)
+    for name, lin, g in (("retention", ae.linear.retention(16), None),
+                         ("gla", ae.linear.gla(),
+                          torch.nn.functional.logsigmoid(torch.randn(B, 16, S, D, device="cuda")) / 16)):
+        qs, ks, vs = ((torch.randn(B, 16, S, D, device="cuda") * 0.5).to(torch.bfloat16).requires_grad_()
+                      for _ in range(3))
+        lin(qs, ks, vs, g).float().sum().backward()
+        torch.cuda.synchronize()
+        print(name, "ran", flush=True)
 elif what == "bwd":
     out = (ae.compile(mask_mod=mods.causal) if causal else ae.compile())(q, k, v)
     torch.autograd.grad(out, (q, k, v), do)
@@ -76,4 +87,4 @@ elif what == "vsfa4":  # ours and FlashAttention-4's forward and backward, same 
     torch.cuda.synchronize()
     print("vsfa4 ran", flush=True)
 else:
-    sys.exit(f"unknown case {what}: fwd90, docmask, sparse, bwd or vsfa4")
+    sys.exit(f"unknown case {what}: fwd90, docmask, sparse, linear, bwd or vsfa4")

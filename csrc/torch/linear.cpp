@@ -5,6 +5,7 @@
 #include <c10/util/Exception.h>
 #include <fmt/ranges.h>
 
+#include <cstdint>
 #include <limits>
 #include <mutex>
 #include <set>
@@ -221,6 +222,14 @@ void warn_once(const std::string& text) {
   if (warned.insert(text).second) TORCH_WARN(text);
 }
 
+// The chunked kernels' decays: fp32, contiguous and 16-byte aligned (they copy a key channel's
+// decays 16 bytes at a time; a view at an odd offset is copied).
+at::Tensor kernel_decays(const at::Tensor& a_in) {
+  at::Tensor a = a_in.to(at::kFloat).contiguous();
+  if (reinterpret_cast<uintptr_t>(a.data_ptr()) % 16 != 0) a = a.clone();
+  return a;
+}
+
 plan::DeviceCaps caps_of(const at::Tensor& q) {
   const int index = q.device().index();
   return at::detail::getCUDAHooks().hasROCM() ? runner::hip_device_caps(index)
@@ -301,7 +310,7 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_cuda(
                                     cu_seqlens);
   }
   const at::Tensor q = kernel_ready(q_in), k = kernel_ready(k_in), v = kernel_ready(v_in);
-  const at::Tensor a = a_in.to(at::kFloat).contiguous();
+  const at::Tensor a = kernel_decays(a_in);
   const int64_t n_states = packed ? maps.n_seqs : s.batch;
   at::Tensor o = at::empty({s.batch, s.heads, s.t_len, s.d_v}, v_in.options());
   at::Tensor state = at::empty({output_state ? n_states : 0, s.heads, s.d_k, s.d_v},
@@ -396,7 +405,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_ba
   AE_CHECK(VALUE, plan.ok, "linear attention's fused backward: {}", plan.reason);
   const at::Tensor q = kernel_ready(q_in), k = kernel_ready(k_in), v = kernel_ready(v_in);
   const at::Tensor dout = kernel_ready(dout_in.to(q_in.scalar_type()));
-  const at::Tensor a = a_in.to(at::kFloat).contiguous();
+  const at::Tensor a = kernel_decays(a_in);
   const at::TensorOptions f32 = q_in.options().dtype(at::kFloat);
   at::Tensor dq = at::empty(q_in.sizes(), q_in.options()), dk = at::empty(k_in.sizes(), k_in.options()),
              dv = at::empty(v_in.sizes(), v_in.options()), da = at::empty(a.sizes(), f32);

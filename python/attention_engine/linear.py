@@ -221,7 +221,9 @@ class LinearAttention:
         B, H, T, Dk = q.shape
         acc = torch.float64 if q.dtype == torch.float64 else torch.float32
         gq = None if g is None else g.to(acc)
-        feats = [self._feature_map(role, x.to(acc), gq, seq, offset_t).to(x.dtype)
+        # (no mod: the input itself; a round trip through fp32 would cost three copies each way)
+        feats = [x if self._feature[role] is None else
+                 self._feature_map(role, x.to(acc), gq, seq, offset_t).to(x.dtype)
                  for role, x in (("q_mod", q), ("k_mod", k), ("v_mod", v))]
         a = self._log_decay(gq, B, H, T, Dk, q.device, seq, offset_t).to(acc)
         return (*feats, a)
@@ -451,7 +453,13 @@ def retention(num_heads: int) -> LinearAttention:
     """
     # float64: cast to the call's accumulation type (fp32, or fp64 for fp64 inputs)
     log_gamma = torch.log1p(-(2.0 ** (-5.0 - torch.arange(num_heads, dtype=torch.float64))))
-    lin = LinearAttention(decay_mod=lambda g, b, h, t: log_gamma.to(h.device)[h])
+    on_device = {}  # a copy per device: a host-to-device copy per call would stall the host
+
+    def decay(g, b, h, t):
+        if h.device not in on_device:
+            on_device[h.device] = log_gamma.to(h.device)
+        return on_device[h.device][h]
+    lin = LinearAttention(decay_mod=decay)
     lin.name = "retention"
     return lin
 

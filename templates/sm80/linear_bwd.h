@@ -119,9 +119,11 @@ AE_DEVICE void linear_grads_scalar(const LinearParams& p) {
   load_tile<C, DV, Cfg::kThreads>(sO, at(p.dout, p.do_stride), p.do_stride[2], rows);
   load_tile<DK, DV, Cfg::kThreads>(sS, static_cast<const u16*>(p.chunk_states) + state_at, DV, DK);
   load_tile<DK, DV, Cfg::kThreads>(sD, static_cast<const u16*>(p.dchunk_states) + state_at, DV, DK);
+  linear_load_decays(p, bh, t0, ch.t_end, s_A);
   cp_async_commit();
-  linear_prefix(p, bh, t0, ch.t_end, s_A);
   cp_async_wait<0>();
+  __syncthreads();
+  linear_scan(s_A);
   __syncthreads();
 
   const float last = s_A[C - 1];
@@ -343,9 +345,11 @@ AE_DEVICE void linear_grads_channels(const LinearParams& p) {
   load_tile<C, DV, Cfg::kThreads>(sV, at(p.v, p.v_stride), p.v_stride[2], rows);
   load_tile<C, DV, Cfg::kThreads>(sO, at(p.dout, p.do_stride), p.do_stride[2], rows);
   load_tile<DK, DV, Cfg::kThreads>(sD, static_cast<const u16*>(p.dchunk_states) + state_at, DV, DK);
+  linear_load_decays_channels<DK, Cfg::kThreads>(p, bh, t0, ch.t_end, 0, s_Ac);
   cp_async_commit();
-  linear_prefix_channels(p, bh, t0, ch.t_end, 0, DK, s_Ac);
   cp_async_wait<0>();
+  __syncthreads();
+  linear_scan_channels<DK>(s_Ac);
   __syncthreads();
 
   const int r0 = 16 * warp + lane / 4;  // this thread's rows r0, r0 + 8 of the warp's 16

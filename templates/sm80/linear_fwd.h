@@ -38,29 +38,37 @@ struct LinearConfig {
                        kGradsSmem = linear_grads_smem_bytes(kDk, kDv, kPerChannel);
 };
 
-// Per key channel: the chunk's prefix sums of channels c0 .. c0 + n - 1 (n <= the threads)
-// from token t0 into s_Ac [kLinChunk][n] (tokens at or past the sequence's end t_end add 0); a
-// thread per channel.
-AE_DEVICE void linear_prefix_channels(const LinearParams& p, long long bh, int t0, int t_end, int c0,
-                                      int n, float* s_Ac) {
-  const int d = threadIdx.x;
-  if (d >= n) return;
-  const float* a = p.a + (bh * p.t_len + t0) * p.d_k + c0 + d;
-  float sum = 0.f;
-  for (int t = 0; t < kLinChunk; ++t) {
-    if (t0 + t < t_end) sum += fmaxf(a[static_cast<long long>(t) * p.d_k], kLinMinLogDecay);
-    s_Ac[t * n + d] = sum;
+// The chunk's prefix sums of the log-decays, in two steps: the loads (cp.async, in the
+// caller's group with its tiles, so that their latency is not paid on its own) and, past the
+// wait and a barrier, the sums in place (then another barrier before they are read). Tokens at
+// or past the sequence's end t_end are zero-filled and add 0.
+// One decay per token: s_A [kLinChunk], a thread per token.
+AE_DEVICE void linear_load_decays(const LinearParams& p, long long bh, int t0, int t_end, float* s_A) {
+  const int i = threadIdx.x;
+  if (i >= kLinChunk) return;
+  const float* a = p.a + bh * p.t_len;
+  cp_async_4(s_A + i, t0 + i < t_end ? a + t0 + i : a, t0 + i < t_end);
+}
+// Per key channel: channels c0 .. c0 + N - 1 into s_Ac [kLinChunk][N], 16 bytes a copy (the
+// host passes p.a 16-byte aligned; rows are d_k 64 / 128 floats, c0 a multiple of 4).
+template <int N, int THREADS>
+AE_DEVICE void linear_load_decays_channels(const LinearParams& p, long long bh, int t0, int t_end,
+                                           int c0, float* s_Ac) {
+  constexpr int kPieces = N / 4;  // 16-byte pieces per token
+  const float* a = p.a + (bh * p.t_len + t0) * p.d_k + c0;
+#pragma unroll 4
+  for (int c = threadIdx.x; c < kLinChunk * kPieces; c += THREADS) {
+    const int t = c / kPieces, col = (c % kPieces) * 4;
+    const bool ok = t0 + t < t_end;
+    cp_async_16(s_Ac + t * N + col, a + (ok ? static_cast<long long>(t) * p.d_k : 0) + col, ok);
   }
 }
-
-// The chunk's prefix sums from token t0 into s_A (tokens at or past the sequence's end t_end
-// add 0), by warp 0: two tokens per lane, a shuffle scan of the pairs.
-AE_DEVICE void linear_prefix(const LinearParams& p, long long bh, int t0, int t_end, float* s_A) {
+// The sums in place, each decay clamped below at kLinMinLogDecay: per token by warp 0 (two
+// tokens per lane, a shuffle scan of the pairs)...
+AE_DEVICE void linear_scan(float* s_A) {
   if (threadIdx.x >= 32) return;
-  const int lane = threadIdx.x, t = t0 + 2 * lane;
-  const float* a = p.a + bh * p.t_len;
-  const float x0 = t < t_end ? fmaxf(a[t], kLinMinLogDecay) : 0.f;
-  const float x1 = t + 1 < t_end ? fmaxf(a[t + 1], kLinMinLogDecay) : 0.f;
+  const int lane = threadIdx.x;
+  const float x0 = fmaxf(s_A[2 * lane], kLinMinLogDecay), x1 = fmaxf(s_A[2 * lane + 1], kLinMinLogDecay);
   float sum = x0 + x1;
   for (int o = 1; o < 32; o *= 2) {
     const float y = __shfl_sync(0xffffffffu, sum, lane - o);
@@ -70,6 +78,24 @@ AE_DEVICE void linear_prefix(const LinearParams& p, long long bh, int t0, int t_
   if (lane == 0) before = 0.f;
   s_A[2 * lane] = before + x0;
   s_A[2 * lane + 1] = before + x0 + x1;
+}
+// ... and per key channel by a thread per channel, 16 tokens' loads issued at once.
+template <int N>
+AE_DEVICE void linear_scan_channels(float* s_Ac) {
+  const int d = threadIdx.x;
+  if (d >= N) return;
+  float sum = 0.f;
+#pragma unroll
+  for (int t0 = 0; t0 < kLinChunk; t0 += 16) {
+    float x[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) x[i] = s_Ac[(t0 + i) * N + d];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      sum += fmaxf(x[i], kLinMinLogDecay);
+      s_Ac[(t0 + i) * N + d] = sum;
+    }
+  }
 }
 
 // The sequence a state pass carries (grid z): a batch of t_len tokens, or packed sequence z
@@ -149,7 +175,7 @@ AE_DEVICE void carry_state(const LinearParams& p) {
   u16* sX = reinterpret_cast<u16*>(smem);  // [2 buffers][C][LD]: X's dk0.. columns
   u16* sY = sX + 2 * C * LD;               // [2][C][LD]: Y's dv0.. columns
   float* s_A = reinterpret_cast<float*>(sY + 2 * C * LD);
-  float* s_Ac = s_A + 2 * C;  // per key channel: [C][T], this tile's channels
+  float* s_Ac = s_A + 2 * C;  // per key channel: [2 buffers][C][T], this tile's channels
   constexpr bool kPc = Cfg::kPerChannel;
   const int tiles_v = Cfg::kDv / T;
   const int dk0 = (blockIdx.x / tiles_v) * T, dv0 = (blockIdx.x % tiles_v) * T;
@@ -172,6 +198,10 @@ AE_DEVICE void carry_state(const LinearParams& p) {
     const int t0 = sq.t_begin + chunk(i) * C, rows = sq.t_end - t0;
     load_tile<C, T, Cfg::kThreads>(sX + (i % 2) * C * LD, gx + t0 * xs[2], xs[2], rows);
     load_tile<C, T, Cfg::kThreads>(sY + (i % 2) * C * LD, gy + t0 * ys[2], ys[2], rows);
+    if constexpr (kPc)
+      linear_load_decays_channels<T, Cfg::kThreads>(p, bh, t0, sq.t_end, dk0, s_Ac + (i % 2) * C * T);
+    else
+      linear_load_decays(p, bh, t0, sq.t_end, s_A + (i % 2) * C);
   };
   // This warp's 16 rows of the tile (keys' channels), all 64 columns: the C layout, rows
   // lane / 4 and + 8, columns 8 nt + 2 (lane % 4) + {0, 1}.
@@ -190,7 +220,6 @@ AE_DEVICE void carry_state(const LinearParams& p) {
   for (int i = 0; i < n; ++i) {
     const int c = chunk(i);
     u16* at = out + (bh * p.n_chunks + sq.chunk0 + c) * Cfg::kDk * Cfg::kDv;  // before this chunk
-    const int t0 = sq.t_begin + c * C;
 #pragma unroll
     for (int nt = 0; nt < T / 8; ++nt)
 #pragma unroll
@@ -201,17 +230,16 @@ AE_DEVICE void carry_state(const LinearParams& p) {
       }
     if (i + 1 < n) load(i + 1);
     cp_async_commit();
-    if constexpr (kPc) {  // (the last chunk's readers are past the loop's closing barrier)
-      linear_prefix_channels(p, bh, t0, sq.t_end, dk0, T, s_Ac);
-    } else {
-      linear_prefix(p, bh, t0, sq.t_end, s_A + (i % 2) * C);
-    }
     cp_async_wait<1>();
     __syncthreads();
+    if constexpr (kPc) linear_scan_channels<T>(s_Ac + (i % 2) * C * T);
+    else linear_scan(s_A + (i % 2) * C);
+    __syncthreads();
     const float* A = s_A + (i % 2) * C;
+    const float* Acb = s_Ac + (i % 2) * C * T;  // (per key channel)
     const float last = A[C - 1];
     if constexpr (kPc) {  // this thread's rows (channels) decay by their own exp(A_last)
-      const float k0 = __expf(s_Ac[(C - 1) * T + r0]), k8 = __expf(s_Ac[(C - 1) * T + r0 + 8]);
+      const float k0 = __expf(Acb[(C - 1) * T + r0]), k8 = __expf(Acb[(C - 1) * T + r0 + 8]);
 #pragma unroll
       for (int nt = 0; nt < T / 8; ++nt) s[nt][0] *= k0, s[nt][1] *= k0, s[nt][2] *= k8, s[nt][3] *= k8;
     } else {
@@ -225,8 +253,8 @@ AE_DEVICE void carry_state(const LinearParams& p) {
     // (of the tile) the same of A_td, on X's elements.
     auto weight = [&](int t) { return kBackward ? p.scale * __expf(A[t]) : __expf(last - A[t]); };
     auto weight_c = [&](int t, int d) {
-      const float at = s_Ac[t * T + d];
-      return kBackward ? p.scale * __expf(at) : __expf(s_Ac[(C - 1) * T + d] - at);
+      const float at = Acb[t * T + d];
+      return kBackward ? p.scale * __expf(at) : __expf(Acb[(C - 1) * T + d] - at);
     };
     const u32 xb = x_at + (i % 2) * C * LD * 2, yb = y_at + (i % 2) * C * LD * 2;
 #pragma unroll
@@ -373,12 +401,34 @@ AE_DEVICE void store_rows16(u16* g, long long ld, const float (&acc)[kN8][4], in
   }
 }
 
+// Per key channel, the largest |A_tc - A_anchor,c| over block W's 16 tokens t (from t0) and
+// every channel, on every lane of the warp.
+template <int DK>
+AE_DEVICE float block_decay_range(const float* s_Ac, int t0, int anchor) {
+  const int lane = threadIdx.x % 32;
+  float m = 0.f;
+#pragma unroll
+  for (int c = lane; c < DK; c += 32) {
+    const float base = s_Ac[anchor * DK + c];
+#pragma unroll
+    for (int t = 0; t < 16; ++t) m = fmaxf(m, fabsf(s_Ac[(t0 + t) * DK + c] - base));
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  return m;
+}
+// W's own block goes on the tensor cores where its decays span at most this (natural log):
+// its factor on Y's side is then at most e^40, so that the pairs j > i, zeroed after the
+// products, stay finite; past it, term by term.
+constexpr float kLinDiagRange = 40.f;
+
 // Per key channel, this warp's 16 rows (block W) of the chunk's scores
 //   s_rt = sum_c x_rc y_tc exp(A_ic - A_jc) over the pairs (query i, key j), j <= i,
 // X, Y: Q, K (rows queries: i = r, j = t), or with kKeys K, Q (rows keys: the scores
 // transposed, j = r, i = t); 0 elsewhere. Y's blocks before W (after W, kKeys) on the tensor
-// cores, both factors relative to W's first token (last, kKeys), both at most 1; W's own
-// block term by term.
+// cores, both factors relative to W's first token (last, kKeys), both at most 1. W's own
+// block the same way where its decays span at most kLinDiagRange (Y's factors there at least
+// 1), the pairs past the diagonal zeroed after; else term by term.
 template <class Cfg, bool kKeys>
 AE_DEVICE void channel_scores(float (&s)[Cfg::kChunk / 8][4], const u16* sX, const u16* sY,
                               const float* s_Ac) {
@@ -389,11 +439,12 @@ AE_DEVICE void channel_scores(float (&s)[Cfg::kChunk / 8][4], const u16* sX, con
   const int r0 = 16 * warp + lane / 4, anchor = kKeys ? 16 * warp + 15 : 16 * warp;
   const u32 x_at = lane_a<LQ>(smem_addr(sX)) + 2 * 16 * warp * LQ, y_at = lane_nk<LQ>(smem_addr(sY));
   auto Ac = [&](int t, int c) { return s_Ac[t * DK + c]; };
+  const bool diag_mma = block_decay_range<DK>(s_Ac, 16 * warp, anchor) <= kLinDiagRange;
 #pragma unroll
   for (int nt = 0; nt < C / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
 #pragma unroll
   for (int kk = 0; kk < DK / 16; ++kk) {
-    if (warp == (kKeys ? NB - 1 : 0)) break;  // (no block of Y on that side)
+    if (!diag_mma && warp == (kKeys ? NB - 1 : 0)) break;  // (no block of Y on that side)
     u32 a[4];
     load_a<LQ>(a, x_at, 0, kk * 16);
     const int c = kk * 16 + 2 * (lane % 4);
@@ -401,7 +452,7 @@ AE_DEVICE void channel_scores(float (&s)[Cfg::kChunk / 8][4], const u16* sX, con
     decay_a<DK, kBf16>(a, s_Ac, r0, c, base, sx);
 #pragma unroll
     for (int J = 0; J < NB; ++J) {
-      if (kKeys ? J <= warp : J >= warp) continue;
+      if ((kKeys ? J < warp : J > warp) || (J == warp && !diag_mma)) continue;
       u32 r[4];
       load_b_nk<LQ>(r, y_at, 16 * J, kk * 16);
       decay_b_nk<DK, kBf16>(r, s_Ac, 16 * J + lane / 4, c, base, -sx);
@@ -418,6 +469,10 @@ AE_DEVICE void channel_scores(float (&s)[Cfg::kChunk / 8][4], const u16* sX, con
       for (int e = 0; e < 4; ++e) {
         const int r = r0 + 8 * (e >> 1), t = 16 * J + 8 * h8 + 2 * (lane % 4) + (e & 1);
         const int i = kKeys ? t : r, j = kKeys ? r : t;
+        if (diag_mma) {
+          if (j > i) s[2 * J + h8][e] = 0.f;
+          continue;
+        }
         float sum = 0.f;
         if (j <= i)
           for (int d = 0; d < DK; ++d) {
@@ -446,9 +501,11 @@ AE_DEVICE void linear_out_channels(const LinearParams& p) {
   const int h = blockIdx.y, b = ch.b, t0 = ch.t0;
   const long long bh = static_cast<long long>(b) * p.heads + h;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, rows = ch.t_end - t0;
-  load_out_tiles<Cfg>(p, ch, h, sQ, sK, sV, sS);
-  linear_prefix_channels(p, bh, t0, ch.t_end, 0, DK, s_Ac);
+  linear_load_decays_channels<DK, Cfg::kThreads>(p, bh, t0, ch.t_end, 0, s_Ac);
+  load_out_tiles<Cfg>(p, ch, h, sQ, sK, sV, sS);  // (commits the decays' copies too)
   cp_async_wait<0>();
+  __syncthreads();
+  linear_scan_channels<DK>(s_Ac);
   __syncthreads();
 
   const u32 q_at = lane_a<LQ>(smem_addr(sQ)) + 2 * 16 * warp * LQ;  // this warp's 16 queries
@@ -484,9 +541,11 @@ AE_DEVICE void linear_out_scalar(const LinearParams& p) {
   const int h = blockIdx.y, b = ch.b, t0 = ch.t0;
   const long long bh = static_cast<long long>(b) * p.heads + h;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, rows = ch.t_end - t0;
-  load_out_tiles<Cfg>(p, ch, h, sQ, sK, sV, sS);
-  linear_prefix(p, bh, t0, ch.t_end, s_A);
+  linear_load_decays(p, bh, t0, ch.t_end, s_A);
+  load_out_tiles<Cfg>(p, ch, h, sQ, sK, sV, sS);  // (commits the decays' copies too)
   cp_async_wait<0>();
+  __syncthreads();
+  linear_scan(s_A);
   __syncthreads();
 
   const u32 q_at = lane_a<LQ>(smem_addr(sQ)) + 2 * 16 * warp * LQ;  // this warp's 16 queries
