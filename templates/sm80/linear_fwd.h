@@ -177,6 +177,9 @@ AE_DEVICE void carry_state(const LinearParams& p) {
   float* s_A = reinterpret_cast<float*>(sY + 2 * C * LD);
   float* s_Ac = s_A + 2 * C;  // per key channel: [2 buffers][C][T], this tile's channels
   constexpr bool kPc = Cfg::kPerChannel;
+  // [T][LD]: the state tile on its way out (16-bit): 16-byte stores of whole rows, where the
+  // fragments' own 4-byte stores half-filled their L2 sectors (the pass was L2-bound)
+  u16* sSt = reinterpret_cast<u16*>(s_Ac + (kPc ? 2 * C * T : 0));
   const int tiles_v = Cfg::kDv / T;
   const int dk0 = (blockIdx.x / tiles_v) * T, dv0 = (blockIdx.x % tiles_v) * T;
   const int h = blockIdx.y, z = blockIdx.z;
@@ -223,15 +226,19 @@ AE_DEVICE void carry_state(const LinearParams& p) {
 #pragma unroll
     for (int nt = 0; nt < T / 8; ++nt)
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int r = dk0 + r0 + 8 * half, col = dv0 + nt * 8 + 2 * (lane % 4);
-        *reinterpret_cast<u32*>(at + r * Cfg::kDv + col) =
+      for (int half = 0; half < 2; ++half)
+        *reinterpret_cast<u32*>(sSt + (r0 + 8 * half) * LD + nt * 8 + 2 * (lane % 4)) =
             pack2<kBf16>(s[nt][2 * half], s[nt][2 * half + 1]);
-      }
     if (i + 1 < n) load(i + 1);
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
+#pragma unroll
+    for (int e = threadIdx.x; e < T * T / 8; e += Cfg::kThreads) {  // (read before the next barrier)
+      const int r = e / (T / 8), col = (e % (T / 8)) * 8;
+      *reinterpret_cast<uint4*>(at + (dk0 + r) * Cfg::kDv + dv0 + col) =
+          *reinterpret_cast<const uint4*>(sSt + r * LD + col);
+    }
     if constexpr (kPc) linear_scan_channels<T>(s_Ac + (i % 2) * C * T);
     else linear_scan(s_A + (i % 2) * C);
     __syncthreads();
