@@ -364,7 +364,7 @@ AE_DEVICE void linear_grads_channels(const LinearParams& p) {
     const int c = threadIdx.x;
     const u16* g = static_cast<const u16*>(p.chunk_states) + state_at + c * DV;
     float sum = 0.f;
-#pragma unroll 8
+#pragma unroll 16
     for (int v = 0; v < DV; v += 2) {
       float s0, s1, d0, d1;
       unpack2<kBf16>(*reinterpret_cast<const u32*>(g + v), s0, s1);
@@ -491,9 +491,18 @@ AE_DEVICE void linear_grads_channels(const LinearParams& p) {
     float run = s_dl[c] + s_dlw[c] + s_dlw[DK + c] + s_dlw[2 * DK + c] + s_dlw[3 * DK + c];
     const float* a = p.a + (bh * p.t_len + t0) * DK + c;
     float* da = p.da + (bh * p.t_len + t0) * DK + c;
-    for (int t = C - 1; t >= 0; --t) {
-      run += s_x[x_at(t, c)];
-      if (t < rows) da[t * DK] = a[t * DK] < kLinMinLogDecay ? 0.f : run;
+    constexpr int kBatch = 32;  // the decays' loads issued at once (da's stores could alias them)
+#pragma unroll
+    for (int tb = C - kBatch; tb >= 0; tb -= kBatch) {
+      float raw[kBatch];
+#pragma unroll
+      for (int k = 0; k < kBatch; ++k) raw[k] = tb + k < rows ? a[(tb + k) * DK] : 0.f;
+#pragma unroll
+      for (int k = kBatch - 1; k >= 0; --k) {
+        const int t = tb + k;
+        run += s_x[x_at(t, c)];
+        if (t < rows) da[t * DK] = raw[k] < kLinMinLogDecay ? 0.f : run;
+      }
     }
   }
 }
