@@ -32,11 +32,23 @@ AE_DEVICE void linear_step(const LinearParams& p) {
   const float v = to_float<kBf16>(static_cast<const u16*>(p.v)[b * p.v_stride[0] + h * p.v_stride[1] + c]);
   float* state = p.state + bh * p.d_k * p.d_v + c;
   float acc = 0.f;
-  for (int r = 0; r < p.d_k; ++r) {
-    const float s = fmaf(s_e[r], state[static_cast<long long>(r) * p.d_v], s_k[r] * v);
+  auto update = [&](int r, float old) {
+    const float s = fmaf(s_e[r], old, s_k[r] * v);
     state[static_cast<long long>(r) * p.d_v] = s;
     acc = fmaf(s_q[r], s, acc);
+  };
+  // kBatch rows' loads issued before their stores: the compiler cannot move a load past a
+  // store to the same array, so one row at a time paid a round trip each (834 GB/s on H100).
+  constexpr int kBatch = 16;
+  int r0 = 0;
+  for (; r0 + kBatch <= p.d_k; r0 += kBatch) {
+    float x[kBatch];
+#pragma unroll
+    for (int i = 0; i < kBatch; ++i) x[i] = state[static_cast<long long>(r0 + i) * p.d_v];
+#pragma unroll
+    for (int i = 0; i < kBatch; ++i) update(r0 + i, x[i]);
   }
+  for (; r0 < p.d_k; ++r0) update(r0, state[static_cast<long long>(r0) * p.d_v]);
   static_cast<u16*>(p.o)[b * p.o_stride[0] + h * p.o_stride[1] + c] = to_half<kBf16>(acc * p.scale);
 }
 
