@@ -268,27 +268,25 @@ AE_DEVICE void carry_state(const LinearParams& p) {
     for (int kk = 0; kk < C / 16; ++kk) {
       u32 a[4];
       load_a_t<LD>(a, xb, kk * 16, 16 * warp);  // X^T: this warp's channels x 16 tokens
-      const int t = kk * 16 + 2 * (lane % 4);  // the tokens of this lane's values
-      float w0 = 1.f, w1 = 1.f, w8 = 1.f, w9 = 1.f;
-      if constexpr (kPc) {  // a[0]: (channel r0, tokens t, t + 1), a[1]: r0 + 8, a[2], a[3]: t + 8
+      // The tokens' weights on X^T's fragment (once per warp and 16 tokens, not per column
+      // block of Y): a[0] (channel r0, tokens t, t + 1), a[1] r0 + 8, a[2], a[3] tokens + 8.
+      const int t = kk * 16 + 2 * (lane % 4);
+      if constexpr (kPc) {
         a[0] = scale2<kBf16>(a[0], weight_c(t, r0), weight_c(t + 1, r0));
         a[1] = scale2<kBf16>(a[1], weight_c(t, r0 + 8), weight_c(t + 1, r0 + 8));
         a[2] = scale2<kBf16>(a[2], weight_c(t + 8, r0), weight_c(t + 9, r0));
         a[3] = scale2<kBf16>(a[3], weight_c(t + 8, r0 + 8), weight_c(t + 9, r0 + 8));
       } else {
-        w0 = weight(t), w1 = weight(t + 1), w8 = weight(t + 8), w9 = weight(t + 9);
+        const float w0 = weight(t), w1 = weight(t + 1), w8 = weight(t + 8), w9 = weight(t + 9);
+        a[0] = scale2<kBf16>(a[0], w0, w1), a[1] = scale2<kBf16>(a[1], w0, w1);
+        a[2] = scale2<kBf16>(a[2], w8, w9), a[3] = scale2<kBf16>(a[3], w8, w9);
       }
 #pragma unroll
       for (int np = 0; np < T / 16; ++np) {
         u32 r[4];
-        load_b_kn<LD>(r, yb, kk * 16, np * 16);  // diag(weights) Y
-        if constexpr (kPc) {
-          mma_16816<kBf16>(s[2 * np], a, r[0], r[1]);
-          mma_16816<kBf16>(s[2 * np + 1], a, r[2], r[3]);
-        } else {
-          mma_16816<kBf16>(s[2 * np], a, scale2<kBf16>(r[0], w0, w1), scale2<kBf16>(r[1], w8, w9));
-          mma_16816<kBf16>(s[2 * np + 1], a, scale2<kBf16>(r[2], w0, w1), scale2<kBf16>(r[3], w8, w9));
-        }
+        load_b_kn<LD>(r, yb, kk * 16, np * 16);
+        mma_16816<kBf16>(s[2 * np], a, r[0], r[1]);
+        mma_16816<kBf16>(s[2 * np + 1], a, r[2], r[3]);
       }
     }
     __syncthreads();  // every warp is done with this buffer (and s_A) before they are refilled
