@@ -44,34 +44,61 @@ AE_DEVICE void pool_map(const AttnParams& p) {
     lse2[j] = r < r1 ? lse2_of(r) : -neg_inf();
   }
   float sum = 0.f;
-  for (int kb0 = 0; kb0 < p.n_pool_blocks; kb0 += kUnroll) {
-    float m[kUnroll];
+  // The key blocks' terms, kUnroll blocks a step: -inf past the blocks or the query block.
+  auto terms = [&](int kb0, float (&m)[kUnroll][kRows]) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      m[u] = neg_inf();
       const int kb = kb0 + u;
-      if (kb >= p.n_pool_blocks) continue;
       const float* col = maxima + static_cast<long long>(kb) * p.pool_block;  // row r0 + i at i
-      if (p.pool_block <= kRows * kWarpSize) {
 #pragma unroll
-        for (int j = 0; j < kRows; ++j) {
-          const int r = r0 + lane + kWarpSize * j;
-          if (r < r1) m[u] = fmaxf(m[u], col[r - r0] - lse2[j]);
-        }
-      } else {  // (blocks of more rows than the registers hold: the LSE read as it goes)
-        for (int r = r0 + lane; r < r1; r += kWarpSize)
-          m[u] = fmaxf(m[u], col[r - r0] - lse2_of(r));
+      for (int j = 0; j < kRows; ++j) {
+        const int r = r0 + lane + kWarpSize * j;
+        m[u][j] = kb < p.n_pool_blocks && r < r1 ? col[r - r0] - lse2[j] : neg_inf();
       }
     }
+  };
+  // A step's largest terms over the query block (every lane), their exp2 stored and summed.
+  auto reduce_store = [&](int kb0, const float (&m)[kUnroll][kRows]) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int kb = kb0 + u;
       if (kb >= p.n_pool_blocks) break;
-      float x = m[u];  // the block's largest term over the query block, in every lane
+      float x = m[u][0];
+#pragma unroll
+      for (int j = 1; j < kRows; ++j) x = fmaxf(x, m[u][j]);
       for (int o = kWarpSize / 2; o > 0; o /= 2) x = fmaxf(x, shfl_xor(x, o));
       const float v = exp2f(x);
       sum += v;
       if (lane == 0) out[kb] = v;
+    }
+  };
+  if (p.pool_block <= kRows * kWarpSize) {
+    // Software-pipelined: the next step's loads are issued before this step's stores (the
+    // compiler cannot move a load past a store to memory that may alias it).
+    float cur[kUnroll][kRows], next[kUnroll][kRows];
+    terms(0, cur);
+    for (int kb0 = 0; kb0 < p.n_pool_blocks; kb0 += kUnroll) {
+      if (kb0 + kUnroll < p.n_pool_blocks) terms(kb0 + kUnroll, next);
+      reduce_store(kb0, cur);
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u)
+#pragma unroll
+        for (int j = 0; j < kRows; ++j) cur[u][j] = next[u][j];
+    }
+  } else {  // (blocks of more rows than the registers hold: the LSE read as it goes)
+    for (int kb0 = 0; kb0 < p.n_pool_blocks; kb0 += kUnroll) {
+      float m[kUnroll][kRows];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+        for (int j = 0; j < kRows; ++j) m[u][j] = neg_inf();
+        const int kb = kb0 + u;
+        if (kb >= p.n_pool_blocks) continue;
+        const float* col = maxima + static_cast<long long>(kb) * p.pool_block;
+        for (int r = r0 + lane; r < r1; r += kWarpSize)
+          m[u][0] = fmaxf(m[u][0], col[r - r0] - lse2_of(r));
+      }
+      reduce_store(kb0, m);
     }
   }
 #if AE_NVIDIA
