@@ -69,8 +69,9 @@ std::string KernelSpec::describe() const {
     case Kind::LinearOut:
     case Kind::LinearDState:
     case Kind::LinearGrads:
-      return fmt::format("{} {} {} d{}/{}{}", kind_name(kind), arch, dtype, d_qk, d_v,
-                         per_channel ? " pc" : "");
+      return fmt::format("{} {} {} d{}/{}{}{}", kind_name(kind), arch, dtype, d_qk, d_v,
+                         per_channel ? " pc" : "",
+                         block_n > 0 ? fmt::format(" cols{}", block_n) : "");
     case Kind::BwdPrep:
     case Kind::BwdDq:
     case Kind::VCheck: return fmt::format("{} {} {}", kind_name(kind), arch, dtype);

@@ -85,19 +85,22 @@ LaunchPlan plan_linear(const LinearProblem& pb, const DeviceCaps& dev) {
   plan.family = "sm80";
   if (pb.batch * pb.heads == 0 || pb.t_len == 0) return plan;  // (the caller fills the outputs)
   const int64_t seqs = packed ? pb.n_seqs : pb.batch;  // the state passes' grid z
+  const int cols = pb.state_cols == sm80::kLinTile / 2 ? sm80::kLinTile / 2 : sm80::kLinTile;
   s.spec.family = codegen::Family::Sm80;
   s.spec.per_channel = pb.per_channel;
   s.spec.warps = sm80::kLinThreads / 32;
   s.threads = sm80::kLinThreads;
   s.spec.kind = codegen::Kind::LinearState;
-  s.smem = sm80::linear_state_smem_bytes(pb.per_channel);
-  s.grid = {u((pb.d_k / sm80::kLinTile) * (pb.d_v / sm80::kLinTile)), u(pb.heads), u(seqs)};
+  s.spec.block_n = cols;
+  s.smem = sm80::linear_state_smem_bytes(pb.per_channel, cols);
+  s.grid = {u((pb.d_k / sm80::kLinTile) * (pb.d_v / cols)), u(pb.heads), u(seqs)};
   plan.steps.push_back(s);
   if (pb.backward) {  // the reverse pass, over the same tiles
     s.spec.kind = codegen::Kind::LinearDState;
     plan.steps.push_back(s);
   }
   s.spec.kind = pb.backward ? codegen::Kind::LinearGrads : codegen::Kind::LinearOut;
+  s.spec.block_n = 0;  // (its tiles are whole chunks)
   s.smem = smem;
   // GLA's gradients' pass spills at ptxas's default register-usage level with D_k 128 and
   // fits at 0 (compile-all), where the runtime's fallback would land after a second compile.

@@ -22,6 +22,9 @@ struct LinearProblem {
   // batch one sequence of t_len tokens).
   int64_t n_seqs = 0, n_chunks = 0;
   double scale = 1.0;
+  // The state passes' value columns per CTA: 64 or 32 (twice the CTAs, half the tensor-core
+  // work on each one's sequential path); 0: the planner's choice (AE_LINEAR_STATE_COLS sets it).
+  int state_cols = 0;
 };
 
 // The chunked kernels' tokens per chunk, and the chunks of t_len tokens.

@@ -67,6 +67,9 @@ TuningOverrides TuningOverrides::from_lookup(const Lookup& getenv) {
     const int n = std::atoi(s);
     o.persistent = v == "on" || v == "true" || n == 1 ? -1 : std::max(0, n);
   }
+  if (const char* c = getenv("AE_LINEAR_STATE_COLS"); c && (std::string(c) == "32" ||
+                                                             std::string(c) == "64"))
+    o.linear_state_cols = std::atoi(c);
   if (const char* s = getenv("AE_KV_SPLITS"); s && *s) {
     const int n = std::atoi(s);
     o.kv_splits = n < 1 ? 1 : n;

@@ -30,6 +30,8 @@
 //                                                     faster (bench/persistent_ab.py)
 //   AE_GRAD_SINK=global                               captured tensors' gradients by global
 //                                                     atomics (no shared-memory copy)
+//   AE_LINEAR_STATE_COLS=32 or 64                     linear attention's state passes' value
+//                                                     columns per CTA (plan/linear_plan.h)
 // reg_level: ptxas --register-usage-level, -1 for its default. A field that is absent or out
 // of range leaves the table's value.
 #pragma once
@@ -57,6 +59,7 @@ struct TuningOverrides {
   int mask_load_mode = -1;  // AE_MASK_LOADS=0|1|2: how the forwards load the mask (A/B)
   int v_check = -1;         // AE_V_CHECK=0|1: the V-check pass never / always (-1: the rule)
   int persistent = 0;    // AE_PERSISTENT: 0 off, -1 ("1", "on") one CTA per SM, N >= 2 N CTAs
+  int linear_state_cols = 0;  // AE_LINEAR_STATE_COLS: 32 or 64 (0: the planner's choice)
 
   // Read from the environment (every call: benchmarks change them between calls).
   static TuningOverrides from_environment();

@@ -109,7 +109,7 @@ pybind11::dict kernel_source(const ir::Variant& given, const std::string& step, 
 // step's source and launch (the compile-all check, the emulator's tests).
 pybind11::list linear_kernel_sources(bool step, int d_k, int d_v, bool bf16, const std::string& device,
                                      int batch, int heads, int t_len, bool per_channel,
-                                     bool backward, int n_seqs, int n_chunks) {
+                                     bool backward, int n_seqs, int n_chunks, int state_cols) {
   plan::LinearProblem pb;
   pb.step = step;
   pb.backward = backward;
@@ -117,6 +117,7 @@ pybind11::list linear_kernel_sources(bool step, int d_k, int d_v, bool bf16, con
   pb.dtype = bf16 ? plan::ElemType::BFloat16 : plan::ElemType::Float16;
   pb.batch = batch, pb.heads = heads, pb.t_len = step ? 1 : t_len, pb.d_k = d_k, pb.d_v = d_v;
   pb.per_channel = per_channel;
+  pb.state_cols = state_cols;
   plan::DeviceCaps dev;
   if (!plan::devices::named(device, &dev))
     throw ir::GraphError("device must be h100, h200, a100, ada or mi250, not " + device);
@@ -219,9 +220,10 @@ void bind_ir(pybind11::module_& m) {
         pyb::arg("d_v"), pyb::arg("bf16") = true, pyb::arg("device") = "h100",
         pyb::arg("batch") = 1, pyb::arg("heads") = 16, pyb::arg("t_len") = 4096,
         pyb::arg("per_channel") = false, pyb::arg("backward") = false, pyb::arg("n_seqs") = 0,
-        pyb::arg("n_chunks") = 0,
+        pyb::arg("n_chunks") = 0, pyb::arg("state_cols") = 0,
         "Linear attention's plan on a device class (step: the decode step, else the chunked "
-        "forward, or with backward its backward; n_seqs / n_chunks: packed sequences): a dict per launch (step, source, entry, options, threads, smem, grid, "
+        "forward, or with backward its backward; n_seqs / n_chunks: packed sequences; "
+        "state_cols: the state passes' value columns per CTA, 32 or 64, 0 the planner's): a dict per launch (step, source, entry, options, threads, smem, grid, "
         "describe, n_chunks); raises with the planner's reason where no kernel takes it.");
   m.def("linear_backward_reason", &torch_ops::linear_backward_reason, pyb::arg("q"), pyb::arg("v"),
         pyb::arg("per_channel"), pyb::arg("offsets") = std::vector<int64_t>{},

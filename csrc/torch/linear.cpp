@@ -11,6 +11,7 @@
 #include <set>
 
 #include "plan/linear_plan.h"
+#include "plan/overrides.h"
 #include "runner/device_caps_cuda.h"
 #include "runner/device_caps_hip.h"
 #include "torch/messages.h"
@@ -247,6 +248,7 @@ plan::LaunchPlan linear_plan(const at::Tensor& q, const LinearShapes& s, bool st
   pb.batch = s.batch, pb.heads = s.heads, pb.t_len = s.t_len, pb.d_k = s.d_k, pb.d_v = s.d_v;
   pb.per_channel = s.per_channel;
   pb.scale = scale;
+  pb.state_cols = plan::TuningOverrides::from_environment().linear_state_cols;
   return plan::plan_linear(pb, caps_of(q));
 }
 

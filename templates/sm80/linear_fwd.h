@@ -26,14 +26,18 @@ namespace ae::sm80 {
 
 constexpr float kLinMinLogDecay = -80.f;
 
-template <int D_K_, int D_V_, bool BF16_, bool PER_CHANNEL_ = false>
+// STATE_COLS: the state passes' value columns per CTA (kLinTile, or half of it: twice the CTAs
+// and half the tensor-core work per chunk on each one's sequential path).
+template <int D_K_, int D_V_, bool BF16_, bool PER_CHANNEL_ = false, int STATE_COLS_ = kLinTile>
 struct LinearConfig {
   static constexpr int kDk = D_K_, kDv = D_V_, kChunk = kLinChunk, kThreads = kLinThreads;
+  static constexpr int kStateCols = STATE_COLS_;
+  static_assert(kStateCols == kLinTile || kStateCols == kLinTile / 2, "state columns 64 or 32");
   static constexpr bool kBf16 = BF16_, kPerChannel = PER_CHANNEL_;
   static_assert(kDk % kLinTile == 0 && kDv % kLinTile == 0 && kDk <= 128 && kDv <= 128,
                 "head dims 64 or 128");
   static_assert(kThreads == 128 && kChunk == 64 && kLinTile == 64, "4 warps of 16 rows");
-  static constexpr int kStateSmem = linear_state_smem_bytes(kPerChannel),
+  static constexpr int kStateSmem = linear_state_smem_bytes(kPerChannel, kStateCols),
                        kOutSmem = linear_out_smem_bytes(kDk, kDv, kPerChannel),
                        kGradsSmem = linear_grads_smem_bytes(kDk, kDv, kPerChannel);
 };
@@ -160,7 +164,7 @@ AE_DEVICE void decay_b_kn(u32 (&r)[4], const float* s_Ac, int t, int c, float b0
 }
 
 // The state pass, and (kBackward) the backward's reverse pass over the state's gradient, which
-// has the same shape: a 64 x 64 tile of an fp32 state in registers carried over the chunks, each
+// has the same shape: a 64 x N tile (Cfg::kStateCols) of an fp32 state in registers carried over the chunks, each
 // chunk's value stored (q's dtype) before the chunk updates it,
 //   forward:  S <- exp(A_last) S + K^T diag(exp(A_last - A_j)) V, chunks first to last, from
 //             state0 (or 0) into chunk_states, the last into state;
@@ -169,19 +173,19 @@ AE_DEVICE void decay_b_kn(u32 (&r)[4], const float* s_Ac, int t, int c, float b0
 // X (K or Q) and Y (V or dO) of the next chunk load while one is summed.
 template <class Cfg, bool kBackward>
 AE_DEVICE void carry_state(const LinearParams& p) {
-  constexpr int C = Cfg::kChunk, T = kLinTile, LD = T + 8;
+  constexpr int C = Cfg::kChunk, T = kLinTile, LD = T + 8, N = Cfg::kStateCols, LY = N + 8;
   constexpr bool kBf16 = Cfg::kBf16;
   extern __shared__ __align__(16) char smem[];
   u16* sX = reinterpret_cast<u16*>(smem);  // [2 buffers][C][LD]: X's dk0.. columns
-  u16* sY = sX + 2 * C * LD;               // [2][C][LD]: Y's dv0.. columns
-  float* s_A = reinterpret_cast<float*>(sY + 2 * C * LD);
+  u16* sY = sX + 2 * C * LD;               // [2][C][LY]: Y's dv0.. columns
+  float* s_A = reinterpret_cast<float*>(sY + 2 * C * LY);
   float* s_Ac = s_A + 2 * C;  // per key channel: [2 buffers][C][T], this tile's channels
   constexpr bool kPc = Cfg::kPerChannel;
-  // [T][LD]: the state tile on its way out (16-bit): 16-byte stores of whole rows, where the
+  // [T][LY]: the state tile on its way out (16-bit): 16-byte stores of whole rows, where the
   // fragments' own 4-byte stores half-filled their L2 sectors (the pass was L2-bound)
   u16* sSt = reinterpret_cast<u16*>(s_Ac + (kPc ? 2 * C * T : 0));
-  const int tiles_v = Cfg::kDv / T;
-  const int dk0 = (blockIdx.x / tiles_v) * T, dv0 = (blockIdx.x % tiles_v) * T;
+  const int tiles_v = Cfg::kDv / N;
+  const int dk0 = (blockIdx.x / tiles_v) * T, dv0 = (blockIdx.x % tiles_v) * N;
   const int h = blockIdx.y, z = blockIdx.z;
   const LinSeq sq = linear_seq(p, z);
   const int b = p.cu_seqlens ? 0 : z;  // (the tensors' batch; packed sequences share one)
@@ -200,44 +204,44 @@ AE_DEVICE void carry_state(const LinearParams& p) {
   auto load = [&](int i) {
     const int t0 = sq.t_begin + chunk(i) * C, rows = sq.t_end - t0;
     load_tile<C, T, Cfg::kThreads>(sX + (i % 2) * C * LD, gx + t0 * xs[2], xs[2], rows);
-    load_tile<C, T, Cfg::kThreads>(sY + (i % 2) * C * LD, gy + t0 * ys[2], ys[2], rows);
+    load_tile<C, N, Cfg::kThreads>(sY + (i % 2) * C * LY, gy + t0 * ys[2], ys[2], rows);
     if constexpr (kPc)
       linear_load_decays_channels<T, Cfg::kThreads>(p, bh, t0, sq.t_end, dk0, s_Ac + (i % 2) * C * T);
     else
       linear_load_decays(p, bh, t0, sq.t_end, s_A + (i % 2) * C);
   };
-  // This warp's 16 rows of the tile (keys' channels), all 64 columns: the C layout, rows
+  // This warp's 16 rows of the tile (keys' channels), all N columns: the C layout, rows
   // lane / 4 and + 8, columns 8 nt + 2 (lane % 4) + {0, 1}.
-  float s[T / 8][4];
+  float s[N / 8][4];
   const int r0 = 16 * warp + lane / 4;
 #pragma unroll
-  for (int nt = 0; nt < T / 8; ++nt)
+  for (int nt = 0; nt < N / 8; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int r = dk0 + r0 + 8 * (e >> 1), col = dv0 + nt * 8 + 2 * (lane % 4) + (e & 1);
       s[nt][e] = init ? init[(sh * Cfg::kDk + r) * Cfg::kDv + col] : 0.f;
     }
-  const u32 x_at = lane_nk<LD>(smem_addr(sX)), y_at = lane_kn<LD>(smem_addr(sY));
+  const u32 x_at = lane_nk<LD>(smem_addr(sX)), y_at = lane_kn<LY>(smem_addr(sY));
   if (n > 0) load(0);
   cp_async_commit();
   for (int i = 0; i < n; ++i) {
     const int c = chunk(i);
     u16* at = out + (bh * p.n_chunks + sq.chunk0 + c) * Cfg::kDk * Cfg::kDv;  // before this chunk
 #pragma unroll
-    for (int nt = 0; nt < T / 8; ++nt)
+    for (int nt = 0; nt < N / 8; ++nt)
 #pragma unroll
       for (int half = 0; half < 2; ++half)
-        *reinterpret_cast<u32*>(sSt + (r0 + 8 * half) * LD + nt * 8 + 2 * (lane % 4)) =
+        *reinterpret_cast<u32*>(sSt + (r0 + 8 * half) * LY + nt * 8 + 2 * (lane % 4)) =
             pack2<kBf16>(s[nt][2 * half], s[nt][2 * half + 1]);
     if (i + 1 < n) load(i + 1);
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
 #pragma unroll
-    for (int e = threadIdx.x; e < T * T / 8; e += Cfg::kThreads) {  // (read before the next barrier)
-      const int r = e / (T / 8), col = (e % (T / 8)) * 8;
+    for (int e = threadIdx.x; e < T * N / 8; e += Cfg::kThreads) {  // (read before the next barrier)
+      const int r = e / (N / 8), col = (e % (N / 8)) * 8;
       *reinterpret_cast<uint4*>(at + (dk0 + r) * Cfg::kDv + dv0 + col) =
-          *reinterpret_cast<const uint4*>(sSt + r * LD + col);
+          *reinterpret_cast<const uint4*>(sSt + r * LY + col);
     }
     if constexpr (kPc) linear_scan_channels<T>(s_Ac + (i % 2) * C * T);
     else linear_scan(s_A + (i % 2) * C);
@@ -248,11 +252,11 @@ AE_DEVICE void carry_state(const LinearParams& p) {
     if constexpr (kPc) {  // this thread's rows (channels) decay by their own exp(A_last)
       const float k0 = __expf(Acb[(C - 1) * T + r0]), k8 = __expf(Acb[(C - 1) * T + r0 + 8]);
 #pragma unroll
-      for (int nt = 0; nt < T / 8; ++nt) s[nt][0] *= k0, s[nt][1] *= k0, s[nt][2] *= k8, s[nt][3] *= k8;
+      for (int nt = 0; nt < N / 8; ++nt) s[nt][0] *= k0, s[nt][1] *= k0, s[nt][2] *= k8, s[nt][3] *= k8;
     } else {
       const float keep = __expf(last);
 #pragma unroll
-      for (int nt = 0; nt < T / 8; ++nt)
+      for (int nt = 0; nt < N / 8; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[nt][e] *= keep;
     }
@@ -263,7 +267,7 @@ AE_DEVICE void carry_state(const LinearParams& p) {
       const float at = Acb[t * T + d];
       return kBackward ? p.scale * __expf(at) : __expf(Acb[(C - 1) * T + d] - at);
     };
-    const u32 xb = x_at + (i % 2) * C * LD * 2, yb = y_at + (i % 2) * C * LD * 2;
+    const u32 xb = x_at + (i % 2) * C * LD * 2, yb = y_at + (i % 2) * C * LY * 2;
 #pragma unroll
     for (int kk = 0; kk < C / 16; ++kk) {
       u32 a[4];
@@ -282,9 +286,9 @@ AE_DEVICE void carry_state(const LinearParams& p) {
         a[2] = scale2<kBf16>(a[2], w8, w9), a[3] = scale2<kBf16>(a[3], w8, w9);
       }
 #pragma unroll
-      for (int np = 0; np < T / 16; ++np) {
+      for (int np = 0; np < N / 16; ++np) {
         u32 r[4];
-        load_b_kn<LD>(r, yb, kk * 16, np * 16);
+        load_b_kn<LY>(r, yb, kk * 16, np * 16);
         mma_16816<kBf16>(s[2 * np], a, r[0], r[1]);
         mma_16816<kBf16>(s[2 * np + 1], a, r[2], r[3]);
       }
@@ -294,7 +298,7 @@ AE_DEVICE void carry_state(const LinearParams& p) {
   cp_async_wait<0>();
   if (last_out) {
 #pragma unroll
-    for (int nt = 0; nt < T / 8; ++nt)
+    for (int nt = 0; nt < N / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int r = dk0 + r0 + 8 * (e >> 1), col = dv0 + nt * 8 + 2 * (lane % 4) + (e & 1);

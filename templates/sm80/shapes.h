@@ -44,9 +44,10 @@ constexpr int kLinChunk = 64, kLinThreads = 128, kLinTile = 64;
 // State pass: two buffers of the chunk's K and V columns (16-bit), two chunks' prefix sums;
 // per key channel (GLA) also two buffers of the chunk's prefix sums of its 64 channels (fp32);
 // the state tile on its way out (16-bit).
-AE_HD_CONSTEXPR int linear_state_smem_bytes(bool per_channel = false) {
-  return 2 * 2 * kLinChunk * padded_row(kLinTile) * 2 + 2 * kLinChunk * 4 +
-         (per_channel ? 2 * kLinChunk * kLinTile * 4 : 0) + kLinTile * padded_row(kLinTile) * 2;
+// cols: the tile's value columns (kLinTile or kLinTile / 2), its rows kLinTile key channels.
+AE_HD_CONSTEXPR int linear_state_smem_bytes(bool per_channel = false, int cols = kLinTile) {
+  return 2 * kLinChunk * (padded_row(kLinTile) + padded_row(cols)) * 2 + 2 * kLinChunk * 4 +
+         (per_channel ? 2 * kLinChunk * kLinTile * 4 : 0) + kLinTile * padded_row(cols) * 2;
 }
 // Output pass: Q, K, V of the chunk and the state at its start (16-bit), its prefix sums; per
 // key channel, those of every channel.

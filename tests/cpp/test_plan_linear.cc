@@ -63,8 +63,8 @@ TEST(LinearPlan, GlaBackwardHasItsOwnGradientsPass) {
     const LaunchPlan p = plan_linear(pb, dev);
     ASSERT_TRUE(p.ok) << p.reason;
     ASSERT_EQ(p.steps.size(), 3u);
-    EXPECT_EQ(p.steps[0].spec.describe(), "linear_state " + dev.arch() + " bf16 d128/128 pc");
-    EXPECT_EQ(p.steps[1].spec.describe(), "linear_dstate " + dev.arch() + " bf16 d128/128 pc");
+    EXPECT_EQ(p.steps[0].spec.describe(), "linear_state " + dev.arch() + " bf16 d128/128 pc cols64");
+    EXPECT_EQ(p.steps[1].spec.describe(), "linear_dstate " + dev.arch() + " bf16 d128/128 pc cols64");
     EXPECT_EQ(p.steps[2].spec.describe(), "linear_grads " + dev.arch() + " bf16 d128/128 pc");
     EXPECT_EQ(p.steps[1].smem, sm80::linear_state_smem_bytes(true));
     EXPECT_EQ(p.steps[2].smem, sm80::linear_grads_smem_bytes(128, 128, true));
@@ -77,6 +77,24 @@ TEST(LinearPlan, GlaBackwardHasItsOwnGradientsPass) {
   LinearProblem small = problem(false, 64, 64);
   small.per_channel = small.backward = true;
   EXPECT_TRUE(plan_linear(small, devices::ada()).ok);
+}
+
+TEST(LinearPlan, StatePassesTakeHalfTilesOnRequest) {
+  LinearProblem pb = problem(false, 128, 128);
+  pb.backward = true;
+  pb.state_cols = 32;
+  const LaunchPlan p = plan_linear(pb, devices::h200());
+  ASSERT_TRUE(p.ok) << p.reason;
+  for (int i : {0, 1}) {  // the state pass and the reverse pass: 64 x 32 tiles, twice the CTAs
+    EXPECT_EQ(p.steps[i].grid.x, 8u);
+    EXPECT_EQ(p.steps[i].spec.block_n, 32);
+    EXPECT_EQ(p.steps[i].smem, sm80::linear_state_smem_bytes(false, 32));
+  }
+  EXPECT_LT(sm80::linear_state_smem_bytes(false, 32), sm80::linear_state_smem_bytes(false));
+  EXPECT_EQ(p.steps[2].grid.x, 16u);  // the gradients' pass is per chunk, as before
+  EXPECT_EQ(p.steps[2].spec.describe(), "linear_grads sm_90a bf16 d128/128");
+  pb.state_cols = 48;  // (not a tile the kernels take: the default's)
+  EXPECT_EQ(plan_linear(pb, devices::h200()).steps[0].grid.x, 4u);
 }
 
 TEST(LinearPlan, DecodeStepEverywhere) {

@@ -688,15 +688,17 @@ def _linear_emulate(steps, q, k, v, a, scale, state=None, want_state=False, dout
 
 @pytest.mark.parametrize("case", [(64, 64, 130, True, "constant"), (128, 64, 64, False, "gates"),
                                   (64, 128, 200, True, "strong"), (128, 128, 1, False, "gates"),
-                                  (64, 64, 150, True, "gla"), (128, 128, 70, False, "gla_strong")],
+                                  (64, 64, 150, True, "gla"), (128, 128, 70, False, "gla_strong"),
+                                  (64, 128, 200, True, "strong", 32), (128, 64, 150, True, "gla", 32)],
                          ids=lambda c: "-".join(map(str, c)))
 def test_emulated_linear_forward_matches_the_recurrence(case):
     """The chunked forward's two passes (the state at each chunk's start stored in bf16, the
     output per chunk) against the token-by-token recurrence in float64: a tail chunk, an initial
     state, data-dependent gates with one at 0 (log-decay -inf: the state forgets everything),
     strong decays (exp(-20) a token), one token; GLA's gates per key channel (one at 0, strong
-    ones: the blocks' factors relative to a block's first token stay finite)."""
-    Dk, Dv, T, with_state, decays = case
+    ones: the blocks' factors relative to a block's first token stay finite). A sixth field:
+    the state pass's value columns per CTA (32: twice the CTAs)."""
+    Dk, Dv, T, with_state, decays, *cols = case
     B, H = 2, 2
     q, k, v = _bf16(B, H, T, Dk, seed=0), _bf16(B, H, T, Dk, seed=1), _bf16(B, H, T, Dv, seed=2)
     gen = torch.Generator().manual_seed(3)
@@ -715,8 +717,11 @@ def test_emulated_linear_forward_matches_the_recurrence(case):
     state0 = torch.randn(B, H, Dk, Dv, generator=gen) if with_state else None
     scale = Dk ** -0.5
     steps = _C.linear_kernel_sources(False, Dk, Dv, batch=B, heads=H, t_len=T,
-                                     per_channel=a.dim() == 4)
+                                     per_channel=a.dim() == 4, state_cols=cols[0] if cols else 0)
     assert [st["step"] for st in steps] == ["linear_state", "linear_out"]
+    if cols:
+        assert f" cols{cols[0]}" in steps[0]["describe"]
+        assert steps[0]["grid"][0] == (Dk // 64) * (Dv // cols[0])
     o, final = _linear_emulate(steps, q, k, v, a, scale, state0, want_state=True)
     ref, ref_state = _recurrence(q, k, v, a, state0, scale)
     assert _rel(o, ref) < 2e-2, _rel(o, ref)
@@ -726,7 +731,8 @@ def test_emulated_linear_forward_matches_the_recurrence(case):
 @pytest.mark.parametrize("case", [(64, 64, 130, True, "constant"), (128, 64, 64, False, "gates"),
                                   (64, 128, 200, True, "strong"), (64, 64, 150, True, "gla"),
                                   (128, 128, 70, False, "gla_strong"), (128, 64, 64, True, "gla_strong"),
-                                  (64, 128, 1, True, "gla")],
+                                  (64, 128, 1, True, "gla"), (64, 64, 130, True, "constant", 32),
+                                  (128, 128, 70, False, "gla_strong", 32)],
                          ids=lambda c: "-".join(map(str, c)))
 def test_emulated_linear_backward_matches_autograd(case):
     """The chunked backward (the state pass again, the reverse pass over the state's gradient,
@@ -734,8 +740,9 @@ def test_emulated_linear_backward_matches_autograd(case):
     inputs: dq, dk, dv, the log-decays' and the initial state's gradients, with a final
     state's gradient; a gate at 0 (its log-decay's gradient 0: clamped). GLA's gates per key
     channel (the log-decays' gradient per channel): a tail chunk, gates at 0 (a channel's, and
-    a whole token's), strong decays (exp(-20) a token), one token."""
-    Dk, Dv, T, with_state, decays = case
+    a whole token's), strong decays (exp(-20) a token), one token. A sixth field: the state
+    passes' value columns per CTA."""
+    Dk, Dv, T, with_state, decays, *cols = case
     B, H = 1, 2
     q, k, v = _bf16(B, H, T, Dk, seed=10), _bf16(B, H, T, Dk, seed=11), _bf16(B, H, T, Dv, seed=12)
     gen = torch.Generator().manual_seed(13)
@@ -757,7 +764,7 @@ def test_emulated_linear_backward_matches_autograd(case):
     dstate = torch.randn(B, H, Dk, Dv, generator=gen)
     scale = Dk ** -0.5
     steps = _C.linear_kernel_sources(False, Dk, Dv, batch=B, heads=H, t_len=T, backward=True,
-                                     per_channel=a.dim() == 4)
+                                     per_channel=a.dim() == 4, state_cols=cols[0] if cols else 0)
     assert [st["step"] for st in steps] == ["linear_state", "linear_dstate", "linear_grads"]
     got = _linear_emulate(steps, q, k, v, a, scale, state0, dout=dout, dstate=dstate)
     leaves = [t.double().requires_grad_() for t in (q, k, v, a.clamp_min(-1e4))]
