@@ -85,7 +85,12 @@ LaunchPlan plan_linear(const LinearProblem& pb, const DeviceCaps& dev) {
   plan.family = "sm80";
   if (pb.batch * pb.heads == 0 || pb.t_len == 0) return plan;  // (the caller fills the outputs)
   const int64_t seqs = packed ? pb.n_seqs : pb.batch;  // the state passes' grid z
-  const int cols = pb.state_cols == sm80::kLinTile / 2 ? sm80::kLinTile / 2 : sm80::kLinTile;
+  // 32 value columns per CTA for scalar decays: twice the CTAs, and half the tensor-core work
+  // on each one's path from chunk to chunk (H100, bench/RESULTS.md: retention at 16k, B 1,
+  // fwd+bwd 2.29 ms against 2.52 at 64). Per key channel 64: each CTA scans its 64 channels'
+  // decays, which halving the columns would do twice (no gain measured).
+  const int asked = pb.state_cols == 32 || pb.state_cols == 64 ? static_cast<int>(pb.state_cols) : 0;
+  const int cols = asked ? asked : pb.per_channel ? sm80::kLinTile : sm80::kLinTile / 2;
   s.spec.family = codegen::Family::Sm80;
   s.spec.per_channel = pb.per_channel;
   s.spec.warps = sm80::kLinThreads / 32;

@@ -26,7 +26,7 @@ TEST(LinearPlan, ChunkedForwardIsAStatePassThenAnOutputPass) {
     EXPECT_EQ(p.steps[0].spec.kind, codegen::Kind::LinearState);
     EXPECT_EQ(p.steps[1].spec.kind, codegen::Kind::LinearOut);
     EXPECT_EQ(p.linear.n_chunks, (1000 + 63) / 64);
-    EXPECT_EQ(p.steps[0].grid.x, 2u);  // 64 x 64 tiles of the 128 x 64 state
+    EXPECT_EQ(p.steps[0].grid.x, 4u);  // 64 x 32 tiles of the 128 x 64 state (scalar decays)
     EXPECT_EQ(p.steps[1].grid.x, 16u);  // a CTA per chunk
     EXPECT_EQ(p.steps[1].grid.y, 16u);
     EXPECT_EQ(p.steps[1].grid.z, 2u);
@@ -44,7 +44,7 @@ TEST(LinearPlan, BackwardIsTheStatePassAReversePassAndTheGradients) {
   ASSERT_EQ(p.steps.size(), 3u);
   EXPECT_EQ(p.steps[0].spec.kind, codegen::Kind::LinearState);
   EXPECT_EQ(p.steps[1].spec.kind, codegen::Kind::LinearDState);
-  EXPECT_EQ(p.steps[1].grid.x, 4u);  // the state's 64 x 64 tiles, as the state pass
+  EXPECT_EQ(p.steps[1].grid.x, 8u);  // the state's 64 x 32 tiles, as the state pass
   EXPECT_EQ(p.steps[2].spec.kind, codegen::Kind::LinearGrads);
   EXPECT_EQ(p.steps[2].grid.x, 16u);
   EXPECT_EQ(p.steps[2].smem, sm80::linear_grads_smem_bytes(128, 128));
@@ -82,18 +82,26 @@ TEST(LinearPlan, GlaBackwardHasItsOwnGradientsPass) {
 TEST(LinearPlan, StatePassesTakeHalfTilesOnRequest) {
   LinearProblem pb = problem(false, 128, 128);
   pb.backward = true;
+  pb.per_channel = true;  // (64 columns by default)
+  EXPECT_EQ(plan_linear(pb, devices::h200()).steps[0].grid.x, 4u);
   pb.state_cols = 32;
   const LaunchPlan p = plan_linear(pb, devices::h200());
   ASSERT_TRUE(p.ok) << p.reason;
   for (int i : {0, 1}) {  // the state pass and the reverse pass: 64 x 32 tiles, twice the CTAs
     EXPECT_EQ(p.steps[i].grid.x, 8u);
     EXPECT_EQ(p.steps[i].spec.block_n, 32);
-    EXPECT_EQ(p.steps[i].smem, sm80::linear_state_smem_bytes(false, 32));
+    EXPECT_EQ(p.steps[i].smem, sm80::linear_state_smem_bytes(true, 32));
   }
   EXPECT_LT(sm80::linear_state_smem_bytes(false, 32), sm80::linear_state_smem_bytes(false));
   EXPECT_EQ(p.steps[2].grid.x, 16u);  // the gradients' pass is per chunk, as before
-  EXPECT_EQ(p.steps[2].spec.describe(), "linear_grads sm_90a bf16 d128/128");
+  EXPECT_EQ(p.steps[2].spec.describe(), "linear_grads sm_90a bf16 d128/128 pc");
+  EXPECT_LT(sm80::linear_state_smem_bytes(true, 32), sm80::linear_state_smem_bytes(true));
   pb.state_cols = 48;  // (not a tile the kernels take: the default's)
+  EXPECT_EQ(plan_linear(pb, devices::h200()).steps[0].grid.x, 4u);
+  pb.per_channel = false;  // scalar decays: 32 by default, 64 on request
+  pb.state_cols = 0;
+  EXPECT_EQ(plan_linear(pb, devices::h200()).steps[0].grid.x, 8u);
+  pb.state_cols = 64;
   EXPECT_EQ(plan_linear(pb, devices::h200()).steps[0].grid.x, 4u);
 }
 

@@ -689,7 +689,7 @@ def _linear_emulate(steps, q, k, v, a, scale, state=None, want_state=False, dout
 @pytest.mark.parametrize("case", [(64, 64, 130, True, "constant"), (128, 64, 64, False, "gates"),
                                   (64, 128, 200, True, "strong"), (128, 128, 1, False, "gates"),
                                   (64, 64, 150, True, "gla"), (128, 128, 70, False, "gla_strong"),
-                                  (64, 128, 200, True, "strong", 32), (128, 64, 150, True, "gla", 32)],
+                                  (64, 128, 200, True, "strong", 64), (128, 64, 150, True, "gla", 32)],
                          ids=lambda c: "-".join(map(str, c)))
 def test_emulated_linear_forward_matches_the_recurrence(case):
     """The chunked forward's two passes (the state at each chunk's start stored in bf16, the
@@ -697,7 +697,8 @@ def test_emulated_linear_forward_matches_the_recurrence(case):
     state, data-dependent gates with one at 0 (log-decay -inf: the state forgets everything),
     strong decays (exp(-20) a token), one token; GLA's gates per key channel (one at 0, strong
     ones: the blocks' factors relative to a block's first token stay finite). A sixth field:
-    the state pass's value columns per CTA (32: twice the CTAs)."""
+    the state pass's value columns per CTA, where not the planner's (32 for scalar decays, 64
+    per channel)."""
     Dk, Dv, T, with_state, decays, *cols = case
     B, H = 2, 2
     q, k, v = _bf16(B, H, T, Dk, seed=0), _bf16(B, H, T, Dk, seed=1), _bf16(B, H, T, Dv, seed=2)
@@ -731,7 +732,7 @@ def test_emulated_linear_forward_matches_the_recurrence(case):
 @pytest.mark.parametrize("case", [(64, 64, 130, True, "constant"), (128, 64, 64, False, "gates"),
                                   (64, 128, 200, True, "strong"), (64, 64, 150, True, "gla"),
                                   (128, 128, 70, False, "gla_strong"), (128, 64, 64, True, "gla_strong"),
-                                  (64, 128, 1, True, "gla"), (64, 64, 130, True, "constant", 32),
+                                  (64, 128, 1, True, "gla"), (64, 64, 130, True, "constant", 64),
                                   (128, 128, 70, False, "gla_strong", 32)],
                          ids=lambda c: "-".join(map(str, c)))
 def test_emulated_linear_backward_matches_autograd(case):
@@ -798,7 +799,8 @@ def test_emulated_linear_packed_sequences(per_channel):
     n_chunks = _chunk_map(cu)[1]
     steps = _C.linear_kernel_sources(False, Dk, Dv, batch=1, heads=H, t_len=T,
                                      per_channel=per_channel, n_seqs=n, n_chunks=n_chunks)
-    assert steps[0]["grid"] == [1, H, n] and steps[1]["grid"] == [n_chunks, H, 1]
+    tiles = 1 if per_channel else 2  # the state's 64 x 64 tile, or 64 x 32 tiles for scalar decays
+    assert steps[0]["grid"] == [tiles, H, n] and steps[1]["grid"] == [n_chunks, H, 1]
     o, final = _linear_emulate(steps, q, k, v, a, Dk ** -0.5, state0, want_state=True, cu=cu)
     refs = [_recurrence(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], a[:, :, s:e], state0[i:i + 1],
                         Dk ** -0.5) for i, (s, e) in enumerate(zip(cu, cu[1:]))]
