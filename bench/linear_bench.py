@@ -3,7 +3,7 @@ our own softmax causal attention, bf16, B * T = 16k tokens, H 16, D 128, times a
 medians (ms): forward, and forward + backward (ours: the fused kernels both ways). FLA
 (`fla-core`, Triton) is timed where importable (`--fla-path DIR`: a folder holding the unpacked
 wheel, the GPU machine has no network); its layout [B, T, H, D]. Then the decode step: GB/s of the state read and written
-(fp32), B 64, H 32, D 128.
+(fp32), B 64, H 32, D 128, per call and replayed from a CUDA graph (without the host's work).
 
     PYTHONPATH=python python bench/linear_bench.py [--seqlens 4k,8k,16k] [--fla-path DIR] [--methods gla]
     PYTHONPATH=python python bench/linear_bench.py --dry-run   # CPU, tiny: plumbing only
@@ -18,6 +18,7 @@ import torch
 
 import attention_engine as ae
 from decode_bench import timed
+from sparse_decode_bench import graphed
 from kernel_table import profile_calls
 
 H, D, TOKENS = 16, 128, 16 * 1024
@@ -110,9 +111,13 @@ def main() -> int:
     state = torch.zeros(Bd, Hd, dim, dim, device=dev)
     qd, kd, vd = (torch.randn(Bd, Hd, 1, dim, device=dev).to(dtype) for _ in range(3))
     with torch.no_grad():
-        t = timed(lambda: lin.step(qd, kd, vd, state=state), max(args.reps, 50))
-    gbs = 2 * state.numel() * 4 / t / 1e9
-    print(f"\n| decode step | B {Bd} H {Hd} D {dim} | {t * 1e6:.1f} us | {gbs:.0f} GB/s of the state |")
+        step = lambda: lin.step(qd, kd, vd, state=state)
+        t = timed(step, max(args.reps, 50))
+        # replayed from a CUDA graph: the kernel without the call's host work
+        tg = timed(graphed(step), max(args.reps, 50)) if cuda else float("nan")
+    gbs, gbs_g = (2 * state.numel() * 4 / x / 1e9 for x in (t, tg))
+    print(f"\n| decode step | B {Bd} H {Hd} D {dim} | {t * 1e6:.1f} us | {gbs:.0f} GB/s of the state "
+          f"| graph {tg * 1e6:.1f} us | {gbs_g:.0f} GB/s |")
     return 0
 
 
