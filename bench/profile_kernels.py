@@ -12,7 +12,8 @@ yardstick. On the GPU machine (Firecracker: counters readable):
     python bench/profile_kernels.py docmask      # the document mask's forward
     python bench/profile_kernels.py sparse 32768 # dense causal, then block-sparse (random
                                                  # 64-blocks, 10% kept: sparse_bench's)
-    python bench/profile_kernels.py linear 4096  # retention and GLA, forward + backward
+    python bench/profile_kernels.py linear 4096 [128 gla]  # retention and GLA (or one),
+                                                 # forward + backward
     python bench/profile_kernels.py vsfa4 8192 128 [causal]  # ours and FlashAttention-4's
                                                  # fwd and bwd (bench/fa4.py must import)
 """
@@ -60,9 +61,12 @@ elif what == "sparse":  # forwards: dense causal, then 10% of the causal 64-bloc
     print("sparse ran", flush=True)
 elif what == "linear":  # retention, then GLA: forward + backward (B 16k/S, H 16, D 128)
     B = max(1, 16384 // S)
+    only = sys.argv[4] if len(sys.argv) > 4 else None  # "retention" or "gla": that one alone
     for name, lin, g in (("retention", ae.linear.retention(16), None),
                          ("gla", ae.linear.gla(),
                           torch.nn.functional.logsigmoid(torch.randn(B, 16, S, D, device="cuda")) / 16)):
+        if only and name != only:
+            continue
         qs, ks, vs = ((torch.randn(B, 16, S, D, device="cuda") * 0.5).to(torch.bfloat16).requires_grad_()
                       for _ in range(3))
         lin(qs, ks, vs, g).float().sum().backward()
