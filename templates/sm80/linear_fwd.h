@@ -312,20 +312,27 @@ AE_DEVICE void linear_state(const LinearParams& p) {
   carry_state<Cfg, false>(p);
 }
 
-// The output pass's tiles of chunk ch: Q, K ([C][DK + 8]), V ([C][DV + 8]) and the state at its
-// start ([DK][DV + 8]), cp.async, one group (rows past its sequence's end zero).
+// The output pass's tiles of chunk ch: Q, K ([C][DK + 8]), V ([C][DV + 8]; sV null: not now)
+// and the state at its start ([DK][DV + 8]), cp.async, one group (rows past its sequence's end
+// zero); load_out_v: V alone, its own group.
+AE_DEVICE const u16* out_rows(const void* base, const long long (&st)[3], const LinChunk& ch, int h) {
+  return static_cast<const u16*>(base) + ch.b * st[0] + h * st[1] + ch.t0 * st[2];
+}
+template <class Cfg>
+AE_DEVICE void load_out_v(const LinearParams& p, const LinChunk& ch, int h, u16* sV) {
+  load_tile<Cfg::kChunk, Cfg::kDv, Cfg::kThreads>(sV, out_rows(p.v, p.v_stride, ch, h),
+                                                  p.v_stride[2], ch.t_end - ch.t0);
+  cp_async_commit();
+}
 template <class Cfg>
 AE_DEVICE void load_out_tiles(const LinearParams& p, const LinChunk& ch, int h, u16* sQ, u16* sK,
                               u16* sV, u16* sS) {
   constexpr int C = Cfg::kChunk, DK = Cfg::kDk, DV = Cfg::kDv;
-  const int b = ch.b, t0 = ch.t0, rows = ch.t_end - t0;
-  const long long bh = static_cast<long long>(b) * p.heads + h;
-  auto at = [&](const void* base, const long long(&st)[3]) {
-    return static_cast<const u16*>(base) + b * st[0] + h * st[1] + t0 * st[2];
-  };
-  load_tile<C, DK, Cfg::kThreads>(sQ, at(p.q, p.q_stride), p.q_stride[2], rows);
-  load_tile<C, DK, Cfg::kThreads>(sK, at(p.k, p.k_stride), p.k_stride[2], rows);
-  load_tile<C, DV, Cfg::kThreads>(sV, at(p.v, p.v_stride), p.v_stride[2], rows);
+  const int rows = ch.t_end - ch.t0;
+  const long long bh = static_cast<long long>(ch.b) * p.heads + h;
+  load_tile<C, DK, Cfg::kThreads>(sQ, out_rows(p.q, p.q_stride, ch, h), p.q_stride[2], rows);
+  load_tile<C, DK, Cfg::kThreads>(sK, out_rows(p.k, p.k_stride, ch, h), p.k_stride[2], rows);
+  if (sV) load_tile<C, DV, Cfg::kThreads>(sV, out_rows(p.v, p.v_stride, ch, h), p.v_stride[2], rows);
   load_tile<DK, DV, Cfg::kThreads>(sS, static_cast<const u16*>(p.chunk_states) + (bh * p.n_chunks + ch.chunk) * DK * DV,
                                    DV, DK);
   cp_async_commit();
@@ -501,17 +508,20 @@ AE_DEVICE void linear_out_channels(const LinearParams& p) {
   constexpr bool kBf16 = Cfg::kBf16;
   static_assert(DK <= Cfg::kThreads, "a thread per channel for the prefix sums");
   extern __shared__ __align__(16) char smem[];
+  // V takes the state's place once Q S is done (C <= DK rows): at D 128 two CTAs fit an SM
+  // where the four tiles and the decays allowed one.
+  static_assert(C <= DK, "V in the state's rows");
   u16* sQ = reinterpret_cast<u16*>(smem);  // [C][LQ]
   u16* sK = sQ + C * LQ;                   // [C][LQ]
-  u16* sV = sK + C * LQ;                   // [C][LV]
-  u16* sS = sV + C * LV;                   // [DK][LV]: the state at the chunk's start
-  float* s_Ac = reinterpret_cast<float*>(sS + DK * LV) + C;  // [C][DK] (past linear_out's s_A)
+  u16* sS = sK + C * LQ;                   // [DK][LV]: the state at the chunk's start, then V
+  u16* sV = sS;                            // [C][LV]
+  float* s_Ac = reinterpret_cast<float*>(sS + DK * LV);  // [C][DK]
   const LinChunk ch = linear_chunk(p, blockIdx.x, blockIdx.z);
   const int h = blockIdx.y, b = ch.b, t0 = ch.t0;
   const long long bh = static_cast<long long>(b) * p.heads + h;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, rows = ch.t_end - t0;
   linear_load_decays_channels<DK, Cfg::kThreads>(p, bh, t0, ch.t_end, 0, s_Ac);
-  load_out_tiles<Cfg>(p, ch, h, sQ, sK, sV, sS);  // (commits the decays' copies too)
+  load_out_tiles<Cfg>(p, ch, h, sQ, sK, nullptr, sS);  // (commits the decays' copies too)
   cp_async_wait<0>();
   __syncthreads();
   linear_scan_channels<DK>(s_Ac);
@@ -528,8 +538,12 @@ AE_DEVICE void linear_out_channels(const LinearParams& p) {
   mma_xy<kBf16, DK, LQ, LV>(o, q_at, st_at, [&](u32 (&a)[4], int k) {
     decay_a<DK, kBf16>(a, s_Ac, i0, k + 2 * (lane % 4), zero, 1.f);
   });
+  __syncthreads();  // every warp is done with the state: V loads into its place
+  load_out_v<Cfg>(p, ch, h, sV);  // (while the scores within the chunk are summed)
   float s[C / 8][4];  // within the chunk
   channel_scores<Cfg, false>(s, sQ, sK, s_Ac);
+  cp_async_wait<0>();
+  __syncthreads();
   add_pv<Cfg>(o, s, v_at);
   store_rows16<kBf16>(static_cast<u16*>(p.o) + b * p.o_stride[0] + h * p.o_stride[1] + t0 * p.o_stride[2],
                       p.o_stride[2], o, i0, rows, p.scale);

@@ -51,9 +51,12 @@ AE_HD_CONSTEXPR int linear_state_smem_bytes(bool per_channel = false, int cols =
 }
 // Output pass: Q, K, V of the chunk and the state at its start (16-bit), its prefix sums; per
 // key channel, those of every channel.
+// (Per key channel V takes the state's place once Q S is done: linear_out_channels.)
 AE_HD_CONSTEXPR int linear_out_smem_bytes(int d_k, int d_v, bool per_channel = false) {
-  return 2 * (2 * kLinChunk * padded_row(d_k) + kLinChunk * padded_row(d_v) + d_k * padded_row(d_v)) +
-         kLinChunk * 4 + (per_channel ? kLinChunk * d_k * 4 : 0);
+  return per_channel
+             ? 2 * (2 * kLinChunk * padded_row(d_k) + d_k * padded_row(d_v)) + kLinChunk * d_k * 4
+             : 2 * (2 * kLinChunk * padded_row(d_k) + kLinChunk * padded_row(d_v) +
+                    d_k * padded_row(d_v)) + kLinChunk * 4;
 }
 
 // Backward, per chunk (linear_bwd.h linear_grads): Q, K, V, dO, the chunk's start state and its
