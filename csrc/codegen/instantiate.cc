@@ -102,8 +102,8 @@ Template template_of(const KernelSpec& s) {
     case Kind::LinearGrads:
       return {s.kind == Kind::LinearState || s.kind == Kind::LinearOut ? "sm80/linear_fwd.h"
                                                                        : "sm80/linear_bwd.h",
-              fmt::format("ae::sm80::LinearConfig<{}, {}, {}, {}, {}>", s.d_qk, s.d_v, elem,
-                          s.per_channel, s.block_n > 0 ? s.block_n : 64),
+              fmt::format("ae::sm80::LinearConfig<{}, {}, {}, {}{}>", s.d_qk, s.d_v, elem,
+                          s.per_channel, s.block_n > 0 ? fmt::format(", {}", s.block_n) : ""),
               fmt::format("ae::sm80::{}<Cfg>(lp)", kind_name(s.kind)), 0};
     case Kind::BlockStateBlocks: {
       const std::string& dt = s.buffer_dtypes.at(s.blocks_buffer);

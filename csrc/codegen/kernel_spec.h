@@ -59,7 +59,7 @@ struct KernelSpec {
   int d_qk = 0, d_v = 0;    // head dims
   int block_m = 0;          // query rows per CTA (16 * m_tiles * warps on the sm80 forward;
                             // on gfx90a 16 or 32 rows per wave)
-  int block_n = 0;          // keys per tile
+  int block_n = 0;          // keys per tile (linear state passes: the state's value columns)
   int warps = 4;            // warps (wavefronts of 64 lanes in the gfx90a family)
   int m_tiles = 1;          // sm80 forward: 16-row MMA tiles per warp
   int stages = 2;           // sm90: K/V ring stages; sm80 backward: Q/dO buffers

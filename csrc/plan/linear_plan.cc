@@ -98,6 +98,9 @@ LaunchPlan plan_linear(const LinearProblem& pb, const DeviceCaps& dev) {
   s.spec.kind = codegen::Kind::LinearState;
   s.spec.block_n = cols;
   s.smem = sm80::linear_state_smem_bytes(pb.per_channel, cols);
+  if (s.smem > dev.smem_per_block)
+    return refuse(fmt::format("the state pass needs {} bytes of shared memory, the device allows {}",
+                              s.smem, dev.smem_per_block));
   s.grid = {u((pb.d_k / sm80::kLinTile) * (pb.d_v / cols)), u(pb.heads), u(seqs)};
   plan.steps.push_back(s);
   if (pb.backward) {  // the reverse pass, over the same tiles

@@ -202,6 +202,8 @@ void run_linear(const plan::LaunchPlan& plan, const LinearBindings& b) {
   strides3(p.v_stride, b.v);
   strides3(p.o_stride, b.o);
   p.a = static_cast<const float*>(b.a.data);
+  if (p.per_channel && reinterpret_cast<uintptr_t>(p.a) % 16 != 0)  // (16-byte cp.async copies)
+    throw std::invalid_argument("runner: per-channel decays must be 16-byte aligned");
   p.state = static_cast<float*>(b.state.data);
   p.state0 = static_cast<const float*>(b.state0.data);
   p.chunk_states = b.chunk_states.data;

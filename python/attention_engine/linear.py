@@ -172,10 +172,14 @@ class LinearAttention:
         return b, h, t, d
 
     def _feature_map(self, role, x, g, seq, offset_t=0):
+        """The mod of ``role`` on x, computed in acc (fp32, fp64 for fp64 inputs), returned in
+        x's dtype; no mod: x itself (a round trip through fp32 would cost three copies)."""
         entry = self._feature[role]
         if entry is None:
             return x
         fn, n = entry
+        dtype = x.dtype
+        x = x.to(torch.float64 if dtype == torch.float64 else torch.float32)
         B, H, T, D = x.shape
         b, h, t, d = self._index(B, H, T, D, x.device, seq, offset_t)
         if n == 6:
@@ -188,7 +192,7 @@ class LinearAttention:
             out = fn(x, gx, b, h, t, d)
         else:
             out = fn(x, b, h, t, d)
-        return torch.as_tensor(out, device=x.device).to(x.dtype).expand(x.shape)
+        return torch.as_tensor(out, device=x.device).to(x.dtype).expand(x.shape).to(dtype)
 
     def _log_decay(self, g, B, H, T, Dk, device, seq, offset_t=0):
         """[B, H, T] (or [B, H, T, Dk]) natural-log decays, fp32 or wider."""
@@ -221,9 +225,7 @@ class LinearAttention:
         B, H, T, Dk = q.shape
         acc = torch.float64 if q.dtype == torch.float64 else torch.float32
         gq = None if g is None else g.to(acc)
-        # (no mod: the input itself; a round trip through fp32 would cost three copies each way)
-        feats = [x if self._feature[role] is None else
-                 self._feature_map(role, x.to(acc), gq, seq, offset_t).to(x.dtype)
+        feats = [self._feature_map(role, x, gq, seq, offset_t)
                  for role, x in (("q_mod", q), ("k_mod", k), ("v_mod", v))]
         a = self._log_decay(gq, B, H, T, Dk, q.device, seq, offset_t).to(acc)
         return (*feats, a)

@@ -78,7 +78,7 @@ AE_DEVICE void pool_map(const AttnParams& p) {
     float cur[kUnroll][kRows], next[kUnroll][kRows];
     terms(0, cur);
     for (int kb0 = 0; kb0 < p.n_pool_blocks; kb0 += kUnroll) {
-      if (kb0 + kUnroll < p.n_pool_blocks) terms(kb0 + kUnroll, next);
+      terms(kb0 + kUnroll, next);  // (past the last block: no loads, -inf)
       reduce_store(kb0, cur);
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u)

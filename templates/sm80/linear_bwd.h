@@ -307,7 +307,8 @@ AE_DEVICE void block_pairs(float (&acc)[N / 8][4], const u16* sP, const u16* sY,
 // The gradients' pass per key channel (GLA): see the header. Per warp, 16 tokens as keys (dv,
 // dk) and as queries (dq); blocks of 16 tokens on the tensor cores with both factors relative
 // to an anchor token of the warp's block, its first for the queries, its last for the keys
-// (each factor at most 1; linear_fwd.h channel_scores), the block's own pairs term by term.
+// (each factor at most 1; linear_fwd.h channel_scores, which for dv's P^T also takes the
+// block's own pairs where its decays span little), dk's and dq's own pairs term by term.
 // One state tile: dS (dv, dk), then S, loaded while dq's products within the chunk run. da's
 // terms: -k o dk held in registers until V is done with, then in its place, q o dq added there;
 // a thread per channel sums them from the chunk's end.

@@ -1,7 +1,7 @@
 // Linear attention's chunked forward on the mma.sync path (sm_80 and up), scalar decays
 // (retention, simple GLA, Mamba2's SSD): LinearParams (common/params.h) over chunks of
 // kLinChunk tokens, in two kernels.
-//   linear_state: per (batch, head) and 64 x 64 tile of the state, the chunks in order: the
+//   linear_state: per (batch, head) and 64 x kStateCols tile of the state, the chunks in order: the
 //     state at each chunk's start stored (q's dtype) for the output pass, then
 //     S <- exp(A_last) S + K^T diag(exp(A_last - A_j)) V (fp32 in registers), the last one
 //     stored as the final state (fp32). K and V of the next chunk load while one is summed.
@@ -14,7 +14,8 @@
 // K's and Q's elements (A operands), and within a chunk the scores are sums over channels of
 // q_id k_jd exp(A_id - A_jd): for 16-token blocks J before the queries' block I, the product
 // of q_id exp(A_id - A_Id) and k_jd exp(A_Id - A_jd) (I0: I's first token; both factors at
-// most 1), on the tensor cores; on the diagonal blocks, term by term.
+// most 1), on the tensor cores; the diagonal blocks the same way where their decays span at
+// most kLinDiagRange, else term by term.
 #pragma once
 
 #include "common/params.h"
@@ -417,8 +418,8 @@ AE_DEVICE void store_rows16(u16* g, long long ld, const float (&acc)[kN8][4], in
   }
 }
 
-// Per key channel, the largest |A_tc - A_anchor,c| over block W's 16 tokens t (from t0) and
-// every channel, on every lane of the warp.
+// The largest |A_tc - A_anchor,c| over block W's 16 tokens t (from t0) and all DK key
+// channels c (one maximum), on every lane of the warp.
 template <int DK>
 AE_DEVICE float block_decay_range(const float* s_Ac, int t0, int anchor) {
   const int lane = threadIdx.x % 32;
@@ -434,9 +435,11 @@ AE_DEVICE float block_decay_range(const float* s_Ac, int t0, int anchor) {
   return m;
 }
 // W's own block goes on the tensor cores where its decays span at most this (natural log):
-// its factor on Y's side is then at most e^40, so that the pairs j > i, zeroed after the
-// products, stay finite; past it, term by term.
-constexpr float kLinDiagRange = 40.f;
+// its factor on Y's side is then at most e^40 (bf16 has fp32's exponent range; fp16, whose
+// largest value is e^11.1, gets 8), so that the pairs j > i, zeroed after the products, stay
+// finite; past it, term by term.
+template <bool kBf16>
+constexpr float kLinDiagRange = kBf16 ? 40.f : 8.f;
 
 // Per key channel, this warp's 16 rows (block W) of the chunk's scores
 //   s_rt = sum_c x_rc y_tc exp(A_ic - A_jc) over the pairs (query i, key j), j <= i,
@@ -455,7 +458,7 @@ AE_DEVICE void channel_scores(float (&s)[Cfg::kChunk / 8][4], const u16* sX, con
   const int r0 = 16 * warp + lane / 4, anchor = kKeys ? 16 * warp + 15 : 16 * warp;
   const u32 x_at = lane_a<LQ>(smem_addr(sX)) + 2 * 16 * warp * LQ, y_at = lane_nk<LQ>(smem_addr(sY));
   auto Ac = [&](int t, int c) { return s_Ac[t * DK + c]; };
-  const bool diag_mma = block_decay_range<DK>(s_Ac, 16 * warp, anchor) <= kLinDiagRange;
+  const bool diag_mma = block_decay_range<DK>(s_Ac, 16 * warp, anchor) <= kLinDiagRange<kBf16>;
 #pragma unroll
   for (int nt = 0; nt < C / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
 #pragma unroll

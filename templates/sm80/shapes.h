@@ -39,7 +39,7 @@ AE_HD_CONSTEXPR int bwd_smem_bytes(int block_n, int d_qk, int d_v, int stages) {
 }
 
 // Linear attention's chunked forward (linear_fwd.h): chunks of 64 tokens, 4 warps; the state
-// pass holds a 64 x 64 tile of the state per CTA.
+// pass holds a 64 x 64 or 64 x 32 tile of the state per CTA (LinearConfig's kStateCols).
 constexpr int kLinChunk = 64, kLinThreads = 128, kLinTile = 64;
 // State pass: two buffers of the chunk's K and V columns (16-bit), two chunks' prefix sums;
 // per key channel (GLA) also two buffers of the chunk's prefix sums of its 64 channels (fp32);

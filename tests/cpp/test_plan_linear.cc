@@ -3,8 +3,13 @@
 // decode step everywhere; refusals say why.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+#include <utility>
+#include <vector>
+
 #include "common/shapes.h"
 #include "plan/linear_plan.h"
+#include "plan/overrides.h"
 #include "sm80/shapes.h"
 
 namespace ae::plan {
@@ -103,6 +108,16 @@ TEST(LinearPlan, StatePassesTakeHalfTilesOnRequest) {
   EXPECT_EQ(plan_linear(pb, devices::h200()).steps[0].grid.x, 8u);
   pb.state_cols = 64;
   EXPECT_EQ(plan_linear(pb, devices::h200()).steps[0].grid.x, 4u);
+}
+
+TEST(LinearPlan, StateColumnsFromTheEnvironment) {
+  for (const auto& [text, value] : std::vector<std::pair<const char*, int>>{
+           {"32", 32}, {"64", 64}, {"48", 0}, {"", 0}}) {
+    setenv("AE_LINEAR_STATE_COLS", text, 1);
+    EXPECT_EQ(TuningOverrides::from_environment().linear_state_cols, value) << text;
+  }
+  unsetenv("AE_LINEAR_STATE_COLS");
+  EXPECT_EQ(TuningOverrides::from_environment().linear_state_cols, 0);
 }
 
 TEST(LinearPlan, DecodeStepEverywhere) {

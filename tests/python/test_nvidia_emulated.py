@@ -689,14 +689,16 @@ def _linear_emulate(steps, q, k, v, a, scale, state=None, want_state=False, dout
 @pytest.mark.parametrize("case", [(64, 64, 130, True, "constant"), (128, 64, 64, False, "gates"),
                                   (64, 128, 200, True, "strong"), (128, 128, 1, False, "gates"),
                                   (64, 64, 150, True, "gla"), (128, 128, 70, False, "gla_strong"),
-                                  (64, 128, 200, True, "strong", 64), (128, 64, 150, True, "gla", 32)],
+                                  (64, 128, 200, True, "strong", 64), (128, 64, 150, True, "gla", 32),
+                                  (128, 128, 150, True, "gla_mid")],
                          ids=lambda c: "-".join(map(str, c)))
 def test_emulated_linear_forward_matches_the_recurrence(case):
     """The chunked forward's two passes (the state at each chunk's start stored in bf16, the
     output per chunk) against the token-by-token recurrence in float64: a tail chunk, an initial
     state, data-dependent gates with one at 0 (log-decay -inf: the state forgets everything),
     strong decays (exp(-20) a token), one token; GLA's gates per key channel (one at 0, strong
-    ones: the blocks' factors relative to a block's first token stay finite). A sixth field:
+    ones: the blocks' factors relative to a block's first token stay finite; middling ones,
+    whose diagonal blocks go on the tensor cores with factors up to e^37). A sixth field:
     the state pass's value columns per CTA, where not the planner's (32 for scalar decays, 64
     per channel)."""
     Dk, Dv, T, with_state, decays, *cols = case
@@ -712,6 +714,8 @@ def test_emulated_linear_forward_matches_the_recurrence(case):
         a[1, 0, T // 3, 5] = -math.inf
     elif decays == "gla_strong":
         a = -20 * torch.rand(B, H, T, Dk, generator=gen) ** 4
+    elif decays == "gla_mid":  # (16-token blocks spanning up to ~37: the diagonal on the tensor cores)
+        a = -2.5 * torch.rand(B, H, T, Dk, generator=gen)
     else:
         a = torch.nn.functional.logsigmoid(torch.randn(B, H, T, generator=gen) + 2)
         a[0, 1, T // 2] = -math.inf
@@ -733,7 +737,7 @@ def test_emulated_linear_forward_matches_the_recurrence(case):
                                   (64, 128, 200, True, "strong"), (64, 64, 150, True, "gla"),
                                   (128, 128, 70, False, "gla_strong"), (128, 64, 64, True, "gla_strong"),
                                   (64, 128, 1, True, "gla"), (64, 64, 130, True, "constant", 64),
-                                  (128, 128, 70, False, "gla_strong", 32)],
+                                  (128, 128, 70, False, "gla_strong", 32), (64, 64, 130, True, "gla_mid")],
                          ids=lambda c: "-".join(map(str, c)))
 def test_emulated_linear_backward_matches_autograd(case):
     """The chunked backward (the state pass again, the reverse pass over the state's gradient,
@@ -757,6 +761,8 @@ def test_emulated_linear_backward_matches_autograd(case):
         a[0, 0, T // 2] = -math.inf
     elif decays == "gla_strong":
         a = -20 * torch.rand(B, H, T, Dk, generator=gen) ** 4
+    elif decays == "gla_mid":  # (16-token blocks spanning up to ~37: the diagonal on the tensor cores)
+        a = -2.5 * torch.rand(B, H, T, Dk, generator=gen)
     else:
         a = torch.nn.functional.logsigmoid(torch.randn(B, H, T, generator=gen) + 2)
         a[0, 1, T // 2] = -math.inf
@@ -845,6 +851,17 @@ def test_emulated_linear_step_updates_the_state(per_channel):
 
 
 # ---- other interleavings, and the stand-ins' coverage ------------------------------------
+
+@pytest.mark.parametrize("seed", ["1", "2"])
+def test_emulated_linear_under_other_interleavings(seed, monkeypatch):
+    """EMU_CHAOS (tests/emu/fibers.h) on linear attention's passes: the state pass's double
+    buffers (tiles and decays), the decays' sums in place and the state tile staged between
+    barriers, the GLA output pass's V loaded into the state's rows."""
+    monkeypatch.setenv("EMU_CHAOS", seed)
+    test_emulated_linear_forward_matches_the_recurrence((64, 128, 200, True, "strong"))
+    test_emulated_linear_forward_matches_the_recurrence((128, 128, 150, True, "gla_mid"))
+    test_emulated_linear_backward_matches_autograd((64, 64, 150, True, "gla"))
+
 
 @pytest.mark.parametrize("seed", ["1", "2"])
 def test_emulated_mla_decode_under_other_interleavings(seed, monkeypatch):
