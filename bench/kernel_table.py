@@ -1,17 +1,23 @@
-"""torch.profiler's table of the CUDA kernels a few calls launch (bench scripts' --profile)."""
+"""torch.profiler's table of the CUDA kernels a few calls launch (bench scripts' --profile), and
+optionally of the host's work (the ops by their own CPU time: where a short call's time goes
+when the GPU waits for the host)."""
 import contextlib
 
 import torch
 
 
-def profile_calls(call, n: int = 3, grad: bool = False, rows: int = 8) -> None:
-    """The kernels of n calls, by total CUDA time (grad: with autograd on, for a backward)."""
+def profile_calls(call, n: int = 3, grad: bool = False, rows: int = 8, cpu: bool = False) -> None:
+    """The kernels of n calls, by total CUDA time (grad: with autograd on, for a backward);
+    cpu: then the ops by self CPU time."""
     from torch.profiler import ProfilerActivity, profile
-    with (contextlib.nullcontext() if grad else torch.no_grad()), \
-            profile(activities=[ProfilerActivity.CUDA]) as prof:
+    acts = [ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if cpu else [])
+    with (contextlib.nullcontext() if grad else torch.no_grad()), profile(activities=acts) as prof:
         for _ in range(n):
             call()
         torch.cuda.synchronize()
     print(f"{n} calls:")
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows,
-                                    max_name_column_width=60))
+    table = prof.key_averages()
+    print(table.table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=60))
+    if cpu:
+        print(f"{n} calls, the host's ops by self CPU time:")
+        print(table.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=60))

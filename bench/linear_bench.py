@@ -88,7 +88,7 @@ def main() -> int:
             fb = timed(lambda: lin(*leaves, g[name]).float().sum().backward(), args.reps)
             if args.profile and cuda:
                 print(f"T {T} {name} forward, ", end="")
-                profile_calls(lambda: lin(q, k, v, g[name]), rows=12)
+                profile_calls(lambda: lin(q, k, v, g[name]), rows=12, cpu=True)
                 print(f"T {T} {name} forward + backward, ", end="")
                 profile_calls(lambda: lin(*leaves, g[name]).float().sum().backward(), grad=True, rows=16)
             f_fwd = f_fb = float("nan")

@@ -1,7 +1,7 @@
 """Where sparse decode spends its time: torch.profiler's kernel table for 5 calls of the dense
 `with_kvcache` and of `BlockSparseAttention.with_kvcache` (10% of 64-key blocks kept per KV
 head, index lists), B 8, Skv 32k, GQA 32:8, D 128, bf16, check_lengths=False
-(bench/sparse_decode_bench.py's first case).
+(bench/sparse_decode_bench.py's first case); then the host's ops by their own CPU time.
 
     PYTHONPATH=python python bench/sparse_decode_profile.py          # a CUDA GPU
 """
@@ -21,8 +21,11 @@ with torch.no_grad():
                      ("sparse", lambda: sparse.with_kvcache(q, kc, vc, lens, idx, check_lengths=False))):
         for _ in range(3): fn()
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
             for _ in range(5): fn()
             torch.cuda.synchronize()
         print(name)
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8, max_name_column_width=90))
+        table = prof.key_averages()
+        print(table.table(sort_by="cuda_time_total", row_limit=8, max_name_column_width=90))
+        # the host's ops: an eager sparse call cost ~260 us whatever it kept (RESULTS, 26th session)
+        print(table.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=90))
