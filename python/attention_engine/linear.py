@@ -453,15 +453,9 @@ def retention(num_heads: int) -> LinearAttention:
         >>> ae.linear.retention(num_heads=4)(q, k, v).shape
         torch.Size([2, 4, 100, 32])
     """
-    # float64: cast to the call's accumulation type (fp32, or fp64 for fp64 inputs)
-    log_gamma = torch.log1p(-(2.0 ** (-5.0 - torch.arange(num_heads, dtype=torch.float64))))
-    on_device = {}  # a copy per device: a host-to-device copy per call would stall the host
-
-    def decay(g, b, h, t):
-        if h.device not in on_device:
-            on_device[h.device] = log_gamma.to(h.device)
-        return on_device[h.device][h]
-    lin = LinearAttention(decay_mod=decay)
+    # From the head index on its own device (a table on the host would be a host-to-device copy
+    # per call, which stalls the host); float64, cast to the call's accumulation type.
+    lin = LinearAttention(decay_mod=lambda g, b, h, t: torch.log1p(-torch.exp2(-5.0 - h.double())))
     lin.name = "retention"
     return lin
 

@@ -315,7 +315,7 @@ AE_DEVICE void linear_state(const LinearParams& p) {
 
 // The output pass's tiles of chunk ch: Q, K ([C][DK + 8]), V ([C][DV + 8]; sV null: not now)
 // and the state at its start ([DK][DV + 8]), cp.async, one group (rows past its sequence's end
-// zero); load_out_v: V alone, its own group.
+// zero); load_out_v: V's copies alone (the caller commits).
 AE_DEVICE const u16* out_rows(const void* base, const long long (&st)[3], const LinChunk& ch, int h) {
   return static_cast<const u16*>(base) + ch.b * st[0] + h * st[1] + ch.t0 * st[2];
 }
@@ -323,7 +323,6 @@ template <class Cfg>
 AE_DEVICE void load_out_v(const LinearParams& p, const LinChunk& ch, int h, u16* sV) {
   load_tile<Cfg::kChunk, Cfg::kDv, Cfg::kThreads>(sV, out_rows(p.v, p.v_stride, ch, h),
                                                   p.v_stride[2], ch.t_end - ch.t0);
-  cp_async_commit();
 }
 template <class Cfg>
 AE_DEVICE void load_out_tiles(const LinearParams& p, const LinChunk& ch, int h, u16* sQ, u16* sK,
@@ -333,7 +332,7 @@ AE_DEVICE void load_out_tiles(const LinearParams& p, const LinChunk& ch, int h, 
   const long long bh = static_cast<long long>(ch.b) * p.heads + h;
   load_tile<C, DK, Cfg::kThreads>(sQ, out_rows(p.q, p.q_stride, ch, h), p.q_stride[2], rows);
   load_tile<C, DK, Cfg::kThreads>(sK, out_rows(p.k, p.k_stride, ch, h), p.k_stride[2], rows);
-  if (sV) load_tile<C, DV, Cfg::kThreads>(sV, out_rows(p.v, p.v_stride, ch, h), p.v_stride[2], rows);
+  if (sV) load_out_v<Cfg>(p, ch, h, sV);
   load_tile<DK, DV, Cfg::kThreads>(sS, static_cast<const u16*>(p.chunk_states) + (bh * p.n_chunks + ch.chunk) * DK * DV,
                                    DV, DK);
   cp_async_commit();
@@ -543,6 +542,7 @@ AE_DEVICE void linear_out_channels(const LinearParams& p) {
   });
   __syncthreads();  // every warp is done with the state: V loads into its place
   load_out_v<Cfg>(p, ch, h, sV);  // (while the scores within the chunk are summed)
+  cp_async_commit();
   float s[C / 8][4];  // within the chunk
   channel_scores<Cfg, false>(s, sQ, sK, s_Ac);
   cp_async_wait<0>();
