@@ -2,6 +2,9 @@
 optionally of the host's work (the ops by their own CPU time: where a short call's time goes
 when the GPU waits for the host)."""
 import contextlib
+import cProfile
+import io
+import pstats
 
 import torch
 
@@ -21,3 +24,22 @@ def profile_calls(call, n: int = 3, grad: bool = False, rows: int = 8, cpu: bool
     if cpu:
         print(f"{n} calls, the host's ops by self CPU time:")
         print(table.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=60))
+
+
+def python_profile(call, n: int = 20, rows: int = 25) -> None:
+    """The Python functions n calls spend their host time in (cProfile, by own time and by
+    cumulative time): what torch.profiler's op table cannot name (argument checks, plan
+    lookups, wrappers)."""
+    call()
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(n):
+        call()
+    prof.disable()
+    torch.cuda.synchronize()
+    for key in ("tottime", "cumulative"):
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats(key).print_stats(rows)
+        print(f"{n} calls, Python by {key}:")
+        print("\n".join(l for l in buf.getvalue().splitlines() if l.strip())[:6000])

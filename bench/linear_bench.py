@@ -19,7 +19,7 @@ import torch
 import attention_engine as ae
 from decode_bench import timed
 from sparse_decode_bench import graphed
-from kernel_table import profile_calls
+from kernel_table import profile_calls, python_profile
 
 H, D, TOKENS = 16, 128, 16 * 1024
 
@@ -89,6 +89,8 @@ def main() -> int:
             if args.profile and cuda:
                 print(f"T {T} {name} forward, ", end="")
                 profile_calls(lambda: lin(q, k, v, g[name]), rows=12, cpu=True)
+                with torch.no_grad():
+                    python_profile(lambda: lin(q, k, v, g[name]))
                 print(f"T {T} {name} forward + backward, ", end="")
                 profile_calls(lambda: lin(*leaves, g[name]).float().sum().backward(), grad=True, rows=16)
             f_fwd = f_fb = float("nan")

@@ -5,7 +5,10 @@ head, index lists), B 8, Skv 32k, GQA 32:8, D 128, bf16, check_lengths=False
 
     PYTHONPATH=python python bench/sparse_decode_profile.py          # a CUDA GPU
 """
+import sys, pathlib
 import torch, attention_engine as ae
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from kernel_table import python_profile
 from torch.profiler import profile, ProfilerActivity
 B, S, HQ, HKV, D, BS = 8, 32768, 32, 8, 128, 64
 g = torch.Generator(device="cuda").manual_seed(0)
@@ -29,3 +32,4 @@ with torch.no_grad():
         print(table.table(sort_by="cuda_time_total", row_limit=8, max_name_column_width=90))
         # the host's ops: an eager sparse call cost ~260 us whatever it kept (RESULTS, 26th session)
         print(table.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=90))
+        python_profile(fn)

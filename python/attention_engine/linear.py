@@ -38,11 +38,30 @@ import torch
 
 from . import _C  # noqa: F401  (loads the library that defines the ops)
 from ._arity import signature, takes
+from .api import _BelowAutograd
 
 _forward_op = torch.ops.attention_engine.linear_forward
 _step_op = torch.ops.attention_engine.linear_step
 
 __all__ = ["LinearAttention", "compile_linear", "retention", "simple_gla", "gla", "mamba2"]
+
+
+# The mods' index tensors, made once per (length, device): each torch.arange on a GPU is a
+# kernel launch, and a short call's host work is most of its time. The mods read them (their
+# contract: elementwise functions of the indices), never write them.
+_ARANGES: dict = {}
+
+
+def _arange(n: int, device) -> torch.Tensor:
+    if torch.compiler.is_compiling():  # (traced code must not keep its fake tensors)
+        return torch.arange(n, device=device)
+    key = (n, torch.device(device))
+    got = _ARANGES.get(key)
+    if got is None:
+        if len(_ARANGES) >= 64:
+            _ARANGES.clear()
+        got = _ARANGES[key] = torch.arange(n, device=device)
+    return got
 
 
 def _arity(fn: Callable, role: str, allowed) -> int:
@@ -163,12 +182,16 @@ class LinearAttention:
     def _index(B, H, T, D, device, offset_b=0, offset_t=0):
         """The mods' b, h, t, d. offset_b: the batch's first index, or for packed sequences
         each token's (sequence, position) as a pair of [T] tensors."""
-        h = torch.arange(H, device=device).view(1, H, 1, 1)
-        d = torch.arange(D, device=device).view(1, 1, 1, D)
+        h = _arange(H, device).view(1, H, 1, 1)
+        d = _arange(D, device).view(1, 1, 1, D)
         if isinstance(offset_b, tuple):
             return offset_b[0].view(1, 1, T, 1), h, offset_b[1].view(1, 1, T, 1), d
-        b = torch.arange(B, device=device).view(B, 1, 1, 1) + offset_b
-        t = torch.arange(T, device=device).view(1, 1, T, 1) + offset_t
+        b = _arange(B, device).view(B, 1, 1, 1)
+        t = _arange(T, device).view(1, 1, T, 1)
+        if not (isinstance(offset_b, int) and offset_b == 0):
+            b = b + offset_b
+        if not (isinstance(offset_t, int) and offset_t == 0):
+            t = t + offset_t
         return b, h, t, d
 
     def _feature_map(self, role, x, g, seq, offset_t=0):
@@ -235,8 +258,15 @@ class LinearAttention:
         scale = Dk ** -0.5 if self.scale is None else self.scale
         qf, kf, vf, a = self._inputs(q, k, v, g, where)
         state0 = None if initial_state is None else initial_state.to(a.dtype)
-        o, state = _forward_op(qf, kf, vf, a.contiguous(), state0, float(scale), output_final_state,
-                               self.chunk_size, cu_seqlens)
+        args = (qf, kf, vf, a.contiguous(), state0, float(scale), output_final_state,
+                self.chunk_size, cu_seqlens)
+        if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            # nothing to record: the op's kernel directly, not through torch.library's Python
+            # autograd wrapper (host time, as in api.run_op)
+            with _BelowAutograd():
+                o, state = _forward_op(*args)
+        else:
+            o, state = _forward_op(*args)
         return (o, state) if output_final_state else o
 
     def step(self, q, k, v, g=None, *, state, position=0):
@@ -277,7 +307,10 @@ class LinearAttention:
         scale = Dk ** -0.5 if self.scale is None else self.scale
         with torch.no_grad():
             qf, kf, vf, a = self._inputs(q, k, v, g, 0, position)
-            return _step_op(qf, kf, vf, a.contiguous(), state, float(scale))
+            if torch.compiler.is_compiling():
+                return _step_op(qf, kf, vf, a.contiguous(), state, float(scale))
+            with _BelowAutograd():
+                return _step_op(qf, kf, vf, a.contiguous(), state, float(scale))
 
 
 def _segment_sums(a, dim):
@@ -454,8 +487,19 @@ def retention(num_heads: int) -> LinearAttention:
         torch.Size([2, 4, 100, 32])
     """
     # From the head index on its own device (a table on the host would be a host-to-device copy
-    # per call, which stalls the host); float64, cast to the call's accumulation type.
-    lin = LinearAttention(decay_mod=lambda g, b, h, t: torch.log1p(-torch.exp2(-5.0 - h.double())))
+    # per call, which stalls the host), float64, cast to the call's accumulation type; kept per
+    # (device, heads): it is a constant, and its four small kernels were host time per call.
+    made = {}
+
+    def decay(g, b, h, t):
+        key = (h.device, h.numel())
+        got = made.get(key)
+        if got is None or torch.compiler.is_compiling():
+            got = torch.log1p(-torch.exp2(-5.0 - h.double()))
+            if not torch.compiler.is_compiling():
+                made[key] = got
+        return got
+    lin = LinearAttention(decay_mod=decay)
     lin.name = "retention"
     return lin
 

@@ -418,9 +418,11 @@ def blocks_from_indices(indices: torch.Tensor, num_blocks: int) -> torch.Tensor:
     """SeerAttention's index lists, int [..., max_selected] of kept blocks padded with -1, as a
     bool tensor [..., num_blocks] (on the indices' device, no host read; entries outside
     0 .. num_blocks - 1 select nothing)."""
-    valid = (indices >= 0) & (indices < num_blocks)
-    sink = torch.where(valid, indices, num_blocks).long()  # one column past the blocks
-    out = torch.zeros(*indices.shape[:-1], num_blocks + 1, dtype=torch.bool, device=indices.device)
+    # Entries outside the blocks go to the two columns past them: clamped to -1 .. num_blocks,
+    # then -1 wrapped to num_blocks + 1 (two kernels where a validity mask and a select took
+    # four: a decode step's host time is its launches).
+    sink = indices.long().clamp(-1, num_blocks).remainder_(num_blocks + 2)
+    out = torch.zeros(*indices.shape[:-1], num_blocks + 2, dtype=torch.bool, device=indices.device)
     return out.scatter_(-1, sink, True)[..., :num_blocks]
 
 

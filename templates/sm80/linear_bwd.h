@@ -69,7 +69,7 @@ AE_DEVICE void masked_scores(const LinearParams& p, float (&s)[Cfg::kChunk / 8][
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int i = r0 + 8 * (e >> 1), j = nt * 8 + 2 * (lane % 4) + (e & 1);
-      const float d = kDecay ? __expf((e >> 1 ? A8 : A0) - s_A[j]) : 1.f;
+      const float d = kDecay ? lin_exp((e >> 1 ? A8 : A0) - s_A[j]) : 1.f;
       s[nt][e] = j <= i ? s[nt][e] * p.scale * d : 0.f;
     }
 }
@@ -141,7 +141,7 @@ AE_DEVICE void linear_grads_scalar(const LinearParams& p) {
     for (int nt = 0; nt < DK / 8; ++nt) dq[nt][0] = dq[nt][1] = dq[nt][2] = dq[nt][3] = 0.f;
     const u32 o_at = lane_a<LV>(smem_addr(sO)) + 2 * 16 * warp * LV;
     mma_xyt<kBf16, DV, LV>(dq, o_at, lane_nk<LV>(smem_addr(sS)));  // dO S^T: S is S^T's [n][k]
-    const float e0 = p.scale * __expf(Ar0), e8 = p.scale * __expf(Ar8);
+    const float e0 = p.scale * lin_exp(Ar0), e8 = p.scale * lin_exp(Ar8);
 #pragma unroll
     for (int nt = 0; nt < DK / 8; ++nt) dq[nt][0] *= e0, dq[nt][1] *= e0, dq[nt][2] *= e8, dq[nt][3] *= e8;
     add_pv<Cfg, LQ>(dq, s, lane_kn<LQ>(smem_addr(sK)));  // + dP K
@@ -157,7 +157,7 @@ AE_DEVICE void linear_grads_scalar(const LinearParams& p) {
   __syncthreads();
 
   // ---- this warp's key rows: dk, dv ----
-  const float w0 = __expf(last - Ar0), w8 = __expf(last - Ar8);
+  const float w0 = lin_exp(last - Ar0), w8 = lin_exp(last - Ar8);
   float dl = 0.f;  // this thread's part of sum_j w_j k_j^T dS v_j
   {
     float dk[DK / 8][4];
@@ -201,7 +201,7 @@ AE_DEVICE void linear_grads_scalar(const LinearParams& p) {
     unpack2<kBf16>(*reinterpret_cast<const u32*>(sD + r * LV + col), d0, d1);
     inner = fmaf(s0, d0, fmaf(s1, d1, inner));
   }
-  float part = fmaf(__expf(last), inner, dl);
+  float part = fmaf(lin_exp(last), inner, dl);
   for (int o = 16; o > 0; o /= 2) part += shfl_xor(part, o);
   if (lane == 0) s_dl[warp] = part;
   __syncthreads();
@@ -240,9 +240,10 @@ AE_DEVICE void block_products(float (&acc)[N / 8][4], const u16* sP, const u16* 
   const u32 p_at = kKeys ? lane_nk<LC>(smem_addr(sP)) + 2 * 16 * warp
                          : lane_a<LC>(smem_addr(sP)) + 2 * 16 * warp * LC;
   const u32 y_kn = lane_kn<LQ>(smem_addr(sY));
-#pragma unroll
-  for (int B = 0; B < C / 16; ++B) {
-    if (kKeys ? B <= warp : B >= warp) continue;
+  // (rolled: the blocks a warp takes depend on its index, and the grads pass's unrolled code
+  // outgrew the instruction cache: ncu's "no instruction" stalls were half its samples)
+#pragma unroll 1
+  for (int B = kKeys ? warp + 1 : 0; B < (kKeys ? C / 16 : warp); ++B) {
     u32 a[4];
     if constexpr (kKeys) load_a_t<LC>(a, p_at, 16 * B, 0);
     else load_a<LC>(a, p_at, 0, 16 * B);
@@ -263,7 +264,9 @@ AE_DEVICE void block_products(float (&acc)[N / 8][4], const u16* sP, const u16* 
 // row's own token, and the pairs within the warp's block added term by term: for row r, the
 // sum over the block's tokens t up to r (from r, kKeys) of dP (r, t) y_tc exp(A_ic - A_jc),
 // (i, j) the (query, key) of (r, t). A thread's rows r0 and r0 + 8 reach the first 8 and all
-// 16 tokens (the last 16 and 8, kKeys): fixed trip counts, each lane skipping those it lacks.
+// 16 tokens (the last 16 and 8, kKeys): 8 tokens that both rows may reach, then 8 that only
+// one does, each lane skipping those it lacks. The token loops are rolled (code size, as in
+// block_products), a token's dP and decays read once for all of the row's channels.
 template <class Cfg, bool kKeys, int N>
 AE_DEVICE void block_pairs(float (&acc)[N / 8][4], const u16* sP, const u16* sY, const float* s_Ac,
                            int c0) {
@@ -271,37 +274,43 @@ AE_DEVICE void block_pairs(float (&acc)[N / 8][4], const u16* sP, const u16* sY,
   constexpr bool kBf16 = Cfg::kBf16;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int anchor = kKeys ? 16 * warp + 15 : 16 * warp;
+  const int cl = c0 + 2 * (lane % 4);  // this thread's channels cl + 8 nt, + 1
   auto Ac2 = [&](int t, int c) { return *reinterpret_cast<const float2*>(s_Ac + t * DK + c); };
 #pragma unroll
   for (int nt = 0; nt < N / 8; ++nt) {
-    const int c = c0 + nt * 8 + 2 * (lane % 4);  // this thread's channels c, c + 1
-    const float2 an = Ac2(anchor, c);
+    const float2 an = Ac2(anchor, cl + nt * 8);
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const int r = 16 * warp + lane / 4 + 8 * half;
-      const float2 ar = Ac2(r, c);
-      float& x0 = acc[nt][2 * half];
-      float& x1 = acc[nt][2 * half + 1];
-      x0 *= __expf(kKeys ? an.x - ar.x : ar.x - an.x);
-      x1 *= __expf(kKeys ? an.y - ar.y : ar.y - an.y);
-      const int first = 16 * warp + (kKeys ? 8 * half : 0);
-      const int n = kKeys ? 16 - 8 * half : 8 + 8 * half;
-      float s0 = 0.f, s1 = 0.f;
-#pragma unroll
-      for (int k = 0; k < n; ++k) {
-        const int t = first + k;
-        if (kKeys ? t < r : t > r) continue;
-        const float dp = to_float<kBf16>(kKeys ? sP[t * LC + r] : sP[r * LC + t]);
-        float y0, y1;
-        unpack2<kBf16>(*reinterpret_cast<const u32*>(sY + t * LQ + c), y0, y1);
-        const float2 at = Ac2(t, c);
-        s0 = fmaf(dp * y0, __expf(kKeys ? at.x - ar.x : ar.x - at.x), s0);
-        s1 = fmaf(dp * y1, __expf(kKeys ? at.y - ar.y : ar.y - at.y), s1);
-      }
-      x0 += s0;
-      x1 += s1;
+      const float2 ar = Ac2(16 * warp + lane / 4 + 8 * half, cl + nt * 8);
+      acc[nt][2 * half] *= lin_exp(kKeys ? an.x - ar.x : ar.x - an.x);
+      acc[nt][2 * half + 1] *= lin_exp(kKeys ? an.y - ar.y : ar.y - an.y);
     }
   }
+  // half h's row r and token t: dP (r, t) y_t exp(+-(A_t - A_r)) into acc[.][2h, 2h + 1]
+  auto add = [&](int half, int t) {
+    const int r = 16 * warp + lane / 4 + 8 * half;
+    if (kKeys ? t < r : t > r) return;
+    const float dp = to_float<kBf16>(kKeys ? sP[t * LC + r] : sP[r * LC + t]);
+#pragma unroll
+    for (int nt = 0; nt < N / 8; ++nt) {
+      const int c = cl + nt * 8;
+      float y0, y1;
+      unpack2<kBf16>(*reinterpret_cast<const u32*>(sY + t * LQ + c), y0, y1);
+      const float2 at = Ac2(t, c), ar = Ac2(r, c);
+      acc[nt][2 * half] = fmaf(dp * y0, lin_exp(kKeys ? at.x - ar.x : ar.x - at.x), acc[nt][2 * half]);
+      acc[nt][2 * half + 1] = fmaf(dp * y1, lin_exp(kKeys ? at.y - ar.y : ar.y - at.y), acc[nt][2 * half + 1]);
+    }
+  };
+  // both rows: the keys' last 8 tokens, the queries' first 8; one row: the other 8 (the keys'
+  // first 8 only row r0's, the queries' last 8 only r0 + 8's)
+  const int both = 16 * warp + (kKeys ? 8 : 0), one = 16 * warp + (kKeys ? 0 : 8);
+#pragma unroll 1
+  for (int k = 0; k < 8; ++k) {
+    add(0, both + k);
+    add(1, both + k);
+  }
+#pragma unroll 1
+  for (int k = 0; k < 8; ++k) add(kKeys ? 0 : 1, one + k);
 }
 
 // The gradients' pass per key channel (GLA): see the header. Per warp, 16 tokens as keys (dv,
@@ -372,7 +381,7 @@ AE_DEVICE void linear_grads_channels(const LinearParams& p) {
       unpack2<kBf16>(*reinterpret_cast<const u32*>(sD + c * LV + v), d0, d1);
       sum = fmaf(s0, d0, fmaf(s1, d1, sum));
     }
-    s_dl[c] = __expf(Ac(L, c)) * sum;
+    s_dl[c] = lin_exp(Ac(L, c)) * sum;
   }
   __syncthreads();
 
@@ -421,8 +430,8 @@ AE_DEVICE void linear_grads_channels(const LinearParams& p) {
         for (int half = 0; half < 2; ++half) {
           const int j = r0 + 8 * half;
           float& d = dk[nt][2 * half + col];
-          part = fmaf(to_float<kBf16>(sK[j * LQ + c]) * d, __expf(Ac(L, c) - Ac(j, c)), part);
-          d *= __expf(Ac(L, c) - Ac(E, c));
+          part = fmaf(to_float<kBf16>(sK[j * LQ + c]) * d, lin_exp(Ac(L, c) - Ac(j, c)), part);
+          d *= lin_exp(Ac(L, c) - Ac(E, c));
         }
         part += shfl_xor(part, 4);
         part += shfl_xor(part, 8);
@@ -467,7 +476,7 @@ AE_DEVICE void linear_grads_channels(const LinearParams& p) {
     // + dO (S o scale exp(A_F))^T: S [dk][dv] is S^T's [n][k], the factor per n (channel)
     mma_xyt<kBf16, DV, LV>(dq, o_at, st_at, CG * g, [&](u32 (&r)[4], int n) {
       const int c = n + lane / 4;
-      const float f0 = p.scale * __expf(Ac(F, c)), f8 = p.scale * __expf(Ac(F, c + 8));
+      const float f0 = p.scale * lin_exp(Ac(F, c)), f8 = p.scale * lin_exp(Ac(F, c + 8));
       r[0] = scale2<kBf16>(r[0], f0, f0), r[1] = scale2<kBf16>(r[1], f0, f0);
       r[2] = scale2<kBf16>(r[2], f8, f8), r[3] = scale2<kBf16>(r[3], f8, f8);
     });

@@ -27,6 +27,10 @@ namespace ae::sm80 {
 
 constexpr float kLinMinLogDecay = -80.f;
 
+// e^x on the transcendental unit (ex2.approx.ftz): a result below 2^-126 flushes to 0, which
+// the terms it scales never notice; __expf's fix-up for those cost three more instructions.
+AE_DEVICE float lin_exp(float x) { return fast_exp2(x * kLog2e); }
+
 // STATE_COLS: the state passes' value columns per CTA (kLinTile, or half of it: twice the CTAs
 // and half the tensor-core work per chunk on each one's sequential path).
 template <int D_K_, int D_V_, bool BF16_, bool PER_CHANNEL_ = false, int STATE_COLS_ = kLinTile>
@@ -139,7 +143,7 @@ AE_DEVICE u32 scale2(u32 w, float s0, float s1) {
 // An A operand (rows: tokens t, t + 8; k: channels c, c + 1, c + 8, c + 9, as base's four)...
 template <int DK, bool kBf16>
 AE_DEVICE void decay_a(u32 (&a)[4], const float* s_Ac, int t, int c, const float (&base)[4], float sign) {
-  auto f = [&](int tt, int cc, float b) { return __expf(sign * (s_Ac[tt * DK + cc] - b)); };
+  auto f = [&](int tt, int cc, float b) { return lin_exp(sign * (s_Ac[tt * DK + cc] - b)); };
   a[0] = scale2<kBf16>(a[0], f(t, c, base[0]), f(t, c + 1, base[1]));
   a[1] = scale2<kBf16>(a[1], f(t + 8, c, base[0]), f(t + 8, c + 1, base[1]));
   a[2] = scale2<kBf16>(a[2], f(t, c + 8, base[2]), f(t, c + 9, base[3]));
@@ -148,7 +152,7 @@ AE_DEVICE void decay_a(u32 (&a)[4], const float* s_Ac, int t, int c, const float
 // ... B operands of a [token][channel] tile read as [n][k] (load_b_nk: tokens t, t + 8)...
 template <int DK, bool kBf16>
 AE_DEVICE void decay_b_nk(u32 (&r)[4], const float* s_Ac, int t, int c, const float (&base)[4], float sign) {
-  auto f = [&](int tt, int cc, float b) { return __expf(sign * (s_Ac[tt * DK + cc] - b)); };
+  auto f = [&](int tt, int cc, float b) { return lin_exp(sign * (s_Ac[tt * DK + cc] - b)); };
   r[0] = scale2<kBf16>(r[0], f(t, c, base[0]), f(t, c + 1, base[1]));
   r[1] = scale2<kBf16>(r[1], f(t, c + 8, base[2]), f(t, c + 9, base[3]));
   r[2] = scale2<kBf16>(r[2], f(t + 8, c, base[0]), f(t + 8, c + 1, base[1]));
@@ -157,7 +161,7 @@ AE_DEVICE void decay_b_nk(u32 (&r)[4], const float* s_Ac, int t, int c, const fl
 // ... and read as [k][n] (load_b_kn: tokens t, t + 1, t + 8, t + 9; channels c, c + 8, base b0, b8).
 template <int DK, bool kBf16>
 AE_DEVICE void decay_b_kn(u32 (&r)[4], const float* s_Ac, int t, int c, float b0, float b8, float sign) {
-  auto f = [&](int tt, int cc, float b) { return __expf(sign * (s_Ac[tt * DK + cc] - b)); };
+  auto f = [&](int tt, int cc, float b) { return lin_exp(sign * (s_Ac[tt * DK + cc] - b)); };
   r[0] = scale2<kBf16>(r[0], f(t, c, b0), f(t + 1, c, b0));
   r[1] = scale2<kBf16>(r[1], f(t + 8, c, b0), f(t + 9, c, b0));
   r[2] = scale2<kBf16>(r[2], f(t, c + 8, b8), f(t + 1, c + 8, b8));
@@ -251,11 +255,11 @@ AE_DEVICE void carry_state(const LinearParams& p) {
     const float* Acb = s_Ac + (i % 2) * C * T;  // (per key channel)
     const float last = A[C - 1];
     if constexpr (kPc) {  // this thread's rows (channels) decay by their own exp(A_last)
-      const float k0 = __expf(Acb[(C - 1) * T + r0]), k8 = __expf(Acb[(C - 1) * T + r0 + 8]);
+      const float k0 = lin_exp(Acb[(C - 1) * T + r0]), k8 = lin_exp(Acb[(C - 1) * T + r0 + 8]);
 #pragma unroll
       for (int nt = 0; nt < N / 8; ++nt) s[nt][0] *= k0, s[nt][1] *= k0, s[nt][2] *= k8, s[nt][3] *= k8;
     } else {
-      const float keep = __expf(last);
+      const float keep = lin_exp(last);
 #pragma unroll
       for (int nt = 0; nt < N / 8; ++nt)
 #pragma unroll
@@ -263,10 +267,10 @@ AE_DEVICE void carry_state(const LinearParams& p) {
     }
     // The weight of token t's Y row: exp(A_last - A_t), or scale exp(A_t); per key channel d
     // (of the tile) the same of A_td, on X's elements.
-    auto weight = [&](int t) { return kBackward ? p.scale * __expf(A[t]) : __expf(last - A[t]); };
+    auto weight = [&](int t) { return kBackward ? p.scale * lin_exp(A[t]) : lin_exp(last - A[t]); };
     auto weight_c = [&](int t, int d) {
       const float at = Acb[t * T + d];
-      return kBackward ? p.scale * __expf(at) : __expf(Acb[(C - 1) * T + d] - at);
+      return kBackward ? p.scale * lin_exp(at) : lin_exp(Acb[(C - 1) * T + d] - at);
     };
     const u32 xb = x_at + (i % 2) * C * LD * 2, yb = y_at + (i % 2) * C * LY * 2;
 #pragma unroll
@@ -460,7 +464,9 @@ AE_DEVICE void channel_scores(float (&s)[Cfg::kChunk / 8][4], const u16* sX, con
   const bool diag_mma = block_decay_range<DK>(s_Ac, 16 * warp, anchor) <= kLinDiagRange<kBf16>;
 #pragma unroll
   for (int nt = 0; nt < C / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-#pragma unroll
+  // (kk rolled: unrolled, this and the backward's other per-channel loops outgrew the
+  // instruction cache, and half of its warps' stalls were for instructions)
+#pragma unroll 1
   for (int kk = 0; kk < DK / 16; ++kk) {
     if (!diag_mma && warp == (kKeys ? NB - 1 : 0)) break;  // (no block of Y on that side)
     u32 a[4];
@@ -493,9 +499,10 @@ AE_DEVICE void channel_scores(float (&s)[Cfg::kChunk / 8][4], const u16* sX, con
         }
         float sum = 0.f;
         if (j <= i)
+#pragma unroll 2  // (the fallback: kept small, 32 copies of it)
           for (int d = 0; d < DK; ++d) {
             const float xy = to_float<kBf16>(sX[r * LQ + d]) * to_float<kBf16>(sY[t * LQ + d]);
-            sum = fmaf(xy, __expf(Ac(i, d) - Ac(j, d)), sum);
+            sum = fmaf(xy, lin_exp(Ac(i, d) - Ac(j, d)), sum);
           }
         s[2 * J + h8][e] = sum;
       }
@@ -584,7 +591,7 @@ AE_DEVICE void linear_out_scalar(const LinearParams& p) {
   for (int nt = 0; nt < DV / 8; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.f;
   mma_xy<kBf16, DK, LQ, LV>(o, q_at, st_at);
   const float Ai0 = s_A[i0], Ai8 = s_A[i0 + 8];
-  const float e0 = __expf(Ai0), e8 = __expf(Ai8);
+  const float e0 = lin_exp(Ai0), e8 = lin_exp(Ai8);
 #pragma unroll
   for (int nt = 0; nt < DV / 8; ++nt) {
     o[nt][0] *= e0, o[nt][1] *= e0;
@@ -600,7 +607,7 @@ AE_DEVICE void linear_out_scalar(const LinearParams& p) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int i = i0 + 8 * (e >> 1), j = nt * 8 + 2 * (lane % 4) + (e & 1);
-      s[nt][e] = j <= i ? s[nt][e] * __expf((e >> 1 ? Ai8 : Ai0) - s_A[j]) : 0.f;
+      s[nt][e] = j <= i ? s[nt][e] * lin_exp((e >> 1 ? Ai8 : Ai0) - s_A[j]) : 0.f;
     }
   add_pv<Cfg>(o, s, v_at);
   store_rows16<kBf16>(static_cast<u16*>(p.o) + b * p.o_stride[0] + h * p.o_stride[1] + t0 * p.o_stride[2],

@@ -432,3 +432,26 @@ def test_fused_packed_sequences_on_the_gpu(kind):
     want_g = torch.autograd.grad(lin(*ref, g, initial_state=s0, cu_seqlens=cu), ref, dout)
     for a, b in zip(got, want_g):
         assert rel(a, b) < 5e-2
+
+
+def test_index_tensors_and_retentions_decays_are_made_once():
+    """The mods' index tensors and retention's decay table are kept between calls (each was a
+    kernel launch per call on a GPU): a second call and calls of other shapes still equal the
+    recurrence, and so does a call traced by torch.compile, which leaves no fake tensor in them."""
+    from attention_engine import linear as lin_mod
+    lin = ae.linear.retention(3)
+    for B, T in ((1, 40), (2, 17), (1, 40)):
+        q, k, v, _ = inputs(B, 3, T, 8, 8, "retention")
+        want, _ = oracle("retention", 3, q, k, v, None)
+        torch.testing.assert_close(lin(q, k, v), want, rtol=1e-6, atol=1e-6)
+    made = dict(lin_mod._ARANGES)
+    assert {n for n, _ in made} >= {1, 2, 3, 17, 40}
+    assert lin_mod._arange(40, "cpu") is made[(40, torch.device("cpu"))]
+    q, k, v, _ = inputs(1, 3, 23, 8, 8, "retention")  # (a length no eager call made yet)
+    want, _ = oracle("retention", 3, q, k, v, None)
+    torch._dynamo.reset()
+    compiled = torch.compile(ae.linear.retention(3), backend="aot_eager", fullgraph=False)
+    torch.testing.assert_close(compiled(q, k, v), want, rtol=1e-6, atol=1e-6)
+    from torch._subclasses.fake_tensor import FakeTensor
+    assert not any(isinstance(t, FakeTensor) for t in lin_mod._ARANGES.values())
+    torch.testing.assert_close(lin(q, k, v), want, rtol=1e-6, atol=1e-6)

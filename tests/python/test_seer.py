@@ -456,9 +456,14 @@ def test_sparse_decode_refuses_blocks_that_do_not_fit():
 
 def test_blocks_from_indices_scatters_on_the_device_side():
     idx = torch.tensor([[[2, 0, -1, -1], [5, 1, 9, -3]]])
-    got = ae.seer.blocks_from_indices(idx, 6)
-    assert got.tolist() == [[[True, False, True, False, False, False],
-                             [False, True, False, False, False, True]]]
+    want = [[[True, False, True, False, False, False], [False, True, False, False, False, True]]]
+    for dtype in (torch.int64, torch.int32):
+        assert ae.seer.blocks_from_indices(idx.to(dtype), 6).tolist() == want
+    # the extremes of either dtype select nothing
+    for dtype in (torch.int64, torch.int32):
+        info = torch.iinfo(dtype)
+        got = ae.seer.blocks_from_indices(torch.tensor([[[info.min, info.max, 6, 3]]], dtype=dtype), 6)
+        assert got.tolist() == [[[False, False, False, True, False, False]]]
 
 
 @pytest.mark.gpu
