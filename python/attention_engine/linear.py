@@ -50,18 +50,32 @@ __all__ = ["LinearAttention", "compile_linear", "retention", "simple_gla", "gla"
 # kernel launch, and a short call's host work is most of its time. The mods read them (their
 # contract: elementwise functions of the indices), never write them.
 _ARANGES: dict = {}
+_MAX_KEPT = 256  # (past it, made per call: an entry is never freed, a CUDA graph may read it)
+
+
+def _made_once(store: dict, key, device, make) -> torch.Tensor:
+    """store[key], made by make() on first use. Not kept where the tensor would be special:
+    traced (torch.compile, a dispatch mode such as FakeTensorMode) or captured into a CUDA
+    graph (its memory the graph's); made outside inference mode, so that a later call with
+    autograd may save it."""
+    device = torch.device(device)
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or \
+            (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        return make()
+    got = store.get(key)
+    if got is None:
+        with torch.inference_mode(False):
+            got = make()
+        if device.type == "cuda":  # (a later call may run on another stream)
+            torch.cuda.current_stream(device).synchronize()
+        if len(store) < _MAX_KEPT:
+            store[key] = got
+    return got
 
 
 def _arange(n: int, device) -> torch.Tensor:
-    if torch.compiler.is_compiling():  # (traced code must not keep its fake tensors)
-        return torch.arange(n, device=device)
-    key = (n, torch.device(device))
-    got = _ARANGES.get(key)
-    if got is None:
-        if len(_ARANGES) >= 64:
-            _ARANGES.clear()
-        got = _ARANGES[key] = torch.arange(n, device=device)
-    return got
+    return _made_once(_ARANGES, (n, torch.device(device)), device,
+                      lambda: torch.arange(n, device=device))
 
 
 def _arity(fn: Callable, role: str, allowed) -> int:
@@ -492,13 +506,8 @@ def retention(num_heads: int) -> LinearAttention:
     made = {}
 
     def decay(g, b, h, t):
-        key = (h.device, h.numel())
-        got = made.get(key)
-        if got is None or torch.compiler.is_compiling():
-            got = torch.log1p(-torch.exp2(-5.0 - h.double()))
-            if not torch.compiler.is_compiling():
-                made[key] = got
-        return got
+        return _made_once(made, (h.device, tuple(h.shape)), h.device,
+                          lambda: torch.log1p(-torch.exp2(-5.0 - h.double())))
     lin = LinearAttention(decay_mod=decay)
     lin.name = "retention"
     return lin

@@ -455,3 +455,69 @@ def test_index_tensors_and_retentions_decays_are_made_once():
     from torch._subclasses.fake_tensor import FakeTensor
     assert not any(isinstance(t, FakeTensor) for t in lin_mod._ARANGES.values())
     torch.testing.assert_close(lin(q, k, v), want, rtol=1e-6, atol=1e-6)
+
+
+def test_index_caches_under_inference_mode_and_fake_tensors():
+    """Tensors the caches keep are ordinary ones: made under inference mode they still serve a
+    later call that trains (Mamba2's A_log[h] is saved for backward), and a call under
+    FakeTensorMode keeps nothing."""
+    from attention_engine import linear as lin_mod
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+    lin_mod._ARANGES.clear()
+    A_log = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    lin = ae.linear.mamba2(A_log)
+    q, k, v, g = inputs(1, 3, 21, 8, 8, "mamba2")
+    with torch.inference_mode():
+        lin(q, k, v, g)
+    lin(q, k, v, g).sum().backward()
+    assert A_log.grad is not None and torch.isfinite(A_log.grad).all()
+    ret = ae.linear.retention(3)
+    with torch.inference_mode():
+        ret(q, k, v)
+    qs = q.detach().requires_grad_()
+    ret(qs, k, v).sum().backward()
+    assert qs.grad is not None
+    short = [t[:, :, :19] for t in (q, k, v)]
+    mode = FakeTensorMode()
+    fq, fk, fv = (mode.from_tensor(t) for t in short)
+    with mode:
+        ret(fq, fk, fv)
+    assert not any(isinstance(t, FakeTensor) for t in lin_mod._ARANGES.values())
+    assert (19, torch.device("cpu")) not in lin_mod._ARANGES
+    want, _ = oracle("retention", 3, q[:, :, :19], k[:, :, :19], v[:, :, :19], None)
+    torch.testing.assert_close(ret(q[:, :, :19], k[:, :, :19], v[:, :, :19]), want,
+                               rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_decode_step_replays_from_a_cuda_graph():
+    """lin.step captured in a CUDA graph (what serving does to a decode step) replays to the
+    eager step's output and state, also after eager calls of many other lengths have filled
+    the index cache the captured step must not have taken its tensors from."""
+    from attention_engine import linear as lin_mod
+    lin = ae.linear.retention(4)
+    B, H, D = 2, 4, 64
+    mk = lambda: torch.randn(B, H, 1, D, device="cuda").to(torch.bfloat16)
+    q, k, v = mk(), mk(), mk()
+    init = torch.randn(B, H, D, D, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            lin.step(q, k, v, state=init.clone(), position=7)
+    torch.cuda.current_stream().wait_stream(side)
+    state = init.clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = lin.step(q, k, v, state=state, position=7)
+    for T in range(2, 2 + lin_mod._MAX_KEPT + 8):  # past the cache's size
+        lin_mod._arange(T, q.device)
+    for _ in range(2):
+        q.copy_(mk()), k.copy_(mk()), v.copy_(mk())
+        state.copy_(init)
+        graph.replay()
+        want_state = init.clone()
+        want = lin.step(q, k, v, state=want_state, position=7)
+        torch.testing.assert_close(out, want, rtol=0, atol=0)
+        torch.testing.assert_close(state, want_state, rtol=0, atol=0)
