@@ -464,9 +464,9 @@ AE_DEVICE void channel_scores(float (&s)[Cfg::kChunk / 8][4], const u16* sX, con
   const bool diag_mma = block_decay_range<DK>(s_Ac, 16 * warp, anchor) <= kLinDiagRange<kBf16>;
 #pragma unroll
   for (int nt = 0; nt < C / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-  // (kk rolled: unrolled, this and the backward's other per-channel loops outgrew the
-  // instruction cache, and half of its warps' stalls were for instructions)
-#pragma unroll 1
+  // (kk two at a time: fully unrolled, this and the backward's other per-channel loops
+  // outgrew the instruction cache, and half of its warps' stalls were for instructions)
+#pragma unroll 2
   for (int kk = 0; kk < DK / 16; ++kk) {
     if (!diag_mma && warp == (kKeys ? NB - 1 : 0)) break;  // (no block of Y on that side)
     u32 a[4];
