@@ -21,6 +21,8 @@ channel for GLA), each written as a small Python function:
   ``g`` (None when not given): data-dependent gates (GLA's, Mamba2's dt) come through it.
 - Captured tensors (a per-head decay, Mamba2's A) are read as in the mods of
   ``attention_engine.compile``; those that require grad get gradients.
+- The index tensors are made once per length and device and shared between calls: a mod
+  reads them and must not write them in place.
 
 How it runs: the feature maps and decays in PyTorch (autograd differentiates them), the
 recurrence in the ``linear_forward`` op: on NVIDIA GPUs (sm_80 and newer, bf16, D_k and D_v 64
