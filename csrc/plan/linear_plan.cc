@@ -85,12 +85,16 @@ LaunchPlan plan_linear(const LinearProblem& pb, const DeviceCaps& dev) {
   plan.family = "sm80";
   if (pb.batch * pb.heads == 0 || pb.t_len == 0) return plan;  // (the caller fills the outputs)
   const int64_t seqs = packed ? pb.n_seqs : pb.batch;  // the state passes' grid z
-  // 32 value columns per CTA for scalar decays: twice the CTAs, and half the tensor-core work
-  // on each one's path from chunk to chunk (H100, bench/RESULTS.md: retention at 16k, B 1,
-  // fwd+bwd 2.29 ms against 2.52 at 64). Per key channel 64: each CTA scans its 64 channels'
-  // decays, which halving the columns would do twice (no gain measured).
+  // 32 value columns per CTA for scalar decays where 64-column tiles leave SMs idle: twice the
+  // CTAs, and half the tensor-core work on each one's path from chunk to chunk (H100,
+  // bench/RESULTS.md: retention's state pass at 16k tokens, B 1, H 16, 64 tiles of 64 columns:
+  // 245 us at 32 against 280; at 4k, B 4, 256 such tiles: 144 us at 32 against 113). Per key
+  // channel 64: each CTA scans its 64 channels' decays, which halving the columns would do
+  // twice (3-6% slower measured).
+  const int64_t tiles64 = (pb.d_k / sm80::kLinTile) * (pb.d_v / sm80::kLinTile) * pb.heads * seqs;
   const int asked = pb.state_cols == 32 || pb.state_cols == 64 ? static_cast<int>(pb.state_cols) : 0;
-  const int cols = asked ? asked : pb.per_channel ? sm80::kLinTile : sm80::kLinTile / 2;
+  const bool half = !pb.per_channel && tiles64 < dev.multiprocessors;
+  const int cols = asked ? asked : half ? sm80::kLinTile / 2 : sm80::kLinTile;
   s.spec.family = codegen::Family::Sm80;
   s.spec.per_channel = pb.per_channel;
   s.spec.warps = sm80::kLinThreads / 32;
