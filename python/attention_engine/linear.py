@@ -432,8 +432,12 @@ def _forward_backward(ctx, do, dstate):
         if do is None:
             do = torch.zeros(v.shape, device=v.device, dtype=v.dtype)
         ds = dstate if ctx.output_state and dstate is not None and dstate.numel() else None
-        dq, dk, dv, da, ds0 = torch.ops.attention_engine.linear_backward(
-            q, k, v, a, state0, do, ds, ctx.scale, state0 is not None and bool(needs[4]), ctx.cu)
+        args = (q, k, v, a, state0, do, ds, ctx.scale, state0 is not None and bool(needs[4]), ctx.cu)
+        if torch.is_grad_enabled():  # (create_graph: the op's wrapper raises, as it should)
+            dq, dk, dv, da, ds0 = torch.ops.attention_engine.linear_backward(*args)
+        else:  # the kernels directly, not through torch.library's Python wrapper (host time)
+            with _BelowAutograd():
+                dq, dk, dv, da, ds0 = torch.ops.attention_engine.linear_backward(*args)
         grads = [dq, dk, dv, da.to(a.dtype)] + ([ds0.to(state0.dtype)] if state0 is not None else [None])
         return (*[g if need else None for g, need in zip(grads, needs[:5])], None, None) + \
             (None,) * (len(needs) - 7)
