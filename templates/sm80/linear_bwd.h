@@ -229,11 +229,9 @@ AE_DEVICE void linear_grads_scalar(const LinearParams& p) {
 // channels c0 .. c0 + N - 1, the C layout) += dP^T (Q o exp(A - A_E)) over the query blocks
 // after the warp's, or dP (K o exp(A_F - A)) over the key blocks before it (each factor at
 // most 1). dP from sP [C][C + 8] (rows queries), Y [C][DK + 8]: Q for dk, K for dq.
-// diag: the warp's own block too (dP is 0 past the diagonal), where its decays span at most
-// kLinDiagRange (Y's factors there at least 1, at most e^kLinDiagRange), as channel_scores.
 template <class Cfg, bool kKeys, int N>
 AE_DEVICE void block_products(float (&acc)[N / 8][4], const u16* sP, const u16* sY,
-                              const float* s_Ac, int c0, bool diag) {
+                              const float* s_Ac, int c0) {
   constexpr int C = Cfg::kChunk, DK = Cfg::kDk, LQ = DK + 8, LC = C + 8;
   constexpr bool kBf16 = Cfg::kBf16;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -244,9 +242,8 @@ AE_DEVICE void block_products(float (&acc)[N / 8][4], const u16* sP, const u16* 
   const u32 y_kn = lane_kn<LQ>(smem_addr(sY));
   // (rolled: the blocks a warp takes depend on its index, and the grads pass's unrolled code
   // outgrew the instruction cache: ncu's "no instruction" stalls were half its samples)
-  const int own = diag ? 1 : 0;
 #pragma unroll 1
-  for (int B = kKeys ? warp + 1 - own : 0; B < (kKeys ? C / 16 : warp + own); ++B) {
+  for (int B = kKeys ? warp + 1 : 0; B < (kKeys ? C / 16 : warp); ++B) {
     u32 a[4];
     if constexpr (kKeys) load_a_t<LC>(a, p_at, 16 * B, 0);
     else load_a<LC>(a, p_at, 0, 16 * B);
@@ -264,8 +261,7 @@ AE_DEVICE void block_products(float (&acc)[N / 8][4], const u16* sP, const u16* 
 }
 
 // Then acc (block_products' and the state's terms, relative to the anchor) is rebased to each
-// row's own token, and unless block_products took them (diag), the pairs within the warp's
-// block added term by term: for row r, the
+// row's own token, and the pairs within the warp's block added term by term: for row r, the
 // sum over the block's tokens t up to r (from r, kKeys) of dP (r, t) y_tc exp(A_ic - A_jc),
 // (i, j) the (query, key) of (r, t). A thread's rows r0 and r0 + 8 reach the first 8 and all
 // 16 tokens (the last 16 and 8, kKeys): 8 tokens that both rows may reach, then 8 that only
@@ -273,7 +269,7 @@ AE_DEVICE void block_products(float (&acc)[N / 8][4], const u16* sP, const u16* 
 // block_products), a token's dP and decays read once for all of the row's channels.
 template <class Cfg, bool kKeys, int N>
 AE_DEVICE void block_pairs(float (&acc)[N / 8][4], const u16* sP, const u16* sY, const float* s_Ac,
-                           int c0, bool diag) {
+                           int c0) {
   constexpr int DK = Cfg::kDk, LQ = DK + 8, LC = Cfg::kChunk + 8;
   constexpr bool kBf16 = Cfg::kBf16;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -290,7 +286,6 @@ AE_DEVICE void block_pairs(float (&acc)[N / 8][4], const u16* sP, const u16* sY,
       acc[nt][2 * half + 1] *= lin_exp(kKeys ? an.y - ar.y : ar.y - an.y);
     }
   }
-  if (diag) return;  // (warp-uniform)
   // half h's row r and token t: dP (r, t) y_t exp(+-(A_t - A_r)) into acc[.][2h, 2h + 1]
   auto add = [&](int half, int t) {
     const int r = 16 * warp + lane / 4 + 8 * half;
@@ -416,9 +411,6 @@ AE_DEVICE void linear_grads_channels(const LinearParams& p) {
   float x[DK / 8][4];  // da's terms of this thread's elements, -k_ic dk_ic (then + q_ic dq_ic)
   // ---- dk, this warp's keys: relative to its last token E ----
   const int E = 16 * warp + 15;
-  // the warp's own block on the tensor cores where its decays span little (block_products)
-  const bool diag_k = block_decay_range<DK>(s_Ac, 16 * warp, E) <= kLinDiagRange<kBf16>;
-  const bool diag_q = block_decay_range<DK>(s_Ac, 16 * warp, 16 * warp) <= kLinDiagRange<kBf16>;
   const u32 v_at = lane_a<LV>(smem_addr(sV)) + 2 * 16 * warp * LV, d_nk = lane_nk<LV>(smem_addr(sD));
 #pragma unroll
   for (int g = 0; g < DK / CG; ++g) {
@@ -446,8 +438,8 @@ AE_DEVICE void linear_grads_channels(const LinearParams& p) {
         part += shfl_xor(part, 16);
         if (lane < 4) s_dlw[warp * DK + c] = part;
       }
-    block_products<Cfg, true, CG>(dk, sP, sQ, s_Ac, CG * g, diag_k);
-    block_pairs<Cfg, true, CG>(dk, sP, sQ, s_Ac, CG * g, diag_k);
+    block_products<Cfg, true, CG>(dk, sP, sQ, s_Ac, CG * g);
+    block_pairs<Cfg, true, CG>(dk, sP, sQ, s_Ac, CG * g);
     store_rows16<kBf16>(static_cast<u16*>(p.dk) + b * p.dk_stride[0] + h * p.dk_stride[1] +
                             t0 * p.dk_stride[2] + CG * g, p.dk_stride[2], dk, r0, rows);
 #pragma unroll
@@ -476,7 +468,7 @@ AE_DEVICE void linear_grads_channels(const LinearParams& p) {
     float dq[CG / 8][4];
 #pragma unroll
     for (int nt = 0; nt < CG / 8; ++nt) dq[nt][0] = dq[nt][1] = dq[nt][2] = dq[nt][3] = 0.f;
-    block_products<Cfg, false, CG>(dq, sP, sK, s_Ac, CG * g, diag_q);
+    block_products<Cfg, false, CG>(dq, sP, sK, s_Ac, CG * g);
     if (g == 0) {
       cp_async_wait<0>();
       __syncthreads();
@@ -488,7 +480,7 @@ AE_DEVICE void linear_grads_channels(const LinearParams& p) {
       r[0] = scale2<kBf16>(r[0], f0, f0), r[1] = scale2<kBf16>(r[1], f0, f0);
       r[2] = scale2<kBf16>(r[2], f8, f8), r[3] = scale2<kBf16>(r[3], f8, f8);
     });
-    block_pairs<Cfg, false, CG>(dq, sP, sK, s_Ac, CG * g, diag_q);
+    block_pairs<Cfg, false, CG>(dq, sP, sK, s_Ac, CG * g);
     store_rows16<kBf16>(static_cast<u16*>(p.dq) + b * p.dq_stride[0] + h * p.dq_stride[1] +
                             t0 * p.dq_stride[2] + CG * g, p.dq_stride[2], dq, r0, rows);
 #pragma unroll
