@@ -433,7 +433,7 @@ def _forward_backward(ctx, do, dstate):
             do = torch.zeros(v.shape, device=v.device, dtype=v.dtype)
         ds = dstate if ctx.output_state and dstate is not None and dstate.numel() else None
         args = (q, k, v, a, state0, do, ds, ctx.scale, state0 is not None and bool(needs[4]), ctx.cu)
-        if torch.is_grad_enabled():  # (create_graph: the op's wrapper raises, as it should)
+        if torch.is_grad_enabled():  # (create_graph: through the wrapper, whose backward raises)
             dq, dk, dv, da, ds0 = torch.ops.attention_engine.linear_backward(*args)
         else:  # the kernels directly, not through torch.library's Python wrapper (host time)
             with _BelowAutograd():

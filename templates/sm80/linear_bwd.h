@@ -267,6 +267,9 @@ AE_DEVICE void block_products(float (&acc)[N / 8][4], const u16* sP, const u16* 
 // 16 tokens (the last 16 and 8, kKeys): 8 tokens that both rows may reach, then 8 that only
 // one does, each lane skipping those it lacks. The token loops are rolled (code size, as in
 // block_products), a token's dP and decays read once for all of the row's channels.
+// (In fp32, not on the tensor cores as the forward's own blocks: these pairs enter both q . dq
+// and k . dk, which cancel in da; rounded to bf16 apart, they left da 5% off at steady decays,
+// the emulator's gla_steady case.)
 template <class Cfg, bool kKeys, int N>
 AE_DEVICE void block_pairs(float (&acc)[N / 8][4], const u16* sP, const u16* sY, const float* s_Ac,
                            int c0) {

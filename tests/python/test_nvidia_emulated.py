@@ -737,7 +737,8 @@ def test_emulated_linear_forward_matches_the_recurrence(case):
                                   (64, 128, 200, True, "strong"), (64, 64, 150, True, "gla"),
                                   (128, 128, 70, False, "gla_strong"), (128, 64, 64, True, "gla_strong"),
                                   (64, 128, 1, True, "gla"), (64, 64, 130, True, "constant", 64),
-                                  (128, 128, 70, False, "gla_strong", 32), (64, 64, 130, True, "gla_mid")],
+                                  (128, 128, 70, False, "gla_strong", 32), (64, 64, 130, True, "gla_mid"),
+                                  (64, 64, 130, True, "gla_steady")],
                          ids=lambda c: "-".join(map(str, c)))
 def test_emulated_linear_backward_matches_autograd(case):
     """The chunked backward (the state pass again, the reverse pass over the state's gradient,
@@ -763,6 +764,9 @@ def test_emulated_linear_backward_matches_autograd(case):
         a = -20 * torch.rand(B, H, T, Dk, generator=gen) ** 4
     elif decays == "gla_mid":  # (16-token blocks spanning up to ~37: the diagonal on the tensor cores)
         a = -2.5 * torch.rand(B, H, T, Dk, generator=gen)
+    elif decays == "gla_steady":  # (da small next to q.dq and k.dk, which cancel in it: their
+        # own block's pairs rounded to bf16 on the tensor cores left 5% of it, fp32 0.4%)
+        a = torch.full((B, H, T, Dk), -1.5)
     else:
         a = torch.nn.functional.logsigmoid(torch.randn(B, H, T, generator=gen) + 2)
         a[0, 1, T // 2] = -math.inf
@@ -782,7 +786,8 @@ def test_emulated_linear_backward_matches_autograd(case):
     want[3] = torch.where(a.isneginf(), 0.0, want[3])  # a gate at 0: clamped, no gradient
     names = ["dq", "dk", "dv", "da"] + (["dstate0"] if s0 is not None else [])
     for name, g_, w in zip(names, got, want):
-        assert _rel(g_, w) < 3e-2, (name, _rel(g_, w))
+        assert _rel(g_, w) < (1e-2 if decays == "gla_steady" and name == "da" else 3e-2), \
+            (name, _rel(g_, w))
     if s0 is None:  # no initial state: its gradient is still dS_0
         assert torch.isfinite(got[4]).all()
 
