@@ -1,6 +1,9 @@
 """Linear attention against flash-linear-attention (the linear-attention issue's targets) and
 our own softmax causal attention, bf16, B * T = 16k tokens, H 16, D 128, times as CUDA-event
-medians (ms): forward, and forward + backward (ours: the fused kernels both ways). FLA
+medians (ms): forward, and forward + backward (ours: the fused kernels both ways; the backward
+from a given dO by torch.autograd.grad, nothing accumulated into .grad: until the
+twenty-seventh session `.float().sum().backward()`, whose casts, sum and gradient accumulation
+were about 0.4 ms of every method's fwd+bwd at 16k tokens). FLA
 (`fla-core`, Triton) is timed where importable (`--fla-path DIR`: a folder holding the unpacked
 wheel, the GPU machine has no network); its layout [B, T, H, D]. Then the decode step: GB/s of the state read and written
 (fp32), B 64, H 32, D 128, per call and replayed from a CUDA graph (without the host's work).
@@ -22,6 +25,11 @@ from sparse_decode_bench import graphed
 from kernel_table import profile_calls, python_profile
 
 H, D, TOKENS = 16, 128, 16 * 1024
+
+
+def fwd_bwd(out, leaves, dout):
+    """The backward of one forward's output from dout, into fresh gradients (none kept)."""
+    return torch.autograd.grad(out, leaves, dout)
 
 
 def _fla(path):
@@ -80,19 +88,20 @@ def main() -> int:
              "gla": torch.nn.functional.logsigmoid(torch.randn(B, heads, T, dim, device=dev, generator=gen)) / 16,
              "mamba2": torch.nn.functional.softplus(torch.randn(B, heads, T, device=dev, generator=gen))}
         leaves = [t.detach().requires_grad_() for t in (q, k, v)]
-        sm_fb = timed(lambda: causal(*leaves).sum().backward(), args.reps)
+        dout = mk(B, heads, T, dim)  # the output's gradient, as a training step receives it
+        sm_fb = timed(lambda: fwd_bwd(causal(*leaves), leaves, dout), args.reps)
         for name, lin in defs.items():
             progress(f"T {T} {name}: ours (its kernels compile on first use)")
             with torch.no_grad():
                 fwd = timed(lambda: lin(q, k, v, g[name]), args.reps)
-            fb = timed(lambda: lin(*leaves, g[name]).float().sum().backward(), args.reps)
+            fb = timed(lambda: fwd_bwd(lin(*leaves, g[name]), leaves, dout), args.reps)
             if args.profile and cuda:
                 print(f"T {T} {name} forward, ", end="")
                 profile_calls(lambda: lin(q, k, v, g[name]), rows=12, cpu=True)
                 with torch.no_grad():
                     python_profile(lambda: lin(q, k, v, g[name]))
                 print(f"T {T} {name} forward + backward, ", end="")
-                profile_calls(lambda: lin(*leaves, g[name]).float().sum().backward(), grad=True, rows=16)
+                profile_calls(lambda: fwd_bwd(lin(*leaves, g[name]), leaves, dout), grad=True, rows=16)
             f_fwd = f_fb = float("nan")
             if name in fla:
                 progress(f"T {T} {name}: FLA (its Triton kernels autotune on first use)")
@@ -102,7 +111,8 @@ def main() -> int:
                     f_fwd = timed(lambda: fla[name](qt, kt, vt, **extra), args.reps)
                 try:
                     ft = [t.detach().requires_grad_() for t in (qt, kt, vt)]
-                    f_fb = timed(lambda: fla[name](*ft, **extra)[0].float().sum().backward(), args.reps)
+                    dout_t = dout.transpose(1, 2).contiguous()
+                    f_fb = timed(lambda: fwd_bwd(fla[name](*ft, **extra)[0], ft, dout_t), args.reps)
                 except Exception as e:  # noqa: BLE001  (simple GLA's backward on Hopper: triton < 3.7.1)
                     print(f"(FLA {name} backward: {type(e).__name__})")
             print(f"| {name} | {T} | {fwd * 1e3:.3f} | {fb * 1e3:.3f} | {f_fwd * 1e3:.3f} | "
