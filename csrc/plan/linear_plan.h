@@ -23,8 +23,8 @@ struct LinearProblem {
   int64_t n_seqs = 0, n_chunks = 0;
   double scale = 1.0;
   // The state passes' value columns per CTA: 64 or 32 (twice the CTAs, half the tensor-core
-  // work on each one's sequential path); 0: the planner's choice, 32 for scalar decays and 64
-  // per key channel (AE_LINEAR_STATE_COLS sets it).
+  // work on each one's sequential path); 0: the planner's choice, 32 for scalar decays where
+  // 64-column tiles are fewer than the SMs, else 64 (AE_LINEAR_STATE_COLS sets it).
   int state_cols = 0;
 };
 

@@ -99,15 +99,19 @@ def run_op(op, q, k, v, buffers, key: str, normalize: str, scale: Optional[float
     s = _default_scale(q) if scale is None else scale
     args = (q, k, v, list(buffers), key, float(s)) + (extra if extra is not None
                                                       else (deterministic,))
-    if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
-        # Nothing to record: the op's own kernel directly, not through the Python autograd
-        # wrapper that torch.library puts in front of it (about 10 µs a call: decode is
-        # host-bound). Outputs are the same either way.
-        with _BelowAutograd():
-            out, lse = op(*args)
-    else:
-        out, lse = op(*args)
+    out, lse = call_op(op, *args)
     return (out, lse) if return_lse else out
+
+
+def call_op(op, *args):
+    """op(*args); with grad off (outside torch.compile) below the Autograd key: nothing to
+    record, so the op's own kernel directly, not through the Python autograd wrapper that
+    torch.library puts in front of it (about 10 µs a call: decode is host-bound). Outputs are
+    the same either way."""
+    if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        with _BelowAutograd():
+            return op(*args)
+    return op(*args)
 
 
 class CompiledAttention:

@@ -40,7 +40,7 @@ import torch
 
 from . import _C  # noqa: F401  (loads the library that defines the ops)
 from ._arity import signature, takes
-from .api import _BelowAutograd
+from .api import call_op
 
 _forward_op = torch.ops.attention_engine.linear_forward
 _step_op = torch.ops.attention_engine.linear_step
@@ -274,15 +274,8 @@ class LinearAttention:
         scale = Dk ** -0.5 if self.scale is None else self.scale
         qf, kf, vf, a = self._inputs(q, k, v, g, where)
         state0 = None if initial_state is None else initial_state.to(a.dtype)
-        args = (qf, kf, vf, a.contiguous(), state0, float(scale), output_final_state,
-                self.chunk_size, cu_seqlens)
-        if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            # nothing to record: the op's kernel directly, not through torch.library's Python
-            # autograd wrapper (host time, as in api.run_op)
-            with _BelowAutograd():
-                o, state = _forward_op(*args)
-        else:
-            o, state = _forward_op(*args)
+        o, state = call_op(_forward_op, qf, kf, vf, a.contiguous(), state0, float(scale),
+                           output_final_state, self.chunk_size, cu_seqlens)
         return (o, state) if output_final_state else o
 
     def step(self, q, k, v, g=None, *, state, position=0):
@@ -323,10 +316,7 @@ class LinearAttention:
         scale = Dk ** -0.5 if self.scale is None else self.scale
         with torch.no_grad():
             qf, kf, vf, a = self._inputs(q, k, v, g, 0, position)
-            if torch.compiler.is_compiling():
-                return _step_op(qf, kf, vf, a.contiguous(), state, float(scale))
-            with _BelowAutograd():
-                return _step_op(qf, kf, vf, a.contiguous(), state, float(scale))
+            return call_op(_step_op, qf, kf, vf, a.contiguous(), state, float(scale))
 
 
 def _segment_sums(a, dim):
@@ -432,12 +422,10 @@ def _forward_backward(ctx, do, dstate):
         if do is None:
             do = torch.zeros(v.shape, device=v.device, dtype=v.dtype)
         ds = dstate if ctx.output_state and dstate is not None and dstate.numel() else None
-        args = (q, k, v, a, state0, do, ds, ctx.scale, state0 is not None and bool(needs[4]), ctx.cu)
-        if torch.is_grad_enabled():  # (create_graph: through the wrapper, whose backward raises)
-            dq, dk, dv, da, ds0 = torch.ops.attention_engine.linear_backward(*args)
-        else:  # the kernels directly, not through torch.library's Python wrapper (host time)
-            with _BelowAutograd():
-                dq, dk, dv, da, ds0 = torch.ops.attention_engine.linear_backward(*args)
+        # (create_graph: grad on, through the wrapper, whose backward raises)
+        dq, dk, dv, da, ds0 = call_op(
+            torch.ops.attention_engine.linear_backward, q, k, v, a, state0, do, ds, ctx.scale,
+            state0 is not None and bool(needs[4]), ctx.cu)
         grads = [dq, dk, dv, da.to(a.dtype)] + ([ds0.to(state0.dtype)] if state0 is not None else [None])
         return (*[g if need else None for g, need in zip(grads, needs[:5])], None, None) + \
             (None,) * (len(needs) - 7)
